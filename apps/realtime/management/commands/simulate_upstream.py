@@ -1,0 +1,84 @@
+"""`python manage.py simulate_upstream`: the upstream Realtime simulator, standalone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.realtime.simulator import Simulator, SimulatorConfig
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the OpenAI Realtime upstream simulator until interrupted. Prints its base URL "
+        "(ws://HOST:PORT/v1): point OC_UPSTREAM_URL at it."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, default=9100, help="port (default 9100; 0: any)")
+        parser.add_argument(
+            "--deltas",
+            type=int,
+            default=None,
+            help="text deltas per response (default: OC_SIM_DELTAS, else 8)",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=None,
+            help="seconds between deltas (default: OC_SIM_INTERVAL, else 0.02)",
+        )
+        parser.add_argument(
+            "--api-key",
+            default=None,
+            help="require 'Authorization: Bearer KEY' on connect (default: no key needed)",
+        )
+
+    def handle(self, *args, **options):
+        defaults = SimulatorConfig()
+        deltas = options["deltas"]
+        if deltas is None:
+            deltas = getattr(settings, "OC_SIM_DELTAS", defaults.deltas_per_response)
+        interval = options["interval"]
+        if interval is None:
+            interval = getattr(settings, "OC_SIM_INTERVAL", defaults.delta_interval)
+        if deltas < 1:
+            raise CommandError("--deltas must be at least 1")
+        if interval < 0:
+            raise CommandError("--interval must not be negative")
+        config = SimulatorConfig(
+            deltas_per_response=deltas,
+            delta_interval=interval,
+            required_api_key=options["api_key"] or None,
+            record_limit=0,  # nobody reads the event logs of a standalone simulator
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(self._serve(config, options["host"], options["port"]))
+
+    async def _serve(self, config: SimulatorConfig, host: str, port: int) -> None:
+        simulator = Simulator(config)
+        try:
+            await simulator.start(host, port)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        self.stdout.write(
+            f"Realtime simulator listening; {config.deltas_per_response} deltas per response, "
+            f"{config.delta_interval}s apart"
+            + ("; API key required" if config.required_api_key else "")
+        )
+        self.stdout.write(simulator.url)
+        self.stdout.flush()
+        try:
+            await stop.wait()
+        finally:
+            await simulator.aclose()
