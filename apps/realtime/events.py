@@ -1,0 +1,95 @@
+"""Small helpers for Realtime protocol frames. No Django, no I/O.
+
+The relay forwards most frames untouched, so the helpers here are built to avoid parsing:
+`peek_type` reads the event type from the front of a frame with one regex match, and the
+caller of it parses the frame only when the type is one it must act on. When a frame does not
+start the usual way (`{"type":"…"`), `peek_type` returns None and the caller parses it: the
+fast path is an optimisation, never a correctness assumption.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+_TYPE_AT_START = re.compile(rb'\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.]+)"')
+_TYPE_AT_START_STR = re.compile(r'\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.]+)"')
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_counter = itertools.count(1)
+
+
+def peek_type(frame: str | bytes) -> str | None:
+    """The event type if the frame starts with it, else None (then parse the frame)."""
+    match = (_TYPE_AT_START if isinstance(frame, bytes) else _TYPE_AT_START_STR).match(frame)
+    if match is None:
+        return None
+    value = match.group(1)
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def dumps(event: Mapping[str, Any]) -> str:
+    """Compact JSON, as the upstream sends it."""
+    return _dumps(event)
+
+
+def new_event_id(prefix: str = "event_oc") -> str:
+    return f"{prefix}_{time.time_ns():x}{next(_counter):x}"
+
+
+def error_event(
+    *,
+    code: str,
+    message: str,
+    param: str | None = None,
+    client_event_id: str | None = None,
+    error_type: str = "invalid_request_error",
+) -> dict[str, Any]:
+    """An `error` server event in the upstream's shape."""
+    return {
+        "type": "error",
+        "event_id": new_event_id(),
+        "error": {
+            "type": error_type,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        },
+    }
+
+
+def response_output_text(response: Mapping[str, Any]) -> str:
+    """The text of a response: output_text parts, or audio transcripts, in order."""
+    pieces: list[str] = []
+    for item in response.get("output") or ():
+        if not isinstance(item, Mapping):
+            continue
+        for part in item.get("content") or ():
+            if not isinstance(part, Mapping):
+                continue
+            text = part.get("text")
+            if text is None:
+                text = part.get("transcript")
+            if isinstance(text, str):
+                pieces.append(text)
+    return "".join(pieces)
+
+
+def error_fields(event: Mapping[str, Any]) -> tuple[str | None, str | None, str]:
+    """(client event_id, code, message) of an `error` event, tolerating missing parts."""
+    error = event.get("error")
+    if not isinstance(error, Mapping):
+        return None, None, ""
+    event_id = error.get("event_id")
+    code = error.get("code")
+    message = error.get("message")
+    return (
+        event_id if isinstance(event_id, str) and event_id else None,
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else "",
+    )

@@ -1,0 +1,600 @@
+"""SessionActor: one live session, one task, one mailbox.
+
+Everything that changes a session's state — the caller's frames, the upstream's frames,
+timers, and (later) operator requests — is put on the mailbox and handled by one task in
+arrival order. The sequencer therefore needs no locks, and the upstream and caller sockets
+each have exactly one writer, which keeps frames in order.
+
+Hot path: an upstream frame whose type (read from the frame's first bytes, see
+`events.peek_type`) needs no attention is forwarded to the caller as received, without being
+parsed. Only session, response lifecycle and error events are parsed; while an operator's
+out-of-band response is streaming, response events are parsed too so that its frames can be
+kept from the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from apps.realtime import events
+from apps.realtime.sequencer import (
+    OC_REQUEST_KEY,
+    ErrorClaimed,
+    Request,
+    ResponseObserved,
+    SendEvent,
+    Sequencer,
+    StatusChanged,
+)
+from apps.sessions import clock, records
+from apps.sessions.history import writer as history
+from apps.sessions.models import LiveSession
+from apps.sessions.upstream import open_upstream
+
+log = logging.getLogger(__name__)
+
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+# Mailbox message kinds.
+CALLER_FRAME = "caller.frame"
+CALLER_CLOSED = "caller.closed"
+UPSTREAM_FRAME = "upstream.frame"
+UPSTREAM_CLOSED = "upstream.closed"
+TICK = "tick"
+
+# Upstream event types the actor parses; every other type is forwarded untouched.
+WATCHED_TYPES = frozenset(
+    {"session.created", "session.updated", "response.created", "response.done", "error"}
+)
+OPERATOR_ORIGINS = frozenset({"console", "api"})
+# Close codes that may be passed on to the caller as they are.
+_PASSABLE_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012, 1013, 1014})
+_RESERVED_METADATA_ERROR = (
+    f"The relay reserves the metadata key '{OC_REQUEST_KEY}' and so allows at most 15 pairs."
+)
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+class Mailbox:
+    """A FIFO with one reader: a deque and at most one waiting future.
+
+    asyncio.Queue does more per item than the relay can afford on every frame (loop checks,
+    a waiter deque, unfinished-task counting); the actor is its only reader.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[str, Any]] = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> tuple[str, Any]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def get_nowait(self) -> tuple[str, Any] | None:
+        return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Caller(Protocol):
+    """The caller's socket, as the actor sees it (the consumer implements it)."""
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def close_with(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _RequestInfo:
+    origin: str
+    out_of_band: bool
+    # What the caller gave as response.metadata (restored on the way back; None = absent).
+    caller_metadata: Any = None
+
+
+class SessionActor:
+    def __init__(
+        self,
+        *,
+        caller: Caller,
+        model: str,
+        connected_by: str,
+        upstream_headers: Mapping[str, str] | None = None,
+        opener: Callable[..., Awaitable[Any]] = open_upstream,
+    ) -> None:
+        self.key = uuid.uuid4()
+        self.model = model
+        self.connected_by = connected_by
+        self.upstream_id: str | None = None
+        self.session_instructions = ""
+        self.mailbox = Mailbox()
+        self.sequencer = Sequencer(
+            new_request_id=new_request_id, send_timeout=settings.OC_SEND_TIMEOUT
+        )
+        self._caller = caller
+        self._opener = opener
+        self._upstream_headers = dict(upstream_headers or {})
+        self._upstream: Any = None
+        self._requests: dict[str, _RequestInfo] = {}
+        # Operator out-of-band responses: their events go to operators, never to the caller.
+        self._hidden_responses: set[str] = set()
+        self._task: asyncio.Task | None = None
+        self._reader: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._session_deadline: float | None = None
+        self._connecting = True
+        self.end_status: str | None = None
+        self.end_reason: str | None = None
+
+    # ------------------------------------------------------------------ outside interface
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"session-actor-{self.key}")
+
+    def caller_frame(self, text: str) -> None:
+        self.mailbox.put((CALLER_FRAME, text))
+
+    def caller_closed(self) -> None:
+        if self._connecting and self._task is not None:
+            # Nothing is flowing yet; stop waiting for the upstream.
+            self._task.cancel()
+        self.mailbox.put((CALLER_CLOSED, None))
+
+    async def wait_finished(self, timeout: float = 5.0) -> None:
+        if self._task is None:
+            return
+        # asyncio.wait neither raises the task's outcome (it may have been cancelled while
+        # connecting) nor cancels it on timeout.
+        _, pending = await asyncio.wait({self._task}, timeout=timeout)
+        if pending:
+            log.warning("session actor %s did not stop in %.1fs; cancelling", self.key, timeout)
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
+
+    @property
+    def finished(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    # ------------------------------------------------------------------ the task
+
+    async def _run(self) -> None:
+        history.submit(
+            records.session_opened(
+                key=self.key,
+                model=self.model,
+                connected_by=self.connected_by,
+                process_id=PROCESS_ID,
+                at=clock.now(),
+            )
+        )
+        try:
+            try:
+                self._upstream = await self._opener(
+                    model=self.model, extra_headers=self._upstream_headers
+                )
+            except asyncio.CancelledError:
+                self._end(LiveSession.Status.ENDED, "caller_closed")
+                raise
+            except Exception as exc:  # refused, unreachable, timed out
+                log.warning("upstream connection failed for %s: %s", self.key, exc)
+                await self._tell_caller_and_close(
+                    1011, "upstream_unavailable", f"Could not connect to the upstream: {exc}"
+                )
+                self._end(LiveSession.Status.FAILED, "upstream_unavailable")
+                return
+            self._connecting = False
+            self._session_deadline = clock.now() + settings.OC_UPSTREAM_CONNECT_TIMEOUT
+            self._reader = asyncio.create_task(self._read_upstream(), name=f"upstream-{self.key}")
+            self._rearm_timer()
+            await self._loop()
+        finally:
+            await self._cleanup()
+
+    async def _loop(self) -> None:
+        get = self.mailbox.get
+        while True:
+            kind, payload = await get()
+            if kind is UPSTREAM_FRAME:
+                await self._on_upstream_frame(payload)
+            elif kind is CALLER_FRAME:
+                await self._on_caller_frame(payload)
+            elif kind is TICK:
+                await self._on_tick()
+            elif kind is UPSTREAM_CLOSED:
+                await self._on_upstream_closed(*payload)
+                return
+            elif kind is CALLER_CLOSED:
+                self._end(LiveSession.Status.ENDED, "caller_closed")
+                return
+            if self.end_status is not None:
+                return
+
+    async def _read_upstream(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        put = self.mailbox.put
+        recv = self._upstream.recv_bytes
+        try:
+            while True:
+                put((UPSTREAM_FRAME, await recv()))
+        except ConnectionClosed as exc:
+            received = exc.rcvd
+            put((UPSTREAM_CLOSED, (received.code if received else 1006, received.reason if received else "")))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket failed in some other way
+            log.warning("upstream read failed for %s: %r", self.key, exc)
+            put((UPSTREAM_CLOSED, (1006, "")))
+
+    async def _cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.end_status is None:
+            self._end(LiveSession.Status.FAILED, "relay_error")
+        self._apply_sync(self.sequencer.closed("session_ended", now=clock.now()))
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._upstream is not None:
+            # Closing a broken socket can fail; there is nothing more to do about it then.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._upstream.close(), 1.0)
+        history.submit(
+            records.session_ended(
+                key=self.key, status=self.end_status, reason=self.end_reason or "", at=clock.now()
+            )
+        )
+
+    def _end(self, status: str, reason: str) -> None:
+        if self.end_status is None:
+            self.end_status, self.end_reason = status, reason
+
+    # ------------------------------------------------------------------ upstream → caller
+
+    async def _on_upstream_frame(self, data: bytes | str) -> None:
+        kind = events.peek_type(data)
+        if kind is not None and kind not in WATCHED_TYPES and not self._hidden_responses:
+            await self._caller.send_text(data if isinstance(data, str) else data.decode())
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            log.warning("upstream sent a frame that is not JSON on %s; relayed as is", self.key)
+            event = None
+        if not isinstance(event, dict):
+            await self._caller.send_text(data if isinstance(data, str) else data.decode("utf-8", "replace"))
+            return
+        kind = event.get("type")
+        forward: str | None = data if isinstance(data, str) else data.decode()
+        if kind == "response.created" or kind == "response.done":
+            forward = await self._on_response_event(kind, event, forward)
+        elif kind == "error":
+            forward = await self._on_error(event, forward)
+        elif kind == "session.created" or kind == "session.updated":
+            self._on_session_event(kind, event)
+        elif self._hidden_responses and self._is_hidden(event):
+            forward = None
+        if forward is not None:
+            await self._caller.send_text(forward)
+        self._rearm_timer()
+
+    def _on_session_event(self, kind: str, event: dict) -> None:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            return
+        instructions = session.get("instructions")
+        if isinstance(instructions, str):
+            self.session_instructions = instructions
+        if kind == "session.created" and self.upstream_id is None:
+            session_id = session.get("id")
+            self.upstream_id = session_id if isinstance(session_id, str) else f"sess_{self.key.hex}"
+            self._session_deadline = None
+            history.submit(
+                records.session_identified(
+                    key=self.key,
+                    upstream_id=self.upstream_id,
+                    instructions=self.session_instructions,
+                    at=clock.now(),
+                )
+            )
+        elif isinstance(instructions, str):
+            history.submit(records.session_updated(key=self.key, instructions=instructions))
+
+    async def _on_response_event(self, kind: str, event: dict, raw: str) -> str | None:
+        response = event.get("response")
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            return raw
+        response_id = response["id"]
+        metadata = response.get("metadata")
+        tag = metadata.get(OC_REQUEST_KEY) if isinstance(metadata, dict) else None
+        tag = tag if isinstance(tag, str) else None
+        now = clock.now()
+        if kind == "response.created":
+            await self._apply(
+                self.sequencer.response_created(response_id=response_id, oc_request=tag, now=now)
+            )
+        else:
+            details = {
+                "output_text": events.response_output_text(response),
+                "usage": response.get("usage"),
+            }
+            status = response.get("status")
+            await self._apply(
+                self.sequencer.response_done(
+                    response_id=response_id,
+                    status=status if isinstance(status, str) else "",
+                    now=now,
+                    details=details,
+                )
+            )
+        hidden = response_id in self._hidden_responses
+        if kind == "response.done":
+            self._hidden_responses.discard(response_id)
+        if hidden:
+            return None
+        info = self._requests.get(tag) if tag else None
+        if tag is None:
+            return raw  # the server's own response: nothing of ours in it
+        if info is None or info.origin in OPERATOR_ORIGINS:
+            # An operator's response: its metadata and instructions are the operator's.
+            response["metadata"] = None
+            response.pop("instructions", None)
+        else:
+            response["metadata"] = info.caller_metadata
+        return events.dumps(event)
+
+    async def _on_error(self, event: dict, raw: str) -> str | None:
+        event_id, code, message = events.error_fields(event)
+        forward = True
+        for action in self.sequencer.error(
+            event_id=event_id, code=code, message=message, now=clock.now()
+        ):
+            if type(action) is ErrorClaimed:
+                forward = action.forward_to_caller
+            else:
+                await self._apply((action,))
+        return raw if forward else None
+
+    def _is_hidden(self, event: dict) -> bool:
+        response_id = event.get("response_id")
+        if response_id is None and isinstance(event.get("response"), dict):
+            response_id = event["response"].get("id")
+        return response_id in self._hidden_responses
+
+    async def _on_upstream_closed(self, code: int, reason: str) -> None:
+        normal = code in (1000, 1001)
+        caller_code = code if code in _PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
+        why = reason or ("upstream closed the session" if normal else f"upstream connection lost ({code})")
+        self._end(LiveSession.Status.ENDED if normal else LiveSession.Status.FAILED, f"upstream_closed: {why}")
+        await self._close_caller(caller_code, why)
+
+    # ------------------------------------------------------------------ caller → upstream
+
+    async def _on_caller_frame(self, text: str | bytes) -> None:
+        if isinstance(text, bytes):
+            await self._reply_error(
+                code="invalid_json",
+                message="Binary frames are not supported; send each event as a JSON text frame.",
+            )
+            return
+        try:
+            event = json.loads(text)
+        except ValueError as exc:
+            await self._reply_error(
+                code="invalid_json", message=f"The frame is not valid JSON: {exc}."
+            )
+            return
+        if not isinstance(event, dict):
+            await self._reply_error(
+                code="invalid_type",
+                message=f"Expected an event object, but got {type(event).__name__} instead.",
+            )
+            return
+        if event.get("type") == "response.create":
+            await self._on_caller_response_create(event)
+            return
+        await self._send_upstream(text)
+
+    async def _on_caller_response_create(self, event: dict) -> None:
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            event_id = events.new_event_id("event_relay")
+        response = event.get("response", {})
+        if not isinstance(response, dict):
+            kind = "null" if response is None else type(response).__name__
+            await self._reply_error(
+                code="invalid_type",
+                param="response",
+                message=f"Invalid type for 'response': expected an object, but got {kind} instead.",
+                client_event_id=event_id,
+            )
+            return
+        metadata = response.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            await self._reply_error(
+                code="invalid_type",
+                param="response.metadata",
+                message="Invalid type for 'response.metadata': expected an object.",
+                client_event_id=event_id,
+            )
+            return
+        if isinstance(metadata, dict) and (OC_REQUEST_KEY in metadata or len(metadata) >= 16):
+            await self._reply_error(
+                code="invalid_value",
+                param="response.metadata",
+                message=_RESERVED_METADATA_ERROR,
+                client_event_id=event_id,
+            )
+            return
+        request = Request(id=new_request_id(), origin="caller", event_id=event_id, response=response)
+        self._requests[request.id] = _RequestInfo(
+            origin="caller", out_of_band=request.out_of_band, caller_metadata=metadata
+        )
+        history.submit(
+            records.request_created(
+                key=self.key,
+                request_id=request.id,
+                origin="caller",
+                event_id=event_id,
+                response=response,
+                instructions_mode="replace",
+                requested_by=self.connected_by,
+                at=clock.now(),
+            )
+        )
+        await self._apply(self.sequencer.submit(request, now=clock.now()))
+        self._rearm_timer()
+
+    async def _send_upstream(self, text: str) -> None:
+        try:
+            await self._upstream.send_raw(text)
+        except Exception as exc:  # the reader sees the close and ends the session
+            log.info("upstream send failed on %s: %r", self.key, exc)
+
+    # ------------------------------------------------------------------ actions and timers
+
+    async def _apply(self, actions) -> None:
+        for action in actions:
+            if type(action) is SendEvent:
+                await self._send_upstream(events.dumps(action.event))
+            else:
+                self._record(action)
+
+    def _apply_sync(self, actions) -> None:
+        """Apply actions that send nothing (closing): record them."""
+        for action in actions:
+            if type(action) is not SendEvent:
+                self._record(action)
+
+    def _record(self, action) -> None:
+        if type(action) is StatusChanged:
+            info = self._requests.get(action.request_id)
+            if (
+                action.response_id
+                and info is not None
+                and info.out_of_band
+                and info.origin in OPERATOR_ORIGINS
+                and action.status == "in_progress"
+            ):
+                self._hidden_responses.add(action.response_id)
+            history.submit(
+                records.request_status(
+                    request_id=action.request_id,
+                    status=action.status.value,
+                    at=action.at,
+                    response_id=action.response_id,
+                    error_code=action.error_code,
+                    error_message=action.error_message,
+                    details=action.details,
+                )
+            )
+        elif type(action) is ResponseObserved:
+            request = action.request
+            self._requests[request.id] = _RequestInfo(origin="server", out_of_band=False)
+            history.submit(
+                records.request_created(
+                    key=self.key,
+                    request_id=request.id,
+                    origin="server",
+                    event_id="",
+                    response={},
+                    instructions_mode="replace",
+                    requested_by="",
+                    at=action.at,
+                    status="in_progress",
+                    response_id=action.response_id,
+                )
+            )
+
+    async def _on_tick(self) -> None:
+        now = clock.now()
+        self._timer_at = None
+        if self._session_deadline is not None and now >= self._session_deadline:
+            self._session_deadline = None
+            self._end(LiveSession.Status.FAILED, "upstream_timeout")
+            await self._tell_caller_and_close(
+                1011, "upstream_timeout", "The upstream did not start the session in time."
+            )
+            return
+        await self._apply(self.sequencer.tick(now=now))
+        self._rearm_timer()
+
+    def _rearm_timer(self) -> None:
+        deadline = self.sequencer.next_deadline
+        if self._session_deadline is not None:
+            deadline = self._session_deadline if deadline is None else min(deadline, self._session_deadline)
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - clock.now())
+            self._timer = asyncio.get_running_loop().call_later(
+                delay, self.mailbox.put, (TICK, None)
+            )
+
+    # ------------------------------------------------------------------ telling the caller
+
+    async def _reply_error(
+        self,
+        *,
+        code: str,
+        message: str,
+        param: str | None = None,
+        client_event_id: str | None = None,
+    ) -> None:
+        await self._caller.send_text(
+            events.dumps(
+                events.error_event(
+                    code=code, message=message, param=param, client_event_id=client_event_id
+                )
+            )
+        )
+
+    async def _tell_caller_and_close(self, close_code: int, code: str, message: str) -> None:
+        try:
+            await self._caller.send_text(
+                events.dumps(events.error_event(code=code, message=message, error_type="server_error"))
+            )
+        finally:
+            await self._close_caller(close_code, message)
+
+    async def _close_caller(self, code: int, reason: str) -> None:
+        try:
+            await self._caller.close_with(code, reason)
+        except Exception as exc:  # already gone
+            log.debug("closing caller of %s failed: %r", self.key, exc)

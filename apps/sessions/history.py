@@ -1,0 +1,226 @@
+"""The history writer: database writes off the relay's hot path.
+
+Actors hand it operations and go on at once. One thread per process applies them in
+submission order, a batch per transaction, so a request's rows are written in the order of its
+transitions and a slow disk never delays a frame. Within a batch, the transitions of one
+request are merged: a request created and finished in the same batch is one INSERT, and
+several transitions of an existing row are one UPDATE (later fields win, as they would have).
+
+The thread keeps its database connection open across batches (opening SQLite and setting its
+pragmas per batch cost more than the writes) and reopens it only after an error.
+`flush()` waits until everything handed in so far is committed (tests, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 1000
+
+
+@dataclass(slots=True)
+class CreateRow:
+    """Insert a model instance (the fields it will have once later updates are merged)."""
+
+    instance: Any
+
+
+@dataclass(slots=True)
+class UpdateRow:
+    """Update some fields of the row of `model` with primary key `pk`."""
+
+    model: type
+    pk: Any
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Operation = CreateRow | UpdateRow | Callable[[], None]
+
+
+class HistoryWriter:
+    # How long the thread gathers operations after the first one arrives. Waking a thread per
+    # operation costs the event loop a GIL hand-over each time; a short window turns a busy
+    # relay's hundreds of transitions a second into tens of batches.
+    gather_seconds = 0.02
+
+    def __init__(self) -> None:
+        self._pending: deque[Operation] = deque()  # append/popleft are thread-safe
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    def submit(self, operation: Operation) -> None:
+        """Queue an operation; never blocks, and wakes the writer only when it is idle."""
+        if self._thread is None:
+            self._start()
+        self._pending.append(operation)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every operation submitted before this call has been committed."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def resolve() -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        self.submit(lambda: transaction.on_commit(resolve))
+        await asyncio.wait_for(done, timeout)
+
+    def flush_sync(self, timeout: float = 10.0) -> None:
+        event = threading.Event()
+        self.submit(lambda: transaction.on_commit(event.set))
+        if not event.wait(timeout):
+            raise TimeoutError("history writer did not catch up")
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="oc-history-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        pending = self._pending
+        while True:
+            self._wake.wait()
+            time.sleep(self.gather_seconds)
+            # Clear before draining: an operation added after the drain sets the event again.
+            self._wake.clear()
+            while pending:
+                batch = []
+                while pending and len(batch) < _MAX_BATCH:
+                    batch.append(pending.popleft())
+                self._apply(merge(batch))
+
+    def _apply(self, batch: list[Operation]) -> None:
+        try:
+            with transaction.atomic():
+                apply_batch(batch)
+        except Exception:
+            # The batch failed as a whole (database gone, disk full, a bad row): reconnect and
+            # retry each operation on its own so one bad row cannot take others with it.
+            log.exception("history batch failed; retrying its %d operations one by one", len(batch))
+            connection.close()
+            for operation in batch:
+                try:
+                    with transaction.atomic():
+                        apply_batch([operation])
+                except Exception:
+                    self.failures += 1
+                    log.exception("history operation failed: %r", operation)
+                    connection.close()
+
+
+def apply_batch(batch: list[Operation]) -> None:
+    """Apply merged operations: between two callables, the inserts as one bulk insert per
+    model and the updates as one executemany per (model, set of fields). Rows inserted here
+    took their updates in `merge`, so the updates only touch older rows and their order
+    among themselves does not matter."""
+    inserts: dict[type, list] = {}
+    updates: dict[tuple[type, tuple[str, ...]], list[UpdateRow]] = {}
+
+    def drain() -> None:
+        for model, instances in inserts.items():
+            _insert_many(model, instances)
+        for (model, names), rows in updates.items():
+            _update_many(model, names, rows)
+        inserts.clear()
+        updates.clear()
+
+    for operation in batch:
+        kind = type(operation)
+        if kind is CreateRow:
+            inserts.setdefault(type(operation.instance), []).append(operation.instance)
+        elif kind is UpdateRow:
+            if operation.fields:
+                names = tuple(sorted(operation.fields))
+                updates.setdefault((operation.model, names), []).append(operation)
+        else:
+            drain()
+            operation()
+    drain()
+
+
+def _insert_many(model: type, instances: list) -> None:
+    """INSERT the instances in one executemany (the relay chooses every primary key)."""
+    meta = model._meta
+    fields = [field for field in meta.concrete_fields if not field.generated]
+    quote = connection.ops.quote_name
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(
+        quote(meta.db_table),
+        ", ".join(quote(field.column) for field in fields),
+        ", ".join(["%s"] * len(fields)),
+    )
+    params = [
+        [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+        for instance in instances
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def _update_many(model: type, names: tuple[str, ...], rows: list[UpdateRow]) -> None:
+    """UPDATE … SET a=%s, b=%s WHERE pk=%s, once per row, in one executemany: the ORM's
+    per-query compilation costs more than the write itself."""
+    meta = model._meta
+    fields = [meta.get_field(name) for name in names]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(meta.db_table),
+        ", ".join(f"{quote(field.column)} = %s" for field in fields),
+        quote(meta.pk.column),
+    )
+    params = [
+        [field.get_db_prep_save(row.fields[field.name], connection) for field in fields]
+        + [meta.pk.get_db_prep_save(row.pk, connection)]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def merge(batch: list[Operation]) -> list[Operation]:
+    """Fold each row's updates into its insert or into one update, keeping the order in which
+    rows were first touched. Callables are barriers: nothing is moved across them."""
+    merged: list[Operation] = []
+    touched: dict[tuple[type, Any], CreateRow | UpdateRow] = {}
+    for operation in batch:
+        kind = type(operation)
+        if kind is CreateRow:
+            key = (type(operation.instance), operation.instance.pk)
+            touched[key] = operation
+            merged.append(operation)
+        elif kind is UpdateRow:
+            key = (operation.model, operation.pk)
+            earlier = touched.get(key)
+            if type(earlier) is CreateRow:
+                for name, value in operation.fields.items():
+                    setattr(earlier.instance, name, value)
+            elif earlier is not None:
+                earlier.fields.update(operation.fields)
+            else:
+                copy = UpdateRow(operation.model, operation.pk, dict(operation.fields))
+                touched[key] = copy
+                merged.append(copy)
+        else:
+            touched.clear()
+            merged.append(operation)
+    return merged
+
+
+writer = HistoryWriter()

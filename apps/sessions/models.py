@@ -1,0 +1,153 @@
+"""Durable record of live sessions, response requests and API tokens (DESIGN "Storage")."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class LiveSession(models.Model):
+    class Status(models.TextChoices):
+        CONNECTING = "connecting"
+        LIVE = "live"
+        ENDED = "ended"
+        FAILED = "failed"
+
+    # The row's key is chosen by the actor when the caller connects, so history can be written
+    # before the upstream has named the session. The public id is the upstream session.id from
+    # session.created (null until then).
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    upstream_id = models.CharField(max_length=128, unique=True, null=True, blank=True)
+    model = models.CharField(max_length=128)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONNECTING)
+    connected_by = models.CharField(max_length=150, blank=True)
+    process_id = models.CharField(max_length=128, blank=True, help_text="The process holding it.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    instructions = models.TextField(blank=True, help_text="Session instructions as last seen.")
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["status", "-started_at"])]
+
+    def __str__(self) -> str:
+        return self.upstream_id or f"(connecting {self.id})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (self.Status.CONNECTING, self.Status.LIVE)
+
+
+class ResponseRequest(models.Model):
+    class Origin(models.TextChoices):
+        CALLER = "caller"
+        CONSOLE = "console"
+        API = "api"
+        SERVER = "server"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        SENT = "sent"
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        INCOMPLETE = "incomplete"
+        FAILED = "failed"
+
+    TERMINAL = frozenset({Status.COMPLETED, Status.CANCELLED, Status.INCOMPLETE, Status.FAILED})
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False)
+    session = models.ForeignKey(LiveSession, on_delete=models.CASCADE, related_name="requests")
+    origin = models.CharField(max_length=16, choices=Origin.choices)
+    instructions = models.TextField(null=True, blank=True, help_text="The requester's text.")
+    instructions_mode = models.CharField(max_length=16, default="append")
+    sent_instructions = models.TextField(null=True, blank=True, help_text="What was sent.")
+    conversation = models.CharField(max_length=16, default="auto")
+    metadata = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    response_id = models.CharField(max_length=128, blank=True)
+    event_id = models.CharField(max_length=128, blank=True)
+    output_text = models.TextField(blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=128, blank=True)
+    error_message = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(fields=["session", "created_at"]),
+            models.Index(fields=["status", "-created_at"]),
+            models.Index(fields=["origin", "-created_at"]),
+            models.Index(fields=["response_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def error(self) -> dict | None:
+        if not self.error_code and not self.error_message:
+            return None
+        return {"code": self.error_code, "message": self.error_message}
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts and Realtime clients. Only a SHA-256 digest is stored."""
+
+    class Scope(models.TextChoices):
+        REALTIME_CONNECT = "realtime:connect"
+        RESPONSES_WRITE = "responses:write"
+        SESSIONS_READ = "sessions:read"
+
+    ALL_SCOPES = tuple(Scope.values)
+    PREFIX = "oct_"
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="First characters, to recognise a token.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash(plain: str) -> str:
+        # Tokens are 256-bit random values, so a fast unsalted hash is enough to make the
+        # stored digest useless to a reader of the database (no dictionary to attack).
+        return hashlib.sha256(plain.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes

@@ -1,0 +1,102 @@
+"""The history writer: ordered, merged, durable, and a bad row does not take others with it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from apps.sessions import records
+from apps.sessions.history import CreateRow, HistoryWriter, UpdateRow, merge
+from apps.sessions.models import LiveSession, ResponseRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+T0 = 1_800_000_000.0
+
+
+def _session_ops(key):
+    return [
+        records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=T0),
+        records.session_identified(key=key, upstream_id=f"sess_{key.hex[:8]}", instructions="I", at=T0 + 1),
+    ]
+
+
+def _request_ops(key, request_id, at):
+    return [
+        records.request_created(
+            key=key, request_id=request_id, origin="api", event_id="e", requested_by="x",
+            response={"instructions": "be kind", "metadata": {"a": "1"}}, instructions_mode="append", at=at,
+        ),
+        records.request_status(request_id=request_id, status="sent", at=at + 1),
+        records.request_status(request_id=request_id, status="in_progress", at=at + 2, response_id="resp_1"),
+        records.request_status(
+            request_id=request_id, status="completed", at=at + 3,
+            details={"output_text": "done", "usage": {"total_tokens": 7}},
+        ),
+    ]
+
+
+def test_merge_folds_a_rows_transitions_into_its_insert():
+    key = uuid.uuid4()
+    merged = merge(_session_ops(key) + _request_ops(key, "req_a", T0))
+    assert [type(op) for op in merged] == [CreateRow, CreateRow]
+    row = merged[1].instance
+    assert (row.status, row.response_id, row.output_text) == ("completed", "resp_1", "done")
+
+
+def test_merge_keeps_updates_of_older_rows_as_one_update_and_respects_barriers():
+    marks = []
+    batch = [
+        UpdateRow(ResponseRequest, "req_old", {"status": "sent"}),
+        UpdateRow(ResponseRequest, "req_old", {"status": "in_progress", "response_id": "r"}),
+        lambda: marks.append("barrier"),
+        UpdateRow(ResponseRequest, "req_old", {"status": "completed"}),
+    ]
+    merged = merge(batch)
+    assert len(merged) == 3
+    assert merged[0].fields == {"status": "in_progress", "response_id": "r"}
+    assert merged[2].fields == {"status": "completed"}
+
+
+def _apply(writer: HistoryWriter, operations) -> None:
+    for operation in operations:
+        writer.submit(operation)
+    writer.flush_sync()
+
+
+def test_writes_land_in_order_with_every_field():
+    writer = HistoryWriter()
+    key = uuid.uuid4()
+    _apply(writer, _session_ops(key) + _request_ops(key, "req_b", T0))
+    # Later transitions of an existing row, in a separate batch: the UPDATE path.
+    _apply(writer, _request_ops(key, "req_c", T0 + 10)[:1])
+    _apply(writer, _request_ops(key, "req_c", T0 + 10)[1:])
+    session = LiveSession.objects.get(id=key)
+    assert (session.status, session.instructions) == ("live", "I")
+    for request_id in ("req_b", "req_c"):
+        row = ResponseRequest.objects.get(id=request_id)
+        assert row.status == "completed" and row.usage == {"total_tokens": 7}
+        assert row.metadata == {"a": "1"} and row.instructions == "be kind"
+        assert row.created_at < row.sent_at < row.started_at < row.finished_at
+
+
+def test_a_bad_operation_does_not_take_the_rest_of_its_batch_with_it():
+    writer = HistoryWriter()
+    key = uuid.uuid4()
+    _apply(writer, _session_ops(key))
+    ops = [
+        CreateRow(LiveSession(id=key, model="again")),  # primary key taken: fails
+        *_request_ops(key, "req_d", T0),
+    ]
+    _apply(writer, ops)
+    assert writer.failures == 1
+    assert ResponseRequest.objects.get(id="req_d").status == "completed"
+
+
+def test_session_end_fails_whatever_is_still_pending():
+    writer = HistoryWriter()
+    key = uuid.uuid4()
+    _apply(writer, _session_ops(key) + _request_ops(key, "req_e", T0)[:2])
+    _apply(writer, [records.session_ended(key=key, status="failed", reason="gone", at=T0 + 9)])
+    row = ResponseRequest.objects.get(id="req_e")
+    assert (row.status, row.error_code) == ("failed", "session_ended")

@@ -1,0 +1,59 @@
+"""The `make run` configuration: Daphne with no OC_UPSTREAM_URL serves a page and a relay
+backed by the embedded simulator that the openai SDK can use."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from openai import AsyncOpenAI
+
+from tests.support.realtime import collect_until, count, user_text
+from tests.support.servers import ROOT, DaphneProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def embedded_server(tmp_path):
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
+        "OC_UPSTREAM_URL": "",
+        "OPENAI_API_KEY": "",
+        "OC_SIM_INTERVAL": "0.005",
+    }
+    full_env = {**os.environ, **env}
+    _manage(full_env, "migrate", "--noinput")
+    login = _manage(full_env, "ensure_demo_operator")
+    assert "operator" in login, "make run prints the demo login"
+    token = _manage(full_env, "create_api_token", "--name", "run-check").strip().splitlines()[-1]
+    server = DaphneProcess(env)
+    yield server, token
+    server.stop()
+
+
+async def test_embedded_simulator_serves_page_and_relay(embedded_server):
+    server, token = embedded_server
+    page = await asyncio.to_thread(lambda: urllib.request.urlopen(server.http_url + "/", timeout=5).read())
+    assert b"Operator Console" in page
+    client = AsyncOpenAI(api_key=token, websocket_base_url=server.ws_base)
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.conversation.item.create(item=user_text("ping"))
+        await conn.response.create()
+        events = await collect_until(conn, count("response.done")(1))
+    done = events[-1]
+    assert done.response.status == "completed"
+    assert "ping" in done.response.output[0].content[0].text

@@ -1,0 +1,115 @@
+"""Real servers for tests: the simulator in a thread of its own, Daphne as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+from apps.realtime.simulator import Simulator, SimulatorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SimulatorThread:
+    """A Simulator on its own event loop in a daemon thread, usable from any test loop."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="simulator", daemon=True)
+        self.thread.start()
+        self.sim: Simulator = self.call(self._start(config))
+
+    async def _start(self, config):
+        sim = Simulator(config)
+        await sim.start("127.0.0.1", 0)
+        return sim
+
+    def call(self, coro, timeout: float = 10.0):
+        future: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    async def acall(self, coro, timeout: float = 10.0):
+        return await asyncio.wait_for(
+            asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop)), timeout
+        )
+
+    @property
+    def url(self) -> str:
+        return self.sim.url
+
+    def set_config(self, **changes) -> None:
+        for name, value in changes.items():
+            setattr(self.sim.config, name, value)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.sim.aclose())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+class DaphneProcess:
+    """`daphne operator_console.asgi:application` on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = ROOT / "var" / f"daphne-{self.port}.log"
+        full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", **env}
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+             "operator_console.asgi:application"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited early:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"daphne did not listen within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()

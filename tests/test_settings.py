@@ -1,0 +1,87 @@
+"""Settings come from the environment; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from operator_console import env
+from tests.support.servers import ROOT
+
+
+@pytest.mark.parametrize("raw", ["true", "TRUE", "1", "yes", "Yes"])
+def test_true_spellings(monkeypatch, raw):
+    monkeypatch.setenv("X_FLAG", raw)
+    assert env.env_bool("X_FLAG", False) is True
+
+
+@pytest.mark.parametrize("raw", ["false", "False", "0", "no", "NO"])
+def test_false_spellings(monkeypatch, raw):
+    monkeypatch.setenv("X_FLAG", raw)
+    assert env.env_bool("X_FLAG", True) is False
+
+
+def test_bad_boolean_names_the_variable(monkeypatch):
+    monkeypatch.setenv("X_FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="X_FLAG"):
+        env.env_bool("X_FLAG", True)
+
+
+def test_database_urls():
+    os.environ.pop("X_DB", None)
+    assert env.database_from_url("X_DB", "/tmp/d.sqlite3")["NAME"] == "/tmp/d.sqlite3"
+    os.environ["X_DB"] = "postgres://u:p%40ss@db.local:5433/oc"
+    try:
+        db = env.database_from_url("X_DB", "")
+        assert (db["ENGINE"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == (
+            "django.db.backends.postgresql", "u", "p@ss", "db.local", "5433", "oc"
+        )
+        os.environ["X_DB"] = "sqlite:////var/tmp/x.sqlite3"
+        assert env.database_from_url("X_DB", "")["NAME"] == "/var/tmp/x.sqlite3"
+        os.environ["X_DB"] = "mysql://x/y"
+        with pytest.raises(ImproperlyConfigured, match="X_DB"):
+            env.database_from_url("X_DB", "")
+    finally:
+        del os.environ["X_DB"]
+
+
+def test_upstream_url_must_be_a_websocket_url(monkeypatch):
+    monkeypatch.setenv("OC_UPSTREAM_URL", "https://api.openai.com/v1")
+    with pytest.raises(ImproperlyConfigured, match="OC_UPSTREAM_URL"):
+        env.env_ws_url("OC_UPSTREAM_URL")
+    monkeypatch.setenv("OC_UPSTREAM_URL", "wss://api.openai.com/v1/")
+    assert env.env_ws_url("OC_UPSTREAM_URL") == "wss://api.openai.com/v1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DJANGO_DEBUG", "sometimes"), ("OC_UPSTREAM_URL", "api.openai.com"), ("OC_SEND_TIMEOUT", "soon")],
+)
+def test_start_up_stops_with_a_message_naming_the_variable(variable, value):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert variable in result.stderr
+
+
+def test_production_needs_a_secret_key():
+    environ = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**environ, "DJANGO_DEBUG": "false", "DJANGO_ALLOWED_HOSTS": "example.com"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
