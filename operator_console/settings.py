@@ -111,7 +111,8 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = VAR_DIR / "staticfiles"  # collectstatic target; WhiteNoise also serves from the finders
+STATIC_ROOT.mkdir(exist_ok=True)
 # WhiteNoise serves the static files itself (collectstatic not needed): `daphne … asgi:application`
 # alone serves a complete console.
 WHITENOISE_USE_FINDERS = True
