@@ -306,3 +306,28 @@ async def test_unreachable_upstream_tells_the_caller_and_closes_1011(relay_setti
     closed = await communicator.receive_output(timeout=5)
     assert closed["type"] == "websocket.close" and closed["code"] == 1011
     await communicator.disconnect()
+
+
+async def test_upstream_that_never_sends_session_created_is_given_up_on(relay_settings, api_token):
+    import websockets
+
+    async def silent(connection):
+        await connection.wait_closed()
+
+    async with websockets.serve(silent, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        relay_settings.OC_UPSTREAM_URL = f"ws://127.0.0.1:{port}/v1"
+        relay_settings.OC_UPSTREAM_CONNECT_TIMEOUT = 0.5
+        communicator = WebsocketCommunicator(application, "/v1/realtime", headers=_auth(api_token))
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        error = await communicator.receive_json_from(timeout=5)
+        assert error["error"]["code"] == "upstream_timeout"
+        closed = await communicator.receive_output(timeout=5)
+        assert closed["code"] == 1011 and loop.time() - started < 2.0
+        await communicator.disconnect()
+    await history.flush()
+    session = await LiveSession.objects.order_by("-started_at").afirst()
+    assert (session.status, session.end_reason) == ("failed", "upstream_timeout")
