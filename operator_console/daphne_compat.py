@@ -1,11 +1,20 @@
-"""Let Daphne send the close reason that ASGI's `websocket.close` carries.
+"""Let Daphne close a WebSocket with any valid code, and with the reason ASGI carries.
 
-ASGI (spec 2.3+) gives `websocket.close` a `reason`; Daphne 4.2 passes on the code only, so a
-caller whose upstream failed would see a bare 1011. The relay tells callers why in an `error`
-event as well, so this is a nicety; if Daphne changes shape, it is left alone.
+Daphne 4.2 closes through autobahn's `sendClose()`, which accepts only 1000 and 3000–4999:
+a `websocket.close` with code 1011 (what the relay must send when its upstream fails) raises
+inside Daphne and the socket stays open. Daphne also drops the `reason` that ASGI's
+`websocket.close` has carried since spec 2.3. This sends the close frame directly, with both.
+If Daphne's protocol class changes shape, the patch is skipped.
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+# Codes an endpoint may send in a close frame (RFC 6455 7.4): not 1004-1006 or 1015.
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 def install() -> None:
@@ -16,16 +25,18 @@ def install() -> None:
     original = WebSocketProtocol.handle_reply
     if getattr(original, "_oc_patched", False):
         return
+    if not hasattr(WebSocketProtocol, "sendCloseFrame"):
+        log.warning("daphne/autobahn changed: close codes other than 1000 may fail")
+        return
 
     def handle_reply(self, message):
-        if (
-            message.get("type") == "websocket.close"
-            and message.get("reason")
-            and self.state != self.STATE_CONNECTING
-        ):
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
             code = message.get("code") or 1000
-            self.sendClose(code=code, reason=str(message["reason"])[:123])
-            return
+            if code not in _SENDABLE and not 3000 <= code <= 4999:
+                code = 1011
+            reason = (message.get("reason") or "").encode()[:123]
+            self.sendCloseFrame(code=code, reasonUtf8=reason or None, isReply=False)
+            return None
         return original(self, message)
 
     handle_reply._oc_patched = True

@@ -596,5 +596,5 @@ class SessionActor:
     async def _close_caller(self, code: int, reason: str) -> None:
         try:
             await self._caller.close_with(code, reason)
-        except Exception as exc:  # already gone
-            log.debug("closing caller of %s failed: %r", self.key, exc)
+        except Exception as exc:
+            log.warning("closing the caller of %s with %d failed: %r", self.key, code, exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from openai import AsyncOpenAI
 
@@ -103,3 +105,23 @@ async def test_request_lifecycle_is_recorded_with_output_usage_and_ordered_times
     assert second.sent_at >= first.finished_at
     session = await LiveSession.objects.aget(upstream_id=session_id)
     assert session.model == "gpt-realtime" and session.connected_by == "token:test"
+
+
+async def test_upstream_failure_reaches_the_caller_as_close_code_and_reason_through_daphne(
+    daphne, simulator, api_token
+):
+    import json
+
+    import websockets
+
+    async with websockets.connect(
+        f"{daphne.ws_base}/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {api_token}"},
+    ) as ws:
+        created = json.loads(await ws.recv())
+        await simulator.acall(simulator.sim.close_session(created["session"]["id"], 1011, "simulated outage"))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd.code == 1011
+    assert "simulated outage" in closed.value.rcvd.reason
