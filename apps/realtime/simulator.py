@@ -57,6 +57,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
+from apps.realtime.events import error_event
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -524,20 +526,15 @@ class Simulator:
         client_event_id: str | None = None,
         error_type: str = "invalid_request_error",
     ) -> None:
-        await self._send(
-            session,
-            {
-                "type": "error",
-                "event_id": new_event_id(),
-                "error": {
-                    "type": error_type,
-                    "code": code,
-                    "message": message,
-                    "param": param,
-                    "event_id": client_event_id,
-                },
-            },
+        event = error_event(
+            code=code,
+            message=message,
+            param=param,
+            client_event_id=client_event_id,
+            error_type=error_type,
         )
+        event["event_id"] = new_event_id()  # stamped with the send time, like every event here
+        await self._send(session, event)
 
     # --- client events ---------------------------------------------------------------------
 
