@@ -210,7 +210,7 @@ class Sequencer:
         self.send_timeout = send_timeout
         self.retry_delay = retry_delay
         self._entries: dict[str, _Entry] = {}
-        self._by_event_id: dict[str, str] = {}  # event_id -> latest request sent with it
+        self._by_event_id: dict[str, str] = {}  # event_id -> latest request submitted with it
         self._cancel_events: dict[str, str] = {}  # our response.cancel event_id -> request id
         self._queue: deque[str] = deque()
         self._outstanding: str | None = None
@@ -398,7 +398,7 @@ class Sequencer:
             actions: list[Action] = [
                 ErrorClaimed(request_id=request_id, forward_to_caller=_forward(entry.request, code))
             ]
-            if entry.status is RequestStatus.SENT:  # out of band: in-conversation is outstanding
+            if entry.status is RequestStatus.SENT:  # sent, not outstanding: out of band
                 del self._oob_sent[request_id]
                 actions.append(
                     self._status(

@@ -86,6 +86,7 @@ class SequencerMachine(RuleBasedStateMachine):
         self.queue: list[str] = []
         self.outstanding: str | None = None
         self.cancel_events: dict[str, str] = {}  # event_id -> response_id
+        self.cancel_wanted: set[str] = set()  # cancel() while sent: no response to cancel yet
         self.closed_reason: str | None = None
         # What the inputs said: responses created and not done -> in conversation?
         self.live: dict[str, bool] = {}
@@ -210,6 +211,7 @@ class SequencerMachine(RuleBasedStateMachine):
             event("response.created for a put-back request")
         if cause == "error" and code == ACTIVE_RESPONSE_ERROR and not self.is_oob(rid):
             assert new in (S.QUEUED, S.CANCELLED), f"{rid}: {new} on the active-response error"
+            assert new is S.CANCELLED or rid not in self.cancel_wanted, "cancelled, yet put back"
         if prev is S.SENT and new is S.QUEUED:
             assert cause == "error" and code == ACTIVE_RESPONSE_ERROR, (
                 "sent -> queued without cause"
@@ -269,6 +271,7 @@ class SequencerMachine(RuleBasedStateMachine):
                 assert [(a.request_id, a.status) for a in actions] == [(rid, S.CANCELLED)]
             elif status is S.SENT:
                 assert actions == []
+                self.cancel_wanted.add(rid)  # its response is to be cancelled when it appears
             else:
                 assert [a.event["type"] for a in actions] == ["response.cancel"]
         self.apply(actions, cause="cancel")
@@ -319,15 +322,23 @@ class SequencerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ inputs: the upstream
 
     def created(self, response_id: str, oc_request: str | None) -> None:
-        if self.closed_reason is None and response_id not in self.live:
+        new = self.closed_reason is None and response_id not in self.live
+        if new:
             ours_oob = oc_request in self.requests and self.sends[oc_request] > 0
             self.live[response_id] = not (ours_oob and self.is_oob(oc_request))
             if oc_request is None and self.outstanding is not None:
                 event("server response while a request is outstanding")
-        self.apply(
-            self.seq.response_created(response_id=response_id, oc_request=oc_request, now=self.now),
-            cause="created",
+        actions = self.seq.response_created(
+            response_id=response_id, oc_request=oc_request, now=self.now
         )
+        if new and oc_request in self.cancel_wanted and self.sends[oc_request]:
+            self.cancel_wanted.discard(oc_request)
+            assert any(
+                isinstance(a, SendEvent) and a.event.get("response_id") == response_id
+                for a in actions
+            ), "a cancel asked while sent was not sent when the response appeared"
+            event("pending cancel sent on response.created")
+        self.apply(actions, cause="created")
 
     def done(self, response_id: str, status: str) -> None:
         self.live.pop(response_id, None)
@@ -335,13 +346,23 @@ class SequencerMachine(RuleBasedStateMachine):
         actions = self.seq.response_done(
             response_id=response_id, status=status, now=self.now, details=details
         )
+        expected = S(status) if status in DONE_STATUSES[:4] else S.FAILED
         for action in actions:
             if isinstance(action, StatusChanged) and action.status.is_terminal:
                 assert action.details == details and action.response_id == response_id
+                assert action.status is expected, f"done({status!r}) gave {action.status}"
+                assert (action.error_code == "unexpected_status") == (status == "weird")
         self.apply(actions, cause="done")
 
     def error(self, event_id: str | None, code: str | None) -> None:
         actions = self.seq.error(event_id=event_id, code=code, message="m", now=self.now)
+        if event_id is None and self.outstanding is not None:
+            # The upstream does not always echo event_id: it is then about the outstanding one.
+            assert actions[0] == ErrorClaimed(
+                request_id=self.outstanding,
+                forward_to_caller=self.requests[self.outstanding].origin == "caller"
+                and code != ACTIVE_RESPONSE_ERROR,
+            )
         before = dict(self.status)
         self.apply(actions, cause="error", code=code)
         for claim in (a for a in actions if isinstance(a, ErrorClaimed)):
@@ -443,11 +464,6 @@ class SequencerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ invariants
 
-    def teardown(self):
-        event(
-            f"steps: {'<20' if self.counter < 20 else '20+'} ids, closed: {self.closed_reason is not None}"
-        )
-
     @invariant()
     def views_agree_with_actions(self):
         seq = self.seq
@@ -487,7 +503,7 @@ class SequencerMachine(RuleBasedStateMachine):
 
 
 SequencerMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=500,
     stateful_step_count=80,
     deadline=None,
     derandomize=True,
