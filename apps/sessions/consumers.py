@@ -52,6 +52,15 @@ class RelayConsumer(AsyncWebsocketConsumer):
         )
         self.actor.start()
 
+    async def dispatch(self, message) -> None:
+        # Channels closes stale database connections before every handler, through a hop to a
+        # worker thread. Frames from the caller never touch the database (the actor and the
+        # history writer do), so they skip that hop; connect and disconnect keep it.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.actor is not None:
             self.actor.caller_frame(text_data if text_data is not None else bytes_data)
