@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from apps.realtime.simulator import SimulatorConfig
 from django.db import connection
 
+from apps.realtime.simulator import SimulatorConfig
 from tests.support.servers import DaphneProcess, SimulatorThread
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"

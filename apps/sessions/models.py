@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.realtime.sequencer import TERMINAL_STATUSES, RequestStatus
+
 
 class LiveSession(models.Model):
     class Status(models.TextChoices):
@@ -52,16 +54,9 @@ class ResponseRequest(models.Model):
         API = "api"
         SERVER = "server"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        SENT = "sent"
-        IN_PROGRESS = "in_progress"
-        COMPLETED = "completed"
-        CANCELLED = "cancelled"
-        INCOMPLETE = "incomplete"
-        FAILED = "failed"
-
-    TERMINAL = frozenset({Status.COMPLETED, Status.CANCELLED, Status.INCOMPLETE, Status.FAILED})
+    # The sequencer's statuses are the record's: one list, in apps/realtime/sequencer.py.
+    Status = RequestStatus
+    TERMINAL = TERMINAL_STATUSES
 
     id = models.CharField(primary_key=True, max_length=40, editable=False)
     session = models.ForeignKey(LiveSession, on_delete=models.CASCADE, related_name="requests")
@@ -71,7 +66,11 @@ class ResponseRequest(models.Model):
     sent_instructions = models.TextField(null=True, blank=True, help_text="What was sent.")
     conversation = models.CharField(max_length=16, default="auto")
     metadata = models.JSONField(null=True, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(
+        max_length=16,
+        choices=[(status.value, status.value) for status in RequestStatus],
+        default=RequestStatus.QUEUED.value,
+    )
     response_id = models.CharField(max_length=128, blank=True)
     event_id = models.CharField(max_length=128, blank=True)
     output_text = models.TextField(blank=True)

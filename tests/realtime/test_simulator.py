@@ -631,7 +631,7 @@ async def test_aclose_closes_every_connection():
 
 @pytest.mark.asyncio
 async def test_agents_sdk_realtime_session_text_turn(sim):
-    realtime = pytest.importorskip("agents.realtime")
+    from agents import realtime  # a test dependency (requirements-test.txt): never skipped
     agent = realtime.RealtimeAgent(name="ada", instructions="You are Ada.")
     runner = realtime.RealtimeRunner(
         agent, config={"model_settings": {"output_modalities": ["text"]}}
