@@ -1,0 +1,103 @@
+"""Admin: live sessions with their response history inline, read-only response history,
+API tokens. History tables grow large, so lists avoid full counts and every history view is
+read-only (the record is written by the relay, never edited by hand)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils import timezone
+
+from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
+from apps.sessions.tokens import api_token_revoke
+
+
+def _ms(start, end) -> str:
+    if start is None or end is None:
+        return "—"
+    return f"{(end - start).total_seconds() * 1000:.0f} ms"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    show_full_result_count = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ResponseRequestInline(admin.TabularInline):
+    model = ResponseRequest
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("id", "origin", "status", "instructions", "metadata", "created_at", "finished_at", "error_code")
+    readonly_fields = fields
+    ordering = ("created_at",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(LiveSession)
+class LiveSessionAdmin(ReadOnlyAdmin):
+    list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "end_reason")
+    list_filter = ("status", "model", "started_at")
+    search_fields = ("upstream_id", "connected_by")
+    date_hierarchy = "started_at"
+    readonly_fields = [f.name for f in LiveSession._meta.fields]
+    inlines = [ResponseRequestInline]
+
+
+@admin.register(ResponseRequest)
+class ResponseRequestAdmin(ReadOnlyAdmin):
+    list_display = ("id", "session", "origin", "status", "requested_by", "created_at", "queue_wait", "latency")
+    list_filter = ("status", "origin", "created_at")
+    search_fields = ("instructions", "metadata", "id", "response_id")
+    date_hierarchy = "created_at"
+    list_select_related = ("session",)
+    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration"]
+    fieldsets = (
+        (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),
+        ("Overrides", {"fields": ("instructions", "instructions_mode", "sent_instructions", "conversation", "metadata")}),
+        ("Timeline", {"fields": ("created_at", "sent_at", "started_at", "finished_at", "queue_wait", "latency", "duration")}),
+        ("Result", {"fields": ("response_id", "event_id", "output_text", "usage")}),
+    )
+
+    @admin.display(description="queued for")
+    def queue_wait(self, obj):
+        return _ms(obj.created_at, obj.sent_at)
+
+    @admin.display(description="sent → started")
+    def latency(self, obj):
+        return _ms(obj.sent_at, obj.started_at)
+
+    @admin.display(description="started → finished")
+    def duration(self, obj):
+        return _ms(obj.started_at, obj.finished_at)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix")
+    readonly_fields = ("name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at", "created_by")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False  # tokens are shown once: create them with `manage.py create_api_token`
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes)
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset.filter(revoked_at__isnull=True):
+            api_token_revoke(token=token)
+        self.message_user(request, f"Revoked at {timezone.now():%H:%M:%S}.")
