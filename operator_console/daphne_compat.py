@@ -1,9 +1,14 @@
-"""Let Daphne close a WebSocket with any valid code, and with the reason ASGI carries.
+"""Two fixes to Daphne's WebSocket replies that a relay cannot do without.
 
-Daphne 4.2 closes through autobahn's `sendClose()`, which accepts only 1000 and 3000–4999:
-a `websocket.close` with code 1011 (what the relay must send when its upstream fails) raises
-inside Daphne and the socket stays open. Daphne also drops the `reason` that ASGI's
-`websocket.close` has carried since spec 2.3. This sends the close frame directly, with both.
+- Close codes: Daphne 4.2 closes through autobahn's `sendClose()`, which accepts only 1000 and
+  3000–4999: a `websocket.close` with code 1011 (what the relay must send when its upstream
+  fails) raises inside Daphne and the socket stays open. Daphne also drops the `reason` that
+  ASGI's `websocket.close` has carried since spec 2.3. This sends the close frame directly,
+  with both.
+- Outgoing size: Daphne's `--websocket-max-message-size` (1 MiB by default) guards against
+  large *incoming* messages, but autobahn applies it to messages sent too, so an upstream event
+  over 1 MiB could never reach the caller. Messages the application sends are not limited.
+
 If Daphne's protocol class changes shape, the patch is skipped.
 """
 
@@ -30,7 +35,19 @@ def install() -> None:
         return
 
     def handle_reply(self, message):
-        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+        kind = message.get("type")
+        if kind == "websocket.send":
+            limit = getattr(self, "maxMessagePayloadSize", 0)  # set per connection by autobahn
+            payload = message.get("text") or message.get("bytes") or b""
+            # 4 bytes per character at most in UTF-8: only large messages take this branch.
+            if limit and len(payload) * 4 > limit:
+                self.maxMessagePayloadSize = 0
+                try:
+                    return original(self, message)
+                finally:
+                    self.maxMessagePayloadSize = limit
+            return original(self, message)
+        if kind == "websocket.close" and self.state != self.STATE_CONNECTING:
             code = message.get("code") or 1000
             if code not in _SENDABLE and not 3000 <= code <= 4999:
                 code = 1011

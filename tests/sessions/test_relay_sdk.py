@@ -125,3 +125,21 @@ async def test_upstream_failure_reaches_the_caller_as_close_code_and_reason_thro
                 await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd.code == 1011
     assert "simulated outage" in closed.value.rcvd.reason
+
+
+async def test_upstream_messages_over_one_mebibyte_reach_the_caller_whole(
+    daphne, simulator, api_token
+):
+    # Every caller frame stays under 1 MiB (Daphne's own limit for incoming frames); the
+    # upstream's reply, which echoes both texts, is over 1.4 MiB.
+    persona, question = "p" * 600_000, "q" * 900_000
+    client = AsyncOpenAI(api_key=api_token, websocket_base_url=daphne.ws_base)
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        await _session(conn)
+        await conn.session.update(session={"type": "realtime", "instructions": persona})
+        await conn.conversation.item.create(item=user_text(question))
+        await conn.response.create()
+        events = await collect_until(conn, done(1), timeout=30)
+    text = events[-1].response.output[0].content[0].text
+    assert len(text.encode()) > 1_400_000
+    assert persona in text and question in text, "the whole response arrived unchanged"
