@@ -75,8 +75,7 @@ async def test_frame_that_is_not_a_json_object_gets_an_error_and_the_session_goe
 async def test_out_of_band_response_create_goes_upstream_while_a_response_is_active(
     relay_settings, simulator, api_token
 ):
-    simulator.set_config(delta_interval=0.05)
-    try:
+    with simulator.configured(delta_interval=0.05):
         communicator, session_id = await _open(_auth(api_token))
         await communicator.send_json_to({"type": "conversation.item.create", "item": user_text("hi")})
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_main"})
@@ -86,8 +85,6 @@ async def test_out_of_band_response_create_goes_upstream_while_a_response_is_act
         )
         events = await _until(communicator, "response.done")
         events += await _until(communicator, "response.done")
-    finally:
-        simulator.set_config(delta_interval=0.01)
     received = {e.get("event_id"): t for t, e in simulator.sim.received(session_id)}
     first_done = next(t for t, e in simulator.sim.sent(session_id) if e["type"] == "response.done")
     assert received["evt_oob"] < first_done, "out-of-band request was not held behind the active one"
@@ -176,8 +173,7 @@ async def test_token_client_with_a_foreign_origin_is_refused(relay_settings, sim
 async def test_caller_disconnect_mid_response_closes_upstream_and_fails_pending_requests(
     relay_settings, simulator, api_token
 ):
-    simulator.set_config(delta_interval=0.05)
-    try:
+    with simulator.configured(delta_interval=0.05):
         communicator, session_id = await _open(_auth(api_token))
         await communicator.send_json_to({"type": "conversation.item.create", "item": user_text("hi")})
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_active"})
@@ -188,8 +184,6 @@ async def test_caller_disconnect_mid_response_closes_upstream_and_fails_pending_
         await communicator.disconnect()
         await eventually(lambda: session_id not in simulator.sim.sessions, timeout=1.0)
         assert loop.time() - started < 1.0, "upstream closed within a second"
-    finally:
-        simulator.set_config(delta_interval=0.01)
     rows = await _rows(session_id)
     assert len(rows) == 2
     assert {(r.event_id, r.status, r.error_code) for r in rows} == {
@@ -204,8 +198,7 @@ async def test_caller_disconnect_mid_response_closes_upstream_and_fails_pending_
 async def test_upstream_close_mid_response_closes_caller_with_its_code_and_fails_requests(
     relay_settings, simulator, api_token
 ):
-    simulator.set_config(delta_interval=0.05)
-    try:
+    with simulator.configured(delta_interval=0.05):
         communicator, session_id = await _open(_auth(api_token))
         await communicator.send_json_to({"type": "conversation.item.create", "item": user_text("hi")})
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_cut"})
@@ -215,8 +208,6 @@ async def test_upstream_close_mid_response_closes_caller_with_its_code_and_fails
             output = await communicator.receive_output(timeout=5)
             if output["type"] == "websocket.close":
                 break
-    finally:
-        simulator.set_config(delta_interval=0.01)
     assert output["code"] == 1011
     assert output.get("reason"), "the caller is told why"
     await communicator.disconnect()
@@ -256,8 +247,7 @@ async def test_caller_response_null_is_rejected_like_upstream_and_not_forwarded(
 async def test_server_started_response_is_recorded_and_the_callers_request_waits_for_it(
     relay_settings, simulator, api_token
 ):
-    simulator.set_config(delta_interval=0.03)
-    try:
+    with simulator.configured(delta_interval=0.03):
         communicator, session_id = await _open(_auth(api_token))
         server_response = await simulator.acall(simulator.sim.trigger_server_response(session_id))
         created = await _until(communicator, "response.created")
@@ -265,8 +255,6 @@ async def test_server_started_response_is_recorded_and_the_callers_request_waits
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_after_vad"})
         events = await _until(communicator, "response.done")
         events += await _until(communicator, "response.done")
-    finally:
-        simulator.set_config(delta_interval=0.01)
     assert not [e for e in events if e["type"] == "error"], "no active-response error reached the caller"
     await communicator.disconnect()
     rows = sorted(await _rows(session_id), key=lambda r: r.created_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -53,6 +54,16 @@ class SimulatorThread:
     def set_config(self, **changes) -> None:
         for name, value in changes.items():
             setattr(self.sim.config, name, value)
+
+    @contextlib.contextmanager
+    def configured(self, **changes):
+        """Change the simulator's config for a block; the previous values come back after."""
+        before = {name: getattr(self.sim.config, name) for name in changes}
+        self.set_config(**changes)
+        try:
+            yield self
+        finally:
+            self.set_config(**before)
 
     def stop(self) -> None:
         try:
