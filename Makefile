@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test bench lint migrate clean
+.PHONY: install system-deps run test bench lint migrate clean
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ run: migrate
 	@echo "Console on http://$(HOST):$(PORT)/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
 	$(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
 
-test: install
+# Debian's chromium, redis-server and postgresql, installed when missing (as root).
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 bench: install
