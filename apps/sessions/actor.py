@@ -100,12 +100,6 @@ class Mailbox:
                 self._waiter = None
         return self._items.popleft()
 
-    def get_nowait(self) -> tuple[str, Any] | None:
-        return self._items.popleft() if self._items else None
-
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 class Caller(Protocol):
     """The caller's socket, as the actor sees it (the consumer implements it)."""
@@ -182,10 +176,6 @@ class SessionActor:
             log.warning("session actor %s did not stop in %.1fs; cancelling", self.key, timeout)
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=1.0)
-
-    @property
-    def finished(self) -> bool:
-        return self._task is not None and self._task.done()
 
     # ------------------------------------------------------------------ the task
 

@@ -42,10 +42,6 @@ class LiveSession(models.Model):
     def __str__(self) -> str:
         return self.upstream_id or f"(connecting {self.id})"
 
-    @property
-    def is_live(self) -> bool:
-        return self.status in (self.Status.CONNECTING, self.Status.LIVE)
-
 
 class ResponseRequest(models.Model):
     class Origin(models.TextChoices):
