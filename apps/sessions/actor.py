@@ -253,7 +253,8 @@ class SessionActor:
             self._timer.cancel()
         if self.end_status is None:
             self._end(LiveSession.Status.FAILED, "relay_error")
-        self._apply_sync(self.sequencer.closed("session_ended", now=clock.now()))
+        for action in self.sequencer.closed("session_ended", now=clock.now()):
+            self._record(action)  # closing fails requests; it sends nothing
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -275,19 +276,20 @@ class SessionActor:
 
     async def _on_upstream_frame(self, data: bytes | str) -> None:
         kind = events.peek_type(data)
+        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
         if kind is not None and kind not in WATCHED_TYPES and not self._hidden_responses:
-            await self._caller.send_text(data if isinstance(data, str) else data.decode())
+            await self._caller.send_text(text)
             return
         try:
-            event = json.loads(data)
+            event = json.loads(text)
         except ValueError:
             log.warning("upstream sent a frame that is not JSON on %s; relayed as is", self.key)
             event = None
         if not isinstance(event, dict):
-            await self._caller.send_text(data if isinstance(data, str) else data.decode("utf-8", "replace"))
+            await self._caller.send_text(text)
             return
         kind = event.get("type")
-        forward: str | None = data if isinstance(data, str) else data.decode()
+        forward: str | None = text
         if kind == "response.created" or kind == "response.done":
             forward = await self._on_response_event(kind, event, forward)
         elif kind == "error":
@@ -354,9 +356,9 @@ class SessionActor:
             self._hidden_responses.discard(response_id)
         if hidden:
             return None
-        info = self._requests.get(tag) if tag else None
         if tag is None:
             return raw  # the server's own response: nothing of ours in it
+        info = self._requests.get(tag)
         if info is None or info.origin in OPERATOR_ORIGINS:
             # An operator's response: its metadata and instructions are the operator's.
             response["metadata"] = None
@@ -367,15 +369,11 @@ class SessionActor:
 
     async def _on_error(self, event: dict, raw: str) -> str | None:
         event_id, code, message = events.error_fields(event)
-        forward = True
-        for action in self.sequencer.error(
-            event_id=event_id, code=code, message=message, now=clock.now()
-        ):
-            if type(action) is ErrorClaimed:
-                forward = action.forward_to_caller
-            else:
-                await self._apply((action,))
-        return raw if forward else None
+        actions = self.sequencer.error(event_id=event_id, code=code, message=message, now=clock.now())
+        await self._apply(actions)
+        # An error about none of the sequencer's events is the caller's: it goes through.
+        claims = [a for a in actions if type(a) is ErrorClaimed]
+        return raw if not claims or claims[0].forward_to_caller else None
 
     def _is_hidden(self, event: dict) -> bool:
         response_id = event.get("response_id")
@@ -482,13 +480,8 @@ class SessionActor:
             else:
                 self._record(action)
 
-    def _apply_sync(self, actions) -> None:
-        """Apply actions that send nothing (closing): record them."""
-        for action in actions:
-            if type(action) is not SendEvent:
-                self._record(action)
-
     def _record(self, action) -> None:
+        """Record a status change or an observed response (other actions need no record)."""
         if type(action) is StatusChanged:
             info = self._requests.get(action.request_id)
             if (

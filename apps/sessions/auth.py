@@ -90,9 +90,8 @@ async def authenticate_relay(scope) -> Principal | Refusal:
 
 
 async def session_user(scope):
-    """The user of the request's session cookie (AnonymousUser if none), or scope["user"]."""
-    if "user" in scope:  # behind AuthMiddleware already
-        return scope["user"]
+    """The user of the handshake's session cookie: None without one, else a (possibly
+    anonymous) user."""
     cookie = _header(scope, b"cookie")
     if not cookie:
         return None

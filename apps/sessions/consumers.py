@@ -8,6 +8,7 @@ an await here would hold up everything behind it).
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -21,8 +22,6 @@ _FORWARDED_HEADERS = (b"openai-beta",)
 
 
 def _query_model(scope) -> str:
-    from urllib.parse import parse_qs
-
     query = parse_qs(scope.get("query_string", b"").decode("latin1"))
     model = (query.get("model") or [""])[-1].strip()
     return model or settings.OC_REALTIME_MODEL
