@@ -40,8 +40,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # its static files: the /api/v1/docs page
     "apps.realtime",
     "apps.sessions",
+    "apps.api",
 ]
 
 MIDDLEWARE = [
@@ -134,6 +136,12 @@ OC_REALTIME_MODEL = env_str("OC_REALTIME_MODEL", "gpt-realtime") or "gpt-realtim
 OC_SEND_TIMEOUT = env_float("OC_SEND_TIMEOUT", 15.0, minimum=0.1)
 # How long the upstream may take to open and send session.created.
 OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
+# Most requests that may wait in one session's queue; beyond it the REST hook answers 429.
+OC_QUEUE_LIMIT = env_int("OC_QUEUE_LIMIT", 32, minimum=32)  # CONTRACT: at least 32
+# How often each process looks in the table for operator requests whose ping was lost.
+OC_PICKUP_INTERVAL = env_float("OC_PICKUP_INTERVAL", 2.0, minimum=0.05)
+# How long a cancel, note or interrupt waits for the session's actor to answer.
+OC_ACTOR_REPLY_TIMEOUT = env_float("OC_ACTOR_REPLY_TIMEOUT", 5.0, minimum=0.1)
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).
 OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)

@@ -1,7 +1,7 @@
 """SessionActor: one live session, one task, one mailbox.
 
 Everything that changes a session's state — the caller's frames, the upstream's frames,
-timers, and (later) operator requests — is put on the mailbox and handled by one task in
+timers, and operator messages (requests, cancels, notes, interrupts) — is put on the mailbox and handled by one task in
 arrival order. The sequencer therefore needs no locks, and the upstream and caller sockets
 each have exactly one writer, which keeps frames in order.
 
@@ -26,21 +26,26 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from apps.realtime import events
+from apps.realtime.overrides import effective_instructions, upstream_response
 from apps.realtime.sequencer import (
     OC_REQUEST_KEY,
     ErrorClaimed,
     Request,
+    RequestStatus,
     ResponseObserved,
     SendEvent,
     Sequencer,
+    SequencerError,
     StatusChanged,
 )
-from apps.sessions import clock, records
+from apps.sessions import clock, groups, records
 from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession
+from apps.sessions.pickup import pickup
 from apps.sessions.upstream import open_upstream
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ CALLER_FRAME = "caller.frame"
 CALLER_CLOSED = "caller.closed"
 UPSTREAM_FRAME = "upstream.frame"
 UPSTREAM_CLOSED = "upstream.closed"
+OPERATOR = "operator"
 TICK = "tick"
 
 # Upstream event types the actor parses; every other type is forwarded untouched.
@@ -115,6 +121,9 @@ class _RequestInfo:
     out_of_band: bool
     # What the caller gave as response.metadata (restored on the way back; None = absent).
     caller_metadata: Any = None
+    # An operator's text, composed with the session's instructions when the request is sent.
+    append_instructions: str | None = None
+    sent_instructions: str | None = None
 
 
 class SessionActor:
@@ -143,6 +152,10 @@ class SessionActor:
         self._requests: dict[str, _RequestInfo] = {}
         # Operator out-of-band responses: their events go to operators, never to the caller.
         self._hidden_responses: set[str] = set()
+        # event_ids of the relay's own client events (notes): errors about them are not the caller's.
+        self._own_event_ids: set[str] = set()
+        # Messages for the operators watching this session, sent after each mailbox message.
+        self._outbox: list[dict[str, Any]] = []
         self._task: asyncio.Task | None = None
         self._reader: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -159,6 +172,10 @@ class SessionActor:
 
     def caller_frame(self, text: str) -> None:
         self.mailbox.put((CALLER_FRAME, text))
+
+    def operator_message(self, message: dict[str, Any]) -> None:
+        """A `session.*` message from the session's group (see `groups`), or from the pickup."""
+        self.mailbox.put((OPERATOR, message))
 
     def caller_closed(self) -> None:
         if self._connecting and self._task is not None:
@@ -220,6 +237,8 @@ class SessionActor:
                 await self._on_upstream_frame(payload)
             elif kind is CALLER_FRAME:
                 await self._on_caller_frame(payload)
+            elif kind is OPERATOR:
+                await self._on_operator(payload)
             elif kind is TICK:
                 await self._on_tick()
             elif kind is UPSTREAM_CLOSED:
@@ -228,6 +247,8 @@ class SessionActor:
             elif kind is CALLER_CLOSED:
                 self._end(LiveSession.Status.ENDED, "caller_closed")
                 return
+            if self._outbox:
+                await self._publish()
             if self.end_status is not None:
                 return
 
@@ -249,6 +270,7 @@ class SessionActor:
             put((UPSTREAM_CLOSED, (1006, "")))
 
     async def _cleanup(self) -> None:
+        pickup().discard(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.end_status is None:
@@ -300,6 +322,10 @@ class SessionActor:
             forward = None
         if forward is not None:
             await self._caller.send_text(forward)
+        else:
+            self._outbox.append(
+                {"type": groups.CONSOLE_EVENT, "session_id": self.upstream_id, "event": text}
+            )
         self._rearm_timer()
 
     def _on_session_event(self, kind: str, event: dict) -> None:
@@ -313,6 +339,7 @@ class SessionActor:
             session_id = session.get("id")
             self.upstream_id = session_id if isinstance(session_id, str) else f"sess_{self.key.hex}"
             self._session_deadline = None
+            pickup().add(self)  # the session can now be named, so requests may arrive
             history.submit(
                 records.session_identified(
                     key=self.key,
@@ -369,6 +396,10 @@ class SessionActor:
 
     async def _on_error(self, event: dict, raw: str) -> str | None:
         event_id, code, message = events.error_fields(event)
+        if event_id is not None and event_id in self._own_event_ids:
+            self._own_event_ids.discard(event_id)
+            log.warning("upstream refused the relay's event %s on %s: %s", event_id, self.key, message)
+            return None
         actions = self.sequencer.error(event_id=event_id, code=code, message=message, now=clock.now())
         await self._apply(actions)
         # An error about none of the sequencer's events is the caller's: it goes through.
@@ -471,14 +502,144 @@ class SessionActor:
         except Exception as exc:  # the reader sees the close and ends the session
             log.info("upstream send failed on %s: %r", self.key, exc)
 
+    # ------------------------------------------------------------------ operators
+
+    async def _on_operator(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == groups.SESSION_REQUEST:
+            await self._submit_operator_request(message["request"])
+            return
+        if kind == groups.SESSION_CANCEL:
+            reply = await self._cancel_queued(message["request_id"], origin=message.get("origin", "api"))
+        elif kind == groups.SESSION_NOTE:
+            reply = await self._add_note(message)
+        elif kind == groups.SESSION_INTERRUPT:
+            response_id = self.sequencer.active_response_id
+            await self._apply(self.sequencer.interrupt(now=clock.now()))
+            reply = {"response_id": response_id}
+        else:
+            log.warning("unknown operator message %r on %s", kind, self.key)
+            return
+        reply_to = message.get("reply_to")
+        if reply_to:
+            try:
+                await get_channel_layer().send(reply_to, {"type": groups.ACTOR_REPLY, **reply})
+            except Exception as exc:  # the asker gave up; the action itself stands
+                log.warning("reply to %s on %s failed: %r", kind, self.key, exc)
+
+    async def _submit_operator_request(self, data: dict[str, Any]) -> None:
+        """A stored request from the REST hook or the console (by ping or by pickup)."""
+        request_id = data["id"]
+        if request_id in self._requests:
+            return  # both pinged and picked up, or cancelled before it arrived
+        text = data.get("instructions")
+        mode = data.get("instructions_mode") or "append"
+        response = upstream_response(metadata=data.get("metadata"), conversation=data.get("conversation"))
+        info = _RequestInfo(origin=data.get("origin") or "api", out_of_band=response.get("conversation") == "none")
+        if text is not None and mode == "replace":
+            response["instructions"] = info.sent_instructions = text
+        elif text is not None:
+            info.append_instructions = text  # composed when sent, with the instructions of then
+        request = Request(
+            id=request_id, origin=info.origin, event_id=events.new_event_id(), response=response
+        )
+        self._requests[request_id] = info
+        try:
+            actions = self.sequencer.submit(request, now=clock.now())
+        except SequencerError as exc:  # the services validated it, so this is our bug
+            log.error("sequencer refused stored request %s on %s: %s", request_id, self.key, exc)
+            self._record(
+                StatusChanged(
+                    request_id=request_id,
+                    status=RequestStatus.FAILED,
+                    at=clock.now(),
+                    error_code="invalid_request",
+                    error_message=str(exc),
+                )
+            )
+            return
+        await self._apply(actions)
+        self._rearm_timer()
+
+    async def _cancel_queued(self, request_id: str, *, origin: str) -> dict[str, Any]:
+        """Cancel a request only if it is still queued (a sent one is interrupted instead)."""
+        now = clock.now()
+        info = self._requests.get(request_id)
+        if info is None:
+            # Its ping was lost and the pickup has not brought it yet: it was never sent, and
+            # remembering it keeps the pickup from sending it later.
+            self._requests[request_id] = _RequestInfo(origin=origin, out_of_band=False)
+            self._record(StatusChanged(request_id=request_id, status=RequestStatus.CANCELLED, at=now))
+            return {"status": RequestStatus.CANCELLED.value, "at": now}
+        try:
+            status = self.sequencer.status(request_id)
+        except KeyError:  # refused when submitted; its record already says so
+            return {"status": RequestStatus.FAILED.value}
+        if status is not RequestStatus.QUEUED:
+            return {"status": status.value}
+        await self._apply(self.sequencer.cancel(request_id, now=now))
+        if info.origin == "caller":
+            # The caller's client waits for a response to its response.create; tell it why
+            # none will come, as the upstream tells it of a response.create it refuses.
+            await self._reply_error(
+                code="response_cancelled",
+                message="An operator cancelled this response.create before it was sent.",
+                client_event_id=self.sequencer.get(request_id).event_id,
+            )
+        return {"status": RequestStatus.CANCELLED.value, "at": now}
+
+    async def _add_note(self, message: dict[str, Any]) -> dict[str, Any]:
+        event_id = events.new_event_id()
+        self._own_event_ids.add(event_id)
+        event = {
+            "type": "conversation.item.create",
+            "event_id": event_id,
+            "item": {
+                "id": message["item_id"],
+                "type": "message",
+                "role": message["role"],
+                "content": [{"type": "input_text", "text": message["text"]}],
+            },
+        }
+        await self._send_upstream(events.dumps(event))
+        return {"ok": True, "at": clock.now()}
+
+    async def _publish(self) -> None:
+        """Send the outbox to the operators watching this session, in order."""
+        messages, self._outbox = self._outbox, []
+        group = groups.watch_group(self.key)
+        layer = get_channel_layer()
+        for message in messages:
+            try:
+                await layer.group_send(group, message)
+            except Exception as exc:  # watchers miss an update; the session goes on
+                log.warning("publishing to %s failed: %r", group, exc)
+                return
+
     # ------------------------------------------------------------------ actions and timers
 
     async def _apply(self, actions) -> None:
         for action in actions:
             if type(action) is SendEvent:
+                if action.request_id is not None:
+                    info = self._requests.get(action.request_id)
+                    if info is not None and info.append_instructions is not None:
+                        self._compose_instructions(info, action.event)
                 await self._send_upstream(events.dumps(action.event))
             else:
                 self._record(action)
+
+    def _compose_instructions(self, info: _RequestInfo, event: dict[str, Any]) -> None:
+        """`append` mode: the session's instructions as last seen, then the operator's text."""
+        if event.get("type") != "response.create":
+            return
+        sent = effective_instructions(
+            session_instructions=self.session_instructions,
+            text=info.append_instructions,
+            mode="append",
+        )
+        event["response"]["instructions"] = sent
+        info.sent_instructions = sent
 
     def _record(self, action) -> None:
         """Record a status change or an observed response (other actions need no record)."""
@@ -501,8 +662,24 @@ class SessionActor:
                     error_code=action.error_code,
                     error_message=action.error_message,
                     details=action.details,
+                    sent_instructions=(
+                        info.sent_instructions
+                        if info is not None and action.status is RequestStatus.SENT
+                        else None
+                    ),
                 )
             )
+            if info is not None and info.origin in OPERATOR_ORIGINS:
+                self._outbox.append(
+                    {
+                        "type": groups.CONSOLE_REQUEST,
+                        "session_id": self.upstream_id,
+                        "request_id": action.request_id,
+                        "status": action.status.value,
+                        "at": action.at,
+                        "response_id": action.response_id,
+                    }
+                )
         elif type(action) is ResponseObserved:
             request = action.request
             self._requests[request.id] = _RequestInfo(origin="server", out_of_band=False)

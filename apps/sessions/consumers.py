@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from apps.sessions import groups
 from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
 
@@ -29,6 +30,7 @@ def _query_model(scope) -> str:
 
 class RelayConsumer(AsyncWebsocketConsumer):
     actor: SessionActor | None = None
+    group: str | None = None
 
     async def connect(self) -> None:
         principal = await authenticate_relay(self.scope)
@@ -49,14 +51,22 @@ class RelayConsumer(AsyncWebsocketConsumer):
             connected_by=principal.name,
             upstream_headers=headers,
         )
+        # Operators reach the session through its group: requests, cancels, notes, interrupts.
+        self.group = groups.session_group(self.actor.key)
+        await self.channel_layer.group_add(self.group, self.channel_name)
         self.actor.start()
 
     async def dispatch(self, message) -> None:
         # Channels closes stale database connections before every handler, through a hop to a
-        # worker thread. Frames from the caller never touch the database (the actor and the
-        # history writer do), so they skip that hop; connect and disconnect keep it.
-        if message["type"] == "websocket.receive":
+        # worker thread. Frames from the caller and operators' messages never touch the
+        # database (the actor and the history writer do), so they skip that hop; connect and
+        # disconnect keep it.
+        kind = message["type"]
+        if kind == "websocket.receive":
             await self.websocket_receive(message)
+        elif kind in groups.SESSION_MESSAGE_TYPES:
+            if self.actor is not None:
+                self.actor.operator_message(message)
         else:
             await super().dispatch(message)
 
@@ -65,6 +75,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
             self.actor.caller_frame(text_data if text_data is not None else bytes_data)
 
     async def disconnect(self, code) -> None:
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.actor is not None:
             self.actor.caller_closed()
             await self.actor.wait_finished()

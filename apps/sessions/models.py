@@ -60,7 +60,8 @@ class ResponseRequest(models.Model):
     instructions = models.TextField(null=True, blank=True, help_text="The requester's text.")
     instructions_mode = models.CharField(max_length=16, default="append")
     sent_instructions = models.TextField(null=True, blank=True, help_text="What was sent.")
-    conversation = models.CharField(max_length=16, default="auto")
+    # None: not set by the requester, so not sent (the upstream's default, "auto", applies).
+    conversation = models.CharField(max_length=16, null=True, blank=True)
     metadata = models.JSONField(null=True, blank=True)
     status = models.CharField(
         max_length=16,
@@ -78,9 +79,21 @@ class ResponseRequest(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Idempotency-Key of the REST hook: unique per requester (scope), with a digest of the
+    # request it was first used for, so a repeat with another body can be refused.
+    idempotency_scope = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    idempotency_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_scope", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="unique_idempotency_key_per_scope",
+            )
+        ]
         indexes = [
             models.Index(fields=["session", "created_at"]),
             models.Index(fields=["status", "-created_at"]),

@@ -89,7 +89,7 @@ def request_created(
         instructions=instructions if isinstance(instructions, str) else None,
         instructions_mode=instructions_mode,
         sent_instructions=instructions if isinstance(instructions, str) else None,
-        conversation=str(response.get("conversation") or "auto"),
+        conversation=conversation if isinstance(conversation := response.get("conversation"), str) else None,
         metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
         requested_by=requested_by,
         status=status,
@@ -110,6 +110,7 @@ def request_status(
     error_code: str | None = None,
     error_message: str | None = None,
     details: Mapping[str, Any] | None = None,
+    sent_instructions: str | None = None,
 ):
     fields: dict[str, Any] = {"status": status}
     when = _dt(at)
@@ -119,6 +120,8 @@ def request_status(
         fields["started_at"] = when
     elif status in ResponseRequest.TERMINAL:
         fields["finished_at"] = when
+    if sent_instructions is not None:
+        fields["sent_instructions"] = sent_instructions
     if response_id:
         fields["response_id"] = response_id
     if error_code is not None:

@@ -41,10 +41,16 @@ def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_
 
 def api_token_authenticate(*, plain: str, scope: str) -> ApiToken | None:
     """The active token with this value and scope, or None. Records when it was last used."""
+    token = api_token_lookup(plain=plain)
+    return token if token is not None and token.has_scope(scope) else None
+
+
+def api_token_lookup(*, plain: str) -> ApiToken | None:
+    """The active token with this value, whatever its scopes, or None. Records its use."""
     if not plain:
         return None
     token = ApiToken.objects.filter(digest=ApiToken.hash(plain), revoked_at__isnull=True).first()
-    if token is None or not token.has_scope(scope):
+    if token is None:
         return None
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:

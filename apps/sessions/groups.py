@@ -1,0 +1,32 @@
+"""Channel-layer group names and message types, in one place (consumers and services use these).
+
+- `session_group(key)`: the consumer that holds a live session. Services send it
+  `session.request` (a stored request to pick up), `session.cancel`, `session.note` and
+  `session.interrupt`; the last three carry `reply_to`, a channel the actor answers on.
+- `watch_group(key)`: operators watching one session. The actor sends it `console.event`
+  (an upstream event operators see and the caller does not, such as an out-of-band operator
+  response's) and `console.request` (a request's status changed).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+SESSION_REQUEST = "session.request"
+SESSION_CANCEL = "session.cancel"
+SESSION_NOTE = "session.note"
+SESSION_INTERRUPT = "session.interrupt"
+SESSION_MESSAGE_TYPES = frozenset({SESSION_REQUEST, SESSION_CANCEL, SESSION_NOTE, SESSION_INTERRUPT})
+
+ACTOR_REPLY = "session.reply"
+
+CONSOLE_EVENT = "console.event"
+CONSOLE_REQUEST = "console.request"
+
+
+def session_group(key: uuid.UUID) -> str:
+    return f"session.{key.hex}"
+
+
+def watch_group(key: uuid.UUID) -> str:
+    return f"watch.{key.hex}"

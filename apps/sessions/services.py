@@ -1,0 +1,329 @@
+"""Services: the writes every surface (REST hook, console) makes on live sessions.
+
+A response request is written to the database before anyone is told it was accepted; then the
+session's group is pinged with the request, so the actor holding the session can send it at
+once. The table is the durable record: a lost ping only delays a request until the holding
+process's next look at the table (`pickup`), within `OC_PICKUP_INTERVAL` seconds.
+
+Cancels, notes and interrupts go to the actor and wait for its answer: only the actor knows
+whether a request is still queued (the database learns of a send a few milliseconds later), so
+a cancel is never answered `cancelled` for a request that was in fact sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from apps.realtime.overrides import ResponseOverrides
+from apps.sessions import groups
+from apps.sessions.models import LiveSession, ResponseRequest
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class ServiceError(Exception):
+    """A refusal the requester can act on. `status` is the HTTP status the REST hook answers."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionNotFound(ServiceError):
+    status, code = 404, "session_not_found"
+
+
+class RequestNotFound(ServiceError):
+    status, code = 404, "response_not_found"
+
+
+class SessionNotLive(ServiceError):
+    status, code = 409, "session_not_live"
+
+
+class NotCancellable(ServiceError):
+    status, code = 409, "not_cancellable"
+
+
+class IdempotencyConflict(ServiceError):
+    status, code = 409, "idempotency_conflict"
+
+
+class QueueFull(ServiceError):
+    status, code = 429, "queue_full"
+
+
+class SessionUnavailable(ServiceError):
+    """The session is live in the table, but no actor answered: its process is gone or stuck."""
+
+    status, code = 503, "session_unavailable"
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Idempotency:
+    scope: str  # whose key it is: "token:<pk>" or "user:<pk>"
+    key: str
+    digest: str  # of the request it was first used for (path and body)
+
+
+def request_message(request: ResponseRequest) -> dict[str, Any]:
+    """What the actor needs to send a stored operator request (the ping and the pickup)."""
+    return {
+        "id": request.id,
+        "origin": request.origin,
+        "instructions": request.instructions,
+        "instructions_mode": request.instructions_mode,
+        "metadata": request.metadata,
+        "conversation": request.conversation,
+    }
+
+
+async def response_request_submit(
+    *,
+    session_id: str,
+    overrides: ResponseOverrides,
+    origin: str,
+    requested_by: str,
+    idempotency: Idempotency | None = None,
+) -> tuple[ResponseRequest, bool]:
+    """Store a request for the next response and tell the session. Returns (request, created).
+
+    With an idempotency key already used for the same request, the first request is returned
+    and nothing new is stored (created is False).
+    """
+    request, created = await response_request_store(
+        session_id=session_id,
+        overrides=overrides,
+        origin=origin,
+        requested_by=requested_by,
+        idempotency=idempotency,
+    )
+    if created:
+        await ping(request)
+    return request, created
+
+
+async def response_request_store(
+    *,
+    session_id: str,
+    overrides: ResponseOverrides,
+    origin: str,
+    requested_by: str,
+    idempotency: Idempotency | None = None,
+) -> tuple[ResponseRequest, bool]:
+    """The first half of `response_request_submit`: the durable write, without the ping."""
+    return await database_sync_to_async(_store_request)(
+        session_id=session_id,
+        overrides=overrides,
+        origin=origin,
+        requested_by=requested_by,
+        idempotency=idempotency,
+    )
+
+
+def _store_request(
+    *,
+    session_id: str,
+    overrides: ResponseOverrides,
+    origin: str,
+    requested_by: str,
+    idempotency: Idempotency | None,
+) -> tuple[ResponseRequest, bool]:
+    try:
+        with transaction.atomic():
+            return _store_request_locked(
+                session_id=session_id,
+                overrides=overrides,
+                origin=origin,
+                requested_by=requested_by,
+                idempotency=idempotency,
+            )
+    except IntegrityError:
+        # A concurrent request with the same key won the insert (on databases where the
+        # session row lock does not serialise requests of different sessions).
+        if idempotency is None:
+            raise
+        return _idempotent_repeat(idempotency), False
+
+
+def _store_request_locked(
+    *,
+    session_id: str,
+    overrides: ResponseOverrides,
+    origin: str,
+    requested_by: str,
+    idempotency: Idempotency | None,
+) -> tuple[ResponseRequest, bool]:
+    # The lock serialises submissions to one session, so the queue limit holds under races.
+    session = LiveSession.objects.select_for_update().filter(upstream_id=session_id).first()
+    if session is None:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    if idempotency is not None:
+        prior = (
+            ResponseRequest.objects.select_related("session")
+            .filter(idempotency_scope=idempotency.scope, idempotency_key=idempotency.key)
+            .first()
+        )
+        if prior is not None:
+            return _idempotent_repeat(idempotency, prior), False
+    if session.status != LiveSession.Status.LIVE:
+        raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
+    queued = ResponseRequest.objects.filter(
+        session=session, status=ResponseRequest.Status.QUEUED
+    ).count()
+    if queued >= settings.OC_QUEUE_LIMIT:
+        raise QueueFull(
+            f"Session '{session_id}' already has {queued} queued requests; "
+            f"the limit is {settings.OC_QUEUE_LIMIT}. Retry when some have been sent."
+        )
+    request = ResponseRequest.objects.create(
+        id=f"req_{uuid.uuid4().hex}",
+        session=session,
+        origin=origin,
+        instructions=overrides.instructions,
+        instructions_mode=overrides.instructions_mode,
+        metadata=overrides.metadata,
+        conversation=overrides.conversation,
+        requested_by=requested_by,
+        status=ResponseRequest.Status.QUEUED,
+        idempotency_scope=idempotency.scope if idempotency else None,
+        idempotency_key=idempotency.key if idempotency else None,
+        idempotency_digest=idempotency.digest if idempotency else "",
+    )
+    return request, True
+
+
+def _idempotent_repeat(idempotency: Idempotency, prior: ResponseRequest | None = None) -> ResponseRequest:
+    if prior is None:
+        prior = ResponseRequest.objects.select_related("session").get(
+            idempotency_scope=idempotency.scope, idempotency_key=idempotency.key
+        )
+    if prior.idempotency_digest != idempotency.digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key '{idempotency.key}' was already used for another request "
+            f"({prior.id}); use a new key for a new request."
+        )
+    return prior
+
+
+async def ping(request: ResponseRequest) -> None:
+    """Tell the holding actor about a stored request. Losing this only delays the request."""
+    try:
+        await get_channel_layer().group_send(
+            groups.session_group(request.session_id),
+            {"type": groups.SESSION_REQUEST, "request": request_message(request)},
+        )
+    except Exception as exc:  # the channel layer is down: the pickup finds the request
+        log.warning("ping for %s failed (it will be picked up from the table): %r", request.id, exc)
+
+
+# ---------------------------------------------------------------------------- ask the actor
+
+
+async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str, Any]:
+    layer = get_channel_layer()
+    reply_to = await layer.new_channel("reply.")
+    await layer.group_send(groups.session_group(session.id), {**message, "reply_to": reply_to})
+    try:
+        async with asyncio.timeout(settings.OC_ACTOR_REPLY_TIMEOUT):
+            return await layer.receive(reply_to)
+    except TimeoutError:
+        raise SessionUnavailable(
+            f"Session '{session.upstream_id}' did not answer within "
+            f"{settings.OC_ACTOR_REPLY_TIMEOUT:g} s; its process may have stopped. Retry later."
+        ) from None
+
+
+def _live_session(session_id: str) -> LiveSession:
+    session = LiveSession.objects.filter(upstream_id=session_id).first()
+    if session is None:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    if session.status != LiveSession.Status.LIVE:
+        raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
+    return session
+
+
+async def response_request_cancel(*, request_id: str) -> ResponseRequest:
+    """Cancel a request that is still queued; anything further along is NotCancellable."""
+    request = await database_sync_to_async(
+        lambda: ResponseRequest.objects.select_related("session").filter(id=request_id).first()
+    )()
+    if request is None:
+        raise RequestNotFound(f"No response request with id '{request_id}'.")
+    # The table lags behind the actor, never ahead of it: a request it shows past `queued`
+    # really is.
+    if request.status != ResponseRequest.Status.QUEUED:
+        raise NotCancellable(
+            f"Request '{request_id}' is {request.status}; only a queued request can be cancelled."
+        )
+    if request.session.status != LiveSession.Status.LIVE:
+        raise NotCancellable(
+            f"Request '{request_id}' belongs to a session that is {request.session.status}."
+        )
+    reply = await _ask_actor(
+        request.session,
+        {"type": groups.SESSION_CANCEL, "request_id": request_id, "origin": request.origin},
+    )
+    if reply.get("status") != ResponseRequest.Status.CANCELLED:
+        raise NotCancellable(
+            f"Request '{request_id}' is {reply.get('status')}; only a queued request can be cancelled."
+        )
+    request.status = ResponseRequest.Status.CANCELLED
+    request.finished_at = datetime.fromtimestamp(reply["at"], tz=UTC)
+    return request
+
+
+@dataclass(frozen=True, kw_only=True)
+class Note:
+    id: str  # the conversation item's id
+    session_id: str
+    role: str
+    text: str
+    created_at: datetime
+    requested_by: str
+
+
+async def note_add(*, session_id: str, text: str, role: str, requested_by: str) -> Note:
+    """Add a message item to the conversation without asking for a response."""
+    session = await database_sync_to_async(_live_session)(session_id)
+    item_id = f"item_oc{uuid.uuid4().hex[:25]}"  # the upstream allows client ids ≤ 32 chars
+    reply = await _ask_actor(
+        session,
+        {"type": groups.SESSION_NOTE, "item_id": item_id, "role": role, "text": text, "by": requested_by},
+    )
+    if not reply.get("ok"):
+        raise SessionNotLive(reply.get("message") or f"Session '{session_id}' is not live.")
+    return Note(
+        id=item_id,
+        session_id=session_id,
+        role=role,
+        text=text,
+        created_at=datetime.fromtimestamp(reply["at"], tz=UTC),
+        requested_by=requested_by,
+    )
+
+
+async def session_interrupt(*, session_id: str) -> str | None:
+    """Cancel the active in-conversation response, if any. Returns its id (None: none was active)."""
+    session = await database_sync_to_async(_live_session)(session_id)
+    reply = await _ask_actor(session, {"type": groups.SESSION_INTERRUPT})
+    return reply.get("response_id")
