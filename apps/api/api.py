@@ -1,0 +1,366 @@
+"""The REST hook, `/api/v1/` (CONTRACT section 2), built on django-ninja.
+
+Why django-ninja: its schemas are pydantic models, the same ones the relay already uses for
+per-response overrides, so validation, the OpenAPI document and the docs page come from one
+definition; it runs async views natively under Daphne (no thread hop per request beyond the
+database's), and it is small and actively maintained.
+
+Views are thin: they authenticate, translate the input and call `apps.sessions` services and
+selectors. Every error has the body `{"error": {"code", "message", "fields"?}}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import Body, Header, NinjaAPI, Query, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.security import HttpBearer
+
+from apps.api.schemas import (
+    ErrorOut,
+    InterruptOut,
+    NoteIn,
+    NoteOut,
+    RequestList,
+    RequestOut,
+    SessionList,
+    SessionOut,
+    SessionStatus,
+)
+from apps.realtime.overrides import ResponseOverrides
+from apps.sessions import selectors, services, tokens
+from apps.sessions.models import ApiToken
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+# ---------------------------------------------------------------------------- input, auth
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class JsonParser(Parser):
+    def parse_body(self, request: HttpRequest) -> Any:
+        if len(request.body) > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        return json.loads(request.body)
+
+
+class MissingScope(Exception):
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
+
+
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer <token>` with the given scope: 401 without a valid token, 403 without the scope."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    async def __call__(self, request: HttpRequest) -> ApiToken | None:
+        started = time.perf_counter()
+        scheme, _, plain = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not plain.strip():
+            return None
+        token = await database_sync_to_async(tokens.api_token_lookup)(plain=plain.strip())
+        _timing(request)["auth"] = time.perf_counter() - started
+        if token is None:
+            return None
+        if not token.has_scope(self.scope):
+            raise MissingScope(self.scope)
+        return token
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
+        raise NotImplementedError("TokenAuth authenticates in __call__")
+
+
+READ = TokenAuth(ApiToken.Scope.SESSIONS_READ)
+WRITE = TokenAuth(ApiToken.Scope.RESPONSES_WRITE)
+
+api = NinjaAPI(
+    title="Operator Console REST hook",
+    version="1",
+    description=(
+        "Steer live Realtime sessions: ask for the next response with per-response "
+        "instructions and metadata, add notes, interrupt, and read the response history."
+    ),
+    urls_namespace="api_v1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+    parser=JsonParser(),
+)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def error_response(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> JsonResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return JsonResponse({"error": error}, status=status)
+
+
+def _errors(*statuses: int) -> dict[int, type[ErrorOut]]:
+    return {status: ErrorOut for status in statuses}
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    fields: dict[str, str] = {}
+    for error in exc.errors:
+        where, *path = error.get("loc") or ("body",)
+        if where == "body" and path and path[0] == "payload":
+            path = path[1:]  # ninja names the body parameter; the client knows no such field
+        name = ".".join(str(part) for part in path) or str(where)
+        if where == "header":
+            name = "Idempotency-Key" if name.lower() == "idempotency-key" else name
+        message = error.get("msg", "invalid")
+        if error.get("type") == "extra_forbidden":
+            message = "Unknown field; the accepted fields are listed in /api/v1/openapi.json."
+        fields.setdefault(name, message)
+    summary = "; ".join(f"{name}: {message}" for name, message in fields.items())
+    return error_response(422, "invalid_fields", f"Invalid fields — {summary}", fields)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if isinstance(exc.__cause__, BodyTooLarge):
+        return _too_large(request, exc)
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        return error_response(400, "invalid_json", f"The body is not valid JSON: {exc.__cause__}.")
+    return error_response(exc.status_code, "http_error", str(exc))
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return error_response(
+        413, "body_too_large", f"The body is over the limit of {MAX_BODY_BYTES} bytes (64 KiB)."
+    )
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: Exception) -> HttpResponse:
+    response = error_response(
+        401, "unauthenticated", "Send a valid API token as 'Authorization: Bearer <token>'."
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+@api.exception_handler(MissingScope)
+def _forbidden(request: HttpRequest, exc: MissingScope) -> HttpResponse:
+    return error_response(403, "missing_scope", f"This token lacks the scope '{exc.scope}'.")
+
+
+@api.exception_handler(services.ServiceError)
+def _refused(request: HttpRequest, exc: services.ServiceError) -> HttpResponse:
+    response = error_response(exc.status, exc.code, exc.message)
+    if exc.status in (429, 503):
+        response["Retry-After"] = "1"
+    return response
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def _timing(request: HttpRequest) -> dict[str, float]:
+    timing = getattr(request, "_oc_timing", None)
+    if timing is None:
+        timing = request._oc_timing = {"start": time.monotonic()}  # type: ignore[attr-defined]
+    return timing
+
+
+def _server_timing(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """`Server-Timing` of the phases in this process (milliseconds); in DEBUG also the
+    monotonic clock at the view's start, so a benchmark on this machine can place them."""
+    timing = _timing(request)
+    parts = [f"{name};dur={seconds * 1000:.3f}" for name, seconds in timing.items() if name != "start"]
+    if settings.DEBUG:
+        parts.append(f'start;desc="{timing["start"]:.6f}"')
+    response["Server-Timing"] = ", ".join(parts)
+    return response
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@api.get(
+    "/sessions",
+    response={200: SessionList, **_errors(401, 403, 422)},
+    auth=READ,
+    summary="List sessions",
+    tags=["sessions"],
+)
+async def list_sessions(
+    request: HttpRequest,
+    status: SessionStatus | None = None,
+    limit: int = Query(100, ge=1, le=1000, description="At most this many, newest first."),
+):
+    sessions = await database_sync_to_async(selectors.session_list)(status=status, limit=limit)
+    return SessionList(items=[SessionOut.of(session) for session in sessions])
+
+
+@api.get(
+    "/sessions/{session_id}",
+    response={200: SessionOut, **_errors(401, 403, 404)},
+    auth=READ,
+    summary="Get a session",
+    tags=["sessions"],
+)
+async def get_session(request: HttpRequest, session_id: str):
+    session = await database_sync_to_async(selectors.session_get)(session_id=session_id)
+    if session is None:
+        raise services.SessionNotFound(f"No session with id '{session_id}'.")
+    return SessionOut.of(session)
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+def _idempotency(request: HttpRequest, key: str | None, session_id: str, body: dict) -> services.Idempotency | None:
+    if key is None:
+        return None
+    canonical = json.dumps({"session": session_id, "body": body}, sort_keys=True, separators=(",", ":"))
+    return services.Idempotency(
+        scope=f"token:{request.auth.pk}",
+        key=key,
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+@api.post(
+    "/sessions/{session_id}/responses",
+    response={200: RequestOut, 202: RequestOut, **_errors(400, 401, 403, 404, 409, 413, 422, 429)},
+    auth=WRITE,
+    summary="Request the next response",
+    description=(
+        "Stored, then queued behind the session's other requests (out-of-band ones, "
+        "conversation 'none', are sent at once). 202 with the new request; 200 with the first "
+        "one when the same Idempotency-Key and body were already used."
+    ),
+    tags=["responses"],
+)
+async def submit_response(
+    request: HttpRequest,
+    session_id: str,
+    payload: ResponseOverrides = Body(None),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS
+    ),
+):
+    overrides = payload if payload is not None else ResponseOverrides()
+    timing = _timing(request)
+    started = time.perf_counter()
+    row, created = await services.response_request_store(
+        session_id=session_id,
+        overrides=overrides,
+        origin="api",
+        requested_by=request.auth.name,
+        idempotency=_idempotency(
+            request, idempotency_key, session_id, overrides.model_dump(mode="json", exclude_unset=True)
+        ),
+    )
+    stored = time.perf_counter()
+    timing["db"] = stored - started
+    if created:
+        await services.ping(row)
+        timing["ping"] = time.perf_counter() - stored
+    response = JsonResponse(
+        RequestOut.of(row).model_dump(mode="json"), status=202 if created else 200
+    )
+    return _server_timing(request, response)
+
+
+@api.get(
+    "/sessions/{session_id}/responses",
+    response={200: RequestList, **_errors(401, 403, 404, 422)},
+    auth=READ,
+    summary="A session's response requests, oldest first",
+    tags=["responses"],
+)
+async def list_responses(
+    request: HttpRequest,
+    session_id: str,
+    limit: int = Query(1000, ge=1, le=1000, description="At most this many, oldest first."),
+):
+    def load():
+        session = selectors.session_get(session_id=session_id)
+        if session is None:
+            raise services.SessionNotFound(f"No session with id '{session_id}'.")
+        return selectors.request_list(session=session, limit=limit)
+
+    rows = await database_sync_to_async(load)()
+    return RequestList(items=[RequestOut.of(row) for row in rows])
+
+
+@api.get(
+    "/responses/{request_id}",
+    response={200: RequestOut, **_errors(401, 403, 404)},
+    auth=READ,
+    summary="Get a response request",
+    tags=["responses"],
+)
+async def get_response(request: HttpRequest, request_id: str):
+    row = await database_sync_to_async(selectors.request_get)(request_id=request_id)
+    if row is None:
+        raise services.RequestNotFound(f"No response request with id '{request_id}'.")
+    return RequestOut.of(row)
+
+
+@api.delete(
+    "/responses/{request_id}",
+    response={200: RequestOut, **_errors(401, 403, 404, 409, 503)},
+    auth=WRITE,
+    summary="Cancel a queued request",
+    description="Only a request still queued can be cancelled (409 otherwise); it is then never sent.",
+    tags=["responses"],
+)
+async def cancel_response(request: HttpRequest, request_id: str):
+    row = await services.response_request_cancel(request_id=request_id)
+    return RequestOut.of(row)
+
+
+# ---------------------------------------------------------------------------- notes, interrupt
+
+
+@api.post(
+    "/sessions/{session_id}/notes",
+    response={201: NoteOut, **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
+    auth=WRITE,
+    summary="Add a note to the conversation",
+    description="Adds a message item without asking for a response: quiet context for the next turn.",
+    tags=["sessions"],
+)
+async def add_note(request: HttpRequest, session_id: str, payload: NoteIn):
+    note = await services.note_add(
+        session_id=session_id, text=payload.text, role=payload.role, requested_by=request.auth.name
+    )
+    return Status(201, NoteOut(**vars(note)))
+
+
+@api.post(
+    "/sessions/{session_id}/interrupt",
+    response={202: InterruptOut, **_errors(401, 403, 404, 409, 503)},
+    auth=WRITE,
+    summary="Interrupt the active response",
+    description="Asks the upstream to cancel the in-conversation response in progress, if any.",
+    tags=["sessions"],
+)
+async def interrupt(request: HttpRequest, session_id: str):
+    response_id = await services.session_interrupt(session_id=session_id)
+    return Status(202, InterruptOut(session_id=session_id, response_id=response_id))

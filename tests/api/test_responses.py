@@ -1,0 +1,328 @@
+"""POST/GET/DELETE of response requests through the REST hook, with a live caller session on
+the real application and the simulator upstream (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.layers import get_channel_layer
+
+from apps.realtime.overrides import ResponseOverrides
+from apps.sessions import groups, services
+from apps.sessions.history import writer as history
+from apps.sessions.models import LiveSession, ResponseRequest
+from tests.support.realtime import eventually, user_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PERSONA = "You are Ava, the support agent of Acme."
+
+
+def _creates(simulator, session_id: str) -> list[dict]:
+    return [e for _, e in simulator.sim.received(session_id) if e["type"] == "response.create"]
+
+
+def _create_for(simulator, session_id: str, request_id: str) -> dict | None:
+    for event in _creates(simulator, session_id):
+        if (event.get("response") or {}).get("metadata", {}).get("oc_request") == request_id:
+            return event
+    return None
+
+
+async def _row(request_id: str) -> ResponseRequest:
+    await history.flush()
+    return await ResponseRequest.objects.aget(id=request_id)
+
+
+async def _start_caller_response(caller, text: str = "Where is my order?") -> None:
+    await caller.send({"type": "session.update", "session": {"type": "realtime", "instructions": PERSONA}})
+    await caller.until("session.updated")
+    await caller.send({"type": "conversation.item.create", "item": user_text(text)})
+    await caller.send({"type": "response.create", "event_id": "evt_caller"})
+    await caller.until("response.created")
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("append", f"{PERSONA}\n\nOffer the refund."), ("replace", "Offer the refund.")],
+)
+async def test_nudge_during_a_caller_response_is_queued_then_completes_as_asked(
+    caller, rest, simulator, mode, expected
+):
+    with simulator.configured(delta_interval=0.03):
+        await _start_caller_response(caller)
+        posted = await rest.post(
+            f"/sessions/{caller.session_id}/responses",
+            json={"instructions": "Offer the refund.", "instructions_mode": mode, "metadata": {"ticket": "T-7"}},
+        )
+        assert posted.status_code == 202, posted.text
+        nudge = posted.json()
+        assert nudge["status"] == "queued" and nudge["origin"] == "api"
+        assert nudge["requested_by"] == "script" and nudge["session_id"] == caller.session_id
+        assert _create_for(simulator, caller.session_id, nudge["id"]) is None, "sent while a response was active"
+
+        events = await caller.until("response.done", 2)
+
+    sent = _create_for(simulator, caller.session_id, nudge["id"])
+    assert sent is not None, "the nudge reached the upstream"
+    assert sent["response"] == {
+        "instructions": expected,
+        "metadata": {"ticket": "T-7", "oc_request": nudge["id"]},
+    }, "exactly the operator's metadata plus oc_request, and the effective instructions"
+    assert not [e for e in events if e["type"] == "error"]
+    done = [e for e in events if e["type"] == "response.done"]
+    assert done[1]["response"]["metadata"] is None, "the operator's metadata is not the caller's"
+    assert "instructions" not in done[1]["response"]
+
+    await history.flush()  # the table follows the actor by a few milliseconds
+    record = (await rest.get(f"/responses/{nudge['id']}")).json()
+    assert record["status"] == "completed"
+    assert record["instructions"] == "Offer the refund." and record["sent_instructions"] == expected
+    assert record["instructions_mode"] == mode and record["metadata"] == {"ticket": "T-7"}
+    assert f"[instructions: {expected}]" in record["output_text"]
+    first = await _row(
+        (await ResponseRequest.objects.filter(origin="caller").afirst()).id
+    )
+    second = await _row(nudge["id"])
+    assert second.sent_at >= first.finished_at, "the nudge waited for the caller's response"
+
+
+async def test_empty_body_sends_only_oc_request(caller, rest, simulator):
+    posted = await rest.post(f"/sessions/{caller.session_id}/responses", content=b"")
+    assert posted.status_code == 202, posted.text
+    request_id = posted.json()["id"]
+    await caller.until("response.done")
+    sent = _create_for(simulator, caller.session_id, request_id)
+    assert sent["response"] == {"metadata": {"oc_request": request_id}}
+    assert (await _row(request_id)).status == "completed"
+
+
+async def test_empty_object_is_the_same_as_no_body(caller, rest, simulator):
+    posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
+    request_id = posted.json()["id"]
+    await caller.until("response.done")
+    assert _create_for(simulator, caller.session_id, request_id)["response"] == {
+        "metadata": {"oc_request": request_id}
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"metadata": {f"k{i}": "v" for i in range(16)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata"),
+        ({"metadata": {"k": 7}}, "metadata.k"),
+        ({"metadata": {"oc_request": "mine"}}, "metadata"),
+        ({"metadata": ["k", "v"]}, "metadata"),
+        ({"instructions": "x" * 32_769}, "instructions"),
+        ({"instructions": 5}, "instructions"),
+        ({"instructions_mode": "prepend"}, "instructions_mode"),
+        ({"conversation": "default"}, "conversation"),
+        ({"temperature": 0.5}, "temperature"),
+    ],
+)
+async def test_invalid_fields_get_422_naming_the_field_and_nothing_is_sent(
+    caller, rest, simulator, body, field
+):
+    response = await rest.post(f"/sessions/{caller.session_id}/responses", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_fields"
+    assert field in error["fields"], error
+    assert field in error["message"]
+    await asyncio.sleep(0.1)
+    assert _creates(simulator, caller.session_id) == []
+    assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).aexists()
+
+
+async def test_limits_at_the_edge_are_accepted(caller, rest, simulator):
+    body = {
+        "metadata": {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(15)},
+        "instructions": "x" * 32_768,
+    }
+    response = await rest.post(f"/sessions/{caller.session_id}/responses", json=body)
+    assert response.status_code == 202, response.text
+    await caller.until("response.done")
+    sent = _create_for(simulator, caller.session_id, response.json()["id"])
+    assert len(sent["response"]["metadata"]) == 16, "15 pairs and oc_request: the upstream's 16"
+
+
+async def test_malformed_json_is_400_and_a_large_body_is_413(caller, rest):
+    url = f"/sessions/{caller.session_id}/responses"
+    bad = await rest.post(url, content=b'{"instructions": ', headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    big = await rest.post(url, json={"instructions": "x" * (65 * 1024)})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    assert "64 KiB" in big.json()["error"]["message"]
+
+
+@pytest.fixture
+def narrow_tokens(make_token) -> dict[str, str]:
+    return {
+        "reader": make_token(scopes=["sessions:read"], name="reader"),
+        "writer": make_token(scopes=["responses:write"], name="writer"),
+    }
+
+
+async def test_tokens_and_scopes(caller, rest, narrow_tokens):
+    url = f"/sessions/{caller.session_id}/responses"
+    assert (await rest.post(url, json={}, headers={"Authorization": ""})).status_code == 401
+    unknown = await rest.post(url, json={}, headers={"Authorization": "Bearer oct_unknown"})
+    assert unknown.status_code == 401 and unknown.json()["error"]["code"] == "unauthenticated"
+    reader = {"Authorization": f"Bearer {narrow_tokens['reader']}"}
+    forbidden = await rest.post(url, json={}, headers=reader)
+    assert forbidden.status_code == 403 and "responses:write" in forbidden.json()["error"]["message"]
+    assert (await rest.get(f"/sessions/{caller.session_id}", headers=reader)).status_code == 200
+    writer = {"Authorization": f"Bearer {narrow_tokens['writer']}"}
+    assert (await rest.get(f"/sessions/{caller.session_id}", headers=writer)).status_code == 403
+
+
+async def test_unknown_session_is_404_and_an_ended_one_409(rest, caller):
+    missing = await rest.post("/sessions/sess_nope/responses", json={})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"
+    await caller.communicator.disconnect()
+    await history.flush()
+    ended = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
+    assert ended.status_code == 409 and ended.json()["error"]["code"] == "session_not_live"
+
+
+async def test_over_the_queue_limit_is_429(caller, rest, simulator, settings):
+    with simulator.configured(delta_interval=0.2):
+        await _start_caller_response(caller)
+        url = f"/sessions/{caller.session_id}/responses"
+        statuses = [(await rest.post(url, json={})).status_code for _ in range(settings.OC_QUEUE_LIMIT)]
+        assert statuses == [202] * settings.OC_QUEUE_LIMIT
+        over = await rest.post(url, json={})
+        assert over.status_code == 429 and over.json()["error"]["code"] == "queue_full"
+        assert over.headers["Retry-After"]
+        interrupted = await rest.post(f"/sessions/{caller.session_id}/interrupt")
+        assert interrupted.status_code == 202
+
+
+async def test_cancel_of_a_queued_request_is_never_sent_and_of_a_sent_one_409(caller, rest, simulator):
+    with simulator.configured(delta_interval=0.03):
+        await _start_caller_response(caller)
+        queued = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
+        later = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
+        cancelled = await rest.delete(f"/responses/{queued['id']}")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+        await caller.until("response.done", 2)
+
+    assert _create_for(simulator, caller.session_id, queued["id"]) is None, "a cancelled request was sent"
+    assert _create_for(simulator, caller.session_id, later["id"]) is not None
+    assert (await _row(queued["id"])).status == "cancelled"
+    again = await rest.delete(f"/responses/{later['id']}")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "not_cancellable"
+    assert (await rest.delete("/responses/req_nope")).status_code == 404
+
+
+async def test_cancel_answered_by_the_actor_even_before_the_table_knows_the_send(caller, rest, simulator):
+    """The request is sent at once (idle session); the table may still say `queued` when the
+    DELETE comes, but the actor knows better: 409, and the request completes."""
+    posted = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
+    cancel = await rest.delete(f"/responses/{posted['id']}")
+    assert cancel.status_code == 409, cancel.text
+    await caller.until("response.done")
+    assert (await _row(posted["id"])).status == "completed"
+
+
+async def test_a_request_whose_ping_was_lost_is_picked_up_within_five_seconds(caller, simulator):
+    session = await LiveSession.objects.aget(upstream_id=caller.session_id)
+    request, created = await services.response_request_store(  # stored, never pinged
+        session_id=session.upstream_id,
+        overrides=ResponseOverrides(instructions="Picked up."),
+        origin="api",
+        requested_by="test",
+    )
+    assert created
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await caller.until("response.done", timeout=6)
+    assert loop.time() - started < 5.0
+    assert _create_for(simulator, caller.session_id, request.id) is not None
+    assert (await _row(request.id)).status == "completed"
+
+
+async def test_a_request_cancelled_before_its_lost_ping_arrived_is_never_sent(caller, rest, simulator, settings):
+    settings.OC_PICKUP_INTERVAL = 0.2
+    request, _ = await services.response_request_store(
+        session_id=caller.session_id, overrides=ResponseOverrides(), origin="api", requested_by="test"
+    )
+    cancelled = await rest.delete(f"/responses/{request.id}")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    await asyncio.sleep(1.0)  # several pickups
+    assert _create_for(simulator, caller.session_id, request.id) is None
+    assert (await _row(request.id)).status == "cancelled"
+
+
+async def test_out_of_band_nudge_runs_beside_the_active_response_for_operators_only(caller, rest, simulator):
+    layer = get_channel_layer()
+    watcher = await layer.new_channel()
+    session = await LiveSession.objects.aget(upstream_id=caller.session_id)
+    await layer.group_add(groups.watch_group(session.id), watcher)
+    try:
+        with simulator.configured(delta_interval=0.05):
+            await _start_caller_response(caller)
+            posted = await rest.post(
+                f"/sessions/{caller.session_id}/responses",
+                json={"conversation": "none", "instructions": "Summarise the call.", "metadata": {"kind": "summary"}},
+            )
+            assert posted.status_code == 202
+            request_id = posted.json()["id"]
+            await caller.until("response.done")
+        received = {e.get("event_id"): t for t, e in simulator.sim.received(caller.session_id)}
+        first_done = next(t for t, e in simulator.sim.sent(caller.session_id) if e["type"] == "response.done")
+        sent = _create_for(simulator, caller.session_id, request_id)
+        assert received[sent["event_id"]] < first_done, "not held behind the active response"
+        assert sent["response"]["conversation"] == "none"
+
+        record = await eventually(
+            lambda: ResponseRequest.objects.filter(id=request_id, status="completed").first(), timeout=5
+        )
+        assert await caller.communicator.receive_nothing(timeout=0.3)
+        oob_ids = {record.response_id}
+        seen_by_caller = {
+            (e.get("response") or {}).get("id") or e.get("response_id") for e in caller.events
+        }
+        assert not oob_ids & seen_by_caller, "the caller saw the operator's out-of-band response"
+
+        operator_events = []
+        while True:
+            message = await asyncio.wait_for(layer.receive(watcher), 2)
+            if message["type"] == groups.CONSOLE_EVENT:
+                operator_events.append(message["event"])
+                if '"response.done"' in message["event"]:
+                    break
+        assert any(record.response_id in text for text in operator_events)
+        assert any('"response.output_text.delta"' in text for text in operator_events)
+    finally:
+        await layer.group_discard(groups.watch_group(session.id), watcher)
+
+
+async def test_idempotency_key_same_body_same_request_other_body_409(caller, rest):
+    url = f"/sessions/{caller.session_id}/responses"
+    key = {"Idempotency-Key": "nudge-42"}
+    first = await rest.post(url, json={"instructions": "Be brief."}, headers=key)
+    repeat = await rest.post(url, json={"instructions": "Be brief."}, headers=key)
+    assert first.status_code == 202 and repeat.status_code == 200
+    assert repeat.json()["id"] == first.json()["id"]
+    other = await rest.post(url, json={"instructions": "Be long."}, headers=key)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
+    too_long = await rest.post(url, json={}, headers={"Idempotency-Key": "k" * 256})
+    assert too_long.status_code == 422 and "Idempotency-Key" in too_long.json()["error"]["fields"]
+
+
+async def test_concurrent_duplicates_yield_one_request(caller, rest, simulator):
+    url = f"/sessions/{caller.session_id}/responses"
+    answers = await asyncio.gather(
+        *[rest.post(url, json={"metadata": {"n": "1"}}, headers={"Idempotency-Key": "race"}) for _ in range(8)]
+    )
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [202]
+    assert len({a.json()["id"] for a in answers}) == 1
+    await caller.until("response.done")
+    await asyncio.sleep(0.2)
+    assert len(_creates(simulator, caller.session_id)) == 1, "one request, sent once"
+    assert await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).acount() == 1
