@@ -270,7 +270,7 @@ async def submit_response(
         session_id=session_id,
         overrides=overrides,
         origin="api",
-        requested_by=request.auth.name,
+        requested_by=f"token:{request.auth.name}",
         idempotency=_idempotency(
             request, idempotency_key, session_id, overrides.model_dump(mode="json", exclude_unset=True)
         ),
@@ -348,7 +348,7 @@ async def cancel_response(request: HttpRequest, request_id: str):
 )
 async def add_note(request: HttpRequest, session_id: str, payload: NoteIn):
     note = await services.note_add(
-        session_id=session_id, text=payload.text, role=payload.role, requested_by=request.auth.name
+        session_id=session_id, text=payload.text, role=payload.role, requested_by=f"token:{request.auth.name}"
     )
     return Status(201, NoteOut(**vars(note)))
 

@@ -81,7 +81,7 @@ class RequestOut(BaseModel):
     sent_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
-    requested_by: str = Field(description="The operator's username or the token's name.")
+    requested_by: str = Field(description="The operator's username, or 'token:<name>' for an API token.")
 
     @classmethod
     def of(cls, request: ResponseRequest) -> RequestOut:

@@ -59,7 +59,7 @@ async def test_nudge_during_a_caller_response_is_queued_then_completes_as_asked(
         assert posted.status_code == 202, posted.text
         nudge = posted.json()
         assert nudge["status"] == "queued" and nudge["origin"] == "api"
-        assert nudge["requested_by"] == "script" and nudge["session_id"] == caller.session_id
+        assert nudge["requested_by"] == "token:script" and nudge["session_id"] == caller.session_id
         assert _create_for(simulator, caller.session_id, nudge["id"]) is None, "sent while a response was active"
 
         events = await caller.until("response.done", 2)

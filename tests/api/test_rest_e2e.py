@@ -1,0 +1,58 @@
+"""End to end: a caller on the official `openai` SDK through real Daphne, nudged by a script
+over real HTTP; the nudge visibly takes effect in the caller's next response."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from tests.support.realtime import collect_until, count, user_text
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+done = count("response.done")
+
+
+async def test_script_nudges_a_live_sdk_session_and_the_caller_hears_it(daphne, simulator, api_token):
+    client = AsyncOpenAI(api_key=api_token, websocket_base_url=daphne.ws_base)
+    async with (
+        client.realtime.connect(model="gpt-realtime") as conn,
+        httpx.AsyncClient(
+            base_url=f"{daphne.http_url}/api/v1", headers={"Authorization": f"Bearer {api_token}"}
+        ) as rest,
+    ):
+        created = await conn.recv()
+        session_id = created.session.id
+        session = await _until_live(rest, session_id)
+        assert session["status"] == "live"
+
+        await conn.conversation.item.create(item=user_text("Can I get my money back?"))
+        posted = await rest.post(
+            f"/sessions/{session_id}/responses",
+            json={"instructions": "Offer the refund.", "metadata": {"ticket": "T-7"}},
+            headers={"Idempotency-Key": "e2e-1"},
+        )
+        assert posted.status_code == 202, posted.text
+        assert "db;dur=" in posted.headers["Server-Timing"]
+        events = await collect_until(conn, done(1))
+
+    reply = [e for e in events if e.type == "response.done"][0].response
+    text = reply.output[0].content[0].text
+    assert "Offer the refund." in text and "Reply 1 to: Can I get my money back?" in text
+    assert reply.metadata is None, "the operator's metadata stays with the operator"
+    assert not [e for e in events if e.type == "error"]
+
+
+async def _until_live(rest: httpx.AsyncClient, session_id: str) -> dict:
+    async def live():
+        response = await rest.get(f"/sessions/{session_id}")
+        return response.json() if response.status_code == 200 else None
+
+    for _ in range(100):
+        session = await live()
+        if session is not None:
+            return session
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"session {session_id} never became visible to the REST hook")

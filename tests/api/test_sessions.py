@@ -1,0 +1,146 @@
+"""Sessions, notes and interrupts through the REST hook (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.utils import timezone
+
+from apps.sessions.history import writer as history
+from apps.sessions.models import LiveSession, ResponseRequest
+from tests.support.realtime import user_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _stream(caller, text: str = "Tell me a story.") -> None:
+    await caller.send({"type": "conversation.item.create", "item": user_text(text)})
+    await caller.send({"type": "response.create", "event_id": "evt_story"})
+    await caller.until("response.created")
+
+
+async def test_live_sessions_list_shows_counts_and_the_active_response(caller, rest, simulator):
+    with simulator.configured(delta_interval=0.05):
+        await _stream(caller)
+        await rest.post(f"/sessions/{caller.session_id}/responses", json={})
+        await history.flush()
+        listed = await rest.get("/sessions", params={"status": "live"})
+        assert listed.status_code == 200
+        [session] = [s for s in listed.json()["items"] if s["id"] == caller.session_id]
+        assert session["status"] == "live" and session["model"] == "gpt-realtime"
+        assert session["queued"] == 1
+        assert session["origin_counts"] == {"caller": 1, "console": 0, "api": 1, "server": 0}
+        active = [e for e in caller.events if e["type"] == "response.created"][0]["response"]["id"]
+        assert session["active_response_id"] == active
+        assert session["ended_at"] is None and session["started_at"]
+        one = await rest.get(f"/sessions/{caller.session_id}")
+        assert one.json() == session
+        await caller.until("response.done", 2)
+
+    ended = await rest.get("/sessions", params={"status": "ended"})
+    assert caller.session_id not in [s["id"] for s in ended.json()["items"]]
+
+
+async def test_bad_status_filter_is_422_naming_it(rest):
+    response = await rest.get("/sessions", params={"status": "sleeping"})
+    assert response.status_code == 422
+    assert "status" in response.json()["error"]["fields"]
+
+
+async def test_unknown_session_and_request_are_404(rest):
+    assert (await rest.get("/sessions/sess_missing")).status_code == 404
+    assert (await rest.get("/sessions/sess_missing/responses")).status_code == 404
+    missing = await rest.get("/responses/req_missing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "response_not_found"
+
+
+async def test_a_sessions_requests_are_listed_oldest_first(caller, rest):
+    await caller.send({"type": "conversation.item.create", "item": user_text("hi")})
+    await caller.send({"type": "response.create"})
+    await caller.until("response.done")
+    posted = (await rest.post(f"/sessions/{caller.session_id}/responses", json={"metadata": {"n": "2"}})).json()
+    await caller.until("response.done", 2)
+    await history.flush()
+    items = (await rest.get(f"/sessions/{caller.session_id}/responses")).json()["items"]
+    assert [item["origin"] for item in items] == ["caller", "api"]
+    assert items[1]["id"] == posted["id"] and items[1]["metadata"] == {"n": "2"}
+    assert items[0]["created_at"] <= items[1]["created_at"]
+    assert all(item["status"] == "completed" for item in items)
+    assert items[0]["requested_by"] == "token:caller" and items[1]["requested_by"] == "token:script"
+
+
+async def test_note_adds_a_conversation_item_without_a_response(caller, rest, simulator):
+    note = await rest.post(
+        f"/sessions/{caller.session_id}/notes", json={"text": "The customer is a VIP.", "role": "system"}
+    )
+    assert note.status_code == 201, note.text
+    body = note.json()
+    assert body["role"] == "system" and body["text"] == "The customer is a VIP."
+    assert body["id"].startswith("item_") and len(body["id"]) <= 32
+    await caller.until("conversation.item.done")
+    received = [e for _, e in simulator.sim.received(caller.session_id)]
+    assert [e["type"] for e in received] == ["conversation.item.create"], "no response was asked for"
+    item = received[0]["item"]
+    assert item["id"] == body["id"] and item["role"] == "system"
+    assert item["content"] == [{"type": "input_text", "text": "The customer is a VIP."}]
+    assert not [e for e in caller.events if e["type"] == "error"]
+
+
+async def test_note_validation_and_ended_session(caller, rest):
+    url = f"/sessions/{caller.session_id}/notes"
+    for body, field in (({}, "text"), ({"text": ""}, "text"), ({"text": "x", "role": "assistant"}, "role"),
+                        ({"text": "x", "extra": 1}, "extra")):
+        response = await rest.post(url, json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert field in response.json()["error"]["fields"]
+    assert (await rest.post("/sessions/sess_missing/notes", json={"text": "x"})).status_code == 404
+    await caller.communicator.disconnect()
+    await history.flush()
+    assert (await rest.post(url, json={"text": "x"})).status_code == 409
+
+
+async def test_interrupt_cancels_the_active_response(caller, rest, simulator):
+    with simulator.configured(delta_interval=0.1):
+        await _stream(caller)
+        active = [e for e in caller.events if e["type"] == "response.created"][0]["response"]["id"]
+        response = await rest.post(f"/sessions/{caller.session_id}/interrupt")
+        assert response.status_code == 202
+        assert response.json() == {"session_id": caller.session_id, "response_id": active}
+        events = await caller.until("response.done")
+    done = [e for e in events if e["type"] == "response.done"][0]["response"]
+    assert done["id"] == active and done["status"] == "cancelled"
+    await history.flush()
+    record = await ResponseRequest.objects.aget(response_id=active)
+    assert record.status == "cancelled" and record.origin == "caller"
+
+
+async def test_interrupt_with_nothing_active_is_202_with_no_response(caller, rest):
+    response = await rest.post(f"/sessions/{caller.session_id}/interrupt")
+    assert response.status_code == 202 and response.json()["response_id"] is None
+
+
+@pytest.fixture
+def orphan(transactional_db) -> tuple[LiveSession, ResponseRequest]:
+    """A session the table says is live, held by no process (its process died)."""
+    session = LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id="sess_orphan", model="gpt-realtime", status="live"
+    )
+    request = ResponseRequest.objects.create(
+        id="req_orphan", session=session, origin="api", status="queued", created_at=timezone.now()
+    )
+    return session, request
+
+
+async def test_a_session_nobody_holds_answers_503_not_a_false_success(rest, orphan, settings):
+    settings.OC_ACTOR_REPLY_TIMEOUT = 0.3
+    for method, url, body in (
+        ("DELETE", "/responses/req_orphan", None),
+        ("POST", "/sessions/sess_orphan/notes", {"text": "x"}),
+        ("POST", "/sessions/sess_orphan/interrupt", None),
+    ):
+        response = await rest.request(method, url, json=body)
+        assert response.status_code == 503, (url, response.text)
+        assert response.json()["error"]["code"] == "session_unavailable"
+        assert response.headers["Retry-After"]
+    assert (await ResponseRequest.objects.aget(id="req_orphan")).status == "queued"
