@@ -5,7 +5,10 @@ read-only (the record is written by the relay, never edited by hand)."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.forms.models import BaseInlineFormSet
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_revoke
@@ -30,8 +33,23 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+INLINE_LIMIT = 200
+
+
+class LatestRequestsFormSet(BaseInlineFormSet):
+    """A long session's history would make a page of thousands of rows: show the latest."""
+
+    def get_queryset(self):
+        if not hasattr(self, "_latest"):
+            latest = super().get_queryset().order_by("-created_at")[:INLINE_LIMIT]
+            self._latest = sorted(latest, key=lambda row: row.created_at)
+        return self._latest
+
+
 class ResponseRequestInline(admin.TabularInline):
     model = ResponseRequest
+    formset = LatestRequestsFormSet
+    verbose_name_plural = f"Response requests (the latest {INLINE_LIMIT}; all under 'Response requests')"
     extra = 0
     can_delete = False
     show_change_link = True
@@ -45,12 +63,18 @@ class ResponseRequestInline(admin.TabularInline):
 
 @admin.register(LiveSession)
 class LiveSessionAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "end_reason")
+    list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "end_reason", "history")
     list_filter = ("status", "model", "started_at")
     search_fields = ("upstream_id", "connected_by")
     date_hierarchy = "started_at"
     readonly_fields = [f.name for f in LiveSession._meta.fields]
+    readonly_fields = [*readonly_fields, "history"]
     inlines = [ResponseRequestInline]
+
+    @admin.display(description="response history")
+    def history(self, obj):
+        url = reverse("admin:oc_sessions_responserequest_changelist")
+        return format_html('<a href="{}?session__id__exact={}">all requests</a>', url, obj.pk)
 
 
 @admin.register(ResponseRequest)
@@ -58,7 +82,7 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     list_display = ("id", "session", "origin", "status", "requested_by", "created_at", "queue_wait", "latency")
     list_filter = ("status", "origin", "created_at")
     search_fields = ("instructions", "metadata", "id", "response_id")
-    date_hierarchy = "created_at"
+    # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     list_select_related = ("session",)
     readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration"]
     fieldsets = (

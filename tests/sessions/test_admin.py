@@ -7,6 +7,8 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
@@ -75,3 +77,47 @@ def test_tokens_are_revocable_from_the_admin(staff_client):
     )
     assert response.status_code == 302
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
+
+
+def test_a_long_sessions_page_shows_its_latest_requests_and_links_to_all(staff_client, history):
+    from apps.sessions.admin import INLINE_LIMIT
+
+    start = timezone.now()
+    ResponseRequest.objects.bulk_create(
+        ResponseRequest(
+            id=f"req_bulk{i:05d}", session=history, origin="caller", status="completed",
+            created_at=start + timedelta(seconds=i),
+        )
+        for i in range(INLINE_LIMIT + 50)
+    )
+    page = staff_client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/")
+    assert page.status_code == 200
+    assert f"req_bulk{INLINE_LIMIT + 49:05d}".encode() in page.content, "the newest is shown"
+    assert b"req_bulk00000" not in page.content, "the oldest beyond the limit are not"
+    listing = staff_client.get(f"/admin/oc_sessions/responserequest/?session__id__exact={history.pk}")
+    assert listing.status_code == 200 and b"req_bulk00000" in listing.content
+
+
+def test_history_list_on_100k_rows_makes_no_full_count(staff_client, history):
+    start = timezone.now()
+    rows = (
+        ResponseRequest(
+            id=f"req_big{i:06d}", session=history, origin=("caller", "api", "server")[i % 3],
+            status=("completed", "cancelled")[i % 2], instructions=f"note {i}",
+            metadata={"ticket": f"T-{i}"}, created_at=start - timedelta(seconds=i),
+        )
+        for i in range(100_000)
+    )
+    ResponseRequest.objects.bulk_create(rows, batch_size=5000)
+    for url in (
+        "/admin/oc_sessions/responserequest/",
+        "/admin/oc_sessions/responserequest/?status__exact=completed&origin__exact=api",
+        "/admin/oc_sessions/responserequest/?q=T-99999",
+    ):
+        with CaptureQueriesContext(connection) as queries:
+            page = staff_client.get(url)
+        assert page.status_code == 200
+        counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+        assert len(counts) <= 1, f"{url}: one count for the paginator at most, got {counts}"
+        assert len(queries) <= 12, f"{url}: {len(queries)} queries"
+    assert b"req_big099999" in page.content, "search over metadata finds the row"
