@@ -4,14 +4,16 @@ read-only (the record is written by the relay, never edited by hand)."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 from django.forms.models import BaseInlineFormSet
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
-from apps.sessions.tokens import api_token_revoke
+from apps.sessions.tokens import api_token_create, api_token_revoke
 
 
 def _ms(start, end) -> str:
@@ -105,16 +107,65 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
         return _ms(obj.started_at, obj.finished_at)
 
 
+class ApiTokenAddForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiToken.Scope.choices,
+        initial=list(ApiToken.ALL_SCOPES),
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ("name", "scopes")
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created here or with `manage.py create_api_token`; the plain token is shown
+    once, on the page that answers the creation, and only its digest is stored."""
+
     list_display = ("name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix")
     readonly_fields = ("name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at", "created_by")
     actions = ["revoke"]
 
-    def has_add_permission(self, request):
-        return False  # tokens are shown once: create them with `manage.py create_api_token`
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiTokenAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def get_fields(self, request, obj=None):
+        return ("name", "scopes") if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a token is never edited: revoke it and make another
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        token, plain = api_token_create(
+            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], created_by=request.user
+        )
+        obj.pk, obj._plain = token.pk, plain
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # Answer with the token itself instead of redirecting: a redirect would have to carry
+        # it in the session or a message cookie.
+        return TemplateResponse(
+            request,
+            "admin/oc_sessions/apitoken/created.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "token": ApiToken.objects.get(pk=obj.pk),
+                "plain": obj._plain,
+                "title": "API token created",
+            },
+        )
 
     @admin.display(description="scopes")
     def scope_list(self, obj):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -121,3 +122,16 @@ def test_history_list_on_100k_rows_makes_no_full_count(staff_client, history):
         assert len(counts) <= 1, f"{url}: one count for the paginator at most, got {counts}"
         assert len(queries) <= 12, f"{url}: {len(queries)} queries"
     assert b"req_big099999" in page.content, "search over metadata finds the row"
+
+
+def test_staff_creates_a_token_in_the_admin_and_sees_it_once(staff_client):
+    page = staff_client.post(
+        "/admin/oc_sessions/apitoken/add/", {"name": "ci-bot", "scopes": ["sessions:read"]}
+    )
+    assert page.status_code == 200 and b"shown only this once" in page.content
+    plain = re.search(rb'value="(oct_[^"]+)"', page.content).group(1).decode()
+    token = ApiToken.objects.get(name="ci-bot")
+    assert token.digest == ApiToken.hash(plain) and plain not in str(token.__dict__)
+    assert token.scopes == ["sessions:read"] and token.created_by.username == "boss"
+    assert plain.encode() not in staff_client.get(f"/admin/oc_sessions/apitoken/{token.pk}/change/").content
+    assert "Set-Cookie" not in page.headers or plain not in page.headers["Set-Cookie"]
