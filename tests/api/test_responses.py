@@ -326,3 +326,21 @@ async def test_concurrent_duplicates_yield_one_request(caller, rest, simulator):
     await asyncio.sleep(0.2)
     assert len(_creates(simulator, caller.session_id)) == 1, "one request, sent once"
     assert await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).acount() == 1
+
+
+async def test_cancelling_a_callers_queued_request_tells_the_caller_why(caller, rest, simulator):
+    with simulator.configured(delta_interval=0.03):
+        await caller.send({"type": "conversation.item.create", "item": user_text("hi")})
+        await caller.send({"type": "response.create", "event_id": "evt_one"})
+        await caller.send({"type": "response.create", "event_id": "evt_two"})
+        await caller.until("response.created")
+        await history.flush()
+        second = await ResponseRequest.objects.aget(event_id="evt_two")
+        cancelled = await rest.delete(f"/responses/{second.id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        await caller.until("response.done")
+        events = await caller.until("error")
+    error = [e for e in events if e["type"] == "error"][0]["error"]
+    assert error["code"] == "response_cancelled" and error["event_id"] == "evt_two"
+    await asyncio.sleep(0.2)
+    assert [e.get("event_id") for e in _creates(simulator, caller.session_id)] == ["evt_one"]
