@@ -42,7 +42,9 @@ from apps.realtime.sequencer import (
     SequencerError,
     StatusChanged,
 )
+from apps.realtime.transcript import DELTA_TYPES, ITEM_TYPES, Transcript
 from apps.sessions import clock, groups, records
+from apps.sessions.history import UpdateRow
 from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession
 from apps.sessions.pickup import pickup
@@ -59,10 +61,18 @@ UPSTREAM_FRAME = "upstream.frame"
 UPSTREAM_CLOSED = "upstream.closed"
 OPERATOR = "operator"
 TICK = "tick"
+FLUSH = "flush"
 
-# Upstream event types the actor parses; every other type is forwarded untouched.
-WATCHED_TYPES = frozenset(
-    {"session.created", "session.updated", "response.created", "response.done", "error"}
+# Watchers' updates (transcript deltas) are sent at most this often per session.
+FLUSH_INTERVAL = 0.05
+# A watcher that has not renewed its watch in this long is gone (its socket died unseen).
+WATCH_TTL = 90.0
+
+# Upstream event types the actor parses; every other type is forwarded untouched (and the
+# transcript's deltas are parsed too while someone watches the session).
+WATCHED_TYPES = (
+    frozenset({"session.created", "session.updated", "response.created", "response.done", "error"})
+    | ITEM_TYPES
 )
 OPERATOR_ORIGINS = frozenset({"console", "api"})
 # Close codes that may be passed on to the caller as they are.
@@ -124,6 +134,7 @@ class _RequestInfo:
     # An operator's text, composed with the session's instructions when the request is sent.
     append_instructions: str | None = None
     sent_instructions: str | None = None
+    requested_by: str = ""
 
 
 class SessionActor:
@@ -156,6 +167,10 @@ class SessionActor:
         self._own_event_ids: set[str] = set()
         # Messages for the operators watching this session, sent after each mailbox message.
         self._outbox: list[dict[str, Any]] = []
+        # Operators watching: their console socket's channel → (username, watch expires at).
+        self._watchers: dict[str, tuple[str, float]] = {}
+        self.transcript = Transcript()
+        self._flush: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self._reader: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -241,6 +256,8 @@ class SessionActor:
                 await self._on_operator(payload)
             elif kind is TICK:
                 await self._on_tick()
+            elif kind is FLUSH:
+                self._on_flush()
             elif kind is UPSTREAM_CLOSED:
                 await self._on_upstream_closed(*payload)
                 return
@@ -273,6 +290,8 @@ class SessionActor:
         pickup().discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._flush is not None:
+            self._flush.cancel()
         if self.end_status is None:
             self._end(LiveSession.Status.FAILED, "relay_error")
         for action in self.sequencer.closed("session_ended", now=clock.now()):
@@ -289,6 +308,17 @@ class SessionActor:
                 key=self.key, status=self.end_status, reason=self.end_reason or "", at=clock.now()
             )
         )
+        if self.upstream_id is not None:
+            self._on_flush()
+            self._outbox.append(
+                {
+                    "type": groups.CONSOLE_ENDED,
+                    "session_id": self.upstream_id,
+                    "status": self.end_status,
+                    "reason": self.end_reason or "",
+                }
+            )
+            await self._publish()
 
     def _end(self, status: str, reason: str) -> None:
         if self.end_status is None:
@@ -299,7 +329,12 @@ class SessionActor:
     async def _on_upstream_frame(self, data: bytes | str) -> None:
         kind = events.peek_type(data)
         text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-        if kind is not None and kind not in WATCHED_TYPES and not self._hidden_responses:
+        if (
+            kind is not None
+            and kind not in WATCHED_TYPES
+            and not self._hidden_responses
+            and (not self._watchers or kind not in DELTA_TYPES)
+        ):
             await self._caller.send_text(text)
             return
         try:
@@ -318,8 +353,14 @@ class SessionActor:
             forward = await self._on_error(event, forward)
         elif kind == "session.created" or kind == "session.updated":
             self._on_session_event(kind, event)
-        elif self._hidden_responses and self._is_hidden(event):
-            forward = None
+        elif kind in ITEM_TYPES:
+            self._on_item_event(kind, event)
+        else:
+            hidden = bool(self._hidden_responses) and self._is_hidden(event)
+            if hidden:
+                forward = None
+            if kind in DELTA_TYPES and self._watchers:
+                self._on_delta(event, oob=hidden)
         if forward is not None:
             await self._caller.send_text(forward)
         else:
@@ -381,6 +422,8 @@ class SessionActor:
         hidden = response_id in self._hidden_responses
         if kind == "response.done":
             self._hidden_responses.discard(response_id)
+            self.transcript.response_done(response, oob=hidden)
+            self._schedule_flush()
         if hidden:
             return None
         if tag is None:
@@ -411,6 +454,45 @@ class SessionActor:
         if response_id is None and isinstance(event.get("response"), dict):
             response_id = event["response"].get("id")
         return response_id in self._hidden_responses
+
+    # ------------------------------------------------------------------ transcript
+
+    def _on_item_event(self, kind: str, event: dict) -> None:
+        if kind == "conversation.item.done":
+            item = event.get("item")
+            if isinstance(item, dict):
+                self.transcript.item_done(item)
+        else:  # the caller's speech, transcribed
+            item_id, text = event.get("item_id"), event.get("transcript")
+            if isinstance(item_id, str) and isinstance(text, str):
+                self.transcript.transcription(item_id, text)
+        self._schedule_flush()
+
+    def _on_delta(self, event: dict, *, oob: bool) -> None:
+        item_id, delta = event.get("item_id"), event.get("delta")
+        if isinstance(item_id, str) and isinstance(delta, str):
+            response_id = event.get("response_id")
+            self.transcript.delta(
+                item_id=item_id,
+                response_id=response_id if isinstance(response_id, str) else None,
+                text=delta,
+                oob=oob,
+            )
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush is None and self.transcript.has_changes:
+            self._flush = asyncio.get_running_loop().call_later(
+                FLUSH_INTERVAL, self.mailbox.put, (FLUSH, None)
+            )
+
+    def _on_flush(self) -> None:
+        self._flush = None
+        entries = self.transcript.drain()
+        if entries and self._watchers:
+            self._outbox.append(
+                {"type": groups.CONSOLE_TRANSCRIPT, "session_id": self.upstream_id, "entries": entries}
+            )
 
     async def _on_upstream_closed(self, code: int, reason: str) -> None:
         normal = code in (1000, 1001)
@@ -479,7 +561,10 @@ class SessionActor:
             return
         request = Request(id=new_request_id(), origin="caller", event_id=event_id, response=response)
         self._requests[request.id] = _RequestInfo(
-            origin="caller", out_of_band=request.out_of_band, caller_metadata=metadata
+            origin="caller",
+            out_of_band=request.out_of_band,
+            caller_metadata=metadata,
+            requested_by=self.connected_by,
         )
         history.submit(
             records.request_created(
@@ -517,6 +602,9 @@ class SessionActor:
             response_id = self.sequencer.active_response_id
             await self._apply(self.sequencer.interrupt(now=clock.now()))
             reply = {"response_id": response_id}
+        elif kind == groups.SESSION_WATCH:
+            await self._on_watch(message)
+            return
         else:
             log.warning("unknown operator message %r on %s", kind, self.key)
             return
@@ -535,7 +623,11 @@ class SessionActor:
         text = data.get("instructions")
         mode = data.get("instructions_mode") or "append"
         response = upstream_response(metadata=data.get("metadata"), conversation=data.get("conversation"))
-        info = _RequestInfo(origin=data.get("origin") or "api", out_of_band=response.get("conversation") == "none")
+        info = _RequestInfo(
+            origin=data.get("origin") or "api",
+            out_of_band=response.get("conversation") == "none",
+            requested_by=data.get("requested_by") or "",
+        )
         if text is not None and mode == "replace":
             response["instructions"] = info.sent_instructions = text
         elif text is not None:
@@ -587,6 +679,44 @@ class SessionActor:
                 client_event_id=self.sequencer.get(request_id).event_id,
             )
         return {"status": RequestStatus.CANCELLED.value, "at": now}
+
+    async def _on_watch(self, message: dict[str, Any]) -> None:
+        """An operator's console starts (renews) or stops watching this session."""
+        channel = message.get("channel")
+        if not isinstance(channel, str):
+            return
+        now = clock.now()
+        before = self._watcher_names()
+        if message.get("watch", True):
+            first = channel not in self._watchers
+            self._watchers[channel] = (str(message.get("user") or ""), now + WATCH_TTL)
+            if first:
+                try:
+                    await get_channel_layer().send(channel, {"type": groups.CONSOLE_SNAPSHOT, **self.snapshot()})
+                except Exception as exc:
+                    log.warning("snapshot to %s failed on %s: %r", channel, self.key, exc)
+        else:
+            self._watchers.pop(channel, None)
+        for gone in [c for c, (_, expires) in self._watchers.items() if expires < now]:
+            del self._watchers[gone]
+        self.transcript.recording = bool(self._watchers)
+        after = self._watcher_names()
+        if after != before:
+            self._outbox.append({"type": groups.CONSOLE_PRESENCE, "session_id": self.upstream_id, "watchers": after})
+            history.submit(UpdateRow(LiveSession, self.key, {"watchers": after}))
+
+    def _watcher_names(self) -> list[str]:
+        return sorted({name for name, _ in self._watchers.values()})
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a new watcher needs before the live updates: the transcript and the state."""
+        return {
+            "session_id": self.upstream_id,
+            "transcript": self.transcript.snapshot(),
+            "watchers": self._watcher_names(),
+            "active_response_id": self.sequencer.active_response_id,
+            "queued": list(self.sequencer.queued_ids),
+        }
 
     async def _add_note(self, message: dict[str, Any]) -> dict[str, Any]:
         event_id = events.new_event_id()
@@ -669,15 +799,20 @@ class SessionActor:
                     ),
                 )
             )
-            if info is not None and info.origin in OPERATOR_ORIGINS:
+            if info is not None and (self._watchers or info.origin in OPERATOR_ORIGINS):
                 self._outbox.append(
                     {
                         "type": groups.CONSOLE_REQUEST,
                         "session_id": self.upstream_id,
                         "request_id": action.request_id,
+                        "origin": info.origin,
+                        "requested_by": info.requested_by,
                         "status": action.status.value,
                         "at": action.at,
                         "response_id": action.response_id,
+                        "error_code": action.error_code,
+                        "error_message": action.error_message,
+                        "sent_instructions": info.sent_instructions if action.status is RequestStatus.SENT else None,
                     }
                 )
         elif type(action) is ResponseObserved:

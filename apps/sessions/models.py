@@ -34,6 +34,7 @@ class LiveSession(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=255, blank=True)
+    watchers = models.JSONField(default=list, blank=True, help_text="Operators watching it now.")
 
     class Meta:
         ordering = ["-started_at"]
@@ -87,6 +88,7 @@ class ResponseRequest(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+        permissions = [("steer_session", "Can steer live sessions (nudge, note, cancel, interrupt)")]
         constraints = [
             models.UniqueConstraint(
                 fields=["idempotency_scope", "idempotency_key"],

@@ -94,6 +94,7 @@ def request_message(request: ResponseRequest) -> dict[str, Any]:
         "instructions_mode": request.instructions_mode,
         "metadata": request.metadata,
         "conversation": request.conversation,
+        "requested_by": request.requested_by,
     }
 
 
@@ -283,7 +284,9 @@ async def response_request_cancel(*, request_id: str) -> ResponseRequest:
         request.session,
         {"type": groups.SESSION_CANCEL, "request_id": request_id, "origin": request.origin},
     )
-    if reply.get("status") != ResponseRequest.Status.CANCELLED:
+    # Only a cancel made now carries its time, `at`. A bare `cancelled` means an earlier
+    # DELETE cancelled it and the table does not show that yet: no longer queued, so 409.
+    if reply.get("status") != ResponseRequest.Status.CANCELLED or "at" not in reply:
         raise NotCancellable(
             f"Request '{request_id}' is {reply.get('status')}; only a queued request can be cancelled."
         )

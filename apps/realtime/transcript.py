@@ -1,0 +1,119 @@
+"""A live session's transcript, as operators see it. No Django, no I/O.
+
+The actor feeds it upstream events; it keeps the last `limit` entries (caller text and audio
+transcripts, the agent's output, operator notes) and, while `recording` is on (someone is
+watching), a log of changes since the last `drain()`. Draining at most every ~50 ms turns a
+stream of deltas into one update per entry per interval, so a busy session cannot flood a
+browser.
+
+Entries are dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
+"response_id"?}`. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
+(`"text"` replaces what the browser has).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+# Upstream events that carry transcript text. The first group arrives once per item and is
+# always read; the deltas are read only while someone is watching.
+ITEM_TYPES = frozenset(
+    {"conversation.item.done", "conversation.item.input_audio_transcription.completed"}
+)
+DELTA_TYPES = frozenset({"response.output_text.delta", "response.output_audio_transcript.delta"})
+
+
+def _message_text(item: Mapping[str, Any]) -> str:
+    pieces = []
+    for part in item.get("content") or ():
+        if not isinstance(part, Mapping):
+            continue
+        for key in ("text", "transcript"):
+            value = part.get(key)
+            if isinstance(value, str) and value:
+                pieces.append(value)
+                break
+    return "".join(pieces)
+
+
+class Transcript:
+    def __init__(self, limit: int = 200) -> None:
+        self.limit = limit
+        self.recording = False
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    # ------------------------------------------------------------------ views
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [dict(entry) for entry in self._entries.values()]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._changes)
+
+    def drain(self) -> list[dict[str, Any]]:
+        changes = list(self._changes.values())
+        self._changes.clear()
+        return changes
+
+    # ------------------------------------------------------------------ inputs
+
+    def item_done(self, item: Mapping[str, Any]) -> None:
+        """A conversation item is complete (the caller's text, an operator's note)."""
+        if item.get("type") != "message" or not isinstance(item.get("id"), str):
+            return
+        role = item.get("role")
+        if role not in ("user", "system"):
+            return  # the agent's items are read from response.done, with their response id
+        text = _message_text(item)
+        if text or role == "system":
+            self._set(item["id"], role=role, text=text, done=True)
+
+    def transcription(self, item_id: str, text: str) -> None:
+        """The caller's speech, transcribed."""
+        self._set(item_id, role="user", text=text, done=True)
+
+    def delta(self, *, item_id: str, response_id: str | None, text: str, oob: bool) -> None:
+        entry = self._entries.get(item_id)
+        if entry is None:
+            entry = self._add(item_id, role="agent", text="", done=False, oob=oob, response_id=response_id)
+        entry["text"] += text
+        if not self.recording:
+            return
+        change = self._changes.get(item_id)
+        if change is None:
+            self._changes[item_id] = {"id": item_id, "role": "agent", "append": text, "oob": oob, "response_id": response_id}
+        elif "append" in change:
+            change["append"] += text
+        else:
+            change["text"] = entry["text"]
+
+    def response_done(self, response: Mapping[str, Any], *, oob: bool) -> None:
+        """The agent's output items, complete."""
+        for item in response.get("output") or ():
+            if isinstance(item, Mapping) and item.get("type") == "message" and isinstance(item.get("id"), str):
+                self._set(
+                    item["id"], role="agent", text=_message_text(item), done=True, oob=oob,
+                    response_id=response.get("id"),
+                )
+
+    # ------------------------------------------------------------------ internals
+
+    def _add(self, entry_id: str, **fields: Any) -> dict[str, Any]:
+        entry = {"id": entry_id, **fields}
+        self._entries[entry_id] = entry
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+        return entry
+
+    def _set(self, entry_id: str, **fields: Any) -> None:
+        entry = self._entries.get(entry_id)
+        if entry is None:
+            entry = self._add(entry_id, **{"oob": False, **fields})
+        else:
+            entry.update(fields)
+        if self.recording:
+            self._changes[entry_id] = dict(entry)
