@@ -14,18 +14,27 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from apps.console.consumers import ConsoleConsumer  # noqa: E402
 from apps.sessions.consumers import RelayConsumer  # noqa: E402
 from operator_console import daphne_compat  # noqa: E402
 
 daphne_compat.install()
 
 # The relay authenticates its handshake itself (apps/sessions/auth.py) and is not wrapped in
-# AuthMiddlewareStack, whose session wrapper does work on every frame sent.
+# AuthMiddlewareStack, whose session wrapper does work on every frame sent. The console's
+# socket is for logged-in operators only, from this site's pages only (the Origin must be
+# one of DJANGO_ALLOWED_HOSTS; a missing Origin is refused).
 websocket_urls = [
     path("v1/realtime", RelayConsumer.as_asgi()),
+    path(
+        "ws/console/",
+        AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi())),
+    ),
 ]
 
 application = ProtocolTypeRouter(

@@ -1,11 +1,14 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from apps.api.api import api
+from apps.console import views as console_views
 from apps.sessions import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", console_views.home, name="home"),
+    path("console/", include("apps.console.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),

@@ -135,6 +135,9 @@ class _RequestInfo:
     append_instructions: str | None = None
     sent_instructions: str | None = None
     requested_by: str = ""
+    # What the requester asked for, as operators see it.
+    instructions: str | None = None
+    metadata: Any = None
 
 
 class SessionActor:
@@ -565,6 +568,8 @@ class SessionActor:
             out_of_band=request.out_of_band,
             caller_metadata=metadata,
             requested_by=self.connected_by,
+            instructions=response.get("instructions") if isinstance(response.get("instructions"), str) else None,
+            metadata=metadata,
         )
         history.submit(
             records.request_created(
@@ -627,6 +632,8 @@ class SessionActor:
             origin=data.get("origin") or "api",
             out_of_band=response.get("conversation") == "none",
             requested_by=data.get("requested_by") or "",
+            instructions=text,
+            metadata=data.get("metadata"),
         )
         if text is not None and mode == "replace":
             response["instructions"] = info.sent_instructions = text
@@ -807,6 +814,9 @@ class SessionActor:
                         "request_id": action.request_id,
                         "origin": info.origin,
                         "requested_by": info.requested_by,
+                        "instructions": info.instructions,
+                        "metadata": info.metadata,
+                        "conversation": "none" if info.out_of_band else "auto",
                         "status": action.status.value,
                         "at": action.at,
                         "response_id": action.response_id,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+import statistics
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
 
 from apps.sessions.models import LiveSession, ResponseRequest
 
@@ -59,3 +64,49 @@ def request_list(*, session: LiveSession, limit: int = 1000) -> list[ResponseReq
 
 def request_get(*, request_id: str) -> ResponseRequest | None:
     return ResponseRequest.objects.select_related("session").filter(id=request_id).first()
+
+
+def live_summaries(*, limit: int = 500) -> list[dict[str, Any]]:
+    """What the dashboard shows of each live session, from the table (any process's sessions)."""
+    sessions = (
+        sessions_with_counts()
+        .filter(status=LiveSession.Status.LIVE)
+        .annotate(last_created=Max("requests__created_at"), last_finished=Max("requests__finished_at"))
+    )
+    summaries = []
+    for session in sessions[:limit]:
+        moments = [m for m in (session.started_at, session.last_created, session.last_finished) if m]
+        counts = origin_counts(session)
+        summaries.append(
+            {
+                "id": session.upstream_id,
+                "model": session.model,
+                "connected_by": session.connected_by,
+                "started_at": session.started_at.isoformat(),
+                "state": "responding" if session.active_response else "idle",
+                "active_response_id": session.active_response or None,
+                "queued": session.queued,
+                "requests": sum(counts.values()),
+                "nudges": counts["console"] + counts["api"],
+                "last_activity": max(moments).isoformat(),
+                "watchers": list(session.watchers or ()),
+            }
+        )
+    return summaries
+
+
+def nudge_stats(*, now: datetime | None = None) -> dict[str, Any]:
+    """Top-line figures: nudges in the last minute, median nudge-to-start latency (last hour)."""
+    now = now or timezone.now()
+    operator = ResponseRequest.objects.filter(origin__in=("console", "api"))
+    last_minute = operator.filter(created_at__gte=now - timedelta(minutes=1)).count()
+    started = (
+        operator.filter(created_at__gte=now - timedelta(hours=1), started_at__isnull=False)
+        .order_by("-created_at")
+        .values_list("created_at", "started_at")[:500]
+    )
+    latencies = sorted((start - created).total_seconds() * 1000 for created, start in started)
+    return {
+        "nudges_last_minute": last_minute,
+        "median_nudge_to_start_ms": round(statistics.median(latencies), 1) if latencies else None,
+    }

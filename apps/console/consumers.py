@@ -1,0 +1,110 @@
+"""ConsoleConsumer: `/ws/console/`, the live part of the operator's pages.
+
+The browser asks for what it shows: `{"type": "watch.sessions"}` (the dashboard) or
+`{"type": "watch.session", "session_id": "sess_…"}` (a session page). Everything the server
+sends is JSON with a `type`: `sessions` / `sessions.update` (dashboard), and for a session
+`snapshot`, `transcript`, `request`, `presence`, `event`, `ended` — the actor's `console.*`
+messages with the prefix dropped, passed on by one generic handler.
+
+Login is required (the route is wrapped in the session and auth middleware, behind an Origin
+check); the user's name is what other operators see in presence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from apps.console.feed import feed
+from apps.sessions import groups
+from apps.sessions.models import LiveSession
+
+log = logging.getLogger(__name__)
+
+# A watch is renewed this often; the actor forgets a watcher after groups' WATCH_TTL.
+RENEW_SECONDS = 30.0
+_PREFIX = "console."
+
+
+class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+    username = ""
+    watching: LiveSession | None = None
+    _renew: asyncio.Task | None = None
+    _on_dashboard = False
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.username = user.get_username()
+        await self.accept()
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "watch.sessions":
+            self._on_dashboard = True
+            await feed().add(self)
+        elif kind == "watch.session" and isinstance(content.get("session_id"), str):
+            await self._watch(content["session_id"])
+        else:
+            await self.send_json({"type": "error", "message": f"Unknown message type {kind!r}."})
+
+    async def _watch(self, session_id: str) -> None:
+        await self._unwatch()
+        session = await database_sync_to_async(
+            lambda: LiveSession.objects.filter(upstream_id=session_id).first()
+        )()
+        if session is None:
+            await self.send_json({"type": "error", "message": f"No session with id '{session_id}'."})
+            return
+        if session.status != LiveSession.Status.LIVE:
+            await self.send_json(
+                {"type": "ended", "session_id": session_id, "status": session.status, "reason": session.end_reason}
+            )
+            return
+        self.watching = session
+        await self.channel_layer.group_add(groups.watch_group(session.id), self.channel_name)
+        await self._tell_actor(watch=True)
+        self._renew = asyncio.get_running_loop().create_task(self._renew_watch())
+
+    async def _renew_watch(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            await self._tell_actor(watch=True)
+
+    async def _tell_actor(self, *, watch: bool) -> None:
+        if self.watching is None:
+            return
+        await self.channel_layer.group_send(
+            groups.session_group(self.watching.id),
+            {"type": groups.SESSION_WATCH, "channel": self.channel_name, "user": self.username, "watch": watch},
+        )
+
+    async def _unwatch(self) -> None:
+        if self._renew is not None:
+            self._renew.cancel()
+            self._renew = None
+        if self.watching is not None:
+            await self._tell_actor(watch=False)
+            await self.channel_layer.group_discard(groups.watch_group(self.watching.id), self.channel_name)
+            self.watching = None
+
+    async def disconnect(self, code) -> None:
+        if self._on_dashboard:
+            feed().discard(self)
+        await self._unwatch()
+
+    async def dispatch(self, message) -> None:
+        kind = message["type"]
+        if kind.startswith(_PREFIX):
+            # The actor's messages to watchers go to the browser as they are, prefix dropped.
+            await self.send_json({**message, "type": kind[len(_PREFIX):]})
+            if kind == groups.CONSOLE_ENDED:
+                await self._unwatch()
+            return
+        await super().dispatch(message)

@@ -1,0 +1,84 @@
+"""The dashboard feed: one task per process reads the live sessions from the table every
+`INTERVAL` seconds and sends each dashboard socket of this process what changed.
+
+Reading the table, not listening to actors, keeps the relay's hot path free of dashboard work
+(a session costs its actor nothing while nobody watches it), and shows every process's
+sessions alike when several processes share the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+
+from apps.sessions import selectors
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 1.0
+
+
+class Viewer(Protocol):
+    async def send_json(self, content: Any, close: bool = False) -> None: ...
+
+
+def _read() -> tuple[dict[str, dict], dict[str, Any]]:
+    summaries = {summary["id"]: summary for summary in selectors.live_summaries()}
+    return summaries, selectors.nudge_stats()
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.viewers: set[Viewer] = set()
+        self._sessions: dict[str, dict] = {}
+        self._stats: dict[str, Any] = {}
+        self._task: asyncio.Task | None = None
+
+    async def add(self, viewer: Viewer) -> None:
+        first = not self.viewers
+        self.viewers.add(viewer)
+        if first or self._task is None or self._task.done():
+            self._sessions, self._stats = await database_sync_to_async(_read)()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
+        await viewer.send_json(
+            {"type": "sessions", "sessions": list(self._sessions.values()), "stats": self._stats}
+        )
+
+    def discard(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    async def _run(self) -> None:
+        while self.viewers:
+            await asyncio.sleep(INTERVAL)
+            try:
+                await self.once()
+            except Exception:
+                log.exception("dashboard feed failed; trying again")
+
+    async def once(self) -> None:
+        sessions, stats = await database_sync_to_async(_read)()
+        changed = [s for key, s in sessions.items() if self._sessions.get(key) != s]
+        removed = [key for key in self._sessions if key not in sessions]
+        stats_changed = stats != self._stats
+        self._sessions, self._stats = sessions, stats
+        if not (changed or removed or stats_changed):
+            return
+        update = {"type": "sessions.update", "upsert": changed, "remove": removed, "stats": stats}
+        for viewer in list(self.viewers):
+            try:
+                await viewer.send_json(update)
+            except Exception as exc:  # that socket is closing; its disconnect removes it
+                log.debug("dashboard update not sent: %r", exc)
+
+
+_feeds: dict[asyncio.AbstractEventLoop, Feed] = {}
+
+
+def feed() -> Feed:
+    loop = asyncio.get_running_loop()
+    for other in [other for other in _feeds if other.is_closed()]:
+        del _feeds[other]
+    return _feeds.setdefault(loop, Feed())

@@ -1,0 +1,43 @@
+// Small DOM and formatting helpers: build elements without innerHTML (text stays text).
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-") || key === "role" || key === "title") node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function since(iso) {
+  if (!iso) return "—";
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (seconds < 60) return `${seconds}s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes}m ${seconds % 60}s`;
+  return `${Math.floor(minutes / 60)}h ${minutes % 60}m`;
+}
+
+// Ages and "last activity": every [data-since] element shows the time since its moment.
+export function refreshAges(root = document) {
+  for (const node of root.querySelectorAll("[data-since]")) {
+    const age = since(node.dataset.since);
+    node.textContent = node.tagName === "TIME" ? `${age} ago` : age;
+  }
+}
+
+export function tickAges() {
+  refreshAges();
+  setInterval(refreshAges, 1000);
+}
+
+export function millis(fromIso, toIso) {
+  if (!fromIso || !toIso) return null;
+  return Date.parse(toIso) - Date.parse(fromIso);
+}

@@ -1,0 +1,35 @@
+// The console's live socket: /ws/console/, reconnecting with backoff. `subscribe` is sent on
+// every (re)connect; `onMessage` gets each JSON message; `onState` gets "live" | "reconnecting".
+export function connectLive({ subscribe, onMessage, onState }) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}/ws/console/`;
+  let delay = 500;
+  let socket;
+
+  function open() {
+    socket = new WebSocket(url);
+    socket.addEventListener("open", () => {
+      delay = 500;
+      onState?.("live");
+      socket.send(JSON.stringify(subscribe));
+    });
+    socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
+    socket.addEventListener("close", (event) => {
+      if (event.code === 4401) {
+        onState?.("logged out");
+        return;
+      }
+      onState?.("reconnecting");
+      setTimeout(open, delay);
+      delay = Math.min(delay * 2, 10000);
+    });
+  }
+  open();
+  return { close: () => socket?.close() };
+}
+
+export function showState(element, state) {
+  if (!element) return;
+  element.textContent = state === "live" ? "Live" : state === "logged out" ? "Logged out: reload to log in" : "Reconnecting…";
+  element.dataset.state = state;
+}
