@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+DEMO_CALLERS ?= 3
 
 .PHONY: install system-deps run test bench lint migrate clean
 
@@ -21,9 +22,12 @@ migrate: install
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
 
+# Daphne plus DEMO_CALLERS simulated callers (0 for none); Ctrl-C stops both.
 run: migrate
 	$(BIN)/python manage.py ensure_demo_operator
-	@echo "Console on http://$(HOST):$(PORT)/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
+	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
+	@trap 'kill 0' EXIT; \
+	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \
 	$(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
 
 # Debian's chromium, redis-server and postgresql, installed when missing (as root).

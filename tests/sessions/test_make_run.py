@@ -57,3 +57,16 @@ async def test_embedded_simulator_serves_page_and_relay(embedded_server):
     done = events[-1]
     assert done.response.status == "completed"
     assert "ping" in done.response.output[0].content[0].text
+
+
+async def test_demo_callers_hold_conversations_through_the_relay(embedded_server, tmp_path):
+    server, _ = embedded_server
+    env = {**os.environ, **server.env}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "manage.py", "demo_callers", "--count", "2", "--turns", "2", "--sessions", "1",
+         "--interval", "0.05", "--url", server.ws_base],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("done after 2 turns") == 2, result.stdout

@@ -78,6 +78,7 @@ class DaphneProcess:
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
+        self.env = dict(env)
         self.log_path = ROOT / "var" / f"daphne-{self.port}.log"
         full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", **env}
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
