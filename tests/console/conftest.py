@@ -128,19 +128,19 @@ class LiveCaller:
 
 
 @pytest.fixture
-def caller_token(make_token) -> str:
+def agent_token(make_token) -> str:
     return make_token(name="agent-7")
 
 
 @pytest.fixture
-async def connect_caller(daphne, caller_token):
+async def connect_caller(daphne, agent_token):
     """connect_caller() → a LiveCaller whose session has started."""
     callers: list[LiveCaller] = []
 
     async def connect() -> LiveCaller:
         socket = await websockets.connect(
             f"{daphne.ws_base}/realtime?model=gpt-realtime",
-            additional_headers={"Authorization": f"Bearer {caller_token}"},
+            additional_headers={"Authorization": f"Bearer {agent_token}"},
         )
         created = json.loads(await socket.recv())
         assert created["type"] == "session.created"

@@ -1,0 +1,145 @@
+"""`/ws/console/` on the real application: who may connect, what a watcher receives, and how
+often (deltas coalesced), with a real caller session on the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from apps.sessions.history import writer as history
+from apps.sessions.models import LiveSession
+from operator_console.asgi import application
+from tests.support.realtime import user_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+def _cookie(name: str) -> bytes:
+    user = get_user_model().objects.create_user(name, password="pw-for-tests")
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+@pytest.fixture
+def cookies(transactional_db) -> dict[str, bytes]:
+    return {"alice": _cookie("alice"), "bob": _cookie("bob")}
+
+
+async def _console(cookie: bytes | None, origin=ORIGIN) -> tuple[WebsocketCommunicator, bool]:
+    headers = [h for h in (origin, (b"cookie", cookie) if cookie else None) if h]
+    communicator = WebsocketCommunicator(application, "/ws/console/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return communicator, connected
+
+
+async def _receive(communicator, kind: str, timeout: float = 5.0) -> dict:
+    while True:
+        message = await communicator.receive_json_from(timeout=timeout)
+        if message["type"] == kind:
+            return message
+
+
+async def test_only_logged_in_operators_from_this_site_connect(cookies):
+    _, anonymous = await _console(None)
+    assert not anonymous, "no login, no socket"
+    _, foreign = await _console(cookies["alice"], origin=(b"origin", b"https://evil.example"))
+    assert not foreign, "a foreign page cannot use the operator's cookie"
+    _, missing = await _console(cookies["alice"], origin=None)
+    assert not missing, "a cookie without an Origin is refused"
+    communicator, ok = await _console(cookies["alice"])
+    assert ok
+    await communicator.disconnect()
+
+
+async def test_the_dashboard_lists_live_sessions(caller, cookies):
+    communicator, _ = await _console(cookies["alice"])
+    await communicator.send_json_to({"type": "watch.sessions"})
+    listing = await _receive(communicator, "sessions")
+    [session] = [s for s in listing["sessions"] if s["id"] == caller.session_id]
+    assert session["state"] == "idle" and session["connected_by"] == "token:caller"
+    assert set(listing["stats"]) == {"nudges_last_minute", "median_nudge_to_start_ms"}
+    await communicator.disconnect()
+
+
+async def test_a_watcher_gets_a_snapshot_then_coalesced_transcript_updates(caller, cookies, simulator):
+    communicator, _ = await _console(cookies["alice"])
+    await communicator.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+    snapshot = await _receive(communicator, "snapshot")
+    assert snapshot["watchers"] == [] or snapshot["watchers"] == ["alice"]
+    assert (await _receive(communicator, "presence"))["watchers"] == ["alice"]
+
+    with simulator.configured(deltas_per_response=60, delta_interval=0.005):
+        await caller.send({"type": "conversation.item.create", "item": user_text("Tell me everything.")})
+        await caller.send({"type": "response.create"})
+        await caller.until("response.done")
+    await asyncio.sleep(0.15)
+    updates = []
+    while not await communicator.receive_nothing(timeout=0.3):
+        message = await communicator.receive_json_from()
+        if message["type"] == "transcript":
+            updates.append(message)
+    deltas = sum(e["type"] == "response.output_text.delta" for e in caller.events)
+    assert deltas == 60
+    assert 2 <= len(updates) <= 12, f"{len(updates)} transcript messages for {deltas} deltas"
+    agent = [e for u in updates for e in u["entries"] if e["role"] == "agent"]
+    final = [e for e in agent if e.get("done")]
+    assert final and "Tell me everything." in final[-1]["text"]
+    appended = "".join(e.get("append", "") for e in agent)
+    assert final[-1]["text"].startswith(appended[:40]), "appends build the same text"
+    user = [e for u in updates for e in u["entries"] if e["role"] == "user"]
+    assert user and user[0]["text"] == "Tell me everything."
+    await communicator.disconnect()
+
+
+async def test_presence_follows_who_watches(caller, cookies):
+    alice, _ = await _console(cookies["alice"])
+    bob, _ = await _console(cookies["bob"])
+    await alice.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+    await _receive(alice, "snapshot")
+    await bob.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+    while (await _receive(alice, "presence"))["watchers"] != ["alice", "bob"]:
+        pass
+    await bob.disconnect()
+    assert (await _receive(alice, "presence"))["watchers"] == ["alice"]
+    await history.flush()
+    session = await LiveSession.objects.aget(upstream_id=caller.session_id)
+    assert session.watchers == ["alice"], "the dashboard reads who watches from the table"
+    await alice.disconnect()
+    layer = get_channel_layer()
+    assert not layer.groups.get(f"watch.{session.id.hex}"), "no watcher left in the group"
+
+
+async def test_out_of_band_output_reaches_watchers_marked_and_never_the_caller(caller, cookies, rest):
+    communicator, _ = await _console(cookies["alice"])
+    await communicator.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+    await _receive(communicator, "snapshot")
+    posted = await rest.post(
+        f"/sessions/{caller.session_id}/responses",
+        json={"conversation": "none", "instructions": "Summarise the call so far."},
+    )
+    assert posted.status_code == 202
+    entry = None
+    while entry is None or not entry.get("done"):
+        message = await _receive(communicator, "transcript")
+        entry = next((e for e in message["entries"] if e["role"] == "agent"), entry)
+    assert entry["oob"] is True and "Summarise the call so far." in entry["text"]
+    assert await caller.communicator.receive_nothing(timeout=0.3)
+    assert not [e for e in caller.events if "Summarise" in str(e)]
+    await communicator.disconnect()
+
+
+async def test_an_ended_session_says_so_to_its_watchers(caller, cookies):
+    communicator, _ = await _console(cookies["alice"])
+    await communicator.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+    await _receive(communicator, "snapshot")
+    await caller.communicator.disconnect()
+    ended = await _receive(communicator, "ended")
+    assert ended["status"] == "ended" and ended["reason"] == "caller_closed"
+    await communicator.disconnect()
