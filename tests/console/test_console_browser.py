@@ -154,3 +154,30 @@ async def test_without_javascript_the_form_still_creates_the_request(login, conn
     row = await ResponseRequest.objects.aget(session__upstream_id=caller.session_id, origin="console")
     assert row.metadata == {"ticket": "T-9"} and row.instructions == "Offer the refund."
     await alice.screenshot("session-no-js")
+
+
+async def test_pages_fit_a_narrow_window_and_the_form_is_keyboard_usable(login, connect_caller, daphne):
+    alice = await login("alice", width=400, height=800)
+    caller = await connect_caller()
+    await _open_session(alice, daphne, caller.session_id)
+    page = alice.page
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the session page scrolls sideways by {overflow}px at 400px"
+    await alice.screenshot("session-narrow")
+    await page.focus("#instructions")
+    await page.keyboard.type("Be brief.")
+    await page.keyboard.press("Tab")  # to the mode radios (one stop for the group)
+    await page.keyboard.press("Tab")  # to the first metadata key
+    focused = await page.evaluate("document.activeElement.id")
+    assert focused == "mk-0", f"Tab from the mode radios reaches the first metadata key, not {focused!r}"
+    await page.keyboard.type("topic")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("billing")
+    await page.locator("[data-nudge-form] button[type=submit]").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator('[data-requests] tr:has(.origin:text("console"))')).to_contain_text("Be brief.")
+    await page.goto(f"{daphne.http_url}/console/")
+    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the dashboard scrolls sideways by {overflow}px at 400px"
+    await alice.screenshot("dashboard-narrow")
+    assert alice.errors == []
