@@ -21,6 +21,7 @@ from django.urls import path  # noqa: E402
 
 from apps.console.consumers import ConsoleConsumer  # noqa: E402
 from apps.sessions.consumers import RelayConsumer  # noqa: E402
+from apps.sessions.housekeeping import housekeeping  # noqa: E402
 from operator_console import daphne_compat  # noqa: E402
 
 daphne_compat.install()
@@ -37,9 +38,26 @@ websocket_urls = [
     ),
 ]
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": URLRouter(websocket_urls),
-    }
+
+
+class StartHousekeeping:
+    """Start this process's housekeeping (heartbeats, sweeps of dead processes' sessions,
+    pickup of lost pings) with the first connection or request it serves."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            housekeeping().start()
+        return await self.app(scope, receive, send)
+
+
+application = StartHousekeeping(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": URLRouter(websocket_urls),
+        }
+    )
 )

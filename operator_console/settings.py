@@ -81,7 +81,9 @@ DATABASES = {"default": database_from_url("DATABASE_URL", str(VAR_DIR / "db.sqli
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, for the test database too: the history writer's thread and the
     # test's own thread must see one database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # A file (not :memory:) so Daphne subprocesses share the tests' database. OC_TEST_DB
+    # names another file, for two test runs side by side.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / (env_str("OC_TEST_DB") or "test.sqlite3"))}
     # WAL lets readers (admin, API) proceed while the history writer commits.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -142,6 +144,15 @@ OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, min
 OC_QUEUE_LIMIT = env_int("OC_QUEUE_LIMIT", 32, minimum=32)  # CONTRACT: at least 32
 # How often each process looks in the table for operator requests whose ping was lost.
 OC_PICKUP_INTERVAL = env_float("OC_PICKUP_INTERVAL", 2.0, minimum=0.05)
+# Each process stamps its sessions' heartbeat this often; a session whose heartbeat is older
+# than OC_SESSION_STALE_AFTER belongs to a process that died, and any live process fails it.
+OC_HEARTBEAT_INTERVAL = env_float("OC_HEARTBEAT_INTERVAL", 3.0, minimum=0.05)
+OC_SESSION_STALE_AFTER = env_float("OC_SESSION_STALE_AFTER", 10.0, minimum=0.1)
+if OC_SESSION_STALE_AFTER < 2 * OC_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured(
+        f"OC_SESSION_STALE_AFTER={OC_SESSION_STALE_AFTER:g} must be at least twice "
+        f"OC_HEARTBEAT_INTERVAL={OC_HEARTBEAT_INTERVAL:g}, or live sessions would be failed."
+    )
 # How long a cancel, note or interrupt waits for the session's actor to answer.
 OC_ACTOR_REPLY_TIMEOUT = env_float("OC_ACTOR_REPLY_TIMEOUT", 5.0, minimum=0.1)
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).

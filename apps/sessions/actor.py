@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,13 +44,12 @@ from apps.realtime.transcript import DELTA_TYPES, ITEM_TYPES, Transcript
 from apps.sessions import clock, groups, records
 from apps.sessions.history import UpdateRow
 from apps.sessions.history import writer as history
+from apps.sessions.housekeeping import housekeeping
 from apps.sessions.models import LiveSession
-from apps.sessions.pickup import pickup
+from apps.sessions.process import PROCESS_ID
 from apps.sessions.upstream import open_upstream
 
 log = logging.getLogger(__name__)
-
-PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 # Mailbox message kinds.
 CALLER_FRAME = "caller.frame"
@@ -215,6 +212,7 @@ class SessionActor:
     # ------------------------------------------------------------------ the task
 
     async def _run(self) -> None:
+        housekeeping().add(self)  # heartbeats from now on; requests once the session is named
         history.submit(
             records.session_opened(
                 key=self.key,
@@ -290,7 +288,7 @@ class SessionActor:
             put((UPSTREAM_CLOSED, (1006, "")))
 
     async def _cleanup(self) -> None:
-        pickup().discard(self)
+        housekeeping().discard(self)
         if self._timer is not None:
             self._timer.cancel()
         if self._flush is not None:
@@ -383,7 +381,6 @@ class SessionActor:
             session_id = session.get("id")
             self.upstream_id = session_id if isinstance(session_id, str) else f"sess_{self.key.hex}"
             self._session_deadline = None
-            pickup().add(self)  # the session can now be named, so requests may arrive
             history.submit(
                 records.session_identified(
                     key=self.key,

@@ -1,0 +1,165 @@
+"""Housekeeping: one task per process (per event loop) that keeps the table honest.
+
+- **Pickup**, the safety net under the "new request" ping: every `OC_PICKUP_INTERVAL`
+  seconds it asks the table for operator requests still `queued` in the sessions this process
+  holds, and hands each to its actor as a ping would. The actor ignores requests it already
+  knows, so a pinged request is never sent twice; one whose ping was lost is sent at most an
+  interval (plus a grace period for pings in flight) late.
+- **Heartbeat**: every `OC_HEARTBEAT_INTERVAL` seconds it stamps `heartbeat_at` on the
+  sessions this process holds (one UPDATE for all of them).
+- **Sweep**: sessions of other processes whose heartbeat is older than
+  `OC_SESSION_STALE_AFTER` seconds belong to a process that died; they are marked `failed`
+  (`session_lost`) with every pending request, so nothing waits forever.
+
+The task starts with the first connection or request the process serves (see
+`operator_console.asgi`), so every live process sweeps, not only those holding sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+from apps.sessions import groups
+from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.process import PROCESS_ID
+from apps.sessions.services import request_message
+
+log = logging.getLogger(__name__)
+
+OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
+OPEN_STATUSES = (LiveSession.Status.CONNECTING, LiveSession.Status.LIVE)
+# A request younger than this is left to its ping.
+GRACE = timedelta(seconds=0.5)
+
+
+class Holder(Protocol):
+    key: uuid.UUID
+
+    def operator_message(self, message: dict) -> None: ...
+
+
+class Housekeeping:
+    def __init__(self) -> None:
+        self.holders: dict[uuid.UUID, Holder] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="housekeeping")
+
+    def add(self, holder: Holder) -> None:
+        self.holders[holder.key] = holder
+        self.start()
+
+    def discard(self, holder: Holder) -> None:
+        if self.holders.get(holder.key) is holder:
+            del self.holders[holder.key]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_pickup = next_beat = loop.time()
+        while True:
+            now = loop.time()
+            try:
+                if now >= next_beat:
+                    next_beat = now + settings.OC_HEARTBEAT_INTERVAL
+                    await self.heartbeat()
+                    await self.sweep()
+                if now >= next_pickup:
+                    next_pickup = now + settings.OC_PICKUP_INTERVAL
+                    await self.pickup()
+            except Exception:  # a database hiccup: try again next round
+                log.exception("housekeeping failed; trying again")
+            await asyncio.sleep(max(0.01, min(next_pickup, next_beat) - loop.time()))
+
+    async def pickup(self) -> int:
+        """Hand every waiting operator request of the held sessions to its actor."""
+        keys = list(self.holders)
+        if not keys:
+            return 0
+        rows = await database_sync_to_async(_waiting_requests)(keys)
+        for row in rows:
+            holder = self.holders.get(row.session_id)
+            if holder is not None:
+                holder.operator_message({"type": groups.SESSION_REQUEST, "request": request_message(row)})
+        return len(rows)
+
+    async def heartbeat(self) -> int:
+        keys = list(self.holders)
+        if not keys:
+            return 0
+        return await database_sync_to_async(_beat)(keys)
+
+    async def sweep(self) -> list[str]:
+        lost = await database_sync_to_async(sweep_lost_sessions)()
+        for session_id in lost:
+            log.warning("session %s lost: its process stopped sending heartbeats", session_id)
+        return lost
+
+
+def _waiting_requests(keys: list[uuid.UUID]) -> list[ResponseRequest]:
+    before = datetime.now(UTC) - GRACE
+    return list(
+        ResponseRequest.objects.filter(
+            session_id__in=keys,
+            status=ResponseRequest.Status.QUEUED,
+            origin__in=OPERATOR_ORIGINS,
+            created_at__lt=before,
+        ).order_by("created_at")
+    )
+
+
+def _beat(keys: list[uuid.UUID]) -> int:
+    return LiveSession.objects.filter(id__in=keys, status__in=OPEN_STATUSES).update(
+        heartbeat_at=datetime.now(UTC), process_id=PROCESS_ID
+    )
+
+
+def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
+    """Fail the open sessions of processes that stopped beating, and their pending requests.
+    Returns the ids (public, or the row key while still connecting) of the sessions failed."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER)
+    stale = list(
+        LiveSession.objects.filter(status__in=OPEN_STATUSES, heartbeat_at__lt=cutoff)
+        .exclude(process_id=PROCESS_ID)
+        .values_list("id", "upstream_id")
+    )
+    lost = []
+    for key, upstream_id in stale:
+        with transaction.atomic():
+            # Conditional: another process's sweep, or a late heartbeat, may have come first.
+            claimed = LiveSession.objects.filter(
+                id=key, status__in=OPEN_STATUSES, heartbeat_at__lt=cutoff
+            ).update(status=LiveSession.Status.FAILED, end_reason="session_lost", ended_at=now)
+            if not claimed:
+                continue
+            ResponseRequest.objects.filter(session_id=key).exclude(
+                status__in=ResponseRequest.TERMINAL
+            ).update(
+                status=ResponseRequest.Status.FAILED,
+                error_code="session_lost",
+                error_message="The process holding the session stopped; the session is lost.",
+                finished_at=now,
+            )
+        lost.append(upstream_id or str(key))
+    return lost
+
+
+_housekeepers: dict[asyncio.AbstractEventLoop, Housekeeping] = {}
+
+
+def housekeeping() -> Housekeeping:
+    """This event loop's housekeeping (Daphne runs one loop; tests may run several in turn)."""
+    loop = asyncio.get_running_loop()
+    for other in [other for other in _housekeepers if other.is_closed()]:
+        del _housekeepers[other]
+    return _housekeepers.setdefault(loop, Housekeeping())

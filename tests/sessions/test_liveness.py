@@ -1,0 +1,123 @@
+"""Ownership and liveness: a process that dies leaves sessions that another process fails,
+with every pending request, within 15 s (issue 5). Two real Daphne processes on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import websockets
+from django.db import connection
+
+from apps.sessions.housekeeping import sweep_lost_sessions
+from apps.sessions.models import LiveSession, ResponseRequest
+from tests.conftest import UPSTREAM_KEY
+from tests.support.realtime import eventually, user_text
+from tests.support.servers import DaphneProcess
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def two_processes(simulator, transactional_db):
+    env = {
+        "OC_UPSTREAM_URL": simulator.url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "DATABASE_URL": f"sqlite:///{os.path.abspath(connection.settings_dict['NAME'])}",
+    }
+    a, b = DaphneProcess(env), DaphneProcess(env)
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.mark.e2e
+async def test_kill_9_of_the_holding_process_fails_its_session_and_requests_within_15_s(
+    two_processes, simulator, api_token
+):
+    a, b = two_processes
+    with simulator.configured(delta_interval=0.5):
+        socket = await websockets.connect(
+            f"{a.ws_base}/realtime?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {api_token}"}
+        )
+        session_id = json.loads(await socket.recv())["session"]["id"]
+        await socket.send(json.dumps({"type": "conversation.item.create", "item": user_text("hi")}))
+        for n in range(3):
+            await socket.send(json.dumps({"type": "response.create", "event_id": f"evt_{n}"}))
+        await eventually(lambda: LiveSession.objects.filter(upstream_id=session_id, status="live").exists())
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {api_token}"}) as rest:
+            nudge = await rest.post(f"{b.http_url}/api/v1/sessions/{session_id}/responses", json={})
+            assert nudge.status_code == 202  # stored through B, for the session A holds
+        await eventually(lambda: ResponseRequest.objects.filter(session__upstream_id=session_id).count() == 4)
+        pending = await eventually(
+            lambda: ResponseRequest.objects.filter(session__upstream_id=session_id, status="in_progress").exists()
+        )
+        assert pending
+
+        a.proc.kill()  # SIGKILL: no cleanup, no close frames, no last words
+        killed = time.monotonic()
+        session = await eventually(
+            lambda: LiveSession.objects.filter(upstream_id=session_id, status="failed").first(), timeout=20
+        )
+        took = time.monotonic() - killed
+        await socket.close()
+
+    assert took <= 15.0, f"the session was failed {took:.1f} s after its process died"
+    assert session.end_reason == "session_lost"
+    requests = [r async for r in ResponseRequest.objects.filter(session=session)]
+    assert len(requests) == 4
+    assert {(r.status, r.error_code) for r in requests} == {("failed", "session_lost")}, [
+        (r.origin, r.status, r.error_code) for r in requests
+    ]
+
+
+def test_the_sweep_spares_fresh_heartbeats_and_its_own_sessions(transactional_db, settings):
+    from apps.sessions.process import PROCESS_ID
+
+    now = datetime.now(UTC)
+    old = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    rows = {
+        "sess_dead": dict(process_id="elsewhere:1", heartbeat_at=old),
+        "sess_fresh": dict(process_id="elsewhere:2", heartbeat_at=now),
+        "sess_mine": dict(process_id=PROCESS_ID, heartbeat_at=old),
+        "sess_ended": dict(process_id="elsewhere:1", heartbeat_at=old, status="ended"),
+    }
+    for upstream_id, fields in rows.items():
+        session = LiveSession.objects.create(
+            upstream_id=upstream_id, model="gpt-realtime", status=fields.pop("status", "live"), **fields
+        )
+        ResponseRequest.objects.create(id=f"req_{upstream_id}", session=session, origin="api", status="queued")
+    assert sweep_lost_sessions(now=now) == ["sess_dead"]
+    assert sweep_lost_sessions(now=now) == [], "a session is failed once"
+    statuses = dict(LiveSession.objects.values_list("upstream_id", "status"))
+    assert statuses == {"sess_dead": "failed", "sess_fresh": "live", "sess_mine": "live", "sess_ended": "ended"}
+    assert ResponseRequest.objects.get(id="req_sess_dead").error_code == "session_lost"
+    assert ResponseRequest.objects.get(id="req_sess_fresh").status == "queued"
+
+
+async def test_holding_process_keeps_its_sessions_fresh(relay_settings, simulator, api_token, settings):
+    """An actor's process stamps its session's heartbeat while the session lives."""
+    from channels.testing import WebsocketCommunicator
+
+    from operator_console.asgi import application
+
+    settings.OC_HEARTBEAT_INTERVAL = 0.1
+    communicator = WebsocketCommunicator(
+        application, "/v1/realtime", headers=[(b"authorization", f"Bearer {api_token}".encode())]
+    )
+    assert (await communicator.connect(timeout=5))[0]
+    session_id = (await communicator.receive_json_from(timeout=5))["session"]["id"]
+    first = await eventually(
+        lambda: LiveSession.objects.filter(upstream_id=session_id).values_list("heartbeat_at", flat=True).first()
+    )
+    await asyncio.sleep(0.5)
+    later = await eventually(
+        lambda: LiveSession.objects.filter(upstream_id=session_id).values_list("heartbeat_at", flat=True).first()
+    )
+    assert later > first
+    await communicator.disconnect()
