@@ -1,4 +1,4 @@
-"""Two fixes to Daphne's WebSocket replies that a relay cannot do without.
+"""Three fixes to Daphne's WebSockets that a relay cannot do without.
 
 - Close codes: Daphne 4.2 closes through autobahn's `sendClose()`, which accepts only 1000 and
   3000–4999: a `websocket.close` with code 1011 (what the relay must send when its upstream
@@ -8,6 +8,10 @@
 - Outgoing size: Daphne's `--websocket-max-message-size` (1 MiB by default) guards against
   large *incoming* messages, but autobahn applies it to messages sent too, so an upstream event
   over 1 MiB could never reach the caller. Messages the application sends are not limited.
+- Too-large incoming messages: autobahn "fails by drop" by default, cutting the TCP connection
+  without a close frame, so a client sending a message over the limit saw only 1006. Failing
+  by close sends 1009 with autobahn's reason, which names the size and the limit ("received
+  WebSocket message size 2097237 exceeds payload limit of 1048576 octets").
 
 If Daphne's protocol class changes shape, the patch is skipped.
 """
@@ -24,9 +28,10 @@ _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 101
 
 def install() -> None:
     try:
-        from daphne.ws_protocol import WebSocketProtocol
+        from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # Daphne not in use
         return
+    _fail_by_close(WebSocketFactory)
     original = WebSocketProtocol.handle_reply
     if getattr(original, "_oc_patched", False):
         return
@@ -58,3 +63,16 @@ def install() -> None:
 
     handle_reply._oc_patched = True
     WebSocketProtocol.handle_reply = handle_reply
+
+
+def _fail_by_close(factory_class) -> None:
+    original = factory_class.__init__
+    if getattr(original, "_oc_patched", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.setProtocolOptions(failByDrop=False)
+
+    __init__._oc_patched = True
+    factory_class.__init__ = __init__

@@ -144,6 +144,8 @@ OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, min
 OC_QUEUE_LIMIT = env_int("OC_QUEUE_LIMIT", 32, minimum=32)  # CONTRACT: at least 32
 # How often each process looks in the table for operator requests whose ping was lost.
 OC_PICKUP_INTERVAL = env_float("OC_PICKUP_INTERVAL", 2.0, minimum=0.05)
+# Most live sessions one process holds; a caller beyond it is told so and closed with 1013.
+OC_MAX_SESSIONS = env_int("OC_MAX_SESSIONS", 1000, minimum=1)
 # Each process stamps its sessions' heartbeat this often; a session whose heartbeat is older
 # than OC_SESSION_STALE_AFTER belongs to a process that died, and any live process fails it.
 OC_HEARTBEAT_INTERVAL = env_float("OC_HEARTBEAT_INTERVAL", 3.0, minimum=0.05)

@@ -13,9 +13,11 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from apps.realtime import events
 from apps.sessions import groups
 from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
+from apps.sessions.housekeeping import housekeeping
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ class RelayConsumer(AsyncWebsocketConsumer):
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
+        held = len(housekeeping().holders)
+        if held >= settings.OC_MAX_SESSIONS:
+            log.warning("relay refused %s: this process holds %d sessions", principal.name, held)
+            message = (
+                f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; "
+                "try again later."
+            )
+            error = events.error_event(code="too_many_sessions", message=message, error_type="server_error")
+            await self.send_text(events.dumps(error))
+            await self.close_with(1013, message)
+            return
         headers = {
             key.decode("latin1"): value.decode("latin1")
             for key, value in self.scope.get("headers", ())
