@@ -10,6 +10,7 @@ urlpatterns = [
     path("console/", include("apps.console.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
 ]

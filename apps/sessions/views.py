@@ -1,5 +1,46 @@
+"""Health endpoints for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
+
+READY_TIMEOUT = 2.0
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is up and serving."""
     return JsonResponse({"status": "ok"})
+
+
+def _database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _channel_layer() -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel("readyz.")
+    await layer.send(channel, {"type": "readyz.ping"})
+    await layer.receive(channel)
+
+
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """The process can do its work: its database and its channel layer answer."""
+    checks: dict[str, str] = {}
+    for name, check in (("database", sync_to_async(_database)), ("channel_layer", _channel_layer)):
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await check()
+            checks[name] = f"ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
+        except Exception as exc:  # report what failed, and why, without a stack trace
+            checks[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
+    ready = all(value.startswith("ok") for value in checks.values())
+    return JsonResponse({"status": "ready" if ready else "not ready", **checks}, status=200 if ready else 503)
