@@ -223,7 +223,9 @@ async def list_sessions(
     tags=["sessions"],
 )
 async def get_session(request: HttpRequest, session_id: str):
-    session = await database_sync_to_async(selectors.session_get)(session_id=session_id)
+    session = None
+    if services.could_exist(session_id):
+        session = await database_sync_to_async(selectors.session_get)(session_id=session_id)
     if session is None:
         raise services.SessionNotFound(f"No session with id '{session_id}'.")
     return SessionOut.of(session)
@@ -299,7 +301,9 @@ async def list_responses(
     limit: int = Query(1000, ge=1, le=1000, description="At most this many, oldest first."),
 ):
     def load():
-        session = selectors.session_get(session_id=session_id)
+        session = None
+        if services.could_exist(session_id):
+            session = selectors.session_get(session_id=session_id)
         if session is None:
             raise services.SessionNotFound(f"No session with id '{session_id}'.")
         return selectors.request_list(session=session, limit=limit)
@@ -316,7 +320,9 @@ async def list_responses(
     tags=["responses"],
 )
 async def get_response(request: HttpRequest, request_id: str):
-    row = await database_sync_to_async(selectors.request_get)(request_id=request_id)
+    row = None
+    if services.could_exist(request_id):
+        row = await database_sync_to_async(selectors.request_get)(request_id=request_id)
     if row is None:
         raise services.RequestNotFound(f"No response request with id '{request_id}'.")
     return RequestOut.of(row)
@@ -364,3 +370,17 @@ async def add_note(request: HttpRequest, session_id: str, payload: NoteIn):
 async def interrupt(request: HttpRequest, session_id: str):
     response_id = await services.session_interrupt(session_id=session_id)
     return Status(202, InterruptOut(session_id=session_id, response_id=response_id))
+
+
+# ---------------------------------------------------------------------------- anything else
+
+
+@api.api_operation(
+    ["GET", "POST", "PUT", "PATCH", "DELETE"], "/{path:rest}", auth=None, include_in_schema=False
+)
+async def not_found(request: HttpRequest, rest: str):
+    """Last of the routes: an unknown URL under /api/v1/ is a 404 with the error body too, not
+    Django's HTML page; so is an id with a '/' in it (sent as %2F, it splits the path)."""
+    return error_response(
+        404, "not_found", "No such endpoint; the endpoints are listed in /api/v1/openapi.json."
+    )

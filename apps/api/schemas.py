@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from apps.realtime.overrides import check_text
 from apps.realtime.sequencer import RequestStatus
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.selectors import origin_counts
@@ -118,6 +119,11 @@ class NoteIn(BaseModel):
     role: Literal["system", "user"] = Field(
         default="system", description="'system' (default): quiet context; 'user': as if the caller said it."
     )
+
+    @field_validator("text")
+    @classmethod
+    def _check_text(cls, text: str) -> str:
+        return check_text(text, "text")
 
 
 class NoteOut(BaseModel):

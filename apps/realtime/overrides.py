@@ -6,7 +6,7 @@ turns a stored request into the `response` object of a `response.create` with
 
 Limits are the upstream's, less the key the relay reserves (`oc_request`): at most 15
 metadata pairs, keys ≤ 64 characters, values ≤ 512 characters and strings only, instructions
-≤ 32 768 characters.
+≤ 32 768 characters. No text may hold a NUL character or a lone surrogate (`check_text`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,22 @@ MAX_METADATA_VALUE_CHARS = 512
 
 InstructionsMode = Literal["append", "replace"]
 Conversation = Literal["auto", "none"]
+
+
+def check_text(text: str, what: str) -> str:
+    """Refuse what the relay can neither store nor send on: a NUL character (PostgreSQL
+    refuses it in text and JSON columns) and a lone surrogate, which JSON can spell
+    (`"\\ud800"`) but UTF-8 cannot encode, so sending it upstream would end the session."""
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which is not allowed")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode"
+            ) from None
+    return text
 
 
 class ResponseOverrides(BaseModel):
@@ -68,6 +84,11 @@ class ResponseOverrides(BaseModel):
         ),
     )
 
+    @field_validator("instructions")
+    @classmethod
+    def _check_instructions(cls, instructions: str) -> str:
+        return check_text(instructions, "instructions")
+
     @field_validator("metadata")
     @classmethod
     def _check_metadata(cls, metadata: dict[str, str]) -> dict[str, str]:
@@ -89,6 +110,8 @@ class ResponseOverrides(BaseModel):
                     f"metadata value of '{key}' has {len(value)} characters; "
                     f"at most {MAX_METADATA_VALUE_CHARS} are allowed"
                 )
+            check_text(key, "a metadata key")
+            check_text(value, f"metadata value of '{key[:20]}'")
         return metadata
 
 

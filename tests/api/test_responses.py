@@ -344,3 +344,19 @@ async def test_cancelling_a_callers_queued_request_tells_the_caller_why(caller, 
     assert error["code"] == "response_cancelled" and error["event_id"] == "evt_two"
     await asyncio.sleep(0.2)
     assert [e.get("event_id") for e in _creates(simulator, caller.session_id)] == ["evt_one"]
+
+
+async def test_a_second_cancel_before_the_table_knows_the_first_is_409(caller, rest, simulator, monkeypatch):
+    """The actor has cancelled the request, the table still says `queued`: the second DELETE
+    is refused like any other of a request no longer queued (it was a 500, found by the fuzz)."""
+    with simulator.configured(delta_interval=0.03):
+        await _start_caller_response(caller)
+        queued = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
+        await history.flush()
+        monkeypatch.setattr(history, "gather_seconds", 0.5)  # the table lags behind the actor
+        first = await rest.delete(f"/responses/{queued['id']}")
+        second = await rest.delete(f"/responses/{queued['id']}")
+        assert first.status_code == 200, first.text
+        assert second.status_code == 409, second.text
+        assert second.json()["error"]["code"] == "not_cancellable"
+        assert "cancelled" in second.json()["error"]["message"]
