@@ -14,6 +14,7 @@ pragmas per batch cost more than the writes) and reopens it only after an error.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -25,6 +26,8 @@ from typing import Any
 from django.db import connection, transaction
 
 log = logging.getLogger(__name__)
+# One JSON object per committed transition (sessions and requests): `oc.events`.
+events_log = logging.getLogger("oc.events")
 
 _MAX_BATCH = 1000
 
@@ -34,6 +37,7 @@ class CreateRow:
     """Insert a model instance (the fields it will have once later updates are merged)."""
 
     instance: Any
+    event: dict[str, Any] | None = None  # logged (as JSON) once committed
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class UpdateRow:
     model: type
     pk: Any
     fields: dict[str, Any] = field(default_factory=dict)
+    event: dict[str, Any] | None = None  # logged (as JSON) once committed
 
 
 Operation = CreateRow | UpdateRow | Callable[[], None]
@@ -106,6 +111,11 @@ class HistoryWriter:
                 while pending and len(batch) < _MAX_BATCH:
                     batch.append(pending.popleft())
                 self._apply(merge(batch))
+                if events_log.isEnabledFor(logging.INFO):
+                    for operation in batch:
+                        event = getattr(operation, "event", None)
+                        if event is not None:
+                            events_log.info(json.dumps(event, default=str, separators=(",", ":")))
 
     def _apply(self, batch: list[Operation]) -> None:
         try:

@@ -6,12 +6,13 @@ a request's timestamps never go backwards even if the system clock is stepped.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from apps.sessions.history import CreateRow, UpdateRow
+from apps.sessions.history import CreateRow, UpdateRow, events_log
 from apps.sessions.models import LiveSession, ResponseRequest
 
 
@@ -28,7 +29,8 @@ def session_opened(*, key: uuid.UUID, model: str, connected_by: str, process_id:
             process_id=process_id,
             started_at=_dt(at),
             heartbeat_at=_dt(at),
-        )
+        ),
+        event={"event": "session.opened", "session_key": str(key), "model": model, "by": connected_by},
     )
 
 
@@ -42,6 +44,7 @@ def session_identified(*, key: uuid.UUID, upstream_id: str, instructions: str, a
             "instructions": instructions,
             "heartbeat_at": _dt(at),
         },
+        event={"event": "session.live", "session_key": str(key), "session": upstream_id},
     )
 
 
@@ -51,6 +54,9 @@ def session_updated(*, key: uuid.UUID, instructions: str):
 
 def session_ended(*, key: uuid.UUID, status: str, reason: str, at: float):
     def op() -> None:
+        events_log.info(
+            json.dumps({"event": "session.ended", "session_key": str(key), "status": status, "reason": reason})
+        )
         LiveSession.objects.filter(id=key).update(status=status, end_reason=reason, ended_at=_dt(at))
         # The actor has already failed every pending request; this is the safety net for a
         # request whose transition was lost, so that nothing stays pending forever.
@@ -98,7 +104,17 @@ def request_created(
         started_at=_dt(at) if status == ResponseRequest.Status.IN_PROGRESS else None,
     )
 
-    return CreateRow(row)
+    return CreateRow(
+        row,
+        event={
+            "event": "request.created",
+            "request": request_id,
+            "session_key": str(key),
+            "origin": origin,
+            "by": requested_by,
+            "status": status,
+        },
+    )
 
 
 def request_status(
@@ -134,4 +150,9 @@ def request_status(
         if "usage" in details:
             fields["usage"] = details["usage"]
 
-    return UpdateRow(ResponseRequest, request_id, fields)
+    event = {"event": "request.status", "request": request_id, "status": status}
+    if response_id:
+        event["response_id"] = response_id
+    if error_code:
+        event["error_code"] = error_code
+    return UpdateRow(ResponseRequest, request_id, fields, event=event)

@@ -13,6 +13,7 @@ a cancel is never answered `cancelled` for a request that was in fact sent.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from apps.sessions import groups
 from apps.sessions.models import LiveSession, ResponseRequest
 
 log = logging.getLogger(__name__)
+events_log = logging.getLogger("oc.events")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -73,6 +75,12 @@ class SessionUnavailable(ServiceError):
     """The session is live in the table, but no actor answered: its process is gone or stuck."""
 
     status, code = 503, "session_unavailable"
+
+
+def could_exist(key: str) -> bool:
+    """Whether a row could have this id. None has a NUL in it, and PostgreSQL refuses a NUL in
+    a query (an error, so a 500, where the answer is 'not found')."""
+    return "\x00" not in key
 
 
 # ---------------------------------------------------------------------------- submit
@@ -175,7 +183,9 @@ def _store_request_locked(
     idempotency: Idempotency | None,
 ) -> tuple[ResponseRequest, bool]:
     # The lock serialises submissions to one session, so the queue limit holds under races.
-    session = LiveSession.objects.select_for_update().filter(upstream_id=session_id).first()
+    session = None
+    if could_exist(session_id):
+        session = LiveSession.objects.select_for_update().filter(upstream_id=session_id).first()
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
     if idempotency is not None:
@@ -210,6 +220,20 @@ def _store_request_locked(
         idempotency_key=idempotency.key if idempotency else None,
         idempotency_digest=idempotency.digest if idempotency else "",
     )
+    transaction.on_commit(
+        lambda: events_log.info(
+            json.dumps(
+                {
+                    "event": "request.created",
+                    "request": request.id,
+                    "session": session_id,
+                    "origin": origin,
+                    "by": requested_by,
+                    "status": "queued",
+                }
+            )
+        )
+    )
     return request, True
 
 
@@ -242,8 +266,19 @@ async def ping(request: ResponseRequest) -> None:
 
 async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str, Any]:
     layer = get_channel_layer()
+    # The default prefix, as the consumers' channels have: channels_redis lets one receive at a
+    # time read Redis per process, from the list of *its* channel's prefix, and hands what it
+    # reads to the right waiter only among channels of that list. With a prefix of its own, the
+    # reply (or a consumer's message) waited for the other's read to end: up to 5 s, or until
+    # this timeout when the message it waited for was the actor's own question.
     reply_to = await layer.new_channel("reply.")
-    await layer.group_send(groups.session_group(session.id), {**message, "reply_to": reply_to})
+    try:
+        await layer.group_send(groups.session_group(session.id), {**message, "reply_to": reply_to})
+    except Exception as exc:  # the channel layer is down: nobody can reach the actor now
+        log.warning("asking the actor of %s failed: %r", session.upstream_id, exc)
+        raise SessionUnavailable(
+            f"Session '{session.upstream_id}' cannot be reached right now; retry shortly."
+        ) from None
     try:
         async with asyncio.timeout(settings.OC_ACTOR_REPLY_TIMEOUT):
             return await layer.receive(reply_to)
@@ -255,7 +290,9 @@ async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str,
 
 
 def _live_session(session_id: str) -> LiveSession:
-    session = LiveSession.objects.filter(upstream_id=session_id).first()
+    session = None
+    if could_exist(session_id):
+        session = LiveSession.objects.filter(upstream_id=session_id).first()
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
     if session.status != LiveSession.Status.LIVE:
@@ -265,9 +302,11 @@ def _live_session(session_id: str) -> LiveSession:
 
 async def response_request_cancel(*, request_id: str) -> ResponseRequest:
     """Cancel a request that is still queued; anything further along is NotCancellable."""
-    request = await database_sync_to_async(
-        lambda: ResponseRequest.objects.select_related("session").filter(id=request_id).first()
-    )()
+    request = None
+    if could_exist(request_id):
+        request = await database_sync_to_async(
+            lambda: ResponseRequest.objects.select_related("session").filter(id=request_id).first()
+        )()
     if request is None:
         raise RequestNotFound(f"No response request with id '{request_id}'.")
     # The table lags behind the actor, never ahead of it: a request it shows past `queued`
