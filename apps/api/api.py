@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -39,6 +40,8 @@ from apps.api.schemas import (
 from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import selectors, services, tokens
 from apps.sessions.models import ApiToken
+
+events_log = logging.getLogger("oc.events")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -108,7 +111,30 @@ api = NinjaAPI(
 # ---------------------------------------------------------------------------- errors
 
 
-def error_response(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> JsonResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    fields: dict[str, str] | None = None,
+    *,
+    request: HttpRequest | None = None,
+) -> JsonResponse:
+    """The error body of every refusal, logged as a structured `api.refused` event (path,
+    status, code, the token's name when known; never the token itself)."""
+    if request is not None:
+        auth = getattr(request, "auth", None)
+        events_log.info(
+            json.dumps(
+                {
+                    "event": "api.refused",
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "code": code,
+                    "token": getattr(auth, "name", None),
+                }
+            )
+        )
     error: dict[str, Any] = {"code": code, "message": message}
     if fields:
         error["fields"] = fields
@@ -134,7 +160,7 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
             message = "Unknown field; the accepted fields are listed in /api/v1/openapi.json."
         fields.setdefault(name, message)
     summary = "; ".join(f"{name}: {message}" for name, message in fields.items())
-    return error_response(422, "invalid_fields", f"Invalid fields — {summary}", fields)
+    return error_response(422, "invalid_fields", f"Invalid fields — {summary}", fields, request=request)
 
 
 @api.exception_handler(HttpError)
@@ -142,21 +168,23 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     if isinstance(exc.__cause__, BodyTooLarge):
         return _too_large(request, exc)
     if exc.status_code == 400 and exc.__cause__ is not None:
-        return error_response(400, "invalid_json", f"The body is not valid JSON: {exc.__cause__}.")
-    return error_response(exc.status_code, "http_error", str(exc))
+        return error_response(
+            400, "invalid_json", f"The body is not valid JSON: {exc.__cause__}.", request=request
+        )
+    return error_response(exc.status_code, "http_error", str(exc), request=request)
 
 
 @api.exception_handler(RequestDataTooBig)
 def _too_large(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(
-        413, "body_too_large", f"The body is over the limit of {MAX_BODY_BYTES} bytes (64 KiB)."
+        413, "body_too_large", f"The body is over the limit of {MAX_BODY_BYTES} bytes (64 KiB).", request=request
     )
 
 
 @api.exception_handler(AuthenticationError)
 def _unauthenticated(request: HttpRequest, exc: Exception) -> HttpResponse:
     response = error_response(
-        401, "unauthenticated", "Send a valid API token as 'Authorization: Bearer <token>'."
+        401, "unauthenticated", "Send a valid API token as 'Authorization: Bearer <token>'.", request=request
     )
     response["WWW-Authenticate"] = 'Bearer realm="api"'
     return response
@@ -164,12 +192,12 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 @api.exception_handler(MissingScope)
 def _forbidden(request: HttpRequest, exc: MissingScope) -> HttpResponse:
-    return error_response(403, "missing_scope", f"This token lacks the scope '{exc.scope}'.")
+    return error_response(403, "missing_scope", f"This token lacks the scope '{exc.scope}'.", request=request)
 
 
 @api.exception_handler(services.ServiceError)
 def _refused(request: HttpRequest, exc: services.ServiceError) -> HttpResponse:
-    response = error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, exc.message, request=request)
     if exc.status in (429, 503):
         response["Retry-After"] = "1"
     return response
