@@ -30,8 +30,13 @@ RENEW_SECONDS = 30.0
 _PREFIX = "console."
 
 
+def user_group(user_id) -> str:
+    return f"user.{user_id}"
+
+
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     username = ""
+    user_group: str | None = None
     watching: LiveSession | None = None
     _renew: asyncio.Task | None = None
     _on_dashboard = False
@@ -42,6 +47,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         self.username = user.get_username()
+        self.user_group = user_group(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
 
     async def receive_json(self, content: Any, **kwargs) -> None:
@@ -98,6 +105,12 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if self._on_dashboard:
             feed().discard(self)
         await self._unwatch()
+        if self.user_group is not None:
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+
+    async def user_logged_out(self, message) -> None:
+        """The operator logged out (on any page, in any process): this socket ends too."""
+        await self.close(code=4401)
 
     async def dispatch(self, message) -> None:
         kind = message["type"]

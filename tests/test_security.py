@@ -1,0 +1,108 @@
+"""Security (issue 5): sockets end with the login, CSRF on console forms, and the upstream
+key and API tokens appear in no page, API response or log line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from apps.sessions.models import ApiToken
+from operator_console.asgi import application
+from tests.conftest import UPSTREAM_KEY
+from tests.support.realtime import user_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+@pytest.fixture
+def operator_cookie(transactional_db) -> str:
+    user = get_user_model().objects.create_user("op", password="pw-for-tests")
+    user.user_permissions.add(Permission.objects.get(codename="steer_session"))
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def _http(cookie: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application),
+        base_url="http://127.0.0.1",
+        cookies={"sessionid": cookie},
+    )
+
+
+async def test_logging_out_closes_the_operators_open_console_socket(operator_cookie):
+    console = WebsocketCommunicator(
+        application, "/ws/console/", headers=[ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())]
+    )
+    assert (await console.connect(timeout=5))[0]
+    async with _http(operator_cookie) as http:
+        page = await http.get("/console/")
+        assert page.status_code == 200
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        out = await http.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})
+        assert out.status_code == 302
+    closed = await console.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    again = WebsocketCommunicator(
+        application, "/ws/console/", headers=[ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())]
+    )
+    assert not (await again.connect(timeout=5))[0], "the old session cookie no longer opens a socket"
+
+
+async def test_a_console_post_without_the_csrf_token_is_refused(operator_cookie, caller):
+    async with _http(operator_cookie) as http:
+        forged = await http.post(f"/console/sessions/{caller.session_id}/responses", data={"instructions": "x"})
+    assert forged.status_code == 403
+
+
+def test_tokens_are_stored_only_as_digests(api_token):
+    row = ApiToken.objects.get()
+    stored = json.dumps([str(value) for value in ApiToken.objects.values_list().get()])
+    assert api_token not in stored and row.digest == ApiToken.hash(api_token)
+
+
+@pytest.mark.e2e
+async def test_the_upstream_key_and_tokens_appear_in_no_page_response_or_log(daphne, api_token, operator_cookie):
+    seen: list[str] = []
+    headers = {"Authorization": f"Bearer {api_token}"}
+    async with websockets.connect(f"{daphne.ws_base}/realtime?model=gpt-realtime", additional_headers=headers) as socket:
+        created = await socket.recv()
+        seen.append(created)
+        session_id = json.loads(created)["session"]["id"]
+        await socket.send(json.dumps({"type": "conversation.item.create", "item": user_text("hi")}))
+        await socket.send(json.dumps({"type": "response.create"}))
+        await socket.send("not json")
+        while '"response.done"' not in (frame := await socket.recv()):
+            seen.append(frame)
+        seen.append(frame)
+        async with httpx.AsyncClient(base_url=daphne.http_url, headers=headers) as rest:
+            for method, path, body in (
+                ("GET", "/api/v1/sessions?status=live", None),
+                ("GET", f"/api/v1/sessions/{session_id}", None),
+                ("POST", f"/api/v1/sessions/{session_id}/responses", {"metadata": {"k": 1}}),
+                ("POST", f"/api/v1/sessions/{session_id}/responses", {}),
+                ("GET", f"/api/v1/sessions/{session_id}/responses", None),
+                ("GET", "/api/v1/openapi.json", None),
+                ("GET", "/api/v1/docs", None),
+                ("GET", "/readyz", None),
+            ):
+                seen.append((await rest.request(method, path, json=body)).text)
+            seen.append((await rest.get("/api/v1/sessions", headers={"Authorization": "Bearer wrong"})).text)
+        async with httpx.AsyncClient(base_url=daphne.http_url, cookies={"sessionid": operator_cookie}) as browser:
+            for path in ("/console/", f"/console/sessions/{session_id}/", "/accounts/login/"):
+                seen.append((await browser.get(path, follow_redirects=True)).text)
+    log = daphne.output()
+    for text in seen + [log]:
+        assert UPSTREAM_KEY not in text
+    assert api_token not in log, "a token was written to the log"
+    assert '"event":"request.status"' in log, "transitions are logged (structured)"
