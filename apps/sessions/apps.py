@@ -5,3 +5,10 @@ class SessionsConfig(AppConfig):
     name = "apps.sessions"
     label = "oc_sessions"  # "sessions" is django.contrib.sessions
     verbose_name = "Live sessions"
+
+    def ready(self) -> None:
+        from django.core import checks
+
+        from apps.sessions.checks import several_processes_need_redis
+
+        checks.register(several_processes_need_redis)

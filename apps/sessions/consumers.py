@@ -7,6 +7,8 @@ an await here would hold up everything behind it).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from urllib.parse import parse_qs
 
@@ -20,8 +22,16 @@ from apps.sessions.auth import Refusal, authenticate_relay
 from apps.sessions.housekeeping import housekeeping
 
 log = logging.getLogger(__name__)
+refusals = logging.getLogger("oc.events")
+
+
+def _client(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
 
 _FORWARDED_HEADERS = (b"openai-beta",)
+# Longest wait between two tries while the channel layer (Redis) is unreachable.
+LAYER_RETRY_MAX = 1.0
 
 
 def _query_model(scope) -> str:
@@ -30,21 +40,97 @@ def _query_model(scope) -> str:
     return model or settings.OC_REALTIME_MODEL
 
 
-class RelayConsumer(AsyncWebsocketConsumer):
+class SurvivesLayerOutages:
+    """For a Channels consumer: the channel layer (Redis) being unreachable for a while, or
+    restarted, must not end the consumer.
+
+    Channels' `AsyncConsumer.__call__` stores the layer's receive for the consumer's channel in
+    `self.channel_receive` and ends the consumer (so closes its socket with 1011, telling no
+    one why) at the first error from it. Here that receive waits the outage out instead, and
+    the consumer joins its groups (`layer_groups()`) again when the layer answers: a restarted
+    Redis has forgotten every group.
+    """
+
+    _join_task: asyncio.Task | None = None
+
+    def layer_groups(self) -> list[str]:
+        return []
+
+    @property
+    def channel_receive(self):
+        return self._receive_through_outages
+
+    @channel_receive.setter
+    def channel_receive(self, receive) -> None:
+        self._layer_receive = receive
+
+    async def _receive_through_outages(self):
+        delay = 0.05
+        while True:
+            try:
+                return await self._layer_receive()
+            except Exception as exc:
+                if self._join_task is None or self._join_task.done():
+                    log.warning("channel layer unreachable from %s: %r; retrying", self.channel_name, exc)
+                    self.join_later()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAYER_RETRY_MAX)
+
+    def join_later(self) -> None:
+        """Join `layer_groups()` in the background, retrying until the layer answers."""
+        if self._join_task is None or self._join_task.done():
+            self._join_task = asyncio.get_running_loop().create_task(self._join(), name="layer-join")
+
+    async def _join(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                for group in self.layer_groups():
+                    await self.channel_layer.group_add(group, self.channel_name)
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LAYER_RETRY_MAX)
+            else:
+                log.info("channel layer reachable; %s joined %s", self.channel_name, self.layer_groups())
+                return
+
+    def stop_joining(self) -> None:
+        if self._join_task is not None:
+            self._join_task.cancel()
+            self._join_task = None
+
+
+class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
     actor: SessionActor | None = None
     group: str | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Channels calls `disconnect` only for a websocket.disconnect message: a consumer
+            # that ends by an error must still end its actor, or the session would live on
+            # (upstream open, heartbeats stamped, requests answered) with no caller.
+            self.stop_joining()
+            if self.actor is not None:
+                self.actor.caller_closed()
+
+    def layer_groups(self) -> list[str]:
+        return [self.group] if self.group is not None else []
 
     async def connect(self) -> None:
         principal = await authenticate_relay(self.scope)
         if isinstance(principal, Refusal):
-            log.info("relay handshake refused: %s", principal.reason)
+            refusals.info(json.dumps({"event": "relay.refused", "reason": principal.reason, "client": _client(self.scope)}))
             await self.close()  # before accept → HTTP 403, and no upstream is opened
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
         held = len(housekeeping().holders)
         if held >= settings.OC_MAX_SESSIONS:
-            log.warning("relay refused %s: this process holds %d sessions", principal.name, held)
+            refusals.warning(
+                json.dumps({"event": "relay.refused", "reason": "too_many_sessions", "by": principal.name, "held": held})
+            )
             message = (
                 f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; "
                 "try again later."
@@ -66,7 +152,11 @@ class RelayConsumer(AsyncWebsocketConsumer):
         )
         # Operators reach the session through its group: requests, cancels, notes, interrupts.
         self.group = groups.session_group(self.actor.key)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception as exc:  # the layer is down: the session starts, and joins when it can
+            log.warning("joining %s failed: %r; retrying in the background", self.group, exc)
+            self.join_later()
         self.actor.start()
 
     async def dispatch(self, message) -> None:
@@ -88,15 +178,24 @@ class RelayConsumer(AsyncWebsocketConsumer):
             self.actor.caller_frame(text_data if text_data is not None else bytes_data)
 
     async def disconnect(self, code) -> None:
+        self.stop_joining()
         if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            except Exception as exc:  # the layer is down; the membership expires on its own
+                log.warning("leaving %s failed: %r", self.group, exc)
         if self.actor is not None:
             self.actor.caller_closed()
             await self.actor.wait_finished()
 
     # The actor's view of the caller socket.
     async def send_text(self, text: str) -> None:
-        await self.base_send({"type": "websocket.send", "text": text})
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except Exception as exc:  # the caller's socket closed under us: end the session
+            log.debug("send to a closed caller socket: %r", exc)
+            if self.actor is not None:
+                self.actor.caller_closed()
 
     async def close_with(self, code: int, reason: str) -> None:
         # A close reason is at most 123 bytes of UTF-8.

@@ -271,7 +271,7 @@ async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str,
     # reads to the right waiter only among channels of that list. With a prefix of its own, the
     # reply (or a consumer's message) waited for the other's read to end: up to 5 s, or until
     # this timeout when the message it waited for was the actor's own question.
-    reply_to = await layer.new_channel("reply.")
+    reply_to = await layer.new_channel()
     try:
         await layer.group_send(groups.session_group(session.id), {**message, "reply_to": reply_to})
     except Exception as exc:  # the channel layer is down: nobody can reach the actor now

@@ -1,0 +1,78 @@
+"""Scale-out fixtures: a real Redis and a real PostgreSQL, started for the test session on
+loopback ports of their own and stopped after it (tests/support/services.py), and the
+migrated PostgreSQL database with an operator and an API token. With `CI` set, a missing
+server binary fails these tests instead of skipping them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.servers import ROOT
+from tests.support.services import PostgresServer, RedisServer
+
+OPERATOR = "scaleout-operator"
+OPERATOR_PASSWORD = "pw-for-scaleout-tests"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def manage(database_url: str, *args: str, extra_env: dict[str, str] | None = None) -> str:
+    """`manage.py ARGS` on that database; its stdout. Fails the test with stderr on an error."""
+    env = {**os.environ, "DATABASE_URL": database_url, **(extra_env or {})}
+    for name in ("REDIS_URL", "OC_PROCESSES", "WEB_CONCURRENCY"):  # one-off commands
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"manage.py {' '.join(args)} exited with {result.returncode}:\n{result.stderr}")
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class ScaleoutDatabase:
+    url: str
+    token: str  # every scope: realtime:connect, responses:write, sessions:read
+    username: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def scaleout_db(postgres_server) -> ScaleoutDatabase:
+    """The PostgreSQL database, migrated, with an operator who can log in and an API token."""
+    url = postgres_server.url
+    manage(url, "migrate", "--noinput")
+    manage(
+        url, "createsuperuser", "--noinput",
+        extra_env={
+            "DJANGO_SUPERUSER_USERNAME": OPERATOR,
+            "DJANGO_SUPERUSER_PASSWORD": OPERATOR_PASSWORD,
+            "DJANGO_SUPERUSER_EMAIL": "operator@example.invalid",
+        },
+    )
+    token = manage(url, "create_api_token", "--name", "scaleout").strip().splitlines()[-1]
+    return ScaleoutDatabase(url=url, token=token, username=OPERATOR, password=OPERATOR_PASSWORD)
