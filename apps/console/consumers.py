@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.console.feed import feed
 from apps.sessions import groups
+from apps.sessions.consumers import SurvivesLayerOutages
 from apps.sessions.models import LiveSession
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def user_group(user_id) -> str:
     return f"user.{user_id}"
 
 
-class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+class ConsoleConsumer(SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
     username = ""
     user_group: str | None = None
     watching: LiveSession | None = None
@@ -48,8 +49,15 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             return
         self.username = user.get_username()
         self.user_group = user_group(user.pk)
-        await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
+        if not await self._quietly(self.channel_layer.group_add(self.user_group, self.channel_name)):
+            self.join_later()
+
+    def layer_groups(self) -> list[str]:
+        joined = [self.user_group] if self.user_group else []
+        if self.watching is not None:
+            joined.append(groups.watch_group(self.watching.id))
+        return joined
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
@@ -75,7 +83,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             )
             return
         self.watching = session
-        await self.channel_layer.group_add(groups.watch_group(session.id), self.channel_name)
+        if not await self._quietly(self.channel_layer.group_add(groups.watch_group(session.id), self.channel_name)):
+            self.join_later()
         await self._tell_actor(watch=True)
         self._renew = asyncio.get_running_loop().create_task(self._renew_watch())
 
@@ -87,10 +96,22 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def _tell_actor(self, *, watch: bool) -> None:
         if self.watching is None:
             return
-        await self.channel_layer.group_send(
-            groups.session_group(self.watching.id),
-            {"type": groups.SESSION_WATCH, "channel": self.channel_name, "user": self.username, "watch": watch},
+        await self._quietly(
+            self.channel_layer.group_send(
+                groups.session_group(self.watching.id),
+                {"type": groups.SESSION_WATCH, "channel": self.channel_name, "user": self.username, "watch": watch},
+            )
         )
+
+    async def _quietly(self, operation) -> bool:
+        """A channel-layer call that may fail while the layer (Redis) is down: the watch is
+        renewed every RENEW_SECONDS and groups are joined again when the layer is back."""
+        try:
+            await operation
+            return True
+        except Exception as exc:
+            log.warning("channel layer call failed on %s: %r", self.channel_name, exc)
+            return False
 
     async def _unwatch(self) -> None:
         if self._renew is not None:
@@ -98,15 +119,18 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             self._renew = None
         if self.watching is not None:
             await self._tell_actor(watch=False)
-            await self.channel_layer.group_discard(groups.watch_group(self.watching.id), self.channel_name)
+            await self._quietly(
+                self.channel_layer.group_discard(groups.watch_group(self.watching.id), self.channel_name)
+            )
             self.watching = None
 
     async def disconnect(self, code) -> None:
+        self.stop_joining()
         if self._on_dashboard:
             feed().discard(self)
         await self._unwatch()
         if self.user_group is not None:
-            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+            await self._quietly(self.channel_layer.group_discard(self.user_group, self.channel_name))
 
     async def user_logged_out(self, message) -> None:
         """The operator logged out (on any page, in any process): this socket ends too."""

@@ -26,7 +26,7 @@ def _database() -> None:
 
 async def _channel_layer() -> None:
     layer = get_channel_layer()
-    channel = await layer.new_channel("readyz.")
+    channel = await layer.new_channel()  # the default prefix: see services._ask_actor
     await layer.send(channel, {"type": "readyz.ping"})
     await layer.receive(channel)
 
