@@ -49,7 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "operator_console.static_files.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -78,6 +78,12 @@ TEMPLATES = [
 
 VAR_DIR.mkdir(exist_ok=True)
 DATABASES = {"default": database_from_url("DATABASE_URL", str(VAR_DIR / "db.sqlite3"))}
+# Keep connections between requests: opening one (and, for SQLite, setting its pragmas) cost
+# more than a REST call's queries. Database work runs in one thread per process (Channels'
+# and Django's thread-sensitive executor), so this is one connection per process, checked
+# for health before reuse.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("OC_DB_CONN_MAX_AGE", 300, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, for the test database too: the history writer's thread and the
     # test's own thread must see one database.
@@ -157,6 +163,10 @@ if OC_SESSION_STALE_AFTER < 2 * OC_HEARTBEAT_INTERVAL:
     )
 # How long a cancel, note or interrupt waits for the session's actor to answer.
 OC_ACTOR_REPLY_TIMEOUT = env_float("OC_ACTOR_REPLY_TIMEOUT", 5.0, minimum=0.1)
+# How many server processes the deployment runs (WEB_CONCURRENCY is the platforms' spelling).
+# More than one needs REDIS_URL: a system check refuses the in-memory channel layer then.
+OC_PROCESSES = env_int("OC_PROCESSES", 1, minimum=1)
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).
 OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)
