@@ -150,6 +150,9 @@ OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, min
 OC_QUEUE_LIMIT = env_int("OC_QUEUE_LIMIT", 32, minimum=32)  # CONTRACT: at least 32
 # How often each process looks in the table for operator requests whose ping was lost.
 OC_PICKUP_INTERVAL = env_float("OC_PICKUP_INTERVAL", 2.0, minimum=0.05)
+# REST hook rate limit per token and process: requests a second on average, and bursts.
+OC_API_RATE = env_float("OC_API_RATE", 200.0, minimum=0.01)
+OC_API_BURST = env_int("OC_API_BURST", 400, minimum=1)
 # Most live sessions one process holds; a caller beyond it is told so and closed with 1013.
 OC_MAX_SESSIONS = env_int("OC_MAX_SESSIONS", 1000, minimum=1)
 # Each process stamps its sessions' heartbeat this often; a session whose heartbeat is older

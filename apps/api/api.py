@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -67,6 +68,37 @@ class MissingScope(Exception):
         self.scope = scope
 
 
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+class TokenBuckets:
+    """Per-token rate limit: `rate` requests a second on average, bursts of `burst`.
+
+    Kept in each process: with N processes a token may make N times the rate in all.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, tuple[float, float]] = {}  # token id → (tokens, at)
+
+    def take(self, key: int) -> float:
+        """Take one request's worth; 0.0 if allowed, else the seconds until one is."""
+        rate, burst = settings.OC_API_RATE, settings.OC_API_BURST
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / rate
+        self._buckets[key] = (tokens - 1.0, now)
+        return 0.0
+
+
+rate_limiter = TokenBuckets()
+
+
 class TokenAuth(HttpBearer):
     """`Authorization: Bearer <token>` with the given scope: 401 without a valid token, 403 without the scope."""
 
@@ -85,6 +117,9 @@ class TokenAuth(HttpBearer):
             return None
         if not token.has_scope(self.scope):
             raise MissingScope(self.scope)
+        wait = rate_limiter.take(token.pk)
+        if wait:
+            raise RateLimited(wait)
         return token
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
@@ -142,7 +177,8 @@ def error_response(
 
 
 def _errors(*statuses: int) -> dict[int, type[ErrorOut]]:
-    return {status: ErrorOut for status in statuses}
+    """Documented error answers; every endpoint takes a token, so each may be rate limited."""
+    return {status: ErrorOut for status in sorted({*statuses, 429})}
 
 
 @api.exception_handler(ValidationError)
@@ -193,6 +229,19 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> HttpResponse:
 @api.exception_handler(MissingScope)
 def _forbidden(request: HttpRequest, exc: MissingScope) -> HttpResponse:
     return error_response(403, "missing_scope", f"This token lacks the scope '{exc.scope}'.", request=request)
+
+
+@api.exception_handler(RateLimited)
+def _rate_limited(request: HttpRequest, exc: RateLimited) -> HttpResponse:
+    response = error_response(
+        429,
+        "rate_limited",
+        f"This token may make {settings.OC_API_RATE:g} requests a second "
+        f"(bursts of {settings.OC_API_BURST}); retry after {exc.retry_after:.2f} s.",
+        request=request,
+    )
+    response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
 
 
 @api.exception_handler(services.ServiceError)

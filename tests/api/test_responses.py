@@ -360,3 +360,12 @@ async def test_a_second_cancel_before_the_table_knows_the_first_is_409(caller, r
         assert second.status_code == 409, second.text
         assert second.json()["error"]["code"] == "not_cancellable"
         assert "cancelled" in second.json()["error"]["message"]
+
+
+async def test_a_token_over_its_rate_is_refused_with_429_and_retry_after(rest, settings):
+    settings.OC_API_RATE, settings.OC_API_BURST = 1.0, 3
+    answers = [await rest.get("/sessions") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "rate_limited" and int(refused.headers["Retry-After"]) >= 1
+    assert "1 requests a second" in refused.json()["error"]["message"]
