@@ -144,6 +144,9 @@ OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OC_REALTIME_MODEL = env_str("OC_REALTIME_MODEL", "gpt-realtime") or "gpt-realtime"
 # How long a sent response.create may wait for response.created before it fails.
 OC_SEND_TIMEOUT = env_float("OC_SEND_TIMEOUT", 15.0, minimum=0.1)
+# A response in progress with no upstream event for this long (checked at this interval, so
+# noticed within twice it) means the upstream stalled: the caller is told and the session ends.
+OC_UPSTREAM_STALL_TIMEOUT = env_float("OC_UPSTREAM_STALL_TIMEOUT", 30.0, minimum=0.1)
 # How long the upstream may take to open and send session.created.
 OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 # Most requests that may wait in one session's queue; beyond it the REST hook answers 429.

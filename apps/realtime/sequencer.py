@@ -410,7 +410,9 @@ class Sequencer:
             return [ErrorClaimed(request_id=self._cancel_events[event_id], forward_to_caller=False)]
         return []
 
-    def closed(self, reason: str, *, now: float) -> list[Action]:
+    def closed(self, reason: str, *, now: float, detail: str | None = None) -> list[Action]:
+        """The session is over: every request not yet terminal fails with `reason` as its
+        code and `detail` (why the session ended) in its message."""
         if self._closed:
             return []
         self._closed = True
@@ -426,7 +428,7 @@ class Sequencer:
                 now,
                 response_id=entry.response_id,
                 error_code=reason,
-                error_message=f"The session closed ({reason}).",
+                error_message=f"The session closed ({detail or reason}).",
             )
             for entry in self._entries.values()
             if not entry.status.is_terminal

@@ -184,6 +184,9 @@ class SimulatorConfig:
     # Metadata keys left out of the reply text (they stay in `response.metadata`):
     # the relay's own bookkeeping key is not something a model would talk about.
     text_hides_metadata_keys: tuple[str, ...] = ("oc_request",)
+    # Fault injection: after this many deltas a response goes silent (no more events, not
+    # even for response.cancel), as a stalled upstream would. None: never.
+    stall_after_deltas: int | None = None
 
 
 @dataclass(eq=False, kw_only=True)
@@ -1076,6 +1079,8 @@ class Simulator:
                 await self._pause(response, start + (index + 1) * interval)
             if response.cancel_reason is not None:
                 break
+            if self.config.stall_after_deltas is not None and sent >= self.config.stall_after_deltas:
+                await asyncio.Event().wait()  # silent until the connection is closed
             await self._send_frame(session, head + new_event_id() + middle + _dumps(chunk) + "}")
             sent += 1
 

@@ -59,6 +59,7 @@ UPSTREAM_CLOSED = "upstream.closed"
 OPERATOR = "operator"
 TICK = "tick"
 FLUSH = "flush"
+STALL_CHECK = "stall.check"
 
 # Watchers' updates (transcript deltas) are sent at most this often per session.
 FLUSH_INTERVAL = 0.05
@@ -171,6 +172,11 @@ class SessionActor:
         self._watchers: dict[str, tuple[str, float]] = {}
         self.transcript = Transcript()
         self._flush: asyncio.TimerHandle | None = None
+        # Upstream frames so far (counted by the reader) and at the last stall check.
+        self._frames = 0
+        self._frames_checked = -1
+        self._expired = False  # the upstream said session_expired; its close follows
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self._reader: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -241,6 +247,7 @@ class SessionActor:
             self._session_deadline = clock.now() + settings.OC_UPSTREAM_CONNECT_TIMEOUT
             self._reader = asyncio.create_task(self._read_upstream(), name=f"upstream-{self.key}")
             self._rearm_timer()
+            self._arm_stall_check()
             await self._loop()
         finally:
             await self._cleanup()
@@ -259,6 +266,8 @@ class SessionActor:
                 await self._on_tick()
             elif kind is FLUSH:
                 self._on_flush()
+            elif kind is STALL_CHECK:
+                await self._on_stall_check()
             elif kind is UPSTREAM_CLOSED:
                 await self._on_upstream_closed(*payload)
                 return
@@ -278,6 +287,7 @@ class SessionActor:
         try:
             while True:
                 put((UPSTREAM_FRAME, await recv()))
+                self._frames += 1
         except ConnectionClosed as exc:
             received = exc.rcvd
             put((UPSTREAM_CLOSED, (received.code if received else 1006, received.reason if received else "")))
@@ -293,9 +303,11 @@ class SessionActor:
             self._timer.cancel()
         if self._flush is not None:
             self._flush.cancel()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         if self.end_status is None:
             self._end(LiveSession.Status.FAILED, "relay_error")
-        for action in self.sequencer.closed("session_ended", now=clock.now()):
+        for action in self.sequencer.closed("session_ended", now=clock.now(), detail=self.end_reason):
             self._record(action)  # closing fails requests; it sends nothing
         if self._reader is not None:
             self._reader.cancel()
@@ -439,6 +451,11 @@ class SessionActor:
 
     async def _on_error(self, event: dict, raw: str) -> str | None:
         event_id, code, message = events.error_fields(event)
+        if code == "session_expired":
+            # The upstream ends the session (a close 1001 follows): that is the caller's news,
+            # not the failure of whichever request happens to be outstanding.
+            self._expired = True
+            return raw
         if event_id is not None and event_id in self._own_event_ids:
             self._own_event_ids.discard(event_id)
             log.warning("upstream refused the relay's event %s on %s: %s", event_id, self.key, message)
@@ -498,7 +515,10 @@ class SessionActor:
         normal = code in (1000, 1001)
         caller_code = code if code in _PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
         why = reason or ("upstream closed the session" if normal else f"upstream connection lost ({code})")
-        self._end(LiveSession.Status.ENDED if normal else LiveSession.Status.FAILED, f"upstream_closed: {why}")
+        if self._expired:
+            self._end(LiveSession.Status.ENDED, "session_expired")
+        else:
+            self._end(LiveSession.Status.ENDED if normal else LiveSession.Status.FAILED, f"upstream_closed: {why}")
         await self._close_caller(caller_code, why)
 
     # ------------------------------------------------------------------ caller → upstream
@@ -852,6 +872,25 @@ class SessionActor:
             return
         await self._apply(self.sequencer.tick(now=now))
         self._rearm_timer()
+
+    def _arm_stall_check(self) -> None:
+        self._stall_timer = asyncio.get_running_loop().call_later(
+            settings.OC_UPSTREAM_STALL_TIMEOUT, self.mailbox.put, (STALL_CHECK, None)
+        )
+
+    async def _on_stall_check(self) -> None:
+        """A response in progress with no upstream event for a whole check interval: the
+        upstream has stalled. The session cannot go on; the caller is told, and it ends."""
+        busy = self.sequencer.active_response_id is not None or bool(self._hidden_responses)
+        if busy and self._frames == self._frames_checked:
+            timeout = settings.OC_UPSTREAM_STALL_TIMEOUT
+            self._end(LiveSession.Status.FAILED, "upstream_stalled")
+            await self._tell_caller_and_close(
+                1011, "upstream_timeout", f"The upstream sent nothing for {timeout:g} s during a response."
+            )
+            return
+        self._frames_checked = self._frames
+        self._arm_stall_check()
 
     def _rearm_timer(self) -> None:
         deadline = self.sequencer.next_deadline
