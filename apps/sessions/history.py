@@ -14,6 +14,7 @@ pragmas per batch cost more than the writes) and reopens it only after an error.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import threading
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection, transaction
+
+from apps.sessions.dbwrite import serialised_write
 
 log = logging.getLogger(__name__)
 # One JSON object per committed transition (sessions and requests): `oc.events`.
@@ -98,6 +101,14 @@ class HistoryWriter:
                     target=self._run, name="oc-history-writer", daemon=True
                 )
                 self._thread.start()
+                # A process stopping (SIGTERM) writes what it has before it goes.
+                atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush_sync(timeout=2.0)
+        except Exception as exc:  # the database is gone: the sweep of stale sessions remains
+            log.warning("history not flushed at exit: %r", exc)
 
     def _run(self) -> None:
         pending = self._pending
@@ -119,7 +130,7 @@ class HistoryWriter:
 
     def _apply(self, batch: list[Operation]) -> None:
         try:
-            with transaction.atomic():
+            with serialised_write(), transaction.atomic():
                 apply_batch(batch)
         except Exception:
             # The batch failed as a whole (database gone, disk full, a bad row): reconnect and
@@ -128,7 +139,7 @@ class HistoryWriter:
             connection.close()
             for operation in batch:
                 try:
-                    with transaction.atomic():
+                    with serialised_write(), transaction.atomic():
                         apply_batch([operation])
                 except Exception:
                     self.failures += 1

@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 
 from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import groups
+from apps.sessions.dbwrite import serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _store_request(
     idempotency: Idempotency | None,
 ) -> tuple[ResponseRequest, bool]:
     try:
-        with transaction.atomic():
+        with serialised_write(), transaction.atomic():
             return _store_request_locked(
                 session_id=session_id,
                 overrides=overrides,
