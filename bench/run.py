@@ -3,12 +3,15 @@
 One simulator process (20 deltas per response, 10 ms apart) feeds every target. For each
 target (websockets floor, Channels floor, the relay) and each C (10, 100, 300), a fresh target
 process is started, `bench/load.py` connects C callers in its own process and measures, and the
-target is stopped. Then the relay is profiled with py-spy at C=100. Everything listens on
-127.0.0.1 only; every process started here is terminated (then killed) on the way out.
+target is stopped. Then the relay is profiled with py-spy at C=100. Last, the nudge part
+(`bench/nudge.py`): REST hook POST → upstream `response.create` latency on a fresh Daphne,
+with the simulator in this process. Everything listens on 127.0.0.1 only; every process
+started here is terminated (then killed) on the way out.
 
     python -m bench.run                      # the full run, writes bench/RESULTS.md
-    python -m bench.run --quick              # smoke run: C=10, short windows
+    python -m bench.run --quick              # smoke run: C=10, short windows, fewer nudges
     python -m bench.run --only relay -c 100  # filters; partial runs write bench/out/
+    python -m bench.run --only nudge         # the nudge latency part alone (< 2 min)
 """
 
 from __future__ import annotations
@@ -63,6 +66,18 @@ TARGETS = [
     Target("channels", "Channels floor (Daphne)"),
     Target("relay", "relay (Daphne)"),
 ]
+NUDGE = "nudge"  # the nudge latency part (bench/nudge.py), not a target of the C loop
+
+# Nudge part: (sequential nudges on one session, sessions × nudges each at once, warm-up
+# nudges per session, time limit per scenario in s), full and --quick.
+NUDGE_PLAN = {"full": (500, (10, 50), 20, 45.0), "quick": (100, (10, 10), 5, 20.0)}
+NUDGE_BUDGET_S = 110.0  # the whole nudge part, start-up included
+# Expected 4xx lines, which Django logs as warnings: the baseline's token-less POSTs (401), and
+# polls for a new session before its row is written (404 on GET; a failed POST is counted).
+NUDGE_EXPECTED_LOG = re.compile(
+    r"WARNING django\.request (Unauthorized: /api/v1/sessions/sess_none/"
+    r"|Not Found: /api/v1/sessions/[\w-]+$)"
+)
 
 
 @dataclass
@@ -159,11 +174,13 @@ class Runner:
         for handle in reversed(list(self.procs)):
             await self.stop(handle)
 
-    async def run_command(self, argv: list[str], timeout: float = 120) -> str:
+    async def run_command(
+        self, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None
+    ) -> str:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=ROOT,
-            env=self.base_env(),
+            env=env or self.base_env(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -373,18 +390,163 @@ async def wait_quiet(runner: Runner, limit: float) -> float:
             return waited
 
 
+async def run_nudge(runner: Runner, args: argparse.Namespace) -> dict:
+    """The nudge latency part: the simulator in this process; Daphne's HTTP floor; then a
+    fresh Daphne on a fresh SQLite file for the baseline and the scenarios of `bench/nudge.py`,
+    first with DJANGO_DEBUG=true (its `Server-Timing` then carries the start stamp the split
+    needs), then with DJANGO_DEBUG=false (production settings) for the end-to-end figure. A
+    file each, so the second process does not find (and sweep) the first one's sessions."""
+    import httpx
+
+    from bench import nudge
+
+    sequential, (sessions, per_session), warmup, limit = NUDGE_PLAN[
+        "quick" if args.quick else "full"
+    ]
+    if args.nudges:
+        sequential = args.nudges
+        per_session = max(1, args.nudges // sessions)
+    # The simulator and the callers run in this process: with --nice, so does it.
+    runner.prioritise(os.getpid())
+    simulator = nudge.bench_simulator()
+    await simulator.start(HOST, 0)
+    env = runner.base_env()
+    env["OC_UPSTREAM_URL"] = simulator.url
+    # The per-token rate limit (default 200/s) is policy, not cost: out of the way here (the
+    # limiter still runs on every request).
+    env["OC_API_RATE"] = env["OC_API_BURST"] = "100000"
+    env.pop("BENCH_UPSTREAM_URL", None)
+    plan = [
+        (
+            "true",
+            [
+                ("1 session, sequential", 1, sequential),
+                (f"{sessions} sessions at once, each sequential", sessions, per_session),
+            ],
+        ),
+        ("false", [("1 session, sequential, DJANGO_DEBUG=false", 1, sequential)]),
+    ]
+    baselines: dict[str, dict] = {}
+    scenarios: list[dict] = []
+    logs: dict[str, dict] = {}
+    handle = None
+    try:
+        async with asyncio.timeout(NUDGE_BUDGET_S):
+            # Daphne alone: the smallest ASGI app (bench/floor_http.py).
+            port = free_port()
+            handle = await runner.spawn(
+                "nudge-floor-http",
+                [str(BIN / "daphne"), "-b", HOST, "-p", str(port), "bench.floor_http:application"],
+                env=env,
+            )
+            await runner.wait_port(handle, port)
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                floor = await nudge.round_trips(
+                    client, "GET", f"http://{HOST}:{port}/healthz", 200, nudge.BASELINE_REQUESTS
+                )
+            await runner.stop(handle)
+            handle = None
+            say(f"    Daphne floor: p50 {fmt(floor['p50'], 2)} ms, p99 {fmt(floor['p99'], 2)} ms")
+            for debug, runs in plan:
+                server_env = {
+                    **env,
+                    "DJANGO_DEBUG": debug,
+                    "DATABASE_URL": f"sqlite:///{runner.workdir / f'nudge-debug-{debug}.sqlite3'}",
+                }
+                await runner.run_command([PY, "manage.py", "migrate", "--noinput"], env=server_env)
+                out = await runner.run_command(
+                    [PY, "manage.py", "create_api_token", "--name", "bench-nudge"], env=server_env
+                )
+                token = [line.strip() for line in out.splitlines() if line.strip()][-1]
+                port = free_port()
+                handle = await runner.spawn(
+                    f"nudge-relay-debug-{debug}",
+                    [
+                        str(BIN / "daphne"),
+                        "-b",
+                        HOST,
+                        "-p",
+                        str(port),
+                        "operator_console.asgi:application",
+                    ],
+                    env=server_env,
+                )
+                await runner.wait_port(handle, port)
+                await asyncio.sleep(0.5)  # let start-up finish
+                limits = httpx.Limits(
+                    max_connections=sessions + 2, max_keepalive_connections=sessions + 2
+                )
+                async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
+                    bench = nudge.Bench(
+                        http_base=f"http://{HOST}:{port}",
+                        ws_url=f"ws://{HOST}:{port}/v1/realtime?model={MODEL}",
+                        token=token,
+                        simulator=simulator,
+                        client=client,
+                        server_pid=handle.pid,
+                    )
+                    baseline = baselines[debug] = await bench.baseline()
+                    say(
+                        f"    DJANGO_DEBUG={debug}: GET /healthz p50 "
+                        f"{fmt(baseline['healthz']['p50'], 2)} ms, "
+                        f"p99 {fmt(baseline['healthz']['p99'], 2)} ms"
+                    )
+                    for label, n_sessions, count in runs:
+                        for attempt in (1, 2):
+                            result = await bench.scenario(n_sessions, count, warmup, limit)
+                            result.update(label=label, debug=debug, attempt=attempt)
+                            share = result["other_cpu_share"]
+                            if share <= NOISY_SHARE or attempt == 2:
+                                break
+                            say(
+                                f"    {label}: other processes used {100 * share:.0f}% of the "
+                                "machine meanwhile: measuring again"
+                            )
+                            await wait_quiet(runner, 10.0)
+                        scenarios.append(result)
+                        lat = result["latency_ms"]
+                        say(
+                            f"    {label}: {result['nudges']} nudges, p50 "
+                            f"{fmt(lat['p50'], 2)} ms, p99 {fmt(lat['p99'], 2)} ms, max "
+                            f"{fmt(lat['max'], 2)} ms, {result['failures']} failures, "
+                            f"Daphne {result['server_cpu_ms']:.2f} CPU-ms/nudge, "
+                            f"in {result['seconds']:.1f} s"
+                        )
+                await runner.stop(handle)
+                # The baseline's 401s are logged as warnings by design: not a problem.
+                logs[debug] = scan_log(handle.log_path, ignore=NUDGE_EXPECTED_LOG)
+                handle = None
+    finally:
+        if handle is not None:
+            await runner.stop(handle)
+        await simulator.aclose()
+    raw = {sc["label"]: sc.pop("samples") for sc in scenarios}
+    (OUT / "nudge-samples.json").write_text(json.dumps(raw))  # noqa: ASYNC240 - small, local
+    return {
+        "floor": floor,
+        "baselines": baselines,
+        "scenarios": scenarios,
+        "warmup": warmup,
+        "logs": logs,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
-def scan_log(path: Path) -> dict:
-    """Count the warnings, errors and tracebacks a target logged, and keep a few examples."""
+def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
+    """Count the warnings, errors and tracebacks a target logged, and keep a few examples
+    (lines matching `ignore` are not counted)."""
     counts = collections.Counter()
     samples: list[str] = []
     with contextlib.suppress(OSError):
         for line in path.read_text(errors="replace").splitlines():
+            if ignore is not None and ignore.search(line):
+                continue
             kind = None
             if "Traceback" in line:
                 kind = "traceback"
@@ -576,6 +738,13 @@ def render(results: dict, meta: dict, profile: dict | None) -> str:
         f"{meta['os']}; Python {meta['python']}."
     )
     w(f"- Packages: {meta['versions']}.")
+    if not results["runs"]:
+        # A run of the nudge part alone.
+        if meta.get("nice"):
+            w(f"- Benchmark processes ran at niceness {meta['nice']}.")
+        w("")
+        w(nudge_section(results))
+        return "\n".join(out) + "\n"
     w(
         f"- Upstream: `manage.py simulate_upstream`, {SIM_DELTAS} deltas per response, "
         f"{SIM_INTERVAL * 1000:.0f} ms apart, one process for the whole run."
@@ -790,8 +959,15 @@ def render(results: dict, meta: dict, profile: dict | None) -> str:
         for name, n in g["inclusive_packages"]:
             w(f"| `{name}` | {100 * self_pkg.get(name, 0) / total:.1f} | {100 * n / total:.1f} |")
         w("")
+    w(nudge_section(results))
     w("Raw results of every run: `bench/out/results.json`; process logs: `bench/out/logs/`.")
     return "\n".join(out) + "\n"
+
+
+def nudge_section(results: dict) -> str:
+    from bench import nudge
+
+    return nudge.render_section(results.get("nudge"))
 
 
 def other_cpu(r: dict, cores: int) -> float | None:
@@ -826,10 +1002,12 @@ async def main(args: argparse.Namespace) -> int:
     targets = [t for t in TARGETS if not args.only or t.key in args.only]
     runs: list[dict] = []
     profile: dict | None = None
+    nudge_result: dict | None = None
     try:
-        sim = await runner.start_simulator()
-        runner.sim_pid = sim.pid
-        say(f"simulator at {runner.sim_url} (pid {sim.pid})")
+        if targets:
+            sim = await runner.start_simulator()
+            runner.sim_pid = sim.pid
+            say(f"simulator at {runner.sim_url} (pid {sim.pid})")
         if any(t.key == "relay" for t in targets):
             await runner.prepare_relay()
             say("relay database migrated, token created")
@@ -927,6 +1105,16 @@ async def main(args: argparse.Namespace) -> int:
                     await runner.stop(handle)
             if "error" in profile:
                 say(f"    profile failed: {profile['error']}")
+
+        if not args.only or NUDGE in args.only:
+            say("nudge latency (REST hook → upstream)")
+            quiet_left = max(0.0, QUIET_BUDGET_S - runner.quiet_waited)
+            runner.quiet_waited += await wait_quiet(runner, min(10.0, quiet_left))
+            try:
+                nudge_result = await run_nudge(runner, args)
+            except Exception as exc:  # noqa: BLE001 - report it
+                nudge_result = {"failure": f"{type(exc).__name__}: {exc}"[:2000]}
+                say(f"    FAILED: {nudge_result['failure']}")
     finally:
         await runner.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -946,12 +1134,13 @@ async def main(args: argparse.Namespace) -> int:
         "settle": args.settle,
         "nice": args.nice,
     }
-    results = {"meta": meta, "runs": runs, "profile": profile}
+    results = {"meta": meta, "runs": runs, "profile": profile, "nudge": nudge_result}
     (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
     output = args.output or (BENCH / "RESULTS.md" if args.full else OUT / "RESULTS-partial.md")
     Path(output).write_text(render(results, meta, profile))  # noqa: ASYNC240 - all done
     say(f"wrote {output} in {elapsed:.0f} s")
-    return 0 if all("failure" not in r for r in runs) else 1
+    failed = any("failure" in r for r in runs) or "failure" in (nudge_result or {})
+    return 1 if failed else 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -962,7 +1151,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: C=10, 1 s warm-up, 3 s windows"
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated targets: websockets,channels,relay"
+        "--only", default="", help="comma-separated parts: websockets,channels,relay,nudge"
+    )
+    parser.add_argument(
+        "--nudges",
+        type=int,
+        default=None,
+        help="nudge part: sequential nudges (default 500, --quick 100); "
+        "the 10-session scenario sends as many in all",
     )
     parser.add_argument(
         "-c", "--concurrency", default="", help="comma-separated C values (default 10,100,300)"
@@ -987,7 +1183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--output", default=None, help="where to write the report")
     args = parser.parse_args(argv)
-    known = {t.key for t in TARGETS}
+    known = {t.key for t in TARGETS} | {NUDGE}
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     if set(args.only) - known:
         parser.error(f"--only takes {', '.join(sorted(known))}")
@@ -997,13 +1193,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.concurrency = [10] if args.quick else [10, 100, 300]
     if any(not 1 <= c <= 1000 for c in args.concurrency):
         parser.error("C must be in 1..1000")
+    if args.nudges is not None and not 10 <= args.nudges <= 2000:
+        parser.error("--nudges must be in 10..2000")
     args.window = args.window if args.window is not None else (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
     args.profile_seconds = args.profile_seconds or (2.0 if args.quick else 6.0)
     if not (0 < args.window <= 60 and 0 <= args.warmup <= 30 and 1 <= args.profile_seconds <= 30):
         parser.error("window ≤ 60 s, warm-up ≤ 30 s, profile 1..30 s")
     # Only a full, unfiltered run replaces bench/RESULTS.md by default.
-    args.full = not args.quick and not args.only and args.concurrency == [10, 100, 300]
+    args.full = (
+        not args.quick
+        and not args.only
+        and args.concurrency == [10, 100, 300]
+        and args.nudges is None
+    )
     return args
 
 
