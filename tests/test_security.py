@@ -106,3 +106,25 @@ async def test_the_upstream_key_and_tokens_appear_in_no_page_response_or_log(dap
         assert UPSTREAM_KEY not in text
     assert api_token not in log, "a token was written to the log"
     assert '"event":"request.status"' in log, "transitions are logged (structured)"
+
+
+@pytest.fixture
+def revocable(make_token) -> tuple[str, ApiToken]:
+    plain = make_token(name="soon-revoked")
+    return plain, ApiToken.objects.get(digest=ApiToken.hash(plain))
+
+
+async def test_a_revoked_token_is_refused_at_once(revocable):
+    from asgiref.sync import sync_to_async
+
+    from apps.sessions.tokens import api_token_revoke
+
+    plain, token = revocable
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application),
+        base_url="http://127.0.0.1",
+        headers={"Authorization": f"Bearer {plain}"},
+    ) as rest:
+        assert (await rest.get("/api/v1/sessions")).status_code == 200
+        await sync_to_async(api_token_revoke)(token=token)
+        assert (await rest.get("/api/v1/sessions")).status_code == 401, "the very next call is refused"

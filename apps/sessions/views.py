@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 
 from asgiref.sync import sync_to_async
@@ -10,12 +12,31 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from apps.sessions.housekeeping import housekeeping
+from apps.sessions.process import PROCESS_ID
+
 READY_TIMEOUT = 2.0
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
-    """The process is up and serving."""
-    return JsonResponse({"status": "ok"})
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is up and serving; with what it holds (for operators and leak checks)."""
+    return JsonResponse(
+        {
+            "status": "ok",
+            "process": PROCESS_ID,
+            "sessions": len(housekeeping().holders),
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "open_files": _open_files(),
+        }
+    )
+
+
+def _open_files() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        return None
 
 
 def _database() -> None:

@@ -16,7 +16,8 @@ async def _get(path: str) -> httpx.Response:
 
 
 async def test_healthz_and_readyz_answer_when_all_is_well():
-    assert (await _get("/healthz")).json() == {"status": "ok"}
+    health = (await _get("/healthz")).json()
+    assert health["status"] == "ok" and health["sessions"] == 0 and health["tasks"] >= 1
     ready = await _get("/readyz")
     assert ready.status_code == 200
     body = ready.json()
