@@ -65,6 +65,10 @@ STALL_CHECK = "stall.check"
 FLUSH_INTERVAL = 0.05
 # A watcher that has not renewed its watch in this long is gone (its socket died unseen).
 WATCH_TTL = 90.0
+# Finished requests a session remembers (for late events and duplicate pings); older ones are
+# forgotten every FORGET_EVERY finished requests, so a long session's memory stays flat.
+REMEMBER_FINISHED = 256
+FORGET_EVERY = 64
 
 # Upstream event types the actor parses; every other type is forwarded untouched (and the
 # transcript's deltas are parsed too while someone watches the session).
@@ -176,6 +180,7 @@ class SessionActor:
         self._frames = 0
         self._frames_checked = -1
         self._expired = False  # the upstream said session_expired; its close follows
+        self._finished_since_forget = 0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self._reader: asyncio.Task | None = None
@@ -278,6 +283,8 @@ class SessionActor:
                 await self._publish()
             if self.end_status is not None:
                 return
+            if self._finished_since_forget >= FORGET_EVERY:
+                self._forget_finished()
 
     async def _read_upstream(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -795,9 +802,16 @@ class SessionActor:
         event["response"]["instructions"] = sent
         info.sent_instructions = sent
 
+    def _forget_finished(self) -> None:
+        self._finished_since_forget = 0
+        for request_id in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
+            self._requests.pop(request_id, None)
+
     def _record(self, action) -> None:
         """Record a status change or an observed response (other actions need no record)."""
         if type(action) is StatusChanged:
+            if action.status.is_terminal:
+                self._finished_since_forget += 1  # the loop forgets old ones between messages
             info = self._requests.get(action.request_id)
             if (
                 action.response_id

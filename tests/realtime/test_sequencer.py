@@ -842,3 +842,24 @@ def test_out_of_band_is_conversation_none():
     assert request("a", oob=True).out_of_band
     assert not request("a").out_of_band
     assert not request("a", conversation="auto").out_of_band
+
+
+def test_forget_finished_keeps_the_latest_and_whatever_is_pending():
+    seq = Sequencer(new_request_id=iter(f"srv_{n}" for n in range(100)).__next__, send_timeout=5.0)
+    for n in range(5):
+        seq.submit(Request(id=f"r{n}", origin="api", event_id=f"e{n}"), now=0.0)
+        seq.response_created(response_id=f"resp_{n}", oc_request=f"r{n}", now=0.1)
+        seq.response_done(response_id=f"resp_{n}", status="completed", now=0.2)
+    seq.submit(Request(id="r_active", origin="api", event_id="e_active"), now=1.0)
+    seq.submit(Request(id="r_queued", origin="api", event_id="e_queued"), now=1.0)
+    assert seq.forget_finished(keep=2) == ["r0", "r1", "r2"]
+    assert seq.forget_finished(keep=2) == []
+    assert seq.status("r3") is RequestStatus.COMPLETED and seq.status("r_queued") is RequestStatus.QUEUED
+    with pytest.raises(KeyError):
+        seq.status("r0")
+    # A forgotten request is as if never submitted: a late error about its event goes unclaimed.
+    assert seq.error(event_id="e0", code="x", message="late", now=2.0) == []
+    # What is pending goes on as before.
+    seq.response_created(response_id="resp_active", oc_request="r_active", now=2.0)
+    actions = seq.response_done(response_id="resp_active", status="completed", now=2.1)
+    assert [a.request_id for a in actions if isinstance(a, SendEvent)] == ["r_queued"]
