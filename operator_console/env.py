@@ -103,7 +103,10 @@ def database_from_url(name: str, default_sqlite_path: str) -> dict:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
-            "OPTIONS": options,
+            # A pool (psycopg_pool): under ASGI each request's database work runs on a thread
+            # of its own, and a new connection per step (TCP, a forked backend, SCRAM) cost
+            # more than the queries. Query options override the pool's size.
+            "OPTIONS": {"pool": {"min_size": 2, "max_size": 16, "timeout": 10}, **options},
             "CONN_MAX_AGE": 0,
         }
     raise ImproperlyConfigured(
