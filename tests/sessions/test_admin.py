@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import timedelta
 
@@ -115,8 +116,10 @@ def test_history_list_on_100k_rows_makes_no_full_count(staff_client, history):
         "/admin/oc_sessions/responserequest/?status__exact=completed&origin__exact=api",
         "/admin/oc_sessions/responserequest/?q=T-99999",
     ):
+        started = time.perf_counter()
         with CaptureQueriesContext(connection) as queries:
             page = staff_client.get(url)
+        print(f"admin {url}: {(time.perf_counter() - started) * 1000:.0f} ms, {len(queries)} queries")
         assert page.status_code == 200
         counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
         assert len(counts) <= 1, f"{url}: one count for the paginator at most, got {counts}"
