@@ -138,10 +138,13 @@ class ConsoleConsumer(SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
 
     async def dispatch(self, message) -> None:
         kind = message["type"]
-        if kind.startswith(_PREFIX):
-            # The actor's messages to watchers go to the browser as they are, prefix dropped.
-            await self.send_json({**message, "type": kind[len(_PREFIX):]})
-            if kind == groups.CONSOLE_ENDED:
+        if kind == groups.CONSOLE_FRAME:
+            # The actor's messages to watchers arrive as the browser's JSON already.
+            await self.send(text_data=message["frame"])
+            if message["kind"] == groups.CONSOLE_ENDED:
                 await self._unwatch()
+            return
+        if kind.startswith(_PREFIX):
+            await self.send_json({**message, "type": kind[len(_PREFIX):]})
             return
         await super().dispatch(message)

@@ -38,9 +38,9 @@ class Feed:
         self._task: asyncio.Task | None = None
 
     async def add(self, viewer: Viewer) -> None:
-        first = not self.viewers
         self.viewers.add(viewer)
-        if first or self._task is None or self._task.done():
+        if self._task is None or self._task.done():
+            # One task per process: a task whose viewers all left ends at its next round.
             self._sessions, self._stats = await database_sync_to_async(_read)()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
         await viewer.send_json(

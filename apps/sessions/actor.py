@@ -723,7 +723,11 @@ class SessionActor:
             self._watchers[channel] = (str(message.get("user") or ""), now + WATCH_TTL)
             if first:
                 try:
-                    await get_channel_layer().send(channel, {"type": groups.CONSOLE_SNAPSHOT, **self.snapshot()})
+                    snapshot = {"type": groups.CONSOLE_SNAPSHOT, **self.snapshot()}
+                    await get_channel_layer().send(
+                        channel,
+                        {"type": groups.CONSOLE_FRAME, "kind": snapshot["type"], "frame": groups.browser_json(snapshot)},
+                    )
                 except Exception as exc:
                     log.warning("snapshot to %s failed on %s: %r", channel, self.key, exc)
         else:
@@ -766,13 +770,16 @@ class SessionActor:
         return {"ok": True, "at": clock.now()}
 
     async def _publish(self) -> None:
-        """Send the outbox to the operators watching this session, in order."""
+        """Send the outbox to the operators watching this session, in order. Each message is
+        made into the browser's JSON here, once, whatever the number of watchers (the layer
+        copies what it carries for each of them; a string costs nothing to copy)."""
         messages, self._outbox = self._outbox, []
         group = groups.watch_group(self.key)
         layer = get_channel_layer()
         for message in messages:
+            frame = {"type": groups.CONSOLE_FRAME, "kind": message["type"], "frame": groups.browser_json(message)}
             try:
-                await layer.group_send(group, message)
+                await layer.group_send(group, frame)
             except Exception as exc:  # watchers miss an update; the session goes on
                 log.warning("publishing to %s failed: %r", group, exc)
                 return

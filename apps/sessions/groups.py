@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 SESSION_REQUEST = "session.request"
@@ -33,6 +34,16 @@ CONSOLE_TRANSCRIPT = "console.transcript"
 CONSOLE_PRESENCE = "console.presence"
 CONSOLE_SNAPSHOT = "console.snapshot"
 CONSOLE_ENDED = "console.ended"
+# What the actor sends watchers: one of the above, already the browser's JSON text
+# (`frame`, the message with its `console.` prefix dropped), and its `kind`.
+CONSOLE_FRAME = "console.frame"
+_PREFIX = "console."
+
+
+def browser_json(message: dict) -> str:
+    """A `console.*` message as the browser receives it: JSON, the prefix dropped."""
+    kind = message["type"]
+    return json.dumps({**message, "type": kind[len(_PREFIX):] if kind.startswith(_PREFIX) else kind})
 
 
 def session_group(key: uuid.UUID) -> str:

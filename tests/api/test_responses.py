@@ -4,6 +4,7 @@ the real application and the simulator upstream (CONTRACT section 2)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from channels.layers import get_channel_layer
@@ -292,9 +293,10 @@ async def test_out_of_band_nudge_runs_beside_the_active_response_for_operators_o
         operator_events = []
         while True:
             message = await asyncio.wait_for(layer.receive(watcher), 2)
-            if message["type"] == groups.CONSOLE_EVENT:
-                operator_events.append(message["event"])
-                if '"response.done"' in message["event"]:
+            if message["type"] == groups.CONSOLE_FRAME and message["kind"] == groups.CONSOLE_EVENT:
+                event = json.loads(message["frame"])["event"]
+                operator_events.append(event)
+                if '"response.done"' in event:
                     break
         assert any(record.response_id in text for text in operator_events)
         assert any('"response.output_text.delta"' in text for text in operator_events)
