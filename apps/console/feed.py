@@ -40,12 +40,11 @@ class Feed:
     async def add(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
         if self._task is None or self._task.done():
-            # One task per process: a task whose viewers all left ends at its next round.
-            self._sessions, self._stats = await database_sync_to_async(_read)()
+            # One task per process, started before any await so that viewers arriving
+            # together cannot each start one; a task whose viewers all left ends.
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
-        await viewer.send_json(
-            {"type": "sessions", "sessions": list(self._sessions.values()), "stats": self._stats}
-        )
+        sessions, stats = await database_sync_to_async(_read)()
+        await viewer.send_json({"type": "sessions", "sessions": list(sessions.values()), "stats": stats})
 
     def discard(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)

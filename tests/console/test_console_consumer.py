@@ -143,3 +143,15 @@ async def test_an_ended_session_says_so_to_its_watchers(caller, cookies):
     ended = await _receive(communicator, "ended")
     assert ended["status"] == "ended" and ended["reason"] == "caller_closed"
     await communicator.disconnect()
+
+
+async def test_dashboards_arriving_together_share_one_feed_task(cookies):
+    sockets = [(await _console(cookies["alice"]))[0] for _ in range(5)]
+    for socket in sockets:
+        await socket.send_json_to({"type": "watch.sessions"})
+    for socket in sockets:
+        await _receive(socket, "sessions")
+    feeds = [t for t in asyncio.all_tasks() if t.get_name() == "dashboard-feed" and not t.done()]
+    assert len(feeds) == 1, f"{len(feeds)} feed tasks for one process"
+    for socket in sockets:
+        await socket.disconnect()
