@@ -14,21 +14,30 @@ compare directly):
   `http11.send_request_headers.started`);
 - `start`, `auth`, `db`, `ping`: the POST's `Server-Timing` header (`start` = the server's
   `time.monotonic()` when the view's timing record was made, which the view does as the token
-  check ends; sent only with DJANGO_DEBUG true);
+  check starts (apps/api/api.py `TokenAuth.__call__`); sent only with DJANGO_DEBUG true);
 - `answered`: the client has the response headers (trace
   `http11.receive_response_headers.complete`);
 - `upstream`: the simulator received the `response.create` whose
   `response.metadata.oc_request` is the request's id (its own receive stamp).
 
 Latency = upstream − sent. Its split, which sums to it exactly:
-HTTP in = (start − auth) − sent; auth; db; ping; then "actor + upstream send" =
-upstream − (start + db + ping), which also holds the part of the view the server does not
-time (body parsing and validation between the token check and the database write).
-HTTP out = answered − (start + db + ping) runs beside the last one and is reported apart.
+HTTP in = start − sent; auth; db; ping; then "actor + upstream send" =
+upstream − (start + auth + db + ping), which also holds the part of the view the server does
+not time (body parsing and validation between the token check and the database write).
+HTTP out = answered − (start + auth + db + ping) runs beside the last one and is reported apart.
 
-"One after another": the next nudge of a session is posted only after the caller has read the
-previous response's `response.done` (the relay updates its sequencer before forwarding it, so
-the session is idle then) and the simulator has logged the `response.create`.
+Two ways of driving several sessions at once:
+
+- closed loop ("one after another"): the next nudge of a session is posted only after the caller
+  has read the previous response's `response.done` (the relay updates its sequencer before
+  forwarding it, so the session is idle then) and the simulator has logged the
+  `response.create`. With 10 sessions this keeps 10 nudges in flight and saturates the one
+  Daphne process: it measures throughput, and its latency is queueing (Little's law:
+  mean latency ≈ nudges in flight ÷ throughput), not the path;
+- open loop: each session is nudged on a fixed schedule (every `period` s, the sessions' first
+  nudges spread at random over one period), whether or not its previous nudge is done, so the
+  offered rate is fixed and below saturation: latency under concurrent load. Each sample also
+  keeps its scheduled time; the client's lag behind the schedule is reported beside it.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -53,6 +63,7 @@ LIVE_TIMEOUT = 10.0  # s: a new session's row becoming `live`
 MAX_FAILURES = 10  # per scenario: stop it after this many failed nudges
 BASELINE_REQUESTS = 300
 NOISY_SHARE = 0.10  # as bench/run.py: other work above this share of the machine = disturbed
+OPEN_LOOP_SEED = 4  # the open loop's start offsets: the same in every run
 
 _TIMING_RE = re.compile(r'(\w+);(?:dur=([\d.]+)|desc="([\d.]+)")')
 
@@ -239,6 +250,66 @@ class Bench:
         timing = parse_server_timing(response.headers.get("server-timing", ""))
         return {"sent": sent, "answered": answered, "upstream": upstream, **timing}
 
+    async def open_nudge(self, caller: Caller, index: int, scheduled: float) -> dict:
+        """One open-loop nudge: posted at its scheduled time, done when the simulator has its
+        `response.create` (other nudges of the session may be in flight meanwhile)."""
+        body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(index)}}
+        response, sent, answered = await timed_request(
+            self.client,
+            "POST",
+            f"{self.http_base}/api/v1/sessions/{caller.session_id}/responses",
+            json=body,
+            headers=self.auth,
+        )
+        if response.status_code != 202:
+            raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
+        request_id = response.json()["id"]
+        async with asyncio.timeout(NUDGE_TIMEOUT):
+            while (upstream := self.upstream_time(caller.session_id, request_id)) is None:
+                if caller.closed:
+                    raise RuntimeError(f"caller {caller.session_id} closed: {caller.errors[-1:]}")
+                caller.changed.clear()
+                # Woken by the next response.done; a wake-up missed between the look-up and
+                # the wait only delays this check, never the time measured.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(caller.changed.wait(), 0.05)
+        timing = parse_server_timing(response.headers.get("server-timing", ""))
+        return {
+            "scheduled": scheduled,
+            "sent": sent,
+            "answered": answered,
+            "upstream": upstream,
+            **timing,
+        }
+
+    async def open_series(
+        self,
+        caller: Caller,
+        count: int,
+        start: float,
+        period: float,
+        samples: list,
+        failures: list,
+    ) -> None:
+        """`count` nudges at start, start + period, …, each posted on time (open loop)."""
+
+        async def one(index: int, at: float) -> None:
+            try:
+                samples.append(await self.open_nudge(caller, index, at))
+            except Exception as exc:  # noqa: BLE001 - counted; the schedule goes on
+                failures.append(f"{type(exc).__name__}: {exc}"[:300])
+
+        pending = []
+        for index in range(count):
+            at = start + index * period
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            if len(failures) >= MAX_FAILURES:
+                break
+            pending.append(asyncio.create_task(one(index, at)))
+        await asyncio.gather(*pending)
+        if len(failures) >= MAX_FAILURES:
+            raise RuntimeError(f"{len(failures)} nudges failed: {failures[:3]}")
+
     async def nudge_series(self, caller: Caller, count: int, samples: list, failures: list):
         for index in range(count):
             try:
@@ -265,9 +336,17 @@ class Bench:
             ),
         }
 
-    async def scenario(self, sessions: int, per_session: int, warmup: int, timeout: float) -> dict:
-        """`sessions` idle sessions, each nudged `per_session` times one after another, all
-        sessions at once; `warmup` nudges per session first, not counted."""
+    async def scenario(
+        self,
+        sessions: int,
+        per_session: int,
+        warmup: int,
+        timeout: float,
+        period: float | None = None,
+    ) -> dict:
+        """`sessions` idle sessions, each nudged `per_session` times, all sessions at once:
+        one after another (closed loop), or with `period` every `period` s on a fixed schedule
+        (open loop); `warmup` nudges per session first, one after another, not counted."""
         callers: list[Caller] = []
         samples: list[dict] = []
         failures: list[str] = []
@@ -286,9 +365,26 @@ class Bench:
                 try:
                     cpu_before = _cpu(self.server_pid), _cpu(None), _machine_busy()
                     measure_start = time.monotonic()
-                    await asyncio.gather(
-                        *(self.nudge_series(c, per_session, samples, failures) for c in callers)
-                    )
+                    if period is None:
+                        series = [
+                            self.nudge_series(c, per_session, samples, failures) for c in callers
+                        ]
+                    else:
+                        # Open loop: the sessions' first nudges spread at random over one period.
+                        rng = random.Random(OPEN_LOOP_SEED)
+                        begin = measure_start + 0.01
+                        series = [
+                            self.open_series(
+                                c,
+                                per_session,
+                                begin + rng.uniform(0, period),
+                                period,
+                                samples,
+                                failures,
+                            )
+                            for c in callers
+                        ]
+                    await asyncio.gather(*series)
                     measured = time.monotonic() - measure_start
                     cpu_after = _cpu(self.server_pid), _cpu(None), _machine_busy()
                 finally:
@@ -306,6 +402,7 @@ class Bench:
         result.update(
             sessions=sessions,
             per_session=per_session,
+            period=period,
             warmup=warmup,
             failures=len(failures),
             failure_samples=failures[:5],
@@ -347,15 +444,20 @@ def analyse(samples: list[dict]) -> dict:
     for s in samples:
         if not {"start", "auth", "db", "ping"} <= s.keys():
             continue
-        ping_end = s["start"] + s["db"] + s["ping"]
-        parts["http_in"].append(s["start"] - s["auth"] - s["sent"])
+        # `start` is stamped as the token check starts (apps/api/api.py).
+        ping_end = s["start"] + s["auth"] + s["db"] + s["ping"]
+        parts["http_in"].append(s["start"] - s["sent"])
         parts["auth"].append(s["auth"])
         parts["db"].append(s["db"])
         parts["ping"].append(s["ping"])
         parts["to_upstream"].append(s["upstream"] - ping_end)
         parts["http_out"].append(s["answered"] - ping_end)
+    lag = [s["sent"] - s["scheduled"] for s in samples if "scheduled" in s]
+    from_schedule = [s["upstream"] - s["scheduled"] for s in samples if "scheduled" in s]
     return {
         "nudges": len(samples),
+        "schedule_lag_ms": summary(lag) if lag else None,
+        "from_schedule_ms": summary(from_schedule) if from_schedule else None,
         "latency_ms": summary(total),
         "rtt_ms": summary(rtt),
         "split_ms": {k: summary(v) for k, v in parts.items() if v},
@@ -401,10 +503,17 @@ def render_section(result: dict | None) -> str:
         "their sockets; one keep-alive `httpx` client posting "
         '`{"instructions": …, "metadata": {"n": …}}` to '
         "`POST /api/v1/sessions/{id}/responses` with a `responses:write` token (its rate "
-        "limit raised out of the way). A session's "
-        "next nudge is posted when its caller has read the previous one's `response.done`. "
-        f"Each scenario first sends {result['warmup']} warm-up nudges per session (not "
-        "counted). Latency = the client starts writing the POST → the simulator receives the "
+        "limit raised out of the way). *Sequential* and *closed loop*: a session's next nudge "
+        "is posted when its caller has read the previous one's `response.done`; with several "
+        "sessions at once that keeps one nudge per session in flight and saturates the Daphne "
+        "process, so the closed loop measures **throughput**, and its latency is queueing "
+        "(Little's law: mean latency ≈ nudges in flight ÷ nudges/s), not the path. *Open "
+        "loop*: each session is nudged on a fixed schedule whatever happened to its previous "
+        "nudge (the sessions' first nudges spread at random over one period), so the offered "
+        "rate is fixed below saturation: **latency under concurrent load**. "
+        f"Each scenario first sends {result['warmup']} warm-up nudges per session, one after "
+        "another (not counted). Latency = the client starts writing the POST → the simulator "
+        "receives the "
         "`response.create` tagged with the request's id; every stamp is CLOCK_MONOTONIC "
         "(one clock for all processes on Linux). The split comes from the POST's "
         "`Server-Timing` header; its `start` stamp is only sent with DJANGO_DEBUG=true, so "
@@ -461,6 +570,26 @@ def render_section(result: dict | None) -> str:
             f"| {sc['failures'] + sc['caller_errors']} |"
         )
     w("")
+    notes = []
+    for sc in scenarios:
+        lat, lag, late = sc["latency_ms"], sc.get("schedule_lag_ms"), sc.get("from_schedule_ms")
+        if sc.get("period") and lag:
+            notes.append(
+                f"- {sc['label']}: offered {sc['sessions'] / sc['period']:g} nudges/s; the client "
+                f"started writing each POST {_f(lag['p50'])} ms (p50) / {_f(lag['p99'])} ms (p99) "
+                f"/ {_f(lag['max'])} ms (max) after its scheduled time; scheduled time → upstream "
+                f"p50 {_f(late['p50'])} ms, p99 {_f(late['p99'])} ms."
+            )
+        elif sc["sessions"] > 1 and sc["nudges_per_s"] and lat["mean"] is not None:
+            notes.append(
+                f"- {sc['label']}: {sc['sessions']} nudges in flight ÷ "
+                f"{sc['nudges_per_s']:,.0f} nudges/s = "
+                f"{1000 * sc['sessions'] / sc['nudges_per_s']:,.1f} ms, against a mean "
+                f"POST → upstream of {lat['mean']:,.1f} ms (the rest of each cycle is the "
+                "response and the client): Little's law, the latency is queueing."
+            )
+    if notes:
+        w("\n".join(notes) + "\n")
     for sc in scenarios:
         if not sc["split_ms"]:
             continue
@@ -488,6 +617,14 @@ def render_section(result: dict | None) -> str:
     w("|---|---|---|---|")
     for sc in scenarios:
         lat = sc["latency_ms"]
+        if sc["sessions"] > 1 and not sc.get("period"):
+            # Closed loop: a throughput figure; its latency is queueing, not a target's.
+            w(
+                f"| throughput (no target; its latency is queueing) | {sc['label']} "
+                f"| {_f(sc['nudges_per_s'], 0)} nudges/s at {_f(sc['server_cpu_ms'])} Daphne "
+                f"CPU-ms/nudge (p50 {_f(lat['p50'])} ms, p99 {_f(lat['p99'])} ms) | – |"
+            )
+            continue
         for q, limit in (("p50", P50_TARGET_MS), ("p99", P99_TARGET_MS)):
             value = lat[q]
             verdict = (

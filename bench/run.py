@@ -12,6 +12,8 @@ started here is terminated (then killed) on the way out.
     python -m bench.run --quick              # smoke run: C=10, short windows, fewer nudges
     python -m bench.run --only relay -c 100  # filters; partial runs write bench/out/
     python -m bench.run --only nudge         # the nudge latency part alone (< 2 min)
+    python -m bench.run --only fanout        # the dashboard fan-out part alone (< 2.5 min)
+    python -m bench.run --only soak          # issue 5's soak: 300 sessions, 2 processes, 5 min
 """
 
 from __future__ import annotations
@@ -67,11 +69,14 @@ TARGETS = [
     Target("relay", "relay (Daphne)"),
 ]
 NUDGE = "nudge"  # the nudge latency part (bench/nudge.py), not a target of the C loop
+FANOUT = "fanout"  # the dashboard fan-out part (bench/fanout.py), not a target either
+SOAK = "soak"  # the two-process soak (bench/soak.py): Redis, PostgreSQL, Daphne A and B
 
 # Nudge part: (sequential nudges on one session, sessions × nudges each at once, warm-up
 # nudges per session, time limit per scenario in s), full and --quick.
 NUDGE_PLAN = {"full": (500, (10, 50), 20, 45.0), "quick": (100, (10, 10), 5, 20.0)}
-NUDGE_BUDGET_S = 110.0  # the whole nudge part, start-up included
+NUDGE_OPEN_PERIOD = 0.1  # open loop: each session nudged every 100 ms (10 sessions: 100/s)
+NUDGE_BUDGET_S = 170.0  # the whole nudge part, start-up, quiet waits and second attempts included
 # Expected 4xx lines, which Django logs as warnings: the baseline's token-less POSTs (401), and
 # polls for a new session before its row is written (404 on GET; a failed POST is counted).
 NUDGE_EXPECTED_LOG = re.compile(
@@ -416,15 +421,31 @@ async def run_nudge(runner: Runner, args: argparse.Namespace) -> dict:
     # limiter still runs on every request).
     env["OC_API_RATE"] = env["OC_API_BURST"] = "100000"
     env.pop("BENCH_UPSTREAM_URL", None)
+    open_label = (
+        f"{sessions} sessions, open loop (each every {NUDGE_OPEN_PERIOD * 1000:g} ms, "
+        f"{sessions / NUDGE_OPEN_PERIOD:g}/s in all)"
+    )
     plan = [
         (
             "true",
             [
-                ("1 session, sequential", 1, sequential),
-                (f"{sessions} sessions at once, each sequential", sessions, per_session),
+                ("1 session, sequential", 1, sequential, None),
+                (
+                    f"{sessions} sessions, closed loop (each sequential: throughput)",
+                    sessions,
+                    per_session,
+                    None,
+                ),
+                (open_label, sessions, per_session, NUDGE_OPEN_PERIOD),
             ],
         ),
-        ("false", [("1 session, sequential, DJANGO_DEBUG=false", 1, sequential)]),
+        (
+            "false",
+            [
+                ("1 session, sequential, DJANGO_DEBUG=false", 1, sequential, None),
+                (f"{open_label}, DJANGO_DEBUG=false", sessions, per_session, NUDGE_OPEN_PERIOD),
+            ],
+        ),
     ]
     baselines: dict[str, dict] = {}
     scenarios: list[dict] = []
@@ -475,7 +496,7 @@ async def run_nudge(runner: Runner, args: argparse.Namespace) -> dict:
                 await runner.wait_port(handle, port)
                 await asyncio.sleep(0.5)  # let start-up finish
                 limits = httpx.Limits(
-                    max_connections=sessions + 2, max_keepalive_connections=sessions + 2
+                    max_connections=2 * sessions + 2, max_keepalive_connections=2 * sessions + 2
                 )
                 async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
                     bench = nudge.Bench(
@@ -492,9 +513,11 @@ async def run_nudge(runner: Runner, args: argparse.Namespace) -> dict:
                         f"{fmt(baseline['healthz']['p50'], 2)} ms, "
                         f"p99 {fmt(baseline['healthz']['p99'], 2)} ms"
                     )
-                    for label, n_sessions, count in runs:
+                    for label, n_sessions, count, period in runs:
                         for attempt in (1, 2):
-                            result = await bench.scenario(n_sessions, count, warmup, limit)
+                            result = await bench.scenario(
+                                n_sessions, count, warmup, limit, period=period
+                            )
                             result.update(label=label, debug=debug, attempt=attempt)
                             share = result["other_cpu_share"]
                             if share <= NOISY_SHARE or attempt == 2:
@@ -744,6 +767,8 @@ def render(results: dict, meta: dict, profile: dict | None) -> str:
             w(f"- Benchmark processes ran at niceness {meta['nice']}.")
         w("")
         w(nudge_section(results))
+        w(fanout_section(results))
+        w(soak_section(results))
         return "\n".join(out) + "\n"
     w(
         f"- Upstream: `manage.py simulate_upstream`, {SIM_DELTAS} deltas per response, "
@@ -960,6 +985,8 @@ def render(results: dict, meta: dict, profile: dict | None) -> str:
             w(f"| `{name}` | {100 * self_pkg.get(name, 0) / total:.1f} | {100 * n / total:.1f} |")
         w("")
     w(nudge_section(results))
+    w(fanout_section(results))
+    w(soak_section(results))
     w("Raw results of every run: `bench/out/results.json`; process logs: `bench/out/logs/`.")
     return "\n".join(out) + "\n"
 
@@ -968,6 +995,18 @@ def nudge_section(results: dict) -> str:
     from bench import nudge
 
     return nudge.render_section(results.get("nudge"))
+
+
+def fanout_section(results: dict) -> str:
+    from bench import fanout
+
+    return fanout.render_section(results.get("fanout"))
+
+
+def soak_section(results: dict) -> str:
+    from bench import soak
+
+    return soak.render_section(results.get("soak"))
 
 
 def other_cpu(r: dict, cores: int) -> float | None:
@@ -1003,6 +1042,8 @@ async def main(args: argparse.Namespace) -> int:
     runs: list[dict] = []
     profile: dict | None = None
     nudge_result: dict | None = None
+    fanout_result: dict | None = None
+    soak_result: dict | None = None
     try:
         if targets:
             sim = await runner.start_simulator()
@@ -1115,6 +1156,32 @@ async def main(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - report it
                 nudge_result = {"failure": f"{type(exc).__name__}: {exc}"[:2000]}
                 say(f"    FAILED: {nudge_result['failure']}")
+
+        if not args.only or FANOUT in args.only:
+            from bench import fanout
+
+            say("dashboard fan-out (operator sockets on a busy relay)")
+            quiet_left = max(0.0, QUIET_BUDGET_S - runner.quiet_waited)
+            runner.quiet_waited += await wait_quiet(runner, min(10.0, quiet_left))
+            try:
+                fanout_result = await fanout.run_part(runner, args)
+            except Exception as exc:  # noqa: BLE001 - report it
+                fanout_result = {"failure": f"{type(exc).__name__}: {exc}"[:2000]}
+                say(f"    FAILED: {fanout_result['failure']}")
+
+        if not args.only or SOAK in args.only:
+            from bench import soak
+
+            say("soak (two Daphne processes, Redis, PostgreSQL)")
+            quiet_left = max(0.0, QUIET_BUDGET_S - runner.quiet_waited)
+            runner.quiet_waited += await wait_quiet(runner, min(10.0, quiet_left))
+            runner.prioritise(os.getpid())  # the simulator and the callers run in this process
+            try:
+                soak_result = await soak.run(runner, quick=args.quick, out=OUT, say=say)
+            except Exception as exc:  # noqa: BLE001 - report it
+                soak_result = {"failure": f"{type(exc).__name__}: {exc}"[:2000]}
+            if "failure" in soak_result:
+                say(f"    FAILED: {soak_result['failure']}")
     finally:
         await runner.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1135,11 +1202,15 @@ async def main(args: argparse.Namespace) -> int:
         "nice": args.nice,
     }
     results = {"meta": meta, "runs": runs, "profile": profile, "nudge": nudge_result}
+    results["fanout"] = fanout_result
+    results["soak"] = soak_result
     (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
     output = args.output or (BENCH / "RESULTS.md" if args.full else OUT / "RESULTS-partial.md")
     Path(output).write_text(render(results, meta, profile))  # noqa: ASYNC240 - all done
     say(f"wrote {output} in {elapsed:.0f} s")
     failed = any("failure" in r for r in runs) or "failure" in (nudge_result or {})
+    failed = failed or "failure" in (fanout_result or {})
+    failed = failed or "failure" in (soak_result or {})
     return 1 if failed else 0
 
 
@@ -1151,14 +1222,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: C=10, 1 s warm-up, 3 s windows"
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated parts: websockets,channels,relay,nudge"
+        "--only", default="", help="comma-separated parts: websockets,channels,relay,nudge,fanout,soak"
     )
     parser.add_argument(
         "--nudges",
         type=int,
         default=None,
         help="nudge part: sequential nudges (default 500, --quick 100); "
-        "the 10-session scenario sends as many in all",
+        "the 10-session scenarios send as many in all",
     )
     parser.add_argument(
         "-c", "--concurrency", default="", help="comma-separated C values (default 10,100,300)"
@@ -1183,7 +1254,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--output", default=None, help="where to write the report")
     args = parser.parse_args(argv)
-    known = {t.key for t in TARGETS} | {NUDGE}
+    known = {t.key for t in TARGETS} | {NUDGE, FANOUT, SOAK}
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     if set(args.only) - known:
         parser.error(f"--only takes {', '.join(sorted(known))}")
