@@ -39,7 +39,7 @@ def _message_text(item: Mapping[str, Any]) -> str:
 
 
 class Transcript:
-    def __init__(self, limit: int = 200) -> None:
+    def __init__(self, limit: int = 100) -> None:
         self.limit = limit
         self.recording = False
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()

@@ -67,8 +67,8 @@ FLUSH_INTERVAL = 0.05
 WATCH_TTL = 90.0
 # Finished requests a session remembers (for late events and duplicate pings); older ones are
 # forgotten every FORGET_EVERY finished requests, so a long session's memory stays flat.
-REMEMBER_FINISHED = 256
-FORGET_EVERY = 64
+REMEMBER_FINISHED = 32
+FORGET_EVERY = 16
 
 # Upstream event types the actor parses; every other type is forwarded untouched (and the
 # transcript's deltas are parsed too while someone watches the session).
