@@ -38,6 +38,7 @@ async def http_app(scope, receive, send):
     app = api_asgi_app if scope["path"].startswith("/api/") else django_asgi_app
     return await app(scope, receive, send)
 
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
@@ -61,7 +62,6 @@ websocket_urls = [
         AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi())),
     ),
 ]
-
 
 
 class StartHousekeeping:
