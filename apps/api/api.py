@@ -301,9 +301,7 @@ async def list_sessions(
     tags=["sessions"],
 )
 async def get_session(request: HttpRequest, session_id: str):
-    session = None
-    if services.could_exist(session_id):
-        session = await database_sync_to_async(selectors.session_get)(session_id=session_id)
+    session = await database_sync_to_async(selectors.session_get)(session_id=session_id)
     if session is None:
         raise services.SessionNotFound(f"No session with id '{session_id}'.")
     return SessionOut.of(session)
@@ -379,9 +377,7 @@ async def list_responses(
     limit: int = Query(1000, ge=1, le=1000, description="At most this many, oldest first."),
 ):
     def load():
-        session = None
-        if services.could_exist(session_id):
-            session = selectors.session_get(session_id=session_id)
+        session = selectors.session_row(session_id=session_id)
         if session is None:
             raise services.SessionNotFound(f"No session with id '{session_id}'.")
         return selectors.request_list(session=session, limit=limit)
@@ -398,9 +394,7 @@ async def list_responses(
     tags=["responses"],
 )
 async def get_response(request: HttpRequest, request_id: str):
-    row = None
-    if services.could_exist(request_id):
-        row = await database_sync_to_async(selectors.request_get)(request_id=request_id)
+    row = await database_sync_to_async(selectors.request_get)(request_id=request_id)
     if row is None:
         raise services.RequestNotFound(f"No response request with id '{request_id}'.")
     return RequestOut.of(row)

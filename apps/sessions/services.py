@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from apps.realtime.overrides import ResponseOverrides
-from apps.sessions import groups
+from apps.sessions import groups, selectors
 from apps.sessions.dbwrite import serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
 
@@ -76,12 +76,6 @@ class SessionUnavailable(ServiceError):
     """The session is live in the table, but no actor answered: its process is gone or stuck."""
 
     status, code = 503, "session_unavailable"
-
-
-def could_exist(key: str) -> bool:
-    """Whether a row could have this id. None has a NUL in it, and PostgreSQL refuses a NUL in
-    a query (an error, so a 500, where the answer is 'not found')."""
-    return "\x00" not in key
 
 
 # ---------------------------------------------------------------------------- submit
@@ -184,9 +178,7 @@ def _store_request_locked(
     idempotency: Idempotency | None,
 ) -> tuple[ResponseRequest, bool]:
     # The lock serialises submissions to one session, so the queue limit holds under races.
-    session = None
-    if could_exist(session_id):
-        session = LiveSession.objects.select_for_update().filter(upstream_id=session_id).first()
+    session = selectors.session_row(session_id=session_id, for_update=True)
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
     if idempotency is not None:
@@ -291,9 +283,7 @@ async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str,
 
 
 def _live_session(session_id: str) -> LiveSession:
-    session = None
-    if could_exist(session_id):
-        session = LiveSession.objects.filter(upstream_id=session_id).first()
+    session = selectors.session_row(session_id=session_id)
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
     if session.status != LiveSession.Status.LIVE:
@@ -303,11 +293,7 @@ def _live_session(session_id: str) -> LiveSession:
 
 async def response_request_cancel(*, request_id: str) -> ResponseRequest:
     """Cancel a request that is still queued; anything further along is NotCancellable."""
-    request = None
-    if could_exist(request_id):
-        request = await database_sync_to_async(
-            lambda: ResponseRequest.objects.select_related("session").filter(id=request_id).first()
-        )()
+    request = await database_sync_to_async(selectors.request_get)(request_id=request_id)
     if request is None:
         raise RequestNotFound(f"No response request with id '{request_id}'.")
     # The table lags behind the actor, never ahead of it: a request it shows past `queued`
