@@ -42,7 +42,7 @@ import httpx
 import psutil
 from websockets.asyncio.client import connect
 
-from bench.load import Stats, run_caller
+from bench.load import Stats, percentile, run_caller
 
 CALLERS = 100
 WATCHERS = 20
@@ -223,11 +223,7 @@ def socket_window(op: Operator, t0: float, t1: float) -> dict:
 
 
 def _percentile_ms(values_ns, q: float) -> float | None:
-    if not values_ns:
-        return None
-    ordered = sorted(values_ns)
-    rank = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[rank] / 1e6
+    return percentile(sorted(values_ns), q)
 
 
 async def main(args: argparse.Namespace) -> dict:

@@ -165,11 +165,18 @@ def _rss(proc: psutil.Process | None) -> int | None:
         return None
 
 
-def percentile(sorted_values: list[int], q: float) -> float | None:
+def nearest_rank(sorted_values: list, q: float):
+    """The nearest-rank percentile `q` (0–1) of sorted values, or None when there are none.
+    Every benchmark part reports percentiles this way."""
     if not sorted_values:
         return None
-    rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[rank] / 1e6
+    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
+
+
+def percentile(sorted_values: list[int], q: float) -> float | None:
+    """Of sorted nanoseconds, in ms."""
+    value = nearest_rank(sorted_values, q)
+    return None if value is None else value / 1e6
 
 
 async def main(args: argparse.Namespace) -> dict:

@@ -56,6 +56,7 @@ import psutil
 from websockets.asyncio.client import connect
 
 from apps.realtime.simulator import Simulator, SimulatorConfig
+from bench.load import nearest_rank
 
 MODEL = "gpt-realtime"
 NUDGE_TIMEOUT = 5.0  # s: one nudge, POST to response.done at the caller
@@ -74,12 +75,9 @@ def bench_simulator() -> Simulator:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The nearest-rank percentile (as `bench/load.py`), of values in seconds, in ms."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[rank] * 1000
+    """The nearest-rank percentile (`bench.load.nearest_rank`) of seconds, in ms."""
+    value = nearest_rank(sorted(values), q)
+    return None if value is None else value * 1000
 
 
 def summary(values: list[float]) -> dict:

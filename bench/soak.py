@@ -61,6 +61,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from apps.realtime.simulator import Simulator, SimulatorConfig
+from bench.nudge import percentile
 
 HOST = "127.0.0.1"
 MODEL = "gpt-realtime"
@@ -407,15 +408,6 @@ _TIMING_RE = re.compile(r"(\w+);dur=([\d.]+)")
 def parse_server_timing(header: str) -> dict[str, float]:
     """`auth;dur=0.5, db;dur=1.2, ping;dur=0.1` → seconds."""
     return {name: float(ms) / 1000 for name, ms in _TIMING_RE.findall(header or "")}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest rank, of seconds, in ms (as bench/nudge.py)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[rank] * 1000
 
 
 def summary(values: list[float]) -> dict:
