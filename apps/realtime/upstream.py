@@ -54,3 +54,11 @@ async def open_connection(
         },
     )
     return await manager.enter()
+
+
+def import_lazy_modules() -> None:
+    """Import now what the first connection would import: the SDK loads its realtime resources
+    (some 200 modules) and its HTTP stack when a client is first made and used."""
+    import websockets.asyncio.client  # noqa: F401
+
+    openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY, max_retries=0).realtime  # noqa: B018
