@@ -434,21 +434,22 @@ class Sequencer:
             if not entry.status.is_terminal
         ]
 
-    def forget_finished(self, *, keep: int) -> list[str]:
+    def forget_finished(self, *, keep: int) -> list[tuple[str, RequestStatus]]:
         """Forget terminal requests but the latest `keep`, so that a long session's state stays
         flat. A forgotten request is unknown to later inputs, as if never submitted: its late
         `response.created` counts as the server's, an error naming its event is not claimed.
-        Returns the ids forgotten, oldest first."""
+        Returns the (id, final status) of those forgotten, oldest first."""
         finished = [rid for rid, entry in self._entries.items() if entry.status.is_terminal]
         if len(finished) <= keep:
             return []
-        dropped = finished[: len(finished) - keep]
-        for request_id in dropped:
+        dropped = []
+        for request_id in finished[: len(finished) - keep]:
             entry = self._entries.pop(request_id)
             if self._by_event_id.get(entry.request.event_id) == request_id:
                 del self._by_event_id[entry.request.event_id]
+            dropped.append((request_id, entry.status))
         if self._cancel_events:
-            gone = set(dropped)
+            gone = {request_id for request_id, _ in dropped}
             self._cancel_events = {e: r for e, r in self._cancel_events.items() if r not in gone}
         return dropped
 

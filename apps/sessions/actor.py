@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import uuid
@@ -65,10 +66,14 @@ STALL_CHECK = "stall.check"
 FLUSH_INTERVAL = 0.05
 # A watcher that has not renewed its watch in this long is gone (its socket died unseen).
 WATCH_TTL = 90.0
-# Finished requests a session remembers (for late events and duplicate pings); older ones are
-# forgotten every FORGET_EVERY finished requests, so a long session's memory stays flat.
-REMEMBER_FINISHED = 32
-FORGET_EVERY = 16
+# Finished requests a session keeps whole (for late events naming them); older ones are
+# forgotten every FORGET_EVERY finished requests, so a long session's memory stays flat. Of
+# the latest FORGOTTEN_IDS forgotten, the id and final status stay (untracked by the garbage
+# collector): a duplicate ping or a pickup that read the table before the history writer
+# caught up is still known, and so is a late cancel.
+REMEMBER_FINISHED = 8
+FORGET_EVERY = 8
+FORGOTTEN_IDS = 64
 
 # Upstream event types the actor parses; every other type is forwarded untouched (and the
 # transcript's deltas are parsed too while someone watches the session).
@@ -166,6 +171,7 @@ class SessionActor:
         self._upstream_headers = dict(upstream_headers or {})
         self._upstream: Any = None
         self._requests: dict[str, _RequestInfo] = {}
+        self._forgotten: dict[str, str] = {}  # request id → final status, oldest first
         # Operator out-of-band responses: their events go to operators, never to the caller.
         self._hidden_responses: set[str] = set()
         # event_ids of the relay's own client events (notes): errors about them are not the caller's.
@@ -647,7 +653,7 @@ class SessionActor:
     async def _submit_operator_request(self, data: dict[str, Any]) -> None:
         """A stored request from the REST hook or the console (by ping or by pickup)."""
         request_id = data["id"]
-        if request_id in self._requests:
+        if request_id in self._requests or request_id in self._forgotten:
             return  # both pinged and picked up, or cancelled before it arrived
         text = data.get("instructions")
         mode = data.get("instructions_mode") or "append"
@@ -688,6 +694,8 @@ class SessionActor:
         """Cancel a request only if it is still queued (a sent one is interrupted instead)."""
         now = clock.now()
         info = self._requests.get(request_id)
+        if info is None and request_id in self._forgotten:
+            return {"status": self._forgotten[request_id]}
         if info is None:
             # Its ping was lost and the pickup has not brought it yet: it was never sent, and
             # remembering it keeps the pickup from sending it later.
@@ -811,8 +819,12 @@ class SessionActor:
 
     def _forget_finished(self) -> None:
         self._finished_since_forget = 0
-        for request_id in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
+        forgotten = self._forgotten
+        for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
             self._requests.pop(request_id, None)
+            forgotten[request_id] = status.value
+        for request_id in list(itertools.islice(forgotten, max(0, len(forgotten) - FORGOTTEN_IDS))):
+            del forgotten[request_id]
 
     def _record(self, action) -> None:
         """Record a status change or an observed response (other actions need no record)."""

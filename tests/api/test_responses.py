@@ -259,6 +259,39 @@ async def test_a_request_cancelled_before_its_lost_ping_arrived_is_never_sent(ca
     assert (await _row(request.id)).status == "cancelled"
 
 
+async def test_a_forgotten_request_is_still_known_to_duplicate_pings_and_late_cancels(
+    caller, rest, simulator, monkeypatch
+):
+    """A long session forgets its old finished requests but their ids and final status: a ping
+    or pickup that arrives late is not sent again, and a late cancel hears the final status."""
+    from apps.sessions import actor
+
+    monkeypatch.setattr(actor, "REMEMBER_FINISHED", 1)
+    monkeypatch.setattr(actor, "FORGET_EVERY", 1)
+    ids = []
+    for n in range(3):
+        posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={"metadata": {"n": str(n)}})
+        assert posted.status_code == 202, posted.text
+        ids.append(posted.json()["id"])
+        await caller.until("response.done", n=n + 1)
+    first = await _row(ids[0])
+    assert first.status == "completed"
+    group = groups.session_group(first.session_id)
+    await get_channel_layer().group_send(
+        group, {"type": groups.SESSION_REQUEST, "request": services.request_message(first)}
+    )
+    reply_to = await get_channel_layer().new_channel()
+    await get_channel_layer().group_send(
+        group, {"type": groups.SESSION_CANCEL, "request_id": ids[0], "origin": "api", "reply_to": reply_to}
+    )
+    reply = await asyncio.wait_for(get_channel_layer().receive(reply_to), 5)
+    assert reply["status"] == "completed" and "at" not in reply
+    await asyncio.sleep(0.3)
+    assert len([e for e in _creates(simulator, caller.session_id)
+                if e["response"]["metadata"]["oc_request"] == ids[0]]) == 1
+    assert (await _row(ids[0])).status == "completed"
+
+
 async def test_out_of_band_nudge_runs_beside_the_active_response_for_operators_only(caller, rest, simulator):
     layer = get_channel_layer()
     watcher = await layer.new_channel()

@@ -852,7 +852,8 @@ def test_forget_finished_keeps_the_latest_and_whatever_is_pending():
         seq.response_done(response_id=f"resp_{n}", status="completed", now=0.2)
     seq.submit(Request(id="r_active", origin="api", event_id="e_active"), now=1.0)
     seq.submit(Request(id="r_queued", origin="api", event_id="e_queued"), now=1.0)
-    assert seq.forget_finished(keep=2) == ["r0", "r1", "r2"]
+    completed = RequestStatus.COMPLETED
+    assert seq.forget_finished(keep=2) == [("r0", completed), ("r1", completed), ("r2", completed)]
     assert seq.forget_finished(keep=2) == []
     assert seq.status("r3") is RequestStatus.COMPLETED and seq.status("r_queued") is RequestStatus.QUEUED
     with pytest.raises(KeyError):
