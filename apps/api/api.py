@@ -18,7 +18,6 @@ import math
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -40,6 +39,7 @@ from apps.api.schemas import (
 )
 from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import selectors, services, tokens
+from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
 
 events_log = logging.getLogger("oc.events")
@@ -112,7 +112,7 @@ class TokenAuth(HttpBearer):
         scheme, _, plain = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not plain.strip():
             return None
-        token = await database_sync_to_async(tokens.api_token_lookup)(plain=plain.strip())
+        token = await db_async(tokens.api_token_lookup)(plain=plain.strip())
         timing["auth"] = time.perf_counter() - started
         if token is None:
             return None
@@ -289,7 +289,7 @@ async def list_sessions(
     status: SessionStatus | None = None,
     limit: int = Query(100, ge=1, le=1000, description="At most this many, newest first."),
 ):
-    sessions = await database_sync_to_async(selectors.session_list)(status=status, limit=limit)
+    sessions = await db_async(selectors.session_list)(status=status, limit=limit)
     return SessionList(items=[SessionOut.of(session) for session in sessions])
 
 
@@ -301,7 +301,7 @@ async def list_sessions(
     tags=["sessions"],
 )
 async def get_session(request: HttpRequest, session_id: str):
-    session = await database_sync_to_async(selectors.session_get)(session_id=session_id)
+    session = await db_async(selectors.session_get)(session_id=session_id)
     if session is None:
         raise services.SessionNotFound(f"No session with id '{session_id}'.")
     return SessionOut.of(session)
@@ -382,7 +382,7 @@ async def list_responses(
             raise services.SessionNotFound(f"No session with id '{session_id}'.")
         return selectors.request_list(session=session, limit=limit)
 
-    rows = await database_sync_to_async(load)()
+    rows = await db_async(load)()
     return RequestList(items=[RequestOut.of(row) for row in rows])
 
 
@@ -394,7 +394,7 @@ async def list_responses(
     tags=["responses"],
 )
 async def get_response(request: HttpRequest, request_id: str):
-    row = await database_sync_to_async(selectors.request_get)(request_id=request_id)
+    row = await db_async(selectors.request_get)(request_id=request_id)
     if row is None:
         raise services.RequestNotFound(f"No response request with id '{request_id}'.")
     return RequestOut.of(row)

@@ -16,12 +16,12 @@ import asyncio
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.console.feed import feed
 from apps.sessions import groups
 from apps.sessions.consumers import SurvivesLayerOutages
+from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ConsoleConsumer(SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
 
     async def _watch(self, session_id: str) -> None:
         await self._unwatch()
-        session = await database_sync_to_async(
+        session = await db_async(
             lambda: LiveSession.objects.filter(upstream_id=session_id).first()
         )()
         if session is None:

@@ -12,9 +12,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from channels.db import database_sync_to_async
-
 from apps.sessions import selectors
+from apps.sessions.db import db_async
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class Feed:
             # One task per process, started before any await so that viewers arriving
             # together cannot each start one; a task whose viewers all left ends.
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
-        sessions, stats = await database_sync_to_async(_read)()
+        sessions, stats = await db_async(_read)()
         await viewer.send_json({"type": "sessions", "sessions": list(sessions.values()), "stats": stats})
 
     def discard(self, viewer: Viewer) -> None:
@@ -58,7 +57,7 @@ class Feed:
                 log.exception("dashboard feed failed; trying again")
 
     async def once(self) -> None:
-        sessions, stats = await database_sync_to_async(_read)()
+        sessions, stats = await db_async(_read)()
         changed = [s for key, s in sessions.items() if self._sessions.get(key) != s]
         removed = [key for key in self._sessions if key not in sessions]
         stats_changed = stats != self._stats

@@ -16,13 +16,13 @@ from importlib import import_module
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
 
 from apps.sessions import tokens
+from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
@@ -75,7 +75,7 @@ async def authenticate_relay(scope) -> Principal | Refusal:
         return Refusal("origin not allowed")
     plain = offered_token(scope)
     if plain is not None:
-        token = await database_sync_to_async(tokens.api_token_authenticate)(
+        token = await db_async(tokens.api_token_authenticate)(
             plain=plain, scope=ApiToken.Scope.REALTIME_CONNECT
         )
         if token is None:
@@ -98,7 +98,7 @@ async def session_user(scope):
     session_key = parse_cookie(cookie).get(settings.SESSION_COOKIE_NAME)
     if not session_key:
         return None
-    return await database_sync_to_async(_user_for_session_key)(session_key)
+    return await db_async(_user_for_session_key)(session_key)
 
 
 def _user_for_session_key(session_key: str):

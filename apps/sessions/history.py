@@ -26,7 +26,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from apps.sessions.dbwrite import serialised_write
+from apps.sessions.db import serialised_write
 
 log = logging.getLogger(__name__)
 # One JSON object per committed transition (sessions and requests): `oc.events`.

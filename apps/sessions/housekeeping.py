@@ -23,11 +23,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
 from apps.sessions import groups
+from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.process import PROCESS_ID
 from apps.sessions.services import request_message
@@ -85,7 +85,7 @@ class Housekeeping:
         keys = list(self.holders)
         if not keys:
             return 0
-        rows = await database_sync_to_async(_waiting_requests)(keys)
+        rows = await db_async(_waiting_requests)(keys)
         for row in rows:
             holder = self.holders.get(row.session_id)
             if holder is not None:
@@ -96,10 +96,10 @@ class Housekeeping:
         keys = list(self.holders)
         if not keys:
             return 0
-        return await database_sync_to_async(_beat)(keys)
+        return await db_async(_beat)(keys)
 
     async def sweep(self) -> list[str]:
-        lost = await database_sync_to_async(sweep_lost_sessions)()
+        lost = await db_async(sweep_lost_sessions)()
         for session_id in lost:
             log.warning("session %s lost: its process stopped sending heartbeats", session_id)
         return lost

@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import groups, selectors
-from apps.sessions.dbwrite import serialised_write
+from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ async def response_request_store(
     idempotency: Idempotency | None = None,
 ) -> tuple[ResponseRequest, bool]:
     """The first half of `response_request_submit`: the durable write, without the ping."""
-    return await database_sync_to_async(_store_request)(
+    return await db_async(_store_request)(
         session_id=session_id,
         overrides=overrides,
         origin=origin,
@@ -293,7 +292,7 @@ def _live_session(session_id: str) -> LiveSession:
 
 async def response_request_cancel(*, request_id: str) -> ResponseRequest:
     """Cancel a request that is still queued; anything further along is NotCancellable."""
-    request = await database_sync_to_async(selectors.request_get)(request_id=request_id)
+    request = await db_async(selectors.request_get)(request_id=request_id)
     if request is None:
         raise RequestNotFound(f"No response request with id '{request_id}'.")
     # The table lags behind the actor, never ahead of it: a request it shows past `queued`
@@ -333,7 +332,7 @@ class Note:
 
 async def note_add(*, session_id: str, text: str, role: str, requested_by: str) -> Note:
     """Add a message item to the conversation without asking for a response."""
-    session = await database_sync_to_async(_live_session)(session_id)
+    session = await db_async(_live_session)(session_id)
     item_id = f"item_oc{uuid.uuid4().hex[:25]}"  # the upstream allows client ids ≤ 32 chars
     reply = await _ask_actor(
         session,
@@ -353,6 +352,6 @@ async def note_add(*, session_id: str, text: str, role: str, requested_by: str) 
 
 async def session_interrupt(*, session_id: str) -> str | None:
     """Cancel the active in-conversation response, if any. Returns its id (None: none was active)."""
-    session = await database_sync_to_async(_live_session)(session_id)
+    session = await db_async(_live_session)(session_id)
     reply = await _ask_actor(session, {"type": groups.SESSION_INTERRUPT})
     return reply.get("response_id")
