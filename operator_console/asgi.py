@@ -20,7 +20,18 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 
 class ApiHandler(ASGIHandler):
-    """Django for `/api/`: the same URLs and views, with `OC_API_MIDDLEWARE` only."""
+    """Django for `/api/`: the same URLs and views, with `OC_API_MIDDLEWARE` only, and no
+    thread of its own per request.
+
+    Django runs each request in a `ThreadSensitiveContext`: with asgiref 3.13 a thread started
+    for the request's sync work and another started to join it at the end. The REST hook's
+    views are async and do their database work on `apps.sessions.db`'s threads, so a request's
+    only sync steps are Django's request signals and `response.close()`; they run on asgiref's
+    one shared thread instead, and no thread is started per request.
+    """
+
+    async def __call__(self, scope, receive, send):
+        await self.handle(scope, receive, send)
 
     def load_middleware(self, is_async=False):
         everything = settings.MIDDLEWARE
