@@ -101,7 +101,17 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # redis-py's pool holds at most 100 connections by default and refuses the 101st
+            # command in flight (MaxConnectionsError) instead of waiting: when a few hundred
+            # callers left at once, their group leaves failed. Redis itself takes 10 000.
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "max_connections": env_int("OC_REDIS_MAX_CONNECTIONS", 1000, minimum=1),
+                    }
+                ]
+            },
         }
     }
 else:

@@ -425,3 +425,40 @@ async def test_notes_and_interrupts_through_either_process_answer_at_once(
     finally:
         for caller in callers.values():
             await caller.close()
+
+
+async def test_two_hundred_callers_leaving_at_once_leave_every_group(start_pair, scaleout_db, redis_server):
+    """Every consumer leaves its session's group in Redis when its caller goes, all at once
+    included: with redis-py's default pool of 100 connections, leaves beyond it failed with
+    MaxConnectionsError and memberships stayed behind (for the group expiry, 24 h)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_server.url)
+
+    async def groups() -> set[bytes]:
+        return {key async for key in client.scan_iter(match="asgi:group:session.*")}
+
+    async def members(keys: set[bytes]) -> int:
+        return sum([await client.zcard(key) for key in keys])
+
+    a, _ = start_pair()
+    callers: list[Caller] = []
+    try:
+        earlier = await groups()  # other tests' sessions, on this test run's Redis
+        for _ in range(10):
+            callers += await asyncio.gather(*[Caller.connect(a, scaleout_db.token) for _ in range(20)])
+        ours = await groups() - earlier
+        assert len(ours) == 200 and await members(ours) == 200
+        await asyncio.gather(*[caller.close() for caller in callers])
+        callers = []
+
+        async def none_left() -> bool:
+            return await members(ours) == 0
+
+        await until(none_left, timeout=15, what="every session group left")
+        log = a.output()
+        assert "MaxConnectionsError" not in log, log[-3000:]
+        assert not crashes(a), crashes(a)
+    finally:
+        await asyncio.gather(*[caller.close() for caller in callers])
+        await client.aclose()
