@@ -6,15 +6,17 @@ watching), a log of changes since the last `drain()`. Draining at most every ~50
 stream of deltas into one update per entry per interval, so a busy session cannot flood a
 browser.
 
-Entries are dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
+Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
 "response_id"?}`. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
-(`"text"` replaces what the browser has).
+(`"text"` replaces what the browser has). They are kept as slotted objects, a third of a dict's
+size: every live session keeps its transcript, watched or not.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Upstream events that carry transcript text. The first group arrives once per item and is
@@ -38,17 +40,33 @@ def _message_text(item: Mapping[str, Any]) -> str:
     return "".join(pieces)
 
 
+@dataclass(slots=True)
+class _Entry:
+    id: str
+    role: str
+    text: str
+    done: bool
+    oob: bool
+    response_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        entry = {"id": self.id, "role": self.role, "text": self.text, "done": self.done, "oob": self.oob}
+        if self.response_id is not None:
+            entry["response_id"] = self.response_id
+        return entry
+
+
 class Transcript:
     def __init__(self, limit: int = 100) -> None:
         self.limit = limit
         self.recording = False
-        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ views
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [dict(entry) for entry in self._entries.values()]
+        return [entry.as_dict() for entry in self._entries.values()]
 
     @property
     def has_changes(self) -> bool:
@@ -79,8 +97,8 @@ class Transcript:
     def delta(self, *, item_id: str, response_id: str | None, text: str, oob: bool) -> None:
         entry = self._entries.get(item_id)
         if entry is None:
-            entry = self._add(item_id, role="agent", text="", done=False, oob=oob, response_id=response_id)
-        entry["text"] += text
+            entry = self._add(_Entry(item_id, "agent", "", False, oob, response_id))
+        entry.text += text
         if not self.recording:
             return
         change = self._changes.get(item_id)
@@ -89,7 +107,7 @@ class Transcript:
         elif "append" in change:
             change["append"] += text
         else:
-            change["text"] = entry["text"]
+            change["text"] = entry.text
 
     def response_done(self, response: Mapping[str, Any], *, oob: bool) -> None:
         """The agent's output items, complete."""
@@ -102,18 +120,24 @@ class Transcript:
 
     # ------------------------------------------------------------------ internals
 
-    def _add(self, entry_id: str, **fields: Any) -> dict[str, Any]:
-        entry = {"id": entry_id, **fields}
-        self._entries[entry_id] = entry
+    def _add(self, entry: _Entry) -> _Entry:
+        self._entries[entry.id] = entry
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
         return entry
 
-    def _set(self, entry_id: str, **fields: Any) -> None:
+    def _set(
+        self, entry_id: str, *, role: str, text: str, done: bool, oob: bool | None = None,
+        response_id: str | None = None,
+    ) -> None:
         entry = self._entries.get(entry_id)
         if entry is None:
-            entry = self._add(entry_id, **{"oob": False, **fields})
+            entry = self._add(_Entry(entry_id, role, text, done, bool(oob), response_id))
         else:
-            entry.update(fields)
+            entry.role, entry.text, entry.done = role, text, done
+            if oob is not None:
+                entry.oob = oob
+            if response_id is not None:
+                entry.response_id = response_id
         if self.recording:
-            self._changes[entry_id] = dict(entry)
+            self._changes[entry_id] = entry.as_dict()
