@@ -1177,7 +1177,10 @@ async def main(args: argparse.Namespace) -> int:
             runner.quiet_waited += await wait_quiet(runner, min(10.0, quiet_left))
             runner.prioritise(os.getpid())  # the simulator and the callers run in this process
             try:
-                soak_result = await soak.run(runner, quick=args.quick, out=OUT, say=say)
+                soak_result = await soak.run(
+                    runner, quick=args.quick, out=OUT, say=say,
+                    duration=args.soak_seconds, warmup=args.soak_warmup,
+                )
             except Exception as exc:  # noqa: BLE001 - report it
                 soak_result = {"failure": f"{type(exc).__name__}: {exc}"[:2000]}
             if "failure" in soak_result:
@@ -1251,6 +1254,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0,
         help="niceness of the benchmark's processes (e.g. -10 on a shared "
         "machine, as root, to run ahead of other work); default 0",
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=None, help="soak part: run length, s (default 300)"
+    )
+    parser.add_argument(
+        "--soak-warmup", type=float, default=None, help="soak part: warm-up for the RSS verdict, s (default 60)"
     )
     parser.add_argument("--output", default=None, help="where to write the report")
     args = parser.parse_args(argv)
