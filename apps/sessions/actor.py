@@ -630,7 +630,7 @@ class SessionActor:
             await self._submit_operator_request(message["request"])
             return
         if kind == groups.SESSION_CANCEL:
-            reply = await self._cancel_queued(message["request_id"], origin=message.get("origin", "api"))
+            reply = await self._cancel_queued(message["request_id"])
         elif kind == groups.SESSION_NOTE:
             reply = await self._add_note(message)
         elif kind == groups.SESSION_INTERRUPT:
@@ -690,7 +690,7 @@ class SessionActor:
         await self._apply(actions)
         self._rearm_timer()
 
-    async def _cancel_queued(self, request_id: str, *, origin: str) -> dict[str, Any]:
+    async def _cancel_queued(self, request_id: str) -> dict[str, Any]:
         """Cancel a request only if it is still queued (a sent one is interrupted instead)."""
         now = clock.now()
         info = self._requests.get(request_id)
@@ -698,8 +698,9 @@ class SessionActor:
             return {"status": self._forgotten[request_id]}
         if info is None:
             # Its ping was lost and the pickup has not brought it yet: it was never sent, and
-            # remembering it keeps the pickup from sending it later.
-            self._requests[request_id] = _RequestInfo(origin=origin, out_of_band=False)
+            # remembering it keeps the pickup from sending it later (and a second cancel
+            # hears that it is cancelled already).
+            self._forgotten[request_id] = RequestStatus.CANCELLED.value
             self._record(StatusChanged(request_id=request_id, status=RequestStatus.CANCELLED, at=now))
             return {"status": RequestStatus.CANCELLED.value, "at": now}
         try:

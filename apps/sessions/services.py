@@ -307,7 +307,7 @@ async def response_request_cancel(*, request_id: str) -> ResponseRequest:
         )
     reply = await _ask_actor(
         request.session,
-        {"type": groups.SESSION_CANCEL, "request_id": request_id, "origin": request.origin},
+        {"type": groups.SESSION_CANCEL, "request_id": request_id},
     )
     # Only a cancel made now carries its time, `at`. A bare `cancelled` means an earlier
     # DELETE cancelled it and the table does not show that yet: no longer queued, so 409.

@@ -254,6 +254,8 @@ async def test_a_request_cancelled_before_its_lost_ping_arrived_is_never_sent(ca
     )
     cancelled = await rest.delete(f"/responses/{request.id}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = await rest.delete(f"/responses/{request.id}")
+    assert again.status_code == 409 and "is cancelled" in again.json()["error"]["message"], again.text
     await asyncio.sleep(1.0)  # several pickups
     assert _create_for(simulator, caller.session_id, request.id) is None
     assert (await _row(request.id)).status == "cancelled"
@@ -282,7 +284,7 @@ async def test_a_forgotten_request_is_still_known_to_duplicate_pings_and_late_ca
     )
     reply_to = await get_channel_layer().new_channel()
     await get_channel_layer().group_send(
-        group, {"type": groups.SESSION_CANCEL, "request_id": ids[0], "origin": "api", "reply_to": reply_to}
+        group, {"type": groups.SESSION_CANCEL, "request_id": ids[0], "reply_to": reply_to}
     )
     reply = await asyncio.wait_for(get_channel_layer().receive(reply_to), 5)
     assert reply["status"] == "completed" and "at" not in reply
