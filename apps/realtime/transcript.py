@@ -8,15 +8,15 @@ browser.
 
 Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
 "response_id"?}`. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
-(`"text"` replaces what the browser has). They are kept as slotted objects, a third of a dict's
-size: every live session keeps its transcript, watched or not.
+(`"text"` replaces what the browser has). They are kept as plain tuples of strings and flags,
+half a dict's size and, holding no containers, untracked by the garbage collector (which only
+untracks exact tuples, not named ones): every live session keeps its transcript, watched or not.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 # Upstream events that carry transcript text. The first group arrives once per item and is
@@ -40,33 +40,29 @@ def _message_text(item: Mapping[str, Any]) -> str:
     return "".join(pieces)
 
 
-@dataclass(slots=True)
-class _Entry:
-    id: str
-    role: str
-    text: str
-    done: bool
-    oob: bool
-    response_id: str | None
+# (id, role, text, done, oob, response_id)
+Entry = tuple[str, str, str, bool, bool, str | None]
 
-    def as_dict(self) -> dict[str, Any]:
-        entry = {"id": self.id, "role": self.role, "text": self.text, "done": self.done, "oob": self.oob}
-        if self.response_id is not None:
-            entry["response_id"] = self.response_id
-        return entry
+
+def _as_dict(entry: Entry) -> dict[str, Any]:
+    entry_id, role, text, done, oob, response_id = entry
+    given = {"id": entry_id, "role": role, "text": text, "done": done, "oob": oob}
+    if response_id is not None:
+        given["response_id"] = response_id
+    return given
 
 
 class Transcript:
     def __init__(self, limit: int = 100) -> None:
         self.limit = limit
         self.recording = False
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # ------------------------------------------------------------------ views
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [entry.as_dict() for entry in self._entries.values()]
+        return [_as_dict(entry) for entry in self._entries.values()]
 
     @property
     def has_changes(self) -> bool:
@@ -97,8 +93,10 @@ class Transcript:
     def delta(self, *, item_id: str, response_id: str | None, text: str, oob: bool) -> None:
         entry = self._entries.get(item_id)
         if entry is None:
-            entry = self._add(_Entry(item_id, "agent", "", False, oob, response_id))
-        entry.text += text
+            entry = self._add((item_id, "agent", "", False, oob, response_id))
+        _, role, so_far, done, entry_oob, entry_response_id = entry
+        whole = so_far + text
+        self._entries[item_id] = (item_id, role, whole, done, entry_oob, entry_response_id)
         if not self.recording:
             return
         change = self._changes.get(item_id)
@@ -107,7 +105,7 @@ class Transcript:
         elif "append" in change:
             change["append"] += text
         else:
-            change["text"] = entry.text
+            change["text"] = whole
 
     def response_done(self, response: Mapping[str, Any], *, oob: bool) -> None:
         """The agent's output items, complete."""
@@ -120,8 +118,8 @@ class Transcript:
 
     # ------------------------------------------------------------------ internals
 
-    def _add(self, entry: _Entry) -> _Entry:
-        self._entries[entry.id] = entry
+    def _add(self, entry: Entry) -> Entry:
+        self._entries[entry[0]] = entry
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
         return entry
@@ -130,14 +128,19 @@ class Transcript:
         self, entry_id: str, *, role: str, text: str, done: bool, oob: bool | None = None,
         response_id: str | None = None,
     ) -> None:
-        entry = self._entries.get(entry_id)
-        if entry is None:
-            entry = self._add(_Entry(entry_id, role, text, done, bool(oob), response_id))
+        old = self._entries.get(entry_id)
+        if old is None:
+            entry = self._add((entry_id, role, text, done, bool(oob), response_id))
         else:
-            entry.role, entry.text, entry.done = role, text, done
-            if oob is not None:
-                entry.oob = oob
-            if response_id is not None:
-                entry.response_id = response_id
+            old_oob, old_response_id = old[4], old[5]
+            entry = (
+                entry_id,
+                role,
+                text,
+                done,
+                old_oob if oob is None else oob,
+                old_response_id if response_id is None else response_id,
+            )
+            self._entries[entry_id] = entry
         if self.recording:
-            self._changes[entry_id] = entry.as_dict()
+            self._changes[entry_id] = _as_dict(entry)
