@@ -16,7 +16,15 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_asgi_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+
+from apps.sessions.checks import several_processes_need_redis  # noqa: E402
+
+# `daphne` runs no system checks: the one that matters at start-up is made here, so several
+# processes on the in-memory channel layer refuse to start instead of serving half-connected.
+for error in several_processes_need_redis():
+    raise ImproperlyConfigured(f"{error.msg} {error.hint} ({error.id})")
 
 
 class ApiHandler(ASGIHandler):

@@ -89,3 +89,18 @@ def test_the_environment_reaches_the_check_through_settings(tmp_path):
 
     bad = _check(tmp_path, OC_PROCESSES="0")
     assert bad.returncode != 0 and "OC_PROCESSES=0 is below the minimum of 1" in bad.stderr
+
+
+def test_daphne_refuses_to_start_several_processes_on_the_in_memory_layer(tmp_path):
+    """`daphne` runs no system checks; the application makes this one as it loads."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'check.sqlite3'}", "OC_PROCESSES": "2"}
+    for name in ("REDIS_URL", "WEB_CONCURRENCY"):
+        env.pop(name, None)
+    daphne = os.path.join(os.path.dirname(sys.executable), "daphne")
+    refused = subprocess.run(
+        [daphne, "-b", "127.0.0.1", "-p", "0", "operator_console.asgi:application"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "oc_sessions.E001" in refused.stderr and "OC_PROCESSES=2" in refused.stderr, refused.stderr[-2000:]
+    assert "Set REDIS_URL" in refused.stderr

@@ -1,4 +1,5 @@
-"""System checks: deployment mistakes found at `manage.py check` / `migrate`, not in production.
+"""System checks: deployment mistakes found at `manage.py check` / `migrate`, and as the ASGI
+application loads (`operator_console/asgi.py`; `daphne` itself runs no system checks).
 
 Several server processes on the in-memory channel layer do not fail at start-up: each process
 gets a layer of its own, so a request that reaches a process other than the one holding its
