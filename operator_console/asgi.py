@@ -106,7 +106,6 @@ application = StartHousekeeping(
 )
 
 
-
 def _import_lazy_modules() -> None:
     """Import now what the first request and session would: the URLconf (the REST hook and its
     schemas), the channel layer's client, the SDK's realtime resources and HTTP stack, the

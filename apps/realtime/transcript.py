@@ -9,7 +9,7 @@ browser.
 Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
 "response_id"?}`. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
 (`"text"` replaces what the browser has). They are kept as plain tuples of strings and flags,
-half a dict's size and, holding no containers, untracked by the garbage collector (which only
+smaller than dicts and, holding no containers, untracked by the garbage collector (which only
 untracks exact tuples, not named ones): every live session keeps its transcript, watched or not.
 """
 

@@ -1,14 +1,12 @@
 """Database work from async code: on this process's own threads, one SQLite writer at a time.
 
 `db_async`: `channels.db.database_sync_to_async` runs the work on the current request's
-thread: under
-Django's ASGI handler a thread started for each HTTP request, and with it a new Django
-connection object (connections are per thread) whose helpers hold reference cycles. In the
-soak that was, per REST call, a thread start and some 40 objects of cyclic garbage that only
-the collector's full collections free; they ran every ~20 s per process and each stopped
-the event loop for 15-30 ms, in the nudges' tail.
+thread. Under Django's ASGI handler that is a thread started for each HTTP request, and with
+it a new Django connection object (connections are per thread) whose helpers hold reference
+cycles: per REST call, a thread start and some 40 objects of cyclic garbage for the collector.
 
-These threads last as long as the process. Each call still closes its connection at the end
+`db_async` runs it on a pool of `THREADS` threads that last as long as the process. Each call
+still closes its connection at the end
 (`CONN_MAX_AGE` 0): back to the pool on PostgreSQL, closed on SQLite, as before. Every call
 is self-contained (its own transaction, if any), so nothing relies on the calling thread.
 
