@@ -6,9 +6,9 @@ it a new Django connection object (connections are per thread) whose helpers hol
 cycles: per REST call, a thread start and some 40 objects of cyclic garbage for the collector.
 
 `db_async` runs it on a pool of `THREADS` threads that last as long as the process. Each call
-still closes its connection at the end
-(`CONN_MAX_AGE` 0): back to the pool on PostgreSQL, closed on SQLite, as before. Every call
-is self-contained (its own transaction, if any), so nothing relies on the calling thread.
+still closes its connection at the end (`CONN_MAX_AGE` 0): back to the pool on PostgreSQL,
+closed on SQLite, as before. Every call is self-contained (its own transaction, if any), so
+nothing relies on the calling thread.
 
 `serialised_write`: SQLite lets one connection write at a time; a second one waits in
 SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries with no queue, so
