@@ -42,7 +42,7 @@ import httpx
 import psutil
 from websockets.asyncio.client import connect
 
-from bench.load import Stats, percentile, run_caller
+from bench.load import Stats, connect_caller, cpu_seconds, machine_busy, percentile, run_caller
 
 CALLERS = 100
 WATCHERS = 20
@@ -102,15 +102,7 @@ async def open_caller(url: str, token: str, stats: Stats) -> tuple[Any, str] | N
     """A Realtime caller: its socket and the `session.id` of its `session.created`."""
     try:
         async with asyncio.timeout(30):
-            ws = await connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                max_size=None,
-                compression=None,
-                open_timeout=30,
-                close_timeout=2,
-                ping_interval=None,
-            )
+            ws = await connect_caller(url, {"Authorization": f"Bearer {token}"}, 30)
             while True:
                 event = json.loads(await ws.recv())
                 if event.get("type") == "session.created":
@@ -175,17 +167,6 @@ class Operator:
         if self.reader is not None:
             self.reader.cancel()
             await asyncio.gather(self.reader, return_exceptions=True)
-
-
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
-def _machine_busy() -> float:
-    """CPU seconds all cores have been busy since boot."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def _max_in_one_second(times: list[float]) -> int:
@@ -305,16 +286,16 @@ async def main(args: argparse.Namespace) -> dict:
                 operators = []
             await asyncio.sleep(args.settle)
 
-            cpu0 = {name: _cpu(proc) for name, proc in watched.items()}
-            busy0 = _machine_busy()
+            cpu0 = {name: cpu_seconds(proc) for name, proc in watched.items()}
+            busy0 = machine_busy()
             deltas0, responses0, lat0 = stats.deltas, stats.responses, len(stats.latencies_ns)
             t0 = time.monotonic()
             stats.measuring = True
             await asyncio.sleep(args.window)
             stats.measuring = False
             t1 = time.monotonic()
-            cpu1 = {name: _cpu(proc) for name, proc in watched.items()}
-            busy1 = _machine_busy()
+            cpu1 = {name: cpu_seconds(proc) for name, proc in watched.items()}
+            busy1 = machine_busy()
             seconds = t1 - t0
             cpu = {name: cpu1[name] - cpu0[name] for name in watched}
             other = max(0.0, busy1 - busy0 - sum(cpu.values()))
@@ -448,32 +429,12 @@ async def run_part(runner, args, *, plan: tuple | None = None, extra: tuple[str,
     started = time.monotonic()
     try:
         async with asyncio.timeout(BUDGET_S[mode]):
-            port = free_port()
-            sim = await runner.spawn(
-                "fanout-simulator",
-                [
-                    PY,
-                    "manage.py",
-                    "simulate_upstream",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--deltas",
-                    str(SIM_DELTAS),
-                    "--interval",
-                    str(SIM_INTERVAL),
-                ],
-                env=env,
+            sim, port = await runner.spawn_simulator(
+                "fanout-simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL, env=env
             )
             handles.append(sim)
-            await runner.wait_port(sim, port)
             env["OC_UPSTREAM_URL"] = f"ws://{HOST}:{port}/v1"
-            await runner.run_command([PY, "manage.py", "migrate", "--noinput"], env=env)
-            out = await runner.run_command(
-                [PY, "manage.py", "create_api_token", "--name", "bench-fanout"], env=env
-            )
-            token = [line.strip() for line in out.splitlines() if line.strip()][-1]
+            token = await runner.migrate_with_token("bench-fanout", env=env)
             # The operators' accounts: one password hash for all (hashing is slow on purpose).
             users = WATCHERS + DASHBOARDS
             await runner.run_command(

@@ -83,19 +83,25 @@ def _frames(index: int) -> tuple[str, str]:
     return item, create
 
 
+async def connect_caller(url: str, headers: dict[str, str], open_timeout: float):
+    """A Realtime caller's socket, as every benchmark opens it: no size cap, no compression,
+    no keepalive pings (they would be measured too)."""
+    return await connect(
+        url,
+        additional_headers=headers,
+        max_size=None,
+        compression=None,
+        open_timeout=open_timeout,
+        close_timeout=2,
+        ping_interval=None,
+    )
+
+
 async def open_caller(url: str, headers: dict[str, str], stats: Stats, timeout: float):
     """Connect and wait for session.created; None (and an error counted) on failure."""
     try:
         async with asyncio.timeout(timeout):
-            ws = await connect(
-                url,
-                additional_headers=headers,
-                max_size=None,
-                compression=None,
-                open_timeout=timeout,
-                close_timeout=2,
-                ping_interval=None,
-            )
+            ws = await connect_caller(url, headers, timeout)
             while True:
                 frame = await ws.recv(decode=False)
                 match = TYPE_RE.search(frame)
@@ -146,7 +152,8 @@ async def run_caller(ws, index: int, stats: Stats) -> None:
             stats.error(f"closed by target: {exc}")
 
 
-def _cpu(proc: psutil.Process | None) -> float | None:
+def cpu_seconds(proc: psutil.Process | None) -> float | None:
+    """CPU seconds (user + system) the process has used, or None when it is gone."""
     if proc is None:
         return None
     try:
@@ -156,13 +163,19 @@ def _cpu(proc: psutil.Process | None) -> float | None:
     return times.user + times.system
 
 
-def _rss(proc: psutil.Process | None) -> int | None:
+def rss_bytes(proc: psutil.Process | None) -> int | None:
     if proc is None:
         return None
     try:
         return proc.memory_info().rss
     except psutil.Error:
         return None
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have been busy since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def nearest_rank(sorted_values: list, q: float):
@@ -194,7 +207,7 @@ async def main(args: argparse.Namespace) -> dict:
         if primer is not None:
             await primer.close()
         await asyncio.sleep(1.0)
-    rss_before = _rss(target)
+    rss_before = rss_bytes(target)
     t_connect = time.monotonic()
     sockets = []
     for start in range(0, args.concurrency, args.connect_batch):
@@ -207,7 +220,7 @@ async def main(args: argparse.Namespace) -> dict:
     emit(event="connected", sessions=len(live), seconds=round(connect_s, 2))
 
     await asyncio.sleep(args.settle)
-    rss_idle = _rss(target)
+    rss_idle = rss_bytes(target)
     connect_errors = stats.errors
     gc.collect()
     gc.freeze()
@@ -215,7 +228,7 @@ async def main(args: argparse.Namespace) -> dict:
     tasks = [asyncio.create_task(run_caller(ws, i, stats)) for i, ws in enumerate(live)]
     await asyncio.sleep(args.warmup)
 
-    cpu0 = {name: _cpu(proc) for name, proc in watched.items()}
+    cpu0 = {name: cpu_seconds(proc) for name, proc in watched.items()}
     psutil.cpu_percent(interval=None)
     stats.measuring = True
     t0 = time.monotonic()
@@ -224,7 +237,7 @@ async def main(args: argparse.Namespace) -> dict:
     stats.measuring = False
     elapsed = time.monotonic() - t0
     machine_cpu = psutil.cpu_percent(interval=None)
-    cpu1 = {name: _cpu(proc) for name, proc in watched.items()}
+    cpu1 = {name: cpu_seconds(proc) for name, proc in watched.items()}
     emit(event="measure_end")
 
     stats.stop = True

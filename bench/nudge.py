@@ -53,10 +53,9 @@ from dataclasses import dataclass, field
 
 import httpx
 import psutil
-from websockets.asyncio.client import connect
 
 from apps.realtime.simulator import Simulator, SimulatorConfig
-from bench.load import nearest_rank
+from bench.load import connect_caller, cpu_seconds, machine_busy, nearest_rank
 
 MODEL = "gpt-realtime"
 NUDGE_TIMEOUT = 5.0  # s: one nudge, POST to response.done at the caller
@@ -145,15 +144,7 @@ class Caller:
 
     @classmethod
     async def open(cls, url: str, token: str) -> Caller:
-        ws = await connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            max_size=None,
-            compression=None,
-            open_timeout=10,
-            close_timeout=2,
-            ping_interval=None,
-        )
+        ws = await connect_caller(url, {"Authorization": f"Bearer {token}"}, 10)
         async with asyncio.timeout(10):
             while True:
                 event = json.loads(await ws.recv())
@@ -227,10 +218,9 @@ class Bench:
                 return at
         return None
 
-    async def nudge(self, caller: Caller, index: int) -> dict:
-        """One nudge, to the end of its response; the sample's times (monotonic seconds)."""
+    async def post_nudge(self, caller: Caller, index: int) -> tuple[httpx.Response, str, float, float]:
+        """POST one nudge; (response, request id, sent, answered). Anything but 202 raises."""
         body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(index)}}
-        expected = caller.dones + 1
         response, sent, answered = await timed_request(
             self.client,
             "POST",
@@ -241,6 +231,12 @@ class Bench:
         if response.status_code != 202:
             raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
         request_id = response.json()["id"]
+        return response, request_id, sent, answered
+
+    async def nudge(self, caller: Caller, index: int) -> dict:
+        """One nudge, to the end of its response; the sample's times (monotonic seconds)."""
+        expected = caller.dones + 1
+        response, request_id, sent, answered = await self.post_nudge(caller, index)
         await caller.wait_dones(expected, NUDGE_TIMEOUT)
         upstream = self.upstream_time(caller.session_id, request_id)
         if upstream is None:
@@ -251,17 +247,7 @@ class Bench:
     async def open_nudge(self, caller: Caller, index: int, scheduled: float) -> dict:
         """One open-loop nudge: posted at its scheduled time, done when the simulator has its
         `response.create` (other nudges of the session may be in flight meanwhile)."""
-        body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(index)}}
-        response, sent, answered = await timed_request(
-            self.client,
-            "POST",
-            f"{self.http_base}/api/v1/sessions/{caller.session_id}/responses",
-            json=body,
-            headers=self.auth,
-        )
-        if response.status_code != 202:
-            raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
-        request_id = response.json()["id"]
+        response, request_id, sent, answered = await self.post_nudge(caller, index)
         async with asyncio.timeout(NUDGE_TIMEOUT):
             while (upstream := self.upstream_time(caller.session_id, request_id)) is None:
                 if caller.closed:
@@ -360,8 +346,9 @@ class Bench:
                 )
                 gc.collect()
                 gc.disable()  # the measuring process's own collector pauses stay out
+                server, me = psutil.Process(self.server_pid), psutil.Process()
                 try:
-                    cpu_before = _cpu(self.server_pid), _cpu(None), _machine_busy()
+                    cpu_before = cpu_seconds(server), cpu_seconds(me), machine_busy()
                     measure_start = time.monotonic()
                     if period is None:
                         series = [
@@ -384,7 +371,7 @@ class Bench:
                         ]
                     await asyncio.gather(*series)
                     measured = time.monotonic() - measure_start
-                    cpu_after = _cpu(self.server_pid), _cpu(None), _machine_busy()
+                    cpu_after = cpu_seconds(server), cpu_seconds(me), machine_busy()
                 finally:
                     gc.enable()
         except TimeoutError:
@@ -420,17 +407,6 @@ class Bench:
         result["other_cpu_share"] = other / ((psutil.cpu_count() or 1) * measured)
         result["measured_s"] = measured
         return result
-
-
-def _cpu(pid: int | None) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
-def _machine_busy() -> float:
-    """CPU seconds all cores have been busy since boot."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def analyse(samples: list[dict]) -> dict:

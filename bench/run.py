@@ -220,10 +220,13 @@ class Runner:
 
     # --- set-up ------------------------------------------------------------------------------
 
-    async def start_simulator(self) -> Proc:
+    async def spawn_simulator(
+        self, name: str, *, deltas: int, interval: float, env: dict[str, str] | None = None
+    ) -> tuple[Proc, int]:
+        """`manage.py simulate_upstream` on a free port, listening; (process, port)."""
         port = free_port()
         sim = await self.spawn(
-            "simulator",
+            name,
             [
                 PY,
                 "manage.py",
@@ -233,12 +236,17 @@ class Runner:
                 "--port",
                 str(port),
                 "--deltas",
-                str(SIM_DELTAS),
+                str(deltas),
                 "--interval",
-                str(SIM_INTERVAL),
+                str(interval),
             ],
+            env=env,
         )
         await self.wait_port(sim, port)
+        return sim, port
+
+    async def start_simulator(self) -> Proc:
+        sim, _ = await self.spawn_simulator("simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             match = re.search(r"ws://\S+/v1", sim.log_path.read_text(errors="replace"))
@@ -248,13 +256,17 @@ class Runner:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"simulator printed no URL:\n{sim.log_tail()}")
 
-    async def prepare_relay(self) -> None:
-        await self.run_command([PY, "manage.py", "migrate", "--noinput"])
-        out = await self.run_command([PY, "manage.py", "create_api_token", "--name", "bench"])
+    async def migrate_with_token(self, name: str, env: dict[str, str] | None = None) -> str:
+        """`manage.py migrate`, then `create_api_token --name NAME`; the plain token."""
+        await self.run_command([PY, "manage.py", "migrate", "--noinput"], env=env)
+        out = await self.run_command([PY, "manage.py", "create_api_token", "--name", name], env=env)
         lines = [line.strip() for line in out.splitlines() if line.strip()]
         if not lines:
             raise RuntimeError("create_api_token printed no token")
-        self.token = lines[-1]
+        return lines[-1]
+
+    async def prepare_relay(self) -> None:
+        self.token = await self.migrate_with_token("bench")
 
     def target_argv(self, key: str, port: int) -> list[str]:
         daphne = [str(BIN / "daphne"), "-b", HOST, "-p", str(port)]
@@ -475,11 +487,7 @@ async def run_nudge(runner: Runner, args: argparse.Namespace) -> dict:
                     "DJANGO_DEBUG": debug,
                     "DATABASE_URL": f"sqlite:///{runner.workdir / f'nudge-debug-{debug}.sqlite3'}",
                 }
-                await runner.run_command([PY, "manage.py", "migrate", "--noinput"], env=server_env)
-                out = await runner.run_command(
-                    [PY, "manage.py", "create_api_token", "--name", "bench-nudge"], env=server_env
-                )
-                token = [line.strip() for line in out.splitlines() if line.strip()][-1]
+                token = await runner.migrate_with_token("bench-nudge", env=server_env)
                 port = free_port()
                 handle = await runner.spawn(
                     f"nudge-relay-debug-{debug}",
@@ -561,13 +569,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+LOG_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+ID_RE = re.compile(r"(?<=[.:_!-])[0-9a-f]{16,}|[0-9a-f]{8}-[0-9a-f-]{27}")
+
+
 def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
-    """Count the warnings, errors and tracebacks a target logged, and keep a few examples
-    (lines matching `ignore` are not counted)."""
-    counts = collections.Counter()
+    """Count the warnings, errors and tracebacks a target logged, keep a few examples, and
+    group them by kind (ids masked; first and last time, count). Lines matching `ignore` are
+    not counted."""
+    counts: collections.Counter = collections.Counter()
     samples: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
+    kinds: dict[str, tuple[str, str, int]] = {}  # line with ids masked → first, last, count
+    with contextlib.suppress(OSError), open(path, errors="replace") as log:
+        for line in log:
+            line = line.rstrip("\n")
             if ignore is not None and ignore.search(line):
                 continue
             kind = None
@@ -581,7 +596,16 @@ def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
                 counts[kind] += 1
                 if len(samples) < 8:
                     samples.append(line[:300])
-    return {"counts": dict(counts), "samples": samples}
+                stamp = line[11:19] if LOG_STAMP.match(line) else "?"
+                what = ID_RE.sub("X", line[24:] if stamp != "?" else line)[:160]
+                first, _, n = kinds.get(what, (stamp, stamp, 0))
+                kinds[what] = (first, stamp, n + 1)
+    top = sorted(kinds.items(), key=lambda kv: -kv[1][2])[:6]
+    return {
+        "counts": dict(counts),
+        "samples": samples,
+        "kinds": [{"line": k, "first": f, "last": la, "n": n} for k, (f, la, n) in top],
+    }
 
 
 def say(text: str) -> None:

@@ -57,10 +57,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from apps.realtime.simulator import Simulator, SimulatorConfig
+from bench.load import connect_caller, rss_bytes
 from bench.nudge import percentile
 
 HOST = "127.0.0.1"
@@ -85,8 +85,6 @@ ERROR = b"error"
 # Expected in Daphne's log: 404s of the "is the session live yet" polls before its row is
 # written (Django logs 4xx answers as warnings).
 EXPECTED_LOG = re.compile(r"WARNING django\.request Not Found: /api/v1/sessions/[\w-]+$")
-LOG_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
-ID_RE = re.compile(r"(?<=[.:_!-])[0-9a-f]{16,}|[0-9a-f]{8}-[0-9a-f-]{27}")
 
 
 @dataclass(frozen=True)
@@ -296,15 +294,7 @@ class SoakCaller:
 
     @classmethod
     async def open(cls, index: int, server: str, url: str, token: str) -> SoakCaller:
-        ws = await connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            max_size=None,
-            compression=None,
-            open_timeout=30,
-            close_timeout=2,
-            ping_interval=None,
-        )
+        ws = await connect_caller(url, {"Authorization": f"Bearer {token}"}, 30)
         try:
             async with asyncio.timeout(30):
                 while True:
@@ -421,25 +411,6 @@ def summary(values: list[float]) -> dict:
     }
 
 
-def _cpu_s(proc: psutil.Process | None) -> float | None:
-    if proc is None:
-        return None
-    try:
-        times = proc.cpu_times()
-        return times.user + times.system
-    except psutil.Error:
-        return None
-
-
-def _rss(proc: psutil.Process | None) -> int | None:
-    if proc is None:
-        return None
-    try:
-        return proc.memory_info().rss
-    except psutil.Error:
-        return None
-
-
 class ProcessGroup:
     """CPU seconds and RSS of a process and (optionally) its children, which may come and go
     (PostgreSQL's backends): the children's CPU is counted while they are alive, plus what
@@ -467,7 +438,7 @@ class ProcessGroup:
         return total
 
     def rss(self) -> int:
-        return sum(_rss(m) or 0 for m in self.members())
+        return sum(rss_bytes(m) or 0 for m in self.members())
 
 
 @dataclass
@@ -1077,39 +1048,6 @@ def _pg_sessions(postgres) -> int | None:
         return None
 
 
-def scan_log(path: Path) -> dict:
-    """Warnings, errors and tracebacks in a Daphne log (expected 404 polls left out)."""
-    counts: collections.Counter = collections.Counter()
-    samples: list[str] = []
-    kinds: dict[str, tuple[str, str, int]] = {}  # line with ids masked → first, last, count
-    with contextlib.suppress(OSError), open(path, errors="replace") as log:
-        for line in log:
-            line = line.rstrip("\n")
-            if EXPECTED_LOG.search(line):
-                continue
-            kind = None
-            if "Traceback" in line:
-                kind = "traceback"
-            elif re.search(r"\b(ERROR|CRITICAL)\b", line):
-                kind = "error"
-            elif re.search(r"\bWARNING\b", line):
-                kind = "warning"
-            if kind:
-                counts[kind] += 1
-                if len(samples) < 8:
-                    samples.append(line[:300])
-                stamp = line[11:19] if LOG_STAMP.match(line) else "?"
-                what = ID_RE.sub("X", line[24:] if stamp != "?" else line)[:160]
-                first, last, n = kinds.get(what, (stamp, stamp, 0))
-                kinds[what] = (first, stamp, n + 1)
-    top = sorted(kinds.items(), key=lambda kv: -kv[1][2])[:6]
-    return {
-        "counts": dict(counts),
-        "samples": samples,
-        "kinds": [{"line": k, "first": f, "last": la, "n": n} for k, (f, la, n) in top],
-    }
-
-
 async def run(
     runner, *, quick: bool, out: Path, say=print, duration: float | None = None, warmup: float | None = None
 ) -> dict:
@@ -1145,11 +1083,7 @@ async def run(
             for name in ("BENCH_UPSTREAM_URL", "OC_PROCESSES", "WEB_CONCURRENCY", "REDIS_URL"):
                 env.pop(name, None)
             env.update(DATABASE_URL=postgres.url, DJANGO_DEBUG="false")
-            await runner.run_command([PY, "manage.py", "migrate", "--noinput"], env=env)
-            out_token = await runner.run_command(
-                [PY, "manage.py", "create_api_token", "--name", "bench-soak"], env=env
-            )
-            token = [line.strip() for line in out_token.splitlines() if line.strip()][-1]
+            token = await runner.migrate_with_token("bench-soak", env=env)
             env.update(
                 REDIS_URL=redis.url,
                 OC_PROCESSES="2",
@@ -1235,7 +1169,9 @@ async def run(
             if server is not None:
                 await asyncio.to_thread(server.stop)
     result["exited_early"] = {name: rc for name, rc in exits.items() if rc is not None}
-    result["logs"] = {h.name: scan_log(h.log_path) for h in handles}
+    from bench.run import scan_log
+
+    result["logs"] = {h.name: scan_log(h.log_path, ignore=EXPECTED_LOG) for h in handles}
     result["log_bytes"] = {h.name: _size(h.log_path) for h in handles}
     if soak is not None and soak.samples:
         creates = soak.sim.sim.creates
