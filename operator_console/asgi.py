@@ -16,8 +16,10 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_asgi_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
-from django.core.exceptions import ImproperlyConfigured  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured, RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
 
 from apps.sessions.checks import several_processes_need_redis  # noqa: E402
 
@@ -28,22 +30,42 @@ for error in several_processes_need_redis():
 
 
 class ApiHandler(ASGIHandler):
-    """Django for `/api/`: the same URLs and views, with `OC_API_MIDDLEWARE` only, and no
-    thread of its own per request.
+    """Django for `/api/`: the same URLs and views, with `OC_API_MIDDLEWARE` only, and nothing
+    per request that goes through a thread.
 
-    Django runs each request in a `ThreadSensitiveContext`: with asgiref 3.13 a thread started
-    for the request's sync work and another started to join it at the end. The REST hook's
-    views are async and do their database work on `apps.sessions.db`'s threads, so a request's
-    only sync steps are Django's request signals and `response.close()`; they run on asgiref's
-    one shared thread instead, and no thread is started per request.
+    Django's `ASGIHandler.handle` sends `request_started` and closes the response (which sends
+    `request_finished`) through `sync_to_async`, and, with asgiref 3.13, runs each request in a
+    `ThreadSensitiveContext` that starts a thread for the request's sync work and another to
+    join it. The REST hook's views are async and do their database work on
+    `apps.sessions.db`'s threads; the signals' receivers (Django's `reset_queries`,
+    `close_old_connections`, `close_caches`, `reset_urlconf`) touch only the calling thread's
+    connections, caches and URLconf, and the loop's thread has none of them. So here the
+    signals are sent inline, and the view runs as the request's own task: no thread trips, and
+    no second task to listen for a disconnect (a REST call that was stored is answered and
+    pinged whether or not its client is still there).
     """
 
     async def __call__(self, scope, receive, send):
-        await self.handle(scope, receive, send)
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        response = None
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                response = await self.run_get_response(request)
+            await self.send_response(response, send)
+        finally:
+            body_file.close()
+            if response is not None:
+                response.close()  # sends request_finished
 
     def load_middleware(self, is_async=False):
         everything = settings.MIDDLEWARE
-        settings.MIDDLEWARE = [m for m in everything if m in settings.OC_API_MIDDLEWARE]
+        settings.MIDDLEWARE = settings.OC_API_MIDDLEWARE
         try:
             super().load_middleware(is_async=is_async)
         finally:
