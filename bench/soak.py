@@ -1336,8 +1336,8 @@ def render_section(result: dict | None) -> str:
         f"{_f(rtt['p90'], 2)} | {_f(rtt['p99'], 2)} | {_f(rtt['max'], 2)} | {_f(rtt['mean'], 2)} |"
     )
     labels = {
-        "auth": "in the POST: token lookup (`Server-Timing` auth)",
-        "db": "in the POST: database write (`Server-Timing` db)",
+        "auth": "in the POST: token lookup apart (`Server-Timing` auth)",
+        "db": "in the POST: token check and write, one database call (`Server-Timing` db)",
         "ping": "in the POST: ping over Redis (`Server-Timing` ping)",
     }
     for name, label in labels.items():
@@ -1357,8 +1357,9 @@ def render_section(result: dict | None) -> str:
         w(
             f"The slowest 1% of direct nudges ({tail['n']}, from {_f(tail['from_ms'], 1)} ms; "
             f"posted to {_counts(tail['via'])}), means: latency {_f(tail['latency'], 1)} ms = "
-            f"POST round trip {_f(tail['rtt'], 1)} ms (token lookup {_f(tail['auth'], 1)}, "
-            f"database write {_f(tail['db'], 1)}, ping {_f(tail['ping'], 1)}, the rest of the "
+            f"POST round trip {_f(tail['rtt'], 1)} ms ("
+            + (f"token lookup {_f(tail['auth'], 1)}, " if tail["auth"] is not None else "")
+            + f"database call {_f(tail['db'], 1)}, ping {_f(tail['ping'], 1)}, the rest of the "
             f"request in Daphne, Django and the network {_f(untimed, 1)}) + after the answer "
             f"{_f(tail['after_answer'], 1)} ms (the ping's delivery through Redis to the holding "
             "process, its actor, the upstream send, where not already done before the answer).\n"

@@ -15,7 +15,10 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -25,6 +28,7 @@ from ninja import Body, Header, NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
+from pydantic import ValidationError as PydanticValidationError
 
 from apps.api.schemas import (
     ErrorOut,
@@ -40,7 +44,7 @@ from apps.api.schemas import (
 from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import selectors, services, tokens
 from apps.sessions.db import db_async
-from apps.sessions.models import ApiToken
+from apps.sessions.models import ApiToken, ResponseRequest
 
 events_log = logging.getLogger("oc.events")
 
@@ -77,58 +81,115 @@ class RateLimited(Exception):
 class TokenBuckets:
     """Per-token rate limit: `rate` requests a second on average, bursts of `burst`.
 
-    Kept in each process: with N processes a token may make N times the rate in all.
+    Kept in each process: with N processes a token may make N times the rate in all. Taken on
+    the event loop or on a database thread (a submit checks its token with its write), so
+    under a lock.
     """
 
     def __init__(self) -> None:
         self._buckets: dict[int, tuple[float, float]] = {}  # token id → (tokens, at)
+        self._lock = threading.Lock()
 
     def take(self, key: int) -> float:
         """Take one request's worth; 0.0 if allowed, else the seconds until one is."""
         rate, burst = settings.OC_API_RATE, settings.OC_API_BURST
-        now = time.monotonic()
-        tokens, at = self._buckets.get(key, (burst, now))
-        tokens = min(burst, tokens + (now - at) * rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / rate
-        self._buckets[key] = (tokens - 1.0, now)
-        return 0.0
+        with self._lock:
+            now = time.monotonic()
+            tokens, at = self._buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - at) * rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return (1.0 - tokens) / rate
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
 
 
 rate_limiter = TokenBuckets()
 
 
-class TokenAuth(HttpBearer):
-    """`Authorization: Bearer <token>` with the given scope: 401 without a valid token, 403 without the scope."""
+def authenticate(plain: str, scope: str) -> ApiToken:
+    """The active token with this value: AuthenticationError (401) if there is none,
+    MissingScope (403) without `scope`, RateLimited (429) over its rate. Database work."""
+    token = tokens.api_token_lookup(plain=plain)
+    if token is None:
+        raise AuthenticationError
+    if not token.has_scope(scope):
+        raise MissingScope(scope)
+    wait = rate_limiter.take(token.pk)
+    if wait:
+        raise RateLimited(wait)
+    return token
 
-    def __init__(self, scope: str) -> None:
+
+@dataclass(frozen=True)
+class UncheckedToken:
+    """A bearer token not looked up yet: checked by the view, in its own database call."""
+
+    plain: str
+    scope: str
+
+    def check(self) -> ApiToken:
+        return authenticate(self.plain, self.scope)
+
+
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer <token>` with the given scope: 401 without a valid token, 403
+    without the scope, 429 over the token's rate.
+
+    `with_the_write`: for the view that stores a response request, the hot path. When the
+    request is otherwise well-formed, the token is left for the view to check in the same
+    database call as the write (`UncheckedToken`): one trip to a database thread and one pool
+    checkout fewer. A request that would be refused for its input has its token checked here
+    first, so a client without a valid token is told 401 whatever else is wrong.
+    """
+
+    def __init__(self, scope: str, *, with_the_write: Callable[[HttpRequest], bool] | None = None) -> None:
         super().__init__()
         self.scope = scope
+        self.with_the_write = with_the_write
 
-    async def __call__(self, request: HttpRequest) -> ApiToken | None:
+    async def __call__(self, request: HttpRequest) -> ApiToken | UncheckedToken | None:
         timing = _timing(request)  # the view's work starts here
-        started = time.perf_counter()
         scheme, _, plain = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not plain.strip():
+        plain = plain.strip()
+        if scheme.lower() != "bearer" or not plain:
             return None
-        token = await db_async(tokens.api_token_lookup)(plain=plain.strip())
-        timing["auth"] = time.perf_counter() - started
-        if token is None:
-            return None
-        if not token.has_scope(self.scope):
-            raise MissingScope(self.scope)
-        wait = rate_limiter.take(token.pk)
-        if wait:
-            raise RateLimited(wait)
-        return token
+        if self.with_the_write is not None and self.with_the_write(request):
+            return UncheckedToken(plain, self.scope)
+        started = time.perf_counter()
+        try:
+            return await db_async(authenticate)(plain, self.scope)
+        finally:
+            timing["auth"] = time.perf_counter() - started
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
         raise NotImplementedError("TokenAuth authenticates in __call__")
 
 
+def _well_formed_submit(request: HttpRequest) -> bool:
+    """Whether a POST of a response request passes input validation, as the view's parameters
+    would check it: Idempotency-Key's length, the body's size, its JSON, `ResponseOverrides`."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        return False
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return False
+    if len(body) > MAX_BODY_BYTES:
+        return False
+    try:
+        data = json.loads(body) if body.strip() else None
+        if data is not None:
+            ResponseOverrides.model_validate(data)
+    except (ValueError, PydanticValidationError):
+        return False
+    return True
+
+
 READ = TokenAuth(ApiToken.Scope.SESSIONS_READ)
 WRITE = TokenAuth(ApiToken.Scope.RESPONSES_WRITE)
+SUBMIT = TokenAuth(ApiToken.Scope.RESPONSES_WRITE, with_the_write=_well_formed_submit)
 
 api = NinjaAPI(
     title="Operator Console REST hook",
@@ -310,21 +371,18 @@ async def get_session(request: HttpRequest, session_id: str):
 # ---------------------------------------------------------------------------- responses
 
 
-def _idempotency(request: HttpRequest, key: str | None, session_id: str, body: dict) -> services.Idempotency | None:
+def _idempotency(key: str | None, session_id: str, body: dict) -> tuple[str, str] | None:
+    """(key, digest of the request it is used for), or None without a key."""
     if key is None:
         return None
     canonical = json.dumps({"session": session_id, "body": body}, sort_keys=True, separators=(",", ":"))
-    return services.Idempotency(
-        scope=f"token:{request.auth.pk}",
-        key=key,
-        digest=hashlib.sha256(canonical.encode()).hexdigest(),
-    )
+    return key, hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @api.post(
     "/sessions/{session_id}/responses",
     response={200: RequestOut, 202: RequestOut, **_errors(400, 401, 403, 404, 409, 413, 422, 429)},
-    auth=WRITE,
+    auth=SUBMIT,
     summary="Request the next response",
     description=(
         "Stored, then queued behind the session's other requests (out-of-band ones, "
@@ -342,17 +400,27 @@ async def submit_response(
     ),
 ):
     overrides = payload if payload is not None else ResponseOverrides()
+    keyed = _idempotency(idempotency_key, session_id, overrides.model_dump(mode="json", exclude_unset=True))
+
+    def store() -> tuple[ResponseRequest, bool]:
+        # The token first (401, 403, 429 before anything about the session), then the write,
+        # in one call on a database thread.
+        if isinstance(request.auth, UncheckedToken):
+            request.auth = request.auth.check()
+        token = request.auth
+        return services.response_request_store_now(
+            session_id=session_id,
+            overrides=overrides,
+            origin="api",
+            requested_by=f"token:{token.name}",
+            idempotency=services.Idempotency(scope=f"token:{token.pk}", key=keyed[0], digest=keyed[1])
+            if keyed
+            else None,
+        )
+
     timing = _timing(request)
     started = time.perf_counter()
-    row, created = await services.response_request_store(
-        session_id=session_id,
-        overrides=overrides,
-        origin="api",
-        requested_by=f"token:{request.auth.name}",
-        idempotency=_idempotency(
-            request, idempotency_key, session_id, overrides.model_dump(mode="json", exclude_unset=True)
-        ),
-    )
+    row, created = await db_async(store)()
     stored = time.perf_counter()
     timing["db"] = stored - started
     if created:

@@ -134,7 +134,7 @@ async def response_request_store(
     idempotency: Idempotency | None = None,
 ) -> tuple[ResponseRequest, bool]:
     """The first half of `response_request_submit`: the durable write, without the ping."""
-    return await db_async(_store_request)(
+    return await db_async(response_request_store_now)(
         session_id=session_id,
         overrides=overrides,
         origin=origin,
@@ -143,14 +143,15 @@ async def response_request_store(
     )
 
 
-def _store_request(
+def response_request_store_now(
     *,
     session_id: str,
     overrides: ResponseOverrides,
     origin: str,
     requested_by: str,
-    idempotency: Idempotency | None,
+    idempotency: Idempotency | None = None,
 ) -> tuple[ResponseRequest, bool]:
+    """`response_request_store` for code already on a database thread."""
     try:
         with serialised_write(), transaction.atomic():
             return _store_request_locked(

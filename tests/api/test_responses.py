@@ -406,3 +406,59 @@ async def test_a_token_over_its_rate_is_refused_with_429_and_retry_after(rest, s
     refused = answers[-1]
     assert refused.json()["error"]["code"] == "rate_limited" and int(refused.headers["Retry-After"]) >= 1
     assert "1 requests a second" in refused.json()["error"]["message"]
+
+
+async def test_a_submit_over_its_rate_is_refused_before_it_is_stored(caller, rest, settings):
+    settings.OC_API_RATE, settings.OC_API_BURST = 1.0, 2
+    url = f"/sessions/{caller.session_id}/responses"
+    answers = [await rest.post(url, json={}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[-1].json()["error"]["code"] == "rate_limited" and answers[-1].headers["Retry-After"]
+    stored = await ResponseRequest.objects.filter(session__upstream_id=caller.session_id, origin="api").acount()
+    assert stored == 2, "the refused submit stored nothing"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({}, {}),  # well-formed: the token is checked with the write
+        ({"metadata": {"k": 1}}, {}),  # 422 for anyone with a token
+        ("{not json", {}),  # 400
+        ({"instructions": "x" * 70_000}, {}),  # 413
+        ({}, {"Idempotency-Key": "k" * 256}),  # 422 on the header
+    ],
+    ids=["well-formed", "invalid-field", "malformed-json", "too-large", "long-idempotency-key"],
+)
+async def test_without_a_valid_token_every_submit_is_401_whatever_else_is_wrong(
+    caller, rest, narrow_tokens, body, headers
+):
+    content = body if isinstance(body, str) else json.dumps(body)
+    for url in (f"/sessions/{caller.session_id}/responses", "/sessions/sess_nope/responses"):
+        answer = await rest.post(
+            url, content=content, headers={"Authorization": "Bearer oct_unknown", **headers}
+        )
+        assert answer.status_code == 401, (url, answer.json())
+        reader = await rest.post(
+            url, content=content, headers={"Authorization": f"Bearer {narrow_tokens['reader']}", **headers}
+        )
+        assert reader.status_code == 403, (url, reader.json())
+    assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).aexists()
+
+
+async def test_a_well_formed_submit_checks_its_token_in_the_same_database_call_as_the_write(
+    caller, rest, monkeypatch
+):
+    from channels.db import DatabaseSyncToAsync
+
+    calls: list[str] = []
+    original = DatabaseSyncToAsync.__call__
+
+    async def spy(self, *args, **kwargs):
+        calls.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatabaseSyncToAsync, "__call__", spy)
+    answer = await rest.post(f"/sessions/{caller.session_id}/responses", json={"metadata": {"n": "1"}})
+    assert answer.status_code == 202
+    assert len(calls) == 1, f"database calls for one submit: {calls}"
+    assert answer.json()["requested_by"] == "token:script", "the checked token names the request"
