@@ -26,6 +26,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from apps.sessions import sql
 from apps.sessions.db import serialised_write
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def apply_batch(batch: list[Operation]) -> None:
 
     def drain() -> None:
         for model, instances in inserts.items():
-            _insert_many(model, instances)
+            sql.insert_rows(model, instances)
         for (model, names), rows in updates.items():
             _update_many(model, names, rows)
         inserts.clear()
@@ -175,24 +176,6 @@ def apply_batch(batch: list[Operation]) -> None:
             drain()
             operation()
     drain()
-
-
-def _insert_many(model: type, instances: list) -> None:
-    """INSERT the instances in one executemany (the relay chooses every primary key)."""
-    meta = model._meta
-    fields = [field for field in meta.concrete_fields if not field.generated]
-    quote = connection.ops.quote_name
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(
-        quote(meta.db_table),
-        ", ".join(quote(field.column) for field in fields),
-        ", ".join(["%s"] * len(fields)),
-    )
-    params = [
-        [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
-        for instance in instances
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 def _update_many(model: type, names: tuple[str, ...], rows: list[UpdateRow]) -> None:

@@ -44,22 +44,21 @@ def session_list(*, status: str | None = None, limit: int = 100) -> list[LiveSes
     return list(sessions[:limit])
 
 
-def _nameable(key: str) -> bool:
+def nameable(key: str) -> bool:
     """Whether a row could have this id. None has a NUL in it, and PostgreSQL refuses a NUL in
     a query (an error, so a 500, where the answer is "not found")."""
     return "\x00" not in key
 
 
-def session_row(*, session_id: str, for_update: bool = False) -> LiveSession | None:
-    """The session with this public id, without counts (`for_update`: locked till commit)."""
-    if not _nameable(session_id):
+def session_row(*, session_id: str) -> LiveSession | None:
+    """The session with this public id, without counts."""
+    if not nameable(session_id):
         return None
-    sessions = LiveSession.objects.select_for_update() if for_update else LiveSession.objects
-    return sessions.filter(upstream_id=session_id).first()
+    return LiveSession.objects.filter(upstream_id=session_id).first()
 
 
 def session_get(*, session_id: str) -> LiveSession | None:
-    if not _nameable(session_id):
+    if not nameable(session_id):
         return None
     return sessions_with_counts().filter(upstream_id=session_id).first()
 
@@ -79,7 +78,7 @@ def request_list(*, session: LiveSession, limit: int = 1000) -> list[ResponseReq
 
 
 def request_get(*, request_id: str) -> ResponseRequest | None:
-    if not _nameable(request_id):
+    if not nameable(request_id):
         return None
     return ResponseRequest.objects.select_related("session").filter(id=request_id).first()
 

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from apps.realtime.overrides import ResponseOverrides
-from apps.sessions import groups, selectors
+from apps.sessions import groups, selectors, sql
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
 
@@ -178,7 +178,8 @@ def _store_request_locked(
     idempotency: Idempotency | None,
 ) -> tuple[ResponseRequest, bool]:
     # The lock serialises submissions to one session, so the queue limit holds under races.
-    session = selectors.session_row(session_id=session_id, for_update=True)
+    # These statements are written out (apps/sessions/sql.py): this is the REST hook's hot path.
+    session = sql.lock_session(session_id) if selectors.nameable(session_id) else None
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
     if idempotency is not None:
@@ -191,15 +192,13 @@ def _store_request_locked(
             return _idempotent_repeat(idempotency, prior), False
     if session.status != LiveSession.Status.LIVE:
         raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
-    queued = ResponseRequest.objects.filter(
-        session=session, status=ResponseRequest.Status.QUEUED
-    ).count()
+    queued = sql.count_requests(session, ResponseRequest.Status.QUEUED)
     if queued >= settings.OC_QUEUE_LIMIT:
         raise QueueFull(
             f"Session '{session_id}' already has {queued} queued requests; "
             f"the limit is {settings.OC_QUEUE_LIMIT}. Retry when some have been sent."
         )
-    request = ResponseRequest.objects.create(
+    request = ResponseRequest(
         id=f"req_{uuid.uuid4().hex}",
         session=session,
         origin=origin,
@@ -213,6 +212,7 @@ def _store_request_locked(
         idempotency_key=idempotency.key if idempotency else None,
         idempotency_digest=idempotency.digest if idempotency else "",
     )
+    sql.insert_rows(ResponseRequest, [request])
     transaction.on_commit(
         lambda: events_log.info(
             json.dumps(

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from apps.sessions import sql
 from apps.sessions.models import ApiToken
 
 # last_used_at is a hint for humans, so it is written at most this often per token.
@@ -49,7 +50,7 @@ def api_token_lookup(*, plain: str) -> ApiToken | None:
     """The active token with this value, whatever its scopes, or None. Records its use."""
     if not plain:
         return None
-    token = ApiToken.objects.filter(digest=ApiToken.hash(plain), revoked_at__isnull=True).first()
+    token = sql.active_token(ApiToken.hash(plain))
     if token is None:
         return None
     now = timezone.now()

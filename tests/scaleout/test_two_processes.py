@@ -462,3 +462,40 @@ async def test_two_hundred_callers_leaving_at_once_leave_every_group(start_pair,
     finally:
         await asyncio.gather(*[caller.close() for caller in callers])
         await client.aclose()
+
+
+async def test_submits_racing_through_both_processes_stop_exactly_at_the_queue_limit(
+    start_pair, rest_clients, scaleout_db, simulator
+):
+    # The session's row lock (SELECT … FOR UPDATE on PostgreSQL) serialises the submits of
+    # both processes, so the queue count each one makes sees every earlier insert.
+    a, b = start_pair(OC_QUEUE_LIMIT="32")
+    rest_a, rest_b = rest_clients(a), rest_clients(b)
+    caller = await Caller.connect(a, scaleout_db.token)
+    try:
+        await get_live(rest_b, caller.session_id)
+        with simulator.configured(delta_interval=1.0):  # the caller's response outlasts the burst
+            await caller.say("Hold on.")
+            await caller.socket.send(json.dumps({"type": "response.create"}))
+            await caller.wait_for("response.created")
+            url = f"/sessions/{caller.session_id}/responses"
+            answers = await asyncio.gather(
+                *(
+                    (rest_a if n % 2 else rest_b).post(url, json={"metadata": {"n": str(n), "ü": "ß"}})
+                    for n in range(80)
+                )
+            )
+            statuses = Counter(answer.status_code for answer in answers)
+            assert statuses == {202: 32, 429: 48}, statuses
+            assert {answer.json()["error"]["code"] for answer in answers if answer.status_code == 429} == {
+                "queue_full"
+            }
+            listed = (await rest_a.get(url)).json()["items"]
+            api_rows = [row for row in listed if row["origin"] == "api"]
+            assert len(api_rows) == 32 and all(row["status"] == "queued" for row in api_rows)
+            accepted = {answer.json()["id"]: answer.json()["metadata"] for answer in answers if answer.status_code == 202}
+            assert {row["id"]: row["metadata"] for row in api_rows} == accepted, "metadata stored as sent"
+            assert all(meta["ü"] == "ß" for meta in accepted.values())
+        assert not crashes(a, b), crashes(a, b)
+    finally:
+        await caller.close()
