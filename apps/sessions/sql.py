@@ -5,7 +5,8 @@ statement: more than the statement's round trip to PostgreSQL. A REST submit sen
 token, the session's lock, the queue count, the insert): 1.29 ms of CPU and 1.82 ms of wall
 time through the ORM, 0.61 and 1.07 ms as written here (PostgreSQL on this machine, the whole
 database call in a loop of 1 000). It runs on a database thread that shares the GIL with the
-event loop, so the saving is also the loop's. The history writer's batches insert the same way.
+event loop, so the saving is also the loop's. The history writer's batches insert the same way
+(its updates are written out beside it, in history.py).
 
 Table and column names come from the models' `_meta`, values go through each field's own
 `get_db_prep_save` (JSON, dates, UUIDs as each backend wants them), and values read back
