@@ -8,7 +8,7 @@ import httpx
 import pytest
 from asgiref.sync import SyncToAsync
 
-from operator_console.asgi import application
+from operator_console.asgi import ApiHandler, application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,13 +29,11 @@ async def test_a_host_outside_allowed_hosts_is_refused(rest_token):
     assert answer.status_code == 400, "CommonMiddleware's host check runs for the REST hook"
 
 
-async def test_a_response_hook_answer_still_gets_the_response_hooks(settings, rest):
+async def test_a_request_hook_that_answers_still_gets_the_response_hooks(settings):
     # A request hook that answers (SecurityMiddleware's HTTPS redirect) is followed by the
     # response hooks of the middleware that ran, as in Django's own chain.
     settings.SECURE_SSL_REDIRECT = True
-    from operator_console import asgi
-
-    handler = asgi.ApiHandler()
+    handler = ApiHandler()  # its middleware reads the settings as it is made
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=handler), base_url="http://127.0.0.1/api/v1"
     ) as client:
