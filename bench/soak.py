@@ -1148,11 +1148,10 @@ async def run(
                 # ~30 s, and each pause was counted as the product's latency.
                 gc.collect()
                 gc.freeze()  # the callers and the simulator live through the run
-                me = psutil.Process()
-                rss_before = me.memory_info().rss
+                rss_before = watched["bench"].rss()
                 gc.disable()  # on again once the lag probes are stopped, below
                 await soak.run_load()
-                result["harness_rss_growth"] = me.memory_info().rss - rss_before
+                result["harness_rss_growth"] = watched["bench"].rss() - rss_before
                 pg_after = await asyncio.to_thread(_pg_sessions, postgres)
                 drain_s = await soak.drain()
                 rows = await soak.read_back(time.monotonic() + max(5.0, plan.drain - drain_s))

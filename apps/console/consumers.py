@@ -19,7 +19,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.console.feed import feed
-from apps.sessions import groups
+from apps.sessions import groups, selectors
 from apps.sessions.consumers import SurvivesLayerOutages
 from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession
@@ -71,9 +71,7 @@ class ConsoleConsumer(SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
 
     async def _watch(self, session_id: str) -> None:
         await self._unwatch()
-        session = await db_async(
-            lambda: LiveSession.objects.filter(upstream_id=session_id).first()
-        )()
+        session = await db_async(selectors.session_row)(session_id=session_id)
         if session is None:
             await self.send_json({"type": "error", "message": f"No session with id '{session_id}'."})
             return
