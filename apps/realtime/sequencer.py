@@ -44,9 +44,12 @@ Rules
   tick       -> a request sent `send_timeout` ago without `response.created`: `failed`
                 (`upstream_timeout`), slot freed, next head sent; also the delayed retry.
 
-Statuses only move forward, queued -> sent -> in_progress -> terminal (steps may be skipped),
-except sent -> queued on `conversation_already_has_active_response`. Each request reaches one
-terminal status at most. An illegal input raises a SequencerError and changes nothing.
+Statuses move only as `TRANSITIONS` allows: forward, queued -> sent -> in_progress ->
+terminal (steps may be skipped), and back from sent to queued on
+`conversation_already_has_active_response`. Each request reaches one terminal status at most.
+An input that is the caller's fault raises a SequencerError and changes nothing; a status
+change the table does not allow is the sequencer's own bug and raises IllegalTransition before
+the request is changed.
 """
 
 from __future__ import annotations
@@ -87,6 +90,24 @@ TERMINAL_STATUSES: frozenset[RequestStatus] = frozenset(
     }
 )
 
+# Every status change a request may make. A request enters as `queued` (one the server started
+# enters as `in_progress`); terminal statuses have no way out.
+TRANSITIONS: Mapping[RequestStatus, frozenset[RequestStatus]] = {
+    # sent; cancelled or failed before it was; in_progress when a response.created names it
+    # after an error put it back here that turned out not to be about it.
+    RequestStatus.QUEUED: frozenset(
+        {RequestStatus.SENT, RequestStatus.IN_PROGRESS, RequestStatus.CANCELLED, RequestStatus.FAILED}
+    ),
+    # created; back to the queue on conversation_already_has_active_response (or cancelled,
+    # if a cancel was waiting for it); failed on any other error, a timeout or the session's end.
+    RequestStatus.SENT: frozenset(
+        {RequestStatus.QUEUED, RequestStatus.IN_PROGRESS, RequestStatus.CANCELLED, RequestStatus.FAILED}
+    ),
+    # whatever response.done says, or failed when the session ends first.
+    RequestStatus.IN_PROGRESS: frozenset(TERMINAL_STATUSES),
+    **{status: frozenset() for status in TERMINAL_STATUSES},
+}
+
 # `response.status` values the server reports in `response.done`.
 _DONE_STATUSES: Mapping[str, RequestStatus] = {
     "completed": RequestStatus.COMPLETED,
@@ -113,6 +134,10 @@ class DuplicateRequest(SequencerError):
 
 class InvalidRequest(SequencerError):
     """The caller's fault: a request without event_id, or whose metadata is unusable."""
+
+
+class IllegalTransition(SequencerError):
+    """Our fault: a status change that `TRANSITIONS` does not allow. Nothing was changed."""
 
 
 # ---------------------------------------------------------------------------- inputs / actions
@@ -272,7 +297,9 @@ class Sequencer:
         entry = _Entry(request=request, status=RequestStatus.QUEUED)
         self._entries[request.id] = entry
         self._by_event_id[request.event_id] = request.id
-        actions: list[Action] = [self._status(entry, RequestStatus.QUEUED, now)]
+        actions: list[Action] = [
+            StatusChanged(request_id=request.id, status=RequestStatus.QUEUED, at=now)
+        ]
         if self._closed:
             actions.append(
                 self._status(
@@ -572,6 +599,10 @@ class Sequencer:
         error_message: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> StatusChanged:
+        if status not in TRANSITIONS[entry.status]:
+            raise IllegalTransition(
+                f"request {entry.request.id!r} cannot go from {entry.status.value} to {status.value}"
+            )
         entry.status = status
         return StatusChanged(
             request_id=entry.request.id,
