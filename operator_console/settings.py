@@ -49,7 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "operator_console.static_files.AsyncWhiteNoiseMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -177,10 +177,6 @@ if OC_SESSION_STALE_AFTER < 2 * OC_HEARTBEAT_INTERVAL:
     )
 # How long a cancel, note or interrupt waits for the session's actor to answer.
 OC_ACTOR_REPLY_TIMEOUT = env_float("OC_ACTOR_REPLY_TIMEOUT", 5.0, minimum=0.1)
-# Middleware the REST hook runs (it authenticates by bearer token: sessions, CSRF, messages
-# and clickjacking do nothing for it): Django's security and common middleware, called on the
-# event loop (operator_console/api_middleware.py) instead of through a thread per hook.
-OC_API_MIDDLEWARE = ["operator_console.api_middleware.ApiMiddleware"]
 # How many server processes the deployment runs (WEB_CONCURRENCY is the platforms' spelling).
 # More than one needs REDIS_URL: a system check refuses the in-memory channel layer then.
 OC_PROCESSES = env_int("OC_PROCESSES", 1, minimum=1)

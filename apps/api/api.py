@@ -41,10 +41,10 @@ from apps.api.schemas import (
     SessionOut,
     SessionStatus,
 )
-from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import selectors, services, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken, ResponseRequest
+from apps.sessions.overrides import ResponseOverrides
 
 events_log = logging.getLogger("oc.events")
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from apps.realtime.overrides import check_text
 from apps.realtime.sequencer import RequestStatus
 from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.overrides import check_text
 from apps.sessions.selectors import origin_counts
 
 SessionStatus = Literal["connecting", "live", "ended", "failed"]

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from django.http import QueryDict
 from pydantic import ValidationError
 
-from apps.realtime.overrides import (
+from apps.realtime.sequencer import OC_REQUEST_KEY
+from apps.sessions.overrides import (
     MAX_INSTRUCTIONS_CHARS,
     MAX_METADATA_KEY_CHARS,
     MAX_METADATA_PAIRS,
     MAX_METADATA_VALUE_CHARS,
     ResponseOverrides,
 )
-from apps.realtime.sequencer import OC_REQUEST_KEY
 
 
 @dataclass

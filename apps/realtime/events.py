@@ -23,13 +23,23 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _counter = itertools.count(1)
 
 
-_COMPACT_PREFIX = b'{"type":"'
+_COMPACT_PREFIX = '{"type":"'
+_COMPACT_PREFIX_BYTES = _COMPACT_PREFIX.encode()
+
+# Deepest nesting of arrays and objects the relay reads in an event it parses.
+MAX_DEPTH = 256
 
 
 def peek_type(frame: str | bytes) -> str | None:
     """The event type if the frame starts with it, else None (then parse the frame)."""
-    if isinstance(frame, bytes) and frame.startswith(_COMPACT_PREFIX):
-        # The usual compact form, read without a regex: this runs for every relayed frame.
+    # The usual compact form is read without a regex: this runs for every relayed frame.
+    if isinstance(frame, str) and frame.startswith(_COMPACT_PREFIX):
+        end = frame.find('"', 9, 128)
+        if end > 9:
+            kind = frame[9:end]
+            if kind.isascii() and "\\" not in kind:
+                return kind
+    elif isinstance(frame, bytes) and frame.startswith(_COMPACT_PREFIX_BYTES):
         end = frame.find(b'"', 9, 128)
         if end > 9:
             kind = frame[9:end]
@@ -40,6 +50,76 @@ def peek_type(frame: str | bytes) -> str | None:
         return None
     value = match.group(1)
     return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def loads(text: str | bytes) -> Any:
+    """`json.loads`, with nesting too deep for Python's parser reported as a ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep") from None
+
+
+def loads_object(text: str | bytes) -> dict[str, Any] | None:
+    """The JSON object in `text`, or None if it holds anything else or is not JSON."""
+    try:
+        value = loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def json_type(value: Any) -> str:
+    """A parsed JSON value's type, in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored or sent on, or None. PostgreSQL refuses a NUL character
+    in text and JSON; a lone surrogate, which JSON can spell (`"\\ud800"`) but UTF-8 cannot
+    encode, would fail the send of whatever frame holds it."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which is not allowed"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode"
+    return None
+
+
+def find_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """The first string (key or value) in a parsed JSON value that `text_problem` refuses, or
+    nesting deeper than MAX_DEPTH: (its path, e.g. "response.metadata.topic", the reason)."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return None if problem is None else (path, problem)
+    if depth >= MAX_DEPTH and isinstance(value, dict | list):
+        return path, f"is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = text_problem(key)
+            if problem is not None:
+                return path, f"has a key that {problem}"
+            found = find_problem(item, f"{path}.{key}", depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_problem(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def dumps(event: Mapping[str, Any]) -> str:

@@ -1,37 +1,24 @@
-"""Opening upstream Realtime connections with the official `openai` SDK. No Django.
+"""Opening the relay's upstream Realtime connection. No Django.
 
-One `AsyncOpenAI` client is shared per (base URL, API key) in the process: a client per
-session costs close to a megabyte of memory, a shared one almost nothing per session.
-The relay moves raw frames (`recv_bytes`/`send_raw`), so no frame is parsed into SDK models
-on the hot path.
+The relay moves frames, not events: it needs the WebSocket itself, with text frames as text and
+binary frames as binary, and no parsing into SDK models on the way. So the connection is opened
+with `websockets`, as the `openai` SDK's realtime client opens it: `{base}/realtime?model=M`,
+`Authorization: Bearer <key>`. Incoming messages have no size limit (audio and large items
+pass whole).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
-import openai
+from websockets.asyncio.client import ClientConnection, connect
 
-if TYPE_CHECKING:
-    from openai.resources.realtime.realtime import AsyncRealtimeConnection
-
-_clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
-
-# The embedded simulator needs no key, but the SDK insists on one.
+# The embedded simulator needs no key; a placeholder keeps the header's shape.
 PLACEHOLDER_KEY = "sk-no-key-needed-for-the-embedded-simulator"
 
 
-def shared_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    key = (base_url, api_key)
-    client = _clients.get(key)
-    if client is None:
-        client = openai.AsyncOpenAI(
-            api_key=api_key or PLACEHOLDER_KEY,
-            websocket_base_url=base_url,
-            max_retries=0,
-        )
-        _clients[key] = client
-    return client
+def realtime_url(base_url: str, **query: str) -> str:
+    return f"{base_url.rstrip('/')}/realtime?{urlencode(query)}"
 
 
 async def open_connection(
@@ -41,24 +28,14 @@ async def open_connection(
     model: str,
     extra_headers: dict[str, str] | None = None,
     open_timeout: float = 10.0,
-) -> AsyncRealtimeConnection:
+) -> ClientConnection:
     """Connect to `{base_url}/realtime?model=…`. Raises on refusal or timeout."""
-    client = shared_client(base_url, api_key)
-    manager = client.realtime.connect(
-        model=model,
-        extra_headers=extra_headers or {},
-        websocket_connection_options={
-            "max_size": None,  # no 1 MiB cap: audio and large items pass whole
-            "open_timeout": open_timeout,
-            "close_timeout": 2.0,
-        },
+    headers = {"Authorization": f"Bearer {api_key or PLACEHOLDER_KEY}", **(extra_headers or {})}
+    return await connect(
+        realtime_url(base_url, model=model),
+        additional_headers=headers,
+        max_size=None,
+        open_timeout=open_timeout,
+        close_timeout=2.0,
+        user_agent_header="operator-console",
     )
-    return await manager.enter()
-
-
-def import_lazy_modules() -> None:
-    """Import now what the first connection would import: the SDK loads its realtime resources
-    (some 200 modules) and its HTTP stack when a client is first made and used."""
-    import websockets.asyncio.client  # noqa: F401
-
-    openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY, max_retries=0).realtime  # noqa: B018

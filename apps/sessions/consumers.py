@@ -136,7 +136,7 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
                 "try again later."
             )
             error = events.error_event(code="too_many_sessions", message=message, error_type="server_error")
-            await self.send_text(events.dumps(error))
+            await self.send(text_data=events.dumps(error))
             await self.close_with(1013, message)
             return
         headers = {
@@ -189,9 +189,10 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             await self.actor.wait_finished()
 
     # The actor's view of the caller socket.
-    async def send_text(self, text: str) -> None:
+    async def send_frame(self, frame: str | bytes) -> None:
+        message = {"type": "websocket.send", "text": frame} if type(frame) is str else {"type": "websocket.send", "bytes": frame}
         try:
-            await self.base_send({"type": "websocket.send", "text": text})
+            await self.base_send(message)
         except Exception as exc:  # the caller's socket closed under us: end the session
             log.debug("send to a closed caller socket: %r", exc)
             if self.actor is not None:

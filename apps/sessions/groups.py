@@ -16,6 +16,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import TYPE_CHECKING, Any
+
+from apps.realtime import relay
+
+if TYPE_CHECKING:
+    from apps.sessions.models import ResponseRequest
 
 SESSION_REQUEST = "session.request"
 SESSION_CANCEL = "session.cancel"
@@ -28,12 +34,13 @@ SESSION_MESSAGE_TYPES = frozenset(
 
 ACTOR_REPLY = "session.reply"
 
-CONSOLE_EVENT = "console.event"
-CONSOLE_REQUEST = "console.request"
-CONSOLE_TRANSCRIPT = "console.transcript"
-CONSOLE_PRESENCE = "console.presence"
-CONSOLE_SNAPSHOT = "console.snapshot"
-CONSOLE_ENDED = "console.ended"
+# The relay core names what watchers are sent.
+CONSOLE_EVENT = relay.WATCH_EVENT
+CONSOLE_REQUEST = relay.WATCH_REQUEST
+CONSOLE_TRANSCRIPT = relay.WATCH_TRANSCRIPT
+CONSOLE_PRESENCE = relay.WATCH_PRESENCE
+CONSOLE_SNAPSHOT = relay.WATCH_SNAPSHOT
+CONSOLE_ENDED = relay.WATCH_ENDED
 # What the actor sends watchers: one of the above, already the browser's JSON text
 # (`frame`, the message with its `console.` prefix dropped), and its `kind`.
 CONSOLE_FRAME = "console.frame"
@@ -44,6 +51,37 @@ def browser_json(message: dict) -> str:
     """A `console.*` message as the browser receives it: JSON, the prefix dropped."""
     kind = message["type"]
     return json.dumps({**message, "type": kind[len(_PREFIX):] if kind.startswith(_PREFIX) else kind})
+
+
+def console_frame(message: dict) -> dict:
+    """A `console.*` message as the layer carries it to watchers' consumers."""
+    return {"type": CONSOLE_FRAME, "kind": message["type"], "frame": browser_json(message)}
+
+
+def request_message(request: ResponseRequest) -> dict[str, Any]:
+    """What the actor needs of a stored operator request (the ping and the pickup carry it)."""
+    return {
+        "id": request.id,
+        "origin": request.origin,
+        "instructions": request.instructions,
+        "instructions_mode": request.instructions_mode,
+        "metadata": request.metadata,
+        "conversation": request.conversation,
+        "requested_by": request.requested_by,
+    }
+
+
+def operator_request(data: dict[str, Any]) -> relay.OperatorRequest:
+    """The relay core's input for a `request_message`."""
+    return relay.OperatorRequest(
+        id=data["id"],
+        origin=data.get("origin") or "api",
+        instructions=data.get("instructions"),
+        instructions_mode=data.get("instructions_mode") or "append",
+        metadata=data.get("metadata"),
+        conversation=data.get("conversation"),
+        requested_by=data.get("requested_by") or "",
+    )
 
 
 def session_group(key: uuid.UUID) -> str:

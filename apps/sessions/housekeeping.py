@@ -28,9 +28,9 @@ from django.db import transaction
 
 from apps.sessions import groups
 from apps.sessions.db import db_async
+from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.process import PROCESS_ID
-from apps.sessions.services import request_message
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class Holder(Protocol):
     key: uuid.UUID
 
     def operator_message(self, message: dict) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    async def wait_finished(self, timeout: float = 5.0) -> None: ...
 
 
 class Housekeeping:
@@ -62,6 +66,16 @@ class Housekeeping:
     def discard(self, holder: Holder) -> None:
         if self.holders.get(holder.key) is holder:
             del self.holders[holder.key]
+
+    async def shutdown(self, timeout: float = 5.0) -> int:
+        """End every session this process holds (`server_shutdown`: their callers are told,
+        their pending requests fail) and wait until that is in the table."""
+        holders = list(self.holders.values())
+        for holder in holders:
+            holder.shutdown()
+        await asyncio.gather(*(holder.wait_finished(timeout) for holder in holders))
+        await history.flush(timeout)
+        return len(holders)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -89,7 +103,7 @@ class Housekeeping:
         for row in rows:
             holder = self.holders.get(row.session_id)
             if holder is not None:
-                holder.operator_message({"type": groups.SESSION_REQUEST, "request": request_message(row)})
+                holder.operator_message({"type": groups.SESSION_REQUEST, "request": groups.request_message(row)})
         return len(rows)
 
     async def heartbeat(self) -> int:
@@ -163,3 +177,30 @@ def housekeeping() -> Housekeeping:
     for other in [other for other in _housekeepers if other.is_closed()]:
         del _housekeepers[other]
     return _housekeepers.setdefault(loop, Housekeeping())
+
+
+def install_shutdown_trigger() -> None:
+    """Under Daphne, end this process's sessions cleanly when it is told to stop.
+
+    Daphne runs on Twisted's asyncio reactor, which turns SIGTERM and SIGINT into a reactor
+    shutdown; Daphne then cancels every connection's task at once, so without this a caller's
+    session would end as if the caller had left, or not at all if the process exits first,
+    and another process's sweep would later find it `session_lost`. A "before shutdown"
+    trigger that returns a Deferred holds the reactor until it fires: each session ends with
+    `server_shutdown`, its caller gets close 1012 (service restart), and the history is
+    written. Registered when the application loads, so it runs before Daphne's own trigger.
+    Outside Daphne (no reactor imported yet) it does nothing: importing the reactor would
+    install one.
+    """
+    import sys
+
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return
+    from twisted.internet import defer
+
+    def before_shutdown():
+        log.info("stopping: ending this process's sessions")
+        return defer.Deferred.fromFuture(asyncio.ensure_future(housekeeping().shutdown()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)

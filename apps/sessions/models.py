@@ -5,12 +5,19 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import TERMINAL_STATUSES, RequestStatus
+
+
+def _iso(moment) -> str | None:
+    """ISO 8601 with an offset (`+00:00`), as every time in the API is."""
+    return moment.isoformat() if moment is not None else None
 
 
 class LiveSession(models.Model):
@@ -19,6 +26,11 @@ class LiveSession(models.Model):
         LIVE = "live"
         ENDED = "ended"
         FAILED = "failed"
+
+    class Kind(models.TextChoices):
+        RELAY = "relay", "Relay"  # the caller connected to /v1/realtime
+        WEBRTC = "webrtc", "WebRTC"
+        SIP = "sip", "SIP"
 
     # The row's key is chosen by the actor when the caller connects, so history can be written
     # before the upstream has named the session. The public id is the upstream session.id from
@@ -33,7 +45,12 @@ class LiveSession(models.Model):
     instructions = models.TextField(blank=True, help_text="Session instructions as last seen.")
     started_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
-    end_reason = models.CharField(max_length=255, blank=True)
+    end_reason = models.CharField(max_length=32, choices=[(r.value, r.value) for r in EndReason], blank=True)
+    end_code = models.IntegerField(null=True, blank=True, help_text="The upstream's close code.")
+    end_detail = models.TextField(blank=True, help_text="Why, in words.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.RELAY)
+    call_id = models.CharField(max_length=128, null=True, blank=True)
+    label = models.CharField(max_length=200, blank=True)
     watchers = models.JSONField(default=list, blank=True, help_text="Operators watching it now.")
 
     class Meta:
@@ -42,6 +59,38 @@ class LiveSession(models.Model):
 
     def __str__(self) -> str:
         return self.upstream_id or f"(connecting {self.id})"
+
+    @property
+    def end_summary(self) -> str:
+        """The end reason as operators read it: `upstream_closed (1011): The upstream …`."""
+        if not self.end_reason:
+            return ""
+        code = f" ({self.end_code})" if self.end_code is not None else ""
+        detail = f": {self.end_detail}" if self.end_detail else ""
+        return f"{self.end_reason}{code}{detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `Session` of CONTRACT section 2. The counts come from the annotations of
+        `selectors.sessions_with_counts()`; a plain row has them counted here."""
+        if not hasattr(self, "queued"):
+            from apps.sessions.selectors import annotate_counts
+
+            annotate_counts(self)
+        return {
+            "id": self.upstream_id,
+            "status": self.status,
+            "model": self.model,
+            "started_at": _iso(self.started_at),
+            "ended_at": _iso(self.ended_at),
+            "active_response_id": self.active_response or None,
+            "queued": self.queued,
+            "origin_counts": {origin: getattr(self, f"origin_{origin}") for origin in ResponseRequest.Origin.values},
+            "end_reason": self.end_reason or None,
+            "kind": self.kind,
+            "call_id": self.call_id,
+            "label": self.label or None,
+            "upstream_sessions": [self.upstream_id] if self.upstream_id else [],
+        }
 
 
 class ResponseRequest(models.Model):
@@ -115,6 +164,29 @@ class ResponseRequest(models.Model):
         if not self.error_code and not self.error_message:
             return None
         return {"code": self.error_code, "message": self.error_message}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `ResponseRequest` of CONTRACT section 2 (load it with its session)."""
+        return {
+            "id": self.id,
+            "session_id": self.session.upstream_id or "",
+            "origin": self.origin,
+            "instructions": self.instructions,
+            "instructions_mode": self.instructions_mode,
+            "sent_instructions": self.sent_instructions,
+            "conversation": self.conversation or "auto",
+            "metadata": self.metadata,
+            "status": self.status,
+            "response_id": self.response_id or None,
+            "output_text": self.output_text or None,
+            "usage": self.usage,
+            "error": self.error,
+            "created_at": _iso(self.created_at),
+            "sent_at": _iso(self.sent_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "requested_by": self.requested_by,
+        }
 
 
 class ApiToken(models.Model):

@@ -1,4 +1,5 @@
-"""History operations: each function returns an operation for the history writer.
+"""History operations: each function returns an operation for the history writer, and
+`of_action` gives the one for each action of the relay core that is recorded.
 
 Times arrive as float seconds from `clock.now()` (monotonic, anchored to the wall clock), so
 a request's timestamps never go backwards even if the system clock is stepped.
@@ -12,7 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from apps.sessions.history import CreateRow, UpdateRow, events_log
+from apps.realtime import relay
+from apps.sessions.history import CreateRow, Operation, UpdateRow, events_log
 from apps.sessions.models import LiveSession, ResponseRequest
 
 
@@ -52,12 +54,16 @@ def session_updated(*, key: uuid.UUID, instructions: str):
     return UpdateRow(LiveSession, key, {"instructions": instructions})
 
 
-def session_ended(*, key: uuid.UUID, status: str, reason: str, at: float):
+def session_ended(*, key: uuid.UUID, status: str, reason: str, code: int | None, detail: str, at: float):
     def op() -> None:
         events_log.info(
-            json.dumps({"event": "session.ended", "session_key": str(key), "status": status, "reason": reason})
+            json.dumps(
+                {"event": "session.ended", "session_key": str(key), "status": status, "reason": reason, "code": code}
+            )
         )
-        LiveSession.objects.filter(id=key).update(status=status, end_reason=reason, ended_at=_dt(at))
+        LiveSession.objects.filter(id=key).update(
+            status=status, end_reason=reason, end_code=code, end_detail=detail, ended_at=_dt(at)
+        )
         # The actor has already failed every pending request; this is the safety net for a
         # request whose transition was lost, so that nothing stays pending forever.
         ResponseRequest.objects.filter(session_id=key).exclude(
@@ -65,11 +71,15 @@ def session_ended(*, key: uuid.UUID, status: str, reason: str, at: float):
         ).update(
             status=ResponseRequest.Status.FAILED,
             error_code="session_ended",
-            error_message=reason,
+            error_message=f"The session closed ({detail or reason}).",
             finished_at=_dt(at),
         )
 
     return op
+
+
+def watchers_changed(*, key: uuid.UUID, names: list[str]):
+    return UpdateRow(LiveSession, key, {"watchers": names})
 
 
 def request_created(
@@ -78,28 +88,29 @@ def request_created(
     request_id: str,
     origin: str,
     event_id: str,
-    response: Mapping[str, Any],
-    instructions_mode: str,
+    instructions: str | None,
+    metadata: Mapping[str, Any] | None,
+    conversation: str | None,
     requested_by: str,
     at: float,
     status: str = ResponseRequest.Status.QUEUED,
-    response_id: str = "",
+    response_id: str | None = None,
 ):
-    instructions = response.get("instructions")
-    metadata = response.get("metadata")
+    """A request the relay took in itself: the caller's (its instructions are sent as they
+    are, so `replace`), or a response the server started."""
     row = ResponseRequest(
         id=request_id,
         session_id=key,
         origin=origin,
         event_id=event_id,
-        instructions=instructions if isinstance(instructions, str) else None,
-        instructions_mode=instructions_mode,
-        sent_instructions=instructions if isinstance(instructions, str) else None,
-        conversation=conversation if isinstance(conversation := response.get("conversation"), str) else None,
-        metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+        instructions=instructions,
+        instructions_mode="replace",
+        sent_instructions=instructions,
+        conversation=conversation,
+        metadata=dict(metadata) if metadata is not None else None,
         requested_by=requested_by,
         status=status,
-        response_id=response_id,
+        response_id=response_id or "",
         created_at=_dt(at),
         started_at=_dt(at) if status == ResponseRequest.Status.IN_PROGRESS else None,
     )
@@ -125,7 +136,8 @@ def request_status(
     response_id: str | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
-    details: Mapping[str, Any] | None = None,
+    output_text: str | None = None,
+    usage: Mapping[str, Any] | None = None,
     sent_instructions: str | None = None,
 ):
     fields: dict[str, Any] = {"status": status}
@@ -144,11 +156,10 @@ def request_status(
         fields["error_code"] = error_code
     if error_message is not None:
         fields["error_message"] = error_message
-    if details:
-        if "output_text" in details:
-            fields["output_text"] = details["output_text"]
-        if "usage" in details:
-            fields["usage"] = details["usage"]
+    if output_text is not None:
+        fields["output_text"] = output_text
+    if usage is not None:
+        fields["usage"] = usage
 
     event = {"event": "request.status", "request": request_id, "status": status}
     if response_id:
@@ -156,3 +167,43 @@ def request_status(
     if error_code:
         event["error_code"] = error_code
     return UpdateRow(ResponseRequest, request_id, fields, event=event)
+
+
+def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
+    """The history operation that records one of the core's actions."""
+    match action:
+        case relay.SessionNamed(session_id=session_id, instructions=instructions, at=at):
+            return session_identified(key=key, upstream_id=session_id, instructions=instructions, at=at)
+        case relay.InstructionsChanged(instructions=instructions):
+            return session_updated(key=key, instructions=instructions)
+        case relay.RequestRecorded():
+            return request_created(
+                key=key,
+                request_id=action.request_id,
+                origin=action.origin,
+                event_id=action.event_id,
+                instructions=action.instructions,
+                metadata=action.metadata,
+                conversation=action.conversation,
+                requested_by=action.requested_by,
+                at=action.at,
+                status=action.status.value,
+                response_id=action.response_id,
+            )
+        case relay.RequestChanged():
+            return request_status(
+                request_id=action.request_id,
+                status=action.status.value,
+                at=action.at,
+                response_id=action.response_id,
+                error_code=action.error_code,
+                error_message=action.error_message,
+                output_text=action.output_text,
+                usage=action.usage,
+                sent_instructions=action.sent_instructions,
+            )
+        case relay.WatchersChanged(names=names):
+            return watchers_changed(key=key, names=list(names))
+        case relay.SessionEnded(status=status, reason=reason, code=code, detail=detail, at=at):
+            return session_ended(key=key, status=status, reason=reason.value, code=code, detail=detail, at=at)
+    raise TypeError(f"no record for {action!r}")

@@ -37,6 +37,18 @@ def sessions_with_counts() -> QuerySet[LiveSession]:
     )
 
 
+def annotate_counts(session: LiveSession) -> None:
+    """Give a plain row the annotations of `sessions_with_counts()`."""
+    counted = sessions_with_counts().filter(pk=session.pk).values(
+        "queued", "active_response", *(f"origin_{origin}" for origin in ORIGINS)
+    )
+    values = next(iter(counted), None) or {"queued": 0, "active_response": None}
+    for origin in ORIGINS:
+        values.setdefault(f"origin_{origin}", 0)
+    for name, value in values.items():
+        setattr(session, name, value)
+
+
 def session_list(*, status: str | None = None, limit: int = 100) -> list[LiveSession]:
     sessions = sessions_with_counts()
     if status is not None:

@@ -24,10 +24,10 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import groups, selectors, sql
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.overrides import ResponseOverrides
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("oc.events")
@@ -85,19 +85,6 @@ class Idempotency:
     scope: str  # whose key it is: "token:<pk>" or "user:<pk>"
     key: str
     digest: str  # of the request it was first used for (path and body)
-
-
-def request_message(request: ResponseRequest) -> dict[str, Any]:
-    """What the actor needs to send a stored operator request (the ping and the pickup)."""
-    return {
-        "id": request.id,
-        "origin": request.origin,
-        "instructions": request.instructions,
-        "instructions_mode": request.instructions_mode,
-        "metadata": request.metadata,
-        "conversation": request.conversation,
-        "requested_by": request.requested_by,
-    }
 
 
 async def response_request_submit(
@@ -248,7 +235,7 @@ async def ping(request: ResponseRequest) -> None:
     try:
         await get_channel_layer().group_send(
             groups.session_group(request.session_id),
-            {"type": groups.SESSION_REQUEST, "request": request_message(request)},
+            {"type": groups.SESSION_REQUEST, "request": groups.request_message(request)},
         )
     except Exception as exc:  # the channel layer is down: the pickup finds the request
         log.warning("ping for %s failed (it will be picked up from the table): %r", request.id, exc)

@@ -9,10 +9,10 @@ import json
 import pytest
 from channels.layers import get_channel_layer
 
-from apps.realtime.overrides import ResponseOverrides
 from apps.sessions import groups, services
 from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.overrides import ResponseOverrides
 from tests.support.realtime import eventually, user_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -266,10 +266,10 @@ async def test_a_forgotten_request_is_still_known_to_duplicate_pings_and_late_ca
 ):
     """A long session forgets its old finished requests but their ids and final status: a ping
     or pickup that arrives late is not sent again, and a late cancel hears the final status."""
-    from apps.sessions import actor
+    from apps.realtime import relay
 
-    monkeypatch.setattr(actor, "REMEMBER_FINISHED", 1)
-    monkeypatch.setattr(actor, "FORGET_EVERY", 1)
+    monkeypatch.setattr(relay, "REMEMBER_FINISHED", 1)
+    monkeypatch.setattr(relay, "FORGET_EVERY", 1)
     ids = []
     for n in range(3):
         posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={"metadata": {"n": str(n)}})
@@ -280,7 +280,7 @@ async def test_a_forgotten_request_is_still_known_to_duplicate_pings_and_late_ca
     assert first.status == "completed"
     group = groups.session_group(first.session_id)
     await get_channel_layer().group_send(
-        group, {"type": groups.SESSION_REQUEST, "request": services.request_message(first)}
+        group, {"type": groups.SESSION_REQUEST, "request": groups.request_message(first)}
     )
     reply_to = await get_channel_layer().new_channel()
     await get_channel_layer().group_send(

@@ -24,14 +24,14 @@ def _session_ops(key):
 def _request_ops(key, request_id, at):
     return [
         records.request_created(
-            key=key, request_id=request_id, origin="api", event_id="e", requested_by="x",
-            response={"instructions": "be kind", "metadata": {"a": "1"}}, instructions_mode="append", at=at,
+            key=key, request_id=request_id, origin="caller", event_id="e", requested_by="x",
+            instructions="be kind", metadata={"a": "1"}, conversation=None, at=at,
         ),
         records.request_status(request_id=request_id, status="sent", at=at + 1),
         records.request_status(request_id=request_id, status="in_progress", at=at + 2, response_id="resp_1"),
         records.request_status(
             request_id=request_id, status="completed", at=at + 3,
-            details={"output_text": "done", "usage": {"total_tokens": 7}},
+            output_text="done", usage={"total_tokens": 7},
         ),
     ]
 
@@ -97,6 +97,6 @@ def test_session_end_fails_whatever_is_still_pending():
     writer = HistoryWriter()
     key = uuid.uuid4()
     _apply(writer, _session_ops(key) + _request_ops(key, "req_e", T0)[:2])
-    _apply(writer, [records.session_ended(key=key, status="failed", reason="gone", at=T0 + 9)])
+    _apply(writer, [records.session_ended(key=key, status="failed", reason="relay_error", code=None, detail="gone", at=T0 + 9)])
     row = ResponseRequest.objects.get(id="req_e")
     assert (row.status, row.error_code) == ("failed", "session_ended")

@@ -318,4 +318,5 @@ async def test_upstream_that_never_sends_session_created_is_given_up_on(relay_se
         await communicator.disconnect()
     await history.flush()
     session = await LiveSession.objects.order_by("-started_at").afirst()
-    assert (session.status, session.end_reason) == ("failed", "upstream_timeout")
+    assert (session.status, session.end_reason) == ("failed", "upstream_closed")
+    assert "did not start the session" in session.end_detail

@@ -63,10 +63,11 @@ async def test_a_stall_mid_response_ends_the_session_with_a_reason(relay_setting
     assert events[-1]["code"] == 1011
     await history.flush()
     session = await LiveSession.objects.aget(upstream_id=session_id)
-    assert (session.status, session.end_reason) == ("failed", "upstream_stalled")
+    assert (session.status, session.end_reason) == ("failed", "upstream_closed")
+    assert "sent nothing" in session.end_detail
     requests = [r async for r in ResponseRequest.objects.filter(session=session)]
     assert {(r.status, r.error_code) for r in requests} == {("failed", "session_ended")}
-    assert all("upstream_stalled" in r.error_message for r in requests)
+    assert all("sent nothing" in r.error_message for r in requests)
     await _healthy(api_token)
 
 

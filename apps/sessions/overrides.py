@@ -1,8 +1,5 @@
-"""Per-response overrides an operator may ask for, checked and shaped as the upstream expects.
-
-No Django. The REST hook and the console validate input with `ResponseOverrides`; the actor
-turns a stored request into the `response` object of a `response.create` with
-`upstream_response()` and `effective_instructions()`.
+"""Per-response overrides an operator may ask for: the input rules of the REST hook and the
+console, which both validate with `ResponseOverrides` before `response_request_submit`.
 
 Limits are the upstream's, less the key the relay reserves (`oc_request`): at most 15
 metadata pairs, keys ≤ 64 characters, values ≤ 512 characters and strings only, instructions
@@ -11,11 +8,11 @@ metadata pairs, keys ≤ 64 characters, values ≤ 512 characters and strings on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from apps.realtime.events import text_problem
 from apps.realtime.sequencer import OC_REQUEST_KEY
 
 MAX_INSTRUCTIONS_CHARS = 32_768
@@ -28,18 +25,10 @@ Conversation = Literal["auto", "none"]
 
 
 def check_text(text: str, what: str) -> str:
-    """Refuse what the relay can neither store nor send on: a NUL character (PostgreSQL
-    refuses it in text and JSON columns) and a lone surrogate, which JSON can spell
-    (`"\\ud800"`) but UTF-8 cannot encode, so sending it upstream would end the session."""
-    if "\x00" in text:
-        raise ValueError(f"{what} contains a NUL character (\\u0000), which is not allowed")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"{what} contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode"
-            ) from None
+    """Refuse what the relay can neither store nor send on (`events.text_problem`)."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise ValueError(f"{what} {problem}")
     return text
 
 
@@ -113,34 +102,3 @@ class ResponseOverrides(BaseModel):
             check_text(key, "a metadata key")
             check_text(value, f"metadata value of '{key[:20]}'")
         return metadata
-
-
-def effective_instructions(
-    *, session_instructions: str, text: str | None, mode: str
-) -> str | None:
-    """What to send as the response's `instructions`, or None to send none.
-
-    The upstream treats per-response instructions as a replacement of the session's, so
-    `append` sends the session's instructions followed by the operator's text.
-    """
-    if text is None:
-        return None
-    if mode == "replace" or not session_instructions:
-        return text
-    if not text:
-        return session_instructions
-    return f"{session_instructions}\n\n{text}"
-
-
-def upstream_response(
-    *,
-    metadata: Mapping[str, str] | None,
-    conversation: str | None,
-) -> dict[str, Any]:
-    """The `response` object of a stored operator request, before instructions are composed."""
-    response: dict[str, Any] = {}
-    if metadata:
-        response["metadata"] = dict(metadata)
-    if conversation is not None:
-        response["conversation"] = conversation
-    return response

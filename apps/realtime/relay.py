@@ -1,0 +1,948 @@
+"""The relay core: every decision about one live session. Pure, sans-I/O.
+
+A session is a caller leg (zero or one: the client connected to `/v1/realtime`), an upstream
+leg (exactly one at a time: the Realtime connection the relay holds) and the operators who
+watch and steer it. This class decides, for every input, what happens; the session actor
+(`apps/sessions/actor.py`) performs what it decides. Inputs are method calls, each with the
+time as `now` (seconds); each returns the actions to perform, in order. Nothing here awaits,
+reads a clock, or touches a socket, the database or the channel layer; only the standard
+library and this package are imported.
+
+Inputs
+  upstream_attached  the upstream leg is open: `session.created` must come within
+                     `connect_timeout`.
+  upstream_frame     an event from the upstream. Most go to the caller as received, unparsed
+                     (the type is read from the frame's first bytes); session, response
+                     lifecycle, error and transcript events are parsed and acted on.
+  caller_frame       an event from the caller. Everything goes upstream as received except
+                     `response.create`, which enters the sequencer (origin `caller`).
+  submit             a stored operator request (REST hook or console), by ping or pickup.
+  cancel, note, interrupt
+                     an operator's command; each answers (`Answer`) whoever asked.
+  watch              an operator's console starts, renews or stops watching.
+  tick               time has reached `next_deadline` (or passed it): request timeouts, the
+                     session's start deadline, a stalled upstream, the transcript's flush.
+  caller_closed, upstream_closed, upstream_failed, shutdown, crashed
+                     the session ends; `SessionEnded` says how, and every request not yet
+                     terminal fails (`session_ended`).
+
+What the caller sees (CONTRACT section 1)
+  - Upstream events unchanged and in order, except: `oc_request` never appears in a response's
+    metadata; an operator's response carries no metadata and no instructions; an operator's
+    out-of-band response is not seen at all (its events go to watchers only); errors about the
+    relay's own events (sequencing, notes, cancels) are not seen.
+  - An `error` event for each of its events the relay refuses: not JSON, nested too deep, not
+    an object, invalid `response`, metadata, or text (NUL, lone surrogates), over the queue
+    limit (`queue_full`); and `upstream_timeout` for a `response.create` of its own whose
+    `response.created` never came.
+
+After the session has ended every input returns nothing (`submit` still answers: the request
+fails at once).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from apps.realtime import events
+from apps.realtime.sequencer import (
+    OC_REQUEST_KEY,
+    ErrorClaimed,
+    Request,
+    RequestStatus,
+    ResponseObserved,
+    SendEvent,
+    Sequencer,
+    SequencerError,
+    StatusChanged,
+)
+from apps.realtime.transcript import DELTA_TYPES, ITEM_TYPES, Transcript
+
+CALLER = "caller"
+SERVER = "server"
+OPERATOR_ORIGINS = frozenset({"console", "api"})
+
+# Upstream event types the core parses; every other type goes to the caller unparsed (and the
+# transcript's deltas are parsed too while someone watches).
+PARSED_TYPES = (
+    frozenset({"session.created", "session.updated", "response.created", "response.done", "error"})
+    | ITEM_TYPES
+)
+# Transcript changes reach watchers at most this often.
+FLUSH_INTERVAL = 0.05
+# A watcher that has not renewed its watch in this long is gone (its socket died unseen).
+WATCH_TTL = 90.0
+# Finished requests kept whole (late events may name them); older ones are forgotten every
+# FORGET_EVERY finished requests, so a long session's state stays flat. Of the latest
+# FORGOTTEN_IDS forgotten, the id and final status stay: a late ping, pickup or cancel of one
+# is still recognised.
+REMEMBER_FINISHED = 8
+FORGET_EVERY = 8
+FORGOTTEN_IDS = 64
+# The upstream allows 16 metadata pairs; the relay's `oc_request` takes one.
+MAX_CALLER_METADATA_PAIRS = 15
+# Close codes passed on to the caller as the upstream sent them; others become 1011.
+PASSABLE_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012, 1013, 1014})
+# A public session id as the console and the database can hold it.
+MAX_SESSION_ID_CHARS = 128
+
+
+class EndReason(StrEnum):
+    """Why a session ended (`Session.end_reason`, CONTRACT section 2)."""
+
+    CALLER_CLOSED = "caller_closed"
+    UPSTREAM_CLOSED = "upstream_closed"
+    SESSION_EXPIRED = "session_expired"
+    SERVER_SHUTDOWN = "server_shutdown"
+    SESSION_LOST = "session_lost"  # decided by another process's sweep, never here
+    RELAY_ERROR = "relay_error"
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OperatorRequest:
+    """A stored request from the REST hook or the console."""
+
+    id: str
+    origin: str  # "console" | "api"
+    instructions: str | None = None
+    instructions_mode: str = "append"  # "append" | "replace"
+    metadata: Mapping[str, str] | None = None
+    conversation: str | None = None  # None | "auto" | "none"
+    requested_by: str = ""
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToCaller:
+    frame: str | bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToUpstream:
+    frame: str | bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CloseCaller:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionNamed:
+    """The upstream named the session (`session.created`): it is live under this id."""
+
+    session_id: str
+    instructions: str
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InstructionsChanged:
+    instructions: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestRecorded:
+    """A request the core itself took in (the caller's, or a response the server started)."""
+
+    request_id: str
+    origin: str
+    event_id: str
+    instructions: str | None
+    metadata: Mapping[str, Any] | None
+    conversation: str | None
+    requested_by: str
+    status: RequestStatus
+    response_id: str | None
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestChanged:
+    """A request's status changed (the sequencer's StatusChanged, with what was sent)."""
+
+    request_id: str
+    status: RequestStatus
+    at: float
+    response_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    output_text: str | None = None
+    usage: Mapping[str, Any] | None = None
+    sent_instructions: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WatchersChanged:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToWatchers:
+    """A message for every operator watching (`type` is one of the `console.*` kinds)."""
+
+    message: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToWatcher:
+    """A message for one watcher only (the snapshot a new watcher starts from)."""
+
+    watcher: str
+    message: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Answer:
+    """The answer to the operator command being handled (cancel, note, interrupt)."""
+
+    payload: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionEnded:
+    """The session is over: record it, close the legs. Always the last action of a session."""
+
+    status: str  # "ended" | "failed"
+    reason: EndReason
+    at: float
+    code: int | None = None  # the upstream's close code, for upstream_closed
+    detail: str = ""
+
+
+Action = (
+    ToCaller
+    | ToUpstream
+    | CloseCaller
+    | SessionNamed
+    | InstructionsChanged
+    | RequestRecorded
+    | RequestChanged
+    | WatchersChanged
+    | ToWatchers
+    | ToWatcher
+    | Answer
+    | SessionEnded
+)
+
+# Kinds of the messages for watchers (the browser gets them without the prefix).
+WATCH_EVENT = "console.event"
+WATCH_REQUEST = "console.request"
+WATCH_TRANSCRIPT = "console.transcript"
+WATCH_PRESENCE = "console.presence"
+WATCH_SNAPSHOT = "console.snapshot"
+WATCH_ENDED = "console.ended"
+
+
+# ---------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Info:
+    """What the core keeps of a request beyond the sequencer's view of it."""
+
+    origin: str
+    out_of_band: bool
+    requested_by: str = ""
+    instructions: str | None = None  # as the requester gave them
+    metadata: Any = None  # as the requester gave it (the caller's is restored on the way back)
+    append: str | None = None  # an operator's text, composed with the session's when sent
+    sent_instructions: str | None = None
+    event_id: str = ""
+
+
+def _counter(prefix: str) -> Callable[[], str]:
+    numbers = itertools.count(1)
+    return lambda: f"{prefix}_{next(numbers)}"
+
+
+def compose_instructions(*, session_instructions: str, text: str, mode: str) -> str:
+    """What to send as a response's `instructions` for an operator's text. The upstream
+    treats per-response instructions as a replacement of the session's, so `append` sends
+    the session's instructions followed by the operator's text."""
+    if mode == "replace" or not session_instructions:
+        return text
+    if not text:
+        return session_instructions
+    return f"{session_instructions}\n\n{text}"
+
+
+class RelayCore:
+    def __init__(
+        self,
+        *,
+        fallback_id: str,
+        connected_by: str = "",
+        send_timeout: float = 15.0,
+        connect_timeout: float = 10.0,
+        stall_timeout: float = 30.0,
+        queue_limit: int = 32,
+        new_request_id: Callable[[], str] | None = None,
+        new_event_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.fallback_id = fallback_id
+        self.connected_by = connected_by
+        self.connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
+        self.queue_limit = queue_limit
+        self._new_request_id = new_request_id or _counter("req")
+        self._new_event_id = new_event_id or _counter("event_oc")
+        self.sequencer = Sequencer(
+            new_request_id=self._new_request_id,
+            new_event_id=self._new_event_id,
+            send_timeout=send_timeout,
+        )
+        self.transcript = Transcript()
+        self.session_id: str | None = None  # the upstream's session.id, once named
+        self.session_instructions = ""
+        self.ended: SessionEnded | None = None
+        self._infos: dict[str, _Info] = {}
+        self._forgotten: dict[str, str] = {}  # request id → final status, oldest first
+        self._finished_since_forget = 0
+        self._hidden: set[str] = set()  # response ids of operators' out-of-band responses
+        self._own_event_ids: set[str] = set()  # the relay's own client events (notes)
+        self._watchers: dict[str, tuple[str, float]] = {}  # watcher → (user, expires at)
+        self._start_deadline: float | None = None
+        self._flush_at: float | None = None
+        self._last_upstream_at = 0.0
+        self._expired = False  # the upstream said session_expired; its close follows
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest `now` at which tick() has something to do; None when nothing waits."""
+        if self.ended is not None:
+            return None
+        deadlines = [
+            d for d in (self.sequencer.next_deadline, self._start_deadline, self._flush_at) if d is not None
+        ]
+        if self._busy:
+            deadlines.append(self._last_upstream_at + self.stall_timeout)
+        return min(deadlines, default=None)
+
+    @property
+    def watchers(self) -> tuple[str, ...]:
+        """Who is watching: their user names, each once, sorted."""
+        return tuple(sorted({user for user, _ in self._watchers.values()}))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a new watcher needs before the live updates: the transcript and the state."""
+        return {
+            "session_id": self.session_id,
+            "transcript": self.transcript.snapshot(),
+            "watchers": list(self.watchers),
+            "active_response_id": self.sequencer.active_response_id,
+            "queued": list(self.sequencer.queued_ids),
+        }
+
+    # ------------------------------------------------------------------ legs and the end
+
+    def upstream_attached(self, *, now: float) -> list[Action]:
+        self._last_upstream_at = now
+        if self.session_id is None:
+            self._start_deadline = now + self.connect_timeout
+        return []
+
+    def upstream_failed(self, detail: str, *, now: float) -> list[Action]:
+        """The upstream leg could not be opened."""
+        message = f"Could not connect to the upstream: {detail}"
+        return self._fail_upstream("upstream_unavailable", message, now=now)
+
+    def upstream_closed(self, code: int, reason: str, *, now: float) -> list[Action]:
+        if self.ended is not None:
+            return []
+        normal = code in (1000, 1001)
+        why = reason or ("The upstream closed the session." if normal else f"The upstream connection was lost ({code}).")
+        caller_code = code if code in PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
+        if self._expired:
+            end = self._end("ended", EndReason.SESSION_EXPIRED, now, code=code, detail=why)
+        else:
+            end = self._end("ended" if normal else "failed", EndReason.UPSTREAM_CLOSED, now, code=code, detail=why)
+        return [CloseCaller(code=caller_code, reason=why), *end]
+
+    def caller_closed(self, *, now: float) -> list[Action]:
+        if self.ended is not None:
+            return []
+        return self._end("ended", EndReason.CALLER_CLOSED, now)
+
+    def shutdown(self, *, now: float) -> list[Action]:
+        """The server process is stopping: the session ends cleanly, and the caller is told
+        to come back (1012, service restart)."""
+        if self.ended is not None:
+            return []
+        detail = "The server is restarting; reconnect to start a new session."
+        return [
+            CloseCaller(code=1012, reason=detail),
+            *self._end("ended", EndReason.SERVER_SHUTDOWN, now, detail=detail),
+        ]
+
+    def crashed(self, detail: str, *, now: float) -> list[Action]:
+        """The relay itself failed (a bug): the session cannot go on."""
+        if self.ended is not None:
+            return []
+        message = "The relay failed; the session cannot go on."
+        return [
+            *self._tell_caller("relay_error", message, error_type="server_error"),
+            CloseCaller(code=1011, reason=message),
+            *self._end("failed", EndReason.RELAY_ERROR, now, detail=detail),
+        ]
+
+    # ------------------------------------------------------------------ upstream → caller
+
+    def upstream_frame(self, frame: str | bytes, *, now: float) -> list[Action]:
+        if self.ended is not None:
+            return []
+        self._last_upstream_at = now
+        if type(frame) is bytes:
+            return [ToCaller(frame=frame)]  # binary: not an event the relay can read
+        kind = events.peek_type(frame)
+        if (
+            kind is not None
+            and kind not in PARSED_TYPES
+            and not self._hidden
+            and (not self._watchers or kind not in DELTA_TYPES)
+        ):
+            return [ToCaller(frame=frame)]
+        event = events.loads_object(frame)
+        if event is None:  # not a JSON object: the caller's client will make of it what it can
+            return [ToCaller(frame=frame)]
+        kind = event.get("type")
+        actions: list[Action] = []
+        forward: str | None = frame
+        if kind in ("response.created", "response.done"):
+            forward = self._on_response_event(kind, event, frame, actions, now)
+        elif kind == "error":
+            forward = self._on_error(event, frame, actions, now)
+        elif kind in ("session.created", "session.updated"):
+            self._on_session_event(kind, event, actions, now)
+        elif kind in ITEM_TYPES:
+            self._on_item_event(kind, event, now)
+        else:
+            hidden = bool(self._hidden) and self._response_of(event) in self._hidden
+            if hidden:
+                forward = None
+            if self._watchers and kind in DELTA_TYPES:
+                self._on_delta(event, hidden, now)
+        if forward is not None:
+            actions.append(ToCaller(frame=forward))
+        else:
+            actions.append(ToWatchers(message={"type": WATCH_EVENT, "session_id": self.session_id, "event": frame}))
+        return self._finish(actions)
+
+    def _on_session_event(self, kind: str, event: dict, actions: list[Action], now: float) -> None:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            return
+        instructions = session.get("instructions")
+        if isinstance(instructions, str):
+            self.session_instructions = instructions
+        if kind == "session.created" and self.session_id is None:
+            self.session_id = _public_id(session.get("id"), self.fallback_id)
+            self._start_deadline = None
+            actions.append(SessionNamed(session_id=self.session_id, instructions=self.session_instructions, at=now))
+        elif isinstance(instructions, str):
+            actions.append(InstructionsChanged(instructions=instructions))
+
+    def _on_response_event(self, kind: str, event: dict, frame: str, actions: list[Action], now: float) -> str | None:
+        response = event.get("response")
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            return frame
+        response_id = response["id"]
+        metadata = response.get("metadata")
+        tag = metadata.get(OC_REQUEST_KEY) if isinstance(metadata, dict) else None
+        tag = tag if isinstance(tag, str) else None
+        if kind == "response.created":
+            self._apply(self.sequencer.response_created(response_id=response_id, oc_request=tag, now=now), actions)
+        else:
+            status = response.get("status")
+            details = {"output_text": events.response_output_text(response), "usage": response.get("usage")}
+            self._apply(
+                self.sequencer.response_done(
+                    response_id=response_id, status=status if isinstance(status, str) else "", now=now, details=details
+                ),
+                actions,
+            )
+        hidden = response_id in self._hidden
+        if kind == "response.done":
+            self._hidden.discard(response_id)
+            self.transcript.response_done(response, oob=hidden)
+            self._schedule_flush(now)
+        if hidden:
+            return None
+        if tag is None:
+            return frame  # the server's own response: nothing of ours in it
+        info = self._infos.get(tag)
+        if info is None or info.origin in OPERATOR_ORIGINS:
+            # An operator's response: its metadata and instructions are the operator's.
+            response["metadata"] = None
+            response.pop("instructions", None)
+        else:
+            response["metadata"] = info.metadata
+        return events.dumps(event)
+
+    def _on_error(self, event: dict, frame: str, actions: list[Action], now: float) -> str | None:
+        event_id, code, message = events.error_fields(event)
+        if code == "session_expired":
+            # The upstream ends the session (its close follows): the caller's news, not the
+            # failure of whichever request happens to be outstanding.
+            self._expired = True
+            return frame
+        if event_id is not None and event_id in self._own_event_ids:
+            self._own_event_ids.discard(event_id)
+            return None  # about a note: the operators see it, the caller never sent it
+        claims = self._apply(self.sequencer.error(event_id=event_id, code=code, message=message, now=now), actions)
+        # An error about none of the sequencer's events is the caller's own: it goes through.
+        return frame if not claims or claims[0].forward_to_caller else None
+
+    def _response_of(self, event: dict) -> Any:
+        response_id = event.get("response_id")
+        if response_id is None and isinstance(event.get("response"), dict):
+            response_id = event["response"].get("id")
+        return response_id
+
+    # ------------------------------------------------------------------ transcript
+
+    def _on_item_event(self, kind: str, event: dict, now: float) -> None:
+        if kind == "conversation.item.done":
+            item = event.get("item")
+            if isinstance(item, dict):
+                self.transcript.item_done(item)
+        else:  # the caller's speech, transcribed
+            item_id, text = event.get("item_id"), event.get("transcript")
+            if isinstance(item_id, str) and isinstance(text, str):
+                self.transcript.transcription(item_id, text)
+        self._schedule_flush(now)
+
+    def _on_delta(self, event: dict, hidden: bool, now: float) -> None:
+        item_id, delta, response_id = event.get("item_id"), event.get("delta"), event.get("response_id")
+        if isinstance(item_id, str) and isinstance(delta, str):
+            self.transcript.delta(
+                item_id=item_id,
+                response_id=response_id if isinstance(response_id, str) else None,
+                text=delta,
+                oob=hidden,
+            )
+            self._schedule_flush(now)
+
+    def _schedule_flush(self, now: float) -> None:
+        if self._flush_at is None and self.transcript.has_changes:
+            self._flush_at = now + FLUSH_INTERVAL
+
+    def _flush(self) -> list[Action]:
+        self._flush_at = None
+        entries = self.transcript.drain()
+        if not entries or not self._watchers:
+            return []
+        return [ToWatchers(message={"type": WATCH_TRANSCRIPT, "session_id": self.session_id, "entries": entries})]
+
+    # ------------------------------------------------------------------ caller → upstream
+
+    def caller_frame(self, frame: str | bytes, *, now: float) -> list[Action]:
+        if self.ended is not None:
+            return []
+        if type(frame) is bytes:
+            return [ToUpstream(frame=frame)]
+        kind = events.peek_type(frame)
+        if kind is not None and kind != "response.create":
+            return [ToUpstream(frame=frame)]
+        try:
+            event = events.loads(frame)
+        except ValueError as exc:
+            return self._tell_caller("invalid_json", f"The frame is not valid JSON: {exc}.")
+        if not isinstance(event, dict):
+            return self._tell_caller("invalid_type", f"Expected an event object, but got {events.json_type(event)} instead.")
+        if event.get("type") != "response.create":
+            return [ToUpstream(frame=frame)]
+        return self._finish(self._caller_response_create(event, now))
+
+    def _caller_response_create(self, event: dict, now: float) -> list[Action]:
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            event_id = self._new_event_id()
+        elif events.text_problem(event_id):
+            return self._tell_caller("invalid_value", f"'event_id' {events.text_problem(event_id)}.", param="event_id")
+        response = event.get("response", {})
+        if not isinstance(response, dict):
+            kind = events.json_type(response)
+            return self._tell_caller(
+                "invalid_type",
+                f"Invalid type for 'response': expected an object, but got {kind} instead.",
+                param="response",
+                event_id=event_id,
+            )
+        refusal = _caller_response_problem(response)
+        if refusal is not None:
+            code, param, message = refusal
+            return self._tell_caller(code, message, param=param, event_id=event_id)
+        out_of_band = response.get("conversation") == "none"
+        queued = len(self.sequencer.queued_ids)
+        if not out_of_band and queued >= self.queue_limit:
+            return self._tell_caller(
+                "queue_full",
+                f"{queued} responses are already waiting in this session (the limit is "
+                f"{self.queue_limit}); send response.create again once some have started.",
+                event_id=event_id,
+            )
+        request = Request(id=self._new_request_id(), origin=CALLER, event_id=event_id, response=response)
+        instructions = response.get("instructions")
+        metadata = response.get("metadata")
+        info = _Info(
+            origin=CALLER,
+            out_of_band=out_of_band,
+            requested_by=self.connected_by,
+            instructions=instructions if isinstance(instructions, str) else None,
+            metadata=metadata,
+            sent_instructions=instructions if isinstance(instructions, str) else None,
+            event_id=event_id,
+        )
+        self._infos[request.id] = info
+        conversation = response.get("conversation")
+        actions: list[Action] = [
+            RequestRecorded(
+                request_id=request.id,
+                origin=CALLER,
+                event_id=event_id,
+                instructions=info.instructions,
+                metadata=dict(metadata) if isinstance(metadata, dict) else None,
+                conversation=conversation if isinstance(conversation, str) else None,
+                requested_by=self.connected_by,
+                status=RequestStatus.QUEUED,
+                response_id=None,
+                at=now,
+            )
+        ]
+        # The sequencer's own checks were all made above; what it returns is applied as usual.
+        self._apply(self.sequencer.submit(request, now=now), actions)
+        return actions
+
+    def _tell_caller(
+        self,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        event_id: str | None = None,
+        error_type: str = "invalid_request_error",
+    ) -> list[Action]:
+        error = events.error_event(
+            code=code, message=message, param=param, client_event_id=event_id, error_type=error_type
+        )
+        error["event_id"] = self._new_event_id()
+        return [ToCaller(frame=events.dumps(error))]
+
+    # ------------------------------------------------------------------ operators
+
+    def submit(self, stored: OperatorRequest, *, now: float) -> list[Action]:
+        if stored.id in self._infos or stored.id in self._forgotten:
+            return []  # both pinged and picked up, or cancelled before it arrived
+        response: dict[str, Any] = {}
+        if stored.metadata:
+            response["metadata"] = dict(stored.metadata)
+        if stored.conversation is not None:
+            response["conversation"] = stored.conversation
+        info = _Info(
+            origin=stored.origin,
+            out_of_band=stored.conversation == "none",
+            requested_by=stored.requested_by,
+            instructions=stored.instructions,
+            metadata=stored.metadata,
+        )
+        if stored.instructions is not None and stored.instructions_mode == "replace":
+            response["instructions"] = info.sent_instructions = stored.instructions
+        elif stored.instructions is not None:
+            info.append = stored.instructions  # composed when sent, with the instructions of then
+        request = Request(id=stored.id, origin=stored.origin, event_id=self._new_event_id(), response=response)
+        info.event_id = request.event_id
+        self._infos[stored.id] = info
+        actions: list[Action] = []
+        try:
+            self._apply(self.sequencer.submit(request, now=now), actions)
+        except SequencerError as exc:  # the services validated it, so this is our bug
+            actions.append(
+                RequestChanged(
+                    request_id=stored.id,
+                    status=RequestStatus.FAILED,
+                    at=now,
+                    error_code="invalid_request",
+                    error_message=str(exc),
+                )
+            )
+        return self._finish(actions)
+
+    def cancel(self, request_id: str, *, now: float) -> list[Action]:
+        """Cancel a request only while it is still queued; the answer says what it is now
+        (with `at` only when this cancel is what cancelled it)."""
+        if request_id in self._forgotten:
+            return [Answer(payload={"status": self._forgotten[request_id]})]
+        info = self._infos.get(request_id)
+        if info is None:
+            # Its ping was lost and the pickup has not brought it yet: it was never sent.
+            # Remembering it keeps the pickup from sending it later.
+            self._forgotten[request_id] = RequestStatus.CANCELLED.value
+            return [
+                RequestChanged(request_id=request_id, status=RequestStatus.CANCELLED, at=now),
+                Answer(payload={"status": RequestStatus.CANCELLED.value, "at": now}),
+            ]
+        try:
+            status = self.sequencer.status(request_id)
+        except KeyError:  # refused when submitted; its record says so
+            return [Answer(payload={"status": RequestStatus.FAILED.value})]
+        if status is not RequestStatus.QUEUED or self.ended is not None:
+            return [Answer(payload={"status": status.value})]
+        actions: list[Action] = []
+        self._apply(self.sequencer.cancel(request_id, now=now), actions)
+        if info.origin == CALLER:
+            # The caller's client waits for a response to its response.create; tell it why
+            # none will come, as the upstream tells it of a response.create it refuses.
+            actions += self._tell_caller(
+                "response_cancelled",
+                "An operator cancelled this response.create before it was sent.",
+                event_id=info.event_id,
+            )
+        actions.append(Answer(payload={"status": RequestStatus.CANCELLED.value, "at": now}))
+        return self._finish(actions)
+
+    def note(self, *, item_id: str, role: str, text: str, now: float) -> list[Action]:
+        """Add a message item to the conversation without asking for a response."""
+        if self.ended is not None:
+            return [Answer(payload={"ok": False, "message": "The session has ended."})]
+        event_id = self._new_event_id()
+        self._own_event_ids.add(event_id)
+        item = {"id": item_id, "type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+        event = {"type": "conversation.item.create", "event_id": event_id, "item": item}
+        return [ToUpstream(frame=events.dumps(event)), Answer(payload={"ok": True, "at": now})]
+
+    def interrupt(self, *, now: float) -> list[Action]:
+        response_id = self.sequencer.active_response_id
+        actions: list[Action] = []
+        self._apply(self.sequencer.interrupt(now=now), actions)
+        actions.append(Answer(payload={"response_id": response_id}))
+        return actions
+
+    def watch(self, watcher: str, *, user: str, watching: bool, now: float) -> list[Action]:
+        """An operator's console starts (renews) or stops watching this session."""
+        before = self.watchers
+        actions: list[Action] = []
+        if watching:
+            if watcher not in self._watchers:
+                actions.append(ToWatcher(watcher=watcher, message={"type": WATCH_SNAPSHOT, **self.snapshot()}))
+            self._watchers[watcher] = (user, now + WATCH_TTL)
+        else:
+            self._watchers.pop(watcher, None)
+        for gone in [w for w, (_, expires) in self._watchers.items() if expires < now]:
+            del self._watchers[gone]
+        self.transcript.recording = bool(self._watchers)
+        after = self.watchers
+        if after != before:
+            actions.append(ToWatchers(message={"type": WATCH_PRESENCE, "session_id": self.session_id, "watchers": list(after)}))
+            actions.append(WatchersChanged(names=after))
+        return actions
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, *, now: float) -> list[Action]:
+        if self.ended is not None:
+            return []
+        if self._start_deadline is not None and now >= self._start_deadline:
+            return self._fail_upstream(
+                "upstream_timeout",
+                f"The upstream did not start the session within {self.connect_timeout:g} s.",
+                now=now,
+            )
+        if self._busy and now >= self._last_upstream_at + self.stall_timeout:
+            return self._fail_upstream(
+                "upstream_timeout",
+                f"The upstream sent nothing for {self.stall_timeout:g} s during a response.",
+                now=now,
+            )
+        actions: list[Action] = []
+        self._apply(self.sequencer.tick(now=now), actions)
+        if self._flush_at is not None and now >= self._flush_at:
+            actions += self._flush()
+        return self._finish(actions)
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _busy(self) -> bool:
+        """A response is in progress upstream, so frames are due."""
+        return bool(self._hidden) or self.sequencer.active_response_id is not None
+
+    def _fail_upstream(self, code: str, message: str, *, now: float) -> list[Action]:
+        """The upstream cannot go on (unreachable, never started, stalled): the caller is told
+        why, and the session fails."""
+        return [
+            *self._tell_caller(code, message, error_type="server_error"),
+            CloseCaller(code=1011, reason=message),
+            *self._end("failed", EndReason.UPSTREAM_CLOSED, now, detail=message),
+        ]
+
+    def _end(
+        self, status: str, reason: EndReason, now: float, *, code: int | None = None, detail: str = ""
+    ) -> list[Action]:
+        end = self.ended = SessionEnded(status=status, reason=reason, at=now, code=code, detail=detail)
+        self._start_deadline = None
+        actions: list[Action] = []
+        why = f"{reason.value}: {detail}" if detail else reason.value
+        self._apply(self.sequencer.closed("session_ended", now=now, detail=why), actions)
+        self._hidden.clear()
+        if self.session_id is not None:
+            actions += self._flush()
+            actions.append(
+                ToWatchers(
+                    message={
+                        "type": WATCH_ENDED,
+                        "session_id": self.session_id,
+                        "status": end.status,
+                        "reason": end.reason.value,
+                        "detail": end.detail,
+                    }
+                )
+            )
+        actions.append(end)
+        return actions
+
+    def _finish(self, actions: list[Action]) -> list[Action]:
+        """After each input: forget old finished requests once enough have piled up."""
+        if self._finished_since_forget >= FORGET_EVERY:
+            self._finished_since_forget = 0
+            for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
+                self._infos.pop(request_id, None)
+                self._forgotten[request_id] = status.value
+            for request_id in list(itertools.islice(self._forgotten, max(0, len(self._forgotten) - FORGOTTEN_IDS))):
+                del self._forgotten[request_id]
+        return actions
+
+    def _apply(self, sequenced: list, actions: list[Action]) -> list[ErrorClaimed]:
+        """Turn the sequencer's actions into the core's, appending them to `actions`; returns
+        the error claims among them."""
+        claims: list[ErrorClaimed] = []
+        for action in sequenced:
+            kind = type(action)
+            if kind is SendEvent:
+                actions.append(ToUpstream(frame=events.dumps(self._composed(action))))
+            elif kind is StatusChanged:
+                actions += self._changed(action)
+            elif kind is ResponseObserved:
+                self._infos[action.request.id] = _Info(origin=SERVER, out_of_band=False)
+                actions.append(
+                    RequestRecorded(
+                        request_id=action.request.id,
+                        origin=SERVER,
+                        event_id="",
+                        instructions=None,
+                        metadata=None,
+                        conversation=None,
+                        requested_by="",
+                        status=RequestStatus.IN_PROGRESS,
+                        response_id=action.response_id,
+                        at=action.at,
+                    )
+                )
+            elif kind is ErrorClaimed:
+                claims.append(action)
+        return claims
+
+    def _composed(self, send: SendEvent) -> dict[str, Any]:
+        """`append` mode: the session's instructions as last seen, then the operator's text."""
+        event = send.event
+        info = self._infos.get(send.request_id) if send.request_id is not None else None
+        if info is not None and info.append is not None and event.get("type") == "response.create":
+            info.sent_instructions = compose_instructions(
+                session_instructions=self.session_instructions, text=info.append, mode="append"
+            )
+            event["response"]["instructions"] = info.sent_instructions
+        return event
+
+    def _changed(self, change: StatusChanged) -> list[Action]:
+        info = self._infos.get(change.request_id)
+        status = change.status
+        if status.is_terminal:
+            self._finished_since_forget += 1
+        if (
+            status is RequestStatus.IN_PROGRESS
+            and change.response_id
+            and info is not None
+            and info.out_of_band
+            and info.origin in OPERATOR_ORIGINS
+        ):
+            self._hidden.add(change.response_id)
+        details = change.details or {}
+        sent = info.sent_instructions if info is not None and status is RequestStatus.SENT else None
+        actions: list[Action] = [
+            RequestChanged(
+                request_id=change.request_id,
+                status=status,
+                at=change.at,
+                response_id=change.response_id,
+                error_code=change.error_code,
+                error_message=change.error_message,
+                output_text=details.get("output_text"),
+                usage=details.get("usage"),
+                sent_instructions=sent,
+            )
+        ]
+        if info is None:
+            return actions
+        if self._watchers or info.origin in OPERATOR_ORIGINS:
+            actions.append(
+                ToWatchers(
+                    message={
+                        "type": WATCH_REQUEST,
+                        "session_id": self.session_id,
+                        "request_id": change.request_id,
+                        "origin": info.origin,
+                        "requested_by": info.requested_by,
+                        "instructions": info.instructions,
+                        "metadata": info.metadata,
+                        "conversation": "none" if info.out_of_band else "auto",
+                        "status": status.value,
+                        "at": change.at,
+                        "response_id": change.response_id,
+                        "error_code": change.error_code,
+                        "error_message": change.error_message,
+                        "sent_instructions": sent,
+                    }
+                )
+            )
+        if info.origin == CALLER and status is RequestStatus.FAILED and change.error_code == "upstream_timeout":
+            # The caller's client waits for this response; the upstream never answered.
+            actions += self._tell_caller("upstream_timeout", change.error_message or "", event_id=info.event_id)
+        return actions
+
+
+def _public_id(value: Any, fallback: str) -> str:
+    """The upstream's session.id, if the console and the database can hold it."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_SESSION_ID_CHARS and not events.text_problem(value):
+        return value
+    return fallback
+
+
+def _caller_response_problem(response: dict[str, Any]) -> tuple[str, str, str] | None:
+    """Why the relay refuses a caller's `response` object: (code, param, message), or None."""
+    metadata = response.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return "invalid_type", "response.metadata", "Invalid type for 'response.metadata': expected an object."
+    if isinstance(metadata, dict) and (OC_REQUEST_KEY in metadata or len(metadata) > MAX_CALLER_METADATA_PAIRS):
+        return (
+            "invalid_value",
+            "response.metadata",
+            f"The relay reserves the metadata key '{OC_REQUEST_KEY}' and so allows at most "
+            f"{MAX_CALLER_METADATA_PAIRS} pairs.",
+        )
+    problem = events.find_problem(response, "response")
+    if problem is not None:
+        param, message = problem
+        return "invalid_value", param, f"'{param}' {message}."
+    return None
