@@ -233,7 +233,10 @@ class SessionActor:
             raise
         except Exception as exc:
             log.exception("session actor %s failed", self.key)
-            await self._perform(self.core.crashed(repr(exc), now=clock.now()))
+            try:
+                await self._perform(self.core.crashed(repr(exc), now=clock.now()))
+            except Exception as again:  # a leg is what failed: the end is recorded all the same
+                log.warning("telling the legs of %s failed too: %r", self.key, again)
         finally:
             await self._cleanup()
 
@@ -310,6 +313,10 @@ class SessionActor:
     # ------------------------------------------------------------------ performing actions
 
     async def _perform(self, actions: list[relay.Action], *, reply_to: str | None = None) -> None:
+        # The record first: it stands whatever happens to the sockets next.
+        for action in actions:
+            if type(action) in records.RECORDED:
+                history.submit(records.of_action(self.key, action))
         for action in actions:
             kind = type(action)
             if kind is ToCaller:
@@ -327,10 +334,8 @@ class SessionActor:
                     await self._send_to(reply_to, {"type": groups.ACTOR_REPLY, **action.payload})
             elif kind is CloseCaller:
                 await self._close_caller(action.code, action.reason)
-            else:
-                history.submit(records.of_action(self.key, action))
-                if kind is SessionEnded:
-                    log.info("session %s ended: %s", self.core.session_id or self.key, action.reason)
+            elif kind is SessionEnded:
+                log.info("session %s ended: %s %s", self.core.session_id or self.key, action.reason, action.detail)
         if self._outbox:
             await self._publish()
 

@@ -169,6 +169,19 @@ def request_status(
     return UpdateRow(ResponseRequest, request_id, fields, event=event)
 
 
+# The core's actions that are recorded (`of_action`); the others go to sockets and watchers.
+RECORDED = frozenset(
+    {
+        relay.SessionNamed,
+        relay.InstructionsChanged,
+        relay.RequestRecorded,
+        relay.RequestChanged,
+        relay.WatchersChanged,
+        relay.SessionEnded,
+    }
+)
+
+
 def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
     """The history operation that records one of the core's actions."""
     match action:
