@@ -34,7 +34,7 @@ from apps.realtime.relay import (
     ToCaller,
     ToUpstream,
 )
-from apps.realtime.sequencer import TERMINAL_STATUSES, TRANSITIONS
+from apps.realtime.sequencer import TERMINAL_STATUSES, TRANSITIONS, RequestStatus
 
 ACTIVE = "conversation_already_has_active_response"
 texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=8)

@@ -35,6 +35,7 @@ class FakeUpstream:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.sent: list = []
         self.closed = False
+        self.arrived = asyncio.Event()
 
     def push(self, event_or_frame) -> None:
         self.inbox.put_nowait(event_or_frame if isinstance(event_or_frame, str | bytes | Exception) else events.dumps(event_or_frame))
@@ -50,6 +51,13 @@ class FakeUpstream:
 
     async def send(self, frame) -> None:
         self.sent.append(frame)
+        self.arrived.set()
+
+    async def until_sent(self, count: int, timeout: float = 2.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.sent) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
 
     async def close(self) -> None:
         self.closed = True
@@ -80,12 +88,6 @@ class FakeCaller:
             while not predicate(self):
                 self.arrived.clear()
                 await self.arrived.wait()
-
-
-async def wait_for(predicate, timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 def _opener(*legs: FakeUpstream):
@@ -123,7 +125,7 @@ async def test_frames_pass_in_order_both_ways(settings):
     await caller.until(lambda c: len(c.frames) == 22)
     assert [e["delta"] for e in caller.events()[1:]] == [str(n) for n in range(20)]
     assert caller.frames[-1] == b"\x02binary"
-    await wait_for(lambda: len(upstream.sent) == 21)
+    await upstream.until_sent(21)
     assert [e["event_id"] for e in upstream.sent_events()] == [f"c{n}" for n in range(20)]
     assert upstream.sent[-1] == b"\x01binary"
     actor.caller_closed()
@@ -162,7 +164,7 @@ async def test_shutdown_ends_the_session_and_fails_what_is_pending_before_it_fin
     actor, caller, upstream = await _started(settings)
     actor.caller_frame(events.dumps({"type": "response.create", "event_id": "c1"}))
     actor.caller_frame(events.dumps({"type": "response.create", "event_id": "c2"}))
-    await wait_for(lambda: len(upstream.sent) == 1)  # c1 is sent; c2 waits its turn
+    await upstream.until_sent(1)  # c1 is sent; c2 waits its turn
     actor.shutdown()
     await actor.wait_finished()
     assert caller.closed[0] == 1012
@@ -185,7 +187,7 @@ async def test_a_new_upstream_leg_replaces_the_old_and_the_old_ones_frames_are_d
     actor.caller_frame(events.dumps({"type": "conversation.item.create", "event_id": "c1", "item": {}}))
     await caller.until(lambda c: len(c.frames) == 3)
     assert [e.get("delta") for e in caller.events()[1:]] == ["old, before", "new"]
-    await wait_for(lambda: new.sent)
+    await new.until_sent(1)
     assert [e["event_id"] for e in new.sent_events()] == ["c1"], "the caller's frames go to the new leg"
     actor.caller_closed()
     await actor.wait_finished()
