@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from apps.sessions import selectors
 from apps.sessions.db import db_async
+from apps.sessions.models import LiveSession
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,30 @@ class Viewer(Protocol):
     async def send_json(self, content: Any, close: bool = False) -> None: ...
 
 
+def summary(session: LiveSession) -> dict[str, Any]:
+    """A live session as the dashboard shows it: the REST hook's `Session` (`to_dict()`), and
+    what only the dashboard shows. `session` comes from `selectors.live_sessions()`."""
+    shape = session.to_dict()
+    counts = shape["origin_counts"]
+    moments = [m for m in (session.started_at, session.last_created, session.last_finished) if m]
+    return {
+        **shape,
+        "state": "responding" if shape["active_response_id"] else "idle",
+        "requests": sum(counts.values()),
+        "nudges": counts["console"] + counts["api"],
+        "last_activity": max(moments).isoformat(),
+        "watchers": list(session.watchers or ()),
+        "connected_by": session.connected_by,
+    }
+
+
+def summaries() -> list[dict[str, Any]]:
+    """The dashboard's sessions, newest first."""
+    return [summary(session) for session in selectors.live_sessions()]
+
+
 def _read() -> tuple[dict[str, dict], dict[str, Any]]:
-    summaries = {summary["id"]: summary for summary in selectors.live_summaries()}
-    return summaries, selectors.nudge_stats()
+    return {s["id"]: s for s in summaries()}, selectors.nudge_stats()
 
 
 class Feed:

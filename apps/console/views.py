@@ -19,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.console import feed
 from apps.console.forms import Nudge, parse_nudge
 from apps.sessions import selectors, services
 from apps.sessions.models import ResponseRequest
@@ -59,7 +60,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         request,
         "console/dashboard.html",
         {
-            "sessions": selectors.live_summaries(),
+            "sessions": feed.summaries(),
             "stats": selectors.nudge_stats(),
             "relay_url": f"{scheme}://{request.get_host()}/v1",
             "upstream": settings.OC_UPSTREAM_URL or "embedded simulator",

@@ -95,33 +95,15 @@ def request_get(*, request_id: str) -> ResponseRequest | None:
     return ResponseRequest.objects.select_related("session").filter(id=request_id).first()
 
 
-def live_summaries(*, limit: int = 500) -> list[dict[str, Any]]:
-    """What the dashboard shows of each live session, from the table (any process's sessions)."""
+def live_sessions(*, limit: int = 500) -> list[LiveSession]:
+    """Live sessions from the table (any process's), newest first, with the counts of
+    `sessions_with_counts()` and the times of their latest request created and finished."""
     sessions = (
         sessions_with_counts()
         .filter(status=LiveSession.Status.LIVE)
         .annotate(last_created=Max("requests__created_at"), last_finished=Max("requests__finished_at"))
     )
-    summaries = []
-    for session in sessions[:limit]:
-        moments = [m for m in (session.started_at, session.last_created, session.last_finished) if m]
-        counts = origin_counts(session)
-        summaries.append(
-            {
-                "id": session.upstream_id,
-                "model": session.model,
-                "connected_by": session.connected_by,
-                "started_at": session.started_at.isoformat(),
-                "state": "responding" if session.active_response else "idle",
-                "active_response_id": session.active_response or None,
-                "queued": session.queued,
-                "requests": sum(counts.values()),
-                "nudges": counts["console"] + counts["api"],
-                "last_activity": max(moments).isoformat(),
-                "watchers": list(session.watchers or ()),
-            }
-        )
-    return summaries
+    return list(sessions[:limit])
 
 
 def nudge_stats(*, now: datetime | None = None) -> dict[str, Any]:
