@@ -546,7 +546,7 @@ class Simulator:
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         try:
             event = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than it can read
             event = None
         if not isinstance(event, dict):
             if session.received_log.maxlen != 0:
