@@ -70,12 +70,14 @@ def loads_object(text: str | bytes) -> dict[str, Any] | None:
 
 
 def json_type(value: Any) -> str:
-    """A parsed JSON value's type, in JSON's words."""
+    """A parsed JSON value's type, in the words of the service's error messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
         return "number"
     if isinstance(value, str):
         return "string"

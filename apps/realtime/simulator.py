@@ -57,7 +57,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from apps.realtime.events import error_event
+from apps.realtime.events import error_event, json_type
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +125,6 @@ def event_sent_time_ns(event_id: object) -> int | None:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def _tokens(text: str) -> int:
@@ -551,7 +535,7 @@ class Simulator:
         if not isinstance(event, dict):
             if session.received_log.maxlen != 0:
                 session.received_log.append((received_at, {"type": None, "raw": text}))
-            what = "not valid JSON" if event is None else f"a JSON {_json_type(event)}"
+            what = "not valid JSON" if event is None else f"a JSON {json_type(event)}"
             await self._error(
                 session,
                 "invalid_json",
@@ -571,7 +555,7 @@ class Simulator:
             if not isinstance(kind, str):
                 raise _Rejected(
                     "invalid_type",
-                    f"Invalid type for 'type': expected a string, but got {_json_type(kind)} instead.",
+                    f"Invalid type for 'type': expected a string, but got {json_type(kind)} instead.",
                     "type",
                 )
             handler = self._handlers.get(kind)
@@ -612,7 +596,7 @@ class Simulator:
         if not isinstance(update, dict):
             raise _Rejected(
                 "invalid_type",
-                f"Invalid type for 'session': expected an object, but got {_json_type(update)} instead.",
+                f"Invalid type for 'session': expected an object, but got {json_type(update)} instead.",
                 "session",
             )
         session_type = update.get("type")
@@ -627,7 +611,7 @@ class Simulator:
             raise _Rejected(
                 "invalid_type",
                 "Invalid type for 'session.instructions': expected a string, "
-                f"but got {_json_type(instructions)} instead.",
+                f"but got {json_type(instructions)} instead.",
                 "session.instructions",
             )
         _deep_merge(
@@ -649,7 +633,7 @@ class Simulator:
         if not isinstance(item, dict):
             raise _Rejected(
                 "invalid_type",
-                f"Invalid type for 'item': expected an object, but got {_json_type(item)} instead.",
+                f"Invalid type for 'item': expected an object, but got {json_type(item)} instead.",
                 "item",
             )
         item_type = item.get("type")
@@ -678,7 +662,7 @@ class Simulator:
                 raise _Rejected(
                     "invalid_type",
                     "Invalid type for 'item.content': expected an array, "
-                    f"but got {_json_type(item.get('content'))} instead.",
+                    f"but got {json_type(item.get('content'))} instead.",
                     "item.content",
                 )
         item_id = item.get("id")
@@ -768,7 +752,7 @@ class Simulator:
             raise _Rejected(
                 "invalid_type",
                 "Invalid type for 'audio_end_ms': expected an integer, "
-                f"but got {_json_type(audio_end_ms)} instead.",
+                f"but got {json_type(audio_end_ms)} instead.",
                 "audio_end_ms",
             )
         await self._send(
@@ -801,7 +785,7 @@ class Simulator:
         if not isinstance(audio, str):
             raise _Rejected(
                 "invalid_type",
-                f"Invalid type for 'audio': expected a string, but got {_json_type(audio)} instead.",
+                f"Invalid type for 'audio': expected a string, but got {json_type(audio)} instead.",
                 "audio",
             )
         # Decoded size from the base64 length, without decoding.
@@ -1184,7 +1168,7 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise _Rejected(
             "invalid_type",
-            f"Invalid type for 'response': expected an object, but got {_json_type(params)} instead.",
+            f"Invalid type for 'response': expected an object, but got {json_type(params)} instead.",
             "response",
         )
     instructions = params.get("instructions")
@@ -1192,7 +1176,7 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
         raise _Rejected(
             "invalid_type",
             "Invalid type for 'response.instructions': expected a string, "
-            f"but got {_json_type(instructions)} instead.",
+            f"but got {json_type(instructions)} instead.",
             "response.instructions",
         )
     conversation = params.get("conversation")
@@ -1211,7 +1195,7 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
             raise _Rejected(
                 "invalid_type",
                 "Invalid type for 'response.max_output_tokens': expected an integer or 'inf', "
-                f"but got {_json_type(max_output_tokens)} instead.",
+                f"but got {json_type(max_output_tokens)} instead.",
                 "response.max_output_tokens",
             )
         if not 1 <= max_output_tokens <= 4096:
@@ -1229,7 +1213,7 @@ def _check_metadata(metadata: object) -> None:
         raise _Rejected(
             "invalid_type",
             "Invalid type for 'response.metadata': expected an object, "
-            f"but got {_json_type(metadata)} instead.",
+            f"but got {json_type(metadata)} instead.",
             "response.metadata",
         )
     if len(metadata) > METADATA_MAX_PAIRS:
@@ -1254,7 +1238,7 @@ def _check_metadata(metadata: object) -> None:
             raise _Rejected(
                 "invalid_type",
                 f"Invalid type for '{param}': expected a string, "
-                f"but got {_json_type(value)} instead.",
+                f"but got {json_type(value)} instead.",
                 param,
             )
         if len(value) > METADATA_MAX_VALUE_CHARS:
