@@ -325,7 +325,9 @@ class RelayCore:
         if self.ended is not None:
             return None
         deadlines = [
-            d for d in (self.sequencer.next_deadline, self._start_deadline, self._flush_at) if d is not None
+            d
+            for d in (self.sequencer.next_deadline, self._start_deadline, self._flush_at)
+            if d is not None
         ]
         if self._busy:
             deadlines.append(self._last_upstream_at + self.stall_timeout)
@@ -356,6 +358,8 @@ class RelayCore:
 
     def upstream_failed(self, detail: str, *, now: float) -> list[Action]:
         """The upstream leg could not be opened."""
+        if self.ended is not None:
+            return []
         message = f"Could not connect to the upstream: {detail}"
         return self._fail_upstream("upstream_unavailable", message, now=now)
 
@@ -363,12 +367,22 @@ class RelayCore:
         if self.ended is not None:
             return []
         normal = code in (1000, 1001)
-        why = reason or ("The upstream closed the session." if normal else f"The upstream connection was lost ({code}).")
+        why = reason or (
+            "The upstream closed the session."
+            if normal
+            else f"The upstream connection was lost ({code})."
+        )
         caller_code = code if code in PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
         if self._expired:
             end = self._end("ended", EndReason.SESSION_EXPIRED, now, code=code, detail=why)
         else:
-            end = self._end("ended" if normal else "failed", EndReason.UPSTREAM_CLOSED, now, code=code, detail=why)
+            end = self._end(
+                "ended" if normal else "failed",
+                EndReason.UPSTREAM_CLOSED,
+                now,
+                code=code,
+                detail=why,
+            )
         return [CloseCaller(code=caller_code, reason=why), *end]
 
     def caller_closed(self, *, now: float) -> list[Action]:
@@ -437,7 +451,11 @@ class RelayCore:
         if forward is not None:
             actions.append(ToCaller(frame=forward))
         else:
-            actions.append(ToWatchers(message={"type": WATCH_EVENT, "session_id": self.session_id, "event": frame}))
+            actions.append(
+                ToWatchers(
+                    message={"type": WATCH_EVENT, "session_id": self.session_id, "event": frame}
+                )
+            )
         return self._finish(actions)
 
     def _on_session_event(self, kind: str, event: dict, actions: list[Action], now: float) -> None:
@@ -450,11 +468,17 @@ class RelayCore:
         if kind == "session.created" and self.session_id is None:
             self.session_id = _public_id(session.get("id"), self.fallback_id)
             self._start_deadline = None
-            actions.append(SessionNamed(session_id=self.session_id, instructions=self.session_instructions, at=now))
+            actions.append(
+                SessionNamed(
+                    session_id=self.session_id, instructions=self.session_instructions, at=now
+                )
+            )
         elif isinstance(instructions, str):
             actions.append(InstructionsChanged(instructions=instructions))
 
-    def _on_response_event(self, kind: str, event: dict, frame: str, actions: list[Action], now: float) -> str | None:
+    def _on_response_event(
+        self, kind: str, event: dict, frame: str, actions: list[Action], now: float
+    ) -> str | None:
         response = event.get("response")
         if not isinstance(response, dict) or not isinstance(response.get("id"), str):
             return frame
@@ -463,13 +487,22 @@ class RelayCore:
         tag = metadata.get(OC_REQUEST_KEY) if isinstance(metadata, dict) else None
         tag = tag if isinstance(tag, str) else None
         if kind == "response.created":
-            self._apply(self.sequencer.response_created(response_id=response_id, oc_request=tag, now=now), actions)
+            self._apply(
+                self.sequencer.response_created(response_id=response_id, oc_request=tag, now=now),
+                actions,
+            )
         else:
             status = response.get("status")
-            details = {"output_text": events.response_output_text(response), "usage": response.get("usage")}
+            details = {
+                "output_text": events.response_output_text(response),
+                "usage": response.get("usage"),
+            }
             self._apply(
                 self.sequencer.response_done(
-                    response_id=response_id, status=status if isinstance(status, str) else "", now=now, details=details
+                    response_id=response_id,
+                    status=status if isinstance(status, str) else "",
+                    now=now,
+                    details=details,
                 ),
                 actions,
             )
@@ -501,7 +534,9 @@ class RelayCore:
         if event_id is not None and event_id in self._own_event_ids:
             self._own_event_ids.discard(event_id)
             return None  # about a note: the operators see it, the caller never sent it
-        claims = self._apply(self.sequencer.error(event_id=event_id, code=code, message=message, now=now), actions)
+        claims = self._apply(
+            self.sequencer.error(event_id=event_id, code=code, message=message, now=now), actions
+        )
         # An error about none of the sequencer's events is the caller's own: it goes through.
         return frame if not claims or claims[0].forward_to_caller else None
 
@@ -525,7 +560,11 @@ class RelayCore:
         self._schedule_flush(now)
 
     def _on_delta(self, event: dict, hidden: bool, now: float) -> None:
-        item_id, delta, response_id = event.get("item_id"), event.get("delta"), event.get("response_id")
+        item_id, delta, response_id = (
+            event.get("item_id"),
+            event.get("delta"),
+            event.get("response_id"),
+        )
         if isinstance(item_id, str) and isinstance(delta, str):
             self.transcript.delta(
                 item_id=item_id,
@@ -544,7 +583,15 @@ class RelayCore:
         entries = self.transcript.drain()
         if not entries or not self._watchers:
             return []
-        return [ToWatchers(message={"type": WATCH_TRANSCRIPT, "session_id": self.session_id, "entries": entries})]
+        return [
+            ToWatchers(
+                message={
+                    "type": WATCH_TRANSCRIPT,
+                    "session_id": self.session_id,
+                    "entries": entries,
+                }
+            )
+        ]
 
     # ------------------------------------------------------------------ caller → upstream
 
@@ -561,7 +608,10 @@ class RelayCore:
         except ValueError as exc:
             return self._tell_caller("invalid_json", f"The frame is not valid JSON: {exc}.")
         if not isinstance(event, dict):
-            return self._tell_caller("invalid_type", f"Expected an event object, but got {events.json_type(event)} instead.")
+            return self._tell_caller(
+                "invalid_type",
+                f"Expected an event object, but got {events.json_type(event)} instead.",
+            )
         if event.get("type") != "response.create":
             return [ToUpstream(frame=frame)]
         return self._finish(self._caller_response_create(event, now))
@@ -571,7 +621,9 @@ class RelayCore:
         if not isinstance(event_id, str) or not event_id:
             event_id = self._new_event_id()
         elif events.text_problem(event_id):
-            return self._tell_caller("invalid_value", f"'event_id' {events.text_problem(event_id)}.", param="event_id")
+            return self._tell_caller(
+                "invalid_value", f"'event_id' {events.text_problem(event_id)}.", param="event_id"
+            )
         response = event.get("response", {})
         if not isinstance(response, dict):
             kind = events.json_type(response)
@@ -594,7 +646,9 @@ class RelayCore:
                 f"{self.queue_limit}); send response.create again once some have started.",
                 event_id=event_id,
             )
-        request = Request(id=self._new_request_id(), origin=CALLER, event_id=event_id, response=response)
+        request = Request(
+            id=self._new_request_id(), origin=CALLER, event_id=event_id, response=response
+        )
         instructions = response.get("instructions")
         metadata = response.get("metadata")
         info = _Info(
@@ -662,7 +716,9 @@ class RelayCore:
             response["instructions"] = info.sent_instructions = stored.instructions
         elif stored.instructions is not None:
             info.append = stored.instructions  # composed when sent, with the instructions of then
-        request = Request(id=stored.id, origin=stored.origin, event_id=self._new_event_id(), response=response)
+        request = Request(
+            id=stored.id, origin=stored.origin, event_id=self._new_event_id(), response=response
+        )
         info.event_id = request.event_id
         self._infos[stored.id] = info
         actions: list[Action] = []
@@ -719,7 +775,12 @@ class RelayCore:
             return [Answer(payload={"ok": False, "message": "The session has ended."})]
         event_id = self._new_event_id()
         self._own_event_ids.add(event_id)
-        item = {"id": item_id, "type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+        item = {
+            "id": item_id,
+            "type": "message",
+            "role": role,
+            "content": [{"type": "input_text", "text": text}],
+        }
         event = {"type": "conversation.item.create", "event_id": event_id, "item": item}
         return [ToUpstream(frame=events.dumps(event)), Answer(payload={"ok": True, "at": now})]
 
@@ -736,7 +797,9 @@ class RelayCore:
         actions: list[Action] = []
         if watching:
             if watcher not in self._watchers:
-                actions.append(ToWatcher(watcher=watcher, message={"type": WATCH_SNAPSHOT, **self.snapshot()}))
+                actions.append(
+                    ToWatcher(watcher=watcher, message={"type": WATCH_SNAPSHOT, **self.snapshot()})
+                )
             self._watchers[watcher] = (user, now + WATCH_TTL)
         else:
             self._watchers.pop(watcher, None)
@@ -745,7 +808,15 @@ class RelayCore:
         self.transcript.recording = bool(self._watchers)
         after = self.watchers
         if after != before:
-            actions.append(ToWatchers(message={"type": WATCH_PRESENCE, "session_id": self.session_id, "watchers": list(after)}))
+            actions.append(
+                ToWatchers(
+                    message={
+                        "type": WATCH_PRESENCE,
+                        "session_id": self.session_id,
+                        "watchers": list(after),
+                    }
+                )
+            )
             actions.append(WatchersChanged(names=after))
         return actions
 
@@ -789,9 +860,17 @@ class RelayCore:
         ]
 
     def _end(
-        self, status: str, reason: EndReason, now: float, *, code: int | None = None, detail: str = ""
+        self,
+        status: str,
+        reason: EndReason,
+        now: float,
+        *,
+        code: int | None = None,
+        detail: str = "",
     ) -> list[Action]:
-        end = self.ended = SessionEnded(status=status, reason=reason, at=now, code=code, detail=detail)
+        end = self.ended = SessionEnded(
+            status=status, reason=reason, at=now, code=code, detail=detail
+        )
         self._start_deadline = None
         actions: list[Action] = []
         why = f"{reason.value}: {detail}" if detail else reason.value
@@ -820,7 +899,9 @@ class RelayCore:
             for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
                 self._infos.pop(request_id, None)
                 self._forgotten[request_id] = status.value
-            for request_id in list(itertools.islice(self._forgotten, max(0, len(self._forgotten) - FORGOTTEN_IDS))):
+            for request_id in list(
+                itertools.islice(self._forgotten, max(0, len(self._forgotten) - FORGOTTEN_IDS))
+            ):
                 del self._forgotten[request_id]
         return actions
 
@@ -916,15 +997,25 @@ class RelayCore:
                     }
                 )
             )
-        if info.origin == CALLER and status is RequestStatus.FAILED and change.error_code == "upstream_timeout":
+        if (
+            info.origin == CALLER
+            and status is RequestStatus.FAILED
+            and change.error_code == "upstream_timeout"
+        ):
             # The caller's client waits for this response; the upstream never answered.
-            actions += self._tell_caller("upstream_timeout", change.error_message or "", event_id=info.event_id)
+            actions += self._tell_caller(
+                "upstream_timeout", change.error_message or "", event_id=info.event_id
+            )
         return actions
 
 
 def _public_id(value: Any, fallback: str) -> str:
     """The upstream's session.id, if the console and the database can hold it."""
-    if isinstance(value, str) and 0 < len(value) <= MAX_SESSION_ID_CHARS and not events.text_problem(value):
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_SESSION_ID_CHARS
+        and not events.text_problem(value)
+    ):
         return value
     return fallback
 
@@ -933,8 +1024,14 @@ def _caller_response_problem(response: dict[str, Any]) -> tuple[str, str, str] |
     """Why the relay refuses a caller's `response` object: (code, param, message), or None."""
     metadata = response.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        return "invalid_type", "response.metadata", "Invalid type for 'response.metadata': expected an object."
-    if isinstance(metadata, dict) and (OC_REQUEST_KEY in metadata or len(metadata) > MAX_CALLER_METADATA_PAIRS):
+        return (
+            "invalid_type",
+            "response.metadata",
+            "Invalid type for 'response.metadata': expected an object.",
+        )
+    if isinstance(metadata, dict) and (
+        OC_REQUEST_KEY in metadata or len(metadata) > MAX_CALLER_METADATA_PAIRS
+    ):
         return (
             "invalid_value",
             "response.metadata",

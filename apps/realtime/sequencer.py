@@ -96,12 +96,22 @@ TRANSITIONS: Mapping[RequestStatus, frozenset[RequestStatus]] = {
     # sent; cancelled or failed before it was; in_progress when a response.created names it
     # after an error put it back here that turned out not to be about it.
     RequestStatus.QUEUED: frozenset(
-        {RequestStatus.SENT, RequestStatus.IN_PROGRESS, RequestStatus.CANCELLED, RequestStatus.FAILED}
+        {
+            RequestStatus.SENT,
+            RequestStatus.IN_PROGRESS,
+            RequestStatus.CANCELLED,
+            RequestStatus.FAILED,
+        }
     ),
     # created; back to the queue on conversation_already_has_active_response (or cancelled,
     # if a cancel was waiting for it); failed on any other error, a timeout or the session's end.
     RequestStatus.SENT: frozenset(
-        {RequestStatus.QUEUED, RequestStatus.IN_PROGRESS, RequestStatus.CANCELLED, RequestStatus.FAILED}
+        {
+            RequestStatus.QUEUED,
+            RequestStatus.IN_PROGRESS,
+            RequestStatus.CANCELLED,
+            RequestStatus.FAILED,
+        }
     ),
     # whatever response.done says, or failed when the session ends first.
     RequestStatus.IN_PROGRESS: frozenset(TERMINAL_STATUSES),

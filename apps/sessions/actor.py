@@ -26,16 +26,14 @@ re-armed only when that moves earlier: a tick that comes early finds nothing to 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from websockets.exceptions import ConnectionClosed
 
 from apps.realtime import relay
 from apps.realtime.relay import (
@@ -51,16 +49,16 @@ from apps.realtime.relay import (
 from apps.sessions import clock, groups, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
+from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, UpstreamLeg
 from apps.sessions.process import PROCESS_ID
 from apps.sessions.upstream import open_upstream
 
 log = logging.getLogger(__name__)
 
-# Mailbox items: (kind, payload, the upstream leg a frame or close came from).
+# Mailbox items: (kind, payload, the upstream leg a frame or close came from); the upstream
+# leg's own kinds are in `legs`.
 CALLER_FRAME = "caller.frame"
 CALLER_CLOSED = "caller.closed"
-UPSTREAM_FRAME = "upstream.frame"
-UPSTREAM_CLOSED = "upstream.closed"
 OPERATOR = "operator"
 TICK = "tick"
 SHUTDOWN = "shutdown"
@@ -94,47 +92,6 @@ class Mailbox:
             finally:
                 self._waiter = None
         return self._items.popleft()
-
-
-class Caller(Protocol):
-    """The caller leg, as the actor sees it (`RelayConsumer` is one)."""
-
-    async def send_frame(self, frame: str | bytes) -> None: ...
-
-    async def close_with(self, code: int, reason: str) -> None: ...
-
-
-class UpstreamLeg:
-    """An open upstream connection and the task that reads it into the actor's mailbox."""
-
-    def __init__(self, connection: Any, mailbox: Mailbox, name: str) -> None:
-        self.connection = connection
-        self._reader = asyncio.create_task(self._read(mailbox), name=f"upstream-{name}")
-
-    async def _read(self, mailbox: Mailbox) -> None:
-        put, recv = mailbox.put, self.connection.recv
-        try:
-            while True:
-                put((UPSTREAM_FRAME, await recv(), self))
-        except ConnectionClosed as exc:
-            received = exc.rcvd
-            put((UPSTREAM_CLOSED, (received.code, received.reason) if received else (1006, ""), self))
-        except Exception as exc:  # the socket failed in some other way
-            log.warning("upstream read failed: %r", exc)
-            put((UPSTREAM_CLOSED, (1006, ""), self))
-
-    async def send(self, frame: str | bytes) -> None:
-        try:
-            await self.connection.send(frame)
-        except Exception as exc:  # the reader sees the close, and the session ends
-            log.info("upstream send failed: %r", exc)
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        # Closing a broken socket can fail; there is nothing more to do about it then.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.connection.close(), 1.0)
 
 
 class SessionActor:
@@ -171,10 +128,6 @@ class SessionActor:
         self._outbox: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ outside interface
-
-    @property
-    def session_id(self) -> str | None:
-        return self.core.session_id
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"session-actor-{self.key}")
@@ -218,7 +171,11 @@ class SessionActor:
         housekeeping().add(self)  # heartbeats from now on; requests once the session is named
         history.submit(
             records.session_opened(
-                key=self.key, model=self.model, connected_by=self.connected_by, process_id=PROCESS_ID, at=clock.now()
+                key=self.key,
+                model=self.model,
+                connected_by=self.connected_by,
+                process_id=PROCESS_ID,
+                at=clock.now(),
             )
         )
         try:
@@ -241,7 +198,9 @@ class SessionActor:
             await self._cleanup()
 
     async def _open_upstream(self) -> None:
-        self._opening = asyncio.ensure_future(self._opener(model=self.model, extra_headers=self._upstream_headers))
+        self._opening = asyncio.ensure_future(
+            self._opener(model=self.model, extra_headers=self._upstream_headers)
+        )
         try:
             connection = await self._opening
         except asyncio.CancelledError:
@@ -250,7 +209,9 @@ class SessionActor:
             return  # the caller left, or the process stops: their message is in the mailbox
         except Exception as exc:  # refused, unreachable, timed out
             log.warning("upstream connection failed for %s: %s", self.key, exc)
-            await self._perform(self.core.upstream_failed(str(exc) or type(exc).__name__, now=clock.now()))
+            await self._perform(
+                self.core.upstream_failed(str(exc) or type(exc).__name__, now=clock.now())
+            )
             return
         finally:
             self._opening = None
@@ -290,12 +251,16 @@ class SessionActor:
         elif kind == groups.SESSION_CANCEL:
             actions = core.cancel(message["request_id"], now=now)
         elif kind == groups.SESSION_NOTE:
-            actions = core.note(item_id=message["item_id"], role=message["role"], text=message["text"], now=now)
+            actions = core.note(
+                item_id=message["item_id"], role=message["role"], text=message["text"], now=now
+            )
         elif kind == groups.SESSION_INTERRUPT:
             actions = core.interrupt(now=now)
         elif kind == groups.SESSION_WATCH and isinstance(message.get("channel"), str):
             user = str(message.get("user") or "")
-            actions = core.watch(message["channel"], user=user, watching=bool(message.get("watch", True)), now=now)
+            actions = core.watch(
+                message["channel"], user=user, watching=bool(message.get("watch", True)), now=now
+            )
         else:
             log.warning("unknown operator message %r on %s", kind, self.key)
             return
@@ -335,7 +300,12 @@ class SessionActor:
             elif kind is CloseCaller:
                 await self._close_caller(action.code, action.reason)
             elif kind is SessionEnded:
-                log.info("session %s ended: %s %s", self.core.session_id or self.key, action.reason, action.detail)
+                log.info(
+                    "session %s ended: %s %s",
+                    self.core.session_id or self.key,
+                    action.reason,
+                    action.detail,
+                )
         if self._outbox:
             await self._publish()
 
@@ -375,4 +345,6 @@ class SessionActor:
             self._timer.cancel()
         self._timer_at = deadline
         delay = max(0.0, deadline - clock.now())
-        self._timer = asyncio.get_running_loop().call_later(delay, self.mailbox.put, (TICK, None, None))
+        self._timer = asyncio.get_running_loop().call_later(
+            delay, self.mailbox.put, (TICK, None, None)
+        )

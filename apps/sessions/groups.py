@@ -50,7 +50,9 @@ _PREFIX = "console."
 def browser_json(message: dict) -> str:
     """A `console.*` message as the browser receives it: JSON, the prefix dropped."""
     kind = message["type"]
-    return json.dumps({**message, "type": kind[len(_PREFIX):] if kind.startswith(_PREFIX) else kind})
+    return json.dumps(
+        {**message, "type": kind[len(_PREFIX) :] if kind.startswith(_PREFIX) else kind}
+    )
 
 
 def console_frame(message: dict) -> dict:

@@ -32,7 +32,12 @@ def session_opened(*, key: uuid.UUID, model: str, connected_by: str, process_id:
             started_at=_dt(at),
             heartbeat_at=_dt(at),
         ),
-        event={"event": "session.opened", "session_key": str(key), "model": model, "by": connected_by},
+        event={
+            "event": "session.opened",
+            "session_key": str(key),
+            "model": model,
+            "by": connected_by,
+        },
     )
 
 
@@ -54,11 +59,19 @@ def session_updated(*, key: uuid.UUID, instructions: str):
     return UpdateRow(LiveSession, key, {"instructions": instructions})
 
 
-def session_ended(*, key: uuid.UUID, status: str, reason: str, code: int | None, detail: str, at: float):
+def session_ended(
+    *, key: uuid.UUID, status: str, reason: str, code: int | None, detail: str, at: float
+):
     def op() -> None:
         events_log.info(
             json.dumps(
-                {"event": "session.ended", "session_key": str(key), "status": status, "reason": reason, "code": code}
+                {
+                    "event": "session.ended",
+                    "session_key": str(key),
+                    "status": status,
+                    "reason": reason,
+                    "code": code,
+                }
             )
         )
         LiveSession.objects.filter(id=key).update(
@@ -186,7 +199,9 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
     """The history operation that records one of the core's actions."""
     match action:
         case relay.SessionNamed(session_id=session_id, instructions=instructions, at=at):
-            return session_identified(key=key, upstream_id=session_id, instructions=instructions, at=at)
+            return session_identified(
+                key=key, upstream_id=session_id, instructions=instructions, at=at
+            )
         case relay.InstructionsChanged(instructions=instructions):
             return session_updated(key=key, instructions=instructions)
         case relay.RequestRecorded():
@@ -218,5 +233,7 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
         case relay.WatchersChanged(names=names):
             return watchers_changed(key=key, names=list(names))
         case relay.SessionEnded(status=status, reason=reason, code=code, detail=detail, at=at):
-            return session_ended(key=key, status=status, reason=reason.value, code=code, detail=detail, at=at)
+            return session_ended(
+                key=key, status=status, reason=reason.value, code=code, detail=detail, at=at
+            )
     raise TypeError(f"no record for {action!r}")

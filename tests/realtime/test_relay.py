@@ -70,7 +70,9 @@ def summary(actions) -> list[str]:
             case ToWatcher(watcher=watcher, message=message):
                 out.append(f"watcher {watcher} {message['type'].removeprefix('console.')}")
             case Answer(payload=payload):
-                word = payload.get("status") or ("ok" if payload.get("ok") else payload.get("response_id"))
+                word = payload.get("status") or (
+                    "ok" if payload.get("ok") else payload.get("response_id")
+                )
                 out.append(f"answer {word}")
             case CloseCaller(code=code):
                 out.append(f"close {code}")
@@ -95,7 +97,13 @@ def frame(event: dict) -> str:
 
 
 def session_created(session_id: str = "sess_1", instructions: str = "Be a pirate.") -> str:
-    return frame({"type": "session.created", "event_id": "ev", "session": {"id": session_id, "instructions": instructions}})
+    return frame(
+        {
+            "type": "session.created",
+            "event_id": "ev",
+            "session": {"id": session_id, "instructions": instructions},
+        }
+    )
 
 
 def response_created(response_id: str, tag: str | None = None, metadata: dict | None = None) -> str:
@@ -103,24 +111,66 @@ def response_created(response_id: str, tag: str | None = None, metadata: dict | 
     if tag is not None:
         metadata[OC_REQUEST_KEY] = tag
     return frame(
-        {"type": "response.created", "event_id": "ev", "response": {"id": response_id, "status": "in_progress", "metadata": metadata or None}}
+        {
+            "type": "response.created",
+            "event_id": "ev",
+            "response": {"id": response_id, "status": "in_progress", "metadata": metadata or None},
+        }
     )
 
 
-def response_done(response_id: str, tag: str | None = None, status: str = "completed", text: str = "hi") -> str:
-    output = [{"id": f"item_{response_id}", "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]
+def response_done(
+    response_id: str, tag: str | None = None, status: str = "completed", text: str = "hi"
+) -> str:
+    output = [
+        {
+            "id": f"item_{response_id}",
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text}],
+        }
+    ]
     metadata = {OC_REQUEST_KEY: tag} if tag else None
     return frame(
-        {"type": "response.done", "event_id": "ev", "response": {"id": response_id, "status": status, "metadata": metadata, "output": output, "usage": {"total_tokens": 3}}}
+        {
+            "type": "response.done",
+            "event_id": "ev",
+            "response": {
+                "id": response_id,
+                "status": status,
+                "metadata": metadata,
+                "output": output,
+                "usage": {"total_tokens": 3},
+            },
+        }
     )
 
 
 def delta(response_id: str, text: str = "x") -> str:
-    return frame({"type": "response.output_text.delta", "event_id": "ev", "response_id": response_id, "item_id": f"item_{response_id}", "delta": text})
+    return frame(
+        {
+            "type": "response.output_text.delta",
+            "event_id": "ev",
+            "response_id": response_id,
+            "item_id": f"item_{response_id}",
+            "delta": text,
+        }
+    )
 
 
 def upstream_error(event_id: str | None, code: str) -> str:
-    return frame({"type": "error", "event_id": "ev", "error": {"type": "invalid_request_error", "code": code, "message": "no", "event_id": event_id}})
+    return frame(
+        {
+            "type": "error",
+            "event_id": "ev",
+            "error": {
+                "type": "invalid_request_error",
+                "code": code,
+                "message": "no",
+                "event_id": event_id,
+            },
+        }
+    )
 
 
 def caller_create(event_id: str = "c1", **response) -> str:
@@ -137,7 +187,12 @@ class Driver:
     def __init__(self, **kwargs) -> None:
         request_ids = iter("abcdefghijklmnopqrstuvwxyz")
         event_ids = iter(range(1, 10_000))
-        kwargs = {"send_timeout": SEND_TIMEOUT, "connect_timeout": CONNECT_TIMEOUT, "stall_timeout": STALL_TIMEOUT, **kwargs}
+        kwargs = {
+            "send_timeout": SEND_TIMEOUT,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "stall_timeout": STALL_TIMEOUT,
+            **kwargs,
+        }
         self.core = RelayCore(
             fallback_id="sess_fallback",
             connected_by="token:caller",
@@ -152,7 +207,9 @@ class Driver:
         core, now = self.core, self.now
         if isinstance(what, tuple):  # (input name, argument)
             name, argument = what
-            actions = {"up": core.upstream_frame, "call": core.caller_frame}[name](argument, now=now)
+            actions = {"up": core.upstream_frame, "call": core.caller_frame}[name](
+                argument, now=now
+            )
         else:
             verb, *args = what.split()
             if verb == "attached":
@@ -162,7 +219,14 @@ class Driver:
                 text = args[args.index("say") + 1] if "say" in args else None
                 mode = "replace" if "replace" in args else "append"
                 actions = core.submit(
-                    OperatorRequest(id=args[0], origin="api", instructions=text, instructions_mode=mode, conversation="none" if oob else None, requested_by="token:ops"),
+                    OperatorRequest(
+                        id=args[0],
+                        origin="api",
+                        instructions=text,
+                        instructions_mode=mode,
+                        conversation="none" if oob else None,
+                        requested_by="token:ops",
+                    ),
                     now=now,
                 )
             elif verb == "cancel":
@@ -205,7 +269,9 @@ class Driver:
 
 def started(**kwargs) -> Driver:
     driver = Driver(**kwargs)
-    driver.run([("attached", []), (("up", session_created()), ["named sess_1", "caller session.created"])])
+    driver.run(
+        [("attached", []), (("up", session_created()), ["named sess_1", "caller session.created"])]
+    )
     return driver
 
 
@@ -227,13 +293,23 @@ def test_no_session_created_within_the_connect_timeout_fails_the_session():
         [
             ("attached", []),
             ("tick 9.9", []),
-            ("tick 10", ["caller error upstream_timeout", "close 1011", "ended failed upstream_closed"]),
+            (
+                "tick 10",
+                ["caller error upstream_timeout", "close 1011", "ended failed upstream_closed"],
+            ),
         ]
     )
 
 
 def test_an_upstream_that_cannot_be_reached_tells_the_caller_and_fails():
-    Driver().run([("upstream_failed", ["caller error upstream_unavailable", "close 1011", "ended failed upstream_closed"])])
+    Driver().run(
+        [
+            (
+                "upstream_failed",
+                ["caller error upstream_unavailable", "close 1011", "ended failed upstream_closed"],
+            )
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -287,13 +363,23 @@ def test_callers_request_is_sent_and_its_metadata_comes_back_without_oc_request(
     driver = started()
     driver.run(
         [
-            (("call", caller_create("c1", metadata={"topic": "billing"})), ["recorded a caller queued", "a queued", "upstream response.create a", "a sent"]),
+            (
+                ("call", caller_create("c1", metadata={"topic": "billing"})),
+                ["recorded a caller queued", "a queued", "upstream response.create a", "a sent"],
+            ),
         ]
     )
     sent = sent_frames(driver.last)[0]
     assert sent["event_id"] == "c1", "the caller's event_id is kept"
     assert sent["response"]["metadata"] == {"topic": "billing", OC_REQUEST_KEY: "a"}
-    driver.run([(("up", response_created("r1", tag="a", metadata={"topic": "billing"})), ["a in_progress", "caller response.created"])])
+    driver.run(
+        [
+            (
+                ("up", response_created("r1", tag="a", metadata={"topic": "billing"})),
+                ["a in_progress", "caller response.created"],
+            )
+        ]
+    )
     seen = sent_frames(driver.last, ToCaller)[0]
     assert seen["response"]["metadata"] == {"topic": "billing"}
     driver.run([(("up", response_done("r1", tag="a")), ["a completed", "caller response.done"])])
@@ -304,10 +390,16 @@ def test_second_callers_request_waits_for_the_first_response_to_finish():
     driver = started()
     driver.run(
         [
-            (("call", caller_create("c1")), ["recorded a caller queued", "a queued", "upstream response.create a", "a sent"]),
+            (
+                ("call", caller_create("c1")),
+                ["recorded a caller queued", "a queued", "upstream response.create a", "a sent"],
+            ),
             (("call", caller_create("c2")), ["recorded b caller queued", "b queued"]),
             (("up", response_created("r1", tag="a")), ["a in_progress", "caller response.created"]),
-            (("up", response_done("r1", tag="a")), ["a completed", "upstream response.create b", "b sent", "caller response.done"]),
+            (
+                ("up", response_done("r1", tag="a")),
+                ["a completed", "upstream response.create b", "b sent", "caller response.done"],
+            ),
         ]
     )
 
@@ -323,7 +415,9 @@ def test_other_caller_events_go_upstream_unchanged():
     raw = '{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[]}}'
     assert driver.step(("call", raw)) == [ToUpstream(frame=raw)]
     spaced = '{ "type" : "input_audio_buffer.append", "audio": "AAAA" }'
-    assert driver.step(("call", spaced)) == [ToUpstream(frame=spaced)], "parsed to find its type, sent as received"
+    assert driver.step(("call", spaced)) == [ToUpstream(frame=spaced)], (
+        "parsed to find its type, sent as received"
+    )
 
 
 DEEP = "[" * 5000 + "]" * 5000
@@ -334,34 +428,108 @@ DEEP = "[" * 5000 + "]" * 5000
     [
         pytest.param("this is not json", "invalid_json", None, id="not-json"),
         pytest.param(DEEP, "invalid_json", None, id="nested-too-deep"),
-        pytest.param('{"type":"response.create","response":' + DEEP[:3000] + "1" + DEEP[3000:6000] + "}", "invalid_json", None, id="deep-response-create"),
+        pytest.param(
+            '{"type":"response.create","response":' + DEEP[:3000] + "1" + DEEP[3000:6000] + "}",
+            "invalid_json",
+            None,
+            id="deep-response-create",
+        ),
         pytest.param("[1, 2]", "invalid_type", None, id="not-an-object"),
-        pytest.param(caller_create("c1").replace('"event_id":"c1"', '"event_id":"c1","response":null'), "invalid_type", "response", id="response-null"),
-        pytest.param(frame({"type": "response.create", "response": {"metadata": "x"}}), "invalid_type", "response.metadata", id="metadata-not-object"),
-        pytest.param(frame({"type": "response.create", "response": {"metadata": {OC_REQUEST_KEY: "x"}}}), "invalid_value", "response.metadata", id="reserved-key"),
-        pytest.param(frame({"type": "response.create", "response": {"metadata": {str(i): "v" for i in range(16)}}}), "invalid_value", "response.metadata", id="sixteen-pairs"),
-        pytest.param('{"type":"response.create","response":{"instructions":"hi \\ud800"}}', "invalid_value", "response.instructions", id="lone-surrogate-instructions"),
-        pytest.param('{"type":"response.create","response":{"metadata":{"k":"\\udfff"}}}', "invalid_value", "response.metadata.k", id="lone-surrogate-metadata"),
-        pytest.param('{"type":"response.create","response":{"metadata":{"\\ud800":"v"}}}', "invalid_value", "response.metadata", id="lone-surrogate-key"),
-        pytest.param('{"type":"response.create","response":{"instructions":"a\\u0000b"}}', "invalid_value", "response.instructions", id="nul"),
-        pytest.param('{"type":"response.create","event_id":"\\ud800"}', "invalid_value", "event_id", id="lone-surrogate-event-id"),
-        pytest.param('{"type":"response.create","response":{"input":[{"x":"\\ud83d"}]}}', "invalid_value", "response.input[0].x", id="lone-surrogate-anywhere"),
+        pytest.param(
+            caller_create("c1").replace('"event_id":"c1"', '"event_id":"c1","response":null'),
+            "invalid_type",
+            "response",
+            id="response-null",
+        ),
+        pytest.param(
+            frame({"type": "response.create", "response": {"metadata": "x"}}),
+            "invalid_type",
+            "response.metadata",
+            id="metadata-not-object",
+        ),
+        pytest.param(
+            frame({"type": "response.create", "response": {"metadata": {OC_REQUEST_KEY: "x"}}}),
+            "invalid_value",
+            "response.metadata",
+            id="reserved-key",
+        ),
+        pytest.param(
+            frame(
+                {
+                    "type": "response.create",
+                    "response": {"metadata": {str(i): "v" for i in range(16)}},
+                }
+            ),
+            "invalid_value",
+            "response.metadata",
+            id="sixteen-pairs",
+        ),
+        pytest.param(
+            '{"type":"response.create","response":{"instructions":"hi \\ud800"}}',
+            "invalid_value",
+            "response.instructions",
+            id="lone-surrogate-instructions",
+        ),
+        pytest.param(
+            '{"type":"response.create","response":{"metadata":{"k":"\\udfff"}}}',
+            "invalid_value",
+            "response.metadata.k",
+            id="lone-surrogate-metadata",
+        ),
+        pytest.param(
+            '{"type":"response.create","response":{"metadata":{"\\ud800":"v"}}}',
+            "invalid_value",
+            "response.metadata",
+            id="lone-surrogate-key",
+        ),
+        pytest.param(
+            '{"type":"response.create","response":{"instructions":"a\\u0000b"}}',
+            "invalid_value",
+            "response.instructions",
+            id="nul",
+        ),
+        pytest.param(
+            '{"type":"response.create","event_id":"\\ud800"}',
+            "invalid_value",
+            "event_id",
+            id="lone-surrogate-event-id",
+        ),
+        pytest.param(
+            '{"type":"response.create","response":{"input":[{"x":"\\ud83d"}]}}',
+            "invalid_value",
+            "response.input[0].x",
+            id="lone-surrogate-anywhere",
+        ),
     ],
 )
 def test_caller_event_the_relay_refuses_gets_an_error_and_the_session_goes_on(raw, code, param):
     driver = started()
     actions = driver.step(("call", raw))
-    assert summary(actions) == [f"caller error {code}"], "nothing goes upstream, nothing is recorded"
+    assert summary(actions) == [f"caller error {code}"], (
+        "nothing goes upstream, nothing is recorded"
+    )
     error = json.loads(actions[0].frame)
     assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"]
     assert error["error"]["param"] == param
     actions[0].frame.encode("utf-8")  # the answer itself can be sent
-    driver.run([(("call", caller_create("c9")), ["recorded a caller queued", "a queued", "upstream response.create a", "a sent"])])
+    driver.run(
+        [
+            (
+                ("call", caller_create("c9")),
+                ["recorded a caller queued", "a queued", "upstream response.create a", "a sent"],
+            )
+        ]
+    )
 
 
 def test_refusal_names_the_callers_event_id():
     driver = started()
-    actions = driver.step(("call", frame({"type": "response.create", "event_id": "evt_7", "response": {"metadata": 1}})))
+    actions = driver.step(
+        (
+            "call",
+            frame({"type": "response.create", "event_id": "evt_7", "response": {"metadata": 1}}),
+        )
+    )
     assert json.loads(actions[0].frame)["error"]["event_id"] == "evt_7"
 
 
@@ -375,7 +543,13 @@ def test_caller_over_the_queue_limit_gets_queue_full_but_out_of_band_is_never_re
     assert json.loads(actions[0].frame)["error"]["event_id"] == "c4"
     oob = driver.step(("call", caller_create("c5", conversation="none")))
     assert "upstream response.create d" in summary(oob), "out of band goes at once"
-    assert summary(driver.step("submit op1 oob")) == ["op1 queued", "watchers request", "upstream response.create op1", "op1 sent", "watchers request"]
+    assert summary(driver.step("submit op1 oob")) == [
+        "op1 queued",
+        "watchers request",
+        "upstream response.create op1",
+        "op1 sent",
+        "watchers request",
+    ]
 
 
 def test_callers_request_that_times_out_upstream_tells_the_caller_with_its_event_id():
@@ -388,18 +562,34 @@ def test_callers_request_that_times_out_upstream_tells_the_caller_with_its_event
 def test_active_response_error_about_the_relays_own_sequencing_never_reaches_the_caller():
     driver = started()
     driver.step(("call", caller_create("c1")))
-    driver.run([(("up", upstream_error("c1", "conversation_already_has_active_response")), ["a queued", "watchers event"])])
+    driver.run(
+        [
+            (
+                ("up", upstream_error("c1", "conversation_already_has_active_response")),
+                ["a queued", "watchers event"],
+            )
+        ]
+    )
 
 
 def test_any_other_error_about_the_callers_request_reaches_the_caller():
     driver = started()
     driver.step(("call", caller_create("c1")))
-    driver.run([(("up", upstream_error("c1", "invalid_value")), ["a failed invalid_value", "caller error invalid_value"])])
+    driver.run(
+        [
+            (
+                ("up", upstream_error("c1", "invalid_value")),
+                ["a failed invalid_value", "caller error invalid_value"],
+            )
+        ]
+    )
 
 
 def test_an_error_about_nothing_of_the_relays_reaches_the_caller():
     driver = started()
-    driver.run([(("up", upstream_error("c_other", "invalid_value")), ["caller error invalid_value"])])
+    driver.run(
+        [(("up", upstream_error("c_other", "invalid_value")), ["caller error invalid_value"])]
+    )
 
 
 # ---------------------------------------------------------------------------- operators' requests
@@ -407,11 +597,33 @@ def test_an_error_about_nothing_of_the_relays_reaches_the_caller():
 
 def test_operator_request_appends_to_the_session_instructions_and_hides_them_from_the_caller():
     driver = started()
-    driver.run([("submit op1 say Offer-the-refund.", ["op1 queued", "watchers request", "upstream response.create op1", "op1 sent", "watchers request"])])
+    driver.run(
+        [
+            (
+                "submit op1 say Offer-the-refund.",
+                [
+                    "op1 queued",
+                    "watchers request",
+                    "upstream response.create op1",
+                    "op1 sent",
+                    "watchers request",
+                ],
+            )
+        ]
+    )
     sent = sent_frames(driver.last)[0]
     assert sent["response"]["instructions"] == "Be a pirate.\n\nOffer-the-refund."
-    assert driver.last[3].sent_instructions == sent["response"]["instructions"], "the record keeps what was sent"
-    driver.run([(("up", response_created("r1", tag="op1")), ["op1 in_progress", "watchers request", "caller response.created"])])
+    assert driver.last[3].sent_instructions == sent["response"]["instructions"], (
+        "the record keeps what was sent"
+    )
+    driver.run(
+        [
+            (
+                ("up", response_created("r1", tag="op1")),
+                ["op1 in_progress", "watchers request", "caller response.created"],
+            )
+        ]
+    )
     seen = sent_frames(driver.last, ToCaller)[0]
     assert seen["response"]["metadata"] is None and "instructions" not in seen["response"]
 
@@ -426,7 +638,9 @@ def test_append_uses_the_instructions_of_the_moment_it_is_sent():
     driver = started()
     driver.step(("call", caller_create("c1")))
     driver.step("submit op1 say More.")
-    driver.step(("up", frame({"type": "session.updated", "session": {"instructions": "Be brief."}})))
+    driver.step(
+        ("up", frame({"type": "session.updated", "session": {"instructions": "Be brief."}}))
+    )
     driver.step(("up", response_created("r1", tag="a")))
     driver.step(("up", response_done("r1", tag="a")))
     assert sent_frames(driver.last)[0]["response"]["instructions"] == "Be brief.\n\nMore."
@@ -437,9 +651,15 @@ def test_operator_out_of_band_response_goes_to_watchers_never_to_the_caller():
     driver.step("submit op1 oob")
     driver.run(
         [
-            (("up", response_created("r1", tag="op1")), ["op1 in_progress", "watchers request", "watchers event"]),
+            (
+                ("up", response_created("r1", tag="op1")),
+                ["op1 in_progress", "watchers request", "watchers event"],
+            ),
             (("up", delta("r1")), ["watchers event"]),
-            (("up", response_done("r1", tag="op1")), ["op1 completed", "watchers request", "watchers event"]),
+            (
+                ("up", response_done("r1", tag="op1")),
+                ["op1 completed", "watchers request", "watchers event"],
+            ),
             (("up", delta("r2")), ["caller response.output_text.delta"]),
         ]
     )
@@ -466,7 +686,9 @@ def test_cancel_of_the_callers_queued_request_tells_the_caller():
     driver = started()
     driver.step(("call", caller_create("c1")))
     driver.step(("call", caller_create("c2")))
-    driver.run([("cancel b", ["b cancelled", "caller error response_cancelled", "answer cancelled"])])
+    driver.run(
+        [("cancel b", ["b cancelled", "caller error response_cancelled", "answer cancelled"])]
+    )
     assert json.loads(driver.last[1].frame)["error"]["event_id"] == "c2"
 
 
@@ -478,7 +700,13 @@ def test_cancel_of_a_sent_request_is_refused_with_its_status():
 
 def test_cancel_before_the_request_arrives_keeps_it_from_ever_being_sent():
     driver = started()
-    driver.run([("cancel op1", ["op1 cancelled", "answer cancelled"]), ("submit op1", []), ("cancel op1", ["answer cancelled"])])
+    driver.run(
+        [
+            ("cancel op1", ["op1 cancelled", "answer cancelled"]),
+            ("submit op1", []),
+            ("cancel op1", ["answer cancelled"]),
+        ]
+    )
     assert "at" not in driver.last[0].payload, "only the cancel that cancelled it says when"
 
 
@@ -495,7 +723,9 @@ def test_interrupt_cancels_the_active_response():
     driver.step(("call", caller_create("c1")))
     driver.step(("up", response_created("r1", tag="a")))
     driver.run([("interrupt", ["upstream response.cancel", "answer r1"])])
-    driver.run([("interrupt", ["upstream response.cancel", "answer r1"])])  # asked again: asked again
+    driver.run(
+        [("interrupt", ["upstream response.cancel", "answer r1"])]
+    )  # asked again: asked again
     driver.step(("up", response_done("r1", tag="a", status="cancelled")))
     driver.run([("interrupt", ["answer None"])])
 
@@ -529,14 +759,21 @@ def test_deltas_are_read_only_while_watched_and_flushed_at_most_every_50_ms():
         ]
     )
     entries = driver.last[0].message["entries"]
-    assert entries == [{"id": "item_r1", "role": "agent", "append": " there!", "oob": False, "response_id": "r1"}]
+    assert entries == [
+        {"id": "item_r1", "role": "agent", "append": " there!", "oob": False, "response_id": "r1"}
+    ]
     assert driver.core.next_deadline is None, "nothing waits once flushed"
 
 
 def test_a_watcher_that_stops_renewing_is_forgotten():
     driver = started()
     driver.step("watch w1 ann")
-    driver.run([("at 91", []), ("watch w2 bob", ["watcher w2 snapshot", "watchers presence", "presence bob"])])
+    driver.run(
+        [
+            ("at 91", []),
+            ("watch w2 bob", ["watcher w2 snapshot", "watchers presence", "presence bob"]),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------- the end
@@ -568,22 +805,52 @@ def test_caller_leaving_fails_every_pending_request_and_ends_the_session():
 
 @pytest.mark.parametrize(
     ("code", "caller_code", "status"),
-    [(1000, 1000, "ended"), (1001, 1001, "ended"), (1011, 1011, "failed"), (1006, 1011, "failed"), (4000, 4000, "failed")],
+    [
+        (1000, 1000, "ended"),
+        (1001, 1001, "ended"),
+        (1011, 1011, "failed"),
+        (1006, 1011, "failed"),
+        (4000, 4000, "failed"),
+    ],
 )
 def test_upstream_close_passes_its_code_on_and_ends_the_session(code, caller_code, status):
     driver = started()
-    driver.run([(f"upstream_closed {code} bye", [f"close {caller_code}", "watchers ended", f"ended {status} upstream_closed"])])
+    driver.run(
+        [
+            (
+                f"upstream_closed {code} bye",
+                [f"close {caller_code}", "watchers ended", f"ended {status} upstream_closed"],
+            )
+        ]
+    )
     assert driver.core.ended.code == code
 
 
 def test_session_expired_then_close_is_a_normal_end():
     driver = started()
     driver.step(("call", caller_create("c1")))
-    expired = frame({"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired", "message": "Your session hit the maximum duration of 60 minutes."}})
+    expired = frame(
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "session_expired",
+                "message": "Your session hit the maximum duration of 60 minutes.",
+            },
+        }
+    )
     driver.run(
         [
             (("up", expired), ["caller error session_expired"]),
-            ("upstream_closed 1001", ["close 1001", "a failed session_ended", "watchers ended", "ended ended session_expired"]),
+            (
+                "upstream_closed 1001",
+                [
+                    "close 1001",
+                    "a failed session_ended",
+                    "watchers ended",
+                    "ended ended session_expired",
+                ],
+            ),
         ]
     )
 
@@ -598,7 +865,16 @@ def test_a_stalled_upstream_during_a_response_fails_the_session():
             ("at 20", []),
             (("up", delta("r1")), ["caller response.output_text.delta"]),
             ("tick 30", []),
-            ("tick 50", ["caller error upstream_timeout", "close 1011", "a failed session_ended", "watchers ended", "ended failed upstream_closed"]),
+            (
+                "tick 50",
+                [
+                    "caller error upstream_timeout",
+                    "close 1011",
+                    "a failed session_ended",
+                    "watchers ended",
+                    "ended failed upstream_closed",
+                ],
+            ),
         ]
     )
 
@@ -612,13 +888,38 @@ def test_an_idle_upstream_is_not_a_stall():
 def test_shutdown_ends_cleanly_and_asks_the_caller_to_come_back():
     driver = started()
     driver.step("submit op1")
-    driver.run([("shutdown", ["close 1012", "op1 failed session_ended", "watchers request", "watchers ended", "ended ended server_shutdown"])])
+    driver.run(
+        [
+            (
+                "shutdown",
+                [
+                    "close 1012",
+                    "op1 failed session_ended",
+                    "watchers request",
+                    "watchers ended",
+                    "ended ended server_shutdown",
+                ],
+            )
+        ]
+    )
     assert "server_shutdown" in driver.last[1].error_message
 
 
 def test_a_crash_of_the_relay_tells_the_caller():
     driver = started()
-    driver.run([("crashed", ["caller error relay_error", "close 1011", "watchers ended", "ended failed relay_error"])])
+    driver.run(
+        [
+            (
+                "crashed",
+                [
+                    "caller error relay_error",
+                    "close 1011",
+                    "watchers ended",
+                    "ended failed relay_error",
+                ],
+            )
+        ]
+    )
 
 
 def test_only_the_first_end_counts():
@@ -632,4 +933,11 @@ def test_only_the_first_end_counts():
 def test_a_request_submitted_after_the_end_fails_at_once():
     driver = started()
     driver.step("caller_closed")
-    driver.run([("submit op1", ["op1 queued", "watchers request", "op1 failed session_ended", "watchers request"])])
+    driver.run(
+        [
+            (
+                "submit op1",
+                ["op1 queued", "watchers request", "op1 failed session_ended", "watchers request"],
+            )
+        ]
+    )

@@ -62,7 +62,9 @@ class RelayMachine(RuleBasedStateMachine):
         self.responses = 0
         self.operator_ids = 0
         self.feed(self.core.upstream_attached(now=0.0))
-        self.upstream({"type": "session.created", "session": {"id": "sess_1", "instructions": "Be kind."}})
+        self.upstream(
+            {"type": "session.created", "session": {"id": "sess_1", "instructions": "Be kind."}}
+        )
 
     # ------------------------------------------------------------------ checking each step
 
@@ -82,7 +84,9 @@ class RelayMachine(RuleBasedStateMachine):
                 if history == [action.status]:
                     continue  # a request's first status, after the record that took it in
                 if history:
-                    assert action.status in TRANSITIONS[history[-1]], f"{action.request_id}: {history} then {action.status}"
+                    assert action.status in TRANSITIONS[history[-1]], (
+                        f"{action.request_id}: {history} then {action.status}"
+                    )
                 history.append(action.status)
             elif type(action) is SessionEnded:
                 assert self.core.ended is action
@@ -97,8 +101,12 @@ class RelayMachine(RuleBasedStateMachine):
         if event["type"] == "error":
             assert event["error"]["code"] != ACTIVE, "the relay's sequencing showed through"
         response = event.get("response")
-        response_id = event.get("response_id") or (response.get("id") if isinstance(response, dict) else None)
-        assert response_id not in self.hidden, f"an operator's out-of-band event reached the caller: {frame}"
+        response_id = event.get("response_id") or (
+            response.get("id") if isinstance(response, dict) else None
+        )
+        assert response_id not in self.hidden, (
+            f"an operator's out-of-band event reached the caller: {frame}"
+        )
 
     def upstream(self, event: dict) -> None:
         self.feed(self.core.upstream_frame(events.dumps(event), now=self.now))
@@ -117,7 +125,12 @@ class RelayMachine(RuleBasedStateMachine):
         event = {"type": "response.create", "response": response}
         self.feed(self.core.caller_frame(events.dumps(event), now=self.now))
 
-    @rule(oob=st.booleans(), meta=metadata, text=st.none() | texts, mode=st.sampled_from(["append", "replace"]))
+    @rule(
+        oob=st.booleans(),
+        meta=metadata,
+        text=st.none() | texts,
+        mode=st.sampled_from(["append", "replace"]),
+    )
     def operator_requests(self, oob, meta, text, mode):
         self.operator_ids += 1
         request_id = f"op_{self.operator_ids}"
@@ -159,13 +172,28 @@ class RelayMachine(RuleBasedStateMachine):
         if tag in self.operator_oob:
             self.hidden.add(response_id)
         self.live.append((response_id, tag))
-        self.upstream({"type": "response.created", "response": {"id": response_id, "metadata": event["response"]["metadata"]}})
+        self.upstream(
+            {
+                "type": "response.created",
+                "response": {"id": response_id, "metadata": event["response"]["metadata"]},
+            }
+        )
 
     @precondition(lambda self: self.unanswered)
     @rule()
     def upstream_refuses_the_oldest_as_busy(self):
         event = self.unanswered.pop(0)
-        self.upstream({"type": "error", "error": {"type": "invalid_request_error", "code": ACTIVE, "message": "busy", "event_id": event["event_id"]}})
+        self.upstream(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": ACTIVE,
+                    "message": "busy",
+                    "event_id": event["event_id"],
+                },
+            }
+        )
 
     @rule()
     def upstream_starts_a_response_of_its_own(self):
@@ -178,14 +206,33 @@ class RelayMachine(RuleBasedStateMachine):
     @rule(data=st.data(), text=texts)
     def upstream_streams(self, data, text):
         response_id, _ = data.draw(st.sampled_from(self.live))
-        self.upstream({"type": "response.output_text.delta", "response_id": response_id, "item_id": f"item_{response_id}", "delta": text})
+        self.upstream(
+            {
+                "type": "response.output_text.delta",
+                "response_id": response_id,
+                "item_id": f"item_{response_id}",
+                "delta": text,
+            }
+        )
 
     @precondition(lambda self: self.live)
-    @rule(data=st.data(), status=st.sampled_from(["completed", "cancelled", "incomplete", "failed"]))
+    @rule(
+        data=st.data(), status=st.sampled_from(["completed", "cancelled", "incomplete", "failed"])
+    )
     def upstream_finishes(self, data, status):
         response_id, tag = self.live.pop(data.draw(st.integers(0, len(self.live) - 1)))
         metadata = {OC_REQUEST_KEY: tag} if tag else None
-        self.upstream({"type": "response.done", "response": {"id": response_id, "status": status, "metadata": metadata, "output": []}})
+        self.upstream(
+            {
+                "type": "response.done",
+                "response": {
+                    "id": response_id,
+                    "status": status,
+                    "metadata": metadata,
+                    "output": [],
+                },
+            }
+        )
 
     @rule(seconds=st.sampled_from([0.01, 0.3, 5.0, 16.0]))
     def time_passes(self, seconds):
@@ -210,12 +257,17 @@ class RelayMachine(RuleBasedStateMachine):
             return
         for request_id, history in self.statuses.items():
             terminal = [status for status in history if status in TERMINAL_STATUSES]
-            assert len(terminal) == 1 and history[-1] in TERMINAL_STATUSES, f"{request_id}: {history}"
+            assert len(terminal) == 1 and history[-1] in TERMINAL_STATUSES, (
+                f"{request_id}: {history}"
+            )
 
 
 TestRelayMachine = RelayMachine.TestCase
 TestRelayMachine.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 

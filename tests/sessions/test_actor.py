@@ -38,7 +38,11 @@ class FakeUpstream:
         self.arrived = asyncio.Event()
 
     def push(self, event_or_frame) -> None:
-        self.inbox.put_nowait(event_or_frame if isinstance(event_or_frame, str | bytes | Exception) else events.dumps(event_or_frame))
+        self.inbox.put_nowait(
+            event_or_frame
+            if isinstance(event_or_frame, str | bytes | Exception)
+            else events.dumps(event_or_frame)
+        )
 
     def close_from_upstream(self, code: int, reason: str = "") -> None:
         self.inbox.put_nowait(ConnectionClosed(Close(code, reason), None))
@@ -103,9 +107,16 @@ async def _started(settings, **overrides) -> tuple[SessionActor, FakeCaller, Fak
     for name, value in overrides.items():
         setattr(settings, name, value)
     caller, upstream = FakeCaller(), FakeUpstream()
-    actor = SessionActor(caller=caller, model="gpt-realtime", connected_by="token:t", opener=_opener(upstream))
+    actor = SessionActor(
+        caller=caller, model="gpt-realtime", connected_by="token:t", opener=_opener(upstream)
+    )
     actor.start()
-    upstream.push({"type": "session.created", "session": {"id": f"sess_{actor.key.hex}", "instructions": "Be kind."}})
+    upstream.push(
+        {
+            "type": "session.created",
+            "session": {"id": f"sess_{actor.key.hex}", "instructions": "Be kind."},
+        }
+    )
     await caller.until(lambda c: c.frames)
     return actor, caller, upstream
 
@@ -118,7 +129,9 @@ async def _row(actor: SessionActor) -> LiveSession:
 async def test_frames_pass_in_order_both_ways(settings):
     actor, caller, upstream = await _started(settings)
     for n in range(20):
-        actor.caller_frame(events.dumps({"type": "conversation.item.create", "event_id": f"c{n}", "item": {}}))
+        actor.caller_frame(
+            events.dumps({"type": "conversation.item.create", "event_id": f"c{n}", "item": {}})
+        )
         upstream.push({"type": "response.output_text.delta", "response_id": "r", "delta": str(n)})
     actor.caller_frame(b"\x01binary")
     upstream.push(b"\x02binary")
@@ -139,7 +152,12 @@ async def test_upstream_close_closes_the_caller_with_its_code_and_records_the_en
     assert caller.closed == (1011, "simulated failure")
     assert upstream.closed, "the upstream leg is closed as the session ends"
     row = await _row(actor)
-    assert (row.status, row.end_reason, row.end_code, row.end_detail) == ("failed", "upstream_closed", 1011, "simulated failure")
+    assert (row.status, row.end_reason, row.end_code, row.end_detail) == (
+        "failed",
+        "upstream_closed",
+        1011,
+        "simulated failure",
+    )
 
 
 async def test_caller_leaving_while_the_upstream_opens_ends_the_session_without_one(settings):
@@ -184,11 +202,15 @@ async def test_a_new_upstream_leg_replaces_the_old_and_the_old_ones_frames_are_d
     assert old.closed
     old.push({"type": "response.output_text.delta", "response_id": "r", "delta": "old, after"})
     new.push({"type": "response.output_text.delta", "response_id": "r", "delta": "new"})
-    actor.caller_frame(events.dumps({"type": "conversation.item.create", "event_id": "c1", "item": {}}))
+    actor.caller_frame(
+        events.dumps({"type": "conversation.item.create", "event_id": "c1", "item": {}})
+    )
     await caller.until(lambda c: len(c.frames) == 3)
     assert [e.get("delta") for e in caller.events()[1:]] == ["old, before", "new"]
     await new.until_sent(1)
-    assert [e["event_id"] for e in new.sent_events()] == ["c1"], "the caller's frames go to the new leg"
+    assert [e["event_id"] for e in new.sent_events()] == ["c1"], (
+        "the caller's frames go to the new leg"
+    )
     actor.caller_closed()
     await actor.wait_finished()
 

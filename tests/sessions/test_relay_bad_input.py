@@ -24,7 +24,9 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 async def _open(token: str) -> tuple[WebsocketCommunicator, str]:
     communicator = WebsocketCommunicator(
-        application, "/v1/realtime?model=gpt-realtime", headers=[(b"authorization", f"Bearer {token}".encode())]
+        application,
+        "/v1/realtime?model=gpt-realtime",
+        headers=[(b"authorization", f"Bearer {token}".encode())],
     )
     assert (await communicator.connect(timeout=5))[0]
     created = await communicator.receive_json_from(timeout=5)
@@ -39,7 +41,9 @@ async def _until(communicator, kind: str, timeout: float = 5.0) -> list[dict]:
 
 
 async def _a_response_still_completes(communicator) -> None:
-    await communicator.send_json_to({"type": "conversation.item.create", "item": user_text("still there?")})
+    await communicator.send_json_to(
+        {"type": "conversation.item.create", "item": user_text("still there?")}
+    )
     await communicator.send_json_to({"type": "response.create", "event_id": "evt_after"})
     events = await _until(communicator, "response.done")
     assert events[-1]["response"]["status"] == "completed"
@@ -49,25 +53,49 @@ async def _a_response_still_completes(communicator) -> None:
     ("frame", "param"),
     [
         pytest.param(DEEP, None, id="array-nested-100000-deep"),
-        pytest.param('{"type":"response.create","response":{"metadata":' + DEEP + "}}", None, id="response-create-nested"),
-        pytest.param('{"type":"response.create","event_id":"e1","response":{"instructions":"a \\ud800"}}', "response.instructions", id="lone-surrogate-instructions"),
-        pytest.param('{"type":"response.create","event_id":"e2","response":{"metadata":{"k":"\\udfff"}}}', "response.metadata.k", id="lone-surrogate-metadata"),
-        pytest.param('{"type":"response.create","event_id":"\\ud800x"}', "event_id", id="lone-surrogate-event-id"),
+        pytest.param(
+            '{"type":"response.create","response":{"metadata":' + DEEP + "}}",
+            None,
+            id="response-create-nested",
+        ),
+        pytest.param(
+            '{"type":"response.create","event_id":"e1","response":{"instructions":"a \\ud800"}}',
+            "response.instructions",
+            id="lone-surrogate-instructions",
+        ),
+        pytest.param(
+            '{"type":"response.create","event_id":"e2","response":{"metadata":{"k":"\\udfff"}}}',
+            "response.metadata.k",
+            id="lone-surrogate-metadata",
+        ),
+        pytest.param(
+            '{"type":"response.create","event_id":"\\ud800x"}',
+            "event_id",
+            id="lone-surrogate-event-id",
+        ),
     ],
 )
-async def test_a_refused_caller_event_gets_an_error_and_loses_nothing(relay_settings, simulator, api_token, frame, param):
+async def test_a_refused_caller_event_gets_an_error_and_loses_nothing(
+    relay_settings, simulator, api_token, frame, param
+):
     communicator, session_id = await _open(api_token)
     await communicator.send_to(text_data=frame)
     error = await communicator.receive_json_from(timeout=5)
     assert error["type"] == "error"
-    assert error["error"]["type"] == "invalid_request_error" and error["error"]["code"] in ("invalid_json", "invalid_type", "invalid_value")
+    assert error["error"]["type"] == "invalid_request_error" and error["error"]["code"] in (
+        "invalid_json",
+        "invalid_type",
+        "invalid_value",
+    )
     assert error["error"]["param"] == param
     assert simulator.sim.received(session_id) == [], "nothing of it went upstream"
     await _a_response_still_completes(communicator)
     await communicator.disconnect()
     await history.flush()
     rows = [r async for r in ResponseRequest.objects.filter(session__upstream_id=session_id)]
-    assert [(r.event_id, r.status) for r in rows] == [("evt_after", "completed")], "only the good request is recorded"
+    assert [(r.event_id, r.status) for r in rows] == [("evt_after", "completed")], (
+        "only the good request is recorded"
+    )
 
 
 async def test_a_frame_nested_too_deep_for_the_upstream_is_answered_by_it_and_the_session_goes_on(
@@ -88,13 +116,20 @@ async def test_a_caller_over_the_queue_limit_gets_queue_full_and_out_of_band_sti
     relay_settings.OC_QUEUE_LIMIT = 2
     with simulator.configured(delta_interval=0.05):
         communicator, _ = await _open(api_token)
-        await communicator.send_json_to({"type": "conversation.item.create", "item": user_text("hi")})
+        await communicator.send_json_to(
+            {"type": "conversation.item.create", "item": user_text("hi")}
+        )
         for n in range(3):  # one is sent, two wait
             await communicator.send_json_to({"type": "response.create", "event_id": f"evt_{n}"})
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_over"})
-        await communicator.send_json_to({"type": "response.create", "event_id": "evt_oob", "response": {"conversation": "none"}})
+        await communicator.send_json_to(
+            {"type": "response.create", "event_id": "evt_oob", "response": {"conversation": "none"}}
+        )
         events = await _until(communicator, "error")
-        assert (events[-1]["error"]["code"], events[-1]["error"]["event_id"]) == ("queue_full", "evt_over")
+        assert (events[-1]["error"]["code"], events[-1]["error"]["event_id"]) == (
+            "queue_full",
+            "evt_over",
+        )
         done = 0
         while done < 4:
             done += (await communicator.receive_json_from(timeout=10))["type"] == "response.done"
@@ -107,7 +142,11 @@ async def scripted_upstream(script):
     session_id = f"sess_{uuid.uuid4().hex}"
 
     async def serve(connection):
-        await connection.send(json.dumps({"type": "session.created", "session": {"id": session_id, "instructions": ""}}))
+        await connection.send(
+            json.dumps(
+                {"type": "session.created", "session": {"id": session_id, "instructions": ""}}
+            )
+        )
         await script(connection)
         await connection.wait_closed()
 
@@ -127,7 +166,9 @@ async def test_binary_upstream_frames_reach_the_caller_as_binary(relay_settings,
         await communicator.disconnect()
 
 
-async def test_a_callers_response_create_that_times_out_upstream_is_told_to_the_caller(relay_settings, api_token):
+async def test_a_callers_response_create_that_times_out_upstream_is_told_to_the_caller(
+    relay_settings, api_token
+):
     async def never_answer(connection):
         async for _ in connection:
             pass
@@ -138,8 +179,14 @@ async def test_a_callers_response_create_that_times_out_upstream_is_told_to_the_
         communicator, _ = await _open(api_token)
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_lost"})
         error = await communicator.receive_json_from(timeout=5)
-        assert (error["type"], error["error"]["code"], error["error"]["event_id"]) == ("error", "upstream_timeout", "evt_lost")
-        await communicator.send_json_to({"type": "response.create", "event_id": "evt_next"})  # the session goes on
+        assert (error["type"], error["error"]["code"], error["error"]["event_id"]) == (
+            "error",
+            "upstream_timeout",
+            "evt_lost",
+        )
+        await communicator.send_json_to(
+            {"type": "response.create", "event_id": "evt_next"}
+        )  # the session goes on
         assert (await communicator.receive_json_from(timeout=5))["error"]["event_id"] == "evt_next"
         await communicator.disconnect()
     await history.flush()

@@ -25,7 +25,12 @@ pytestmark = pytest.mark.e2e
 
 def _manage(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -46,7 +51,11 @@ def slow_simulator():
 @pytest.fixture
 def server_env(tmp_path, slow_simulator):
     db_path = tmp_path / "shutdown.sqlite3"
-    env = {"DATABASE_URL": f"sqlite:///{db_path}", "OC_UPSTREAM_URL": slow_simulator.url, "OPENAI_API_KEY": ""}
+    env = {
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "OC_UPSTREAM_URL": slow_simulator.url,
+        "OPENAI_API_KEY": "",
+    }
     _manage(env, "migrate", "--noinput")
     token = _manage(env, "create_api_token", "--name", "shutdown-check").strip().splitlines()[-1]
     return env, token, db_path
@@ -65,20 +74,29 @@ async def test_a_stopped_server_ends_its_sessions_and_fails_their_pending_reques
             await conn.response.create()  # waits behind it
             while (await conn.recv()).type != "response.output_text.delta":
                 pass
-            async with httpx.AsyncClient(base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}) as rest:
-                nudge = await rest.post(f"/api/v1/sessions/{session_id}/responses", json={"instructions": "Wrap up."})
+            async with httpx.AsyncClient(
+                base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}
+            ) as rest:
+                nudge = await rest.post(
+                    f"/api/v1/sessions/{session_id}/responses", json={"instructions": "Wrap up."}
+                )
             assert nudge.status_code == 202
             server.proc.send_signal(how)
             with pytest.raises(Exception) as closed:  # noqa: PT011 - the SDK raises websockets' ConnectionClosed
                 while True:
                     await asyncio.wait_for(conn.recv(), 10)
-        assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 1012, repr(closed.value)
+        assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 1012, (
+            repr(closed.value)
+        )
         assert await asyncio.to_thread(server.proc.wait, 15) == 0
     finally:
         server.stop()
     sessions = _rows(db_path, "SELECT upstream_id, status, end_reason FROM oc_sessions_livesession")
     assert sessions == [(session_id, "ended", "server_shutdown")], server.output()
-    requests = _rows(db_path, "SELECT origin, status, error_code FROM oc_sessions_responserequest ORDER BY created_at")
+    requests = _rows(
+        db_path,
+        "SELECT origin, status, error_code FROM oc_sessions_responserequest ORDER BY created_at",
+    )
     assert requests == [
         ("caller", "failed", "session_ended"),
         ("caller", "failed", "session_ended"),
@@ -90,16 +108,32 @@ async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_fa
     """`make run`'s shape: Daphne on the embedded simulator with demo callers, stopped with
     Ctrl-C (SIGINT to both), then started again on the same database."""
     db_path = tmp_path / "run.sqlite3"
-    env = {"DATABASE_URL": f"sqlite:///{db_path}", "OC_UPSTREAM_URL": "", "OPENAI_API_KEY": "", "OC_SIM_INTERVAL": "0.02"}
+    env = {
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "OC_UPSTREAM_URL": "",
+        "OPENAI_API_KEY": "",
+        "OC_SIM_INTERVAL": "0.02",
+    }
     _manage(env, "migrate", "--noinput")
     server = DaphneProcess(env)
     callers = await asyncio.create_subprocess_exec(
-        sys.executable, "manage.py", "demo_callers", "--count", "3", "--url", server.ws_base,
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        sys.executable,
+        "manage.py",
+        "demo_callers",
+        "--count",
+        "3",
+        "--url",
+        server.ws_base,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(100):  # up to 10 s for the three sessions to be live
-            live = _rows(db_path, "SELECT COUNT(*) FROM oc_sessions_livesession WHERE status = 'live'")[0][0]
+            live = _rows(
+                db_path, "SELECT COUNT(*) FROM oc_sessions_livesession WHERE status = 'live'"
+            )[0][0]
             if live >= 3:
                 break
             await asyncio.sleep(0.1)
@@ -115,9 +149,14 @@ async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_fa
     restarted = DaphneProcess(env)
     try:
         token = _manage(env, "create_api_token", "--name", "after-restart").strip().splitlines()[-1]
-        async with httpx.AsyncClient(base_url=restarted.http_url, headers={"Authorization": f"Bearer {token}"}) as rest:
+        async with httpx.AsyncClient(
+            base_url=restarted.http_url, headers={"Authorization": f"Bearer {token}"}
+        ) as rest:
             sessions = (await rest.get("/api/v1/sessions")).json()["items"]
     finally:
         restarted.stop()
     assert len(sessions) >= 3
-    assert {(s["status"], s["end_reason"]) for s in sessions} <= {("ended", "server_shutdown"), ("ended", "caller_closed")}, sessions
+    assert {(s["status"], s["end_reason"]) for s in sessions} <= {
+        ("ended", "server_shutdown"),
+        ("ended", "caller_closed"),
+    }, sessions
