@@ -63,15 +63,39 @@ class ResponseRequestInline(admin.TabularInline):
         return False
 
 
+# A session's page groups its fields; whatever field is not named here is shown under "Detail".
+_SESSION_GROUPS = {
+    None: ("id", "upstream_id", "console", "status", "kind", "model", "label", "connected_by"),
+    "Times": ("started_at", "ended_at", "heartbeat_at"),
+    "End": ("ended_because", "end_reason", "end_code", "end_detail"),
+}
+_grouped = {name for names in _SESSION_GROUPS.values() for name in names}
+SESSION_FIELDSETS = (
+    *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
+    ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "history")}),
+)
+
+
 @admin.register(LiveSession)
 class LiveSessionAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "end_reason", "history")
-    list_filter = ("status", "model", "started_at")
+    list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "ended_because", "history")
+    list_filter = ("status", "end_reason", "model", "started_at")
     search_fields = ("upstream_id", "connected_by")
     date_hierarchy = "started_at"
-    readonly_fields = [f.name for f in LiveSession._meta.fields]
-    readonly_fields = [*readonly_fields, "history"]
+    readonly_fields = [*(f.name for f in LiveSession._meta.fields), "ended_because", "console", "history"]
+    fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
+
+    @admin.display(description="ended because", ordering="end_reason")
+    def ended_because(self, obj):
+        """`end_summary`: the reason, the upstream's close code and the words, on one line."""
+        return obj.end_summary or "—"
+
+    @admin.display(description="console page")
+    def console(self, obj):
+        if not obj.upstream_id:
+            return "—"
+        return format_html('<a href="{}">{}</a>', reverse("console:session", args=[obj.upstream_id]), obj.upstream_id)
 
     @admin.display(description="response history")
     def history(self, obj):

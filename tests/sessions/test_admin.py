@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import re
 import time
 import uuid
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
@@ -138,3 +141,37 @@ def test_staff_creates_a_token_in_the_admin_and_sees_it_once(staff_client):
     assert token.scopes == ["sessions:read"] and token.created_by.username == "boss"
     assert plain.encode() not in staff_client.get(f"/admin/oc_sessions/apitoken/{token.pk}/change/").content
     assert "Set-Cookie" not in page.headers or plain not in page.headers["Set-Cookie"]
+
+
+def test_the_end_reason_shows_with_its_code_and_detail(staff_client):
+    session = LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id="sess_admin_over", model="gpt-realtime", status="failed",
+        end_reason="upstream_closed", end_code=1011, end_detail="The upstream connection was lost (1011).",
+        ended_at=timezone.now(),
+    )
+    summary = b"upstream_closed (1011): The upstream connection was lost (1011)."
+    listing = staff_client.get("/admin/oc_sessions/livesession/?end_reason__exact=upstream_closed")
+    assert listing.status_code == 200 and summary in listing.content, "the list says why, with the code"
+    detail = staff_client.get(f"/admin/oc_sessions/livesession/{session.pk}/change/")
+    assert detail.status_code == 200 and summary in detail.content
+    assert b"Ended because" in detail.content, "under its own label"
+
+
+def test_an_awkward_session_id_is_text_in_the_admin(staff_client):
+    awkward = "sess/<b>x</b>\"'&%2F"
+    session = LiveSession.objects.create(id=uuid.uuid4(), upstream_id=awkward, model="gpt-realtime", status="live")
+    ResponseRequest.objects.create(id="req_awkward", session=session, origin="api", status="queued")
+    escaped = html.escape(awkward).encode()
+    for url in (
+        "/admin/oc_sessions/livesession/",
+        f"/admin/oc_sessions/livesession/?q={quote(awkward)}",
+        f"/admin/oc_sessions/livesession/{session.pk}/change/",
+        "/admin/oc_sessions/responserequest/",
+        "/admin/oc_sessions/responserequest/req_awkward/change/",
+    ):
+        page = staff_client.get(url)
+        assert page.status_code == 200, url
+        assert b"<b>x</b>" not in page.content and escaped in page.content, url
+    detail = staff_client.get(f"/admin/oc_sessions/livesession/{session.pk}/change/")
+    console = html.escape(reverse("console:session", args=[awkward])).encode()
+    assert b'href="' + console + b'"' in detail.content, "the link to the console page routes"
