@@ -308,6 +308,7 @@ class RelayCore:
         self.ended: SessionEnded | None = None
         self._infos: dict[str, _Info] = {}
         self._forgotten: dict[str, str] = {}  # request id → final status, oldest first
+        self._forgotten_hidden: dict[str, None] = {}  # forgotten operators' out-of-band ones
         self._finished_since_forget = 0
         self._hidden: set[str] = set()  # response ids of operators' out-of-band responses
         self._own_event_ids: set[str] = set()  # the relay's own client events (notes)
@@ -315,23 +316,37 @@ class RelayCore:
         self._start_deadline: float | None = None
         self._flush_at: float | None = None
         self._last_upstream_at = 0.0
+        self._stall_check_at: float | None = None  # while a response runs
         self._expired = False  # the upstream said session_expired; its close follows
+        self._deadline: float | None = None
+        self._deadline_stale = False
 
     # ------------------------------------------------------------------ views
 
     @property
     def next_deadline(self) -> float | None:
-        """The earliest `now` at which tick() has something to do; None when nothing waits."""
+        """The earliest `now` at which tick() has something to do; None when nothing waits.
+        Worked out again only after an input that may have moved it: a frame passed on as it
+        came moves none (the stall check is anchored, not moved by each frame)."""
+        if self._deadline_stale:
+            self._deadline_stale = False
+            self._deadline = self._earliest_deadline()
+        return self._deadline
+
+    def _earliest_deadline(self) -> float | None:
         if self.ended is not None:
             return None
-        deadlines = [
-            d
-            for d in (self.sequencer.next_deadline, self._start_deadline, self._flush_at)
-            if d is not None
-        ]
-        if self._busy:
-            deadlines.append(self._last_upstream_at + self.stall_timeout)
-        return min(deadlines, default=None)
+        if not self._busy:
+            self._stall_check_at = None
+        elif self._stall_check_at is None:
+            self._stall_check_at = self._last_upstream_at + self.stall_timeout
+        deadlines = (
+            self.sequencer.next_deadline,
+            self._start_deadline,
+            self._flush_at,
+            self._stall_check_at,
+        )
+        return min((d for d in deadlines if d is not None), default=None)
 
     @property
     def watchers(self) -> tuple[str, ...]:
@@ -351,6 +366,7 @@ class RelayCore:
     # ------------------------------------------------------------------ legs and the end
 
     def upstream_attached(self, *, now: float) -> list[Action]:
+        self._deadline_stale = True
         self._last_upstream_at = now
         if self.session_id is None:
             self._start_deadline = now + self.connect_timeout
@@ -358,12 +374,14 @@ class RelayCore:
 
     def upstream_failed(self, detail: str, *, now: float) -> list[Action]:
         """The upstream leg could not be opened."""
+        self._deadline_stale = True
         if self.ended is not None:
             return []
         message = f"Could not connect to the upstream: {detail}"
         return self._fail_upstream("upstream_unavailable", message, now=now)
 
     def upstream_closed(self, code: int, reason: str, *, now: float) -> list[Action]:
+        self._deadline_stale = True
         if self.ended is not None:
             return []
         normal = code in (1000, 1001)
@@ -386,6 +404,7 @@ class RelayCore:
         return [CloseCaller(code=caller_code, reason=why), *end]
 
     def caller_closed(self, *, now: float) -> list[Action]:
+        self._deadline_stale = True
         if self.ended is not None:
             return []
         return self._end("ended", EndReason.CALLER_CLOSED, now)
@@ -393,6 +412,7 @@ class RelayCore:
     def shutdown(self, *, now: float) -> list[Action]:
         """The server process is stopping: the session ends cleanly, and the caller is told
         to come back (1012, service restart)."""
+        self._deadline_stale = True
         if self.ended is not None:
             return []
         detail = "The server is restarting; reconnect to start a new session."
@@ -403,6 +423,7 @@ class RelayCore:
 
     def crashed(self, detail: str, *, now: float) -> list[Action]:
         """The relay itself failed (a bug): the session cannot go on."""
+        self._deadline_stale = True
         if self.ended is not None:
             return []
         message = "The relay failed; the session cannot go on."
@@ -428,6 +449,7 @@ class RelayCore:
             and (not self._watchers or kind not in DELTA_TYPES)
         ):
             return [ToCaller(frame=frame)]
+        self._deadline_stale = True
         event = events.loads_object(frame)
         if event is None:  # not a JSON object: the caller's client will make of it what it can
             return [ToCaller(frame=frame)]
@@ -487,6 +509,10 @@ class RelayCore:
         tag = metadata.get(OC_REQUEST_KEY) if isinstance(metadata, dict) else None
         tag = tag if isinstance(tag, str) else None
         if kind == "response.created":
+            if tag is not None and self._operator_out_of_band(tag):
+                # Whatever became of its request (even timed out), this response is the
+                # operator's alone: none of its events reach the caller.
+                self._hidden.add(response_id)
             self._apply(
                 self.sequencer.response_created(response_id=response_id, oc_request=tag, now=now),
                 actions,
@@ -603,6 +629,7 @@ class RelayCore:
         kind = events.peek_type(frame)
         if kind is not None and kind != "response.create":
             return [ToUpstream(frame=frame)]
+        self._deadline_stale = True
         try:
             event = events.loads(frame)
         except ValueError as exc:
@@ -698,6 +725,7 @@ class RelayCore:
     # ------------------------------------------------------------------ operators
 
     def submit(self, stored: OperatorRequest, *, now: float) -> list[Action]:
+        self._deadline_stale = True
         if stored.id in self._infos or stored.id in self._forgotten:
             return []  # both pinged and picked up, or cancelled before it arrived
         response: dict[str, Any] = {}
@@ -739,6 +767,7 @@ class RelayCore:
     def cancel(self, request_id: str, *, now: float) -> list[Action]:
         """Cancel a request only while it is still queued; the answer says what it is now
         (with `at` only when this cancel is what cancelled it)."""
+        self._deadline_stale = True
         if request_id in self._forgotten:
             return [Answer(payload={"status": self._forgotten[request_id]})]
         info = self._infos.get(request_id)
@@ -771,6 +800,7 @@ class RelayCore:
 
     def note(self, *, item_id: str, role: str, text: str, now: float) -> list[Action]:
         """Add a message item to the conversation without asking for a response."""
+        self._deadline_stale = True
         if self.ended is not None:
             return [Answer(payload={"ok": False, "message": "The session has ended."})]
         event_id = self._new_event_id()
@@ -785,6 +815,7 @@ class RelayCore:
         return [ToUpstream(frame=events.dumps(event)), Answer(payload={"ok": True, "at": now})]
 
     def interrupt(self, *, now: float) -> list[Action]:
+        self._deadline_stale = True
         response_id = self.sequencer.active_response_id
         actions: list[Action] = []
         self._apply(self.sequencer.interrupt(now=now), actions)
@@ -793,6 +824,7 @@ class RelayCore:
 
     def watch(self, watcher: str, *, user: str, watching: bool, now: float) -> list[Action]:
         """An operator's console starts (renews) or stops watching this session."""
+        self._deadline_stale = True
         before = self.watchers
         actions: list[Action] = []
         if watching:
@@ -823,6 +855,8 @@ class RelayCore:
     # ------------------------------------------------------------------ time
 
     def tick(self, *, now: float) -> list[Action]:
+        self._deadline_stale = True
+        self._stall_check_at = None  # anchored again at the latest frame
         if self.ended is not None:
             return []
         if self._start_deadline is not None and now >= self._start_deadline:
@@ -897,13 +931,20 @@ class RelayCore:
         if self._finished_since_forget >= FORGET_EVERY:
             self._finished_since_forget = 0
             for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
-                self._infos.pop(request_id, None)
+                info = self._infos.pop(request_id, None)
                 self._forgotten[request_id] = status.value
-            for request_id in list(
-                itertools.islice(self._forgotten, max(0, len(self._forgotten) - FORGOTTEN_IDS))
-            ):
-                del self._forgotten[request_id]
+                if info is not None and info.out_of_band and info.origin in OPERATOR_ORIGINS:
+                    self._forgotten_hidden[request_id] = None
+            for kept in (self._forgotten, self._forgotten_hidden):
+                for request_id in list(itertools.islice(kept, max(0, len(kept) - FORGOTTEN_IDS))):
+                    del kept[request_id]
         return actions
+
+    def _operator_out_of_band(self, request_id: str) -> bool:
+        info = self._infos.get(request_id)
+        if info is None:
+            return request_id in self._forgotten_hidden
+        return info.out_of_band and info.origin in OPERATOR_ORIGINS
 
     def _apply(self, sequenced: list, actions: list[Action]) -> list[ErrorClaimed]:
         """Turn the sequencer's actions into the core's, appending them to `actions`; returns
@@ -951,14 +992,6 @@ class RelayCore:
         status = change.status
         if status.is_terminal:
             self._finished_since_forget += 1
-        if (
-            status is RequestStatus.IN_PROGRESS
-            and change.response_id
-            and info is not None
-            and info.out_of_band
-            and info.origin in OPERATOR_ORIGINS
-        ):
-            self._hidden.add(change.response_id)
         details = change.details or {}
         sent = info.sent_instructions if info is not None and status is RequestStatus.SENT else None
         actions: list[Action] = [

@@ -665,6 +665,21 @@ def test_operator_out_of_band_response_goes_to_watchers_never_to_the_caller():
     )
 
 
+def test_a_late_response_to_an_out_of_band_request_that_timed_out_is_still_hidden():
+    """Found by the state machine: the request had failed (upstream_timeout) when its
+    response.created came, so nothing marked the response as the operator's."""
+    driver = started()
+    driver.step("submit op1 oob")
+    driver.run(
+        [
+            ("tick 15", ["op1 failed upstream_timeout", "watchers request"]),
+            (("up", response_created("r1", tag="op1")), ["watchers event"]),
+            (("up", delta("r1")), ["watchers event"]),
+            (("up", response_done("r1", tag="op1")), ["watchers event"]),
+        ]
+    )
+
+
 def test_a_ping_and_a_pickup_of_one_request_send_it_once():
     driver = started()
     driver.step("submit op1")
