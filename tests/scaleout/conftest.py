@@ -1,5 +1,5 @@
 """Scale-out fixtures: a real Redis and a real PostgreSQL, started for the test session on
-loopback ports of their own and stopped after it (tests/support/services.py), and the
+loopback ports of their own and stopped after it (devtools/services.py), and the
 migrated PostgreSQL database with an operator and an API token. With `CI` set, a missing
 server binary fails these tests instead of skipping them."""
 
