@@ -183,6 +183,13 @@ class RequestChanged:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class UsageChanged:
+    """The session's token counts so far: every response's `usage`, summed field by field."""
+
+    usage: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class WatchersChanged:
     names: tuple[str, ...]
 
@@ -228,6 +235,7 @@ Action = (
     | InstructionsChanged
     | RequestRecorded
     | RequestChanged
+    | UsageChanged
     | WatchersChanged
     | ToWatchers
     | ToWatcher
@@ -305,6 +313,7 @@ class RelayCore:
         self.transcript = Transcript()
         self.session_id: str | None = None  # the upstream's session.id, once named
         self.session_instructions = ""
+        self.usage: dict[str, Any] = {}  # the sum of every response's usage
         self.ended: SessionEnded | None = None
         self._infos: dict[str, _Info] = {}
         self._forgotten: dict[str, str] = {}  # request id → final status, oldest first
@@ -534,6 +543,9 @@ class RelayCore:
             )
         hidden = response_id in self._hidden
         if kind == "response.done":
+            usage = response.get("usage")
+            if isinstance(usage, dict) and add_usage(self.usage, usage):
+                actions.append(UsageChanged(usage=copy_usage(self.usage)))
             self._hidden.discard(response_id)
             self.transcript.response_done(response, oob=hidden)
             self._schedule_flush(now)
@@ -1040,6 +1052,30 @@ class RelayCore:
                 "upstream_timeout", change.error_message or "", event_id=info.event_id
             )
         return actions
+
+
+def add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> bool:
+    """Add a response's `usage` to a running total, number by number, nested objects
+    (`input_token_details`, …) included; anything else is left out. Whether anything was added."""
+    added = False
+    for key, value in usage.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            total[key] = total.get(key, 0) + value
+            added = True
+        elif isinstance(value, Mapping):
+            inner = total.get(key)
+            if not isinstance(inner, dict):
+                inner = total[key] = {}
+            added = add_usage(inner, value) or added
+    return added
+
+
+def copy_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: copy_usage(value) if isinstance(value, dict) else value for key, value in usage.items()
+    }
 
 
 def _public_id(value: Any, fallback: str) -> str:

@@ -51,6 +51,7 @@ class LiveSession(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.RELAY)
     call_id = models.CharField(max_length=128, null=True, blank=True)
     label = models.CharField(max_length=200, blank=True)
+    usage = models.JSONField(default=dict, blank=True, help_text="Tokens so far: every response's usage, summed.")
     watchers = models.JSONField(default=list, blank=True, help_text="Operators watching it now.")
 
     class Meta:
@@ -90,6 +91,7 @@ class LiveSession(models.Model):
             "call_id": self.call_id,
             "label": self.label or None,
             "upstream_sessions": [self.upstream_id] if self.upstream_id else [],
+            "usage": self.usage or {},
         }
 
 

@@ -91,6 +91,10 @@ def session_ended(
     return op
 
 
+def usage_changed(*, key: uuid.UUID, usage: dict[str, Any]):
+    return UpdateRow(LiveSession, key, {"usage": usage})
+
+
 def watchers_changed(*, key: uuid.UUID, names: list[str]):
     return UpdateRow(LiveSession, key, {"watchers": names})
 
@@ -189,6 +193,7 @@ RECORDED = frozenset(
         relay.InstructionsChanged,
         relay.RequestRecorded,
         relay.RequestChanged,
+        relay.UsageChanged,
         relay.WatchersChanged,
         relay.SessionEnded,
     }
@@ -230,6 +235,8 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
                 usage=action.usage,
                 sent_instructions=action.sent_instructions,
             )
+        case relay.UsageChanged(usage=usage):
+            return usage_changed(key=key, usage=usage)
         case relay.WatchersChanged(names=names):
             return watchers_changed(key=key, names=list(names))
         case relay.SessionEnded(status=status, reason=reason, code=code, detail=detail, at=at):

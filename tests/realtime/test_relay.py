@@ -12,6 +12,7 @@ Inputs are built by `Driver.step` from short strings, actions summarised as stri
   "close 1011"                       CloseCaller
   "named sess_1" / "instructions"    SessionNamed / InstructionsChanged
   "presence ann,bob"                 WatchersChanged
+  "usage 6"                          UsageChanged (the session's total_tokens so far)
   "ended failed upstream_closed"     SessionEnded
 """
 
@@ -37,6 +38,7 @@ from apps.realtime.relay import (
     ToUpstream,
     ToWatcher,
     ToWatchers,
+    UsageChanged,
     WatchersChanged,
 )
 
@@ -80,6 +82,8 @@ def summary(actions) -> list[str]:
                 out.append(f"named {session_id}")
             case InstructionsChanged():
                 out.append("instructions")
+            case UsageChanged(usage=usage):
+                out.append(f"usage {usage.get('total_tokens')}")
             case WatchersChanged(names=names):
                 out.append("presence " + ",".join(names))
             case SessionEnded(status=status, reason=reason):
@@ -382,7 +386,9 @@ def test_callers_request_is_sent_and_its_metadata_comes_back_without_oc_request(
     )
     seen = sent_frames(driver.last, ToCaller)[0]
     assert seen["response"]["metadata"] == {"topic": "billing"}
-    driver.run([(("up", response_done("r1", tag="a")), ["a completed", "caller response.done"])])
+    driver.run(
+        [(("up", response_done("r1", tag="a")), ["a completed", "usage 3", "caller response.done"])]
+    )
     assert sent_frames(driver.last, ToCaller)[0]["response"]["metadata"] == {"topic": "billing"}
 
 
@@ -398,7 +404,13 @@ def test_second_callers_request_waits_for_the_first_response_to_finish():
             (("up", response_created("r1", tag="a")), ["a in_progress", "caller response.created"]),
             (
                 ("up", response_done("r1", tag="a")),
-                ["a completed", "upstream response.create b", "b sent", "caller response.done"],
+                [
+                    "a completed",
+                    "upstream response.create b",
+                    "b sent",
+                    "usage 3",
+                    "caller response.done",
+                ],
             ),
         ]
     )
@@ -658,7 +670,7 @@ def test_operator_out_of_band_response_goes_to_watchers_never_to_the_caller():
             (("up", delta("r1")), ["watchers event"]),
             (
                 ("up", response_done("r1", tag="op1")),
-                ["op1 completed", "watchers request", "watchers event"],
+                ["op1 completed", "watchers request", "usage 3", "watchers event"],
             ),
             (("up", delta("r2")), ["caller response.output_text.delta"]),
         ]
@@ -675,7 +687,7 @@ def test_a_late_response_to_an_out_of_band_request_that_timed_out_is_still_hidde
             ("tick 15", ["op1 failed upstream_timeout", "watchers request"]),
             (("up", response_created("r1", tag="op1")), ["watchers event"]),
             (("up", delta("r1")), ["watchers event"]),
-            (("up", response_done("r1", tag="op1")), ["watchers event"]),
+            (("up", response_done("r1", tag="op1")), ["usage 3", "watchers event"]),
         ]
     )
 
@@ -956,3 +968,29 @@ def test_a_request_submitted_after_the_end_fails_at_once():
             )
         ]
     )
+
+
+def test_every_responses_usage_adds_up_to_the_sessions():
+    driver = started()
+    done = {
+        "type": "response.done",
+        "response": {
+            "id": "r1",
+            "status": "completed",
+            "usage": {
+                "total_tokens": 10,
+                "input_tokens": 4,
+                "input_token_details": {"audio_tokens": 1},
+            },
+        },
+    }
+    driver.step(("up", frame(done)))
+    done["response"]["id"] = "r2"
+    driver.run([(("up", frame(done)), ["usage 20", "caller response.done"])])
+    assert driver.core.usage == {
+        "total_tokens": 20,
+        "input_tokens": 8,
+        "input_token_details": {"audio_tokens": 2},
+    }
+    done["response"]["usage"] = {"total_tokens": None, "note": "x"}
+    driver.run([(("up", frame(done)), ["caller response.done"])])  # nothing to add: no record

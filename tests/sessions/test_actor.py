@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
@@ -250,3 +251,24 @@ async def test_a_failure_of_the_actor_itself_ends_the_session_as_a_relay_error(s
     row = await _row(actor)
     assert (row.status, row.end_reason) == ("failed", "relay_error")
     assert "bug" in row.end_detail
+
+
+async def test_the_sessions_usage_is_recorded_as_responses_finish(settings):
+    actor, caller, upstream = await _started(settings)
+    for response_id in ("r1", "r2"):
+        upstream.push(
+            {
+                "type": "response.done",
+                "response": {
+                    "id": response_id,
+                    "status": "completed",
+                    "usage": {"total_tokens": 5, "input_tokens": 2},
+                },
+            }
+        )
+    await caller.until(lambda c: len(c.frames) == 3)
+    actor.caller_closed()
+    await actor.wait_finished()
+    row = await _row(actor)
+    assert row.usage == {"total_tokens": 10, "input_tokens": 4}
+    assert (await sync_to_async(row.to_dict)())["usage"] == row.usage

@@ -52,6 +52,11 @@ class Migration(migrations.Migration):
             name='label',
             field=models.CharField(blank=True, max_length=200),
         ),
+        migrations.AddField(
+            model_name="livesession",
+            name="usage",
+            field=models.JSONField(blank=True, default=dict, help_text="Tokens so far: every response's usage, summed."),
+        ),
         migrations.RunPython(one_word_end_reasons, migrations.RunPython.noop),
         migrations.AlterField(
             model_name='livesession',
