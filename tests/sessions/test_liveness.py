@@ -3,7 +3,6 @@ with every pending request, within 15 s (issue 5). Two real Daphne processes on 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -115,9 +114,8 @@ async def test_holding_process_keeps_its_sessions_fresh(relay_settings, simulato
     first = await eventually(
         lambda: LiveSession.objects.filter(upstream_id=session_id).values_list("heartbeat_at", flat=True).first()
     )
-    await asyncio.sleep(0.5)
-    later = await eventually(
-        lambda: LiveSession.objects.filter(upstream_id=session_id).values_list("heartbeat_at", flat=True).first()
+    # The next beat is the proof: the stamp moves on.
+    await eventually(
+        lambda: LiveSession.objects.filter(upstream_id=session_id, heartbeat_at__gt=first).exists()
     )
-    assert later > first
     await communicator.disconnect()

@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from apps.sessions.history import writer as history
+from apps.sessions.housekeeping import housekeeping
 from apps.sessions.models import LiveSession, ResponseRequest
 from operator_console.asgi import application
 from tests.support.realtime import eventually, user_text
@@ -117,8 +118,9 @@ async def test_handshake_without_valid_credentials_is_refused_and_opens_no_upstr
     communicator = WebsocketCommunicator(application, "/v1/realtime", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     assert not connected
-    await asyncio.sleep(0.2)
-    assert simulator.sim.connections_opened == before, "no upstream connection for a refused caller"
+    # An upstream is opened only by a session's actor, which a refused handshake never makes.
+    assert _relay_tasks() == [] and not housekeeping().holders, "no session for a refused caller"
+    assert simulator.sim.connections_opened == before
 
 
 async def test_browser_subprotocol_token_is_accepted(relay_settings, simulator, api_token):
@@ -158,7 +160,7 @@ async def test_cookie_authenticated_handshake_needs_an_allowed_origin(
         assert (await communicator.receive_json_from(timeout=5))["type"] == "session.created"
         await communicator.disconnect()
     else:
-        await asyncio.sleep(0.2)
+        assert _relay_tasks() == [] and not housekeeping().holders, "no session for a refused caller"
         assert simulator.sim.connections_opened == before
 
 
@@ -265,14 +267,15 @@ async def test_server_started_response_is_recorded_and_the_callers_request_waits
 
 async def test_caller_leaving_while_upstream_connects_ends_cleanly(relay_settings, api_token):
     # A listening socket that never answers the WebSocket handshake: the upstream "hangs".
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    reached = asyncio.Event()
+    server = await asyncio.start_server(lambda r, w: reached.set(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     relay_settings.OC_UPSTREAM_URL = f"ws://127.0.0.1:{port}/v1"
     try:
         communicator = WebsocketCommunicator(application, "/v1/realtime", headers=_auth(api_token))
         connected, _ = await communicator.connect(timeout=5)
         assert connected
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(reached.wait(), 5)  # the relay is waiting for the upstream now
         await communicator.disconnect(timeout=3)
     finally:
         server.close()
