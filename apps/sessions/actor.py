@@ -35,7 +35,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from apps.realtime import relay
+from apps.realtime import events, relay
 from apps.realtime.relay import (
     Answer,
     CloseCaller,
@@ -116,6 +116,7 @@ class SessionActor:
             stall_timeout=settings.OC_UPSTREAM_STALL_TIMEOUT,
             queue_limit=settings.OC_QUEUE_LIMIT,
             new_request_id=new_request_id,
+            new_event_id=events.new_event_id,
         )
         self._caller = caller
         self._opener = opener
