@@ -26,7 +26,6 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from apps.sessions import sql
 from apps.sessions.db import serialised_write
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ Operation = CreateRow | UpdateRow | Callable[[], None]
 class HistoryWriter:
     # How long the thread gathers operations after the first one arrives. Waking a thread per
     # operation costs the event loop a GIL hand-over each time; a short window turns a busy
-    # relay's hundreds of transitions a second into tens of batches.
+    # relay's many transitions into few batches.
     gather_seconds = 0.02
 
     def __init__(self) -> None:
@@ -149,8 +148,8 @@ class HistoryWriter:
 
 
 def apply_batch(batch: list[Operation]) -> None:
-    """Apply merged operations: between two callables, the inserts as one bulk insert per
-    model and the updates as one executemany per (model, set of fields). Rows inserted here
+    """Apply merged operations: between two callables, the inserts as one `bulk_create` per
+    model and the updates as one `bulk_update` per (model, set of fields). Rows inserted here
     took their updates in `merge`, so the updates only touch older rows and their order
     among themselves does not matter."""
     inserts: dict[type, list] = {}
@@ -158,9 +157,9 @@ def apply_batch(batch: list[Operation]) -> None:
 
     def drain() -> None:
         for model, instances in inserts.items():
-            sql.insert_rows(model, instances)
+            model.objects.bulk_create(instances)
         for (model, names), rows in updates.items():
-            _update_many(model, names, rows)
+            model.objects.bulk_update([model(pk=row.pk, **row.fields) for row in rows], names)
         inserts.clear()
         updates.clear()
 
@@ -176,26 +175,6 @@ def apply_batch(batch: list[Operation]) -> None:
             drain()
             operation()
     drain()
-
-
-def _update_many(model: type, names: tuple[str, ...], rows: list[UpdateRow]) -> None:
-    """UPDATE … SET a=%s, b=%s WHERE pk=%s, once per row, in one executemany: the ORM's
-    per-query compilation costs more than the write itself."""
-    meta = model._meta
-    fields = [meta.get_field(name) for name in names]
-    quote = connection.ops.quote_name
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(
-        quote(meta.db_table),
-        ", ".join(f"{quote(field.column)} = %s" for field in fields),
-        quote(meta.pk.column),
-    )
-    params = [
-        [field.get_db_prep_save(row.fields[field.name], connection) for field in fields]
-        + [meta.pk.get_db_prep_save(row.pk, connection)]
-        for row in rows
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 def merge(batch: list[Operation]) -> list[Operation]:

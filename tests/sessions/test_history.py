@@ -100,3 +100,19 @@ def test_session_end_fails_whatever_is_still_pending():
     _apply(writer, [records.session_ended(key=key, status="failed", reason="relay_error", code=None, detail="gone", at=T0 + 9)])
     row = ResponseRequest.objects.get(id="req_e")
     assert (row.status, row.error_code) == ("failed", "session_ended")
+
+
+def test_updates_of_several_rows_with_different_fields_land_in_one_batch():
+    writer = HistoryWriter()
+    key = uuid.uuid4()
+    _apply(writer, _session_ops(key) + [
+        _request_ops(key, request_id, T0)[0] for request_id in ("req_f", "req_g", "req_h")
+    ])
+    f, g, h = (_request_ops(key, request_id, T0) for request_id in ("req_f", "req_g", "req_h"))
+    _apply(writer, [f[1], g[1], g[2], h[1], h[2], h[3], records.session_updated(key=key, instructions="J")])
+    rows = {row.id: row for row in ResponseRequest.objects.filter(id__in=["req_f", "req_g", "req_h"])}
+    assert (rows["req_f"].status, rows["req_f"].response_id) == ("sent", "")
+    assert (rows["req_g"].status, rows["req_g"].response_id) == ("in_progress", "resp_1")
+    assert (rows["req_h"].status, rows["req_h"].usage) == ("completed", {"total_tokens": 7})
+    assert rows["req_f"].sent_at is not None and rows["req_f"].started_at is None
+    assert LiveSession.objects.get(id=key).instructions == "J"
