@@ -2,23 +2,20 @@
 
 Why django-ninja: its schemas are pydantic models, the same ones the relay already uses for
 per-response overrides, so validation, the OpenAPI document and the docs page come from one
-definition; it runs async views natively under Daphne (no thread hop per request beyond the
-database's), and it is small and actively maintained.
+definition; it runs async views natively under Daphne, and it is small and actively maintained.
 
-Views are thin: they authenticate, translate the input and call `apps.sessions` services and
-selectors. Every error has the body `{"error": {"code", "message", "fields"?}}`.
+Views are thin: they authenticate (`TokenAuth`), translate the input, call `apps.sessions`
+services and selectors, and answer with the models' `to_dict()`. Every error has the body
+`{"error": {"code", "message", "fields"?}}`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -27,8 +24,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Body, Header, NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
+from ninja.renderers import JSONRenderer
+from ninja.responses import NinjaJSONEncoder
 from ninja.security import HttpBearer
-from pydantic import ValidationError as PydanticValidationError
 
 from apps.api.schemas import (
     ErrorOut,
@@ -43,7 +41,7 @@ from apps.api.schemas import (
 )
 from apps.sessions import selectors, services, tokens
 from apps.sessions.db import db_async
-from apps.sessions.models import ApiToken, ResponseRequest
+from apps.sessions.models import ApiToken
 from apps.sessions.overrides import ResponseOverrides
 
 events_log = logging.getLogger("oc.events")
@@ -52,7 +50,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
-# ---------------------------------------------------------------------------- input, auth
+# ---------------------------------------------------------------------------- input, output
 
 
 class BodyTooLarge(Exception):
@@ -66,10 +64,21 @@ class JsonParser(Parser):
         return json.loads(request.body)
 
 
-class MissingScope(Exception):
-    def __init__(self, scope: str) -> None:
-        super().__init__(scope)
-        self.scope = scope
+class IsoTimesEncoder(NinjaJSONEncoder):
+    """Times as `isoformat()` writes them, the same as the models' `to_dict()`: with the offset
+    (`+00:00`) and every digit. Django's encoder would write `Z` and cut to milliseconds."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        return super().default(o)
+
+
+class JsonRenderer(JSONRenderer):
+    encoder_class = IsoTimesEncoder
+
+
+# ---------------------------------------------------------------------------- auth
 
 
 class RateLimited(Exception):
@@ -78,118 +87,33 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
-class TokenBuckets:
-    """Per-token rate limit: `rate` requests a second on average, bursts of `burst`.
-
-    Kept in each process: with N processes a token may make N times the rate in all. Taken on
-    the event loop or on a database thread (a submit checks its token with its write), so
-    under a lock.
-    """
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, tuple[float, float]] = {}  # token id → (tokens, at)
-        self._lock = threading.Lock()
-
-    def take(self, key: int) -> float:
-        """Take one request's worth; 0.0 if allowed, else the seconds until one is."""
-        rate, burst = settings.OC_API_RATE, settings.OC_API_BURST
-        with self._lock:
-            now = time.monotonic()
-            tokens, at = self._buckets.get(key, (burst, now))
-            tokens = min(burst, tokens + (now - at) * rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return (1.0 - tokens) / rate
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-
-
-rate_limiter = TokenBuckets()
-
-
-def authenticate(plain: str, scope: str) -> ApiToken:
-    """The active token with this value: AuthenticationError (401) if there is none,
-    MissingScope (403) without `scope`, RateLimited (429) over its rate. Database work."""
-    token = tokens.api_token_lookup(plain=plain)
-    if token is None:
-        raise AuthenticationError
-    if not token.has_scope(scope):
-        raise MissingScope(scope)
-    wait = rate_limiter.take(token.pk)
-    if wait:
-        raise RateLimited(wait)
-    return token
-
-
-@dataclass(frozen=True)
-class UncheckedToken:
-    """A bearer token not looked up yet: checked by the view, in its own database call."""
-
-    plain: str
-    scope: str
-
-    def check(self) -> ApiToken:
-        return authenticate(self.plain, self.scope)
-
-
 class TokenAuth(HttpBearer):
-    """`Authorization: Bearer <token>` with the given scope: 401 without a valid token, 403
-    without the scope, 429 over the token's rate.
+    """`Authorization: Bearer <token>` with the given scope: 401 without a valid token
+    (`None`), 403 without the scope (`tokens.MissingScope`), 429 over the token's rate
+    (`RateLimited`). Its time is the `auth` phase of `Server-Timing`."""
 
-    `with_the_write`: for the view that stores a response request, the hot path. When the
-    request is otherwise well-formed, the token is left for the view to check in the same
-    database call as the write (`UncheckedToken`): one trip to a database thread and one pool
-    checkout fewer. A request that would be refused for its input has its token checked here
-    first, so a client without a valid token is told 401 whatever else is wrong.
-    """
-
-    def __init__(self, scope: str, *, with_the_write: Callable[[HttpRequest], bool] | None = None) -> None:
-        super().__init__()
+    def __init__(self, scope: str) -> None:
         self.scope = scope
-        self.with_the_write = with_the_write
+        super().__init__()
 
-    async def __call__(self, request: HttpRequest) -> ApiToken | UncheckedToken | None:
+    async def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
         timing = _timing(request)  # the view's work starts here
-        scheme, _, plain = request.headers.get("Authorization", "").partition(" ")
-        plain = plain.strip()
-        if scheme.lower() != "bearer" or not plain:
-            return None
-        if self.with_the_write is not None and self.with_the_write(request):
-            return UncheckedToken(plain, self.scope)
         started = time.perf_counter()
         try:
-            return await db_async(authenticate)(plain, self.scope)
+            found = await db_async(tokens.api_token_authenticate)(plain=token.strip(), scope=self.scope)
         finally:
             timing["auth"] = time.perf_counter() - started
-
-    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
-        raise NotImplementedError("TokenAuth authenticates in __call__")
-
-
-def _well_formed_submit(request: HttpRequest) -> bool:
-    """Whether a POST of a response request passes input validation, as the view's parameters
-    would check it: Idempotency-Key's length, the body's size, its JSON, `ResponseOverrides`."""
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
-        return False
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        return False
-    if len(body) > MAX_BODY_BYTES:
-        return False
-    try:
-        data = json.loads(body) if body.strip() else None
-        if data is not None:
-            ResponseOverrides.model_validate(data)
-    except (ValueError, PydanticValidationError):
-        return False
-    return True
+        if found is None:
+            return None
+        wait = tokens.rate_limits.take(found.pk)  # on the event loop: the buckets have no lock
+        if wait:
+            raise RateLimited(wait)
+        return found
 
 
 READ = TokenAuth(ApiToken.Scope.SESSIONS_READ)
 WRITE = TokenAuth(ApiToken.Scope.RESPONSES_WRITE)
-SUBMIT = TokenAuth(ApiToken.Scope.RESPONSES_WRITE, with_the_write=_well_formed_submit)
+
 
 api = NinjaAPI(
     title="Operator Console REST hook",
@@ -202,6 +126,7 @@ api = NinjaAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
     parser=JsonParser(),
+    renderer=JsonRenderer(),
 )
 
 
@@ -272,7 +197,7 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(exc.status_code, "http_error", str(exc), request=request)
 
 
-@api.exception_handler(RequestDataTooBig)
+@api.exception_handler(RequestDataTooBig)  # over Django's own limit, far above ours
 def _too_large(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(
         413, "body_too_large", f"The body is over the limit of {MAX_BODY_BYTES} bytes (64 KiB).", request=request
@@ -288,8 +213,8 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> HttpResponse:
     return response
 
 
-@api.exception_handler(MissingScope)
-def _forbidden(request: HttpRequest, exc: MissingScope) -> HttpResponse:
+@api.exception_handler(tokens.MissingScope)
+def _forbidden(request: HttpRequest, exc: tokens.MissingScope) -> HttpResponse:
     return error_response(403, "missing_scope", f"This token lacks the scope '{exc.scope}'.", request=request)
 
 
@@ -324,15 +249,13 @@ def _timing(request: HttpRequest) -> dict[str, float]:
     return timing
 
 
-def _server_timing(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+def _server_timing(timing: dict[str, float]) -> str:
     """`Server-Timing` of the phases in this process (milliseconds); in DEBUG also the
     monotonic clock at the view's start, so a benchmark on this machine can place them."""
-    timing = _timing(request)
     parts = [f"{name};dur={seconds * 1000:.3f}" for name, seconds in timing.items() if name != "start"]
     if settings.DEBUG:
         parts.append(f'start;desc="{timing["start"]:.6f}"')
-    response["Server-Timing"] = ", ".join(parts)
-    return response
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -351,7 +274,7 @@ async def list_sessions(
     limit: int = Query(100, ge=1, le=1000, description="At most this many, newest first."),
 ):
     sessions = await db_async(selectors.session_list)(status=status, limit=limit)
-    return SessionList(items=[SessionOut.of(session) for session in sessions])
+    return {"items": [session.to_dict() for session in sessions]}
 
 
 @api.get(
@@ -365,24 +288,16 @@ async def get_session(request: HttpRequest, session_id: str):
     session = await db_async(selectors.session_get)(session_id=session_id)
     if session is None:
         raise services.SessionNotFound(f"No session with id '{session_id}'.")
-    return SessionOut.of(session)
+    return session.to_dict()
 
 
 # ---------------------------------------------------------------------------- responses
 
 
-def _idempotency(key: str | None, session_id: str, body: dict) -> tuple[str, str] | None:
-    """(key, digest of the request it is used for), or None without a key."""
-    if key is None:
-        return None
-    canonical = json.dumps({"session": session_id, "body": body}, sort_keys=True, separators=(",", ":"))
-    return key, hashlib.sha256(canonical.encode()).hexdigest()
-
-
 @api.post(
     "/sessions/{session_id}/responses",
     response={200: RequestOut, 202: RequestOut, **_errors(400, 401, 403, 404, 409, 413, 422, 429)},
-    auth=SUBMIT,
+    auth=WRITE,
     summary="Request the next response",
     description=(
         "Stored, then queued behind the session's other requests (out-of-band ones, "
@@ -393,43 +308,26 @@ def _idempotency(key: str | None, session_id: str, body: dict) -> tuple[str, str
 )
 async def submit_response(
     request: HttpRequest,
+    response: HttpResponse,
     session_id: str,
     payload: ResponseOverrides = Body(None),
     idempotency_key: str | None = Header(
         None, alias="Idempotency-Key", min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS
     ),
 ):
-    overrides = payload if payload is not None else ResponseOverrides()
-    keyed = _idempotency(idempotency_key, session_id, overrides.model_dump(mode="json", exclude_unset=True))
-
-    def store() -> tuple[ResponseRequest, bool]:
-        # The token first (401, 403, 429 before anything about the session), then the write,
-        # in one call on a database thread.
-        if isinstance(request.auth, UncheckedToken):
-            request.auth = request.auth.check()
-        token = request.auth
-        return services.response_request_store_now(
-            session_id=session_id,
-            overrides=overrides,
-            origin="api",
-            requested_by=f"token:{token.name}",
-            idempotency=services.Idempotency(scope=f"token:{token.pk}", key=keyed[0], digest=keyed[1])
-            if keyed
-            else None,
-        )
-
+    token = request.auth
     timing = _timing(request)
-    started = time.perf_counter()
-    row, created = await db_async(store)()
-    stored = time.perf_counter()
-    timing["db"] = stored - started
-    if created:
-        await services.ping(row)
-        timing["ping"] = time.perf_counter() - stored
-    response = JsonResponse(
-        RequestOut.of(row).model_dump(mode="json"), status=202 if created else 200
+    row, created = await services.response_request_submit(
+        session_id=session_id,
+        overrides=payload if payload is not None else ResponseOverrides(),
+        origin="api",
+        requested_by=f"token:{token.name}",
+        idempotency_key=idempotency_key,
+        idempotency_scope=f"token:{token.pk}",
+        timing=timing,
     )
-    return _server_timing(request, response)
+    response["Server-Timing"] = _server_timing(timing)
+    return Status(202 if created else 200, row.to_dict())
 
 
 @api.get(
@@ -451,7 +349,7 @@ async def list_responses(
         return selectors.request_list(session=session, limit=limit)
 
     rows = await db_async(load)()
-    return RequestList(items=[RequestOut.of(row) for row in rows])
+    return {"items": [row.to_dict() for row in rows]}
 
 
 @api.get(
@@ -465,7 +363,7 @@ async def get_response(request: HttpRequest, request_id: str):
     row = await db_async(selectors.request_get)(request_id=request_id)
     if row is None:
         raise services.RequestNotFound(f"No response request with id '{request_id}'.")
-    return RequestOut.of(row)
+    return row.to_dict()
 
 
 @api.delete(
@@ -478,7 +376,7 @@ async def get_response(request: HttpRequest, request_id: str):
 )
 async def cancel_response(request: HttpRequest, request_id: str):
     row = await services.response_request_cancel(request_id=request_id)
-    return RequestOut.of(row)
+    return row.to_dict()
 
 
 # ---------------------------------------------------------------------------- notes, interrupt

@@ -1,4 +1,8 @@
-"""Shapes of the REST hook's responses (CONTRACT section 2). Input is `ResponseOverrides`."""
+"""Shapes of the REST hook's responses (CONTRACT section 2). Input is `ResponseOverrides`.
+
+Sessions and requests are answered with the models' `to_dict()`; `SessionOut` and `RequestOut`
+document that shape, and django-ninja validates every answer against them.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import RequestStatus
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.models import LiveSession
 from apps.sessions.overrides import check_text
-from apps.sessions.selectors import origin_counts
 
 SessionStatus = Literal["connecting", "live", "ended", "failed"]
 Origin = Literal["caller", "console", "api", "server"]
 Status = Literal[tuple(status.value for status in RequestStatus)]  # type: ignore[valid-type]
+EndReasonValue = Literal[tuple(reason.value for reason in EndReason)]  # type: ignore[valid-type]
+Kind = Literal[tuple(LiveSession.Kind.values)]  # type: ignore[valid-type]
 
 MAX_NOTE_CHARS = 32_768
 
@@ -32,6 +38,10 @@ class ErrorOut(BaseModel):
 
 
 class SessionOut(BaseModel):
+    """CONTRACT's `Session`: what `LiveSession.to_dict()` gives, key for key."""
+
+    model_config = ConfigDict(extra="forbid")  # a key of to_dict() missing here is an error
+
     id: str = Field(description="The upstream session.id, e.g. sess_abc123.")
     status: SessionStatus
     model: str
@@ -40,19 +50,12 @@ class SessionOut(BaseModel):
     active_response_id: str | None = Field(description="The in-conversation response in progress.")
     queued: int = Field(description="Requests waiting for their turn.")
     origin_counts: dict[str, int] = Field(description="Requests so far, by origin.")
-
-    @classmethod
-    def of(cls, session: LiveSession) -> SessionOut:
-        return cls(
-            id=session.upstream_id,
-            status=session.status,
-            model=session.model,
-            started_at=session.started_at,
-            ended_at=session.ended_at,
-            active_response_id=session.active_response or None,
-            queued=session.queued,
-            origin_counts=origin_counts(session),
-        )
+    end_reason: EndReasonValue | None = Field(description="Why it ended; null while it has not.")
+    kind: Kind = Field(description="'relay': a caller on /v1/realtime; 'webrtc', 'sip': a call.")
+    call_id: str | None = Field(description="The upstream's call id of a WebRTC or SIP call.")
+    label: str | None = Field(description="The operators' label for it.")
+    upstream_sessions: list[str] = Field(description="The upstream session.ids it used, in order.")
+    usage: dict[str, Any] = Field(description="Tokens so far: every response's usage, summed.")
 
 
 class SessionList(BaseModel):
@@ -65,6 +68,10 @@ class RequestError(BaseModel):
 
 
 class RequestOut(BaseModel):
+    """CONTRACT's `ResponseRequest`: what `ResponseRequest.to_dict()` gives, key for key."""
+
+    model_config = ConfigDict(extra="forbid")  # a key of to_dict() missing here is an error
+
     id: str
     session_id: str
     origin: Origin
@@ -83,29 +90,6 @@ class RequestOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     requested_by: str = Field(description="The operator's username, or 'token:<name>' for an API token.")
-
-    @classmethod
-    def of(cls, request: ResponseRequest) -> RequestOut:
-        return cls(
-            id=request.id,
-            session_id=request.session.upstream_id or "",
-            origin=request.origin,
-            instructions=request.instructions,
-            instructions_mode=request.instructions_mode,
-            sent_instructions=request.sent_instructions,
-            conversation=request.conversation or "auto",
-            metadata=request.metadata,
-            status=request.status,
-            response_id=request.response_id or None,
-            output_text=request.output_text or None,
-            usage=request.usage,
-            error=request.error,
-            created_at=request.created_at,
-            sent_at=request.sent_at,
-            started_at=request.started_at,
-            finished_at=request.finished_at,
-            requested_by=request.requested_by,
-        )
 
 
 class RequestList(BaseModel):

@@ -75,11 +75,14 @@ async def authenticate_relay(scope) -> Principal | Refusal:
         return Refusal("origin not allowed")
     plain = offered_token(scope)
     if plain is not None:
-        token = await db_async(tokens.api_token_authenticate)(
-            plain=plain, scope=ApiToken.Scope.REALTIME_CONNECT
-        )
+        try:
+            token = await db_async(tokens.api_token_authenticate)(
+                plain=plain, scope=ApiToken.Scope.REALTIME_CONNECT
+            )
+        except tokens.MissingScope:
+            return Refusal("token without the scope realtime:connect")
         if token is None:
-            return Refusal("unknown, revoked or under-scoped token")
+            return Refusal("unknown or revoked token")
         return Principal(kind="token", name=f"token:{token.name}", token_id=token.pk)
     user = await session_user(scope)
     if user is not None and user.is_authenticated and user.is_active:

@@ -6,15 +6,17 @@ once. The table is the durable record: a lost ping only delays a request until t
 process's next look at the table (`pickup`), within `OC_PICKUP_INTERVAL` seconds.
 
 Cancels, notes and interrupts go to the actor and wait for its answer: only the actor knows
-whether a request is still queued (the database learns of a send a few milliseconds later), so
+whether a request is still queued (the database learns of a send a moment later), so
 a cancel is never answered `cancelled` for a request that was in fact sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from apps.sessions import groups, selectors, sql
+from apps.sessions import groups, selectors
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.overrides import ResponseOverrides
@@ -80,112 +82,127 @@ class SessionUnavailable(ServiceError):
 # ---------------------------------------------------------------------------- submit
 
 
-@dataclass(frozen=True, kw_only=True)
-class Idempotency:
-    scope: str  # whose key it is: "token:<pk>" or "user:<pk>"
-    key: str
-    digest: str  # of the request it was first used for (path and body)
-
-
 async def response_request_submit(
     *,
     session_id: str,
     overrides: ResponseOverrides,
     origin: str,
     requested_by: str,
-    idempotency: Idempotency | None = None,
+    idempotency_key: str | None = None,
+    idempotency_scope: str | None = None,
+    timing: dict[str, float] | None = None,
 ) -> tuple[ResponseRequest, bool]:
-    """Store a request for the next response and tell the session. Returns (request, created).
+    """Store a request for the next response, then tell the session. Returns (request, created).
 
-    With an idempotency key already used for the same request, the first request is returned
-    and nothing new is stored (created is False).
+    With an `idempotency_key` (unique per `idempotency_scope`, whose key it is: "token:<pk>",
+    "user:<pk>"), a repeat for the same session and overrides returns the first request and
+    stores nothing (created is False); the same key for anything else is IdempotencyConflict.
+    `timing`, when given, receives the seconds of the store (`db`) and of the ping (`ping`).
     """
-    request, created = await response_request_store(
+    if idempotency_key is not None and not idempotency_scope:
+        raise ValueError("an idempotency key needs the scope it belongs to")
+    started = time.perf_counter()
+    request, created = await db_async(_request_store)(
         session_id=session_id,
         overrides=overrides,
         origin=origin,
         requested_by=requested_by,
-        idempotency=idempotency,
+        idempotency_scope=idempotency_scope if idempotency_key is not None else None,
+        idempotency_key=idempotency_key,
+        idempotency_digest=_digest(session_id, overrides) if idempotency_key is not None else "",
     )
+    stored = time.perf_counter()
     if created:
         await ping(request)
+    if timing is not None:
+        timing["db"] = stored - started
+        if created:
+            timing["ping"] = time.perf_counter() - stored
     return request, created
 
 
-async def response_request_store(
+def _digest(session_id: str, overrides: ResponseOverrides) -> str:
+    """What an idempotency key was first used for: the session and the overrides as sent."""
+    body = overrides.model_dump(mode="json", exclude_unset=True)
+    canonical = json.dumps({"session": session_id, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _request_store(
     *,
     session_id: str,
     overrides: ResponseOverrides,
     origin: str,
     requested_by: str,
-    idempotency: Idempotency | None = None,
+    idempotency_scope: str | None,
+    idempotency_key: str | None,
+    idempotency_digest: str,
 ) -> tuple[ResponseRequest, bool]:
-    """The first half of `response_request_submit`: the durable write, without the ping."""
-    return await db_async(response_request_store_now)(
-        session_id=session_id,
-        overrides=overrides,
-        origin=origin,
-        requested_by=requested_by,
-        idempotency=idempotency,
-    )
-
-
-def response_request_store_now(
-    *,
-    session_id: str,
-    overrides: ResponseOverrides,
-    origin: str,
-    requested_by: str,
-    idempotency: Idempotency | None = None,
-) -> tuple[ResponseRequest, bool]:
-    """`response_request_store` for code already on a database thread."""
     try:
         with serialised_write(), transaction.atomic():
-            return _store_request_locked(
+            return _request_store_locked(
                 session_id=session_id,
                 overrides=overrides,
                 origin=origin,
                 requested_by=requested_by,
-                idempotency=idempotency,
+                idempotency_scope=idempotency_scope,
+                idempotency_key=idempotency_key,
+                idempotency_digest=idempotency_digest,
             )
     except IntegrityError:
         # A concurrent request with the same key won the insert (on databases where the
         # session row lock does not serialise requests of different sessions).
-        if idempotency is None:
+        if idempotency_key is None:
             raise
-        return _idempotent_repeat(idempotency), False
+        prior = ResponseRequest.objects.select_related("session").get(
+            idempotency_scope=idempotency_scope, idempotency_key=idempotency_key
+        )
+        return _idempotent_repeat(prior, idempotency_key, idempotency_digest), False
 
 
-def _store_request_locked(
+def _request_store_locked(
     *,
     session_id: str,
     overrides: ResponseOverrides,
     origin: str,
     requested_by: str,
-    idempotency: Idempotency | None,
+    idempotency_scope: str | None,
+    idempotency_key: str | None,
+    idempotency_digest: str,
 ) -> tuple[ResponseRequest, bool]:
-    # The lock serialises submissions to one session, so the queue limit holds under races.
-    # These statements are written out (apps/sessions/sql.py): this is the REST hook's hot path.
-    session = sql.lock_session(session_id) if selectors.nameable(session_id) else None
+    # The row lock serialises submissions to one session, so the queue limit holds under
+    # races. SQLite has no row locks: there `serialised_write` and its one writer do this.
+    session = (
+        LiveSession.objects.select_for_update().filter(upstream_id=session_id).first()
+        if selectors.nameable(session_id)
+        else None
+    )
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
-    if idempotency is not None:
+    if idempotency_key is not None:
         prior = (
             ResponseRequest.objects.select_related("session")
-            .filter(idempotency_scope=idempotency.scope, idempotency_key=idempotency.key)
+            .filter(idempotency_scope=idempotency_scope, idempotency_key=idempotency_key)
             .first()
         )
         if prior is not None:
-            return _idempotent_repeat(idempotency, prior), False
+            return _idempotent_repeat(prior, idempotency_key, idempotency_digest), False
     if session.status != LiveSession.Status.LIVE:
         raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
-    queued = sql.count_requests(session, ResponseRequest.Status.QUEUED)
-    if queued >= settings.OC_QUEUE_LIMIT:
-        raise QueueFull(
-            f"Session '{session_id}' already has {queued} queued requests; "
-            f"the limit is {settings.OC_QUEUE_LIMIT}. Retry when some have been sent."
+    if overrides.conversation != "none":
+        # Out-of-band requests are sent at once, never queued behind in-conversation ones:
+        # only the in-conversation queue has a limit, and they are not refused for it.
+        queued = (
+            ResponseRequest.objects.filter(session=session, status=ResponseRequest.Status.QUEUED)
+            .exclude(conversation="none")
+            .count()
         )
-    request = ResponseRequest(
+        if queued >= settings.OC_QUEUE_LIMIT:
+            raise QueueFull(
+                f"Session '{session_id}' already has {queued} queued requests; "
+                f"the limit is {settings.OC_QUEUE_LIMIT}. Retry when some have been sent."
+            )
+    request = ResponseRequest.objects.create(
         id=f"req_{uuid.uuid4().hex}",
         session=session,
         origin=origin,
@@ -195,11 +212,10 @@ def _store_request_locked(
         conversation=overrides.conversation,
         requested_by=requested_by,
         status=ResponseRequest.Status.QUEUED,
-        idempotency_scope=idempotency.scope if idempotency else None,
-        idempotency_key=idempotency.key if idempotency else None,
-        idempotency_digest=idempotency.digest if idempotency else "",
+        idempotency_scope=idempotency_scope,
+        idempotency_key=idempotency_key,
+        idempotency_digest=idempotency_digest,
     )
-    sql.insert_rows(ResponseRequest, [request])
     transaction.on_commit(
         lambda: events_log.info(
             json.dumps(
@@ -217,14 +233,10 @@ def _store_request_locked(
     return request, True
 
 
-def _idempotent_repeat(idempotency: Idempotency, prior: ResponseRequest | None = None) -> ResponseRequest:
-    if prior is None:
-        prior = ResponseRequest.objects.select_related("session").get(
-            idempotency_scope=idempotency.scope, idempotency_key=idempotency.key
-        )
-    if prior.idempotency_digest != idempotency.digest:
+def _idempotent_repeat(prior: ResponseRequest, key: str, digest: str) -> ResponseRequest:
+    if prior.idempotency_digest != digest:
         raise IdempotencyConflict(
-            f"Idempotency-Key '{idempotency.key}' was already used for another request "
+            f"Idempotency-Key '{key}' was already used for another request "
             f"({prior.id}); use a new key for a new request."
         )
     return prior

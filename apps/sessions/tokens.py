@@ -1,13 +1,19 @@
-"""API token services: create, authenticate, revoke. Tokens are stored only as digests."""
+"""API tokens: create, authenticate, revoke, and each token's rate limit. Tokens are stored
+only as digests.
+
+`api_token_authenticate` is the one token check: the REST hook's auth and the relay's
+handshake (apps/sessions/auth.py) both call it.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
-from apps.sessions import sql
 from apps.sessions.models import ApiToken
 
 # last_used_at is a hint for humans, so it is written at most this often per token.
@@ -16,6 +22,15 @@ _LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 class InvalidScope(ValueError):
     pass
+
+
+class MissingScope(Exception):
+    """The token is valid but lacks the scope asked for (the REST hook's 403)."""
+
+    def __init__(self, token: ApiToken, scope: str) -> None:
+        super().__init__(f"the token '{token.name}' lacks the scope '{scope}'")
+        self.token = token
+        self.scope = scope
 
 
 def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_by=None) -> tuple[ApiToken, str]:
@@ -41,22 +56,19 @@ def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_
 
 
 def api_token_authenticate(*, plain: str, scope: str) -> ApiToken | None:
-    """The active token with this value and scope, or None. Records when it was last used."""
-    token = api_token_lookup(plain=plain)
-    return token if token is not None and token.has_scope(scope) else None
-
-
-def api_token_lookup(*, plain: str) -> ApiToken | None:
-    """The active token with this value, whatever its scopes, or None. Records its use."""
+    """The unrevoked token with this value: None if there is none, MissingScope if it lacks
+    `scope`. Records when it was last used (at most once a minute). Database work."""
     if not plain:
         return None
-    token = sql.active_token(ApiToken.hash(plain))
+    token = ApiToken.objects.filter(digest=ApiToken.hash(plain), revoked_at__isnull=True).first()
     if token is None:
         return None
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
+    if not token.has_scope(scope):
+        raise MissingScope(token, scope)
     return token
 
 
@@ -64,3 +76,30 @@ def api_token_revoke(*, token: ApiToken) -> None:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+
+
+class TokenBuckets:
+    """Per-token rate limit: `OC_API_RATE` requests a second on average, bursts of
+    `OC_API_BURST` (a token bucket per token).
+
+    Kept in each process: with N processes a token may make N times the rate in all. Taken
+    only on the event loop (the REST hook's auth, after its database call), so it needs no lock.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, tuple[float, float]] = {}  # token id → (tokens left, at)
+
+    def take(self, key: int) -> float:
+        """Take one request's worth: 0.0 if allowed, else the seconds until one is."""
+        rate, burst = settings.OC_API_RATE, settings.OC_API_BURST
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / rate
+        self._buckets[key] = (tokens - 1.0, now)
+        return 0.0
+
+
+rate_limits = TokenBuckets()

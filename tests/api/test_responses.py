@@ -51,7 +51,7 @@ async def _start_caller_response(caller, text: str = "Where is my order?") -> No
 async def test_nudge_during_a_caller_response_is_queued_then_completes_as_asked(
     caller, rest, simulator, mode, expected
 ):
-    with simulator.configured(delta_interval=0.03):
+    with simulator.configured(delta_interval=0.1):
         await _start_caller_response(caller)
         posted = await rest.post(
             f"/sessions/{caller.session_id}/responses",
@@ -190,7 +190,7 @@ async def test_unknown_session_is_404_and_an_ended_one_409(rest, caller):
 
 
 async def test_over_the_queue_limit_is_429(caller, rest, simulator, settings):
-    with simulator.configured(delta_interval=0.2):
+    with simulator.configured(delta_interval=1.0):  # the caller's response outlasts the submits
         await _start_caller_response(caller)
         url = f"/sessions/{caller.session_id}/responses"
         statuses = [(await rest.post(url, json={})).status_code for _ in range(settings.OC_QUEUE_LIMIT)]
@@ -203,7 +203,7 @@ async def test_over_the_queue_limit_is_429(caller, rest, simulator, settings):
 
 
 async def test_cancel_of_a_queued_request_is_never_sent_and_of_a_sent_one_409(caller, rest, simulator):
-    with simulator.configured(delta_interval=0.03):
+    with simulator.configured(delta_interval=0.2):
         await _start_caller_response(caller)
         queued = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
         later = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
@@ -230,10 +230,19 @@ async def test_cancel_answered_by_the_actor_even_before_the_table_knows_the_send
     assert (await _row(posted["id"])).status == "completed"
 
 
-async def test_a_request_whose_ping_was_lost_is_picked_up_within_five_seconds(caller, simulator):
-    session = await LiveSession.objects.aget(upstream_id=caller.session_id)
-    request, created = await services.response_request_store(  # stored, never pinged
-        session_id=session.upstream_id,
+@pytest.fixture
+def lost_pings(monkeypatch) -> None:
+    """Every ping after a store is lost (the channel layer dropped it): the table is the inbox."""
+
+    async def lost(request) -> None:
+        return None
+
+    monkeypatch.setattr(services, "ping", lost)
+
+
+async def test_a_request_whose_ping_was_lost_is_picked_up_within_five_seconds(caller, simulator, lost_pings):
+    request, created = await services.response_request_submit(
+        session_id=caller.session_id,
         overrides=ResponseOverrides(instructions="Picked up."),
         origin="api",
         requested_by="test",
@@ -247,9 +256,11 @@ async def test_a_request_whose_ping_was_lost_is_picked_up_within_five_seconds(ca
     assert (await _row(request.id)).status == "completed"
 
 
-async def test_a_request_cancelled_before_its_lost_ping_arrived_is_never_sent(caller, rest, simulator, settings):
+async def test_a_request_cancelled_before_its_lost_ping_arrived_is_never_sent(
+    caller, rest, simulator, settings, lost_pings
+):
     settings.OC_PICKUP_INTERVAL = 0.2
-    request, _ = await services.response_request_store(
+    request, _ = await services.response_request_submit(
         session_id=caller.session_id, overrides=ResponseOverrides(), origin="api", requested_by="test"
     )
     cancelled = await rest.delete(f"/responses/{request.id}")
@@ -366,7 +377,7 @@ async def test_concurrent_duplicates_yield_one_request(caller, rest, simulator):
 
 
 async def test_cancelling_a_callers_queued_request_tells_the_caller_why(caller, rest, simulator):
-    with simulator.configured(delta_interval=0.03):
+    with simulator.configured(delta_interval=0.2):
         await caller.send({"type": "conversation.item.create", "item": user_text("hi")})
         await caller.send({"type": "response.create", "event_id": "evt_one"})
         await caller.send({"type": "response.create", "event_id": "evt_two"})
@@ -386,7 +397,7 @@ async def test_cancelling_a_callers_queued_request_tells_the_caller_why(caller, 
 async def test_a_second_cancel_before_the_table_knows_the_first_is_409(caller, rest, simulator, monkeypatch):
     """The actor has cancelled the request, the table still says `queued`: the second DELETE
     is refused like any other of a request no longer queued (it was a 500, found by the fuzz)."""
-    with simulator.configured(delta_interval=0.03):
+    with simulator.configured(delta_interval=0.2):
         await _start_caller_response(caller)
         queued = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
         await history.flush()
@@ -421,7 +432,7 @@ async def test_a_submit_over_its_rate_is_refused_before_it_is_stored(caller, res
 @pytest.mark.parametrize(
     ("body", "headers"),
     [
-        ({}, {}),  # well-formed: the token is checked with the write
+        ({}, {}),  # well-formed
         ({"metadata": {"k": 1}}, {}),  # 422 for anyone with a token
         ("{not json", {}),  # 400
         ({"instructions": "x" * 70_000}, {}),  # 413
@@ -445,20 +456,56 @@ async def test_without_a_valid_token_every_submit_is_401_whatever_else_is_wrong(
     assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).aexists()
 
 
-async def test_a_well_formed_submit_checks_its_token_in_the_same_database_call_as_the_write(
-    caller, rest, monkeypatch
+async def test_out_of_band_requests_are_never_refused_for_a_full_in_conversation_queue(
+    caller, rest, simulator, settings
 ):
-    from channels.db import DatabaseSyncToAsync
+    with simulator.configured(delta_interval=1.0):  # the caller's response outlasts the submits
+        await _start_caller_response(caller)
+        url = f"/sessions/{caller.session_id}/responses"
+        for _ in range(settings.OC_QUEUE_LIMIT):
+            assert (await rest.post(url, json={})).status_code == 202
+        assert (await rest.post(url, json={})).status_code == 429, "the in-conversation queue is full"
+        out_of_band = await rest.post(url, json={"conversation": "none", "instructions": "Summarise."})
+        assert out_of_band.status_code == 202, out_of_band.text
+        assert out_of_band.json()["conversation"] == "none"
+        await rest.post(f"/sessions/{caller.session_id}/interrupt")
 
-    calls: list[str] = []
-    original = DatabaseSyncToAsync.__call__
 
-    async def spy(self, *args, **kwargs):
-        calls.append(getattr(self.func, "__qualname__", repr(self.func)))
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(DatabaseSyncToAsync, "__call__", spy)
-    answer = await rest.post(f"/sessions/{caller.session_id}/responses", json={"metadata": {"n": "1"}})
+async def test_a_submit_answers_server_timing_with_its_auth_db_and_ping_phases(caller, rest, settings):
+    url = f"/sessions/{caller.session_id}/responses"
+    settings.DEBUG = False
+    answer = await rest.post(url, json={})
     assert answer.status_code == 202
-    assert len(calls) == 1, f"database calls for one submit: {calls}"
-    assert answer.json()["requested_by"] == "token:script", "the checked token names the request"
+    phases = dict(part.split(";", 1) for part in answer.headers["Server-Timing"].split(", "))
+    assert list(phases) == ["auth", "db", "ping"], answer.headers["Server-Timing"]
+    assert all(float(value.removeprefix("dur=")) >= 0 for value in phases.values())
+    settings.DEBUG = True
+    debug = await rest.post(url, json={"metadata": {"n": "2"}})
+    assert 'start;desc="' in debug.headers["Server-Timing"], "the view's start only in DEBUG"
+    repeat = await rest.post(url, json={}, headers={"Idempotency-Key": "t"})
+    again = await rest.post(url, json={}, headers={"Idempotency-Key": "t"})
+    assert again.status_code == 200 and "ping;" not in again.headers["Server-Timing"], "nothing to ping"
+    assert repeat.status_code == 202 and "ping;" in repeat.headers["Server-Timing"]
+
+
+async def test_request_answers_are_the_models_to_dict_with_offset_times(caller, rest):
+    posted = await rest.post(
+        f"/sessions/{caller.session_id}/responses", json={"instructions": "Be brief.", "metadata": {"k": "v"}}
+    )
+    assert posted.status_code == 202, posted.text
+    body = posted.json()
+    row = await ResponseRequest.objects.select_related("session").aget(id=body["id"])
+    at_creation = ("id", "session_id", "origin", "instructions", "instructions_mode", "conversation",
+                   "metadata", "requested_by", "created_at")
+    assert list(body) == list(row.to_dict()), "the keys of to_dict(), in its order"
+    assert {k: body[k] for k in at_creation} == {k: row.to_dict()[k] for k in at_creation}
+    assert body["created_at"].endswith("+00:00"), body["created_at"]
+
+    await caller.until("response.done")
+    await history.flush()
+    row = await ResponseRequest.objects.select_related("session").aget(id=body["id"])
+    assert (await rest.get(f"/responses/{row.id}")).json() == row.to_dict()
+    listed = (await rest.get(f"/sessions/{caller.session_id}/responses")).json()["items"]
+    assert listed == [row.to_dict()]
+    for name in ("created_at", "sent_at", "started_at", "finished_at"):
+        assert listed[0][name].endswith("+00:00"), (name, listed[0][name])

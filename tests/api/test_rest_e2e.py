@@ -35,7 +35,8 @@ async def test_script_nudges_a_live_sdk_session_and_the_caller_hears_it(daphne, 
             headers={"Idempotency-Key": "e2e-1"},
         )
         assert posted.status_code == 202, posted.text
-        assert "db;dur=" in posted.headers["Server-Timing"]
+        timing = posted.headers["Server-Timing"]
+        assert "auth;dur=" in timing and "db;dur=" in timing and "ping;dur=" in timing, timing
         events = await collect_until(conn, done(1))
 
     reply = [e for e in events if e.type == "response.done"][0].response

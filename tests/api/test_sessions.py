@@ -7,6 +7,9 @@ import uuid
 import pytest
 from django.utils import timezone
 
+from apps.api.schemas import RequestOut, SessionOut
+from apps.sessions import selectors
+from apps.sessions.db import db_async
 from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession, ResponseRequest
 from tests.support.realtime import user_text
@@ -21,7 +24,7 @@ async def _stream(caller, text: str = "Tell me a story.") -> None:
 
 
 async def test_live_sessions_list_shows_counts_and_the_active_response(caller, rest, simulator):
-    with simulator.configured(delta_interval=0.05):
+    with simulator.configured(delta_interval=0.2):
         await _stream(caller)
         await rest.post(f"/sessions/{caller.session_id}/responses", json={})
         await history.flush()
@@ -144,3 +147,23 @@ async def test_a_session_nobody_holds_answers_503_not_a_false_success(rest, orph
         assert response.json()["error"]["code"] == "session_unavailable"
         assert response.headers["Retry-After"]
     assert (await ResponseRequest.objects.aget(id="req_orphan")).status == "queued"
+
+
+async def test_session_answers_are_the_models_to_dict_with_offset_times(caller, rest):
+    await caller.communicator.disconnect()
+    await history.flush()
+    session = await db_async(selectors.session_get)(session_id=caller.session_id)
+    expected = session.to_dict()
+    assert expected["ended_at"] is not None and expected["end_reason"] == "caller_closed"
+    one = (await rest.get(f"/sessions/{caller.session_id}")).json()
+    assert one == expected
+    assert one["started_at"].endswith("+00:00") and one["ended_at"].endswith("+00:00")
+    listed = (await rest.get("/sessions", params={"status": "ended"})).json()["items"]
+    assert [s for s in listed if s["id"] == caller.session_id] == [expected]
+
+
+def test_the_documented_shapes_are_those_of_to_dict(transactional_db):
+    session = LiveSession.objects.create(upstream_id="sess_shape", model="m", status="live")
+    request = ResponseRequest.objects.create(id="req_shape", session=session, origin="api")
+    assert list(SessionOut.model_fields) == list(session.to_dict())
+    assert list(RequestOut.model_fields) == list(request.to_dict())
