@@ -5,22 +5,26 @@ per-response overrides, so validation, the OpenAPI document and the docs page co
 definition; it runs async views natively under Daphne, and it is small and actively maintained.
 
 Views are thin: they authenticate (`TokenAuth`), translate the input, call `apps.sessions`
-services and selectors, and answer with the models' `to_dict()`. Every error has the body
-`{"error": {"code", "message", "fields"?}}`.
+services and selectors, and answer with the models' `to_dict()`. Every answer that is not a
+success has the body `{"error": {"code", "message", "fields"?}}`: refusals, 404 and 405,
+and 500 too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from ninja import Body, Header, NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -44,6 +48,7 @@ from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
 from apps.sessions.overrides import ResponseOverrides
 
+log = logging.getLogger(__name__)
 events_log = logging.getLogger("oc.events")
 
 MAX_BODY_BYTES = 64 * 1024
@@ -61,7 +66,12 @@ class JsonParser(Parser):
     def parse_body(self, request: HttpRequest) -> Any:
         if len(request.body) > MAX_BODY_BYTES:
             raise BodyTooLarge
-        return json.loads(request.body)
+        try:
+            return json.loads(request.body)
+        except RecursionError:
+            # The decoder recurses once per level of nesting: a body of many '[' overflows
+            # it. That is a body we cannot parse, like any other malformed one.
+            raise ValueError("it is nested too deeply") from None
 
 
 class IsoTimesEncoder(NinjaJSONEncoder):
@@ -115,7 +125,61 @@ READ = TokenAuth(ApiToken.Scope.SESSIONS_READ)
 WRITE = TokenAuth(ApiToken.Scope.RESPONSES_WRITE)
 
 
-api = NinjaAPI(
+class RestHook(NinjaAPI):
+    """django-ninja's API, with the error body on the answers it makes outside its exception
+    handlers: a method that a path does not take is answered by the path's own view with an
+    empty `HttpResponseNotAllowed`, and the API's root raises Django's `Http404` (an HTML
+    page). Every view of the API is wrapped here to answer those with the error body (the 405
+    keeps its `Allow` header).
+    """
+
+    @property
+    def urls(self):
+        patterns, app_name, namespace = super().urls
+        for pattern in patterns:
+            pattern.callback = _with_the_error_body(pattern.callback)
+        return patterns, app_name, namespace
+
+
+def _not_allowed(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    if not isinstance(response, HttpResponseNotAllowed):
+        return response
+    error = error_response(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed here; allowed: {response['Allow']}.",
+        request=request,
+    )
+    error["Allow"] = response["Allow"]
+    return error
+
+
+def _no_such_endpoint() -> HttpResponse:
+    return error_response(
+        404, "not_found", "No such endpoint; the endpoints are listed in /api/v1/openapi.json."
+    )
+
+
+def _with_the_error_body(view: Callable) -> Callable:
+    if asyncio.iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            return _not_allowed(request, await view(request, *args, **kwargs))
+
+        return async_view
+
+    @functools.wraps(view)
+    def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return _not_allowed(request, view(request, *args, **kwargs))
+        except Http404:
+            return _no_such_endpoint()
+
+    return sync_view
+
+
+api = RestHook(
     title="Operator Console REST hook",
     version="1",
     description=(
@@ -237,6 +301,20 @@ def _refused(request: HttpRequest, exc: services.ServiceError) -> HttpResponse:
     if exc.status in (429, 503):
         response["Retry-After"] = "1"
     return response
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return error_response(404, "not_found", "Not found.", request=request)
+
+
+@api.exception_handler(Exception)
+def _failed(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """Anything else is our fault: logged with its traceback, answered 500 with the error body."""
+    log.error("%s %s failed", request.method, request.path, exc_info=exc)
+    return error_response(
+        500, "internal_error", "The server failed to answer this request; the failure is logged.", request=request
+    )
 
 
 # ---------------------------------------------------------------------------- timing
@@ -414,11 +492,9 @@ async def interrupt(request: HttpRequest, session_id: str):
 
 
 @api.api_operation(
-    ["GET", "POST", "PUT", "PATCH", "DELETE"], "/{path:rest}", auth=None, include_in_schema=False
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], "/{path:rest}", auth=None, include_in_schema=False
 )
 async def not_found(request: HttpRequest, rest: str):
     """Last of the routes: an unknown URL under /api/v1/ is a 404 with the error body too, not
     Django's HTML page; so is an id with a '/' in it (sent as %2F, it splits the path)."""
-    return error_response(
-        404, "not_found", "No such endpoint; the endpoints are listed in /api/v1/openapi.json."
-    )
+    return _no_such_endpoint()
