@@ -14,11 +14,15 @@
   WebSocket message size 2097237 exceeds payload limit of 1048576 octets").
 
 If Daphne's protocol class changes shape, the patch is skipped.
+
+And one fix to Daphne's HTTP, a fix of data only (`add_reason_phrases`): the status line's
+reason phrase for the codes Twisted's table lacks, 429 among them.
 """
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 101
 
 
 def install() -> None:
+    add_reason_phrases()
     try:
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # Daphne not in use
@@ -76,3 +81,20 @@ def _fail_by_close(factory_class) -> None:
 
     __init__._oc_patched = True
     factory_class.__init__ = __init__
+
+
+def add_reason_phrases() -> None:
+    """Give Twisted the reason phrases of the status codes it does not know.
+
+    Daphne writes HTTP answers through Twisted, whose table of reason phrases
+    (`twisted.web.http.RESPONSES`) has no entry for later codes such as 422 and 429: their
+    status line read `429 Unknown Status`. This adds, for each code Python's `HTTPStatus`
+    knows and the table lacks, the standard phrase (`429 Too Many Requests`); the table's own
+    entries are kept as they are.
+    """
+    try:
+        from twisted.web.http import RESPONSES
+    except ImportError:  # Twisted not in use
+        return
+    for status in HTTPStatus:
+        RESPONSES.setdefault(status.value, status.phrase.encode("ascii"))

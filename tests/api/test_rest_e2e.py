@@ -1,15 +1,21 @@
 """End to end: a caller on the official `openai` SDK through real Daphne, nudged by a script
-over real HTTP; the nudge visibly takes effect in the caller's next response."""
+over real HTTP; the nudge visibly takes effect in the caller's next response. And what only
+the real Daphne shows: the status line of an answer."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import os
 
 import httpx
 import pytest
+from django.db import connection
 from openai import AsyncOpenAI
 
+from tests.conftest import UPSTREAM_KEY
 from tests.support.realtime import collect_until, count, user_text
+from tests.support.servers import DaphneProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 done = count("response.done")
@@ -57,3 +63,35 @@ async def _until_live(rest: httpx.AsyncClient, session_id: str) -> dict:
             return session
         await asyncio.sleep(0.02)
     raise AssertionError(f"session {session_id} never became visible to the REST hook")
+
+
+@pytest.fixture
+def strict_daphne(django_db_setup, django_db_blocker, simulator):
+    """A Daphne of its own whose tokens may make one request, then one per 100 s."""
+    with django_db_blocker.unblock():
+        db_path = connection.settings_dict["NAME"]
+    server = DaphneProcess(
+        {
+            "OC_UPSTREAM_URL": simulator.url,
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "DATABASE_URL": f"sqlite:///{os.path.abspath(db_path)}",
+            "OC_API_RATE": "0.01",
+            "OC_API_BURST": "1",
+        }
+    )
+    yield server
+    server.stop()
+
+
+def test_a_429_reads_too_many_requests_on_the_status_line(strict_daphne, api_token):
+    connection_ = http.client.HTTPConnection("127.0.0.1", strict_daphne.port, timeout=10)
+    try:
+        answers = []
+        for _ in range(2):
+            connection_.request("GET", "/api/v1/sessions", headers={"Authorization": f"Bearer {api_token}"})
+            answer = connection_.getresponse()
+            answer.read()
+            answers.append((answer.status, answer.reason))
+    finally:
+        connection_.close()
+    assert answers == [(200, "OK"), (429, "Too Many Requests")], strict_daphne.output()[-2000:]
