@@ -3,7 +3,7 @@
 `db_async`: `channels.db.database_sync_to_async` runs the work on the current request's
 thread. Under Django's ASGI handler that is a thread started for each HTTP request, and with
 it a new Django connection object (connections are per thread) whose helpers hold reference
-cycles: per REST call, a thread start and some 40 objects of cyclic garbage for the collector.
+cycles: per REST call, a thread start and cyclic garbage for the collector.
 
 `db_async` runs it on a pool of `THREADS` threads that last as long as the process. Each call
 still closes its connection at the end (`CONN_MAX_AGE` 0): back to the pool on PostgreSQL,
@@ -12,10 +12,9 @@ nothing relies on the calling thread.
 
 `serialised_write`: SQLite lets one connection write at a time; a second one waits in
 SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries with no queue, so
-under load an unlucky writer starves (measured: REST writes waiting over a second behind the
-history writer's batches). Writers of this process take this lock first and queue in Python
-instead; the lock is held only for the transaction. Other databases lock rows and need none
-of this.
+under load an unlucky writer starves (REST writes were seen waiting behind the history
+writer's batches). Writers of this process take this lock first and queue in Python instead;
+the lock is held only for the transaction. Other databases lock rows and need none of this.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from django.db import connection
 
 # At most this many database calls of this process at once; the rest queue here, not in the
 # PostgreSQL pool (whose `max_size` is 16). Each thread that allocates gets a malloc arena of
-# its own, which keeps what it once held: relay RSS per session (C=100) was 65 KiB with 2
-# threads, 71 with 4, 81 with 8; at C=10, 77, 124 and 190 KiB.
+# its own, which keeps what it once held: more threads, more memory per relayed session.
 THREADS = 4
 
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="oc-db")
