@@ -4,10 +4,13 @@ from apps.console import views
 
 app_name = "console"
 
+# A session's id is the upstream's `session.id`, which the console does not choose: `path`
+# lets it hold a `/` (and anything else, percent-encoded by `reverse`). Each route has its own
+# ending (`/`, `/responses`, `/interrupt`), so none can swallow another's URL.
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
-    path("sessions/<str:session_id>/", views.session_page, name="session"),
-    path("sessions/<str:session_id>/responses", views.nudge, name="nudge"),
-    path("sessions/<str:session_id>/interrupt", views.interrupt, name="interrupt"),
+    path("sessions/<path:session_id>/", views.session_page, name="session"),
+    path("sessions/<path:session_id>/responses", views.nudge, name="nudge"),
+    path("sessions/<path:session_id>/interrupt", views.interrupt, name="interrupt"),
     path("requests/<str:request_id>/cancel", views.cancel, name="cancel"),
 ]
