@@ -77,7 +77,14 @@ class ConsoleConsumer(SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
             return
         if session.status != LiveSession.Status.LIVE:
             await self.send_json(
-                {"type": "ended", "session_id": session_id, "status": session.status, "reason": session.end_reason}
+                {
+                    "type": "ended",
+                    "session_id": session_id,
+                    "status": session.status,
+                    "reason": session.end_reason or None,
+                    "code": session.end_code,
+                    "detail": session.end_detail,
+                }
             )
             return
         self.watching = session

@@ -1,8 +1,13 @@
-"""Operator pages. Server-rendered first; forms work without JavaScript (POST, redirect,
-message) and answer JSON to the page's scripts (`Accept: application/json`).
+"""Operator pages. Server-rendered first; forms work without JavaScript and answer JSON to the
+page's scripts (`Accept: application/json`).
+
+Without JavaScript the nudge form posts, and a request made redirects back with a message; a
+refused form re-renders the page with what was typed and each error beside its field (422),
+and "Add a metadata row" re-renders it with one more row.
 
 Views are thin: they check who may do what, translate the form, and call the services of
-`apps.sessions` — the same ones the REST hook calls.
+`apps.sessions` — the same ones the REST hook calls. Requests are shown in the REST hook's own
+shape, `ResponseRequest.to_dict()`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -20,37 +26,22 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.console import feed
-from apps.console.forms import Nudge, parse_nudge
-from apps.sessions import selectors, services
-from apps.sessions.models import ResponseRequest
+from apps.console.forms import Nudge
+from apps.sessions import overrides, selectors, services
+from apps.sessions.models import LiveSession, ResponseRequest
 
 STEER = "oc_sessions.steer_session"
+OVER = (LiveSession.Status.ENDED, LiveSession.Status.FAILED)
+LIMITS = {
+    "metadata_pairs": overrides.MAX_METADATA_PAIRS,
+    "metadata_key": overrides.MAX_METADATA_KEY_CHARS,
+    "metadata_value": overrides.MAX_METADATA_VALUE_CHARS,
+    "instructions": overrides.MAX_INSTRUCTIONS_CHARS,
+}
 
 
 def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
-
-
-def request_json(row: ResponseRequest) -> dict[str, Any]:
-    """A request as the session page's scripts show it (the REST hook's fields)."""
-    return {
-        "id": row.id,
-        "origin": row.origin,
-        "status": row.status,
-        "instructions": row.instructions,
-        "instructions_mode": row.instructions_mode,
-        "sent_instructions": row.sent_instructions,
-        "conversation": row.conversation or "auto",
-        "metadata": row.metadata,
-        "requested_by": row.requested_by,
-        "response_id": row.response_id or None,
-        "output_text": row.output_text or None,
-        "error": row.error,
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-        "sent_at": row.sent_at.isoformat() if row.sent_at else None,
-        "started_at": row.started_at.isoformat() if row.started_at else None,
-        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
-    }
 
 
 @login_required
@@ -70,6 +61,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
+    return _session_page(request, session_id, Nudge())
+
+
+def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status: int = 200) -> HttpResponse:
     session = selectors.session_get(session_id=session_id)
     if session is None:
         raise Http404(f"No session with id '{session_id}'.")
@@ -79,17 +74,14 @@ def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
         "console/session.html",
         {
             "session": session,
+            "over": session.status in OVER,
             "requests": rows,
-            "requests_json": [request_json(row) for row in rows],
+            "requests_json": [row.to_dict() for row in rows],
             "can_steer": request.user.has_perm(STEER),
-            "nudge": Nudge(rows=[("", "")]),
-            "limits": {
-                "metadata_pairs": 15,
-                "metadata_key": 64,
-                "metadata_value": 512,
-                "instructions": 32768,
-            },
+            "nudge": nudge,
+            "limits": LIMITS,
         },
+        status=status,
     )
 
 
@@ -117,14 +109,15 @@ def _refused(request: HttpRequest, session_id: str, exc: services.ServiceError) 
 async def nudge(request: HttpRequest, session_id: str) -> HttpResponse:
     user = await _steerer(request)
     if user is None:
-        return redirect(f"{settings.LOGIN_URL}?next={_back(session_id)}")
-    form = parse_nudge(request.POST)
-    if not form.ok:
-        if _wants_json(request):
-            return JsonResponse({"ok": False, "errors": form.errors}, status=422)
-        for name, message in form.errors.items():
-            messages.error(request, f"{name.replace('_', ' ')}: {message}")
-        return redirect(_back(session_id))
+        return redirect_to_login(_back(session_id))
+    wants_json = _wants_json(request)
+    if "add_row" in request.POST and not wants_json:
+        return await sync_to_async(_session_page)(request, session_id, Nudge.with_row_added(request.POST))
+    form = Nudge(request.POST)
+    if not form.is_valid():
+        if wants_json:
+            return JsonResponse({"ok": False, "errors": form.errors()}, status=422)
+        return await sync_to_async(_session_page)(request, session_id, form, status=422)
     try:
         if form.as_note:
             note = await services.note_add(
@@ -139,11 +132,15 @@ async def nudge(request: HttpRequest, session_id: str) -> HttpResponse:
                 origin=ResponseRequest.Origin.CONSOLE,
                 requested_by=user.get_username(),
             )
-            answer = {"ok": True, "request": request_json(row)}
+            answer = {"ok": True, "request": row.to_dict()}
             done = f"Response requested ({row.id}): {row.status}."
     except services.ServiceError as exc:
-        return _refused(request, session_id, exc)
-    if _wants_json(request):
+        if wants_json:
+            return JsonResponse({"ok": False, "errors": {"form": exc.message}}, status=exc.status)
+        # What was typed stays on the page (a full queue empties; a session may come back).
+        form.refuse("form", exc.message)
+        return await sync_to_async(_session_page)(request, session_id, form, status=exc.status)
+    if wants_json:
         return JsonResponse(answer, status=202 if "request" in answer else 201)
     messages.success(request, done)
     return redirect(_back(session_id))
@@ -157,13 +154,13 @@ async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
         raise Http404(f"No response request with id '{request_id}'.")
     session_id = row.session.upstream_id
     if user is None:
-        return redirect(f"{settings.LOGIN_URL}?next={_back(session_id)}")
+        return redirect_to_login(_back(session_id))
     try:
         row = await services.response_request_cancel(request_id=request_id)
     except services.ServiceError as exc:
         return _refused(request, session_id, exc)
     if _wants_json(request):
-        return JsonResponse({"ok": True, "request": request_json(row)})
+        return JsonResponse({"ok": True, "request": row.to_dict()})
     messages.success(request, f"Cancelled {request_id}.")
     return redirect(_back(session_id))
 
@@ -172,7 +169,7 @@ async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
 async def interrupt(request: HttpRequest, session_id: str) -> HttpResponse:
     user = await _steerer(request)
     if user is None:
-        return redirect(f"{settings.LOGIN_URL}?next={_back(session_id)}")
+        return redirect_to_login(_back(session_id))
     try:
         response_id = await services.session_interrupt(session_id=session_id)
     except services.ServiceError as exc:

@@ -13,6 +13,9 @@ from tests.support.realtime import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
+PHONE = 390  # a phone's width in CSS pixels: no page may scroll sideways at it
+AWKWARD = "sess/<b>x</b>\"'&%2F"
+
 
 def _creates(simulator, session_id: str) -> list[dict]:
     return [e for _, e in simulator.sim.received(session_id) if e["type"] == "response.create"]
@@ -22,6 +25,20 @@ async def _open_session(operator, daphne, session_id: str) -> None:
     await eventually(lambda: LiveSession.objects.filter(upstream_id=session_id, status="live").exists())
     await operator.page.goto(f"{daphne.http_url}/console/sessions/{session_id}/")
     await expect(operator.page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+
+
+async def _sideways(page) -> int:
+    """How far the page scrolls sideways (0: it fits the window)."""
+    return await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+
+
+async def _too_wide(page) -> list[str]:
+    """The elements that reach past the window's right edge, for the failure's message."""
+    return await page.evaluate(
+        """[...document.querySelectorAll("body *")]
+            .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+            .map((e) => `${e.tagName.toLowerCase()}.${e.className}`).slice(0, 8)"""
+    )
 
 
 async def test_a_new_session_appears_on_the_dashboard_without_reload(login, connect_caller, daphne):
@@ -47,12 +64,12 @@ async def test_nudge_with_metadata_while_a_response_streams(login, connect_calle
         await caller.say("Can I get my money back?")
         await caller.wait_for("response.created")
         await page.fill("#instructions", "Offer the refund.")
-        await page.fill("#mk-0", "ticket")
-        await page.fill("#mv-0", "T-7")
+        await page.fill("#metadata-0-key", "ticket")
+        await page.fill("#metadata-0-value", "T-7")
         await page.click("[data-add-row]")
-        await page.fill("#mk-1", "reason")
-        await page.fill("#mv-1", "late delivery")
-        await page.click("[data-nudge-form] button[type=submit]")
+        await page.fill("#metadata-1-key", "reason")
+        await page.fill("#metadata-1-value", "late delivery")
+        await page.click("[data-send]")
         await expect(page.locator('[data-requests] tr:has(.origin:text("console")) .badge')).to_have_text("queued", timeout=3000)
         await expect(page.locator('[data-requests] tr:has(.origin:text("console")) .badge')).to_have_text("completed", timeout=10000)
     transcript = page.locator("[data-transcript]")
@@ -73,7 +90,7 @@ async def test_two_operators_see_each_other_and_each_others_nudges(login, connec
     await expect(alice.page.locator("[data-presence]")).to_have_text("alice, bob", timeout=3000)
     await expect(bob.page.locator("[data-presence]")).to_have_text("alice, bob", timeout=3000)
     await alice.page.fill("#instructions", "Mention the loyalty discount.")
-    await alice.page.click("[data-nudge-form] button[type=submit]")
+    await alice.page.click("[data-send]")
     await expect(bob.page.locator("[data-toasts]")).to_contain_text("alice asked for a response", timeout=3000)
     await expect(bob.page.locator('[data-requests] tr:has(.origin:text("console"))')).to_contain_text(
         "Mention the loyalty discount."
@@ -111,12 +128,12 @@ async def test_a_65_character_key_is_refused_beside_the_field_and_nothing_is_sen
     alice = await login("alice")
     caller = await connect_caller()
     await _open_session(alice, daphne, caller.session_id)
-    await alice.page.fill("#mk-0", "k" * 65)
-    await alice.page.fill("#mv-0", "v")
-    await alice.page.click("[data-nudge-form] button[type=submit]")
-    error = alice.page.locator("#err-metadata_key_0")
+    await alice.page.fill("#metadata-0-key", "k" * 65)
+    await alice.page.fill("#metadata-0-value", "v")
+    await alice.page.click("[data-send]")
+    error = alice.page.locator("#err-metadata-0-key")
     await expect(error).to_contain_text("at most 64")
-    await expect(alice.page.locator("#mk-0")).to_have_attribute("aria-invalid", "true")
+    await expect(alice.page.locator("#metadata-0-key")).to_have_attribute("aria-invalid", "true")
     await asyncio.sleep(0.3)
     assert _creates(simulator, caller.session_id) == []
     assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).aexists()
@@ -131,53 +148,183 @@ async def test_the_server_checks_the_form_too(login, connect_caller, daphne, sim
     token = await alice.page.locator("input[name=csrfmiddlewaretoken]").first.get_attribute("value")
     answer = await alice.page.request.post(
         f"{daphne.http_url}/console/sessions/{caller.session_id}/responses",
-        form={"csrfmiddlewaretoken": token, "metadata_key": "k" * 65, "metadata_value": "v"},
+        form={
+            "csrfmiddlewaretoken": token, "metadata-TOTAL_FORMS": "1", "metadata-INITIAL_FORMS": "0",
+            "metadata-0-key": "k" * 65, "metadata-0-value": "v",
+        },
         headers={"Accept": "application/json", "Referer": f"{daphne.http_url}/console/"},
     )
     assert answer.status == 422
-    assert "at most 64" in (await answer.json())["errors"]["metadata_key_0"]
+    assert "at most 64" in (await answer.json())["errors"]["metadata-0-key"]
     assert _creates(simulator, caller.session_id) == []
 
 
-async def test_without_javascript_the_form_still_creates_the_request(login, connect_caller, daphne, simulator):
+async def test_without_javascript_rows_are_added_a_refusal_keeps_the_text_and_the_form_creates_the_request(
+    login, connect_caller, daphne, simulator
+):
     alice = await login("alice", javascript=False)
     caller = await connect_caller()
     await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="live").exists())
-    await alice.page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
-    await alice.page.fill("#instructions", "Offer the refund.")
-    await alice.page.fill("#mk-0", "ticket")
-    await alice.page.fill("#mv-0", "T-9")
-    await alice.page.click("[data-nudge-form] button[type=submit]")
-    await alice.page.wait_for_url(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
-    await expect(alice.page.locator(".message.success")).to_contain_text("Response requested")
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await page.fill("#instructions", "Offer the refund.")
+    await page.fill("#metadata-0-key", "ticket")
+    await page.fill("#metadata-0-value", "T-9")
+    await page.click("[data-add-row]")  # posts; the page comes back with one more row
+    await expect(page.locator("#instructions")).to_have_value("Offer the refund.")
+    await expect(page.locator("#metadata-0-value")).to_have_value("T-9")
+    await page.fill("#metadata-1-key", "oc_request")
+    await page.fill("#metadata-1-value", "mine")
+    await page.click("[data-add-row]")
+    await expect(page.locator("[data-metadata-row]")).to_have_count(3)
+    await page.fill("#metadata-2-key", "reason")
+    await page.fill("#metadata-2-value", "late delivery")
+    async with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        await page.click("[data-send]")
+    refused = await answer.value
+    assert refused.status == 422
+    await expect(page.locator("#err-metadata-1-key")).to_have_text("'oc_request' is reserved by the relay.")
+    await expect(page.locator("#metadata-1-key")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#instructions")).to_have_value("Offer the refund.")
+    await expect(page.locator("#metadata-2-value")).to_have_value("late delivery")
+    await alice.screenshot("session-no-js-refused")
+    await page.fill("#metadata-1-key", "channel")
+    await page.click("[data-send]")
+    await page.wait_for_url(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await expect(page.locator(".message.success")).to_contain_text("Response requested")
     await caller.wait_for("response.done")
     row = await ResponseRequest.objects.aget(session__upstream_id=caller.session_id, origin="console")
-    assert row.metadata == {"ticket": "T-9"} and row.instructions == "Offer the refund."
+    assert row.metadata == {"ticket": "T-9", "channel": "mine", "reason": "late delivery"}
+    assert row.instructions == "Offer the refund."
     await alice.screenshot("session-no-js")
+    # Chromium logs the refused POST's 422 as a failed load: that is the page's answer, not an error.
+    assert [e for e in alice.errors if "status of 422" not in e] == []
+
+
+async def test_add_a_metadata_row_stops_at_fifteen(login, connect_caller, daphne):
+    alice = await login("alice")
+    caller = await connect_caller()
+    await _open_session(alice, daphne, caller.session_id)
+    page = alice.page
+    add = page.locator("[data-add-row]")
+    for _ in range(14):
+        await add.click()
+    await expect(page.locator("[data-metadata-row]")).to_have_count(15)
+    await expect(add).to_be_disabled()
+    await expect(page.locator('[name="metadata-TOTAL_FORMS"]')).to_have_value("15")
+    await page.locator("[data-remove-row]").nth(3).click()
+    await expect(add).to_be_enabled()
+    await expect(page.locator('[name="metadata-TOTAL_FORMS"]')).to_have_value("14")
+    await expect(page.locator("[data-metadata-row]").last.locator("input").first).to_have_attribute("name", "metadata-13-key")
+    assert alice.errors == []
 
 
 async def test_pages_fit_a_narrow_window_and_the_form_is_keyboard_usable(login, connect_caller, daphne):
-    alice = await login("alice", width=400, height=800)
+    alice = await login("alice", width=PHONE, height=800)
     caller = await connect_caller()
     await _open_session(alice, daphne, caller.session_id)
     page = alice.page
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"the session page scrolls sideways by {overflow}px at 400px"
+    assert overflow <= 0, f"the session page scrolls sideways by {overflow}px at {PHONE}px"
     await alice.screenshot("session-narrow")
     await page.focus("#instructions")
     await page.keyboard.type("Be brief.")
     await page.keyboard.press("Tab")  # to the mode radios (one stop for the group)
     await page.keyboard.press("Tab")  # to the first metadata key
     focused = await page.evaluate("document.activeElement.id")
-    assert focused == "mk-0", f"Tab from the mode radios reaches the first metadata key, not {focused!r}"
+    assert focused == "metadata-0-key", f"Tab from the mode radios reaches the first metadata key, not {focused!r}"
     await page.keyboard.type("topic")
     await page.keyboard.press("Tab")
     await page.keyboard.type("billing")
-    await page.locator("[data-nudge-form] button[type=submit]").focus()
+    await page.locator("[data-send]").focus()
     await page.keyboard.press("Enter")
     await expect(page.locator('[data-requests] tr:has(.origin:text("console"))')).to_contain_text("Be brief.")
     await page.goto(f"{daphne.http_url}/console/")
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"the dashboard scrolls sideways by {overflow}px at 400px"
+    assert overflow <= 0, f"the dashboard scrolls sideways by {overflow}px at {PHONE}px"
     await alice.screenshot("dashboard-narrow")
     assert alice.errors == []
+
+
+async def test_a_session_that_ends_while_watched_says_so_and_why(login, connect_caller, daphne, simulator):
+    alice = await login("alice")
+    caller = await connect_caller()
+    await _open_session(alice, daphne, caller.session_id)
+    page = alice.page
+    await page.fill("#instructions", "Typed, never sent.")
+    with simulator.configured(delta_interval=0.3, deltas_per_response=20):
+        await caller.say("Tell me a long story.")
+        await expect(page.locator("[data-transcript] .entry.streaming")).to_have_count(1, timeout=5000)
+        await caller.socket.close()
+        note = page.locator("[data-ended-note]")
+        await expect(note).to_be_visible(timeout=5000)
+    await expect(note.locator("[data-end-reason]")).to_have_text("caller_closed")
+    await expect(page.locator("[data-session-status]").first).to_have_text("ended")
+    await expect(page.locator("[data-live-status]")).to_have_text("Session over")
+    assert await page.locator("[data-live-status]").get_attribute("data-state") == "over", "no Live dot"
+    await expect(page.locator("[data-transcript] .entry.streaming")).to_have_count(0)
+    await expect(page.locator("[data-send]")).to_be_disabled()
+    await expect(page.locator("#instructions")).to_be_disabled()
+    await expect(page.locator("#instructions")).to_have_value("Typed, never sent.")
+    await expect(page.locator("[data-steer-closed]")).to_be_visible()
+    await expect(page.locator("[data-interrupt-form] button")).to_be_disabled()
+    await alice.screenshot("session-ended-live")
+
+    await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="ended").exists())
+    await page.reload()
+    await expect(page.locator("[data-end-reason]")).to_have_text("caller_closed")
+    await expect(page.locator("[data-live-status]")).to_have_text("Session over")
+    assert await page.locator("[data-nudge-form]").count() == 0, "an ended session offers no form"
+    await asyncio.sleep(0.3)
+    await expect(page.locator("[data-live-status]")).to_have_text("Session over"), "no socket, no Live"
+    assert alice.errors == []
+
+
+async def test_an_ended_session_fits_desktop_and_phone(login, daphne):
+    await LiveSession.objects.acreate(
+        upstream_id="sess_failed_1", model="gpt-realtime", status="failed", end_reason="upstream_closed",
+        end_code=1011, end_detail="The upstream connection was lost (1011).",
+    )
+    summary = "upstream_closed (1011): The upstream connection was lost (1011)."
+    for name, width in (("session-ended", 1280), ("session-ended-phone", PHONE)):
+        operator = await login("alice", width=width)
+        await operator.page.goto(f"{daphne.http_url}/console/sessions/sess_failed_1/")
+        await expect(operator.page.locator("[data-end-reason]")).to_have_text(summary)
+        await expect(operator.page.locator("[data-session-status]").first).to_have_text("failed")
+        assert await _sideways(operator.page) <= 0, f"the ended session page scrolls sideways at {width}px"
+        await operator.screenshot(name)
+        assert operator.errors == []
+
+
+async def test_a_session_id_with_slashes_quotes_and_markup_opens_and_takes_a_nudge(login, daphne):
+    await LiveSession.objects.acreate(upstream_id=AWKWARD, model="gpt-realtime", status="live")
+    alice = await login("alice")
+    page = alice.page
+    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    link = page.locator("[data-sessions] a", has_text=AWKWARD)
+    await expect(link).to_have_count(1, timeout=3000)
+    assert await page.locator("[data-sessions] b").count() == 0, "the id is text, not markup"
+    await alice.screenshot("dashboard-awkward")
+    await link.click()
+    await expect(page.locator("h1")).to_have_text(AWKWARD)
+    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await page.fill("#instructions", "Hello there.")
+    await page.fill("#metadata-0-key", "k")
+    await page.fill("#metadata-0-value", "v")
+    await page.click("[data-send]")
+    await expect(page.locator('[data-requests] tr:has(.origin:text("console")) .badge')).to_have_text("queued", timeout=3000)
+    row = await ResponseRequest.objects.select_related("session").aget(origin="console")
+    assert row.session.upstream_id == AWKWARD and row.metadata == {"k": "v"}
+    assert await _sideways(page) <= 0
+    await alice.screenshot("session-awkward")
+
+    phone = await login("bob", width=PHONE)
+    await phone.page.goto(page.url)
+    await expect(phone.page.locator("h1")).to_have_text(AWKWARD)
+    assert await _sideways(phone.page) <= 0, f"a long id wraps on a phone: {await _too_wide(phone.page)}"
+    await phone.screenshot("session-awkward-phone")
+    await phone.page.goto(f"{daphne.http_url}/console/")
+    await expect(phone.page.locator("[data-sessions] a", has_text=AWKWARD)).to_have_count(1, timeout=3000)
+    assert await _sideways(phone.page) <= 0
+    await phone.screenshot("dashboard-awkward-phone")
+    assert alice.errors == [] and phone.errors == []

@@ -1,10 +1,12 @@
 // The console's live socket: /ws/console/, reconnecting with backoff. `subscribe` is sent on
-// every (re)connect; `onMessage` gets each JSON message; `onState` gets "live" | "reconnecting".
+// every (re)connect; `onMessage` gets each JSON message; `onState` gets "live" | "reconnecting"
+// | "logged out". `close()` ends it for good (no reconnect).
 export function connectLive({ subscribe, onMessage, onState }) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const url = `${scheme}://${location.host}/ws/console/`;
   let delay = 500;
   let socket;
+  let stopped = false;
 
   function open() {
     socket = new WebSocket(url);
@@ -15,6 +17,7 @@ export function connectLive({ subscribe, onMessage, onState }) {
     });
     socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
+      if (stopped) return;
       if (event.code === 4401) {
         onState?.("logged out");
         return;
@@ -25,11 +28,18 @@ export function connectLive({ subscribe, onMessage, onState }) {
     });
   }
   open();
-  return { close: () => socket?.close() };
+  return {
+    close() {
+      stopped = true;
+      socket?.close();
+    },
+  };
 }
+
+const STATES = { live: "Live", "logged out": "Logged out: reload to log in", over: "Session over" };
 
 export function showState(element, state) {
   if (!element) return;
-  element.textContent = state === "live" ? "Live" : state === "logged out" ? "Logged out: reload to log in" : "Reconnecting…";
+  element.textContent = STATES[state] ?? "Reconnecting…";
   element.dataset.state = state;
 }

@@ -6,6 +6,8 @@ const main = document.querySelector("main");
 const sessionId = main.dataset.sessionId;
 const me = main.dataset.username;
 const canSteer = main.dataset.canSteer === "true";
+const OVER = new Set(["ended", "failed"]);
+let over = OVER.has(main.dataset.status);
 const csrf = document.querySelector("input[name=csrfmiddlewaretoken]")?.value;
 
 const transcript = document.querySelector("[data-transcript]");
@@ -28,7 +30,7 @@ function isoAt(seconds) {
 }
 
 function cancelButton(request) {
-  if (!canSteer || request.status !== "queued") return null;
+  if (!canSteer || over || request.status !== "queued") return null;
   const button = el("button", { type: "submit", class: "link", text: "Cancel" });
   const cancel = el("form", { method: "post", action: `/console/requests/${encodeURIComponent(request.id)}/cancel` },
     el("input", { type: "hidden", name: "csrfmiddlewaretoken", value: csrf }), button);
@@ -166,77 +168,103 @@ async function post(url, body) {
 }
 
 // ---------------------------------------------------------------- the nudge form
+// Field names are the server's (a Django form and formset): `instructions`, …, and metadata
+// rows `metadata-<row>-key` / `metadata-<row>-value` counted by `metadata-TOTAL_FORMS`. Errors
+// come back named the same way, so each lands beside its field.
+
+const rowsBox = form?.querySelector("[data-metadata-rows]");
+const addButton = form?.querySelector("[data-add-row]");
+
+function rowNodes() {
+  return [...rowsBox.querySelectorAll("[data-metadata-row]")];
+}
 
 function showErrors(errors) {
   for (const slot of form.querySelectorAll("[data-error-for]")) slot.textContent = errors[slot.dataset.errorFor] || "";
-  for (const input of form.querySelectorAll("input, textarea")) input.removeAttribute("aria-invalid");
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
   for (const name of Object.keys(errors)) {
-    const [field, row] = name.match(/^metadata_(key|value)_(\d+)$/) ? [name.replace(/_\d+$/, ""), +name.split("_").pop()] : [name, null];
-    const input = row === null ? form.querySelector(`[name="${field}"]`) : form.querySelectorAll(`[name="${field}"]`)[row];
-    input?.setAttribute("aria-invalid", "true");
+    const field = form.elements.namedItem(name);
+    const inputs = field instanceof RadioNodeList ? [...field] : field ? [field] : [];
+    for (const input of inputs) input.setAttribute("aria-invalid", "true");
   }
 }
 
+// Characters as the server counts them (code points, not UTF-16 units).
+const length = (text) => [...text].length;
+
 function checkForm() {
-  const rowsBox = form.querySelector("[data-metadata-rows]");
   const maxKey = +rowsBox.dataset.maxKey, maxValue = +rowsBox.dataset.maxValue, maxRows = +rowsBox.dataset.maxRows;
   const errors = {};
-  const keys = [...form.querySelectorAll('[name="metadata_key"]')];
-  const values = [...form.querySelectorAll('[name="metadata_value"]')];
   const seen = new Set();
   let used = 0;
-  keys.forEach((input, row) => {
-    const key = input.value.trim(), value = values[row].value.trim();
+  rowNodes().forEach((row, index) => {
+    const [keyInput, valueInput] = row.querySelectorAll("input");
+    const key = keyInput.value.trim(), value = valueInput.value.trim();
     if (!key && !value) return;
     used += 1;
-    if (!key) errors[`metadata_key_${row}`] = "A value needs a key.";
-    else if (key.length > maxKey) errors[`metadata_key_${row}`] = `${key.length} characters; a key has at most ${maxKey}.`;
-    else if (key === "oc_request") errors[`metadata_key_${row}`] = "'oc_request' is reserved by the relay.";
-    else if (seen.has(key)) errors[`metadata_key_${row}`] = "This key is already used above.";
+    const name = `metadata-${index}`;
+    if (!key) errors[`${name}-key`] = "A value needs a key.";
+    else if (length(key) > maxKey) errors[`${name}-key`] = `${length(key)} characters; a key has at most ${maxKey}.`;
+    else if (key === "oc_request") errors[`${name}-key`] = "'oc_request' is reserved by the relay.";
+    else if (seen.has(key)) errors[`${name}-key`] = "This key is already used above.";
     seen.add(key);
-    if (value.length > maxValue) errors[`metadata_value_${row}`] = `${value.length} characters; a value has at most ${maxValue}.`;
+    if (length(value) > maxValue) errors[`${name}-value`] = `${length(value)} characters; a value has at most ${maxValue}.`;
   });
-  if (used > maxRows) errors.metadata = `At most ${maxRows} metadata rows.`;
+  if (used > maxRows) errors.metadata = `At most ${maxRows} metadata rows; remove ${used - maxRows}.`;
   if (form.as_note.checked && !form.instructions.value.trim()) errors.instructions = "Write the note's text.";
   return errors;
 }
 
 function renumberRows() {
-  form.querySelectorAll("[data-metadata-row]").forEach((row, index) => {
-    const [key, value] = row.querySelectorAll("input");
-    key.id = `mk-${index}`; value.id = `mv-${index}`;
-    row.querySelectorAll("label")[0].htmlFor = key.id; row.querySelectorAll("label")[1].htmlFor = value.id;
-    const [keyError, valueError] = row.querySelectorAll("[data-error-for]");
-    keyError.dataset.errorFor = `metadata_key_${index}`;
-    valueError.dataset.errorFor = `metadata_value_${index}`;
-    keyError.id = `err-metadata_key_${index}`; valueError.id = `err-metadata_value_${index}`;
-    key.setAttribute("aria-describedby", keyError.id); value.setAttribute("aria-describedby", valueError.id);
+  const rows = rowNodes();
+  rows.forEach((row, index) => {
+    const inputs = row.querySelectorAll("input");
+    const labels = row.querySelectorAll("label");
+    const slots = row.querySelectorAll("[data-error-for]");
+    ["key", "value"].forEach((part, i) => {
+      const name = `metadata-${index}-${part}`;
+      inputs[i].name = name;
+      inputs[i].id = name;
+      inputs[i].setAttribute("aria-describedby", `err-${name}`);
+      labels[i].htmlFor = name;
+      labels[i].textContent = `${part === "key" ? "Key" : "Value"} of row ${index + 1}`;
+      slots[i].dataset.errorFor = name;
+      slots[i].id = `err-${name}`;
+    });
   });
+  form.elements.namedItem("metadata-TOTAL_FORMS").value = rows.length;
+  addButton.disabled = over || rows.length >= +rowsBox.dataset.maxRows;
+}
+
+function clearRow(row) {
+  for (const input of row.querySelectorAll("input")) {
+    input.value = "";
+    input.removeAttribute("aria-invalid");
+  }
+  for (const slot of row.querySelectorAll("[data-error-for]")) slot.textContent = "";
 }
 
 function addRow() {
-  const rows = form.querySelector("[data-metadata-rows]");
-  if (rows.children.length >= +rows.dataset.maxRows) return;
-  const template = rows.querySelector("[data-metadata-row]");
-  const row = template.cloneNode(true);
-  for (const input of row.querySelectorAll("input")) { input.value = ""; input.removeAttribute("aria-invalid"); }
-  for (const slot of row.querySelectorAll("[data-error-for]")) slot.textContent = "";
-  rows.append(row);
+  if (rowNodes().length >= +rowsBox.dataset.maxRows) return;
+  const row = rowNodes()[0].cloneNode(true);
+  clearRow(row);
+  rowsBox.append(row);
   renumberRows();
   row.querySelector("input").focus();
 }
 
 function setUpForm() {
   if (!form) return;
-  const addButton = form.querySelector("[data-add-row]");
-  addButton.hidden = false;
-  addButton.addEventListener("click", addRow);
-  form.querySelector("[data-metadata-rows]").addEventListener("click", (event) => {
+  for (const button of form.querySelectorAll("[data-remove-row]")) button.hidden = false;
+  addButton.addEventListener("click", (event) => {
+    event.preventDefault(); // without JavaScript it posts, and the page comes back with one more row
+    addRow();
+  });
+  rowsBox.addEventListener("click", (event) => {
     if (!event.target.matches("[data-remove-row]")) return;
-    const rows = form.querySelectorAll("[data-metadata-row]");
     const row = event.target.closest("[data-metadata-row]");
-    if (rows.length > 1) row.remove();
-    else row.querySelectorAll("input").forEach((input) => { input.value = ""; });
+    if (rowNodes().length > 1) row.remove();
+    else clearRow(row);
     renumberRows();
   });
   form.addEventListener("submit", async (event) => {
@@ -244,7 +272,7 @@ function setUpForm() {
     const errors = checkForm();
     showErrors(errors);
     if (Object.keys(errors).length) return;
-    const button = form.querySelector("button[type=submit]");
+    const button = form.querySelector("[data-send]");
     button.disabled = true;
     try {
       const answer = await post(form.action, new FormData(form));
@@ -260,14 +288,14 @@ function setUpForm() {
       form.instructions.value = "";
       form.as_note.checked = false;
       form.conversation.checked = false;
-      form.querySelectorAll("[data-metadata-row]").forEach((row, index) => {
-        if (index) row.remove(); else row.querySelectorAll("input").forEach((input) => { input.value = ""; });
-      });
+      rowNodes().forEach((row, index) => (index ? row.remove() : clearRow(row)));
       renumberRows();
+      showErrors({});
     } finally {
-      button.disabled = false;
+      button.disabled = over;
     }
   });
+  renumberRows();
   const interrupt = document.querySelector("[data-interrupt-form]");
   interrupt.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -277,13 +305,38 @@ function setUpForm() {
   });
 }
 
+// ---------------------------------------------------------------- the end
+
+// As `LiveSession.end_summary` words it: `upstream_closed (1011): The upstream …`.
+function endSummary(message) {
+  if (!message.reason) return "no reason was recorded";
+  const code = message.code === undefined || message.code === null ? "" : ` (${message.code})`;
+  return `${message.reason}${code}${message.detail ? `: ${message.detail}` : ""}`;
+}
+
+let live = null;
+
 function ended(message) {
+  if (over) return;
+  over = true;
+  live?.close();
+  showState(document.querySelector("[data-live-status]"), "over");
+  main.dataset.status = message.status;
   const badge = document.querySelector("[data-session-status]");
   badge.textContent = message.status;
   badge.className = `badge status-${message.status}`;
-  for (const control of document.querySelectorAll("[data-nudge-form] :is(button, input, textarea), [data-interrupt-form] button")) control.disabled = true;
+  const note = document.querySelector("[data-ended-note]");
+  note.querySelector("[data-ended-status]").textContent = message.status;
+  note.querySelector("[data-end-reason]").textContent = endSummary(message);
+  note.hidden = false;
+  document.querySelector("[data-steer-closed]")?.removeAttribute("hidden");
+  for (const control of document.querySelectorAll("[data-nudge-form] :is(button, input, textarea), [data-interrupt-form] button")) {
+    control.disabled = true;
+  }
+  for (const entry of transcript.querySelectorAll(".streaming")) entry.classList.remove("streaming");
   presence.textContent = "—";
-  toast(`The session has ended${message.reason ? ` (${message.reason})` : ""}.`, "info");
+  renderAllRequests(); // no cancel buttons any more
+  toast(`The session is over: ${endSummary(message)}.`, "info");
 }
 
 // ---------------------------------------------------------------- live
@@ -291,10 +344,11 @@ function ended(message) {
 setUpForm();
 renderAllRequests();
 tickAges();
-connectLive({
+if (!over) live = connectLive({
   subscribe: { type: "watch.session", session_id: sessionId },
   onState: (state) => showState(document.querySelector("[data-live-status]"), state),
   onMessage(message) {
+    if (over) return; // the socket is closing: nothing after the end changes the page
     switch (message.type) {
       case "snapshot":
         entries.clear();

@@ -1,0 +1,270 @@
+"""The console's pages and forms through Django's test client (no browser, no JavaScript):
+the nudge form without JavaScript, its refusals, the row limit, ended sessions, awkward ids.
+
+Sessions are rows made directly (status `live` with no actor behind them): submitting a request
+only stores it and pings the session's group, which nobody hears, and that is all these tests
+need. Views run their database work on other threads, hence the transactional database.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.urls import reverse
+
+from apps.console import feed
+from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.overrides import MAX_METADATA_PAIRS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+AWKWARD = "sess/<b>x</b>\"'&%2F"
+
+
+def _session(upstream_id: str = "sess_pages1", **fields) -> LiveSession:
+    return LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id=upstream_id, model="gpt-realtime", **{"status": "live", **fields}
+    )
+
+
+@pytest.fixture
+def operator(transactional_db) -> Client:
+    user = get_user_model().objects.create_user("alice", password="pw-for-tests")
+    user.user_permissions.add(Permission.objects.get(codename="steer_session"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _rows(*pairs: tuple[str, str], total: int | None = None) -> dict[str, str]:
+    """The formset's fields for these metadata rows, as the page posts them."""
+    fields = {"metadata-TOTAL_FORMS": str(len(pairs) if total is None else total), "metadata-INITIAL_FORMS": "0"}
+    for row, (key, value) in enumerate(pairs):
+        fields[f"metadata-{row}-key"] = key
+        fields[f"metadata-{row}-value"] = value
+    return fields
+
+
+def _post(client: Client, session_id: str, fields: dict, *, json_answer: bool = False):
+    headers = {"Accept": "application/json"} if json_answer else {}
+    return client.post(reverse("console:nudge", args=[session_id]), {"instructions_mode": "append", **fields}, headers=headers)
+
+
+def _input(page: str, name: str) -> str:
+    """The <input> tag of the field `name` in the page."""
+    found = re.search(rf'<input[^>]*name="{re.escape(name)}"[^>]*>', page)
+    assert found, f"no input named {name} on the page"
+    return found.group(0)
+
+
+def _error_beside(page: str, name: str) -> str:
+    found = re.search(rf'<p class="field-error" id="err-{re.escape(name)}"[^>]*>(.*?)</p>', page, re.S)
+    assert found, f"no error slot for {name} on the page"
+    return html.unescape(found.group(1))
+
+
+# ---------------------------------------------------------------- without JavaScript
+
+
+def test_several_metadata_rows_are_added_without_javascript(operator):
+    session = _session()
+    typed = {"instructions": "Offer the refund.", "conversation": "none"}
+    page = _post(operator, session.upstream_id, {**typed, **_rows(("ticket", "T-7")), "add_row": "1"})
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert 'name="metadata-TOTAL_FORMS" value="2"' in text, "the management form counts the new row"
+    assert 'value="T-7"' in _input(text, "metadata-0-value"), "what was typed stays"
+    assert "value=" not in _input(text, "metadata-1-key"), "the new row is empty"
+    assert "Offer the refund." in text and "checked" in _input(text, "conversation")
+    assert "field-error" in text and not re.search(r'class="field-error"[^>]*>[^<]+</p>', text), "no error yet"
+
+    page = _post(operator, session.upstream_id, {**typed, **_rows(("ticket", "T-7"), ("reason", "late")), "add_row": "1"})
+    assert 'name="metadata-TOTAL_FORMS" value="3"' in page.content.decode()
+
+    sent = _post(operator, session.upstream_id, {**typed, **_rows(("ticket", "T-7"), ("reason", "late"), ("tier", "gold"))})
+    assert sent.status_code == 302 and sent["Location"] == reverse("console:session", args=[session.upstream_id])
+    row = ResponseRequest.objects.get(session=session)
+    assert row.metadata == {"ticket": "T-7", "reason": "late", "tier": "gold"}
+    assert row.instructions == "Offer the refund." and row.conversation == "none" and row.origin == "console"
+    assert "Response requested" in operator.get(sent["Location"]).content.decode()
+
+
+def test_a_refused_form_comes_back_with_what_was_typed_and_the_error_beside_its_field(operator):
+    session = _session()
+    fields = {"instructions": "Offer the refund, kindly.", **_rows(("ticket", "T-7"), ("k" * 65, "too long a key"))}
+    page = _post(operator, session.upstream_id, fields)
+    assert page.status_code == 422, "refused, not redirected"
+    text = page.content.decode()
+    assert "Offer the refund, kindly." in text
+    assert 'value="T-7"' in _input(text, "metadata-0-value") and "too long a key" in _input(text, "metadata-1-value")
+    assert _error_beside(text, "metadata-1-key") == "65 characters; a key has at most 64."
+    assert 'aria-invalid="true"' in _input(text, "metadata-1-key")
+    assert 'aria-invalid' not in _input(text, "metadata-0-key")
+    assert not ResponseRequest.objects.exists(), "nothing was stored"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "error"),
+    [
+        (_rows(("oc_request", "x")), "metadata-0-key", "'oc_request' is reserved by the relay."),
+        (_rows(("topic", "a"), ("topic", "b")), "metadata-1-key", "This key is already used above."),
+        (_rows(("", "orphan")), "metadata-0-key", "A value needs a key."),
+        (_rows(("topic", "v" * 513)), "metadata-0-value", "513 characters; a value has at most 512."),
+        ({"instructions": "x" * 32_769}, "instructions", "32769 characters; at most 32768 are allowed."),
+        ({"instructions": "bad\x00text"}, "instructions", "This text contains a NUL character"),
+        (_rows(("to\x00pic", "v")), "metadata-0-key", "This text contains a NUL character"),
+        ({"instructions_mode": "merge"}, "instructions_mode", "Choose append or replace."),
+        ({"conversation": "sideways"}, "conversation", "Choose auto or none."),
+        ({"as_note": "on"}, "instructions", "Write the note's text."),
+    ],
+)
+def test_each_limit_is_named_beside_its_field_in_json_and_html(operator, fields, field, error):
+    session = _session()
+    answer = _post(operator, session.upstream_id, fields, json_answer=True)
+    assert answer.status_code == 422
+    assert answer.json()["errors"][field].startswith(error)
+    page = _post(operator, session.upstream_id, fields)
+    assert page.status_code == 422 and _error_beside(page.content.decode(), field).startswith(error)
+    assert not ResponseRequest.objects.exists()
+
+
+def test_at_most_fifteen_rows_add_row_stops_there_and_a_sixteenth_is_refused(operator):
+    session = _session()
+    fourteen = [(f"k{i}", f"v{i}") for i in range(MAX_METADATA_PAIRS - 1)]
+    page = _post(operator, session.upstream_id, {**_rows(*fourteen), "add_row": "1"}).content.decode()
+    assert f'name="metadata-TOTAL_FORMS" value="{MAX_METADATA_PAIRS}"' in page
+    assert re.search(r'<button[^>]*data-add-row[^>]*\bdisabled\b', page), "Add a metadata row is disabled at the limit"
+    fifteen = [*fourteen, ("k14", "v14")]
+    again = _post(operator, session.upstream_id, {**_rows(*fifteen), "add_row": "1"}).content.decode()
+    assert f'name="metadata-TOTAL_FORMS" value="{MAX_METADATA_PAIRS}"' in again, "no sixteenth row"
+
+    sixteen = [*fifteen, ("k15", "v15")]
+    refused = _post(operator, session.upstream_id, _rows(*sixteen))
+    assert refused.status_code == 422
+    text = refused.content.decode()
+    assert _error_beside(text, "metadata") == "At most 15 metadata rows; remove 1."
+    assert 'value="v15"' in _input(text, "metadata-15-value"), "the sixteenth row is shown back, not dropped"
+    assert _post(operator, session.upstream_id, _rows(*sixteen), json_answer=True).json()["errors"] == {
+        "metadata": "At most 15 metadata rows; remove 1."
+    }
+    assert not ResponseRequest.objects.exists()
+
+    accepted = _post(operator, session.upstream_id, _rows(*fifteen), json_answer=True)
+    assert accepted.status_code == 202 and len(accepted.json()["request"]["metadata"]) == MAX_METADATA_PAIRS
+    forged = _post(operator, session.upstream_id, _rows(total=1000), json_answer=True)
+    assert forged.status_code == 422 and "metadata" in forged.json()["errors"], "a forged row count is refused"
+
+
+def test_blank_rows_are_ignored_and_a_script_may_post_without_the_row_fields(operator):
+    session = _session()
+    assert _post(operator, session.upstream_id, {"instructions": "Hi.", **_rows(("", ""), ("a", "1"), ("", ""))}).status_code == 302
+    assert _post(operator, session.upstream_id, {"instructions": "Plain."}).status_code == 302
+    rows = list(ResponseRequest.objects.order_by("created_at").values_list("instructions", "metadata", "conversation"))
+    assert rows == [("Hi.", {"a": "1"}, None), ("Plain.", None, None)]
+
+
+# ---------------------------------------------------------------- one shape per entity
+
+
+def test_requests_are_shown_in_the_rest_hooks_shape(operator):
+    session = _session()
+    answer = _post(operator, session.upstream_id, {"instructions": "Be brief.", **_rows(("n", "1"))}, json_answer=True)
+    assert answer.status_code == 202
+    row = ResponseRequest.objects.select_related("session").get()
+    assert answer.json()["request"] == json.loads(json.dumps(row.to_dict()))
+    page = operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()
+    embedded = re.search(r'<script id="requests-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(embedded) == [json.loads(json.dumps(row.to_dict()))]
+
+
+def test_dashboard_summaries_are_the_session_shape_plus_the_dashboards_own(operator):
+    session = _session(connected_by="token:agent-7", watchers=["bob"])
+    _post(operator, session.upstream_id, {"instructions": "Hi."})
+    [summary] = feed.summaries()
+    shape = LiveSession.objects.get(pk=session.pk).to_dict()
+    assert {key: summary[key] for key in shape} == shape
+    assert summary["state"] == "idle" and summary["requests"] == 1 and summary["nudges"] == 1
+    assert summary["watchers"] == ["bob"] and summary["connected_by"] == "token:agent-7"
+    assert summary["last_activity"] >= summary["started_at"]
+
+
+# ---------------------------------------------------------------- ended sessions
+
+
+def test_an_ended_session_page_says_so_with_its_reason_and_offers_no_form(operator):
+    session = _session(
+        upstream_id="sess_over1", status="failed", end_reason="upstream_closed", end_code=1011,
+        end_detail="The upstream connection was lost (1011).",
+    )
+    page = operator.get(reverse("console:session", args=[session.upstream_id]))
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "upstream_closed (1011): The upstream connection was lost (1011)." in text
+    assert re.search(r'<div class="ended-note" data-ended-note role="status">', text), "the note is shown"
+    assert "data-nudge-form" not in text and "data-interrupt-form" not in text, "no steering"
+    assert 'data-state="over"' in text and "Session over" in text and "Connecting" not in text
+    assert 'data-status="failed"' in text
+
+
+def test_a_live_session_page_has_the_form_and_the_end_note_hidden(operator):
+    session = _session()
+    text = operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()
+    assert "data-nudge-form" in text
+    assert re.search(r'<div class="ended-note" data-ended-note role="status" hidden>', text)
+
+
+def test_a_nudge_to_an_ended_session_comes_back_with_the_reason(operator):
+    session = _session(upstream_id="sess_over2", status="ended", end_reason="caller_closed")
+    refused = _post(operator, session.upstream_id, {"instructions": "Too late."})
+    assert refused.status_code == 409
+    assert "caller_closed" in refused.content.decode()
+    answer = _post(operator, session.upstream_id, {"instructions": "Too late."}, json_answer=True)
+    assert answer.status_code == 409 and "not live" in answer.json()["errors"]["form"]
+
+
+# ---------------------------------------------------------------- a session id the console did not choose
+
+
+def test_an_awkward_session_id_breaks_no_page_and_no_post(operator, settings):
+    settings.OC_ACTOR_REPLY_TIMEOUT = 0.2  # no actor answers a row made by hand
+    session = _session(upstream_id=AWKWARD)
+    url = reverse("console:session", args=[AWKWARD])
+    assert url == "/console/sessions/sess/%3Cb%3Ex%3C/b%3E%22'&%252F/"
+
+    dashboard = operator.get("/console/").content.decode()
+    assert "<b>x</b>" not in dashboard, "the id is text, not markup"
+    assert html.escape(AWKWARD) in dashboard
+    assert f'href="{html.escape(url)}"' in dashboard
+
+    page = operator.get(url)
+    text = page.content.decode()
+    assert page.status_code == 200 and "<b>x</b>" not in text
+    assert f"<h1 class=\"session-id\">{html.escape(AWKWARD)}</h1>" in text
+    assert f'data-session-id="{html.escape(AWKWARD)}"' in text
+    assert f'action="{html.escape(reverse("console:nudge", args=[AWKWARD]))}"' in text
+
+    sent = _post(operator, AWKWARD, {"instructions": "Hello.", **_rows(("k", "v"))})
+    assert sent.status_code == 302 and sent["Location"] == url
+    assert _post(operator, AWKWARD, {"add_row": "1", **_rows(("k", "v"))}).status_code == 200
+    assert _post(operator, AWKWARD, _rows(("oc_request", "v"))).status_code == 422
+    row = ResponseRequest.objects.get(session=session)
+    assert row.metadata == {"k": "v"}
+
+    interrupted = operator.post(reverse("console:interrupt", args=[AWKWARD]), headers={"Accept": "application/json"})
+    assert interrupted.status_code == 503, "routed to the session (whose actor does not answer), not a 404"
+    assert AWKWARD in interrupted.json()["errors"]["form"]
+    cancelled = operator.post(reverse("console:cancel", args=[row.id]))
+    assert cancelled.status_code == 302 and cancelled["Location"] == url
+    assert operator.get(url).status_code == 200
+
+    logged_out = Client().post(reverse("console:nudge", args=[AWKWARD]), {"instructions": "x"})
+    assert logged_out.status_code == 302
+    assert parse_qs(urlsplit(logged_out["Location"]).query)["next"] == [url], "back to this session after the login"
