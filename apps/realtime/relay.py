@@ -931,6 +931,7 @@ class RelayCore:
                         "session_id": self.session_id,
                         "status": end.status,
                         "reason": end.reason.value,
+                        "code": end.code,
                         "detail": end.detail,
                     }
                 )
