@@ -79,10 +79,9 @@ async def test_a_watcher_gets_a_snapshot_then_coalesced_transcript_updates(calle
         await caller.send({"type": "conversation.item.create", "item": user_text("Tell me everything.")})
         await caller.send({"type": "response.create"})
         await caller.until("response.done")
-    await asyncio.sleep(0.15)
-    updates = []
-    while not await communicator.receive_nothing(timeout=0.3):
-        message = await communicator.receive_json_from()
+    updates = []  # until the one that carries the agent's finished text
+    while not any(e["role"] == "agent" and e.get("done") for u in updates for e in u["entries"]):
+        message = await communicator.receive_json_from(timeout=5)
         if message["type"] == "transcript":
             updates.append(message)
     deltas = sum(e["type"] == "response.output_text.delta" for e in caller.events)
