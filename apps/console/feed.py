@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from apps.sessions import selectors
 from apps.sessions.db import db_async
+from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,5 @@ class Feed:
                 log.debug("dashboard update not sent: %r", exc)
 
 
-_feeds: dict[asyncio.AbstractEventLoop, Feed] = {}
-
-
-def feed() -> Feed:
-    loop = asyncio.get_running_loop()
-    for other in [other for other in _feeds if other.is_closed()]:
-        del _feeds[other]
-    return _feeds.setdefault(loop, Feed())
+# This event loop's feed.
+feed = per_loop(Feed)

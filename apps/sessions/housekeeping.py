@@ -29,6 +29,7 @@ from django.db import transaction
 from apps.sessions import groups
 from apps.sessions.db import db_async
 from apps.sessions.history import writer as history
+from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.process import PROCESS_ID
 
@@ -168,15 +169,8 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
     return lost
 
 
-_housekeepers: dict[asyncio.AbstractEventLoop, Housekeeping] = {}
-
-
-def housekeeping() -> Housekeeping:
-    """This event loop's housekeeping (Daphne runs one loop; tests may run several in turn)."""
-    loop = asyncio.get_running_loop()
-    for other in [other for other in _housekeepers if other.is_closed()]:
-        del _housekeepers[other]
-    return _housekeepers.setdefault(loop, Housekeeping())
+# This event loop's housekeeping.
+housekeeping = per_loop(Housekeeping)
 
 
 def install_shutdown_trigger() -> None:
