@@ -14,3 +14,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
 ]
+
+# Refusals Django makes before a view runs: the REST hook's error body under /api/.
+handler400 = "apps.api.api.handler400"
+handler403 = "apps.api.api.handler403"
+handler404 = "apps.api.api.handler404"
+handler500 = "apps.api.api.handler500"

@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.views import defaults
 from ninja import Body, Header, NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -498,3 +499,25 @@ async def not_found(request: HttpRequest, rest: str):
     """Last of the routes: an unknown URL under /api/v1/ is a 404 with the error body too, not
     Django's HTML page; so is an id with a '/' in it (sent as %2F, it splits the path)."""
     return _no_such_endpoint()
+
+
+# ---------------------------------------------------------------------------- Django's own refusals
+
+
+def _api_or_page(status: int, code: str, message: str, page: Callable[..., HttpResponse]):
+    """A handler for an error Django answers before any view runs (a Host outside
+    DJANGO_ALLOWED_HOSTS, an unreadable request, a failure in middleware): under /api/ it
+    answers with the error body like every REST answer, elsewhere with Django's own page."""
+
+    def handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            return error_response(status, code, message)
+        return page(request, exception) if status != 500 else page(request)
+
+    return handler
+
+
+handler400 = _api_or_page(400, "bad_request", "The request was refused as malformed or not for this host.", defaults.bad_request)
+handler403 = _api_or_page(403, "forbidden", "The request was refused.", defaults.permission_denied)
+handler404 = _api_or_page(404, "not_found", "No such endpoint; the endpoints are listed in /api/v1/openapi.json.", defaults.page_not_found)
+handler500 = _api_or_page(500, "server_error", "The server failed; the failure is logged.", defaults.server_error)

@@ -25,3 +25,18 @@ async def test_a_host_outside_allowed_hosts_is_refused(rest_token):
     ) as client:
         answer = await client.get("/sessions", headers={"Authorization": f"Bearer {rest_token}"})
     assert answer.status_code == 400, "CommonMiddleware's host check runs for the REST hook"
+    assert answer.json()["error"]["code"] == "bad_request", "in the REST hook's error shape"
+
+
+async def test_an_unknown_path_under_api_outside_v1_is_a_json_404(rest_token):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://127.0.0.1") as client:
+        answer = await client.get("/api/v2/sessions")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "not_found"
+
+
+async def test_pages_outside_the_api_keep_djangos_own_error_pages(rest_token):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://127.0.0.1") as client:
+        answer = await client.get("/no-such-page")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith("text/html")
