@@ -105,6 +105,19 @@ class Caller:
             self.events.append(await self.communicator.receive_json_from(timeout=timeout))
         return self.events
 
+    async def settled(self) -> None:
+        """Wait until whatever was asked of the session so far has reached the upstream, so
+        that a test can assert that something was *not* sent. Two round trips prove it: an
+        interrupt through the session's group (the actor answers after every message pinged
+        before it; with no response active it changes nothing), then a `session.update`
+        through the upstream (answered after every frame the relay sent before it)."""
+        from apps.sessions.services import session_interrupt
+
+        assert await session_interrupt(session_id=self.session_id) is None, "a response is active"
+        updates = sum(e["type"] == "session.updated" for e in self.events)
+        await self.send({"type": "session.update", "session": {"type": "realtime"}})
+        await self.until("session.updated", n=updates + 1)
+
 
 @pytest.fixture
 def caller_token(make_token) -> str:

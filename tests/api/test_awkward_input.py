@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from apps.sessions.history import writer as history
@@ -67,7 +65,7 @@ async def test_text_with_a_nul_or_a_lone_surrogate_is_422_and_the_session_lives_
     ok = await rest.post(f"/sessions/{caller.session_id}/responses", json={"metadata": {"k": "v"}})
     assert ok.status_code == 202, ok.text
     await caller.until("response.done")
-    await asyncio.sleep(0.1)
+    await caller.settled()  # the session still answers through its upstream
     await history.flush()
     session = (await rest.get(f"/sessions/{caller.session_id}")).json()
     assert session["status"] == "live"
