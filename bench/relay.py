@@ -1,0 +1,465 @@
+"""The relay part: CPU per relayed delta, per-delta latency and RSS per session of the relay
+against two floors measured in the same run, a websockets-only relay
+(`bench/floor_websockets.py`) and a minimal Channels relay (`bench/floor_channels.py`); then
+a py-spy profile of the relay.
+
+One simulator process (`SIM_DELTAS` deltas per response, `SIM_INTERVAL` apart) feeds every
+target. For each target and each C, a fresh target process is started, `bench/load.py`
+connects C callers in a process of its own and measures, and the target is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    BIN,
+    CORES,
+    HOST,
+    MODEL,
+    NOISY_SHARE,
+    PY,
+    ROOT,
+    Bench,
+    examples,
+    failure,
+    fmt,
+    log_problems,
+    say,
+    scan_log,
+    section,
+    table,
+    verdict,
+)
+
+SIM_DELTAS = 20
+SIM_INTERVAL = 0.01
+CPU_RATIO_TARGET = 1.3  # relay CPU per delta ÷ the Channels floor's
+P99_TARGET_MS = 10.0
+P99_TARGET_C = 100
+RSS_TARGET_KIB = 150.0
+PROFILE_RATE = 200  # py-spy samples a second
+CPU_KEY = "target_cpu_s_per_1000_deltas"
+
+TARGETS = {
+    "websockets": "websockets floor",
+    "channels": "Channels floor (Daphne)",
+    "relay": "relay (Daphne)",
+}
+APPS = {
+    "channels": "bench.floor_channels:application",
+    "relay": "operator_console.asgi:application",
+}
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Setup:
+    env: dict[str, str]  # the targets' environment: the simulator's URL, the migrated database
+    token: str  # for the relay's callers
+    sim_pid: int
+
+
+async def run(bench: Bench, args) -> dict:
+    """Every target (or those of `--only`) at every C of `args.concurrency`, then the profile."""
+    keys = [k for k in TARGETS if not args.only or k in args.only]
+    sim, url = await bench.simulator(
+        "simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL, env=bench.env()
+    )
+    say(f"simulator at {url} (pid {sim.pid})")
+    env = bench.env(OC_UPSTREAM_URL=url, BENCH_UPSTREAM_URL=url)
+    token = await bench.migrate_with_token("bench", env) if "relay" in keys else ""
+    setup, runs, profile = Setup(env, token, sim.pid), [], None
+    for key in keys:
+        for c in args.concurrency:
+            say(f"{TARGETS[key]}, C={c}")
+            result = await measure(bench, args, setup, key, c)
+            runs.append({**result, "target": key, "concurrency": c})
+            await asyncio.sleep(1.0)
+    if args.profile and "relay" in keys:
+        c = min(args.concurrency) if args.quick else 100
+        profile = await run_profile(bench, args, setup, c)
+    await bench.stop(sim)
+    plan = {key: getattr(args, key) for key in ("warmup", "window", "settle")}
+    return {"runs": runs, "profile": profile, **plan}
+
+
+async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
+    """One target at one C; measured again once when other work took more than NOISY_SHARE
+    of the machine in the window."""
+    for attempt in (1, 2):
+        await bench.quiet(30.0)
+        try:
+            result = await with_target(bench, args, setup, key, c, f"c{c}")
+        except Exception as exc:  # noqa: BLE001 - reported; the other runs go on
+            say(f"    FAILED: {exc}")
+            return failure(exc)
+        result["attempt"] = attempt
+        share = result["other_cpu_share"]
+        if share <= NOISY_SHARE:
+            break
+        if attempt == 1:
+            say(f"    other processes used {100 * share:.0f}% of the machine: measuring again")
+    lat, rss = result["latency_ms"], result["rss_per_session_bytes"]
+    say(
+        f"    {result['deltas_per_s']:.0f} deltas/s, p50 {fmt(lat['p50'], 2)} ms, p99 "
+        f"{fmt(lat['p99'], 2)} ms, {fmt(result[CPU_KEY], 4)} CPU-s/1k, "
+        f"{fmt(rss and rss / 1024)} KiB/session, {result['errors']} errors"
+    )
+    return result
+
+
+def target_argv(key: str, port: int, sim_url: str) -> list[str]:
+    if key == "websockets":
+        return [PY, "-m", "bench.floor_websockets", "--port", str(port), "--upstream", sim_url]
+    return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), APPS[key]]
+
+
+async def with_target(
+    bench: Bench, args, setup: Setup, key: str, c: int, tag: str, *, window=None, on_start=None
+) -> dict:
+    """A fresh target process, C callers of `bench/load.py` against it, the target stopped.
+    `on_start(pid)` runs beside the measurement window."""
+    url = setup.env["OC_UPSTREAM_URL"]
+    handle, port = await bench.listening(
+        f"{key}-{tag}", lambda p: target_argv(key, p, url), setup.env
+    )
+    window, side = window or args.window, []
+
+    def progress(message: dict) -> None:
+        if message["event"] == "connected":
+            say(f"    {message['sessions']}/{c} sessions connected in {message['seconds']} s")
+        elif message["event"] == "measure_start" and on_start:
+            side.append(asyncio.create_task(on_start(handle.pid)))
+
+    try:
+        await asyncio.sleep(0.5)  # let start-up finish (imports after listen, first GC)
+        argv = [
+            PY, "-m", "bench.load", "--url", f"ws://{HOST}:{port}/v1/realtime?model={MODEL}",
+            "--token", setup.token, "-c", str(c), "--warmup", str(args.warmup),
+            "--window", str(window), "--settle", str(args.settle),
+            "--target-pid", str(handle.pid), "--watch", "simulator", str(setup.sim_pid),
+        ]
+        budget = 60 + args.settle + args.warmup + window + c / 10
+        result = await bench.client(f"load-{key}-{tag}", argv, setup.env, budget, progress)
+        for task in side:
+            with contextlib.suppress(Exception):
+                await task
+        if handle.proc.returncode is not None:
+            result["target_exited"] = handle.proc.returncode
+    finally:
+        await bench.stop(handle)
+    result["target_log"] = scan_log(handle.log_path)
+    return result
+
+
+# ---------------------------------------------------------------------------- profile
+
+
+async def run_profile(bench: Bench, args, setup: Setup, c: int) -> dict:
+    """py-spy on the relay during a load run of its own: two consecutive recordings, threads
+    holding the GIL (Python CPU), then every non-idle thread (adds time in the database,
+    socket writes and waits for the GIL)."""
+    say(f"profiling the relay at C={c} for 2 × {args.profile_seconds:g} s")
+    await bench.quiet(30.0)
+    raws = {mode: bench.out / f"profile-relay-c{c}-{mode}.txt" for mode in ("gil", "active")}
+    errors: list[str] = []
+
+    async def record(pid: int) -> None:
+        for mode, raw in raws.items():
+            if error := await py_spy_record(pid, args.profile_seconds, raw, gil=mode == "gil"):
+                errors.append(error)
+                return
+
+    window = 2 * args.profile_seconds + 3
+    try:
+        load = await with_target(
+            bench, args, setup, "relay", c, "profile", window=window, on_start=record
+        )
+    except Exception as exc:  # noqa: BLE001 - reported
+        errors.append(f"{type(exc).__name__}: {exc}")
+    if errors:
+        say(f"    profile failed: {errors[0]}")
+        return {"error": errors[0]}
+    profile = {mode: summarise_profile(raw) for mode, raw in raws.items()}
+    return {"seconds": args.profile_seconds, "concurrency": c, "load": load, **profile}
+
+
+async def py_spy_record(pid: int, seconds: float, output: Path, *, gil: bool) -> str | None:
+    """Sample the process with py-spy (all threads); None on success, else why it failed."""
+    exe = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+    if exe is None:
+        return "py-spy is not installed (.venv/bin/pip install py-spy)"
+    output.unlink(missing_ok=True)  # noqa: ASYNC240 - local
+    argv = [
+        exe, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+        "--rate", str(PROFILE_RATE), "--format", "raw", "--threads", "--output", str(output),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, *(["--gil"] if gil else []), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return "py-spy timed out"
+    if proc.returncode != 0 or not output.exists():  # noqa: ASYNC240 - a local stat
+        return f"py-spy failed ({proc.returncode}): {out.decode(errors='replace')[-500:]}"
+    return None
+
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def where(path: str) -> str:
+    """A short home for a source file: the package, `apps/...`, or `stdlib:module`."""
+    if "site-packages/" in path:
+        parts = path.split("site-packages/", 1)[1].split("/")
+        return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
+    if path.startswith(f"{ROOT}/"):
+        return path[len(str(ROOT)) + 1 :]
+    match = re.search(r"/lib/python3\.\d+/(.+)$", path)
+    return f"stdlib:{match.group(1).split('/')[0].removesuffix('.py')}" if match else path
+
+
+def _home(path: str) -> str:
+    home = where(path) if path else "?"
+    return home if home.startswith("apps/") else home.split("/")[0]
+
+
+def _frames(frames: list[str]) -> list[tuple[str, str]]:
+    """(function, file) of each of py-spy's frames."""
+    return [(m["func"], m["file"]) if (m := _FRAME.match(f)) else (f, "") for f in frames]
+
+
+def summarise_profile(raw: Path, top: int = 20) -> dict:
+    """Self time per function and per package, inclusive time per package, and samples per
+    thread, from py-spy's raw (collapsed) output."""
+    self_fn, self_pkg, incl_pkg, threads = (collections.Counter() for _ in range(4))
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        total += n
+        if frames[0].startswith("thread ("):
+            threads[re.sub(r"_\d+$", "", frames.pop(0).split(": ", 1)[-1])] += n
+        if not (parsed := _frames(frames)):
+            continue
+        func, file = parsed[-1]
+        self_fn[f"{func} ({where(file) if file else '?'})"] += n
+        self_pkg[_home(file)] += n
+        for home in {_home(f) for _, f in parsed if f}:
+            incl_pkg[home] += n
+    return {
+        "samples": total,
+        "threads": threads.most_common(),
+        "self_functions": self_fn.most_common(top),
+        "self_packages": self_pkg.most_common(15),
+        "inclusive_packages": incl_pkg.most_common(20),
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+ABOUT = """### What the relay does that the floors do not
+
+Per caller frame: parse it as JSON (a frame that is not an object gets an `error` back, not
+forwarded). Per upstream frame: read the event type from the frame's first bytes and forward it
+unparsed unless it is `session.*`, `response.created`, `response.done` or `error`, which are
+parsed to drive the sequencer (and the first two re-serialised without the relay's `oc_request`
+tag). Per response: a request row written to the database, the sequencer's bookkeeping, a timer
+for the send timeout. Every frame goes through the session actor's mailbox (one extra task hop
+versus a pump). The Channels floor is a stock `AsyncWebsocketConsumer` that pumps frames both
+ways: no auth, no database, no parsing, no channel layer.
+"""
+COLUMNS = """Columns: *deltas/s* received by all callers in the window; *p50/p99* per-delta
+latency = caller receive `time.time_ns()` − the simulator's send stamp in `event_id`
+(simulator → target → caller); *CPU/1k* = target-process user+system CPU seconds per 1000
+deltas received; *RSS/session* = (target RSS with C sessions connected and idle, after a
+{settle:g} s settle − RSS before any session) / C, the baseline taken after one priming session
+was opened and closed; *target CPU %* = of one core; *sim / load / other CPU-s* = CPU seconds
+in the window of the simulator, the load generator, and everything else on the machine;
+*machine CPU* = all cores busy % in the window.
+"""
+
+
+def ok(run: dict | None) -> bool:
+    return bool(run) and "failure" not in run and bool(run.get(CPU_KEY))
+
+
+def cpu_ratio(a: dict | None, b: dict | None) -> float | None:
+    """Target CPU per delta of run `a` ÷ run `b`; None unless both measured it."""
+    return a[CPU_KEY] / b[CPU_KEY] if ok(a) and ok(b) else None
+
+
+def render(result: dict | None) -> str:
+    return section("Relay against two floors", result, _body)
+
+
+def _body(result: dict) -> list[str]:
+    runs = result["runs"]
+    by = {(r["target"], r["concurrency"]): r for r in runs}
+    cs = sorted({r["concurrency"] for r in runs})
+    out = [intro(result), ABOUT, COLUMNS.format(settle=result["settle"])]
+    for c in cs:
+        rows = [by[k, c] for k in TARGETS if (k, c) in by]
+        out += [f"### C = {c}\n", c_table(rows), ratios(by, c)]
+    out += [targets(by, cs), "### Errors, log lines, disturbed runs\n", problems(runs)]
+    return out + render_profile(result["profile"])
+
+
+def intro(r: dict) -> str:
+    return (
+        f"- Upstream: `manage.py simulate_upstream`, {SIM_DELTAS} deltas per response, "
+        f"{SIM_INTERVAL * 1000:.0f} ms apart, one process for the whole part.\n"
+        "- Per target and C: a fresh target process; C callers in one load-generator process "
+        f"(`bench/load.py`); {r['warmup']:g} s warm-up (not counted), then a {r['window']:g} s "
+        "window. Each caller loops `conversation.item.create` + `response.create` → read to "
+        "`response.done`.\n"
+        f"- **Simulator, target and load generator share the same {CORES} cores.** When the "
+        "machine is saturated (the `machine CPU` column), deltas/s shows the ceiling of the "
+        "whole set-up and latency includes queueing in every process. The figures are as "
+        "measured.\n"
+        "- Before each measurement the run waits (≤ 30 s, ≤ 120 s in all) for the machine to "
+        "be nearly idle, and measures once more when other processes took more than "
+        f"{100 * NOISY_SHARE:.0f}% of the machine in the window; what remains is listed under "
+        "*disturbed runs* below.\n"
+    )
+
+
+def c_table(runs: list[dict]) -> str:
+    rows = []
+    for r in runs:
+        label = TARGETS[r["target"]]
+        if "failure" in r:
+            rows.append([label, f"failed: {r['failure'][:80]}", *[""] * 9])
+            continue
+        cpu, rss = r["cpu_seconds"], r["rss_per_session_bytes"]
+        target_pct = cpu["target"] and 100 * cpu["target"] / r["window_seconds"]
+        rows.append([
+            label, r["sessions"], fmt(r["deltas_per_s"], 0), fmt(r["latency_ms"]["p50"], 2),
+            fmt(r["latency_ms"]["p99"], 2), fmt(r[CPU_KEY], 4), fmt(rss and rss / 1024),
+            r["errors"], fmt(target_pct, 0),
+            f"{fmt(cpu['simulator'])} / {fmt(cpu['load'])} / {fmt(r['other_cpu_s'])}",
+            fmt(r["machine_cpu_percent"], 0),
+        ])
+    columns = ["target", "sessions", "deltas/s", "p50 ms", "p99 ms", "CPU-s / 1k deltas",
+               "RSS / session KiB", "errors", "target CPU %", "sim / load / other CPU-s",
+               "machine CPU %"]
+    return table(columns, rows)
+
+
+def ratios(by: dict, c: int) -> str:
+    pairs = [
+        ("relay", "channels", "relay / Channels floor CPU per delta = **{:.2f}×**"),
+        ("relay", "websockets", "relay / websockets floor = {:.2f}×"),
+        ("channels", "websockets", "Channels floor / websockets floor = {:.2f}×"),
+    ]
+    found = [text.format(cpu_ratio(by.get((a, c)), by.get((b, c))))
+             for a, b, text in pairs if ok(by.get((a, c))) and ok(by.get((b, c)))]
+    return "; ".join(found) + ".\n" if found else ""
+
+
+def targets(by: dict, cs: list[int]) -> str:
+    rows = []
+    for c in cs:
+        relay, chan = by.get(("relay", c)), by.get(("channels", c))
+        if (r := cpu_ratio(relay, chan)) is not None:
+            measured = f"{r:.2f}× ({relay[CPU_KEY]:.4f} vs {chan[CPU_KEY]:.4f} CPU-s/1k)"
+            what = f"relay CPU per delta ≤ {CPU_RATIO_TARGET}× Channels floor"
+            rows.append([what, c, measured, verdict(r <= CPU_RATIO_TARGET)])
+    at = {k: by[k, P99_TARGET_C] for k in TARGETS if ok(by.get((k, P99_TARGET_C)))}
+    p99 = {k: r["latency_ms"]["p99"] for k, r in at.items()}
+    floors = ", ".join(f"{TARGETS[k]} {p99[k]:.2f} ms" for k in ("websockets", "channels")
+                       if k in p99)
+    relay_p99 = f"{p99['relay']:.2f} ms" if "relay" in p99 else "–"
+    rows.append([f"relay p99 latency ≤ {P99_TARGET_MS:g} ms", P99_TARGET_C,
+                 relay_p99 + (f" (floors: {floors})" if floors else ""),
+                 verdict(p99["relay"] <= P99_TARGET_MS if "relay" in p99 else None)])
+    for c in cs:
+        if ok(relay := by.get(("relay", c))) and relay["rss_per_session_bytes"] is not None:
+            kib = relay["rss_per_session_bytes"] / 1024
+            rows.append([f"relay RSS per live session ≤ {RSS_TARGET_KIB:g} KiB", c,
+                         f"{kib:.1f} KiB", verdict(kib <= RSS_TARGET_KIB)])
+    return (
+        "### Targets\n\n" + table(["target", "C", "measured", "verdict"], rows)
+        + "\nRSS per session at C=10 rests on a difference of a few hundred KiB and is the "
+        "noisiest; C=100 and C=300 are the telling ones.\n"
+    )
+
+
+def problems(runs: list[dict]) -> str:
+    lines = []
+    for r in runs:
+        label = f"{TARGETS[r['target']]}, C={r['concurrency']}"
+        if "failure" in r:
+            lines.append(f"- {label}: run failed: `{r['failure']}`")
+            continue
+        if r["errors"] or r["unstamped_deltas"]:
+            lines.append(f"- {label}: {r['errors']} error(s) seen by callers, "
+                         f"{r['unstamped_deltas']} unstamped deltas; e.g. "
+                         + examples(r["error_samples"]))
+        lines += log_problems({f"{label}: target": r["target_log"]})
+        if r["other_cpu_share"] > NOISY_SHARE:
+            lines.append(f"- {label}: disturbed: other processes used "
+                         f"{100 * r['other_cpu_share']:.0f}% of the machine in the window "
+                         f"(attempt {r['attempt']} of 2)")
+        if r.get("target_exited") is not None:
+            lines.append(f"- {label}: target exited with {r['target_exited']} during the run")
+    return "\n".join(lines) + "\n" if lines else (
+        "None: no caller saw an `error` event or a failed connect, and no target logged a "
+        "warning, error or traceback.\n"
+    )
+
+
+def render_profile(profile: dict | None) -> list[str]:
+    c = (profile or {}).get("concurrency", 100)
+    out = [f"### Profile: relay at C={c}\n"]
+    if profile is None:
+        return [*out, "Not run (filtered out or `--no-profile`).\n"]
+    if "error" in profile:
+        return [*out, f"Profiling failed: {profile['error']}\n"]
+    g, a, secs, load = profile["gil"], profile["active"], profile["seconds"], profile["load"]
+    out.append(
+        f"py-spy on the relay's Daphne process during a separate C={c} load run (py-spy pauses "
+        f"the process to sample, so that run's figures are not in the tables; it ran at "
+        f"{fmt(load['deltas_per_s'], 0)} deltas/s, {fmt(load[CPU_KEY], 4)} CPU-s/1k deltas). "
+        f"Two consecutive {secs:g} s recordings at {PROFILE_RATE} Hz, all threads: `--gil` (the "
+        f"thread holding the GIL: where Python CPU goes; {g['samples']:,} samples) and default "
+        f"(every thread not idle; {a['samples']:,} samples). Raw stacks: "
+        f"`profile-relay-c{c}-gil.txt` and `…-active.txt` in the run's output directory.\n"
+    )
+    out.append(thread_table(g, a, PROFILE_RATE * secs))
+    for title, s in (("holding the GIL", g), ("not idle", a)):
+        total = s["samples"] or 1
+        rows = [[f"`{name}`", f"{100 * n / total:.1f}"] for name, n in s["self_functions"]]
+        out.append(f"Top self-time functions, {title} (% of that recording's samples):\n")
+        out.append(table(["function (package / file)", "self %"], rows))
+    total, self_pkg = g["samples"] or 1, dict(g["self_packages"])
+    rows = [[f"`{name}`", f"{100 * self_pkg.get(name, 0) / total:.1f}", f"{100 * n / total:.1f}"]
+            for name, n in g["inclusive_packages"]]
+    out.append("By package or file, holding the GIL: self = the frame on top of the stack; "
+               "inclusive = anywhere on the stack (so the event loop's packages include nearly "
+               "everything):\n")
+    return [*out, table(["package / file", "self %", "inclusive %"], rows)]
+
+
+def thread_table(g: dict, a: dict, possible: float) -> str:
+    gil, active = dict(g["threads"]), dict(a["threads"])
+    names = sorted(set(gil) | set(active), key=lambda k: -active.get(k, 0))
+    rows = [[f"`{n}`", f"{100 * gil.get(n, 0) / possible:.0f}",
+             f"{100 * active.get(n, 0) / possible:.0f}"] for n in names]
+    return ("Share of wall time per thread (100 % = the thread busy for the whole recording):\n\n"
+            + table(["thread", "holding the GIL %", "not idle %"], rows))
