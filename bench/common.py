@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from apps.realtime import simulator as _simulator
 from devtools.services import free_port
 
+# The upstream simulator: imported here only, so a move of its module is one line here.
 Simulator = _simulator.Simulator
 SimulatorConfig = _simulator.SimulatorConfig
 
@@ -42,8 +43,6 @@ CORES = psutil.cpu_count() or 1
 NOISY_SHARE = 0.10  # other work above this share of the machine: a figure is disturbed
 QUIET_PERCENT = 12.0  # machine busy % (all cores) below which it counts as quiet
 QUIET_BUDGET_S = 120.0  # the whole run's time waiting for quiet
-
-__all__ = ["Simulator", "SimulatorConfig", "free_port"]
 
 
 def say(text: str) -> None:
