@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Model
 
 from apps.sessions.db import serialised_write
 
@@ -149,7 +150,7 @@ class HistoryWriter:
 
 def apply_batch(batch: list[Operation]) -> None:
     """Apply merged operations: between two callables, the inserts as one `bulk_create` per
-    model and the updates as one `bulk_update` per (model, set of fields). Rows inserted here
+    model and the updates as one `update_many` per (model, set of fields). Rows inserted here
     took their updates in `merge`, so the updates only touch older rows and their order
     among themselves does not matter."""
     inserts: dict[type, list] = {}
@@ -159,7 +160,7 @@ def apply_batch(batch: list[Operation]) -> None:
         for model, instances in inserts.items():
             model.objects.bulk_create(instances)
         for (model, names), rows in updates.items():
-            model.objects.bulk_update([model(pk=row.pk, **row.fields) for row in rows], names)
+            update_many(model, names, rows)
         inserts.clear()
         updates.clear()
 
@@ -175,6 +176,34 @@ def apply_batch(batch: list[Operation]) -> None:
             drain()
             operation()
     drain()
+
+
+def update_many(model: type[Model], names: tuple[str, ...], rows: list[UpdateRow]) -> None:
+    """`UPDATE <table> SET a = %s, b = %s WHERE <pk> = %s` for each row, as one executemany.
+
+    The one statement here that the ORM does not write. Its `bulk_update` builds a CASE
+    expression per row and field, and an `update()` per row compiles a query each time; with
+    the relay's transitions arriving hundreds a second, either costs the writer's thread (which
+    shares the GIL with every live session) more than the relay's CPU target allows
+    (bench/RESULTS.md, "History writer"). Names come from the model's `_meta` and values go
+    through each field's own `get_db_prep_save`, so the rows are those `update()` would write
+    (tests/sessions/test_history.py reads them back through the ORM).
+    """
+    meta = model._meta
+    fields = [meta.get_field(name) for name in names]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(meta.db_table),
+        ", ".join(f"{quote(field.column)} = %s" for field in fields),
+        quote(meta.pk.column),
+    )
+    params = [
+        [field.get_db_prep_save(row.fields[field.name], connection) for field in fields]
+        + [meta.pk.get_db_prep_save(row.pk, connection)]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def merge(batch: list[Operation]) -> list[Operation]:
