@@ -4,6 +4,8 @@ read-only (the record is written by the relay, never edited by hand)."""
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin
 from django.forms.models import BaseInlineFormSet
@@ -14,6 +16,11 @@ from django.utils.html import format_html
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create, api_token_revoke
+
+
+def _as_json(obj) -> str:
+    """The row as the REST hook and the console give it (`to_dict()`), to read or copy."""
+    return format_html("<pre>{}</pre>", json.dumps(obj.to_dict(), indent=2, ensure_ascii=False))
 
 
 def _ms(start, end) -> str:
@@ -73,6 +80,7 @@ _grouped = {name for names in _SESSION_GROUPS.values() for name in names}
 SESSION_FIELDSETS = (
     *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
     ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "history")}),
+    ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
 )
 
 
@@ -82,7 +90,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     list_filter = ("status", "end_reason", "model", "started_at")
     search_fields = ("upstream_id", "connected_by")
     date_hierarchy = "started_at"
-    readonly_fields = [*(f.name for f in LiveSession._meta.fields), "ended_because", "console", "history"]
+    readonly_fields = [*(f.name for f in LiveSession._meta.fields), "ended_because", "console", "history", "as_json"]
     fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
 
@@ -97,6 +105,10 @@ class LiveSessionAdmin(ReadOnlyAdmin):
             return "—"
         return format_html('<a href="{}">{}</a>', reverse("console:session", args=[obj.upstream_id]), obj.upstream_id)
 
+    @admin.display(description="Session JSON")
+    def as_json(self, obj):
+        return _as_json(obj)
+
     @admin.display(description="response history")
     def history(self, obj):
         url = reverse("admin:oc_sessions_responserequest_changelist")
@@ -110,13 +122,18 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     search_fields = ("instructions", "metadata", "id", "response_id")
     # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     list_select_related = ("session",)
-    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration"]
+    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration", "as_json"]
     fieldsets = (
         (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),
         ("Overrides", {"fields": ("instructions", "instructions_mode", "sent_instructions", "conversation", "metadata")}),
         ("Timeline", {"fields": ("created_at", "sent_at", "started_at", "finished_at", "queue_wait", "latency", "duration")}),
         ("Result", {"fields": ("response_id", "event_id", "output_text", "usage")}),
+        ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
     )
+
+    @admin.display(description="ResponseRequest JSON")
+    def as_json(self, obj):
+        return _as_json(obj)
 
     @admin.display(description="queued for")
     def queue_wait(self, obj):

@@ -175,3 +175,16 @@ def test_an_awkward_session_id_is_text_in_the_admin(staff_client):
     detail = staff_client.get(f"/admin/oc_sessions/livesession/{session.pk}/change/")
     console = html.escape(reverse("console:session", args=[awkward])).encode()
     assert b'href="' + console + b'"' in detail.content, "the link to the console page routes"
+
+
+def test_each_page_shows_the_row_as_the_rest_hook_gives_it(staff_client, history):
+    """One shape per entity: the admin shows `to_dict()`, the REST hook's JSON, to copy."""
+    import json
+
+    for url, row in (
+        (f"/admin/oc_sessions/livesession/{history.pk}/change/", history),
+        ("/admin/oc_sessions/responserequest/req_admin1/change/", ResponseRequest.objects.get(id="req_admin1")),
+    ):
+        page = staff_client.get(url).content.decode()
+        shown = re.search(r"<pre>(.*?)</pre>", page, re.S).group(1)
+        assert json.loads(html.unescape(shown)) == json.loads(json.dumps(row.to_dict())), url
