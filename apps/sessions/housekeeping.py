@@ -6,7 +6,10 @@
   knows, so a pinged request is never sent twice; one whose ping was lost is sent at most an
   interval (plus a grace period for pings in flight) late.
 - **Heartbeat**: every `OC_HEARTBEAT_INTERVAL` seconds it stamps `heartbeat_at` on the
-  sessions this process holds (one UPDATE for all of them).
+  sessions this process holds (one UPDATE for all of them). The stamp is written by the
+  history writer, in order with the sessions' other writes: it is the one writer of this
+  process's session rows, so two transactions of the process never lock them in opposite
+  orders (PostgreSQL found such deadlocks between a beat and a batch of usage updates).
 - **Sweep**: sessions of other processes whose heartbeat is older than
   `OC_SESSION_STALE_AFTER` seconds belong to a process that died; they are marked `failed`
   (`session_lost`) with every pending request, so nothing waits forever.
@@ -18,6 +21,7 @@ The task starts with the first connection or request the process serves (see
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -108,10 +112,11 @@ class Housekeeping:
         return len(rows)
 
     async def heartbeat(self) -> int:
+        """Have this process's sessions stamped; returns how many."""
         keys = list(self.holders)
-        if not keys:
-            return 0
-        return await db_async(_beat)(keys)
+        if keys:
+            history.submit(functools.partial(_beat, keys))
+        return len(keys)
 
     async def sweep(self) -> list[str]:
         lost = await db_async(sweep_lost_sessions)()
