@@ -275,13 +275,15 @@ def summarise_profile(raw: Path, top: int = 20) -> dict:
 
 ABOUT = """### What the relay does that the floors do not
 
-Per caller frame: parse it as JSON (a frame that is not an object gets an `error` back, not
-forwarded). Per upstream frame: read the event type from the frame's first bytes and forward it
-unparsed unless it is `session.*`, `response.created`, `response.done` or `error`, which are
-parsed to drive the sequencer (and the first two re-serialised without the relay's `oc_request`
-tag). Per response: a request row written to the database, the sequencer's bookkeeping, a timer
-for the send timeout. Every frame goes through the session actor's mailbox (one extra task hop
-versus a pump). The Channels floor is a stock `AsyncWebsocketConsumer` that pumps frames both
+Every frame, both ways, has its event type read from its first bytes; a frame the relay need
+not act on is forwarded unparsed. Parsed: the caller's `response.create` (it enters the
+sequencer; refused ones get an `error` back) and any frame whose type cannot be read that way;
+from the upstream, `session.*`, `response.created`, `response.done`, `error` and items with
+transcript text (the first two re-serialised without the relay's `oc_request` tag). Each frame
+is an input of the session's relay core and passes through its actor's mailbox (one extra task
+hop versus a pump). Per response: a request row and its transitions written by the history
+writer's thread, the sequencer's bookkeeping, a timer for the send timeout. The Channels floor
+is a stock `AsyncWebsocketConsumer` that pumps frames both
 ways: no auth, no database, no parsing, no channel layer.
 """
 COLUMNS = """Columns: *deltas/s* received by all callers in the window; *p50/p99* per-delta
