@@ -36,8 +36,10 @@ What the caller sees (CONTRACT section 1)
     limit (`queue_full`); and `upstream_timeout` for a `response.create` of its own whose
     `response.created` never came.
 
-After the session has ended every input returns nothing (`submit` still answers: the request
-fails at once).
+Besides, the core keeps what is recorded of the session (its id and instructions, each
+request's transitions, who watches, the sum of every response's `usage`) and tells watchers
+what changed. After the session has ended, frames and ticks return nothing; an operator's
+command still gets its answer, and a request submitted then fails at once.
 """
 
 from __future__ import annotations
