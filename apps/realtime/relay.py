@@ -44,6 +44,7 @@ command still gets its answer, and a request submitted then fails at once.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from apps.realtime.sequencer import (
     Sequencer,
     SequencerError,
     StatusChanged,
+    counter,
 )
 from apps.realtime.transcript import DELTA_TYPES, ITEM_TYPES, Transcript
 
@@ -270,17 +272,17 @@ class _Info:
     sent_instructions: str | None = None
     event_id: str = ""
 
+    @property
+    def operator_out_of_band(self) -> bool:
+        """An operator's out-of-band response: the caller never sees any of it."""
+        return self.out_of_band and self.origin in OPERATOR_ORIGINS
 
-def _counter(prefix: str) -> Callable[[], str]:
-    numbers = itertools.count(1)
-    return lambda: f"{prefix}_{next(numbers)}"
 
-
-def compose_instructions(*, session_instructions: str, text: str, mode: str) -> str:
-    """What to send as a response's `instructions` for an operator's text. The upstream
-    treats per-response instructions as a replacement of the session's, so `append` sends
-    the session's instructions followed by the operator's text."""
-    if mode == "replace" or not session_instructions:
+def compose_instructions(*, session_instructions: str, text: str) -> str:
+    """What `append` sends as a response's `instructions`: the upstream treats per-response
+    instructions as a replacement of the session's, so the session's come first, then the
+    operator's text. (`replace` sends the operator's text as it is.)"""
+    if not session_instructions:
         return text
     if not text:
         return session_instructions
@@ -305,8 +307,8 @@ class RelayCore:
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.queue_limit = queue_limit
-        self._new_request_id = new_request_id or _counter("req")
-        self._new_event_id = new_event_id or _counter("event_oc")
+        self._new_request_id = new_request_id or counter("req")
+        self._new_event_id = new_event_id or counter("event_oc")
         self.sequencer = Sequencer(
             new_request_id=self._new_request_id,
             new_event_id=self._new_event_id,
@@ -547,7 +549,7 @@ class RelayCore:
         if kind == "response.done":
             usage = response.get("usage")
             if isinstance(usage, dict) and add_usage(self.usage, usage):
-                actions.append(UsageChanged(usage=copy_usage(self.usage)))
+                actions.append(UsageChanged(usage=copy.deepcopy(self.usage)))
             self._hidden.discard(response_id)
             self.transcript.response_done(response, oob=hidden)
             self._schedule_flush(now)
@@ -948,7 +950,7 @@ class RelayCore:
             for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
                 info = self._infos.pop(request_id, None)
                 self._forgotten[request_id] = status.value
-                if info is not None and info.out_of_band and info.origin in OPERATOR_ORIGINS:
+                if info is not None and info.operator_out_of_band:
                     self._forgotten_hidden[request_id] = None
             for kept in (self._forgotten, self._forgotten_hidden):
                 for request_id in list(itertools.islice(kept, max(0, len(kept) - FORGOTTEN_IDS))):
@@ -959,7 +961,7 @@ class RelayCore:
         info = self._infos.get(request_id)
         if info is None:
             return request_id in self._forgotten_hidden
-        return info.out_of_band and info.origin in OPERATOR_ORIGINS
+        return info.operator_out_of_band
 
     def _apply(self, sequenced: list, actions: list[Action]) -> list[ErrorClaimed]:
         """Turn the sequencer's actions into the core's, appending them to `actions`; returns
@@ -997,7 +999,7 @@ class RelayCore:
         info = self._infos.get(send.request_id) if send.request_id is not None else None
         if info is not None and info.append is not None and event.get("type") == "response.create":
             info.sent_instructions = compose_instructions(
-                session_instructions=self.session_instructions, text=info.append, mode="append"
+                session_instructions=self.session_instructions, text=info.append
             )
             event["response"]["instructions"] = info.sent_instructions
         return event
@@ -1073,12 +1075,6 @@ def add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> bool:
                 inner = total[key] = {}
             added = add_usage(inner, value) or added
     return added
-
-
-def copy_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: copy_usage(value) if isinstance(value, dict) else value for key, value in usage.items()
-    }
 
 
 def _public_id(value: Any, fallback: str) -> str:

@@ -226,7 +226,8 @@ class _Live:
     in_conversation: bool
 
 
-def _counter(prefix: str) -> Callable[[], str]:
+def counter(prefix: str) -> Callable[[], str]:
+    """Ids `prefix_1`, `prefix_2`, …: the default when no id factory is given."""
     numbers = itertools.count(1)
     return lambda: f"{prefix}_{next(numbers)}"
 
@@ -240,8 +241,8 @@ class Sequencer:
         send_timeout: float = 15.0,
         retry_delay: float = 0.25,
     ) -> None:
-        self._new_request_id = new_request_id or _counter("req_server")
-        self._new_event_id = new_event_id or _counter("event_seq")
+        self._new_request_id = new_request_id or counter("req_server")
+        self._new_event_id = new_event_id or counter("event_seq")
         self.send_timeout = send_timeout
         self.retry_delay = retry_delay
         self._entries: dict[str, _Entry] = {}

@@ -186,9 +186,6 @@ class SessionActor:
                 kind, payload, leg = await get()
                 await handle(kind, payload, leg)
                 self._arm_timer()
-        except asyncio.CancelledError:
-            await self._perform(self.core.caller_closed(now=clock.now()))
-            raise
         except Exception as exc:
             log.exception("session actor %s failed", self.key)
             try:

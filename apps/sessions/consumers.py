@@ -190,7 +190,8 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
 
     # The actor's view of the caller socket.
     async def send_frame(self, frame: str | bytes) -> None:
-        message = {"type": "websocket.send", "text": frame} if type(frame) is str else {"type": "websocket.send", "bytes": frame}
+        key = "text" if type(frame) is str else "bytes"
+        message = {"type": "websocket.send", key: frame}
         try:
             await self.base_send(message)
         except Exception as exc:  # the caller's socket closed under us: end the session

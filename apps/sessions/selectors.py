@@ -75,11 +75,6 @@ def session_get(*, session_id: str) -> LiveSession | None:
     return sessions_with_counts().filter(upstream_id=session_id).first()
 
 
-def origin_counts(session: LiveSession) -> dict[str, int]:
-    """The per-origin counts of a session from `sessions_with_counts`."""
-    return {origin: getattr(session, f"origin_{origin}") for origin in ORIGINS}
-
-
 def request_list(*, session: LiveSession, limit: int = 1000) -> list[ResponseRequest]:
     """A session's requests, oldest first."""
     return list(
