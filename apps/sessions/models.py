@@ -53,10 +53,15 @@ class LiveSession(models.Model):
     label = models.CharField(max_length=200, blank=True)
     usage = models.JSONField(default=dict, blank=True, help_text="Tokens so far: every response's usage, summed.")
     watchers = models.JSONField(default=list, blank=True, help_text="Operators watching it now.")
+    recording = models.FileField(
+        upload_to="recordings/", blank=True, help_text="Both sides of a voice call, as a stereo WAV."
+    )
+    recording_seconds = models.FloatField(null=True, blank=True, help_text="The recording's length.")
 
     class Meta:
         ordering = ["-started_at"]
         indexes = [models.Index(fields=["status", "-started_at"])]
+        permissions = [("listen_session", "Can listen to live sessions")]
 
     def __str__(self) -> str:
         return self.upstream_id or f"(connecting {self.id})"
