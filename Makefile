@@ -23,7 +23,9 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 # Daphne plus DEMO_CALLERS simulated callers (0 for none); Ctrl-C stops both.
+# espeak-ng gives the simulator a voice (installed as root when missing; a tone otherwise).
 run: migrate
+	-bash scripts/install-system-deps.sh espeak-ng
 	$(BIN)/python manage.py ensure_demo_operator
 	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
 	@trap 'kill 0' EXIT; \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: chromium (browser tests), redis-server and postgresql
-# (scale-out tests). Installs what is missing when run as root. Without root it only reports;
+# (scale-out tests), espeak-ng (the simulator's spoken replies; `make run` uses it too). Installs what is missing when run as root. Without root it only reports;
 # with CI set, anything still missing is an error, so no test that needs it can be skipped.
 set -euo pipefail
 
@@ -8,9 +8,13 @@ declare -A probe=(
   [chromium]=/usr/bin/chromium
   [redis-server]=/usr/bin/redis-server
   [postgresql]=/usr/lib/postgresql
+  [espeak-ng]=/usr/bin/espeak-ng
 )
+# Arguments name a subset (`make run` asks for espeak-ng alone); none means all of them.
+wanted=("$@")
+[ ${#wanted[@]} -ne 0 ] || wanted=("${!probe[@]}")
 missing=()
-for package in "${!probe[@]}"; do
+for package in "${wanted[@]}"; do
   [ -e "${probe[$package]}" ] || missing+=("$package")
 done
 
@@ -23,7 +27,7 @@ if [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   missing=()
-  for package in "${!probe[@]}"; do
+  for package in "${wanted[@]}"; do
     [ -e "${probe[$package]}" ] || missing+=("$package")
   done
 fi
