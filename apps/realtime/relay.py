@@ -199,6 +199,15 @@ class WatchersChanged:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TranscriptFinal:
+    """A transcript entry is final (the caller's turn, the agent's, a note): recorded for the
+    scripts that follow the session, whether or not an operator is watching."""
+
+    entry: dict[str, Any] = field(hash=False)
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToWatchers:
     """A message for every operator watching (`type` is one of the `console.*` kinds)."""
 
@@ -241,6 +250,7 @@ Action = (
     | RequestChanged
     | UsageChanged
     | WatchersChanged
+    | TranscriptFinal
     | ToWatchers
     | ToWatcher
     | Answer
@@ -491,7 +501,7 @@ class RelayCore:
                     message={"type": WATCH_EVENT, "session_id": self.session_id, "event": frame}
                 )
             )
-        return self._finish(actions)
+        return self._finish(actions, now)
 
     def _on_session_event(self, kind: str, event: dict, actions: list[Action], now: float) -> None:
         session = event.get("session")
@@ -657,7 +667,7 @@ class RelayCore:
             )
         if event.get("type") != "response.create":
             return [ToUpstream(frame=frame)]
-        return self._finish(self._caller_response_create(event, now))
+        return self._finish(self._caller_response_create(event, now), now)
 
     def _caller_response_create(self, event: dict, now: float) -> list[Action]:
         event_id = event.get("event_id")
@@ -778,7 +788,7 @@ class RelayCore:
                     error_message=str(exc),
                 )
             )
-        return self._finish(actions)
+        return self._finish(actions, now)
 
     def cancel(self, request_id: str, *, now: float) -> list[Action]:
         """Cancel a request only while it is still queued; the answer says what it is now
@@ -812,7 +822,7 @@ class RelayCore:
                 event_id=info.event_id,
             )
         actions.append(Answer(payload={"status": RequestStatus.CANCELLED.value, "at": now}))
-        return self._finish(actions)
+        return self._finish(actions, now)
 
     def note(self, *, item_id: str, role: str, text: str, now: float) -> list[Action]:
         """Add a message item to the conversation without asking for a response."""
@@ -891,7 +901,7 @@ class RelayCore:
         self._apply(self.sequencer.tick(now=now), actions)
         if self._flush_at is not None and now >= self._flush_at:
             actions += self._flush()
-        return self._finish(actions)
+        return self._finish(actions, now)
 
     # ------------------------------------------------------------------ internals
 
@@ -943,8 +953,13 @@ class RelayCore:
         actions.append(end)
         return actions
 
-    def _finish(self, actions: list[Action]) -> list[Action]:
-        """After each input: forget old finished requests once enough have piled up."""
+    def _finish(self, actions: list[Action], now: float) -> list[Action]:
+        """After each input: the transcript entries it made final; forget old finished
+        requests once enough have piled up."""
+        if self.transcript.has_finals:
+            actions += [
+                TranscriptFinal(entry=entry, at=now) for entry in self.transcript.drain_finals()
+            ]
         if self._finished_since_forget >= FORGET_EVERY:
             self._finished_since_forget = 0
             for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):

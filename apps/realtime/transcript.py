@@ -58,6 +58,7 @@ class Transcript:
         self.recording = False
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._finals: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ views
 
@@ -72,6 +73,16 @@ class Transcript:
         changes = list(self._changes.values())
         self._changes.clear()
         return changes
+
+    @property
+    def has_finals(self) -> bool:
+        return bool(self._finals)
+
+    def drain_finals(self) -> list[dict[str, Any]]:
+        """The entries that became final (or changed once final) since the last call, for
+        every session, watched or not."""
+        finals, self._finals = self._finals, []
+        return finals
 
     # ------------------------------------------------------------------ inputs
 
@@ -141,6 +152,10 @@ class Transcript:
                 old_oob if oob is None else oob,
                 old_response_id if response_id is None else response_id,
             )
+            if entry == old:
+                return
             self._entries[entry_id] = entry
+        if done:
+            self._finals.append(_as_dict(entry))
         if self.recording:
             self._changes[entry_id] = _as_dict(entry)

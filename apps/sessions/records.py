@@ -95,6 +95,16 @@ def usage_changed(*, key: uuid.UUID, usage: dict[str, Any]):
     return UpdateRow(LiveSession, key, {"usage": usage})
 
 
+def transcript_final(*, key: uuid.UUID, entry: dict[str, Any], at: float):
+    """A final transcript entry: no row of its own, an event for those who follow."""
+    return UpdateRow(
+        LiveSession,
+        key,
+        {},
+        event={"event": "transcript.entry", "session_key": str(key), "entry": entry, "at": at},
+    )
+
+
 def watchers_changed(*, key: uuid.UUID, names: list[str]):
     return UpdateRow(LiveSession, key, {"watchers": names})
 
@@ -195,6 +205,7 @@ RECORDED = frozenset(
         relay.RequestChanged,
         relay.UsageChanged,
         relay.WatchersChanged,
+        relay.TranscriptFinal,
         relay.SessionEnded,
     }
 )
@@ -239,6 +250,8 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
             return usage_changed(key=key, usage=usage)
         case relay.WatchersChanged(names=names):
             return watchers_changed(key=key, names=list(names))
+        case relay.TranscriptFinal(entry=entry, at=at):
+            return transcript_final(key=key, entry=entry, at=at)
         case relay.SessionEnded(status=status, reason=reason, code=code, detail=detail, at=at):
             return session_ended(
                 key=key, status=status, reason=reason.value, code=code, detail=detail, at=at

@@ -38,6 +38,7 @@ from apps.realtime.relay import (
     ToUpstream,
     ToWatcher,
     ToWatchers,
+    TranscriptFinal,
     UsageChanged,
     WatchersChanged,
 )
@@ -88,6 +89,8 @@ def summary(actions) -> list[str]:
                 out.append("presence " + ",".join(names))
             case SessionEnded(status=status, reason=reason):
                 out.append(f"ended {status} {reason.value}")
+            case TranscriptFinal(entry=entry):
+                out.append(f"final {entry['role']} {entry['text']}")
             case _:
                 raise AssertionError(f"unexpected action {action!r}")
     return out
@@ -387,7 +390,7 @@ def test_callers_request_is_sent_and_its_metadata_comes_back_without_oc_request(
     seen = sent_frames(driver.last, ToCaller)[0]
     assert seen["response"]["metadata"] == {"topic": "billing"}
     driver.run(
-        [(("up", response_done("r1", tag="a")), ["a completed", "usage 3", "caller response.done"])]
+        [(("up", response_done("r1", tag="a")), ["a completed", "usage 3", "caller response.done", "final agent hi"])]
     )
     assert sent_frames(driver.last, ToCaller)[0]["response"]["metadata"] == {"topic": "billing"}
 
@@ -410,6 +413,7 @@ def test_second_callers_request_waits_for_the_first_response_to_finish():
                     "b sent",
                     "usage 3",
                     "caller response.done",
+                    "final agent hi",
                 ],
             ),
         ]
@@ -670,7 +674,7 @@ def test_operator_out_of_band_response_goes_to_watchers_never_to_the_caller():
             (("up", delta("r1")), ["watchers event"]),
             (
                 ("up", response_done("r1", tag="op1")),
-                ["op1 completed", "watchers request", "usage 3", "watchers event"],
+                ["op1 completed", "watchers request", "usage 3", "watchers event", "final agent hi"],
             ),
             (("up", delta("r2")), ["caller response.output_text.delta"]),
         ]
@@ -687,7 +691,7 @@ def test_a_late_response_to_an_out_of_band_request_that_timed_out_is_still_hidde
             ("tick 15", ["op1 failed upstream_timeout", "watchers request"]),
             (("up", response_created("r1", tag="op1")), ["watchers event"]),
             (("up", delta("r1")), ["watchers event"]),
-            (("up", response_done("r1", tag="op1")), ["usage 3", "watchers event"]),
+            (("up", response_done("r1", tag="op1")), ["usage 3", "watchers event", "final agent hi"]),
         ]
     )
 
@@ -994,3 +998,32 @@ def test_every_responses_usage_adds_up_to_the_sessions():
     }
     done["response"]["usage"] = {"total_tokens": None, "note": "x"}
     driver.run([(("up", frame(done)), ["caller response.done"])])  # nothing to add: no record
+
+
+# ---------------------------------------------------------------------------- final transcript entries
+
+
+def test_each_turn_is_final_once_for_scripts_whether_or_not_anyone_watches():
+    driver = started()
+    user_item = frame(
+        {
+            "type": "conversation.item.done",
+            "item": {
+                "id": "item_u1",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Where is my parcel?"}],
+            },
+        }
+    )
+    driver.run(
+        [
+            (("up", user_item), ["caller conversation.item.done", "final user Where is my parcel?"]),
+            # The same item again changes nothing, so it is not final a second time.
+            (("up", user_item), ["caller conversation.item.done"]),
+        ]
+    )
+    finals = [a for a in driver.step(("up", response_done("r1", text="On its way."))) if isinstance(a, TranscriptFinal)]
+    assert [(f.entry["role"], f.entry["text"], f.entry["response_id"]) for f in finals] == [
+        ("agent", "On its way.", "r1")
+    ]
