@@ -1,4 +1,4 @@
-"""Three fixes to Daphne's WebSockets that a relay cannot do without.
+"""Four fixes to Daphne's WebSockets that a relay cannot do without.
 
 - Close codes: Daphne 4.2 closes through autobahn's `sendClose()`, which accepts only 1000 and
   3000–4999: a `websocket.close` with code 1011 (what the relay must send when its upstream
@@ -8,10 +8,14 @@
 - Outgoing size: Daphne's `--websocket-max-message-size` (1 MiB by default) guards against
   large *incoming* messages, but autobahn applies it to messages sent too, so an upstream event
   over 1 MiB could never reach the caller. Messages the application sends are not limited.
+- Incoming size: Daphne's default limit is 1 MiB, but the Realtime service takes audio appends
+  of up to 15 MiB, so a caller's 3 MiB append would close its connection. Every WebSocket
+  takes messages (and frames) of up to `MAX_MESSAGE_BYTES`, 16 MiB: the 15 MiB append plus
+  the JSON around it. A larger limit given to Daphne is kept.
 - Too-large incoming messages: autobahn "fails by drop" by default, cutting the TCP connection
   without a close frame, so a client sending a message over the limit saw only 1006. Failing
   by close sends 1009 with autobahn's reason, which names the size and the limit ("received
-  WebSocket message size 2097237 exceeds payload limit of 1048576 octets").
+  WebSocket message size 17825792 exceeds payload limit of 16777216 octets").
 
 If Daphne's protocol class changes shape, the patch is skipped.
 
@@ -26,6 +30,8 @@ from http import HTTPStatus
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
 # Codes an endpoint may send in a close frame (RFC 6455 7.4): not 1004-1006 or 1015.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
@@ -36,7 +42,7 @@ def install() -> None:
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # Daphne not in use
         return
-    _fail_by_close(WebSocketFactory)
+    _limits(WebSocketFactory)
     original = WebSocketProtocol.handle_reply
     if getattr(original, "_oc_patched", False):
         return
@@ -70,7 +76,8 @@ def install() -> None:
     WebSocketProtocol.handle_reply = handle_reply
 
 
-def _fail_by_close(factory_class) -> None:
+def _limits(factory_class) -> None:
+    """Fail by close, and take messages of up to MAX_MESSAGE_BYTES."""
     original = factory_class.__init__
     if getattr(original, "_oc_patched", False):
         return
@@ -81,6 +88,16 @@ def _fail_by_close(factory_class) -> None:
 
     __init__._oc_patched = True
     factory_class.__init__ = __init__
+
+    set_options = factory_class.setProtocolOptions
+
+    def setProtocolOptions(self, **options):  # noqa: N802 (autobahn's name)
+        for name in ("maxMessagePayloadSize", "maxFramePayloadSize"):
+            if name in options and 0 < options[name] < MAX_MESSAGE_BYTES:
+                options[name] = MAX_MESSAGE_BYTES
+        return set_options(self, **options)
+
+    factory_class.setProtocolOptions = setProtocolOptions
 
 
 def add_reason_phrases() -> None:

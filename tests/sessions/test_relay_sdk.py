@@ -130,7 +130,7 @@ async def test_upstream_failure_reaches_the_caller_as_close_code_and_reason_thro
 async def test_upstream_messages_over_one_mebibyte_reach_the_caller_whole(
     daphne, simulator, api_token
 ):
-    # Every caller frame stays under 1 MiB (Daphne's own limit for incoming frames); the
+    # Every caller frame stays under 1 MiB (Daphne's default limit, which the relay raises); the
     # upstream's reply, which echoes both texts, is over 1.4 MiB.
     persona, question = "p" * 600_000, "q" * 900_000
     client = AsyncOpenAI(api_key=api_token, websocket_base_url=daphne.ws_base)
