@@ -27,7 +27,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from apps.realtime import simulator as _simulator
+from apps.simulator import server as _simulator
 from devtools.services import free_port
 
 # The upstream simulator: imported here only, so a move of its module is one line here.

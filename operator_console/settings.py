@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "channels",
     "ninja",  # its static files: the /api/v1/docs page
     "apps.realtime",
+    "apps.simulator",
     "apps.sessions",
     "apps.api",
     "apps.console",

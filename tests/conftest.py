@@ -9,8 +9,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.db import connection
 
-from apps.realtime.simulator import SimulatorConfig
 from apps.sessions.history import writer as history
+from apps.simulator.server import SimulatorConfig
 from operator_console.asgi import application
 from tests.support.servers import DaphneProcess, SimulatorThread
 

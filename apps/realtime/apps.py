@@ -2,7 +2,7 @@ from django.apps import AppConfig
 
 
 class RealtimeConfig(AppConfig):
-    """Protocol core. Only the management command touches Django; the modules do not."""
+    """Protocol core: the modules import no Django."""
 
     name = "apps.realtime"
     label = "realtime"

@@ -12,7 +12,7 @@ import weakref
 from django.conf import settings
 
 from apps.realtime import upstream as sdk_upstream
-from apps.realtime.simulator import Simulator, SimulatorConfig
+from apps.simulator.server import Simulator, SimulatorConfig
 
 _embedded: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = (
     weakref.WeakKeyDictionary()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from apps.realtime.simulator import SimulatorConfig
+from apps.simulator.server import SimulatorConfig
 from tests.support.realtime import user_text
 from tests.support.servers import ROOT, DaphneProcess, SimulatorThread
 

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from apps.realtime.simulator import Simulator, SimulatorConfig
+from apps.simulator.server import Simulator, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

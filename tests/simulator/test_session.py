@@ -1,4 +1,4 @@
-"""The upstream simulator, driven by the official `openai` SDK (and the Agents SDK) as client."""
+"""The session protocol (session, items, responses, refusals), driven by the official `openai` SDK."""
 
 from __future__ import annotations
 
@@ -7,84 +7,18 @@ import json
 import time
 from typing import Any
 
-import openai
 import pytest
-import pytest_asyncio
 from pydantic import TypeAdapter
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from apps.realtime.simulator import (
-    Simulator,
-    SimulatorConfig,
-    event_sent_time_ns,
-    new_event_id,
+from apps.simulator.server import Simulator, SimulatorConfig, event_sent_time_ns
+from tests.simulator.client import (
+    RESPONSE_EVENTS,
+    add_user_text,
+    recv,
+    recv_until,
+    sdk_client,
+    still_works,
 )
-
-DELTAS = 5
-RESPONSE_EVENTS = [
-    "response.created",
-    "response.output_item.added",
-    "conversation.item.added",
-    "response.content_part.added",
-    *["response.output_text.delta"] * DELTAS,
-    "response.output_text.done",
-    "response.content_part.done",
-    "response.output_item.done",
-    "conversation.item.done",
-    "response.done",
-]
-
-
-@pytest_asyncio.fixture
-async def sim():
-    simulator = Simulator(SimulatorConfig(deltas_per_response=DELTAS, delta_interval=0.002))
-    await simulator.start()
-    yield simulator
-    await simulator.aclose()
-
-
-def sdk_client(sim: Simulator, api_key: str = "sk-test") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=api_key, websocket_base_url=sim.url, max_retries=0)
-
-
-@pytest_asyncio.fixture
-async def conn(sim):
-    async with sdk_client(sim).realtime.connect(model="gpt-realtime") as connection:
-        created = await recv(connection)
-        assert created.type == "session.created"
-        yield connection
-
-
-async def recv(conn, timeout: float = 5.0):
-    async with asyncio.timeout(timeout):
-        return await conn.recv()
-
-
-async def recv_until(conn, event_type: str, timeout: float = 5.0) -> list[Any]:
-    """Events up to and including the first of `event_type`."""
-    events = []
-    async with asyncio.timeout(timeout):
-        while True:
-            event = await conn.recv()
-            events.append(event)
-            if event.type == event_type:
-                return events
-
-
-async def add_user_text(conn, text: str) -> Any:
-    await conn.conversation.item.create(
-        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-    )
-    events = await recv_until(conn, "conversation.item.done")
-    return events[0].item
-
-
-async def still_works(conn) -> None:
-    """The connection is open and serves events."""
-    item = await add_user_text(conn, "still there?")
-    assert item.id.startswith("item_")
-
 
 # --- connection and session ------------------------------------------------------------------
 
@@ -478,50 +412,6 @@ async def test_a_frame_that_is_not_a_json_object_is_refused(sim, conn, frame):
     assert sim.received(session_id)[0][1] == {"type": None, "raw": frame}
 
 
-# --- auth, server-side responses, connections --------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_required_api_key():
-    simulator = Simulator(SimulatorConfig(required_api_key="sk-right"))
-    await simulator.start()
-    try:
-        with pytest.raises(InvalidStatus) as refused:
-            async with sdk_client(simulator, "sk-wrong").realtime.connect(model="gpt-realtime"):
-                pass
-        assert refused.value.response.status_code == 401
-        assert json.loads(refused.value.response.body)["error"]["code"] == "invalid_api_key"
-        with pytest.raises(InvalidStatus):
-            async with ws_connect(simulator.url + "/realtime?model=gpt-realtime"):
-                pass
-        assert simulator.connections_opened == 0
-        assert simulator.handshakes_refused == 2
-
-        async with sdk_client(simulator, "sk-right").realtime.connect(model="gpt-realtime") as c:
-            assert (await recv(c)).type == "session.created"
-        # Browsers pass the key as a subprotocol.
-        async with ws_connect(
-            simulator.url + "/realtime?model=gpt-realtime",
-            subprotocols=["realtime", "openai-insecure-api-key.sk-right"],
-        ) as ws:
-            assert ws.subprotocol == "realtime"
-            assert json.loads(await ws.recv())["type"] == "session.created"
-        assert simulator.connections_opened == 2
-    finally:
-        await simulator.aclose()
-
-
-@pytest.mark.asyncio
-async def test_only_realtime_paths_are_served(sim):
-    with pytest.raises(InvalidStatus) as refused:
-        async with ws_connect(sim.url + "/chat"):
-            pass
-    assert refused.value.response.status_code == 404
-    async with ws_connect(sim.url.removesuffix("/v1") + "/realtime") as ws:
-        created = json.loads(await ws.recv())
-    assert created["session"]["model"] == "gpt-realtime"
-
-
 @pytest.mark.asyncio
 async def test_trigger_server_response_has_no_metadata(sim, conn):
     await add_user_text(conn, "are you there")
@@ -551,134 +441,3 @@ async def test_server_response_interrupts_the_active_one(sim, conn):
     assert cancelled.id == first and cancelled.status == "cancelled"
     assert cancelled.status_details.reason == "turn_detected"
     assert events[-1].response.id == second
-
-
-@pytest.mark.asyncio
-async def test_audio_commit_with_server_vad_starts_a_response(conn):
-    await conn.input_audio_buffer.append(audio="AAAA" * 2400)  # 7200 bytes: 150 ms of pcm16
-    await conn.input_audio_buffer.commit(event_id="evt_commit")
-    events = await recv_until(conn, "response.done")
-    types = [e.type for e in events]
-    assert types[:4] == [
-        "input_audio_buffer.committed",
-        "conversation.item.created",
-        "conversation.item.added",
-        "conversation.item.done",
-    ]
-    assert types[4:] == RESPONSE_EVENTS
-    user_item = events[1].item
-    assert events[0].item_id == user_item.id
-    assert user_item.role == "user" and user_item.content[0].type == "input_audio"
-    assert "150 ms" in events[-1].response.output[0].content[0].text
-    assert events[4].response.metadata is None
-
-    # With turn detection off, a commit only adds the item.
-    await conn.session.update(
-        session={"type": "realtime", "audio": {"input": {"turn_detection": None}}}
-    )
-    await recv(conn)
-    await conn.input_audio_buffer.append(audio="AAAA" * 2400)
-    await conn.input_audio_buffer.commit()
-    await recv_until(conn, "conversation.item.done")
-    await conn.input_audio_buffer.clear()
-    assert (await recv(conn)).type == "input_audio_buffer.cleared"
-
-
-@pytest.mark.asyncio
-async def test_connection_counters_and_server_side_close(sim):
-    client = sdk_client(sim)
-    async with client.realtime.connect(model="gpt-realtime") as first:
-        await recv(first)
-        async with client.realtime.connect(model="gpt-realtime") as second:
-            await recv(second)
-            assert (sim.connections_opened, sim.connections_active) == (2, 2)
-            assert len(sim.sessions) == 2
-            first_id = await sim.wait_for_session()
-            second_id = await sim.wait_for_session()
-            assert set(sim.sessions) == {first_id, second_id}
-            await sim.close_session(second_id, 1011, "upstream went away")
-            with pytest.raises(ConnectionClosed) as closed:
-                await recv(second)
-            assert closed.value.rcvd.code == 1011
-            assert closed.value.rcvd.reason == "upstream went away"
-    for _ in range(200):  # the server notices the closes a moment later
-        if not sim.connections_active:
-            break
-        await asyncio.sleep(0.01)
-    assert sim.connections_opened == 2 and sim.sessions == {}
-    # The logs of ended sessions stay readable.
-    assert sim.sent(second_id)[0][1]["type"] == "session.created"
-
-
-@pytest.mark.asyncio
-async def test_aclose_closes_every_connection():
-    simulator = Simulator(SimulatorConfig(deltas_per_response=100, delta_interval=0.05))
-    await simulator.start()
-    async with sdk_client(simulator).realtime.connect(model="gpt-realtime") as conn:
-        await recv(conn)
-        await conn.response.create()
-        await recv(conn)
-        await simulator.aclose()
-        with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(5):
-                while True:
-                    await conn.recv()
-    assert simulator.connections_active == 0
-
-
-# --- the Agents SDK as client ----------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_agents_sdk_realtime_session_text_turn(sim):
-    from agents import realtime  # a test dependency (requirements-test.txt): never skipped
-    agent = realtime.RealtimeAgent(name="ada", instructions="You are Ada.")
-    runner = realtime.RealtimeRunner(
-        agent, config={"model_settings": {"output_modalities": ["text"]}}
-    )
-    session = await runner.run(
-        model_config={"url": sim.url + "/realtime?model=gpt-realtime", "api_key": "sk-test"}
-    )
-    errors = []
-    history: list[Any] = []
-    async with session:
-        await session.send_message("hello there")
-        async with asyncio.timeout(10):
-            async for event in session:
-                if event.type == "error":
-                    errors.append(event.error)
-                elif event.type == "history_updated":
-                    history = list(event.history)
-                elif event.type == "agent_end":
-                    break
-    assert errors == []
-    assert [(item.role, item.status) for item in history] == [
-        ("user", "completed"),
-        ("assistant", "completed"),
-    ]
-    assert history[1].content[0].text == "[instructions: You are Ada.] Reply 1 to: hello there"
-
-
-# --- helpers and the management command ------------------------------------------------------
-
-
-def test_event_ids_carry_their_send_time():
-    before = time.time_ns()
-    event_id = new_event_id()
-    assert before <= event_sent_time_ns(event_id) <= time.time_ns()
-    assert event_sent_time_ns("event_CdulTJIOI2YjBMxYUiRzZ") is None
-    assert event_sent_time_ns(None) is None
-
-
-def test_management_command_arguments():
-    from apps.realtime.management.commands.simulate_upstream import Command
-
-    parser = Command().create_parser("manage.py", "simulate_upstream")
-    options = parser.parse_args([])
-    assert (options.host, options.port) == ("127.0.0.1", 9100)
-    options = parser.parse_args(
-        ["--host", "0.0.0.0", "--port", "9200", "--deltas", "3", "--interval", "0.1"]
-        + ["--api-key", "sk-x"]
-    )
-    assert (options.host, options.port, options.deltas) == ("0.0.0.0", 9200, 3)
-    assert (options.interval, options.api_key) == (0.1, "sk-x")

@@ -9,7 +9,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.realtime.simulator import Simulator, SimulatorConfig
+from apps.simulator.server import Simulator, SimulatorConfig
 
 
 class Command(BaseCommand):

@@ -1,0 +1,24 @@
+"""The simulator's knobs (`SimulatorConfig`). No Django: the settings are read by its callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(kw_only=True)
+class SimulatorConfig:
+    deltas_per_response: int = 8
+    delta_interval: float = 0.02  # seconds between deltas
+    # If set, a handshake without `Authorization: Bearer <key>` (or the browser subprotocol
+    # `openai-insecure-api-key.<key>`) is refused with HTTP 401.
+    required_api_key: str | None = None
+    default_instructions: str = "You are a helpful assistant."
+    # Events kept per session and direction for `received`/`sent` (the latest ones);
+    # None keeps all, 0 none. Bounded by default so long benchmarks don't grow memory.
+    record_limit: int | None = 256
+    # Metadata keys left out of the reply text (they stay in `response.metadata`):
+    # the relay's own bookkeeping key is not something a model would talk about.
+    text_hides_metadata_keys: tuple[str, ...] = ("oc_request",)
+    # Fault injection: after this many deltas a response goes silent (no more events, not
+    # even for response.cancel), as a stalled upstream would. None: never.
+    stall_after_deltas: int | None = None
