@@ -20,6 +20,7 @@ Inputs
   cancel, note, interrupt
                      an operator's command; each answers (`Answer`) whoever asked.
   watch              an operator's console starts, renews or stops watching.
+  listen             an operator starts, renews or stops listening to the call's audio.
   tick               time has reached `next_deadline` (or passed it): request timeouts, the
                      session's start deadline, a stalled upstream, the transcript's flush.
   caller_closed, upstream_closed, upstream_failed, shutdown, crashed
@@ -35,6 +36,13 @@ What the caller sees (CONTRACT section 1)
     an object, invalid `response`, metadata, or text (NUL, lone surrogates), over the queue
     limit (`queue_full`); and `upstream_timeout` for a `response.create` of its own whose
     `response.created` never came.
+
+Audio (CONTRACT section 6)
+  Audio passes unparsed unless someone listens or the session is recorded: then the caller's
+  `input_audio_buffer.append` and the upstream's `response.output_audio.delta` are read, and
+  an `AudioTapped` action carries their base64 audio, the side and the session's format for
+  that side (from `session.created`/`session.updated`), for the actor to decode and copy.
+  An operator's out-of-band response is not part of the call and is not tapped.
 
 Besides, the core keeps what is recorded of the session (its id and instructions, each
 request's transitions, who watches, the sum of every response's `usage`) and tells watchers
@@ -93,6 +101,22 @@ MAX_CALLER_METADATA_PAIRS = 15
 PASSABLE_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012, 1013, 1014})
 # A public session id as the console and the database can hold it.
 MAX_SESSION_ID_CHARS = 128
+# Audio events, read only while the session's audio is tapped (listened to or recorded).
+CALLER_AUDIO_TYPE = "input_audio_buffer.append"
+AGENT_AUDIO_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
+# The sides of a call's audio, as listeners receive them in byte 0 of each frame.
+CALLER_SIDE = 0
+AGENT_SIDE = 1
+# Audio formats, as the session names them (GA `audio.*.format.type`, or the beta shape's
+# `*_audio_format`), and as the core names them to the actor.
+AUDIO_FORMATS = {
+    "audio/pcm": "pcm16",
+    "pcm16": "pcm16",
+    "audio/pcmu": "pcmu",
+    "g711_ulaw": "pcmu",
+    "audio/pcma": "pcma",
+    "g711_alaw": "pcma",
+}
 
 
 class EndReason(StrEnum):
@@ -208,6 +232,25 @@ class TranscriptFinal:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AudioTapped:
+    """A piece of the call's audio, for listeners and the recorder: base64 as it was sent, in
+    `format` (`pcm16` 24 kHz, or G.711 `pcmu`/`pcma` 8 kHz)."""
+
+    side: int  # CALLER_SIDE or AGENT_SIDE
+    audio: str
+    format: str
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListenersChanged:
+    """Who listens changed: the actor copies audio to the session's listen group only while
+    `count` is not 0."""
+
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToWatchers:
     """A message for every operator watching (`type` is one of the `console.*` kinds)."""
 
@@ -251,6 +294,8 @@ Action = (
     | UsageChanged
     | WatchersChanged
     | TranscriptFinal
+    | AudioTapped
+    | ListenersChanged
     | ToWatchers
     | ToWatcher
     | Answer
@@ -264,6 +309,8 @@ WATCH_TRANSCRIPT = "console.transcript"
 WATCH_PRESENCE = "console.presence"
 WATCH_SNAPSHOT = "console.snapshot"
 WATCH_ENDED = "console.ended"
+# What a new listener is sent first, on its own channel.
+LISTEN_STARTED = "listen.started"
 
 
 # ---------------------------------------------------------------------------- state
@@ -311,6 +358,7 @@ class RelayCore:
         queue_limit: int = 32,
         new_request_id: Callable[[], str] | None = None,
         new_event_id: Callable[[], str] | None = None,
+        record_audio: bool = False,
     ) -> None:
         self.fallback_id = fallback_id
         self.connected_by = connected_by
@@ -328,6 +376,9 @@ class RelayCore:
         self.session_id: str | None = None  # the upstream's session.id, once named
         self.session_instructions = ""
         self.usage: dict[str, Any] = {}  # the sum of every response's usage
+        # Upstream errors by code (its `error` events, and failures of the leg itself): plain
+        # counts for the process's /metrics, read from outside between inputs.
+        self.upstream_errors: dict[str, int] = {}
         self.ended: SessionEnded | None = None
         self._infos: dict[str, _Info] = {}
         self._forgotten: dict[str, str] = {}  # request id → final status, oldest first
@@ -336,6 +387,10 @@ class RelayCore:
         self._hidden: set[str] = set()  # response ids of operators' out-of-band responses
         self._own_event_ids: set[str] = set()  # the relay's own client events (notes)
         self._watchers: dict[str, tuple[str, float]] = {}  # watcher → (user, expires at)
+        self._listeners: dict[str, tuple[str, float]] = {}  # listener → (user, expires at)
+        self.record_audio = record_audio
+        self._tapping = record_audio  # listened to or recorded: audio events are read
+        self.audio_formats = {CALLER_SIDE: "pcm16", AGENT_SIDE: "pcm16"}
         self._start_deadline: float | None = None
         self._flush_at: float | None = None
         self._last_upstream_at = 0.0
@@ -470,6 +525,7 @@ class RelayCore:
             and kind not in PARSED_TYPES
             and not self._hidden
             and (not self._watchers or kind not in DELTA_TYPES)
+            and (not self._tapping or kind not in AGENT_AUDIO_TYPES)
         ):
             return [ToCaller(frame=frame)]
         self._deadline_stale = True
@@ -493,6 +549,8 @@ class RelayCore:
                 forward = None
             if self._watchers and kind in DELTA_TYPES:
                 self._on_delta(event, hidden, now)
+            if self._tapping and kind in AGENT_AUDIO_TYPES and not hidden:
+                actions += self._tap(AGENT_SIDE, event.get("delta"), now)
         if forward is not None:
             actions.append(ToCaller(frame=forward))
         else:
@@ -510,6 +568,7 @@ class RelayCore:
         instructions = session.get("instructions")
         if isinstance(instructions, str):
             self.session_instructions = instructions
+        self._read_audio_formats(session)
         if kind == "session.created" and self.session_id is None:
             self.session_id = _public_id(session.get("id"), self.fallback_id)
             self._start_deadline = None
@@ -520,6 +579,19 @@ class RelayCore:
             )
         elif isinstance(instructions, str):
             actions.append(InstructionsChanged(instructions=instructions))
+
+    def _read_audio_formats(self, session: dict) -> None:
+        audio = session.get("audio")
+        for side, direction, beta_key in (
+            (CALLER_SIDE, "input", "input_audio_format"),
+            (AGENT_SIDE, "output", "output_audio_format"),
+        ):
+            named = session.get(beta_key)
+            if isinstance(audio, dict) and isinstance(audio.get(direction), dict):
+                given = audio[direction].get("format")
+                named = given.get("type") if isinstance(given, dict) else named
+            if isinstance(named, str) and named in AUDIO_FORMATS:
+                self.audio_formats[side] = AUDIO_FORMATS[named]
 
     def _on_response_event(
         self, kind: str, event: dict, frame: str, actions: list[Action], now: float
@@ -561,7 +633,11 @@ class RelayCore:
             if isinstance(usage, dict) and add_usage(self.usage, usage):
                 actions.append(UsageChanged(usage=copy.deepcopy(self.usage)))
             self._hidden.discard(response_id)
-            self.transcript.response_done(response, oob=hidden)
+            info = self._infos.get(tag) if tag is not None else None
+            nudged = info is not None and info.origin in OPERATOR_ORIGINS
+            self.transcript.response_done(
+                response, oob=hidden, request_id=tag if nudged else None
+            )
             self._schedule_flush(now)
         if hidden:
             return None
@@ -578,6 +654,7 @@ class RelayCore:
 
     def _on_error(self, event: dict, frame: str, actions: list[Action], now: float) -> str | None:
         event_id, code, message = events.error_fields(event)
+        self._count_error(code)
         if code == "session_expired":
             # The upstream ends the session (its close follows): the caller's news, not the
             # failure of whichever request happens to be outstanding.
@@ -654,6 +731,8 @@ class RelayCore:
             return [ToUpstream(frame=frame)]
         kind = events.peek_type(frame)
         if kind is not None and kind != "response.create":
+            if kind == CALLER_AUDIO_TYPE and self._tapping:
+                return [ToUpstream(frame=frame), *self._tap_frame(CALLER_SIDE, frame, now)]
             return [ToUpstream(frame=frame)]
         self._deadline_stale = True
         try:
@@ -665,6 +744,8 @@ class RelayCore:
                 "invalid_type",
                 f"Expected an event object, but got {events.json_type(event)} instead.",
             )
+        if event.get("type") == CALLER_AUDIO_TYPE and self._tapping:
+            return [ToUpstream(frame=frame), *self._tap(CALLER_SIDE, event.get("audio"), now)]
         if event.get("type") != "response.create":
             return [ToUpstream(frame=frame)]
         return self._finish(self._caller_response_create(event, now), now)
@@ -878,6 +959,41 @@ class RelayCore:
             actions.append(WatchersChanged(names=after))
         return actions
 
+    # ------------------------------------------------------------------ audio
+
+    def listen(self, listener: str, *, user: str, listening: bool, now: float) -> list[Action]:
+        """An operator starts (renews) or stops listening. A new listener is told
+        `listen.started` on its own channel: the audio of every input after this one reaches
+        it, since it joined the session's listen group before asking."""
+        before = len(self._listeners)
+        actions: list[Action] = []
+        if listening:
+            if listener not in self._listeners:
+                message = {"type": LISTEN_STARTED, "format": "pcm16", "rate": 24000}
+                actions.append(ToWatcher(watcher=listener, message=message))
+            self._listeners[listener] = (user, now + WATCH_TTL)
+        else:
+            self._listeners.pop(listener, None)
+        for gone in [name for name, (_, expires) in self._listeners.items() if expires < now]:
+            del self._listeners[gone]
+        self._tapping = self.record_audio or bool(self._listeners)
+        if len(self._listeners) != before:
+            actions.append(ListenersChanged(count=len(self._listeners)))
+        return actions
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    def _tap_frame(self, side: int, frame: str | bytes, now: float) -> list[Action]:
+        event = events.loads_object(frame)
+        return [] if event is None else self._tap(side, event.get("audio"), now)
+
+    def _tap(self, side: int, audio: Any, now: float) -> list[Action]:
+        if not isinstance(audio, str) or not audio:
+            return []  # the upstream answers a malformed append; there is nothing to copy
+        return [AudioTapped(side=side, audio=audio, format=self.audio_formats[side], at=now)]
+
     # ------------------------------------------------------------------ time
 
     def tick(self, *, now: float) -> list[Action]:
@@ -913,6 +1029,7 @@ class RelayCore:
     def _fail_upstream(self, code: str, message: str, *, now: float) -> list[Action]:
         """The upstream cannot go on (unreachable, never started, stalled): the caller is told
         why, and the session fails."""
+        self._count_error(code)
         return [
             *self._tell_caller(code, message, error_type="server_error"),
             CloseCaller(code=1011, reason=message),
@@ -971,6 +1088,15 @@ class RelayCore:
                 for request_id in list(itertools.islice(kept, max(0, len(kept) - FORGOTTEN_IDS))):
                     del kept[request_id]
         return actions
+
+    def origin_of(self, request_id: str) -> str | None:
+        """The origin of a request the core holds (None once forgotten, or never known)."""
+        info = self._infos.get(request_id)
+        return info.origin if info is not None else None
+
+    def _count_error(self, code: Any) -> None:
+        key = code if isinstance(code, str) and code else "unknown"
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
     def _operator_out_of_band(self, request_id: str) -> bool:
         info = self._infos.get(request_id)

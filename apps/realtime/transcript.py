@@ -7,7 +7,9 @@ stream of deltas into one update per entry per interval, so a busy session canno
 browser.
 
 Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
-"response_id"?}`. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
+"response_id"?, "request_id"?, "interrupted"?}`: an agent's turn names the operator's request
+that asked for it (a nudged turn), and says when the caller interrupted it (its response was
+cancelled because the caller spoke). A change is `{"id", "role", "append": str}` (text to add) or a whole entry
 (`"text"` replaces what the browser has). They are kept as plain tuples of strings and flags,
 smaller than dicts and, holding no containers, untracked by the garbage collector (which only
 untracks exact tuples, not named ones): every live session keeps its transcript, watched or not.
@@ -25,6 +27,8 @@ ITEM_TYPES = frozenset(
     {"conversation.item.done", "conversation.item.input_audio_transcription.completed"}
 )
 DELTA_TYPES = frozenset({"response.output_text.delta", "response.output_audio_transcript.delta"})
+# A spoken turn of the caller's until (unless) its transcription comes: the words are not known.
+UNTRANSCRIBED = "[spoken; no transcript yet]"
 
 
 def _message_text(item: Mapping[str, Any]) -> str:
@@ -40,16 +44,37 @@ def _message_text(item: Mapping[str, Any]) -> str:
     return "".join(pieces)
 
 
-# (id, role, text, done, oob, response_id)
-Entry = tuple[str, str, str, bool, bool, str | None]
+def _spoken(item: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(part, Mapping) and part.get("type") == "input_audio"
+        for part in item.get("content") or ()
+    )
+
+
+# (id, role, text, done, oob, response_id, request_id, interrupted)
+Entry = tuple[str, str, str, bool, bool, str | None, str | None, bool]
 
 
 def _as_dict(entry: Entry) -> dict[str, Any]:
-    entry_id, role, text, done, oob, response_id = entry
+    entry_id, role, text, done, oob, response_id, request_id, interrupted = entry
     given = {"id": entry_id, "role": role, "text": text, "done": done, "oob": oob}
     if response_id is not None:
         given["response_id"] = response_id
+    if request_id is not None:
+        given["request_id"] = request_id
+    if interrupted:
+        given["interrupted"] = True
     return given
+
+
+def _interrupted(response: Mapping[str, Any]) -> bool:
+    """The caller spoke over this response and the service cancelled it."""
+    details = response.get("status_details")
+    return (
+        response.get("status") == "cancelled"
+        and isinstance(details, Mapping)
+        and details.get("reason") == "turn_detected"
+    )
 
 
 class Transcript:
@@ -94,6 +119,9 @@ class Transcript:
         if role not in ("user", "system"):
             return  # the agent's items are read from response.done, with their response id
         text = _message_text(item)
+        if not text and role == "user" and _spoken(item):
+            old = self._entries.get(item["id"])
+            text = old[2] if old is not None else UNTRANSCRIBED  # a transcript may come first
         if text or role == "system":
             self._set(item["id"], role=role, text=text, done=True)
 
@@ -104,10 +132,9 @@ class Transcript:
     def delta(self, *, item_id: str, response_id: str | None, text: str, oob: bool) -> None:
         entry = self._entries.get(item_id)
         if entry is None:
-            entry = self._add((item_id, "agent", "", False, oob, response_id))
-        _, role, so_far, done, entry_oob, entry_response_id = entry
-        whole = so_far + text
-        self._entries[item_id] = (item_id, role, whole, done, entry_oob, entry_response_id)
+            entry = self._add((item_id, "agent", "", False, oob, response_id, None, False))
+        whole = entry[2] + text
+        self._entries[item_id] = (item_id, entry[1], whole, *entry[3:])
         if not self.recording:
             return
         change = self._changes.get(item_id)
@@ -118,13 +145,17 @@ class Transcript:
         else:
             change["text"] = whole
 
-    def response_done(self, response: Mapping[str, Any], *, oob: bool) -> None:
-        """The agent's output items, complete."""
+    def response_done(
+        self, response: Mapping[str, Any], *, oob: bool, request_id: str | None = None
+    ) -> None:
+        """The agent's output items, complete; `request_id` names the operator's request that
+        asked for the response."""
+        interrupted = _interrupted(response)
         for item in response.get("output") or ():
             if isinstance(item, Mapping) and item.get("type") == "message" and isinstance(item.get("id"), str):
                 self._set(
                     item["id"], role="agent", text=_message_text(item), done=True, oob=oob,
-                    response_id=response.get("id"),
+                    response_id=response.get("id"), request_id=request_id, interrupted=interrupted,
                 )
 
     # ------------------------------------------------------------------ internals
@@ -137,20 +168,23 @@ class Transcript:
 
     def _set(
         self, entry_id: str, *, role: str, text: str, done: bool, oob: bool | None = None,
-        response_id: str | None = None,
+        response_id: str | None = None, request_id: str | None = None, interrupted: bool = False,
     ) -> None:
         old = self._entries.get(entry_id)
         if old is None:
-            entry = self._add((entry_id, role, text, done, bool(oob), response_id))
+            entry = self._add(
+                (entry_id, role, text, done, bool(oob), response_id, request_id, interrupted)
+            )
         else:
-            old_oob, old_response_id = old[4], old[5]
             entry = (
                 entry_id,
                 role,
                 text,
                 done,
-                old_oob if oob is None else oob,
-                old_response_id if response_id is None else response_id,
+                old[4] if oob is None else oob,
+                old[5] if response_id is None else response_id,
+                old[6] if request_id is None else request_id,
+                old[7] or interrupted,
             )
             if entry == old:
                 return

@@ -24,6 +24,8 @@ import pytest
 
 from apps.realtime import events
 from apps.realtime.relay import (
+    AudioTapped,
+    ListenersChanged,
     OC_REQUEST_KEY,
     Answer,
     CloseCaller,
@@ -91,6 +93,10 @@ def summary(actions) -> list[str]:
                 out.append(f"ended {status} {reason.value}")
             case TranscriptFinal(entry=entry):
                 out.append(f"final {entry['role']} {entry['text']}")
+            case AudioTapped(side=side, audio=audio, format=audio_format):
+                out.append(f"audio {'caller agent'.split()[side]} {audio_format} {audio}")
+            case ListenersChanged(count=count):
+                out.append(f"listeners {count}")
             case _:
                 raise AssertionError(f"unexpected action {action!r}")
     return out
@@ -246,6 +252,10 @@ class Driver:
                 actions = core.watch(args[0], user=args[1], watching=True, now=now)
             elif verb == "unwatch":
                 actions = core.watch(args[0], user="", watching=False, now=now)
+            elif verb == "listen":
+                actions = core.listen(args[0], user=args[1], listening=True, now=now)
+            elif verb == "unlisten":
+                actions = core.listen(args[0], user="", listening=False, now=now)
             elif verb == "tick":
                 self.now = now = float(args[0])
                 actions = core.tick(now=now)
@@ -1027,3 +1037,86 @@ def test_each_turn_is_final_once_for_scripts_whether_or_not_anyone_watches():
     assert [(f.entry["role"], f.entry["text"], f.entry["response_id"]) for f in finals] == [
         ("agent", "On its way.", "r1")
     ]
+
+
+# ---------------------------------------------------------------------------- audio
+
+
+def caller_append(audio: str = "AAAA") -> str:
+    return frame({"type": "input_audio_buffer.append", "event_id": "c_a", "audio": audio})
+
+
+def agent_audio(response_id: str = "r1", audio: str = "BBBB") -> str:
+    return frame(
+        {
+            "type": "response.output_audio.delta",
+            "event_id": "ev",
+            "response_id": response_id,
+            "item_id": f"item_{response_id}",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": audio,
+        }
+    )
+
+
+def test_audio_passes_unread_until_someone_listens_and_again_after_the_last_leaves():
+    driver = started()
+    driver.run(
+        [
+            (("call", caller_append()), ["upstream input_audio_buffer.append"]),
+            (("up", agent_audio()), ["caller response.output_audio.delta"]),
+            ("listen ch1 ann", ["watcher ch1 listen.started", "listeners 1"]),
+            ("listen ch2 bob", ["watcher ch2 listen.started", "listeners 2"]),
+            ("listen ch1 ann", []),  # a renewal
+            (
+                ("call", caller_append()),
+                ["upstream input_audio_buffer.append", "audio caller pcm16 AAAA"],
+            ),
+            (("up", agent_audio()), ["audio agent pcm16 BBBB", "caller response.output_audio.delta"]),
+            ("unlisten ch1", ["listeners 1"]),
+            ("unlisten ch2", ["listeners 0"]),
+            (("call", caller_append()), ["upstream input_audio_buffer.append"]),
+            (("up", agent_audio()), ["caller response.output_audio.delta"]),
+        ]
+    )
+    started_message = [a for a in Driver().core.listen("x", user="u", listening=True, now=0) if isinstance(a, ToWatcher)]
+    assert started_message[0].message == {"type": "listen.started", "format": "pcm16", "rate": 24000}
+
+
+def test_a_recorded_session_taps_its_audio_in_the_formats_the_session_names():
+    driver = started(record_audio=True)
+    g711 = frame(
+        {
+            "type": "session.updated",
+            "session": {
+                "audio": {
+                    "input": {"format": {"type": "audio/pcmu"}},
+                    "output": {"format": {"type": "audio/pcma"}},
+                }
+            },
+        }
+    )
+    driver.run(
+        [
+            (("up", g711), ["caller session.updated"]),
+            (
+                ("call", caller_append("CCCC")),
+                ["upstream input_audio_buffer.append", "audio caller pcmu CCCC"],
+            ),
+            (("up", agent_audio(audio="DDDD")), ["audio agent pcma DDDD", "caller response.output_audio.delta"]),
+            # An append with no audio has nothing to copy; the upstream answers it.
+            (("call", caller_append("")), ["upstream input_audio_buffer.append"]),
+        ]
+    )
+
+
+def test_an_operators_out_of_band_audio_is_neither_heard_by_listeners_nor_recorded():
+    driver = started(record_audio=True)
+    driver.step("submit op1 oob")
+    driver.run(
+        [
+            (("up", response_created("r9", tag="op1")), ["op1 in_progress", "watchers request", "watchers event"]),
+            (("up", agent_audio("r9")), ["watchers event"]),
+        ]
+    )

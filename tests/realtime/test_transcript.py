@@ -1,6 +1,6 @@
 """The operators' transcript: entries from items and responses, deltas coalesced per drain."""
 
-from apps.realtime.transcript import Transcript
+from apps.realtime.transcript import UNTRANSCRIBED, Transcript
 
 
 def _user(item_id: str, text: str) -> dict:
@@ -67,3 +67,38 @@ def test_agent_items_and_non_messages_are_not_taken_from_item_events():
     transcript.item_done({"id": "item_s", "type": "message", "role": "system",
                           "content": [{"type": "input_text", "text": "VIP customer"}]})
     assert [(e["id"], e["role"]) for e in transcript.snapshot()] == [("item_s", "system")]
+
+
+def _spoken(item_id: str) -> dict:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": None}],
+    }
+
+
+def test_a_spoken_turn_without_transcript_says_so_until_its_transcription_comes():
+    transcript = Transcript()
+    transcript.item_done(_spoken("item_1"))
+    assert transcript.snapshot()[0]["text"] == UNTRANSCRIBED
+    transcript.transcription("item_1", "Where is my parcel?")
+    assert transcript.snapshot()[0]["text"] == "Where is my parcel?"
+    transcript.item_done(_spoken("item_1"))  # the item again: the words are kept
+    assert transcript.snapshot()[0]["text"] == "Where is my parcel?"
+    assert [e["text"] for e in transcript.drain_finals()] == [UNTRANSCRIBED, "Where is my parcel?"]
+
+
+def test_a_nudged_turn_names_its_request_and_an_interrupted_one_says_so():
+    transcript = Transcript()
+    transcript.response_done(_response("resp_1", "item_1", "A refund, then."), oob=False, request_id="req_7")
+    cut = {**_response("resp_2", "item_2", "Let me look that"), "status": "cancelled",
+           "status_details": {"type": "cancelled", "reason": "turn_detected"}}
+    transcript.response_done(cut, oob=False)
+    stopped = {**_response("resp_3", "item_3", "Fine"), "status": "cancelled",
+               "status_details": {"type": "cancelled", "reason": "client_cancelled"}}
+    transcript.response_done(stopped, oob=False)
+    nudged, interrupted, cancelled = transcript.snapshot()
+    assert nudged["request_id"] == "req_7" and "interrupted" not in nudged
+    assert interrupted["interrupted"] is True and "request_id" not in interrupted
+    assert "interrupted" not in cancelled, "only the caller's speech interrupts a turn"
