@@ -24,12 +24,12 @@ import pytest
 
 from apps.realtime import events
 from apps.realtime.relay import (
-    AudioTapped,
-    ListenersChanged,
     OC_REQUEST_KEY,
     Answer,
+    AudioTapped,
     CloseCaller,
     InstructionsChanged,
+    ListenersChanged,
     OperatorRequest,
     RelayCore,
     RequestChanged,
@@ -94,7 +94,7 @@ def summary(actions) -> list[str]:
             case TranscriptFinal(entry=entry):
                 out.append(f"final {entry['role']} {entry['text']}")
             case AudioTapped(side=side, audio=audio, format=audio_format):
-                out.append(f"audio {'caller agent'.split()[side]} {audio_format} {audio}")
+                out.append(f"audio {['caller', 'agent'][side]} {audio_format} {audio}")
             case ListenersChanged(count=count):
                 out.append(f"listeners {count}")
             case _:
