@@ -18,7 +18,7 @@ from apps.console.consumers import ConsoleConsumer  # noqa: E402
 from apps.sessions.checks import several_processes_need_redis  # noqa: E402
 from apps.sessions.consumers import RelayConsumer  # noqa: E402
 from apps.sessions.housekeeping import housekeeping, install_shutdown_trigger  # noqa: E402
-from operator_console import daphne_compat  # noqa: E402
+from operator_console import daphne_compat, daphne_denial  # noqa: E402
 
 # `daphne` runs no system checks: the one that matters at start-up is made here, so several
 # processes on the in-memory channel layer refuse to start instead of serving half-connected.
@@ -26,6 +26,7 @@ for error in several_processes_need_redis():
     raise ImproperlyConfigured(f"{error.msg} {error.hint} ({error.id})")
 
 daphne_compat.install()
+daphne_denial.install()  # a refused relay handshake says why, in JSON
 install_shutdown_trigger()
 
 # The relay authenticates its handshake itself (apps/sessions/auth.py) and is not wrapped in

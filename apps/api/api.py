@@ -36,6 +36,7 @@ from ninja.security import HttpBearer
 from apps.api.schemas import (
     ErrorOut,
     InterruptOut,
+    LabelIn,
     NoteIn,
     NoteOut,
     RequestList,
@@ -298,7 +299,9 @@ def _rate_limited(request: HttpRequest, exc: RateLimited) -> HttpResponse:
 
 @api.exception_handler(services.ServiceError)
 def _refused(request: HttpRequest, exc: services.ServiceError) -> HttpResponse:
-    response = error_response(exc.status, exc.code, exc.message, request=request)
+    field = getattr(exc, "field", None)
+    fields = {field: exc.message} if field else None
+    response = error_response(exc.status, exc.code, exc.message, fields, request=request)
     if exc.status in (429, 503):
         response["Retry-After"] = "1"
     return response
@@ -367,6 +370,21 @@ async def get_session(request: HttpRequest, session_id: str):
     session = await db_async(selectors.session_get)(session_id=session_id)
     if session is None:
         raise services.SessionNotFound(f"No session with id '{session_id}'.")
+    return session.to_dict()
+
+
+@api.patch(
+    "/sessions/{session_id}",
+    response={200: SessionOut, **_errors(400, 401, 403, 404, 413, 422)},
+    auth=WRITE,
+    summary="Label a session",
+    description="Sets the operators' label (at most 200 characters; empty clears it), live or over.",
+    tags=["sessions"],
+)
+async def label_session(request: HttpRequest, session_id: str, payload: LabelIn):
+    session = await db_async(services.live_session_label_set)(
+        session_id=session_id, label=payload.label or "", by=f"token:{request.auth.name}"
+    )
     return session.to_dict()
 
 

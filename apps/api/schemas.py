@@ -15,6 +15,7 @@ from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import RequestStatus
 from apps.sessions.models import LiveSession
 from apps.sessions.overrides import check_text
+from apps.sessions.services import label_problem
 
 SessionStatus = Literal["connecting", "live", "ended", "failed"]
 Origin = Literal["caller", "console", "api", "server"]
@@ -108,6 +109,20 @@ class NoteIn(BaseModel):
     @classmethod
     def _check_text(cls, text: str) -> str:
         return check_text(text, "text")
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    label: StrictStr | None = Field(description="At most 200 characters; empty or null clears it.")
+
+    @field_validator("label")
+    @classmethod
+    def _check_label(cls, label: str | None) -> str | None:
+        problem = label_problem(label.strip()) if label else None
+        if problem is not None:
+            raise ValueError(problem)
+        return label
 
 
 class NoteOut(BaseModel):

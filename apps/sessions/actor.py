@@ -103,10 +103,12 @@ class SessionActor:
         connected_by: str,
         upstream_headers: dict[str, str] | None = None,
         opener: Callable[..., Awaitable[Any]] = open_upstream,
+        label: str = "",
     ) -> None:
         self.key = uuid.uuid4()
         self.model = model
         self.connected_by = connected_by
+        self.label = label
         self.mailbox = Mailbox()
         self.core = RelayCore(
             fallback_id=f"sess_{self.key.hex}",
@@ -176,6 +178,7 @@ class SessionActor:
                 model=self.model,
                 connected_by=self.connected_by,
                 process_id=PROCESS_ID,
+                label=self.label,
                 at=clock.now(),
             )
         )

@@ -3,7 +3,13 @@
 Any one of: `Authorization: Bearer <token>` with scope realtime:connect; the browser
 subprotocol `openai-insecure-api-key.<token>`; a logged-in console user's session cookie.
 A handshake that carries an Origin header must come from an allowed host; one that
-authenticates by cookie must carry one (a cookie is sent by browsers on any site's behalf).
+authenticates by cookie must carry one, and it must be this site's own origin: the same
+scheme, host and port as the handshake itself (a cookie is sent by browsers on any site's
+behalf, and another port or plain http on the same host is another site).
+
+A refusal says why, in words an SDK user can act on: `status` (401 without usable
+credentials, 403 with credentials that may not connect) and a `code` for the JSON body the
+consumer answers the handshake with.
 
 The relay route is not wrapped in Channels' session middleware: that wrapper inspects the
 session on every frame sent, and the relay needs the cookie only here, at the handshake.
@@ -38,7 +44,10 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    reason: str
+    reason: str  # for the log
+    status: int = 403
+    code: str = "forbidden"
+    message: str = ""
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -58,6 +67,46 @@ def origin_allowed(origin: str) -> bool:
     return validate_host(host, allowed)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_tuple(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, the port made explicit; None if it is not one."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number
+        return None
+    if not host or port is None:
+        return None
+    return scheme, host, port
+
+
+def own_origin(scope) -> tuple[str, str, int] | None:
+    """The origin a page of this site has when it opens this handshake: the handshake's
+    scheme (ws → http, wss → https; `SECURE_PROXY_SSL_HEADER` is honoured as Django honours
+    it for pages) and its Host header."""
+    scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy:
+        name, secure = proxy
+        header = name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin1")
+        forwarded = _header(scope, header)
+        if forwarded is not None:
+            scheme = "https" if forwarded.split(",")[0].strip() == secure else "http"
+    host = _header(scope, b"host")
+    if host is None and scope.get("server"):
+        server_host, server_port = scope["server"][:2]
+        host = f"[{server_host}]:{server_port}" if ":" in server_host else f"{server_host}:{server_port}"
+    return _origin_tuple(f"{scheme}://{host}") if host else None
+
+
+def same_origin(scope, origin: str) -> bool:
+    mine = own_origin(scope)
+    return mine is not None and _origin_tuple(origin) == mine
+
+
 def offered_token(scope) -> str | None:
     authorization = _header(scope, b"authorization")
     if authorization is not None:
@@ -72,7 +121,9 @@ def offered_token(scope) -> str | None:
 async def authenticate_relay(scope) -> Principal | Refusal:
     origin = _header(scope, b"origin")
     if origin is not None and not origin_allowed(origin):
-        return Refusal("origin not allowed")
+        return Refusal(
+            "origin not allowed", 403, "origin_not_allowed", f"The Origin {origin!r} is not one of this server's hosts."
+        )
     plain = offered_token(scope)
     if plain is not None:
         try:
@@ -80,16 +131,46 @@ async def authenticate_relay(scope) -> Principal | Refusal:
                 plain=plain, scope=ApiToken.Scope.REALTIME_CONNECT
             )
         except tokens.MissingScope:
-            return Refusal("token without the scope realtime:connect")
+            return Refusal(
+                "token without the scope realtime:connect",
+                403,
+                "missing_scope",
+                "The token was refused: it lacks the scope realtime:connect.",
+            )
         if token is None:
-            return Refusal("unknown or revoked token")
+            return Refusal(
+                "unknown or revoked token",
+                401,
+                "invalid_token",
+                "The token was refused: it is unknown or revoked (check the bearer token or the "
+                "subprotocol openai-insecure-api-key.<token>).",
+            )
         return Principal(kind="token", name=f"token:{token.name}", token_id=token.pk)
     user = await session_user(scope)
     if user is not None and user.is_authenticated and user.is_active:
         if origin is None:
-            return Refusal("cookie authentication without an Origin header")
+            return Refusal(
+                "cookie authentication without an Origin header",
+                403,
+                "origin_required",
+                "A console login cookie is accepted only from this site's pages (with an Origin header).",
+            )
+        if not same_origin(scope, origin):
+            return Refusal(
+                "cookie authentication from another origin",
+                403,
+                "origin_mismatch",
+                f"A console login cookie is accepted only from this site's own origin, not {origin!r}.",
+            )
         return Principal(kind="user", name=user.get_username(), user_id=user.pk)
-    return Refusal("no credentials")
+    return Refusal(
+        "no credentials",
+        401,
+        "missing_token",
+        "No token was sent: send `Authorization: Bearer <token>` (a token with the scope "
+        "realtime:connect, from `manage.py create_api_token`) or the subprotocol "
+        "`openai-insecure-api-key.<token>`.",
+    )
 
 
 async def session_user(scope):

@@ -20,6 +20,7 @@ from apps.sessions import groups
 from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
 from apps.sessions.housekeeping import housekeeping
+from apps.sessions.services import label_problem
 
 log = logging.getLogger(__name__)
 refusals = logging.getLogger("oc.events")
@@ -32,6 +33,13 @@ def _client(scope) -> str:
 _FORWARDED_HEADERS = (b"openai-beta",)
 # Longest wait between two tries while the channel layer (Redis) is unreachable.
 LAYER_RETRY_MAX = 1.0
+
+
+def _query_label(scope) -> str:
+    """`oc_label`: the relay's own query parameter (none of the caller's query reaches the
+    upstream, whose URL is built from the model alone)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"), errors="replace")
+    return (query.get("oc_label") or [""])[-1].strip()
 
 
 def _query_model(scope) -> str:
@@ -122,7 +130,12 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         principal = await authenticate_relay(self.scope)
         if isinstance(principal, Refusal):
             refusals.info(json.dumps({"event": "relay.refused", "reason": principal.reason, "client": _client(self.scope)}))
-            await self.close()  # before accept → HTTP 403, and no upstream is opened
+            await self.deny(principal.status, principal.code, principal.message or principal.reason)
+            return
+        label = _query_label(self.scope)
+        problem = label_problem(label)
+        if problem is not None:
+            await self.deny(400, "invalid_label", f"The query parameter oc_label was refused: {problem}.")
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
@@ -149,6 +162,7 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             model=_query_model(self.scope),
             connected_by=principal.name,
             upstream_headers=headers,
+            label=label,
         )
         # Operators reach the session through its group: requests, cancels, notes, interrupts.
         self.group = groups.session_group(self.actor.key)
@@ -158,6 +172,18 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             log.warning("joining %s failed: %r; retrying in the background", self.group, exc)
             self.join_later()
         self.actor.start()
+
+    async def deny(self, status: int, code: str, message: str) -> None:
+        """Refuse the handshake (no upstream is opened) and say why: an HTTP answer with a
+        JSON body `{"error": {"type", "code", "message"}}` where the server can send one (the
+        ASGI `websocket.http.response` extension), else the bare 403 of a close."""
+        if "websocket.http.response" not in self.scope.get("extensions", {}):
+            await self.close()
+            return
+        body = json.dumps({"error": {"type": "invalid_request_error", "code": code, "message": message}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await self.base_send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await self.base_send({"type": "websocket.http.response.body", "body": body})
 
     async def dispatch(self, message) -> None:
         # Channels closes stale database connections before every handler, through a hop to a

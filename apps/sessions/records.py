@@ -22,12 +22,15 @@ def _dt(at: float) -> datetime:
     return datetime.fromtimestamp(at, tz=UTC)
 
 
-def session_opened(*, key: uuid.UUID, model: str, connected_by: str, process_id: str, at: float):
+def session_opened(
+    *, key: uuid.UUID, model: str, connected_by: str, process_id: str, at: float, label: str = ""
+):
     return CreateRow(
         LiveSession(
             id=key,
             model=model,
             connected_by=connected_by,
+            label=label,
             process_id=process_id,
             started_at=_dt(at),
             heartbeat_at=_dt(at),

@@ -26,6 +26,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from apps.realtime import events
 from apps.sessions import groups, selectors
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession, ResponseRequest
@@ -355,3 +356,39 @@ async def session_interrupt(*, session_id: str) -> str | None:
     session = await db_async(_live_session)(session_id)
     reply = await _ask_actor(session, {"type": groups.SESSION_INTERRUPT})
     return reply.get("response_id")
+
+
+# ---------------------------------------------------------------------------- labels
+
+MAX_LABEL_CHARS = 200  # LiveSession.label's max_length
+
+
+class InvalidLabel(ServiceError):
+    status, code = 422, "invalid_fields"
+    field = "label"
+
+
+def label_problem(label: str) -> str | None:
+    """Why a label cannot be stored (None: it can). The caller's `oc_label`, the REST hook's
+    PATCH and the console's form share these words."""
+    if len(label) > MAX_LABEL_CHARS:
+        return f"label is {len(label)} characters; at most {MAX_LABEL_CHARS} are allowed"
+    problem = events.text_problem(label)
+    return f"label {problem}" if problem is not None else None
+
+
+def live_session_label_set(*, session_id: str, label: str, by: str) -> LiveSession:
+    """Set (or, with "", clear) a session's label, live or over: a label is how a session is
+    found afterwards too. Returns the session with its counts (`to_dict()` ready)."""
+    label = label.strip()
+    problem = label_problem(label)
+    if problem is not None:
+        raise InvalidLabel(problem[0].upper() + problem[1:] + ".")
+    with serialised_write():
+        updated = selectors.nameable(session_id) and LiveSession.objects.filter(upstream_id=session_id).update(
+            label=label
+        )
+    if not updated:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    events_log.info(json.dumps({"event": "session.labelled", "session": session_id, "label": label, "by": by}))
+    return selectors.session_get(session_id=session_id)

@@ -46,7 +46,7 @@ async def test_a_body_over_djangos_own_limit_is_413_too(rest, settings):
     ("method", "path", "allowed"),
     [
         ("PUT", "/sessions", "GET"),
-        ("DELETE", "/sessions/sess_x", "GET"),
+        ("DELETE", "/sessions/sess_x", "GET, PATCH"),
         ("PUT", "/sessions/sess_x/responses", "GET, POST"),
         ("GET", "/sessions/sess_x/notes", "POST"),
         ("DELETE", "/sessions/sess_x/interrupt", "POST"),

@@ -146,12 +146,21 @@ def operator_cookie(transactional_db) -> bytes:
 
 @pytest.mark.parametrize(
     ("origin", "accepted"),
-    [(b"http://127.0.0.1:8000", True), (b"https://evil.example", False), (None, False)],
+    [
+        (b"http://127.0.0.1:8000", True),
+        (b"https://evil.example", False),
+        (None, False),
+        # Only this site's own origin, as the handshake's scheme and Host header give it:
+        (b"https://127.0.0.1:8000", False),  # another scheme
+        (b"http://localhost:8000", False),  # another host, though an allowed one
+        (b"http://127.0.0.1:8001", False),  # another port
+        (b"http://127.0.0.1", False),  # the default port, 80
+    ],
 )
 async def test_cookie_authenticated_handshake_needs_an_allowed_origin(
     relay_settings, simulator, operator_cookie, origin, accepted
 ):
-    headers = [(b"cookie", operator_cookie)] + ([(b"origin", origin)] if origin else [])
+    headers = [(b"host", b"127.0.0.1:8000"), (b"cookie", operator_cookie)] + ([(b"origin", origin)] if origin else [])
     before = simulator.sim.connections_opened
     communicator = WebsocketCommunicator(application, "/v1/realtime", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
