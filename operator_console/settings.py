@@ -15,6 +15,7 @@ from operator_console.env import (
     env_str,
     env_ws_url,
 )
+from operator_console.prices import prices_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -151,6 +152,9 @@ if not DEBUG:
 OC_UPSTREAM_URL = env_ws_url("OC_UPSTREAM_URL")  # empty → embedded simulator
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OC_REALTIME_MODEL = env_str("OC_REALTIME_MODEL", "gpt-realtime") or "gpt-realtime"
+# USD per 1M tokens, per model and token type: the defaults of operator_console/prices.py,
+# with the models of OC_PRICES (JSON) over them. Turns usage into `cost_usd`.
+OC_PRICES = prices_from_env("OC_PRICES")
 # How long a sent response.create may wait for response.created before it fails.
 OC_SEND_TIMEOUT = env_float("OC_SEND_TIMEOUT", 15.0, minimum=0.1)
 # A response in progress with no upstream event for this long (checked at this interval, so

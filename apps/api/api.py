@@ -17,14 +17,22 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views import defaults
 from ninja import Body, Header, NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -32,6 +40,7 @@ from ninja.parser import Parser
 from ninja.renderers import JSONRenderer
 from ninja.responses import NinjaJSONEncoder
 from ninja.security import HttpBearer
+from pydantic import AwareDatetime
 
 from apps.api.schemas import (
     ErrorOut,
@@ -39,13 +48,16 @@ from apps.api.schemas import (
     LabelIn,
     NoteIn,
     NoteOut,
+    Origin,
     RequestList,
     RequestOut,
+    RequestPage,
     SessionList,
     SessionOut,
     SessionStatus,
 )
-from apps.sessions import selectors, services, tokens
+from apps.api.schemas import Status as RequestStatusValue
+from apps.sessions import export, selectors, services, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
 from apps.sessions.overrides import ResponseOverrides
@@ -447,6 +459,110 @@ async def list_responses(
 
     rows = await db_async(load)()
     return {"items": [row.to_dict() for row in rows]}
+
+
+QUERY_LIMIT = 1000  # most rows on one page of GET /responses
+MAX_METADATA_FILTERS = 15  # as many pairs as a request's metadata may hold
+_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$", re.DOTALL)
+
+
+def _query_problems(request: HttpRequest, **named: str | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The `metadata[KEY]=VALUE` filters of the query string, and what is wrong with them or
+    with the named string filters (PostgreSQL refuses a NUL in a query)."""
+    pairs: list[tuple[str, str]] = []
+    problems: dict[str, str] = {}
+    for name, value in named.items():
+        if value is not None and "\x00" in value:
+            problems[name] = "contains a NUL character"
+    for param in request.GET:
+        if not param.startswith("metadata"):
+            continue
+        match = _METADATA_PARAM.match(param)
+        if match is None:
+            problems[param] = "filter on metadata as metadata[KEY]=VALUE"
+            continue
+        for value in request.GET.getlist(param):
+            if "\x00" in param or "\x00" in value:
+                problems[param] = "contains a NUL character"
+            pairs.append((match.group(1), value))
+    if len(pairs) > MAX_METADATA_FILTERS:
+        problems["metadata"] = f"at most {MAX_METADATA_FILTERS} metadata filters"
+    return pairs, problems
+
+
+def _wants_csv(request: HttpRequest, format: str | None) -> bool:
+    if format is not None:
+        return format == "csv"
+    for media in request.headers.get("Accept", "").split(","):
+        kind = media.split(";")[0].strip().lower()
+        if kind == "text/csv":
+            return True
+        if kind in ("application/json", "*/*", "application/*"):
+            return False
+    return False
+
+
+@api.get(
+    "/responses",
+    response={200: RequestPage, **_errors(401, 403, 422)},
+    auth=READ,
+    summary="Query and export the response history",
+    description=(
+        "Requests of every session, oldest first (by created_at, then id), filtered: every "
+        "filter given must match. Besides the parameters below, `metadata[KEY]=VALUE` "
+        "(repeatable; up to 15) keeps requests whose metadata has KEY set to VALUE. `since` is "
+        "inclusive and `until` exclusive, ISO 8601 with an offset (write `+` as `%2B`, or use "
+        "`Z`). Pages: pass `next_cursor` back as `cursor` until it is null; a page never moves "
+        "when rows are added. With `format=csv` or `Accept: text/csv` the answer is CSV of "
+        "every matching row (from `cursor`, if given; `limit` does not apply), streamed: a "
+        "header row of the ResponseRequest field names, `metadata`, `usage` and `error` as "
+        "JSON, times ISO 8601 with an offset."
+    ),
+    tags=["responses"],
+    openapi_extra={
+        "responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    },
+)
+async def query_responses(
+    request: HttpRequest,
+    session_id: str | None = Query(None, description="A session's public id (sess_…)."),
+    origin: Origin | None = None,
+    status: RequestStatusValue | None = None,
+    since: AwareDatetime | None = Query(None, description="Created at or after (ISO 8601 with an offset)."),
+    until: AwareDatetime | None = Query(None, description="Created before (ISO 8601 with an offset)."),
+    requested_by: str | None = Query(None, description="An operator's username, or token:<name>."),
+    cursor: str | None = Query(None, description="The next_cursor of the page before."),
+    limit: int = Query(100, ge=1, le=QUERY_LIMIT, description=f"At most this many (1 to {QUERY_LIMIT})."),
+    format: Literal["json", "csv"] | None = Query(None, description="csv: the same rows as CSV."),
+):
+    pairs, problems = _query_problems(request, session_id=session_id, requested_by=requested_by)
+    after = None
+    if cursor is not None:
+        try:
+            after = export.cursor_decode(cursor)
+        except export.BadCursor as exc:
+            problems["cursor"] = str(exc)
+    if problems:
+        summary = "; ".join(f"{name}: {message}" for name, message in problems.items())
+        return error_response(422, "invalid_fields", f"Invalid fields — {summary}", problems, request=request)
+    filters = selectors.RequestFilter(
+        session_id=session_id,
+        origin=origin,
+        status=status,
+        metadata=tuple(pairs),
+        since=since,
+        until=until,
+        requested_by=requested_by,
+    )
+    if _wants_csv(request, format):
+        response = StreamingHttpResponse(export.csv_chunks(filters, after=after), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
+        return response
+    rows, more = await db_async(selectors.request_page)(filters=filters, after=after, limit=limit)
+    return {
+        "items": [row.to_dict() for row in rows],
+        "next_cursor": export.cursor_encode(more) if more is not None else None,
+    }
 
 
 @api.get(

@@ -57,6 +57,7 @@ class SessionOut(BaseModel):
     label: str | None = Field(description="The operators' label for it.")
     upstream_sessions: list[str] = Field(description="The upstream session.ids it used, in order.")
     usage: dict[str, Any] = Field(description="Tokens so far: every response's usage, summed.")
+    cost_usd: float | None = Field(description="The usage priced by OC_PRICES; null when the model has no price.")
 
 
 class SessionList(BaseModel):
@@ -85,6 +86,9 @@ class RequestOut(BaseModel):
     response_id: str | None
     output_text: str | None
     usage: dict[str, Any] | None
+    cost_usd: float | None = Field(
+        description="The usage priced by OC_PRICES; null when the model has no price or there is no usage yet."
+    )
     error: RequestError | None
     created_at: datetime
     sent_at: datetime | None
@@ -95,6 +99,11 @@ class RequestOut(BaseModel):
 
 class RequestList(BaseModel):
     items: list[RequestOut]
+
+
+class RequestPage(BaseModel):
+    items: list[RequestOut]
+    next_cursor: str | None = Field(description="Pass it as `cursor` for the next page; null on the last.")
 
 
 class NoteIn(BaseModel):

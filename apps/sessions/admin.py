@@ -151,7 +151,7 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
 class ApiTokenAddForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
         choices=ApiToken.Scope.choices,
-        initial=list(ApiToken.ALL_SCOPES),
+        initial=list(ApiToken.DEFAULT_SCOPES),
         widget=forms.CheckboxSelectMultiple,
     )
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import TERMINAL_STATUSES, RequestStatus
+from apps.sessions.costs import cost_usd
 
 
 def _iso(moment) -> str | None:
@@ -97,6 +98,7 @@ class LiveSession(models.Model):
             "label": self.label or None,
             "upstream_sessions": [self.upstream_id] if self.upstream_id else [],
             "usage": self.usage or {},
+            "cost_usd": cost_usd(model=self.model, usage=self.usage or {}),
         }
 
 
@@ -187,6 +189,7 @@ class ResponseRequest(models.Model):
             "response_id": self.response_id or None,
             "output_text": self.output_text or None,
             "usage": self.usage,
+            "cost_usd": cost_usd(model=self.session.model, usage=self.usage),
             "error": self.error,
             "created_at": _iso(self.created_at),
             "sent_at": _iso(self.sent_at),
@@ -203,8 +206,11 @@ class ApiToken(models.Model):
         REALTIME_CONNECT = "realtime:connect"
         RESPONSES_WRITE = "responses:write"
         SESSIONS_READ = "sessions:read"
+        METRICS_READ = "metrics:read"
 
     ALL_SCOPES = tuple(Scope.values)
+    # What a token gets when no scope is named; `metrics:read` only when named (CONTRACT).
+    DEFAULT_SCOPES = (Scope.REALTIME_CONNECT.value, Scope.RESPONSES_WRITE.value, Scope.SESSIONS_READ.value)
     PREFIX = "oct_"
 
     name = models.CharField(max_length=100)

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    TextField,
+)
+from django.db.models.fields.json import KT, KeyTextTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 
+from apps.sessions.costs import DIGITS as COST_DIGITS
+from apps.sessions.costs import cost_usd
 from apps.sessions.models import LiveSession, ResponseRequest
 
 ORIGINS = tuple(ResponseRequest.Origin.values)
@@ -116,3 +131,144 @@ def nudge_stats(*, now: datetime | None = None) -> dict[str, Any]:
         "nudges_last_minute": last_minute,
         "median_nudge_to_start_ms": round(statistics.median(latencies), 1) if latencies else None,
     }
+
+
+# ---------------------------------------------------------------------------- history: query and export
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestFilter:
+    """The filters of `GET /api/v1/responses` and of the admin's export (all must match).
+    `since` is inclusive and `until` exclusive, on `created_at`."""
+
+    session_id: str | None = None  # the public id
+    origin: str | None = None
+    status: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # (key, value) pairs
+    since: datetime | None = None
+    until: datetime | None = None
+    requested_by: str | None = None
+
+
+def request_filtered(filters: RequestFilter, queryset: QuerySet[ResponseRequest] | None = None) -> QuerySet[ResponseRequest]:
+    """Requests matching `filters`, oldest first (`created_at`, then `id`: the keyset of the
+    cursor), with their sessions."""
+    rows = ResponseRequest.objects.all() if queryset is None else queryset
+    lookups = {
+        "session__upstream_id": filters.session_id,
+        "origin": filters.origin,
+        "status": filters.status,
+        "requested_by": filters.requested_by,
+        "created_at__gte": filters.since,
+        "created_at__lt": filters.until,
+    }
+    rows = rows.filter(**{lookup: value for lookup, value in lookups.items() if value is not None})
+    for n, (key, value) in enumerate(filters.metadata):
+        # A key transform, not `metadata__<key>`: a key may hold `__` or any character. Cast to
+        # text, so that the value is compared as text (an exact lookup on the key would read
+        # the value as JSON).
+        value_of = Cast(KeyTextTransform(key, "metadata"), TextField())
+        rows = rows.alias(**{f"_meta_{n}": value_of}).filter(**{f"_meta_{n}": value})
+    return rows.select_related("session").order_by("created_at", "id")
+
+
+def request_page(
+    *, filters: RequestFilter, after: tuple[datetime, str] | None = None, limit: int = 100
+) -> tuple[list[ResponseRequest], tuple[datetime, str] | None]:
+    """One page of `request_filtered`, after the keyset position `after`: (rows, the position
+    of the last row when more follow, else None). A page never moves under inserts: new rows
+    come after every page already read."""
+    rows = request_filtered(filters)
+    if after is not None:
+        created_at, request_id = after
+        rows = rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=request_id))
+    page = list(rows[: limit + 1])
+    if len(page) <= limit:
+        return page, None
+    page = page[:limit]
+    return page, (page[-1].created_at, page[-1].id)
+
+
+# ---------------------------------------------------------------------------- usage and cost
+
+# Where `usage` (of response.done, or a sum of them) holds each count.
+_USAGE_PATHS = {
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "total_tokens": "total_tokens",
+    "text_in": "input_token_details__text_tokens",
+    "audio_in": "input_token_details__audio_tokens",
+    "cached_text": "input_token_details__cached_tokens_details__text_tokens",
+    "cached_audio": "input_token_details__cached_tokens_details__audio_tokens",
+    "text_out": "output_token_details__text_tokens",
+    "audio_out": "output_token_details__audio_tokens",
+}
+
+
+def _usage_of_sums(sums: dict[str, Any]) -> dict[str, Any]:
+    """The summed counts in the shape of `usage`, for `costs.cost_usd`."""
+    n = {name: int(sums.get(name) or 0) for name in _USAGE_PATHS}
+    return {
+        "input_tokens": n["input_tokens"],
+        "output_tokens": n["output_tokens"],
+        "total_tokens": n["total_tokens"],
+        "input_token_details": {
+            "text_tokens": n["text_in"],
+            "audio_tokens": n["audio_in"],
+            "cached_tokens_details": {"text_tokens": n["cached_text"], "audio_tokens": n["cached_audio"]},
+        },
+        "output_token_details": {"text_tokens": n["text_out"], "audio_tokens": n["audio_out"]},
+    }
+
+
+def usage_totals(requests: QuerySet[ResponseRequest], *, by: str | None = None) -> dict[Any, dict[str, Any]]:
+    """Tokens and cost of `requests`, summed in the database per model (and per `by`, a field
+    of the request, when given): `{by value (or None): {"requests", "input_tokens",
+    "output_tokens", "total_tokens", "cost_usd", "unpriced_tokens"}}`. `cost_usd` is the cost of
+    the priced models' tokens; `unpriced_tokens` counts those of models without a price."""
+    sums = {
+        name: Sum(Cast(KT(f"usage__{path}"), BigIntegerField())) for name, path in _USAGE_PATHS.items()
+    }
+    groups = ("session__model",) if by is None else (by, "session__model")
+    rows = (
+        requests.filter(usage__isnull=False)
+        .order_by()
+        .values(*groups)
+        .annotate(requests=Count("id"), **sums)
+    )
+    totals: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        usage = _usage_of_sums(row)
+        total = totals.setdefault(
+            row[by] if by is not None else None,
+            {"requests": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cost_usd": 0.0, "unpriced_tokens": 0},
+        )
+        total["requests"] += row["requests"]
+        for name in ("input_tokens", "output_tokens", "total_tokens"):
+            total[name] += usage[name]
+        cost = cost_usd(model=row["session__model"], usage=usage)
+        if cost is None:
+            total["unpriced_tokens"] += usage["total_tokens"]
+        else:
+            total["cost_usd"] = round(total["cost_usd"] + cost, COST_DIGITS)
+    return totals
+
+
+def fleet_usage_today(*, now: datetime | None = None) -> dict[str, Any]:
+    """The fleet's top line: tokens and cost of the responses finished today (the day of
+    TIME_ZONE), every session and process: `{"since", "requests", "input_tokens",
+    "output_tokens", "total_tokens", "cost_usd", "unpriced_tokens"}`."""
+    now = now or timezone.now()
+    start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = ResponseRequest.objects.filter(finished_at__gte=start)
+    totals = usage_totals(today).get(None) or {
+        "requests": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cost_usd": 0.0, "unpriced_tokens": 0
+    }
+    return {"since": start.isoformat(), **totals}
+
+
+def api_token_usage() -> dict[str, dict[str, Any]]:
+    """Tokens and cost of the requests each API token made, by its `requested_by`
+    (`token:<name>`; see `usage_totals` for the figures)."""
+    made = ResponseRequest.objects.filter(origin=ResponseRequest.Origin.API, requested_by__startswith="token:")
+    return usage_totals(made, by="requested_by")

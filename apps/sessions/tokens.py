@@ -35,7 +35,7 @@ class MissingScope(Exception):
 
 def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_by=None) -> tuple[ApiToken, str]:
     """Create a token; returns (row, plain token). The plain token is not stored anywhere."""
-    chosen = list(dict.fromkeys(scopes or ApiToken.ALL_SCOPES))
+    chosen = list(dict.fromkeys(scopes or ApiToken.DEFAULT_SCOPES))
     unknown = [s for s in chosen if s not in ApiToken.ALL_SCOPES]
     if unknown:
         raise InvalidScope(

@@ -33,7 +33,8 @@ def test_command_prints_the_token_alone_on_the_last_line_and_stores_only_a_diges
     assert plain.startswith("oct_") and " " not in plain
     token = ApiToken.objects.get(name="ci-bot")
     assert token.digest == ApiToken.hash(plain) and plain not in (token.digest, token.prefix)
-    assert sorted(token.scopes) == sorted(ApiToken.ALL_SCOPES), "default: all three scopes"
+    assert sorted(token.scopes) == sorted(ApiToken.DEFAULT_SCOPES), "default: the three scopes"
+    assert "metrics:read" not in token.scopes, "metrics:read only when named"
 
 
 def test_scopes_are_repeatable_and_checked():

@@ -14,7 +14,10 @@ class Command(BaseCommand):
             action="append",
             dest="scopes",
             metavar="S",
-            help=f"repeatable; one of {', '.join(ApiToken.ALL_SCOPES)} (default: all three)",
+            help=(
+                f"repeatable; one of {', '.join(ApiToken.ALL_SCOPES)} "
+                f"(default: {', '.join(ApiToken.DEFAULT_SCOPES)})"
+            ),
         )
 
     def handle(self, *args, name, scopes, **options):

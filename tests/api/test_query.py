@@ -1,0 +1,172 @@
+"""`GET /api/v1/responses` (CONTRACT section 8): each filter, metadata filters combined, cursor
+pages that cover every row exactly once, and refusals that name the field. Rows are written
+straight to the table: the query reads the record, whoever wrote it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from apps.sessions.models import LiveSession, ResponseRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _session(upstream_id: str, model: str = "gpt-realtime") -> LiveSession:
+    return LiveSession.objects.create(upstream_id=upstream_id, model=model, status="ended")
+
+
+def _rows(session: LiveSession, n: int, *, start: int = 0, **fields) -> list[ResponseRequest]:
+    rows = [
+        ResponseRequest(
+            id=f"req_{uuid.uuid4().hex}",
+            session=session,
+            origin=fields.get("origin", "api"),
+            status=fields.get("status", "completed"),
+            metadata=fields.get("metadata", {"n": str(i)}),
+            requested_by=fields.get("requested_by", "token:script"),
+            created_at=T0 + timedelta(seconds=i),
+        )
+        for i in range(start, start + n)
+    ]
+    return ResponseRequest.objects.bulk_create(rows)
+
+
+@pytest.fixture
+def scene(db):
+    a, b = _session("sess_a"), _session("sess_b")
+    _rows(a, 3, origin="api", metadata={"ticket": "T-1", "tier": "gold"})
+    _rows(a, 2, start=3, origin="console", status="failed", requested_by="ada", metadata={"ticket": "T-1"})
+    _rows(b, 4, start=5, origin="caller", status="cancelled", requested_by="", metadata=None)
+    _rows(b, 1, start=9, origin="server", metadata={"ticket": "T-2", "tier": "gold", "a__b": "x y"})
+    return a, b
+
+
+async def _ids(rest, **params) -> list[str]:
+    response = await rest.get("/responses", params=params)
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+async def _all(rest, **params) -> list[dict]:
+    response = await rest.get("/responses", params={**params, "limit": 1000})
+    return response.json()["items"]
+
+
+async def test_each_filter_keeps_only_its_rows(rest, scene):
+    everything = await _all(rest)
+    assert len(everything) == 10
+    assert [r["created_at"] for r in everything] == sorted(r["created_at"] for r in everything), "oldest first"
+
+    def expect(predicate):
+        return [r["id"] for r in everything if predicate(r)]
+
+    assert await _ids(rest, session_id="sess_b") == expect(lambda r: r["session_id"] == "sess_b")
+    assert await _ids(rest, origin="console") == expect(lambda r: r["origin"] == "console")
+    assert await _ids(rest, status="cancelled") == expect(lambda r: r["status"] == "cancelled")
+    assert await _ids(rest, requested_by="ada") == expect(lambda r: r["requested_by"] == "ada")
+    since, until = (T0 + timedelta(seconds=2)).isoformat(), (T0 + timedelta(seconds=6)).isoformat()
+    assert await _ids(rest, since=since) == expect(lambda r: r["created_at"] >= since), "since is inclusive"
+    assert await _ids(rest, until=until) == expect(lambda r: r["created_at"] < until), "until is exclusive"
+    assert len(await _ids(rest, since=since, until=until)) == 4
+    assert await _ids(rest, session_id="sess_none") == []
+
+
+async def test_metadata_filters_combine_and_take_any_key(rest, scene):
+    gold = await _ids(rest, **{"metadata[tier]": "gold"})
+    assert len(gold) == 4
+    t1_gold = await _ids(rest, **{"metadata[ticket]": "T-1", "metadata[tier]": "gold"})
+    assert len(t1_gold) == 3, "every metadata filter must match"
+    assert await _ids(rest, **{"metadata[ticket]": "T-2", "metadata[tier]": "silver"}) == []
+    assert len(await _ids(rest, **{"metadata[a__b]": "x y"})) == 1, "a key with __ is a key, not a path"
+    both = await _ids(rest, **{"metadata[ticket]": "T-1", "origin": "console"})
+    assert len(both) == 2, "metadata and the other filters combine"
+
+
+async def test_cursor_pages_cover_every_row_exactly_once_even_as_rows_are_added(rest, scene):
+    a, _ = scene
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = (await rest.get("/responses", params=params)).json()
+        seen += [item["id"] for item in body["items"]]
+        pages += 1
+        if pages == 2:
+            await sync_to_async(_rows)(a, 2, start=100)  # newer rows arrive while a script pages
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 12, "each row once, the new ones included"
+    assert pages == 4
+
+
+async def test_bad_since_limit_and_cursor_are_422_naming_the_field(rest, scene):
+    cases = {
+        "since": {"since": "yesterday"},
+        "until": {"until": "2025-03-01T12:00:00"},  # no offset
+        "limit": {"limit": "5000"},
+        "cursor": {"cursor": "not-a-cursor"},
+        "origin": {"origin": "robot"},
+    }
+    for field, params in cases.items():
+        response = await rest.get("/responses", params=params)
+        assert response.status_code == 422, (field, response.text)
+        error = response.json()["error"]
+        assert field in error["fields"], (field, error)
+    limit = (await rest.get("/responses", params={"limit": "0"})).json()["error"]
+    assert "1" in limit["fields"]["limit"]
+    over = (await rest.get("/responses", params={"limit": "1001"})).json()["error"]
+    assert "1000" in over["fields"]["limit"], "the bound is named"
+    nul = await rest.get("/responses", params={"metadata[k]": "a\x00b"})
+    assert nul.status_code == 422 and "metadata[k]" in nul.json()["error"]["fields"]
+
+
+async def test_csv_is_the_same_rows_as_the_json(rest, scene):
+    items = await _all(rest)
+    for ask in ({"params": {"format": "csv"}}, {"headers": {"Accept": "text/csv"}}):
+        response = await rest.get("/responses", **ask)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/csv")
+        table = list(csv.DictReader(io.StringIO(response.text)))
+        assert list(table[0]) == list(items[0]), "the header row is the ResponseRequest field names"
+        assert [_from_csv(row) for row in table] == [_comparable(item) for item in items]
+
+
+def _comparable(item: dict) -> dict:
+    return {key: ("" if value is None else value) for key, value in item.items()}
+
+
+def _from_csv(row: dict) -> dict:
+    import json
+
+    out = dict(row)
+    for key in ("metadata", "usage", "error"):
+        out[key] = json.loads(row[key]) if row[key] else ""
+    out["cost_usd"] = float(row["cost_usd"]) if row["cost_usd"] else ""
+    return out
+
+
+@pytest.fixture
+def writer_token(make_token) -> str:
+    return make_token(scopes=["responses:write"], name="writer")
+
+
+async def test_the_query_needs_sessions_read(writer_token, scene):
+    import httpx
+
+    from operator_console.asgi import application
+
+    token = writer_token
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://127.0.0.1") as client:
+        assert (await client.get("/api/v1/responses")).status_code == 401
+        refused = await client.get("/api/v1/responses", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 403
