@@ -46,7 +46,7 @@ from apps.realtime.relay import (
     ToWatcher,
     ToWatchers,
 )
-from apps.sessions import clock, groups, records
+from apps.sessions import clock, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, UpstreamLeg
@@ -129,6 +129,9 @@ class SessionActor:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._outbox: list[dict[str, Any]] = []
+        # For /metrics (apps/sessions/metrics.py): plain counts, cheap on every frame.
+        self.frames_to_caller = self.bytes_to_caller = self.frames_to_upstream = self.bytes_to_upstream = 0
+        self.created_at: dict[str, float] = {}  # operators' requests not started yet: stored at
 
     # ------------------------------------------------------------------ outside interface
 
@@ -172,6 +175,7 @@ class SessionActor:
 
     async def _run(self) -> None:
         housekeeping().add(self)  # heartbeats from now on; requests once the session is named
+        metrics.figures.actor_started(self)
         history.submit(
             records.session_opened(
                 key=self.key,
@@ -248,7 +252,10 @@ class SessionActor:
     async def _on_operator(self, message: dict[str, Any], now: float) -> None:
         core, kind = self.core, message.get("type")
         if kind == groups.SESSION_REQUEST:
-            actions = core.submit(groups.operator_request(message["request"]), now=now)
+            stored = message["request"]
+            if core.origin_of(stored["id"]) is None and stored.get("created_at") is not None:
+                self.created_at[stored["id"]] = stored["created_at"]
+            actions = core.submit(groups.operator_request(stored), now=now)
         elif kind == groups.SESSION_CANCEL:
             actions = core.cancel(message["request_id"], now=now)
         elif kind == groups.SESSION_NOTE:
@@ -269,6 +276,7 @@ class SessionActor:
 
     async def _cleanup(self) -> None:
         housekeeping().discard(self)
+        metrics.figures.actor_ended(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.core.ended is None:  # cancelled before the core knew: the caller left
@@ -283,13 +291,19 @@ class SessionActor:
         for action in actions:
             if type(action) in records.RECORDED:
                 history.submit(records.of_action(self.key, action))
+                if type(action) is relay.RequestChanged:
+                    metrics.figures.request_changed(self, action)
         for action in actions:
             kind = type(action)
             if kind is ToCaller:
                 if self._caller is not None:
+                    self.frames_to_caller += 1
+                    self.bytes_to_caller += len(action.frame)
                     await self._caller.send_frame(action.frame)
             elif kind is ToUpstream:
                 if self._upstream is not None:
+                    self.frames_to_upstream += 1
+                    self.bytes_to_upstream += len(action.frame)
                     await self._upstream.send(action.frame)
             elif kind is ToWatchers:
                 self._outbox.append(action.message)

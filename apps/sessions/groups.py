@@ -70,6 +70,7 @@ def request_message(request: ResponseRequest) -> dict[str, Any]:
         "metadata": request.metadata,
         "conversation": request.conversation,
         "requested_by": request.requested_by,
+        "created_at": request.created_at.timestamp(),  # for the nudge → start latency
     }
 
 
