@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from apps.console.consumers import ConsoleConsumer  # noqa: E402
+from apps.console.listen import ListenConsumer  # noqa: E402
 from apps.sessions.checks import several_processes_need_redis  # noqa: E402
 from apps.sessions.consumers import RelayConsumer  # noqa: E402
 from apps.sessions.housekeeping import housekeeping, install_shutdown_trigger  # noqa: E402
@@ -38,6 +39,10 @@ websocket_urls = [
     path(
         "ws/console/",
         AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi())),
+    ),
+    path(
+        "ws/console/sessions/<path:session_id>/audio",
+        AllowedHostsOriginValidator(AuthMiddlewareStack(ListenConsumer.as_asgi())),
     ),
 ]
 

@@ -1,4 +1,4 @@
-"""Four fixes to Daphne's WebSockets that a relay cannot do without.
+"""Five fixes to Daphne's WebSockets that a relay cannot do without.
 
 - Close codes: Daphne 4.2 closes through autobahn's `sendClose()`, which accepts only 1000 and
   3000–4999: a `websocket.close` with code 1011 (what the relay must send when its upstream
@@ -16,6 +16,13 @@
   without a close frame, so a client sending a message over the limit saw only 1006. Failing
   by close sends 1009 with autobahn's reason, which names the size and the limit ("received
   WebSocket message size 17825792 exceeds payload limit of 16777216 octets").
+- Readers that stop reading: Daphne writes whatever the application sends into Twisted's
+  buffer, which grows without bound when the peer stops reading. For the paths in
+  `SLOW_READER_PATHS` (audio listeners, CONTRACT section 6: "a listener that cannot keep up
+  is dropped, never slowing the call"), the socket's kernel send buffer is kept small, and a
+  connection whose Twisted buffer has stayed full for `SLOW_READER_SECONDS` while more is
+  sent is dropped: the application gets its `websocket.disconnect` as for any lost
+  connection.
 
 If Daphne's protocol class changes shape, the patch is skipped.
 
@@ -26,11 +33,17 @@ reason phrase for the codes Twisted's table lacks, 429 among them.
 from __future__ import annotations
 
 import logging
+import re
+import socket
+import time
 from http import HTTPStatus
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SLOW_READER_PATHS = re.compile(rb"^/ws/console/sessions/.+/audio$")
+SLOW_READER_SECONDS = 2.0
+SLOW_READER_SEND_BUFFER = 64 * 1024  # bytes the kernel may hold for a listener
 
 # Codes an endpoint may send in a close frame (RFC 6455 7.4): not 1004-1006 or 1015.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -53,6 +66,8 @@ def install() -> None:
     def handle_reply(self, message):
         kind = message.get("type")
         if kind == "websocket.send":
+            if SLOW_READER_PATHS.match(getattr(self, "path", b"")) and _too_slow(self):
+                return None
             limit = getattr(self, "maxMessagePayloadSize", 0)  # set per connection by autobahn
             payload = message.get("text") or message.get("bytes") or b""
             # 4 bytes per character at most in UTF-8: only large messages take this branch.
@@ -74,6 +89,34 @@ def install() -> None:
 
     handle_reply._oc_patched = True
     WebSocketProtocol.handle_reply = handle_reply
+
+
+def _too_slow(protocol) -> bool:
+    """Watch this connection's backlog; drop it (and say True) once it is too slow.
+
+    Twisted's transport says when its buffer is over full (`producerPaused`: it has paused
+    the connection's producer, Twisted's HTTP channel, which Daphne's WebSocket upgrade
+    leaves registered) and clears it once the buffer has drained."""
+    transport = protocol.transport
+    if not hasattr(protocol, "_oc_full_since"):
+        protocol._oc_full_since = None
+        try:
+            handle = transport.getHandle()
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SLOW_READER_SEND_BUFFER)
+        except Exception as exc:  # not a TCP socket: the bound is Twisted's buffer alone
+            log.warning("cannot bound the send buffer of %r: %r", protocol, exc)
+    if not getattr(transport, "producerPaused", False):
+        protocol._oc_full_since = None
+        return False
+    now = time.monotonic()
+    if protocol._oc_full_since is None:
+        protocol._oc_full_since = now
+    if now - protocol._oc_full_since < SLOW_READER_SECONDS:
+        return False
+    if protocol.state != protocol.STATE_CLOSED:
+        log.warning("dropping %r: it has read nothing for %.0f s", protocol, SLOW_READER_SECONDS)
+        protocol.dropConnection(abort=True)
+    return True
 
 
 def _limits(factory_class) -> None:

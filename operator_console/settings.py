@@ -186,6 +186,12 @@ OC_ACTOR_REPLY_TIMEOUT = env_float("OC_ACTOR_REPLY_TIMEOUT", 5.0, minimum=0.1)
 # More than one needs REDIS_URL: a system check refuses the in-memory channel layer then.
 OC_PROCESSES = env_int("OC_PROCESSES", 1, minimum=1)
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
+# Recordings of voice sessions (CONTRACT section 6): both sides to a stereo WAV, stored through
+# Django's default storage (MEDIA_ROOT by default; any django-storages backend through
+# STORAGES["default"]). Deleted after the retention by `manage.py delete_old_recordings`.
+OC_RECORD_AUDIO = env_bool("OC_RECORD_AUDIO", False)
+OC_RECORDING_RETENTION_DAYS = env_int("OC_RECORDING_RETENTION_DAYS", 30, minimum=1)
+MEDIA_ROOT = VAR_DIR / "media"
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).
 OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)

@@ -38,7 +38,9 @@ from django.conf import settings
 from apps.realtime import events, relay
 from apps.realtime.relay import (
     Answer,
+    AudioTapped,
     CloseCaller,
+    ListenersChanged,
     RelayCore,
     SessionEnded,
     ToCaller,
@@ -50,6 +52,7 @@ from apps.sessions import clock, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, UpstreamLeg
+from apps.sessions.listening import AudioTap
 from apps.sessions.process import PROCESS_ID
 from apps.sessions.upstream import open_upstream
 
@@ -119,7 +122,9 @@ class SessionActor:
             queue_limit=settings.OC_QUEUE_LIMIT,
             new_request_id=new_request_id,
             new_event_id=events.new_event_id,
+            record_audio=settings.OC_RECORD_AUDIO,
         )
+        self.audio = AudioTap(self.key, record=settings.OC_RECORD_AUDIO, started_at=clock.now())
         self._caller = caller
         self._opener = opener
         self._upstream_headers = dict(upstream_headers or {})
@@ -269,6 +274,11 @@ class SessionActor:
             actions = core.watch(
                 message["channel"], user=user, watching=bool(message.get("watch", True)), now=now
             )
+        elif kind == groups.SESSION_LISTEN and isinstance(message.get("channel"), str):
+            user = str(message.get("user") or "")
+            actions = core.listen(
+                message["channel"], user=user, listening=bool(message.get("listen", True)), now=now
+            )
         else:
             log.warning("unknown operator message %r on %s", kind, self.key)
             return
@@ -283,6 +293,7 @@ class SessionActor:
             await self._perform(self.core.caller_closed(now=clock.now()))
         if self._upstream is not None:
             await self._upstream.close()
+        await self.audio.finish(at=self.core.ended.at if self.core.ended else clock.now())
 
     # ------------------------------------------------------------------ performing actions
 
@@ -305,6 +316,8 @@ class SessionActor:
                     self.frames_to_upstream += 1
                     self.bytes_to_upstream += len(action.frame)
                     await self._upstream.send(action.frame)
+            elif kind is AudioTapped:
+                await self.audio.tapped(action)
             elif kind is ToWatchers:
                 self._outbox.append(action.message)
             elif kind is ToWatcher:
@@ -312,6 +325,8 @@ class SessionActor:
             elif kind is Answer:
                 if reply_to:
                     await self._send_to(reply_to, {"type": groups.ACTOR_REPLY, **action.payload})
+            elif kind is ListenersChanged:
+                self.audio.listeners_changed(action.count)
             elif kind is CloseCaller:
                 await self._close_caller(action.code, action.reason)
             elif kind is SessionEnded:

@@ -4,12 +4,15 @@
   `session.request` (a stored request to pick up), `session.cancel`, `session.note` and
   `session.interrupt`, which carry `reply_to`, a channel the actor answers on, and
   `session.watch` (an operator's console starts, renews or stops watching; the actor answers
-  a new watcher with `console.snapshot` on its channel).
+  a new watcher with `console.snapshot` on its channel), and `session.listen` (the same for a
+  listener of the call's audio; a new one is answered `listen.started`).
 - `watch_group(key)`: operators watching one session. The actor sends it `console.event`
   (an upstream event operators see and the caller does not, such as an out-of-band operator
   response's), `console.request` (a request's status changed), `console.transcript`
   (transcript changes, at most every 50 ms), `console.presence` (who is watching) and
   `console.ended`.
+- `listen_group(key)`: operators listening to the call. The actor sends it `listen.audio`
+  (`bytes`: the side, then PCM16 24 kHz) while anyone listens.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ SESSION_CANCEL = "session.cancel"
 SESSION_NOTE = "session.note"
 SESSION_INTERRUPT = "session.interrupt"
 SESSION_WATCH = "session.watch"
+SESSION_LISTEN = "session.listen"
 SESSION_MESSAGE_TYPES = frozenset(
-    {SESSION_REQUEST, SESSION_CANCEL, SESSION_NOTE, SESSION_INTERRUPT, SESSION_WATCH}
+    {SESSION_REQUEST, SESSION_CANCEL, SESSION_NOTE, SESSION_INTERRUPT, SESSION_WATCH, SESSION_LISTEN}
 )
 
 ACTOR_REPLY = "session.reply"
@@ -93,3 +97,7 @@ def session_group(key: uuid.UUID) -> str:
 
 def watch_group(key: uuid.UUID) -> str:
     return f"watch.{key.hex}"
+
+
+def listen_group(key: uuid.UUID) -> str:
+    return f"listen.{key.hex}"

@@ -1,0 +1,121 @@
+"""ListenConsumer: `/ws/console/sessions/{session_id}/audio`, an operator hearing a live call.
+
+CONTRACT section 6. Only a logged-in operator with `oc_sessions.listen_session` gets past the
+handshake (403 otherwise). The consumer joins the session's listen group, then asks the
+session's actor to count it as a listener; the actor answers `listen.started` on this
+consumer's channel, and every piece of audio that passes the relay after that reaches the
+group. Binary frames: byte 0 the side (0 caller, 1 agent), then PCM16 little-endian mono
+24 kHz. Text frames are JSON status: `listen.started` first, `listen.ended` when the session
+ends (then the socket closes with 1000), `error` for a session that is not live (then 4404).
+
+A listener is renewed every RENEW_SECONDS, so the actor forgets one whose process died. A
+listener whose socket stops reading is dropped by the server, never waited for
+(`operator_console/daphne_compat.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from apps.sessions import groups, selectors
+from apps.sessions.consumers import SurvivesLayerOutages
+from apps.sessions.db import db_async
+from apps.sessions.models import LiveSession
+
+log = logging.getLogger(__name__)
+
+PERMISSION = "oc_sessions.listen_session"
+RENEW_SECONDS = 30.0
+
+
+@database_sync_to_async
+def _may_listen(user) -> bool:
+    return user is not None and user.is_authenticated and user.has_perm(PERMISSION)
+
+
+class ListenConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
+    session: LiveSession | None = None
+    _renew: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not await _may_listen(user):
+            await self.close()  # before accept: the handshake is refused with 403
+            return
+        self.username = user.get_username()
+        session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        session = await db_async(selectors.session_row)(session_id=session_id)
+        await self.accept()
+        if session is None or session.status != LiveSession.Status.LIVE:
+            state = "no such session" if session is None else f"the session is {session.status}"
+            await self.send(
+                text_data=json.dumps(
+                    {"type": "error", "message": f"Cannot listen to '{session_id}': {state}."}
+                )
+            )
+            await self.close(code=4404)
+            return
+        self.session = session
+        await self._join()
+        self._renew = asyncio.get_running_loop().create_task(self._renew_listening())
+
+    def layer_groups(self) -> list[str]:
+        return [groups.listen_group(self.session.id)] if self.session is not None else []
+
+    async def _join(self) -> None:
+        try:
+            await self.channel_layer.group_add(groups.listen_group(self.session.id), self.channel_name)
+        except Exception as exc:
+            log.warning("joining the listen group failed on %s: %r", self.channel_name, exc)
+            self.join_later()
+        await self._tell_actor(listen=True)
+
+    async def _renew_listening(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            await self._tell_actor(listen=True)
+
+    async def _tell_actor(self, *, listen: bool) -> None:
+        message = {
+            "type": groups.SESSION_LISTEN,
+            "channel": self.channel_name,
+            "user": self.username,
+            "listen": listen,
+        }
+        try:
+            await self.channel_layer.group_send(groups.session_group(self.session.id), message)
+        except Exception as exc:  # renewed later, or the listener leaves
+            log.warning("telling %s about a listener failed: %r", self.session.id, exc)
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        pass  # listeners only listen
+
+    async def disconnect(self, code) -> None:
+        self.stop_joining()
+        if self._renew is not None:
+            self._renew.cancel()
+        if self.session is not None:
+            await self._tell_actor(listen=False)
+            try:
+                await self.channel_layer.group_discard(
+                    groups.listen_group(self.session.id), self.channel_name
+                )
+            except Exception as exc:
+                log.warning("leaving the listen group failed on %s: %r", self.channel_name, exc)
+
+    # ------------------------------------------------------------------ from the actor
+
+    async def listen_audio(self, message) -> None:
+        await self.send(bytes_data=message["bytes"])
+
+    async def listen_started(self, message) -> None:
+        await self.send(text_data=json.dumps(message))
+
+    async def listen_ended(self, message) -> None:
+        await self.send(text_data=json.dumps(message))
+        await self.close(code=1000)

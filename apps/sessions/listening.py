@@ -1,0 +1,82 @@
+"""The call's audio, as the actor copies it to listeners and the recorder.
+
+The relay core taps a session's audio only while someone listens or the session is recorded
+(`AudioTapped`); then the actor hands each piece here. A piece is decoded once — base64, and
+G.711 to PCM16 24 kHz — and:
+
+- sent to the session's listen group (`groups.listen_group`) as one binary frame, byte 0 the
+  side (0 caller, 1 agent), the rest PCM16 little-endian mono 24 kHz (CONTRACT section 6). The
+  channel layer copies it to every listener, in this process or another; a listener whose
+  channel is full misses frames, and one whose socket stops reading is dropped by the server
+  (`operator_console/daphne_compat.py`), so neither slows the call.
+- handed to the session's `Recording` (when `OC_RECORD_AUDIO` is on), which writes on a thread
+  of its own.
+
+A piece whose base64 is malformed is skipped: the upstream answers the caller's append, as
+the service does.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import uuid
+
+from channels.layers import get_channel_layer
+
+from apps.realtime import audio
+from apps.realtime.relay import AudioTapped
+from apps.sessions import groups
+from apps.sessions.recorder import Recording
+
+log = logging.getLogger(__name__)
+
+LISTEN_AUDIO = "listen.audio"
+LISTEN_ENDED = "listen.ended"
+
+
+def pcm16_24k(encoded: str, audio_format: str) -> bytes | None:
+    """Base64 audio in a session's format as PCM16 mono 24 kHz; None when it is malformed."""
+    try:
+        raw = binascii.a2b_base64(encoded, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    if audio_format == "pcmu":
+        return audio.resample_pcm16(audio.ulaw_decode(raw), 8000, 24000)
+    if audio_format == "pcma":
+        return audio.resample_pcm16(audio.alaw_decode(raw), 8000, 24000)
+    return raw[: len(raw) & ~1]  # whole samples only
+
+
+class AudioTap:
+    def __init__(self, key: uuid.UUID, *, record: bool, started_at: float) -> None:
+        self.group = groups.listen_group(key)
+        self.listening = False
+        self.recording = Recording(key, started_at=started_at) if record else None
+
+    def listeners_changed(self, count: int) -> None:
+        self.listening = count > 0
+
+    async def tapped(self, piece: AudioTapped) -> None:
+        pcm = pcm16_24k(piece.audio, piece.format)
+        if not pcm:
+            return
+        if self.recording is not None:
+            self.recording.add(piece.side, pcm, piece.at)
+        if self.listening:
+            message = {"type": LISTEN_AUDIO, "bytes": bytes((piece.side,)) + pcm}
+            try:
+                await get_channel_layer().group_send(self.group, message)
+            except Exception as exc:  # listeners miss a piece; the call goes on
+                log.warning("sending audio to %s failed: %r", self.group, exc)
+
+    async def finish(self, *, at: float) -> None:
+        """The session is over: listeners are told (`listen.ended`), the recording written."""
+        if self.recording is not None:
+            self.recording.finish(at=at)
+        if self.listening:
+            self.listening = False
+            try:
+                await get_channel_layer().group_send(self.group, {"type": LISTEN_ENDED})
+            except Exception as exc:
+                log.warning("telling %s the session ended failed: %r", self.group, exc)

@@ -1,0 +1,201 @@
+"""Listen-in (CONTRACT section 6): who may listen, what a listener hears and when, and that a
+listener never slows the call."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from array import array
+
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from apps.realtime import audio
+from operator_console.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+def _cookie(name: str, *, may_listen: bool) -> str:
+    user = get_user_model().objects.create_user(name, password="pw-for-tests")
+    if may_listen:
+        user.user_permissions.add(Permission.objects.get(codename="listen_session"))
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.fixture
+def cookies(transactional_db) -> dict[str, str]:
+    return {"ann": _cookie("ann", may_listen=True), "bob": _cookie("bob", may_listen=True),
+            "eve": _cookie("eve", may_listen=False)}
+
+
+async def _listener(session_id: str, cookie: str | None) -> tuple[WebsocketCommunicator, bool]:
+    headers = [ORIGIN] + ([(b"cookie", cookie.encode())] if cookie else [])
+    path = f"/ws/console/sessions/{session_id}/audio"
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return communicator, connected
+
+
+async def _started(session_id: str, cookie: str) -> WebsocketCommunicator:
+    listener, connected = await _listener(session_id, cookie)
+    assert connected
+    first = await listener.receive_from(timeout=5)
+    assert json.loads(first) == {"type": "listen.started", "format": "pcm16", "rate": 24000}
+    return listener
+
+
+def _tone(samples: int, amplitude: int = 8000) -> bytes:
+    return array("h", [amplitude if (i // 20) % 2 else -amplitude for i in range(samples)]).tobytes()
+
+
+def _append(pcm: bytes) -> dict:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+
+
+async def _binary(listener: WebsocketCommunicator, timeout: float = 5.0) -> bytes:
+    while True:
+        message = await listener.receive_output(timeout=timeout)
+        if message.get("bytes") is not None:
+            return message["bytes"]
+
+
+async def test_only_operators_with_the_listen_permission_get_past_the_handshake(caller, cookies):
+    _, anonymous = await _listener(caller.session_id, None)
+    assert not anonymous, "no login, no listening"
+    _, refused = await _listener(caller.session_id, cookies["eve"])
+    assert not refused, "logged in without 'Can listen to live sessions'"
+    listener = await _started(caller.session_id, cookies["ann"])
+    await listener.disconnect()
+
+
+async def test_a_listener_hears_the_callers_audio_from_listen_started_on(caller, cookies):
+    await caller.send(_append(_tone(480)))  # before anyone listens: not copied
+    ann = await _started(caller.session_id, cookies["ann"])
+    bob = await _started(caller.session_id, cookies["bob"])
+    spoken = _tone(960)
+    await caller.send(_append(spoken))
+    for listener in (ann, bob):
+        frame = await _binary(listener)
+        assert frame[0] == 0, "byte 0 names the side: the caller"
+        assert frame[1:] == spoken, "PCM16 24 kHz as the caller sent it"
+    assert await ann.receive_nothing(timeout=0.2), "the audio from before listen.started is not sent"
+    await ann.disconnect()
+    await bob.disconnect()
+
+
+async def test_g711_audio_reaches_listeners_as_pcm16_at_24khz(caller, cookies):
+    await caller.send({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}})
+    await caller.until("session.updated")
+    listener = await _started(caller.session_id, cookies["ann"])
+    pcm_8k = _tone(320)  # 40 ms at 8 kHz
+    await caller.send({"type": "input_audio_buffer.append",
+                       "audio": base64.b64encode(audio.ulaw_encode(pcm_8k)).decode()})
+    frame = await _binary(listener)
+    assert frame[0] == 0 and len(frame[1:]) == 3 * len(pcm_8k), "decoded and raised to 24 kHz"
+    assert audio.pcm16_rms(frame[1:]) == pytest.approx(audio.pcm16_rms(pcm_8k), rel=0.1)
+    await listener.disconnect()
+
+
+async def test_a_malformed_append_is_left_to_the_upstream_and_listening_goes_on(caller, cookies):
+    listener = await _started(caller.session_id, cookies["ann"])
+    await caller.send({"type": "input_audio_buffer.append", "audio": "not base64 at all!"})
+    error = await caller.until("error")
+    assert error[-1]["type"] == "error", "the upstream answers it as the service does"
+    await caller.send(_append(_tone(480)))
+    assert (await _binary(listener))[0] == 0, "the next piece is heard"
+    await listener.disconnect()
+
+
+async def test_listeners_are_told_when_the_session_ends(caller, cookies):
+    listener = await _started(caller.session_id, cookies["ann"])
+    await caller.communicator.disconnect()
+    assert json.loads(await listener.receive_from(timeout=5)) == {"type": "listen.ended"}
+    assert (await listener.receive_output(timeout=5))["type"] == "websocket.close"
+
+
+async def test_no_listening_to_a_session_that_is_not_live(cookies):
+    listener, connected = await _listener("sess_nobody", cookies["ann"])
+    assert connected
+    message = json.loads(await listener.receive_from(timeout=5))
+    assert message["type"] == "error" and "sess_nobody" in message["message"]
+    assert (await listener.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+
+
+# ---------------------------------------------------------------------------- over real sockets
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server has closed this (unread) socket: its end of the stream is there
+    once everything before it is read, so look for the end without reading the data."""
+    try:
+        with open("/proc/net/tcp") as table:  # the socket's TCP state, as the kernel has it
+            port = f"{sock.getsockname()[1]:04X}"
+            states = [line.split()[3] for line in table if line.split()[1].endswith(":" + port)]
+        return not states or states[0] != "01"  # 01: ESTABLISHED; reset: gone
+    except OSError:
+        return True
+
+
+@pytest.mark.e2e
+async def test_the_handshake_is_refused_with_403_without_the_permission(daphne, cookies, api_token):
+    async with websockets.connect(
+        f"{daphne.ws_base}/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {api_token}"},
+    ) as call:
+        session_id = json.loads(await call.recv())["session"]["id"]
+        url = f"ws://127.0.0.1:{daphne.port}/ws/console/sessions/{session_id}/audio"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url, origin=websockets.Origin(daphne.http_url),
+                                     additional_headers={"Cookie": cookies["eve"]})
+        assert refused.value.response.status_code == 403
+
+
+@pytest.mark.e2e
+async def test_a_listener_that_stops_reading_is_dropped_and_the_call_goes_on(daphne, cookies, api_token):
+    async with websockets.connect(
+        f"{daphne.ws_base}/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {api_token}"},
+    ) as call:
+        session_id = json.loads(await call.recv())["session"]["id"]
+        # A listener that reads nothing after the handshake: a socket with a small receive
+        # buffer, whose handshake is done by hand.
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", daphne.port))
+        key = base64.b64encode(b"0123456789abcdef").decode()
+        stalled.sendall(
+            (f"GET /ws/console/sessions/{session_id}/audio HTTP/1.1\r\nHost: 127.0.0.1:{daphne.port}\r\n"
+             f"Origin: {daphne.http_url}\r\nCookie: {cookies['ann']}\r\nUpgrade: websocket\r\n"
+             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        )
+        assert stalled.recv(12) == b"HTTP/1.1 101"
+        stalled.setblocking(False)
+        # Audio for the listener: 1 s of it every 50 ms, for at most 30 s, while the caller
+        # keeps talking; each append must still be answered in good time.
+        second = _append(_tone(24_000))
+        slowest, dropped = 0.0, False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not dropped:
+            began = time.monotonic()
+            await call.send(json.dumps(second))
+            await call.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            while json.loads(await call.recv())["type"] != "input_audio_buffer.cleared":
+                pass
+            slowest = max(slowest, time.monotonic() - began)
+            dropped = _closed(stalled)
+            await asyncio.sleep(0.05)
+        stalled.close()
+        assert dropped, "the listener that stopped reading was dropped"
+        assert slowest < 1.0, f"the call went on at its pace (slowest round trip {slowest:.2f} s)"
