@@ -16,6 +16,7 @@ from django.urls import path  # noqa: E402
 
 from apps.console.consumers import ConsoleConsumer  # noqa: E402
 from apps.console.listen import ListenConsumer  # noqa: E402
+from apps.events.flow import with_flow_control  # noqa: E402
 from apps.sessions.checks import several_processes_need_redis  # noqa: E402
 from apps.sessions.consumers import RelayConsumer  # noqa: E402
 from apps.sessions.housekeeping import housekeeping, install_shutdown_trigger  # noqa: E402
@@ -63,7 +64,7 @@ class StartHousekeeping:
 application = StartHousekeeping(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            "http": with_flow_control(django_asgi_app),
             "websocket": URLRouter(websocket_urls),
         }
     )

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "apps.realtime",
     "apps.simulator",
     "apps.sessions",
+    "apps.events",
     "apps.api",
     "apps.console",
 ]
@@ -192,6 +193,21 @@ WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 OC_RECORD_AUDIO = env_bool("OC_RECORD_AUDIO", False)
 OC_RECORDING_RETENTION_DAYS = env_int("OC_RECORDING_RETENTION_DAYS", 30, minimum=1)
 MEDIA_ROOT = VAR_DIR / "media"
+# Event log (GET /api/v1/events, webhooks): events are kept this long (at least the 10 minutes
+# a reconnecting script may ask for); other processes' events are polled this often; a
+# follower with this many events unsent is too slow and dropped; a comment this often keeps
+# idle streams open.
+OC_EVENTS_RETENTION = env_float("OC_EVENTS_RETENTION", 900.0, minimum=600.0)
+OC_EVENTS_POLL_INTERVAL = env_float("OC_EVENTS_POLL_INTERVAL", 0.25, minimum=0.01)
+OC_EVENTS_FOLLOWER_QUEUE = env_int("OC_EVENTS_FOLLOWER_QUEUE", 2000, minimum=1)
+OC_EVENTS_KEEPALIVE = env_float("OC_EVENTS_KEEPALIVE", 15.0, minimum=0.1)
+# Outbound webhooks: a failed delivery is tried again after OC_WEBHOOK_RETRY_BASE seconds,
+# doubling up to OC_WEBHOOK_RETRY_MAX, for OC_WEBHOOK_RETRY_FOR seconds, then `failed`.
+OC_WEBHOOK_RETRY_BASE = env_float("OC_WEBHOOK_RETRY_BASE", 5.0, minimum=0.01)
+OC_WEBHOOK_RETRY_MAX = env_float("OC_WEBHOOK_RETRY_MAX", 3600.0, minimum=0.01)
+OC_WEBHOOK_RETRY_FOR = env_float("OC_WEBHOOK_RETRY_FOR", 86400.0, minimum=1.0)
+OC_WEBHOOK_TIMEOUT = env_float("OC_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+OC_WEBHOOK_INTERVAL = env_float("OC_WEBHOOK_INTERVAL", 1.0, minimum=0.01)
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).
 OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)

@@ -57,6 +57,7 @@ from apps.api.schemas import (
     SessionStatus,
 )
 from apps.api.schemas import Status as RequestStatusValue
+from apps.events import stream as event_stream
 from apps.sessions import export, selectors, services, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
@@ -621,6 +622,56 @@ async def add_note(request: HttpRequest, session_id: str, payload: NoteIn):
 async def interrupt(request: HttpRequest, session_id: str):
     response_id = await services.session_interrupt(session_id=session_id)
     return Status(202, InterruptOut(session_id=session_id, response_id=response_id))
+
+
+# ---------------------------------------------------------------------------- events (Server-Sent Events)
+
+_EVENTS_DOC = dict(
+    auth=READ,
+    tags=["events"],
+    response={204: None, **_errors(400, 401, 403, 404)},
+    openapi_extra={
+        "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}}
+    },
+)
+
+
+@api.get(
+    "/events",
+    summary="Follow every session (Server-Sent Events)",
+    description=(
+        "Each event: `id:` and `data:` (JSON with `type`). `Last-Event-ID` (or `last_event_id`) "
+        "resumes right after that id within the kept window (OC_EVENTS_RETENTION, ≥ 10 min); "
+        "older: a `stream.gap` event first. A client that does not read is dropped."
+    ),
+    **_EVENTS_DOC,
+)
+async def follow_events(
+    request: HttpRequest,
+    last_event_id: str | None = Query(None, description="For clients that cannot send Last-Event-ID."),
+    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
+):
+    after = event_stream.parse_last_event_id(last_event_id_header, last_event_id)
+    return await event_stream.event_stream_response(request, session_id=None, last_event_id=after)
+
+
+@api.get(
+    "/sessions/{session_id}/events",
+    summary="Follow one session (Server-Sent Events)",
+    description=(
+        "As /events, for one session; the stream ends after `session.ended`, and 204 answers "
+        "when nothing more will come."
+    ),
+    **_EVENTS_DOC,
+)
+async def follow_session_events(
+    request: HttpRequest,
+    session_id: str,
+    last_event_id: str | None = Query(None, description="For clients that cannot send Last-Event-ID."),
+    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
+):
+    after = event_stream.parse_last_event_id(last_event_id_header, last_event_id)
+    return await event_stream.event_stream_response(request, session_id=session_id, last_event_id=after)
 
 
 # ---------------------------------------------------------------------------- anything else

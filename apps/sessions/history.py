@@ -69,6 +69,10 @@ class HistoryWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.failures = 0
+        # The event log (apps/events sets it): `prepare(batch)` sees each batch before `merge`
+        # folds it, and what it returns is `write()`n in the batch's transaction, after its
+        # rows, then told `committed()`.
+        self.recorder: Any = None
 
     def submit(self, operation: Operation) -> None:
         """Queue an operation; never blocks, and wakes the writer only when it is idle."""
@@ -122,17 +126,21 @@ class HistoryWriter:
                 batch = []
                 while pending and len(batch) < _MAX_BATCH:
                     batch.append(pending.popleft())
-                self._apply(merge(batch))
+                recorder = self.recorder
+                events = recorder.prepare(batch) if recorder is not None else None
+                self._apply(merge(batch), events)
                 if events_log.isEnabledFor(logging.INFO):
                     for operation in batch:
                         event = getattr(operation, "event", None)
                         if event is not None:
                             events_log.info(json.dumps(event, default=str, separators=(",", ":")))
 
-    def _apply(self, batch: list[Operation]) -> None:
+    def _apply(self, batch: list[Operation], events: Any = None) -> None:
         try:
             with serialised_write(), transaction.atomic():
                 apply_batch(batch)
+                if events is not None:
+                    events.write()
         except Exception:
             # The batch failed as a whole (database gone, disk full, a bad row): reconnect and
             # retry each operation on its own so one bad row cannot take others with it.
@@ -146,6 +154,16 @@ class HistoryWriter:
                     self.failures += 1
                     log.exception("history operation failed: %r", operation)
                     connection.close()
+            if events is not None:  # what was written, read back, in a transaction of its own
+                try:
+                    with serialised_write(), transaction.atomic():
+                        events.write()
+                except Exception:
+                    log.exception("the events of a failed history batch were not recorded")
+                    connection.close()
+                    return
+        if events is not None:
+            events.committed()
 
 
 def apply_batch(batch: list[Operation]) -> None:

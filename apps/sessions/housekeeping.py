@@ -24,6 +24,7 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -43,6 +44,10 @@ OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
 OPEN_STATUSES = (LiveSession.Status.CONNECTING, LiveSession.Status.LIVE)
 # A request younger than this is left to its ping.
 GRACE = timedelta(seconds=0.5)
+# Other apps' upkeep, run by every process at its housekeeping's start and then every
+# CHORE_INTERVAL seconds (apps/events prunes its log and starts its webhook worker here).
+CHORE_INTERVAL = 30.0
+chores: list[Callable[[], Awaitable[object]]] = []
 
 
 class Holder(Protocol):
@@ -84,9 +89,16 @@ class Housekeeping:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_pickup = next_beat = loop.time()
+        next_pickup = next_beat = next_chores = loop.time()
         while True:
             now = loop.time()
+            if now >= next_chores:
+                next_chores = now + CHORE_INTERVAL
+                for chore in chores:
+                    try:
+                        await chore()
+                    except Exception:  # its own failure only: the heartbeat goes on
+                        log.exception("housekeeping chore %s failed", chore.__qualname__)
             try:
                 if now >= next_beat:
                     next_beat = now + settings.OC_HEARTBEAT_INTERVAL

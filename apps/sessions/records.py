@@ -7,14 +7,13 @@ a request's timestamps never go backwards even if the system clock is stepped.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from apps.realtime import relay
-from apps.sessions.history import CreateRow, Operation, UpdateRow, events_log
+from apps.sessions.history import CreateRow, Operation, UpdateRow
 from apps.sessions.models import LiveSession, ResponseRequest
 
 
@@ -66,17 +65,6 @@ def session_ended(
     *, key: uuid.UUID, status: str, reason: str, code: int | None, detail: str, at: float
 ):
     def op() -> None:
-        events_log.info(
-            json.dumps(
-                {
-                    "event": "session.ended",
-                    "session_key": str(key),
-                    "status": status,
-                    "reason": reason,
-                    "code": code,
-                }
-            )
-        )
         LiveSession.objects.filter(id=key).update(
             status=status, end_reason=reason, end_code=code, end_detail=detail, ended_at=_dt(at)
         )
@@ -91,6 +79,14 @@ def session_ended(
             finished_at=_dt(at),
         )
 
+    # Logged once committed, and recorded in the event log, like the rows' events.
+    op.event = {  # type: ignore[attr-defined]
+        "event": "session.ended",
+        "session_key": str(key),
+        "status": status,
+        "reason": reason,
+        "code": code,
+    }
     return op
 
 

@@ -29,6 +29,7 @@ from django.db import IntegrityError, transaction
 from apps.realtime import events
 from apps.sessions import groups, selectors
 from apps.sessions.db import db_async, serialised_write
+from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.overrides import ResponseOverrides
 
@@ -217,6 +218,8 @@ def _request_store_locked(
         idempotency_key=idempotency_key,
         idempotency_digest=idempotency_digest,
     )
+    if history.recorder is not None:  # the event log (apps/events): `queued`, in this transaction
+        history.recorder.request_queued(request)
     transaction.on_commit(
         lambda: events_log.info(
             json.dumps(

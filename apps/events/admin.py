@@ -1,0 +1,81 @@
+"""Admin: webhook endpoints (the secret generated, shown to copy) and the delivery log
+(read-only, filterable). The event log itself is not shown: it lives ten minutes."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+from django.utils.html import format_html
+
+from apps.events.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
+from apps.events.stream import newest_id
+from apps.sessions.admin import ReadOnlyAdmin
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("url", "description", "event_types", "active")
+
+    def clean_event_types(self):
+        chosen = self.cleaned_data.get("event_types") or []
+        if not isinstance(chosen, list) or not all(isinstance(t, str) for t in chosen):
+            raise forms.ValidationError('A list of event types, e.g. ["request.status"].')
+        families = {t.split(".")[0] + ".*" for t in EVENT_TYPES}
+        unknown = [t for t in chosen if t not in EVENT_TYPES and t not in families]
+        if unknown:
+            raise forms.ValidationError(
+                f"Unknown: {', '.join(unknown)}. Choose from {', '.join(EVENT_TYPES)}, "
+                f"or a family such as {', '.join(sorted(families))}."
+            )
+        return chosen
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ("url", "active", "types", "description", "created_at")
+    list_filter = ("active",)
+    search_fields = ("url", "description")
+    readonly_fields = ("signing_secret", "cursor", "created_at")
+
+    def get_fields(self, request, obj=None):
+        fields = ["url", "description", "event_types", "active"]
+        return fields + (["signing_secret", "cursor", "created_at"] if obj is not None else [])
+
+    @admin.display(description="types")
+    def types(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.event_types) or "all"
+
+    @admin.display(description="signing secret")
+    def signing_secret(self, obj: WebhookEndpoint) -> str:
+        return format_html(
+            "<code>{}</code><p class='help'>Verify each delivery with it: in Python, "
+            "<code>OpenAI().webhooks.unwrap(body, headers, secret=…)</code>.</p>",
+            obj.secret,
+        )
+
+    def save_model(self, request, obj, form, change):
+        if not change:  # a new endpoint receives the events committed from now on
+            obj.cursor = newest_id()
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "endpoint",
+        "event_type",
+        "event_id",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "created_at",
+        "delivered_at",
+    )
+    list_filter = ("status", "event_type", "endpoint", "created_at")
+    search_fields = ("event_id", "last_error")
+    list_select_related = ("endpoint",)
+    date_hierarchy = "created_at"

@@ -1,0 +1,108 @@
+"""Whether a streaming client is reading: flow control for the event streams under Daphne.
+
+ASGI gives an HTTP application no backpressure: under Daphne, `send` writes into Twisted's
+buffer for the connection at once, however full it is, so a client that stops reading would
+make the server hold every event sent to it. Twisted itself knows: a push producer registered
+on the request is paused when the connection's buffer is full and resumed once it drains.
+`with_flow_control` gives the event-stream requests a `Flow` (in the scope's `extensions`,
+as `oc.flow`) that registers itself as that producer. The stream then stops taking events
+while it is paused, its bounded queue fills, and it is dropped.
+
+Under another server (or in-process tests) `attach()` finds no Twisted request and the
+stream relies on its queue alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "oc.flow"
+
+
+class Flow:
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._request: Any = None
+        self._resumed: asyncio.Event | None = None
+        self.paused = False
+        self.stopped = False
+
+    def attach(self) -> bool:
+        """Register with Daphne's Twisted request, if there is one (on the event loop)."""
+        request = next(iter(getattr(self._send, "args", ())), None)  # daphne: partial(handle_reply, protocol)
+        if request is None or not hasattr(request, "registerProducer") or request.producer is not None:
+            return False
+        channel = getattr(request, "channel", None)
+        if channel is None:
+            return False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        request.registerProducer(self, True)
+        self._request = request
+        if getattr(channel, "_waitingForTransport", False):  # already full
+            self.pauseProducing()
+        return True
+
+    def detach(self) -> None:
+        request, self._request = self._request, None
+        if request is not None and request.producer is self and request.channel is not None:
+            with contextlib.suppress(Exception):
+                request.unregisterProducer()
+
+    def abort(self) -> None:
+        """Cut the connection: a client that does not read would never take the end."""
+        request = self._request
+        self.detach()
+        channel = getattr(request, "channel", None)
+        transport = getattr(channel, "transport", None)
+        if transport is not None and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+
+    async def writable(self, timeout: float) -> bool:
+        """Wait until the client has room (True), or `timeout` passes (False)."""
+        if not self.paused or self._resumed is None:
+            return not self.stopped
+        try:
+            async with asyncio.timeout(timeout):
+                await self._resumed.wait()
+        except TimeoutError:
+            return False
+        return not self.stopped
+
+    # IPushProducer, called by Twisted on the event loop's thread
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+        if self._resumed is not None:
+            self._resumed.clear()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        if self._resumed is not None:
+            self._resumed.set()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.stopped = True
+        self.resumeProducing()
+
+
+def flow_of(request: Any) -> Flow | None:
+    scope = getattr(request, "scope", None) or {}
+    return (scope.get("extensions") or {}).get(EXTENSION)
+
+
+def with_flow_control(app):
+    """Wrap the HTTP application: each request for an event stream gets a `Flow`."""
+
+    async def wrapped(scope, receive, send):
+        if scope.get("type") == "http" and scope.get("path", "").endswith("/events"):
+            extensions = dict(scope.get("extensions") or {})
+            extensions[EXTENSION] = Flow(send)
+            scope = {**scope, "extensions": extensions}
+        return await app(scope, receive, send)
+
+    return wrapped

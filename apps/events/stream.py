@@ -1,0 +1,333 @@
+"""Server-Sent Events of the event log: `GET /api/v1/events` and `/sessions/{id}/events`.
+
+One `Hub` per process (per event loop) reads the log for all of its streams: at once when
+this process commits events (`notify`), every `OC_EVENTS_POLL_INTERVAL` seconds for those of
+other processes, and never while nobody follows. Each event's frame is made once and handed
+to every follower whose filter it passes; a follower's queue holds at most
+`OC_EVENTS_FOLLOWER_QUEUE` events, and one that is full is dropped (its stream ends) rather
+than waited for: neither a call nor the history writer ever waits on a reader.
+
+A stream starts with the events after `Last-Event-ID` (or `last_event_id=` in the query),
+read from the log page by page, then joins the hub where the log's newest id was when it
+joined, and goes on with what the hub hands it: no event is missed or sent twice, as ids
+grow in commit order (see `recorder`).
+
+`Last-Event-ID`:
+- absent: events from now on;
+- `0`: every event the log still holds (the last `OC_EVENTS_RETENTION` seconds);
+- an id older than what the log holds: the stream starts with a `stream.gap` event (no id)
+  naming it and the oldest id kept, then everything kept; a script should re-read the state
+  it needs (`GET /api/v1/sessions/{id}`, `/responses`) and carry on;
+- not a whole number, or above the newest id: `400 invalid_last_event_id`.
+
+A session's stream ends after its `session.ended`; asked for again with that id (or for an
+ended session without one), it answers `204 No Content`, which tells an EventSource to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.db.models import Max, Min
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from apps.events import notify
+from apps.events.flow import Flow, flow_of
+from apps.events.models import Event, EventLogHorizon, event_body
+from apps.sessions import selectors
+from apps.sessions.db import db_async
+from apps.sessions.loops import per_loop
+from apps.sessions.models import LiveSession
+from apps.sessions.services import ServiceError, SessionNotFound
+
+log = logging.getLogger(__name__)
+
+PAGE = 500  # events per read of the log
+COALESCE = 0.05  # s: at least this long between two reads, so a busy log is read in batches
+ENDED = frozenset({LiveSession.Status.ENDED, LiveSession.Status.FAILED})
+RETRY_MS = 2000
+
+
+class InvalidLastEventId(ServiceError):
+    status, code = 400, "invalid_last_event_id"
+
+
+def frame(event_id: int, payload: str) -> bytes:
+    return f"id: {event_id}\ndata: {event_body(event_id, payload)}\n\n".encode()
+
+
+# ---------------------------------------------------------------------------- the hub
+
+
+class Follower:
+    """One stream's queue. `offer` never blocks: a full queue drops the follower."""
+
+    __slots__ = ("session_key", "frames", "wake", "dropped", "ending", "limit", "after")
+
+    def __init__(self, session_key: uuid.UUID | None, limit: int) -> None:
+        self.session_key = session_key
+        self.frames: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.dropped = False
+        self.ending = False  # the session's end is queued: the stream ends after it
+        self.limit = limit
+        self.after = 0  # events up to this id were sent from the log: the hub's are skipped
+
+    def offer(self, event_id: int, data: bytes, *, last: bool = False) -> bool:
+        if event_id <= self.after:
+            return True
+        if len(self.frames) >= self.limit:
+            self.dropped = True
+            self.wake.set()
+            return False
+        self.frames.append(data)
+        self.ending = self.ending or last
+        self.wake.set()
+        return True
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.everything: set[Follower] = set()
+        self.by_session: dict[uuid.UUID, set[Follower]] = {}
+        self.cursor = 0  # the newest event handed out
+        self.reads = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        notify.listen(self)
+
+    @property
+    def followers(self) -> int:
+        return len(self.everything) + sum(len(s) for s in self.by_session.values())
+
+    async def join(self, follower: Follower) -> int:
+        """Follow from now on; returns the id after which this follower gets every event."""
+        async with self._lock:
+            if self._task is None or self._task.done():
+                self.cursor = await db_async(newest_id)()
+                self._task = self.loop.create_task(self._run(), name="event-hub")
+            if follower.session_key is None:
+                self.everything.add(follower)
+            else:
+                self.by_session.setdefault(follower.session_key, set()).add(follower)
+            return self.cursor
+
+    def leave(self, follower: Follower) -> None:
+        if follower.session_key is None:
+            self.everything.discard(follower)
+            return
+        followers = self.by_session.get(follower.session_key)
+        if followers is not None:
+            followers.discard(follower)
+            if not followers:
+                del self.by_session[follower.session_key]
+
+    def wake_threadsafe(self) -> None:
+        if self._task is not None and not self._task.done() and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        while self.followers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.OC_EVENTS_POLL_INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                while self.followers:
+                    rows = await db_async(events_after)(self.cursor, None, PAGE)
+                    self.reads += 1
+                    self._hand_out(rows)
+                    if len(rows) < PAGE:
+                        break
+            except Exception:  # the database hiccuped: the next round reads from the same id
+                log.exception("reading the event log failed")
+            await asyncio.sleep(COALESCE)
+
+    def _hand_out(self, rows: list[tuple[int, uuid.UUID, str, str]]) -> None:
+        dropped: list[Follower] = []
+        everything, by_session = self.everything, self.by_session
+        for event_id, key, kind, payload in rows:
+            data = frame(event_id, payload)
+            for follower in everything:
+                if not follower.offer(event_id, data):
+                    dropped.append(follower)
+            session = by_session.get(key)
+            if session:
+                last = kind == "session.ended"
+                for follower in session:
+                    if not follower.offer(event_id, data, last=last):
+                        dropped.append(follower)
+            self.cursor = event_id
+        for follower in dropped:
+            self.leave(follower)
+
+
+hub = per_loop(Hub)
+
+
+# ---------------------------------------------------------------------------- the log
+
+
+def newest_id() -> int:
+    return Event.objects.aggregate(newest=Max("id"))["newest"] or 0
+
+
+def events_after(
+    after: int, session_key: uuid.UUID | None, limit: int, through: int | None = None
+) -> list[tuple[int, uuid.UUID, str, str]]:
+    events = Event.objects.filter(id__gt=after)
+    if through is not None:
+        events = events.filter(id__lte=through)
+    if session_key is not None:
+        events = events.filter(session_key=session_key)
+    return list(events.order_by("id").values_list("id", "session_key", "type", "payload")[:limit])
+
+
+def check_resume(after: int) -> dict | None:
+    """Refuse an id never given; a `stream.gap` event when events after it were pruned."""
+    bounds = Event.objects.aggregate(oldest=Min("id"), newest=Max("id"))
+    horizon = EventLogHorizon.objects.filter(pk=1).values_list("pruned_through", flat=True).first() or 0
+    newest = max(bounds["newest"] or 0, horizon)
+    if after > newest:
+        raise InvalidLastEventId(
+            f"Last-Event-ID {after} was never given: the newest event is {newest}. "
+            "Reconnect without it to follow from now."
+        )
+    if 0 < after < horizon:
+        return {
+            "type": "stream.gap",
+            "last_event_id": after,
+            "oldest_event_id": bounds["oldest"],
+            "message": (
+                f"Events after {after} up to {horizon} are older than the "
+                f"{settings.OC_EVENTS_RETENTION:g} s the log keeps and are gone; the stream "
+                "goes on from the oldest kept. Re-read the state you need from the REST hook."
+            ),
+        }
+    return None
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int | None:
+    raw = header if header not in (None, "") else query
+    if raw is None or raw == "":
+        return None
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 19:
+        raise InvalidLastEventId(
+            f"Last-Event-ID {raw[:40]!r} is not an event id (a whole number from an event's "
+            "'id:' line)."
+        )
+    return int(text)
+
+
+# ---------------------------------------------------------------------------- the response
+
+
+async def event_stream_response(
+    request: HttpRequest, *, session_id: str | None, last_event_id: int | None
+) -> HttpResponse:
+    """The stream, or the refusal (a ServiceError) before anything is sent."""
+    session_key = None
+    if session_id is not None:
+        session = await db_async(selectors.session_row)(session_id=session_id)
+        if session is None:
+            raise SessionNotFound(f"No session with id '{session_id}'.")
+        session_key = session.pk
+    gap = None
+    if last_event_id is not None:
+        gap = await db_async(check_resume)(last_event_id)
+    if session_key is not None and session.status in ENDED:
+        # Nothing more will come unless the caller has not yet seen the end.
+        pending = last_event_id is not None and await db_async(events_after)(
+            last_event_id, session_key, 1
+        )
+        if not pending:
+            return HttpResponse(status=204)
+    flow = flow_of(request)
+    response = StreamingHttpResponse(
+        follow(session_key=session_key, after=last_event_id, gap=gap, flow=flow),
+        content_type="text/event-stream; charset=utf-8",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies: pass each event on at once
+    return response
+
+
+async def follow(
+    *, session_key: uuid.UUID | None, after: int | None, gap: dict | None, flow: Flow | None
+) -> AsyncIterator[bytes]:
+    keepalive = settings.OC_EVENTS_KEEPALIVE
+    follower = Follower(session_key, settings.OC_EVENTS_FOLLOWER_QUEUE)
+    the_hub = hub()
+    if flow is not None:
+        flow.attach()
+    try:
+        yield f"retry: {RETRY_MS}\n: following\n\n".encode()
+        if gap is not None:
+            yield f"data: {json.dumps(gap)}\n\n".encode()
+        if after is not None:
+            # The backlog, page by page, then what came in while it was read.
+            while True:
+                rows = await db_async(events_after)(after, session_key, PAGE)
+                if rows:
+                    if not await _room(flow, keepalive):
+                        return
+                    after = rows[-1][0]
+                    yield b"".join(frame(i, p) for i, _, _, p in rows)
+                    if any(kind == "session.ended" for _, _, kind, _ in rows):
+                        return
+                if len(rows) < PAGE:
+                    break
+        # The hub may not have read as far as the backlog did: it skips what was sent.
+        follower.after = after or 0
+        joined = await the_hub.join(follower)
+        while after is not None and after < joined:
+            rows = await db_async(events_after)(after, session_key, PAGE, joined)
+            if not rows:
+                break
+            after = rows[-1][0]
+            yield b"".join(frame(i, p) for i, _, _, p in rows)
+            if any(kind == "session.ended" for _, _, kind, _ in rows):
+                return
+        while True:
+            if follower.dropped:
+                log.info("an event follower fell %d events behind and was dropped", follower.limit)
+                yield (
+                    f": dropped: more than {follower.limit} events were waiting for this "
+                    "client; reconnect with Last-Event-ID to catch up\n\n"
+                ).encode()
+                if flow is not None:
+                    flow.abort()
+                return
+            if not follower.frames:
+                follower.wake.clear()
+                try:
+                    async with asyncio.timeout(keepalive):
+                        await follower.wake.wait()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                continue
+            if not await _room(flow, keepalive):
+                continue  # still full: the queue grows until the hub drops this follower
+            frames, follower.frames = follower.frames, deque()
+            yield b"".join(frames)
+            if follower.ending:
+                return
+    finally:
+        the_hub.leave(follower)
+        if flow is not None:
+            flow.detach()
+
+
+async def _room(flow: Flow | None, timeout: float) -> bool:
+    return True if flow is None else await flow.writable(timeout)

@@ -1,0 +1,254 @@
+"""Outbound webhooks: each event of the log, POSTed to every active endpoint that wants its
+type, signed as Standard Webhooks are (the scheme the upstream's own webhooks use, which
+the `openai` SDK's `client.webhooks.unwrap(body, headers, secret=...)` verifies):
+
+    webhook-id:        evt_<event id>  (the same on every attempt: receivers drop repeats)
+    webhook-timestamp: Unix seconds of this attempt
+    webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}", keyed with the
+                       base64-decoded secret after its `whsec_` prefix>
+
+One worker per process (per event loop), started with the process's first request like the
+housekeeping. Each round it
+1. turns new events into deliveries: per endpoint, under a row lock taken with
+   `select_for_update(skip_locked=True)` (so one process at a time), the events after the
+   endpoint's cursor become `WebhookDelivery` rows and the cursor moves, in one transaction;
+2. claims due deliveries (`pending` and due, or `sending` claims older than three timeouts:
+   a process that died mid-send) with `select_for_update(skip_locked=True)`, marking them
+   `sending` in the claiming transaction, so two processes never send the same one;
+3. POSTs them (httpx, `OC_WEBHOOK_TIMEOUT`), and records the outcome: a 2xx is
+   `delivered`; anything else is tried again after OC_WEBHOOK_RETRY_BASE × 2^(attempts-1)
+   seconds (at most OC_WEBHOOK_RETRY_MAX), until OC_WEBHOOK_RETRY_FOR seconds after the
+   event, then `failed`.
+SQLite has no row locks; there one process writes at a time and a deployment on SQLite
+runs one process.
+
+Rounds run every `OC_WEBHOOK_INTERVAL` seconds, and at once when this process commits events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import time
+from datetime import datetime, timedelta
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.events import notify
+from apps.events.models import Event, WebhookDelivery, WebhookEndpoint, event_body
+from apps.events.stream import newest_id
+from apps.sessions.db import db_async, serialised_write
+from apps.sessions.loops import per_loop
+
+log = logging.getLogger(__name__)
+
+FAN_OUT_PAGE = 500
+CLAIM_PAGE = 50
+USER_AGENT = "OperatorConsole-Webhooks/1"
+
+
+def sign(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    message = f"{webhook_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after `attempts` failed ones, with ±10 % jitter."""
+    base = settings.OC_WEBHOOK_RETRY_BASE * 2 ** min(attempts - 1, 40)
+    return min(settings.OC_WEBHOOK_RETRY_MAX, base) * random.uniform(0.9, 1.1)  # noqa: S311
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def webhook_endpoint_create(
+    *, url: str, event_types: list[str] | None = None, description: str = "", active: bool = True
+) -> WebhookEndpoint:
+    """A new endpoint, which receives the events committed from now on."""
+    endpoint = WebhookEndpoint(
+        url=url, event_types=list(event_types or []), description=description, active=active
+    )
+    endpoint.cursor = newest_id()
+    endpoint.save()
+    return endpoint
+
+
+def fan_out() -> int:
+    """New events → deliveries, for every active endpoint no other process is doing."""
+    created = 0
+    for endpoint_id in WebhookEndpoint.objects.filter(active=True).values_list("id", flat=True):
+        with serialised_write(), transaction.atomic():
+            endpoint = (
+                WebhookEndpoint.objects.select_for_update(skip_locked=True)
+                .filter(pk=endpoint_id, active=True)
+                .first()
+            )
+            if endpoint is None:
+                continue
+            if endpoint.cursor is None:  # made outside `webhook_endpoint_create`: from now on
+                endpoint.cursor = newest_id()
+                endpoint.save(update_fields=["cursor"])
+                continue
+            rows = list(
+                Event.objects.filter(id__gt=endpoint.cursor)
+                .order_by("id")
+                .values_list("id", "type", "payload", "created_at")[:FAN_OUT_PAGE]
+            )
+            if not rows:
+                continue
+            deliveries = [
+                WebhookDelivery(
+                    endpoint=endpoint,
+                    event_id=event_id,
+                    event_type=kind,
+                    payload=event_body(event_id, payload),
+                    created_at=created_at,
+                    next_attempt_at=created_at,
+                )
+                for event_id, kind, payload, created_at in rows
+                if endpoint.wants(kind)
+            ]
+            WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+            endpoint.cursor = rows[-1][0]
+            endpoint.save(update_fields=["cursor"])
+            created += len(deliveries)
+    return created
+
+
+def claim_due(limit: int = CLAIM_PAGE) -> list[WebhookDelivery]:
+    now = timezone.now()
+    abandoned = now - timedelta(seconds=3 * settings.OC_WEBHOOK_TIMEOUT)
+    with serialised_write(), transaction.atomic():
+        due = list(
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                Q(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now)
+                | Q(status=WebhookDelivery.Status.SENDING, claimed_at__lt=abandoned)
+            )
+            .select_related("endpoint")
+            .order_by("next_attempt_at", "id")[:limit]
+        )
+        if due:
+            WebhookDelivery.objects.filter(pk__in=[d.pk for d in due]).update(
+                status=WebhookDelivery.Status.SENDING, claimed_at=now, updated_at=now
+            )
+    return due
+
+
+def record_attempt(delivery: WebhookDelivery, status_code: int | None, error: str) -> str:
+    now = timezone.now()
+    attempts = delivery.attempts + 1
+    fields = {
+        "attempts": attempts,
+        "last_status_code": status_code,
+        "last_error": error[:2000],
+        "updated_at": now,
+        "claimed_at": None,
+    }
+    if status_code is not None and 200 <= status_code < 300:
+        fields.update(status=WebhookDelivery.Status.DELIVERED, delivered_at=now, last_error="")
+    else:
+        retry_at = now + timedelta(seconds=retry_delay(attempts))
+        give_up_at = delivery.created_at + timedelta(seconds=settings.OC_WEBHOOK_RETRY_FOR)
+        if retry_at > give_up_at:
+            fields["status"] = WebhookDelivery.Status.FAILED
+        else:
+            fields.update(status=WebhookDelivery.Status.PENDING, next_attempt_at=retry_at)
+    with serialised_write():
+        WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.SENDING).update(
+            **fields
+        )
+    return fields["status"]
+
+
+def prune_deliveries(*, older_than: datetime) -> int:
+    """Delivered and failed deliveries finished before `older_than`."""
+    finished = (WebhookDelivery.Status.DELIVERED, WebhookDelivery.Status.FAILED)
+    with serialised_write():
+        deleted, _ = WebhookDelivery.objects.filter(
+            status__in=finished, updated_at__lt=older_than
+        ).delete()
+    return deleted
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+class WebhookWorker:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._client: httpx.AsyncClient | None = None
+        notify.listen(self)
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._run(), name="webhooks")
+
+    def wake_threadsafe(self) -> None:
+        if self._task is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.OC_WEBHOOK_INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.round()
+            except Exception:  # a database hiccup: the next round tries again
+                log.exception("webhook round failed")
+
+    async def round(self) -> int:
+        """Fan out, then send what is due until nothing is. Returns the attempts made."""
+        await db_async(fan_out)()
+        made = 0
+        while True:
+            due = await db_async(claim_due)()
+            if not due:
+                return made
+            await asyncio.gather(*(self._deliver(delivery) for delivery in due))
+            made += len(due)
+
+    async def _deliver(self, delivery: WebhookDelivery) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=settings.OC_WEBHOOK_TIMEOUT, follow_redirects=False
+            )
+        body = delivery.payload.encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": delivery.webhook_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": sign(delivery.endpoint.secret, delivery.webhook_id, timestamp, body),
+        }
+        status_code, error = None, ""
+        try:
+            answer = await self._client.post(delivery.endpoint.url, content=body, headers=headers)
+            status_code = answer.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}: {answer.text[:300]}"
+        except Exception as exc:  # unreachable, timed out; or a bad URL or secret: retried
+            error = f"{type(exc).__name__}: {exc}"
+        outcome = await db_async(record_attempt)(delivery, status_code, error)
+        if outcome == WebhookDelivery.Status.FAILED:
+            log.warning("webhook %s to %s failed for good: %s", delivery.webhook_id, delivery.endpoint.url, error)
+
+
+worker = per_loop(WebhookWorker)

@@ -1,0 +1,125 @@
+"""Following sessions over Server-Sent Events (CONTRACT section 8), end to end: a real Daphne,
+a Realtime caller over a real socket, scripts over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.support.callers import SocketCaller, until_live
+from tests.support.sse import Follower
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+async def rest(daphne, api_token):
+    async with httpx.AsyncClient(
+        base_url=f"{daphne.http_url}/api/v1",
+        headers={"Authorization": f"Bearer {api_token}"},
+        timeout=httpx.Timeout(10, read=30),
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def caller(daphne, api_token, rest):
+    caller = await SocketCaller.connect(daphne.ws_base, api_token)
+    await until_live(rest, caller.session_id)
+    yield caller
+    await caller.close()
+
+
+def statuses(follower: Follower, request_id: str) -> list[str]:
+    return [
+        e.data["request"]["status"]
+        for e in follower.events
+        if e.data["type"] == "request.status" and e.data["request"]["id"] == request_id
+    ]
+
+
+def completed(request_id: str):
+    def check(events) -> bool:
+        done = any(
+            e.data["type"] == "request.status" and e.data["request"]["id"] == request_id
+            and e.data["request"]["status"] == "completed" for e in events
+        )
+        agent = any(e.data["type"] == "transcript.entry" and e.data["entry"].get("role") == "agent" for e in events)
+        return done and agent
+
+    return check
+
+
+async def test_a_script_sees_a_nudge_through_every_status_and_the_transcript_in_order(caller, rest):
+    follower = await Follower(rest, f"/sessions/{caller.session_id}/events").start()
+    reference = await Follower(rest, "/events").start()  # every session: this one's events too
+    try:
+        assert follower.status == 200 and follower.content_type.startswith("text/event-stream")
+        await caller.say("Where is my parcel?")
+        await follower.until(
+            lambda events: any(e.data["type"] == "transcript.entry" for e in events), what="the caller's words"
+        )
+        posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={"instructions": "Apologise."})
+        assert posted.status_code == 202, posted.text
+        request_id = posted.json()["id"]
+        await follower.until(completed(request_id), what="the nudge to complete")
+
+        # In order: the caller's words, each status of the nudge, the agent's answer.
+        assert statuses(follower, request_id) == ["queued", "sent", "in_progress", "completed"]
+        kinds = [e.data["type"] for e in follower.events]
+        first_status = kinds.index("request.status")
+        words = [e.data["entry"] for e in follower.events if e.data["type"] == "transcript.entry"]
+        assert words[0]["role"] == "user" and "Where is my parcel?" in words[0]["text"]
+        assert words[-1]["role"] == "agent" and "Apologise." in words[-1]["text"]
+        assert kinds.index("transcript.entry") < first_status
+        assert kinds[-1] == "transcript.entry", "the answer is final once the response is done"
+        ids = [int(e.id) for e in follower.events]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids grow with every event"
+        for event in follower.events:
+            assert event.data["id"] == int(event.id) and event.data["session_id"] == caller.session_id
+
+        # Each status event carries the request as it was at that status.
+        by_status = {e.data["request"]["status"]: e.data["request"] for e in follower.events
+                     if e.data["type"] == "request.status"}
+        assert by_status["queued"]["sent_at"] is None and by_status["queued"]["origin"] == "api"
+        assert by_status["sent"]["sent_at"] and by_status["sent"]["started_at"] is None
+        assert by_status["in_progress"]["started_at"] and by_status["in_progress"]["finished_at"] is None
+        assert by_status["completed"]["finished_at"] and "Apologise." in by_status["completed"]["output_text"]
+
+        # The stream of every session saw the same events, with the same ids and bodies.
+        await reference.until(completed(request_id), what="the nudge on /events")
+        mine = [(e.id, e.data) for e in reference.events if e.data.get("session_id") == caller.session_id]
+        assert mine == [(e.id, e.data) for e in follower.events]
+    finally:
+        await follower.close()
+        await reference.close()
+
+
+async def test_a_reconnect_with_last_event_id_gets_exactly_what_it_missed(caller, rest):
+    reference = await Follower(rest, f"/sessions/{caller.session_id}/events").start()
+    first = await Follower(rest, f"/sessions/{caller.session_id}/events").start()
+    try:
+        await caller.say("Hello?")
+        posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={"instructions": "Greet."})
+        request_id = posted.json()["id"]
+        await first.until(lambda events: "sent" in statuses(first, request_id), what="sent")
+        await first.close()  # the script loses its connection here
+        last_seen = first.events[-1].id
+        await reference.until(completed(request_id), what="the nudge to complete")
+        missed = [(e.id, e.data) for e in reference.events if int(e.id) > int(last_seen)]
+        assert missed, "something happened while the script was away"
+
+        again = await Follower(rest, f"/sessions/{caller.session_id}/events", headers={"Last-Event-ID": last_seen}).start()
+        by_query = await Follower(rest, f"/sessions/{caller.session_id}/events", params={"last_event_id": last_seen}).start()
+        try:
+            for follower in (again, by_query):
+                await follower.until(lambda events: len(events) >= len(missed), what="what was missed")
+                await asyncio.sleep(0.3)  # nothing more, nothing twice
+                assert [(e.id, e.data) for e in follower.events] == missed
+        finally:
+            await again.close()
+            await by_query.close()
+    finally:
+        await reference.close()
