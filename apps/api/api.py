@@ -58,7 +58,7 @@ from apps.api.schemas import (
 )
 from apps.api.schemas import Status as RequestStatusValue
 from apps.events import stream as event_stream
-from apps.sessions import export, selectors, services, tokens
+from apps.sessions import export, recordings, selectors, services, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
 from apps.sessions.overrides import ResponseOverrides
@@ -399,6 +399,27 @@ async def label_session(request: HttpRequest, session_id: str, payload: LabelIn)
         session_id=session_id, label=payload.label or "", by=f"token:{request.auth.name}"
     )
     return session.to_dict()
+
+
+@api.get(
+    "/sessions/{session_id}/recording",
+    response={200: None, **_errors(401, 403, 404)},
+    auth=READ,
+    summary="Download a session's recording",
+    description=(
+        "The call as a stereo WAV (channel 0 the caller, 1 the agent; 24 kHz, 16-bit, one "
+        "timeline), when OC_RECORD_AUDIO was on. 404 when there is none: not a voice "
+        "session, recording off, or deleted after OC_RECORDING_RETENTION_DAYS. Byte ranges "
+        "are honoured (206)."
+    ),
+    openapi_extra={"responses": {"200": {"description": "audio/wav", "content": {"audio/wav": {}}}}},
+    tags=["sessions"],
+)
+async def get_recording(request: HttpRequest, session_id: str):
+    session = await db_async(recordings.recorded_session)(session_id=session_id)
+    if session is None:
+        raise services.SessionNotFound(f"No recording of a session with id '{session_id}'.")
+    return await db_async(recordings.recording_response)(request, session)
 
 
 # ---------------------------------------------------------------------------- responses

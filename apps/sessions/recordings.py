@@ -1,0 +1,83 @@
+"""Recordings as HTTP answers (the REST hook's `GET /api/v1/sessions/{id}/recording`, the
+session page's player) and their deletion after the retention.
+
+A recording is answered from storage in chunks, whole (`200`) or, for a player that seeks,
+the byte range it asks for (`206`, one range; `416` for one the file does not have).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+from django.core.files.storage import default_storage
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+
+from apps.sessions.models import LiveSession
+
+CHUNK = 64 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def recorded_session(*, session_id: str) -> LiveSession | None:
+    """The session with this public id if it has a recording that is still stored."""
+    session = LiveSession.objects.filter(upstream_id=session_id).exclude(recording="").first()
+    if session is None or not default_storage.exists(session.recording.name):
+        return None
+    return session
+
+
+async def _chunks(name: str, start: int, length: int):
+    """The bytes asked for, read on a worker thread a chunk at a time: an asynchronous
+    iterator, which Django streams as it goes (a synchronous one it would read whole first)."""
+    stored = await asyncio.to_thread(default_storage.open, name, "rb")
+    try:
+        await asyncio.to_thread(stored.seek, start)
+        while length > 0:
+            chunk = await asyncio.to_thread(stored.read, min(CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+    finally:
+        await asyncio.to_thread(stored.close)
+
+
+def recording_response(request: HttpRequest, session: LiveSession) -> HttpResponse:
+    """The answer for this session's recording (call it off the event loop: it asks the
+    storage for the size)."""
+    name = session.recording.name
+    size = default_storage.size(name)
+    start, length, status = 0, size, 200
+    asked = _RANGE.match(request.headers.get("Range", "").strip())
+    if asked and (asked[1] or asked[2]):
+        if asked[1]:
+            start = int(asked[1])
+            end = min(int(asked[2]), size - 1) if asked[2] else size - 1
+        else:  # the last N bytes
+            start, end = max(0, size - int(asked[2])), size - 1
+        if start >= size or end < start:
+            refused = HttpResponse(status=416)
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
+        length, status = end - start + 1, 206
+    response = StreamingHttpResponse(_chunks(name, start, length), status=status, content_type="audio/wav")
+    response["Content-Length"] = str(length)
+    response["Accept-Ranges"] = "bytes"
+    response["Content-Disposition"] = f'inline; filename="{session.upstream_id}.wav"'
+    if status == 206:
+        response["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
+    return response
+
+
+def recordings_delete_old(*, days: int) -> int:
+    """Delete the recordings of sessions that started more than `days` days ago; how many."""
+    deleted = 0
+    old = LiveSession.objects.filter(started_at__lt=timezone.now() - timedelta(days=days))
+    for session in old.exclude(recording="").only("id", "recording"):
+        default_storage.delete(session.recording.name)
+        LiveSession.objects.filter(id=session.id).update(recording="", recording_seconds=None)
+        deleted += 1
+    return deleted

@@ -1,0 +1,150 @@
+"""Recordings: both sides on one timeline in a stereo WAV, written off the call's path, and a
+failed write costs only that recording."""
+
+from __future__ import annotations
+
+import io
+import wave
+from array import array
+
+import pytest
+from django.core.files.storage import default_storage
+
+from apps.realtime.audio import pcm16_rms
+from apps.sessions import recorder
+from apps.sessions.models import LiveSession
+from apps.sessions.recorder import RATE, Recording
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHUNK = RATE * 40 // 1000  # 40 ms
+
+
+def _tone(samples: int, amplitude: int = 6000) -> bytes:
+    return array("h", [amplitude if (i // 24) % 2 else -amplitude for i in range(samples)]).tobytes()
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def _channels(name: str) -> tuple[int, list[bytes]]:
+    with default_storage.open(name) as stored, wave.open(io.BytesIO(stored.read())) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, RATE)
+        frames = array("h")
+        frames.frombytes(wav.readframes(wav.getnframes()))
+        return wav.getnframes(), [frames[0::2].tobytes(), frames[1::2].tobytes()]
+
+
+def _loud(track: bytes, second: float) -> bool:
+    window = track[int(second * RATE) * 2 : int((second + 0.1) * RATE) * 2]
+    return pcm16_rms(window) > 1000
+
+
+def test_both_sides_are_on_the_calls_timeline_with_silence_between(media):
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec1")
+    recording = Recording(session.id, started_at=100.0)
+    for n in range(25):  # the caller speaks for 1 s, in real time, from 0.5 s
+        recording.add(0, _tone(CHUNK), 100.5 + n * 0.04)
+    for _ in range(25):  # the agent's 1 s reply arrives at once at 2.0 s, faster than it plays
+        recording.add(1, _tone(CHUNK), 102.0)
+    recording.finish(at=104.0)
+    assert recorder.flush()
+
+    session.refresh_from_db()
+    assert session.recording.name == f"recordings/{session.id.hex}.wav"
+    assert session.recording_seconds == pytest.approx(4.0)
+    frames, (caller, agent) = _channels(session.recording.name)
+    assert frames == 4 * RATE, "the call's length"
+    assert [_loud(caller, s) for s in (0.1, 0.6, 1.3, 2.5, 3.5)] == [False, True, True, False, False]
+    assert [_loud(agent, s) for s in (0.1, 1.0, 2.1, 2.8, 3.5)] == [False, False, True, True, False]
+
+
+def test_a_session_without_audio_has_no_recording(media):
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec2")
+    Recording(session.id, started_at=0.0).finish(at=5.0)
+    assert recorder.flush()
+    session.refresh_from_db()
+    assert not session.recording and session.recording_seconds is None
+
+
+def test_a_refused_write_is_logged_and_the_next_recording_is_written(settings, tmp_path, caplog):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the storage wants a folder")
+    settings.MEDIA_ROOT = blocked
+    first = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec3")
+    recording = Recording(first.id, started_at=0.0)
+    recording.add(0, _tone(CHUNK), 0.0)
+    recording.finish(at=1.0)
+    assert recorder.flush()
+    assert "recording of session" in caplog.text and str(first.id) in caplog.text
+    first.refresh_from_db()
+    assert not first.recording
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    second = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec4")
+    recording = Recording(second.id, started_at=0.0)
+    recording.add(1, _tone(CHUNK), 0.0)
+    recording.finish(at=1.0)
+    assert recorder.flush()
+    second.refresh_from_db()
+    assert second.recording, "the recorder thread went on"
+
+
+# ---------------------------------------------------------------------------- over HTTP
+
+
+def _recorded(upstream_id: str, *, seconds: float = 1.0) -> LiveSession:
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id=upstream_id)
+    recording = Recording(session.id, started_at=0.0)
+    recording.add(0, _tone(int(seconds * RATE)), 0.0)
+    recording.finish(at=seconds)
+    assert recorder.flush()
+    session.refresh_from_db()
+    return session
+
+
+async def test_the_rest_hook_gives_the_recording_whole_or_the_range_a_player_asks_for(media, rest, make_token):
+    from asgiref.sync import sync_to_async
+
+    session = await sync_to_async(_recorded)("sess_http1")
+    whole = await rest.get("/sessions/sess_http1/recording")
+    assert whole.status_code == 200 and whole.headers["content-type"] == "audio/wav"
+    with wave.open(io.BytesIO(whole.content)) as wav:
+        assert wav.getnchannels() == 2 and wav.getnframes() == RATE
+    part = await rest.get("/sessions/sess_http1/recording", headers={"Range": "bytes=44-1043"})
+    assert part.status_code == 206 and part.content == whole.content[44:1044]
+    assert part.headers["content-range"] == f"bytes 44-1043/{len(whole.content)}"
+    tail = await rest.get("/sessions/sess_http1/recording", headers={"Range": "bytes=-10"})
+    assert tail.content == whole.content[-10:]
+    beyond = await rest.get("/sessions/sess_http1/recording", headers={"Range": f"bytes={len(whole.content)}-"})
+    assert beyond.status_code == 416
+
+    assert (await rest.get("/sessions/sess_none/recording")).status_code == 404
+    await sync_to_async(default_storage.delete)(session.recording.name)
+    gone = await rest.get("/sessions/sess_http1/recording")
+    assert gone.status_code == 404 and "sess_http1" in gone.json()["error"]["message"]
+    writer_only = await sync_to_async(make_token)(scopes=["responses:write"])
+    refused = await rest.get("/sessions/sess_http1/recording", headers={"Authorization": f"Bearer {writer_only}"})
+    assert refused.status_code == 403
+    assert (await rest.get("/sessions/sess_http1/recording", headers={"Authorization": ""})).status_code == 401
+
+
+def test_recordings_past_the_retention_are_deleted_and_newer_ones_kept(media):
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    old, new = _recorded("sess_old"), _recorded("sess_new")
+    LiveSession.objects.filter(id=old.id).update(started_at=timezone.now() - timedelta(days=31))
+    out = io.StringIO()
+    call_command("delete_old_recordings", stdout=out)
+    assert "Deleted 1 recording" in out.getvalue()
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert not old.recording and new.recording
+    assert default_storage.exists(new.recording.name)
+    assert not (media / "recordings" / f"{old.id.hex}.wav").exists()
