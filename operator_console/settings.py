@@ -211,6 +211,8 @@ OC_WEBHOOK_INTERVAL = env_float("OC_WEBHOOK_INTERVAL", 1.0, minimum=0.01)
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).
 OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)
+# Its spoken replies' pace as a realtime factor: 1.0 real time, 0 as fast as possible.
+OC_SIM_AUDIO_PACE = env_float("OC_SIM_AUDIO_PACE", 1.0)
 
 LOGGING = {
     "version": 1,

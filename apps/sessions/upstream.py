@@ -34,6 +34,7 @@ async def _start_simulator() -> Simulator:
         SimulatorConfig(
             deltas_per_response=settings.OC_SIM_DELTAS,
             delta_interval=settings.OC_SIM_INTERVAL,
+            audio_pace=settings.OC_SIM_AUDIO_PACE,
             record_limit=0,  # nobody reads the embedded simulator's logs
         )
     )

@@ -22,3 +22,10 @@ class SimulatorConfig:
     # Fault injection: after this many deltas a response goes silent (no more events, not
     # even for response.cancel), as a stalled upstream would. None: never.
     stall_after_deltas: int | None = None
+    # Spoken replies (sessions whose output modalities include audio): the pace of the audio
+    # stream as a realtime factor — 1.0 real time (as the service streams it), 2.0 twice as
+    # fast, 0 as fast as possible (tests) — and the length of each `response.output_audio.delta`.
+    audio_pace: float = 1.0
+    audio_chunk_ms: int = 100
+    # "auto": espeak-ng when installed, else a tone sequence; "tone": always the tone (cheaper).
+    speech_engine: str = "auto"

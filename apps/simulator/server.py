@@ -11,14 +11,14 @@ so a benchmark can read a frame's send time from the frame itself
 (`event_sent_time_ns(event_id)`).
 
 Deliberate simplifications (the real service would differ):
-- Output is text only: responses stream `response.output_text.*` whatever the modalities
-  asked for, and `session.created` advertises `output_modalities: ["text"]`.
-- No voice activity detection on appended audio: `input_audio_buffer.commit` (≥ 100 ms of
-  audio) adds a user item whose transcript is a placeholder, and, when turn detection is on
-  with `create_response`, starts a response as server VAD does. `trigger_server_response`
-  starts such a response directly.
-- A client-created item is announced with `conversation.item.created` and with the GA pair
-  `conversation.item.added` / `conversation.item.done` (the real GA service sends the pair).
+- `session.created` advertises `output_modalities: ["text"]` (the service's default is
+  `["audio"]`), so clients that ask for nothing get text, cheaply; a session or response
+  that asks for `["audio"]` gets spoken replies (`voice`).
+- Spoken replies are synthesised speech of the reply text (`speech`: espeak-ng, else a tone
+  sequence); a caller's audio is measured (VAD) but never transcribed: its transcript is an
+  honest placeholder, `[speech, 2.1 s — the simulator does not transcribe]`.
+- A client-created item, or a committed audio buffer, is announced with
+  `conversation.item.created` and with the GA pair `conversation.item.added` / `.done`.
 
 Use::
 

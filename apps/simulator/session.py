@@ -30,6 +30,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from apps.realtime.audio import FORMAT_RATES
 from apps.realtime.events import error_event, json_type
 from apps.simulator import voice
 from apps.simulator.config import SimulatorConfig
@@ -117,6 +118,10 @@ class SimResponse:
     text: str  # the full text it will stream (already cut to max_output_tokens)
     incomplete: bool  # the text was cut to max_output_tokens
     input_tokens: int
+    input_audio_tokens: int = 0
+    audio_format: str = "audio/pcm"  # spoken responses: the output format and voice
+    voice: str = "alloy"
+    audio_ms: float = 0.0  # audio sent so far
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None  # set once cancelled ("client_cancelled"/"turn_detected")
     _wake: asyncio.Future[None] | None = None
@@ -476,7 +481,7 @@ class SimSession:
         shown = [f"{k}={v}" for k, v in (metadata or {}).items() if k not in hidden]
         if shown:
             parts.append(f"[metadata: {', '.join(shown)}]")
-        parts.append(f"Reply {self.responses_started} to: {_last_user_text(context)}")
+        parts.append(f"Reply {self.responses_started} to: {self._last_user_text(context)}")
         text = " ".join(parts)
 
         max_output_tokens = params.get("max_output_tokens")
@@ -486,6 +491,14 @@ class SimSession:
         if incomplete:
             text = text[: max(1, int(max_output_tokens)) * 4]
 
+        modalities = params.get("output_modalities") or self.config.get("output_modalities")
+        if not isinstance(modalities, list) or not modalities:
+            modalities = ["text"]
+        audio_output = _audio_output(params) or _audio_output(self.config)
+        default_output = _audio_output(self.config)
+        audio_format = audio_output.get("format") or default_output.get("format") or {}
+        voice_name = audio_output.get("voice") or default_output.get("voice") or "alloy"
+        audio_ms = [self.audio.user_audio_ms.get(i.get("id"), 0.0) for i in context]
         response = SimResponse(
             id=new_id("resp"),
             item_id=new_id("item"),
@@ -494,11 +507,14 @@ class SimSession:
             client_event_id=client_event_id,
             instructions=instructions,
             metadata=dict(metadata) if metadata else None,
-            output_modalities=["text"],  # whatever was asked: the simulator only writes text
+            output_modalities=list(modalities),
             max_output_tokens=max_output_tokens,
             text=text,
             incomplete=incomplete,
             input_tokens=tokens(instructions) + sum(tokens(_item_text(i)) for i in context),
+            input_audio_tokens=int(sum(audio_ms) // 100),  # the service counts 100 ms a token
+            audio_format=voice.audio_format_type({"format": audio_format}),
+            voice=voice_name if isinstance(voice_name, str) else "alloy",
         )
         self.responses[response.id] = response
         if in_conversation:
@@ -507,6 +523,12 @@ class SimSession:
             self._stream(response), name=f"sim-{response.id}"
         )
         return response
+
+    def _last_user_text(self, items: Sequence[dict[str, Any]]) -> str:
+        for item in reversed(items):
+            if item.get("type") == "message" and item.get("role") == "user":
+                return _item_text(item) or voice.heard(self, item) or "(no text)"
+        return "(nothing yet)"
 
     def _context(self, input_items: object) -> list[dict[str, Any]]:
         """The items a response sees: its own `input` if given, else the conversation."""
@@ -534,7 +556,6 @@ class SimSession:
         usage: dict[str, Any] | None = None,
         status_details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        audio_output = self.config.get("audio", {}).get("output", {})
         return {
             "object": "realtime.response",
             "id": response.id,
@@ -546,8 +567,8 @@ class SimSession:
             "max_output_tokens": response.max_output_tokens,
             "audio": {
                 "output": {
-                    "format": audio_output.get("format"),
-                    "voice": audio_output.get("voice"),
+                    "format": _format_object(response.audio_format),
+                    "voice": response.voice,
                 }
             },
             "usage": usage,
@@ -605,15 +626,48 @@ class SimSession:
                 }
             )
         where = {"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0}
+        spoken = "audio" in response.output_modalities
         await self.send(
             {
                 "type": "response.content_part.added",
                 "event_id": new_event_id(),
                 **where,
-                "part": {"type": "text", "text": ""},
+                "part": {"type": "audio", "transcript": ""} if spoken else {"type": "text", "text": ""},
             }
         )
+        if spoken:
+            text = await voice.speak(self, response, where)
+        else:
+            text = await self._stream_text(response, where)
+        if response.cancel_reason is not None:
+            status = "cancelled"
+            details: dict[str, Any] | None = {"type": "cancelled", "reason": response.cancel_reason}
+        elif response.incomplete:
+            status = "incomplete"
+            details = {"type": "incomplete", "reason": "max_output_tokens"}
+        else:
+            status, details = "completed", None
+        item["status"] = "completed" if status == "completed" else "incomplete"
+        if spoken:
+            item["content"] = [{"type": "output_audio", "transcript": text}]
+            for kind, extra in (
+                ("response.output_audio.done", {}),
+                ("response.output_audio_transcript.done", {"transcript": text}),
+                ("response.content_part.done", {"part": {"type": "audio", "transcript": text}}),
+            ):
+                await self.send({"type": kind, "event_id": new_event_id(), **where, **extra})
+        else:
+            item["content"] = [{"type": "output_text", "text": text}]
+            for kind, extra in (
+                ("response.output_text.done", {"text": text}),
+                ("response.content_part.done", {"part": {"type": "text", "text": text}}),
+            ):
+                await self.send({"type": kind, "event_id": new_event_id(), **where, **extra})
 
+        await self._finish(response, item, previous_item_id, text, status, details)
+
+    async def _stream_text(self, response: SimResponse, where: dict[str, Any]) -> str:
+        """The reply as `response.output_text.delta`s; returns the text sent."""
         # The hot loop: each delta frame is two string joins around a pre-encoded piece.
         chunks = _split(response.text, self.options.deltas_per_response)
         head = '{"type":"response.output_text.delta","event_id":"'
@@ -631,30 +685,18 @@ class SimSession:
                 await asyncio.Event().wait()  # silent until the connection is closed
             await self.send_frame(head + new_event_id() + middle + dumps(chunk) + "}")
             sent += 1
+        return "".join(chunks[:sent])
 
-        text = "".join(chunks[:sent])
-        if response.cancel_reason is not None:
-            status = "cancelled"
-            details: dict[str, Any] | None = {"type": "cancelled", "reason": response.cancel_reason}
-        elif response.incomplete:
-            status = "incomplete"
-            details = {"type": "incomplete", "reason": "max_output_tokens"}
-        else:
-            status, details = "completed", None
-        item["status"] = "completed" if status == "completed" else "incomplete"
-        item["content"] = [{"type": "output_text", "text": text}]
-
-        await self.send(
-            {"type": "response.output_text.done", "event_id": new_event_id(), **where, "text": text}
-        )
-        await self.send(
-            {
-                "type": "response.content_part.done",
-                "event_id": new_event_id(),
-                **where,
-                "part": {"type": "text", "text": text},
-            }
-        )
+    async def _finish(
+        self,
+        response: SimResponse,
+        item: dict[str, Any],
+        previous_item_id: str | None,
+        text: str,
+        status: str,
+        details: dict[str, Any] | None,
+    ) -> None:
+        rid = response.id
         await self.send(
             {
                 "type": "response.output_item.done",
@@ -673,19 +715,22 @@ class SimSession:
                     "item": item,
                 }
             )
-        output_tokens = tokens(text) if text else 0
+        text_tokens = tokens(text) if text else 0
+        audio_tokens = int(response.audio_ms // 50)  # the service counts 50 ms a token
+        output_tokens = text_tokens + audio_tokens
+        input_tokens = response.input_tokens + response.input_audio_tokens
         usage = {
-            "total_tokens": response.input_tokens + output_tokens,
-            "input_tokens": response.input_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "input_token_details": {
                 "text_tokens": response.input_tokens,
-                "audio_tokens": 0,
+                "audio_tokens": response.input_audio_tokens,
                 "image_tokens": 0,
                 "cached_tokens": 0,
                 "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
             },
-            "output_token_details": {"text_tokens": output_tokens, "audio_tokens": 0},
+            "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
         }
         # No longer active from here on: a client that answers response.done with a new
         # response.create must not be refused, even if the write below waits for the socket.
@@ -860,10 +905,15 @@ def _item_text(item: dict[str, Any]) -> str:
     return " ".join(pieces)
 
 
-def _last_user_text(items: Sequence[dict[str, Any]]) -> str:
-    for item in reversed(items):
-        if item.get("type") == "message" and item.get("role") == "user":
-            return _item_text(item) or "(no text)"
-    return "(nothing yet)"
+def _format_object(format_type: str) -> dict[str, Any]:
+    if format_type == "audio/pcm":
+        return {"type": format_type, "rate": FORMAT_RATES[format_type]}
+    return {"type": format_type}
+
+
+def _audio_output(config: dict[str, Any]) -> dict[str, Any]:
+    audio = config.get("audio")
+    output = audio.get("output") if isinstance(audio, dict) else None
+    return output if isinstance(output, dict) else {}
 
 

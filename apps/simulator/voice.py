@@ -1,27 +1,181 @@
-"""Audio in and out of the simulated service: the input audio buffer and truncation.
+"""Audio in and out of the simulated service, as the GA Realtime service does it.
+
+In: `input_audio_buffer.append` (base64 in the session's input format, at most 15 MiB of audio
+an event), `.commit`, `.clear`, and server VAD on the appended audio's energy
+(`InputAudio.feed`, pure): `input_audio_buffer.speech_started`/`speech_stopped`/`committed`,
+the user's audio item, `conversation.item.input_audio_transcription.delta`/`.completed` when
+`audio.input.transcription` is configured, a response when `create_response`, and an active
+response cancelled (`turn_detected`) when the caller speaks over it and `interrupt_response`.
+
+`turn_detection` is honoured as: `type` `server_vad` (and `semantic_vad`, treated alike);
+`threshold` (0–1) mapped onto an energy threshold of `-60 + 50 × threshold` dBFS, so the
+default 0.5 is -35 dBFS; `prefix_padding_ms`; `silence_duration_ms`; `create_response`;
+`interrupt_response`; `null` = no VAD, manual commits. `idle_timeout_ms` is not simulated.
+
+What words were spoken the simulator cannot know: the transcript of a caller's audio says so
+(`[speech, 2.1 s — the simulator does not transcribe]`), and a reply answers that.
+
+Out: for a response whose output modalities include audio, the reply text is spoken
+(`speech.synthesise`) in the session's output format and streamed as
+`response.output_audio.delta` (`SimulatorConfig.audio_chunk_ms` each, paced by `audio_pace`)
+with the words of `response.output_audio_transcript.delta` as their audio is sent.
+`conversation.item.truncate` cuts an assistant audio item and its transcript to what was heard.
 
 Handlers here take the session and the client event, as `session.HANDLERS` calls them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import base64
+import binascii
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from apps.realtime.audio import FORMAT_RATES, bytes_per_ms, pcm16_rms, to_pcm16
 from apps.realtime.events import json_type
-from apps.simulator.wire import Rejected, new_event_id, new_id
+from apps.simulator import speech
+from apps.simulator.wire import Rejected, dumps, new_event_id, new_id
 
 if TYPE_CHECKING:
-    from apps.simulator.session import SimSession
+    from apps.simulator.session import SimResponse, SimSession
 
 MIN_COMMIT_MS = 100.0
+MAX_APPEND_BYTES = 15 * 1024 * 1024  # the service's limit on one append's audio
+MAX_APPEND_CHARS = MAX_APPEND_BYTES // 3 * 4  # the same, as base64 (20 MiB of characters)
+VAD_FRAME_MS = 20
+_FORMAT_WORDS = {
+    "audio/pcm": "mono PCM16 at 24kHz",
+    "audio/pcmu": "G.711 μ-law at 8kHz",
+    "audio/pcma": "G.711 A-law at 8kHz",
+}
+_KEEP_SPOKEN = 64  # assistant audio items remembered for truncation
+
+
+def energy_threshold(threshold: object) -> float:
+    """The RMS (in PCM16 sample units) that `turn_detection.threshold` stands for."""
+    value = threshold if isinstance(threshold, int | float) else 0.5
+    value = min(1.0, max(0.0, float(value)))
+    return 32768 * 10 ** ((-60 + 50 * value) / 20)
+
+
+def speech_placeholder(duration_ms: float) -> str:
+    return f"[speech, {duration_ms / 1000:.1f} s — the simulator does not transcribe]"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spoken:
+    """An assistant audio item as it was sent: its length, and when each sent word starts."""
+
+    duration_ms: float
+    words: tuple[tuple[float, str], ...]
 
 
 @dataclass(eq=False, kw_only=True)
 class InputAudio:
-    """A session's input audio buffer."""
+    """A session's input audio: the buffer, and server VAD over it. Pure: no I/O.
 
-    buffer_bytes: int = 0
+    Positions are milliseconds of all audio appended in the session (the service's
+    `audio_start_ms`/`audio_end_ms` timeline)."""
+
+    total_ms: float = 0.0  # end of all audio appended so far
+    buffer_start_ms: float = 0.0  # where the uncommitted buffer begins
+    judged_ms: float = 0.0  # VAD has judged the audio up to here
+    pending: bytearray = field(default_factory=bytearray)  # less than a frame, not judged yet
+    speaking: bool = False
+    speech_start_ms: float = 0.0
+    silence_ms: float = 0.0
+    item_id: str | None = None  # the item the current speech will become
+    user_audio_ms: dict[str, float] = field(default_factory=dict)  # committed items' lengths
+    spoken: OrderedDict[str, Spoken] = field(default_factory=OrderedDict)  # assistant audio
+
+    @property
+    def buffer_ms(self) -> float:
+        return self.total_ms - self.buffer_start_ms
+
+    def feed(
+        self, data: bytes, format_type: str, turn_detection: dict[str, Any] | None
+    ) -> list[tuple[str, int]]:
+        """Append audio; with turn detection, judge it frame by frame. Returns what VAD saw, in
+        order: ("started", audio_start_ms) and ("stopped", audio_end_ms)."""
+        per_ms = bytes_per_ms(format_type)
+        self.total_ms += len(data) / per_ms
+        if turn_detection is None:
+            self.judged_ms = self.total_ms
+            return []
+        threshold = energy_threshold(turn_detection.get("threshold"))
+        silence_needed = _ms(turn_detection.get("silence_duration_ms"), 500)
+        prefix = _ms(turn_detection.get("prefix_padding_ms"), 300)
+        frame_bytes = VAD_FRAME_MS * per_ms
+        self.pending += data
+        seen: list[tuple[str, int]] = []
+        position = self.judged_ms
+        while len(self.pending) >= frame_bytes:
+            frame = bytes(self.pending[:frame_bytes])
+            del self.pending[:frame_bytes]
+            loud = pcm16_rms(to_pcm16(frame, format_type)) >= threshold
+            end = position + VAD_FRAME_MS
+            if loud:
+                self.silence_ms = 0.0
+                if not self.speaking:
+                    self.speaking = True
+                    self.speech_start_ms = max(self.buffer_start_ms, position - prefix)
+                    seen.append(("started", round(self.speech_start_ms)))
+            elif self.speaking:
+                self.silence_ms += VAD_FRAME_MS
+                if self.silence_ms >= silence_needed:
+                    self.speaking = False
+                    self.silence_ms = 0.0
+                    seen.append(("stopped", round(end)))
+            position = end
+        self.judged_ms = position
+        return seen
+
+    def take_speech(self, end_ms: float) -> float:
+        """VAD commits the speech that ended at `end_ms`: returns its length; the buffer then
+        holds what came after."""
+        duration = end_ms - self.speech_start_ms
+        self.buffer_start_ms = end_ms
+        return duration
+
+    def take_buffer(self) -> float:
+        """A manual commit (or a clear): the whole buffer; returns its length."""
+        duration = self.buffer_ms
+        self.buffer_start_ms = self.judged_ms = self.total_ms
+        self.pending.clear()
+        self.speaking = False
+        self.silence_ms = 0.0
+        return duration
+
+    def remember_spoken(self, item_id: str, spoken: Spoken) -> None:
+        self.spoken[item_id] = spoken
+        while len(self.spoken) > _KEEP_SPOKEN:
+            self.spoken.popitem(last=False)
+
+
+def _ms(value: object, default: int) -> float:
+    return float(value) if isinstance(value, int | float) and value >= 0 else float(default)
+
+
+def _audio_input(session: SimSession) -> dict[str, Any]:
+    audio = session.config.get("audio")
+    value = audio.get("input") if isinstance(audio, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def audio_format_type(config: dict[str, Any]) -> str:
+    audio_format = config.get("format")
+    kind = audio_format.get("type") if isinstance(audio_format, dict) else None
+    return kind if kind in FORMAT_RATES else "audio/pcm"
+
+
+def _turn_detection(session: SimSession) -> dict[str, Any] | None:
+    turn_detection = _audio_input(session).get("turn_detection")
+    return turn_detection if isinstance(turn_detection, dict) else None
+
+
+# --- input audio ---------------------------------------------------------------------------
 
 
 async def on_audio_append(session: SimSession, event: dict[str, Any]) -> None:
@@ -32,52 +186,214 @@ async def on_audio_append(session: SimSession, event: dict[str, Any]) -> None:
             f"Invalid type for 'audio': expected a string, but got {json_type(audio)} instead.",
             "audio",
         )
-    # Decoded size from the base64 length, without decoding.
-    session.audio.buffer_bytes += len(audio) * 3 // 4 - audio[-2:].count("=")
+    if len(audio) > MAX_APPEND_CHARS:
+        raise Rejected(
+            "string_above_max_length",
+            "Invalid 'audio': string too long. Expected a string with maximum length "
+            f"{MAX_APPEND_CHARS} (15 MiB of audio), but got a string with length {len(audio)} "
+            "instead.",
+            "audio",
+        )
+    format_type = audio_format_type(_audio_input(session))
+    try:
+        data = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected(
+            "invalid_value",
+            f"Invalid 'audio'. Expected base64-encoded audio bytes ({_FORMAT_WORDS[format_type]}) "
+            "but got an invalid value.",
+            "audio",
+        ) from None
+    turn_detection = _turn_detection(session)
+    for what, at_ms in session.audio.feed(data, format_type, turn_detection):
+        if what == "started":
+            await _speech_started(session, at_ms, turn_detection or {})
+        else:
+            await _speech_stopped(session, at_ms, turn_detection or {})
+
+
+async def _speech_started(session: SimSession, at_ms: int, turn_detection: dict) -> None:
+    item_id = session.audio.item_id = new_id("item")
+    await session.send(
+        {
+            "type": "input_audio_buffer.speech_started",
+            "event_id": new_event_id(),
+            "audio_start_ms": at_ms,
+            "item_id": item_id,
+        }
+    )
+    active = session.active
+    if active is not None and turn_detection.get("interrupt_response", True) is not False:
+        active.cancel("turn_detected")
+
+
+async def _speech_stopped(session: SimSession, at_ms: int, turn_detection: dict) -> None:
+    item_id = session.audio.item_id or new_id("item")
+    session.audio.item_id = None
+    await session.send(
+        {
+            "type": "input_audio_buffer.speech_stopped",
+            "event_id": new_event_id(),
+            "audio_end_ms": at_ms,
+            "item_id": item_id,
+        }
+    )
+    await _commit(session, item_id, session.audio.take_speech(at_ms))
+    if turn_detection.get("create_response", True) is not False:
+        await session.server_response()
 
 
 async def on_audio_clear(session: SimSession, event: dict[str, Any]) -> None:
-    session.audio.buffer_bytes = 0
+    session.audio.take_buffer()
+    session.audio.item_id = None
     await session.send({"type": "input_audio_buffer.cleared", "event_id": new_event_id()})
 
 
 async def on_audio_commit(session: SimSession, event: dict[str, Any]) -> None:
-    audio_input = session.config.get("audio", {}).get("input", {})
-    audio_format = (audio_input.get("format") or {}).get("type", "audio/pcm")
-    bytes_per_ms = 48 if audio_format == "audio/pcm" else 8  # pcm16 24 kHz; G.711 8 kHz
-    duration_ms = session.audio.buffer_bytes / bytes_per_ms
+    duration_ms = session.audio.buffer_ms
     if duration_ms < MIN_COMMIT_MS:
         raise Rejected(
             "input_audio_buffer_commit_empty",
             "Error committing input audio buffer: buffer too small. Expected at least "
             f"100ms of audio, but buffer only has {duration_ms:.2f}ms of audio.",
         )
-    session.audio.buffer_bytes = 0
+    item_id = session.audio.item_id or new_id("item")
+    session.audio.item_id = None
+    await _commit(session, item_id, session.audio.take_buffer())
+    turn_detection = _turn_detection(session)
+    if turn_detection is not None and turn_detection.get("create_response", True) is not False:
+        await session.server_response()
+
+
+async def _commit(session: SimSession, item_id: str, duration_ms: float) -> None:
+    """The buffer becomes a user audio item: committed, the item, its transcription."""
+    transcribing = isinstance(_audio_input(session).get("transcription"), dict)
+    part: dict[str, Any] = {"type": "input_audio", "transcript": None}
     item: dict[str, Any] = {
-        "id": new_id("item"),
+        "id": item_id,
         "object": "realtime.item",
         "type": "message",
         "status": "completed",
         "role": "user",
-        "content": [{"type": "input_audio", "transcript": f"<{round(duration_ms)} ms of audio>"}],
+        "content": [part],
     }
     previous_item_id = session.insert_item(item)
+    session.audio.user_audio_ms[item_id] = duration_ms
     await session.send(
         {
             "type": "input_audio_buffer.committed",
             "event_id": new_event_id(),
             "previous_item_id": previous_item_id,
-            "item_id": item["id"],
+            "item_id": item_id,
         }
     )
-    await session.announce_item(item, previous_item_id, created=True)
-    turn_detection = audio_input.get("turn_detection")
-    if isinstance(turn_detection, dict) and turn_detection.get("create_response", True):
-        await session.server_response()
+    for kind in ("conversation.item.created", "conversation.item.added"):
+        await session.send(
+            {"type": kind, "event_id": new_event_id(), "previous_item_id": previous_item_id, "item": item}
+        )
+    if transcribing:
+        transcript = speech_placeholder(duration_ms)
+        where = {"item_id": item_id, "content_index": 0}
+        await session.send(
+            {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "event_id": new_event_id(),
+                **where,
+                "delta": transcript,
+            }
+        )
+        await session.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "event_id": new_event_id(),
+                **where,
+                "transcript": transcript,
+                "usage": {"type": "duration", "seconds": round(duration_ms / 1000, 3)},
+            }
+        )
+        part["transcript"] = transcript
+    await session.send(
+        {
+            "type": "conversation.item.done",
+            "event_id": new_event_id(),
+            "previous_item_id": previous_item_id,
+            "item": item,
+        }
+    )
+
+
+def heard(session: SimSession, item: dict[str, Any]) -> str | None:
+    """What a reply takes a user audio item to have said, when it has no transcript."""
+    duration_ms = session.audio.user_audio_ms.get(item.get("id"))  # type: ignore[arg-type]
+    return None if duration_ms is None else speech_placeholder(duration_ms)
+
+
+# --- output audio --------------------------------------------------------------------------
+
+
+async def speak(session: SimSession, response: SimResponse, where: dict[str, Any]) -> str:
+    """Stream the response's text as audio with its transcript; returns the transcript sent
+    (all of it, or the words whose audio went out before a cancel)."""
+    format_type = response.audio_format
+    spoken = await speech.synthesise(
+        response.text,
+        voice=response.voice,
+        rate=FORMAT_RATES[format_type],
+        engine=session.options.speech_engine,
+    )
+    data = spoken.encoded(format_type)
+    per_ms = bytes_per_ms(format_type)
+    chunk_bytes = max(1, session.options.audio_chunk_ms) * per_ms
+    head = '{"type":"response.output_audio.delta","event_id":"'
+    middle = f'",{dumps(where)[1:-1]},"delta":"'
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    words = spoken.words
+    sent_words = 0
+    sent_ms = 0.0
+    for offset in range(0, len(data), chunk_bytes):
+        pace = session.options.audio_pace
+        if response.cancel_reason is None:
+            if pace > 0:
+                await response.pause(start + sent_ms / 1000 / pace)
+            else:
+                await asyncio.sleep(0)  # as fast as possible, yet never hogging the loop
+        if response.cancel_reason is not None:
+            break
+        chunk = data[offset : offset + chunk_bytes]
+        chunk_end_ms = sent_ms + len(chunk) / per_ms
+        while sent_words < len(words) and words[sent_words][0] < chunk_end_ms:
+            await _transcript_delta(session, where, words[sent_words][1])
+            sent_words += 1
+        b64 = base64.b64encode(chunk).decode("ascii")
+        await session.send_frame(head + new_event_id() + middle + b64 + '"}')
+        sent_ms = chunk_end_ms
+    if response.cancel_reason is None:
+        for _, word in words[sent_words:]:
+            await _transcript_delta(session, where, word)
+        sent_words = len(words)
+    response.audio_ms = sent_ms
+    session.audio.remember_spoken(
+        response.item_id, Spoken(duration_ms=sent_ms, words=words[:sent_words])
+    )
+    return "".join(word for _, word in words[:sent_words])
+
+
+async def _transcript_delta(session: SimSession, where: dict[str, Any], word: str) -> None:
+    await session.send(
+        {
+            "type": "response.output_audio_transcript.delta",
+            "event_id": new_event_id(),
+            **where,
+            "delta": word,
+        }
+    )
 
 
 async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
     index = session.existing_item(event)
+    item = session.items[index]
+    item_id = item["id"]
     audio_end_ms = event.get("audio_end_ms")
     content_index = event.get("content_index", 0)
     if not isinstance(audio_end_ms, int) or isinstance(audio_end_ms, bool):
@@ -87,11 +403,44 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
             f"but got {json_type(audio_end_ms)} instead.",
             "audio_end_ms",
         )
+    if audio_end_ms < 0:
+        raise Rejected(
+            "integer_below_min_value",
+            f"Invalid 'audio_end_ms': expected a value >= 0, but got {audio_end_ms} instead.",
+            "audio_end_ms",
+        )
+    content = item.get("content")
+    spoken = session.audio.spoken.get(item_id)
+    if item.get("role") != "assistant" or spoken is None or not isinstance(content, list):
+        raise Rejected(
+            "invalid_value",
+            f"Only model output audio messages can be truncated; item '{item_id}' is not one.",
+            "item_id",
+        )
+    if content_index != 0 or not content or content[0].get("type") != "output_audio":
+        raise Rejected(
+            "invalid_value",
+            f"Invalid 'content_index': item '{item_id}' has no audio content part at index "
+            f"{content_index}.",
+            "content_index",
+        )
+    if audio_end_ms > spoken.duration_ms:
+        raise Rejected(
+            "invalid_value",
+            f"Audio content of {int(spoken.duration_ms)}ms is already shorter than "
+            f"{audio_end_ms}ms.",
+            "audio_end_ms",
+        )
+    # The service removes what was not heard from the transcript: the words whose audio
+    # started before the cut are kept.
+    kept = tuple((at, word) for at, word in spoken.words if at < audio_end_ms)
+    content[0]["transcript"] = "".join(word for _, word in kept).rstrip()
+    session.audio.remember_spoken(item_id, Spoken(duration_ms=audio_end_ms, words=kept))
     await session.send(
         {
             "type": "conversation.item.truncated",
             "event_id": new_event_id(),
-            "item_id": session.items[index]["id"],
+            "item_id": item_id,
             "content_index": content_index,
             "audio_end_ms": audio_end_ms,
         }
@@ -99,4 +448,4 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
 
 
 async def on_output_audio_clear(session: SimSession, event: dict[str, Any]) -> None:
-    """Accepted and ignored: the simulator plays no audio."""
+    """Accepted and ignored: over WebSocket the client plays (and clears) the audio itself."""

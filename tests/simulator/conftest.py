@@ -10,7 +10,9 @@ from tests.simulator.client import DELTAS, recv, sdk_client
 
 @pytest_asyncio.fixture
 async def sim():
-    simulator = Simulator(SimulatorConfig(deltas_per_response=DELTAS, delta_interval=0.002))
+    simulator = Simulator(
+        SimulatorConfig(deltas_per_response=DELTAS, delta_interval=0.002, audio_pace=0)
+    )
     await simulator.start()
     yield simulator
     await simulator.aclose()

@@ -159,3 +159,6 @@ def test_management_command_arguments():
     )
     assert (options.host, options.port, options.deltas) == ("0.0.0.0", 9200, 3)
     assert (options.interval, options.api_key) == (0.1, "sk-x")
+    assert (options.audio_pace, options.speech) == (None, "auto")
+    options = parser.parse_args(["--audio-pace", "0", "--speech", "tone"])
+    assert (options.audio_pace, options.speech) == (0.0, "tone")

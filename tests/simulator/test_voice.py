@@ -1,19 +1,269 @@
-"""Audio in and out of the simulator, driven by the official `openai` SDK."""
+"""Audio in and out of the simulator (GA voice protocol), driven by the official `openai` SDK:
+server VAD on appended speech, spoken replies as audio deltas with a transcript, barge-in,
+G.711, transcription placeholders, truncation, and appends the service refuses."""
 
 from __future__ import annotations
 
-import pytest
+import base64
+import json
+from typing import Any
 
-from tests.simulator.client import (
-    RESPONSE_EVENTS,
-    recv,
-    recv_until,
-)
+import pytest
+from pydantic import TypeAdapter
+
+from apps.realtime import audio
+from apps.simulator.speech import tone_speech
+from tests.simulator.client import RESPONSE_EVENTS, add_user_text, recv, recv_until, still_works
+
+TRANSCRIPTION = {"model": "gpt-4o-mini-transcribe"}
+VAD = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 200,
+    "silence_duration_ms": 300,
+    "create_response": True,
+    "interrupt_response": True,
+}
+SILENCE_BEFORE_MS = 500
+
+
+def voice_session(*, fmt: str = "audio/pcm", vad: dict | None = VAD, transcription=TRANSCRIPTION):
+    audio_format = {"type": fmt, "rate": 24000} if fmt == "audio/pcm" else {"type": fmt}
+    return {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {
+                "format": audio_format,
+                "turn_detection": vad,
+                "transcription": transcription,
+            },
+            "output": {"format": audio_format, "voice": "marin"},
+        },
+    }
+
+
+async def configure(conn, **options) -> Any:
+    await conn.session.update(session=voice_session(**options))
+    updated = await recv(conn)
+    assert updated.type == "session.updated"
+    return updated.session
+
+
+def microphone(text: str, fmt: str = "audio/pcm") -> bytes:
+    """The caller's line: speech (one tone burst a word) in the session's input format."""
+    rate = audio.FORMAT_RATES[fmt]
+    pcm = tone_speech(text, rate).pcm
+    return {"audio/pcmu": audio.ulaw_encode, "audio/pcma": audio.alaw_encode}.get(
+        fmt, lambda data: data
+    )(pcm)
+
+
+def silence(ms: int, fmt: str = "audio/pcm") -> bytes:
+    per_ms = audio.bytes_per_ms(fmt)
+    byte = {"audio/pcmu": b"\xff", "audio/pcma": b"\xd5"}.get(fmt, b"\x00")
+    return byte * (per_ms * ms)
+
+
+async def send_audio(conn, data: bytes, fmt: str = "audio/pcm", chunk_ms: int = 40) -> None:
+    step = audio.bytes_per_ms(fmt) * chunk_ms
+    for offset in range(0, len(data), step):
+        await conn.input_audio_buffer.append(
+            audio=base64.b64encode(data[offset : offset + step]).decode()
+        )
+
+
+def decoded(events, fmt: str = "audio/pcm") -> bytes:
+    """The PCM16 of every audio delta, in order (G.711 decoded)."""
+    data = b"".join(
+        base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta"
+    )
+    return audio.to_pcm16(data, fmt)
+
+
+def of_type(events, kind: str) -> list:
+    return [e for e in events if e.type == kind]
 
 
 @pytest.mark.asyncio
-async def test_audio_commit_with_server_vad_starts_a_response(conn):
-    await conn.input_audio_buffer.append(audio="AAAA" * 2400)  # 7200 bytes: 150 ms of pcm16
+async def test_speech_then_silence_is_detected_committed_and_answered_aloud(sim, conn):
+    session = await configure(conn)
+    assert session.output_modalities == ["audio"]
+    line = microphone("hello there agent")
+    speech_ms = len(line) / 48
+    await send_audio(conn, silence(SILENCE_BEFORE_MS) + line + silence(600))
+    events = await recv_until(conn, "response.done")
+    types = [e.type for e in events]
+
+    started, stopped = events[0], events[1]
+    assert (started.type, stopped.type) == (
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+    )
+    # The start includes the prefix padding; the end includes the silence that ended it.
+    assert abs(started.audio_start_ms - (SILENCE_BEFORE_MS - VAD["prefix_padding_ms"])) <= 20
+    expected_end = SILENCE_BEFORE_MS + speech_ms + VAD["silence_duration_ms"]
+    # (the line ends with a word's quiet tail and a 70 ms gap: VAD hears it end a bit earlier)
+    assert expected_end - 200 <= stopped.audio_end_ms <= expected_end, (stopped, expected_end)
+    assert stopped.item_id == started.item_id
+    committed = events[2]
+    assert committed.type == "input_audio_buffer.committed"
+    assert committed.item_id == started.item_id and committed.previous_item_id is None
+    added = next(e for e in events if e.type == "conversation.item.added")
+    assert added.item.id == started.item_id and added.item.content[0].type == "input_audio"
+
+    # Transcription is configured: the simulator says honestly what it cannot know.
+    [delta] = of_type(events, "conversation.item.input_audio_transcription.delta")
+    [completed] = of_type(events, "conversation.item.input_audio_transcription.completed")
+    assert completed.item_id == started.item_id and completed.content_index == 0
+    assert completed.transcript == delta.delta
+    assert completed.transcript.startswith("[speech, ")
+    assert "the simulator does not transcribe" in completed.transcript
+    assert completed.usage.type == "duration" and completed.usage.seconds > 0.5
+    user_done = next(e for e in events if e.type == "conversation.item.done")
+    assert user_done.item.content[0].transcript == completed.transcript
+
+    # The reply: spoken, in order, with a transcript that matches what was said.
+    reply = events[types.index("response.created") :]
+    reply_types = [e.type for e in reply]
+    assert reply_types[:4] == [
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+    ]
+    assert reply[3].part.type == "audio"
+    assert reply_types[-6:] == [
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    assert "response.output_text.delta" not in reply_types
+    pcm = decoded(reply)
+    assert len(pcm) > 24000 * 2, "more than a second of speech"
+    assert audio.pcm16_rms(pcm) > 500, "the reply is audible, not silence"
+    transcript = "".join(e.delta for e in of_type(reply, "response.output_audio_transcript.delta"))
+    assert transcript == of_type(reply, "response.output_audio_transcript.done")[0].transcript
+    assert transcript.startswith(
+        "[instructions: You are a helpful assistant.] Reply 1 to: [speech, "
+    )
+    done = reply[-1].response
+    assert done.status == "completed" and done.metadata is None
+    assert done.output_modalities == ["audio"]
+    assert done.audio.output.format.type == "audio/pcm" and done.audio.output.voice == "marin"
+    assert done.output[0].content[0].type == "output_audio"
+    assert done.output[0].content[0].transcript == transcript
+    audio_ms = len(pcm) / 48
+    details = done.usage.output_token_details
+    assert details.audio_tokens == int(audio_ms // 50) and details.text_tokens > 0
+    assert done.usage.output_tokens == details.audio_tokens + details.text_tokens
+    assert done.usage.input_token_details.audio_tokens == int(
+        (stopped.audio_end_ms - started.audio_start_ms) // 100
+    )
+
+    # Every event is one the SDK's strict server-event models accept.
+    from openai.types.realtime import RealtimeServerEvent
+
+    adapter = TypeAdapter(RealtimeServerEvent)
+    session_id = await sim.wait_for_session()
+    for _, event in sim.sent(session_id):
+        adapter.validate_python(event)
+
+
+@pytest.mark.asyncio
+async def test_a_nudge_during_a_voice_call_is_spoken(conn):
+    await configure(conn, vad=None)
+    await conn.response.create(response={"instructions": "Offer the caller a refund."})
+    events = await recv_until(conn, "response.done")
+    transcript = of_type(events, "response.output_audio_transcript.done")[0].transcript
+    assert transcript.startswith("[instructions: Offer the caller a refund.]")
+    assert audio.pcm16_rms(decoded(events)) > 500
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("interrupt", [True, False])
+async def test_speaking_over_the_agent(sim, conn, interrupt):
+    sim.config.audio_pace = 4.0  # fast, yet the reply (several seconds) is still playing
+    await configure(conn, vad={**VAD, "interrupt_response": interrupt})
+    await send_audio(conn, microphone("hello") + silence(400))
+    first = await recv_until(conn, "response.output_audio.delta")
+    response_id = of_type(first, "response.created")[0].response.id
+    await send_audio(conn, microphone("wait a moment"))
+    events = await recv_until(conn, "response.done", timeout=20)
+    assert "input_audio_buffer.speech_started" in [e.type for e in events]
+    done = events[-1].response
+    assert done.id == response_id
+    if interrupt:
+        assert done.status == "cancelled"
+        assert done.status_details.type == "cancelled"
+        assert done.status_details.reason == "turn_detected"
+        assert done.output[0].status == "incomplete"
+        full = of_type(events, "response.output_audio_transcript.done")[0].transcript
+        assert "Reply 1 to:" not in full, "cut before the end of the reply"
+        # The caller finishes speaking: the next turn is answered.
+        await send_audio(conn, silence(400))
+        after = await recv_until(conn, "response.done", timeout=20)
+        assert after[-1].response.status == "completed"
+        assert (
+            "Reply 2 to: [speech, "
+            in of_type(after, "response.output_audio_transcript.done")[0].transcript
+        )
+    else:
+        assert done.status == "completed"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fmt", ["audio/pcmu", "audio/pcma"])
+async def test_g711_sessions_hear_and_speak_g711(conn, fmt):
+    session = await configure(conn, fmt=fmt)
+    assert session.audio.output.format.type == fmt
+    line = microphone("good morning", fmt)
+    await send_audio(conn, silence(300, fmt) + line + silence(500, fmt), fmt)
+    events = await recv_until(conn, "response.done")
+    started = of_type(events, "input_audio_buffer.speech_started")[0]
+    assert abs(started.audio_start_ms - 100) <= 20
+    raw = b"".join(
+        base64.b64decode(e.delta) for e in of_type(events, "response.output_audio.delta")
+    )
+    pcm = audio.to_pcm16(raw, fmt)
+    assert len(pcm) == 2 * len(raw), "one byte a sample, 8 kHz"
+    assert audio.pcm16_rms(pcm) > 500
+    done = events[-1].response
+    assert done.audio.output.format.type == fmt
+    assert done.usage.output_token_details.audio_tokens == int(len(raw) / 8 // 50)
+
+
+@pytest.mark.asyncio
+async def test_without_transcription_the_item_has_no_transcript_and_no_events(conn):
+    await configure(conn, transcription=None)
+    await send_audio(conn, microphone("hello") + silence(400))
+    events = await recv_until(conn, "response.done")
+    types = [e.type for e in events]
+    assert not [t for t in types if t.startswith("conversation.item.input_audio_transcription")]
+    user_item = of_type(events, "conversation.item.done")[0].item
+    assert user_item.role == "user" and user_item.content[0].transcript is None
+    # The reply still answers what it heard, honestly.
+    transcript = of_type(events, "response.output_audio_transcript.done")[0].transcript
+    assert "Reply 1 to: [speech, " in transcript
+
+
+@pytest.mark.asyncio
+async def test_without_turn_detection_speech_waits_for_a_manual_commit(conn):
+    await configure(conn, vad=None)
+    await send_audio(conn, microphone("hello there") + silence(400))
+    await conn.input_audio_buffer.commit()
+    events = await recv_until(conn, "conversation.item.done")
+    assert events[0].type == "input_audio_buffer.committed", "no VAD events before the commit"
+    assert not of_type(events, "input_audio_buffer.speech_started")
+    await still_works(conn)  # and no response was started by the commit
+
+
+@pytest.mark.asyncio
+async def test_manual_commit_with_server_vad_starts_a_response(conn):
+    await conn.input_audio_buffer.append(audio="AAAA" * 2400)  # 7200 bytes: 150 ms of silence
     await conn.input_audio_buffer.commit(event_id="evt_commit")
     events = await recv_until(conn, "response.done")
     types = [e.type for e in events]
@@ -23,20 +273,133 @@ async def test_audio_commit_with_server_vad_starts_a_response(conn):
         "conversation.item.added",
         "conversation.item.done",
     ]
-    assert types[4:] == RESPONSE_EVENTS
+    assert types[4:] == RESPONSE_EVENTS  # a text session: the reply is text
     user_item = events[1].item
     assert events[0].item_id == user_item.id
     assert user_item.role == "user" and user_item.content[0].type == "input_audio"
-    assert "150 ms" in events[-1].response.output[0].content[0].text
-    assert events[4].response.metadata is None
-
-    # With turn detection off, a commit only adds the item.
-    await conn.session.update(
-        session={"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+    assert (
+        events[-1]
+        .response.output[0]
+        .content[0]
+        .text.endswith("Reply 1 to: [speech, 0.1 s — the simulator does not transcribe]")
     )
-    await recv(conn)
-    await conn.input_audio_buffer.append(audio="AAAA" * 2400)
-    await conn.input_audio_buffer.commit()
-    await recv_until(conn, "conversation.item.done")
     await conn.input_audio_buffer.clear()
     assert (await recv(conn)).type == "input_audio_buffer.cleared"
+
+
+@pytest.mark.asyncio
+async def test_truncate_cuts_the_audio_and_its_transcript(conn):
+    await configure(conn, vad=None)
+    await add_user_text(conn, "tell me a long story")
+    await conn.response.create()
+    events = await recv_until(conn, "response.done")
+    item = events[-1].response.output[0]
+    full = item.content[0].transcript
+    audio_ms = len(decoded(events)) / 48
+
+    await conn.conversation.item.truncate(item_id=item.id, content_index=0, audio_end_ms=1000)
+    truncated = await recv(conn)
+    assert truncated.type == "conversation.item.truncated"
+    assert (truncated.item_id, truncated.content_index, truncated.audio_end_ms) == (
+        item.id,
+        0,
+        1000,
+    )
+    await conn.conversation.item.retrieve(item_id=item.id)
+    kept = (await recv(conn)).item.content[0].transcript
+    assert kept and full.startswith(kept) and len(kept) < len(full) / 2
+
+    refusals = [
+        (
+            {"item_id": item.id, "content_index": 0, "audio_end_ms": int(audio_ms) + 5000},
+            "invalid_value",
+            "audio_end_ms",
+        ),
+        (
+            {"item_id": item.id, "content_index": 0, "audio_end_ms": 1500},
+            "invalid_value",
+            "audio_end_ms",
+        ),
+        (
+            {"item_id": item.id, "content_index": 0, "audio_end_ms": -1},
+            "integer_below_min_value",
+            "audio_end_ms",
+        ),
+        (
+            {"item_id": item.id, "content_index": 1, "audio_end_ms": 10},
+            "invalid_value",
+            "content_index",
+        ),
+        (
+            {"item_id": "item_nope", "content_index": 0, "audio_end_ms": 10},
+            "item_not_found",
+            "item_id",
+        ),
+    ]
+    for fields, code, param in refusals:
+        await conn.send_raw(
+            json.dumps({"type": "conversation.item.truncate", "event_id": "evt_t", **fields})
+        )
+        error = (await recv(conn)).error
+        assert (error.code, error.param, error.event_id) == (code, param, "evt_t"), fields
+        assert error.type == "invalid_request_error"
+    # A user item is not model audio.
+    user_item_id = (await add_user_text(conn, "hi")).id
+    await conn.send_raw(
+        json.dumps(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": user_item_id,
+                "content_index": 0,
+                "audio_end_ms": 0,
+            }
+        )
+    )
+    error = (await recv(conn)).error
+    assert (error.code, error.param) == ("invalid_value", "item_id")
+    assert "Only model output audio messages can be truncated" in error.message
+
+
+@pytest.mark.asyncio
+async def test_malformed_base64_append_is_answered_as_the_service_answers_it(sim, conn):
+    await conn.send_raw(
+        json.dumps(
+            {"type": "input_audio_buffer.append", "audio": "not base64!", "event_id": "evt_a"}
+        )
+    )
+    error = (await recv(conn)).error
+    assert error.type == "invalid_request_error"
+    assert (error.code, error.param, error.event_id) == ("invalid_value", "audio", "evt_a")
+    assert error.message == (
+        "Invalid 'audio'. Expected base64-encoded audio bytes (mono PCM16 at 24kHz) "
+        "but got an invalid value."
+    )
+    await still_works(conn)
+    session_id = await sim.wait_for_session()
+    assert sim.sessions[session_id].audio.total_ms == 0, "nothing of it reached the buffer"
+
+
+@pytest.mark.asyncio
+async def test_an_append_over_15_mib_is_refused_naming_the_limit(sim, conn):
+    limit_chars = 15 * 1024 * 1024 // 3 * 4
+    await conn.send_raw(
+        json.dumps(
+            {
+                "type": "input_audio_buffer.append",
+                "audio": "A" * (limit_chars + 4),
+                "event_id": "evt_big",
+            }
+        )
+    )
+    error = (await recv(conn, timeout=20)).error
+    assert (error.code, error.param, error.event_id) == (
+        "string_above_max_length",
+        "audio",
+        "evt_big",
+    )
+    assert str(limit_chars) in error.message and "15 MiB" in error.message
+    # At the limit: taken (15 MiB of silence, about 5.5 minutes of PCM16).
+    await conn.input_audio_buffer.append(audio="A" * limit_chars)
+    await still_works(conn)
+    session_id = await sim.wait_for_session()
+    assert sim.sessions[session_id].audio.total_ms == pytest.approx(15 * 1024 * 1024 / 48)

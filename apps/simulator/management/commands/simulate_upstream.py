@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.simulator.server import Simulator, SimulatorConfig
+from apps.simulator.speech import ENGINES
 
 
 class Command(BaseCommand):
@@ -34,6 +35,19 @@ class Command(BaseCommand):
             help="seconds between deltas (default: OC_SIM_INTERVAL, else 0.02)",
         )
         parser.add_argument(
+            "--audio-pace",
+            type=float,
+            default=None,
+            help="spoken replies' pace, a realtime factor: 1 real time, 0 as fast as possible "
+            "(default: OC_SIM_AUDIO_PACE, else 1)",
+        )
+        parser.add_argument(
+            "--speech",
+            choices=ENGINES,
+            default="auto",
+            help="voice of spoken replies: auto (espeak-ng when installed, else a tone) or tone",
+        )
+        parser.add_argument(
             "--api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' on connect (default: no key needed)",
@@ -47,6 +61,11 @@ class Command(BaseCommand):
         interval = options["interval"]
         if interval is None:
             interval = getattr(settings, "OC_SIM_INTERVAL", defaults.delta_interval)
+        audio_pace = options["audio_pace"]
+        if audio_pace is None:
+            audio_pace = getattr(settings, "OC_SIM_AUDIO_PACE", defaults.audio_pace)
+        if audio_pace < 0:
+            raise CommandError("--audio-pace must not be negative")
         if deltas < 1:
             raise CommandError("--deltas must be at least 1")
         if interval < 0:
@@ -54,6 +73,8 @@ class Command(BaseCommand):
         config = SimulatorConfig(
             deltas_per_response=deltas,
             delta_interval=interval,
+            audio_pace=audio_pace,
+            speech_engine=options["speech"],
             required_api_key=options["api_key"] or None,
             record_limit=0,  # nobody reads the event logs of a standalone simulator
         )
@@ -74,6 +95,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Realtime simulator listening; {config.deltas_per_response} deltas per response, "
             f"{config.delta_interval}s apart"
+            + f"; audio at {config.audio_pace:g}x real time ({config.speech_engine})"
             + ("; API key required" if config.required_api_key else "")
         )
         self.stdout.write(simulator.url)
