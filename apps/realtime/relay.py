@@ -99,11 +99,15 @@ FORGOTTEN_IDS = 64
 MAX_CALLER_METADATA_PAIRS = 15
 # Close codes passed on to the caller as the upstream sent them; others become 1011.
 PASSABLE_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012, 1013, 1014})
+# Turns whose start is remembered until they are final (a bound: the upstream decides).
+MAX_TURNS_STARTED = 64
 # A public session id as the console and the database can hold it.
 MAX_SESSION_ID_CHARS = 128
 # Audio events, read only while the session's audio is tapped (listened to or recorded).
 CALLER_AUDIO_TYPE = "input_audio_buffer.append"
 AGENT_AUDIO_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
+SPEECH_STARTED_TYPE = "input_audio_buffer.speech_started"
+TAPPED_TYPES = AGENT_AUDIO_TYPES | {SPEECH_STARTED_TYPE}
 # The sides of a call's audio, as listeners receive them in byte 0 of each frame.
 CALLER_SIDE = 0
 AGENT_SIDE = 1
@@ -229,6 +233,9 @@ class TranscriptFinal:
 
     entry: dict[str, Any] = field(hash=False)
     at: float
+    # When the turn began, if the core saw it (audio tapped): the caller's speech detected,
+    # the agent's first audio.
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -391,6 +398,7 @@ class RelayCore:
         self.record_audio = record_audio
         self._tapping = record_audio  # listened to or recorded: audio events are read
         self.audio_formats = {CALLER_SIDE: "pcm16", AGENT_SIDE: "pcm16"}
+        self._turn_started: dict[str, float] = {}  # item id → when its audio began
         self._start_deadline: float | None = None
         self._flush_at: float | None = None
         self._last_upstream_at = 0.0
@@ -525,7 +533,7 @@ class RelayCore:
             and kind not in PARSED_TYPES
             and not self._hidden
             and (not self._watchers or kind not in DELTA_TYPES)
-            and (not self._tapping or kind not in AGENT_AUDIO_TYPES)
+            and (not self._tapping or kind not in TAPPED_TYPES)
         ):
             return [ToCaller(frame=frame)]
         self._deadline_stale = True
@@ -549,8 +557,12 @@ class RelayCore:
                 forward = None
             if self._watchers and kind in DELTA_TYPES:
                 self._on_delta(event, hidden, now)
-            if self._tapping and kind in AGENT_AUDIO_TYPES and not hidden:
-                actions += self._tap(AGENT_SIDE, event.get("delta"), now)
+            if self._tapping and kind in TAPPED_TYPES and not hidden:
+                item_id = event.get("item_id")
+                if isinstance(item_id, str) and len(self._turn_started) < MAX_TURNS_STARTED:
+                    self._turn_started.setdefault(item_id, now)
+                if kind in AGENT_AUDIO_TYPES:
+                    actions += self._tap(AGENT_SIDE, event.get("delta"), now)
         if forward is not None:
             actions.append(ToCaller(frame=forward))
         else:
@@ -1075,7 +1087,10 @@ class RelayCore:
         requests once enough have piled up."""
         if self.transcript.has_finals:
             actions += [
-                TranscriptFinal(entry=entry, at=now) for entry in self.transcript.drain_finals()
+                TranscriptFinal(
+                    entry=entry, at=now, started_at=self._turn_started.pop(entry["id"], None)
+                )
+                for entry in self.transcript.drain_finals()
             ]
         if self._finished_since_forget >= FORGET_EVERY:
             self._finished_since_forget = 0

@@ -47,6 +47,7 @@ from apps.realtime.relay import (
     ToUpstream,
     ToWatcher,
     ToWatchers,
+    TranscriptFinal,
 )
 from apps.sessions import clock, groups, metrics, records
 from apps.sessions.history import writer as history
@@ -325,6 +326,8 @@ class SessionActor:
             elif kind is Answer:
                 if reply_to:
                     await self._send_to(reply_to, {"type": groups.ACTOR_REPLY, **action.payload})
+            elif kind is TranscriptFinal:
+                self.audio.transcript_final(action.entry, action.started_at or action.at)
             elif kind is ListenersChanged:
                 self.audio.listeners_changed(action.count)
             elif kind is CloseCaller:

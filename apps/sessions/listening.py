@@ -70,6 +70,10 @@ class AudioTap:
             except Exception as exc:  # listeners miss a piece; the call goes on
                 log.warning("sending audio to %s failed: %r", self.group, exc)
 
+    def transcript_final(self, entry: dict, at: float) -> None:
+        if self.recording is not None:
+            self.recording.note(entry, at)
+
     async def finish(self, *, at: float) -> None:
         """The session is over: listeners are told (`listen.ended`), the recording written."""
         if self.recording is not None:

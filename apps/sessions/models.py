@@ -58,6 +58,11 @@ class LiveSession(models.Model):
         upload_to="recordings/", blank=True, help_text="Both sides of a voice call, as a stereo WAV."
     )
     recording_seconds = models.FloatField(null=True, blank=True, help_text="The recording's length.")
+    recording_transcript = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The recorded call's transcript: final entries with `at`, seconds into the recording.",
+    )
 
     class Meta:
         ordering = ["-started_at"]

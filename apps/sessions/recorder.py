@@ -9,6 +9,8 @@ thread per process does the rest, in the order handed in:
   arrives before the side's audio so far has played out (the agent's audio comes faster than
   real time) follows it directly. So both sides share the session's clock, and speech keeps
   its own pace.
+- Each final transcript entry is kept with its time (`at`, seconds into the recording), so
+  that the recording can be played with its transcript as a timeline.
 - At the end the two sides are interleaved into a stereo WAV (channel 0 the caller, 1 the
   agent; the shorter side padded with silence to the call's length), saved through Django's
   default storage, and the session's row is given its name and length.
@@ -54,6 +56,12 @@ class Recording:
         self._files: list = [None, None]
         self._cursors = [0, 0]  # samples written, each side
         self._dropped = False
+        self._entries: dict[str, dict] = {}  # transcript entries by id, in order of first final
+
+    def note(self, entry: dict, at: float) -> None:
+        """A transcript entry is final (or final again, with new text); `at` is when its turn
+        began, or when it became final if that is not known."""
+        _writer.put(self, self._note, (entry, at))
 
     def add(self, side: int, pcm: bytes, at: float) -> None:
         _writer.put(self, self._write, (side, pcm, at))
@@ -79,6 +87,11 @@ class Recording:
         track.write(pcm)
         self._cursors[side] = cursor + len(pcm) // SAMPLE_BYTES
 
+    def _note(self, entry: dict, at: float) -> None:
+        first = self._entries.get(entry["id"])
+        when = first["at"] if first is not None else round(max(0.0, at - self.started_at), 3)
+        self._entries[entry["id"]] = {**entry, "at": when}
+
     def _finish(self, name: str, at: float) -> None:
         try:
             if self.failed or self._files == [None, None]:
@@ -92,7 +105,9 @@ class Recording:
 
             with serialised_write():
                 LiveSession.objects.filter(id=self.key).update(
-                    recording=stored, recording_seconds=samples / RATE
+                    recording=stored,
+                    recording_seconds=samples / RATE,
+                    recording_transcript=list(self._entries.values()),
                 )
         finally:
             for track in self._files:

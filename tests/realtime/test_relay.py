@@ -1120,3 +1120,25 @@ def test_an_operators_out_of_band_audio_is_neither_heard_by_listeners_nor_record
             (("up", agent_audio("r9")), ["watchers event"]),
         ]
     )
+
+
+def test_a_recorded_turn_is_final_with_the_time_its_audio_began():
+    driver = started(record_audio=True)
+    driver.now = 1.0
+    speech = frame({"type": "input_audio_buffer.speech_started", "item_id": "item_u", "audio_start_ms": 0})
+    driver.step(("up", speech))
+    driver.now = 3.0
+    spoken = frame(
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_u",
+            "transcript": "Hello there",
+        }
+    )
+    (final,) = [a for a in driver.step(("up", spoken)) if isinstance(a, TranscriptFinal)]
+    assert (final.entry["text"], final.at, final.started_at) == ("Hello there", 3.0, 1.0)
+    driver.now = 4.0
+    driver.step(("up", agent_audio("r1")))
+    driver.now = 6.0
+    (final,) = [a for a in driver.step(("up", response_done("r1", text="Hi"))) if isinstance(a, TranscriptFinal)]
+    assert (final.entry["id"], final.at, final.started_at) == ("item_r1", 6.0, 4.0)

@@ -50,6 +50,9 @@ def test_both_sides_are_on_the_calls_timeline_with_silence_between(media):
         recording.add(0, _tone(CHUNK), 100.5 + n * 0.04)
     for _ in range(25):  # the agent's 1 s reply arrives at once at 2.0 s, faster than it plays
         recording.add(1, _tone(CHUNK), 102.0)
+    recording.note({"id": "item_u", "role": "user", "text": "[spoken; no transcript yet]"}, 100.5)
+    recording.note({"id": "item_a", "role": "agent", "text": "On its way.", "request_id": "req_1"}, 102.0)
+    recording.note({"id": "item_u", "role": "user", "text": "Where is it?"}, 101.6)  # transcribed later
     recording.finish(at=104.0)
     assert recorder.flush()
 
@@ -60,6 +63,10 @@ def test_both_sides_are_on_the_calls_timeline_with_silence_between(media):
     assert frames == 4 * RATE, "the call's length"
     assert [_loud(caller, s) for s in (0.1, 0.6, 1.3, 2.5, 3.5)] == [False, True, True, False, False]
     assert [_loud(agent, s) for s in (0.1, 1.0, 2.1, 2.8, 3.5)] == [False, False, True, True, False]
+    assert session.recording_transcript == [
+        {"id": "item_u", "role": "user", "text": "Where is it?", "at": 0.5},
+        {"id": "item_a", "role": "agent", "text": "On its way.", "request_id": "req_1", "at": 2.0},
+    ], "each turn where it began, with its latest text"
 
 
 def test_a_session_without_audio_has_no_recording(media):
