@@ -24,13 +24,16 @@ migrate: install
 
 # Daphne plus DEMO_CALLERS simulated callers (0 for none); Ctrl-C stops both.
 # espeak-ng gives the simulator a voice (installed as root when missing; a tone otherwise).
+# Voice calls are recorded (OC_RECORD_AUDIO=false to stop it); recordings past
+# OC_RECORDING_RETENTION_DAYS are deleted at each start.
 run: migrate
 	-bash scripts/install-system-deps.sh espeak-ng
 	$(BIN)/python manage.py ensure_demo_operator
+	$(BIN)/python manage.py delete_old_recordings
 	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
 	@trap 'kill 0' EXIT; \
 	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \
-	$(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
+	OC_RECORD_AUDIO=$${OC_RECORD_AUDIO:-true} $(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
 
 # Debian's chromium, redis-server and postgresql, installed when missing (as root).
 system-deps:
