@@ -13,6 +13,8 @@ from apps.sessions.admin import ReadOnlyAdmin
 
 
 class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https", help_text=WebhookEndpoint._meta.get_field("url").help_text)
+
     class Meta:
         model = WebhookEndpoint
         fields = ("url", "description", "event_types", "active")

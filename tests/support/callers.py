@@ -16,6 +16,7 @@ class SocketCaller:
         self.socket = socket
         self.session_id = session_id
         self.events: list[dict] = []
+        self.changed = asyncio.Event()
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -35,9 +36,19 @@ class SocketCaller:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for frame in self.socket:
                 self.events.append(json.loads(frame))
+                self.changed.set()
+        self.changed.set()
 
     def count(self, kind: str) -> int:
         return sum(e["type"] == kind for e in self.events)
+
+    async def wait_for(self, kind: str, n: int = 1, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.count(kind) < n:
+                if self.reader.done():
+                    raise AssertionError(f"the caller's socket closed before {n} {kind}")
+                self.changed.clear()
+                await self.changed.wait()
 
     async def say(self, text: str) -> None:
         await self.socket.send(json.dumps({"type": "conversation.item.create", "item": user_text(text)}))

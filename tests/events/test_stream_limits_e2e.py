@@ -1,0 +1,200 @@
+"""The event streams' limits, end to end on a real Daphne: a follower that stops reading is
+dropped without slowing the session or the other followers; bad input is answered clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from apps.events.retention import prune_events
+from tests.conftest import UPSTREAM_KEY
+from tests.support.callers import SocketCaller, until_live
+from tests.support.servers import DaphneProcess
+from tests.support.sse import Follower
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+QUEUE = 50  # events a follower may have waiting
+
+
+@pytest.fixture
+def small_queue_daphne(django_db_setup, django_db_blocker, simulator):
+    with django_db_blocker.unblock():
+        db_path = connection.settings_dict["NAME"]
+    server = DaphneProcess(
+        {
+            "OC_UPSTREAM_URL": simulator.url,
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "DATABASE_URL": f"sqlite:///{os.path.abspath(db_path)}",
+            "OC_EVENTS_FOLLOWER_QUEUE": str(QUEUE),
+        }
+    )
+    yield server
+    server.stop()
+
+
+def rest_client(server, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=f"{server.http_url}/api/v1",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(10, read=30),
+    )
+
+
+def stalled_follower(port: int, token: str) -> socket.socket:
+    """A client that asks for every event, reads the answer's first bytes, then stops
+    reading (a small receive buffer, so the server's side fills soon)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    sock.settimeout(10)
+    head = sock.recv(1024)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def read_to_the_end(sock: socket.socket, timeout: float) -> tuple[int, str]:
+    """(bytes read, how it ended) once the server has closed or reset the connection."""
+    sock.settimeout(timeout)
+    total = 0
+    try:
+        while chunk := sock.recv(65536):
+            total += len(chunk)
+        return total, "closed"
+    except ConnectionResetError:
+        return total, "reset"
+    except TimeoutError:
+        return total, "still open"
+
+
+async def test_a_follower_that_stops_reading_is_dropped_and_slows_nobody(small_queue_daphne, api_token):
+    server = small_queue_daphne
+    async with rest_client(server, api_token) as rest:
+        caller = await SocketCaller.connect(server.ws_base, api_token)
+        stalled = None
+        reader = None
+        try:
+            await until_live(rest, caller.session_id)
+            reader = await Follower(rest, f"/sessions/{caller.session_id}/events").start()
+            stalled = await asyncio.to_thread(stalled_follower, server.port, api_token)
+
+            # Long caller turns, each a transcript entry of ~16 KiB, in bursts of 20 that a
+            # reading follower keeps up with (its queue holds 50).
+            turns, burst = 400, 20
+            text = "lorem ipsum " * 1400
+            started = time.monotonic()
+            for first in range(0, turns, burst):
+                for i in range(first, first + burst):
+                    await caller.say(f"{i}: {text}")
+                await reader.until(
+                    lambda events, n=first + burst: sum(e.data["type"] == "transcript.entry" for e in events) >= n,
+                    timeout=20, what=f"turn {first + burst} on the reading follower",
+                )
+            flood = time.monotonic() - started
+
+            # The session still answers at once: a nudge goes through while the stalled
+            # follower holds nothing up.
+            nudged = time.monotonic()
+            posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={"instructions": "Still here."})
+            assert posted.status_code == 202
+            request_id = posted.json()["id"]
+            await reader.until(
+                lambda events: any(
+                    e.data["type"] == "request.status" and e.data["request"]["id"] == request_id
+                    and e.data["request"]["status"] == "completed" for e in events
+                ),
+                what="the nudge to complete",
+            )
+            assert time.monotonic() - nudged < 5
+
+            total, ending = await asyncio.to_thread(read_to_the_end, stalled, 10)
+            assert ending in ("closed", "reset"), f"the stalled follower was not dropped ({total} bytes read)"
+            assert total < turns * len(text), "it was dropped long before it got the flood"
+            assert "an event follower fell 50 events behind and was dropped" in server.output()
+            assert not reader.ended, "the reading follower goes on"
+            assert flood < 60
+        finally:
+            if stalled is not None:
+                stalled.close()
+            if reader is not None:
+                await reader.close()
+            await caller.close()
+
+
+async def test_bad_input_is_answered_clearly(daphne, make_token, api_token):
+    async with rest_client(daphne, api_token) as rest:
+        anonymous = await rest.get("/events", headers={"Authorization": ""})
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["code"] == "unauthenticated"
+
+        writer_only = await sync_to_async(make_token)(scopes=["responses:write"], name="writer")
+        refused = await rest.get("/events", headers={"Authorization": f"Bearer {writer_only}"})
+        assert refused.status_code == 403
+        assert refused.json()["error"] == {"code": "missing_scope", "message": "This token lacks the scope 'sessions:read'."}
+
+        unknown = await rest.get("/sessions/sess_nope/events")
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "session_not_found"
+        assert "sess_nope" in unknown.json()["error"]["message"]
+
+        for header, query in (("abc", None), (None, "-1"), ("12x", None), ("9" * 19, None)):
+            answer = await rest.get(
+                "/events",
+                headers={"Last-Event-ID": header} if header else {},
+                params={"last_event_id": query} if query else {},
+            )
+            assert answer.status_code == 400, (header, query, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "invalid_last_event_id"
+            assert (header or query) in error["message"]
+
+
+async def test_an_id_older_than_the_window_is_named_in_a_gap_event(daphne, api_token):
+    async with rest_client(daphne, api_token) as rest:
+        caller = await SocketCaller.connect(daphne.ws_base, api_token)
+        try:
+            await until_live(rest, caller.session_id)
+        finally:
+            await caller.close()
+        # Everything so far is pruned (as if an hour had passed); then a new event comes.
+        await asyncio.sleep(0.5)
+        await sync_to_async(prune_events)(now=datetime.now(UTC) + timedelta(hours=1))
+        follower = await Follower(rest, "/events", headers={"Last-Event-ID": "1"}).start()
+        try:
+            await follower.until(lambda events: len(events) >= 1, what="the gap notice")
+            gap = follower.events[0]
+            assert gap.id is None and gap.data["type"] == "stream.gap"
+            assert gap.data["last_event_id"] == 1 and "older than" in gap.data["message"]
+        finally:
+            await follower.close()
+
+
+async def test_an_ended_session_answers_204_so_event_source_stops(daphne, api_token):
+    async with rest_client(daphne, api_token) as rest:
+        caller = await SocketCaller.connect(daphne.ws_base, api_token)
+        follower = None
+        try:
+            await until_live(rest, caller.session_id)
+            follower = await Follower(rest, f"/sessions/{caller.session_id}/events").start()
+        finally:
+            await caller.close()
+        await follower.until(lambda events: any(e.data["type"] == "session.ended" for e in events), what="the end")
+        await follower.wait_ended()
+        ended = follower.events[-1]
+        assert ended.data["session"]["status"] == "ended" and ended.data["session"]["end_reason"] == "caller_closed"
+        again = await rest.get(f"/sessions/{caller.session_id}/events", headers={"Last-Event-ID": ended.id})
+        assert again.status_code == 204
+        missed = await rest.get(f"/sessions/{caller.session_id}/events", headers={"Last-Event-ID": str(int(ended.id) - 1)})
+        assert missed.status_code == 200 and "session.ended" in missed.text, "an unseen end is still sent"
