@@ -33,6 +33,7 @@ def embedded_server(tmp_path):
         "OC_UPSTREAM_URL": "",
         "OPENAI_API_KEY": "",
         "OC_SIM_INTERVAL": "0.005",
+        "OC_SIM_AUDIO_PACE": "0",  # the voice demo caller's answers as fast as possible
     }
     full_env = {**os.environ, **env}
     _manage(full_env, "migrate", "--noinput")
