@@ -36,21 +36,42 @@ def relay_settings(settings, simulator):
     return settings
 
 
-@pytest.fixture(scope="session")
-def daphne(django_db_setup, django_db_blocker, simulator):
-    """A real Daphne serving the app, on the test database, with the simulator upstream."""
+def start_daphne(django_db_blocker, simulator, **env: str) -> DaphneProcess:
+    """A real Daphne serving the app on the test database, the simulator upstream, with
+    `env` over those settings."""
     with django_db_blocker.unblock():
         db_path = connection.settings_dict["NAME"]
-    server = DaphneProcess(
+    return DaphneProcess(
         {
             "OC_UPSTREAM_URL": simulator.url,
             "OPENAI_API_KEY": UPSTREAM_KEY,
             "DATABASE_URL": f"sqlite:///{os.path.abspath(db_path)}",
-            "OC_SEND_TIMEOUT": "5",
+            **env,
         }
     )
+
+
+@pytest.fixture(scope="session")
+def daphne(django_db_setup, django_db_blocker, simulator):
+    """A real Daphne serving the app, on the test database, with the simulator upstream."""
+    server = start_daphne(django_db_blocker, simulator, OC_SEND_TIMEOUT="5")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def daphne_with(django_db_setup, django_db_blocker, simulator):
+    """daphne_with(**env) → a Daphne of the test's own (as `daphne`, with these settings);
+    stopped after the test."""
+    started: list[DaphneProcess] = []
+
+    def start(**env: str) -> DaphneProcess:
+        started.append(start_daphne(django_db_blocker, simulator, **env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

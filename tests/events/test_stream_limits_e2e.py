@@ -4,7 +4,6 @@ dropped without slowing the session or the other followers; bad input is answere
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,12 +11,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 
 from apps.events.retention import prune_events
-from tests.conftest import UPSTREAM_KEY
 from tests.support.callers import SocketCaller, until_live
-from tests.support.servers import DaphneProcess
 from tests.support.sse import Follower
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -26,19 +22,8 @@ QUEUE = 50  # events a follower may have waiting
 
 
 @pytest.fixture
-def small_queue_daphne(django_db_setup, django_db_blocker, simulator):
-    with django_db_blocker.unblock():
-        db_path = connection.settings_dict["NAME"]
-    server = DaphneProcess(
-        {
-            "OC_UPSTREAM_URL": simulator.url,
-            "OPENAI_API_KEY": UPSTREAM_KEY,
-            "DATABASE_URL": f"sqlite:///{os.path.abspath(db_path)}",
-            "OC_EVENTS_FOLLOWER_QUEUE": str(QUEUE),
-        }
-    )
-    yield server
-    server.stop()
+def small_queue_daphne(daphne_with):
+    return daphne_with(OC_EVENTS_FOLLOWER_QUEUE=str(QUEUE))
 
 
 def rest_client(server, token: str) -> httpx.AsyncClient:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,15 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 from openai import InvalidWebhookSignatureError, OpenAI
 
 from apps.events.models import Event, WebhookDelivery
 from apps.events.webhooks import webhook_endpoint_create
 from apps.sessions.models import LiveSession
-from tests.conftest import UPSTREAM_KEY
 from tests.support.callers import SocketCaller, until_live
-from tests.support.servers import DaphneProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -71,21 +67,8 @@ def endpoint():
 
 
 @pytest.fixture
-def hook_daphne(django_db_setup, django_db_blocker, simulator):
-    with django_db_blocker.unblock():
-        db_path = connection.settings_dict["NAME"]
-    server = DaphneProcess(
-        {
-            "OC_UPSTREAM_URL": simulator.url,
-            "OPENAI_API_KEY": UPSTREAM_KEY,
-            "DATABASE_URL": f"sqlite:///{os.path.abspath(db_path)}",
-            "OC_WEBHOOK_RETRY_BASE": "0.2",
-            "OC_WEBHOOK_INTERVAL": "0.1",
-            "OC_WEBHOOK_TIMEOUT": "5",
-        }
-    )
-    yield server
-    server.stop()
+def hook_daphne(daphne_with):
+    return daphne_with(OC_WEBHOOK_RETRY_BASE="0.2", OC_WEBHOOK_INTERVAL="0.1", OC_WEBHOOK_TIMEOUT="5")
 
 
 async def test_an_endpoint_that_fails_twice_receives_each_event_once_signed(hook_daphne, endpoint, api_token):
