@@ -29,3 +29,10 @@ class SimulatorConfig:
     audio_chunk_ms: int = 100
     # "auto": espeak-ng when installed, else a tone sequence; "tone": always the tone (cheaper).
     speech_engine: str = "auto"
+    # Benchmarks: every spoken reply is this many ms of one cached tone (the same length each
+    # time, nothing synthesised per reply); None speaks the reply text as above.
+    reply_audio_ms: int | None = None
+    # Benchmarks: the first 8 bytes of each PCM16 output audio chunk are replaced by its send
+    # time (`time.time_ns()`, little-endian), so the audio itself says when it left, wherever
+    # it lands (a caller, a listener, a recording).
+    audio_stamp: bool = False

@@ -186,8 +186,25 @@ class Simulator:
 
     # --- connections -----------------------------------------------------------------------
 
+    def audio_counts(self, session_id: str) -> dict[str, Any]:
+        """A live or recently ended session's audio: bytes (decoded) taken in by appends and
+        sent as output audio, and the one-way latency (ns) of its stamped appends."""
+        audio = self._session_logs(session_id).audio
+        return {
+            "audio_in_bytes": audio.received_bytes,
+            "audio_out_bytes": audio.sent_bytes,
+            "append_latency_ns": list(audio.append_latency_ns),
+        }
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path.rstrip("/")
+        split = urlsplit(request.path)
+        path = split.path.rstrip("/")
+        if path.endswith("/_stats"):
+            # Benchmarks: GET {url}/_stats?session=ID&session=ID → {"sessions": {ID: counts}}
+            # (`audio_counts`), sessions unknown here left out. Not part of the service's API.
+            ids = parse_qs(split.query).get("session", [])
+            counts = {i: self.audio_counts(i) for i in ids if i in self._logs}
+            return _json(connection, HTTPStatus.OK, {"sessions": counts})
         if not path.endswith("/realtime"):
             self.handshakes_refused += 1
             return _json_response(
@@ -271,8 +288,12 @@ def _select_subprotocol(
 def _json_response(
     connection: ServerConnection, status: HTTPStatus, error_type: str, code: str, message: str
 ) -> Response:
-    body = dumps({"error": {"message": message, "type": error_type, "param": None, "code": code}})
-    response = connection.respond(status, body)
+    error = {"message": message, "type": error_type, "param": None, "code": code}
+    return _json(connection, status, {"error": error})
+
+
+def _json(connection: ServerConnection, status: HTTPStatus, body: dict[str, Any]) -> Response:
+    response = connection.respond(status, dumps(body))
     del response.headers["Content-Type"]
     response.headers["Content-Type"] = "application/json"
     return response

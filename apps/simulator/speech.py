@@ -12,6 +12,7 @@ characters (espeak does not say); for the tone they are exact.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -141,6 +142,24 @@ def tone_speech(text: str, rate: int = 24000) -> Speech:
         samples.extend(_burst(word.strip(), rate))
         samples.extend(bytes(2 * rate * _TONE_GAP_MS // 1000))
     return Speech(pcm=samples.tobytes(), rate=rate, words=tuple(words), engine="tone")
+
+
+def fixed_speech(text: str, duration_ms: int, rate: int = 24000) -> Speech:
+    """`duration_ms` of one tone whatever the text (made once per length and rate), its words
+    spread over it: a reply of the same length every time, for benchmarks."""
+    return Speech(
+        pcm=_fixed_tone(duration_ms, rate),
+        rate=rate,
+        words=_spread_words(text, duration_ms),
+        engine="tone",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_tone(duration_ms: int, rate: int) -> bytes:
+    n = rate * duration_ms // 1000
+    w = 2 * math.pi * 180 / rate
+    return array("h", (int(_TONE_AMPLITUDE * math.sin(w * i)) for i in range(n))).tobytes()
 
 
 def _burst(word: str, rate: int) -> array:

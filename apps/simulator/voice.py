@@ -29,14 +29,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from apps.realtime.audio import FORMAT_RATES, bytes_per_ms, pcm16_rms, to_pcm16
 from apps.realtime.events import json_type
 from apps.simulator import speech
-from apps.simulator.wire import Rejected, dumps, new_event_id, new_id
+from apps.simulator.wire import Rejected, dumps, event_sent_time_ns, new_event_id, new_id
 
 if TYPE_CHECKING:
     from apps.simulator.session import SimResponse, SimSession
@@ -51,6 +52,8 @@ _FORMAT_WORDS = {
     "audio/pcma": "G.711 A-law at 8kHz",
 }
 _KEEP_SPOKEN = 64  # assistant audio items remembered for truncation
+STAMP_BYTES = 8  # SimulatorConfig.audio_stamp: the send time at the start of each chunk
+LATENCY_SAMPLES = 4096  # append latencies kept per session (the latest)
 
 
 def energy_threshold(threshold: object) -> float:
@@ -89,6 +92,12 @@ class InputAudio:
     item_id: str | None = None  # the item the current speech will become
     user_audio_ms: dict[str, float] = field(default_factory=dict)  # committed items' lengths
     spoken: OrderedDict[str, Spoken] = field(default_factory=OrderedDict)  # assistant audio
+    # What a benchmark compares with what its callers sent and received: audio bytes (decoded)
+    # taken in by appends and sent in output audio deltas, and the one-way latency of each
+    # append whose `event_id` carries its send time (`event_<n>_<time_ns>`, as ours do).
+    received_bytes: int = 0
+    sent_bytes: int = 0
+    append_latency_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     @property
     def buffer_ms(self) -> float:
@@ -204,6 +213,10 @@ async def on_audio_append(session: SimSession, event: dict[str, Any]) -> None:
             "but got an invalid value.",
             "audio",
         ) from None
+    session.audio.received_bytes += len(data)
+    stamp = event_sent_time_ns(event.get("event_id"))
+    if stamp is not None:
+        session.audio.append_latency_ns.append(time.time_ns() - stamp)
     turn_detection = _turn_detection(session)
     for what, at_ms in session.audio.feed(data, format_type, turn_detection):
         if what == "started":
@@ -335,13 +348,18 @@ async def speak(session: SimSession, response: SimResponse, where: dict[str, Any
     """Stream the response's text as audio with its transcript; returns the transcript sent
     (all of it, or the words whose audio went out before a cancel)."""
     format_type = response.audio_format
-    spoken = await speech.synthesise(
-        response.text,
-        voice=response.voice,
-        rate=FORMAT_RATES[format_type],
-        engine=session.options.speech_engine,
-    )
+    if session.options.reply_audio_ms is not None:
+        rate = FORMAT_RATES[format_type]
+        spoken = speech.fixed_speech(response.text, session.options.reply_audio_ms, rate)
+    else:
+        spoken = await speech.synthesise(
+            response.text,
+            voice=response.voice,
+            rate=FORMAT_RATES[format_type],
+            engine=session.options.speech_engine,
+        )
     data = spoken.encoded(format_type)
+    stamped = session.options.audio_stamp and format_type == "audio/pcm"
     per_ms = bytes_per_ms(format_type)
     chunk_bytes = max(1, session.options.audio_chunk_ms) * per_ms
     head = '{"type":"response.output_audio.delta","event_id":"'
@@ -365,7 +383,10 @@ async def speak(session: SimSession, response: SimResponse, where: dict[str, Any
         while sent_words < len(words) and words[sent_words][0] < chunk_end_ms:
             await _transcript_delta(session, where, words[sent_words][1])
             sent_words += 1
+        if stamped and len(chunk) >= STAMP_BYTES:
+            chunk = time.time_ns().to_bytes(STAMP_BYTES, "little") + chunk[STAMP_BYTES:]
         b64 = base64.b64encode(chunk).decode("ascii")
+        session.audio.sent_bytes += len(chunk)
         await session.send_frame(head + new_event_id() + middle + b64 + '"}')
         sent_ms = chunk_end_ms
     if response.cancel_reason is None:

@@ -48,6 +48,19 @@ class Command(BaseCommand):
             help="voice of spoken replies: auto (espeak-ng when installed, else a tone) or tone",
         )
         parser.add_argument(
+            "--reply-audio-ms",
+            type=int,
+            default=None,
+            help="benchmarks: every spoken reply is this many ms of one tone (default: the "
+            "reply text spoken)",
+        )
+        parser.add_argument(
+            "--audio-stamp",
+            action="store_true",
+            help="benchmarks: each PCM16 output audio chunk starts with its send time "
+            "(8 bytes, time.time_ns() little-endian)",
+        )
+        parser.add_argument(
             "--api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' on connect (default: no key needed)",
@@ -70,11 +83,16 @@ class Command(BaseCommand):
             raise CommandError("--deltas must be at least 1")
         if interval < 0:
             raise CommandError("--interval must not be negative")
+        reply_audio_ms = options["reply_audio_ms"]
+        if reply_audio_ms is not None and not 1 <= reply_audio_ms <= 600_000:
+            raise CommandError("--reply-audio-ms must be in 1..600000")
         config = SimulatorConfig(
             deltas_per_response=deltas,
             delta_interval=interval,
             audio_pace=audio_pace,
             speech_engine=options["speech"],
+            reply_audio_ms=reply_audio_ms,
+            audio_stamp=options["audio_stamp"],
             required_api_key=options["api_key"] or None,
             record_limit=0,  # nobody reads the event logs of a standalone simulator
         )
