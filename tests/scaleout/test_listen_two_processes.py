@@ -1,0 +1,84 @@
+"""Listen-in across processes: a caller on process A, an operator listening through process B
+(two real Daphne processes, one real Redis, one real PostgreSQL). B's listener hears A's call
+through the channel layer, from `listen.started` on, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from array import array
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import UPSTREAM_KEY
+from tests.support.servers import DaphneProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def pair(scaleout_db, redis_server, simulator):
+    env = {
+        "DATABASE_URL": scaleout_db.url,
+        "REDIS_URL": redis_server.url,
+        "OC_UPSTREAM_URL": simulator.url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OC_PROCESSES": "2",
+    }
+    servers: list[DaphneProcess] = []
+    try:
+        servers += [DaphneProcess(env), DaphneProcess(env)]
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def login_cookie(server: DaphneProcess, username: str, password: str) -> str:
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        await http.get("/accounts/login/")
+        login = await http.post(
+            "/accounts/login/",
+            data={"username": username, "password": password,
+                  "csrfmiddlewaretoken": http.cookies["csrftoken"], "next": "/console/"},
+            headers={"Referer": f"{server.http_url}/accounts/login/", "Origin": server.http_url},
+        )
+        assert login.status_code == 302, login.text
+        return f"sessionid={http.cookies['sessionid']}"
+
+
+def piece(n: int) -> bytes:
+    """40 ms of PCM16 that says which piece it is."""
+    return array("h", [n] * 960).tobytes()
+
+
+async def test_a_listener_on_the_other_process_hears_the_call_in_order(pair, scaleout_db):
+    a, b = pair
+    cookie = await login_cookie(b, scaleout_db.username, scaleout_db.password)
+    async with websockets.connect(
+        f"{a.ws_base}/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {scaleout_db.token}"},
+    ) as call:
+        session_id = json.loads(await call.recv())["session"]["id"]
+        async with websockets.connect(
+            f"ws://127.0.0.1:{b.port}/ws/console/sessions/{session_id}/audio",
+            origin=b.http_url,
+            additional_headers={"Cookie": cookie},
+        ) as listener:
+            started = json.loads(await asyncio.wait_for(listener.recv(), 10))
+            assert started == {"type": "listen.started", "format": "pcm16", "rate": 24000}
+            for n in range(1, 26):  # one second of the caller's audio, in real time
+                await call.send(json.dumps({"type": "input_audio_buffer.append",
+                                            "audio": base64.b64encode(piece(n)).decode()}))
+                await asyncio.sleep(0.04)
+            heard = []
+            async with asyncio.timeout(10):
+                while len(heard) < 25:
+                    frame = await listener.recv()
+                    if isinstance(frame, bytes):
+                        heard.append(frame)
+    assert all(frame[0] == 0 for frame in heard), "every piece is the caller's"
+    assert [frame[1:] for frame in heard] == [piece(n) for n in range(1, 26)], "all of it, in order"
