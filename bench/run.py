@@ -32,13 +32,14 @@ from pathlib import Path
 
 import psutil
 
-from bench import fanout, nudge, relay, soak
+from bench import events, fanout, nudge, relay, soak
 from bench.common import CORES, ROOT, Bench, failure, say
 
 RESULTS = ROOT / "bench" / "RESULTS.md"  # only a full, unfiltered run writes it by default
 
-PARTS = {"relay": relay, "nudge": nudge, "fanout": fanout, "soak": soak}
+PARTS = {"relay": relay, "nudge": nudge, "fanout": fanout, "events": events, "soak": soak}
 TITLES = {"nudge": "nudge latency (REST hook → upstream)", "fanout": "dashboard fan-out",
+          "events": "event streams (SSE followers)",
           "soak": "soak (two Daphne processes, Redis, PostgreSQL)"}
 
 
@@ -133,7 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: C=10, short windows, short parts")
-    add("--only", default="", help="comma-separated: websockets,channels,relay,nudge,fanout,soak")
+    add("--only", default="", help="comma-separated: websockets,channels,relay,nudge,fanout,events,soak")
+    add("--events-sessions", type=int, default=None, help="events part: streaming sessions (default 100)")
+    add("--events-followers", type=int, default=None, help="events part: SSE followers (default 50)")
     add("--nudges", type=int, default=None, help="nudge part: sequential nudges (default 500)")
     add("-c", "--concurrency", default="", help="comma-separated C values (default 10,100,300)")
     add("--window", type=float, default=None, help="measurement window, s (default 10)")
@@ -164,7 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("window ≤ 60 s, warm-up ≤ 30 s, profile 1..30 s")
     # Only a full, unfiltered run replaces bench/RESULTS.md by default.
     args.full = (not args.quick and not args.only and args.nudges is None
-                 and args.concurrency == [10, 100, 300])
+                 and args.concurrency == [10, 100, 300]
+                 and args.events_sessions is None and args.events_followers is None)
     return args
 
 

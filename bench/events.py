@@ -1,0 +1,414 @@
+"""The event-stream part: scripts following every session over SSE, and what they cost the relay.
+
+Processes, all on 127.0.0.1: one Daphne serving `operator_console.asgi:application`
+(DJANGO_DEBUG=false, in-memory channel layer, SQLite in a bench-private file), whose CPU is
+measured; the simulator (`manage.py simulate_upstream`); and one client process
+(`python -m bench.events`, `main` below) holding `SESSIONS` Realtime callers that loop
+(`conversation.item.create` + `response.create` → `response.done`, at once again) so every
+session streams at the simulator's pace, and, in the windows *with* followers, `FOLLOWERS`
+scripts on `GET /api/v1/events` (every session's events), each reading its stream.
+
+Windows of the same length alternate without and with the followers at the same caller load
+(the event log is written in both: only following it differs). Follower lag:
+- *done → follower*: the caller's `response.done` arrives (client clock) → the follower gets
+  `request.status` `completed` for that response (same clock): the whole path, history
+  writer included;
+- *recorded → follower*: the event's `created_at` (the history writer, just before its commit)
+  → the follower gets it (wall clock; one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+
+from bench.common import (
+    DONE,
+    HOST,
+    MODEL,
+    NOISY_SHARE,
+    PY,
+    Bench,
+    Caller,
+    CpuWindow,
+    ProcessGroup,
+    emit,
+    fmt,
+    log_problems,
+    problems_text,
+    say,
+    scan_log,
+    section,
+    summary,
+    table,
+    verdict,
+)
+
+SESSIONS = 100
+FOLLOWERS = 50
+SIM_DELTAS = 20
+SIM_INTERVAL = 0.02
+PLAN = {"full": ("off,on,off,on,off", 12.0, 3.0, 5.0), "quick": ("off,on", 4.0, 1.0, 2.0)}
+BUDGET_S = {"full": 300.0, "quick": 150.0}
+CPU_TARGET = 1.2  # relay CPU with followers ÷ without
+LAG_TARGET_MS = 200.0  # follower lag p99
+APP = "operator_console.asgi:application"
+RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[^"]+)"')
+EVENT_TYPE = re.compile(rb'"type":"([a-z_.]+)"')
+COMPLETED = re.compile(rb'"response_id":"(resp_[^"]+)","output_text"')
+CREATED_AT = re.compile(rb'"created_at":"([^"]+)"')
+
+
+# ---------------------------------------------------------------------------- the client process
+
+
+@dataclass(eq=False)
+class LoopingCaller(Caller):
+    """A caller that asks for the next response as soon as one is done, and notes when each
+    response's `response.done` arrived."""
+
+    index: int = 0
+    done_at: dict[bytes, float] = field(default_factory=dict)
+    stop: bool = False
+
+    def on_frame(self, kind: bytes | None, data: bytes) -> None:
+        super().on_frame(kind, data)
+        if kind == DONE:
+            match = RESPONSE_ID.search(data)
+            if match:
+                self.done_at[match.group(1)] = time.monotonic()
+            if not self.stop:
+                asyncio.get_running_loop().create_task(self.turn())
+
+    async def turn(self) -> None:
+        text = f"Hello from bench caller {self.index}."
+        item = {"type": "conversation.item.create",
+                "item": {"type": "message", "role": "user",
+                         "content": [{"type": "input_text", "text": text}]}}
+        with contextlib.suppress(Exception):
+            await self.ws.send(json.dumps(item))
+            await self.ws.send('{"type":"response.create"}')
+
+
+@dataclass(eq=False)
+class StreamFollower:
+    """A script on /api/v1/events: reads the stream, splits it into events, notes when each
+    `request.status completed` and each event arrived."""
+
+    events: int = 0
+    bytes: int = 0
+    completed_at: dict[bytes, float] = field(default_factory=dict)
+    recorded_lag: list[float] = field(default_factory=list)
+    measuring: bool = False
+    ended: str | None = None
+    task: asyncio.Task | None = None
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, client: httpx.AsyncClient, url: str) -> None:
+        buffer = b""
+        try:
+            async with client.stream("GET", url) as answer:
+                if answer.status_code != 200:
+                    self.ended = f"HTTP {answer.status_code}"
+                    return
+                self.opened.set()
+                async for chunk in answer.aiter_raw():
+                    now, wall = time.monotonic(), time.time()
+                    self.bytes += len(chunk)
+                    buffer += chunk
+                    *frames, buffer = buffer.split(b"\n\n")
+                    for frame in frames:
+                        if not frame.startswith(b"id:"):
+                            continue
+                        self.events += 1
+                        if not self.measuring:
+                            continue
+                        kind = EVENT_TYPE.search(frame)
+                        if kind and kind.group(1) == b"request.status":
+                            done = COMPLETED.search(frame)
+                            if done and b'"status":"completed"' in frame:
+                                self.completed_at[done.group(1)] = now
+                        stamp = CREATED_AT.search(frame)
+                        if stamp:
+                            recorded = datetime.fromisoformat(stamp.group(1).decode()).timestamp()
+                            self.recorded_lag.append(wall - recorded)
+            self.ended = "the server ended the stream"
+        except Exception as exc:  # noqa: BLE001 - reported with the figures
+            self.ended = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.opened.set()
+
+
+class Clients:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.callers: list[LoopingCaller] = []
+        self.followers: list[StreamFollower] = []
+        self.all_followers: list[StreamFollower] = []
+        self.client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {args.token}"},
+            timeout=httpx.Timeout(10, read=None),
+            limits=httpx.Limits(max_connections=args.followers + 10),
+        )
+        self.groups = {
+            "daphne": ProcessGroup(args.target_pid),
+            "simulator": ProcessGroup(args.sim_pid),
+            "clients": ProcessGroup(os.getpid()),
+        }
+
+    async def connect_callers(self) -> None:
+        url, started = f"ws://{self.args.host}/v1/realtime?model={MODEL}", time.monotonic()
+        for first in range(0, self.args.sessions, 25):
+            count = min(25, self.args.sessions - first)
+            self.callers += await asyncio.gather(*(
+                LoopingCaller.open(url, self.args.token, index=first + i) for i in range(count)
+            ))
+        emit(event="connected", sessions=len(self.callers), seconds=round(time.monotonic() - started, 2))
+        for caller in self.callers:
+            await caller.turn()
+
+    async def attach(self, on: bool) -> None:
+        if on and not self.followers:
+            self.followers = [StreamFollower() for _ in range(self.args.followers)]
+            self.all_followers += self.followers
+            url = f"http://{self.args.host}/api/v1/events"
+            for follower in self.followers:
+                follower.task = asyncio.create_task(follower.run(self.client, url))
+            async with asyncio.timeout(15):
+                await asyncio.gather(*(f.opened.wait() for f in self.followers))
+            emit(event="attached", followers=len(self.followers))
+        elif not on and self.followers:
+            for follower in self.followers:
+                follower.task.cancel()
+            await asyncio.gather(*(f.task for f in self.followers), return_exceptions=True)
+            self.followers = []
+
+    def done_times(self) -> dict[bytes, float]:
+        merged: dict[bytes, float] = {}
+        for caller in self.callers:
+            merged.update(caller.done_at)
+        return merged
+
+    async def window(self, index: int, on: bool) -> dict:
+        dones = sum(c.dones for c in self.callers)
+        events = [f.events for f in self.followers]
+        for follower in self.followers:
+            follower.measuring = True
+            follower.completed_at.clear()
+            follower.recorded_lag.clear()
+        cpu = CpuWindow(self.groups)
+        await asyncio.sleep(self.args.window)
+        measured = cpu.end()
+        for follower in self.followers:
+            follower.measuring = False
+        await asyncio.sleep(1.0)  # the last responses' events arrive
+        seconds = measured["seconds"]
+        responses = sum(c.dones for c in self.callers) - dones
+        done_at = self.done_times()
+        lag = [at - done_at[rid] for f in self.followers for rid, at in f.completed_at.items() if rid in done_at]
+        recorded = [x for f in self.followers for x in f.recorded_lag]
+        per_follower = [(f.events - before) / seconds for f, before in zip(self.followers, events, strict=True)]
+        return {
+            "index": index,
+            "followers": len(self.followers) if on else 0,
+            "seconds": seconds,
+            "responses_per_s": responses / seconds,
+            "cpu_s": measured["cpu_s"],
+            "other_cpu_share": measured["other_cpu_share"],
+            "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
+            "events_per_s_per_follower": summary(per_follower, unit=1.0) if per_follower else None,
+            "lag_done_ms": summary(lag) if lag else None,
+            "lag_recorded_ms": summary(recorded) if recorded else None,
+            "followers_ended": [f.ended for f in self.followers if f.ended],
+        }
+
+    async def windows(self) -> list[dict]:
+        out = []
+        for phase in self.args.schedule.split(","):
+            on = phase.strip() == "on"
+            await self.attach(on)
+            await asyncio.sleep(self.args.settle)
+            window = await self.window(len(out) + 1, on)
+            out.append(window)
+            emit(event="window", index=window["index"], followers=window["followers"],
+                 responses_per_s=round(window["responses_per_s"]),
+                 daphne_cpu_percent=round(window["daphne_cpu_percent"], 1),
+                 lag_p99_ms=round((window["lag_done_ms"] or {}).get("p99") or 0, 1))
+        return out
+
+    async def close(self) -> None:
+        await self.attach(False)
+        for caller in self.callers:
+            caller.stop = True
+        await asyncio.gather(*(c.close() for c in self.callers), return_exceptions=True)
+        await self.client.aclose()
+
+
+async def main(args: argparse.Namespace) -> dict:
+    clients = Clients(args)
+    try:
+        await clients.connect_callers()
+        await asyncio.sleep(args.warmup)
+        windows = await clients.windows()
+    finally:
+        await clients.close()
+    return {
+        "event": "result",
+        "sessions": len(clients.callers),
+        "followers": args.followers,
+        "windows": windows,
+        "caller_errors": sum(len(c.errors) for c in clients.callers),
+        "caller_error_samples": [e for c in clients.callers for e in c.errors][:5],
+        "callers_closed": [c.closed for c in clients.callers if c.closed][:5],
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Event-stream clients (bench/events.py)")
+    add = parser.add_argument
+    add("--host", required=True, help="127.0.0.1:PORT of the relay")
+    add("--token", required=True)
+    add("--target-pid", type=int, required=True)
+    add("--sim-pid", type=int, required=True)
+    add("--sessions", type=int, default=SESSIONS)
+    add("--followers", type=int, default=FOLLOWERS)
+    add("--schedule", default=PLAN["full"][0])
+    add("--window", type=float, default=PLAN["full"][1])
+    add("--settle", type=float, default=PLAN["full"][2])
+    add("--warmup", type=float, default=PLAN["full"][3])
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- the part
+
+
+async def run(bench: Bench, args) -> dict:
+    mode = "quick" if args.quick else "full"
+    schedule, window, settle, warmup = PLAN[mode]
+    sessions = getattr(args, "events_sessions", None) or SESSIONS
+    followers = getattr(args, "events_followers", None) or FOLLOWERS
+    env = bench.env(DATABASE_URL=f"sqlite:///{bench.workdir / 'events.sqlite3'}")
+    handles = []
+    try:
+        async with asyncio.timeout(BUDGET_S[mode]):
+            sim, env["OC_UPSTREAM_URL"] = await bench.simulator(
+                "events-simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL, env=env
+            )
+            handles.append(sim)
+            token = await bench.migrate_with_token("bench-events", env)
+            daphne, port = await bench.daphne("events-relay", APP, env)
+            handles.append(daphne)
+            argv = [
+                PY, "-m", "bench.events", "--host", f"{HOST}:{port}", "--token", token,
+                "--target-pid", str(daphne.pid), "--sim-pid", str(sim.pid),
+                "--sessions", str(sessions), "--followers", str(followers),
+                "--schedule", schedule, "--window", str(window), "--settle", str(settle),
+                "--warmup", str(warmup),
+            ]
+
+            def progress(message: dict) -> None:
+                event = message.pop("event", "")
+                say(f"    {event}: " + ", ".join(f"{k} {v}" for k, v in message.items()))
+
+            result = await bench.client("events-clients", argv, env, BUDGET_S[mode], progress)
+    except TimeoutError:
+        raise RuntimeError(f"the event-stream part exceeded its {BUDGET_S[mode]:g} s budget") from None
+    finally:
+        for handle in reversed(handles):
+            await bench.stop(handle)
+    logs = {h.name: scan_log(h.log_path) for h in handles}
+    plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
+    return {**result, **analyse(result["windows"]), **plan, "logs": logs}
+
+
+def analyse(windows: list[dict]) -> dict:
+    counted = [w for w in windows if w["other_cpu_share"] <= NOISY_SHARE] or windows
+
+    def cpu(on: bool) -> float | None:
+        chosen = [w for w in counted if bool(w["followers"]) == on]
+        seconds = sum(w["seconds"] for w in chosen)
+        return 100 * sum(w["cpu_s"]["daphne"] for w in chosen) / seconds if seconds else None
+
+    def per_response(on: bool) -> float | None:
+        chosen = [w for w in counted if bool(w["followers"]) == on]
+        responses = sum(w["responses_per_s"] * w["seconds"] for w in chosen)
+        return sum(w["cpu_s"]["daphne"] for w in chosen) / responses * 1000 if responses else None
+
+    without, with_ = cpu(False), cpu(True)
+    lags = [w["lag_done_ms"] for w in counted if w.get("lag_done_ms")]
+    return {
+        "cpu_without": without,
+        "cpu_with": with_,
+        "cpu_ratio": with_ / without if with_ and without else None,
+        "cpu_per_1k_responses": (per_response(False), per_response(True)),
+        "lag_p99_ms": max((lag["p99"] for lag in lags), default=None),
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def render(result: dict | None) -> str:
+    return section("Event streams (SSE followers of every session)", result, _body)
+
+
+def _body(result: dict) -> list[str]:
+    about = (
+        f"One Daphne (DJANGO_DEBUG=false, SQLite, in-memory channel layer); the simulator "
+        f"({SIM_DELTAS} deltas per response, {SIM_INTERVAL * 1000:g} ms apart); a client process "
+        f"with {result['sessions']} looping Realtime callers and, in the windows *with* "
+        f"followers, {result['followers']} scripts on `GET /api/v1/events`. After "
+        f"{result['warmup_s']:g} s of warm-up, windows of {result['window_s']:g} s alternate "
+        "without and with the followers. *done → follower* = the caller's `response.done` → "
+        "that response's `request.status completed` at a follower (one clock); *recorded → "
+        "follower* = the event's `created_at` (just before its commit) → a follower.\n"
+    )
+    rows = []
+    for w in result["windows"]:
+        done, rec = w.get("lag_done_ms") or {}, w.get("lag_recorded_ms") or {}
+        per = w.get("events_per_s_per_follower") or {}
+        cpu = w["cpu_s"]
+        rows.append([
+            w["index"], w["followers"], fmt(w["responses_per_s"], 0), fmt(w["daphne_cpu_percent"]),
+            fmt(per.get("p50"), 0),
+            f"{fmt(done.get('p50'))} / {fmt(done.get('p99'))}",
+            f"{fmt(rec.get('p50'))} / {fmt(rec.get('p99'))}",
+            f"{fmt(100 * cpu['simulator'] / w['seconds'], 0)} / {fmt(100 * cpu['clients'] / w['seconds'], 0)}"
+            f" / {fmt(100 * w['other_cpu_share'], 0)}",
+        ])
+    columns = ["window", "followers", "responses/s", "Daphne CPU %", "events/s per follower",
+               "done → follower p50 / p99 ms", "recorded → follower p50 / p99 ms",
+               "simulator / clients / other CPU %"]
+    ratio, lag = result.get("cpu_ratio"), result.get("lag_p99_ms")
+    targets = table(["target", "measured", "verdict"], [
+        [f"relay CPU with followers ≤ {CPU_TARGET}× without",
+         f"{fmt(ratio, 3)}× ({fmt(result.get('cpu_with'))} % vs {fmt(result.get('cpu_without'))} %)",
+         verdict(None if ratio is None else ratio <= CPU_TARGET)],
+        [f"follower lag p99 ≤ {LAG_TARGET_MS:g} ms", f"{fmt(lag)} ms (worst window, done → follower)",
+         verdict(None if lag is None else lag <= LAG_TARGET_MS)],
+    ], left=3)
+    lines = []
+    if result.get("caller_errors"):
+        lines.append(f"- callers: {result['caller_errors']} error(s); e.g. {result['caller_error_samples'][:2]}")
+    for w in result["windows"]:
+        if w["followers_ended"]:
+            lines.append(f"- window {w['index']}: {len(w['followers_ended'])} follower(s) ended: "
+                         f"{w['followers_ended'][:2]}")
+        if w["other_cpu_share"] > NOISY_SHARE:
+            lines.append(f"- window {w['index']}: disturbed: other processes used "
+                         f"{100 * w['other_cpu_share']:.0f}% of the machine")
+    return [about, table(columns, rows, left=2), "Targets:\n\n" + targets,
+            problems_text(lines + log_problems(result["logs"]))]
+
+
+if __name__ == "__main__":
+    emit(**asyncio.run(main(parse_args())))
