@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -43,6 +44,7 @@ CORES = psutil.cpu_count() or 1
 NOISY_SHARE = 0.10  # other work above this share of the machine: a figure is disturbed
 QUIET_PERCENT = 12.0  # machine busy % (all cores) below which it counts as quiet
 QUIET_BUDGET_S = 120.0  # the whole run's time waiting for quiet
+OPERATOR_PASSWORD = "bench-operator-password"  # noqa: S105 - a bench-private database's users
 
 
 def say(text: str) -> None:
@@ -426,6 +428,29 @@ class Bench:
         self.quiet_waited += waited
         if waited > 1.5:
             say(f"    waited {waited:.0f} s for a quiet machine (now {busy:.0f}% busy)")
+
+
+# ---------------------------------------------------------------------------- operators
+
+
+async def login(client: httpx.AsyncClient, base: str, username: str) -> str:
+    """The login form, as a browser fills it: the `sessionid` cookie's value. Cookies are
+    carried by hand: with DJANGO_DEBUG=false they are `Secure`, which a cookie jar does not
+    send back over plain http."""
+    page = await client.get(f"{base}/accounts/login/")
+    csrf = page.cookies.get("csrftoken")
+    if page.status_code != 200 or not csrf:
+        raise RuntimeError(f"GET /accounts/login/ → {page.status_code}, csrftoken {bool(csrf)}")
+    form = {"username": username, "password": OPERATOR_PASSWORD, "csrfmiddlewaretoken": csrf,
+            "next": "/console/"}
+    answer = await client.post(
+        f"{base}/accounts/login/", data=form,
+        headers={"Cookie": f"csrftoken={csrf}", "Referer": f"{base}/accounts/login/"},
+    )
+    session = answer.cookies.get("sessionid")
+    if answer.status_code != 302 or not session:
+        raise RuntimeError(f"login of {username} → {answer.status_code}: {answer.text[:200]}")
+    return session
 
 
 # ---------------------------------------------------------------------------- callers

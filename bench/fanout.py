@@ -35,6 +35,7 @@ from bench.common import (
     HOST,
     MODEL,
     NOISY_SHARE,
+    OPERATOR_PASSWORD,
     PY,
     Bench,
     CpuWindow,
@@ -44,6 +45,7 @@ from bench.common import (
     examples,
     fmt,
     log_problems,
+    login,
     open_caller,
     problems_text,
     run_caller,
@@ -60,7 +62,6 @@ WATCHERS = 20
 DASHBOARDS = 10
 SIM_DELTAS = 20
 SIM_INTERVAL = 0.02  # s between deltas: 50 deltas/s per session
-PASSWORD = "bench-operator-password"  # noqa: S105 - a bench-private database's users
 USER_PREFIX = "bench-op-"
 # (schedule, window s, settle s before each window, warm-up s), full and --quick.
 PLAN = {"full": ("off,on,off,on,off", 16.0, 3.0, 5.0), "quick": ("off,on", 4.0, 1.0, 2.0)}
@@ -72,26 +73,6 @@ APP = "operator_console.asgi:application"
 
 
 # ---------------------------------------------------------------------------- the client process
-
-
-async def login(client: httpx.AsyncClient, base: str, username: str) -> str:
-    """The login form, as a browser fills it: the `sessionid` cookie's value. Cookies are
-    carried by hand: with DJANGO_DEBUG=false they are `Secure`, which a cookie jar does not
-    send back over plain http."""
-    page = await client.get(f"{base}/accounts/login/")
-    csrf = page.cookies.get("csrftoken")
-    if page.status_code != 200 or not csrf:
-        raise RuntimeError(f"GET /accounts/login/ → {page.status_code}, csrftoken {bool(csrf)}")
-    form = {"username": username, "password": PASSWORD, "csrfmiddlewaretoken": csrf,
-            "next": "/console/"}
-    answer = await client.post(
-        f"{base}/accounts/login/", data=form,
-        headers={"Cookie": f"csrftoken={csrf}", "Referer": f"{base}/accounts/login/"},
-    )
-    session = answer.cookies.get("sessionid")
-    if answer.status_code != 302 or not session:
-        raise RuntimeError(f"login of {username} → {answer.status_code}: {answer.text[:200]}")
-    return session
 
 
 @dataclass(eq=False)
@@ -160,7 +141,7 @@ def socket_window(op: Operator, t0: float, t1: float) -> dict:
     """What one operator socket received in the window [t0, t1)."""
     frames = [f for f in op.frames if t0 <= f[0] < t1]
     seconds = t1 - t0
-    main = "transcript" if op.kind == "watcher" else "sessions.update"
+    main = "transcript" if op.kind == "watcher" else "sessions"
     times = [at for at, kind, _ in frames if kind == main]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     by_type: dict[str, float] = {}
@@ -321,7 +302,7 @@ async def main(args: argparse.Namespace) -> dict:
         "caller_error_samples": stats.error_samples,
         "operator_errors": sum(len(op.errors) for op in ops),
         "operator_error_samples": [e for op in ops for e in op.errors][:5],
-        "dashboard_sessions_listed": [len(op.first.get("sessions") or ()) for op in ops
+        "dashboard_sessions_listed": [op.first.get("live", 0) for op in ops
                                       if op.kind == "dashboard" and isinstance(op.first, dict)],
     }
 
@@ -391,7 +372,7 @@ async def create_operators(bench: Bench, env: dict) -> None:
         "from django.contrib.auth import get_user_model\n"
         "from django.contrib.auth.hashers import make_password\n"
         "User = get_user_model()\n"
-        f"digest = make_password({PASSWORD!r})\n"
+        f"digest = make_password({OPERATOR_PASSWORD!r})\n"
         f"User.objects.bulk_create([User(username=f'{USER_PREFIX}{{i:02d}}', password=digest) "
         f"for i in range(1, {WATCHERS + DASHBOARDS + 1})])\n"
     )
@@ -541,7 +522,7 @@ def socket_table(result: dict) -> str:
                "frames/s by type (mean)"]
     text = ("Frames delivered per operator socket over the windows with them (each socket in each "
             "window is one sample; *updates* = `transcript` messages for a watcher, "
-            "`sessions.update` for a dashboard):\n\n" + table(columns, rows))
+            "`sessions`, a page, for a dashboard):\n\n" + table(columns, rows))
     if listed := result["dashboard_sessions_listed"]:
         text += (f"\nEach dashboard's first `sessions` message listed {min(listed)}–"
                  f"{max(listed)} live sessions (callers: {result['callers']}).\n")

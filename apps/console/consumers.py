@@ -1,9 +1,10 @@
 """ConsoleConsumer: `/ws/console/`, the live part of the operator's pages.
 
-The browser asks for what it shows: `{"type": "watch.sessions"}` (the dashboard) or
+The browser asks for what it shows: `{"type": "watch.sessions", "query": {…}}` (the dashboard,
+with its search, filters, sort and page as in its URL; sent again when they change) or
 `{"type": "watch.session", "session_id": "sess_…"}` (a session page). Everything the server
-sends is JSON with a `type`: `sessions` / `sessions.update` (dashboard), and for a session
-`snapshot`, `transcript`, `request`, `presence`, `event`, `ended` — the actor's `console.*`
+sends is JSON with a `type`: `sessions` (the dashboard's page and top-line figures), and for a
+session `snapshot`, `transcript`, `request`, `presence`, `event`, `ended` — the actor's `console.*`
 messages with the prefix dropped, passed on by one generic handler.
 
 Login is required (the route is wrapped in the session and auth middleware, behind an Origin
@@ -18,6 +19,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from apps.console.dashboard import View
 from apps.console.feed import feed
 from apps.sessions import groups, selectors
 from apps.sessions.consumers import SurvivesLayerOutages
@@ -63,7 +65,8 @@ class ConsoleConsumer(SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "watch.sessions":
             self._on_dashboard = True
-            await feed().add(self)
+            query = content.get("query")
+            await feed().add(self, View.from_query(query if isinstance(query, dict) else {}))
         elif kind == "watch.session" and isinstance(content.get("session_id"), str):
             await self._watch(content["session_id"])
         else:

@@ -1,5 +1,9 @@
 """The dashboard feed: one task per process reads the live sessions from the table every
-`INTERVAL` seconds and sends each dashboard socket of this process what changed.
+`INTERVAL` seconds and sends each dashboard socket of this process its page when it changed.
+
+Each socket watches a `dashboard.View` (search, filters, sort, page: the page's query string);
+its page is cut from the one read in memory, so a thousand live sessions cost one query per
+tick however many operators watch, and a page that did not change is not sent.
 
 Reading the table, not listening to actors, keeps the relay's hot path free of dashboard work
 (a session costs its actor nothing while nobody watches it), and shows every process's
@@ -12,6 +16,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from apps.console.dashboard import View
 from apps.sessions import selectors
 from apps.sessions.db import db_async
 from apps.sessions.loops import per_loop
@@ -43,9 +48,19 @@ def summary(session: LiveSession) -> dict[str, Any]:
     }
 
 
+# Every live session is read: a process holds at most OC_MAX_SESSIONS, and with several
+# processes sharing the table a few thousand is still one quick query.
+MAX_LIVE = 10_000
+
+
 def summaries() -> list[dict[str, Any]]:
     """The dashboard's sessions, newest first."""
-    return [summary(session) for session in selectors.live_sessions()]
+    return [summary(session) for session in selectors.live_sessions(limit=MAX_LIVE)]
+
+
+def page_message(view: View, sessions: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
+    """What a dashboard socket is sent: its page, and the top-line figures."""
+    return {"type": "sessions", **view.page_of(sessions), "stats": stats, "view": view.params()}
 
 
 def _read() -> tuple[dict[str, dict], dict[str, Any]]:
@@ -54,22 +69,33 @@ def _read() -> tuple[dict[str, dict], dict[str, Any]]:
 
 class Feed:
     def __init__(self) -> None:
-        self.viewers: set[Viewer] = set()
+        self.viewers: dict[Viewer, View] = {}
+        self._sent: dict[Viewer, dict[str, Any]] = {}
         self._sessions: dict[str, dict] = {}
         self._stats: dict[str, Any] = {}
         self._task: asyncio.Task | None = None
 
-    async def add(self, viewer: Viewer) -> None:
-        self.viewers.add(viewer)
+    async def add(self, viewer: Viewer, view: View | None = None) -> None:
+        """Watch `view` (again, when the viewer changes its search, filters, sort or page)."""
+        self.viewers[viewer] = view or View()
         if self._task is None or self._task.done():
             # One task per process, started before any await so that viewers arriving
             # together cannot each start one; a task whose viewers all left ends.
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
         sessions, stats = await db_async(_read)()
-        await viewer.send_json({"type": "sessions", "sessions": list(sessions.values()), "stats": stats})
+        if viewer in self.viewers:
+            await self._send(viewer, page_message(self.viewers[viewer], list(sessions.values()), stats))
 
     def discard(self, viewer: Viewer) -> None:
-        self.viewers.discard(viewer)
+        self.viewers.pop(viewer, None)
+        self._sent.pop(viewer, None)
+
+    async def _send(self, viewer: Viewer, message: dict[str, Any]) -> None:
+        self._sent[viewer] = message
+        try:
+            await viewer.send_json(message)
+        except Exception as exc:  # that socket is closing; its disconnect removes it
+            log.debug("dashboard update not sent: %r", exc)
 
     async def _run(self) -> None:
         while self.viewers:
@@ -81,18 +107,14 @@ class Feed:
 
     async def once(self) -> None:
         sessions, stats = await db_async(_read)()
-        changed = [s for key, s in sessions.items() if self._sessions.get(key) != s]
-        removed = [key for key in self._sessions if key not in sessions]
-        stats_changed = stats != self._stats
-        self._sessions, self._stats = sessions, stats
-        if not (changed or removed or stats_changed):
+        if sessions == self._sessions and stats == self._stats:
             return
-        update = {"type": "sessions.update", "upsert": changed, "remove": removed, "stats": stats}
-        for viewer in list(self.viewers):
-            try:
-                await viewer.send_json(update)
-            except Exception as exc:  # that socket is closing; its disconnect removes it
-                log.debug("dashboard update not sent: %r", exc)
+        self._sessions, self._stats = sessions, stats
+        everything = list(sessions.values())
+        for viewer, view in list(self.viewers.items()):
+            message = page_message(view, everything, stats)
+            if message != self._sent.get(viewer):
+                await self._send(viewer, message)
 
 
 # This event loop's feed.

@@ -9,8 +9,10 @@ app_name = "console"
 # ending (`/`, `/responses`, `/interrupt`), so none can swallow another's URL.
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("settings/", views.preferences, name="preferences"),
     path("sessions/<path:session_id>/", views.session_page, name="session"),
     path("sessions/<path:session_id>/responses", views.nudge, name="nudge"),
     path("sessions/<path:session_id>/interrupt", views.interrupt, name="interrupt"),
+    path("sessions/<path:session_id>/label", views.label, name="label"),
     path("requests/<str:request_id>/cancel", views.cancel, name="cancel"),
 ]

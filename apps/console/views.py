@@ -25,12 +25,16 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.console import feed
+from apps.console import feed, timezones
+from apps.console.dashboard import DEFAULT_SORT, KINDS, ORIGINS, STATES, View, headings
 from apps.console.forms import Nudge
+from apps.console.models import OperatorProfile
 from apps.sessions import overrides, selectors, services
+from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession, ResponseRequest
 
 STEER = "oc_sessions.steer_session"
+OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
 OVER = (LiveSession.Status.ENDED, LiveSession.Status.FAILED)
 LIMITS = {
     "metadata_pairs": overrides.MAX_METADATA_PAIRS,
@@ -46,12 +50,22 @@ def _wants_json(request: HttpRequest) -> bool:
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
+    """The live sessions: searched, filtered, sorted and paged as the query string says (the
+    same `View` the page's socket then watches)."""
     scheme = "wss" if request.is_secure() else "ws"
+    view = View.from_query(request.GET)
+    page = view.page_of(feed.summaries())
     return render(
         request,
         "console/dashboard.html",
         {
-            "sessions": feed.summaries(),
+            "view": view,
+            "page": page,
+            "headings": headings(view),
+            "choices": {"state": STATES, "kind": KINDS, "origin": ORIGINS},
+            "previous": view.link(page=page["page"] - 1) if page["page"] > 1 else None,
+            "next": view.link(page=page["page"] + 1) if page["page"] < page["pages"] else None,
+            "filtered": bool(view.params(sort=DEFAULT_SORT, page=1)),
             "stats": selectors.nudge_stats(),
             "relay_url": f"{scheme}://{request.get_host()}/v1",
             "upstream": settings.OC_UPSTREAM_URL or "embedded simulator",
@@ -74,6 +88,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
         "console/session.html",
         {
             "session": session,
+            "label_limit": services.MAX_LABEL_CHARS,
             "over": session.status in OVER,
             "requests": rows,
             "requests_json": [row.to_dict() for row in rows],
@@ -155,6 +170,16 @@ async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
     session_id = row.session.upstream_id
     if user is None:
         return redirect_to_login(_back(session_id))
+    if row.origin not in OPERATOR_ORIGINS and request.POST.get("confirm") != "caller":
+        # A caller's own request is theirs: cancelling it is a separate, confirmed action.
+        return _refused(
+            request,
+            session_id,
+            services.NotCancellable(
+                f"Request '{request_id}' is the {row.origin}'s own: confirm to cancel it "
+                "(the caller will not get the response it asked for)."
+            ),
+        )
     try:
         row = await services.response_request_cancel(request_id=request_id)
     except services.ServiceError as exc:
@@ -180,5 +205,63 @@ async def interrupt(request: HttpRequest, session_id: str) -> HttpResponse:
     return redirect(_back(session_id))
 
 
+@require_POST
+async def label(request: HttpRequest, session_id: str) -> HttpResponse:
+    user = await _steerer(request)
+    if user is None:
+        return redirect_to_login(_back(session_id))
+    text = request.POST.get("label", "")
+    try:
+        session = await db_async(services.live_session_label_set)(
+            session_id=session_id, label=text, by=user.get_username()
+        )
+    except services.ServiceError as exc:
+        if _wants_json(request):
+            return JsonResponse({"ok": False, "errors": {"label": exc.message}}, status=exc.status)
+        messages.error(request, exc.message)
+        return redirect(_back(session_id))
+    if _wants_json(request):
+        return JsonResponse({"ok": True, "label": session.label})
+    messages.success(request, f"Labelled “{session.label}”." if session.label else "Label cleared.")
+    return redirect(_back(session_id))
+
+
+@login_required
+def preferences(request: HttpRequest) -> HttpResponse:
+    """The operator's own settings: the timezone times are shown in."""
+    profile, _ = OperatorProfile.objects.get_or_create(user=request.user)
+    if request.method == "POST":
+        zone = request.POST.get("timezone", "")
+        if zone and not timezones.valid(zone):
+            messages.error(request, f"'{zone}' is not a timezone this server knows.")
+        else:
+            profile.timezone = zone
+            profile.save(update_fields=["timezone"])
+            messages.success(request, f"Times are shown in {zone or 'your browser’s timezone'}.")
+            return redirect("console:preferences")
+    return render(
+        request,
+        "console/preferences.html",
+        {"profile": profile, "zones": sorted(timezones.zones()), "browser_zone": request.COOKIES.get(timezones.COOKIE, "")},
+    )
+
+
 def home(request: HttpRequest) -> HttpResponse:
     return redirect("console:dashboard")
+
+
+def locked_out(request: HttpRequest, response=None, credentials=None) -> HttpResponse:
+    """django-axes' answer to a locked-out login: the login page, saying why and for how long."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return render(
+        request,
+        "registration/login.html",
+        {
+            "locked_out": True,
+            "minutes": minutes,
+            "failures": settings.AXES_FAILURE_LIMIT,
+            "next": request.POST.get("next") or request.GET.get("next") or "",
+            "username": (credentials or {}).get("username") or request.POST.get("username", ""),
+        },
+        status=429,
+    )

@@ -62,7 +62,8 @@ async def test_the_dashboard_lists_live_sessions(caller, cookies):
     communicator, _ = await _console(cookies["alice"])
     await communicator.send_json_to({"type": "watch.sessions"})
     listing = await _receive(communicator, "sessions")
-    [session] = [s for s in listing["sessions"] if s["id"] == caller.session_id]
+    [session] = [s for s in listing["rows"] if s["id"] == caller.session_id]
+    assert listing["total"] == listing["live"] == 1 and listing["page"] == listing["pages"] == 1
     assert session["state"] == "idle" and session["connected_by"] == "token:caller"
     assert set(listing["stats"]) == {"nudges_last_minute", "median_nudge_to_start_ms"}
     await communicator.disconnect()

@@ -1,61 +1,162 @@
-// /console/: the live sessions table and the top-line figures, patched from the feed.
+// /console/: the live sessions, searched, filtered, sorted and paged on the server.
+// The view lives in the URL (?q=…&state=…&sort=…&page=…): the filter form is a GET form and the
+// headings are links, so it all works without JavaScript. Here the same parameters are sent
+// over the socket, and the server sends this page's rows whenever they change.
 import { el, refreshAges, tickAges } from "./dom.js";
 import { connectLive, showState } from "./live.js";
 
-const body = document.querySelector("[data-sessions] tbody");
+const table = document.querySelector("[data-sessions]");
+const body = table.querySelector("tbody");
 const empty = document.querySelector("[data-empty]");
+const filters = document.querySelector("[data-filters]");
+const pager = document.querySelector("[data-pager]");
 const figures = {
   live: document.querySelector('[data-figure="live"]'),
   nudges: document.querySelector('[data-figure="nudges"]'),
   latency: document.querySelector('[data-figure="latency"]'),
+  cost: document.querySelector('[data-figure="cost"]'),
+  costBox: document.querySelector('[data-figure-box="cost"]'),
 };
+const DEFAULT_SORT = "-started";
+const DESCENDING_FIRST = new Set(["started", "requests", "cost", "last_activity", "watching"]);
+
+let view = Object.fromEntries(new URLSearchParams(location.search));
+
+const money = (usd) => `$${usd.toFixed(4)}`;
+
+function query(changes = {}) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries({ ...view, ...changes })) {
+    if (value === "" || value === undefined || value === null) continue;
+    if (key === "sort" && value === DEFAULT_SORT) continue;
+    if (key === "page" && String(value) === "1") continue;
+    params.set(key, value);
+  }
+  const text = params.toString();
+  return text ? `?${text}` : "?";
+}
 
 function row(session) {
   const state = [el("span", { class: `badge state-${session.state}`, text: session.state })];
   if (session.queued) state.push(" ", el("span", { class: "badge state-queued", text: `${session.queued} queued` }));
+  const cell = (label, attrs, ...children) => el("td", { "data-label": label, ...attrs }, ...children);
   return el(
     "tr",
     { "data-session": session.id },
-    el("td", {}, el("a", { href: `/console/sessions/${encodeURIComponent(session.id)}/`, text: session.id })),
-    el("td", {}, state),
-    el("td", { text: session.model }),
-    el("td", { "data-since": session.started_at }),
-    el("td", { text: session.connected_by || "—" }),
-    el("td", { text: session.requests }),
-    el("td", { "data-since": session.last_activity }),
-    el("td", { text: session.watchers.length ? session.watchers.join(", ") : "—" }),
+    cell("Session", {}, el("a", { href: `/console/sessions/${encodeURIComponent(session.id)}/`, text: session.id })),
+    cell("Label", { text: session.label || "—" }),
+    cell("State", {}, state),
+    cell("Model", { text: session.model }),
+    cell("Kind", { text: session.kind }),
+    cell("Age", { "data-since": session.started_at }),
+    cell("Connected by", { text: session.connected_by || "—" }),
+    cell("Responses", { text: session.requests }),
+    cell("Cost", { text: session.cost_usd === null || session.cost_usd === undefined ? "—" : money(session.cost_usd) }),
+    cell("Last activity", { "data-since": session.last_activity }),
+    cell("Watching", { text: session.watchers.length ? session.watchers.join(", ") : "—" }),
   );
 }
 
-function upsert(session) {
-  const fresh = row(session);
-  const old = body.querySelector(`tr[data-session="${CSS.escape(session.id)}"]`);
-  if (old) old.replaceWith(fresh);
-  else body.prepend(fresh);
+function headings() {
+  const sort = view.sort || DEFAULT_SORT;
+  const key = sort.replace(/^-/, "");
+  const descending = sort.startsWith("-");
+  for (const link of table.querySelectorAll("[data-sort]")) {
+    const column = link.dataset.sort;
+    const current = column === key;
+    const next = current ? (descending ? column : `-${column}`) : (DESCENDING_FIRST.has(column) ? `-${column}` : column);
+    link.href = query({ sort: next, page: 1 });
+    // Newest first is the smallest age first.
+    const shown = descending !== (column === "started");
+    link.parentElement.setAttribute("aria-sort", current ? (shown ? "descending" : "ascending") : "none");
+  }
 }
 
-function stats(values) {
-  figures.live.textContent = body.rows.length;
-  figures.nudges.textContent = values.nudges_last_minute;
-  const latency = values.median_nudge_to_start_ms;
+function show(message) {
+  body.replaceChildren(...message.rows.map(row));
+  figures.live.textContent = message.live;
+  figures.nudges.textContent = message.stats.nudges_last_minute;
+  const latency = message.stats.median_nudge_to_start_ms;
   figures.latency.textContent = latency === null || latency === undefined ? "—" : `${latency} ms`;
-  empty.hidden = body.rows.length > 0;
+  figures.costBox.hidden = message.cost_usd === null || message.cost_usd === undefined;
+  if (!figures.costBox.hidden) figures.cost.textContent = money(message.cost_usd);
+  empty.hidden = message.rows.length > 0;
+  if (!message.rows.length) {
+    empty.replaceChildren(...(message.live
+      ? ["No live session matches. ", el("a", { href: "?", text: "Show them all" }), "."]
+      : ["No live sessions. Connect a Realtime client, or run ", el("code", { text: "python manage.py demo_callers --count 3" }), "."]));
+  }
+  const range = pager.querySelector("[data-range]");
+  range.textContent = message.total
+    ? `${message.first}–${message.last} of ${message.total}${message.total !== message.live ? ` matching (${message.live} live)` : ""}`
+    : "";
+  const prev = pager.querySelector('[data-page="prev"]');
+  const next = pager.querySelector('[data-page="next"]');
+  prev.hidden = message.page <= 1;
+  next.hidden = message.page >= message.pages;
+  prev.href = query({ page: message.page - 1 });
+  next.href = query({ page: message.page + 1 });
+  const models = filters.querySelector("[data-models]");
+  const known = [...models.options].map((option) => option.value).slice(1);
+  if (known.join("\n") !== message.models.join("\n")) {
+    const chosen = models.value;
+    models.replaceChildren(el("option", { value: "", text: "any" }), ...message.models.map((m) => el("option", { text: m })));
+    models.value = chosen;
+  }
+  refreshAges(body);
 }
 
-connectLive({
-  subscribe: { type: "watch.sessions" },
+// ---------------------------------------------------------------- changing the view
+
+let live;
+
+function change(next, { push = false } = {}) {
+  view = next;
+  const url = `${location.pathname}${query()}`.replace(/\?$/, "");
+  if (push) history.pushState(view, "", url);
+  else history.replaceState(view, "", url);
+  document.querySelector("[data-clear]").hidden = query({ sort: DEFAULT_SORT, page: 1 }) === "?";
+  headings();
+  live?.send({ type: "watch.sessions", query: view });
+}
+
+function fromForm() {
+  const next = { sort: view.sort };
+  for (const [key, value] of new FormData(filters)) if (value) next[key] = value.trim();
+  return next; // a new search starts at page 1
+}
+
+let typing;
+filters.addEventListener("input", (event) => {
+  clearTimeout(typing);
+  typing = setTimeout(() => change(fromForm()), event.target.type === "search" ? 200 : 0);
+});
+filters.addEventListener("submit", (event) => {
+  event.preventDefault();
+  change(fromForm(), { push: true });
+});
+filters.querySelector("[data-apply]").hidden = true; // it applies as you type
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("[data-sort], [data-page], [data-clear]");
+  if (!link || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
+  event.preventDefault();
+  const next = Object.fromEntries(new URL(link.href).searchParams);
+  if (link.matches("[data-clear]")) filters.reset();
+  for (const input of filters.elements) if (input.name && input.name !== "sort") input.value = next[input.name] || "";
+  change(next, { push: true });
+});
+window.addEventListener("popstate", () => {
+  const next = Object.fromEntries(new URLSearchParams(location.search));
+  for (const input of filters.elements) if (input.name && input.name !== "sort") input.value = next[input.name] || "";
+  change(next);
+});
+
+live = connectLive({
+  subscribe: () => ({ type: "watch.sessions", query: view }),
   onState: (state) => showState(document.querySelector("[data-live-status]"), state),
   onMessage(message) {
-    if (message.type === "sessions") {
-      body.replaceChildren(...message.sessions.map(row));
-    } else if (message.type === "sessions.update") {
-      for (const id of message.remove) body.querySelector(`tr[data-session="${CSS.escape(id)}"]`)?.remove();
-      for (const session of message.upsert) upsert(session);
-    } else {
-      return;
-    }
-    stats(message.stats);
-    refreshAges(body);
+    if (message.type === "sessions") show(message);
   },
 });
+headings();
 tickAges();

@@ -41,3 +41,26 @@ export function millis(fromIso, toIso) {
   if (!fromIso || !toIso) return null;
   return Date.parse(toIso) - Date.parse(fromIso);
 }
+
+// Clock times in the operator's timezone: their setting (the page's `data-tz`), else the browser's.
+const zone = document.body.dataset.tzChosen || undefined;
+const clockFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false, timeZone: zone });
+const zoneFormat = new Intl.DateTimeFormat(undefined, { timeZoneName: "short", timeZone: zone });
+
+export function clock(iso) {
+  if (!iso) return "";
+  return clockFormat.format(new Date(iso));
+}
+
+export function zoneName(iso) {
+  return zoneFormat.formatToParts(new Date(iso)).find((part) => part.type === "timeZoneName")?.value ?? "";
+}
+
+// Every <time data-clock datetime=…>: the time of day there, with the zone's name when asked.
+export function refreshClocks(root = document) {
+  for (const node of root.querySelectorAll("time[data-clock]")) {
+    const iso = node.getAttribute("datetime");
+    node.textContent = node.dataset.clock === "zone" ? `${clock(iso)} ${zoneName(iso)}` : clock(iso);
+    node.title = new Date(iso).toISOString();
+  }
+}

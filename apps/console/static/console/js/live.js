@@ -1,5 +1,5 @@
-// The console's live socket: /ws/console/, reconnecting with backoff. `subscribe` is sent on
-// every (re)connect; `onMessage` gets each JSON message; `onState` gets "live" | "reconnecting"
+// The console's live socket: /ws/console/, reconnecting with backoff. `subscribe` (a message,
+// or a function giving the current one) is sent on every (re)connect; `send()` sends another; `onMessage` gets each JSON message; `onState` gets "live" | "reconnecting"
 // | "logged out". `close()` ends it for good (no reconnect).
 export function connectLive({ subscribe, onMessage, onState }) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -13,7 +13,7 @@ export function connectLive({ subscribe, onMessage, onState }) {
     socket.addEventListener("open", () => {
       delay = 500;
       onState?.("live");
-      socket.send(JSON.stringify(subscribe));
+      socket.send(JSON.stringify(typeof subscribe === "function" ? subscribe() : subscribe));
     });
     socket.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
@@ -29,6 +29,9 @@ export function connectLive({ subscribe, onMessage, onState }) {
   }
   open();
   return {
+    send(message) {
+      if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+    },
     close() {
       stopped = true;
       socket?.close();

@@ -1,5 +1,5 @@
 // /console/sessions/{id}/: live transcript, queue and history, presence, the nudge form.
-import { el, millis, refreshAges, tickAges } from "./dom.js";
+import { clock, el, millis, refreshAges, refreshClocks, tickAges } from "./dom.js";
 import { connectLive, showState } from "./live.js";
 
 const main = document.querySelector("main");
@@ -29,19 +29,28 @@ function isoAt(seconds) {
   return new Date(seconds * 1000).toISOString();
 }
 
-function cancelButton(request) {
-  if (!canSteer || over || request.status !== "queued") return null;
-  const button = el("button", { type: "submit", class: "link", text: "Cancel" });
-  const cancel = el("form", { method: "post", action: `/console/requests/${encodeURIComponent(request.id)}/cancel` },
-    el("input", { type: "hidden", name: "csrfmiddlewaretoken", value: csrf }), button);
-  cancel.addEventListener("submit", async (event) => {
+function cancelForm(request, confirmed) {
+  const button = el("button", { type: "submit", class: confirmed ? "danger small" : "link", text: confirmed ? "Cancel the caller’s request" : "Cancel" });
+  const form = el("form", { method: "post", action: `/console/requests/${encodeURIComponent(request.id)}/cancel` },
+    el("input", { type: "hidden", name: "csrfmiddlewaretoken", value: csrf }),
+    confirmed ? [el("input", { type: "hidden", name: "confirm", value: "caller" }), el("p", { class: "small", text: "This is the caller’s own request." })] : null,
+    button);
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
     button.disabled = true;
-    const answer = await post(cancel.action, new FormData(cancel));
+    const answer = await post(form.action, new FormData(form));
     if (!answer.ok) toast(answer.errors?.form || "Could not cancel.", "bad");
     button.disabled = false;
   });
-  return cancel;
+  return form;
+}
+
+// An operator's own request cancels at once; a caller's (or the server's) is theirs, so
+// cancelling it is a separate action behind a disclosure that says whose it is.
+function cancelControl(request) {
+  if (!canSteer || over || request.status !== "queued") return null;
+  if (OPERATORS.has(request.origin)) return cancelForm(request, false);
+  return el("details", { class: "confirm" }, el("summary", { text: "Cancel…" }), cancelForm(request, true));
 }
 
 function requestRow(request) {
@@ -49,15 +58,16 @@ function requestRow(request) {
   const metadata = request.metadata && Object.keys(request.metadata).length
     ? el("small", {}, Object.entries(request.metadata).map(([k, v]) => `${k}=${v} `)) : null;
   const reason = request.error?.code || request.error_code;
+  const when = el("time", { class: "muted", datetime: request.created_at, text: clock(request.created_at) });
   return el("tr", { "data-request": request.id, "data-status": request.status },
-    el("td", {}, el("span", { class: "origin", text: request.origin }), ` ${request.requested_by || ""}`,
-      el("br"), el("code", { class: "rid", text: `${request.id.slice(0, 12)}…` })),
+    el("td", {}, el("span", { class: "origin", text: request.origin }), ` ${request.requested_by || ""} `, when,
+      request.conversation === "none" ? [" ", el("span", { class: "badge oob", text: "out of band" })] : null,
+      request.instructions ? [el("br"), el("span", { class: "asked", text: request.instructions.slice(0, 80) })] : null,
+      metadata ? [el("br"), metadata] : null),
     el("td", {}, el("span", { class: `badge status-${request.status}`, text: request.status }),
       reason ? [el("br"), el("small", { class: "reason", text: reason })] : null),
-    el("td", {}, request.conversation === "none" ? el("span", { class: "badge oob", text: "out of band" }) : null,
-      request.instructions ? ` ${request.instructions.slice(0, 80)}` : "", metadata ? [el("br"), metadata] : null),
-    el("td", { text: latency === null ? "" : `${latency} ms` }),
-    el("td", {}, cancelButton(request)));
+    el("td", { class: "num", text: latency === null ? "" : `${latency} ms` }),
+    el("td", {}, cancelControl(request)));
 }
 
 function renderRequest(request) {
@@ -87,6 +97,7 @@ function applyRequest(message) {
   requests.set(request.id, request);
   renderRequest(request);
   drawChart();
+  if (TERMINAL.has(request.status) || request.status === "in_progress") remarkEntries(request);
   if (!known && OPERATORS.has(request.origin) && request.requested_by !== me) {
     const what = request.instructions ? `: “${request.instructions.slice(0, 60)}”` : "";
     toast(`${request.requested_by || "Someone"} asked for a response${what}`, "info");
@@ -95,41 +106,109 @@ function applyRequest(message) {
 
 // ---------------------------------------------------------------- chart
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A round top for the y axis: 1, 2 or 5 times a power of ten.
+function niceTop(value) {
+  const power = 10 ** Math.floor(Math.log10(Math.max(value, 1)));
+  return [1, 2, 5, 10].map((m) => m * power).find((top) => top >= value);
+}
+
+// Latency from request to start (ms), one point per request that started, in order; operators'
+// requests filled, the caller's hollow. Plain SVG: axes with ticks and units, no library.
 function drawChart() {
-  const svg = document.querySelector("[data-latency-chart]");
-  const points = [...requests.values()]
-    .filter((r) => OPERATORS.has(r.origin) && r.started_at)
-    .map((r) => millis(r.created_at, r.started_at));
+  const chart = document.querySelector("[data-latency-chart]");
   const caption = document.querySelector("[data-latency-caption]");
-  if (!points.length) {
-    svg.replaceChildren();
-    caption.textContent = "Nudge → start latency: no nudge has started yet";
+  const started = [...requests.values()]
+    .filter((r) => r.origin !== "server" && r.started_at)
+    .map((r) => ({ request: r, ms: millis(r.created_at, r.started_at) }));
+  const W = 320, H = 120, left = 40, right = 8, top = 8, bottom = 26;
+  const plotW = W - left - right, plotH = H - top - bottom;
+  const maxMs = niceTop(Math.max(1, ...started.map((p) => p.ms)));
+  const parts = [];
+  for (const tick of [0, maxMs / 2, maxMs]) {
+    const y = top + plotH - (tick / maxMs) * plotH;
+    parts.push(svg("line", { x1: left, x2: W - right, y1: y, y2: y, class: "grid" }));
+    parts.push(svg("text", { x: left - 4, y: y + 3, class: "tick", "text-anchor": "end" }, `${Math.round(tick)}`));
+  }
+  parts.push(svg("line", { x1: left, x2: left, y1: top, y2: top + plotH, class: "axis" }));
+  parts.push(svg("line", { x1: left, x2: W - right, y1: top + plotH, y2: top + plotH, class: "axis" }));
+  parts.push(svg("text", { x: 4, y: top + 6, class: "unit" }, "ms"));
+  parts.push(svg("text", { x: left + plotW / 2, y: H - 4, class: "unit", "text-anchor": "middle" }, "request (in order)"));
+  const n = started.length;
+  const x = (i) => left + (n > 1 ? (i / (n - 1)) * (plotW - 12) + 6 : plotW / 2);
+  if (n) {
+    parts.push(svg("text", { x: left, y: top + plotH + 12, class: "tick", "text-anchor": "start" }, "1"));
+    if (n > 1) parts.push(svg("text", { x: x(n - 1), y: top + plotH + 12, class: "tick", "text-anchor": "middle" }, `${n}`));
+  }
+  started.forEach((point, i) => {
+    const y = top + plotH - (point.ms / maxMs) * plotH;
+    const dot = svg("circle", { cx: x(i), cy: y, r: 3.5, class: OPERATORS.has(point.request.origin) ? "point operator" : "point caller" });
+    dot.append(svg("title", {}, `${point.request.origin} ${point.request.requested_by || ""}: ${point.ms} ms`));
+    parts.push(dot);
+  });
+  chart.replaceChildren(svg("title", { id: "chart-title" }, "Request to start latency, one point per request"), ...parts);
+  if (!n) {
+    caption.textContent = "Request → start latency: no request has started yet.";
     return;
   }
-  const top = Math.max(...points, 1);
-  const step = points.length > 1 ? 300 / (points.length - 1) : 0;
-  const coords = points.map((ms, i) => `${(i * step).toFixed(1)},${(58 - (ms / top) * 54).toFixed(1)}`);
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", points.length > 1 ? coords.join(" ") : `0,${coords[0].split(",")[1]} 300,${coords[0].split(",")[1]}`);
-  line.setAttribute("class", "line");
-  svg.replaceChildren(line);
-  const sorted = [...points].sort((a, b) => a - b);
-  caption.textContent = `Nudge → start latency over ${points.length} nudges: median ${sorted[Math.floor(sorted.length / 2)]} ms, max ${top} ms`;
+  const nudges = started.filter((p) => OPERATORS.has(p.request.origin)).map((p) => p.ms).sort((a, b) => a - b);
+  const median = nudges.length ? `; nudges' median ${nudges[Math.floor(nudges.length / 2)]} ms` : "";
+  caption.textContent = `Request → start latency, ${n} request${n > 1 ? "s" : ""} (● operators, ○ caller)${median}.`;
 }
 
 // ---------------------------------------------------------------- transcript
 
 const entries = new Map();
+const entryData = new Map();
+
+// The request an agent turn answered: named by the entry (`request_id`), or found by its response.
+function requestOf(entry) {
+  if (entry.request_id && requests.has(entry.request_id)) return requests.get(entry.request_id);
+  if (!entry.response_id) return null;
+  for (const request of requests.values()) if (request.response_id === entry.response_id) return request;
+  return null;
+}
 
 function entryNode(entry) {
   const who = entry.role === "agent" ? "agent" : entry.role === "system" ? "note" : "caller";
-  return el("li", { class: `entry role-${entry.role}${entry.oob ? " oob" : ""}${entry.done === false ? " streaming" : ""}`, "data-entry": entry.id },
-    el("span", { class: "who", text: entry.oob ? `${who} · operators only` : who }),
-    el("p", { text: entry.text || "" }));
+  const request = entry.role === "agent" ? requestOf(entry) : null;
+  const nudged = request && OPERATORS.has(request.origin);
+  const interrupted = entry.interrupted || (request && ["cancelled", "incomplete"].includes(request.status));
+  const classes = ["entry", `role-${entry.role}`];
+  if (entry.oob) classes.push("oob");
+  if (nudged) classes.push("nudged");
+  if (interrupted) classes.push("interrupted");
+  if (entry.done === false && !over) classes.push("streaming");
+  const marks = [];
+  if (entry.oob) marks.push("operators only");
+  if (nudged) marks.push(`nudged by ${request.requested_by || "an operator"}`);
+  return el("li", { class: classes.join(" "), "data-entry": entry.id },
+    el("span", { class: "who", text: [who, ...marks].join(" · ") }),
+    el("p", { text: entry.text || "" }),
+    interrupted ? el("span", { class: "badge status-cancelled mark", text: "interrupted" }) : null);
+}
+
+// A request's status can change how its turn is marked (nudged, interrupted).
+function remarkEntries(request) {
+  if (!request.response_id) return;
+  for (const [id, node] of entries) {
+    if (node.classList.contains("role-agent") && entryData.get(id)?.response_id === request.response_id) {
+      setEntry({ ...entryData.get(id), text: node.querySelector("p").textContent });
+    }
+  }
 }
 
 function setEntry(entry) {
-  const fresh = entryNode(entry);
+  entryData.set(entry.id, { ...entryData.get(entry.id), ...entry });
+  const fresh = entryNode(entryData.get(entry.id));
   const old = entries.get(entry.id);
   entries.set(entry.id, fresh);
   if (old) old.replaceWith(fresh);
@@ -152,10 +231,12 @@ function applyTranscript(changes) {
 
 // ---------------------------------------------------------------- toasts, posts
 
+// Toasts sit in their own row of the page (not over it), newest first, three at most.
 function toast(text, kind = "info") {
-  const note = el("p", { class: `toast ${kind}`, role: "status", text });
-  toasts.append(note);
-  setTimeout(() => note.remove(), 6000);
+  const note = el("p", { class: `toast ${kind}`, text });
+  toasts.prepend(note);
+  while (toasts.children.length > 3) toasts.lastElementChild.remove();
+  setTimeout(() => note.remove(), 8000);
 }
 
 async function post(url, body) {
@@ -234,6 +315,7 @@ function renumberRows() {
   });
   form.elements.namedItem("metadata-TOTAL_FORMS").value = rows.length;
   addButton.disabled = over || rows.length >= +rowsBox.dataset.maxRows;
+  form.querySelector("[data-row-limit]").hidden = rows.length < +rowsBox.dataset.maxRows;
 }
 
 function clearRow(row) {
@@ -295,6 +377,12 @@ function setUpForm() {
       button.disabled = over;
     }
   });
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit(form.querySelector("[data-send]"));
+    }
+  });
   renumberRows();
   const interrupt = document.querySelector("[data-interrupt-form]");
   interrupt.addEventListener("submit", async (event) => {
@@ -302,6 +390,25 @@ function setUpForm() {
     const answer = await post(interrupt.action, new FormData(interrupt));
     if (!answer.ok) toast(answer.errors?.form || "Could not interrupt.", "bad");
     else toast(answer.response_id ? "Asked the active response to stop." : "No response was active.", "info");
+  });
+}
+
+// ---------------------------------------------------------------- the label
+
+function setUpLabel() {
+  const labelForm = document.querySelector("[data-label-form]");
+  if (!labelForm) return;
+  labelForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const answer = await post(labelForm.action, new FormData(labelForm));
+    const error = labelForm.querySelector("[data-error-for=label]");
+    error.textContent = answer.ok ? "" : answer.errors?.label || answer.errors?.form || "The label was refused.";
+    if (!answer.ok) return;
+    const shown = document.querySelector("[data-label-shown]");
+    shown.replaceChildren(answer.label ? el("span", { class: "label-text", text: answer.label }) : el("span", { class: "muted", text: "No label" }));
+    labelForm.label.value = answer.label;
+    document.title = `${answer.label || sessionId} · Operator Console`;
+    toast(answer.label ? `Labelled “${answer.label}”.` : "Label cleared.", "ok");
   });
 }
 
@@ -342,7 +449,9 @@ function ended(message) {
 // ---------------------------------------------------------------- live
 
 setUpForm();
+setUpLabel();
 renderAllRequests();
+refreshClocks();
 tickAges();
 if (!over) live = connectLive({
   subscribe: { type: "watch.session", session_id: sessionId },

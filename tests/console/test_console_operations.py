@@ -1,0 +1,215 @@
+"""Issue 14 in real Chromium: finding a session among many, every page at a desktop and a
+phone size (screenshots to look at, and no sideways scrolling at 390 px), the session page's
+designed states, and a login refused after repeated failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from playwright.async_api import expect
+
+from apps.sessions.models import LiveSession, ResponseRequest
+from tests.console.conftest import PASSWORD
+from tests.console.test_console_browser import _sideways, _too_wide
+from tests.support.realtime import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+SHOTS = Path(os.environ.get("OC_SCREENSHOTS") or Path(__file__).resolve().parents[2] / "var" / "screenshots")
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+SHOTS.mkdir(parents=True, exist_ok=True)
+
+
+def _many_live_sessions(n: int) -> None:
+    """`n` live sessions in the table, as other processes' would be (their heartbeat is kept
+    fresh for the test's length, so no sweep fails them)."""
+    now = timezone.now()
+    LiveSession.objects.bulk_create(
+        LiveSession(
+            upstream_id=f"sess_other{i:04d}",
+            model="gpt-realtime" if i % 3 else "gpt-realtime-mini",
+            status=LiveSession.Status.LIVE,
+            connected_by=f"token:agent-{i % 7}",
+            process_id="another-process",
+            heartbeat_at=now + timedelta(hours=1),
+            started_at=now - timedelta(seconds=i),
+            label=f"Customer {i}",
+        )
+        for i in range(n)
+    )
+
+
+async def _shoot(page, name: str) -> None:
+    """Both sizes of the page now shown: a screenshot of each, and no sideways scroll."""
+    for size, (width, height) in SIZES.items():
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.wait_for_timeout(150)
+        await page.screenshot(path=str(SHOTS / f"{name}-{size}.png"))
+        assert await _sideways(page) <= 0, f"{name} scrolls sideways at {width} px: {await _too_wide(page)}"
+
+
+async def test_search_finds_a_session_by_its_label_among_200(login, daphne, agent_token):
+    import websockets
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_many_live_sessions)(199)
+    needle = await websockets.connect(
+        f"{daphne.ws_base}/realtime?model=gpt-realtime&oc_label=Refund%20for%20Jane%20Roe",
+        additional_headers={"Authorization": f"Bearer {agent_token}"},
+    )
+    try:
+        session_id = json.loads(await needle.recv())["session"]["id"]
+        await eventually(lambda: LiveSession.objects.filter(upstream_id=session_id, status="live").exists())
+        alice = await login("alice")
+        page = alice.page
+        await expect(page.locator('[data-figure="live"]')).to_have_text("200", timeout=5000)
+        await expect(page.locator("[data-sessions] tbody tr")).to_have_count(50)  # one page of 50
+        await page.fill("#q", "jane roe")
+        rows = page.locator("[data-sessions] tbody tr")
+        await expect(rows).to_have_count(1, timeout=3000)
+        await expect(rows.first).to_have_attribute("data-session", session_id)
+        await expect(rows.first).to_contain_text("Refund for Jane Roe")
+        assert "q=jane+roe" in page.url, "the search is in the URL, so it can be shared"
+        # The same link without JavaScript shows the same row, rendered by the server.
+        plain = await page.context.browser.new_context(java_script_enabled=False)
+        cookies = await page.context.cookies()
+        await plain.add_cookies(cookies)
+        other = await plain.new_page()
+        await other.goto(page.url)
+        assert await other.locator("[data-sessions] tbody tr").count() == 1
+        await plain.close()
+        # Sorting by a column and filtering by model are links too.
+        await page.fill("#q", "")
+        await page.select_option("#f-model", "gpt-realtime-mini")
+        await expect(page.locator("[data-range]")).to_contain_text("of 67 matching (200 live)", timeout=3000)
+        await page.click('[data-sort="label"]')
+        await expect(page.locator('th[data-col="label"]')).to_have_attribute("aria-sort", "ascending")
+        assert "sort=label" in page.url and "model=gpt-realtime-mini" in page.url
+        await _shoot(page, "dashboard-filtered")
+        assert alice.errors == []
+    finally:
+        await needle.close()
+
+
+async def test_every_page_fits_a_phone_and_is_screenshotted(login, connect_caller, daphne, chromium):
+    # Login, as a visitor sees it.
+    visitor = await chromium.new_context()
+    page = await visitor.new_page()
+    await page.goto(f"{daphne.http_url}/accounts/login/")
+    await _shoot(page, "login")
+    await visitor.close()
+
+    alice = await login("alice")
+    caller = await connect_caller()
+    await caller.say("Where is my parcel? It was due on Monday.")
+    await caller.wait_for("response.done")
+    page = alice.page
+    await expect(page.locator(f'tr[data-session="{caller.session_id}"]')).to_be_visible(timeout=5000)
+    await _shoot(page, "dashboard")
+
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await page.fill("#instructions", "Apologise and offer next-day delivery.")
+    await page.keyboard.press("Control+Enter")  # sends, from the textarea
+    await expect(page.locator('[data-requests] tr:has(.origin:text("console")) .badge')).to_have_text(
+        "completed", timeout=10000
+    )
+    await expect(page.locator("[data-transcript] .entry.nudged")).to_contain_text("nudged by alice", timeout=5000)
+    assert await page.locator("[data-latency-chart] circle").count() == 2, "a point per request that started"
+    # At 1280×800 the queue and history are on screen without scrolling.
+    await page.set_viewport_size({"width": 1280, "height": 800})
+    box = await page.locator(".queue-card h2").bounding_box()
+    rows = await page.locator("[data-requests] tr").last.bounding_box()
+    assert box["y"] + box["height"] < 800 and rows["y"] < 800, "queue and history above the fold"
+    await _shoot(page, "session-live")
+
+    await caller.socket.close()
+    await expect(page.locator("[data-ended-note]")).to_be_visible(timeout=5000)
+    await expect(page.locator("[data-end-reason]")).to_contain_text("caller_closed")
+    await expect(page.locator("[data-live-status]")).to_have_text("Session over")
+    assert await page.locator(".streaming").count() == 0, "no typing cursor once it is over"
+    await page.reload()
+    await expect(page.locator("[data-ended-note]")).to_be_visible()
+    await _shoot(page, "session-ended")
+
+    await page.goto(f"{daphne.http_url}/console/settings/")
+    await _shoot(page, "settings")
+    assert alice.errors == [], alice.errors
+
+
+async def test_the_admin_index_fits_a_phone(chromium, daphne, users):
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(get_user_model().objects.create_superuser)("root", password=PASSWORD)
+    context = await chromium.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    await page.goto(f"{daphne.http_url}/admin/login/")
+    await page.fill("#id_username", "root")
+    await page.fill("#id_password", PASSWORD)
+    await page.click("input[type=submit]")
+    await page.wait_for_url(f"{daphne.http_url}/admin/")
+    for size, (width, height) in SIZES.items():
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.screenshot(path=str(SHOTS / f"admin-{size}.png"))
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+    await context.close()
+
+
+async def test_a_caller_request_is_cancelled_only_through_its_own_confirmed_action(
+    login, connect_caller, daphne, simulator
+):
+    alice = await login("alice")
+    caller = await connect_caller()
+    page = alice.page
+    with simulator.configured(delta_interval=0.3, deltas_per_response=60):  # the first one holds the queue
+        await caller.say("First question")
+        await caller.wait_for("response.created")
+        await caller.send({"type": "response.create", "event_id": "evt_callers_second"})
+        await eventually(
+            lambda: ResponseRequest.objects.filter(session__upstream_id=caller.session_id, status="queued").exists()
+        )
+        await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+        queued = page.locator('[data-requests] tr:has(.badge:text("queued"))')
+        await expect(queued).to_have_count(1, timeout=5000)
+        assert await queued.locator("button:visible").count() == 0, "no one-click cancel for the caller's request"
+        waiting = await ResponseRequest.objects.aget(session__upstream_id=caller.session_id, status="queued")
+        await queued.locator("summary").click()
+        await queued.locator("button.danger").click()
+        badge = page.locator(f'tr[data-request="{waiting.id}"] .badge')
+        await expect(badge).to_have_text("cancelled", timeout=5000)
+    await eventually(lambda: ResponseRequest.objects.filter(pk=waiting.pk, status="cancelled").exists())
+    assert waiting.origin == "caller"
+    assert alice.errors == []
+
+
+async def test_login_is_refused_after_five_failures_even_with_the_right_password(chromium, daphne, users):
+    context = await chromium.new_context()
+    page = await context.new_page()
+    for _ in range(5):
+        await page.goto(f"{daphne.http_url}/accounts/login/")
+        await page.fill("#id_username", "alice")
+        await page.fill("#id_password", "not-the-password")
+        await page.click("button[type=submit]")
+        await expect(page.locator("[role=alert]")).to_be_visible()
+    await page.goto(f"{daphne.http_url}/accounts/login/")
+    await page.fill("#id_username", "alice")
+    await page.fill("#id_password", users["alice"])
+    async with page.expect_response(lambda r: r.url.endswith("/accounts/login/") and r.request.method == "POST") as answer:
+        await page.click("button[type=submit]")
+    assert (await answer.value).status == 429
+    await expect(page.locator(".locked")).to_contain_text("refused for 15 minutes")
+    assert "/accounts/login/" in page.url, "not logged in"
+    # Another user from the same address is not locked out by alice's failures.
+    await page.fill("#id_username", "bob")
+    await page.fill("#id_password", users["bob"])
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{daphne.http_url}/console/")
+    await context.close()
