@@ -1,4 +1,5 @@
-"""Writing the event log: in the history writer's batch transaction, and in the submit service's.
+"""Writing the event log: in the history writer's batch transaction, and in those of the
+submit service (a request stored `queued`) and of the sweep (a dead process's session lost).
 
 The history writer hands each batch to `BatchRecorder.prepare` before `merge` folds it (so
 every transition is still there, in order), then calls `write()` inside the batch's
@@ -90,6 +91,36 @@ def request_queued(request: ResponseRequest) -> None:
                 "request": request.to_dict(),
             }
         ),
+    )
+    transaction.on_commit(notify.committed)
+
+
+def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
+    """In the sweep's transaction, after it failed a dead process's session and its pending
+    requests: a `request.status` `failed` for each, then the `session.ended`."""
+    now = datetime.now(UTC)
+    session = LiveSession.objects.filter(pk=key).first()
+    if session is None:
+        return
+    selectors.annotate_counts(session)
+    common = {"created_at": now, "session_id": session.upstream_id}
+    payloads = [
+        {"type": "request.status", **common, "request": request.to_dict()}
+        for request in ResponseRequest.objects.select_related("session")
+        .filter(pk__in=request_ids)
+        .order_by("created_at")
+    ]
+    payloads.append({"type": "session.ended", **common, "session": session.to_dict()})
+    lock_event_order()
+    Event.objects.bulk_create(
+        Event(
+            type=payload["type"],
+            session_key=key,
+            session_id=session.upstream_id or "",
+            created_at=now,
+            payload=dumps(payload),
+        )
+        for payload in payloads
     )
     transaction.on_commit(notify.committed)
 
@@ -223,6 +254,7 @@ class BatchRecorder:
     service also asks to record the `queued` event of the requests it stores."""
 
     request_queued = staticmethod(request_queued)
+    session_lost = staticmethod(session_lost)
 
     def prepare(self, batch: list) -> Prepared | None:
         """Before `merge`: which rows have events, and every operation on them, in order."""

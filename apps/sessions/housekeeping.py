@@ -174,14 +174,19 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
             ).update(status=LiveSession.Status.FAILED, end_reason="session_lost", ended_at=now)
             if not claimed:
                 continue
-            ResponseRequest.objects.filter(session_id=key).exclude(
-                status__in=ResponseRequest.TERMINAL
-            ).update(
+            pending = list(
+                ResponseRequest.objects.filter(session_id=key)
+                .exclude(status__in=ResponseRequest.TERMINAL)
+                .values_list("id", flat=True)
+            )
+            ResponseRequest.objects.filter(id__in=pending).update(
                 status=ResponseRequest.Status.FAILED,
                 error_code="session_lost",
                 error_message="The process holding the session stopped; the session is lost.",
                 finished_at=now,
             )
+            if history.recorder is not None:  # the event log: these ends, in this transaction
+                history.recorder.session_lost(key=key, request_ids=pending)
         lost.append(upstream_id or str(key))
     return lost
 

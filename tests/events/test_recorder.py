@@ -1,0 +1,94 @@
+"""The event log as the history writer, the submit service and the sweep write it: one event
+per transition, each with its row as it was at that transition, even when several
+transitions of one row are written in one batch."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.conf import settings
+
+from apps.events.models import Event
+from apps.realtime.sequencer import RequestStatus
+from apps.sessions import records
+from apps.sessions.history import writer as history
+from apps.sessions.housekeeping import sweep_lost_sessions
+from apps.sessions.models import LiveSession, ResponseRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def events_of(key: uuid.UUID) -> list[dict]:
+    return [json.loads(e.body()) for e in Event.objects.filter(session_key=key).order_by("id")]
+
+
+def test_transitions_merged_in_one_batch_each_carry_their_own_state():
+    key, at = uuid.uuid4(), datetime.now(UTC).timestamp()
+    operations = [
+        records.session_opened(key=key, model="gpt-realtime", connected_by="token:t", process_id="p", at=at),
+        records.session_identified(key=key, upstream_id="sess_batch", instructions="Be kind.", at=at),
+        records.request_created(
+            key=key, request_id="req_batch", origin="caller", event_id="evt_1", instructions=None,
+            metadata=None, conversation=None, requested_by="token:t", at=at,
+        ),
+        records.request_status(request_id="req_batch", status="sent", at=at + 0.1),
+        records.request_status(request_id="req_batch", status="in_progress", at=at + 0.2, response_id="resp_1"),
+        records.request_status(
+            request_id="req_batch", status="completed", at=at + 0.3, response_id="resp_1", output_text="Hello."
+        ),
+        records.transcript_final(key=key, entry={"id": "item_1", "role": "agent", "text": "Hello."}, at=at + 0.3),
+        records.session_ended(key=key, status="ended", reason="caller_closed", code=None, detail="", at=at + 1),
+    ]
+    for operation in operations:  # handed over at once: the writer takes them as one batch
+        history.submit(operation)
+    history.flush_sync()
+
+    events = events_of(key)
+    assert [e["type"] for e in events] == [
+        "session.opened", "session.live", "request.status", "request.status", "request.status",
+        "request.status", "transcript.entry", "session.ended",
+    ]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids)
+    opened, live = events[0]["session"], events[1]["session"]
+    assert opened["status"] == "connecting" and opened["id"] is None
+    assert live["status"] == "live" and live["id"] == "sess_batch"
+    requests = [e["request"] for e in events if e["type"] == "request.status"]
+    assert [r["status"] for r in requests] == ["queued", "sent", "in_progress", "completed"]
+    assert requests[0]["sent_at"] is None and requests[0]["response_id"] is None
+    assert requests[1]["sent_at"] and requests[1]["started_at"] is None
+    assert requests[2]["response_id"] == "resp_1" and requests[2]["output_text"] is None
+    assert requests[3]["output_text"] == "Hello." and requests[3]["finished_at"]
+    assert events[6]["entry"]["text"] == "Hello." and events[6]["session_id"] == "sess_batch"
+    ended = events[7]["session"]
+    assert ended["status"] == "ended" and ended["end_reason"] == "caller_closed"
+    assert ended["origin_counts"]["caller"] == 1
+
+
+def test_the_actor_taking_in_a_stored_request_is_no_transition():
+    key, at = uuid.uuid4(), datetime.now(UTC).timestamp()
+    history.submit(records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=at))
+    history.flush_sync()
+    ResponseRequest.objects.create(id="req_stored", session_id=key, origin="api", status="queued")
+    history.submit(records.request_status(request_id="req_stored", status=RequestStatus.QUEUED.value, at=at))
+    history.flush_sync()
+    assert [e["type"] for e in events_of(key)] == ["session.opened"]
+
+
+def test_a_lost_session_ends_with_its_requests_in_the_log():
+    now = datetime.now(UTC)
+    old = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    session = LiveSession.objects.create(
+        upstream_id="sess_lost", model="gpt-realtime", status="live", process_id="elsewhere:1", heartbeat_at=old
+    )
+    ResponseRequest.objects.create(id="req_lost", session=session, origin="api", status="sent")
+    ResponseRequest.objects.create(id="req_done", session=session, origin="api", status="completed")
+    assert sweep_lost_sessions(now=now) == ["sess_lost"]
+    events = events_of(session.pk)
+    assert [e["type"] for e in events] == ["request.status", "session.ended"]
+    assert events[0]["request"]["id"] == "req_lost" and events[0]["request"]["status"] == "failed"
+    assert events[0]["request"]["error"]["code"] == "session_lost"
+    assert events[1]["session"]["status"] == "failed" and events[1]["session"]["end_reason"] == "session_lost"
