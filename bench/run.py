@@ -6,11 +6,11 @@ run, written to bench/RESULTS.md.
     python -m bench.run --quick              # smoke run: C=10, short windows, a short soak
     python -m bench.run --only relay -c 100  # filters; partial runs write OUT/RESULTS-partial.md
     python -m bench.run --only nudge         # one part: websockets, channels, relay (the
-                                             # relay part's targets), nudge, fanout,
+                                             # relay part's targets), voice, nudge, fanout,
                                              # dashboard, soak
     python -m bench.run --quick --out /tmp/b # raw results, logs and the report under /tmp/b
 
-The parts are bench/relay.py, nudge.py, fanout.py, dashboard.py and soak.py; what they share is in
+The parts are bench/relay.py, voice.py, nudge.py, fanout.py, dashboard.py and soak.py; what they share is in
 bench/common.py. Everything listens on 127.0.0.1 only; every process started here is
 terminated (then killed) on the way out.
 """
@@ -33,14 +33,15 @@ from pathlib import Path
 
 import psutil
 
-from bench import dashboard, events, fanout, nudge, relay, soak
+from bench import dashboard, events, fanout, nudge, relay, soak, voice
 from bench.common import CORES, ROOT, Bench, failure, say
 
 RESULTS = ROOT / "bench" / "RESULTS.md"  # only a full, unfiltered run writes it by default
 
-PARTS = {"relay": relay, "nudge": nudge, "fanout": fanout, "dashboard": dashboard, "events": events,
-         "soak": soak}
-TITLES = {"nudge": "nudge latency (REST hook → upstream)", "fanout": "dashboard fan-out",
+PARTS = {"relay": relay, "voice": voice, "nudge": nudge, "fanout": fanout, "dashboard": dashboard,
+         "events": events, "soak": soak}
+TITLES = {"voice": "full-duplex voice (relay, floors, listen-in)",
+          "nudge": "nudge latency (REST hook → upstream)", "fanout": "dashboard fan-out",
           "dashboard": "dashboard at 1 000 live sessions",
           "events": "event streams (SSE followers)",
           "soak": "soak (two Daphne processes, Redis, PostgreSQL)"}
@@ -137,7 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: C=10, short windows, short parts")
-    add("--only", default="", help="comma-separated: websockets,channels,relay,nudge,fanout,dashboard,events,soak")
+    add("--only", default="", help="comma-separated: websockets,channels,relay,voice,nudge,fanout,dashboard,events,soak")
     add("--events-sessions", type=int, default=None, help="events part: streaming sessions (default 100)")
     add("--events-followers", type=int, default=None, help="events part: SSE followers (default 50)")
     add("--nudges", type=int, default=None, help="nudge part: sequential nudges (default 500)")
