@@ -10,7 +10,8 @@ its own instead — `websocket.http.response.start` (status, headers), then
 
 - `Server.create_application` puts `{"websocket.http.response": {}}` in every WebSocket scope's
   `extensions`, so the application knows it may answer so (under another server, without the
-  extension, it closes as before);
+  extension, it closes as before), and the `scheme` (`wss` behind TLS or a proxy that says
+  so), which Daphne leaves out and the relay's Origin check needs;
 - `WebSocketProtocol.handle_reply` collects the start and the body while the handshake is
   pending, then refuses it the way Daphne's own `serverReject` does;
 - `sendHttpErrorResponse`, which autobahn calls to write the refusal, writes the
@@ -27,6 +28,21 @@ from http import HTTPStatus
 log = logging.getLogger(__name__)
 
 EXTENSION = "websocket.http.response"
+
+
+def _scheme(protocol) -> str:
+    """`wss` or `ws`, which Daphne leaves out of a WebSocket scope (the relay compares a
+    cookie's Origin with it): from X-Forwarded-Proto when Daphne runs with --proxy-headers,
+    else from the connection itself."""
+    forwarded = getattr(protocol, "client_scheme", None)
+    if forwarded:
+        return "wss" if forwarded in ("https", "wss") else "ws"
+    try:
+        from twisted.internet.interfaces import ISSLTransport
+
+        return "wss" if ISSLTransport.providedBy(protocol.transport) else "ws"
+    except Exception:  # noqa: BLE001 - no transport to ask: the ASGI default
+        return "ws"
 
 
 def install() -> None:
@@ -47,6 +63,7 @@ def install() -> None:
     def create_application_with_extension(self, protocol, scope):
         if scope.get("type") == "websocket":
             scope.setdefault("extensions", {})[EXTENSION] = {}
+            scope.setdefault("scheme", _scheme(protocol))
         return create_application(self, protocol, scope)
 
     Server.create_application = create_application_with_extension
