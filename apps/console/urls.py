@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.console import views
+from apps.console import recordings, views
 
 app_name = "console"
 
@@ -14,5 +14,6 @@ urlpatterns = [
     path("sessions/<path:session_id>/responses", views.nudge, name="nudge"),
     path("sessions/<path:session_id>/interrupt", views.interrupt, name="interrupt"),
     path("sessions/<path:session_id>/label", views.label, name="label"),
+    path("sessions/<path:session_id>/recording.wav", recordings.recording, name="recording"),
     path("requests/<str:request_id>/cancel", views.cancel, name="cancel"),
 ]

@@ -29,6 +29,7 @@ from apps.console import feed, timezones
 from apps.console.dashboard import DEFAULT_SORT, KINDS, ORIGINS, STATES, View, headings
 from apps.console.forms import Nudge
 from apps.console.models import OperatorProfile
+from apps.console.recordings import audio_context
 from apps.sessions import overrides, selectors, services
 from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession, ResponseRequest
@@ -95,6 +96,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,
             "limits": LIMITS,
+            **audio_context(request, session, over=session.status in OVER),
         },
         status=status,
     )

@@ -9,11 +9,13 @@ import json
 from django import forms
 from django.contrib import admin
 from django.forms.models import BaseInlineFormSet
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from apps.sessions import recordings
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create, api_token_revoke
 
@@ -75,8 +77,10 @@ _SESSION_GROUPS = {
     None: ("id", "upstream_id", "console", "status", "kind", "model", "label", "connected_by"),
     "Times": ("started_at", "ended_at", "heartbeat_at"),
     "End": ("ended_because", "end_reason", "end_code", "end_detail"),
+    "Recording": ("recording_player", "recording_seconds"),
 }
-_grouped = {name for names in _SESSION_GROUPS.values() for name in names}
+# Shown by the player instead: the file and the timeline.
+_grouped = {name for names in _SESSION_GROUPS.values() for name in names} | {"recording", "recording_transcript"}
 SESSION_FIELDSETS = (
     *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
     ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "history")}),
@@ -90,7 +94,9 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     list_filter = ("status", "end_reason", "model", "started_at")
     search_fields = ("upstream_id", "connected_by")
     date_hierarchy = "started_at"
-    readonly_fields = [*(f.name for f in LiveSession._meta.fields), "ended_because", "console", "history", "as_json"]
+    readonly_fields = [
+        *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "history", "as_json", "recording_player",
+    ]
     fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
 
@@ -108,6 +114,21 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     @admin.display(description="Session JSON")
     def as_json(self, obj):
         return _as_json(obj)
+
+    @admin.display(description="recording")
+    def recording_player(self, obj):
+        """The call's recording with its transcript and requests as a timeline to seek (the
+        audio itself is for users who may listen to sessions)."""
+        if not obj.recording:
+            return "— (not a recorded voice session, recording off, or deleted after the retention)"
+        return render_to_string(
+            "console/parts/recording.html",
+            {
+                "session": obj,
+                "recording_url": reverse("console:recording", args=[obj.upstream_id]),
+                "timeline": recordings.recording_timeline(obj),
+            },
+        )
 
     @admin.display(description="response history")
     def history(self, obj):

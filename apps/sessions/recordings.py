@@ -72,6 +72,34 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
     return response
 
 
+def recording_timeline(session: LiveSession) -> list[dict]:
+    """The recorded call's moments in order: each transcript turn where it began, and each
+    operator's request where it was made (`at`: seconds into the recording)."""
+    marks = []
+    for entry in session.recording_transcript or ():
+        role = entry.get("role", "")
+        who = {"user": "Caller", "agent": "Agent", "system": "Note"}.get(role, role)
+        if entry.get("request_id"):
+            who += f" · nudged ({entry['request_id']})"
+        if entry.get("interrupted"):
+            who += " · interrupted"
+        marks.append({"at": float(entry.get("at", 0.0)), "kind": role, "who": who, "text": entry.get("text", "")})
+    operators = session.requests.filter(origin__in=("console", "api")).only(
+        "id", "origin", "requested_by", "instructions", "created_at"
+    )
+    for request in operators:
+        at = max(0.0, (request.created_at - session.started_at).total_seconds())
+        asked = request.instructions or "(no instructions)"
+        marks.append({"at": at, "kind": "request", "who": f"Request by {request.requested_by or request.origin}",
+                      "text": asked})
+    marks.sort(key=lambda mark: mark["at"])
+    for mark in marks:
+        minutes, seconds = divmod(int(mark["at"]), 60)
+        mark["clock"] = f"{minutes}:{seconds:02d}"
+        mark["at"] = round(mark["at"], 2)
+    return marks
+
+
 def recordings_delete_old(*, days: int) -> int:
     """Delete the recordings of sessions that started more than `days` days ago; how many."""
     deleted = 0

@@ -4,8 +4,10 @@ failed write costs only that recording."""
 from __future__ import annotations
 
 import io
+import re
 import wave
 from array import array
+from datetime import timedelta
 
 import pytest
 from django.core.files.storage import default_storage
@@ -140,8 +142,6 @@ async def test_the_rest_hook_gives_the_recording_whole_or_the_range_a_player_ask
 
 
 def test_recordings_past_the_retention_are_deleted_and_newer_ones_kept(media):
-    from datetime import timedelta
-
     from django.core.management import call_command
     from django.utils import timezone
 
@@ -155,3 +155,50 @@ def test_recordings_past_the_retention_are_deleted_and_newer_ones_kept(media):
     assert not old.recording and new.recording
     assert default_storage.exists(new.recording.name)
     assert not (media / "recordings" / f"{old.id.hex}.wav").exists()
+
+
+# ---------------------------------------------------------------------------- on the pages
+
+
+def test_the_session_page_and_the_admin_play_the_recording_with_its_timeline(media, client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    from apps.sessions.models import ResponseRequest
+
+    session = _recorded("sess_page", seconds=3.0)
+    LiveSession.objects.filter(id=session.id).update(
+        status="ended",
+        recording_transcript=[
+            {"id": "item_1", "role": "user", "text": "Where is my parcel?", "at": 0.4},
+            {"id": "item_2", "role": "agent", "text": "Let me see.", "at": 2.1, "interrupted": True},
+        ],
+    )
+    ResponseRequest.objects.create(
+        id="req_page", session=session, origin="console", status="completed", requested_by="ann",
+        instructions="Offer the refund.", created_at=session.started_at + timedelta(seconds=1.5),
+    )
+    User = get_user_model()
+    ann = User.objects.create_user("ann", password="pw")
+    ann.user_permissions.add(Permission.objects.get(codename="listen_session"))
+    User.objects.create_user("eve", password="pw")
+
+    client.force_login(ann)
+    page = client.get("/console/sessions/sess_page/").content.decode()
+    assert "data-recording" in page and "/console/sessions/sess_page/recording.wav" in page
+    seeks = [float(at) for at in re.findall(r'data-seek="([0-9.]+)"', page)]
+    assert seeks == [0.4, 1.5, 2.1], "caller, the operator's request, then the agent: in order"
+    assert "Offer the refund." in page and "interrupted" in page
+    assert "data-listen-toggle" not in page, "an ended session has nothing to listen to"
+    wav = client.get("/console/sessions/sess_page/recording.wav", HTTP_RANGE="bytes=0-43")
+    assert wav.status_code == 206 and wav["Content-Range"].startswith("bytes 0-43/")
+
+    client.force_login(User.objects.get(username="eve"))
+    page = client.get("/console/sessions/sess_page/").content.decode()
+    assert "data-recording" not in page, "no recording for an operator who may not listen"
+    assert client.get("/console/sessions/sess_page/recording.wav").status_code == 403
+
+    admin = User.objects.create_superuser("root", password="pw")
+    client.force_login(admin)
+    page = client.get(f"/admin/oc_sessions/livesession/{session.id}/change/").content.decode()
+    assert "data-recording" in page and 'data-seek="1.5"' in page

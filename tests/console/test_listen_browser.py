@@ -1,0 +1,113 @@
+"""Listen-in in real Chromium: an operator presses Listen and the page's audio graph plays both
+sides of a live voice call (samples reach each side's worklet, each analyser shows a level);
+an operator without the permission has no Listen button; stopping stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+
+from apps.simulator.speech import tone_speech
+from tests.console.conftest import CHROMIUM_ARGS, PASSWORD
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+
+AUDIO_ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+VOICE = {
+    "type": "realtime",
+    "output_modalities": ["audio"],
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 200,
+                               "silence_duration_ms": 300, "create_response": True,
+                               "interrupt_response": True},
+        },
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"},
+    },
+}
+
+
+@pytest.fixture
+def listeners(transactional_db):
+    User = get_user_model()
+    ann = User.objects.create_user("ann", password=PASSWORD)
+    ann.user_permissions.add(*Permission.objects.filter(codename__in=["listen_session", "steer_session"]))
+    User.objects.create_user("eve", password=PASSWORD)
+
+
+@pytest.fixture
+async def audio_browser(chromium_path):
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS + AUDIO_ARGS)
+        yield browser
+        await browser.close()
+
+
+async def _page_as(browser, daphne, name: str):
+    page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{daphne.http_url}/accounts/login/")
+    await page.fill("#id_username", name)
+    await page.fill("#id_password", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{daphne.http_url}/console/")
+    return page, errors
+
+
+async def _speak(caller, pcm: bytes) -> None:
+    """40 ms appends in real time."""
+    for offset in range(0, len(pcm), 1920):
+        await caller.send({"type": "input_audio_buffer.append",
+                           "audio": base64.b64encode(pcm[offset : offset + 1920]).decode()})
+        await asyncio.sleep(0.04)
+
+
+async def test_an_operator_hears_both_sides_and_one_without_the_permission_has_no_button(
+    daphne, simulator, audio_browser, listeners, connect_caller
+):
+    caller = await connect_caller()
+    await caller.send({"type": "session.update", "session": VOICE})
+    await caller.wait_for("session.updated")
+
+    eve, _ = await _page_as(audio_browser, daphne, "eve")
+    await eve.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    assert await eve.locator("[data-listen-toggle]").count() == 0, "no Listen button without the permission"
+
+    page, errors = await _page_as(audio_browser, daphne, "ann")
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await page.click("[data-listen-toggle]")
+    await page.wait_for_selector("[data-listen-status][data-state=live]", timeout=10_000)
+
+    with simulator.configured(speech_engine="tone", audio_pace=1.0):
+        await _speak(caller, tone_speech("hello can you hear me", 24000).pcm + bytes(48 * 600))
+        await caller.wait_for("response.output_audio.delta", timeout=15)
+        # Both sides reach their worklets, and each analyser shows a level.
+        await page.wait_for_function(
+            """() => {
+                const box = document.querySelector("[data-listen]");
+                const peak = (i) => Number(document.querySelector(`[data-level="${i}"]`).dataset.peak || 0);
+                return Number(box.dataset.callerSamples) > 24000 && Number(box.dataset.agentSamples) > 12000
+                    && peak(0) > 0.02 && peak(1) > 0.02;
+            }""",
+            timeout=15_000,
+        )
+        await caller.wait_for("response.done", timeout=30)
+    shots = await page.screenshot(path="var/screenshots/listen-live.png")
+    assert shots
+
+    await page.click("[data-listen-toggle]")  # Stop listening
+    await page.wait_for_selector("[data-listen-status][data-state=stopped]")
+    assert await page.locator("[data-listen-toggle]").get_attribute("aria-pressed") == "false"
+    assert not errors, errors
