@@ -104,10 +104,57 @@ async def test_an_operator_hears_both_sides_and_one_without_the_permission_has_n
             timeout=15_000,
         )
         await caller.wait_for("response.done", timeout=30)
-    shots = await page.screenshot(path="var/screenshots/listen-live.png")
-    assert shots
+    await page.screenshot(path="var/screenshots/listen-live.png")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    assert await page.evaluate(_no_sideways_scroll()), "no sideways scroll at 390 px"
+    await page.screenshot(path="var/screenshots/listen-live-390.png", full_page=True)
 
     await page.click("[data-listen-toggle]")  # Stop listening
     await page.wait_for_selector("[data-listen-status][data-state=stopped]")
     assert await page.locator("[data-listen-toggle]").get_attribute("aria-pressed") == "false"
     assert not errors, errors
+
+
+def _no_sideways_scroll():
+    return "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+
+
+async def test_a_recorded_call_plays_and_a_click_on_the_timeline_seeks_at_both_sizes(
+    daphne, audio_browser, listeners
+):
+    from asgiref.sync import sync_to_async
+
+    from apps.sessions import recorder
+    from apps.sessions.models import LiveSession, ResponseRequest
+    from apps.sessions.recorder import Recording
+
+    def recorded() -> LiveSession:
+        session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_played", status="ended",
+                                             end_reason="caller_closed")
+        recording = Recording(session.id, started_at=0.0)
+        recording.add(0, tone_speech("where is my parcel", 24000).pcm, 0.5)
+        recording.add(1, tone_speech("it is on its way to you", 24000).pcm, 3.0)
+        recording.note({"id": "item_1", "role": "user", "text": "Where is my parcel?"}, 0.5)
+        recording.note({"id": "item_2", "role": "agent", "text": "It is on its way.", "request_id": "req_x"}, 3.0)
+        recording.finish(at=6.0)
+        assert recorder.flush()
+        ResponseRequest.objects.create(id="req_x", session=session, origin="console", status="completed",
+                                       requested_by="ann", instructions="Reassure them.")
+        return session
+
+    session = await sync_to_async(recorded)()
+    page, errors = await _page_as(audio_browser, daphne, "ann")
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_played/")
+    player = page.locator("[data-recording-audio]")
+    await page.wait_for_function(
+        "() => document.querySelector('[data-recording-audio]').readyState >= 1", timeout=10_000
+    )
+    assert await player.evaluate("a => a.duration") == pytest.approx(6.0, abs=0.1)
+    await page.locator("[data-seek='3.0']").click()
+    await page.wait_for_function("() => document.querySelector('[data-recording-audio]').currentTime >= 3.0")
+    await page.screenshot(path="var/screenshots/recording-1280.png", full_page=True)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    assert await page.evaluate(_no_sideways_scroll()), "no sideways scroll at 390 px"
+    await page.screenshot(path="var/screenshots/recording-390.png", full_page=True)
+    assert not errors, errors
+    await sync_to_async(lambda: session.recording.delete(save=False))()

@@ -131,7 +131,7 @@ function drawChart() {
     .map((r) => ({ request: r, ms: millis(r.created_at, r.started_at) }));
   const W = 320, H = 120, left = 40, right = 8, top = 8, bottom = 26;
   const plotW = W - left - right, plotH = H - top - bottom;
-  const maxMs = niceTop(Math.max(1, ...started.map((p) => p.ms)));
+  const maxMs = niceTop(Math.max(10, ...started.map((p) => p.ms))); // at least 0–10 ms: distinct ticks
   const parts = [];
   for (const tick of [0, maxMs / 2, maxMs]) {
     const y = top + plotH - (tick / maxMs) * plotH;
