@@ -25,7 +25,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from apps.realtime import events
 from apps.realtime.relay import (
+    AGENT_SIDE,
     OC_REQUEST_KEY,
+    AudioTapped,
     OperatorRequest,
     RelayCore,
     RequestChanged,
@@ -61,6 +63,8 @@ class RelayMachine(RuleBasedStateMachine):
         self.live: list[tuple[str, str | None]] = []  # (response id, oc_request) in progress
         self.responses = 0
         self.operator_ids = 0
+        self.listening: set[str] = set()  # listeners the model counts
+        self.audio_of: str | None = None  # the response whose audio is being fed
         self.feed(self.core.upstream_attached(now=0.0))
         self.upstream(
             {"type": "session.created", "session": {"id": "sess_1", "instructions": "Be kind."}}
@@ -90,6 +94,10 @@ class RelayMachine(RuleBasedStateMachine):
                 history.append(action.status)
             elif type(action) is SessionEnded:
                 assert self.core.ended is action
+            elif type(action) is AudioTapped:
+                assert self.listening, "audio was copied while nobody listens (and nothing records)"
+                if action.side == AGENT_SIDE:
+                    assert self.audio_of not in self.hidden, "an operator's out-of-band audio was tapped"
 
     def check_caller_frame(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
@@ -234,6 +242,31 @@ class RelayMachine(RuleBasedStateMachine):
             }
         )
 
+    @rule(listener=st.sampled_from(["l1", "l2"]), listening=st.booleans())
+    def operator_listens(self, listener, listening):
+        if self.core.ended is None:
+            (self.listening.add if listening else self.listening.discard)(listener)
+        self.feed(self.core.listen(listener, user=listener, listening=listening, now=self.now))
+
+    @rule()
+    def caller_speaks(self):
+        append = {"type": "input_audio_buffer.append", "audio": "AAAAAA=="}
+        self.feed(self.core.caller_frame(events.dumps(append), now=self.now))
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def upstream_speaks(self, data):
+        response_id, _ = data.draw(st.sampled_from(self.live))
+        self.audio_of = response_id
+        self.upstream(
+            {
+                "type": "response.output_audio.delta",
+                "response_id": response_id,
+                "item_id": f"item_{response_id}",
+                "delta": "AAAAAA==",
+            }
+        )
+
     @rule(seconds=st.sampled_from([0.01, 0.3, 5.0, 16.0]))
     def time_passes(self, seconds):
         self.now += seconds
@@ -283,3 +316,14 @@ def test_the_checks_catch_what_they_guard():
     for leak in leaks:
         with pytest.raises(AssertionError):
             machine.check_caller_frame(leak)
+
+
+def test_the_audio_checks_catch_what_they_guard():
+    machine = RelayMachine()
+    with pytest.raises(AssertionError, match="nobody listens"):
+        machine.feed([AudioTapped(side=AGENT_SIDE, audio="AA==", format="pcm16", at=0.0)])
+    machine.listening.add("l1")
+    machine.hidden.add("resp_9")
+    machine.audio_of = "resp_9"
+    with pytest.raises(AssertionError, match="out-of-band audio"):
+        machine.feed([AudioTapped(side=AGENT_SIDE, audio="AA==", format="pcm16", at=0.0)])
