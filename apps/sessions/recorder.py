@@ -1,8 +1,10 @@
 """Recordings: both sides of a voice call on one timeline, written off the relay's hot path.
 
 The actor hands each piece of the call's audio (PCM16 mono 24 kHz, already decoded) to a
-`Recording` with the time it passed the relay, and finishes it when the session ends. One
-thread per process does the rest, in the order handed in:
+`Recording` with the time it passed the relay, and finishes it when the session ends. Handing
+in is an append to the recording's own deque, nothing more: one thread per process takes what
+has accumulated in every recording each `DRAIN_SECONDS` (a few wake-ups a second, however many
+calls are recorded), in the order handed in:
 
 - Each side is appended to a temporary file of its own. A piece is placed at the time it
   arrived, after silence if the side was silent since (a gap longer than `GAP`); a piece that
@@ -17,19 +19,19 @@ thread per process does the rest, in the order handed in:
 
 A session with no audio at all has no recording. A refused or failed write is logged and
 costs that recording only; the call never waits for the disk, and when the thread falls too
-far behind (`MAX_PENDING` pieces), audio is dropped from the recording and logged, not queued
-without bound.
+far behind (`MAX_PENDING` pieces waiting in one recording), audio is left out of that
+recording and logged, not queued without bound.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import tempfile
 import threading
 import uuid
 import wave
 from array import array
+from collections import deque
 
 from django.core.files import File
 from django.core.files.storage import default_storage
@@ -41,40 +43,73 @@ log = logging.getLogger(__name__)
 RATE = 24_000  # samples per second, each side
 SAMPLE_BYTES = 2
 GAP = 0.1  # seconds: a side silent for longer gets silence in its track
-MAX_PENDING = 20_000  # pieces handed in and not yet written (about 7 minutes of a full-duplex call)
+DRAIN_SECONDS = 0.25
+MAX_PENDING = 15_000  # pieces waiting in one recording (about 5 minutes of a full-duplex call)
 _BLOCK = RATE  # samples per side interleaved at a time
+_AUDIO, _NOTE, _FINISH = "audio", "note", "finish"
 
 
 class Recording:
-    """One session's recording. `add` and `finish` are called by the actor; the work is
-    done on the recorder thread."""
+    """One session's recording. `add`, `note` and `finish` are called by the actor; the work
+    is done on the recorder thread."""
 
     def __init__(self, key: uuid.UUID, *, started_at: float) -> None:
         self.key = key
         self.started_at = started_at
         self.failed = False
+        self._pending: deque[tuple] = deque()  # appended by the actor, drained by the thread
         self._files: list = [None, None]
         self._cursors = [0, 0]  # samples written, each side
         self._dropped = False
+        self._watched = False
         self._entries: dict[str, dict] = {}  # transcript entries by id, in order of first final
+
+    def add(self, side: int, pcm: bytes, at: float) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            if not self._dropped:
+                self._dropped = True
+                log.warning("recorder is behind: audio of session %s left out", self.key)
+            return
+        self._hand_in((_AUDIO, side, pcm, at))
 
     def note(self, entry: dict, at: float) -> None:
         """A transcript entry is final (or final again, with new text); `at` is when its turn
         began, or when it became final if that is not known."""
-        _writer.put(self, self._note, (entry, at))
-
-    def add(self, side: int, pcm: bytes, at: float) -> None:
-        _writer.put(self, self._write, (side, pcm, at))
+        self._hand_in((_NOTE, entry, at))
 
     def finish(self, *, at: float) -> None:
         """The call is over: write the WAV (`recordings/{session key}.wav`)."""
-        _writer.put(self, self._finish, (f"recordings/{self.key.hex}.wav", at))
+        self._hand_in((_FINISH, at))
+
+    def _hand_in(self, item: tuple) -> None:
+        if self.failed:  # nothing more of this recording is written
+            return
+        self._pending.append(item)
+        if not self._watched:  # the thread watches it from now until it is finished
+            self._watched = True
+            _writer.watch(self)
+
+    def _drain(self) -> bool:
+        """Write what has accumulated; True once the recording is finished (or failed)."""
+        while self._pending:
+            item = self._pending.popleft()
+            try:
+                if item[0] == _AUDIO:
+                    self._write(*item[1:])
+                elif item[0] == _NOTE:
+                    self._note(*item[1:])
+                else:
+                    self._finish(f"recordings/{self.key.hex}.wav", item[1])
+                    return True
+            except Exception as exc:
+                self._failed(exc)
+                self._pending.clear()
+                return True
+        return False
 
     # ------------------------------------------------------------------ on the recorder thread
 
     def _write(self, side: int, pcm: bytes, at: float) -> None:
-        if self.failed:
-            return
         track = self._files[side]
         if track is None:
             # Closed in _finish, once the WAV is written.
@@ -94,7 +129,7 @@ class Recording:
 
     def _finish(self, name: str, at: float) -> None:
         try:
-            if self.failed or self._files == [None, None]:
+            if self._files == [None, None]:
                 return
             samples = max(round((at - self.started_at) * RATE), *self._cursors)
             with tempfile.TemporaryFile(prefix="oc-rec-") as out:
@@ -141,48 +176,53 @@ class Recording:
     def _failed(self, exc: BaseException) -> None:
         self.failed = True
         log.error("recording of session %s failed: %r", self.key, exc)
+        for track in self._files:
+            if track is not None:
+                track.close()
+        self._files = [None, None]
 
 
 class RecorderThread:
-    """The process's one recorder thread, started with the first piece handed in."""
+    """The process's one recorder thread, started with the first recording handed in. Every
+    DRAIN_SECONDS it drains the recordings it watches; a finished one is forgotten."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
+        self._watched: set[Recording] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._drained = threading.Condition(self._lock)
+        self._rounds = 0
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
-    def put(self, recording: Recording | None, work, args: tuple) -> None:
-        if self._thread is None:
-            self._start()
-        try:
-            self._queue.put_nowait((recording, work, args))
-        except queue.Full:
-            if recording is not None and not recording._dropped:
-                recording._dropped = True
-                log.warning("recorder is behind: audio of session %s left out", recording.key)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything handed in so far is written (tests, shutdown)."""
-        done = threading.Event()
-        self.put(None, done.set, ())
-        return done.wait(timeout)
-
-    def _start(self) -> None:
-        with self._start_lock:
+    def watch(self, recording: Recording) -> None:
+        with self._lock:
+            self._watched.add(recording)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
                 self._thread.start()
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything handed in so far is written (tests, shutdown)."""
+        with self._lock:
+            if self._thread is None:
+                return True
+            target = self._rounds + 2  # a round that began after this call has ended
+            self._wake.set()
+            return self._drained.wait_for(lambda: self._rounds >= target, timeout)
+
     def _run(self) -> None:
         while True:
-            recording, work, args = self._queue.get()
-            try:
-                work(*args)
-            except Exception as exc:
-                if recording is None:
-                    log.exception("recorder work failed")
-                else:
-                    recording._failed(exc)
+            self._wake.wait(DRAIN_SECONDS)
+            self._wake.clear()
+            with self._lock:
+                watched = list(self._watched)
+            done = [recording for recording in watched if recording._drain()]
+            with self._lock:
+                self._watched.difference_update(done)
+                self._rounds += 1
+                self._drained.notify_all()
+                if any(recording._pending for recording in self._watched):
+                    self._wake.set()
 
 
 _writer = RecorderThread()
@@ -190,4 +230,3 @@ _writer = RecorderThread()
 
 def flush(timeout: float = 10.0) -> bool:
     return _writer.flush(timeout)
-
