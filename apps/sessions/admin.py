@@ -8,14 +8,16 @@ import json
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.forms.models import BaseInlineFormSet
+from django.http import StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from apps.sessions import recordings
+from apps.sessions import costs, export, recordings, selectors
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create, api_token_revoke
 
@@ -23,6 +25,61 @@ from apps.sessions.tokens import api_token_create, api_token_revoke
 def _as_json(obj) -> str:
     """The row as the REST hook and the console give it (`to_dict()`), to read or copy."""
     return format_html("<pre>{}</pre>", json.dumps(obj.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _usd(cost: float | None) -> str:
+    return "no price" if cost is None else f"${cost:,.4f}"
+
+
+def _csv_response(rows) -> StreamingHttpResponse:
+    """The CSV of the REST hook's export (`GET /api/v1/responses?format=csv`) for `rows`."""
+    response = StreamingHttpResponse(
+        export.csv_chunks(selectors.RequestFilter(), queryset=rows), content_type="text/csv; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
+    return response
+
+
+class TextInputFilter(admin.SimpleListFilter):
+    """A filter typed in, not chosen from a list (the values are too many to list)."""
+
+    template = "admin/oc_sessions/text_filter.html"
+    placeholder = ""
+
+    def lookups(self, request, model_admin):
+        return ()
+
+    def has_output(self):
+        return True
+
+    def choices(self, changelist):
+        yield {
+            "value": self.value() or "",
+            "placeholder": self.placeholder,
+            "others": [(k, v) for k, v in changelist.params.items() if k != self.parameter_name],
+        }
+
+
+class RequestedByFilter(TextInputFilter):
+    title = "requested by"
+    parameter_name = "requested_by"
+    placeholder = "username or token:name"
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        return queryset.filter(requested_by=value) if value else queryset
+
+
+class MetadataFilter(TextInputFilter):
+    title = "metadata"
+    parameter_name = "metadata"
+    placeholder = "key=value"
+
+    def queryset(self, request, queryset):
+        key, sep, value = (self.value() or "").partition("=")
+        if not sep or not key.strip():
+            return queryset
+        return selectors.with_metadata(queryset, [(key.strip(), value.strip())])
 
 
 def _ms(start, end) -> str:
@@ -83,7 +140,7 @@ _SESSION_GROUPS = {
 _grouped = {name for names in _SESSION_GROUPS.values() for name in names} | {"recording", "recording_transcript"}
 SESSION_FIELDSETS = (
     *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
-    ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "history")}),
+    ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "cost", "history")}),
     ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
 )
 
@@ -95,7 +152,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     search_fields = ("upstream_id", "connected_by")
     date_hierarchy = "started_at"
     readonly_fields = [
-        *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "history", "as_json", "recording_player",
+        *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "cost", "history", "as_json", "recording_player",
     ]
     fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
@@ -104,6 +161,11 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     def ended_because(self, obj):
         """`end_summary`: the reason, the upstream's close code and the words, on one line."""
         return obj.end_summary or "—"
+
+    @admin.display(description="cost (USD)")
+    def cost(self, obj):
+        """The session's usage priced by OC_PRICES (`cost_usd` of the REST hook's Session)."""
+        return _usd(costs.cost_usd(model=obj.model, usage=obj.usage or {}))
 
     @admin.display(description="console page")
     def console(self, obj):
@@ -138,23 +200,45 @@ class LiveSessionAdmin(ReadOnlyAdmin):
 
 @admin.register(ResponseRequest)
 class ResponseRequestAdmin(ReadOnlyAdmin):
-    list_display = ("id", "session", "origin", "status", "requested_by", "created_at", "queue_wait", "latency")
-    list_filter = ("status", "origin", "created_at")
+    list_display = ("id", "session", "origin", "status", "requested_by", "created_at", "queue_wait", "latency", "cost")
+    list_filter = ("status", "origin", "created_at", RequestedByFilter, MetadataFilter)
+    change_list_template = "admin/oc_sessions/responserequest/change_list.html"
+    actions = ["export_csv"]
     search_fields = ("instructions", "metadata", "id", "response_id")
     # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     list_select_related = ("session",)
-    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration", "as_json"]
+    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration", "cost", "as_json"]
     fieldsets = (
         (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),
         ("Overrides", {"fields": ("instructions", "instructions_mode", "sent_instructions", "conversation", "metadata")}),
         ("Timeline", {"fields": ("created_at", "sent_at", "started_at", "finished_at", "queue_wait", "latency", "duration")}),
-        ("Result", {"fields": ("response_id", "event_id", "output_text", "usage")}),
+        ("Result", {"fields": ("response_id", "event_id", "output_text", "usage", "cost")}),
         ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
     )
 
     @admin.display(description="ResponseRequest JSON")
     def as_json(self, obj):
         return _as_json(obj)
+
+    @admin.display(description="cost (USD)")
+    def cost(self, obj):
+        if obj.usage is None:
+            return "—"
+        return _usd(costs.cost_usd(model=obj.session.model, usage=obj.usage))
+
+    def get_urls(self):
+        export_view = self.admin_site.admin_view(self.export_view)
+        return [path("export.csv", export_view, name="oc_sessions_responserequest_export"), *super().get_urls()]
+
+    def export_view(self, request):
+        """'Export CSV' on the list: every request the list's filters and search keep."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return _csv_response(self.get_changelist_instance(request).get_queryset(request))
+
+    @admin.action(description="Export the selected requests as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        return _csv_response(queryset)
 
     @admin.display(description="queued for")
     def queue_wait(self, obj):
@@ -189,7 +273,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix")
-    readonly_fields = ("name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at", "created_by")
+    readonly_fields = ("name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at", "created_by", "usage")
     actions = ["revoke"]
 
     def get_form(self, request, obj=None, **kwargs):
@@ -233,8 +317,32 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def scope_list(self, obj):
         return ", ".join(obj.scopes)
 
+    def get_list_display(self, request):
+        """The list with each token's usage, from one grouped query for the page."""
+        usage = selectors.api_token_usage()
+
+        @admin.display(description="usage (tokens, USD)")
+        def usage_column(obj):
+            return _token_usage(usage.get(f"token:{obj.name}"))
+
+        return (*super().get_list_display(request), usage_column)
+
+    @admin.display(description="usage")
+    def usage(self, obj):
+        """Tokens and cost of the requests it made (its requests are named `token:<name>`)."""
+        return _token_usage(selectors.api_token_usage().get(f"token:{obj.name}"))
+
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request, queryset):
         for token in queryset.filter(revoked_at__isnull=True):
             api_token_revoke(token=token)
         self.message_user(request, f"Revoked at {timezone.now():%H:%M:%S}.")
+
+
+def _token_usage(total: dict | None) -> str:
+    if not total:
+        return "—"
+    cost = f"${total['cost_usd']:,.4f}"
+    if total["unpriced_tokens"]:
+        cost += f" (+{total['unpriced_tokens']:,} tokens without a price)"
+    return f"{total['total_tokens']:,} tokens in {total['requests']:,} requests, {cost}"

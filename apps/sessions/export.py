@@ -1,26 +1,32 @@
 """The response history out: opaque cursors for its pages, and CSV of any size.
 
-CSV is made page by page (keyset pages of `selectors.request_page`, each read on the database
-threads), as an async iterator: Django's ASGI handler would read a synchronous iterator whole
-into a list before sending a byte, and a server-side cursor cannot follow a stream from
-thread to thread. So memory holds one page, whatever the number of rows.
+CSV is one query, read with a cursor (`.iterator(chunk_size=…)`) on a thread of the export's
+own, and handed to the event loop a chunk at a time through a pipe at most two chunks deep:
+memory holds a few chunks whatever the number of rows, and the reading goes no faster than
+the chunks are sent. The response is an async iterator because Django's ASGI handler
+reads a synchronous one whole into a list before sending a byte. One query, not a query per
+keyset page: without an index on (created_at, id) every page would sort the table again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import csv
 import io
 import json
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from django.db import connections
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.sessions import selectors
-from apps.sessions.db import db_async
+from apps.sessions.models import ResponseRequest
 
 # The CSV's columns: the keys of `ResponseRequest.to_dict()` (CONTRACT's `ResponseRequest`).
 COLUMNS = (
@@ -28,7 +34,7 @@ COLUMNS = (
     "conversation", "metadata", "status", "response_id", "output_text", "usage", "cost_usd",
     "error", "created_at", "sent_at", "started_at", "finished_at", "requested_by",
 )  # fmt: skip
-CSV_PAGE = 2000  # rows read from the database at a time
+CSV_CHUNK_ROWS = 1000  # rows read from the database, and sent, at a time
 
 
 class BadCursor(ValueError):
@@ -74,27 +80,84 @@ def _lines(rows: list[list[str]]) -> bytes:
     return buffer.getvalue().encode()
 
 
+class _Pipe:
+    """Chunks from the export's thread to the event loop, at most `depth` ahead of the reader
+    (the thread waits for a slow client instead of reading on)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = 2) -> None:
+        self.loop = loop
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.slots = threading.Semaphore(depth)
+        self.stopped = threading.Event()
+
+    def put(self, item: Any) -> bool:
+        """From the thread: False once the reader is gone."""
+        while not self.slots.acquire(timeout=0.5):
+            if self.stopped.is_set():
+                return False
+        if self.stopped.is_set():
+            return False
+        self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        return True
+
+    async def get(self) -> Any:
+        item = await self.items.get()
+        self.slots.release()
+        return item
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.slots.release()
+
+
+_END = object()
+
+
+def _produce(pipe: _Pipe, rows: Any, chunk_rows: int) -> None:
+    """The export's thread: one query read with a cursor, `chunk_rows` rows a chunk."""
+    try:
+        batch: list[list[str]] = []
+        for row in rows.iterator(chunk_size=chunk_rows):
+            batch.append(csv_row(row.to_dict()))
+            if len(batch) == chunk_rows:
+                if not pipe.put(_lines(batch)):
+                    return
+                batch = []
+        if batch and not pipe.put(_lines(batch)):
+            return
+        pipe.put(_END)
+    except Exception as exc:
+        pipe.put(exc)
+    finally:
+        connections.close_all()  # this thread's own connection
+
+
 async def csv_chunks(
     filters: selectors.RequestFilter,
     *,
     after: tuple[datetime, str] | None = None,
-    page_size: int = CSV_PAGE,
+    queryset: QuerySet[ResponseRequest] | None = None,
+    chunk_rows: int = CSV_CHUNK_ROWS,
 ) -> AsyncIterator[bytes]:
-    """The CSV of every request matching `filters` (after `after`), oldest first: the header
-    row, then one chunk of bytes per page."""
+    """The CSV of every request matching `filters` (after `after`; within `queryset`, if
+    given), oldest first: the header row, then a chunk of bytes per `chunk_rows` rows."""
     yield _lines([list(COLUMNS)])
-
-    def page(position):
-        rows, more = selectors.request_page(filters=filters, after=position, limit=page_size)
-        return _lines([csv_row(row.to_dict()) for row in rows]), more
-
-    position = after
-    while True:
-        chunk, position = await db_async(page)(position)
-        if chunk:
-            yield chunk
-        if position is None:
-            return
+    rows = selectors.request_filtered(filters, queryset)
+    if after is not None:
+        rows = selectors.request_after(rows, after)
+    pipe = _Pipe(asyncio.get_running_loop())
+    thread = threading.Thread(target=_produce, args=(pipe, rows, chunk_rows), name="oc-export", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await pipe.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        pipe.stop()  # the client left, or the end: the thread stops at its next chunk
 
 
 def csv_filename() -> str:

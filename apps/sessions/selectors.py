@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -163,13 +164,24 @@ def request_filtered(filters: RequestFilter, queryset: QuerySet[ResponseRequest]
         "created_at__lt": filters.until,
     }
     rows = rows.filter(**{lookup: value for lookup, value in lookups.items() if value is not None})
-    for n, (key, value) in enumerate(filters.metadata):
+    return with_metadata(rows, filters.metadata).select_related("session").order_by("created_at", "id")
+
+
+def with_metadata(rows: QuerySet[ResponseRequest], pairs: Iterable[tuple[str, str]]) -> QuerySet[ResponseRequest]:
+    """The rows whose metadata has each key set to its value (SQLite and PostgreSQL alike)."""
+    for n, (key, value) in enumerate(pairs):
         # A key transform, not `metadata__<key>`: a key may hold `__` or any character. Cast to
         # text, so that the value is compared as text (an exact lookup on the key would read
         # the value as JSON).
         value_of = Cast(KeyTextTransform(key, "metadata"), TextField())
         rows = rows.alias(**{f"_meta_{n}": value_of}).filter(**{f"_meta_{n}": value})
-    return rows.select_related("session").order_by("created_at", "id")
+    return rows
+
+
+def request_after(rows: QuerySet[ResponseRequest], after: tuple[datetime, str]) -> QuerySet[ResponseRequest]:
+    """The rows after the keyset position (created_at, id)."""
+    created_at, request_id = after
+    return rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=request_id))
 
 
 def request_page(
@@ -180,8 +192,7 @@ def request_page(
     come after every page already read."""
     rows = request_filtered(filters)
     if after is not None:
-        created_at, request_id = after
-        rows = rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=request_id))
+        rows = request_after(rows, after)
     page = list(rows[: limit + 1])
     if len(page) <= limit:
         return page, None
