@@ -76,3 +76,26 @@ def scaleout_db(postgres_server) -> ScaleoutDatabase:
     )
     token = manage(url, "create_api_token", "--name", "scaleout").strip().splitlines()[-1]
     return ScaleoutDatabase(url=url, token=token, username=OPERATOR, password=OPERATOR_PASSWORD)
+
+
+@pytest.fixture
+def pair(scaleout_db, redis_server, simulator):
+    """Two Daphne processes on the PostgreSQL database and Redis, the simulator upstream."""
+    from tests.conftest import UPSTREAM_KEY
+    from tests.support.servers import DaphneProcess
+
+    env = {
+        "DATABASE_URL": scaleout_db.url,
+        "REDIS_URL": redis_server.url,
+        "OC_UPSTREAM_URL": simulator.url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OC_PROCESSES": "2",
+        "OC_EVENTS_POLL_INTERVAL": "0.1",
+    }
+    servers: list[DaphneProcess] = []
+    try:
+        servers += [DaphneProcess(env), DaphneProcess(env)]
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

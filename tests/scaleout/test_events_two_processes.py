@@ -9,31 +9,11 @@ import asyncio
 import httpx
 import pytest
 
-from tests.conftest import UPSTREAM_KEY
 from tests.support.callers import SocketCaller, until_live
 from tests.support.servers import DaphneProcess
 from tests.support.sse import Follower
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def pair(scaleout_db, redis_server, simulator):
-    env = {
-        "DATABASE_URL": scaleout_db.url,
-        "REDIS_URL": redis_server.url,
-        "OC_UPSTREAM_URL": simulator.url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "OC_PROCESSES": "2",
-        "OC_EVENTS_POLL_INTERVAL": "0.1",
-    }
-    servers: list[DaphneProcess] = []
-    try:
-        servers += [DaphneProcess(env), DaphneProcess(env)]
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def client(server: DaphneProcess, token: str) -> httpx.AsyncClient:

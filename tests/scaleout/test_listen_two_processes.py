@@ -13,28 +13,9 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import UPSTREAM_KEY
 from tests.support.servers import DaphneProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def pair(scaleout_db, redis_server, simulator):
-    env = {
-        "DATABASE_URL": scaleout_db.url,
-        "REDIS_URL": redis_server.url,
-        "OC_UPSTREAM_URL": simulator.url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "OC_PROCESSES": "2",
-    }
-    servers: list[DaphneProcess] = []
-    try:
-        servers += [DaphneProcess(env), DaphneProcess(env)]
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 async def login_cookie(server: DaphneProcess, username: str, password: str) -> str:
