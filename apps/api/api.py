@@ -542,7 +542,18 @@ def _wants_csv(request: HttpRequest, format: str | None) -> bool:
     ),
     tags=["responses"],
     openapi_extra={
-        "responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+        "responses": {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+        "parameters": [
+            {
+                "in": "query",
+                "name": "metadata",
+                "style": "deepObject",
+                "explode": True,
+                "required": False,
+                "description": "metadata[KEY]=VALUE: requests whose metadata has KEY set to VALUE.",
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 15},
+            }
+        ],
     },
 )
 async def query_responses(

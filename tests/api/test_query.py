@@ -170,3 +170,11 @@ async def test_the_query_needs_sessions_read(writer_token, scene):
         assert (await client.get("/api/v1/responses")).status_code == 401
         refused = await client.get("/api/v1/responses", headers={"Authorization": f"Bearer {token}"})
         assert refused.status_code == 403
+
+
+async def test_the_openapi_document_says_csv_and_the_metadata_filter(rest):
+    document = (await rest.get("/openapi.json")).json()
+    operation = document["paths"]["/api/v1/responses"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"application/json", "text/csv"}
+    metadata = next(p for p in operation["parameters"] if p["name"] == "metadata")
+    assert metadata["style"] == "deepObject" and metadata["in"] == "query"
