@@ -164,6 +164,8 @@ class ResponseRequest(models.Model):
             models.Index(fields=["status", "-created_at"]),
             models.Index(fields=["origin", "-created_at"]),
             models.Index(fields=["response_id"]),
+            # The history as the REST hook pages and exports it: by time, the id breaking ties.
+            models.Index(fields=["created_at", "id"]),
         ]
 
     def __str__(self) -> str:
