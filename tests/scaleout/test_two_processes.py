@@ -251,10 +251,10 @@ async def test_nudge_on_b_completes_on_the_session_held_by_a_and_b_shows_it_live
         console = await Console.connect(b, scaleout_db.username, scaleout_db.password)
         await console.send({"type": "watch.sessions"})
         listed = await console.wait_for(
-            lambda m: any(s["id"] == caller.session_id for s in m.get("sessions", m.get("upsert", []))),
+            lambda m: m["type"] == "sessions" and any(s["id"] == caller.session_id for s in m["rows"]),
             what="A's session on B's dashboard",
         )
-        [row] = [s for s in listed.get("sessions", listed.get("upsert", [])) if s["id"] == caller.session_id]
+        [row] = [s for s in listed["rows"] if s["id"] == caller.session_id]
         assert row["connected_by"] == "token:scaleout"
 
         # ...and follows it live: the snapshot comes from A's actor, through Redis.
