@@ -52,8 +52,15 @@ _TRANSCRIPT = "transcript.entry"
 
 
 def lock_event_order() -> None:
-    """Inside a transaction about to insert events: wait for the other writers' commits, so
-    that ids are committed in the order they are given."""
+    """Inside a transaction that will insert events: wait for the other writers' commits, so
+    that ids are committed in the order they are given.
+
+    Take it first, before the transaction locks or writes any row: every transaction that
+    writes events then takes its locks in one order (this one, then rows), so none can hold
+    a row another waits for while it waits for this lock. Taken last, it deadlocked under
+    load on PostgreSQL (a submit holding its session's row waited for it, while the
+    history writer held it and waited for that row). Taking it again in the same
+    transaction returns at once."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ORDER_LOCK])
@@ -255,6 +262,7 @@ class BatchRecorder:
 
     request_queued = staticmethod(request_queued)
     session_lost = staticmethod(session_lost)
+    lock = staticmethod(lock_event_order)
 
     def prepare(self, batch: list) -> Prepared | None:
         """Before `merge`: which rows have events, and every operation on them, in order."""

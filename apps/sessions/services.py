@@ -142,6 +142,8 @@ def _request_store(
 ) -> tuple[ResponseRequest, bool]:
     try:
         with serialised_write(), transaction.atomic():
+            if history.recorder is not None:  # the event log's order lock comes first
+                history.recorder.lock()
             return _request_store_locked(
                 session_id=session_id,
                 overrides=overrides,
