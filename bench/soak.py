@@ -126,6 +126,7 @@ class SoakSimulator(Simulator):
 
     def __init__(self, config: SimulatorConfig) -> None:
         super().__init__(config)
+        self.observer = self  # each session tells it of creates, starts and ends
         self.creates: dict[str, tuple[str, float]] = {}
         self.duplicates: list[dict] = []
         self.overlaps: list[dict] = []
@@ -133,7 +134,7 @@ class SoakSimulator(Simulator):
         self.intervals: dict[str, list[list[float]]] = collections.defaultdict(list)
         self._open: dict[str, list[float]] = {}
 
-    async def _on_response_create(self, session, event):
+    def response_create(self, session, event):
         received_at = session.received_log[-1][0] if session.received_log else time.monotonic()
         self.creates_total += 1
         params = event.get("response") if isinstance(event.get("response"), dict) else {}
@@ -147,21 +148,15 @@ class SoakSimulator(Simulator):
             self.duplicates.append({"session": session.id, "oc_request": tag, "at": received_at})
         elif isinstance(tag, str):
             self.creates[tag] = (session.id, received_at)
-        await super()._on_response_create(session, event)
 
-    def _start_response(self, session, params, client_event_id):
-        response = super()._start_response(session, params, client_event_id)
+    def response_started(self, session, response):
         if response.in_conversation:
             self._open[response.id] = [time.monotonic(), math.inf]
             self.intervals[session.id].append(self._open[response.id])
-        return response
 
-    async def _stream(self, session, response):
-        try:
-            await super()._stream(session, response)
-        finally:
-            if (interval := self._open.pop(response.id, None)) is not None:
-                interval[1] = time.monotonic()
+    def response_ended(self, session, response):
+        if (interval := self._open.pop(response.id, None)) is not None:
+            interval[1] = time.monotonic()
 
     def waited(self, session_id: str, sent: float, received: float) -> bool:
         """Was a response of this session in progress between the POST and its create?"""

@@ -68,6 +68,7 @@ class Simulator:
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
+        self.observer = None  # see SimSession.observer
         self.sessions: dict[str, SimSession] = {}  # live sessions by id
         self.connections_opened = 0
         self.connections_active = 0
@@ -240,6 +241,7 @@ class Simulator:
             conversation_id=new_id("conv"),
             received_log=deque(maxlen=limit),
             sent_log=deque(maxlen=limit),
+            observer=self.observer,
         )
         self.sessions[session.id] = session
         self._logs[session.id] = session

@@ -167,6 +167,9 @@ class SimSession:
     responses_started: int = 0
     received_log: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
     sent_log: deque[tuple[float, str]] = field(default_factory=deque)
+    # Told of every response.create as it arrives, and of each response's start and end (the
+    # soak benchmark counts overlaps and duplicates with it): `Simulator.observer`.
+    observer: Any = None
 
     @property
     def instructions(self) -> str:
@@ -433,6 +436,8 @@ class SimSession:
     # responses
 
     async def on_response_create(self, event: dict[str, Any]) -> None:
+        if self.observer is not None:
+            self.observer.response_create(self, event)
         params = _validated_response_params(event)
         in_conversation = params.get("conversation") in (None, "auto")
         active = self.active
@@ -522,6 +527,8 @@ class SimSession:
         response.task = asyncio.get_running_loop().create_task(
             self._stream(response), name=f"sim-{response.id}"
         )
+        if self.observer is not None:
+            self.observer.response_started(self, response)
         return response
 
     def _last_user_text(self, items: Sequence[dict[str, Any]]) -> str:
@@ -587,6 +594,8 @@ class SimSession:
             self.responses.pop(response.id, None)
             if self.active is response:
                 self.active = None
+            if self.observer is not None:
+                self.observer.response_ended(self, response)
 
     async def _stream_events(self, response: SimResponse) -> None:
         rid, item_id = response.id, response.item_id
