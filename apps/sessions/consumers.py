@@ -60,6 +60,7 @@ class SurvivesLayerOutages:
     """
 
     _join_task: asyncio.Task | None = None
+    _leaving = False  # set by stop_joining(): from then on the consumer joins nothing again
 
     def layer_groups(self) -> list[str]:
         return []
@@ -86,6 +87,8 @@ class SurvivesLayerOutages:
 
     def join_later(self) -> None:
         """Join `layer_groups()` in the background, retrying until the layer answers."""
+        if self._leaving:  # a receive that failed while the consumer leaves must not rejoin
+            return
         if self._join_task is None or self._join_task.done():
             self._join_task = asyncio.get_running_loop().create_task(self._join(), name="layer-join")
 
@@ -103,6 +106,8 @@ class SurvivesLayerOutages:
                 return
 
     def stop_joining(self) -> None:
+        """The consumer is leaving its groups: stop joining them, now and later."""
+        self._leaving = True
         if self._join_task is not None:
             self._join_task.cancel()
             self._join_task = None
