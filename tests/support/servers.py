@@ -80,7 +80,9 @@ class DaphneProcess:
         self.port = port or free_port()
         self.env = dict(env)
         self.log_path = ROOT / "var" / f"daphne-{self.port}.log"
-        full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", **env}
+        # PYTHONFAULTHANDLER: a crash of the server (a signal at exit) leaves every thread's stack
+        # in its log.
+        full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **env}
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
