@@ -129,6 +129,7 @@ class EndReason(StrEnum):
     CALLER_CLOSED = "caller_closed"
     UPSTREAM_CLOSED = "upstream_closed"
     SESSION_EXPIRED = "session_expired"
+    HUNG_UP = "hung_up"  # an attached call was hung up (by an operator, or by the caller)
     SERVER_SHUTDOWN = "server_shutdown"
     SESSION_LOST = "session_lost"  # decided by another process's sweep, never here
     RELAY_ERROR = "relay_error"

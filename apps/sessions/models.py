@@ -52,6 +52,14 @@ class LiveSession(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.RELAY)
     call_id = models.CharField(max_length=128, null=True, blank=True)
     label = models.CharField(max_length=200, blank=True)
+    caller_number = models.CharField(max_length=128, blank=True, help_text="A phone call's From.")
+    dialled_number = models.CharField(max_length=128, blank=True, help_text="A phone call's To.")
+    upstream_sessions = models.JSONField(
+        default=list, blank=True, help_text="The upstream session ids it went through, in order."
+    )
+    rate_limits = models.JSONField(
+        default=list, blank=True, help_text="The latest rate_limits.updated: its `rate_limits` list."
+    )
     usage = models.JSONField(default=dict, blank=True, help_text="Tokens so far: every response's usage, summed.")
     watchers = models.JSONField(default=list, blank=True, help_text="Operators watching it now.")
     recording = models.FileField(
@@ -101,7 +109,9 @@ class LiveSession(models.Model):
             "kind": self.kind,
             "call_id": self.call_id,
             "label": self.label or None,
-            "upstream_sessions": [self.upstream_id] if self.upstream_id else [],
+            "upstream_sessions": self.upstream_sessions or ([self.upstream_id] if self.upstream_id else []),
+            "caller_number": self.caller_number or None,
+            "dialled_number": self.dialled_number or None,
             "usage": self.usage or {},
             "cost_usd": cost_usd(model=self.model, usage=self.usage or {}),
         }
@@ -204,6 +214,85 @@ class ResponseRequest(models.Model):
             "finished_at": _iso(self.finished_at),
             "requested_by": self.requested_by,
         }
+
+
+class ClientSecret(models.Model):
+    """A short-lived key of the project's own (`POST /v1/realtime/client_secrets`), valid as a
+    bearer for `/v1/realtime/calls` and `/v1/realtime` until `expires_at`. Only a SHA-256 digest
+    is stored, as for API tokens."""
+
+    PREFIX = "ek_oc_"
+
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    session = models.JSONField(default=dict, blank=True, help_text="The session configuration it was minted for.")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["expires_at"])]
+
+    def __str__(self) -> str:
+        return f"client secret of {self.created_by} until {self.expires_at:%H:%M:%S}"
+
+    @classmethod
+    def generate(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+
+class ToolApproval(models.Model):
+    """An agent's request to run a tool that needs a human's approval (an MCP approval request,
+    or a function the deployment marks as sensitive), and the decision taken on it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        EXPIRED = "expired"  # nobody decided within OC_APPROVAL_TIMEOUT: denied, and said so
+
+    session = models.ForeignKey(LiveSession, on_delete=models.CASCADE, related_name="approvals")
+    approval_id = models.CharField(max_length=128, help_text="The upstream's approval request item id.")
+    kind = models.CharField(max_length=16, default="mcp", help_text="`mcp` or `function`.")
+    server_label = models.CharField(max_length=128, blank=True)
+    name = models.CharField(max_length=128)
+    arguments = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reason = models.TextField(blank=True)
+    decided_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "approval_id"], name="unique_approval_per_session")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+
+class CallAction(models.Model):
+    """Call control on an attached call: a hang-up or a transfer, with who asked."""
+
+    class Action(models.TextChoices):
+        HANGUP = "hangup"
+        REFER = "refer"
+
+    session = models.ForeignKey(LiveSession, on_delete=models.CASCADE, related_name="call_actions")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    target_uri = models.CharField(max_length=512, blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    ok = models.BooleanField(null=True, help_text="The upstream's answer: accepted or not (null: not yet).")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_uri}".strip()
 
 
 class ApiToken(models.Model):
