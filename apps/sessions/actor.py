@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,7 +51,7 @@ from apps.realtime.relay import (
 from apps.sessions import clock, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
-from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, UpstreamLeg
+from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, Mailbox, UpstreamLeg
 from apps.sessions.listening import AudioTap
 from apps.sessions.process import PROCESS_ID
 from apps.sessions.upstream import open_upstream
@@ -70,32 +69,6 @@ SHUTDOWN = "shutdown"
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
-
-
-class Mailbox:
-    """A FIFO with one reader: a deque and at most one waiting future (the actor is its only
-    reader, so it needs none of asyncio.Queue's bookkeeping on every frame)."""
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[tuple[str, Any, Any]] = deque()
-        self._waiter: asyncio.Future | None = None
-
-    def put(self, item: tuple[str, Any, Any]) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> tuple[str, Any, Any]:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
 
 
 class SessionActor:

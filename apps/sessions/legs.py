@@ -2,6 +2,7 @@
 
 - The caller leg: whatever the caller's frames go to. `RelayConsumer` is one (the socket of
   `/v1/realtime`); a session steered through a sideband has none.
+- The mailbox: what the legs (and everything else) put for the actor, in order.
 - The upstream leg: an open Realtime connection and the task that reads it, putting each frame
   (text as `str`, binary as `bytes`) and finally its close on the actor's mailbox, each tagged
   with the leg it came from, so that the actor can drop what a leg it has replaced still sent.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
@@ -22,8 +24,30 @@ UPSTREAM_FRAME = "upstream.frame"
 UPSTREAM_CLOSED = "upstream.closed"
 
 
-class Mailbox(Protocol):
-    def put(self, item: tuple[str, Any, Any]) -> None: ...
+class Mailbox:
+    """A FIFO with one reader: a deque and at most one waiting future (the actor is its only
+    reader, so it needs none of asyncio.Queue's bookkeeping on every frame)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[str, Any, Any]] = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item: tuple[str, Any, Any]) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> tuple[str, Any, Any]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class Caller(Protocol):
