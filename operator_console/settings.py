@@ -261,6 +261,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+# Its cap on a session's life, as the service's (60 minutes): at it the session expires.
+OC_SIM_MAX_SESSION_SECONDS = env_float("OC_SIM_MAX_SESSION_SECONDS", 3600.0, minimum=0.1)
     "root": {"handlers": ["console"], "level": env_str("OC_LOG_LEVEL", "INFO").upper() or "INFO"},
     "loggers": {"daphne": {"level": "WARNING"}, "websockets": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

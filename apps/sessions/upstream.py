@@ -35,6 +35,7 @@ async def _start_simulator() -> Simulator:
             deltas_per_response=settings.OC_SIM_DELTAS,
             delta_interval=settings.OC_SIM_INTERVAL,
             audio_pace=settings.OC_SIM_AUDIO_PACE,
+            max_session_seconds=settings.OC_SIM_MAX_SESSION_SECONDS,
             record_limit=0,  # nobody reads the embedded simulator's logs
         )
     )

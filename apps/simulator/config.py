@@ -13,6 +13,9 @@ class SimulatorConfig:
     # `openai-insecure-api-key.<key>`) is refused with HTTP 401.
     required_api_key: str | None = None
     default_instructions: str = "You are a helpful assistant."
+    # The service's cap on a session's life, counted from its creation: at it the session gets
+    # `error` `session_expired` and close 1001 (`lifetime`). The service's is 60 minutes.
+    max_session_seconds: float = 3600.0
     # Events kept per session and direction for `received`/`sent` (the latest ones);
     # None keeps all, 0 none. Bounded by default so long benchmarks don't grow memory.
     record_limit: int | None = 256

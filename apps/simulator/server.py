@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -45,6 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from apps.simulator import lifetime
 from apps.simulator.config import SimulatorConfig
 from apps.simulator.session import DEFAULT_MODEL, SimResponse, SimSession, default_session_config
 from apps.simulator.wire import dumps, event_sent_time_ns, new_event_id, new_id
@@ -252,6 +254,9 @@ class Simulator:
             if not waiter.done():
                 waiter.set_result(None)
         log.debug("simulator session %s opened (model %s)", session.id, model)
+        cap = self.config.max_session_seconds
+        session.config["expires_at"] = int(time.time() + cap)
+        expiry = asyncio.get_running_loop().create_task(lifetime.expire_at_cap(session, cap))
         try:
             await session.send(
                 {"type": "session.created", "event_id": new_event_id(), "session": session.config}
@@ -261,6 +266,7 @@ class Simulator:
         except ConnectionClosed:
             pass
         finally:
+            expiry.cancel()
             session.stop_responses()
             self.sessions.pop(session.id, None)
             self.connections_active -= 1

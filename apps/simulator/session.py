@@ -7,11 +7,15 @@ Audio in and out (input buffer, VAD, spoken output) is `voice`'s.
 
 The model's "reply" is deterministic text that shows what the response was asked for::
 
-    [instructions: <effective instructions>] [metadata: k=v, ...] Reply 3 to: <last user text>
+    [instructions: <instructions>] [metadata: k=v, ...] Reply 3 to: <last user text> (conversation: 5 items)
 
-(effective instructions: the response's own `instructions` if given, else the session's;
+(instructions: the response's own `instructions` if given, else the session's;
 the metadata part is left out when there is none), streamed as `deltas_per_response`
-`response.output_text.delta` events `delta_interval` seconds apart.
+`response.output_text.delta` events `delta_interval` seconds apart. A spoken reply says the
+same words. The closing `(conversation: N items)` is the conversation's length when the
+response started: every item in it (messages, function calls and outputs, MCP items), the
+reply's own item not yet counted; always the word "items", so a test can match the regular
+expression `[(]conversation: ([0-9]+) items[)]` and see that a conversation kept its turns.
 """
 
 from __future__ import annotations
@@ -487,6 +491,7 @@ class SimSession:
         if shown:
             parts.append(f"[metadata: {', '.join(shown)}]")
         parts.append(f"Reply {self.responses_started} to: {self._last_user_text(context)}")
+        parts.append(f"(conversation: {len(self.items)} items)")
         text = " ".join(parts)
 
         max_output_tokens = params.get("max_output_tokens")

@@ -133,7 +133,9 @@ async def test_agents_sdk_realtime_session_text_turn(sim):
         ("user", "completed"),
         ("assistant", "completed"),
     ]
-    assert history[1].content[0].text == "[instructions: You are Ada.] Reply 1 to: hello there"
+    assert history[1].content[0].text == (
+        "[instructions: You are Ada.] Reply 1 to: hello there (conversation: 1 items)"
+    )
 
 
 # --- helpers and the management command ------------------------------------------------------

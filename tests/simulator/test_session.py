@@ -122,7 +122,7 @@ async def test_text_response_streams_deltas_then_done_with_usage(sim, conn):
     assert all(deltas)
     assert text == (
         "[instructions: Speak like a pirate.] [metadata: topic=billing, tone=warm] "
-        "Reply 1 to: hello"
+        "Reply 1 to: hello (conversation: 1 items)"
     )
     text_done = next(e for e in events if e.type == "response.output_text.done")
     assert text_done.text == text
@@ -143,7 +143,9 @@ async def test_text_response_streams_deltas_then_done_with_usage(sim, conn):
     await conn.response.create()
     second = await recv_until(conn, "response.done")
     second_text = second[-1].response.output[0].content[0].text
-    assert second_text == "[instructions: You are a helpful assistant.] Reply 2 to: hello"
+    assert second_text == (
+        "[instructions: You are a helpful assistant.] Reply 2 to: hello (conversation: 2 items)"
+    )
     assert second[-1].response.metadata is None
 
     # Event ids carry their send time; the recorded logs match what the client saw.
@@ -424,7 +426,9 @@ async def test_trigger_server_response_has_no_metadata(sim, conn):
     assert created.response.metadata is None
     assert created.response.conversation_id is not None
     assert done.response.status == "completed"
-    assert done.response.output[0].content[0].text.endswith("Reply 1 to: are you there")
+    assert done.response.output[0].content[0].text.endswith(
+        "Reply 1 to: are you there (conversation: 1 items)"
+    )
     assert "response.create" not in [e["type"] for _, e in sim.received(session_id)]
 
 

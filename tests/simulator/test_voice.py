@@ -281,7 +281,10 @@ async def test_manual_commit_with_server_vad_starts_a_response(conn):
         events[-1]
         .response.output[0]
         .content[0]
-        .text.endswith("Reply 1 to: [speech, 0.1 s — the simulator does not transcribe]")
+        .text.endswith(
+            "Reply 1 to: [speech, 0.1 s — the simulator does not transcribe] "
+            "(conversation: 1 items)"
+        )
     )
     await conn.input_audio_buffer.clear()
     assert (await recv(conn)).type == "input_audio_buffer.cleared"

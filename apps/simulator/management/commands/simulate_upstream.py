@@ -61,6 +61,13 @@ class Command(BaseCommand):
             "(8 bytes, time.time_ns() little-endian)",
         )
         parser.add_argument(
+            "--max-session-seconds",
+            type=float,
+            default=None,
+            help="a session's life from its creation; at it the session expires as the "
+            "service's does (default: OC_SIM_MAX_SESSION_SECONDS, else 3600)",
+        )
+        parser.add_argument(
             "--api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' on connect (default: no key needed)",
@@ -77,6 +84,13 @@ class Command(BaseCommand):
         audio_pace = options["audio_pace"]
         if audio_pace is None:
             audio_pace = getattr(settings, "OC_SIM_AUDIO_PACE", defaults.audio_pace)
+        max_session_seconds = options["max_session_seconds"]
+        if max_session_seconds is None:
+            max_session_seconds = getattr(
+                settings, "OC_SIM_MAX_SESSION_SECONDS", defaults.max_session_seconds
+            )
+        if max_session_seconds <= 0:
+            raise CommandError("--max-session-seconds must be positive")
         if audio_pace < 0:
             raise CommandError("--audio-pace must not be negative")
         if deltas < 1:
@@ -93,6 +107,7 @@ class Command(BaseCommand):
             speech_engine=options["speech"],
             reply_audio_ms=reply_audio_ms,
             audio_stamp=options["audio_stamp"],
+            max_session_seconds=max_session_seconds,
             required_api_key=options["api_key"] or None,
             record_limit=0,  # nobody reads the event logs of a standalone simulator
         )
@@ -114,6 +129,7 @@ class Command(BaseCommand):
             f"Realtime simulator listening; {config.deltas_per_response} deltas per response, "
             f"{config.delta_interval}s apart"
             + f"; audio at {config.audio_pace:g}x real time ({config.speech_engine})"
+            + f"; sessions expire after {config.max_session_seconds:g}s"
             + ("; API key required" if config.required_api_key else "")
         )
         self.stdout.write(simulator.url)
