@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "apps.events",
     "apps.api",
     "apps.console",
+    "apps.calls",
     "axes",  # login throttling: last, so its checks see the apps before it
 ]
 
@@ -195,6 +196,11 @@ SECURE_REFERRER_POLICY = "same-origin"
 OC_UPSTREAM_URL = env_ws_url("OC_UPSTREAM_URL")  # empty → embedded simulator
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OC_REALTIME_MODEL = env_str("OC_REALTIME_MODEL", "gpt-realtime") or "gpt-realtime"
+# Calls that do not pass through the relay (CONTRACT section 7): the upstream's webhooks are
+# verified with this secret (empty: every webhook is refused); a phone call to a number no call
+# profile names is rejected when OC_SIP_REJECT_UNKNOWN, else answered with the default profile.
+OPENAI_WEBHOOK_SECRET = env_str("OPENAI_WEBHOOK_SECRET")
+OC_SIP_REJECT_UNKNOWN = env_bool("OC_SIP_REJECT_UNKNOWN", False)
 # USD per 1M tokens, per model and token type: the defaults of operator_console/prices.py,
 # with the models of OC_PRICES (JSON) over them. Turns usage into `cost_usd`.
 OC_PRICES = prices_from_env("OC_PRICES")
@@ -255,14 +261,14 @@ OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)
 # Its spoken replies' pace as a realtime factor: 1.0 real time, 0 as fast as possible.
 OC_SIM_AUDIO_PACE = env_float("OC_SIM_AUDIO_PACE", 1.0)
+# Its cap on a session's life, as the service's (60 minutes): at it the session expires.
+OC_SIM_MAX_SESSION_SECONDS = env_float("OC_SIM_MAX_SESSION_SECONDS", 3600.0, minimum=0.1)
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-# Its cap on a session's life, as the service's (60 minutes): at it the session expires.
-OC_SIM_MAX_SESSION_SECONDS = env_float("OC_SIM_MAX_SESSION_SECONDS", 3600.0, minimum=0.1)
     "root": {"handlers": ["console"], "level": env_str("OC_LOG_LEVEL", "INFO").upper() or "INFO"},
     "loggers": {"daphne": {"level": "WARNING"}, "websockets": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -3,11 +3,14 @@ from django.urls import include, path
 
 from apps.api.api import api
 from apps.api.metrics import metrics
+from apps.calls import views as calls_views
 from apps.console import views as console_views
 from apps.sessions import views
 
 urlpatterns = [
     path("", console_views.home, name="home"),
+    path("console/call/", calls_views.call_page, name="call"),
+    path("console/call/session", calls_views.call_session, name="call_session"),
     path("console/", include("apps.console.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
@@ -15,6 +18,7 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("v1/", include("apps.calls.urls")),
 ]
 
 # Refusals Django makes before a view runs: the REST hook's error body under /api/.

@@ -1,6 +1,7 @@
 """Who may open a relay session: one place for the handshake's checks.
 
-Any one of: `Authorization: Bearer <token>` with scope realtime:connect; the browser
+Any one of: `Authorization: Bearer <token>` with scope realtime:connect (or a short-lived key
+minted by `POST /v1/realtime/client_secrets`, until it expires); the browser
 subprotocol `openai-insecure-api-key.<token>`; a logged-in console user's session cookie.
 A handshake that carries an Origin header must come from an allowed host; one that
 authenticates by cookie must carry one, and it must be this site's own origin: the same
@@ -29,14 +30,14 @@ from django.http.request import validate_host
 
 from apps.sessions import tokens
 from apps.sessions.db import db_async
-from apps.sessions.models import ApiToken
+from apps.sessions.models import ApiToken, ClientSecret
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    kind: str  # "token" | "user"
+    kind: str  # "token" | "key" (a minted client secret) | "user"
     name: str  # token name or username: who is recorded as connecting
     token_id: int | None = None
     user_id: int | None = None
@@ -137,6 +138,8 @@ async def authenticate_relay(scope) -> Principal | Refusal:
                 "missing_scope",
                 "The token was refused: it lacks the scope realtime:connect.",
             )
+        if token is None and plain.startswith(ClientSecret.PREFIX):
+            return await _client_secret_principal(plain)
         if token is None:
             return Refusal(
                 "unknown or revoked token",
@@ -171,6 +174,23 @@ async def authenticate_relay(scope) -> Principal | Refusal:
         "realtime:connect, from `manage.py create_api_token`) or the subprotocol "
         "`openai-insecure-api-key.<token>`.",
     )
+
+
+async def _client_secret_principal(plain: str) -> Principal | Refusal:
+    """A key minted by `POST /v1/realtime/client_secrets`: it may connect until it expires."""
+    try:
+        secret = await db_async(tokens.client_secret_authenticate)(plain=plain)
+    except tokens.ClientSecretExpired as expired:
+        return Refusal(
+            "expired client secret",
+            401,
+            "expired_client_secret",
+            f"The client secret expired at {expired.secret.expires_at.isoformat()}: mint a new one "
+            "with POST /v1/realtime/client_secrets.",
+        )
+    if secret is None:
+        return Refusal("unknown client secret", 401, "invalid_token", "The client secret was refused: it is unknown.")
+    return Principal(kind="key", name=f"key:{secret.created_by}")
 
 
 async def session_user(scope):

@@ -2,7 +2,9 @@
 only as digests.
 
 `api_token_authenticate` is the one token check: the REST hook's auth and the relay's
-handshake (apps/sessions/auth.py) both call it.
+handshake (apps/sessions/auth.py) both call it. `client_secret_authenticate` checks the
+short-lived keys minted by `POST /v1/realtime/client_secrets` (apps/calls): they stand for the
+scope realtime:connect only, so only the relay's handshake and `/v1/realtime/calls` take them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from apps.sessions.models import ApiToken
+from apps.sessions.models import ApiToken, ClientSecret
 
 # last_used_at is a hint for humans, so it is written at most this often per token.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
@@ -70,6 +72,27 @@ def api_token_authenticate(*, plain: str, scope: str) -> ApiToken | None:
     if not token.has_scope(scope):
         raise MissingScope(token, scope)
     return token
+
+
+class ClientSecretExpired(Exception):
+    """The minted key exists but its `expires_at` has passed (a 401 that says so)."""
+
+    def __init__(self, secret: ClientSecret) -> None:
+        super().__init__(f"the client secret expired at {secret.expires_at.isoformat()}")
+        self.secret = secret
+
+
+def client_secret_authenticate(*, plain: str) -> ClientSecret | None:
+    """The minted key with this value: None if it is not one (wrong prefix or unknown),
+    ClientSecretExpired once it has expired. Database work."""
+    if not plain or not plain.startswith(ClientSecret.PREFIX):
+        return None
+    secret = ClientSecret.objects.filter(digest=ApiToken.hash(plain)).first()
+    if secret is None:
+        return None
+    if secret.expires_at <= timezone.now():
+        raise ClientSecretExpired(secret)
+    return secret
 
 
 def api_token_revoke(*, token: ApiToken) -> None:

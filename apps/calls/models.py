@@ -1,0 +1,82 @@
+"""Call profiles (how a phone call is answered) and the upstream webhooks already handled."""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+# A dialled number as profiles name it: digits, optionally a leading + and a trailing * (prefix).
+NUMBER_PATTERN = re.compile(r"\+?[0-9]{1,20}\*?")
+
+
+class CallProfile(models.Model):
+    """How the agent answers a phone call to a number: the session configuration sent with
+    the call's `accept`. A call is matched by the number dialled (the SIP `To` header): a
+    profile naming that exact number first, then the one with the longest matching prefix
+    (`+1555*`), then the default profile."""
+
+    name = models.CharField(max_length=100, unique=True)
+    dialled_number = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The number this profile answers, e.g. +15551234567, or a prefix ending in * "
+        "(+1555*). Empty: only as the default.",
+    )
+    instructions = models.TextField(blank=True, help_text="The agent's instructions for these calls.")
+    voice = models.CharField(max_length=32, default="marin", help_text="The agent's voice, e.g. marin, cedar, alloy.")
+    model = models.CharField(max_length=100, blank=True, help_text="Empty: OC_REALTIME_MODEL.")
+    tools = models.JSONField(
+        default=list, blank=True, help_text="The session's tools, as a JSON list in the Realtime API's shape."
+    )
+    is_default = models.BooleanField(
+        default=False, help_text="Answers calls to numbers no other profile names (at most one profile)."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default_call_profile"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        tools = self.tools if self.tools is not None else []
+        if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") for t in tools):
+            raise ValidationError({"tools": 'Tools must be a JSON list of objects, each with a "type".'})
+        number = self.dialled_number.strip()
+        if number and not NUMBER_PATTERN.fullmatch(number):
+            raise ValidationError(
+                {"dialled_number": "A number is + and digits (e.g. +15551234567), or such a prefix ending in *."}
+            )
+        self.dialled_number = number
+
+    def session_config(self, default_model: str) -> dict:
+        """The `session` of the call's accept (the Realtime API's shape)."""
+        config: dict = {"type": "realtime", "model": self.model or default_model}
+        if self.instructions:
+            config["instructions"] = self.instructions
+        if self.voice:
+            config["audio"] = {"output": {"voice": self.voice}}
+        if self.tools:
+            config["tools"] = self.tools
+        return config
+
+
+class SeenWebhook(models.Model):
+    """A webhook-id already handled: a delivery repeated by the upstream is answered 200 and
+    not acted on twice. Rows older than a day are deleted (the upstream retries for less)."""
+
+    webhook_id = models.CharField(max_length=128, unique=True)
+    event_type = models.CharField(max_length=64, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return self.webhook_id

@@ -1,0 +1,170 @@
+"""`POST /v1/realtime/client_secrets`, `POST /v1/realtime/calls` (CONTRACT section 7) and the
+"Call the agent" page.
+
+Both endpoints mirror the service's, so the `openai` SDK and a browser's WebRTC code work
+against them unchanged: errors in the service's shape, the answer SDP with
+`Location: /v1/realtime/calls/{call_id}`. The upstream key stays here: the offer is forwarded
+with it, and the caller gets the upstream's SDP, status and JSON error body, never its headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+
+from apps.calls import keys, upstream
+from apps.calls.attach import attach_later
+from apps.calls.auth import Caller, authenticate, error
+from apps.sessions.db import db_async, serialised_write
+from apps.sessions.models import LiveSession
+
+log = logging.getLogger("oc.events")
+
+
+def _post_only(request: HttpRequest) -> JsonResponse | None:
+    if request.method != "POST":
+        response = error(405, "method_not_allowed", f"{request.method} is not allowed here: use POST.")
+        response["Allow"] = "POST"
+        return response
+    return None
+
+
+def _mint(*, expires_after: Any, session: Any, created_by: str):
+    with serialised_write():
+        keys.delete_expired()
+        return keys.mint(expires_after=expires_after, session=session, created_by=created_by)
+
+
+@csrf_exempt
+async def client_secrets(request: HttpRequest) -> HttpResponse:
+    """A short-lived key for a browser or a device: it may place calls and open relay
+    sessions until it expires, and carries the session configuration its calls get."""
+    if (refused := _post_only(request)) is not None:
+        return refused
+    caller = await authenticate(request, keys=False, cookie=False)
+    if not isinstance(caller, Caller):
+        return caller
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return error(400, "invalid_json", "The body must be a JSON object.")
+    if not isinstance(body, dict):
+        return error(400, "invalid_json", "The body must be a JSON object.")
+    try:
+        secret, plain = await db_async(_mint)(
+            expires_after=body.get("expires_after"),
+            session=body.get("session"),
+            created_by=caller.name.removeprefix("token:"),
+        )
+    except keys.InvalidParameter as invalid:
+        return error(400, "invalid_value", invalid.message, param=invalid.param)
+    log.info(json.dumps({"event": "client_secret.minted", "by": caller.name, "expires_at": secret.expires_at.isoformat()}))
+    return JsonResponse({"value": plain, "expires_at": int(secret.expires_at.timestamp()), "session": secret.session})
+
+
+def _offer(request: HttpRequest) -> tuple[str, dict[str, Any]] | JsonResponse:
+    """(SDP offer, session configuration) of an `application/sdp` or multipart request."""
+    content_type = request.content_type or ""
+    if content_type == "application/sdp":
+        sdp, session = request.body.decode("utf-8", "replace"), {}
+    elif content_type == "multipart/form-data":
+        sdp = _part(request, "sdp")
+        raw = _part(request, "session")
+        session = {}
+        if raw:
+            try:
+                session = json.loads(raw)
+            except ValueError:
+                return error(400, "invalid_value", "The session part must be JSON.", param="session")
+            if not isinstance(session, dict):
+                return error(400, "invalid_value", "The session part must be a JSON object.", param="session")
+    else:
+        return error(
+            415,
+            "unsupported_content_type",
+            f"The offer must be sent as application/sdp or multipart/form-data (parts sdp and session), not {content_type or 'nothing'!r}.",
+        )
+    if not sdp.lstrip().startswith("v="):
+        return error(400, "invalid_value", "The SDP offer is missing or is not SDP (it must start with v=).", param="sdp")
+    return sdp, session
+
+
+def _part(request: HttpRequest, name: str) -> str:
+    if name in request.FILES:
+        return request.FILES[name].read().decode("utf-8", "replace")
+    return request.POST.get(name, "")
+
+
+@csrf_exempt
+async def calls(request: HttpRequest) -> HttpResponse:
+    """Place a WebRTC call: forward the offer upstream, answer with the upstream's SDP, and
+    attach a sideband session to the call (kind `webrtc`)."""
+    if (refused := _post_only(request)) is not None:
+        return refused
+    request.body  # noqa: B018 - read before the CSRF check and the multipart parser use it
+    caller = await authenticate(request, keys=True, cookie=True)
+    if not isinstance(caller, Caller):
+        return caller
+    offer = _offer(request)
+    if isinstance(offer, JsonResponse):
+        return offer
+    sdp, session = offer
+    # A minted key's configuration is the one its issuer chose: it wins over the request's.
+    session = {**session, **caller.session}
+    model = session.get("model") or request.GET.get("model") or settings.OC_REALTIME_MODEL
+    if session:
+        session = {**session, "type": "realtime", "model": model}
+    try:
+        answer = await upstream.create_call(sdp=sdp, model=model, session=session or None)
+    except httpx.HTTPError as exc:
+        log.warning(json.dumps({"event": "call.upstream_unreachable", "error": type(exc).__name__}))
+        return error(502, "upstream_unreachable", "The upstream could not be reached to place the call.", kind="upstream_error")
+    if not answer.ok:
+        log.info(json.dumps({"event": "call.refused_upstream", "status": answer.status, "by": caller.name}))
+        return JsonResponse(answer.error_body(), status=answer.status)
+    call_id = upstream.call_id_from_location(answer.location)
+    if not call_id:
+        return error(502, "upstream_error", "The upstream answered the call without its Location.", kind="upstream_error")
+    log.info(json.dumps({"event": "call.placed", "call_id": call_id, "kind": "webrtc", "by": caller.name, "model": model}))
+    attach_later(call_id=call_id, kind="webrtc", model=model, connected_by=caller.name)
+    response = HttpResponse(answer.body, status=201, content_type="application/sdp")
+    response["Location"] = f"/v1/realtime/calls/{call_id}"
+    return response
+
+
+@login_required
+def call_page(request: HttpRequest) -> HttpResponse:
+    """The "Call the agent" page: the browser places a WebRTC call through /v1/realtime/calls."""
+    return render(request, "calls/call.html", {"model": settings.OC_REALTIME_MODEL})
+
+
+@require_GET
+@login_required
+def call_session(request: HttpRequest) -> JsonResponse:
+    """The console session attached to a call (`?call_id=`), once it is listed: the call page
+    links to it."""
+    call_id = request.GET.get("call_id", "")
+    session = (
+        LiveSession.objects.filter(call_id=call_id, upstream_id__isnull=False).only("upstream_id", "status").first()
+        if call_id
+        else None
+    )
+    if session is None:
+        return JsonResponse({"error": {"code": "not_found", "message": "No session is attached to this call yet."}}, status=404)
+    return JsonResponse(
+        {
+            "session_id": session.upstream_id,
+            "status": session.status,
+            "url": reverse("console:session", args=[session.upstream_id]),
+        }
+    )
