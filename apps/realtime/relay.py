@@ -44,6 +44,12 @@ Audio (CONTRACT section 6)
   that side (from `session.created`/`session.updated`), for the actor to decode and copy.
   An operator's out-of-band response is not part of the call and is not tapped.
 
+Attached mode (`attached=True`): a call the relay does not carry, steered through a sideband
+  (no caller leg). Responses the caller's app asked for are observed with origin `caller`; a
+  normal close after `hangup_requested` ends the session `hung_up`; the session is named by its
+  call id if no session event comes soon. `apps/realtime/attached.py` says how, and what is and
+  is not guaranteed in this mode.
+
 Besides, the core keeps what is recorded of the session (its id and instructions, each
 request's transitions, who watches, the sum of every response's `usage`) and tells watchers
 what changed. After the session has ended, frames and ticks return nothing; an operator's
@@ -59,6 +65,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from apps.realtime import attached as attached_mode
 from apps.realtime import events
 from apps.realtime.sequencer import (
     OC_REQUEST_KEY,
@@ -367,7 +374,11 @@ class RelayCore:
         new_request_id: Callable[[], str] | None = None,
         new_event_id: Callable[[], str] | None = None,
         record_audio: bool = False,
+        attached: bool = False,
     ) -> None:
+        # Attached: a call steered through a sideband, with no caller leg (`attached`).
+        self.attached = attached
+        self._turns = attached_mode.Turns() if attached else None
         self.fallback_id = fallback_id
         self.connected_by = connected_by
         self.connect_timeout = connect_timeout
@@ -405,6 +416,7 @@ class RelayCore:
         self._last_upstream_at = 0.0
         self._stall_check_at: float | None = None  # while a response runs
         self._expired = False  # the upstream said session_expired; its close follows
+        self._hangup_pending = False  # an attached call is being hung up; its close follows
         self._deadline: float | None = None
         self._deadline_stale = False
 
@@ -456,7 +468,8 @@ class RelayCore:
         self._deadline_stale = True
         self._last_upstream_at = now
         if self.session_id is None:
-            self._start_deadline = now + self.connect_timeout
+            wait = attached_mode.NAME_WAIT if self.attached else self.connect_timeout
+            self._start_deadline = now + wait
         return []
 
     def upstream_failed(self, detail: str, *, now: float) -> list[Action]:
@@ -480,6 +493,8 @@ class RelayCore:
         caller_code = code if code in PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
         if self._expired:
             end = self._end("ended", EndReason.SESSION_EXPIRED, now, code=code, detail=why)
+        elif self._hangup_pending and normal:
+            end = self._end("ended", EndReason.HUNG_UP, now, code=code, detail=why)
         else:
             end = self._end(
                 "ended" if normal else "failed",
@@ -529,6 +544,8 @@ class RelayCore:
         if type(frame) is bytes:
             return [ToCaller(frame=frame)]  # binary: not an event the relay can read
         kind = events.peek_type(frame)
+        if kind == attached_mode.TURN_ENDED and self._turns is not None:
+            self._turns.speech_stopped()
         if (
             kind is not None
             and kind not in PARSED_TYPES
@@ -582,7 +599,9 @@ class RelayCore:
         if isinstance(instructions, str):
             self.session_instructions = instructions
         self._read_audio_formats(session)
-        if kind == "session.created" and self.session_id is None:
+        if self._turns is not None:
+            self._turns.session(session)
+        if self.session_id is None and (kind == "session.created" or self.attached):
             self.session_id = _public_id(session.get("id"), self.fallback_id)
             self._start_deadline = None
             actions.append(
@@ -621,8 +640,11 @@ class RelayCore:
                 # Whatever became of its request (even timed out), this response is the
                 # operator's alone: none of its events reach the caller.
                 self._hidden.add(response_id)
+            origin = self._turns.origin() if self._turns is not None else SERVER
             self._apply(
-                self.sequencer.response_created(response_id=response_id, oc_request=tag, now=now),
+                self.sequencer.response_created(
+                    response_id=response_id, oc_request=tag, now=now, observed_origin=origin
+                ),
                 actions,
             )
         else:
@@ -942,6 +964,13 @@ class RelayCore:
         actions.append(Answer(payload={"response_id": response_id}))
         return actions
 
+    def hangup_requested(self, *, pending: bool, now: float) -> list[Action]:
+        """An attached call is being hung up (`pending`), or its hang-up failed: a normal
+        close of the upstream while one is pending ends the session with `hung_up`
+        (see `attached`)."""
+        self._hangup_pending = pending and self.attached
+        return [Answer(payload={"ok": self.ended is None, "at": now})]
+
     def watch(self, watcher: str, *, user: str, watching: bool, now: float) -> list[Action]:
         """An operator's console starts (renews) or stops watching this session."""
         self._deadline_stale = True
@@ -1014,6 +1043,10 @@ class RelayCore:
         self._stall_check_at = None  # anchored again at the latest frame
         if self.ended is not None:
             return []
+        if self._start_deadline is not None and now >= self._start_deadline and self.attached:
+            self._start_deadline = None  # no session event yet: named by the call id
+            self.session_id = self.fallback_id
+            return [SessionNamed(session_id=self.session_id, instructions="", at=now)]
         if self._start_deadline is not None and now >= self._start_deadline:
             return self._fail_upstream(
                 "upstream_timeout",
@@ -1131,11 +1164,14 @@ class RelayCore:
             elif kind is StatusChanged:
                 actions += self._changed(action)
             elif kind is ResponseObserved:
-                self._infos[action.request.id] = _Info(origin=SERVER, out_of_band=False)
+                origin = action.request.origin  # `caller` only in attached mode
+                if self._turns is not None:
+                    self._turns.observed()
+                self._infos[action.request.id] = _Info(origin=origin, out_of_band=False)
                 actions.append(
                     RequestRecorded(
                         request_id=action.request.id,
-                        origin=SERVER,
+                        origin=origin,
                         event_id="",
                         instructions=None,
                         metadata=None,

@@ -353,13 +353,20 @@ class Sequencer:
         return [self._cancel_event(response_id, self._live[response_id].request_id)]
 
     def response_created(
-        self, *, response_id: str, oc_request: str | None, now: float
+        self,
+        *,
+        response_id: str,
+        oc_request: str | None,
+        now: float,
+        observed_origin: str = SERVER_ORIGIN,
     ) -> list[Action]:
+        """`observed_origin`: who started a response that names nothing of ours (`server`,
+        or `caller` for an attached call, where the caller's creates bypass the sequencer)."""
         if self._closed or response_id in self._live:
             return []
         entry = self._entries.get(oc_request) if oc_request is not None else None
         if entry is None or entry.sends == 0:
-            return self._observe_server_response(response_id, now)
+            return self._observe_server_response(response_id, now, observed_origin)
         request_id = entry.request.id
         self._live[response_id] = _Live(request_id, not entry.request.out_of_band)
         actions: list[Action] = []
@@ -573,11 +580,13 @@ class Sequencer:
             error_message=f"No response.created within {self.send_timeout:g} s of sending.",
         )
 
-    def _observe_server_response(self, response_id: str, now: float) -> list[Action]:
+    def _observe_server_response(
+        self, response_id: str, now: float, origin: str = SERVER_ORIGIN
+    ) -> list[Action]:
         request_id = self._new_request_id()
         if request_id in self._entries:
             raise SequencerError(f"new_request_id() returned a known id {request_id!r}")
-        request = Request(id=request_id, origin=SERVER_ORIGIN, event_id="", response={})
+        request = Request(id=request_id, origin=origin, event_id="", response={})
         entry = _Entry(request=request, status=RequestStatus.IN_PROGRESS, response_id=response_id)
         self._entries[request_id] = entry
         self._live[response_id] = _Live(request_id, in_conversation=True)

@@ -4,7 +4,8 @@ The relay moves frames, not events: it needs the WebSocket itself, with text fra
 binary frames as binary, and no parsing into SDK models on the way. So the connection is opened
 with `websockets`, as the `openai` SDK's realtime client opens it: `{base}/realtime?model=M`,
 `Authorization: Bearer <key>`. Incoming messages have no size limit (audio and large items
-pass whole).
+pass whole). With `call_id`, the same opener joins an existing call as its sideband:
+`{base}/realtime?call_id=C` (no model: the call has one already).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ async def open_connection(
     model: str,
     extra_headers: dict[str, str] | None = None,
     open_timeout: float = 10.0,
+    call_id: str | None = None,
 ) -> ClientConnection:
-    """Connect to `{base_url}/realtime?model=…`. Raises on refusal or timeout."""
+    """Connect to `{base_url}/realtime?model=…` (or `?call_id=…`, a call's sideband). Raises
+    on refusal or timeout."""
     headers = {"Authorization": f"Bearer {api_key or PLACEHOLDER_KEY}", **(extra_headers or {})}
+    query = {"call_id": call_id} if call_id else {"model": model}
     return await connect(
-        realtime_url(base_url, model=model),
+        realtime_url(base_url, **query),
         additional_headers=headers,
         max_size=None,
         open_timeout=open_timeout,

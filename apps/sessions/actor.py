@@ -81,14 +81,17 @@ class SessionActor:
         upstream_headers: dict[str, str] | None = None,
         opener: Callable[..., Awaitable[Any]] = open_upstream,
         label: str = "",
+        call: dict[str, str] | None = None,
     ) -> None:
         self.key = uuid.uuid4()
+        # An attached call (`apps/sessions/sideband.py`): kind, call_id and numbers.
+        self.call = dict(call or {})
         self.model = model
         self.connected_by = connected_by
         self.label = label
         self.mailbox = Mailbox()
         self.core = RelayCore(
-            fallback_id=f"sess_{self.key.hex}",
+            fallback_id=self.call.get("call_id") or f"sess_{self.key.hex}",
             connected_by=connected_by,
             send_timeout=settings.OC_SEND_TIMEOUT,
             connect_timeout=settings.OC_UPSTREAM_CONNECT_TIMEOUT,
@@ -97,6 +100,7 @@ class SessionActor:
             new_request_id=new_request_id,
             new_event_id=events.new_event_id,
             record_audio=settings.OC_RECORD_AUDIO,
+            attached=bool(self.call),
         )
         self.audio = AudioTap(self.key, record=settings.OC_RECORD_AUDIO, started_at=clock.now())
         self._caller = caller
@@ -114,8 +118,9 @@ class SessionActor:
 
     # ------------------------------------------------------------------ outside interface
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task:
         self._task = asyncio.create_task(self._run(), name=f"session-actor-{self.key}")
+        return self._task
 
     def caller_frame(self, frame: str | bytes) -> None:
         self.mailbox.put((CALLER_FRAME, frame, None))
@@ -163,6 +168,7 @@ class SessionActor:
                 process_id=PROCESS_ID,
                 label=self.label,
                 at=clock.now(),
+                **self.call,
             )
         )
         try:
@@ -243,6 +249,8 @@ class SessionActor:
             )
         elif kind == groups.SESSION_INTERRUPT:
             actions = core.interrupt(now=now)
+        elif kind == groups.SESSION_HANGUP:
+            actions = core.hangup_requested(pending=bool(message.get("pending")), now=now)
         elif kind == groups.SESSION_WATCH and isinstance(message.get("channel"), str):
             user = str(message.get("user") or "")
             actions = core.watch(

@@ -32,8 +32,18 @@ SESSION_NOTE = "session.note"
 SESSION_INTERRUPT = "session.interrupt"
 SESSION_WATCH = "session.watch"
 SESSION_LISTEN = "session.listen"
+# An attached call is being hung up (`pending`), or its hang-up failed (apps/sessions/calls.py).
+SESSION_HANGUP = "session.hangup"
 SESSION_MESSAGE_TYPES = frozenset(
-    {SESSION_REQUEST, SESSION_CANCEL, SESSION_NOTE, SESSION_INTERRUPT, SESSION_WATCH, SESSION_LISTEN}
+    {
+        SESSION_REQUEST,
+        SESSION_CANCEL,
+        SESSION_NOTE,
+        SESSION_INTERRUPT,
+        SESSION_WATCH,
+        SESSION_LISTEN,
+        SESSION_HANGUP,
+    }
 )
 
 ACTOR_REPLY = "session.reply"

@@ -22,14 +22,30 @@ def _dt(at: float) -> datetime:
 
 
 def session_opened(
-    *, key: uuid.UUID, model: str, connected_by: str, process_id: str, at: float, label: str = ""
+    *,
+    key: uuid.UUID,
+    model: str,
+    connected_by: str,
+    process_id: str,
+    at: float,
+    label: str = "",
+    kind: str = LiveSession.Kind.RELAY,
+    call_id: str | None = None,
+    caller_number: str = "",
+    dialled_number: str = "",
 ):
+    """A session's row; an attached call's (`apps/sessions/sideband.py`) with its kind, call
+    id and numbers."""
     return CreateRow(
         LiveSession(
             id=key,
             model=model,
             connected_by=connected_by,
             label=label,
+            kind=kind,
+            call_id=call_id or None,
+            caller_number=caller_number,
+            dialled_number=dialled_number,
             process_id=process_id,
             started_at=_dt(at),
             heartbeat_at=_dt(at),

@@ -49,11 +49,15 @@ async def base_url() -> str:
     return (await embedded_simulator()).url
 
 
-async def open_upstream(*, model: str, extra_headers: dict[str, str] | None = None):
+async def open_upstream(
+    *, model: str, extra_headers: dict[str, str] | None = None, call_id: str | None = None
+):
+    """A relayed session's upstream, or with `call_id` an attached call's sideband."""
     return await sdk_upstream.open_connection(
         base_url=await base_url(),
         api_key=settings.OPENAI_API_KEY if settings.OC_UPSTREAM_URL else "",
         model=model,
         extra_headers=extra_headers,
         open_timeout=settings.OC_UPSTREAM_CONNECT_TIMEOUT,
+        call_id=call_id,
     )
