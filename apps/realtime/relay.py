@@ -66,7 +66,7 @@ from enum import StrEnum
 from typing import Any
 
 from apps.realtime import attached as attached_mode
-from apps.realtime import events
+from apps.realtime import events, tools
 from apps.realtime.sequencer import (
     OC_REQUEST_KEY,
     ErrorClaimed,
@@ -90,6 +90,7 @@ OPERATOR_ORIGINS = frozenset({"console", "api"})
 PARSED_TYPES = (
     frozenset({"session.created", "session.updated", "response.created", "response.done", "error"})
     | ITEM_TYPES
+    | tools.UPSTREAM_TYPES
 )
 # Transcript changes reach watchers at most this often.
 FLUSH_INTERVAL = 0.05
@@ -375,6 +376,7 @@ class RelayCore:
         new_event_id: Callable[[], str] | None = None,
         record_audio: bool = False,
         attached: bool = False,
+        approval_timeout: float = 30.0,
     ) -> None:
         # Attached: a call steered through a sideband, with no caller leg (`attached`).
         self.attached = attached
@@ -392,6 +394,8 @@ class RelayCore:
             send_timeout=send_timeout,
         )
         self.transcript = Transcript()
+        # Tool calls, approvals and rate limits (`tools`): the events about them go to it.
+        self.tools = tools.ToolDesk(self, approval_timeout=approval_timeout)
         self.session_id: str | None = None  # the upstream's session.id, once named
         self.session_instructions = ""
         self.usage: dict[str, Any] = {}  # the sum of every response's usage
@@ -444,6 +448,7 @@ class RelayCore:
             self._start_deadline,
             self._flush_at,
             self._stall_check_at,
+            self.tools.next_deadline,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -460,6 +465,7 @@ class RelayCore:
             "watchers": list(self.watchers),
             "active_response_id": self.sequencer.active_response_id,
             "queued": list(self.sequencer.queued_ids),
+            **self.tools.snapshot(),
         }
 
     # ------------------------------------------------------------------ legs and the end
@@ -581,6 +587,8 @@ class RelayCore:
                     self._turn_started.setdefault(item_id, now)
                 if kind in AGENT_AUDIO_TYPES:
                     actions += self._tap(AGENT_SIDE, event.get("delta"), now)
+        if kind in tools.UPSTREAM_TYPES:
+            actions += self.tools.upstream_event(kind, event, now)
         if forward is not None:
             actions.append(ToCaller(frame=forward))
         else:
@@ -765,6 +773,10 @@ class RelayCore:
         if type(frame) is bytes:
             return [ToUpstream(frame=frame)]
         kind = events.peek_type(frame)
+        if self.tools.reads_caller_items and kind in (tools.CALLER_ITEM_CREATE, None):
+            event = events.loads_object(frame)  # an approval response may answer one
+            if event is not None and event.get("type") == tools.CALLER_ITEM_CREATE:
+                return self._finish(self.tools.caller_item(frame, event, now), now)
         if kind is not None and kind != "response.create":
             if kind == CALLER_AUDIO_TYPE and self._tapping:
                 return [ToUpstream(frame=frame), *self._tap_frame(CALLER_SIDE, frame, now)]
@@ -1001,6 +1013,47 @@ class RelayCore:
             actions.append(WatchersChanged(names=after))
         return actions
 
+    # ------------------------------------------------------------------ for the tool desk
+
+    @property
+    def watched(self) -> bool:
+        return bool(self._watchers)
+
+    def deadline_moved(self) -> None:
+        self._deadline_stale = True
+
+    def transcript_changed(self, now: float) -> None:
+        self._schedule_flush(now)
+
+    def tell_caller(self, code: str, message: str, **fields: Any) -> list[Action]:
+        return self._tell_caller(code, message, **fields)
+
+    def own_event(self, kind: str, **fields: Any) -> str:
+        """A client event of the relay's own, as a frame: an error about it is not the
+        caller's (it never reaches the caller)."""
+        event_id = self._new_event_id()
+        self._own_event_ids.add(event_id)
+        return events.dumps({"type": kind, "event_id": event_id, **fields})
+
+    def request_response(self, *, origin: str, requested_by: str, now: float) -> list[Action]:
+        """Ask for the next response on an operator's behalf (no overrides): recorded, then
+        queued in the sequencer like any operator's request."""
+        request_id = self._new_request_id()
+        recorded = RequestRecorded(
+            request_id=request_id,
+            origin=origin,
+            event_id="",
+            instructions=None,
+            metadata=None,
+            conversation=None,
+            requested_by=requested_by,
+            status=RequestStatus.QUEUED,
+            response_id=None,
+            at=now,
+        )
+        stored = OperatorRequest(id=request_id, origin=origin, requested_by=requested_by)
+        return [recorded, *self.submit(stored, now=now)]
+
     # ------------------------------------------------------------------ audio
 
     def listen(self, listener: str, *, user: str, listening: bool, now: float) -> list[Action]:
@@ -1061,6 +1114,7 @@ class RelayCore:
             )
         actions: list[Action] = []
         self._apply(self.sequencer.tick(now=now), actions)
+        actions += self.tools.tick(now)
         if self._flush_at is not None and now >= self._flush_at:
             actions += self._flush()
         return self._finish(actions, now)
@@ -1098,6 +1152,7 @@ class RelayCore:
         actions: list[Action] = []
         why = f"{reason.value}: {detail}" if detail else reason.value
         self._apply(self.sequencer.closed("session_ended", now=now, detail=why), actions)
+        actions += self.tools.session_ended(now)
         self._hidden.clear()
         if self.session_id is not None:
             actions += self._flush()

@@ -10,7 +10,9 @@ Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text",
 "response_id"?, "request_id"?, "interrupted"?}`: an agent's turn names the operator's request
 that asked for it (a nudged turn), and says when the caller interrupted it (its response was
 cancelled because the caller spoke). A change is `{"id", "role", "append": str}` (text to add) or a whole entry
-(`"text"` replaces what the browser has). They are kept as plain tuples of strings and flags,
+(`"text"` replaces what the browser has).
+A tool call (`tools`) is an entry of role `"tool"` whose `"tool"` holds its kind, name,
+arguments, output and duration; its text is the output. They are kept as plain tuples of strings and flags,
 smaller than dicts and, holding no containers, untracked by the garbage collector (which only
 untracks exact tuples, not named ones): every live session keeps its transcript, watched or not.
 """
@@ -84,11 +86,12 @@ class Transcript:
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._finals: list[dict[str, Any]] = []
+        self._tools: dict[str, dict[str, Any]] = {}  # a tool entry's id → its details
 
     # ------------------------------------------------------------------ views
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [_as_dict(entry) for entry in self._entries.values()]
+        return [self._given(entry) for entry in self._entries.values()]
 
     @property
     def has_changes(self) -> bool:
@@ -158,17 +161,36 @@ class Transcript:
                     response_id=response.get("id"), request_id=request_id, interrupted=interrupted,
                 )
 
+    def tool(
+        self, entry_id: str, *, details: Mapping[str, Any], done: bool, response_id: str | None = None
+    ) -> None:
+        """A tool call made, or answered: `details` as `tools` gives them."""
+        self._tools[entry_id] = dict(details)
+        output = details.get("output")
+        self._set(
+            entry_id, role="tool", text=output if isinstance(output, str) else "", done=done,
+            response_id=response_id, changed=True,
+        )
+
     # ------------------------------------------------------------------ internals
+
+    def _given(self, entry: Entry) -> dict[str, Any]:
+        given = _as_dict(entry)
+        if entry[1] == "tool" and entry[0] in self._tools:
+            given["tool"] = dict(self._tools[entry[0]])
+        return given
 
     def _add(self, entry: Entry) -> Entry:
         self._entries[entry[0]] = entry
         while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+            gone, _ = self._entries.popitem(last=False)
+            self._tools.pop(gone, None)
         return entry
 
     def _set(
         self, entry_id: str, *, role: str, text: str, done: bool, oob: bool | None = None,
         response_id: str | None = None, request_id: str | None = None, interrupted: bool = False,
+        changed: bool = False,
     ) -> None:
         old = self._entries.get(entry_id)
         if old is None:
@@ -186,10 +208,10 @@ class Transcript:
                 old[6] if request_id is None else request_id,
                 old[7] or interrupted,
             )
-            if entry == old:
+            if entry == old and not changed:
                 return
             self._entries[entry_id] = entry
         if done:
-            self._finals.append(_as_dict(entry))
+            self._finals.append(self._given(entry))
         if self.recording:
-            self._changes[entry_id] = _as_dict(entry)
+            self._changes[entry_id] = self._given(entry)
