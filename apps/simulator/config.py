@@ -16,6 +16,9 @@ class SimulatorConfig:
     # The service's cap on a session's life, counted from its creation: at it the session gets
     # `error` `session_expired` and close 1001 (`lifetime`). The service's is 60 minutes.
     max_session_seconds: float = 3600.0
+    # The limits `rate_limits.updated` reports, per session and one-minute window (`limits`).
+    rate_limit_requests: int = 5000
+    rate_limit_tokens: int = 400_000
     # Events kept per session and direction for `received`/`sent` (the latest ones);
     # None keeps all, 0 none. Bounded by default so long benchmarks don't grow memory.
     record_limit: int | None = 256

@@ -150,6 +150,11 @@ class Simulator:
         session = self.sessions.get(session_id)
         if session is None:
             raise KeyError(f"no live session {session_id!r}")
+    def approval_responses(self, session_id: str) -> list[dict[str, Any]]:
+        """The `mcp_approval_response` items a live or recently ended session received, in
+        order (`tools`)."""
+        return list(self._session_logs(session_id).tool_state.approval_responses)
+
         return await session.server_response()
 
     async def close_session(self, session_id: str, code: int = 1011, reason: str = "") -> None:

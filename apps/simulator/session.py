@@ -36,7 +36,8 @@ from websockets.protocol import State
 
 from apps.realtime.audio import FORMAT_RATES
 from apps.realtime.events import error_event, json_type
-from apps.simulator import voice
+from apps.simulator import limits, voice
+from apps.simulator import tools as simtools
 from apps.simulator.config import SimulatorConfig
 from apps.simulator.wire import Rejected, dumps, new_event_id, new_id, tokens
 
@@ -126,6 +127,9 @@ class SimResponse:
     audio_format: str = "audio/pcm"  # spoken responses: the output format and voice
     voice: str = "alloy"
     audio_ms: float = 0.0  # audio sent so far
+    tool: simtools.ToolPlan | None = None  # a tool step before (or instead of) the text
+    output_index: int = 0  # the text item's (1 after a tool item)
+    before: list[dict[str, Any]] = field(default_factory=list)  # output items before the text
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None  # set once cancelled ("client_cancelled"/"turn_detected")
     _wake: asyncio.Future[None] | None = None
@@ -168,6 +172,8 @@ class SimSession:
     responses: dict[str, SimResponse] = field(default_factory=dict)  # running, by id
     active: SimResponse | None = None  # the running in-conversation response
     audio: voice.InputAudio = field(default_factory=voice.InputAudio)
+    tool_state: simtools.ToolState = field(default_factory=simtools.ToolState)
+    rate_window: limits.RateWindow = field(default_factory=limits.RateWindow)
     responses_started: int = 0
     received_log: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
     sent_log: deque[tuple[float, str]] = field(default_factory=deque)
@@ -317,6 +323,7 @@ class SimSession:
         await self.send(
             {"type": "session.updated", "event_id": new_event_id(), "session": self.config}
         )
+        await simtools.list_mcp_tools(self)
 
     # conversation items
 
@@ -368,12 +375,14 @@ class SimSession:
                 f"Item with id '{item_id}' already exists in the conversation.",
                 "item.id",
             )
+        simtools.check_item(self, item)
         stored = _stored_item(item)
         stored["id"] = item_id if isinstance(item_id, str) and item_id else new_id("item")
         stored["object"] = "realtime.item"
         if stored.get("status") is None:
             stored["status"] = "completed"
         previous_item_id = self.insert_item(stored, event.get("previous_item_id"))
+        simtools.item_added(self, stored)
         await self.announce_item(stored, previous_item_id, created=True)
 
     def insert_item(self, item: dict[str, Any], after: object = None) -> str | None:
@@ -491,6 +500,9 @@ class SimSession:
         if shown:
             parts.append(f"[metadata: {', '.join(shown)}]")
         parts.append(f"Reply {self.responses_started} to: {self._last_user_text(context)}")
+        tool, note = simtools.plan(self, params, context)
+        if note:
+            parts.append(note)
         parts.append(f"(conversation: {len(self.items)} items)")
         text = " ".join(parts)
 
@@ -525,6 +537,7 @@ class SimSession:
             input_audio_tokens=int(sum(audio_ms) // 100),  # the service counts 100 ms a token
             audio_format=voice.audio_format_type({"format": audio_format}),
             voice=voice_name if isinstance(voice_name, str) else "alloy",
+            tool=tool,
         )
         self.responses[response.id] = response
         if in_conversation:
@@ -611,6 +624,13 @@ class SimSession:
                 "response": self._response_object(response, status="in_progress", output=[]),
             }
         )
+        await limits.announce(self, response)
+        if response.tool is not None:
+            tool_item = await simtools.run(self, response)
+            if response.tool.kind != "mcp_call":  # the tool's item is the whole output
+                await self._done(response, [tool_item], "", "completed", None)
+                return
+            response.before, response.output_index = [tool_item], 1
         item: dict[str, Any] = {
             "id": item_id,
             "object": "realtime.item",
@@ -624,7 +644,7 @@ class SimSession:
                 "type": "response.output_item.added",
                 "event_id": new_event_id(),
                 "response_id": rid,
-                "output_index": 0,
+                "output_index": response.output_index,
                 "item": item,
             }
         )
@@ -639,7 +659,12 @@ class SimSession:
                     "item": item,
                 }
             )
-        where = {"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0}
+        where = {
+            "response_id": rid,
+            "item_id": item_id,
+            "output_index": response.output_index,
+            "content_index": 0,
+        }
         spoken = "audio" in response.output_modalities
         await self.send(
             {
@@ -716,7 +741,7 @@ class SimSession:
                 "type": "response.output_item.done",
                 "event_id": new_event_id(),
                 "response_id": rid,
-                "output_index": 0,
+                "output_index": response.output_index,
                 "item": item,
             }
         )
@@ -729,6 +754,18 @@ class SimSession:
                     "item": item,
                 }
             )
+        await self._done(response, [*response.before, item], text, status, details)
+
+    async def _done(
+        self,
+        response: SimResponse,
+        output: list[dict[str, Any]],
+        text: str,
+        status: str,
+        details: dict[str, Any] | None,
+    ) -> None:
+        """Usage, then `response.done` with `output`."""
+        rid = response.id
         text_tokens = tokens(text) if text else 0
         audio_tokens = int(response.audio_ms // 50)  # the service counts 50 ms a token
         output_tokens = text_tokens + audio_tokens
@@ -756,7 +793,7 @@ class SimSession:
                 "type": "response.done",
                 "event_id": new_event_id(),
                 "response": self._response_object(
-                    response, status=status, output=[item], usage=usage, status_details=details
+                    response, status=status, output=output, usage=usage, status_details=details
                 ),
             }
         )

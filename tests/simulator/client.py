@@ -12,6 +12,7 @@ from apps.simulator.server import Simulator
 DELTAS = 5
 RESPONSE_EVENTS = [
     "response.created",
+    "rate_limits.updated",
     "response.output_item.added",
     "conversation.item.added",
     "response.content_part.added",

@@ -126,13 +126,14 @@ async def test_speech_then_silence_is_detected_committed_and_answered_aloud(sim,
     # The reply: spoken, in order, with a transcript that matches what was said.
     reply = events[types.index("response.created") :]
     reply_types = [e.type for e in reply]
-    assert reply_types[:4] == [
+    assert reply_types[:5] == [
         "response.created",
+        "rate_limits.updated",
         "response.output_item.added",
         "conversation.item.added",
         "response.content_part.added",
     ]
-    assert reply[3].part.type == "audio"
+    assert reply[4].part.type == "audio"
     assert reply_types[-6:] == [
         "response.output_audio.done",
         "response.output_audio_transcript.done",
