@@ -144,17 +144,17 @@ class Simulator:
         """Server events sent, in order: (time.monotonic(), event)."""
         return [(t, json.loads(frame)) for t, frame in self._session_logs(session_id).sent_log]
 
+    def approval_responses(self, session_id: str) -> list[dict[str, Any]]:
+        """The `mcp_approval_response` items a live or recently ended session received, in
+        order (`tools`)."""
+        return list(self._session_logs(session_id).tool_state.approval_responses)
+
     async def trigger_server_response(self, session_id: str) -> str | None:
         """Start a response as server VAD does (no client event, no metadata). Returns its id,
         or None when turn detection says not to interrupt the active response."""
         session = self.sessions.get(session_id)
         if session is None:
             raise KeyError(f"no live session {session_id!r}")
-    def approval_responses(self, session_id: str) -> list[dict[str, Any]]:
-        """The `mcp_approval_response` items a live or recently ended session received, in
-        order (`tools`)."""
-        return list(self._session_logs(session_id).tool_state.approval_responses)
-
         return await session.server_response()
 
     async def close_session(self, session_id: str, code: int = 1011, reason: str = "") -> None:
