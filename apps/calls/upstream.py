@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from django.conf import settings
@@ -108,7 +109,7 @@ async def call_action(
     call_id: str, action: str, body: dict[str, Any] | None = None, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> UpstreamAnswer:
     """`POST {base}/realtime/calls/{call_id}/{action}` (accept, reject, hangup, refer)."""
-    url = f"{await rest_base()}/realtime/calls/{call_id}/{action}"
+    url = f"{await rest_base()}/realtime/calls/{quote(call_id, safe='')}/{action}"
     request = httpx.Request("POST", url, headers=_headers(), json=body or {})
     return await _send(request, transport)
 

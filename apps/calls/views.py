@@ -23,7 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from apps.calls import keys, upstream
-from apps.calls.attach import attach_later
+from apps.calls.attach import attach
 from apps.calls.auth import Caller, authenticate, error
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession
@@ -136,7 +136,7 @@ async def calls(request: HttpRequest) -> HttpResponse:
     if not call_id:
         return error(502, "upstream_error", "The upstream answered the call without its Location.", kind="upstream_error")
     log.info(json.dumps({"event": "call.placed", "call_id": call_id, "kind": "webrtc", "by": caller.name, "model": model}))
-    attach_later(call_id=call_id, kind="webrtc", model=model, connected_by=caller.name)
+    await attach(call_id=call_id, kind="webrtc", model=model, connected_by=caller.name)
     response = HttpResponse(answer.body, status=201, content_type="application/sdp")
     response["Location"] = f"/v1/realtime/calls/{call_id}"
     return response

@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.calls import profiles, upstream
-from apps.calls.attach import attach_later
+from apps.calls.attach import attach
 from apps.calls.auth import error
 from apps.calls.models import SeenWebhook
 from apps.sessions.db import db_async, serialised_write
@@ -130,7 +130,7 @@ async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
             raise UpstreamFailed(f"accept answered {answer.status}")
         return JsonResponse({"status": "accept_failed", "call_id": call_id, "upstream_status": answer.status})
     log.info(json.dumps({"event": "call.accepted", **common, "profile": profile.name}))
-    attach_later(
+    await attach(
         call_id=call_id,
         kind="sip",
         model=config["model"],

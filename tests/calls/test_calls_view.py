@@ -1,0 +1,171 @@
+"""POST /v1/realtime/calls against a stand-in upstream (httpx's MockTransport): what is
+forwarded, and how the upstream's answers and errors are passed on. The end-to-end tests
+(test_calls_e2e.py) place real calls on the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import AsyncClient
+
+from apps.calls import upstream, views
+from tests.conftest import UPSTREAM_KEY
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+ANSWER = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=answer\r\nt=0 0\r\n"
+
+
+class Upstream:
+    """Records the requests it gets; answers with `status` and `body`."""
+
+    def __init__(self, status: int = 201, body: bytes = ANSWER.encode(), headers: dict | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.status = status
+        self.body = body
+        self.headers = headers if headers is not None else {"Location": "/v1/realtime/calls/rtc_test123", "Content-Type": "application/sdp"}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        return httpx.Response(self.status, content=self.body, headers=self.headers)
+
+
+@pytest.fixture
+def stand_in(settings, monkeypatch):
+    settings.OC_UPSTREAM_URL = "wss://upstream.invalid/v1"
+    settings.OPENAI_API_KEY = UPSTREAM_KEY
+    fake = Upstream()
+    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fake)))
+    attached: list[dict] = []
+
+    async def record(**arguments):
+        attached.append(arguments)
+        return True
+
+    monkeypatch.setattr(views, "attach", record)
+    fake.attached = attached
+    return fake
+
+
+async def post_sdp(token: str | None, body: str = OFFER, query: str = "?model=gpt-realtime-mini", **extra):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return await AsyncClient().post(f"/v1/realtime/calls{query}", body, content_type="application/sdp", headers=headers, **extra)
+
+
+async def mint(token: str, session: dict | None = None) -> str:
+    response = await AsyncClient().post(
+        "/v1/realtime/client_secrets", {"session": session or {}}, content_type="application/json",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    return response.json()["value"]
+
+
+async def test_an_sdp_offer_is_forwarded_with_the_upstream_key_and_answered_201(stand_in, api_token):
+    response = await post_sdp(api_token)
+    assert response.status_code == 201
+    assert response["Content-Type"] == "application/sdp"
+    assert response["Location"] == "/v1/realtime/calls/rtc_test123"
+    assert response.content.decode() == ANSWER
+    sent = stand_in.requests[0]
+    assert str(sent.url) == "https://upstream.invalid/v1/realtime/calls?model=gpt-realtime-mini"
+    assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent.headers["Content-Type"] == "application/sdp" and sent.content.decode() == OFFER
+    assert stand_in.attached == [{"call_id": "rtc_test123", "kind": "webrtc", "model": "gpt-realtime-mini", "connected_by": "token:test"}]
+    assert UPSTREAM_KEY not in str(response.headers) and UPSTREAM_KEY.encode() not in response.content
+
+
+async def test_a_multipart_offer_sends_its_session_and_a_minted_keys_configuration_wins(stand_in, api_token):
+    key = await mint(api_token, {"instructions": "From the key.", "audio": {"output": {"voice": "cedar"}}})
+    response = await AsyncClient().post(
+        "/v1/realtime/calls",
+        {"sdp": OFFER, "session": json.dumps({"type": "realtime", "instructions": "From the browser.", "output_modalities": ["audio"]})},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 201, response.content
+    sent = stand_in.requests[0]
+    assert sent.headers["Content-Type"].startswith("multipart/form-data")
+    parts = sent.content.decode()
+    session = json.loads(parts.split('name="session"')[1].split("\r\n\r\n", 1)[1].split("\r\n--", 1)[0])
+    assert session == {
+        "type": "realtime", "model": "gpt-realtime", "instructions": "From the key.",
+        "audio": {"output": {"voice": "cedar"}}, "output_modalities": ["audio"],
+    }
+    assert OFFER in parts
+    assert stand_in.attached[0]["connected_by"] == "key:test"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"error": {"type": "invalid_request_error", "code": "invalid_offer", "message": "The SDP offer has no media.", "param": "sdp"}}),
+        (401, {"error": {"type": "invalid_request_error", "code": "invalid_api_key", "message": "Incorrect API key provided.", "param": None}}),
+        (429, {"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "Slow down.", "param": None}}),
+    ],
+)
+async def test_upstream_errors_are_passed_on_with_their_status_and_body(stand_in, api_token, status, body):
+    stand_in.status, stand_in.body, stand_in.headers = status, json.dumps(body).encode(), {"Content-Type": "application/json", "X-Upstream-Secret": UPSTREAM_KEY}
+    response = await post_sdp(api_token)
+    assert response.status_code == status
+    assert response.json() == body
+    assert UPSTREAM_KEY not in str(response.headers) and stand_in.attached == []
+
+
+async def test_an_upstream_error_without_json_becomes_one(stand_in, api_token):
+    stand_in.status, stand_in.body, stand_in.headers = 503, b"<html>busy</html>", {"Content-Type": "text/html"}
+    response = await post_sdp(api_token)
+    assert response.status_code == 503
+    assert "503" in response.json()["error"]["message"]
+
+
+async def test_an_unreachable_upstream_is_a_502(settings, api_token, monkeypatch):
+    settings.OC_UPSTREAM_URL = "ws://127.0.0.1:9/v1"
+
+    def refuse(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(refuse)))
+    response = await post_sdp(api_token)
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_unreachable"
+
+
+async def test_bad_offers_are_refused_before_the_upstream(stand_in, api_token):
+    not_sdp = await post_sdp(api_token, body="hello")
+    assert not_sdp.status_code == 400 and not_sdp.json()["error"]["param"] == "sdp"
+    wrong_type = await AsyncClient().post("/v1/realtime/calls", {"sdp": OFFER}, content_type="application/json", headers={"Authorization": f"Bearer {api_token}"})
+    assert wrong_type.status_code == 415 and "application/sdp" in wrong_type.json()["error"]["message"]
+    bad_session = await AsyncClient().post(
+        "/v1/realtime/calls", {"sdp": OFFER, "session": "{not json"}, headers={"Authorization": f"Bearer {api_token}"}
+    )
+    assert bad_session.status_code == 400 and bad_session.json()["error"]["param"] == "session"
+    get = await AsyncClient().get("/v1/realtime/calls", headers={"Authorization": f"Bearer {api_token}"})
+    assert get.status_code == 405
+    assert stand_in.requests == []
+
+
+async def test_callers_without_credentials_are_refused(stand_in, make_token):
+    assert (await post_sdp(None)).status_code == 401
+    assert (await post_sdp("oct_not-a-token")).status_code == 401
+    reader = await sync_to_async(make_token)(scopes=["sessions:read"])
+    assert (await post_sdp(reader)).status_code == 403
+    assert stand_in.requests == []
+
+
+async def test_a_logged_in_operator_calls_with_the_csrf_token_only(stand_in, transactional_db):
+    await sync_to_async(get_user_model().objects.create_user)("olga", password="pw-olga-123")
+    client = AsyncClient(enforce_csrf_checks=True)
+    await sync_to_async(client.force_login)(await get_user_model().objects.aget(username="olga"))
+    page = await client.get("/console/call/")
+    assert page.status_code == 200
+    token = page.content.decode().split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    without = await client.post("/v1/realtime/calls", OFFER, content_type="application/sdp")
+    assert without.status_code == 403 and without.json()["error"]["code"] == "csrf_failed"
+    with_token = await client.post("/v1/realtime/calls", OFFER, content_type="application/sdp", headers={"X-CSRFToken": token})
+    assert with_token.status_code == 201
+    assert stand_in.attached[0]["connected_by"] == "olga"
+    assert UPSTREAM_KEY not in page.content.decode()

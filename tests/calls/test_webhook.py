@@ -1,0 +1,179 @@
+"""POST /v1/webhooks/openai against a stand-in upstream: what is verified, what is done once,
+and which call profile answers a phone call."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from django.test import AsyncClient
+
+from apps.calls import upstream, webhooks
+from apps.calls.models import CallProfile, SeenWebhook
+from apps.calls.profiles import sip_number
+from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
+from tests.conftest import UPSTREAM_KEY
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/v1/webhooks/openai"
+
+
+@pytest.fixture
+def stand_in(settings, monkeypatch):
+    settings.OC_UPSTREAM_URL = "ws://upstream.invalid/v1"
+    settings.OPENAI_API_KEY = UPSTREAM_KEY
+    settings.OPENAI_WEBHOOK_SECRET = WEBHOOK_SECRET
+    requests: list[tuple[str, dict, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append((request.url.path, json.loads(request.read() or b"{}"), request.headers.get("Authorization", "")))
+        return httpx.Response(200)
+
+    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    attached: list[dict] = []
+
+    async def record(**arguments):
+        attached.append(arguments)
+        return True
+
+    monkeypatch.setattr(webhooks, "attach", record)
+    # The data migration's default profile (a flush between transactional tests removes it).
+    CallProfile.objects.get_or_create(
+        is_default=True, defaults={"name": "Default", "instructions": "You are answering a phone call.", "voice": "marin"}
+    )
+    return {"requests": requests, "attached": attached}
+
+
+async def deliver(body: bytes, headers: dict[str, str]):
+    return await AsyncClient().post(URL, body, content_type="application/json", headers=headers)
+
+
+async def test_an_incoming_call_is_accepted_with_the_default_profile_and_attached(stand_in):
+    response = await deliver(*signed(incoming_call("rtc_a1", to="+15550001111", from_="+15559998888")))
+    assert response.status_code == 200 and response.json()["status"] == "accepted"
+    default = await CallProfile.objects.aget(is_default=True)
+    [(path, config, authorization)] = stand_in["requests"]
+    assert path == "/v1/realtime/calls/rtc_a1/accept"
+    assert authorization == f"Bearer {UPSTREAM_KEY}"
+    assert config == {"type": "realtime", "model": "gpt-realtime", "instructions": default.instructions, "audio": {"output": {"voice": "marin"}}}
+    assert stand_in["attached"] == [{
+        "call_id": "rtc_a1", "kind": "sip", "model": "gpt-realtime", "connected_by": "sip:+15559998888",
+        "caller_number": "+15559998888", "dialled_number": "+15550001111", "label": "Default",
+    }]
+
+
+async def test_the_dialled_number_picks_the_profile_exact_then_longest_prefix(stand_in):
+    tools = [{"type": "function", "name": "lookup_order", "parameters": {"type": "object", "properties": {}}}]
+    await CallProfile.objects.acreate(name="Sales", dialled_number="+1555*", instructions="Sell.", voice="cedar")
+    await CallProfile.objects.acreate(name="Support line", dialled_number="+15552*", instructions="Support.", tools=tools, model="gpt-realtime-mini")
+    await CallProfile.objects.acreate(name="CEO", dialled_number="+15552000000", instructions="Be formal.")
+    for to, name in [("+15552000000", "CEO"), ("+15552123456", "Support line"), ("+15557777777", "Sales"), ("+4420000000", "Default")]:
+        response = await deliver(*signed(incoming_call(f"rtc_{to[1:]}", to=to)))
+        assert response.json()["profile"] == name, to
+    configs = [config for _, config, _ in stand_in["requests"]]
+    assert configs[0]["instructions"] == "Be formal."
+    assert configs[1] == {"type": "realtime", "model": "gpt-realtime-mini", "instructions": "Support.", "audio": {"output": {"voice": "marin"}}, "tools": tools}
+    assert configs[2]["audio"] == {"output": {"voice": "cedar"}}
+
+
+async def test_an_unknown_number_is_rejected_when_told(stand_in, settings):
+    settings.OC_SIP_REJECT_UNKNOWN = True
+    await CallProfile.objects.acreate(name="Sales", dialled_number="+15550001111", instructions="Sell.")
+    response = await deliver(*signed(incoming_call("rtc_unknown", to="+15553334444")))
+    assert response.status_code == 200 and response.json()["status"] == "rejected"
+    assert [path for path, _, _ in stand_in["requests"]] == ["/v1/realtime/calls/rtc_unknown/reject"]
+    assert stand_in["attached"] == []
+    known = await deliver(*signed(incoming_call("rtc_known", to="+15550001111")))
+    assert known.json()["status"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "bad_signature",
+        "other_secret",
+        "old_timestamp",
+        "future_timestamp",
+        "no_signature",
+        "body_changed",
+    ],
+)
+async def test_a_delivery_that_is_not_genuine_and_recent_does_nothing(stand_in, tamper):
+    event = incoming_call("rtc_forged")
+    if tamper == "other_secret":
+        body, headers = signed(event, secret="whsec_" + "b3RoZXItc2VjcmV0LW9mLTMyLWJ5dGVzLWxvbmc=")
+    elif tamper == "old_timestamp":
+        body, headers = signed(event, timestamp=int(time.time()) - 301)
+    elif tamper == "future_timestamp":
+        body, headers = signed(event, timestamp=int(time.time()) + 301)
+    else:
+        body, headers = signed(event)
+    if tamper == "bad_signature":
+        headers["webhook-signature"] = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    elif tamper == "no_signature":
+        del headers["webhook-signature"]
+    elif tamper == "body_changed":
+        body = body.replace(b"rtc_forged", b"rtc_evil00")
+    response = await deliver(body, headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert stand_in["requests"] == [] and stand_in["attached"] == []
+    assert not await SeenWebhook.objects.aexists()
+
+
+async def test_without_a_secret_every_webhook_is_refused(stand_in, settings):
+    settings.OPENAI_WEBHOOK_SECRET = ""
+    response = await deliver(*signed(incoming_call("rtc_x")))
+    assert response.status_code == 400 and "OPENAI_WEBHOOK_SECRET" in response.json()["error"]["message"]
+    assert stand_in["requests"] == []
+
+
+async def test_a_repeated_delivery_is_answered_200_and_not_acted_on_twice(stand_in):
+    body, headers = signed(incoming_call("rtc_once"), webhook_id="wh_repeat_1")
+    first = await deliver(body, headers)
+    again = await deliver(body, headers)
+    assert first.json()["status"] == "accepted"
+    assert again.status_code == 200 and again.json()["status"] == "already_handled"
+    assert len(stand_in["requests"]) == 1 and len(stand_in["attached"]) == 1
+
+
+async def test_other_event_types_are_ignored(stand_in):
+    event = {"object": "event", "id": "evt_1", "type": "response.completed", "created_at": int(time.time()), "data": {"id": "resp_1"}}
+    response = await deliver(*signed(event))
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    assert stand_in["requests"] == []
+
+
+async def test_an_upstream_failing_to_accept_leaves_the_delivery_to_be_retried(stand_in, monkeypatch):
+    def fail(request):
+        return httpx.Response(503, json={"error": {"message": "busy"}})
+
+    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fail)))
+    body, headers = signed(incoming_call("rtc_retry"), webhook_id="wh_retry")
+    assert (await deliver(body, headers)).status_code == 502
+    assert not await SeenWebhook.objects.filter(webhook_id="wh_retry").aexists()
+
+
+async def test_without_a_default_profile_the_projects_defaults_answer(stand_in):
+    await CallProfile.objects.all().adelete()
+    response = await deliver(*signed(incoming_call("rtc_bare")))
+    assert response.json()["status"] == "accepted"
+    assert stand_in["requests"][0][1] == {"type": "realtime", "model": "gpt-realtime", "audio": {"output": {"voice": "marin"}}}
+
+
+@pytest.mark.parametrize(
+    ("header", "number"),
+    [
+        ("sip:+15551234567@sip.api.openai.com", "+15551234567"),
+        ('"Ann" <sip:+1-555-123.4567@host>;tag=abc', "+15551234567"),
+        ("<tel:+442071234567>", "+442071234567"),
+        ("sips:100@pbx.example.com;transport=tls", "100"),
+        ("sip:alice@example.com", "alice"),
+        ("", ""),
+    ],
+)
+def test_numbers_are_read_from_sip_and_tel_uris(header, number):
+    assert sip_number(header) == number
