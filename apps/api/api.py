@@ -42,6 +42,7 @@ from ninja.responses import NinjaJSONEncoder
 from ninja.security import HttpBearer
 from pydantic import AwareDatetime
 
+from apps.api.call_schemas import CallActionOut, ReferIn
 from apps.api.schemas import (
     ErrorOut,
     InterruptOut,
@@ -58,7 +59,7 @@ from apps.api.schemas import (
 )
 from apps.api.schemas import Status as RequestStatusValue
 from apps.events import stream as event_stream
-from apps.sessions import export, recordings, selectors, services, tokens
+from apps.sessions import calls, export, recordings, selectors, services, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
 from apps.sessions.overrides import ResponseOverrides
@@ -654,6 +655,88 @@ async def add_note(request: HttpRequest, session_id: str, payload: NoteIn):
 async def interrupt(request: HttpRequest, session_id: str):
     response_id = await services.session_interrupt(session_id=session_id)
     return Status(202, InterruptOut(session_id=session_id, response_id=response_id))
+
+
+# ---------------------------------------------------------------------------- call control
+
+
+def _call_action_out(session_id: str, action) -> CallActionOut:
+    return CallActionOut(
+        session_id=session_id,
+        action=action.action,
+        target_uri=action.target_uri or None,
+        requested_by=action.requested_by,
+        ok=action.ok,
+        created_at=action.created_at,
+    )
+
+
+@api.post(
+    "/sessions/{session_id}/hangup",
+    response={202: CallActionOut, **_errors(401, 403, 404, 409, 502, 503)},
+    auth=WRITE,
+    summary="Hang up an attached call",
+    description="Ends a WebRTC or phone call through the upstream's calls API; the session ends "
+    "`hung_up`. 409 for a relayed session (no call) or one that has ended.",
+    tags=["sessions"],
+)
+async def hangup(request: HttpRequest, session_id: str):
+    action = await calls.call_hangup(session_id=session_id, requested_by=f"token:{request.auth.name}")
+    return Status(202, _call_action_out(session_id, action))
+
+
+@api.post(
+    "/sessions/{session_id}/refer",
+    response={202: CallActionOut, **_errors(400, 401, 403, 404, 409, 422, 502, 503)},
+    auth=WRITE,
+    summary="Transfer an attached call",
+    description="Transfers a WebRTC or phone call to `target_uri` (tel: or sip:) through the "
+    "upstream's calls API. 409 for a relayed session (no call) or one that has ended.",
+    tags=["sessions"],
+)
+async def refer(request: HttpRequest, session_id: str, payload: ReferIn):
+    action = await calls.call_refer(
+        session_id=session_id, target_uri=payload.target_uri, requested_by=f"token:{request.auth.name}"
+    )
+    return Status(202, _call_action_out(session_id, action))
+
+
+# ---------------------------------------------------------------------------- tool approvals
+
+
+@api.post(
+    "/sessions/{session_id}/approvals/{approval_id}",
+    response={200: ApprovalOut, **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
+    auth=WRITE,
+    summary="Approve or deny a tool call",
+    description=(
+        "Decides an agent's pending request to run a tool (an MCP approval request). The first "
+        "decision wins and is sent upstream; a request already decided (by an operator, the "
+        "caller's app, or the timeout) is a 409 that names who decided."
+    ),
+    tags=["sessions"],
+)
+async def decide_approval(request: HttpRequest, session_id: str, approval_id: str, payload: DecisionIn):
+    return await approvals.approval_decide(
+        session_id=session_id,
+        approval_id=approval_id,
+        approve=payload.approve,
+        reason=payload.reason or "",
+        decided_by=f"token:{request.auth.name}",
+        origin="api",
+    )
+
+
+@api.get(
+    "/sessions/{session_id}/approvals",
+    response={200: ApprovalList, **_errors(401, 403, 404)},
+    auth=READ,
+    summary="List a session's tool approval requests",
+    description="Oldest first, as recorded: pending, approved, denied or expired, with who decided.",
+    tags=["sessions"],
+)
+async def list_approvals(request: HttpRequest, session_id: str):
+    return {"items": await db_async(approvals.approval_list)(session_id=session_id)}
 
 
 # ---------------------------------------------------------------------------- events (Server-Sent Events)

@@ -1,0 +1,170 @@
+"""Call control of attached calls: hang up and transfer (CONTRACT section 7).
+
+Interface (the REST hook and the console call these; both raise `ServiceError`s):
+
+    action = await call_hangup(session_id=S, requested_by=NAME)
+    action = await call_refer(session_id=S, target_uri="tel:+1…" | "sip:…", requested_by=NAME)
+
+Each returns the `CallAction` row it recorded, with who asked and the upstream's answer
+(`ok`, and `error` when it refused). Refusals: `SessionNotFound` (404); `NotACall` (409) for a
+relayed session, which has no call to control; `SessionNotLive` (409) for one that has ended;
+`InvalidTargetUri` (422, field `target_uri`); `CallControlFailed` (502) when the upstream
+refuses or cannot be reached (the row records that too).
+
+Both use the upstream's calls REST, `POST {base}/realtime/calls/{call_id}/hangup|refer`, where
+`{base}` is OC_UPSTREAM_URL with http(s) for ws(s) (or the embedded simulator's URL), with
+`Authorization: Bearer OPENAI_API_KEY`.
+
+A hang-up ends the session with `hung_up`. The model then closes the sideband with 1000, as it
+does for any end of the call, so the session's actor is told first (`session.hangup`,
+`pending`), and a normal close that follows ends the session `hung_up` rather than
+`upstream_closed`; if the upstream refuses the hang-up, the actor is told it is no longer
+pending. A hang-up from the caller's side (the phone put down, the browser closed) reaches the
+console only as that close: such a session ends `upstream_closed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import httpx
+from django.conf import settings
+
+from apps.realtime.upstream import PLACEHOLDER_KEY
+from apps.sessions import groups, selectors
+from apps.sessions.db import db_async
+from apps.sessions.models import CallAction, LiveSession
+from apps.sessions.services import (
+    ServiceError,
+    SessionNotFound,
+    SessionNotLive,
+    SessionUnavailable,
+    _ask_actor,
+)
+from apps.sessions.upstream import base_url
+
+log = logging.getLogger(__name__)
+
+# How long the upstream's calls REST may take to answer.
+CALLS_TIMEOUT = 10.0
+MAX_TARGET_URI_CHARS = 512  # CallAction.target_uri's max_length
+_TEL = re.compile(r"tel:\+?[0-9][0-9().\-]*")
+_SIP = re.compile(r"sips?:[^\s@<>\"]+(@[^\s@<>\"]+)?")
+TARGET_URI_RULE = (
+    "must be a tel: URI (a phone number: 'tel:+14155550123') or a sip: URI "
+    f"('sip:agent@example.com'), at most {MAX_TARGET_URI_CHARS} characters"
+)
+
+
+class NotACall(ServiceError):
+    status, code = 409, "not_a_call"
+
+
+class InvalidTargetUri(ServiceError):
+    status, code = 422, "invalid_target_uri"
+    field = "target_uri"
+
+
+class CallControlFailed(ServiceError):
+    status, code = 502, "upstream_error"
+
+
+def target_uri_problem(target_uri: object) -> str | None:
+    """Why a transfer target is refused, or None."""
+    if not isinstance(target_uri, str):
+        return f"'target_uri' {TARGET_URI_RULE}; got {type(target_uri).__name__}."
+    if len(target_uri) > MAX_TARGET_URI_CHARS or not (
+        _TEL.fullmatch(target_uri) or _SIP.fullmatch(target_uri)
+    ):
+        return f"'target_uri' {TARGET_URI_RULE}."
+    return None
+
+
+async def call_hangup(*, session_id: str, requested_by: str) -> CallAction:
+    session = await db_async(_attached_session)(session_id, "hang up")
+    await _ask_actor(session, {"type": groups.SESSION_HANGUP, "pending": True})
+    action = await _perform(session, CallAction.Action.HANGUP, "", requested_by)
+    if not action.ok:
+        # If the session is gone or stuck, nothing is pending any more.
+        with contextlib.suppress(SessionUnavailable):
+            await _ask_actor(session, {"type": groups.SESSION_HANGUP, "pending": False})
+        raise CallControlFailed(f"The upstream did not hang up the call: {action.error}")
+    return action
+
+
+async def call_refer(*, session_id: str, target_uri: str, requested_by: str) -> CallAction:
+    problem = target_uri_problem(target_uri)
+    if problem is not None:
+        raise InvalidTargetUri(problem)
+    session = await db_async(_attached_session)(session_id, "transfer")
+    action = await _perform(session, CallAction.Action.REFER, target_uri, requested_by)
+    if not action.ok:
+        raise CallControlFailed(f"The upstream did not transfer the call: {action.error}")
+    return action
+
+
+def _attached_session(session_id: str, what: str) -> LiveSession:
+    session = selectors.session_row(session_id=session_id)
+    if session is None:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    if session.kind == LiveSession.Kind.RELAY or not session.call_id:
+        raise NotACall(
+            f"Session '{session_id}' is relayed (its caller is connected to /v1/realtime): it "
+            f"has no call to {what}. Only WebRTC and phone calls can be."
+        )
+    if session.status != LiveSession.Status.LIVE:
+        raise SessionNotLive(
+            f"Session '{session_id}' is {session.status}, not live: its call is over, there is "
+            f"nothing to {what}."
+        )
+    return session
+
+
+async def calls_url(call_id: str, verb: str) -> str:
+    """`{http(s) base}/realtime/calls/{call_id}/{verb}` of the upstream."""
+    base = await base_url()
+    if base.startswith("wss://"):
+        base = "https://" + base[len("wss://") :]
+    elif base.startswith("ws://"):
+        base = "http://" + base[len("ws://") :]
+    return f"{base.rstrip('/')}/realtime/calls/{call_id}/{verb}"
+
+
+async def _perform(session: LiveSession, verb: str, target_uri: str, requested_by: str) -> CallAction:
+    key = settings.OPENAI_API_KEY if settings.OC_UPSTREAM_URL else ""
+    body = {"target_uri": target_uri} if verb == CallAction.Action.REFER else {}
+    ok, error = False, ""
+    try:
+        async with httpx.AsyncClient(timeout=CALLS_TIMEOUT) as client:
+            answer = await client.post(
+                await calls_url(session.call_id, verb),
+                json=body,
+                headers={"Authorization": f"Bearer {key or PLACEHOLDER_KEY}"},
+            )
+        ok = answer.is_success
+        if not ok:
+            error = f"HTTP {answer.status_code}: {_error_message(answer)}"
+    except httpx.HTTPError as exc:
+        error = f"the upstream could not be reached ({type(exc).__name__}: {exc})"
+    if error:
+        log.warning("%s of call %s failed: %s", verb, session.call_id, error)
+    return await db_async(CallAction.objects.create)(
+        session=session,
+        action=verb,
+        target_uri=target_uri,
+        requested_by=requested_by,
+        ok=ok,
+        error=error,
+    )
+
+
+def _error_message(answer: httpx.Response) -> str:
+    try:
+        error = answer.json().get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:500]
+    except (ValueError, AttributeError):
+        pass
+    return answer.text[:500] or answer.reason_phrase

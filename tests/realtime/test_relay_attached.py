@@ -1,0 +1,374 @@
+"""The relay core in attached mode (`apps/realtime/attached.py`): a call steered through its
+sideband, with no caller leg. Tables of inputs and what they must do, then a Hypothesis property
+over random interleavings of the caller's own creates, server VAD responses, operators' requests
+and the model's `conversation_already_has_active_response` refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from apps.realtime import attached, events
+from apps.realtime.relay import (
+    OC_REQUEST_KEY,
+    Answer,
+    EndReason,
+    OperatorRequest,
+    RelayCore,
+    RequestChanged,
+    RequestRecorded,
+    SessionEnded,
+    SessionNamed,
+    ToCaller,
+    ToUpstream,
+)
+from apps.realtime.sequencer import TERMINAL_STATUSES, RequestStatus
+
+ACTIVE = "conversation_already_has_active_response"
+
+
+def make_core(**options) -> RelayCore:
+    ids = iter(range(1, 1_000_000))
+    return RelayCore(
+        fallback_id="rtc_call1",
+        attached=True,
+        new_request_id=lambda: f"req_{next(ids)}",
+        new_event_id=lambda: f"evt_{next(ids)}",
+        **options,
+    )
+
+
+def frame(kind: str, **fields) -> str:
+    return events.dumps({"type": kind, "event_id": "ev", **fields})
+
+
+def session_event(kind: str = "session.created", session_id: str = "sess_1", **session) -> str:
+    return frame(kind, session={"id": session_id, "instructions": "Be kind.", **session})
+
+
+def created(response_id: str, tag: str | None = None) -> str:
+    metadata = {OC_REQUEST_KEY: tag} if tag else None
+    return frame("response.created", response={"id": response_id, "metadata": metadata})
+
+
+def done(response_id: str, tag: str | None = None) -> str:
+    metadata = {OC_REQUEST_KEY: tag} if tag else None
+    response = {"id": response_id, "status": "completed", "metadata": metadata, "output": []}
+    return frame("response.done", response=response)
+
+
+def error(code: str, event_id: str | None) -> str:
+    return events.dumps(events.error_event(code=code, message="no", client_event_id=event_id))
+
+
+def user_item(item_id: str = "item_u") -> str:
+    item = {"id": item_id, "type": "message", "role": "user", "content": []}
+    return frame("conversation.item.added", item=item)
+
+
+def nudge(request_id: str, **fields) -> OperatorRequest:
+    return OperatorRequest(id=request_id, origin="api", requested_by="token:ops", **fields)
+
+
+def creates(actions) -> list[dict]:
+    return [
+        json.loads(a.frame)
+        for a in actions
+        if type(a) is ToUpstream and json.loads(a.frame)["type"] == "response.create"
+    ]
+
+
+def started(core: RelayCore) -> RelayCore:
+    core.upstream_attached(now=0.0)
+    core.upstream_frame(session_event(), now=0.0)
+    return core
+
+
+# ---------------------------------------------------------------------------- who started it
+
+SPEECH_STOPPED = frame("input_audio_buffer.speech_stopped", item_id="item_u")
+COMMITTED = frame("input_audio_buffer.committed", item_id="item_u")
+NO_VAD = session_event("session.updated", audio={"input": {"turn_detection": None}})
+VAD_NO_CREATE = session_event(
+    "session.updated", audio={"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}
+)
+BETA_NO_VAD = session_event("session.updated", turn_detection=None)
+
+
+@pytest.mark.parametrize(
+    ("before", "origin"),
+    [
+        ([], "caller"),  # nothing since the last response: only the caller's app asks for one
+        ([user_item()], "caller"),  # a typed turn: the caller's app added it and asked
+        ([COMMITTED, user_item()], "caller"),  # committed by the app itself (no VAD turn end)
+        ([SPEECH_STOPPED, COMMITTED, user_item()], "server"),  # a turn detected by server VAD
+        ([NO_VAD, SPEECH_STOPPED], "caller"),  # no turn detection: the server never starts one
+        ([VAD_NO_CREATE, SPEECH_STOPPED], "caller"),  # VAD that does not create responses
+        ([BETA_NO_VAD, SPEECH_STOPPED], "caller"),  # the beta session shape says the same
+    ],
+)
+def test_a_response_nobody_in_the_console_asked_for_is_the_callers_or_the_servers(before, origin):
+    core = started(make_core())
+    for event in before:
+        core.upstream_frame(event, now=1.0)
+    actions = core.upstream_frame(created("resp_1"), now=1.0)
+    recorded = [a for a in actions if type(a) is RequestRecorded]
+    assert [(a.origin, a.status, a.response_id) for a in recorded] == [
+        (origin, RequestStatus.IN_PROGRESS, "resp_1")
+    ]
+
+
+def test_a_detected_turn_accounts_for_one_response_only():
+    core = started(make_core())
+    core.upstream_frame(SPEECH_STOPPED, now=1.0)
+    first = core.upstream_frame(created("resp_1"), now=1.0)
+    core.upstream_frame(done("resp_1"), now=2.0)
+    second = core.upstream_frame(created("resp_2"), now=3.0)
+    origins = [a.origin for a in first + second if type(a) is RequestRecorded]
+    assert origins == ["server", "caller"]
+
+
+# ---------------------------------------------------------------------------- sequencing
+
+
+def test_an_operator_request_waits_while_the_callers_response_runs():
+    core = started(make_core())
+    core.upstream_frame(created("resp_c"), now=1.0)
+    assert creates(core.submit(nudge("req_a"), now=1.1)) == []
+    actions = core.upstream_frame(done("resp_c"), now=2.0)
+    [create] = creates(actions)
+    assert create["response"]["metadata"] == {OC_REQUEST_KEY: "req_a"}
+
+
+def test_crossing_creates_the_model_refuses_ours_it_is_sent_again_once_and_shown_to_nobody():
+    core = started(make_core())
+    [ours] = creates(core.submit(nudge("req_a"), now=1.0))
+    # The caller's create reached the model first; then the model refuses ours.
+    core.upstream_frame(created("resp_c"), now=1.001)
+    refused = core.upstream_frame(error(ACTIVE, ours["event_id"]), now=1.002)
+    assert [(a.request_id, a.status) for a in refused if type(a) is RequestChanged] == [
+        ("req_a", RequestStatus.QUEUED)
+    ]
+    assert not [a for a in refused if type(a) is ToCaller]  # nothing anywhere for a caller
+    assert creates(core.tick(now=5.0)) == []  # the caller's response still runs
+    [again] = creates(core.upstream_frame(done("resp_c"), now=6.0))
+    assert again == ours  # the same event, and the only one out
+    actions = core.upstream_frame(created("resp_a", "req_a"), now=6.1)
+    actions += core.upstream_frame(done("resp_a", "req_a"), now=7.0)
+    statuses = [a.status for a in actions if type(a) is RequestChanged and a.request_id == "req_a"]
+    assert statuses == [RequestStatus.IN_PROGRESS, RequestStatus.COMPLETED]
+
+
+def test_the_callers_refused_create_does_not_touch_ours():
+    core = started(make_core())
+    [ours] = creates(core.submit(nudge("req_a"), now=1.0))
+    # Ours won: the model refuses the caller's (an error naming the caller's event id).
+    core.upstream_frame(created("resp_a", "req_a"), now=1.001)
+    actions = core.upstream_frame(error(ACTIVE, "caller_evt_9"), now=1.002)
+    assert not [a for a in actions if type(a) is RequestChanged]
+    actions = core.upstream_frame(done("resp_a", "req_a"), now=2.0)
+    assert [a.status for a in actions if type(a) is RequestChanged] == [RequestStatus.COMPLETED]
+
+
+def test_what_is_sent_for_an_operator_holds_nothing_of_the_operators_but_their_instructions_and_metadata():
+    core = started(make_core())
+    request = nudge("req_a", instructions="Offer a refund.", metadata={"topic": "refund"})
+    [create] = creates(core.submit(request, now=1.0))
+    assert create["response"]["metadata"] == {"topic": "refund", OC_REQUEST_KEY: "req_a"}
+    assert "token:ops" not in json.dumps(create)
+
+
+# ---------------------------------------------------------------------------- naming
+
+
+@pytest.mark.parametrize(
+    ("first", "named"),
+    [
+        ([session_event("session.created", "sess_A")], "sess_A"),
+        ([session_event("session.updated", "sess_B")], "sess_B"),  # joined after an update
+        ([frame("response.output_text.delta", delta="x"), session_event("session.updated", "sess_C")], "sess_C"),
+    ],
+)
+def test_the_session_is_named_by_the_first_session_event(first, named):
+    core = make_core()
+    core.upstream_attached(now=0.0)
+    actions = [a for event in first for a in core.upstream_frame(event, now=0.1)]
+    assert [a.session_id for a in actions if type(a) is SessionNamed] == [named]
+
+
+def test_without_a_session_event_the_call_id_names_the_session_after_a_short_wait():
+    core = make_core()
+    core.upstream_attached(now=0.0)
+    assert core.next_deadline == attached.NAME_WAIT
+    assert core.tick(now=attached.NAME_WAIT - 0.01) == []
+    actions = core.tick(now=attached.NAME_WAIT)
+    assert [type(a) for a in actions] == [SessionNamed]
+    assert core.session_id == "rtc_call1" and core.ended is None
+    later = core.upstream_frame(session_event("session.created", "sess_late"), now=3.0)
+    assert not [a for a in later if type(a) is SessionNamed] and core.session_id == "rtc_call1"
+
+
+def test_a_relayed_session_without_session_created_still_fails():
+    core = RelayCore(fallback_id="sess_x", connect_timeout=10.0)
+    core.upstream_attached(now=0.0)
+    assert core.tick(now=attached.NAME_WAIT) == []
+    assert [a.reason for a in core.tick(now=10.0) if type(a) is SessionEnded] == [
+        EndReason.UPSTREAM_CLOSED
+    ]
+
+
+# ---------------------------------------------------------------------------- ending
+
+
+@pytest.mark.parametrize(
+    ("hangup", "code", "status", "reason"),
+    [
+        ([True], 1000, "ended", EndReason.HUNG_UP),
+        ([], 1000, "ended", EndReason.UPSTREAM_CLOSED),  # the caller's side ended the call
+        ([True, False], 1000, "ended", EndReason.UPSTREAM_CLOSED),  # the hang-up was refused
+        ([True], 1006, "failed", EndReason.UPSTREAM_CLOSED),  # lost, not hung up
+    ],
+)
+def test_how_a_sideband_close_ends_the_session(hangup, code, status, reason):
+    core = started(make_core())
+    for pending in hangup:
+        assert core.hangup_requested(pending=pending, now=1.0) == [Answer(payload={"ok": True, "at": 1.0})]
+    [end] = [a for a in core.upstream_closed(code, "", now=2.0) if type(a) is SessionEnded]
+    assert (end.status, end.reason) == (status, reason)
+
+
+def test_a_relayed_session_is_never_hung_up():
+    core = RelayCore(fallback_id="sess_x")
+    core.upstream_attached(now=0.0)
+    core.upstream_frame(session_event(), now=0.0)
+    core.hangup_requested(pending=True, now=1.0)
+    [end] = [a for a in core.upstream_closed(1000, "", now=2.0) if type(a) is SessionEnded]
+    assert end.reason is EndReason.UPSTREAM_CLOSED
+
+
+# ---------------------------------------------------------------------------- the property
+
+
+class AttachedCall(RuleBasedStateMachine):
+    """A model with one conversation, reached by the caller's app (directly) and the sideband
+    (the core). Creates reach it in the order they were sent; one that finds a response active
+    is refused, and the refusal reaches the sideband whoever sent it (as the simulator does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = make_core(send_timeout=15.0)
+        self.now = 0.0
+        self.core.upstream_attached(now=0.0)
+        self.core.upstream_frame(session_event(), now=0.0)
+        self.in_flight: list[tuple[str, dict]] = []  # ("ours" | "caller", create event)
+        self.active: tuple[str, str | None] | None = None  # (response id, oc_request)
+        self.responses = 0
+        self.caller_events = 0
+        self.ours_out = 0  # our creates sent and not yet answered (created or refused)
+        self.statuses: dict[str, list[RequestStatus]] = {}
+        self.operator_ids: list[str] = []
+
+    # --- feeding the core, checking every action --------------------------------------------
+
+    def feed(self, actions) -> None:
+        for action in actions:
+            if type(action) is ToUpstream:
+                event = json.loads(action.frame)
+                if event["type"] == "response.create":
+                    assert self.ours_out == 0, "two of our creates outstanding"
+                    assert self.active is None, "ours sent while a response is active"
+                    self.ours_out += 1
+                    self.in_flight.append(("ours", event))
+            elif type(action) is ToCaller and json.loads(action.frame).get("type") == "error":
+                # Only the caller's own refusals pass (and the actor drops them: no caller leg).
+                assert json.loads(action.frame)["error"]["event_id"].startswith("c_")
+            elif type(action) is RequestChanged:
+                self.statuses.setdefault(action.request_id, []).append(action.status)
+
+    def upstream(self, event: str) -> None:
+        self.feed(self.core.upstream_frame(event, now=self.now))
+
+    # --- rules ---------------------------------------------------------------------------------
+
+    @rule()
+    def caller_creates(self):
+        self.caller_events += 1
+        self.in_flight.append(("caller", {"type": "response.create", "event_id": f"c_{self.caller_events}"}))
+
+    @rule()
+    def server_vad_turn(self):
+        if self.active is None:  # VAD starts a response at the end of a turn
+            self.upstream(frame("input_audio_buffer.speech_stopped", item_id="i"))
+            self.start(None)
+
+    @rule(conversation=st.sampled_from([None, "auto"]))
+    def operator_submits(self, conversation):
+        request_id = f"op_{len(self.operator_ids) + 1}"
+        self.operator_ids.append(request_id)
+        self.feed(self.core.submit(nudge(request_id, conversation=conversation), now=self.now))
+
+    @precondition(lambda self: self.in_flight)
+    @rule()
+    def model_takes_the_next_create(self):
+        sender, event = self.in_flight.pop(0)
+        tag = event.get("response", {}).get("metadata", {}).get(OC_REQUEST_KEY)
+        if sender == "ours":
+            self.ours_out -= 1
+        if self.active is not None:
+            self.upstream(error(ACTIVE, event["event_id"]))
+        else:
+            self.start(tag)
+
+    @precondition(lambda self: self.active is not None)
+    @rule()
+    def response_finishes(self):
+        response_id, tag = self.active
+        self.active = None
+        self.upstream(done(response_id, tag))
+
+    @rule(seconds=st.sampled_from([0.01, 0.3, 2.0]))
+    def time_passes(self, seconds):
+        self.now += seconds
+        self.feed(self.core.tick(now=self.now))
+
+    def start(self, tag: str | None) -> None:
+        self.responses += 1
+        self.active = (f"resp_{self.responses}", tag)
+        self.upstream(created(*self.active))
+
+    # --- invariants and the end -----------------------------------------------------------------
+
+    @invariant()
+    def statuses_move_forward_and_end_once(self):
+        for request_id, seen in self.statuses.items():
+            terminal = [s for s in seen if s in TERMINAL_STATUSES]
+            assert len(terminal) <= 1, (request_id, seen)
+            assert not terminal or seen[-1] in TERMINAL_STATUSES, (request_id, seen)
+
+    def teardown(self):
+        # Drain: the model takes what is in flight, responses finish, retries go out; then
+        # every operator request has completed (nothing lost), each exactly once.
+        for _ in range(4 * len(self.operator_ids) + 20):
+            if self.in_flight:
+                self.model_takes_the_next_create()
+            elif self.active is not None:
+                self.response_finishes()
+            else:
+                self.time_passes(1.0)
+        for request_id in self.operator_ids:
+            seen = self.statuses.get(request_id, [])
+            assert [s for s in seen if s in TERMINAL_STATUSES] == [RequestStatus.COMPLETED], (
+                request_id,
+                seen,
+            )
+            assert seen.count(RequestStatus.IN_PROGRESS) == 1, (request_id, seen)
+
+
+TestAttachedCall = AttachedCall.TestCase
+TestAttachedCall.settings = settings(
+    max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
