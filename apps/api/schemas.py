@@ -56,6 +56,8 @@ class SessionOut(BaseModel):
     call_id: str | None = Field(description="The upstream's call id of a WebRTC or SIP call.")
     label: str | None = Field(description="The operators' label for it.")
     upstream_sessions: list[str] = Field(description="The upstream session.ids it used, in order.")
+    caller_number: str | None = Field(description="A phone call's caller (SIP From), e.g. +15551234567.")
+    dialled_number: str | None = Field(description="The number a phone call dialled (SIP To).")
     usage: dict[str, Any] = Field(description="Tokens so far: every response's usage, summed.")
     cost_usd: float | None = Field(description="The usage priced by OC_PRICES; null when the model has no price.")
 
