@@ -66,7 +66,7 @@ from enum import StrEnum
 from typing import Any
 
 from apps.realtime import attached as attached_mode
-from apps.realtime import events, tools
+from apps.realtime import events, rotation, tools
 from apps.realtime.sequencer import (
     OC_REQUEST_KEY,
     ErrorClaimed,
@@ -377,6 +377,7 @@ class RelayCore:
         record_audio: bool = False,
         attached: bool = False,
         approval_timeout: float = 30.0,
+        rotate_after: float = 0.0,
     ) -> None:
         # Attached: a call steered through a sideband, with no caller leg (`attached`).
         self.attached = attached
@@ -396,6 +397,18 @@ class RelayCore:
         self.transcript = Transcript()
         # Tool calls, approvals and rate limits (`tools`): the events about them go to it.
         self.tools = tools.ToolDesk(self, approval_timeout=approval_timeout)
+        # Rotation to a fresh upstream session (`rotation`), for a relayed session that lives
+        # longer than `rotate_after` seconds (0: never).
+        self.rotation: rotation.Rotator | None = None
+        self._parsed: Any = PARSED_TYPES
+        if rotate_after > 0 and not attached:
+            state = rotation.Rotation(
+                rotate_after=rotate_after,
+                new_event_id=self._new_event_id,
+                ready_timeout=connect_timeout,
+            )
+            self.rotation = rotation.Rotator(self, state)
+            self._parsed = PARSED_TYPES | rotation.OBSERVED_TYPES
         self.session_id: str | None = None  # the upstream's session.id, once named
         self.session_instructions = ""
         self.usage: dict[str, Any] = {}  # the sum of every response's usage
@@ -449,6 +462,7 @@ class RelayCore:
             self._flush_at,
             self._stall_check_at,
             self.tools.next_deadline,
+            self.rotation.next_deadline if self.rotation is not None else None,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -554,7 +568,7 @@ class RelayCore:
             self._turns.speech_stopped()
         if (
             kind is not None
-            and kind not in PARSED_TYPES
+            and kind not in self._parsed
             and not self._hidden
             and (not self._watchers or kind not in DELTA_TYPES)
             and (not self._tapping or kind not in TAPPED_TYPES)
@@ -567,6 +581,8 @@ class RelayCore:
         kind = event.get("type")
         actions: list[Action] = []
         forward: str | None = frame
+        if self.rotation is not None:
+            self.rotation.upstream_event(kind, event, now)
         if kind in ("response.created", "response.done"):
             forward = self._on_response_event(kind, event, frame, actions, now)
         elif kind == "error":
@@ -589,6 +605,8 @@ class RelayCore:
                     actions += self._tap(AGENT_SIDE, event.get("delta"), now)
         if kind in tools.UPSTREAM_TYPES:
             actions += self.tools.upstream_event(kind, event, now)
+        if forward is not None and self.rotation is not None:
+            forward = self.rotation.outward(event, forward)
         if forward is not None:
             actions.append(ToCaller(frame=forward))
         else:
@@ -597,6 +615,8 @@ class RelayCore:
                     message={"type": WATCH_EVENT, "session_id": self.session_id, "event": frame}
                 )
             )
+        if self.rotation is not None:
+            actions += self.rotation.upstream_done(now)
         return self._finish(actions, now)
 
     def _on_session_event(self, kind: str, event: dict, actions: list[Action], now: float) -> None:
@@ -770,6 +790,10 @@ class RelayCore:
     def caller_frame(self, frame: str | bytes, *, now: float) -> list[Action]:
         if self.ended is not None:
             return []
+        if self.rotation is not None:  # held while the upstream is replaced; ids translated
+            rotated = self.rotation.caller_frame(frame)
+            if rotated is not None:
+                return rotated
         if type(frame) is bytes:
             return [ToUpstream(frame=frame)]
         kind = events.peek_type(frame)
@@ -880,6 +904,8 @@ class RelayCore:
 
     def submit(self, stored: OperatorRequest, *, now: float) -> list[Action]:
         self._deadline_stale = True
+        if self.rotation is not None and self.rotation.submit(stored):
+            return []  # submitted once the upstream is replaced
         if stored.id in self._infos or stored.id in self._forgotten:
             return []  # both pinged and picked up, or cancelled before it arrived
         response: dict[str, Any] = {}
@@ -966,7 +992,11 @@ class RelayCore:
             "content": [{"type": "input_text", "text": text}],
         }
         event = {"type": "conversation.item.create", "event_id": event_id, "item": item}
-        return [ToUpstream(frame=events.dumps(event)), Answer(payload={"ok": True, "at": now})]
+        actions: list[Action] = [
+            ToUpstream(frame=events.dumps(event)),
+            Answer(payload={"ok": True, "at": now}),
+        ]
+        return actions if self.rotation is None else self.rotation.held_frames(actions)
 
     def interrupt(self, *, now: float) -> list[Action]:
         self._deadline_stale = True
@@ -1011,6 +1041,19 @@ class RelayCore:
                 )
             )
             actions.append(WatchersChanged(names=after))
+        return actions
+
+    # ------------------------------------------------------------------ for the rotation
+
+    @property
+    def between_responses(self) -> bool:
+        """No response in progress and none asked for: the upstream may be replaced."""
+        return not self._busy and self.sequencer.outstanding_id is None
+
+    def resume_queue(self, *, now: float) -> list[Action]:
+        """The sequencer was held while the upstream leg was replaced: it goes on."""
+        actions: list[Action] = []
+        self._apply(self.sequencer.resume(now=now), actions)
         return actions
 
     # ------------------------------------------------------------------ for the tool desk
@@ -1115,6 +1158,8 @@ class RelayCore:
         actions: list[Action] = []
         self._apply(self.sequencer.tick(now=now), actions)
         actions += self.tools.tick(now)
+        if self.rotation is not None:
+            actions += self.rotation.tick(now)
         if self._flush_at is not None and now >= self._flush_at:
             actions += self._flush()
         return self._finish(actions, now)

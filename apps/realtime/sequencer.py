@@ -17,6 +17,8 @@ Rules
   submit     -> `queued`; then the head is sent (`sent`) when nothing is outstanding or active
                 (and no retry delay is pending). Out-of-band: `queued` then `sent` at once.
                 After closed(): `queued` then `failed` (`session_ended`).
+  held       -> (`held = True`) nothing in-conversation is sent until resume(); the queue
+                stays as it is (an upstream leg is being replaced: the queue is the session's).
   sending    -> {"type": "response.create", "event_id": E, "response": {...}}: the request's
                 fields without None values, plus `metadata.oc_request = <request id>`.
   created    -> names a request of ours that was sent (`metadata.oc_request`): `in_progress`,
@@ -254,6 +256,9 @@ class Sequencer:
         self._live: dict[str, _Live] = {}  # response_id -> response in progress, in order
         self._retry_at: float | None = None
         self._closed = False
+        # Held: nothing queued is sent until resume() (the upstream leg is being replaced; the
+        # queue is the session's, not the leg's). Out-of-band requests are not held.
+        self.held = False
 
     # ------------------------------------------------------------------ read-only views
 
@@ -295,7 +300,12 @@ class Sequencer:
         deadlines = [self._entries[rid].sent_at + self.send_timeout for rid in self._oob_sent]
         if self._outstanding is not None:
             deadlines.append(self._entries[self._outstanding].sent_at + self.send_timeout)
-        elif self._retry_at is not None and self._queue and not self._conversation_busy:
+        elif (
+            self._retry_at is not None
+            and self._queue
+            and not self._conversation_busy
+            and not self.held
+        ):
             deadlines.append(self._retry_at)
         return min(deadlines, default=None)
 
@@ -498,6 +508,11 @@ class Sequencer:
             self._cancel_events = {e: r for e, r in self._cancel_events.items() if r not in gone}
         return dropped
 
+    def resume(self, *, now: float) -> list[Action]:
+        """No longer held: the head of the queue is sent if nothing is in the way."""
+        self.held = False
+        return self._pump(now)
+
     def tick(self, *, now: float) -> list[Action]:
         if self._closed:
             return []
@@ -524,6 +539,7 @@ class Sequencer:
         """Send the head of the queue if nothing is in the way."""
         if (
             self._closed
+            or self.held
             or self._outstanding is not None
             or not self._queue
             or self._conversation_busy

@@ -54,6 +54,8 @@ from apps.sessions.housekeeping import housekeeping
 from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, Mailbox, UpstreamLeg
 from apps.sessions.listening import AudioTap
 from apps.sessions.process import PROCESS_ID
+from apps.sessions.rotating import ACTIONS as ROTATION_ACTIONS
+from apps.sessions.rotating import FreshLeg
 from apps.sessions.upstream import open_upstream
 
 log = logging.getLogger(__name__)
@@ -101,12 +103,16 @@ class SessionActor:
             new_event_id=events.new_event_id,
             record_audio=settings.OC_RECORD_AUDIO,
             attached=bool(self.call),
+            rotate_after=settings.OC_ROTATE_AFTER,
         )
         self.audio = AudioTap(self.key, record=settings.OC_RECORD_AUDIO, started_at=clock.now())
         self._caller = caller
         self._opener = opener
         self._upstream_headers = dict(upstream_headers or {})
         self._upstream: UpstreamLeg | None = None
+        self._fresh = FreshLeg(  # a rotation's fresh upstream, until it replaces this one
+            self.mailbox, lambda: opener(model=model, extra_headers=self._upstream_headers), str(self.key)
+        )
         self._opening: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -140,8 +146,10 @@ class SessionActor:
         self.mailbox.put((SHUTDOWN, None, None))
 
     async def replace_upstream(self, connection: Any) -> None:
-        """Attach a new upstream leg and close the old one (the core decides when)."""
-        old, self._upstream = self._upstream, UpstreamLeg(connection, self.mailbox, str(self.key))
+        """Attach a new upstream leg (a connection, or a rotation's open leg) and close the old
+        one (the core decides when)."""
+        leg = connection if isinstance(connection, UpstreamLeg) else None
+        old, self._upstream = self._upstream, leg or UpstreamLeg(connection, self.mailbox, str(self.key))
         if old is not None:
             await old.close()
 
@@ -215,7 +223,9 @@ class SessionActor:
 
     async def _handle(self, kind: str, payload: Any, leg: Any) -> None:
         core, now = self.core, clock.now()
-        if kind is UPSTREAM_FRAME:
+        if leg is not None and leg is not self._upstream and self._fresh.owns(leg):
+            await self._perform(self._fresh.route(core, kind, payload, now))
+        elif kind is UPSTREAM_FRAME:
             if leg is self._upstream:
                 await self._perform(core.upstream_frame(payload, now=now))
         elif kind is CALLER_FRAME:
@@ -273,6 +283,7 @@ class SessionActor:
             self._timer.cancel()
         if self.core.ended is None:  # cancelled before the core knew: the caller left
             await self._perform(self.core.caller_closed(now=clock.now()))
+        await self._fresh.close()
         if self._upstream is not None:
             await self._upstream.close()
         await self.audio.finish(at=self.core.ended.at if self.core.ended else clock.now())
@@ -313,6 +324,8 @@ class SessionActor:
                 self.audio.listeners_changed(action.count)
             elif kind is CloseCaller:
                 await self._close_caller(action.code, action.reason)
+            elif kind in ROTATION_ACTIONS:
+                await self._fresh.perform(action, self.replace_upstream)
             elif kind is SessionEnded:
                 log.info(
                     "session %s ended: %s %s",

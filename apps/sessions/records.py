@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from apps.realtime import relay
+from apps.realtime import relay, rotation
 from apps.sessions.history import CreateRow, Operation, UpdateRow
 from apps.sessions.models import LiveSession, ResponseRequest
 
@@ -75,6 +75,16 @@ def session_identified(*, key: uuid.UUID, upstream_id: str, instructions: str, a
 
 def session_updated(*, key: uuid.UUID, instructions: str):
     return UpdateRow(LiveSession, key, {"instructions": instructions})
+
+
+def upstream_sessions(*, key: uuid.UUID, session_ids: list[str]):
+    """The session moved to a fresh upstream session (rotation): the ids it went through."""
+    return UpdateRow(
+        LiveSession,
+        key,
+        {"upstream_sessions": session_ids},
+        event={"event": "session.rotated", "session_key": str(key), "sessions": session_ids},
+    )
 
 
 def session_ended(
@@ -222,6 +232,7 @@ RECORDED = frozenset(
         relay.WatchersChanged,
         relay.TranscriptFinal,
         relay.SessionEnded,
+        rotation.UpstreamSessions,
     }
 )
 
@@ -271,4 +282,6 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
             return session_ended(
                 key=key, status=status, reason=reason.value, code=code, detail=detail, at=at
             )
+        case rotation.UpstreamSessions(session_ids=session_ids):
+            return upstream_sessions(key=key, session_ids=list(session_ids))
     raise TypeError(f"no record for {action!r}")

@@ -1,0 +1,728 @@
+"""Upstream rotation: moving a live session to a fresh upstream session. Pure, sans-I/O.
+
+The service closes every session at its cap (60 minutes) with no renewal. A relayed session
+older than `rotate_after` seconds therefore moves, between responses, to a fresh upstream
+session that is given the session's configuration and the conversation so far; the caller's
+connection, the public session id and every id the caller holds stay valid (CONTRACT section 9).
+
+`Rotation` is the relay core's part for this (`RelayCore` owns one when rotation is on and
+calls it with a few lines). Like the sequencer, it imports nothing beyond the standard library
+and `events`, reads no clock (time is `now`) and returns actions:
+
+What it tracks (from the current upstream's events, `observe`)
+  config        the session configuration as last confirmed (`session.created`/`.updated`),
+                without the read-only fields (`id`, `object`, `expires_at`, `client_secret`).
+  conversation  the items in order (`conversation.item.added`/`.created` insert after their
+                `previous_item_id`; `.done`, `.retrieved` and `response.done` outputs replace
+                an item's content; `.deleted` removes it; transcripts of input and output audio
+                fill in the audio parts).
+  speaking      the caller's speech was detected and not yet committed.
+  responses     the responses in progress upstream (in the conversation or out of band).
+
+The steps (phases)
+  idle       until `due_at` (the session's start, then each swap, plus `rotate_after`).
+  due        due while the session is busy (a response in progress, a request outstanding, the
+             caller speaking): the core holds its sequencer, so that what is queued waits for
+             the fresh upstream, and starts when the busy moment ends (`response.done`).
+  opening    `OpenFresh` asked the actor for a fresh upstream leg. From here on the core holds
+             every caller frame, operator request and note (`hold`), in order.
+  replaying  the fresh leg is attached: `session.update` with the configuration and a
+             `conversation.item.create` per item (the same item ids, each after the one before
+             through `previous_item_id`) went to it (`ToFresh`); its acknowledgements are
+             awaited (`session.created`, `session.updated`, every item added). Nothing of this
+             reaches the caller.
+  swap       all acknowledged: `SwapUpstream` (the actor makes the fresh leg the session's and
+             closes the old one), `UpstreamSessions` (recorded), then the core resumes its
+             sequencer and releases what it held, onto the fresh leg.
+
+When it does not go
+  The old upstream changes the conversation or starts a response while a rotation is under way
+  (an item, speech, a server response): the rotation is abandoned (`CloseFresh`), what was held
+  goes to the old upstream, and it starts again at the next idle moment. The fresh leg cannot
+  be opened, closes, answers with an `error`, or is not ready within `ready_timeout`: the same,
+  and the next attempt waits a backoff (`retry_delay`, doubled up to `max_retry_delay`). If the
+  old upstream's cap comes first, the core ends the session with `session_expired` as without
+  rotation.
+
+Ids
+  The fresh session is given the caller's item ids; an upstream that assigned others would be
+  mapped (`renamed`: caller id → upstream id) and translated both ways. The public session id
+  stays the first `session.id`: a `session.updated` from a later upstream carries it. Response
+  ids are not replayed (responses are over by then), so none needs translating.
+
+Spoken turns become text on the fresh session (the protocol cannot create audio content
+without its audio). A `conversation.item.truncate` of such an item, which was audio for the
+caller, cannot be done upstream; the relay answers it itself with `conversation.item.truncated`
+and marks the item truncated in its copy; the text the fresh upstream holds stays whole (the
+model keeps the words of a reply whose audio was cut before the rotation).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from apps.realtime import events
+
+# Upstream event types the rotation reads on the current leg.
+OBSERVED_TYPES = frozenset(
+    {
+        "session.created",
+        "session.updated",
+        "conversation.item.added",
+        "conversation.item.created",
+        "conversation.item.done",
+        "conversation.item.retrieved",
+        "conversation.item.deleted",
+        "conversation.item.truncated",
+        "conversation.item.input_audio_transcription.completed",
+        "response.output_audio_transcript.done",
+        "response.audio_transcript.done",
+        "response.created",
+        "response.done",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+    }
+)
+# Of those, the ones that change what a fresh session would need while it is being prepared.
+CHANGING_TYPES = OBSERVED_TYPES - {"session.created", "conversation.item.retrieved"}
+# Caller events that name items, read once the session has rotated.
+CALLER_ITEM_TYPES = frozenset(
+    {
+        "conversation.item.truncate",
+        "conversation.item.delete",
+        "conversation.item.retrieve",
+        "conversation.item.create",
+    }
+)
+READ_ONLY_SESSION_FIELDS = frozenset({"id", "object", "expires_at", "client_secret"})
+# Item types a client may create as they are; any other (MCP calls, tool lists, approval
+# requests: the service's own) is replayed as a system message that describes it.
+CREATABLE_TYPES = frozenset({"message", "function_call", "function_call_output"})
+CREATABLE_MCP_TYPES = frozenset({"mcp_approval_response"})
+# Text for a spoken turn whose transcript never came.
+NO_TRANSCRIPT = "[spoken; no transcript]"
+# Item fields the service adds that a client does not send.
+SERVER_ITEM_FIELDS = frozenset({"object", "status"})
+MAX_UPSTREAM_ID_CHARS = 128
+# After a rotation was abandoned for a change in the conversation, the next try waits this
+# long at least (the next idle moment after it).
+ABANDONED_RETRY_DELAY = 0.25
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    DUE = "due"
+    OPENING = "opening"
+    REPLAYING = "replaying"
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpenFresh:
+    """Open a fresh upstream leg beside the session's (the actor answers with
+    `RelayCore.fresh_attached` or `fresh_failed`)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToFresh:
+    frame: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CloseFresh:
+    """Close the fresh leg: the rotation was abandoned (`detail` says why, for the log)."""
+
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SwapUpstream:
+    """The fresh leg becomes the session's upstream; the old one is closed."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpstreamSessions:
+    """The upstream session ids the session went through, in order (recorded)."""
+
+    session_ids: tuple[str, ...]
+    at: float
+
+
+RotationAction = OpenFresh | ToFresh | CloseFresh | SwapUpstream | UpstreamSessions
+
+
+# ---------------------------------------------------------------------------- the conversation
+
+
+class Conversation:
+    """The conversation as the upstream holds it: items by id, in order."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self._order: list[str] = []
+        self.truncated: set[str] = set()
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._order)
+
+    def added(self, item: Any, previous_item_id: Any) -> None:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            return
+        item_id = item["id"]
+        if item_id in self.items:
+            self.items[item_id] = _kept(item)
+            return
+        self.items[item_id] = _kept(item)
+        # No previous item (or one this copy lacks): at the end, as new items go.
+        if previous_item_id == "root":
+            index = 0
+        elif isinstance(previous_item_id, str) and previous_item_id in self.items:
+            last = self._order[-1] == previous_item_id
+            index = len(self._order) if last else self._order.index(previous_item_id) + 1
+        else:
+            index = len(self._order)
+        self._order.insert(index, item_id)
+
+    def replaced(self, item: Any) -> None:
+        """A newer view of a known item (its `.done`, a retrieve, a response's output)."""
+        if isinstance(item, dict) and item.get("id") in self.items:
+            self.items[item["id"]] = _kept(item)
+
+    def deleted(self, item_id: Any) -> None:
+        if isinstance(item_id, str) and self.items.pop(item_id, None) is not None:
+            self._order.remove(item_id)
+            self.truncated.discard(item_id)
+
+    def transcribed(self, item_id: Any, content_index: Any, transcript: Any) -> None:
+        item = self.items.get(item_id) if isinstance(item_id, str) else None
+        content = item.get("content") if item is not None else None
+        if not isinstance(content, list) or not isinstance(transcript, str):
+            return
+        index = content_index if isinstance(content_index, int) else 0
+        if 0 <= index < len(content) and isinstance(content[index], dict):
+            content[index]["transcript"] = transcript
+
+    def replay(self) -> list[tuple[dict[str, Any], bool]]:
+        """Each item as a client creates it, in order, and whether it was audio made text."""
+        return [replayable(self.items[item_id]) for item_id in self._order]
+
+
+def _kept(item: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an item without audio bytes (only their transcripts are replayed)."""
+    kept = copy.deepcopy(item)
+    content = kept.get("content")
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict):
+            part.pop("audio", None)
+    return kept
+
+
+def replayable(item: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """An item as `conversation.item.create` can give it to a fresh session: text as it is,
+    audio as its transcript, function calls and outputs as they are, MCP items a client may
+    create as they are and the others as a system message describing them. Returns the item
+    and whether audio became text."""
+    kind = item.get("type")
+    fields = {k: v for k, v in item.items() if k not in SERVER_ITEM_FIELDS}
+    if kind == "message":
+        return _message(fields)
+    if kind in CREATABLE_TYPES or kind in CREATABLE_MCP_TYPES:
+        return fields, False
+    described = {k: v for k, v in fields.items() if k != "id"}
+    text = f"[{kind}] {json.dumps(described, ensure_ascii=False, sort_keys=True)}"
+    return _text_message(item.get("id"), "system", text), False
+
+
+def _message(item: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    role = item.get("role")
+    text_type = "output_text" if role == "assistant" else "input_text"
+    parts: list[dict[str, Any]] = []
+    spoken = False
+    content = item.get("content")
+    for part in content if isinstance(content, list) else ():
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            parts.append({"type": text_type, "text": str(part.get("text") or "")})
+        elif kind in ("input_audio", "output_audio", "audio"):
+            spoken = True
+            transcript = part.get("transcript")
+            text = transcript if isinstance(transcript, str) and transcript else NO_TRANSCRIPT
+            parts.append({"type": text_type, "text": text})
+        elif kind == "input_image":
+            parts.append({k: v for k, v in part.items()})
+    if not parts:
+        parts.append({"type": text_type, "text": NO_TRANSCRIPT if spoken else ""})
+    message = {"id": item.get("id"), "type": "message", "role": role, "content": parts}
+    return message, spoken
+
+
+def _text_message(item_id: Any, role: str, text: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": role,
+        "content": [{"type": "input_text", "text": text}],
+    }
+
+
+# ---------------------------------------------------------------------------- the rotation
+
+
+class Rotation:
+    def __init__(
+        self,
+        *,
+        rotate_after: float,
+        new_event_id: Callable[[], str],
+        ready_timeout: float = 10.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+    ) -> None:
+        if rotate_after <= 0:
+            raise ValueError(f"rotate_after must be above 0 seconds, not {rotate_after!r}")
+        self.rotate_after = rotate_after
+        self.ready_timeout = ready_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self._new_event_id = new_event_id
+        self.config: dict[str, Any] = {}
+        self.conversation = Conversation()
+        self.speaking = False
+        self.responses: set[str] = set()  # in progress upstream, in or out of the conversation
+        self.phase = Phase.IDLE
+        self.holding = False  # opening or replaying: the core holds the caller's and operators'
+        self.due_at: float | None = None
+        self.session_ids: list[str] = []
+        self.renamed: dict[str, str] = {}  # caller item id → upstream item id, where they differ
+        self._renamed_back: dict[str, str] = {}
+        self.textified: set[str] = set()  # items that were audio for the caller, text upstream
+        self.caller_types: frozenset[str] = frozenset()  # what caller_event must see
+        self.rotations = 0
+        self.failures = 0  # attempts that failed in a row
+        self._held: list[tuple[str, Any]] = []
+        self._ready_by: float | None = None
+        self._fresh_id: str | None = None
+        self._awaiting: list[str] = []  # item ids sent to the fresh session, not yet added
+        self._sent_ids: list[str] = []
+        self._config_confirmed = False
+        self._textified_next: set[str] = set()
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def next_deadline(self) -> float | None:
+        if self.phase is Phase.IDLE:
+            return self.due_at
+        if self.phase in (Phase.OPENING, Phase.REPLAYING):
+            return self._ready_by
+        return None  # due: the end of the busy moment starts it
+
+    def is_due(self, now: float) -> bool:
+        return self.phase is Phase.DUE or (
+            self.phase is Phase.IDLE and self.due_at is not None and now >= self.due_at
+        )
+
+    # ------------------------------------------------------------------ the current leg
+
+    def observe(self, kind: str, event: dict[str, Any], now: float) -> bool:
+        """An event of the current upstream (parsed). Returns whether it changes what a fresh
+        session would be given, while one is being prepared (the rotation is then abandoned
+        by the core)."""
+        if kind in ("session.created", "session.updated"):
+            session = event.get("session")
+            if isinstance(session, dict):
+                self.config = {
+                    k: copy.deepcopy(v)
+                    for k, v in session.items()
+                    if k not in READ_ONLY_SESSION_FIELDS
+                }
+                if kind == "session.created" and not self.session_ids:
+                    self.session_ids.append(_upstream_id(session.get("id")))
+                    self.due_at = now + self.rotate_after
+        elif kind in ("conversation.item.added", "conversation.item.created"):
+            self.conversation.added(event.get("item"), event.get("previous_item_id"))
+        elif kind in ("conversation.item.done", "conversation.item.retrieved"):
+            self.conversation.replaced(event.get("item"))
+        elif kind == "conversation.item.deleted":
+            self.conversation.deleted(event.get("item_id"))
+        elif kind == "conversation.item.truncated":
+            if isinstance(event.get("item_id"), str):
+                self.conversation.truncated.add(event["item_id"])
+        elif kind == "conversation.item.input_audio_transcription.completed" or kind in (
+            "response.output_audio_transcript.done",
+            "response.audio_transcript.done",
+        ):
+            self.conversation.transcribed(
+                event.get("item_id"), event.get("content_index"), event.get("transcript")
+            )
+        elif kind == "response.created":
+            response = event.get("response")
+            if isinstance(response, dict) and isinstance(response.get("id"), str):
+                self.responses.add(response["id"])
+        elif kind == "response.done":
+            response = event.get("response")
+            if isinstance(response, dict):
+                self.responses.discard(response.get("id"))  # type: ignore[arg-type]
+            output = response.get("output") if isinstance(response, dict) else None
+            for item in output if isinstance(output, list) else ():
+                self.conversation.replaced(item)
+        elif kind == "input_audio_buffer.speech_started":
+            self.speaking = True
+        elif kind in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
+            self.speaking = False
+        return self.holding and kind in CHANGING_TYPES
+
+    # ------------------------------------------------------------------ the steps
+
+    def wait(self) -> None:
+        """Due, but the session is busy: start at its next idle moment."""
+        self.phase = Phase.DUE
+
+    def start(self, now: float) -> list[RotationAction]:
+        self.phase = Phase.OPENING
+        self.holding = True
+        self._ready_by = now + self.ready_timeout
+        self._fresh_id = None
+        self._awaiting, self._sent_ids = [], []
+        self._config_confirmed = False
+        return [OpenFresh()]
+
+    def hold(self, kind: str, payload: Any) -> None:
+        """Keep an input of the core's for after the rotation (`caller`, `submit`, `upstream`)."""
+        self._held.append((kind, payload))
+
+    def take_held(self) -> list[tuple[str, Any]]:
+        held, self._held = self._held, []
+        return held
+
+    def attached(self, now: float) -> list[RotationAction]:
+        """The fresh leg is open: give it the configuration and the conversation."""
+        if self.phase is not Phase.OPENING:
+            return [CloseFresh(detail="no rotation is under way")]
+        self.phase = Phase.REPLAYING
+        self._ready_by = now + self.ready_timeout
+        update = {"type": "session.update", "event_id": self._new_event_id(), "session": self.config}
+        actions: list[RotationAction] = [ToFresh(frame=events.dumps(update))]
+        previous: str | None = None
+        self._textified_next = set(self.textified)
+        for item, spoken in self.conversation.replay():
+            create: dict[str, Any] = {
+                "type": "conversation.item.create",
+                "event_id": self._new_event_id(),
+                "item": item,
+            }
+            if previous is not None:
+                create["previous_item_id"] = self.renamed.get(previous, previous)
+            self._awaiting.append(item["id"])
+            self._sent_ids.append(item["id"])
+            if spoken and item.get("role") == "assistant":
+                self._textified_next.add(item["id"])
+            previous = item["id"]
+            actions.append(ToFresh(frame=events.dumps(create)))
+        return actions
+
+    def fresh_frame(self, frame: str | bytes, now: float) -> tuple[list[RotationAction], bool]:
+        """An event of the fresh leg, while it is prepared. Returns the actions and whether
+        the rotation is complete (the core then releases what it held)."""
+        if self.phase is not Phase.REPLAYING:
+            return [], False
+        event = events.loads_object(frame)
+        kind = event.get("type") if event is not None else None
+        if kind == "error":
+            _, code, message = events.error_fields(event)
+            return self.failed(f"the fresh upstream answered {code}: {message}", now), False
+        if kind == "session.created":
+            session = event.get("session")
+            self._fresh_id = _upstream_id(session.get("id") if isinstance(session, dict) else None)
+        elif kind == "session.updated":
+            self._config_confirmed = True
+        elif kind in ("conversation.item.added", "conversation.item.created") and self._awaiting:
+            item = event.get("item")
+            given = item.get("id") if isinstance(item, dict) else None
+            if given in self._awaiting:
+                self._awaiting.remove(given)
+            elif isinstance(given, str):  # the upstream named it itself: map the caller's id
+                ours = self._awaiting.pop(0)
+                self.renamed[ours], self._renamed_back[given] = given, ours
+        if self._fresh_id is None or not self._config_confirmed or self._awaiting:
+            return [], False
+        return self._swapped(now), True
+
+    def _swapped(self, now: float) -> list[RotationAction]:
+        assert self._fresh_id is not None
+        self.session_ids.append(self._fresh_id)
+        self.rotations += 1
+        self.failures = 0
+        self.textified = self._textified_next & set(self.conversation.items)
+        self.caller_types = CALLER_ITEM_TYPES
+        self._idle(now + self.rotate_after)
+        return [
+            SwapUpstream(session_id=self._fresh_id),
+            UpstreamSessions(session_ids=tuple(self.session_ids), at=now),
+        ]
+
+    def failed(self, detail: str, now: float) -> list[RotationAction]:
+        """The fresh leg could not be opened, closed, refused the replay or was too slow: keep
+        the old one and try again after a backoff."""
+        if self.phase not in (Phase.OPENING, Phase.REPLAYING):
+            return []
+        delay = min(self.max_retry_delay, self.retry_delay * 2**self.failures)
+        self.failures += 1
+        self._idle(now + delay)
+        return [CloseFresh(detail=f"rotation failed ({detail}); next attempt in {delay:g} s")]
+
+    def abandoned(self, now: float) -> list[RotationAction]:
+        """The old upstream's conversation moved while the fresh one was prepared."""
+        self._idle(now + ABANDONED_RETRY_DELAY)
+        return [CloseFresh(detail="the conversation changed while the rotation was prepared")]
+
+    def expired(self, now: float) -> bool:
+        """Preparing for longer than `ready_timeout`."""
+        return self._ready_by is not None and now >= self._ready_by
+
+    def _idle(self, due_at: float) -> None:
+        self.phase = Phase.IDLE
+        self.holding = False
+        self.due_at = due_at
+        self._ready_by = None
+        self._awaiting, self._sent_ids = [], []
+
+    # ------------------------------------------------------------------ ids
+
+    def caller_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """A caller's item event after a rotation: its ids translated to the upstream's, or
+        None for a truncate the relay answers itself (`truncated_answer`)."""
+        kind = event.get("type")
+        item_id = event.get("item_id")
+        if kind == "conversation.item.truncate" and item_id in self.textified:
+            end = event.get("audio_end_ms")
+            if isinstance(end, int) and not isinstance(end, bool) and end >= 0:
+                self.conversation.truncated.add(item_id)
+                return None
+        if not self.renamed:
+            return event
+        if isinstance(item_id, str) and item_id in self.renamed:
+            event["item_id"] = self.renamed[item_id]
+        previous = event.get("previous_item_id")
+        if isinstance(previous, str) and previous in self.renamed:
+            event["previous_item_id"] = self.renamed[previous]
+        return event
+
+    def truncated_answer(self, event: dict[str, Any]) -> dict[str, Any]:
+        """What the relay answers to a truncate of an item that is text upstream: what the
+        service would have answered."""
+        return {
+            "type": "conversation.item.truncated",
+            "event_id": self._new_event_id(),
+            "item_id": event.get("item_id"),
+            "content_index": event.get("content_index", 0),
+            "audio_end_ms": event.get("audio_end_ms"),
+        }
+
+    def outward(self, event: dict[str, Any], public_session_id: str | None) -> bool:
+        """An upstream event on its way to the caller after a rotation: the caller's item ids
+        and the public session id put back. Returns whether anything changed."""
+        changed = False
+        session = event.get("session")
+        if (
+            isinstance(session, dict)
+            and public_session_id is not None
+            and "id" in session
+            and session["id"] != public_session_id
+        ):
+            session["id"] = public_session_id
+            changed = True
+        if not self._renamed_back:
+            return changed
+        back = self._renamed_back
+        for holder in (event, event.get("item")):
+            if not isinstance(holder, dict):
+                continue
+            for key in ("item_id", "previous_item_id", "id"):
+                value = holder.get(key)
+                if holder is event and key == "id":
+                    continue
+                if isinstance(value, str) and value in back:
+                    holder[key] = back[value]
+                    changed = True
+        return changed
+
+
+def _upstream_id(value: Any) -> str:
+    if isinstance(value, str) and 0 < len(value) <= MAX_UPSTREAM_ID_CHARS:
+        return value
+    return "(unnamed)"
+
+
+# ---------------------------------------------------------------------------- the core's side
+
+
+class _Everything:
+    """Every event type: once an item id is mapped, the core parses every upstream event."""
+
+    def __contains__(self, kind: object) -> bool:
+        return True
+
+
+class Rotator:
+    """The relay core's rotation: a `Rotation` and what the core must do for it. The core
+    calls it at a few points (an upstream event parsed, the end of an upstream frame, a
+    caller frame, an operator's request or note, a tick) and the actor gives it the fresh
+    leg's inputs (`fresh_attached`, `fresh_failed`, `fresh_frame`, `fresh_closed`)."""
+
+    def __init__(self, core: Any, rotation: Rotation) -> None:
+        self.core = core
+        self.state = rotation
+        self._abandon = False
+
+    @property
+    def holding(self) -> bool:
+        return self.state.holding
+
+    @property
+    def next_deadline(self) -> float | None:
+        return self.state.next_deadline
+
+    # ------------------------------------------------------------------ from the core
+
+    def upstream_event(self, kind: str, event: dict[str, Any], now: float) -> None:
+        """A parsed event of the current upstream (before the core acts on it)."""
+        if kind in OBSERVED_TYPES and self.state.observe(kind, event, now):
+            self._abandon = True
+
+    def outward(self, event: dict[str, Any], frame: str) -> str:
+        """The frame for the caller, with the caller's ids, after a rotation."""
+        if self.state.rotations and self.state.outward(event, self.core.session_id):
+            return events.dumps(event)
+        return frame
+
+    def upstream_done(self, now: float) -> list[Any]:
+        """After a parsed upstream event: abandon a rotation the event spoiled, or start one
+        that is due now that the session may be idle."""
+        if self._abandon:
+            self._abandon = False
+            if self.state.holding:
+                return [*self.state.abandoned(now), *self._release(now)]
+        return self._poll(now)
+
+    def caller_frame(self, frame: str | bytes) -> list[Any] | None:
+        """A caller frame: held during a rotation; after one, an item event with its ids
+        translated, or a truncate answered. None: the core goes on as usual."""
+        if self.state.holding:
+            self.state.hold("caller", frame)
+            return []
+        if not self.state.caller_types or type(frame) is bytes:
+            return None
+        if events.peek_type(frame) not in self.state.caller_types:
+            return None
+        event = events.loads_object(frame)
+        if event is None:
+            return None
+        before = events.dumps(event)
+        translated = self.state.caller_event(event)
+        if translated is None:
+            answer = self.state.truncated_answer(event)
+            return [_relay().ToCaller(frame=events.dumps(answer))]
+        after = events.dumps(translated)
+        return None if after == before else [_relay().ToUpstream(frame=after)]
+
+    def submit(self, stored: Any) -> bool:
+        """An operator's request during a rotation: held (True), submitted once it is over."""
+        if self.state.holding:
+            self.state.hold("submit", stored)
+            return True
+        return False
+
+    def held_frames(self, actions: list[Any]) -> list[Any]:
+        """The frames for the upstream among `actions` are held during a rotation (a note)."""
+        if not self.state.holding:
+            return actions
+        to_upstream = _relay().ToUpstream
+        for action in actions:
+            if type(action) is to_upstream:
+                self.state.hold("upstream", action.frame)
+        return [action for action in actions if type(action) is not to_upstream]
+
+    def tick(self, now: float) -> list[Any]:
+        if self.state.holding and self.state.expired(now):
+            return self._failed(f"not ready within {self.state.ready_timeout:g} s", now)
+        return self._poll(now)
+
+    # ------------------------------------------------------------------ from the actor
+
+    def fresh_attached(self, *, now: float) -> list[Any]:
+        self.core.deadline_moved()
+        if self.core.ended is not None:
+            return [CloseFresh(detail="the session has ended")]
+        return list(self.state.attached(now))
+
+    def fresh_failed(self, detail: str, *, now: float) -> list[Any]:
+        self.core.deadline_moved()
+        return self._failed(f"could not connect: {detail}", now)
+
+    def fresh_frame(self, frame: str | bytes, *, now: float) -> list[Any]:
+        if self.core.ended is not None:
+            return []
+        self.core.deadline_moved()
+        actions, done = self.state.fresh_frame(frame, now)
+        if done or any(type(action) is CloseFresh for action in actions):
+            if self.state.renamed:
+                self.core._parsed = _Everything()
+            return [*actions, *self._release(now)]
+        return list(actions)
+
+    def fresh_closed(self, code: int, reason: str, *, now: float) -> list[Any]:
+        self.core.deadline_moved()
+        return self._failed(f"the fresh upstream closed ({code} {reason})".strip(), now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _poll(self, now: float) -> list[Any]:
+        core, state = self.core, self.state
+        if core.ended is not None or state.holding or not state.is_due(now):
+            return []
+        core.sequencer.held = True  # what is queued now waits for the fresh upstream
+        if not core.between_responses or state.speaking or state.responses:
+            state.wait()
+            return []
+        core.deadline_moved()
+        return list(state.start(now))
+
+    def _failed(self, detail: str, now: float) -> list[Any]:
+        if self.core.ended is not None:
+            return []
+        actions = list(self.state.failed(detail, now))
+        return [*actions, *self._release(now)] if actions else []
+
+    def _release(self, now: float) -> list[Any]:
+        """After the swap, or without one: the queue goes on, then what was held, in order."""
+        core, relay = self.core, _relay()
+        actions: list[Any] = list(core.resume_queue(now=now))
+        for kind, payload in self.state.take_held():
+            if kind == "caller":
+                actions += core.caller_frame(payload, now=now)
+            elif kind == "submit":
+                actions += core.submit(payload, now=now)
+            else:
+                actions.append(relay.ToUpstream(frame=payload))
+        return actions
+
+
+def _relay() -> Any:
+    """The relay core's module (it imports this one, so it is looked up when needed)."""
+    from apps.realtime import relay
+
+    return relay

@@ -1,0 +1,378 @@
+"""Upstream rotation (`apps/realtime/rotation.py`) through the relay core, synchronously.
+
+Each test drives a `RelayCore` with `rotate_after=6` through one session: the first upstream
+names it, a conversation happens, the rotation comes due, the fresh upstream is given the
+configuration and the conversation, and the swap. `summary` turns actions into short strings.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apps.realtime import events
+from apps.realtime.relay import (
+    OperatorRequest,
+    RelayCore,
+    RequestChanged,
+    ToCaller,
+    ToUpstream,
+)
+from apps.realtime.rotation import (
+    CloseFresh,
+    Conversation,
+    OpenFresh,
+    SwapUpstream,
+    ToFresh,
+    UpstreamSessions,
+    replayable,
+)
+from apps.realtime.sequencer import counter
+
+
+def make_core() -> RelayCore:
+    return RelayCore(
+        fallback_id="sess_fallback",
+        connect_timeout=5.0,
+        new_request_id=counter("req"),
+        new_event_id=counter("ev"),
+        rotate_after=6.0,
+    )
+
+
+def frame(kind: str, **fields) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def summary(actions) -> list[str]:
+    out = []
+    for action in actions:
+        if isinstance(action, ToUpstream) and type(action.frame) is bytes:
+            out.append("upstream binary")
+        elif isinstance(action, ToCaller | ToUpstream | ToFresh):
+            event = json.loads(action.frame)
+            where = {ToCaller: "caller", ToUpstream: "upstream", ToFresh: "fresh"}[type(action)]
+            detail = event.get("item", {}).get("id") or event.get("item_id") or ""
+            out.append(f"{where} {event['type']} {detail}".strip())
+        elif isinstance(action, OpenFresh):
+            out.append("open fresh")
+        elif isinstance(action, CloseFresh):
+            out.append("close fresh")
+        elif isinstance(action, SwapUpstream):
+            out.append(f"swap {action.session_id}")
+        elif isinstance(action, UpstreamSessions):
+            out.append("sessions " + ",".join(action.session_ids))
+        elif isinstance(action, RequestChanged):
+            out.append(f"{action.request_id} {action.status.value}")
+    return out
+
+
+SESSION = {
+    "id": "sess_1",
+    "object": "realtime.session",
+    "expires_at": 9,
+    "instructions": "Be kind.",
+}
+USER_ITEM = {
+    "id": "item_u1",
+    "type": "message",
+    "role": "user",
+    "content": [{"type": "input_audio", "transcript": None}],
+}
+AGENT_ITEM = {
+    "id": "item_a1",
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "output_audio", "transcript": "Hello there."}],
+}
+
+
+def converse(core: RelayCore, now: float = 1.0) -> None:
+    """A spoken turn (transcribed) and a spoken reply."""
+    core.upstream_frame(frame("input_audio_buffer.speech_started"), now=now)
+    core.upstream_frame(frame("input_audio_buffer.committed", item_id="item_u1"), now=now)
+    core.upstream_frame(
+        frame("conversation.item.added", previous_item_id=None, item=USER_ITEM), now=now
+    )
+    core.upstream_frame(
+        frame(
+            "conversation.item.input_audio_transcription.completed",
+            item_id="item_u1",
+            content_index=0,
+            transcript="Hi, who are you?",
+        ),
+        now=now,
+    )
+    core.upstream_frame(frame("response.created", response={"id": "resp_1"}), now=now)
+    core.upstream_frame(
+        frame("conversation.item.added", previous_item_id="item_u1", item=AGENT_ITEM), now=now
+    )
+    core.upstream_frame(
+        frame(
+            "response.done",
+            response={"id": "resp_1", "status": "completed", "output": [AGENT_ITEM]},
+        ),
+        now=now,
+    )
+
+
+def started() -> RelayCore:
+    core = make_core()
+    core.upstream_attached(now=0.0)
+    core.upstream_frame(frame("session.created", session=SESSION), now=0.0)
+    converse(core)
+    return core
+
+
+def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list:
+    """The fresh upstream acknowledges the replay: the actions of the last acknowledgement."""
+    actions = core.rotation.fresh_frame(
+        frame("session.created", session={"id": session_id}), now=now
+    )
+    assert actions == []
+    assert (
+        core.rotation.fresh_frame(frame("session.updated", session={"id": session_id}), now=now)
+        == []
+    )
+    out: list = []
+    for item_id in core.rotation.state.conversation.ids:
+        out = core.rotation.fresh_frame(
+            frame("conversation.item.added", item={"id": item_id}), now=now
+        )
+    return out
+
+
+def test_a_due_rotation_replays_the_session_and_swaps_between_responses():
+    core = started()
+    assert core.next_deadline == 6.0
+    assert summary(core.tick(now=6.0)) == ["open fresh"]
+    # Meanwhile the caller's frames are held, in order.
+    assert core.caller_frame(frame("input_audio_buffer.append", audio="AAAA"), now=6.1) == []
+    assert core.caller_frame(b"\x00\x01", now=6.1) == []
+    attached = core.rotation.fresh_attached(now=6.2)
+    assert summary(attached) == [
+        "fresh session.update",
+        "fresh conversation.item.create item_u1",
+        "fresh conversation.item.create item_a1",
+    ]
+    update = json.loads(attached[0].frame)["session"]
+    assert update == {"instructions": "Be kind."}  # without id, object, expires_at
+    user = json.loads(attached[1].frame)
+    agent = json.loads(attached[2].frame)
+    assert "previous_item_id" not in user
+    assert user["item"]["content"] == [{"type": "input_text", "text": "Hi, who are you?"}]
+    assert agent["previous_item_id"] == "item_u1"
+    assert agent["item"]["content"] == [{"type": "output_text", "text": "Hello there."}]
+    last = fresh_ready(core, now=6.3)
+    assert summary(last)[:2] == ["swap sess_2", "sessions sess_1,sess_2"]
+    assert summary(last)[2:3] == ["upstream input_audio_buffer.append"]
+    assert last[-1] == ToUpstream(frame=b"\x00\x01")
+    assert core.next_deadline == 6.3 + 6.0  # the next rotation
+
+
+def test_a_rotation_due_while_a_response_streams_waits_for_response_done_and_holds_the_queue():
+    core = started()
+    core.upstream_frame(frame("response.created", response={"id": "resp_2"}), now=5.0)
+    assert core.tick(now=6.0) == []
+    # An operator's nudge arrives while the response streams: it is queued, and stays queued.
+    submitted = core.submit(OperatorRequest(id="req_op", origin="api"), now=6.5)
+    assert summary(submitted) == ["req_op queued"]
+    done = core.upstream_frame(
+        frame("response.done", response={"id": "resp_2", "status": "completed"}), now=7.0
+    )
+    assert summary(done) == ["req_2 completed", "caller response.done", "open fresh"]
+    core.rotation.fresh_attached(now=7.1)
+    last = fresh_ready(core, now=7.2)
+    # After the swap, the nudge goes to the fresh upstream, once.
+    assert summary(last) == [
+        "swap sess_2",
+        "sessions sess_1,sess_2",
+        "upstream response.create",
+        "req_op sent",
+    ]
+
+
+def test_an_operator_request_and_a_note_during_the_rotation_go_to_the_fresh_upstream():
+    core = started()
+    core.tick(now=6.0)
+    assert core.submit(OperatorRequest(id="req_op", origin="console"), now=6.1) == []
+    noted = core.note(item_id="note_1", role="system", text="VIP caller", now=6.1)
+    assert [type(a).__name__ for a in noted] == ["Answer"]
+    core.rotation.fresh_attached(now=6.2)
+    last = fresh_ready(core, now=6.3)
+    assert summary(last)[2:] == [
+        "req_op queued",
+        "upstream response.create",
+        "req_op sent",
+        "upstream conversation.item.create note_1",
+    ]
+
+
+def test_nothing_of_the_fresh_sessions_set_up_reaches_the_caller():
+    core = started()
+    core.tick(now=6.0)
+    actions = core.rotation.fresh_attached(now=6.1) + fresh_ready(core, now=6.2)
+    assert not [a for a in actions if isinstance(a, ToCaller)]
+    # The upstream's later session.updated carries the public session id.
+    updated = core.upstream_frame(
+        frame("session.updated", session={"id": "sess_2", "instructions": "x"}), now=7.0
+    )
+    caller = [json.loads(a.frame) for a in updated if isinstance(a, ToCaller)]
+    assert caller[0]["session"]["id"] == "sess_1"
+
+
+def test_a_truncate_of_a_spoken_reply_from_before_the_rotation_is_answered_by_the_relay():
+    core = started()
+    core.tick(now=6.0)
+    core.rotation.fresh_attached(now=6.1)
+    fresh_ready(core, now=6.2)
+    truncate = frame(
+        "conversation.item.truncate", item_id="item_a1", content_index=0, audio_end_ms=300
+    )
+    answered = core.caller_frame(truncate, now=7.0)
+    assert summary(answered) == ["caller conversation.item.truncated item_a1"]
+    assert json.loads(answered[0].frame)["audio_end_ms"] == 300
+    # An item that is audio on the fresh upstream too is truncated there.
+    core.upstream_frame(
+        frame(
+            "conversation.item.added",
+            previous_item_id="item_a1",
+            item={**AGENT_ITEM, "id": "item_a2"},
+        ),
+        now=7.5,
+    )
+    later = frame("conversation.item.truncate", item_id="item_a2", content_index=0, audio_end_ms=1)
+    assert core.caller_frame(later, now=8.0) == [ToUpstream(frame=later)]
+
+
+def test_a_fresh_upstream_that_fails_keeps_the_old_one_and_is_tried_again_after_a_backoff():
+    core = started()
+    core.tick(now=6.0)
+    assert core.caller_frame(frame("input_audio_buffer.clear"), now=6.1) == []
+    failed = core.rotation.fresh_failed("refused", now=6.5)
+    assert summary(failed) == ["close fresh", "upstream input_audio_buffer.clear"]
+    assert core.next_deadline == 7.5  # retry_delay 1 s
+    assert summary(core.tick(now=7.5)) == ["open fresh"]
+    core.rotation.fresh_attached(now=7.6)
+    errored = core.rotation.fresh_frame(
+        frame("error", error={"code": "x", "message": "no"}), now=7.7
+    )
+    assert summary(errored) == ["close fresh"]
+    assert core.next_deadline == 7.7 + 2.0  # doubled
+    # Not ready within the connect timeout: given up too.
+    core.tick(now=9.7)
+    assert summary(core.tick(now=9.7 + 5.0)) == ["close fresh"]
+
+
+def test_a_conversation_change_on_the_old_upstream_abandons_the_rotation():
+    core = started()
+    core.tick(now=6.0)
+    core.caller_frame(frame("response.create"), now=6.05)  # held: not in the sequencer yet
+    spoiled = core.upstream_frame(frame("input_audio_buffer.speech_started"), now=6.1)
+    # The held response.create goes to the old upstream after all.
+    assert summary(spoiled) == [
+        "caller input_audio_buffer.speech_started",
+        "close fresh",
+        "req_2 queued",
+        "upstream response.create",
+        "req_2 sent",
+    ]
+    assert not core.rotation.holding
+
+
+def test_the_cap_before_a_rotation_ends_the_session_expired():
+    core = started()
+    core.tick(now=6.0)
+    core.upstream_frame(
+        frame(
+            "error",
+            error={"type": "invalid_request_error", "code": "session_expired", "message": "m"},
+        ),
+        now=9.9,
+    )
+    ended = core.upstream_closed(
+        1001, "Your session hit the maximum duration of 10 seconds.", now=10.0
+    )
+    assert ended[0].code == 1001
+    assert ended[-1].reason.value == "session_expired"
+
+
+def test_without_rotation_nothing_is_tracked():
+    core = RelayCore(fallback_id="f", rotate_after=0)
+    assert core.rotation is None
+
+
+def test_replayable_items():
+    call = {
+        "id": "fc",
+        "type": "function_call",
+        "call_id": "c",
+        "name": "f",
+        "arguments": "{}",
+        "status": "completed",
+        "object": "realtime.item",
+    }
+    assert replayable(call) == (
+        {"id": "fc", "type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        False,
+    )
+    mcp = {"id": "m1", "type": "mcp_call", "name": "search", "output": "ok"}
+    item, spoken = replayable(mcp)
+    assert item["role"] == "system" and item["content"][0]["text"].startswith("[mcp_call] ")
+    untranscribed = {
+        "id": "u",
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_audio"}],
+    }
+    assert replayable(untranscribed)[0]["content"][0]["text"] == "[spoken; no transcript]"
+    conversation = Conversation()
+    conversation.added({"id": "a"}, None)
+    conversation.added({"id": "c"}, "a")
+    conversation.added({"id": "b"}, "a")
+    conversation.added({"id": "z"}, "root")
+    conversation.deleted("c")
+    assert conversation.ids == ["z", "a", "b"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(["caller", "tick", "attach", "ready", "fail", "spoil"]), max_size=30)
+)
+def test_every_caller_frame_reaches_the_upstream_once_in_order_and_no_set_up_reaches_the_caller(
+    steps,
+):
+    core = started()
+    now, sent, delivered = 6.0, [], []
+
+    def take(actions):
+        for action in actions:
+            if isinstance(action, ToUpstream) and "input_audio_buffer.append" in str(action.frame):
+                delivered.append(json.loads(action.frame)["audio"])
+            if isinstance(action, ToCaller):
+                event = json.loads(action.frame)
+                assert event["type"] not in ("session.created", "conversation.item.added")
+                assert event.get("session", {}).get("id") in (None, "sess_1")
+
+    for step in steps:
+        now += 0.5
+        rotator = core.rotation
+        if step == "caller":
+            sent.append(f"a{len(sent)}")
+            take(core.caller_frame(frame("input_audio_buffer.append", audio=sent[-1]), now=now))
+        elif step == "tick":
+            take(core.tick(now=now))
+        elif step == "attach" and rotator.state.phase == "opening":
+            take(rotator.fresh_attached(now=now))
+        elif step == "ready" and rotator.state.phase == "replaying":
+            take(fresh_ready(core, now=now, session_id=f"sess_r{now}"))
+        elif step == "fail":
+            take(rotator.fresh_failed("refused", now=now))
+        elif step == "spoil":
+            take(core.upstream_frame(frame("input_audio_buffer.committed"), now=now))
+    if core.rotation.holding:
+        take(core.rotation.fresh_failed("end of the test", now=now + 1))
+    assert delivered == sent
+    assert events.peek_type(frame("x")) == "x"
