@@ -214,6 +214,9 @@ OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, min
 # A relayed session older than this (seconds) moves, between responses, to a fresh upstream
 # session given its configuration and conversation (the service's cap is 60 minutes); 0: never.
 OC_ROTATE_AFTER = env_float("OC_ROTATE_AFTER", 3000.0, minimum=0.0)
+# An agent's request to run a tool that needs approval (MCP `require_approval`) waits this
+# long (seconds) for an operator's decision; then it is denied, and recorded `expired`.
+OC_APPROVAL_TIMEOUT = env_float("OC_APPROVAL_TIMEOUT", 30.0, minimum=0.1)
 # Most requests that may wait in one session's queue; beyond it the REST hook answers 429.
 OC_QUEUE_LIMIT = env_int("OC_QUEUE_LIMIT", 32, minimum=32)  # CONTRACT: at least 32
 # How often each process looks in the table for operator requests whose ping was lost.

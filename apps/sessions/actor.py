@@ -48,7 +48,7 @@ from apps.realtime.relay import (
     ToWatchers,
     TranscriptFinal,
 )
-from apps.sessions import clock, groups, metrics, records
+from apps.sessions import approvals, clock, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, Mailbox, UpstreamLeg
@@ -102,6 +102,7 @@ class SessionActor:
             new_request_id=new_request_id,
             new_event_id=events.new_event_id,
             record_audio=settings.OC_RECORD_AUDIO,
+            approval_timeout=settings.OC_APPROVAL_TIMEOUT,
             attached=bool(self.call),
             rotate_after=settings.OC_ROTATE_AFTER,
         )
@@ -271,6 +272,8 @@ class SessionActor:
             actions = core.listen(
                 message["channel"], user=user, listening=bool(message.get("listen", True)), now=now
             )
+        elif kind == groups.SESSION_APPROVAL:
+            actions = approvals.decide(core, message, now)
         else:
             log.warning("unknown operator message %r on %s", kind, self.key)
             return

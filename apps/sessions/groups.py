@@ -34,6 +34,7 @@ SESSION_WATCH = "session.watch"
 SESSION_LISTEN = "session.listen"
 # An attached call is being hung up (`pending`), or its hang-up failed (apps/sessions/calls.py).
 SESSION_HANGUP = "session.hangup"
+SESSION_APPROVAL = "session.approval"  # an operator's decision on a tool approval request
 SESSION_MESSAGE_TYPES = frozenset(
     {
         SESSION_REQUEST,
@@ -43,6 +44,7 @@ SESSION_MESSAGE_TYPES = frozenset(
         SESSION_WATCH,
         SESSION_LISTEN,
         SESSION_HANGUP,
+        SESSION_APPROVAL,
     }
 )
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apps.realtime import relay, rotation
+from apps.sessions import approvals
 from apps.sessions.history import CreateRow, Operation, UpdateRow
 from apps.sessions.models import LiveSession, ResponseRequest
 
@@ -232,6 +233,7 @@ RECORDED = frozenset(
         relay.WatchersChanged,
         relay.TranscriptFinal,
         relay.SessionEnded,
+        *approvals.RECORDED,
         rotation.UpstreamSessions,
     }
 )
@@ -284,4 +286,6 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
             )
         case rotation.UpstreamSessions(session_ids=session_ids):
             return upstream_sessions(key=key, session_ids=list(session_ids))
+    if type(action) in approvals.RECORDED:
+        return approvals.record(key, action)
     raise TypeError(f"no record for {action!r}")

@@ -1,0 +1,239 @@
+"""Tool approvals and rate limits: their records, and the service every surface decides with.
+
+The relay core's tool desk (`apps/realtime/tools.py`) decides what an approval is; this module
+records what it says (`record`, for the history writer) and carries an operator's decision to
+the session's actor (`approval_decide`), the same way for the REST hook and the console: a
+`session.approval` message to the session's group, answered by the actor. Only the actor knows
+whether someone decided first (the table learns of a decision a moment later), so a decision is
+never answered 200 for a request someone else had already decided.
+
+An approval's JSON (`Approval`): `{"id", "session_id", "kind", "name", "server_label",
+"arguments", "status": "pending|approved|denied|expired", "reason", "decided_by",
+"created_at", "decided_at"}`; `id` is the upstream's approval request item id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from apps.realtime import tools
+from apps.realtime.relay import Action, RelayCore
+from apps.sessions import groups, selectors
+from apps.sessions.db import db_async
+from apps.sessions.history import UpdateRow
+from apps.sessions.models import LiveSession, ToolApproval
+from apps.sessions.services import (
+    ServiceError,
+    SessionNotFound,
+    SessionNotLive,
+    _ask_actor,
+)
+
+log = logging.getLogger(__name__)
+events_log = logging.getLogger("oc.events")
+
+MAX_REASON_CHARS = tools.MAX_REASON_CHARS
+
+
+class ApprovalNotFound(ServiceError):
+    status, code = 404, "approval_not_found"
+
+
+class AlreadyDecided(ServiceError):
+    """Someone decided first; `approval` is the request as decided."""
+
+    status, code = 409, "already_decided"
+
+    def __init__(self, message: str, approval: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.approval = approval
+
+
+def _dt(at: float | None) -> datetime | None:
+    return datetime.fromtimestamp(at, tz=UTC) if at is not None else None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+# ---------------------------------------------------------------------------- shapes
+
+
+def approval_json(row: ToolApproval, session_id: str) -> dict[str, Any]:
+    """A stored approval as the REST hook gives it."""
+    return {
+        "id": row.approval_id,
+        "session_id": session_id,
+        "kind": row.kind,
+        "name": row.name,
+        "server_label": row.server_label,
+        "arguments": row.arguments,
+        "status": row.status,
+        "reason": row.reason,
+        "decided_by": row.decided_by,
+        "created_at": _iso(row.created_at),
+        "decided_at": _iso(row.decided_at),
+    }
+
+
+def core_approval_json(approval: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """The core's shape of an approval (`Approval.as_dict()`) as the REST hook gives it."""
+    return {
+        "id": approval["approval_id"],
+        "session_id": session_id,
+        "kind": approval["kind"],
+        "name": approval["name"],
+        "server_label": approval["server_label"],
+        "arguments": approval["arguments"],
+        "status": approval["status"],
+        "reason": approval["reason"],
+        "decided_by": approval["decided_by"],
+        "created_at": _iso(_dt(approval["created_at"])),
+        "decided_at": _iso(_dt(approval["decided_at"])),
+    }
+
+
+# ---------------------------------------------------------------------------- records
+
+# The tool desk's actions the history writer records.
+RECORDED = frozenset({tools.ApprovalChanged, tools.RateLimitsChanged})
+
+
+def record(key: uuid.UUID, action: Action):
+    """The history operation for one of the tool desk's actions."""
+    if type(action) is tools.RateLimitsChanged:
+        return _rate_limits_changed(key, action)
+    return _approval_changed(key, action)
+
+
+def _approval_changed(key: uuid.UUID, action: tools.ApprovalChanged):
+    approval = action.approval
+    fields = {
+        "kind": approval["kind"],
+        "server_label": approval["server_label"],
+        "name": approval["name"],
+        "arguments": approval["arguments"],
+        "status": approval["status"],
+        "reason": approval["reason"],
+        "decided_by": approval["decided_by"],
+        "decided_at": _dt(approval["decided_at"]),
+    }
+
+    def op() -> None:
+        # The approval's row has no id the core knows (its key is the session and the
+        # upstream's item id), so it is written by that key: made, then updated in place.
+        ToolApproval.objects.update_or_create(
+            session_id=key,
+            approval_id=approval["approval_id"],
+            defaults=fields,
+            create_defaults={**fields, "created_at": _dt(approval["created_at"])},
+        )
+
+    op.event = {  # type: ignore[attr-defined]
+        "event": "approval." + approval["status"],
+        "session_key": str(key),
+        "approval": approval["approval_id"],
+        "name": approval["name"],
+        "by": approval["decided_by"],
+    }
+    return op
+
+
+def _rate_limits_changed(key: uuid.UUID, action: tools.RateLimitsChanged):
+    # Each limit as the upstream sent it, with the moment it resets (its `reset_seconds`
+    # counted from when the event came), so a page read later still knows.
+    limits = []
+    for limit in action.rate_limits:
+        stored = dict(limit)
+        seconds = limit.get("reset_seconds")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            stored["reset_at"] = _iso(_dt(action.at + seconds))
+        limits.append(stored)
+    return UpdateRow(LiveSession, key, {"rate_limits": limits})
+
+
+# ---------------------------------------------------------------------------- the actor's side
+
+
+def decide(core: RelayCore, message: dict[str, Any], now: float) -> list[Action]:
+    """The actor's input for a `session.approval` message."""
+    return core.tools.decide(
+        str(message.get("approval_id") or ""),
+        approve=message.get("approve") is True,
+        reason=str(message.get("reason") or ""),
+        by=str(message.get("by") or ""),
+        origin=str(message.get("origin") or "api"),
+        now=now,
+    )
+
+
+# ---------------------------------------------------------------------------- services
+
+
+async def approval_decide(
+    *, session_id: str, approval_id: str, approve: bool, reason: str, decided_by: str, origin: str
+) -> dict[str, Any]:
+    """Approve or deny a pending approval request. Returns the approval as decided; raises
+    ApprovalNotFound, AlreadyDecided (naming who decided) or SessionNotLive."""
+    if len(reason) > MAX_REASON_CHARS:
+        raise ServiceError(f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS} are allowed.")
+    session = await db_async(selectors.session_row)(session_id=session_id)
+    if session is None:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    if session.status != LiveSession.Status.LIVE:
+        row = await db_async(_stored)(session, approval_id)
+        if row is None:
+            raise ApprovalNotFound(f"No approval request '{approval_id}' in session '{session_id}'.")
+        if row.status != ToolApproval.Status.PENDING:
+            raise _already(approval_json(row, session_id))
+        raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
+    reply = await _ask_actor(
+        session,
+        {
+            "type": groups.SESSION_APPROVAL,
+            "approval_id": approval_id,
+            "approve": approve,
+            "reason": reason,
+            "by": decided_by,
+            "origin": origin,
+        },
+    )
+    if reply.get("ok"):
+        decided = core_approval_json(reply["approval"], session_id)
+        events_log.info(
+            json.dumps({"event": "approval.decided", "session": session_id, "approval": approval_id,
+                        "status": decided["status"], "by": decided_by})
+        )
+        return decided
+    code = reply.get("code")
+    if code == "already_decided":
+        raise _already(core_approval_json(reply["approval"], session_id))
+    if code == "approval_not_found":
+        raise ApprovalNotFound(f"No approval request '{approval_id}' in session '{session_id}'.")
+    raise SessionNotLive(reply.get("message") or f"Session '{session_id}' is not live.")
+
+
+def _already(approval: dict[str, Any]) -> AlreadyDecided:
+    who = approval["decided_by"] or "the relay, as nobody decided in time"
+    return AlreadyDecided(
+        f"Approval request '{approval['id']}' was already {approval['status']} by {who}.", approval
+    )
+
+
+def _stored(session: LiveSession, approval_id: str) -> ToolApproval | None:
+    return ToolApproval.objects.filter(session=session, approval_id=approval_id).first()
+
+
+def approval_list(*, session_id: str) -> list[dict[str, Any]]:
+    """A session's approval requests, oldest first, as recorded."""
+    session = selectors.session_row(session_id=session_id)
+    if session is None:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    rows = ToolApproval.objects.filter(session=session).order_by("created_at", "id")
+    return [approval_json(row, session_id) for row in rows]
+

@@ -1,0 +1,175 @@
+"""Tool approvals through the REST hook and the service, with a live caller session on the real
+application and the simulator upstream asking for approval (`#mcp:NAME`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.sessions.history import writer as history
+from apps.sessions.models import LiveSession, ResponseRequest, ToolApproval
+from tests.support.realtime import eventually, user_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MCP_TOOL = {
+    "type": "mcp",
+    "server_label": "crm",
+    "server_url": "https://crm.example/mcp",
+    "require_approval": "always",
+}
+
+
+async def _ask_for_approval(caller, text: str = "Look it up #mcp:lookup {\"order\": 42}") -> str:
+    """The caller's turn makes the simulated model ask to run `lookup`: the request's id."""
+    await caller.send({"type": "session.update", "session": {"type": "realtime", "tools": [MCP_TOOL]}})
+    await caller.until("session.updated")
+    await caller.send({"type": "conversation.item.create", "item": user_text(text)})
+    await caller.send({"type": "response.create"})
+    events = await caller.until("response.done")
+    requests = [
+        e["item"] for e in events
+        if e["type"] == "response.output_item.done" and e["item"]["type"] == "mcp_approval_request"
+    ]
+    assert len(requests) == 1, [e["type"] for e in events]
+    return requests[0]["id"]
+
+
+async def test_an_approval_posted_is_sent_upstream_once_and_the_tool_runs(caller, rest, simulator, relay_settings):
+    approval_id = await _ask_for_approval(caller)
+    url = f"/sessions/{caller.session_id}/approvals/{approval_id}"
+
+    decided = await rest.post(url, json={"approve": True, "reason": "checked the order"})
+    assert decided.status_code == 200, decided.text
+    body = decided.json()
+    assert body["id"] == approval_id and body["session_id"] == caller.session_id
+    assert body["status"] == "approved" and body["decided_by"] == "token:script"
+    assert body["name"] == "lookup" and body["server_label"] == "crm"
+    assert body["reason"] == "checked the order"
+    assert body["created_at"] and body["decided_at"]
+
+    # The response asked for after the decision runs the tool; the caller sees it all.
+    events = await caller.until("response.done", n=2)
+    calls = [e["item"] for e in events if e["type"] == "conversation.item.done" and e["item"]["type"] == "mcp_call"]
+    assert calls and "[simulated] crm.lookup" in calls[0]["output"]
+
+    again = await rest.post(url, json={"approve": False})
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "already_decided"
+    assert "token:script" in again.json()["error"]["message"]
+
+    responses = simulator.sim.approval_responses(caller.session_id)
+    assert [(r["approval_request_id"], r["approve"]) for r in responses] == [(approval_id, True)]
+
+    await history.flush()
+    row = await ToolApproval.objects.aget(approval_id=approval_id)
+    assert (row.status, row.decided_by, row.reason) == ("approved", "token:script", "checked the order")
+    listed = await rest.get(f"/sessions/{caller.session_id}/approvals")
+    assert listed.status_code == 200
+    assert [(a["id"], a["status"]) for a in listed.json()["items"]] == [(approval_id, "approved")]
+    asked = await ResponseRequest.objects.filter(session__upstream_id=caller.session_id, origin="api").acount()
+    assert asked == 1  # the response after the decision, an operator's request like any other
+
+
+async def test_a_denial_says_so_upstream(caller, rest, simulator):
+    approval_id = await _ask_for_approval(caller)
+    decided = await rest.post(
+        f"/sessions/{caller.session_id}/approvals/{approval_id}", json={"approve": False, "reason": "not allowed"}
+    )
+    assert decided.status_code == 200 and decided.json()["status"] == "denied"
+    events = await caller.until("response.done", n=2)
+    reply = events[-1]["response"]["output"][-1]["content"][0]["text"]
+    assert "denied (not allowed)" in reply
+
+
+async def test_unknown_approvals_and_sessions_are_404(caller, rest):
+    missing = await rest.post(f"/sessions/{caller.session_id}/approvals/mcpr_nope", json={"approve": True})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "approval_not_found"
+    no_session = await rest.post("/sessions/sess_nope/approvals/mcpr_nope", json={"approve": True})
+    assert no_session.status_code == 404
+    assert (await rest.get("/sessions/sess_nope/approvals")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "approve"),
+        ({"approve": "yes"}, "approve"),
+        ({"approve": True, "reason": "x" * 1001}, "reason"),
+        ({"approve": True, "why": "x"}, "why"),
+    ],
+)
+async def test_a_bad_body_is_422_naming_the_field(caller, rest, body, field):
+    answer = await rest.post(f"/sessions/{caller.session_id}/approvals/mcpr_1", json=body)
+    assert answer.status_code == 422, answer.text
+    assert any(field in key for key in answer.json()["error"]["fields"]), answer.json()
+
+
+async def test_deciding_needs_the_write_scope(caller, make_token):
+    import httpx
+    from asgiref.sync import sync_to_async
+
+    from operator_console.asgi import application
+
+    token = await sync_to_async(make_token)(scopes=["sessions:read"], name="reader")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url="http://127.0.0.1/api/v1",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as reader:
+        answer = await reader.post(f"/sessions/{caller.session_id}/approvals/mcpr_1", json={"approve": True})
+        assert answer.status_code == 403
+        assert (await reader.get(f"/sessions/{caller.session_id}/approvals")).status_code == 200
+
+
+async def test_a_session_started_with_a_short_timeout_expires_its_request(relay_settings, simulator, caller_token, rest):
+    from channels.testing import WebsocketCommunicator
+
+    from operator_console.asgi import application
+    from tests.conftest import Caller
+
+    relay_settings.OC_APPROVAL_TIMEOUT = 0.5
+    communicator = WebsocketCommunicator(
+        application, "/v1/realtime?model=gpt-realtime",
+        headers=[(b"authorization", f"Bearer {caller_token}".encode())],
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    created = await communicator.receive_json_from(timeout=5)
+    await history.flush()
+    caller = Caller(communicator, created["session"]["id"])
+    try:
+        approval_id = await _ask_for_approval(caller)
+        events = await caller.until("response.done", n=2, timeout=5)
+        reply = events[-1]["response"]["output"][-1]["content"][0]["text"]
+        assert "denied (No operator decided within 0.5 s.)" in reply
+        responses = simulator.sim.approval_responses(caller.session_id)
+        assert [(r["approval_request_id"], r["approve"]) for r in responses] == [(approval_id, False)]
+
+        def expired():
+            history.flush_sync()
+            row = ToolApproval.objects.filter(approval_id=approval_id).first()
+            return row is not None and row.status == "expired" and "0.5 s" in row.reason
+
+        await eventually(expired)
+        late = await rest.post(f"/sessions/{caller.session_id}/approvals/{approval_id}", json={"approve": True})
+        assert late.status_code == 409
+        assert "expired" in late.json()["error"]["message"]
+    finally:
+        await communicator.disconnect()
+
+
+async def test_the_latest_rate_limits_are_the_sessions(caller):
+    await caller.send({"type": "conversation.item.create", "item": user_text("Hello")})
+    await caller.send({"type": "response.create"})
+    events = await caller.until("response.done")
+    sent = [e for e in events if e["type"] == "rate_limits.updated"][-1]["rate_limits"]
+
+    def recorded():
+        history.flush_sync()
+        session = LiveSession.objects.get(upstream_id=caller.session_id)
+        return session.rate_limits
+
+    stored = await eventually(recorded)
+    assert [(s["name"], s["remaining"], s["limit"]) for s in stored] == [
+        (s["name"], s["remaining"], s["limit"]) for s in sent
+    ]
+    assert all("reset_at" in s for s in stored)
