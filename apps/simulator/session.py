@@ -36,7 +36,7 @@ from websockets.protocol import State
 
 from apps.realtime.audio import FORMAT_RATES
 from apps.realtime.events import error_event, json_type
-from apps.simulator import limits, voice
+from apps.simulator import limits, shape, voice
 from apps.simulator import tools as simtools
 from apps.simulator.config import SimulatorConfig
 from apps.simulator.wire import Rejected, dumps, new_event_id, new_id, tokens
@@ -304,6 +304,14 @@ class SimSession:
                 f"Invalid type for 'session': expected an object, but got {json_type(update)} instead.",
                 "session",
             )
+        if shape.beta_session(update):
+            event_id = event.get("event_id")
+            await shape.refuse_beta(
+                self.connection, event_id if isinstance(event_id, str) else None
+            )
+            return
+        shape.check_unknown_beta_keys(update)
+        shape.check_current_fields(update, "session")
         session_type = update.get("type")
         if session_type is not None and session_type != "realtime":
             raise Rejected(
@@ -870,6 +878,7 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
     metadata = params.get("metadata")
     if metadata is not None:
         _check_metadata(metadata)
+    shape.check_current_fields(params, "response")
     max_output_tokens = params.get("max_output_tokens")
     if max_output_tokens is not None and max_output_tokens != "inf":
         if not isinstance(max_output_tokens, int) or isinstance(max_output_tokens, bool):
