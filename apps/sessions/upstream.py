@@ -12,6 +12,7 @@ import weakref
 from django.conf import settings
 
 from apps.realtime import upstream as sdk_upstream
+from apps.simulator import discovery
 from apps.simulator.server import Simulator, SimulatorConfig
 
 _embedded: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = (
@@ -40,6 +41,8 @@ async def _start_simulator() -> Simulator:
         )
     )
     await simulator.start("127.0.0.1", 0)
+    # For commands run beside the console (`simulate_sip_call`): where this simulator is.
+    discovery.write_url(settings.VAR_DIR, simulator.url)
     return simulator
 
 

@@ -42,3 +42,7 @@ class SimulatorConfig:
     # time (`time.time_ns()`, little-endian), so the audio itself says when it left, wherever
     # it lands (a caller, a listener, a recording).
     audio_stamp: bool = False
+    # WebRTC calls (`calls`): the simulator's ICE gathers a 127.0.0.1 host candidate only and
+    # drops remote candidates that are not loopback (`webrtc`). A tool for tests and local
+    # development on 127.0.0.1; turn it off only to take calls from another machine.
+    ice_loopback_only: bool = True

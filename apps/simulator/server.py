@@ -46,8 +46,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from apps.simulator import lifetime, shape
+from apps.simulator import lifetime
+from apps.simulator.calls import CallRegistry
 from apps.simulator.config import SimulatorConfig
+from apps.simulator.http import connection_factory
 from apps.simulator.session import DEFAULT_MODEL, SimResponse, SimSession, default_session_config
 from apps.simulator.wire import dumps, event_sent_time_ns, new_event_id, new_id
 
@@ -75,6 +77,7 @@ class Simulator:
         self.connections_opened = 0
         self.connections_active = 0
         self.handshakes_refused = 0
+        self.calls = CallRegistry(self)  # WebRTC and SIP calls, and their HTTP endpoints
         self._server: Server | None = None
         self._host = "127.0.0.1"
         self._logs: dict[str, SimSession] = {}  # live and recently ended sessions
@@ -97,6 +100,8 @@ class Simulator:
             compression=None,
             process_request=self._process_request,
             select_subprotocol=_select_subprotocol,
+            # Plain HTTP (the calls endpoints) on the same port: `http`'s docstring says why.
+            create_connection=connection_factory(self.calls.handle),
         )
 
     @property
@@ -120,6 +125,7 @@ class Simulator:
         server, self._server = self._server, None
         if server is None:
             return
+        await self.calls.aclose()
         for session in list(self.sessions.values()):
             session.stop_responses()
         server.close(close_connections=True)
@@ -213,6 +219,9 @@ class Simulator:
             ids = parse_qs(split.query).get("session", [])
             counts = {i: self.audio_counts(i) for i in ids if i in self._logs}
             return _json(connection, HTTPStatus.OK, {"sessions": counts})
+        if path.endswith("/_sim/calls"):
+            # Tests: the calls' counters (`CallRegistry.summary`). Not part of the service's API.
+            return _json(connection, HTTPStatus.OK, self.calls.summary())
         if not path.endswith("/realtime"):
             self.handshakes_refused += 1
             return _json_response(
@@ -232,12 +241,22 @@ class Simulator:
                 "invalid_api_key",
                 "Incorrect API key provided.",
             )
+        call_id = (parse_qs(split.query).get("call_id") or [""])[0]
+        if call_id and not self.calls.joinable(call_id):
+            self.handshakes_refused += 1
+            return _json_response(
+                connection,
+                HTTPStatus.NOT_FOUND,
+                "invalid_request_error",
+                "call_not_found",
+                f"Call '{call_id}' not found (or already ended).",
+            )
         return None
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
         query = parse_qs(urlsplit(connection.request.path if connection.request else "").query)
-        if connection.request is not None and shape.beta_handshake(connection.request.headers):
-            await shape.refuse_beta(connection)  # as the service does: error, close 4000
+        if query.get("call_id"):  # a sideband: joins a call's session (`calls`)
+            await self.calls.serve_sideband(connection, query["call_id"][0])
             return
         model = (query.get("model") or [DEFAULT_MODEL])[0] or DEFAULT_MODEL
         limit = self.config.record_limit
@@ -297,13 +316,8 @@ def _authorized(request: Request, key: str) -> bool:
 def _select_subprotocol(
     connection: ServerConnection, subprotocols: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """Browsers offer `realtime` (and the key as a second subprotocol); pick `realtime`. A beta
-    client's `openai-beta.realtime-v1` is taken too, so that it hears the refusal (`shape`)."""
-    if "realtime" in subprotocols:
-        return Subprotocol("realtime")
-    if shape.BETA_SUBPROTOCOL in subprotocols:
-        return Subprotocol(shape.BETA_SUBPROTOCOL)
-    return None
+    """Browsers offer `realtime` (and the key as a second subprotocol); pick `realtime`."""
+    return Subprotocol("realtime") if "realtime" in subprotocols else None
 
 
 def _json_response(

@@ -1,0 +1,425 @@
+"""WebRTC and SIP calls on the simulator (`apps.simulator.calls`), driven as the console will
+drive them: an aiortc caller, the `openai` SDK's calls REST and sideband, a webhook receiver
+that verifies with the SDK's `webhooks.unwrap`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+import pytest
+from django.core.management import CommandError, call_command
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from apps.simulator import discovery, webrtc
+from apps.simulator.server import Simulator, SimulatorConfig
+from tests.support.servers import SimulatorThread
+from tests.support.webrtc import CallClient, ToneTrack, http_base, non_loopback_candidates
+
+KEY = "sk-test"
+SECRET = "whsec_" + base64.b64encode(b"a webhook secret of 32 bytes....").decode()
+TEXT = {"type": "realtime", "output_modalities": ["text"]}
+
+
+def fast_config(**changes) -> SimulatorConfig:
+    return SimulatorConfig(
+        deltas_per_response=3, delta_interval=0.002, audio_pace=0, speech_engine="tone", **changes
+    )
+
+
+@pytest.fixture
+async def sim():
+    simulator = Simulator(fast_config())
+    await simulator.start()
+    yield simulator
+    await simulator.aclose()
+
+
+def rest(sim: Simulator, api_key: str = KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=http_base(sim.url), api_key=api_key, max_retries=0)
+
+
+async def post(sim: Simulator, path: str, body: bytes = b"", headers: dict | None = None):
+    """A raw POST (for the refusals the SDK would not send): (status, JSON body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    head = f"POST /v1{path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    for name, value in (headers if headers is not None else {"Authorization": f"Bearer {KEY}"}).items():
+        head += f"{name}: {value}\r\n"
+    writer.write(head.encode() + b"\r\n" + body)
+    async with asyncio.timeout(5):
+        raw = await reader.read()
+    writer.close()
+    status_line, _, rest_ = raw.partition(b"\r\n")
+    payload = rest_.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload) if payload else None
+
+
+async def sideband(sim: Simulator, call_id: str):
+    return ws_connect(
+        f"{sim.url}/realtime?call_id={call_id}", additional_headers={"Authorization": f"Bearer {KEY}"}
+    )
+
+
+async def recv_until(ws, kind: str, timeout: float = 5.0) -> list[dict]:
+    events = []
+    async with asyncio.timeout(timeout):
+        while True:
+            events.append(json.loads(await ws.recv()))
+            if events[-1]["type"] == kind:
+                return events
+
+
+# --- WebRTC ------------------------------------------------------------------------------------
+
+
+async def test_webrtc_call_answers_with_a_loopback_peer_and_a_location(sim):
+    async with CallClient(sim.url, KEY) as call:
+        call_id = await call.place(session={**TEXT, "instructions": "Be brief."}, model="gpt-realtime-mini")
+        assert call_id.startswith("rtc_")
+        assert call.location == f"/v1/realtime/calls/{call_id}"
+        assert call.answer.startswith("v=0") and "a=fingerprint:" in call.answer  # DTLS
+        assert sim.calls.offers == [call.offer] and sim.calls.answers == [call.answer]
+        assert set(webrtc.candidate_hosts(call.answer)) == {"127.0.0.1"}
+        created = await call.wait_for("session.created")
+        assert created["session"]["instructions"] == "Be brief."
+        assert created["session"]["model"] == "gpt-realtime-mini"
+        assert sim.calls.calls[call_id].session.id == created["session"]["id"]
+
+
+async def test_text_response_round_trip_on_the_data_channel(sim):
+    async with CallClient(sim.url, KEY) as call:
+        await call.place(session=TEXT)
+        await call.wait_for("session.created")
+        call.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi there"}]},
+            }
+        )
+        call.send({"type": "response.create", "event_id": "evt_c1"})
+        done = await call.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        assert "Reply 1 to: hi there" in done["response"]["output"][0]["content"][0]["text"]
+        call.send({"type": "nonsense"})
+        error = await call.wait_for("error")
+        assert error["error"]["param"] == "type"
+
+
+async def test_the_agents_speech_is_played_on_the_callers_track(sim):
+    async with CallClient(sim.url, KEY) as call:
+        await call.place()  # no session: the service's default, spoken replies
+        created = await call.wait_for("session.created")
+        assert created["session"]["output_modalities"] == ["audio"]
+        call.send({"type": "response.create"})
+        done = await call.wait_for("response.done")
+        assert done["response"]["output"][0]["content"][0]["transcript"]
+        await call.wait_until(lambda: call.loud_frames >= 10, timeout=5)
+        # As over the service's WebRTC: the audio is on the track, not in events.
+        assert "response.output_audio.delta" not in call.kinds()
+        assert "response.output_audio_transcript.delta" in call.kinds()
+        assert sim.calls.calls[call.call_id].agent_audio_bytes > 0
+
+
+async def test_the_callers_microphone_is_input_audio_for_server_vad(sim):
+    async with CallClient(sim.url, KEY, audio=ToneTrack(frequency=440, seconds=0.5)) as call:
+        await call.place(session=TEXT)
+        started = await call.wait_for("input_audio_buffer.speech_started", timeout=5)
+        stopped = await call.wait_for("input_audio_buffer.speech_stopped", timeout=5)
+        assert 300 <= stopped["audio_end_ms"] - started["audio_start_ms"] <= 1200
+        await call.wait_for("input_audio_buffer.committed")
+        done = await call.wait_for("response.done")  # server VAD answered the turn
+        assert "[speech, " in done["response"]["output"][0]["content"][0]["text"]
+        assert sim.calls.calls[call.call_id].caller_audio_bytes > 0
+
+
+async def test_sideband_joined_by_call_id_sees_the_calls_events_and_steers_it(sim):
+    async with CallClient(sim.url, KEY) as call:
+        call_id = await call.place(session=TEXT)
+        first = await call.wait_for("session.created")
+        client = openai.AsyncOpenAI(api_key=KEY, websocket_base_url=sim.url, max_retries=0)
+        async with client.realtime.connect(call_id=call_id) as side:
+            async with asyncio.timeout(5):
+                created = await side.recv()
+            assert created.type == "session.created"
+            assert created.session.id == first["session"]["id"]
+            await side.response.create(response={"instructions": "from the sideband"})
+            async with asyncio.timeout(5):
+                while (event := await side.recv()).type != "response.done":
+                    pass
+            assert "[instructions: from the sideband]" in event.response.output[0].content[0].text
+            on_channel = await call.wait_for("response.done")
+            assert on_channel["response"]["id"] == event.response.id  # one session, two outputs
+            # and what the caller asks for is seen on the sideband
+            call.send({"type": "response.create"})
+            async with asyncio.timeout(5):
+                while (event := await side.recv()).type != "response.done":
+                    pass
+            assert event.response.id == (await call.wait_for("response.done", 2))["response"]["id"]
+
+
+async def test_sideband_for_an_unknown_call_is_refused_404(sim):
+    with pytest.raises(InvalidStatus) as refused:
+        async with await sideband(sim, "rtc_nope"):
+            pass
+    assert refused.value.response.status_code == 404
+    assert json.loads(refused.value.response.body)["error"]["code"] == "call_not_found"
+
+
+async def test_hangup_ends_the_call_closes_its_sidebands_and_its_peer(sim):
+    async with CallClient(sim.url, KEY) as call:
+        call_id = await call.place(session=TEXT)
+        async with await sideband(sim, call_id) as side:
+            await recv_until(side, "session.created")
+            await rest(sim).realtime.calls.hangup(call_id)
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(5):
+                    await side.recv()
+            assert side.close_code == 1000
+        async with asyncio.timeout(5):
+            await call.closed.wait()
+    assert sim.calls.hangups == [call_id]
+    assert sim.calls.get(call_id).end_reason == "hung_up"
+    assert call_id not in sim.calls.calls
+
+
+async def test_the_peer_closing_ends_the_call(sim):
+    call = CallClient(sim.url, KEY)
+    call_id = await call.place(session=TEXT)
+    await call.wait_for("session.created")
+    async with await sideband(sim, call_id) as side:
+        await recv_until(side, "session.created")
+        await call.close()
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(5):
+                await side.recv()
+        assert side.close_code == 1000
+    assert sim.calls.get(call_id).end_reason == "peer_closed"
+
+
+async def test_refer_records_the_target_and_ends_the_call_as_transferred(sim):
+    async with CallClient(sim.url, KEY) as call:
+        call_id = await call.place(session=TEXT)
+        status, body = await post(sim, f"/realtime/calls/{call_id}/refer", b'{"target_uri": "mailto:x"}')
+        assert (status, body["error"]["param"]) == (400, "target_uri")
+        await rest(sim).realtime.calls.refer(call_id, target_uri="tel:+15550100")
+    assert sim.calls.refers == [(call_id, "tel:+15550100")]
+    assert sim.calls.get(call_id).end_reason == "transferred"
+
+
+async def test_calls_rest_refusals_have_the_services_error_shape(sim):
+    status, body = await post(sim, "/realtime/calls/rtc_unknown/hangup")
+    assert status == 404
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+    assert body["error"]["code"] == "call_not_found"
+    status, body = await post(sim, "/realtime/calls", b"v=0\r\n", headers={"Content-Type": "application/sdp"})
+    assert (status, body["error"]["code"]) == (401, "missing_api_key")
+    status, body = await post(
+        sim, "/realtime/calls", b"hello", {"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"}
+    )
+    assert status == 415
+    status, body = await post(
+        sim, "/realtime/calls", b"not sdp", {"Authorization": f"Bearer {KEY}", "Content-Type": "application/sdp"}
+    )
+    assert (status, body["error"]["param"]) == (400, "sdp")
+    async with CallClient(sim.url, KEY) as call:
+        call_id = await call.place(session=TEXT)
+        status, body = await post(sim, f"/realtime/calls/{call_id}/accept", b"[1]")
+        assert status == 400
+        status, body = await post(sim, f"/realtime/calls/{call_id}/accept", b'{"type": "realtime"}')
+        assert (status, body["error"]["code"]) == (400, "call_not_pending")
+    assert sim.calls.accepts == []
+
+
+# --- SIP ---------------------------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """The console's side of a webhook, minimal: verifies with the SDK and answers `status`."""
+
+    def __init__(self, secret: str = SECRET, status: int = 200) -> None:
+        self.events: list = []
+        self.refused = 0
+        verifier = openai.OpenAI(api_key="unused", webhook_secret=secret)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    receiver.events.append(verifier.webhooks.unwrap(body, dict(self.headers)))
+                    code = status
+                except openai.InvalidWebhookSignatureError:
+                    receiver.refused += 1
+                    code = 400
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/webhooks/openai"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    webhook = WebhookReceiver()
+    yield webhook
+    webhook.stop()
+
+
+async def place_sip_call(sim, receiver, **extra) -> dict:
+    body = {"from": "+15550001", "to": "+15550199", "webhook_url": receiver.url, "webhook_secret": SECRET, **extra}
+    status, answer = await post(sim, "/_sim/sip_calls", json.dumps(body).encode())
+    assert status == 201, answer
+    return answer
+
+
+async def test_incoming_sip_call_sends_a_signed_webhook_the_sdk_verifies(sim, receiver):
+    answer = await place_sip_call(sim, receiver)
+    assert answer["webhook_status"] == 200
+    (event,) = receiver.events
+    assert event.type == "realtime.call.incoming"
+    assert event.data.call_id == answer["call_id"]
+    headers = {h.name: h.value for h in event.data.sip_headers}
+    assert headers["From"].startswith("sip:+15550001@")
+    assert headers["To"].startswith("sip:+15550199@")
+    assert sim.calls.calls[answer["call_id"]].status == "pending"
+    assert sim.calls.webhooks == [(answer["call_id"], 200)]
+
+
+async def test_a_webhook_with_the_wrong_secret_is_refused_by_the_receiver(sim):
+    receiver = WebhookReceiver(secret="whsec_" + base64.b64encode(b"another secret").decode())
+    try:
+        answer = await place_sip_call(sim, receiver)
+    finally:
+        receiver.stop()
+    assert answer["webhook_status"] == 400
+    assert receiver.refused == 1 and receiver.events == []
+
+
+async def test_accepted_sip_call_speaks_into_the_session_and_hears_the_agent(sim, receiver):
+    answer = await place_sip_call(sim, receiver, say=["Hello, is anybody there?"])
+    call_id = answer["call_id"]
+    await rest(sim).realtime.calls.accept(
+        call_id, type="realtime", instructions="You answer the phone.", audio={"output": {"voice": "marin"}}
+    )
+    assert sim.calls.accepts == [
+        (call_id, {"type": "realtime", "instructions": "You answer the phone.", "audio": {"output": {"voice": "marin"}}})
+    ]
+    async with await sideband(sim, call_id) as side:
+        created = (await recv_until(side, "session.created"))[-1]
+        assert created["session"]["instructions"] == "You answer the phone."
+        assert created["session"]["audio"]["output"]["voice"] == "marin"
+        events = await recv_until(side, "response.done", timeout=10)
+    kinds = [e["type"] for e in events]
+    assert kinds.index("input_audio_buffer.speech_started") < kinds.index("input_audio_buffer.committed")
+    assert events[-1]["response"]["status"] == "completed"
+    call = sim.calls.calls[call_id]
+    assert call.caller_audio_bytes > 0
+    assert call.agent_audio_bytes > 0  # the phone heard the reply
+    await rest(sim).realtime.calls.hangup(call_id)
+    assert sim.calls.get(call_id).status == "ended"
+
+
+async def test_rejected_sip_call_is_gone(sim, receiver):
+    call_id = (await place_sip_call(sim, receiver))["call_id"]
+    await rest(sim).realtime.calls.reject(call_id, status_code=486)
+    assert sim.calls.rejects == [(call_id, 486)]
+    status, body = await post(sim, f"/realtime/calls/{call_id}/accept", b'{"type": "realtime"}')
+    assert (status, body["error"]["code"]) == (404, "call_not_found")
+    assert sim.calls.accepts == []
+
+
+async def test_sip_call_request_is_checked(sim, receiver):
+    status, body = await post(sim, "/_sim/sip_calls", json.dumps({"from": "+1", "to": ""}).encode())
+    assert (status, body["error"]["param"]) == (400, "to")
+    assert receiver.events == []
+
+
+# --- simulate_sip_call -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim_thread():
+    thread = SimulatorThread(fast_config(required_api_key=KEY))
+    yield thread
+    thread.stop()
+
+
+def test_simulate_sip_call_prints_the_call_id_once_the_webhook_is_answered(sim_thread, receiver, capsys):
+    call_command(
+        "simulate_sip_call", "--to", "+15550199", "--from", "+15550001", "--upstream", sim_thread.url,
+        "--webhook-url", receiver.url, "--secret", SECRET, "--api-key", KEY,
+    )  # fmt: skip
+    call_id = capsys.readouterr().out.strip().splitlines()[-1]
+    assert call_id.startswith("rtc_")
+    assert receiver.events[0].data.call_id == call_id
+
+
+def test_simulate_sip_call_fails_clearly_when_the_webhook_is_refused(sim_thread, settings):
+    refusing = WebhookReceiver(status=500)
+    settings.OPENAI_WEBHOOK_SECRET = SECRET
+    settings.OPENAI_API_KEY = KEY
+    try:
+        with pytest.raises(CommandError, match="answered 500"):
+            call_command(
+                "simulate_sip_call", "--to", "+1555", "--from", "+1666", "--upstream", sim_thread.url,
+                "--webhook-url", refusing.url,
+            )  # fmt: skip
+    finally:
+        refusing.stop()
+
+
+def test_simulate_sip_call_finds_the_embedded_simulator_by_its_url_file(sim_thread, receiver, settings, tmp_path, capsys):
+    settings.VAR_DIR = tmp_path
+    settings.OC_UPSTREAM_URL = ""
+    settings.OPENAI_API_KEY = KEY
+    with pytest.raises(CommandError, match="No simulator to call"):
+        call_command("simulate_sip_call", "--to", "+1", "--from", "+2", "--secret", SECRET)
+    discovery.write_url(tmp_path, sim_thread.url)
+    call_command(
+        "simulate_sip_call", "--to", "+1", "--from", "+2", "--secret", SECRET, "--webhook-url", receiver.url
+    )
+    assert capsys.readouterr().out.strip().startswith("rtc_")
+
+
+async def test_the_embedded_simulator_writes_its_url_file(settings, tmp_path):
+    from apps.sessions.upstream import _start_simulator
+
+    settings.VAR_DIR = tmp_path
+    simulator = await _start_simulator()
+    try:
+        assert discovery.read_url(tmp_path) == simulator.url
+    finally:
+        await simulator.aclose()
+
+
+# --- loopback ----------------------------------------------------------------------------------
+
+
+async def test_every_candidate_of_a_call_is_loopback_and_foreign_ones_are_dropped(sim):
+    assert webrtc.loopback_sdp(
+        "v=0\r\na=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n"
+        "a=candidate:2 1 udp 1 127.0.0.1 5001 typ host\r\na=candidate:3 1 udp 1 x.local 5002 typ host\r\n"
+    ) == "v=0\r\na=candidate:2 1 udp 1 127.0.0.1 5001 typ host\r\n"
+    async with CallClient(sim.url, KEY) as call:
+        await call.place(session=TEXT)
+        await call.wait_for("session.created")
+    seen = [("offer", call.offer), ("answer", call.answer)]
+    seen += [("offer", s) for s in sim.calls.offers] + [("answer", s) for s in sim.calls.answers]
+    assert all(webrtc.candidate_hosts(sdp) for _, sdp in seen)  # there are candidates to check
+    assert non_loopback_candidates(seen) == []
+    assert non_loopback_candidates() == []  # and in every SDP this process has seen
