@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from apps.simulator import lifetime
+from apps.simulator import lifetime, shape
 from apps.simulator.calls import CallRegistry
 from apps.simulator.config import SimulatorConfig
 from apps.simulator.http import connection_factory
@@ -258,6 +258,9 @@ class Simulator:
         if query.get("call_id"):  # a sideband: joins a call's session (`calls`)
             await self.calls.serve_sideband(connection, query["call_id"][0])
             return
+        if connection.request is not None and shape.beta_handshake(connection.request.headers):
+            await shape.refuse_beta(connection)  # as the service does: error, close 4000
+            return
         model = (query.get("model") or [DEFAULT_MODEL])[0] or DEFAULT_MODEL
         limit = self.config.record_limit
         session_id = new_id("sess")
@@ -316,8 +319,13 @@ def _authorized(request: Request, key: str) -> bool:
 def _select_subprotocol(
     connection: ServerConnection, subprotocols: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    """Browsers offer `realtime` (and the key as a second subprotocol); pick `realtime`."""
-    return Subprotocol("realtime") if "realtime" in subprotocols else None
+    """Browsers offer `realtime` (and the key as a second subprotocol); pick `realtime`. A beta
+    client's `openai-beta.realtime-v1` is taken too, so that it hears the refusal (`shape`)."""
+    if "realtime" in subprotocols:
+        return Subprotocol("realtime")
+    if shape.BETA_SUBPROTOCOL in subprotocols:
+        return Subprotocol(shape.BETA_SUBPROTOCOL)
+    return None
 
 
 def _json_response(
