@@ -391,6 +391,7 @@ class SimSession:
             stored["status"] = "completed"
         previous_item_id = self.insert_item(stored, event.get("previous_item_id"))
         simtools.item_added(self, stored)
+        voice.remember_client_audio(self, stored["id"], item)
         await self.announce_item(stored, previous_item_id, created=True)
 
     def insert_item(self, item: dict[str, Any], after: object = None) -> str | None:

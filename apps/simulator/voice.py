@@ -19,7 +19,9 @@ Out: for a response whose output modalities include audio, the reply text is spo
 (`speech.synthesise`) in the session's output format and streamed as
 `response.output_audio.delta` (`SimulatorConfig.audio_chunk_ms` each, paced by `audio_pace`)
 with the words of `response.output_audio_transcript.delta` as their audio is sent.
-`conversation.item.truncate` cuts an assistant audio item and its transcript to what was heard.
+`conversation.item.truncate` cuts an assistant audio item and its transcript to what was heard
+(one the model spoke, or one a client added with `output_audio` content: `remember_client_audio`);
+a text item gets the service's error ("Only model output audio messages can be truncated").
 
 Handlers here take the session and the client event, as `session.HANDLERS` calls them.
 """
@@ -29,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
+import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -466,6 +470,34 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
             "audio_end_ms": audio_end_ms,
         }
     )
+
+
+def remember_client_audio(session: SimSession, item_id: str, item: dict[str, Any]) -> None:
+    """An assistant audio item a client adds (a conversation replayed into a fresh session) can
+    be truncated like one the model spoke. Its length is that of its `audio` when given (in the
+    session's output format), the words of its transcript spread evenly over it; without audio
+    its length is unknown: any cut is taken, and the transcript is kept whole (cut at 0: none)."""
+    if item.get("type") != "message" or item.get("role") != "assistant":
+        return
+    content = item.get("content")
+    part = content[0] if isinstance(content, list) and content else None
+    if not isinstance(part, dict) or part.get("type") != "output_audio":
+        return
+    transcript = part.get("transcript")
+    words = re.findall(r"\S+\s*", transcript) if isinstance(transcript, str) else []
+    duration = math.inf
+    audio = part.get("audio")
+    if isinstance(audio, str) and audio:
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        output = session.config.get("audio", {}).get("output", {})
+        if data:
+            duration = len(data) / bytes_per_ms(audio_format_type(output))
+    step = 0.0 if math.isinf(duration) or not words else duration / len(words)
+    timed = tuple((index * step, word) for index, word in enumerate(words))
+    session.audio.remember_spoken(item_id, Spoken(duration_ms=duration, words=timed))
 
 
 async def on_output_audio_clear(session: SimSession, event: dict[str, Any]) -> None:
