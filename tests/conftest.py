@@ -160,3 +160,15 @@ async def caller(relay_settings, simulator, caller_token):
     session = Caller(communicator, created["session"]["id"])
     yield session
     await communicator.disconnect()
+
+
+@pytest.fixture(autouse=True)
+def _webrtc_stays_on_loopback():
+    """Every candidate in every SDP offer and answer a test of the suite saw (the simulator's,
+    the aiortc client's: `apps.simulator.webrtc.sdp_log`) is 127.0.0.1 (issue 13)."""
+    yield
+    from tests.support.webrtc import drain_non_loopback
+
+    foreign = drain_non_loopback()
+    if foreign:
+        pytest.fail(f"WebRTC candidates not on 127.0.0.1 in this test's SDPs: {foreign}")

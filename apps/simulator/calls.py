@@ -27,7 +27,11 @@ WebRTC
   default) and appended to the input buffer, so server VAD, commits and VAD responses work as
   over a WebSocket. A spoken reply is played on the outgoing track. As the service does over
   WebRTC, the reply's audio is not sent as `response.output_audio.delta` events on the data
-  channel or the sidebands (the transcript deltas and every other event are).
+  channel or the sidebands (the transcript deltas and every other event are; the sessions'
+  `sent` logs still list the deltas). `output_audio_buffer.clear` from the caller empties what
+  the track has not played yet; `output_audio_buffer.started`/`stopped` are not simulated.
+  A call's session speaks by default (`output_modalities: ["audio"]`, as the service's calls
+  do); a `session` with `"output_modalities": ["text"]` makes it answer in text.
 
 Sideband
 - `ws /v1/realtime?call_id=C` (same auth as any WebSocket) joins call C's session; an unknown or
@@ -36,7 +40,10 @@ Sideband
   every server event of the call. Client events sent on it act on the call's session (their
   `error` events go to every output, as the call has one session). When the call ends (hang up,
   refer, the peer closing its connection, the data channel closing) every sideband is closed
-  with code 1000.
+  with code 1000 and the reason `call ended: <end reason>`; end reasons: `hung_up`,
+  `transferred` (refer), `rejected`, `peer_closed`, `not_answered` (a SIP call left pending
+  for 60 s), `simulator_closed`, or the session's expiry message (`lifetime`: a call's session
+  has the same cap as any other).
 
 Call REST (`{call_id}` from `Location`, or the webhook's `data.call_id`); each answers `200`
 with an empty body.
@@ -103,7 +110,7 @@ from websockets.protocol import State
 
 from apps.realtime.audio import FORMAT_RATES, alaw_encode, resample_pcm16, to_pcm16, ulaw_encode
 from apps.realtime.events import json_type
-from apps.simulator import speech, voice, webrtc
+from apps.simulator import lifetime, speech, voice, webrtc
 from apps.simulator.http import HTTPRequest, HTTPResponse, error_response, json_response
 from apps.simulator.session import DEFAULT_MODEL, SimSession, _deep_merge, default_session_config
 from apps.simulator.wire import Rejected, dumps, new_event_id, new_id
@@ -594,6 +601,9 @@ class CallRegistry:
     def _activate(self, call: Call) -> None:
         call.status = "active"
         self.simulator.sessions[call.session.id] = call.session
+        cap = self.simulator.config.max_session_seconds
+        call.session.config["expires_at"] = int(time.time() + cap)
+        call.start_task(lifetime.expire_at_cap(call.session, cap), "expiry")
 
     def _forget(self, call: Call) -> None:
         call.status = "ended"

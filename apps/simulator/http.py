@@ -138,6 +138,9 @@ class HTTPServerConnection(ServerConnection):
         else:
             try:
                 response = await self._http_handler(outcome)
+            except asyncio.CancelledError:  # websockets' open_timeout (10 s) ran out, or shutdown
+                self.transport.abort()
+                raise
             except Exception:
                 log.exception("simulator failed on %s %s", outcome.method, outcome.path)
                 response = error_response(

@@ -209,3 +209,11 @@ class CallClient:
                 if pcm16_rms(pcm) >= threshold:
                     self.loud_frames += 1
                     self._changed.set()
+
+
+def drain_non_loopback() -> list[tuple[str, str]]:
+    """`non_loopback_candidates` of the SDPs seen since the last call; forgets them (the
+    suite's conftest calls it after every test)."""
+    entries = list(webrtc.sdp_log)
+    webrtc.sdp_log.clear()
+    return non_loopback_candidates(entries)
