@@ -83,7 +83,9 @@ class AttachedCall:
             while True:
                 try:
                     if channel is None:
-                        channel = await layer.new_channel(f"attached.{self.actor.key.hex}!")
+                        # The default prefix, as consumers' channels have (see
+                        # services._ask_actor: channels_redis reads per prefix).
+                        channel = await layer.new_channel()
                         await layer.group_add(self.group, channel)
                         delay = 0.05
                     message = await layer.receive(channel)

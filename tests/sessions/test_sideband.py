@@ -1,0 +1,235 @@
+"""Attached calls against the real simulator: a session steered through a call's sideband
+(`apps/sessions/sideband.py`), the REST hook on it, its end reasons, and call control."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from apps.sessions import selectors
+from apps.sessions.db import db_async
+from apps.sessions.history import writer as history
+from apps.sessions.models import CallAction, LiveSession
+from apps.sessions.sideband import attach_call, held
+from tests.conftest import UPSTREAM_KEY
+from tests.support.webrtc import CallClient
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def until(predicate, timeout: float = 5.0, what: str = "the condition"):
+    """Poll `predicate` (sync or async) until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            await asyncio.sleep(0.02)
+
+
+async def row(key) -> LiveSession:
+    await history.flush()
+    return await LiveSession.objects.aget(id=key)
+
+
+async def live(actor) -> LiveSession:
+    async def named():
+        session = await row(actor.key)
+        return session if session.status == LiveSession.Status.LIVE else None
+
+    return await until(named, what="the session live")
+
+
+class Observer:
+    """Told by the simulator of every response.create and of each response's start and end:
+    counts creates that arrived while a response was active, and responses that overlapped."""
+
+    def __init__(self) -> None:
+        self.creates_while_active: list[dict] = []
+        self.active: dict[str, str] = {}  # session id → the in-conversation response running
+        self.overlaps: list[tuple[str, str]] = []
+        self.started: list[str] = []
+        self.creates: list[tuple[str, dict]] = []  # (session id, event), as they arrived
+
+    def response_create(self, session, event):
+        self.creates.append((session.id, event))
+        response = event.get("response") if isinstance(event.get("response"), dict) else {}
+        if response.get("conversation") in (None, "auto") and session.active is not None:
+            self.creates_while_active.append(event)
+
+    def response_started(self, session, response):
+        if response.in_conversation:
+            if session.id in self.active:
+                self.overlaps.append((self.active[session.id], response.id))
+            self.active[session.id] = response.id
+            self.started.append(response.id)
+
+    def response_ended(self, session, response):
+        if self.active.get(session.id) == response.id:
+            del self.active[session.id]
+
+
+@pytest.fixture
+def observer(simulator):
+    simulator.sim.observer = watching = Observer()
+    yield watching
+    simulator.sim.observer = None
+
+
+@pytest.fixture
+async def call(relay_settings, simulator, observer):
+    """A WebRTC call placed at the simulator, as a browser would (text replies)."""
+    async with CallClient(simulator.url, UPSTREAM_KEY) as client:
+        await client.place(session={"type": "realtime", "output_modalities": ["text"]})
+        await client.wait_for("session.created")
+        yield client
+
+
+@pytest.fixture
+async def attached(relay_settings, simulator):
+    """attached(call_id=…, kind=…) → an attached session, live; every one is ended after."""
+    actors = []
+
+    async def attach(call_id: str = "rtc_test", kind: str = "webrtc", **fields):
+        actor = await attach_call(
+            call_id=call_id, kind=kind, model="gpt-realtime", connected_by="test", **fields
+        )
+        actors.append(actor)
+        return actor, await live(actor)
+
+    yield attach
+    for actor in actors:
+        actor.shutdown()
+        await actor.wait_finished()
+    await history.flush()
+
+
+async def test_an_attached_call_is_live_with_its_kind_call_id_and_numbers(call, attached, rest):
+    actor, session = await attached(
+        call_id=call.call_id, kind="sip", caller_number="+15559998888", dialled_number="+15550001111"
+    )
+    assert held(actor.key) is actor
+    assert (session.kind, session.call_id) == ("sip", call.call_id)
+    # Named by the call's own session.id, which the caller's data channel saw too.
+    assert session.upstream_id == call.events[0]["session"]["id"]
+    answer = await rest.get(f"/sessions/{session.upstream_id}")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["kind"], body["call_id"], body["status"]) == ("sip", call.call_id, "live")
+    assert (body["caller_number"], body["dialled_number"]) == ("+15559998888", "+15550001111")
+
+
+def creates_received(observer, session_id: str) -> list[dict]:
+    return [event for sid, event in observer.creates if sid == session_id]
+
+
+async def request_status(request_id: str) -> str:
+    await history.flush()
+    return (await db_async(selectors.request_get)(request_id=request_id)).status
+
+
+async def test_a_rest_nudge_is_sent_on_the_sideband_and_answered_on_the_callers_channel(
+    call, attached, rest, observer
+):
+    actor, session = await attached(call_id=call.call_id)
+    answer = await rest.post(
+        f"/sessions/{session.upstream_id}/responses", json={"instructions": "Say hello."}
+    )
+    assert answer.status_code == 202, answer.text
+    request_id = answer.json()["id"]
+    await until(
+        lambda: [
+            e
+            for e in creates_received(observer, session.upstream_id)
+            if e["response"]["metadata"].get("oc_request") == request_id
+        ]
+    )
+    done = await call.wait_for("response.done")
+    assert done["response"]["metadata"]["oc_request"] == request_id  # the caller sees it all
+    await until(lambda: request_status(request_id), what="the request's row")
+    assert await until(lambda: _is(request_status(request_id), "completed"))
+
+
+async def _is(value, expected) -> bool:
+    return (await value) == expected
+
+
+async def test_the_callers_own_create_and_three_nudges_at_once_all_complete_none_overlapping(
+    call, attached, rest, simulator, observer
+):
+    actor, session = await attached(call_id=call.call_id)
+    url = f"/sessions/{session.upstream_id}/responses"
+
+    async def nudge(n: int) -> str:
+        answer = await rest.post(url, json={"instructions": f"Nudge {n}."})
+        assert answer.status_code == 202, answer.text
+        return answer.json()["id"]
+
+    async def callers_create() -> None:
+        call.send({"type": "response.create", "event_id": "evt_callers_own"})
+
+    _, *request_ids = await asyncio.gather(callers_create(), nudge(1), nudge(2), nudge(3))
+    await call.wait_for("response.done", count=4, timeout=10.0)
+    for request_id in request_ids:
+        assert await until(lambda rid=request_id: _is(request_status(rid), "completed"))
+    assert observer.overlaps == [] and len(observer.started) == 4
+    assert observer.creates_while_active == []  # nothing was even refused
+    assert [e for e in call.events if e["type"] == "error"] == []  # no error reached the caller
+    session_row = await row(actor.key)
+    rows = await db_async(lambda: list(selectors.request_list(session=session_row, limit=10)))()
+    assert sorted(r.origin for r in rows) == ["api", "api", "api", "caller"]
+
+
+async def test_a_call_the_caller_ends_ends_the_session_upstream_closed(call, attached):
+    actor, session = await attached(call_id=call.call_id)
+    await call.close()
+    await actor.wait_finished()
+    ended = await row(actor.key)
+    assert (ended.status, ended.end_reason, ended.end_code) == ("ended", "upstream_closed", 1000)
+    assert held(actor.key) is None
+
+
+async def test_a_hung_up_call_ends_the_session_hung_up(call, attached, rest, simulator):
+    actor, session = await attached(call_id=call.call_id)
+    answer = await rest.post(f"/sessions/{session.upstream_id}/hangup")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["action"] == "hangup" and answer.json()["ok"] is True
+    await actor.wait_finished()
+    ended = await row(actor.key)
+    assert (ended.status, ended.end_reason) == ("ended", "hung_up")
+    assert call.call_id in simulator.sim.calls.hangups
+    [action] = [a async for a in CallAction.objects.filter(session_id=actor.key)]
+    assert (action.action, action.requested_by, action.ok) == ("hangup", "token:script", True)
+
+
+async def test_a_transfer_reaches_the_simulator_with_its_target(call, attached, rest, simulator):
+    actor, session = await attached(call_id=call.call_id)
+    target = "sip:agent@example.com"
+    answer = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": target})
+    assert answer.status_code == 202, answer.text
+    assert (call.call_id, target) in simulator.sim.calls.refers
+    [action] = [a async for a in CallAction.objects.filter(session_id=actor.key)]
+    assert (action.action, action.target_uri, action.ok) == ("refer", target, True)
+
+
+async def test_call_control_refuses_a_relayed_session_an_ended_one_and_a_bad_target(
+    call, attached, rest, caller
+):
+    relayed = await rest.post(f"/sessions/{caller.session_id}/hangup")
+    assert relayed.status_code == 409 and relayed.json()["error"]["code"] == "not_a_call"
+    assert "relayed" in relayed.json()["error"]["message"]
+    assert (await rest.post("/sessions/sess_nope/hangup")).status_code == 404
+    actor, session = await attached(call_id=call.call_id)
+    for target in ("mailto:x@example.com", "tel:", "sip:", "tel:+1 555", "tel:+1" + "5" * 600, 5):
+        bad = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": target})
+        assert bad.status_code == 422, target
+        assert "target_uri" in bad.json()["error"]["fields"], bad.json()
+    await call.close()
+    await actor.wait_finished()
+    await history.flush()
+    ended = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": "tel:+15550002222"})
+    assert ended.status_code == 409 and ended.json()["error"]["code"] == "session_not_live"
+    assert await CallAction.objects.acount() == 0
