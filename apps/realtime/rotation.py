@@ -414,7 +414,11 @@ class Rotation:
             return [CloseFresh(detail="no rotation is under way")]
         self.phase = Phase.REPLAYING
         self._ready_by = now + self.ready_timeout
-        update = {"type": "session.update", "event_id": self._new_event_id(), "session": self.config}
+        update = {
+            "type": "session.update",
+            "event_id": self._new_event_id(),
+            "session": self.config,
+        }
         actions: list[RotationAction] = [ToFresh(frame=events.dumps(update))]
         previous: str | None = None
         self._textified_next = set(self.textified)

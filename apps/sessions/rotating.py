@@ -56,7 +56,9 @@ class FreshLeg:
             return rotator.fresh_closed(*payload, now=now)
         return []
 
-    async def perform(self, action: Any, replace_upstream: Callable[[Any], Awaitable[None]]) -> None:
+    async def perform(
+        self, action: Any, replace_upstream: Callable[[Any], Awaitable[None]]
+    ) -> None:
         kind = type(action)
         if kind is OpenFresh:
             await self.close()
