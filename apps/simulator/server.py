@@ -4,7 +4,10 @@ It speaks the WebSocket protocol of `wss://api.openai.com/v1/realtime?model=M` s
 that the official clients (the `openai` SDK, the Agents SDK's realtime model) work against it,
 and it rejects, with the same `error` events, what the real service rejects. What a session
 says and does is `session`'s (and `voice`'s); this module accepts connections, checks
-handshakes, and keeps what tests and benchmarks look at.
+handshakes, and keeps what tests and benchmarks look at. The long-call behaviours and the
+current protocol: `lifetime` (the session cap), `shape` (the beta shape refused, current
+fields checked), `limits` (`rate_limits.updated`), `tools` (function calls and MCP, told by
+`#call:`/`#mcp:` in the user's text).
 
 Event ids: every server event's `event_id` is `event_<counter>_<time.time_ns() at send>`,
 so a benchmark can read a frame's send time from the frame itself

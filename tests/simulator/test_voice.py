@@ -151,6 +151,7 @@ async def test_speech_then_silence_is_detected_committed_and_answered_aloud(sim,
     assert transcript.startswith(
         "[instructions: You are a helpful assistant.] Reply 1 to: [speech, "
     )
+    assert transcript.endswith("(conversation: 1 items)"), "spoken replies name it too"
     done = reply[-1].response
     assert done.status == "completed" and done.metadata is None
     assert done.output_modalities == ["audio"]
