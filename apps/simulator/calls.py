@@ -78,8 +78,13 @@ SIP (simulator only, not part of the service)
 - `GET /v1/_sim/calls` → the counters below as JSON (tests of another process can read them).
 
 What tests assert on: `Simulator.calls` (a `CallRegistry`): `calls` (live and pending, by id),
+`get(call_id)` (also recently ended ones: `status`, `end_reason`, `session`, audio counts),
 `accepts` [(call_id, session config)], `rejects` [(call_id, status_code)], `hangups` [call_id],
-`refers` [(call_id, target_uri)], `offers` and `answers` (every SDP seen, in order).
+`refers` [(call_id, target_uri)], `offers` and `answers` (every SDP seen, in order),
+`webhooks` [(call_id, the receiver's status)]. A call's session is also in
+`Simulator.sessions` while the call is active. `close_sidebands(call_id, code)` closes a call's
+sidebands as a failing upstream would, the call going on; `Simulator.close_session` (or the
+session's expiry) ends the whole call.
 """
 
 from __future__ import annotations
@@ -436,6 +441,17 @@ class CallRegistry:
             pass
         finally:
             call.outputs.sidebands.discard(connection)
+
+    async def close_sidebands(self, call_id: str, code: int = 1011, reason: str = "") -> int:
+        """Tests: close a live call's sideband sockets (as a failing upstream would) and leave
+        the call going; returns how many were closed."""
+        call = self.calls[call_id]
+        sidebands = list(call.outputs.sidebands)
+        call.outputs.sidebands.clear()
+        for sideband in sidebands:
+            with contextlib.suppress(ConnectionClosed):
+                await sideband.close(code, reason)
+        return len(sidebands)
 
     # --- call control --------------------------------------------------------------------
 

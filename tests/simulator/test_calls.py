@@ -465,3 +465,19 @@ def test_the_suites_check_catches_a_foreign_candidate():
     webrtc.sdp_log.append(("offer", "v=0\r\na=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n"))
     assert drain_non_loopback() == [("offer", "192.0.2.7")]
     assert list(webrtc.sdp_log) == []  # drained: the conftest check after this test passes
+
+
+async def test_closing_the_sidebands_leaves_the_call_going(sim):
+    async with CallClient(sim.url, KEY) as call:
+        call_id = await call.place(session=TEXT)
+        async with await sideband(sim, call_id) as side:
+            await recv_until(side, "session.created")
+            assert await sim.calls.close_sidebands(call_id, 1011, "upstream failed") == 1
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(5):
+                    await side.recv()
+            assert side.close_code == 1011
+        await call.wait_for("session.created")
+        call.send({"type": "response.create"})
+        assert (await call.wait_for("response.done"))["response"]["status"] == "completed"
+        assert sim.calls.calls[call_id].status == "active"
