@@ -93,3 +93,27 @@ async def test_each_reply_names_the_conversation_length_when_it_started(sim, con
     await conn.response.create()
     third = (await recv_until(conn, "response.done"))[-1].response
     assert ECHO.findall(third.output[0].content[0].text) == ["4"]
+
+
+def test_the_standalone_command_takes_the_cap():
+    from django.core.management.base import CommandError
+
+    from apps.simulator.management.commands.simulate_upstream import Command
+
+    parser = Command().create_parser("manage.py", "simulate_upstream")
+    assert parser.parse_args([]).max_session_seconds is None  # the setting's, else 3600
+    assert parser.parse_args(["--max-session-seconds", "10"]).max_session_seconds == 10.0
+    with pytest.raises(CommandError, match="--max-session-seconds must be positive"):
+        Command().handle(**{**vars(parser.parse_args(["--max-session-seconds", "0"]))})
+
+
+@pytest.mark.asyncio
+async def test_the_embedded_simulator_takes_the_cap_from_the_setting(settings):
+    from apps.sessions.upstream import _start_simulator
+
+    settings.OC_SIM_MAX_SESSION_SECONDS = 42.0
+    simulator = await _start_simulator()
+    try:
+        assert simulator.config.max_session_seconds == 42.0
+    finally:
+        await simulator.aclose()
