@@ -8,7 +8,9 @@ tasks it starts) use 127.0.0.1 alone: the module function is wrapped once, and t
 answers from a context variable, so peers outside the block (and every process that never
 enters it) gather as aioice always does. `loopback_sdp` drops the remote candidates that are
 not loopback (other addresses, mDNS names) from an SDP before it is applied, so ICE never
-checks them. The simulator does both when `SimulatorConfig.ice_loopback_only` (the default: a
+checks them, and `create_local` makes each ICE connection of the peer ignore connectivity
+checks arriving from an address that is not loopback (a browser gathering on every interface
+could otherwise be learned as a peer-reflexive candidate there). The simulator does all this when `SimulatorConfig.ice_loopback_only` (the default: a
 test and development tool on 127.0.0.1); `tests/support/webrtc.py`'s client does too.
 
 Every SDP that passes through `apply_remote` and `create_local` is kept in `sdp_log` (the
@@ -30,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
+import aioice
 import aioice.ice
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -118,9 +121,41 @@ async def create_local(pc: RTCPeerConnection, kind: str, *, loopback_only: bool)
     with gather_loopback_only(loopback_only):
         description = await (pc.createOffer() if kind == "offer" else pc.createAnswer())
         await pc.setLocalDescription(description)
+    if loopback_only:
+        for connection in _ice_connections(pc):
+            _ignore_checks_from_elsewhere(connection)
     sdp = pc.localDescription.sdp
     sdp_log.append((kind, sdp))
     return sdp
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
+    """The aioice connections under a peer's transports (aiortc keeps each in its gatherer's
+    `_connection`; there is no public way to reach it)."""
+    dtls = [t.sender.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls.append(pc.sctp.transport)
+    found: list[aioice.Connection] = []
+    for transport in dtls:
+        connection = getattr(transport.transport.iceGatherer, "_connection", None) if transport else None
+        if connection is not None and connection not in found:
+            found.append(connection)
+    return found
+
+
+def _ignore_checks_from_elsewhere(connection: aioice.Connection) -> None:
+    """STUN requests from a non-loopback address are dropped unanswered: no peer-reflexive
+    candidate is learned there, no check is sent back."""
+    if getattr(connection, "_oc_loopback_guard", False):
+        return
+    handle = connection.request_received
+
+    def request_received(message, addr, protocol) -> None:  # noqa: ANN001  (aioice's types)
+        if is_loopback(addr[0]):
+            handle(message, addr, protocol)
+
+    connection.request_received = request_received  # type: ignore[method-assign]
+    connection._oc_loopback_guard = True  # type: ignore[attr-defined]
 
 
 class AgentAudioTrack(MediaStreamTrack):

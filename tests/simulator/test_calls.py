@@ -481,3 +481,28 @@ async def test_closing_the_sidebands_leaves_the_call_going(sim):
         call.send({"type": "response.create"})
         assert (await call.wait_for("response.done"))["response"]["status"] == "completed"
         assert sim.calls.calls[call_id].status == "active"
+
+
+async def test_checks_from_an_address_that_is_not_loopback_are_ignored():
+    from aioice import stun
+
+    pc = webrtc.new_peer_connection()
+    pc.createDataChannel("oai-events")
+    try:
+        await webrtc.create_local(pc, "offer", loopback_only=True)
+        (connection,) = webrtc._ice_connections(pc)
+
+        class Protocol:
+            sent: list = []
+
+            def send_stun(self, message, addr):
+                self.sent.append(addr)
+
+        protocol = Protocol()
+        unsigned = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        connection.request_received(unsigned, ("192.0.2.7", 5000), protocol)
+        assert protocol.sent == []  # dropped unanswered
+        connection.request_received(unsigned, ("127.0.0.1", 5000), protocol)
+        assert protocol.sent == [("127.0.0.1", 5000)]  # answered (400: it is not signed)
+    finally:
+        await pc.close()
