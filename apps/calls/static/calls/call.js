@@ -34,9 +34,24 @@ function show(state, text, tone = "") {
   main.dataset.callState = state;
 }
 
+// An event's type, breakable after each dot on a narrow screen.
+function typeName(type) {
+  return el("code", {}, type.split(".").flatMap((part, i) => (i ? [el("wbr"), `.${part}`] : [part])));
+}
+
+// Newest first; a run of the same type (a reply's deltas) is one row with a count.
 function logEvent(type) {
   const now = new Date();
-  eventList.prepend(el("li", {}, el("time", { dateTime: now.toISOString(), text: clockFormat.format(now) }), el("code", { text: type })));
+  const time = el("time", { dateTime: now.toISOString(), text: clockFormat.format(now) });
+  const newest = eventList.firstElementChild;
+  if (newest && newest.dataset.type === type) {
+    const count = Number(newest.dataset.count) + 1;
+    newest.dataset.count = count;
+    newest.querySelector("time").replaceWith(time);
+    newest.querySelector(".count").textContent = ` ×${count}`;
+    return;
+  }
+  eventList.prepend(el("li", { "data-type": type, "data-count": 1 }, time, el("span", {}, typeName(type), el("span", { class: "count muted" }))));
   while (eventList.children.length > EVENTS_SHOWN) eventList.lastElementChild.remove();
 }
 
@@ -55,19 +70,24 @@ function entry(key, role, who) {
 }
 
 function appendText(key, role, who, text, { streaming = true } = {}) {
+  if (!text && !entries.has(key)) return;
   const node = entry(key, role, who);
   node.querySelector("p").textContent += text;
   node.classList.toggle("streaming", streaming);
 }
 
 function setText(key, role, who, text) {
+  if (!text && !entries.has(key)) return; // nothing said (an interrupted reply): no empty entry
   const node = entry(key, role, who);
   node.querySelector("p").textContent = text;
   node.classList.remove("streaming");
 }
 
+// The caller's words: typed text, a transcript, or "(speech)" for audio not (yet) transcribed.
 function userText(item) {
-  return (item.content || []).map((part) => part.text || part.transcript || "").join(" ").trim();
+  const parts = item.content || [];
+  const text = parts.map((part) => part.text || part.transcript || "").join(" ").trim();
+  return text || (parts.some((part) => part.type === "input_audio") ? "(speech)" : "");
 }
 
 function onServerEvent(event) {
@@ -80,11 +100,11 @@ function onServerEvent(event) {
     case "conversation.item.created": {
       const item = event.item || {};
       const text = item.role === "user" ? userText(item) : "";
-      if (text) setText(`item:${item.id}`, "user", "You", text);
+      if (text && !entries.has(`item:${item.id}`)) setText(`item:${item.id}`, "user", "You", text);
       break;
     }
     case "conversation.item.input_audio_transcription.completed":
-      setText(`item:${event.item_id}`, "user", "You", event.transcript || "");
+      if (event.transcript) setText(`item:${event.item_id}`, "user", "You", event.transcript);
       break;
     case "response.output_audio_transcript.delta":
     case "response.output_text.delta":
@@ -197,6 +217,7 @@ function endCall(text = "You hung up.", failed = false) {
   if (current.pc) current.pc.close();
   if (current.microphone) for (const track of current.microphone.getTracks()) track.stop();
   agentAudio.srcObject = null;
+  for (const node of entries.values()) node.classList.remove("streaming");
   callButton.disabled = false;
   hangupButton.disabled = true;
   show(failed ? "failed" : "ended", text, failed ? "bad" : "");

@@ -1,0 +1,161 @@
+"""End to end on real servers: Daphne serving the console, the standalone simulator upstream
+(its key `UPSTREAM_KEY`, recognisable), an `aiortc` caller placing WebRTC calls through the
+console, and phone calls announced by the simulator's signed webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+import websockets
+from django.utils import timezone
+
+from apps.calls.models import CallProfile
+from apps.sessions.models import ClientSecret
+from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
+from tests.conftest import UPSTREAM_KEY
+from tests.support.servers import ROOT
+from tests.support.webrtc import CallClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+async def mint(daphne, token: str, **body) -> dict:
+    async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10) as http:
+        response = await http.post("/v1/realtime/client_secrets", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    assert UPSTREAM_KEY not in response.text and UPSTREAM_KEY not in str(response.headers)
+    return response.json()
+
+
+async def listed(daphne, token: str, predicate, timeout: float = 10.0) -> dict:
+    """The first session of GET /api/v1/sessions that `predicate` accepts (waits for it)."""
+    async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10, headers={"Authorization": f"Bearer {token}"}) as http:
+        deadline = time.monotonic() + timeout
+        while True:
+            items = (await http.get("/api/v1/sessions")).json()["items"]
+            found = [s for s in items if predicate(s)]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no such session listed: {items}"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_webrtc_call_with_a_minted_key_is_live_and_steered(daphne, simulator, api_token):
+    key = (await mint(daphne, api_token, session={"type": "realtime", "instructions": "Minted for the test.", "output_modalities": ["text"]}))["value"]
+    async with CallClient(f"{daphne.http_url}/v1", key) as call:
+        call_id = await call.place()
+        assert call_id.startswith("rtc_")
+        assert call.location == f"/v1/realtime/calls/{call_id}"
+        assert UPSTREAM_KEY not in call.answer
+        await call.wait_for("session.created", timeout=10)
+        # The key's configuration reached the upstream with the offer.
+        accepted = simulator.sim.calls.get(call_id)
+        assert accepted.session.instructions == "Minted for the test."
+
+        session = await listed(daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live")
+        assert session["kind"] == "webrtc"
+
+        async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10, headers={"Authorization": f"Bearer {api_token}"}) as http:
+            nudge = await http.post(f"/api/v1/sessions/{session['id']}/responses", json={"instructions": "Mention order 4711."})
+        assert nudge.status_code in (201, 202), nudge.text
+        done = await call.wait_for("response.done", timeout=10)
+        text = json.dumps(done["response"]["output"])
+        assert "Mention order 4711." in text
+        assert not [e for e in call.events if e.get("type") == "error"]
+
+
+async def test_an_expired_key_is_refused_by_calls_and_by_the_relay(daphne, api_token):
+    key = (await mint(daphne, api_token, expires_after={"anchor": "created_at", "seconds": 10}))["value"]
+    await ClientSecret.objects.aupdate(expires_at=timezone.now() - timedelta(seconds=1))
+    async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10) as http:
+        refused = await http.post(
+            "/v1/realtime/calls", content=b"v=0\r\n", headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"}
+        )
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "expired_client_secret" and "expired" in refused.json()["error"]["message"]
+    with pytest.raises(websockets.InvalidStatus) as relay:
+        await websockets.connect(f"{daphne.ws_base}/realtime?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {key}"})
+    assert relay.value.response.status_code == 401
+    assert b"expired" in relay.value.response.body
+
+
+@pytest.fixture
+def phone_daphne(daphne_with):
+    return daphne_with(OPENAI_WEBHOOK_SECRET=WEBHOOK_SECRET)
+
+
+def simulate_sip_call(daphne, simulator, *, to: str, caller: str, secret: str = WEBHOOK_SECRET) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "simulate_sip_call", "--to", to, "--from", caller,
+         "--upstream", simulator.url, "--api-key", UPSTREAM_KEY, "--secret", secret,
+         "--webhook-url", f"{daphne.http_url}/v1/webhooks/openai"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+async def test_simulate_sip_call_is_accepted_with_the_profile_and_listed_with_its_numbers(phone_daphne, simulator, api_token):
+    await CallProfile.objects.acreate(name="Pizza line", dialled_number="+15550100*", instructions="You take pizza orders.", voice="cedar")
+    accepts_before = len(simulator.sim.calls.accepts)
+    done = await asyncio.to_thread(simulate_sip_call, phone_daphne, simulator, to="+155501009", caller="+15557654321")
+    assert done.returncode == 0, done.stderr + done.stdout
+    call_id = done.stdout.strip().splitlines()[-1].split()[-1]
+    assert call_id.startswith("rtc_"), done.stdout
+    accepts = simulator.sim.calls.accepts[accepts_before:]
+    assert [(c, s["instructions"], s["audio"]) for c, s in accepts] == [(call_id, "You take pizza orders.", {"output": {"voice": "cedar"}})]
+    assert simulator.sim.calls.get(call_id).session.instructions == "You take pizza orders."
+    session = await listed(phone_daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live")
+    assert (session["kind"], session["caller_number"], session["dialled_number"]) == ("sip", "+15557654321", "+155501009")
+    assert session["label"] == "Pizza line"
+
+
+async def _pending_call(simulator, daphne, to: str = "+15550001111") -> str:
+    """A SIP call left pending: the simulator's own webhook was signed with another secret,
+    so the console refused it (400) and did nothing."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            f"{simulator.url.replace('ws://', 'http://')}/_sim/sip_calls",
+            json={"from": "+15559998888", "to": to, "webhook_url": f"{daphne.http_url}/v1/webhooks/openai",
+                  "webhook_secret": "whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC0xMjM0NQ=="},
+            headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
+        )
+    assert response.status_code == 201, response.text
+    assert response.json()["webhook_status"] == 400
+    return response.json()["call_id"]
+
+
+async def test_forged_old_and_repeated_webhooks_do_nothing(phone_daphne, simulator):
+    call_id = await _pending_call(simulator, phone_daphne)
+    accepts = simulator.sim.calls.accepts
+    before = len(accepts)
+    url = f"{phone_daphne.http_url}/v1/webhooks/openai"
+    async with httpx.AsyncClient(timeout=10) as http:
+        body, headers = signed(incoming_call(call_id))
+        headers["webhook-signature"] = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        assert (await http.post(url, content=body, headers=headers)).status_code == 400
+        old = signed(incoming_call(call_id), timestamp=int(time.time()) - 400)
+        assert (await http.post(url, content=old[0], headers=old[1])).status_code == 400
+        assert len(accepts) == before and simulator.sim.calls.get(call_id).status == "pending"
+
+        body, headers = signed(incoming_call(call_id), webhook_id="wh_e2e_repeat")
+        first = await http.post(url, content=body, headers=headers)
+        again = await http.post(url, content=body, headers=headers)
+    assert first.status_code == 200 and first.json()["status"] == "accepted"
+    assert again.status_code == 200 and again.json()["status"] == "already_handled"
+    assert [c for c, _ in accepts[before:]] == [call_id]
+
+
+async def test_an_unknown_number_is_rejected_when_the_setting_says_so(daphne_with, simulator):
+    strict = daphne_with(OPENAI_WEBHOOK_SECRET=WEBHOOK_SECRET, OC_SIP_REJECT_UNKNOWN="true")
+    await CallProfile.objects.all().adelete()
+    rejects_before = len(simulator.sim.calls.rejects)
+    done = await asyncio.to_thread(simulate_sip_call, strict, simulator, to="+15553334444", caller="+15551112222")
+    assert done.returncode == 0, done.stderr + done.stdout
+    call_id = done.stdout.strip().splitlines()[-1].split()[-1]
+    assert [c for c, _ in simulator.sim.calls.rejects[rejects_before:]] == [call_id]
