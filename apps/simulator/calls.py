@@ -341,11 +341,12 @@ class CallRegistry:
         self.offers.append(offer)
         loopback = self.simulator.config.ice_loopback_only
         pc = call.pc = webrtc.new_peer_connection()
-        call.track = webrtc.AgentAudioTrack()
         self._wire_peer(call, pc)
         try:
             await webrtc.apply_remote(pc, offer, "offer", loopback_only=loopback)
-            pc.addTrack(call.track)
+            if any(t.kind == "audio" for t in pc.getTransceivers()):  # else: events only
+                call.track = webrtc.AgentAudioTrack()
+                pc.addTrack(call.track)
             answer = await webrtc.create_local(pc, "answer", loopback_only=loopback)
         except (ValueError, AttributeError, IndexError) as exc:  # aiortc's words for a bad offer
             await pc.close()

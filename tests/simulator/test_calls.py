@@ -506,3 +506,14 @@ async def test_checks_from_an_address_that_is_not_loopback_are_ignored():
         assert protocol.sent == [("127.0.0.1", 5000)]  # answered (400: it is not signed)
     finally:
         await pc.close()
+
+
+async def test_a_call_offering_only_the_data_channel_gets_events_and_no_track(sim):
+    async with CallClient(sim.url, KEY, media=False) as call:
+        call_id = await call.place()
+        assert "m=audio" not in call.answer
+        await call.wait_for("session.created")
+        call.send({"type": "response.create"})
+        done = await call.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        assert sim.calls.calls[call_id].track is None

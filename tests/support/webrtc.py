@@ -4,7 +4,8 @@
 `openai` SDK (`realtime.calls.create`: `application/sdp`, or multipart with a `session`), sets
 the answer, and then has the call's `oai-events` data channel (`events`, `send`, `wait_for`)
 and one audio track each way: what it sends (`audio=`: a sine, silence, or any aiortc audio
-track, e.g. `MediaPlayer(path).audio`) and what it hears (`audio_bytes`, `loud_frames`).
+track, e.g. `MediaPlayer(path).audio`; `media=False`: no audio at all, the cheapest call) and
+what it hears (`audio_bytes`, `loud_frames`).
 Like the simulator, it gathers a 127.0.0.1 candidate only and drops remote candidates that
 are not loopback; every offer and answer it sees goes to `apps.simulator.webrtc.sdp_log`,
 which `non_loopback_candidates` checks (the suite's conftest does after every test).
@@ -105,6 +106,7 @@ class CallClient:
         api_key: str,
         *,
         audio: MediaStreamTrack | None = None,
+        media: bool = True,
         loopback_only: bool = True,
     ) -> None:
         self.base_url = http_base(base_url)
@@ -112,8 +114,10 @@ class CallClient:
         self.loopback_only = loopback_only
         self.pc = webrtc.new_peer_connection()
         self.channel: RTCDataChannel = self.pc.createDataChannel("oai-events")
-        self.microphone = audio if audio is not None else ToneTrack(frequency=0)
-        self.pc.addTrack(self.microphone)
+        self.microphone: MediaStreamTrack | None = None
+        if media:  # else: the data channel alone (a cheap call: events, no audio)
+            self.microphone = audio if audio is not None else ToneTrack(frequency=0)
+            self.pc.addTrack(self.microphone)
         self.events: list[dict[str, Any]] = []
         self.call_id: str | None = None
         self.location: str | None = None
