@@ -1,0 +1,317 @@
+"""The attached part: calls that do not pass through the relay, steered through a sideband.
+
+One Daphne process serving `operator_console.asgi:application` (SQLite in a bench-private
+file, the in-memory channel layer); the upstream is the simulator on its own event loop in a
+thread of this process (`bench.soak.SimulatorThread`: its receive stamps do not wait behind
+the benchmark's work), counting every `response.create` it accepts, duplicates, and creates
+that arrive while a response is active (`overlaps`). Phone calls are placed at the simulator
+(`POST /v1/_sim/sip_calls`, silent callers); it sends the signed `realtime.call.incoming`
+webhook to the console, which accepts each call and attaches a sideband session (kind `sip`),
+as in production. Then:
+
+- **Nudge latency** on one idle attached call: sequential `POST /api/v1/sessions/{id}/responses`,
+  each after the previous response ended; latency = the client starts writing the POST → the
+  simulator receives its `response.create` on the sideband (CLOCK_MONOTONIC, one clock).
+- **Load**: every attached call nudged every PERIOD seconds (first nudges spread at random over
+  a period) for a while, then drained: **lost** = nudges not `completed` (the REST hook's
+  status) or never received by the simulator; **overlapping** = creates that arrived while a
+  response of the call was active, plus duplicates.
+- **RSS** of the Daphne process per session: idle, then with the attached calls held, then
+  with as many relayed sessions (real Realtime WebSocket callers) added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+
+import httpx
+import psutil
+
+from apps.simulator.server import SimulatorConfig
+from bench.common import (
+    HOST,
+    MODEL,
+    Bench,
+    Caller,
+    fmt,
+    log_problems,
+    problems_text,
+    say,
+    scan_log,
+    section,
+    summary,
+    table,
+    timed_request,
+    verdict,
+)
+from bench.soak import SimulatorThread
+
+P50_TARGET_MS = 5.0
+P99_TARGET_MS = 20.0
+APP = "operator_console.asgi:application"
+SECRET = "whsec_" + base64.b64encode(b"bench-attached-webhook-secret-32").decode()
+UPSTREAM_KEY = "sk-bench-attached"
+PERIOD = 3.0  # s between two nudges of one call under load
+NUDGE_TIMEOUT = 5.0
+SEED = 13
+# (attached calls, sequential nudges on one call, load duration s, drain limit s, budget s)
+PLANS = {"full": (200, 300, 30.0, 30.0, 240.0), "quick": (20, 50, 8.0, 15.0, 60.0)}
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+class Run:
+    def __init__(self, client: httpx.AsyncClient, base: str, token: str, sim: SimulatorThread):
+        self.client, self.base, self.sim = client, base, sim
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.token = token
+
+    # --- calls ------------------------------------------------------------------------------
+
+    async def place_calls(self, count: int) -> list[str]:
+        """`count` silent phone calls, each accepted and attached by the console."""
+        self.placed = getattr(self, "placed", 0)
+        http_base = self.sim.sim.url.replace("ws://", "http://", 1)
+        gate = asyncio.Semaphore(20)
+
+        async def one(index: int) -> str:
+            body = {"from": f"+1555{self.placed + index:07d}", "to": "+15550000000", "say": [],
+                    "webhook_url": f"{self.base}/v1/webhooks/openai", "webhook_secret": SECRET}
+            async with gate:
+                answer = await self.client.post(f"{http_base}/_sim/sip_calls", json=body,
+                                                headers={"Authorization": f"Bearer {UPSTREAM_KEY}"})
+            data = answer.json()
+            if answer.status_code != 201 or data.get("webhook_status") != 200:
+                raise RuntimeError(f"SIP call → {answer.status_code}: {answer.text[:300]}")
+            return data["call_id"]
+
+        placed = list(await asyncio.gather(*(one(i) for i in range(count))))
+        self.placed += count
+        return placed
+
+    async def sessions_of(self, call_ids: list[str], timeout: float = 30.0) -> dict[str, str]:
+        """call id → the attached session's id, once every one is live."""
+        wanted, found = set(call_ids), {}
+        async with asyncio.timeout(timeout):
+            while len(found) < len(wanted):
+                answer = await self.client.get(f"{self.base}/api/v1/sessions",
+                                               params={"status": "live", "limit": 1000}, headers=self.auth)
+                for item in answer.json()["items"]:
+                    if item.get("call_id") in wanted:
+                        found[item["call_id"]] = item["id"]
+                await asyncio.sleep(0.1)
+        return found
+
+    # --- nudges -----------------------------------------------------------------------------
+
+    async def nudge(self, session_id: str, n: int) -> tuple[str, float, float]:
+        """(request id, when the client started writing the POST, when it had the answer)."""
+        body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(n)}}
+        url = f"{self.base}/api/v1/sessions/{session_id}/responses"
+        response, sent, answered = await timed_request(self.client, "POST", url, json=body, headers=self.auth)
+        if response.status_code != 202:
+            raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
+        return response.json()["id"], sent, answered
+
+    async def received(self, request_id: str, timeout: float = NUDGE_TIMEOUT) -> float:
+        """When the simulator received the request's response.create."""
+        async with asyncio.timeout(timeout):
+            # The simulator runs on another thread's loop: polled, at a fraction of a target.
+            while (seen := self.sim.sim.creates.get(request_id)) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.0005)
+        return seen[1]
+
+    async def idle(self, session_id: str, timeout: float = NUDGE_TIMEOUT) -> None:
+        async with asyncio.timeout(timeout):
+            while (session := self.sim.sim.sessions.get(session_id)) is not None and session.active:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+
+    async def latency(self, session_id: str, count: int) -> tuple[dict, dict]:
+        """(POST → upstream, POST round trip) of sequential nudges on an idle call."""
+        samples, rtts = [], []
+        for n in range(count + 10):
+            request_id, sent, answered = await self.nudge(session_id, n)
+            at = await self.received(request_id)
+            if n >= 10:  # the first ten warm up
+                samples.append(at - sent)
+                rtts.append(answered - sent)
+            await self.idle(session_id)
+        return summary(samples), summary(rtts)
+
+    async def load(self, sessions: list[str], duration: float, drain: float) -> dict:
+        rng = random.Random(SEED)
+        sent: dict[str, float] = {}
+        failures: list[str] = []
+        begin = time.monotonic() + 0.05
+
+        async def series(session_id: str) -> None:
+            at = begin + rng.uniform(0, PERIOD)
+            n = 0
+            while at < begin + duration:
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                try:
+                    request_id, when, _ = await self.nudge(session_id, n)
+                    sent[request_id] = when
+                except Exception as exc:  # noqa: BLE001 - counted
+                    failures.append(f"{type(exc).__name__}: {exc}"[:300])
+                n, at = n + 1, at + PERIOD
+
+        await asyncio.gather(*(series(s) for s in sessions))
+        statuses = await self.final_statuses(list(sent), drain)
+        received = {rid: self.sim.sim.creates[rid][1] for rid in sent if rid in self.sim.sim.creates}
+        lost = [rid for rid in sent if statuses.get(rid) != "completed" or rid not in received]
+        return {
+            "nudges": len(sent),
+            "nudges_per_s": len(sent) / duration,
+            "lost": len(lost),
+            "lost_samples": [f"{rid}: {statuses.get(rid)}" for rid in lost[:5]],
+            "post_failures": len(failures),
+            "failure_samples": failures[:5],
+            "overlapping": len(self.sim.sim.overlaps),
+            "duplicates": len(self.sim.sim.duplicates),
+            "latency_ms": summary([received[rid] - sent[rid] for rid in received]),
+        }
+
+    async def final_statuses(self, request_ids: list[str], limit: float) -> dict[str, str]:
+        """Each request's status once terminal (or as it stands at the limit)."""
+        statuses: dict[str, str] = {}
+        terminal = {"completed", "cancelled", "incomplete", "failed"}
+        deadline = time.monotonic() + limit
+        pending = list(request_ids)
+        while pending and time.monotonic() < deadline:
+            answers = await asyncio.gather(*(
+                self.client.get(f"{self.base}/api/v1/responses/{rid}", headers=self.auth) for rid in pending[:50]
+            ))
+            for rid, answer in zip(pending[:50], answers, strict=True):
+                statuses[rid] = answer.json().get("status") if answer.status_code == 200 else str(answer.status_code)
+            pending = [rid for rid in pending if statuses.get(rid) not in terminal]
+            if pending:
+                await asyncio.sleep(0.2)
+        return statuses
+
+    async def relayed(self, count: int) -> list[Caller]:
+        url = self.base.replace("http://", "ws://", 1) + f"/v1/realtime?model={MODEL}"
+        gate = asyncio.Semaphore(20)
+
+        async def one() -> Caller:
+            async with gate:
+                return await Caller.open(url, self.token)
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def run(bench: Bench, args) -> dict:
+    calls, sequential, duration, drain, budget = PLANS["quick" if args.quick else "full"]
+    sim = SimulatorThread(SimulatorConfig(
+        deltas_per_response=1, delta_interval=0.0, record_limit=0, required_api_key=UPSTREAM_KEY,
+        speech_engine="tone", reply_audio_ms=100, audio_pace=0,
+    ))
+    env = bench.env(
+        OC_UPSTREAM_URL=sim.sim.url, OPENAI_API_KEY=UPSTREAM_KEY, OPENAI_WEBHOOK_SECRET=SECRET,
+        OC_API_RATE="100000", OC_API_BURST="100000", OC_MAX_SESSIONS=str(2 * calls + 50),
+        DATABASE_URL=f"sqlite:///{bench.workdir / 'attached.sqlite3'}",
+    )
+    result: dict = {"calls": calls, "period": PERIOD, "duration": duration}
+    handle = None
+    try:
+        token = await bench.migrate_with_token("bench-attached", env)
+        handle, port = await bench.daphne("attached", APP, env)
+        async with asyncio.timeout(budget), httpx.AsyncClient(
+            timeout=15.0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        ) as client:
+            run_ = Run(client, f"http://{HOST}:{port}", token, sim)
+            # One call first, for the latency: what its webhook and sideband load and warm up
+            # (the SDK's webhook verification, the first sideband) is not counted per session.
+            [first_call] = await run_.place_calls(1)
+            first = (await run_.sessions_of([first_call]))[first_call]
+            result["latency_ms"], result["rtt_ms"] = await run_.latency(first, sequential)
+            lat, rtt = result["latency_ms"], result["rtt_ms"]
+            say(f"    nudge on an idle attached call: p50 {fmt(lat['p50'], 2)} ms, p99 {fmt(lat['p99'], 2)} ms "
+                f"(POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 {fmt(rtt['p99'], 2)} ms)")
+            await asyncio.sleep(args.settle)
+            rss_idle = rss_mib(handle.pid)
+            call_ids = await run_.place_calls(calls)
+            sessions = await run_.sessions_of(call_ids)
+            await asyncio.sleep(args.settle)
+            rss_attached = rss_mib(handle.pid)
+            say(f"    {calls} attached calls live; RSS {rss_idle:.0f} → {rss_attached:.0f} MiB")
+            result["load"] = await run_.load(list(sessions.values()), duration, drain)
+            load = result["load"]
+            say(f"    load: {load['nudges']} nudges on {calls} calls, {load['lost']} lost, "
+                f"{load['overlapping']} overlapping, p99 {fmt(load['latency_ms']['p99'], 2)} ms")
+            callers = await run_.relayed(calls)
+            try:
+                await asyncio.sleep(args.settle)
+                rss_relayed = rss_mib(handle.pid)
+            finally:
+                await asyncio.gather(*(c.close() for c in callers))
+            result["rss"] = {
+                "idle_mib": rss_idle,
+                "attached_kib_per_session": 1024 * (rss_attached - rss_idle) / calls,
+                "relayed_kib_per_session": 1024 * (rss_relayed - rss_attached) / calls,
+            }
+            say(f"    RSS per session: attached {result['rss']['attached_kib_per_session']:.0f} KiB, "
+                f"relayed {result['rss']['relayed_kib_per_session']:.0f} KiB")
+    finally:
+        if handle is not None:
+            await bench.stop(handle)
+            result["logs"] = {"Daphne": scan_log(handle.log_path)}
+        sim.stop()
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+
+ABOUT = """One Daphne process (in-memory channel layer, SQLite); the simulator in the benchmark's
+process on a loop of its own (1 delta per response, a 100 ms tone as each spoken reply, sent
+as fast as possible). Silent phone calls placed at the simulator, each accepted by the
+console's webhook and attached through a sideband (kind `sip`). *Idle call*: one such call
+first, alone, with sequential REST nudges (after 10 not counted), each once the previous response ended; latency
+= the client starts writing `POST /api/v1/sessions/{{id}}/responses` → the simulator receives
+the `response.create` on the sideband. *Load*: {calls} more calls, every one nudged every {period:g} s for
+{duration:g} s, then drained; *lost* = not `completed` or never received upstream;
+*overlapping* = creates received while a response of the call was active, and duplicates.
+*RSS per session*: the Daphne process's RSS with the {calls} calls held, minus before them
+(after the first call), per call; then
+with as many relayed sessions (WebSocket callers) added, per relayed session.
+"""
+
+
+def render(result: dict | None) -> str:
+    return section("Attached calls (sideband)", result, _body)
+
+
+def _body(result: dict) -> list[str]:
+    out = [ABOUT.format(**result)]
+    lat, load, rss = result.get("latency_ms"), result.get("load"), result.get("rss")
+    rows = []
+    if lat:
+        for q, limit in (("p50", P50_TARGET_MS), ("p99", P99_TARGET_MS)):
+            met = None if lat[q] is None else lat[q] <= limit
+            rows.append([f"nudge {q} ≤ {limit:g} ms (idle attached call)", f"{fmt(lat[q], 2)} ms", verdict(met)])
+    if load:
+        rows.append([f"{result['calls']} attached calls under nudges: 0 lost",
+                     f"{load['lost']} of {load['nudges']}", verdict(load["lost"] == 0)])
+        rows.append(["0 overlapping", f"{load['overlapping']} (+{load['duplicates']} duplicates)",
+                     verdict(load["overlapping"] == 0 and load["duplicates"] == 0)])
+    out.append(table(["target", "measured", "verdict"], rows))
+    if load:
+        out.append(f"Under load: {fmt(load['nudges_per_s'], 1)} nudges/s; POST → upstream p50 "
+                   f"{fmt(load['latency_ms']['p50'], 2)} ms, p99 {fmt(load['latency_ms']['p99'], 2)} ms, "
+                   f"max {fmt(load['latency_ms']['max'], 2)} ms.\n")
+    if rss:
+        out.append(table(["RSS of the Daphne process", "KiB per session"], [
+            ["attached call (sideband)", fmt(rss["attached_kib_per_session"], 0)],
+            ["relayed session (caller + upstream)", fmt(rss["relayed_kib_per_session"], 0)],
+        ]))
+    problems = []
+    if load and (load["lost"] or load["post_failures"]):
+        problems.append(f"- {load['lost']} lost, {load['post_failures']} failed POSTs; e.g. "
+                        + "; ".join(load["lost_samples"] + load["failure_samples"])[:600])
+    out.append(problems_text(problems + log_problems(result.get("logs", {}))))
+    return out
