@@ -8,8 +8,9 @@ of the connections it makes (`create_connection`), and a connection is an asynci
 `HTTPServerConnection` looks at the request line first: `GET` goes to websockets untouched
 (WebSocket handshakes, and the GETs `process_request` answers); any other method is read here
 (head, then a `Content-Length` body), handed to an `HTTPHandler`, answered, and the connection
-closed. One request per connection (`Connection: close`); no chunked bodies, no keep-alive,
-no pipelining — the clients in play (httpx in the `openai` SDK, urllib) need none of them.
+closed. One request per connection (`Connection: close`); `Expect: 100-continue` is honoured
+(curl sends it); no chunked bodies, no keep-alive, no pipelining — the clients in play (httpx in
+the `openai` SDK, urllib, curl) need none of them.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class HTTPServerConnection(ServerConnection):
         self._http_handler = http_handler
         self._sniffed: bytearray | None = bytearray()  # None once the request line decided
         self._plain: bytearray | None = None  # a plain request being read
+        self._continued = False  # `100 Continue` sent
         self._plain_ready: asyncio.Future[HTTPRequest | HTTPResponse] = self.loop.create_future()
 
     def data_received(self, data: bytes) -> None:
@@ -119,6 +121,9 @@ class HTTPServerConnection(ServerConnection):
         outcome = _parse(self._plain)
         if outcome is not None:
             self._plain_ready.set_result(outcome)
+        elif not self._continued and _expects_continue(self._plain):
+            self._continued = True  # curl waits for this before sending a body over 1 KiB
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def eof_received(self) -> None:
         if self._plain is None:
@@ -160,6 +165,11 @@ def connection_factory(handler: HTTPHandler) -> Callable[..., ServerConnection]:
         return HTTPServerConnection(*args, http_handler=handler, **kwargs)
 
     return create
+
+
+def _expects_continue(buffer: bytearray) -> bool:
+    end = buffer.find(b"\r\n\r\n")
+    return end >= 0 and b"\r\nexpect: 100-continue" in bytes(buffer[:end]).lower()
 
 
 def _parse(buffer: bytearray) -> HTTPRequest | HTTPResponse | None:

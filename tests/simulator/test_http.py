@@ -134,3 +134,15 @@ def test_error_response_has_the_service_shape():
         b'{"error": {"message": "no such call", "type": "invalid_request_error", '
         b'"code": "call_not_found", "param": "call_id"}}'
     )
+
+
+async def test_expect_100_continue_is_answered_before_the_body(server):
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    async with asyncio.timeout(5):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abc")
+        raw = await reader.read()
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 201 ") and raw.endswith(b"POST abc")
