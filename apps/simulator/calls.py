@@ -108,6 +108,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -167,7 +168,8 @@ class CallOutputs:
             self.call.reply_done.set()
         channel = self.channel
         if channel is not None and channel.readyState == "open":
-            channel.send(frame)
+            with contextlib.suppress(InvalidStateError, ConnectionError):  # closing under us
+                channel.send(frame)
         for sideband in list(self.sidebands):
             try:
                 await sideband.send(frame)
