@@ -1,0 +1,71 @@
+"""Call control from the session page, in Chromium: a WebRTC call placed through the console
+(an `aiortc` caller), its badge and buttons, a transfer that asks for its target and is
+refused or accepted, a hang-up, and the history of who did each."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import expect
+
+from apps.sessions.models import CallAction, LiveSession
+from tests.console.test_console_browser import _open_session
+from tests.support.webrtc import CallClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def connect_token(make_token) -> str:
+    return make_token(name="browser-call")
+
+
+async def test_an_operator_transfers_and_hangs_up_an_attached_call(login, daphne, simulator, connect_token):
+    alice = await login("alice")
+    page = alice.page
+    async with CallClient(f"{daphne.http_url}/v1", connect_token) as call:
+        call_id = await call.place(session={"type": "realtime", "output_modalities": ["text"]})
+        created = await call.wait_for("session.created", timeout=10)
+        session_id = created["session"]["id"]
+        await _open_session(alice, daphne, session_id)
+        await expect(page.locator("[data-caller-sees]")).to_contain_text("The caller’s app sees every event")
+        control = page.locator("[data-call-control]")
+        await expect(control).to_contain_text(call_id)
+        await page.click("[data-refer] summary")
+        await alice.screenshot("call-control-transfer")
+        # A target that is not a tel: or sip: URI: refused, said why, nothing sent.
+        await page.fill("#refer-target", "mailto:someone@example.com")
+        await page.click("[data-refer] button[type=submit]")
+        await expect(page.locator(".messages")).to_contain_text("must be a tel: URI")
+        assert simulator.sim.calls.refers == [] or all(c != call_id for c, _ in simulator.sim.calls.refers)
+        # A good one reaches the simulator, and the history shows who did it.
+        await page.click("[data-refer] summary")
+        await page.fill("#refer-target", "tel:+15550002222")
+        await page.click("[data-refer] button[type=submit]")
+        await expect(page.locator("body")).to_contain_text("transferred to tel:+15550002222")
+        assert (call_id, "tel:+15550002222") in simulator.sim.calls.refers
+        await expect(page.locator("[data-call-actions]")).to_contain_text("by alice")
+        await alice.screenshot("call-control-history")
+    action = await CallAction.objects.aget(session__upstream_id=session_id)
+    assert (action.action, action.requested_by, action.ok) == ("refer", "alice", True)
+    session = await LiveSession.objects.aget(upstream_id=session_id)
+    assert session.kind == "webrtc"
+    assert alice.errors == []
+
+
+async def test_an_operator_hangs_up_and_a_watcher_sees_no_buttons(login, daphne, simulator, connect_token):
+    alice, watcher = await login("alice"), await login("watcher")
+    async with CallClient(f"{daphne.http_url}/v1", connect_token) as call:
+        call_id = await call.place(session={"type": "realtime", "output_modalities": ["text"]})
+        session_id = (await call.wait_for("session.created", timeout=10))["session"]["id"]
+        await _open_session(watcher, daphne, session_id)
+        await expect(watcher.page.locator("[data-call-control]")).to_have_count(0)
+        await _open_session(alice, daphne, session_id)
+        await alice.page.click("[data-hangup] summary")
+        await alice.page.click("[data-hangup] button[type=submit]")
+        await expect(alice.page.locator("body")).to_contain_text("The call was hung up.")
+        assert call_id in simulator.sim.calls.hangups
+    session = await LiveSession.objects.aget(upstream_id=session_id)
+    assert (session.status, session.end_reason) == ("ended", "hung_up")
+    await expect(alice.page.locator("[data-call-actions]")).to_contain_text("hang-up by alice")
+    await alice.screenshot("call-control-hung-up")
+    assert alice.errors == [] and watcher.errors == []
