@@ -233,3 +233,13 @@ async def test_call_control_refuses_a_relayed_session_an_ended_one_and_a_bad_tar
     ended = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": "tel:+15550002222"})
     assert ended.status_code == 409 and ended.json()["error"]["code"] == "session_not_live"
     assert await CallAction.objects.acount() == 0
+
+
+async def test_the_process_stopping_ends_attached_sessions_cleanly(call, attached):
+    from apps.sessions.housekeeping import housekeeping
+
+    actor, session = await attached(call_id=call.call_id)
+    assert await housekeeping().shutdown() >= 1
+    ended = await row(actor.key)
+    assert (ended.status, ended.end_reason) == ("ended", "server_shutdown")
+    await until(lambda: held(actor.key) is None, what="the attached call let go")
