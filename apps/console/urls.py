@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.console import calls, recordings, views
+from apps.console import approvals, calls, recordings, views
 
 app_name = "console"
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("sessions/<path:session_id>/responses", views.nudge, name="nudge"),
     path("sessions/<path:session_id>/interrupt", views.interrupt, name="interrupt"),
     path("sessions/<path:session_id>/label", views.label, name="label"),
+    path("sessions/<path:session_id>/approvals/<str:approval_id>", approvals.decide, name="approval"),
     path("sessions/<path:session_id>/hangup", calls.hangup, name="hangup"),
     path("sessions/<path:session_id>/refer", calls.refer, name="refer"),
     path("sessions/<path:session_id>/recording.wav", recordings.recording, name="recording"),

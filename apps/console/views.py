@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.console import feed, timezones
+from apps.console.approvals import approvals_context
 from apps.console.dashboard import DEFAULT_SORT, KINDS, ORIGINS, STATES, View, headings
 from apps.console.forms import Nudge
 from apps.console.models import OperatorProfile
@@ -97,6 +98,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "nudge": nudge,
             "limits": LIMITS,
             **audio_context(request, session, over=session.status in OVER),
+            **approvals_context(request, session, can_steer=request.user.has_perm(STEER)),
         },
         status=status,
     )

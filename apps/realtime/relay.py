@@ -421,6 +421,7 @@ class RelayCore:
         self._forgotten_hidden: dict[str, None] = {}  # forgotten operators' out-of-band ones
         self._finished_since_forget = 0
         self._hidden: set[str] = set()  # response ids of operators' out-of-band responses
+        self._created_hidden = False  # the latest response.created was of one of those
         self._own_event_ids: set[str] = set()  # the relay's own client events (notes)
         self._watchers: dict[str, tuple[str, float]] = {}  # watcher → (user, expires at)
         self._listeners: dict[str, tuple[str, float]] = {}  # listener → (user, expires at)
@@ -593,6 +594,8 @@ class RelayCore:
             self._on_item_event(kind, event, now)
         else:
             hidden = bool(self._hidden) and self._response_of(event) in self._hidden
+            if kind == tools.RATE_LIMITS_TYPE:  # names no response: it follows the one created
+                hidden = bool(self._hidden) and self._created_hidden
             if hidden:
                 forward = None
             if self._watchers and kind in DELTA_TYPES:
@@ -691,6 +694,8 @@ class RelayCore:
                 actions,
             )
         hidden = response_id in self._hidden
+        if kind == "response.created":
+            self._created_hidden = hidden  # the rate_limits.updated that follows is its
         if kind == "response.done":
             usage = response.get("usage")
             if isinstance(usage, dict) and add_usage(self.usage, usage):

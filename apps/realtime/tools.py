@@ -66,6 +66,8 @@ MCP_CALL = "mcp_call"
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 # Who decided, when it was not an operator.
 BY_CALLER = "caller"
+# Who asked for the response after a request expired (its `decided_by` stays empty).
+TIMEOUT_REQUESTER = "approval timeout"
 
 # Watchers' messages (the browser gets them without the `console.` prefix).
 WATCH_APPROVAL = "console.approval"
@@ -407,7 +409,15 @@ class ToolDesk:
         }
 
     def _send_decision(
-        self, approval: Approval, status: str, reason: str, by: str, origin: str, now: float
+        self,
+        approval: Approval,
+        status: str,
+        reason: str,
+        by: str,
+        origin: str,
+        now: float,
+        *,
+        requested_by: str | None = None,
     ) -> list:
         from apps.realtime.relay import ToUpstream
 
@@ -424,7 +434,8 @@ class ToolDesk:
             *self._changed(approval, now),
         ]
         # The model goes on once told: a response asked for as an operator's, in the queue.
-        actions += self.core.request_response(origin=origin, requested_by=by, now=now)
+        asker = by if requested_by is None else requested_by
+        actions += self.core.request_response(origin=origin, requested_by=asker, now=now)
         return actions
 
     # ------------------------------------------------------------------ time and the end
@@ -434,7 +445,9 @@ class ToolDesk:
         for approval in list(self.approvals.values()):
             if approval.status == PENDING and now >= approval.expires_at:
                 reason = f"No operator decided within {self.approval_timeout:g} s."
-                actions += self._send_decision(approval, EXPIRED, reason, "", "console", now)
+                actions += self._send_decision(
+                    approval, EXPIRED, reason, "", "console", now, requested_by=TIMEOUT_REQUESTER
+                )
         return actions
 
     def session_ended(self, now: float) -> list:

@@ -305,6 +305,9 @@ def test_an_expired_request_says_it_timed_out():
     changed = next(a for a in actions if isinstance(a, ApprovalChanged))
     assert changed.approval["status"] == "expired"
     assert changed.approval["reason"] == item["reason"]
+    assert changed.approval["decided_by"] == ""  # nobody decided
+    (asked,) = [a for a in actions if isinstance(a, RequestRecorded)]
+    assert asked.requested_by == "approval timeout"
 
 
 def test_already_decided_names_who_decided():
@@ -401,3 +404,17 @@ def test_a_failed_mcp_call_shows_its_error():
     (entry,) = tool_entries(core)
     assert entry["tool"]["error"] == "server down"
     assert entry["tool"]["duration_ms"] is None  # its start was not seen
+
+
+def test_the_rate_limits_of_an_operators_out_of_band_response_are_not_the_callers():
+    from apps.realtime.relay import OperatorRequest
+
+    core = new_core()
+    core.submit(OperatorRequest(id="op1", origin="console", conversation="none"), now=1.0)
+    core.upstream_frame(response_event("response.created", "resp_oob", oc_request="op1"), now=1.1)
+    limits = [{"name": "tokens", "limit": 100, "remaining": 90, "reset_seconds": 1}]
+    actions = core.upstream_frame(frame(type="rate_limits.updated", rate_limits=limits), now=1.2)
+    assert summary(actions) == ["rate_limits 90", "watchers event"]  # recorded, never the caller's
+    core.upstream_frame(response_event("response.created", "resp_caller"), now=1.3)
+    actions = core.upstream_frame(frame(type="rate_limits.updated", rate_limits=limits), now=1.4)
+    assert summary(actions) == ["rate_limits 90", "caller rate_limits.updated"]

@@ -1,6 +1,7 @@
 // /console/sessions/{id}/: live transcript, queue and history, presence, the nudge form.
 import { clock, el, millis, refreshAges, refreshClocks, tickAges } from "./dom.js";
 import { connectLive, showState } from "./live.js";
+import { setUpTools, toolEntry } from "./tools.js";
 
 const main = document.querySelector("main");
 const sessionId = main.dataset.sessionId;
@@ -178,6 +179,7 @@ function requestOf(entry) {
 }
 
 function entryNode(entry) {
+  if (entry.role === "tool") return toolEntry(entry);
   const who = entry.role === "agent" ? "agent" : entry.role === "system" ? "note" : "caller";
   const request = entry.role === "agent" ? requestOf(entry) : null;
   const nudged = request && OPERATORS.has(request.origin);
@@ -442,6 +444,7 @@ function ended(message) {
   }
   for (const entry of transcript.querySelectorAll(".streaming")) entry.classList.remove("streaming");
   presence.textContent = "—";
+  tools.ended();
   renderAllRequests(); // no cancel buttons any more
   toast(`The session is over: ${endSummary(message)}.`, "info");
 }
@@ -450,6 +453,7 @@ function ended(message) {
 
 setUpForm();
 setUpLabel();
+const tools = setUpTools({ toast });
 renderAllRequests();
 refreshClocks();
 tickAges();
@@ -464,8 +468,11 @@ if (!over) live = connectLive({
         transcript.replaceChildren();
         applyTranscript(message.transcript);
         presence.textContent = message.watchers.join(", ") || "—";
+        tools.snapshot(message);
         break;
       case "transcript": applyTranscript(message.entries); break;
+      case "approval": tools.approval(message.approval); break;
+      case "rate_limits": tools.rateLimits(message); break;
       case "request": applyRequest(message); break;
       case "presence": presence.textContent = message.watchers.join(", ") || "—"; break;
       case "ended": ended(message); break;
