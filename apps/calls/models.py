@@ -41,7 +41,12 @@ class CallProfile(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default_call_profile"),
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=Q(is_default=True),
+                name="one_default_call_profile",
+                violation_error_message="Another profile is the default already: untick it there first.",
+            ),
         ]
 
     def __str__(self) -> str:

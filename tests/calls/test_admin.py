@@ -1,0 +1,53 @@
+"""Call profiles in the admin: what a staff user may save, and the errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from apps.calls.models import CallProfile
+
+pytestmark = pytest.mark.django_db
+
+ADD = "/admin/calls/callprofile/add/"
+
+
+@pytest.fixture
+def admin_client(client):
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-123"))
+    return client
+
+
+def form(**fields) -> dict:
+    return {"name": "Support", "dialled_number": "", "instructions": "", "voice": "marin", "model": "", "tools": "[]", **fields}
+
+
+def test_a_profile_is_saved_with_its_tools(admin_client):
+    tools = '[{"type": "function", "name": "lookup_order", "parameters": {"type": "object", "properties": {}}}]'
+    response = admin_client.post(ADD, form(dialled_number=" +1555* ", tools=tools))
+    assert response.status_code == 302
+    profile = CallProfile.objects.get(name="Support")
+    assert profile.dialled_number == "+1555*" and profile.tools[0]["name"] == "lookup_order"
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"tools": '{"type": "function"}'}, "JSON list of objects"),
+        ({"tools": '[{"name": "no type"}]'}, "each with a &quot;type&quot;"),
+        ({"dialled_number": "sales line"}, "digits"),
+        ({"dialled_number": "+15*55"}, "digits"),
+    ],
+)
+def test_bad_fields_are_refused_naming_them(admin_client, fields, words):
+    response = admin_client.post(ADD, form(**fields))
+    assert response.status_code == 200 and words in response.content.decode()
+    assert not CallProfile.objects.filter(name="Support").exists()
+
+
+def test_only_one_profile_is_the_default(admin_client):
+    CallProfile.objects.filter(is_default=True).delete()
+    CallProfile.objects.create(name="Main", is_default=True)
+    response = admin_client.post(ADD, form(is_default="on"))
+    assert response.status_code == 200
+    assert "Another profile is the default already" in response.content.decode()
