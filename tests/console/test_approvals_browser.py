@@ -145,3 +145,34 @@ async def test_a_request_nobody_decides_is_denied_at_the_timeout(
     finally:
         await socket.close()
         caller._reader.cancel()
+
+
+async def test_a_function_call_shows_its_output_and_duration_and_low_rate_limits_warn(
+    login, connect_caller, daphne, simulator
+):
+    alice = await login("alice")
+    with simulator.configured(rate_limit_requests=1):
+        caller = await connect_caller()
+        weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+        await caller.send({"type": "session.update", "session": {"type": "realtime", "tools": [weather]}})
+        await caller.wait_for("session.updated")
+        await _open(alice, daphne.http_url, caller.session_id)
+        await caller.say('What is the weather? #call:get_weather {"city": "Oslo"}')
+        await caller.wait_for("response.done")
+    call = next(e["item"] for e in caller.events if e["type"] == "response.output_item.done")
+    assert call["type"] == "function_call"
+    tool = alice.page.locator("[data-transcript] .role-tool")
+    await expect(tool).to_contain_text("Waiting for its output", timeout=5000)
+    await expect(tool).to_contain_text("get_weather")
+    await caller.send({"type": "conversation.item.create", "item": {
+        "type": "function_call_output", "call_id": call["call_id"], "output": '{"temp_c": 3}'}})
+    await expect(tool).to_contain_text('{"temp_c": 3}', timeout=5000)
+    await expect(tool.locator(".who")).to_contain_text(" ms")  # its duration, call to output
+
+    # One request a minute, and this session has used it: under 10 % left, said in words.
+    warning = alice.page.locator("[data-rate-warning]")
+    await expect(warning).to_be_visible()
+    await expect(warning).to_contain_text("requests (0 % left)")
+    await expect(alice.page.locator("[data-rate-limits] .rate.low")).to_have_count(1)
+    await alice.screenshot("tool-call-and-low-limits-1280")
+    assert alice.errors == []
