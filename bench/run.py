@@ -10,8 +10,8 @@ run, written to bench/RESULTS.md.
                                              # dashboard, soak
     python -m bench.run --quick --out /tmp/b # raw results, logs and the report under /tmp/b
 
-The parts are bench/relay.py, voice.py, nudge.py, fanout.py, dashboard.py, events.py, attached.py
-and soak.py; what they share is in
+The parts are bench/relay.py, voice.py, nudge.py, fanout.py, dashboard.py, events.py, attached.py,
+rotation.py and soak.py; what they share is in
 bench/common.py. Everything listens on 127.0.0.1 only; every process started here is
 terminated (then killed) on the way out.
 """
@@ -34,18 +34,19 @@ from pathlib import Path
 
 import psutil
 
-from bench import attached, dashboard, events, fanout, nudge, relay, soak, voice
+from bench import attached, dashboard, events, fanout, nudge, relay, rotation, soak, voice
 from bench.common import CORES, ROOT, Bench, failure, say
 
 RESULTS = ROOT / "bench" / "RESULTS.md"  # only a full, unfiltered run writes it by default
 
 PARTS = {"relay": relay, "voice": voice, "nudge": nudge, "fanout": fanout, "dashboard": dashboard,
-         "events": events, "attached": attached, "soak": soak}
+         "events": events, "attached": attached, "rotation": rotation, "soak": soak}
 TITLES = {"voice": "full-duplex voice (relay, floors, listen-in)",
           "nudge": "nudge latency (REST hook → upstream)", "fanout": "dashboard fan-out",
           "dashboard": "dashboard at 1 000 live sessions",
           "events": "event streams (SSE followers)",
           "attached": "attached calls (sideband: nudge latency, 200 calls, RSS)",
+          "rotation": "upstream rotation (callers each moved once to a fresh upstream)",
           "soak": "soak (two Daphne processes, Redis, PostgreSQL)"}
 
 
@@ -140,7 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: C=10, short windows, short parts")
-    add("--only", default="", help="comma-separated: websockets,channels,relay,voice,nudge,fanout,dashboard,events,attached,soak")
+    add("--only", default="", help="comma-separated: websockets,channels,relay,voice,nudge,fanout,dashboard,events,attached,rotation,soak")
     add("--events-sessions", type=int, default=None, help="events part: streaming sessions (default 100)")
     add("--events-followers", type=int, default=None, help="events part: SSE followers (default 50)")
     add("--nudges", type=int, default=None, help="nudge part: sequential nudges (default 500)")

@@ -20,17 +20,20 @@ What it tracks (from the current upstream's events, `observe`)
   responses     the responses in progress upstream (in the conversation or out of band).
 
 The steps (phases)
-  idle       until `due_at` (the session's start, then each swap, plus `rotate_after`).
-  due        due while the session is busy (a response in progress, a request outstanding, the
-             caller speaking): the core holds its sequencer, so that what is queued waits for
-             the fresh upstream, and starts when the busy moment ends (`response.done`).
-  opening    `OpenFresh` asked the actor for a fresh upstream leg. From here on the core holds
-             every caller frame, operator request and note (`hold`), in order.
-  replaying  the fresh leg is attached: `session.update` with the configuration and a
-             `conversation.item.create` per item (the same item ids, each after the one before
-             through `previous_item_id`) went to it (`ToFresh`); its acknowledgements are
-             awaited (`session.created`, `session.updated`, every item added). Nothing of this
-             reaches the caller.
+  idle       until `prewarm` before `due_at` (the session's start, then each swap, plus
+             `rotate_after`).
+  opening    `OpenFresh` asked the actor for a fresh upstream leg, ahead of time, so that its
+             handshake is not part of anyone's wait. The session goes on as usual.
+  open       the fresh leg is attached (its `session.created` is read). Once the rotation is
+             due, the core holds its sequencer (what is queued waits for the fresh upstream)
+             and the next idle moment starts the replay: no response in progress or asked for,
+             the caller not speaking (a rotation due while a response streams waits for its
+             `response.done`).
+  replaying  the core holds every caller frame, operator request and note (`hold`), in order;
+             `session.update` with the configuration and a `conversation.item.create` per item
+             (the same item ids, each after the one before through `previous_item_id`) went to
+             the fresh leg (`ToFresh`); its acknowledgements are awaited (`session.created`,
+             `session.updated`, every item added). Nothing of this reaches the caller.
   swap       all acknowledged: `SwapUpstream` (the actor makes the fresh leg the session's and
              closes the old one), `UpstreamSessions` (recorded), then the core resumes its
              sequencer and releases what it held, onto the fresh leg.
@@ -110,6 +113,9 @@ NO_TRANSCRIPT = "[spoken; no transcript]"
 # Item fields the service adds that a client does not send.
 SERVER_ITEM_FIELDS = frozenset({"object", "status"})
 MAX_UPSTREAM_ID_CHARS = 128
+# The fresh leg is opened this long before the rotation is due (at most a quarter of
+# `rotate_after`), so that its handshake is not part of the caller's wait.
+PREWARM = 5.0
 # After a rotation was abandoned for a change in the conversation, the next try waits this
 # long at least (the next idle moment after it).
 ABANDONED_RETRY_DELAY = 0.25
@@ -117,8 +123,8 @@ ABANDONED_RETRY_DELAY = 0.25
 
 class Phase(StrEnum):
     IDLE = "idle"
-    DUE = "due"
     OPENING = "opening"
+    OPEN = "open"
     REPLAYING = "replaying"
 
 
@@ -219,12 +225,15 @@ class Conversation:
 
 
 def _kept(item: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an item without audio bytes (only their transcripts are replayed)."""
-    kept = copy.deepcopy(item)
-    content = kept.get("content")
-    for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict):
-            part.pop("audio", None)
+    """A copy of an item, without audio bytes (only their transcripts are replayed), that the
+    conversation may change (its content parts are copied; the rest is only read)."""
+    kept = dict(item)
+    content = item.get("content")
+    if isinstance(content, list):
+        kept["content"] = [
+            {k: v for k, v in part.items() if k != "audio"} if isinstance(part, dict) else part
+            for part in content
+        ]
     return kept
 
 
@@ -290,6 +299,7 @@ class Rotation:
         ready_timeout: float = 10.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
+        prewarm: float = PREWARM,
     ) -> None:
         if rotate_after <= 0:
             raise ValueError(f"rotate_after must be above 0 seconds, not {rotate_after!r}")
@@ -297,13 +307,14 @@ class Rotation:
         self.ready_timeout = ready_timeout
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
+        self.prewarm = min(prewarm, rotate_after / 4)
         self._new_event_id = new_event_id
         self.config: dict[str, Any] = {}
         self.conversation = Conversation()
         self.speaking = False
         self.responses: set[str] = set()  # in progress upstream, in or out of the conversation
         self.phase = Phase.IDLE
-        self.holding = False  # opening or replaying: the core holds the caller's and operators'
+        self.holding = False  # replaying: the core holds the caller's and operators' inputs
         self.due_at: float | None = None
         self.session_ids: list[str] = []
         self.renamed: dict[str, str] = {}  # caller item id → upstream item id, where they differ
@@ -319,21 +330,31 @@ class Rotation:
         self._sent_ids: list[str] = []
         self._config_confirmed = False
         self._textified_next: set[str] = set()
+        self._due_reached = False
 
     # ------------------------------------------------------------------ views
 
     @property
     def next_deadline(self) -> float | None:
         if self.phase is Phase.IDLE:
-            return self.due_at
-        if self.phase in (Phase.OPENING, Phase.REPLAYING):
-            return self._ready_by
-        return None  # due: the end of the busy moment starts it
+            return None if self.due_at is None else self.due_at - self.prewarm
+        if self.phase is Phase.OPEN:
+            return None if self._due_reached else self.due_at
+        return self._ready_by
 
-    def is_due(self, now: float) -> bool:
-        return self.phase is Phase.DUE or (
-            self.phase is Phase.IDLE and self.due_at is not None and now >= self.due_at
+    def wants_open(self, now: float) -> bool:
+        """Time to open the fresh leg (`prewarm` before the rotation is due)."""
+        return (
+            self.phase is Phase.IDLE
+            and self.due_at is not None
+            and now >= self.due_at - self.prewarm
         )
+
+    def ready_to_replay(self, now: float) -> bool:
+        """The fresh leg is open and the rotation due: at the next idle moment it replays."""
+        if self.phase is Phase.OPEN and self.due_at is not None and now >= self.due_at:
+            self._due_reached = True
+        return self.phase is Phase.OPEN and self._due_reached
 
     # ------------------------------------------------------------------ the current leg
 
@@ -387,17 +408,14 @@ class Rotation:
 
     # ------------------------------------------------------------------ the steps
 
-    def wait(self) -> None:
-        """Due, but the session is busy: start at its next idle moment."""
-        self.phase = Phase.DUE
-
-    def start(self, now: float) -> list[RotationAction]:
+    def open(self, now: float) -> list[RotationAction]:
+        """Open the fresh leg ahead of time: the session goes on meanwhile."""
         self.phase = Phase.OPENING
-        self.holding = True
         self._ready_by = now + self.ready_timeout
         self._fresh_id = None
         self._awaiting, self._sent_ids = [], []
         self._config_confirmed = False
+        self._due_reached = False
         return [OpenFresh()]
 
     def hold(self, kind: str, payload: Any) -> None:
@@ -409,10 +427,18 @@ class Rotation:
         return held
 
     def attached(self, now: float) -> list[RotationAction]:
-        """The fresh leg is open: give it the configuration and the conversation."""
+        """The fresh leg is open; it waits for the rotation to be due and the session idle."""
         if self.phase is not Phase.OPENING:
             return [CloseFresh(detail="no rotation is under way")]
+        self.phase = Phase.OPEN
+        self._ready_by = None
+        return []
+
+    def replay(self, now: float) -> list[RotationAction]:
+        """The session is idle: hold its inputs, give the fresh session the configuration and
+        the conversation."""
         self.phase = Phase.REPLAYING
+        self.holding = True
         self._ready_by = now + self.ready_timeout
         update = {
             "type": "session.update",
@@ -441,7 +467,7 @@ class Rotation:
     def fresh_frame(self, frame: str | bytes, now: float) -> tuple[list[RotationAction], bool]:
         """An event of the fresh leg, while it is prepared. Returns the actions and whether
         the rotation is complete (the core then releases what it held)."""
-        if self.phase is not Phase.REPLAYING:
+        if self.phase not in (Phase.OPEN, Phase.REPLAYING):
             return [], False
         event = events.loads_object(frame)
         kind = event.get("type") if event is not None else None
@@ -461,7 +487,12 @@ class Rotation:
             elif isinstance(given, str):  # the upstream named it itself: map the caller's id
                 ours = self._awaiting.pop(0)
                 self.renamed[ours], self._renamed_back[given] = given, ours
-        if self._fresh_id is None or not self._config_confirmed or self._awaiting:
+        if (
+            self.phase is not Phase.REPLAYING
+            or self._fresh_id is None
+            or not self._config_confirmed
+            or self._awaiting
+        ):
             return [], False
         return self._swapped(now), True
 
@@ -481,11 +512,11 @@ class Rotation:
     def failed(self, detail: str, now: float) -> list[RotationAction]:
         """The fresh leg could not be opened, closed, refused the replay or was too slow: keep
         the old one and try again after a backoff."""
-        if self.phase not in (Phase.OPENING, Phase.REPLAYING):
+        if self.phase is Phase.IDLE:
             return []
         delay = min(self.max_retry_delay, self.retry_delay * 2**self.failures)
         self.failures += 1
-        self._idle(now + delay)
+        self._idle(now + delay + self.prewarm)  # the next fresh leg is opened after `delay`
         return [CloseFresh(detail=f"rotation failed ({detail}); next attempt in {delay:g} s")]
 
     def abandoned(self, now: float) -> list[RotationAction]:
@@ -494,7 +525,7 @@ class Rotation:
         return [CloseFresh(detail="the conversation changed while the rotation was prepared")]
 
     def expired(self, now: float) -> bool:
-        """Preparing for longer than `ready_timeout`."""
+        """Opening, or replaying, for longer than `ready_timeout`."""
         return self._ready_by is not None and now >= self._ready_by
 
     def _idle(self, due_at: float) -> None:
@@ -661,7 +692,7 @@ class Rotator:
         return [action for action in actions if type(action) is not to_upstream]
 
     def tick(self, now: float) -> list[Any]:
-        if self.state.holding and self.state.expired(now):
+        if self.state.expired(now):
             return self._failed(f"not ready within {self.state.ready_timeout:g} s", now)
         return self._poll(now)
 
@@ -671,7 +702,7 @@ class Rotator:
         self.core.deadline_moved()
         if self.core.ended is not None:
             return [CloseFresh(detail="the session has ended")]
-        return list(self.state.attached(now))
+        return [*self.state.attached(now), *self._poll(now)]
 
     def fresh_failed(self, detail: str, *, now: float) -> list[Any]:
         self.core.deadline_moved()
@@ -695,15 +726,21 @@ class Rotator:
     # ------------------------------------------------------------------ internals
 
     def _poll(self, now: float) -> list[Any]:
+        """Open the fresh leg when it is time; replay when it is open, the rotation due and
+        the session idle (until then, what is queued waits for the fresh upstream)."""
         core, state = self.core, self.state
-        if core.ended is not None or state.holding or not state.is_due(now):
+        if core.ended is not None or state.holding:
             return []
-        core.sequencer.held = True  # what is queued now waits for the fresh upstream
-        if not core.between_responses or state.speaking or state.responses:
-            state.wait()
-            return []
-        core.deadline_moved()
-        return list(state.start(now))
+        actions: list[Any] = []
+        if state.wants_open(now):
+            core.deadline_moved()
+            actions += state.open(now)
+        if state.ready_to_replay(now):
+            core.deadline_moved()
+            core.sequencer.held = True
+            if core.between_responses and not state.speaking and not state.responses:
+                actions += state.replay(now)
+        return actions
 
     def _failed(self, detail: str, now: float) -> list[Any]:
         if self.core.ended is not None:

@@ -144,36 +144,51 @@ def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list
     return out
 
 
+def open_fresh(core: RelayCore, now: float = 4.5) -> None:
+    """`prewarm` (1.5 s) before the rotation is due, the fresh leg is opened and attached;
+    nothing is replayed yet."""
+    assert core.next_deadline == now
+    assert summary(core.tick(now=now)) == ["open fresh"]
+    assert core.rotation.fresh_attached(now=now + 0.1) == []
+    assert not core.rotation.holding
+
+
 def test_a_due_rotation_replays_the_session_and_swaps_between_responses():
     core = started()
+    open_fresh(core)
     assert core.next_deadline == 6.0
-    assert summary(core.tick(now=6.0)) == ["open fresh"]
-    # Meanwhile the caller's frames are held, in order.
-    assert core.caller_frame(frame("input_audio_buffer.append", audio="AAAA"), now=6.1) == []
-    assert core.caller_frame(b"\x00\x01", now=6.1) == []
-    attached = core.rotation.fresh_attached(now=6.2)
-    assert summary(attached) == [
+    replayed = core.tick(now=6.0)
+    assert summary(replayed) == [
         "fresh session.update",
         "fresh conversation.item.create item_u1",
         "fresh conversation.item.create item_a1",
     ]
-    update = json.loads(attached[0].frame)["session"]
+    update = json.loads(replayed[0].frame)["session"]
     assert update == {"instructions": "Be kind."}  # without id, object, expires_at
-    user = json.loads(attached[1].frame)
-    agent = json.loads(attached[2].frame)
+    user = json.loads(replayed[1].frame)
+    agent = json.loads(replayed[2].frame)
     assert "previous_item_id" not in user
     assert user["item"]["content"] == [{"type": "input_text", "text": "Hi, who are you?"}]
     assert agent["previous_item_id"] == "item_u1"
     assert agent["item"]["content"] == [{"type": "output_text", "text": "Hello there."}]
+    # Meanwhile the caller's frames are held, in order.
+    assert core.caller_frame(frame("input_audio_buffer.append", audio="AAAA"), now=6.1) == []
+    assert core.caller_frame(b"\x00\x01", now=6.1) == []
     last = fresh_ready(core, now=6.3)
-    assert summary(last)[:2] == ["swap sess_2", "sessions sess_1,sess_2"]
-    assert summary(last)[2:3] == ["upstream input_audio_buffer.append"]
+    assert summary(last) == [
+        "swap sess_2",
+        "sessions sess_1,sess_2",
+        "upstream input_audio_buffer.append",
+        "upstream binary",
+    ]
     assert last[-1] == ToUpstream(frame=b"\x00\x01")
-    assert core.next_deadline == 6.3 + 6.0  # the next rotation
+    assert core.next_deadline == 6.3 + 6.0 - 1.5  # the next fresh leg
+    assert not core.sequencer.held
 
 
 def test_a_rotation_due_while_a_response_streams_waits_for_response_done_and_holds_the_queue():
     core = started()
+    open_fresh(core)
     core.upstream_frame(frame("response.created", response={"id": "resp_2"}), now=5.0)
     assert core.tick(now=6.0) == []
     # An operator's nudge arrives while the response streams: it is queued, and stays queued.
@@ -182,8 +197,13 @@ def test_a_rotation_due_while_a_response_streams_waits_for_response_done_and_hol
     done = core.upstream_frame(
         frame("response.done", response={"id": "resp_2", "status": "completed"}), now=7.0
     )
-    assert summary(done) == ["req_2 completed", "caller response.done", "open fresh"]
-    core.rotation.fresh_attached(now=7.1)
+    assert summary(done) == [
+        "req_2 completed",
+        "caller response.done",
+        "fresh session.update",
+        "fresh conversation.item.create item_u1",
+        "fresh conversation.item.create item_a1",
+    ]
     last = fresh_ready(core, now=7.2)
     # After the swap, the nudge goes to the fresh upstream, once.
     assert summary(last) == [
@@ -196,11 +216,11 @@ def test_a_rotation_due_while_a_response_streams_waits_for_response_done_and_hol
 
 def test_an_operator_request_and_a_note_during_the_rotation_go_to_the_fresh_upstream():
     core = started()
+    open_fresh(core)
     core.tick(now=6.0)
     assert core.submit(OperatorRequest(id="req_op", origin="console"), now=6.1) == []
     noted = core.note(item_id="note_1", role="system", text="VIP caller", now=6.1)
     assert [type(a).__name__ for a in noted] == ["Answer"]
-    core.rotation.fresh_attached(now=6.2)
     last = fresh_ready(core, now=6.3)
     assert summary(last)[2:] == [
         "req_op queued",
@@ -212,8 +232,8 @@ def test_an_operator_request_and_a_note_during_the_rotation_go_to_the_fresh_upst
 
 def test_nothing_of_the_fresh_sessions_set_up_reaches_the_caller():
     core = started()
-    core.tick(now=6.0)
-    actions = core.rotation.fresh_attached(now=6.1) + fresh_ready(core, now=6.2)
+    open_fresh(core)
+    actions = core.tick(now=6.0) + fresh_ready(core, now=6.2)
     assert not [a for a in actions if isinstance(a, ToCaller)]
     # The upstream's later session.updated carries the public session id.
     updated = core.upstream_frame(
@@ -225,8 +245,8 @@ def test_nothing_of_the_fresh_sessions_set_up_reaches_the_caller():
 
 def test_a_truncate_of_a_spoken_reply_from_before_the_rotation_is_answered_by_the_relay():
     core = started()
+    open_fresh(core)
     core.tick(now=6.0)
-    core.rotation.fresh_attached(now=6.1)
     fresh_ready(core, now=6.2)
     truncate = frame(
         "conversation.item.truncate", item_id="item_a1", content_index=0, audio_end_ms=300
@@ -249,25 +269,26 @@ def test_a_truncate_of_a_spoken_reply_from_before_the_rotation_is_answered_by_th
 
 def test_a_fresh_upstream_that_fails_keeps_the_old_one_and_is_tried_again_after_a_backoff():
     core = started()
-    core.tick(now=6.0)
-    assert core.caller_frame(frame("input_audio_buffer.clear"), now=6.1) == []
-    failed = core.rotation.fresh_failed("refused", now=6.5)
-    assert summary(failed) == ["close fresh", "upstream input_audio_buffer.clear"]
-    assert core.next_deadline == 7.5  # retry_delay 1 s
-    assert summary(core.tick(now=7.5)) == ["open fresh"]
-    core.rotation.fresh_attached(now=7.6)
+    assert summary(core.tick(now=4.5)) == ["open fresh"]
+    assert summary(core.rotation.fresh_failed("refused", now=4.8)) == ["close fresh"]
+    assert core.next_deadline == 4.8 + 1.0  # retry_delay 1 s
+    open_fresh(core, now=5.8)
+    core.tick(now=7.3)  # due: replaying, the caller held
+    assert core.caller_frame(frame("input_audio_buffer.clear"), now=7.35) == []
     errored = core.rotation.fresh_frame(
-        frame("error", error={"code": "x", "message": "no"}), now=7.7
+        frame("error", error={"code": "x", "message": "no"}), now=7.4
     )
-    assert summary(errored) == ["close fresh"]
-    assert core.next_deadline == 7.7 + 2.0  # doubled
-    # Not ready within the connect timeout: given up too.
-    core.tick(now=9.7)
-    assert summary(core.tick(now=9.7 + 5.0)) == ["close fresh"]
+    assert summary(errored) == ["close fresh", "upstream input_audio_buffer.clear"]
+    assert core.next_deadline == 7.4 + 2.0  # doubled
+    # Not open within the connect timeout: given up too.
+    assert summary(core.tick(now=9.4)) == ["open fresh"]
+    assert summary(core.tick(now=9.4 + 5.0)) == ["close fresh"]
+    assert not core.sequencer.held
 
 
 def test_a_conversation_change_on_the_old_upstream_abandons_the_rotation():
     core = started()
+    open_fresh(core)
     core.tick(now=6.0)
     core.caller_frame(frame("response.create"), now=6.05)  # held: not in the sequencer yet
     spoiled = core.upstream_frame(frame("input_audio_buffer.speech_started"), now=6.1)
