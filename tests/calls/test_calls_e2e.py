@@ -12,6 +12,7 @@ import time
 from datetime import timedelta
 
 import httpx
+import openai
 import pytest
 import websockets
 from django.utils import timezone
@@ -49,7 +50,16 @@ async def listed(daphne, token: str, predicate, timeout: float = 10.0) -> dict:
 
 
 async def test_a_webrtc_call_with_a_minted_key_is_live_and_steered(daphne, simulator, api_token):
-    key = (await mint(daphne, api_token, session={"type": "realtime", "instructions": "Minted for the test.", "output_modalities": ["text"]}))["value"]
+    # Minted with the `openai` SDK, as against the service.
+    sdk = openai.AsyncOpenAI(base_url=f"{daphne.http_url}/v1", api_key=api_token, max_retries=0)
+    secret = await sdk.realtime.client_secrets.create(
+        expires_after={"anchor": "created_at", "seconds": 120},
+        session={"type": "realtime", "instructions": "Minted for the test.", "output_modalities": ["text"]},
+    )
+    await sdk.close()
+    key = secret.value
+    assert key.startswith("ek_oc_") and secret.session.instructions == "Minted for the test."
+    assert time.time() + 100 < secret.expires_at <= time.time() + 121
     async with CallClient(f"{daphne.http_url}/v1", key) as call:
         call_id = await call.place()
         assert call_id.startswith("rtc_")

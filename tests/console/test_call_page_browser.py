@@ -106,6 +106,7 @@ async def test_an_operator_calls_the_agent_from_the_browser_and_sees_the_session
     await session_page.goto(f"{daphne.http_url}{await link.get_attribute('href')}")
     await session_page.wait_for_selector("[data-session-status]:text('live')", timeout=10000)
     assert "webrtc" in await session_page.text_content(".meta")
+    assert UPSTREAM_KEY not in await session_page.content()
     # A nudge from the session page is answered in the call: its reply shows on the call page.
     await session_page.fill("#instructions", "Say the words BLUE HERON.")
     await session_page.click("[data-send]")
