@@ -120,3 +120,19 @@ async def test_current_fields_pass_through_the_relay(relay_settings, api_token):
         assert event["type"] != "error", event
     assert "rate_limits.updated" in kinds, "rate limits reach the caller"
     await caller.disconnect()
+
+
+@pytest.mark.parametrize("model", ["gpt-realtime-2", "gpt-realtime-2.1-mini", "gpt-realtime-mini"])
+async def test_current_model_names_pass_through_the_relay(relay_settings, api_token, model):
+    caller = WebsocketCommunicator(
+        application,
+        f"/v1/realtime?model={model}",
+        headers=[(b"authorization", f"Bearer {api_token}".encode())],
+    )
+    assert (await caller.connect(timeout=5))[0]
+    created = await caller.receive_json_from(timeout=5)
+    assert created["session"]["model"] == model
+    await history.flush()
+    session = await LiveSession.objects.aget(upstream_id=created["session"]["id"])
+    assert session.model == model
+    await caller.disconnect()
