@@ -169,3 +169,16 @@ async def test_a_logged_in_operator_calls_with_the_csrf_token_only(stand_in, tra
     assert with_token.status_code == 201
     assert stand_in.attached[0]["connected_by"] == "olga"
     assert UPSTREAM_KEY not in page.content.decode()
+
+
+async def test_a_call_that_cannot_be_attached_is_still_answered_and_logged(stand_in, api_token, monkeypatch, caplog):
+    from apps.calls import attach as attaching
+
+    async def broken(**arguments):
+        raise RuntimeError("the sideband could not start")
+
+    monkeypatch.setattr(views, "attach", attaching.attach)
+    monkeypatch.setattr(attaching, "attach_call", broken)
+    response = await post_sdp(api_token)
+    assert response.status_code == 201 and response["Location"] == "/v1/realtime/calls/rtc_test123"
+    assert any("call.attach_failed" in r.getMessage() and "rtc_test123" in r.getMessage() for r in caplog.records)
