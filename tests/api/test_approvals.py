@@ -173,3 +173,39 @@ async def test_the_latest_rate_limits_are_the_sessions(caller):
         (s["name"], s["remaining"], s["limit"]) for s in sent
     ]
     assert all("reset_at" in s for s in stored)
+
+
+def _caller_answer(approval_id: str, approve: bool) -> dict:
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "mcp_approval_response", "approval_request_id": approval_id, "approve": approve},
+    }
+
+
+async def test_the_callers_own_answer_first_is_the_decision(caller, rest, simulator):
+    approval_id = await _ask_for_approval(caller)
+    await caller.send(_caller_answer(approval_id, approve=True))
+    await caller.send({"type": "response.create"})
+    await caller.until("response.done", n=2)
+
+    late = await rest.post(f"/sessions/{caller.session_id}/approvals/{approval_id}", json={"approve": False})
+    assert late.status_code == 409
+    assert "approved by caller" in late.json()["error"]["message"]
+    assert [r["approve"] for r in simulator.sim.approval_responses(caller.session_id)] == [True]
+    await history.flush()
+    row = await ToolApproval.objects.aget(approval_id=approval_id)
+    assert (row.status, row.decided_by) == ("approved", "caller")
+
+
+async def test_the_callers_answer_after_an_operators_is_refused_and_not_sent(caller, rest, simulator):
+    approval_id = await _ask_for_approval(caller)
+    decided = await rest.post(f"/sessions/{caller.session_id}/approvals/{approval_id}", json={"approve": True})
+    assert decided.status_code == 200
+    await caller.until("response.done", n=2)
+    await caller.send({**_caller_answer(approval_id, approve=False), "event_id": "evt_late"})
+    events = await caller.until("error")
+    error = [e for e in events if e["type"] == "error"][-1]["error"]
+    assert error["code"] == "approval_already_decided" and error["event_id"] == "evt_late"
+    assert "token:script" in error["message"]
+    await caller.settled()
+    assert [r["approve"] for r in simulator.sim.approval_responses(caller.session_id)] == [True]
