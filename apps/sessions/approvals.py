@@ -20,6 +20,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db import transaction
+
 from apps.realtime import tools
 from apps.realtime.relay import Action, RelayCore
 from apps.sessions import groups, selectors
@@ -124,6 +126,17 @@ def _approval_changed(key: uuid.UUID, action: tools.ApprovalChanged):
         "decided_at": _dt(approval["decided_at"]),
     }
 
+    logged = json.dumps(
+        {
+            "event": "approval." + approval["status"],
+            "session_key": str(key),
+            "approval": approval["approval_id"],
+            "name": approval["name"],
+            "by": approval["decided_by"],
+        },
+        separators=(",", ":"),
+    )
+
     def op() -> None:
         # The approval's row has no id the core knows (its key is the session and the
         # upstream's item id), so it is written by that key: made, then updated in place.
@@ -133,14 +146,10 @@ def _approval_changed(key: uuid.UUID, action: tools.ApprovalChanged):
             defaults=fields,
             create_defaults={**fields, "created_at": _dt(approval["created_at"])},
         )
+        # Logged once committed, like the rows' events; not an `event` of the operation, which
+        # the event log (apps/events) reads as a session's end.
+        transaction.on_commit(lambda: events_log.info(logged))
 
-    op.event = {  # type: ignore[attr-defined]
-        "event": "approval." + approval["status"],
-        "session_key": str(key),
-        "approval": approval["approval_id"],
-        "name": approval["name"],
-        "by": approval["decided_by"],
-    }
     return op
 
 
@@ -204,12 +213,7 @@ async def approval_decide(
         },
     )
     if reply.get("ok"):
-        decided = core_approval_json(reply["approval"], session_id)
-        events_log.info(
-            json.dumps({"event": "approval.decided", "session": session_id, "approval": approval_id,
-                        "status": decided["status"], "by": decided_by})
-        )
-        return decided
+        return core_approval_json(reply["approval"], session_id)
     code = reply.get("code")
     if code == "already_decided":
         raise _already(core_approval_json(reply["approval"], session_id))
