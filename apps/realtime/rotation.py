@@ -27,8 +27,8 @@ The steps (phases)
   open       the fresh leg is attached (its `session.created` is read). Once the rotation is
              due, the core holds its sequencer (what is queued waits for the fresh upstream)
              and the next idle moment starts the replay: no response in progress or asked for,
-             the caller not speaking (a rotation due while a response streams waits for its
-             `response.done`).
+             the caller not speaking, no tool approval pending (a rotation due while a response
+             streams waits for its `response.done`).
   replaying  the core holds every caller frame, operator request and note (`hold`), in order;
              `session.update` with the configuration and a `conversation.item.create` per item
              (the same item ids, each after the one before through `previous_item_id`) went to
@@ -104,10 +104,14 @@ CALLER_ITEM_TYPES = frozenset(
     }
 )
 READ_ONLY_SESSION_FIELDS = frozenset({"id", "object", "expires_at", "client_secret"})
-# Item types a client may create as they are; any other (MCP calls, tool lists, approval
-# requests: the service's own) is replayed as a system message that describes it.
+# Item types a client may create as they are; any other is replayed as a system message that
+# describes it. That is every MCP item: calls, tool lists and approval requests are the
+# service's own, and the one a client may create, `mcp_approval_response`, must answer an
+# `mcp_approval_request` of the same session, which a client cannot create.
 CREATABLE_TYPES = frozenset({"message", "function_call", "function_call_output"})
-CREATABLE_MCP_TYPES = frozenset({"mcp_approval_response"})
+# After this many failed attempts in a row, function calls and their outputs are replayed as
+# text too (a fresh session that refuses an item would otherwise refuse every attempt).
+PLAIN_AFTER_FAILURES = 2
 # Text for a spoken turn whose transcript never came.
 NO_TRANSCRIPT = "[spoken; no transcript]"
 # Item fields the service adds that a client does not send.
@@ -219,9 +223,9 @@ class Conversation:
         if 0 <= index < len(content) and isinstance(content[index], dict):
             content[index]["transcript"] = transcript
 
-    def replay(self) -> list[tuple[dict[str, Any], bool]]:
+    def replay(self, *, plain: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Each item as a client creates it, in order, and whether it was audio made text."""
-        return [replayable(self.items[item_id]) for item_id in self._order]
+        return [replayable(self.items[item_id], plain=plain) for item_id in self._order]
 
 
 def _kept(item: dict[str, Any]) -> dict[str, Any]:
@@ -237,16 +241,16 @@ def _kept(item: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def replayable(item: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def replayable(item: dict[str, Any], *, plain: bool = False) -> tuple[dict[str, Any], bool]:
     """An item as `conversation.item.create` can give it to a fresh session: text as it is,
-    audio as its transcript, function calls and outputs as they are, MCP items a client may
-    create as they are and the others as a system message describing them. Returns the item
-    and whether audio became text."""
+    audio as its transcript, function calls and outputs as they are (as text too if `plain`),
+    any other (MCP items) as a system message describing it. Returns the item and whether
+    audio became text."""
     kind = item.get("type")
     fields = {k: v for k, v in item.items() if k not in SERVER_ITEM_FIELDS}
     if kind == "message":
         return _message(fields)
-    if kind in CREATABLE_TYPES or kind in CREATABLE_MCP_TYPES:
+    if kind in CREATABLE_TYPES and not plain:
         return fields, False
     described = {k: v for k, v in fields.items() if k != "id"}
     text = f"[{kind}] {json.dumps(described, ensure_ascii=False, sort_keys=True)}"
@@ -448,7 +452,8 @@ class Rotation:
         actions: list[RotationAction] = [ToFresh(frame=events.dumps(update))]
         previous: str | None = None
         self._textified_next = set(self.textified)
-        for item, spoken in self.conversation.replay():
+        plain = self.failures >= PLAIN_AFTER_FAILURES
+        for item, spoken in self.conversation.replay(plain=plain):
             create: dict[str, Any] = {
                 "type": "conversation.item.create",
                 "event_id": self._new_event_id(),
@@ -738,7 +743,12 @@ class Rotator:
         if state.ready_to_replay(now):
             core.deadline_moved()
             core.sequencer.held = True
-            if core.between_responses and not state.speaking and not state.responses:
+            if (
+                core.between_responses
+                and not state.speaking
+                and not state.responses
+                and core.tools.next_deadline is None  # no tool approval pending
+            ):
                 actions += state.replay(now)
         return actions
 

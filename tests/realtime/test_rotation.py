@@ -12,7 +12,6 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apps.realtime import events
 from apps.realtime.relay import (
     OperatorRequest,
     RelayCore,
@@ -342,6 +341,9 @@ def test_replayable_items():
     mcp = {"id": "m1", "type": "mcp_call", "name": "search", "output": "ok"}
     item, spoken = replayable(mcp)
     assert item["role"] == "system" and item["content"][0]["text"].startswith("[mcp_call] ")
+    approval = {"id": "ar", "type": "mcp_approval_response", "approval_request_id": "rq"}
+    assert replayable(approval)[0]["type"] == "message"  # its request cannot be created
+    assert replayable(call, plain=True)[0]["content"][0]["text"].startswith("[function_call] ")
     untranscribed = {
         "id": "u",
         "type": "message",
@@ -358,24 +360,40 @@ def test_replayable_items():
     assert conversation.ids == ["z", "a", "b"]
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.sampled_from(["caller", "tick", "attach", "ready", "fail", "spoil"]), max_size=30)
-)
-def test_every_caller_frame_reaches_the_upstream_once_in_order_and_no_set_up_reaches_the_caller(
-    steps,
-):
+STEPS = ["caller", "tick", "attach", "ready", "fail", "spoil", "submit", "respond"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(STEPS), max_size=40))
+def test_across_rotations_every_caller_frame_and_request_goes_upstream_once_in_order(steps):
+    """Caller frames reach the upstream once each, in order; operators' requests are sent
+    once each; nothing of a fresh session's set-up reaches the caller, whose session id
+    stays the first."""
     core = started()
-    now, sent, delivered = 6.0, [], []
+    now, sent, delivered, submitted, created = 4.0, [], [], [], []
+    responses = iter(range(1000))
 
     def take(actions):
         for action in actions:
-            if isinstance(action, ToUpstream) and "input_audio_buffer.append" in str(action.frame):
-                delivered.append(json.loads(action.frame)["audio"])
+            if isinstance(action, ToUpstream):
+                event = json.loads(action.frame)
+                if event["type"] == "input_audio_buffer.append":
+                    delivered.append(event["audio"])
+                elif event["type"] == "response.create":
+                    created.append(event["response"]["metadata"]["oc_request"])
             if isinstance(action, ToCaller):
                 event = json.loads(action.frame)
                 assert event["type"] not in ("session.created", "conversation.item.added")
                 assert event.get("session", {}).get("id") in (None, "sess_1")
+
+    def respond():
+        request_id = core.sequencer.outstanding_id
+        if request_id is None:
+            return
+        response = {"id": f"resp_p{next(responses)}", "metadata": {"oc_request": request_id}}
+        take(core.upstream_frame(frame("response.created", response=response), now=now))
+        done = {**response, "status": "completed"}
+        take(core.upstream_frame(frame("response.done", response=done), now=now))
 
     for step in steps:
         now += 0.5
@@ -393,7 +411,13 @@ def test_every_caller_frame_reaches_the_upstream_once_in_order_and_no_set_up_rea
             take(rotator.fresh_failed("refused", now=now))
         elif step == "spoil":
             take(core.upstream_frame(frame("input_audio_buffer.committed"), now=now))
-    if core.rotation.holding:
-        take(core.rotation.fresh_failed("end of the test", now=now + 1))
+        elif step == "submit":
+            submitted.append(f"req_op{len(submitted)}")
+            take(core.submit(OperatorRequest(id=submitted[-1], origin="api"), now=now))
+        elif step == "respond":
+            respond()
+    take(core.rotation.fresh_failed("the end of the test", now=now + 1))
+    for _ in range(len(submitted)):
+        respond()
     assert delivered == sent
-    assert events.peek_type(frame("x")) == "x"
+    assert created == submitted
