@@ -740,44 +740,6 @@ async def list_approvals(request: HttpRequest, session_id: str):
     return {"items": await db_async(approvals.approval_list)(session_id=session_id)}
 
 
-# ---------------------------------------------------------------------------- tool approvals
-
-
-@api.post(
-    "/sessions/{session_id}/approvals/{approval_id}",
-    response={200: ApprovalOut, **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
-    auth=WRITE,
-    summary="Approve or deny a tool call",
-    description=(
-        "Decides an agent's pending request to run a tool (an MCP approval request). The first "
-        "decision wins and is sent upstream; a request already decided (by an operator, the "
-        "caller's app, or the timeout) is a 409 that names who decided."
-    ),
-    tags=["sessions"],
-)
-async def decide_approval(request: HttpRequest, session_id: str, approval_id: str, payload: DecisionIn):
-    return await approvals.approval_decide(
-        session_id=session_id,
-        approval_id=approval_id,
-        approve=payload.approve,
-        reason=payload.reason or "",
-        decided_by=f"token:{request.auth.name}",
-        origin="api",
-    )
-
-
-@api.get(
-    "/sessions/{session_id}/approvals",
-    response={200: ApprovalList, **_errors(401, 403, 404)},
-    auth=READ,
-    summary="List a session's tool approval requests",
-    description="Oldest first, as recorded: pending, approved, denied or expired, with who decided.",
-    tags=["sessions"],
-)
-async def list_approvals(request: HttpRequest, session_id: str):
-    return {"items": await db_async(approvals.approval_list)(session_id=session_id)}
-
-
 # ---------------------------------------------------------------------------- events (Server-Sent Events)
 
 _EVENTS_DOC = dict(
