@@ -322,7 +322,7 @@ class Rotation:
         self.due_at: float | None = None
         self.session_ids: list[str] = []
         self.renamed: dict[str, str] = {}  # caller item id → upstream item id, where they differ
-        self._renamed_back: dict[str, str] = {}
+        self.renamed_back: dict[str, str] = {}
         self.textified: set[str] = set()  # items that were audio for the caller, text upstream
         self.caller_types: frozenset[str] = frozenset()  # what caller_event must see
         self.rotations = 0
@@ -330,10 +330,12 @@ class Rotation:
         self._held: list[tuple[str, Any]] = []
         self._ready_by: float | None = None
         self._fresh_id: str | None = None
-        self._awaiting: list[str] = []  # item ids sent to the fresh session, not yet added
-        self._sent_ids: list[str] = []
+        # Item ids sent to the fresh session and not yet added there, in order.
+        self._awaiting: dict[str, None] = {}
         self._config_confirmed = False
         self._textified_next: set[str] = set()
+        self._renamed_next: dict[str, str] = {}
+        self._renamed_back_next: dict[str, str] = {}
         self._due_reached = False
 
     # ------------------------------------------------------------------ views
@@ -417,7 +419,7 @@ class Rotation:
         self.phase = Phase.OPENING
         self._ready_by = now + self.ready_timeout
         self._fresh_id = None
-        self._awaiting, self._sent_ids = [], []
+        self._awaiting = {}
         self._config_confirmed = False
         self._due_reached = False
         return [OpenFresh()]
@@ -452,6 +454,7 @@ class Rotation:
         actions: list[RotationAction] = [ToFresh(frame=events.dumps(update))]
         previous: str | None = None
         self._textified_next = set(self.textified)
+        self._renamed_next, self._renamed_back_next = {}, {}
         plain = self.failures >= PLAIN_AFTER_FAILURES
         for item, spoken in self.conversation.replay(plain=plain):
             create: dict[str, Any] = {
@@ -460,9 +463,8 @@ class Rotation:
                 "item": item,
             }
             if previous is not None:
-                create["previous_item_id"] = self.renamed.get(previous, previous)
-            self._awaiting.append(item["id"])
-            self._sent_ids.append(item["id"])
+                create["previous_item_id"] = previous
+            self._awaiting[item["id"]] = None
             if spoken and item.get("role") == "assistant":
                 self._textified_next.add(item["id"])
             previous = item["id"]
@@ -488,10 +490,13 @@ class Rotation:
             item = event.get("item")
             given = item.get("id") if isinstance(item, dict) else None
             if given in self._awaiting:
-                self._awaiting.remove(given)
-            elif isinstance(given, str):  # the upstream named it itself: map the caller's id
-                ours = self._awaiting.pop(0)
-                self.renamed[ours], self._renamed_back[given] = given, ours
+                del self._awaiting[given]
+            elif isinstance(given, str) and given not in self._renamed_back_next:
+                # The upstream named it itself: the caller's id is mapped to the upstream's.
+                ours = next(iter(self._awaiting))
+                del self._awaiting[ours]
+                self._renamed_next[ours] = given
+                self._renamed_back_next[given] = ours
         if (
             self.phase is not Phase.REPLAYING
             or self._fresh_id is None
@@ -507,6 +512,7 @@ class Rotation:
         self.rotations += 1
         self.failures = 0
         self.textified = self._textified_next & set(self.conversation.items)
+        self.renamed, self.renamed_back = self._renamed_next, self._renamed_back_next
         self.caller_types = CALLER_ITEM_TYPES
         self._idle(now + self.rotate_after)
         return [
@@ -538,7 +544,7 @@ class Rotation:
         self.holding = False
         self.due_at = due_at
         self._ready_by = None
-        self._awaiting, self._sent_ids = [], []
+        self._awaiting = {}
 
     # ------------------------------------------------------------------ ids
 
@@ -585,9 +591,9 @@ class Rotation:
         ):
             session["id"] = public_session_id
             changed = True
-        if not self._renamed_back:
+        if not self.renamed_back:
             return changed
-        back = self._renamed_back
+        back = self.renamed_back
         for holder in (event, event.get("item")):
             if not isinstance(holder, dict):
                 continue
@@ -627,6 +633,7 @@ class Rotator:
         self.core = core
         self.state = rotation
         self._abandon = False
+        self._translated = False  # the event in hand had upstream item ids put back
 
     @property
     def holding(self) -> bool:
@@ -639,15 +646,18 @@ class Rotator:
     # ------------------------------------------------------------------ from the core
 
     def upstream_event(self, kind: str, event: dict[str, Any], now: float) -> None:
-        """A parsed event of the current upstream (before the core acts on it)."""
+        """A parsed event of the current upstream (before the core acts on it): the caller's
+        item ids put back first, so the core and the conversation see the caller's."""
+        self._translated = bool(self.state.renamed_back) and self.state.outward(event, None)
         if kind in OBSERVED_TYPES and self.state.observe(kind, event, now):
             self._abandon = True
 
     def outward(self, event: dict[str, Any], frame: str) -> str:
         """The frame for the caller, with the caller's ids, after a rotation."""
+        translated, self._translated = self._translated, False
         if self.state.rotations and self.state.outward(event, self.core.session_id):
-            return events.dumps(event)
-        return frame
+            translated = True
+        return events.dumps(event) if translated else frame
 
     def upstream_done(self, now: float) -> list[Any]:
         """After a parsed upstream event: abandon a rotation the event spoiled, or start one
@@ -719,8 +729,9 @@ class Rotator:
         self.core.deadline_moved()
         actions, done = self.state.fresh_frame(frame, now)
         if done or any(type(action) is CloseFresh for action in actions):
-            if self.state.renamed:
-                self.core._parsed = _Everything()
+            if done:  # with item ids mapped, every upstream event is read to translate them
+                parsed = _relay().PARSED_TYPES | OBSERVED_TYPES
+                self.core._parsed = _Everything() if self.state.renamed else parsed
             return [*actions, *self._release(now)]
         return list(actions)
 

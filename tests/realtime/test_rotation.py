@@ -421,3 +421,29 @@ def test_across_rotations_every_caller_frame_and_request_goes_upstream_once_in_o
         respond()
     assert delivered == sent
     assert created == submitted
+
+
+def test_an_upstream_that_names_the_replayed_items_itself_is_translated_both_ways():
+    core = started()
+    open_fresh(core)
+    core.tick(now=6.0)
+    fresh = core.rotation
+    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
+    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    acks = []
+    for named in ("up_1", "up_2"):  # created and added name the same item: mapped once
+        for kind in ("conversation.item.created", "conversation.item.added"):
+            acks += fresh.fresh_frame(frame(kind, item={"id": named}), now=6.1)
+    assert summary(acks) == ["swap sess_2", "sessions sess_1,sess_2"]
+    assert fresh.state.renamed == {"item_u1": "up_1", "item_a1": "up_2"}
+    # The caller's ids go up as the upstream's ...
+    delete = core.caller_frame(frame("conversation.item.delete", item_id="item_u1"), now=7.0)
+    assert json.loads(delete[0].frame)["item_id"] == "up_1"
+    # ... and come back as the caller's, in events the core would otherwise pass unread.
+    deleted = core.upstream_frame(frame("conversation.item.deleted", item_id="up_1"), now=7.1)
+    assert json.loads(deleted[0].frame)["item_id"] == "item_u1"
+    added = core.upstream_frame(
+        frame("response.output_item.added", previous_item_id="up_2", item={"id": "new"}), now=7.2
+    )
+    assert json.loads(added[0].frame)["previous_item_id"] == "item_a1"
+    assert fresh.state.conversation.ids == ["item_a1"]
