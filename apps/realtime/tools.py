@@ -14,14 +14,17 @@ What it follows
                 being done. Items are read from `conversation.item.done` and
                 `response.output_item.done` alike, once each.
   Rate limits   The latest `rate_limits.updated` is the session's (`RateLimitsChanged`), and
-                watchers are told.
+                watchers are told. (The one that follows the `response.created` of an
+                operator's out-of-band response is hidden from the caller, by the core, like
+                the rest of that response.)
   Approvals     An `mcp_approval_request` item is pending until someone decides:
                 - an operator (console or REST, `decide`): the first decision wins; a later one
                   is answered "already decided by X". The decision goes upstream as a
                   `conversation.item.create` of an `mcp_approval_response` (the relay's own
                   event: an error about it is not the caller's), followed by a
                   `response.create` that enters the sequencer as an operator's request, so it
-                  never collides with another response.
+                  never collides with another response (recorded with the surface's origin,
+                  `console` or `api`, and the decider as `requested_by`).
                 - the caller's own app, which sees the request as it sees every item: its
                   `mcp_approval_response`, if it comes first, is the decision (decided by
                   `caller`); the caller asks for its own next response, as it would without
@@ -29,7 +32,8 @@ What it follows
                   is not sent upstream (the upstream would get two answers to one request): the
                   caller gets an `error` saying who decided.
                 - nobody, within `approval_timeout` seconds: denied, status `expired`, with a
-                  reason saying so, sent upstream like an operator's denial.
+                  reason saying so and nobody as `decided_by`, sent upstream like an
+                  operator's denial (its response asked for by "approval timeout").
                 When the session ends, a request still pending is recorded `expired` too.
 
 Functions the deployment marks as sensitive are not held for approval here: a function call is
