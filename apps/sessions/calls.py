@@ -26,6 +26,7 @@ console only as that close: such a session ends `upstream_closed`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 
@@ -46,6 +47,7 @@ from apps.sessions.services import (
 from apps.sessions.upstream import base_url
 
 log = logging.getLogger(__name__)
+events_log = logging.getLogger("oc.events")
 
 # How long the upstream's calls REST may take to answer.
 CALLS_TIMEOUT = 10.0
@@ -150,6 +152,10 @@ async def _perform(session: LiveSession, verb: str, target_uri: str, requested_b
         error = f"the upstream could not be reached ({type(exc).__name__}: {exc})"
     if error:
         log.warning("%s of call %s failed: %s", verb, session.call_id, error)
+    events_log.info(json.dumps({
+        "event": f"call.{verb}", "session": session.upstream_id, "call_id": session.call_id,
+        "target_uri": target_uri or None, "by": requested_by, "ok": ok,
+    }))
     return await db_async(CallAction.objects.create)(
         session=session,
         action=verb,
