@@ -94,10 +94,10 @@ class Run:
         self.placed += count
         return placed
 
-    async def sessions_of(self, call_ids: list[str], timeout: float = 30.0) -> dict[str, str]:
+    async def sessions_of(self, call_ids: list[str], timeout: float | None = None) -> dict[str, str]:
         """call id → the attached session's id, once every one is live."""
         wanted, found = set(call_ids), {}
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout or 30.0 + len(call_ids) / 5):
             while len(found) < len(wanted):
                 answer = await self.client.get(f"{self.base}/api/v1/sessions",
                                                params={"status": "live", "limit": 1000}, headers=self.auth)
