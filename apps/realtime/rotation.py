@@ -337,6 +337,7 @@ class Rotation:
         self._renamed_next: dict[str, str] = {}
         self._renamed_back_next: dict[str, str] = {}
         self._due_reached = False
+        self._opened_at = 0.0
 
     # ------------------------------------------------------------------ views
 
@@ -438,6 +439,7 @@ class Rotation:
             return [CloseFresh(detail="no rotation is under way")]
         self.phase = Phase.OPEN
         self._ready_by = None
+        self._opened_at = now  # the fresh session's age counts from here
         return []
 
     def replay(self, now: float) -> list[RotationAction]:
@@ -514,7 +516,7 @@ class Rotation:
         self.textified = self._textified_next & set(self.conversation.items)
         self.renamed, self.renamed_back = self._renamed_next, self._renamed_back_next
         self.caller_types = CALLER_ITEM_TYPES
-        self._idle(now + self.rotate_after)
+        self._idle(self._opened_at + self.rotate_after)
         return [
             SwapUpstream(session_id=self._fresh_id),
             UpstreamSessions(session_ids=tuple(self.session_ids), at=now),

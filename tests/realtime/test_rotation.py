@@ -181,7 +181,8 @@ def test_a_due_rotation_replays_the_session_and_swaps_between_responses():
         "upstream binary",
     ]
     assert last[-1] == ToUpstream(frame=b"\x00\x01")
-    assert core.next_deadline == 6.3 + 6.0 - 1.5  # the next fresh leg
+    # The next fresh leg: the new session's age counts from its opening (at 4.6).
+    assert core.next_deadline == 4.6 + 6.0 - 1.5
     assert not core.sequencer.held
 
 
