@@ -243,3 +243,12 @@ async def test_the_process_stopping_ends_attached_sessions_cleanly(call, attache
     ended = await row(actor.key)
     assert (ended.status, ended.end_reason) == ("ended", "server_shutdown")
     await until(lambda: held(actor.key) is None, what="the attached call let go")
+
+
+async def test_a_sideband_to_an_unknown_call_fails_upstream_closed(relay_settings, simulator):
+    actor = await attach_call(call_id="rtc_nobody", kind="webrtc", model="gpt-realtime", connected_by="test")
+    await actor.wait_finished()
+    ended = await row(actor.key)
+    assert (ended.status, ended.end_reason, ended.call_id) == ("failed", "upstream_closed", "rtc_nobody")
+    assert "404" in ended.end_detail
+    assert held(actor.key) is None

@@ -1,0 +1,75 @@
+"""The session page's call control through Django's test client (no browser): shown for an
+attached call only, to operators who may steer; refusals come back as messages."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.urls import reverse
+
+from apps.sessions.models import CallAction, LiveSession
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _session(upstream_id: str, **fields) -> LiveSession:
+    return LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id=upstream_id, model="gpt-realtime", **{"status": "live", **fields}
+    )
+
+
+def _client(name: str, *, steer: bool) -> Client:
+    user = get_user_model().objects.create_user(name, password="pw-for-tests")
+    if steer:
+        user.user_permissions.add(Permission.objects.get(codename="steer_session"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("fields", "steer", "badge", "buttons"),
+    [
+        ({"kind": "webrtc", "call_id": "rtc_1"}, True, True, True),
+        ({"kind": "sip", "call_id": "rtc_2", "caller_number": "+15559998888"}, True, True, True),
+        ({"kind": "webrtc", "call_id": "rtc_3"}, False, False, False),  # may watch, not steer
+        ({"kind": "relay"}, True, False, False),
+    ],
+)
+def test_call_control_and_the_badge_show_for_attached_calls_to_steerers_only(fields, steer, badge, buttons):
+    session = _session("sess_page", **fields)
+    page = _client("alice", steer=steer).get(reverse("console:session", args=[session.upstream_id]))
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert ("data-caller-sees" in text) is badge
+    assert ("data-call-control" in text) is buttons
+    if buttons and fields.get("caller_number"):
+        assert "+15559998888" in text
+
+
+def test_a_relayed_sessions_hang_up_is_refused_with_a_message_and_nothing_recorded():
+    session = _session("sess_relayed", kind="relay")
+    client = _client("alice", steer=True)
+    answer = client.post(reverse("console:hangup", args=[session.upstream_id]), follow=True)
+    assert "relayed" in answer.content.decode() and "no call to hang up" in answer.content.decode()
+    assert CallAction.objects.count() == 0
+
+
+def test_a_watcher_may_not_hang_up():
+    session = _session("sess_call", kind="webrtc", call_id="rtc_9")
+    answer = _client("watcher", steer=False).post(reverse("console:hangup", args=[session.upstream_id]))
+    assert answer.status_code == 403
+    assert CallAction.objects.count() == 0
+
+
+def test_the_history_shows_each_call_action_with_who_did_it():
+    session = _session("sess_hist", kind="sip", call_id="rtc_h", status="ended")
+    CallAction.objects.create(session=session, action="refer", target_uri="tel:+15550002222", requested_by="alice", ok=True)
+    CallAction.objects.create(session=session, action="hangup", requested_by="token:ops", ok=False, error="HTTP 404: gone")
+    text = _client("bob", steer=False).get(reverse("console:session", args=[session.upstream_id])).content.decode()
+    assert "transfer to <code>tel:+15550002222</code>" in text and "by alice" in text
+    assert "hang-up" in text and "by token:ops" in text and "HTTP 404: gone" in text
