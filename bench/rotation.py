@@ -6,7 +6,9 @@ in this process, so its receive logs tell which upstream session got each of a c
 requests. Each caller converses back to back: a `conversation.item.create` and a
 `response.create` (event id `evt_rot_<caller>_<turn>`), the next turn as soon as the previous
 `response.done` arrived. Callers start spread over the first 30% of the run, and
-`OC_ROTATE_AFTER` is half the run, so each rotates once, between two of its turns.
+`OC_ROTATE_AFTER` is half the run, so each rotates once, between two of its turns. The
+simulator streams 10 deltas 0.1 s apart, so a turn lasts about a second: the relay is not
+saturated, and a gap measures the rotation rather than queueing.
 
 Measured
   gap       caller-visible, per turn: the last frame the caller received before it sent the
@@ -115,7 +117,7 @@ async def run(bench: Bench, args) -> dict:
 
 async def one_run(bench, label, callers, seconds, rotate_after, result) -> dict:
     simulator = Simulator(
-        SimulatorConfig(deltas_per_response=4, delta_interval=0.05, record_limit=None)
+        SimulatorConfig(deltas_per_response=10, delta_interval=0.1, record_limit=None)
     )
     await simulator.start(HOST, 0)
     name = "rotation-" + ("on" if rotate_after else "off")
