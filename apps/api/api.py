@@ -33,6 +33,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.urls import register_converter
 from django.views import defaults
 from ninja import Body, Header, NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -793,12 +794,29 @@ async def follow_session_events(
 # ---------------------------------------------------------------------------- anything else
 
 
+class AnyPath:
+    """Django's `path` converter, newlines included (its `.+` stops at one): the catch-all below
+    takes every rest of a URL."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(AnyPath, "anypath")
+
+
 @api.api_operation(
-    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], "/{path:rest}", auth=None, include_in_schema=False
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"], "/{anypath:rest}", auth=None, include_in_schema=False
 )
 async def not_found(request: HttpRequest, rest: str):
     """Last of the routes: an unknown URL under /api/v1/ is a 404 with the error body too, not
-    Django's HTML page; so is an id with a '/' in it (sent as %2F, it splits the path)."""
+    Django's HTML page; so is an id with a '/' in it (sent as %2F, it splits the path), a
+    newline anywhere in it too."""
     return _no_such_endpoint()
 
 
