@@ -37,8 +37,8 @@ Sideband
 - `ws /v1/realtime?call_id=C` (same auth as any WebSocket) joins call C's session; an unknown or
   ended call id → handshake refused with 404. First event: `session.created` carrying the
   session's *current* configuration (our assumption of what the service sends a sideband), then
-  every server event of the call. Client events sent on it act on the call's session (their
-  `error` events go to every output, as the call has one session). When the call ends (hang up,
+  every server event of the call. Client events sent on it act on the call's session (the
+  errors they cause come back to it alone). When the call ends (hang up,
   refer, the peer closing its connection, the data channel closing) every sideband is closed
   with code 1000 and the reason `call ended: <end reason>`; end reasons: `hung_up`,
   `transferred` (refer), `rejected`, `peer_closed`, `not_answered` (a SIP call left pending
@@ -92,6 +92,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import copy
 import email.parser
 import email.policy
@@ -142,6 +143,11 @@ _CALL_PATH = re.compile(
 _SIP_PATH = re.compile(r"(?:/v1)?/_sim/sip_calls")
 _AUDIO_DELTA = '{"type":"response.output_audio.delta"'
 _RESPONSE_DONE = '{"type":"response.done"'
+_ERROR = '{"type":"error"'
+_DATA_CHANNEL = "data channel"
+# Which connection's client event is being handled (set in the task that reads it; the tasks it
+# starts inherit it): an error goes back to that connection alone. None: the session itself.
+_sender: contextvars.ContextVar[object | None] = contextvars.ContextVar("sender", default=None)
 
 
 class CallOutputs:
@@ -166,11 +172,14 @@ class CallOutputs:
             return
         if frame.startswith(_RESPONSE_DONE):
             self.call.reply_done.set()
+        sender = _sender.get() if frame.startswith(_ERROR) else None
         channel = self.channel
-        if channel is not None and channel.readyState == "open":
+        if channel is not None and channel.readyState == "open" and sender in (None, _DATA_CHANNEL):
             with contextlib.suppress(InvalidStateError, ConnectionError):  # closing under us
                 channel.send(frame)
         for sideband in list(self.sidebands):
+            if sender is not None and sender is not sideband:
+                continue
             try:
                 await sideband.send(frame)
             except ConnectionClosed:
@@ -403,6 +412,7 @@ class CallRegistry:
 
     async def _pump(self, call: Call) -> None:
         """Client events from the data channel, in order, into the session."""
+        _sender.set(_DATA_CHANNEL)
         while (message := await call.inbox.get()) is not None:
             if call.track is not None and "output_audio_buffer.clear" in str(message):
                 call.track.clear()  # what the service does with it over WebRTC
@@ -432,6 +442,7 @@ class CallRegistry:
             await connection.close(1000, "call ended")
             return
         created = {"type": "session.created", "event_id": new_event_id(), "session": call.session.config}
+        _sender.set(connection)
         try:
             await connection.send(dumps(created))
             call.outputs.sidebands.add(connection)

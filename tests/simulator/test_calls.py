@@ -517,3 +517,33 @@ async def test_a_call_offering_only_the_data_channel_gets_events_and_no_track(si
         done = await call.wait_for("response.done")
         assert done["response"]["status"] == "completed"
         assert sim.calls.calls[call_id].track is None
+
+
+
+async def test_an_error_goes_back_only_to_the_connection_whose_event_caused_it():
+    """A sideband's response.create refused while the caller's response is active is the
+    sideband's error: the caller's app on the data channel never sees it, and the other way round."""
+    slow = Simulator(SimulatorConfig(deltas_per_response=5, delta_interval=0.1, audio_pace=0, speech_engine="tone"))
+    await slow.start()
+    try:
+        async with CallClient(slow.url, KEY, media=False) as call:
+            call_id = await call.place(session=TEXT)
+            await call.wait_for("session.created")
+            async with await sideband(slow, call_id) as side:
+                await recv_until(side, "session.created")
+                call.send({"type": "response.create", "event_id": "evt_caller"})
+                await recv_until(side, "response.created")
+                await side.send(json.dumps({"type": "response.create", "event_id": "evt_side"}))
+                refused = (await recv_until(side, "error"))[-1]["error"]
+                assert refused["code"] == "conversation_already_has_active_response"
+                assert refused["event_id"] == "evt_side"
+                await call.wait_for("response.done")
+                assert "error" not in call.kinds()
+
+                call.send({"type": "response.create", "event_id": "evt_caller_2"})
+                call.send({"type": "response.create", "event_id": "evt_caller_3"})
+                assert (await call.wait_for("error"))["error"]["event_id"] == "evt_caller_3"
+                on_side = await recv_until(side, "response.done")
+                assert "error" not in [event["type"] for event in on_side]
+    finally:
+        await slow.aclose()
