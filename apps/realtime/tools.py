@@ -200,6 +200,12 @@ class ToolDesk:
         return bool(self.approvals)
 
     @property
+    def has_pending(self) -> bool:
+        """An approval request waits for a decision: its answer must reach the upstream session
+        that asked (a rotation should wait, or carry the request over)."""
+        return any(a.status == PENDING for a in self.approvals.values())
+
+    @property
     def next_deadline(self) -> float | None:
         pending = [a.expires_at for a in self.approvals.values() if a.status == PENDING]
         return min(pending, default=None)

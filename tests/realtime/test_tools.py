@@ -273,7 +273,9 @@ def test_a_pending_request_sets_the_deadline_at_the_timeout():
     assert core.next_deadline is None
     core.upstream_frame(approval_done(), now=1.0)
     assert core.next_deadline == 1.0 + TIMEOUT
+    assert core.tools.has_pending
     decide(core)  # decided: only the response it asked for has a deadline now (its send's)
+    assert not core.tools.has_pending
     assert core.next_deadline == 2.0 + core.sequencer.send_timeout
 
 
