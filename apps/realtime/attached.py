@@ -29,14 +29,12 @@ What is guaranteed, and what is not
     `conversation_already_has_active_response`. When ours is refused, the sequencer puts it
     back at the head of the queue and sends it again once the active response is done (or
     after its retry delay), and the core forwards the error nowhere (there is no caller leg;
-    operators watching see it among the session's events). When the caller's is refused,
-    the caller's app gets the model's error, as it would for any second create. Either way
-    the console cannot keep the model from telling the caller's app (the simulator, for one,
-    sends a call's errors to every connection of the call), since it does not carry the
-    caller's traffic; it can only make the crossing rare: operator requests are sent only
-    while no response is known to be active, so the two cross only when both are sent within
-    the time the other's `response.created` takes to reach the other sender (a millisecond
-    or two on loopback; a REST nudge takes longer than that to reach the actor).
+    operators watching see it among the session's events). The model answers an event on the
+    connection that sent it, so that refusal goes to the sideband alone and the caller's app
+    never sees it (the simulator does the same). When the caller's create is the one refused,
+    the caller's app gets the model's error, as it would for any second create of its own.
+    Operator requests are sent only while no response is known to be active, so the two cross
+    only when both are sent within the time the other's `response.created` takes to arrive.
   - **Nothing is lost**: every operator request reaches exactly one terminal status
     (completed, cancelled, incomplete, failed with a reason), as in a relayed session.
   - **Nothing is sent twice**: at most one `response.create` of ours is outstanding; a
