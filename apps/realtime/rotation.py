@@ -16,7 +16,9 @@ What it tracks (from the current upstream's events, `observe`)
                 `previous_item_id`; `.done`, `.retrieved` and `response.done` outputs replace
                 an item's content; `.deleted` removes it; transcripts of input and output audio
                 fill in the audio parts).
-  speaking      the caller's speech was detected and not yet committed.
+  speaking      the caller's speech was detected and not yet committed; after a commit, its
+                item (and, with turn detection on, the response it starts) not yet come.
+  buffered      with turn detection off, the caller appended audio not yet committed.
   responses     the responses in progress upstream (in the conversation or out of band).
 
 The steps (phases)
@@ -27,8 +29,9 @@ The steps (phases)
   open       the fresh leg is attached (its `session.created` is read). Once the rotation is
              due, the core holds its sequencer (what is queued waits for the fresh upstream)
              and the next idle moment starts the replay: no response in progress or asked for,
-             the caller not speaking, no tool approval pending (a rotation due while a response
-             streams waits for its `response.done`).
+             the caller not speaking, no audio of a caller that commits its own turns waiting
+             uncommitted, no tool approval pending (a rotation due while a response streams
+             waits for its `response.done`).
   replaying  the core holds every caller frame, operator request and note (`hold`), in order;
              `session.update` with the configuration and a `conversation.item.create` per item
              (the same item ids, each after the one before through `previous_item_id`) went to
@@ -316,6 +319,14 @@ class Rotation:
         self.config: dict[str, Any] = {}
         self.conversation = Conversation()
         self.speaking = False
+        # Turns are committed by the caller (turn detection off): audio it appended since the
+        # last commit lives only in the old session's input buffer, so the swap waits for it.
+        self.manual_turns = False
+        self.buffered = False
+        # After a commit: what must still come before the session is idle ("item": the user
+        # item, "response": the response turn detection starts), or None.
+        self.turn_pending: str | None = None
+        self._auto_response = True
         self.responses: set[str] = set()  # in progress upstream, in or out of the conversation
         self.phase = Phase.IDLE
         self.holding = False  # replaying: the core holds the caller's and operators' inputs
@@ -377,11 +388,14 @@ class Rotation:
                     for k, v in session.items()
                     if k not in READ_ONLY_SESSION_FIELDS
                 }
+                self.manual_turns, self._auto_response = _turn_detection(session)
                 if kind == "session.created" and not self.session_ids:
                     self.session_ids.append(_upstream_id(session.get("id")))
                     self.due_at = now + self.rotate_after
         elif kind in ("conversation.item.added", "conversation.item.created"):
             self.conversation.added(event.get("item"), event.get("previous_item_id"))
+            if self.turn_pending == "item":
+                self.turn_pending = None
         elif kind in ("conversation.item.done", "conversation.item.retrieved"):
             self.conversation.replaced(event.get("item"))
         elif kind == "conversation.item.deleted":
@@ -400,6 +414,7 @@ class Rotation:
             response = event.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
                 self.responses.add(response["id"])
+            self.turn_pending = None
         elif kind == "response.done":
             response = event.get("response")
             if isinstance(response, dict):
@@ -409,8 +424,11 @@ class Rotation:
                 self.conversation.replaced(item)
         elif kind == "input_audio_buffer.speech_started":
             self.speaking = True
-        elif kind in ("input_audio_buffer.committed", "input_audio_buffer.cleared"):
-            self.speaking = False
+        elif kind == "input_audio_buffer.committed":
+            self.speaking = self.buffered = False
+            self.turn_pending = "response" if self._auto_response else "item"
+        elif kind == "input_audio_buffer.cleared":
+            self.speaking = self.buffered = False
         return self.holding and kind in CHANGING_TYPES
 
     # ------------------------------------------------------------------ the steps
@@ -609,6 +627,20 @@ class Rotation:
         return changed
 
 
+def _turn_detection(session: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the session's turn detection is off (GA `audio.input.turn_detection`, or the
+    beta shape's `turn_detection`, given as null), and whether a commit starts a response
+    (turn detection on, `create_response` not false)."""
+    audio = session.get("audio")
+    given = audio.get("input") if isinstance(audio, dict) else None
+    holder = given if isinstance(given, dict) and "turn_detection" in given else session
+    detection = holder.get("turn_detection", {})
+    if "turn_detection" in holder and detection is None:
+        return True, False
+    creates = not isinstance(detection, dict) or detection.get("create_response") is not False
+    return False, creates
+
+
 def _upstream_id(value: Any) -> str:
     if isinstance(value, str) and 0 < len(value) <= MAX_UPSTREAM_ID_CHARS:
         return value
@@ -673,12 +705,16 @@ class Rotator:
     def caller_frame(self, frame: str | bytes) -> list[Any] | None:
         """A caller frame: held during a rotation; after one, an item event with its ids
         translated, or a truncate answered. None: the core goes on as usual."""
-        if self.state.holding:
-            self.state.hold("caller", frame)
+        state = self.state
+        if state.holding:
+            state.hold("caller", frame)
             return []
-        if not self.state.caller_types or type(frame) is bytes:
+        if type(frame) is bytes or not (state.caller_types or state.manual_turns):
             return None
-        if events.peek_type(frame) not in self.state.caller_types:
+        kind = events.peek_type(frame)
+        if kind == "input_audio_buffer.append":
+            state.buffered = True
+        if kind not in state.caller_types:
             return None
         event = events.loads_object(frame)
         if event is None:
@@ -759,7 +795,9 @@ class Rotator:
             if (
                 core.between_responses
                 and not state.speaking
+                and state.turn_pending is None
                 and not state.responses
+                and not (state.manual_turns and state.buffered)
                 and core.tools.next_deadline is None  # no tool approval pending
             ):
                 actions += state.replay(now)

@@ -411,7 +411,7 @@ def test_across_rotations_every_caller_frame_and_request_goes_upstream_once_in_o
         elif step == "fail":
             take(rotator.fresh_failed("refused", now=now))
         elif step == "spoil":
-            take(core.upstream_frame(frame("input_audio_buffer.committed"), now=now))
+            take(core.upstream_frame(frame("input_audio_buffer.cleared"), now=now))
         elif step == "submit":
             submitted.append(f"req_op{len(submitted)}")
             take(core.submit(OperatorRequest(id=submitted[-1], origin="api"), now=now))
@@ -448,3 +448,27 @@ def test_an_upstream_that_names_the_replayed_items_itself_is_translated_both_way
     )
     assert json.loads(added[0].frame)["previous_item_id"] == "item_a1"
     assert fresh.state.conversation.ids == ["item_a1"]
+
+
+def test_with_turn_detection_off_uncommitted_audio_holds_the_rotation_until_committed():
+    core = started()
+    manual = {"audio": {"input": {"turn_detection": None}}}
+    core.upstream_frame(frame("session.updated", session={**SESSION, **manual}), now=1.0)
+    open_fresh(core)
+    appended = frame("input_audio_buffer.append", audio="AAAA")
+    assert core.caller_frame(appended, now=5.0) == [ToUpstream(frame=appended)]
+    assert core.tick(now=6.0) == []  # the audio is only in the old session's buffer
+    committed = core.upstream_frame(
+        frame("input_audio_buffer.committed", item_id="item_u2"), now=6.5
+    )
+    assert summary(committed) == ["caller input_audio_buffer.committed item_u2"]  # item next
+    item = {"id": "item_u2", "type": "message", "role": "user", "content": []}
+    added = core.upstream_frame(
+        frame("conversation.item.added", previous_item_id="item_a1", item=item), now=6.6
+    )
+    assert summary(added)[1:] == [
+        "fresh session.update",
+        "fresh conversation.item.create item_u1",
+        "fresh conversation.item.create item_a1",
+        "fresh conversation.item.create item_u2",
+    ]
