@@ -60,7 +60,8 @@ Spoken turns become text on the fresh session (the protocol cannot create audio 
 without its audio). A `conversation.item.truncate` of such an item, which was audio for the
 caller, cannot be done upstream; the relay answers it itself with `conversation.item.truncated`
 and marks the item truncated in its copy; the text the fresh upstream holds stays whole (the
-model keeps the words of a reply whose audio was cut before the rotation).
+model keeps the words of a reply whose audio was cut before the rotation). A retrieve of such
+an item answers the text version; a delete works as before.
 """
 
 from __future__ import annotations
