@@ -18,6 +18,7 @@ What it tracks (from the current upstream's events, `observe`)
                 fill in the audio parts).
   speaking      the caller's speech was detected and not yet committed; after a commit, its
                 item (and, with turn detection on, the response it starts) not yet come.
+  unfinished    items added and not yet done.
   buffered      with turn detection off, the caller appended audio not yet committed.
   responses     the responses in progress upstream (in the conversation or out of band).
 
@@ -327,6 +328,9 @@ class Rotation:
         # After a commit: what must still come before the session is idle ("item": the user
         # item, "response": the response turn detection starts), or None.
         self.turn_pending: str | None = None
+        # Items added and not yet done (their content may still change); a response's end
+        # clears it, so an item whose `.done` never comes holds nothing for long.
+        self.unfinished: set[str] = set()
         self._auto_response = True
         self.responses: set[str] = set()  # in progress upstream, in or out of the conversation
         self.phase = Phase.IDLE
@@ -394,13 +398,20 @@ class Rotation:
                     self.session_ids.append(_upstream_id(session.get("id")))
                     self.due_at = now + self.rotate_after
         elif kind in ("conversation.item.added", "conversation.item.created"):
-            self.conversation.added(event.get("item"), event.get("previous_item_id"))
+            item = event.get("item")
+            self.conversation.added(item, event.get("previous_item_id"))
             if self.turn_pending == "item":
                 self.turn_pending = None
+            if kind == "conversation.item.added" and isinstance(item, dict):
+                self.unfinished.add(item.get("id"))  # type: ignore[arg-type]
         elif kind in ("conversation.item.done", "conversation.item.retrieved"):
-            self.conversation.replaced(event.get("item"))
+            item = event.get("item")
+            self.conversation.replaced(item)
+            if kind == "conversation.item.done" and isinstance(item, dict):
+                self.unfinished.discard(item.get("id"))  # type: ignore[arg-type]
         elif kind == "conversation.item.deleted":
             self.conversation.deleted(event.get("item_id"))
+            self.unfinished.discard(event.get("item_id"))  # type: ignore[arg-type]
         elif kind == "conversation.item.truncated":
             if isinstance(event.get("item_id"), str):
                 self.conversation.truncated.add(event["item_id"])
@@ -423,6 +434,7 @@ class Rotation:
             output = response.get("output") if isinstance(response, dict) else None
             for item in output if isinstance(output, list) else ():
                 self.conversation.replaced(item)
+            self.unfinished.clear()
         elif kind == "input_audio_buffer.speech_started":
             self.speaking = True
         elif kind == "input_audio_buffer.committed":
@@ -797,9 +809,10 @@ class Rotator:
                 core.between_responses
                 and not state.speaking
                 and state.turn_pending is None
+                and not state.unfinished
                 and not state.responses
                 and not (state.manual_turns and state.buffered)
-                and core.tools.next_deadline is None  # no tool approval pending
+                and not core.tools.has_pending  # no approval awaits an answer
             ):
                 actions += state.replay(now)
         return actions

@@ -463,12 +463,40 @@ def test_with_turn_detection_off_uncommitted_audio_holds_the_rotation_until_comm
     )
     assert summary(committed) == ["caller input_audio_buffer.committed item_u2"]  # item next
     item = {"id": "item_u2", "type": "message", "role": "user", "content": []}
-    added = core.upstream_frame(
+    core.upstream_frame(
         frame("conversation.item.added", previous_item_id="item_a1", item=item), now=6.6
     )
+    added = core.upstream_frame(frame("conversation.item.done", item=item), now=6.6)
     assert summary(added)[1:] == [
         "fresh session.update",
         "fresh conversation.item.create item_u1",
         "fresh conversation.item.create item_a1",
         "fresh conversation.item.create item_u2",
     ]
+
+
+def test_a_pending_tool_approval_holds_the_rotation_until_it_is_answered():
+    core = started()
+    request = {
+        "id": "appr_1",
+        "type": "mcp_approval_request",
+        "server_label": "crm",
+        "name": "refund",
+        "arguments": "{}",
+    }
+    core.upstream_frame(frame("conversation.item.added", item=request), now=2.0)
+    core.upstream_frame(frame("conversation.item.done", item=request), now=2.0)
+    assert core.tools.has_pending
+    open_fresh(core)
+    assert core.tick(now=6.0) == []
+    answer = {
+        "id": "appr_r1",
+        "type": "mcp_approval_response",
+        "approval_request_id": "appr_1",
+        "approve": True,
+    }
+    core.caller_frame(frame("conversation.item.create", item=answer), now=6.5)
+    core.upstream_frame(frame("conversation.item.added", item=answer), now=6.6)
+    done = core.upstream_frame(frame("conversation.item.done", item=answer), now=6.6)
+    assert not core.tools.has_pending
+    assert "fresh session.update" in summary(done)
