@@ -88,7 +88,8 @@ async def test_a_stopped_server_ends_its_sessions_and_fails_their_pending_reques
         assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 1012, (
             repr(closed.value)
         )
-        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+        exit_code = await asyncio.to_thread(server.proc.wait, 15)
+        assert exit_code == 0, server.output()[-20000:]
     finally:
         server.stop()
     sessions = _rows(db_path, "SELECT upstream_id, status, end_reason FROM oc_sessions_livesession")
@@ -140,7 +141,8 @@ async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_fa
         assert live >= 3, server.output()
         server.proc.send_signal(signal.SIGINT)
         callers.send_signal(signal.SIGINT)
-        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+        exit_code = await asyncio.to_thread(server.proc.wait, 15)
+        assert exit_code == 0, server.output()[-20000:]
     finally:
         if callers.returncode is None:
             callers.kill()
@@ -160,3 +162,22 @@ async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_fa
         ("ended", "server_shutdown"),
         ("ended", "caller_closed"),
     }, sessions
+
+
+def test_tasks_a_stopped_loop_will_never_resume_are_closed_at_exit():
+    """The shape that crashed Python 3.11.7 at exit (gh-113566): a task waiting in
+    asyncio.Queue.get, woken by a put, and the loop stopped before it ran again."""
+    from apps.sessions.housekeeping import close_unfinished_tasks
+
+    loop = asyncio.new_event_loop()
+    try:
+        queue: asyncio.Queue = asyncio.Queue()
+        waiting = loop.create_task(queue.get())
+        loop.run_until_complete(asyncio.sleep(0))  # the task now waits in get()
+        queue.put_nowait("woken, never run")
+        coroutine = waiting.get_coro()
+        assert coroutine.cr_frame is not None
+        assert close_unfinished_tasks(loop) == 1
+        assert coroutine.cr_frame is None  # closed now, not by the garbage collector at exit
+    finally:
+        loop.close()
