@@ -151,8 +151,8 @@ def call_page(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def call_session(request: HttpRequest) -> JsonResponse:
-    """The console session attached to a call (`?call_id=`), once it is listed: the call page
-    links to it."""
+    """The console session attached to a call (`?call_id=`): the call page asks until it is
+    listed, then links to it. Not listed yet is an answer, not an error: `"session_id": null`."""
     call_id = request.GET.get("call_id", "")
     session = (
         LiveSession.objects.filter(call_id=call_id, upstream_id__isnull=False).only("upstream_id", "status").first()
@@ -160,7 +160,7 @@ def call_session(request: HttpRequest) -> JsonResponse:
         else None
     )
     if session is None:
-        return JsonResponse({"error": {"code": "not_found", "message": "No session is attached to this call yet."}}, status=404)
+        return JsonResponse({"session_id": None, "status": None, "url": None})
     return JsonResponse(
         {
             "session_id": session.upstream_id,

@@ -82,7 +82,11 @@ async def login(chromium, daphne, users):
         page = await context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-        page.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text}"))
+        page.on(
+            "console",
+            lambda msg: msg.type == "error"
+            and errors.append(f"console: {msg.text} ({msg.location.get('url', '')})"),
+        )
         await page.goto(f"{daphne.http_url}/console/")
         assert "/accounts/login/" in page.url, "the console requires a login"
         await page.fill("#id_username", name)

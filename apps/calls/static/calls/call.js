@@ -149,8 +149,8 @@ async function refusal(response) {
 async function findSession(current) {
   for (let i = 0; i < SESSION_POLL_TRIES && !current.ended; i += 1) {
     const response = await fetch(`${main.dataset.sessionUrl}?call_id=${encodeURIComponent(current.callId)}`, { headers: { Accept: "application/json" } });
-    if (response.ok) {
-      const session = await response.json();
+    const session = response.ok ? await response.json() : null;
+    if (session?.session_id) {
       sessionLink.href = session.url;
       sessionLink.textContent = session.session_id;
       sessionNote.hidden = false;
