@@ -22,9 +22,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
-from apps.calls import keys, upstream
+from apps.calls import keys
 from apps.calls.attach import attach
 from apps.calls.auth import Caller, authenticate, error
+from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.models import LiveSession
 
@@ -125,14 +126,14 @@ async def calls(request: HttpRequest) -> HttpResponse:
     if session:
         session = {**session, "type": "realtime", "model": model}
     try:
-        answer = await upstream.create_call(sdp=sdp, model=model, session=session or None)
+        answer = await upstream_calls.create_call(sdp=sdp, model=model, session=session or None)
     except httpx.HTTPError as exc:
         log.warning(json.dumps({"event": "call.upstream_unreachable", "error": type(exc).__name__}))
         return error(502, "upstream_unreachable", "The upstream could not be reached to place the call.", kind="upstream_error")
     if not answer.ok:
         log.info(json.dumps({"event": "call.refused_upstream", "status": answer.status, "by": caller.name}))
         return JsonResponse(answer.error_body(), status=answer.status)
-    call_id = upstream.call_id_from_location(answer.location)
+    call_id = upstream_calls.call_id_from_location(answer.location)
     if not call_id:
         return error(502, "upstream_error", "The upstream answered the call without its Location.", kind="upstream_error")
     log.info(json.dumps({"event": "call.placed", "call_id": call_id, "kind": "webrtc", "by": caller.name, "model": model}))

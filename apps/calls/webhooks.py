@@ -28,10 +28,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.calls import profiles, upstream
+from apps.calls import profiles
 from apps.calls.attach import attach
 from apps.calls.auth import error
 from apps.calls.models import SeenWebhook
+from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
 
 log = logging.getLogger("oc.events")
@@ -119,11 +120,11 @@ async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
     profile = await db_async(profiles.profile_for)(dialled_number)
     common = {"call_id": call_id, "from": caller_number, "to": dialled_number, "webhook_id": webhook_id}
     if profile is None:
-        answer = await upstream.call_action(call_id, "reject")
+        answer = await upstream_calls.call_action(call_id, "reject")
         log.info(json.dumps({"event": "call.rejected", **common, "reason": "no call profile names the number", "upstream_status": answer.status}))
         return JsonResponse({"status": "rejected", "call_id": call_id})
     config = profile.session_config(settings.OC_REALTIME_MODEL)
-    answer = await upstream.call_action(call_id, "accept", config)
+    answer = await upstream_calls.call_action(call_id, "accept", config)
     if not answer.ok:
         log.warning(json.dumps({"event": "call.accept_failed", **common, "profile": profile.name, "upstream_status": answer.status}))
         if answer.status >= 500:

@@ -11,7 +11,7 @@ relayed session, which has no call to control; `SessionNotLive` (409) for one th
 `InvalidTargetUri` (422, field `target_uri`); `CallControlFailed` (502) when the upstream
 refuses or cannot be reached (the row records that too).
 
-Both use the upstream's calls REST, `POST {base}/realtime/calls/{call_id}/hangup|refer`, where
+Both use the upstream's calls REST (`upstream_calls`), `POST {base}/realtime/calls/{call_id}/hangup|refer`, where
 `{base}` is OC_UPSTREAM_URL with http(s) for ws(s) (or the embedded simulator's URL), with
 `Authorization: Bearer OPENAI_API_KEY`.
 
@@ -31,10 +31,8 @@ import logging
 import re
 
 import httpx
-from django.conf import settings
 
-from apps.realtime.upstream import PLACEHOLDER_KEY
-from apps.sessions import groups, selectors
+from apps.sessions import groups, selectors, upstream_calls
 from apps.sessions.db import db_async
 from apps.sessions.models import CallAction, LiveSession
 from apps.sessions.services import (
@@ -44,13 +42,10 @@ from apps.sessions.services import (
     SessionUnavailable,
     _ask_actor,
 )
-from apps.sessions.upstream import base_url
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("oc.events")
 
-# How long the upstream's calls REST may take to answer.
-CALLS_TIMEOUT = 10.0
 MAX_TARGET_URI_CHARS = 512  # CallAction.target_uri's max_length
 _TEL = re.compile(r"tel:\+?[0-9][0-9().\-]*")
 _SIP = re.compile(r"sips?:[^\s@<>\"]+(@[^\s@<>\"]+)?")
@@ -124,30 +119,14 @@ def _attached_session(session_id: str, what: str) -> LiveSession:
     return session
 
 
-async def calls_url(call_id: str, verb: str) -> str:
-    """`{http(s) base}/realtime/calls/{call_id}/{verb}` of the upstream."""
-    base = await base_url()
-    if base.startswith("wss://"):
-        base = "https://" + base[len("wss://") :]
-    elif base.startswith("ws://"):
-        base = "http://" + base[len("ws://") :]
-    return f"{base.rstrip('/')}/realtime/calls/{call_id}/{verb}"
-
-
 async def _perform(session: LiveSession, verb: str, target_uri: str, requested_by: str) -> CallAction:
-    key = settings.OPENAI_API_KEY if settings.OC_UPSTREAM_URL else ""
     body = {"target_uri": target_uri} if verb == CallAction.Action.REFER else {}
     ok, error = False, ""
     try:
-        async with httpx.AsyncClient(timeout=CALLS_TIMEOUT) as client:
-            answer = await client.post(
-                await calls_url(session.call_id, verb),
-                json=body,
-                headers={"Authorization": f"Bearer {key or PLACEHOLDER_KEY}"},
-            )
-        ok = answer.is_success
+        answer = await upstream_calls.call_action(session.call_id, verb, body)
+        ok = answer.ok
         if not ok:
-            error = f"HTTP {answer.status_code}: {_error_message(answer)}"
+            error = f"HTTP {answer.status}: {answer.error_body()['error'].get('message', '')}"[:600]
     except httpx.HTTPError as exc:
         error = f"the upstream could not be reached ({type(exc).__name__}: {exc})"
     if error:
@@ -164,13 +143,3 @@ async def _perform(session: LiveSession, verb: str, target_uri: str, requested_b
         ok=ok,
         error=error,
     )
-
-
-def _error_message(answer: httpx.Response) -> str:
-    try:
-        error = answer.json().get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:500]
-    except (ValueError, AttributeError):
-        pass
-    return answer.text[:500] or answer.reason_phrase

@@ -201,3 +201,19 @@ async def test_an_unknown_number_is_rejected_when_the_setting_says_so(daphne_wit
     assert placed["webhook_status"] == 200
     assert [c for c, _ in simulator.sim.calls.rejects[rejects_before:]] == [placed["call_id"]]
     assert placed["call_id"] not in [c for c, _ in simulator.sim.calls.accepts]
+
+
+async def test_a_webrtc_call_on_the_embedded_simulator_is_answered_and_hung_up(daphne_with, api_token):
+    """`make run`'s shape: no OC_UPSTREAM_URL, no key. The calls REST then goes to the embedded
+    simulator (with its placeholder key, as the relay's WebSocket does), both for the offer
+    and for call control."""
+    daphne = daphne_with(OC_UPSTREAM_URL="", OPENAI_API_KEY="")
+    async with CallClient(f"{daphne.http_url}/v1", api_token, media=False) as call:
+        call_id = await call.place(session={"type": "realtime", "output_modalities": ["text"]})
+        await call.wait_for("session.created", timeout=10)
+        session = await listed(daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live")
+        async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10, headers={"Authorization": f"Bearer {api_token}"}) as http:
+            hangup = await http.post(f"/api/v1/sessions/{session['id']}/hangup")
+        assert hangup.status_code == 202, hangup.text
+        ended = await listed(daphne, api_token, lambda s: s["id"] == session["id"] and s["status"] == "ended")
+        assert ended["end_reason"] == "hung_up"

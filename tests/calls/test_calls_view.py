@@ -12,7 +12,8 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient
 
-from apps.calls import upstream, views
+from apps.calls import views
+from apps.sessions import upstream_calls
 from tests.conftest import UPSTREAM_KEY
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,7 +42,7 @@ def stand_in(settings, monkeypatch):
     settings.OC_UPSTREAM_URL = "wss://upstream.invalid/v1"
     settings.OPENAI_API_KEY = UPSTREAM_KEY
     fake = Upstream()
-    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fake)))
+    monkeypatch.setattr(upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fake)))
     attached: list[dict] = []
 
     async def record(**arguments):
@@ -129,7 +130,7 @@ async def test_an_unreachable_upstream_is_a_502(settings, api_token, monkeypatch
     def refuse(request):
         raise httpx.ConnectError("refused", request=request)
 
-    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(refuse)))
+    monkeypatch.setattr(upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(refuse)))
     response = await post_sdp(api_token)
     assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_unreachable"
 

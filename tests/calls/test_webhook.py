@@ -10,9 +10,10 @@ import httpx
 import pytest
 from django.test import AsyncClient
 
-from apps.calls import upstream, webhooks
+from apps.calls import webhooks
 from apps.calls.models import CallProfile, SeenWebhook
 from apps.calls.profiles import sip_number
+from apps.sessions import upstream_calls
 from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
 from tests.conftest import UPSTREAM_KEY
 
@@ -32,7 +33,7 @@ def stand_in(settings, monkeypatch):
         requests.append((request.url.path, json.loads(request.read() or b"{}"), request.headers.get("Authorization", "")))
         return httpx.Response(200)
 
-    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    monkeypatch.setattr(upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(answer)))
     attached: list[dict] = []
 
     async def record(**arguments):
@@ -151,7 +152,7 @@ async def test_an_upstream_failing_to_accept_leaves_the_delivery_to_be_retried(s
     def fail(request):
         return httpx.Response(503, json={"error": {"message": "busy"}})
 
-    monkeypatch.setattr(upstream, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fail)))
+    monkeypatch.setattr(upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fail)))
     body, headers = signed(incoming_call("rtc_retry"), webhook_id="wh_retry")
     assert (await deliver(body, headers)).status_code == 502
     assert not await SeenWebhook.objects.filter(webhook_id="wh_retry").aexists()

@@ -107,6 +107,10 @@ async def test_an_operator_calls_the_agent_from_the_browser_and_sees_the_session
     await session_page.wait_for_selector("[data-session-status]:text('live')", timeout=10000)
     assert "webrtc" in await session_page.text_content(".meta")
     assert UPSTREAM_KEY not in await session_page.content()
+    # The fake microphone's second of tone is a turn of the caller's: server VAD answers it. A
+    # nudge sent while that turn is still being detected would be cut by it (turn_detected), so
+    # the nudge waits for the agent's answer to it.
+    await page.wait_for_selector(".transcript .role-agent p", timeout=20000)
     # A nudge from the session page is answered in the call: its reply shows on the call page.
     await session_page.fill("#instructions", "Say the words BLUE HERON.")
     await session_page.click("[data-send]")

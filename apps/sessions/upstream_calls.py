@@ -3,8 +3,11 @@
 The Realtime WebSocket base (`OC_UPSTREAM_URL`, or the embedded simulator's) names the REST
 base too: `ws://` → `http://`, `wss://` → `https://`, the same host and path
 (`wss://api.openai.com/v1` → `https://api.openai.com/v1/realtime/calls`). Requests carry
-`Authorization: Bearer OPENAI_API_KEY`, which never leaves the server: the console passes on
-the upstream's status and JSON body, and builds every header it answers with itself.
+`Authorization: Bearer OPENAI_API_KEY` (the embedded simulator's placeholder key when the
+upstream is the simulator), which never leaves the server: the console passes on the
+upstream's status and JSON body, and builds every header it answers with itself. The calls
+endpoint, the webhook (`apps/calls`) and call control (`apps/sessions/calls.py`) all go
+through here.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from urllib.parse import quote
 import httpx
 from django.conf import settings
 
+from apps.realtime.upstream import PLACEHOLDER_KEY
 from apps.sessions import upstream as session_upstream
 
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -66,9 +70,9 @@ async def rest_base() -> str:
 
 def _headers() -> dict[str, str]:
     # As the relay's upstream connection: the key goes only to a configured upstream (the
-    # embedded simulator needs none).
+    # embedded simulator takes any key, and gets a placeholder).
     key = settings.OPENAI_API_KEY if settings.OC_UPSTREAM_URL else ""
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return {"Authorization": f"Bearer {key or PLACEHOLDER_KEY}"}
 
 
 def client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
