@@ -24,16 +24,19 @@ migrate: install
 
 # Daphne plus DEMO_CALLERS simulated callers (0 for none); Ctrl-C stops both.
 # espeak-ng gives the simulator a voice (installed as root when missing; a tone otherwise).
+# Phone calls: a development webhook secret is made once in var/webhook-secret (unless
+# OPENAI_WEBHOOK_SECRET is set), so `manage.py simulate_sip_call` works beside it.
 # Voice calls are recorded (OC_RECORD_AUDIO=false to stop it); recordings past
 # OC_RECORDING_RETENTION_DAYS are deleted at each start.
 run: migrate
 	-bash scripts/install-system-deps.sh espeak-ng
+	@test -s var/webhook-secret || (umask 077 && $(BIN)/python -c "import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())" > var/webhook-secret)
 	$(BIN)/python manage.py ensure_demo_operator
 	$(BIN)/python manage.py delete_old_recordings
 	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
 	@trap 'kill 0' EXIT; \
 	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \
-	OC_RECORD_AUDIO=$${OC_RECORD_AUDIO:-true} $(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
+	OC_RECORD_AUDIO=$${OC_RECORD_AUDIO:-true} OPENAI_WEBHOOK_SECRET=$${OPENAI_WEBHOOK_SECRET:-$$(cat var/webhook-secret)} $(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
 
 # Debian's chromium, redis-server and postgresql, installed when missing (as root).
 system-deps:

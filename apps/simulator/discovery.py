@@ -4,7 +4,8 @@ The console starts its embedded simulator on a free port (`apps.sessions.upstrea
 command run beside it (`simulate_sip_call`) cannot know the port: the console writes the
 simulator's base URL (`ws://127.0.0.1:PORT/v1`) to this file when the simulator starts, and the
 command reads it. A file left by a console that has stopped names a port nobody listens on;
-the command then says so.
+the command then says so. `make run` also keeps the console's development webhook secret
+beside it (`var/webhook-secret`), for the same command.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 URL_FILE = "simulator.url"
+DEV_SECRET_FILE = "webhook-secret"  # `make run`'s development webhook secret
 
 
 def write_url(var_dir: Path, url: str) -> None:
@@ -31,3 +33,13 @@ def read_url(var_dir: Path) -> str | None:
     except OSError:
         return None
     return url or None
+
+
+def read_dev_secret(var_dir: Path) -> str | None:
+    """The webhook secret `make run` made for the console it starts (`var/webhook-secret`), so
+    `simulate_sip_call` run beside it signs what that console verifies; None when there is none."""
+    try:
+        secret = (var_dir / DEV_SECRET_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return secret or None

@@ -78,7 +78,8 @@ class Command(BaseCommand):
                 f"or start the console (its embedded simulator writes "
                 f"{settings.VAR_DIR / discovery.URL_FILE} once it runs)."
             )
-        secret = options["secret"] or settings.OPENAI_WEBHOOK_SECRET
+        # `make run` keeps a development secret in var/webhook-secret and gives it the console.
+        secret = options["secret"] or settings.OPENAI_WEBHOOK_SECRET or discovery.read_dev_secret(settings.VAR_DIR)
         if not secret:
             raise CommandError(
                 "No webhook secret: give --secret whsec_... or set OPENAI_WEBHOOK_SECRET "
