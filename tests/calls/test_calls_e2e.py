@@ -136,7 +136,14 @@ def simulate_sip_call(daphne, simulator, *, to: str, caller: str, secret: str = 
     )
 
 
-async def test_simulate_sip_call_is_accepted_with_the_profile_and_listed_with_its_numbers(phone_daphne, simulator, api_token):
+@pytest.fixture
+def fast_speech(simulator):
+    """The phone caller and the agent speak four times faster than real time."""
+    with simulator.configured(audio_pace=4.0):
+        yield
+
+
+async def test_simulate_sip_call_is_accepted_with_the_profile_and_listed_with_its_numbers(phone_daphne, simulator, api_token, fast_speech):
     await CallProfile.objects.acreate(name="Pizza line", dialled_number="+15550100*", instructions="You take pizza orders.", voice="cedar")
     accepts_before = len(simulator.sim.calls.accepts)
     done = await asyncio.to_thread(simulate_sip_call, phone_daphne, simulator, to="+155501009", caller="+15557654321")
@@ -149,6 +156,33 @@ async def test_simulate_sip_call_is_accepted_with_the_profile_and_listed_with_it
     session = await listed(phone_daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live")
     assert (session["kind"], session["caller_number"], session["dialled_number"]) == ("sip", "+15557654321", "+155501009")
     assert session["label"] == "Pizza line"
+
+    # A nudge is spoken to the phone caller: the agent's audio reaches the call, and what it
+    # said carries the nudge's instructions.
+    phone = simulator.sim.calls.get(call_id)
+    rest = httpx.AsyncClient(base_url=phone_daphne.http_url, timeout=10, headers={"Authorization": f"Bearer {api_token}"})
+    async with rest:
+        # The simulated caller first asks its question (server VAD answers it); a nudge sent
+        # while it speaks would be cut by its turn, as on a real call.
+        for _ in range(200):
+            answered = (await rest.get("/api/v1/responses", params={"session_id": session["id"], "origin": "server", "status": "completed"})).json()["items"]
+            if answered:
+                break
+            await asyncio.sleep(0.1)
+        assert answered, "the caller's question was never answered"
+        nudge = (await rest.post(f"/api/v1/sessions/{session['id']}/responses", json={"instructions": "Offer the margherita."})).json()
+        for _ in range(200):
+            request = (await rest.get(f"/api/v1/responses/{nudge['id']}")).json()
+            if request["status"] in ("completed", "cancelled", "failed", "incomplete"):
+                break
+            await asyncio.sleep(0.1)
+        assert request["status"] == "completed", request
+        assert "Offer the margherita." in (request["output_text"] or ""), request
+        assert phone.agent_audio_bytes > 0
+        # A transfer reaches the simulator with its target.
+        refer = await rest.post(f"/api/v1/sessions/{session['id']}/refer", json={"target_uri": "tel:+15550199"})
+        assert refer.status_code == 202, refer.text
+    assert (call_id, "tel:+15550199") in simulator.sim.calls.refers
 
 
 async def sip_call(simulator, daphne, *, to: str, secret: str = WEBHOOK_SECRET) -> dict:
