@@ -178,18 +178,21 @@ class Run:
         }
 
     async def final_statuses(self, request_ids: list[str], limit: float) -> dict[str, str]:
-        """Each request's status once terminal (or as it stands at the limit)."""
-        statuses: dict[str, str] = {}
+        """Each request's status once terminal (or as it stands at the limit). Every request
+        still pending is asked once a round, 50 at a time; one never asked says so."""
+        statuses = dict.fromkeys(request_ids, "not asked")
         terminal = {"completed", "cancelled", "incomplete", "failed"}
         deadline = time.monotonic() + limit
         pending = list(request_ids)
         while pending and time.monotonic() < deadline:
-            answers = await asyncio.gather(*(
-                self.client.get(f"{self.base}/api/v1/responses/{rid}", headers=self.auth) for rid in pending[:50]
-            ))
-            for rid, answer in zip(pending[:50], answers, strict=True):
-                statuses[rid] = answer.json().get("status") if answer.status_code == 200 else str(answer.status_code)
-            pending = [rid for rid in pending if statuses.get(rid) not in terminal]
+            for start in range(0, len(pending), 50):
+                chunk = pending[start:start + 50]
+                answers = await asyncio.gather(*(
+                    self.client.get(f"{self.base}/api/v1/responses/{rid}", headers=self.auth) for rid in chunk
+                ))
+                for rid, answer in zip(chunk, answers, strict=True):
+                    statuses[rid] = answer.json().get("status") if answer.status_code == 200 else str(answer.status_code)
+            pending = [rid for rid in pending if statuses[rid] not in terminal]
             if pending:
                 await asyncio.sleep(0.2)
         return statuses
