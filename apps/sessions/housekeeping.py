@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import logging
 import uuid
@@ -220,27 +221,30 @@ def install_shutdown_trigger() -> None:
 
     def before_shutdown():
         log.info("stopping: ending this process's sessions")
-        atexit.register(close_unfinished_tasks, asyncio.get_event_loop())
+        atexit.register(finish_unfinished_tasks, asyncio.get_event_loop())
         return defer.Deferred.fromFuture(asyncio.ensure_future(housekeeping().shutdown()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
 
 
-def close_unfinished_tasks(loop: asyncio.AbstractEventLoop) -> int:
-    """At exit, close the coroutines of the tasks a stopped loop will never resume.
+def finish_unfinished_tasks(loop: asyncio.AbstractEventLoop, timeout: float = 2.0) -> int:
+    """At exit, cancel the tasks a stopped loop would never resume, and let them finish.
 
     Twisted's reactor stops the asyncio loop with some tasks still pending (a connection's
-    `receive` woken, say, but not yet run). Python 3.11.7 closes such coroutines only while it
-    finalizes its modules, and closing one that waits in `asyncio.Queue.get` formats a Future's
-    repr after `_asyncio` has cleared its globals: a segfault at exit (CPython gh-113566, fixed
-    in 3.11.8). Closed here, from `atexit`, while every module is whole, they end quietly.
-    Returns how many were closed.
+    `receive` woken, say, but not yet run). Left alone, Python 3.11.7 closes their coroutines
+    only while it finalizes its modules, and closing one that waits in `asyncio.Queue.get`
+    formats a Future's repr after `_asyncio` has cleared its globals: a segfault at exit
+    (CPython gh-113566, fixed in 3.11.8). Here, from `atexit`, while every module is whole,
+    they are cancelled and run to their end, as `asyncio.run` does with what is left; one that
+    does not end within `timeout` has its coroutine closed. Returns how many there were.
     """
-    closed = 0
-    for task in asyncio.all_tasks(loop):
-        try:
-            task.get_coro().close()
-            closed += 1
-        except Exception as exc:  # a coroutine that will not close: nothing more to do at exit
-            log.debug("closing %r at exit failed: %r", task, exc)
-    return closed
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks and not loop.is_closed() and not loop.is_running():
+        loop.run_until_complete(asyncio.wait(tasks, timeout=timeout))
+    for task in tasks:
+        if not task.done():
+            with contextlib.suppress(Exception):  # a coroutine that will not close: exit anyway
+                task.get_coro().close()
+    return len(tasks)

@@ -167,7 +167,7 @@ async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_fa
 def test_tasks_a_stopped_loop_will_never_resume_are_closed_at_exit():
     """The shape that crashed Python 3.11.7 at exit (gh-113566): a task waiting in
     asyncio.Queue.get, woken by a put, and the loop stopped before it ran again."""
-    from apps.sessions.housekeeping import close_unfinished_tasks
+    from apps.sessions.housekeeping import finish_unfinished_tasks
 
     loop = asyncio.new_event_loop()
     try:
@@ -177,7 +177,8 @@ def test_tasks_a_stopped_loop_will_never_resume_are_closed_at_exit():
         queue.put_nowait("woken, never run")
         coroutine = waiting.get_coro()
         assert coroutine.cr_frame is not None
-        assert close_unfinished_tasks(loop) == 1
-        assert coroutine.cr_frame is None  # closed now, not by the garbage collector at exit
+        assert finish_unfinished_tasks(loop) == 1
+        assert waiting.cancelled()  # ended now, not by the garbage collector at exit
+        assert coroutine.cr_frame is None
     finally:
         loop.close()
