@@ -40,7 +40,6 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 PCM_RATE = 24000
 FRAME_MS = 20
-_SAMPLES_PER_FRAME = PCM_RATE * FRAME_MS // 1000
 _MAX_QUEUED_BYTES = PCM_RATE * 2 * 120  # two minutes of speech waiting to be played
 
 sdp_log: deque[tuple[str, str]] = deque(maxlen=4096)  # (what, sdp): "offer"/"answer"
@@ -158,16 +157,49 @@ def _ignore_checks_from_elsewhere(connection: aioice.Connection) -> None:
     connection._oc_loopback_guard = True  # type: ignore[attr-defined]
 
 
-class AgentAudioTrack(MediaStreamTrack):
-    """An outgoing audio track: queued PCM16 (mono, `PCM_RATE`) played in real time."""
+class PacedAudioTrack(MediaStreamTrack):
+    """An outgoing mono PCM16 audio track that hands out one 20 ms frame each 20 ms of real
+    time (what a microphone or a speaker does); subclasses say what each frame holds."""
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int) -> None:
         super().__init__()
-        self._queue = bytearray()
+        self.rate = rate
+        self.samples_per_frame = rate * FRAME_MS // 1000
         self._start: float | None = None
         self._pts = 0
+
+    async def next_frame_time(self) -> int:
+        """Wait until the next frame is due; returns its time in samples since the first."""
+        if self.readyState != "live":
+            raise MediaStreamError()
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += self.samples_per_frame
+            wait = self._start + self._pts / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return self._pts
+
+    def frame(self, pcm: bytes) -> av.AudioFrame:
+        """A frame of `pcm` (padded with silence to a whole frame) at the current time."""
+        size = self.samples_per_frame * 2
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.samples_per_frame)
+        frame.planes[0].update(pcm[:size] + bytes(size - len(pcm[:size])))
+        frame.pts = self._pts
+        frame.sample_rate = self.rate
+        frame.time_base = fractions.Fraction(1, self.rate)
+        return frame
+
+
+class AgentAudioTrack(PacedAudioTrack):
+    """An outgoing audio track: queued PCM16 (mono, `PCM_RATE`) played in real time."""
+
+    def __init__(self) -> None:
+        super().__init__(PCM_RATE)
+        self._queue = bytearray()
         self.played_bytes = 0  # speech (not silence) sent so far
 
     def play(self, pcm: bytes) -> None:
@@ -182,25 +214,12 @@ class AgentAudioTrack(MediaStreamTrack):
         return len(self._queue)
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError()
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += _SAMPLES_PER_FRAME
-            wait = self._start + self._pts / PCM_RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        size = _SAMPLES_PER_FRAME * 2
+        await self.next_frame_time()
+        size = self.samples_per_frame * 2
         chunk = bytes(self._queue[:size])
         del self._queue[:size]
         self.played_bytes += len(chunk)
-        frame = av.AudioFrame(format="s16", layout="mono", samples=_SAMPLES_PER_FRAME)
-        frame.planes[0].update(chunk + bytes(size - len(chunk)))
-        frame.pts = self._pts
-        frame.sample_rate = PCM_RATE
-        frame.time_base = fractions.Fraction(1, PCM_RATE)
-        return frame
+        return self.frame(chunk)
 
 
 class FrameConverter:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import math
-import time
 from typing import Any
 
 import av
@@ -38,7 +36,6 @@ from apps.realtime.audio import pcm16_rms
 from apps.simulator import webrtc
 
 _RATE = 48000
-_FRAME_SAMPLES = _RATE // 50  # 20 ms
 
 
 def http_base(ws_base: str) -> str:
@@ -59,42 +56,25 @@ def non_loopback_candidates(entries=None) -> list[tuple[str, str]]:
     return found
 
 
-class ToneTrack(MediaStreamTrack):
+class ToneTrack(webrtc.PacedAudioTrack):
     """A microphone: a sine of `frequency` Hz (0: silence), 48 kHz mono, in real time; when
     `seconds` is set, that much tone and then silence."""
 
-    kind = "audio"
-
     def __init__(self, frequency: float = 440.0, amplitude: int = 8000, seconds: float | None = None):
-        super().__init__()
+        super().__init__(_RATE)
         self.frequency = frequency
         self.amplitude = amplitude
         self.seconds = seconds
-        self._start: float | None = None
-        self._pts = 0
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError()
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += _FRAME_SAMPLES
-            wait = self._start + self._pts / _RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        audible = self.frequency > 0 and (self.seconds is None or self._pts / _RATE < self.seconds)
+        pts = await self.next_frame_time()
+        audible = self.frequency > 0 and (self.seconds is None or pts / _RATE < self.seconds)
         w = 2 * math.pi * self.frequency / _RATE
         samples = [
-            int(self.amplitude * math.sin(w * (self._pts + i))) if audible else 0
-            for i in range(_FRAME_SAMPLES)
+            int(self.amplitude * math.sin(w * (pts + i))) if audible else 0
+            for i in range(self.samples_per_frame)
         ]
-        frame = av.AudioFrame(format="s16", layout="mono", samples=_FRAME_SAMPLES)
-        frame.planes[0].update(b"".join(s.to_bytes(2, "little", signed=True) for s in samples))
-        frame.pts = self._pts
-        frame.sample_rate = _RATE
-        frame.time_base = fractions.Fraction(1, _RATE)
-        return frame
+        return self.frame(b"".join(sample.to_bytes(2, "little", signed=True) for sample in samples))
 
 
 class CallClient:
