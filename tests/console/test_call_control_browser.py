@@ -44,6 +44,8 @@ async def test_an_operator_transfers_and_hangs_up_an_attached_call(login, daphne
         await expect(page.locator("body")).to_contain_text("transferred to tel:+15550002222")
         assert (call_id, "tel:+15550002222") in simulator.sim.calls.refers
         await expect(page.locator("[data-call-actions]")).to_contain_text("by alice")
+        # The transferred call is over: nothing is left to hang up or transfer.
+        await expect(page.locator("[data-call-control]")).to_be_hidden()
         await alice.screenshot("call-control-history")
     action = await CallAction.objects.aget(session__upstream_id=session_id)
     assert (action.action, action.requested_by, action.ok) == ("refer", "alice", True)

@@ -439,6 +439,8 @@ function ended(message) {
   note.querySelector("[data-end-reason]").textContent = endSummary(message);
   note.hidden = false;
   document.querySelector("[data-steer-closed]")?.removeAttribute("hidden");
+  const callControl = document.querySelector("[data-call-control]");
+  if (callControl) callControl.hidden = true; // hang-up and transfer: the call is over
   for (const control of document.querySelectorAll("[data-nudge-form] :is(button, input, textarea), [data-interrupt-form] button")) {
     control.disabled = true;
   }
