@@ -89,7 +89,7 @@ VAR_DIR.mkdir(exist_ok=True)
 DATABASES = {"default": database_from_url("DATABASE_URL", str(VAR_DIR / "db.sqlite3"))}
 # Connections are not kept between requests: under ASGI, Django runs each request's sync code
 # on a thread of its own, so a kept connection would be one per finished request, left for
-# the garbage collector (measured: 1 new SQLite connection per REST call either way).
+# the garbage collector. The database threads of apps/sessions/db.py last, and keep SQLite's.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, for the test database too: the history writer's thread and the

@@ -5,10 +5,13 @@ thread. Under Django's ASGI handler that is a thread started for each HTTP reque
 it a new Django connection object (connections are per thread) whose helpers hold reference
 cycles: per REST call, a thread start and cyclic garbage for the collector.
 
-`db_async` runs it on a pool of `THREADS` threads that last as long as the process. Each call
-still closes its connection at the end (`CONN_MAX_AGE` 0): back to the pool on PostgreSQL,
-closed on SQLite, as before. Every call is self-contained (its own transaction, if any), so
-nothing relies on the calling thread.
+`db_async` runs it on a pool of `THREADS` threads that last as long as the process. Every call
+is self-contained (its own transaction, if any), so nothing relies on the calling thread. On
+PostgreSQL each call gives its connection back to Django's pool at the end (`CONN_MAX_AGE` 0).
+On SQLite, which has no pool, each of these threads keeps its connection for the life of the
+process: opening one costs more CPU than most calls' queries (SQLite reads the whole schema
+again), and a process made that many times a second (bench/RESULTS.md). A request's own
+thread still closes its connection when the request ends, as Django does.
 
 `serialised_write`: SQLite lets one connection write at a time; a second one waits in
 SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries with no queue, so
@@ -25,8 +28,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from channels.db import DatabaseSyncToAsync
-from django.db import connection
+from asgiref.sync import SyncToAsync
+from django.db import close_old_connections, connection
 
 # At most this many database calls of this process at once; the rest queue here, not in the
 # PostgreSQL pool (whose `max_size` is 16). Each thread that allocates gets a malloc arena of
@@ -36,9 +39,28 @@ THREADS = 4
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="oc-db")
 
 
+class _OnDatabaseThread(SyncToAsync):
+    """`channels.db.DatabaseSyncToAsync`, except that SQLite's connection is kept."""
+
+    def thread_handler(self, loop, *args, **kwargs):
+        _tidy_connection()
+        try:
+            return super().thread_handler(loop, *args, **kwargs)
+        finally:
+            _tidy_connection()
+
+
+def _tidy_connection() -> None:
+    if connection.vendor == "sqlite":
+        if connection.in_atomic_block:  # a call left a transaction open: never carry it over
+            connection.close()
+    else:
+        close_old_connections()
+
+
 def db_async(function: Callable[..., Any]) -> Callable[..., Any]:
     """`function` as a coroutine function running on the database threads."""
-    return DatabaseSyncToAsync(function, thread_sensitive=False, executor=_executor)
+    return _OnDatabaseThread(function, thread_sensitive=False, executor=_executor)
 
 
 _write_lock = threading.Lock()
