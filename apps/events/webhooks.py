@@ -22,7 +22,8 @@ housekeeping. Each round it
 SQLite has no row locks; there one process writes at a time and a deployment on SQLite
 runs one process.
 
-Rounds run every `OC_WEBHOOK_INTERVAL` seconds, and at once when this process commits events.
+Rounds run every `OC_WEBHOOK_INTERVAL` seconds, and at once when this process commits events
+unless the last round found no active endpoint and nothing to send.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ def webhook_endpoint_create(
 
 
 def fan_out() -> int:
-    """New events → deliveries, for every active endpoint no other process is doing."""
-    created = 0
-    for endpoint_id in WebhookEndpoint.objects.filter(active=True).values_list("id", flat=True):
+    """New events → deliveries, for every active endpoint no other process is doing.
+    Returns how many endpoints are active."""
+    active = list(WebhookEndpoint.objects.filter(active=True).values_list("id", flat=True))
+    for endpoint_id in active:
         with serialised_write(), transaction.atomic():
             endpoint = (
                 WebhookEndpoint.objects.select_for_update(skip_locked=True)
@@ -122,20 +124,21 @@ def fan_out() -> int:
             WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
             endpoint.cursor = rows[-1][0]
             endpoint.save(update_fields=["cursor"])
-            created += len(deliveries)
-    return created
+    return len(active)
 
 
 def claim_due(limit: int = CLAIM_PAGE) -> list[WebhookDelivery]:
     now = timezone.now()
     abandoned = now - timedelta(seconds=3 * settings.OC_WEBHOOK_TIMEOUT)
+    is_due = Q(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now) | Q(
+        status=WebhookDelivery.Status.SENDING, claimed_at__lt=abandoned
+    )
+    if not WebhookDelivery.objects.filter(is_due).exists():  # most rounds: no write lock taken
+        return []
     with serialised_write(), transaction.atomic():
         due = list(
             WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(
-                Q(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now)
-                | Q(status=WebhookDelivery.Status.SENDING, claimed_at__lt=abandoned)
-            )
+            .filter(is_due)
             .select_related("endpoint")
             .order_by("next_attempt_at", "id")[:limit]
         )
@@ -191,6 +194,7 @@ class WebhookWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
+        self._idle = False  # the last round found no active endpoint and nothing due
         notify.listen(self)
 
     def start(self) -> None:
@@ -198,7 +202,10 @@ class WebhookWorker:
             self._task = self.loop.create_task(self._run(), name="webhooks")
 
     def wake_threadsafe(self) -> None:
-        if self._task is not None and not self.loop.is_closed():
+        """Events were committed here: a round now. Not while idle: then the next timed round
+        is soon enough (a new endpoint's cursor starts at its creation, so it misses nothing),
+        and a busy relay's commits do not each cost a round of queries."""
+        if self._task is not None and not self._idle and not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self._wake.set)
 
@@ -215,14 +222,13 @@ class WebhookWorker:
 
     async def round(self) -> int:
         """Fan out, then send what is due until nothing is. Returns the attempts made."""
-        await db_async(fan_out)()
+        endpoints = await db_async(fan_out)()
         made = 0
-        while True:
-            due = await db_async(claim_due)()
-            if not due:
-                return made
+        while due := await db_async(claim_due)():
             await asyncio.gather(*(self._deliver(delivery) for delivery in due))
             made += len(due)
+        self._idle = endpoints == 0 and made == 0
+        return made
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         if self._client is None:
