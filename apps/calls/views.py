@@ -27,6 +27,7 @@ from apps.calls.attach import attach
 from apps.calls.auth import Caller, authenticate, error
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
+from apps.sessions.housekeeping import housekeeping
 from apps.sessions.models import LiveSession
 
 log = logging.getLogger("oc.events")
@@ -120,6 +121,11 @@ async def calls(request: HttpRequest) -> HttpResponse:
     if isinstance(offer, JsonResponse):
         return offer
     sdp, session = offer
+    if (full := housekeeping().full()) is not None:
+        log.warning(json.dumps({"event": "call.refused", "reason": "too_many_sessions", "by": caller.name}))
+        response = error(503, "too_many_sessions", full, kind="server_error")
+        response["Retry-After"] = "30"
+        return response
     # A minted key's configuration is the one its issuer chose: it wins over the request's.
     session = {**session, **caller.session}
     model = session.get("model") or request.GET.get("model") or settings.OC_REALTIME_MODEL

@@ -9,8 +9,9 @@ signature, or a recent timestamp → 400 and nothing is done. A `webhook-id` alr
 `realtime.call.incoming`: a phone call is ringing. The number dialled (SIP `To`) picks the call
 profile (apps/calls/profiles.py); the call is accepted with the profile's session
 configuration, or rejected when no profile names the number and `OC_SIP_REJECT_UNKNOWN` is
-set; an accepted call gets a sideband session (kind `sip`) with both numbers. Other event
-types are answered 200 and ignored.
+set, or rejected busy (SIP 486) when this process already holds OC_MAX_SESSIONS: a call the
+console could not steer is not taken. An accepted call gets a sideband session (kind `sip`)
+with both numbers. Other event types are answered 200 and ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from apps.calls.auth import error
 from apps.calls.models import SeenWebhook
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
+from apps.sessions.housekeeping import housekeeping
 
 log = logging.getLogger("oc.events")
 
@@ -123,6 +125,11 @@ async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
         answer = await upstream_calls.call_action(call_id, "reject")
         log.info(json.dumps({"event": "call.rejected", **common, "reason": "no call profile names the number", "upstream_status": answer.status}))
         return JsonResponse({"status": "rejected", "call_id": call_id})
+    if housekeeping().full() is not None:
+        # 486 Busy Here: the caller's phone says the line is busy, and they may call again.
+        answer = await upstream_calls.call_action(call_id, "reject", {"status_code": 486})
+        log.warning(json.dumps({"event": "call.rejected", **common, "reason": "too_many_sessions", "upstream_status": answer.status}))
+        return JsonResponse({"status": "rejected", "call_id": call_id, "reason": "too_many_sessions"})
     config = profile.session_config(settings.OC_REALTIME_MODEL)
     answer = await upstream_calls.call_action(call_id, "accept", config)
     if not answer.ok:

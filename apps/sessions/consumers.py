@@ -144,14 +144,9 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
-        held = len(housekeeping().holders)
-        if held >= settings.OC_MAX_SESSIONS:
+        if (message := housekeeping().full()) is not None:
             refusals.warning(
-                json.dumps({"event": "relay.refused", "reason": "too_many_sessions", "by": principal.name, "held": held})
-            )
-            message = (
-                f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; "
-                "try again later."
+                json.dumps({"event": "relay.refused", "reason": "too_many_sessions", "by": principal.name})
             )
             error = events.error_event(code="too_many_sessions", message=message, error_type="server_error")
             await self.send(text_data=events.dumps(error))

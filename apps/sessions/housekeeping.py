@@ -79,6 +79,14 @@ class Housekeeping:
         if self.holders.get(holder.key) is holder:
             del self.holders[holder.key]
 
+    def full(self) -> str | None:
+        """Why this process takes no more sessions (it holds OC_MAX_SESSIONS), or None. The
+        relay refuses a caller with it, and an attached call is refused before it is placed
+        or answered: a call the console could not steer is not taken."""
+        if len(self.holders) < settings.OC_MAX_SESSIONS:
+            return None
+        return f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; try again later."
+
     async def shutdown(self, timeout: float = 5.0) -> int:
         """End every session this process holds (`server_shutdown`: their callers are told,
         their pending requests fail) and wait until that is in the table."""

@@ -5,6 +5,7 @@ forwarded, and how the upstream's answers and errors are passed on. The end-to-e
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from django.test import AsyncClient
 
 from apps.calls import views
 from apps.sessions import upstream_calls
+from apps.sessions.housekeeping import housekeeping
 from tests.conftest import UPSTREAM_KEY
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -183,3 +185,19 @@ async def test_a_call_that_cannot_be_attached_is_still_answered_and_logged(stand
     response = await post_sdp(api_token)
     assert response.status_code == 201 and response["Location"] == "/v1/realtime/calls/rtc_test123"
     assert any("call.attach_failed" in r.getMessage() and "rtc_test123" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_full_server_refuses_the_call_before_placing_it(stand_in, api_token, settings):
+    settings.OC_MAX_SESSIONS = 1
+    held = housekeeping().holders
+    held[uuid.uuid4()] = object()  # one session already held: the process is full
+    try:
+        response = await post_sdp(api_token)
+    finally:
+        held.clear()
+    assert response.status_code == 503 and response["Retry-After"] == "30"
+    body = response.json()["error"]
+    assert body["code"] == "too_many_sessions" and body["type"] == "server_error"
+    assert "maximum of 1 live sessions" in body["message"]
+    assert stand_in.requests == [] and stand_in.attached == []
+    assert (await post_sdp(api_token)).status_code == 201

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from apps.calls import webhooks
 from apps.calls.models import CallProfile, SeenWebhook
 from apps.calls.profiles import sip_number
 from apps.sessions import upstream_calls
+from apps.sessions.housekeeping import housekeeping
 from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
 from tests.conftest import UPSTREAM_KEY
 
@@ -89,6 +91,20 @@ async def test_an_unknown_number_is_rejected_when_told(stand_in, settings):
     assert stand_in["attached"] == []
     known = await deliver(*signed(incoming_call("rtc_known", to="+15550001111")))
     assert known.json()["status"] == "accepted"
+
+
+async def test_a_full_server_answers_a_phone_call_busy(stand_in, settings):
+    settings.OC_MAX_SESSIONS = 1
+    held = housekeeping().holders
+    held[uuid.uuid4()] = object()  # one session already held: the process is full
+    try:
+        response = await deliver(*signed(incoming_call("rtc_busy", to="+15550001111")))
+    finally:
+        held.clear()
+    assert response.status_code == 200
+    assert response.json() == {"status": "rejected", "call_id": "rtc_busy", "reason": "too_many_sessions"}
+    assert [(path, body) for path, body, _ in stand_in["requests"]] == [("/v1/realtime/calls/rtc_busy/reject", {"status_code": 486})]
+    assert stand_in["attached"] == []
 
 
 @pytest.mark.parametrize(
