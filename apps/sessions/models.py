@@ -104,7 +104,7 @@ class LiveSession(models.Model):
             "ended_at": _iso(self.ended_at),
             "active_response_id": self.active_response or None,
             "queued": self.queued,
-            "origin_counts": {origin: getattr(self, f"origin_{origin}") for origin in ResponseRequest.Origin.values},
+            "origin_counts": {origin: getattr(self, f"origin_{origin}") for origin in ORIGINS},
             "end_reason": self.end_reason or None,
             "kind": self.kind,
             "call_id": self.call_id,
@@ -214,6 +214,10 @@ class ResponseRequest(models.Model):
             "finished_at": _iso(self.finished_at),
             "requested_by": self.requested_by,
         }
+
+
+# Every origin, in the order the `Session` shape lists their counts.
+ORIGINS = tuple(ResponseRequest.Origin.values)
 
 
 class ClientSecret(models.Model):

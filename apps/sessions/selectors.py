@@ -25,9 +25,7 @@ from django.utils import timezone
 
 from apps.sessions.costs import DIGITS as COST_DIGITS
 from apps.sessions.costs import cost_usd
-from apps.sessions.models import LiveSession, ResponseRequest
-
-ORIGINS = tuple(ResponseRequest.Origin.values)
+from apps.sessions.models import ORIGINS, LiveSession, ResponseRequest
 
 
 def sessions_with_counts() -> QuerySet[LiveSession]:
@@ -106,13 +104,23 @@ def request_get(*, request_id: str) -> ResponseRequest | None:
     return ResponseRequest.objects.select_related("session").filter(id=request_id).first()
 
 
+# What the dashboard never shows of a live session: left out of its once-a-second read of
+# every live session (the recording's transcript and the instructions can be long).
+NOT_ON_DASHBOARD = (
+    "process_id", "heartbeat_at", "instructions", "end_code", "end_detail", "rate_limits",
+    "recording", "recording_seconds", "recording_transcript",
+)
+
+
 def live_sessions(*, limit: int = 500) -> list[LiveSession]:
     """Live sessions from the table (any process's), newest first, with the counts of
-    `sessions_with_counts()` and the times of their latest request created and finished."""
+    `sessions_with_counts()` and the times of their latest request created and finished;
+    for the dashboard (`to_dict()` and what `apps.console.feed.summary` adds)."""
     sessions = (
         sessions_with_counts()
         .filter(status=LiveSession.Status.LIVE)
         .annotate(last_created=Max("requests__created_at"), last_finished=Max("requests__finished_at"))
+        .defer(*NOT_ON_DASHBOARD)
     )
     return list(sessions[:limit])
 

@@ -196,6 +196,17 @@ def test_dashboard_summaries_are_the_session_shape_plus_the_dashboards_own(opera
     assert summary["last_activity"] >= summary["started_at"]
 
 
+
+def test_the_dashboards_read_is_one_query_however_many_sessions_are_live(operator, django_assert_num_queries):
+    for i in range(30):
+        _session(upstream_id=f"sess_many{i:02d}", instructions="Long instructions. " * 50)
+    # One query for the sessions: nothing the summaries use was left out of the read (a
+    # deferred column read per row would be a query per session).
+    with django_assert_num_queries(1):
+        summaries = feed.summaries()
+    assert len(summaries) == 30
+
+
 # ---------------------------------------------------------------- ended sessions
 
 
