@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import httpx
 import pytest
@@ -12,9 +13,15 @@ from django.db import connection
 from apps.sessions.history import writer as history
 from apps.simulator.server import SimulatorConfig
 from operator_console.asgi import application
-from tests.support.servers import DaphneProcess, SimulatorThread
+from tests.support.servers import LOG_DIR, DaphneProcess, SimulatorThread
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_daphne_logs():
+    """This run's Daphne logs replace the last run's (they piled up in var/, one a server)."""
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

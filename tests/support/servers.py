@@ -16,6 +16,9 @@ from pathlib import Path
 from apps.simulator.server import Simulator, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+# The Daphne logs of this test run, kept after it for a failure to be read; the next run of
+# the same test database (OC_TEST_DB: runs side by side keep apart) starts with it empty.
+LOG_DIR = ROOT / "var" / "test-logs" / Path(os.environ.get("OC_TEST_DB") or "test").stem
 
 
 def free_port() -> int:
@@ -79,7 +82,8 @@ class DaphneProcess:
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
         self.env = dict(env)
-        self.log_path = ROOT / "var" / f"daphne-{self.port}.log"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"daphne-{self.port}.log"
         # PYTHONFAULTHANDLER: a crash of the server (a signal at exit) leaves every thread's stack
         # in its log.
         full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **env}
