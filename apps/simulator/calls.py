@@ -476,7 +476,7 @@ class CallRegistry:
             )
         session_type = body.get("type")
         if session_type is None:
-            raise Rejected("missing_required_parameter", "Missing required parameter: 'type'.", "type")
+            raise Rejected.missing_parameter("type")
         _apply_config(call.session, body)
         self.accepts.append((call.id, copy.deepcopy(body)))
         self._activate(call)
@@ -753,7 +753,7 @@ def _offer(request: HTTPRequest) -> tuple[str, dict[str, Any] | None]:
     elif request.content_type == "multipart/form-data":
         parts = _form_parts(request)
         if "sdp" not in parts:
-            raise Rejected("missing_required_parameter", "Missing required parameter: 'sdp'.", "sdp")
+            raise Rejected.missing_parameter("sdp")
         offer = parts["sdp"].decode("utf-8", "replace")
         update = None
         if "session" in parts:
@@ -797,11 +797,7 @@ def _apply_config(session: SimSession, update: dict[str, Any]) -> None:
         )
     instructions = update.get("instructions")
     if "instructions" in update and not isinstance(instructions, str):
-        raise Rejected(
-            "invalid_type",
-            f"Invalid type for 'instructions': expected a string, but got {json_type(instructions)} instead.",
-            "instructions",
-        )
+        raise Rejected.invalid_type("instructions", "a string", instructions)
     model = update.get("model")
     if model is not None:
         if not isinstance(model, str) or not model:

@@ -39,7 +39,7 @@ from apps.realtime.events import error_event, json_type
 from apps.simulator import limits, shape, voice
 from apps.simulator import tools as simtools
 from apps.simulator.config import SimulatorConfig
-from apps.simulator.wire import Rejected, dumps, new_event_id, new_id, tokens
+from apps.simulator.wire import Rejected, dumps, new_event_id, new_id, required_object, tokens
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +255,9 @@ class SimSession:
         kind = event.get("type")
         try:
             if kind is None:
-                raise Rejected(
-                    "missing_required_parameter", "Missing required parameter: 'type'.", "type"
-                )
+                raise Rejected.missing_parameter("type")
             if not isinstance(kind, str):
-                raise Rejected(
-                    "invalid_type",
-                    f"Invalid type for 'type': expected a string, but got {json_type(kind)} instead.",
-                    "type",
-                )
+                raise Rejected.invalid_type("type", "a string", kind)
             handler = HANDLERS.get(kind)
             if handler is None:
                 supported = ", ".join(f"'{name}'" for name in HANDLERS)
@@ -293,17 +287,7 @@ class SimSession:
             )
 
     async def on_session_update(self, event: dict[str, Any]) -> None:
-        update = event.get("session")
-        if update is None:
-            raise Rejected(
-                "missing_required_parameter", "Missing required parameter: 'session'.", "session"
-            )
-        if not isinstance(update, dict):
-            raise Rejected(
-                "invalid_type",
-                f"Invalid type for 'session': expected an object, but got {json_type(update)} instead.",
-                "session",
-            )
+        update = required_object(event, "session")
         if shape.beta_session(update):
             event_id = event.get("event_id")
             await shape.refuse_beta(
@@ -321,12 +305,7 @@ class SimSession:
             )
         instructions = update.get("instructions")
         if "instructions" in update and not isinstance(instructions, str):
-            raise Rejected(
-                "invalid_type",
-                "Invalid type for 'session.instructions': expected a string, "
-                f"but got {json_type(instructions)} instead.",
-                "session.instructions",
-            )
+            raise Rejected.invalid_type("session.instructions", "a string", instructions)
         _deep_merge(self.config, {k: v for k, v in update.items() if k not in _SESSION_READ_ONLY})
         await self.send(
             {"type": "session.updated", "event_id": new_event_id(), "session": self.config}
@@ -336,25 +315,11 @@ class SimSession:
     # conversation items
 
     async def on_item_create(self, event: dict[str, Any]) -> None:
-        item = event.get("item")
-        if item is None:
-            raise Rejected(
-                "missing_required_parameter", "Missing required parameter: 'item'.", "item"
-            )
-        if not isinstance(item, dict):
-            raise Rejected(
-                "invalid_type",
-                f"Invalid type for 'item': expected an object, but got {json_type(item)} instead.",
-                "item",
-            )
+        item = required_object(event, "item")
         item_type = item.get("type")
         if item_type not in ITEM_TYPES:
             if item_type is None:
-                raise Rejected(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'item.type'.",
-                    "item.type",
-                )
+                raise Rejected.missing_parameter("item.type")
             supported = ", ".join(f"'{name}'" for name in sorted(ITEM_TYPES))
             raise Rejected(
                 "invalid_value",
@@ -370,12 +335,7 @@ class SimSession:
                     "item.role",
                 )
             if not isinstance(item.get("content"), list):
-                raise Rejected(
-                    "invalid_type",
-                    "Invalid type for 'item.content': expected an array, "
-                    f"but got {json_type(item.get('content'))} instead.",
-                    "item.content",
-                )
+                raise Rejected.invalid_type("item.content", "an array", item.get("content"))
         item_id = item.get("id")
         if item_id is not None and self.item_index(item_id) is not None:
             raise Rejected(
@@ -856,19 +816,10 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
         return {}
     params = event["response"]
     if not isinstance(params, dict):
-        raise Rejected(
-            "invalid_type",
-            f"Invalid type for 'response': expected an object, but got {json_type(params)} instead.",
-            "response",
-        )
+        raise Rejected.invalid_type("response", "an object", params)
     instructions = params.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise Rejected(
-            "invalid_type",
-            "Invalid type for 'response.instructions': expected a string, "
-            f"but got {json_type(instructions)} instead.",
-            "response.instructions",
-        )
+        raise Rejected.invalid_type("response.instructions", "a string", instructions)
     conversation = params.get("conversation")
     if conversation is not None and conversation not in ("auto", "none"):
         raise Rejected(
@@ -883,11 +834,8 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
     max_output_tokens = params.get("max_output_tokens")
     if max_output_tokens is not None and max_output_tokens != "inf":
         if not isinstance(max_output_tokens, int) or isinstance(max_output_tokens, bool):
-            raise Rejected(
-                "invalid_type",
-                "Invalid type for 'response.max_output_tokens': expected an integer or 'inf', "
-                f"but got {json_type(max_output_tokens)} instead.",
-                "response.max_output_tokens",
+            raise Rejected.invalid_type(
+                "response.max_output_tokens", "an integer or 'inf'", max_output_tokens
             )
         if not 1 <= max_output_tokens <= 4096:
             raise Rejected(
@@ -901,12 +849,7 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
 
 def _check_metadata(metadata: object) -> None:
     if not isinstance(metadata, dict):
-        raise Rejected(
-            "invalid_type",
-            "Invalid type for 'response.metadata': expected an object, "
-            f"but got {json_type(metadata)} instead.",
-            "response.metadata",
-        )
+        raise Rejected.invalid_type("response.metadata", "an object", metadata)
     if len(metadata) > METADATA_MAX_PAIRS:
         raise Rejected(
             "object_above_max_properties",
@@ -926,12 +869,7 @@ def _check_metadata(metadata: object) -> None:
             )
         param = f"response.metadata.{key}"
         if not isinstance(value, str):
-            raise Rejected(
-                "invalid_type",
-                f"Invalid type for '{param}': expected a string, "
-                f"but got {json_type(value)} instead.",
-                param,
-            )
+            raise Rejected.invalid_type(param, "a string", value)
         if len(value) > METADATA_MAX_VALUE_CHARS:
             raise Rejected(
                 "string_above_max_length",

@@ -33,7 +33,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from apps.realtime.events import error_event, json_type
+from apps.realtime.events import error_event
 from apps.simulator.wire import Rejected, dumps, new_event_id
 
 BETA_CODE = "beta_api_shape_disabled"
@@ -89,12 +89,7 @@ def check_current_fields(params: Mapping[str, Any], where: str) -> None:
     if "reasoning" in params and params["reasoning"] is not None:
         reasoning = params["reasoning"]
         if not isinstance(reasoning, dict):
-            raise Rejected(
-                "invalid_type",
-                f"Invalid type for '{where}.reasoning': expected an object, "
-                f"but got {json_type(reasoning)} instead.",
-                f"{where}.reasoning",
-            )
+            raise Rejected.invalid_type(f"{where}.reasoning", "an object", reasoning)
         for key in reasoning:
             if key != "effort":
                 raise Rejected(
@@ -114,12 +109,7 @@ def check_current_fields(params: Mapping[str, Any], where: str) -> None:
     if "parallel_tool_calls" in params and params["parallel_tool_calls"] is not None:
         value = params["parallel_tool_calls"]
         if not isinstance(value, bool):
-            raise Rejected(
-                "invalid_type",
-                f"Invalid type for '{where}.parallel_tool_calls': expected a boolean, "
-                f"but got {json_type(value)} instead.",
-                f"{where}.parallel_tool_calls",
-            )
+            raise Rejected.invalid_type(f"{where}.parallel_tool_calls", "a boolean", value)
 
 
 def check_unknown_beta_keys(update: Mapping[str, Any]) -> None:

@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from apps.realtime.events import json_type
 from apps.simulator.wire import Rejected, dumps, new_event_id, new_id
 
 if TYPE_CHECKING:
@@ -177,25 +176,13 @@ def check_item(session: SimSession, item: dict[str, Any]) -> None:
     if item.get("type") != "mcp_approval_response":
         return
     request_id = item.get("approval_request_id")
+    if request_id is None:
+        raise Rejected.missing_parameter("item.approval_request_id")
     if not isinstance(request_id, str):
-        raise Rejected(
-            "missing_required_parameter"
-            if request_id is None
-            else "invalid_type",
-            "Missing required parameter: 'item.approval_request_id'."
-            if request_id is None
-            else "Invalid type for 'item.approval_request_id': expected a string, "
-            f"but got {json_type(request_id)} instead.",
-            "item.approval_request_id",
-        )
+        raise Rejected.invalid_type("item.approval_request_id", "a string", request_id)
     approve = item.get("approve")
     if not isinstance(approve, bool):
-        raise Rejected(
-            "invalid_type",
-            "Invalid type for 'item.approve': expected a boolean, "
-            f"but got {json_type(approve)} instead.",
-            "item.approve",
-        )
+        raise Rejected.invalid_type("item.approve", "a boolean", approve)
     index = session.item_index(request_id)
     if index is None or session.items[index].get("type") != "mcp_approval_request":
         raise Rejected(

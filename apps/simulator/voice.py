@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from apps.realtime.audio import FORMAT_RATES, bytes_per_ms, pcm16_rms, to_pcm16
-from apps.realtime.events import json_type
 from apps.simulator import speech
 from apps.simulator.wire import Rejected, dumps, event_sent_time_ns, new_event_id, new_id
 
@@ -194,11 +193,7 @@ def _turn_detection(session: SimSession) -> dict[str, Any] | None:
 async def on_audio_append(session: SimSession, event: dict[str, Any]) -> None:
     audio = event.get("audio")
     if not isinstance(audio, str):
-        raise Rejected(
-            "invalid_type",
-            f"Invalid type for 'audio': expected a string, but got {json_type(audio)} instead.",
-            "audio",
-        )
+        raise Rejected.invalid_type("audio", "a string", audio)
     if len(audio) > MAX_APPEND_CHARS:
         raise Rejected(
             "string_above_max_length",
@@ -422,12 +417,7 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
     audio_end_ms = event.get("audio_end_ms")
     content_index = event.get("content_index", 0)
     if not isinstance(audio_end_ms, int) or isinstance(audio_end_ms, bool):
-        raise Rejected(
-            "invalid_type",
-            "Invalid type for 'audio_end_ms': expected an integer, "
-            f"but got {json_type(audio_end_ms)} instead.",
-            "audio_end_ms",
-        )
+        raise Rejected.invalid_type("audio_end_ms", "an integer", audio_end_ms)
     if audio_end_ms < 0:
         raise Rejected(
             "integer_below_min_value",

@@ -7,11 +7,14 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Mapping
+from typing import Any
+
+from apps.realtime.events import json_type
 
 dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _event_counter = itertools.count(1)
 _EVENT_ID = re.compile(r"event_\d+_(\d+)\Z")
-
 
 
 def new_event_id() -> str:
@@ -52,3 +55,27 @@ class Rejected(Exception):
         self.message = message
         self.param = param
         self.error_type = error_type
+
+    @classmethod
+    def missing_parameter(cls, param: str) -> Rejected:
+        """The refusal of an event that lacks `param`, in the service's words."""
+        return cls("missing_required_parameter", f"Missing required parameter: '{param}'.", param)
+
+    @classmethod
+    def invalid_type(cls, param: str, expected: str, value: object) -> Rejected:
+        """The refusal of a `param` that is not of the `expected` JSON type ("a string")."""
+        return cls(
+            "invalid_type",
+            f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+            param,
+        )
+
+
+def required_object(event: Mapping[str, Any], param: str) -> dict[str, Any]:
+    """The object `event[param]`, refused as the service refuses it when missing or not one."""
+    value = event.get(param)
+    if value is None:
+        raise Rejected.missing_parameter(param)
+    if not isinstance(value, dict):
+        raise Rejected.invalid_type(param, "an object", value)
+    return value
