@@ -13,12 +13,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
-from django.urls import reverse
-from django.views.decorators.http import require_POST
 
+from apps.console import steering
 from apps.sessions import approvals
 from apps.sessions.models import LiveSession, ToolApproval
 from apps.sessions.services import ServiceError
@@ -54,22 +52,16 @@ def approvals_context(request: HttpRequest, session: LiveSession, *, can_steer: 
     }
 
 
-@require_POST
-async def decide(request: HttpRequest, session_id: str, approval_id: str) -> HttpResponse:
-    from apps.console.views import _back, _steerer, _wants_json  # the session page's own helpers
-
-    user = await _steerer(request)
-    if user is None:
-        return redirect_to_login(_back(session_id))
+@steering.form
+async def decide(request: HttpRequest, session_id: str, approval_id: str, *, user: Any) -> HttpResponse:
     decision = request.POST.get("decision")
     reason = request.POST.get("reason", "").strip()
-    wants_json = _wants_json(request)
     if decision not in ("approve", "deny"):
         problem = "Choose Approve or Deny."
-        if wants_json:
+        if steering.wants_json(request):
             return JsonResponse({"ok": False, "errors": {"form": problem}}, status=422)
         messages.error(request, problem)
-        return redirect(_back(session_id))
+        return redirect(steering.back(session_id))
     try:
         approval = await approvals.approval_decide(
             session_id=session_id,
@@ -80,14 +72,9 @@ async def decide(request: HttpRequest, session_id: str, approval_id: str) -> Htt
             origin="console",
         )
     except ServiceError as exc:
-        if wants_json:
-            answer: dict[str, Any] = {"ok": False, "errors": {"form": exc.message}}
-            if isinstance(exc, approvals.AlreadyDecided) and exc.approval is not None:
-                answer["approval"] = exc.approval
-            return JsonResponse(answer, status=exc.status)
-        messages.error(request, exc.message)
-        return redirect(_back(session_id) + "#approvals")
-    if wants_json:
-        return JsonResponse({"ok": True, "approval": approval})
-    messages.success(request, f"{approval['name']}: {approval['status']}.")
-    return redirect(reverse("console:session", args=[session_id]) + "#approvals")
+        more = {}
+        if isinstance(exc, approvals.AlreadyDecided) and exc.approval is not None:
+            more["approval"] = exc.approval
+        return steering.refused(request, session_id, exc, anchor="#approvals", **more)
+    done = f"{approval['name']}: {approval['status']}."
+    return steering.done(request, session_id, done, {"approval": approval}, anchor="#approvals")

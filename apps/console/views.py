@@ -19,13 +19,11 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.console import feed, timezones
+from apps.console import feed, steering, timezones
 from apps.console.approvals import approvals_context
 from apps.console.dashboard import DEFAULT_SORT, KINDS, ORIGINS, STATES, View, headings
 from apps.console.forms import Nudge
@@ -35,7 +33,6 @@ from apps.sessions import overrides, selectors, services
 from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession, ResponseRequest
 
-STEER = "oc_sessions.steer_session"
 OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
 OVER = (LiveSession.Status.ENDED, LiveSession.Status.FAILED)
 LIMITS = {
@@ -44,10 +41,6 @@ LIMITS = {
     "metadata_value": overrides.MAX_METADATA_VALUE_CHARS,
     "instructions": overrides.MAX_INSTRUCTIONS_CHARS,
 }
-
-
-def _wants_json(request: HttpRequest) -> bool:
-    return "application/json" in request.headers.get("Accept", "")
 
 
 @login_required
@@ -94,42 +87,19 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "over": session.status in OVER,
             "requests": rows,
             "requests_json": [row.to_dict() for row in rows],
-            "can_steer": request.user.has_perm(STEER),
+            "can_steer": request.user.has_perm(steering.STEER),
             "nudge": nudge,
             "limits": LIMITS,
             **audio_context(request, session, over=session.status in OVER),
-            **approvals_context(request, session, can_steer=request.user.has_perm(STEER)),
+            **approvals_context(request, session, can_steer=request.user.has_perm(steering.STEER)),
         },
         status=status,
     )
 
 
-async def _steerer(request: HttpRequest):
-    user = await request.auser()
-    if not user.is_authenticated:
-        return None
-    if not await sync_to_async(user.has_perm)(STEER):
-        raise PermissionDenied("You may watch sessions but not steer them.")
-    return user
-
-
-def _back(session_id: str) -> str:
-    return reverse("console:session", args=[session_id])
-
-
-def _refused(request: HttpRequest, session_id: str, exc: services.ServiceError) -> HttpResponse:
-    if _wants_json(request):
-        return JsonResponse({"ok": False, "errors": {"form": exc.message}}, status=exc.status)
-    messages.error(request, exc.message)
-    return redirect(_back(session_id))
-
-
-@require_POST
-async def nudge(request: HttpRequest, session_id: str) -> HttpResponse:
-    user = await _steerer(request)
-    if user is None:
-        return redirect_to_login(_back(session_id))
-    wants_json = _wants_json(request)
+@steering.form
+async def nudge(request: HttpRequest, session_id: str, *, user: Any) -> HttpResponse:
+    wants_json = steering.wants_json(request)
     if "add_row" in request.POST and not wants_json:
         return await sync_to_async(_session_page)(request, session_id, Nudge.with_row_added(request.POST))
     form = Nudge(request.POST)
@@ -142,7 +112,7 @@ async def nudge(request: HttpRequest, session_id: str) -> HttpResponse:
             note = await services.note_add(
                 session_id=session_id, text=form.instructions, role="system", requested_by=user.get_username()
             )
-            answer: dict[str, Any] = {"ok": True, "note": {"id": note.id, "text": note.text}}
+            answer: dict[str, Any] = {"note": {"id": note.id, "text": note.text}}
             done = "Note added to the conversation."
         else:
             row, _ = await services.response_request_submit(
@@ -151,7 +121,7 @@ async def nudge(request: HttpRequest, session_id: str) -> HttpResponse:
                 origin=ResponseRequest.Origin.CONSOLE,
                 requested_by=user.get_username(),
             )
-            answer = {"ok": True, "request": row.to_dict()}
+            answer = {"request": row.to_dict()}
             done = f"Response requested ({row.id}): {row.status}."
     except services.ServiceError as exc:
         if wants_json:
@@ -159,24 +129,21 @@ async def nudge(request: HttpRequest, session_id: str) -> HttpResponse:
         # What was typed stays on the page (a full queue empties; a session may come back).
         form.refuse("form", exc.message)
         return await sync_to_async(_session_page)(request, session_id, form, status=exc.status)
-    if wants_json:
-        return JsonResponse(answer, status=202 if "request" in answer else 201)
-    messages.success(request, done)
-    return redirect(_back(session_id))
+    return steering.done(request, session_id, done, answer, status=202 if "request" in answer else 201)
 
 
 @require_POST
 async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
-    user = await _steerer(request)
+    user = await steering.steerer(request)
     row = await sync_to_async(selectors.request_get)(request_id=request_id)
     if row is None:
         raise Http404(f"No response request with id '{request_id}'.")
     session_id = row.session.upstream_id
     if user is None:
-        return redirect_to_login(_back(session_id))
+        return redirect_to_login(steering.back(session_id))
     if row.origin not in OPERATOR_ORIGINS and request.POST.get("confirm") != "caller":
         # A caller's own request is theirs: cancelling it is a separate, confirmed action.
-        return _refused(
+        return steering.refused(
             request,
             session_id,
             services.NotCancellable(
@@ -187,47 +154,31 @@ async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
     try:
         row = await services.response_request_cancel(request_id=request_id)
     except services.ServiceError as exc:
-        return _refused(request, session_id, exc)
-    if _wants_json(request):
-        return JsonResponse({"ok": True, "request": row.to_dict()})
-    messages.success(request, f"Cancelled {request_id}.")
-    return redirect(_back(session_id))
+        return steering.refused(request, session_id, exc)
+    return steering.done(request, session_id, f"Cancelled {request_id}.", {"request": row.to_dict()})
 
 
-@require_POST
-async def interrupt(request: HttpRequest, session_id: str) -> HttpResponse:
-    user = await _steerer(request)
-    if user is None:
-        return redirect_to_login(_back(session_id))
+@steering.form
+async def interrupt(request: HttpRequest, session_id: str, *, user: Any) -> HttpResponse:
     try:
         response_id = await services.session_interrupt(session_id=session_id)
     except services.ServiceError as exc:
-        return _refused(request, session_id, exc)
-    if _wants_json(request):
-        return JsonResponse({"ok": True, "response_id": response_id}, status=202)
-    messages.success(request, f"Interrupted {response_id}." if response_id else "No response was active.")
-    return redirect(_back(session_id))
+        return steering.refused(request, session_id, exc)
+    done = f"Interrupted {response_id}." if response_id else "No response was active."
+    return steering.done(request, session_id, done, {"response_id": response_id}, status=202)
 
 
-@require_POST
-async def label(request: HttpRequest, session_id: str) -> HttpResponse:
-    user = await _steerer(request)
-    if user is None:
-        return redirect_to_login(_back(session_id))
+@steering.form
+async def label(request: HttpRequest, session_id: str, *, user: Any) -> HttpResponse:
     text = request.POST.get("label", "")
     try:
         session = await db_async(services.live_session_label_set)(
             session_id=session_id, label=text, by=user.get_username()
         )
     except services.ServiceError as exc:
-        if _wants_json(request):
-            return JsonResponse({"ok": False, "errors": {"label": exc.message}}, status=exc.status)
-        messages.error(request, exc.message)
-        return redirect(_back(session_id))
-    if _wants_json(request):
-        return JsonResponse({"ok": True, "label": session.label})
-    messages.success(request, f"Labelled “{session.label}”." if session.label else "Label cleared.")
-    return redirect(_back(session_id))
+        return steering.refused(request, session_id, exc, field="label")
+    done = f"Labelled “{session.label}”." if session.label else "Label cleared."
+    return steering.done(request, session_id, done, {"label": session.label})
 
 
 @login_required

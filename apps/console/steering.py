@@ -1,0 +1,92 @@
+"""The session page's steering forms, shared by the views that take them (`views`, `calls`,
+`approvals`): who may post them, and how a form's outcome is answered — as JSON to the page's
+script (`Accept: application/json`), else as a message on the session page it came from.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.sessions.services import ServiceError
+
+STEER = "oc_sessions.steer_session"
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+async def steerer(request: HttpRequest):
+    """The user who may steer; None if no one is logged in (PermissionDenied for a watcher)."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return None
+    if not await sync_to_async(user.has_perm)(STEER):
+        raise PermissionDenied("You may watch sessions but not steer them.")
+    return user
+
+
+def form(view: View) -> View:
+    """A steering form of a session's page (POST): one not logged in is sent to log in and back
+    to the page, one who may only watch is refused (403); the view gets the steerer as `user`."""
+
+    @require_POST
+    @functools.wraps(view)
+    async def steer(request: HttpRequest, session_id: str, **kwargs: Any) -> HttpResponse:
+        user = await steerer(request)
+        if user is None:
+            return redirect_to_login(back(session_id))
+        return await view(request, session_id, user=user, **kwargs)
+
+    return steer
+
+
+def back(session_id: str) -> str:
+    return reverse("console:session", args=[session_id])
+
+
+def refused(
+    request: HttpRequest,
+    session_id: str,
+    exc: ServiceError,
+    *,
+    field: str = "form",
+    anchor: str = "",
+    **more: Any,
+) -> HttpResponse:
+    """A form the services refused: the error as JSON (beside `field`, with `more`), else as
+    a message on the session page (at `anchor`)."""
+    if wants_json(request):
+        return JsonResponse({"ok": False, "errors": {field: exc.message}, **more}, status=exc.status)
+    messages.error(request, exc.message)
+    return redirect(back(session_id) + anchor)
+
+
+def done(
+    request: HttpRequest,
+    session_id: str,
+    message: str,
+    answer: dict[str, Any],
+    *,
+    status: int = 200,
+    anchor: str = "",
+) -> HttpResponse:
+    """A form that did its work: `answer` as JSON, else `message` on the session page (at
+    `anchor`)."""
+    if wants_json(request):
+        return JsonResponse({"ok": True, **answer}, status=status)
+    messages.success(request, message)
+    return redirect(back(session_id) + anchor)
