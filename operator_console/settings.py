@@ -53,10 +53,14 @@ INSTALLED_APPS = [
     "axes",  # login throttling: last, so its checks see the apps before it
 ]
 
+# WhiteNoise's middleware is synchronous only. Under Django's ASGI handler every middleware
+# between it and the (async) views then runs in async mode, and Django's own middleware
+# hops to a thread and back for each of its hooks; innermost, it puts the whole chain in one
+# thread, called once, which calls the view back on the event loop (bench/RESULTS.md).
+# AxesMiddleware wraps every view: it turns a locked-out login into its answer.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -64,7 +68,8 @@ MIDDLEWARE = [
     "apps.console.timezones.operator_timezone",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "axes.middleware.AxesMiddleware",  # last: it turns a locked-out login into its answer
+    "axes.middleware.AxesMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 
 ROOT_URLCONF = "operator_console.urls"
