@@ -32,6 +32,8 @@ What the caller sees (CONTRACT section 1)
     metadata; an operator's response carries no metadata and no instructions; an operator's
     out-of-band response is not seen at all (its events go to watchers only); errors about the
     relay's own events (sequencing, notes, cancels) are not seen.
+  - A caller who connected with a minted key sees the session configured as the key says
+    (`minted`), as the service would show it.
   - An `error` event for each of its events the relay refuses: not JSON, nested too deep, not
     an object, invalid `response`, metadata, or text (NUL, lone surrogates), over the queue
     limit (`queue_full`); and `upstream_timeout` for a `response.create` of its own whose
@@ -66,7 +68,7 @@ from enum import StrEnum
 from typing import Any
 
 from apps.realtime import attached as attached_mode
-from apps.realtime import events, rotation, tools
+from apps.realtime import events, minted, rotation, tools
 from apps.realtime.sequencer import (
     OC_REQUEST_KEY,
     ErrorClaimed,
@@ -378,6 +380,7 @@ class RelayCore:
         attached: bool = False,
         approval_timeout: float = 30.0,
         rotate_after: float = 0.0,
+        minted_session: dict[str, Any] | None = None,
     ) -> None:
         # Attached: a call steered through a sideband, with no caller leg (`attached`).
         self.attached = attached
@@ -409,6 +412,10 @@ class RelayCore:
             )
             self.rotation = rotation.Rotator(self, state)
             self._parsed = PARSED_TYPES | rotation.OBSERVED_TYPES
+        # A minted key's session configuration (`minted`), applied for a relayed caller.
+        self._minted: minted.MintedSession | None = None
+        if minted_session and minted.needs_update(minted_session) and not attached:
+            self._minted = minted.MintedSession(minted_session, event_id=self._new_event_id())
         self.session_id: str | None = None  # the upstream's session.id, once named
         self.session_instructions = ""
         self.usage: dict[str, Any] = {}  # the sum of every response's usage
@@ -491,6 +498,8 @@ class RelayCore:
         if self.session_id is None:
             wait = attached_mode.NAME_WAIT if self.attached else self.connect_timeout
             self._start_deadline = now + wait
+            if self._minted is not None:  # before any frame of the caller's
+                return [ToUpstream(frame=self._minted.update_frame())]
         return []
 
     def upstream_failed(self, detail: str, *, now: float) -> list[Action]:
@@ -608,6 +617,9 @@ class RelayCore:
                     actions += self._tap(AGENT_SIDE, event.get("delta"), now)
         if kind in tools.UPSTREAM_TYPES:
             actions += self.tools.upstream_event(kind, event, now)
+        if forward is not None and self._minted is not None and not self._minted.settled:
+            before, forward = self._minted.outward(kind, event, forward)
+            actions += [ToCaller(frame=held) for held in before]
         if forward is not None and self.rotation is not None:
             forward = self.rotation.outward(event, forward)
         if forward is not None:

@@ -84,6 +84,7 @@ class SessionActor:
         opener: Callable[..., Awaitable[Any]] = open_upstream,
         label: str = "",
         call: dict[str, str] | None = None,
+        minted_session: dict[str, Any] | None = None,
     ) -> None:
         self.key = uuid.uuid4()
         # An attached call (`apps/sessions/sideband.py`): kind, call_id and numbers.
@@ -105,6 +106,7 @@ class SessionActor:
             approval_timeout=settings.OC_APPROVAL_TIMEOUT,
             attached=bool(self.call),
             rotate_after=settings.OC_ROTATE_AFTER,
+            minted_session=minted_session,
         )
         self.audio = AudioTap(self.key, record=settings.OC_RECORD_AUDIO, started_at=clock.now())
         self._caller = caller

@@ -41,6 +41,7 @@ class Principal:
     name: str  # token name or username: who is recorded as connecting
     token_id: int | None = None
     user_id: int | None = None
+    session: dict | None = None  # a minted key's session configuration
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ async def _client_secret_principal(plain: str) -> Principal | Refusal:
         )
     if secret is None:
         return Refusal("unknown client secret", 401, "invalid_token", "The client secret was refused: it is unknown.")
-    return Principal(kind="key", name=f"key:{secret.created_by}")
+    return Principal(kind="key", name=f"key:{secret.created_by}", session=secret.session)
 
 
 async def session_user(scope):

@@ -157,12 +157,15 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             for key, value in self.scope.get("headers", ())
             if key in _FORWARDED_HEADERS
         }
+        # A minted key's configuration is the one its issuer chose: its model wins over the URL's.
+        minted = principal.session or {}
         self.actor = SessionActor(
             caller=self,
-            model=_query_model(self.scope),
+            model=minted.get("model") or _query_model(self.scope),
             connected_by=principal.name,
             upstream_headers=headers,
             label=label,
+            minted_session=minted,
         )
         # Operators reach the session through its group: requests, cancels, notes, interrupts.
         self.group = groups.session_group(self.actor.key)

@@ -49,6 +49,28 @@ async def listed(daphne, token: str, predicate, timeout: float = 10.0) -> dict:
             await asyncio.sleep(0.1)
 
 
+async def test_a_relay_session_opened_with_a_minted_key_starts_configured_as_the_key_says(daphne, simulator, api_token):
+    sdk = openai.AsyncOpenAI(base_url=f"{daphne.http_url}/v1", api_key=api_token, max_retries=0)
+    secret = await sdk.realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime-mini", "instructions": "Speak like a sailor.",
+                 "output_modalities": ["text"]},
+    )
+    await sdk.close()
+    caller = openai.AsyncOpenAI(api_key=secret.value, websocket_base_url=daphne.ws_base, max_retries=0)
+    async with caller.realtime.connect(model="gpt-realtime") as connection:
+        # As from the service: the first event already shows the key's configuration.
+        created = await asyncio.wait_for(connection.recv(), 10)
+        assert created.type == "session.created"
+        assert created.session.instructions == "Speak like a sailor."
+        assert created.session.model == "gpt-realtime-mini", "the key's model, not the URL's"
+        await connection.session.update(session={"type": "realtime", "instructions": "Now speak like a pirate."})
+        updated = await asyncio.wait_for(connection.recv(), 10)
+        assert updated.type == "session.updated" and updated.session.instructions == "Now speak like a pirate."
+        received = [event["type"] for _, event in simulator.sim.received(created.session.id)]
+        assert received[:2] == ["session.update", "session.update"], "the key's update first, then the caller's"
+    await caller.close()
+
+
 async def test_a_webrtc_call_with_a_minted_key_is_live_and_steered(daphne, simulator, api_token):
     # Minted with the `openai` SDK, as against the service.
     sdk = openai.AsyncOpenAI(base_url=f"{daphne.http_url}/v1", api_key=api_token, max_retries=0)

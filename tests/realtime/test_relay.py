@@ -318,6 +318,60 @@ def test_no_session_created_within_the_connect_timeout_fails_the_session():
     )
 
 
+MINTED = {"type": "realtime", "model": "gpt-realtime-mini", "instructions": "Speak French.", "audio": {"output": {"voice": "cedar"}}}
+
+
+def session_updated(instructions: str, voice: str = "cedar") -> str:
+    return frame({"type": "session.updated", "event_id": "ev_up", "session": {
+        "id": "sess_1", "object": "realtime.session", "instructions": instructions, "audio": {"output": {"voice": voice}},
+    }})
+
+
+def test_a_minted_keys_configuration_goes_first_and_the_caller_sees_it_in_session_created():
+    driver = Driver(minted_session=MINTED)
+    [update] = sent_frames(driver.step("attached"))
+    assert update == {"type": "session.update", "event_id": "e1", "session": {
+        "type": "realtime", "instructions": "Speak French.", "audio": {"output": {"voice": "cedar"}},
+    }}, "the model is the URL's, not the update's"
+    caller_update = frame({"type": "session.update", "event_id": "c1", "session": {"type": "realtime", "instructions": "Mine."}})
+    driver.run(
+        [
+            (("call", caller_update), ["upstream session.update"]),  # after the key's
+            (("up", session_created(instructions="")), ["named sess_1", "watchers event"]),
+            (("up", session_updated("Speak French.")), ["instructions", "caller session.created", "watchers event"]),
+            (("up", session_updated("Mine.")), ["instructions", "caller session.updated"]),
+        ]
+    )
+
+
+def test_the_caller_gets_the_upstreams_session_created_with_the_updated_session():
+    driver = Driver(minted_session=MINTED)
+    driver.step("attached")
+    driver.step(("up", session_created(instructions="")))
+    [created] = sent_frames(driver.step(("up", session_updated("Speak French."))), ToCaller)
+    assert created["type"] == "session.created" and created["event_id"] == json.loads(session_created())["event_id"]
+    assert created["session"]["instructions"] == "Speak French."
+    assert created["session"]["audio"] == {"output": {"voice": "cedar"}}
+
+
+def test_a_minted_configuration_the_upstream_refuses_reaches_the_caller_after_session_created():
+    driver = Driver(minted_session=MINTED)
+    driver.run(
+        [
+            ("attached", ["upstream session.update"]),
+            (("up", session_created()), ["named sess_1", "watchers event"]),
+            (("up", upstream_error("e1", "invalid_value")), ["caller session.created", "caller error invalid_value"]),
+            (("up", session_updated("Later.")), ["instructions", "caller session.updated"]),
+        ]
+    )
+
+
+def test_a_key_that_names_only_its_model_sends_no_update():
+    Driver(minted_session={"type": "realtime", "model": "gpt-realtime"}).run(
+        [("attached", []), (("up", session_created()), ["named sess_1", "caller session.created"])]
+    )
+
+
 def test_an_upstream_that_cannot_be_reached_tells_the_caller_and_fails():
     Driver().run(
         [
