@@ -2,7 +2,7 @@
 
 One Daphne process serving `operator_console.asgi:application` (SQLite in a bench-private
 file, the in-memory channel layer); the upstream is the simulator on its own event loop in a
-thread of this process (`bench.soak.SimulatorThread`: its receive stamps do not wait behind
+thread of this process (`common.SimulatorThread`: its receive stamps do not wait behind
 the benchmark's work), counting every `response.create` it accepts, duplicates, and creates
 that arrive while a response is active (`overlaps`). Phone calls are placed at the simulator
 (`POST /v1/_sim/sip_calls`, silent callers); it sends the signed `realtime.call.incoming`
@@ -30,28 +30,28 @@ import time
 import httpx
 import psutil
 
-from apps.simulator.server import SimulatorConfig
 from bench.common import (
+    APP,
     HOST,
-    MODEL,
     Bench,
     Caller,
+    SimulatorConfig,
+    SimulatorThread,
     fmt,
     log_problems,
+    post_nudge,
     problems_text,
+    realtime_url,
     say,
     scan_log,
     section,
     summary,
     table,
-    timed_request,
     verdict,
 )
-from bench.soak import SimulatorThread
 
 P50_TARGET_MS = 5.0
 P99_TARGET_MS = 20.0
-APP = "operator_console.asgi:application"
 SECRET = "whsec_" + base64.b64encode(b"bench-attached-webhook-secret-32").decode()
 UPSTREAM_KEY = "sk-bench-attached"
 PERIOD = 3.0  # s between two nudges of one call under load
@@ -70,21 +70,19 @@ class Run:
         self.client, self.base, self.sim = client, base, sim
         self.auth = {"Authorization": f"Bearer {token}"}
         self.token = token
-
-    # --- calls ------------------------------------------------------------------------------
+        self.placed = 0
 
     async def place_calls(self, count: int) -> list[str]:
         """`count` silent phone calls, each accepted and attached by the console."""
-        self.placed = getattr(self, "placed", 0)
-        http_base = self.sim.sim.url.replace("ws://", "http://", 1)
+        url = self.sim.sim.url.replace("ws://", "http://", 1) + "/_sim/sip_calls"
+        headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
         gate = asyncio.Semaphore(20)
 
         async def one(index: int) -> str:
             body = {"from": f"+1555{self.placed + index:07d}", "to": "+15550000000", "say": [],
                     "webhook_url": f"{self.base}/v1/webhooks/openai", "webhook_secret": SECRET}
             async with gate:
-                answer = await self.client.post(f"{http_base}/_sim/sip_calls", json=body,
-                                                headers={"Authorization": f"Bearer {UPSTREAM_KEY}"})
+                answer = await self.client.post(url, json=body, headers=headers)
             data = answer.json()
             if answer.status_code != 201 or data.get("webhook_status") != 200:
                 raise RuntimeError(f"SIP call → {answer.status_code}: {answer.text[:300]}")
@@ -94,28 +92,24 @@ class Run:
         self.placed += count
         return placed
 
-    async def sessions_of(self, call_ids: list[str], timeout: float | None = None) -> dict[str, str]:
+    async def sessions_of(self, call_ids: list[str]) -> dict[str, str]:
         """call id → the attached session's id, once every one is live."""
         wanted, found = set(call_ids), {}
-        async with asyncio.timeout(timeout or 30.0 + len(call_ids) / 5):
+        live = {"status": "live", "limit": 1000}
+        async with asyncio.timeout(30.0 + len(call_ids) / 5):
             while len(found) < len(wanted):
-                answer = await self.client.get(f"{self.base}/api/v1/sessions",
-                                               params={"status": "live", "limit": 1000}, headers=self.auth)
+                answer = await self.client.get(f"{self.base}/api/v1/sessions", params=live,
+                                               headers=self.auth)
                 for item in answer.json()["items"]:
                     if item.get("call_id") in wanted:
                         found[item["call_id"]] = item["id"]
                 await asyncio.sleep(0.1)
         return found
 
-    # --- nudges -----------------------------------------------------------------------------
-
     async def nudge(self, session_id: str, n: int) -> tuple[str, float, float]:
         """(request id, when the client started writing the POST, when it had the answer)."""
-        body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(n)}}
-        url = f"{self.base}/api/v1/sessions/{session_id}/responses"
-        response, sent, answered = await timed_request(self.client, "POST", url, json=body, headers=self.auth)
-        if response.status_code != 202:
-            raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
+        response, sent, answered = await post_nudge(self.client, self.base, self.token,
+                                                     session_id, n)
         return response.json()["id"], sent, answered
 
     async def received(self, request_id: str, timeout: float = NUDGE_TIMEOUT) -> float:
@@ -127,8 +121,10 @@ class Run:
         return seen[1]
 
     async def idle(self, session_id: str, timeout: float = NUDGE_TIMEOUT) -> None:
+        sessions = self.sim.sim.sessions
         async with asyncio.timeout(timeout):
-            while (session := self.sim.sim.sessions.get(session_id)) is not None and session.active:  # noqa: ASYNC110
+            # The simulator runs on another thread's loop: polled.
+            while (session := sessions.get(session_id)) and session.active:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
 
     async def latency(self, session_id: str, count: int) -> tuple[dict, dict]:
@@ -163,7 +159,8 @@ class Run:
 
         await asyncio.gather(*(series(s) for s in sessions))
         statuses = await self.final_statuses(list(sent), drain)
-        received = {rid: self.sim.sim.creates[rid][1] for rid in sent if rid in self.sim.sim.creates}
+        creates = self.sim.sim.creates
+        received = {rid: creates[rid][1] for rid in sent if rid in creates}
         lost = [rid for rid in sent if statuses.get(rid) != "completed" or rid not in received]
         return {
             "nudges": len(sent),
@@ -184,21 +181,22 @@ class Run:
         terminal = {"completed", "cancelled", "incomplete", "failed"}
         deadline = time.monotonic() + limit
         pending = list(request_ids)
+
+        async def ask(rid: str) -> None:
+            answer = await self.client.get(f"{self.base}/api/v1/responses/{rid}", headers=self.auth)
+            ok = answer.status_code == 200
+            statuses[rid] = answer.json().get("status") if ok else str(answer.status_code)
+
         while pending and time.monotonic() < deadline:
             for start in range(0, len(pending), 50):
-                chunk = pending[start:start + 50]
-                answers = await asyncio.gather(*(
-                    self.client.get(f"{self.base}/api/v1/responses/{rid}", headers=self.auth) for rid in chunk
-                ))
-                for rid, answer in zip(chunk, answers, strict=True):
-                    statuses[rid] = answer.json().get("status") if answer.status_code == 200 else str(answer.status_code)
+                await asyncio.gather(*(ask(rid) for rid in pending[start:start + 50]))
             pending = [rid for rid in pending if statuses[rid] not in terminal]
             if pending:
                 await asyncio.sleep(0.2)
         return statuses
 
     async def relayed(self, count: int) -> list[Caller]:
-        url = self.base.replace("http://", "ws://", 1) + f"/v1/realtime?model={MODEL}"
+        url = realtime_url(self.base)
         gate = asyncio.Semaphore(20)
 
         async def one() -> Caller:
@@ -234,8 +232,9 @@ async def run(bench: Bench, args) -> dict:
             first = (await run_.sessions_of([first_call]))[first_call]
             result["latency_ms"], result["rtt_ms"] = await run_.latency(first, sequential)
             lat, rtt = result["latency_ms"], result["rtt_ms"]
-            say(f"    nudge on an idle attached call: p50 {fmt(lat['p50'], 2)} ms, p99 {fmt(lat['p99'], 2)} ms "
-                f"(POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 {fmt(rtt['p99'], 2)} ms)")
+            say(f"    nudge on an idle attached call: p50 {fmt(lat['p50'], 2)} ms, p99 "
+                f"{fmt(lat['p99'], 2)} ms (POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 "
+                f"{fmt(rtt['p99'], 2)} ms)")
             await asyncio.sleep(args.settle)
             rss_idle = rss_mib(handle.pid)
             call_ids = await run_.place_calls(calls)
@@ -253,13 +252,13 @@ async def run(bench: Bench, args) -> dict:
                 rss_relayed = rss_mib(handle.pid)
             finally:
                 await asyncio.gather(*(c.close() for c in callers))
-            result["rss"] = {
+            rss = result["rss"] = {
                 "idle_mib": rss_idle,
                 "attached_kib_per_session": 1024 * (rss_attached - rss_idle) / calls,
                 "relayed_kib_per_session": 1024 * (rss_relayed - rss_attached) / calls,
             }
-            say(f"    RSS per session: attached {result['rss']['attached_kib_per_session']:.0f} KiB, "
-                f"relayed {result['rss']['relayed_kib_per_session']:.0f} KiB")
+            say(f"    RSS per session: attached {rss['attached_kib_per_session']:.0f} KiB, "
+                f"relayed {rss['relayed_kib_per_session']:.0f} KiB")
     finally:
         if handle is not None:
             await bench.stop(handle)
@@ -274,14 +273,14 @@ ABOUT = """One Daphne process (in-memory channel layer, SQLite); the simulator i
 process on a loop of its own (1 delta per response, a 100 ms tone as each spoken reply, sent
 as fast as possible). Silent phone calls placed at the simulator, each accepted by the
 console's webhook and attached through a sideband (kind `sip`). *Idle call*: one such call
-first, alone, with sequential REST nudges (after 10 not counted), each once the previous response ended; latency
-= the client starts writing `POST /api/v1/sessions/{{id}}/responses` → the simulator receives
-the `response.create` on the sideband. *Load*: {calls} more calls, every one nudged every {period:g} s for
-{duration:g} s, then drained; *lost* = not `completed` or never received upstream;
-*overlapping* = creates received while a response of the call was active, and duplicates.
-*RSS per session*: the Daphne process's RSS with the {calls} calls held, minus before them
-(after the first call), per call; then
-with as many relayed sessions (WebSocket callers) added, per relayed session.
+first, alone, with sequential REST nudges (after 10 not counted), each once the previous
+response ended; latency = the client starts writing `POST /api/v1/sessions/{{id}}/responses`
+→ the simulator receives the `response.create` on the sideband. *Load*: {calls} more calls,
+every one nudged every {period:g} s for {duration:g} s, then drained; *lost* = not
+`completed` or never received upstream; *overlapping* = creates received while a response of
+the call was active, and duplicates. *RSS per session*: the Daphne process's RSS with the
+{calls} calls held, minus before them (after the first call), per call; then with as many
+relayed sessions (WebSocket callers) added, per relayed session.
 """
 
 
@@ -296,7 +295,8 @@ def _body(result: dict) -> list[str]:
     if lat:
         for q, limit in (("p50", P50_TARGET_MS), ("p99", P99_TARGET_MS)):
             met = None if lat[q] is None else lat[q] <= limit
-            rows.append([f"nudge {q} ≤ {limit:g} ms (idle attached call)", f"{fmt(lat[q], 2)} ms", verdict(met)])
+            rows.append([f"nudge {q} ≤ {limit:g} ms (idle attached call)",
+                         f"{fmt(lat[q], 2)} ms", verdict(met)])
     if load:
         rows.append([f"{result['calls']} attached calls under nudges: 0 lost",
                      f"{load['lost']} of {load['nudges']}", verdict(load["lost"] == 0)])
@@ -304,9 +304,9 @@ def _body(result: dict) -> list[str]:
                      verdict(load["overlapping"] == 0 and load["duplicates"] == 0)])
     out.append(table(["target", "measured", "verdict"], rows))
     if load:
+        late = {k: fmt(load["latency_ms"][k], 2) for k in ("p50", "p99", "max")}
         out.append(f"Under load: {fmt(load['nudges_per_s'], 1)} nudges/s; POST → upstream p50 "
-                   f"{fmt(load['latency_ms']['p50'], 2)} ms, p99 {fmt(load['latency_ms']['p99'], 2)} ms, "
-                   f"max {fmt(load['latency_ms']['max'], 2)} ms.\n")
+                   f"{late['p50']} ms, p99 {late['p99']} ms, max {late['max']} ms.\n")
     if rss:
         out.append(table(["RSS of the Daphne process", "KiB per session"], [
             ["attached call (sideband)", fmt(rss["attached_kib_per_session"], 0)],

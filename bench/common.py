@@ -1,24 +1,30 @@
 """What the parts of the benchmark share: processes and ports, CPU and memory readings,
-percentiles, log scanning, Realtime callers, HTTP timing, and the report's formatting.
+percentiles, log scanning, the simulator, Realtime callers, operators, HTTP timing, and the
+report's formatting.
 
-The parts (`relay`, `nudge`, `fanout`, `soak`) and the client processes (`load`, the fan-out
-clients) import this module and never each other; `bench/run.py` imports the parts. The app is
-reached only through its public surfaces (HTTP, WebSockets, `manage.py` commands, environment
-settings) and the upstream simulator, which is imported here and nowhere else in bench/.
+The parts and their client processes import this module and never each other; `bench/run.py`
+imports the parts. The app is reached only through its public surfaces (HTTP, WebSockets,
+`manage.py` commands, environment settings) and the upstream simulator, which is imported here
+and nowhere else in bench/.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import bisect
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import signal
 import sys
+import threading
 import time
 from array import array
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ PY = sys.executable
 BIN = Path(PY).parent
 HOST = "127.0.0.1"
 MODEL = "gpt-realtime"
+APP = "operator_console.asgi:application"
 CORES = psutil.cpu_count() or 1
 NOISY_SHARE = 0.10  # other work above this share of the machine: a figure is disturbed
 QUIET_PERCENT = 12.0  # machine busy % (all cores) below which it counts as quiet
@@ -61,6 +68,27 @@ def failure(exc: BaseException) -> dict:
     return {"failure": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
+def show_progress(message: dict) -> None:
+    """A client process's progress event, as one line of the run's output."""
+    event = message.pop("event", "")
+    say(f"    {event}: " + ", ".join(f"{k} {v}" for k, v in message.items()))
+
+
+def client_main(main) -> None:
+    """A client process (`Bench.client`): its settings are one JSON argument, its result the
+    last JSON line it prints."""
+    emit(**asyncio.run(main(argparse.Namespace(**json.loads(sys.argv[1])))))
+
+
+async def in_batches(count: int, open_one, size: int = 25) -> list:
+    """`open_one(index)` for every index below `count`, `size` at a time; what is not None."""
+    opened = []
+    for start in range(0, count, size):
+        batch = range(start, min(start + size, count))
+        opened += await asyncio.gather(*(open_one(i) for i in batch))
+    return [item for item in opened if item is not None]
+
+
 # ---------------------------------------------------------------------------- numbers
 
 
@@ -72,8 +100,9 @@ def nearest_rank(sorted_values: list, q: float):
     return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
 
 
-def summary(values, unit: float = 1000.0) -> dict:
-    """n, p50, p90, p99, max and mean of `values` × `unit` (seconds → ms by default)."""
+def summary(values, unit: float = 1000.0, quantiles=(0.5, 0.9, 0.99)) -> dict:
+    """n, the percentiles (p50, p90, p99), max and mean of `values` × `unit` (seconds → ms by
+    default)."""
     ordered = sorted(values)
 
     def at(q: float) -> float | None:
@@ -82,7 +111,7 @@ def summary(values, unit: float = 1000.0) -> dict:
 
     return {
         "n": len(ordered),
-        **{f"p{round(q * 100)}": at(q) for q in (0.5, 0.9, 0.99)},
+        **{f"p{round(q * 100)}": at(q) for q in quantiles},
         "max": ordered[-1] * unit if ordered else None,
         "mean": sum(ordered) / len(ordered) * unit if ordered else None,
     }
@@ -206,6 +235,12 @@ def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
     }
 
 
+def log_tail(path: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
 def log_problems(logs: dict[str, dict]) -> list[str]:
     """Report lines for the processes whose log had warnings, errors or tracebacks."""
     return [
@@ -230,10 +265,6 @@ class Proc:
     def pid(self) -> int:
         return self.proc.pid
 
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 @dataclass
@@ -336,9 +367,9 @@ class Bench:
         deadline = time.monotonic() + timeout
         process = psutil.Process(handle.pid)
         while time.monotonic() < deadline:
-            if handle.proc.returncode is not None:
-                code = handle.proc.returncode
-                raise RuntimeError(f"{handle.name} exited with {code}:\n{handle.log_tail()}")
+            if (code := handle.proc.returncode) is not None:
+                tail = log_tail(handle.log_path)
+                raise RuntimeError(f"{handle.name} exited with {code}:\n{tail}")
             with contextlib.suppress(psutil.Error):
                 for conn in process.net_connections(kind="tcp"):
                     if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
@@ -378,10 +409,12 @@ class Bench:
             raise RuntimeError("create_api_token printed no token")
         return lines[-1]
 
-    async def client(self, name: str, argv: list[str], env, budget: float, on_event) -> dict:
-        """Run a client process of the benchmark (`python -m bench.X`) and read its JSON lines:
-        `on_event(message)` for each progress event; its `result` is returned. Killed after
-        `budget` s; its stderr goes to its log."""
+    async def client(self, name: str, module: str, config: dict, env, budget: float,
+                     on_event=show_progress) -> dict:
+        """Run a client process of the benchmark (`python -m bench.MODULE CONFIG`, see
+        `client_main`) and read its JSON lines: `on_event(message)` for each progress event;
+        its `result` is returned. Killed after `budget` s; its stderr goes to its log."""
+        argv = [PY, "-m", f"bench.{module}", json.dumps(config)]
         with open(self.log_path(name), "w") as log:  # noqa: ASYNC230 - local
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -408,9 +441,91 @@ class Bench:
                         proc.kill()
                     await proc.wait()
         if result is None:
-            tail = "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-20:])
+            tail = log_tail(self.log_path(name), 20)
             raise RuntimeError(f"{name} gave no result (rc={proc.returncode}):\n{tail}")
         return result
+
+    async def measured_twice(self, measure, retry: bool = True) -> dict:
+        """`measure()` once the machine is quiet; measured once more (with `retry`) when other
+        work took more than NOISY_SHARE of the machine in the window. A failure is reported,
+        not raised: the other runs go on."""
+        for attempt in (1, 2):
+            await self.quiet(30.0)
+            try:
+                result = await measure()
+            except Exception as exc:  # noqa: BLE001 - reported; the other runs go on
+                say(f"    FAILED: {exc}")
+                return failure(exc)
+            result["attempt"] = attempt
+            share = result["other_cpu_share"]
+            if share <= NOISY_SHARE or not retry or attempt == 2:
+                return result
+            say(f"    other processes used {100 * share:.0f}% of the machine: measuring again")
+
+    async def against_target(self, key: str, name: str, env: dict, load: str, config: dict,
+                             budget: float, on_start=None) -> dict:
+        """A fresh target process (`key`: a floor or the relay, see `target_argv`), then the
+        load generator `python -m bench.LOAD` against it (`config` plus the target's `base`
+        URL and `target_pid`), the target stopped. `on_start(pid)` runs beside the
+        measurement window. The load's result, with the target's log."""
+        sim_url = env["OC_UPSTREAM_URL"]
+        handle, port = await self.listening(name, lambda p: target_argv(key, p, sim_url), env)
+        side = []
+
+        def progress(message: dict) -> None:
+            if message["event"] == "connected":
+                c = config["concurrency"]
+                say(f"    {message['sessions']}/{c} sessions connected in {message['seconds']} s")
+            elif message["event"] == "listening":
+                say(f"    {message['listeners']} listeners on {message['session']}")
+            elif message["event"] == "measure_start" and on_start:
+                side.append(asyncio.create_task(on_start(handle.pid)))
+
+        try:
+            await asyncio.sleep(0.5)  # let start-up finish (imports after listen, first GC)
+            config.update(base=f"http://{HOST}:{port}", target_pid=handle.pid)
+            result = await self.client(f"{load}-{name}", load, config, env, budget, progress)
+            for task in side:
+                with contextlib.suppress(Exception):
+                    await task
+            if handle.proc.returncode is not None:
+                result["target_exited"] = handle.proc.returncode
+        finally:
+            await self.stop(handle)
+        return {**result, "target_log": scan_log(handle.log_path)}
+
+    async def app_with_clients(self, part: str, config: dict, budget: float, *, sim=None,
+                               seed: str = "") -> dict:
+        """A fresh SQLite database (migrated, an API token, then `manage.py shell -c SEED`), the
+        simulator when `sim` gives its (deltas, interval), one Daphne of the app, then the
+        part's client process (`python -m bench.PART`) with `config` plus the Daphne's `base`
+        URL, its `target_pid`, the simulator's `sim_pid` and the `token`. Every process is
+        stopped at the end; the client's result, with the processes' logs."""
+        env = self.env(DATABASE_URL=f"sqlite:///{self.workdir / f'{part}.sqlite3'}")
+        handles = []
+        try:
+            async with asyncio.timeout(budget):
+                if sim:
+                    handle, env["OC_UPSTREAM_URL"] = await self.simulator(
+                        f"{part}-simulator", deltas=sim[0], interval=sim[1], env=env
+                    )
+                    handles.append(handle)
+                    config["sim_pid"] = handle.pid
+                config["token"] = await self.migrate_with_token(f"bench-{part}", env)
+                if seed:
+                    await self.run_command([PY, "manage.py", "shell", "-c", seed], env)
+                daphne, port = await self.daphne(f"{part}-relay", APP, env)
+                handles.append(daphne)
+                config.update(base=f"http://{HOST}:{port}", target_pid=daphne.pid)
+                result = await self.client(f"{part}-clients", part, config, env, budget)
+                if daphne.proc.returncode is not None:
+                    result["daphne_exited"] = daphne.proc.returncode
+        except TimeoutError:
+            raise RuntimeError(f"the {part} part exceeded its {budget:g} s budget") from None
+        finally:
+            for handle in reversed(handles):
+                await self.stop(handle)
+        return {**result, "logs": {h.name: scan_log(h.log_path) for h in handles}}
 
     async def quiet(self, limit: float) -> None:
         """Wait (≤ `limit` s, and ≤ QUIET_BUDGET_S over the whole run) until the machine is
@@ -428,6 +543,124 @@ class Bench:
         self.quiet_waited += waited
         if waited > 1.5:
             say(f"    waited {waited:.0f} s for a quiet machine (now {busy:.0f}% busy)")
+
+
+# ---------------------------------------------------------------------------- targets
+
+# The relay and the two floors it is measured against (bench/floor_*.py).
+TARGETS = {
+    "websockets": "websockets floor",
+    "channels": "Channels floor (Daphne)",
+    "relay": "relay (Daphne)",
+}
+
+
+def target_argv(key: str, port: int, sim_url: str) -> list[str]:
+    """A target on `port`: the websockets floor, the Channels floor, else the relay."""
+    if key == "websockets":
+        return [PY, "-m", "bench.floor_websockets", "--port", str(port), "--upstream", sim_url]
+    app = "bench.floor_channels:application" if key == "channels" else APP
+    return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), app]
+
+
+def target_problems(label: str, r: dict, attempt: str) -> list[str]:
+    """Report lines for a target's run: its log, a disturbed window, an early exit."""
+    lines = log_problems({f"{label}: target": r["target_log"]})
+    if r["other_cpu_share"] > NOISY_SHARE:
+        lines.append(disturbed(label, r["other_cpu_share"], f" in the window ({attempt})"))
+    if r.get("target_exited") is not None:
+        lines.append(f"- {label}: target exited with {r['target_exited']} during the run")
+    return lines
+
+
+# ---------------------------------------------------------------------------- the upstream
+
+
+class CountingSimulator(Simulator):
+    """The simulator, counting as it happens (its own event logs are bounded): `creates`
+    (oc_request → session, receive stamp of the first accepted create), `duplicates` (a
+    request's create accepted again), `overlaps` (an in-conversation create while a response
+    is active), and per session the [start, end] of each in-conversation response."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        super().__init__(config)
+        self.observer = self  # each session tells it of creates, starts and ends
+        self.creates: dict[str, tuple[str, float]] = {}
+        self.duplicates: list[dict] = []
+        self.overlaps: list[dict] = []
+        self.creates_total = 0
+        self.intervals: dict[str, list[list[float]]] = collections.defaultdict(list)
+        self._open: dict[str, list[float]] = {}
+
+    def response_create(self, session, event):
+        received_at = session.received_log[-1][0] if session.received_log else time.monotonic()
+        self.creates_total += 1
+        params = event.get("response") if isinstance(event.get("response"), dict) else {}
+        metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else {}
+        tag = metadata.get("oc_request")
+        if params.get("conversation") in (None, "auto") and session.active is not None:
+            active = (session.active.metadata or {}).get("oc_request")
+            self.overlaps.append({"session": session.id, "at": received_at, "oc_request": tag,
+                                  "event_id": event.get("event_id"), "active_request": active})
+        elif isinstance(tag, str) and tag in self.creates:
+            self.duplicates.append({"session": session.id, "oc_request": tag, "at": received_at})
+        elif isinstance(tag, str):
+            self.creates[tag] = (session.id, received_at)
+
+    def response_started(self, session, response):
+        if response.in_conversation:
+            self._open[response.id] = [time.monotonic(), math.inf]
+            self.intervals[session.id].append(self._open[response.id])
+
+    def response_ended(self, session, response):
+        if (interval := self._open.pop(response.id, None)) is not None:
+            interval[1] = time.monotonic()
+
+    def waited(self, session_id: str, sent: float, received: float) -> bool:
+        """Was a response of this session in progress between the POST and its create?"""
+        intervals = self.intervals.get(session_id, [])
+        index = bisect.bisect_left([i[0] for i in intervals], received)
+        return any(end > sent for _, end in intervals[max(0, index - 8) : index])
+
+    def active_count(self) -> int:
+        return sum(1 for s in list(self.sessions.values()) if s.active is not None)
+
+
+class SimulatorThread:
+    """A `CountingSimulator` on an event loop of its own in a daemon thread, so its receive
+    stamps do not wait behind the benchmark's work; a probe measures that loop's lag."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bench-sim", daemon=True)
+        self.thread.start()
+        self.lags: list[float] = []
+        self.sim: CountingSimulator = self.call(self._start(config))
+        self._probe = asyncio.run_coroutine_threadsafe(lag_probe(self.lags), self.loop)
+
+    async def _start(self, config: SimulatorConfig) -> CountingSimulator:
+        sim = CountingSimulator(config)
+        await sim.start(HOST, 0)
+        return sim
+
+    def call(self, coro, timeout: float = 15.0):
+        future: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        self._probe.cancel()
+        with contextlib.suppress(Exception):
+            self.call(self.sim.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+async def lag_probe(lags: list[float]) -> None:
+    """How late a 20 ms sleep wakes up on this loop, again and again."""
+    while True:
+        before = time.monotonic()
+        await asyncio.sleep(0.02)
+        lags.append(time.monotonic() - before - 0.02)
 
 
 # ---------------------------------------------------------------------------- operators
@@ -453,6 +686,99 @@ async def login(client: httpx.AsyncClient, base: str, username: str) -> str:
     return session
 
 
+async def log_in_operators(base: str, prefix: str, count: int) -> list[str]:
+    """The session cookies of operators PREFIX01… (`operators_code`), logged in one by one."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        return [await login(client, base, f"{prefix}{i:02d}") for i in range(1, count + 1)]
+
+
+def operators_code(prefix: str, count: int) -> str:
+    """`manage.py shell` code creating the operators PREFIX01…: one password hash for all
+    (hashing is slow on purpose)."""
+    return (
+        "from django.contrib.auth import get_user_model\n"
+        "from django.contrib.auth.hashers import make_password\n"
+        "User = get_user_model()\n"
+        f"digest = make_password({OPERATOR_PASSWORD!r})\n"
+        f"User.objects.bulk_create([User(username=f'{prefix}{{i:02d}}', password=digest) "
+        f"for i in range(1, {count + 1})])\n"
+    )
+
+
+@dataclass(eq=False)
+class OperatorSocket:
+    """One operator's browser socket on `/ws/console/`: the session cookie, the page's Origin,
+    permessage-deflate offered; every frame JSON-parsed as the page's script does."""
+
+    cookie: str
+    kind: str = "dashboard"
+    frames: list[tuple[float, str, int]] = field(default_factory=list)  # (monotonic, type, bytes)
+    first: dict | None = None
+    errors: list[str] = field(default_factory=list)
+    ws: Any = None
+    reader: asyncio.Task | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+    async def open(self, base: str, subscribe: dict) -> None:
+        """Connected and subscribed, once the first message arrived."""
+        self.ws = await connect(
+            base.replace("http", "ws", 1) + "/ws/console/", origin=base,
+            additional_headers={"Cookie": f"sessionid={self.cookie}"},
+            max_size=None, open_timeout=10, close_timeout=2, ping_interval=None,
+        )
+        self.reader = asyncio.create_task(self._read())
+        await self.ws.send(json.dumps(subscribe))
+        async with asyncio.timeout(15):
+            await self.ready.wait()
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                at, message = time.monotonic(), json.loads(frame)
+                kind = message.get("type") if isinstance(message, dict) else None
+                self.frames.append((at, str(kind), len(frame)))
+                if kind == "error":
+                    self.errors.append(frame[:300])
+                if self.first is None:
+                    self.first = message
+                    self.ready.set()
+        except Exception as exc:  # noqa: BLE001 - reported with the figures
+            self.errors.append(f"reader: {type(exc).__name__}: {exc}")
+        finally:
+            self.closed = True
+            self.ready.set()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------- windows
+
+
+async def alternate(schedule: str, attach, measure, settle: float, retry: bool = False) -> list:
+    """The windows of `schedule` (`off,on,…`): `attach(on)`, `settle` s, then `measure(index,
+    on)` → the window. With `retry`, the first disturbed window (other work above NOISY_SHARE
+    of the machine) is kept, marked `repeated`, and measured again at once."""
+    pending, windows, retries = [p.strip() == "on" for p in schedule.split(",")], [], int(retry)
+    while pending:
+        on = pending.pop(0)
+        await attach(on)
+        await asyncio.sleep(settle)
+        window = await measure(len(windows) + 1, on)
+        windows.append(window)
+        if retries and window["other_cpu_share"] > NOISY_SHARE:
+            retries -= 1
+            window["repeated"] = True
+            pending.insert(0, on)
+    return windows
+
+
 # ---------------------------------------------------------------------------- callers
 
 TYPE_RE = re.compile(rb'"type"\s*:\s*"([a-z_.]+)"')  # an event's type comes first in its frame
@@ -461,6 +787,11 @@ DELTA = b"response.output_text.delta"
 DONE = b"response.done"
 CREATED = b"response.created"
 ERROR = b"error"
+
+
+def realtime_url(base: str) -> str:
+    """The Realtime endpoint of the server at `base` (`http://host:port`)."""
+    return base.replace("http", "ws", 1) + f"/v1/realtime?model={MODEL}"
 
 
 async def connect_caller(url: str, token: str, timeout: float = 30.0):
@@ -659,6 +990,18 @@ async def timed_request(client, method: str, url: str, **kwargs):
     return response, tracer.sent, tracer.answered
 
 
+async def post_nudge(client, base: str, token: str, session_id: str, n: int):
+    """A REST nudge, `POST /api/v1/sessions/{id}/responses` (202, or it raises): (the response,
+    when the client started writing it, when it had the response headers), monotonic."""
+    body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(n)}}
+    url = f"{base}/api/v1/sessions/{session_id}/responses"
+    headers = {"Authorization": f"Bearer {token}"}
+    response, sent, answered = await timed_request(client, "POST", url, json=body, headers=headers)
+    if response.status_code != 202:
+        raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
+    return response, sent, answered
+
+
 async def wait_live(client, url: str, token: str, timeout: float, every: float) -> None:
     """Until the REST hook shows the session at `url` as `live` (its row is written once the
     upstream answered)."""
@@ -691,6 +1034,16 @@ def table(columns: list[str], rows: list[list], left: int = 1) -> str:
     lines = ["| " + " | ".join(columns) + " |", rule]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def targets_table(rows: list[list], title="Targets:", columns=("measured",), left=3) -> str:
+    """The targets: what, then `columns`, then the verdict."""
+    return f"{title}\n\n" + table(["target", *columns, "verdict"], rows, left=left)
+
+
+def disturbed(label: str, share: float, rest: str = "") -> str:
+    """A report line for a figure measured while other work took more than NOISY_SHARE."""
+    return f"- {label}: disturbed: other processes used {100 * share:.0f}% of the machine{rest}"
 
 
 def examples(samples: list[str], n: int = 3) -> str:

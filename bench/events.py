@@ -19,7 +19,6 @@ Windows of the same length alternate without and with the followers at the same 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -33,23 +32,24 @@ import httpx
 
 from bench.common import (
     DONE,
-    HOST,
-    MODEL,
     NOISY_SHARE,
-    PY,
     Bench,
     Caller,
     CpuWindow,
     ProcessGroup,
+    alternate,
+    client_main,
+    disturbed,
     emit,
     fmt,
+    in_batches,
     log_problems,
     problems_text,
-    say,
-    scan_log,
+    realtime_url,
     section,
     summary,
     table,
+    targets_table,
     verdict,
 )
 
@@ -61,7 +61,6 @@ PLAN = {"full": ("off,on,off,on,off", 12.0, 3.0, 5.0), "quick": ("off,on", 4.0, 
 BUDGET_S = {"full": 300.0, "quick": 150.0}
 CPU_TARGET = 1.2  # relay CPU with followers ÷ without
 LAG_TARGET_MS = 200.0  # follower lag p99
-APP = "operator_console.asgi:application"
 RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[^"]+)"')
 EVENT_TYPE = re.compile(rb'"type":"([a-z_.]+)"')
 COMPLETED = re.compile(rb'"response_id":"(resp_[^"]+)","output_text"')
@@ -149,11 +148,10 @@ class StreamFollower:
 
 
 class Clients:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args) -> None:
         self.args = args
         self.callers: list[LoopingCaller] = []
         self.followers: list[StreamFollower] = []
-        self.all_followers: list[StreamFollower] = []
         self.client = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {args.token}"},
             timeout=httpx.Timeout(10, read=None),
@@ -166,22 +164,21 @@ class Clients:
         }
 
     async def connect_callers(self) -> None:
-        url, started = f"ws://{self.args.host}/v1/realtime?model={MODEL}", time.monotonic()
-        for first in range(0, self.args.sessions, 25):
-            count = min(25, self.args.sessions - first)
-            self.callers += await asyncio.gather(*(
-                LoopingCaller.open(url, self.args.token, index=first + i) for i in range(count)
-            ))
-        emit(event="connected", sessions=len(self.callers), seconds=round(time.monotonic() - started, 2))
+        url = realtime_url(self.args.base)
+        started = time.monotonic()
+        self.callers = await in_batches(
+            self.args.sessions, lambda i: LoopingCaller.open(url, self.args.token, index=i)
+        )
+        seconds = round(time.monotonic() - started, 2)
+        emit(event="connected", sessions=len(self.callers), seconds=seconds)
         for caller in self.callers:
             await caller.turn()
 
     async def attach(self, on: bool) -> None:
         if on and not self.followers:
             self.followers = [StreamFollower() for _ in range(self.args.followers)]
-            self.all_followers += self.followers
-            url = f"http://{self.args.host}/api/v1/events"
             for follower in self.followers:
+                url = f"{self.args.base}/api/v1/events"
                 follower.task = asyncio.create_task(follower.run(self.client, url))
             async with asyncio.timeout(15):
                 await asyncio.gather(*(f.opened.wait() for f in self.followers))
@@ -191,12 +188,6 @@ class Clients:
                 follower.task.cancel()
             await asyncio.gather(*(f.task for f in self.followers), return_exceptions=True)
             self.followers = []
-
-    def done_times(self) -> dict[bytes, float]:
-        merged: dict[bytes, float] = {}
-        for caller in self.callers:
-            merged.update(caller.done_at)
-        return merged
 
     async def window(self, index: int, on: bool) -> dict:
         dones = sum(c.dones for c in self.callers)
@@ -212,16 +203,17 @@ class Clients:
             follower.measuring = False
         await asyncio.sleep(1.0)  # the last responses' events arrive
         seconds = measured["seconds"]
-        responses = sum(c.dones for c in self.callers) - dones
-        done_at = self.done_times()
-        lag = [at - done_at[rid] for f in self.followers for rid, at in f.completed_at.items() if rid in done_at]
+        done_at = {rid: at for c in self.callers for rid, at in c.done_at.items()}
+        lag = [at - done_at[rid] for f in self.followers
+               for rid, at in f.completed_at.items() if rid in done_at]
         recorded = [x for f in self.followers for x in f.recorded_lag]
-        per_follower = [(f.events - before) / seconds for f, before in zip(self.followers, events, strict=True)]
-        return {
+        per_follower = [(f.events - before) / seconds
+                        for f, before in zip(self.followers, events, strict=True)]
+        window = {
             "index": index,
             "followers": len(self.followers) if on else 0,
             "seconds": seconds,
-            "responses_per_s": responses / seconds,
+            "responses_per_s": (sum(c.dones for c in self.callers) - dones) / seconds,
             "cpu_s": measured["cpu_s"],
             "other_cpu_share": measured["other_cpu_share"],
             "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
@@ -230,20 +222,11 @@ class Clients:
             "lag_recorded_ms": summary(recorded) if recorded else None,
             "followers_ended": [f.ended for f in self.followers if f.ended],
         }
-
-    async def windows(self) -> list[dict]:
-        out = []
-        for phase in self.args.schedule.split(","):
-            on = phase.strip() == "on"
-            await self.attach(on)
-            await asyncio.sleep(self.args.settle)
-            window = await self.window(len(out) + 1, on)
-            out.append(window)
-            emit(event="window", index=window["index"], followers=window["followers"],
-                 responses_per_s=round(window["responses_per_s"]),
-                 daphne_cpu_percent=round(window["daphne_cpu_percent"], 1),
-                 lag_p99_ms=round((window["lag_done_ms"] or {}).get("p99") or 0, 1))
-        return out
+        emit(event="window", index=index, followers=window["followers"],
+             responses_per_s=round(window["responses_per_s"]),
+             daphne_cpu_percent=round(window["daphne_cpu_percent"], 1),
+             lag_p99_ms=round((window["lag_done_ms"] or {}).get("p99") or 0, 1))
+        return window
 
     async def close(self) -> None:
         await self.attach(False)
@@ -253,12 +236,12 @@ class Clients:
         await self.client.aclose()
 
 
-async def main(args: argparse.Namespace) -> dict:
+async def main(args) -> dict:
     clients = Clients(args)
     try:
         await clients.connect_callers()
         await asyncio.sleep(args.warmup)
-        windows = await clients.windows()
+        windows = await alternate(args.schedule, clients.attach, clients.window, args.settle)
     finally:
         await clients.close()
     return {
@@ -272,62 +255,20 @@ async def main(args: argparse.Namespace) -> dict:
     }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Event-stream clients (bench/events.py)")
-    add = parser.add_argument
-    add("--host", required=True, help="127.0.0.1:PORT of the relay")
-    add("--token", required=True)
-    add("--target-pid", type=int, required=True)
-    add("--sim-pid", type=int, required=True)
-    add("--sessions", type=int, default=SESSIONS)
-    add("--followers", type=int, default=FOLLOWERS)
-    add("--schedule", default=PLAN["full"][0])
-    add("--window", type=float, default=PLAN["full"][1])
-    add("--settle", type=float, default=PLAN["full"][2])
-    add("--warmup", type=float, default=PLAN["full"][3])
-    return parser.parse_args(argv)
-
-
 # ---------------------------------------------------------------------------- the part
 
 
 async def run(bench: Bench, args) -> dict:
     mode = "quick" if args.quick else "full"
     schedule, window, settle, warmup = PLAN[mode]
-    sessions = getattr(args, "events_sessions", None) or SESSIONS
-    followers = getattr(args, "events_followers", None) or FOLLOWERS
-    env = bench.env(DATABASE_URL=f"sqlite:///{bench.workdir / 'events.sqlite3'}")
-    handles = []
-    try:
-        async with asyncio.timeout(BUDGET_S[mode]):
-            sim, env["OC_UPSTREAM_URL"] = await bench.simulator(
-                "events-simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL, env=env
-            )
-            handles.append(sim)
-            token = await bench.migrate_with_token("bench-events", env)
-            daphne, port = await bench.daphne("events-relay", APP, env)
-            handles.append(daphne)
-            argv = [
-                PY, "-m", "bench.events", "--host", f"{HOST}:{port}", "--token", token,
-                "--target-pid", str(daphne.pid), "--sim-pid", str(sim.pid),
-                "--sessions", str(sessions), "--followers", str(followers),
-                "--schedule", schedule, "--window", str(window), "--settle", str(settle),
-                "--warmup", str(warmup),
-            ]
-
-            def progress(message: dict) -> None:
-                event = message.pop("event", "")
-                say(f"    {event}: " + ", ".join(f"{k} {v}" for k, v in message.items()))
-
-            result = await bench.client("events-clients", argv, env, BUDGET_S[mode], progress)
-    except TimeoutError:
-        raise RuntimeError(f"the event-stream part exceeded its {BUDGET_S[mode]:g} s budget") from None
-    finally:
-        for handle in reversed(handles):
-            await bench.stop(handle)
-    logs = {h.name: scan_log(h.log_path) for h in handles}
+    config = {"sessions": args.events_sessions or SESSIONS,
+              "followers": args.events_followers or FOLLOWERS,
+              "schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
+    result = await bench.app_with_clients(
+        "events", config, BUDGET_S[mode], sim=(SIM_DELTAS, SIM_INTERVAL)
+    )
     plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
-    return {**result, **analyse(result["windows"]), **plan, "logs": logs}
+    return {**result, **analyse(result["windows"]), **plan}
 
 
 def analyse(windows: list[dict]) -> dict:
@@ -382,33 +323,35 @@ def _body(result: dict) -> list[str]:
             fmt(per.get("p50"), 0),
             f"{fmt(done.get('p50'))} / {fmt(done.get('p99'))}",
             f"{fmt(rec.get('p50'))} / {fmt(rec.get('p99'))}",
-            f"{fmt(100 * cpu['simulator'] / w['seconds'], 0)} / {fmt(100 * cpu['clients'] / w['seconds'], 0)}"
-            f" / {fmt(100 * w['other_cpu_share'], 0)}",
+            " / ".join([*(fmt(100 * cpu[k] / w["seconds"], 0) for k in ("simulator", "clients")),
+                        fmt(100 * w["other_cpu_share"], 0)]),
         ])
     columns = ["window", "followers", "responses/s", "Daphne CPU %", "events/s per follower",
                "done → follower p50 / p99 ms", "recorded → follower p50 / p99 ms",
                "simulator / clients / other CPU %"]
     ratio, lag = result.get("cpu_ratio"), result.get("lag_p99_ms")
-    targets = table(["target", "measured", "verdict"], [
+    cpu_with, cpu_without = fmt(result.get("cpu_with")), fmt(result.get("cpu_without"))
+    targets = targets_table([
         [f"relay CPU with followers ≤ {CPU_TARGET}× without",
-         f"{fmt(ratio, 3)}× ({fmt(result.get('cpu_with'))} % vs {fmt(result.get('cpu_without'))} %)",
+         f"{fmt(ratio, 3)}× ({cpu_with} % vs {cpu_without} %)",
          verdict(None if ratio is None else ratio <= CPU_TARGET)],
-        [f"follower lag p99 ≤ {LAG_TARGET_MS:g} ms", f"{fmt(lag)} ms (worst window, done → follower)",
+        [f"follower lag p99 ≤ {LAG_TARGET_MS:g} ms",
+         f"{fmt(lag)} ms (worst window, done → follower)",
          verdict(None if lag is None else lag <= LAG_TARGET_MS)],
-    ], left=3)
+    ])
     lines = []
     if result.get("caller_errors"):
-        lines.append(f"- callers: {result['caller_errors']} error(s); e.g. {result['caller_error_samples'][:2]}")
+        samples = result["caller_error_samples"][:2]
+        lines.append(f"- callers: {result['caller_errors']} error(s); e.g. {samples}")
     for w in result["windows"]:
         if w["followers_ended"]:
             lines.append(f"- window {w['index']}: {len(w['followers_ended'])} follower(s) ended: "
                          f"{w['followers_ended'][:2]}")
         if w["other_cpu_share"] > NOISY_SHARE:
-            lines.append(f"- window {w['index']}: disturbed: other processes used "
-                         f"{100 * w['other_cpu_share']:.0f}% of the machine")
-    return [about, table(columns, rows, left=2), "Targets:\n\n" + targets,
+            lines.append(disturbed(f"window {w['index']}", w["other_cpu_share"]))
+    return [about, table(columns, rows, left=2), targets,
             problems_text(lines + log_problems(result["logs"]))]
 
 
 if __name__ == "__main__":
-    emit(**asyncio.run(main(parse_args())))
+    client_main(main)

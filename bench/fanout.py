@@ -1,59 +1,46 @@
-"""The fan-out part: operator sockets on a busy relay, and what they cost it.
-
-Processes, all on 127.0.0.1: one Daphne serving `operator_console.asgi:application`
-(DJANGO_DEBUG=false, in-memory channel layer, SQLite in a bench-private file), whose CPU is
-measured; the simulator (`manage.py simulate_upstream`); and one client process
-(`python -m bench.fanout`, `main` below) holding `CALLERS` Realtime callers that loop
-(`common.run_caller`) so every session streams at the simulator's pace, and, in the windows
-*with* dashboards, the operators' browser sockets on `/ws/console/`: `WATCHERS` watching one
-session (`watch.session`) and `DASHBOARDS` on the dashboard feed (`watch.sessions`), each
-logged in as its own operator through the login form, each JSON-parsing every frame as a
-page's script does.
+"""The fan-out part: operator sockets on a busy relay, and what they cost it. The processes,
+the windows and what is measured in them: ABOUT below (the report's text). The client process
+is `python -m bench.fanout` (`main` below).
 
 Windows of the same length alternate without and with the operator sockets (symmetric, so a
-slow drift weighs on both sides alike), at the same caller load. Before each window the
-sockets are connected (and have their first message) or closed, then `settle` seconds pass.
+slow drift weighs on both sides alike), at the same caller load.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-from websockets.asyncio.client import connect
-
 from bench.common import (
-    HOST,
-    MODEL,
     NOISY_SHARE,
-    OPERATOR_PASSWORD,
-    PY,
     Bench,
     CpuWindow,
+    OperatorSocket,
     ProcessGroup,
     Stats,
+    alternate,
+    client_main,
+    disturbed,
     emit,
     examples,
     fmt,
+    in_batches,
+    log_in_operators,
     log_problems,
-    login,
     open_caller,
+    operators_code,
     problems_text,
+    realtime_url,
     run_caller,
-    say,
-    scan_log,
     section,
     summary,
     table,
+    targets_table,
     verdict,
 )
 
@@ -69,62 +56,9 @@ BUDGET_S = {"full": 240.0, "quick": 120.0}  # the whole part, logins included
 CPU_TARGET = 1.25  # Daphne CPU with the operator sockets ÷ without
 TRANSCRIPT_PER_S = 20  # at most ~20 transcript updates a second per session per socket
 FEED_PER_S = 1  # the dashboard feed: at most one update a second
-APP = "operator_console.asgi:application"
 
 
 # ---------------------------------------------------------------------------- the client process
-
-
-@dataclass(eq=False)
-class Operator:
-    """One operator's browser socket on `/ws/console/`."""
-
-    kind: str  # "watcher" (watch.session) or "dashboard" (watch.sessions)
-    cookie: str
-    frames: list[tuple[float, str, int]] = field(default_factory=list)  # (monotonic, type, bytes)
-    first: dict | None = None
-    errors: list[str] = field(default_factory=list)
-    ws: Any = None
-    reader: asyncio.Task | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: bool = False
-
-    async def open(self, url: str, origin: str, subscribe: dict) -> None:
-        """As a browser: the session cookie, the page's Origin, permessage-deflate offered;
-        returns once the first message arrived."""
-        self.ws = await connect(
-            url, origin=origin, additional_headers={"Cookie": f"sessionid={self.cookie}"},
-            max_size=None, open_timeout=10, close_timeout=2, ping_interval=None,
-        )
-        self.reader = asyncio.create_task(self._read())
-        await self.ws.send(json.dumps(subscribe))
-        async with asyncio.timeout(15):
-            await self.ready.wait()
-
-    async def _read(self) -> None:
-        try:
-            async for frame in self.ws:
-                at, message = time.monotonic(), json.loads(frame)
-                kind = message.get("type") if isinstance(message, dict) else None
-                self.frames.append((at, str(kind), len(frame)))
-                if kind == "error":
-                    self.errors.append(frame[:300])
-                if self.first is None:
-                    self.first = message
-                    self.ready.set()
-        except Exception as exc:  # noqa: BLE001 - reported with the figures
-            self.errors.append(f"reader: {type(exc).__name__}: {exc}")
-        finally:
-            self.closed = True
-            self.ready.set()
-
-    async def close(self) -> None:
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await self.ws.close()
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
 
 
 def max_in_one_second(times: list[float]) -> int:
@@ -137,7 +71,7 @@ def max_in_one_second(times: list[float]) -> int:
     return best
 
 
-def socket_window(op: Operator, t0: float, t1: float) -> dict:
+def socket_window(op: OperatorSocket, t0: float, t1: float) -> dict:
     """What one operator socket received in the window [t0, t1)."""
     frames = [f for f in op.frames if t0 <= f[0] < t1]
     seconds = t1 - t0
@@ -163,13 +97,12 @@ def socket_window(op: Operator, t0: float, t1: float) -> dict:
 class Clients:
     """The client process's callers and operator sockets, and its measurement windows."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args) -> None:
         self.args = args
-        self.host = args.base.removeprefix("http://")
         self.stats = Stats()
         self.callers: list[tuple[Any, str]] = []
-        self.operators: list[Operator] = []
-        self.all_operators: list[Operator] = []
+        self.operators: list[OperatorSocket] = []
+        self.all_operators: list[OperatorSocket] = []
         self.cookies: list[str] = []
         self.groups = {
             "daphne": ProcessGroup(args.target_pid),
@@ -180,23 +113,20 @@ class Clients:
     async def log_in(self) -> None:
         """Operators log in first: the password hash is the costly part, outside every window."""
         started = time.monotonic()
-        names = [f"{USER_PREFIX}{i:02d}" for i in range(1, WATCHERS + DASHBOARDS + 1)]
-        async with httpx.AsyncClient(timeout=30.0) as client:
-            self.cookies = [await login(client, self.args.base, name) for name in names]
+        self.cookies = await log_in_operators(self.args.base, USER_PREFIX, WATCHERS + DASHBOARDS)
         emit(event="logged_in", operators=len(self.cookies), seconds=since(started))
 
     async def connect_callers(self) -> None:
-        url, started = f"ws://{self.host}/v1/realtime?model={MODEL}", time.monotonic()
+        url = realtime_url(self.args.base)
+        started = time.monotonic()
 
-        async def one():
+        async def one(_):
             try:
                 return await open_caller(url, self.args.token)
             except Exception as exc:  # noqa: BLE001 - a failed caller is a figure, not a crash
                 self.stats.error(f"connect: {type(exc).__name__}: {exc}")
 
-        for first in range(0, CALLERS, 25):
-            opened = await asyncio.gather(*(one() for _ in range(first, min(first + 25, CALLERS))))
-            self.callers += [c for c in opened if c is not None]
+        self.callers = await in_batches(CALLERS, one)
         emit(event="connected", sessions=len(self.callers), seconds=since(started))
         if not self.callers:
             raise RuntimeError(f"no caller connected: {self.stats.error_samples[:3]}")
@@ -204,15 +134,18 @@ class Clients:
     async def attach(self, with_dashboards: bool) -> None:
         """Connect the operator sockets (all at once) or close them."""
         if with_dashboards and not self.operators:
-            started, busy = time.monotonic(), self.callers[0][1]
-            watch = {"type": "watch.session", "session_id": busy}
-            self.operators = [Operator("watcher" if i < WATCHERS else "dashboard", cookie)
-                              for i, cookie in enumerate(self.cookies)]
+            started = time.monotonic()
+            watch = {"type": "watch.session", "session_id": self.callers[0][1]}
+            feed = {"type": "watch.sessions"}
+            self.operators = [
+                OperatorSocket(cookie, "watcher" if i < WATCHERS else "dashboard")
+                for i, cookie in enumerate(self.cookies)
+            ]
             self.all_operators += self.operators
-            await asyncio.gather(*(op.open(
-                f"ws://{self.host}/ws/console/", self.args.base,
-                watch if op.kind == "watcher" else {"type": "watch.sessions"},
-            ) for op in self.operators))
+            await asyncio.gather(*(
+                op.open(self.args.base, watch if op.kind == "watcher" else feed)
+                for op in self.operators
+            ))
             emit(event="attached", sockets=len(self.operators), seconds=since(started))
         elif not with_dashboards and self.operators:
             await asyncio.gather(*(op.close() for op in self.operators))
@@ -227,6 +160,9 @@ class Clients:
         stats.measuring = False
         measured = cpu.end()
         seconds, daphne, n = measured["seconds"], measured["cpu_s"]["daphne"], stats.deltas - deltas
+        emit(event="window", index=index, dashboards=with_dashboards,
+             deltas_per_s=round(n / seconds), daphne_cpu_percent=round(100 * daphne / seconds, 1),
+             other_cpu_percent=round(100 * measured["other_cpu_share"], 1))
         return {
             "index": index,
             "dashboards": with_dashboards,
@@ -242,27 +178,6 @@ class Clients:
             "sockets": [socket_window(op, cpu.started, cpu.started + seconds)
                         for op in self.operators],
         }
-
-    async def windows(self) -> list[dict]:
-        """The schedule's windows; a disturbed one is kept, marked `repeated`, and measured
-        again at once (once in the whole run)."""
-        pending = [phase.strip() == "on" for phase in self.args.schedule.split(",")]
-        retries, windows = 1, []
-        while pending:
-            with_dashboards = pending.pop(0)
-            await self.attach(with_dashboards)
-            await asyncio.sleep(self.args.settle)
-            window = await self.window(len(windows) + 1, with_dashboards)
-            windows.append(window)
-            if window["other_cpu_share"] > NOISY_SHARE and retries > 0:
-                retries -= 1
-                window["repeated"] = True
-                pending.insert(0, with_dashboards)
-            emit(event="window", index=window["index"], dashboards=with_dashboards,
-                 deltas_per_s=round(window["deltas_per_s"]),
-                 daphne_cpu_percent=round(window["daphne_cpu_percent"], 1),
-                 other_cpu_percent=round(100 * window["other_cpu_share"], 1))
-        return windows
 
     async def close(self, tasks: list[asyncio.Task]) -> None:
         await asyncio.gather(*(op.close() for op in self.operators))
@@ -280,7 +195,7 @@ def since(started: float) -> float:
     return round(time.monotonic() - started, 2)
 
 
-async def main(args: argparse.Namespace) -> dict:
+async def main(args) -> dict:
     clients = Clients(args)
     await clients.log_in()
     await clients.connect_callers()
@@ -290,7 +205,8 @@ async def main(args: argparse.Namespace) -> dict:
              for i, (ws, _) in enumerate(clients.callers)]
     try:
         await asyncio.sleep(args.warmup)
-        windows = await clients.windows()
+        windows = await alternate(args.schedule, clients.attach, clients.window, args.settle,
+                                  retry=True)
     finally:
         await clients.close(tasks)
     ops, stats = clients.all_operators, clients.stats
@@ -307,19 +223,6 @@ async def main(args: argparse.Namespace) -> dict:
     }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Dashboard fan-out clients (bench/fanout.py)")
-    parser.add_argument("--base", required=True, help="http://127.0.0.1:PORT of the relay")
-    parser.add_argument("--token", required=True, help="API token for the callers")
-    parser.add_argument("--target-pid", type=int, required=True, help="the Daphne process")
-    parser.add_argument("--sim-pid", type=int, required=True, help="the simulator process")
-    parser.add_argument("--schedule", default=PLAN["full"][0], help="off/on per window")
-    parser.add_argument("--window", type=float, default=PLAN["full"][1])
-    parser.add_argument("--settle", type=float, default=PLAN["full"][2])
-    parser.add_argument("--warmup", type=float, default=PLAN["full"][3])
-    return parser.parse_args(argv)
-
-
 # ---------------------------------------------------------------------------- the part
 
 
@@ -328,55 +231,13 @@ async def run(bench: Bench, args) -> dict:
     operators' accounts), the client process, everything stopped; the result."""
     mode = "quick" if args.quick else "full"
     schedule, window, settle, warmup = PLAN[mode]
-    env = bench.env(DATABASE_URL=f"sqlite:///{bench.workdir / 'fanout.sqlite3'}")
-    handles, started = [], time.monotonic()
-    try:
-        async with asyncio.timeout(BUDGET_S[mode]):
-            sim, env["OC_UPSTREAM_URL"] = await bench.simulator(
-                "fanout-simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL, env=env
-            )
-            handles.append(sim)
-            token = await bench.migrate_with_token("bench-fanout", env)
-            await create_operators(bench, env)
-            daphne, port = await bench.daphne("fanout-relay", APP, env)
-            handles.append(daphne)
-            say(f"    set up in {time.monotonic() - started:.0f} s")
-            argv = [
-                PY, "-m", "bench.fanout", "--base", f"http://{HOST}:{port}", "--token", token,
-                "--target-pid", str(daphne.pid), "--sim-pid", str(sim.pid),
-                "--schedule", schedule, "--window", str(window), "--settle", str(settle),
-                "--warmup", str(warmup),
-            ]
-
-            def progress(message: dict) -> None:
-                event = message.pop("event", "")
-                say(f"    {event}: " + ", ".join(f"{k} {v}" for k, v in message.items()))
-
-            result = await bench.client("fanout-clients", argv, env, BUDGET_S[mode], progress)
-            if daphne.proc.returncode is not None:
-                result["daphne_exited"] = daphne.proc.returncode
-    except TimeoutError:
-        raise RuntimeError(f"the fan-out part exceeded its {BUDGET_S[mode]:g} s budget") from None
-    finally:
-        for handle in reversed(handles):
-            await bench.stop(handle)
-    logs = {h.name: scan_log(h.log_path) for h in handles}
-    plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
-    return {**result, **analyse(result["windows"]), **plan, "logs": logs}
-
-
-async def create_operators(bench: Bench, env: dict) -> None:
-    """The operators' accounts, through Django's user model: one password hash for all
-    (hashing is slow on purpose)."""
-    code = (
-        "from django.contrib.auth import get_user_model\n"
-        "from django.contrib.auth.hashers import make_password\n"
-        "User = get_user_model()\n"
-        f"digest = make_password({OPERATOR_PASSWORD!r})\n"
-        f"User.objects.bulk_create([User(username=f'{USER_PREFIX}{{i:02d}}', password=digest) "
-        f"for i in range(1, {WATCHERS + DASHBOARDS + 1})])\n"
+    config = {"schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
+    result = await bench.app_with_clients(
+        "fanout", config, BUDGET_S[mode], sim=(SIM_DELTAS, SIM_INTERVAL),
+        seed=operators_code(USER_PREFIX, WATCHERS + DASHBOARDS),
     )
-    await bench.run_command([PY, "manage.py", "shell", "-c", code], env)
+    plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
+    return {**result, **analyse(result["windows"]), **plan}
 
 
 def analyse(windows: list[dict]) -> dict:
@@ -547,7 +408,7 @@ def targets(result: dict) -> str:
             most, median = kinds[kind]["main_max_in_1s"], kinds[kind]["main_per_s"]["median"]
             measured = f"at most {most} in any 1 s (median {fmt(median, 2)}/s)"
             rows.append([what, measured, verdict(most <= limit + 1)])
-    return "Targets:\n\n" + table(["target", "measured", "verdict"], rows, left=3)
+    return targets_table(rows)
 
 
 def problems(result: dict) -> str:
@@ -561,12 +422,12 @@ def problems(result: dict) -> str:
     for x in result["windows"]:
         if x["other_cpu_share"] > NOISY_SHARE:
             again = " (measured again)" if x.get("repeated") else " (counted)"
-            lines.append(f"- window {x['index']}: disturbed: other processes used "
-                         f"{100 * x['other_cpu_share']:.0f}% of the machine meanwhile{again}")
+            label, share = f"window {x['index']}", x["other_cpu_share"]
+            lines.append(disturbed(label, share, f" meanwhile{again}"))
     if result.get("daphne_exited") is not None:
         lines.append(f"- Daphne exited with {result['daphne_exited']} during the run")
     return problems_text(lines + log_problems(result["logs"]))
 
 
 if __name__ == "__main__":
-    emit(**asyncio.run(main(parse_args())))
+    client_main(main)

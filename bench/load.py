@@ -6,53 +6,56 @@ Each caller connects, waits for `session.created`, then loops (`common.run_calle
 all callers → settle (target RSS sampled) → warm-up (not counted) → the measurement window
 (deltas, per-delta latency, CPU of the watched processes). Progress events and the result
 are JSON lines on stdout.
-
-    python -m bench.load --url 'ws://127.0.0.1:9001/v1/realtime?model=m' -c 100 \
-        --target-pid 1234 --token TOKEN --watch simulator 1233
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import os
 import time
 
-from bench.common import CpuWindow, ProcessGroup, Stats, emit, open_caller, run_caller, summary
+from bench.common import (
+    CpuWindow,
+    ProcessGroup,
+    Stats,
+    client_main,
+    emit,
+    in_batches,
+    open_caller,
+    realtime_url,
+    run_caller,
+    summary,
+)
 
 
-async def open_callers(args: argparse.Namespace, stats: Stats) -> list:
+async def open_callers(args, stats: Stats) -> list:
     """Every caller's socket, connected in batches; a failed one is counted, not raised."""
 
-    async def one():
+    async def one(_):
         try:
-            return (await open_caller(args.url, args.token, args.connect_timeout))[0]
+            return (await open_caller(realtime_url(args.base), args.token))[0]
         except Exception as exc:  # noqa: BLE001 - a failed caller is a figure, not a crash
             stats.error(f"connect: {type(exc).__name__}: {exc}")
 
-    sockets = []
-    for start in range(0, args.concurrency, args.connect_batch):
-        size = min(args.connect_batch, args.concurrency - start)
-        sockets += await asyncio.gather(*(one() for _ in range(size)))
-    return [ws for ws in sockets if ws is not None]
+    return await in_batches(args.concurrency, one)
 
 
-async def prime(args: argparse.Namespace) -> None:
+async def prime(args) -> None:
     """One session opened and closed first, so one-time costs (lazy imports, first client
     objects) are in the RSS baseline and not charged to the measured sessions."""
     with contextlib.suppress(Exception):
-        ws, _ = await open_caller(args.url, args.token, args.connect_timeout)
+        ws, _ = await open_caller(realtime_url(args.base), args.token)
         await ws.close()
     await asyncio.sleep(1.0)
 
 
-async def main(args: argparse.Namespace) -> dict:
+async def main(args) -> dict:
     stats = Stats()
     target = ProcessGroup(args.target_pid)
     groups = {"target": target, "load": ProcessGroup(os.getpid())}
-    groups.update((name, ProcessGroup(pid)) for name, pid in args.watch)
+    groups.update((name, ProcessGroup(pid)) for name, pid in args.watch.items())
     await prime(args)
     rss_before = target.rss()
     started = time.monotonic()
@@ -110,27 +113,5 @@ def result(stats: Stats, measured: dict, *, sessions: int, connect_errors: int, 
     }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Realtime load generator for the benchmark")
-    parser.add_argument("--url", required=True, help="ws://host:port/v1/realtime?model=…")
-    parser.add_argument("--token", default="")
-    parser.add_argument("-c", "--concurrency", type=int, default=10)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--window", type=float, default=8.0)
-    parser.add_argument("--settle", type=float, default=1.5)
-    parser.add_argument("--connect-batch", type=int, default=25)
-    parser.add_argument("--connect-timeout", type=float, default=30.0)
-    parser.add_argument("--target-pid", type=int, required=True)
-    parser.add_argument("--watch", nargs=2, action="append", default=[], metavar=("NAME", "PID"),
-                        help="another process whose CPU to report")
-    args = parser.parse_args(argv)
-    args.watch = [(name, int(pid)) for name, pid in args.watch]
-    if not (1 <= args.concurrency <= 2000):
-        parser.error("concurrency must be in 1..2000")
-    if not (0 < args.window <= 120 and 0 <= args.warmup <= 60):
-        parser.error("window must be in (0, 120] s and warm-up in [0, 60] s")
-    return args
-
-
 if __name__ == "__main__":
-    emit(**asyncio.run(main(parse_args())))
+    client_main(main)

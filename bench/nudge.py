@@ -1,10 +1,6 @@
 """The nudge part: REST hook `POST /api/v1/sessions/{id}/responses` on an idle session → the
-upstream receiving its `response.create`.
-
-One Daphne process serving `operator_console.asgi:application` with SQLite in a bench-private
-file; the upstream is the simulator in this process (one delta per response, no pause), so its
-receive log (`received(session_id)`: `time.monotonic()` when a frame arrived) can be read. The
-callers are real Realtime WebSocket clients, the operator a keep-alive `httpx` client.
+upstream receiving its `response.create`. The set-up, the closed and the open loop: ABOUT below
+(the report's text).
 
 Per nudge, all on CLOCK_MONOTONIC (system-wide on Linux, so the processes' readings compare
 directly): `sent` (the client starts writing the POST, httpcore trace), the POST's
@@ -15,11 +11,6 @@ the response headers), `upstream` (the simulator received the `response.create` 
 start − sent; the phases, one after another; "actor + upstream send" = upstream − the end of
 the last phase (it also holds what the view does untimed). HTTP out = answered − the end of
 the last phase runs beside it.
-
-Closed loop: a session's next nudge is posted once the previous one's `response.done` reached
-its caller; with several sessions it saturates Daphne and measures throughput (its latency is
-queueing). Open loop: each session is nudged on a fixed schedule whatever happened to its
-previous nudge, at a rate below saturation: latency under concurrent load.
 """
 
 from __future__ import annotations
@@ -52,6 +43,7 @@ from bench.common import (
     fmt,
     log_problems,
     parse_server_timing,
+    post_nudge,
     problems_text,
     say,
     scan_log,
@@ -94,10 +86,6 @@ class Server:
     client: httpx.AsyncClient
     pid: int
 
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
     async def open_session(self) -> Caller:
         """A caller, once its session is `live` through the REST hook."""
         ws_url = self.http_base.replace("http", "ws", 1) + f"/v1/realtime?model={MODEL}"
@@ -130,13 +118,9 @@ class Server:
         """One nudge; its sample (monotonic seconds). Closed loop (`scheduled` None): done once
         the caller has the response's `response.done`, so the session is idle again."""
         expected = caller.dones + 1
-        body = {"instructions": "Bench nudge: answer briefly.", "metadata": {"n": str(index)}}
-        url = f"{self.http_base}/api/v1/sessions/{caller.session_id}/responses"
-        response, sent, answered = await timed_request(
-            self.client, "POST", url, json=body, headers=self.auth
+        response, sent, answered = await post_nudge(
+            self.client, self.http_base, self.token, caller.session_id, index
         )
-        if response.status_code != 202:
-            raise RuntimeError(f"POST → {response.status_code}: {response.text[:200]}")
         if scheduled is None:
             await caller.wait_dones(expected, NUDGE_TIMEOUT)
         upstream = await self.upstream_time(caller, response.json()["id"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -21,20 +20,17 @@ from pathlib import Path
 from bench.common import (
     BIN,
     CORES,
-    HOST,
-    MODEL,
     NOISY_SHARE,
-    PY,
     ROOT,
+    TARGETS,
     Bench,
     examples,
-    failure,
     fmt,
-    log_problems,
     say,
-    scan_log,
     section,
     table,
+    target_problems,
+    targets_table,
     verdict,
 )
 
@@ -46,16 +42,6 @@ P99_TARGET_C = 100
 RSS_TARGET_KIB = 150.0
 PROFILE_RATE = 200  # py-spy samples a second
 CPU_KEY = "target_cpu_s_per_1000_deltas"
-
-TARGETS = {
-    "websockets": "websockets floor",
-    "channels": "Channels floor (Daphne)",
-    "relay": "relay (Daphne)",
-}
-APPS = {
-    "channels": "bench.floor_channels:application",
-    "relay": "operator_console.asgi:application",
-}
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -93,72 +79,28 @@ async def run(bench: Bench, args) -> dict:
 
 
 async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
-    """One target at one C; measured again once when other work took more than NOISY_SHARE
-    of the machine in the window."""
-    for attempt in (1, 2):
-        await bench.quiet(30.0)
-        try:
-            result = await with_target(bench, args, setup, key, c, f"c{c}")
-        except Exception as exc:  # noqa: BLE001 - reported; the other runs go on
-            say(f"    FAILED: {exc}")
-            return failure(exc)
-        result["attempt"] = attempt
-        share = result["other_cpu_share"]
-        if share <= NOISY_SHARE:
-            break
-        if attempt == 1:
-            say(f"    other processes used {100 * share:.0f}% of the machine: measuring again")
-    lat, rss = result["latency_ms"], result["rss_per_session_bytes"]
-    say(
-        f"    {result['deltas_per_s']:.0f} deltas/s, p50 {fmt(lat['p50'], 2)} ms, p99 "
-        f"{fmt(lat['p99'], 2)} ms, {fmt(result[CPU_KEY], 4)} CPU-s/1k, "
-        f"{fmt(rss and rss / 1024)} KiB/session, {result['errors']} errors"
-    )
+    """One target at one C, measured again once when disturbed."""
+    result = await bench.measured_twice(lambda: with_target(bench, args, setup, key, c, f"c{c}"))
+    if "failure" not in result:
+        lat, rss = result["latency_ms"], result["rss_per_session_bytes"]
+        say(
+            f"    {result['deltas_per_s']:.0f} deltas/s, p50 {fmt(lat['p50'], 2)} ms, p99 "
+            f"{fmt(lat['p99'], 2)} ms, {fmt(result[CPU_KEY], 4)} CPU-s/1k, "
+            f"{fmt(rss and rss / 1024)} KiB/session, {result['errors']} errors"
+        )
     return result
 
 
-def target_argv(key: str, port: int, sim_url: str) -> list[str]:
-    if key == "websockets":
-        return [PY, "-m", "bench.floor_websockets", "--port", str(port), "--upstream", sim_url]
-    return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), APPS[key]]
-
-
-async def with_target(
-    bench: Bench, args, setup: Setup, key: str, c: int, tag: str, *, window=None, on_start=None
-) -> dict:
+async def with_target(bench: Bench, args, setup: Setup, key: str, c: int, tag: str, *,
+                      window=None, on_start=None) -> dict:
     """A fresh target process, C callers of `bench/load.py` against it, the target stopped.
     `on_start(pid)` runs beside the measurement window."""
-    url = setup.env["OC_UPSTREAM_URL"]
-    handle, port = await bench.listening(
-        f"{key}-{tag}", lambda p: target_argv(key, p, url), setup.env
-    )
-    window, side = window or args.window, []
-
-    def progress(message: dict) -> None:
-        if message["event"] == "connected":
-            say(f"    {message['sessions']}/{c} sessions connected in {message['seconds']} s")
-        elif message["event"] == "measure_start" and on_start:
-            side.append(asyncio.create_task(on_start(handle.pid)))
-
-    try:
-        await asyncio.sleep(0.5)  # let start-up finish (imports after listen, first GC)
-        argv = [
-            PY, "-m", "bench.load", "--url", f"ws://{HOST}:{port}/v1/realtime?model={MODEL}",
-            "--token", setup.token, "-c", str(c), "--warmup", str(args.warmup),
-            "--window", str(window), "--settle", str(args.settle),
-            "--target-pid", str(handle.pid), "--watch", "simulator", str(setup.sim_pid),
-        ]
-        budget = 60 + args.settle + args.warmup + window + c / 10
-        result = await bench.client(f"load-{key}-{tag}", argv, setup.env, budget, progress)
-        for task in side:
-            with contextlib.suppress(Exception):
-                await task
-        if handle.proc.returncode is not None:
-            result["target_exited"] = handle.proc.returncode
-    finally:
-        await bench.stop(handle)
-    result["target_log"] = scan_log(handle.log_path)
-    return result
+    window = window or args.window
+    config = {"token": setup.token, "concurrency": c, "warmup": args.warmup, "window": window,
+              "settle": args.settle, "watch": {"simulator": setup.sim_pid}}
+    budget = 60 + args.settle + args.warmup + window + c / 10
+    return await bench.against_target(key, f"{key}-{tag}", setup.env, "load", config, budget,
+                                      on_start)
 
 
 # ---------------------------------------------------------------------------- profile
@@ -396,7 +338,7 @@ def targets(by: dict, cs: list[int]) -> str:
             rows.append([f"relay RSS per live session ≤ {RSS_TARGET_KIB:g} KiB", c,
                          f"{kib:.1f} KiB", verdict(kib <= RSS_TARGET_KIB)])
     return (
-        "### Targets\n\n" + table(["target", "C", "measured", "verdict"], rows)
+        targets_table(rows, "### Targets", ("C", "measured"), left=1)
         + "\nRSS per session at C=10 rests on a difference of a few hundred KiB and is the "
         "noisiest; C=100 and C=300 are the telling ones.\n"
     )
@@ -413,13 +355,7 @@ def problems(runs: list[dict]) -> str:
             lines.append(f"- {label}: {r['errors']} error(s) seen by callers, "
                          f"{r['unstamped_deltas']} unstamped deltas; e.g. "
                          + examples(r["error_samples"]))
-        lines += log_problems({f"{label}: target": r["target_log"]})
-        if r["other_cpu_share"] > NOISY_SHARE:
-            lines.append(f"- {label}: disturbed: other processes used "
-                         f"{100 * r['other_cpu_share']:.0f}% of the machine in the window "
-                         f"(attempt {r['attempt']} of 2)")
-        if r.get("target_exited") is not None:
-            lines.append(f"- {label}: target exited with {r['target_exited']} during the run")
+        lines += target_problems(label, r, f"attempt {r['attempt']} of 2")
     return "\n".join(lines) + "\n" if lines else (
         "None: no caller saw an `error` event or a failed connect, and no target logged a "
         "warning, error or traceback.\n"

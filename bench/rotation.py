@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.common import (
+    APP,
     HOST,
-    MODEL,
     Bench,
     Caller,
     CpuWindow,
@@ -43,6 +43,7 @@ from bench.common import (
     fmt,
     log_problems,
     problems_text,
+    realtime_url,
     say,
     scan_log,
     section,
@@ -55,7 +56,6 @@ GAP_P99_TARGET_MS = 100.0
 CPU_RATIO_TARGET = 1.15
 TURN_TIMEOUT = 10.0  # s: a turn's response.done
 START_SHARE = 0.3  # callers start over this share of the run
-APP = "operator_console.asgi:application"
 # (callers, run seconds) for a full and a --quick run.
 PLAN = {"full": (100, 60.0), "quick": (10, 12.0)}
 
@@ -90,8 +90,8 @@ class RotationCaller(Caller):
 
     async def turn(self, index: int) -> None:
         event_id = f"evt_rot_{index}_{len(self.turns) + 1}"
-        text = f"Caller {index}, turn {len(self.turns) + 1}."
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        content = [{"type": "input_text", "text": f"Caller {index}, turn {len(self.turns) + 1}."}]
+        item = {"type": "message", "role": "user", "content": content}
         self.turns.append(Turn(event_id))
         self._before, self._sent_at = self.last_at, time.monotonic()
         expected = self.dones + 1
@@ -131,10 +131,10 @@ async def one_run(bench, label, callers, seconds, rotate_after, result) -> dict:
     opened: list[RotationCaller] = []
     try:
         cpu = CpuWindow({"daphne": ProcessGroup(handle.pid)})
-        url = f"ws://{HOST}:{port}/v1/realtime?model={MODEL}"
-        await converse(url, token, callers, seconds, opened)
+        base = f"http://{HOST}:{port}"
+        await converse(realtime_url(base), token, callers, seconds, opened)
         window = cpu.end()
-        figures = await read_figures(opened, simulator, f"http://{HOST}:{port}", token)
+        figures = await read_figures(opened, simulator, base, token)
     finally:
         await asyncio.gather(*(caller.close() for caller in opened))
         await bench.stop(handle)
@@ -216,9 +216,10 @@ def _body(result: dict) -> list[str]:
              f"over the first {START_SHARE:.0%} of the run; `OC_ROTATE_AFTER` half the run, so "
              "each caller rotates once. Gap: the caller's last frame before it sent a turn → the "
              "turn's first frame; the rotation gap is the turn that went to the new upstream.\n")
+    gap_ok = None if gap_p99 is None else gap_p99 <= GAP_P99_TARGET_MS
     targets = (
-        f"Targets: rotation gap p99 ≤ {GAP_P99_TARGET_MS:g} ms: "
-        f"{verdict(None if gap_p99 is None else gap_p99 <= GAP_P99_TARGET_MS)} ({fmt(gap_p99)} ms); "
+        f"Targets: rotation gap p99 ≤ {GAP_P99_TARGET_MS:g} ms: {verdict(gap_ok)} "
+        f"({fmt(gap_p99)} ms); "
         f"relay CPU ≤ {CPU_RATIO_TARGET:g}× without rotation: "
         f"{verdict(None if ratio is None else ratio <= CPU_RATIO_TARGET)} ({fmt(ratio, 3)}×); "
         f"0 lost requests: {verdict(lost == 0)} ({lost}).\n"

@@ -141,9 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: C=10, short windows, short parts")
-    add("--only", default="", help="comma-separated: websockets,channels,relay,voice,nudge,fanout,dashboard,events,attached,rotation,soak")
-    add("--events-sessions", type=int, default=None, help="events part: streaming sessions (default 100)")
-    add("--events-followers", type=int, default=None, help="events part: SSE followers (default 50)")
+    add("--only", default="", help="comma-separated: " + ",".join({**relay.TARGETS, **PARTS}))
+    add("--events-sessions", type=int, help="events part: streaming sessions (default 100)")
+    add("--events-followers", type=int, help="events part: SSE followers (default 50)")
     add("--nudges", type=int, default=None, help="nudge part: sequential nudges (default 500)")
     add("-c", "--concurrency", default="", help="comma-separated C values (default 10,100,300)")
     add("--window", type=float, default=None, help="measurement window, s (default 10)")

@@ -5,7 +5,7 @@ PostgreSQL cluster (devtools/services.py), the database migrated with `manage.py
 Daphne processes, A and B, serving `operator_console.asgi:application` with the same
 environment (`DATABASE_URL=postgres://…`, `REDIS_URL`, `OC_PROCESSES=2`, DJANGO_DEBUG=false,
 the REST hook's rate limit raised out of the way). The upstream is the simulator on an event
-loop of its own in a thread of this process (`SoakSimulator`: it counts overlapping
+loop of its own in a thread of this process (`CountingSimulator`: it counts overlapping
 `response.create` and stamps each tagged one as it arrives).
 
 Sessions alternate between A and B. Each has a caller that keeps reading and, every
@@ -29,7 +29,6 @@ every ~30 s, and each pause counted as the product's latency.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import contextlib
 import gc
@@ -38,9 +37,7 @@ import math
 import os
 import random
 import re
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 
 import httpx
@@ -53,21 +50,23 @@ from bench.common import (
     DONE,
     ERROR,
     HOST,
-    MODEL,
     NOISY_SHARE,
     PHASES,
     Bench,
     Caller,
     ProcessGroup,
-    Simulator,
     SimulatorConfig,
+    SimulatorThread,
     Tracer,
     examples,
     fmt,
+    in_batches,
+    lag_probe,
     log_problems,
     mean,
     parse_server_timing,
     problems_text,
+    realtime_url,
     say,
     scan_log,
     section,
@@ -113,96 +112,6 @@ PLANS = {
     "full": Plan(sessions=300, duration=300.0, warmup=60.0, drain=30.0),
     "quick": Plan(sessions=50, duration=45.0, warmup=15.0, drain=20.0),
 }
-
-
-# ---------------------------------------------------------------------------- the upstream
-
-
-class SoakSimulator(Simulator):
-    """The simulator, counting as it happens (its own event logs are bounded): `creates`
-    (oc_request → session, receive stamp of the first accepted create), `duplicates` (a
-    request's create accepted again), `overlaps` (an in-conversation create while a response
-    is active), and per session the [start, end] of each in-conversation response."""
-
-    def __init__(self, config: SimulatorConfig) -> None:
-        super().__init__(config)
-        self.observer = self  # each session tells it of creates, starts and ends
-        self.creates: dict[str, tuple[str, float]] = {}
-        self.duplicates: list[dict] = []
-        self.overlaps: list[dict] = []
-        self.creates_total = 0
-        self.intervals: dict[str, list[list[float]]] = collections.defaultdict(list)
-        self._open: dict[str, list[float]] = {}
-
-    def response_create(self, session, event):
-        received_at = session.received_log[-1][0] if session.received_log else time.monotonic()
-        self.creates_total += 1
-        params = event.get("response") if isinstance(event.get("response"), dict) else {}
-        metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else {}
-        tag = metadata.get("oc_request")
-        if params.get("conversation") in (None, "auto") and session.active is not None:
-            active = (session.active.metadata or {}).get("oc_request")
-            self.overlaps.append({"session": session.id, "at": received_at, "oc_request": tag,
-                                  "event_id": event.get("event_id"), "active_request": active})
-        elif isinstance(tag, str) and tag in self.creates:
-            self.duplicates.append({"session": session.id, "oc_request": tag, "at": received_at})
-        elif isinstance(tag, str):
-            self.creates[tag] = (session.id, received_at)
-
-    def response_started(self, session, response):
-        if response.in_conversation:
-            self._open[response.id] = [time.monotonic(), math.inf]
-            self.intervals[session.id].append(self._open[response.id])
-
-    def response_ended(self, session, response):
-        if (interval := self._open.pop(response.id, None)) is not None:
-            interval[1] = time.monotonic()
-
-    def waited(self, session_id: str, sent: float, received: float) -> bool:
-        """Was a response of this session in progress between the POST and its create?"""
-        intervals = self.intervals.get(session_id, [])
-        index = bisect.bisect_left([i[0] for i in intervals], received)
-        return any(end > sent for _, end in intervals[max(0, index - 8) : index])
-
-    def active_count(self) -> int:
-        return sum(1 for s in list(self.sessions.values()) if s.active is not None)
-
-
-class SimulatorThread:
-    """The simulator on an event loop of its own in a daemon thread, so its receive stamps do
-    not wait behind the callers' work; a probe measures that loop's lag."""
-
-    def __init__(self, config: SimulatorConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="soak-sim", daemon=True)
-        self.thread.start()
-        self.lags: list[float] = []
-        self.sim: SoakSimulator = self.call(self._start(config))
-        self._probe = asyncio.run_coroutine_threadsafe(lag_probe(self.lags), self.loop)
-
-    async def _start(self, config: SimulatorConfig) -> SoakSimulator:
-        sim = SoakSimulator(config)
-        await sim.start(HOST, 0)
-        return sim
-
-    def call(self, coro, timeout: float = 15.0):
-        future: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout)
-
-    def stop(self) -> None:
-        self._probe.cancel()
-        with contextlib.suppress(Exception):
-            self.call(self.sim.aclose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-async def lag_probe(lags: list[float]) -> None:
-    """How late a 20 ms sleep wakes up on this loop, again and again."""
-    while True:
-        before = time.monotonic()
-        await asyncio.sleep(0.02)
-        lags.append(time.monotonic() - before - 0.02)
 
 
 # ---------------------------------------------------------------------------- callers
@@ -306,8 +215,7 @@ class Soak:
         """A caller on A (even) or B (odd), once the *other* process's REST hook has its
         session `live`; a failure is counted."""
         name = "AB"[index % 2]
-        base = str(self.clients[name].base_url).replace("http", "ws", 1)
-        url = f"{base}/v1/realtime?model={MODEL}"
+        url = realtime_url(str(self.clients[name].base_url))
         caller = None
         try:
             caller = await SoakCaller.open(url, self.token, index=index, server=name)
@@ -322,10 +230,8 @@ class Soak:
 
     async def connect_all(self) -> float:
         self.mark("connect")
-        started, plan = time.monotonic(), self.plan
-        for start in range(0, plan.sessions, plan.connect_batch):
-            batch = range(start, min(start + plan.connect_batch, plan.sessions))
-            await asyncio.gather(*(self.open_session(i) for i in batch))
+        started = time.monotonic()
+        await in_batches(self.plan.sessions, self.open_session, self.plan.connect_batch)
         self.callers.sort(key=lambda c: c.index)
         return time.monotonic() - started
 
@@ -732,7 +638,7 @@ async def run(bench: Bench, args) -> dict:
             say(f"    redis on :{services[0].port}, PostgreSQL on :{services[1].port}")
             sim = await asyncio.to_thread(SimulatorThread, SimulatorConfig(
                 deltas_per_response=plan.deltas, delta_interval=plan.delta_interval,
-                required_api_key=UPSTREAM_KEY, record_limit=1,  # SoakSimulator counts as it goes
+                required_api_key=UPSTREAM_KEY, record_limit=1,  # it counts as it goes
             ))
             await soak_run(bench, plan, services, sim, handles, result)
     except TimeoutError:

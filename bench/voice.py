@@ -15,21 +15,18 @@ import asyncio
 from dataclasses import dataclass
 
 from bench.common import (
-    BIN,
     CORES,
     HOST,
-    MODEL,
-    NOISY_SHARE,
     PY,
+    TARGETS,
     Bench,
     examples,
-    failure,
     fmt,
-    log_problems,
     say,
-    scan_log,
     section,
     table,
+    target_problems,
+    targets_table,
     verdict,
 )
 
@@ -44,17 +41,7 @@ LISTEN_CPU_TARGET = 1.25  # relay CPU per MB listened to and recorded ÷ the sam
 LISTEN_P95_TARGET_MS = 150.0
 CPU_KEY = "target_cpu_s_per_mb"
 
-TARGETS = {
-    "websockets": "websockets floor",
-    "channels": "Channels floor (Daphne)",
-    "relay": "relay (Daphne)",
-    "listen": f"relay, {LISTENERS} listening, recording on",
-}
-APPS = {
-    "channels": "bench.floor_channels:application",
-    "relay": "operator_console.asgi:application",
-    "listen": "operator_console.asgi:application",
-}
+LABELS = {**TARGETS, "listen": f"relay, {LISTENERS} listening, recording on"}
 LOGIN = """
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -104,7 +91,7 @@ async def run(bench: Bench, args) -> dict:
             for key in ("websockets", "channels", "relay", "listen"):
                 if key == "listen" and c != cs[0]:
                     continue
-                say(f"{TARGETS[key]}, C={c}")
+                say(f"{LABELS[key]}, C={c}")
                 runs.append({**await measure(bench, args, setup, key, c),
                              "target": key, "concurrency": c})
                 await asyncio.sleep(1.0)
@@ -126,20 +113,11 @@ async def start_simulator(bench: Bench):
 
 
 async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
-    """One target at one C; measured again once (not with --quick) when other work took more
-    than NOISY_SHARE of the machine in the window."""
-    for attempt in (1, 2):
-        await bench.quiet(30.0)
-        try:
-            result = await with_target(bench, setup, key, c)
-        except Exception as exc:  # noqa: BLE001 - reported; the other runs go on
-            say(f"    FAILED: {exc}")
-            return failure(exc)
-        result["attempt"] = attempt
-        if result["other_cpu_share"] <= NOISY_SHARE or args.quick:
-            break
-        say(f"    other processes used {100 * result['other_cpu_share']:.0f}% of the machine: "
-            "measuring again")
+    """One target at one C, measured again once (not with --quick) when disturbed."""
+    result = await bench.measured_twice(lambda: with_target(bench, setup, key, c),
+                                        retry=not args.quick)
+    if "failure" in result:
+        return result
     b, up, down = result["bytes"], result["latency_up_ms"], result["latency_down_ms"]
     say(f"    {fmt(result['audio_mb_per_s'], 2)} MB/s of audio, "
         f"{fmt(result[CPU_KEY], 3)} CPU-s/MB, p99 up {fmt(up['p99'], 1)} ms / down "
@@ -152,47 +130,16 @@ async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
     return result
 
 
-def target_argv(key: str, port: int, sim_url: str) -> list[str]:
-    if key == "websockets":
-        return [PY, "-m", "bench.floor_websockets", "--port", str(port), "--upstream", sim_url]
-    return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), APPS[key]]
-
-
 async def with_target(bench: Bench, setup: Setup, key: str, c: int) -> dict:
     env = dict(setup.env, OC_RECORD_AUDIO="true") if key == "listen" else setup.env
-    handle, port = await bench.listening(
-        f"voice-{key}-c{c}", lambda p: target_argv(key, p, setup.sim_url), env
-    )
-
-    def progress(message: dict) -> None:
-        if message["event"] == "connected":
-            say(f"    {message['sessions']}/{c} sessions connected in {message['seconds']} s")
-        elif message["event"] == "listening":
-            say(f"    {message['listeners']} listeners on {message['session']}")
-
-    try:
-        await asyncio.sleep(0.5)  # start-up (imports after listen, first GC)
-        argv = [
-            PY, "-m", "bench.voice_load", "--url", f"ws://{HOST}:{port}/v1/realtime?model={MODEL}",
-            "--token", setup.token if key in ("relay", "listen") else "", "-c", str(c),
-            "--warmup", str(setup.warmup), "--window", str(setup.window), "--turn", str(TURN_S),
-            "--target-pid", str(handle.pid), "--watch", "simulator", str(setup.sim_pid),
-            "--sim-stats", setup.sim_url.replace("ws://", "http://") + "/_stats",
-        ]
-        if key == "listen":
-            argv += [
-                "--listeners", str(LISTENERS), "--cookie", setup.cookie,
-                "--listen-url", f"ws://{HOST}:{port}/ws/console/sessions/{{session_id}}/audio",
-                "--origin", f"http://{HOST}:{port}",
-            ]
-        budget = 150 + setup.warmup + setup.window + c / 5
-        result = await bench.client(f"voice-load-{key}-c{c}", argv, env, budget, progress)
-        if handle.proc.returncode is not None:
-            result["target_exited"] = handle.proc.returncode
-    finally:
-        await bench.stop(handle)
-    result["target_log"] = scan_log(handle.log_path)
-    return result
+    config = {
+        "token": setup.token if key in ("relay", "listen") else "", "concurrency": c,
+        "warmup": setup.warmup, "window": setup.window, "turn": TURN_S,
+        "watch": {"simulator": setup.sim_pid}, "sim_stats": setup.sim_url + "/_stats",
+        "listeners": LISTENERS if key == "listen" else 0, "cookie": setup.cookie,
+    }
+    budget = 150 + setup.warmup + setup.window + c / 5
+    return await bench.against_target(key, f"voice-{key}-c{c}", env, "voice_load", config, budget)
 
 
 # ---------------------------------------------------------------------------- report
@@ -268,7 +215,7 @@ def _body(result: dict) -> list[str]:
                    listeners=result["listeners"], cores=CORES),
     ]
     for c in cs:
-        rows = [by[k, c] for k in TARGETS if (k, c) in by]
+        rows = [by[k, c] for k in LABELS if (k, c) in by]
         out += [f"### C = {c}\n", c_table(rows), ratios(by, c)]
     out += [listen_section(by, cs), targets(by, cs), "### Errors, log lines, disturbed runs\n",
             problems(runs)]
@@ -278,7 +225,7 @@ def _body(result: dict) -> list[str]:
 def c_table(runs: list[dict]) -> str:
     rows = []
     for r in runs:
-        label = TARGETS[r["target"]]
+        label = LABELS[r["target"]]
         if "failure" in r:
             rows.append([label, f"failed: {r['failure'].splitlines()[0][:80]}", *[""] * 11])
             continue
@@ -368,13 +315,13 @@ def targets(by: dict, cs: list[int]) -> str:
             rows.append([f"listen-in latency p95 ≤ {LISTEN_P95_TARGET_MS:g} ms (upstream frame "
                          "sent → listener)", c, f"{p95:.1f} ms",
                          verdict(p95 <= LISTEN_P95_TARGET_MS)])
-    return "### Targets\n\n" + table(["target", "C", "measured", "verdict"], rows)
+    return targets_table(rows, "### Targets", ("C", "measured"), left=1)
 
 
 def problems(runs: list[dict]) -> str:
     lines = []
     for r in runs:
-        label = f"{TARGETS[r['target']]}, C={r['concurrency']}"
+        label = f"{LABELS[r['target']]}, C={r['concurrency']}"
         if "failure" in r:
             lines.append(f"- {label}: run failed: `{' '.join(r['failure'].split())[-600:]}`")
             continue
@@ -388,13 +335,7 @@ def problems(runs: list[dict]) -> str:
         if r["bytes"]["sessions_unknown_to_upstream"]:
             lines.append(f"- {label}: {r['bytes']['sessions_unknown_to_upstream']} session(s) "
                          "the simulator no longer knew (their bytes count as lost)")
-        lines += log_problems({f"{label}: target": r["target_log"]})
-        if r["other_cpu_share"] > NOISY_SHARE:
-            lines.append(f"- {label}: disturbed: other processes used "
-                         f"{100 * r['other_cpu_share']:.0f}% of the machine in the window "
-                         f"(attempt {r['attempt']})")
-        if r.get("target_exited") is not None:
-            lines.append(f"- {label}: target exited with {r['target_exited']} during the run")
+        lines += target_problems(label, r, f"attempt {r['attempt']}")
     return "\n".join(lines) + "\n" if lines else (
         "None: no caller or listener saw an `error` event or a failed connect, and no target "
         "logged a warning, error or traceback.\n"

@@ -5,7 +5,7 @@ bench/voice.py).
 Each caller connects, waits for `session.created`, sets its session to audio in and out
 (PCM16 24 kHz, `turn_detection: null`), then its microphone sends FRAME_MS of audio every
 FRAME_MS as `input_audio_buffer.append` (on an absolute schedule: a late loop sends what is
-due at once, as a microphone's backlog would be), and every `--turn` seconds, when its last
+due at once, as a microphone's backlog would be), and every `turn` seconds, when its last
 reply is over, `input_audio_buffer.commit` + `response.create`; the simulator answers with a
 fixed-length spoken reply paced in real time.
 
@@ -25,7 +25,6 @@ sent and received. Progress and the result are JSON lines on stdout.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -42,13 +41,17 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.common import (
+    DONE,
+    ERROR,
     STAMP_RE,
     TYPE_RE,
     CpuWindow,
     ProcessGroup,
+    client_main,
     emit,
-    nearest_rank,
+    in_batches,
     open_caller,
+    realtime_url,
     summary,
 )
 
@@ -59,12 +62,12 @@ FRAME_BYTES = RATE * 2 * FRAME_MS // 1000  # PCM16 mono: 1920
 STAMP_BYTES = 8
 MIN_COMMIT_FRAMES = 3  # the service refuses a commit of less than 100 ms
 AUDIO_DELTA = b"response.output_audio.delta"
-DONE = b"response.done"
-ERROR = b"error"
 DELTA_KEY = b'"delta":"'
 PLAUSIBLE_NS = 60 * 10**9  # a stamp further than this from now is not a stamp
 MAX_SAMPLES = 400_000  # latency samples kept per kind (bounded memory)
 LISTEN_ATTEMPTS = 25
+CONNECT_TIMEOUT = 30.0
+DRAIN_S = 10.0  # at most this long for the last replies, and again for the bytes to land
 
 
 def _tone() -> bytes:
@@ -294,38 +297,36 @@ class Listener:
 
 
 async def open_callers(args, plan: Plan) -> list[VoiceCaller]:
+    url = realtime_url(args.base)
+
     async def one(index: int) -> VoiceCaller | None:
         try:
-            ws, session_id = await open_caller(args.url, args.token, args.connect_timeout)
+            ws, session_id = await open_caller(url, args.token, CONNECT_TIMEOUT)
             caller = VoiceCaller(ws, session_id, index, plan)
-            await caller.configure(args.connect_timeout)
+            await caller.configure(CONNECT_TIMEOUT)
             return caller
         except Exception as exc:  # noqa: BLE001 - a failed caller is a figure, not a crash
             plan.error(f"connect: {type(exc).__name__}: {exc}")
             return None
 
-    callers: list[VoiceCaller | None] = []
-    for start in range(0, args.concurrency, args.connect_batch):
-        size = min(args.connect_batch, args.concurrency - start)
-        callers += await asyncio.gather(*(one(start + i) for i in range(size)))
-    return [c for c in callers if c is not None]
+    return await in_batches(args.concurrency, one)
 
 
 async def open_listeners(args, plan: Plan, session_id: str) -> list[Listener]:
-    """`--listeners` listen sockets on the session, each once `listen.started` came. The
+    """`listeners` listen sockets on the session, each once `listen.started` came. The
     session's row turns live a moment after `session.created`; until then the socket says
     the session is not live (4404) and is opened again (≤ LISTEN_ATTEMPTS times)."""
-    url = args.listen_url.replace("{session_id}", session_id)
-    headers = {"Cookie": args.cookie, "Origin": args.origin}
+    url = args.base.replace("http", "ws", 1) + f"/ws/console/sessions/{session_id}/audio"
+    headers = {"Cookie": args.cookie, "Origin": args.base}
 
     async def one() -> Listener:
         refusal = ""
         for _ in range(LISTEN_ATTEMPTS):
             ws = await connect(url, additional_headers=headers, max_size=None, compression=None,
-                               open_timeout=args.connect_timeout, close_timeout=2,
+                               open_timeout=CONNECT_TIMEOUT, close_timeout=2,
                                ping_interval=None)
             with contextlib.suppress(ConnectionClosed):
-                async with asyncio.timeout(args.connect_timeout):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
                     first = await ws.recv()
                 if isinstance(first, str) and json.loads(first).get("type") == "listen.started":
                     listener = Listener(ws, plan)
@@ -344,16 +345,17 @@ async def simulator_counts(args, session_ids: list[str]) -> dict[str, dict]:
     async with httpx.AsyncClient(timeout=10) as client:
         for start in range(0, len(session_ids), 40):
             batch = session_ids[start : start + 40]
-            reply = await client.get(args.sim_stats, params=[("session", i) for i in batch])
+            url = args.sim_stats.replace("ws", "http", 1)
+            reply = await client.get(url, params=[("session", i) for i in batch])
             reply.raise_for_status()
             counts.update(reply.json()["sessions"])
     return counts
 
 
 async def settle_counts(args, callers: list[VoiceCaller]) -> dict[str, dict]:
-    """The simulator's counts once what the callers sent has arrived (or `--drain` s passed):
+    """The simulator's counts once what the callers sent has arrived (or DRAIN_S passed):
     appends still queued in the target are in flight, not lost."""
-    deadline = time.monotonic() + args.drain
+    deadline = time.monotonic() + DRAIN_S
     while True:
         counts = await simulator_counts(args, [c.session_id for c in callers])
         arrived = all(counts.get(c.session_id, {}).get("audio_in_bytes") == c.sent_bytes
@@ -363,13 +365,13 @@ async def settle_counts(args, callers: list[VoiceCaller]) -> dict[str, dict]:
         await asyncio.sleep(0.25)
 
 
-async def main(args: argparse.Namespace) -> dict:
+async def main(args) -> dict:
     window_s = args.window
     total_s = args.warmup + window_s
     plan = Plan(turn_frames=max(3, round(args.turn / FRAME_S)),
                 max_frames=int((total_s + 5) / FRAME_S))
     groups = {"target": ProcessGroup(args.target_pid), "load": ProcessGroup(os.getpid())}
-    groups.update((name, ProcessGroup(pid)) for name, pid in args.watch)
+    groups.update((name, ProcessGroup(pid)) for name, pid in args.watch.items())
     started = time.monotonic()
     callers = await open_callers(args, plan)
     emit(event="connected", sessions=len(callers), seconds=round(time.monotonic() - started, 2))
@@ -403,7 +405,7 @@ async def main(args: argparse.Namespace) -> dict:
     plan.stop = True
     await asyncio.gather(*mics, return_exceptions=True)
     with contextlib.suppress(TimeoutError):  # the last replies end
-        async with asyncio.timeout(args.drain):
+        async with asyncio.timeout(DRAIN_S):
             await asyncio.gather(*(c.reply_over.wait() for c in callers if c.replying))
     counts = await settle_counts(args, callers)
     await asyncio.sleep(0.5)  # the listeners' last frames
@@ -417,11 +419,6 @@ async def main(args: argparse.Namespace) -> dict:
     return result(plan, callers, listeners, measured, counts)
 
 
-def _p(values, q: float) -> float | None:
-    value = nearest_rank(sorted(values), q)
-    return None if value is None else value / 1e6
-
-
 def listen_result(listeners: list[Listener], tracked: VoiceCaller | None) -> dict | None:
     if not listeners or tracked is None:
         return None
@@ -430,8 +427,7 @@ def listen_result(listeners: list[Listener], tracked: VoiceCaller | None) -> dic
     for side, name in ((0, "caller"), (1, "agent")):
         latencies = [v for lis in listeners for v in lis.latency_ns[side]]
         sides[name] = {
-            **summary(latencies, unit=1e-6),
-            "p95": _p(latencies, 0.95),
+            **summary(latencies, unit=1e-6, quantiles=(0.5, 0.9, 0.95, 0.99)),
             "expected_frames": len(expected[side]),
             "missing_frames": sum(len(expected[side] - lis.stamps[side]) for lis in listeners),
         }
@@ -493,38 +489,5 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
     }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Full-duplex voice load for the benchmark")
-    add = parser.add_argument
-    add("--url", required=True, help="ws://host:port/v1/realtime?model=…")
-    add("--token", default="")
-    add("-c", "--concurrency", type=int, default=10)
-    add("--warmup", type=float, default=2.0)
-    add("--window", type=float, default=8.0)
-    add("--turn", type=float, default=4.0, help="seconds between a caller's turns")
-    add("--drain", type=float, default=10.0, help="at most this long for replies and bytes to land")
-    add("--connect-batch", type=int, default=25)
-    add("--connect-timeout", type=float, default=30.0)
-    add("--target-pid", type=int, required=True)
-    add("--sim-stats", required=True, help="the simulator's http://…/v1/_stats")
-    add("--watch", nargs=2, action="append", default=[], metavar=("NAME", "PID"))
-    add("--listeners", type=int, default=0, help="operators listening to the first session")
-    add("--listen-url", default="", help="ws://…/ws/console/sessions/{session_id}/audio")
-    add("--cookie", default="", help="the listeners' Cookie header")
-    add("--origin", default="", help="the listeners' Origin header")
-    args = parser.parse_args(argv)
-    args.watch = [(name, int(pid)) for name, pid in args.watch]
-    if not 1 <= args.concurrency <= 1000 or not 0 <= args.listeners <= 100:
-        parser.error("concurrency must be in 1..1000, listeners in 0..100")
-    if not (0 < args.window <= 120 and 0 <= args.warmup <= 60 and 0.2 <= args.turn <= 60
-            and 0 < args.drain <= 60):
-        parser.error("window (0, 120] s, warm-up [0, 60] s, turn [0.2, 60] s, drain (0, 60] s")
-    if args.listeners and not (args.listen_url and args.cookie and args.origin):
-        parser.error("--listeners needs --listen-url, --cookie and --origin")
-    return args
-
-
 if __name__ == "__main__":
-    arguments = parse_args()
-    budget = 120 + arguments.warmup + arguments.window + 2 * arguments.drain
-    emit(**asyncio.run(asyncio.wait_for(main(arguments), budget)))
+    client_main(main)
