@@ -1,23 +1,13 @@
 """The attached part: calls that do not pass through the relay, steered through a sideband.
 
-One Daphne process serving `operator_console.asgi:application` (SQLite in a bench-private
-file, the in-memory channel layer); the upstream is the simulator on its own event loop in a
-thread of this process (`common.SimulatorThread`: its receive stamps do not wait behind
-the benchmark's work), counting every `response.create` it accepts, duplicates, and creates
-that arrive while a response is active (`overlaps`). Phone calls are placed at the simulator
+One Daphne process of the app; the upstream is the simulator on its own event loop in a thread
+of this process (`common.SimulatorThread`: its receive stamps do not wait behind the
+benchmark's work), counting every `response.create` it accepts, duplicates, and creates that
+arrive while a response is active (`overlaps`). Phone calls are placed at the simulator
 (`POST /v1/_sim/sip_calls`, silent callers); it sends the signed `realtime.call.incoming`
 webhook to the console, which accepts each call and attaches a sideband session (kind `sip`),
-as in production. Then:
-
-- **Nudge latency** on one idle attached call: sequential `POST /api/v1/sessions/{id}/responses`,
-  each after the previous response ended; latency = the client starts writing the POST → the
-  simulator receives its `response.create` on the sideband (CLOCK_MONOTONIC, one clock).
-- **Load**: every attached call nudged every PERIOD seconds (first nudges spread at random over
-  a period) for a while, then drained: **lost** = nudges not `completed` (the REST hook's
-  status) or never received by the simulator; **overlapping** = creates that arrived while a
-  response of the call was active, plus duplicates.
-- **RSS** of the Daphne process per session: idle, then with the attached calls held, then
-  with as many relayed sessions (real Realtime WebSocket callers) added.
+as in production. What is measured on them, and how (nudge latency on an idle call, lost and
+overlapping nudges under load, RSS per session): ABOUT below, the report's text.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import httpx
 
 from bench.common import (
+    APP,
     HOST,
-    MODEL,
     NOISY_SHARE,
     PHASES,
     Bench,
@@ -45,6 +45,7 @@ from bench.common import (
     parse_server_timing,
     post_nudge,
     problems_text,
+    realtime_url,
     say,
     scan_log,
     section,
@@ -64,7 +65,6 @@ BASELINE_REQUESTS = 300
 OPEN_PERIOD = 0.1  # open loop: each session nudged every 100 ms
 OPEN_LOOP_SEED = 4  # the open loop's start offsets: the same in every run
 BUDGET_S = 170.0  # the whole part
-APP = "operator_console.asgi:application"
 # (sequential nudges on one session, sessions × nudges each at once, warm-up nudges per
 # session, time limit per scenario in s).
 PLAN = {"full": (500, (10, 50), 20, 45.0), "quick": (100, (10, 10), 5, 20.0)}
@@ -88,8 +88,7 @@ class Server:
 
     async def open_session(self) -> Caller:
         """A caller, once its session is `live` through the REST hook."""
-        ws_url = self.http_base.replace("http", "ws", 1) + f"/v1/realtime?model={MODEL}"
-        caller = await Caller.open(ws_url, self.token)
+        caller = await Caller.open(realtime_url(self.http_base), self.token)
         url = f"{self.http_base}/api/v1/sessions/{caller.session_id}"
         await wait_live(self.client, url, self.token, LIVE_TIMEOUT, 0.005)
         return caller

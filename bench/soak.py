@@ -45,6 +45,7 @@ import psutil
 from websockets.exceptions import ConnectionClosed
 
 from bench.common import (
+    APP,
     CORES,
     DELTA,
     DONE,
@@ -98,7 +99,6 @@ class Plan:
     turn_every: tuple[float, float] = (10.0, 20.0)  # s between a caller's turns (uniform)
     deltas: int = 4  # per response
     delta_interval: float = 0.02  # s
-    connect_batch: int = 25
 
     @property
     def budget(self) -> float:
@@ -231,7 +231,7 @@ class Soak:
     async def connect_all(self) -> float:
         self.mark("connect")
         started = time.monotonic()
-        await in_batches(self.plan.sessions, self.open_session, self.plan.connect_batch)
+        await in_batches(self.plan.sessions, self.open_session)
         self.callers.sort(key=lambda c: c.index)
         return time.monotonic() - started
 
@@ -659,8 +659,7 @@ async def run(bench: Bench, args) -> dict:
 
 
 async def start_daphnes(bench: Bench, env: dict, handles: list) -> dict[str, httpx.AsyncClient]:
-    app = "operator_console.asgi:application"
-    started = await asyncio.gather(*(bench.daphne(f"daphne-{name}", app, env) for name in "AB"))
+    started = await asyncio.gather(*(bench.daphne(f"daphne-{name}", APP, env) for name in "AB"))
     handles += [handle for handle, _ in started]
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     return {
