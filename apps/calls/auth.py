@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
+from apps.console.steering import STEER
 from apps.sessions import tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken, ClientSecret
@@ -93,5 +95,11 @@ async def _cookie_caller(request: HttpRequest) -> Caller | JsonResponse:
             403,
             "csrf_failed",
             "A console login is accepted only from this site's pages, with the CSRF token (header X-CSRFToken).",
+        )
+    if not await sync_to_async(user.has_perm)(STEER):
+        return error(
+            403,
+            "permission_denied",
+            "Placing calls from the console needs the permission to steer live sessions; ask an admin.",
         )
     return Caller(name=user.get_username())

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET
 from apps.calls import keys
 from apps.calls.attach import attach
 from apps.calls.auth import Caller, authenticate, error
+from apps.console.steering import STEER
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.housekeeping import housekeeping
@@ -151,8 +152,11 @@ async def calls(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def call_page(request: HttpRequest) -> HttpResponse:
-    """The "Call the agent" page: the browser places a WebRTC call through /v1/realtime/calls."""
-    return render(request, "calls/call.html", {"model": settings.OC_REALTIME_MODEL})
+    """The "Call the agent" page: the browser places a WebRTC call through /v1/realtime/calls.
+    A call is steered like any other, so placing one needs the permission to steer."""
+    can_call = request.user.has_perm(STEER)
+    context = {"model": settings.OC_REALTIME_MODEL, "can_call": can_call}
+    return render(request, "calls/call.html", context, status=200 if can_call else 403)
 
 
 @require_GET

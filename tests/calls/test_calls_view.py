@@ -11,6 +11,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import AsyncClient
 
 from apps.calls import views
@@ -159,8 +160,15 @@ async def test_callers_without_credentials_are_refused(stand_in, make_token):
     assert stand_in.requests == []
 
 
+def _operator(name: str, *, steers: bool):
+    user = get_user_model().objects.create_user(name, password=f"pw-{name}-123")
+    if steers:
+        user.user_permissions.add(Permission.objects.get(codename="steer_session"))
+    return user
+
+
 async def test_a_logged_in_operator_calls_with_the_csrf_token_only(stand_in, transactional_db):
-    await sync_to_async(get_user_model().objects.create_user)("olga", password="pw-olga-123")
+    await sync_to_async(_operator)("olga", steers=True)
     client = AsyncClient(enforce_csrf_checks=True)
     await sync_to_async(client.force_login)(await get_user_model().objects.aget(username="olga"))
     page = await client.get("/console/call/")
@@ -172,6 +180,20 @@ async def test_a_logged_in_operator_calls_with_the_csrf_token_only(stand_in, tra
     assert with_token.status_code == 201
     assert stand_in.attached[0]["connected_by"] == "olga"
     assert UPSTREAM_KEY not in page.content.decode()
+
+
+async def test_an_operator_who_may_not_steer_cannot_place_calls_from_the_console(stand_in, transactional_db):
+    await sync_to_async(_operator)("wanda", steers=False)
+    client = AsyncClient(enforce_csrf_checks=True)
+    await sync_to_async(client.force_login)(await get_user_model().objects.aget(username="wanda"))
+    page = await client.get("/console/call/")
+    text = page.content.decode()
+    assert page.status_code == 403 and "You cannot place calls" in text
+    assert "data-call>" not in text and "call.js" not in text and "Call the agent</a>" not in text
+    token = text.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    refused = await client.post("/v1/realtime/calls", OFFER, content_type="application/sdp", headers={"X-CSRFToken": token})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+    assert stand_in.requests == []
 
 
 async def test_a_call_that_cannot_be_attached_is_still_answered_and_logged(stand_in, api_token, monkeypatch, caplog):
