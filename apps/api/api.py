@@ -477,9 +477,7 @@ async def list_responses(
     limit: int = Query(1000, ge=1, le=1000, description="At most this many, oldest first."),
 ):
     def load():
-        session = selectors.session_row(session_id=session_id)
-        if session is None:
-            raise services.SessionNotFound(f"No session with id '{session_id}'.")
+        session = services.session_found(session_id)
         return selectors.request_list(session=session, limit=limit)
 
     rows = await db_async(load)()

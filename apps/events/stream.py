@@ -41,11 +41,10 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from apps.events import notify
 from apps.events.flow import Flow, flow_of
 from apps.events.models import Event, EventLogHorizon, event_body
-from apps.sessions import selectors
 from apps.sessions.db import db_async
 from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession
-from apps.sessions.services import ServiceError, SessionNotFound
+from apps.sessions.services import ServiceError, session_found
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +238,7 @@ async def event_stream_response(
     """The stream, or the refusal (a ServiceError) before anything is sent."""
     session_key = None
     if session_id is not None:
-        session = await db_async(selectors.session_row)(session_id=session_id)
-        if session is None:
-            raise SessionNotFound(f"No session with id '{session_id}'.")
+        session = await db_async(session_found)(session_id)
         session_key = session.pk
     gap = None
     if last_event_id is not None:

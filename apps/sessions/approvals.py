@@ -24,15 +24,15 @@ from django.db import transaction
 
 from apps.realtime import tools
 from apps.realtime.relay import Action, RelayCore
-from apps.sessions import groups, selectors
+from apps.sessions import groups
 from apps.sessions.db import db_async
 from apps.sessions.history import UpdateRow
 from apps.sessions.models import LiveSession, ToolApproval
 from apps.sessions.services import (
     ServiceError,
-    SessionNotFound,
     SessionNotLive,
     _ask_actor,
+    session_found,
 )
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,7 @@ async def approval_decide(
     ApprovalNotFound, AlreadyDecided (naming who decided) or SessionNotLive."""
     if len(reason) > MAX_REASON_CHARS:
         raise ServiceError(f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS} are allowed.")
-    session = await db_async(selectors.session_row)(session_id=session_id)
-    if session is None:
-        raise SessionNotFound(f"No session with id '{session_id}'.")
+    session = await db_async(session_found)(session_id)
     if session.status != LiveSession.Status.LIVE:
         row = await db_async(_stored)(session, approval_id)
         if row is None:
@@ -235,9 +233,7 @@ def _stored(session: LiveSession, approval_id: str) -> ToolApproval | None:
 
 def approval_list(*, session_id: str) -> list[dict[str, Any]]:
     """A session's approval requests, oldest first, as recorded."""
-    session = selectors.session_row(session_id=session_id)
-    if session is None:
-        raise SessionNotFound(f"No session with id '{session_id}'.")
+    session = session_found(session_id)
     rows = ToolApproval.objects.filter(session=session).order_by("created_at", "id")
     return [approval_json(row, session_id) for row in rows]
 

@@ -32,15 +32,15 @@ import re
 
 import httpx
 
-from apps.sessions import groups, selectors, upstream_calls
+from apps.sessions import groups, upstream_calls
 from apps.sessions.db import db_async
 from apps.sessions.models import CallAction, LiveSession
 from apps.sessions.services import (
     ServiceError,
-    SessionNotFound,
     SessionNotLive,
     SessionUnavailable,
     _ask_actor,
+    session_found,
 )
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,7 @@ async def call_refer(*, session_id: str, target_uri: str, requested_by: str) -> 
 
 
 def _attached_session(session_id: str, what: str) -> LiveSession:
-    session = selectors.session_row(session_id=session_id)
-    if session is None:
-        raise SessionNotFound(f"No session with id '{session_id}'.")
+    session = session_found(session_id)
     if session.kind == LiveSession.Kind.RELAY or not session.call_id:
         raise NotACall(
             f"Session '{session_id}' is relayed (its caller is connected to /v1/realtime): it "

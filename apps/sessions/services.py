@@ -287,10 +287,16 @@ async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str,
         ) from None
 
 
-def _live_session(session_id: str) -> LiveSession:
+def session_found(session_id: str) -> LiveSession:
+    """The session with this public id (without counts), or SessionNotFound. Database work."""
     session = selectors.session_row(session_id=session_id)
     if session is None:
         raise SessionNotFound(f"No session with id '{session_id}'.")
+    return session
+
+
+def _live_session(session_id: str) -> LiveSession:
+    session = session_found(session_id)
     if session.status != LiveSession.Status.LIVE:
         raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
     return session
