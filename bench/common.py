@@ -162,6 +162,12 @@ class ProcessGroup:
         return total
 
 
+def client_groups(args) -> dict[str, ProcessGroup]:
+    """What a part's client process measures: Daphne, the simulator, and itself."""
+    return {"daphne": ProcessGroup(args.target_pid), "simulator": ProcessGroup(args.sim_pid),
+            "clients": ProcessGroup(os.getpid())}
+
+
 def machine_busy() -> float:
     """CPU seconds all cores have been busy since boot."""
     times = psutil.cpu_times()
@@ -821,18 +827,18 @@ async def open_caller(url: str, token: str, timeout: float = 30.0) -> tuple[Any,
         raise
 
 
+@dataclass
 class Stats:
     """What the looping callers (`run_caller`) saw; counted while `measuring`."""
 
-    def __init__(self) -> None:
-        self.measuring = False
-        self.stop = False
-        self.deltas = 0
-        self.responses = 0
-        self.errors = 0
-        self.error_samples: list[str] = []
-        self.unstamped = 0
-        self.latencies_ns = array("q")
+    measuring: bool = False
+    stop: bool = False
+    deltas: int = 0
+    responses: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    unstamped: int = 0
+    latencies_ns: array = field(default_factory=lambda: array("q"))
 
     def error(self, text: str) -> None:
         self.errors += 1

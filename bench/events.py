@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,8 +35,8 @@ from bench.common import (
     Bench,
     Caller,
     CpuWindow,
-    ProcessGroup,
     alternate,
+    client_groups,
     client_main,
     disturbed,
     emit,
@@ -157,11 +156,7 @@ class Clients:
             timeout=httpx.Timeout(10, read=None),
             limits=httpx.Limits(max_connections=args.followers + 10),
         )
-        self.groups = {
-            "daphne": ProcessGroup(args.target_pid),
-            "simulator": ProcessGroup(args.sim_pid),
-            "clients": ProcessGroup(os.getpid()),
-        }
+        self.groups = client_groups(args)
 
     async def connect_callers(self) -> None:
         url = realtime_url(self.args.base)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import statistics
 import time
 from typing import Any
@@ -21,9 +20,9 @@ from bench.common import (
     Bench,
     CpuWindow,
     OperatorSocket,
-    ProcessGroup,
     Stats,
     alternate,
+    client_groups,
     client_main,
     disturbed,
     emit,
@@ -104,11 +103,7 @@ class Clients:
         self.operators: list[OperatorSocket] = []
         self.all_operators: list[OperatorSocket] = []
         self.cookies: list[str] = []
-        self.groups = {
-            "daphne": ProcessGroup(args.target_pid),
-            "simulator": ProcessGroup(args.sim_pid),
-            "clients": ProcessGroup(os.getpid()),
-        }
+        self.groups = client_groups(args)
 
     async def log_in(self) -> None:
         """Operators log in first: the password hash is the costly part, outside every window."""

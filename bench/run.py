@@ -5,15 +5,11 @@ run, written to bench/RESULTS.md.
     python -m bench.run                      # the full run, writes bench/RESULTS.md
     python -m bench.run --quick              # smoke run: C=10, short windows, a short soak
     python -m bench.run --only relay -c 100  # filters; partial runs write OUT/RESULTS-partial.md
-    python -m bench.run --only nudge         # one part: websockets, channels, relay (the
-                                             # relay part's targets), voice, nudge, fanout,
-                                             # dashboard, soak
     python -m bench.run --quick --out /tmp/b # raw results, logs and the report under /tmp/b
 
-The parts are bench/relay.py, voice.py, nudge.py, fanout.py, dashboard.py, events.py, attached.py,
-rotation.py and soak.py; what they share is in
-bench/common.py. Everything listens on 127.0.0.1 only; every process started here is
-terminated (then killed) on the way out.
+The parts are the modules in PARTS (and `--only` takes their names, or one of the relay
+part's targets); what they share is in bench/common.py. Everything listens on 127.0.0.1
+only; every process started here is terminated (then killed) on the way out.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from bench.common import (
     TYPE_RE,
     CpuWindow,
     ProcessGroup,
+    Stats,
     client_main,
     emit,
     in_batches,
@@ -111,25 +112,15 @@ def delta_audio(frame: bytes) -> tuple[int, int | None]:
     return size, stamp
 
 
-@dataclass
-class Plan:
-    """What every caller and listener shares: the phase, and the figures kept per kind."""
+@dataclass(kw_only=True)
+class Plan(Stats):
+    """What every caller and listener shares: the phase, the window, and the figures kept
+    (`latencies_ns`: down latency)."""
 
     turn_frames: int
     max_frames: int
-    measuring: bool = False
-    stop: bool = False
     window_start_ns: int = 0
     window_end_ns: int = 0
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-    down_latency_ns: array = field(default_factory=lambda: array("q"))
-    unstamped: int = 0
-
-    def error(self, text: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(text[:300])
 
 
 SESSION_UPDATE = json.dumps({
@@ -198,8 +189,8 @@ class VoiceCaller:
                         sent = STAMP_RE.search(frame)
                         if sent is None:
                             plan.unstamped += 1
-                        elif len(plan.down_latency_ns) < MAX_SAMPLES:
-                            plan.down_latency_ns.append(now - int(sent.group(1)))
+                        elif len(plan.latencies_ns) < MAX_SAMPLES:
+                            plan.latencies_ns.append(now - int(sent.group(1)))
                         if self.tracked and stamp is not None:
                             self.agent_stamps.add(stamp)
                 elif kind == DONE:
@@ -467,7 +458,7 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
         "audio_mb_per_s": mb / seconds if seconds else None,
         "target_cpu_s_per_mb": target_cpu / mb if target_cpu is not None and mb else None,
         "latency_up_ms": summary(up_latency, unit=1e-6),
-        "latency_down_ms": summary(plan.down_latency_ns, unit=1e-6),
+        "latency_down_ms": summary(plan.latencies_ns, unit=1e-6),
         "unstamped_deltas": plan.unstamped,
         "bytes": {
             "callers_sent": sent,
