@@ -64,7 +64,8 @@ class Flow:
             transport.abortConnection()
 
     async def writable(self, timeout: float) -> bool:
-        """Wait until the client has room (True), or `timeout` passes (False)."""
+        """Wait until the client has room (True), or `timeout` passes (False). False at once
+        when the client has gone (`stopped`): the caller must stop, not ask again."""
         if not self.paused or self._resumed is None:
             return not self.stopped
         try:

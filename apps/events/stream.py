@@ -315,6 +315,8 @@ async def follow(
                     yield b": keep-alive\n\n"
                 continue
             if not await _room(flow, keepalive):
+                if flow.stopped:
+                    return  # the client has gone
                 continue  # still full: the queue grows until the hub drops this follower
             frames, follower.frames = follower.frames, deque()
             yield b"".join(frames)
