@@ -26,6 +26,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from django.db import connection, transaction
@@ -86,7 +87,7 @@ def request_queued(request: ResponseRequest) -> None:
     transaction as the row (`request.session` is the row's session)."""
     session = request.session
     lock_event_order()
-    Event.objects.create(
+    event = Event.objects.create(
         type="request.status",
         session_key=session.pk,
         session_id=session.upstream_id or "",
@@ -99,7 +100,7 @@ def request_queued(request: ResponseRequest) -> None:
             }
         ),
     )
-    transaction.on_commit(notify.committed)
+    transaction.on_commit(partial(notify.committed, notify.rows_of([event])))
 
 
 def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
@@ -119,7 +120,7 @@ def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
     ]
     payloads.append({"type": "session.ended", **common, "session": session.to_dict()})
     lock_event_order()
-    Event.objects.bulk_create(
+    events = Event.objects.bulk_create(
         Event(
             type=payload["type"],
             session_key=key,
@@ -129,7 +130,7 @@ def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
         )
         for payload in payloads
     )
-    transaction.on_commit(notify.committed)
+    transaction.on_commit(partial(notify.committed, notify.rows_of(events)))
 
 
 # ---------------------------------------------------------------------------- the history writer
@@ -150,9 +151,11 @@ class _Step:
 @dataclass(slots=True)
 class Prepared:
     steps: list[_Step] = field(default_factory=list)
+    written: list[Event] = field(default_factory=list)  # by the last `write`, ids set
 
     def write(self) -> None:
         """Inside the batch's transaction, after its rows: one Event per transition."""
+        self.written = []
         requests = self._read(ResponseRequest)
         sessions = self._read(LiveSession)
         now = datetime.now(UTC)
@@ -163,10 +166,10 @@ class Prepared:
                 rows.append(event)
         if rows:
             lock_event_order()
-            Event.objects.bulk_create(rows)
+            self.written = Event.objects.bulk_create(rows)
 
     def committed(self) -> None:
-        notify.committed()
+        notify.committed(notify.rows_of(self.written))
 
     # ------------------------------------------------------------------ internals
 

@@ -1,11 +1,15 @@
 """Server-Sent Events of the event log: `GET /api/v1/events` and `/sessions/{id}/events`.
 
-One `Hub` per process (per event loop) reads the log for all of its streams: at once when
-this process commits events (`notify`), every `OC_EVENTS_POLL_INTERVAL` seconds for those of
-other processes, and never while nobody follows. Each event's frame is made once and handed
-to every follower whose filter it passes; a follower's queue holds at most
-`OC_EVENTS_FOLLOWER_QUEUE` events, and one that is full is dropped (its stream ends) rather
-than waited for: neither a call nor the history writer ever waits on a reader.
+One `Hub` per process (per event loop) serves all of its streams, and does nothing while
+nobody follows. The events this process commits come to it from the committing thread
+(`notify`), and it hands them out as they are, one turn of the loop after the commit, when
+they follow on from the last event it handed out. When they do not (another process's
+events, or a commit it has not yet heard of, lie between), it reads the log from there
+instead, as it does every `OC_EVENTS_POLL_INTERVAL` seconds for other processes' events.
+Each event's frame is made once and handed to every follower whose filter it passes; a
+follower's queue holds at most `OC_EVENTS_FOLLOWER_QUEUE` events, and one that is full is
+dropped (its stream ends) rather than waited for: neither a call nor the history writer ever
+waits on a reader.
 
 A stream starts with the events after `Last-Event-ID` (or `last_event_id=` in the query),
 read from the log page by page, then joins the hub where the log's newest id was when it
@@ -32,7 +36,7 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from django.conf import settings
 from django.db.models import Max, Min
@@ -130,10 +134,23 @@ class Hub:
             if not followers:
                 del self.by_session[follower.session_key]
 
-    def wake_threadsafe(self) -> None:
+    def committed_threadsafe(self, rows: Sequence[notify.Row]) -> None:
         if self._task is not None and not self._task.done() and not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._wake.set)
+                self.loop.call_soon_threadsafe(self._committed, rows)
+
+    def _committed(self, rows: Sequence[notify.Row]) -> None:
+        """Events this process has just committed: handed out now if they follow on from the
+        cursor (ids grow in commit order, so nothing can come between), else read from the
+        log, where whatever lies between them and the cursor is."""
+        fresh = [row for row in rows if row[0] > self.cursor]
+        if rows and not fresh:
+            return  # a read of the log has handed them out already
+        ids = [row[0] for row in fresh]
+        if ids and ids == list(range(self.cursor + 1, self.cursor + 1 + len(ids))):
+            self._hand_out(fresh)
+        else:
+            self._wake.set()  # no rows given, or some lie between: read the log
 
     async def _run(self) -> None:
         while self.followers:
@@ -156,6 +173,8 @@ class Hub:
         dropped: list[Follower] = []
         everything, by_session = self.everything, self.by_session
         for event_id, key, kind, payload in rows:
+            if event_id <= self.cursor:
+                continue  # handed out already, as this process committed it
             data = frame(event_id, payload)
             for follower in everything:
                 if not follower.offer(event_id, data):

@@ -36,6 +36,7 @@ import hmac
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import httpx
@@ -201,8 +202,8 @@ class WebhookWorker:
         if self._task is None or self._task.done():
             self._task = self.loop.create_task(self._run(), name="webhooks")
 
-    def wake_threadsafe(self) -> None:
-        """Events were committed here: a round now. Not while idle: then the next timed round
+    def committed_threadsafe(self, rows: Sequence[notify.Row]) -> None:
+        """Events were committed here: a round now (it reads what is due from the log). Not while idle: then the next timed round
         is soon enough (a new endpoint's cursor starts at its creation, so it misses nothing),
         and a busy relay's commits do not each cost a round of queries."""
         if self._task is not None and not self._idle and not self.loop.is_closed():

@@ -1,0 +1,57 @@
+"""The hub's hand-out of the events this process commits: straight to the followers when they
+follow on from the cursor, from the log otherwise; never twice, never out of order."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from apps.events.stream import Follower, Hub
+
+KEY = uuid.uuid4()
+
+
+def row(event_id: int) -> tuple[int, uuid.UUID, str, str]:
+    return (event_id, KEY, "request.status", '{"type":"request.status"}')
+
+
+def ids(follower: Follower) -> list[int]:
+    return [int(frame.split(b"\n", 1)[0].removeprefix(b"id: ")) for frame in follower.frames]
+
+
+@pytest.mark.parametrize(
+    ("cursor", "committed", "handed_out", "reads_the_log"),
+    [
+        (10, [11, 12], [11, 12], False),  # they follow on: handed out as they are
+        (10, [12, 13], [], True),  # 11 lies between (another process's): read the log
+        (10, [11, 13], [], True),  # a gap among them
+        (12, [11, 12], [], False),  # a read of the log handed them out already
+        (11, [11, 12, 13], [12, 13], False),  # partly handed out already
+        (10, [], [], True),  # a commit that did not say what it wrote
+    ],
+)
+async def test_committed_rows(cursor, committed, handed_out, reads_the_log):
+    hub = Hub()
+    hub.cursor = cursor
+    follower = Follower(None, limit=100)
+    hub.everything.add(follower)
+
+    hub._committed([row(i) for i in committed])
+
+    assert ids(follower) == handed_out
+    assert hub.cursor == (handed_out[-1] if handed_out else cursor)
+    assert hub._wake.is_set() is reads_the_log
+
+
+async def test_a_read_of_the_log_skips_what_was_handed_out_meanwhile():
+    hub = Hub()
+    hub.cursor = 10
+    follower = Follower(None, limit=100)
+    hub.everything.add(follower)
+
+    hub._committed([row(11), row(12)])  # while a read from 10 was on its way
+    hub._hand_out([row(11), row(12), row(13)])  # the read's answer
+
+    assert ids(follower) == [11, 12, 13]
+    assert hub.cursor == 13
