@@ -110,12 +110,21 @@ class Run:
                 await asyncio.sleep(0.0005)
         return seen[1]
 
-    async def idle(self, session_id: str, timeout: float = NUDGE_TIMEOUT) -> None:
+    async def idle(self, session_id: str, request_id: str, timeout: float = NUDGE_TIMEOUT) -> None:
+        """The call is idle on both sides: the simulator has ended the response, and the
+        console has recorded it (as a relayed caller has its `response.done` once the relay
+        has passed it on), so the next nudge does not race the last one's events."""
         sessions = self.sim.sim.sessions
         async with asyncio.timeout(timeout):
             # The simulator runs on another thread's loop: polled.
             while (session := sessions.get(session_id)) and session.active:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
+            url = f"{self.base}/api/v1/responses/{request_id}"
+            while True:  # the console's record, polled
+                answer = await self.client.get(url, headers=self.auth)
+                if answer.json()["status"] == "completed":
+                    return
+                await asyncio.sleep(0.005)
 
     async def latency(self, session_id: str, count: int) -> tuple[dict, dict]:
         """(POST → upstream, POST round trip) of sequential nudges on an idle call."""
@@ -126,7 +135,7 @@ class Run:
             if n >= 10:  # the first ten warm up
                 samples.append(at - sent)
                 rtts.append(answered - sent)
-            await self.idle(session_id)
+            await self.idle(session_id, request_id)
         return summary(samples), summary(rtts)
 
     async def load(self, sessions: list[str], duration: float, drain: float) -> dict:
@@ -264,7 +273,8 @@ process on a loop of its own (1 delta per response, a 100 ms tone as each spoken
 as fast as possible). Silent phone calls placed at the simulator, each accepted by the
 console's webhook and attached through a sideband (kind `sip`). *Idle call*: one such call
 first, alone, with sequential REST nudges (after 10 not counted), each once the previous
-response ended; latency = the client starts writing `POST /api/v1/sessions/{{id}}/responses`
+response has ended at the simulator and the console has recorded it `completed` (as the
+nudge part waits for the caller's `response.done`); latency = the client starts writing `POST /api/v1/sessions/{{id}}/responses`
 → the simulator receives the `response.create` on the sideband. *Load*: {calls} more calls,
 every one nudged every {period:g} s for {duration:g} s, then drained; *lost* = not
 `completed` or never received upstream; *overlapping* = creates received while a response of
