@@ -53,17 +53,20 @@ _TRANSCRIPT = "transcript.entry"
 
 
 def lock_event_order() -> None:
-    """Inside a transaction that will insert events: wait for the other writers' commits, so
-    that ids are committed in the order they are given.
+    """Inside a transaction, just before it inserts its events, as its last writes: wait for
+    the other writers' commits, so that ids are committed in the order they are given.
 
-    Take it first, before the transaction locks or writes any row: every transaction that
-    writes events then takes its locks in one order (this one, then rows), so none can hold
-    a row another waits for while it waits for this lock. Taken last, it deadlocked under
-    load on PostgreSQL (a submit holding its session's row waited for it, while the
-    history writer held it and waited for that row). Taking it again in the same
-    transaction returns at once."""
+    Taken last, the lock is held only for the inserts and the commit, so the writers of the
+    log queue for milliseconds, not for whole transactions. Nothing after it may wait for a
+    row (another transaction could hold that row while waiting for this lock: a deadlock).
+    Events have no foreign keys; but Django makes foreign keys DEFERRABLE INITIALLY DEFERRED
+    on PostgreSQL, so the checks of the rows written before would run at the commit, under
+    the lock, and wait for a session row a submit holds (it did, in the soak): they are run
+    first (`SET CONSTRAINTS ALL IMMEDIATE`). Taking the lock again in the same transaction
+    returns at once."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ORDER_LOCK])
 
 
@@ -265,7 +268,6 @@ class BatchRecorder:
 
     request_queued = staticmethod(request_queued)
     session_lost = staticmethod(session_lost)
-    lock = staticmethod(lock_event_order)
 
     def prepare(self, batch: list) -> Prepared | None:
         """Before `merge`: which rows have events, and every operation on them, in order."""

@@ -138,8 +138,6 @@ class HistoryWriter:
     def _apply(self, batch: list[Operation], events: Any = None) -> None:
         try:
             with serialised_write(), transaction.atomic():
-                if events is not None:  # the event log's order lock comes first
-                    self.recorder.lock()
                 apply_batch(batch)
                 if events is not None:
                     events.write()

@@ -178,8 +178,6 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
     lost = []
     for key, upstream_id in stale:
         with transaction.atomic():
-            if history.recorder is not None:  # the event log's order lock comes first
-                history.recorder.lock()
             # Conditional: another process's sweep, or a late heartbeat, may have come first.
             claimed = LiveSession.objects.filter(
                 id=key, status__in=OPEN_STATUSES, heartbeat_at__lt=cutoff

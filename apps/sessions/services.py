@@ -142,8 +142,6 @@ def _request_store(
 ) -> tuple[ResponseRequest, bool]:
     try:
         with serialised_write(), transaction.atomic():
-            if history.recorder is not None:  # the event log's order lock comes first
-                history.recorder.lock()
             return _request_store_locked(
                 session_id=session_id,
                 overrides=overrides,
@@ -176,8 +174,10 @@ def _request_store_locked(
 ) -> tuple[ResponseRequest, bool]:
     # The row lock serialises submissions to one session, so the queue limit holds under
     # races. SQLite has no row locks: there `serialised_write` and its one writer do this.
+    # `no_key`: the history writer's inserts of the session's requests (their foreign-key
+    # checks take a key-share lock on this row) need not wait for it.
     session = (
-        LiveSession.objects.select_for_update().filter(upstream_id=session_id).first()
+        LiveSession.objects.select_for_update(no_key=True).filter(upstream_id=session_id).first()
         if selectors.nameable(session_id)
         else None
     )
