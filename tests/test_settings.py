@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -85,3 +86,12 @@ def test_production_needs_a_secret_key():
         timeout=60,
     )
     assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_the_readme_names_every_setting():
+    """Each `OC_…` setting read from the environment is in the README, where users look."""
+    settings_source = (ROOT / "operator_console" / "settings.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    names = set(re.findall(r'env_\w+\("(OC_[A-Z0-9_]+)"', settings_source))
+    assert names, "no settings found: the pattern no longer matches settings.py"
+    assert sorted(name for name in names if name not in readme) == []
