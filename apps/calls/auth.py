@@ -20,10 +20,9 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from apps.console.steering import STEER
 from apps.sessions import tokens
 from apps.sessions.db import db_async
-from apps.sessions.models import ApiToken, ClientSecret
+from apps.sessions.models import STEER, ApiToken, ClientSecret
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,10 @@ from django.views.decorators.http import require_GET
 from apps.calls import keys
 from apps.calls.attach import attach
 from apps.calls.auth import Caller, authenticate, error
-from apps.console.steering import STEER
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.housekeeping import housekeeping
-from apps.sessions.models import LiveSession
+from apps.sessions.models import STEER, LiveSession
 
 log = logging.getLogger("oc.events")
 

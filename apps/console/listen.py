@@ -25,17 +25,16 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from apps.sessions import groups, selectors
 from apps.sessions.consumers import SurvivesLayerOutages
 from apps.sessions.db import db_async
-from apps.sessions.models import LiveSession
+from apps.sessions.models import LISTEN, LiveSession
 
 log = logging.getLogger(__name__)
 
-PERMISSION = "oc_sessions.listen_session"
 RENEW_SECONDS = 30.0
 
 
 @database_sync_to_async
 def _may_listen(user) -> bool:
-    return user is not None and user.is_authenticated and user.has_perm(PERMISSION)
+    return user is not None and user.is_authenticated and user.has_perm(LISTEN)
 
 
 class ListenConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):

@@ -8,10 +8,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 
-from apps.sessions.models import LiveSession
+from apps.sessions.models import LISTEN, LiveSession
 from apps.sessions.recordings import recorded_session, recording_response, recording_timeline
-
-LISTEN = "oc_sessions.listen_session"
 
 
 def audio_context(request: HttpRequest, session: LiveSession, *, over: bool) -> dict:

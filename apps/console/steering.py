@@ -18,9 +18,8 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.sessions.models import STEER
 from apps.sessions.services import ServiceError
-
-STEER = "oc_sessions.steer_session"
 
 View = Callable[..., Awaitable[HttpResponse]]
 

@@ -31,7 +31,7 @@ from apps.console.models import OperatorProfile
 from apps.console.recordings import audio_context
 from apps.sessions import overrides, selectors, services
 from apps.sessions.db import db_async
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.models import STEER, LiveSession, ResponseRequest
 
 OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
 OVER = (LiveSession.Status.ENDED, LiveSession.Status.FAILED)
@@ -87,11 +87,11 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "over": session.status in OVER,
             "requests": rows,
             "requests_json": [row.to_dict() for row in rows],
-            "can_steer": request.user.has_perm(steering.STEER),
+            "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,
             "limits": LIMITS,
             **audio_context(request, session, over=session.status in OVER),
-            **approvals_context(request, session, can_steer=request.user.has_perm(steering.STEER)),
+            **approvals_context(request, session, can_steer=request.user.has_perm(STEER)),
         },
         status=status,
     )

@@ -219,6 +219,10 @@ class ResponseRequest(models.Model):
 # Every origin, in the order the `Session` shape lists their counts.
 ORIGINS = tuple(ResponseRequest.Origin.values)
 
+# The operators' permissions (declared in the models' Meta), as `has_perm` names them.
+STEER = "oc_sessions.steer_session"
+LISTEN = "oc_sessions.listen_session"
+
 
 class ClientSecret(models.Model):
     """A short-lived key of the project's own (`POST /v1/realtime/client_secrets`), valid as a
