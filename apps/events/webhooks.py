@@ -203,9 +203,10 @@ class WebhookWorker:
             self._task = self.loop.create_task(self._run(), name="webhooks")
 
     def committed_threadsafe(self, rows: Sequence[notify.Row]) -> None:
-        """Events were committed here: a round now (it reads what is due from the log). Not while idle: then the next timed round
-        is soon enough (a new endpoint's cursor starts at its creation, so it misses nothing),
-        and a busy relay's commits do not each cost a round of queries."""
+        """Events were committed here: a round now (it reads what is due from the log, so the
+        rows are not needed). Not while idle: then the next timed round is soon enough (a new
+        endpoint's cursor starts at its creation, so it misses nothing), and a busy relay's
+        commits do not each cost a round of queries."""
         if self._task is not None and not self._idle and not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self._wake.set)
