@@ -3,15 +3,13 @@ submit service (a request stored `queued`) and of the sweep (a dead process's se
 
 The history writer hands each batch to `BatchRecorder.prepare` before `merge` folds it (so
 every transition is still there, in order), then calls `write()` inside the batch's
-transaction, after its rows, and `committed()` after the commit. `write` reads the rows the
-events report back (one query for the batch's requests, one for its sessions' public ids;
-a lifecycle event also counts its session's requests) and stores one `Event` per transition.
-
-Several transitions of one row in one batch (queued → sent → in_progress in 20 ms) are read
-back once, in their final state; each event gets the row as it was after its own transition:
-the fields set by the batch's later operations on that row take the value the batch gave them
-up to this transition, or else the field's default (request fields are set once, as a request
-goes along, so before this batch they held their default).
+transaction, after its rows, and `committed()` after the commit. Each event gets its row as it
+was after its own transition: the row as it was before the batch, with the batch's operations
+on it applied in order. The row before the batch is the one the batch inserts, or the one the
+writer's last commit left (`Known`: a busy relay's batches read nothing back), or else read
+back, with the fields the batch sets at their defaults (request fields are set once, as a
+request goes along, so before this batch they held their default). A lifecycle event also
+counts its session's requests.
 
 Ids grow in commit order: SQLite writes one transaction at a time; on PostgreSQL every
 transaction that writes events takes one advisory lock (`lock_event_order`) just before
@@ -139,127 +137,204 @@ def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
 # ---------------------------------------------------------------------------- the history writer
 
 
+class Known:
+    """What the history writer's thread knows of the rows its events describe, as its last
+    commit left them, so that a busy relay's batches read nothing back.
+
+    - **Requests, until they end.** While its session lives, the writer is a request's only
+      writer (the submit service stores it `queued`, then the actor takes it in through the
+      writer); the ends of sessions and the sweep write outside it, and forget what they end.
+    - **Sessions, by their public id.** A request's or a transcript entry's event names its
+      session by the public id and prices its usage by the session's model; neither changes
+      once the session is live. A session's own events read its row, which other writers
+      change (label, recording, heartbeat).
+
+    Only the writer's thread uses it. A failed batch forgets everything: what was written is
+    read back."""
+
+    LIMIT = 20_000  # rows; past it, everything is forgotten (a request ended where no event says)
+
+    def __init__(self) -> None:
+        self.requests: dict[str, ResponseRequest] = {}
+        self.sessions: dict[uuid.UUID, LiveSession] = {}
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.sessions.clear()
+
+    def remember(self, requests: list[ResponseRequest], sessions: list[LiveSession]) -> None:
+        for session in sessions:
+            if session.status == LiveSession.Status.LIVE and session.upstream_id:
+                self.sessions[session.pk] = session
+            else:
+                self.sessions.pop(session.pk, None)
+                self.requests = {
+                    pk: request
+                    for pk, request in self.requests.items()
+                    if request.session_id != session.pk
+                }
+        for request in requests:
+            ended = request.status in ResponseRequest.TERMINAL
+            if ended or request.session_id not in self.sessions:
+                self.requests.pop(request.pk, None)
+            else:
+                self.requests[request.pk] = request
+        if len(self.requests) + len(self.sessions) > self.LIMIT:
+            self.clear()
+
+
 @dataclass(slots=True)
 class _Step:
     """One operation of the batch on a row that has events: the fields it sets, and its event
-    (with its type on the stream) if it has one."""
+    (with its type on the stream) if it has one. `created`: a request inserted by this batch,
+    as it was inserted (`merge` folds later updates into the instance the batch inserts)."""
 
     model: type
     pk: Any
     fields: dict[str, Any]
     kind: str | None = None
     event: dict[str, Any] | None = None
+    created: ResponseRequest | None = None
 
 
 @dataclass(slots=True)
 class Prepared:
+    known: Known
     steps: list[_Step] = field(default_factory=list)
     written: list[Event] = field(default_factory=list)  # by the last `write`, ids set
+    # The rows as the last `write` left them: what `known` holds once they are committed.
+    requests_after: list[ResponseRequest] = field(default_factory=list)
+    sessions_after: list[LiveSession] = field(default_factory=list)
 
     def write(self) -> None:
-        """Inside the batch's transaction, after its rows: one Event per transition."""
+        """Inside the batch's transaction, after its rows: one Event per transition, each with
+        its row as it was after that transition: the row as it was before the batch, with
+        the batch's operations on it applied in order."""
         self.written = []
-        requests = self._read(ResponseRequest)
-        sessions = self._read(LiveSession)
+        rows = self._before()
+        sessions = {pk: row for (model, pk), row in rows.items() if model is LiveSession}
         now = datetime.now(UTC)
-        rows: list[Event] = []
-        for step, state in self._states(requests, sessions):
-            event = self._event(step, state, sessions, now)
+        events: list[Event] = []
+        for step in self.steps:
+            if step.kind == _TRANSCRIPT:
+                session = sessions.get(step.pk) or self.known.sessions.get(step.pk)
+                if session is not None:
+                    events.append(_transcript_event(step, session, now))
+                continue
+            row = rows.get((step.model, step.pk))
+            if row is None:
+                continue
+            for name, value in step.fields.items():
+                setattr(row, name, value)
+            event = _event(step, row, now) if step.kind is not None else None
             if event is not None:
-                rows.append(event)
-        if rows:
+                events.append(event)
+        self.requests_after = [row for (model, _), row in rows.items() if model is ResponseRequest]
+        self.sessions_after = list(sessions.values())
+        if events:
             lock_event_order()
-            self.written = Event.objects.bulk_create(rows)
+            self.written = Event.objects.bulk_create(events)
+
+    def failed(self) -> None:
+        """The batch failed and its operations were retried one by one: what was written is
+        read back at the next `write`, not assumed."""
+        self.known.clear()
+        for step in self.steps:
+            step.created = None
 
     def committed(self) -> None:
+        self.known.remember(self.requests_after, self.sessions_after)
         notify.committed(notify.rows_of(self.written))
 
     # ------------------------------------------------------------------ internals
 
-    def _read(self, model: type) -> dict[Any, Any]:
-        keys = {step.pk for step in self.steps if step.model is model}
-        if model is ResponseRequest:
-            found = ResponseRequest.objects.select_related("session").filter(pk__in=keys)
-        else:
-            keys |= {step.pk for step in self.steps if step.kind == _TRANSCRIPT}
-            found = LiveSession.objects.filter(pk__in=keys)
-        return {row.pk: row for row in found} if keys else {}
-
-    def _states(self, requests: dict, sessions: dict):
-        """(step, the row after it) for each step with an event, in batch order."""
-        by_row: dict[tuple[type, Any], list[int]] = {}
-        for index, step in enumerate(self.steps):
-            by_row.setdefault((step.model, step.pk), []).append(index)
-        states: dict[int, Any] = {}
-        for (model, pk), indexes in by_row.items():
-            row = (requests if model is ResponseRequest else sessions).get(pk)
-            if row is None:
+    def _before(self) -> dict[tuple[type, Any], Any]:
+        """Each row with an event-bearing step (a transcript entry's only names its session),
+        as it was before the batch: inserted by it, known, or read (with the fields the batch
+        sets back at their defaults: a request's fields are set once, as it goes along, so
+        before this batch they held their default)."""
+        rows: dict[tuple[type, Any], Any] = {}
+        unread: dict[type, set] = {ResponseRequest: set(), LiveSession: set()}
+        for step in self.steps:
+            key = (step.model, step.pk)
+            if step.kind == _TRANSCRIPT or key in rows or step.pk in unread[step.model]:
                 continue
-            later: set[str] = set()
-            set_after: list[set[str]] = []
-            for index in reversed(indexes):
-                set_after.append(set(later))
-                later |= self.steps[index].fields.keys()
-            set_after.reverse()
-            given: dict[str, Any] = {}
-            for index, after in zip(indexes, set_after, strict=True):
-                step = self.steps[index]
-                given.update(step.fields)
-                if step.kind is None:
-                    continue
-                if step.kind == _TRANSCRIPT:
-                    states[index] = row
-                    continue
-                state = row
-                if after:
-                    state = copy.copy(row)
-                    for name in after:
-                        value = given[name] if name in given else model._meta.get_field(name).get_default()
-                        setattr(state, name, value)
-                states[index] = state
-        for index in sorted(states):
-            yield self.steps[index], states[index]
+            if step.created is not None:
+                rows[key] = step.created
+            elif step.model is ResponseRequest and step.pk in self.known.requests:
+                rows[key] = self.known.requests[step.pk]
+            else:
+                unread[step.model].add(step.pk)
+        found: list[Any] = []
+        if unread[ResponseRequest]:
+            requests = ResponseRequest.objects.select_related("session")
+            found += requests.filter(pk__in=unread[ResponseRequest])
+        if unread[LiveSession]:
+            found += LiveSession.objects.filter(pk__in=unread[LiveSession])
+        for row in found:
+            meta = type(row)._meta
+            for name in {name for step in self.steps if step.pk == row.pk for name in step.fields}:
+                setattr(row, name, meta.get_field(name).get_default())
+            rows[(type(row), row.pk)] = row
+        self._name_sessions(rows)
+        return rows
 
-    def _event(self, step: _Step, state: Any, sessions: dict, now: datetime) -> Event | None:
-        kind = step.kind
-        if kind == _TRANSCRIPT:
-            payload = {
-                "type": kind,
-                "created_at": now,
-                "session_id": state.upstream_id,
-                "entry": step.event.get("entry"),
-            }
-            session = state
-        elif kind == "request.status":
-            if (
-                step.event.get("event") == "request.status"
-                and state.status == ResponseRequest.Status.QUEUED
-                and state.sent_at is None
-            ):
-                return None  # the actor taking in a request stored `queued`: no transition
-            session = state.session
-            payload = {
-                "type": kind,
-                "created_at": now,
-                "session_id": session.upstream_id,
-                "request": state.to_dict(),
-            }
-        else:
-            session = state
-            selectors.annotate_counts(session)  # rare: three per session
-            payload = {
-                "type": kind,
-                "created_at": now,
-                "session_id": session.upstream_id,
-                "session": session.to_dict(),
-            }
-        return Event(
-            type=kind,
-            session_key=session.pk,
-            session_id=session.upstream_id or "",
-            created_at=now,
-            payload=dumps(payload),
-        )
+    def _name_sessions(self, rows: dict[tuple[type, Any], Any]) -> None:
+        """Give each request its session, so that no `to_dict` reads it, and have the session
+        of each transcript entry: the batch's own row, a known one, or read."""
+        sessions = {pk: row for (model, pk), row in rows.items() if model is LiveSession}
+        requests = [row for (model, _), row in rows.items() if model is ResponseRequest]
+        unnamed = [r for r in requests if not ResponseRequest.session.is_cached(r)]
+        wanted = {r.session_id for r in unnamed}
+        wanted |= {step.pk for step in self.steps if step.kind == _TRANSCRIPT}
+        missing = wanted - sessions.keys() - self.known.sessions.keys()
+        for session in LiveSession.objects.filter(pk__in=missing) if missing else ():
+            sessions[session.pk] = rows[(LiveSession, session.pk)] = session
+        for request in unnamed:
+            key = request.session_id
+            session = sessions.get(key) or self.known.sessions.get(key)
+            if session is not None:
+                request.session = session
+
+
+def _transcript_event(step: _Step, session: LiveSession, now: datetime) -> Event:
+    payload = {
+        "type": _TRANSCRIPT,
+        "created_at": now,
+        "session_id": session.upstream_id,
+        "entry": step.event.get("entry"),
+    }
+    return _event_row(_TRANSCRIPT, session, payload, now)
+
+
+def _event(step: _Step, state: Any, now: datetime) -> Event | None:
+    kind = step.kind
+    if kind == "request.status":
+        if (
+            step.event.get("event") == "request.status"
+            and state.status == ResponseRequest.Status.QUEUED
+            and state.sent_at is None
+        ):
+            return None  # the actor taking in a request stored `queued`: no transition
+        if not ResponseRequest.session.is_cached(state):
+            return None  # its session's row is gone
+        session, shape = state.session, {"request": state.to_dict()}
+    else:
+        session = state
+        selectors.annotate_counts(session)  # rare: three per session
+        shape = {"session": session.to_dict()}
+    payload = {"type": kind, "created_at": now, "session_id": session.upstream_id, **shape}
+    return _event_row(kind, session, payload, now)
+
+
+def _event_row(kind: str, session: LiveSession, payload: dict[str, Any], now: datetime) -> Event:
+    return Event(
+        type=kind,
+        session_key=session.pk,
+        session_id=session.upstream_id or "",
+        created_at=now,
+        payload=dumps(payload),
+    )
 
 
 class BatchRecorder:
@@ -268,6 +343,9 @@ class BatchRecorder:
 
     request_queued = staticmethod(request_queued)
     session_lost = staticmethod(session_lost)
+
+    def __init__(self) -> None:
+        self.known = Known()
 
     def prepare(self, batch: list) -> Prepared | None:
         """Before `merge`: which rows have events, and every operation on them, in order."""
@@ -285,10 +363,11 @@ class BatchRecorder:
                 evented.add(_row_of(operation, event))
         if not evented:
             return None
-        prepared = Prepared()
+        prepared = Prepared(self.known)
         for operation in batch:
             event = getattr(operation, "event", None)
             kind = type(operation)
+            created = None
             if kind is CreateRow:
                 instance = operation.instance
                 key = (type(instance), instance.pk)
@@ -299,6 +378,8 @@ class BatchRecorder:
                     for f in instance._meta.concrete_fields
                     if not f.primary_key and not f.is_relation
                 }
+                if key[0] is ResponseRequest:
+                    created = copy.copy(instance)
             elif kind is UpdateRow:
                 key = (operation.model, operation.pk)
                 if key not in evented:
@@ -313,9 +394,8 @@ class BatchRecorder:
                 }
             else:
                 continue
-            prepared.steps.append(
-                _Step(key[0], key[1], fields, kind=_stream_type(event), event=event)
-            )
+            step = _Step(key[0], key[1], fields, _stream_type(event), event, created)
+            prepared.steps.append(step)
         return prepared
 
 

@@ -71,7 +71,8 @@ class HistoryWriter:
         self.failures = 0
         # The event log (apps/events sets it): `prepare(batch)` sees each batch before `merge`
         # folds it, and what it returns is `write()`n in the batch's transaction, after its
-        # rows, then told `committed()`.
+        # rows, then told `committed()`; or, when the batch failed, told `failed()` and
+        # written again after its operations were retried one by one.
         self.recorder: Any = None
 
     def submit(self, operation: Operation) -> None:
@@ -155,6 +156,7 @@ class HistoryWriter:
                     log.exception("history operation failed: %r", operation)
                     connection.close()
             if events is not None:  # what was written, read back, in a transaction of its own
+                events.failed()
                 try:
                     with serialised_write(), transaction.atomic():
                         events.write()

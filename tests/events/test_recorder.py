@@ -10,10 +10,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from apps.events.models import Event
+from apps.events.recorder import BatchRecorder
 from apps.realtime.sequencer import RequestStatus
 from apps.sessions import records
+from apps.sessions.history import apply_batch, merge
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import sweep_lost_sessions
 from apps.sessions.models import LiveSession, ResponseRequest
@@ -92,3 +96,99 @@ def test_a_lost_session_ends_with_its_requests_in_the_log():
     assert events[0]["request"]["id"] == "req_lost" and events[0]["request"]["status"] == "failed"
     assert events[0]["request"]["error"]["code"] == "session_lost"
     assert events[1]["session"]["status"] == "failed" and events[1]["session"]["end_reason"] == "session_lost"
+
+
+# ---------------------------------------------------------------------------- what the writer knows
+
+
+def _batch(recorder: BatchRecorder, operations: list) -> list[str]:
+    """One batch as the history writer runs it, on this thread; what `write` read (SELECTs of
+    requests or sessions)."""
+    prepared = recorder.prepare(operations)
+    with transaction.atomic():
+        apply_batch(merge(operations))
+        with CaptureQueriesContext(connection) as queries:
+            prepared.write()
+    prepared.committed()
+    tables = (ResponseRequest._meta.db_table, LiveSession._meta.db_table)
+    return [
+        q["sql"] for q in queries.captured_queries
+        if q["sql"].startswith("SELECT") and any(table in q["sql"] for table in tables)
+    ]
+
+
+def _live_session(recorder: BatchRecorder, key: uuid.UUID, at: float) -> None:
+    _batch(recorder, [
+        records.session_opened(key=key, model="gpt-realtime", connected_by="t", process_id="p", at=at),
+        records.session_identified(key=key, upstream_id=f"sess_{key.hex[:8]}", instructions="", at=at),
+    ])
+
+
+def test_a_busy_relays_batches_read_nothing_back_and_each_event_has_its_state():
+    recorder, key, at = BatchRecorder(), uuid.uuid4(), datetime.now(UTC).timestamp()
+    _live_session(recorder, key, at)
+    created = records.request_created(
+        key=key, request_id="req_known", origin="caller", event_id="e", instructions=None,
+        metadata={"k": "v"}, conversation=None, requested_by="t", at=at,
+    )
+    sent = records.request_status(request_id="req_known", status="sent", at=at + 0.1)
+    first = _batch(recorder, [created, sent])
+    started = records.request_status(request_id="req_known", status="in_progress", at=at + 0.2, response_id="r")
+    entry = records.transcript_final(key=key, entry={"id": "i", "role": "user", "text": "Hi"}, at=at + 0.2)
+    second = _batch(recorder, [started, entry])
+    done = records.request_status(request_id="req_known", status="completed", at=at + 0.3, output_text="Yes")
+    third = _batch(recorder, [done])
+
+    assert first == second == third == [], "nothing read back"
+    events = events_of(key)[2:]
+    assert [(e["type"], (e.get("request") or {}).get("status")) for e in events] == [
+        ("request.status", "queued"), ("request.status", "sent"), ("request.status", "in_progress"),
+        ("transcript.entry", None), ("request.status", "completed"),
+    ]
+    assert {e["session_id"] for e in events} == {f"sess_{key.hex[:8]}"}
+    queued, sent_, started_, _, done_ = (e.get("request") for e in events)
+    assert queued["sent_at"] is None and sent_["sent_at"] and started_["response_id"] == "r"
+    assert started_["output_text"] is None and done_["output_text"] == "Yes"
+    assert done_["metadata"] == {"k": "v"} and done_["finished_at"]
+    assert "req_known" not in recorder.known.requests, "an ended request is forgotten"
+
+
+def test_a_request_stored_elsewhere_is_read_once_then_known():
+    recorder, key, at = BatchRecorder(), uuid.uuid4(), datetime.now(UTC).timestamp()
+    _live_session(recorder, key, at)
+    ResponseRequest.objects.create(
+        id="req_api", session_id=key, origin="api", status="queued", instructions="Offer the refund."
+    )
+    taken_in = records.request_status(request_id="req_api", status="queued", at=at)
+    sent = records.request_status(request_id="req_api", status="sent", at=at + 0.1, sent_instructions="x")
+    assert len(_batch(recorder, [taken_in, sent])) == 1, "the request, with its session"
+    started = records.request_status(request_id="req_api", status="in_progress", at=at + 0.2)
+    assert _batch(recorder, [started]) == []
+    requests = [e["request"] for e in events_of(key) if e["type"] == "request.status"]
+    assert [r["status"] for r in requests] == ["sent", "in_progress"]
+    assert requests[0]["instructions"] == "Offer the refund." and requests[0]["started_at"] is None
+    assert requests[1]["sent_instructions"] == "x" and requests[1]["started_at"]
+
+
+def test_an_ended_session_and_a_failed_batch_are_forgotten():
+    recorder, at = BatchRecorder(), datetime.now(UTC).timestamp()
+    for key in (uuid.uuid4(), uuid.uuid4()):
+        _live_session(recorder, key, at)
+        _batch(recorder, [
+            records.request_created(
+                key=key, request_id=f"req_{key.hex}", origin="caller", event_id="e", instructions=None,
+                metadata=None, conversation=None, requested_by="t", at=at,
+            )
+        ])
+    assert set(recorder.known.requests) == {f"req_{key.hex}" for key in recorder.known.sessions}
+    ended, other = list(recorder.known.sessions)
+
+    _batch(recorder, [
+        records.session_ended(key=ended, status="ended", reason="caller_closed", code=None, detail="", at=at + 2)
+    ])
+    assert set(recorder.known.sessions) == {other} and set(recorder.known.requests) == {f"req_{other.hex}"}
+    assert events_of(ended)[-1]["session"]["status"] == "ended"
+
+    prepared = recorder.prepare([records.request_status(request_id=f"req_{other.hex}", status="sent", at=at)])
+    prepared.failed()  # as the writer does when the batch's transaction failed
+    assert recorder.known.requests == {} and recorder.known.sessions == {}
