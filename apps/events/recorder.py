@@ -356,19 +356,21 @@ class BatchRecorder:
             return None
 
     def _prepare(self, batch: list) -> Prepared | None:
+        """The steps: every operation on a row with a request or lifecycle event, and each
+        transcript entry (which names its session but needs no state of its row)."""
         evented: set[tuple[type, Any]] = set()
         for operation in batch:
             event = getattr(operation, "event", None)
-            if event is not None:
+            if event is not None and event.get("event") != _TRANSCRIPT:
                 evented.add(_row_of(operation, event))
-        if not evented:
-            return None
         prepared = Prepared(self.known)
         for operation in batch:
             event = getattr(operation, "event", None)
             kind = type(operation)
             created = None
-            if kind is CreateRow:
+            if event is not None and event.get("event") == _TRANSCRIPT:
+                key, fields = (operation.model, operation.pk), {}
+            elif kind is CreateRow:
                 instance = operation.instance
                 key = (type(instance), instance.pk)
                 if key not in evented:
@@ -396,7 +398,7 @@ class BatchRecorder:
                 continue
             step = _Step(key[0], key[1], fields, _stream_type(event), event, created)
             prepared.steps.append(step)
-        return prepared
+        return prepared if prepared.steps else None
 
 
 def _row_of(operation: Any, event: dict[str, Any]) -> tuple[type, Any]:

@@ -135,7 +135,8 @@ def test_a_busy_relays_batches_read_nothing_back_and_each_event_has_its_state():
     first = _batch(recorder, [created, sent])
     started = records.request_status(request_id="req_known", status="in_progress", at=at + 0.2, response_id="r")
     entry = records.transcript_final(key=key, entry={"id": "i", "role": "user", "text": "Hi"}, at=at + 0.2)
-    second = _batch(recorder, [started, entry])
+    usage = records.usage_changed(key=key, usage={"total_tokens": 12})  # the session's row: no event
+    second = _batch(recorder, [started, entry, usage])
     done = records.request_status(request_id="req_known", status="completed", at=at + 0.3, output_text="Yes")
     third = _batch(recorder, [done])
 
