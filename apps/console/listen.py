@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from apps.sessions import groups, selectors
-from apps.sessions.consumers import SurvivesLayerOutages
+from apps.sessions.consumers import DropsSendsToClosedSockets, SurvivesLayerOutages
 from apps.sessions.db import db_async
 from apps.sessions.models import LISTEN, LiveSession
 
@@ -37,7 +37,7 @@ def _may_listen(user) -> bool:
     return user is not None and user.is_authenticated and user.has_perm(LISTEN)
 
 
-class ListenConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
+class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebsocketConsumer):
     session: LiveSession | None = None
     _renew: asyncio.Task | None = None
 

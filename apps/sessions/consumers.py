@@ -48,6 +48,24 @@ def _query_model(scope) -> str:
     return model or settings.OC_REALTIME_MODEL
 
 
+class DropsSendsToClosedSockets:
+    """For a consumer that passes on what others publish (watch updates, listen-in audio): a
+    message can arrive after the browser closed its socket and before the consumer has heard
+    so. The server then refuses the send (Daphne raises autobahn's `Disconnected`, a
+    `RuntimeError`; the ASGI spec asks for an `OSError`); the message is for no one, so it is
+    dropped, and the disconnect already on its way ends the consumer. Without this, each such
+    send ended the consumer with a traceback in the log."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def send_unless_closed(message) -> None:
+            try:
+                await send(message)
+            except (OSError, RuntimeError) as exc:
+                log.debug("dropped a %s to a closed socket: %r", message.get("type"), exc)
+
+        await super().__call__(scope, receive, send_unless_closed)
+
+
 class SurvivesLayerOutages:
     """For a Channels consumer: the channel layer (Redis) being unreachable for a while, or
     restarted, must not end the consumer.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from autobahn.exception import Disconnected
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
@@ -155,3 +156,32 @@ async def test_dashboards_arriving_together_share_one_feed_task(cookies):
     assert len(feeds) == 1, f"{len(feeds)} feed tasks for one process"
     for socket in sockets:
         await socket.disconnect()
+
+
+class _AsDaphne:
+    """The application behind a server that refuses a send once the browser's socket has
+    closed, as Daphne does (autobahn's `Disconnected`)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.refused = 0
+
+    async def __call__(self, scope, receive, send):
+        async def refusing_send(message):
+            if self.closed and message["type"] == "websocket.send":
+                self.refused += 1
+                raise Disconnected("Attempt to send on a closed protocol")
+            await send(message)
+
+        await application(scope, receive, refusing_send)
+
+
+async def test_a_message_for_a_socket_the_browser_just_closed_is_dropped_quietly(cookies):
+    server = _AsDaphne()
+    headers = [ORIGIN, (b"cookie", cookies["alice"])]
+    communicator = WebsocketCommunicator(server, "/ws/console/", headers=headers)
+    assert (await communicator.connect(timeout=5))[0]
+    server.closed = True  # the browser left; its disconnect is not yet in the consumer
+    await communicator.send_json_to({"type": "watch.session", "session_id": "sess_gone"})
+    await communicator.disconnect(timeout=5)  # raises what the consumer ended with
+    assert server.refused == 1
