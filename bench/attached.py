@@ -20,28 +20,10 @@ import time
 import httpx
 import psutil
 
-from bench.common import (
-    APP,
-    HOST,
-    Bench,
-    Caller,
-    SimulatorConfig,
-    SimulatorThread,
-    fmt,
-    log_problems,
-    post_nudge,
-    problems_text,
-    realtime_url,
-    say,
-    scan_log,
-    section,
-    summary,
-    table,
-    verdict,
-)
+from bench import common
+from bench.common import Bench, at_most, fmt, say, summary, table
 
-P50_TARGET_MS = 5.0
-P99_TARGET_MS = 20.0
+TITLE = "Attached calls (sideband)"
 SECRET = "whsec_" + base64.b64encode(b"bench-attached-webhook-secret-32").decode()
 UPSTREAM_KEY = "sk-bench-attached"
 PERIOD = 3.0  # s between two nudges of one call under load
@@ -56,7 +38,7 @@ def rss_mib(pid: int) -> float:
 
 
 class Run:
-    def __init__(self, client: httpx.AsyncClient, base: str, token: str, sim: SimulatorThread):
+    def __init__(self, client: httpx.AsyncClient, base: str, token: str, sim) -> None:
         self.client, self.base, self.sim = client, base, sim
         self.auth = {"Authorization": f"Bearer {token}"}
         self.token = token
@@ -66,19 +48,17 @@ class Run:
         """`count` silent phone calls, each accepted and attached by the console."""
         url = self.sim.sim.url.replace("ws://", "http://", 1) + "/_sim/sip_calls"
         headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
-        gate = asyncio.Semaphore(20)
 
         async def one(index: int) -> str:
             body = {"from": f"+1555{self.placed + index:07d}", "to": "+15550000000", "say": [],
                     "webhook_url": f"{self.base}/v1/webhooks/openai", "webhook_secret": SECRET}
-            async with gate:
-                answer = await self.client.post(url, json=body, headers=headers)
+            answer = await self.client.post(url, json=body, headers=headers)
             data = answer.json()
             if answer.status_code != 201 or data.get("webhook_status") != 200:
                 raise RuntimeError(f"SIP call → {answer.status_code}: {answer.text[:300]}")
             return data["call_id"]
 
-        placed = list(await asyncio.gather(*(one(i) for i in range(count))))
+        placed = await common.in_batches(count, one, size=20)
         self.placed += count
         return placed
 
@@ -98,7 +78,7 @@ class Run:
 
     async def nudge(self, session_id: str, n: int) -> tuple[str, float, float]:
         """(request id, when the client started writing the POST, when it had the answer)."""
-        response, sent, answered = await post_nudge(self.client, self.base, self.token,
+        response, sent, answered = await common.post_nudge(self.client, self.base, self.token,
                                                      session_id, n)
         return response.json()["id"], sent, answered
 
@@ -194,20 +174,15 @@ class Run:
                 await asyncio.sleep(0.2)
         return statuses
 
-    async def relayed(self, count: int) -> list[Caller]:
-        url = realtime_url(self.base)
-        gate = asyncio.Semaphore(20)
-
-        async def one() -> Caller:
-            async with gate:
-                return await Caller.open(url, self.token)
-
-        return list(await asyncio.gather(*(one() for _ in range(count))))
+    async def relayed(self, count: int) -> list[common.Caller]:
+        url = common.realtime_url(self.base)
+        return await common.in_batches(count, lambda _: common.Caller.open(url, self.token),
+                                       size=20)
 
 
 async def run(bench: Bench, args) -> dict:
-    calls, sequential, duration, drain, budget = PLANS["quick" if args.quick else "full"]
-    sim = SimulatorThread(SimulatorConfig(
+    calls, sequential, duration, drain, budget = common.by_mode(PLANS, args)
+    sim = common.SimulatorThread(common.SimulatorConfig(
         deltas_per_response=1, delta_interval=0.0, record_limit=0, required_api_key=UPSTREAM_KEY,
         speech_engine="tone", reply_audio_ms=100, audio_pace=0,
     ))
@@ -216,54 +191,51 @@ async def run(bench: Bench, args) -> dict:
         OC_API_RATE="100000", OC_API_BURST="100000", OC_MAX_SESSIONS=str(2 * calls + 50),
         DATABASE_URL=f"sqlite:///{bench.workdir / 'attached.sqlite3'}",
     )
-    result: dict = {"calls": calls, "period": PERIOD, "duration": duration}
-    handle = None
+    result: dict = {"calls": calls, "period": PERIOD, "duration": duration, "logs": {}}
     try:
-        token = await bench.migrate_with_token("bench-attached", env)
-        handle, port = await bench.daphne("attached", APP, env)
-        async with asyncio.timeout(budget), httpx.AsyncClient(
-            timeout=15.0, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        ) as client:
-            run_ = Run(client, f"http://{HOST}:{port}", token, sim)
-            # One call first, for the latency: what its webhook and sideband load and warm up
-            # (the SDK's webhook verification, the first sideband) is not counted per session.
-            [first_call] = await run_.place_calls(1)
-            first = (await run_.sessions_of([first_call]))[first_call]
-            result["latency_ms"], result["rtt_ms"] = await run_.latency(first, sequential)
-            lat, rtt = result["latency_ms"], result["rtt_ms"]
-            say(f"    nudge on an idle attached call: p50 {fmt(lat['p50'], 2)} ms, p99 "
-                f"{fmt(lat['p99'], 2)} ms (POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 "
-                f"{fmt(rtt['p99'], 2)} ms)")
-            await asyncio.sleep(args.settle)
-            rss_idle = rss_mib(handle.pid)
-            call_ids = await run_.place_calls(calls)
-            sessions = await run_.sessions_of(call_ids)
-            await asyncio.sleep(args.settle)
-            rss_attached = rss_mib(handle.pid)
-            say(f"    {calls} attached calls live; RSS {rss_idle:.0f} → {rss_attached:.0f} MiB")
-            result["load"] = await run_.load(list(sessions.values()), duration, drain)
-            load = result["load"]
-            say(f"    load: {load['nudges']} nudges on {calls} calls, {load['lost']} lost, "
-                f"{load['overlapping']} overlapping, p99 {fmt(load['latency_ms']['p99'], 2)} ms")
-            callers = await run_.relayed(calls)
-            try:
-                await asyncio.sleep(args.settle)
-                rss_relayed = rss_mib(handle.pid)
-            finally:
-                await asyncio.gather(*(c.close() for c in callers))
-            rss = result["rss"] = {
-                "idle_mib": rss_idle,
-                "attached_kib_per_session": 1024 * (rss_attached - rss_idle) / calls,
-                "relayed_kib_per_session": 1024 * (rss_relayed - rss_attached) / calls,
-            }
-            say(f"    RSS per session: attached {rss['attached_kib_per_session']:.0f} KiB, "
-                f"relayed {rss['relayed_kib_per_session']:.0f} KiB")
+        async with (bench.app("attached", env, result["logs"], "Daphne") as (base, token, daphne),
+                    common.http_client(100, timeout=15.0) as client):
+            plan = (calls, sequential, duration, drain)
+            run_ = Run(client, base, token, sim)
+            await asyncio.wait_for(measure(run_, daphne.pid, args.settle, plan, result), budget)
     finally:
-        if handle is not None:
-            await bench.stop(handle)
-            result["logs"] = {"Daphne": scan_log(handle.log_path)}
         sim.stop()
     return result
+
+
+async def measure(run_: Run, pid: int, settle: float, plan: tuple, result: dict) -> None:
+    """The nudge latency on one idle call, then the calls under load, then RSS per session."""
+    calls, sequential, duration, drain = plan
+    # One call first, for the latency: what its webhook and sideband load and warm up
+    # (the SDK's webhook verification, the first sideband) is not counted per session.
+    [first_call] = await run_.place_calls(1)
+    first = (await run_.sessions_of([first_call]))[first_call]
+    lat, rtt = result["latency_ms"], result["rtt_ms"] = await run_.latency(first, sequential)
+    say(f"    nudge on an idle attached call: p50 {fmt(lat['p50'], 2)} ms, p99 "
+        f"{fmt(lat['p99'], 2)} ms (POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 "
+        f"{fmt(rtt['p99'], 2)} ms)")
+    await asyncio.sleep(settle)
+    rss_idle = rss_mib(pid)
+    sessions = await run_.sessions_of(await run_.place_calls(calls))
+    await asyncio.sleep(settle)
+    rss_attached = rss_mib(pid)
+    say(f"    {calls} attached calls live; RSS {rss_idle:.0f} → {rss_attached:.0f} MiB")
+    load = result["load"] = await run_.load(list(sessions.values()), duration, drain)
+    say(f"    load: {load['nudges']} nudges on {calls} calls, {load['lost']} lost, "
+        f"{load['overlapping']} overlapping, p99 {fmt(load['latency_ms']['p99'], 2)} ms")
+    callers = await run_.relayed(calls)
+    try:
+        await asyncio.sleep(settle)
+        rss_relayed = rss_mib(pid)
+    finally:
+        await asyncio.gather(*(c.close() for c in callers))
+    rss = result["rss"] = {
+        "idle_mib": rss_idle,
+        "attached_kib_per_session": 1024 * (rss_attached - rss_idle) / calls,
+        "relayed_kib_per_session": 1024 * (rss_relayed - rss_attached) / calls,
+    }
+    say(f"    RSS per session: attached {rss['attached_kib_per_session']:.0f} KiB, "
+        f"relayed {rss['relayed_kib_per_session']:.0f} KiB")
 
 
 # ---------------------------------------------------------------------------- report
@@ -274,35 +246,28 @@ as fast as possible). Silent phone calls placed at the simulator, each accepted 
 console's webhook and attached through a sideband (kind `sip`). *Idle call*: one such call
 first, alone, with sequential REST nudges (after 10 not counted), each once the previous
 response has ended at the simulator and the console has recorded it `completed` (as the
-nudge part waits for the caller's `response.done`); latency = the client starts writing `POST /api/v1/sessions/{{id}}/responses`
-→ the simulator receives the `response.create` on the sideband. *Load*: {calls} more calls,
-every one nudged every {period:g} s for {duration:g} s, then drained; *lost* = not
-`completed` or never received upstream; *overlapping* = creates received while a response of
-the call was active, and duplicates. *RSS per session*: the Daphne process's RSS with the
-{calls} calls held, minus before them (after the first call), per call; then with as many
-relayed sessions (WebSocket callers) added, per relayed session.
+nudge part waits for the caller's `response.done`); latency = the client starts writing
+`POST /api/v1/sessions/{{id}}/responses` → the simulator receives the `response.create` on
+the sideband. *Load*: {calls} more calls, every one nudged every {period:g} s for
+{duration:g} s, then drained; *lost* = not `completed` or never received upstream;
+*overlapping* = creates received while a response of the call was active, and duplicates.
+*RSS per session*: the Daphne process's RSS with the {calls} calls held, minus before them
+(after the first call), per call; then with as many relayed sessions (WebSocket callers)
+added, per relayed session.
 """
 
 
-def render(result: dict | None) -> str:
-    return section("Attached calls (sideband)", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     out = [ABOUT.format(**result)]
     lat, load, rss = result.get("latency_ms"), result.get("load"), result.get("rss")
-    rows = []
-    if lat:
-        for q, limit in (("p50", P50_TARGET_MS), ("p99", P99_TARGET_MS)):
-            met = None if lat[q] is None else lat[q] <= limit
-            rows.append([f"nudge {q} ≤ {limit:g} ms (idle attached call)",
-                         f"{fmt(lat[q], 2)} ms", verdict(met)])
+    what = "nudge {q} ≤ {limit:g} ms (idle attached call)"
+    rows = common.quantile_rows(lat, common.NUDGE_TARGETS_MS, what) if lat else []
     if load:
         rows.append([f"{result['calls']} attached calls under nudges: 0 lost",
-                     f"{load['lost']} of {load['nudges']}", verdict(load["lost"] == 0)])
+                     f"{load['lost']} of {load['nudges']}", at_most(load["lost"], 0)])
         rows.append(["0 overlapping", f"{load['overlapping']} (+{load['duplicates']} duplicates)",
-                     verdict(load["overlapping"] == 0 and load["duplicates"] == 0)])
-    out.append(table(["target", "measured", "verdict"], rows))
+                     at_most(load["overlapping"] + load["duplicates"], 0)])
+    out.append(common.targets_table(rows, left=1))
     if load:
         late = {k: fmt(load["latency_ms"][k], 2) for k in ("p50", "p99", "max")}
         out.append(f"Under load: {fmt(load['nudges_per_s'], 1)} nudges/s; POST → upstream p50 "
@@ -316,5 +281,4 @@ def _body(result: dict) -> list[str]:
     if load and (load["lost"] or load["post_failures"]):
         problems.append(f"- {load['lost']} lost, {load['post_failures']} failed POSTs; e.g. "
                         + "; ".join(load["lost_samples"] + load["failure_samples"])[:600])
-    out.append(problems_text(problems + log_problems(result.get("logs", {}))))
-    return out
+    return [*out, common.problems_text(problems, result.get("logs"))]

@@ -51,6 +51,7 @@ CORES = psutil.cpu_count() or 1
 NOISY_SHARE = 0.10  # other work above this share of the machine: a figure is disturbed
 QUIET_PERCENT = 12.0  # machine busy % (all cores) below which it counts as quiet
 QUIET_BUDGET_S = 120.0  # the whole run's time waiting for quiet
+NUDGE_TARGETS_MS = {"p50": 5.0, "p99": 20.0}  # a REST nudge → the upstream has its create
 OPERATOR_PASSWORD = "bench-operator-password"  # noqa: S105 - a bench-private database's users
 
 
@@ -71,54 +72,93 @@ def failure(exc: BaseException) -> dict:
 def show_progress(message: dict) -> None:
     """A client process's progress event, as one line of the run's output."""
     event = message.pop("event", "")
-    say(f"    {event}: " + ", ".join(f"{k} {v}" for k, v in message.items()))
+    if not event.startswith("measure_"):
+        say(f"    {event}: " + ", ".join(f"{k} {v}" for k, v in message.items()))
 
 
 def client_main(main) -> None:
     """A client process (`Bench.client`): its settings are one JSON argument, its result the
     last JSON line it prints."""
-    emit(**asyncio.run(main(argparse.Namespace(**json.loads(sys.argv[1])))))
+    emit(event="result", **asyncio.run(main(argparse.Namespace(**json.loads(sys.argv[1])))))
 
 
-async def in_batches(count: int, open_one, size: int = 25) -> list:
-    """`open_one(index)` for every index below `count`, `size` at a time; what is not None."""
+def by_mode(plans: dict, args):
+    """A part's plan for a full run or a `--quick` one."""
+    return plans["quick" if args.quick else "full"]
+
+
+async def in_batches(count: int, open_one, size: int = 25, on_error=None) -> list:
+    """`open_one(index)` for every index below `count`, `size` at a time; what is not None.
+    With `on_error(text)`, a failure is passed to it and not raised."""
+
+    async def one(index: int):
+        try:
+            return await open_one(index)
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(f"connect: {type(exc).__name__}: {exc}")
+
     opened = []
     for start in range(0, count, size):
-        batch = range(start, min(start + size, count))
-        opened += await asyncio.gather(*(open_one(i) for i in batch))
+        opened += await asyncio.gather(*(one(i) for i in range(start, min(start + size, count))))
     return [item for item in opened if item is not None]
+
+
+async def connect_all(count: int, open_one, stats: Stats | None = None) -> list:
+    """A client process's callers (`in_batches`; with `stats`, a failed one is counted there, a
+    figure, not a crash), announced as `connected`; none connected raises."""
+    started = time.monotonic()
+    opened = await in_batches(count, open_one, on_error=stats and stats.error)
+    emit(event="connected", sessions=len(opened), seconds=round(time.monotonic() - started, 2))
+    if not opened:
+        raise RuntimeError(f"no caller connected: {stats and stats.error_samples[:3]}")
+    return opened
+
+
+async def cancel_all(tasks) -> None:
+    """Cancel the tasks and wait for them to end."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_sockets(sockets) -> None:
+    """Close the sockets at once, giving up after 5 s."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------- numbers
 
 
-def nearest_rank(sorted_values: list, q: float):
-    """The nearest-rank percentile `q` (0–1) of sorted values; None when there are none.
-    Every part reports percentiles this way."""
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
-
-
 def summary(values, unit: float = 1000.0, quantiles=(0.5, 0.9, 0.99)) -> dict:
     """n, the percentiles (p50, p90, p99), max and mean of `values` × `unit` (seconds → ms by
-    default)."""
+    default); None for each when there are no values. Every part reports percentiles this way:
+    nearest rank."""
     ordered = sorted(values)
+    last = len(ordered) - 1
 
     def at(q: float) -> float | None:
-        value = nearest_rank(ordered, q)
-        return None if value is None else value * unit
+        return ordered[min(last, max(0, round(q * last)))] * unit if ordered else None
 
     return {
         "n": len(ordered),
         **{f"p{round(q * 100)}": at(q) for q in quantiles},
-        "max": ordered[-1] * unit if ordered else None,
+        "max": at(1.0),
         "mean": sum(ordered) / len(ordered) * unit if ordered else None,
     }
 
 
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def totals(items, *names: str) -> dict:
+    """Each attribute of `names` summed over `items`."""
+    return {name: sum(getattr(item, name) for item in items) for name in names}
 
 
 # ---------------------------------------------------------------------------- CPU and memory
@@ -168,6 +208,12 @@ def client_groups(args) -> dict[str, ProcessGroup]:
             "clients": ProcessGroup(os.getpid())}
 
 
+def load_groups(args) -> dict[str, ProcessGroup]:
+    """What a load generator measures: the target, itself, and the processes of `args.watch`."""
+    watched = {name: ProcessGroup(pid) for name, pid in args.watch.items()}
+    return {"target": ProcessGroup(args.target_pid), "load": ProcessGroup(os.getpid()), **watched}
+
+
 def machine_busy() -> float:
     """CPU seconds all cores have been busy since boot."""
     times = psutil.cpu_times()
@@ -176,16 +222,11 @@ def machine_busy() -> float:
 
 class CpuWindow:
     """CPU seconds of named processes, and of everything else on the machine, over a window
-    from `begin()` to `end()`."""
+    from its start to `end()`."""
 
     def __init__(self, groups: dict[str, ProcessGroup]) -> None:
-        self.groups = groups
-        self.begin()
-
-    def begin(self) -> None:
-        self.started = time.monotonic()
-        self.busy = machine_busy()
-        self.cpu = {name: group.cpu() for name, group in self.groups.items()}
+        self.groups, self.started, self.busy = groups, time.monotonic(), machine_busy()
+        self.cpu = {name: group.cpu() for name, group in groups.items()}
 
     def end(self) -> dict:
         seconds = time.monotonic() - self.started
@@ -204,6 +245,22 @@ class CpuWindow:
         }
 
 
+async def measure_for(seconds: float, groups: dict[str, ProcessGroup], stats=None) -> dict:
+    """A measurement window of `seconds`: `CpuWindow(groups).end()`, announced as
+    `measure_start` and `measure_end`; `stats.measuring` meanwhile, and its bounds (wall clock)
+    in `stats.window_start_ns` and `window_end_ns`."""
+    window = CpuWindow(groups)
+    if stats is not None:
+        stats.window_start_ns, stats.measuring = time.time_ns(), True
+    emit(event="measure_start")
+    await asyncio.sleep(seconds)
+    if stats is not None:
+        stats.measuring, stats.window_end_ns = False, time.time_ns()
+    measured = window.end()
+    emit(event="measure_end")
+    return measured
+
+
 # ---------------------------------------------------------------------------- logs
 
 _LOG_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
@@ -212,10 +269,9 @@ _LEVEL_RE = re.compile(r"\b(ERROR|CRITICAL|WARNING)\b")
 
 
 def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
-    """The warnings, errors and tracebacks a process logged: counts, a few examples, and kinds
+    """The warnings, errors and tracebacks a process logged: counts, and the commonest kinds
     (ids masked) with their first and last time. Lines matching `ignore` are not counted."""
     counts: collections.Counter = collections.Counter()
-    samples: list[str] = []
     kinds: dict[str, tuple[str, str, int]] = {}
     with contextlib.suppress(OSError), open(path, errors="replace") as log:
         for line in log:
@@ -227,8 +283,6 @@ def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
             if not kind:
                 continue
             counts["error" if kind == "critical" else kind] += 1
-            if len(samples) < 8:
-                samples.append(line[:300])
             stamp = line[11:19] if _LOG_STAMP.match(line) else "?"
             what = _ID_RE.sub("X", line[24:] if stamp != "?" else line)[:160]
             first, _, n = kinds.get(what, (stamp, stamp, 0))
@@ -236,7 +290,6 @@ def scan_log(path: Path, ignore: re.Pattern | None = None) -> dict:
     top = sorted(kinds.items(), key=lambda kv: -kv[1][2])[:6]
     return {
         "counts": dict(counts),
-        "samples": samples,
         "kinds": [{"line": k, "first": f, "last": la, "n": n} for k, (f, la, n) in top],
     }
 
@@ -284,9 +337,9 @@ class Bench:
     procs: list[Proc] = field(default_factory=list)
     quiet_waited: float = 0.0
 
-    def env(self, **changes: str | None) -> dict[str, str]:
+    def env(self, **changes: str) -> dict[str, str]:
         """The environment of a process of the app: production settings, SQLite in the run's
-        directory, no Redis; then `changes` (None removes a variable)."""
+        directory, no Redis; then `changes`."""
         env = dict(os.environ)
         for name in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "OC_PROCESSES", "WEB_CONCURRENCY"):
             env.pop(name, None)
@@ -298,11 +351,7 @@ class Bench:
             DJANGO_SECRET_KEY="bench",
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         )
-        for name, value in changes.items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
+        env.update(changes)
         return env
 
     def log_path(self, name: str) -> Path:
@@ -398,12 +447,12 @@ class Bench:
         await asyncio.sleep(0.5)  # imports after listen, first GC
         return handle, port
 
-    async def simulator(self, name: str, *, deltas: int, interval: float, env) -> tuple[Proc, str]:
-        """`manage.py simulate_upstream` in its own process; (process, its base URL)."""
+    async def simulator(self, name: str, *options) -> tuple[Proc, str]:
+        """`manage.py simulate_upstream OPTIONS` in its own process; (process, its base URL)."""
         handle, port = await self.listening(name, lambda port: [
             PY, "manage.py", "simulate_upstream", "--host", HOST, "--port", str(port),
-            "--deltas", str(deltas), "--interval", str(interval),
-        ], env)
+            *map(str, options)], self.env())
+        say(f"    simulator at ws://{HOST}:{port}/v1 (pid {handle.pid})")
         return handle, f"ws://{HOST}:{port}/v1"
 
     async def migrate_with_token(self, name: str, env: dict[str, str]) -> str:
@@ -414,6 +463,18 @@ class Bench:
         if not lines:
             raise RuntimeError("create_api_token printed no token")
         return lines[-1]
+
+    @contextlib.asynccontextmanager
+    async def app(self, name: str, env: dict[str, str], logs: dict, label: str = "", ignore=None):
+        """A migrated database with an API token, and one Daphne of the app on it: (its base URL,
+        the token, its process). Stopped at the end, its log scanned into `logs[label or name]`."""
+        token = await self.migrate_with_token(f"bench-{name}", env)
+        handle, port = await self.daphne(name, APP, env)
+        try:
+            yield f"http://{HOST}:{port}", token, handle
+        finally:
+            await self.stop(handle)
+            logs[label or name] = scan_log(handle.log_path, ignore)
 
     async def client(self, name: str, module: str, config: dict, env, budget: float,
                      on_event=show_progress) -> dict:
@@ -479,13 +540,9 @@ class Bench:
         side = []
 
         def progress(message: dict) -> None:
-            if message["event"] == "connected":
-                c = config["concurrency"]
-                say(f"    {message['sessions']}/{c} sessions connected in {message['seconds']} s")
-            elif message["event"] == "listening":
-                say(f"    {message['listeners']} listeners on {message['session']}")
-            elif message["event"] == "measure_start" and on_start:
+            if message["event"] == "measure_start" and on_start:
                 side.append(asyncio.create_task(on_start(handle.pid)))
+            show_progress(message)
 
         try:
             await asyncio.sleep(0.5)  # let start-up finish (imports after listen, first GC)
@@ -513,7 +570,7 @@ class Bench:
             async with asyncio.timeout(budget):
                 if sim:
                     handle, env["OC_UPSTREAM_URL"] = await self.simulator(
-                        f"{part}-simulator", deltas=sim[0], interval=sim[1], env=env
+                        f"{part}-simulator", "--deltas", sim[0], "--interval", sim[1]
                     )
                     handles.append(handle)
                     config["sim_pid"] = handle.pid
@@ -567,16 +624,6 @@ def target_argv(key: str, port: int, sim_url: str) -> list[str]:
         return [PY, "-m", "bench.floor_websockets", "--port", str(port), "--upstream", sim_url]
     app = "bench.floor_channels:application" if key == "channels" else APP
     return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), app]
-
-
-def target_problems(label: str, r: dict, attempt: str) -> list[str]:
-    """Report lines for a target's run: its log, a disturbed window, an early exit."""
-    lines = log_problems({f"{label}: target": r["target_log"]})
-    if r["other_cpu_share"] > NOISY_SHARE:
-        lines.append(disturbed(label, r["other_cpu_share"], f" in the window ({attempt})"))
-    if r.get("target_exited") is not None:
-        lines.append(f"- {label}: target exited with {r['target_exited']} during the run")
-    return lines
 
 
 # ---------------------------------------------------------------------------- the upstream
@@ -800,19 +847,14 @@ def realtime_url(base: str) -> str:
     return base.replace("http", "ws", 1) + f"/v1/realtime?model={MODEL}"
 
 
-async def connect_caller(url: str, token: str, timeout: float = 30.0):
-    """A Realtime caller's socket as every part opens it: the token, no size cap, no
-    compression, no keepalive pings (they would be measured too)."""
-    return await connect(
+async def open_caller(url: str, token: str, timeout: float = 30.0) -> tuple[Any, str]:
+    """A Realtime caller's socket as every part opens it (the token, no size cap, no
+    compression, no keepalive pings: they would be measured too), once `session.created`
+    arrived, and the session's id. An `error` event before it raises."""
+    ws = await connect(
         url, additional_headers={"Authorization": f"Bearer {token}"} if token else {},
         max_size=None, compression=None, open_timeout=timeout, close_timeout=2, ping_interval=None,
     )
-
-
-async def open_caller(url: str, token: str, timeout: float = 30.0) -> tuple[Any, str]:
-    """A caller's socket once `session.created` arrived, and the session's id. An `error`
-    event before it raises."""
-    ws = await connect_caller(url, token, timeout)
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -839,6 +881,8 @@ class Stats:
     error_samples: list[str] = field(default_factory=list)
     unstamped: int = 0
     latencies_ns: array = field(default_factory=lambda: array("q"))
+    window_start_ns: int = 0  # the measurement window's bounds (`measure_for`)
+    window_end_ns: int = 0
 
     def error(self, text: str) -> None:
         self.errors += 1
@@ -846,20 +890,28 @@ class Stats:
             self.error_samples.append(text[:300])
 
 
-def _turn_frames(index: int) -> tuple[str, str]:
-    text = f"Hello from bench caller {index}."
-    message = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-    item = {"type": "conversation.item.create", "event_id": f"evt_bench_item_{index}",
-            "item": message}
-    create = {"type": "response.create", "event_id": f"evt_bench_resp_{index}"}
-    return json.dumps(item, separators=(",", ":")), json.dumps(create, separators=(",", ":"))
+def turn_frames(text: str, event_id: str = "", item_id: str = "", **response) -> list[str]:
+    """A caller's turn as JSON frames: `conversation.item.create` (a user message, `text`),
+    then `response.create`; each with its event id, and the create's `response`, when given."""
+    content = [{"type": "input_text", "text": text}]
+    item = {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": content}}
+    create: dict[str, Any] = {"type": "response.create"}
+    if item_id:
+        item["event_id"] = item_id
+    if event_id:
+        create["event_id"] = event_id
+    if response:
+        create["response"] = response
+    return [json.dumps(frame, separators=(",", ":")) for frame in (item, create)]
 
 
 async def run_caller(ws, index: int, stats: Stats) -> None:
     """Loop `conversation.item.create` + `response.create` → read to `response.done`, until
     `stats.stop`. Frames are not parsed: the type and the simulator's send stamp are read from
     the bytes; per-delta latency = receive time − send stamp."""
-    item, create = _turn_frames(index)
+    text = f"Hello from bench caller {index}."
+    item, create = turn_frames(text, f"evt_bench_resp_{index}", f"evt_bench_item_{index}")
     try:
         while not stats.stop:
             await ws.send(item)
@@ -936,6 +988,11 @@ class Caller:
         elif kind == ERROR:
             self.errors.append(data[:300].decode(errors="replace"))
 
+    async def send_turn(self, text: str, event_id: str = "", **response) -> None:
+        """A turn (`turn_frames`): a user message, then `response.create`."""
+        for frame in turn_frames(text, event_id, **response):
+            await self.ws.send(frame)
+
     async def wait_dones(self, count: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while self.dones < count:
@@ -969,31 +1026,23 @@ def parse_server_timing(header: str) -> dict[str, float]:
     }
 
 
-class Tracer:
-    """httpcore trace hook: the monotonic time of each step of one request."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, float] = {}
-
-    async def __call__(self, name: str, info: dict) -> None:
-        self.at[name] = time.monotonic()
-
-    @property
-    def sent(self) -> float | None:
-        """The client started writing the request."""
-        return self.at.get("http11.send_request_headers.started")
-
-    @property
-    def answered(self) -> float | None:
-        """The client has the response headers."""
-        return self.at.get("http11.receive_response_headers.complete")
-
-
 async def timed_request(client, method: str, url: str, **kwargs):
-    """(response, sent, answered): monotonic times of an httpx request's round trip."""
-    tracer = Tracer()
-    response = await client.request(method, url, extensions={"trace": tracer}, **kwargs)
-    return response, tracer.sent, tracer.answered
+    """(response, sent, answered): an httpx request, and the monotonic times (httpcore's trace
+    hook) when the client started writing it and when it had the response headers."""
+    at: dict[str, float] = {}
+
+    async def trace(name: str, info: dict) -> None:
+        at[name] = time.monotonic()
+
+    response = await client.request(method, url, extensions={"trace": trace}, **kwargs)
+    sent, answered = "send_request_headers.started", "receive_response_headers.complete"
+    return response, at.get(f"http11.{sent}"), at.get(f"http11.{answered}")
+
+
+def http_client(connections: int, **kwargs) -> httpx.AsyncClient:
+    """A keep-alive HTTP client with room for `connections` at once."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(limits=limits, **kwargs)
 
 
 async def post_nudge(client, base: str, token: str, session_id: str, n: int):
@@ -1034,6 +1083,18 @@ def verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def at_most(value, limit) -> str:
+    """The verdict on `value` ≤ `limit`: not measured when there is no value."""
+    return verdict(None if value is None else value <= limit)
+
+
+def quantile_rows(latency: dict, limits: dict, what: str, *cells) -> list[list]:
+    """Target rows `what` (with `{q}` and `{limit}`), `cells`, then the measured quantile and
+    its verdict, for each quantile q ≤ limit (ms) of `limits`."""
+    return [[what.format(q=q, limit=limit), *cells, f"{fmt(latency[q], 2)} ms",
+             at_most(latency[q], limit)] for q, limit in limits.items()]
+
+
 def table(columns: list[str], rows: list[list], left: int = 1) -> str:
     """A Markdown table: the first `left` columns left-aligned, the others right-aligned."""
     rule = "|" + "---|" * left + "---:|" * (len(columns) - left)
@@ -1052,8 +1113,19 @@ def disturbed(label: str, share: float, rest: str = "") -> str:
     return f"- {label}: disturbed: other processes used {100 * share:.0f}% of the machine{rest}"
 
 
+def disturbed_windows(windows: list[dict], rest=lambda window: "") -> list[str]:
+    """`disturbed` lines for the windows in which other work took more than NOISY_SHARE."""
+    return [disturbed(f"window {w['index']}", w["other_cpu_share"], rest(w))
+            for w in windows if w["other_cpu_share"] > NOISY_SHARE]
+
+
 def examples(samples: list[str], n: int = 3) -> str:
     return "; ".join(f"`{s[:200]}`" for s in samples[:n])
+
+
+def errors_line(label: str, count: int, samples: list[str], what: str = "error(s)") -> list[str]:
+    """A report line for errors seen, with a few examples; none without errors."""
+    return [f"- {label}: {count} {what}; e.g. {examples(samples)}"] if count else []
 
 
 def section(title: str, result: dict | None, body) -> str:
@@ -1069,5 +1141,70 @@ def section(title: str, result: dict | None, body) -> str:
     return "\n".join(out) + "\n"
 
 
-def problems_text(problems: list[str]) -> str:
+def problems_text(problems: list[str], logs: dict | None = None) -> str:
+    """The report's list of errors, warnings and log lines (`log_problems(logs)` after
+    `problems`)."""
+    problems = problems + log_problems(logs or {})
     return "Errors and log lines: " + ("\n\n" + "\n".join(problems) if problems else "none.") + "\n"
+
+
+# ---------------------------------------------------------------------------- per-C runs
+
+
+def ok_run(run: dict | None, key: str) -> bool:
+    """Did a target's run (relay and voice parts) measure `key`?"""
+    return bool(run) and "failure" not in run and bool(run.get(key))
+
+
+def run_ratio(a: dict | None, b: dict | None, key: str, get=None) -> float | None:
+    """`get(run)` (by default its `key`) of run `a` ÷ that of run `b`, when both measured
+    `key`; else None."""
+    if not (ok_run(a, key) and ok_run(b, key)):
+        return None
+    x, y = (get(a), get(b)) if get else (a[key], b[key])
+    return x / y if x is not None and y else None
+
+
+def ratios_text(by: dict, c: int, key: str, pairs) -> str:
+    """`text` formatted with the ratio of target a's run at C to b's, for each (a, b, text, get)
+    of `pairs` both measured (`run_ratio`), joined."""
+    found = [text.format(r) for a, b, text, get in pairs
+             if (r := run_ratio(by.get((a, c)), by.get((b, c)), key, get)) is not None]
+    return "; ".join(found) + ".\n" if found else ""
+
+
+def per_c(runs: list[dict], labels: dict, c_table, ratios) -> tuple[dict, list[int], list[str]]:
+    """The runs by (target, C), the Cs, and per C its heading, `c_table(runs)` and
+    `ratios(by, c)`."""
+    by = {(r["target"], r["concurrency"]): r for r in runs}
+    cs, out = sorted({r["concurrency"] for r in runs}), []
+    for c in cs:
+        runs_at_c = [by[k, c] for k in labels if (k, c) in by]
+        out += [f"### C = {c}\n", c_table(runs_at_c), ratios(by, c)]
+    return by, cs, out
+
+
+def runs_table(runs: list[dict], labels: dict, columns: list[str], cells) -> str:
+    """One row per run: its label, then `cells(run)`, or why it failed."""
+    rows = [[labels[r["target"]], *cells(r)] if "failure" not in r else
+            [labels[r["target"]], f"failed: {r['failure'].splitlines()[0][:80]}",
+             *[""] * (len(columns) - 2)] for r in runs]
+    return table(columns, rows)
+
+
+def runs_problems(runs: list[dict], labels: dict, lines_of, clean: str) -> str:
+    """Report lines for each run: a failure, or `lines_of(label, run)`, the target's log, a
+    disturbed window, an early exit; `clean` when there are none."""
+    lines = []
+    for r in runs:
+        label = f"{labels[r['target']]}, C={r['concurrency']}"
+        if "failure" in r:
+            lines.append(f"- {label}: run failed: `{' '.join(r['failure'].split())[-600:]}`")
+            continue
+        lines += lines_of(label, r) + log_problems({f"{label}: target": r["target_log"]})
+        if r["other_cpu_share"] > NOISY_SHARE:
+            rest = f" in the window (attempt {r['attempt']})"
+            lines.append(disturbed(label, r["other_cpu_share"], rest))
+        if r.get("target_exited") is not None:
+            lines.append(f"- {label}: target exited with {r['target_exited']} during the run")
+    return "\n".join(lines) + "\n" if lines else f"None: {clean}\n"

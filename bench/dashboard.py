@@ -26,24 +26,10 @@ import time
 
 import httpx
 
-from bench.common import (
-    Bench,
-    CpuWindow,
-    OperatorSocket,
-    ProcessGroup,
-    alternate,
-    client_main,
-    emit,
-    fmt,
-    log_in_operators,
-    log_problems,
-    operators_code,
-    problems_text,
-    section,
-    table,
-    verdict,
-)
+from bench import common
+from bench.common import Bench, at_most, emit, fmt, table
 
+TITLE = "Dashboard: 1 000 live sessions, 10 operators"
 SESSIONS = {"full": 1000, "quick": 200}
 OPERATORS = 10
 CHURN_PER_S = 20
@@ -89,17 +75,17 @@ async def churn(base: str, token: str, sessions: int, stop: asyncio.Event, count
 
 
 async def main(args) -> dict:
-    cookies = await log_in_operators(args.base, USER_PREFIX, OPERATORS)
+    cookies = await common.log_in_operators(args.base, USER_PREFIX, OPERATORS)
     emit(event="logged_in", operators=len(cookies))
     stop, counts = asyncio.Event(), {"patched": 0, "refused": 0}
     churner = asyncio.create_task(churn(args.base, args.token, args.sessions, stop, counts))
-    daphne = ProcessGroup(args.target_pid)
-    dashboards: list[OperatorSocket] = []
+    daphne = {"daphne": common.ProcessGroup(args.target_pid)}
+    dashboards: list[common.OperatorSocket] = []
 
     async def attach(on: bool) -> None:
         nonlocal dashboards
         if on and not dashboards:
-            dashboards = [OperatorSocket(cookie) for cookie in cookies]
+            dashboards = [common.OperatorSocket(cookie) for cookie in cookies]
             await asyncio.gather(*(
                 d.open(args.base, {"type": "watch.sessions", "query": VIEWS[i % len(VIEWS)]})
                 for i, d in enumerate(dashboards)
@@ -109,15 +95,12 @@ async def main(args) -> dict:
             dashboards = []
 
     async def measure(index: int, on: bool) -> dict:
-        cpu = CpuWindow({"daphne": daphne})
         frames_before = sum(len(d.frames) for d in dashboards)
-        await asyncio.sleep(args.window)
-        measured = cpu.end()
+        measured = await common.measure_for(args.window, daphne)
         seconds = measured["seconds"]
         window = {
-            "index": index, "dashboards": on, "seconds": seconds,
+            **measured, "index": index, "dashboards": on,
             "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
-            "other_cpu_share": measured["other_cpu_share"],
             "pages_per_s": (sum(len(d.frames) for d in dashboards) - frames_before) / seconds,
         }
         emit(event="window", index=index, dashboards=on,
@@ -127,7 +110,7 @@ async def main(args) -> dict:
 
     try:
         await asyncio.sleep(args.settle)
-        windows = await alternate(args.schedule, attach, measure, args.settle)
+        windows = await common.alternate(args.schedule, attach, measure, args.settle)
         firsts = [d.first or {} for d in dashboards]
         sizes = [size for d in dashboards for _, _, size in d.frames]
     finally:
@@ -135,7 +118,6 @@ async def main(args) -> dict:
         await asyncio.gather(churner, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in dashboards))
     return {
-        "event": "result",
         "windows": windows,
         "churn": counts,
         "listed_live": [f.get("live") for f in firsts],
@@ -149,12 +131,12 @@ async def main(args) -> dict:
 
 
 async def run(bench: Bench, args) -> dict:
-    mode = "quick" if args.quick else "full"
-    schedule, window, settle = PLAN[mode]
-    sessions = SESSIONS[mode]
+    schedule, window, settle = common.by_mode(PLAN, args)
+    sessions = common.by_mode(SESSIONS, args)
     config = {"sessions": sessions, "schedule": schedule, "window": window, "settle": settle}
-    seed = operators_code(USER_PREFIX, OPERATORS) + SESSIONS_CODE.format(sessions=sessions)
-    result = await bench.app_with_clients("dashboard", config, BUDGET_S[mode], seed=seed)
+    seed = common.operators_code(USER_PREFIX, OPERATORS) + SESSIONS_CODE.format(sessions=sessions)
+    budget = common.by_mode(BUDGET_S, args)
+    result = await bench.app_with_clients("dashboard", config, budget, seed=seed)
     return {**result, **analyse(result["windows"]), "sessions": sessions, "window_s": window}
 
 
@@ -167,15 +149,10 @@ def analyse(windows: list[dict]) -> dict:
     cost = with_ - without if without is not None and with_ is not None else None
     pages = [w["pages_per_s"] for w in windows if w["dashboards"]]
     return {"cpu_without_percent": without, "cpu_with_percent": with_,
-            "dashboard_cpu_percent": cost, "pages_per_s": statistics.mean(pages) if pages else None,
-            "ok": cost is not None and cost <= CPU_TARGET_PERCENT}
+            "dashboard_cpu_percent": cost, "pages_per_s": statistics.mean(pages) if pages else None}
 
 
-def render(result: dict | None) -> str:
-    return section("Dashboard: 1 000 live sessions, 10 operators", result, _body)
-
-
-def _body(r: dict) -> list[str]:
+def body(r: dict) -> list[str]:
     rows = [[w["index"], "on" if w["dashboards"] else "off", fmt(w["daphne_cpu_percent"]),
              fmt(w["pages_per_s"]), fmt(100 * w["other_cpu_share"])] for w in r["windows"]]
     text = (
@@ -184,11 +161,11 @@ def _body(r: dict) -> list[str]:
         "through the REST hook in every window. Daphne's CPU for the dashboards' updates: "
         f"**{fmt(r['dashboard_cpu_percent'])} % of one core** (with "
         f"{fmt(r['cpu_with_percent'])} %, without {fmt(r['cpu_without_percent'])} %; target ≤ "
-        f"{CPU_TARGET_PERCENT:g} %) {verdict(r['ok'])}.\n\n"
+        f"{CPU_TARGET_PERCENT:g} %) {at_most(r['dashboard_cpu_percent'], CPU_TARGET_PERCENT)}.\n\n"
     )
     text += table(["window", "dashboards", "Daphne CPU %", "pages sent/s", "other work %"], rows)
-    return [text + problems_text(log_problems(r["logs"]))]
+    return [text + common.problems_text([], r["logs"])]
 
 
 if __name__ == "__main__":
-    client_main(main)
+    common.client_main(main)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,29 +32,10 @@ from datetime import datetime
 
 import httpx
 
-from bench.common import (
-    DONE,
-    NOISY_SHARE,
-    Bench,
-    Caller,
-    CpuWindow,
-    alternate,
-    client_groups,
-    client_main,
-    disturbed,
-    emit,
-    fmt,
-    in_batches,
-    log_problems,
-    problems_text,
-    realtime_url,
-    section,
-    summary,
-    table,
-    targets_table,
-    verdict,
-)
+from bench import common
+from bench.common import Bench, at_most, emit, fmt, summary, table
 
+TITLE = "Event streams (SSE followers of every session)"
 SESSIONS = 100
 FOLLOWERS = 50
 SIM_DELTAS = 20
@@ -73,7 +53,7 @@ CREATED_AT = re.compile(rb'"created_at":"([^"]+)"')
 
 
 @dataclass(eq=False)
-class LoopingCaller(Caller):
+class LoopingCaller(common.Caller):
     """A caller that asks for the next response as soon as one is done, and notes when each
     response's `response.done` arrived."""
 
@@ -83,7 +63,7 @@ class LoopingCaller(Caller):
 
     def on_frame(self, kind: bytes | None, data: bytes) -> None:
         super().on_frame(kind, data)
-        if kind == DONE:
+        if kind == common.DONE:
             match = RESPONSE_ID.search(data)
             if match:
                 self.done_at[match.group(1)] = time.monotonic()
@@ -91,13 +71,8 @@ class LoopingCaller(Caller):
                 asyncio.get_running_loop().create_task(self.turn())
 
     async def turn(self) -> None:
-        text = f"Hello from bench caller {self.index}."
-        item = {"type": "conversation.item.create",
-                "item": {"type": "message", "role": "user",
-                         "content": [{"type": "input_text", "text": text}]}}
         with contextlib.suppress(Exception):
-            await self.ws.send(json.dumps(item))
-            await self.ws.send('{"type":"response.create"}')
+            await self.send_turn(f"Hello from bench caller {self.index}.")
 
 
 @dataclass(eq=False)
@@ -156,16 +131,13 @@ class Clients:
             timeout=httpx.Timeout(10, read=None),
             limits=httpx.Limits(max_connections=args.followers + 10),
         )
-        self.groups = client_groups(args)
+        self.groups = common.client_groups(args)
 
     async def connect_callers(self) -> None:
-        url = realtime_url(self.args.base)
-        started = time.monotonic()
-        self.callers = await in_batches(
+        url = common.realtime_url(self.args.base)
+        self.callers = await common.connect_all(
             self.args.sessions, lambda i: LoopingCaller.open(url, self.args.token, index=i)
         )
-        seconds = round(time.monotonic() - started, 2)
-        emit(event="connected", sessions=len(self.callers), seconds=seconds)
         for caller in self.callers:
             await caller.turn()
 
@@ -191,9 +163,7 @@ class Clients:
             follower.measuring = True
             follower.completed_at.clear()
             follower.recorded_lag.clear()
-        cpu = CpuWindow(self.groups)
-        await asyncio.sleep(self.args.window)
-        measured = cpu.end()
+        measured = await common.measure_for(self.args.window, self.groups)
         for follower in self.followers:
             follower.measuring = False
         await asyncio.sleep(1.0)  # the last responses' events arrive
@@ -205,12 +175,10 @@ class Clients:
         per_follower = [(f.events - before) / seconds
                         for f, before in zip(self.followers, events, strict=True)]
         window = {
+            **measured,
             "index": index,
             "followers": len(self.followers) if on else 0,
-            "seconds": seconds,
             "responses_per_s": (sum(c.dones for c in self.callers) - dones) / seconds,
-            "cpu_s": measured["cpu_s"],
-            "other_cpu_share": measured["other_cpu_share"],
             "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
             "events_per_s_per_follower": summary(per_follower, unit=1.0) if per_follower else None,
             "lag_done_ms": summary(lag) if lag else None,
@@ -236,11 +204,10 @@ async def main(args) -> dict:
     try:
         await clients.connect_callers()
         await asyncio.sleep(args.warmup)
-        windows = await alternate(args.schedule, clients.attach, clients.window, args.settle)
+        windows = await common.alternate(args.schedule, clients.attach, clients.window, args.settle)
     finally:
         await clients.close()
     return {
-        "event": "result",
         "sessions": len(clients.callers),
         "followers": args.followers,
         "windows": windows,
@@ -254,37 +221,35 @@ async def main(args) -> dict:
 
 
 async def run(bench: Bench, args) -> dict:
-    mode = "quick" if args.quick else "full"
-    schedule, window, settle, warmup = PLAN[mode]
+    schedule, window, settle, warmup = common.by_mode(PLAN, args)
     config = {"sessions": args.events_sessions or SESSIONS,
               "followers": args.events_followers or FOLLOWERS,
               "schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
     result = await bench.app_with_clients(
-        "events", config, BUDGET_S[mode], sim=(SIM_DELTAS, SIM_INTERVAL)
+        "events", config, common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL)
     )
     plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
     return {**result, **analyse(result["windows"]), **plan}
 
 
 def analyse(windows: list[dict]) -> dict:
-    counted = [w for w in windows if w["other_cpu_share"] <= NOISY_SHARE] or windows
+    counted = [w for w in windows if w["other_cpu_share"] <= common.NOISY_SHARE] or windows
 
-    def cpu(on: bool) -> float | None:
+    def cpu(on: bool) -> tuple[float | None, float | None]:
+        """Daphne's CPU without or with the followers: % of one core, CPU-s per 1k responses."""
         chosen = [w for w in counted if bool(w["followers"]) == on]
+        daphne = sum(w["cpu_s"]["daphne"] for w in chosen)
         seconds = sum(w["seconds"] for w in chosen)
-        return 100 * sum(w["cpu_s"]["daphne"] for w in chosen) / seconds if seconds else None
-
-    def per_response(on: bool) -> float | None:
-        chosen = [w for w in counted if bool(w["followers"]) == on]
         responses = sum(w["responses_per_s"] * w["seconds"] for w in chosen)
-        return sum(w["cpu_s"]["daphne"] for w in chosen) / responses * 1000 if responses else None
+        return (100 * daphne / seconds if seconds else None,
+                daphne / responses * 1000 if responses else None)
 
     # Per response: a saturated Daphne's CPU % cannot grow, it serves fewer responses instead.
-    without, with_ = per_response(False), per_response(True)
+    (cpu_without, without), (cpu_with, with_) = cpu(False), cpu(True)
     lags = [w["lag_done_ms"] for w in counted if w.get("lag_done_ms")]
     return {
-        "cpu_without": cpu(False),
-        "cpu_with": cpu(True),
+        "cpu_without": cpu_without,
+        "cpu_with": cpu_with,
         "cpu_ratio": with_ / without if with_ and without else None,
         "cpu_per_1k_responses": (without, with_),
         "lag_p99_ms": max((lag["p99"] for lag in lags), default=None),
@@ -294,11 +259,7 @@ def analyse(windows: list[dict]) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
-def render(result: dict | None) -> str:
-    return section("Event streams (SSE followers of every session)", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     about = (
         f"One Daphne (DJANGO_DEBUG=false, SQLite, in-memory channel layer); the simulator "
         f"({SIM_DELTAS} deltas per response, {SIM_INTERVAL * 1000:g} ms apart); a client process "
@@ -328,28 +289,22 @@ def _body(result: dict) -> list[str]:
     ratio, lag = result.get("cpu_ratio"), result.get("lag_p99_ms")
     cpu_with, cpu_without = fmt(result.get("cpu_with")), fmt(result.get("cpu_without"))
     per_without, per_with = (fmt(x, 2) for x in result.get("cpu_per_1k_responses") or (None, None))
-    targets = targets_table([
+    targets = common.targets_table([
         [f"relay CPU with followers ≤ {CPU_TARGET}× without (per response)",
          f"{fmt(ratio, 3)}× ({per_with} vs {per_without} CPU-s per 1k responses; "
          f"{cpu_with} % vs {cpu_without} % of a core)",
-         verdict(None if ratio is None else ratio <= CPU_TARGET)],
+         at_most(ratio, CPU_TARGET)],
         [f"follower lag p99 ≤ {LAG_TARGET_MS:g} ms",
          f"{fmt(lag)} ms (worst window, done → follower)",
-         verdict(None if lag is None else lag <= LAG_TARGET_MS)],
+         at_most(lag, LAG_TARGET_MS)],
     ])
-    lines = []
-    if result.get("caller_errors"):
-        samples = result["caller_error_samples"][:2]
-        lines.append(f"- callers: {result['caller_errors']} error(s); e.g. {samples}")
-    for w in result["windows"]:
-        if w["followers_ended"]:
-            lines.append(f"- window {w['index']}: {len(w['followers_ended'])} follower(s) ended: "
-                         f"{w['followers_ended'][:2]}")
-        if w["other_cpu_share"] > NOISY_SHARE:
-            lines.append(disturbed(f"window {w['index']}", w["other_cpu_share"]))
-    return [about, table(columns, rows, left=2), targets,
-            problems_text(lines + log_problems(result["logs"]))]
+    lines = common.errors_line("callers", result["caller_errors"], result["caller_error_samples"])
+    lines += [f"- window {w['index']}: {len(w['followers_ended'])} follower(s) ended: "
+              f"{w['followers_ended'][:2]}" for w in result["windows"] if w["followers_ended"]]
+    lines += common.disturbed_windows(result["windows"])
+    problems = common.problems_text(lines, result["logs"])
+    return [about, table(columns, rows, left=2), targets, problems]
 
 
 if __name__ == "__main__":
-    client_main(main)
+    common.client_main(main)

@@ -9,40 +9,15 @@ slow drift weighs on both sides alike), at the same caller load.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import statistics
 import time
 from typing import Any
 
-from bench.common import (
-    NOISY_SHARE,
-    Bench,
-    CpuWindow,
-    OperatorSocket,
-    Stats,
-    alternate,
-    client_groups,
-    client_main,
-    disturbed,
-    emit,
-    examples,
-    fmt,
-    in_batches,
-    log_in_operators,
-    log_problems,
-    open_caller,
-    operators_code,
-    problems_text,
-    realtime_url,
-    run_caller,
-    section,
-    summary,
-    table,
-    targets_table,
-    verdict,
-)
+from bench import common
+from bench.common import Bench, at_most, emit, fmt, summary, table
 
+TITLE = "Dashboard fan-out"
 CALLERS = 100
 WATCHERS = 20
 DASHBOARDS = 10
@@ -70,7 +45,7 @@ def max_in_one_second(times: list[float]) -> int:
     return best
 
 
-def socket_window(op: OperatorSocket, t0: float, t1: float) -> dict:
+def socket_window(op: common.OperatorSocket, t0: float, t1: float) -> dict:
     """What one operator socket received in the window [t0, t1)."""
     frames = [f for f in op.frames if t0 <= f[0] < t1]
     seconds = t1 - t0
@@ -98,33 +73,12 @@ class Clients:
 
     def __init__(self, args) -> None:
         self.args = args
-        self.stats = Stats()
+        self.stats = common.Stats()
         self.callers: list[tuple[Any, str]] = []
-        self.operators: list[OperatorSocket] = []
-        self.all_operators: list[OperatorSocket] = []
+        self.operators: list[common.OperatorSocket] = []
+        self.all_operators: list[common.OperatorSocket] = []
         self.cookies: list[str] = []
-        self.groups = client_groups(args)
-
-    async def log_in(self) -> None:
-        """Operators log in first: the password hash is the costly part, outside every window."""
-        started = time.monotonic()
-        self.cookies = await log_in_operators(self.args.base, USER_PREFIX, WATCHERS + DASHBOARDS)
-        emit(event="logged_in", operators=len(self.cookies), seconds=since(started))
-
-    async def connect_callers(self) -> None:
-        url = realtime_url(self.args.base)
-        started = time.monotonic()
-
-        async def one(_):
-            try:
-                return await open_caller(url, self.args.token)
-            except Exception as exc:  # noqa: BLE001 - a failed caller is a figure, not a crash
-                self.stats.error(f"connect: {type(exc).__name__}: {exc}")
-
-        self.callers = await in_batches(CALLERS, one)
-        emit(event="connected", sessions=len(self.callers), seconds=since(started))
-        if not self.callers:
-            raise RuntimeError(f"no caller connected: {self.stats.error_samples[:3]}")
+        self.groups = common.client_groups(args)
 
     async def attach(self, with_dashboards: bool) -> None:
         """Connect the operator sockets (all at once) or close them."""
@@ -133,7 +87,7 @@ class Clients:
             watch = {"type": "watch.session", "session_id": self.callers[0][1]}
             feed = {"type": "watch.sessions"}
             self.operators = [
-                OperatorSocket(cookie, "watcher" if i < WATCHERS else "dashboard")
+                common.OperatorSocket(cookie, "watcher" if i < WATCHERS else "dashboard")
                 for i, cookie in enumerate(self.cookies)
             ]
             self.all_operators += self.operators
@@ -148,42 +102,29 @@ class Clients:
 
     async def window(self, index: int, with_dashboards: bool) -> dict:
         stats = self.stats
-        deltas, lat = stats.deltas, len(stats.latencies_ns)
-        cpu = CpuWindow(self.groups)
-        stats.measuring = True
-        await asyncio.sleep(self.args.window)
-        stats.measuring = False
-        measured = cpu.end()
+        deltas, lat, started = stats.deltas, len(stats.latencies_ns), time.monotonic()
+        measured = await common.measure_for(self.args.window, self.groups, stats)
         seconds, daphne, n = measured["seconds"], measured["cpu_s"]["daphne"], stats.deltas - deltas
         emit(event="window", index=index, dashboards=with_dashboards,
              deltas_per_s=round(n / seconds), daphne_cpu_percent=round(100 * daphne / seconds, 1),
              other_cpu_percent=round(100 * measured["other_cpu_share"], 1))
         return {
+            **measured,
             "index": index,
             "dashboards": with_dashboards,
-            "seconds": seconds,
             "deltas": n,
             "deltas_per_s": n / seconds,
             "latency_ms": summary(stats.latencies_ns[lat:], unit=1e-6),
-            "cpu_s": measured["cpu_s"],
-            "other_cpu_s": measured["other_cpu_s"],
-            "other_cpu_share": measured["other_cpu_share"],
             "daphne_cpu_percent": 100 * daphne / seconds,
             "daphne_cpu_s_per_1k_deltas": daphne / n * 1000 if n else None,
-            "sockets": [socket_window(op, cpu.started, cpu.started + seconds)
-                        for op in self.operators],
+            "sockets": [socket_window(op, started, started + seconds) for op in self.operators],
         }
 
     async def close(self, tasks: list[asyncio.Task]) -> None:
         await asyncio.gather(*(op.close() for op in self.operators))
         self.stats.stop = True
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                closing = (ws.close() for ws, _ in self.callers)
-                await asyncio.gather(*closing, return_exceptions=True)
+        await common.cancel_all(tasks)
+        await common.close_sockets(ws for ws, _ in self.callers)
 
 
 def since(started: float) -> float:
@@ -191,22 +132,24 @@ def since(started: float) -> float:
 
 
 async def main(args) -> dict:
-    clients = Clients(args)
-    await clients.log_in()
-    await clients.connect_callers()
+    clients, started, url = Clients(args), time.monotonic(), common.realtime_url(args.base)
+    # Operators log in first: the password hash is the costly part, outside every window.
+    clients.cookies = await common.log_in_operators(args.base, USER_PREFIX, WATCHERS + DASHBOARDS)
+    emit(event="logged_in", operators=len(clients.cookies), seconds=since(started))
+    clients.callers = await common.connect_all(
+        CALLERS, lambda _: common.open_caller(url, args.token), clients.stats)
     gc.collect()
     gc.freeze()
-    tasks = [asyncio.create_task(run_caller(ws, i, clients.stats))
+    tasks = [asyncio.create_task(common.run_caller(ws, i, clients.stats))
              for i, (ws, _) in enumerate(clients.callers)]
     try:
         await asyncio.sleep(args.warmup)
-        windows = await alternate(args.schedule, clients.attach, clients.window, args.settle,
+        windows = await common.alternate(args.schedule, clients.attach, clients.window, args.settle,
                                   retry=True)
     finally:
         await clients.close(tasks)
     ops, stats = clients.all_operators, clients.stats
     return {
-        "event": "result",
         "callers": len(clients.callers),
         "windows": windows,
         "caller_errors": stats.errors,
@@ -224,12 +167,11 @@ async def main(args) -> dict:
 async def run(bench: Bench, args) -> dict:
     """The simulator and a fresh Daphne on a fresh SQLite file (migrated; an API token; the
     operators' accounts), the client process, everything stopped; the result."""
-    mode = "quick" if args.quick else "full"
-    schedule, window, settle, warmup = PLAN[mode]
+    schedule, window, settle, warmup = common.by_mode(PLAN, args)
     config = {"schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
     result = await bench.app_with_clients(
-        "fanout", config, BUDGET_S[mode], sim=(SIM_DELTAS, SIM_INTERVAL),
-        seed=operators_code(USER_PREFIX, WATCHERS + DASHBOARDS),
+        "fanout", config, common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL),
+        seed=common.operators_code(USER_PREFIX, WATCHERS + DASHBOARDS),
     )
     plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
     return {**result, **analyse(result["windows"]), **plan}
@@ -319,11 +261,7 @@ LABELS = {
 }
 
 
-def render(result: dict | None) -> str:
-    return section("Dashboard fan-out", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     rows = []
     for x in result["windows"]:
         cpu = {k: fmt(100 * v / x["seconds"], 0) for k, v in x["cpu_s"].items()}
@@ -393,7 +331,7 @@ def targets(result: dict) -> str:
                     f"{fmt(result['without']['daphne_cpu_percent'])} % of a core; per delta "
                     f"{fmt(result['cpu_per_delta_ratio'], 3)}×)")
     rows = [[f"attaching the dashboards costs ≤ {100 * (CPU_TARGET - 1):.0f}% more relay CPU",
-             measured, verdict(None if ratio is None else ratio <= CPU_TARGET)]]
+             measured, at_most(ratio, CPU_TARGET)]]
     limits = (
         ("watcher", TRANSCRIPT_PER_S, f"≤ ~{TRANSCRIPT_PER_S} transcript updates a second"),
         ("dashboard", FEED_PER_S, f"dashboard feed: at most {FEED_PER_S} update a second"),
@@ -402,27 +340,21 @@ def targets(result: dict) -> str:
         if kind in kinds:
             most, median = kinds[kind]["main_max_in_1s"], kinds[kind]["main_per_s"]["median"]
             measured = f"at most {most} in any 1 s (median {fmt(median, 2)}/s)"
-            rows.append([what, measured, verdict(most <= limit + 1)])
-    return targets_table(rows)
+            rows.append([what, measured, at_most(most, limit + 1)])
+    return common.targets_table(rows)
 
 
 def problems(result: dict) -> str:
-    lines = []
-    for who in ("caller", "operator"):
-        if count := result[f"{who}_errors"]:
-            samples = examples(result[f"{who}_error_samples"])
-            lines.append(f"- {who}s: {count} error(s); e.g. {samples}")
+    lines = [line for who in ("caller", "operator") for line in common.errors_line(
+        f"{who}s", result[f"{who}_errors"], result[f"{who}_error_samples"])]
     lines += [f"- {s['closed']} {kind} socket(s) closed during a window"
               for kind, s in result["sockets"].items() if s["closed"]]
-    for x in result["windows"]:
-        if x["other_cpu_share"] > NOISY_SHARE:
-            again = " (measured again)" if x.get("repeated") else " (counted)"
-            label, share = f"window {x['index']}", x["other_cpu_share"]
-            lines.append(disturbed(label, share, f" meanwhile{again}"))
+    lines += common.disturbed_windows(result["windows"], lambda w: " meanwhile " + (
+        "(measured again)" if w.get("repeated") else "(counted)"))
     if result.get("daphne_exited") is not None:
         lines.append(f"- Daphne exited with {result['daphne_exited']} during the run")
-    return problems_text(lines + log_problems(result["logs"]))
+    return common.problems_text(lines, result["logs"])
 
 
 if __name__ == "__main__":
-    client_main(main)
+    common.client_main(main)

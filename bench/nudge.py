@@ -28,36 +28,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.common import (
-    APP,
-    HOST,
-    NOISY_SHARE,
-    PHASES,
-    Bench,
-    Caller,
-    CpuWindow,
-    ProcessGroup,
-    Simulator,
-    SimulatorConfig,
-    examples,
-    fmt,
-    log_problems,
-    parse_server_timing,
-    post_nudge,
-    problems_text,
-    realtime_url,
-    say,
-    scan_log,
-    section,
-    summary,
-    table,
-    timed_request,
-    verdict,
-    wait_live,
-)
+from bench import common
+from bench.common import Bench, fmt, say, summary, table
 
-P50_TARGET_MS = 5.0
-P99_TARGET_MS = 20.0
+TITLE = "Nudge latency (REST hook → upstream)"
 NUDGE_TIMEOUT = 5.0  # s: one nudge, POST to the upstream's create (closed loop: to response.done)
 LIVE_TIMEOUT = 10.0  # s: a new session's row becoming `live`
 MAX_FAILURES = 10  # per scenario
@@ -82,15 +56,15 @@ class Server:
 
     http_base: str
     token: str
-    simulator: Simulator | None
+    simulator: common.Simulator | None
     client: httpx.AsyncClient
     pid: int
 
-    async def open_session(self) -> Caller:
+    async def open_session(self) -> common.Caller:
         """A caller, once its session is `live` through the REST hook."""
-        caller = await Caller.open(realtime_url(self.http_base), self.token)
+        caller = await common.Caller.open(common.realtime_url(self.http_base), self.token)
         url = f"{self.http_base}/api/v1/sessions/{caller.session_id}"
-        await wait_live(self.client, url, self.token, LIVE_TIMEOUT, 0.005)
+        await common.wait_live(self.client, url, self.token, LIVE_TIMEOUT, 0.005)
         return caller
 
     def received_at(self, session_id: str, request_id: str) -> float | None:
@@ -101,7 +75,7 @@ class Server:
                 return at
         return None
 
-    async def upstream_time(self, caller: Caller, request_id: str) -> float:
+    async def upstream_time(self, caller: common.Caller, request_id: str) -> float:
         async with asyncio.timeout(NUDGE_TIMEOUT):
             while (at := self.received_at(caller.session_id, request_id)) is None:
                 if caller.closed:
@@ -113,21 +87,21 @@ class Server:
                     await asyncio.wait_for(caller.changed.wait(), 0.05)
         return at
 
-    async def nudge(self, caller: Caller, index: int, scheduled: float | None) -> dict:
+    async def nudge(self, caller: common.Caller, index: int, scheduled: float | None) -> dict:
         """One nudge; its sample (monotonic seconds). Closed loop (`scheduled` None): done once
         the caller has the response's `response.done`, so the session is idle again."""
         expected = caller.dones + 1
-        response, sent, answered = await post_nudge(
+        response, sent, answered = await common.post_nudge(
             self.client, self.http_base, self.token, caller.session_id, index
         )
         if scheduled is None:
             await caller.wait_dones(expected, NUDGE_TIMEOUT)
         upstream = await self.upstream_time(caller, response.json()["id"])
-        timing = parse_server_timing(response.headers.get("server-timing", ""))
+        timing = common.parse_server_timing(response.headers.get("server-timing", ""))
         sample = {"sent": sent, "answered": answered, "upstream": upstream, **timing}
         return sample if scheduled is None else {**sample, "scheduled": scheduled}
 
-    async def series(self, caller: Caller, count: int, out: tuple[list, list], start=0.0,
+    async def series(self, caller: common.Caller, count: int, out: tuple[list, list], start=0.0,
                      period=None) -> None:
         """`count` nudges: one after another, or (open loop) at start, start + period, …"""
         samples, failures = out
@@ -157,7 +131,8 @@ class Server:
         rtts = []
         for index in range(20 + BASELINE_REQUESTS):
             url = self.http_base + path
-            response, sent, answered = await timed_request(self.client, method, url, **kwargs)
+            response, sent, answered = await common.timed_request(
+                self.client, method, url, **kwargs)
             if response.status_code != status:
                 raise RuntimeError(f"{method} {path} → {response.status_code}, not {status}")
             if index >= 20:
@@ -177,7 +152,7 @@ class Server:
                        period=None) -> dict:
         """`sessions` idle sessions at once, each nudged `each` times (closed loop, or every
         `period` s), after `warmup` nudges each, one after another, not counted."""
-        callers: list[Caller] = []
+        callers: list[common.Caller] = []
         samples, failures = [], []
         try:
             async with asyncio.timeout(limit):
@@ -207,15 +182,16 @@ class Server:
             "other_cpu_share": measured["other_cpu_share"],
         }
 
-    async def measure(self, callers: list[Caller], count: int, out: tuple[list, list],
+    async def measure(self, callers: list[common.Caller], count: int, out: tuple[list, list],
                       period) -> dict:
         """The measured nudges, with this process's collector off (its pauses stay out)."""
-        groups = {"server": ProcessGroup(self.pid), "bench": ProcessGroup(os.getpid())}
+        groups = {"server": common.ProcessGroup(self.pid),
+                  "bench": common.ProcessGroup(os.getpid())}
         rng = random.Random(OPEN_LOOP_SEED)  # open loop: first nudges spread over a period
         gc.collect()
         gc.disable()
         try:
-            window = CpuWindow(groups)
+            window = common.CpuWindow(groups)
             begin = time.monotonic() + 0.01
             await asyncio.gather(*(
                 self.series(c, count, out, begin + rng.uniform(0, period or 0), period)
@@ -233,7 +209,7 @@ def analyse(samples: list[dict]) -> dict:
             continue
         end = s["start"]
         parts["http_in"].append(end - s["sent"])
-        for phase in PHASES:
+        for phase in common.PHASES:
             if phase in s:
                 parts[phase].append(s[phase])
                 end += s[phase]
@@ -255,7 +231,7 @@ def analyse(samples: list[dict]) -> dict:
 
 def plan(args) -> tuple[list[tuple[str, list[tuple]]], int, float]:
     """[(DJANGO_DEBUG, [(label, sessions, nudges each, period)])], warm-up nudges, limit."""
-    sequential, (n, each), warmup, limit = PLAN["quick" if args.quick else "full"]
+    sequential, (n, each), warmup, limit = common.by_mode(PLAN, args)
     if args.nudges:
         sequential, each = args.nudges, max(1, args.nudges // n)
     every = f"each every {OPEN_PERIOD * 1000:g} ms, {n / OPEN_PERIOD:g}/s in all"
@@ -280,9 +256,9 @@ async def run(bench: Bench, args) -> dict:
     which the split needs) and with DJANGO_DEBUG=false (production settings)."""
     runs, warmup, limit = plan(args)
     bench.prioritise(os.getpid())  # the simulator and the callers run in this process
-    config = SimulatorConfig(deltas_per_response=1, delta_interval=0.0, record_limit=64)
-    simulator = Simulator(config)
-    await simulator.start(HOST, 0)
+    config = common.SimulatorConfig(deltas_per_response=1, delta_interval=0.0, record_limit=64)
+    simulator = common.Simulator(config)
+    await simulator.start(common.HOST, 0)
     # The per-token rate limit is policy, not cost: out of the way (the limiter still runs).
     env = bench.env(OC_UPSTREAM_URL=simulator.url, OC_API_RATE="100000", OC_API_BURST="100000")
     result = {"warmup": warmup, "baselines": {}, "scenarios": [], "logs": {}}
@@ -305,7 +281,7 @@ async def http_floor(bench: Bench, env: dict) -> dict:
     handle, port = await bench.daphne("nudge-floor-http", "bench.floor_http:application", env)
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            server = Server(f"http://{HOST}:{port}", "", None, client, handle.pid)
+            server = Server(f"http://{common.HOST}:{port}", "", None, client, handle.pid)
             floor = await server.round_trips("GET", "/healthz", 200)
     finally:
         await bench.stop(handle)
@@ -317,33 +293,28 @@ async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, resu
     """One Daphne (DJANGO_DEBUG as `env` says): its baselines, then each scenario, measured
     again once when disturbed."""
     (warmup, limit), debug = limits, env["DJANGO_DEBUG"]
-    token = await bench.migrate_with_token("bench-nudge", env)
-    handle, port = await bench.daphne(f"nudge-relay-debug-{debug}", APP, env)
-    pool = httpx.Limits(max_connections=120, max_keepalive_connections=120)
-    try:
-        async with httpx.AsyncClient(limits=pool, timeout=10.0) as client:
-            server = Server(f"http://{HOST}:{port}", token, simulator, client, handle.pid)
-            base = result["baselines"][debug] = await server.baseline()
-            say(f"    DJANGO_DEBUG={debug}: GET /healthz p50 {fmt(base['healthz']['p50'], 2)} ms, "
-                f"p99 {fmt(base['healthz']['p99'], 2)} ms")
-            for label, sessions, each, period in scenarios:
-                for attempt in (1, 2):
-                    sc = await server.scenario(sessions, each, warmup, limit, period)
-                    share = sc["other_cpu_share"]
-                    if share <= NOISY_SHARE or attempt == 2:
-                        break
-                    say(f"    {label}: other processes used {100 * share:.0f}%: measuring again")
-                    await bench.quiet(10.0)
-                sc.update(label=label, debug=debug, attempt=attempt)
-                result["scenarios"].append(sc)
-                lat = sc["latency_ms"]
-                say(f"    {label}: {sc['nudges']} nudges, p50 {fmt(lat['p50'], 2)} ms, p99 "
-                    f"{fmt(lat['p99'], 2)} ms, {sc['failures']} failures, Daphne "
-                    f"{sc['server_cpu_ms']:.2f} CPU-ms/nudge")
-    finally:
-        await bench.stop(handle)
-        log = scan_log(handle.log_path, ignore=EXPECTED_LOG)
-        result["logs"][f"Daphne (DJANGO_DEBUG={debug})"] = log
+    log = f"Daphne (DJANGO_DEBUG={debug})"
+    async with (bench.app(f"nudge-relay-debug-{debug}", env, result["logs"], log, EXPECTED_LOG)
+                as (base, token, daphne), common.http_client(120, timeout=10.0) as client):
+        server = Server(base, token, simulator, client, daphne.pid)
+        baseline = result["baselines"][debug] = await server.baseline()
+        healthz = baseline["healthz"]
+        say(f"    DJANGO_DEBUG={debug}: GET /healthz p50 {fmt(healthz['p50'], 2)} ms, "
+            f"p99 {fmt(healthz['p99'], 2)} ms")
+        for label, sessions, each, period in scenarios:
+            for attempt in (1, 2):
+                sc = await server.scenario(sessions, each, warmup, limit, period)
+                share = sc["other_cpu_share"]
+                if share <= common.NOISY_SHARE or attempt == 2:
+                    break
+                say(f"    {label}: other processes used {100 * share:.0f}%: measuring again")
+                await bench.quiet(10.0)
+            sc.update(label=label, debug=debug, attempt=attempt)
+            result["scenarios"].append(sc)
+            lat = sc["latency_ms"]
+            say(f"    {label}: {sc['nudges']} nudges, p50 {fmt(lat['p50'], 2)} ms, p99 "
+                f"{fmt(lat['p99'], 2)} ms, {sc['failures']} failures, Daphne "
+                f"{sc['server_cpu_ms']:.2f} CPU-ms/nudge")
 
 
 # ---------------------------------------------------------------------------- report
@@ -378,13 +349,9 @@ meanwhile by everything else, % of the machine (a scenario is measured again onc
 """
 
 
-def render(result: dict | None) -> str:
-    return section("Nudge latency (REST hook → upstream)", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     scenarios = result["scenarios"]
-    about = ABOUT.format(warmup=result["warmup"], noisy=100 * NOISY_SHARE)
+    about = ABOUT.format(warmup=result["warmup"], noisy=100 * common.NOISY_SHARE)
     out = [about, baselines(result), scenario_table(result), notes(scenarios)]
     out += [split_table(sc) for sc in scenarios if sc["split_ms"]]
     return [*out, targets(scenarios), problems(result)]
@@ -468,13 +435,11 @@ def targets(scenarios: list[dict]) -> str:
                         f"Daphne CPU-ms/nudge (p50 {fmt(lat['p50'], 2)} ms, p99 "
                         f"{fmt(lat['p99'], 2)} ms)")
             rows.append(["throughput (no target)", sc["label"], measured, "–"])
-            continue
-        for q, limit in (("p50", P50_TARGET_MS), ("p99", P99_TARGET_MS)):
-            met = None if lat[q] is None else lat[q] <= limit
-            what = f"nudge {q} ≤ {limit:g} ms"
-            rows.append([what, sc["label"], f"{fmt(lat[q], 2)} ms", verdict(met)])
-    columns = ["target", "scenario", "measured", "verdict"]
-    return "Targets (one Daphne process with SQLite):\n\n" + table(columns, rows, left=3)
+        else:
+            what = "nudge {q} ≤ {limit:g} ms"
+            rows += common.quantile_rows(lat, common.NUDGE_TARGETS_MS, what, sc["label"])
+    title = "Targets (one Daphne process with SQLite):"
+    return common.targets_table(rows, title, ("scenario", "measured"))
 
 
 def problems(result: dict) -> str:
@@ -483,9 +448,8 @@ def problems(result: dict) -> str:
         if sc["failures"] or sc["caller_errors"]:
             lines.append(f"- {sc['label']}: {sc['failures']} failed nudge(s), "
                          f"{sc['caller_errors']} caller error(s); e.g. "
-                         + examples(sc["failure_samples"] + sc["caller_error_samples"]))
-        if sc["other_cpu_share"] > NOISY_SHARE:
-            lines.append(f"- {sc['label']}: disturbed: other processes used "
-                         f"{100 * sc['other_cpu_share']:.0f}% of the machine meanwhile "
-                         f"(attempt {sc['attempt']} of 2)")
-    return problems_text(lines + log_problems(result["logs"]))
+                         + common.examples(sc["failure_samples"] + sc["caller_error_samples"]))
+        if sc["other_cpu_share"] > common.NOISY_SHARE:
+            rest = f" meanwhile (attempt {sc['attempt']} of 2)"
+            lines.append(common.disturbed(sc["label"], sc["other_cpu_share"], rest))
+    return common.problems_text(lines, result["logs"])

@@ -4,36 +4,32 @@ against two floors measured in the same run, a websockets-only relay
 a py-spy profile of the relay.
 
 One simulator process (`SIM_DELTAS` deltas per response, `SIM_INTERVAL` apart) feeds every
-target. For each target and each C, a fresh target process is started, `bench/load.py`
-connects C callers in a process of its own and measures, and the target is stopped.
+target. For each target and each C, a fresh target process is started, the load generator
+(`python -m bench.relay`, `main` below) connects C callers in a process of its own and
+measures, and the target is stopped.
+
+The load generator's callers each connect, wait for `session.created`, then loop
+(`common.run_caller`): `conversation.item.create` + `response.create` → read to
+`response.done`. Phases: connect all callers → settle (target RSS sampled) → warm-up (not
+counted) → the measurement window (deltas, per-delta latency, CPU of the watched processes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import gc
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import (
-    BIN,
-    CORES,
-    NOISY_SHARE,
-    ROOT,
-    TARGETS,
-    Bench,
-    examples,
-    fmt,
-    say,
-    section,
-    table,
-    target_problems,
-    targets_table,
-    verdict,
-)
+from bench import common
+from bench.common import Bench, at_most, fmt, say, summary, table
 
+TITLE = "Relay against two floors"
 SIM_DELTAS = 20
 SIM_INTERVAL = 0.01
 CPU_RATIO_TARGET = 1.3  # relay CPU per delta ÷ the Channels floor's
@@ -56,17 +52,15 @@ class Setup:
 
 async def run(bench: Bench, args) -> dict:
     """Every target (or those of `--only`) at every C of `args.concurrency`, then the profile."""
-    keys = [k for k in TARGETS if not args.only or k in args.only]
-    sim, url = await bench.simulator(
-        "simulator", deltas=SIM_DELTAS, interval=SIM_INTERVAL, env=bench.env()
-    )
-    say(f"simulator at {url} (pid {sim.pid})")
+    keys = [k for k in common.TARGETS if not args.only or k in args.only]
+    sim, url = await bench.simulator("simulator", "--deltas", SIM_DELTAS,
+                                     "--interval", SIM_INTERVAL)
     env = bench.env(OC_UPSTREAM_URL=url, BENCH_UPSTREAM_URL=url)
     token = await bench.migrate_with_token("bench", env) if "relay" in keys else ""
     setup, runs, profile = Setup(env, token, sim.pid), [], None
     for key in keys:
         for c in args.concurrency:
-            say(f"{TARGETS[key]}, C={c}")
+            say(f"{common.TARGETS[key]}, C={c}")
             result = await measure(bench, args, setup, key, c)
             runs.append({**result, "target": key, "concurrency": c})
             await asyncio.sleep(1.0)
@@ -93,14 +87,54 @@ async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
 
 async def with_target(bench: Bench, args, setup: Setup, key: str, c: int, tag: str, *,
                       window=None, on_start=None) -> dict:
-    """A fresh target process, C callers of `bench/load.py` against it, the target stopped.
+    """A fresh target process, C callers (`main`) against it, the target stopped.
     `on_start(pid)` runs beside the measurement window."""
     window = window or args.window
     config = {"token": setup.token, "concurrency": c, "warmup": args.warmup, "window": window,
               "settle": args.settle, "watch": {"simulator": setup.sim_pid}}
     budget = 60 + args.settle + args.warmup + window + c / 10
-    return await bench.against_target(key, f"{key}-{tag}", setup.env, "load", config, budget,
+    return await bench.against_target(key, f"{key}-{tag}", setup.env, "relay", config, budget,
                                       on_start)
+
+
+async def main(args) -> dict:
+    """The load generator (`python -m bench.relay CONFIG`): C callers against the target."""
+    stats, groups, url = common.Stats(), common.load_groups(args), common.realtime_url(args.base)
+    # One session opened and closed first, so one-time costs (lazy imports, first client
+    # objects) are in the RSS baseline and not charged to the measured sessions.
+    with contextlib.suppress(Exception):
+        ws, _ = await common.open_caller(url, args.token)
+        await ws.close()
+    await asyncio.sleep(1.0)
+    rss_before = groups["target"].rss()
+    live = await common.connect_all(
+        args.concurrency, lambda _: common.open_caller(url, args.token), stats)
+    await asyncio.sleep(args.settle)
+    rss_idle, connect_errors = groups["target"].rss(), stats.errors
+    gc.collect()
+    gc.freeze()
+    tasks = [asyncio.create_task(common.run_caller(ws, i, stats)) for i, (ws, _) in enumerate(live)]
+    await asyncio.sleep(args.warmup)
+    measured = await common.measure_for(args.window, groups, stats)
+    stats.stop = True
+    await common.cancel_all(tasks)
+    await common.close_sockets(ws for ws, _ in live)
+    target_cpu, deltas = measured["cpu_s"]["target"], stats.deltas
+    return {
+        **measured,
+        "sessions": len(live),
+        "deltas": deltas,
+        "responses": stats.responses,
+        "deltas_per_s": deltas / measured["seconds"],
+        "latency_ms": summary(stats.latencies_ns, unit=1e-6),
+        "unstamped_deltas": stats.unstamped,
+        "errors": stats.errors,
+        "connect_errors": connect_errors,
+        "error_samples": stats.error_samples,
+        CPU_KEY: target_cpu / deltas * 1000 if target_cpu is not None and deltas else None,
+        "rss_per_session_bytes": None if rss_before is None or rss_idle is None else (
+            (rss_idle - rss_before) / len(live)),
+    }
 
 
 # ---------------------------------------------------------------------------- profile
@@ -117,7 +151,8 @@ async def run_profile(bench: Bench, args, setup: Setup, c: int) -> dict:
 
     async def record(pid: int) -> None:
         for mode, raw in raws.items():
-            if error := await py_spy_record(pid, args.profile_seconds, raw, gil=mode == "gil"):
+            if error := await py_spy_record(bench, pid, args.profile_seconds, raw,
+                                            gil=mode == "gil"):
                 errors.append(error)
                 return
 
@@ -135,29 +170,20 @@ async def run_profile(bench: Bench, args, setup: Setup, c: int) -> dict:
     return {"seconds": args.profile_seconds, "concurrency": c, "load": load, **profile}
 
 
-async def py_spy_record(pid: int, seconds: float, output: Path, *, gil: bool) -> str | None:
+async def py_spy_record(bench: Bench, pid: int, seconds: float, output: Path, *,
+                        gil: bool) -> str | None:
     """Sample the process with py-spy (all threads); None on success, else why it failed."""
-    exe = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+    exe = shutil.which("py-spy", path=str(common.BIN)) or shutil.which("py-spy")
     if exe is None:
         return "py-spy is not installed (.venv/bin/pip install py-spy)"
     output.unlink(missing_ok=True)  # noqa: ASYNC240 - local
-    argv = [
-        exe, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-        "--rate", str(PROFILE_RATE), "--format", "raw", "--threads", "--output", str(output),
-    ]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, *(["--gil"] if gil else []), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate",
+            str(PROFILE_RATE), "--format", "raw", "--threads", "--output", str(output)]
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return "py-spy timed out"
-    if proc.returncode != 0 or not output.exists():  # noqa: ASYNC240 - a local stat
-        return f"py-spy failed ({proc.returncode}): {out.decode(errors='replace')[-500:]}"
-    return None
+        await bench.run_command(argv + ["--gil"] * gil, dict(os.environ), seconds + 30)
+    except RuntimeError as exc:
+        return f"py-spy: {str(exc)[-500:]}"
+    return None if output.exists() else "py-spy wrote no profile"  # noqa: ASYNC240 - local
 
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -168,8 +194,8 @@ def where(path: str) -> str:
     if "site-packages/" in path:
         parts = path.split("site-packages/", 1)[1].split("/")
         return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
-    if path.startswith(f"{ROOT}/"):
-        return path[len(str(ROOT)) + 1 :]
+    if path.startswith(f"{common.ROOT}/"):
+        return path[len(str(common.ROOT)) + 1 :]
     match = re.search(r"/lib/python3\.\d+/(.+)$", path)
     return f"stdlib:{match.group(1).split('/')[0].removesuffix('.py')}" if match else path
 
@@ -240,126 +266,93 @@ in the window of the simulator, the load generator, and everything else on the m
 
 
 def ok(run: dict | None) -> bool:
-    return bool(run) and "failure" not in run and bool(run.get(CPU_KEY))
+    return common.ok_run(run, CPU_KEY)
 
 
-def cpu_ratio(a: dict | None, b: dict | None) -> float | None:
-    """Target CPU per delta of run `a` ÷ run `b`; None unless both measured it."""
-    return a[CPU_KEY] / b[CPU_KEY] if ok(a) and ok(b) else None
-
-
-def render(result: dict | None) -> str:
-    return section("Relay against two floors", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     runs = result["runs"]
-    by = {(r["target"], r["concurrency"]): r for r in runs}
-    cs = sorted({r["concurrency"] for r in runs})
-    out = [intro(result), ABOUT, COLUMNS.format(settle=result["settle"])]
-    for c in cs:
-        rows = [by[k, c] for k in TARGETS if (k, c) in by]
-        out += [f"### C = {c}\n", c_table(rows), ratios(by, c)]
-    out += [targets(by, cs), "### Errors, log lines, disturbed runs\n", problems(runs)]
+    by, cs, per = common.per_c(runs, common.TARGETS, c_table, ratios)
+    out = [intro(result), ABOUT, COLUMNS.format(settle=result["settle"]), *per]
+    clean = ("no caller saw an `error` event or a failed connect, and no target logged a "
+             "warning, error or traceback.")
+    out += [targets(by, cs), "### Errors, log lines, disturbed runs\n",
+            common.runs_problems(runs, common.TARGETS, problems, clean)]
     return out + render_profile(result["profile"])
-
-
 def intro(r: dict) -> str:
     return (
         f"- Upstream: `manage.py simulate_upstream`, {SIM_DELTAS} deltas per response, "
         f"{SIM_INTERVAL * 1000:.0f} ms apart, one process for the whole part.\n"
         "- Per target and C: a fresh target process; C callers in one load-generator process "
-        f"(`bench/load.py`); {r['warmup']:g} s warm-up (not counted), then a {r['window']:g} s "
-        "window. Each caller loops `conversation.item.create` + `response.create` → read to "
-        "`response.done`.\n"
-        f"- **Simulator, target and load generator share the same {CORES} cores.** When the "
+        f"(`python -m bench.relay`); {r['warmup']:g} s warm-up (not counted), then a "
+        f"{r['window']:g} s window. Each caller loops `conversation.item.create` + "
+        "`response.create` → read to `response.done`.\n"
+        f"- **Simulator, target and load generator share the same {common.CORES} cores.** When the "
         "machine is saturated (the `machine CPU` column), deltas/s shows the ceiling of the "
         "whole set-up and latency includes queueing in every process. The figures are as "
         "measured.\n"
         "- Before each measurement the run waits (≤ 30 s, ≤ 120 s in all) for the machine to "
         "be nearly idle, and measures once more when other processes took more than "
-        f"{100 * NOISY_SHARE:.0f}% of the machine in the window; what remains is listed under "
-        "*disturbed runs* below.\n"
+        f"{100 * common.NOISY_SHARE:.0f}% of the machine in the window; what remains is listed "
+        "under *disturbed runs* below.\n"
     )
 
 
 def c_table(runs: list[dict]) -> str:
-    rows = []
-    for r in runs:
-        label = TARGETS[r["target"]]
-        if "failure" in r:
-            rows.append([label, f"failed: {r['failure'][:80]}", *[""] * 9])
-            continue
-        cpu, rss = r["cpu_seconds"], r["rss_per_session_bytes"]
-        target_pct = cpu["target"] and 100 * cpu["target"] / r["window_seconds"]
-        rows.append([
-            label, r["sessions"], fmt(r["deltas_per_s"], 0), fmt(r["latency_ms"]["p50"], 2),
-            fmt(r["latency_ms"]["p99"], 2), fmt(r[CPU_KEY], 4), fmt(rss and rss / 1024),
-            r["errors"], fmt(target_pct, 0),
-            f"{fmt(cpu['simulator'])} / {fmt(cpu['load'])} / {fmt(r['other_cpu_s'])}",
-            fmt(r["machine_cpu_percent"], 0),
-        ])
+    def cells(r: dict) -> list:
+        cpu, rss = r["cpu_s"], r["rss_per_session_bytes"]
+        return [r["sessions"], fmt(r["deltas_per_s"], 0), fmt(r["latency_ms"]["p50"], 2),
+                fmt(r["latency_ms"]["p99"], 2), fmt(r[CPU_KEY], 4), fmt(rss and rss / 1024),
+                r["errors"], fmt(cpu["target"] and 100 * cpu["target"] / r["seconds"], 0),
+                f"{fmt(cpu['simulator'])} / {fmt(cpu['load'])} / {fmt(r['other_cpu_s'])}",
+                fmt(r["machine_cpu_percent"], 0)]
+
     columns = ["target", "sessions", "deltas/s", "p50 ms", "p99 ms", "CPU-s / 1k deltas",
                "RSS / session KiB", "errors", "target CPU %", "sim / load / other CPU-s",
                "machine CPU %"]
-    return table(columns, rows)
+    return common.runs_table(runs, common.TARGETS, columns, cells)
 
 
 def ratios(by: dict, c: int) -> str:
-    pairs = [
-        ("relay", "channels", "relay / Channels floor CPU per delta = **{:.2f}×**"),
-        ("relay", "websockets", "relay / websockets floor = {:.2f}×"),
-        ("channels", "websockets", "Channels floor / websockets floor = {:.2f}×"),
-    ]
-    found = [text.format(cpu_ratio(by.get((a, c)), by.get((b, c))))
-             for a, b, text in pairs if ok(by.get((a, c))) and ok(by.get((b, c)))]
-    return "; ".join(found) + ".\n" if found else ""
+    return common.ratios_text(by, c, CPU_KEY, [
+        ("relay", "channels", "relay / Channels floor CPU per delta = **{:.2f}×**", None),
+        ("relay", "websockets", "relay / websockets floor = {:.2f}×", None),
+        ("channels", "websockets", "Channels floor / websockets floor = {:.2f}×", None),
+    ])
 
 
 def targets(by: dict, cs: list[int]) -> str:
     rows = []
     for c in cs:
         relay, chan = by.get(("relay", c)), by.get(("channels", c))
-        if (r := cpu_ratio(relay, chan)) is not None:
+        if (r := common.run_ratio(relay, chan, CPU_KEY)) is not None:
             measured = f"{r:.2f}× ({relay[CPU_KEY]:.4f} vs {chan[CPU_KEY]:.4f} CPU-s/1k)"
             what = f"relay CPU per delta ≤ {CPU_RATIO_TARGET}× Channels floor"
-            rows.append([what, c, measured, verdict(r <= CPU_RATIO_TARGET)])
-    at = {k: by[k, P99_TARGET_C] for k in TARGETS if ok(by.get((k, P99_TARGET_C)))}
+            rows.append([what, c, measured, at_most(r, CPU_RATIO_TARGET)])
+    at = {k: by[k, P99_TARGET_C] for k in common.TARGETS if ok(by.get((k, P99_TARGET_C)))}
     p99 = {k: r["latency_ms"]["p99"] for k, r in at.items()}
-    floors = ", ".join(f"{TARGETS[k]} {p99[k]:.2f} ms" for k in ("websockets", "channels")
+    floors = ", ".join(f"{common.TARGETS[k]} {p99[k]:.2f} ms" for k in ("websockets", "channels")
                        if k in p99)
     relay_p99 = f"{p99['relay']:.2f} ms" if "relay" in p99 else "–"
     rows.append([f"relay p99 latency ≤ {P99_TARGET_MS:g} ms", P99_TARGET_C,
                  relay_p99 + (f" (floors: {floors})" if floors else ""),
-                 verdict(p99["relay"] <= P99_TARGET_MS if "relay" in p99 else None)])
+                 at_most(p99.get("relay"), P99_TARGET_MS)])
     for c in cs:
         if ok(relay := by.get(("relay", c))) and relay["rss_per_session_bytes"] is not None:
             kib = relay["rss_per_session_bytes"] / 1024
             rows.append([f"relay RSS per live session ≤ {RSS_TARGET_KIB:g} KiB", c,
-                         f"{kib:.1f} KiB", verdict(kib <= RSS_TARGET_KIB)])
+                         f"{kib:.1f} KiB", at_most(kib, RSS_TARGET_KIB)])
     return (
-        targets_table(rows, "### Targets", ("C", "measured"), left=1)
+        common.targets_table(rows, "### Targets", ("C", "measured"), left=1)
         + "\nRSS per session at C=10 rests on a difference of a few hundred KiB and is the "
         "noisiest; C=100 and C=300 are the telling ones.\n"
     )
 
 
-def problems(runs: list[dict]) -> str:
-    lines = []
-    for r in runs:
-        label = f"{TARGETS[r['target']]}, C={r['concurrency']}"
-        if "failure" in r:
-            lines.append(f"- {label}: run failed: `{r['failure']}`")
-            continue
-        if r["errors"] or r["unstamped_deltas"]:
-            lines.append(f"- {label}: {r['errors']} error(s) seen by callers, "
-                         f"{r['unstamped_deltas']} unstamped deltas; e.g. "
-                         + examples(r["error_samples"]))
-        lines += target_problems(label, r, f"attempt {r['attempt']} of 2")
-    return "\n".join(lines) + "\n" if lines else (
-        "None: no caller saw an `error` event or a failed connect, and no target logged a "
-        "warning, error or traceback.\n"
-    )
+def problems(label: str, r: dict) -> list[str]:
+    if not (r["errors"] or r["unstamped_deltas"]):
+        return []
+    return [f"- {label}: {r['errors']} error(s) seen by callers, {r['unstamped_deltas']} "
+            f"unstamped deltas; e.g. {common.examples(r['error_samples'])}"]
 
 
 def render_profile(profile: dict | None) -> list[str]:
@@ -401,3 +394,7 @@ def thread_table(g: dict, a: dict, possible: float) -> str:
              f"{100 * active.get(n, 0) / possible:.0f}"] for n in names]
     return ("Share of wall time per thread (100 % = the thread busy for the whole recording):\n\n"
             + table(["thread", "holding the GIL %", "not idle %"], rows))
+
+
+if __name__ == "__main__":
+    common.client_main(main)

@@ -31,27 +31,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bench.common import (
-    APP,
-    HOST,
-    Bench,
-    Caller,
-    CpuWindow,
-    ProcessGroup,
-    Simulator,
-    SimulatorConfig,
-    fmt,
-    log_problems,
-    problems_text,
-    realtime_url,
-    say,
-    scan_log,
-    section,
-    summary,
-    table,
-    verdict,
-)
+from bench import common
+from bench.common import Bench, at_most, fmt, say, summary, table
 
+TITLE = "Upstream rotation (a fresh upstream session per caller)"
 GAP_P99_TARGET_MS = 100.0
 CPU_RATIO_TARGET = 1.15
 TURN_TIMEOUT = 10.0  # s: a turn's response.done
@@ -68,7 +51,7 @@ class Turn:
 
 
 @dataclass(kw_only=True)
-class RotationCaller(Caller):
+class RotationCaller(common.Caller):
     """A caller that stamps its frames: the last one received, and the first of each turn."""
 
     last_at: float = 0.0
@@ -89,19 +72,15 @@ class RotationCaller(Caller):
         super().on_frame(kind, data)
 
     async def turn(self, index: int) -> None:
-        event_id = f"evt_rot_{index}_{len(self.turns) + 1}"
-        content = [{"type": "input_text", "text": f"Caller {index}, turn {len(self.turns) + 1}."}]
-        item = {"type": "message", "role": "user", "content": content}
-        self.turns.append(Turn(event_id))
+        n, expected = len(self.turns) + 1, self.dones + 1
+        self.turns.append(Turn(f"evt_rot_{index}_{n}"))
         self._before, self._sent_at = self.last_at, time.monotonic()
-        expected = self.dones + 1
-        await self.ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
-        await self.ws.send(json.dumps({"type": "response.create", "event_id": event_id}))
+        await self.send_turn(f"Caller {index}, turn {n}.", self.turns[-1].event_id)
         await self.wait_dones(expected, TURN_TIMEOUT)
 
 
 async def run(bench: Bench, args) -> dict:
-    callers, seconds = PLAN["quick" if args.quick else "full"]
+    callers, seconds = common.by_mode(PLAN, args)
     bench.prioritise(os.getpid())  # the simulator and the callers run in this process
     result: dict = {"callers": callers, "seconds": seconds, "runs": {}, "logs": {}}
     for label, rotate_after in (("rotating", seconds / 2), ("without rotation", 0.0)):
@@ -116,30 +95,28 @@ async def run(bench: Bench, args) -> dict:
 
 
 async def one_run(bench, label, callers, seconds, rotate_after, result) -> dict:
-    simulator = Simulator(
-        SimulatorConfig(deltas_per_response=10, delta_interval=0.1, record_limit=None)
+    simulator = common.Simulator(
+        common.SimulatorConfig(deltas_per_response=10, delta_interval=0.1, record_limit=None)
     )
-    await simulator.start(HOST, 0)
+    await simulator.start(common.HOST, 0)
     name = "rotation-" + ("on" if rotate_after else "off")
     env = bench.env(
         OC_UPSTREAM_URL=simulator.url,
         OC_ROTATE_AFTER=f"{rotate_after:g}",
         DATABASE_URL=f"sqlite:///{bench.workdir / f'{name}.sqlite3'}",
     )
-    token = await bench.migrate_with_token(name, env)
-    handle, port = await bench.daphne(name, APP, env)
     opened: list[RotationCaller] = []
     try:
-        cpu = CpuWindow({"daphne": ProcessGroup(handle.pid)})
-        base = f"http://{HOST}:{port}"
-        await converse(realtime_url(base), token, callers, seconds, opened)
-        window = cpu.end()
-        figures = await read_figures(opened, simulator, base, token)
+        async with bench.app(name, env, result["logs"], label) as (base, token, daphne):
+            cpu = common.CpuWindow({"daphne": common.ProcessGroup(daphne.pid)})
+            try:
+                await converse(common.realtime_url(base), token, callers, seconds, opened)
+                window = cpu.end()
+                figures = await read_figures(opened, simulator, base, token)
+            finally:
+                await asyncio.gather(*(caller.close() for caller in opened))
     finally:
-        await asyncio.gather(*(caller.close() for caller in opened))
-        await bench.stop(handle)
         await simulator.aclose()
-    result["logs"][label] = scan_log(handle.log_path)
     return {**figures, "cpu_s": window["cpu_s"]["daphne"], "window_s": window["seconds"],
             "other_cpu_share": window["other_cpu_share"]}
 
@@ -193,11 +170,7 @@ async def read_figures(opened, simulator, http_base: str, token: str) -> dict:
     }
 
 
-def render(result: dict | None) -> str:
-    return section("Upstream rotation (a fresh upstream session per caller)", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     runs = result["runs"]
     rows = []
     for label, r in runs.items():
@@ -216,14 +189,12 @@ def _body(result: dict) -> list[str]:
              f"over the first {START_SHARE:.0%} of the run; `OC_ROTATE_AFTER` half the run, so "
              "each caller rotates once. Gap: the caller's last frame before it sent a turn → the "
              "turn's first frame; the rotation gap is the turn that went to the new upstream.\n")
-    gap_ok = None if gap_p99 is None else gap_p99 <= GAP_P99_TARGET_MS
     targets = (
-        f"Targets: rotation gap p99 ≤ {GAP_P99_TARGET_MS:g} ms: {verdict(gap_ok)} "
-        f"({fmt(gap_p99)} ms); "
+        f"Targets: rotation gap p99 ≤ {GAP_P99_TARGET_MS:g} ms: "
+        f"{at_most(gap_p99, GAP_P99_TARGET_MS)} ({fmt(gap_p99)} ms); "
         f"relay CPU ≤ {CPU_RATIO_TARGET:g}× without rotation: "
-        f"{verdict(None if ratio is None else ratio <= CPU_RATIO_TARGET)} ({fmt(ratio, 3)}×); "
-        f"0 lost requests: {verdict(lost == 0)} ({lost}).\n"
+        f"{at_most(ratio, CPU_RATIO_TARGET)} ({fmt(ratio, 3)}×); "
+        f"0 lost requests: {at_most(lost, 0)} ({lost}).\n"
     )
-    samples = [s for r in runs.values() for s in r["error_samples"]]
-    return [about, table(columns, rows), targets,
-            problems_text(log_problems(result["logs"]) + samples)]
+    samples = [f"- `{s[:200]}`" for r in runs.values() for s in r["error_samples"]]
+    return [about, table(columns, rows), targets, common.problems_text(samples, result["logs"])]

@@ -31,24 +31,18 @@ from pathlib import Path
 import psutil
 
 from bench import attached, dashboard, events, fanout, nudge, relay, rotation, soak, voice
-from bench.common import CORES, ROOT, Bench, failure, say
+from bench.common import CORES, ROOT, TARGETS, Bench, failure, say, section
 
 RESULTS = ROOT / "bench" / "RESULTS.md"  # only a full, unfiltered run writes it by default
 
+# Each part: `TITLE`, `run(bench, args)` → its result, `body(result)` → its report paragraphs.
 PARTS = {"relay": relay, "voice": voice, "nudge": nudge, "fanout": fanout, "dashboard": dashboard,
          "events": events, "attached": attached, "rotation": rotation, "soak": soak}
-TITLES = {"voice": "full-duplex voice (relay, floors, listen-in)",
-          "nudge": "nudge latency (REST hook → upstream)", "fanout": "dashboard fan-out",
-          "dashboard": "dashboard at 1 000 live sessions",
-          "events": "event streams (SSE followers)",
-          "attached": "attached calls (sideband: nudge latency, 200 calls, RSS)",
-          "rotation": "upstream rotation (callers each moved once to a fresh upstream)",
-          "soak": "soak (two Daphne processes, Redis, PostgreSQL)"}
 
 
 def wanted(name: str, only: list[str]) -> bool:
     """Is the part asked for? The relay part runs for any of its targets."""
-    return not only or name in only or (name == "relay" and bool(set(only) & set(relay.TARGETS)))
+    return not only or name in only or (name == "relay" and bool(set(only) & set(TARGETS)))
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -62,9 +56,8 @@ async def main(args: argparse.Namespace) -> int:
     try:
         for name, part in PARTS.items():
             if wanted(name, args.only):
-                if name in TITLES:
-                    say(TITLES[name])
-                    await bench.quiet(10.0)
+                say(part.TITLE)
+                await bench.quiet(10.0)
                 results[name] = await run_part(part, bench, args)
     finally:
         await bench.stop_all()
@@ -127,7 +120,7 @@ def render(results: dict) -> str:
         f"Python {m['python']}.",
         f"- Packages: {m['versions']}.{nice}\n",
     ]
-    out += [part.render(results.get(name)) for name, part in PARTS.items()]
+    out += [section(part.TITLE, results.get(name), part.body) for name, part in PARTS.items()]
     out.append("Raw results: `results.json`, and process logs in `logs/`, in the run's output "
                "directory (`--out`, `bench/out/` by default).")
     return "\n".join(out) + "\n"
@@ -137,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: C=10, short windows, short parts")
-    add("--only", default="", help="comma-separated: " + ",".join({**relay.TARGETS, **PARTS}))
+    add("--only", default="", help="comma-separated: " + ",".join({**TARGETS, **PARTS}))
     add("--events-sessions", type=int, help="events part: streaming sessions (default 100)")
     add("--events-followers", type=int, help="events part: SSE followers (default 50)")
     add("--nudges", type=int, default=None, help="nudge part: sequential nudges (default 500)")
@@ -153,7 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--out", type=Path, default=ROOT / "bench" / "out", help="raw results and logs")
     add("--output", default=None, help="where to write the report")
     args = parser.parse_args(argv)
-    known = {*relay.TARGETS, *PARTS}
+    known = {*TARGETS, *PARTS}
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     if set(args.only) - known:
         parser.error(f"--only takes {', '.join(sorted(known))}")

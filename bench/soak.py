@@ -1,25 +1,11 @@
-"""The soak part: many live sessions on two Daphne processes sharing Redis and PostgreSQL.
-
-The scale-out set-up of DESIGN.md ("Several processes"): one `redis-server` and one
-PostgreSQL cluster (devtools/services.py), the database migrated with `manage.py migrate`; two
-Daphne processes, A and B, serving `operator_console.asgi:application` with the same
-environment (`DATABASE_URL=postgres://…`, `REDIS_URL`, `OC_PROCESSES=2`, DJANGO_DEBUG=false,
-the REST hook's rate limit raised out of the way). The upstream is the simulator on an event
-loop of its own in a thread of this process (`CountingSimulator`: it counts overlapping
-`response.create` and stamps each tagged one as it arrives).
-
-Sessions alternate between A and B. Each has a caller that keeps reading and, every
-`turn_every` s, sends a user message and a `response.create` (`metadata.bench_turn`); and a
-REST nudger that every `nudge_every` s posts to `POST /api/v1/sessions/{id}/responses` on the
-*other* process (stored there, pinged over Redis to the holder's actor). The two timers are
-independent, so the relay must queue, never send a second in-conversation create while one
-is active.
-
-Measured: each request's final state read back through the REST hook after a drain (lost =
-accepted but not terminal, or missing); overlapping creates at the simulator, and such errors
-seen by callers; cross-process nudge latency (the client starts writing the POST → the
-simulator receives the tagged create, CLOCK_MONOTONIC), split into *direct* nudges and those
-that waited behind a response of their session; RSS and CPU of every process every 5 s.
+"""The soak part: many live sessions on two Daphne processes sharing Redis and PostgreSQL,
+the scale-out set-up of DESIGN.md ("Several processes"), the database migrated with
+`manage.py migrate`. The set-up, the load and what is measured: `about` and the tables below
+(the report's text). The upstream is the simulator on an event loop of its own in a thread of
+this process (`CountingSimulator`: it counts overlapping `response.create` and stamps each
+tagged one as it arrives). A session's caller turns and its REST nudges (posted to the *other*
+process: stored there, pinged over Redis to the holder's actor) run on independent timers, so
+the relay must queue, never send a second in-conversation create while one is active.
 
 This process's garbage collector is off while the load runs (as `timeit` does): its full
 collections stopped the callers, the HTTP client and the simulator together for 55–138 ms
@@ -44,40 +30,11 @@ import httpx
 import psutil
 from websockets.exceptions import ConnectionClosed
 
-from bench.common import (
-    APP,
-    CORES,
-    DELTA,
-    DONE,
-    ERROR,
-    HOST,
-    NOISY_SHARE,
-    PHASES,
-    Bench,
-    Caller,
-    ProcessGroup,
-    SimulatorConfig,
-    SimulatorThread,
-    Tracer,
-    examples,
-    fmt,
-    in_batches,
-    lag_probe,
-    log_problems,
-    mean,
-    parse_server_timing,
-    problems_text,
-    realtime_url,
-    say,
-    scan_log,
-    section,
-    summary,
-    table,
-    verdict,
-    wait_live,
-)
+from bench import common
+from bench.common import Bench, fmt, say, summary, table, verdict
 from devtools.services import PostgresServer, RedisServer
 
+TITLE = "Soak: two processes, Redis, PostgreSQL"
 UPSTREAM_KEY = "sk-bench-soak-upstream"  # the simulator's key; never a real one
 TERMINAL = {"completed", "cancelled", "incomplete", "failed"}
 SAMPLE_EVERY = 5.0  # s between resource samples
@@ -138,7 +95,7 @@ class Nudge:
 
 
 @dataclass(eq=False)
-class SoakCaller(Caller):
+class SoakCaller(common.Caller):
     index: int = 0
     server: str = ""  # "A" or "B": the process holding the session
     turns: dict[str, Turn] = field(default_factory=dict)
@@ -148,15 +105,15 @@ class SoakCaller(Caller):
 
     def on_frame(self, kind: bytes | None, data: bytes) -> None:
         self.frames += 1
-        if kind == DELTA:
+        if kind == common.DELTA:
             self.deltas += 1
-        elif kind == DONE:
+        elif kind == common.DONE:
             self.dones += 1
             response = json.loads(data).get("response") or {}
             turn = self.turns.get((response.get("metadata") or {}).get("bench_turn"))
             if turn is not None:
                 turn.done_status = response.get("status")
-        elif kind == ERROR:
+        elif kind == common.ERROR:
             error = json.loads(data).get("error") or {}
             self.codes[error.get("code") or "?"] += 1
             if len(self.errors) < 3:
@@ -167,15 +124,8 @@ class SoakCaller(Caller):
 
     async def turn(self, n: int) -> None:
         key = f"{self.index}-{n}"
-        content = [{"type": "input_text", "text": f"Soak turn {key}."}]
-        message = {"type": "message", "role": "user", "content": content}
-        item = {"type": "conversation.item.create", "item": message}
-        metadata = {"bench_turn": key}
-        create = {"type": "response.create", "event_id": f"evt_soak_{key}",
-                  "response": {"metadata": metadata}}
         self.turns[key] = Turn(time.monotonic())
-        await self.ws.send(json.dumps(item))
-        await self.ws.send(json.dumps(create))
+        await self.send_turn(f"Soak turn {key}.", f"evt_soak_{key}", metadata={"bench_turn": key})
 
 
 # ---------------------------------------------------------------------------- the load
@@ -185,8 +135,8 @@ class SoakCaller(Caller):
 class Soak:
     plan: Plan
     token: str
-    sim: SimulatorThread
-    groups: dict[str, ProcessGroup]
+    sim: common.SimulatorThread
+    groups: dict[str, common.ProcessGroup]
     clients: dict[str, httpx.AsyncClient]  # "A"/"B" → a client with that process's base URL
     callers: list[SoakCaller] = field(default_factory=list)
     nudges: list[Nudge] = field(default_factory=list)
@@ -198,10 +148,6 @@ class Soak:
     run_started: float = 0.0
     wall: dict[str, str] = field(default_factory=dict)  # phase → local wall-clock time
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
     def mark(self, phase: str) -> None:
         self.phase = phase
@@ -215,12 +161,12 @@ class Soak:
         """A caller on A (even) or B (odd), once the *other* process's REST hook has its
         session `live`; a failure is counted."""
         name = "AB"[index % 2]
-        url = realtime_url(str(self.clients[name].base_url))
+        url = common.realtime_url(str(self.clients[name].base_url))
         caller = None
         try:
             caller = await SoakCaller.open(url, self.token, index=index, server=name)
             session = f"/api/v1/sessions/{caller.session_id}"
-            await wait_live(self.clients[other(name)], session, self.token, 30, 0.05)
+            await common.wait_live(self.clients[other(name)], session, self.token, 30, 0.05)
             self.callers.append(caller)
         except Exception as exc:  # noqa: BLE001 - counted and reported
             who = f"{name} {caller and caller.session_id}"
@@ -231,7 +177,7 @@ class Soak:
     async def connect_all(self) -> float:
         self.mark("connect")
         started = time.monotonic()
-        await in_batches(self.plan.sessions, self.open_session)
+        await common.in_batches(self.plan.sessions, self.open_session)
         self.callers.sort(key=lambda c: c.index)
         return time.monotonic() - started
 
@@ -260,21 +206,19 @@ class Soak:
             await self.pause(rng, low, high)
 
     async def post(self, nudge: Nudge) -> None:
-        tracer = Tracer()
         try:
-            response = await self.clients[nudge.via].post(
-                f"/api/v1/sessions/{nudge.session}/responses", json={"metadata": {"n": nudge.key}},
-                headers=self.auth, extensions={"trace": tracer},
+            response, nudge.sent, nudge.answered = await common.timed_request(
+                self.clients[nudge.via], "POST", f"/api/v1/sessions/{nudge.session}/responses",
+                json={"metadata": {"n": nudge.key}},
             )
             nudge.status = response.status_code
             if response.status_code == 202:
                 nudge.request_id = response.json()["id"]
-                nudge.timing = parse_server_timing(response.headers.get("server-timing", ""))
+                nudge.timing = common.parse_server_timing(response.headers.get("server-timing", ""))
             else:
                 nudge.refusal = f"HTTP {response.status_code} {response.text[:80]}"
         except Exception as exc:  # noqa: BLE001 - a failed POST is counted with its reason
             nudge.refusal = f"{type(exc).__name__}: {exc}"[:200]
-        nudge.sent, nudge.answered = tracer.sent, tracer.answered
 
     async def sampler(self) -> None:
         """RSS and CPU of every watched process every SAMPLE_EVERY s."""
@@ -291,7 +235,7 @@ class Soak:
                 "rss": {n: g.rss() for n, g in self.groups.items()},
                 "cpu_pct": pct,
                 "machine_pct": machine,
-                "other_pct": max(0.0, machine * CORES - sum(pct.values())),  # % of one core
+                "other_pct": max(0.0, machine * common.CORES - sum(pct.values())),  # % of one core
             })
             previous, prev_at = cpu, now
 
@@ -309,10 +253,7 @@ class Soak:
             self.stop.set()
             self.mark("drain")
             # Every loop ends after its current action (a POST in flight is answered first).
-            _, pending = await asyncio.wait(tasks, timeout=30)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await common.cancel_all((await asyncio.wait(tasks, timeout=30))[1])
 
     def settled(self) -> bool:
         """Every accepted nudge reached the upstream, every turn was answered, and no response
@@ -343,8 +284,7 @@ class Soak:
         async def fetch(caller: SoakCaller) -> None:
             try:
                 response = await self.clients[other(caller.server)].get(
-                    f"/api/v1/sessions/{caller.session_id}/responses",
-                    params={"limit": 1000}, headers=self.auth,
+                    f"/api/v1/sessions/{caller.session_id}/responses", params={"limit": 1000}
                 )
                 response.raise_for_status()
                 rows[caller.session_id] = {r["id"]: r for r in response.json()["items"]}
@@ -380,9 +320,8 @@ class Soak:
         await asyncio.gather(*(c.close() for c in self.callers))
         deadline, live = time.monotonic() + 15, -1
         while time.monotonic() < deadline:
-            response = await self.clients["A"].get(
-                "/api/v1/sessions", params={"status": "live", "limit": 1000}, headers=self.auth
-            )
+            live_now = {"status": "live", "limit": 1000}
+            response = await self.clients["A"].get("/api/v1/sessions", params=live_now)
             if response.status_code == 200 and (live := len(response.json()["items"])) == 0:
                 break
             await asyncio.sleep(0.5)
@@ -471,7 +410,7 @@ def latency(soak: Soak) -> tuple[dict, list[tuple[float, float, bool]]]:
         "latency_waited_ms": summary([lat for lat, _ in waited]),
         "latency_all_ms": summary([lat for lat, _ in direct + waited]),
         "post_rtt_ms": summary([n.answered - n.sent for n in accepted if n.answered is not None]),
-        "post_split_ms": {p: summary([t[p] for t in timed if p in t]) for p in PHASES},
+        "post_split_ms": {p: summary([t[p] for t in timed if p in t]) for p in common.PHASES},
         "tail": tail(direct),
     }, each
 
@@ -496,7 +435,7 @@ def tail(samples: list[tuple[float, Nudge]]) -> dict | None:
         "latency": ms([lat for lat, _ in slow]),
         "rtt": ms([n.answered - n.sent for _, n in answered]),
         "after_answer": ms([max(0.0, lat - (n.answered - n.sent)) for lat, n in answered]),
-        "phases": {name: phase(name) for name in PHASES},
+        "phases": {name: phase(name) for name in common.PHASES},
         "via": dict(collections.Counter(n.via for _, n in slow)),
     }
 
@@ -513,9 +452,9 @@ def timeline(soak: Soak, each: list[tuple[float, float, bool]]) -> list[dict]:
             "from": lo, "to": hi, "nudges": len(lats), "p50": summary(direct)["p50"],
             "p99": summary(direct)["p99"], "p99_all": summary([lat for lat, _ in lats])["p99"],
             "rss": window[-1]["rss"] if window else {},
-            "cpu_pct": {n: mean([s["cpu_pct"][n] for s in window]) for n in soak.groups},
-            "machine_pct": mean([s["machine_pct"] for s in window]),
-            "other_pct": mean([s["other_pct"] for s in window]),
+            "cpu_pct": {n: common.mean([s["cpu_pct"][n] for s in window]) for n in soak.groups},
+            "machine_pct": common.mean([s["machine_pct"] for s in window]),
+            "other_pct": common.mean([s["other_pct"] for s in window]),
         })
     return rows
 
@@ -574,16 +513,14 @@ def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
         "caller_active_errors": codes.get("conversation_already_has_active_response", 0),
         "closed_early": closed[:10],
         "closed_early_count": len(closed),
-        "frames": sum(c.frames for c in callers),
-        "deltas": sum(c.deltas for c in callers),
-        "dones": sum(c.dones for c in callers),
+        **common.totals(callers, "frames", "deltas", "dones"),
         "sim_loop_lag_ms": summary(soak.sim.lags),
         "bench_loop_lag_ms": summary(soak.loop_lags),
         "timeline": timeline(soak, each),
         "rss": rss_flatness(soak),
-        "cpu_pct_mean": {n: mean([s["cpu_pct"][n] for s in running]) for n in soak.groups},
-        "other_pct_mean": mean([s["other_pct"] for s in running]),
-        "machine_pct_mean": mean([s["machine_pct"] for s in running]),
+        "cpu_pct_mean": {n: common.mean([s["cpu_pct"][n] for s in running]) for n in soak.groups},
+        "other_pct_mean": common.mean([s["other_pct"] for s in running]),
+        "machine_pct_mean": common.mean([s["machine_pct"] for s in running]),
         "wall": soak.wall,
     }
 
@@ -636,7 +573,7 @@ async def run(bench: Bench, args) -> dict:
         async with asyncio.timeout(plan.budget):
             services = await asyncio.to_thread(start_services)
             say(f"    redis on :{services[0].port}, PostgreSQL on :{services[1].port}")
-            sim = await asyncio.to_thread(SimulatorThread, SimulatorConfig(
+            sim = await asyncio.to_thread(common.SimulatorThread, common.SimulatorConfig(
                 deltas_per_response=plan.deltas, delta_interval=plan.delta_interval,
                 required_api_key=UPSTREAM_KEY, record_limit=1,  # it counts as it goes
             ))
@@ -654,18 +591,19 @@ async def run(bench: Bench, args) -> dict:
             await asyncio.to_thread(sim.stop)
         for server in services or ():
             await asyncio.to_thread(server.stop)
-    result["logs"] = {h.name: scan_log(h.log_path, ignore=EXPECTED_LOG) for h in handles}
+    result["logs"] = {h.name: common.scan_log(h.log_path, ignore=EXPECTED_LOG) for h in handles}
     return result
 
 
-async def start_daphnes(bench: Bench, env: dict, handles: list) -> dict[str, httpx.AsyncClient]:
-    started = await asyncio.gather(*(bench.daphne(f"daphne-{name}", APP, env) for name in "AB"))
+async def start_daphnes(bench: Bench, env: dict, handles: list, token: str) -> dict:
+    """Daphne A and B; an HTTP client of each ("A"/"B")."""
+    started = await asyncio.gather(*(bench.daphne(f"daphne-{name}", common.APP, env)
+                                     for name in "AB"))
     handles += [handle for handle, _ in started]
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    return {
-        name: httpx.AsyncClient(base_url=f"http://{HOST}:{port}", limits=limits, timeout=15.0)
-        for name, (_, port) in zip("AB", started, strict=True)
-    }
+    auth = {"Authorization": f"Bearer {token}"}
+    return {name: common.http_client(64, base_url=f"http://{common.HOST}:{port}", headers=auth,
+                                     timeout=15.0)
+            for name, (_, port) in zip("AB", started, strict=True)}
 
 
 async def soak_run(bench: Bench, plan: Plan, services, sim, handles: list, result: dict) -> None:
@@ -676,12 +614,13 @@ async def soak_run(bench: Bench, plan: Plan, services, sim, handles: list, resul
         REDIS_URL=redis.url, OC_PROCESSES="2", OC_UPSTREAM_URL=sim.sim.url,
         OPENAI_API_KEY=UPSTREAM_KEY, OC_API_RATE="100000", OC_API_BURST="100000",
     )
-    clients = await start_daphnes(bench, env, handles)
-    groups = {name: ProcessGroup(h.pid) for name, h in zip(DAPHNES, handles, strict=True)}
-    groups.update(postgres=ProcessGroup(postmaster_pid(postgres), children=True),
-                  redis=ProcessGroup(redis.proc.pid), bench=ProcessGroup(os.getpid()))
+    clients = await start_daphnes(bench, env, handles, token)
+    groups = {name: common.ProcessGroup(h.pid) for name, h in zip(DAPHNES, handles, strict=True)}
+    groups.update(postgres=common.ProcessGroup(postmaster_pid(postgres), children=True),
+                  redis=common.ProcessGroup(redis.proc.pid), bench=common.ProcessGroup(os.getpid()))
     soak = Soak(plan, token, sim, groups, clients)
-    probes = [asyncio.create_task(soak.sampler()), asyncio.create_task(lag_probe(soak.loop_lags))]
+    probes = [asyncio.create_task(probe)
+              for probe in (soak.sampler(), common.lag_probe(soak.loop_lags))]
     try:
         connect_s = await soak.connect_all()
         say(f"    {len(soak.callers)}/{plan.sessions} sessions live in {connect_s:.1f} s "
@@ -690,9 +629,7 @@ async def soak_run(bench: Bench, plan: Plan, services, sim, handles: list, resul
         result.update(analyse(soak, result.pop("rows")), connect_s=connect_s)
         result["live_after_close"] = await soak.close_all()
     finally:
-        for task in probes:
-            task.cancel()
-        await asyncio.gather(*probes, return_exceptions=True)
+        await common.cancel_all(probes)
         await asyncio.gather(*(c.close() for c in soak.callers), return_exceptions=True)
         for client in clients.values():
             await client.aclose()
@@ -758,11 +695,7 @@ def counts(counter: dict) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in ordered) or "none"
 
 
-def render(result: dict | None) -> str:
-    return section("Soak: two processes, Redis, PostgreSQL", result, _body)
-
-
-def _body(r: dict) -> list[str]:
+def body(r: dict) -> list[str]:
     parts = (about, request_table, overlaps, latency_table, tail_text, measuring_side,
              timeline_table, rss_table, targets, problems)
     return [part(r) for part in parts]
@@ -899,7 +832,7 @@ def rss_table(r: dict) -> str:
                  "peak after warm-up", "growth after warm-up", "slope MiB/min"], rows, left=2)
         + f"\nMean CPU over the run, % of one core: {cpu}, everything else "
         f"{fmt(r['other_pct_mean'], 0)}; machine {fmt(r['machine_pct_mean'], 0)}% of its "
-        f"{CORES} cores.\n"
+        f"{common.CORES} cores.\n"
     )
 
 
@@ -931,16 +864,16 @@ def problems(r: dict) -> str:
     lines = [f"- {what}: " + "; ".join(f"`{json.dumps(item)}`" for item in r[key][:5])
              for what, key in found if r[key]]
     if r["caller_error_samples"]:
-        lines.append(f"- caller errors: {examples(r['caller_error_samples'], 5)}")
+        lines.append(f"- caller errors: {common.examples(r['caller_error_samples'], 5)}")
     others = r["closed_early"][:5] + r["connect_failures"][:5] + r["read_errors"]
     lines += [f"- `{item[:200]}`" for item in others]
     lines += [f"- {name} exited with {rc} during the soak" for name, rc in
               r["exited_early"].items()]
-    lines += log_problems(r["logs"])
+    lines += common.log_problems(r["logs"])
     other_pct = r["other_pct_mean"]
-    if other_pct is not None and other_pct > 100 * CORES * NOISY_SHARE:
+    if other_pct is not None and other_pct > 100 * common.CORES * common.NOISY_SHARE:
         lines.append(f"- disturbed: other processes used {other_pct:.0f}% of a core on average")
     if "failure" in r:
         lines.append(f"- failure: `{r['failure'][:500]}`")
     wall = ", ".join(f"{k} {v}" for k, v in r["wall"].items())
-    return f"Phases, local time (for the log lines): {wall}.\n\n" + problems_text(lines)
+    return f"Phases, local time (for the log lines): {wall}.\n\n" + common.problems_text(lines)

@@ -4,32 +4,37 @@ relay again with operators listening to one session and every session recorded.
 
 One simulator process (`simulate_upstream --reply-audio-ms REPLY_MS --audio-stamp`, replies
 paced in real time) feeds every target. For each C and target a fresh target process is
-started, `bench/voice_load.py` runs C callers (and the listeners) in a process of its own,
+started, the load generator runs C callers (and the listeners) in a process of its own,
 and the target is stopped. The listening run's relay has `OC_RECORD_AUDIO=true`; recordings
 go to the run's private directory (`bench/voice_settings.py`).
+
+The load generator (`python -m bench.voice`, `main` below): phases connect → listeners join
+(`listen.started`) → warm-up → window (CPU of the target, simulator and this process; audio
+bytes; latencies) → drain (microphones stop, last replies end) → the simulator's byte counts
+(`GET {sim}/_stats`) are compared with what the callers sent and received. How the callers
+talk and what the stamps are: HOW below (the report's text).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import base64
+import contextlib
+import gc
+import json
+import math
+import time
+from array import array
+from dataclasses import dataclass, field
 
-from bench.common import (
-    CORES,
-    HOST,
-    PY,
-    TARGETS,
-    Bench,
-    examples,
-    fmt,
-    say,
-    section,
-    table,
-    target_problems,
-    targets_table,
-    verdict,
-)
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from bench import common
+from bench.common import Bench, at_most, emit, fmt, say, summary, table
+
+TITLE = "Full-duplex voice"
 CONCURRENCY = [50, 100]  # a full run's; `-c` other than the run's default, or --quick, decides
 RUN_DEFAULT_C = [10, 100, 300]  # bench/run.py's default: the relay part's, not this part's
 LISTENERS = 10
@@ -41,7 +46,7 @@ LISTEN_CPU_TARGET = 1.25  # relay CPU per MB listened to and recorded ÷ the sam
 LISTEN_P95_TARGET_MS = 150.0
 CPU_KEY = "target_cpu_s_per_mb"
 
-LABELS = {**TARGETS, "listen": f"relay, {LISTENERS} listening, recording on"}
+LABELS = {**common.TARGETS, "listen": f"relay, {LISTENERS} listening, recording on"}
 LOGIN = """
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -75,7 +80,8 @@ async def run(bench: Bench, args) -> dict:
     cs = concurrency(args)
     warmup, window = (max(args.warmup, 2.0), max(args.window, 4.0)) if args.quick else (
         args.warmup, args.window)
-    sim, url = await start_simulator(bench)
+    sim, url = await bench.simulator("voice-simulator", "--audio-pace", 1, "--reply-audio-ms",
+                                     REPLY_MS, "--audio-stamp", "--speech", "tone")
     try:
         env = bench.env(
             OC_UPSTREAM_URL=url, BENCH_UPSTREAM_URL=url, OC_RECORD_AUDIO="false",
@@ -83,7 +89,7 @@ async def run(bench: Bench, args) -> dict:
             BENCH_MEDIA_ROOT=str(bench.workdir / "media"),
         )
         token = await bench.migrate_with_token("bench-voice", env)
-        out = await bench.run_command([PY, "manage.py", "shell", "-c", LOGIN], env)
+        out = await bench.run_command([common.PY, "manage.py", "shell", "-c", LOGIN], env)
         cookie = out.strip().splitlines()[-1]
         setup = Setup(env, token, cookie, sim.pid, url, warmup, window)
         runs = []
@@ -99,17 +105,6 @@ async def run(bench: Bench, args) -> dict:
         await bench.stop(sim)
     return {"runs": runs, "warmup": warmup, "window": window, "turn_s": TURN_S,
             "reply_ms": REPLY_MS, "listeners": LISTENERS}
-
-
-async def start_simulator(bench: Bench):
-    handle, port = await bench.listening("voice-simulator", lambda port: [
-        PY, "manage.py", "simulate_upstream", "--host", HOST, "--port", str(port),
-        "--audio-pace", "1", "--reply-audio-ms", str(REPLY_MS), "--audio-stamp",
-        "--speech", "tone",
-    ], bench.env())
-    url = f"ws://{HOST}:{port}/v1"
-    say(f"voice simulator at {url} (pid {handle.pid})")
-    return handle, url
 
 
 async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
@@ -139,7 +134,393 @@ async def with_target(bench: Bench, setup: Setup, key: str, c: int) -> dict:
         "listeners": LISTENERS if key == "listen" else 0, "cookie": setup.cookie,
     }
     budget = 150 + setup.warmup + setup.window + c / 5
-    return await bench.against_target(key, f"voice-{key}-c{c}", env, "voice_load", config, budget)
+    return await bench.against_target(key, f"voice-{key}-c{c}", env, "voice", config, budget)
+
+
+# ---------------------------------------------------------------------------- the load generator
+
+RATE = 24_000
+FRAME_MS = 40
+FRAME_S = FRAME_MS / 1000
+FRAME_BYTES = RATE * 2 * FRAME_MS // 1000  # PCM16 mono: 1920
+STAMP_BYTES = 8
+MIN_COMMIT_FRAMES = 3  # the service refuses a commit of less than 100 ms
+AUDIO_DELTA = b"response.output_audio.delta"
+DELTA_KEY = b'"delta":"'
+PLAUSIBLE_NS = 60 * 10**9  # a stamp further than this from now is not a stamp
+MAX_SAMPLES = 400_000  # latency samples kept per kind (bounded memory)
+LISTEN_ATTEMPTS = 25
+CONNECT_TIMEOUT = 30.0
+DRAIN_S = 10.0  # at most this long for the last replies, and again for the bytes to land
+
+
+def _tone() -> bytes:
+    """One microphone frame: a quiet 300 Hz tone (its first 8 bytes become the stamp)."""
+    w = 2 * math.pi * 300 / RATE
+    n = FRAME_BYTES // 2
+    return array("h", (int(3000 * math.sin(w * i)) for i in range(n))).tobytes()
+
+
+# base64 works in 3-byte groups: the stamp (8 bytes) and one byte of the tone are 12 characters
+# of their own, and the rest of the frame is encoded once.
+_TONE = _tone()
+_HEAD = STAMP_BYTES + 1
+_REST_B64 = base64.b64encode(_TONE[_HEAD:]).decode("ascii")
+_APPEND_A = '{"type":"input_audio_buffer.append","event_id":"'
+_APPEND_B = '","audio":"'
+
+
+def append_frame(seq: int, ns: int, measuring: bool) -> str:
+    head = base64.b64encode(ns.to_bytes(STAMP_BYTES, "little") + _TONE[STAMP_BYTES:_HEAD])
+    event_id = f"event_{seq}_{ns}" if measuring else f"mic_{seq}_{ns}"
+    return _APPEND_A + event_id + _APPEND_B + head.decode("ascii") + _REST_B64 + '"}'
+
+
+def delta_audio(frame: bytes) -> tuple[int, int | None]:
+    """An output audio delta frame → (decoded bytes of its audio, the stamp in its first 8
+    bytes or None). Read from the bytes: the frame is not parsed."""
+    start = frame.rfind(DELTA_KEY)
+    end = frame.rfind(b'"')
+    if start < 0 or end <= start:
+        return 0, None
+    start += len(DELTA_KEY)
+    length = end - start
+    padding = (frame[end - 1] == 61) + (frame[end - 2] == 61) if length >= 2 else 0
+    size = length * 3 // 4 - padding
+    stamp = None
+    if length >= 12:
+        with contextlib.suppress(ValueError):
+            head = base64.b64decode(frame[start : start + 12])
+            stamp = int.from_bytes(head[:STAMP_BYTES], "little")
+    return size, stamp
+
+
+@dataclass(kw_only=True)
+class Plan(common.Stats):
+    """What every caller and listener shares: the phase, the window, and the figures kept
+    (`latencies_ns`: down latency)."""
+
+    turn_frames: int
+    max_frames: int
+
+
+SESSION_UPDATE = json.dumps({
+    "type": "session.update",
+    "event_id": "evt_voice_session",
+    "session": {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": None},
+            "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": "alloy"},
+        },
+    },
+}, separators=(",", ":"))
+COMMIT = '{"type":"input_audio_buffer.commit"}'
+CREATE = '{"type":"response.create"}'
+
+
+@dataclass(eq=False)
+class VoiceCaller:
+    ws: object
+    session_id: str
+    index: int
+    plan: Plan
+    tracked: bool = False  # the listened session: keep the stamps it sent and received
+    sent_bytes: int = 0  # audio appended, whole run
+    received_bytes: int = 0  # audio received, whole run
+    window_sent: int = 0
+    window_received: int = 0
+    appends: int = 0  # in the window
+    deltas: int = 0
+    responses: int = 0
+    turns: int = 0
+    skipped_turns: int = 0  # the last reply was not over when the next turn was due
+    replying: bool = False
+    reply_over: asyncio.Event = field(default_factory=asyncio.Event)
+    mic_stamps: set[int] = field(default_factory=set)
+    agent_stamps: set[int] = field(default_factory=set)
+    closed: str | None = None
+
+    async def configure(self, timeout: float) -> None:
+        await self.ws.send(SESSION_UPDATE)
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.ws.recv(decode=False)
+                match = common.TYPE_RE.search(frame)
+                if match and match.group(1) == b"session.updated":
+                    return
+                if match and match.group(1) == common.ERROR:
+                    raise RuntimeError(f"session.update refused: {frame[:300]!r}")
+
+    async def read(self) -> None:
+        plan = self.plan
+        try:
+            while True:
+                frame = await self.ws.recv(decode=False)
+                now = time.time_ns()
+                match = common.TYPE_RE.search(frame)
+                kind = match.group(1) if match else None
+                if kind == AUDIO_DELTA:
+                    size, stamp = delta_audio(frame)
+                    self.received_bytes += size
+                    if plan.measuring:
+                        self.window_received += size
+                        self.deltas += 1
+                        sent = common.STAMP_RE.search(frame)
+                        if sent is None:
+                            plan.unstamped += 1
+                        elif len(plan.latencies_ns) < MAX_SAMPLES:
+                            plan.latencies_ns.append(now - int(sent.group(1)))
+                        if self.tracked and stamp is not None:
+                            self.agent_stamps.add(stamp)
+                elif kind == common.DONE:
+                    if plan.measuring:
+                        self.responses += 1
+                    self.replying = False
+                    self.reply_over.set()
+                elif kind == common.ERROR:
+                    plan.error(f"caller {self.index}: {frame[:300].decode(errors='replace')}")
+        except ConnectionClosed as exc:
+            if not plan.stop:
+                self.closed = f"closed by target: {exc}"
+                plan.error(f"caller {self.index} {self.closed}")
+        finally:
+            self.reply_over.set()
+
+    async def microphone(self, t0: float, offset: int) -> None:
+        """FRAME_MS of audio every FRAME_MS from loop time `t0`; a turn every `turn_frames`
+        frames (this caller's turns `offset` frames into the cycle)."""
+        plan, loop = self.plan, asyncio.get_running_loop()
+        seq = 0
+        try:
+            while not plan.stop and seq < plan.max_frames:
+                delay = t0 + seq * FRAME_S - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    if plan.stop:
+                        break
+                ns, measuring = time.time_ns(), plan.measuring
+                await self.ws.send(append_frame(seq, ns, measuring))
+                self.sent_bytes += FRAME_BYTES
+                if measuring:
+                    self.window_sent += FRAME_BYTES
+                    self.appends += 1
+                    if self.tracked:
+                        self.mic_stamps.add(ns)
+                seq += 1
+                if seq >= MIN_COMMIT_FRAMES and seq % plan.turn_frames == offset:
+                    await self.turn()
+        except ConnectionClosed:
+            pass  # the reader says why
+
+    async def turn(self) -> None:
+        if self.replying:
+            self.skipped_turns += 1
+            return
+        self.replying = True
+        self.reply_over.clear()
+        self.turns += 1
+        await self.ws.send(COMMIT)
+        await self.ws.send(CREATE)
+
+
+@dataclass(eq=False)
+class Listener:
+    """An operator's listen socket: binary frames, byte 0 the side, then PCM16 whose first
+    8 bytes are the stamp of whoever sent that audio."""
+
+    ws: object
+    plan: Plan
+    stamps: tuple[set[int], set[int]] = field(default_factory=lambda: (set(), set()))
+    latency_ns: tuple[array, array] = field(default_factory=lambda: (array("q"), array("q")))
+    frames: int = 0
+    other: int = 0  # frames whose first bytes were not a stamp
+    ended: str | None = None
+    reader: asyncio.Task | None = None
+
+    async def read(self) -> None:
+        plan = self.plan
+        try:
+            while True:
+                data = await self.ws.recv()
+                now = time.time_ns()
+                if isinstance(data, str):
+                    if json.loads(data).get("type") != "listen.ended":
+                        plan.error(f"listener: {data[:300]}")
+                    continue
+                self.frames += 1
+                side = data[0]
+                stamp = int.from_bytes(data[1 : 1 + STAMP_BYTES], "little")
+                if side not in (0, 1) or abs(now - stamp) > PLAUSIBLE_NS:
+                    self.other += 1
+                    continue
+                self.stamps[side].add(stamp)
+                in_window = 0 < plan.window_start_ns <= stamp <= (plan.window_end_ns or now)
+                if in_window and len(self.latency_ns[side]) < MAX_SAMPLES:
+                    self.latency_ns[side].append(now - stamp)
+        except ConnectionClosed as exc:
+            if not plan.stop:
+                self.ended = f"closed: {exc}"
+                plan.error(f"listener {self.ended}")
+
+
+# ---------------------------------------------------------------------------- phases
+
+
+async def open_callers(args, plan: Plan) -> list[VoiceCaller]:
+    url = common.realtime_url(args.base)
+
+    async def one(index: int) -> VoiceCaller:
+        ws, session_id = await common.open_caller(url, args.token, CONNECT_TIMEOUT)
+        caller = VoiceCaller(ws, session_id, index, plan)
+        await caller.configure(CONNECT_TIMEOUT)
+        return caller
+
+    return await common.connect_all(args.concurrency, one, plan)
+
+
+async def open_listeners(args, plan: Plan, session_id: str) -> list[Listener]:
+    """`listeners` listen sockets on the session, each once `listen.started` came. The
+    session's row turns live a moment after `session.created`; until then the socket says
+    the session is not live (4404) and is opened again (≤ LISTEN_ATTEMPTS times)."""
+    url = args.base.replace("http", "ws", 1) + f"/ws/console/sessions/{session_id}/audio"
+    headers = {"Cookie": args.cookie, "Origin": args.base}
+
+    async def one() -> Listener:
+        refusal = ""
+        for _ in range(LISTEN_ATTEMPTS):
+            ws = await connect(url, additional_headers=headers, max_size=None, compression=None,
+                               open_timeout=CONNECT_TIMEOUT, close_timeout=2,
+                               ping_interval=None)
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    first = await ws.recv()
+                if isinstance(first, str) and json.loads(first).get("type") == "listen.started":
+                    listener = Listener(ws, plan)
+                    listener.reader = asyncio.create_task(listener.read())
+                    return listener
+                refusal = str(first)[:300]
+            await ws.close()
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"listening refused {LISTEN_ATTEMPTS} times: {refusal}")
+
+    return [await one() for _ in range(args.listeners)]
+
+
+async def simulator_counts(args, session_ids: list[str]) -> dict[str, dict]:
+    counts: dict[str, dict] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for start in range(0, len(session_ids), 40):
+            batch = session_ids[start : start + 40]
+            url = args.sim_stats.replace("ws", "http", 1)
+            reply = await client.get(url, params=[("session", i) for i in batch])
+            reply.raise_for_status()
+            counts.update(reply.json()["sessions"])
+    return counts
+
+
+async def settle_counts(args, callers: list[VoiceCaller]) -> dict[str, dict]:
+    """The simulator's counts once what the callers sent has arrived (or DRAIN_S passed):
+    appends still queued in the target are in flight, not lost."""
+    deadline = time.monotonic() + DRAIN_S
+    while True:
+        counts = await simulator_counts(args, [c.session_id for c in callers])
+        arrived = all(counts.get(c.session_id, {}).get("audio_in_bytes") == c.sent_bytes
+                      for c in callers)
+        if arrived or time.monotonic() >= deadline:
+            return counts
+        await asyncio.sleep(0.25)
+
+
+async def main(args) -> dict:
+    """The load generator (`python -m bench.voice CONFIG`): C voice callers, the listeners."""
+    plan = Plan(turn_frames=max(3, round(args.turn / FRAME_S)),
+                max_frames=int((args.warmup + args.window + 5) / FRAME_S))
+    callers = await open_callers(args, plan)
+    readers = [asyncio.create_task(c.read()) for c in callers]
+    listeners: list[Listener] = []
+    if args.listeners:
+        callers[0].tracked = True
+        listeners = await open_listeners(args, plan, callers[0].session_id)
+        emit(event="listening", listeners=len(listeners), session=callers[0].session_id)
+    gc.collect()
+    gc.freeze()
+    t0, spread = asyncio.get_running_loop().time() + 0.1, len(callers)
+    mics = [
+        asyncio.create_task(c.microphone(t0 + FRAME_S * i / spread, plan.turn_frames * i // spread))
+        for i, c in enumerate(callers)
+    ]
+    await asyncio.sleep(args.warmup)
+    measured = await common.measure_for(args.window, common.load_groups(args), plan)
+    plan.stop = True
+    await asyncio.gather(*mics, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):  # the last replies end
+        async with asyncio.timeout(DRAIN_S):
+            await asyncio.gather(*(c.reply_over.wait() for c in callers if c.replying))
+    counts = await settle_counts(args, callers)
+    await asyncio.sleep(0.5)  # the listeners' last frames
+    await common.cancel_all(readers + [listener.reader for listener in listeners])
+    await common.close_sockets([c.ws for c in callers] + [lis.ws for lis in listeners])
+    return result(plan, callers, listeners, measured, counts)
+
+
+def listen_result(listeners: list[Listener], tracked: VoiceCaller | None) -> dict | None:
+    if not listeners or tracked is None:
+        return None
+    expected = (tracked.mic_stamps, tracked.agent_stamps)
+    sides = {}
+    for side, name in ((0, "caller"), (1, "agent")):
+        latencies = [v for lis in listeners for v in lis.latency_ns[side]]
+        sides[name] = {
+            **summary(latencies, unit=1e-6, quantiles=(0.5, 0.9, 0.95, 0.99)),
+            "expected_frames": len(expected[side]),
+            "missing_frames": sum(len(expected[side] - lis.stamps[side]) for lis in listeners),
+        }
+    return {
+        "listeners": len(listeners),
+        "frames": sum(lis.frames for lis in listeners),
+        "unstamped_frames": sum(lis.other for lis in listeners),
+        "ended_early": [lis.ended for lis in listeners if lis.ended],
+        **sides,
+    }
+
+
+def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], measured: dict,
+           counts: dict[str, dict]) -> dict:
+    seconds, target_cpu = measured["seconds"], measured["cpu_s"]["target"]
+    up, down, sent, received = common.totals(
+        callers, "window_sent", "window_received", "sent_bytes", "received_bytes").values()
+    mb = (up + down) / 1e6
+    at_sim = [counts.get(c.session_id, {}) for c in callers]
+    sim_in, sim_out = (sum(n.get(f"audio_{k}_bytes", 0) for n in at_sim) for k in ("in", "out"))
+    up_latency = [v for n in counts.values() for v in n["append_latency_ns"]]
+    tracked = next((c for c in callers if c.tracked), None)
+    return {
+        **measured,
+        **common.totals(callers, "appends", "deltas", "responses", "turns", "skipped_turns"),
+        "sessions": len(callers),
+        "audio_up_bytes": up,
+        "audio_down_bytes": down,
+        "audio_mb_per_s": mb / seconds if seconds else None,
+        "target_cpu_s_per_mb": target_cpu / mb if target_cpu is not None and mb else None,
+        "latency_up_ms": summary(up_latency, unit=1e-6),
+        "latency_down_ms": summary(plan.latencies_ns, unit=1e-6),
+        "unstamped_deltas": plan.unstamped,
+        "bytes": {
+            "callers_sent": sent,
+            "upstream_received": sim_in,
+            "upstream_sent": sim_out,
+            "callers_received": received,
+            "lost_up": sent - sim_in,
+            "lost_down": sim_out - received,
+            "sessions_unknown_to_upstream": sum(c.session_id not in counts for c in callers),
+        },
+        "listen": listen_result(listeners, tracked),
+        "errors": plan.errors,
+        "error_samples": plan.error_samples,
+        "closed_callers": sum(1 for c in callers if c.closed),
+    }
 
 
 # ---------------------------------------------------------------------------- report
@@ -179,85 +560,58 @@ are spread evenly over a frame and a turn.
 
 
 def ok(run: dict | None) -> bool:
-    return bool(run) and "failure" not in run and bool(run.get(CPU_KEY))
-
-
-def ratio(a: dict | None, b: dict | None, get) -> float | None:
-    if not (ok(a) and ok(b)):
-        return None
-    x, y = get(a), get(b)
-    return x / y if x is not None and y else None
-
-
-def cpu(run: dict) -> float | None:
-    return run[CPU_KEY]
+    return common.ok_run(run, CPU_KEY)
 
 
 def p99(direction: str):
     return lambda run: run[f"latency_{direction}_ms"]["p99"]
 
 
-def render(result: dict | None) -> str:
-    return section("Full-duplex voice", result, _body)
-
-
-def _body(result: dict) -> list[str]:
+def body(result: dict) -> list[str]:
     runs = result["runs"]
-    by = {(r["target"], r["concurrency"]): r for r in runs}
-    cs = sorted({r["concurrency"] for r in runs})
-    out = [
+    by, cs, per = common.per_c(runs, LABELS, c_table, ratios)
+    clean = ("no caller or listener saw an `error` event or a failed connect, and no target "
+             "logged a warning, error or traceback.")
+    return [
         f"- Upstream: `manage.py simulate_upstream --reply-audio-ms {result['reply_ms']} "
         "--audio-stamp`, one process for the whole part.\n"
         "- Per target and C: a fresh target process; C callers in one load-generator process "
-        f"(`bench/voice_load.py`); {result['warmup']:g} s warm-up, then a {result['window']:g} s "
-        "window.\n",
-        HOW.format(frame=40, turn=result["turn_s"], reply=result["reply_ms"],
-                   listeners=result["listeners"], cores=CORES),
+        f"(`python -m bench.voice`); {result['warmup']:g} s warm-up, then a "
+        f"{result['window']:g} s window.\n",
+        HOW.format(frame=FRAME_MS, turn=result["turn_s"], reply=result["reply_ms"],
+                   listeners=result["listeners"], cores=common.CORES),
+        *per, listen_section(by, cs), targets(by, cs), "### Errors, log lines, disturbed runs\n",
+        common.runs_problems(runs, LABELS, problems, clean),
     ]
-    for c in cs:
-        rows = [by[k, c] for k in LABELS if (k, c) in by]
-        out += [f"### C = {c}\n", c_table(rows), ratios(by, c)]
-    out += [listen_section(by, cs), targets(by, cs), "### Errors, log lines, disturbed runs\n",
-            problems(runs)]
-    return out
 
 
 def c_table(runs: list[dict]) -> str:
-    rows = []
-    for r in runs:
-        label = LABELS[r["target"]]
-        if "failure" in r:
-            rows.append([label, f"failed: {r['failure'].splitlines()[0][:80]}", *[""] * 11])
-            continue
-        cpu_s, b = r["cpu_seconds"], r["bytes"]
+    def cells(r: dict) -> list:
+        cpu_s, b = r["cpu_s"], r["bytes"]
         up, down = r["latency_up_ms"], r["latency_down_ms"]
-        rows.append([
-            label, r["sessions"], fmt(r["audio_mb_per_s"], 2), fmt(r[CPU_KEY], 3),
-            fmt(cpu_s["target"] and 100 * cpu_s["target"] / r["window_seconds"], 0),
+        return [
+            r["sessions"], fmt(r["audio_mb_per_s"], 2), fmt(r[CPU_KEY], 3),
+            fmt(cpu_s["target"] and 100 * cpu_s["target"] / r["seconds"], 0),
             f"{fmt(up['p50'])} / {fmt(up['p99'])}", f"{fmt(down['p50'])} / {fmt(down['p99'])}",
             f"{b['lost_up']:,} / {b['lost_down']:,}", r["responses"], r["errors"],
             f"{fmt(cpu_s['simulator'])} / {fmt(cpu_s['load'])} / {fmt(r['other_cpu_s'])}",
             fmt(r["machine_cpu_percent"], 0),
-        ])
+        ]
+
     columns = ["target", "sessions", "audio MB/s", "CPU-s / MB", "target CPU %",
                "up p50 / p99 ms", "down p50 / p99 ms", "lost up / down B", "replies",
                "errors", "sim / load / other CPU-s", "machine CPU %"]
-    return table(columns, rows)
+    return common.runs_table(runs, LABELS, columns, cells)
 
 
 def ratios(by: dict, c: int) -> str:
-    relay, chan, ws = (by.get((k, c)) for k in ("relay", "channels", "websockets"))
-    parts = []
-    if (r := ratio(relay, chan, cpu)) is not None:
-        parts.append(f"relay / Channels floor CPU per MB = **{r:.2f}×**")
-    if (r := ratio(relay, ws, cpu)) is not None:
-        parts.append(f"relay / websockets floor = {r:.2f}×")
-    if (r := ratio(chan, ws, cpu)) is not None:
-        parts.append(f"Channels floor / websockets floor = {r:.2f}×")
-    for direction in ("up", "down"):
-        if (r := ratio(relay, chan, p99(direction))) is not None:
-            parts.append(f"relay / Channels floor p99 {direction} = {r:.2f}×")
-    return "; ".join(parts) + ".\n" if parts else ""
+    return common.ratios_text(by, c, CPU_KEY, [
+        ("relay", "channels", "relay / Channels floor CPU per MB = **{:.2f}×**", None),
+        ("relay", "websockets", "relay / websockets floor = {:.2f}×", None),
+        ("channels", "websockets", "Channels floor / websockets floor = {:.2f}×", None),
+        *(("relay", "channels", f"relay / Channels floor p99 {d} = {{:.2f}}×", p99(d))
+          for d in ("up", "down")),
+    ])
 
 
 def listen_section(by: dict, cs: list[int]) -> str:
@@ -274,7 +628,7 @@ def listen_section(by: dict, cs: list[int]) -> str:
             rows.append([what, s["n"], fmt(s["p50"]), fmt(s["p95"]), fmt(s["p99"]),
                          fmt(s["max"]), f"{s['missing_frames']:,} of "
                          f"{s['expected_frames'] * lis['listeners']:,}"])
-        r = ratio(listen, relay, cpu)
+        r = common.run_ratio(listen, relay, CPU_KEY)
         cpu_text = (f"relay CPU per MB with {lis['listeners']} listeners and recording "
                     f"{listen[CPU_KEY]:.3f} vs {relay[CPU_KEY]:.3f} CPU-s/MB without = "
                     f"**{r:.2f}×**" if r is not None else "no run without listeners to compare")
@@ -291,52 +645,47 @@ def targets(by: dict, cs: list[int]) -> str:
     rows = []
     for c in cs:
         relay, chan, listen = by.get(("relay", c)), by.get(("channels", c)), by.get(("listen", c))
-        if (r := ratio(relay, chan, cpu)) is not None:
+        if (r := common.run_ratio(relay, chan, CPU_KEY)) is not None:
             what = f"relay CPU per MB of audio ≤ {CPU_RATIO_TARGET}× Channels floor"
             rows.append([what, c,
                          f"{r:.2f}× ({relay[CPU_KEY]:.3f} vs {chan[CPU_KEY]:.3f} CPU-s/MB)",
-                         verdict(r <= CPU_RATIO_TARGET)])
+                         at_most(r, CPU_RATIO_TARGET)])
         if ok(relay):
             b = relay["bytes"]
             lost = b["lost_up"] != 0 or b["lost_down"] != 0 or b["sessions_unknown_to_upstream"]
             rows.append(["relay: 0 bytes lost either way", c,
                          f"{b['lost_up']:,} B up of {b['callers_sent']:,}, {b['lost_down']:,} B "
-                         f"down of {b['upstream_sent']:,}", verdict(not lost)])
+                         f"down of {b['upstream_sent']:,}", at_most(lost, 0)])
         for direction in ("up", "down"):
-            if (r := ratio(relay, chan, p99(direction))) is not None:
+            if (r := common.run_ratio(relay, chan, CPU_KEY, p99(direction))) is not None:
                 what = f"relay audio frame p99 ({direction}) ≤ {P99_RATIO_TARGET}× Channels"
                 rows.append([f"{what} floor", c, f"{r:.2f}× ({p99(direction)(relay):.1f} vs "
-                             f"{p99(direction)(chan):.1f} ms)", verdict(r <= P99_RATIO_TARGET)])
-        if (r := ratio(listen, relay, cpu)) is not None:
+                             f"{p99(direction)(chan):.1f} ms)", at_most(r, P99_RATIO_TARGET)])
+        if (r := common.run_ratio(listen, relay, CPU_KEY)) is not None:
             rows.append([f"relay CPU, {LISTENERS} listening + recording ≤ {LISTEN_CPU_TARGET}× "
-                         "without (per MB)", c, f"{r:.2f}×", verdict(r <= LISTEN_CPU_TARGET)])
+                         "without (per MB)", c, f"{r:.2f}×", at_most(r, LISTEN_CPU_TARGET)])
         if ok(listen) and listen.get("listen") and listen["listen"]["agent"]["p95"] is not None:
             p95 = listen["listen"]["agent"]["p95"]
             rows.append([f"listen-in latency p95 ≤ {LISTEN_P95_TARGET_MS:g} ms (upstream frame "
                          "sent → listener)", c, f"{p95:.1f} ms",
-                         verdict(p95 <= LISTEN_P95_TARGET_MS)])
-    return targets_table(rows, "### Targets", ("C", "measured"), left=1)
+                         at_most(p95, LISTEN_P95_TARGET_MS)])
+    return common.targets_table(rows, "### Targets", ("C", "measured"), left=1)
 
 
-def problems(runs: list[dict]) -> str:
+def problems(label: str, r: dict) -> list[str]:
     lines = []
-    for r in runs:
-        label = f"{LABELS[r['target']]}, C={r['concurrency']}"
-        if "failure" in r:
-            lines.append(f"- {label}: run failed: `{' '.join(r['failure'].split())[-600:]}`")
-            continue
-        if r["errors"] or r["unstamped_deltas"] or r["closed_callers"]:
-            lines.append(f"- {label}: {r['errors']} error(s), {r['closed_callers']} caller(s) "
-                         f"closed, {r['unstamped_deltas']} unstamped deltas; e.g. "
-                         + examples(r["error_samples"]))
-        if r["skipped_turns"]:
-            lines.append(f"- {label}: {r['skipped_turns']} turn(s) skipped: the previous reply "
-                         f"had not ended {TURN_S:g} s later")
-        if r["bytes"]["sessions_unknown_to_upstream"]:
-            lines.append(f"- {label}: {r['bytes']['sessions_unknown_to_upstream']} session(s) "
-                         "the simulator no longer knew (their bytes count as lost)")
-        lines += target_problems(label, r, f"attempt {r['attempt']}")
-    return "\n".join(lines) + "\n" if lines else (
-        "None: no caller or listener saw an `error` event or a failed connect, and no target "
-        "logged a warning, error or traceback.\n"
-    )
+    if r["errors"] or r["unstamped_deltas"] or r["closed_callers"]:
+        lines.append(f"- {label}: {r['errors']} error(s), {r['closed_callers']} caller(s) "
+                     f"closed, {r['unstamped_deltas']} unstamped deltas; e.g. "
+                     + common.examples(r["error_samples"]))
+    if r["skipped_turns"]:
+        lines.append(f"- {label}: {r['skipped_turns']} turn(s) skipped: the previous reply "
+                     f"had not ended {TURN_S:g} s later")
+    if r["bytes"]["sessions_unknown_to_upstream"]:
+        lines.append(f"- {label}: {r['bytes']['sessions_unknown_to_upstream']} session(s) "
+                     "the simulator no longer knew (their bytes count as lost)")
+    return lines
+
+
+if __name__ == "__main__":
+    common.client_main(main)
