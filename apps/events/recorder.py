@@ -353,6 +353,7 @@ class BatchRecorder:
             return self._prepare(batch)
         except Exception:  # never let the log stop the history: the batch goes on without it
             log.exception("the events of a history batch could not be prepared")
+            self.known.clear()  # the batch changes rows it knows: they are read again
             return None
 
     def _prepare(self, batch: list) -> Prepared | None:

@@ -193,3 +193,16 @@ def test_an_ended_session_and_a_failed_batch_are_forgotten():
     prepared = recorder.prepare([records.request_status(request_id=f"req_{other.hex}", status="sent", at=at)])
     prepared.failed()  # as the writer does when the batch's transaction failed
     assert recorder.known.requests == {} and recorder.known.sessions == {}
+
+
+def test_a_batch_whose_events_cannot_be_prepared_forgets_what_it_would_change(monkeypatch):
+    recorder, key, at = BatchRecorder(), uuid.uuid4(), datetime.now(UTC).timestamp()
+    _live_session(recorder, key, at)
+    assert recorder.known.sessions
+
+    def broken(batch):
+        raise ValueError("a bug in the recorder")
+
+    monkeypatch.setattr(recorder, "_prepare", broken)
+    assert recorder.prepare([records.request_status(request_id="req_x", status="sent", at=at)]) is None
+    assert recorder.known.sessions == {} and recorder.known.requests == {}
