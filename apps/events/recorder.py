@@ -143,7 +143,8 @@ class Known:
 
     - **Requests, until they end.** While its session lives, the writer is a request's only
       writer (the submit service stores it `queued`, then the actor takes it in through the
-      writer); the ends of sessions and the sweep write outside it, and forget what they end.
+      writer). Only a session's end (whose event makes the writer forget its requests) and
+      the sweep (of other processes' sessions, which this writer never knew) write outside it.
     - **Sessions, by their public id.** A request's or a transcript entry's event names its
       session by the public id and prices its usage by the session's model; neither changes
       once the session is live. A session's own events read its row, which other writers
