@@ -217,13 +217,11 @@ class Prepared:
         now = datetime.now(UTC)
         events: list[Event] = []
         for step in self.steps:
-            if step.kind == _TRANSCRIPT:
-                session = sessions.get(step.pk) or self.known.sessions.get(step.pk)
-                if session is not None:
-                    events.append(_transcript_event(step, session, now))
-                continue
             row = rows.get((step.model, step.pk))
             if row is None:
+                continue
+            if step.kind == _TRANSCRIPT:
+                events.append(_transcript_event(step, row, now))
                 continue
             for name, value in step.fields.items():
                 setattr(row, name, value)
@@ -273,29 +271,35 @@ class Prepared:
         if unread[LiveSession]:
             found += LiveSession.objects.filter(pk__in=unread[LiveSession])
         for row in found:
-            meta = type(row)._meta
-            for name in {name for step in self.steps if step.pk == row.pk for name in step.fields}:
+            key, meta = (type(row), row.pk), type(row)._meta
+            mine = [step for step in self.steps if (step.model, step.pk) == key]
+            for name in {name for step in mine for name in step.fields}:
                 setattr(row, name, meta.get_field(name).get_default())
-            rows[(type(row), row.pk)] = row
+            rows[key] = row
         self._name_sessions(rows)
         return rows
 
     def _name_sessions(self, rows: dict[tuple[type, Any], Any]) -> None:
-        """Give each request its session, so that no `to_dict` reads it, and have the session
-        of each transcript entry: the batch's own row, a known one, or read."""
+        """Give each request its session, so that no `to_dict` reads it, and put the session
+        of each transcript entry among the rows: the batch's own row, a known one, or read."""
         sessions = {pk: row for (model, pk), row in rows.items() if model is LiveSession}
-        requests = [row for (model, _), row in rows.items() if model is ResponseRequest]
-        unnamed = [r for r in requests if not ResponseRequest.session.is_cached(r)]
-        wanted = {r.session_id for r in unnamed}
-        wanted |= {step.pk for step in self.steps if step.kind == _TRANSCRIPT}
-        missing = wanted - sessions.keys() - self.known.sessions.keys()
+        unnamed = [
+            row for (model, _), row in rows.items()
+            if model is ResponseRequest and not ResponseRequest.session.is_cached(row)
+        ]
+        transcripts = {step.pk for step in self.steps if step.kind == _TRANSCRIPT}
+        wanted = {r.session_id for r in unnamed} | transcripts
+        for pk in wanted - sessions.keys():
+            if pk in self.known.sessions:
+                sessions[pk] = self.known.sessions[pk]
+        missing = wanted - sessions.keys()
         for session in LiveSession.objects.filter(pk__in=missing) if missing else ():
-            sessions[session.pk] = rows[(LiveSession, session.pk)] = session
+            sessions[session.pk] = rows[(LiveSession, session.pk)] = session  # known once live
+        for pk in transcripts & sessions.keys():
+            rows.setdefault((LiveSession, pk), sessions[pk])
         for request in unnamed:
-            key = request.session_id
-            session = sessions.get(key) or self.known.sessions.get(key)
-            if session is not None:
-                request.session = session
+            if request.session_id in sessions:
+                request.session = sessions[request.session_id]
 
 
 def _transcript_event(step: _Step, session: LiveSession, now: datetime) -> Event:
