@@ -1,24 +1,6 @@
 """The event-stream part: scripts following every session over SSE, and what they cost the relay.
-
-Processes, all on 127.0.0.1: one Daphne serving `operator_console.asgi:application`
-(DJANGO_DEBUG=false, in-memory channel layer, SQLite in a bench-private file), whose CPU is
-measured; the simulator (`manage.py simulate_upstream`); and one client process
-(`python -m bench.events`, `main` below) holding `SESSIONS` Realtime callers that loop
-(`conversation.item.create` + `response.create` → `response.done`, at once again) so every
-session streams at the simulator's pace, and, in the windows *with* followers, `FOLLOWERS`
-scripts on `GET /api/v1/events` (every session's events), each reading its stream.
-
-Windows of the same length alternate without and with the followers at the same caller load
-(the event log is written in both: only following it differs). Follower lag:
-- *done → follower*: the caller's `response.done` arrives (client clock) → the follower gets
-  `request.status` `completed` for that response (same clock): the whole path, history
-  writer included;
-- *recorded → follower*: the same events' `created_at` (the history writer, just before its
-  commit) → the follower gets them (wall clock; one machine).
-
-The followers parse only those timed events (about one in six), so that the client process
-keeps up with 50 streams of ~1 000 events a second each and its own lag stays out of the
-figures.
+The processes, the windows and the two follower lags: ABOUT below (the report's text). The
+client process is `python -m bench.events` (`main` below).
 """
 
 from __future__ import annotations
@@ -78,7 +60,9 @@ class LoopingCaller(common.Caller):
 @dataclass(eq=False)
 class StreamFollower:
     """A script on /api/v1/events: reads the stream, splits it into events, notes when each
-    `request.status completed` and each event arrived."""
+    `request.status completed` arrived. Only those timed events (about one in six) are parsed,
+    so the client process keeps up with 50 streams of ~1 000 events a second each and its own
+    lag stays out of the figures."""
 
     events: int = 0
     bytes: int = 0
@@ -106,7 +90,6 @@ class StreamFollower:
                         if not frame.startswith(b"id:"):
                             continue
                         self.events += 1
-                        # Only the timed events are parsed, so the client keeps up.
                         if not self.measuring or b'"status":"completed"' not in frame:
                             continue
                         done, stamp = COMPLETED.search(frame), CREATED_AT.search(frame)
@@ -258,18 +241,22 @@ def analyse(windows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------- report
 
+ABOUT = (
+    "One Daphne process (DJANGO_DEBUG=false, SQLite, in-memory channel layer), whose CPU is "
+    f"measured; the simulator in its own process ({SIM_DELTAS} deltas per response, "
+    f"{SIM_INTERVAL * 1000:g} ms apart); one client process with {{sessions}} Realtime callers "
+    "that loop (`conversation.item.create` + `response.create` → `response.done`, at once "
+    "again), so every session streams at the simulator's pace, and, in the windows *with* "
+    "followers, {followers} scripts on `GET /api/v1/events` (every session's events), each "
+    "reading its stream. After {warmup_s:g} s of warm-up, windows of {window_s:g} s alternate "
+    "without and with the followers at the same caller load (the event log is written in both: "
+    "only following it differs). *done → follower* = the caller's `response.done` → that "
+    "response's `request.status completed` at a follower (client clock for both: the whole "
+    "path, history writer included); *recorded → follower* = the event's `created_at` (the "
+    "history writer, just before its commit) → a follower (wall clock; one machine).\n"
+)
 
 def body(result: dict) -> list[str]:
-    about = (
-        f"One Daphne (DJANGO_DEBUG=false, SQLite, in-memory channel layer); the simulator "
-        f"({SIM_DELTAS} deltas per response, {SIM_INTERVAL * 1000:g} ms apart); a client process "
-        f"with {result['sessions']} looping Realtime callers and, in the windows *with* "
-        f"followers, {result['followers']} scripts on `GET /api/v1/events`. After "
-        f"{result['warmup_s']:g} s of warm-up, windows of {result['window_s']:g} s alternate "
-        "without and with the followers. *done → follower* = the caller's `response.done` → "
-        "that response's `request.status completed` at a follower (one clock); *recorded → "
-        "follower* = the event's `created_at` (just before its commit) → a follower.\n"
-    )
     rows = []
     for w in result["windows"]:
         done, rec = w.get("lag_done_ms") or {}, w.get("lag_recorded_ms") or {}
@@ -303,7 +290,7 @@ def body(result: dict) -> list[str]:
               f"{w['followers_ended'][:2]}" for w in result["windows"] if w["followers_ended"]]
     lines += common.disturbed_windows(result["windows"])
     problems = common.problems_text(lines, result["logs"])
-    return [about, table(columns, rows, left=2), targets, problems]
+    return [ABOUT.format(**result), table(columns, rows, left=2), targets, problems]
 
 
 if __name__ == "__main__":
