@@ -1,20 +1,7 @@
 """The dashboard part: 1 000 live sessions and 10 operators on the dashboard; the server's CPU
-for their updates (target: ≤ 10 % of one core).
-
-Processes, all on 127.0.0.1: one Daphne serving `operator_console.asgi:application`
-(DJANGO_DEBUG=false, in-memory channel layer, SQLite in a bench-private file), whose CPU is
-measured, and one client process (`python -m bench.dashboard`, `main` below).
-
-The sessions are rows of the shared table, live and held by another process (its heartbeat is
-fresh for the run), as in a scale-out where this process serves the dashboards and others hold
-the calls: the dashboard feed reads the table alike whichever process holds a session, and
-1 000 real callers would measure the relay, which the fan-out and relay parts do. The sessions
-change while the windows run: a script relabels `CHURN_PER_S` sessions a second through the
-REST hook (`PATCH /api/v1/sessions/{id}`), in every window, so each tick has changes to send.
-
-Windows alternate without and with the 10 dashboard sockets (logged in through the login form,
-each on its own view: default, searched, filtered, sorted, another page). The dashboards' cost
-is Daphne's CPU with them minus without, in % of one core.
+for their updates (target: ≤ 10 % of one core). The set-up and why the sessions are rows held by
+another process: ABOUT below (the report's text). The client process is
+`python -m bench.dashboard` (`main` below).
 """
 
 from __future__ import annotations
@@ -152,13 +139,24 @@ def analyse(windows: list[dict]) -> dict:
             "dashboard_cpu_percent": cost, "pages_per_s": statistics.mean(pages) if pages else None}
 
 
+ABOUT = (
+    "One Daphne process (DJANGO_DEBUG=false, in-memory channel layer, SQLite), whose CPU is "
+    "measured, and one client process. The {sessions} live sessions are rows held by another "
+    "process (its heartbeat fresh), as in a scale-out where this one serves the dashboards and "
+    "others hold the calls (the feed reads the table alike; real callers would measure the "
+    f"relay, as the fan-out and relay parts do). {CHURN_PER_S} sessions are relabelled a second "
+    "through the REST hook (`PATCH /api/v1/sessions/{{id}}`) in every window. Windows alternate "
+    f"without and with {OPERATORS} operators on the dashboard (logged in through the login form, "
+    "each on its own view: default, searched, filtered, sorted, paged); their cost is Daphne's "
+    "CPU with them minus without.\n\n"
+)
+
+
 def body(r: dict) -> list[str]:
     rows = [[w["index"], "on" if w["dashboards"] else "off", fmt(w["daphne_cpu_percent"]),
              fmt(w["pages_per_s"]), fmt(100 * w["other_cpu_share"])] for w in r["windows"]]
-    text = (
-        f"{r['sessions']} live sessions, {OPERATORS} operators on the dashboard (each its own "
-        f"view: searched, filtered, sorted, paged), {CHURN_PER_S} sessions relabelled a second "
-        "through the REST hook in every window. Daphne's CPU for the dashboards' updates: "
+    text = ABOUT.format(sessions=r["sessions"]) + (
+        "Daphne's CPU for the dashboards' updates: "
         f"**{fmt(r['dashboard_cpu_percent'])} % of one core** (with "
         f"{fmt(r['cpu_with_percent'])} %, without {fmt(r['cpu_without_percent'])} %; target ≤ "
         f"{CPU_TARGET_PERCENT:g} %) {at_most(r['dashboard_cpu_percent'], CPU_TARGET_PERCENT)}.\n\n"
