@@ -23,7 +23,6 @@ import gc
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench import common
@@ -43,13 +42,6 @@ CPU_KEY = "target_cpu_s_per_1000_deltas"
 # ---------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Setup:
-    env: dict[str, str]  # the targets' environment: the simulator's URL, the migrated database
-    token: str  # for the relay's callers
-    sim_pid: int
-
-
 async def run(bench: Bench, args) -> dict:
     """Every target (or those of `--only`) at every C of `args.concurrency`, then the profile."""
     keys = [k for k in common.TARGETS if not args.only or k in args.only]
@@ -57,24 +49,26 @@ async def run(bench: Bench, args) -> dict:
                                      "--interval", SIM_INTERVAL)
     env = bench.env(OC_UPSTREAM_URL=url, BENCH_UPSTREAM_URL=url)
     token = await bench.migrate_with_token("bench", env) if "relay" in keys else ""
-    setup, runs, profile = Setup(env, token, sim.pid), [], None
+    plan = {key: getattr(args, key) for key in ("warmup", "window", "settle")}
+    load = {**plan, "token": token, "watch": {"simulator": sim.pid}}  # `main`'s settings
+    runs, profile = [], None
     for key in keys:
         for c in args.concurrency:
             say(f"{common.TARGETS[key]}, C={c}")
-            result = await measure(bench, args, setup, key, c)
+            result = await measure(bench, env, {**load, "concurrency": c}, key)
             runs.append({**result, "target": key, "concurrency": c})
             await asyncio.sleep(1.0)
     if args.profile and "relay" in keys:
         c = min(args.concurrency) if args.quick else 100
-        profile = await run_profile(bench, args, setup, c)
+        profile = await run_profile(bench, args, env, {**load, "concurrency": c})
     await bench.stop(sim)
-    plan = {key: getattr(args, key) for key in ("warmup", "window", "settle")}
     return {"runs": runs, "profile": profile, **plan}
 
 
-async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
+async def measure(bench: Bench, env: dict, load: dict, key: str) -> dict:
     """One target at one C, measured again once when disturbed."""
-    result = await bench.measured_twice(lambda: with_target(bench, args, setup, key, c, f"c{c}"))
+    tag = f"c{load['concurrency']}"
+    result = await bench.measured_twice(lambda: with_target(bench, env, dict(load), key, tag))
     if "failure" not in result:
         lat, rss = result["latency_ms"], result["rss_per_session_bytes"]
         say(
@@ -85,16 +79,12 @@ async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
     return result
 
 
-async def with_target(bench: Bench, args, setup: Setup, key: str, c: int, tag: str, *,
-                      window=None, on_start=None) -> dict:
-    """A fresh target process, C callers (`main`) against it, the target stopped.
-    `on_start(pid)` runs beside the measurement window."""
-    window = window or args.window
-    config = {"token": setup.token, "concurrency": c, "warmup": args.warmup, "window": window,
-              "settle": args.settle, "watch": {"simulator": setup.sim_pid}}
-    budget = 60 + args.settle + args.warmup + window + c / 10
-    return await bench.against_target(key, f"{key}-{tag}", setup.env, "relay", config, budget,
-                                      on_start)
+async def with_target(bench: Bench, env: dict, load: dict, key: str, tag: str,
+                      on_start=None) -> dict:
+    """A fresh target process, `load["concurrency"]` callers (`main`, its settings `load`)
+    against it, the target stopped. `on_start(pid)` runs beside the measurement window."""
+    budget = 60 + load["settle"] + load["warmup"] + load["window"] + load["concurrency"] / 10
+    return await bench.against_target(key, f"{key}-{tag}", env, "relay", load, budget, on_start)
 
 
 async def main(args) -> dict:
@@ -140,10 +130,11 @@ async def main(args) -> dict:
 # ---------------------------------------------------------------------------- profile
 
 
-async def run_profile(bench: Bench, args, setup: Setup, c: int) -> dict:
+async def run_profile(bench: Bench, args, env: dict, load: dict) -> dict:
     """py-spy on the relay during a load run of its own: two consecutive recordings, threads
     holding the GIL (Python CPU), then every non-idle thread (adds time in the database,
     socket writes and waits for the GIL)."""
+    c = load["concurrency"]
     say(f"profiling the relay at C={c} for 2 × {args.profile_seconds:g} s")
     await bench.quiet(30.0)
     raws = {mode: bench.out / f"profile-relay-c{c}-{mode}.txt" for mode in ("gil", "active")}
@@ -156,18 +147,16 @@ async def run_profile(bench: Bench, args, setup: Setup, c: int) -> dict:
                 errors.append(error)
                 return
 
-    window = 2 * args.profile_seconds + 3
+    config = {**load, "window": 2 * args.profile_seconds + 3}
     try:
-        load = await with_target(
-            bench, args, setup, "relay", c, "profile", window=window, on_start=record
-        )
+        measured = await with_target(bench, env, config, "relay", "profile", on_start=record)
     except Exception as exc:  # noqa: BLE001 - reported
         errors.append(f"{type(exc).__name__}: {exc}")
     if errors:
         say(f"    profile failed: {errors[0]}")
         return {"error": errors[0]}
     profile = {mode: summarise_profile(raw) for mode, raw in raws.items()}
-    return {"seconds": args.profile_seconds, "concurrency": c, "load": load, **profile}
+    return {"seconds": args.profile_seconds, "concurrency": c, "load": measured, **profile}
 
 
 async def py_spy_record(bench: Bench, pid: int, seconds: float, output: Path, *,
