@@ -61,17 +61,6 @@ print(f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_N
 """
 
 
-@dataclass
-class Setup:
-    env: dict[str, str]  # the targets' environment: the simulator, the migrated database
-    token: str  # the relay's callers'
-    cookie: str  # the listeners' session cookie
-    sim_pid: int
-    sim_url: str
-    warmup: float
-    window: float
-
-
 def concurrency(args) -> list[int]:
     return CONCURRENCY if args.concurrency == RUN_DEFAULT_C else args.concurrency
 
@@ -90,15 +79,16 @@ async def run(bench: Bench, args) -> dict:
         )
         token = await bench.migrate_with_token("bench-voice", env)
         out = await bench.run_command([common.PY, "manage.py", "shell", "-c", LOGIN], env)
-        cookie = out.strip().splitlines()[-1]
-        setup = Setup(env, token, cookie, sim.pid, url, warmup, window)
+        load = {"token": token, "cookie": out.strip().splitlines()[-1], "warmup": warmup,
+                "window": window, "turn": TURN_S, "watch": {"simulator": sim.pid},
+                "sim_stats": url + "/_stats"}  # `main`'s settings, but for the target and C
         runs = []
         for c in cs:
             for key in ("websockets", "channels", "relay", "listen"):
                 if key == "listen" and c != cs[0]:
                     continue
                 say(f"{LABELS[key]}, C={c}")
-                runs.append({**await measure(bench, args, setup, key, c),
+                runs.append({**await measure(bench, args, env, load, key, c),
                              "target": key, "concurrency": c})
                 await asyncio.sleep(1.0)
     finally:
@@ -107,9 +97,9 @@ async def run(bench: Bench, args) -> dict:
             "reply_ms": REPLY_MS, "listeners": LISTENERS}
 
 
-async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
+async def measure(bench: Bench, args, env: dict, load: dict, key: str, c: int) -> dict:
     """One target at one C, measured again once (not with --quick) when disturbed."""
-    result = await bench.measured_twice(lambda: with_target(bench, setup, key, c),
+    result = await bench.measured_twice(lambda: with_target(bench, env, load, key, c),
                                         retry=not args.quick)
     if "failure" in result:
         return result
@@ -125,15 +115,14 @@ async def measure(bench: Bench, args, setup: Setup, key: str, c: int) -> dict:
     return result
 
 
-async def with_target(bench: Bench, setup: Setup, key: str, c: int) -> dict:
-    env = dict(setup.env, OC_RECORD_AUDIO="true") if key == "listen" else setup.env
-    config = {
-        "token": setup.token if key in ("relay", "listen") else "", "concurrency": c,
-        "warmup": setup.warmup, "window": setup.window, "turn": TURN_S,
-        "watch": {"simulator": setup.sim_pid}, "sim_stats": setup.sim_url + "/_stats",
-        "listeners": LISTENERS if key == "listen" else 0, "cookie": setup.cookie,
-    }
-    budget = 150 + setup.warmup + setup.window + c / 5
+async def with_target(bench: Bench, env: dict, load: dict, key: str, c: int) -> dict:
+    """A fresh target process, C voice callers against it (the listeners too for `listen`, with
+    every session recorded), the target stopped."""
+    listen = key == "listen"
+    env = dict(env, OC_RECORD_AUDIO="true") if listen else env
+    config = {**load, "concurrency": c, "listeners": LISTENERS if listen else 0,
+              "token": load["token"] if key in ("relay", "listen") else ""}
+    budget = 150 + load["warmup"] + load["window"] + c / 5
     return await bench.against_target(key, f"voice-{key}-c{c}", env, "voice", config, budget)
 
 
