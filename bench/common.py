@@ -325,7 +325,6 @@ class Proc:
         return self.proc.pid
 
 
-
 @dataclass
 class Bench:
     """The run's processes (each logged to `out/logs/NAME.log`, terminated then killed on the
@@ -340,19 +339,17 @@ class Bench:
     def env(self, **changes: str) -> dict[str, str]:
         """The environment of a process of the app: production settings, SQLite in the run's
         directory, no Redis; then `changes`."""
-        env = dict(os.environ)
-        for name in ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "OC_PROCESSES", "WEB_CONCURRENCY"):
-            env.pop(name, None)
-        env.update(
-            PYTHONPATH=str(ROOT),
-            PYTHONUNBUFFERED="1",
-            DATABASE_URL=f"sqlite:///{self.workdir / 'bench.sqlite3'}",
-            DJANGO_DEBUG="false",
-            DJANGO_SECRET_KEY="bench",
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        )
-        env.update(changes)
-        return env
+        unset = ("DJANGO_SETTINGS_MODULE", "REDIS_URL", "OC_PROCESSES", "WEB_CONCURRENCY")
+        return {
+            **{name: value for name, value in os.environ.items() if name not in unset},
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": f"sqlite:///{self.workdir / 'bench.sqlite3'}",
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": "bench",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            **changes,
+        }
 
     def log_path(self, name: str) -> Path:
         path = self.out / "logs" / f"{name}.log"
