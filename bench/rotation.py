@@ -3,21 +3,9 @@
 
 One Daphne process of the app (SQLite in the run's directory); the upstream is the simulator
 in this process, so its receive logs tell which upstream session got each of a caller's
-requests. Each caller converses back to back: a `conversation.item.create` and a
-`response.create` (event id `evt_rot_<caller>_<turn>`), the next turn as soon as the previous
-`response.done` arrived. Callers start spread over the first 30% of the run, and
-`OC_ROTATE_AFTER` is half the run, so each rotates once, between two of its turns. The
-simulator streams 10 deltas 0.1 s apart, so a turn lasts about a second: the relay is not
-saturated, and a gap measures the rotation rather than queueing.
-
-Measured
-  gap       caller-visible, per turn: the last frame the caller received before it sent the
-            turn → the first frame of the turn. The rotation turn is the first whose
-            `response.create` reached the caller's second upstream session (its `Session`'s
-            `upstream_sessions`); the other turns' gaps are the baseline next to it.
-  CPU       the Daphne process's CPU seconds over the conversation window, the rotating run
-            against the run with `OC_ROTATE_AFTER=0` (no tracking at all).
-  lost      turns whose `response.done` never came (or came failed), errors, closed callers.
+requests. How the callers converse and what is measured (gap, CPU, lost): ABOUT below, the
+report's text. The simulator streams 10 deltas 0.1 s apart, so a turn lasts about a second:
+the relay is not saturated, and a gap measures the rotation rather than queueing.
 """
 
 from __future__ import annotations
@@ -170,6 +158,21 @@ async def read_figures(opened, simulator, http_base: str, token: str) -> dict:
     }
 
 
+ABOUT = (
+    "{callers} callers, each conversing back to back for up to {seconds:.0f} s: a "
+    "`conversation.item.create` and a `response.create` (event id `evt_rot_<caller>_<turn>`), "
+    "the next turn as soon as the last `response.done` arrived. They start spread over the "
+    f"first {START_SHARE:.0%} of the run, and `OC_ROTATE_AFTER` is half the run, so each "
+    "rotates once, between two of its turns. *Gap*: the last frame the caller received before "
+    "it sent a turn → the turn's first frame; the *rotation gap* is that of the first turn "
+    "whose `response.create` reached the caller's second upstream session (its `Session`'s "
+    "`upstream_sessions`), the *other gaps* the baseline beside it. *Daphne CPU s*: the "
+    "process's CPU seconds over the conversations, against the run with `OC_ROTATE_AFTER=0` "
+    "(no tracking at all). *Lost*: turns whose `response.done` never came (or came failed); "
+    "errors and callers closed early count as lost in the target too.\n"
+)
+
+
 def body(result: dict) -> list[str]:
     runs = result["runs"]
     rows = []
@@ -184,11 +187,6 @@ def body(result: dict) -> list[str]:
     gap_p99 = (rotating.get("rotation_gap_ms") or {}).get("p99")
     ratio = result.get("cpu_ratio")
     lost = sum(r["lost"] + r["errors"] + r["closed"] for r in runs.values())
-    about = (f"{result['callers']} callers, each conversing back to back for up to "
-             f"{result['seconds']:.0f} s (a text item and a `response.create` per turn), started "
-             f"over the first {START_SHARE:.0%} of the run; `OC_ROTATE_AFTER` half the run, so "
-             "each caller rotates once. Gap: the caller's last frame before it sent a turn → the "
-             "turn's first frame; the rotation gap is the turn that went to the new upstream.\n")
     targets = (
         f"Targets: rotation gap p99 ≤ {GAP_P99_TARGET_MS:g} ms: "
         f"{at_most(gap_p99, GAP_P99_TARGET_MS)} ({fmt(gap_p99)} ms); "
@@ -197,4 +195,5 @@ def body(result: dict) -> list[str]:
         f"0 lost requests: {at_most(lost, 0)} ({lost}).\n"
     )
     samples = [f"- `{s[:200]}`" for r in runs.values() for s in r["error_samples"]]
-    return [about, table(columns, rows), targets, common.problems_text(samples, result["logs"])]
+    problems = common.problems_text(samples, result["logs"])
+    return [ABOUT.format(**result), table(columns, rows), targets, problems]
