@@ -1,17 +1,8 @@
 """The relay part: CPU per relayed delta, per-delta latency and RSS per session of the relay
 against two floors measured in the same run, a websockets-only relay
 (`bench/floor_websockets.py`) and a minimal Channels relay (`bench/floor_channels.py`); then
-a py-spy profile of the relay.
-
-One simulator process (`SIM_DELTAS` deltas per response, `SIM_INTERVAL` apart) feeds every
-target. For each target and each C, a fresh target process is started, the load generator
-(`python -m bench.relay`, `main` below) connects C callers in a process of its own and
-measures, and the target is stopped.
-
-The load generator's callers each connect, wait for `session.created`, then loop
-(`common.run_caller`): `conversation.item.create` + `response.create` → read to
-`response.done`. Phases: connect all callers → settle (target RSS sampled) → warm-up (not
-counted) → the measurement window (deltas, per-delta latency, CPU of the watched processes).
+a py-spy profile of the relay. The set-up and what each figure means: `intro`, ABOUT and
+COLUMNS below (the report's text); the load generator is `main` (`python -m bench.relay`).
 """
 
 from __future__ import annotations
@@ -88,7 +79,9 @@ async def with_target(bench: Bench, env: dict, load: dict, key: str, tag: str,
 
 
 async def main(args) -> dict:
-    """The load generator (`python -m bench.relay CONFIG`): C callers against the target."""
+    """The load generator (`python -m bench.relay CONFIG`): C callers against the target, each
+    looping (`common.run_caller`). Phases: connect all → settle (target RSS sampled) → warm-up
+    (not counted) → the window (deltas, per-delta latency, CPU of the watched processes)."""
     stats, groups, url = common.Stats(), common.load_groups(args), common.realtime_url(args.base)
     # One session opened and closed first, so one-time costs (lazy imports, first client
     # objects) are in the RSS baseline and not charged to the measured sessions.

@@ -1,18 +1,9 @@
 """The voice part: full-duplex voice callers through the relay and through both floors in the
 same run (CPU per MB of audio, bytes lost either way, audio frame latency both ways), then the
-relay again with operators listening to one session and every session recorded.
-
-One simulator process (`simulate_upstream --reply-audio-ms REPLY_MS --audio-stamp`, replies
-paced in real time) feeds every target. For each C and target a fresh target process is
-started, the load generator runs C callers (and the listeners) in a process of its own,
-and the target is stopped. The listening run's relay has `OC_RECORD_AUDIO=true`; recordings
-go to the run's private directory (`bench/voice_settings.py`).
-
-The load generator (`python -m bench.voice`, `main` below): phases connect → listeners join
-(`listen.started`) → warm-up → window (CPU of the target, simulator and this process; audio
-bytes; latencies) → drain (microphones stop, last replies end) → the simulator's byte counts
-(`GET {sim}/_stats`) are compared with what the callers sent and received. How the callers
-talk and what the stamps are: HOW below (the report's text).
+relay again with operators listening to one session and every session recorded (recordings go
+to the run's private directory: `bench/voice_settings.py`). The set-up, how the callers talk
+and what the stamps are: the report's text, `body` and HOW below; the load generator is `main`
+(`python -m bench.voice`).
 """
 
 from __future__ import annotations
@@ -423,7 +414,10 @@ async def settle_counts(args, callers: list[VoiceCaller]) -> dict[str, dict]:
 
 
 async def main(args) -> dict:
-    """The load generator (`python -m bench.voice CONFIG`): C voice callers, the listeners."""
+    """The load generator (`python -m bench.voice CONFIG`): C voice callers, the listeners.
+    Phases: connect → listeners join → warm-up → window (CPU of the target, the simulator and
+    this process; audio bytes; latencies) → drain (microphones stop, last replies end) → the
+    simulator's byte counts (`GET {sim}/_stats`) against what the callers sent and received."""
     plan = Plan(turn_frames=max(3, round(args.turn / FRAME_S)),
                 max_frames=int((args.warmup + args.window + 5) / FRAME_S))
     callers = await open_callers(args, plan)
