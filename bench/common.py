@@ -462,10 +462,14 @@ class Bench:
         return lines[-1]
 
     @contextlib.asynccontextmanager
-    async def app(self, name: str, env: dict[str, str], logs: dict, label: str = "", ignore=None):
-        """A migrated database with an API token, and one Daphne of the app on it: (its base URL,
-        the token, its process). Stopped at the end, its log scanned into `logs[label or name]`."""
+    async def app(self, name: str, env: dict[str, str], logs: dict, label: str = "", ignore=None,
+                  seed: str = ""):
+        """A migrated database with an API token (then `manage.py shell -c SEED`), and one
+        Daphne of the app on it: (its base URL, the token, its process). Stopped at the end, its
+        log scanned into `logs[label or name]`."""
         token = await self.migrate_with_token(f"bench-{name}", env)
+        if seed:
+            await self.run_command([PY, "manage.py", "shell", "-c", seed], env)
         handle, port = await self.daphne(name, APP, env)
         try:
             yield f"http://{HOST}:{port}", token, handle
@@ -556,36 +560,31 @@ class Bench:
 
     async def app_with_clients(self, part: str, config: dict, budget: float, *, sim=None,
                                seed: str = "") -> dict:
-        """A fresh SQLite database (migrated, an API token, then `manage.py shell -c SEED`), the
-        simulator when `sim` gives its (deltas, interval), one Daphne of the app, then the
-        part's client process (`python -m bench.PART`) with `config` plus the Daphne's `base`
-        URL, its `target_pid`, the simulator's `sim_pid` and the `token`. Every process is
-        stopped at the end; the client's result, with the processes' logs."""
+        """A fresh SQLite database, the simulator when `sim` gives its (deltas, interval), the
+        app on that database (`app`, seeded with SEED), then the part's client process
+        (`python -m bench.PART`) with `config` plus the Daphne's `base` URL, its `target_pid`,
+        the simulator's `sim_pid` and the `token`. Every process is stopped at the end; the
+        client's result, with the processes' logs."""
         env = self.env(DATABASE_URL=f"sqlite:///{self.workdir / f'{part}.sqlite3'}")
-        handles = []
+        logs, simulator = {}, None
         try:
             async with asyncio.timeout(budget):
                 if sim:
-                    handle, env["OC_UPSTREAM_URL"] = await self.simulator(
-                        f"{part}-simulator", "--deltas", sim[0], "--interval", sim[1]
-                    )
-                    handles.append(handle)
-                    config["sim_pid"] = handle.pid
-                config["token"] = await self.migrate_with_token(f"bench-{part}", env)
-                if seed:
-                    await self.run_command([PY, "manage.py", "shell", "-c", seed], env)
-                daphne, port = await self.daphne(f"{part}-relay", APP, env)
-                handles.append(daphne)
-                config.update(base=f"http://{HOST}:{port}", target_pid=daphne.pid)
-                result = await self.client(f"{part}-clients", part, config, env, budget)
-                if daphne.proc.returncode is not None:
-                    result["daphne_exited"] = daphne.proc.returncode
+                    simulator, env["OC_UPSTREAM_URL"] = await self.simulator(
+                        f"{part}-simulator", "--deltas", sim[0], "--interval", sim[1])
+                    config["sim_pid"] = simulator.pid
+                async with self.app(f"{part}-relay", env, logs, seed=seed) as (base, token, daphne):
+                    config.update(base=base, target_pid=daphne.pid, token=token)
+                    result = await self.client(f"{part}-clients", part, config, env, budget)
+                    if daphne.proc.returncode is not None:
+                        result["daphne_exited"] = daphne.proc.returncode
         except TimeoutError:
             raise RuntimeError(f"the {part} part exceeded its {budget:g} s budget") from None
         finally:
-            for handle in reversed(handles):
-                await self.stop(handle)
-        return {**result, "logs": {h.name: scan_log(h.log_path) for h in handles}}
+            if simulator is not None:
+                await self.stop(simulator)
+                logs[simulator.name] = scan_log(simulator.log_path)
+        return {**result, "logs": logs}
 
     async def quiet(self, limit: float) -> None:
         """Wait (≤ `limit` s, and ≤ QUIET_BUDGET_S over the whole run) until the machine is
@@ -1120,9 +1119,9 @@ def examples(samples: list[str], n: int = 3) -> str:
     return "; ".join(f"`{s[:200]}`" for s in samples[:n])
 
 
-def errors_line(label: str, count: int, samples: list[str], what: str = "error(s)") -> list[str]:
+def errors_line(label: str, count: int, samples: list[str]) -> list[str]:
     """A report line for errors seen, with a few examples; none without errors."""
-    return [f"- {label}: {count} {what}; e.g. {examples(samples)}"] if count else []
+    return [f"- {label}: {count} error(s); e.g. {examples(samples)}"] if count else []
 
 
 def section(title: str, result: dict | None, body) -> str:

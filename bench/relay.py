@@ -233,8 +233,8 @@ transcript text (the first two re-serialised without the relay's `oc_request` ta
 is an input of the session's relay core and passes through its actor's mailbox (one extra task
 hop versus a pump). Per response: a request row and its transitions written by the history
 writer's thread, the sequencer's bookkeeping, a timer for the send timeout. The Channels floor
-is a stock `AsyncWebsocketConsumer` that pumps frames both
-ways: no auth, no database, no parsing, no channel layer.
+is a stock `AsyncWebsocketConsumer` that pumps frames both ways: no auth, no database, no
+parsing, no channel layer.
 """
 COLUMNS = """Columns: *deltas/s* received by all callers in the window; *p50/p99* per-delta
 latency = caller receive `time.time_ns()` − the simulator's send stamp in `event_id`
@@ -260,6 +260,8 @@ def body(result: dict) -> list[str]:
     out += [targets(by, cs), "### Errors, log lines, disturbed runs\n",
             common.runs_problems(runs, common.TARGETS, problems, clean)]
     return out + render_profile(result["profile"])
+
+
 def intro(r: dict) -> str:
     return (
         f"- Upstream: `manage.py simulate_upstream`, {SIM_DELTAS} deltas per response, "
