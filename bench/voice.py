@@ -72,7 +72,7 @@ async def run(bench: Bench, args) -> dict:
         out = await bench.run_command([common.PY, "manage.py", "shell", "-c", LOGIN], env)
         load = {"token": token, "cookie": out.strip().splitlines()[-1], "warmup": warmup,
                 "window": window, "turn": TURN_S, "watch": {"simulator": sim.pid},
-                "sim_stats": url + "/_stats"}  # `main`'s settings, but for the target and C
+                "sim_stats": url + "/_stats"}  # `main`'s settings, less the target's and C's
         runs = []
         for c in cs:
             for key in ("websockets", "channels", "relay", "listen"):
