@@ -1,16 +1,7 @@
 """The nudge part: REST hook `POST /api/v1/sessions/{id}/responses` on an idle session → the
-upstream receiving its `response.create`. The set-up, the closed and the open loop: ABOUT below
-(the report's text).
-
-Per nudge, all on CLOCK_MONOTONIC (system-wide on Linux, so the processes' readings compare
-directly): `sent` (the client starts writing the POST, httpcore trace), the POST's
-`Server-Timing` (`start`: the server's clock as the request's timing began, DJANGO_DEBUG only;
-then the phases `auth`, `db`, `ping`, each of which may be absent), `answered` (the client has
-the response headers), `upstream` (the simulator received the `response.create` whose
-`metadata.oc_request` is the request's id). Latency = upstream − sent. Its split: HTTP in =
-start − sent; the phases, one after another; "actor + upstream send" = upstream − the end of
-the last phase (it also holds what the view does untimed). HTTP out = answered − the end of
-the last phase runs beside it.
+upstream receiving its `response.create`. The set-up, the closed and the open loop, the
+latency and its split: ABOUT and SPLIT_LABELS below (the report's text); how a sample's times
+are taken and split: `Server.nudge` and `analyse`.
 """
 
 from __future__ import annotations
@@ -88,8 +79,11 @@ class Server:
         return at
 
     async def nudge(self, caller: common.Caller, index: int, scheduled: float | None) -> dict:
-        """One nudge; its sample (monotonic seconds). Closed loop (`scheduled` None): done once
-        the caller has the response's `response.done`, so the session is idle again."""
+        """One nudge; its sample (monotonic seconds): `sent` and `answered` (`timed_request`),
+        `upstream` (`received_at`) and the POST's `Server-Timing` (`start` with DJANGO_DEBUG
+        only, then `auth`, `db`, `ping`, each of which may be absent). Closed loop (`scheduled`
+        None): done once the caller has the response's `response.done`, so the session is idle
+        again."""
         expected = caller.dones + 1
         response, sent, answered = await common.post_nudge(
             self.client, self.http_base, self.token, caller.session_id, index
@@ -203,6 +197,11 @@ class Server:
 
 
 def analyse(samples: list[dict]) -> dict:
+    """Latency = `upstream` − `sent`, all on CLOCK_MONOTONIC (system-wide on Linux, so the
+    processes' readings compare directly). Its split: HTTP in = the server's `start` − `sent`;
+    the `Server-Timing` phases, one after another; "actor + upstream send" = `upstream` − the
+    end of the last phase (it also holds what the view does untimed); HTTP out = `answered` −
+    the end of the last phase, beside it."""
     parts: dict[str, list[float]] = collections.defaultdict(list)
     for s in samples:
         if "start" not in s:  # DJANGO_DEBUG false: no split
