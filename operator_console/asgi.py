@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels."""
 
+import gc
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "operator_console.settings")
@@ -12,7 +13,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import get_resolver, path  # noqa: E402
 
 from apps.console.consumers import ConsoleConsumer  # noqa: E402
 from apps.console.listen import ListenConsumer  # noqa: E402
@@ -69,3 +70,17 @@ application = StartHousekeeping(
         }
     )
 )
+
+
+def freeze_what_is_loaded() -> None:
+    """Load every view now (Django would at the first request), then move everything loaded
+    so far to the collector's permanent generation. The process keeps all of it until it
+    exits, and a full collection no longer walks it: on a busy process that walk was a
+    pause of every thread long enough to show in the slowest nudges (bench/RESULTS.md,
+    "Full collections and `gc.freeze`")."""
+    get_resolver().url_patterns  # noqa: B018 - imports every view module
+    gc.collect()
+    gc.freeze()
+
+
+freeze_what_is_loaded()
