@@ -74,10 +74,10 @@ application = StartHousekeeping(
 
 def freeze_what_is_loaded() -> None:
     """Load every view now (Django would at the first request), then move everything loaded
-    so far to the collector's permanent generation. The process keeps all of it until it
-    exits, and a full collection no longer walks it: on a busy process that walk was a
+    so far to the collector's permanent generation. Nearly all of it lives as long as the
+    process, and a full collection no longer walks it: on a busy process that walk was a
     pause of every thread long enough to show in the slowest nudges (bench/RESULTS.md,
-    "Full collections and `gc.freeze`")."""
+    "Full collections and `gc.freeze`"). Reference counting still frees what is dropped."""
     get_resolver().url_patterns  # noqa: B018 - imports every view module
     gc.collect()
     gc.freeze()
