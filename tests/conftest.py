@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import httpx
 import pytest
@@ -16,6 +17,12 @@ from operator_console.asgi import application
 from tests.support.servers import LOG_DIR, DaphneProcess, SimulatorThread
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
+
+# A shell without job control starts a background command with SIGINT ignored, and the servers
+# the tests start would inherit that: the tests that stop one with SIGINT, as Ctrl-C does,
+# would then wait for a stop that never comes. The servers get SIGINT's default instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
