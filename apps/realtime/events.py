@@ -100,9 +100,17 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def may_need_refusal(frame: str) -> bool:
+    """Whether a text frame could hold what `find_problem` refuses. In JSON a NUL or a lone
+    surrogate can only be spelled as a `\\u` escape, and nesting deeper than MAX_DEPTH takes more
+    brackets than that: frames with neither (audio appends, most events) need not be parsed."""
+    return "\\u" in frame or frame.count("{") + frame.count("[") > MAX_DEPTH
+
+
 def find_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
     """The first string (key or value) in a parsed JSON value that `text_problem` refuses, or
-    nesting deeper than MAX_DEPTH: (its path, e.g. "response.metadata.topic", the reason)."""
+    nesting deeper than MAX_DEPTH: (its path, e.g. "response.metadata.topic", the reason).
+    With `path` "", paths start at the value's own keys ("item.content[0].text")."""
     if isinstance(value, str):
         problem = text_problem(value)
         return None if problem is None else (path, problem)
@@ -113,7 +121,7 @@ def find_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | Non
             problem = text_problem(key)
             if problem is not None:
                 return path, f"has a key that {problem}"
-            found = find_problem(item, f"{path}.{key}", depth + 1)
+            found = find_problem(item, f"{path}.{key}" if path else key, depth + 1)
             if found is not None:
                 return found
     elif isinstance(value, list):

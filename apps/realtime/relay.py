@@ -807,6 +807,10 @@ class RelayCore:
     def caller_frame(self, frame: str | bytes, *, now: float) -> list[Action]:
         if self.ended is not None:
             return []
+        if type(frame) is str and events.may_need_refusal(frame):
+            refusal = self._refusal(frame)
+            if refusal is not None:
+                return refusal
         if self.rotation is not None:  # held while the upstream is replaced; ids translated
             rotated = self.rotation.caller_frame(frame)
             if rotated is not None:
@@ -837,6 +841,26 @@ class RelayCore:
         if event.get("type") != "response.create":
             return [ToUpstream(frame=frame)]
         return self._finish(self._caller_response_create(event, now), now)
+
+    def _refusal(self, frame: str) -> list[Action] | None:
+        """The `error` for a caller event the upstream must not get: nested too deep, or text
+        that cannot be stored or sent on (NUL, a lone surrogate) anywhere in it. None: the
+        frame goes on as usual (a `response.create` is checked, in more detail, below)."""
+        try:
+            event = events.loads(frame)
+        except ValueError as exc:
+            return self._tell_caller("invalid_json", f"The frame is not valid JSON: {exc}.")
+        if not isinstance(event, dict) or event.get("type") == "response.create":
+            return None
+        problem = events.find_problem(event, "")
+        if problem is None:
+            return None
+        param, reason = problem
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or events.text_problem(event_id):
+            event_id = None
+        message = f"'{param}' {reason}." if param else f"The event {reason}."
+        return self._tell_caller("invalid_value", message, param=param or None, event_id=event_id)
 
     def _caller_response_create(self, event: dict, now: float) -> list[Action]:
         event_id = event.get("event_id")

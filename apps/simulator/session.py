@@ -39,7 +39,15 @@ from apps.realtime.events import error_event, json_type
 from apps.simulator import limits, shape, voice
 from apps.simulator import tools as simtools
 from apps.simulator.config import SimulatorConfig
-from apps.simulator.wire import Rejected, dumps, new_event_id, new_id, required_object, tokens
+from apps.simulator.wire import (
+    Rejected,
+    dumps,
+    holds_lone_surrogate,
+    new_event_id,
+    new_id,
+    required_object,
+    tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +246,8 @@ class SimSession:
         try:
             event = json.loads(text)
         except (ValueError, RecursionError):  # not JSON, or nested deeper than it can read
+            event = None
+        if "\\u" in text and holds_lone_surrogate(event):
             event = None
         if not isinstance(event, dict):
             if self.received_log.maxlen != 0:

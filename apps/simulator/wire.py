@@ -34,6 +34,24 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
 
+def holds_lone_surrogate(value: Any) -> bool:
+    """Whether a parsed JSON value holds a lone surrogate (`"\\ud800"` parses, but UTF-8 cannot
+    encode it): the service's parser refuses such a frame as not valid JSON."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(holds_lone_surrogate(k) or holds_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_lone_surrogate(item) for item in value)
+    return False
+
+
 def tokens(text: str) -> int:
     """A rough token count (4 characters a token), never zero."""
     return max(1, (len(text) + 3) // 4)

@@ -580,6 +580,31 @@ DEEP = "[" * 5000 + "]" * 5000
             "response.input[0].x",
             id="lone-surrogate-anywhere",
         ),
+        pytest.param(
+            '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+            '"content":[{"type":"input_text","text":"\\ud800"}]}}',
+            "invalid_value",
+            "item.content[0].text",
+            id="lone-surrogate-in-an-item",
+        ),
+        pytest.param(
+            '{"type":"session.update","session":{"instructions":"a\\u0000b"}}',
+            "invalid_value",
+            "session.instructions",
+            id="nul-in-a-session-update",
+        ),
+        pytest.param(
+            '{"type":"conversation.item.create","\\udc00":1}',
+            "invalid_value",
+            None,
+            id="lone-surrogate-in-a-top-level-key",
+        ),
+        pytest.param(
+            '{"type":"conversation.item.create","item":' + DEEP[:3000] + DEEP[-3000:] + "}",
+            "invalid_json",
+            None,
+            id="deep-item-create",
+        ),
     ],
 )
 def test_caller_event_the_relay_refuses_gets_an_error_and_the_session_goes_on(raw, code, param):
@@ -600,6 +625,34 @@ def test_caller_event_the_relay_refuses_gets_an_error_and_the_session_goes_on(ra
             )
         ]
     )
+
+
+def test_item_nested_deeper_than_the_relay_reads_is_refused_with_its_path():
+    driver = started()
+    raw = '{"type":"conversation.item.create","event_id":"e_deep","item":' + "[" * 300 + "]" * 300
+    actions = driver.step(("call", raw + "}"))
+    assert summary(actions) == ["caller error invalid_value"]
+    error = json.loads(actions[0].frame)["error"]
+    assert error["event_id"] == "e_deep" and error["param"].startswith("item[0][0]")
+    assert "nested more than 256 levels deep" in error["message"]
+
+
+def test_escaped_text_that_is_valid_goes_upstream_as_received():
+    driver = started()
+    raw = (
+        '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+        '"content":[{"type":"input_text","text":"caf\\u00e9 \\ud83d\\ude00 \\\\ud800"}]}}'
+    )
+    assert driver.step(("call", raw)) == [ToUpstream(frame=raw)], (
+        "an escaped é, a surrogate pair and an escaped backslash are valid: the frame as sent"
+    )
+
+
+def test_refusal_of_an_invalid_item_names_its_event_id():
+    driver = started()
+    raw = '{"type":"conversation.item.create","event_id":"evt_9","item":{"id":"\\ud800"}}'
+    error = json.loads(driver.step(("call", raw))[0].frame)["error"]
+    assert error["event_id"] == "evt_9" and error["param"] == "item.id"
 
 
 def test_refusal_names_the_callers_event_id():

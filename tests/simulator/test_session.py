@@ -401,7 +401,17 @@ async def test_metadata_at_the_limits_is_accepted(conn):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("frame", ["{not json", "[1, 2]", '"text"'])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "{not json",
+        "[1, 2]",
+        '"text"',
+        '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+        '"content":[{"type":"input_text","text":"a \\ud800"}]}}',
+    ],
+    ids=["not-json", "array", "string", "lone-surrogate"],
+)
 async def test_a_frame_that_is_not_a_json_object_is_refused(sim, conn, frame):
     await conn.send_raw(frame)
     event = await recv(conn)
