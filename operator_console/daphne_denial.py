@@ -94,7 +94,9 @@ def install() -> None:
         self.handshake_deferred.errback(ConnectionDeny(code=status, reason=phrase))
         del self.handshake_deferred
         self.server.protocol_disconnected(self)
-        self.server.log_action("websocket", "rejected", {"path": self.request.path, "status": status})
+        # The details Daphne's own refusal logs: its access log reads `client`.
+        client = f"{self.client_addr[0]}:{self.client_addr[1]}" if self.client_addr else None
+        self.server.log_action("websocket", "rejected", {"path": self.request.path, "client": client})
         return None
 
     handle_reply_with_denial._oc_denial = True

@@ -8,9 +8,10 @@ authenticates by cookie must carry one, and it must be this site's own origin: t
 scheme, host and port as the handshake itself (a cookie is sent by browsers on any site's
 behalf, and another port or plain http on the same host is another site).
 
-A refusal says why, in words an SDK user can act on: `status` (401 without usable
-credentials, 403 with credentials that may not connect) and a `code` for the JSON body the
-consumer answers the handshake with.
+A refusal says why, in words an SDK user can act on: a `code` for the JSON body the consumer
+answers the handshake with. The status is 403 whatever the reason (400 for a bad `oc_label`), as
+CONTRACT section 1 says of a refused handshake; the `code` tells a missing token from a refused
+one.
 
 The relay route is not wrapped in Channels' session middleware: that wrapper inspects the
 session on every frame sent, and the relay needs the cookie only here, at the handshake.
@@ -144,7 +145,7 @@ async def authenticate_relay(scope) -> Principal | Refusal:
         if token is None:
             return Refusal(
                 "unknown or revoked token",
-                401,
+                403,
                 "invalid_token",
                 "The token was refused: it is unknown or revoked (check the bearer token or the "
                 "subprotocol openai-insecure-api-key.<token>).",
@@ -169,7 +170,7 @@ async def authenticate_relay(scope) -> Principal | Refusal:
         return Principal(kind="user", name=user.get_username(), user_id=user.pk)
     return Refusal(
         "no credentials",
-        401,
+        403,
         "missing_token",
         "No token was sent: send `Authorization: Bearer <token>` (a token with the scope "
         "realtime:connect, from `manage.py create_api_token`) or the subprotocol "
@@ -184,13 +185,13 @@ async def _client_secret_principal(plain: str) -> Principal | Refusal:
     except tokens.ClientSecretExpired as expired:
         return Refusal(
             "expired client secret",
-            401,
+            403,
             "expired_client_secret",
             f"The client secret expired at {expired.secret.expires_at.isoformat()}: mint a new one "
             "with POST /v1/realtime/client_secrets.",
         )
     if secret is None:
-        return Refusal("unknown client secret", 401, "invalid_token", "The client secret was refused: it is unknown.")
+        return Refusal("unknown client secret", 403, "invalid_token", "The client secret was refused: it is unknown.")
     return Principal(kind="key", name=f"key:{secret.created_by}", session=secret.session)
 
 

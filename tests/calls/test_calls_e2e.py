@@ -140,7 +140,7 @@ async def test_an_expired_key_is_refused_by_calls_and_by_the_relay(daphne, api_t
     assert refused.json()["error"]["code"] == "expired_client_secret" and "expired" in refused.json()["error"]["message"]
     with pytest.raises(websockets.InvalidStatus) as relay:
         await websockets.connect(f"{daphne.ws_base}/realtime?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {key}"})
-    assert relay.value.response.status_code == 401
+    assert relay.value.response.status_code == 403, "the relay refuses a handshake with 403"
     assert b"expired" in relay.value.response.body
 
 

@@ -1,5 +1,5 @@
-"""A refused relay handshake says why: under real Daphne, an HTTP 401/403 (400 for a bad
-`oc_label`) with a JSON body naming the missing or refused token, as websockets and the
+"""A refused relay handshake says why: under real Daphne, an HTTP 403 (CONTRACT section 1; 400
+for a bad `oc_label`) with a JSON body naming the missing or refused token, as websockets and the
 `openai` SDK receive it."""
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ async def test_a_refused_handshake_answers_a_json_body_naming_the_missing_or_ref
 ):
     url = f"{daphne.ws_base}/realtime?model=gpt-realtime"
     status, error = await _refusal(url)
-    assert status == 401 and error["code"] == "missing_token" and "Authorization: Bearer" in error["message"]
+    assert status == 403 and error["code"] == "missing_token" and "Authorization: Bearer" in error["message"]
     status, error = await _refusal(url, additional_headers={"Authorization": "Bearer oct_not-a-token"})
-    assert status == 401 and error["code"] == "invalid_token" and "unknown or revoked" in error["message"]
+    assert status == 403 and error["code"] == "invalid_token" and "unknown or revoked" in error["message"]
     narrow = await make_token_async(make_token, ["sessions:read"])
     status, error = await _refusal(url, additional_headers={"Authorization": f"Bearer {narrow}"})
     assert status == 403 and error["code"] == "missing_scope" and "realtime:connect" in error["message"]
@@ -45,6 +45,7 @@ async def test_a_refused_handshake_answers_a_json_body_naming_the_missing_or_ref
         f"{url}&oc_label={'x' * 201}", additional_headers={"Authorization": f"Bearer {good}"}
     )
     assert status == 400 and "oc_label" in error["message"] and "200" in error["message"]
+    assert "Exception inside application" not in daphne.output(), "refusals are logged cleanly"
 
 
 @pytest.mark.e2e
@@ -54,4 +55,4 @@ async def test_the_openai_sdk_sees_why_its_handshake_was_refused(daphne):
         async with client.realtime.connect(model="gpt-realtime"):
             pass
     body = json.loads(bytes(refused.value.response.body))
-    assert refused.value.response.status_code == 401 and body["error"]["code"] == "invalid_token"
+    assert refused.value.response.status_code == 403 and body["error"]["code"] == "invalid_token"
