@@ -37,10 +37,21 @@ The steps (phases)
              `session.update` with the configuration and a `conversation.item.create` per item
              (the same item ids, each after the one before through `previous_item_id`) went to
              the fresh leg (`ToFresh`); its acknowledgements are awaited (`session.created`,
-             `session.updated`, every item added). Nothing of this reaches the caller.
-  swap       all acknowledged: `SwapUpstream` (the actor makes the fresh leg the session's and
-             closes the old one), `UpstreamSessions` (recorded), then the core resumes its
-             sequencer and releases what it held, onto the fresh leg.
+             `session.updated`, every item acknowledged). Then a `conversation.item.retrieve`
+             of the last item drains the set-up (below). Nothing of this reaches the caller.
+  swap       all acknowledged and drained: `SwapUpstream` (the actor makes the fresh leg the
+             session's and closes the old one), `UpstreamSessions` (recorded), then the core
+             resumes its sequencer and releases what it held, onto the fresh leg.
+
+Acknowledgements
+  Services differ in what they send for a created item: the GA service `conversation.item.added`
+  and `.done`, the beta one `.created`, the simulator all three. An item counts as acknowledged
+  at the first of them that names it (or, naming an id not sent, the next item awaited: the
+  upstream named it itself); the later ones name an item already counted and are only read.
+  Since which of them are still to come is not known, the swap waits for one more answer: the
+  upstream answers in order, so its `conversation.item.retrieved` for the last replayed item
+  comes after every event of the replay. Whatever the fresh leg sends until then is set-up,
+  read here and never relayed; after the swap its events are the session's.
 
 When it does not go
   The old upstream changes the conversation or starts a response while a rotation is under way
@@ -96,6 +107,10 @@ OBSERVED_TYPES = frozenset(
         "input_audio_buffer.committed",
         "input_audio_buffer.cleared",
     }
+)
+# Fresh-leg events that acknowledge a replayed item (which of them a service sends differs).
+ACKNOWLEDGING_TYPES = frozenset(
+    {"conversation.item.created", "conversation.item.added", "conversation.item.done"}
 )
 # Of those, the ones that change what a fresh session would need while it is being prepared.
 CHANGING_TYPES = OBSERVED_TYPES - {"session.created", "conversation.item.retrieved"}
@@ -346,8 +361,12 @@ class Rotation:
         self._held: list[tuple[str, Any]] = []
         self._ready_by: float | None = None
         self._fresh_id: str | None = None
-        # Item ids sent to the fresh session and not yet added there, in order.
+        # Item ids sent to the fresh session and not yet acknowledged there, in order.
         self._awaiting: dict[str, None] = {}
+        self._acknowledged_ids: set[str] = set()  # the fresh session's ids of those that were
+        self._last_replayed: str | None = None  # the caller's id of the last item replayed
+        self._drain_id: str | None = None  # the fresh session's id of it, once retrieved
+        self._drained = False  # its retrieve was answered: nothing of the set-up is to come
         self._config_confirmed = False
         self._textified_next: set[str] = set()
         self._renamed_next: dict[str, str] = {}
@@ -488,6 +507,7 @@ class Rotation:
         previous: str | None = None
         self._textified_next = set(self.textified)
         self._renamed_next, self._renamed_back_next = {}, {}
+        self._acknowledged_ids, self._last_replayed, self._drain_id = set(), None, None
         plain = self.failures >= PLAIN_AFTER_FAILURES
         for item, spoken in self.conversation.replay(plain=plain):
             create: dict[str, Any] = {
@@ -498,10 +518,12 @@ class Rotation:
             if previous is not None:
                 create["previous_item_id"] = previous
             self._awaiting[item["id"]] = None
+            self._last_replayed = item["id"]
             if spoken and item.get("role") == "assistant":
                 self._textified_next.add(item["id"])
             previous = item["id"]
             actions.append(ToFresh(frame=events.dumps(create)))
+        self._drained = self._last_replayed is None  # nothing replayed, nothing to drain
         return actions
 
     def fresh_frame(self, frame: str | bytes, now: float) -> tuple[list[RotationAction], bool]:
@@ -519,25 +541,53 @@ class Rotation:
             self._fresh_id = _upstream_id(session.get("id") if isinstance(session, dict) else None)
         elif kind == "session.updated":
             self._config_confirmed = True
-        elif kind in ("conversation.item.added", "conversation.item.created") and self._awaiting:
+        elif kind in ACKNOWLEDGING_TYPES:
             item = event.get("item")
-            given = item.get("id") if isinstance(item, dict) else None
-            if given in self._awaiting:
-                del self._awaiting[given]
-            elif isinstance(given, str) and given not in self._renamed_back_next:
-                # The upstream named it itself: the caller's id is mapped to the upstream's.
-                ours = next(iter(self._awaiting))
-                del self._awaiting[ours]
-                self._renamed_next[ours] = given
-                self._renamed_back_next[given] = ours
+            self._acknowledged(item.get("id") if isinstance(item, dict) else None)
+            if not self._awaiting and self._drain_id is None and self._last_replayed is not None:
+                return [self._drain()], False
+        elif kind == "conversation.item.retrieved" and self._drain_id is not None:
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("id") == self._drain_id:
+                self._drained = True
         if (
             self.phase is not Phase.REPLAYING
             or self._fresh_id is None
             or not self._config_confirmed
             or self._awaiting
+            or not self._drained
         ):
             return [], False
         return self._swapped(now), True
+
+    def _acknowledged(self, given: Any) -> None:
+        """An acknowledgement naming `given` (an upstream item id): the first for an item
+        counts it; a later one (`.added` after `.created`, `.done`) is set-up and only read."""
+        if not isinstance(given, str) or given in self._acknowledged_ids:
+            return
+        if given in self._awaiting:
+            ours = given
+        elif self._awaiting:
+            # The upstream named it itself: the caller's id is mapped to the upstream's.
+            ours = next(iter(self._awaiting))
+            self._renamed_next[ours] = given
+            self._renamed_back_next[given] = ours
+        else:
+            return
+        del self._awaiting[ours]
+        self._acknowledged_ids.add(given)
+
+    def _drain(self) -> ToFresh:
+        """Every replayed item is acknowledged: a retrieve of the last one, whose answer comes
+        after whatever else the upstream sends for the replay."""
+        assert self._last_replayed is not None
+        self._drain_id = self._renamed_next.get(self._last_replayed, self._last_replayed)
+        retrieve = {
+            "type": "conversation.item.retrieve",
+            "event_id": self._new_event_id(),
+            "item_id": self._drain_id,
+        }
+        return ToFresh(frame=events.dumps(retrieve))
 
     def _swapped(self, now: float) -> list[RotationAction]:
         assert self._fresh_id is not None
@@ -578,6 +628,7 @@ class Rotation:
         self.due_at = due_at
         self._ready_by = None
         self._awaiting = {}
+        self._last_replayed = self._drain_id = None
 
     # ------------------------------------------------------------------ ids
 

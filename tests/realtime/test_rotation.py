@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,8 +126,16 @@ def started() -> RelayCore:
     return core
 
 
+# What a service sends for each `conversation.item.create`: the GA service `.added` and `.done`,
+# the beta one `.created`, the simulator all three (in this order).
+GA_ACKS = ("conversation.item.added", "conversation.item.done")
+BETA_ACKS = ("conversation.item.created",)
+SIMULATOR_ACKS = ("conversation.item.created", *GA_ACKS)
+
+
 def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list:
-    """The fresh upstream acknowledges the replay: the actions of the last acknowledgement."""
+    """The fresh upstream acknowledges the replay as the GA service does and answers the
+    retrieve of the last item that drains it: the actions of that answer."""
     actions = core.rotation.fresh_frame(
         frame("session.created", session={"id": session_id}), now=now
     )
@@ -135,12 +144,15 @@ def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list
         core.rotation.fresh_frame(frame("session.updated", session={"id": session_id}), now=now)
         == []
     )
-    out: list = []
-    for item_id in core.rotation.state.conversation.ids:
-        out = core.rotation.fresh_frame(
-            frame("conversation.item.added", item={"id": item_id}), now=now
-        )
-    return out
+    ids = core.rotation.state.conversation.ids
+    drain: list = []
+    for item_id in ids:
+        for kind in GA_ACKS:
+            drain += core.rotation.fresh_frame(frame(kind, item={"id": item_id}), now=now)
+    # The last item's first acknowledgement completes them: the retrieve that drains the set-up.
+    assert summary(drain) == [f"fresh conversation.item.retrieve {ids[-1]}"]
+    retrieved = frame("conversation.item.retrieved", item={"id": ids[-1]})
+    return core.rotation.fresh_frame(retrieved, now=now)
 
 
 def open_fresh(core: RelayCore, now: float = 4.5) -> None:
@@ -435,7 +447,9 @@ def test_an_upstream_that_names_the_replayed_items_itself_is_translated_both_way
     for named in ("up_1", "up_2"):  # created and added name the same item: mapped once
         for kind in ("conversation.item.created", "conversation.item.added"):
             acks += fresh.fresh_frame(frame(kind, item={"id": named}), now=6.1)
-    assert summary(acks) == ["swap sess_2", "sessions sess_1,sess_2"]
+    assert summary(acks) == ["fresh conversation.item.retrieve up_2"]  # by the upstream's id
+    drained = fresh.fresh_frame(frame("conversation.item.retrieved", item={"id": "up_2"}), now=6.1)
+    assert summary(drained) == ["swap sess_2", "sessions sess_1,sess_2"]
     assert fresh.state.renamed == {"item_u1": "up_1", "item_a1": "up_2"}
     # The caller's ids go up as the upstream's ...
     delete = core.caller_frame(frame("conversation.item.delete", item_id="item_u1"), now=7.0)
@@ -500,3 +514,106 @@ def test_a_pending_tool_approval_holds_the_rotation_until_it_is_answered():
     done = core.upstream_frame(frame("conversation.item.done", item=answer), now=6.6)
     assert not core.tools.has_pending
     assert "fresh session.update" in summary(done)
+
+
+# ---------------------------------------------------------------------------- acknowledgements
+
+
+class FreshUpstream:
+    """A fresh upstream session as a function: a client frame in, the events it answers out.
+    It acknowledges each created item with `acks`, naming it `names.get(id, id)`."""
+
+    def __init__(self, acks: tuple[str, ...], names: dict[str, str]) -> None:
+        self.acks = acks
+        self.names = names
+        self.items: dict[str, dict] = {}
+
+    def answer(self, text: str) -> list[str]:
+        event = json.loads(text)
+        kind = event["type"]
+        if kind == "session.update":
+            return [frame("session.updated", session={"id": "sess_2", **event["session"]})]
+        if kind == "conversation.item.create":
+            item = {**event["item"], "object": "realtime.item", "status": "completed"}
+            item["id"] = self.names.get(item["id"], item["id"])
+            previous = list(self.items)[-1] if self.items else None
+            self.items[item["id"]] = item
+            return [frame(ack, previous_item_id=previous, item=item) for ack in self.acks]
+        if kind == "conversation.item.retrieve" and event["item_id"] in self.items:
+            return [frame("conversation.item.retrieved", item=self.items[event["item_id"]])]
+        return [frame("error", error={"code": "item_not_found", "message": str(event)})]
+
+
+def rotate_through(core: RelayCore, upstream: FreshUpstream) -> tuple[list, list, list]:
+    """One rotation with `upstream` as the fresh leg, its events read in the order it sent
+    them: before the swap as the fresh leg's, after it as the session's upstream's (as the
+    actor routes them). Returns what reached the caller, and the fresh leg's events read
+    before the swap and after it."""
+    open_fresh(core)
+    pending = [frame("session.created", session={"id": "sess_2"})]
+    actions = core.tick(now=6.0)
+    caller, before, after = [], [], []
+    swapped = False
+    while True:
+        for action in actions:
+            if isinstance(action, ToFresh):
+                pending += upstream.answer(action.frame)
+            elif isinstance(action, ToCaller):
+                caller.append(json.loads(action.frame))
+            elif isinstance(action, SwapUpstream):
+                swapped = True
+        if not pending:
+            return caller, before, after
+        event = pending.pop(0)
+        if swapped:
+            after.append(json.loads(event)["type"])
+            actions = core.upstream_frame(event, now=6.2)
+        else:
+            before.append(json.loads(event)["type"])
+            actions = core.rotation.fresh_frame(event, now=6.1)
+
+
+RENAMED = {"item_u1": "up_1", "item_a1": "up_2"}
+
+
+@pytest.mark.parametrize(
+    ("acks", "names"),
+    [
+        pytest.param(GA_ACKS, {}, id="GA added+done"),
+        pytest.param(BETA_ACKS, {}, id="beta created"),
+        pytest.param(SIMULATOR_ACKS, {}, id="simulator created+added+done"),
+        pytest.param(SIMULATOR_ACKS, RENAMED, id="simulator, upstream names the items"),
+        pytest.param(GA_ACKS, RENAMED, id="GA, upstream names the items"),
+    ],
+)
+def test_every_acknowledgement_of_the_replay_is_read_before_the_swap_and_ids_stay_the_callers(
+    acks, names
+):
+    core = started()
+    upstream = FreshUpstream(acks, names)
+    caller, before, after = rotate_through(core, upstream)
+    assert caller == [], "nothing of the fresh session's set-up reaches the caller"
+    assert after == [], "the swap comes after every event the fresh leg sent for the set-up"
+    assert before.count("session.updated") == 1
+    for ack in acks:
+        assert before.count(ack) == 2, f"each replayed item's {ack} was read during set-up"
+    assert core.rotation.state.session_ids == ["sess_1", "sess_2"]
+    assert core.rotation.state.renamed == names  # each caller id to its own item upstream
+    up_user, up_agent = names.get("item_u1", "item_u1"), names.get("item_a1", "item_a1")
+    # A retrieve by the caller's id reaches its item upstream and answers with the caller's id.
+    retrieve = frame("conversation.item.retrieve", item_id="item_u1")
+    sent = core.caller_frame(retrieve, now=7.0) or [ToUpstream(frame=retrieve)]
+    assert json.loads(sent[0].frame)["item_id"] == up_user
+    (retrieved,) = upstream.answer(sent[0].frame)
+    answered = [json.loads(a.frame) for a in core.upstream_frame(retrieved, now=7.1)]
+    assert [(e["type"], e["item"]["id"]) for e in answered] == [
+        ("conversation.item.retrieved", "item_u1")
+    ]
+    assert answered[0]["item"]["role"] == "user"
+    # A delete of the reply by the caller's id deletes the reply upstream, not the user item.
+    delete = frame("conversation.item.delete", item_id="item_a1")
+    sent = core.caller_frame(delete, now=7.2) or [ToUpstream(frame=delete)]
+    assert json.loads(sent[0].frame)["item_id"] == up_agent
+    deleted = core.upstream_frame(frame("conversation.item.deleted", item_id=up_agent), now=7.3)
+    assert [json.loads(a.frame)["item_id"] for a in deleted] == ["item_a1"]
+    assert core.rotation.state.conversation.ids == ["item_u1"]
