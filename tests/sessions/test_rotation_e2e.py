@@ -82,6 +82,15 @@ async def session_json(server, token: str, session_id: str) -> dict:
         return answer.json()
 
 
+async def rotated(server, token: str, session_id: str, timeout: float = 15.0) -> None:
+    """Until the session has moved to a second upstream session."""
+    for _ in range(int(timeout / 0.2)):
+        if len((await session_json(server, token, session_id))["upstream_sessions"]) >= 2:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no rotation within {timeout:g} s")
+
+
 async def test_a_35_second_call_outlives_a_10_second_cap_and_keeps_its_turns(
     daphne_with, capped, api_token
 ):
@@ -183,3 +192,43 @@ async def test_without_rotation_the_cap_ends_the_session_expired_with_close_1001
     public = await session_json(server, api_token, session_id)
     assert (public["status"], public["end_reason"]) == ("ended", "session_expired")
     assert public["upstream_sessions"] == [session_id]
+
+
+async def test_after_a_rotation_the_callers_item_ids_name_the_same_items_and_no_set_up_reaches_it(
+    daphne_with, simulator, api_token
+):
+    """The simulator acknowledges each replayed item with `.created`, `.added` and `.done`:
+    none of them reaches the caller, and retrieve and delete by the ids the caller held before
+    the rotation act on those items."""
+    server = daphne_with(OC_ROTATE_AFTER="4", OC_SEND_TIMEOUT="5")
+    client = AsyncOpenAI(api_key=api_token, websocket_base_url=server.ws_base, max_retries=0)
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        session_id = (await conn.recv()).session.id
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        await until(conn, "session.updated")
+        await conn.conversation.item.create(item={"id": "item_user1", **user_text("first")})
+        await conn.response.create()
+        reply_id = (await until(conn, "response.done"))[-1].response.output[0].id
+        await rotated(server, api_token, session_id)
+        # Whatever the fresh session's set-up let through reached the caller before this answer.
+        await conn.conversation.item.retrieve(item_id="item_user1")
+        seen = await until(conn, "conversation.item.retrieved")
+        assert [e.type for e in seen] == ["conversation.item.retrieved"], (
+            "set-up reached the caller"
+        )
+        user = seen[-1].item
+        assert (user.id, user.role, user.content[0].text) == ("item_user1", "user", "first")
+        await conn.conversation.item.retrieve(item_id=reply_id)
+        reply = (await until(conn, "conversation.item.retrieved"))[-1].item
+        assert (reply.id, reply.role) == (reply_id, "assistant")
+        # A delete of the reply deletes the reply upstream, and is reported with its id.
+        await conn.conversation.item.delete(item_id=reply_id)
+        deleted = await until(conn, "conversation.item.deleted")
+        assert [(e.type, e.item_id) for e in deleted] == [("conversation.item.deleted", reply_id)]
+        await conn.conversation.item.retrieve(item_id="item_user1")
+        assert (await until(conn, "conversation.item.retrieved"))[-1].item.id == "item_user1"
+        public = await session_json(server, api_token, session_id)
+    new = public["upstream_sessions"][1]
+    received = [event for _, event in simulator.sim.received(new)]
+    deletes = [e for e in received if e.get("type") == "conversation.item.delete"]
+    assert [e["item_id"] for e in deletes] == [reply_id], "the reply was deleted upstream"
