@@ -67,6 +67,9 @@ CALLER_CLOSED = "caller.closed"
 OPERATOR = "operator"
 TICK = "tick"
 SHUTDOWN = "shutdown"
+# How long `session.created` waits for the session's row, so that the REST hook knows the id
+# the caller is given; past that (a stuck database) it goes out anyway.
+NAMED_COMMIT_WAIT = 2.0
 
 
 def new_request_id() -> str:
@@ -297,11 +300,15 @@ class SessionActor:
 
     async def _perform(self, actions: list[relay.Action], *, reply_to: str | None = None) -> None:
         # The record first: it stands whatever happens to the sockets next.
+        named = False
         for action in actions:
             if type(action) in records.RECORDED:
                 history.submit(records.of_action(self.key, action))
                 if type(action) is relay.RequestChanged:
                     metrics.figures.request_changed(self, action)
+                named = named or type(action) is relay.SessionNamed
+        if named:  # whoever the caller tells the session's id can find it at once
+            await self._committed()
         for action in actions:
             kind = type(action)
             if kind is ToCaller:
@@ -348,6 +355,13 @@ class SessionActor:
                 await caller.close_with(code, reason)
             except Exception as exc:
                 log.warning("closing the caller of %s with %d failed: %r", self.key, code, exc)
+
+    async def _committed(self) -> None:
+        """Wait (a little) until the history writer has committed what it was given."""
+        try:
+            await history.flush(timeout=NAMED_COMMIT_WAIT)
+        except TimeoutError:
+            log.warning("session %s: its row was not written within %g s", self.key, NAMED_COMMIT_WAIT)
 
     async def _send_to(self, channel: str, message: dict[str, Any]) -> None:
         try:
