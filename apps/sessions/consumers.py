@@ -31,6 +31,9 @@ def _client(scope) -> str:
     return f"{client[0]}:{client[1]}" if client else ""
 
 _FORWARDED_HEADERS = (b"openai-beta",)
+# A browser cannot set headers: it offers this subprotocol to ask for the beta shape, which the
+# service reads as the header `OpenAI-Beta: realtime=v1` (and refuses, as it does the header).
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 # Longest wait between two tries while the channel layer (Redis) is unreachable.
 LAYER_RETRY_MAX = 1.0
 
@@ -175,6 +178,8 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             for key, value in self.scope.get("headers", ())
             if key in _FORWARDED_HEADERS
         }
+        if BETA_SUBPROTOCOL in offered:
+            headers.setdefault("openai-beta", "realtime=v1")
         # A minted key's configuration is the one its issuer chose: its model wins over the URL's.
         minted = principal.session or {}
         self.actor = SessionActor(

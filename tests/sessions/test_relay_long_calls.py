@@ -19,11 +19,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BETA_MESSAGE = "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
 
 
-def _caller(token: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
+def _caller(
+    token: str, *headers: tuple[bytes, bytes], subprotocols: list[str] | None = None
+) -> WebsocketCommunicator:
     return WebsocketCommunicator(
         application,
         "/v1/realtime",
         headers=[(b"authorization", f"Bearer {token}".encode()), *headers],
+        subprotocols=subprotocols,
     )
 
 
@@ -64,8 +67,18 @@ async def test_the_cap_reaches_a_caller_that_is_not_rotated(relay_settings, simu
     assert (session.status, session.end_reason) == ("ended", "session_expired")
 
 
-async def test_a_beta_handshake_gets_the_services_answer_through_the_relay(relay_settings, api_token):
-    caller = _caller(api_token, (b"openai-beta", b"realtime=v1"))
+@pytest.mark.parametrize(
+    "asked",
+    [
+        {"headers": [(b"openai-beta", b"realtime=v1")]},
+        {"headers": [], "subprotocols": ["realtime", "openai-beta.realtime-v1"]},
+    ],
+    ids=["header", "browser-subprotocol"],
+)
+async def test_a_beta_handshake_gets_the_services_answer_through_the_relay(
+    relay_settings, api_token, asked
+):
+    caller = _caller(api_token, *asked["headers"], subprotocols=asked.get("subprotocols"))
     connected, _ = await caller.connect(timeout=5)
     events = await _until_close(caller, timeout=5) if connected else []
     assert [e["type"] for e in events] == ["error", "<close>"], events
