@@ -864,7 +864,14 @@ class RelayCore:
 
     def _caller_response_create(self, event: dict, now: float) -> list[Action]:
         event_id = event.get("event_id")
-        if not isinstance(event_id, str) or not event_id:
+        if event_id is not None and not isinstance(event_id, str):
+            kind = events.json_type(event_id)
+            return self._tell_caller(
+                "invalid_type",
+                f"Invalid type for 'event_id': expected a string, but got {kind} instead.",
+                param="event_id",
+            )
+        if not event_id:
             event_id = self._new_event_id()
         elif events.text_problem(event_id):
             return self._tell_caller(

@@ -581,6 +581,12 @@ DEEP = "[" * 5000 + "]" * 5000
             id="lone-surrogate-anywhere",
         ),
         pytest.param(
+            '{"type":"response.create","event_id":5}',
+            "invalid_type",
+            "event_id",
+            id="event-id-not-a-string",
+        ),
+        pytest.param(
             '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
             '"content":[{"type":"input_text","text":"\\ud800"}]}}',
             "invalid_value",
