@@ -88,8 +88,8 @@ async def test_the_relay_takes_a_minted_key_until_it_expires(api_token):
     await ClientSecret.objects.aupdate(expires_at=timezone.now() - timedelta(seconds=1))
     refusal = await authenticate_relay(_scope(key))
     assert isinstance(refusal, Refusal)
-    assert (refusal.status, refusal.code) == (401, "expired_client_secret")
+    assert (refusal.status, refusal.code) == (403, "expired_client_secret")
     assert "expired" in refusal.message and "client_secrets" in refusal.message
 
     unknown = await authenticate_relay(_scope(ClientSecret.generate()))
-    assert isinstance(unknown, Refusal) and unknown.status == 401
+    assert isinstance(unknown, Refusal) and unknown.status == 403
