@@ -41,7 +41,6 @@ from ninja.parser import Parser
 from ninja.renderers import JSONRenderer
 from ninja.responses import NinjaJSONEncoder
 from ninja.security import HttpBearer
-from pydantic import AwareDatetime
 
 from apps.api.approvals import ApprovalList, ApprovalOut, DecisionIn
 from apps.api.call_schemas import CallActionOut, ReferIn
@@ -49,6 +48,7 @@ from apps.api.schemas import (
     ErrorOut,
     InterruptOut,
     LabelIn,
+    Moment,
     NoteIn,
     NoteOut,
     Origin,
@@ -562,8 +562,10 @@ async def query_responses(
     session_id: str | None = Query(None, description="A session's public id (sess_…)."),
     origin: Origin | None = None,
     status: RequestStatusValue | None = None,
-    since: AwareDatetime | None = Query(None, description="Created at or after (ISO 8601 with an offset)."),
-    until: AwareDatetime | None = Query(None, description="Created before (ISO 8601 with an offset)."),
+    since: Moment | None = Query(
+        None, description="Created at or after (ISO 8601 with an offset)."
+    ),
+    until: Moment | None = Query(None, description="Created before (ISO 8601 with an offset)."),
     requested_by: str | None = Query(None, description="An operator's username, or token:<name>."),
     cursor: str | None = Query(None, description="The next_cursor of the page before."),
     limit: int = Query(100, ge=1, le=QUERY_LIMIT, description=f"At most this many (1 to {QUERY_LIMIT})."),

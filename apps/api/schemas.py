@@ -6,10 +6,20 @@ document that shape, and django-ninja validates every answer against them.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    field_validator,
+)
 
 from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import RequestStatus
@@ -24,6 +34,34 @@ EndReasonValue = Literal[tuple(reason.value for reason in EndReason)]  # type: i
 Kind = Literal[tuple(LiveSession.Kind.values)]  # type: ignore[valid-type]
 
 MAX_NOTE_CHARS = 32_768
+
+_SECONDS = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")
+
+
+def _not_seconds(value: Any) -> Any:
+    """pydantic reads a bare number as Unix seconds; the API's times are ISO 8601 only."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _SECONDS.fullmatch(value)):
+        raise ValueError(
+            "must be ISO 8601 with an offset (2025-03-01T12:00:00+00:00), not a number"
+        )
+    return value
+
+
+def _in_utc_range(moment: datetime) -> datetime:
+    """The database reads times in UTC: a moment whose UTC is before year 1 or after 9999
+    (0001-01-01T00:00:00+14:00) cannot be read, so it is refused here."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "is out of range: in UTC it must fall between 0001-01-01T00:00:00Z and "
+            "9999-12-31T23:59:59.999999Z"
+        ) from None
+    return moment
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_not_seconds), AfterValidator(_in_utc_range)]
+"""A time given to the API: ISO 8601 with an offset, within years 1 to 9999 in UTC."""
 
 
 class ErrorDetail(BaseModel):

@@ -18,13 +18,14 @@ import io
 import json
 import threading
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.realtime.events import text_problem
 from apps.sessions import selectors
 from apps.sessions.models import ResponseRequest
 
@@ -48,14 +49,18 @@ def cursor_encode(position: tuple[datetime, str]) -> str:
 
 
 def cursor_decode(cursor: str) -> tuple[datetime, str]:
-    """The keyset position a `next_cursor` stands for; BadCursor if it is not one of ours."""
+    """The keyset position a `next_cursor` stands for; BadCursor if it is not one of ours.
+    Whatever a client sends decodes or is refused here, never later: nesting too deep for
+    the JSON parser, a moment that is aware but outside years 1 to 9999 once in UTC (the
+    database reads it in UTC), an id that the database could not take (NUL, lone surrogate)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, request_id = json.loads(raw)
         moment = datetime.fromisoformat(created_at)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        moment.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, RecursionError, OverflowError):
         raise BadCursor("not a cursor this API gave; pass next_cursor as it came") from None
-    if moment.tzinfo is None or not isinstance(request_id, str) or "\x00" in request_id:
+    if moment.tzinfo is None or not isinstance(request_id, str) or text_problem(request_id):
         raise BadCursor("not a cursor this API gave; pass next_cursor as it came")
     return moment, request_id
 

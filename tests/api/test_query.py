@@ -178,3 +178,32 @@ async def test_the_openapi_document_says_csv_and_the_metadata_filter(rest):
     assert set(operation["responses"]["200"]["content"]) == {"application/json", "text/csv"}
     metadata = next(p for p in operation["parameters"] if p["name"] == "metadata")
     assert metadata["style"] == "deepObject" and metadata["in"] == "query"
+
+
+def _cursor(raw: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+async def test_times_out_of_range_in_utc_or_given_as_seconds_are_422_naming_the_field(rest, scene):
+    cases = [
+        ("since", {"since": "0001-01-01T00:00:00+14:00"}, "range"),  # before year 1 in UTC
+        ("until", {"until": "9999-12-31T23:59:59-14:00"}, "range"),  # after year 9999 in UTC
+        ("since", {"since": "1700000000"}, "ISO 8601"),  # Unix seconds are not ISO 8601
+        ("until", {"until": "1700000000.5"}, "ISO 8601"),
+        ("cursor", {"cursor": _cursor('["0001-01-01T00:00:00+14:00","req_x"]')}, "cursor"),
+        ("cursor", {"cursor": _cursor('["9999-12-31T23:59:59-14:00","req_x"]')}, "cursor"),
+        ("cursor", {"cursor": _cursor("[" * 3000 + "]" * 3000)}, "cursor"),
+        ("cursor", {"cursor": _cursor('["2026-01-01T00:00:00+00:00","\\ud800"]')}, "cursor"),
+    ]
+    for field, params, words in cases:
+        response = await rest.get("/responses", params=params)
+        assert response.status_code == 422, (params, response.status_code, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_fields" and field in error["fields"], (params, error)
+        assert words in error["fields"][field], (params, error)
+    edge = await _ids(rest, since="0001-01-01T00:00:00+00:00", until="9999-12-31T23:59:59-00:00")
+    assert len(edge) == 10, "the first and last moments in UTC are still times"
+    zulu = T0.isoformat().replace("+00:00", "Z")
+    assert len(await _ids(rest, since=zulu)) == 10, "Z is an offset"
