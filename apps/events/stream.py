@@ -240,7 +240,9 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     if raw is None or raw == "":
         return None
     text = raw.strip()
-    if not text.isdigit() or len(text) > 19:
+    # ASCII digits only: str.isdigit() also takes '²' (which int() refuses) and '١' (which
+    # int() reads as 1), and this stream never gave such an id.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise InvalidLastEventId(
             f"Last-Event-ID {raw[:40]!r} is not an event id (a whole number from an event's "
             "'id:' line)."

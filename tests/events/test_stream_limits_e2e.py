@@ -134,10 +134,15 @@ async def test_bad_input_is_answered_clearly(daphne, make_token, api_token):
         assert unknown.json()["error"]["code"] == "session_not_found"
         assert "sess_nope" in unknown.json()["error"]["message"]
 
-        for header, query in (("abc", None), (None, "-1"), ("12x", None), ("9" * 19, None)):
+        cases = [("abc", None), (None, "-1"), ("12x", None), ("9" * 19, None)]
+        # Digits that str.isdigit() takes but are not ASCII: superscript two (int() refuses it),
+        # Arabic-Indic one (int() reads it as 1), fullwidth one; as a query and as a header
+        # (Latin-1 on the wire, as HTTP carries it).
+        cases += [(None, "²"), (None, "١"), (None, "１"), ("²", None)]
+        for header, query in cases:
             answer = await rest.get(
                 "/events",
-                headers={"Last-Event-ID": header} if header else {},
+                headers={"Last-Event-ID": header.encode("latin-1")} if header else {},
                 params={"last_event_id": query} if query else {},
             )
             assert answer.status_code == 400, (header, query, answer.text)
