@@ -4,6 +4,12 @@ between 10 and 7200 (default 600), and the `session` configuration the key is fo
 
 A key stands for the scope realtime:connect only: `/v1/realtime/calls` and the relay take it
 until it expires (apps/sessions/tokens.py checks it). Only its digest is stored.
+
+What the service would refuse is refused when the key is minted, in its words, not when a
+call later uses the key: a parameter it does not know, a value of the wrong type,
+instructions over the limit, and any text (key or value) in the session configuration that
+cannot be stored or sent on (a NUL, a lone surrogate; `events.find_problem`). The rest of the
+configuration goes to the upstream as given, which judges it.
 """
 
 from __future__ import annotations
@@ -14,20 +20,44 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from apps.realtime.events import find_problem, json_type
 from apps.sessions.models import ApiToken, ClientSecret
+from apps.sessions.overrides import MAX_INSTRUCTIONS_CHARS
 
 DEFAULT_SECONDS = 600
 MIN_SECONDS = 10
 MAX_SECONDS = 7200
+PARAMETERS = ("expires_after", "session")  # the request body's, as the service takes them
+_ARTICLE = {"integer": "an", "array": "an", "object": "an", "string": "a", "boolean": "a"}
 
 
 class InvalidParameter(ValueError):
-    """A request field the service would refuse: `param` names it (`expires_after.seconds`)."""
+    """A request field the service would refuse: `param` names it (`expires_after.seconds`),
+    `code` is the service's (`unknown_parameter`, `invalid_type`, `invalid_value`, …)."""
 
-    def __init__(self, param: str, message: str) -> None:
+    def __init__(self, param: str, message: str, code: str = "invalid_value") -> None:
         super().__init__(message)
         self.param = param
         self.message = message
+        self.code = code
+
+    @classmethod
+    def unknown(cls, param: str) -> InvalidParameter:
+        return cls(param, f"Unknown parameter: '{param}'.", "unknown_parameter")
+
+    @classmethod
+    def wrong_type(cls, param: str, expected: str, value: Any) -> InvalidParameter:
+        kind = json_type(value)
+        got = f"{_ARTICLE.get(kind, 'a')} {kind}" if kind != "null" else kind
+        message = f"Invalid type for '{param}': expected {expected}, but got {got} instead."
+        return cls(param, message, "invalid_type")
+
+
+def check_parameters(body: dict[str, Any]) -> None:
+    """Refuse a top-level parameter the service does not take."""
+    for name in body:
+        if name not in PARAMETERS:
+            raise InvalidParameter.unknown(name)
 
 
 def lifetime(expires_after: Any) -> int:
@@ -35,13 +65,18 @@ def lifetime(expires_after: Any) -> int:
     if expires_after is None:
         return DEFAULT_SECONDS
     if not isinstance(expires_after, dict):
-        raise InvalidParameter("expires_after", "expires_after must be an object: {\"anchor\": \"created_at\", \"seconds\": N}.")
+        raise InvalidParameter.wrong_type(
+            "expires_after", 'an object ({"anchor": "created_at", "seconds": N})', expires_after
+        )
+    for name in expires_after:
+        if name not in ("anchor", "seconds"):
+            raise InvalidParameter.unknown(f"expires_after.{name}")
     anchor = expires_after.get("anchor", "created_at")
     if anchor != "created_at":
         raise InvalidParameter("expires_after.anchor", f"expires_after.anchor must be 'created_at', not {anchor!r}.")
     seconds = expires_after.get("seconds", DEFAULT_SECONDS)
     if isinstance(seconds, bool) or not isinstance(seconds, int):
-        raise InvalidParameter("expires_after.seconds", "expires_after.seconds must be an integer.")
+        raise InvalidParameter.wrong_type("expires_after.seconds", "an integer", seconds)
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise InvalidParameter(
             "expires_after.seconds",
@@ -52,17 +87,37 @@ def lifetime(expires_after: Any) -> int:
 
 def session_config(session: Any) -> dict[str, Any]:
     """The key's session configuration: a realtime session (the project relays no
-    transcription sessions), its model the request's or OC_REALTIME_MODEL."""
+    transcription sessions), its model the request's or OC_REALTIME_MODEL. Instructions are
+    a string of at most MAX_INSTRUCTIONS_CHARS, the limit of per-response instructions."""
     if session is None:
         session = {}
     if not isinstance(session, dict):
-        raise InvalidParameter("session", "session must be an object (a realtime session configuration).")
+        raise InvalidParameter.wrong_type(
+            "session", "an object (a realtime session configuration)", session
+        )
+    problem = find_problem(session, "session")
+    if problem is not None:
+        path, reason = problem
+        raise InvalidParameter(path, f"Invalid '{path}': it {reason}.")
     kind = session.get("type", "realtime")
     if kind != "realtime":
         raise InvalidParameter("session.type", f"session.type must be 'realtime', not {kind!r}.")
     model = session.get("model", settings.OC_REALTIME_MODEL)
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str):
+        raise InvalidParameter.wrong_type("session.model", "a string", model)
+    if not model:
         raise InvalidParameter("session.model", "session.model must be a model name.")
+    instructions = session.get("instructions", "")
+    if not isinstance(instructions, str):
+        raise InvalidParameter.wrong_type("session.instructions", "a string", instructions)
+    if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+        raise InvalidParameter(
+            "session.instructions",
+            "Invalid 'session.instructions': string too long. Expected a string with maximum "
+            f"length {MAX_INSTRUCTIONS_CHARS}, but got a string with length {len(instructions)} "
+            "instead.",
+            "string_above_max_length",
+        )
     return {**session, "type": "realtime", "model": model}
 
 

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET
 from apps.calls import keys
 from apps.calls.attach import attach
 from apps.calls.auth import Caller, authenticate, error
+from apps.realtime import events
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.housekeeping import housekeeping
@@ -57,19 +58,20 @@ async def client_secrets(request: HttpRequest) -> HttpResponse:
     if not isinstance(caller, Caller):
         return caller
     try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        return error(400, "invalid_json", "The body must be a JSON object.")
+        body = events.loads(request.body or b"{}")  # nesting too deep is a ValueError too
+    except ValueError as exc:
+        return error(400, "invalid_json", f"The body must be a JSON object; it is not JSON: {exc}.")
     if not isinstance(body, dict):
         return error(400, "invalid_json", "The body must be a JSON object.")
     try:
+        keys.check_parameters(body)
         secret, plain = await db_async(_mint)(
             expires_after=body.get("expires_after"),
             session=body.get("session"),
             created_by=caller.name.removeprefix("token:"),
         )
     except keys.InvalidParameter as invalid:
-        return error(400, "invalid_value", invalid.message, param=invalid.param)
+        return error(400, invalid.code, invalid.message, param=invalid.param)
     log.info(json.dumps({"event": "client_secret.minted", "by": caller.name, "expires_at": secret.expires_at.isoformat()}))
     return JsonResponse({"value": plain, "expires_at": int(secret.expires_at.timestamp()), "session": secret.session})
 

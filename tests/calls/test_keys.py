@@ -62,6 +62,55 @@ async def test_bad_parameters_are_refused_naming_the_field(api_token, body, para
     assert not await ClientSecret.objects.aexists()
 
 
+INSTRUCTIONS = "session.instructions"
+WRONG_TYPE = "expected a string, but got"
+VOICE = "session.audio.output.voice"
+TOO_LONG = "string_above_max_length"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param", "words"),
+    [
+        ({"bogus": 1}, "unknown_parameter", "bogus", "Unknown parameter: 'bogus'."),
+        ({"expires_after": {"seconds": 60, "x": 1}}, "unknown_parameter", "expires_after.x", "x'"),
+        ({"session": {"instructions": 5}}, "invalid_type", INSTRUCTIONS, WRONG_TYPE),
+        ({"session": {"model": ["m"]}}, "invalid_type", "session.model", WRONG_TYPE),
+        ({"session": {"instructions": "a\ud800b"}}, "invalid_value", INSTRUCTIONS, "surrogate"),
+        ({"session": {"instructions": "a\x00b"}}, "invalid_value", INSTRUCTIONS, "NUL"),
+        ({"session": {"audio": {"output": {"voice": "m\x00"}}}}, "invalid_value", VOICE, "NUL"),
+        ({"session": {"instructions": "x" * 2_000_000}}, TOO_LONG, INSTRUCTIONS, "32768"),
+    ],
+)
+async def test_what_the_service_would_refuse_is_refused_at_mint_time(
+    api_token, body, code, param, words
+):
+    response = await mint(api_token, body)
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == code, error
+    assert error["param"] == param and words in error["message"], error
+    assert not await ClientSecret.objects.aexists(), "no key for a refused request"
+
+
+async def test_instructions_at_the_limit_are_taken(api_token):
+    response = await mint(api_token, {"session": {"instructions": "x" * 32_768}})
+    assert response.status_code == 200, response.content[:300]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 5000 + b"]" * 5000, b'{"session":' * 5000 + b"{}" + b"}" * 5000, b"{bad", b"\xff"],
+)
+async def test_a_body_that_is_not_json_is_a_400_in_the_services_shape(api_token, raw):
+    response = await AsyncClient().post(
+        URL, raw, content_type="application/json", headers={"Authorization": f"Bearer {api_token}"}
+    )
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json", error
+    assert not await ClientSecret.objects.aexists()
+
+
 async def test_minting_needs_a_token_with_realtime_connect(make_token):
     assert (await AsyncClient().post(URL, {}, content_type="application/json")).status_code == 401
     reader = await sync_to_async(make_token)(scopes=["sessions:read"])
