@@ -35,7 +35,7 @@ class InvalidParameter(ValueError):
     """A request field the service would refuse: `param` names it (`expires_after.seconds`),
     `code` is the service's (`unknown_parameter`, `invalid_type`, `invalid_value`, …)."""
 
-    def __init__(self, param: str, message: str, code: str = "invalid_value") -> None:
+    def __init__(self, param: str | None, message: str, code: str = "invalid_value") -> None:
         super().__init__(message)
         self.param = param
         self.message = message
@@ -46,10 +46,14 @@ class InvalidParameter(ValueError):
         return cls(param, f"Unknown parameter: '{param}'.", "unknown_parameter")
 
     @classmethod
-    def wrong_type(cls, param: str, expected: str, value: Any) -> InvalidParameter:
+    def wrong_type(
+        cls, param: str | None, expected: str, value: Any, *, what: str | None = None
+    ) -> InvalidParameter:
+        """`what` names a value that is no parameter (the body itself: `param` None)."""
         kind = json_type(value)
         got = f"{_ARTICLE.get(kind, 'a')} {kind}" if kind != "null" else kind
-        message = f"Invalid type for '{param}': expected {expected}, but got {got} instead."
+        where = what or f"'{param}'"
+        message = f"Invalid type for {where}: expected {expected}, but got {got} instead."
         return cls(param, message, "invalid_type")
 
 

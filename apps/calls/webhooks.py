@@ -4,7 +4,13 @@ Verified with the `openai` SDK's `webhooks.unwrap` (Standard Webhooks: the HMAC 
 `{webhook-id}.{webhook-timestamp}.{body}` keyed by `OPENAI_WEBHOOK_SECRET`; the SDK refuses a
 timestamp more than 300 seconds away from now, either way). Without a secret, a valid
 signature, or a recent timestamp → 400 and nothing is done. A `webhook-id` already handled →
-200 and nothing is done again (the upstream repeats a delivery it saw no 2xx for).
+200 and nothing is done again (the upstream repeats a delivery it saw no 2xx for). A
+genuine delivery that is malformed (not a JSON object, a `webhook-id` empty or longer than
+the 128 characters kept, a call without `data.call_id`, …) → 400 naming what is wrong, and it
+is not recorded. A delivery is recorded as handled before it is acted on (so two deliveries
+at once are not both acted on) and forgotten again if acting on it fails, whatever the
+failure: the upstream's retry is then acted on, not answered `already_handled` with the call
+lost. The failure is answered 5xx (502 for the upstream's, 500 for ours), so it retries.
 
 `realtime.call.incoming`: a phone call is ringing. The number dialled (SIP `To`) picks the call
 profile (apps/calls/profiles.py); the call is accepted with the profile's session
@@ -20,6 +26,7 @@ import functools
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import openai
@@ -32,14 +39,19 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.calls import profiles
 from apps.calls.attach import attach
 from apps.calls.auth import error
+from apps.calls.keys import InvalidParameter
 from apps.calls.models import SeenWebhook
+from apps.realtime import events
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.housekeeping import housekeeping
 
 log = logging.getLogger("oc.events")
+failures = logging.getLogger(__name__)
 
 SEEN_FOR = timedelta(days=1)
+MAX_WEBHOOK_ID_CHARS = SeenWebhook._meta.get_field("webhook_id").max_length  # 128
+INCOMING_CALL = "realtime.call.incoming"
 
 
 class UpstreamFailed(Exception):
@@ -53,14 +65,60 @@ def _webhooks(secret: str):
 
 
 def verify(body: bytes, headers: dict[str, str], secret: str) -> str | None:
-    """None if the delivery is genuine and recent, else why not."""
+    """None if the delivery is genuine and recent, else why not. Only the signature: what the
+    body holds is `parse_event`'s to judge."""
     try:
-        _webhooks(secret).unwrap(body, headers)
+        _webhooks(secret).verify_signature(body, headers)
     except openai.InvalidWebhookSignatureError as refused:
         return str(refused)
-    except ValueError as refused:  # a missing header, a body that is not JSON, a bad secret
+    except ValueError as refused:  # a missing header, a body that is not UTF-8, a bad secret
         return str(refused)
     return None
+
+
+def webhook_id_problem(webhook_id: str) -> str | None:
+    """Why a signed `webhook-id` cannot be told apart from others, or None. It is kept whole
+    to drop repeats: an id cut to fit would make two deliveries one."""
+    if not webhook_id:
+        return "The webhook-id header is empty: it must name the delivery."
+    if len(webhook_id) > MAX_WEBHOOK_ID_CHARS:
+        return f"The webhook-id header is over {MAX_WEBHOOK_ID_CHARS} characters long."
+    return None
+
+
+def parse_event(body: bytes) -> dict[str, Any]:
+    """The delivery's event, with what this endpoint reads of it checked: an object whose
+    `type` is a string; for an incoming call, `data` an object with a `call_id` string and
+    `sip_headers` a list (or absent), and no text the database could not store. Raises
+    InvalidParameter naming the part that is wrong."""
+    try:
+        event = events.loads(body)  # nesting too deep for json.loads is a ValueError there
+    except ValueError as exc:
+        message = f"The webhook body is not JSON: {exc}."
+        raise InvalidParameter(None, message, "invalid_json") from None
+    if not isinstance(event, dict):
+        raise InvalidParameter.wrong_type(None, "an object", event, what="the webhook body")
+    event_type = event.get("type", "")
+    if not isinstance(event_type, str):
+        raise InvalidParameter.wrong_type("type", "a string", event_type)
+    if event_type != INCOMING_CALL:
+        return event
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise InvalidParameter.wrong_type("data", "an object", data)
+    call_id = data.get("call_id")
+    if call_id is None or call_id == "":
+        raise InvalidParameter("data.call_id", f"{INCOMING_CALL} without data.call_id.")
+    if not isinstance(call_id, str):
+        raise InvalidParameter.wrong_type("data.call_id", "a string", call_id)
+    sip_headers = data.get("sip_headers")
+    if sip_headers is not None and not isinstance(sip_headers, list):
+        raise InvalidParameter.wrong_type("data.sip_headers", "an array", sip_headers)
+    problem = events.find_problem(data, "data")
+    if problem is not None:
+        path, reason = problem
+        raise InvalidParameter(path, f"Invalid '{path}': it {reason}.")
+    return event
 
 
 def _first_time(webhook_id: str, event_type: str) -> bool:
@@ -68,7 +126,7 @@ def _first_time(webhook_id: str, event_type: str) -> bool:
     with serialised_write():
         SeenWebhook.objects.filter(received_at__lt=timezone.now() - SEEN_FOR).delete()
         try:
-            SeenWebhook.objects.create(webhook_id=webhook_id[:128], event_type=event_type[:64])
+            SeenWebhook.objects.create(webhook_id=webhook_id, event_type=event_type[:64])
         except IntegrityError:
             return False
     return True
@@ -76,7 +134,7 @@ def _first_time(webhook_id: str, event_type: str) -> bool:
 
 def _forget(webhook_id: str) -> None:
     with serialised_write():
-        SeenWebhook.objects.filter(webhook_id=webhook_id[:128]).delete()
+        SeenWebhook.objects.filter(webhook_id=webhook_id).delete()
 
 
 @csrf_exempt
@@ -95,28 +153,49 @@ async def openai_webhook(request: HttpRequest) -> HttpResponse:
     if refused is not None:
         log.warning(json.dumps({"event": "webhook.refused", "reason": refused, "webhook_id": headers.get("webhook-id", "")}))
         return error(400, "invalid_signature", f"The webhook was refused: {refused}.")
-    event = json.loads(body)
-    event_type = str(event.get("type", ""))
     webhook_id = headers["webhook-id"]
+    if (problem := webhook_id_problem(webhook_id)) is not None:
+        log.warning(json.dumps({"event": "webhook.refused", "reason": problem}))
+        return error(400, "invalid_value", problem, param="webhook-id")
+    try:
+        event = parse_event(body)
+    except InvalidParameter as invalid:
+        refusal = {"event": "webhook.refused", "reason": invalid.message, "webhook_id": webhook_id}
+        log.warning(json.dumps(refusal))
+        return error(400, invalid.code, invalid.message, param=invalid.param)
+    event_type = event.get("type", "")
     if not await db_async(_first_time)(webhook_id, event_type):
         log.info(json.dumps({"event": "webhook.repeated", "webhook_id": webhook_id, "type": event_type}))
         return JsonResponse({"status": "already_handled"})
-    if event_type != "realtime.call.incoming":
+    if event_type != INCOMING_CALL:
         log.info(json.dumps({"event": "webhook.ignored", "webhook_id": webhook_id, "type": event_type}))
         return JsonResponse({"status": "ignored"})
+    handled = False
     try:
-        return await _incoming_call(event.get("data") or {}, webhook_id)
+        response = await _incoming_call(event["data"], webhook_id)
+        handled = True
+        return response
     except (httpx.HTTPError, UpstreamFailed) as exc:
-        # Not handled: the upstream may deliver it again, and then it is acted on.
-        await db_async(_forget)(webhook_id)
         log.warning(json.dumps({"event": "call.upstream_unreachable", "webhook_id": webhook_id, "error": type(exc).__name__}))
         return error(502, "upstream_unreachable", "The upstream could not be reached to answer the call.", kind="upstream_error")
+    except Exception:
+        failures.exception("webhook %s: handling the incoming call failed", webhook_id)
+        return error(
+            500,
+            "server_error",
+            "The server failed to handle the incoming call; the failure is logged and the "
+            "delivery is not recorded as handled, so a retry is.",
+            kind="server_error",
+        )
+    finally:
+        if not handled:
+            # Not handled, whatever stopped it (even a cancelled request): the upstream may
+            # deliver it again, and then it is acted on.
+            await db_async(_forget)(webhook_id)
 
 
 async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
-    call_id = str(data.get("call_id") or "")
-    if not call_id:
-        return error(400, "invalid_value", "realtime.call.incoming without data.call_id.", param="data.call_id")
+    call_id = data["call_id"]  # a string, not empty (parse_event)
     caller_number = profiles.sip_number(profiles.sip_header(data, "From"))
     dialled_number = profiles.sip_number(profiles.sip_header(data, "To"))
     profile = await db_async(profiles.profile_for)(dialled_number)

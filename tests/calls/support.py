@@ -8,14 +8,22 @@ import hmac
 import json
 import time
 import uuid
+from typing import Any
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"calls-tests-webhook-secret-32byte").decode()
 
 
-def signed(event: dict, *, secret: str = WEBHOOK_SECRET, webhook_id: str | None = None, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of a webhook delivery signed with `secret`."""
-    body = json.dumps(event).encode()
-    webhook_id = webhook_id or f"wh_{uuid.uuid4().hex}"
+def signed(
+    event: Any,
+    *,
+    secret: str = WEBHOOK_SECRET,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of a webhook delivery signed with `secret`: `event` as JSON, or as it
+    is when it is bytes already."""
+    body = event if isinstance(event, bytes) else json.dumps(event).encode()
+    webhook_id = f"wh_{uuid.uuid4().hex}" if webhook_id is None else webhook_id
     timestamp = int(time.time()) if timestamp is None else timestamp
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signature = base64.b64encode(hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()).decode()

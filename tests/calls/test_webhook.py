@@ -174,6 +174,78 @@ async def test_an_upstream_failing_to_accept_leaves_the_delivery_to_be_retried(s
     assert not await SeenWebhook.objects.filter(webhook_id="wh_retry").aexists()
 
 
+INCOMING = '{"type":"realtime.call.incoming","data":%s}'
+SIP_HEADERS = "data.sip_headers"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        (b"[]", "invalid_type", None),
+        (b"1", "invalid_type", None),
+        (b"null", "invalid_type", None),
+        (b'"x"', "invalid_type", None),
+        (b"{bad", "invalid_json", None),
+        (b"[" * 5000 + b"]" * 5000, "invalid_json", None),  # deeper than json.loads can go
+        (b'{"type":5}', "invalid_type", "type"),
+        ((INCOMING % "[1]").encode(), "invalid_type", "data"),
+        ((INCOMING % '"x"').encode(), "invalid_type", "data"),
+        (b'{"type":"realtime.call.incoming"}', "invalid_type", "data"),
+        ((INCOMING % "{}").encode(), "invalid_value", "data.call_id"),
+        ((INCOMING % '{"call_id":5}').encode(), "invalid_type", "data.call_id"),
+        ((INCOMING % '{"call_id":"rtc_1","sip_headers":5}').encode(), "invalid_type", SIP_HEADERS),
+        ((INCOMING % '{"call_id":"rtc_\\u0000"}').encode(), "invalid_value", "data.call_id"),
+    ],
+)
+async def test_a_well_signed_but_malformed_delivery_is_a_400_naming_the_problem(
+    stand_in, body, code, param
+):
+    response = await deliver(*signed(body))
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == code, error
+    assert error["param"] == param, error
+    if param:
+        assert param in error["message"], error
+    assert stand_in["requests"] == [] and stand_in["attached"] == []
+    assert not await SeenWebhook.objects.aexists(), "a delivery refused is not recorded as handled"
+
+
+@pytest.mark.parametrize(("webhook_id", "words"), [("", "empty"), ("w" * 129, "128")])
+async def test_an_empty_or_over_long_webhook_id_is_refused_not_cut(stand_in, webhook_id, words):
+    response = await deliver(*signed(incoming_call("rtc_id"), webhook_id=webhook_id))
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert error["param"] == "webhook-id" and words in error["message"], error
+    assert stand_in["requests"] == [] and not await SeenWebhook.objects.aexists()
+    longest = await deliver(*signed(incoming_call("rtc_id"), webhook_id="w" * 128))
+    assert longest.json()["status"] == "accepted", "an id of 128 characters is taken whole"
+
+
+async def test_a_failure_while_handling_a_call_leaves_the_delivery_to_be_retried(
+    stand_in, monkeypatch
+):
+    calls = []
+
+    async def attach_once_failing(**arguments):
+        calls.append(arguments)
+        if len(calls) == 1:
+            raise RuntimeError("the sideband could not be started")
+        return True
+
+    monkeypatch.setattr(webhooks, "attach", attach_once_failing)
+    body, headers = signed(incoming_call("rtc_fails"), webhook_id="wh_fails")
+    failed = await deliver(body, headers)
+    assert failed.status_code == 500 and failed["Content-Type"] == "application/json"
+    assert failed.json()["error"]["type"] == "server_error"
+    assert not await SeenWebhook.objects.filter(webhook_id="wh_fails").aexists(), "forgotten"
+    retried = await deliver(body, headers)
+    assert retried.status_code == 200, "the retry is handled"
+    assert retried.json()["status"] == "accepted"
+    assert len(calls) == 2
+
+
 async def test_without_a_default_profile_the_projects_defaults_answer(stand_in):
     await CallProfile.objects.all().adelete()
     response = await deliver(*signed(incoming_call("rtc_bare")))
