@@ -29,9 +29,11 @@ import contextlib
 import json
 import logging
 import re
+import unicodedata
 
 import httpx
 
+from apps.realtime.events import text_problem
 from apps.sessions import groups, upstream_calls
 from apps.sessions.db import db_async
 from apps.sessions.models import CallAction, LiveSession
@@ -69,9 +71,20 @@ class CallControlFailed(ServiceError):
 
 
 def target_uri_problem(target_uri: object) -> str | None:
-    """Why a transfer target is refused, or None."""
+    """Why a transfer target is refused, or None. Besides the rule, a target may hold no
+    control character (the sip: pattern stops only at whitespace, and a NUL, DEL or C1 control
+    would be stored and sent upstream) and no lone surrogate (`events.text_problem`)."""
     if not isinstance(target_uri, str):
         return f"'target_uri' {TARGET_URI_RULE}; got {type(target_uri).__name__}."
+    problem = text_problem(target_uri)
+    if problem is not None:
+        return f"'target_uri' {problem}; it {TARGET_URI_RULE}."
+    control = next((ch for ch in target_uri if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:
+        return (
+            f"'target_uri' contains a control character (U+{ord(control):04X}), which is not "
+            f"allowed; it {TARGET_URI_RULE}."
+        )
     if len(target_uri) > MAX_TARGET_URI_CHARS or not (
         _TEL.fullmatch(target_uri) or _SIP.fullmatch(target_uri)
     ):

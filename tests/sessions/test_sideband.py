@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -227,6 +228,19 @@ async def test_call_control_refuses_a_relayed_session_an_ended_one_and_a_bad_tar
         bad = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": target})
         assert bad.status_code == 422, target
         assert "target_uri" in bad.json()["error"]["fields"], bad.json()
+    # A NUL, other control characters and a lone surrogate (sent as JSON escapes) are refused
+    # too, as in every other text field: never stored, never sent upstream.
+    for target in ("sip:a\x00b@example.com", "sip:agent@example.com\x01", "sip:a\x7fb@example.com",
+                   "sip:a\x85b@example.com", "sip:\ud800@example.com", "tel:+15550002222\x00"):
+        bad = await rest.post(
+            f"/sessions/{session.upstream_id}/refer",
+            content=json.dumps({"target_uri": target}),
+            headers={"Content-Type": "application/json"},
+        )
+        assert bad.status_code == 422, (target, bad.text)
+        reason = bad.json()["error"]["fields"]["target_uri"]
+        # Says what is wrong, not only the rule (pydantic itself refuses a lone surrogate).
+        assert "contains" in reason or "unicode" in reason, (target, reason)
     await call.close()
     await actor.wait_finished()
     await history.flush()
