@@ -60,6 +60,7 @@ from apps.api.schemas import (
     SessionStatus,
 )
 from apps.api.schemas import Status as RequestStatusValue
+from apps.calls import views as calls_views
 from apps.events import stream as event_stream
 from apps.sessions import approvals, calls, export, recordings, selectors, services, tokens
 from apps.sessions.db import db_async
@@ -824,13 +825,17 @@ async def not_found(request: HttpRequest, rest: str):
 
 
 def _api_or_page(status: int, code: str, message: str, page: Callable[..., HttpResponse]):
-    """A handler for an error Django answers before any view runs (a Host outside
-    DJANGO_ALLOWED_HOSTS, an unreadable request, a failure in middleware): under /api/ it
-    answers with the error body like every REST answer, elsewhere with Django's own page."""
+    """A handler for an error Django answers itself (a Host outside DJANGO_ALLOWED_HOSTS, an
+    unreadable request or one over DATA_UPLOAD_MAX_MEMORY_SIZE, a failure in middleware or
+    in a view outside the REST hook): under /api/ it answers with the error body like every
+    REST answer, under /v1/ (the OpenAI-compatible endpoints) in the service's error shape
+    (`apps.calls.views.refusal`), elsewhere with Django's own page."""
 
     def handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
         if request.path.startswith("/api/"):
             return error_response(status, code, message)
+        if request.path.startswith("/v1/"):
+            return calls_views.refusal(request, status, exception)
         return page(request, exception) if status != 500 else page(request)
 
     return handler

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -149,6 +150,32 @@ async def calls(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(answer.body, status=201, content_type="application/sdp")
     response["Location"] = f"/v1/realtime/calls/{call_id}"
     return response
+
+
+def unknown_url(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Last of the /v1/ routes: any other URL there is the service's 404, in DEBUG too."""
+    return error(404, "not_found", f"Invalid URL ({request.method} {request.path}).")
+
+
+def refusal(request: HttpRequest, status: int, exception: Exception | None = None) -> JsonResponse:
+    """Django's own refusals under /v1/ (its handler400/403/404/500), answered as the service
+    answers, in its error shape: the `openai` SDK and a browser's code read these too."""
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        message = f"The request body is over the limit of {limit} bytes."
+        return error(413, "request_too_large", message)
+    if status == 404:
+        return unknown_url(request)
+    if status == 403:
+        return error(403, "forbidden", "The request was refused.")
+    if status >= 500:
+        return error(
+            500,
+            "server_error",
+            "The server had an error while processing your request; the failure is logged.",
+            kind="server_error",
+        )
+    return error(400, "bad_request", "The request was refused as malformed or not for this host.")
 
 
 @login_required

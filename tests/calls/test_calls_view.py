@@ -223,3 +223,54 @@ async def test_a_full_server_refuses_the_call_before_placing_it(stand_in, api_to
     assert "maximum of 1 live sessions" in body["message"]
     assert stand_in.requests == [] and stand_in.attached == []
     assert (await post_sdp(api_token)).status_code == 201
+
+
+def _openai_error(response, status: int) -> dict:
+    """The service's error shape, as JSON: what the `openai` SDK reads."""
+    assert response.status_code == status, response.content[:300]
+    assert response["Content-Type"] == "application/json", response["Content-Type"]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/realtime/calls/rtc_x"),
+        ("POST", "/v1/realtime/calls/rtc_x/hangup"),
+        ("GET", "/v1/nope"),
+    ],
+)
+async def test_an_unknown_v1_url_is_a_404_in_the_services_shape(method, path):
+    response = await AsyncClient().generic(method, path)
+    error = _openai_error(response, 404)
+    assert error["type"] == "invalid_request_error" and f"{method} {path}" in error["message"]
+
+
+async def test_a_v1_body_over_djangos_limit_is_refused_in_the_services_shape(api_token, settings):
+    big = b'{"session": {"instructions": "' + b"x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE + b'"}}'
+    response = await AsyncClient().post(
+        "/v1/realtime/client_secrets", big, content_type="application/json",
+        headers={"Authorization": f"Bearer {api_token}"},
+    )
+    error = _openai_error(response, 413)
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in error["message"], error
+
+
+async def test_a_failure_under_v1_is_a_500_in_the_services_shape(api_token, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("the secret detail of a bug")
+
+    monkeypatch.setattr(views, "_mint", broken)
+    response = await AsyncClient(raise_request_exception=False).post(
+        "/v1/realtime/client_secrets", {}, content_type="application/json",
+        headers={"Authorization": f"Bearer {api_token}"},
+    )
+    error = _openai_error(response, 500)
+    assert error["type"] == "server_error" and "secret detail" not in error["message"]
+
+
+async def test_outside_api_and_v1_django_pages_stay_pages():
+    response = await AsyncClient().get("/console/no-such-page/")
+    assert response.status_code == 404 and response["Content-Type"].startswith("text/html")
