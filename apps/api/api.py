@@ -514,16 +514,16 @@ def _query_problems(request: HttpRequest, **named: str | None) -> tuple[list[tup
     return pairs, problems
 
 
+JSON_TYPE = "application/json; charset=utf-8"
+CSV_TYPE = "text/csv; charset=utf-8"
+
+
 def _wants_csv(request: HttpRequest, format: str | None) -> bool:
+    """`format` if given, else the `Accept` header as Django negotiates it: by q-value, then
+    by how specific the range is, then in the client's order. JSON when neither is acceptable."""
     if format is not None:
         return format == "csv"
-    for media in request.headers.get("Accept", "").split(","):
-        kind = media.split(";")[0].strip().lower()
-        if kind == "text/csv":
-            return True
-        if kind in ("application/json", "*/*", "application/*"):
-            return False
-    return False
+    return request.get_preferred_type([JSON_TYPE, CSV_TYPE]) == CSV_TYPE
 
 
 @api.get(
@@ -592,7 +592,8 @@ async def query_responses(
         requested_by=requested_by,
     )
     if _wants_csv(request, format):
-        response = StreamingHttpResponse(export.csv_chunks(filters, after=after), content_type="text/csv; charset=utf-8")
+        chunks = export.csv_chunks(filters, after=after)
+        response = StreamingHttpResponse(chunks, content_type=CSV_TYPE)
         response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
         return response
     rows, more = await db_async(selectors.request_page)(filters=filters, after=after, limit=limit)

@@ -207,3 +207,26 @@ async def test_times_out_of_range_in_utc_or_given_as_seconds_are_422_naming_the_
     assert len(edge) == 10, "the first and last moments in UTC are still times"
     zulu = T0.isoformat().replace("+00:00", "Z")
     assert len(await _ids(rest, since=zulu)) == 10, "Z is an offset"
+
+
+@pytest.mark.parametrize(
+    ("accept", "kind"),
+    [
+        ("text/csv;q=0.5, application/json", "application/json"),  # JSON has the higher q
+        ("application/json;q=0.1, text/csv", "text/csv"),
+        ("text/csv, application/json", "text/csv"),  # equal q: the client's order
+        ("application/json, text/csv", "application/json"),
+        ("text/csv", "text/csv"),
+        ("text/csv; charset=utf-8", "text/csv"),
+        ("text/*", "text/csv"),  # CSV is the only text offered
+        ("text/csv;q=0, */*", "application/json"),  # q=0: not acceptable
+        ("*/*", "application/json"),
+        ("text/html", "application/json"),  # nothing offered is acceptable: JSON, not a 406
+        ("", "application/json"),
+    ],
+)
+async def test_accept_is_negotiated_by_quality(rest, scene, accept, kind):
+    response = await rest.get("/responses", headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    answered = response.headers["content-type"]
+    assert answered.startswith(kind), (accept, answered)
