@@ -519,11 +519,18 @@ CSV_TYPE = "text/csv; charset=utf-8"
 
 
 def _wants_csv(request: HttpRequest, format: str | None) -> bool:
-    """`format` if given, else the `Accept` header as Django negotiates it: by q-value, then
-    by how specific the range is, then in the client's order. JSON when neither is acceptable."""
+    """`format` if given, else the first range of `Accept` that JSON or CSV fits, in Django's
+    order (by q-value, then how specific the range is, then the client's order). A range's own
+    parameters (`text/csv; header=present`) do not keep CSV from fitting it, as they would in
+    `get_preferred_type`. JSON when neither is acceptable."""
     if format is not None:
         return format == "csv"
-    return request.get_preferred_type([JSON_TYPE, CSV_TYPE]) == CSV_TYPE
+    for accepted in request.accepted_types:
+        for offered in (JSON_TYPE, CSV_TYPE):
+            main, sub = offered.split(";")[0].split("/")
+            if accepted.main_type in ("*", main) and accepted.sub_type in ("*", sub):
+                return offered == CSV_TYPE
+    return False
 
 
 @api.get(

@@ -218,6 +218,8 @@ async def test_times_out_of_range_in_utc_or_given_as_seconds_are_422_naming_the_
         ("application/json, text/csv", "application/json"),
         ("text/csv", "text/csv"),
         ("text/csv; charset=utf-8", "text/csv"),
+        ("text/csv; header=present", "text/csv"),  # RFC 7111's parameter
+        ("text/CSV;charset=UTF-8", "text/csv"),
         ("text/*", "text/csv"),  # CSV is the only text offered
         ("text/csv;q=0, */*", "application/json"),  # q=0: not acceptable
         ("*/*", "application/json"),
