@@ -69,7 +69,6 @@ ITEM_TYPES = frozenset(
         "mcp_list_tools",
     }
 )
-_SESSION_READ_ONLY = frozenset({"id", "object", "expires_at"})
 
 
 def default_session_config(
@@ -298,25 +297,11 @@ class SimSession:
 
     async def on_session_update(self, event: dict[str, Any]) -> None:
         update = required_object(event, "session")
-        if shape.beta_session(update):
-            event_id = event.get("event_id")
-            await shape.refuse_beta(
-                self.connection, event_id if isinstance(event_id, str) else None
-            )
-            return
-        shape.check_unknown_beta_keys(update)
-        shape.check_current_fields(update, "session")
-        session_type = update.get("type")
-        if session_type is not None and session_type != "realtime":
-            raise Rejected(
-                "invalid_value",
-                f"Invalid value: '{session_type}'. Supported values are: 'realtime'.",
-                "session.type",
-            )
+        shape.check_session_update(update)
         instructions = update.get("instructions")
         if "instructions" in update and not isinstance(instructions, str):
             raise Rejected.invalid_type("session.instructions", "a string", instructions)
-        _deep_merge(self.config, {k: v for k, v in update.items() if k not in _SESSION_READ_ONLY})
+        _deep_merge(self.config, update)
         await self.send(
             {"type": "session.updated", "event_id": new_event_id(), "session": self.config}
         )
@@ -827,6 +812,7 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
     params = event["response"]
     if not isinstance(params, dict):
         raise Rejected.invalid_type("response", "an object", params)
+    shape.check_response_params(params)
     instructions = params.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise Rejected.invalid_type("response.instructions", "a string", instructions)
@@ -840,7 +826,6 @@ def _validated_response_params(event: dict[str, Any]) -> dict[str, Any]:
     metadata = params.get("metadata")
     if metadata is not None:
         _check_metadata(metadata)
-    shape.check_current_fields(params, "response")
     max_output_tokens = params.get("max_output_tokens")
     if max_output_tokens is not None and max_output_tokens != "inf":
         if not isinstance(max_output_tokens, int) or isinstance(max_output_tokens, bool):

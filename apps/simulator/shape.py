@@ -8,15 +8,23 @@ WebSocket with code 4000 and the reason `invalid_request_error.beta_api_shape_di
      supported. Please use /v1/realtime for the GA API.", "param": null, "event_id": <the
      client event's id, or null>}}
 
-It does so for (as reported by the service's users; the simulator follows):
-- a handshake with the header `OpenAI-Beta: realtime=v1` (or the browser subprotocol
-  `openai-beta.realtime-v1`): the WebSocket opens, the error comes first (no
-  `session.created`), then the close;
-- a beta-shaped `session.update`: a `session` without `type` that holds a key only the beta
-  shape had (`modalities`, `voice`, `input_audio_format`, `output_audio_format`,
-  `input_audio_transcription`, `input_audio_noise_reduction`, `turn_detection`, `temperature`,
-  `max_response_output_tokens`); the error names the event. (With `type` set, such a key is an
-  ordinary unknown parameter, and the session goes on.)
+It does so for a handshake with the header `OpenAI-Beta: realtime=v1` (or the browser
+subprotocol `openai-beta.realtime-v1`), as many of the service's users report: the WebSocket
+opens, the error comes first (no `session.created`), then the close.
+
+A beta-shaped *event* is not refused that way: the service answers it as any invalid event of
+the GA shape, with an `error` and the session going on (TanStack/ai issue #586, 2026-05-19, and
+PR #699; the simulator follows). Nothing of a refused `session.update` is applied:
+- a `session` without `type`: `missing_required_parameter`, param `session.type` (also when
+  its other keys are beta-named: `voice`, `modalities`, ...);
+- a key the GA session shape does not have (`temperature`, `modalities`, and the read-only
+  `id`, `object`, `expires_at` the service itself announces in `session.created`; no report
+  says it takes them back): `unknown_parameter`, "Unknown parameter: 'session.temperature'.";
+  nested objects too (`session.audio.input.turn_detection.eagerness` with `server_vad`,
+  `session.tools[2].meta` as livekit/agents issue #3398 shows). The shape is the official
+  SDK's type, read by `apps.realtime.ga`;
+- likewise a `response.create` whose `response` has a key outside the GA response shape
+  (`response.modalities`).
 
 Current fields, checked as the service checks them (errors name the parameter):
 `reasoning` (`{"effort": "minimal"|"low"|"medium"|"high"|"xhigh"}`) and `parallel_tool_calls`
@@ -33,6 +41,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from apps.realtime import ga
 from apps.realtime.events import error_event
 from apps.simulator.wire import Rejected, dumps, new_event_id
 
@@ -43,19 +52,6 @@ BETA_MESSAGE = (
 BETA_CLOSE_CODE = 4000
 BETA_CLOSE_REASON = "invalid_request_error.beta_api_shape_disabled"
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
-BETA_SESSION_KEYS = frozenset(
-    {
-        "modalities",
-        "voice",
-        "input_audio_format",
-        "output_audio_format",
-        "input_audio_transcription",
-        "input_audio_noise_reduction",
-        "turn_detection",
-        "temperature",
-        "max_response_output_tokens",
-    }
-)
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 
 
@@ -68,9 +64,32 @@ def beta_handshake(headers: Any) -> bool:
     return BETA_SUBPROTOCOL in (part.strip() for part in offered.split(","))
 
 
-def beta_session(update: Mapping[str, Any]) -> bool:
-    """Whether a `session.update`'s session is beta-shaped (module docstring)."""
-    return "type" not in update and not BETA_SESSION_KEYS.isdisjoint(update)
+def check_session_update(update: Mapping[str, Any]) -> None:
+    """A `session.update`'s session, refused as the service refuses it (module docstring)."""
+    session_type = update.get("type")
+    if session_type is None:
+        raise Rejected.missing_parameter("session.type")
+    if session_type != ga.SESSION_TYPE:
+        shown = session_type if isinstance(session_type, str) else dumps(session_type)
+        raise Rejected(
+            "invalid_value",
+            f"Invalid value: '{shown}'. Supported values are: 'realtime'.",
+            "session.type",
+        )
+    check_known_keys(ga.unknown_session_parameter(update))
+    check_current_fields(update, "session")
+
+
+def check_response_params(params: Mapping[str, Any]) -> None:
+    """The keys and current fields of a `response.create`'s response."""
+    check_known_keys(ga.unknown_response_parameter(params))
+    check_current_fields(params, "response")
+
+
+def check_known_keys(unknown: str | None) -> None:
+    """Refuse the parameter `unknown` names, if any, as the service does."""
+    if unknown is not None:
+        raise Rejected("unknown_parameter", f"Unknown parameter: '{unknown}'.", unknown)
 
 
 async def refuse_beta(connection: ServerConnection, client_event_id: str | None = None) -> None:
@@ -110,12 +129,3 @@ def check_current_fields(params: Mapping[str, Any], where: str) -> None:
         value = params["parallel_tool_calls"]
         if not isinstance(value, bool):
             raise Rejected.invalid_type(f"{where}.parallel_tool_calls", "a boolean", value)
-
-
-def check_unknown_beta_keys(update: Mapping[str, Any]) -> None:
-    """With `type` set, a beta-only key is an unknown parameter (the session goes on)."""
-    for key in update:
-        if key in BETA_SESSION_KEYS:
-            raise Rejected(
-                "unknown_parameter", f"Unknown parameter: 'session.{key}'.", f"session.{key}"
-            )

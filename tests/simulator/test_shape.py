@@ -1,5 +1,6 @@
-"""The current protocol's shape: the beta shape refused, current fields accepted and checked,
-rate limits at the start of each response."""
+"""The current protocol's shape: the beta handshake refused, events outside the GA shape refused
+with the session going on, current fields accepted and checked, rate limits at the start of
+each response."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from apps.realtime.ga import updatable_session
 from tests.simulator.client import add_user_text, recv, recv_until, sdk_client
 
 BETA_ERROR = {
@@ -51,35 +53,125 @@ async def test_a_beta_handshake_gets_the_error_then_close_4000(sim, how):
     )
 
 
-@pytest.mark.asyncio
-async def test_a_beta_shaped_session_update_gets_the_error_then_close_4000(sim):
-    async with ws_connect(sim.url + "/realtime?model=gpt-realtime") as ws:
-        assert json.loads(await ws.recv())["type"] == "session.created"
-        beta = {
-            "modalities": ["text", "audio"],
-            "voice": "alloy",
-            "input_audio_format": "pcm16",
-            "turn_detection": {"type": "server_vad"},
-        }
-        await ws.send(json.dumps({"type": "session.update", "event_id": "evt_b", "session": beta}))
-        frames = await _until_closed(ws)
-    assert frames == [
-        {
-            "type": "error",
-            "event_id": frames[0]["event_id"],
-            "error": {**BETA_ERROR, "event_id": "evt_b"},
-        }
-    ]
-    assert ws.close_code == 4000
+# semantic_vad's key under server_vad; a rate on a format that has none
+SERVER_VAD_EAGER = {"type": "server_vad", "eagerness": "low"}
+PCMU_RATE = {"type": "audio/pcmu", "rate": 8000}
+
+
+async def _reply_text(conn) -> str:
+    """The text of a fresh response: it names the instructions in force."""
+    await conn.response.create()
+    done = (await recv_until(conn, "response.done"))[-1]
+    return done.response.output[0].content[0].text
 
 
 @pytest.mark.asyncio
-async def test_a_beta_key_beside_type_is_an_unknown_parameter_and_the_session_goes_on(conn):
-    await conn.send({"type": "session.update", "session": {"type": "realtime", "voice": "ash"}})
-    event = await recv(conn)
-    assert event.type == "error" and event.error.code == "unknown_parameter"
-    assert event.error.param == "session.voice"
+async def test_a_session_update_without_type_is_refused_and_the_session_goes_on(conn):
+    # As TanStack/ai #586 reports of the service: a type-less (beta-shaped) update gets
+    # missing_required_parameter, the connection stays, and nothing of it is applied.
+    beta = {
+        "instructions": "Speak like a pirate.",
+        "voice": "ash",
+        "modalities": ["text", "audio"],
+        "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+    }
+    await conn.send({"type": "session.update", "event_id": "evt_b", "session": beta})
+    error = await recv(conn)
+    assert error.type == "error"
+    assert error.error.model_dump(exclude_none=False) == {
+        "type": "invalid_request_error",
+        "code": "missing_required_parameter",
+        "message": "Missing required parameter: 'session.type'.",
+        "param": "session.type",
+        "event_id": "evt_b",
+    }
     await add_user_text(conn, "still here")
+    assert "Speak like a pirate." not in await _reply_text(conn), "nothing was applied"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("event", "param"),
+    [
+        ({"type": "realtime", "temperature": 0.8}, "session.temperature"),
+        ({"type": "realtime", "modalities": ["text"]}, "session.modalities"),
+        ({"type": "realtime", "id": "sess_1"}, "session.id"),
+        ({"type": "realtime", "object": "realtime.session"}, "session.object"),
+        ({"type": "realtime", "expires_at": 1}, "session.expires_at"),
+        ({"type": "realtime", "foo": 1}, "session.foo"),
+        ({"type": "realtime", "audio": {"input": {"foo": 1}}}, "session.audio.input.foo"),
+        (
+            {"type": "realtime", "audio": {"input": {"turn_detection": SERVER_VAD_EAGER}}},
+            "session.audio.input.turn_detection.eagerness",
+        ),
+        (
+            {"type": "realtime", "audio": {"output": {"format": PCMU_RATE}}},
+            "session.audio.output.format.rate",
+        ),
+        (
+            {"type": "realtime", "tools": [{"type": "function", "name": "f", "meta": {}}]},
+            "session.tools[0].meta",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+async def test_a_key_outside_the_ga_session_shape_is_an_unknown_parameter(conn, event, param):
+    # TanStack/ai PR #699: the service refuses the whole update over one unknown key.
+    session = {**event, "instructions": "Speak like a pirate."}
+    await conn.send({"type": "session.update", "event_id": "evt_u", "session": session})
+    error = await recv(conn)
+    assert error.type == "error"
+    assert (error.error.code, error.error.param, error.error.event_id) == (
+        "unknown_parameter",
+        param,
+        "evt_u",
+    )
+    assert error.error.message == f"Unknown parameter: '{param}'."
+    await add_user_text(conn, "still here")
+    assert "Speak like a pirate." not in await _reply_text(conn), "nothing was applied"
+
+
+@pytest.mark.asyncio
+async def test_a_session_type_other_than_realtime_is_an_invalid_value(conn):
+    await conn.send({"type": "session.update", "session": {"type": "chat"}})
+    error = await recv(conn)
+    assert (error.error.code, error.error.param) == ("invalid_value", "session.type")
+
+
+@pytest.mark.asyncio
+async def test_the_announced_session_sent_back_as_ga_allows_is_accepted(conn):
+    # What a client (or the relay's rotation) may send back of session.created: every
+    # updatable key of the service's session object, with `type`.
+    update = {"type": "session.update", "session": {"type": "realtime", "instructions": "x"}}
+    await conn.send(update)
+    announced = (await recv(conn)).session.model_dump(exclude_unset=True)
+    await conn.send({"type": "session.update", "session": updatable_session(announced)})
+    assert (await recv_until(conn, "session.updated"))[-1].type == "session.updated"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("response", "param"),
+    [
+        ({"modalities": ["text"]}, "response.modalities"),
+        ({"temperature": 0.7}, "response.temperature"),
+        ({"voice": "ash"}, "response.voice"),
+        ({"output_audio_format": "pcm16"}, "response.output_audio_format"),
+        ({"audio": {"output": {"voice": "ash", "speed": 1.2}}}, "response.audio.output.speed"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+async def test_a_key_outside_the_ga_response_shape_is_an_unknown_parameter(conn, response, param):
+    await conn.send({"type": "response.create", "event_id": "evt_r", "response": response})
+    error = await recv(conn)
+    assert (error.type, error.error.code, error.error.param, error.error.event_id) == (
+        "error",
+        "unknown_parameter",
+        param,
+        "evt_r",
+    )
+    await add_user_text(conn, "still here")
+    assert "Reply 1 to" in await _reply_text(conn), "the refused response never started"
 
 
 @pytest.mark.asyncio

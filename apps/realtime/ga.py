@@ -1,0 +1,155 @@
+"""The GA protocol's shape of a session and of a response, read from the official SDK. Pure.
+
+The service refuses a `session.update` whose session names a key the GA shape does not have
+(`unknown_parameter`, "Unknown parameter: 'session.temperature'.") and applies nothing of it;
+likewise a `response.create`. The shapes are not listed by hand here: they are the `openai`
+package's request types (`RealtimeSessionCreateRequestParam`,
+`RealtimeResponseCreateParamsParam`), which are generated from the service's API description,
+so a new field is known as soon as the SDK knows it.
+
+Checked: every object the types describe as a `TypedDict` — the top level, `audio`,
+`audio.input`/`audio.output`, `format`, `turn_detection` (by its `type`: `server_vad` or
+`semantic_vad`), `noise_reduction`, `transcription`, `reasoning`, `tracing`, `prompt`,
+`tools[i]` (by `type`), `tool_choice`. A union whose variant cannot be told (no `type`, or
+several variants with it) is checked against all its variants' keys together, not deeper.
+Free-form values (`metadata`, a tool's `parameters`, `prompt.variables`) and a response's
+`input` items are not checked here.
+
+The session object the service announces (`session.created`/`session.updated`) holds keys an
+update does not take (`id`, `object`, `expires_at`; a client secret's session also
+`client_secret`): `updatable_session` is what of such an object can be sent back.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import copy
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import typing_extensions
+from openai.types.realtime.realtime_response_create_params_param import (
+    RealtimeResponseCreateParamsParam,
+)
+from openai.types.realtime.realtime_session_create_request_param import (
+    RealtimeSessionCreateRequestParam,
+)
+
+SESSION_TYPE = "realtime"
+
+
+@functools.cache
+def _hints(typed_dict: type) -> dict[str, Any]:
+    return typing.get_type_hints(typed_dict)
+
+
+SESSION_KEYS = frozenset(_hints(RealtimeSessionCreateRequestParam))
+RESPONSE_KEYS = frozenset(_hints(RealtimeResponseCreateParamsParam))
+
+
+def _is_typed_dict(annotation: object) -> bool:
+    # The SDK's TypedDicts are typing_extensions': `typing.is_typeddict` does not know them.
+    return isinstance(annotation, type) and typing_extensions.is_typeddict(annotation)
+
+
+def _variants(annotation: object) -> list[Any]:
+    """The members of a union (an Optional's None left out), or the annotation alone."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _tag(typed_dict: type) -> tuple[str, ...]:
+    """The values a TypedDict's `type` key may hold (a `Literal`), else ()."""
+    annotation = _hints(typed_dict).get("type")
+    if typing.get_origin(annotation) in (typing.Literal, typing_extensions.Literal):
+        return tuple(v for v in typing.get_args(annotation) if isinstance(v, str))
+    return ()
+
+
+def _object_shape(annotation: object, value: Mapping[str, Any]) -> tuple[frozenset[str], Any]:
+    """For an object `value` of `annotation`: the keys it may have, and the TypedDict to look
+    deeper with (None when the variant is not known). Empty keys: not an object type."""
+    candidates = [v for v in _variants(annotation) if _is_typed_dict(v)]
+    if not candidates:
+        return frozenset(), None
+    tagged = [c for c in candidates if value.get("type") in _tag(c)]
+    if len(tagged) == 1:
+        return frozenset(_hints(tagged[0])), tagged[0]
+    if len(candidates) == 1:
+        return frozenset(_hints(candidates[0])), candidates[0]
+    return frozenset().union(*(_hints(c) for c in tagged or candidates)), None
+
+
+def _unknown_in(value: object, annotation: object, path: str) -> str | None:
+    if isinstance(value, Mapping):
+        keys, typed_dict = _object_shape(annotation, value)
+        if not keys:
+            return None
+        for key in value:
+            if key not in keys:
+                return f"{path}.{key}"
+        if typed_dict is None:
+            return None
+        hints = _hints(typed_dict)
+        for key, item in value.items():
+            found = _unknown_in(item, hints[key], f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list):
+        for annotation_variant in _variants(annotation):
+            origin = typing.get_origin(annotation_variant)
+            if origin in (list, collections.abc.Sequence):
+                (member,) = typing.get_args(annotation_variant)
+                for index, item in enumerate(value):
+                    found = _unknown_in(item, member, f"{path}[{index}]")
+                    if found is not None:
+                        return found
+    return None
+
+
+def unknown_session_parameter(session: Mapping[str, Any]) -> str | None:
+    """The first key of a `session.update`'s session the GA shape does not have, as the
+    service names it (`session.temperature`, `session.audio.input.foo`); None if all are known.
+    """
+    return _unknown_in(session, RealtimeSessionCreateRequestParam, "session")
+
+
+def unknown_response_parameter(response: Mapping[str, Any]) -> str | None:
+    """The same for a `response.create`'s response (`response.modalities`); its `input`
+    items are left to the item checks."""
+    checked = {key: value for key, value in response.items() if key != "input"}
+    return _unknown_in(checked, RealtimeResponseCreateParamsParam, "response")
+
+
+def updatable_session(session: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a session object the service announced a `session.update` may send back: the
+    keys of the GA shape (nested objects pruned the same way), with `type` set. A copy: the
+    announced object is left as it was."""
+    pruned = _pruned(session, RealtimeSessionCreateRequestParam)
+    pruned["type"] = SESSION_TYPE
+    return pruned
+
+
+def _pruned(value: Any, annotation: object) -> Any:
+    if isinstance(value, Mapping):
+        keys, typed_dict = _object_shape(annotation, value)
+        if not keys:
+            return copy.deepcopy(dict(value))
+        hints = _hints(typed_dict) if typed_dict is not None else {}
+        return {
+            key: _pruned(item, hints.get(key))
+            for key, item in value.items()
+            if key in keys
+        }
+    if isinstance(value, list):
+        for annotation_variant in _variants(annotation):
+            if typing.get_origin(annotation_variant) in (list, collections.abc.Sequence):
+                (member,) = typing.get_args(annotation_variant)
+                return [_pruned(item, member) for item in value]
+    return copy.deepcopy(value)
