@@ -6,8 +6,9 @@ session that is given the session's configuration and the conversation so far; t
 connection, the public session id and every id the caller holds stay valid (CONTRACT section 9).
 
 `Rotation` is the relay core's part for this (`RelayCore` owns one when rotation is on and
-calls it with a few lines). Like the sequencer, it imports nothing beyond the standard library
-and `events`, reads no clock (time is `now`) and returns actions:
+calls it with a few lines). Like the sequencer, it imports nothing beyond the standard library,
+`events` and `ga` (the SDK's GA types, data only), reads no clock (time is `now`) and returns
+actions:
 
 What it tracks (from the current upstream's events, `observe`)
   config        the session configuration as last confirmed (`session.created`/`.updated`),
@@ -34,11 +35,13 @@ The steps (phases)
              uncommitted, no tool approval pending (a rotation due while a response streams
              waits for its `response.done`).
   replaying  the core holds every caller frame, operator request and note (`hold`), in order;
-             `session.update` with the configuration and a `conversation.item.create` per item
-             (the same item ids, each after the one before through `previous_item_id`) went to
-             the fresh leg (`ToFresh`); its acknowledgements are awaited (`session.created`,
-             `session.updated`, every item acknowledged). Then a `conversation.item.retrieve`
-             of the last item drains the set-up (below). Nothing of this reaches the caller.
+             `session.update` with the configuration (what of the last announced session an
+             update takes, with `type`: `ga.updatable_session`) and a
+             `conversation.item.create` per item (the same item ids, each after the one before
+             through `previous_item_id`) went to the fresh leg (`ToFresh`); its
+             acknowledgements are awaited (`session.created`, `session.updated`, every item
+             acknowledged). Then a `conversation.item.retrieve` of the last item drains the
+             set-up (below). Nothing of this reaches the caller.
   swap       all acknowledged and drained: `SwapUpstream` (the actor makes the fresh leg the
              session's and closes the old one), `UpstreamSessions` (recorded), then the core
              resumes its sequencer and releases what it held, onto the fresh leg.
@@ -78,14 +81,13 @@ an item answers the text version; a delete works as before.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from apps.realtime import events
+from apps.realtime import events, ga
 
 # Upstream event types the rotation reads on the current leg.
 OBSERVED_TYPES = frozenset(
@@ -123,7 +125,6 @@ CALLER_ITEM_TYPES = frozenset(
         "conversation.item.create",
     }
 )
-READ_ONLY_SESSION_FIELDS = frozenset({"id", "object", "expires_at", "client_secret"})
 # Item types a client may create as they are; any other is replayed as a system message that
 # describes it. That is every MCP item: calls, tool lists and approval requests are the
 # service's own, and the one a client may create, `mcp_approval_response`, must answer an
@@ -407,11 +408,7 @@ class Rotation:
         if kind in ("session.created", "session.updated"):
             session = event.get("session")
             if isinstance(session, dict):
-                self.config = {
-                    k: copy.deepcopy(v)
-                    for k, v in session.items()
-                    if k not in READ_ONLY_SESSION_FIELDS
-                }
+                self.config = ga.updatable_session(session)
                 self.manual_turns, self._auto_response = _turn_detection(session)
                 if kind == "session.created" and not self.session_ids:
                     self.session_ids.append(_upstream_id(session.get("id")))

@@ -164,6 +164,34 @@ def open_fresh(core: RelayCore, now: float = 4.5) -> None:
     assert not core.rotation.holding
 
 
+def test_the_replayed_configuration_holds_only_what_a_ga_session_update_takes():
+    core = make_core()
+    core.upstream_attached(now=0.0)
+    announced = {
+        **SESSION,
+        "client_secret": {"value": "ek_1", "expires_at": 9},
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low", "new": 1}},
+            "output": {"voice": "ash", "format": {"type": "audio/pcmu"}},
+        },
+        "a_field_of_a_later_service": True,
+    }
+    core.upstream_frame(frame("session.created", session=announced), now=0.0)
+    converse(core)
+    open_fresh(core)
+    update = json.loads(core.tick(now=6.0)[0].frame)["session"]
+    assert update == {
+        "type": "realtime",
+        "instructions": "Be kind.",
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low"}},
+            "output": {"voice": "ash", "format": {"type": "audio/pcmu"}},
+        },
+    }
+
+
 def test_a_due_rotation_replays_the_session_and_swaps_between_responses():
     core = started()
     open_fresh(core)
@@ -175,7 +203,8 @@ def test_a_due_rotation_replays_the_session_and_swaps_between_responses():
         "fresh conversation.item.create item_a1",
     ]
     update = json.loads(replayed[0].frame)["session"]
-    assert update == {"instructions": "Be kind."}  # without id, object, expires_at
+    # GA-valid: `type` set, without id, object, expires_at (read-only, refused by an update)
+    assert update == {"type": "realtime", "instructions": "Be kind."}
     user = json.loads(replayed[1].frame)
     agent = json.loads(replayed[2].frame)
     assert "previous_item_id" not in user
