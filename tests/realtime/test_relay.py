@@ -594,7 +594,7 @@ DEEP = "[" * 5000 + "]" * 5000
             id="lone-surrogate-in-an-item",
         ),
         pytest.param(
-            '{"type":"session.update","session":{"instructions":"a\\u0000b"}}',
+            '{"type":"session.update","session":{"type":"realtime","instructions":"a\\u0000b"}}',
             "invalid_value",
             "session.instructions",
             id="nul-in-a-session-update",

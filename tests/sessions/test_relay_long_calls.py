@@ -98,19 +98,26 @@ async def test_a_beta_handshake_gets_the_services_answer_through_the_relay(
 async def test_a_beta_shaped_session_update_gets_the_services_answer_through_the_relay(
     relay_settings, api_token
 ):
+    # The service answers a type-less update with missing_required_parameter and keeps the
+    # session (TanStack/ai #586); the relay passes the error on unchanged.
     caller = _caller(api_token)
     assert (await caller.connect(timeout=5))[0]
     await caller.receive_json_from(timeout=5)
     beta = {"modalities": ["text"], "voice": "alloy", "input_audio_format": "pcm16"}
     await caller.send_json_to({"type": "session.update", "event_id": "evt_beta", "session": beta})
-    events = await _until_close(caller)
-    assert [e["type"] for e in events] == ["error", "<close>"], events
-    assert events[0]["error"]["code"] == "beta_api_shape_disabled"
-    assert events[0]["error"]["event_id"] == "evt_beta"
-    assert (events[1]["code"], events[1]["reason"]) == (
-        4000,
-        "invalid_request_error.beta_api_shape_disabled",
-    )
+    error = await caller.receive_json_from(timeout=5)
+    assert error["type"] == "error"
+    assert error["error"] == {
+        "type": "invalid_request_error",
+        "code": "missing_required_parameter",
+        "message": "Missing required parameter: 'session.type'.",
+        "param": "session.type",
+        "event_id": "evt_beta",
+    }
+    await caller.send_json_to({"type": "conversation.item.create", "item": user_text("hi")})
+    while (event := await caller.receive_json_from(timeout=5))["type"] != "conversation.item.done":
+        assert event["type"] != "error", event
+    await caller.disconnect()
 
 
 async def test_current_fields_pass_through_the_relay(relay_settings, api_token):
