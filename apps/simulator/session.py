@@ -3,6 +3,9 @@
 `SimSession.receive` parses a client frame, dispatches it, and answers what the service
 refuses with the service's `error` event (`wire.Rejected`). Here: `session.update`,
 conversation items, `response.create`/`response.cancel`, and the streaming of a response.
+A `session.update` or `response.create` outside the GA shape (no `session.type`, a key the
+SDK's types lack, the read-only `id`/`object`/`expires_at` among them) is refused whole, the
+session going on: `shape` says what and on what evidence.
 Audio in and out (input buffer, VAD, spoken output) is `voice`'s.
 
 The model's "reply" is deterministic text that shows what the response was asked for::
