@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from apps.realtime import ga
 from apps.realtime.events import find_problem, json_type
 from apps.sessions.models import ApiToken, ClientSecret
 from apps.sessions.overrides import MAX_INSTRUCTIONS_CHARS
@@ -106,6 +107,9 @@ def session_config(session: Any) -> dict[str, Any]:
     kind = session.get("type", "realtime")
     if kind != "realtime":
         raise InvalidParameter("session.type", f"session.type must be 'realtime', not {kind!r}.")
+    unknown = ga.unknown_session_parameter(session)
+    if unknown is not None:  # the service refuses it now, not when the key is used
+        raise InvalidParameter.unknown(unknown)
     model = session.get("model", settings.OC_REALTIME_MODEL)
     if not isinstance(model, str):
         raise InvalidParameter.wrong_type("session.model", "a string", model)

@@ -79,6 +79,13 @@ TOO_LONG = "string_above_max_length"
         ({"session": {"instructions": "a\x00b"}}, "invalid_value", INSTRUCTIONS, "NUL"),
         ({"session": {"audio": {"output": {"voice": "m\x00"}}}}, "invalid_value", VOICE, "NUL"),
         ({"session": {"instructions": "x" * 2_000_000}}, TOO_LONG, INSTRUCTIONS, "32768"),
+        ({"session": {"temperature": 0.7}}, "unknown_parameter", "session.temperature", "Unknown"),
+        (
+            {"session": {"audio": {"input": {"foo": 1}}}},
+            "unknown_parameter",
+            "session.audio.input.foo",
+            "Unknown parameter",
+        ),
     ],
 )
 async def test_what_the_service_would_refuse_is_refused_at_mint_time(
