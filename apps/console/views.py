@@ -86,6 +86,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "label_limit": services.MAX_LABEL_CHARS,
             "over": session.status in OVER,
             "requests": rows,
+            "requests_shown": queue_first(rows),
             "requests_json": [row.to_dict() for row in rows],
             "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,
@@ -95,6 +96,24 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
         },
         status=status,
     )
+
+
+def queue_first(rows: list[ResponseRequest]) -> list[ResponseRequest]:
+    """The requests as the session page lists them: what waits or runs first, oldest on top
+    (the order they go out), then the history, newest first; so at 1280×800 the queue and the
+    latest of the history are on screen without scrolling, however long the history. Each row
+    is given its latency (request → start, ms) and whether the history starts with it.
+    session.js orders its live updates the same way."""
+    waiting = sorted((r for r in rows if not r.is_terminal), key=lambda r: (r.created_at, r.id))
+    done = sorted((r for r in rows if r.is_terminal), key=lambda r: (r.created_at, r.id), reverse=True)
+    for r in waiting + done:
+        r.latency_ms = (
+            round((r.started_at - r.created_at).total_seconds() * 1000) if r.started_at else None
+        )
+        r.first_history = False
+    if waiting and done:
+        done[0].first_history = True
+    return waiting + done
 
 
 @steering.form

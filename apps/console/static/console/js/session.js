@@ -54,21 +54,53 @@ function cancelControl(request) {
   return el("details", { class: "confirm" }, el("summary", { text: "Cancel…" }), cancelForm(request, true));
 }
 
+// A row stacked to fit the card (as parts/request_row.html renders it): what was asked on
+// top, who and when below; the status and latency on the right; a cancel under them.
 function requestRow(request) {
   const latency = millis(request.created_at, request.started_at);
   const metadata = request.metadata && Object.keys(request.metadata).length
-    ? el("small", {}, Object.entries(request.metadata).map(([k, v]) => `${k}=${v} `)) : null;
+    ? el("small", { class: "req-metadata" }, Object.entries(request.metadata).map(([k, v]) => `${k}=${v} `)) : null;
   const reason = request.error?.code || request.error_code;
   const when = el("time", { class: "muted", datetime: request.created_at, text: clock(request.created_at) });
+  const asked = request.instructions
+    ? el("span", { class: "asked", title: request.instructions.slice(0, 500), text: truncate(request.instructions, 120) })
+    : el("span", { class: "asked muted", text: OPERATORS.has(request.origin) ? "no instructions" : `the ${request.origin}’s own response` });
   return el("tr", { "data-request": request.id, "data-status": request.status },
-    el("td", {}, el("span", { class: "origin", text: request.origin }), ` ${request.requested_by || ""} `, when,
-      request.conversation === "none" ? [" ", el("span", { class: "badge oob", text: "out of band" })] : null,
-      request.instructions ? [el("br"), el("span", { class: "asked", text: request.instructions.slice(0, 80) })] : null,
-      metadata ? [el("br"), metadata] : null),
-    el("td", {}, el("span", { class: `badge status-${request.status}`, text: request.status }),
-      reason ? [el("br"), el("small", { class: "reason", text: reason })] : null),
-    el("td", { class: "num", text: latency === null ? "" : `${latency} ms` }),
-    el("td", {}, cancelControl(request)));
+    el("td", { class: "req" }, asked,
+      el("span", { class: "req-meta" }, el("span", { class: "origin", text: request.origin }), ` ${request.requested_by || ""} · `, when,
+        request.conversation === "none" ? [" ", el("span", { class: "badge oob", text: "out of band" })] : null),
+      metadata),
+    el("td", { class: "state" }, el("span", { class: `badge status-${request.status}`, text: request.status }),
+      reason ? el("small", { class: "reason", text: reason }) : null,
+      el("span", { class: "num latency", title: "request → start", text: latency === null ? "" : `${latency} ms` })),
+    el("td", { class: "act" }, cancelControl(request)));
+}
+
+function truncate(text, n) {
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
+}
+
+// The queue first, oldest on top (the order it is sent in), then the history, newest first
+// (as views.queue_first orders the page): a long history never pushes the queue off screen.
+function shownOrder(a, b) {
+  const doneA = TERMINAL.has(a.status), doneB = TERMINAL.has(b.status);
+  if (doneA !== doneB) return doneA ? 1 : -1;
+  const order = Date.parse(a.created_at) - Date.parse(b.created_at) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  return doneA ? -order : order;
+}
+
+// Rows are moved, not rebuilt, so an open "Cancel…" stays open.
+function placeRows() {
+  const rows = [...requestsBody.children];
+  const sorted = rows.slice().sort((x, y) => shownOrder(requests.get(x.dataset.request), requests.get(y.dataset.request)));
+  if (sorted.some((row, i) => row !== rows[i])) requestsBody.append(...sorted);
+  let seenWaiting = false;
+  for (const row of sorted) {
+    const done = TERMINAL.has(requests.get(row.dataset.request).status);
+    row.classList.toggle("history-start", done && seenWaiting);
+    if (done) seenWaiting = false;
+    else seenWaiting = true;
+  }
 }
 
 function renderRequest(request) {
@@ -76,10 +108,12 @@ function renderRequest(request) {
   const old = requestsBody.querySelector(`tr[data-request="${CSS.escape(request.id)}"]`);
   if (old) old.replaceWith(fresh);
   else requestsBody.append(fresh);
+  placeRows();
 }
 
 function renderAllRequests() {
   requestsBody.replaceChildren(...[...requests.values()].map(requestRow));
+  placeRows();
   drawChart();
 }
 

@@ -1,0 +1,119 @@
+"""The session page's layout in real Chromium (QA report 3): the queue and history fit their
+card at 1280×800 and at a phone's width, the queue comes first and the history newest first,
+on the first render and as requests change live."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import expect
+
+from apps.sessions.models import LiveSession, ResponseRequest
+from tests.console.test_console_browser import _sideways, _too_wide
+from tests.support.realtime import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+TERMINAL = {"completed", "cancelled", "incomplete", "failed"}
+LONG = "Please explain the refund policy for damaged parcels, step by step, politely. " * 3
+
+
+async def _statuses(page) -> list[str]:
+    return await page.locator("[data-requests] tr").evaluate_all("rows => rows.map((r) => r.dataset.status)")
+
+
+async def _ids(page) -> list[str]:
+    return await page.locator("[data-requests] tr").evaluate_all("rows => rows.map((r) => r.dataset.request)")
+
+
+def _queue_then_history(statuses: list[str]) -> bool:
+    """Every waiting or running request comes before every finished one."""
+    seen_done = False
+    for status in statuses:
+        if status in TERMINAL:
+            seen_done = True
+        elif seen_done:
+            return False
+    return True
+
+
+async def _two_finished_then_a_busy_queue(caller, simulator):
+    """Two completed requests, then one in progress (slow) with the caller's second queued."""
+    await caller.say("First question")
+    await caller.wait_for("response.done")
+    await caller.say("Second question")
+    await caller.wait_for("response.done", 2)
+    with simulator.configured(delta_interval=0.4, deltas_per_response=80):
+        await caller.say("Third question, a long answer please")
+        await caller.wait_for("response.created", 3)
+        await caller.send({"type": "response.create", "response": {"instructions": LONG}})
+        await eventually(
+            lambda: ResponseRequest.objects.filter(session__upstream_id=caller.session_id, status="queued").exists()
+        )
+
+
+async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
+    login, connect_caller, daphne, simulator
+):
+    alice = await login("alice")
+    caller = await connect_caller()
+    page = alice.page
+    await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="live").exists())
+    await _two_finished_then_a_busy_queue(caller, simulator)
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live", timeout=5000)
+
+    finished = [
+        r.id
+        async for r in ResponseRequest.objects.filter(
+            session__upstream_id=caller.session_id, status="completed"
+        ).order_by("created_at")
+    ]
+    statuses = await _statuses(page)
+    assert statuses[:2] == ["in_progress", "queued"], f"the queue comes first: {statuses}"
+    assert (await _ids(page))[2:] == finished[::-1], "the history is newest first"
+
+    # A new request, live: it joins the queue (after the caller's), above the history.
+    await page.fill("#instructions", "Offer next-day delivery.")
+    await page.click("[data-send]")
+    console_row = page.locator('[data-requests] tr:has(.origin:text("console"))')
+    await expect(console_row).to_have_attribute("data-status", "queued", timeout=3000)
+    statuses = await _statuses(page)
+    assert statuses[:3] == ["in_progress", "queued", "queued"] and _queue_then_history(statuses), statuses
+    assert (await _ids(page))[3:] == finished[::-1]
+
+    # Stacked rows: no sideways scroll inside the card, rows a few lines tall, every row of the
+    # queue and the newest of the history on screen at 1280×800, the confirm panel inside the card.
+    card = page.locator(".queue-card")
+    assert await card.evaluate("(c) => c.scrollWidth <= c.clientWidth"), "the card scrolls sideways"
+    wrap = page.locator(".requests-wrap")
+    assert await wrap.evaluate("(w) => w.scrollWidth <= w.clientWidth"), "the table scrolls sideways"
+    for row in (await page.locator("[data-requests] tr").all())[:3]:
+        box = await row.bounding_box()
+        assert box["height"] < 130, f"a row is {box['height']} px tall"
+        assert box["y"] + box["height"] <= 800, "the whole queue is on screen at 1280×800"
+    caller_row = page.locator('[data-requests] tr:has(.origin:text("caller"))[data-status="queued"]')
+    await caller_row.locator("summary").click()
+    confirm = caller_row.locator("button.danger")
+    await expect(confirm).to_be_visible()
+    card_box, button_box = await card.bounding_box(), await confirm.bounding_box()
+    assert button_box["x"] >= card_box["x"] and button_box["x"] + button_box["width"] <= card_box["x"] + card_box["width"], (
+        "the caller's cancel fits the card"
+    )
+    await alice.screenshot("session-queue-desktop")
+    assert await _sideways(page) <= 0, await _too_wide(page)
+
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.wait_for_timeout(150)
+    assert await _sideways(page) <= 0, f"the session page scrolls sideways at 390 px: {await _too_wide(page)}"
+    await confirm.scroll_into_view_if_needed()
+    button_box = await confirm.bounding_box()
+    assert button_box["x"] >= 0 and button_box["x"] + button_box["width"] <= 390, "the confirm fits a phone"
+    await alice.screenshot("session-queue-phone")
+
+    # Without JavaScript the server renders the same order.
+    plain = await login("alice", javascript=False)
+    await plain.page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    statuses = await _statuses(plain.page)
+    assert statuses[:3] == ["in_progress", "queued", "queued"] and _queue_then_history(statuses), statuses
+    assert (await _ids(plain.page))[3:] == finished[::-1]
+    assert alice.errors == []
