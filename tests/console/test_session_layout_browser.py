@@ -8,6 +8,7 @@ import pytest
 from playwright.async_api import expect
 
 from apps.sessions.models import LiveSession, ResponseRequest
+from tests.console.conftest import SCREENSHOTS
 from tests.console.test_console_browser import _sideways, _too_wide
 from tests.support.realtime import eventually
 
@@ -87,15 +88,17 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     assert await card.evaluate("(c) => c.scrollWidth <= c.clientWidth"), "the card scrolls sideways"
     wrap = page.locator(".requests-wrap")
     assert await wrap.evaluate("(w) => w.scrollWidth <= w.clientWidth"), "the table scrolls sideways"
+    card_box = await card.bounding_box()
+    bottom = min(800, card_box["y"] + card_box["height"])
     for row in (await page.locator("[data-requests] tr").all())[:3]:
         box = await row.bounding_box()
         assert box["height"] < 130, f"a row is {box['height']} px tall"
-        assert box["y"] + box["height"] <= 800, "the whole queue is on screen at 1280×800"
+        assert box["y"] + box["height"] <= bottom, "the queue and the latest history are on screen at 1280×800"
     caller_row = page.locator('[data-requests] tr:has(.origin:text("caller"))[data-status="queued"]')
     await caller_row.locator("summary").click()
     confirm = caller_row.locator("button.danger")
     await expect(confirm).to_be_visible()
-    card_box, button_box = await card.bounding_box(), await confirm.bounding_box()
+    button_box = await confirm.bounding_box()
     assert button_box["x"] >= card_box["x"] and button_box["x"] + button_box["width"] <= card_box["x"] + card_box["width"], (
         "the caller's cancel fits the card"
     )
@@ -116,4 +119,63 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     statuses = await _statuses(plain.page)
     assert statuses[:3] == ["in_progress", "queued", "queued"] and _queue_then_history(statuses), statuses
     assert (await _ids(plain.page))[3:] == finished[::-1]
+    assert alice.errors == []
+
+
+async def _controls_under(page, selector: str) -> list[str]:
+    """The controls a floating element covers (it must cover none)."""
+    return await page.evaluate(
+        """(selector) => {
+            const region = document.querySelector(selector).getBoundingClientRect();
+            return [...document.querySelectorAll("button, input, select, textarea, summary, a[href]")]
+              .filter((c) => !c.closest(selector))
+              .filter((c) => { const b = c.getBoundingClientRect();
+                return b.width > 1 && b.height > 1 && b.left < region.right && b.right > region.left
+                  && b.top < region.bottom && b.bottom > region.top; })
+              .map((c) => `${c.tagName.toLowerCase()} ${c.textContent.trim().slice(0, 30)}`);
+        }""",
+        selector,
+    )
+
+
+async def test_feedback_never_moves_the_page_nor_covers_a_control(login, connect_caller, daphne):
+    alice = await login("alice")
+    caller = await connect_caller()
+    page = alice.page
+    await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="live").exists())
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live", timeout=5000)
+    send = page.locator("[data-send]")
+    before = await send.bounding_box()
+    height = await page.evaluate("document.documentElement.scrollHeight")
+
+    await page.fill("#instructions", "Offer next-day delivery.")
+    await page.keyboard.press("Control+Enter")
+    status = page.locator("[data-send-status]")
+    await expect(status).to_have_text("Response requested.", timeout=3000)
+    status_box = await status.bounding_box()
+    after = await send.bounding_box()
+    assert after["y"] == before["y"], "Send stays where it was after sending"
+    assert abs(status_box["y"] + status_box["height"] / 2 - (after["y"] + after["height"] / 2)) < after["height"], (
+        "what was sent is said beside Send"
+    )
+    await page.click("[data-interrupt-form] button")
+    toasts = page.locator("[data-toasts] .toast")
+    await expect(toasts.first).to_be_visible(timeout=3000)
+    assert await page.evaluate("document.documentElement.scrollHeight") == height, "a toast does not grow the page"
+    assert (await send.bounding_box())["y"] == before["y"], "nor move Send"
+    assert await _controls_under(page, "[data-toasts]") == []
+    await page.screenshot(path=str(SCREENSHOTS / "session-toast-desktop.png"))
+
+    # A phone: the toast appears on screen, over no control, wherever the page is scrolled.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    interrupt = page.locator("[data-interrupt-form] button")
+    await interrupt.evaluate("(b) => b.scrollIntoView({block: 'end'})")
+    await interrupt.click()
+    await expect(toasts.first).to_be_visible(timeout=3000)
+    await page.wait_for_timeout(100)
+    box = await page.locator("[data-toasts]").bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= 844, "the toast is on screen"
+    assert await _controls_under(page, "[data-toasts]") == []
+    await page.screenshot(path=str(SCREENSHOTS / "session-toast-phone.png"))
     assert alice.errors == []

@@ -267,12 +267,66 @@ function applyTranscript(changes) {
 
 // ---------------------------------------------------------------- toasts, posts
 
-// Toasts sit in their own row of the page (not over it), newest first, three at most.
+// Toasts float in a corner (console.css), newest first, three at most: they never move the
+// page. They start at the bottom edge; if that would cover a control, they go to the top.
 function toast(text, kind = "info") {
   const note = el("p", { class: `toast ${kind}`, text });
   toasts.prepend(note);
   while (toasts.children.length > 3) toasts.lastElementChild.remove();
-  setTimeout(() => note.remove(), 8000);
+  placeToasts();
+  setTimeout(() => {
+    note.remove();
+    placeToasts();
+  }, 8000);
+}
+
+const CONTROLS = "button, input, select, textarea, summary, a[href], audio";
+
+function coversAControl() {
+  const region = toasts.getBoundingClientRect();
+  return [...document.querySelectorAll(CONTROLS)].some((control) => {
+    if (toasts.contains(control)) return false;
+    const box = control.getBoundingClientRect();
+    return box.width > 0 && box.height > 0 && box.left < region.right && box.right > region.left
+      && box.top < region.bottom && box.bottom > region.top;
+  });
+}
+
+function placeToasts() {
+  if (!toasts.children.length) return;
+  toasts.dataset.edge = "bottom";
+  if (!coversAControl()) return;
+  toasts.dataset.edge = "top";
+  if (coversAControl()) toasts.dataset.edge = "bottom";
+}
+
+let placing = false;
+for (const type of ["scroll", "resize"]) {
+  addEventListener(type, () => {
+    if (placing || !toasts.children.length) return;
+    placing = true;
+    requestAnimationFrame(() => {
+      placing = false;
+      placeToasts();
+    });
+  }, { passive: true });
+}
+
+// What the form just did, beside Send (where the operator is looking), in place of the hint.
+let sendStatusTimer;
+function sendStatus(text, kind) {
+  const status = form.querySelector("[data-send-status]");
+  const hint = form.querySelector("[data-send-hint]");
+  status.textContent = text;
+  status.title = text;
+  status.className = `send-status small ${kind}`;
+  status.hidden = false;
+  hint.hidden = true;
+  clearTimeout(sendStatusTimer);
+  sendStatusTimer = setTimeout(() => {
+    status.hidden = true;
+    hint.hidden = false;
+  }, 8000);
 }
 
 async function post(url, body) {
@@ -402,7 +456,7 @@ function setUpForm() {
         requests.set(answer.request.id, answer.request);
         renderRequest(answer.request);
       }
-      toast(answer.note ? "Note added to the conversation." : "Response requested.", "ok");
+      sendStatus(answer.note ? "Note added to the conversation." : "Response requested.", "ok");
       form.instructions.value = "";
       form.as_note.checked = false;
       form.conversation.checked = false;
