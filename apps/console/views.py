@@ -23,7 +23,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.console import feed, steering, timezones
+from apps.console import feed, steering, timezones, transcripts
 from apps.console.approvals import approvals_context
 from apps.console.dashboard import DEFAULT_SORT, KINDS, ORIGINS, STATES, View, headings
 from apps.console.forms import Nudge
@@ -87,6 +87,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "over": session.status in OVER,
             "requests": rows,
             "requests_shown": queue_first(rows),
+            "transcript": transcripts.ended_transcript(session, rows),
             "requests_json": [row.to_dict() for row in rows],
             "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,

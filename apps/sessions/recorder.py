@@ -11,8 +11,9 @@ calls are recorded), in the order handed in:
   arrives before the side's audio so far has played out (the agent's audio comes faster than
   real time) follows it directly. So both sides share the session's clock, and speech keeps
   its own pace.
-- Each final transcript entry is kept with its time (`at`, seconds into the recording), so
-  that the recording can be played with its transcript as a timeline.
+- Each final transcript entry is kept with its time (`at`, seconds into the recording, where
+  its turn began), so that the recording can be played with its transcript as a timeline;
+  the session's row gets them in that order.
 - At the end the two sides are interleaved into a stereo WAV (channel 0 the caller, 1 the
   agent; the shorter side padded with silence to the call's length), saved through Django's
   default storage, and the session's row is given its name and length.
@@ -125,7 +126,10 @@ class Recording:
     def _note(self, entry: dict, at: float) -> None:
         first = self._entries.get(entry["id"])
         when = first["at"] if first is not None else round(max(0.0, at - self.started_at), 3)
-        self._entries[entry["id"]] = {**entry, "at": when}
+        noted = {**entry, "at": when}
+        if first is not None and first.get("interrupted"):
+            noted["interrupted"] = True  # a mark, once made, stays (as the core keeps it)
+        self._entries[entry["id"]] = noted
 
     def _finish(self, name: str, at: float) -> None:
         try:
@@ -142,7 +146,9 @@ class Recording:
                 LiveSession.objects.filter(id=self.key).update(
                     recording=stored,
                     recording_seconds=samples / RATE,
-                    recording_transcript=list(self._entries.values()),
+                    # In the order the turns began (a long reply becomes final after the
+                    # turns that followed it), as the recording plays them.
+                    recording_transcript=sorted(self._entries.values(), key=lambda e: e["at"]),
                 )
         finally:
             for track in self._files:

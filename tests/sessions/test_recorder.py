@@ -71,6 +71,24 @@ def test_both_sides_are_on_the_calls_timeline_with_silence_between(media):
     ], "each turn where it began, with its latest text"
 
 
+def test_the_transcript_is_stored_in_the_order_turns_began_with_its_marks_kept(media):
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec_order")
+    recording = Recording(session.id, started_at=100.0)
+    recording.add(0, _tone(CHUNK), 100.0)
+    recording.note({"id": "item_u", "role": "user", "text": "Tell me a story."}, 100.0)
+    recording.note({"id": "item_n", "role": "system", "text": "A VIP."}, 117.4)
+    # A long reply that began at 2.3 s is final last; its first final said it was interrupted.
+    recording.note({"id": "item_l", "role": "agent", "text": "Once", "interrupted": True}, 102.3)
+    recording.note({"id": "item_l", "role": "agent", "text": "Once upon a time"}, 119.0)
+    recording.finish(at=120.0)
+    assert recorder.flush()
+    session.refresh_from_db()
+    assert [(e["id"], e["at"]) for e in session.recording_transcript] == [
+        ("item_u", 0.0), ("item_l", 2.3), ("item_n", 17.4)
+    ], "sorted by where each turn began"
+    assert session.recording_transcript[1]["interrupted"] is True, "the mark stays with its text"
+
+
 def test_a_session_without_audio_has_no_recording(media):
     session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec2")
     Recording(session.id, started_at=0.0).finish(at=5.0)

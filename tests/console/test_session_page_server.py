@@ -1,0 +1,108 @@
+"""The session page as the server renders it (no JavaScript): an ended session's transcript as
+the live page showed it, and what the page says without scripts (QA report 3)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from apps.events.models import Event
+from apps.sessions.models import LiveSession, ResponseRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def operator(transactional_db) -> Client:
+    user = get_user_model().objects.create_user("alice", password="pw-for-tests")
+    user.user_permissions.add(Permission.objects.get(codename="steer_session"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _session(upstream_id: str, **fields) -> LiveSession:
+    return LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id=upstream_id, model="gpt-realtime", **{"status": "ended", **fields}
+    )
+
+
+def _request(session: LiveSession, rid: str, **fields) -> ResponseRequest:
+    return ResponseRequest.objects.create(
+        id=rid, session=session, created_at=session.started_at + timedelta(seconds=1), **fields
+    )
+
+
+def _entries(page: str) -> list[tuple[str, str, str, bool]]:
+    """(classes, who, text, marked interrupted) of each transcript entry, in page order."""
+    block = re.search(r"<ol class=\"transcript\".*?</ol>", page, re.S).group(0)
+    found = []
+    for item in re.finditer(r'<li class="([^"]*)"[^>]*><span class="who">(.*?)</span><p>(.*?)</p>(.*?)</li>', block, re.S):
+        found.append((item.group(1), item.group(2), item.group(3), "interrupted</span>" in item.group(4)))
+    return found
+
+
+def test_a_recorded_session_shows_its_turns_in_time_order_with_the_live_pages_marks(operator):
+    session = _session("sess_ended_voice")
+    _request(session, "req_oob1", origin="console", requested_by="ann", status="completed",
+             conversation="none", response_id="resp_oob")
+    _request(session, "req_long", origin="caller", status="cancelled", response_id="resp_long")
+    # As the recorder stored it before: in the order turns became final, no interrupted flag.
+    LiveSession.objects.filter(pk=session.pk).update(recording_transcript=[
+        {"id": "item_u", "role": "user", "text": "Tell me a long story.", "done": True, "oob": False, "at": 0.004},
+        {"id": "item_n", "role": "system", "text": "The caller is a VIP.", "done": True, "oob": False, "at": 17.4},
+        {"id": "item_o", "role": "agent", "text": "Summary for operators.", "done": True, "oob": True,
+         "response_id": "resp_oob", "request_id": "req_oob1", "at": 19.5},
+        {"id": "item_l", "role": "agent", "text": "Once upon a time", "done": True, "oob": False,
+         "response_id": "resp_long", "at": 2.3},
+    ])
+    entries = _entries(operator.get("/console/sessions/sess_ended_voice/").content.decode())
+    assert [text for _, _, text, _ in entries] == [
+        "Tell me a long story.", "Once upon a time", "The caller is a VIP.", "Summary for operators."
+    ], "in the order the turns began"
+    caller, long_reply, note, oob = entries
+    assert caller[1] == "caller" and note[1] == "note"
+    assert long_reply[3] and "interrupted" in long_reply[0].split(), "its request was cancelled: interrupted"
+    assert oob[1] == "agent · operators only · nudged by ann", "the live page's words, not the request id"
+    assert {"oob", "nudged"} <= set(oob[0].split())
+
+
+def test_a_text_session_shows_the_callers_turns_too(operator):
+    session = _session("sess_ended_text")
+    _request(session, "req_t1", origin="caller", status="completed", response_id="resp_1", output_text="Hello! How can I help?")
+    _request(session, "req_t2", origin="console", requested_by="bob", status="completed", response_id="resp_2",
+             output_text="Your parcel ships today.")
+    logged = [
+        {"id": "item_1", "role": "user", "text": "Hi there", "done": True, "oob": False},
+        {"id": "item_2", "role": "agent", "text": "Hello! How can I help?", "done": True, "oob": False, "response_id": "resp_1"},
+        {"id": "item_3", "role": "user", "text": "Where is my parcel?", "done": True, "oob": False},
+        {"id": "item_4", "role": "agent", "text": "Your parcel ships today.", "done": True, "oob": False,
+         "response_id": "resp_2", "request_id": "req_t2"},
+    ]
+    for entry in logged:
+        Event.objects.create(type="transcript.entry", session_key=session.pk, session_id=session.upstream_id,
+                             payload=json.dumps({"type": "transcript.entry", "entry": entry}))
+    Event.objects.create(type="transcript.entry", session_key=uuid.uuid4(), payload=json.dumps(
+        {"type": "transcript.entry", "entry": {"id": "item_x", "role": "user", "text": "another session's"}}))
+    entries = _entries(operator.get("/console/sessions/sess_ended_text/").content.decode())
+    assert [(who, text) for _, who, text, _ in entries] == [
+        ("caller", "Hi there"),
+        ("agent", "Hello! How can I help?"),
+        ("caller", "Where is my parcel?"),
+        ("agent · nudged by bob", "Your parcel ships today."),
+    ]
+
+
+def test_without_a_kept_transcript_the_agents_replies_are_shown(operator):
+    session = _session("sess_ended_bare")
+    _request(session, "req_b1", origin="api", requested_by="token:x", status="completed", output_text="Done.",
+             conversation="none")
+    entries = _entries(operator.get("/console/sessions/sess_ended_bare/").content.decode())
+    assert [(who, text) for _, who, text, _ in entries] == [("agent · operators only · nudged by token:x", "Done.")]
