@@ -181,3 +181,16 @@ def headings(view: View) -> list[dict[str, str]]:
             }
         )
     return out
+
+
+def sort_choices() -> list[tuple[str, str]]:
+    """Every sort as a choice, for the phone's sort menu (the headings are hidden there): each
+    column both ways; the age as newest or oldest first."""
+    out = []
+    for key, (title, _) in COLUMNS.items():
+        for sort in (key, f"-{key}"):
+            if key == "started":
+                out.append((sort, "Newest first" if sort.startswith("-") else "Oldest first"))
+            else:
+                out.append((sort, f"{title}, {'descending' if sort.startswith('-') else 'ascending'}"))
+    return out

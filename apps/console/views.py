@@ -25,7 +25,15 @@ from django.views.decorators.http import require_POST
 
 from apps.console import feed, steering, timezones, transcripts
 from apps.console.approvals import approvals_context
-from apps.console.dashboard import DEFAULT_SORT, KINDS, ORIGINS, STATES, View, headings
+from apps.console.dashboard import (
+    DEFAULT_SORT,
+    KINDS,
+    ORIGINS,
+    STATES,
+    View,
+    headings,
+    sort_choices,
+)
 from apps.console.forms import Nudge
 from apps.console.models import OperatorProfile
 from apps.console.recordings import audio_context
@@ -57,6 +65,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "view": view,
             "page": page,
             "headings": headings(view),
+            "sorts": sort_choices(),
             "choices": {"state": STATES, "kind": KINDS, "origin": ORIGINS},
             "previous": view.link(page=page["page"] - 1) if page["page"] > 1 else None,
             "next": view.link(page=page["page"] + 1) if page["page"] < page["pages"] else None,

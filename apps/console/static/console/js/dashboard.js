@@ -17,6 +17,7 @@ const figures = {
   cost: document.querySelector('[data-figure="cost"]'),
   costBox: document.querySelector('[data-figure-box="cost"]'),
 };
+const sortMenu = filters.querySelector("[data-sort-menu]"); // the phone's way to sort
 const DEFAULT_SORT = "-started";
 const DESCENDING_FIRST = new Set(["started", "requests", "cost", "last_activity", "watching"]);
 
@@ -44,8 +45,8 @@ function row(session) {
     "tr",
     { "data-session": session.id },
     cell("Session", {}, el("a", { href: `/console/sessions/${encodeURIComponent(session.id)}/`, text: session.id })),
-    cell("Label", { text: session.label || "—" }),
-    cell("State", {}, state),
+    cell("Label", { class: "label-cell", text: session.label || "—" }),
+    cell("State", {}, el("span", { class: "badges" }, state)),
     cell("Model", { text: session.model }),
     cell("Kind", { text: session.kind }),
     cell("Age", { "data-since": session.started_at }),
@@ -59,6 +60,7 @@ function row(session) {
 
 function headings() {
   const sort = view.sort || DEFAULT_SORT;
+  sortMenu.value = sort;
   const key = sort.replace(/^-/, "");
   const descending = sort.startsWith("-");
   for (const link of table.querySelectorAll("[data-sort]")) {
@@ -121,8 +123,8 @@ function change(next, { push = false } = {}) {
 }
 
 function fromForm() {
-  const next = { sort: view.sort };
-  for (const [key, value] of new FormData(filters)) if (value) next[key] = value.trim();
+  const next = {};
+  for (const [key, value] of new FormData(filters)) if (value) next[key] = value.trim(); // sort: the menu
   return next; // a new search starts at page 1
 }
 
