@@ -4,6 +4,8 @@ on the first render and as requests change live."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from playwright.async_api import expect
 
@@ -24,6 +26,29 @@ async def _statuses(page) -> list[str]:
 
 async def _ids(page) -> list[str]:
     return await page.locator("[data-requests] tr").evaluate_all("rows => rows.map((r) => r.dataset.request)")
+
+
+async def _chart_reads_cleanly(page) -> None:
+    """No two labels of the latency chart overlap, every label is inside the chart, and the
+    x axis's first and last numbers stand under their points."""
+    chart = page.locator("[data-latency-chart]")
+    texts = await chart.locator("text").evaluate_all(
+        "(ts) => ts.map((t) => { const b = t.getBoundingClientRect(); return [t.textContent, b.left, b.top, b.right, b.bottom]; })"
+    )
+    box = await chart.bounding_box()
+    for i, (name, left, top, right, bottom) in enumerate(texts):
+        assert left >= box["x"] - 0.5 and right <= box["x"] + box["width"] + 0.5, f"{name!r} leaves the chart"
+        for other, left2, top2, right2, bottom2 in texts[i + 1 :]:
+            overlap = left < right2 and left2 < right and top < bottom2 and top2 < bottom
+            assert not overlap, f"{name!r} overlaps {other!r}"
+    assert "50000" in [t[0] for t in texts]
+    centres = await chart.locator("circle").evaluate_all(
+        "(cs) => cs.map((c) => { const b = c.getBoundingClientRect(); return b.left + b.width / 2; })"
+    )
+    for tick in await chart.locator("[data-x-tick]").all():
+        n = int(await tick.get_attribute("data-x-tick"))
+        tick_box = await tick.bounding_box()
+        assert abs(tick_box["x"] + tick_box["width"] / 2 - centres[n - 1]) < 1.5, f"x tick {n} is under point {n}"
 
 
 def _queue_then_history(statuses: list[str]) -> bool:
@@ -60,6 +85,10 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     page = alice.page
     await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="live").exists())
     await _two_finished_then_a_busy_queue(caller, simulator)
+    # One slow start, so the chart's top tick has five digits ("50000").
+    slow = await ResponseRequest.objects.filter(session__upstream_id=caller.session_id, status="completed").afirst()
+    slow.started_at = slow.created_at + timedelta(seconds=45)
+    await slow.asave(update_fields=["started_at"])
     await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
     await expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live", timeout=5000)
 
@@ -72,6 +101,8 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     statuses = await _statuses(page)
     assert statuses[:2] == ["in_progress", "queued"], f"the queue comes first: {statuses}"
     assert (await _ids(page))[2:] == finished[::-1], "the history is newest first"
+
+    await _chart_reads_cleanly(page)
 
     # A new request, live: it joins the queue (after the caller's), above the history.
     await page.fill("#instructions", "Offer next-day delivery.")
@@ -90,7 +121,7 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     assert await wrap.evaluate("(w) => w.scrollWidth <= w.clientWidth"), "the table scrolls sideways"
     card_box = await card.bounding_box()
     bottom = min(800, card_box["y"] + card_box["height"])
-    for row in (await page.locator("[data-requests] tr").all())[:3]:
+    for row in (await page.locator("[data-requests] tr").all())[:4]:
         box = await row.bounding_box()
         assert box["height"] < 130, f"a row is {box['height']} px tall"
         assert box["y"] + box["height"] <= bottom, "the queue and the latest history are on screen at 1280×800"
@@ -112,6 +143,11 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     button_box = await confirm.bounding_box()
     assert button_box["x"] >= 0 and button_box["x"] + button_box["width"] <= 390, "the confirm fits a phone"
     await alice.screenshot("session-queue-phone")
+    await _chart_reads_cleanly(page)
+    sizes = await page.locator("[data-latency-chart] text.tick").evaluate_all(
+        "(ts) => ts.map((t) => t.getBoundingClientRect().height)"
+    )
+    assert min(sizes) >= 10, f"tick text is legible on a phone: {sizes}"
 
     # Without JavaScript the server renders the same order.
     plain = await login("alice", javascript=False)

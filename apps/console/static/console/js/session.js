@@ -164,24 +164,26 @@ function drawChart() {
   const started = [...requests.values()]
     .filter((r) => r.origin !== "server" && r.started_at)
     .map((r) => ({ request: r, ms: millis(r.created_at, r.started_at) }));
-  const W = 320, H = 120, left = 40, right = 8, top = 8, bottom = 26;
+  // The left margin holds the widest tick ("500000"); the unit sits above the axis, right of
+  // it, clear of the ticks. x: the first and last points have their number under them.
+  const W = 320, H = 100, left = 46, right = 10, top = 14, bottom = 24;
   const plotW = W - left - right, plotH = H - top - bottom;
   const maxMs = niceTop(Math.max(10, ...started.map((p) => p.ms))); // at least 0–10 ms: distinct ticks
   const parts = [];
   for (const tick of [0, maxMs / 2, maxMs]) {
     const y = top + plotH - (tick / maxMs) * plotH;
     parts.push(svg("line", { x1: left, x2: W - right, y1: y, y2: y, class: "grid" }));
-    parts.push(svg("text", { x: left - 4, y: y + 3, class: "tick", "text-anchor": "end" }, `${Math.round(tick)}`));
+    parts.push(svg("text", { x: left - 4, y: y + 4, class: "tick", "text-anchor": "end" }, `${Math.round(tick)}`));
   }
   parts.push(svg("line", { x1: left, x2: left, y1: top, y2: top + plotH, class: "axis" }));
   parts.push(svg("line", { x1: left, x2: W - right, y1: top + plotH, y2: top + plotH, class: "axis" }));
-  parts.push(svg("text", { x: 4, y: top + 6, class: "unit" }, "ms"));
-  parts.push(svg("text", { x: left + plotW / 2, y: H - 4, class: "unit", "text-anchor": "middle" }, "request (in order)"));
+  parts.push(svg("text", { x: left + 4, y: top - 3, class: "unit", "data-unit": "y" }, "ms"));
+  parts.push(svg("text", { x: left + plotW / 2, y: H - 3, class: "unit", "text-anchor": "middle" }, "request (in order)"));
   const n = started.length;
-  const x = (i) => left + (n > 1 ? (i / (n - 1)) * (plotW - 12) + 6 : plotW / 2);
+  const x = (i) => left + (n > 1 ? 8 + (i / (n - 1)) * (plotW - 16) : plotW / 2);
   if (n) {
-    parts.push(svg("text", { x: left, y: top + plotH + 12, class: "tick", "text-anchor": "start" }, "1"));
-    if (n > 1) parts.push(svg("text", { x: x(n - 1), y: top + plotH + 12, class: "tick", "text-anchor": "middle" }, `${n}`));
+    parts.push(svg("text", { x: x(0), y: top + plotH + 12, class: "tick", "text-anchor": "middle", "data-x-tick": "1" }, "1"));
+    if (n > 1) parts.push(svg("text", { x: x(n - 1), y: top + plotH + 12, class: "tick", "text-anchor": "middle", "data-x-tick": `${n}` }, `${n}`));
   }
   started.forEach((point, i) => {
     const y = top + plotH - (point.ms / maxMs) * plotH;
