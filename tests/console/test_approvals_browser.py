@@ -33,7 +33,7 @@ async def _with_mcp_tool(caller: LiveCaller) -> None:
 async def _open(operator, base_url: str, session_id: str) -> None:
     await eventually(lambda: LiveSession.objects.filter(upstream_id=session_id, status="live").exists())
     await operator.page.goto(f"{base_url}/console/sessions/{session_id}/")
-    await expect(operator.page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await expect(operator.page.locator("[data-live-status]")).to_have_text("Connected", timeout=5000)
 
 
 async def _sideways(page) -> int:

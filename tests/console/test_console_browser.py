@@ -22,7 +22,7 @@ def _creates(simulator, session_id: str) -> list[dict]:
 async def _open_session(operator, daphne, session_id: str) -> None:
     await eventually(lambda: LiveSession.objects.filter(upstream_id=session_id, status="live").exists())
     await operator.page.goto(f"{daphne.http_url}/console/sessions/{session_id}/")
-    await expect(operator.page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await expect(operator.page.locator("[data-live-status]")).to_have_text("Connected", timeout=5000)
 
 
 async def _sideways(page) -> int:
@@ -307,7 +307,7 @@ async def test_a_session_id_with_slashes_quotes_and_markup_opens_and_takes_a_nud
     await alice.screenshot("dashboard-awkward")
     await link.click()
     await expect(page.locator("h1")).to_have_text(AWKWARD)
-    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await expect(page.locator("[data-live-status]")).to_have_text("Connected", timeout=5000)
     await page.fill("#instructions", "Hello there.")
     await page.fill("#metadata-0-key", "k")
     await page.fill("#metadata-0-value", "v")

@@ -114,7 +114,7 @@ async def test_every_page_fits_a_phone_and_is_screenshotted(login, connect_calle
     await _shoot(page, "dashboard")
 
     await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
-    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await expect(page.locator("[data-live-status]")).to_have_text("Connected", timeout=5000)
     await page.fill("#instructions", "Apologise and offer next-day delivery.")
     await page.keyboard.press("Control+Enter")  # sends, from the textarea
     await expect(page.locator('[data-requests] tr:has(.origin:text("console")) .badge')).to_have_text(

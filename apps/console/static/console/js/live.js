@@ -41,8 +41,10 @@ export function connectLive({ subscribe, onMessage, onState }) {
 
 const STATES = { live: "Live", "logged out": "Logged out: reload to log in", over: "Session over" };
 
-export function showState(element, state) {
+// `words` may rename a state for one page (the session page says "Connected", apart from the
+// session's own "live" badge).
+export function showState(element, state, words = {}) {
   if (!element) return;
-  element.textContent = STATES[state] ?? "Reconnecting…";
+  element.textContent = words[state] ?? STATES[state] ?? "Reconnecting…";
   element.dataset.state = state;
 }

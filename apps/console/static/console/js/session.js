@@ -514,6 +514,8 @@ function endSummary(message) {
 }
 
 let live = null;
+// The page's socket, in words apart from the session's own status badge ("● live").
+const SOCKET_WORDS = { live: "Connected" };
 
 function ended(message) {
   if (over) return;
@@ -551,7 +553,7 @@ refreshClocks();
 tickAges();
 if (!over) live = connectLive({
   subscribe: { type: "watch.session", session_id: sessionId },
-  onState: (state) => showState(document.querySelector("[data-live-status]"), state),
+  onState: (state) => showState(document.querySelector("[data-live-status]"), state, SOCKET_WORDS),
   onMessage(message) {
     if (over) return; // the socket is closing: nothing after the end changes the page
     switch (message.type) {
