@@ -460,6 +460,7 @@ function setUpForm() {
       }
       sendStatus(answer.note ? "Note added to the conversation." : "Response requested.", "ok");
       form.instructions.value = "";
+      form.instructions_mode.value = "append"; // everything back as a fresh form has it
       form.as_note.checked = false;
       form.conversation.checked = false;
       rowNodes().forEach((row, index) => (index ? row.remove() : clearRow(row)));
