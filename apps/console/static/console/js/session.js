@@ -362,6 +362,15 @@ function showErrors(errors) {
   }
 }
 
+// A refused form: focus goes to the first field marked invalid, or to the first error said
+// without a field (the form's own, the metadata's), so keyboard and screen-reader users land on it.
+function focusFirstError() {
+  const first = form.querySelector("[aria-invalid=true], [data-error-for]:not(:empty)");
+  if (!first) return;
+  if (first.matches("[data-error-for]")) first.tabIndex = -1;
+  first.focus();
+}
+
 // Characters as the server counts them (code points, not UTF-16 units).
 const length = (text) => [...text].length;
 
@@ -445,13 +454,17 @@ function setUpForm() {
     event.preventDefault();
     const errors = checkForm();
     showErrors(errors);
-    if (Object.keys(errors).length) return;
+    if (Object.keys(errors).length) {
+      focusFirstError();
+      return;
+    }
     const button = form.querySelector("[data-send]");
     button.disabled = true;
     try {
       const answer = await post(form.action, new FormData(form));
       if (!answer.ok) {
         showErrors(answer.errors || { form: "The request was refused." });
+        focusFirstError();
         return;
       }
       if (answer.request && !requests.has(answer.request.id)) {
