@@ -137,4 +137,9 @@ if (box) {
     listening?.mute(Number(button.dataset.mute), muted);
   });
   window.addEventListener("pagehide", () => listening?.stop());
+  // The session ended while the page was open: nothing more to hear (as the page reloaded).
+  document.addEventListener("oc:session-ended", () => {
+    listening?.stop();
+    box.remove();
+  });
 }

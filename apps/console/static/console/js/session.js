@@ -552,6 +552,15 @@ function ended(message) {
   }
   for (const entry of transcript.querySelectorAll(".streaming")) entry.classList.remove("streaming");
   presence.textContent = "—";
+  // As the page reloaded would be: the end time in the header, no listening, no steering (the
+  // transcript and the history take the width).
+  const endedAt = document.querySelector("[data-ended-at]");
+  endedAt.querySelector("time").setAttribute("datetime", new Date().toISOString());
+  endedAt.hidden = false;
+  refreshClocks(endedAt);
+  document.dispatchEvent(new CustomEvent("oc:session-ended")); // listen.js stops and goes
+  document.querySelector(".steer-card")?.remove();
+  document.querySelector(".columns.three")?.classList.replace("three", "two");
   tools.ended();
   renderAllRequests(); // no cancel buttons any more
   toast(`The session is over: ${endSummary(message)}.`, "info");

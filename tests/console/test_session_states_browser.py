@@ -1,0 +1,87 @@
+"""The session page's states in real Chromium (QA report 3): the socket's status apart from the
+session's, the form after a send and after a refusal, and a session that ends while watched
+looking as it does once reloaded."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from playwright.async_api import expect
+
+from apps.sessions.models import LiveSession
+from tests.support.realtime import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _may_listen(name: str) -> None:
+    user = get_user_model().objects.get(username=name)
+    user.user_permissions.add(Permission.objects.get(codename="listen_session"))
+
+
+async def _shown(page) -> dict:
+    """What a page shows of a session's end: the parts a reload and a live end must agree on."""
+    return {
+        "ended note": await page.locator("[data-ended-note]").is_visible(),
+        "ended at": bool(re.search(r"ended \d\d:\d\d", await page.locator(".meta").inner_text())),
+        "listen": await page.locator("[data-listen]").count(),
+        "steer card": await page.locator(".steer-card").count(),
+        "two columns": await page.locator(".columns.two").count(),
+        "status": await page.locator("[data-live-status]").inner_text(),
+    }
+
+
+async def test_the_form_resets_and_refusals_take_focus_and_an_end_looks_as_after_a_reload(
+    login, connect_caller, daphne
+):
+    await sync_to_async(_may_listen)("alice")
+    alice = await login("alice")
+    caller = await connect_caller()
+    page = alice.page
+    await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="live").exists())
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+
+    # Two indicators, two meanings: the session's status badge, and the page's socket in words.
+    status = page.locator("[data-live-status]")
+    await expect(status).to_have_text("Connected", timeout=5000)
+    await expect(page.locator("[data-session-status]")).to_have_text("live")
+    dot = await status.evaluate("(e) => getComputedStyle(e, '::before').content")
+    assert dot in ("none", "normal"), "no second green dot beside the session's badge"
+
+    # A refusal by the browser's own check: focus lands on the field at fault.
+    await page.fill("#instructions", "Offer the refund.")
+    await page.fill("#metadata-0-key", "oc_request")
+    await page.click("[data-send]")
+    await expect(page.locator("#metadata-0-key")).to_be_focused()
+    await page.fill("#metadata-0-key", "")
+    await page.fill("#instructions", "")
+    await page.check("[name=as_note]")
+    await page.click("[data-send]")
+    await expect(page.locator("#instructions")).to_be_focused()
+    await page.uncheck("[name=as_note]")
+
+    # After a send everything is as in a fresh form, the mode too.
+    await page.fill("#instructions", "Speak as the manager.")
+    await page.check("[name=instructions_mode][value=replace]")
+    await page.click("[data-send]")
+    await expect(page.locator("[data-send-status]")).to_have_text("Response requested.", timeout=3000)
+    assert await page.locator("[name=instructions_mode][value=append]").is_checked(), "the mode is back to append"
+    assert await page.input_value("#instructions") == ""
+
+    # The session ends while watched: the page becomes what a reload shows.
+    await expect(page.locator("[data-listen]")).to_have_count(1)
+    await caller.socket.close()
+    await expect(page.locator("[data-ended-note]")).to_be_visible(timeout=5000)
+    live_end = await _shown(page)
+    await alice.screenshot("session-ended-while-watched")
+    await page.reload()
+    reloaded = await _shown(page)
+    assert live_end == reloaded, f"ended live: {live_end}; reloaded: {reloaded}"
+    assert reloaded == {
+        "ended note": True, "ended at": True, "listen": 0, "steer card": 0, "two columns": 1, "status": "Session over",
+    }
+    assert alice.errors == []
