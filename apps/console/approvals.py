@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
+from django.utils.dateparse import parse_datetime
 
 from apps.console import steering
 from apps.sessions import approvals
@@ -35,7 +36,12 @@ def rate_limit_rows(session: LiveSession) -> list[dict[str, Any]]:
         total, left = limit.get("limit"), limit.get("remaining")
         share = left / total if isinstance(total, int | float) and total > 0 and isinstance(left, int | float) else None
         low_at = total * LOW_SHARE if isinstance(total, int | float) else None
-        rows.append({**limit, "share": share, "low": share is not None and share < LOW_SHARE, "low_at": low_at})
+        reset = limit.get("reset_at")
+        rows.append({
+            **limit, "share": share, "low": share is not None and share < LOW_SHARE, "low_at": low_at,
+            # A datetime, so the page without JavaScript shows a clock time like its others.
+            "reset_time": parse_datetime(reset) if isinstance(reset, str) else None,
+        })
     return rows
 
 

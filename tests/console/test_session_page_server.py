@@ -106,3 +106,29 @@ def test_without_a_kept_transcript_the_agents_replies_are_shown(operator):
              conversation="none")
     entries = _entries(operator.get("/console/sessions/sess_ended_bare/").content.decode())
     assert [(who, text) for _, who, text, _ in entries] == [("agent · operators only · nudged by token:x", "Done.")]
+
+
+def test_without_javascript_the_page_shows_what_the_server_knows_and_hides_what_needs_a_script(operator):
+    from django.utils import timezone
+
+    user = get_user_model().objects.get(username="alice")
+    user.user_permissions.add(Permission.objects.get(codename="listen_session"))
+    session = _session("sess_nojs", status="live", rate_limits=[
+        {"name": "requests", "limit": 5000, "remaining": 4999, "reset_at": "2026-12-06T14:45:17.561590+00:00"},
+    ])
+    created = timezone.now() - timedelta(seconds=5)
+    ResponseRequest.objects.create(
+        id="req_nojs", session=session, origin="console", requested_by="alice", status="completed",
+        instructions="Offer the refund.", created_at=created, started_at=created + timedelta(milliseconds=412),
+    )
+    page = operator.get("/console/sessions/sess_nojs/").content.decode()
+    assert "2026-12-06T14:45:17.561590+00:00</time>" not in page, "no raw timestamp as text"
+    assert re.search(r"resets <time[^>]*>14:45:17</time>", page), "the reset as a clock time, like the page's others"
+    row = re.search(r'<tr data-request="req_nojs".*?</tr>', page, re.S).group(0)
+    assert "412 ms" in row, "the latency is rendered by the server"
+    for marker in ('<figure class="chart" data-script-only hidden>', "data-live-status data-script-only"):
+        assert marker in page, f"script-only part shown without a script: {marker}"
+    assert re.search(r'<p class="live-status" data-live-status data-script-only aria-live="polite" hidden>', page)
+    listen = re.search(r"<div class=\"listen\"[^>]*>", page)
+    assert listen is None or " hidden" in listen.group(0), "Listen/Mute need a script"
+    assert "<noscript>" in page and "reload it for news" in page

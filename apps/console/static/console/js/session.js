@@ -568,6 +568,8 @@ function ended(message) {
 
 // ---------------------------------------------------------------- live
 
+// What works only with a script (live status, listening, the chart) is hidden until one runs.
+for (const node of document.querySelectorAll("[data-script-only]")) node.hidden = false;
 setUpForm();
 setUpLabel();
 const tools = setUpTools({ toast });
