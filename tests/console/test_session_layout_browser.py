@@ -205,6 +205,16 @@ async def test_feedback_never_moves_the_page_nor_covers_a_control(login, connect
 
     # A phone: the toast appears on screen, over no control, wherever the page is scrolled.
     await page.set_viewport_size({"width": 390, "height": 844})
+    await page.evaluate("scrollTo(0, 0)")
+    for link in await page.locator(".topbar nav a").all():
+        assert await link.evaluate("(a) => a.getClientRects().length === 1 && a.offsetHeight < 30"), (
+            f"{await link.inner_text()!r} wraps inside itself"
+        )
+    lines = await page.locator("h1.session-id").evaluate(
+        "(h) => Math.round(h.getBoundingClientRect().height / parseFloat(getComputedStyle(h).lineHeight))"
+    )
+    assert lines == 1, "a session id fits one line of a phone"
+    await page.screenshot(path=str(SCREENSHOTS / "session-header-phone.png"))
     interrupt = page.locator("[data-interrupt-form] button")
     await interrupt.evaluate("(b) => b.scrollIntoView({block: 'end'})")
     await interrupt.click()
