@@ -132,3 +132,22 @@ def test_without_javascript_the_page_shows_what_the_server_knows_and_hides_what_
     listen = re.search(r"<div class=\"listen\"[^>]*>", page)
     assert listen is None or " hidden" in listen.group(0), "Listen/Mute need a script"
     assert "<noscript>" in page and "reload it for news" in page
+
+
+def test_an_unknown_page_answers_in_the_consoles_look_and_the_api_and_relay_as_before(operator, settings):
+    from django.template import loader
+
+    settings.DEBUG = False
+    page = operator.get("/console/sessions/sess_nobody/")
+    body = page.content.decode()
+    assert page.status_code == 404
+    assert 'class="topbar"' in body and "css/console.css" in body, "the console's look"
+    assert '<a href="/console/">Back to the live sessions</a>' in body
+    assert "sess_nobody" in body, "says what was asked for"
+    api = operator.get("/api/v1/no-such-thing")
+    assert api.status_code == 404 and api["Content-Type"].startswith("application/json"), "the API keeps its errors"
+    relay = operator.get("/v1/no-such-thing")
+    assert relay.status_code == 404 and "topbar" not in relay.content.decode(), "the relay's paths keep Django's page"
+    # The 500 page needs nothing: no context, no request, no template tag that could fail.
+    server_error = loader.get_template("500.html").render()
+    assert "{%" not in server_error and '<a href="/console/">Back to the live sessions</a>' in server_error
