@@ -1,0 +1,46 @@
+"""The admin's response request list in real Chromium at 1280×800 (QA report 3): its results
+fit beside the filters, and its typed-in filters read as Django's own."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+
+from apps.sessions.models import LiveSession, ResponseRequest
+from tests.console.conftest import PASSWORD, SCREENSHOTS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _history() -> None:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    session = LiveSession.objects.create(id=uuid.uuid4(), upstream_id="sess_fb0a7e651acce3c8037c", model="gpt-realtime")
+    for n in range(5):
+        ResponseRequest.objects.create(
+            id=f"req_{uuid.uuid4().hex}", session=session, origin="console", status="completed",
+            requested_by="token:demo-callers", instructions=f"Nudge {n}",
+        )
+
+
+async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne):
+    await sync_to_async(_history)()
+    context = await chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    await page.goto(f"{daphne.http_url}/admin/login/")
+    await page.fill("#id_username", "root")
+    await page.fill("#id_password", PASSWORD)
+    await page.click("input[type=submit]")
+    await page.wait_for_url(f"{daphne.http_url}/admin/")
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/")
+    table = await page.locator("#result_list").bounding_box()
+    area = await page.locator("#changelist-form").bounding_box()
+    await page.screenshot(path=str(SCREENSHOTS / "admin-requests-desktop.png"))
+    assert table["x"] + table["width"] <= area["x"] + area["width"] + 1, (
+        f"the results ({table['width']:.0f} px) fit their area ({area['width']:.0f} px)"
+    )
+    headers = [t.strip().lower() for t in await page.locator("#result_list thead th").all_inner_texts()]
+    assert "status" in headers and "created" in headers, f"every heading reads whole: {headers}"
+    await context.close()
