@@ -63,7 +63,7 @@ class TextInputFilter(admin.SimpleListFilter):
 class RequestedByFilter(TextInputFilter):
     title = "requested by"
     parameter_name = "requested_by"
-    placeholder = "username or token:name"
+    placeholder = "user or token:name"
 
     def queryset(self, request, queryset):
         value = (self.value() or "").strip()
@@ -80,6 +80,34 @@ class MetadataFilter(TextInputFilter):
         if not sep or not key.strip():
             return queryset
         return selectors.with_metadata(queryset, [(key.strip(), value.strip())])
+
+
+# An end reason in words (the admin's filter and column; the code stays in the record and the
+# REST hook). As the architecture's "How sessions end" table says who decided it.
+END_REASON_WORDS = {
+    "caller_closed": "The caller closed",
+    "upstream_closed": "The upstream closed",
+    "session_expired": "The upstream session expired",
+    "hung_up": "Hung up",
+    "server_shutdown": "The server shut down",
+    "session_lost": "Its process was lost",
+    "relay_error": "The relay failed",
+}
+
+
+def end_reason_words(reason: str) -> str:
+    return END_REASON_WORDS.get(reason, reason.replace("_", " ").capitalize())
+
+
+class EndReasonFilter(admin.SimpleListFilter):
+    title = "end reason"
+    parameter_name = "end_reason"
+
+    def lookups(self, request, model_admin):
+        return list(END_REASON_WORDS.items())
+
+    def queryset(self, request, queryset):
+        return queryset.filter(end_reason=self.value()) if self.value() else queryset
 
 
 def _short(text: str, keep: int = 13) -> str:
@@ -152,7 +180,7 @@ SESSION_FIELDSETS = (
 @admin.register(LiveSession)
 class LiveSessionAdmin(ReadOnlyAdmin):
     list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "ended_because", "history")
-    list_filter = ("status", "end_reason", "model", "started_at")
+    list_filter = ("status", EndReasonFilter, "model", "started_at")
     search_fields = ("upstream_id", "connected_by")
     date_hierarchy = "started_at"
     readonly_fields = [
@@ -163,8 +191,13 @@ class LiveSessionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="ended because", ordering="end_reason")
     def ended_because(self, obj):
-        """`end_summary`: the reason, the upstream's close code and the words, on one line."""
-        return obj.end_summary or "—"
+        """The reason in words, the upstream's close code and the detail, on one line (the code
+        itself on hover)."""
+        if not obj.end_reason:
+            return "—"
+        code = f" ({obj.end_code})" if obj.end_code is not None else ""
+        detail = f": {obj.end_detail}" if obj.end_detail else ""
+        return format_html('<span title="{}">{}{}{}</span>', obj.end_reason, end_reason_words(obj.end_reason), code, detail)
 
     @admin.display(description="cost (USD)")
     def cost(self, obj):

@@ -43,4 +43,16 @@ async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne
     )
     headers = [t.strip().lower() for t in await page.locator("#result_list thead th").all_inner_texts()]
     assert "status" in headers and "created" in headers, f"every heading reads whole: {headers}"
+    summaries = await page.locator("#changelist-filter summary").all_inner_texts()
+    assert "By requested by" in [s.strip().lstrip("↓→").strip() for s in summaries]
+    spaced = await page.locator('#changelist-filter details[data-filter-title="requested by"] summary').evaluate(
+        "(s) => s.textContent.startsWith(' ') || s.textContent.startsWith('\\n')"
+    )
+    assert spaced, "a space between the filter's arrow and its title, as Django's own filters have"
+    field = page.locator('#changelist-filter input[name="requested_by"]')
+    assert await field.evaluate("(i) => i.scrollWidth <= i.clientWidth + 1"), "the placeholder is not cut"
+    assert await field.evaluate(
+        "(i) => { const c = document.createElement('canvas').getContext('2d'); c.font = getComputedStyle(i).font;"
+        " return c.measureText(i.placeholder).width <= i.clientWidth - 8; }"
+    ), "the placeholder fits its field"
     await context.close()

@@ -143,15 +143,18 @@ def test_staff_creates_a_token_in_the_admin_and_sees_it_once(staff_client):
     assert "Set-Cookie" not in page.headers or plain not in page.headers["Set-Cookie"]
 
 
-def test_the_end_reason_shows_with_its_code_and_detail(staff_client):
+def test_the_end_reason_shows_in_words_with_its_code_and_detail(staff_client):
     session = LiveSession.objects.create(
         id=uuid.uuid4(), upstream_id="sess_admin_over", model="gpt-realtime", status="failed",
         end_reason="upstream_closed", end_code=1011, end_detail="The upstream connection was lost (1011).",
         ended_at=timezone.now(),
     )
-    summary = b"upstream_closed (1011): The upstream connection was lost (1011)."
-    listing = staff_client.get("/admin/oc_sessions/livesession/?end_reason__exact=upstream_closed")
-    assert listing.status_code == 200 and summary in listing.content, "the list says why, with the code"
+    summary = b'<span title="upstream_closed">The upstream closed (1011): The upstream connection was lost (1011).</span>'
+    listing = staff_client.get("/admin/oc_sessions/livesession/?end_reason=upstream_closed")
+    assert listing.status_code == 200 and summary in listing.content, "the list says why in words, with the code"
+    assert b">The caller closed</a>" in listing.content, "the filter offers the reasons in words"
+    assert b">caller_closed</a>" not in listing.content
+    assert b"sess_admin_over" in staff_client.get("/admin/oc_sessions/livesession/?end_reason__exact=upstream_closed").content
     detail = staff_client.get(f"/admin/oc_sessions/livesession/{session.pk}/change/")
     assert detail.status_code == 200 and summary in detail.content
     assert b"Ended because" in detail.content, "under its own label"
