@@ -559,6 +559,9 @@ function ended(message) {
   endedAt.hidden = false;
   refreshClocks(endedAt);
   document.dispatchEvent(new CustomEvent("oc:session-ended")); // listen.js stops and goes
+  // What was typed and never sent is not lost with the form: the note keeps it, to copy.
+  const unsent = form?.instructions.value.trim();
+  if (unsent) note.append(el("p", { class: "unsent", "data-unsent": "" }, "Not sent (the session ended first): ", el("q", { text: unsent })));
   document.querySelector(".steer-card")?.remove();
   document.querySelector(".columns.three")?.classList.replace("three", "two");
   tools.ended();
