@@ -103,6 +103,7 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     assert (await _ids(page))[2:] == finished[::-1], "the history is newest first"
 
     await _chart_reads_cleanly(page)
+    assert await page.evaluate("document.documentElement.scrollHeight") <= 800, "the page itself does not scroll"
 
     # A new request, live: it joins the queue (after the caller's), above the history.
     await page.fill("#instructions", "Offer next-day delivery.")

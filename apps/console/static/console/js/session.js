@@ -166,7 +166,7 @@ function drawChart() {
     .map((r) => ({ request: r, ms: millis(r.created_at, r.started_at) }));
   // The left margin holds the widest tick ("500000"); the unit sits above the axis, right of
   // it, clear of the ticks. x: the first and last points have their number under them.
-  const W = 320, H = 100, left = 46, right = 10, top = 14, bottom = 24;
+  const W = 320, H = 100, left = 46, right = 10, top = 14, bottom = 26;
   const plotW = W - left - right, plotH = H - top - bottom;
   const maxMs = niceTop(Math.max(10, ...started.map((p) => p.ms))); // at least 0–10 ms: distinct ticks
   const parts = [];
