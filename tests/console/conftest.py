@@ -17,6 +17,7 @@ import pytest
 import websockets
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.test import Client
 
 CHROMIUM = os.environ.get("OC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -25,6 +26,16 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PASSWORD = "pw-for-browser-tests"
+
+
+@pytest.fixture
+def operator(transactional_db) -> Client:
+    """A logged-in operator who may steer, for the pages as the server renders them."""
+    user = get_user_model().objects.create_user("alice", password="pw-for-tests")
+    user.user_permissions.add(Permission.objects.get(codename="steer_session"))
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -33,15 +31,6 @@ def _session(upstream_id: str = "sess_pages1", **fields) -> LiveSession:
     return LiveSession.objects.create(
         id=uuid.uuid4(), upstream_id=upstream_id, model="gpt-realtime", **{"status": "live", **fields}
     )
-
-
-@pytest.fixture
-def operator(transactional_db) -> Client:
-    user = get_user_model().objects.create_user("alice", password="pw-for-tests")
-    user.user_permissions.add(Permission.objects.get(codename="steer_session"))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _rows(*pairs: tuple[str, str], total: int | None = None) -> dict[str, str]:

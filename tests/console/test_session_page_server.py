@@ -11,21 +11,11 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.test import Client
 
 from apps.events.models import Event
 from apps.sessions.models import LiveSession, ResponseRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def operator(transactional_db) -> Client:
-    user = get_user_model().objects.create_user("alice", password="pw-for-tests")
-    user.user_permissions.add(Permission.objects.get(codename="steer_session"))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _session(upstream_id: str, **fields) -> LiveSession:
