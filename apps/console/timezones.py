@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
+from urllib.parse import unquote
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.http import HttpRequest
@@ -37,6 +38,12 @@ def chosen(user) -> str:
     return OperatorProfile.objects.filter(user=user).values_list("timezone", flat=True).first() or ""
 
 
+def browser_zone(request: HttpRequest) -> str:
+    """The browser's zone as clock.js keeps it: percent-encoded in the cookie (the `/` of
+    "America/New_York"), so decoded here; "" when there is none."""
+    return unquote(request.COOKIES.get(COOKIE, ""))
+
+
 def zone_for(request: HttpRequest) -> str:
     """The zone of this request's times; `request.oc_timezone_chosen` says whether it is the
     operator's setting (else the browser's, which the page's script uses as it is)."""
@@ -44,7 +51,7 @@ def zone_for(request: HttpRequest) -> str:
     request.oc_timezone_chosen = valid(setting)
     if request.oc_timezone_chosen:
         return setting
-    browser = request.COOKIES.get(COOKIE, "")
+    browser = browser_zone(request)
     return browser if valid(browser) else "UTC"
 
 

@@ -226,7 +226,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "console/preferences.html",
-        {"profile": profile, "zones": sorted(timezones.zones()), "browser_zone": request.COOKIES.get(timezones.COOKIE, "")},
+        {"profile": profile, "zones": sorted(timezones.zones()), "browser_zone": timezones.browser_zone(request)},
     )
 
 

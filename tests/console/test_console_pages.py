@@ -12,6 +12,7 @@ import html
 import json
 import re
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,6 +20,7 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.console import feed
+from apps.console.models import OperatorProfile
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.overrides import MAX_METADATA_PAIRS
 
@@ -268,3 +270,31 @@ def test_an_awkward_session_id_breaks_no_page_and_no_post(operator, settings):
     logged_out = Client().post(reverse("console:nudge", args=[AWKWARD]), {"instructions": "x"})
     assert logged_out.status_code == 302
     assert parse_qs(urlsplit(logged_out["Location"]).query)["next"] == [url], "back to this session after the login"
+
+
+START = datetime(2026, 12, 6, 15, 52, 13, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("cookie", "setting", "shown"),
+    [
+        ("", "", "15:52:13 UTC"),
+        ("America%2FNew_York", "", "10:52:13 EST"),  # the browser's, as clock.js encodes it
+        ("America/New_York", "", "10:52:13 EST"),
+        ("America%2FNew_York", "Asia/Kolkata", "21:22:13 IST"),  # the operator's choice wins
+        ("Mars%2FOlympus", "", "15:52:13 UTC"),
+    ],
+)
+def test_server_rendered_times_are_in_the_operators_timezone(operator, cookie, setting, shown):
+    session = _session("sess_zone1", started_at=START)
+    if setting:
+        user = operator.session.get("_auth_user_id")
+        OperatorProfile.objects.update_or_create(user_id=user, defaults={"timezone": setting})
+    if cookie:
+        operator.cookies["oc_tz"] = cookie
+    page = operator.get(reverse("console:session", args=[session.upstream_id]))
+    assert page.status_code == 200
+    assert f">{shown}</time>" in page.content.decode(), shown
+    settings_page = operator.get(reverse("console:preferences")).content.decode()
+    if cookie == "America%2FNew_York":
+        assert "America/New_York" in settings_page and "%2F" not in settings_page
