@@ -30,6 +30,11 @@ from apps.sessions.models import LISTEN, LiveSession
 log = logging.getLogger(__name__)
 
 RENEW_SECONDS = 30.0
+# A WebRTC or phone call's audio goes between the caller and the model: none passes the console.
+NOT_RELAYED = (
+    "This call's audio goes between the caller and the model directly (a WebRTC or phone call):"
+    " it does not pass the console, so it cannot be heard or recorded here."
+)
 
 
 @database_sync_to_async
@@ -50,6 +55,10 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
         session_id = self.scope["url_route"]["kwargs"]["session_id"]
         session = await db_async(selectors.session_row)(session_id=session_id)
         await self.accept()
+        if session is not None and session.kind != LiveSession.Kind.RELAY:
+            await self.send(text_data=json.dumps({"type": "error", "message": NOT_RELAYED}))
+            await self.close(code=4409)
+            return
         if session is None or session.status != LiveSession.Status.LIVE:
             state = "no such session" if session is None else f"the session is {session.status}"
             await self.send(

@@ -15,7 +15,14 @@ from apps.sessions.recordings import recorded_session, recording_response, recor
 def audio_context(request: HttpRequest, session: LiveSession, *, over: bool) -> dict:
     """What the session page needs to offer listening or the recording."""
     can_listen = request.user.has_perm(LISTEN)
-    context = {"can_listen": can_listen and not over, "recording_url": None, "timeline": []}
+    relayed = session.kind == LiveSession.Kind.RELAY
+    context = {
+        "can_listen": can_listen and relayed and not over,
+        # An attached call's audio does not pass the console: say so where Listen would be.
+        "audio_elsewhere": can_listen and not relayed,
+        "recording_url": None,
+        "timeline": [],
+    }
     if can_listen and session.recording:
         context["recording_url"] = reverse("console:recording", args=[session.upstream_id])
         context["timeline"] = recording_timeline(session)

@@ -8,16 +8,19 @@ import base64
 import json
 import socket
 import time
+import uuid
 from array import array
 
 import pytest
 import websockets
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
 from apps.realtime import audio
+from apps.sessions.models import LiveSession
 from operator_console.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,6 +134,23 @@ async def test_no_listening_to_a_session_that_is_not_live(cookies):
     message = json.loads(await listener.receive_from(timeout=5))
     assert message["type"] == "error" and "sess_nobody" in message["message"]
     assert (await listener.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+
+
+@pytest.mark.parametrize("kind", ["webrtc", "sip"])
+async def test_an_attached_calls_audio_cannot_be_listened_to_and_the_page_says_why(cookies, kind):
+    """Its audio goes between the caller and the model: none of it passes the console."""
+    session = await LiveSession.objects.acreate(
+        id=uuid.uuid4(), upstream_id=f"sess_{kind}1", model="gpt-realtime", status="live",
+        kind=kind, call_id=f"rtc_{kind}",
+    )
+    listener, connected = await _listener(session.upstream_id, cookies["ann"])
+    assert connected
+    message = json.loads(await listener.receive_from(timeout=5))
+    assert message["type"] == "error" and "does not pass the console" in message["message"]
+    assert (await listener.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4409}
+    client = Client(headers={"cookie": cookies["ann"]})
+    page = (await sync_to_async(client.get)(f"/console/sessions/{session.upstream_id}/")).content
+    assert b"data-listen-toggle" not in page and b"the audio does not pass the console" in page
 
 
 # ---------------------------------------------------------------------------- over real sockets
