@@ -126,7 +126,10 @@ export function applyApproval(raw, { quiet = false } = {}) {
   render(approval);
   showCount();
   if (quiet) return;
-  if (!before && approval.status === "pending") toast(`The agent asks to run ${approval.name}: approve or deny it under “Tool approvals”.`, "info");
+  if (!before && approval.status === "pending") {
+    const ask = canDecide ? "approve or deny it under “Tool approvals”" : "an operator who may steer decides";
+    toast(`The agent asks to run ${approval.name}: ${ask}.`, "info");
+  }
   else if (before?.status === "pending" && approval.status !== "pending") {
     const who = approval.status === "expired" ? "nobody decided in time" : `by ${approval.decided_by}`;
     toast(`${approval.name}: ${approval.status} (${who}).`, approval.status === "approved" ? "ok" : "info");
