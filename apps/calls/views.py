@@ -199,11 +199,13 @@ def call_session(request: HttpRequest) -> JsonResponse:
         else None
     )
     if session is None:
-        return JsonResponse({"session_id": None, "status": None, "url": None})
+        return JsonResponse({"session_id": None, "status": None, "url": None, "hangup_url": None})
     return JsonResponse(
         {
             "session_id": session.upstream_id,
             "status": session.status,
             "url": reverse("console:session", args=[session.upstream_id]),
+            # The page's Hang up goes through the console, so the call ends `hung_up`, by whom.
+            "hangup_url": reverse("console:hangup", args=[session.upstream_id]),
         }
     )

@@ -131,7 +131,7 @@ async def test_an_operator_calls_the_agent_from_the_browser_and_sees_the_session
         if session.status != "live":
             break
         await asyncio.sleep(0.1)
-    assert session.status == "ended", (session.status, session.end_reason)
+    assert (session.status, session.end_reason) == ("ended", "hung_up"), "hung up, by whom"
     await page.set_viewport_size({"width": 1280, "height": 800})
     await operator.screenshot("call-page-ended-1280")
     assert operator.errors == []

@@ -21,6 +21,7 @@ const EVENTS_SHOWN = 60;
 const ICE_GATHERING_TIMEOUT_MS = 3000;
 const SESSION_POLL_MS = 500;
 const SESSION_POLL_TRIES = 60;
+const HANGUP_TIMEOUT_MS = 3000;
 
 let call = null; // { pc, channel, microphone, callId, ended }
 
@@ -151,6 +152,7 @@ async function findSession(current) {
     const response = await fetch(`${main.dataset.sessionUrl}?call_id=${encodeURIComponent(current.callId)}`, { headers: { Accept: "application/json" } });
     const session = response.ok ? await response.json() : null;
     if (session?.session_id) {
+      current.hangupUrl = session.hangup_url;
       sessionLink.href = session.url;
       sessionLink.textContent = session.session_id;
       sessionNote.hidden = false;
@@ -223,6 +225,25 @@ function endCall(text = "You hung up.", failed = false) {
   show(failed ? "failed" : "ended", text, failed ? "bad" : "");
 }
 
+// Hang up through the console (as the session page's Hang up does), so that the call ends
+// `hung_up` with who did it; closing the connection alone ends it `upstream_closed`. The call
+// ends here either way, answered or not.
+async function hangUp({ leaving = false } = {}) {
+  const current = call;
+  if (current && !current.ended && current.hangupUrl) {
+    hangupButton.disabled = true;
+    const asked = fetch(current.hangupUrl, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken, Accept: "application/json" },
+      credentials: "same-origin",
+      keepalive: true,
+      signal: AbortSignal.timeout(HANGUP_TIMEOUT_MS),
+    }).catch(() => null);
+    if (!leaving) await asked;
+  }
+  endCall(leaving ? undefined : "You hung up.");
+}
+
 callButton.addEventListener("click", startCall);
-hangupButton.addEventListener("click", () => endCall("You hung up."));
-window.addEventListener("pagehide", () => endCall());
+hangupButton.addEventListener("click", () => hangUp());
+window.addEventListener("pagehide", () => hangUp({ leaving: true }));
