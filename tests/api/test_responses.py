@@ -8,13 +8,11 @@ import json
 
 import pytest
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from apps.sessions import groups, services
 from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.overrides import ResponseOverrides
-from operator_console.asgi import application
 from tests.support.realtime import eventually, user_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -517,21 +515,11 @@ async def test_request_answers_are_the_models_to_dict_with_offset_times(caller, 
         assert listed[0][name].endswith("+00:00"), (name, listed[0][name])
 
 
-async def test_a_session_can_be_nudged_as_soon_as_its_caller_has_session_created(
-    relay_settings, simulator, caller_token, rest
-):
+async def test_a_session_can_be_nudged_as_soon_as_its_caller_has_session_created(caller, rest):
     """The id reaches the caller only once the session's row is written: a script the caller
-    tells it at once finds the session live."""
-    communicator = WebsocketCommunicator(
-        application,
-        "/v1/realtime?model=gpt-realtime",
-        headers=[(b"authorization", f"Bearer {caller_token}".encode())],
-    )
-    assert (await communicator.connect(timeout=5))[0]
-    created = await communicator.receive_json_from(timeout=5)
-    session_id = created["session"]["id"]
-    found = await rest.get(f"/sessions/{session_id}")
+    tells it at once finds the session live (the `caller` fixture returns as soon as its
+    `session.created` is in)."""
+    found = await rest.get(f"/sessions/{caller.session_id}")
     assert found.status_code == 200 and found.json()["status"] == "live", found.text
-    posted = await rest.post(f"/sessions/{session_id}/responses", json={"instructions": "Hi."})
+    posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={"instructions": "Hi."})
     assert posted.status_code == 202, posted.text
-    await communicator.disconnect()
