@@ -39,7 +39,7 @@ from apps.console.models import OperatorProfile
 from apps.console.recordings import audio_context
 from apps.sessions import overrides, selectors, services
 from apps.sessions.db import db_async
-from apps.sessions.models import STEER, LiveSession, ResponseRequest
+from apps.sessions.models import END_REASON_WORDS, STEER, LiveSession, ResponseRequest
 
 OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
 OVER = (LiveSession.Status.ENDED, LiveSession.Status.FAILED)
@@ -98,6 +98,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "requests_shown": queue_first(rows),
             "transcript": transcripts.ended_transcript(session, rows),
             "requests_json": [row.to_dict() for row in rows],
+            "end_words": {reason.value: words for reason, words in END_REASON_WORDS.items()},
             "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,
             "limits": LIMITS,

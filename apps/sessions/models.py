@@ -15,6 +15,17 @@ from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import TERMINAL_STATUSES, RequestStatus
 from apps.sessions.costs import cost_usd
 
+# Each end reason as an operator reads it (the session page; the code stays beside it).
+END_REASON_WORDS = {
+    EndReason.CALLER_CLOSED: "The caller disconnected",
+    EndReason.UPSTREAM_CLOSED: "The upstream ended the session",
+    EndReason.SESSION_EXPIRED: "The upstream session reached its time limit",
+    EndReason.HUNG_UP: "The call was hung up",
+    EndReason.SERVER_SHUTDOWN: "The console's server stopped",
+    EndReason.SESSION_LOST: "The process holding the session stopped answering",
+    EndReason.RELAY_ERROR: "The relay failed",
+}
+
 
 def _iso(moment) -> str | None:
     """ISO 8601 with an offset (`+00:00`), as every time in the API is."""
@@ -82,12 +93,17 @@ class LiveSession(models.Model):
 
     @property
     def end_summary(self) -> str:
-        """The end reason as operators read it: `upstream_closed (1011): The upstream …`."""
+        """Why it ended, in words: `The upstream ended the session: The upstream …`."""
         if not self.end_reason:
             return ""
-        code = f" ({self.end_code})" if self.end_code is not None else ""
-        detail = f": {self.end_detail}" if self.end_detail else ""
-        return f"{self.end_reason}{code}{detail}"
+        words = END_REASON_WORDS.get(self.end_reason, self.end_reason)
+        return f"{words}: {self.end_detail}" if self.end_detail else f"{words}."
+
+    @property
+    def end_code_summary(self) -> str:
+        """The reason's code, and the upstream's close code: `upstream_closed · 1011`."""
+        code = f" · {self.end_code}" if self.end_code is not None else ""
+        return f"{self.end_reason}{code}" if self.end_reason else ""
 
     def to_dict(self) -> dict[str, Any]:
         """The `Session` of CONTRACT section 2. The counts come from the annotations of

@@ -257,7 +257,8 @@ async def test_a_session_that_ends_while_watched_says_so_and_why(login, connect_
         await caller.socket.close()
         note = page.locator("[data-ended-note]")
         await expect(note).to_be_visible(timeout=5000)
-    await expect(note.locator("[data-end-reason]")).to_have_text("caller_closed")
+    await expect(note.locator("[data-end-reason]")).to_have_text("The caller disconnected.")
+    await expect(note.locator("[data-end-code]")).to_have_text("caller_closed")
     await expect(page.locator("[data-session-status]").first).to_have_text("ended")
     await expect(page.locator("[data-live-status]")).to_have_text("Session over")
     assert await page.locator("[data-live-status]").get_attribute("data-state") == "over", "no Live dot"
@@ -272,7 +273,8 @@ async def test_a_session_that_ends_while_watched_says_so_and_why(login, connect_
     sockets = []
     page.on("websocket", lambda socket: sockets.append(socket.url))
     await page.reload()
-    await expect(page.locator("[data-end-reason]")).to_have_text("caller_closed")
+    await expect(page.locator("[data-end-reason]")).to_have_text("The caller disconnected.")
+    await expect(page.locator("[data-end-code]")).to_have_text("caller_closed")
     await expect(page.locator("[data-live-status]")).to_have_text("Session over")
     assert await page.locator("[data-nudge-form]").count() == 0, "an ended session offers no form"
     assert sockets == [], "an ended session's page opens no live socket"
@@ -284,11 +286,12 @@ async def test_an_ended_session_fits_desktop_and_phone(login, daphne):
         upstream_id="sess_failed_1", model="gpt-realtime", status="failed", end_reason="upstream_closed",
         end_code=1011, end_detail="The upstream connection was lost (1011).",
     )
-    summary = "upstream_closed (1011): The upstream connection was lost (1011)."
+    summary = "The upstream ended the session: The upstream connection was lost (1011)."
     for name, width in (("session-ended", 1280), ("session-ended-phone", PHONE)):
         operator = await login("alice", width=width)
         await operator.page.goto(f"{daphne.http_url}/console/sessions/sess_failed_1/")
         await expect(operator.page.locator("[data-end-reason]")).to_have_text(summary)
+        await expect(operator.page.locator("[data-end-code]")).to_have_text("upstream_closed · 1011")
         await expect(operator.page.locator("[data-session-status]").first).to_have_text("failed")
         assert await _sideways(operator.page) <= 0, f"the ended session page scrolls sideways at {width}px"
         await operator.screenshot(name)

@@ -131,7 +131,8 @@ async def test_every_page_fits_a_phone_and_is_screenshotted(login, connect_calle
 
     await caller.socket.close()
     await expect(page.locator("[data-ended-note]")).to_be_visible(timeout=5000)
-    await expect(page.locator("[data-end-reason]")).to_contain_text("caller_closed")
+    await expect(page.locator("[data-end-reason]")).to_have_text("The caller disconnected.")
+    await expect(page.locator("[data-end-code]")).to_have_text("caller_closed")
     await expect(page.locator("[data-live-status]")).to_have_text("Session over")
     assert await page.locator(".streaming").count() == 0, "no typing cursor once it is over"
     await page.reload()

@@ -3,6 +3,7 @@ the live page showed it, and what the page says without scripts (QA report 3).""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import uuid
@@ -13,7 +14,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from apps.events.models import Event
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.realtime.relay import EndReason
+from apps.sessions.models import END_REASON_WORDS, LiveSession, ResponseRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,3 +143,15 @@ def test_an_unknown_page_answers_in_the_consoles_look_and_the_api_and_relay_as_b
     # The 500 page needs nothing: no context, no request, no template tag that could fail.
     server_error = loader.get_template("500.html").render()
     assert "{%" not in server_error and '<a href="/console/">Back to the live sessions</a>' in server_error
+
+
+@pytest.mark.parametrize("reason", list(EndReason))
+def test_an_ended_session_says_why_in_words_with_its_code_beside(operator, reason):
+    _session("sess_why", status="failed", end_reason=reason.value, end_code=1011)
+    page = operator.get("/console/sessions/sess_why/").content.decode()
+    words = html.unescape(re.search(r"<span data-end-reason>(.*?)</span>", page).group(1))
+    assert words == END_REASON_WORDS[reason] + ".", "every reason has its words"
+    code = re.search(r"<code class=\"end-reason\" data-end-code>(.*?)</code>", page).group(1)
+    assert code == f"{reason.value} · 1011"
+    words_for_script = json.loads(re.search(r'id="end-words"[^>]*>(.*?)</script>', page).group(1))
+    assert words_for_script[reason.value] == END_REASON_WORDS[reason], "the live page words it the same"

@@ -520,11 +520,19 @@ function setUpLabel() {
 
 // ---------------------------------------------------------------- the end
 
-// As `LiveSession.end_summary` words it: `upstream_closed (1011): The upstream …`.
+// As `LiveSession.end_summary` and `.end_code_summary` word them.
+const END_WORDS = JSON.parse(document.getElementById("end-words").textContent);
+
 function endSummary(message) {
   if (!message.reason) return "no reason was recorded";
-  const code = message.code === undefined || message.code === null ? "" : ` (${message.code})`;
-  return `${message.reason}${code}${message.detail ? `: ${message.detail}` : ""}`;
+  const words = END_WORDS[message.reason] || message.reason;
+  return message.detail ? `${words}: ${message.detail}` : `${words}.`;
+}
+
+function endCode(message) {
+  if (!message.reason) return "";
+  const code = message.code === undefined || message.code === null ? "" : ` · ${message.code}`;
+  return `${message.reason}${code}`;
 }
 
 let live = null;
@@ -543,6 +551,7 @@ function ended(message) {
   const note = document.querySelector("[data-ended-note]");
   note.querySelector("[data-ended-status]").textContent = message.status;
   note.querySelector("[data-end-reason]").textContent = endSummary(message);
+  note.querySelector("[data-end-code]").textContent = endCode(message);
   note.hidden = false;
   document.querySelector("[data-steer-closed]")?.removeAttribute("hidden");
   const callControl = document.querySelector("[data-call-control]");
@@ -566,7 +575,7 @@ function ended(message) {
   document.querySelector(".columns.three")?.classList.replace("three", "two");
   tools.ended();
   renderAllRequests(); // no cancel buttons any more
-  toast(`The session is over: ${endSummary(message)}.`, "info");
+  toast(`The session is over. ${endSummary(message)}`, "info");
 }
 
 // ---------------------------------------------------------------- live
