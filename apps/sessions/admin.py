@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.sessions import costs, export, recordings, selectors
-from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
+from apps.sessions.models import END_REASON_WORDS, ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create, api_token_revoke
 
 
@@ -82,29 +82,12 @@ class MetadataFilter(TextInputFilter):
         return selectors.with_metadata(queryset, [(key.strip(), value.strip())])
 
 
-# An end reason in words (the admin's filter and column; the code stays in the record and the
-# REST hook). As the architecture's "How sessions end" table says who decided it.
-END_REASON_WORDS = {
-    "caller_closed": "The caller closed",
-    "upstream_closed": "The upstream closed",
-    "session_expired": "The upstream session expired",
-    "hung_up": "Hung up",
-    "server_shutdown": "The server shut down",
-    "session_lost": "Its process was lost",
-    "relay_error": "The relay failed",
-}
-
-
-def end_reason_words(reason: str) -> str:
-    return END_REASON_WORDS.get(reason, reason.replace("_", " ").capitalize())
-
-
 class EndReasonFilter(admin.SimpleListFilter):
     title = "end reason"
     parameter_name = "end_reason"
 
     def lookups(self, request, model_admin):
-        return list(END_REASON_WORDS.items())
+        return [(reason.value, words) for reason, words in END_REASON_WORDS.items()]
 
     def queryset(self, request, queryset):
         return queryset.filter(end_reason=self.value()) if self.value() else queryset
@@ -197,7 +180,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
             return "—"
         code = f" ({obj.end_code})" if obj.end_code is not None else ""
         detail = f": {obj.end_detail}" if obj.end_detail else ""
-        return format_html('<span title="{}">{}{}{}</span>', obj.end_reason, end_reason_words(obj.end_reason), code, detail)
+        return format_html('<span title="{}">{}{}{}</span>', obj.end_reason, END_REASON_WORDS.get(obj.end_reason, obj.end_reason), code, detail)
 
     @admin.display(description="cost (USD)")
     def cost(self, obj):

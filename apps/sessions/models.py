@@ -15,14 +15,15 @@ from apps.realtime.relay import EndReason
 from apps.realtime.sequencer import TERMINAL_STATUSES, RequestStatus
 from apps.sessions.costs import cost_usd
 
-# Each end reason as an operator reads it (the session page; the code stays beside it).
+# Each end reason as an operator reads it (the session page, the admin; the code stays in the
+# record and the REST hook). As docs/architecture.md's "How sessions end" says who decided it.
 END_REASON_WORDS = {
     EndReason.CALLER_CLOSED: "The caller disconnected",
     EndReason.UPSTREAM_CLOSED: "The upstream ended the session",
-    EndReason.SESSION_EXPIRED: "The upstream session reached its time limit",
+    EndReason.SESSION_EXPIRED: "The upstream session expired",
     EndReason.HUNG_UP: "The call was hung up",
     EndReason.SERVER_SHUTDOWN: "The console's server stopped",
-    EndReason.SESSION_LOST: "The process holding the session stopped answering",
+    EndReason.SESSION_LOST: "Its process stopped answering",
     EndReason.RELAY_ERROR: "The relay failed",
 }
 

@@ -149,10 +149,10 @@ def test_the_end_reason_shows_in_words_with_its_code_and_detail(staff_client):
         end_reason="upstream_closed", end_code=1011, end_detail="The upstream connection was lost (1011).",
         ended_at=timezone.now(),
     )
-    summary = b'<span title="upstream_closed">The upstream closed (1011): The upstream connection was lost (1011).</span>'
+    summary = b'<span title="upstream_closed">The upstream ended the session (1011): The upstream connection was lost (1011).</span>'
     listing = staff_client.get("/admin/oc_sessions/livesession/?end_reason=upstream_closed")
     assert listing.status_code == 200 and summary in listing.content, "the list says why in words, with the code"
-    assert b">The caller closed</a>" in listing.content, "the filter offers the reasons in words"
+    assert b">The caller disconnected</a>" in listing.content, "the filter offers the reasons in words"
     assert b">caller_closed</a>" not in listing.content
     assert b"sess_admin_over" in staff_client.get("/admin/oc_sessions/livesession/?end_reason__exact=upstream_closed").content
     detail = staff_client.get(f"/admin/oc_sessions/livesession/{session.pk}/change/")
