@@ -93,6 +93,12 @@ class EndReasonFilter(admin.SimpleListFilter):
         return queryset.filter(end_reason=self.value()) if self.value() else queryset
 
 
+def _time_and_day(moment) -> str:
+    """`16:54:12`, and `Dec 06` on a line below."""
+    when = timezone.localtime(moment)
+    return format_html("{}<br><small>{}</small>", when.strftime("%H:%M:%S"), when.strftime("%b %d"))
+
+
 def _short(text: str, keep: int = 13) -> str:
     return text if len(text) <= keep + 1 else f"{text[:keep]}…"
 
@@ -162,9 +168,12 @@ SESSION_FIELDSETS = (
 
 @admin.register(LiveSession)
 class LiveSessionAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "status", "model", "connected_by", "started_at", "ended_at", "ended_because", "history")
+    # Short columns, as the request list has: the list fits beside the filters at 1280 px.
+    list_display = ("short_session", "status", "model_and_caller", "started", "ended")
+    list_display_links = ("short_session",)
+    change_list_template = "admin/oc_sessions/livesession/change_list.html"
     list_filter = ("status", EndReasonFilter, "model", "started_at")
-    search_fields = ("upstream_id", "connected_by")
+    search_fields = ("upstream_id", "label", "connected_by", "call_id", "caller_number")
     date_hierarchy = "started_at"
     readonly_fields = [
         *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "cost", "history", "as_json", "recording_player",
@@ -181,6 +190,34 @@ class LiveSessionAdmin(ReadOnlyAdmin):
         code = f" ({obj.end_code})" if obj.end_code is not None else ""
         detail = f": {obj.end_detail}" if obj.end_detail else ""
         return format_html('<span title="{}">{}{}{}</span>', obj.end_reason, END_REASON_WORDS.get(obj.end_reason, obj.end_reason), code, detail)
+
+    @admin.display(description="session", ordering="upstream_id")
+    def short_session(self, obj):
+        """The id (whole on hover), and the label on a line below."""
+        name = str(obj)
+        label = format_html("<br><small>{}</small>", obj.label) if obj.label else ""
+        return format_html('<span title="{}">{}</span>{}', name, _short(name, 14), label)
+
+    @admin.display(description="model · connected by", ordering="model")
+    def model_and_caller(self, obj):
+        return format_html("{}<br><small>{}</small>", obj.model, obj.connected_by or "—")
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj):
+        return _time_and_day(obj.started_at)
+
+    @admin.display(description="ended", ordering="ended_at")
+    def ended(self, obj):
+        """When, and why in words (the code and the detail on hover)."""
+        if obj.ended_at is None:
+            return "—"
+        when = timezone.localtime(obj.ended_at).strftime("%H:%M:%S")
+        if not obj.end_reason:
+            return when
+        return format_html(
+            '{}<br><small title="{}">{}</small>', when, obj.end_code_summary + (f": {obj.end_detail}" if obj.end_detail else ""),
+            END_REASON_WORDS.get(obj.end_reason, obj.end_reason),
+        )
 
     @admin.display(description="cost (USD)")
     def cost(self, obj):
@@ -279,8 +316,7 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, obj):
-        when = timezone.localtime(obj.created_at)
-        return format_html("{}<br><small>{}</small>", when.strftime("%H:%M:%S"), when.strftime("%b %d"))
+        return _time_and_day(obj.created_at)
 
     @admin.display(description="queued for")
     def queue_wait(self, obj):

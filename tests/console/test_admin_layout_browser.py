@@ -8,6 +8,7 @@ import uuid
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from apps.sessions.models import LiveSession, ResponseRequest
 from tests.console.conftest import PASSWORD, SCREENSHOTS
@@ -55,4 +56,43 @@ async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne
         "(i) => { const c = document.createElement('canvas').getContext('2d'); c.font = getComputedStyle(i).font;"
         " return c.measureText(i.placeholder).width <= i.clientWidth - 8; }"
     ), "the placeholder fits its field"
+    await context.close()
+
+
+def _sessions() -> None:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    for n, (status, reason, code, detail) in enumerate((
+        ("live", "", None, ""),
+        ("ended", "caller_closed", None, ""),
+        ("failed", "upstream_closed", 1011, "The upstream connection was lost (1011)."),
+        ("ended", "server_shutdown", None, "The server is restarting; reconnect to start a new session."),
+    )):
+        LiveSession.objects.create(
+            id=uuid.uuid4(), upstream_id=f"sess_{uuid.uuid4().hex[:20]}", model="gpt-realtime-2025-08-28",
+            status=status, end_reason=reason, end_code=code, end_detail=detail,
+            connected_by=f"token:demo-callers-{n}", label="Order 42 · Jane Doe" if n % 2 else "",
+            ended_at=timezone.now() if reason else None,
+        )
+
+
+async def test_the_session_list_fits_beside_its_filters_at_1280(chromium, daphne):
+    await sync_to_async(_sessions)()
+    context = await chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    await page.goto(f"{daphne.http_url}/admin/login/")
+    await page.fill("#id_username", "root")
+    await page.fill("#id_password", PASSWORD)
+    await page.click("input[type=submit]")
+    await page.wait_for_url(f"{daphne.http_url}/admin/")
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/")
+    table = await page.locator("#result_list").bounding_box()
+    area = await page.locator("#changelist-form").bounding_box()
+    await page.screenshot(path=str(SCREENSHOTS / "admin-sessions-desktop.png"))
+    assert table["x"] + table["width"] <= area["x"] + area["width"] + 1, (
+        f"the results ({table['width']:.0f} px) fit their area ({area['width']:.0f} px)"
+    )
+    ended = await page.locator("#result_list td.field-ended").all_inner_texts()
+    assert any("The upstream ended the session" in text for text in ended), f"why, in words: {ended}"
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/?q=Jane+Doe")
+    assert await page.locator("#result_list tbody tr").count() == 2, "the label is searched"
     await context.close()
