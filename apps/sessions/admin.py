@@ -171,7 +171,6 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     # Short columns, as the request list has: the list fits beside the filters at 1280 px.
     list_display = ("short_session", "status", "model_and_caller", "started", "ended")
     list_display_links = ("short_session",)
-    change_list_template = "admin/oc_sessions/livesession/change_list.html"
     list_filter = ("status", EndReasonFilter, "model", "started_at")
     search_fields = ("upstream_id", "label", "connected_by", "call_id", "caller_number")
     date_hierarchy = "started_at"

@@ -26,8 +26,8 @@ def _history() -> None:
         )
 
 
-async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne):
-    await sync_to_async(_history)()
+async def _admin(chromium, daphne):
+    """A 1280×800 page logged in to the admin as the superuser `root`."""
     context = await chromium.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     await page.goto(f"{daphne.http_url}/admin/login/")
@@ -35,6 +35,12 @@ async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne
     await page.fill("#id_password", PASSWORD)
     await page.click("input[type=submit]")
     await page.wait_for_url(f"{daphne.http_url}/admin/")
+    return context, page
+
+
+async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne):
+    await sync_to_async(_history)()
+    context, page = await _admin(chromium, daphne)
     await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/")
     table = await page.locator("#result_list").bounding_box()
     area = await page.locator("#changelist-form").bounding_box()
@@ -77,13 +83,7 @@ def _sessions() -> None:
 
 async def test_the_session_list_fits_beside_its_filters_at_1280(chromium, daphne):
     await sync_to_async(_sessions)()
-    context = await chromium.new_context(viewport={"width": 1280, "height": 800})
-    page = await context.new_page()
-    await page.goto(f"{daphne.http_url}/admin/login/")
-    await page.fill("#id_username", "root")
-    await page.fill("#id_password", PASSWORD)
-    await page.click("input[type=submit]")
-    await page.wait_for_url(f"{daphne.http_url}/admin/")
+    context, page = await _admin(chromium, daphne)
     await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/")
     table = await page.locator("#result_list").bounding_box()
     area = await page.locator("#changelist-form").bounding_box()
