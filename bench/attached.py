@@ -157,21 +157,15 @@ class Run:
         """Each request's status once terminal (or as it stands at the limit). Every request
         still pending is asked once a round, 50 at a time; one never asked says so."""
         statuses = dict.fromkeys(request_ids, "not asked")
-        terminal = {"completed", "cancelled", "incomplete", "failed"}
-        deadline = time.monotonic() + limit
-        pending = list(request_ids)
 
         async def ask(rid: str) -> None:
             answer = await self.client.get(f"{self.base}/api/v1/responses/{rid}", headers=self.auth)
             ok = answer.status_code == 200
             statuses[rid] = answer.json().get("status") if ok else str(answer.status_code)
 
-        while pending and time.monotonic() < deadline:
-            for start in range(0, len(pending), 50):
-                await asyncio.gather(*(ask(rid) for rid in pending[start:start + 50]))
-            pending = [rid for rid in pending if statuses[rid] not in terminal]
-            if pending:
-                await asyncio.sleep(0.2)
+        deadline = time.monotonic() + limit
+        await common.until_done(request_ids, ask, lambda rid: statuses[rid] in common.TERMINAL,
+                                deadline, 50, 0.2)
         return statuses
 
     async def relayed(self, count: int) -> list[common.Caller]:

@@ -52,6 +52,7 @@ NOISY_SHARE = 0.10  # other work above this share of the machine: a figure is di
 QUIET_PERCENT = 12.0  # machine busy % (all cores) below which it counts as quiet
 QUIET_BUDGET_S = 120.0  # the whole run's time waiting for quiet
 NUDGE_TARGETS_MS = {"p50": 5.0, "p99": 20.0}  # a REST nudge → the upstream has its create
+TERMINAL = {"completed", "cancelled", "incomplete", "failed"}  # a request's final states
 OPERATOR_PASSWORD = "bench-operator-password"  # noqa: S105 - a bench-private database's users
 
 
@@ -114,6 +115,19 @@ async def connect_all(count: int, open_one, stats: Stats | None = None) -> list:
     if not opened:
         raise RuntimeError(f"no caller connected: {stats and stats.error_samples[:3]}")
     return opened
+
+
+async def until_done(items, fetch, done, deadline: float, size: int, every: float) -> None:
+    """`fetch(item)` for every item, `size` at a time; again, every `every` s, for those not
+    yet `done(item)`, until none is left or the (monotonic) deadline has passed."""
+    pending = list(items)
+    while pending:
+        for start in range(0, len(pending), size):
+            await asyncio.gather(*(fetch(item) for item in pending[start : start + size]))
+        pending = [item for item in pending if not done(item)]
+        if not pending or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(every)
 
 
 async def cancel_all(tasks) -> None:
@@ -318,7 +332,6 @@ class Proc:
     name: str
     proc: asyncio.subprocess.Process
     log_path: Path
-    log_file: Any = None
 
     @property
     def pid(self) -> int:
@@ -356,14 +369,18 @@ class Bench:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    async def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        log_path = self.log_path(name)
-        log_file = open(log_path, "w")  # noqa: SIM115, ASYNC230 - local; closed in stop()
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )
-        handle = Proc(name, proc, log_path, log_file)
+    async def spawn(self, name: str, argv: list[str], env: dict[str, str],
+                    piped: bool = False) -> Proc:
+        """A process logged to `out/logs/NAME.log`; with `piped`, only its stderr is, its stdout
+        is read through `proc.stdout`."""
+        log_path, pipe = self.log_path(name), asyncio.subprocess.PIPE
+        with open(log_path, "w") as log:  # noqa: ASYNC230 - local; the process has its own copy
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=pipe if piped else log, stderr=log if piped else asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        handle = Proc(name, proc, log_path)
         self.procs.append(handle)
         self.prioritise(proc.pid)
         return handle
@@ -387,9 +404,6 @@ class Bench:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        if handle.log_file is not None:
-            handle.log_file.close()
-            handle.log_file = None
         if handle in self.procs:
             self.procs.remove(handle)
 
@@ -483,34 +497,25 @@ class Bench:
         `client_main`) and read its JSON lines: `on_event(message)` for each progress event;
         its `result` is returned. Killed after `budget` s; its stderr goes to its log."""
         argv = [PY, "-m", f"bench.{module}", json.dumps(config)]
-        with open(self.log_path(name), "w") as log:  # noqa: ASYNC230 - local
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
-            )
-            self.prioritise(proc.pid)
-            result = None
-            try:
-                async with asyncio.timeout(budget):
-                    async for line in proc.stdout:
-                        message = None
-                        with contextlib.suppress(ValueError):
-                            message = json.loads(line)
-                        if isinstance(message, dict) and message.get("event") == "result":
-                            result = message
-                        elif isinstance(message, dict):
-                            on_event(message)
-                    await proc.wait()
-            except TimeoutError:
-                say(f"    {name} exceeded its {budget:.0f} s budget; stopping it")
-            finally:
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+        handle, result = await self.spawn(name, argv, env, piped=True), None
+        try:
+            async with asyncio.timeout(budget):
+                async for line in handle.proc.stdout:
+                    message = None
+                    with contextlib.suppress(ValueError):
+                        message = json.loads(line)
+                    if isinstance(message, dict) and message.get("event") == "result":
+                        result = message
+                    elif isinstance(message, dict):
+                        on_event(message)
+                await handle.proc.wait()
+        except TimeoutError:
+            say(f"    {name} exceeded its {budget:.0f} s budget; stopping it")
+        finally:
+            await self.stop(handle, timeout=0)
         if result is None:
-            tail = log_tail(self.log_path(name), 20)
-            raise RuntimeError(f"{name} gave no result (rc={proc.returncode}):\n{tail}")
+            tail = log_tail(handle.log_path, 20)
+            raise RuntimeError(f"{name} gave no result (rc={handle.proc.returncode}):\n{tail}")
         return result
 
     async def measured_twice(self, measure, retry: bool = True) -> dict:

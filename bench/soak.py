@@ -31,12 +31,11 @@ import psutil
 from websockets.exceptions import ConnectionClosed
 
 from bench import common
-from bench.common import Bench, at_most, fmt, say, summary, table, verdict
+from bench.common import TERMINAL, Bench, at_most, fmt, say, summary, table, verdict
 from devtools.services import PostgresServer, RedisServer
 
 TITLE = "Soak: two processes, Redis, PostgreSQL"
 UPSTREAM_KEY = "sk-bench-soak-upstream"  # the simulator's key; never a real one
-TERMINAL = {"completed", "cancelled", "incomplete", "failed"}
 SAMPLE_EVERY = 5.0  # s between resource samples
 LATENCY_TARGET_MS = 30.0
 RSS_FLAT_SHARE = 0.05  # RSS is flat when it grows less than this after warm-up
@@ -291,17 +290,11 @@ class Soak:
             except Exception as exc:  # noqa: BLE001 - read again; missing if it never works
                 self.read_errors.append(f"{caller.session_id}: {type(exc).__name__}: {exc}")
 
-        pending = list(self.callers)
-        while pending:
-            for start in range(0, len(pending), 20):
-                await asyncio.gather(*(fetch(c) for c in pending[start : start + 20]))
-            pending = [c for c in pending if not all(
-                state(rows.get(c.session_id, {}), kind, key) in TERMINAL
-                for kind, key in ours[c.session_id]
-            )]
-            if not pending or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(1.0)
+        def done(caller: SoakCaller) -> bool:
+            rows_of = rows.get(caller.session_id, {})
+            return all(state(rows_of, kind, key) in TERMINAL for kind, key in ours[caller.session_id])
+
+        await common.until_done(self.callers, fetch, done, deadline, 20, 1.0)
         return rows
 
     def ours(self) -> dict[str, list[tuple[str, str]]]:
