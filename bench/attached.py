@@ -58,7 +58,7 @@ class Run:
                 raise RuntimeError(f"SIP call → {answer.status_code}: {answer.text[:300]}")
             return data["call_id"]
 
-        placed = await common.in_batches(count, one, size=20)
+        placed = await common.in_batches(range(count), one, size=20)
         self.placed += count
         return placed
 
@@ -170,7 +170,7 @@ class Run:
 
     async def relayed(self, count: int) -> list[common.Caller]:
         url = common.realtime_url(self.base)
-        return await common.in_batches(count, lambda _: common.Caller.open(url, self.token),
+        return await common.in_batches(range(count), lambda _: common.Caller.open(url, self.token),
                                        size=20)
 
 

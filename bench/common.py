@@ -88,21 +88,21 @@ def by_mode(plans: dict, args):
     return plans["quick" if args.quick else "full"]
 
 
-async def in_batches(count: int, open_one, size: int = 25, on_error=None) -> list:
-    """`open_one(index)` for every index below `count`, `size` at a time; what is not None.
-    With `on_error(text)`, a failure is passed to it and not raised."""
+async def in_batches(items, open_one, size: int = 25, on_error=None) -> list:
+    """`open_one(item)` for each of `items`, `size` at a time; what is not None. With
+    `on_error(text)`, a failure is passed to it and not raised."""
 
-    async def one(index: int):
+    async def one(item):
         try:
-            return await open_one(index)
+            return await open_one(item)
         except Exception as exc:
             if on_error is None:
                 raise
             on_error(f"connect: {type(exc).__name__}: {exc}")
 
-    opened = []
-    for start in range(0, count, size):
-        opened += await asyncio.gather(*(one(i) for i in range(start, min(start + size, count))))
+    items, opened = list(items), []
+    for start in range(0, len(items), size):
+        opened += await asyncio.gather(*(one(item) for item in items[start : start + size]))
     return [item for item in opened if item is not None]
 
 
@@ -110,7 +110,7 @@ async def connect_all(count: int, open_one, stats: Stats | None = None) -> list:
     """A client process's callers (`in_batches`; with `stats`, a failed one is counted there, a
     figure, not a crash), announced as `connected`; none connected raises."""
     started = time.monotonic()
-    opened = await in_batches(count, open_one, on_error=stats and stats.error)
+    opened = await in_batches(range(count), open_one, on_error=stats and stats.error)
     emit(event="connected", sessions=len(opened), seconds=round(time.monotonic() - started, 2))
     if not opened:
         raise RuntimeError(f"no caller connected: {stats and stats.error_samples[:3]}")
@@ -122,8 +122,7 @@ async def until_done(items, fetch, done, deadline: float, size: int, every: floa
     yet `done(item)`, until none is left or the (monotonic) deadline has passed."""
     pending = list(items)
     while pending:
-        for start in range(0, len(pending), size):
-            await asyncio.gather(*(fetch(item) for item in pending[start : start + size]))
+        await in_batches(pending, fetch, size)
         pending = [item for item in pending if not done(item)]
         if not pending or time.monotonic() > deadline:
             return

@@ -176,7 +176,7 @@ class Soak:
     async def connect_all(self) -> float:
         self.mark("connect")
         started = time.monotonic()
-        await common.in_batches(self.plan.sessions, self.open_session)
+        await common.in_batches(range(self.plan.sessions), self.open_session)
         self.callers.sort(key=lambda c: c.index)
         return time.monotonic() - started
 
