@@ -442,26 +442,25 @@ class Bench:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{handle.name} did not listen on {port} in {timeout}s")
 
-    async def listening(self, name: str, argv_for_port, env: dict[str, str]) -> tuple[Proc, int]:
-        """A server started on a free port (`argv_for_port(port)`), once it listens."""
+    async def listening(self, name: str, argv_for_port, env: dict[str, str],
+                        settle: float = 0.5) -> tuple[Proc, int]:
+        """A server started on a free port (`argv_for_port(port)`), once it listens and `settle`
+        s more have passed (its start-up goes on after listen: imports, the first GC)."""
         port = free_port()
         handle = await self.spawn(name, argv_for_port(port), env)
         await self.wait_port(handle, port)
+        await asyncio.sleep(settle)
         return handle, port
 
     async def daphne(self, name: str, app: str, env: dict[str, str]) -> tuple[Proc, int]:
-        """Daphne serving `app` on a free port; (process, port), once start-up is done."""
-        handle, port = await self.listening(
-            name, lambda port: [str(BIN / "daphne"), "-b", HOST, "-p", str(port), app], env
-        )
-        await asyncio.sleep(0.5)  # imports after listen, first GC
-        return handle, port
+        """Daphne serving `app` on a free port, started: (process, port)."""
+        return await self.listening(name, lambda port: daphne_argv(port, app), env)
 
     async def simulator(self, name: str, *options) -> tuple[Proc, str]:
         """`manage.py simulate_upstream OPTIONS` in its own process; (process, its base URL)."""
         handle, port = await self.listening(name, lambda port: [
             PY, "manage.py", "simulate_upstream", "--host", HOST, "--port", str(port),
-            *map(str, options)], self.env())
+            *map(str, options)], self.env(), settle=0.0)
         say(f"    simulator at ws://{HOST}:{port}/v1 (pid {handle.pid})")
         return handle, f"ws://{HOST}:{port}/v1"
 
@@ -550,7 +549,6 @@ class Bench:
             show_progress(message)
 
         try:
-            await asyncio.sleep(0.5)  # let start-up finish (imports after listen, first GC)
             config.update(base=f"http://{HOST}:{port}", target_pid=handle.pid)
             result = await self.client(f"{load}-{name}", load, config, env, budget, progress)
             for task in side:
@@ -622,7 +620,10 @@ def target_argv(key: str, port: int, sim_url: str) -> list[str]:
     """A target on `port`: the websockets floor, the Channels floor, else the relay."""
     if key == "websockets":
         return [PY, "-m", "bench.floor_websockets", "--port", str(port), "--upstream", sim_url]
-    app = "bench.floor_channels:application" if key == "channels" else APP
+    return daphne_argv(port, "bench.floor_channels:application" if key == "channels" else APP)
+
+
+def daphne_argv(port: int, app: str) -> list[str]:
     return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), app]
 
 
