@@ -75,7 +75,6 @@ PLANS = {
 
 @dataclass
 class Turn:
-    sent: float
     done_status: str | None = None  # as the caller saw it in response.done
     error: str | None = None  # the code of an error event about its response.create
 
@@ -123,7 +122,7 @@ class SoakCaller(common.Caller):
 
     async def turn(self, n: int) -> None:
         key = f"{self.index}-{n}"
-        self.turns[key] = Turn(time.monotonic())
+        self.turns[key] = Turn()
         await self.send_turn(f"Soak turn {key}.", f"evt_soak_{key}", metadata={"bench_turn": key})
 
 
@@ -291,8 +290,8 @@ class Soak:
                 self.read_errors.append(f"{caller.session_id}: {type(exc).__name__}: {exc}")
 
         def done(caller: SoakCaller) -> bool:
-            rows_of = rows.get(caller.session_id, {})
-            return all(state(rows_of, kind, key) in TERMINAL for kind, key in ours[caller.session_id])
+            mine = rows.get(caller.session_id, {})
+            return all(state(mine, kind, key) in TERMINAL for kind, key in ours[caller.session_id])
 
         await common.until_done(self.callers, fetch, done, deadline, 20, 1.0)
         return rows
