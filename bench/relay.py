@@ -187,11 +187,6 @@ def _home(path: str) -> str:
     return home if home.startswith("apps/") else home.split("/")[0]
 
 
-def _frames(frames: list[str]) -> list[tuple[str, str]]:
-    """(function, file) of each of py-spy's frames."""
-    return [(m["func"], m["file"]) if (m := _FRAME.match(f)) else (f, "") for f in frames]
-
-
 def summarise_profile(raw: Path, top: int = 20) -> dict:
     """Self time per function and per package, inclusive time per package, and samples per
     thread, from py-spy's raw (collapsed) output."""
@@ -205,7 +200,8 @@ def summarise_profile(raw: Path, top: int = 20) -> dict:
         total += n
         if frames[0].startswith("thread ("):
             threads[re.sub(r"_\d+$", "", frames.pop(0).split(": ", 1)[-1])] += n
-        if not (parsed := _frames(frames)):
+        parsed = [(m["func"], m["file"]) if (m := _FRAME.match(f)) else (f, "") for f in frames]
+        if not parsed:
             continue
         func, file = parsed[-1]
         self_fn[f"{func} ({where(file) if file else '?'})"] += n
