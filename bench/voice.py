@@ -388,29 +388,25 @@ async def open_listeners(args, plan: Plan, session_id: str) -> list[Listener]:
     return [await one() for _ in range(args.listeners)]
 
 
-async def simulator_counts(args, session_ids: list[str]) -> dict[str, dict]:
-    counts: dict[str, dict] = {}
-    async with httpx.AsyncClient(timeout=10) as client:
-        for start in range(0, len(session_ids), 40):
-            batch = session_ids[start : start + 40]
-            url = args.sim_stats.replace("ws", "http", 1)
-            reply = await client.get(url, params=[("session", i) for i in batch])
-            reply.raise_for_status()
-            counts.update(reply.json()["sessions"])
-    return counts
-
-
 async def settle_counts(args, callers: list[VoiceCaller]) -> dict[str, dict]:
-    """The simulator's counts once what the callers sent has arrived (or DRAIN_S passed):
-    appends still queued in the target are in flight, not lost."""
-    deadline = time.monotonic() + DRAIN_S
-    while True:
-        counts = await simulator_counts(args, [c.session_id for c in callers])
-        arrived = all(counts.get(c.session_id, {}).get("audio_in_bytes") == c.sent_bytes
-                      for c in callers)
-        if arrived or time.monotonic() >= deadline:
-            return counts
-        await asyncio.sleep(0.25)
+    """The simulator's counts per session (`GET {sim}/_stats`, 40 sessions a request) once what
+    the callers sent has arrived (or DRAIN_S passed): appends still queued in the target are in
+    flight, not lost."""
+    deadline, url = time.monotonic() + DRAIN_S, args.sim_stats.replace("ws", "http", 1)
+    ids = [c.session_id for c in callers]
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            counts: dict[str, dict] = {}
+            for start in range(0, len(ids), 40):
+                batch = [("session", i) for i in ids[start : start + 40]]
+                reply = await client.get(url, params=batch)
+                reply.raise_for_status()
+                counts.update(reply.json()["sessions"])
+            arrived = all(counts.get(c.session_id, {}).get("audio_in_bytes") == c.sent_bytes
+                          for c in callers)
+            if arrived or time.monotonic() >= deadline:
+                return counts
+            await asyncio.sleep(0.25)
 
 
 async def main(args) -> dict:
