@@ -1,13 +1,10 @@
 """The attached part: calls that do not pass through the relay, steered through a sideband.
 
-One Daphne process of the app; the upstream is the simulator on its own event loop in a thread
-of this process (`common.SimulatorThread`: its receive stamps do not wait behind the
-benchmark's work), counting every `response.create` it accepts, duplicates, and creates that
-arrive while a response is active (`overlaps`). Phone calls are placed at the simulator
-(`POST /v1/_sim/sip_calls`, silent callers); it sends the signed `realtime.call.incoming`
-webhook to the console, which accepts each call and attaches a sideband session (kind `sip`),
-as in production. What is measured on them, and how (nudge latency on an idle call, lost and
-overlapping nudges under load, RSS per session): ABOUT below, the report's text.
+Phone calls placed at the simulator (`POST /v1/_sim/sip_calls`) get the signed
+`realtime.call.incoming` webhook sent to the console, which accepts each and attaches a sideband
+session, as in production. The simulator runs in a thread of this process
+(`common.SimulatorThread`) and counts the creates it accepts. What is measured, and how: ABOUT
+below, the report's text.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import random
 import time
 
 import httpx
-import psutil
 
 from bench import common
 from bench.common import Bench, at_most, fmt, say, summary, table
@@ -31,10 +27,6 @@ NUDGE_TIMEOUT = 5.0
 SEED = 13
 # (attached calls, sequential nudges on one call, load duration s, drain limit s, budget s)
 PLANS = {"full": (200, 300, 30.0, 30.0, 240.0), "quick": (20, 50, 8.0, 15.0, 60.0)}
-
-
-def rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 class Run:
@@ -190,14 +182,15 @@ async def run(bench: Bench, args) -> dict:
         async with (bench.app("attached", env, result["logs"], "Daphne") as (base, token, daphne),
                     common.http_client(100, timeout=15.0) as client):
             plan = (calls, sequential, duration, drain)
-            run_ = Run(client, base, token, sim)
-            await asyncio.wait_for(measure(run_, daphne.pid, args.settle, plan, result), budget)
+            run_, group = Run(client, base, token, sim), common.ProcessGroup(daphne.pid)
+            await asyncio.wait_for(measure(run_, group, args.settle, plan, result), budget)
     finally:
         sim.stop()
     return result
 
 
-async def measure(run_: Run, pid: int, settle: float, plan: tuple, result: dict) -> None:
+async def measure(run_: Run, daphne: common.ProcessGroup, settle: float, plan: tuple,
+                  result: dict) -> None:
     """The nudge latency on one idle call, then the calls under load, then RSS per session."""
     calls, sequential, duration, drain = plan
     # One call first, for the latency: what its webhook and sideband load and warm up
@@ -209,10 +202,10 @@ async def measure(run_: Run, pid: int, settle: float, plan: tuple, result: dict)
         f"{fmt(lat['p99'], 2)} ms (POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 "
         f"{fmt(rtt['p99'], 2)} ms)")
     await asyncio.sleep(settle)
-    rss_idle = rss_mib(pid)
+    rss_idle = daphne.rss() / 2**20
     sessions = await run_.sessions_of(await run_.place_calls(calls))
     await asyncio.sleep(settle)
-    rss_attached = rss_mib(pid)
+    rss_attached = daphne.rss() / 2**20
     say(f"    {calls} attached calls live; RSS {rss_idle:.0f} → {rss_attached:.0f} MiB")
     load = result["load"] = await run_.load(list(sessions.values()), duration, drain)
     say(f"    load: {load['nudges']} nudges on {calls} calls, {load['lost']} lost, "
@@ -220,7 +213,7 @@ async def measure(run_: Run, pid: int, settle: float, plan: tuple, result: dict)
     callers = await run_.relayed(calls)
     try:
         await asyncio.sleep(settle)
-        rss_relayed = rss_mib(pid)
+        rss_relayed = daphne.rss() / 2**20
     finally:
         await asyncio.gather(*(c.close() for c in callers))
     rss = result["rss"] = {
