@@ -1,15 +1,12 @@
-"""The soak part: many live sessions on two Daphne processes sharing Redis and PostgreSQL,
-the scale-out set-up of DESIGN.md ("Several processes"), the database migrated with
-`manage.py migrate`. The set-up, the load and what is measured: `about` and the tables below
-(the report's text). The upstream is the simulator on an event loop of its own in a thread of
-this process (`CountingSimulator`: it counts overlapping `response.create` and stamps each
-tagged one as it arrives). A session's caller turns and its REST nudges (posted to the *other*
-process: stored there, pinged over Redis to the holder's actor) run on independent timers, so
-the relay must queue, never send a second in-conversation create while one is active.
+"""The soak part: many live sessions on two Daphne processes sharing Redis and PostgreSQL, the
+scale-out set-up of DESIGN.md ("Several processes"). The set-up, the load and what is measured:
+`about` and the tables below (the report's text). A session's caller turns and its REST nudges
+(posted to the *other* process) run on independent timers, so the relay must queue, never send
+a second in-conversation create while one is active.
 
 This process's garbage collector is off while the load runs (as `timeit` does): its full
-collections stopped the callers, the HTTP client and the simulator together for 55–138 ms
-every ~30 s, and each pause counted as the product's latency.
+collections stopped the callers, the HTTP client and the simulator together, and each pause
+counted as the product's latency.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import httpx
-import psutil
 from websockets.exceptions import ConnectionClosed
 
 from bench import common
@@ -62,9 +58,7 @@ class Plan:
         return 240.0 + self.sessions * 0.5 + self.duration + self.drain
 
 
-# About 60 requests/s at 300 sessions: the 2-core machine runs about 40% busy, loaded, not
-# saturated.
-PLANS = {
+PLANS = {  # the full run loads the machine without saturating it
     "full": Plan(sessions=300, duration=300.0, warmup=60.0, drain=30.0),
     "quick": Plan(sessions=50, duration=45.0, warmup=15.0, drain=20.0),
 }
@@ -219,23 +213,20 @@ class Soak:
             nudge.refusal = f"{type(exc).__name__}: {exc}"[:200]
 
     async def sampler(self) -> None:
-        """RSS and CPU of every watched process every SAMPLE_EVERY s."""
-        previous, prev_at = {n: g.cpu() or 0.0 for n, g in self.groups.items()}, time.monotonic()
-        psutil.cpu_percent(interval=None)
+        """RSS and CPU (`CpuWindow`s back to back) of every watched process every SAMPLE_EVERY
+        s; CPU as % of one core, the machine's as % of all its cores."""
+        window = common.CpuWindow(self.groups)
         while True:
             await asyncio.sleep(SAMPLE_EVERY)
-            now, cpu = time.monotonic(), {n: g.cpu() or 0.0 for n, g in self.groups.items()}
-            pct = {n: 100 * (cpu[n] - previous[n]) / (now - prev_at) for n in self.groups}
-            machine = psutil.cpu_percent(interval=None)
+            cpu, window = window.end(), common.CpuWindow(self.groups)
             self.samples.append({
-                "t": now - self.run_started if self.run_started else None,
+                "t": time.monotonic() - self.run_started if self.run_started else None,
                 "phase": self.phase,
                 "rss": {n: g.rss() for n, g in self.groups.items()},
-                "cpu_pct": pct,
-                "machine_pct": machine,
-                "other_pct": max(0.0, machine * common.CORES - sum(pct.values())),  # % of one core
+                "cpu_pct": {n: 100 * (s or 0.0) / cpu["seconds"] for n, s in cpu["cpu_s"].items()},
+                "machine_pct": cpu["machine_cpu_percent"],
+                "other_pct": 100 * cpu["other_cpu_s"] / cpu["seconds"],
             })
-            previous, prev_at = cpu, now
 
     async def run_load(self) -> None:
         rng = random.Random(5)
