@@ -128,15 +128,13 @@ async def run(bench: Bench, args) -> dict:
 
 
 def analyse(windows: list[dict]) -> dict:
-    def mean(on: bool) -> float | None:
-        chosen = [w["daphne_cpu_percent"] for w in windows if w["dashboards"] == on]
-        return statistics.mean(chosen) if chosen else None
+    def mean(on: bool, key: str = "daphne_cpu_percent") -> float | None:
+        return common.mean([w[key] for w in windows if w["dashboards"] == on])
 
     without, with_ = mean(False), mean(True)
     cost = with_ - without if without is not None and with_ is not None else None
-    pages = [w["pages_per_s"] for w in windows if w["dashboards"]]
     return {"cpu_without_percent": without, "cpu_with_percent": with_,
-            "dashboard_cpu_percent": cost, "pages_per_s": statistics.mean(pages) if pages else None}
+            "dashboard_cpu_percent": cost, "pages_per_s": mean(True, "pages_per_s")}
 
 
 ABOUT = (

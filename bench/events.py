@@ -116,14 +116,6 @@ class Clients:
         )
         self.groups = common.client_groups(args)
 
-    async def connect_callers(self) -> None:
-        url = common.realtime_url(self.args.base)
-        self.callers = await common.connect_all(
-            self.args.sessions, lambda i: LoopingCaller.open(url, self.args.token, index=i)
-        )
-        for caller in self.callers:
-            await caller.turn()
-
     async def attach(self, on: bool) -> None:
         if on and not self.followers:
             self.followers = [StreamFollower() for _ in range(self.args.followers)]
@@ -183,9 +175,12 @@ class Clients:
 
 
 async def main(args) -> dict:
-    clients = Clients(args)
+    clients, url = Clients(args), common.realtime_url(args.base)
     try:
-        await clients.connect_callers()
+        clients.callers = await common.connect_all(
+            args.sessions, lambda i: LoopingCaller.open(url, args.token, index=i))
+        for caller in clients.callers:
+            await caller.turn()
         await asyncio.sleep(args.warmup)
         windows = await common.alternate(args.schedule, clients.attach, clients.window, args.settle)
     finally:
