@@ -12,9 +12,10 @@ housekeeping. Each round it
 1. turns new events into deliveries: per endpoint, under a row lock taken with
    `select_for_update(skip_locked=True)` (so one process at a time), the events after the
    endpoint's cursor become `WebhookDelivery` rows and the cursor moves, in one transaction;
-2. claims due deliveries (`pending` and due, or `sending` claims older than three timeouts:
-   a process that died mid-send) with `select_for_update(skip_locked=True)`, marking them
-   `sending` in the claiming transaction, so two processes never send the same one;
+2. claims due deliveries of active endpoints (`pending` and due, or `sending` claims older
+   than three timeouts: a process that died mid-send) with `select_for_update(skip_locked=True)`,
+   marking them `sending` in the claiming transaction, so two processes never send the same
+   one; an endpoint turned off keeps its deliveries `pending` until it is turned on again;
 3. POSTs them (httpx, `OC_WEBHOOK_TIMEOUT`), and records the outcome: a 2xx is
    `delivered`; anything else is tried again after OC_WEBHOOK_RETRY_BASE × 2^(attempts-1)
    seconds (at most OC_WEBHOOK_RETRY_MAX), until OC_WEBHOOK_RETRY_FOR seconds after the
@@ -134,6 +135,7 @@ def claim_due(limit: int = CLAIM_PAGE) -> list[WebhookDelivery]:
     is_due = Q(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now) | Q(
         status=WebhookDelivery.Status.SENDING, claimed_at__lt=abandoned
     )
+    is_due &= Q(endpoint__active=True)  # one turned off in the admin is sent nothing, retries too
     if not WebhookDelivery.objects.filter(is_due).exists():  # most rounds: no write lock taken
         return []
     with serialised_write(), transaction.atomic():
