@@ -10,7 +10,9 @@ from typing import Any
 
 from django.db.models import (
     BigIntegerField,
+    Case,
     Count,
+    F,
     Max,
     OuterRef,
     Q,
@@ -18,6 +20,7 @@ from django.db.models import (
     Subquery,
     Sum,
     TextField,
+    When,
 )
 from django.db.models.fields.json import KT, KeyTextTransform
 from django.db.models.functions import Cast
@@ -287,7 +290,13 @@ def fleet_usage_today(*, now: datetime | None = None) -> dict[str, Any]:
 
 
 def api_token_usage() -> dict[str, dict[str, Any]]:
-    """Tokens and cost of the requests each API token made, by its `requested_by`
-    (`token:<name>`; see `usage_totals` for the figures)."""
-    made = ResponseRequest.objects.filter(origin=ResponseRequest.Origin.API, requested_by__startswith="token:")
-    return usage_totals(made, by="requested_by")
+    """Tokens and cost of what each API token asked for, by `token:<name>` (see `usage_totals`
+    for the figures): the requests it made (REST nudges, and its caller's own `response.create`)
+    and the responses the server started (server VAD) in the sessions it connected."""
+    asked = ResponseRequest.objects.annotate(
+        token=Case(
+            When(origin=ResponseRequest.Origin.SERVER, then=F("session__connected_by")),
+            default=F("requested_by"),
+        )
+    )
+    return usage_totals(asked.filter(token__startswith="token:"), by="token")

@@ -128,3 +128,24 @@ def test_start_up_stops_on_a_bad_table():
 def test_overrides_keep_the_other_defaults():
     prices = parse_prices('{"custom": {"text_input": 1, "cached_input": 0.1, "audio_input": 2, "text_output": 3, "audio_output": 4}}')
     assert prices["gpt-realtime"] == DEFAULT_PRICES["gpt-realtime"] and prices["custom"]["audio_output"] == 4.0
+
+
+@pytest.mark.django_db
+def test_a_tokens_usage_counts_what_its_caller_and_its_sessions_asked_for():
+    """A token that connects a caller's session pays for that caller's own responses and for
+    those the server started in it (server VAD); a nudge is paid by whoever asked for it."""
+    session = LiveSession.objects.create(
+        upstream_id="sess_app", model="gpt-realtime", connected_by="token:app"
+    )
+    for n, (origin, by) in enumerate(
+        [("caller", "token:app"), ("server", ""), ("api", "token:ops"), ("console", "ada")]
+    ):
+        ResponseRequest.objects.create(
+            id=f"req_pay{n}", session=session, origin=origin, usage=USAGE, requested_by=by
+        )
+
+    tokens = selectors.api_token_usage()
+    assert set(tokens) == {"token:app", "token:ops"}, "operators are not tokens"
+    assert tokens["token:app"]["requests"] == 2, "the caller's own and the server's responses"
+    assert tokens["token:app"]["cost_usd"] == pytest.approx(2 * GPT_REALTIME, abs=1e-6)
+    assert tokens["token:ops"]["requests"] == 1, "the nudge is the nudger's"
