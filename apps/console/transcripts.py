@@ -12,6 +12,10 @@ rendered by the server from what was kept:
   scripts following the session got it; an entry final again replaces itself in place);
 - if neither is there (the log pruned), the agent's replies from the requests' output text.
 
+The log keeps events `OC_EVENTS_RETENTION` seconds, so a session that ended (or began) longer
+ago than that has lost all (or the start) of its logged transcript: the page then says what is
+missing rather than show a conversation in which the caller never spoke.
+
 The marks are worked out here the same way as in session.js, from the entries and the
 session's requests, so the same turn reads the same before and after a reload.
 """
@@ -22,24 +26,46 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings
+
 from apps.sessions.models import LiveSession, ResponseRequest
 
 OPERATOR_ORIGINS = frozenset({"console", "api"})
 INTERRUPTED_STATUSES = frozenset({"cancelled", "incomplete"})
 
 
-def ended_transcript(session: LiveSession, requests: Iterable[ResponseRequest]) -> list[dict[str, Any]]:
-    """The entries to render, each `{"id", "role", "classes", "who", "text", "interrupted", "tool"?}`."""
+def ended_transcript(
+    session: LiveSession, requests: Iterable[ResponseRequest]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The entries to render, each `{"id", "role", "classes", "who", "text", "interrupted",
+    "tool"?}`, and what is missing from them (None: nothing)."""
     requests = list(requests)
-    entries = _recorded(session) or _logged(session) or _replies(requests)
+    recorded = _recorded(session)
+    logged = [] if recorded else _logged(session)
+    entries = recorded or logged or _replies(requests)
+    gone = None
+    if not recorded and not _log_holds_the_start(session):
+        kept = f"turns are kept {settings.OC_EVENTS_RETENTION / 60:g} minutes"
+        gone = (
+            f"The start of this transcript is gone ({kept}): the later turns are shown."
+            if logged
+            else f"The caller's turns are gone ({kept}): the agent's replies are shown, "
+            "from the response history."
+        )
     by_id = {r.id: r for r in requests}
     by_response = {r.response_id: r for r in requests if r.response_id}
-    return [_shown(entry, by_id, by_response) for entry in entries]
+    return [_shown(entry, by_id, by_response) for entry in entries], gone
 
 
 def _recorded(session: LiveSession) -> list[dict[str, Any]]:
     entries = [e for e in session.recording_transcript or () if isinstance(e, dict)]
     return sorted(entries, key=lambda e: e.get("at") or 0.0)  # stable: equal times keep their order
+
+
+def _log_holds_the_start(session: LiveSession) -> bool:
+    from apps.events.models import Event
+
+    return Event.objects.filter(session_key=session.pk, type="session.opened").exists()
 
 
 def _logged(session: LiveSession) -> list[dict[str, Any]]:

@@ -87,6 +87,7 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
     if session is None:
         raise Http404(f"No session with id '{session_id}'.")
     rows = selectors.request_list(session=session, limit=1000)
+    transcript, transcript_gone = transcripts.ended_transcript(session, rows)
     return render(
         request,
         "console/session.html",
@@ -96,7 +97,8 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "over": session.status in OVER,
             "requests": rows,
             "requests_shown": queue_first(rows),
-            "transcript": transcripts.ended_transcript(session, rows),
+            "transcript": transcript,
+            "transcript_gone": transcript_gone if session.status in OVER else None,
             "requests_json": [row.to_dict() for row in rows],
             "end_words": {reason.value: words for reason, words in END_REASON_WORDS.items()},
             "can_steer": request.user.has_perm(STEER),

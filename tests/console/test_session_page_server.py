@@ -155,3 +155,42 @@ def test_an_ended_session_says_why_in_words_with_its_code_beside(operator, reaso
     assert code == f"{reason.value} · 1011"
     words_for_script = json.loads(re.search(r'id="end-words"[^>]*>(.*?)</script>', page).group(1))
     assert words_for_script[reason.value] == END_REASON_WORDS[reason], "the live page words it the same"
+
+
+def _gone_note(page: str) -> str | None:
+    found = re.search(r"<p [^>]*data-transcript-gone>(.*?)</p>", page, re.S)
+    return found.group(1) if found else None
+
+
+def _log(session: LiveSession, kind: str, entry: dict | None = None) -> None:
+    payload = {"type": kind, "entry": entry} if entry else {"type": kind}
+    Event.objects.create(type=kind, session_key=session.pk, session_id=session.upstream_id, payload=json.dumps(payload))
+
+
+def test_an_ended_session_whose_log_is_whole_says_nothing_is_missing(operator):
+    session = _session("sess_whole")
+    _log(session, "session.opened")
+    _log(session, "transcript.entry", {"id": "item_1", "role": "user", "text": "Hi there"})
+    page = operator.get("/console/sessions/sess_whole/").content.decode()
+    assert [text for _, _, text, _ in _entries(page)] == ["Hi there"]
+    assert _gone_note(page) is None, "the log still holds the session from its start"
+
+
+def test_an_ended_session_past_the_logs_window_says_the_callers_turns_are_gone(operator):
+    session = _session("sess_pruned")
+    _request(session, "req_p1", origin="caller", status="completed", response_id="resp_p1", output_text="Hello!")
+    page = operator.get("/console/sessions/sess_pruned/").content.decode()
+    assert [(who, text) for _, who, text, _ in _entries(page)] == [("agent", "Hello!")]
+    note = _gone_note(page)
+    assert note is not None and "caller&#x27;s turns are gone" in note and "15 minutes" in note, (
+        "a transcript of the agent alone says why the caller is missing"
+    )
+
+
+def test_an_ended_session_whose_start_left_the_log_says_so(operator):
+    session = _session("sess_long")
+    _log(session, "transcript.entry", {"id": "item_9", "role": "user", "text": "One more thing"})
+    page = operator.get("/console/sessions/sess_long/").content.decode()
+    assert [text for _, _, text, _ in _entries(page)] == ["One more thing"]
+    note = _gone_note(page)
+    assert note is not None and "start of this transcript is gone" in note
