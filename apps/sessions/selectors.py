@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import (
@@ -195,19 +195,37 @@ def request_after(rows: QuerySet[ResponseRequest], after: tuple[datetime, str]) 
     return rows.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=request_id))
 
 
+# A request is stored a moment after it was made when the history writer stores it (a
+# caller's, the server's: its batches gather for 20 ms, then wait their turn to write; under
+# 1 s at worst as measured), so a row can appear behind one already read. A page with more
+# after it ends before the rows made in the last SETTLE, so that no cursor passes a row not
+# yet stored.
+SETTLE = timedelta(seconds=2)
+# The position before every row: the cursor of a page left empty to let its rows settle.
+START = (datetime(1, 1, 1, tzinfo=UTC), "")
+
+
 def request_page(
-    *, filters: RequestFilter, after: tuple[datetime, str] | None = None, limit: int = 100
+    *,
+    filters: RequestFilter,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 100,
+    now: datetime | None = None,
 ) -> tuple[list[ResponseRequest], tuple[datetime, str] | None]:
     """One page of `request_filtered`, after the keyset position `after`: (rows, the position
-    of the last row when more follow, else None). A page never moves under inserts: new rows
-    come after every page already read."""
+    of the last row when more follow, else None). New rows come after every page already
+    read, the ones stored late too: a page with more after it stops before the rows made
+    since `now` - SETTLE; it is empty (with a cursor) when all of it is that recent."""
     rows = request_filtered(filters)
     if after is not None:
         rows = request_after(rows, after)
     page = list(rows[: limit + 1])
     if len(page) <= limit:
         return page, None
-    page = page[:limit]
+    settled = (now or timezone.now()) - SETTLE
+    page = [row for row in page[:limit] if row.created_at < settled]
+    if not page:
+        return [], after or START
     return page, (page[-1].created_at, page[-1].id)
 
 

@@ -232,3 +232,47 @@ async def test_accept_is_negotiated_by_quality(rest, scene, accept, kind):
     assert response.status_code == 200, response.text
     answered = response.headers["content-type"]
     assert answered.startswith(kind), (accept, answered)
+
+
+async def test_a_request_stored_late_with_an_earlier_time_is_not_paged_past(rest, scene):
+    """The history writer stores a caller's request a moment after it was made, so a row can
+    appear behind one already read: a page that has more after it stops before the newest
+    rows (`selectors.SETTLE`), and the next page brings them with the one stored late."""
+    a, _ = scene
+    now = datetime.now(UTC)
+    made = [now - timedelta(milliseconds=ms) for ms in (300, 200, 100)]
+    await sync_to_async(ResponseRequest.objects.bulk_create)(
+        [ResponseRequest(id=f"req_new{n}", session=a, origin="api", requested_by="token:script", created_at=at)
+         for n, at in enumerate(made)]
+    )  # fmt: skip
+    seen: list[str] = []
+    body = (await rest.get("/responses", params={"limit": 11})).json()
+    seen += [item["id"] for item in body["items"]]
+    assert body["next_cursor"] is not None
+    # The caller's request made just before req_new0, stored by the history writer only now.
+    await sync_to_async(ResponseRequest.objects.create)(
+        id="req_late", session=a, origin="caller", created_at=made[0] - timedelta(milliseconds=50)
+    )
+    cursor = body["next_cursor"]
+    while cursor:
+        body = (await rest.get("/responses", params={"limit": 11, "cursor": cursor})).json()
+        seen += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+    assert "req_late" in seen, "a row stored late is on a later page, not behind the cursor"
+    assert len(seen) == len(set(seen)) == 14, "every row once"
+
+
+def test_a_page_of_rows_all_too_recent_is_empty_until_they_settle(scene):
+    from apps.sessions import export, selectors
+
+    a, _ = scene
+    now = datetime.now(UTC)
+    ResponseRequest.objects.bulk_create(
+        [ResponseRequest(id=f"req_fresh{n}", session=a, origin="api", created_at=now) for n in range(3)]
+    )
+    fresh = selectors.RequestFilter(since=now)
+    rows, more = selectors.request_page(filters=fresh, limit=2, now=now)
+    assert rows == [] and more == selectors.START, "nothing passed yet, and a cursor to ask again"
+    assert export.cursor_decode(export.cursor_encode(more)) == selectors.START
+    rows, more = selectors.request_page(filters=fresh, limit=2, now=now + selectors.SETTLE * 2)
+    assert [r.id for r in rows] == ["req_fresh0", "req_fresh1"] and more is not None, "settled: paged"
