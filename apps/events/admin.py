@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
+from django.core.validators import URLValidator
 from django.utils.html import format_html
 
 from apps.events.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
@@ -13,7 +14,19 @@ from apps.sessions.admin import ReadOnlyAdmin
 
 
 class WebhookEndpointForm(forms.ModelForm):
-    url = forms.URLField(max_length=2000, assume_scheme="https", help_text=WebhookEndpoint._meta.get_field("url").help_text)
+    url = forms.URLField(
+        max_length=2000,
+        assume_scheme="https",
+        # The model's URLField also takes ftp(s), to which no delivery could ever be POSTed.
+        validators=[
+            URLValidator(
+                schemes=["http", "https"],
+                message="Enter an http:// or https:// URL.",
+                code="scheme",
+            )
+        ],
+        help_text=WebhookEndpoint._meta.get_field("url").help_text,
+    )
 
     class Meta:
         model = WebhookEndpoint
