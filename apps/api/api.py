@@ -606,7 +606,9 @@ async def query_responses(
     rows, more = await db_async(selectors.request_page)(filters=filters, after=after, limit=limit)
     if not rows and more is not None:  # the page's rows are too recent to pass: let them settle
         await asyncio.sleep(selectors.SETTLE.total_seconds())
-        rows, more = await db_async(selectors.request_page)(filters=filters, after=after, limit=limit)
+        rows, more = await db_async(selectors.request_page)(
+            filters=filters, after=after, limit=limit
+        )
     return {
         "items": [row.to_dict() for row in rows],
         "next_cursor": export.cursor_encode(more) if more is not None else None,

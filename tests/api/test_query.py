@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from asgiref.sync import sync_to_async
 
+from apps.sessions import export, selectors
 from apps.sessions.models import LiveSession, ResponseRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -242,9 +243,11 @@ async def test_a_request_stored_late_with_an_earlier_time_is_not_paged_past(rest
     now = datetime.now(UTC)
     made = [now - timedelta(milliseconds=ms) for ms in (300, 200, 100)]
     await sync_to_async(ResponseRequest.objects.bulk_create)(
-        [ResponseRequest(id=f"req_new{n}", session=a, origin="api", requested_by="token:script", created_at=at)
-         for n, at in enumerate(made)]
-    )  # fmt: skip
+        [
+            ResponseRequest(id=f"req_new{n}", session=a, origin="api", created_at=at)
+            for n, at in enumerate(made)
+        ]
+    )
     seen: list[str] = []
     body = (await rest.get("/responses", params={"limit": 11})).json()
     seen += [item["id"] for item in body["items"]]
@@ -263,16 +266,16 @@ async def test_a_request_stored_late_with_an_earlier_time_is_not_paged_past(rest
 
 
 def test_a_page_of_rows_all_too_recent_is_empty_until_they_settle(scene):
-    from apps.sessions import export, selectors
-
     a, _ = scene
     now = datetime.now(UTC)
     ResponseRequest.objects.bulk_create(
-        [ResponseRequest(id=f"req_fresh{n}", session=a, origin="api", created_at=now) for n in range(3)]
+        ResponseRequest(id=f"req_fresh{n}", session=a, origin="api", created_at=now)
+        for n in range(3)
     )
     fresh = selectors.RequestFilter(since=now)
     rows, more = selectors.request_page(filters=fresh, limit=2, now=now)
     assert rows == [] and more == selectors.START, "nothing passed yet, and a cursor to ask again"
     assert export.cursor_decode(export.cursor_encode(more)) == selectors.START
     rows, more = selectors.request_page(filters=fresh, limit=2, now=now + selectors.SETTLE * 2)
-    assert [r.id for r in rows] == ["req_fresh0", "req_fresh1"] and more is not None, "settled: paged"
+    assert [r.id for r in rows] == ["req_fresh0", "req_fresh1"], "settled: paged"
+    assert more is not None

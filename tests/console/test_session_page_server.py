@@ -164,7 +164,12 @@ def _gone_note(page: str) -> str | None:
 
 def _log(session: LiveSession, kind: str, entry: dict | None = None) -> None:
     payload = {"type": kind, "entry": entry} if entry else {"type": kind}
-    Event.objects.create(type=kind, session_key=session.pk, session_id=session.upstream_id, payload=json.dumps(payload))
+    Event.objects.create(
+        type=kind,
+        session_key=session.pk,
+        session_id=session.upstream_id,
+        payload=json.dumps(payload),
+    )
 
 
 def test_an_ended_session_whose_log_is_whole_says_nothing_is_missing(operator):
@@ -178,7 +183,8 @@ def test_an_ended_session_whose_log_is_whole_says_nothing_is_missing(operator):
 
 def test_an_ended_session_past_the_logs_window_says_the_callers_turns_are_gone(operator):
     session = _session("sess_pruned")
-    _request(session, "req_p1", origin="caller", status="completed", response_id="resp_p1", output_text="Hello!")
+    _request(session, "req_p1", origin="caller", status="completed", response_id="resp_p1",
+             output_text="Hello!")
     page = operator.get("/console/sessions/sess_pruned/").content.decode()
     assert [(who, text) for _, who, text, _ in _entries(page)] == [("agent", "Hello!")]
     note = _gone_note(page)
