@@ -16,7 +16,8 @@ housekeeping. Each round it
    than three timeouts: a process that died mid-send) with `select_for_update(skip_locked=True)`,
    marking them `sending` in the claiming transaction, so two processes never send the same
    one; an endpoint turned off keeps its deliveries `pending` until it is turned on again;
-3. POSTs them (httpx, `OC_WEBHOOK_TIMEOUT`), and records the outcome: a 2xx is
+3. POSTs them (httpx, `OC_WEBHOOK_TIMEOUT`), each endpoint's batch apart from the others', so
+   a slow endpoint delays only its own; and records the outcome: a 2xx is
    `delivered`; anything else is tried again after OC_WEBHOOK_RETRY_BASE × 2^(attempts-1)
    seconds (at most OC_WEBHOOK_RETRY_MAX), until OC_WEBHOOK_RETRY_FOR seconds after the
    event, then `failed`.
@@ -37,7 +38,8 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 import httpx
@@ -129,13 +131,16 @@ def fan_out() -> int:
     return len(active)
 
 
-def claim_due(limit: int = CLAIM_PAGE) -> list[WebhookDelivery]:
+def claim_due(limit: int = CLAIM_PAGE, *, busy: Collection[int] = ()) -> list[WebhookDelivery]:
+    """Due deliveries of active endpoints, none of those in `busy` (ids), marked `sending`."""
     now = timezone.now()
     abandoned = now - timedelta(seconds=3 * settings.OC_WEBHOOK_TIMEOUT)
     is_due = Q(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now) | Q(
         status=WebhookDelivery.Status.SENDING, claimed_at__lt=abandoned
     )
     is_due &= Q(endpoint__active=True)  # one turned off in the admin is sent nothing, retries too
+    if busy:
+        is_due &= ~Q(endpoint_id__in=busy)
     if not WebhookDelivery.objects.filter(is_due).exists():  # most rounds: no write lock taken
         return []
     with serialised_write(), transaction.atomic():
@@ -198,6 +203,8 @@ class WebhookWorker:
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
         self._idle = False  # the last round found no active endpoint and nothing due
+        self._sending: Counter[int] = Counter()  # endpoint id → its deliveries in flight
+        self._deliveries: set[asyncio.Task] = set()
         notify.listen(self)
 
     def start(self) -> None:
@@ -225,14 +232,29 @@ class WebhookWorker:
                 log.exception("webhook round failed")
 
     async def round(self) -> int:
-        """Fan out, then send what is due until nothing is. Returns the attempts made."""
+        """Fan out, then start sending what is due, a batch at a time to each endpoint that has
+        none in flight: an endpoint slow to answer holds up its own deliveries, never another's
+        (a batch's end starts a round for what came meanwhile). Returns the attempts started."""
         endpoints = await db_async(fan_out)()
-        made = 0
-        while due := await db_async(claim_due)():
-            await asyncio.gather(*(self._deliver(delivery) for delivery in due))
-            made += len(due)
-        self._idle = endpoints == 0 and made == 0
-        return made
+        started = 0
+        while due := await db_async(claim_due)(busy=set(self._sending)):
+            for delivery in due:
+                self._sending[delivery.endpoint_id] += 1
+                task = self.loop.create_task(self._send(delivery), name="webhook-delivery")
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+            started += len(due)
+        self._idle = endpoints == 0 and started == 0 and not self._sending
+        return started
+
+    async def _send(self, delivery: WebhookDelivery) -> None:
+        try:
+            await self._deliver(delivery)
+        finally:
+            self._sending[delivery.endpoint_id] -= 1
+            if not self._sending[delivery.endpoint_id]:
+                del self._sending[delivery.endpoint_id]
+                self._wake.set()  # what is due to it now may go
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         if self._client is None:

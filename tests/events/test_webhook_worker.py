@@ -1,0 +1,82 @@
+"""The webhook worker with two real local endpoints: one that takes seconds to answer holds up
+its own deliveries only, never another endpoint's."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from apps.events.models import Event, WebhookEndpoint
+from apps.events.webhooks import WebhookWorker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Receiver:
+    """A webhook endpoint on a loopback port that answers 204 after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.got: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.got.append(self.headers["webhook-id"])
+                time.sleep(delay)
+                self.send_response(204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _event() -> int:
+    return Event.objects.create(
+        type="request.status", session_key=uuid.uuid4(), payload='{"type":"request.status"}'
+    ).id
+
+
+async def _until(condition, timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "not within the time allowed"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_a_slow_endpoint_holds_up_only_its_own_deliveries(settings):
+    settings.OC_WEBHOOK_INTERVAL = 0.05
+    settings.OC_WEBHOOK_TIMEOUT = 10
+    slow, fast = Receiver(delay=4), Receiver(delay=0)
+    for receiver in (slow, fast):
+        await sync_to_async(WebhookEndpoint.objects.create)(url=receiver.url, cursor=0)
+    worker = WebhookWorker()
+    try:
+        first = await sync_to_async(_event)()
+        worker.start()
+        await _until(lambda: f"evt_{first}" in slow.got and f"evt_{first}" in fast.got, 5)
+        second = await sync_to_async(_event)()  # while the slow endpoint still answers the first
+        took = await _until(lambda: f"evt_{second}" in fast.got, 5)
+        assert took < 1.5, f"the fast endpoint waited {took:.1f} s for the slow one"
+    finally:
+        for task in (worker._task, *worker._deliveries):
+            task.cancel()
+        slow.stop()
+        fast.stop()
