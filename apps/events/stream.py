@@ -26,6 +26,7 @@ grow in commit order (see `recorder`).
 
 A session's stream ends after its `session.ended`; asked for again with that id (or for an
 ended session without one), it answers `204 No Content`, which tells an EventSource to stop.
+A stream also ends once its token is revoked (looked at every `OC_EVENTS_KEEPALIVE` seconds).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -49,6 +51,7 @@ from apps.sessions.db import db_async
 from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession
 from apps.sessions.services import ServiceError, session_found
+from apps.sessions.tokens import api_token_revoked
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +275,9 @@ async def event_stream_response(
         if not pending:
             return HttpResponse(status=204)
     flow = flow_of(request)
+    token_id = getattr(getattr(request, "auth", None), "pk", None)
     response = StreamingHttpResponse(
-        follow(session_key=session_key, after=last_event_id, gap=gap, flow=flow),
+        follow(session_key=session_key, after=last_event_id, gap=gap, flow=flow, token_id=token_id),
         content_type="text/event-stream; charset=utf-8",
     )
     response["Cache-Control"] = "no-cache"
@@ -282,7 +286,12 @@ async def event_stream_response(
 
 
 async def follow(
-    *, session_key: uuid.UUID | None, after: int | None, gap: dict | None, flow: Flow | None
+    *,
+    session_key: uuid.UUID | None,
+    after: int | None,
+    gap: dict | None,
+    flow: Flow | None,
+    token_id: int | None = None,
 ) -> AsyncIterator[bytes]:
     keepalive = settings.OC_EVENTS_KEEPALIVE
     follower = Follower(session_key, settings.OC_EVENTS_FOLLOWER_QUEUE)
@@ -317,7 +326,13 @@ async def follow(
             yield b"".join(frame(i, p) for i, _, _, p in rows)
             if any(kind == "session.ended" for _, _, kind, _ in rows):
                 return
+        check_token_at = time.monotonic() + keepalive
         while True:
+            if token_id is not None and time.monotonic() >= check_token_at:
+                check_token_at = time.monotonic() + keepalive
+                if await db_async(api_token_revoked)(token_id=token_id):
+                    yield b": the token of this stream was revoked\n\n"
+                    return
             if follower.dropped:
                 log.info("an event follower fell %d events behind and was dropped", follower.limit)
                 yield (

@@ -95,6 +95,12 @@ def client_secret_authenticate(*, plain: str) -> ClientSecret | None:
     return secret
 
 
+def api_token_revoked(*, token_id: int) -> bool:
+    """Whether the token was revoked (or deleted) since it was taken: for what outlives a
+    request, such as an event stream. Database work."""
+    return not ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True).exists()
+
+
 def api_token_revoke(*, token: ApiToken) -> None:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
