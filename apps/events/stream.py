@@ -65,8 +65,14 @@ class InvalidLastEventId(ServiceError):
     status, code = 400, "invalid_last_event_id"
 
 
+# JSON leaves these unescaped in strings, and a client that splits lines as `str.splitlines`
+# does (httpx's `iter_lines`, so the README's script) would cut a data line at them.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def frame(event_id: int, payload: str) -> bytes:
-    return f"id: {event_id}\ndata: {event_body(event_id, payload)}\n\n".encode()
+    data = event_body(event_id, payload).translate(_LINE_BREAKS)
+    return f"id: {event_id}\ndata: {data}\n\n".encode()
 
 
 # ---------------------------------------------------------------------------- the hub
