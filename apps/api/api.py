@@ -261,7 +261,8 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
         name = ".".join(str(part) for part in path) or str(where)
         if where == "header":
             name = "Idempotency-Key" if name.lower() == "idempotency-key" else name
-        message = error.get("msg", "invalid")
+        # A validator's own words, without the "Value error, " pydantic puts before them.
+        message = error.get("msg", "invalid").removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
             message = "Unknown field; the accepted fields are listed in /api/v1/openapi.json."
         fields.setdefault(name, message)
