@@ -36,13 +36,21 @@ Kind = Literal[tuple(LiveSession.Kind.values)]  # type: ignore[valid-type]
 MAX_NOTE_CHARS = 32_768
 
 _SECONDS = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")
+# A time whose '+' offset came through a URL unencoded, as a space: `…T12:00:00 01:00`.
+_PLUS_AS_SPACE = re.compile(r".*T.*\d \d{2}(:?\d{2})?")
 
 
 def _not_seconds(value: Any) -> Any:
-    """pydantic reads a bare number as Unix seconds; the API's times are ISO 8601 only."""
+    """pydantic reads a bare number as Unix seconds; the API's times are ISO 8601 only. An
+    offset whose '+' a URL turned into a space is named as such."""
     if isinstance(value, int | float) or (isinstance(value, str) and _SECONDS.fullmatch(value)):
         raise ValueError(
             "must be ISO 8601 with an offset (2025-03-01T12:00:00+00:00), not a number"
+        )
+    if isinstance(value, str) and _PLUS_AS_SPACE.fullmatch(value):
+        raise ValueError(
+            "has a space before its offset: a '+' in a URL reads as a space, so write it as "
+            "%2B (2025-03-01T12:00:00%2B01:00), or give the time in UTC with Z"
         )
     return value
 

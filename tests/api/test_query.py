@@ -193,6 +193,7 @@ async def test_times_out_of_range_in_utc_or_given_as_seconds_are_422_naming_the_
         ("until", {"until": "9999-12-31T23:59:59-14:00"}, "range"),  # after year 9999 in UTC
         ("since", {"since": "1700000000"}, "ISO 8601"),  # Unix seconds are not ISO 8601
         ("until", {"until": "1700000000.5"}, "ISO 8601"),
+        ("since", {"since": "2025-03-01T12:00:00 01:00"}, "%2B"),  # '+01:00' sent as a bare '+'
         ("cursor", {"cursor": _cursor('["0001-01-01T00:00:00+14:00","req_x"]')}, "cursor"),
         ("cursor", {"cursor": _cursor('["9999-12-31T23:59:59-14:00","req_x"]')}, "cursor"),
         ("cursor", {"cursor": _cursor("[" * 3000 + "]" * 3000)}, "cursor"),
