@@ -152,8 +152,11 @@ async def calls(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@csrf_exempt
 def unknown_url(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-    """Last of the /v1/ routes: any other URL there is the service's 404, in DEBUG too."""
+    """Last of the /v1/ routes: any other URL there is the service's 404, in DEBUG too. API
+    clients post here without a CSRF cookie (the SDK's `realtime.calls.hangup`, for one): the
+    answer is that 404, not Django's CSRF page; the view does nothing a forged post could use."""
     return error(404, "not_found", f"Invalid URL ({request.method} {request.path}).")
 
 

@@ -248,6 +248,18 @@ async def test_an_unknown_v1_url_is_a_404_in_the_services_shape(method, path):
     assert error["type"] == "invalid_request_error" and f"{method} {path}" in error["message"]
 
 
+async def test_the_sdks_call_control_at_an_unknown_v1_url_is_a_404_not_a_csrf_refusal(api_token):
+    """`client.realtime.calls.hangup(...)` pointed at the console posts with a bearer token and
+    no CSRF cookie, as every API client does: the answer is the service's 404 in JSON, not
+    Django's HTML "CSRF verification failed" page (403)."""
+    response = await AsyncClient(enforce_csrf_checks=True).post(
+        "/v1/realtime/calls/rtc_x/hangup", {}, content_type="application/json",
+        headers={"Authorization": f"Bearer {api_token}"},
+    )
+    error = _openai_error(response, 404)
+    assert "POST /v1/realtime/calls/rtc_x/hangup" in error["message"], error
+
+
 async def test_a_v1_body_over_djangos_limit_is_refused_in_the_services_shape(api_token, settings):
     big = b'{"session": {"instructions": "' + b"x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE + b'"}}'
     response = await AsyncClient().post(
