@@ -16,7 +16,9 @@ WebRTC
   `multipart/form-data` with the parts `sdp` (the offer) and `session` (JSON: a session
   configuration, `{"type": "realtime", "model", "instructions", "audio", "tools", ...}`), as the
   `openai` SDK's `realtime.calls.create` sends them. → `201`, `Content-Type: application/sdp`,
-  body = the answer SDP, `Location: /v1/realtime/calls/{call_id}` (`rtc_<hex>`).
+  body = the answer SDP, `Location: /v1/realtime/calls/{call_id}` (`rtc_<hex>`). An offer
+  with no media section (no audio, no data channel) is refused as the service refuses it:
+  400 `invalid_offer`, "Please try again with a WHIP-compliant offer."
   The answer is a real `aiortc` peer: DTLS, the caller's `oai-events` data channel, one audio
   track each way. Every ICE candidate of the simulator is 127.0.0.1, and remote candidates that
   are not loopback are dropped before use (`apps.simulator.webrtc`).
@@ -141,6 +143,7 @@ _CALL_PATH = re.compile(
     r"(?:/v1)?/realtime/calls(?:/(?P<call_id>[^/]+)/(?P<action>accept|reject|hangup|refer))?"
 )
 _SIP_PATH = re.compile(r"(?:/v1)?/_sim/sip_calls")
+_MEDIA_LINE = re.compile(r"^m=", re.MULTILINE)  # an SDP media section (audio, application)
 _AUDIO_DELTA = '{"type":"response.output_audio.delta"'
 _RESPONSE_DONE = '{"type":"response.done"'
 _ERROR = '{"type":"error"'
@@ -771,6 +774,11 @@ def _offer(request: HTTPRequest) -> tuple[str, dict[str, Any] | None]:
         )
     if not offer.lstrip().startswith("v=0"):
         raise Rejected("invalid_offer", "Invalid SDP offer: it must start with 'v=0'.", "sdp")
+    if _MEDIA_LINE.search(offer) is None:
+        # Nothing to connect (no audio, no data channel): the service refuses it in these words.
+        raise Rejected(
+            "invalid_offer", "Invalid SDP offer. Please try again with a WHIP-compliant offer.", "sdp"
+        )
     return offer, update
 
 

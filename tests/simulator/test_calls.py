@@ -271,6 +271,19 @@ async def test_calls_rest_refusals_have_the_services_error_shape(sim):
     assert sim.calls.accepts == []
 
 
+async def test_an_offer_without_a_media_section_is_refused_and_no_call_is_left_open(sim):
+    """An SDP with no m= line (no audio, no data channel) can never connect: the service
+    refuses it, 400 `invalid_offer` ("... a WHIP-compliant offer"). Answered 201, its call
+    (and the console's session attached to it) would stay live until the session cap."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/sdp"}
+    for offer in (b"v=0\r\n", b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"):
+        status, body = await post(sim, "/realtime/calls", offer, headers)
+        assert status == 400, body
+        assert (body["error"]["code"], body["error"]["param"]) == ("invalid_offer", "sdp"), body
+        assert "WHIP" in body["error"]["message"], body
+    assert sim.calls.calls == {} and sim.calls.answers == []
+
+
 # --- SIP ---------------------------------------------------------------------------------------
 
 
