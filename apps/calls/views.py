@@ -93,6 +93,10 @@ def _offer(request: HttpRequest) -> tuple[str, dict[str, Any]] | JsonResponse:
                 return error(400, "invalid_value", "The session part must be JSON.", param="session")
             if not isinstance(session, dict):
                 return error(400, "invalid_value", "The session part must be a JSON object.", param="session")
+            try:
+                keys.session_config(session)  # refused as the service refuses it, as a key's is
+            except keys.InvalidParameter as invalid:
+                return error(400, invalid.code, invalid.message, param=invalid.param)
     else:
         return error(
             415,

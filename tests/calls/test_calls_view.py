@@ -152,6 +152,28 @@ async def test_bad_offers_are_refused_before_the_upstream(stand_in, api_token):
     assert stand_in.requests == []
 
 
+@pytest.mark.parametrize(
+    ("session", "code", "param"),
+    [
+        ({"type": "realtime", "temperature": 0.8}, "unknown_parameter", "session.temperature"),
+        ({"type": "realtime", "audio": {"input": {"noise": 1}}}, "unknown_parameter", "session.audio.input.noise"),
+        ({"type": "transcription"}, "invalid_value", "session.type"),
+        ({"type": "realtime", "instructions": 5}, "invalid_type", "session.instructions"),
+    ],
+)
+async def test_an_offers_session_is_refused_as_the_service_would_not_changed(stand_in, api_token, session, code, param):
+    """The multipart `session` is checked as a minted key's is, and refused naming the
+    parameter; it is not sent on with the unknown key, nor turned into a realtime session."""
+    response = await AsyncClient().post(
+        "/v1/realtime/calls", {"sdp": OFFER, "session": json.dumps(session)},
+        headers={"Authorization": f"Bearer {api_token}"},
+    )
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == (code, param), error
+    assert stand_in.requests == [] and stand_in.attached == []
+
+
 async def test_callers_without_credentials_are_refused(stand_in, make_token):
     assert (await post_sdp(None)).status_code == 401
     assert (await post_sdp("oct_not-a-token")).status_code == 401
