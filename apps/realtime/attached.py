@@ -11,6 +11,9 @@ Who started a response
   core learns of it only from its `response.created`, which names nothing of ours (no
   `oc_request`). Such a response is observed, as a server response is in a relayed session,
   with the origin decided here:
+  - `caller`, and outside the conversation, when its `conversation_id` is null: an
+    out-of-band response (`"conversation": "none"`), which the server never starts by itself.
+    Nothing waits for it (the model runs it beside others) and it answers no turn.
   - `server` when the server's turn detection ended a turn of the caller's speech
     (`input_audio_buffer.speech_stopped`) since the last response the core observed, and the
     session's turn detection creates responses (`create_response`, true unless the session

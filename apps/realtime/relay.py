@@ -683,10 +683,20 @@ class RelayCore:
                 # Whatever became of its request (even timed out), this response is the
                 # operator's alone: none of its events reach the caller.
                 self._hidden.add(response_id)
-            origin = self._turns.origin() if self._turns is not None else SERVER
+            # Outside the conversation (`conversation_id` null): the server never starts one
+            # by itself, so nobody's but the caller's app (attached mode) if not ours.
+            out_of_band = "conversation_id" in response and response["conversation_id"] is None
+            if out_of_band:
+                origin = CALLER
+            else:
+                origin = self._turns.origin() if self._turns is not None else SERVER
             self._apply(
                 self.sequencer.response_created(
-                    response_id=response_id, oc_request=tag, now=now, observed_origin=origin
+                    response_id=response_id,
+                    oc_request=tag,
+                    now=now,
+                    observed_origin=origin,
+                    observed_out_of_band=out_of_band,
                 ),
                 actions,
             )
@@ -1313,9 +1323,10 @@ class RelayCore:
                 actions += self._changed(action)
             elif kind is ResponseObserved:
                 origin = action.request.origin  # `caller` only in attached mode
-                if self._turns is not None:
+                out_of_band = action.request.out_of_band
+                if self._turns is not None and not out_of_band:  # it answers no turn
                     self._turns.observed()
-                self._infos[action.request.id] = _Info(origin=origin, out_of_band=False)
+                self._infos[action.request.id] = _Info(origin=origin, out_of_band=out_of_band)
                 actions.append(
                     RequestRecorded(
                         request_id=action.request.id,
@@ -1323,7 +1334,7 @@ class RelayCore:
                         event_id="",
                         instructions=None,
                         metadata=None,
-                        conversation=None,
+                        conversation="none" if out_of_band else None,
                         requested_by="",
                         status=RequestStatus.IN_PROGRESS,
                         response_id=action.response_id,

@@ -369,14 +369,19 @@ class Sequencer:
         oc_request: str | None,
         now: float,
         observed_origin: str = SERVER_ORIGIN,
+        observed_out_of_band: bool = False,
     ) -> list[Action]:
         """`observed_origin`: who started a response that names nothing of ours (`server`,
-        or `caller` for an attached call, where the caller's creates bypass the sequencer)."""
+        or `caller` for an attached call, where the caller's creates bypass the sequencer);
+        `observed_out_of_band`: that response is outside the conversation, so nothing waits
+        for it."""
         if self._closed or response_id in self._live:
             return []
         entry = self._entries.get(oc_request) if oc_request is not None else None
         if entry is None or entry.sends == 0:
-            return self._observe_server_response(response_id, now, observed_origin)
+            return self._observe_server_response(
+                response_id, now, observed_origin, out_of_band=observed_out_of_band
+            )
         request_id = entry.request.id
         self._live[response_id] = _Live(request_id, not entry.request.out_of_band)
         actions: list[Action] = []
@@ -597,15 +602,16 @@ class Sequencer:
         )
 
     def _observe_server_response(
-        self, response_id: str, now: float, origin: str = SERVER_ORIGIN
+        self, response_id: str, now: float, origin: str = SERVER_ORIGIN, *, out_of_band: bool = False
     ) -> list[Action]:
         request_id = self._new_request_id()
         if request_id in self._entries:
             raise SequencerError(f"new_request_id() returned a known id {request_id!r}")
-        request = Request(id=request_id, origin=origin, event_id="", response={})
+        response = {"conversation": "none"} if out_of_band else {}
+        request = Request(id=request_id, origin=origin, event_id="", response=response)
         entry = _Entry(request=request, status=RequestStatus.IN_PROGRESS, response_id=response_id)
         self._entries[request_id] = entry
-        self._live[response_id] = _Live(request_id, in_conversation=True)
+        self._live[response_id] = _Live(request_id, in_conversation=not out_of_band)
         return [
             ResponseObserved(request=request, response_id=response_id, at=now),
             StatusChanged(

@@ -144,6 +144,31 @@ def test_an_operator_request_waits_while_the_callers_response_runs():
     assert create["response"]["metadata"] == {OC_REQUEST_KEY: "req_a"}
 
 
+def oob_created(response_id: str) -> str:
+    """A response outside the conversation, as the service announces it: `conversation_id` null."""
+    return frame("response.created", response={"id": response_id, "conversation_id": None, "metadata": None})
+
+
+def test_the_callers_out_of_band_response_is_recorded_so_and_does_not_hold_up_ours():
+    """The caller's app may ask for an out-of-band response (`"conversation": "none"`); it
+    writes nothing to the conversation and the model runs it beside others, so an operator's
+    request is sent at once, an interrupt has nothing to cancel, and the record says `none`."""
+    core = started(make_core())
+    core.upstream_frame(SPEECH_STOPPED, now=0.5)  # a detected turn, still to be answered
+    actions = core.upstream_frame(oob_created("resp_oob"), now=1.0)
+    recorded = [a for a in actions if type(a) is RequestRecorded]
+    assert [(a.origin, a.conversation) for a in recorded] == [("caller", "none")]
+    assert core.interrupt(now=1.05) == [Answer(payload={"response_id": None})]  # nothing cancelled
+    [create] = creates(core.submit(nudge("req_a"), now=1.1))
+    assert create["response"]["metadata"] == {OC_REQUEST_KEY: "req_a"}
+    core.upstream_frame(created("resp_a", "req_a"), now=1.2)
+    core.upstream_frame(done("resp_oob"), now=1.3)
+    core.upstream_frame(done("resp_a", "req_a"), now=1.4)
+    # The out-of-band response answered no turn: the server's response to it is still the server's.
+    server = core.upstream_frame(created("resp_s"), now=2.0)
+    assert [a.origin for a in server if type(a) is RequestRecorded] == ["server"]
+
+
 def test_crossing_creates_the_model_refuses_ours_it_is_sent_again_once_and_shown_to_nobody():
     core = started(make_core())
     [ours] = creates(core.submit(nudge("req_a"), now=1.0))
