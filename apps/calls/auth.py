@@ -70,6 +70,13 @@ async def authenticate(request: HttpRequest, *, keys: bool, cookie: bool) -> Cal
         if secret is None:
             return error(401, "invalid_client_secret", "The client secret was refused: it is unknown.")
         return Caller(name=f"key:{secret.created_by}", session=dict(secret.session or {}))
+    if plain.startswith(ClientSecret.PREFIX):
+        return error(
+            401,
+            "invalid_token",
+            "A client secret cannot be used here: send an API token with the scope "
+            "realtime:connect (client secrets are minted with one, on your server).",
+        )
     try:
         token = await db_async(tokens.api_token_authenticate)(plain=plain, scope=ApiToken.Scope.REALTIME_CONNECT)
     except tokens.MissingScope:
