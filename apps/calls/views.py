@@ -43,6 +43,16 @@ def _post_only(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
+def body_too_big(request: HttpRequest) -> JsonResponse | None:
+    """Read the body now: one over DATA_UPLOAD_MAX_MEMORY_SIZE is the service's 413, in DEBUG
+    too (there Django answers it with its HTML debug page, not with `refusal`)."""
+    try:
+        request.body  # noqa: B018
+    except RequestDataTooBig as exc:
+        return refusal(request, 413, exc)
+    return None
+
+
 def _mint(*, expires_after: Any, session: Any, created_by: str):
     with serialised_write():
         keys.delete_expired()
@@ -53,7 +63,7 @@ def _mint(*, expires_after: Any, session: Any, created_by: str):
 async def client_secrets(request: HttpRequest) -> HttpResponse:
     """A short-lived key for a browser or a device: it may place calls and open relay
     sessions until it expires, and carries the session configuration its calls get."""
-    if (refused := _post_only(request)) is not None:
+    if (refused := _post_only(request) or body_too_big(request)) is not None:
         return refused
     caller = await authenticate(request, keys=False, cookie=False)
     if not isinstance(caller, Caller):
@@ -118,9 +128,9 @@ def _part(request: HttpRequest, name: str) -> str:
 async def calls(request: HttpRequest) -> HttpResponse:
     """Place a WebRTC call: forward the offer upstream, answer with the upstream's SDP, and
     attach a sideband session to the call (kind `webrtc`)."""
-    if (refused := _post_only(request)) is not None:
+    # The body is read first: the CSRF check and the multipart parser use it.
+    if (refused := _post_only(request) or body_too_big(request)) is not None:
         return refused
-    request.body  # noqa: B018 - read before the CSRF check and the multipart parser use it
     caller = await authenticate(request, keys=True, cookie=True)
     if not isinstance(caller, Caller):
         return caller

@@ -41,6 +41,7 @@ from apps.calls.attach import attach
 from apps.calls.auth import error
 from apps.calls.keys import InvalidParameter
 from apps.calls.models import SeenWebhook
+from apps.calls.views import body_too_big
 from apps.realtime import events
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async, serialised_write
@@ -147,6 +148,8 @@ async def openai_webhook(request: HttpRequest) -> HttpResponse:
     if not secret:
         log.warning(json.dumps({"event": "webhook.refused", "reason": "OPENAI_WEBHOOK_SECRET is not set"}))
         return error(400, "webhooks_not_configured", "Webhooks are refused: OPENAI_WEBHOOK_SECRET is not set.")
+    if (refused := body_too_big(request)) is not None:
+        return refused
     body = request.body
     headers = {name.lower(): value for name, value in request.headers.items()}
     refused = verify(body, headers, secret)

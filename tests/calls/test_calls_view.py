@@ -292,6 +292,20 @@ async def test_a_v1_body_over_djangos_limit_is_refused_in_the_services_shape(api
     assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in error["message"], error
 
 
+@pytest.mark.parametrize("path", ["/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/webhooks/openai"])
+async def test_a_v1_body_over_djangos_limit_is_a_413_in_json_with_debug_on_too(api_token, settings, path):
+    """`make run` serves with DEBUG on, where Django answers a body over the limit with its
+    HTML debug page (400), not handler400: the endpoints answer it themselves."""
+    settings.DEBUG = True
+    settings.OPENAI_WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ="
+    big = b"v=0\r\n" + b"a=x\r\n" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 5)
+    response = await AsyncClient(raise_request_exception=False).post(
+        path, big, content_type="application/sdp", headers={"Authorization": f"Bearer {api_token}"},
+    )
+    error = _openai_error(response, 413)
+    assert error["code"] == "request_too_large", error
+
+
 async def test_a_failure_under_v1_is_a_500_in_the_services_shape(api_token, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("the secret detail of a bug")
