@@ -51,6 +51,21 @@ def test_call_control_and_the_badge_show_for_attached_calls_to_steerers_only(fie
         assert "+15559998888" in text
 
 
+@pytest.mark.parametrize(("status", "steer"), [("live", False), ("ended", True), ("ended", False)])
+def test_a_phone_calls_page_names_the_call_and_both_numbers_to_everyone_live_or_ended(status, steer):
+    """Which call it was (its id, who called, which number) is not a control: a watcher sees it,
+    and so does anyone reading the page once the call is over."""
+    session = _session(
+        "sess_numbers", kind="sip", call_id="rtc_n1", caller_number="+15559998888",
+        dialled_number="+15550100", status=status,
+    )
+    page = _client("carol", steer=steer).get(reverse("console:session", args=[session.upstream_id]))
+    text = page.content.decode()
+    assert page.status_code == 200
+    for shown in ("rtc_n1", "+15559998888", "+15550100"):
+        assert shown in text, shown
+
+
 def test_a_relayed_sessions_hang_up_is_refused_with_a_message_and_nothing_recorded():
     session = _session("sess_relayed", kind="relay")
     client = _client("alice", steer=True)
