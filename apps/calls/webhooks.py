@@ -197,6 +197,15 @@ async def openai_webhook(request: HttpRequest) -> HttpResponse:
             await db_async(_forget)(webhook_id)
 
 
+async def _reject(call_id: str, body: dict | None = None) -> upstream_calls.UpstreamAnswer:
+    """Reject the call. A rejection answers the call too: if the upstream fails to take it
+    (5xx), the delivery is left to its retry, as for an accept."""
+    answer = await upstream_calls.call_action(call_id, "reject", body)
+    if answer.status >= 500:
+        raise UpstreamFailed(f"reject answered {answer.status}")
+    return answer
+
+
 async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
     call_id = data["call_id"]  # a string, not empty (parse_event)
     caller_number = profiles.sip_number(profiles.sip_header(data, "From"))
@@ -204,12 +213,12 @@ async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
     profile = await db_async(profiles.profile_for)(dialled_number)
     common = {"call_id": call_id, "from": caller_number, "to": dialled_number, "webhook_id": webhook_id}
     if profile is None:
-        answer = await upstream_calls.call_action(call_id, "reject")
+        answer = await _reject(call_id)
         log.info(json.dumps({"event": "call.rejected", **common, "reason": "no call profile names the number", "upstream_status": answer.status}))
         return JsonResponse({"status": "rejected", "call_id": call_id})
     if housekeeping().full() is not None:
         # 486 Busy Here: the caller's phone says the line is busy, and they may call again.
-        answer = await upstream_calls.call_action(call_id, "reject", {"status_code": 486})
+        answer = await _reject(call_id, {"status_code": 486})
         log.warning(json.dumps({"event": "call.rejected", **common, "reason": "too_many_sessions", "upstream_status": answer.status}))
         return JsonResponse({"status": "rejected", "call_id": call_id, "reason": "too_many_sessions"})
     config = profile.session_config(settings.OC_REALTIME_MODEL)
