@@ -209,7 +209,8 @@ def test_an_ended_session_page_says_so_with_its_reason_and_offers_no_form(operat
     page = operator.get(reverse("console:session", args=[session.upstream_id]))
     text = page.content.decode()
     assert page.status_code == 200
-    assert "upstream_closed (1011): The upstream connection was lost (1011)." in text
+    assert "The upstream ended the session: The upstream connection was lost (1011)." in text
+    assert "upstream_closed · 1011" in text, "the code beside the words"
     assert re.search(r'<div class="ended-note" data-ended-note role="status">', text), "the note is shown"
     assert "data-nudge-form" not in text and "data-interrupt-form" not in text, "no steering"
     assert 'data-state="over"' in text and "Session over" in text and "Connecting" not in text
