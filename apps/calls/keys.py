@@ -110,6 +110,13 @@ def session_config(session: Any) -> dict[str, Any]:
     unknown = ga.unknown_session_parameter(session)
     if unknown is not None:  # the service refuses it now, not when the key is used
         raise InvalidParameter.unknown(unknown)
+    mistyped = ga.mistyped_session_parameter(session)
+    if mistyped is not None:
+        param, allowed, value = mistyped
+        expected = " or ".join(
+            kind if kind == "null" else f"{_ARTICLE.get(kind, 'a')} {kind}" for kind in allowed
+        )
+        raise InvalidParameter.wrong_type(param, expected, value)
     model = session.get("model", settings.OC_REALTIME_MODEL)
     if not isinstance(model, str):
         raise InvalidParameter.wrong_type("session.model", "a string", model)

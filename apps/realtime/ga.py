@@ -13,7 +13,9 @@ Checked: every object the types describe as a `TypedDict` — the top level, `au
 `tools[i]` (by `type`), `tool_choice`. A union whose variant cannot be told (no `type`, or
 several variants with it) is checked against all its variants' keys together, not deeper.
 Free-form values (`metadata`, a tool's `parameters`, `prompt.variables`) and a response's
-`input` items are not checked here.
+`input` items are not checked here. `mistyped_session_parameter` walks the same shapes for a
+value of a JSON type the shape does not allow (`tools: "x"`), as the service refuses it
+(`invalid_type`) where a key is minted.
 
 The session object the service announces (`session.created`/`session.updated`) holds keys an
 update does not take (`id`, `object`, `expires_at`; a client secret's session also
@@ -37,6 +39,8 @@ from openai.types.realtime.realtime_response_create_params_param import (
 from openai.types.realtime.realtime_session_create_request_param import (
     RealtimeSessionCreateRequestParam,
 )
+
+from apps.realtime.events import json_type
 
 SESSION_TYPE = "realtime"
 
@@ -120,6 +124,16 @@ def unknown_session_parameter(session: Mapping[str, Any]) -> str | None:
     return _unknown_in(session, RealtimeSessionCreateRequestParam, "session")
 
 
+def mistyped_session_parameter(
+    session: Mapping[str, Any],
+) -> tuple[str, tuple[str, ...], Any] | None:
+    """The first value of a session whose JSON type the GA shape does not allow, as (param,
+    the JSON types it allows, the value): `("session.tools", ("array",), "x")`; None if every
+    typed value fits. Free-form values (`metadata`, a tool's `parameters`) are not judged, nor
+    which string of a `Literal` it is (that is a value, not a type)."""
+    return _mistyped_in(session, RealtimeSessionCreateRequestParam, "session")
+
+
 def unknown_response_parameter(response: Mapping[str, Any]) -> str | None:
     """The same for a `response.create`'s response (`response.modalities`); its `input`
     items are left to the item checks."""
@@ -134,6 +148,62 @@ def updatable_session(session: Mapping[str, Any]) -> dict[str, Any]:
     pruned = _pruned(session, RealtimeSessionCreateRequestParam)
     pruned["type"] = SESSION_TYPE
     return pruned
+
+
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_ARRAYS = (list, collections.abc.Sequence, collections.abc.Iterable)
+# The order the allowed types are named in.
+JSON_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+
+
+def _allowed(annotation: object) -> tuple[str, ...] | None:
+    """The JSON types a value of `annotation` may have, in JSON_TYPES order; None when the
+    annotation says nothing checkable (`object`, a type this does not know)."""
+    origin = typing.get_origin(annotation)
+    union = origin is typing.Union or origin is types.UnionType
+    kinds: set[str] = set()
+    for member in typing.get_args(annotation) if union else (annotation,):
+        origin = typing.get_origin(member)
+        if member is type(None):
+            kinds.add("null")
+        elif _is_typed_dict(member) or member is dict or origin in (dict, collections.abc.Mapping):
+            kinds.add("object")
+        elif origin in _ARRAYS:
+            kinds.add("array")
+        elif origin in (typing.Literal, typing_extensions.Literal):
+            kinds.update(json_type(value) for value in typing.get_args(member))
+        elif member in _SCALARS:
+            kinds.add(_SCALARS[member])
+        else:
+            return None
+    if "number" in kinds:
+        kinds.add("integer")  # a whole number is a number
+    return tuple(kind for kind in JSON_TYPES if kind in kinds)
+
+
+def _mistyped_in(
+    value: Any, annotation: object, path: str
+) -> tuple[str, tuple[str, ...], Any] | None:
+    allowed = _allowed(annotation)
+    if allowed is None:
+        return None
+    if json_type(value) not in allowed:
+        return path, allowed, value
+    if isinstance(value, Mapping):
+        _, typed_dict = _object_shape(annotation, value)
+        hints = _hints(typed_dict) if typed_dict is not None else {}
+        for key, item in value.items():
+            if key in hints and (found := _mistyped_in(item, hints[key], f"{path}.{key}")):
+                return found
+    elif isinstance(value, list):
+        for variant in _variants(annotation):
+            if typing.get_origin(variant) in _ARRAYS:
+                (member,) = typing.get_args(variant)
+                for index, item in enumerate(value):
+                    if found := _mistyped_in(item, member, f"{path}[{index}]"):
+                        return found
+                break
+    return None
 
 
 def _pruned(value: Any, annotation: object) -> Any:

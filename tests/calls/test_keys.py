@@ -86,6 +86,35 @@ TOO_LONG = "string_above_max_length"
             "session.audio.input.foo",
             "Unknown parameter",
         ),
+        # A value of the wrong type anywhere the GA shape types it, as the service refuses it.
+        ({"session": {"tools": "lookup"}}, "invalid_type", "session.tools", "expected an array"),
+        ({"session": {"audio": {"output": {"voice": 5}}}}, "invalid_type", VOICE, "got an integer"),
+        ({"session": {"audio": "loud"}}, "invalid_type", "session.audio", "expected an object"),
+        (
+            {"session": {"output_modalities": "audio"}},
+            "invalid_type",
+            "session.output_modalities",
+            "expected an array, but got a string",
+        ),
+        (
+            {"session": {"audio": {"input": {"turn_detection": {
+                "type": "server_vad", "silence_duration_ms": "500"}}}}},
+            "invalid_type",
+            "session.audio.input.turn_detection.silence_duration_ms",
+            "expected an integer",
+        ),
+        (
+            {"session": {"tools": [{"type": "function", "name": 7}]}},
+            "invalid_type",
+            "session.tools[0].name",
+            "expected a string",
+        ),
+        (
+            {"session": {"max_output_tokens": True}},
+            "invalid_type",
+            "session.max_output_tokens",
+            "got a boolean",
+        ),
     ],
 )
 async def test_what_the_service_would_refuse_is_refused_at_mint_time(
@@ -97,6 +126,24 @@ async def test_what_the_service_would_refuse_is_refused_at_mint_time(
     assert error["type"] == "invalid_request_error" and error["code"] == code, error
     assert error["param"] == param and words in error["message"], error
     assert not await ClientSecret.objects.aexists(), "no key for a refused request"
+
+
+async def test_a_full_session_of_the_right_types_is_taken(api_token):
+    session = {
+        "type": "realtime", "model": "gpt-realtime", "instructions": "Be brief.",
+        "output_modalities": ["audio"], "max_output_tokens": "inf", "tracing": None,
+        "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None,
+                      "noise_reduction": {"type": "near_field"}},
+            "output": {"format": {"type": "audio/pcmu"}, "voice": "cedar", "speed": 1},
+        },
+        "tools": [{"type": "function", "name": "lookup", "description": "Find it.",
+                   "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}],
+        "tool_choice": "auto", "truncation": {"type": "retention_ratio", "retention_ratio": 0.5},
+        "prompt": {"id": "pmpt_1", "variables": {"name": "Ann"}},
+    }
+    response = await mint(api_token, {"session": session})
+    assert response.status_code == 200, response.content[:300]
 
 
 async def test_instructions_at_the_limit_are_taken(api_token):
