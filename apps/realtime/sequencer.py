@@ -602,7 +602,12 @@ class Sequencer:
         )
 
     def _observe_server_response(
-        self, response_id: str, now: float, origin: str = SERVER_ORIGIN, *, out_of_band: bool = False
+        self,
+        response_id: str,
+        now: float,
+        origin: str = SERVER_ORIGIN,
+        *,
+        out_of_band: bool = False,
     ) -> list[Action]:
         request_id = self._new_request_id()
         if request_id in self._entries:

@@ -777,7 +777,9 @@ def _offer(request: HTTPRequest) -> tuple[str, dict[str, Any] | None]:
     if _MEDIA_LINE.search(offer) is None:
         # Nothing to connect (no audio, no data channel): the service refuses it in these words.
         raise Rejected(
-            "invalid_offer", "Invalid SDP offer. Please try again with a WHIP-compliant offer.", "sdp"
+            "invalid_offer",
+            "Invalid SDP offer. Please try again with a WHIP-compliant offer.",
+            "sdp",
         )
     return offer, update
 

@@ -156,12 +156,18 @@ async def test_bad_offers_are_refused_before_the_upstream(stand_in, api_token):
     ("session", "code", "param"),
     [
         ({"type": "realtime", "temperature": 0.8}, "unknown_parameter", "session.temperature"),
-        ({"type": "realtime", "audio": {"input": {"noise": 1}}}, "unknown_parameter", "session.audio.input.noise"),
+        (
+            {"type": "realtime", "audio": {"input": {"noise": 1}}},
+            "unknown_parameter",
+            "session.audio.input.noise",
+        ),
         ({"type": "transcription"}, "invalid_value", "session.type"),
         ({"type": "realtime", "instructions": 5}, "invalid_type", "session.instructions"),
     ],
 )
-async def test_an_offers_session_is_refused_as_the_service_would_not_changed(stand_in, api_token, session, code, param):
+async def test_an_offers_session_is_refused_as_the_service_would_not_changed(
+    stand_in, api_token, session, code, param
+):
     """The multipart `session` is checked as a minted key's is, and refused naming the
     parameter; it is not sent on with the unknown key, nor turned into a realtime session."""
     response = await AsyncClient().post(
@@ -292,8 +298,12 @@ async def test_a_v1_body_over_djangos_limit_is_refused_in_the_services_shape(api
     assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in error["message"], error
 
 
-@pytest.mark.parametrize("path", ["/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/webhooks/openai"])
-async def test_a_v1_body_over_djangos_limit_is_a_413_in_json_with_debug_on_too(api_token, settings, path):
+@pytest.mark.parametrize(
+    "path", ["/v1/realtime/client_secrets", "/v1/realtime/calls", "/v1/webhooks/openai"]
+)
+async def test_a_v1_body_over_djangos_limit_is_a_413_in_json_with_debug_on_too(
+    api_token, settings, path
+):
     """`make run` serves with DEBUG on, where Django answers a body over the limit with its
     HTML debug page (400), not handler400: the endpoints answer it themselves."""
     settings.DEBUG = True

@@ -176,7 +176,8 @@ async def test_minting_needs_a_token_with_realtime_connect(make_token):
     by_key = await mint(key)
     assert by_key.status_code == 401
     message = by_key.json()["error"]["message"]
-    assert "client secret" in message and "API token" in message and "unknown" not in message, message
+    assert "client secret" in message and "API token" in message, message
+    assert "unknown" not in message, message
     rest = await AsyncClient().get("/api/v1/sessions", headers={"Authorization": f"Bearer {key}"})
     assert rest.status_code == 401
 

@@ -175,7 +175,9 @@ async def test_an_upstream_failing_to_accept_leaves_the_delivery_to_be_retried(s
 
 
 @pytest.mark.parametrize("busy", [False, True])
-async def test_an_upstream_failing_to_reject_leaves_the_delivery_to_be_retried(stand_in, settings, monkeypatch, busy):
+async def test_an_upstream_failing_to_reject_leaves_the_delivery_to_be_retried(
+    stand_in, settings, monkeypatch, busy
+):
     """A rejection is an answer too: if the upstream fails to take it (5xx), the phone would
     ring on unanswered, so the delivery is answered 502 and not recorded, to be retried."""
     settings.OC_SIP_REJECT_UNKNOWN = not busy
@@ -184,12 +186,16 @@ async def test_an_upstream_failing_to_reject_leaves_the_delivery_to_be_retried(s
     def fail(request):
         return httpx.Response(503, json={"error": {"message": "busy"}})
 
-    monkeypatch.setattr(upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=httpx.MockTransport(fail)))
+    failing = httpx.MockTransport(fail)
+    monkeypatch.setattr(
+        upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=failing)
+    )
     held = housekeeping().holders
     if busy:
         held[uuid.uuid4()] = object()  # the process is full: the call is rejected busy
     try:
-        body, headers = signed(incoming_call("rtc_no", to="+15553334444"), webhook_id="wh_reject_retry")
+        call = incoming_call("rtc_no", to="+15553334444")
+        body, headers = signed(call, webhook_id="wh_reject_retry")
         response = await deliver(body, headers)
     finally:
         held.clear()

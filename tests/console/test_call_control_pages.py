@@ -52,7 +52,9 @@ def test_call_control_and_the_badge_show_for_attached_calls_to_steerers_only(fie
 
 
 @pytest.mark.parametrize(("status", "steer"), [("live", False), ("ended", True), ("ended", False)])
-def test_a_phone_calls_page_names_the_call_and_both_numbers_to_everyone_live_or_ended(status, steer):
+def test_a_phone_calls_page_names_the_call_and_both_numbers_to_everyone_live_or_ended(
+    status, steer
+):
     """Which call it was (its id, who called, which number) is not a control: a watcher sees it,
     and so does anyone reading the page once the call is over."""
     session = _session(

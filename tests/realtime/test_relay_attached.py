@@ -146,7 +146,8 @@ def test_an_operator_request_waits_while_the_callers_response_runs():
 
 def oob_created(response_id: str) -> str:
     """A response outside the conversation, as the service announces it: `conversation_id` null."""
-    return frame("response.created", response={"id": response_id, "conversation_id": None, "metadata": None})
+    response = {"id": response_id, "conversation_id": None, "metadata": None}
+    return frame("response.created", response=response)
 
 
 def test_the_callers_out_of_band_response_is_recorded_so_and_does_not_hold_up_ours():
