@@ -441,7 +441,9 @@ class RelayCore:
         self._last_upstream_at = 0.0
         self._stall_check_at: float | None = None  # while a response runs
         self._expired = False  # the upstream said session_expired; its close follows
-        self._hangup_pending = False  # an attached call is being hung up; its close follows
+        # Hang-ups of an attached call under way (each one's close follows it); a count, as
+        # two may cross and only one of them succeed.
+        self._hangups_pending = 0
         self._deadline: float | None = None
         self._deadline_stale = False
 
@@ -523,7 +525,7 @@ class RelayCore:
         caller_code = code if code in PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
         if self._expired:
             end = self._end("ended", EndReason.SESSION_EXPIRED, now, code=code, detail=why)
-        elif self._hangup_pending and normal:
+        elif self._hangups_pending and normal:
             end = self._end("ended", EndReason.HUNG_UP, now, code=code, detail=why)
         else:
             end = self._end(
@@ -1065,10 +1067,11 @@ class RelayCore:
         return actions
 
     def hangup_requested(self, *, pending: bool, now: float) -> list[Action]:
-        """An attached call is being hung up (`pending`), or its hang-up failed: a normal
-        close of the upstream while one is pending ends the session with `hung_up`
-        (see `attached`)."""
-        self._hangup_pending = pending and self.attached
+        """An attached call is being hung up (`pending`), or that hang-up failed: a normal
+        close of the upstream while any is pending ends the session with `hung_up` (see
+        `attached`). A failed one does not cancel another that is under way."""
+        if self.attached:
+            self._hangups_pending = max(0, self._hangups_pending + (1 if pending else -1))
         return [Answer(payload={"ok": self.ended is None, "at": now})]
 
     def watch(self, watcher: str, *, user: str, watching: bool, now: float) -> list[Action]:

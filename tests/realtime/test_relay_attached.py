@@ -256,6 +256,9 @@ def test_a_relayed_session_without_session_created_still_fails():
         ([True], 1000, "ended", EndReason.HUNG_UP),
         ([], 1000, "ended", EndReason.UPSTREAM_CLOSED),  # the caller's side ended the call
         ([True, False], 1000, "ended", EndReason.UPSTREAM_CLOSED),  # the hang-up was refused
+        # Two at once (a double click): the second is refused (the call is gone already),
+        # and the close that the first one caused still ends the session hung up.
+        ([True, True, False], 1000, "ended", EndReason.HUNG_UP),
         ([True], 1006, "failed", EndReason.UPSTREAM_CLOSED),  # lost, not hung up
     ],
 )
