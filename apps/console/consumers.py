@@ -96,6 +96,11 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
         await self._tell_actor(watch=True)
         self._renew = asyncio.get_running_loop().create_task(self._renew_watch())
 
+    async def layer_rejoined(self) -> None:
+        """Back in the groups after an outage: the actor may never have heard of this watch
+        (the layer was down when it began), so it is told again; one that knew it renews it."""
+        await self._tell_actor(watch=True)
+
     async def _renew_watch(self) -> None:
         while True:
             await asyncio.sleep(RENEW_SECONDS)

@@ -69,18 +69,23 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
             await self.close(code=4404)
             return
         self.session = session
-        await self._join()
+        await self._start_listening()
         self._renew = asyncio.get_running_loop().create_task(self._renew_listening())
 
     def layer_groups(self) -> list[str]:
         return [groups.listen_group(self.session.id)] if self.session is not None else []
 
-    async def _join(self) -> None:
+    async def _start_listening(self) -> None:
         try:
             await self.channel_layer.group_add(groups.listen_group(self.session.id), self.channel_name)
         except Exception as exc:
             log.warning("joining the listen group failed on %s: %r", self.channel_name, exc)
             self.join_later()
+        await self._tell_actor(listen=True)
+
+    async def layer_rejoined(self) -> None:
+        """Back in the listen group after an outage: the actor may never have heard of this
+        listener (the layer was down when it came), so it is told again."""
         await self._tell_actor(listen=True)
 
     async def _renew_listening(self) -> None:

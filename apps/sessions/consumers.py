@@ -86,6 +86,9 @@ class SurvivesLayerOutages:
     def layer_groups(self) -> list[str]:
         return []
 
+    async def layer_rejoined(self) -> None:
+        """Called once the consumer is back in its groups after an outage."""
+
     @property
     def channel_receive(self):
         return self._receive_through_outages
@@ -111,9 +114,11 @@ class SurvivesLayerOutages:
         if self._leaving:  # a receive that failed while the consumer leaves must not rejoin
             return
         if self._join_task is None or self._join_task.done():
-            self._join_task = asyncio.get_running_loop().create_task(self._join(), name="layer-join")
+            self._join_task = asyncio.get_running_loop().create_task(
+                self._join_layer_groups(), name="layer-join"
+            )
 
-    async def _join(self) -> None:
+    async def _join_layer_groups(self) -> None:
         delay = 0.05
         while True:
             try:
@@ -124,6 +129,7 @@ class SurvivesLayerOutages:
                 delay = min(delay * 2, LAYER_RETRY_MAX)
             else:
                 log.info("channel layer reachable; %s joined %s", self.channel_name, self.layer_groups())
+                await self.layer_rejoined()
                 return
 
     def stop_joining(self) -> None:

@@ -63,3 +63,43 @@ async def test_a_listener_on_the_other_process_hears_the_call_in_order(pair, sca
                         heard.append(frame)
     assert all(frame[0] == 0 for frame in heard), "every piece is the caller's"
     assert [frame[1:] for frame in heard] == [piece(n) for n in range(1, 26)], "all of it, in order"
+
+
+async def test_a_listener_on_the_other_process_hears_the_call_again_after_redis_restarts(
+    pair, scaleout_db, redis_server
+):
+    """A restarted Redis has forgotten every group: the listener joins its listen group again
+    as soon as Redis is back and hears the call, it does not stay open and silent."""
+    a, b = pair
+    cookie = await login_cookie(b, scaleout_db.username, scaleout_db.password)
+    async with websockets.connect(
+        f"{a.ws_base}/realtime?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {scaleout_db.token}"},
+    ) as call:
+        session_id = json.loads(await call.recv())["session"]["id"]
+        async with websockets.connect(
+            f"ws://127.0.0.1:{b.port}/ws/console/sessions/{session_id}/audio",
+            origin=b.http_url,
+            additional_headers={"Cookie": cookie},
+        ) as listener:
+            started = json.loads(await asyncio.wait_for(listener.recv(), 10))
+            assert started["type"] == "listen.started"
+            try:
+                redis_server.restart(down_for=3.0)
+            finally:
+                if not redis_server.ping():
+                    redis_server.start()
+            heard = []
+            async with asyncio.timeout(3):  # the consumers retry the layer at least every second
+                n = 0
+                while not heard:  # a piece every 40 ms until one reaches the listener
+                    n += 1
+                    await call.send(json.dumps({"type": "input_audio_buffer.append",
+                                                "audio": base64.b64encode(piece(n)).decode()}))
+                    try:
+                        frame = await asyncio.wait_for(listener.recv(), 0.04)
+                    except TimeoutError:
+                        continue
+                    if isinstance(frame, bytes):
+                        heard.append(frame)
+    assert heard[0][0] == 0 and heard[0][1:] in {piece(k) for k in range(1, n + 1)}
