@@ -196,6 +196,7 @@ class _Step:
     kind: str | None = None
     event: dict[str, Any] | None = None
     created: ResponseRequest | None = None
+    ending: Any = None  # a session's end (`records.session_ended`), once it has run
 
 
 @dataclass(slots=True)
@@ -227,6 +228,7 @@ class Prepared:
                 setattr(row, name, value)
             event = _event(step, row, now) if step.kind is not None else None
             if event is not None:
+                events += _failed_by_the_end(step, row, now)
                 events.append(event)
         self.requests_after = [row for (model, _), row in rows.items() if model is ResponseRequest]
         self.sessions_after = list(sessions.values())
@@ -332,6 +334,25 @@ def _event(step: _Step, state: Any, now: datetime) -> Event | None:
     return _event_row(kind, session, payload, now)
 
 
+def _failed_by_the_end(step: _Step, session: LiveSession, now: datetime) -> list[Event]:
+    """The requests a session's end failed that the actor had not failed itself (it never
+    knew them): a `request.status` for each, before the session's own end."""
+    failed = getattr(step.ending, "failed", None)
+    if not failed:
+        return []
+    events = []
+    for request in ResponseRequest.objects.filter(pk__in=failed).order_by("created_at"):
+        request.session = session
+        payload = {
+            "type": "request.status",
+            "created_at": now,
+            "session_id": session.upstream_id,
+            "request": request.to_dict(),
+        }
+        events.append(_event_row("request.status", session, payload, now))
+    return events
+
+
 def _event_row(kind: str, session: LiveSession, payload: dict[str, Any], now: datetime) -> Event:
     return Event(
         type=kind,
@@ -403,6 +424,8 @@ class BatchRecorder:
             else:
                 continue
             step = _Step(key[0], key[1], fields, _stream_type(event), event, created)
+            if kind is not CreateRow and kind is not UpdateRow:
+                step.ending = operation
             prepared.steps.append(step)
         return prepared if prepared.steps else None
 

@@ -95,16 +95,22 @@ def session_ended(
         LiveSession.objects.filter(id=key).update(
             status=status, end_reason=reason, end_code=code, end_detail=detail, ended_at=_dt(at)
         )
-        # The actor has already failed every pending request; this is the safety net for a
-        # request whose transition was lost, so that nothing stays pending forever.
-        ResponseRequest.objects.filter(session_id=key).exclude(
+        # The actor has already failed every pending request it knew; this is the safety net
+        # for the others (one stored through another process whose ping came after the end,
+        # one whose transition was lost), so that nothing stays pending forever. The event
+        # log tells their followers too (`op.failed`).
+        pending = ResponseRequest.objects.filter(session_id=key).exclude(
             status__in=ResponseRequest.TERMINAL
-        ).update(
-            status=ResponseRequest.Status.FAILED,
-            error_code="session_ended",
-            error_message=f"The session closed ({detail or reason}).",
-            finished_at=_dt(at),
         )
+        failed = list(pending.values_list("id", flat=True))
+        op.failed = failed  # type: ignore[attr-defined]
+        if failed:
+            pending.filter(id__in=failed).update(
+                status=ResponseRequest.Status.FAILED,
+                error_code="session_ended",
+                error_message=f"The session closed ({detail or reason}).",
+                finished_at=_dt(at),
+            )
 
     # Logged once committed, and recorded in the event log, like the rows' events.
     op.event = {  # type: ignore[attr-defined]

@@ -98,6 +98,36 @@ def test_a_lost_session_ends_with_its_requests_in_the_log():
     assert events[1]["session"]["status"] == "failed" and events[1]["session"]["end_reason"] == "session_lost"
 
 
+def test_a_request_the_actor_never_took_in_fails_with_the_session_in_the_log():
+    """A request stored through another process whose ping came after the session ended: the
+    actor never knew it, so the end's safety net fails it, and says so in the log, before the
+    session's end, so that a follower of the request is not left waiting at `queued`."""
+    key, at = uuid.uuid4(), datetime.now(UTC).timestamp()
+    history.submit(
+        records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=at)
+    )
+    history.submit(
+        records.session_identified(key=key, upstream_id="sess_net", instructions="", at=at)
+    )
+    history.flush_sync()
+    for request_id, status in (("req_unknown", "queued"), ("req_finished", "completed")):
+        ResponseRequest.objects.create(id=request_id, session_id=key, origin="api", status=status)
+    history.submit(
+        records.session_ended(
+            key=key, status="ended", reason="caller_closed", code=None, detail="", at=at + 1
+        )
+    )
+    history.flush_sync()
+    events = events_of(key)
+    assert [e["type"] for e in events] == [
+        "session.opened", "session.live", "request.status", "session.ended",
+    ]
+    failed = events[2]["request"]
+    assert (failed["id"], failed["status"]) == ("req_unknown", "failed")
+    assert failed["error"]["code"] == "session_ended" and failed["finished_at"]
+    assert events[2]["session_id"] == "sess_net"
+
+
 # ---------------------------------------------------------------------------- what the writer knows
 
 
