@@ -12,7 +12,9 @@
   orders (PostgreSQL found such deadlocks between a beat and a batch of usage updates).
 - **Sweep**: sessions of other processes whose heartbeat is older than
   `OC_SESSION_STALE_AFTER` seconds belong to a process that died; they are marked `failed`
-  (`session_lost`) with every pending request, so nothing waits forever.
+  (`session_lost`) with every pending request, so nothing waits forever, and those who
+  followed them through the channel layer are told, as the dead actor would have told them:
+  operators watching get the requests' ends and `ended`, listeners `listen.ended`.
 
 The task starts with the first connection or request the process serves (see
 `operator_console.asgi`), so every live process sweeps, not only those holding sessions.
@@ -27,15 +29,18 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
 from apps.sessions import groups
 from apps.sessions.db import db_async
 from apps.sessions.history import writer as history
+from apps.sessions.listening import LISTEN_ENDED
 from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.process import PROCESS_ID
@@ -50,6 +55,7 @@ GRACE = timedelta(seconds=0.5)
 # CHORE_INTERVAL seconds (apps/events prunes its log and starts its webhook worker here).
 CHORE_INTERVAL = 30.0
 chores: list[Callable[[], Awaitable[object]]] = []
+LOST = "The process holding the session stopped; the session is lost."
 
 
 class Holder(Protocol):
@@ -142,9 +148,10 @@ class Housekeeping:
 
     async def sweep(self) -> list[str]:
         lost = await db_async(sweep_lost_sessions)()
-        for session_id in lost:
+        for session_id, session in lost.items():
             log.warning("session %s lost: its process stopped sending heartbeats", session_id)
-        return lost
+            await _tell_followers(session_id, session)
+        return list(lost)
 
 
 def _waiting_requests(keys: list[uuid.UUID]) -> list[ResponseRequest]:
@@ -165,9 +172,16 @@ def _beat(keys: list[uuid.UUID]) -> int:
     )
 
 
-def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class LostSession:
+    key: uuid.UUID
+    requests: list[str]  # the ids of the requests failed with it
+    at: datetime
+
+
+def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession]:
     """Fail the open sessions of processes that stopped beating, and their pending requests.
-    Returns the ids (public, or the row key while still connecting) of the sessions failed."""
+    Returns the sessions failed, by id (public, or the row key while still connecting)."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER)
     stale = list(
@@ -175,13 +189,18 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
         .exclude(process_id=PROCESS_ID)
         .values_list("id", "upstream_id")
     )
-    lost = []
+    lost = {}
     for key, upstream_id in stale:
         with transaction.atomic():
             # Conditional: another process's sweep, or a late heartbeat, may have come first.
             claimed = LiveSession.objects.filter(
                 id=key, status__in=OPEN_STATUSES, heartbeat_at__lt=cutoff
-            ).update(status=LiveSession.Status.FAILED, end_reason="session_lost", ended_at=now)
+            ).update(
+                status=LiveSession.Status.FAILED,
+                end_reason="session_lost",
+                end_detail=LOST,
+                ended_at=now,
+            )
             if not claimed:
                 continue
             pending = list(
@@ -192,13 +211,42 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> list[str]:
             ResponseRequest.objects.filter(id__in=pending).update(
                 status=ResponseRequest.Status.FAILED,
                 error_code="session_lost",
-                error_message="The process holding the session stopped; the session is lost.",
+                error_message=LOST,
                 finished_at=now,
             )
             if history.recorder is not None:  # the event log: these ends, in this transaction
                 history.recorder.session_lost(key=key, request_ids=pending)
-        lost.append(upstream_id or str(key))
+        lost[upstream_id or str(key)] = LostSession(key=key, requests=pending, at=now)
     return lost
+
+
+async def _tell_followers(session_id: str, lost: LostSession) -> None:
+    """What the lost session's actor would have sent at its end: to the operators watching,
+    each failed request and `ended`; to the listeners, `listen.ended`."""
+    failed = {
+        "type": groups.CONSOLE_REQUEST,
+        "session_id": session_id,
+        "status": ResponseRequest.Status.FAILED,
+        "at": lost.at.timestamp(),
+        "error_code": "session_lost",
+        "error_message": LOST,
+    }
+    ended = {
+        "type": groups.CONSOLE_ENDED,
+        "session_id": session_id,
+        "status": LiveSession.Status.FAILED,
+        "reason": "session_lost",
+        "code": None,
+        "detail": LOST,
+    }
+    messages = [{**failed, "request_id": request_id} for request_id in lost.requests] + [ended]
+    layer = get_channel_layer()
+    try:
+        for message in messages:
+            await layer.group_send(groups.watch_group(lost.key), groups.console_frame(message))
+        await layer.group_send(groups.listen_group(lost.key), {"type": LISTEN_ENDED})
+    except Exception as exc:  # the table has it; a page shows it when reloaded
+        log.warning("telling the followers of %s it was lost failed: %r", session_id, exc)
 
 
 # This event loop's housekeeping.

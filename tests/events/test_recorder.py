@@ -90,7 +90,7 @@ def test_a_lost_session_ends_with_its_requests_in_the_log():
     )
     ResponseRequest.objects.create(id="req_lost", session=session, origin="api", status="sent")
     ResponseRequest.objects.create(id="req_done", session=session, origin="api", status="completed")
-    assert sweep_lost_sessions(now=now) == ["sess_lost"]
+    assert list(sweep_lost_sessions(now=now)) == ["sess_lost"]
     events = events_of(session.pk)
     assert [e["type"] for e in events] == ["request.status", "session.ended"]
     assert events[0]["request"]["id"] == "req_lost" and events[0]["request"]["status"] == "failed"

@@ -91,8 +91,8 @@ def test_the_sweep_spares_fresh_heartbeats_and_its_own_sessions(transactional_db
             upstream_id=upstream_id, model="gpt-realtime", status=fields.pop("status", "live"), **fields
         )
         ResponseRequest.objects.create(id=f"req_{upstream_id}", session=session, origin="api", status="queued")
-    assert sweep_lost_sessions(now=now) == ["sess_dead"]
-    assert sweep_lost_sessions(now=now) == [], "a session is failed once"
+    assert list(sweep_lost_sessions(now=now)) == ["sess_dead"]
+    assert not sweep_lost_sessions(now=now), "a session is failed once"
     statuses = dict(LiveSession.objects.values_list("upstream_id", "status"))
     assert statuses == {"sess_dead": "failed", "sess_fresh": "live", "sess_mine": "live", "sess_ended": "ended"}
     assert ResponseRequest.objects.get(id="req_sess_dead").error_code == "session_lost"
