@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from apps.realtime import relay
-from apps.sessions.process import PROCESS_ID
+from apps.sessions.process import PROCESS_NAME
 
 if TYPE_CHECKING:
     from apps.sessions.actor import SessionActor
@@ -139,7 +139,7 @@ class RelayCollector(Collector):
         self.source = source
 
     def collect(self) -> Iterator[Any]:
-        process = PROCESS_ID
+        process = PROCESS_NAME
         by_kind, listeners = self.source.live()
         live = GaugeMetricFamily("oc_live_sessions", "Live sessions held by this process, by kind.", labels=["process", "kind"])
         for kind in sorted({"relay", "webrtc", "sip", *by_kind}):

@@ -99,6 +99,30 @@ def test_the_sweep_spares_fresh_heartbeats_and_its_own_sessions(transactional_db
     assert ResponseRequest.objects.get(id="req_sess_fresh").status == "queued"
 
 
+def test_a_restarted_process_whose_host_and_pid_repeat_sweeps_its_predecessors_sessions(
+    transactional_db, settings
+):
+    """A container restarted after a SIGKILL (an OOM kill) keeps its hostname, and its server
+    often gets the same pid again (pid 1, say). The sessions the killed process held are not
+    the new process's own: with no other process alive, only its sweep can end them."""
+    import os
+    import socket
+
+    now = datetime.now(UTC)
+    old = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    predecessor = f"{socket.gethostname()}:{os.getpid()}"
+    session = LiveSession.objects.create(
+        upstream_id="sess_before_restart", model="gpt-realtime", status="live",
+        process_id=predecessor, heartbeat_at=old,
+    )
+    ResponseRequest.objects.create(
+        id="req_before_restart", session=session, origin="api", status="queued"
+    )
+    assert list(sweep_lost_sessions(now=now)) == ["sess_before_restart"]
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == ("failed", "session_lost")
+
+
 async def test_holding_process_keeps_its_sessions_fresh(relay_settings, simulator, api_token, settings):
     """An actor's process stamps its session's heartbeat while the session lives."""
     from channels.testing import WebsocketCommunicator
