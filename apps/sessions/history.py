@@ -9,6 +9,11 @@ several transitions of an existing row are one UPDATE (later fields win, as they
 The thread keeps its database connection open across batches (opening SQLite and setting its
 pragmas per batch cost more than the writes) and reopens it only after an error.
 `flush()` waits until everything handed in so far is committed (tests, shutdown).
+
+A batch that fails while the database does not answer (restarted, failing over, the network
+gone) waits for it and is written then, whole: the operations behind it wait in order, and
+nothing is lost to an outage. One that fails while the database answers is at fault itself,
+and is retried one operation at a time so that one bad row cannot take others with it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Model
 
 from apps.sessions.db import serialised_write
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 events_log = logging.getLogger("oc.events")
 
 _MAX_BATCH = 1000
+# While the database does not answer, a failed batch is tried again after these many seconds,
+# doubling up to the second figure; once it answers, on at most this many fresh connections.
+_OUTAGE_RETRY = (0.1, 2.0)
+_FRESH_TRIES = 5
 
 
 @dataclass(slots=True)
@@ -137,35 +147,70 @@ class HistoryWriter:
                             events_log.info(json.dumps(event, default=str, separators=(",", ":")))
 
     def _apply(self, batch: list[Operation], events: Any = None) -> None:
-        try:
-            with serialised_write(), transaction.atomic():
-                apply_batch(batch)
-                if events is not None:
-                    events.write()
-        except Exception:
-            # The batch failed as a whole (database gone, disk full, a bad row): reconnect and
-            # retry each operation on its own so one bad row cannot take others with it.
-            log.exception("history batch failed; retrying its %d operations one by one", len(batch))
-            connection.close()
-            for operation in batch:
-                try:
-                    with serialised_write(), transaction.atomic():
-                        apply_batch([operation])
-                except Exception:
-                    self.failures += 1
-                    log.exception("history operation failed: %r", operation)
-                    connection.close()
-            if events is not None:  # what was written, read back, in a transaction of its own
-                events.failed()
-                try:
-                    with serialised_write(), transaction.atomic():
-                        events.write()
-                except Exception:
-                    log.exception("the events of a failed history batch were not recorded")
-                    connection.close()
-                    return
-        if events is not None:
-            events.committed()
+        def whole() -> None:
+            apply_batch(batch)
+            if events is not None:
+                events.write()
+
+        failed = f"history batch failed; retrying its {len(batch)} operations one by one"
+        if self._commit(whole, failed):
+            if events is not None:
+                events.committed()
+            return
+        for operation in batch:
+            one = partial(apply_batch, [operation])
+            if not self._commit(one, f"history operation failed: {operation!r}"):
+                self.failures += 1
+        if events is not None:  # what was written, read back, in a transaction of its own
+            events.failed()
+            if self._commit(events.write, "the events of a failed history batch were not recorded"):
+                events.committed()
+
+    def _commit(self, work: Callable[[], None], failed: str) -> bool:
+        """Run `work` in a transaction of its own, and again after a failure that was not its
+        own: while the database does not answer, wait for it; once it answers, try a few fresh
+        connections (after a restart the pool still holds some that broke). False (logged as
+        `failed`) when it failed otherwise: the work itself is at fault."""
+        delay, longest = _OUTAGE_RETRY
+        waiting_since = None
+        tries = 0
+        while True:
+            try:
+                with serialised_write(), transaction.atomic():
+                    work()
+            except Exception as exc:
+                connection.close()
+                unreachable = isinstance(exc, OperationalError | InterfaceError)
+                if unreachable and not _database_answers():
+                    if waiting_since is None:
+                        waiting_since = time.monotonic()
+                        log.warning("the database does not answer; the history waits for it")
+                    time.sleep(delay)
+                    delay = min(delay * 2, longest)
+                    continue
+                if unreachable and tries < _FRESH_TRIES:
+                    tries += 1
+                    continue
+                log.exception(failed)
+                return False
+            if waiting_since is not None:
+                log.warning(
+                    "the database answers again; the history waited %.1f s for it",
+                    time.monotonic() - waiting_since,
+                )
+            return True
+
+
+def _database_answers() -> bool:
+    """Whether the database takes a query now: after a failed write, tells a database that is
+    away from a write at fault."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        connection.close()
+        return False
+    return True
 
 
 def apply_batch(batch: list[Operation]) -> None:

@@ -1,0 +1,75 @@
+"""PostgreSQL briefly unavailable (restarted, as in a failover: every connection cut) under a
+real Daphne with live calls. The relay keeps relaying; the record loses nothing: every
+transition the history writer was given during the outage is written once the database is
+back, so each request ends with the status its response really had."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from tests.conftest import UPSTREAM_KEY
+from tests.support.callers import SocketCaller, until_live
+from tests.support.servers import DaphneProcess
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"completed", "cancelled", "incomplete", "failed"}
+
+
+@pytest.fixture
+def server(scaleout_db, simulator):
+    process = DaphneProcess({
+        "DATABASE_URL": scaleout_db.url,
+        "OC_UPSTREAM_URL": simulator.url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+    })
+    yield process
+    process.stop()
+
+
+async def test_responses_during_a_database_restart_are_all_recorded_as_they_ended(
+    server, scaleout_db, postgres_server
+):
+    caller = await SocketCaller.connect(server.ws_base, scaleout_db.token)
+    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+    rest = httpx.AsyncClient(base_url=f"{server.http_url}/api/v1", headers=headers, timeout=30)
+    try:
+        await until_live(rest, caller.session_id)
+        await caller.say("Talk to me.")
+
+        async def ask(n: int) -> None:  # a response asked for every 0.2 s: transitions flow
+            for _ in range(n):
+                await caller.socket.send(json.dumps({"type": "response.create"}))
+                await asyncio.sleep(0.2)
+
+        asking = asyncio.create_task(ask(30))
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(postgres_server.restart, 2.0)
+        await asking
+        await caller.wait_for("response.done", n=30, timeout=30)
+        assert not caller.reader.done(), "the call went on through the outage"
+
+        async def recorded():
+            answer = await rest.get(f"/sessions/{caller.session_id}/responses")
+            if answer.status_code != 200:
+                return None
+            items = answer.json()["items"]
+            done = len(items) == 30 and all(item["status"] in TERMINAL for item in items)
+            return items if done else None
+
+        items = None
+        async with asyncio.timeout(20):
+            while items is None:
+                items = await recorded()
+                await asyncio.sleep(0.25)
+        done = {e["response"]["id"] for e in caller.events if e["type"] == "response.done"}
+        assert {(item["origin"], item["status"]) for item in items} == {("caller", "completed")}
+        assert {item["response_id"] for item in items} == done
+        assert "history operation failed" not in server.output()
+    finally:
+        await rest.aclose()
+        await caller.close()
