@@ -274,15 +274,23 @@ class PostgresServer:
             "-o", options, "-w", "-t", str(int(START_TIMEOUT)), "start",
         )
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop (`fast`: every client's connection is cut, as in a failover), stay down
-        `down_for` seconds, start again on the same port with everything it held."""
+    def stop_process(self) -> None:
+        """Stop the server (`fast`: every client's connection is cut, as in a failover); its
+        data stays, for `start_process()`."""
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast",
             "-w", "-t", str(int(STOP_TIMEOUT)), "stop", timeout=STOP_TIMEOUT + 5,
         )
-        time.sleep(down_for)
+
+    def start_process(self) -> None:
+        """Start the stopped server again, on the same port, with everything it held."""
         self._start_cluster()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay down `down_for` seconds, start again."""
+        self.stop_process()
+        time.sleep(down_for)
+        self.start_process()
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the cluster's socket."""

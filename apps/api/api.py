@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import (
     Http404,
     HttpRequest,
@@ -328,6 +329,22 @@ def _refused(request: HttpRequest, exc: services.ServiceError) -> HttpResponse:
 @api.exception_handler(Http404)
 def _not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(404, "not_found", "Not found.", request=request)
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """The database did not answer (restarting, failing over, out of connections): not the
+    client's fault nor a bug of ours, and worth trying again shortly."""
+    log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exc)
+    response = error_response(
+        503,
+        "database_unavailable",
+        "The database is unavailable; try again in a moment.",
+        request=request,
+    )
+    response["Retry-After"] = "1"
+    return response
 
 
 @api.exception_handler(Exception)

@@ -1,7 +1,8 @@
 """PostgreSQL briefly unavailable (restarted, as in a failover: every connection cut) under a
 real Daphne with live calls. The relay keeps relaying; the record loses nothing: every
 transition the history writer was given during the outage is written once the database is
-back, so each request ends with the status its response really had."""
+back, so each request ends with the status its response really had. The REST hook says what
+is wrong meanwhile: `503` `database_unavailable`, in its error shape, to be tried again."""
 
 from __future__ import annotations
 
@@ -70,6 +71,36 @@ async def test_responses_during_a_database_restart_are_all_recorded_as_they_ende
         assert {(item["origin"], item["status"]) for item in items} == {("caller", "completed")}
         assert {item["response_id"] for item in items} == done
         assert "history operation failed" not in server.output()
+    finally:
+        await rest.aclose()
+        await caller.close()
+
+
+async def test_the_rest_hook_answers_503_while_the_database_is_away(
+    server, scaleout_db, postgres_server
+):
+    caller = await SocketCaller.connect(server.ws_base, scaleout_db.token)
+    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+    rest = httpx.AsyncClient(base_url=f"{server.http_url}/api/v1", headers=headers, timeout=30)
+    try:
+        await until_live(rest, caller.session_id)
+        postgres_server.stop_process()
+        try:
+            answers = [
+                await rest.get(f"/sessions/{caller.session_id}"),
+                await rest.post(f"/sessions/{caller.session_id}/responses", json={}),
+                await rest.get("/responses"),
+            ]
+        finally:
+            postgres_server.start_process()
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "database_unavailable", answer.text
+            assert "database" in answer.json()["error"]["message"]
+            assert answer.headers["Retry-After"]
+        await until_live(rest, caller.session_id, timeout=20)  # all is well again once it is back
+        posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
+        assert posted.status_code == 202, posted.text
     finally:
         await rest.aclose()
         await caller.close()
