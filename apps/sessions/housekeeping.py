@@ -14,7 +14,9 @@
   `OC_SESSION_STALE_AFTER` seconds belong to a process that died; they are marked `failed`
   (`session_lost`) with every pending request, so nothing waits forever, and those who
   followed them through the channel layer are told, as the dead actor would have told them:
-  operators watching get the requests' ends and `ended`, listeners `listen.ended`.
+  operators watching get the requests' ends and `ended`, listeners `listen.ended`. After
+  losing the database a process judges no one for `OC_SESSION_STALE_AFTER`: no holder could
+  write its heartbeat meanwhile.
 
 The task starts with the first connection or request the process serves (see
 `operator_console.asgi`), so every live process sweeps, not only those holding sessions.
@@ -27,6 +29,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from typing import Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from apps.sessions import groups
 from apps.sessions.db import db_async
@@ -72,6 +75,8 @@ class Housekeeping:
     def __init__(self) -> None:
         self.holders: dict[uuid.UUID, Holder] = {}
         self._task: asyncio.Task | None = None
+        # The loop time from which this process judges other processes' heartbeats (see sweep).
+        self._judge_from = -math.inf
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -147,7 +152,24 @@ class Housekeeping:
         return len(keys)
 
     async def sweep(self) -> list[str]:
-        lost = await db_async(sweep_lost_sessions)()
+        """Fail the sessions of processes that stopped beating. A process that could not reach
+        the database (a call failed, or waited for it longer than a heartbeat interval) judges
+        no one until it has reached it for OC_SESSION_STALE_AFTER again: the holders could not
+        write their heartbeats meanwhile either, and live sessions would be failed."""
+        loop = asyncio.get_running_loop()
+        started, now = loop.time(), datetime.now(UTC)  # judged as of the start, not of the answer
+        judging = started >= self._judge_from
+        try:
+            if judging:
+                lost = await db_async(sweep_lost_sessions)(now=now)
+            else:
+                await db_async(_reach_database)()
+                lost = {}
+        except Exception:
+            self._judge_from = math.inf
+            raise
+        if self._judge_from == math.inf or loop.time() - started > settings.OC_HEARTBEAT_INTERVAL:
+            self._judge_from = loop.time() + settings.OC_SESSION_STALE_AFTER
         for session_id, session in lost.items():
             log.warning("session %s lost: its process stopped sending heartbeats", session_id)
             await _tell_followers(session_id, session)
@@ -164,6 +186,11 @@ def _waiting_requests(keys: list[uuid.UUID]) -> list[ResponseRequest]:
             created_at__lt=before,
         ).order_by("created_at")
     )
+
+
+def _reach_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 def _beat(keys: list[uuid.UUID]) -> int:

@@ -104,3 +104,38 @@ async def test_the_rest_hook_answers_503_while_the_database_is_away(
     finally:
         await rest.aclose()
         await caller.close()
+
+
+async def test_a_database_outage_longer_than_the_staleness_loses_no_live_session(
+    scaleout_db, redis_server, simulator, postgres_server
+):
+    """While the database is away no process can write its heartbeats, so none may judge
+    another's by them when it is back: the sessions live on, steerable from either process."""
+    env = {
+        "DATABASE_URL": scaleout_db.url,
+        "REDIS_URL": redis_server.url,
+        "OC_UPSTREAM_URL": simulator.url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OC_PROCESSES": "2",
+        "OC_HEARTBEAT_INTERVAL": "0.5",
+        "OC_SESSION_STALE_AFTER": "2",
+    }
+    a, b = DaphneProcess(env), DaphneProcess(env)
+    caller = await SocketCaller.connect(a.ws_base, scaleout_db.token)
+    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+    rest = httpx.AsyncClient(base_url=f"{b.http_url}/api/v1", headers=headers, timeout=30)
+    try:
+        await until_live(rest, caller.session_id)
+        await asyncio.to_thread(postgres_server.restart, 5.0)  # over twice the staleness
+        await until_live(rest, caller.session_id, timeout=20)
+        await asyncio.sleep(3)  # every process has swept since, more than once
+        session = (await rest.get(f"/sessions/{caller.session_id}")).json()
+        assert (session["status"], session["end_reason"]) == ("live", None), session
+        posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
+        assert posted.status_code == 202, posted.text
+        await caller.wait_for("response.done", timeout=10)
+    finally:
+        await rest.aclose()
+        await caller.close()
+        a.stop()
+        b.stop()

@@ -3,6 +3,7 @@ with every pending request, within 15 s (issue 5). Two real Daphne processes on 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -121,6 +122,37 @@ def test_a_restarted_process_whose_host_and_pid_repeat_sweeps_its_predecessors_s
     assert list(sweep_lost_sessions(now=now)) == ["sess_before_restart"]
     session.refresh_from_db()
     assert (session.status, session.end_reason) == ("failed", "session_lost")
+
+
+async def test_after_losing_the_database_a_process_judges_no_heartbeat_for_a_while(
+    transactional_db, settings, monkeypatch
+):
+    """While the database was away no holder could write its heartbeat: a process whose sweep
+    failed then judges none until it has had the database back for OC_SESSION_STALE_AFTER,
+    or it would fail every live session of the others the moment the database returned."""
+    from django.db import OperationalError
+
+    from apps.sessions import housekeeping as module
+
+    settings.OC_HEARTBEAT_INTERVAL, settings.OC_SESSION_STALE_AFTER = 0.5, 1.0
+    old = datetime.now(UTC) - timedelta(seconds=5)
+    await LiveSession.objects.acreate(
+        upstream_id="sess_other", model="gpt-realtime", status="live",
+        process_id="elsewhere:1", heartbeat_at=old,
+    )
+    keeper = module.Housekeeping()
+
+    def away(**kwargs):
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(module, "sweep_lost_sessions", away)
+    with pytest.raises(OperationalError):
+        await keeper.sweep()
+    monkeypatch.undo()
+    assert await keeper.sweep() == [], "judged at once when the database came back"
+    assert (await LiveSession.objects.aget(upstream_id="sess_other")).status == "live"
+    await asyncio.sleep(1.1)
+    assert await keeper.sweep() == ["sess_other"], "judged once the database has been back a while"
 
 
 async def test_holding_process_keeps_its_sessions_fresh(relay_settings, simulator, api_token, settings):
