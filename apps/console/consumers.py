@@ -24,12 +24,14 @@ from apps.console.feed import feed
 from apps.sessions import groups, selectors
 from apps.sessions.consumers import DropsSendsToClosedSockets, SurvivesLayerOutages
 from apps.sessions.db import db_async
-from apps.sessions.models import LiveSession
+from apps.sessions.models import LiveSession, ResponseRequest
 
 log = logging.getLogger(__name__)
 
 # A watch is renewed this often; the actor forgets a watcher after groups' WATCH_TTL.
 RENEW_SECONDS = 30.0
+# A page catching up after a layer outage is sent this many of the session's latest requests.
+CATCH_UP_REQUESTS = 100
 _PREFIX = "console."
 
 
@@ -79,16 +81,7 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
             await self.send_json({"type": "error", "message": f"No session with id '{session_id}'."})
             return
         if session.status != LiveSession.Status.LIVE:
-            await self.send_json(
-                {
-                    "type": "ended",
-                    "session_id": session_id,
-                    "status": session.status,
-                    "reason": session.end_reason or None,
-                    "code": session.end_code,
-                    "detail": session.end_detail,
-                }
-            )
+            await self.send_json(_ended(session, session_id))
             return
         self.watching = session
         if not await self._quietly(self.channel_layer.group_add(groups.watch_group(session.id), self.channel_name)):
@@ -97,8 +90,19 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
         self._renew = asyncio.get_running_loop().create_task(self._renew_watch())
 
     async def layer_rejoined(self) -> None:
-        """Back in the groups after an outage: the actor may never have heard of this watch
-        (the layer was down when it began), so it is told again; one that knew it renews it."""
+        """Back in the groups after an outage. What the actor told the watchers meanwhile was
+        lost with the layer, so the page catches up from the table: the session's end, or its
+        latest requests as they are now. Then the actor is told of the watch again: it may
+        never have heard of it (the layer was down when it began); one that knew it renews it."""
+        if self.watching is None:
+            return
+        session, requests = await db_async(_as_now)(self.watching.pk)
+        if session.status != LiveSession.Status.LIVE:
+            await self.send_json(_ended(session, session.upstream_id or str(session.pk)))
+            await self._unwatch()
+            return
+        for request in requests:
+            await self.send_json(_request(request))
         await self._tell_actor(watch=True)
 
     async def _renew_watch(self) -> None:
@@ -161,3 +165,47 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
             await self.send_json({**message, "type": kind[len(_PREFIX):]})
             return
         await super().dispatch(message)
+
+
+def _as_now(key) -> tuple[LiveSession, list[ResponseRequest]]:
+    """A watched session's row and its latest requests, oldest first."""
+    session = LiveSession.objects.get(pk=key)
+    latest = ResponseRequest.objects.filter(session=session).order_by("-created_at", "-id")
+    requests = list(latest[:CATCH_UP_REQUESTS])[::-1]
+    for request in requests:
+        request.session = session
+    return session, requests
+
+
+def _ended(session: LiveSession, session_id: str) -> dict[str, Any]:
+    """The `ended` message of a session that is over, as its actor sends it."""
+    return {
+        "type": "ended",
+        "session_id": session_id,
+        "status": session.status,
+        "reason": session.end_reason or None,
+        "code": session.end_code,
+        "detail": session.end_detail,
+    }
+
+
+def _request(request: ResponseRequest) -> dict[str, Any]:
+    """The `request` message of a request as it is now, as its actor sends one per change."""
+    data = request.to_dict()
+    at = request.finished_at or request.started_at or request.sent_at or request.created_at
+    return {
+        "type": "request",
+        "session_id": data["session_id"],
+        "request_id": request.id,
+        "origin": request.origin,
+        "requested_by": request.requested_by,
+        "instructions": request.instructions,
+        "metadata": request.metadata,
+        "conversation": data["conversation"],
+        "status": request.status,
+        "at": at.timestamp(),
+        "response_id": data["response_id"],
+        "error_code": request.error_code or None,
+        "error_message": request.error_message or None,
+        "sent_instructions": request.sent_instructions,
+    }
