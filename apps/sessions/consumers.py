@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from apps.realtime import events
 from apps.sessions import groups
@@ -36,6 +37,10 @@ _FORWARDED_HEADERS = (b"openai-beta",)
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 # Longest wait between two tries while the channel layer (Redis) is unreachable.
 LAYER_RETRY_MAX = 1.0
+# Seconds a caller's handshake waits for the database to check its token. Daphne drops a
+# handshake still unanswered after 5 s (--websocket_connect_timeout) without a word, and the
+# database pool waits 10 s for a connection while the database is away.
+AUTH_TIMEOUT = 4.0
 
 
 def _query_label(scope) -> str:
@@ -159,7 +164,18 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         return [self.group] if self.group is not None else []
 
     async def connect(self) -> None:
-        principal = await authenticate_relay(self.scope)
+        try:
+            principal = await asyncio.wait_for(authenticate_relay(self.scope), AUTH_TIMEOUT)
+        except (OperationalError, InterfaceError, TimeoutError) as exc:  # no token can be checked
+            log.warning("relay handshake refused: the database is unavailable: %r", exc)
+            await self.deny(
+                503,
+                "database_unavailable",
+                "The server cannot check credentials now (its database is unavailable); "
+                "try again in a moment.",
+                error_type="server_error",
+            )
+            return
         if isinstance(principal, Refusal):
             refusals.info(json.dumps({"event": "relay.refused", "reason": principal.reason, "client": _client(self.scope)}))
             await self.deny(principal.status, principal.code, principal.message or principal.reason)
@@ -205,14 +221,17 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             self.join_later()
         self.actor.start()
 
-    async def deny(self, status: int, code: str, message: str) -> None:
+    async def deny(
+        self, status: int, code: str, message: str, *, error_type: str = "invalid_request_error"
+    ) -> None:
         """Refuse the handshake (no upstream is opened) and say why: an HTTP answer with a
         JSON body `{"error": {"type", "code", "message"}}` where the server can send one (the
         ASGI `websocket.http.response` extension), else the bare 403 of a close."""
         if "websocket.http.response" not in self.scope.get("extensions", {}):
             await self.close()
             return
-        body = json.dumps({"error": {"type": "invalid_request_error", "code": code, "message": message}}).encode()
+        error = {"type": error_type, "code": code, "message": message}
+        body = json.dumps({"error": error}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await self.base_send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await self.base_send({"type": "websocket.http.response.body", "body": body})

@@ -11,6 +11,7 @@ import json
 
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import UPSTREAM_KEY
 from tests.support.callers import SocketCaller, until_live
@@ -139,3 +140,31 @@ async def test_a_database_outage_longer_than_the_staleness_loses_no_live_session
         await caller.close()
         a.stop()
         b.stop()
+
+
+async def test_a_caller_arriving_while_the_database_is_away_is_told_why(
+    server, scaleout_db, postgres_server
+):
+    """Its token cannot be checked: the handshake is refused with 503 and the reason in JSON,
+    not a bare 500, and a caller arriving once the database is back gets its session."""
+    url = f"{server.ws_base}/realtime?model=gpt-realtime"
+    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+    postgres_server.stop_process()
+    try:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url, additional_headers=headers, open_timeout=30)
+    finally:
+        postgres_server.start_process()
+    answer = refused.value.response
+    assert answer.status_code == 503
+    error = json.loads(answer.body)["error"]
+    assert (error["type"], error["code"]) == ("server_error", "database_unavailable"), error
+    assert "Exception inside application" not in server.output()
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                caller = await SocketCaller.connect(server.ws_base, scaleout_db.token)
+                break
+            except websockets.InvalidStatus:
+                await asyncio.sleep(0.25)  # the pool is reconnecting
+    await caller.close()
