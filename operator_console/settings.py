@@ -112,17 +112,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py's pool holds at most 100 connections by default and refuses the 101st
             # command in flight (MaxConnectionsError) instead of waiting: when a few hundred
             # callers left at once, their group leaves failed. Redis itself takes 10 000.
+            # After Redis restarts, the pool's idle connections are to the Redis that is gone:
+            # a command that fails on one is tried once more, on a fresh connection (without
+            # it, the first steer through an idle process failed with 503).
             "CONFIG": {
                 "hosts": [
                     {
                         "address": REDIS_URL,
                         "max_connections": env_int("OC_REDIS_MAX_CONNECTIONS", 1000, minimum=1),
+                        "retry_on_error": [RedisConnectionError],
                     }
                 ]
             },

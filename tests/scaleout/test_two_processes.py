@@ -499,3 +499,31 @@ async def test_submits_racing_through_both_processes_stop_exactly_at_the_queue_l
         assert not crashes(a, b), crashes(a, b)
     finally:
         await caller.close()
+
+
+async def test_an_idle_process_steers_at_once_after_redis_restarted(
+    start_pair, rest_clients, scaleout_db, redis_server
+):
+    """A process that did nothing while Redis restarted still holds connections to the Redis
+    that is gone; the first command on one of them must not fail an operator's note (503)."""
+    a, b = start_pair(OC_PICKUP_INTERVAL="600")
+    rest_b = rest_clients(b)
+    caller = await Caller.connect(a, scaleout_db.token)
+    try:
+        await get_live(rest_b, caller.session_id)
+        url = f"/sessions/{caller.session_id}/notes"
+        before = await rest_b.post(url, json={"text": "Before the restart.", "role": "system"})
+        assert before.status_code == 201, before.text
+        redis_server.restart(down_for=1.0)
+        await asyncio.sleep(3)  # B does nothing meanwhile; A's consumer is back in its group
+        answers = [
+            await rest_b.post(url, json={"text": f"After the restart, {n}.", "role": "system"})
+            for n in range(3)
+        ]
+        assert [answer.status_code for answer in answers] == [201, 201, 201], [
+            answer.text for answer in answers
+        ]
+    finally:
+        if not redis_server.ping():
+            redis_server.start()
+        await caller.close()
