@@ -123,12 +123,16 @@ if REDIS_URL:
             # After Redis restarts, the pool's idle connections are to the Redis that is gone:
             # a command that fails on one is tried once more, on a fresh connection (without
             # it, the first steer through an idle process failed with 503).
+            # A consumer waits for its messages in a pop that Redis answers after 5 s
+            # (channels_redis' brpop_timeout) when none came: a read must wait longer than
+            # that. redis-py's default, 5 s too, raced it: the wait timed out as Redis answered.
             "CONFIG": {
                 "hosts": [
                     {
                         "address": REDIS_URL,
                         "max_connections": env_int("OC_REDIS_MAX_CONNECTIONS", 1000, minimum=1),
                         "retry_on_error": [RedisConnectionError],
+                        "socket_timeout": 15,
                     }
                 ]
             },

@@ -527,3 +527,18 @@ async def test_an_idle_process_steers_at_once_after_redis_restarted(
         if not redis_server.ping():
             redis_server.start()
         await caller.close()
+
+
+async def test_idle_sessions_never_find_the_channel_layer_unreachable(start_pair, scaleout_db):
+    """A consumer waits for its messages in a blocking pop that Redis answers after 5 s when
+    nothing came; the connection's read must wait longer than that. With redis-py's default
+    read timeout (5 s too) the two raced: a wait could time out as Redis answered, the
+    consumer took Redis for unreachable (and a message popped at that moment was lost)."""
+    a, _ = start_pair()
+    callers = [await Caller.connect(a, scaleout_db.token) for _ in range(5)]
+    try:
+        await asyncio.sleep(16)  # three rounds of every consumer's 5 s pop
+        assert "channel layer unreachable" not in a.output(), a.output()[-3000:]
+    finally:
+        for caller in callers:
+            await caller.close()
