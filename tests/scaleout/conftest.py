@@ -78,20 +78,27 @@ def scaleout_db(postgres_server) -> ScaleoutDatabase:
     return ScaleoutDatabase(url=url, token=token, username=OPERATOR, password=OPERATOR_PASSWORD)
 
 
-@pytest.fixture
-def pair(scaleout_db, redis_server, simulator):
-    """Two Daphne processes on the PostgreSQL database and Redis, the simulator upstream."""
+def cluster_env(scaleout_db, redis_server, simulator, **extra: str) -> dict[str, str]:
+    """The environment of a Daphne process of a two-process cluster on the PostgreSQL
+    database and Redis, with the simulator upstream; `extra` settings added."""
     from tests.conftest import UPSTREAM_KEY
-    from tests.support.servers import DaphneProcess
 
-    env = {
+    return {
         "DATABASE_URL": scaleout_db.url,
         "REDIS_URL": redis_server.url,
         "OC_UPSTREAM_URL": simulator.url,
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "OC_PROCESSES": "2",
-        "OC_EVENTS_POLL_INTERVAL": "0.1",
+        **extra,
     }
+
+
+@pytest.fixture
+def pair(scaleout_db, redis_server, simulator):
+    """Two Daphne processes on the PostgreSQL database and Redis, the simulator upstream."""
+    from tests.support.servers import DaphneProcess
+
+    env = cluster_env(scaleout_db, redis_server, simulator, OC_EVENTS_POLL_INTERVAL="0.1")
     servers: list[DaphneProcess] = []
     try:
         servers += [DaphneProcess(env), DaphneProcess(env)]

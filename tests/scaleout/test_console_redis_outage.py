@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.conftest import UPSTREAM_KEY
+from tests.scaleout.conftest import cluster_env
 from tests.scaleout.test_two_processes import Caller, Console
 from tests.support.servers import DaphneProcess
 
@@ -19,13 +19,7 @@ pytestmark = pytest.mark.e2e
 async def test_a_page_watching_through_a_redis_outage_catches_up_when_redis_is_back(
     scaleout_db, redis_server, simulator
 ):
-    env = {
-        "DATABASE_URL": scaleout_db.url,
-        "REDIS_URL": redis_server.url,
-        "OC_UPSTREAM_URL": simulator.url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "OC_PROCESSES": "2",
-    }
+    env = cluster_env(scaleout_db, redis_server, simulator)
     a, b = DaphneProcess(env), DaphneProcess(env)
     leaving = await Caller.connect(a, scaleout_db.token)
     staying = await Caller.connect(a, scaleout_db.token)

@@ -14,6 +14,7 @@ import pytest
 import websockets
 
 from tests.conftest import UPSTREAM_KEY
+from tests.scaleout.conftest import cluster_env
 from tests.support.callers import SocketCaller, until_live
 from tests.support.servers import DaphneProcess
 
@@ -33,78 +34,76 @@ def server(scaleout_db, simulator):
     process.stop()
 
 
+@pytest.fixture
+async def call(server, scaleout_db):
+    """A live call on `server`, and a REST client for it."""
+    caller = await SocketCaller.connect(server.ws_base, scaleout_db.token)
+    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+    rest = httpx.AsyncClient(base_url=f"{server.http_url}/api/v1", headers=headers, timeout=30)
+    try:
+        await until_live(rest, caller.session_id)
+        yield caller, rest
+    finally:
+        await rest.aclose()
+        await caller.close()
+
+
 async def test_responses_during_a_database_restart_are_all_recorded_as_they_ended(
-    server, scaleout_db, postgres_server
+    call, server, postgres_server
 ):
-    caller = await SocketCaller.connect(server.ws_base, scaleout_db.token)
-    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
-    rest = httpx.AsyncClient(base_url=f"{server.http_url}/api/v1", headers=headers, timeout=30)
+    caller, rest = call
+    await caller.say("Talk to me.")
+
+    async def ask(n: int) -> None:  # a response asked for every 0.2 s: transitions flow
+        for _ in range(n):
+            await caller.socket.send(json.dumps({"type": "response.create"}))
+            await asyncio.sleep(0.2)
+
+    asking = asyncio.create_task(ask(30))
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(postgres_server.restart, 2.0)
+    await asking
+    await caller.wait_for("response.done", n=30, timeout=30)
+    assert not caller.reader.done(), "the call went on through the outage"
+
+    async def recorded():
+        answer = await rest.get(f"/sessions/{caller.session_id}/responses")
+        if answer.status_code != 200:
+            return None
+        items = answer.json()["items"]
+        done = len(items) == 30 and all(item["status"] in TERMINAL for item in items)
+        return items if done else None
+
+    items = None
+    async with asyncio.timeout(20):
+        while items is None:
+            items = await recorded()
+            await asyncio.sleep(0.25)
+    done = {e["response"]["id"] for e in caller.events if e["type"] == "response.done"}
+    assert {(item["origin"], item["status"]) for item in items} == {("caller", "completed")}
+    assert {item["response_id"] for item in items} == done
+    assert "history operation failed" not in server.output()
+
+
+async def test_the_rest_hook_answers_503_while_the_database_is_away(call, postgres_server):
+    caller, rest = call
+    postgres_server.stop_process()
     try:
-        await until_live(rest, caller.session_id)
-        await caller.say("Talk to me.")
-
-        async def ask(n: int) -> None:  # a response asked for every 0.2 s: transitions flow
-            for _ in range(n):
-                await caller.socket.send(json.dumps({"type": "response.create"}))
-                await asyncio.sleep(0.2)
-
-        asking = asyncio.create_task(ask(30))
-        await asyncio.sleep(1.5)
-        await asyncio.to_thread(postgres_server.restart, 2.0)
-        await asking
-        await caller.wait_for("response.done", n=30, timeout=30)
-        assert not caller.reader.done(), "the call went on through the outage"
-
-        async def recorded():
-            answer = await rest.get(f"/sessions/{caller.session_id}/responses")
-            if answer.status_code != 200:
-                return None
-            items = answer.json()["items"]
-            done = len(items) == 30 and all(item["status"] in TERMINAL for item in items)
-            return items if done else None
-
-        items = None
-        async with asyncio.timeout(20):
-            while items is None:
-                items = await recorded()
-                await asyncio.sleep(0.25)
-        done = {e["response"]["id"] for e in caller.events if e["type"] == "response.done"}
-        assert {(item["origin"], item["status"]) for item in items} == {("caller", "completed")}
-        assert {item["response_id"] for item in items} == done
-        assert "history operation failed" not in server.output()
+        answers = [
+            await rest.get(f"/sessions/{caller.session_id}"),
+            await rest.post(f"/sessions/{caller.session_id}/responses", json={}),
+            await rest.get("/responses"),
+        ]
     finally:
-        await rest.aclose()
-        await caller.close()
-
-
-async def test_the_rest_hook_answers_503_while_the_database_is_away(
-    server, scaleout_db, postgres_server
-):
-    caller = await SocketCaller.connect(server.ws_base, scaleout_db.token)
-    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
-    rest = httpx.AsyncClient(base_url=f"{server.http_url}/api/v1", headers=headers, timeout=30)
-    try:
-        await until_live(rest, caller.session_id)
-        postgres_server.stop_process()
-        try:
-            answers = [
-                await rest.get(f"/sessions/{caller.session_id}"),
-                await rest.post(f"/sessions/{caller.session_id}/responses", json={}),
-                await rest.get("/responses"),
-            ]
-        finally:
-            postgres_server.start_process()
-        for answer in answers:
-            assert answer.status_code == 503, answer.text
-            assert answer.json()["error"]["code"] == "database_unavailable", answer.text
-            assert "database" in answer.json()["error"]["message"]
-            assert answer.headers["Retry-After"]
-        await until_live(rest, caller.session_id, timeout=20)  # all is well again once it is back
-        posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
-        assert posted.status_code == 202, posted.text
-    finally:
-        await rest.aclose()
-        await caller.close()
+        postgres_server.start_process()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable", answer.text
+        assert "database" in answer.json()["error"]["message"]
+        assert answer.headers["Retry-After"]
+    await until_live(rest, caller.session_id, timeout=20)  # all is well again once it is back
+    posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
+    assert posted.status_code == 202, posted.text
 
 
 async def test_a_database_outage_longer_than_the_staleness_loses_no_live_session(
@@ -112,15 +111,9 @@ async def test_a_database_outage_longer_than_the_staleness_loses_no_live_session
 ):
     """While the database is away no process can write its heartbeats, so none may judge
     another's by them when it is back: the sessions live on, steerable from either process."""
-    env = {
-        "DATABASE_URL": scaleout_db.url,
-        "REDIS_URL": redis_server.url,
-        "OC_UPSTREAM_URL": simulator.url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "OC_PROCESSES": "2",
-        "OC_HEARTBEAT_INTERVAL": "0.5",
-        "OC_SESSION_STALE_AFTER": "2",
-    }
+    env = cluster_env(
+        scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
+    )
     a, b = DaphneProcess(env), DaphneProcess(env)
     caller = await SocketCaller.connect(a.ws_base, scaleout_db.token)
     headers = {"Authorization": f"Bearer {scaleout_db.token}"}

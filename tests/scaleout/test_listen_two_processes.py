@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from array import array
 
@@ -31,6 +32,18 @@ async def login_cookie(server: DaphneProcess, username: str, password: str) -> s
         return f"sessionid={http.cookies['sessionid']}"
 
 
+@contextlib.asynccontextmanager
+async def listening(server: DaphneProcess, session_id: str, cookie: str):
+    """A listen-in socket on `server`, once it has said `listen.started` (that message too)."""
+    async with websockets.connect(
+        f"ws://127.0.0.1:{server.port}/ws/console/sessions/{session_id}/audio",
+        origin=server.http_url,
+        additional_headers={"Cookie": cookie},
+    ) as listener:
+        started = json.loads(await asyncio.wait_for(listener.recv(), 10))
+        yield listener, started
+
+
 def piece(n: int) -> bytes:
     """40 ms of PCM16 that says which piece it is."""
     return array("h", [n] * 960).tobytes()
@@ -44,12 +57,7 @@ async def test_a_listener_on_the_other_process_hears_the_call_in_order(pair, sca
         additional_headers={"Authorization": f"Bearer {scaleout_db.token}"},
     ) as call:
         session_id = json.loads(await call.recv())["session"]["id"]
-        async with websockets.connect(
-            f"ws://127.0.0.1:{b.port}/ws/console/sessions/{session_id}/audio",
-            origin=b.http_url,
-            additional_headers={"Cookie": cookie},
-        ) as listener:
-            started = json.loads(await asyncio.wait_for(listener.recv(), 10))
+        async with listening(b, session_id, cookie) as (listener, started):
             assert started == {"type": "listen.started", "format": "pcm16", "rate": 24000}
             for n in range(1, 26):  # one second of the caller's audio, in real time
                 await call.send(json.dumps({"type": "input_audio_buffer.append",
@@ -77,12 +85,7 @@ async def test_a_listener_on_the_other_process_hears_the_call_again_after_redis_
         additional_headers={"Authorization": f"Bearer {scaleout_db.token}"},
     ) as call:
         session_id = json.loads(await call.recv())["session"]["id"]
-        async with websockets.connect(
-            f"ws://127.0.0.1:{b.port}/ws/console/sessions/{session_id}/audio",
-            origin=b.http_url,
-            additional_headers={"Cookie": cookie},
-        ) as listener:
-            started = json.loads(await asyncio.wait_for(listener.recv(), 10))
+        async with listening(b, session_id, cookie) as (listener, started):
             assert started["type"] == "listen.started"
             try:
                 redis_server.restart(down_for=3.0)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import UPSTREAM_KEY
-from tests.scaleout.test_listen_two_processes import login_cookie
+from tests.scaleout.conftest import cluster_env
+from tests.scaleout.test_listen_two_processes import listening, login_cookie
 from tests.scaleout.test_two_processes import Console
 from tests.support.servers import DaphneProcess
 
@@ -23,15 +23,9 @@ pytestmark = pytest.mark.e2e
 async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_elsewhere(
     scaleout_db, redis_server, simulator
 ):
-    env = {
-        "DATABASE_URL": scaleout_db.url,
-        "REDIS_URL": redis_server.url,
-        "OC_UPSTREAM_URL": simulator.url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "OC_PROCESSES": "2",
-        "OC_HEARTBEAT_INTERVAL": "0.5",
-        "OC_SESSION_STALE_AFTER": "2",
-    }
+    env = cluster_env(
+        scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
+    )
     a, b = DaphneProcess(env), DaphneProcess(env)
     console = None
     try:
@@ -44,12 +38,7 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
         await console.send({"type": "watch.session", "session_id": session_id})
         await console.wait_for(lambda m: m["type"] == "snapshot", what="the snapshot from A")
         cookie = await login_cookie(b, scaleout_db.username, scaleout_db.password)
-        async with websockets.connect(
-            f"ws://127.0.0.1:{b.port}/ws/console/sessions/{session_id}/audio",
-            origin=b.http_url,
-            additional_headers={"Cookie": cookie},
-        ) as listener:
-            started = json.loads(await asyncio.wait_for(listener.recv(), 10))
+        async with listening(b, session_id, cookie) as (listener, started):
             assert started["type"] == "listen.started"
             headers = {"Authorization": f"Bearer {scaleout_db.token}"}
             with simulator.configured(delta_interval=1.0):  # still streaming at the kill

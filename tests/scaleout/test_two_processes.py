@@ -22,7 +22,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import UPSTREAM_KEY
+from tests.scaleout.conftest import cluster_env
 from tests.support.realtime import user_text
 from tests.support.servers import DaphneProcess
 
@@ -187,15 +187,7 @@ def start_pair(scaleout_db, redis_server, simulator):
     started: list[DaphneProcess] = []
 
     def start(**extra_env: str) -> tuple[DaphneProcess, DaphneProcess]:
-        env = {
-            "DATABASE_URL": scaleout_db.url,
-            "REDIS_URL": redis_server.url,
-            "OC_UPSTREAM_URL": simulator.url,
-            "OPENAI_API_KEY": UPSTREAM_KEY,
-            "OC_SEND_TIMEOUT": "5",
-            "OC_PROCESSES": "2",
-            **extra_env,
-        }
+        env = cluster_env(scaleout_db, redis_server, simulator, OC_SEND_TIMEOUT="5", **extra_env)
         with ThreadPoolExecutor(2) as pool:  # both boot at once
             futures = [pool.submit(DaphneProcess, env) for _ in range(2)]
             errors = []
