@@ -196,8 +196,8 @@ def request_after(rows: QuerySet[ResponseRequest], after: tuple[datetime, str]) 
 
 
 # A request is stored a moment after it was made when the history writer stores it (a
-# caller's, the server's: its batches gather for 20 ms, then wait their turn to write; under
-# 1 s at worst as measured), so a row can appear behind one already read. A page with more
+# caller's, the server's: its batches gather, then wait their turn to write; bench/RESULTS.md
+# has the delays measured), so a row can appear behind one already read. A page with more
 # after it ends before the rows made in the last SETTLE, so that no cursor passes a row not
 # yet stored.
 SETTLE = timedelta(seconds=2)
