@@ -12,6 +12,7 @@ import zoneinfo
 from urllib.parse import unquote
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.decorators import sync_and_async_middleware
@@ -47,7 +48,10 @@ def browser_zone(request: HttpRequest) -> str:
 def zone_for(request: HttpRequest) -> str:
     """The zone of this request's times; `request.oc_timezone_chosen` says whether it is the
     operator's setting (else the browser's, which the page's script uses as it is)."""
-    setting = chosen(getattr(request, "user", None))
+    try:
+        setting = chosen(getattr(request, "user", None))
+    except (OperationalError, InterfaceError):  # the database is away: the view says so (503)
+        setting = ""
     request.oc_timezone_chosen = valid(setting)
     if request.oc_timezone_chosen:
         return setting

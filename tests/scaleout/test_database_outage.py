@@ -85,22 +85,46 @@ async def test_responses_during_a_database_restart_are_all_recorded_as_they_ende
     assert "history operation failed" not in server.output()
 
 
-async def test_the_rest_hook_answers_503_while_the_database_is_away(call, postgres_server):
+async def test_the_rest_hook_answers_503_while_the_database_is_away(call, server, postgres_server):
+    """So do the /v1/ endpoints, in the service's shape, and the console's pages, on a page of
+    their own: an outage is not a bug to report, and it passes."""
     caller, rest = call
+    site = httpx.AsyncClient(
+        base_url=server.http_url, timeout=30, cookies={"sessionid": "an-operator-s-session"}
+    )
+    bearer = {"Authorization": rest.headers["Authorization"]}
     postgres_server.stop_process()
     try:
-        answers = [
-            await rest.get(f"/sessions/{caller.session_id}"),
-            await rest.post(f"/sessions/{caller.session_id}/responses", json={}),
-            await rest.get("/responses"),
-        ]
+        api, v1, page = await asyncio.gather(
+            asyncio.gather(
+                rest.get(f"/sessions/{caller.session_id}"),
+                rest.post(f"/sessions/{caller.session_id}/responses", json={}),
+                rest.get("/responses"),
+            ),
+            asyncio.gather(
+                site.post("/v1/realtime/client_secrets", json={}, headers=bearer),
+                site.post("/v1/realtime/calls", content="v=0\r\n", headers={
+                    **bearer, "Content-Type": "application/sdp"
+                }),
+            ),
+            site.get("/console/"),
+        )
     finally:
         postgres_server.start_process()
-    for answer in answers:
+        await site.aclose()
+    for answer in api:
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"]["code"] == "database_unavailable", answer.text
         assert "database" in answer.json()["error"]["message"]
         assert answer.headers["Retry-After"]
+    for answer in v1:
+        assert answer.status_code == 503, answer.text
+        error = answer.json()["error"]
+        assert (error["type"], error["code"]) == ("server_error", "database_unavailable"), error
+        assert answer.headers["Retry-After"]
+    assert page.status_code == 503, page.text
+    assert "cannot reach its database" in page.text and page.headers["Retry-After"]
+    assert "Traceback" not in server.output()
     await until_live(rest, caller.session_id, timeout=20)  # all is well again once it is back
     posted = await rest.post(f"/sessions/{caller.session_id}/responses", json={})
     assert posted.status_code == 202, posted.text
