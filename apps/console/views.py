@@ -82,7 +82,16 @@ def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     return _session_page(request, session_id, Nudge())
 
 
-def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status: int = 200) -> HttpResponse:
+def _session_page(
+    request: HttpRequest,
+    session_id: str,
+    nudge: Nudge,
+    *,
+    status: int = 200,
+    refer: dict[str, str] | None = None,
+) -> HttpResponse:
+    """The page; `nudge` is the nudge form (bound when it was refused), `refer` a refused
+    transfer (`target`, `error`), shown open with what was typed."""
     session = selectors.session_get(session_id=session_id)
     if session is None:
         raise Http404(f"No session with id '{session_id}'.")
@@ -103,11 +112,18 @@ def _session_page(request: HttpRequest, session_id: str, nudge: Nudge, *, status
             "end_words": {reason.value: words for reason, words in END_REASON_WORDS.items()},
             "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,
+            "refer": refer,
             "limits": LIMITS,
             **audio_context(request, session, over=session.status in OVER),
             **approvals_context(request, session, can_steer=request.user.has_perm(STEER)),
         },
         status=status,
+    )
+
+
+async def refused_transfer(request: HttpRequest, session_id: str, target: str, error: str, status: int):
+    return await sync_to_async(_session_page)(
+        request, session_id, Nudge(), status=status, refer={"target": target, "error": error}
     )
 
 

@@ -90,3 +90,18 @@ def test_the_history_shows_each_call_action_with_who_did_it():
     text = _client("bob", steer=False).get(reverse("console:session", args=[session.upstream_id])).content.decode()
     assert "transfer to <code>tel:+15550002222</code>" in text and "by alice" in text
     assert "hang-up" in text and "by token:ops" in text and "HTTP 404: gone" in text
+
+
+def test_a_refused_transfer_comes_back_open_with_the_target_typed_and_the_error_beside_it():
+    """Without JavaScript too: the operator mends the address instead of typing it again."""
+    session = _session("sess_transfer", kind="sip", call_id="rtc_t")
+    client = _client("alice", steer=True)
+    answer = client.post(
+        reverse("console:refer", args=[session.upstream_id]), {"target_uri": "mailto:bob@example.com"}
+    )
+    text = answer.content.decode()
+    assert answer.status_code == 422
+    assert '<details class="confirm" data-refer open>' in text
+    assert 'value="mailto:bob@example.com"' in text and 'aria-invalid="true"' in text
+    assert 'id="err-target_uri" role="alert">' in text and "tel:" in text
+    assert CallAction.objects.count() == 0
