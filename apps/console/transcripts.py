@@ -28,6 +28,7 @@ from typing import Any
 
 from django.conf import settings
 
+from apps.realtime.transcript import NEVER_TRANSCRIBED, UNTRANSCRIBED
 from apps.sessions.models import LiveSession, ResponseRequest
 
 OPERATOR_ORIGINS = frozenset({"console", "api"})
@@ -110,6 +111,8 @@ def _request_of(entry: dict[str, Any], by_id: dict, by_response: dict) -> Respon
 def _shown(entry: dict[str, Any], by_id: dict, by_response: dict) -> dict[str, Any]:
     role = entry.get("role") or "user"
     text = entry.get("text") or ""
+    if text == UNTRANSCRIBED:
+        text = NEVER_TRANSCRIBED
     if role == "tool":
         return _tool(entry, text)
     request = _request_of(entry, by_id, by_response) if role == "agent" else None

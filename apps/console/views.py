@@ -37,6 +37,7 @@ from apps.console.dashboard import (
 from apps.console.forms import Nudge
 from apps.console.models import OperatorProfile
 from apps.console.recordings import audio_context
+from apps.realtime.transcript import NEVER_TRANSCRIBED, UNTRANSCRIBED
 from apps.sessions import overrides, selectors, services
 from apps.sessions.db import db_async
 from apps.sessions.models import END_REASON_WORDS, STEER, LiveSession, ResponseRequest
@@ -108,6 +109,7 @@ def _session_page(
             "requests_shown": queue_first(rows),
             "transcript": transcript,
             "transcript_gone": transcript_gone if session.status in OVER else None,
+            "untranscribed": (UNTRANSCRIBED, NEVER_TRANSCRIBED),
             "requests_json": [row.to_dict() for row in rows],
             "end_words": {reason.value: words for reason, words in END_REASON_WORDS.items()},
             "can_steer": request.user.has_perm(STEER),

@@ -31,6 +31,8 @@ ITEM_TYPES = frozenset(
 DELTA_TYPES = frozenset({"response.output_text.delta", "response.output_audio_transcript.delta"})
 # A spoken turn of the caller's until (unless) its transcription comes: the words are not known.
 UNTRANSCRIBED = "[spoken; no transcript yet]"
+# The same turn once the session is over: no transcription will come any more.
+NEVER_TRANSCRIBED = "[spoken; not transcribed]"
 
 
 def _message_text(item: Mapping[str, Any]) -> str:

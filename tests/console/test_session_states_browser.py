@@ -4,7 +4,11 @@ looking as it does once reloaded."""
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 import re
+import struct
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -72,14 +76,28 @@ async def test_the_form_resets_and_refusals_take_focus_and_an_end_looks_as_after
     assert await page.locator("[name=instructions_mode][value=append]").is_checked(), "the mode is back to append"
     assert await page.input_value("#instructions") == ""
 
+    # The caller speaks; no transcription is configured, so the words are not known.
+    tone = b"".join(struct.pack("<h", int(8000 * math.sin(i / 10))) for i in range(7200))
+    for event in (
+        {"type": "session.update",
+         "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}},
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(tone).decode()},
+        {"type": "input_audio_buffer.commit"},
+    ):
+        await caller.socket.send(json.dumps(event))
+    spoken = page.locator(".role-user > p")
+    await expect(spoken).to_have_text(["[spoken; no transcript yet]"], timeout=5000)
+
     # The session ends while watched: the page becomes what a reload shows.
     await expect(page.locator("[data-listen]")).to_have_count(1)
     await caller.socket.close()
     await expect(page.locator("[data-ended-note]")).to_be_visible(timeout=5000)
+    await expect(spoken).to_have_text(["[spoken; not transcribed]"]), "no transcript will come now"
     live_end = await _shown(page)
     await alice.screenshot("session-ended-while-watched")
     await page.reload()
     reloaded = await _shown(page)
+    await expect(spoken).to_have_text(["[spoken; not transcribed]"])
     assert live_end == reloaded, f"ended live: {live_end}; reloaded: {reloaded}"
     assert reloaded == {
         "ended note": True, "ended at": True, "listen": 0, "steer card": 0, "two columns": 1, "status": "Session over",

@@ -560,6 +560,10 @@ function ended(message) {
     control.disabled = true;
   }
   for (const entry of transcript.querySelectorAll(".streaming")) entry.classList.remove("streaming");
+  // A caller's turn still waiting for its transcription will not get it now.
+  for (const text of transcript.querySelectorAll(".role-user > p")) {
+    if (text.textContent === transcript.dataset.untranscribed) text.textContent = transcript.dataset.neverTranscribed;
+  }
   presence.textContent = "—";
   // As the page reloaded would be: the end time in the header, no listening, no steering (the
   // transcript and the history take the width).
