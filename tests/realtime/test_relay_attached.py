@@ -380,8 +380,9 @@ class AttachedCall(RuleBasedStateMachine):
 
     def teardown(self):
         # Drain: the model takes what is in flight, responses finish, retries go out; then
-        # every operator request has completed (nothing lost), each exactly once.
-        for _ in range(4 * len(self.operator_ids) + 20):
+        # every operator request has completed (nothing lost), each exactly once. Each
+        # create in flight takes a step, and each may start a response that takes another.
+        for _ in range(4 * len(self.operator_ids) + 2 * len(self.in_flight) + 20):
             if self.in_flight:
                 self.model_takes_the_next_create()
             elif self.active is not None:
