@@ -6,8 +6,9 @@ A key stands for the scope realtime:connect only: `/v1/realtime/calls` and the r
 until it expires (apps/sessions/tokens.py checks it). Only its digest is stored.
 
 What the service would refuse is refused when the key is minted, in its words, not when a
-call later uses the key: a parameter it does not know, a value of the wrong type,
-instructions over the limit, and any text (key or value) in the session configuration that
+call later uses the key: a parameter it does not know, a value of the wrong type, a value
+that is none of a fixed set's (`output_modalities`, a format's `type`), instructions over
+the limit, and any text (key or value) in the session configuration that
 cannot be stored or sent on (a NUL, a lone surrogate; `events.find_problem`). The rest of the
 configuration goes to the upstream as given, which judges it.
 """
@@ -117,6 +118,12 @@ def session_config(session: Any) -> dict[str, Any]:
             kind if kind == "null" else f"{_ARTICLE.get(kind, 'a')} {kind}" for kind in allowed
         )
         raise InvalidParameter.wrong_type(param, expected, value)
+    unsupported = ga.unsupported_session_value(session)
+    if unsupported is not None:
+        param, choices, value = unsupported
+        raise InvalidParameter(
+            param, f"Invalid value: {_shown(value)}. Supported values are: {_listed(choices)}."
+        )
     model = session.get("model", settings.OC_REALTIME_MODEL)
     if not isinstance(model, str):
         raise InvalidParameter.wrong_type("session.model", "a string", model)
@@ -134,6 +141,16 @@ def session_config(session: Any) -> dict[str, Any]:
             "string_above_max_length",
         )
     return {**session, "type": "realtime", "model": model}
+
+
+def _shown(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value)
+
+
+def _listed(choices: tuple[Any, ...]) -> str:
+    """'a', 'b' and 'c', as the service lists them."""
+    shown = [_shown(choice) for choice in choices]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def mint(*, expires_after: Any, session: Any, created_by: str) -> tuple[ClientSecret, str]:

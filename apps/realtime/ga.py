@@ -134,6 +134,17 @@ def mistyped_session_parameter(
     return _mistyped_in(session, RealtimeSessionCreateRequestParam, "session")
 
 
+def unsupported_session_value(
+    session: Mapping[str, Any],
+) -> tuple[str, tuple[Any, ...], Any] | None:
+    """The first value of a session that the GA shape takes from a fixed set only (a
+    `Literal`: each of `session.output_modalities` is "text" or "audio"; an object's `type`
+    tag: `session.audio.input.format.type`) and that is none of them, as (param, the values
+    allowed, the value); None if each is one of its choices. A value of a JSON type the shape
+    does not allow is `mistyped_session_parameter`'s: ask that first."""
+    return _unsupported_in(session, RealtimeSessionCreateRequestParam, "session")
+
+
 def unknown_response_parameter(response: Mapping[str, Any]) -> str | None:
     """The same for a `response.create`'s response (`response.modalities`); its `input`
     items are left to the item checks."""
@@ -203,6 +214,47 @@ def _mistyped_in(
                     if found := _mistyped_in(item, member, f"{path}[{index}]"):
                         return found
                 break
+    return None
+
+
+def _choices(annotation: object, value: Any) -> tuple[Any, ...] | None:
+    """The values of `value`'s JSON type that `annotation` allows when it allows only some
+    (its `Literal`s); None when any value of that type will do, or none (a wrong type)."""
+    kind = json_type(value)
+    choices: list[Any] = []
+    for member in _variants(annotation):
+        if typing.get_origin(member) in (typing.Literal, typing_extensions.Literal):
+            choices += [choice for choice in typing.get_args(member) if json_type(choice) == kind]
+        elif _SCALARS.get(member) == kind or (member is float and kind == "integer"):
+            return None
+    return tuple(choices) or None
+
+
+def _unsupported_in(
+    value: Any, annotation: object, path: str
+) -> tuple[str, tuple[Any, ...], Any] | None:
+    if isinstance(value, Mapping):
+        _, typed_dict = _object_shape(annotation, value)
+        if typed_dict is None:  # no variant, or several, has this `type`: is it any's?
+            tags = tuple(tag for v in _variants(annotation) if _is_typed_dict(v) for tag in _tag(v))
+            kind = value.get("type")
+            if tags and isinstance(kind, str) and kind not in tags:
+                return f"{path}.type", tags, kind
+            return None
+        hints = _hints(typed_dict)
+        for key, item in value.items():
+            if key in hints and (found := _unsupported_in(item, hints[key], f"{path}.{key}")):
+                return found
+    elif isinstance(value, list):
+        for variant in _variants(annotation):
+            if typing.get_origin(variant) in _ARRAYS:
+                (member,) = typing.get_args(variant)
+                for index, item in enumerate(value):
+                    if found := _unsupported_in(item, member, f"{path}[{index}]"):
+                        return found
+                break
+    elif (choices := _choices(annotation, value)) is not None and value not in choices:
+        return path, choices, value
     return None
 
 

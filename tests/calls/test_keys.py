@@ -115,6 +115,27 @@ TOO_LONG = "string_above_max_length"
             "session.max_output_tokens",
             "got a boolean",
         ),
+        # A value that is none of a fixed set's, as the service names the set.
+        (
+            {"session": {"output_modalities": ["text", "video"]}},
+            "invalid_value",
+            "session.output_modalities[1]",
+            "Invalid value: 'video'. Supported values are: 'text' and 'audio'.",
+        ),
+        (
+            {"session": {"audio": {"output": {"format": {"type": "audio/wav"}}}}},
+            "invalid_value",
+            "session.audio.output.format.type",
+            "Supported values are: 'audio/pcm', 'audio/pcmu' and 'audio/pcma'.",
+        ),
+        (
+            {"session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}},
+            "invalid_value",
+            "session.audio.input.format.rate",
+            "Invalid value: 16000. Supported values are: 24000.",
+        ),
+        ({"session": {"tool_choice": "sometimes"}}, "invalid_value", "session.tool_choice", "'required'"),
+        ({"session": {"max_output_tokens": "lots"}}, "invalid_value", "session.max_output_tokens", "'inf'"),
     ],
 )
 async def test_what_the_service_would_refuse_is_refused_at_mint_time(
