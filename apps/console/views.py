@@ -39,6 +39,7 @@ from apps.console.models import OperatorProfile
 from apps.console.recordings import audio_context
 from apps.realtime.transcript import NEVER_TRANSCRIBED, UNTRANSCRIBED
 from apps.sessions import overrides, selectors, services
+from apps.sessions.costs import cost_usd
 from apps.sessions.db import db_async
 from apps.sessions.models import END_REASON_WORDS, STEER, LiveSession, ResponseRequest
 
@@ -103,6 +104,7 @@ def _session_page(
         "console/session.html",
         {
             "session": session,
+            "session_cost_usd": cost_usd(model=session.model, usage=session.usage or {}),
             "label_limit": services.MAX_LABEL_CHARS,
             "over": session.status in OVER,
             "requests": rows,

@@ -327,6 +327,7 @@ WATCH_TRANSCRIPT = "console.transcript"
 WATCH_PRESENCE = "console.presence"
 WATCH_SNAPSHOT = "console.snapshot"
 WATCH_ENDED = "console.ended"
+WATCH_USAGE = "console.usage"
 # What a new listener is sent first, on its own channel.
 LISTEN_STARTED = "listen.started"
 
@@ -381,7 +382,10 @@ class RelayCore:
         approval_timeout: float = 30.0,
         rotate_after: float = 0.0,
         minted_session: dict[str, Any] | None = None,
+        price: Callable[[Mapping[str, Any]], float | None] | None = None,
     ) -> None:
+        # What usage costs in USD, `price(usage=…)` (None: not priced); watchers see it grow.
+        self._price = price or (lambda usage: None)
         # Attached: a call steered through a sideband, with no caller leg (`attached`).
         self.attached = attached
         self._turns = attached_mode.Turns() if attached else None
@@ -489,8 +493,13 @@ class RelayCore:
             "watchers": list(self.watchers),
             "active_response_id": self.sequencer.active_response_id,
             "queued": list(self.sequencer.queued_ids),
+            **self.usage_summary(),
             **self.tools.snapshot(),
         }
+
+    def usage_summary(self) -> dict[str, Any]:
+        """The tokens used so far (every response's usage summed) and what they cost."""
+        return {"usage": copy.deepcopy(self.usage), "cost_usd": self._price(usage=self.usage)}
 
     # ------------------------------------------------------------------ legs and the end
 
@@ -724,6 +733,10 @@ class RelayCore:
             usage = response.get("usage")
             if isinstance(usage, dict) and add_usage(self.usage, usage):
                 actions.append(UsageChanged(usage=copy.deepcopy(self.usage)))
+                if self.watched:
+                    summary = self.usage_summary()
+                    message = {"type": WATCH_USAGE, "session_id": self.session_id, **summary}
+                    actions.append(ToWatchers(message=message))
             self._hidden.discard(response_id)
             info = self._infos.get(tag) if tag is not None else None
             nudged = info is not None and info.origin in OPERATOR_ORIGINS

@@ -26,6 +26,7 @@ re-armed only when that moves earlier: a tick that comes early finds nothing to 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,7 @@ from apps.realtime.relay import (
     ToWatchers,
     TranscriptFinal,
 )
-from apps.sessions import approvals, clock, groups, metrics, records
+from apps.sessions import approvals, clock, costs, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.legs import UPSTREAM_CLOSED, UPSTREAM_FRAME, Caller, Mailbox, UpstreamLeg
@@ -110,6 +111,7 @@ class SessionActor:
             attached=bool(self.call),
             rotate_after=settings.OC_ROTATE_AFTER,
             minted_session=minted_session,
+            price=functools.partial(costs.cost_usd, model=model),
         )
         self.audio = AudioTap(self.key, record=settings.OC_RECORD_AUDIO, started_at=clock.now())
         self._caller = caller

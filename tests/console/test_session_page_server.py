@@ -200,3 +200,26 @@ def test_an_ended_session_whose_start_left_the_log_says_so(operator):
     assert [text for _, _, text, _ in _entries(page)] == ["One more thing"]
     note = _gone_note(page)
     assert note is not None and "start of this transcript is gone" in note
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "shown"),
+    [
+        ("gpt-realtime", {}, "<span data-usage-text>no tokens used yet</span>"),
+        (
+            "gpt-realtime",
+            {"total_tokens": 12345, "input_tokens": 12000, "output_tokens": 345},
+            'title="12,000 input, 345 output">12,345 tokens · $',
+        ),
+        (
+            "a-model-with-no-price",
+            {"total_tokens": 7, "input_tokens": 7},
+            'title="7 input, 0 output">7 tokens · no price for a-model-with-no-price',
+        ),
+    ],
+)
+def test_the_page_says_what_the_session_used_and_what_it_cost(operator, model, usage, shown):
+    session = _session("sess_usage", usage=usage)
+    LiveSession.objects.filter(pk=session.pk).update(model=model)
+    page = operator.get("/console/sessions/sess_usage/").content.decode()
+    assert shown in page

@@ -73,6 +73,10 @@ async def test_the_form_resets_and_refusals_take_focus_and_an_end_looks_as_after
     await page.check("[name=instructions_mode][value=replace]")
     await page.click("[data-send]")
     await expect(page.locator("[data-send-status]")).to_have_text("Response requested.", timeout=3000)
+    # Its tokens count at once, with their cost (the simulator's model has a price).
+    await expect(page.locator("[data-usage-text]")).to_have_text(
+        re.compile(r"^\d[\d,]* tokens · \$\d+\.\d{4}$"), timeout=5000
+    )
     assert await page.locator("[name=instructions_mode][value=append]").is_checked(), "the mode is back to append"
     assert await page.input_value("#instructions") == ""
 

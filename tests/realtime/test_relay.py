@@ -1123,6 +1123,22 @@ def test_every_responses_usage_adds_up_to_the_sessions():
     driver.run([(("up", frame(done)), ["caller response.done"])])  # nothing to add: no record
 
 
+def test_watchers_see_the_usage_grow_with_its_price_and_a_new_one_starts_from_it():
+    driver = started(price=lambda usage: usage["total_tokens"] / 1000)
+    done = {"type": "response.done", "response": {"id": "r1", "status": "completed",
+                                                  "usage": {"total_tokens": 10}}}
+    driver.step(("up", frame(done)))  # nobody watches: nobody is told
+    driver.step("watch w1 ann")
+    assert driver.last[0].message["usage"] == {"total_tokens": 10}
+    assert driver.last[0].message["cost_usd"] == 0.01
+    done["response"]["id"] = "r2"
+    driver.run([(("up", frame(done)), ["usage 20", "watchers usage", "caller response.done"])])
+    told = driver.last[1].message
+    assert told == {"type": "console.usage", "session_id": "sess_1",
+                    "usage": {"total_tokens": 20}, "cost_usd": 0.02}
+    assert started().core.usage_summary() == {"usage": {}, "cost_usd": None}, "not priced"
+
+
 # ---------------------------------------------------------------------------- final transcript entries
 
 

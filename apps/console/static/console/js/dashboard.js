@@ -2,7 +2,7 @@
 // The view lives in the URL (?q=…&state=…&sort=…&page=…): the filter form is a GET form and the
 // headings are links, so it all works without JavaScript. Here the same parameters are sent
 // over the socket, and the server sends this page's rows whenever they change.
-import { el, refreshAges, tickAges } from "./dom.js";
+import { el, money, refreshAges, tickAges } from "./dom.js";
 import { connectLive, showState } from "./live.js";
 
 const table = document.querySelector("[data-sessions]");
@@ -23,7 +23,6 @@ const DESCENDING_FIRST = new Set(["started", "requests", "cost", "last_activity"
 
 let view = Object.fromEntries(new URLSearchParams(location.search));
 
-const money = (usd) => `$${usd.toFixed(4)}`;
 
 function query(changes = {}) {
   const params = new URLSearchParams();

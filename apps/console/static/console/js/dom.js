@@ -64,3 +64,6 @@ export function refreshClocks(root = document) {
     node.title = new Date(iso).toISOString();
   }
 }
+
+// Dollars as the console shows them, to the hundredth of a cent.
+export const money = (usd) => `$${usd.toFixed(4)}`;

@@ -1,5 +1,5 @@
 // /console/sessions/{id}/: live transcript, queue and history, presence, the nudge form.
-import { clock, el, millis, refreshAges, refreshClocks, tickAges } from "./dom.js";
+import { clock, el, millis, money, refreshAges, refreshClocks, tickAges } from "./dom.js";
 import { connectLive, showState } from "./live.js";
 import { setUpTools, toolEntry } from "./tools.js";
 
@@ -535,6 +535,15 @@ function endCode(message) {
   return `${message.reason}${code}`;
 }
 
+// The tokens used so far and their cost, as parts/usage.html shows them.
+function showUsage({ usage, cost_usd: cost }) {
+  const count = (n) => (Number.isInteger(n) ? n : 0).toLocaleString("en-US");
+  const price = cost === null || cost === undefined ? `no price for ${main.dataset.model}` : money(cost);
+  const shown = document.querySelector("[data-usage-text]");
+  shown.textContent = usage?.total_tokens ? `${count(usage.total_tokens)} tokens · ${price}` : "no tokens used yet";
+  if (usage?.total_tokens) shown.title = `${count(usage.input_tokens)} input, ${count(usage.output_tokens)} output`;
+}
+
 let live = null;
 // The page's socket, in words apart from the session's own status badge ("● live").
 const SOCKET_WORDS = { live: "Connected" };
@@ -603,8 +612,10 @@ if (!over) live = connectLive({
         transcript.replaceChildren();
         applyTranscript(message.transcript);
         presence.textContent = message.watchers.join(", ") || "—";
+        showUsage(message);
         tools.snapshot(message);
         break;
+      case "usage": showUsage(message); break;
       case "transcript": applyTranscript(message.entries); break;
       case "approval": tools.approval(message.approval); break;
       case "rate_limits": tools.rateLimits(message); break;
