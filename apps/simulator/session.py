@@ -137,6 +137,7 @@ class SimResponse:
     audio_format: str = "audio/pcm"  # spoken responses: the output format and voice
     voice: str = "alloy"
     audio_ms: float = 0.0  # audio sent so far
+    cut_ms: float | None = None  # its item was truncated here while it was being spoken
     tool: simtools.ToolPlan | None = None  # a tool step before (or instead of) the text
     output_index: int = 0  # the text item's (1 after a tool item)
     before: list[dict[str, Any]] = field(default_factory=list)  # output items before the text
@@ -146,12 +147,20 @@ class SimResponse:
 
     def cancel(self, reason: str) -> None:
         self.cancel_reason = reason
+        self._stop_pausing()
+
+    def cut(self, audio_end_ms: float) -> None:
+        """Its item is truncated while it is spoken: no audio is sent after this."""
+        self.cut_ms = audio_end_ms
+        self._stop_pausing()
+
+    def _stop_pausing(self) -> None:
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
 
     async def pause(self, deadline: float) -> None:
-        """Sleep until `deadline` (loop time), or until the response is cancelled."""
+        """Sleep until `deadline` (loop time), or until the response is cancelled or cut."""
         loop = asyncio.get_running_loop()
         wake: asyncio.Future[None] = loop.create_future()
         self._wake = wake

@@ -20,7 +20,8 @@ Out: for a response whose output modalities include audio, the reply text is spo
 `response.output_audio.delta` (`SimulatorConfig.audio_chunk_ms` each, paced by `audio_pace`)
 with the words of `response.output_audio_transcript.delta` as their audio is sent.
 `conversation.item.truncate` cuts an assistant audio item and its transcript to what was heard
-(one the model spoke, or one a client added with `output_audio` content: `remember_client_audio`);
+(one the model spoke or is still speaking, whose audio then stops there, or one a client added
+with `output_audio` content: `remember_client_audio`);
 a text item gets the service's error ("Only model output audio messages can be truncated").
 
 Handlers here take the session and the client event, as `session.HANDLERS` calls them.
@@ -76,6 +77,16 @@ class Spoken:
 
     duration_ms: float
     words: tuple[tuple[float, str], ...]
+
+    @property
+    def transcript(self) -> str:
+        return "".join(word for _, word in self.words)
+
+    def cut(self, audio_end_ms: float) -> Spoken:
+        """What is left when the audio is cut at `audio_end_ms`: the service removes what was
+        not heard from the transcript, so the words whose audio started before the cut stay."""
+        kept = tuple((at, word) for at, word in self.words if at < audio_end_ms)
+        return Spoken(duration_ms=audio_end_ms, words=kept)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -370,12 +381,12 @@ async def speak(session: SimSession, response: SimResponse, where: dict[str, Any
     sent_ms = 0.0
     for offset in range(0, len(data), chunk_bytes):
         pace = session.options.audio_pace
-        if response.cancel_reason is None:
+        if response.cancel_reason is None and response.cut_ms is None:
             if pace > 0:
                 await response.pause(start + sent_ms / 1000 / pace)
             else:
                 await asyncio.sleep(0)  # as fast as possible, yet never hogging the loop
-        if response.cancel_reason is not None:
+        if response.cancel_reason is not None or response.cut_ms is not None:
             break
         chunk = data[offset : offset + chunk_bytes]
         chunk_end_ms = sent_ms + len(chunk) / per_ms
@@ -387,16 +398,18 @@ async def speak(session: SimSession, response: SimResponse, where: dict[str, Any
         b64 = base64.b64encode(chunk).decode("ascii")
         session.audio.sent_bytes += len(chunk)
         await session.send_frame(head + new_event_id() + middle + b64 + '"}')
-        sent_ms = chunk_end_ms
-    if response.cancel_reason is None:
+        sent_ms = response.audio_ms = chunk_end_ms
+    if response.cancel_reason is None and response.cut_ms is None:
         for _, word in words[sent_words:]:
             await _transcript_delta(session, where, word)
         sent_words = len(words)
-    response.audio_ms = sent_ms
-    session.audio.remember_spoken(
-        response.item_id, Spoken(duration_ms=sent_ms, words=words[:sent_words])
-    )
-    return "".join(word for _, word in words[:sent_words])
+    spoken = Spoken(duration_ms=sent_ms, words=words[:sent_words])
+    if response.cut_ms is not None:  # truncated while it was spoken: what was heard
+        spoken = spoken.cut(response.cut_ms)
+        session.audio.remember_spoken(response.item_id, spoken)
+        return spoken.transcript.rstrip()
+    session.audio.remember_spoken(response.item_id, spoken)
+    return spoken.transcript
 
 
 async def _transcript_delta(session: SimSession, where: dict[str, Any], word: str) -> None:
@@ -426,31 +439,40 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
         )
     content = item.get("content")
     spoken = session.audio.spoken.get(item_id)
-    if item.get("role") != "assistant" or spoken is None or not isinstance(content, list):
+    # An item still being spoken (its audio has begun) is cut when its response ends.
+    speaking = None if spoken is not None else _speaking(session, item_id)
+    if item.get("role") != "assistant" or not isinstance(content, list) or (
+        spoken is None and speaking is None
+    ):
         raise Rejected(
             "invalid_value",
             f"Only model output audio messages can be truncated; item '{item_id}' is not one.",
             "item_id",
         )
-    if content_index != 0 or not content or content[0].get("type") != "output_audio":
+    audio_part = speaking is not None or (content and content[0].get("type") == "output_audio")
+    if content_index != 0 or not audio_part:
         raise Rejected(
             "invalid_value",
             f"Invalid 'content_index': item '{item_id}' has no audio content part at index "
             f"{content_index}.",
             "content_index",
         )
-    if audio_end_ms > spoken.duration_ms:
+    if speaking is not None:
+        duration_ms = speaking.audio_ms if speaking.cut_ms is None else speaking.cut_ms
+    else:
+        duration_ms = spoken.duration_ms
+    if audio_end_ms > duration_ms:
         raise Rejected(
             "invalid_value",
-            f"Audio content of {int(spoken.duration_ms)}ms is already shorter than "
-            f"{audio_end_ms}ms.",
+            f"Audio content of {int(duration_ms)}ms is already shorter than {audio_end_ms}ms.",
             "audio_end_ms",
         )
-    # The service removes what was not heard from the transcript: the words whose audio
-    # started before the cut are kept.
-    kept = tuple((at, word) for at, word in spoken.words if at < audio_end_ms)
-    content[0]["transcript"] = "".join(word for _, word in kept).rstrip()
-    session.audio.remember_spoken(item_id, Spoken(duration_ms=audio_end_ms, words=kept))
+    if speaking is not None:
+        speaking.cut(audio_end_ms)
+    else:
+        heard = spoken.cut(audio_end_ms)
+        content[0]["transcript"] = heard.transcript.rstrip()
+        session.audio.remember_spoken(item_id, heard)
     await session.send(
         {
             "type": "conversation.item.truncated",
@@ -460,6 +482,14 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
             "audio_end_ms": audio_end_ms,
         }
     )
+
+
+def _speaking(session: SimSession, item_id: str) -> SimResponse | None:
+    """The response speaking this item, once some of its audio has been sent."""
+    for response in session.responses.values():
+        if response.item_id == item_id and response.audio_ms > 0:
+            return response
+    return None
 
 
 def remember_client_audio(session: SimSession, item_id: str, item: dict[str, Any]) -> None:

@@ -366,6 +366,45 @@ async def test_truncate_cuts_the_audio_and_its_transcript(conn):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("cancel", [True, False])
+async def test_an_item_still_being_spoken_can_be_truncated(sim, conn, cancel):
+    """The barge-in of a client that plays the audio itself: `response.cancel` (or not) and
+    `conversation.item.truncate` (what was heard) in a row, while the reply still streams."""
+    sim.config.audio_pace = 4.0  # the reply (several seconds) is still streaming
+    await configure(conn, vad=None)
+    await add_user_text(conn, "tell me a long story")
+    await conn.response.create()
+    first = await recv_until(conn, "response.output_audio.delta")
+    while len(of_type(first, "response.output_audio.delta")) < 3:
+        first += await recv_until(conn, "response.output_audio.delta")
+    item_id = first[-1].item_id
+    if cancel:
+        await conn.response.cancel()
+    await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=150)
+    events = await recv_until(conn, "response.done", timeout=20)
+    while not of_type(events, "conversation.item.truncated") and not of_type(events, "error"):
+        events.append(await recv(conn))
+    assert not of_type(events, "error"), of_type(events, "error")
+    [truncated] = of_type(events, "conversation.item.truncated")
+    assert (truncated.item_id, truncated.content_index, truncated.audio_end_ms) == (item_id, 0, 150)
+    done = of_type(events, "response.done")[0].response
+    assert done.status == ("cancelled" if cancel else "completed")
+    before_ms = len(decoded(first)) / 48
+    after_ms = len(decoded(events)) / 48
+    assert after_ms <= 300, f"no audio after the cut but what was on its way ({before_ms} ms before)"
+    await conn.conversation.item.retrieve(item_id=item_id)
+    kept = (await recv(conn)).item.content[0].transcript
+    spoken = "".join(
+        e.delta for e in first + events if e.type == "response.output_audio_transcript.delta"
+    )
+    assert kept and spoken.startswith(kept) and len(kept) < len(spoken), (kept, spoken)
+    # What was heard is now the item's length: a later cut beyond it is refused.
+    await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=200)
+    error = (await recv(conn)).error
+    assert (error.code, error.param) == ("invalid_value", "audio_end_ms")
+
+
+@pytest.mark.asyncio
 async def test_malformed_base64_append_is_answered_as_the_service_answers_it(sim, conn):
     await conn.send_raw(
         json.dumps(
