@@ -30,7 +30,10 @@ Current fields, checked as the service checks them (errors name the parameter):
 `reasoning` (`{"effort": "minimal"|"low"|"medium"|"high"|"xhigh"}`) and `parallel_tool_calls`
 (a boolean), in `session.update` and in `response.create`. They are accepted for every model
 (the service documents them for reasoning models such as `gpt-realtime-2`; the simulator does
-not refuse them elsewhere).
+not refuse them elsewhere). The audio settings the simulator acts on, where they are given: a
+format is an object, of `type` `audio/pcm` (`rate` 24000), `audio/pcmu` or `audio/pcma`, and
+turn detection's `type` is `server_vad` or `semantic_vad` (as for `reasoning.effort`, the
+error lists the supported values).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from apps.realtime import ga
+from apps.realtime.audio import FORMAT_RATES
 from apps.realtime.events import error_event
 from apps.simulator.wire import Rejected, dumps, new_event_id
 
@@ -53,6 +57,7 @@ BETA_CLOSE_CODE = 4000
 BETA_CLOSE_REASON = "invalid_request_error.beta_api_shape_disabled"
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
 
 
 def beta_handshake(headers: Any) -> bool:
@@ -78,12 +83,14 @@ def check_session_update(update: Mapping[str, Any]) -> None:
         )
     check_known_keys(ga.unknown_session_parameter(update))
     check_current_fields(update, "session")
+    check_audio(update, "session")
 
 
 def check_response_params(params: Mapping[str, Any]) -> None:
     """The keys and current fields of a `response.create`'s response."""
     check_known_keys(ga.unknown_response_parameter(params))
     check_current_fields(params, "response")
+    check_audio(params, "response")
 
 
 def check_known_keys(unknown: str | None) -> None:
@@ -129,3 +136,50 @@ def check_current_fields(params: Mapping[str, Any], where: str) -> None:
         value = params["parallel_tool_calls"]
         if not isinstance(value, bool):
             raise Rejected.invalid_type(f"{where}.parallel_tool_calls", "a boolean", value)
+
+
+def check_audio(params: Mapping[str, Any], where: str) -> None:
+    """The audio formats and the turn detection type of a session or response (`where`), if
+    present: the service speaks and hears only its formats, and PCM only at 24 kHz."""
+    audio = params.get("audio")
+    if not isinstance(audio, Mapping):
+        return
+    for direction in ("input", "output"):
+        config = audio.get(direction)
+        if not isinstance(config, Mapping):
+            continue
+        path = f"{where}.audio.{direction}"
+        if config.get("format") is not None:
+            _check_format(config["format"], f"{path}.format")
+        turn_detection = config.get("turn_detection")
+        if isinstance(turn_detection, Mapping):
+            kind = turn_detection.get("type")
+            _check_choice(kind, TURN_DETECTION_TYPES, f"{path}.turn_detection.type")
+
+
+def _check_format(audio_format: object, path: str) -> None:
+    if not isinstance(audio_format, Mapping):
+        raise Rejected.invalid_type(path, "an object", audio_format)
+    _check_choice(audio_format.get("type"), tuple(FORMAT_RATES), f"{path}.type")
+    rate = audio_format.get("rate")
+    if audio_format.get("type") == "audio/pcm" and rate is not None and rate != 24000:
+        raise Rejected(
+            "invalid_value",
+            f"Invalid value: {dumps(rate)}. Supported values are: 24000.",
+            f"{path}.rate",
+        )
+
+
+def _check_choice(value: object, supported: tuple[str, ...], path: str) -> None:
+    """A value that must be one of `supported`; absent, the session's own stays."""
+    if value is None or value in supported:
+        return
+    shown = value if isinstance(value, str) else dumps(value)
+    quoted = [f"'{choice}'" for choice in supported]
+    if len(quoted) == 2:
+        listed = " and ".join(quoted)
+    else:
+        listed = ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+    raise Rejected(
+        "invalid_value", f"Invalid value: '{shown}'. Supported values are: {listed}.", path
+    )

@@ -239,6 +239,71 @@ async def test_g711_sessions_hear_and_speak_g711(conn, fmt):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("audio_config", "code", "param"),
+    [
+        ({"input": {"format": {"type": "audio/wav"}}}, "invalid_value", "input.format.type"),
+        ({"output": {"format": {"type": "g711_ulaw"}}}, "invalid_value", "output.format.type"),
+        (
+            {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+            "invalid_value",
+            "input.format.rate",
+        ),
+        ({"output": {"format": "pcm16"}}, "invalid_type", "output.format"),
+        (
+            {"input": {"turn_detection": {"type": "vad"}}},
+            "invalid_value",
+            "input.turn_detection.type",
+        ),
+    ],
+)
+async def test_an_audio_setting_the_service_lacks_is_refused_and_nothing_applied(
+    conn, audio_config, code, param
+):
+    await conn.send_raw(
+        json.dumps(
+            {
+                "type": "session.update",
+                "event_id": "evt_u",
+                "session": {"type": "realtime", "instructions": "Changed.", "audio": audio_config},
+            }
+        )
+    )
+    error = (await recv(conn)).error
+    assert (error.code, error.param, error.event_id) == (code, f"session.audio.{param}", "evt_u")
+    # Nothing of it was applied: the session still hears and speaks 24 kHz PCM.
+    await conn.session.update(session={"type": "realtime"})
+    session = (await recv(conn)).session
+    assert session.instructions != "Changed."
+    assert session.audio.input.format.type == session.audio.output.format.type == "audio/pcm"
+    assert session.audio.input.turn_detection.type == "server_vad"
+
+
+@pytest.mark.asyncio
+async def test_a_response_asking_for_an_output_format_the_service_lacks_is_refused(conn):
+    await conn.send_raw(
+        json.dumps(
+            {
+                "type": "response.create",
+                "event_id": "evt_r",
+                "response": {"audio": {"output": {"format": {"type": "audio/mp3"}}}},
+            }
+        )
+    )
+    error = (await recv(conn)).error
+    assert (error.code, error.param, error.event_id) == (
+        "invalid_value",
+        "response.audio.output.format.type",
+        "evt_r",
+    )
+    assert error.message == (
+        "Invalid value: 'audio/mp3'. Supported values are: 'audio/pcm', 'audio/pcmu', and "
+        "'audio/pcma'."
+    )
+    await still_works(conn)
+
+
+@pytest.mark.asyncio
 async def test_without_transcription_the_item_has_no_transcript_and_no_events(conn):
     await configure(conn, transcription=None)
     await send_audio(conn, microphone("hello") + silence(400))
@@ -391,7 +456,7 @@ async def test_an_item_still_being_spoken_can_be_truncated(sim, conn, cancel):
     assert done.status == ("cancelled" if cancel else "completed")
     before_ms = len(decoded(first)) / 48
     after_ms = len(decoded(events)) / 48
-    assert after_ms <= 300, f"no audio after the cut but what was on its way ({before_ms} ms before)"
+    assert after_ms <= 300, f"no audio after the cut but what was on its way ({before_ms=})"
     await conn.conversation.item.retrieve(item_id=item_id)
     kept = (await recv(conn)).item.content[0].transcript
     spoken = "".join(
