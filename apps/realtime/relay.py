@@ -43,7 +43,8 @@ Audio (CONTRACT section 6)
   Audio passes unparsed unless someone listens or the session is recorded: then the caller's
   `input_audio_buffer.append` and the upstream's `response.output_audio.delta` are read, and
   an `AudioTapped` action carries their base64 audio, the side and the session's format for
-  that side (from `session.created`/`session.updated`), for the actor to decode and copy.
+  that side (from `session.created`/`session.updated`, and from the caller's `session.update`
+  as soon as it goes up), for the actor to decode and copy.
   An operator's out-of-band response is not part of the call and is not tapped.
 
 Attached mode (`attached=True`): a call the relay does not carry, steered through a sideband
@@ -115,6 +116,7 @@ MAX_TURNS_STARTED = 64
 MAX_SESSION_ID_CHARS = 128
 # Audio events, read only while the session's audio is tapped (listened to or recorded).
 CALLER_AUDIO_TYPE = "input_audio_buffer.append"
+CALLER_SESSION_UPDATE = "session.update"
 AGENT_AUDIO_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 SPEECH_STARTED_TYPE = "input_audio_buffer.speech_started"
 TAPPED_TYPES = AGENT_AUDIO_TYPES | {SPEECH_STARTED_TYPE}
@@ -438,7 +440,12 @@ class RelayCore:
         self._listeners: dict[str, tuple[str, float]] = {}  # listener → (user, expires at)
         self.record_audio = record_audio
         self._tapping = record_audio  # listened to or recorded: audio events are read
+        # The audio formats of the caller's events as they reach the upstream, which takes
+        # them in order: those the upstream last announced, changed at once by each of the
+        # caller's `session.update`s it has not answered yet (`_format_updates` of them).
         self.audio_formats = {CALLER_SIDE: "pcm16", AGENT_SIDE: "pcm16"}
+        self._announced_formats = dict(self.audio_formats)
+        self._format_updates = 0
         self._turn_started: dict[str, float] = {}  # item id → when its audio began
         self._start_deadline: float | None = None
         self._flush_at: float | None = None
@@ -652,7 +659,11 @@ class RelayCore:
         instructions = session.get("instructions")
         if isinstance(instructions, str):
             self.session_instructions = instructions
-        self._read_audio_formats(session)
+        self._announced_formats.update(_audio_formats(session))
+        if kind == "session.updated" and self._format_updates > 0:
+            self._format_updates -= 1
+        if self._format_updates == 0:
+            self.audio_formats = dict(self._announced_formats)
         if self._turns is not None:
             self._turns.session(session)
         if self.session_id is None and (kind == "session.created" or self.attached):
@@ -666,18 +677,12 @@ class RelayCore:
         elif isinstance(instructions, str):
             actions.append(InstructionsChanged(instructions=instructions))
 
-    def _read_audio_formats(self, session: dict) -> None:
-        audio = session.get("audio")
-        for side, direction, beta_key in (
-            (CALLER_SIDE, "input", "input_audio_format"),
-            (AGENT_SIDE, "output", "output_audio_format"),
-        ):
-            named = session.get(beta_key)
-            if isinstance(audio, dict) and isinstance(audio.get(direction), dict):
-                given = audio[direction].get("format")
-                named = given.get("type") if isinstance(given, dict) else named
-            if isinstance(named, str) and named in AUDIO_FORMATS:
-                self.audio_formats[side] = AUDIO_FORMATS[named]
+    def _caller_session_update(self, event: dict) -> None:
+        """The caller's `session.update` on its way: its audio after it is in its formats."""
+        session = event.get("session")
+        if isinstance(session, dict):
+            self._format_updates += 1
+            self.audio_formats.update(_audio_formats(session))
 
     def _on_response_event(
         self, kind: str, event: dict, frame: str, actions: list[Action], now: float
@@ -760,6 +765,12 @@ class RelayCore:
     def _on_error(self, event: dict, frame: str, actions: list[Action], now: float) -> str | None:
         event_id, code, message = events.error_fields(event)
         self._count_error(code)
+        param = event["error"].get("param") if isinstance(event.get("error"), dict) else None
+        if self._format_updates > 0 and isinstance(param, str) and param.startswith("session."):
+            # The caller's session.update was refused: nothing of it applies.
+            self._format_updates -= 1
+            if self._format_updates == 0:
+                self.audio_formats = dict(self._announced_formats)
         if code == "session_expired":
             # The upstream ends the session (its close follows): the caller's news, not the
             # failure of whichever request happens to be outstanding.
@@ -850,6 +861,10 @@ class RelayCore:
         if kind is not None and kind != "response.create":
             if kind == CALLER_AUDIO_TYPE and self._tapping:
                 return [ToUpstream(frame=frame), *self._tap_frame(CALLER_SIDE, frame, now)]
+            if kind == CALLER_SESSION_UPDATE:
+                event = events.loads_object(frame)
+                if event is not None:
+                    self._caller_session_update(event)
             return [ToUpstream(frame=frame)]
         self._deadline_stale = True
         try:
@@ -863,6 +878,8 @@ class RelayCore:
             )
         if event.get("type") == CALLER_AUDIO_TYPE and self._tapping:
             return [ToUpstream(frame=frame), *self._tap(CALLER_SIDE, event.get("audio"), now)]
+        if event.get("type") == CALLER_SESSION_UPDATE:
+            self._caller_session_update(event)
         if event.get("type") != "response.create":
             return [ToUpstream(frame=frame)]
         return self._finish(self._caller_response_create(event, now), now)
@@ -1443,6 +1460,24 @@ def add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> bool:
                 inner = total[key] = {}
             added = add_usage(inner, value) or added
     return added
+
+
+def _audio_formats(session: dict) -> dict[int, str]:
+    """The audio formats a session object names (GA `audio.*.format.type`, or the beta shape's
+    `*_audio_format`), by side."""
+    audio = session.get("audio")
+    formats = {}
+    for side, direction, beta_key in (
+        (CALLER_SIDE, "input", "input_audio_format"),
+        (AGENT_SIDE, "output", "output_audio_format"),
+    ):
+        named = session.get(beta_key)
+        if isinstance(audio, dict) and isinstance(audio.get(direction), dict):
+            given = audio[direction].get("format")
+            named = given.get("type") if isinstance(given, dict) else named
+        if isinstance(named, str) and named in AUDIO_FORMATS:
+            formats[side] = AUDIO_FORMATS[named]
+    return formats
 
 
 def _public_id(value: Any, fallback: str) -> str:

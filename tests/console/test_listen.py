@@ -111,6 +111,30 @@ async def test_g711_audio_reaches_listeners_as_pcm16_at_24khz(caller, cookies):
     await listener.disconnect()
 
 
+async def test_audio_appended_right_after_a_format_change_is_decoded_in_the_new_format(
+    caller, cookies
+):
+    """A G.711 caller streams as soon as it has asked for its format, without waiting for
+    `session.updated`: the upstream takes its events in order, and so does the listener."""
+    listener = await _started(caller.session_id, cookies["ann"])
+    await caller.send({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcma"}}}}})
+    pcm_8k = _tone(320)
+    await caller.send({"type": "input_audio_buffer.append",
+                       "audio": base64.b64encode(audio.alaw_encode(pcm_8k)).decode()})
+    frame = await _binary(listener)
+    assert len(frame[1:]) == 3 * len(pcm_8k), "decoded as G.711 and raised to 24 kHz"
+    # A format change the upstream refuses changes nothing: PCM16 is heard as it came.
+    await caller.send({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}})
+    await caller.until("error")
+    await caller.send({"type": "input_audio_buffer.append",
+                       "audio": base64.b64encode(audio.alaw_encode(_tone(160))).decode()})
+    frame = await _binary(listener)
+    assert len(frame[1:]) == 3 * 160 * 2, "still G.711, as the upstream still hears it"
+    await listener.disconnect()
+
+
 async def test_a_malformed_append_is_left_to_the_upstream_and_listening_goes_on(caller, cookies):
     listener = await _started(caller.session_id, cookies["ann"])
     await caller.send({"type": "input_audio_buffer.append", "audio": "not base64 at all!"})
