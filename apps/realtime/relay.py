@@ -446,6 +446,7 @@ class RelayCore:
         self.audio_formats = {CALLER_SIDE: "pcm16", AGENT_SIDE: "pcm16"}
         self._announced_formats = dict(self.audio_formats)
         self._format_updates = 0
+        self._response_formats: dict[str, str] = {}  # response id → the output format it named
         self._turn_started: dict[str, float] = {}  # item id → when its audio began
         self._start_deadline: float | None = None
         self._flush_at: float | None = None
@@ -632,7 +633,8 @@ class RelayCore:
                 if isinstance(item_id, str) and len(self._turn_started) < MAX_TURNS_STARTED:
                     self._turn_started.setdefault(item_id, now)
                 if kind in AGENT_AUDIO_TYPES:
-                    actions += self._tap(AGENT_SIDE, event.get("delta"), now)
+                    spoken_in = self._response_formats.get(event.get("response_id"))
+                    actions += self._tap(AGENT_SIDE, event.get("delta"), now, spoken_in)
         if kind in tools.UPSTREAM_TYPES:
             actions += self.tools.upstream_event(kind, event, now)
         if forward is not None and self._minted is not None and not self._minted.settled:
@@ -695,6 +697,9 @@ class RelayCore:
         tag = metadata.get(OC_REQUEST_KEY) if isinstance(metadata, dict) else None
         tag = tag if isinstance(tag, str) else None
         if kind == "response.created":
+            spoken_in = _audio_formats(response).get(AGENT_SIDE)  # its own output format
+            if spoken_in is not None:
+                self._response_formats[response_id] = spoken_in
             if tag is not None and self._operator_out_of_band(tag):
                 # Whatever became of its request (even timed out), this response is the
                 # operator's alone: none of its events reach the caller.
@@ -743,6 +748,7 @@ class RelayCore:
                     message = {"type": WATCH_USAGE, "session_id": self.session_id, **summary}
                     actions.append(ToWatchers(message=message))
             self._hidden.discard(response_id)
+            self._response_formats.pop(response_id, None)
             info = self._infos.get(tag) if tag is not None else None
             nudged = info is not None and info.origin in OPERATOR_ORIGINS
             self.transcript.response_done(
@@ -1218,10 +1224,14 @@ class RelayCore:
         event = events.loads_object(frame)
         return [] if event is None else self._tap(side, event.get("audio"), now)
 
-    def _tap(self, side: int, audio: Any, now: float) -> list[Action]:
+    def _tap(
+        self, side: int, audio: Any, now: float, audio_format: str | None = None
+    ) -> list[Action]:
+        """`audio_format`: the response's own, when it named one (else the session's)."""
         if not isinstance(audio, str) or not audio:
             return []  # the upstream answers a malformed append; there is nothing to copy
-        return [AudioTapped(side=side, audio=audio, format=self.audio_formats[side], at=now)]
+        audio_format = audio_format or self.audio_formats[side]
+        return [AudioTapped(side=side, audio=audio, format=audio_format, at=now)]
 
     # ------------------------------------------------------------------ time
 

@@ -135,6 +135,29 @@ async def test_audio_appended_right_after_a_format_change_is_decoded_in_the_new_
     await listener.disconnect()
 
 
+async def test_a_reply_spoken_in_a_format_of_its_own_reaches_listeners_decoded(
+    caller, simulator, cookies
+):
+    """A response may ask for its own output format (`response.audio.output.format`): its
+    audio is heard in that format, whatever the session's."""
+    listener = await _started(caller.session_id, cookies["ann"])
+    with simulator.configured(speech_engine="tone", audio_pace=0, reply_audio_ms=300):
+        pcmu = {"format": {"type": "audio/pcmu"}}
+        await caller.send({"type": "response.create", "response": {
+            "output_modalities": ["audio"], "audio": {"output": pcmu}}})
+        events = await caller.until("response.done")
+    sent = sum(len(base64.b64decode(e["delta"])) for e in events
+               if e["type"] == "response.output_audio.delta")
+    assert sent == 300 * 8, "300 ms of G.711 at 8 kHz"
+    heard = 0
+    while not await listener.receive_nothing(timeout=0.5):
+        frame = await _binary(listener)
+        assert frame[0] == 1, "the agent's side"
+        heard += len(frame) - 1
+    assert heard == 3 * 2 * sent, "decoded from G.711 and raised to 24 kHz"
+    await listener.disconnect()
+
+
 async def test_a_malformed_append_is_left_to_the_upstream_and_listening_goes_on(caller, cookies):
     listener = await _started(caller.session_id, cookies["ann"])
     await caller.send({"type": "input_audio_buffer.append", "audio": "not base64 at all!"})
