@@ -44,7 +44,8 @@ Audio (CONTRACT section 6)
   `input_audio_buffer.append` and the upstream's `response.output_audio.delta` are read, and
   an `AudioTapped` action carries their base64 audio, the side and the session's format for
   that side (from `session.created`/`session.updated`, and from the caller's `session.update`
-  as soon as it goes up), for the actor to decode and copy.
+  as soon as it goes up), for the actor to decode and copy; the upstream's
+  `conversation.item.truncated` (the caller stopped playing an agent item) is an `AudioCut`.
   An operator's out-of-band response is not part of the call and is not tapped.
 
 Attached mode (`attached=True`): a call the relay does not carry, steered through a sideband
@@ -119,7 +120,8 @@ CALLER_AUDIO_TYPE = "input_audio_buffer.append"
 CALLER_SESSION_UPDATE = "session.update"
 AGENT_AUDIO_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 SPEECH_STARTED_TYPE = "input_audio_buffer.speech_started"
-TAPPED_TYPES = AGENT_AUDIO_TYPES | {SPEECH_STARTED_TYPE}
+TRUNCATED_TYPE = "conversation.item.truncated"
+TAPPED_TYPES = AGENT_AUDIO_TYPES | {SPEECH_STARTED_TYPE, TRUNCATED_TYPE}
 # The sides of a call's audio, as listeners receive them in byte 0 of each frame.
 CALLER_SIDE = 0
 AGENT_SIDE = 1
@@ -260,6 +262,16 @@ class AudioTapped:
     audio: str
     format: str
     at: float
+    item_id: str | None = None  # the agent's item it is of
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AudioCut:
+    """The caller stopped playing an agent item at `audio_end_ms` of its audio (the upstream's
+    `conversation.item.truncated`): the rest of it, sent ahead of playback, was never heard."""
+
+    item_id: str
+    audio_end_ms: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -315,6 +327,7 @@ Action = (
     | WatchersChanged
     | TranscriptFinal
     | AudioTapped
+    | AudioCut
     | ListenersChanged
     | ToWatchers
     | ToWatcher
@@ -634,7 +647,11 @@ class RelayCore:
                     self._turn_started.setdefault(item_id, now)
                 if kind in AGENT_AUDIO_TYPES:
                     spoken_in = self._response_formats.get(event.get("response_id"))
-                    actions += self._tap(AGENT_SIDE, event.get("delta"), now, spoken_in)
+                    actions += self._tap(
+                        AGENT_SIDE, event.get("delta"), now, spoken_in, item_id=item_id
+                    )
+                elif kind == TRUNCATED_TYPE:
+                    actions += self._cut(event)
         if kind in tools.UPSTREAM_TYPES:
             actions += self.tools.upstream_event(kind, event, now)
         if forward is not None and self._minted is not None and not self._minted.settled:
@@ -1225,13 +1242,26 @@ class RelayCore:
         return [] if event is None else self._tap(side, event.get("audio"), now)
 
     def _tap(
-        self, side: int, audio: Any, now: float, audio_format: str | None = None
+        self,
+        side: int,
+        audio: Any,
+        now: float,
+        audio_format: str | None = None,
+        *,
+        item_id: Any = None,
     ) -> list[Action]:
         """`audio_format`: the response's own, when it named one (else the session's)."""
         if not isinstance(audio, str) or not audio:
             return []  # the upstream answers a malformed append; there is nothing to copy
         audio_format = audio_format or self.audio_formats[side]
-        return [AudioTapped(side=side, audio=audio, format=audio_format, at=now)]
+        item_id = item_id if isinstance(item_id, str) else None
+        return [AudioTapped(side=side, audio=audio, format=audio_format, at=now, item_id=item_id)]
+
+    def _cut(self, event: dict) -> list[Action]:
+        item_id, audio_end_ms = event.get("item_id"), event.get("audio_end_ms")
+        if not isinstance(item_id, str) or type(audio_end_ms) is not int or audio_end_ms < 0:
+            return []
+        return [AudioCut(item_id=item_id, audio_end_ms=audio_end_ms)]
 
     # ------------------------------------------------------------------ time
 

@@ -38,6 +38,7 @@ from django.conf import settings
 from apps.realtime import events, relay
 from apps.realtime.relay import (
     Answer,
+    AudioCut,
     AudioTapped,
     CloseCaller,
     ListenersChanged,
@@ -325,6 +326,8 @@ class SessionActor:
                     await self._upstream.send(action.frame)
             elif kind is AudioTapped:
                 await self.audio.tapped(action)
+            elif kind is AudioCut:
+                self.audio.cut(action)
             elif kind is ToWatchers:
                 self._outbox.append(action.message)
             elif kind is ToWatcher:

@@ -10,7 +10,7 @@ G.711 to PCM16 24 kHz — and:
   channel is full misses frames, and one whose socket stops reading is dropped by the server
   (`operator_console/daphne_compat.py`), so neither slows the call.
 - handed to the session's `Recording` (when `OC_RECORD_AUDIO` is on), which writes on a thread
-  of its own.
+  of its own; an agent item the caller stopped playing (`AudioCut`) is cut there too.
 
 A piece whose base64 is malformed is skipped: the upstream answers the caller's append, as
 the service does.
@@ -25,7 +25,7 @@ import uuid
 from channels.layers import get_channel_layer
 
 from apps.realtime import audio
-from apps.realtime.relay import AudioTapped
+from apps.realtime.relay import AudioCut, AudioTapped
 from apps.sessions import groups
 from apps.sessions.recorder import Recording
 
@@ -62,13 +62,18 @@ class AudioTap:
         if not pcm:
             return
         if self.recording is not None:
-            self.recording.add(piece.side, pcm, piece.at)
+            self.recording.add(piece.side, pcm, piece.at, item_id=piece.item_id)
         if self.listening:
             message = {"type": LISTEN_AUDIO, "bytes": bytes((piece.side,)) + pcm}
             try:
                 await get_channel_layer().group_send(self.group, message)
             except Exception as exc:  # listeners miss a piece; the call goes on
                 log.warning("sending audio to %s failed: %r", self.group, exc)
+
+    def cut(self, cut: AudioCut) -> None:
+        """The caller stopped playing an agent item: the recording leaves out what followed."""
+        if self.recording is not None:
+            self.recording.cut(cut.item_id, cut.audio_end_ms)
 
     def transcript_final(self, entry: dict, at: float) -> None:
         if self.recording is not None:

@@ -10,7 +10,8 @@ calls are recorded), in the order handed in:
   arrived, after silence if the side was silent since (a gap longer than `GAP`); a piece that
   arrives before the side's audio so far has played out (the agent's audio comes faster than
   real time) follows it directly. So both sides share the session's clock, and speech keeps
-  its own pace.
+  its own pace. An agent item the caller stopped playing (`cut`) ends where it stopped: what
+  was sent of it beyond that was never heard, and the agent's next audio comes in its place.
 - Each final transcript entry is kept with its time (`at`, seconds into the recording, where
   its turn began), so that the recording can be played with its transcript as a timeline;
   the session's row gets them in that order.
@@ -47,7 +48,7 @@ GAP = 0.1  # seconds: a side silent for longer gets silence in its track
 DRAIN_SECONDS = 0.25
 MAX_PENDING = 15_000  # pieces waiting in one recording (about 5 minutes of a full-duplex call)
 _BLOCK = RATE  # samples per side interleaved at a time
-_AUDIO, _NOTE, _FINISH = "audio", "note", "finish"
+_AUDIO, _NOTE, _CUT, _FINISH = "audio", "note", "cut", "finish"
 
 
 class Recording:
@@ -61,17 +62,23 @@ class Recording:
         self._pending: deque[tuple] = deque()  # appended by the actor, drained by the thread
         self._files: list = [None, None]
         self._cursors = [0, 0]  # samples written, each side
+        self._agent_item: tuple[str, int] | None = None  # the latest agent item, where it began
         self._dropped = False
         self._watched = False
         self._entries: dict[str, dict] = {}  # transcript entries by id, in order of first final
 
-    def add(self, side: int, pcm: bytes, at: float) -> None:
+    def add(self, side: int, pcm: bytes, at: float, *, item_id: str | None = None) -> None:
+        """A piece of one side's audio (`item_id`: the agent's item it is of)."""
         if len(self._pending) >= MAX_PENDING:
             if not self._dropped:
                 self._dropped = True
                 log.warning("recorder is behind: audio of session %s left out", self.key)
             return
-        self._hand_in((_AUDIO, side, pcm, at))
+        self._hand_in((_AUDIO, side, pcm, at, item_id))
+
+    def cut(self, item_id: str, audio_end_ms: int) -> None:
+        """The caller stopped playing the agent's item at `audio_end_ms` of its audio."""
+        self._hand_in((_CUT, item_id, audio_end_ms))
 
     def note(self, entry: dict, at: float) -> None:
         """A transcript entry is final (or final again, with new text); `at` is when its turn
@@ -99,6 +106,8 @@ class Recording:
                     self._write(*item[1:])
                 elif item[0] == _NOTE:
                     self._note(*item[1:])
+                elif item[0] == _CUT:
+                    self._cut(*item[1:])
                 else:
                     self._finish(f"recordings/{self.key.hex}.wav", item[1])
                     return True
@@ -110,7 +119,7 @@ class Recording:
 
     # ------------------------------------------------------------------ on the recorder thread
 
-    def _write(self, side: int, pcm: bytes, at: float) -> None:
+    def _write(self, side: int, pcm: bytes, at: float, item_id: str | None) -> None:
         track = self._files[side]
         if track is None:
             # Closed in _finish, once the WAV is written.
@@ -120,8 +129,21 @@ class Recording:
         if start - cursor > GAP * RATE:
             track.write(bytes((start - cursor) * SAMPLE_BYTES))
             cursor = start
+        if item_id is not None and (self._agent_item is None or self._agent_item[0] != item_id):
+            self._agent_item = (item_id, cursor)
         track.write(pcm)
         self._cursors[side] = cursor + len(pcm) // SAMPLE_BYTES
+
+    def _cut(self, item_id: str, audio_end_ms: int) -> None:
+        """Only the latest agent item is cut: nothing of another follows it yet."""
+        if self._agent_item is None or self._agent_item[0] != item_id:
+            return
+        end = self._agent_item[1] + audio_end_ms * RATE // 1000
+        track = self._files[1]
+        if end < self._cursors[1]:
+            track.truncate(end * SAMPLE_BYTES)
+            track.seek(end * SAMPLE_BYTES)
+            self._cursors[1] = end
 
     def _note(self, entry: dict, at: float) -> None:
         first = self._entries.get(entry["id"])

@@ -3,13 +3,16 @@ failed write costs only that recording."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import time
 import wave
 from array import array
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.files.storage import default_storage
 
 from apps.realtime.audio import pcm16_rms
@@ -220,3 +223,48 @@ def test_the_session_page_and_the_admin_play_the_recording_with_its_timeline(med
     client.force_login(admin)
     page = client.get(f"/admin/oc_sessions/livesession/{session.id}/change/").content.decode()
     assert "data-recording" in page and 'data-seek="1.5"' in page
+
+
+@pytest.fixture
+def recorded(relay_settings, media):
+    relay_settings.OC_RECORD_AUDIO = True
+
+
+async def test_agent_audio_the_caller_cut_short_leaves_the_timeline_to_the_next_reply(
+    recorded, caller, simulator
+):
+    """The service sends a reply's audio faster than it plays. When the caller stops playing
+    it (`conversation.item.truncate`), the rest was never heard: the next reply is recorded
+    where it came, not after the unheard rest of the first."""
+    from apps.sessions.models import LiveSession as Session
+    from tests.support.realtime import eventually
+
+    await caller.send({"type": "session.update", "session": {
+        "type": "realtime", "output_modalities": ["audio"],
+        "audio": {"input": {"turn_detection": None}}}})
+    await caller.until("session.updated", n=1)
+    with simulator.configured(audio_pace=0, reply_audio_ms=3000):
+        began = time.monotonic()
+        await caller.send({"type": "response.create"})
+        events = await caller.until("response.done")
+        item_id = next(e for e in events if e["type"] == "response.output_item.added")["item"]["id"]
+        await caller.send({"type": "conversation.item.truncate", "item_id": item_id,
+                           "content_index": 0, "audio_end_ms": 300})
+        await caller.until("conversation.item.truncated")
+        await asyncio.sleep(1.0)
+        second_at = time.monotonic() - began
+        await caller.send({"type": "response.create"})
+        await caller.until("response.done", n=2)
+    await caller.communicator.disconnect()
+
+    def written():
+        return Session.objects.filter(upstream_id=caller.session_id).exclude(recording="").first()
+
+    session = await eventually(written, timeout=10)
+    _, (_, agent) = await sync_to_async(_channels)(session.recording.name)
+    tenths = [n / 10 for n in range(len(agent) // 2 // (RATE // 10))]
+    loud = [s for s in tenths if _loud(agent, s)]
+    first = loud[0]  # where the first reply began; the second came second_at after it
+    heard = [s for s in loud if s < first + second_at - 0.2]
+    assert heard[-1] <= first + 0.35, f"the first reply's unheard rest is not recorded: {loud}"
+    assert _loud(agent, first + second_at + 0.2), f"the second reply is where it came: {loud}"
