@@ -158,3 +158,25 @@ async def test_a_recorded_call_plays_and_a_click_on_the_timeline_seeks_at_both_s
     await page.screenshot(path="var/screenshots/recording-390.png", full_page=True)
     assert not errors, errors
     await sync_to_async(lambda: session.recording.delete(save=False))()
+
+
+async def test_why_listening_cannot_start_stays_on_the_page(daphne, audio_browser, listeners):
+    """The call ended before the page heard of it: pressing Listen says why, not a close code."""
+    from asgiref.sync import sync_to_async
+
+    from apps.sessions.models import LiveSession
+
+    await sync_to_async(LiveSession.objects.create)(
+        model="gpt-realtime", upstream_id="sess_gone", status="live"
+    )
+    page, errors = await _page_as(audio_browser, daphne, "ann")
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_gone/")
+    await page.wait_for_selector("[data-live-status][data-state=live]")
+    await asyncio.sleep(0.5)  # the page's socket watches the session: it was live then
+    await sync_to_async(LiveSession.objects.filter(upstream_id="sess_gone").update)(status="ended")
+    await page.click("[data-listen-toggle]")
+    await page.wait_for_selector("[data-listen-toggle][aria-pressed=false]")
+    status = page.locator("[data-listen-status]")
+    assert await status.get_attribute("data-state") == "error"
+    assert "Cannot listen to 'sess_gone': the session is ended." in await status.text_content()
+    assert not errors, errors

@@ -63,7 +63,9 @@ class Listening {
   }
 
   closed(event) {
-    if (box.querySelector("[data-listen-status]").dataset.state !== "over") {
+    // The call's end, or why listening could not go on, stays on the page.
+    const shown = box.querySelector("[data-listen-status]").dataset.state;
+    if (shown !== "over" && shown !== "error") {
       status(event.code === 1000 ? "Stopped" : `Stopped (${event.reason || `code ${event.code}`})`, "stopped");
     }
     this.stop();
