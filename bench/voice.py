@@ -124,6 +124,7 @@ FRAME_MS = 40
 FRAME_S = FRAME_MS / 1000
 FRAME_BYTES = RATE * 2 * FRAME_MS // 1000  # PCM16 mono: 1920
 STAMP_BYTES = 8
+AGENT_CHUNK_BYTES = RATE * 2 * 100 // 1000  # the simulator's deltas: 100 ms of PCM16
 MIN_COMMIT_FRAMES = 3  # the service refuses a commit of less than 100 ms
 AUDIO_DELTA = b"response.output_audio.delta"
 DELTA_KEY = b'"delta":"'
@@ -315,7 +316,7 @@ class Listener:
     stamps: tuple[set[int], set[int]] = field(default_factory=lambda: (set(), set()))
     latency_ns: tuple[array, array] = field(default_factory=lambda: (array("q"), array("q")))
     frames: int = 0
-    other: int = 0  # frames whose first bytes were not a stamp
+    other: int = 0  # pieces whose first bytes were not a stamp
     ended: str | None = None
     reader: asyncio.Task | None = None
 
@@ -331,14 +332,20 @@ class Listener:
                     continue
                 self.frames += 1
                 side = data[0]
-                stamp = int.from_bytes(data[1 : 1 + STAMP_BYTES], "little")
-                if side not in (0, 1) or abs(now - stamp) > PLAUSIBLE_NS:
+                if side not in (0, 1):
                     self.other += 1
                     continue
-                self.stamps[side].add(stamp)
-                in_window = 0 < plan.window_start_ns <= stamp <= (plan.window_end_ns or now)
-                if in_window and len(self.latency_ns[side]) < MAX_SAMPLES:
-                    self.latency_ns[side].append(now - stamp)
+                # Pieces that came close together come as one frame: each has its stamp.
+                piece = FRAME_BYTES if side == 0 else AGENT_CHUNK_BYTES
+                for offset in range(1, len(data), piece):
+                    stamp = int.from_bytes(data[offset : offset + STAMP_BYTES], "little")
+                    if abs(now - stamp) > PLAUSIBLE_NS:
+                        self.other += 1
+                        continue
+                    self.stamps[side].add(stamp)
+                    in_window = 0 < plan.window_start_ns <= stamp <= (plan.window_end_ns or now)
+                    if in_window and len(self.latency_ns[side]) < MAX_SAMPLES:
+                        self.latency_ns[side].append(now - stamp)
         except ConnectionClosed as exc:
             if not plan.stop:
                 self.ended = f"closed: {exc}"

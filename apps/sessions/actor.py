@@ -69,6 +69,7 @@ CALLER_CLOSED = "caller.closed"
 OPERATOR = "operator"
 TICK = "tick"
 SHUTDOWN = "shutdown"
+AUDIO_DUE = "audio.due"  # the audio held for listeners is due (`AudioTap`)
 # How long `session.created` waits for the session's row, so that the REST hook knows the id
 # the caller is given; past that (a stuck database) it goes out anyway.
 NAMED_COMMIT_WAIT = 2.0
@@ -114,7 +115,12 @@ class SessionActor:
             minted_session=minted_session,
             price=functools.partial(costs.cost_usd, model=model),
         )
-        self.audio = AudioTap(self.key, record=settings.OC_RECORD_AUDIO, started_at=clock.now())
+        self.audio = AudioTap(
+            self.key,
+            record=settings.OC_RECORD_AUDIO,
+            started_at=clock.now(),
+            due=lambda: self.mailbox.put((AUDIO_DUE, None, None)),
+        )
         self._caller = caller
         self._opener = opener
         self._upstream_headers = dict(upstream_headers or {})
@@ -252,6 +258,8 @@ class SessionActor:
             await self._perform(core.caller_closed(now=now))
         elif kind is SHUTDOWN:
             await self._perform(core.shutdown(now=now))
+        elif kind is AUDIO_DUE:
+            await self.audio.flush()
 
     async def _on_operator(self, message: dict[str, Any], now: float) -> None:
         core, kind = self.core, message.get("type")

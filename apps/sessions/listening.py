@@ -4,11 +4,14 @@ The relay core taps a session's audio only while someone listens or the session 
 (`AudioTapped`); then the actor hands each piece here. A piece is decoded once — base64, and
 G.711 to PCM16 24 kHz — and:
 
-- sent to the session's listen group (`groups.listen_group`) as one binary frame, byte 0 the
+- sent to the session's listen group (`groups.listen_group`) in binary frames, byte 0 the
   side (0 caller, 1 agent), the rest PCM16 little-endian mono 24 kHz (CONTRACT section 6). The
-  channel layer copies it to every listener, in this process or another; a listener whose
-  channel is full misses frames, and one whose socket stops reading is dropped by the server
-  (`operator_console/daphne_compat.py`), so neither slows the call.
+  channel layer copies each to every listener, in this process or another. A burst of
+  pieces (frames that came at once) would be handed in faster than listeners' channels are
+  read, and a full channel misses messages: so pieces are held for `FLUSH_DELAY` (the actor
+  is told when, `due`), those of one side that follow each other sent as one frame, and at
+  once when `FLUSH_BYTES` are held (`flush`). A listener whose socket stops reading is
+  dropped by the server (`operator_console/daphne_compat.py`), never slowing the call.
 - handed to the session's `Recording` (when `OC_RECORD_AUDIO` is on), which writes on a thread
   of its own; an agent item the caller stopped playing (`AudioCut`) is cut there too.
 
@@ -18,9 +21,11 @@ the service does.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 import uuid
+from collections.abc import Callable
 
 from channels.layers import get_channel_layer
 
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LISTEN_AUDIO = "listen.audio"
 LISTEN_ENDED = "listen.ended"
+FLUSH_DELAY = 0.04  # seconds audio is held for listeners (their players buffer 0.1 s)
+FLUSH_BYTES = 48_000  # held at most: half a second of one side's audio
 
 
 def pcm16_24k(encoded: str, audio_format: str) -> bytes | None:
@@ -49,13 +56,20 @@ def pcm16_24k(encoded: str, audio_format: str) -> bytes | None:
 
 
 class AudioTap:
-    def __init__(self, key: uuid.UUID, *, record: bool, started_at: float) -> None:
+    def __init__(
+        self, key: uuid.UUID, *, record: bool, started_at: float, due: Callable[[], None]
+    ) -> None:
         self.group = groups.listen_group(key)
         self.listening = False
         self.recording = Recording(key, started_at=started_at) if record else None
+        self._due = due  # asks the actor to call `flush`
+        self._held: list[bytearray] = []  # frames for listeners not sent yet, in order
+        self._bytes_held = 0  # bytes in them
 
     def listeners_changed(self, count: int) -> None:
         self.listening = count > 0
+        if not self.listening:
+            self._held, self._bytes_held = [], 0
 
     async def tapped(self, piece: AudioTapped) -> None:
         pcm = pcm16_24k(piece.audio, piece.format)
@@ -64,7 +78,21 @@ class AudioTap:
         if self.recording is not None:
             self.recording.add(piece.side, pcm, piece.at, item_id=piece.item_id)
         if self.listening:
-            message = {"type": LISTEN_AUDIO, "bytes": bytes((piece.side,)) + pcm}
+            if self._held and self._held[-1][0] == piece.side:
+                self._held[-1] += pcm
+            else:
+                self._held.append(bytearray((piece.side,)) + pcm)
+            self._bytes_held += len(pcm)
+            if self._bytes_held >= FLUSH_BYTES:
+                await self.flush()
+            elif self._bytes_held == len(pcm):  # the first piece held
+                asyncio.get_running_loop().call_later(FLUSH_DELAY, self._due)
+
+    async def flush(self) -> None:
+        """Send the frames held for listeners."""
+        frames, self._held, self._bytes_held = self._held, [], 0
+        for frame in frames:
+            message = {"type": LISTEN_AUDIO, "bytes": bytes(frame)}
             try:
                 await get_channel_layer().group_send(self.group, message)
             except Exception as exc:  # listeners miss a piece; the call goes on
@@ -84,6 +112,7 @@ class AudioTap:
         if self.recording is not None:
             self.recording.finish(at=at)
         if self.listening:
+            await self.flush()
             self.listening = False
             try:
                 await get_channel_layer().group_send(self.group, {"type": LISTEN_ENDED})

@@ -97,6 +97,20 @@ async def test_a_listener_hears_the_callers_audio_from_listen_started_on(caller,
     await bob.disconnect()
 
 
+async def test_a_burst_of_small_appends_reaches_a_listener_whole_and_in_order(caller, cookies):
+    listener = await _started(caller.session_id, cookies["ann"])
+    pieces = [n.to_bytes(2, "little") * 240 for n in range(400)]  # 10 ms each, numbered
+    for piece in pieces:
+        await caller.send(_append(piece))
+    heard = b""
+    while len(heard) < len(b"".join(pieces)):
+        frame = await _binary(listener)
+        assert frame[0] == 0, "the caller's side"
+        heard += frame[1:]
+    assert heard == b"".join(pieces), "every piece, in the order the caller sent them"
+    await listener.disconnect()
+
+
 async def test_g711_audio_reaches_listeners_as_pcm16_at_24khz(caller, cookies):
     await caller.send({"type": "session.update", "session": {
         "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}})
