@@ -43,7 +43,8 @@ FLUSH_BYTES = 48_000  # held at most: half a second of one side's audio
 
 
 def pcm16_24k(encoded: str, audio_format: str) -> bytes | None:
-    """Base64 audio in a session's format as PCM16 mono 24 kHz; None when it is malformed."""
+    """Base64 audio in a session's format as PCM16 mono 24 kHz; None when it is malformed.
+    PCM16 comes as it was sent, an odd byte at the end too (`AudioTap` completes the sample)."""
     try:
         raw = binascii.a2b_base64(encoded, strict_mode=True)
     except (binascii.Error, ValueError):
@@ -52,7 +53,7 @@ def pcm16_24k(encoded: str, audio_format: str) -> bytes | None:
         return audio.resample_pcm16(audio.ulaw_decode(raw), 8000, 24000)
     if audio_format == "pcma":
         return audio.resample_pcm16(audio.alaw_decode(raw), 8000, 24000)
-    return raw[: len(raw) & ~1]  # whole samples only
+    return raw
 
 
 class AudioTap:
@@ -65,6 +66,9 @@ class AudioTap:
         self._due = due  # asks the actor to call `flush`
         self._held: list[bytearray] = []  # frames for listeners not sent yet, in order
         self._bytes_held = 0  # bytes in them
+        # Each side's PCM16 is one stream, as the upstream takes it: a piece that ends within
+        # a sample leaves its first byte here for the side's next piece.
+        self._split: list[bytes] = [b"", b""]
 
     def listeners_changed(self, count: int) -> None:
         self.listening = count > 0
@@ -73,6 +77,10 @@ class AudioTap:
 
     async def tapped(self, piece: AudioTapped) -> None:
         pcm = pcm16_24k(piece.audio, piece.format)
+        if pcm is not None and piece.format == "pcm16":
+            pcm = self._split[piece.side] + pcm
+            whole = len(pcm) & ~1
+            pcm, self._split[piece.side] = pcm[:whole], pcm[whole:]
         if not pcm:
             return
         if self.recording is not None:

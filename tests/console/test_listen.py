@@ -111,6 +111,20 @@ async def test_a_burst_of_small_appends_reaches_a_listener_whole_and_in_order(ca
     await listener.disconnect()
 
 
+async def test_appends_that_split_a_sample_are_heard_as_one_stream(caller, cookies):
+    """The upstream takes the appends' bytes as one stream: an append may end within a sample
+    and the next one finish it."""
+    listener = await _started(caller.session_id, cookies["ann"])
+    spoken = _tone(960)
+    for part in (spoken[:481], spoken[481:1441], spoken[1441:]):
+        await caller.send(_append(part))
+    heard = b""
+    while not await listener.receive_nothing(timeout=0.5):
+        heard += (await _binary(listener))[1:]
+    assert heard == spoken, "every sample as the caller sent it"
+    await listener.disconnect()
+
+
 async def test_g711_audio_reaches_listeners_as_pcm16_at_24khz(caller, cookies):
     await caller.send({"type": "session.update", "session": {
         "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}})
