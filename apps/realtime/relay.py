@@ -643,15 +643,15 @@ class RelayCore:
                 self._on_delta(event, hidden, now)
             if self._tapping and kind in TAPPED_TYPES and not hidden:
                 item_id = event.get("item_id")
-                if isinstance(item_id, str) and len(self._turn_started) < MAX_TURNS_STARTED:
-                    self._turn_started.setdefault(item_id, now)
+                if kind == TRUNCATED_TYPE:
+                    actions += self._cut(event)
+                elif isinstance(item_id, str) and len(self._turn_started) < MAX_TURNS_STARTED:
+                    self._turn_started.setdefault(item_id, now)  # where its audio began
                 if kind in AGENT_AUDIO_TYPES:
                     spoken_in = self._response_formats.get(event.get("response_id"))
                     actions += self._tap(
                         AGENT_SIDE, event.get("delta"), now, spoken_in, item_id=item_id
                     )
-                elif kind == TRUNCATED_TYPE:
-                    actions += self._cut(event)
         if kind in tools.UPSTREAM_TYPES:
             actions += self.tools.upstream_event(kind, event, now)
         if forward is not None and self._minted is not None and not self._minted.settled:
