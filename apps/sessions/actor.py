@@ -183,17 +183,11 @@ class SessionActor:
     async def _run(self) -> None:
         housekeeping().add(self)  # heartbeats from now on; requests once the session is named
         metrics.figures.actor_started(self)
-        history.submit(
-            records.session_opened(
-                key=self.key,
-                model=self.model,
-                connected_by=self.connected_by,
-                process_id=PROCESS_ID,
-                label=self.label,
-                at=clock.now(),
-                **self.call,
-            )
+        opened = records.session_opened(
+            key=self.key, model=self.model, connected_by=self.connected_by,
+            process_id=PROCESS_ID, label=self.label, at=clock.now(), **self.call,
         )
+        history.submit(opened)
         try:
             await self._open_upstream()
             get, handle = self.mailbox.get, self._handle
@@ -352,12 +346,8 @@ class SessionActor:
             elif kind in ROTATION_ACTIONS:
                 await self._fresh.perform(action, self.replace_upstream)
             elif kind is SessionEnded:
-                log.info(
-                    "session %s ended: %s %s",
-                    self.core.session_id or self.key,
-                    action.reason,
-                    action.detail,
-                )
+                who = self.core.session_id or self.key
+                log.info("session %s ended: %s %s", who, action.reason, action.detail)
         if self._outbox:
             await self._publish()
 
