@@ -1549,6 +1549,17 @@ def _caller_response_problem(response: dict[str, Any]) -> tuple[str, str, str] |
             f"The relay reserves the metadata key '{OC_REQUEST_KEY}' and so allows at most "
             f"{MAX_CALLER_METADATA_PAIRS} pairs.",
         )
+    # The upstream refuses a value that is not a string; the sequencer would drop a null one
+    # and send the rest, so the caller would never hear of it.
+    for key, value in (metadata or {}).items():
+        if not isinstance(value, str):
+            param = f"response.metadata.{key}"
+            return (
+                "invalid_type",
+                param,
+                f"Invalid type for '{param}': expected a string, but got "
+                f"{events.json_type(value)} instead.",
+            )
     problem = events.find_problem(response, "response")
     if problem is not None:
         param, message = problem

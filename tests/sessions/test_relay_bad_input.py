@@ -84,6 +84,11 @@ async def _a_response_still_completes(communicator) -> None:
             None,
             id="item-create-nested",
         ),
+        pytest.param(
+            '{"type":"response.create","event_id":"e4","response":{"metadata":{"topic":null}}}',
+            "response.metadata.topic",
+            id="null-metadata-value",
+        ),
     ],
 )
 async def test_a_refused_caller_event_gets_an_error_and_loses_nothing(
