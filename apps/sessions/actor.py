@@ -305,14 +305,17 @@ class SessionActor:
 
     async def _perform(self, actions: list[relay.Action], *, reply_to: str | None = None) -> None:
         # The record first: it stands whatever happens to the sockets next.
-        named = False
+        named = recorded = False
         for action in actions:
             if type(action) in records.RECORDED:
                 history.submit(records.of_action(self.key, action))
+                recorded = True
                 if type(action) is relay.RequestChanged:
                     metrics.figures.request_changed(self, action)
                 named = named or type(action) is relay.SessionNamed
-        if named:  # whoever the caller tells the session's id can find it at once
+        # Whoever the caller tells the session's id can find it at once; whoever asked for a
+        # change (a cancel) reads it, and counts on it (the queue's limit), once answered.
+        if named or (recorded and reply_to):
             await self._committed()
         for action in actions:
             kind = type(action)
