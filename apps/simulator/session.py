@@ -60,6 +60,8 @@ DEFAULT_MODEL = "gpt-realtime"
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY_CHARS = 64
 METADATA_MAX_VALUE_CHARS = 512
+# A client's own item id: the service refuses a longer one (a UUID's 36 characters, say).
+ITEM_ID_MAX_CHARS = 32
 
 ITEM_TYPES = frozenset(
     {
@@ -344,6 +346,15 @@ class SimSession:
             if not isinstance(item.get("content"), list):
                 raise Rejected.invalid_type("item.content", "an array", item.get("content"))
         item_id = item.get("id")
+        if item_id is not None and not isinstance(item_id, str):
+            raise Rejected.invalid_type("item.id", "a string", item_id)
+        if item_id is not None and len(item_id) > ITEM_ID_MAX_CHARS:
+            raise Rejected(
+                "string_above_max_length",
+                "Invalid 'item.id': string too long. Expected a string with maximum length "
+                f"{ITEM_ID_MAX_CHARS}, but got a string with length {len(item_id)} instead.",
+                "item.id",
+            )
         if item_id is not None and self.item_index(item_id) is not None:
             raise Rejected(
                 "item_already_exists",

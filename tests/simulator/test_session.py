@@ -360,6 +360,14 @@ REJECTIONS = {
         "invalid_type",
         "item",
     ),
+    "33-char item id": (
+        {
+            "type": "conversation.item.create",
+            "item": {"id": "i" * 33, "type": "message", "role": "user", "content": []},
+        },
+        "string_above_max_length",
+        "item.id",
+    ),
     "unknown item": (
         {"type": "conversation.item.retrieve", "item_id": "item_nope"},
         "item_not_found",
