@@ -15,7 +15,8 @@ several variants with it) is checked against all its variants' keys together, no
 Free-form values (`metadata`, a tool's `parameters`, `prompt.variables`) and a response's
 `input` items are not checked here. `mistyped_session_parameter` walks the same shapes for a
 value of a JSON type the shape does not allow (`tools: "x"`), as the service refuses it
-(`invalid_type`) where a key is minted.
+(`invalid_type`) where a key is minted and in a `session.update`; `mistyped_response_parameter`
+likewise for a `response.create`.
 
 The session object the service announces (`session.created`/`session.updated`) holds keys an
 update does not take (`id`, `object`, `expires_at`; a client secret's session also
@@ -125,13 +126,24 @@ def unknown_session_parameter(session: Mapping[str, Any]) -> str | None:
 
 
 def mistyped_session_parameter(
-    session: Mapping[str, Any],
+    session: Mapping[str, Any], *, null_allowed: bool = False
 ) -> tuple[str, tuple[str, ...], Any] | None:
     """The first value of a session whose JSON type the GA shape does not allow, as (param,
     the JSON types it allows, the value): `("session.tools", ("array",), "x")`; None if every
     typed value fits. Free-form values (`metadata`, a tool's `parameters`) are not judged, nor
-    which string of a `Literal` it is (that is a value, not a type)."""
-    return _mistyped_in(session, RealtimeSessionCreateRequestParam, "session")
+    which string of a `Literal` it is (that is a value, not a type). With `null_allowed`, a
+    null passes anywhere: the service announces settings as null (`audio.input.transcription`,
+    `noise_reduction`) that the SDK's request types do not let be null, and takes them back."""
+    return _mistyped_in(session, RealtimeSessionCreateRequestParam, "session", null_allowed)
+
+
+def mistyped_response_parameter(
+    response: Mapping[str, Any],
+) -> tuple[str, tuple[str, ...], Any] | None:
+    """The same for a `response.create`'s response (a null passes: an unset field); its
+    `input` items are left to the item checks."""
+    checked = {key: value for key, value in response.items() if key != "input"}
+    return _mistyped_in(checked, RealtimeResponseCreateParamsParam, "response", True)
 
 
 def unsupported_session_value(
@@ -193,10 +205,10 @@ def _allowed(annotation: object) -> tuple[str, ...] | None:
 
 
 def _mistyped_in(
-    value: Any, annotation: object, path: str
+    value: Any, annotation: object, path: str, null_allowed: bool = False
 ) -> tuple[str, tuple[str, ...], Any] | None:
     allowed = _allowed(annotation)
-    if allowed is None:
+    if allowed is None or (value is None and null_allowed):
         return None
     if json_type(value) not in allowed:
         return path, allowed, value
@@ -204,14 +216,16 @@ def _mistyped_in(
         _, typed_dict = _object_shape(annotation, value)
         hints = _hints(typed_dict) if typed_dict is not None else {}
         for key, item in value.items():
-            if key in hints and (found := _mistyped_in(item, hints[key], f"{path}.{key}")):
+            if key not in hints:
+                continue
+            if found := _mistyped_in(item, hints[key], f"{path}.{key}", null_allowed):
                 return found
     elif isinstance(value, list):
         for variant in _variants(annotation):
             if typing.get_origin(variant) in _ARRAYS:
                 (member,) = typing.get_args(variant)
                 for index, item in enumerate(value):
-                    if found := _mistyped_in(item, member, f"{path}[{index}]"):
+                    if found := _mistyped_in(item, member, f"{path}[{index}]", null_allowed):
                         return found
                 break
     return None

@@ -24,7 +24,11 @@ PR #699; the simulator follows). Nothing of a refused `session.update` is applie
   `session.tools[2].meta` as livekit/agents issue #3398 shows). The shape is the official
   SDK's type, read by `apps.realtime.ga`;
 - likewise a `response.create` whose `response` has a key outside the GA response shape
-  (`response.modalities`).
+  (`response.modalities`);
+- a value of a JSON type the shape does not allow (`session.tools: "x"`,
+  `response.output_modalities: "text"`): `invalid_type`, "Invalid type for 'session.tools':
+  expected an array, but got string instead.". A null passes (the service announces some
+  settings as null and takes them back).
 
 Current fields, checked as the service checks them (errors name the parameter):
 `reasoning` (`{"effort": "minimal"|"low"|"medium"|"high"|"xhigh"}`) and `parallel_tool_calls`
@@ -83,6 +87,7 @@ def check_session_update(update: Mapping[str, Any]) -> None:
         )
     check_known_keys(ga.unknown_session_parameter(update))
     check_current_fields(update, "session")
+    check_types(ga.mistyped_session_parameter(update, null_allowed=True))
     check_audio(update, "session")
 
 
@@ -90,6 +95,7 @@ def check_response_params(params: Mapping[str, Any]) -> None:
     """The keys and current fields of a `response.create`'s response."""
     check_known_keys(ga.unknown_response_parameter(params))
     check_current_fields(params, "response")
+    check_types(ga.mistyped_response_parameter(params))
     check_audio(params, "response")
 
 
@@ -97,6 +103,20 @@ def check_known_keys(unknown: str | None) -> None:
     """Refuse the parameter `unknown` names, if any, as the service does."""
     if unknown is not None:
         raise Rejected("unknown_parameter", f"Unknown parameter: '{unknown}'.", unknown)
+
+
+_ARTICLES = {"object": "an", "array": "an", "integer": "an"}
+
+
+def check_types(mistyped: tuple[str, tuple[str, ...], Any] | None) -> None:
+    """Refuse the value `mistyped` names (`ga.mistyped_*`), if any, as the service does:
+    "Invalid type for 'session.tools': expected an array, but got string instead."."""
+    if mistyped is not None:
+        param, allowed, value = mistyped
+        expected = " or ".join(
+            kind if kind == "null" else f"{_ARTICLES.get(kind, 'a')} {kind}" for kind in allowed
+        )
+        raise Rejected.invalid_type(param, expected, value)
 
 
 async def refuse_beta(connection: ServerConnection, client_event_id: str | None = None) -> None:

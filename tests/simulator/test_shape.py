@@ -175,6 +175,46 @@ async def test_a_key_outside_the_ga_response_shape_is_an_unknown_parameter(conn,
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("event", "param"),
+    [
+        ({"type": "session.update", "session": {"type": "realtime", "tools": "x"}}, "session.tools"),
+        (
+            {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": [9]}},
+            "session.max_output_tokens",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"voice": 5}}},
+            },
+            "session.audio.output.voice",
+        ),
+        (
+            {"type": "response.create", "response": {"output_modalities": "text"}},
+            "response.output_modalities",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+async def test_a_value_of_a_type_the_ga_shape_does_not_allow_is_refused(conn, event, param):
+    await conn.send({**event, "event_id": "evt_typed"})
+    error = await recv(conn)
+    assert (error.type, error.error.code, error.error.param, error.error.event_id) == (
+        "error",
+        "invalid_type",
+        param,
+        "evt_typed",
+    )
+    assert f"Invalid type for '{param}': expected" in error.error.message
+    await conn.send({"type": "session.update", "session": {"type": "realtime"}})
+    updated = (await recv_until(conn, "session.updated"))[-1]
+    assert updated.session.tools == [] and updated.session.max_output_tokens == "inf", (
+        "nothing of the refused update was applied"
+    )
+
+
+@pytest.mark.asyncio
 async def test_reasoning_and_parallel_tool_calls_are_accepted(conn):
     await conn.session.update(
         session={
