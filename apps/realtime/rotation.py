@@ -14,9 +14,9 @@ What it tracks (from the current upstream's events, `observe`)
   config        the session configuration as last confirmed (`session.created`/`.updated`),
                 without the read-only fields (`id`, `object`, `expires_at`, `client_secret`).
   conversation  the items in order (`conversation.item.added`/`.created` insert after their
-                `previous_item_id`; `.done`, `.retrieved` and `response.done` outputs replace
-                an item's content; `.deleted` removes it; transcripts of input and output audio
-                fill in the audio parts).
+                `previous_item_id`, first when it is null; `.done`, `.retrieved` and
+                `response.done` outputs replace an item's content; `.deleted` removes it;
+                transcripts of input and output audio fill in the audio parts).
   speaking      the caller's speech was detected and not yet committed; after a commit, its
                 item (and, with turn detection on, the response it starts) not yet come.
   unfinished    items added and not yet done.
@@ -215,8 +215,9 @@ class Conversation:
             self.items[item_id] = _kept(item)
             return
         self.items[item_id] = _kept(item)
-        # No previous item (or one this copy lacks): at the end, as new items go.
-        if previous_item_id == "root":
+        # No previous item (null: the service's word for an item put first, the client's
+        # "root"): first. A previous item this copy lacks: at the end, as new items go.
+        if previous_item_id is None or previous_item_id == "root":
             index = 0
         elif isinstance(previous_item_id, str) and previous_item_id in self.items:
             last = self._order[-1] == previous_item_id

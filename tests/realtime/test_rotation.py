@@ -398,8 +398,9 @@ def test_replayable_items():
     conversation.added({"id": "c"}, "a")
     conversation.added({"id": "b"}, "a")
     conversation.added({"id": "z"}, "root")
+    conversation.added({"id": "y"}, None)  # how the service announces an item put first
     conversation.deleted("c")
-    assert conversation.ids == ["z", "a", "b"]
+    assert conversation.ids == ["y", "z", "a", "b"]
 
 
 STEPS = ["caller", "tick", "attach", "ready", "fail", "spoil", "submit", "respond"]

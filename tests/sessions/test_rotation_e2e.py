@@ -209,6 +209,11 @@ async def test_after_a_rotation_the_callers_item_ids_name_the_same_items_and_no_
         await conn.conversation.item.create(item={"id": "item_user1", **user_text("first")})
         await conn.response.create()
         reply_id = (await until(conn, "response.done"))[-1].response.output[0].id
+        # Put first: the service announces it with no previous item (null), as the first item.
+        await conn.conversation.item.create(
+            item={"id": "item_first", **user_text("zeroth")}, previous_item_id="root"
+        )
+        await until(conn, "conversation.item.done")
         await rotated(server, api_token, session_id)
         # Whatever the fresh session's set-up let through reached the caller before this answer.
         await conn.conversation.item.retrieve(item_id="item_user1")
@@ -230,5 +235,7 @@ async def test_after_a_rotation_the_callers_item_ids_name_the_same_items_and_no_
         public = await session_json(server, api_token, session_id)
     new = public["upstream_sessions"][1]
     received = [event for _, event in simulator.sim.received(new)]
+    replayed = [e["item"]["id"] for e in received if e.get("type") == "conversation.item.create"]
+    assert replayed == ["item_first", "item_user1", reply_id], "the conversation keeps its order"
     deletes = [e for e in received if e.get("type") == "conversation.item.delete"]
     assert [e["item_id"] for e in deletes] == [reply_id], "the reply was deleted upstream"
