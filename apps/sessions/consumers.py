@@ -183,7 +183,9 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         label = _query_label(self.scope)
         problem = label_problem(label)
         if problem is not None:
-            await self.deny(400, "invalid_label", f"The query parameter oc_label was refused: {problem}.")
+            await self.deny(
+                400, "invalid_label", f"The query parameter oc_label was refused: {problem}.", param="oc_label"
+            )
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
@@ -222,15 +224,22 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         self.actor.start()
 
     async def deny(
-        self, status: int, code: str, message: str, *, error_type: str = "invalid_request_error"
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
     ) -> None:
         """Refuse the handshake (no upstream is opened) and say why: an HTTP answer with a
-        JSON body `{"error": {"type", "code", "message"}}` where the server can send one (the
-        ASGI `websocket.http.response` extension), else the bare 403 of a close."""
+        JSON body in the service's shape, `{"error": {"message", "type", "param", "code"}}`,
+        where the server can send one (the ASGI `websocket.http.response` extension), else the
+        bare 403 of a close."""
         if "websocket.http.response" not in self.scope.get("extensions", {}):
             await self.close()
             return
-        error = {"type": error_type, "code": code, "message": message}
+        error = {"message": message, "type": error_type, "param": param, "code": code}
         body = json.dumps({"error": error}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await self.base_send({"type": "websocket.http.response.start", "status": status, "headers": headers})

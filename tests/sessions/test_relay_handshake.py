@@ -21,7 +21,9 @@ async def _refusal(url: str, **kwargs) -> tuple[int, dict]:
             pass
     response = refused.value.response
     assert response.headers["content-type"] == "application/json"
-    return response.status_code, json.loads(bytes(response.body))["error"]
+    error = json.loads(bytes(response.body))["error"]
+    assert set(error) == {"message", "type", "param", "code"}, "the service's error shape"
+    return response.status_code, error
 
 
 async def make_token_async(make_token, scopes):
@@ -45,6 +47,7 @@ async def test_a_refused_handshake_answers_a_json_body_naming_the_missing_or_ref
         f"{url}&oc_label={'x' * 201}", additional_headers={"Authorization": f"Bearer {good}"}
     )
     assert status == 400 and "oc_label" in error["message"] and "200" in error["message"]
+    assert error["param"] == "oc_label"
     assert "Exception inside application" not in daphne.output(), "refusals are logged cleanly"
 
 
