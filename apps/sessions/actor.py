@@ -305,17 +305,17 @@ class SessionActor:
 
     async def _perform(self, actions: list[relay.Action], *, reply_to: str | None = None) -> None:
         # The record first: it stands whatever happens to the sockets next.
-        named = recorded = False
+        named = False
         for action in actions:
             if type(action) in records.RECORDED:
                 history.submit(records.of_action(self.key, action))
-                recorded = True
                 if type(action) is relay.RequestChanged:
                     metrics.figures.request_changed(self, action)
                 named = named or type(action) is relay.SessionNamed
-        # Whoever the caller tells the session's id can find it at once; whoever asked for a
-        # change (a cancel) reads it, and counts on it (the queue's limit), once answered.
-        if named or (recorded and reply_to):
+        # Whoever the caller tells the session's id can find it at once; whoever the actor
+        # answers (a cancel: done, or refused as already sent) reads in the table what the
+        # answer says, and may count on it (the queue's limit).
+        if named or reply_to:
             await self._committed()
         for action in actions:
             kind = type(action)

@@ -227,12 +227,17 @@ async def test_cancel_of_a_queued_request_is_never_sent_and_of_a_sent_one_409(ca
     assert (await rest.delete("/responses/req_nope")).status_code == 404
 
 
-async def test_cancel_answered_by_the_actor_even_before_the_table_knows_the_send(caller, rest, simulator):
+async def test_cancel_answered_by_the_actor_even_before_the_table_knows_the_send(
+    caller, rest, simulator, monkeypatch
+):
     """The request is sent at once (idle session); the table may still say `queued` when the
     DELETE comes, but the actor knows better: 409, and the request completes."""
+    monkeypatch.setattr(history, "gather_seconds", 0.3)  # the table lags behind the actor
     posted = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
     cancel = await rest.delete(f"/responses/{posted['id']}")
     assert cancel.status_code == 409, cancel.text
+    shown = (await rest.get(f"/responses/{posted['id']}")).json()["status"]
+    assert shown != "queued", "once the 409 says it was sent, the request reads so too"
     await caller.until("response.done")
     assert (await _row(posted["id"])).status == "completed"
 
@@ -406,15 +411,20 @@ async def test_cancelling_a_callers_queued_request_tells_the_caller_why(caller, 
 
 
 async def test_a_second_cancel_before_the_table_knows_the_first_is_409(caller, rest, simulator, monkeypatch):
-    """The actor has cancelled the request, the table still says `queued`: the second DELETE
-    is refused like any other of a request no longer queued (it was a 500, found by the fuzz)."""
+    """Two DELETEs at once both find the table saying `queued`; the actor cancels the request
+    for one, and the other is refused like any other of a request no longer queued (it was a
+    500, found by the fuzz)."""
     with simulator.configured(delta_interval=0.2):
         await _start_caller_response(caller)
         queued = (await rest.post(f"/sessions/{caller.session_id}/responses", json={})).json()
         await history.flush()
         monkeypatch.setattr(history, "gather_seconds", 0.5)  # the table lags behind the actor
-        first = await rest.delete(f"/responses/{queued['id']}")
-        second = await rest.delete(f"/responses/{queued['id']}")
+        first, second = sorted(
+            await asyncio.gather(
+                rest.delete(f"/responses/{queued['id']}"), rest.delete(f"/responses/{queued['id']}")
+            ),
+            key=lambda answer: answer.status_code,
+        )
         assert first.status_code == 200, first.text
         assert second.status_code == 409, second.text
         assert second.json()["error"]["code"] == "not_cancellable"
