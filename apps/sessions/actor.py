@@ -287,7 +287,11 @@ class SessionActor:
         else:
             log.warning("unknown operator message %r on %s", kind, self.key)
             return
-        await self._perform(actions, reply_to=message.get("reply_to"))
+        # A cancel's answer (done, or refused as already sent) is what the asker then reads in
+        # the table, and counts on (the queue's limit): it waits for the commit.
+        await self._perform(
+            actions, reply_to=message.get("reply_to"), committed=kind == groups.SESSION_CANCEL
+        )
 
     async def _cleanup(self) -> None:
         housekeeping().discard(self)
@@ -303,7 +307,9 @@ class SessionActor:
 
     # ------------------------------------------------------------------ performing actions
 
-    async def _perform(self, actions: list[relay.Action], *, reply_to: str | None = None) -> None:
+    async def _perform(
+        self, actions: list[relay.Action], *, reply_to: str | None = None, committed: bool = False
+    ) -> None:
         # The record first: it stands whatever happens to the sockets next.
         named = False
         for action in actions:
@@ -312,10 +318,9 @@ class SessionActor:
                 if type(action) is relay.RequestChanged:
                     metrics.figures.request_changed(self, action)
                 named = named or type(action) is relay.SessionNamed
-        # Whoever the caller tells the session's id can find it at once; whoever the actor
-        # answers (a cancel: done, or refused as already sent) reads in the table what the
-        # answer says, and may count on it (the queue's limit).
-        if named or reply_to:
+        # Whoever the caller tells the session's id can find it at once; an answer `committed`
+        # goes once the table shows what it says.
+        if named or (committed and reply_to):
             await self._committed()
         for action in actions:
             kind = type(action)
