@@ -979,7 +979,6 @@ class RelayCore:
             event_id=event_id,
         )
         self._infos[request.id] = info
-        conversation = response.get("conversation")
         actions: list[Action] = [
             RequestRecorded(
                 request_id=request.id,
@@ -987,7 +986,8 @@ class RelayCore:
                 event_id=event_id,
                 instructions=info.instructions,
                 metadata=dict(metadata) if isinstance(metadata, dict) else None,
-                conversation=conversation if isinstance(conversation, str) else None,
+                # As the relay reads it: a value the upstream will refuse is not a record's.
+                conversation="none" if out_of_band else None,
                 requested_by=self.connected_by,
                 status=RequestStatus.QUEUED,
                 response_id=None,

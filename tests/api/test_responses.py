@@ -209,6 +209,20 @@ async def test_over_the_queue_limit_is_429(caller, rest, simulator, settings):
         assert interrupted.status_code == 202
 
 
+async def test_a_callers_refused_conversation_value_leaves_the_history_readable(caller, rest):
+    await caller.send(
+        {"type": "response.create", "event_id": "evt_typo", "response": {"conversation": "nope"}}
+    )
+    error = (await caller.until("error"))[-1]["error"]
+    assert (error["param"], error["event_id"]) == ("response.conversation", "evt_typo")
+    await history.flush()
+    listed = await rest.get(f"/sessions/{caller.session_id}/responses")
+    assert listed.status_code == 200, listed.text
+    [request] = listed.json()["items"]
+    assert (request["status"], request["conversation"]) == ("failed", "auto")
+    assert (await rest.get(f"/responses/{request['id']}")).status_code == 200
+
+
 async def test_cancel_of_a_queued_request_is_never_sent_and_of_a_sent_one_409(caller, rest, simulator):
     with simulator.configured(delta_interval=0.2):
         await _start_caller_response(caller)
