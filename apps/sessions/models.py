@@ -160,7 +160,7 @@ class ResponseRequest(models.Model):
         default=RequestStatus.QUEUED.value,
     )
     response_id = models.CharField(max_length=128, blank=True)
-    event_id = models.CharField(max_length=128, blank=True)
+    event_id = models.TextField(blank=True)  # the caller's, free-form: any length
     output_text = models.TextField(blank=True)
     usage = models.JSONField(null=True, blank=True)
     error_code = models.CharField(max_length=128, blank=True)

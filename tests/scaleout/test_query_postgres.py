@@ -60,3 +60,28 @@ def test_filters_sums_and_export_on_postgresql(scaleout_db):
     # per request: 800 text in × $4 + 200 cached × $0.40 + 500 out × $16, per 1M tokens
     assert tokens["cost_usd"] == round(4 * (800 * 4 + 200 * 0.4 + 500 * 16) / 1e6, 6)
     assert out["by_token"]["requests"] == 4
+
+
+LONG_EVENT_ID = r"""
+import json, time, uuid
+from apps.sessions import history, records
+from apps.sessions.models import LiveSession, ResponseRequest
+
+session = LiveSession.objects.create(upstream_id=f"sess_pg_{uuid.uuid4().hex}", model="gpt-realtime")
+try:
+    request_id = f"req_pg_{uuid.uuid4().hex}"
+    history.apply_batch([records.request_created(
+        key=session.id, request_id=request_id, origin="caller", event_id="evt_" + "x" * 300,
+        instructions=None, metadata=None, conversation=None, requested_by="token:pg", at=time.time(),
+    )])
+    print(json.dumps({"event_id": ResponseRequest.objects.get(id=request_id).event_id}))
+finally:
+    session.delete()
+"""
+
+
+def test_a_callers_long_event_id_is_recorded_on_postgresql(scaleout_db):
+    """The caller's event_id is free-form (the service takes it as it is): its request is
+    recorded whatever its length."""
+    out = json.loads(manage(scaleout_db.url, "shell", "-c", LONG_EVENT_ID).strip().splitlines()[-1])
+    assert out["event_id"] == "evt_" + "x" * 300
