@@ -183,9 +183,8 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         label = _query_label(self.scope)
         problem = label_problem(label)
         if problem is not None:
-            await self.deny(
-                400, "invalid_label", f"The query parameter oc_label was refused: {problem}.", param="oc_label"
-            )
+            message = f"The query parameter oc_label was refused: {problem}."
+            await self.deny(400, "invalid_label", message, param="oc_label")
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)

@@ -178,7 +178,10 @@ async def test_a_key_outside_the_ga_response_shape_is_an_unknown_parameter(conn,
 @pytest.mark.parametrize(
     ("event", "param"),
     [
-        ({"type": "session.update", "session": {"type": "realtime", "tools": "x"}}, "session.tools"),
+        (
+            {"type": "session.update", "session": {"type": "realtime", "tools": "x"}},
+            "session.tools",
+        ),
         (
             {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": [9]}},
             "session.max_output_tokens",
