@@ -50,7 +50,7 @@ class LiveSession(models.Model):
     # session.created (null until then).
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     upstream_id = models.CharField(max_length=128, unique=True, null=True, blank=True)
-    model = models.CharField(max_length=128)
+    model = models.TextField()  # as the caller named it (`?model=`): any length
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONNECTING)
     connected_by = models.CharField(max_length=150, blank=True)
     process_id = models.CharField(max_length=128, blank=True, help_text="The process holding it.")

@@ -62,26 +62,33 @@ def test_filters_sums_and_export_on_postgresql(scaleout_db):
     assert out["by_token"]["requests"] == 4
 
 
-LONG_EVENT_ID = r"""
+LONG_NAMES = r"""
 import json, time, uuid
 from apps.sessions import history, records
 from apps.sessions.models import LiveSession, ResponseRequest
 
-session = LiveSession.objects.create(upstream_id=f"sess_pg_{uuid.uuid4().hex}", model="gpt-realtime")
+key = uuid.uuid4()
+history.apply_batch([records.session_opened(
+    key=key, model="m" * 300, connected_by="token:pg", process_id="pg", at=time.time(),
+)])
 try:
     request_id = f"req_pg_{uuid.uuid4().hex}"
     history.apply_batch([records.request_created(
-        key=session.id, request_id=request_id, origin="caller", event_id="evt_" + "x" * 300,
+        key=key, request_id=request_id, origin="caller", event_id="evt_" + "x" * 300,
         instructions=None, metadata=None, conversation=None, requested_by="token:pg", at=time.time(),
     )])
-    print(json.dumps({"event_id": ResponseRequest.objects.get(id=request_id).event_id}))
+    print(json.dumps({
+        "model": LiveSession.objects.get(id=key).model,
+        "event_id": ResponseRequest.objects.get(id=request_id).event_id,
+    }))
 finally:
-    session.delete()
+    LiveSession.objects.filter(id=key).delete()
 """
 
 
-def test_a_callers_long_event_id_is_recorded_on_postgresql(scaleout_db):
-    """The caller's event_id is free-form (the service takes it as it is): its request is
-    recorded whatever its length."""
-    out = json.loads(manage(scaleout_db.url, "shell", "-c", LONG_EVENT_ID).strip().splitlines()[-1])
-    assert out["event_id"] == "evt_" + "x" * 300
+def test_a_callers_long_model_and_event_id_are_recorded_on_postgresql(scaleout_db):
+    """The caller names the model (`?model=`) and its events' ids as it likes, and the
+    service reads them as they are: the session and its requests are recorded whatever their
+    length."""
+    out = json.loads(manage(scaleout_db.url, "shell", "-c", LONG_NAMES).strip().splitlines()[-1])
+    assert (out["model"], out["event_id"]) == ("m" * 300, "evt_" + "x" * 300)
