@@ -265,23 +265,18 @@ class SessionActor:
         elif kind == groups.SESSION_CANCEL:
             actions = core.cancel(message["request_id"], now=now)
         elif kind == groups.SESSION_NOTE:
-            actions = core.note(
-                item_id=message["item_id"], role=message["role"], text=message["text"], now=now
-            )
+            text, role = message["text"], message["role"]
+            actions = core.note(item_id=message["item_id"], role=role, text=text, now=now)
         elif kind == groups.SESSION_INTERRUPT:
             actions = core.interrupt(now=now)
         elif kind == groups.SESSION_HANGUP:
             actions = core.hangup_requested(pending=bool(message.get("pending")), now=now)
-        elif kind == groups.SESSION_WATCH and isinstance(message.get("channel"), str):
-            user = str(message.get("user") or "")
-            actions = core.watch(
-                message["channel"], user=user, watching=bool(message.get("watch", True)), now=now
-            )
-        elif kind == groups.SESSION_LISTEN and isinstance(message.get("channel"), str):
-            user = str(message.get("user") or "")
-            actions = core.listen(
-                message["channel"], user=user, listening=bool(message.get("listen", True)), now=now
-            )
+        elif kind == groups.SESSION_WATCH and isinstance(channel := message.get("channel"), str):
+            on, user = bool(message.get("watch", True)), str(message.get("user") or "")
+            actions = core.watch(channel, user=user, watching=on, now=now)
+        elif kind == groups.SESSION_LISTEN and isinstance(channel := message.get("channel"), str):
+            on, user = bool(message.get("listen", True)), str(message.get("user") or "")
+            actions = core.listen(channel, user=user, listening=on, now=now)
         elif kind == groups.SESSION_APPROVAL:
             actions = approvals.decide(core, message, now)
         else:
@@ -289,9 +284,8 @@ class SessionActor:
             return
         # A cancel's answer (done, or refused as already sent) is what the asker then reads in
         # the table, and counts on (the queue's limit): it waits for the commit.
-        await self._perform(
-            actions, reply_to=message.get("reply_to"), committed=kind == groups.SESSION_CANCEL
-        )
+        committed = kind == groups.SESSION_CANCEL
+        await self._perform(actions, reply_to=message.get("reply_to"), committed=committed)
 
     async def _cleanup(self) -> None:
         housekeeping().discard(self)
@@ -318,8 +312,7 @@ class SessionActor:
                 if type(action) is relay.RequestChanged:
                     metrics.figures.request_changed(self, action)
                 named = named or type(action) is relay.SessionNamed
-        # Whoever the caller tells the session's id can find it at once; an answer `committed`
-        # goes once the table shows what it says.
+        # Whoever is told the session's id finds it; an answer `committed` is in the table.
         if named or (committed and reply_to):
             await self._committed()
         for action in actions:
