@@ -5,8 +5,10 @@ handshake (403 otherwise). The consumer joins the session's listen group, then a
 session's actor to count it as a listener; the actor answers `listen.started` on this
 consumer's channel, and every piece of audio that passes the relay after that reaches the
 group. Binary frames: byte 0 the side (0 caller, 1 agent), then PCM16 little-endian mono
-24 kHz. Text frames are JSON status: `listen.started` first, `listen.ended` when the session
-ends (then the socket closes with 1000), `error` for a session that is not live (then 4404).
+24 kHz. Text frames are JSON status: `listen.started` first, `listen.cut` (`side` 1) when the
+caller cut the agent's reply short (what of it the listener has not played yet is not to be
+heard), `listen.ended` when the session ends (then the socket closes with 1000), `error` for a
+session that is not live (then 4404).
 
 A listener is renewed every RENEW_SECONDS, so the actor forgets one whose process died. A
 listener whose socket stops reading is dropped by the server, never waited for
@@ -127,6 +129,9 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
         await self.send(bytes_data=message["bytes"])
 
     async def listen_started(self, message) -> None:
+        await self.send(text_data=json.dumps(message))
+
+    async def listen_cut(self, message) -> None:
         await self.send(text_data=json.dumps(message))
 
     async def listen_ended(self, message) -> None:

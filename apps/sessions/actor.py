@@ -330,7 +330,7 @@ class SessionActor:
             elif kind is AudioTapped:
                 await self.audio.tapped(action)
             elif kind is AudioCut:
-                self.audio.cut(action)
+                await self.audio.cut(action)
             elif kind is ToWatchers:
                 self._outbox.append(action.message)
             elif kind is ToWatcher:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LISTEN_AUDIO = "listen.audio"
 LISTEN_ENDED = "listen.ended"
+LISTEN_CUT = "listen.cut"
+AGENT = 1  # the side of the agent's audio (0: the caller's)
 FLUSH_DELAY = 0.04  # seconds audio is held for listeners (their players buffer 0.1 s)
 FLUSH_BYTES = 48_000  # held at most: half a second of one side's audio
 
@@ -106,10 +108,20 @@ class AudioTap:
             except Exception as exc:  # listeners miss a piece; the call goes on
                 log.warning("sending audio to %s failed: %r", self.group, exc)
 
-    def cut(self, cut: AudioCut) -> None:
-        """The caller stopped playing an agent item: the recording leaves out what followed."""
+    async def cut(self, cut: AudioCut) -> None:
+        """The caller stopped playing an agent item: the recording leaves out what followed,
+        and listeners are told (`listen.cut`) to drop the agent's audio they have not played
+        yet (the service sends a reply faster than it is spoken: seconds of it may wait in a
+        listener's player, which would go on speaking over the caller)."""
         if self.recording is not None:
             self.recording.cut(cut.item_id, cut.audio_end_ms)
+        if self.listening:
+            await self.flush()
+            message = {"type": LISTEN_CUT, "side": AGENT}
+            try:
+                await get_channel_layer().group_send(self.group, message)
+            except Exception as exc:  # listeners hear the rest; the call goes on
+                log.warning("telling %s of a cut failed: %r", self.group, exc)
 
     def transcript_final(self, entry: dict, at: float) -> None:
         if self.recording is not None:

@@ -186,6 +186,25 @@ async def test_a_reply_spoken_in_a_format_of_its_own_reaches_listeners_decoded(
     await listener.disconnect()
 
 
+async def test_a_reply_the_caller_cuts_short_is_cut_for_listeners_too(caller, simulator, cookies):
+    """The service sends a reply faster than it is spoken: when the caller stops playing it
+    (`conversation.item.truncate`), listeners are told to drop what they have not played."""
+    listener = await _started(caller.session_id, cookies["ann"])
+    with simulator.configured(speech_engine="tone", audio_pace=0, reply_audio_ms=2000):
+        await caller.send({"type": "response.create", "response": {"output_modalities": ["audio"]}})
+        events = await caller.until("response.done")
+    item_id = next(e["item_id"] for e in events if e["type"] == "response.output_audio.delta")
+    await caller.send({"type": "conversation.item.truncate", "item_id": item_id,
+                       "content_index": 0, "audio_end_ms": 300})
+    await caller.until("conversation.item.truncated")
+    heard = 0
+    while (message := await listener.receive_output(timeout=5)).get("bytes") is not None:
+        heard += len(message["bytes"]) - 1
+    assert heard == 2 * 24 * 2000, "the whole reply came first, faster than it is spoken"
+    assert json.loads(message["text"]) == {"type": "listen.cut", "side": 1}
+    await listener.disconnect()
+
+
 async def test_a_malformed_append_is_left_to_the_upstream_and_listening_goes_on(caller, cookies):
     listener = await _started(caller.session_id, cookies["ann"])
     await caller.send({"type": "input_audio_buffer.append", "audio": "not base64 at all!"})

@@ -104,6 +104,19 @@ async def test_an_operator_hears_both_sides_and_one_without_the_permission_has_n
             timeout=15_000,
         )
         await caller.wait_for("response.done", timeout=30)
+
+    # A long reply comes faster than it is spoken; the caller cuts it short, and the listener
+    # stops hearing it at once (not when the seconds of it that came have played).
+    with simulator.configured(speech_engine="tone", audio_pace=0, reply_audio_ms=8000):
+        await caller.send({"type": "response.create"})
+        await caller.wait_for("response.done", 2, timeout=15)
+    item_id = next(e["item_id"] for e in reversed(caller.events)
+                   if e["type"] == "response.output_audio.delta")
+    agent_level = "document.querySelector('[data-level=\"1\"]').value"
+    await page.wait_for_function(f"() => {agent_level} > 0.02", timeout=5000)
+    await caller.send({"type": "conversation.item.truncate", "item_id": item_id,
+                       "content_index": 0, "audio_end_ms": 500})
+    await page.wait_for_function(f"() => {agent_level} === 0", timeout=2000)
     await page.screenshot(path="var/screenshots/listen-live.png")
     await page.set_viewport_size({"width": 390, "height": 844})
     assert await page.evaluate(_no_sideways_scroll()), "no sideways scroll at 390 px"

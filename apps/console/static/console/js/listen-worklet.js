@@ -1,7 +1,8 @@
 // The listen-in player: one side of the call (PCM16 → Float32 done by listen.js), played
 // from a small jitter buffer. It starts once PREBUFFER samples are in, plays silence when it
 // runs dry (and buffers again), and drops the oldest audio beyond MAX_BUFFER so that a burst
-// (the agent's audio comes faster than real time) never turns into a growing delay.
+// (the agent's audio comes faster than real time) never turns into a growing delay. "cut"
+// drops what waits: the caller cut the reply short.
 const PREBUFFER = 2400; // 100 ms at 24 kHz
 const MAX_BUFFER = 24000 * 30; // the longest reply the service sends ahead of playback
 
@@ -13,6 +14,12 @@ class ListenPlayer extends AudioWorkletProcessor {
     this.buffered = 0;
     this.playing = false;
     this.port.onmessage = (event) => {
+      if (event.data === "cut") { // the caller cut this reply short: what waits is not heard
+        this.chunks = [];
+        this.offset = this.buffered = 0;
+        this.playing = false;
+        return;
+      }
       const samples = event.data;
       this.chunks.push(samples);
       this.buffered += samples.length;

@@ -48,6 +48,7 @@ class Listening {
     if (typeof data === "string") {
       const message = JSON.parse(data);
       if (message.type === "listen.started") status("Listening", "live");
+      else if (message.type === "listen.cut") this.sides[message.side]?.player.port.postMessage("cut");
       else if (message.type === "listen.ended") status("The call ended", "over");
       else if (message.type === "error") status(message.message, "error");
       return;
