@@ -6,11 +6,12 @@ A key stands for the scope realtime:connect only: `/v1/realtime/calls` and the r
 until it expires (apps/sessions/tokens.py checks it). Only its digest is stored.
 
 What the service would refuse is refused when the key is minted, in its words, not when a
-call later uses the key: a parameter it does not know, a value of the wrong type, a value
-that is none of a fixed set's (`output_modalities`, a format's `type`), instructions over
-the limit, and any text (key or value) in the session configuration that
-cannot be stored or sent on (a NUL, a lone surrogate; `events.find_problem`). The rest of the
-configuration goes to the upstream as given, which judges it.
+call later uses the key: a parameter it does not know, a value of the wrong type (a null
+passes: the service turns settings off with it), a value that is none of a fixed set's
+(`output_modalities`, a format's `type`), instructions over the limit, and any text (key or
+value) in the session configuration that cannot be stored or sent on (a NUL, a lone
+surrogate; `events.find_problem`). The rest of the configuration goes to the upstream as
+given, which judges it.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def session_config(session: Any) -> dict[str, Any]:
     unknown = ga.unknown_session_parameter(session)
     if unknown is not None:  # the service refuses it now, not when the key is used
         raise InvalidParameter.unknown(unknown)
-    mistyped = ga.mistyped_session_parameter(session)
+    mistyped = ga.mistyped_session_parameter(session, null_allowed=True)
     if mistyped is not None:
         param, allowed, value = mistyped
         expected = " or ".join(

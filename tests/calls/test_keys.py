@@ -167,6 +167,13 @@ async def test_a_full_session_of_the_right_types_is_taken(api_token):
     assert response.status_code == 200, response.content[:300]
 
 
+async def test_settings_turned_off_with_null_are_taken(api_token):
+    """As the service announces them, and as its documentation turns them off: `null`."""
+    off = {"input": {"noise_reduction": None, "transcription": None, "turn_detection": None}}
+    response = await mint(api_token, {"session": {"audio": off, "tracing": None}})
+    assert response.status_code == 200, response.content[:300]
+
+
 async def test_instructions_at_the_limit_are_taken(api_token):
     response = await mint(api_token, {"session": {"instructions": "x" * 32_768}})
     assert response.status_code == 200, response.content[:300]
