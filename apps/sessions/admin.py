@@ -8,6 +8,7 @@ import json
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.forms.models import BaseInlineFormSet
 from django.http import StreamingHttpResponse
@@ -409,7 +410,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
         """Tokens and cost of the requests it made (its requests are named `token:<name>`)."""
         return _token_usage(selectors.api_token_usage().get(f"token:{obj.name}"))
 
-    @admin.action(description="Revoke the selected tokens")
+    def has_revoke_permission(self, request):
+        """Revoking changes a token: it needs the change permission of the model, which the
+        admin otherwise hides (a token's fields are never edited)."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
     def revoke(self, request, queryset):
         for token in queryset.filter(revoked_at__isnull=True):
             api_token_revoke(token=token)

@@ -84,6 +84,19 @@ def test_tokens_are_revocable_from_the_admin(staff_client):
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
 
 
+def test_staff_who_may_only_view_tokens_cannot_revoke_them(client):
+    from django.contrib.auth.models import Permission
+
+    viewer = get_user_model().objects.create_user("auditor", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_apitoken"))
+    client.force_login(viewer)
+    token, _ = api_token_create(name="script")
+    listing = client.get("/admin/oc_sessions/apitoken/")
+    assert listing.status_code == 200 and b'value="revoke"' not in listing.content, "no revoke offered"
+    client.post("/admin/oc_sessions/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is None, "a view-only user revoked a token"
+
+
 def test_a_long_sessions_page_shows_its_latest_requests_and_links_to_all(staff_client, history):
     from apps.sessions.admin import INLINE_LIMIT
 
