@@ -420,7 +420,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         for token in queryset.filter(revoked_at__isnull=True):
             api_token_revoke(token=token)
-        self.message_user(request, f"Revoked at {timezone.now():%H:%M:%S}.")
+        self.message_user(request, f"Revoked at {timezone.localtime():%H:%M:%S}.")
 
 
 def _token_usage(total: dict | None) -> str:

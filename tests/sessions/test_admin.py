@@ -97,6 +97,23 @@ def test_staff_who_may_only_view_tokens_cannot_revoke_them(client):
     assert ApiToken.objects.get(pk=token.pk).revoked_at is None, "a view-only user revoked a token"
 
 
+def test_the_revoke_message_tells_the_time_in_the_operators_timezone(staff_client):
+    import zoneinfo
+
+    from apps.console.models import OperatorProfile
+
+    OperatorProfile.objects.create(user=get_user_model().objects.get(username="boss"), timezone="Asia/Tokyo")
+    token, _ = api_token_create(name="script")
+    before = timezone.now()
+    page = staff_client.post(
+        "/admin/oc_sessions/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}, follow=True
+    )
+    after = timezone.now()
+    said = re.search(r"Revoked at (\d\d:\d\d:\d\d)", page.content.decode()).group(1)
+    tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+    assert said in {f"{moment.astimezone(tokyo):%H:%M:%S}" for moment in (before, after)}, said
+
+
 def test_a_long_sessions_page_shows_its_latest_requests_and_links_to_all(staff_client, history):
     from apps.sessions.admin import INLINE_LIMIT
 
