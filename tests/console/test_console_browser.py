@@ -238,6 +238,8 @@ async def test_pages_fit_a_narrow_window_and_the_form_is_keyboard_usable(login, 
     await page.locator("[data-send]").focus()
     await page.keyboard.press("Enter")
     await expect(page.locator('[data-requests] tr:has(.origin:text("console"))')).to_contain_text("Be brief.")
+    # Send is disabled while it posts, which drops its focus: it goes back to the emptied form.
+    await expect(page.locator("#instructions")).to_be_focused()
     await page.goto(f"{daphne.http_url}/console/")
     overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the dashboard scrolls sideways by {overflow}px at {PHONE}px"

@@ -479,6 +479,8 @@ function setUpForm() {
       rowNodes().forEach((row, index) => (index ? row.remove() : clearRow(row)));
       renumberRows();
       showErrors({});
+      // Send, disabled while it posted, lost the focus: it goes to the form, ready for the next.
+      if (document.activeElement === document.body) form.instructions.focus();
     } finally {
       button.disabled = over;
     }
