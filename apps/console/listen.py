@@ -9,6 +9,7 @@ group. Binary frames: byte 0 the side (0 caller, 1 agent), then PCM16 little-end
 caller cut the agent's reply short (what of it the listener has not played yet is not to be
 heard), `listen.ended` when the session ends (then the socket closes with 1000), `error` for a
 session that is not live (then 4404).
+An operator who logs out stops listening: the socket closes with 4401, as the console's does.
 
 A listener is renewed every RENEW_SECONDS, so the actor forgets one whose process died. A
 listener whose socket stops reading is dropped by the server, never waited for
@@ -24,6 +25,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from apps.console.consumers import user_group
 from apps.sessions import groups, selectors
 from apps.sessions.consumers import DropsSendsToClosedSockets, SurvivesLayerOutages
 from apps.sessions.db import db_async
@@ -46,6 +48,7 @@ def _may_listen(user) -> bool:
 
 class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebsocketConsumer):
     session: LiveSession | None = None
+    user_group: str | None = None
     _renew: asyncio.Task | None = None
 
     async def connect(self) -> None:
@@ -71,15 +74,19 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
             await self.close(code=4404)
             return
         self.session = session
+        self.user_group = user_group(user.pk)  # told when this operator logs out
         await self._start_listening()
         self._renew = asyncio.get_running_loop().create_task(self._renew_listening())
 
     def layer_groups(self) -> list[str]:
-        return [groups.listen_group(self.session.id)] if self.session is not None else []
+        if self.session is None:
+            return []
+        return [groups.listen_group(self.session.id), self.user_group]
 
     async def _start_listening(self) -> None:
         try:
-            await self.channel_layer.group_add(groups.listen_group(self.session.id), self.channel_name)
+            for group in self.layer_groups():
+                await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:
             log.warning("joining the listen group failed on %s: %r", self.channel_name, exc)
             self.join_later()
@@ -117,9 +124,8 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
         if self.session is not None:
             await self._tell_actor(listen=False)
             try:
-                await self.channel_layer.group_discard(
-                    groups.listen_group(self.session.id), self.channel_name
-                )
+                for group in self.layer_groups():
+                    await self.channel_layer.group_discard(group, self.channel_name)
             except Exception as exc:
                 log.warning("leaving the listen group failed on %s: %r", self.channel_name, exc)
 
@@ -133,6 +139,10 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
 
     async def listen_cut(self, message) -> None:
         await self.send(text_data=json.dumps(message))
+
+    async def user_logged_out(self, message) -> None:
+        """The operator logged out (on any page, in any process): they hear no more."""
+        await self.close(code=4401)
 
     async def listen_ended(self, message) -> None:
         await self.send(text_data=json.dumps(message))

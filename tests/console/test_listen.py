@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import time
 import uuid
 from array import array
 
+import httpx
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
@@ -220,6 +222,22 @@ async def test_listeners_are_told_when_the_session_ends(caller, cookies):
     await caller.communicator.disconnect()
     assert json.loads(await listener.receive_from(timeout=5)) == {"type": "listen.ended"}
     assert (await listener.receive_output(timeout=5))["type"] == "websocket.close"
+
+
+async def test_an_operator_who_logs_out_stops_hearing_the_call(caller, cookies):
+    listener = await _started(caller.session_id, cookies["ann"])
+    session_cookie = cookies["ann"].removeprefix("sessionid=")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url="http://127.0.0.1",
+        cookies={"sessionid": session_cookie},
+    ) as http:
+        page = await http.get("/console/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        assert (await http.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})).status_code == 302
+    await caller.send(_append(_tone(2400)))
+    while (message := await listener.receive_output(timeout=5))["type"] != "websocket.close":
+        assert message.get("bytes") is None, "audio reached an operator who had logged out"
+    assert message["code"] == 4401
 
 
 async def test_no_listening_to_a_session_that_is_not_live(cookies):
