@@ -120,7 +120,14 @@ class View:
     def matches(self, session: dict) -> bool:
         if self.q:
             needle = self.q.casefold()
-            haystack = (session["id"], session.get("label"), session.get("connected_by"))
+            # The search the admin's session list has: a phone call by its number or call id too.
+            haystack = (
+                session["id"],
+                session.get("label"),
+                session.get("connected_by"),
+                session.get("call_id"),
+                session.get("caller_number"),
+            )
             if not any(needle in _text(value) for value in haystack):
                 return False
         if self.state == "queued":
