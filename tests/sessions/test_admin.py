@@ -59,6 +59,16 @@ def test_history_is_searchable_filterable_and_shows_the_timeline(staff_client, h
     assert b"5 ms" in detail.content and b"20 ms" in detail.content, "queue wait and latency shown"
 
 
+def test_the_request_list_shows_the_newest_first(staff_client, history):
+    ResponseRequest.objects.create(
+        id="req_admin2", session=history, origin="console", status="queued",
+        created_at=timezone.now() + timedelta(seconds=5),
+    )
+    page = staff_client.get("/admin/oc_sessions/responserequest/").content.decode()
+    shown = re.findall(r'title="(req_admin\d)"', page)
+    assert shown == ["req_admin2", "req_admin1"], f"the latest request on top of the history: {shown}"
+
+
 def test_history_is_read_only(staff_client, history):
     response = staff_client.post(
         "/admin/oc_sessions/responserequest/req_admin1/change/", {"status": "failed"}
@@ -129,8 +139,10 @@ def test_a_long_sessions_page_shows_its_latest_requests_and_links_to_all(staff_c
     assert page.status_code == 200
     assert f"req_bulk{INLINE_LIMIT + 49:05d}".encode() in page.content, "the newest is shown"
     assert b"req_bulk00000" not in page.content, "the oldest beyond the limit are not"
-    listing = staff_client.get(f"/admin/oc_sessions/responserequest/?session__id__exact={history.pk}")
-    assert listing.status_code == 200 and b"req_bulk00000" in listing.content
+    listing = f"/admin/oc_sessions/responserequest/?session__id__exact={history.pk}"
+    first = staff_client.get(listing)
+    assert first.status_code == 200 and f"req_bulk{INLINE_LIMIT + 49:05d}".encode() in first.content
+    assert b"req_bulk00000" in staff_client.get(f"{listing}&p=3").content, "the oldest on the last page"
 
 
 def test_history_list_on_100k_rows_makes_no_full_count(staff_client, history):
