@@ -62,6 +62,12 @@ class CallProfile(models.Model):
                 {"dialled_number": "A number is + and digits (e.g. +15551234567), or such a prefix ending in *."}
             )
         self.dialled_number = number
+        if number:
+            # Two profiles for one number: which answers would depend on their names' order.
+            other = CallProfile.objects.filter(dialled_number=number).exclude(pk=self.pk).first()
+            if other is not None:
+                message = f"{other.name} answers this number already: change that profile instead."
+                raise ValidationError({"dialled_number": message})
 
     def session_config(self, default_model: str) -> dict:
         """The `session` of the call's accept (the Realtime API's shape)."""

@@ -51,3 +51,12 @@ def test_only_one_profile_is_the_default(admin_client):
     response = admin_client.post(ADD, form(is_default="on"))
     assert response.status_code == 200
     assert "Another profile is the default already" in response.content.decode()
+
+
+@pytest.mark.parametrize("number", ["+15551234567", "+1555*"])
+def test_two_profiles_cannot_answer_the_same_number(admin_client, number):
+    CallProfile.objects.create(name="Sales", dialled_number=number)
+    response = admin_client.post(ADD, form(dialled_number=f" {number}"))
+    assert response.status_code == 200
+    assert "Sales answers this number already" in response.content.decode()
+    assert not CallProfile.objects.filter(name="Support").exists(), "which of the two would answer?"
