@@ -267,7 +267,8 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     search_fields = ("instructions", "metadata", "id", "response_id")
     # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     list_select_related = ("session",)
-    ordering = ("-created_at",)  # the latest first, as the session list (the REST hook's is oldest first)
+    # The latest first, as the session list (the REST hook's history is oldest first).
+    ordering = ("-created_at",)
     readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration", "cost", "as_json"]
     fieldsets = (
         (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),

@@ -189,7 +189,9 @@ def test_dashboard_summaries_are_the_session_shape_plus_the_dashboards_own(opera
 
 
 def test_the_dashboard_search_finds_a_phone_call_by_the_callers_number_or_its_call_id(operator):
-    _session(upstream_id="sess_phone", kind="sip", call_id="rtc_u1_9c1f", caller_number="+15551234567")
+    _session(
+        upstream_id="sess_phone", kind="sip", call_id="rtc_u1_9c1f", caller_number="+15551234567"
+    )
     _session(upstream_id="sess_other")
     for needle in ("+15551234567", "5551234", "rtc_u1_9c1f"):
         page = operator.get(reverse("console:dashboard"), {"q": needle}).content.decode()

@@ -233,7 +233,8 @@ async def test_an_operator_who_logs_out_stops_hearing_the_call(caller, cookies):
     ) as http:
         page = await http.get("/console/")
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        assert (await http.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})).status_code == 302
+        out = await http.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})
+        assert out.status_code == 302
     await caller.send(_append(_tone(2400)))
     while (message := await listener.receive_output(timeout=5))["type"] != "websocket.close":
         assert message.get("bytes") is None, "audio reached an operator who had logged out"
