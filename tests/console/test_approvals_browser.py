@@ -61,6 +61,7 @@ async def test_two_operators_see_the_request_one_approves_the_other_sees_it_deci
     await caller.wait_for("response.done")
     await expect(alice.page.locator("[data-rate-limits] .rate")).to_have_count(2, timeout=5000)
     await expect(alice.page.locator("[data-rate-limits]")).to_contain_text("left")
+    await expect(alice.page.get_by_role("meter", name="requests left")).to_have_count(1)
     await alice.screenshot("approval-pending-1280")
 
     await bob.page.fill("[data-approval] input[name=reason]", "Order belongs to the caller")

@@ -5,6 +5,7 @@ tests/api/test_approvals.py and in Chromium (test_approvals_browser.py)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -55,6 +56,8 @@ def test_a_pending_request_renders_its_form_and_the_rate_limits_warn_when_low():
     assert "crm ·</span> lookup" in page
     assert "Running low: requests under 10 % of the limit." in page
     assert "5 of 100 left" in page and "900 of 1000 left" in page
+    meters = re.findall(r"<meter[^>]*>", page)
+    assert len(meters) == 2 and all('aria-label="' in m for m in meters), f"meters named: {meters}"
 
 
 def test_an_operator_who_may_not_steer_sees_the_request_but_no_form_and_is_refused():

@@ -184,7 +184,7 @@ export function applyRateLimits(message) {
     return el("div", { class: `rate${isLow ? " low" : ""}` },
       el("dt", { text: limit.name }),
       el("dd", {},
-        el("meter", { min: 0, max: limit.limit, value: limit.remaining, low: limit.limit * lowShare + 1e-9, optimum: limit.limit }),
+        el("meter", { min: 0, max: limit.limit, value: limit.remaining, low: limit.limit * lowShare + 1e-9, optimum: limit.limit, "aria-label": `${limit.name} left` }),
         ` ${limit.remaining} of ${limit.limit} left`,
         resets ? [" · resets ", el("time", { dateTime: resets, "data-clock": "", text: clock(resets) })] : null));
   });
