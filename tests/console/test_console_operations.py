@@ -97,6 +97,23 @@ async def test_search_finds_a_session_by_its_label_among_200(login, daphne, agen
         await needle.close()
 
 
+async def test_a_page_that_empties_shows_the_last_page_and_its_link_says_so(login, daphne):
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_many_live_sessions)(51)
+    alice = await login("alice")
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/?page=2")
+    await expect(page.locator("[data-range]")).to_have_text("51–51 of 51", timeout=5000)
+    oldest = LiveSession.objects.filter(upstream_id="sess_other0000")
+    await sync_to_async(oldest.update)(status="ended")
+    await expect(page.locator("[data-range]")).to_have_text("1–50 of 50", timeout=5000)
+    assert "page=2" not in page.url, f"page 1 is shown, the link says {page.url}"
+    await sync_to_async(oldest.update)(status="live")
+    await expect(page.locator("[data-range]")).to_have_text("1–50 of 51", timeout=5000)
+    assert alice.errors == []
+
+
 async def test_every_page_fits_a_phone_and_is_screenshotted(login, connect_caller, daphne, chromium):
     # Login, as a visitor sees it.
     visitor = await chromium.new_context()

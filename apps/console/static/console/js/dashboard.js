@@ -74,6 +74,11 @@ function headings() {
 }
 
 function show(message) {
+  // The page asked for is past the last (sessions ended): the last is shown, and the link says so.
+  const asked = String(message.view.page ?? 1);
+  if (asked === String(view.page ?? 1) && asked !== String(message.page)) {
+    change({ ...view, page: message.page });
+  }
   body.replaceChildren(...message.rows.map(row));
   figures.live.textContent = message.live;
   figures.nudges.textContent = message.stats.nudges_last_minute;
