@@ -243,7 +243,14 @@ class Nudge:
     def is_valid(self) -> bool:
         self.checked = True
         valid = self.form.is_valid() & self.metadata.is_valid()
-        if not valid or self.as_note:
+        if valid and self.as_note:
+            # A note is only its text: what it cannot carry is refused, not dropped.
+            if self.metadata.pairs():
+                self.refuse(PREFIX, "A note carries no metadata: clear the rows, or untick the note.")
+            if self.form.cleaned_data["conversation"] == "none":
+                self.refuse("conversation", "A note goes into the conversation: untick out of band.")
+            return not self.errors()
+        if not valid:
             return valid
         cleaned = self.form.cleaned_data
         given: dict = {"instructions_mode": cleaned["instructions_mode"]}

@@ -115,6 +115,17 @@ def test_a_refused_form_comes_back_with_what_was_typed_and_the_error_beside_its_
         ({"instructions_mode": "merge"}, "instructions_mode", "Choose append or replace."),
         ({"conversation": "sideways"}, "conversation", "Choose auto or none."),
         ({"as_note": "on"}, "instructions", "Write the note's text."),
+        # What a note cannot carry is refused, not dropped without a word.
+        (
+            {"as_note": "on", "instructions": "Prefers email.", **_rows(("topic", "billing"))},
+            "metadata",
+            "A note carries no metadata",
+        ),
+        (
+            {"as_note": "on", "instructions": "Prefers email.", "conversation": "none"},
+            "conversation",
+            "A note goes into the conversation",
+        ),
     ],
 )
 def test_each_limit_is_named_beside_its_field_in_json_and_html(operator, fields, field, error):

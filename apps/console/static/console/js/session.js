@@ -394,6 +394,8 @@ function checkForm() {
   });
   if (used > maxRows) errors.metadata = `At most ${maxRows} metadata rows; remove ${used - maxRows}.`;
   if (form.as_note.checked && !form.instructions.value.trim()) errors.instructions = "Write the note's text.";
+  if (form.as_note.checked && used) errors.metadata = "A note carries no metadata: clear the rows, or untick the note.";
+  if (form.as_note.checked && form.conversation.checked) errors.conversation = "A note goes into the conversation: untick out of band.";
   return errors;
 }
 
