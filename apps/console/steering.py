@@ -47,7 +47,7 @@ def form(view: View) -> View:
     async def steer(request: HttpRequest, session_id: str, **kwargs: Any) -> HttpResponse:
         user = await steerer(request)
         if user is None:
-            return redirect_to_login(back(session_id))
+            return logged_out(request, session_id)
         return await view(request, session_id, user=user, **kwargs)
 
     return steer
@@ -55,6 +55,16 @@ def form(view: View) -> View:
 
 def back(session_id: str) -> str:
     return reverse("console:session", args=[session_id])
+
+
+def logged_out(request: HttpRequest, session_id: str) -> HttpResponse:
+    """No one is logged in (the operator logged out, or their login expired, while the page
+    was open): the page's script is told so (401), a form without JavaScript goes to log in
+    and back to the session page."""
+    if wants_json(request):
+        message = "You are logged out: log in again (in another tab, to keep what is typed here)."
+        return JsonResponse({"ok": False, "errors": {"form": message}}, status=401)
+    return redirect_to_login(back(session_id))
 
 
 def refused(

@@ -18,7 +18,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -192,7 +191,7 @@ async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
         raise Http404(f"No response request with id '{request_id}'.")
     session_id = row.session.upstream_id
     if user is None:
-        return redirect_to_login(steering.back(session_id))
+        return steering.logged_out(request, session_id)
     if row.origin not in OPERATOR_ORIGINS and request.POST.get("confirm") != "caller":
         # A caller's own request is theirs: cancelling it is a separate, confirmed action.
         return steering.refused(

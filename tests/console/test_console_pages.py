@@ -210,6 +210,24 @@ def test_the_dashboard_search_finds_a_phone_call_by_the_callers_number_or_its_ca
         assert found == ["sess_phone"], f"searching {needle!r} found {found}"
 
 
+def test_a_script_whose_operator_logged_out_is_told_so_not_sent_the_login_page(operator):
+    session = _session()
+    row = ResponseRequest.objects.create(
+        id="req_out1", session=session, origin="console", status="queued"
+    )
+    logged_out = Client()
+    json_answer = {"Accept": "application/json"}
+    for url in (
+        reverse("console:nudge", args=[session.upstream_id]),
+        reverse("console:interrupt", args=[session.upstream_id]),
+        reverse("console:label", args=[session.upstream_id]),
+        reverse("console:cancel", args=[row.id]),
+    ):
+        answer = logged_out.post(url, {"instructions": "x", "label": "x"}, headers=json_answer)
+        assert answer.status_code == 401, f"{url}: {answer.status_code}"
+        assert "logged out" in answer.json()["errors"]["form"]
+
+
 def test_the_dashboards_read_is_one_query_however_many_sessions_are_live(operator, django_assert_num_queries):
     for i in range(30):
         _session(upstream_id=f"sess_many{i:02d}", instructions="Long instructions. " * 50)
