@@ -177,6 +177,13 @@ async def test_the_admin_index_fits_a_phone(chromium, daphne, users):
     for size, (width, height) in SIZES.items():
         await page.set_viewport_size({"width": width, "height": height})
         await page.screenshot(path=str(SHOTS / f"admin-{size}.png"))
+    # The page showing a new token once: its field fits a phone (focus selects it whole, to copy).
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/apitoken/add/")
+    await page.fill("#id_name", "phone-made")
+    await page.click("input[name=_save]")
+    await expect(page.locator("#new-token")).to_be_visible()
+    await page.screenshot(path=str(SHOTS / "admin-token-created-phone.png"))
+    assert await _sideways(page) <= 0, f"the new token scrolls sideways: {await _too_wide(page)}"
     assert not [e for e in errors if "Content Security Policy" in e], errors
     await context.close()
 
