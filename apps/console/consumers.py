@@ -86,24 +86,32 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
         self.watching = session
         if not await self._quietly(self.channel_layer.group_add(groups.watch_group(session.id), self.channel_name)):
             self.join_later()
+        # What the actor told watchers between the page's render and this watch never reached
+        # the page (a response that ended, a request made meanwhile): it catches up first.
+        if not await self._catch_up():
+            return
         await self._tell_actor(watch=True)
         self._renew = asyncio.get_running_loop().create_task(self._renew_watch())
 
     async def layer_rejoined(self) -> None:
         """Back in the groups after an outage. What the actor told the watchers meanwhile was
-        lost with the layer, so the page catches up from the table: the session's end, or its
-        latest requests as they are now. Then the actor is told of the watch again: it may
-        never have heard of it (the layer was down when it began); one that knew it renews it."""
-        if self.watching is None:
-            return
+        lost with the layer, so the page catches up from the table. Then the actor is told of
+        the watch again: it may never have heard of it (the layer was down when it began); one
+        that knew it renews it."""
+        if self.watching is not None and await self._catch_up():
+            await self._tell_actor(watch=True)
+
+    async def _catch_up(self) -> bool:
+        """The watched session as the table has it now: its end (then the watch stops, and
+        False), or its latest requests as they are now."""
         session, requests = await db_async(_as_now)(self.watching.pk)
         if session.status != LiveSession.Status.LIVE:
             await self.send_json(_ended(session, session.upstream_id or str(session.pk)))
             await self._unwatch()
-            return
+            return False
         for request in requests:
             await self.send_json(_request(request))
-        await self._tell_actor(watch=True)
+        return True
 
     async def _renew_watch(self) -> None:
         while True:

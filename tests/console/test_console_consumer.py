@@ -99,6 +99,20 @@ async def test_a_watcher_gets_a_snapshot_then_coalesced_transcript_updates(calle
     await communicator.disconnect()
 
 
+async def test_a_new_watcher_is_told_the_requests_as_they_are_now(caller, cookies):
+    """A page shows the requests as rendered, then what its socket tells: a change between
+    the two (a response that ended meanwhile) reaches the page when it starts watching."""
+    await caller.send({"type": "conversation.item.create", "item": user_text("Hello?")})
+    await caller.send({"type": "response.create"})
+    await caller.until("response.done")
+    await history.flush()
+    communicator, _ = await _console(cookies["alice"])
+    await communicator.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+    told = await _receive(communicator, "request")
+    assert (told["origin"], told["status"]) == ("caller", "completed")
+    await communicator.disconnect()
+
+
 async def test_presence_follows_who_watches(caller, cookies):
     alice, _ = await _console(cookies["alice"])
     bob, _ = await _console(cookies["bob"])
