@@ -136,7 +136,15 @@ async def test_a_65_character_key_is_refused_beside_the_field_and_nothing_is_sen
     # Whether the page or the server refused it, the refusal is shown: nothing was stored.
     assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id).aexists()
     assert _creates(simulator, caller.session_id) == []
-    assert alice.errors == []
+    # The server cannot be reached: the form says so and keeps what was typed.
+    await alice.page.fill("#metadata-0-key", "topic")
+    await alice.page.fill("#instructions", "Offer the refund.")
+    await alice.page.route("**/responses", lambda route: route.abort())
+    await alice.page.click("[data-send]")
+    await expect(alice.page.locator("#err-form")).to_contain_text("could not be reached")
+    assert await alice.page.input_value("#instructions") == "Offer the refund."
+    await expect(alice.page.locator("[data-send]")).to_be_enabled()
+    assert [e for e in alice.errors if "Failed to load resource" not in e] == []
 
 
 async def test_the_server_checks_the_form_too(login, connect_caller, daphne, simulator):

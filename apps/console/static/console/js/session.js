@@ -332,7 +332,12 @@ function sendStatus(text, kind) {
 }
 
 async function post(url, body) {
-  const response = await fetch(url, { method: "POST", body, headers: { Accept: "application/json" }, credentials: "same-origin" });
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", body, headers: { Accept: "application/json" }, credentials: "same-origin" });
+  } catch {
+    return { ok: false, errors: { form: "The server could not be reached: try again." } };
+  }
   try {
     return await response.json();
   } catch {
