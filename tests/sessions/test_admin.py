@@ -69,6 +69,12 @@ def test_the_request_list_shows_the_newest_first(staff_client, history):
     assert shown == ["req_admin2", "req_admin1"], f"the latest request on top: {shown}"
 
 
+def test_admin_pages_name_the_consoles_icon(staff_client):
+    """Without it the browser asks for /favicon.ico, a 404 logged on every admin page."""
+    page = staff_client.get("/admin/").content.decode()
+    assert re.search(r'<link rel="icon" href="/static/favicon[^"]*\.svg"', page), "no icon named"
+
+
 def test_history_is_read_only(staff_client, history):
     response = staff_client.post(
         "/admin/oc_sessions/responserequest/req_admin1/change/", {"status": "failed"}
