@@ -161,6 +161,16 @@ async def test_every_page_fits_a_phone_and_is_screenshotted(login, connect_calle
     assert alice.errors == [], alice.errors
 
 
+def _one_request() -> str:
+    session = LiveSession.objects.create(
+        upstream_id="sess_C9xJ1v3Xx0O1e3n0kq9fJ", model="gpt-realtime"
+    )
+    request = ResponseRequest.objects.create(
+        id="req_ae2256a5a60d4b1db52e3b99ea704efa", session=session, origin="api", status="completed"
+    )
+    return request.id
+
+
 async def test_the_admin_index_fits_a_phone(chromium, daphne, users):
     from asgiref.sync import sync_to_async
 
@@ -184,6 +194,10 @@ async def test_the_admin_index_fits_a_phone(chromium, daphne, users):
     await expect(page.locator("#new-token")).to_be_visible()
     await page.screenshot(path=str(SHOTS / "admin-token-created-phone.png"))
     assert await _sideways(page) <= 0, f"the new token scrolls sideways: {await _too_wide(page)}"
+    # A request's page: its title is its id, one long word.
+    request_id = await sync_to_async(_one_request)()
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/{request_id}/change/")
+    assert await _sideways(page) <= 0, f"a request's page scrolls sideways: {await _too_wide(page)}"
     assert not [e for e in errors if "Content Security Policy" in e], errors
     await context.close()
 
