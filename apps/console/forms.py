@@ -88,10 +88,12 @@ class NudgeFields(forms.Form):
         too_long="{n} characters; at most {limit} are allowed.",
         required=False,
         label="Instructions for the next response",
+        # No `maxlength`: the browser would cut a longer paste short, silently, and send that.
+        # The page's script and the form refuse it instead, saying by how much it is over.
         widget=forms.Textarea(
             attrs={
                 "rows": 4,
-                "maxlength": MAX_INSTRUCTIONS_CHARS,
+                "data-max-chars": MAX_INSTRUCTIONS_CHARS,
                 "placeholder": "e.g. Offer the refund.",
                 "aria-describedby": "err-instructions",
             }

@@ -144,6 +144,12 @@ async def test_a_65_character_key_is_refused_beside_the_field_and_nothing_is_sen
     await expect(alice.page.locator("#err-form")).to_contain_text("could not be reached")
     assert await alice.page.input_value("#instructions") == "Offer the refund."
     await expect(alice.page.locator("[data-send]")).to_be_enabled()
+    # Instructions pasted over the limit are kept whole and refused, not cut short and sent.
+    await alice.page.fill("#instructions", "word " * 6600 + "END")
+    await alice.page.click("[data-send]")
+    refusal = alice.page.locator("#err-instructions")
+    await expect(refusal).to_contain_text("33003 characters; at most 32768")
+    assert (await alice.page.input_value("#instructions")).endswith("END")
     assert [e for e in alice.errors if "Failed to load resource" not in e] == []
 
 

@@ -398,6 +398,8 @@ function checkForm() {
     if (length(value) > maxValue) errors[`${name}-value`] = `${length(value)} characters; a value has at most ${maxValue}.`;
   });
   if (used > maxRows) errors.metadata = `At most ${maxRows} metadata rows; remove ${used - maxRows}.`;
+  const instructions = length(form.instructions.value.trim()), maxInstructions = +form.instructions.dataset.maxChars;
+  if (instructions > maxInstructions) errors.instructions = `${instructions} characters; at most ${maxInstructions} are allowed.`;
   if (form.as_note.checked && !form.instructions.value.trim()) errors.instructions = "Write the note's text.";
   if (form.as_note.checked && used) errors.metadata = "A note carries no metadata: clear the rows, or untick the note.";
   if (form.as_note.checked && form.conversation.checked) errors.conversation = "A note goes into the conversation: untick out of band.";
