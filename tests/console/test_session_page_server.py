@@ -126,6 +126,13 @@ def test_without_javascript_the_page_shows_what_the_server_knows_and_hides_what_
     assert "<noscript>" in page and "reload it for news" in page
 
 
+def test_without_javascript_the_dashboard_does_not_claim_to_be_connecting(operator):
+    page = operator.get("/console/").content.decode()
+    status = re.search(r'<p class="live-status" data-live-status[^>]*>', page).group(0)
+    assert "data-script-only" in status and " hidden" in status, f"a socket's state, none: {status}"
+    assert re.search(r"<noscript><p class=\"live-status\">Not updating live", page)
+
+
 def test_an_unknown_page_answers_in_the_consoles_look_and_the_api_and_relay_as_before(operator, settings):
     from django.template import loader
 

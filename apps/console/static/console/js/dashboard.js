@@ -157,6 +157,8 @@ window.addEventListener("popstate", () => {
   change(next);
 });
 
+// What works only with a script (the live status) is hidden until one runs.
+for (const node of document.querySelectorAll("[data-script-only]")) node.hidden = false;
 live = connectLive({
   subscribe: () => ({ type: "watch.sessions", query: view }),
   onState: (state) => showState(document.querySelector("[data-live-status]"), state),
