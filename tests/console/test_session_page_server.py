@@ -126,6 +126,17 @@ def test_without_javascript_the_page_shows_what_the_server_knows_and_hides_what_
     assert "<noscript>" in page and "reload it for news" in page
 
 
+def test_without_javascript_a_watcher_is_not_told_that_steering_works(transactional_db):
+    from django.test import Client
+
+    _session("sess_watched", status="live")
+    watcher = Client()
+    watcher.force_login(get_user_model().objects.create_user("watcher", password="pw-for-tests"))
+    note = re.search(r'<noscript><p class="noscript-note">(.*?)</p>', watcher.get(
+        "/console/sessions/sess_watched/").content.decode(), re.S).group(1)
+    assert "Steering" not in note and "label work" not in note, note
+
+
 def test_without_javascript_the_dashboard_does_not_claim_to_be_connecting(operator):
     page = operator.get("/console/").content.decode()
     status = re.search(r'<p class="live-status" data-live-status[^>]*>', page).group(0)
