@@ -104,7 +104,6 @@ def _session_page(
         {
             "session": session,
             "session_cost_usd": cost_usd(model=session.model, usage=session.usage or {}),
-            "label_limit": services.MAX_LABEL_CHARS,
             "over": session.status in OVER,
             "requests": rows,
             "requests_shown": queue_first(rows),

@@ -153,6 +153,27 @@ async def test_a_65_character_key_is_refused_beside_the_field_and_nothing_is_sen
     assert [e for e in alice.errors if "Failed to load resource" not in e] == []
 
 
+async def test_a_label_set_on_the_session_page_shows_on_the_dashboard_and_a_long_one_stays_whole(
+    login, connect_caller, daphne
+):
+    alice = await login("alice")
+    caller = await connect_caller()
+    await _open_session(alice, daphne, caller.session_id)
+    page = alice.page
+    # Over the limit (pasted, say): refused with its length, kept whole to be shortened.
+    await page.fill("#label-input", "Refund " * 30)
+    await page.click("[data-label-form] button")
+    await expect(page.locator("#err-label")).to_contain_text("209 characters; at most 200")
+    assert await page.input_value("#label-input") == ("Refund " * 30)
+    await page.fill("#label-input", "Refund for Jane Roe")
+    await page.click("[data-label-form] button")
+    await expect(page.locator("[data-label-shown]")).to_have_text("Refund for Jane Roe")
+    await page.goto(f"{daphne.http_url}/console/")
+    row = page.locator(f'tr[data-session="{caller.session_id}"]')
+    await expect(row.locator(".label-cell")).to_have_text("Refund for Jane Roe", timeout=3000)
+    assert [e for e in alice.errors if "status of 422" not in e] == [], "only the refusal's 422"
+
+
 async def test_the_server_checks_the_form_too(login, connect_caller, daphne, simulator):
     """The same refusal when the browser's own check is bypassed (a POST from the page)."""
     alice = await login("alice")
