@@ -39,6 +39,8 @@ PREFIX = "metadata"
 # Rows beyond this many in one POST are not even read (a forged count); the row limit itself
 # (MAX_METADATA_PAIRS filled rows) is checked on what was typed.
 ABSOLUTE_MAX_ROWS = 100
+NOTE_WITH_METADATA = "A note carries no metadata: clear the rows, or untick the note."
+NOTE_OUT_OF_BAND = "A note goes into the conversation: untick out of band."
 
 
 class RelayText(forms.CharField):
@@ -248,9 +250,9 @@ class Nudge:
         if valid and self.as_note:
             # A note is only its text: what it cannot carry is refused, not dropped.
             if self.metadata.pairs():
-                self.refuse(PREFIX, "A note carries no metadata: clear the rows, or untick the note.")
+                self.refuse(PREFIX, NOTE_WITH_METADATA)
             if self.form.cleaned_data["conversation"] == "none":
-                self.refuse("conversation", "A note goes into the conversation: untick out of band.")
+                self.refuse("conversation", NOTE_OUT_OF_BAND)
             return not self.errors()
         if not valid:
             return valid
