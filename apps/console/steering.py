@@ -28,26 +28,33 @@ def wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-async def steerer(request: HttpRequest):
-    """The user who may steer; None if no one is logged in (PermissionDenied for a watcher)."""
+WATCH_ONLY = "You may watch sessions but not steer them."
+
+
+async def steerer(request: HttpRequest, session_id: str) -> Any:
+    """The user who may steer, or the answer for one who may not: one not logged in goes to
+    log in (`logged_out`); one who may only watch is refused (403), in words for the page's
+    script, else with the forbidden page."""
     user = await request.auser()
     if not user.is_authenticated:
-        return None
+        return logged_out(request, session_id)
     if not await sync_to_async(user.has_perm)(STEER):
-        raise PermissionDenied("You may watch sessions but not steer them.")
+        if wants_json(request):
+            return JsonResponse({"ok": False, "errors": {"form": WATCH_ONLY}}, status=403)
+        raise PermissionDenied(WATCH_ONLY)
     return user
 
 
 def form(view: View) -> View:
-    """A steering form of a session's page (POST): one not logged in is sent to log in and back
-    to the page, one who may only watch is refused (403); the view gets the steerer as `user`."""
+    """A steering form of a session's page (POST), for steerers only (`steerer`); the view
+    gets the steerer as `user`."""
 
     @require_POST
     @functools.wraps(view)
     async def steer(request: HttpRequest, session_id: str, **kwargs: Any) -> HttpResponse:
-        user = await steerer(request)
-        if user is None:
-            return logged_out(request, session_id)
+        user = await steerer(request, session_id)
+        if isinstance(user, HttpResponse):
+            return user
         return await view(request, session_id, user=user, **kwargs)
 
     return steer

@@ -184,13 +184,13 @@ async def nudge(request: HttpRequest, session_id: str, *, user: Any) -> HttpResp
 
 @require_POST
 async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
-    user = await steering.steerer(request)
     row = await sync_to_async(selectors.request_get)(request_id=request_id)
     if row is None:
         raise Http404(f"No response request with id '{request_id}'.")
     session_id = row.session.upstream_id
-    if user is None:
-        return steering.logged_out(request, session_id)
+    user = await steering.steerer(request, session_id)
+    if isinstance(user, HttpResponse):
+        return user
     if row.origin not in OPERATOR_ORIGINS and request.POST.get("confirm") != "caller":
         # A caller's own request is theirs: cancelling it is a separate, confirmed action.
         return steering.refused(

@@ -228,6 +228,25 @@ def test_a_script_whose_operator_logged_out_is_told_so_not_sent_the_login_page(o
         assert "logged out" in answer.json()["errors"]["form"]
 
 
+def test_a_script_of_an_operator_who_may_only_watch_is_told_why_it_is_refused(operator):
+    from django.contrib.auth import get_user_model
+
+    session = _session()
+    row = ResponseRequest.objects.create(
+        id="req_watch1", session=session, origin="console", status="queued"
+    )
+    watcher = Client()
+    watcher.force_login(get_user_model().objects.create_user("watcher", password="pw-for-tests"))
+    for url in (
+        reverse("console:nudge", args=[session.upstream_id]),
+        reverse("console:interrupt", args=[session.upstream_id]),
+        reverse("console:cancel", args=[row.id]),
+    ):
+        answer = watcher.post(url, {"instructions": "x"}, headers={"Accept": "application/json"})
+        assert answer.status_code == 403, f"{url}: {answer.status_code}"
+        assert answer.json()["errors"]["form"] == "You may watch sessions but not steer them."
+
+
 def test_the_dashboards_read_is_one_query_however_many_sessions_are_live(operator, django_assert_num_queries):
     for i in range(30):
         _session(upstream_id=f"sess_many{i:02d}", instructions="Long instructions. " * 50)
