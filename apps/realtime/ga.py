@@ -30,7 +30,7 @@ import copy
 import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import typing_extensions
@@ -221,14 +221,21 @@ def _mistyped_in(
             if found := _mistyped_in(item, hints[key], f"{path}.{key}", null_allowed):
                 return found
     elif isinstance(value, list):
-        for variant in _variants(annotation):
-            if typing.get_origin(variant) in _ARRAYS:
-                (member,) = typing.get_args(variant)
-                for index, item in enumerate(value):
-                    if found := _mistyped_in(item, member, f"{path}[{index}]", null_allowed):
-                        return found
-                break
+        for item, member, where in _items(value, annotation, path):
+            if found := _mistyped_in(item, member, where, null_allowed):
+                return found
     return None
+
+
+def _items(value: list, annotation: object, path: str) -> Iterator[tuple[Any, Any, str]]:
+    """Each item of a list, with the annotation of an item and its path; none when no
+    variant of `annotation` is an array."""
+    for variant in _variants(annotation):
+        if typing.get_origin(variant) in _ARRAYS:
+            (member,) = typing.get_args(variant)
+            for index, item in enumerate(value):
+                yield item, member, f"{path}[{index}]"
+            return
 
 
 def _choices(annotation: object, value: Any) -> tuple[Any, ...] | None:
@@ -260,13 +267,9 @@ def _unsupported_in(
             if key in hints and (found := _unsupported_in(item, hints[key], f"{path}.{key}")):
                 return found
     elif isinstance(value, list):
-        for variant in _variants(annotation):
-            if typing.get_origin(variant) in _ARRAYS:
-                (member,) = typing.get_args(variant)
-                for index, item in enumerate(value):
-                    if found := _unsupported_in(item, member, f"{path}[{index}]"):
-                        return found
-                break
+        for item, member, where in _items(value, annotation, path):
+            if found := _unsupported_in(item, member, where):
+                return found
     elif (choices := _choices(annotation, value)) is not None and value not in choices:
         return path, choices, value
     return None
