@@ -33,12 +33,15 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not is_database_away(exception):
             return None
-        log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exception)
+        log.warning(
+            "%s %s: the database is unavailable: %s", request.method, request.path, exception
+        )
         if request.path.startswith("/v1/"):
             response = error(
                 503,
                 "database_unavailable",
-                "The server cannot answer now (its database is unavailable); try again in a moment.",
+                "The server cannot answer now (its database is unavailable); "
+                "try again in a moment.",
                 kind="server_error",
             )
         else:

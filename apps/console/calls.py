@@ -34,7 +34,9 @@ async def refer(request: HttpRequest, session_id: str, *, user: Any) -> HttpResp
     except services.ServiceError as exc:
         mendable = isinstance(exc, calls.InvalidTargetUri | calls.CallControlFailed)
         if mendable and not steering.wants_json(request):
-            return await views.refused_transfer(request, session_id, target, exc.message, exc.status)
+            return await views.refused_transfer(
+                request, session_id, target, exc.message, exc.status
+            )
         return steering.refused(request, session_id, exc)
     done = f"The call was transferred to {target}."
     return steering.done(request, session_id, done, {"target_uri": target}, status=202)

@@ -123,7 +123,9 @@ def _session_page(
     )
 
 
-async def refused_transfer(request: HttpRequest, session_id: str, target: str, error: str, status: int):
+async def refused_transfer(
+    request: HttpRequest, session_id: str, target: str, error: str, status: int
+) -> HttpResponse:
     return await sync_to_async(_session_page)(
         request, session_id, Nudge(), status=status, refer={"target": target, "error": error}
     )

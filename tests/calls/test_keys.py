@@ -134,8 +134,18 @@ TOO_LONG = "string_above_max_length"
             "session.audio.input.format.rate",
             "Invalid value: 16000. Supported values are: 24000.",
         ),
-        ({"session": {"tool_choice": "sometimes"}}, "invalid_value", "session.tool_choice", "'required'"),
-        ({"session": {"max_output_tokens": "lots"}}, "invalid_value", "session.max_output_tokens", "'inf'"),
+        (
+            {"session": {"tool_choice": "sometimes"}},
+            "invalid_value",
+            "session.tool_choice",
+            "'required'",
+        ),
+        (
+            {"session": {"max_output_tokens": "lots"}},
+            "invalid_value",
+            "session.max_output_tokens",
+            "'inf'",
+        ),
     ],
 )
 async def test_what_the_service_would_refuse_is_refused_at_mint_time(

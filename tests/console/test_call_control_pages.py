@@ -96,9 +96,8 @@ def test_a_refused_transfer_comes_back_open_with_the_target_typed_and_the_error_
     """Without JavaScript too: the operator mends the address instead of typing it again."""
     session = _session("sess_transfer", kind="sip", call_id="rtc_t")
     client = _client("alice", steer=True)
-    answer = client.post(
-        reverse("console:refer", args=[session.upstream_id]), {"target_uri": "mailto:bob@example.com"}
-    )
+    refer = reverse("console:refer", args=[session.upstream_id])
+    answer = client.post(refer, {"target_uri": "mailto:bob@example.com"})
     text = answer.content.decode()
     assert answer.status_code == 422
     assert '<details class="confirm" data-refer open>' in text
