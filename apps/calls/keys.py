@@ -31,7 +31,6 @@ DEFAULT_SECONDS = 600
 MIN_SECONDS = 10
 MAX_SECONDS = 7200
 PARAMETERS = ("expires_after", "session")  # the request body's, as the service takes them
-_ARTICLE = {"integer": "an", "array": "an", "object": "an", "string": "a", "boolean": "a"}
 
 
 class InvalidParameter(ValueError):
@@ -54,7 +53,7 @@ class InvalidParameter(ValueError):
     ) -> InvalidParameter:
         """`what` names a value that is no parameter (the body itself: `param` None)."""
         kind = json_type(value)
-        got = f"{_ARTICLE.get(kind, 'a')} {kind}" if kind != "null" else kind
+        got = ga.expected_types((kind,))
         where = what or f"'{param}'"
         message = f"Invalid type for {where}: expected {expected}, but got {got} instead."
         return cls(param, message, "invalid_type")
@@ -115,10 +114,7 @@ def session_config(session: Any) -> dict[str, Any]:
     mistyped = ga.mistyped_session_parameter(session, null_allowed=True)
     if mistyped is not None:
         param, allowed, value = mistyped
-        expected = " or ".join(
-            kind if kind == "null" else f"{_ARTICLE.get(kind, 'a')} {kind}" for kind in allowed
-        )
-        raise InvalidParameter.wrong_type(param, expected, value)
+        raise InvalidParameter.wrong_type(param, ga.expected_types(allowed), value)
     unsupported = ga.unsupported_session_value(session)
     if unsupported is not None:
         param, choices, value = unsupported

@@ -137,6 +137,14 @@ def mistyped_session_parameter(
     return _mistyped_in(session, RealtimeSessionCreateRequestParam, "session", null_allowed)
 
 
+def expected_types(allowed: tuple[str, ...]) -> str:
+    """The JSON types a `mistyped_*` answer allows, as the service names them in its
+    `invalid_type` message: "an array", "a string or null"."""
+    return " or ".join(
+        kind if kind == "null" else f"{'an' if kind[0] in 'aio' else 'a'} {kind}" for kind in allowed
+    )
+
+
 def mistyped_response_parameter(
     response: Mapping[str, Any],
 ) -> tuple[str, tuple[str, ...], Any] | None:

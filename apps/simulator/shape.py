@@ -105,18 +105,12 @@ def check_known_keys(unknown: str | None) -> None:
         raise Rejected("unknown_parameter", f"Unknown parameter: '{unknown}'.", unknown)
 
 
-_ARTICLES = {"object": "an", "array": "an", "integer": "an"}
-
-
 def check_types(mistyped: tuple[str, tuple[str, ...], Any] | None) -> None:
     """Refuse the value `mistyped` names (`ga.mistyped_*`), if any, as the service does:
     "Invalid type for 'session.tools': expected an array, but got string instead."."""
     if mistyped is not None:
         param, allowed, value = mistyped
-        expected = " or ".join(
-            kind if kind == "null" else f"{_ARTICLES.get(kind, 'a')} {kind}" for kind in allowed
-        )
-        raise Rejected.invalid_type(param, expected, value)
+        raise Rejected.invalid_type(param, ga.expected_types(allowed), value)
 
 
 async def refuse_beta(connection: ServerConnection, client_event_id: str | None = None) -> None:
