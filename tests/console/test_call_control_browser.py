@@ -38,6 +38,10 @@ async def test_an_operator_transfers_and_hangs_up_an_attached_call(login, daphne
         await page.click("[data-refer] button[type=submit]")
         await expect(page.locator("#err-target_uri")).to_contain_text("must be a tel: URI")
         await expect(page.locator("#refer-target")).to_have_value("mailto:someone@example.com")
+        await alice.screenshot("call-control-transfer-refused")
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await alice.screenshot("call-control-transfer-refused-phone")
+        await page.set_viewport_size({"width": 1280, "height": 800})
         assert simulator.sim.calls.refers == [] or all(c != call_id for c, _ in simulator.sim.calls.refers)
         # Mended in the form still open, it reaches the simulator, and the history shows who.
         await page.fill("#refer-target", "tel:+15550002222")
