@@ -9,8 +9,10 @@ with it, and the caller gets the upstream's SDP, status and JSON error body, nev
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -41,6 +43,31 @@ def _post_only(request: HttpRequest) -> JsonResponse | None:
         response["Allow"] = "POST"
         return response
     return None
+
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def from_any_page(view: View) -> View:
+    """CORS for a call placed by another site's page, as the service allows it: a browser app
+    posts its offer here with a minted key, as it would to the service. Any origin may, and
+    may read the answer, its `Location` and the errors; no cookie is taken on its behalf (no
+    `Access-Control-Allow-Credentials`), so a console operator's session stays this site's."""
+
+    @functools.wraps(view)
+    async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = HttpResponse(status=204)
+            response["Access-Control-Allow-Methods"] = "POST"
+            response["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response["Access-Control-Max-Age"] = "600"
+        else:
+            response = await view(request, *args, **kwargs)
+            response["Access-Control-Expose-Headers"] = "Location"
+        response["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    return wrapped
 
 
 def body_too_big(request: HttpRequest) -> JsonResponse | None:
@@ -125,6 +152,7 @@ def _part(request: HttpRequest, name: str) -> str:
 
 
 @csrf_exempt
+@from_any_page
 async def calls(request: HttpRequest) -> HttpResponse:
     """Place a WebRTC call: forward the offer upstream, answer with the upstream's SDP, and
     attach a sideband session to the call (kind `webrtc`)."""

@@ -188,6 +188,32 @@ async def test_callers_without_credentials_are_refused(stand_in, make_token):
     assert stand_in.requests == []
 
 
+async def test_another_sites_page_may_place_a_call_and_read_the_answer(stand_in, api_token):
+    """As the service allows a browser app on any origin to post its offer with a minted key."""
+    preflight = await AsyncClient().options(
+        "/v1/realtime/calls",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight["Access-Control-Allow-Origin"] == "*"
+    assert preflight["Access-Control-Allow-Methods"] == "POST"
+    assert preflight["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    assert "Access-Control-Allow-Credentials" not in preflight
+    assert stand_in.requests == []
+
+    placed = await post_sdp(await mint(api_token), HTTP_ORIGIN="https://app.example")
+    assert placed.status_code == 201
+    assert (placed["Access-Control-Allow-Origin"], placed["Access-Control-Expose-Headers"]) == ("*", "Location")
+    refused = await post_sdp(None, HTTP_ORIGIN="https://app.example")
+    assert (refused.status_code, refused["Access-Control-Allow-Origin"]) == (401, "*")
+    # A plain OPTIONS (no preflight) is a request like any other: not this endpoint's method.
+    assert (await AsyncClient().options("/v1/realtime/calls")).status_code == 405
+
+
 def _operator(name: str, *, steers: bool):
     user = get_user_model().objects.create_user(name, password=f"pw-{name}-123")
     if steers:

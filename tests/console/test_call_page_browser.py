@@ -135,3 +135,46 @@ async def test_an_operator_calls_the_agent_from_the_browser_and_sees_the_session
     await page.set_viewport_size({"width": 1280, "height": 800})
     await operator.screenshot("call-page-ended-1280")
     assert operator.errors == []
+
+
+@pytest.fixture
+def another_site():
+    """A page on another origin (another port of 127.0.0.1): a customer's own web app."""
+    import http.server
+    import threading
+
+    class Blank(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>A customer's app</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Blank)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+async def test_another_sites_page_reaches_the_calls_endpoint_through_cors(chromium, daphne, api_token, another_site):
+    """Chromium's own CORS: the preflight for a bearer token passes, and the page reads the
+    answer (here the refusal of a body that is no offer, so no call is placed)."""
+    page = await (await chromium.new_context()).new_page()
+    await page.goto(another_site)
+    answer = await page.evaluate(
+        """async ([url, token]) => {
+            const response = await fetch(url, {method: "POST", body: "not an offer",
+                headers: {Authorization: `Bearer ${token}`, "Content-Type": "application/sdp"}});
+            return [response.status, await response.json()];
+        }""",
+        [f"{daphne.http_url}/v1/realtime/calls", api_token],
+    )
+    assert answer == [400, {"error": {
+        "type": "invalid_request_error", "code": "invalid_value",
+        "message": "The SDP offer is missing or is not SDP (it must start with v=).", "param": "sdp",
+    }}]
