@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import REASON_NO_CSRF_COOKIE
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -272,3 +273,11 @@ def locked_out(request: HttpRequest, response=None, credentials=None) -> HttpRes
         },
         status=429,
     )
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form that failed Django's CSRF check (`CSRF_FAILURE_VIEW`): most often a page loaded
+    before its operator signed out or in again in another tab. Django's own view gives a
+    template of ours no context; this one says which case it is, and the reason."""
+    no_cookie = reason == REASON_NO_CSRF_COOKIE
+    return render(request, "403_csrf.html", {"reason": reason, "no_cookie": no_cookie}, status=403)

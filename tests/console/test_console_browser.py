@@ -114,6 +114,7 @@ async def test_a_watcher_without_the_permission_sees_no_form_and_a_forged_post_i
         headers={"Referer": f"{daphne.http_url}/console/"},
     )
     assert forged.status == 403
+    assert "You may watch sessions but not steer them. Nothing was changed." in await forged.text()
     # Refused before anything was stored, so nothing can ever be sent for it.
     assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id, origin="console").aexists()
     await caller.wait_for("response.done")
