@@ -51,6 +51,7 @@ async def test_logging_out_closes_the_operators_open_console_socket(operator_coo
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
         out = await http.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})
         assert out.status_code == 302
+        assert "You have signed out." in (await http.get(out.headers["Location"])).text
     closed = await console.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
     again = WebsocketCommunicator(
@@ -63,6 +64,18 @@ async def test_a_console_post_without_the_csrf_token_is_refused(operator_cookie,
     async with _http(operator_cookie) as http:
         forged = await http.post(f"/console/sessions/{caller.session_id}/responses", data={"instructions": "x"})
     assert forged.status_code == 403
+    # The console's own page, saying what happened and what to do: not Django's bare one.
+    assert "This page is out of date" in forged.text and "Nothing was sent or changed." in forged.text
+    assert "Reason: CSRF cookie not set." in forged.text
+    async with _http(operator_cookie) as http:
+        await http.get("/console/")  # the CSRF cookie; the form's token is from an older login
+        stale = await http.post(
+            f"/console/sessions/{caller.session_id}/responses",
+            data={"instructions": "x", "csrfmiddlewaretoken": "x" * 64},
+            headers={"Referer": "http://127.0.0.1/console/"},
+        )
+    assert stale.status_code == 403
+    assert "loaded before you last signed in or out" in stale.text
 
 
 def test_tokens_are_stored_only_as_digests(api_token):

@@ -1,4 +1,5 @@
-"""An operator who logs out loses their live sockets too, in every process."""
+"""An operator who logs out loses their live sockets too, in every process, and is told on
+the login page that they signed out."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.contrib import messages
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 @receiver(user_logged_out)
 def close_console_sockets(sender, request, user, **kwargs) -> None:
+    # Kept in the messages cookie, which the logout's flush of the session leaves.
+    messages.info(request, "You have signed out.", fail_silently=True)
     if user is None:
         return
     try:
