@@ -56,8 +56,10 @@ Attached mode (`attached=True`): a call the relay does not carry, steered throug
 
 Besides, the core keeps what is recorded of the session (its id and instructions, each
 request's transitions, who watches, the sum of every response's `usage`) and tells watchers
-what changed. After the session has ended, frames and ticks return nothing; an operator's
-command still gets its answer, and a request submitted then fails at once.
+what changed; a new watcher's snapshot has the latest status of the requests that changed
+last, which its page's read of the tables may predate (the history is written a moment
+later). After the session has ended, frames and ticks return nothing; an operator's command
+still gets its answer, and a request submitted then fails at once.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ WATCH_TTL = 90.0
 REMEMBER_FINISHED = 8
 FORGET_EVERY = 8
 FORGOTTEN_IDS = 64
+# A new watcher's snapshot carries the latest status of the requests that changed last, this
+# many: the page's table read may predate the history writer's commit of their changes.
+RECENT_CHANGES = 16
 # The upstream allows 16 metadata pairs; the relay's `oc_request` takes one.
 MAX_CALLER_METADATA_PAIRS = 15
 # Close codes passed on to the caller as the upstream sent them; others become 1011.
@@ -446,6 +451,8 @@ class RelayCore:
         self._forgotten: dict[str, str] = {}  # request id → final status, oldest first
         self._forgotten_hidden: dict[str, None] = {}  # forgotten operators' out-of-band ones
         self._finished_since_forget = 0
+        # Request id → its latest change as watchers saw it, oldest first (RECENT_CHANGES).
+        self._recent_changes: dict[str, dict[str, Any]] = {}
         self._hidden: set[str] = set()  # response ids of operators' out-of-band responses
         self._created_hidden = False  # the latest response.created was of one of those
         self._own_event_ids: set[str] = set()  # the relay's own client events (notes)
@@ -514,6 +521,7 @@ class RelayCore:
             "watchers": list(self.watchers),
             "active_response_id": self.sequencer.active_response_id,
             "queued": list(self.sequencer.queued_ids),
+            "requests": list(self._recent_changes.values()),
             **self.usage_summary(),
             **self.tools.snapshot(),
         }
@@ -1451,27 +1459,28 @@ class RelayCore:
         ]
         if info is None:
             return actions
+        message = {
+            "type": WATCH_REQUEST,
+            "session_id": self.session_id,
+            "request_id": change.request_id,
+            "origin": info.origin,
+            "requested_by": info.requested_by,
+            "instructions": info.instructions,
+            "metadata": info.metadata,
+            "conversation": "none" if info.out_of_band else "auto",
+            "status": status.value,
+            "at": change.at,
+            "response_id": change.response_id,
+            "error_code": change.error_code,
+            "error_message": change.error_message,
+            "sent_instructions": sent,
+        }
+        self._recent_changes.pop(change.request_id, None)
+        self._recent_changes[change.request_id] = message
+        if len(self._recent_changes) > RECENT_CHANGES:
+            del self._recent_changes[next(iter(self._recent_changes))]
         if self._watchers or info.origin in OPERATOR_ORIGINS:
-            actions.append(
-                ToWatchers(
-                    message={
-                        "type": WATCH_REQUEST,
-                        "session_id": self.session_id,
-                        "request_id": change.request_id,
-                        "origin": info.origin,
-                        "requested_by": info.requested_by,
-                        "instructions": info.instructions,
-                        "metadata": info.metadata,
-                        "conversation": "none" if info.out_of_band else "auto",
-                        "status": status.value,
-                        "at": change.at,
-                        "response_id": change.response_id,
-                        "error_code": change.error_code,
-                        "error_message": change.error_message,
-                        "sent_instructions": sent,
-                    }
-                )
-            )
+            actions.append(ToWatchers(message=message))
         if (
             info.origin == CALLER
             and status is RequestStatus.FAILED

@@ -12,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from apps.sessions import db
 from apps.sessions.history import writer as history
 from apps.sessions.models import LiveSession
 from operator_console.asgi import application
@@ -109,6 +110,25 @@ async def test_a_new_watcher_is_told_the_requests_as_they_are_now(caller, cookie
     communicator, _ = await _console(cookies["alice"])
     await communicator.send_json_to({"type": "watch.session", "session_id": caller.session_id})
     told = await _receive(communicator, "request")
+    assert (told["origin"], told["status"]) == ("caller", "completed")
+    await communicator.disconnect()
+
+
+async def test_a_change_not_yet_in_the_table_comes_with_the_snapshot(caller, cookies):
+    """The history writer commits a response a moment after the actor has it: a page that
+    starts watching in that moment reads the table before it, and the snapshot has it."""
+    await caller.send({"type": "conversation.item.create", "item": user_text("Hello?")})
+    await history.flush()
+    with db.serialised_write():  # the writer's next commit waits: the end stays uncommitted
+        await caller.send({"type": "response.create"})
+        await caller.until("response.done")
+        communicator, _ = await _console(cookies["alice"])
+        await communicator.send_json_to({"type": "watch.session", "session_id": caller.session_id})
+        from_table = []
+        while (message := await communicator.receive_json_from(timeout=5))["type"] != "snapshot":
+            from_table += [message] if message["type"] == "request" else []
+    assert from_table == [], "the table has not even the caller's request yet"
+    [told] = message["requests"]
     assert (told["origin"], told["status"]) == ("caller", "completed")
     await communicator.disconnect()
 

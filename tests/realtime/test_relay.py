@@ -22,7 +22,7 @@ import json
 
 import pytest
 
-from apps.realtime import events
+from apps.realtime import events, relay
 from apps.realtime.relay import (
     OC_REQUEST_KEY,
     Answer,
@@ -897,6 +897,22 @@ def test_a_new_watcher_gets_a_snapshot_and_everyone_sees_presence():
             ("unwatch w1", ["watchers presence", "presence bob"]),
         ]
     )
+
+
+def test_a_new_watchers_snapshot_has_the_latest_status_of_the_requests_that_changed_last():
+    """A page reads the request table, then watches: a change the history writer has not yet
+    committed is in neither the table nor the live updates to come, but in the snapshot."""
+    driver = started()
+    for n in range(1, relay.RECENT_CHANGES + 3):
+        driver.step(f"submit op{n} oob")
+        driver.step(("up", response_created(f"r{n}", tag=f"op{n}")))
+        driver.step(("up", response_done(f"r{n}", tag=f"op{n}")))
+    driver.step("watch w1 ann")
+    requests = driver.last[0].message["requests"]
+    assert [(r["request_id"], r["status"]) for r in requests] == [
+        (f"op{n}", "completed") for n in range(3, relay.RECENT_CHANGES + 3)
+    ], "the latest change of each, oldest first, as many as RECENT_CHANGES"
+    assert requests[-1]["origin"] == "api" and requests[-1]["conversation"] == "none"
 
 
 def test_deltas_are_read_only_while_watched_and_flushed_at_most_every_50_ms():

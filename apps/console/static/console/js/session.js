@@ -117,8 +117,9 @@ function renderAllRequests() {
   drawChart();
 }
 
-// A status change from the session's actor (ordered), or the answer to our own POST.
-function applyRequest(message) {
+// A status change from the session's actor (ordered), or the answer to our own POST; `quiet`
+// for the snapshot's latest changes, which the page may have missed but were no news.
+function applyRequest(message, quiet = false) {
   const known = requests.get(message.request_id);
   const request = known ?? { id: message.request_id, created_at: isoAt(message.at) };
   for (const key of ["origin", "requested_by", "instructions", "metadata", "conversation", "response_id"]) {
@@ -133,7 +134,7 @@ function applyRequest(message) {
   renderRequest(request);
   drawChart();
   if (TERMINAL.has(request.status) || request.status === "in_progress") remarkEntries(request);
-  if (!known && OPERATORS.has(request.origin) && request.requested_by !== me) {
+  if (!quiet && !known && OPERATORS.has(request.origin) && request.requested_by !== me) {
     const what = request.instructions ? `: “${request.instructions.slice(0, 60)}”` : "";
     toast(`${request.requested_by || "Someone"} asked for a response${what}`, "info");
   }
@@ -624,6 +625,7 @@ if (!over) live = connectLive({
         applyTranscript(message.transcript);
         presence.textContent = message.watchers.join(", ") || "—";
         showUsage(message);
+        for (const request of message.requests) applyRequest(request, true);
         tools.snapshot(message);
         break;
       case "usage": showUsage(message); break;
