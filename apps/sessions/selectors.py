@@ -13,6 +13,7 @@ from django.db.models import (
     Case,
     Count,
     F,
+    Func,
     Max,
     OuterRef,
     Q,
@@ -20,9 +21,10 @@ from django.db.models import (
     Subquery,
     Sum,
     TextField,
+    Value,
     When,
 )
-from django.db.models.fields.json import KT, KeyTextTransform
+from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -178,14 +180,36 @@ def request_filtered(filters: RequestFilter, queryset: QuerySet[ResponseRequest]
     return with_metadata(rows, filters.metadata).select_related("session").order_by("created_at", "id")
 
 
+class MetadataText(Func):
+    """The text of `metadata[key]`, the key taken as written. Django's key transforms read a
+    key of digits as an array index and put the key in a JSON path, which SQLite's cannot quote
+    a `"` in; here PostgreSQL's `->>` takes the key as text, and SQLite's `json_each` compares
+    it as a string."""
+
+    output_field = TextField()
+
+    def __init__(self, key: str) -> None:
+        super().__init__(F("metadata"), Value(key, output_field=TextField()))
+
+    def _parts(self, compiler, connection) -> tuple[str, str, list]:
+        (column, column_params), (key, key_params) = (
+            compiler.compile(expression) for expression in self.get_source_expressions()
+        )
+        return column, key, [*column_params, *key_params]
+
+    def as_sql(self, compiler, connection, **extra):
+        column, key, params = self._parts(compiler, connection)
+        return f"({column} ->> ({key})::text)", params
+
+    def as_sqlite(self, compiler, connection, **extra):
+        column, key, params = self._parts(compiler, connection)
+        return f"(SELECT value FROM json_each({column}) WHERE key = {key})", params
+
+
 def with_metadata(rows: QuerySet[ResponseRequest], pairs: Iterable[tuple[str, str]]) -> QuerySet[ResponseRequest]:
     """The rows whose metadata has each key set to its value (SQLite and PostgreSQL alike)."""
     for n, (key, value) in enumerate(pairs):
-        # A key transform, not `metadata__<key>`: a key may hold `__` or any character. Cast to
-        # text, so that the value is compared as text (an exact lookup on the key would read
-        # the value as JSON).
-        value_of = Cast(KeyTextTransform(key, "metadata"), TextField())
-        rows = rows.alias(**{f"_meta_{n}": value_of}).filter(**{f"_meta_{n}": value})
+        rows = rows.alias(**{f"_meta_{n}": MetadataText(key)}).filter(**{f"_meta_{n}": value})
     return rows
 
 

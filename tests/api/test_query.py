@@ -91,6 +91,18 @@ async def test_metadata_filters_combine_and_take_any_key(rest, scene):
     assert len(both) == 2, "metadata and the other filters combine"
 
 
+async def test_a_metadata_key_is_matched_as_written_whatever_it_holds(rest, scene):
+    a, _ = scene
+    keys = ['say "hi"', "0", "-1", "a.b", "$", "[0]"]  # JSON path syntax and array indices
+    for n, key in enumerate(keys):
+        await sync_to_async(_rows)(a, 1, start=200 + n, metadata={key: "v", "which": key})
+    for key in keys:
+        response = await rest.get("/responses", params={f"metadata[{key}]": "v"})
+        assert response.status_code == 200, (key, response.text)
+        found = [item["metadata"]["which"] for item in response.json()["items"]]
+        assert found == [key], f"metadata[{key}] finds the row with that key, and only it"
+
+
 async def test_cursor_pages_cover_every_row_exactly_once_even_as_rows_are_added(rest, scene):
     a, _ = scene
     seen: list[str] = []

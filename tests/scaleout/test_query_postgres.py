@@ -22,7 +22,7 @@ USAGE = {"total_tokens": 1500, "input_tokens": 1000, "output_tokens": 500,
 now = timezone.now()
 session = LiveSession.objects.create(upstream_id=f"sess_pg_{uuid.uuid4().hex}", model="gpt-realtime", status="ended")
 try:
-    metas = [{"ticket": "T-1", "a__b": 'say "hi"'}, {"ticket": "T-1"}, {"ticket": "T-2"}, None]
+    metas = [{"ticket": "T-1", "a__b": 'say "hi"'}, {"ticket": "T-1"}, {"ticket": "T-2", "0": "zero"}, None]
     for n, meta in enumerate(metas):
         ResponseRequest.objects.create(
             id=f"req_pg_{uuid.uuid4().hex}", session=session, origin="api", status="completed",
@@ -42,6 +42,7 @@ try:
         "t1": count(("ticket", "T-1")),
         "t1_quoted": count(("ticket", "T-1"), ("a__b", 'say "hi"')),
         "none": count(("ticket", "T-3")),
+        "digits": count(("0", "zero")),
         "csv": asyncio.run(csv_rows()),
         "tokens": selectors.usage_totals(mine)[None],
         "by_token": selectors.api_token_usage().get("token:pg-test"),
@@ -54,6 +55,7 @@ finally:
 def test_filters_sums_and_export_on_postgresql(scaleout_db):
     out = json.loads(manage(scaleout_db.url, "shell", "-c", SCRIPT).strip().splitlines()[-1])
     assert (out["t1"], out["t1_quoted"], out["none"]) == (2, 1, 0), "metadata filters on PostgreSQL's JSON"
+    assert out["digits"] == 1, "a key of digits is a key, not an array index"
     assert out["csv"] == 4, "the CSV export reads its cursor on PostgreSQL"
     tokens = out["tokens"]
     assert (tokens["requests"], tokens["total_tokens"], tokens["unpriced_tokens"]) == (4, 6000, 0)
