@@ -271,11 +271,17 @@ class WebhookWorker:
             "webhook-signature": sign(delivery.endpoint.secret, delivery.webhook_id, timestamp, body),
         }
         status_code, error = None, ""
+        timeout = settings.OC_WEBHOOK_TIMEOUT
         try:
-            answer = await self._client.post(delivery.endpoint.url, content=body, headers=headers)
+            # The whole answer within the timeout: httpx's own bounds each read, and an
+            # endpoint that answers a byte at a time would hold the delivery for ever.
+            async with asyncio.timeout(timeout):
+                answer = await self._client.post(delivery.endpoint.url, content=body, headers=headers)
             status_code = answer.status_code
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}: {answer.text[:300]}"
+        except TimeoutError:
+            error = f"TimeoutError: no whole answer within {timeout:g} s"
         except Exception as exc:  # unreachable, timed out; or a bad URL or secret: retried
             error = f"{type(exc).__name__}: {exc}"
         outcome = await db_async(record_attempt)(delivery, status_code, error)

@@ -1,5 +1,6 @@
-"""The webhook worker with two real local endpoints: one that takes seconds to answer holds up
-its own deliveries only, never another endpoint's."""
+"""The webhook worker with real local endpoints: one that takes seconds to answer holds up its
+own deliveries only, never another endpoint's; one that answers a byte at a time, or without
+end, has its attempt ended and recorded in time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from asgiref.sync import sync_to_async
 
-from apps.events.models import Event, WebhookEndpoint
+from apps.events.models import Event, WebhookDelivery, WebhookEndpoint
 from apps.events.webhooks import WebhookWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,6 +34,38 @@ class Receiver:
                 self.send_response(204)
                 self.send_header("content-length", "0")
                 self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Trickler:
+    """A webhook endpoint that writes its answer's `head` a line every `pace` seconds, then
+    `chunk` every `pace` seconds without end (a body that never ends)."""
+
+    def __init__(self, head: list[bytes], chunk: bytes = b"", pace: float = 0.2) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    for line in head:
+                        self.wfile.write(line)
+                        self.wfile.flush()
+                        time.sleep(pace)
+                    while chunk:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        time.sleep(pace)
+                except OSError:  # the worker hung up
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -80,3 +113,32 @@ async def test_a_slow_endpoint_holds_up_only_its_own_deliveries(settings):
             task.cancel()
         slow.stop()
         fast.stop()
+
+
+async def _first_attempt(settings, receiver, within: float) -> tuple[WebhookDelivery, float]:
+    settings.OC_WEBHOOK_INTERVAL = 0.05
+    settings.OC_WEBHOOK_TIMEOUT = 1
+    settings.OC_WEBHOOK_RETRY_BASE = 60
+    endpoint = await sync_to_async(WebhookEndpoint.objects.create)(url=receiver.url, cursor=0)
+    deliveries = WebhookDelivery.objects.filter(endpoint=endpoint, attempts__gte=1)
+    worker = WebhookWorker()
+    try:
+        await sync_to_async(_event)()
+        worker.start()
+        took = 0.0
+        while not await sync_to_async(deliveries.exists)():
+            assert took < within, f"no attempt recorded within {within} s"
+            await asyncio.sleep(0.05)
+            took += 0.05
+        return await sync_to_async(deliveries.get)(), took
+    finally:
+        for task in (worker._task, *worker._deliveries):
+            task.cancel()
+        receiver.stop()
+
+
+async def test_an_answer_that_trickles_in_past_the_timeout_is_not_a_delivery(settings):
+    head = [b"HTTP/1.1 200 OK\r\n", *[b"x-wait: %d\r\n" % n for n in range(15)], b"\r\n"]
+    delivery, _ = await _first_attempt(settings, Trickler(head), within=2.5)
+    assert delivery.status == WebhookDelivery.Status.PENDING, "a 2xx later than the timeout is a failure"
+    assert "Timeout" in delivery.last_error, delivery.last_error
