@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 FAN_OUT_PAGE = 500
 CLAIM_PAGE = 50
 USER_AGENT = "OperatorConsole-Webhooks/1"
+ERROR_BODY_BYTES = 300  # of a failed answer's body, kept in the delivery log
 
 
 def sign(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
@@ -275,11 +276,15 @@ class WebhookWorker:
         try:
             # The whole answer within the timeout: httpx's own bounds each read, and an
             # endpoint that answers a byte at a time would hold the delivery for ever.
-            async with asyncio.timeout(timeout):
-                answer = await self._client.post(delivery.endpoint.url, content=body, headers=headers)
-            status_code = answer.status_code
-            if not 200 <= status_code < 300:
-                error = f"HTTP {status_code}: {answer.text[:300]}"
+            async with (
+                asyncio.timeout(timeout),
+                self._client.stream(
+                    "POST", delivery.endpoint.url, content=body, headers=headers
+                ) as answer,
+            ):
+                status_code = answer.status_code
+                if not 200 <= status_code < 300:
+                    error = f"HTTP {status_code}: {await _beginning(answer)}"
         except TimeoutError:
             error = f"TimeoutError: no whole answer within {timeout:g} s"
         except Exception as exc:  # unreachable, timed out; or a bad URL or secret: retried
@@ -287,6 +292,17 @@ class WebhookWorker:
         outcome = await db_async(record_attempt)(delivery, status_code, error)
         if outcome == WebhookDelivery.Status.FAILED:
             log.warning("webhook %s to %s failed for good: %s", delivery.webhook_id, delivery.endpoint.url, error)
+
+
+async def _beginning(answer: httpx.Response) -> str:
+    """The start of an answer's body, for the delivery log; the rest is never read (an
+    endpoint's error page may be huge, or have no end)."""
+    head = b""
+    async for chunk in answer.aiter_bytes():
+        head += chunk
+        if len(head) >= ERROR_BODY_BYTES:
+            break
+    return head[:ERROR_BODY_BYTES].decode(answer.encoding or "utf-8", errors="replace")
 
 
 worker = per_loop(WebhookWorker)

@@ -115,9 +115,11 @@ async def test_a_slow_endpoint_holds_up_only_its_own_deliveries(settings):
         fast.stop()
 
 
-async def _first_attempt(settings, receiver, within: float) -> tuple[WebhookDelivery, float]:
+async def _first_attempt(
+    settings, receiver, within: float, timeout: float = 1
+) -> tuple[WebhookDelivery, float]:
     settings.OC_WEBHOOK_INTERVAL = 0.05
-    settings.OC_WEBHOOK_TIMEOUT = 1
+    settings.OC_WEBHOOK_TIMEOUT = timeout
     settings.OC_WEBHOOK_RETRY_BASE = 60
     endpoint = await sync_to_async(WebhookEndpoint.objects.create)(url=receiver.url, cursor=0)
     deliveries = WebhookDelivery.objects.filter(endpoint=endpoint, attempts__gte=1)
@@ -142,3 +144,11 @@ async def test_an_answer_that_trickles_in_past_the_timeout_is_not_a_delivery(set
     delivery, _ = await _first_attempt(settings, Trickler(head), within=2.5)
     assert delivery.status == WebhookDelivery.Status.PENDING, "a 2xx later than the timeout is a failure"
     assert "Timeout" in delivery.last_error, delivery.last_error
+
+
+async def test_an_error_with_a_body_without_end_is_recorded_from_its_status_and_first_bytes(settings):
+    head = [b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n"]
+    endless = Trickler(head, chunk=b"x" * 65536, pace=0.01)
+    delivery, took = await _first_attempt(settings, endless, within=2, timeout=4)
+    assert delivery.last_status_code == 500, "the status is recorded without reading the whole body"
+    assert delivery.last_error.startswith("HTTP 500: xxx") and len(delivery.last_error) < 400
