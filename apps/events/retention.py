@@ -9,7 +9,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from apps.events.models import Event, EventLogHorizon
-from apps.events.webhooks import prune_deliveries, worker
+from apps.events.webhooks import expire_deliveries, prune_deliveries, worker
 from apps.sessions.db import db_async, serialised_write
 
 DELIVERY_LOG_DAYS = 7  # finished deliveries stay in the admin's log this long
@@ -34,6 +34,7 @@ def prune_events(*, now: datetime | None = None) -> int:
 def upkeep() -> None:
     now = datetime.now(UTC)
     prune_events(now=now)
+    expire_deliveries(now=now)
     prune_deliveries(older_than=now - timedelta(days=DELIVERY_LOG_DAYS))
 
 

@@ -9,7 +9,7 @@ the `openai` SDK's `client.webhooks.unwrap(body, headers, secret=...)` verifies)
 
 One worker per process (per event loop), started with the process's first request like the
 housekeeping. Each round it
-1. turns new events into deliveries: per endpoint, under a row lock taken with
+1. turns new events into deliveries: per endpoint (one turned off too), under a row lock taken with
    `select_for_update(skip_locked=True)` (so one process at a time), the events after the
    endpoint's cursor become `WebhookDelivery` rows and the cursor moves, in one transaction;
 2. claims due deliveries of active endpoints (`pending` and due, or `sending` claims older
@@ -91,14 +91,16 @@ def webhook_endpoint_create(
 
 
 def fan_out() -> int:
-    """New events → deliveries, for every active endpoint no other process is doing.
-    Returns how many endpoints are active."""
-    active = list(WebhookEndpoint.objects.filter(active=True).values_list("id", flat=True))
-    for endpoint_id in active:
+    """New events → deliveries, for every endpoint no other process is doing. One turned off
+    gets its deliveries too, kept `pending` until it is on again: the log keeps events only
+    OC_EVENTS_RETENTION seconds, an endpoint may be off for longer. Returns how many
+    endpoints are active."""
+    endpoints = list(WebhookEndpoint.objects.values_list("id", "active"))
+    for endpoint_id, _ in endpoints:
         with serialised_write(), transaction.atomic():
             endpoint = (
                 WebhookEndpoint.objects.select_for_update(skip_locked=True)
-                .filter(pk=endpoint_id, active=True)
+                .filter(pk=endpoint_id)
                 .first()
             )
             if endpoint is None:
@@ -129,7 +131,7 @@ def fan_out() -> int:
             WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
             endpoint.cursor = rows[-1][0]
             endpoint.save(update_fields=["cursor"])
-    return len(active)
+    return sum(active for _, active in endpoints)
 
 
 def claim_due(limit: int = CLAIM_PAGE, *, busy: Collection[int] = ()) -> list[WebhookDelivery]:
@@ -182,6 +184,23 @@ def record_attempt(delivery: WebhookDelivery, status_code: int | None, error: st
             **fields
         )
     return fields["status"]
+
+
+def expire_deliveries(*, now: datetime) -> int:
+    """Deliveries an endpoint turned off kept pending past their window (OC_WEBHOOK_RETRY_FOR
+    after the event): failed, as they would have been had it been on and not answered.
+    An endpoint on tries its own once more before they fail."""
+    window_start = now - timedelta(seconds=settings.OC_WEBHOOK_RETRY_FOR)
+    with serialised_write():
+        return WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING,
+            endpoint__active=False,
+            created_at__lt=window_start,
+        ).update(
+            status=WebhookDelivery.Status.FAILED,
+            last_error="The endpoint was turned off for the whole retry window.",
+            updated_at=now,
+        )
 
 
 def prune_deliveries(*, older_than: datetime) -> int:
