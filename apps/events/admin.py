@@ -75,6 +75,23 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             obj.cursor = newest_id()
         super().save_model(request, obj, form, change)
 
+    def get_deleted_objects(self, objs, request):
+        """An endpoint goes with its delivery log. The log is read-only here, so Django would
+        refuse the deletion for want of a permission on it; and it may hold a week of events,
+        so it is counted, not listed row by row."""
+        endpoints = list(objs)
+        deliveries = WebhookDelivery.objects.filter(endpoint__in=endpoints).count()
+        endpoint_names, log_names = WebhookEndpoint._meta, WebhookDelivery._meta
+        deleted = [f"{endpoint_names.verbose_name}: {endpoint}" for endpoint in endpoints]
+        if deliveries:
+            noun = log_names.verbose_name if deliveries == 1 else log_names.verbose_name_plural
+            deleted.append(f"{deliveries} {noun}")
+        counts = {
+            endpoint_names.verbose_name_plural: len(endpoints),
+            log_names.verbose_name_plural: deliveries,
+        }
+        return deleted, counts, set(), []
+
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnlyAdmin):

@@ -1,10 +1,12 @@
-"""Webhook endpoints in the admin: what the form takes is something the worker can send to."""
+"""Webhook endpoints in the admin: what the form takes is something the worker can send to; an
+endpoint is deleted with its delivery log."""
 
 from __future__ import annotations
 
 import pytest
 
 from apps.events.admin import WebhookEndpointForm
+from apps.events.models import WebhookDelivery, WebhookEndpoint
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/hook", "ftps://example.com/hook"])
@@ -18,3 +20,21 @@ def test_an_http_or_https_url_is_taken():
     for url in ("http://127.0.0.1:8080/hook", "https://hooks.example.com/oc"):
         form = WebhookEndpointForm(data={"url": url, "event_types": "[]", "active": "on"})
         assert form.is_valid(), form.errors
+
+
+@pytest.mark.django_db
+def test_an_endpoint_with_deliveries_can_be_deleted_with_its_log(admin_client):
+    endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook", cursor=0)
+    WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(endpoint=endpoint, event_id=i, event_type="request.status", payload="{}")
+        for i in range(3)
+    )
+    page = admin_client.get(f"/admin/oc_events/webhookendpoint/{endpoint.pk}/delete/")
+    assert page.status_code == 200
+    assert "Cannot delete" not in page.text, "the read-only delivery log does not forbid it"
+    assert "3 webhook deliveries" in page.text, "the deliveries that go with it are counted"
+    deleted = admin_client.post(
+        f"/admin/oc_events/webhookendpoint/{endpoint.pk}/delete/", {"post": "yes"}
+    )
+    assert deleted.status_code == 302
+    assert not WebhookEndpoint.objects.exists() and not WebhookDelivery.objects.exists()
