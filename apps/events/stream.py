@@ -17,7 +17,7 @@ joined, and goes on with what the hub hands it: no event is missed or sent twice
 grow in commit order (see `recorder`).
 
 `Last-Event-ID`:
-- absent: events from now on;
+- absent: events from now on (after the newest as the stream is asked for);
 - `0`: every event the log still holds (the last `OC_EVENTS_RETENTION` seconds);
 - an id older than what the log holds: the stream starts with a `stream.gap` event (no id)
   naming it and the oldest id kept, then everything kept; a script should re-read the state
@@ -267,6 +267,11 @@ async def event_stream_response(
 ) -> HttpResponse:
     """The stream, or the refusal (a ServiceError) before anything is sent."""
     session_key = None
+    after = last_event_id
+    if after is None:
+        # From now on: from the newest event as the session's status is read, so that one
+        # committed before the stream joins the hub (its end, say) comes from the log.
+        after = await db_async(newest_id)()
     if session_id is not None:
         session = await db_async(session_found)(session_id)
         session_key = session.pk
@@ -283,7 +288,7 @@ async def event_stream_response(
     flow = flow_of(request)
     token_id = getattr(getattr(request, "auth", None), "pk", None)
     response = StreamingHttpResponse(
-        follow(session_key=session_key, after=last_event_id, gap=gap, flow=flow, token_id=token_id),
+        follow(session_key=session_key, after=after, gap=gap, flow=flow, token_id=token_id),
         content_type="text/event-stream; charset=utf-8",
     )
     response["Cache-Control"] = "no-cache"

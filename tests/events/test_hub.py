@@ -1,13 +1,19 @@
 """The hub's hand-out of the events this process commits: straight to the followers when they
-follow on from the cursor, from the log otherwise; never twice, never out of order."""
+follow on from the cursor, from the log otherwise; never twice, never out of order. A stream
+that joins it misses nothing committed since the stream was asked for."""
 
 from __future__ import annotations
 
+import asyncio
+import types
 import uuid
 
 import pytest
+from asgiref.sync import sync_to_async
 
-from apps.events.stream import Follower, Hub
+from apps.events.models import Event
+from apps.events.stream import Follower, Hub, event_stream_response
+from apps.sessions.models import LiveSession
 
 KEY = uuid.uuid4()
 
@@ -55,3 +61,27 @@ async def test_a_read_of_the_log_skips_what_was_handed_out_meanwhile():
 
     assert ids(follower) == [11, 12, 13]
     assert hub.cursor == 13
+
+
+def _end(session: LiveSession) -> None:
+    LiveSession.objects.filter(pk=session.pk).update(status=LiveSession.Status.ENDED)
+    Event.objects.create(
+        type="session.ended", session_key=session.pk, session_id=session.upstream_id,
+        payload='{"type":"session.ended"}',
+    )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_that_ends_as_its_stream_opens_still_ends_the_stream():
+    session = await sync_to_async(LiveSession.objects.create)(
+        upstream_id="sess_ending", model="gpt-realtime", status=LiveSession.Status.LIVE
+    )
+    response = await event_stream_response(
+        types.SimpleNamespace(), session_id="sess_ending", last_event_id=None
+    )
+    await sync_to_async(_end)(session)  # while the answer's head is on its way
+    sent = []
+    async with asyncio.timeout(3):
+        async for chunk in response.streaming_content:
+            sent.append(chunk)
+    assert b"session.ended" in sent[-1], "the stream ends with the end it was asked just before"
