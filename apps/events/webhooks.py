@@ -70,9 +70,10 @@ def sign(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
 
 
 def retry_delay(attempts: int) -> float:
-    """Seconds before the next try after `attempts` failed ones, with ±10 % jitter."""
+    """Seconds before the next try after `attempts` failed ones, with ±10 % jitter, never more
+    than OC_WEBHOOK_RETRY_MAX (the jitter included)."""
     base = settings.OC_WEBHOOK_RETRY_BASE * 2 ** min(attempts - 1, 40)
-    return min(settings.OC_WEBHOOK_RETRY_MAX, base) * random.uniform(0.9, 1.1)  # noqa: S311
+    return min(settings.OC_WEBHOOK_RETRY_MAX, base * random.uniform(0.9, 1.1))  # noqa: S311
 
 
 # ---------------------------------------------------------------------------- services

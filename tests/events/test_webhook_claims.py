@@ -1,6 +1,7 @@
 """Which deliveries the webhook worker claims: an endpoint turned off in the admin is sent
 nothing, its retries included, until it is turned on again; then it gets what came meanwhile,
-however long it was off, within the retry window; what waited past it fails."""
+however long it was off, within the retry window; what waited past it fails. The retries of
+a delivery over its day: 5 s, 10 s, 20 s …, never more than an hour apart."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from apps.events.models import Event, WebhookDelivery, WebhookEndpoint
 from apps.events.retention import prune_events
-from apps.events.webhooks import claim_due, expire_deliveries, fan_out
+from apps.events.webhooks import claim_due, expire_deliveries, fan_out, retry_delay
 
 pytestmark = pytest.mark.django_db
 
@@ -57,3 +58,15 @@ def test_what_an_endpoint_turned_off_kept_waiting_past_the_retry_window_fails(se
     assert expire_deliveries(now=now) == 1
     statuses = dict(WebhookDelivery.objects.values_list("event_id", "status"))
     assert statuses == {1: "failed", 2: "pending"}, "only what outlived its window fails"
+
+
+def test_retries_double_from_five_seconds_and_are_never_more_than_an_hour_apart(settings):
+    assert (settings.OC_WEBHOOK_RETRY_BASE, settings.OC_WEBHOOK_RETRY_MAX) == (5, 3600)
+    delays, elapsed = [], 0.0
+    while elapsed <= settings.OC_WEBHOOK_RETRY_FOR:
+        delays.append(retry_delay(len(delays) + 1))
+        elapsed += delays[-1]
+    for delay, nominal in zip(delays, (5, 10, 20, 40), strict=False):
+        assert nominal * 0.9 <= delay <= nominal * 1.1, (delay, nominal)
+    assert max(delays) <= 3600, "at most an hour apart, jitter included"
+    assert 30 <= len(delays) <= 36, f"{len(delays)} attempts in a day"
