@@ -284,16 +284,17 @@ class WebhookWorker:
             )
         body = delivery.payload.encode()
         timestamp = str(int(time.time()))
-        headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": delivery.webhook_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": sign(delivery.endpoint.secret, delivery.webhook_id, timestamp, body),
-        }
         status_code, error = None, ""
         timeout = settings.OC_WEBHOOK_TIMEOUT
         try:
+            signature = sign(delivery.endpoint.secret, delivery.webhook_id, timestamp, body)
+            headers = {
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                "webhook-id": delivery.webhook_id,
+                "webhook-timestamp": timestamp,
+                "webhook-signature": signature,
+            }
             # The whole answer within the timeout: httpx's own bounds each read, and an
             # endpoint that answers a byte at a time would hold the delivery for ever.
             async with (

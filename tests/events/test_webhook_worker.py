@@ -152,3 +152,19 @@ async def test_an_error_with_a_body_without_end_is_recorded_from_its_status_and_
     delivery, took = await _first_attempt(settings, endless, within=2, timeout=4)
     assert delivery.last_status_code == 500, "the status is recorded without reading the whole body"
     assert delivery.last_error.startswith("HTTP 500: xxx") and len(delivery.last_error) < 400
+
+
+async def test_a_secret_that_cannot_sign_is_recorded_as_the_attempts_error(settings):
+    settings.OC_WEBHOOK_RETRY_BASE = 60
+    endpoint = await sync_to_async(WebhookEndpoint.objects.create)(
+        url="http://127.0.0.1:9/hook", cursor=0, secret="whsec_abc"  # not base64: set by hand
+    )
+    await sync_to_async(_event)()
+    worker = WebhookWorker()
+    assert await worker.round() == 1
+    await asyncio.gather(*worker._deliveries)
+    delivery = await sync_to_async(WebhookDelivery.objects.get)(endpoint=endpoint)
+    assert (delivery.status, delivery.attempts) == (WebhookDelivery.Status.PENDING, 1), (
+        "the attempt is recorded and retried, not left `sending`"
+    )
+    assert "padding" in delivery.last_error, delivery.last_error
