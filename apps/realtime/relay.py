@@ -566,6 +566,8 @@ class RelayCore:
         elif self._hangups_pending and normal:
             end = self._end("ended", EndReason.HUNG_UP, now, code=code, detail=why)
         else:
+            if not normal:  # the upstream leg failed
+                self._count_error("upstream_closed")
             end = self._end(
                 "ended" if normal else "failed",
                 EndReason.UPSTREAM_CLOSED,

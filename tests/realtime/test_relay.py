@@ -994,6 +994,8 @@ def test_upstream_close_passes_its_code_on_and_ends_the_session(code, caller_cod
         ]
     )
     assert driver.core.ended.code == code
+    failed = {"upstream_closed": 1} if status == "failed" else {}
+    assert driver.core.upstream_errors == failed, "a lost upstream leg is an upstream error"
 
 
 def test_session_expired_then_close_is_a_normal_end():
