@@ -355,8 +355,13 @@ async def follow(
                 return
             if not follower.frames:
                 follower.wake.clear()
+                # Wait no later than the token's next look, which events coming just before it
+                # would otherwise put off by up to a keep-alive.
+                idle = keepalive
+                if token_id is not None:
+                    idle = min(keepalive, max(0.0, check_token_at - time.monotonic()))
                 try:
-                    async with asyncio.timeout(keepalive):
+                    async with asyncio.timeout(idle):
                         await follower.wake.wait()
                 except TimeoutError:
                     yield b": keep-alive\n\n"
