@@ -199,7 +199,7 @@ def expire_deliveries(*, now: datetime) -> int:
             created_at__lt=window_start,
         ).update(
             status=WebhookDelivery.Status.FAILED,
-            last_error="The endpoint was turned off for the whole retry window.",
+            last_error="The retry window ended while the endpoint was turned off.",
             updated_at=now,
         )
 
