@@ -63,6 +63,7 @@ from apps.api.schemas import (
 from apps.api.schemas import Status as RequestStatusValue
 from apps.calls import views as calls_views
 from apps.events import stream as event_stream
+from apps.events.flow import flow_of
 from apps.sessions import approvals, calls, export, recordings, selectors, services, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken
@@ -617,7 +618,7 @@ async def query_responses(
         requested_by=requested_by,
     )
     if _wants_csv(request, format):
-        chunks = export.csv_chunks(filters, after=after)
+        chunks = export.csv_chunks(filters, after=after, flow=flow_of(request))
         response = StreamingHttpResponse(chunks, content_type=CSV_TYPE)
         response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
         return response

@@ -1,15 +1,17 @@
-"""Whether a streaming client is reading: flow control for the event streams under Daphne.
+"""Whether a streaming client is reading: flow control for the event streams and the CSV
+exports under Daphne.
 
 ASGI gives an HTTP application no backpressure: under Daphne, `send` writes into Twisted's
 buffer for the connection at once, however full it is, so a client that stops reading would
-make the server hold every event sent to it. Twisted itself knows: a push producer registered
-on the request is paused when the connection's buffer is full and resumed once it drains.
-`with_flow_control` gives the event-stream requests a `Flow` (in the scope's `extensions`,
-as `oc.flow`) that registers itself as that producer. The stream then stops taking events
-while it is paused, its bounded queue fills, and it is dropped.
+make the server hold every event sent to it, or the whole of an export. Twisted itself knows:
+a push producer registered on the request is paused when the connection's buffer is full and
+resumed once it drains. `with_flow_control` gives each HTTP request a `Flow` (in the scope's
+`extensions`, as `oc.flow`) that a streaming answer registers as that producer. An event
+stream then stops taking events while it is paused, its bounded queue fills, and it is
+dropped; an export makes its next chunk only once the client has room for it.
 
-Under another server (or in-process tests) `attach()` finds no Twisted request and the
-stream relies on its queue alone.
+Under another server (or in-process tests) `attach()` finds no Twisted request: the stream
+relies on its queue alone, and the export goes as fast as it is sent.
 """
 
 from __future__ import annotations
@@ -97,10 +99,11 @@ def flow_of(request: Any) -> Flow | None:
 
 
 def with_flow_control(app):
-    """Wrap the HTTP application: each request for an event stream gets a `Flow`."""
+    """Wrap the HTTP application: each request gets a `Flow`, for its answer to use if it
+    streams (it registers with Twisted only then)."""
 
     async def wrapped(scope, receive, send):
-        if scope.get("type") == "http" and scope.get("path", "").endswith("/events"):
+        if scope.get("type") == "http":
             extensions = dict(scope.get("extensions") or {})
             extensions[EXTENSION] = Flow(send)
             scope = {**scope, "extensions": extensions}

@@ -18,6 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from apps.events.flow import flow_of
 from apps.sessions import costs, export, recordings, selectors
 from apps.sessions.models import END_REASON_WORDS, ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create, api_token_revoke
@@ -32,11 +33,10 @@ def _usd(cost: float | None) -> str:
     return "no price" if cost is None else f"${cost:,.4f}"
 
 
-def _csv_response(rows) -> StreamingHttpResponse:
+def _csv_response(request, rows) -> StreamingHttpResponse:
     """The CSV of the REST hook's export (`GET /api/v1/responses?format=csv`) for `rows`."""
-    response = StreamingHttpResponse(
-        export.csv_chunks(selectors.RequestFilter(), queryset=rows), content_type="text/csv; charset=utf-8"
-    )
+    chunks = export.csv_chunks(selectors.RequestFilter(), queryset=rows, flow=flow_of(request))
+    response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
     return response
 
@@ -296,11 +296,11 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
         """'Export CSV' on the list: every request the list's filters and search keep."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return _csv_response(self.get_changelist_instance(request).get_queryset(request))
+        return _csv_response(request, self.get_changelist_instance(request).get_queryset(request))
 
     @admin.action(description="Export the selected requests as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
-        return _csv_response(queryset)
+        return _csv_response(request, queryset)
 
     @admin.display(description="id", ordering="id")
     def short_id(self, obj):

@@ -1,11 +1,13 @@
 """The response history out: opaque cursors for its pages, and CSV of any size.
 
 CSV is one query, read with a cursor (`.iterator(chunk_size=…)`) on a thread of the export's
-own, and handed to the event loop a chunk at a time through a pipe at most two chunks deep:
-memory holds a few chunks whatever the number of rows, and the reading goes no faster than
-the chunks are sent. The response is an async iterator because Django's ASGI handler
-reads a synchronous one whole into a list before sending a byte. One query, not a query per
-keyset page: without an index on (created_at, id) every page would sort the table again.
+own, and handed to the event loop a chunk at a time through a pipe at most two chunks deep;
+under Daphne the next chunk is taken only once the client has room for it (the request's
+`Flow`, apps/events/flow.py): memory holds a few chunks whatever the number of rows, and the
+reading goes no faster than the client reads. The response is an async iterator because
+Django's ASGI handler reads a synchronous one whole into a list before sending a byte. One
+query, not a query per keyset page: without an index on (created_at, id) every page would
+sort the table again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ COLUMNS = (
     "error", "created_at", "sent_at", "started_at", "finished_at", "requested_by",
 )  # fmt: skip
 CSV_CHUNK_ROWS = 1000  # rows read from the database, and sent, at a time
+FLOW_WAIT = 60.0  # s: how long one wait for a stalled client's room lasts before the next
 
 
 class BadCursor(ValueError):
@@ -143,9 +146,11 @@ async def csv_chunks(
     after: tuple[datetime, str] | None = None,
     queryset: QuerySet[ResponseRequest] | None = None,
     chunk_rows: int = CSV_CHUNK_ROWS,
+    flow: Any = None,
 ) -> AsyncIterator[bytes]:
     """The CSV of every request matching `filters` (after `after`; within `queryset`, if
-    given), oldest first: the header row, then a chunk of bytes per `chunk_rows` rows."""
+    given), oldest first: the header row, then a chunk of bytes per `chunk_rows` rows; each
+    chunk once the client has room for it, when `flow` (the request's `Flow`) can tell."""
     yield _lines([list(COLUMNS)])
     rows = selectors.request_filtered(filters, queryset)
     if after is not None:
@@ -154,7 +159,9 @@ async def csv_chunks(
     thread = threading.Thread(target=_produce, args=(pipe, rows, chunk_rows), name="oc-export", daemon=True)
     thread.start()
     try:
-        while True:
+        if flow is not None:
+            flow.attach()
+        while await _room(flow):
             item = await pipe.get()
             if item is _END:
                 return
@@ -163,6 +170,16 @@ async def csv_chunks(
             yield item
     finally:
         pipe.stop()  # the client left, or the end: the thread stops at its next chunk
+        if flow is not None:
+            flow.detach()
+
+
+async def _room(flow: Any) -> bool:
+    """Wait while the client's side is full; False once the client has gone."""
+    while flow is not None and not await flow.writable(FLOW_WAIT):
+        if flow.stopped:
+            return False
+    return True
 
 
 def csv_filename() -> str:

@@ -1,5 +1,6 @@
 """CSV export of the response history at size (CONTRACT section 8): 100 000 requests stream in
-constant memory, and parse back with the `csv` module to the rows the JSON API gives.
+constant memory, to a client that reads them and to one that stops reading, and parse back with
+the `csv` module to the rows the JSON API gives.
 
 Memory is Daphne's RSS, sampled with every piece read while each export streams: its largest
 value over 10 000 rows against over 100 000. A buffered export of 100 000 of these rows would
@@ -8,9 +9,12 @@ hold some 60 MB of text at once. (tracemalloc in this process showed the same, 5
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import socket
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +91,30 @@ async def _stream_csv(http: httpx.AsyncClient, pid: int) -> tuple[list[dict], in
     return list(csv.DictReader(io.StringIO(text.getvalue()))), most
 
 
+def _served_to_a_client_that_stops_reading(server, token: str, query: str, seconds: float) -> bool:
+    """Whether Daphne finishes the CSV (and logs it served) within `seconds` while its client
+    reads no more than the answer's head (a small receive buffer, so its side fills soon):
+    it could only by holding the rest of the export in memory."""
+    path = f"/api/v1/responses?{query}"
+    served = f'"GET {path}" 200'
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", server.port))
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        sock.sendall(head.encode())
+        sock.settimeout(10)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if served in server.output():
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        sock.close()
+
+
 async def _json_rows(http: httpx.AsyncClient, **params) -> list[dict]:
     rows, cursor = [], None
     while True:
@@ -132,8 +160,15 @@ async def test_100k_rows_stream_in_flat_memory_and_parse_back_to_the_json_rows(d
             )
             assert table[start : start + 1000] == _as_csv(window), start
 
+        # 20 000 rows, some 15 MB of CSV: more than the socket's buffers hold.
+        query = f"format=csv&until={T0 + timedelta(seconds=20):%Y-%m-%dT%H:%M:%SZ}"
+        held = await asyncio.to_thread(
+            _served_to_a_client_that_stops_reading, daphne, api_token, query, 4.0
+        )
+
     print(f"Daphne's RSS while exporting 10 000 rows: at most {rss_10k / 1024:.1f} MB; 100 000: {rss_100k / 1024:.1f} MB")
     assert (len(table_10k), len(table)) == (10_000, 100_000)
     assert rss_100k - rss_10k < 16 * 1024, "memory does not grow with the rows (100 000 are ~60 MB of CSV)"
+    assert not held, "a client that stops reading made Daphne hold the rest of the export"
     assert json.loads(table[0]["metadata"]) == {"ticket": "T-0", "tier": "gold"}, "metadata: JSON in one column"
     assert datetime.fromisoformat(table[0]["created_at"]).utcoffset() is not None, "times carry their offset"
