@@ -18,6 +18,7 @@ import binascii
 import csv
 import io
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from apps.realtime.events import text_problem
 from apps.sessions import selectors
 from apps.sessions.models import ResponseRequest
 
+log = logging.getLogger(__name__)
+
 # The CSV's columns: the keys of `ResponseRequest.to_dict()` (CONTRACT's `ResponseRequest`).
 COLUMNS = (
     "id", "session_id", "origin", "instructions", "instructions_mode", "sent_instructions",
@@ -38,7 +41,7 @@ COLUMNS = (
     "error", "created_at", "sent_at", "started_at", "finished_at", "requested_by",
 )  # fmt: skip
 CSV_CHUNK_ROWS = 1000  # rows read from the database, and sent, at a time
-FLOW_WAIT = 60.0  # s: how long one wait for a stalled client's room lasts before the next
+STALL_SECONDS = 60.0  # a client that takes nothing for this long is cut off
 
 
 class BadCursor(ValueError):
@@ -175,11 +178,15 @@ async def csv_chunks(
 
 
 async def _room(flow: Any) -> bool:
-    """Wait while the client's side is full; False once the client has gone."""
-    while flow is not None and not await flow.writable(FLOW_WAIT):
-        if flow.stopped:
-            return False
-    return True
+    """Wait while the client's side is full. False once the client has gone, or has taken
+    nothing for STALL_SECONDS: then the connection is cut, so that the export cannot look
+    finished, and the export's database connection is given back."""
+    if flow is None or await flow.writable(STALL_SECONDS):
+        return True
+    if not flow.stopped:
+        log.warning("a CSV export's client took nothing for %g s: cut off", STALL_SECONDS)
+        flow.abort()
+    return False
 
 
 def csv_filename() -> str:

@@ -172,3 +172,36 @@ async def test_100k_rows_stream_in_flat_memory_and_parse_back_to_the_json_rows(d
     assert not held, "a client that stops reading made Daphne hold the rest of the export"
     assert json.loads(table[0]["metadata"]) == {"ticket": "T-0", "tier": "gold"}, "metadata: JSON in one column"
     assert datetime.fromisoformat(table[0]["created_at"]).utcoffset() is not None, "times carry their offset"
+
+
+class _StalledClient:
+    """A Flow whose client never makes room (and never leaves)."""
+
+    stopped = False
+    aborted = False
+
+    def attach(self) -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
+
+    async def writable(self, timeout: float) -> bool:
+        await asyncio.sleep(timeout)
+        return False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_client_that_takes_nothing_is_cut_off_not_sent_a_short_csv(monkeypatch):
+    """A stalled client holds the export's database connection: after STALL_SECONDS it is cut
+    off, with no end of the answer, so what it got cannot pass for the whole export."""
+    from apps.sessions import export, selectors
+
+    await sync_to_async(_bulk)(10)
+    monkeypatch.setattr(export, "STALL_SECONDS", 0.05)
+    client = _StalledClient()
+    chunks = [chunk async for chunk in export.csv_chunks(selectors.RequestFilter(), flow=client)]
+    assert len(chunks) == 1 and chunks[0].startswith(b"id,"), "the header row, then nothing"
+    assert client.aborted
