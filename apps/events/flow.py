@@ -1,5 +1,5 @@
-"""Whether a streaming client is reading: flow control for the event streams and the CSV
-exports under Daphne.
+"""Whether a streaming client is reading: flow control for the event streams, the CSV exports
+and the recordings under Daphne.
 
 ASGI gives an HTTP application no backpressure: under Daphne, `send` writes into Twisted's
 buffer for the connection at once, however full it is, so a client that stops reading would
@@ -8,7 +8,8 @@ a push producer registered on the request is paused when the connection's buffer
 resumed once it drains. `with_flow_control` gives each HTTP request a `Flow` (in the scope's
 `extensions`, as `oc.flow`) that a streaming answer registers as that producer. An event
 stream then stops taking events while it is paused, its bounded queue fills, and it is
-dropped; an export makes its next chunk only once the client has room for it.
+dropped; an export or a recording sends its next chunk only once the client has room for it
+(`room`).
 
 Under another server (or in-process tests) `attach()` finds no Twisted request: the stream
 relies on its queue alone, and the export goes as fast as it is sent.
@@ -91,6 +92,19 @@ class Flow:
     def stopProducing(self) -> None:  # noqa: N802
         self.stopped = True
         self.resumeProducing()
+
+
+async def room(flow: Flow | None, *, stall_seconds: float) -> bool:
+    """Before a streamed answer's next chunk: wait while the client's side is full. False once
+    the client has gone, or has taken nothing for `stall_seconds`: then the connection is cut,
+    so that the answer cannot look finished, and what it holds (a database connection, a
+    file) is given back. Without a `Flow` (not under Daphne): True at once."""
+    if flow is None or await flow.writable(stall_seconds):
+        return True
+    if not flow.stopped:
+        log.warning("a client took nothing for %g s: cut off", stall_seconds)
+        flow.abort()
+    return False
 
 
 def flow_of(request: Any) -> Flow | None:

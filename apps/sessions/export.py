@@ -18,7 +18,6 @@ import binascii
 import csv
 import io
 import json
-import logging
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -28,11 +27,10 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.events.flow import room
 from apps.realtime.events import text_problem
 from apps.sessions import selectors
 from apps.sessions.models import ResponseRequest
-
-log = logging.getLogger(__name__)
 
 # The CSV's columns: the keys of `ResponseRequest.to_dict()` (CONTRACT's `ResponseRequest`).
 COLUMNS = (
@@ -164,7 +162,7 @@ async def csv_chunks(
     try:
         if flow is not None:
             flow.attach()
-        while await _room(flow):
+        while await room(flow, stall_seconds=STALL_SECONDS):
             item = await pipe.get()
             if item is _END:
                 return
@@ -175,18 +173,6 @@ async def csv_chunks(
         pipe.stop()  # the client left, or the end: the thread stops at its next chunk
         if flow is not None:
             flow.detach()
-
-
-async def _room(flow: Any) -> bool:
-    """Wait while the client's side is full. False once the client has gone, or has taken
-    nothing for STALL_SECONDS: then the connection is cut, so that the export cannot look
-    finished, and the export's database connection is given back."""
-    if flow is None or await flow.writable(STALL_SECONDS):
-        return True
-    if not flow.stopped:
-        log.warning("a CSV export's client took nothing for %g s: cut off", STALL_SECONDS)
-        flow.abort()
-    return False
 
 
 def csv_filename() -> str:

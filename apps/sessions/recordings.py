@@ -2,7 +2,9 @@
 session page's player) and their deletion after the retention.
 
 A recording is answered from storage in chunks, whole (`200`) or, for a player that seeks,
-the byte range it asks for (`206`, one range; `416` for one the file does not have).
+the byte range it asks for (`206`, one range; `416` for one the file does not have). Under
+Daphne each chunk waits until the client has room for it (apps/events/flow.py): a call of an
+hour is some 350 MB, which a slow listener would otherwise make the process hold.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from django.core.files.storage import default_storage
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
+from apps.events.flow import Flow, flow_of, room
 from apps.sessions.models import LiveSession
 
 CHUNK = 64 * 1024
+STALL_SECONDS = 60.0  # a client that takes nothing for this long is cut off
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -29,19 +33,24 @@ def recorded_session(*, session_id: str) -> LiveSession | None:
     return session
 
 
-async def _chunks(name: str, start: int, length: int):
-    """The bytes asked for, read on a worker thread a chunk at a time: an asynchronous
-    iterator, which Django streams as it goes (a synchronous one it would read whole first)."""
+async def _chunks(name: str, start: int, length: int, flow: Flow | None):
+    """The bytes asked for, read on a worker thread a chunk at a time, each once the client
+    has room for it: an asynchronous iterator, which Django streams as it goes (a synchronous
+    one it would read whole first)."""
     stored = await asyncio.to_thread(default_storage.open, name, "rb")
+    if flow is not None:
+        flow.attach()
     try:
         await asyncio.to_thread(stored.seek, start)
-        while length > 0:
+        while length > 0 and await room(flow, stall_seconds=STALL_SECONDS):
             chunk = await asyncio.to_thread(stored.read, min(CHUNK, length))
             if not chunk:
                 return
             length -= len(chunk)
             yield chunk
     finally:
+        if flow is not None:
+            flow.detach()
         await asyncio.to_thread(stored.close)
 
 
@@ -63,7 +72,8 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
             refused["Content-Range"] = f"bytes */{size}"
             return refused
         length, status = end - start + 1, 206
-    response = StreamingHttpResponse(_chunks(name, start, length), status=status, content_type="audio/wav")
+    chunks = _chunks(name, start, length, flow_of(request))
+    response = StreamingHttpResponse(chunks, status=status, content_type="audio/wav")
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     response["Content-Disposition"] = f'inline; filename="{session.upstream_id}.wav"'

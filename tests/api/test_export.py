@@ -13,8 +13,6 @@ import asyncio
 import csv
 import io
 import json
-import socket
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +22,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from apps.sessions.models import LiveSession, ResponseRequest
+from tests.support.servers import served_to_a_reader_that_stops
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,30 +90,6 @@ async def _stream_csv(http: httpx.AsyncClient, pid: int) -> tuple[list[dict], in
     return list(csv.DictReader(io.StringIO(text.getvalue()))), most
 
 
-def _served_to_a_client_that_stops_reading(server, token: str, query: str, seconds: float) -> bool:
-    """Whether Daphne finishes the CSV (and logs it served) within `seconds` while its client
-    reads no more than the answer's head (a small receive buffer, so its side fills soon):
-    it could only by holding the rest of the export in memory."""
-    path = f"/api/v1/responses?{query}"
-    served = f'"GET {path}" 200'
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    try:
-        sock.connect(("127.0.0.1", server.port))
-        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
-        sock.sendall(head.encode())
-        sock.settimeout(10)
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if served in server.output():
-                return True
-            time.sleep(0.1)
-        return False
-    finally:
-        sock.close()
-
-
 async def _json_rows(http: httpx.AsyncClient, **params) -> list[dict]:
     rows, cursor = [], None
     while True:
@@ -161,10 +136,8 @@ async def test_100k_rows_stream_in_flat_memory_and_parse_back_to_the_json_rows(d
             assert table[start : start + 1000] == _as_csv(window), start
 
         # 20 000 rows, some 15 MB of CSV: more than the socket's buffers hold.
-        query = f"format=csv&until={T0 + timedelta(seconds=20):%Y-%m-%dT%H:%M:%SZ}"
-        held = await asyncio.to_thread(
-            _served_to_a_client_that_stops_reading, daphne, api_token, query, 4.0
-        )
+        path = f"/api/v1/responses?format=csv&until={T0 + timedelta(seconds=20):%Y-%m-%dT%H:%M:%SZ}"
+        held = await asyncio.to_thread(served_to_a_reader_that_stops, daphne, path, api_token, 4.0)
 
     print(f"Daphne's RSS while exporting 10 000 rows: at most {rss_10k / 1024:.1f} MB; 100 000: {rss_100k / 1024:.1f} MB")
     assert (len(table_10k), len(table)) == (10_000, 100_000)

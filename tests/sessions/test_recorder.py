@@ -19,6 +19,7 @@ from apps.realtime.audio import pcm16_rms
 from apps.sessions import recorder
 from apps.sessions.models import LiveSession
 from apps.sessions.recorder import RATE, Recording
+from tests.support.servers import served_to_a_reader_that_stops
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,6 +161,36 @@ async def test_the_rest_hook_gives_the_recording_whole_or_the_range_a_player_ask
     refused = await rest.get("/sessions/sess_http1/recording", headers={"Authorization": f"Bearer {writer_only}"})
     assert refused.status_code == 403
     assert (await rest.get("/sessions/sess_http1/recording", headers={"Authorization": ""})).status_code == 401
+
+
+def _long_recording(upstream_id: str, megabytes: int) -> str:
+    """A recording of `megabytes` (about a minute and a half a 16 MB) where Daphne stores them."""
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id=upstream_id)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(bytes(megabytes * 1024 * 1024))
+    name = default_storage.save(f"recordings/{session.id.hex}.wav", io.BytesIO(out.getvalue()))
+    LiveSession.objects.filter(pk=session.pk).update(recording=name)
+    return name
+
+
+@pytest.mark.e2e
+async def test_a_listener_that_stops_reading_makes_daphne_hold_no_more_of_the_recording(
+    daphne, api_token
+):
+    """A call of an hour is some 350 MB: without waiting for the client's room, Daphne read it
+    all into the connection's buffer at once, for a listener that had stopped."""
+    name = await sync_to_async(_long_recording)("sess_long_call", 16)
+    try:
+        held = await asyncio.to_thread(
+            served_to_a_reader_that_stops, daphne, "/api/v1/sessions/sess_long_call/recording", api_token, 3.0
+        )
+    finally:
+        await sync_to_async(default_storage.delete)(name)
+    assert not held, "Daphne sent the whole recording to a client that had stopped reading"
 
 
 def test_recordings_past_the_retention_are_deleted_and_newer_ones_kept(media):

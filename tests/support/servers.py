@@ -131,3 +131,26 @@ class DaphneProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+
+
+def served_to_a_reader_that_stops(server: DaphneProcess, path: str, token: str, seconds: float) -> bool:
+    """Whether Daphne finishes the answer to `GET path` (and logs it served) within `seconds`
+    while its client reads no more than the answer's head (a small receive buffer, so its
+    side fills soon): for a large answer, it could only by holding the rest in memory."""
+    served = f'"GET {path}" 200'
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", server.port))
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        sock.sendall(head.encode())
+        sock.settimeout(10)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if served in server.output():
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        sock.close()
