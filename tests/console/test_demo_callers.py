@@ -5,12 +5,19 @@ callers type. Real Daphne, real subprocesses, the relay between."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
+import websockets
+from django.core.management import call_command
+from websockets.sync.server import serve
 
 from tests.support.servers import ROOT, DaphneProcess
 
@@ -60,3 +67,38 @@ async def test_voice_and_text_callers_side_by_side(embedded_server):
         "SELECT origin, status, COUNT(*) FROM oc_sessions_responserequest GROUP BY origin, status",
     )
     assert sorted(rows) == [("caller", "completed", 2), ("server", "completed", 2)], rows
+
+
+def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
+    """A nudged answer is in progress when the voice caller is ready to speak: it waits for
+    its end instead of talking over it (server VAD would cut it short, and that answer's
+    `response.done` would pass for the answer to the caller's own line)."""
+    while_agent_talked: list[str] = []
+
+    def response(kind: str, response_id: str) -> str:
+        return json.dumps({"type": kind, "response": {"id": response_id}})
+
+    def relay(socket):
+        socket.send(json.dumps({"type": "session.created", "session": {"id": "sess_demo"}}))
+        assert json.loads(socket.recv())["type"] == "session.update"
+        socket.send(response("response.created", "resp_nudged"))
+        with contextlib.suppress(TimeoutError):
+            while_agent_talked.append(json.loads(socket.recv(timeout=1))["type"])
+        socket.send(response("response.done", "resp_nudged"))
+        while json.loads(socket.recv())["type"] != "input_audio_buffer.append":
+            pass
+        socket.send(response("response.created", "resp_answer"))
+        socket.send(response("response.done", "resp_answer"))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                socket.recv()
+
+    with serve(relay, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        call_command(
+            "demo_callers", count=1, voice=1, turns=1, sessions=1, interval=0.05,
+            url=f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1", token="oct_unused",
+            stdout=io.StringIO(),
+        )  # fmt: skip
+        server.shutdown()
+    assert while_agent_talked == [], "the caller spoke while the nudged answer was in progress"

@@ -159,22 +159,22 @@ class Command(BaseCommand):
         session_id = created.get("session", {}).get("id", "?")
         self.stdout.write(f"caller {n} (voice): session {session_id}")
         await socket.send(json.dumps({"type": "session.update", "session": voice_session(n)}))
-        answered = asyncio.Event()
-        reader = asyncio.create_task(_read_answers(socket, answered))
+        answered, quiet = asyncio.Event(), asyncio.Event()
+        reader = asyncio.create_task(_read_answers(socket, answered, quiet))
         said = 0
         try:
             while not stop.is_set() and (not turns or said < turns):
                 line = LINES[(said + n) % len(LINES)]
                 speech = await synthesise(line, voice=CALLER_VOICE, rate=24000)
+                # A caller lets the agent finish (a nudged answer too) before speaking: talking
+                # over it would cut it short, and that answer's end would pass for the next one.
+                if not await _until(quiet, reader):
+                    return
                 self.stdout.write(f"caller {n} says: {line}")
                 answered.clear()
                 await _speak(socket, speech.pcm + bytes(PCM_BYTES_PER_MS * 1000), reader)
                 said += 1
-                waiter = asyncio.create_task(answered.wait())
-                await asyncio.wait([waiter, reader], timeout=90, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if reader.done():
-                    reader.result()  # the connection ended: its error, for _caller to handle
+                if not await _until(answered, reader):
                     return
                 await asyncio.sleep(interval * rng.uniform(0.6, 1.4))
         finally:
@@ -196,12 +196,33 @@ async def _speak(socket, pcm: bytes, reader: asyncio.Task) -> None:
         await asyncio.sleep(max(0.0, start + (index + 1) * MIC_CHUNK_MS / 1000 - loop_time()))
 
 
-async def _read_answers(socket, answered: asyncio.Event) -> None:
+async def _read_answers(socket, answered: asyncio.Event, quiet: asyncio.Event) -> None:
     """Reads everything the session sends (spoken answers, nudged ones too); marks each
-    `response.done`."""
+    `response.done`, and keeps `quiet` set while no response is in progress."""
+    talking = set()
+    quiet.set()
     async for message in socket:
-        if json.loads(message).get("type") == "response.done":
+        event = json.loads(message)
+        if event.get("type") == "response.created":
+            talking.add(event["response"]["id"])
+            quiet.clear()
+        elif event.get("type") == "response.done":
+            talking.discard(event["response"]["id"])
             answered.set()
+            if not talking:
+                quiet.set()
+
+
+async def _until(event: asyncio.Event, reader: asyncio.Task, timeout: float = 90) -> bool:
+    """Waits for `event` (at most `timeout` seconds); False when the connection ended first,
+    raising its error for `_caller` to handle."""
+    waiter = asyncio.create_task(event.wait())
+    await asyncio.wait([waiter, reader], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if reader.done():
+        reader.result()
+        return False
+    return True
 
 
 def loop_time() -> float:
