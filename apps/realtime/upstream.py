@@ -10,9 +10,12 @@ pass whole). With `call_id`, the same opener joins an existing call as its sideb
 
 from __future__ import annotations
 
+import contextlib
+import json
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 # The embedded simulator needs no key; a placeholder keeps the header's shape.
 PLACEHOLDER_KEY = "sk-no-key-needed-for-the-embedded-simulator"
@@ -43,3 +46,13 @@ async def open_connection(
         close_timeout=2.0,
         user_agent_header="operator-console",
     )
+
+
+def failure_detail(exc: Exception) -> str:
+    """Why the upstream could not be opened. A refused handshake says it in its body, in the
+    service's error shape (a wrong key: `Incorrect API key provided.`): its message is kept."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, InvalidStatus):
+        with contextlib.suppress(ValueError, TypeError, KeyError):  # else the status alone
+            detail += f": {json.loads(exc.response.body)['error']['message']}"
+    return detail

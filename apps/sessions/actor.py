@@ -50,6 +50,7 @@ from apps.realtime.relay import (
     ToWatchers,
     TranscriptFinal,
 )
+from apps.realtime.upstream import failure_detail
 from apps.sessions import approvals, clock, costs, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
@@ -215,10 +216,9 @@ class SessionActor:
                 raise
             return  # the caller left, or the process stops: their message is in the mailbox
         except Exception as exc:  # refused, unreachable, timed out
-            log.warning("upstream connection failed for %s: %s", self.key, exc)
-            await self._perform(
-                self.core.upstream_failed(str(exc) or type(exc).__name__, now=clock.now())
-            )
+            detail = failure_detail(exc)
+            log.warning("upstream connection failed for %s: %s", self.key, detail)
+            await self._perform(self.core.upstream_failed(detail, now=clock.now()))
             return
         finally:
             self._opening = None

@@ -308,6 +308,22 @@ async def test_unreachable_upstream_tells_the_caller_and_closes_1011(relay_setti
     await communicator.disconnect()
 
 
+async def test_upstream_refusing_the_key_tells_the_caller_what_it_said(relay_settings, api_token):
+    relay_settings.OPENAI_API_KEY = "sk-not-the-upstreams-key"
+    communicator = WebsocketCommunicator(application, "/v1/realtime", headers=_auth(api_token))
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    error = (await communicator.receive_json_from(timeout=5))["error"]
+    assert error["code"] == "upstream_unavailable"
+    assert error["message"] == (
+        "Could not connect to the upstream: server rejected WebSocket connection: HTTP 401: "
+        "Incorrect API key provided."
+    ), "a wrong OPENAI_API_KEY is named as the upstream names it, not by its status alone"
+    closed = await communicator.receive_output(timeout=5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 1011
+    await communicator.disconnect()
+
+
 async def test_upstream_that_never_sends_session_created_is_given_up_on(relay_settings, api_token):
     import websockets
 
