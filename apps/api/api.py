@@ -435,7 +435,7 @@ async def label_session(request: HttpRequest, session_id: str, payload: LabelIn)
         "session, recording off, or deleted after OC_RECORDING_RETENTION_DAYS. Byte ranges "
         "are honoured (206)."
     ),
-    openapi_extra={"responses": {"200": {"description": "audio/wav", "content": {"audio/wav": {}}}}},
+    openapi_extra={"responses": {200: {"description": "audio/wav", "content": {"audio/wav": {}}}}},
     tags=["sessions"],
 )
 async def get_recording(request: HttpRequest, session_id: str):
@@ -781,7 +781,7 @@ _EVENTS_DOC = dict(
     tags=["events"],
     response={204: None, **_errors(400, 401, 403, 404)},
     openapi_extra={
-        "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}}
+        "responses": {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}}
     },
 )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -192,6 +193,18 @@ async def test_the_openapi_document_says_csv_and_the_metadata_filter(rest):
     metadata = next(p for p in operation["parameters"] if p["name"] == "metadata")
     assert metadata["style"] == "deepObject" and metadata["in"] == "query"
 
+
+
+async def test_the_openapi_document_names_each_key_once(rest):
+    """The docs page (Swagger UI at /api/v1/docs) refuses a document with a key twice in one
+    object ("duplicated mapping key") and shows nothing else."""
+
+    def once(pairs: list[tuple]) -> dict:
+        keys = [key for key, _ in pairs]
+        assert len(keys) == len(set(keys)), f"keys given twice: {keys}"
+        return dict(pairs)
+
+    json.loads((await rest.get("/openapi.json")).text, object_pairs_hook=once)
 
 def _cursor(raw: str) -> str:
     import base64
