@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -57,6 +58,18 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     if value < minimum:
         raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
     return value
+
+
+def env_log_level(name: str, default: str) -> str:
+    """A logging level's name, in any case."""
+    raw = env_str(name)
+    if not raw:
+        return default
+    if raw.upper() not in _LOG_LEVELS:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a log level: use DEBUG, INFO, WARNING, ERROR or CRITICAL."
+        )
+    return raw.upper()
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ from operator_console.env import (
     env_float,
     env_int,
     env_list,
+    env_log_level,
     env_str,
     env_ws_url,
 )
@@ -293,6 +294,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("OC_LOG_LEVEL", "INFO").upper() or "INFO"},
+    "root": {"handlers": ["console"], "level": env_log_level("OC_LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "websockets": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

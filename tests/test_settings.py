@@ -60,7 +60,12 @@ def test_upstream_url_must_be_a_websocket_url(monkeypatch):
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("DJANGO_DEBUG", "sometimes"), ("OC_UPSTREAM_URL", "api.openai.com"), ("OC_SEND_TIMEOUT", "soon")],
+    [
+        ("DJANGO_DEBUG", "sometimes"),
+        ("OC_UPSTREAM_URL", "api.openai.com"),
+        ("OC_SEND_TIMEOUT", "soon"),
+        ("OC_LOG_LEVEL", "verbose"),
+    ],
 )
 def test_start_up_stops_with_a_message_naming_the_variable(variable, value):
     result = subprocess.run(
