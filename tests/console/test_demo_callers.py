@@ -19,6 +19,7 @@ import websockets
 from django.core.management import call_command
 from websockets.sync.server import serve
 
+from apps.sessions.models import ApiToken
 from tests.support.servers import ROOT, DaphneProcess
 
 pytestmark = pytest.mark.e2e
@@ -69,6 +70,19 @@ async def test_voice_and_text_callers_side_by_side(embedded_server):
     assert sorted(rows) == [("caller", "completed", 2), ("server", "completed", 2)], rows
 
 
+
+def _demo_callers_on(relay, **options) -> None:
+    """`demo_callers` (one caller, one turn, one session) against `relay`, a scripted stand-in
+    for the relay: a real WebSocket server on a loopback port, one thread a connection."""
+    with serve(relay, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        call_command(
+            "demo_callers", count=1, turns=1, sessions=1, interval=0.05,
+            url=f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1", stdout=io.StringIO(),
+            **options,
+        )  # fmt: skip
+        server.shutdown()
+
 def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
     """A nudged answer is in progress when the voice caller is ready to speak: it waits for
     its end instead of talking over it (server VAD would cut it short, and that answer's
@@ -93,12 +107,23 @@ def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
             while True:
                 socket.recv()
 
-    with serve(relay, "127.0.0.1", 0) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        call_command(
-            "demo_callers", count=1, voice=1, turns=1, sessions=1, interval=0.05,
-            url=f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1", token="oct_unused",
-            stdout=io.StringIO(),
-        )  # fmt: skip
-        server.shutdown()
+    _demo_callers_on(relay, voice=1, token="oct_unused")
     assert while_agent_talked == [], "the caller spoke while the nudged answer was in progress"
+
+
+def test_the_token_it_made_is_revoked_when_it_stops(db):
+    """Each `make run` makes its demo callers a token that nobody else holds: once they stop,
+    it is revoked, not left valid in the admin's token list, one more for every start."""
+
+    def relay(socket):
+        socket.send(json.dumps({"type": "session.created", "session": {"id": "sess_demo"}}))
+        while json.loads(socket.recv())["type"] != "response.create":
+            pass
+        socket.send(json.dumps({"type": "response.done", "response": {"id": "resp_1"}}))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                socket.recv()
+
+    _demo_callers_on(relay, voice=0)
+    tokens = list(ApiToken.objects.filter(name="demo-callers").values_list("revoked_at", flat=True))
+    assert len(tokens) == 1 and tokens[0] is not None, "the demo callers' token outlived them"

@@ -26,7 +26,7 @@ import websockets
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.sessions.models import ApiToken
-from apps.sessions.tokens import api_token_create
+from apps.sessions.tokens import api_token_create, api_token_revoke
 from apps.simulator.speech import synthesise
 
 PERSONA = "You are Ava, the support agent of Acme Outfitters. Be brief and kind."
@@ -88,9 +88,14 @@ class Command(BaseCommand):
         self.voice_callers = (count + 1) // 2 if voice is None else min(voice, count)
         if count == 0:
             return
+        made = None
         if not token:
-            _, token = api_token_create(name="demo-callers", scopes=[ApiToken.Scope.REALTIME_CONNECT])
-        asyncio.run(self._run(count, url.rstrip("/"), interval, turns, sessions, wait, token))
+            made, token = api_token_create(name="demo-callers", scopes=[ApiToken.Scope.REALTIME_CONNECT])
+        try:
+            asyncio.run(self._run(count, url.rstrip("/"), interval, turns, sessions, wait, token))
+        finally:
+            if made is not None:  # nobody else holds it: not one more valid token every start
+                api_token_revoke(token=made)
 
     async def _run(self, count, url, interval, turns, sessions, wait, token):
         stop = asyncio.Event()
