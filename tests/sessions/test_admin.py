@@ -194,6 +194,14 @@ def test_staff_creates_a_token_in_the_admin_and_sees_it_once(staff_client):
     assert "Set-Cookie" not in page.headers or plain not in page.headers["Set-Cookie"]
 
 
+def test_the_admin_writes_api_in_capitals(staff_client):
+    """As everywhere else (the README, the token's own page): API tokens, not 'Api tokens'."""
+    index = staff_client.get("/admin/").content.decode()
+    add = staff_client.get("/admin/oc_sessions/apitoken/add/").content.decode()
+    assert ">API tokens<" in index and "Add API token" in add
+    assert "Api token" not in index + add
+
+
 def test_the_end_reason_shows_in_words_with_its_code_and_detail(staff_client):
     session = LiveSession.objects.create(
         id=uuid.uuid4(), upstream_id="sess_admin_over", model="gpt-realtime", status="failed",
