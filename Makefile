@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
-DEMO_CALLERS ?= 3
+# Demo callers talk to the embedded simulator; to a real upstream (OC_UPSTREAM_URL) they would
+# run up its bill without end, so there are none unless DEMO_CALLERS asks.
+DEMO_CALLERS ?= $(if $(OC_UPSTREAM_URL),0,3)
+UPSTREAM := $(if $(OC_UPSTREAM_URL),upstream $(OC_UPSTREAM_URL),embedded simulator upstream)
 
 .PHONY: install system-deps run test bench lint migrate clean
 
@@ -22,7 +25,8 @@ migrate: install
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
 
-# Daphne plus DEMO_CALLERS simulated callers (0 for none); Ctrl-C stops both.
+# Daphne plus DEMO_CALLERS simulated callers (0 for none; 0 by default with OC_UPSTREAM_URL);
+# Ctrl-C stops both.
 # espeak-ng gives the simulator a voice (installed as root when missing; a tone otherwise).
 # Phone calls: a development webhook secret is made once in var/webhook-secret (unless
 # OPENAI_WEBHOOK_SECRET is set), so `manage.py simulate_sip_call` works beside it.
@@ -33,7 +37,7 @@ run: migrate
 	@test -s var/webhook-secret || (umask 077 && $(BIN)/python -c "import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())" > var/webhook-secret)
 	$(BIN)/python manage.py ensure_demo_operator
 	$(BIN)/python manage.py delete_old_recordings
-	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, embedded simulator upstream)"
+	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, $(UPSTREAM))"
 	@trap 'kill 0' EXIT; \
 	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \
 	OC_RECORD_AUDIO=$${OC_RECORD_AUDIO:-true} OPENAI_WEBHOOK_SECRET=$${OPENAI_WEBHOOK_SECRET:-$$(cat var/webhook-secret)} $(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application

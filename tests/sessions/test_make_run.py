@@ -71,3 +71,25 @@ async def test_demo_callers_hold_conversations_through_the_relay(embedded_server
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("done after 2 turns") == 2, result.stdout
+
+
+def test_make_run_starts_demo_callers_only_on_the_simulator_unless_asked():
+    """The README's way to the real service is `OC_UPSTREAM_URL=wss://… make run`: its demo
+    callers would talk to the real, billed model without end, so there are none unless
+    DEMO_CALLERS asks; and the start line names the upstream it uses."""
+
+    def dry_run(*args: str, upstream: str = "") -> str:
+        result = subprocess.run(
+            ["make", "--no-print-directory", "--dry-run", "run", *args],
+            cwd=ROOT, env={**os.environ, "OC_UPSTREAM_URL": upstream},
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "demo_callers --count 3 " in dry_run()
+    assert "embedded simulator" in dry_run()
+    real = dry_run(upstream="wss://api.openai.com/v1")
+    assert "demo_callers --count 0 " in real and "upstream wss://api.openai.com/v1" in real
+    assert "embedded simulator" not in real
+    assert "demo_callers --count 2 " in dry_run("DEMO_CALLERS=2", upstream="wss://api.openai.com/v1")
