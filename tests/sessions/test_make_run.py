@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -93,3 +94,21 @@ def test_make_run_starts_demo_callers_only_on_the_simulator_unless_asked():
     assert "demo_callers --count 0 " in real and "upstream wss://api.openai.com/v1" in real
     assert "embedded simulator" not in real
     assert "demo_callers --count 2 " in dry_run("DEMO_CALLERS=2", upstream="wss://api.openai.com/v1")
+
+
+def test_make_run_on_a_port_in_use_says_so_before_starting_anything(tmp_path):
+    """Daphne's own complaint came after the start line, and after the demo callers had
+    joined whatever served that port; `make run` now stops first, saying what to do."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-o", "migrate", "run", f"PORT={port}"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'none.sqlite3'}"},
+            capture_output=True, text=True, timeout=60, start_new_session=True,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "make run PORT=" in result.stderr, "the message says how to choose another port"
+    assert "Console on" not in result.stdout and "caller 1" not in result.stdout
