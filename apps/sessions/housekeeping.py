@@ -40,7 +40,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 
-from apps.sessions import groups
+from apps.sessions import groups, recorder
 from apps.sessions.db import db_async
 from apps.sessions.history import writer as history
 from apps.sessions.listening import LISTEN_ENDED
@@ -100,11 +100,13 @@ class Housekeeping:
 
     async def shutdown(self, timeout: float = 5.0) -> int:
         """End every session this process holds (`server_shutdown`: their callers are told,
-        their pending requests fail) and wait until that is in the table."""
+        their pending requests fail) and wait until that is in the table, their recordings
+        included (the recorder's thread does not outlive the process)."""
         holders = list(self.holders.values())
         for holder in holders:
             holder.shutdown()
         await asyncio.gather(*(holder.wait_finished(timeout) for holder in holders))
+        await asyncio.to_thread(recorder.flush, timeout)
         await history.flush(timeout)
         return len(holders)
 

@@ -6,6 +6,7 @@ process to find `session_lost`."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import sqlite3
@@ -55,6 +56,7 @@ def server_env(tmp_path, slow_simulator):
         "DATABASE_URL": f"sqlite:///{db_path}",
         "OC_UPSTREAM_URL": slow_simulator.url,
         "OPENAI_API_KEY": "",
+        "OC_RECORD_AUDIO": "true",
     }
     _manage(env, "migrate", "--noinput")
     token = _manage(env, "create_api_token", "--name", "shutdown-check").strip().splitlines()[-1]
@@ -69,6 +71,7 @@ async def test_a_stopped_server_ends_its_sessions_and_fails_their_pending_reques
         client = AsyncOpenAI(api_key=token, websocket_base_url=server.ws_base)
         async with client.realtime.connect(model="gpt-realtime") as conn:
             session_id = (await conn.recv()).session.id
+            await conn.input_audio_buffer.append(audio=base64.b64encode(bytes(9600)).decode())
             await conn.conversation.item.create(item=user_text("talk for a while"))
             await conn.response.create()  # streams for 20 s
             await conn.response.create()  # waits behind it
@@ -94,6 +97,9 @@ async def test_a_stopped_server_ends_its_sessions_and_fails_their_pending_reques
         server.stop()
     sessions = _rows(db_path, "SELECT upstream_id, status, end_reason FROM oc_sessions_livesession")
     assert sessions == [(session_id, "ended", "server_shutdown")], server.output()
+    [(recording,)] = _rows(db_path, "SELECT recording FROM oc_sessions_livesession")
+    assert recording, "the call's recording is written before the process exits"
+    (ROOT / "var" / "media" / recording).unlink()
     requests = _rows(
         db_path,
         "SELECT origin, status, error_code FROM oc_sessions_responserequest ORDER BY created_at",
