@@ -33,8 +33,7 @@ migrate: install
 # Voice calls are recorded (OC_RECORD_AUDIO=false to stop it); recordings past
 # OC_RECORDING_RETENTION_DAYS are deleted at each start.
 run: migrate
-	@$(BIN)/python -c "import socket; f, t, p, _, a = socket.getaddrinfo('$(HOST)', $(PORT), type=socket.SOCK_STREAM)[0]; s = socket.socket(f, t, p); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(a)" 2>/dev/null \
-	  || { echo "Cannot listen on $(HOST):$(PORT): something serves there already (another make run?), or it is not an address of this machine. Stop what serves there, or choose another port: make run PORT=8001" >&2; exit 1; }
+	@$(BIN)/python scripts/check_port.py $(HOST) $(PORT)
 	-bash scripts/install-system-deps.sh espeak-ng
 	@test -s var/webhook-secret || (umask 077 && $(BIN)/python -c "import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())" > var/webhook-secret)
 	$(BIN)/python manage.py ensure_demo_operator

@@ -781,7 +781,9 @@ _EVENTS_DOC = dict(
     tags=["events"],
     response={204: None, **_errors(400, 401, 403, 404)},
     openapi_extra={
-        "responses": {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}}
+        "responses": {
+            200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}
+        }
     },
 )
 

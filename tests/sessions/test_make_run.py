@@ -93,7 +93,8 @@ def test_make_run_starts_demo_callers_only_on_the_simulator_unless_asked():
     real = dry_run(upstream="wss://api.openai.com/v1")
     assert "demo_callers --count 0 " in real and "upstream wss://api.openai.com/v1" in real
     assert "embedded simulator" not in real
-    assert "demo_callers --count 2 " in dry_run("DEMO_CALLERS=2", upstream="wss://api.openai.com/v1")
+    asked = dry_run("DEMO_CALLERS=2", upstream="wss://api.openai.com/v1")
+    assert "demo_callers --count 2 " in asked
 
 
 def test_make_run_on_a_port_in_use_says_so_before_starting_anything(tmp_path):

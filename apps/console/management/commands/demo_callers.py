@@ -90,7 +90,9 @@ class Command(BaseCommand):
             return
         made = None
         if not token:
-            made, token = api_token_create(name="demo-callers", scopes=[ApiToken.Scope.REALTIME_CONNECT])
+            made, token = api_token_create(
+                name="demo-callers", scopes=[ApiToken.Scope.REALTIME_CONNECT]
+            )
         try:
             asyncio.run(self._run(count, url.rstrip("/"), interval, turns, sessions, wait, token))
         finally:
