@@ -4,6 +4,7 @@ read-only (the record is written by the relay, never edited by hand)."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 from django import forms
@@ -398,19 +399,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return ", ".join(obj.scopes)
 
     def get_list_display(self, request):
-        """The list with each token's usage, from one grouped query for the page."""
-        usage = selectors.api_token_usage()
+        """The list with each token's usage, from one grouped query for the page, made when
+        the column is first shown (the columns are also asked for to know which sort)."""
+        usage = functools.cache(selectors.api_token_usage)
 
         @admin.display(description="usage (tokens, USD)")
         def usage_column(obj):
-            return _token_usage(usage.get(f"token:{obj.name}"))
+            return _token_usage(usage().get(f"token:{obj.name}"))
 
         return (*super().get_list_display(request), usage_column)
 
     @admin.display(description="usage")
     def usage(self, obj):
         """Tokens and cost of the requests it made (its requests are named `token:<name>`)."""
-        return _token_usage(selectors.api_token_usage().get(f"token:{obj.name}"))
+        name = f"token:{obj.name}"
+        return _token_usage(selectors.api_token_usage(token=name).get(name))
 
     def has_revoke_permission(self, request):
         """Revoking changes a token: it needs the change permission of the model, which the

@@ -363,14 +363,16 @@ def fleet_usage_today(*, now: datetime | None = None) -> dict[str, Any]:
     return {"since": start.isoformat(), **totals}
 
 
-def api_token_usage() -> dict[str, dict[str, Any]]:
+def api_token_usage(*, token: str | None = None) -> dict[str, dict[str, Any]]:
     """Tokens and cost of what each API token asked for, by `token:<name>` (see `usage_totals`
     for the figures): the requests it made (REST nudges, and its caller's own `response.create`)
-    and the responses the server started (server VAD) in the sessions it connected."""
+    and the responses the server started (server VAD) in the sessions it connected. With
+    `token` (`token:<name>`), that token's alone."""
     asked = ResponseRequest.objects.annotate(
         token=Case(
             When(origin=ResponseRequest.Origin.SERVER, then=F("session__connected_by")),
             default=F("requested_by"),
         )
     )
-    return usage_totals(asked.filter(token__startswith="token:"), by="token")
+    asked = asked.filter(token__startswith="token:") if token is None else asked.filter(token=token)
+    return usage_totals(asked, by="token")

@@ -254,3 +254,33 @@ def test_each_page_shows_the_row_as_the_rest_hook_gives_it(staff_client, history
         page = staff_client.get(url).content.decode()
         shown = re.search(r"<pre>(.*?)</pre>", page, re.S).group(1)
         assert json.loads(html.unescape(shown)) == json.loads(json.dumps(row.to_dict())), url
+
+
+def test_the_token_pages_read_the_requests_once_and_the_detail_for_its_token_alone(staff_client):
+    """Each token's usage sums its whole history: the list read it twice (its columns are
+    asked for once for the table and once for the sortable headings), and a token's page
+    summed every token's to show one."""
+    script, _ = api_token_create(name="script")
+    api_token_create(name="other")
+    session = LiveSession.objects.create(
+        upstream_id="sess_tokens", model="gpt-realtime", connected_by="token:script"
+    )
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    for n, by in enumerate(("token:script", "token:other", "token:other")):
+        ResponseRequest.objects.create(
+            id=f"req_tok{n}", session=session, origin="api", requested_by=by, usage=usage
+        )
+
+    def reads_of_the_requests(url: str) -> tuple[list[str], str]:
+        with CaptureQueriesContext(connection) as queries:
+            page = staff_client.get(url)
+        assert page.status_code == 200, url
+        reads = [q["sql"] for q in queries if '"oc_sessions_responserequest"' in q["sql"]]
+        return reads, page.content.decode()
+
+    reads, listing = reads_of_the_requests("/admin/oc_sessions/apitoken/")
+    assert len(reads) == 1, f"the list summed the history {len(reads)} times"
+    assert "15 tokens in 1 requests" in listing and "30 tokens in 2 requests" in listing
+    reads, detail = reads_of_the_requests(f"/admin/oc_sessions/apitoken/{script.pk}/change/")
+    assert len(reads) == 1 and "'token:script'" in reads[0], f"not its token's alone: {reads}"
+    assert "15 tokens in 1 requests" in detail
