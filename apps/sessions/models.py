@@ -86,7 +86,11 @@ class LiveSession(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["status", "-started_at"])]
+        indexes = [
+            models.Index(fields=["status", "-started_at"]),
+            # Every session newest first (the admin's list, the REST hook's): the id breaks ties.
+            models.Index(fields=["started_at", "id"]),
+        ]
         permissions = [("listen_session", "Can listen to live sessions")]
 
     def __str__(self) -> str:

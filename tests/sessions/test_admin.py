@@ -284,3 +284,27 @@ def test_the_token_pages_read_the_requests_once_and_the_detail_for_its_token_alo
     reads, detail = reads_of_the_requests(f"/admin/oc_sessions/apitoken/{script.pk}/change/")
     assert len(reads) == 1 and "'token:script'" in reads[0], f"not its token's alone: {reads}"
     assert "15 tokens in 1 requests" in detail
+
+
+def test_the_session_list_reads_its_page_by_an_index_and_scans_no_dates(staff_client):
+    """Months of sessions: the list sorted every session to show its newest page, and its
+    date hierarchy read the start of every session to list the months (the date filter
+    stays, as on the request list)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("the plan is SQLite's")
+    now = timezone.now()
+    LiveSession.objects.bulk_create(
+        LiveSession(upstream_id=f"sess_month{i}", model="gpt-realtime", status="ended",
+                    started_at=now - timedelta(days=i))
+        for i in range(3)
+    )  # fmt: skip
+    with CaptureQueriesContext(connection) as queries:
+        page = staff_client.get("/admin/oc_sessions/livesession/")
+    assert page.status_code == 200 and b"sess_month2" in page.content
+    assert not [q for q in queries if "datetime_trunc" in q["sql"]], "the months were listed"
+    newest_first = '"oc_sessions_livesession"."started_at" DESC'
+    [listing] = [q["sql"] for q in queries if newest_first in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {listing}")
+        plan = [row[-1] for row in cursor.fetchall()]
+    assert not [step for step in plan if "TEMP B-TREE" in step], f"sorted every session: {plan}"
