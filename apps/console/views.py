@@ -44,6 +44,8 @@ from apps.sessions.db import db_async
 from apps.sessions.models import END_REASON_WORDS, STEER, LiveSession, ResponseRequest
 
 OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
+# The requests a session's page holds, the latest (the queue, the history, the chart's points).
+PAGE_REQUESTS = 1000
 OVER = (LiveSession.Status.ENDED, LiveSession.Status.FAILED)
 LIMITS = {
     "metadata_pairs": overrides.MAX_METADATA_PAIRS,
@@ -97,7 +99,7 @@ def _session_page(
     session = selectors.session_get(session_id=session_id)
     if session is None:
         raise Http404(f"No session with id '{session_id}'.")
-    rows = selectors.request_list(session=session, limit=1000)
+    rows = selectors.request_latest(session=session, limit=PAGE_REQUESTS)
     transcript, transcript_gone = transcripts.ended_transcript(session, rows)
     return render(
         request,

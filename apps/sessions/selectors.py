@@ -141,6 +141,15 @@ def request_list(*, session: LiveSession, limit: int = 1000) -> list[ResponseReq
     )
 
 
+def request_latest(*, session: LiveSession, limit: int) -> list[ResponseRequest]:
+    """A session's latest `limit` requests, oldest first."""
+    latest = ResponseRequest.objects.filter(session=session).order_by("-created_at", "-id")
+    rows = list(latest[:limit])[::-1]
+    for row in rows:
+        row.session = session
+    return rows
+
+
 def request_get(*, request_id: str) -> ResponseRequest | None:
     if not nameable(request_id):
         return None

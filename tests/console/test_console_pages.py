@@ -12,7 +12,7 @@ import html
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -299,6 +299,34 @@ def test_the_dashboards_read_groups_the_requests_by_their_session_alone(operator
     assert summaries["sess_busy"]["active_response_id"] == "resp_busy2"
     assert summaries["sess_busy"]["last_activity"] == now.isoformat()
     assert summaries["sess_quiet"]["requests"] == 0 and summaries["sess_quiet"]["state"] == "idle"
+
+
+def test_a_long_sessions_page_shows_its_latest_requests_and_its_queue(operator):
+    """A call of hours has more requests than the page holds: the page holds the latest,
+    so the queue and the newest of the history are there (it held the oldest, and the
+    queue and the last requests were missing until the page's socket caught up)."""
+    from apps.console.views import PAGE_REQUESTS
+
+    session = _session(upstream_id="sess_hours")
+    start = timezone.now() - timedelta(hours=3)
+    ResponseRequest.objects.bulk_create(
+        ResponseRequest(
+            id=f"req_hours{i:05d}", session=session, origin="caller", status="completed",
+            created_at=start + timedelta(seconds=i),
+        )
+        for i in range(PAGE_REQUESTS + 5)
+    )
+    ResponseRequest.objects.create(
+        id="req_hours_waiting", session=session, origin="console", status="queued",
+        instructions="Offer the refund.",
+    )
+    page = operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()
+    shown = re.findall(r'<tr data-request="([^"]+)"', page)
+    assert len(shown) == PAGE_REQUESTS
+    assert shown[:2] == ["req_hours_waiting", f"req_hours{PAGE_REQUESTS + 4:05d}"], shown[:2]
+    assert f"req_hours{6:05d}" in shown and f"req_hours{5:05d}" not in shown, "the oldest left out"
+    data = re.search(r'<script id="requests-data" type="application/json">(.*?)</script>', page)
+    assert "req_hours_waiting" in data.group(1), "the page's script knows the queue"
 
 
 # ---------------------------------------------------------------- ended sessions
