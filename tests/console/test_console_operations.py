@@ -114,6 +114,35 @@ async def test_a_page_that_empties_shows_the_last_page_and_its_link_says_so(logi
     assert alice.errors == []
 
 
+async def test_the_row_an_operator_is_on_keeps_its_focus_as_the_sessions_change(login, daphne):
+    """A busy dashboard changes every second: each change rebuilt every row, so a keyboard
+    user on a session's link was dropped to the top of the page."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_many_live_sessions)(60)
+    alice = await login("alice")
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/?sort=label")
+    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    rows = page.locator("[data-sessions] tbody tr")
+    await rows.nth(2).locator("a").focus()
+
+    async def label(session_id: str, text: str) -> None:
+        row = LiveSession.objects.filter(upstream_id=session_id)
+        await sync_to_async(row.update)(label=text)
+        await expect(page.locator(f'tr[data-session="{session_id}"]')).to_contain_text(text)
+
+    async def focused() -> str:
+        return await page.evaluate("document.activeElement.closest('tr')?.dataset.session")
+
+    await label("sess_other0005", "Customer 5, escalated")  # another row changes
+    assert await focused() == "sess_other0002", f"the focus went to {await focused() or 'the page'}"
+    await label("sess_other0002", "Aaron")  # its own row changes and moves to the top
+    await expect(rows.first).to_have_attribute("data-session", "sess_other0002")
+    assert await focused() == "sess_other0002", f"the focus went to {await focused() or 'the page'}"
+    assert alice.errors == []
+
+
 async def test_every_page_fits_a_phone_and_is_screenshotted(login, connect_caller, daphne, chromium):
     # Login, as a visitor sees it.
     visitor = await chromium.new_context()

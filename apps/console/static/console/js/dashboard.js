@@ -57,6 +57,29 @@ function row(session) {
   );
 }
 
+// Rows are updated in place, not rebuilt: the row the operator is on (its link focused) stays
+// while the sessions around it change, and goes with the focus when it moves.
+function placeRows(fresh) {
+  const old = new Map([...body.children].map((tr) => [tr.dataset.session, tr]));
+  const rows = fresh.map((tr) => {
+    const kept = old.get(tr.dataset.session);
+    if (!kept) return tr;
+    old.delete(tr.dataset.session);
+    [...tr.children].forEach((cell, i) => {
+      if (!cell.isEqualNode(kept.children[i])) kept.children[i].replaceWith(cell);
+    });
+    return kept;
+  });
+  for (const gone of old.values()) gone.remove();
+  const focused = document.activeElement;
+  rows.forEach((tr, i) => {
+    if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] ?? null);
+  });
+  if (focused !== document.activeElement && body.contains(focused)) {
+    focused.focus({ preventScroll: true }); // its row moved, and lost the focus on the way
+  }
+}
+
 function headings() {
   const sort = view.sort || DEFAULT_SORT;
   sortMenu.value = sort;
@@ -79,7 +102,7 @@ function show(message) {
   if (asked === String(view.page ?? 1) && asked !== String(message.page)) {
     change({ ...view, page: message.page });
   }
-  body.replaceChildren(...message.rows.map(row));
+  placeRows(message.rows.map(row));
   figures.live.textContent = message.live;
   figures.nudges.textContent = message.stats.nudges_last_minute;
   const latency = message.stats.median_nudge_to_start_ms;
