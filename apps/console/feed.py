@@ -68,7 +68,8 @@ def _read() -> tuple[dict[str, dict], dict[str, Any]]:
 
 
 class Feed:
-    def __init__(self) -> None:
+    def __init__(self, interval: float = INTERVAL) -> None:
+        self.interval = interval  # seconds between reads
         self.viewers: dict[Viewer, View] = {}
         self._sent: dict[Viewer, dict[str, Any]] = {}
         self._sessions: dict[str, dict] = {}
@@ -76,13 +77,20 @@ class Feed:
         self._task: asyncio.Task | None = None
 
     async def add(self, viewer: Viewer, view: View | None = None) -> None:
-        """Watch `view` (again, when the viewer changes its search, filters, sort or page)."""
+        """Watch `view` (again, when the viewer changes its search, filters, sort or page).
+        While the task runs, the page is cut from its latest read (at most an interval old; the
+        next read sends what changed), so a search answers as the operator types."""
         self.viewers[viewer] = view or View()
         if self._task is None or self._task.done():
             # One task per process, started before any await so that viewers arriving
-            # together cannot each start one; a task whose viewers all left ends.
+            # together cannot each start one; a task whose viewers all left ends. What it
+            # read last is not kept up to date any more: the new one reads afresh.
+            self._sessions, self._stats = {}, {}
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
-        sessions, stats = await db_async(_read)()
+        if self._stats:
+            sessions, stats = self._sessions, self._stats
+        else:  # nothing read yet by this task
+            sessions, stats = await db_async(_read)()
         if viewer in self.viewers:
             await self._send(viewer, page_message(self.viewers[viewer], list(sessions.values()), stats))
 
@@ -99,7 +107,7 @@ class Feed:
 
     async def _run(self) -> None:
         while self.viewers:
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(self.interval)
             try:
                 await self.once()
             except Exception:

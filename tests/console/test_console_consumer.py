@@ -219,3 +219,47 @@ async def test_a_message_for_a_socket_the_browser_just_closed_is_dropped_quietly
     await communicator.send_json_to({"type": "watch.session", "session_id": "sess_gone"})
     await communicator.disconnect(timeout=5)  # raises what the consumer ended with
     assert server.refused == 1
+
+
+class _Viewer:
+    """A dashboard socket, as the feed sees one: what it was sent."""
+
+    def __init__(self) -> None:
+        self.pages: list[dict] = []
+
+    async def send_json(self, content, close=False) -> None:
+        self.pages.append(content)
+
+
+async def test_a_change_of_view_is_cut_from_the_feeds_latest_read():
+    """Each change of search, filter, sort or page read every live session again, so with a
+    thousand live sessions the page answered the operator's typing most of a second late.
+    While the feed runs, a change is cut from its latest read; its next read sends what
+    changed since."""
+    from asgiref.sync import sync_to_async
+
+    from apps.console.dashboard import View
+    from apps.console.feed import Feed
+
+    def live(*session_ids: str) -> None:
+        for session_id in session_ids:
+            LiveSession.objects.create(upstream_id=session_id, model="gpt-realtime", status="live")
+
+    await sync_to_async(live)("sess_feed_a", "sess_feed_b")
+    feed = Feed(interval=3600)  # reads when the test says, not on a clock
+    viewer = _Viewer()
+    await feed.add(viewer)
+    await feed.once()  # the task's read
+    ended = LiveSession.objects.filter(upstream_id="sess_feed_b")
+    await sync_to_async(ended.update)(status="ended")
+    await feed.add(viewer, View(q="feed"))
+
+    def shown() -> list[str]:
+        return sorted(row["id"] for row in viewer.pages[-1]["rows"])
+
+    assert viewer.pages[-1]["view"] == {"q": "feed"}
+    assert shown() == ["sess_feed_a", "sess_feed_b"], "not cut from the latest read"
+    await feed.once()
+    assert shown() == ["sess_feed_a"], "the next read sends what changed"
+    feed.discard(viewer)
+    feed._task.cancel()
