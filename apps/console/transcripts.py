@@ -39,7 +39,7 @@ def ended_transcript(
     session: LiveSession, requests: Iterable[ResponseRequest]
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The entries to render, each `{"id", "role", "classes", "who", "text", "interrupted",
-    "tool"?}`, and what is missing from them (None: nothing)."""
+    "tool"}` (`tool` None but for a tool call), and what is missing from them (None: nothing)."""
     requests = list(requests)
     recorded = _recorded(session)
     logged = [] if recorded else _logged(session)
@@ -134,6 +134,7 @@ def _shown(entry: dict[str, Any], by_id: dict, by_response: dict) -> dict[str, A
         "who": " · ".join([who, *marks]),
         "text": text,
         "interrupted": interrupted,
+        "tool": None,
     }
 
 

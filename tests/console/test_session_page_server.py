@@ -241,3 +241,20 @@ def test_the_page_says_what_the_session_used_and_what_it_cost(operator, model, u
     LiveSession.objects.filter(pk=session.pk).update(model=model)
     page = operator.get("/console/sessions/sess_usage/").content.decode()
     assert shown in page
+
+
+def test_an_ended_transcript_renders_without_a_failed_lookup_per_entry(operator, caplog):
+    """Each entry that was not a tool call failed the template's lookup of its tool: with
+    DEBUG logs on, a traceback logged per entry, thousands for a long call's page, and
+    much of the page's time spent on them."""
+    session = _session("sess_ended_lookups")
+    LiveSession.objects.filter(pk=session.pk).update(recording_transcript=[
+        {"id": f"item_{n}", "role": ("user", "agent")[n % 2], "text": f"Turn {n}", "done": True,
+         "oob": False, "at": float(n)}
+        for n in range(4)
+    ])  # fmt: skip
+    with caplog.at_level("DEBUG", logger="django.template"):
+        page = operator.get("/console/sessions/sess_ended_lookups/").content.decode()
+    assert [text for _, _, text, _ in _entries(page)] == ["Turn 0", "Turn 1", "Turn 2", "Turn 3"]
+    failed = [r.getMessage() for r in caplog.records if r.name == "django.template"]
+    assert not [message for message in failed if "'tool'" in message], failed
