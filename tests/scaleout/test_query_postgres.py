@@ -46,6 +46,9 @@ try:
         "csv": asyncio.run(csv_rows()),
         "tokens": selectors.usage_totals(mine)[None],
         "by_token": selectors.api_token_usage().get("token:pg-test"),
+        "one_token": selectors.api_token_usage(token="token:pg-test").get("token:pg-test"),
+        "listed": [s.to_dict()["origin_counts"]["api"] for s in selectors.session_list(limit=1000)
+                   if s.upstream_id == session.upstream_id],
     }))
 finally:
     session.delete()
@@ -62,6 +65,8 @@ def test_filters_sums_and_export_on_postgresql(scaleout_db):
     # per request: 800 text in × $4 + 200 cached × $0.40 + 500 out × $16, per 1M tokens
     assert tokens["cost_usd"] == round(4 * (800 * 4 + 200 * 0.4 + 500 * 16) / 1e6, 6)
     assert out["by_token"]["requests"] == 4
+    assert out["one_token"] == out["by_token"], "one token's sum is its share of all"
+    assert out["listed"] == [4], "the session list counts through PostgreSQL's grouping"
 
 
 LONG_NAMES = r"""
