@@ -80,6 +80,33 @@ async def test_nudge_with_metadata_while_a_response_streams(login, connect_calle
     assert alice.errors == []
 
 
+async def test_the_cancel_an_operator_is_on_keeps_its_focus_as_the_queue_moves(
+    login, connect_caller, daphne, simulator
+):
+    """A response that ends moves to the history, and every row of the table was moved
+    with it: the operator's focus on a queued request's Cancel fell to the page."""
+    alice = await login("alice")
+    caller = await connect_caller()
+    await _open_session(alice, daphne, caller.session_id)
+    page = alice.page
+    with simulator.configured(delta_interval=0.3, deltas_per_response=6):
+        await caller.say("Hello?")
+        await caller.wait_for("response.created")
+        for text in ("First nudge.", "Second nudge."):
+            await page.fill("#instructions", text)
+            await page.click("[data-send]")
+            nudge = page.locator(f'[data-requests] tr:has-text("{text}")')
+            await expect(nudge.locator(".badge")).to_have_text("queued", timeout=3000)
+        second = page.locator('[data-requests] tr:has-text("Second nudge.")')
+        await second.get_by_role("button", name="Cancel").focus()
+        callers = page.locator('[data-requests] tr:has(.origin:text("caller")) .badge')
+        await expect(callers).to_have_text("completed", timeout=5000)
+        await expect(second.locator(".badge")).to_have_text("queued")
+        focused = await page.evaluate("document.activeElement.closest('tr')?.dataset.request")
+        assert focused == await second.get_attribute("data-request"), f"the focus is on {focused}"
+    assert alice.errors == []
+
+
 async def test_two_operators_see_each_other_and_each_others_nudges(login, connect_caller, daphne):
     alice, bob = await login("alice"), await login("bob")
     caller = await connect_caller()

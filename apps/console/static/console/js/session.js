@@ -89,11 +89,18 @@ function shownOrder(a, b) {
   return doneA ? -order : order;
 }
 
-// Rows are moved, not rebuilt, so an open "Cancel…" stays open.
+// Rows are moved, not rebuilt, so an open "Cancel…" stays open; a control the operator is on
+// keeps the focus that moving its row took away.
 function placeRows() {
   const rows = [...requestsBody.children];
   const sorted = rows.slice().sort((x, y) => shownOrder(requests.get(x.dataset.request), requests.get(y.dataset.request)));
-  if (sorted.some((row, i) => row !== rows[i])) requestsBody.append(...sorted);
+  if (sorted.some((row, i) => row !== rows[i])) {
+    const focused = document.activeElement;
+    requestsBody.append(...sorted);
+    if (focused !== document.activeElement && requestsBody.contains(focused)) {
+      focused.focus({ preventScroll: true });
+    }
+  }
   let seenWaiting = false;
   for (const row of sorted) {
     const done = TERMINAL.has(requests.get(row.dataset.request).status);
