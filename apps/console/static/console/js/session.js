@@ -128,6 +128,8 @@ function renderAllRequests() {
 // for the snapshot's latest changes, which the page may have missed but were no news.
 function applyRequest(message, quiet = false) {
   const known = requests.get(message.request_id);
+  // The page already shows it so (a watch starts with the latest requests as they are now).
+  if (known?.status === message.status) return;
   const request = known ?? { id: message.request_id, created_at: isoAt(message.at) };
   for (const key of ["origin", "requested_by", "instructions", "metadata", "conversation", "response_id"]) {
     if (message[key] !== undefined && message[key] !== null) request[key] = message[key];
