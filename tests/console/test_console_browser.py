@@ -80,18 +80,39 @@ async def test_nudge_with_metadata_while_a_response_streams(login, connect_calle
     assert alice.errors == []
 
 
-async def test_the_cancel_an_operator_is_on_keeps_its_focus_as_the_queue_moves(
+async def test_the_request_table_redraws_only_what_changed_and_keeps_the_operators_focus(
     login, connect_caller, daphne, simulator
 ):
-    """A response that ends moves to the history, and every row of the table was moved
-    with it: the operator's focus on a queued request's Cancel fell to the page."""
+    """A watch starts with the session's latest requests as they are now: each redrew the
+    table and the chart though the page had just been rendered with them (a call of a
+    thousand requests held the page's script for seconds on opening). And a response that
+    ended moved to the history by moving every row: the operator's focus on a queued
+    request's Cancel fell to the page."""
     alice = await login("alice")
     caller = await connect_caller()
-    await _open_session(alice, daphne, caller.session_id)
+    await caller.say("Hello?")
+    mine = ResponseRequest.objects.filter(session__upstream_id=caller.session_id)
+    await eventually(mine.filter(status="completed").exists)  # rendered as it is now
     page = alice.page
-    with simulator.configured(delta_interval=0.3, deltas_per_response=6):
-        await caller.say("Hello?")
-        await caller.wait_for("response.created")
+    # Counted from the end of the page's own render on (module scripts run before this event).
+    await page.add_init_script(
+        """document.addEventListener("DOMContentLoaded", () => {
+             window.redrawn = 0;
+             const count = () => { window.redrawn += 1; };
+             for (const part of ["[data-requests]", "[data-latency-chart]"]) {
+               const node = document.querySelector(part);
+               new MutationObserver(count).observe(node, { childList: true });
+             }
+           });"""
+    )
+    await _open_session(alice, daphne, caller.session_id)
+    await expect(page.locator("[data-requests] tr")).to_have_count(1)
+    await page.wait_for_timeout(300)
+    assert await page.evaluate("window.redrawn") == 0, "the page redrew what had not changed"
+
+    with simulator.configured(delta_interval=0.2, deltas_per_response=6):
+        await caller.say("And now?")
+        await caller.wait_for("response.created", n=2)
         for text in ("First nudge.", "Second nudge."):
             await page.fill("#instructions", text)
             await page.click("[data-send]")
@@ -100,7 +121,7 @@ async def test_the_cancel_an_operator_is_on_keeps_its_focus_as_the_queue_moves(
         second = page.locator('[data-requests] tr:has-text("Second nudge.")')
         await second.get_by_role("button", name="Cancel").focus()
         callers = page.locator('[data-requests] tr:has(.origin:text("caller")) .badge')
-        await expect(callers).to_have_text("completed", timeout=5000)
+        await expect(callers).to_have_text(["completed", "completed"], timeout=5000)
         await expect(second.locator(".badge")).to_have_text("queued")
         focused = await page.evaluate("document.activeElement.closest('tr')?.dataset.request")
         assert focused == await second.get_attribute("data-request"), f"the focus is on {focused}"
