@@ -78,8 +78,10 @@ class Feed:
 
     async def add(self, viewer: Viewer, view: View | None = None) -> None:
         """Watch `view` (again, when the viewer changes its search, filters, sort or page).
-        While the task runs, the page is cut from its latest read (at most an interval old; the
-        next read sends what changed), so a search answers as the operator types."""
+        A new viewer's page is read afresh: it follows a page the server has just rendered.
+        A change of view is cut from the task's latest read (at most an interval old; the next
+        read sends what changed), so a search answers as the operator types."""
+        changing = viewer in self.viewers
         self.viewers[viewer] = view or View()
         if self._task is None or self._task.done():
             # One task per process, started before any await so that viewers arriving
@@ -87,9 +89,9 @@ class Feed:
             # read last is not kept up to date any more: the new one reads afresh.
             self._sessions, self._stats = {}, {}
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-feed")
-        if self._stats:
+        if changing and self._stats:
             sessions, stats = self._sessions, self._stats
-        else:  # nothing read yet by this task
+        else:
             sessions, stats = await db_async(_read)()
         if viewer in self.viewers:
             await self._send(viewer, page_message(self.viewers[viewer], list(sessions.values()), stats))

@@ -235,7 +235,7 @@ async def test_a_change_of_view_is_cut_from_the_feeds_latest_read():
     """Each change of search, filter, sort or page read every live session again, so with a
     thousand live sessions the page answered the operator's typing most of a second late.
     While the feed runs, a change is cut from its latest read; its next read sends what
-    changed since."""
+    changed since. A new viewer follows a page just rendered, and is read afresh."""
     from asgiref.sync import sync_to_async
 
     from apps.console.dashboard import View
@@ -254,12 +254,16 @@ async def test_a_change_of_view_is_cut_from_the_feeds_latest_read():
     await sync_to_async(ended.update)(status="ended")
     await feed.add(viewer, View(q="feed"))
 
-    def shown() -> list[str]:
-        return sorted(row["id"] for row in viewer.pages[-1]["rows"])
+    def shown(watching: _Viewer) -> list[str]:
+        return sorted(row["id"] for row in watching.pages[-1]["rows"])
 
     assert viewer.pages[-1]["view"] == {"q": "feed"}
-    assert shown() == ["sess_feed_a", "sess_feed_b"], "not cut from the latest read"
+    assert shown(viewer) == ["sess_feed_a", "sess_feed_b"], "not cut from the latest read"
+    newcomer = _Viewer()
+    await feed.add(newcomer)
+    assert shown(newcomer) == ["sess_feed_a"], "a new viewer was sent an older page"
     await feed.once()
-    assert shown() == ["sess_feed_a"], "the next read sends what changed"
-    feed.discard(viewer)
+    assert shown(viewer) == ["sess_feed_a"], "the next read sends what changed"
+    for watching in (viewer, newcomer):
+        feed.discard(watching)
     feed._task.cancel()
