@@ -75,7 +75,7 @@ def counted(sessions: QuerySet[LiveSession], *, limit: int) -> list[LiveSession]
     session's id, in the order of its index: the sessions joined to their requests and grouped
     by every column of the session (as SQLite groups an annotated query) sorted every request
     of every session listed."""
-    newest = sessions.order_by("-started_at")[:limit]
+    newest = sessions.order_by("-started_at", "-id")[:limit]  # the same rows in both reads
     rows = list(newest)
     theirs = ResponseRequest.objects.filter(session__in=newest.values("pk")).order_by()
     counts = {
