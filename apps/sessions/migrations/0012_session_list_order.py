@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('oc_sessions', '0010_caller_model_any_length'),
+        ('oc_sessions', '0011_api_token_verbose_name'),
     ]
 
     operations = [
