@@ -19,8 +19,22 @@ from apps.events.webhooks import WebhookWorker
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class Receiver:
-    """A webhook endpoint on a loopback port that answers 204 after `delay` seconds."""
+class Endpoint:
+    """A webhook endpoint on a loopback port, answered by a request handler class."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(Endpoint):
+    """A webhook endpoint that answers 204 after `delay` seconds."""
 
     def __init__(self, delay: float) -> None:
         self.got: list[str] = []
@@ -38,17 +52,10 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
-class Trickler:
+class Trickler(Endpoint):
     """A webhook endpoint that writes its answer's `head` a line every `pace` seconds, then
     `chunk` every `pace` seconds without end (a body that never ends)."""
 
@@ -70,14 +77,7 @@ class Trickler:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def _event() -> int:
