@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.management import call_command
@@ -75,19 +76,21 @@ def _check(tmp_path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_the_environment_reaches_the_check_through_settings(tmp_path):
-    refused = _check(tmp_path, OC_PROCESSES="2")
-    assert refused.returncode != 0
-    assert "oc_sessions.E001" in refused.stderr and "OC_PROCESSES=2" in refused.stderr
-    assert "Set REDIS_URL" in refused.stderr
-
-    refused = _check(tmp_path, WEB_CONCURRENCY="3")
-    assert refused.returncode != 0 and "WEB_CONCURRENCY=3" in refused.stderr
-
-    # Redis is not contacted by the check: naming it is enough.
-    assert _check(tmp_path, OC_PROCESSES="2", REDIS_URL="redis://127.0.0.1:9/0").returncode == 0
-    assert _check(tmp_path).returncode == 0
-
-    bad = _check(tmp_path, OC_PROCESSES="0")
+    environments = [
+        {"OC_PROCESSES": "2"},
+        {"WEB_CONCURRENCY": "3"},
+        # Redis is not contacted by the check: naming it is enough.
+        {"OC_PROCESSES": "2", "REDIS_URL": "redis://127.0.0.1:9/0"},
+        {},
+        {"OC_PROCESSES": "0"},
+    ]
+    with ThreadPoolExecutor() as pool:  # five Django start-ups, side by side
+        several, web, named, plain, bad = pool.map(lambda env: _check(tmp_path, **env), environments)
+    assert several.returncode != 0
+    assert "oc_sessions.E001" in several.stderr and "OC_PROCESSES=2" in several.stderr
+    assert "Set REDIS_URL" in several.stderr
+    assert web.returncode != 0 and "WEB_CONCURRENCY=3" in web.stderr
+    assert named.returncode == 0 and plain.returncode == 0
     assert bad.returncode != 0 and "OC_PROCESSES=0 is below the minimum of 1" in bad.stderr
 
 

@@ -27,10 +27,12 @@ def _manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-@pytest.fixture
-def embedded_server(tmp_path):
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory):
+    """One `make run`-like server for the module's tests: migrating a new database and
+    starting Django four times over is most of their time."""
     env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('run') / 'run.sqlite3'}",
         "OC_UPSTREAM_URL": "",
         "OPENAI_API_KEY": "",
         "OC_SIM_INTERVAL": "0.005",
