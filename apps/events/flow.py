@@ -25,6 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 EXTENSION = "oc.flow"
+STALL_SECONDS = 60.0  # a streamed answer's client that takes nothing for this long is cut off
 
 
 class Flow:
@@ -94,15 +95,15 @@ class Flow:
         self.resumeProducing()
 
 
-async def room(flow: Flow | None, *, stall_seconds: float) -> bool:
+async def room(flow: Flow | None) -> bool:
     """Before a streamed answer's next chunk: wait while the client's side is full. False once
-    the client has gone, or has taken nothing for `stall_seconds`: then the connection is cut,
+    the client has gone, or has taken nothing for STALL_SECONDS: then the connection is cut,
     so that the answer cannot look finished, and what it holds (a database connection, a
     file) is given back. Without a `Flow` (not under Daphne): True at once."""
-    if flow is None or await flow.writable(stall_seconds):
+    if flow is None or await flow.writable(STALL_SECONDS):
         return True
     if not flow.stopped:
-        log.warning("a client took nothing for %g s: cut off", stall_seconds)
+        log.warning("a client took nothing for %g s: cut off", STALL_SECONDS)
         flow.abort()
     return False
 

@@ -39,7 +39,6 @@ COLUMNS = (
     "error", "created_at", "sent_at", "started_at", "finished_at", "requested_by",
 )  # fmt: skip
 CSV_CHUNK_ROWS = 1000  # rows read from the database, and sent, at a time
-STALL_SECONDS = 60.0  # a client that takes nothing for this long is cut off
 
 
 class BadCursor(ValueError):
@@ -162,7 +161,7 @@ async def csv_chunks(
     try:
         if flow is not None:
             flow.attach()
-        while await room(flow, stall_seconds=STALL_SECONDS):
+        while await room(flow):
             item = await pipe.get()
             if item is _END:
                 return

@@ -21,7 +21,6 @@ from apps.events.flow import Flow, flow_of, room
 from apps.sessions.models import LiveSession
 
 CHUNK = 64 * 1024
-STALL_SECONDS = 60.0  # a client that takes nothing for this long is cut off
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -42,7 +41,7 @@ async def _chunks(name: str, start: int, length: int, flow: Flow | None):
         flow.attach()
     try:
         await asyncio.to_thread(stored.seek, start)
-        while length > 0 and await room(flow, stall_seconds=STALL_SECONDS):
+        while length > 0 and await room(flow):
             chunk = await asyncio.to_thread(stored.read, min(CHUNK, length))
             if not chunk:
                 return

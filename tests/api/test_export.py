@@ -170,10 +170,11 @@ class _StalledClient:
 async def test_a_client_that_takes_nothing_is_cut_off_not_sent_a_short_csv(monkeypatch):
     """A stalled client holds the export's database connection: after STALL_SECONDS it is cut
     off, with no end of the answer, so what it got cannot pass for the whole export."""
+    from apps.events import flow
     from apps.sessions import export, selectors
 
     await sync_to_async(_bulk)(10)
-    monkeypatch.setattr(export, "STALL_SECONDS", 0.05)
+    monkeypatch.setattr(flow, "STALL_SECONDS", 0.05)
     client = _StalledClient()
     chunks = [chunk async for chunk in export.csv_chunks(selectors.RequestFilter(), flow=client)]
     assert len(chunks) == 1 and chunks[0].startswith(b"id,"), "the header row, then nothing"
