@@ -162,7 +162,11 @@ async def test_a_watcher_without_the_permission_sees_no_form_and_a_forged_post_i
         headers={"Referer": f"{daphne.http_url}/console/"},
     )
     assert forged.status == 403
-    assert "You may watch sessions but not steer them. Nothing was changed." in await forged.text()
+    refusal = await forged.text()
+    assert "You may watch sessions but not steer them. Nothing was changed." in refusal
+    # Styled by a stylesheet: the Content-Security-Policy refuses an inline <style>.
+    assert "style-src 'self'" in forged.headers["content-security-policy"]
+    assert "<style" not in refusal and "/static/css/standalone.css" in refusal
     # Refused before anything was stored, so nothing can ever be sent for it.
     assert not await ResponseRequest.objects.filter(session__upstream_id=caller.session_id, origin="console").aexists()
     await caller.wait_for("response.done")
