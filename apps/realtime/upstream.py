@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -21,8 +22,8 @@ from websockets.exceptions import InvalidStatus
 PLACEHOLDER_KEY = "sk-no-key-needed-for-the-embedded-simulator"
 
 
-def realtime_url(base_url: str, **query: str) -> str:
-    return f"{base_url.rstrip('/')}/realtime?{urlencode(query)}"
+def realtime_url(base_url: str, query: Sequence[tuple[str, str]]) -> str:
+    return f"{base_url.rstrip('/')}/realtime?{urlencode(list(query))}"
 
 
 async def open_connection(
@@ -33,13 +34,14 @@ async def open_connection(
     extra_headers: dict[str, str] | None = None,
     open_timeout: float = 10.0,
     call_id: str | None = None,
+    query: Sequence[tuple[str, str]] = (),
 ) -> ClientConnection:
-    """Connect to `{base_url}/realtime?model=…` (or `?call_id=…`, a call's sideband). Raises
-    on refusal or timeout."""
+    """Connect to `{base_url}/realtime?model=…` and the other parameters of `query` (or
+    `?call_id=…`, a call's sideband). Raises on refusal or timeout."""
     headers = {"Authorization": f"Bearer {api_key or PLACEHOLDER_KEY}", **(extra_headers or {})}
-    query = {"call_id": call_id} if call_id else {"model": model}
+    url_query = [("call_id", call_id)] if call_id else [("model", model), *query]
     return await connect(
-        realtime_url(base_url, **query),
+        realtime_url(base_url, url_query),
         additional_headers=headers,
         max_size=None,
         open_timeout=open_timeout,

@@ -8,9 +8,10 @@ an await here would hold up everything behind it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -22,6 +23,7 @@ from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.services import label_problem
+from apps.sessions.upstream import open_upstream
 
 log = logging.getLogger(__name__)
 refusals = logging.getLogger("oc.events")
@@ -44,10 +46,16 @@ AUTH_TIMEOUT = 4.0
 
 
 def _query_label(scope) -> str:
-    """`oc_label`: the relay's own query parameter (none of the caller's query reaches the
-    upstream, whose URL is built from the model alone)."""
+    """`oc_label`: one of the relay's own query parameters, which never reach the upstream."""
     query = parse_qs(scope.get("query_string", b"").decode("latin1"), errors="replace")
     return (query.get("oc_label") or [""])[-1].strip()
+
+
+def _upstream_query(scope) -> list[tuple[str, str]]:
+    """The caller's query parameters for the upstream, in their order (CONTRACT section 1, rule
+    6): all but the relay's own `oc_*` and `model`, which the upstream URL always carries."""
+    query = parse_qsl(scope.get("query_string", b"").decode("latin1"), keep_blank_values=True)
+    return [(key, value) for key, value in query if not key.startswith("oc_") and key != "model"]
 
 
 def _query_model(scope) -> str:
@@ -186,6 +194,17 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             message = f"The query parameter oc_label was refused: {problem}."
             await self.deny(400, "invalid_label", message, param="oc_label")
             return
+        upstream_query = _upstream_query(self.scope)
+        if any(key == "call_id" for key, _ in upstream_query):
+            # The service would join the call's sideband; the relay opens a session of its own
+            # and sequences every response in it, which a call's own client would bypass.
+            message = (
+                "The query parameter call_id is not for the relay: it opens a session of its "
+                "own. A WebRTC or SIP call placed through Operator Console (POST "
+                "/v1/realtime/calls, or its webhook) is attached and steered by call id already."
+            )
+            await self.deny(400, "invalid_request", message, param="call_id")
+            return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
         if (message := housekeeping().full()) is not None:
@@ -210,6 +229,7 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             model=minted.get("model") or _query_model(self.scope),
             connected_by=principal.name,
             upstream_headers=headers,
+            opener=functools.partial(open_upstream, query=upstream_query),
             label=label,
             minted_session=minted,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Sequence
 
 from django.conf import settings
 
@@ -53,9 +54,14 @@ async def base_url() -> str:
 
 
 async def open_upstream(
-    *, model: str, extra_headers: dict[str, str] | None = None, call_id: str | None = None
+    *,
+    model: str,
+    extra_headers: dict[str, str] | None = None,
+    call_id: str | None = None,
+    query: Sequence[tuple[str, str]] = (),
 ):
-    """A relayed session's upstream, or with `call_id` an attached call's sideband."""
+    """A relayed session's upstream (with the caller's other query parameters, `query`), or
+    with `call_id` an attached call's sideband."""
     return await sdk_upstream.open_connection(
         base_url=await base_url(),
         api_key=settings.OPENAI_API_KEY if settings.OC_UPSTREAM_URL else "",
@@ -63,4 +69,5 @@ async def open_upstream(
         extra_headers=extra_headers,
         open_timeout=settings.OC_UPSTREAM_CONNECT_TIMEOUT,
         call_id=call_id,
+        query=query,
     )

@@ -20,8 +20,11 @@ def _auth(token: str) -> list[tuple[bytes, bytes]]:
 async def test_the_callers_oc_label_labels_the_session_and_never_reaches_the_upstream(
     relay_settings, simulator, api_token
 ):
+    """...while the caller's other query parameters reach it, in order (CONTRACT §1 rule 6)."""
     communicator = WebsocketCommunicator(
-        application, "/v1/realtime?model=gpt-realtime&oc_label=Order%20%2342%20%C2%B7%20Jane", headers=_auth(api_token)
+        application,
+        "/v1/realtime?model=gpt-realtime&intent=x&oc_label=Order%20%2342%20%C2%B7%20Jane&tag=a%26b&tag=",
+        headers=_auth(api_token),
     )
     connected, _ = await communicator.connect(timeout=5)
     assert connected
@@ -31,7 +34,7 @@ async def test_the_callers_oc_label_labels_the_session_and_never_reaches_the_ups
     row = await LiveSession.objects.aget(upstream_id=session_id)
     assert row.label == "Order #42 · Jane"
     upstream_path = simulator.sim.sessions[session_id].connection.request.path
-    assert "model=gpt-realtime" in upstream_path and "oc_" not in upstream_path
+    assert upstream_path.endswith("/realtime?model=gpt-realtime&intent=x&tag=a%26b&tag=")
     await communicator.disconnect()
 
 

@@ -48,6 +48,10 @@ async def test_a_refused_handshake_answers_a_json_body_naming_the_missing_or_ref
     )
     assert status == 400 and "oc_label" in error["message"] and "200" in error["message"]
     assert error["param"] == "oc_label"
+    status, error = await _refusal(
+        f"{url}&call_id=rtc_123", additional_headers={"Authorization": f"Bearer {good}"}
+    )
+    assert status == 400 and error["param"] == "call_id" and "/v1/realtime/calls" in error["message"]
     assert "Exception inside application" not in daphne.output(), "refusals are logged cleanly"
 
 
