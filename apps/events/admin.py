@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.validators import URLValidator
+from django.db import transaction
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from apps.events.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
+from apps.events.models import EVENT_TYPES, SECRET_OVERLAP, WebhookDelivery, WebhookEndpoint
 from apps.events.stream import newest_id
 from apps.sessions.admin import ReadOnlyAdmin
 
@@ -53,6 +56,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_filter = ("active",)
     search_fields = ("url", "description")
     readonly_fields = ("signing_secret", "cursor", "created_at")
+    actions = ["roll_secret"]
 
     def get_fields(self, request, obj=None):
         fields = ["url", "description", "event_types", "active"]
@@ -64,10 +68,38 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="signing secret")
     def signing_secret(self, obj: WebhookEndpoint) -> str:
+        overlap = ""
+        if len(obj.signing_secrets(timezone.now())) > 1:
+            overlap = format_html(
+                " The previous secret signs each delivery too, beside this one, until {}.",
+                date_format(timezone.localtime(obj.previous_secret_until), "DATETIME_FORMAT"),
+            )
         return format_html(
             "<code>{}</code><p class='help'>Verify each delivery with it: in Python, "
-            "<code>OpenAI().webhooks.unwrap(body, headers, secret=…)</code>.</p>",
+            "<code>OpenAI().webhooks.unwrap(body, headers, secret=…)</code>.{} To replace it, "
+            "select the endpoint in the list and roll its secret.</p>",
             obj.secret,
+            overlap,
+        )
+
+    @admin.action(
+        description="Roll the signing secret (the old one also signs for a day)",
+        permissions=["change"],
+    )
+    def roll_secret(self, request, queryset) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            endpoints = list(queryset.select_for_update())
+            for endpoint in endpoints:
+                endpoint.roll_secret(now)
+                endpoint.save(update_fields=["secret", "previous_secret", "previous_secret_until"])
+        until = date_format(timezone.localtime(now + SECRET_OVERLAP), "DATETIME_FORMAT")
+        self.message_user(
+            request,
+            f"New signing secret for {len(endpoints)} endpoint(s): it signs every delivery "
+            f"from now on. The previous one signs them too, beside it, until {until}: give "
+            "the receivers the new one before then (its endpoint's page shows it).",
+            messages.SUCCESS,
         )
 
     def save_model(self, request, obj, form, change):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils import timezone
@@ -59,6 +60,10 @@ class EventLogHorizon(models.Model):
     pruned_through = models.BigIntegerField(default=0)
 
 
+# How long a rolled-over secret still signs deliveries beside its successor.
+SECRET_OVERLAP = timedelta(hours=24)
+
+
 def new_webhook_secret() -> str:
     """A Standard Webhooks secret: `whsec_` and 32 random bytes, base64."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -73,6 +78,10 @@ class WebhookEndpoint(models.Model):
         help_text="Verify each delivery with it (Standard Webhooks; the openai SDK's "
         "client.webhooks.unwrap(body, headers, secret=...)).",
     )
+    # The secret before the last roll, which also signs deliveries until `previous_secret_until`,
+    # so that a receiver can move to the new one without refusing a delivery meanwhile.
+    previous_secret = models.CharField(max_length=100, blank=True, editable=False)
+    previous_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
     event_types = models.JSONField(
         default=list,
         blank=True,
@@ -90,6 +99,18 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
+
+    def roll_secret(self, now: datetime) -> None:
+        """A new secret; the one it replaces signs deliveries too for `SECRET_OVERLAP`."""
+        self.previous_secret, self.previous_secret_until = self.secret, now + SECRET_OVERLAP
+        self.secret = new_webhook_secret()
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets a delivery made at `now` is signed with: the current one, and the
+        previous one while it overlaps."""
+        if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
     def wants(self, event_type: str) -> bool:
         if not self.event_types:

@@ -5,7 +5,9 @@ the `openai` SDK's `client.webhooks.unwrap(body, headers, secret=...)` verifies)
     webhook-id:        evt_<event id>  (the same on every attempt: receivers drop repeats)
     webhook-timestamp: Unix seconds of this attempt
     webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}", keyed with the
-                       base64-decoded secret after its `whsec_` prefix>
+                       base64-decoded secret after its `whsec_` prefix>; for a day after the
+                       endpoint's secret was rolled, a second one with the previous secret,
+                       after a space (a receiver takes a delivery when any of them matches)
 
 One worker per process (per event loop), started with the process's first request like the
 housekeeping. Each round it
@@ -67,6 +69,18 @@ def sign(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
     message = f"{webhook_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, message, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(delivery: WebhookDelivery, timestamp: str, body: bytes) -> dict[str, str]:
+    secrets = delivery.endpoint.signing_secrets(timezone.now())
+    signatures = [sign(secret, delivery.webhook_id, timestamp, body) for secret in secrets]
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": delivery.webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": " ".join(signatures),
+    }
 
 
 def retry_delay(attempts: int) -> float:
@@ -287,14 +301,7 @@ class WebhookWorker:
         status_code, error = None, ""
         timeout = settings.OC_WEBHOOK_TIMEOUT
         try:
-            signature = sign(delivery.endpoint.secret, delivery.webhook_id, timestamp, body)
-            headers = {
-                "content-type": "application/json",
-                "user-agent": USER_AGENT,
-                "webhook-id": delivery.webhook_id,
-                "webhook-timestamp": timestamp,
-                "webhook-signature": signature,
-            }
+            headers = signed_headers(delivery, timestamp, body)
             # The whole answer within the timeout: httpx's own bounds each read, and an
             # endpoint that answers a byte at a time would hold the delivery for ever.
             async with (

@@ -1,12 +1,17 @@
 """Webhook endpoints in the admin: what the form takes is something the worker can send to; an
-endpoint is deleted with its delivery log."""
+endpoint is deleted with its delivery log; its secret is rolled without refusing a delivery."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from django.utils import timezone
+from openai import InvalidWebhookSignatureError, OpenAI
 
 from apps.events.admin import WebhookEndpointForm
-from apps.events.models import WebhookDelivery, WebhookEndpoint
+from apps.events.models import SECRET_OVERLAP, WebhookDelivery, WebhookEndpoint
+from apps.events.webhooks import signed_headers
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/hook", "ftps://example.com/hook"])
@@ -56,3 +61,54 @@ def test_the_delivery_log_lists_its_page_without_reading_every_deliverys_date(ad
     assert page.status_code == 200 and b"session.live" in page.content
     assert not [q["sql"] for q in queries if "datetime_trunc" in q["sql"]], "the months were listed"
     assert b"created_at__gte" in page.content, "the date filter is offered"
+
+
+@pytest.mark.django_db
+def test_a_rolled_secret_signs_beside_its_successor_for_a_day_then_alone(admin_client):
+    """Rolling a secret must not make a receiver refuse deliveries while it moves to the new
+    one: for a day each delivery carries both signatures, and either secret verifies it."""
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    old = endpoint.secret
+    answer = admin_client.post(
+        "/admin/oc_events/webhookendpoint/",
+        {"action": "roll_secret", "_selected_action": [endpoint.pk]},
+        follow=True,
+    )
+    assert "New signing secret for 1 endpoint(s)" in answer.text
+    endpoint.refresh_from_db()
+    assert endpoint.secret != old and endpoint.previous_secret == old
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event_id=7, event_type="session.live", payload='{"type":"session.live"}'
+    )
+    body = delivery.payload.encode()
+    verify = OpenAI(api_key="unused").webhooks.verify_signature  # raises when none matches
+    for secret in (old, endpoint.secret):
+        headers = signed_headers(delivery, str(int(time.time())), body)
+        verify(body, headers, secret=secret)
+    page = admin_client.get(f"/admin/oc_events/webhookendpoint/{endpoint.pk}/change/")
+    assert "The previous secret signs each delivery too" in page.text
+
+    rolled_at = endpoint.previous_secret_until - SECRET_OVERLAP
+    assert abs((rolled_at - timezone.now()).total_seconds()) < 60, "the day starts at the roll"
+    endpoint.previous_secret_until = timezone.now()  # the day is over
+    endpoint.save()
+    delivery.refresh_from_db()
+    headers = signed_headers(delivery, str(int(time.time())), body)
+    verify(body, headers, secret=endpoint.secret)
+    with pytest.raises(InvalidWebhookSignatureError):
+        verify(body, headers, secret=old)
+
+
+@pytest.mark.django_db
+def test_an_operator_who_may_only_view_endpoints_cannot_roll_a_secret(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookendpoint"))
+    client.force_login(viewer)
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    client.post(
+        "/admin/oc_events/webhookendpoint/",
+        {"action": "roll_secret", "_selected_action": [endpoint.pk]},
+    )
+    assert WebhookEndpoint.objects.get(pk=endpoint.pk).secret == endpoint.secret
