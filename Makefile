@@ -31,13 +31,15 @@ migrate: install
 # Phone calls: a development webhook secret is made once in var/webhook-secret (unless
 # OPENAI_WEBHOOK_SECRET is set), so `manage.py simulate_sip_call` works beside it.
 # Voice calls are recorded (OC_RECORD_AUDIO=false to stop it); recordings past
-# OC_RECORDING_RETENTION_DAYS are deleted at each start.
+# OC_RECORDING_RETENTION_DAYS are deleted at each start, and so are sessions past
+# OC_HISTORY_RETENTION_DAYS when it is set.
 run: migrate
 	@$(BIN)/python scripts/check_port.py $(HOST) $(PORT)
 	-bash scripts/install-system-deps.sh espeak-ng
 	@test -s var/webhook-secret || (umask 077 && $(BIN)/python -c "import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())" > var/webhook-secret)
 	$(BIN)/python manage.py ensure_demo_operator
 	$(BIN)/python manage.py delete_old_recordings
+	$(BIN)/python manage.py delete_old_sessions
 	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, $(UPSTREAM))"
 	@trap 'kill 0' EXIT; \
 	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \

@@ -266,6 +266,9 @@ WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 OC_RECORD_AUDIO = env_bool("OC_RECORD_AUDIO", False)
 OC_RECORDING_RETENTION_DAYS = env_int("OC_RECORDING_RETENTION_DAYS", 30, minimum=1)
 MEDIA_ROOT = VAR_DIR / "media"
+# Ended sessions older than this many days are deleted, with their requests and recordings, by
+# `manage.py delete_old_sessions`; 0 keeps them all.
+OC_HISTORY_RETENTION_DAYS = env_int("OC_HISTORY_RETENTION_DAYS", 0, minimum=0)
 # Event log (GET /api/v1/events, webhooks): events are kept this long (at least the 10 minutes
 # a reconnecting script may ask for); other processes' events are polled this often; a
 # follower with this many events unsent is too slow and dropped; a comment this often keeps
