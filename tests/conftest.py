@@ -13,6 +13,7 @@ from django.db import connection
 
 from apps.simulator.server import SimulatorConfig
 from operator_console.asgi import application
+from tests.calls.support import WEBHOOK_SECRET
 from tests.support.servers import LOG_DIR, DaphneProcess, SimulatorThread
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
@@ -66,8 +67,11 @@ def start_daphne(django_db_blocker, simulator, **env: str) -> DaphneProcess:
 
 @pytest.fixture(scope="session")
 def daphne(django_db_setup, django_db_blocker, simulator):
-    """A real Daphne serving the app, on the test database, with the simulator upstream."""
-    server = start_daphne(django_db_blocker, simulator, OC_SEND_TIMEOUT="5")
+    """A real Daphne serving the app, on the test database, with the simulator upstream (whose
+    phone calls' webhooks it takes, signed with `WEBHOOK_SECRET`)."""
+    server = start_daphne(
+        django_db_blocker, simulator, OC_SEND_TIMEOUT="5", OPENAI_WEBHOOK_SECRET=WEBHOOK_SECRET
+    )
     yield server
     server.stop()
 

@@ -724,9 +724,10 @@ async def hangup(request: HttpRequest, session_id: str):
     "/sessions/{session_id}/refer",
     response={202: CallActionOut, **_errors(400, 401, 403, 404, 409, 422, 502, 503)},
     auth=WRITE,
-    summary="Transfer an attached call",
-    description="Transfers a WebRTC or phone call to `target_uri` (tel: or sip:) through the "
-    "upstream's calls API. 409 for a relayed session (no call) or one that has ended.",
+    summary="Transfer a phone call",
+    description="Transfers a phone (SIP) call to `target_uri` (tel: or sip:) through the "
+    "upstream's calls API. 409 for a relayed session (no call), a WebRTC call (the service "
+    "transfers SIP calls only) or one that has ended.",
     tags=["sessions"],
 )
 async def refer(request: HttpRequest, session_id: str, payload: ReferIn):

@@ -7,9 +7,11 @@ Interface (the REST hook and the console call these; both raise `ServiceError`s)
 
 Each returns the `CallAction` row it recorded, with who asked and the upstream's answer
 (`ok`, and `error` when it refused). Refusals: `SessionNotFound` (404); `NotACall` (409) for a
-relayed session, which has no call to control; `SessionNotLive` (409) for one that has ended;
-`InvalidTargetUri` (422, field `target_uri`); `CallControlFailed` (502) when the upstream
-refuses or cannot be reached (the row records that too).
+relayed session, which has no call to control; `NotAPhoneCall` (409) for a transfer of a WebRTC
+call (the service transfers SIP calls only: its refer is the SIP REFER verb);
+`SessionNotLive` (409) for one that has ended; `InvalidTargetUri` (422, field `target_uri`);
+`CallControlFailed` (502) when the upstream refuses or cannot be reached (the row records that
+too).
 
 Both use the upstream's calls REST (`upstream_calls`), `POST {base}/realtime/calls/{call_id}/hangup|refer`, where
 `{base}` is OC_UPSTREAM_URL with http(s) for ws(s) (or the embedded simulator's URL), with
@@ -61,6 +63,10 @@ class NotACall(ServiceError):
     status, code = 409, "not_a_call"
 
 
+class NotAPhoneCall(ServiceError):
+    status, code = 409, "not_a_phone_call"
+
+
 class InvalidTargetUri(ServiceError):
     status, code = 422, "invalid_target_uri"
     field = "target_uri"
@@ -109,6 +115,11 @@ async def call_refer(*, session_id: str, target_uri: str, requested_by: str) -> 
     if problem is not None:
         raise InvalidTargetUri(problem)
     session = await db_async(_attached_session)(session_id, "transfer")
+    if session.kind != LiveSession.Kind.SIP:
+        raise NotAPhoneCall(
+            f"Session '{session_id}' is a WebRTC call: only phone (SIP) calls can be "
+            "transferred. Hang it up instead."
+        )
     action = await _perform(session, CallAction.Action.REFER, target_uri, requested_by)
     if not action.ok:
         raise CallControlFailed(f"The upstream did not transfer the call: {action.error}")

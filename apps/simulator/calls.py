@@ -57,7 +57,8 @@ with an empty body.
   603): a pending SIP call is gone.
 - `POST /v1/realtime/calls/{call_id}/hangup`: ends the call (peer closed, sidebands closed 1000).
 - `POST /v1/realtime/calls/{call_id}/refer`, JSON `{"target_uri": "tel:…" | "sip:…"}`: recorded;
-  the call then ends as transferred.
+  the call then ends as transferred. As the service's (the SIP REFER verb), for SIP calls only:
+  a WebRTC call's refer is refused (400 `call_not_sip`, our code: the service's is not known).
 
 SIP (simulator only, not part of the service)
 - `POST /v1/_sim/sip_calls`, JSON `{"from": "+1555…", "to": "+1555…", "webhook_url": "http://…",
@@ -503,6 +504,12 @@ class CallRegistry:
         return HTTPResponse(status=200)
 
     async def refer(self, call: Call, body: dict[str, Any]) -> HTTPResponse:
+        if call.kind != "sip":  # the service's refer is the SIP REFER verb: SIP calls only
+            raise Rejected(
+                "call_not_sip",
+                f"Call '{call.id}' is a WebRTC call: only SIP calls can be transferred.",
+                "call_id",
+            )
         target = body.get("target_uri")
         if not isinstance(target, str) or not target.startswith(("tel:", "sip:")) or len(target) < 5:
             raise Rejected(

@@ -207,12 +207,13 @@ async def test_simulate_sip_call_is_accepted_with_the_profile_and_listed_with_it
     assert (call_id, "tel:+15550199") in simulator.sim.calls.refers
 
 
-async def sip_call(simulator, daphne, *, to: str, secret: str = WEBHOOK_SECRET) -> dict:
-    """A phone call placed at the simulator, its webhook sent to `daphne` signed with `secret`."""
+async def sip_call(simulator, daphne, *, to: str, secret: str = WEBHOOK_SECRET, **extra) -> dict:
+    """A phone call placed at the simulator, its webhook sent to `daphne` signed with `secret`
+    (`extra`: more of the request, e.g. `say=[]` for a caller who says nothing)."""
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.post(
             f"{simulator.url.replace('ws://', 'http://')}/_sim/sip_calls",
-            json={"from": "+15559998888", "to": to, "webhook_url": f"{daphne.http_url}/v1/webhooks/openai", "webhook_secret": secret},
+            json={"from": "+15559998888", "to": to, "webhook_url": f"{daphne.http_url}/v1/webhooks/openai", "webhook_secret": secret, **extra},
             headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
         )
     assert response.status_code == 201, response.text

@@ -68,6 +68,20 @@ def test_a_phone_calls_page_names_the_call_and_both_numbers_to_everyone_live_or_
         assert shown in text, shown
 
 
+def test_a_webrtc_call_offers_no_transfer_and_its_transfer_is_refused_with_a_message():
+    """The service transfers SIP calls only (its refer is the SIP REFER verb); a phone call's
+    page offers it (the refused transfer below)."""
+    session = _session("sess_webrtc_refer", kind="webrtc", call_id="rtc_w")
+    client = _client("alice", steer=True)
+    text = client.get(reverse("console:session", args=[session.upstream_id])).content.decode()
+    assert "data-hangup" in text and "data-refer" not in text
+    answer = client.post(
+        reverse("console:refer", args=[session.upstream_id]), {"target_uri": "tel:+15550002222"}, follow=True
+    )
+    assert "only phone (SIP) calls can be transferred" in answer.content.decode()
+    assert CallAction.objects.count() == 0
+
+
 def test_a_relayed_sessions_hang_up_is_refused_with_a_message_and_nothing_recorded():
     session = _session("sess_relayed", kind="relay")
     client = _client("alice", steer=True)

@@ -206,14 +206,17 @@ async def test_a_hung_up_call_ends_the_session_hung_up(call, attached, rest, sim
     assert (action.action, action.requested_by, action.ok) == ("hangup", "token:script", True)
 
 
-async def test_a_transfer_reaches_the_simulator_with_its_target(call, attached, rest, simulator):
-    actor, session = await attached(call_id=call.call_id)
-    target = "sip:agent@example.com"
-    answer = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": target})
-    assert answer.status_code == 202, answer.text
-    assert (call.call_id, target) in simulator.sim.calls.refers
-    [action] = [a async for a in CallAction.objects.filter(session_id=actor.key)]
-    assert (action.action, action.target_uri, action.ok) == ("refer", target, True)
+async def test_a_webrtc_call_is_not_transferred_and_goes_on(call, attached, rest, simulator):
+    """The service transfers SIP calls only (its refer is the SIP REFER verb); a phone call's
+    transfer is in tests/calls/test_calls_e2e.py."""
+    actor, session = await attached(call_id=call.call_id, kind="webrtc")
+    answer = await rest.post(f"/sessions/{session.upstream_id}/refer", json={"target_uri": "tel:+15550002222"})
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["code"] == "not_a_phone_call"
+    assert "only phone (SIP) calls" in answer.json()["error"]["message"]
+    assert all(c != call.call_id for c, _ in simulator.sim.calls.refers)
+    assert await CallAction.objects.filter(session_id=actor.key).acount() == 0
+    assert (await row(actor.key)).status == "live"
 
 
 async def test_call_control_refuses_a_relayed_session_an_ended_one_and_a_bad_target(

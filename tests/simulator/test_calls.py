@@ -207,20 +207,35 @@ async def test_the_peer_closing_ends_the_call(sim):
     assert sim.calls.get(call_id).end_reason == "peer_closed"
 
 
-async def test_refer_records_the_target_and_ends_the_call_as_transferred(sim):
-    async with CallClient(sim.url, KEY) as call:
-        call_id = await call.place(session=TEXT)
-        status, body = await post(sim, f"/realtime/calls/{call_id}/refer", b'{"target_uri": "mailto:x"}')
-        assert (status, body["error"]["param"]) == (400, "target_uri")
-        await rest(sim).realtime.calls.refer(call_id, target_uri="tel:+15550100")
+async def accepted_sip_call(sim, receiver) -> str:
+    """A phone call placed and accepted; its caller says nothing."""
+    call_id = (await place_sip_call(sim, receiver, say=[]))["call_id"]
+    await rest(sim).realtime.calls.accept(call_id, type="realtime")
+    return call_id
+
+
+async def test_refer_records_the_target_and_ends_the_call_as_transferred(sim, receiver):
+    call_id = await accepted_sip_call(sim, receiver)
+    status, body = await post(sim, f"/realtime/calls/{call_id}/refer", b'{"target_uri": "mailto:x"}')
+    assert (status, body["error"]["param"]) == (400, "target_uri")
+    await rest(sim).realtime.calls.refer(call_id, target_uri="tel:+15550100")
     assert sim.calls.refers == [(call_id, "tel:+15550100")]
     assert sim.calls.get(call_id).end_reason == "transferred"
 
 
-async def test_the_counters_are_readable_over_http(sim):
-    async with CallClient(sim.url, KEY) as call:
+async def test_a_webrtc_call_cannot_be_transferred_and_goes_on(sim):
+    """The service's refer is the SIP REFER verb: it transfers SIP calls only."""
+    async with CallClient(sim.url, KEY, media=False) as call:
         call_id = await call.place(session=TEXT)
-        await rest(sim).realtime.calls.refer(call_id, target_uri="sip:desk@example.com")
+        status, body = await post(sim, f"/realtime/calls/{call_id}/refer", b'{"target_uri": "tel:+15550100"}')
+        assert (status, body["error"]["code"]) == (400, "call_not_sip"), body
+        assert "only SIP calls" in body["error"]["message"]
+        assert sim.calls.refers == [] and sim.calls.get(call_id).status == "active"
+
+
+async def test_the_counters_are_readable_over_http(sim, receiver):
+    call_id = await accepted_sip_call(sim, receiver)
+    await rest(sim).realtime.calls.refer(call_id, target_uri="sip:desk@example.com")
     reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
     writer.write(b"GET /v1/_sim/calls HTTP/1.1\r\nHost: x\r\n\r\n")
     async with asyncio.timeout(5):
@@ -228,8 +243,8 @@ async def test_the_counters_are_readable_over_http(sim):
     writer.close()
     summary = json.loads(raw.partition(b"\r\n\r\n")[2])
     assert summary["refers"] == [{"call_id": call_id, "target_uri": "sip:desk@example.com"}]
-    assert summary["calls"][call_id] == {"kind": "webrtc", "status": "ended", "end_reason": "transferred"}
-    assert (summary["offers"], summary["answers"]) == (1, 1)
+    assert summary["calls"][call_id] == {"kind": "sip", "status": "ended", "end_reason": "transferred"}
+    assert summary["accepts"] == [{"call_id": call_id, "session": {"type": "realtime"}}]
 
 
 async def test_a_calls_session_expires_at_the_cap_and_ends_the_call():
