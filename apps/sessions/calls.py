@@ -9,9 +9,10 @@ Each returns the `CallAction` row it recorded, with who asked and the upstream's
 (`ok`, and `error` when it refused). Refusals: `SessionNotFound` (404); `NotACall` (409) for a
 relayed session, which has no call to control; `NotAPhoneCall` (409) for a transfer of a WebRTC
 call (the service transfers SIP calls only: its refer is the SIP REFER verb);
-`SessionNotLive` (409) for one that has ended; `InvalidTargetUri` (422, field `target_uri`);
-`CallControlFailed` (502) when the upstream refuses or cannot be reached (the row records that
-too).
+`SessionNotLive` (409) for one that has ended, or whose call the upstream no longer knows (it
+answers 404: the call ended meanwhile, hung up by another operator or by the caller; nothing is
+recorded then); `InvalidTargetUri` (422, field `target_uri`); `CallControlFailed` (502) when
+the upstream refuses or cannot be reached (the row records that too).
 
 Both use the upstream's calls REST (`upstream_calls`), `POST {base}/realtime/calls/{call_id}/hangup|refer`, where
 `{base}` is OC_UPSTREAM_URL with http(s) for ws(s) (or the embedded simulator's URL), with
@@ -59,6 +60,9 @@ TARGET_URI_RULE = (
 )
 
 
+_VERBS = {CallAction.Action.HANGUP: "hang up", CallAction.Action.REFER: "transfer"}
+
+
 class NotACall(ServiceError):
     status, code = 409, "not_a_call"
 
@@ -101,13 +105,21 @@ def target_uri_problem(target_uri: object) -> str | None:
 async def call_hangup(*, session_id: str, requested_by: str) -> CallAction:
     session = await db_async(_attached_session)(session_id, "hang up")
     await _ask_actor(session, {"type": groups.SESSION_HANGUP, "pending": True})
-    action = await _perform(session, CallAction.Action.HANGUP, "", requested_by)
+    try:
+        action = await _perform(session, CallAction.Action.HANGUP, "", requested_by)
+    except SessionNotLive:
+        await _hangup_not_pending(session)
+        raise
     if not action.ok:
-        # If the session is gone or stuck, nothing is pending any more.
-        with contextlib.suppress(SessionUnavailable):
-            await _ask_actor(session, {"type": groups.SESSION_HANGUP, "pending": False})
+        await _hangup_not_pending(session)
         raise CallControlFailed(f"The upstream did not hang up the call: {action.error}")
     return action
+
+
+async def _hangup_not_pending(session: LiveSession) -> None:
+    # If the session is gone or stuck, nothing is pending any more.
+    with contextlib.suppress(SessionUnavailable):
+        await _ask_actor(session, {"type": groups.SESSION_HANGUP, "pending": False})
 
 
 async def call_refer(*, session_id: str, target_uri: str, requested_by: str) -> CallAction:
@@ -146,6 +158,13 @@ async def _perform(session: LiveSession, verb: str, target_uri: str, requested_b
     ok, error = False, ""
     try:
         answer = await upstream_calls.call_action(session.call_id, verb, body)
+        if answer.status == 404:  # the call ended meanwhile: there is nothing left to do
+            message = answer.error_body()["error"].get("message", "")
+            log.info("%s of call %s: the upstream no longer knows it (%s)", verb, session.call_id, message)
+            raise SessionNotLive(
+                f"Session '{session.upstream_id}': its call is over (the upstream no longer knows "
+                f"it: {message}); there is nothing to {_VERBS[verb]}."
+            )
         ok = answer.ok
         if not ok:
             error = f"HTTP {answer.status}: {answer.error_body()['error'].get('message', '')}"[:600]

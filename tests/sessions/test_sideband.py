@@ -195,8 +195,12 @@ async def test_a_call_the_caller_ends_ends_the_session_upstream_closed(call, att
 
 async def test_a_hung_up_call_ends_the_session_hung_up(call, attached, rest, simulator):
     actor, session = await attached(call_id=call.call_id)
-    answer = await rest.post(f"/sessions/{session.upstream_id}/hangup")
+    # Two operators at once: one hangs up, the other is told the call is over (not that the
+    # upstream failed), and only the hang-up that did it is recorded.
+    both = await asyncio.gather(*[rest.post(f"/sessions/{session.upstream_id}/hangup") for _ in range(2)])
+    answer, other = sorted(both, key=lambda a: a.status_code)
     assert answer.status_code == 202, answer.text
+    assert other.status_code == 409 and other.json()["error"]["code"] == "session_not_live", other.text
     assert answer.json()["action"] == "hangup" and answer.json()["ok"] is True
     await actor.wait_finished()
     ended = await row(actor.key)
