@@ -44,7 +44,8 @@ Sideband
   refer, the peer closing its connection, the data channel closing) every sideband is closed
   with code 1000 and the reason `call ended: <end reason>`; end reasons: `hung_up`,
   `transferred` (refer), `rejected`, `peer_closed`, `not_answered` (a SIP call left pending
-  for 60 s), `simulator_closed`, or the session's expiry message (`lifetime`: a call's session
+  for 60 s), `not_connected` (a WebRTC call whose peer did not connect within
+  `SimulatorConfig.webrtc_connect_seconds` of its answer), `simulator_closed`, or the session's expiry message (`lifetime`: a call's session
   has the same cap as any other).
 
 Call REST (`{call_id}` from `Location`, or the webhook's `data.call_id`); each answers `200`
@@ -213,6 +214,7 @@ class Call:
     agent_audio_bytes: int = 0  # PCM16 of the agent's speech sent to the caller
     reply_done: asyncio.Event = field(default_factory=asyncio.Event)
     sideband_joined: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)  # WebRTC: ICE and DTLS up
     inbox: asyncio.Queue[str | bytes | None] = field(default_factory=asyncio.Queue)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -373,6 +375,7 @@ class CallRegistry:
         self.answers.append(answer)
         self._activate(call)
         call.start_task(self._pump(call), "inbox")
+        call.start_task(self._end_if_not_connected(call), "connect")
         return HTTPResponse(
             status=201,
             body=answer.encode(),
@@ -411,8 +414,18 @@ class CallRegistry:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected":
+                call.connected.set()
             if pc.connectionState in ("failed", "closed") and call.status != "ended":
                 await self.end(call, "peer_closed")
+
+    async def _end_if_not_connected(self, call: Call) -> None:
+        """A call whose peer never connects (it went away after the answer, or its network lets
+        nothing through) ends, as the service ends it, instead of staying live for ever."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.connected.wait(), self.simulator.config.webrtc_connect_seconds)
+        if not call.connected.is_set() and call.status != "ended":
+            await self.end(call, "not_connected")
 
     async def _pump(self, call: Call) -> None:
         """Client events from the data channel, in order, into the session."""

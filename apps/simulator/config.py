@@ -46,3 +46,7 @@ class SimulatorConfig:
     # drops remote candidates that are not loopback (`webrtc`). A tool for tests and local
     # development on 127.0.0.1; turn it off only to take calls from another machine.
     ice_loopback_only: bool = True
+    # A WebRTC call whose peer is not connected (ICE and DTLS) this many seconds after its
+    # answer ends (`not_connected`): the service does not keep a call whose media never came.
+    # Its figure is not published; 30 s is our assumption (a browser gives up ICE about then).
+    webrtc_connect_seconds: float = 30.0

@@ -247,6 +247,35 @@ async def test_the_counters_are_readable_over_http(sim, receiver):
     assert summary["accepts"] == [{"call_id": call_id, "session": {"type": "realtime"}}]
 
 
+async def test_a_call_whose_peer_never_connects_ends_and_a_connected_one_goes_on():
+    """The service does not keep a call whose media never came: the caller posted its offer
+    and went away before applying the answer."""
+    simulator = Simulator(fast_config(webrtc_connect_seconds=1.0))
+    await simulator.start()
+    try:
+        async with CallClient(simulator.url, KEY, media=False) as good:
+            good_id = await good.place(session=TEXT)
+            await good.wait_for("session.created")  # the data channel is open: connected
+            pc = webrtc.new_peer_connection()
+            pc.createDataChannel("oai-events")
+            offer = await webrtc.create_local(pc, "offer", loopback_only=True)
+            placed = await rest(simulator).realtime.calls.with_raw_response.create(sdp=offer)
+            assert placed.http_response.status_code == 201
+            await pc.close()  # gone, the answer never applied
+            [gone] = [c for c in simulator.calls.history.values() if c.id != good_id]
+            async with await sideband(simulator, gone.id) as side:
+                await recv_until(side, "session.created")
+                with pytest.raises(ConnectionClosed):
+                    async with asyncio.timeout(5):
+                        await side.recv()
+                assert (side.close_code, side.close_reason) == (1000, "call ended: not_connected")
+            assert gone.end_reason == "not_connected"
+            # Placed first, its wait is over too: a connected call is not ended.
+            assert simulator.calls.get(good_id).status == "active"
+    finally:
+        await simulator.aclose()
+
+
 async def test_a_calls_session_expires_at_the_cap_and_ends_the_call():
     simulator = Simulator(fast_config(max_session_seconds=0.5))
     await simulator.start()
