@@ -64,6 +64,13 @@ Ending
   a hang-up from any other end of the call (the model closes sidebands with 1000 either way),
   so whoever hangs up tells the core first (`hangup_requested`); a normal close that follows
   ends the session with `hung_up`.
+
+  A sideband lost while the call may go on (any close but 1000, not after the session's
+  expiry or a hang-up: `RelayCore.may_reattach`) is opened again, as the first was, a few
+  times at most per session (`apps/sessions/actor.py`). The session goes on with its requests
+  and its name; what the model sent while no sideband was open is not seen (a response that
+  ended then is caught by the stall check). When the new sideband cannot be opened (the call
+  is over: the upstream refuses it with 404), the session ends as the lost one closed it.
 """
 
 from __future__ import annotations

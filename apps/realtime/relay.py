@@ -577,6 +577,20 @@ class RelayCore:
             )
         return [CloseCaller(code=caller_code, reason=why), *end]
 
+    def may_reattach(self, code: int) -> bool:
+        """An attached call's sideband closed with `code`: whether the call may go on without
+        it, so that a new sideband should be opened rather than the session ended. The model
+        closes sidebands with 1000 when the call ends (hung up, transferred, the caller gone),
+        and with 1001 at the session's expiry (after its `session_expired`); any other close
+        (1001 otherwise, 1006, 1011, …) loses the sideband, not the call."""
+        return (
+            self.attached
+            and self.ended is None
+            and code != 1000
+            and not self._expired
+            and not self._hangups_pending
+        )
+
     def caller_closed(self, *, now: float) -> list[Action]:
         self._deadline_stale = True
         if self.ended is not None:

@@ -74,6 +74,8 @@ AUDIO_DUE = "audio.due"  # the audio held for listeners is due (`AudioTap`)
 # How long `session.created` waits for the session's row, so that the REST hook knows the id
 # the caller is given; past that (a stuck database) it goes out anyway.
 NAMED_COMMIT_WAIT = 2.0
+# How many times an attached call's lost sideband is opened again (`apps/realtime/attached.py`).
+MAX_REATTACHES = 3
 
 
 def new_request_id() -> str:
@@ -134,6 +136,7 @@ class SessionActor:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._outbox: list[dict[str, Any]] = []
+        self._reattaches = 0
         # For /metrics (apps/sessions/metrics.py): plain counts, cheap on every frame.
         self.frames_to_caller = self.bytes_to_caller = self.frames_to_upstream = self.bytes_to_upstream = 0
         self.created_at: dict[str, float] = {}  # operators' requests not started yet: stored at
@@ -226,6 +229,35 @@ class SessionActor:
         await self._perform(self.core.upstream_attached(now=clock.now()))
         self._arm_timer()
 
+    async def _reattached(self, code: int, reason: str) -> bool:
+        """An attached call's sideband closed (`code`) while the call may go on: open another,
+        as the first was opened. False when it should not be, or could not be (the call is
+        over, the upstream unreachable): the session then ends as the lost one closed it."""
+        if self._reattaches >= MAX_REATTACHES or not self.core.may_reattach(code):
+            return False
+        self._reattaches += 1
+        self._opening = asyncio.ensure_future(
+            self._opener(model=self.model, extra_headers=self._upstream_headers)
+        )
+        try:
+            connection = await self._opening
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            return True  # the process stops: its message is in the mailbox
+        except Exception as exc:
+            log.warning(
+                "sideband of %s lost (%d %s); opening another failed: %s",
+                self.key, code, reason, failure_detail(exc),
+            )
+            return False
+        finally:
+            self._opening = None
+        log.info("sideband of %s lost (%d %s); attached again", self.key, code, reason)
+        await self.replace_upstream(connection)
+        await self._perform(self.core.upstream_attached(now=clock.now()))
+        return True
+
     def _stop_opening(self) -> None:
         if self._opening is not None:
             self._opening.cancel()
@@ -245,8 +277,8 @@ class SessionActor:
             self._timer_at = None
             await self._perform(core.tick(now=now))
         elif kind is UPSTREAM_CLOSED:
-            if leg is self._upstream:
-                await self._perform(core.upstream_closed(*payload, now=now))
+            if leg is self._upstream and not await self._reattached(*payload):
+                await self._perform(core.upstream_closed(*payload, now=clock.now()))
         elif kind is CALLER_CLOSED:
             self._caller = None
             await self._perform(core.caller_closed(now=now))

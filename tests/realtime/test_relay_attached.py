@@ -270,6 +270,28 @@ def test_how_a_sideband_close_ends_the_session(hangup, code, status, reason):
     assert (end.status, end.reason) == (status, reason)
 
 
+@pytest.mark.parametrize(
+    ("before", "code", "again"),
+    [
+        ("", 1011, True),  # the sideband failed: the call may go on
+        ("", 1001, True),  # its server went away
+        ("", 1006, True),
+        ("", 1000, False),  # the call ended
+        ("hangup", 1006, False),  # the hang-up's close
+        ("expired", 1001, False),  # the session's cap: the call ends with it
+    ],
+)
+def test_which_sideband_closes_are_attached_again(before, code, again):
+    core = started(make_core())
+    if before == "hangup":
+        core.hangup_requested(pending=True, now=1.0)
+    elif before == "expired":
+        core.upstream_frame(error("session_expired", None), now=1.0)
+    assert core.may_reattach(code) is again
+    relayed = RelayCore(fallback_id="sess_x")
+    assert relayed.may_reattach(code) is False, "a relayed session has no call to go on"
+
+
 def test_a_relayed_session_is_never_hung_up():
     core = RelayCore(fallback_id="sess_x")
     core.upstream_attached(now=0.0)

@@ -193,6 +193,35 @@ async def test_a_call_the_caller_ends_ends_the_session_upstream_closed(call, att
     assert held(actor.key) is None
 
 
+async def test_a_lost_sideband_is_attached_again_and_the_call_is_still_steered(
+    call, attached, rest, simulator
+):
+    actor, session = await attached(call_id=call.call_id)
+    # The upstream drops the sideband (1011), the call going on: the console joins it again.
+    assert await simulator.acall(simulator.sim.calls.close_sidebands(call.call_id, 1011)) == 1
+    await until(lambda: simulator.sim.calls.calls[call.call_id].outputs.sidebands, what="a new sideband")
+    answer = await rest.post(f"/sessions/{session.upstream_id}/responses", json={"instructions": "Still here?"})
+    assert answer.status_code == 202, answer.text
+    request_id = answer.json()["id"]
+    assert await until(lambda: _is(request_status(request_id), "completed"))
+    still = await row(actor.key)
+    assert (still.status, still.upstream_id) == ("live", session.upstream_id)
+
+
+async def test_a_lost_sideband_of_a_call_that_is_over_ends_the_session_failed(call, attached, simulator):
+    actor, session = await attached(call_id=call.call_id)
+
+    async def lose_the_call_and_its_sideband():
+        lost = simulator.sim.calls.calls.pop(call.call_id)  # no longer joinable: refused, 404
+        for sideband in list(lost.outputs.sidebands):
+            await sideband.close(1011)
+
+    await simulator.acall(lose_the_call_and_its_sideband())
+    await actor.wait_finished()
+    ended = await row(actor.key)
+    assert (ended.status, ended.end_reason, ended.end_code) == ("failed", "upstream_closed", 1011)
+
+
 async def test_a_hung_up_call_ends_the_session_hung_up(call, attached, rest, simulator):
     actor, session = await attached(call_id=call.call_id)
     # Two operators at once: one hangs up, the other is told the call is over (not that the
