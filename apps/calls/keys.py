@@ -8,9 +8,10 @@ until it expires (apps/sessions/tokens.py checks it). Only its digest is stored.
 What the service would refuse is refused when the key is minted, in its words, not when a
 call later uses the key: a parameter it does not know, a value of the wrong type (a null
 passes: the service turns settings off with it), a value that is none of a fixed set's
-(`output_modalities`, a format's `type`), instructions over the limit, and any text (key or
-value) in the session configuration that cannot be stored or sent on (a NUL, a lone
-surrogate; `events.find_problem`). The rest of the configuration goes to the upstream as
+(`output_modalities`, a format's `type`), instructions over the limit, a number out of its
+range (`max_output_tokens`, `audio.output.speed`), and any text (key or value) in the
+session configuration that cannot be stored or sent on (a NUL, a lone surrogate;
+`events.find_problem`). The rest of the configuration goes to the upstream as
 given, which judges it.
 """
 
@@ -31,6 +32,12 @@ DEFAULT_SECONDS = 600
 MIN_SECONDS = 10
 MAX_SECONDS = 7200
 PARAMETERS = ("expires_after", "session")  # the request body's, as the service takes them
+# The session's numbers the service bounds (its API reference: "an integer between 1 and 4096,
+# or inf"; a spoken reply's speed "0.25 to 1.5"), by their path in the session.
+RANGES: dict[tuple[str, ...], tuple[float, float]] = {
+    ("max_output_tokens",): (1, 4096),
+    ("audio", "output", "speed"): (0.25, 1.5),
+}
 
 
 class InvalidParameter(ValueError):
@@ -121,6 +128,7 @@ def session_config(session: Any) -> dict[str, Any]:
         raise InvalidParameter(
             param, f"Invalid value: {_shown(value)}. Supported values are: {_listed(choices)}."
         )
+    _check_ranges(session)
     model = session.get("model", settings.OC_REALTIME_MODEL)
     if not isinstance(model, str):
         raise InvalidParameter.wrong_type("session.model", "a string", model)
@@ -138,6 +146,33 @@ def session_config(session: Any) -> dict[str, Any]:
             "string_above_max_length",
         )
     return {**session, "type": "realtime", "model": model}
+
+
+def _check_ranges(session: dict[str, Any]) -> None:
+    """Refuse a number out of the service's range (`RANGES`), in its words. The types are
+    checked already: a number here is an int or a float (a bool is refused as a type)."""
+    for path, (low, high) in RANGES.items():
+        value: Any = session
+        for name in path:
+            value = value.get(name) if isinstance(value, dict) else None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        param = "session." + ".".join(path)
+        kind = "integer" if isinstance(value, int) else "decimal"
+        if value > high:
+            raise InvalidParameter(
+                param,
+                f"Invalid '{param}': {kind} above maximum value. Expected a value <= {high}, "
+                f"but got {value} instead.",
+                f"{kind}_above_max_value",
+            )
+        if value < low:
+            raise InvalidParameter(
+                param,
+                f"Invalid '{param}': {kind} below minimum value. Expected a value >= {low}, "
+                f"but got {value} instead.",
+                f"{kind}_below_min_value",
+            )
 
 
 def _shown(value: Any) -> str:

@@ -146,6 +146,25 @@ TOO_LONG = "string_above_max_length"
             "session.max_output_tokens",
             "'inf'",
         ),
+        # A number out of the service's range, the limit named.
+        (
+            {"session": {"max_output_tokens": 4097}},
+            "integer_above_max_value",
+            "session.max_output_tokens",
+            "Expected a value <= 4096, but got 4097 instead.",
+        ),
+        (
+            {"session": {"max_output_tokens": 0}},
+            "integer_below_min_value",
+            "session.max_output_tokens",
+            "Expected a value >= 1, but got 0 instead.",
+        ),
+        (
+            {"session": {"audio": {"output": {"speed": 2.0}}}},
+            "decimal_above_max_value",
+            "session.audio.output.speed",
+            "Expected a value <= 1.5, but got 2.0 instead.",
+        ),
     ],
 )
 async def test_what_the_service_would_refuse_is_refused_at_mint_time(
