@@ -208,26 +208,34 @@ class SessionActor:
         finally:
             await self._cleanup()
 
-    async def _open_upstream(self) -> None:
+    async def _connect(self) -> Any:
+        """Open an upstream leg, as `_stop_opening` may stop it: the connection, or None when
+        it was stopped (the caller left, or the process stops: their message is in the
+        mailbox). Raises what the opening raised (refused, unreachable, timed out)."""
         self._opening = asyncio.ensure_future(
             self._opener(model=self.model, extra_headers=self._upstream_headers)
         )
         try:
-            connection = await self._opening
+            return await self._opening
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
-            return  # the caller left, or the process stops: their message is in the mailbox
+            return None
+        finally:
+            self._opening = None
+
+    async def _open_upstream(self) -> None:
+        try:
+            connection = await self._connect()
         except Exception as exc:  # refused, unreachable, timed out
             detail = failure_detail(exc)
             log.warning("upstream connection failed for %s: %s", self.key, detail)
             await self._perform(self.core.upstream_failed(detail, now=clock.now()))
             return
-        finally:
-            self._opening = None
-        await self.replace_upstream(connection)
-        await self._perform(self.core.upstream_attached(now=clock.now()))
-        self._arm_timer()
+        if connection is not None:
+            await self.replace_upstream(connection)
+            await self._perform(self.core.upstream_attached(now=clock.now()))
+            self._arm_timer()
 
     async def _reattached(self, code: int, reason: str) -> bool:
         """An attached call's sideband closed (`code`) while the call may go on: open another,
@@ -236,26 +244,18 @@ class SessionActor:
         if self._reattaches >= MAX_REATTACHES or not self.core.may_reattach(code):
             return False
         self._reattaches += 1
-        self._opening = asyncio.ensure_future(
-            self._opener(model=self.model, extra_headers=self._upstream_headers)
-        )
         try:
-            connection = await self._opening
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise
-            return True  # the process stops: its message is in the mailbox
+            connection = await self._connect()
         except Exception as exc:
             log.warning(
                 "sideband of %s lost (%d %s); opening another failed: %s",
                 self.key, code, reason, failure_detail(exc),
             )
             return False
-        finally:
-            self._opening = None
-        log.info("sideband of %s lost (%d %s); attached again", self.key, code, reason)
-        await self.replace_upstream(connection)
-        await self._perform(self.core.upstream_attached(now=clock.now()))
+        if connection is not None:  # else the process stops: its message is in the mailbox
+            log.info("sideband of %s lost (%d %s); attached again", self.key, code, reason)
+            await self.replace_upstream(connection)
+            await self._perform(self.core.upstream_attached(now=clock.now()))
         return True
 
     def _stop_opening(self) -> None:
