@@ -28,13 +28,13 @@ console only as that close: such a session ends `upstream_closed`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
 import unicodedata
 
 import httpx
+from channels.layers import get_channel_layer
 
 from apps.realtime.events import text_problem
 from apps.sessions import groups, upstream_calls
@@ -43,7 +43,6 @@ from apps.sessions.models import CallAction, LiveSession
 from apps.sessions.services import (
     ServiceError,
     SessionNotLive,
-    SessionUnavailable,
     _ask_actor,
     session_found,
 )
@@ -117,9 +116,13 @@ async def call_hangup(*, session_id: str, requested_by: str) -> CallAction:
 
 
 async def _hangup_not_pending(session: LiveSession) -> None:
-    # If the session is gone or stuck, nothing is pending any more.
-    with contextlib.suppress(SessionUnavailable):
-        await _ask_actor(session, {"type": groups.SESSION_HANGUP, "pending": False})
+    """Tell the actor this hang-up is no longer pending, without waiting for its answer: it may
+    have ended meanwhile (the call is over), and then nobody answers; nothing is pending then."""
+    message = {"type": groups.SESSION_HANGUP, "pending": False}
+    try:
+        await get_channel_layer().group_send(groups.session_group(session.id), message)
+    except Exception as exc:  # the channel layer is down: the actor cannot be told, nor asked
+        log.warning("telling the actor of %s failed: %r", session.upstream_id, exc)
 
 
 async def call_refer(*, session_id: str, target_uri: str, requested_by: str) -> CallAction:
