@@ -524,7 +524,8 @@ class CallRegistry:
                 "call_id",
             )
         target = body.get("target_uri")
-        if not isinstance(target, str) or not target.startswith(("tel:", "sip:")) or len(target) < 5:
+        scheme, _, rest = target.partition(":") if isinstance(target, str) else ("", "", "")
+        if scheme not in ("tel", "sip", "sips") or not rest:  # sips: a SIP URI over TLS
             raise Rejected(
                 "invalid_value",
                 f"Invalid 'target_uri': expected a 'tel:' or 'sip:' URI, got {target!r}.",
