@@ -599,11 +599,18 @@ class RelayCore:
 
     def shutdown(self, *, now: float) -> list[Action]:
         """The server process is stopping: the session ends cleanly, and the caller is told
-        to come back (1012, service restart)."""
+        to come back (1012, service restart). An attached call has no caller leg here: the call
+        itself goes on with the model, no longer steered, and its record says so."""
         self._deadline_stale = True
         if self.ended is not None:
             return []
-        detail = "The server is restarting; reconnect to start a new session."
+        if self.attached:
+            detail = (
+                "The console stopped: the call goes on between the caller and the model, "
+                "no longer seen or steered here."
+            )
+        else:
+            detail = "The server is restarting; reconnect to start a new session."
         return [
             CloseCaller(code=1012, reason=detail),
             *self._end("ended", EndReason.SERVER_SHUTDOWN, now, detail=detail),

@@ -290,13 +290,16 @@ async def test_call_control_refuses_a_relayed_session_an_ended_one_and_a_bad_tar
     assert await CallAction.objects.acount() == 0
 
 
-async def test_the_process_stopping_ends_attached_sessions_cleanly(call, attached):
+async def test_the_process_stopping_ends_attached_sessions_cleanly(call, attached, simulator):
     from apps.sessions.housekeeping import housekeeping
 
     actor, session = await attached(call_id=call.call_id)
     assert await housekeeping().shutdown() >= 1
     ended = await row(actor.key)
     assert (ended.status, ended.end_reason) == ("ended", "server_shutdown")
+    # Not "reconnect": nobody reconnects a call, which goes on without the console.
+    assert "the call goes on" in ended.end_detail, ended.end_detail
+    assert simulator.sim.calls.get(call.call_id).status == "active"
     await until(lambda: held(actor.key) is None, what="the attached call let go")
 
 
