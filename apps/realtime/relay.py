@@ -120,6 +120,8 @@ PASSABLE_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012, 1013, 1014
 MAX_TURNS_STARTED = 64
 # A public session id as the console and the database can hold it.
 MAX_SESSION_ID_CHARS = 128
+# How many times an attached call's lost sideband is opened again (`apps/realtime/attached.py`).
+MAX_REATTACHES = 3
 # Audio events, read only while the session's audio is tapped (listened to or recorded).
 CALLER_AUDIO_TYPE = "input_audio_buffer.append"
 CALLER_SESSION_UPDATE = "session.update"
@@ -476,6 +478,7 @@ class RelayCore:
         # Hang-ups of an attached call under way (each one's close follows it); a count, as
         # two may cross and only one of them succeed.
         self._hangups_pending = 0
+        self._reattaches = 0  # sidebands of an attached call opened again after one was lost
         self._deadline: float | None = None
         self._deadline_stale = False
 
@@ -579,17 +582,22 @@ class RelayCore:
 
     def may_reattach(self, code: int) -> bool:
         """An attached call's sideband closed with `code`: whether the call may go on without
-        it, so that a new sideband should be opened rather than the session ended. The model
-        closes sidebands with 1000 when the call ends (hung up, transferred, the caller gone),
-        and with 1001 at the session's expiry (after its `session_expired`); any other close
-        (1001 otherwise, 1006, 1011, …) loses the sideband, not the call."""
-        return (
+        it, so that a new sideband should be opened (counted: at most `MAX_REATTACHES` a
+        session) rather than the session ended. The model closes sidebands with 1000 when the
+        call ends (hung up, transferred, the caller gone), and with 1001 at the session's
+        expiry (after its `session_expired`); any other close (1001 otherwise, 1006, 1011, …)
+        loses the sideband, not the call."""
+        again = (
             self.attached
             and self.ended is None
             and code != 1000
             and not self._expired
             and not self._hangups_pending
+            and self._reattaches < MAX_REATTACHES
         )
+        if again:
+            self._reattaches += 1
+        return again
 
     def caller_closed(self, *, now: float) -> list[Action]:
         self._deadline_stale = True

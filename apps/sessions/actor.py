@@ -15,7 +15,8 @@ The legs
             session's start: `session.created` must follow within OC_UPSTREAM_CONNECT_TIMEOUT)
             and closes it when the session ends. `replace_upstream()` attaches a new one and
             closes the old; frames the old one had sent but the actor had not yet read are
-            dropped, since every mailbox item names the leg it came from.
+            dropped, since every mailbox item names the leg it came from. An attached call's
+            lost sideband is opened again when the core says the call may go on.
 
 Everything else reaches the actor through its mailbox: operators' requests, cancels, notes,
 interrupts and watches (from the session's channel-layer group, or the table's pickup), the
@@ -32,7 +33,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from apps.realtime import events, relay
@@ -74,8 +74,6 @@ AUDIO_DUE = "audio.due"  # the audio held for listeners is due (`AudioTap`)
 # How long `session.created` waits for the session's row, so that the REST hook knows the id
 # the caller is given; past that (a stuck database) it goes out anyway.
 NAMED_COMMIT_WAIT = 2.0
-# How many times an attached call's lost sideband is opened again (`apps/realtime/attached.py`).
-MAX_REATTACHES = 3
 
 
 def new_request_id() -> str:
@@ -136,7 +134,6 @@ class SessionActor:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._outbox: list[dict[str, Any]] = []
-        self._reattaches = 0
         # For /metrics (apps/sessions/metrics.py): plain counts, cheap on every frame.
         self.frames_to_caller = self.bytes_to_caller = self.frames_to_upstream = self.bytes_to_upstream = 0
         self.created_at: dict[str, float] = {}  # operators' requests not started yet: stored at
@@ -193,7 +190,9 @@ class SessionActor:
         )
         history.submit(opened)
         try:
-            await self._open_upstream()
+            if (failure := await self._attach_upstream()) is not None:
+                log.warning("upstream connection failed for %s: %s", self.key, failure)
+                await self._perform(self.core.upstream_failed(failure, now=clock.now()))
             get, handle = self.mailbox.get, self._handle
             while self.core.ended is None:
                 kind, payload, leg = await get()
@@ -208,55 +207,27 @@ class SessionActor:
         finally:
             await self._cleanup()
 
-    async def _connect(self) -> Any:
-        """Open an upstream leg, as `_stop_opening` may stop it: the connection, or None when
-        it was stopped (the caller left, or the process stops: their message is in the
-        mailbox). Raises what the opening raised (refused, unreachable, timed out)."""
+    async def _attach_upstream(self) -> str | None:
+        """Open an upstream leg and attach it; why not, when it could not be opened (refused,
+        unreachable, timed out). An opening stopped by `_stop_opening` is no failure: the
+        caller left, or the process stops, and their message is in the mailbox."""
         self._opening = asyncio.ensure_future(
             self._opener(model=self.model, extra_headers=self._upstream_headers)
         )
         try:
-            return await self._opening
+            connection = await self._opening
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
             return None
+        except Exception as exc:
+            return failure_detail(exc)
         finally:
             self._opening = None
-
-    async def _open_upstream(self) -> None:
-        try:
-            connection = await self._connect()
-        except Exception as exc:  # refused, unreachable, timed out
-            detail = failure_detail(exc)
-            log.warning("upstream connection failed for %s: %s", self.key, detail)
-            await self._perform(self.core.upstream_failed(detail, now=clock.now()))
-            return
-        if connection is not None:
-            await self.replace_upstream(connection)
-            await self._perform(self.core.upstream_attached(now=clock.now()))
-            self._arm_timer()
-
-    async def _reattached(self, code: int, reason: str) -> bool:
-        """An attached call's sideband closed (`code`) while the call may go on: open another,
-        as the first was opened. False when it should not be, or could not be (the call is
-        over, the upstream unreachable): the session then ends as the lost one closed it."""
-        if self._reattaches >= MAX_REATTACHES or not self.core.may_reattach(code):
-            return False
-        self._reattaches += 1
-        try:
-            connection = await self._connect()
-        except Exception as exc:
-            log.warning(
-                "sideband of %s lost (%d %s); opening another failed: %s",
-                self.key, code, reason, failure_detail(exc),
-            )
-            return False
-        if connection is not None:  # else the process stops: its message is in the mailbox
-            log.info("sideband of %s lost (%d %s); attached again", self.key, code, reason)
-            await self.replace_upstream(connection)
-            await self._perform(self.core.upstream_attached(now=clock.now()))
-        return True
+        await self.replace_upstream(connection)
+        await self._perform(self.core.upstream_attached(now=clock.now()))
+        self._arm_timer()
+        return None
 
     def _stop_opening(self) -> None:
         if self._opening is not None:
@@ -277,8 +248,14 @@ class SessionActor:
             self._timer_at = None
             await self._perform(core.tick(now=now))
         elif kind is UPSTREAM_CLOSED:
-            if leg is self._upstream and not await self._reattached(*payload):
-                await self._perform(core.upstream_closed(*payload, now=clock.now()))
+            if leg is not self._upstream:
+                return
+            if core.may_reattach(payload[0]):  # an attached call's sideband lost: open another
+                log.info("sideband of %s lost (%s); opening another", self.key, payload)
+                if (failure := await self._attach_upstream()) is None:
+                    return
+                log.warning("opening another sideband for %s failed: %s", self.key, failure)
+            await self._perform(core.upstream_closed(*payload, now=clock.now()))
         elif kind is CALLER_CLOSED:
             self._caller = None
             await self._perform(core.caller_closed(now=now))
@@ -366,10 +343,10 @@ class SessionActor:
             elif kind is ToWatchers:
                 self._outbox.append(action.message)
             elif kind is ToWatcher:
-                await self._send_to(action.watcher, action.message)
+                await groups.send(action.watcher, action.message)
             elif kind is Answer:
                 if reply_to:
-                    await self._send_to(reply_to, {"type": groups.ACTOR_REPLY, **action.payload})
+                    await groups.send(reply_to, {"type": groups.ACTOR_REPLY, **action.payload})
             elif kind is TranscriptFinal:
                 self.audio.transcript_final(action.entry, action.started_at or action.at)
             elif kind is ListenersChanged:
@@ -382,7 +359,8 @@ class SessionActor:
                 who = self.core.session_id or self.key
                 log.info("session %s ended: %s %s", who, action.reason, action.detail)
         if self._outbox:
-            await self._publish()
+            messages, self._outbox = self._outbox, []
+            await groups.publish(self.key, messages)
 
     async def _close_caller(self, code: int, reason: str) -> None:
         caller, self._caller = self._caller, None
@@ -398,26 +376,6 @@ class SessionActor:
             await history.flush(timeout=NAMED_COMMIT_WAIT)
         except TimeoutError:
             log.warning("session %s: its row was not written within %g s", self.key, NAMED_COMMIT_WAIT)
-
-    async def _send_to(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            if message.get("type", "").startswith("console."):
-                message = groups.console_frame(message)
-            await get_channel_layer().send(channel, message)
-        except Exception as exc:  # the asker or watcher gave up; the session goes on
-            log.warning("sending to %s from %s failed: %r", channel, self.key, exc)
-
-    async def _publish(self) -> None:
-        """Send the outbox to the operators watching, in order; each message is made into the
-        browser's JSON once, whatever the number of watchers."""
-        messages, self._outbox = self._outbox, []
-        group, layer = groups.watch_group(self.key), get_channel_layer()
-        for message in messages:
-            try:
-                await layer.group_send(group, groups.console_frame(message))
-            except Exception as exc:  # watchers miss an update; the session goes on
-                log.warning("publishing to %s failed: %r", group, exc)
-                return
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline

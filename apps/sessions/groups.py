@@ -1,4 +1,5 @@
-"""Channel-layer group names and message types, in one place (consumers and services use these).
+"""Channel-layer group names and message types, in one place (consumers and services use these),
+and the actor's sends to them (`send`, `publish`).
 
 - `session_group(key)`: the consumer that holds a live session. Services send it
   `session.request` (a stored request to pick up), `session.cancel`, `session.note` and
@@ -18,13 +19,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any
+
+from channels.layers import get_channel_layer
 
 from apps.realtime import relay
 
 if TYPE_CHECKING:
     from apps.sessions.models import ResponseRequest
+
+log = logging.getLogger(__name__)
 
 SESSION_REQUEST = "session.request"
 SESSION_CANCEL = "session.cancel"
@@ -113,3 +119,27 @@ def watch_group(key: uuid.UUID) -> str:
 
 def listen_group(key: uuid.UUID) -> str:
     return f"listen.{key.hex}"
+
+
+async def send(channel: str, message: dict[str, Any]) -> None:
+    """One message to one channel (an asker, a watcher), a console one in the browser's JSON.
+    A failure is logged: the asker or watcher gave up, and the session goes on."""
+    try:
+        if message.get("type", "").startswith(_PREFIX):
+            message = console_frame(message)
+        await get_channel_layer().send(channel, message)
+    except Exception as exc:
+        log.warning("sending to %s failed: %r", channel, exc)
+
+
+async def publish(key: uuid.UUID, messages: list[dict[str, Any]]) -> None:
+    """Messages to the operators watching session `key`, in order, each made into the
+    browser's JSON once whatever the number of watchers. After a failure the rest are
+    dropped: the watchers miss an update, and the session goes on."""
+    group, layer = watch_group(key), get_channel_layer()
+    for message in messages:
+        try:
+            await layer.group_send(group, console_frame(message))
+        except Exception as exc:
+            log.warning("publishing to %s failed: %r", group, exc)
+            return

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from apps.realtime import attached, events
 from apps.realtime.relay import (
+    MAX_REATTACHES,
     OC_REQUEST_KEY,
     Answer,
     EndReason,
@@ -290,6 +291,11 @@ def test_which_sideband_closes_are_attached_again(before, code, again):
     assert core.may_reattach(code) is again
     relayed = RelayCore(fallback_id="sess_x")
     assert relayed.may_reattach(code) is False, "a relayed session has no call to go on"
+
+
+def test_a_sideband_lost_again_and_again_is_opened_again_a_few_times_only():
+    core = started(make_core())
+    assert [core.may_reattach(1011) for _ in range(MAX_REATTACHES + 1)] == [True] * MAX_REATTACHES + [False]
 
 
 def test_a_relayed_session_is_never_hung_up():
