@@ -13,6 +13,7 @@ const status = document.querySelector("[data-call-status]");
 const sessionNote = document.querySelector("[data-call-session]");
 const sessionLink = document.querySelector("[data-call-session-link]");
 const transcript = document.querySelector("[data-transcript]");
+const turnsSaid = document.querySelector("[data-announce-turns]");
 const eventList = document.querySelector("[data-call-events]");
 const agentAudio = document.querySelector("[data-agent-audio]");
 const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -82,13 +83,21 @@ function setText(key, role, who, text) {
   const node = entry(key, role, who);
   node.querySelector("p").textContent = text;
   node.classList.remove("streaming");
+  if (text && text !== SPEECH) say(`${who}: ${text}`);
+}
+
+// A whole turn, read out once (the last few kept, as a log).
+function say(text) {
+  turnsSaid.append(el("p", { text }));
+  while (turnsSaid.children.length > 5) turnsSaid.firstElementChild.remove();
 }
 
 // The caller's words: typed text, a transcript, or "(speech)" for audio not (yet) transcribed.
+const SPEECH = "(speech)";
 function userText(item) {
   const parts = item.content || [];
   const text = parts.map((part) => part.text || part.transcript || "").join(" ").trim();
-  return text || (parts.some((part) => part.type === "input_audio") ? "(speech)" : "");
+  return text || (parts.some((part) => part.type === "input_audio") ? SPEECH : "");
 }
 
 function onServerEvent(event) {

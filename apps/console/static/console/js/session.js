@@ -22,6 +22,7 @@ const TERMINAL = new Set(["completed", "cancelled", "incomplete", "failed"]);
 // ---------------------------------------------------------------- requests
 
 const requests = new Map();
+const cancelledHere = new Set(); // requests this page asked to cancel: their end is news to it
 for (const request of JSON.parse(document.getElementById("requests-data").textContent)) {
   requests.set(request.id, request);
 }
@@ -39,6 +40,7 @@ function cancelForm(request, confirmed) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     button.disabled = true;
+    cancelledHere.add(request.id);
     const answer = await post(form.action, new FormData(form));
     if (!answer.ok) toast(answer.errors?.form || "Could not cancel.", "bad");
     button.disabled = false;
@@ -143,6 +145,7 @@ function applyRequest(message, quiet = false) {
   renderRequest(request);
   drawChart();
   if (TERMINAL.has(request.status) || request.status === "in_progress") remarkEntries(request);
+  if (!quiet) sayRequest(request);
   if (!quiet && !known && OPERATORS.has(request.origin) && request.requested_by !== me) {
     const what = request.instructions ? `: “${request.instructions.slice(0, 60)}”` : "";
     toast(`${request.requested_by || "Someone"} asked for a response${what}`, "info");
@@ -263,7 +266,8 @@ function setEntry(entry) {
   else transcript.append(fresh);
 }
 
-function applyTranscript(changes) {
+// `quiet` for the snapshot: turns said before the page watched are no news to read out.
+function applyTranscript(changes, quiet = false) {
   const stick = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 40;
   for (const change of changes) {
     if (change.append !== undefined) {
@@ -272,9 +276,42 @@ function applyTranscript(changes) {
       else setEntry({ ...change, text: change.append, done: false });
     } else {
       setEntry(change);
+      sayTurn(entryData.get(change.id), quiet);
     }
   }
   if (stick) transcript.scrollTop = transcript.scrollHeight;
+}
+
+// ---------------------------------------------------------------- said to a screen reader
+// Neither the transcript nor the requests table is a live region: each delta, each row
+// redrawn would be read out. Two hidden regions say what is news instead: a turn once it is
+// whole (the last few kept, as a log), and the latest change of an operator's request.
+
+const turnsSaid = document.querySelector("[data-announce-turns]");
+const requestSaid = document.querySelector("[data-announce-requests]");
+const said = new Map(); // entry id → the text read out for it
+const TURN_WORDS = { user: "Caller", agent: "Agent", system: "Note" };
+const REQUEST_WORDS = { in_progress: "started", completed: "completed", cancelled: "cancelled", incomplete: "cut short", failed: "failed" };
+
+function sayTurn(entry, quiet) {
+  const who = TURN_WORDS[entry.role];
+  const text = entry.text?.trim();
+  // A caller's spoken turn is said once its words are known (its transcription comes later).
+  if (!who || !entry.done || !text || text === transcript.dataset.untranscribed) return;
+  if (said.get(entry.id) === text) return;
+  said.set(entry.id, text);
+  if (quiet) return;
+  turnsSaid.append(el("p", { text: `${who}${entry.oob ? " (operators only)" : ""}: ${text}` }));
+  while (turnsSaid.children.length > 5) turnsSaid.firstElementChild.remove();
+}
+
+// An operator's request starting and ending; a caller's, once this page cancelled it.
+function sayRequest(request) {
+  const words = REQUEST_WORDS[request.status];
+  if (!words || !(OPERATORS.has(request.origin) || cancelledHere.has(request.id))) return;
+  const whose = OPERATORS.has(request.origin) ? `${request.requested_by || "An operator"}’s request` : `The ${request.origin}’s request`;
+  const what = request.instructions ? ` “${truncate(request.instructions, 60)}”` : "";
+  requestSaid.textContent = `${whose}${what}: ${words}.`;
 }
 
 // ---------------------------------------------------------------- toasts, posts
@@ -631,7 +668,7 @@ if (!over) live = connectLive({
       case "snapshot":
         entries.clear();
         transcript.replaceChildren();
-        applyTranscript(message.transcript);
+        applyTranscript(message.transcript, true);
         presence.textContent = message.watchers.join(", ") || "—";
         showUsage(message);
         for (const request of message.requests) applyRequest(request, true);
