@@ -121,10 +121,21 @@ function show(message) {
     : "";
   const prev = pager.querySelector('[data-page="prev"]');
   const next = pager.querySelector('[data-page="next"]');
+  const focused = document.activeElement;
   prev.hidden = message.page <= 1;
   next.hidden = message.page >= message.pages;
   prev.href = query({ page: message.page - 1 });
   next.href = query({ page: message.page + 1 });
+  // The page link just followed is gone (the first or last page): the focus goes to the other
+  // one, or to the range, rather than back to the top of the page.
+  if ((focused === prev || focused === next) && focused.hidden) {
+    const other = focused === prev ? next : prev;
+    if (!other.hidden) other.focus();
+    else {
+      range.tabIndex = -1;
+      range.focus();
+    }
+  }
   const models = filters.querySelector("[data-models]");
   const known = [...models.options].map((option) => option.value).slice(1);
   if (known.join("\n") !== message.models.join("\n")) {
@@ -170,7 +181,10 @@ document.addEventListener("click", (event) => {
   if (!link || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
   event.preventDefault();
   const next = Object.fromEntries(new URL(link.href).searchParams);
-  if (link.matches("[data-clear]")) filters.reset();
+  if (link.matches("[data-clear]")) {
+    filters.reset();
+    filters.querySelector("#q").focus(); // the link hides itself: the focus goes to the search
+  }
   for (const input of filters.elements) if (input.name && input.name !== "sort") input.value = next[input.name] || "";
   change(next, { push: true });
 });

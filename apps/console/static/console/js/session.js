@@ -112,12 +112,16 @@ function placeRows() {
   }
 }
 
+// A row redrawn under the keyboard's focus (its cancel control, say, just used) gives the
+// focus to its new self's control, or to the card when it has none: not back to the top.
 function renderRequest(request) {
   const fresh = requestRow(request);
   const old = requestsBody.querySelector(`tr[data-request="${CSS.escape(request.id)}"]`);
+  const hadFocus = old?.contains(document.activeElement);
   if (old) old.replaceWith(fresh);
   else requestsBody.append(fresh);
   placeRows();
+  if (hadFocus) (fresh.querySelector("summary, button") ?? requestsBody.closest("[tabindex]")).focus();
 }
 
 function renderAllRequests() {
@@ -556,6 +560,14 @@ function setUpForm() {
     else toast(answer.response_id ? "Asked the active response to stop." : "No response was active.", "info");
   });
 }
+
+// Escape closes an open confirmation (cancel, hang up, transfer) and goes back to its summary.
+document.addEventListener("keydown", (event) => {
+  const open = event.key === "Escape" && event.target.closest?.("details.confirm[open]");
+  if (!open) return;
+  open.open = false;
+  open.querySelector("summary").focus();
+});
 
 // ---------------------------------------------------------------- the label
 
