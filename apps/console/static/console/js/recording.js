@@ -14,6 +14,10 @@ if (box) {
   player.addEventListener("timeupdate", () => {
     let current = null;
     for (const mark of marks) if (Number(mark.dataset.seek) <= player.currentTime + 0.05) current = mark;
-    for (const mark of marks) mark.closest("li").classList.toggle("current", mark === current);
+    for (const mark of marks) {
+      mark.closest("li").classList.toggle("current", mark === current);
+      if (mark === current) mark.setAttribute("aria-current", "time");
+      else mark.removeAttribute("aria-current");
+    }
   });
 }
