@@ -5,6 +5,7 @@
 // close the socket and the audio.
 const SIDES = ["caller", "agent"];
 const box = document.querySelector("[data-listen]");
+const REDUCED_MOTION = matchMedia("(prefers-reduced-motion: reduce)");
 
 function status(text, state) {
   const shown = box.querySelector("[data-listen-status]");
@@ -74,8 +75,13 @@ class Listening {
 
   meters() {
     const data = new Float32Array(1024);
-    const draw = () => {
+    let drawn = 0;
+    const draw = (now) => {
       if (!this.context) return;
+      this.frame = requestAnimationFrame(draw);
+      // With less motion asked for, the levels move four times a second, not at every frame.
+      if (REDUCED_MOTION.matches && now - drawn < 250) return;
+      drawn = now;
       for (const side of this.sides) {
         side.analyser.getFloatTimeDomainData(data);
         let sum = 0;
@@ -84,9 +90,8 @@ class Listening {
         side.meter.value = level;
         if (level > Number(side.meter.dataset.peak || 0)) side.meter.dataset.peak = level.toFixed(3);
       }
-      this.frame = requestAnimationFrame(draw);
     };
-    draw();
+    draw(performance.now());
   }
 
   muted(index) {
