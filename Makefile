@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AXE := tests/axe/node_modules/axe-core/axe.min.js
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Demo callers talk to the embedded simulator; to a real upstream (OC_UPSTREAM_URL) they would
@@ -13,13 +14,22 @@ UPSTREAM := $(if $(OC_UPSTREAM_URL),upstream $(OC_UPSTREAM_URL),embedded simulat
 
 .PHONY: install system-deps run test bench lint migrate clean
 
-install: $(STAMP)
+install: $(STAMP) $(AXE)
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt -c constraints.txt
 	touch $(STAMP)
+
+# axe-core for the accessibility browser test, as pinned by tests/axe/package-lock.json, into
+# tests/axe/node_modules (git-ignored) with the machine's npm (Debian's, as root, when missing).
+# Without npm the test is skipped, and with CI set that is an error, here and in the test.
+$(AXE): tests/axe/package.json tests/axe/package-lock.json
+	-bash scripts/install-system-deps.sh npm
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/axe --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm is missing: the accessibility test needs it for axe-core" >&2; test -z "$${CI:-}"; fi
 
 migrate: install
 	mkdir -p var

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: chromium (browser tests), redis-server and postgresql
-# (scale-out tests), espeak-ng (the simulator's spoken replies; `make run` uses it too). Installs what is missing when run as root. Without root it only reports;
+# (scale-out tests), espeak-ng (the simulator's spoken replies; `make run` uses it too), npm
+# (`make install` fetches axe-core with it, for the accessibility test). Installs what is
+# missing when run as root. Without root it only reports;
 # with CI set, anything still missing is an error, so no test that needs it can be skipped.
 set -euo pipefail
 
@@ -9,6 +11,7 @@ declare -A probe=(
   [redis-server]=/usr/bin/redis-server
   [postgresql]=/usr/lib/postgresql
   [espeak-ng]=/usr/bin/espeak-ng
+  [npm]=/usr/bin/npm
 )
 # Arguments name a subset (`make run` asks for espeak-ng alone); none means all of them.
 wanted=("$@")
