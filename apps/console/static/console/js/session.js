@@ -117,7 +117,9 @@ function placeRows() {
 function renderRequest(request) {
   const fresh = requestRow(request);
   const old = requestsBody.querySelector(`tr[data-request="${CSS.escape(request.id)}"]`);
-  const hadFocus = old?.contains(document.activeElement);
+  // A cancel on its way disabled its button, which took the focus away: it was there too.
+  const hadFocus = old?.contains(document.activeElement)
+    || (document.activeElement === document.body && old?.querySelector("button:disabled"));
   if (old) old.replaceWith(fresh);
   else requestsBody.append(fresh);
   placeRows();
@@ -621,6 +623,8 @@ const SOCKET_WORDS = { live: "Connected" };
 function ended(message) {
   if (over) return;
   over = true;
+  // The operator on the form (typing, say) follows it to the note that says why it went.
+  const wasSteering = document.querySelector(".steer-card")?.contains(document.activeElement);
   live?.close();
   showState(document.querySelector("[data-live-status]"), "over");
   main.dataset.status = message.status;
@@ -655,6 +659,10 @@ function ended(message) {
   const unsent = form?.instructions.value.trim();
   if (unsent) note.append(el("p", { class: "unsent", "data-unsent": "" }, "Not sent (the session ended first): ", el("q", { text: unsent })));
   document.querySelector(".steer-card")?.remove();
+  if (wasSteering) {
+    note.tabIndex = -1;
+    note.focus();
+  }
   document.querySelector(".columns.three")?.classList.replace("three", "two");
   tools.ended();
   renderAllRequests(); // no cancel buttons any more
