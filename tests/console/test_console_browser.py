@@ -218,6 +218,9 @@ async def test_a_label_set_on_the_session_page_shows_on_the_dashboard_and_a_long
     await page.click("[data-label-form] button")
     await expect(page.locator("#err-label")).to_contain_text("209 characters; at most 200")
     assert await page.input_value("#label-input") == ("Refund " * 30)
+    # Said to a screen reader too: the field is marked and focused, and reads out its error.
+    await expect(page.locator("#label-input")).to_be_focused()
+    await expect(page.locator("#label-input")).to_have_attribute("aria-invalid", "true")
     await page.fill("#label-input", "Refund for Jane Roe")
     await page.click("[data-label-form] button")
     await expect(page.locator("[data-label-shown]")).to_have_text("Refund for Jane Roe")

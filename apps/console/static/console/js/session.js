@@ -581,7 +581,13 @@ function setUpLabel() {
     const answer = await post(labelForm.action, new FormData(labelForm));
     const error = labelForm.querySelector("[data-error-for=label]");
     error.textContent = answer.ok ? "" : answer.errors?.label || answer.errors?.form || "The label was refused.";
-    if (!answer.ok) return;
+    // A refusal marks the field and puts the focus on it, which reads its error out.
+    if (answer.ok) labelForm.label.removeAttribute("aria-invalid");
+    else {
+      labelForm.label.setAttribute("aria-invalid", "true");
+      labelForm.label.focus();
+      return;
+    }
     const shown = document.querySelector("[data-label-shown]");
     shown.replaceChildren(answer.label ? el("span", { class: "label-text", text: answer.label }) : el("span", { class: "muted", text: "No label" }));
     labelForm.label.value = answer.label;
