@@ -115,10 +115,12 @@ function show(message) {
       ? ["No live session matches. ", el("a", { href: "?", text: "Show them all" }), "."]
       : ["No live sessions. Connect a Realtime client, or run ", el("code", { text: "python manage.py demo_callers --count 3" }), "."]));
   }
+  // A live region: written only when it changes, or a reader would say it at every update.
   const range = pager.querySelector("[data-range]");
-  range.textContent = message.total
+  const shown = message.total
     ? `${message.first}–${message.last} of ${message.total}${message.total !== message.live ? ` matching (${message.live} live)` : ""}`
     : "";
+  if (range.textContent !== shown) range.textContent = shown;
   const prev = pager.querySelector('[data-page="prev"]');
   const next = pager.querySelector('[data-page="next"]');
   const focused = document.activeElement;
