@@ -14,7 +14,7 @@ UPSTREAM := $(if $(OC_UPSTREAM_URL),upstream $(OC_UPSTREAM_URL),embedded simulat
 
 .PHONY: install system-deps run test bench lint migrate clean
 
-install: $(STAMP) $(AXE)
+install: $(STAMP)
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ run: migrate
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test: install system-deps
+test: install system-deps $(AXE)
 	$(BIN)/python -m pytest
 
 bench: install

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
-# axe-core, pinned in tests/axe/package-lock.json; `make install` puts it in node_modules there.
+# axe-core, pinned in tests/axe/package-lock.json; `make test` puts it in node_modules there.
 AXE = Path(__file__).resolve().parents[1] / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 PASSWORD = "pw-for-browser-tests"
 
@@ -54,7 +54,7 @@ def chromium_path() -> str:
 def axe_source() -> str:
     """axe-core's script, to run in a page (`page.evaluate`: the CSP refuses inline scripts)."""
     if not AXE.exists():
-        message = f"{AXE} is missing: run `make install` (it installs axe-core with npm)"
+        message = f"{AXE} is missing: run `make test` (it installs axe-core with npm)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
