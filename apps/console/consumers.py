@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 RENEW_SECONDS = 30.0
 # A page catching up after a layer outage is sent this many of the session's latest requests.
 CATCH_UP_REQUESTS = 100
+# ...and asks the actor for its snapshot every SNAPSHOT_RETRY seconds until it comes, at most
+# SNAPSHOT_ASKS times (an ask is lost while the actor is not back in its own group yet).
+SNAPSHOT_RETRY = 1.0
+SNAPSHOT_ASKS = 10
 _PREFIX = "console."
 
 
@@ -44,6 +48,7 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
     user_group: str | None = None
     watching: LiveSession | None = None
     _renew: asyncio.Task | None = None
+    _resync: asyncio.Task | None = None
     _on_dashboard = False
 
     async def connect(self) -> None:
@@ -95,11 +100,18 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
 
     async def layer_rejoined(self) -> None:
         """Back in the groups after an outage. What the actor told the watchers meanwhile was
-        lost with the layer, so the page catches up from the table. Then the actor is told of
-        the watch again: it may never have heard of it (the layer was down when it began); one
-        that knew it renews it."""
+        lost with the layer, so the page catches up from the table, then from the actor: it
+        is asked for its snapshot (the transcript, the state) until it sends it. It may never
+        have heard of the watch (the layer was down when it began); one that knew it renews
+        it."""
         if self.watching is not None and await self._catch_up():
-            await self._tell_actor(watch=True)
+            self._stop_asking()
+            self._resync = asyncio.get_running_loop().create_task(self._ask_for_snapshot())
+
+    async def _ask_for_snapshot(self) -> None:
+        for _ in range(SNAPSHOT_ASKS):
+            await self._tell_actor(watch=True, snapshot=True)
+            await asyncio.sleep(SNAPSHOT_RETRY)
 
     async def _catch_up(self) -> bool:
         """The watched session as the table has it now: its end (then the watch stops, and
@@ -118,14 +130,18 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
             await asyncio.sleep(RENEW_SECONDS)
             await self._tell_actor(watch=True)
 
-    async def _tell_actor(self, *, watch: bool) -> None:
+    async def _tell_actor(self, *, watch: bool, snapshot: bool = False) -> None:
         if self.watching is None:
             return
+        message = {
+            "type": groups.SESSION_WATCH,
+            "channel": self.channel_name,
+            "user": self.username,
+            "watch": watch,
+            "snapshot": snapshot,
+        }
         await self._quietly(
-            self.channel_layer.group_send(
-                groups.session_group(self.watching.id),
-                {"type": groups.SESSION_WATCH, "channel": self.channel_name, "user": self.username, "watch": watch},
-            )
+            self.channel_layer.group_send(groups.session_group(self.watching.id), message)
         )
 
     async def _quietly(self, operation) -> bool:
@@ -139,6 +155,7 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
             return False
 
     async def _unwatch(self) -> None:
+        self._stop_asking()
         if self._renew is not None:
             self._renew.cancel()
             self._renew = None
@@ -148,6 +165,11 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
                 self.channel_layer.group_discard(groups.watch_group(self.watching.id), self.channel_name)
             )
             self.watching = None
+
+    def _stop_asking(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            self._resync = None
 
     async def disconnect(self, code) -> None:
         self.stop_joining()
@@ -166,7 +188,9 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
         if kind == groups.CONSOLE_FRAME:
             # The actor's messages to watchers arrive as the browser's JSON already.
             await self.send(text_data=message["frame"])
-            if message["kind"] == groups.CONSOLE_ENDED:
+            if message["kind"] == groups.CONSOLE_SNAPSHOT:
+                self._stop_asking()
+            elif message["kind"] == groups.CONSOLE_ENDED:
                 await self._unwatch()
             return
         if kind.startswith(_PREFIX):

@@ -1166,13 +1166,17 @@ class RelayCore:
             self._hangups_pending = max(0, self._hangups_pending + (1 if pending else -1))
         return [Answer(payload={"ok": self.ended is None, "at": now})]
 
-    def watch(self, watcher: str, *, user: str, watching: bool, now: float) -> list[Action]:
-        """An operator's console starts (renews) or stops watching this session."""
+    def watch(
+        self, watcher: str, *, user: str, watching: bool, now: float, snapshot: bool = False
+    ) -> list[Action]:
+        """An operator's console starts (renews) or stops watching this session. A new watcher
+        is sent the snapshot; one that renews is sent it again when it asks (`snapshot`): the
+        updates sent to it while its channel layer was away were lost."""
         self._deadline_stale = True
         before = self.watchers
         actions: list[Action] = []
         if watching:
-            if watcher not in self._watchers:
+            if snapshot or watcher not in self._watchers:
                 actions.append(
                     ToWatcher(watcher=watcher, message={"type": WATCH_SNAPSHOT, **self.snapshot()})
                 )

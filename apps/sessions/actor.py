@@ -282,7 +282,8 @@ class SessionActor:
             actions = core.hangup_requested(pending=bool(message.get("pending")), now=now)
         elif kind == groups.SESSION_WATCH and isinstance(channel := message.get("channel"), str):
             on, user = bool(message.get("watch", True)), str(message.get("user") or "")
-            actions = core.watch(channel, user=user, watching=on, now=now)
+            again = bool(message.get("snapshot"))
+            actions = core.watch(channel, user=user, watching=on, now=now, snapshot=again)
         elif kind == groups.SESSION_LISTEN and isinstance(channel := message.get("channel"), str):
             on, user = bool(message.get("listen", True)), str(message.get("user") or "")
             actions = core.listen(channel, user=user, listening=on, now=now)

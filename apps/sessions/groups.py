@@ -5,8 +5,9 @@ and the actor's sends to them (`send`, `publish`).
   `session.request` (a stored request to pick up), `session.cancel`, `session.note` and
   `session.interrupt`, which carry `reply_to`, a channel the actor answers on, and
   `session.watch` (an operator's console starts, renews or stops watching; the actor answers
-  a new watcher with `console.snapshot` on its channel), and `session.listen` (the same for a
-  listener of the call's audio; a new one is answered `listen.started`).
+  a new watcher with `console.snapshot` on its channel, and one that asks with `snapshot`
+  again), and `session.listen` (the same for a listener of the call's audio; a new one is
+  answered `listen.started`).
 - `watch_group(key)`: operators watching one session. The actor sends it `console.event`
   (an upstream event operators see and the caller does not, such as an out-of-band operator
   response's), `console.request` (a request's status changed), `console.transcript`

@@ -252,6 +252,8 @@ class Driver:
                 actions = core.watch(args[0], user=args[1], watching=True, now=now)
             elif verb == "unwatch":
                 actions = core.watch(args[0], user="", watching=False, now=now)
+            elif verb == "rewatch":  # a watcher back from a channel-layer outage
+                actions = core.watch(args[0], user=args[1], watching=True, now=now, snapshot=True)
             elif verb == "listen":
                 actions = core.listen(args[0], user=args[1], listening=True, now=now)
             elif verb == "unlisten":
@@ -897,6 +899,22 @@ def test_a_new_watcher_gets_a_snapshot_and_everyone_sees_presence():
             ("unwatch w1", ["watchers presence", "presence bob"]),
         ]
     )
+
+
+def test_a_watcher_that_missed_updates_gets_the_snapshot_again_when_it_asks():
+    """A page whose channel layer was away (Redis restarted) lost what the actor told it
+    meanwhile: a renewal that asks for the snapshot gets it, with no change of presence."""
+    driver = started()
+    driver.step("watch w1 ann")
+    driver.step(("up", delta("r1", "Ahoy")))
+    driver.run(
+        [
+            ("watch w1 ann", []),
+            ("rewatch w1 ann", ["watcher w1 snapshot"]),
+        ]
+    )
+    [entry] = driver.last[0].message["transcript"]
+    assert entry["text"] == "Ahoy", "the transcript as it is now, what was missed included"
 
 
 def test_a_new_watchers_snapshot_has_the_latest_status_of_the_requests_that_changed_last():

@@ -1,6 +1,7 @@
 """The console's session page through a Redis outage: what the actors told its watchers while
 Redis was away is lost with the layer, so a watcher back in its group catches up from the
-table — a session that ended meanwhile shows ended, requests show the status they reached."""
+table — a session that ended meanwhile shows ended, requests show the status they reached —
+and from the actor, which sends it the whole transcript again (a reply made meanwhile)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ async def test_a_page_watching_through_a_redis_outage_catches_up_when_redis_is_b
             what="the nudge's completion",
         )
         assert done["origin"] == "api" and done["response_id"]
+        [reply] = [e["response"] for e in staying.events if e["type"] == "response.done"]
+        said = reply["output"][0]["content"][0]["text"]
+        await on_staying.wait_for(
+            lambda m: m["type"] == "snapshot" and any(e["text"] == said for e in m["transcript"]),
+            what="the reply made during the outage in the page's transcript",
+        )
     finally:
         await rest.aclose()
         for page in pages:
