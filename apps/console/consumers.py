@@ -236,6 +236,9 @@ def _request(request: ResponseRequest) -> dict[str, Any]:
         "conversation": data["conversation"],
         "status": request.status,
         "at": at.timestamp(),
+        # What the actor's messages did not bring to the page (it missed them): the latency.
+        "created_at": request.created_at.timestamp(),
+        "started_at": request.started_at.timestamp() if request.started_at else None,
         "response_id": data["response_id"],
         "error_code": request.error_code or None,
         "error_message": request.error_message or None,

@@ -170,6 +170,7 @@ class OperatorRequest:
     metadata: Mapping[str, str] | None = None
     conversation: str | None = None  # None | "auto" | "none"
     requested_by: str = ""
+    created_at: float | None = None  # when it was stored (its row's `created_at`)
 
 
 # ---------------------------------------------------------------------------- actions
@@ -369,6 +370,7 @@ class _Info:
     append: str | None = None  # an operator's text, composed with the session's when sent
     sent_instructions: str | None = None
     event_id: str = ""
+    created_at: float | None = None  # as its row has it: watchers' request → start latency
 
     @property
     def operator_out_of_band(self) -> bool:
@@ -1016,6 +1018,7 @@ class RelayCore:
             metadata=metadata,
             sent_instructions=instructions if isinstance(instructions, str) else None,
             event_id=event_id,
+            created_at=now,
         )
         self._infos[request.id] = info
         actions: list[Action] = [
@@ -1071,6 +1074,7 @@ class RelayCore:
             requested_by=stored.requested_by,
             instructions=stored.instructions,
             metadata=stored.metadata,
+            created_at=stored.created_at,
         )
         if stored.instructions is not None and stored.instructions_mode == "replace":
             response["instructions"] = info.sent_instructions = stored.instructions
@@ -1442,7 +1446,9 @@ class RelayCore:
                 out_of_band = action.request.out_of_band
                 if self._turns is not None and not out_of_band:  # it answers no turn
                     self._turns.observed()
-                self._infos[action.request.id] = _Info(origin=origin, out_of_band=out_of_band)
+                self._infos[action.request.id] = _Info(
+                    origin=origin, out_of_band=out_of_band, created_at=action.at
+                )
                 actions.append(
                     RequestRecorded(
                         request_id=action.request.id,
@@ -1505,6 +1511,7 @@ class RelayCore:
             "conversation": "none" if info.out_of_band else "auto",
             "status": status.value,
             "at": change.at,
+            "created_at": info.created_at,
             "response_id": change.response_id,
             "error_code": change.error_code,
             "error_message": change.error_message,

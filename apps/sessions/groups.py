@@ -107,6 +107,7 @@ def operator_request(data: dict[str, Any]) -> relay.OperatorRequest:
         metadata=data.get("metadata"),
         conversation=data.get("conversation"),
         requested_by=data.get("requested_by") or "",
+        created_at=data.get("created_at"),
     )
 
 

@@ -933,6 +933,36 @@ def test_a_new_watchers_snapshot_has_the_latest_status_of_the_requests_that_chan
     assert requests[-1]["origin"] == "api" and requests[-1]["conversation"] == "none"
 
 
+def test_watchers_are_told_when_each_request_was_stored():
+    """A page may first hear of a request from a later change of it (the request was made
+    before it watched, or its messages were lost in a channel-layer outage): it shows when the
+    request was made, and its latency from then, not from the change it heard of."""
+    driver = started()
+    driver.step("watch w1 ann")
+    told = {}
+
+    def step(now, what):
+        driver.now = now
+        actions = driver.core.submit(what, now=now) if isinstance(what, OperatorRequest) else driver.step(what)
+        for action in actions:
+            if isinstance(action, ToWatchers) and action.message["type"] == relay.WATCH_REQUEST:
+                message = action.message
+                told[message["request_id"], message["status"]] = (message["at"], message["created_at"])
+
+    step(2.0, OperatorRequest(id="op1", origin="api", created_at=1.5))  # stored before it came
+    step(3.0, ("call", caller_create("c1")))  # the caller's request, a, waits behind op1
+    step(4.0, ("up", response_created("r1", tag="op1")))
+    step(5.0, ("up", response_done("r1", tag="op1")))
+    assert told == {
+        ("op1", "queued"): (2.0, 1.5),
+        ("op1", "sent"): (2.0, 1.5),
+        ("a", "queued"): (3.0, 3.0),
+        ("op1", "in_progress"): (4.0, 1.5),
+        ("op1", "completed"): (5.0, 1.5),
+        ("a", "sent"): (5.0, 3.0),
+    }
+
+
 def test_deltas_are_read_only_while_watched_and_flushed_at_most_every_50_ms():
     driver = started()
     raw = delta("r1", "Ahoy")

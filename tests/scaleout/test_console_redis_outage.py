@@ -6,6 +6,7 @@ and from the actor, which sends it the whole transcript again (a reply made mean
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import httpx
 import pytest
@@ -54,6 +55,8 @@ async def test_a_page_watching_through_a_redis_outage_catches_up_when_redis_is_b
             what="the nudge's completion",
         )
         assert done["origin"] == "api" and done["response_id"]
+        made = datetime.fromisoformat(posted.json()["created_at"]).timestamp()
+        assert done["created_at"] == pytest.approx(made, abs=1e-6), "when it was made: its latency"
         [reply] = [e["response"] for e in staying.events if e["type"] == "response.done"]
         said = reply["output"][0]["content"][0]["text"]
         await on_staying.wait_for(

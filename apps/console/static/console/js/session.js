@@ -138,13 +138,16 @@ function applyRequest(message, quiet = false) {
   const known = requests.get(message.request_id);
   // The page already shows it so (a watch starts with the latest requests as they are now).
   if (known?.status === message.status) return;
-  const request = known ?? { id: message.request_id, created_at: isoAt(message.at) };
+  // A request first seen here: stored at `created_at` (the actor's message and the catch-up
+  // from the table say), which may be well before this change.
+  const request = known ?? { id: message.request_id, created_at: isoAt(message.created_at ?? message.at) };
   for (const key of ["origin", "requested_by", "instructions", "metadata", "conversation", "response_id"]) {
     if (message[key] !== undefined && message[key] !== null) request[key] = message[key];
   }
   request.status = message.status;
   if (message.status === "sent") request.sent_at = isoAt(message.at);
   if (message.status === "in_progress") request.started_at = isoAt(message.at);
+  else if (message.started_at && !request.started_at) request.started_at = isoAt(message.started_at);
   if (TERMINAL.has(message.status)) request.finished_at = isoAt(message.at);
   if (message.error_code) request.error = { code: message.error_code, message: message.error_message };
   requests.set(request.id, request);
