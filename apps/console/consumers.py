@@ -5,7 +5,8 @@ with its search, filters, sort and page as in its URL; sent again when they chan
 `{"type": "watch.session", "session_id": "sess_…"}` (a session page). Everything the server
 sends is JSON with a `type`: `sessions` (the dashboard's page and top-line figures), and for a
 session `snapshot`, `transcript`, `request`, `presence`, `event`, `ended` — the actor's `console.*`
-messages with the prefix dropped, passed on by one generic handler.
+messages with the prefix dropped, passed on by one generic handler — and `paused` (the channel
+layer is unreachable: no update comes until the next snapshot).
 
 Login is required (the route is wrapped in the session and auth middleware, behind an Origin
 check); the user's name is what other operators see in presence.
@@ -91,12 +92,19 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
         self.watching = session
         if not await self._quietly(self.channel_layer.group_add(groups.watch_group(session.id), self.channel_name)):
             self.join_later()
+            await self.layer_lost()
         # What the actor told watchers between the page's render and this watch never reached
         # the page (a response that ended, a request made meanwhile): it catches up first.
         if not await self._catch_up():
             return
         await self._tell_actor(watch=True)
         self._renew = asyncio.get_running_loop().create_task(self._renew_watch())
+
+    async def layer_lost(self) -> None:
+        """Nothing the actor sends reaches this page until the layer is back: the page says
+        so (`paused`) rather than look live; the snapshot it then gets ends the pause."""
+        if self.watching is not None:
+            await self.send_json({"type": "paused", "session_id": self.watching.upstream_id})
 
     async def layer_rejoined(self) -> None:
         """Back in the groups after an outage. What the actor told the watchers meanwhile was

@@ -99,6 +99,9 @@ class SurvivesLayerOutages:
     def layer_groups(self) -> list[str]:
         return []
 
+    async def layer_lost(self) -> None:
+        """Called when a receive finds the layer unreachable (once an outage, until rejoined)."""
+
     async def layer_rejoined(self) -> None:
         """Called once the consumer is back in its groups after an outage."""
 
@@ -119,6 +122,7 @@ class SurvivesLayerOutages:
                 if self._join_task is None or self._join_task.done():
                     log.warning("channel layer unreachable from %s: %r; retrying", self.channel_name, exc)
                     self.join_later()
+                    await self.layer_lost()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAYER_RETRY_MAX)
 

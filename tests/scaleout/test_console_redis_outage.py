@@ -1,7 +1,8 @@
 """The console's session page through a Redis outage: what the actors told its watchers while
 Redis was away is lost with the layer, so a watcher back in its group catches up from the
 table — a session that ended meanwhile shows ended, requests show the status they reached —
-and from the actor, which sends it the whole transcript again (a reply made meanwhile)."""
+and from the actor, which sends it the whole transcript again (a reply made meanwhile). While
+Redis is away the page is told its updates are paused."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ async def test_a_page_watching_through_a_redis_outage_catches_up_when_redis_is_b
         on_leaving, on_staying = pages
         redis_server.stop_process()
         try:
+            for page in pages:  # not looking live while nothing can reach it
+                await page.wait_for(lambda m: m["type"] == "paused", what="the pause")
             await leaving.close()  # the session ends while its page cannot be told
             posted = await rest.post(f"/sessions/{staying.session_id}/responses", json={})
             assert posted.status_code == 202, posted.text

@@ -626,8 +626,9 @@ function showUsage({ usage, cost_usd: cost }) {
 }
 
 let live = null;
-// The page's socket, in words apart from the session's own status badge ("● live").
-const SOCKET_WORDS = { live: "Connected" };
+// The page's socket, in words apart from the session's own status badge ("● live"); `paused`:
+// the server cannot reach the session for a while (its channel layer is down).
+const SOCKET_WORDS = { live: "Connected", paused: "Updates paused: the server is reconnecting…" };
 
 function ended(message) {
   if (over) return;
@@ -694,7 +695,9 @@ if (!over) live = connectLive({
   onMessage(message) {
     if (over) return; // the socket is closing: nothing after the end changes the page
     switch (message.type) {
+      case "paused": showState(document.querySelector("[data-live-status]"), "paused", SOCKET_WORDS); break;
       case "snapshot":
+        showState(document.querySelector("[data-live-status]"), "live", SOCKET_WORDS);
         entries.clear();
         transcript.replaceChildren();
         applyTranscript(message.transcript, true);
