@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import websockets
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -40,7 +41,7 @@ def operator(transactional_db) -> Client:
     return client
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium_path() -> str:
     if not Path(CHROMIUM).exists():
         message = f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium)"
@@ -61,14 +62,49 @@ def axe_source() -> str:
     return AXE.read_text()
 
 
-@pytest.fixture
-async def chromium(chromium_path):
+@contextlib.asynccontextmanager
+async def launched(chromium_path: str, args: list[str]):
+    """Chromium launched with `args` (Playwright's driver with it), closed after the block."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=chromium_path, args=args)
         yield browser
         await browser.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_contexts(browser):
+    """The browser, for one test: every context (cookies, storage, cache) that the test left
+    open is closed after it, so the next test starts with none."""
+    assert browser.is_connected(), "the shared Chromium is gone"
+    yield browser
+    for context in browser.contexts:
+        await context.close()
+
+
+# Launching Chromium (and Playwright's driver) takes seconds; the browser tests share one and
+# each test has contexts of its own. They run on the session's event loop, where it lives
+# (`pytest_collection_modifyitems` below), and so do the async fixtures they use.
+SESSION_LOOP_FIXTURES = {"chromium", "login", "connect_caller", "audio_browser"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SESSION_LOOP_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_chromium(chromium_path):
+    async with launched(chromium_path, CHROMIUM_ARGS) as browser:
+        yield browser
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def chromium(shared_chromium):
+    async with fresh_contexts(shared_chromium) as browser:
+        yield browser
 
 
 class Operator:
@@ -95,7 +131,7 @@ def users(transactional_db) -> dict[str, str]:
     return {"alice": PASSWORD, "bob": PASSWORD, "watcher": PASSWORD}
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def login(chromium, daphne, users):
     """login(name, javascript=True) → an Operator with a logged-in page; JS errors collected."""
     contexts = []
@@ -160,7 +196,7 @@ def agent_token(make_token) -> str:
     return make_token(name="agent-7")
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def connect_caller(daphne, agent_token):
     """connect_caller() → a LiveCaller whose session has started."""
     callers: list[LiveCaller] = []

@@ -12,11 +12,12 @@ import wave
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from apps.sessions.models import LiveSession
 from apps.simulator.webrtc import candidate_hosts
 from tests.conftest import UPSTREAM_KEY
-from tests.console.conftest import CHROMIUM_ARGS
+from tests.console.conftest import CHROMIUM_ARGS, fresh_contexts, launched
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -40,18 +41,21 @@ def microphone_file(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def chromium(chromium_path, tmp_path):
-    """The console's Chromium, with a fake microphone and loopback WebRTC (overrides the
-    conftest's, which `login` uses)."""
-    from playwright.async_api import async_playwright
-
-    speech = microphone_file(tmp_path / "caller.wav")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def webrtc_chromium(chromium_path, tmp_path_factory):
+    """A Chromium of this module's, with a fake microphone and loopback WebRTC."""
+    speech = microphone_file(tmp_path_factory.mktemp("microphone") / "caller.wav")
     args = [*CHROMIUM_ARGS, *WEBRTC_ARGS, f"--use-file-for-fake-audio-capture={speech}%noloop"]
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path, args=args)
+    async with launched(chromium_path, args) as browser:
         yield browser
-        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def chromium(webrtc_chromium):
+    """The module's Chromium, contexts of the test's own (overrides the conftest's, which
+    `login` uses)."""
+    async with fresh_contexts(webrtc_chromium) as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ import asyncio
 import base64
 
 import pytest
+import pytest_asyncio
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from apps.simulator.speech import tone_speech
-from tests.console.conftest import CHROMIUM_ARGS, PASSWORD
+from tests.console.conftest import CHROMIUM_ARGS, PASSWORD, fresh_contexts, launched
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -44,14 +45,16 @@ def listeners(transactional_db):
     User.objects.create_user("eve", password=PASSWORD)
 
 
-@pytest.fixture
-async def audio_browser(chromium_path):
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS + AUDIO_ARGS)
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def module_audio_browser(chromium_path):
+    async with launched(chromium_path, CHROMIUM_ARGS + AUDIO_ARGS) as browser:
         yield browser
-        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def audio_browser(module_audio_browser):
+    async with fresh_contexts(module_audio_browser) as browser:
+        yield browser
 
 
 async def _page_as(browser, daphne, name: str):
