@@ -96,12 +96,11 @@ def cluster_env(scaleout_db, redis_server, simulator, **extra: str) -> dict[str,
 @pytest.fixture
 def pair(scaleout_db, redis_server, simulator):
     """Two Daphne processes on the PostgreSQL database and Redis, the simulator upstream."""
-    from tests.support.servers import DaphneProcess
+    from tests.support.servers import start_side_by_side
 
     env = cluster_env(scaleout_db, redis_server, simulator, OC_EVENTS_POLL_INTERVAL="0.1")
-    servers: list[DaphneProcess] = []
+    servers = start_side_by_side(env, env)
     try:
-        servers += [DaphneProcess(env), DaphneProcess(env)]
         yield servers
     finally:
         for server in servers:

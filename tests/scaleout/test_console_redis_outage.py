@@ -14,7 +14,7 @@ import pytest
 
 from tests.scaleout.conftest import cluster_env
 from tests.scaleout.test_two_processes import Caller, Console
-from tests.support.servers import DaphneProcess
+from tests.support.servers import start_side_by_side
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ async def test_a_page_watching_through_a_redis_outage_catches_up_when_redis_is_b
     scaleout_db, redis_server, simulator
 ):
     env = cluster_env(scaleout_db, redis_server, simulator)
-    a, b = DaphneProcess(env), DaphneProcess(env)
+    a, b = start_side_by_side(env, env)
     leaving = await Caller.connect(a, scaleout_db.token)
     staying = await Caller.connect(a, scaleout_db.token)
     pages = []

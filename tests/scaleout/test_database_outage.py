@@ -16,7 +16,7 @@ import websockets
 from tests.conftest import UPSTREAM_KEY
 from tests.scaleout.conftest import cluster_env
 from tests.support.callers import SocketCaller, until_live
-from tests.support.servers import DaphneProcess
+from tests.support.servers import DaphneProcess, start_side_by_side
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +138,7 @@ async def test_a_database_outage_longer_than_the_staleness_loses_no_live_session
     env = cluster_env(
         scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
     )
-    a, b = DaphneProcess(env), DaphneProcess(env)
+    a, b = start_side_by_side(env, env)
     caller = await SocketCaller.connect(a.ws_base, scaleout_db.token)
     headers = {"Authorization": f"Bearer {scaleout_db.token}"}
     rest = httpx.AsyncClient(base_url=f"{b.http_url}/api/v1", headers=headers, timeout=30)

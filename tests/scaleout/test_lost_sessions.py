@@ -15,7 +15,7 @@ import websockets
 from tests.scaleout.conftest import cluster_env
 from tests.scaleout.test_listen_two_processes import listening, login_cookie
 from tests.scaleout.test_two_processes import Console
-from tests.support.servers import DaphneProcess
+from tests.support.servers import start_side_by_side
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
     env = cluster_env(
         scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
     )
-    a, b = DaphneProcess(env), DaphneProcess(env)
+    a, b = start_side_by_side(env, env)
     console = None
     try:
         call = await websockets.connect(

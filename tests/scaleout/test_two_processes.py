@@ -15,7 +15,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -24,7 +23,7 @@ import websockets
 
 from tests.scaleout.conftest import cluster_env
 from tests.support.realtime import user_text
-from tests.support.servers import DaphneProcess
+from tests.support.servers import DaphneProcess, start_side_by_side
 
 pytestmark = pytest.mark.e2e
 
@@ -188,16 +187,7 @@ def start_pair(scaleout_db, redis_server, simulator):
 
     def start(**extra_env: str) -> tuple[DaphneProcess, DaphneProcess]:
         env = cluster_env(scaleout_db, redis_server, simulator, OC_SEND_TIMEOUT="5", **extra_env)
-        with ThreadPoolExecutor(2) as pool:  # both boot at once
-            futures = [pool.submit(DaphneProcess, env) for _ in range(2)]
-            errors = []
-            for future in futures:
-                try:
-                    started.append(future.result(60))
-                except Exception as exc:
-                    errors.append(exc)
-        if errors:
-            raise errors[0]
+        started.extend(start_side_by_side(env, env))
         return started[-2], started[-1]
 
     yield start

@@ -18,7 +18,7 @@ from apps.sessions.housekeeping import sweep_lost_sessions
 from apps.sessions.models import LiveSession, ResponseRequest
 from tests.conftest import UPSTREAM_KEY
 from tests.support.realtime import eventually, user_text
-from tests.support.servers import DaphneProcess
+from tests.support.servers import start_side_by_side
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,7 +30,7 @@ def two_processes(simulator, transactional_db):
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "DATABASE_URL": f"sqlite:///{os.path.abspath(connection.settings_dict['NAME'])}",
     }
-    a, b = DaphneProcess(env), DaphneProcess(env)
+    a, b = start_side_by_side(env, env)
     yield a, b
     a.stop()
     b.stop()

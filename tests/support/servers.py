@@ -79,7 +79,8 @@ class SimulatorThread:
 class DaphneProcess:
     """`daphne operator_console.asgi:application` on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, *, wait: bool = True) -> None:
+        """Started; listening when this returns, unless `wait` is false (`wait_ready()`)."""
         self.port = port or free_port()
         self.env = dict(env)
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,8 @@ class DaphneProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
     @property
     def http_url(self) -> str:
@@ -106,7 +108,7 @@ class DaphneProcess:
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1"
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,6 +133,20 @@ class DaphneProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+
+
+def start_side_by_side(*envs: dict[str, str]) -> list[DaphneProcess]:
+    """A Daphne for each of `envs`, booting at once (as a deployment's processes do, and in the
+    time of one); all listening when this returns, or all stopped if one failed."""
+    servers = [DaphneProcess(env, wait=False) for env in envs]
+    try:
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
 
 
 def served_to_a_reader_that_stops(server: DaphneProcess, path: str, token: str, seconds: float) -> bool:
