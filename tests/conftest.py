@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +18,7 @@ from django.db import connection
 from apps.simulator.server import SimulatorConfig
 from operator_console.asgi import application
 from tests.calls.support import WEBHOOK_SECRET
-from tests.support.servers import LOG_DIR, DaphneProcess, SimulatorThread
+from tests.support.servers import LOG_DIR, ROOT, DaphneProcess, SimulatorThread
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown"
 
@@ -29,6 +33,30 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def fresh_daphne_logs():
     """This run's Daphne logs replace the last run's (they piled up in var/, one a server)."""
     shutil.rmtree(LOG_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory):
+    """migrated_sqlite(path) → `path`, a new SQLite database migrated as `manage.py migrate`
+    leaves one, for a server of a test's own. The migration runs once a session; each
+    database is a copy of its result (SQLite's backup, whole whatever the journal)."""
+    template = tmp_path_factory.mktemp("migrated") / "migrated.sqlite3"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": f"sqlite:///{template}"},
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+    def copy(path: Path) -> Path:
+        source, target = sqlite3.connect(template), sqlite3.connect(path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        return path
+
+    return copy
 
 
 @pytest.fixture(scope="session")

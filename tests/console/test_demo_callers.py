@@ -31,18 +31,14 @@ def _rows(db_path, sql: str) -> list[tuple]:
 
 
 @pytest.fixture
-def embedded_server(tmp_path):
+def embedded_server(tmp_path, migrated_sqlite):
     env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{migrated_sqlite(tmp_path / 'demo.sqlite3')}",
         "OC_UPSTREAM_URL": "",
         "OPENAI_API_KEY": "",
         "OC_SIM_INTERVAL": "0.005",
         "OC_SIM_AUDIO_PACE": "0",  # spoken replies as fast as possible: the callers speak in real time
     }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
     server = DaphneProcess(env)
     yield server, tmp_path / "demo.sqlite3"
     server.stop()

@@ -28,18 +28,18 @@ def _manage(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def embedded_server(tmp_path_factory):
-    """One `make run`-like server for the module's tests: migrating a new database and
+def embedded_server(tmp_path_factory, migrated_sqlite):
+    """One `make run`-like server for the module's tests: setting up a new database and
     starting Django four times over is most of their time."""
+    database = migrated_sqlite(tmp_path_factory.mktemp("run") / "run.sqlite3")
     env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('run') / 'run.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{database}",
         "OC_UPSTREAM_URL": "",
         "OPENAI_API_KEY": "",
         "OC_SIM_INTERVAL": "0.005",
         "OC_SIM_AUDIO_PACE": "0",  # the voice demo caller's answers as fast as possible
     }
     full_env = {**os.environ, **env}
-    _manage(full_env, "migrate", "--noinput")
     login = _manage(full_env, "ensure_demo_operator")
     assert "operator" in login, "make run prints the demo login"
     token = _manage(full_env, "create_api_token", "--name", "run-check").strip().splitlines()[-1]

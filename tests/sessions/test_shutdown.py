@@ -50,15 +50,14 @@ def slow_simulator():
 
 
 @pytest.fixture
-def server_env(tmp_path, slow_simulator):
-    db_path = tmp_path / "shutdown.sqlite3"
+def server_env(tmp_path, slow_simulator, migrated_sqlite):
+    db_path = migrated_sqlite(tmp_path / "shutdown.sqlite3")
     env = {
         "DATABASE_URL": f"sqlite:///{db_path}",
         "OC_UPSTREAM_URL": slow_simulator.url,
         "OPENAI_API_KEY": "",
         "OC_RECORD_AUDIO": "true",
     }
-    _manage(env, "migrate", "--noinput")
     token = _manage(env, "create_api_token", "--name", "shutdown-check").strip().splitlines()[-1]
     return env, token, db_path
 
@@ -111,17 +110,18 @@ async def test_a_stopped_server_ends_its_sessions_and_fails_their_pending_reques
     ]
 
 
-async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_failed(tmp_path):
+async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_failed(
+    tmp_path, migrated_sqlite
+):
     """`make run`'s shape: Daphne on the embedded simulator with demo callers, stopped with
     Ctrl-C (SIGINT to both), then started again on the same database."""
-    db_path = tmp_path / "run.sqlite3"
+    db_path = migrated_sqlite(tmp_path / "run.sqlite3")
     env = {
         "DATABASE_URL": f"sqlite:///{db_path}",
         "OC_UPSTREAM_URL": "",
         "OPENAI_API_KEY": "",
         "OC_SIM_INTERVAL": "0.02",
     }
-    _manage(env, "migrate", "--noinput")
     server = DaphneProcess(env)
     callers = await asyncio.create_subprocess_exec(
         sys.executable,
