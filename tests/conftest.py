@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,20 +36,18 @@ def fresh_daphne_logs():
     shutil.rmtree(LOG_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory):
+@dataclass(frozen=True)
+class MigratedSqlite:
     """migrated_sqlite(path) → `path`, a new SQLite database migrated as `manage.py migrate`
-    leaves one, for a server of a test's own. The migration runs once a session; each
-    database is a copy of its result (SQLite's backup, whole whatever the journal)."""
-    template = tmp_path_factory.mktemp("migrated") / "migrated.sqlite3"
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=ROOT, env={**os.environ, "DATABASE_URL": f"sqlite:///{template}"},
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    leaves one, holding `token` (`manage.py create_api_token`, default scopes), for a server
+    of a test's own: a copy of one database made so once a session (SQLite's backup, whole
+    whatever the journal)."""
 
-    def copy(path: Path) -> Path:
-        source, target = sqlite3.connect(template), sqlite3.connect(path)
+    template: Path
+    token: str
+
+    def __call__(self, path: Path) -> Path:
+        source, target = sqlite3.connect(self.template), sqlite3.connect(path)
         try:
             source.backup(target)
         finally:
@@ -56,7 +55,17 @@ def migrated_sqlite(tmp_path_factory):
             source.close()
         return path
 
-    return copy
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> MigratedSqlite:
+    template = tmp_path_factory.mktemp("migrated") / "migrated.sqlite3"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{template}"}
+    for command in (["migrate", "--noinput"], ["create_api_token", "--name", "tests"]):
+        made = subprocess.run(
+            [sys.executable, "manage.py", *command],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    return MigratedSqlite(template=template, token=made.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

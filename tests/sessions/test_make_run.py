@@ -42,9 +42,8 @@ def embedded_server(tmp_path_factory, migrated_sqlite):
     full_env = {**os.environ, **env}
     login = _manage(full_env, "ensure_demo_operator")
     assert "operator" in login, "make run prints the demo login"
-    token = _manage(full_env, "create_api_token", "--name", "run-check").strip().splitlines()[-1]
     server = DaphneProcess(env)
-    yield server, token
+    yield server, migrated_sqlite.token
     server.stop()
 
 

@@ -58,8 +58,7 @@ def server_env(tmp_path, slow_simulator, migrated_sqlite):
         "OPENAI_API_KEY": "",
         "OC_RECORD_AUDIO": "true",
     }
-    token = _manage(env, "create_api_token", "--name", "shutdown-check").strip().splitlines()[-1]
-    return env, token, db_path
+    return env, migrated_sqlite.token, db_path
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
