@@ -58,7 +58,9 @@ async def test_nudge_with_metadata_while_a_response_streams(login, connect_calle
     caller = await connect_caller()
     await _open_session(alice, daphne, caller.session_id)
     page = alice.page
-    with simulator.configured(delta_interval=0.15, deltas_per_response=6):
+    # The caller's response streams for 2 s: long enough for the form to be filled and sent
+    # while it runs, even on a busy machine, so that the nudge is seen queued behind it.
+    with simulator.configured(delta_interval=0.15, deltas_per_response=14):
         await caller.say("Can I get my money back?")
         await caller.wait_for("response.created")
         await page.fill("#instructions", "Offer the refund.")
