@@ -71,7 +71,8 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         overlap = ""
         if len(obj.signing_secrets(timezone.now())) > 1:
             overlap = format_html(
-                " The previous secret signs each delivery too, beside this one, until {}.",
+                " The previous secret signs each delivery too, beside this one, until {} (this "
+                "one alone after that).",
                 date_format(timezone.localtime(obj.previous_secret_until), "DATETIME_FORMAT"),
             )
         return format_html(
