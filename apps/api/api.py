@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -147,32 +147,69 @@ WRITE = TokenAuth(ApiToken.Scope.RESPONSES_WRITE)
 
 
 class RestHook(NinjaAPI):
-    """django-ninja's API, with the error body on the answers it makes outside its exception
-    handlers: a method that a path does not take is answered by the path's own view with an
+    """django-ninja's API, with HEAD beside every GET, and the error body on the answers it
+    makes outside its exception handlers.
+
+    HEAD (RFC 9110 §9.3.2): each GET operation takes HEAD too, so HEAD is authenticated,
+    rate limited and answered by the same view, whose answer then goes without its body
+    (`rest_view`). It is left out of the OpenAPI document, where it would repeat each GET
+    under the same operation id.
+
+    Errors: a method that a path does not take is answered by the path's own view with an
     empty `HttpResponseNotAllowed`, and the API's root raises Django's `Http404` (an HTML
-    page). Every view of the API is wrapped here to answer those with the error body (the 405
-    keeps its `Allow` header).
+    page). Every view of the API is wrapped here (`rest_view`) to answer those with the error
+    body (the 405 keeps its `Allow` header).
     """
+
+    def get(self, path: str, **options: Any) -> Callable:
+        return self.api_operation(["GET", "HEAD"], path, **options)
+
+    def get_openapi_schema(self, **options: Any) -> dict:
+        schema = super().get_openapi_schema(**options)
+        for operations in schema["paths"].values():
+            operations.pop("head", None)
+        return schema
 
     @property
     def urls(self):
         patterns, app_name, namespace = super().urls
         for pattern in patterns:
-            pattern.callback = _with_the_error_body(pattern.callback)
+            pattern.callback = rest_view(pattern.callback)
         return patterns, app_name, namespace
 
 
 def _not_allowed(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     if not isinstance(response, HttpResponseNotAllowed):
         return response
+    allowed = ", ".join(sorted(response["Allow"].split(", ")))
     error = error_response(
         405,
         "method_not_allowed",
-        f"{request.method} is not allowed here; allowed: {response['Allow']}.",
+        f"{request.method} is not allowed here; allowed: {allowed}.",
         request=request,
     )
-    error["Allow"] = response["Allow"]
+    error["Allow"] = allowed
     return error
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator (an ASGI server reads it without a thread) that ends at once
+
+
+def _finished(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """A view's answer as the REST hook sends it: a 405 with the error body; to a HEAD, the
+    status and headers of the GET without its body. A streamed body is not read at all (an
+    event stream's would never end); files behind it are closed with the response."""
+    response = _not_allowed(request, response)
+    if request.method != "HEAD":
+        return response
+    if response.streaming:
+        response.streaming_content = _no_body()
+    else:
+        response["Content-Length"] = str(len(response.content))  # as the GET's (RFC 9110 §8.6)
+        response.content = b""
+    return response
 
 
 def _no_such_endpoint() -> HttpResponse:
@@ -181,21 +218,23 @@ def _no_such_endpoint() -> HttpResponse:
     )
 
 
-def _with_the_error_body(view: Callable) -> Callable:
+def rest_view(view: Callable) -> Callable:
+    """`view` answering as the REST hook does (`_finished`): every view of /api/v1/, and
+    /metrics."""
     if asyncio.iscoroutinefunction(view):
 
         @functools.wraps(view)
         async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            return _not_allowed(request, await view(request, *args, **kwargs))
+            return _finished(request, await view(request, *args, **kwargs))
 
         return async_view
 
     @functools.wraps(view)
     def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
-            return _not_allowed(request, view(request, *args, **kwargs))
+            return _finished(request, view(request, *args, **kwargs))
         except Http404:
-            return _no_such_endpoint()
+            return _finished(request, _no_such_endpoint())
 
     return sync_view
 

@@ -1,7 +1,8 @@
 """`GET /metrics`: this process's figures (apps/sessions/metrics.py) in the Prometheus text
 format, for a bearer token with the scope `metrics:read` (CONTRACT section 8).
 
-Refusals use the REST hook's error body: 401 without a valid token, 403 without the scope.
+Refusals use the REST hook's error body: 401 without a valid token, 403 without the scope;
+HEAD is answered as the REST hook answers it (`rest_view`).
 The view is async, so the figures are read on the event loop that changes them.
 """
 
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from apps.api.api import error_response
+from apps.api.api import error_response, rest_view
 from apps.sessions import tokens
 from apps.sessions.db import db_async
 from apps.sessions.metrics import REGISTRY
@@ -22,6 +23,7 @@ from apps.sessions.models import ApiToken
 SCOPE = ApiToken.Scope.METRICS_READ
 
 
+@rest_view  # HEAD as the REST hook answers it: the GET's status and headers, no body
 @csrf_exempt  # a bearer token, never a cookie: a 405 for other methods, not CSRF's 403
 async def metrics(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):

@@ -45,13 +45,13 @@ async def test_a_body_over_djangos_own_limit_is_413_too(rest, settings):
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("PUT", "/sessions", "GET"),
-        ("DELETE", "/sessions/sess_x", "GET, PATCH"),
-        ("PUT", "/sessions/sess_x/responses", "GET, POST"),
+        ("PUT", "/sessions", "GET, HEAD"),
+        ("DELETE", "/sessions/sess_x", "GET, HEAD, PATCH"),
+        ("PUT", "/sessions/sess_x/responses", "GET, HEAD, POST"),
         ("GET", "/sessions/sess_x/notes", "POST"),
         ("DELETE", "/sessions/sess_x/interrupt", "POST"),
-        ("POST", "/responses/req_x", "DELETE, GET"),
-        ("OPTIONS", "/sessions", "GET"),
+        ("POST", "/responses/req_x", "DELETE, GET, HEAD"),
+        ("OPTIONS", "/sessions", "GET, HEAD"),
     ],
 )
 async def test_a_method_not_allowed_on_an_existing_path_is_405_with_the_error_body(rest, method, path, allowed):
