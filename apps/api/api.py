@@ -852,7 +852,9 @@ async def follow_events(
     summary="Follow one session (Server-Sent Events)",
     description=(
         "As /events, for one session; the stream ends after `session.ended`, and 204 answers "
-        "when nothing more will come."
+        "when nothing more will come. An ended session whose events after Last-Event-ID are "
+        "all gone (its end too) has a stream of the `stream.gap` event alone, with an id: "
+        "resumed from that id, it answers 204."
     ),
     **_EVENTS_DOC,
 )

@@ -26,6 +26,10 @@ grow in commit order (see `recorder`).
 
 A session's stream ends after its `session.ended`; asked for again with that id (or for an
 ended session without one), it answers `204 No Content`, which tells an EventSource to stop.
+An ended session whose events after the id are all pruned, its end included, has a stream
+of the `stream.gap` event alone, which ends with it. That event has an id, the newest id
+pruned: an EventSource reconnects with it, and having missed nothing since, gets the 204
+(without the id it would reconnect with the old one, and be told the gap again, for ever).
 A stream also ends once its token is revoked (looked at every `OC_EVENTS_KEEPALIVE` seconds).
 """
 
@@ -39,6 +43,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db.models import Max, Min
@@ -220,8 +225,39 @@ def events_after(
     return list(events.order_by("id").values_list("id", "session_key", "type", "payload")[:limit])
 
 
-def check_resume(after: int) -> dict | None:
-    """Refuse an id never given; a `stream.gap` event when events after it were pruned."""
+@dataclass(frozen=True, kw_only=True)
+class Gap:
+    """Events after `last_event_id`, up to `through`, were pruned (older than the log keeps)."""
+
+    last_event_id: int
+    through: int
+    oldest_event_id: int | None
+
+    def frame(self, *, ended: bool = False) -> bytes:
+        """The `stream.gap` event. On a live stream, without an id: the kept events follow.
+        On an ended session's, which ends with it: with `through`, after which nothing of
+        the session is kept, as its id (see the module's doc)."""
+        goes_on = (
+            "the session has ended, and nothing of it after that is kept"
+            if ended
+            else "the stream goes on from the oldest kept"
+        )
+        event = {
+            "type": "stream.gap",
+            "last_event_id": self.last_event_id,
+            "oldest_event_id": self.oldest_event_id,
+            "message": (
+                f"Events after {self.last_event_id} up to {self.through} are older than the "
+                f"{settings.OC_EVENTS_RETENTION:g} s the log keeps and are gone; {goes_on}. "
+                "Re-read the state you need from the REST hook."
+            ),
+        }
+        event_id = f"id: {self.through}\n" if ended else ""
+        return f"{event_id}data: {json.dumps(event)}\n\n".encode()
+
+
+def check_resume(after: int) -> Gap | None:
+    """Refuse an id never given; a `Gap` when events after it were pruned."""
     bounds = Event.objects.aggregate(oldest=Min("id"), newest=Max("id"))
     horizon = EventLogHorizon.objects.filter(pk=1).values_list("pruned_through", flat=True).first() or 0
     newest = max(bounds["newest"] or 0, horizon)
@@ -231,16 +267,7 @@ def check_resume(after: int) -> dict | None:
             "Reconnect without it to follow from now."
         )
     if 0 < after < horizon:
-        return {
-            "type": "stream.gap",
-            "last_event_id": after,
-            "oldest_event_id": bounds["oldest"],
-            "message": (
-                f"Events after {after} up to {horizon} are older than the "
-                f"{settings.OC_EVENTS_RETENTION:g} s the log keeps and are gone; the stream "
-                "goes on from the oldest kept. Re-read the state you need from the REST hook."
-            ),
-        }
+        return Gap(last_event_id=after, through=horizon, oldest_event_id=bounds["oldest"])
     return None
 
 
@@ -279,28 +306,35 @@ async def event_stream_response(
     if last_event_id is not None:
         gap = await db_async(check_resume)(last_event_id)
     if session_key is not None and session.status in ENDED:
-        # Nothing more will come unless the caller has not yet seen the end.
+        # Nothing more will come unless the client has not yet seen the end, or it is gone.
         pending = last_event_id is not None and await db_async(events_after)(
             last_event_id, session_key, 1
         )
         if not pending:
-            return HttpResponse(status=204)
-    flow = flow_of(request)
+            return HttpResponse(status=204) if gap is None else _event_stream(_ended_after(gap))
     token_id = getattr(getattr(request, "auth", None), "pk", None)
-    response = StreamingHttpResponse(
-        follow(session_key=session_key, after=after, gap=gap, flow=flow, token_id=token_id),
-        content_type="text/event-stream; charset=utf-8",
+    return _event_stream(
+        follow(session_key=session_key, after=after, gap=gap, flow=flow_of(request), token_id=token_id)
     )
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies: pass each event on at once
     return response
+
+
+async def _ended_after(gap: Gap) -> AsyncIterator[bytes]:
+    """An ended session's stream when every event of it after Last-Event-ID is pruned."""
+    yield f"retry: {RETRY_MS}\n".encode() + gap.frame(ended=True)
 
 
 async def follow(
     *,
     session_key: uuid.UUID | None,
     after: int | None,
-    gap: dict | None,
+    gap: Gap | None,
     flow: Flow | None,
     token_id: int | None = None,
 ) -> AsyncIterator[bytes]:
@@ -312,7 +346,7 @@ async def follow(
     try:
         yield f"retry: {RETRY_MS}\n: following\n\n".encode()
         if gap is not None:
-            yield f"data: {json.dumps(gap)}\n\n".encode()
+            yield gap.frame()
         if after is not None:
             # The backlog, page by page, then what came in while it was read.
             while True:

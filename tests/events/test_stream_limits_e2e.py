@@ -188,3 +188,30 @@ async def test_an_ended_session_answers_204_so_event_source_stops(daphne, api_to
         assert again.status_code == 204
         missed = await rest.get(f"/sessions/{caller.session_id}/events", headers={"Last-Event-ID": str(int(ended.id) - 1)})
         assert missed.status_code == 200 and "session.ended" in missed.text, "an unseen end is still sent"
+
+
+async def test_an_ended_session_tells_a_gap_once_then_answers_204(daphne, api_token):
+    """An ended session's events, its end too, pruned while a script was away: its stream
+    tells the gap and ends; resumed from the id the gap came with, it is a 204, no loop."""
+    async with rest_client(daphne, api_token) as rest:
+        caller = await SocketCaller.connect(daphne.ws_base, api_token)
+        try:
+            await until_live(rest, caller.session_id)
+        finally:
+            await caller.close()
+        url = f"/sessions/{caller.session_id}/events"
+        async with asyncio.timeout(10):
+            while True:
+                if (await rest.get(url)).status_code == 204:  # its end is stored
+                    break
+                await asyncio.sleep(0.05)
+        await sync_to_async(prune_events)(now=datetime.now(UTC) + timedelta(hours=1))
+
+        follower = await Follower(rest, url, headers={"Last-Event-ID": "1"}).start()
+        await follower.wait_ended()
+        assert (follower.status, follower.error) == (200, None)
+        [gap] = follower.events
+        assert gap.data["type"] == "stream.gap" and gap.data["last_event_id"] == 1, gap
+        assert "has ended" in gap.data["message"] and gap.id is not None
+        again = await rest.get(url, headers={"Last-Event-ID": gap.id})
+        assert again.status_code == 204, "the reconnect after the gap is told to stop"
