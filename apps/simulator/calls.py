@@ -87,8 +87,10 @@ What tests assert on: `Simulator.calls` (a `CallRegistry`): `calls` (live and pe
 `refers` [(call_id, target_uri)], `offers` and `answers` (every SDP seen, in order),
 `webhooks` [(call_id, the receiver's status)]. A call's session is also in
 `Simulator.sessions` while the call is active. `close_sidebands(call_id, code)` closes a call's
-sidebands as a failing upstream would, the call going on; `Simulator.close_session` (or the
-session's expiry) ends the whole call.
+sidebands as a failing upstream would, the call going on; `refuse_sidebands(call_id, count)`
+makes the next `count` sideband handshakes for the call fail as the service fails when it
+errs (HTTP 500, `server_error`), the call going on (`sidebands_refused` [call_id], one for each
+refused); `Simulator.close_session` (or the session's expiry) ends the whole call.
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ class CallRegistry:
         self.offers: list[str] = []
         self.answers: list[str] = []
         self.webhooks: list[tuple[str, int | None]] = []  # (call id, the console's status)
+        self._refusals: dict[str, int] = {}  # call id → sideband handshakes still to refuse
+        self.sidebands_refused: list[str] = []
 
     def get(self, call_id: str) -> Call | None:
         """A pending, active or recently ended call."""
@@ -451,6 +455,20 @@ class CallRegistry:
 
     def joinable(self, call_id: str) -> bool:
         return call_id in self.calls
+
+    def refuse_sidebands(self, call_id: str, count: int) -> None:
+        """Tests: the next `count` sideband handshakes for the call fail (see the module
+        docstring); the call itself goes on."""
+        self._refusals[call_id] = count
+
+    def refuses_sideband(self, call_id: str) -> bool:
+        """Whether this sideband handshake is one to refuse (and counted if it is)."""
+        left = self._refusals.get(call_id, 0)
+        if left <= 0:
+            return False
+        self._refusals[call_id] = left - 1
+        self.sidebands_refused.append(call_id)
+        return True
 
     async def serve_sideband(self, connection: ServerConnection, call_id: str) -> None:
         """`ws …/realtime?call_id=C`: see the module docstring."""

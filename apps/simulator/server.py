@@ -254,6 +254,15 @@ class Simulator:
                 "call_not_found",
                 f"Call '{call_id}' not found (or already ended).",
             )
+        if call_id and self.calls.refuses_sideband(call_id):  # tests: as the service errs
+            self.handshakes_refused += 1
+            return _json_response(
+                connection,
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "The server had an error while processing your request. Sorry about that!",
+            )
         return None
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
@@ -332,7 +341,11 @@ def _select_subprotocol(
 
 
 def _json_response(
-    connection: ServerConnection, status: HTTPStatus, error_type: str, code: str, message: str
+    connection: ServerConnection,
+    status: HTTPStatus,
+    error_type: str,
+    code: str | None,
+    message: str,
 ) -> Response:
     error = {"message": message, "type": error_type, "param": None, "code": code}
     return _json(connection, status, {"error": error})
