@@ -1,5 +1,6 @@
 """Admin: webhook endpoints (the secret generated, shown to copy) and the delivery log
-(read-only, filterable). The event log itself is not shown: it lives ten minutes."""
+(read-only, filterable; each delivery's page lists its attempts). The event log itself is not
+shown: it lives ten minutes."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from apps.events.models import EVENT_TYPES, SECRET_OVERLAP, WebhookDelivery, WebhookEndpoint
+from apps.events.models import (
+    EVENT_TYPES,
+    SECRET_OVERLAP,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from apps.events.stream import newest_id
-from apps.sessions.admin import ReadOnlyAdmin
+from apps.sessions.admin import ReadOnlyAdmin, _ms
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -126,8 +133,30 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         return deleted, counts, set(), []
 
 
+class WebhookAttemptInline(admin.TabularInline):
+    """Every attempt of the delivery, newest first (a few dozen at most: see the model)."""
+
+    model = WebhookAttempt
+    verbose_name_plural = "attempts, newest first"
+    fields = ("number", "started_at", "took", "status_code", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="duration")
+    def took(self, obj: WebhookAttempt) -> str:
+        return _ms(obj.started_at, obj.finished_at)
+
+
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    inlines = [WebhookAttemptInline]
     list_display = (
         "id",
         "endpoint",

@@ -158,3 +158,26 @@ class WebhookDelivery(models.Model):
     @property
     def webhook_id(self) -> str:
         return f"evt_{self.event_id}"
+
+
+class WebhookAttempt(models.Model):
+    """One try of a delivery, kept with it (and deleted with it) so that the log shows every
+    attempt, not only the last: when it started and ended, the endpoint's status code or the
+    error. As many rows per delivery as the retry schedule makes attempts, which bounds them:
+    1 + the retries that fit in OC_WEBHOOK_RETRY_FOR (with the defaults, 5 s doubling to an
+    hour apart, less 10 % jitter, for a day: at most 33)."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    number = models.PositiveIntegerField(help_text="1 for the first attempt, and so on.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}"

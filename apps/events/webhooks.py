@@ -19,7 +19,8 @@ housekeeping. Each round it
    marking them `sending` in the claiming transaction, so two processes never send the same
    one; an endpoint turned off keeps its deliveries `pending` until it is turned on again;
 3. POSTs them (httpx, `OC_WEBHOOK_TIMEOUT`), each endpoint's batch apart from the others', so
-   a slow endpoint delays only its own; and records the outcome: a 2xx is
+   a slow endpoint delays only its own; and records the outcome, on the delivery and as a
+   row of its attempt log (`WebhookAttempt`: times, status code or error): a 2xx is
    `delivered`; anything else is tried again after OC_WEBHOOK_RETRY_BASE × 2^(attempts-1)
    seconds (at most OC_WEBHOOK_RETRY_MAX), until OC_WEBHOOK_RETRY_FOR seconds after the
    event, then `failed`.
@@ -39,7 +40,6 @@ import hashlib
 import hmac
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
@@ -51,7 +51,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.events import notify
-from apps.events.models import Event, WebhookDelivery, WebhookEndpoint, event_body
+from apps.events.models import (
+    Event,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    event_body,
+)
 from apps.events.stream import newest_id
 from apps.sessions.db import db_async, serialised_write
 from apps.sessions.loops import per_loop
@@ -175,13 +181,18 @@ def claim_due(limit: int = CLAIM_PAGE, *, busy: Collection[int] = ()) -> list[We
     return due
 
 
-def record_attempt(delivery: WebhookDelivery, status_code: int | None, error: str) -> str:
+def record_attempt(
+    delivery: WebhookDelivery, status_code: int | None, error: str, *, started_at: datetime
+) -> str:
+    """The outcome of an attempt that began at `started_at`: on the delivery (its status,
+    the next try) and in its attempt log."""
     now = timezone.now()
     attempts = delivery.attempts + 1
+    error = error[:2000]
     fields = {
         "attempts": attempts,
         "last_status_code": status_code,
-        "last_error": error[:2000],
+        "last_error": error,
         "updated_at": now,
         "claimed_at": None,
     }
@@ -194,10 +205,19 @@ def record_attempt(delivery: WebhookDelivery, status_code: int | None, error: st
             fields["status"] = WebhookDelivery.Status.FAILED
         else:
             fields.update(status=WebhookDelivery.Status.PENDING, next_attempt_at=retry_at)
-    with serialised_write():
-        WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.SENDING).update(
-            **fields
+    with serialised_write(), transaction.atomic():
+        claimed = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=WebhookDelivery.Status.SENDING
         )
+        if claimed.update(**fields):
+            WebhookAttempt.objects.create(
+                delivery_id=delivery.pk,
+                number=attempts,
+                started_at=started_at,
+                finished_at=now,
+                status_code=status_code,
+                error=error,
+            )
     return fields["status"]
 
 
@@ -219,13 +239,17 @@ def expire_deliveries(*, now: datetime) -> int:
 
 
 def prune_deliveries(*, older_than: datetime) -> int:
-    """Delivered and failed deliveries finished before `older_than`."""
+    """Delivered and failed deliveries finished before `older_than`, with their attempts.
+    Returns how many deliveries."""
     finished = (WebhookDelivery.Status.DELIVERED, WebhookDelivery.Status.FAILED)
     with serialised_write():
-        deleted, _ = WebhookDelivery.objects.filter(
-            status__in=finished, updated_at__lt=older_than
-        ).delete()
-    return deleted
+        # Their ids only are read, to delete their attempts: never the payloads.
+        _, deleted = (
+            WebhookDelivery.objects.filter(status__in=finished, updated_at__lt=older_than)
+            .only("pk")
+            .delete()
+        )
+    return deleted.get(WebhookDelivery._meta.label, 0)
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -297,7 +321,8 @@ class WebhookWorker:
                 timeout=settings.OC_WEBHOOK_TIMEOUT, follow_redirects=False
             )
         body = delivery.payload.encode()
-        timestamp = str(int(time.time()))
+        started_at = timezone.now()
+        timestamp = str(int(started_at.timestamp()))
         status_code, error = None, ""
         timeout = settings.OC_WEBHOOK_TIMEOUT
         try:
@@ -317,7 +342,9 @@ class WebhookWorker:
             error = f"TimeoutError: no whole answer within {timeout:g} s"
         except Exception as exc:  # unreachable, timed out; or a bad URL or secret: retried
             error = f"{type(exc).__name__}: {exc}"
-        outcome = await db_async(record_attempt)(delivery, status_code, error)
+        outcome = await db_async(record_attempt)(
+            delivery, status_code, error, started_at=started_at
+        )
         if outcome == WebhookDelivery.Status.FAILED:
             log.warning("webhook %s to %s failed for good: %s", delivery.webhook_id, delivery.endpoint.url, error)
 

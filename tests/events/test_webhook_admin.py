@@ -1,17 +1,21 @@
 """Webhook endpoints in the admin: what the form takes is something the worker can send to; an
-endpoint is deleted with its delivery log; its secret is rolled without refusing a delivery."""
+endpoint is deleted with its delivery log; its secret is rolled without refusing a delivery.
+A delivery's page lists its attempts, which go with it when the log is pruned."""
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from openai import InvalidWebhookSignatureError, OpenAI
 
 from apps.events.admin import WebhookEndpointForm
-from apps.events.models import SECRET_OVERLAP, WebhookDelivery, WebhookEndpoint
-from apps.events.webhooks import signed_headers
+from apps.events.models import SECRET_OVERLAP, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from apps.events.webhooks import prune_deliveries, signed_headers
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/hook", "ftps://example.com/hook"])
@@ -112,3 +116,52 @@ def test_an_operator_who_may_only_view_endpoints_cannot_roll_a_secret(client, dj
         {"action": "roll_secret", "_selected_action": [endpoint.pk]},
     )
     assert WebhookEndpoint.objects.get(pk=endpoint.pk).secret == endpoint.secret
+
+
+def _delivery_with_attempts(endpoint: WebhookEndpoint, event_id: int, **fields) -> WebhookDelivery:
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event_id=event_id, event_type="request.status", payload="{}", **fields
+    )
+    start = timezone.now() - timedelta(minutes=5)
+    WebhookAttempt.objects.bulk_create(
+        WebhookAttempt(
+            delivery=delivery,
+            number=number,
+            started_at=start + timedelta(seconds=10 * number),
+            finished_at=start + timedelta(seconds=10 * number, milliseconds=250 * number),
+            status_code=status,
+            error=error,
+        )
+        for number, status, error in (
+            (1, None, "ConnectError: connection refused"),
+            (2, 502, "HTTP 502: bad gateway"),
+            (3, 200, ""),
+        )
+    )
+    return delivery
+
+
+@pytest.mark.django_db
+def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("root", password=None))
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=3)
+    page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
+    assert page.status_code == 200
+    text = page.text
+    shown = [text.index(what) for what in ("750 ms", "HTTP 502: bad gateway", "connection refused")]
+    assert shown == sorted(shown), "the newest attempt (3, 750 ms) first, the first one last"
+    assert "500 ms" in text and "250 ms" in text, "each attempt's duration"
+
+
+@pytest.mark.django_db
+def test_the_attempts_are_pruned_with_their_delivery(settings):
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    old = _delivery_with_attempts(endpoint, 1, status="failed", attempts=3)
+    kept = _delivery_with_attempts(endpoint, 2, status="delivered", attempts=3)
+    WebhookDelivery.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(days=8))
+    with CaptureQueriesContext(connection) as queries:
+        assert prune_deliveries(older_than=timezone.now() - timedelta(days=7)) == 1
+    assert not [q for q in queries if "payload" in q["sql"]], "no delivery's body was read"
+    assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert set(WebhookAttempt.objects.values_list("delivery", flat=True)) == {kept.pk}

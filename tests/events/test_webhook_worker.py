@@ -169,3 +169,46 @@ async def test_a_secret_that_cannot_sign_is_recorded_as_the_attempts_error(setti
         "the attempt is recorded and retried, not left `sending`"
     )
     assert "padding" in delivery.last_error, delivery.last_error
+
+
+class Flaky(Endpoint):
+    """A webhook endpoint that answers each attempt with the next of `statuses`."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        answers = iter(statuses)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                body = b"try later"
+                self.send_response(next(answers))
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.serve(Handler)
+
+
+async def test_every_attempt_of_a_delivery_is_kept_with_its_outcome_and_times(settings):
+    settings.OC_WEBHOOK_RETRY_BASE = 0.01  # each retry due at once
+    receiver = Flaky([503, 500, 204])
+    endpoint = await sync_to_async(WebhookEndpoint.objects.create)(url=receiver.url, cursor=0)
+    await sync_to_async(_event)()
+    worker = WebhookWorker()
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            assert await worker.round() == 1
+            await asyncio.gather(*worker._deliveries)
+    finally:
+        receiver.stop()
+    delivery = await WebhookDelivery.objects.aget(endpoint=endpoint)
+    assert (delivery.status, delivery.attempts) == (WebhookDelivery.Status.DELIVERED, 3)
+    attempts = [a async for a in delivery.attempt_log.all()]
+    assert [(a.number, a.status_code) for a in attempts] == [(3, 204), (2, 500), (1, 503)]
+    assert [a.error for a in attempts] == ["", "HTTP 500: try later", "HTTP 503: try later"]
+    for attempt, earlier in zip(attempts, attempts[1:], strict=False):
+        assert earlier.finished_at <= attempt.started_at <= attempt.finished_at
