@@ -230,6 +230,9 @@ OC_SEND_TIMEOUT = env_float("OC_SEND_TIMEOUT", 15.0, minimum=0.1)
 OC_UPSTREAM_STALL_TIMEOUT = env_float("OC_UPSTREAM_STALL_TIMEOUT", 30.0, minimum=0.1)
 # How long the upstream may take to open and send session.created.
 OC_UPSTREAM_CONNECT_TIMEOUT = env_float("OC_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
+# Seconds before an attached call's sideband that failed to open is tried again, doubled
+# after each failure in a row (apps/realtime/attached.py).
+OC_SIDEBAND_RETRY_DELAY = env_float("OC_SIDEBAND_RETRY_DELAY", 0.25, minimum=0.0)
 # A relayed session older than this (seconds) moves, between responses, to a fresh upstream
 # session given its configuration and conversation (the service's cap is 60 minutes); 0: never.
 OC_ROTATE_AFTER = env_float("OC_ROTATE_AFTER", 3000.0, minimum=0.0)

@@ -65,12 +65,23 @@ Ending
   so whoever hangs up tells the core first (`hangup_requested`); a normal close that follows
   ends the session with `hung_up`.
 
+Opening the sideband again
   A sideband lost while the call may go on (any close but 1000, not after the session's
-  expiry or a hang-up: `RelayCore.may_reattach`) is opened again, as the first was, a few
-  times at most per session (`apps/sessions/actor.py`). The session goes on with its requests
-  and its name; what the model sent while no sideband was open is not seen (a response that
-  ended then is caught by the stall check). When the new sideband cannot be opened (the call
-  is over: the upstream refuses it with 404), the session ends as the lost one closed it.
+  expiry or a hang-up: `RelayCore.may_reattach`) is opened again at once. A sideband that
+  cannot be opened, the first one or a new one, is tried again after `REOPEN_DELAY` seconds,
+  doubled after each failure in a row, unless the upstream refused it for good (a 4xx but
+  408 and 429: the call is gone, 404, or the key is wrong). Both count against one bound,
+  `MAX_REATTACHES` a session (`Sideband`); the core decides, the actor opens
+  (`OpenUpstream`). The session goes on with its requests and its name; what the model sent
+  while no sideband was open is not seen (a response that ended then is caught by the stall
+  check). While none is open, nothing of the operators' is lost or sent twice: their
+  requests wait in the sequencer (`offline`: out-of-band ones too) and their notes and
+  cancels in `Sideband.frames`, all sent once one opens, or failed (`session_ended`) when the
+  session ends. A first sideband still not open `NAME_WAIT` seconds after its first failure
+  names the session by its call id, so that operators see it, and may queue requests, while
+  it is tried. When no try is left, or the upstream refused for good, the session ends
+  `upstream_closed`: as the lost sideband closed, or `failed` when none was ever open, with
+  the upstream's answer and the number of tries in its detail.
 """
 
 from __future__ import annotations
@@ -83,6 +94,65 @@ from apps.realtime.sequencer import CALLER_ORIGIN, SERVER_ORIGIN
 TURN_ENDED = "input_audio_buffer.speech_stopped"
 # How long an attached session waits for a session event to name it before using its call id.
 NAME_WAIT = 2.0
+# Sidebands opened again in one session, after a lost one or a failed open ("Opening the
+# sideband again").
+MAX_REATTACHES = 3
+# Seconds before the next try after a failed open; doubled after each failure in a row.
+REOPEN_DELAY = 0.25
+# Refusals of a handshake that pass, although 4xx: a timeout and a rate limit.
+PASSING_REFUSALS = frozenset({408, 429})
+
+
+def refused_for_good(status: int | None) -> bool:
+    """Whether a sideband refused with HTTP `status` (None: no answer at all) can never open:
+    the call is gone (404) or the request is wrong (other 4xx), so trying again is no use."""
+    return status is not None and 400 <= status < 500 and status not in PASSING_REFUSALS
+
+
+class Sideband:
+    """An attached call's sideband: whether one is open, the tries to open another, and the
+    operators' frames for the upstream while none is open (see "Opening the sideband
+    again")."""
+
+    __slots__ = ("delay", "failures", "frames", "lost", "open", "reopen_at", "reopens")
+
+    def __init__(self, delay: float = REOPEN_DELAY) -> None:
+        self.delay = delay
+        self.open = False
+        self.reopens = 0  # opens tried again, after a lost sideband or a failed open
+        self.failures = 0  # opens failed in a row
+        self.reopen_at: float | None = None  # when the next open is due
+        self.lost: tuple[int, str] | None = None  # how the last open one closed
+        self.frames: list[str | bytes] = []
+
+    def may_reopen(self) -> bool:
+        """Whether another open may be tried; counts it when it may."""
+        if self.reopens >= MAX_REATTACHES:
+            return False
+        self.reopens += 1
+        return True
+
+    def opened(self) -> list[str | bytes]:
+        """One is open: what waited for it, in order."""
+        self.open, self.failures, self.lost = True, 0, None
+        frames, self.frames = self.frames, []
+        return frames
+
+    def closed(self, code: int, reason: str) -> None:
+        """The open one was lost: another is tried at once."""
+        self.open, self.lost = False, (code, reason)
+
+    def failed(self, now: float) -> None:
+        """An open failed: the next one is due after the backoff."""
+        self.reopen_at = now + self.delay * 2**self.failures
+        self.failures += 1
+
+    def due(self, now: float) -> bool:
+        """Whether the next open is due now (it is then no longer pending)."""
+        if self.reopen_at is None or now < self.reopen_at:
+            return False
+        self.reopen_at = None
+        return True
 
 
 class Turns:

@@ -25,7 +25,8 @@ Inputs
                      session's start deadline, a stalled upstream, the transcript's flush.
   caller_closed, upstream_closed, upstream_failed, shutdown, crashed
                      the session ends; `SessionEnded` says how, and every request not yet
-                     terminal fails (`session_ended`).
+                     terminal fails (`session_ended`). An attached call's sideband lost or
+                     not opened is opened again instead while tries are left (`OpenUpstream`).
 
 What the caller sees (CONTRACT section 1)
   - Upstream events unchanged and in order, except: `oc_request` never appears in a response's
@@ -120,8 +121,8 @@ PASSABLE_CLOSE_CODES = frozenset({1000, 1001, 1008, 1009, 1011, 1012, 1013, 1014
 MAX_TURNS_STARTED = 64
 # A public session id as the console and the database can hold it.
 MAX_SESSION_ID_CHARS = 128
-# How many times an attached call's lost sideband is opened again (`apps/realtime/attached.py`).
-MAX_REATTACHES = 3
+# How many times an attached call's sideband is opened again (`apps/realtime/attached.py`).
+MAX_REATTACHES = attached_mode.MAX_REATTACHES
 # Audio events, read only while the session's audio is tapped (listened to or recorded).
 CALLER_AUDIO_TYPE = "input_audio_buffer.append"
 CALLER_SESSION_UPDATE = "session.update"
@@ -313,6 +314,12 @@ class Answer:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class OpenUpstream:
+    """Open the upstream leg again: an attached call's sideband (the actor answers with
+    `upstream_attached` or `upstream_failed`)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SessionEnded:
     """The session is over: record it, close the legs. Always the last action of a session."""
 
@@ -340,6 +347,7 @@ Action = (
     | ToWatchers
     | ToWatcher
     | Answer
+    | OpenUpstream
     | SessionEnded
 )
 
@@ -407,12 +415,15 @@ class RelayCore:
         rotate_after: float = 0.0,
         minted_session: dict[str, Any] | None = None,
         price: Callable[[Mapping[str, Any]], float | None] | None = None,
+        reopen_delay: float = attached_mode.REOPEN_DELAY,
     ) -> None:
         # What usage costs in USD, `price(usage=…)` (None: not priced); watchers see it grow.
         self._price = price or (lambda usage: None)
         # Attached: a call steered through a sideband, with no caller leg (`attached`).
         self.attached = attached
         self._turns = attached_mode.Turns() if attached else None
+        # Its sideband: open or not, and the tries to open another (`attached`).
+        self._sideband = attached_mode.Sideband(reopen_delay) if attached else None
         self.fallback_id = fallback_id
         self.connected_by = connected_by
         self.connect_timeout = connect_timeout
@@ -425,6 +436,7 @@ class RelayCore:
             new_event_id=self._new_event_id,
             send_timeout=send_timeout,
         )
+        self.sequencer.offline = attached  # until its sideband opens
         self.transcript = Transcript()
         # Tool calls, approvals and rate limits (`tools`): the events about them go to it.
         self.tools = tools.ToolDesk(self, approval_timeout=approval_timeout)
@@ -480,7 +492,6 @@ class RelayCore:
         # Hang-ups of an attached call under way (each one's close follows it); a count, as
         # two may cross and only one of them succeed.
         self._hangups_pending = 0
-        self._reattaches = 0  # sidebands of an attached call opened again after one was lost
         self._deadline: float | None = None
         self._deadline_stale = False
 
@@ -510,6 +521,7 @@ class RelayCore:
             self._stall_check_at,
             self.tools.next_deadline,
             self.rotation.next_deadline if self.rotation is not None else None,
+            self._sideband.reopen_at if self._sideband is not None else None,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -540,31 +552,61 @@ class RelayCore:
     def upstream_attached(self, *, now: float) -> list[Action]:
         self._deadline_stale = True
         self._last_upstream_at = now
+        if self._sideband is not None:
+            return self._sideband_opened(now)
         if self.session_id is None:
-            wait = attached_mode.NAME_WAIT if self.attached else self.connect_timeout
-            self._start_deadline = now + wait
+            self._start_deadline = now + self.connect_timeout
             if self._minted is not None:  # before any frame of the caller's
                 return [ToUpstream(frame=self._minted.update_frame())]
         return []
 
-    def upstream_failed(self, detail: str, *, now: float) -> list[Action]:
-        """The upstream leg could not be opened."""
+    def upstream_failed(
+        self, detail: str, *, now: float, status: int | None = None
+    ) -> list[Action]:
+        """The upstream leg could not be opened: refused with HTTP `status`, or not answered
+        (None). An attached call's sideband is tried again after a backoff, while tries are
+        left and unless the upstream refused it for good (`attached`)."""
         self._deadline_stale = True
         if self.ended is not None:
             return []
-        message = f"Could not connect to the upstream: {detail}"
-        return self._fail_upstream("upstream_unavailable", message, now=now)
+        sideband = self._sideband
+        if sideband is None:
+            message = f"Could not connect to the upstream: {detail}"
+            return self._fail_upstream("upstream_unavailable", message, now=now)
+        if not attached_mode.refused_for_good(status) and self._may_reopen():
+            sideband.failed(now)
+            if self.session_id is None and self._start_deadline is None:
+                self._start_deadline = now + attached_mode.NAME_WAIT  # seen while it is tried
+            return []
+        tries = "" if sideband.failures == 0 else f" ({sideband.failures + 1} tries)"
+        if sideband.lost is None:
+            message = f"Could not open the call's sideband{tries}: {detail}"
+            return self._fail_upstream("upstream_unavailable", message, now=now)
+        code, reason = sideband.lost
+        why = f"{self._close_reason(code, reason)} It could not be opened again{tries}: {detail}"
+        return self._upstream_ended(code, why, now)
 
     def upstream_closed(self, code: int, reason: str, *, now: float) -> list[Action]:
         self._deadline_stale = True
         if self.ended is not None:
             return []
+        if self.may_reattach(code):
+            self._sideband.closed(code, reason)
+            self.sequencer.offline = True
+            return [OpenUpstream()]
+        return self._upstream_ended(code, self._close_reason(code, reason), now)
+
+    @staticmethod
+    def _close_reason(code: int, reason: str) -> str:
+        if reason:
+            return reason
+        if code in (1000, 1001):
+            return "The upstream closed the session."
+        return f"The upstream connection was lost ({code})."
+
+    def _upstream_ended(self, code: int, why: str, now: float) -> list[Action]:
+        """The upstream leg closed with `code` for good: the session ends, saying `why`."""
         normal = code in (1000, 1001)
-        why = reason or (
-            "The upstream closed the session."
-            if normal
-            else f"The upstream connection was lost ({code})."
-        )
         caller_code = code if code in PASSABLE_CLOSE_CODES or 3000 <= code <= 4999 else 1011
         if self._expired:
             end = self._end("ended", EndReason.SESSION_EXPIRED, now, code=code, detail=why)
@@ -585,21 +627,39 @@ class RelayCore:
     def may_reattach(self, code: int) -> bool:
         """An attached call's sideband closed with `code`: whether the call may go on without
         it, so that a new sideband should be opened (counted: at most `MAX_REATTACHES` a
-        session) rather than the session ended. The model closes sidebands with 1000 when the
-        call ends (hung up, transferred, the caller gone), and with 1001 at the session's
-        expiry (after its `session_expired`); any other close (1001 otherwise, 1006, 1011, …)
-        loses the sideband, not the call."""
-        again = (
-            self.attached
+        session, with the opens tried again after a failure) rather than the session ended.
+        The model closes sidebands with 1000 when the call ends (hung up, transferred, the
+        caller gone), and with 1001 at the session's expiry (after its `session_expired`); any
+        other close (1001 otherwise, 1006, 1011, …) loses the sideband, not the call."""
+        return self._sideband is not None and code != 1000 and self._may_reopen()
+
+    def _may_reopen(self) -> bool:
+        """Whether an attached call may go on, and a sideband be tried again (counted)."""
+        return (
+            self._sideband is not None
             and self.ended is None
-            and code != 1000
             and not self._expired
             and not self._hangups_pending
-            and self._reattaches < MAX_REATTACHES
+            and self._sideband.may_reopen()
         )
-        if again:
-            self._reattaches += 1
-        return again
+
+    def _sideband_opened(self, now: float) -> list[Action]:
+        """An attached call's sideband is open: what waited for it goes, in order (notes and
+        cancels, then the requests)."""
+        if self.session_id is None and self._start_deadline is None:
+            self._start_deadline = now + attached_mode.NAME_WAIT
+        actions: list[Action] = [ToUpstream(frame=f) for f in self._sideband.opened()]
+        self._apply(self.sequencer.resume(now=now), actions)
+        return self._finish(actions, now)
+
+    def _held(self, actions: list[Action]) -> list[Action]:
+        """The frames for the upstream among `actions` wait while there is none: an attached
+        call's sideband is being opened again, or a rotation replaces the upstream."""
+        sideband = self._sideband
+        if sideband is None or sideband.open:
+            return actions if self.rotation is None else self.rotation.held_frames(actions)
+        sideband.frames += [a.frame for a in actions if type(a) is ToUpstream]
+        return [a for a in actions if type(a) is not ToUpstream]
 
     def caller_closed(self, *, now: float) -> list[Action]:
         self._deadline_stale = True
@@ -1152,7 +1212,7 @@ class RelayCore:
             ToUpstream(frame=events.dumps(event)),
             Answer(payload={"ok": True, "at": now}),
         ]
-        return actions if self.rotation is None else self.rotation.held_frames(actions)
+        return self._held(actions)
 
     def interrupt(self, *, now: float) -> list[Action]:
         self._deadline_stale = True
@@ -1160,7 +1220,7 @@ class RelayCore:
         actions: list[Action] = []
         self._apply(self.sequencer.interrupt(now=now), actions)
         actions.append(Answer(payload={"response_id": response_id}))
-        return actions
+        return self._held(actions)
 
     def hangup_requested(self, *, pending: bool, now: float) -> list[Action]:
         """An attached call is being hung up (`pending`), or that hang-up failed: a normal
@@ -1334,6 +1394,8 @@ class RelayCore:
                 now=now,
             )
         actions: list[Action] = []
+        if self._sideband is not None and self._sideband.due(now):
+            actions.append(OpenUpstream())
         self._apply(self.sequencer.tick(now=now), actions)
         actions += self.tools.tick(now)
         if self.rotation is not None:

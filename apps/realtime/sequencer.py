@@ -19,6 +19,8 @@ Rules
                 After closed(): `queued` then `failed` (`session_ended`).
   held       -> (`held = True`) nothing in-conversation is sent until resume(); the queue
                 stays as it is (an upstream leg is being replaced: the queue is the session's).
+  offline    -> (`offline = True`) no upstream leg is open at all: like held, and out-of-band
+                requests wait too (`queued`, in order); resume() sends them first.
   sending    -> {"type": "response.create", "event_id": E, "response": {...}}: the request's
                 fields without None values, plus `metadata.oc_request = <request id>`.
   created    -> names a request of ours that was sent (`metadata.oc_request`): `in_progress`,
@@ -259,6 +261,10 @@ class Sequencer:
         # Held: nothing queued is sent until resume() (the upstream leg is being replaced; the
         # queue is the session's, not the leg's). Out-of-band requests are not held.
         self.held = False
+        # Offline: no upstream leg is open (an attached call's sideband is being opened again):
+        # held, and out-of-band requests wait too, in `_oob_waiting`, until resume().
+        self.offline = False
+        self._oob_waiting: deque[str] = deque()
 
     # ------------------------------------------------------------------ read-only views
 
@@ -270,7 +276,7 @@ class Sequencer:
 
     @property
     def queued_ids(self) -> tuple[str, ...]:
-        return tuple(self._queue)
+        return (*self._oob_waiting, *self._queue)
 
     @property
     def outstanding_id(self) -> str | None:
@@ -304,7 +310,7 @@ class Sequencer:
             self._retry_at is not None
             and self._queue
             and not self._conversation_busy
-            and not self.held
+            and not (self.held or self.offline)
         ):
             deadlines.append(self._retry_at)
         return min(deadlines, default=None)
@@ -331,6 +337,8 @@ class Sequencer:
                     error_message="The session has ended.",
                 )
             )
+        elif request.out_of_band and self.offline:
+            self._oob_waiting.append(request.id)
         elif request.out_of_band:
             self._oob_sent[request.id] = None
             actions += self._send(entry, now)
@@ -353,7 +361,10 @@ class Sequencer:
         entry.cancel_pending = True
         if entry.status is RequestStatus.SENT:
             return []  # response.cancel goes out when response.created names it
-        self._queue.remove(request_id)
+        if request_id in self._oob_waiting:
+            self._oob_waiting.remove(request_id)
+        else:
+            self._queue.remove(request_id)
         return [self._status(entry, RequestStatus.CANCELLED, now)]
 
     def interrupt(self, *, now: float) -> list[Action]:
@@ -477,6 +488,7 @@ class Sequencer:
             return []
         self._closed = True
         self._queue.clear()
+        self._oob_waiting.clear()
         self._outstanding = None
         self._oob_sent.clear()
         self._live.clear()
@@ -514,9 +526,15 @@ class Sequencer:
         return dropped
 
     def resume(self, *, now: float) -> list[Action]:
-        """No longer held: the head of the queue is sent if nothing is in the way."""
-        self.held = False
-        return self._pump(now)
+        """No longer held nor offline: the out-of-band requests that waited are sent, then
+        the head of the queue if nothing is in the way."""
+        self.held = self.offline = False
+        actions: list[Action] = []
+        while self._oob_waiting:
+            request_id = self._oob_waiting.popleft()
+            self._oob_sent[request_id] = None
+            actions += self._send(self._entries[request_id], now)
+        return actions + self._pump(now)
 
     def tick(self, *, now: float) -> list[Action]:
         if self._closed:
@@ -545,6 +563,7 @@ class Sequencer:
         if (
             self._closed
             or self.held
+            or self.offline
             or self._outstanding is not None
             or not self._queue
             or self._conversation_busy

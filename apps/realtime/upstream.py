@@ -50,6 +50,11 @@ async def open_connection(
     )
 
 
+def failure_status(exc: Exception) -> int | None:
+    """The HTTP status of a refused handshake; None when the upstream did not answer at all."""
+    return exc.response.status_code if isinstance(exc, InvalidStatus) else None
+
+
 def failure_detail(exc: Exception) -> str:
     """Why the upstream could not be opened. A refused handshake says it in its body, in the
     service's error shape (a wrong key: `Incorrect API key provided.`): its message is kept."""

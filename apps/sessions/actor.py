@@ -16,7 +16,7 @@ The legs
             and closes it when the session ends. `replace_upstream()` attaches a new one and
             closes the old; frames the old one had sent but the actor had not yet read are
             dropped, since every mailbox item names the leg it came from. An attached call's
-            lost sideband is opened again when the core says the call may go on.
+            sideband, lost or not opened, is opened again when the core says (`OpenUpstream`).
 
 Everything else reaches the actor through its mailbox: operators' requests, cancels, notes,
 interrupts and watches (from the session's channel-layer group, or the table's pickup), the
@@ -42,6 +42,7 @@ from apps.realtime.relay import (
     AudioTapped,
     CloseCaller,
     ListenersChanged,
+    OpenUpstream,
     RelayCore,
     SessionEnded,
     ToCaller,
@@ -50,7 +51,7 @@ from apps.realtime.relay import (
     ToWatchers,
     TranscriptFinal,
 )
-from apps.realtime.upstream import failure_detail
+from apps.realtime.upstream import failure_detail, failure_status
 from apps.sessions import approvals, clock, costs, groups, metrics, records
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
@@ -115,6 +116,7 @@ class SessionActor:
             rotate_after=settings.OC_ROTATE_AFTER,
             minted_session=minted_session,
             price=functools.partial(costs.cost_usd, model=model),
+            reopen_delay=settings.OC_SIDEBAND_RETRY_DELAY,
         )
         self.audio = AudioTap(
             self.key,
@@ -190,9 +192,7 @@ class SessionActor:
         )
         history.submit(opened)
         try:
-            if (failure := await self._attach_upstream()) is not None:
-                log.warning("upstream connection failed for %s: %s", self.key, failure)
-                await self._perform(self.core.upstream_failed(failure, now=clock.now()))
+            await self._open_upstream()
             get, handle = self.mailbox.get, self._handle
             while self.core.ended is None:
                 kind, payload, leg = await get()
@@ -207,10 +207,20 @@ class SessionActor:
         finally:
             await self._cleanup()
 
-    async def _attach_upstream(self) -> str | None:
-        """Open an upstream leg and attach it; why not, when it could not be opened (refused,
-        unreachable, timed out). An opening stopped by `_stop_opening` is no failure: the
-        caller left, or the process stops, and their message is in the mailbox."""
+    async def _open_upstream(self) -> None:
+        """Open an upstream leg, or tell the core why it could not be opened (it decides what
+        then: an attached call's sideband is tried again)."""
+        if (failure := await self._attach_upstream()) is not None:
+            detail = failure_detail(failure)
+            log.warning("upstream connection failed for %s: %s", self.key, detail)
+            status = failure_status(failure)
+            await self._perform(self.core.upstream_failed(detail, status=status, now=clock.now()))
+            self._arm_timer()
+
+    async def _attach_upstream(self) -> Exception | None:
+        """Open an upstream leg and attach it; the failure, when it could not be opened
+        (refused, unreachable, timed out). An opening stopped by `_stop_opening` is no failure:
+        the caller left, or the process stops, and their message is in the mailbox."""
         self._opening = asyncio.ensure_future(
             self._opener(model=self.model, extra_headers=self._upstream_headers)
         )
@@ -221,7 +231,7 @@ class SessionActor:
                 raise
             return None
         except Exception as exc:
-            return failure_detail(exc)
+            return exc
         finally:
             self._opening = None
         await self.replace_upstream(connection)
@@ -248,14 +258,8 @@ class SessionActor:
             self._timer_at = None
             await self._perform(core.tick(now=now))
         elif kind is UPSTREAM_CLOSED:
-            if leg is not self._upstream:
-                return
-            if core.may_reattach(payload[0]):  # an attached call's sideband lost: open another
-                log.info("sideband of %s lost (%s); opening another", self.key, payload)
-                if (failure := await self._attach_upstream()) is None:
-                    return
-                log.warning("opening another sideband for %s failed: %s", self.key, failure)
-            await self._perform(core.upstream_closed(*payload, now=clock.now()))
+            if leg is self._upstream:
+                await self._perform(core.upstream_closed(*payload, now=now))
         elif kind is CALLER_CLOSED:
             self._caller = None
             await self._perform(core.caller_closed(now=now))
@@ -354,6 +358,8 @@ class SessionActor:
                 self.audio.listeners_changed(action.count)
             elif kind is CloseCaller:
                 await self._close_caller(action.code, action.reason)
+            elif kind is OpenUpstream:  # an attached call's sideband, lost or not opened
+                await self._open_upstream()
             elif kind in ROTATION_ACTIONS:
                 await self._fresh.perform(action, self.replace_upstream)
             elif kind is SessionEnded:

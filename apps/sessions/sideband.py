@@ -19,7 +19,9 @@ numbers) is written by the history writer as the actor starts, and the session i
 `live`) from the sideband's first session event, `session.created` as the service sends it
 on join, or `session.updated` if that comes first; with neither within a short wait
 (`apps.realtime.attached.NAME_WAIT`), the call id names it. A sideband that cannot be opened
-ends the session (`failed`, `upstream_closed`), as for a relayed one.
+is tried again a few times, with a backoff (`OC_SIDEBAND_RETRY_DELAY`), as a lost one is
+(`apps.realtime.attached`); the session ends (`failed`, `upstream_closed`) when no try is left
+or the upstream refuses it for good (404: the call is gone).
 
 This module holds what a relayed session's consumer holds for it: a reference to the actor
 (so its task is not collected), and a channel on the channel layer in the session's group, so

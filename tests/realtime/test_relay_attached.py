@@ -18,6 +18,7 @@ from apps.realtime.relay import (
     OC_REQUEST_KEY,
     Answer,
     EndReason,
+    OpenUpstream,
     OperatorRequest,
     RelayCore,
     RequestChanged,
@@ -296,6 +297,101 @@ def test_which_sideband_closes_are_attached_again(before, code, again):
 def test_a_sideband_lost_again_and_again_is_opened_again_a_few_times_only():
     core = started(make_core())
     assert [core.may_reattach(1011) for _ in range(MAX_REATTACHES + 1)] == [True] * MAX_REATTACHES + [False]
+
+
+# ---------------------------------------------------------------------------- opening it again
+
+
+def ends(actions) -> list[SessionEnded]:
+    return [a for a in actions if type(a) is SessionEnded]
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 408, None])  # None: no answer at all
+def test_a_first_sideband_that_fails_to_open_is_tried_again_after_a_growing_backoff(status):
+    core = make_core(reopen_delay=0.25)
+    assert core.upstream_failed("HTTP 500", status=status, now=10.0) == []
+    assert core.next_deadline == 10.25
+    assert OpenUpstream() not in core.tick(now=10.2)
+    assert core.tick(now=10.25) == [OpenUpstream()]
+    assert core.upstream_failed("HTTP 500", status=status, now=10.3) == []
+    assert core.next_deadline == 10.8, "doubled after a second failure in a row"
+    assert core.tick(now=10.8) == [OpenUpstream()]
+    core.upstream_attached(now=11.0)
+    assert [a.session_id for a in core.upstream_frame(session_event(), now=11.0)
+            if type(a) is SessionNamed] == ["sess_1"], "named by its own session, not the call id"
+    assert core.ended is None
+
+
+@pytest.mark.parametrize("status", [404, 401, 403, 400])
+def test_a_sideband_refused_for_good_ends_the_session_at_once(status):
+    core = make_core()
+    [end] = ends(core.upstream_failed(f"HTTP {status}: Call 'rtc_call1' not found", status=status, now=1.0))
+    assert (end.status, end.reason) == ("failed", EndReason.UPSTREAM_CLOSED)
+    assert end.detail == f"Could not open the call's sideband: HTTP {status}: Call 'rtc_call1' not found"
+
+
+def test_a_first_sideband_that_never_opens_ends_the_session_after_its_tries_saying_so():
+    core = make_core(reopen_delay=0.25)
+    now = 0.0
+    for _ in range(MAX_REATTACHES):
+        assert ends(core.upstream_failed("HTTP 500", status=500, now=now)) == []
+        now = core.next_deadline
+        assert OpenUpstream() in core.tick(now=now)
+    [end] = ends(core.upstream_failed("HTTP 500: busy", status=500, now=now))
+    assert (end.status, end.reason) == ("failed", EndReason.UPSTREAM_CLOSED)
+    assert end.detail == f"Could not open the call's sideband ({MAX_REATTACHES + 1} tries): HTTP 500: busy"
+
+
+def test_lost_sidebands_and_failed_opens_share_one_bound():
+    core = started(make_core())
+    assert core.upstream_closed(1011, "", now=1.0) == [OpenUpstream()]  # at once
+    assert core.upstream_failed("HTTP 500", status=500, now=1.1) == []
+    assert core.tick(now=core.next_deadline) == [OpenUpstream()]
+    core.upstream_attached(now=2.0)
+    assert core.upstream_closed(1006, "", now=3.0) == [OpenUpstream()]
+    [end] = ends(core.upstream_failed("HTTP 502", status=502, now=3.1))  # the bound is spent
+    assert (end.status, end.code) == ("failed", 1006)
+    assert end.detail == "The upstream connection was lost (1006). It could not be opened again: HTTP 502"
+
+
+def test_a_sideband_lost_when_the_call_is_over_ends_as_it_closed_with_the_refusal():
+    core = started(make_core())
+    assert core.upstream_closed(1011, "", now=1.0) == [OpenUpstream()]
+    [end] = ends(core.upstream_failed("HTTP 404: Call not found", status=404, now=1.1))
+    assert (end.status, end.reason, end.code) == ("failed", EndReason.UPSTREAM_CLOSED, 1011)
+    assert "lost (1011)" in end.detail and "HTTP 404: Call not found" in end.detail
+
+
+def test_what_operators_ask_while_no_sideband_is_open_waits_and_goes_once_in_order():
+    core = started(make_core())
+    core.upstream_closed(1011, "", now=1.0)
+    waiting = [
+        *core.submit(nudge("req_a", instructions="In turn."), now=1.1),
+        *core.note(item_id="item_n", role="system", text="psst", now=1.2),
+        *core.submit(nudge("req_b", conversation="none"), now=1.3),
+    ]
+    assert [a for a in waiting if type(a) is ToUpstream] == [], "nothing goes to a lost sideband"
+    assert {a.request_id: a.status for a in waiting if type(a) is RequestChanged} == {
+        "req_a": RequestStatus.QUEUED, "req_b": RequestStatus.QUEUED
+    }
+    assert core.tick(now=30.0) == [], "nothing sent, so nothing times out"
+    sent = [json.loads(a.frame) for a in core.upstream_attached(now=31.0) if type(a) is ToUpstream]
+    assert [(e["type"], e.get("response", {}).get("metadata", {}).get(OC_REQUEST_KEY)) for e in sent] == [
+        ("conversation.item.create", None), ("response.create", "req_b"), ("response.create", "req_a")
+    ]
+    core.upstream_closed(1011, "", now=32.0)
+    assert [a for a in core.upstream_attached(now=33.0) if type(a) is ToUpstream] == [], "sent once"
+
+
+def test_what_waits_for_a_sideband_that_never_opens_again_fails_with_the_session():
+    core = started(make_core())
+    core.upstream_closed(1011, "", now=1.0)
+    core.submit(nudge("req_a"), now=1.1)
+    core.submit(nudge("req_b", conversation="none"), now=1.2)
+    actions = core.upstream_failed("HTTP 404", status=404, now=1.3)
+    failed = {a.request_id: a.error_code for a in actions if type(a) is RequestChanged}
+    assert failed == {"req_a": "session_ended", "req_b": "session_ended"}
+    assert [a for a in actions if type(a) is ToUpstream] == []
 
 
 def test_a_relayed_session_is_never_hung_up():

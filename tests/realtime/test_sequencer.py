@@ -864,3 +864,18 @@ def test_forget_finished_keeps_the_latest_and_whatever_is_pending():
     seq.response_created(response_id="resp_active", oc_request="r_active", now=2.0)
     actions = seq.response_done(response_id="resp_active", status="completed", now=2.1)
     assert [a.request_id for a in actions if isinstance(a, SendEvent)] == ["r_queued"]
+
+
+def test_offline_everything_waits_queued_a_cancel_takes_one_out_and_resume_sends_the_rest():
+    seq = Sequencer()
+    seq.offline = True
+    waiting = [
+        *seq.submit(request("a"), now=0.0),
+        *seq.submit(request("b", oob=True), now=0.1),
+        *seq.submit(request("c", oob=True), now=0.2),
+    ]
+    assert summary(waiting) == ["a queued", "b queued", "c queued"], "nothing sent while offline"
+    assert seq.queued_ids == ("b", "c", "a") and seq.next_deadline is None
+    assert summary(seq.cancel("b", now=0.3)) == ["b cancelled"]
+    assert summary(seq.resume(now=1.0)) == ["create c", "c sent", "create a", "a sent"]
+    assert seq.queued_ids == ()

@@ -10,6 +10,7 @@ import time
 import pytest
 from django.conf import settings
 
+from apps.realtime.attached import MAX_REATTACHES
 from apps.sessions import selectors
 from apps.sessions.db import db_async
 from apps.sessions.history import writer as history
@@ -210,6 +211,68 @@ async def test_a_lost_sideband_is_attached_again_and_the_call_is_still_steered(
     assert (still.status, still.upstream_id) == ("live", session.upstream_id)
 
 
+async def refuse_sidebands(simulator, call_id: str, count: int) -> None:
+    """The simulator fails the call's next `count` sideband handshakes (HTTP 500), the call
+    going on."""
+
+    async def refuse() -> None:
+        simulator.sim.calls.refuse_sidebands(call_id, count)
+
+    await simulator.acall(refuse())
+
+
+async def test_a_first_sideband_the_upstream_fails_to_open_is_opened_again_and_steered(
+    call, attached, rest, simulator, relay_settings
+):
+    relay_settings.OC_SIDEBAND_RETRY_DELAY = 0.02
+    await refuse_sidebands(simulator, call.call_id, 2)
+    actor, session = await attached(call_id=call.call_id)
+    assert simulator.sim.calls.sidebands_refused.count(call.call_id) == 2
+    # Named by the call's own session, as a first open that worked would be.
+    assert session.upstream_id == call.events[0]["session"]["id"]
+    answer = await rest.post(f"/sessions/{session.upstream_id}/responses", json={"instructions": "Hi."})
+    assert answer.status_code == 202, answer.text
+    assert await until(lambda: _is(request_status(answer.json()["id"]), "completed"))
+
+
+async def test_a_sideband_the_upstream_never_opens_ends_the_session_after_its_tries(
+    call, relay_settings, simulator
+):
+    relay_settings.OC_SIDEBAND_RETRY_DELAY = 0.01
+    tries = MAX_REATTACHES + 1
+    await refuse_sidebands(simulator, call.call_id, tries)
+    actor = await attach_call(call_id=call.call_id, kind="webrtc", model="gpt-realtime", connected_by="test")
+    await actor.wait_finished()
+    ended = await row(actor.key)
+    assert (ended.status, ended.end_reason) == ("failed", "upstream_closed")
+    assert f"Could not open the call's sideband ({tries} tries): " in ended.end_detail
+    assert "HTTP 500" in ended.end_detail, ended.end_detail  # the upstream's own answer
+    assert simulator.sim.calls.sidebands_refused.count(call.call_id) == tries
+    assert simulator.sim.calls.get(call.call_id).status == "active"  # the call itself goes on
+
+
+async def test_a_request_made_while_a_lost_sideband_is_opened_again_waits_and_goes_once(
+    call, attached, rest, simulator, observer, relay_settings
+):
+    relay_settings.OC_SIDEBAND_RETRY_DELAY = 0.2  # two refusals: no sideband for 0.6 s
+    actor, session = await attached(call_id=call.call_id)
+    await refuse_sidebands(simulator, call.call_id, 2)
+    assert await simulator.acall(simulator.sim.calls.close_sidebands(call.call_id, 1011)) == 1
+    await until(lambda: call.call_id in simulator.sim.calls.sidebands_refused, what="a refusal")
+    answer = await rest.post(f"/sessions/{session.upstream_id}/responses", json={"instructions": "Back?"})
+    assert answer.status_code == 202, answer.text
+    request_id = answer.json()["id"]
+    assert await until(lambda: _is(request_status(request_id), "completed"))
+    sent = [
+        e for e in creates_received(observer, session.upstream_id)
+        if e["response"]["metadata"].get("oc_request") == request_id
+    ]
+    assert len(sent) == 1, sent
+    assert simulator.sim.calls.sidebands_refused.count(call.call_id) == 2
+    still = await row(actor.key)
+    assert (still.status, still.upstream_id) == ("live", session.upstream_id)
+
+
 async def test_a_lost_sideband_of_a_call_that_is_over_ends_the_session_failed(call, attached, simulator):
     actor, session = await attached(call_id=call.call_id)
 
@@ -304,8 +367,10 @@ async def test_the_process_stopping_ends_attached_sessions_cleanly(call, attache
 
 
 async def test_a_sideband_to_an_unknown_call_fails_upstream_closed(relay_settings, simulator):
+    refused = simulator.sim.handshakes_refused
     actor = await attach_call(call_id="rtc_nobody", kind="webrtc", model="gpt-realtime", connected_by="test")
     await actor.wait_finished()
+    assert simulator.sim.handshakes_refused - refused == 1, "the call is gone: not tried again"
     ended = await row(actor.key)
     assert (ended.status, ended.end_reason, ended.call_id) == ("failed", "upstream_closed", "rtc_nobody")
     assert "404" in ended.end_detail
