@@ -9,15 +9,14 @@ import asyncio
 import json
 import re
 
-import httpx
 import pytest
 from django.test import AsyncClient
 
 from apps.api.api import api
-from operator_console.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+ORIGIN = "http://127.0.0.1"  # of the `rest` client, whose paths are under /api/v1
 PARAM = re.compile(r"\{(?:\w+:)?(\w+)\}")
 
 
@@ -46,22 +45,11 @@ async def ids(caller, rest) -> dict[str, str]:
     return {"session_id": caller.session_id, "request_id": posted.json()["id"], "rest": "nope"}
 
 
-@pytest.fixture
-async def http(rest_token):
-    """The ASGI application over httpx, which (unlike Django's test client) strips no body."""
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=application),
-        base_url="http://127.0.0.1",
-        headers={"Authorization": f"Bearer {rest_token}"},
-    ) as client:
-        yield client
-
-
-async def _head_and_get(http, url: str, headers: dict[str, str]) -> tuple:
-    """(HEAD through the ASGI application; GET through Django's test client, which does not
-    read a streamed body)."""
+async def _head_and_get(rest, url: str, headers: dict[str, str]) -> tuple:
+    """(HEAD through the ASGI application over httpx, which, unlike Django's test client,
+    strips no body; GET through Django's test client, which does not read a streamed body)."""
     async with asyncio.timeout(5):  # an event stream's HEAD that stayed open would hang here
-        head = await http.head(url, headers=headers)
+        head = await rest.head(ORIGIN + url, headers=headers)
     got = await AsyncClient().get(url, headers=headers)
     return head, got
 
@@ -72,11 +60,11 @@ def _same_answer(head, got, url: str) -> None:
     assert dict(head.headers) == {name.lower(): value for name, value in got.headers.items()}, url
 
 
-async def test_every_get_answers_head_with_its_status_and_headers_and_no_body(ids, http):
+async def test_every_get_answers_head_with_its_status_and_headers_and_no_body(ids, rest):
     seen = set()
     for path in get_paths():
         url = "/api/v1" + PARAM.sub(lambda match: ids[match.group(1)], path)
-        head, got = await _head_and_get(http, url, dict(http.headers))
+        head, got = await _head_and_get(rest, url, dict(rest.headers))
         _same_answer(head, got, url)
         seen.add((path, got.status_code))
         if path == api.openapi_url:
@@ -92,25 +80,25 @@ def metrics_token(make_token) -> str:
     return make_token(scopes=["metrics:read"], name="prometheus")
 
 
-async def test_head_takes_the_token_and_the_rate_of_the_get(ids, http, rest_token, metrics_token, settings):
+async def test_head_takes_the_token_and_the_rate_of_the_get(ids, rest, rest_token, metrics_token, settings):
     for path in get_paths()[:-2]:  # the OpenAPI document and the docs page are public
         url = "/api/v1" + PARAM.sub(lambda match: ids[match.group(1)], path)
-        head, got = await _head_and_get(http, url, {"Authorization": "Bearer oc_unknown"})
+        head, got = await _head_and_get(rest, url, {"Authorization": "Bearer oc_unknown"})
         _same_answer(head, got, url)
         assert head.status_code == (404 if "anypath" in path else 401), url
     for token, status in ((metrics_token, 200), (rest_token, 403)):
-        head, got = await _head_and_get(http, "/metrics", {"Authorization": f"Bearer {token}"})
+        head, got = await _head_and_get(rest, "/metrics", {"Authorization": f"Bearer {token}"})
         _same_answer(head, got, "/metrics")
         assert head.status_code == status
 
     settings.OC_API_RATE, settings.OC_API_BURST = 1.0, 2
-    heads = [await http.head("/api/v1/sessions") for _ in range(2)]
+    heads = [await rest.head("/sessions") for _ in range(2)]
     assert [head.status_code for head in heads] == [200, 200]
-    refused = await http.get("/api/v1/sessions")
+    refused = await rest.get("/sessions")
     assert refused.status_code == 429, "each HEAD took from the token's bucket as a GET does"
-    assert (await http.head("/api/v1/sessions")).status_code == 429
+    assert (await rest.head("/sessions")).status_code == 429
 
 
-async def test_head_where_get_is_not_allowed_is_a_405_that_lists_what_is(http):
-    answer = await http.head("/api/v1/sessions/sess_x/notes")
+async def test_head_where_get_is_not_allowed_is_a_405_that_lists_what_is(rest):
+    answer = await rest.head("/sessions/sess_x/notes")
     assert (answer.status_code, answer.headers["Allow"], answer.content) == (405, "POST", b"")

@@ -151,13 +151,19 @@ async def test_bad_input_is_answered_clearly(daphne, make_token, api_token):
             assert (header or query) in error["message"]
 
 
+async def a_session_that_ended(server, rest, token: str) -> str:
+    """The id of a session that went live and ended (its caller hung up)."""
+    caller = await SocketCaller.connect(server.ws_base, token)
+    try:
+        await until_live(rest, caller.session_id)
+    finally:
+        await caller.close()
+    return caller.session_id
+
+
 async def test_an_id_older_than_the_window_is_named_in_a_gap_event(daphne, api_token):
     async with rest_client(daphne, api_token) as rest:
-        caller = await SocketCaller.connect(daphne.ws_base, api_token)
-        try:
-            await until_live(rest, caller.session_id)
-        finally:
-            await caller.close()
+        await a_session_that_ended(daphne, rest, api_token)
         # Everything so far is pruned (as if an hour had passed); then a new event comes.
         await asyncio.sleep(0.5)
         await sync_to_async(prune_events)(now=datetime.now(UTC) + timedelta(hours=1))
@@ -194,12 +200,7 @@ async def test_an_ended_session_tells_a_gap_once_then_answers_204(daphne, api_to
     """An ended session's events, its end too, pruned while a script was away: its stream
     tells the gap and ends; resumed from the id the gap came with, it is a 204, no loop."""
     async with rest_client(daphne, api_token) as rest:
-        caller = await SocketCaller.connect(daphne.ws_base, api_token)
-        try:
-            await until_live(rest, caller.session_id)
-        finally:
-            await caller.close()
-        url = f"/sessions/{caller.session_id}/events"
+        url = f"/sessions/{await a_session_that_ended(daphne, rest, api_token)}/events"
         async with asyncio.timeout(10):
             while True:
                 if (await rest.get(url)).status_code == 204:  # its end is stored
