@@ -14,7 +14,10 @@ class ReferIn(BaseModel):
 
     target_uri: StrictStr = Field(
         max_length=MAX_TARGET_URI_CHARS,
-        description="Where to transfer the call: 'tel:+14155550123' or 'sip:agent@example.com'.",
+        description=(
+            "Where to transfer the call: 'tel:+14155550123', 'sip:agent@example.com' or a "
+            "sips: URI, the scheme in any case; sent upstream as written."
+        ),
     )
 
     @field_validator("target_uri")

@@ -51,10 +51,12 @@ log = logging.getLogger(__name__)
 events_log = logging.getLogger("oc.events")
 
 MAX_TARGET_URI_CHARS = 512  # CallAction.target_uri's max_length
-_TEL = re.compile(r"tel:\+?[0-9][0-9().\-]*")
-_SIP = re.compile(r"sips?:[^\s@<>\"]+(@[^\s@<>\"]+)?")
+# A URI's scheme is case-insensitive (RFC 3986 section 3.1): `TEL:`, `Sip:` and `SIPS:` are
+# taken, and sent upstream as the operator wrote them.
+_TEL = re.compile(r"tel:\+?[0-9][0-9().\-]*", re.IGNORECASE)
+_SIP = re.compile(r"sips?:[^\s@<>\"]+(@[^\s@<>\"]+)?", re.IGNORECASE)
 TARGET_URI_RULE = (
-    "must be a tel: URI (a phone number: 'tel:+14155550123') or a sip: URI "
+    "must be a tel: URI (a phone number: 'tel:+14155550123') or a sip: or sips: URI "
     f"('sip:agent@example.com'), at most {MAX_TARGET_URI_CHARS} characters"
 )
 

@@ -57,7 +57,8 @@ with an empty body.
 - `POST /v1/realtime/calls/{call_id}/reject`, optional JSON `{"status_code": 486}` (default
   603): a pending SIP call is gone.
 - `POST /v1/realtime/calls/{call_id}/hangup`: ends the call (peer closed, sidebands closed 1000).
-- `POST /v1/realtime/calls/{call_id}/refer`, JSON `{"target_uri": "tel:…" | "sip:…"}`: recorded;
+- `POST /v1/realtime/calls/{call_id}/refer`, JSON `{"target_uri": "tel:…" | "sip:…"}` (the
+  scheme in any case, `sips:` too): recorded as written;
   the call then ends as transferred. As the service's (the SIP REFER verb), for SIP calls only:
   a WebRTC call's refer is refused (400 `call_not_sip`, our code: the service's is not known).
 
@@ -543,7 +544,8 @@ class CallRegistry:
             )
         target = body.get("target_uri")
         scheme, _, rest = target.partition(":") if isinstance(target, str) else ("", "", "")
-        if scheme not in ("tel", "sip", "sips") or not rest:  # sips: a SIP URI over TLS
+        # Schemes are case-insensitive (RFC 3986); sips: is a SIP URI over TLS.
+        if scheme.lower() not in ("tel", "sip", "sips") or not rest:
             raise Rejected(
                 "invalid_value",
                 f"Invalid 'target_uri': expected a 'tel:' or 'sip:' URI, got {target!r}.",

@@ -202,9 +202,10 @@ async def test_simulate_sip_call_is_accepted_with_the_profile_and_listed_with_it
         assert "Offer the margherita." in (request["output_text"] or ""), request
         assert phone.agent_audio_bytes > 0
         # A transfer reaches the simulator with its target.
-        refer = await rest.post(f"/api/v1/sessions/{session['id']}/refer", json={"target_uri": "tel:+15550199"})
+        # The scheme in capitals (schemes are case-insensitive): sent upstream as written.
+        refer = await rest.post(f"/api/v1/sessions/{session['id']}/refer", json={"target_uri": "TEL:+15550199"})
         assert refer.status_code == 202, refer.text
-    assert (call_id, "tel:+15550199") in simulator.sim.calls.refers
+    assert (call_id, "TEL:+15550199") in simulator.sim.calls.refers
 
 
 async def sip_call(simulator, daphne, *, to: str, secret: str = WEBHOOK_SECRET, **extra) -> dict:

@@ -118,3 +118,15 @@ def test_a_refused_transfer_comes_back_open_with_the_target_typed_and_the_error_
     assert 'value="mailto:bob@example.com"' in text and 'aria-invalid="true"' in text
     assert 'id="err-target_uri" role="alert">' in text and "tel:" in text
     assert CallAction.objects.count() == 0
+
+
+def test_a_transfer_target_whose_scheme_is_in_capitals_is_taken_and_sent_upstream(relay_settings):
+    """`Sip:` is `sip:` (URI schemes are case-insensitive): the form sends it on. The upstream
+    no longer knows this call, which is what the operator is then told."""
+    session = _session("sess_caps", kind="sip", call_id="rtc_gone")
+    answer = _client("alice", steer=True).post(
+        reverse("console:refer", args=[session.upstream_id]), {"target_uri": "Sip:Desk@Example.com"}, follow=True
+    )
+    text = answer.content.decode()
+    assert 'id="err-target_uri"' not in text
+    assert "its call is over (the upstream no longer knows it" in text, text

@@ -218,8 +218,9 @@ async def test_refer_records_the_target_and_ends_the_call_as_transferred(sim, re
     call_id = await accepted_sip_call(sim, receiver)
     status, body = await post(sim, f"/realtime/calls/{call_id}/refer", b'{"target_uri": "mailto:x"}')
     assert (status, body["error"]["param"]) == (400, "target_uri")
-    await rest(sim).realtime.calls.refer(call_id, target_uri="tel:+15550100")
-    assert sim.calls.refers == [(call_id, "tel:+15550100")]
+    # A URI's scheme is case-insensitive (RFC 3986); the target is recorded as written.
+    await rest(sim).realtime.calls.refer(call_id, target_uri="TEL:+15550100")
+    assert sim.calls.refers == [(call_id, "TEL:+15550100")]
     assert sim.calls.get(call_id).end_reason == "transferred"
 
 
