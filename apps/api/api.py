@@ -457,7 +457,7 @@ async def get_session(request: HttpRequest, session_id: str):
     tags=["sessions"],
 )
 async def label_session(request: HttpRequest, session_id: str, payload: LabelIn):
-    session = await db_async(services.live_session_label_set)(
+    session = await services.live_session_label_set(
         session_id=session_id, label=payload.label or "", by=f"token:{request.auth.name}"
     )
     return session.to_dict()

@@ -5,8 +5,9 @@ with its search, filters, sort and page as in its URL; sent again when they chan
 `{"type": "watch.session", "session_id": "sess_…"}` (a session page). Everything the server
 sends is JSON with a `type`: `sessions` (the dashboard's page and top-line figures), and for a
 session `snapshot`, `transcript`, `request`, `presence`, `event`, `ended` — the actor's `console.*`
-messages with the prefix dropped, passed on by one generic handler — and `paused` (the channel
-layer is unreachable: no update comes until the next snapshot).
+messages with the prefix dropped, passed on by one generic handler — `label` (the services': the
+session was labelled) and `paused` (the channel layer is unreachable: no update comes until the
+next snapshot).
 
 Login is required (the route is wrapped in the session and auth middleware, behind an Origin
 check); the user's name is what other operators see in presence.
@@ -123,12 +124,13 @@ class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJson
 
     async def _catch_up(self) -> bool:
         """The watched session as the table has it now: its end (then the watch stops, and
-        False), or its latest requests as they are now."""
+        False), or its label and latest requests as they are now."""
         session, requests = await db_async(_as_now)(self.watching.pk)
         if session.status != LiveSession.Status.LIVE:
             await self.send_json(_ended(session, session.upstream_id or str(session.pk)))
             await self._unwatch()
             return False
+        await self.send_json({"type": "label", "session_id": session.upstream_id, "label": session.label})
         for request in requests:
             await self.send_json(_request(request))
         return True

@@ -40,7 +40,6 @@ from apps.console.recordings import audio_context
 from apps.realtime.transcript import NEVER_TRANSCRIBED, UNTRANSCRIBED
 from apps.sessions import overrides, selectors, services
 from apps.sessions.costs import cost_usd
-from apps.sessions.db import db_async
 from apps.sessions.models import END_REASON_WORDS, STEER, LiveSession, ResponseRequest
 
 OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
@@ -227,7 +226,7 @@ async def interrupt(request: HttpRequest, session_id: str, *, user: Any) -> Http
 async def label(request: HttpRequest, session_id: str, *, user: Any) -> HttpResponse:
     text = request.POST.get("label", "")
     try:
-        session = await db_async(services.live_session_label_set)(
+        session = await services.live_session_label_set(
             session_id=session_id, label=text, by=user.get_username()
         )
     except services.ServiceError as exc:

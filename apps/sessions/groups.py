@@ -12,7 +12,8 @@ and the actor's sends to them (`send`, `publish`).
   (an upstream event operators see and the caller does not, such as an out-of-band operator
   response's), `console.request` (a request's status changed), `console.transcript`
   (transcript changes, at most every 50 ms), `console.presence` (who is watching) and
-  `console.ended`.
+  `console.ended`. The services send it `console.label` (an operator or a script labelled
+  the session: `live_session_label_set`).
 - `listen_group(key)`: operators listening to the call. The actor sends it `listen.audio`
   (`bytes`: the side, then PCM16 24 kHz) while anyone listens.
 """
@@ -64,6 +65,7 @@ CONSOLE_TRANSCRIPT = relay.WATCH_TRANSCRIPT
 CONSOLE_PRESENCE = relay.WATCH_PRESENCE
 CONSOLE_SNAPSHOT = relay.WATCH_SNAPSHOT
 CONSOLE_ENDED = relay.WATCH_ENDED
+CONSOLE_LABEL = "console.label"  # the services', not the actor's: the label is not the relay's
 # What the actor sends watchers: one of the above, already the browser's JSON text
 # (`frame`, the message with its `console.` prefix dropped), and its `kind`.
 CONSOLE_FRAME = "console.frame"

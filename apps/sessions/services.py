@@ -388,9 +388,18 @@ def label_problem(label: str) -> str | None:
     return f"label {problem}" if problem is not None else None
 
 
-def live_session_label_set(*, session_id: str, label: str, by: str) -> LiveSession:
+async def live_session_label_set(*, session_id: str, label: str, by: str) -> LiveSession:
     """Set (or, with "", clear) a session's label, live or over: a label is how a session is
-    found afterwards too. Returns the session with its counts (`to_dict()` ready)."""
+    found afterwards too. Returns the session with its counts (`to_dict()` ready). The
+    operators watching it are told (`console.label`), in whichever process their page's socket
+    is; dashboards read it from the table with the rest of their next update."""
+    session = await db_async(_label_store)(session_id=session_id, label=label, by=by)
+    message = {"type": groups.CONSOLE_LABEL, "session_id": session_id, "label": session.label}
+    await groups.publish(session.id, [message])
+    return session
+
+
+def _label_store(*, session_id: str, label: str, by: str) -> LiveSession:
     label = label.strip()
     problem = label_problem(label)
     if problem is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from playwright.async_api import expect
 
@@ -230,6 +231,31 @@ async def test_a_label_set_on_the_session_page_shows_on_the_dashboard_and_a_long
     row = page.locator(f'tr[data-session="{caller.session_id}"]')
     await expect(row.locator(".label-cell")).to_have_text("Refund for Jane Roe", timeout=3000)
     assert [e for e in alice.errors if "status of 422" not in e] == [], "only the refusal's 422"
+
+
+async def test_a_label_a_script_sets_reaches_open_pages_without_a_reload(
+    login, connect_caller, daphne, agent_token
+):
+    """Another operator's session page and the dashboard kept the old label until reloaded."""
+    bob = await login("bob")
+    caller = await connect_caller()
+    await _open_session(bob, daphne, caller.session_id)
+    dashboard = await bob.page.context.new_page()
+    await dashboard.goto(f"{daphne.http_url}/console/")
+    row = dashboard.locator(f'tr[data-session="{caller.session_id}"] .label-cell')
+    await expect(row).to_have_text("—")
+    async with httpx.AsyncClient(base_url=f"{daphne.http_url}/api/v1", timeout=5) as rest:
+        patched = await rest.patch(
+            f"/sessions/{caller.session_id}",
+            json={"label": "Order 42 · Jane"},
+            headers={"Authorization": f"Bearer {agent_token}"},
+        )
+    assert patched.status_code == 200, patched.text
+    await expect(bob.page.locator("[data-label-shown]")).to_have_text("Order 42 · Jane", timeout=3000)
+    assert await bob.page.input_value("#label-input") == "Order 42 · Jane", "the form follows"
+    assert await bob.page.title() == "Order 42 · Jane · Operator Console"
+    await expect(row).to_have_text("Order 42 · Jane", timeout=3000)
+    assert bob.errors == []
 
 
 async def test_the_server_checks_the_form_too(login, connect_caller, daphne, simulator):

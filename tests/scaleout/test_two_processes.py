@@ -250,6 +250,12 @@ async def test_nudge_on_b_completes_on_the_session_held_by_a_and_b_shows_it_live
             lambda m: m["type"] == "presence" and m["watchers"] == [scaleout_db.username],
             what="B's operator in A's presence list",
         )
+        # A label a script sets through A reaches the page on B, through Redis.
+        labelled = await rest_clients(a).patch(f"/sessions/{caller.session_id}", json={"label": "Order 42"})
+        assert labelled.status_code == 200, labelled.text
+        await console.wait_for(
+            lambda m: m["type"] == "label" and m["label"] == "Order 42", what="A's label on B's console"
+        )
 
         await caller.say("Where is my parcel?")
         started = time.monotonic()

@@ -591,12 +591,23 @@ function setUpLabel() {
       labelForm.label.focus();
       return;
     }
-    const shown = document.querySelector("[data-label-shown]");
-    shown.replaceChildren(answer.label ? el("span", { class: "label-text", text: answer.label }) : el("span", { class: "muted", text: "No label" }));
+    showLabel(answer.label);
     labelForm.label.value = answer.label;
-    document.title = `${answer.label || sessionId} · Operator Console`;
     toast(answer.label ? `Labelled “${answer.label}”.` : "Label cleared.", "ok");
   });
+}
+
+// The label as the page shows it (the heading, the tab's title, the form), set here or pushed
+// by the server when another operator or a script sets it. What is being typed in the form is
+// left alone: only a field that still shows the old label follows.
+function showLabel(label) {
+  const shown = document.querySelector("[data-label-shown]");
+  const before = shown.querySelector(".label-text")?.textContent ?? "";
+  if (label === before) return;
+  shown.replaceChildren(label ? el("span", { class: "label-text", text: label }) : el("span", { class: "muted", text: "No label" }));
+  document.title = `${label || sessionId} · Operator Console`;
+  const field = document.querySelector("[data-label-form] [name=label]");
+  if (field && field.value.trim() === before) field.value = label;
 }
 
 // ---------------------------------------------------------------- the end
@@ -711,6 +722,7 @@ if (!over) live = connectLive({
       case "approval": tools.approval(message.approval); break;
       case "rate_limits": tools.rateLimits(message); break;
       case "request": applyRequest(message); break;
+      case "label": showLabel(message.label); break;
       case "presence": presence.textContent = message.watchers.join(", ") || "—"; break;
       case "ended": ended(message); break;
       default: break;
