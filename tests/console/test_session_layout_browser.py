@@ -226,3 +226,46 @@ async def test_feedback_never_moves_the_page_nor_covers_a_control(login, connect
     assert await _controls_under(page, "[data-toasts]") == []
     await page.screenshot(path=str(SCREENSHOTS / "session-toast-phone.png"))
     assert alice.errors == []
+
+
+async def test_a_toast_waits_while_it_is_read_and_an_error_until_it_is_closed(login, connect_caller, daphne):
+    """Toasts left after 8 s whatever the operator did (WCAG 2.2.1): the pointer or the focus on
+    one holds it, each has a close button, and an error stays until it is closed."""
+    alice = await login("alice")
+    caller = await connect_caller()
+    page = alice.page
+    await page.clock.install()  # the page's timers run when the test says
+    await eventually(lambda: LiveSession.objects.filter(upstream_id=caller.session_id, status="live").exists())
+    await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
+    await expect(page.locator("[data-live-status]")).to_have_attribute("data-state", "live", timeout=5000)
+    toast = page.locator("[data-toasts] .toast")
+    interrupt = page.locator("[data-interrupt-form] button")
+
+    await interrupt.click()
+    await expect(toast).to_contain_text("No response was active.")
+    await toast.hover()
+    await page.clock.run_for(20_000)
+    await expect(toast).to_have_count(1)  # held while the pointer is on it
+    await page.mouse.move(1, 1)
+    await page.clock.run_for(8_500)
+    await expect(toast).to_have_count(0)  # then it goes
+
+    await interrupt.click()
+    close = page.get_by_role("button", name="Dismiss")
+    await close.focus()
+    await page.clock.run_for(20_000)
+    await expect(toast).to_have_count(1)  # held while the focus is in it
+    await page.keyboard.press("Enter")
+    await expect(toast).to_have_count(0)
+    assert await page.evaluate("document.activeElement !== document.body"), "the focus stays on the page"
+
+    await page.route("**/interrupt", lambda route: route.abort())
+    await interrupt.click()
+    await expect(toast).to_contain_text("The server could not be reached: try again.")
+    await page.clock.run_for(60_000)
+    await expect(toast).to_have_count(1)  # an error waits to be read
+    assert await _controls_under(page, "[data-toasts]") == []
+    await page.screenshot(path=str(SCREENSHOTS / "session-toast-error-desktop.png"))
+    await close.click()
+    await expect(toast).to_have_count(0)
+    assert [e for e in alice.errors if "Failed to load resource" not in e] == []

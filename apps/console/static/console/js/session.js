@@ -327,15 +327,58 @@ function sayRequest(request) {
 
 // Toasts float in a corner (console.css), newest first, three at most: they never move the
 // page. They start at the bottom edge; if that would cover a control, they go to the top.
+// Each has a close button. One leaves by itself after TOAST_MS, counted only while neither the
+// pointer nor the focus is on it (WCAG 2.2.1); an error stays until it is closed.
+const TOAST_MS = 8000;
+
 function toast(text, kind = "info") {
-  const note = el("p", { class: `toast ${kind}`, text });
+  const close = el("button", { type: "button", class: "toast-close", "aria-label": "Dismiss", title: "Dismiss", text: "×" });
+  const note = el("div", { class: `toast ${kind}` }, el("p", { text }), close);
+  let left = TOAST_MS, since = 0, timer = null, pointer = false;
+  const held = () => pointer || note.contains(document.activeElement);
+  const pause = () => {
+    if (timer === null) return;
+    clearTimeout(timer);
+    timer = null;
+    left -= Date.now() - since;
+  };
+  const resume = () => {
+    if (kind === "bad" || timer !== null || held() || !note.isConnected) return;
+    since = Date.now();
+    timer = setTimeout(() => dismiss(note), Math.max(left, 0));
+  };
+  note.addEventListener("pointerenter", () => { pointer = true; pause(); });
+  note.addEventListener("pointerleave", () => { pointer = false; resume(); });
+  note.addEventListener("focusin", pause);
+  // After the focus has settled elsewhere (a focusout's target is still focused).
+  note.addEventListener("focusout", () => setTimeout(resume));
+  close.addEventListener("click", () => dismiss(note));
+  note.stop = pause;
   toasts.prepend(note);
-  while (toasts.children.length > 3) toasts.lastElementChild.remove();
+  // The oldest goes first, an error after the others: it waits for its reader.
+  while (toasts.children.length > 3) {
+    const toasted = [...toasts.children].reverse();
+    dismiss(toasted.find((n) => !n.classList.contains("bad")) ?? toasted[0]);
+  }
   placeToasts();
-  setTimeout(() => {
-    note.remove();
-    placeToasts();
-  }, 8000);
+  resume();
+}
+
+// A toast closed (or timed out) while the focus was in it hands the focus to the next toast's
+// close button, or to the page's main region: never to the top of the page.
+function dismiss(note) {
+  if (!note.isConnected) return;
+  const hadFocus = note.contains(document.activeElement);
+  note.stop();
+  note.remove();
+  placeToasts();
+  if (!hadFocus) return;
+  const next = toasts.querySelector(".toast-close");
+  if (next) next.focus();
+  else {
+    main.tabIndex = -1;
+    main.focus({ preventScroll: true });
+  }
 }
 
 const CONTROLS = "button, input, select, textarea, summary, a[href], audio";
