@@ -62,6 +62,21 @@ async def test_the_main_pages_have_no_serious_or_critical_axe_violations(
     await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/")
     found += await _axe(page, axe_source, "response history")
 
+    # The REST hook's docs (Swagger UI): as loaded, then with an operation tried out.
+    await page.goto(f"{daphne.http_url}/api/v1/docs")
+    await page.locator(".opblock-summary-control").first.click()
+    await page.get_by_role("button", name="Try it out").click()
+    await expect(page.get_by_role("combobox", name="status")).to_be_enabled()
+    found += await _axe(page, axe_source, "REST hook docs")
+    # Answered, Swagger UI shows copy buttons with no name at all (`<button></button>` in its
+    # Curl and HighlightCode components): only those, until Swagger UI names them.
+    await page.get_by_role("button", name="Execute").click()
+    await expect(page.locator(".responses-wrapper .live-responses-table")).to_be_visible()
+    unnamed = "button-name (Buttons must have discernible text): "
+    unnamed += ".curl-command > .copy-to-clipboard > button, .highlight-code > .copy-to-clipboard > button"
+    assert await _axe(page, axe_source, "docs") == [f"docs: {unnamed}"]
+    alice.errors[:] = [e for e in alice.errors if "status of 401" not in e]  # tried without a token
+
     await caller.socket.close()
     await eventually(lambda: LiveSession.objects.get(upstream_id=caller.session_id).status == "ended")
     await page.goto(session)
