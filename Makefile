@@ -59,8 +59,11 @@ run: migrate
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# The suite in TEST_WORKERS processes (pytest-xdist): most of its time is spent waiting on
+# servers, not computing. A module's tests stay in one process (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install system-deps $(AXE)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -30,6 +30,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# `make test` runs the suite in two processes (pytest-xdist, `--dist loadgroup`), which share
+# out groups of tests. A module is one group, so its module-scoped servers start once; the
+# modules marked `EMBEDDED_SIMULATOR` (tests/support/servers.py) are one group together.
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fresh_daphne_logs():
     """This run's Daphne logs replace the last run's (they piled up in var/, one a server)."""

@@ -22,10 +22,10 @@ from apps.sessions.models import ClientSecret
 from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
 from tests.conftest import UPSTREAM_KEY
 from tests.sessions.test_sideband import Observer
-from tests.support.servers import ROOT
+from tests.support.servers import EMBEDDED_SIMULATOR, ROOT
 from tests.support.webrtc import CallClient
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), EMBEDDED_SIMULATOR]
 
 
 async def mint(daphne, token: str, **body) -> dict:

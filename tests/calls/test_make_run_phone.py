@@ -15,9 +15,9 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from tests.support.servers import ROOT, free_port
+from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
 
 
 def test_a_phone_call_simulated_beside_make_run_is_answered(tmp_path):

@@ -20,9 +20,9 @@ from django.core.management import call_command
 from websockets.sync.server import serve
 
 from apps.sessions.models import ApiToken
-from tests.support.servers import ROOT, DaphneProcess
+from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, DaphneProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
 
 
 def _rows(db_path, sql: str) -> list[tuple]:

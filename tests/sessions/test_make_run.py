@@ -14,9 +14,9 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.support.realtime import collect_until, count, user_text
-from tests.support.servers import ROOT, DaphneProcess
+from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, DaphneProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
 
 
 def _manage(env: dict[str, str], *args: str) -> str:

@@ -19,9 +19,9 @@ from openai import AsyncOpenAI
 
 from apps.simulator.server import SimulatorConfig
 from tests.support.realtime import user_text
-from tests.support.servers import ROOT, DaphneProcess, SimulatorThread
+from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, DaphneProcess, SimulatorThread
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
 
 
 def _manage(env: dict[str, str], *args: str) -> str:

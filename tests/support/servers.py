@@ -13,12 +13,25 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
+
 from apps.simulator.server import Simulator, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 # The Daphne logs of this test run, kept after it for a failure to be read; the next run of
-# the same test database (OC_TEST_DB: runs side by side keep apart) starts with it empty.
-LOG_DIR = ROOT / "var" / "test-logs" / Path(os.environ.get("OC_TEST_DB") or "test").stem
+# the same test database (OC_TEST_DB: runs side by side keep apart) starts with it empty. Each
+# worker of a parallel run (pytest-xdist) has its own.
+LOG_DIR = (
+    ROOT / "var" / "test-logs"
+    / Path(os.environ.get("OC_TEST_DB") or "test").stem
+    / os.environ.get("PYTEST_XDIST_WORKER", "main")
+)
+
+
+# The mark of a test module whose servers run the embedded simulator: each such server writes
+# `var/simulator.url`, which `simulate_sip_call` reads (tests/calls/test_make_run_phone.py), so
+# these modules run one after another, never side by side (tests/conftest.py).
+EMBEDDED_SIMULATOR = pytest.mark.xdist_group("embedded-simulator")
 
 
 BOOT_TIMEOUT = 30.0  # seconds for a Daphne to listen
