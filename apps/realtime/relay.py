@@ -658,6 +658,14 @@ class RelayCore:
         sideband = self._sideband
         if sideband is None or sideband.open:
             return actions if self.rotation is None else self.rotation.held_frames(actions)
+        return self.held_while_offline(actions)
+
+    def held_while_offline(self, actions: list[Action]) -> list[Action]:
+        """`actions` without their frames for the upstream while an attached call has no
+        sideband open: those wait in order, and go once one opens (see `attached`)."""
+        sideband = self._sideband
+        if sideband is None or sideband.open:
+            return actions
         sideband.frames += [a.frame for a in actions if type(a) is ToUpstream]
         return [a for a in actions if type(a) is not ToUpstream]
 

@@ -446,7 +446,8 @@ class ToolDesk:
         # The model goes on once told: a response asked for as an operator's, in the queue.
         asker = by if requested_by is None else requested_by
         actions += self.core.request_response(origin=origin, requested_by=asker, now=now)
-        return actions
+        # An attached call's sideband being opened again: the decision goes once it is open.
+        return self.core.held_while_offline(actions)
 
     # ------------------------------------------------------------------ time and the end
 

@@ -383,6 +383,22 @@ def test_what_operators_ask_while_no_sideband_is_open_waits_and_goes_once_in_ord
     assert [a for a in core.upstream_attached(now=33.0) if type(a) is ToUpstream] == [], "sent once"
 
 
+def test_an_approval_decided_while_no_sideband_is_open_goes_once_one_opens():
+    core = started(make_core())
+    item = {"id": "mcpr_1", "type": "mcp_approval_request", "name": "refund", "server_label": "crm"}
+    core.upstream_frame(frame("conversation.item.done", item=item), now=0.5)
+    core.upstream_closed(1011, "", now=1.0)
+    decided = core.tools.decide(
+        "mcpr_1", approve=True, reason="", by="ann", origin="console", now=1.1
+    )
+    assert [a for a in decided if type(a) is ToUpstream] == [], "nothing goes to a lost sideband"
+    assert decided[-1].payload["ok"] is True
+    sent = [json.loads(a.frame) for a in core.upstream_attached(now=2.0) if type(a) is ToUpstream]
+    assert [(e["type"], e.get("item", {}).get("type")) for e in sent] == [
+        ("conversation.item.create", "mcp_approval_response"), ("response.create", None)
+    ], "the decision, then the response it asks for"
+
+
 def test_what_waits_for_a_sideband_that_never_opens_again_fails_with_the_session():
     core = started(make_core())
     core.upstream_closed(1011, "", now=1.0)
