@@ -161,14 +161,24 @@ class RestHook(NinjaAPI):
     body (the 405 keeps its `Allow` header).
     """
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._schemas: dict[str, dict] = {}
+
     def get(self, path: str, **options: Any) -> Callable:
         return self.api_operation(["GET", "HEAD"], path, **options)
 
     def get_openapi_schema(self, **options: Any) -> dict:
-        schema = super().get_openapi_schema(**options)
-        for operations in schema["paths"].values():
-            operations.pop("head", None)
-        return schema
+        """The OpenAPI document, built once a process for each set of options (ninja builds
+        it anew for every request, which takes a fifth of a second of CPU; the API does not
+        change while the process runs). Callers must not change it."""
+        key = repr(sorted(options.items()))
+        if key not in self._schemas:
+            schema = super().get_openapi_schema(**options)
+            for operations in schema["paths"].values():
+                operations.pop("head", None)
+            self._schemas[key] = schema
+        return self._schemas[key]
 
     @property
     def urls(self):
