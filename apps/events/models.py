@@ -180,4 +180,4 @@ class WebhookAttempt(models.Model):
         ordering = ["-number"]
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of {self.delivery_id}"
+        return f"attempt {self.number} of delivery {self.delivery_id}"
