@@ -91,7 +91,11 @@ What tests assert on: `Simulator.calls` (a `CallRegistry`): `calls` (live and pe
 sidebands as a failing upstream would, the call going on; `refuse_sidebands(call_id, count)`
 makes the next `count` sideband handshakes for the call fail as the service fails when it
 errs (HTTP 500, `server_error`), the call going on (`sidebands_refused` [call_id], one for each
-refused); `Simulator.close_session` (or the session's expiry) ends the whole call.
+refused); `slow_accept(call_id, seconds, status=200)` makes the call's next accept answer
+`seconds` late: with 200 the call is accepted at once and only the answer is late (a slow
+service, whose webhook sender may give up and deliver again), with 500 it is refused as the
+service fails when it errs (`server_error`), the call left pending; `Simulator.close_session`
+(or the session's expiry) ends the whole call.
 """
 
 from __future__ import annotations
@@ -261,6 +265,7 @@ class CallRegistry:
         self.answers: list[str] = []
         self.webhooks: list[tuple[str, int | None]] = []  # (call id, the console's status)
         self._refusals: dict[str, int] = {}  # call id → sideband handshakes still to refuse
+        self._slow_accepts: dict[str, tuple[float, int]] = {}  # call id → (delay, status)
         self.sidebands_refused: list[str] = []
 
     def get(self, call_id: str) -> Call | None:
@@ -505,7 +510,24 @@ class CallRegistry:
 
     # --- call control --------------------------------------------------------------------
 
+    def slow_accept(self, call_id: str, seconds: float, status: int = 200) -> None:
+        """Tests: the call's next accept is answered `seconds` late, with `status` (see the
+        module docstring)."""
+        self._slow_accepts[call_id] = (seconds, status)
+
     async def accept(self, call: Call, body: dict[str, Any]) -> HTTPResponse:
+        delay, status = self._slow_accepts.pop(call.id, (0.0, 200))
+        if status >= 500:
+            await asyncio.sleep(delay)
+            return error_response(
+                status, "The server had an error while processing your request.",
+                code="server_error", error_type="server_error",
+            )
+        answer = self._accept(call, body)
+        await asyncio.sleep(delay)
+        return answer
+
+    def _accept(self, call: Call, body: dict[str, Any]) -> HTTPResponse:
         if call.status != "pending":
             raise Rejected(
                 "call_not_pending", f"Call '{call.id}' is not a pending SIP call: it cannot be accepted."
