@@ -82,12 +82,23 @@ class CallProfile(models.Model):
 
 
 class SeenWebhook(models.Model):
-    """A webhook-id already handled: a delivery repeated by the upstream is answered 200 and
-    not acted on twice. Rows older than a day are deleted (the upstream retries for less)."""
+    """A webhook delivery, by its `webhook-id`, and the claim on acting on it
+    (apps/calls/deliveries.py): one handler at a time, in any process, until it is `done`.
+    Rows older than a day are deleted (the upstream retries for less)."""
+
+    class Stage(models.TextChoices):
+        RECEIVED = "received", "received"  # nothing done upstream yet
+        ACCEPTED = "accepted", "accepted"  # the upstream accepted the call; not attached yet
+        DONE = "done", "done"  # handled: `answer` is what it was answered
 
     webhook_id = models.CharField(max_length=128, unique=True)
     event_type = models.CharField(max_length=64, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.RECEIVED)
+    # Until then a handler holds the delivery; null or past: nobody does (it failed, or its
+    # process died), and the next delivery takes it over from `stage`.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    answer = models.JSONField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.webhook_id

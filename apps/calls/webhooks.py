@@ -7,10 +7,12 @@ signature, or a recent timestamp → 400 and nothing is done. A `webhook-id` alr
 200 and nothing is done again (the upstream repeats a delivery it saw no 2xx for). A
 genuine delivery that is malformed (not a JSON object, a `webhook-id` empty or longer than
 the 128 characters kept, a call without `data.call_id`, …) → 400 naming what is wrong, and it
-is not recorded. A delivery is recorded as handled before it is acted on (so two deliveries
-at once are not both acted on) and forgotten again if acting on it fails, whatever the
-failure: the upstream's retry is then acted on, not answered `already_handled` with the call
-lost. The failure is answered 5xx (502 for the upstream's, 500 for ours), so it retries.
+is not recorded. A delivery is claimed in the database before it is acted on, so that it is
+acted on once whatever the timing of the upstream's repeats, in any process
+(apps/calls/deliveries.py): a repeat arriving while it is in hand waits for it and answers as
+it does, or does the rest of the work itself if it failed. A failure is answered 5xx (502 for
+the upstream's, 500 for ours), so that the upstream retries; an accepted call whose session
+could not be attached is attached by the retry, not accepted again.
 
 `realtime.call.incoming`: a phone call is ringing. The number dialled (SIP `To`) picks the call
 profile (apps/calls/profiles.py); the call is accepted with the profile's session
@@ -22,41 +24,43 @@ with both numbers. Other event types are answered 200 and ignored.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import openai
 from django.conf import settings
-from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.calls import profiles
+from apps.calls import deliveries, profiles
 from apps.calls.attach import attach
 from apps.calls.auth import error
 from apps.calls.keys import InvalidParameter
-from apps.calls.models import SeenWebhook
+from apps.calls.models import CallProfile, SeenWebhook
 from apps.calls.views import body_too_big
 from apps.realtime import events
 from apps.sessions import upstream_calls
-from apps.sessions.db import db_async, serialised_write
+from apps.sessions.db import db_async
 from apps.sessions.housekeeping import housekeeping
 
 log = logging.getLogger("oc.events")
 failures = logging.getLogger(__name__)
 
-SEEN_FOR = timedelta(days=1)
+Stage = SeenWebhook.Stage
 MAX_WEBHOOK_ID_CHARS = SeenWebhook._meta.get_field("webhook_id").max_length  # 128
 INCOMING_CALL = "realtime.call.incoming"
 
 
 class UpstreamFailed(Exception):
     """The upstream failed (5xx) to act on the call: the webhook is answered 502, to be retried."""
+
+
+class AttachFailed(Exception):
+    """The call was accepted and its session not attached: answered 500, the retry attaches it."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -122,22 +126,6 @@ def parse_event(body: bytes) -> dict[str, Any]:
     return event
 
 
-def _first_time(webhook_id: str, event_type: str) -> bool:
-    """Record the delivery; False if it was handled before. Forgets ids older than a day."""
-    with serialised_write():
-        SeenWebhook.objects.filter(received_at__lt=timezone.now() - SEEN_FOR).delete()
-        try:
-            SeenWebhook.objects.create(webhook_id=webhook_id, event_type=event_type[:64])
-        except IntegrityError:
-            return False
-    return True
-
-
-def _forget(webhook_id: str) -> None:
-    with serialised_write():
-        SeenWebhook.objects.filter(webhook_id=webhook_id).delete()
-
-
 @csrf_exempt
 async def openai_webhook(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
@@ -167,34 +155,63 @@ async def openai_webhook(request: HttpRequest) -> HttpResponse:
         log.warning(json.dumps(refusal))
         return error(400, invalid.code, invalid.message, param=invalid.param)
     event_type = event.get("type", "")
-    if not await db_async(_first_time)(webhook_id, event_type):
+    found = await deliveries.claim_or_wait(webhook_id, event_type)
+    if found.stage == Stage.DONE:
         log.info(json.dumps({"event": "webhook.repeated", "webhook_id": webhook_id, "type": event_type}))
-        return JsonResponse({"status": "already_handled"})
+        return JsonResponse({"status": "already_handled", "handled": found.answer})
+    if not found.held:
+        in_hand = {"event": "webhook.in_hand", "webhook_id": webhook_id, "type": event_type}
+        log.warning(json.dumps(in_hand))
+        response = error(
+            503,
+            "webhook_in_progress",
+            f"The first delivery of this webhook-id is still being handled after "
+            f"{deliveries.REPEAT_WAIT:g} s: deliver it again later.",
+            param="webhook-id",
+            kind="server_error",
+        )
+        response["Retry-After"] = "5"
+        return response
     if event_type != INCOMING_CALL:
         log.info(json.dumps({"event": "webhook.ignored", "webhook_id": webhook_id, "type": event_type}))
+        await db_async(deliveries.finish)(webhook_id, {"status": "ignored"})
         return JsonResponse({"status": "ignored"})
-    handled = False
+    return await deliveries.run_detached(
+        functools.partial(_handle_call, event["data"], webhook_id, found.stage)
+    )
+
+
+async def _handle_call(data: dict, webhook_id: str, stage: str) -> JsonResponse:
+    """Act on the call from `stage` on, and record the outcome: done with the answer, or the
+    claim released for the upstream's retry (answered 5xx, so that it retries)."""
     try:
-        response = await _incoming_call(event["data"], webhook_id)
-        handled = True
-        return response
+        async with asyncio.timeout(deliveries.HANDLING_LIMIT):
+            response = await _incoming_call(data, webhook_id, stage)
     except (httpx.HTTPError, UpstreamFailed) as exc:
         log.warning(json.dumps({"event": "call.upstream_unreachable", "webhook_id": webhook_id, "error": type(exc).__name__}))
-        return error(502, "upstream_unreachable", "The upstream could not be reached to answer the call.", kind="upstream_error")
+        response = error(
+            502,
+            "upstream_unreachable",
+            "The upstream could not be reached to answer the call.",
+            kind="upstream_error",
+        )
     except Exception:
         failures.exception("webhook %s: handling the incoming call failed", webhook_id)
-        return error(
+        response = error(
             500,
             "server_error",
             "The server failed to handle the incoming call; the failure is logged and the "
             "delivery is not recorded as handled, so a retry is.",
             kind="server_error",
         )
-    finally:
-        if not handled:
-            # Not handled, whatever stopped it (even a cancelled request): the upstream may
-            # deliver it again, and then it is acted on.
-            await db_async(_forget)(webhook_id)
+    except BaseException:  # cancelled: the process is stopping; the retry is acted on
+        await db_async(deliveries.release)(webhook_id)
+        raise
+    if response.status_code == 200:
+        await db_async(deliveries.finish)(webhook_id, json.loads(response.content))
+    else:
+        await db_async(deliveries.release)(webhook_id)
+    return response
 
 
 async def _reject(call_id: str, body: dict | None = None) -> upstream_calls.UpstreamAnswer:
@@ -206,36 +223,58 @@ async def _reject(call_id: str, body: dict | None = None) -> upstream_calls.Upst
     return answer
 
 
-async def _incoming_call(data: dict, webhook_id: str) -> JsonResponse:
+async def _incoming_call(data: dict, webhook_id: str, stage: str) -> JsonResponse:
+    """Answer the call and attach it; from `stage` `accepted` (an earlier delivery's accept
+    was taken, its attach failed), attach it only: the upstream refuses a second accept."""
     call_id = data["call_id"]  # a string, not empty (parse_event)
     caller_number = profiles.sip_number(profiles.sip_header(data, "From"))
     dialled_number = profiles.sip_number(profiles.sip_header(data, "To"))
     profile = await db_async(profiles.profile_for)(dialled_number)
     common = {"call_id": call_id, "from": caller_number, "to": dialled_number, "webhook_id": webhook_id}
-    if profile is None:
-        answer = await _reject(call_id)
-        log.info(json.dumps({"event": "call.rejected", **common, "reason": "no call profile names the number", "upstream_status": answer.status}))
-        return JsonResponse({"status": "rejected", "call_id": call_id})
-    if housekeeping().full() is not None:
-        # 486 Busy Here: the caller's phone says the line is busy, and they may call again.
-        answer = await _reject(call_id, {"status_code": 486})
-        log.warning(json.dumps({"event": "call.rejected", **common, "reason": "too_many_sessions", "upstream_status": answer.status}))
-        return JsonResponse({"status": "rejected", "call_id": call_id, "reason": "too_many_sessions"})
-    config = profile.session_config(settings.OC_REALTIME_MODEL)
-    answer = await upstream_calls.call_action(call_id, "accept", config)
-    if not answer.ok:
-        log.warning(json.dumps({"event": "call.accept_failed", **common, "profile": profile.name, "upstream_status": answer.status}))
-        if answer.status >= 500:
-            raise UpstreamFailed(f"accept answered {answer.status}")
-        return JsonResponse({"status": "accept_failed", "call_id": call_id, "upstream_status": answer.status})
-    log.info(json.dumps({"event": "call.accepted", **common, "profile": profile.name}))
-    await attach(
+    if stage == Stage.ACCEPTED:
+        # Ours already: attached whatever the profiles and the load say now.
+        profile = profile or CallProfile(name="(no profile)")
+        log.info(json.dumps({"event": "call.attach_retried", **common, "profile": profile.name}))
+    else:
+        not_accepted = await _accept(call_id, profile, common)
+        if not_accepted is not None:
+            return not_accepted
+        await db_async(deliveries.advance)(webhook_id, Stage.ACCEPTED)
+    attached = await attach(
         call_id=call_id,
         kind="sip",
-        model=config["model"],
+        model=profile.session_config(settings.OC_REALTIME_MODEL)["model"],
         connected_by=f"sip:{caller_number or 'unknown'}",
         caller_number=caller_number,
         dialled_number=dialled_number,
         label=profile.name,
     )
+    if not attached:
+        raise AttachFailed(f"call {call_id} was accepted and not attached")
     return JsonResponse({"status": "accepted", "call_id": call_id, "profile": profile.name})
+
+
+async def _accept(call_id: str, profile: CallProfile | None, common: dict) -> JsonResponse | None:
+    """Accept the call with the profile's session configuration (None), or reject it, or say
+    that the upstream refused the accept (the answer to give)."""
+    if profile is None:
+        answer = await _reject(call_id)
+        rejected = {"reason": "no call profile names the number", "upstream_status": answer.status}
+        log.info(json.dumps({"event": "call.rejected", **common, **rejected}))
+        return JsonResponse({"status": "rejected", "call_id": call_id})
+    if housekeeping().full() is not None:
+        # 486 Busy Here: the caller's phone says the line is busy, and they may call again.
+        answer = await _reject(call_id, {"status_code": 486})
+        rejected = {"reason": "too_many_sessions", "upstream_status": answer.status}
+        log.warning(json.dumps({"event": "call.rejected", **common, **rejected}))
+        return JsonResponse({"status": "rejected", "call_id": call_id, "reason": "too_many_sessions"})
+    config = profile.session_config(settings.OC_REALTIME_MODEL)
+    answer = await upstream_calls.call_action(call_id, "accept", config)
+    if not answer.ok:
+        failed = {"profile": profile.name, "upstream_status": answer.status}
+        log.warning(json.dumps({"event": "call.accept_failed", **common, **failed}))
+        if answer.status >= 500:
+            raise UpstreamFailed(f"accept answered {answer.status}")
+        return JsonResponse({"status": "accept_failed", "call_id": call_id, "upstream_status": answer.status})
+    log.info(json.dumps({"event": "call.accepted", **common, "profile": profile.name}))
+    return None

@@ -18,7 +18,7 @@ import websockets
 from django.utils import timezone
 
 from apps.calls.models import CallProfile
-from apps.sessions.models import ClientSecret
+from apps.sessions.models import ClientSecret, LiveSession
 from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
 from tests.conftest import UPSTREAM_KEY
 from tests.sessions.test_sideband import Observer
@@ -275,3 +275,66 @@ async def test_a_webrtc_call_on_the_embedded_simulator_is_answered_and_hung_up(d
         assert hangup.status_code == 202, hangup.text
         ended = await listed(daphne, api_token, lambda s: s["id"] == session["id"] and s["status"] == "ended")
         assert ended["end_reason"] == "hung_up"
+
+
+WRONG_SECRET = "whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC0xMjM0NQ=="
+
+
+async def _silent_pending_call(simulator, daphne) -> str:
+    """A pending SIP call whose caller says nothing (its own webhook refused, as above)."""
+    placed = await sip_call(simulator, daphne, to="+15550001111", secret=WRONG_SECRET, say=[])
+    assert placed["webhook_status"] == 400
+    return placed["call_id"]
+
+
+async def _attached(daphne, api_token, call_id: str) -> int:
+    """How many sessions steer the call, once one is live."""
+    await listed(daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live")
+    return await LiveSession.objects.filter(call_id=call_id).acount()
+
+
+async def test_a_delivery_repeated_because_the_accept_was_slow_is_steered_once(
+    daphne, simulator, api_token
+):
+    """The upstream stops waiting for the webhook's answer while the console's accept is slow,
+    and delivers it again (same webhook-id), twice at once here: the first delivery's work goes
+    on, the repeats wait for it and answer 200, and the call is accepted and attached once."""
+    call_id = await _silent_pending_call(simulator, daphne)
+    simulator.sim.calls.slow_accept(call_id, 0.4)
+    body, headers = signed(incoming_call(call_id))
+    url = f"{daphne.http_url}/v1/webhooks/openai"
+    async with httpx.AsyncClient(timeout=10) as http:
+        first = asyncio.create_task(http.post(url, content=body, headers=headers))
+        for _ in range(250):
+            if simulator.sim.calls.get(call_id).status != "pending":  # the accept was taken
+                break
+            await asyncio.sleep(0.02)
+        first.cancel()  # and the upstream stops waiting for the webhook's answer
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        repeats = await asyncio.gather(
+            *[http.post(url, content=body, headers=headers) for _ in range(2)]
+        )
+    assert [r.status_code for r in repeats] == [200, 200], [r.text for r in repeats]
+    assert [c for c, _ in simulator.sim.calls.accepts if c == call_id] == [call_id]
+    assert await _attached(daphne, api_token, call_id) == 1
+
+
+async def test_a_repeat_waiting_on_a_first_delivery_that_fails_does_the_work_itself(
+    daphne, simulator, api_token
+):
+    """A repeat arriving while the first delivery is in hand is not answered 200 at once: the
+    first then fails (the upstream's accept errs), so the repeat accepts and attaches the call."""
+    call_id = await _silent_pending_call(simulator, daphne)
+    simulator.sim.calls.slow_accept(call_id, 0.4, status=500)
+    body, headers = signed(incoming_call(call_id))
+    url = f"{daphne.http_url}/v1/webhooks/openai"
+    async with httpx.AsyncClient(timeout=10) as http:
+        first = asyncio.create_task(http.post(url, content=body, headers=headers))
+        await asyncio.sleep(0.15)
+        repeat = await http.post(url, content=body, headers=headers)
+        first = await first
+    assert first.status_code == 502, first.text
+    assert repeat.status_code == 200 and repeat.json()["status"] == "accepted", repeat.text
+    assert [c for c, _ in simulator.sim.calls.accepts if c == call_id] == [call_id]
+    assert await _attached(daphne, api_token, call_id) == 1

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
 from django.test import AsyncClient
+from django.utils import timezone
 
-from apps.calls import webhooks
+from apps.calls import deliveries, webhooks
 from apps.calls.models import CallProfile, SeenWebhook
 from apps.calls.profiles import sip_number
 from apps.sessions import upstream_calls
@@ -252,9 +254,10 @@ async def test_an_empty_or_over_long_webhook_id_is_refused_not_cut(stand_in, web
     assert longest.json()["status"] == "accepted", "an id of 128 characters is taken whole"
 
 
-async def test_a_failure_while_handling_a_call_leaves_the_delivery_to_be_retried(
+async def test_an_accepted_call_whose_attach_failed_is_attached_by_the_retry_not_accepted_again(
     stand_in, monkeypatch
 ):
+    """The upstream refuses a second accept of a call: the retry only attaches it."""
     calls = []
 
     async def attach_once_failing(**arguments):
@@ -268,11 +271,41 @@ async def test_a_failure_while_handling_a_call_leaves_the_delivery_to_be_retried
     failed = await deliver(body, headers)
     assert failed.status_code == 500 and failed["Content-Type"] == "application/json"
     assert failed.json()["error"]["type"] == "server_error"
-    assert not await SeenWebhook.objects.filter(webhook_id="wh_fails").aexists(), "forgotten"
+    seen = await SeenWebhook.objects.aget(webhook_id="wh_fails")
+    assert (seen.stage, seen.claimed_until) == ("accepted", None), "free for the retry"
     retried = await deliver(body, headers)
     assert retried.status_code == 200, "the retry is handled"
     assert retried.json()["status"] == "accepted"
     assert len(calls) == 2
+    assert [path for path, _, _ in stand_in["requests"]] == ["/v1/realtime/calls/rtc_fails/accept"]
+    again = await deliver(body, headers)
+    assert again.json() == {"status": "already_handled", "handled": retried.json()}
+
+
+async def test_a_repeat_finding_the_delivery_in_hand_past_its_wait_is_answered_503(
+    stand_in, monkeypatch
+):
+    """Not 200: that would stop the upstream's retries with the call's fate unknown."""
+    monkeypatch.setattr(deliveries, "REPEAT_WAIT", 0.2)
+    held = timezone.now() + timedelta(seconds=60)
+    await SeenWebhook.objects.acreate(webhook_id="wh_held", claimed_until=held)
+    response = await deliver(*signed(incoming_call("rtc_held"), webhook_id="wh_held"))
+    assert response.status_code == 503 and response["Retry-After"], response.content
+    error = response.json()["error"]
+    assert error["param"] == "webhook-id" and "0.2 s" in error["message"], error
+    assert stand_in["requests"] == [] and stand_in["attached"] == []
+
+
+@pytest.mark.parametrize(("stage", "upstream"), [("received", ["accept"]), ("accepted", [])])
+async def test_a_claim_whose_holder_died_is_taken_over_from_where_it_stopped(
+    stand_in, stage, upstream
+):
+    lapsed = timezone.now() - timedelta(seconds=1)
+    await SeenWebhook.objects.acreate(webhook_id="wh_orphan", stage=stage, claimed_until=lapsed)
+    response = await deliver(*signed(incoming_call("rtc_orphan"), webhook_id="wh_orphan"))
+    assert response.json()["status"] == "accepted", response.content
+    assert [path.rsplit("/", 1)[-1] for path, _, _ in stand_in["requests"]] == upstream
+    assert len(stand_in["attached"]) == 1
 
 
 async def test_without_a_default_profile_the_projects_defaults_answer(stand_in):
