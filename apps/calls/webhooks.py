@@ -10,7 +10,8 @@ the 128 characters kept, a call without `data.call_id`, …) → 400 naming what
 is not recorded. A delivery is claimed in the database before it is acted on, so that it is
 acted on once whatever the timing of the upstream's repeats, in any process
 (apps/calls/deliveries.py): a repeat arriving while it is in hand waits for it and answers as
-it does, or does the rest of the work itself if it failed. A failure is answered 5xx (502 for
+it does, or does the rest of the work itself if it failed (past its wait, it is answered 200
+`in_progress` and not acted on, as the contract has it). A failure is answered 5xx (502 for
 the upstream's, 500 for ours), so that the upstream retries; an accepted call whose session
 could not be attached is attached by the retry, not accepted again.
 
@@ -160,18 +161,16 @@ async def openai_webhook(request: HttpRequest) -> HttpResponse:
         log.info(json.dumps({"event": "webhook.repeated", "webhook_id": webhook_id, "type": event_type}))
         return JsonResponse({"status": "already_handled", "handled": found.answer})
     if not found.held:
+        # CONTRACT §7: a repeated webhook-id is answered 200, and this one is not acted on. A
+        # 503 would have the upstream retry, in case the first fails after all; the contract
+        # does not allow it.
         in_hand = {"event": "webhook.in_hand", "webhook_id": webhook_id, "type": event_type}
         log.warning(json.dumps(in_hand))
-        response = error(
-            503,
-            "webhook_in_progress",
+        message = (
             f"The first delivery of this webhook-id is still being handled after "
-            f"{deliveries.REPEAT_WAIT:g} s: deliver it again later.",
-            param="webhook-id",
-            kind="server_error",
+            f"{deliveries.REPEAT_WAIT:g} s; this one is not acted on."
         )
-        response["Retry-After"] = "5"
-        return response
+        return JsonResponse({"status": "in_progress", "message": message})
     if event_type != INCOMING_CALL:
         log.info(json.dumps({"event": "webhook.ignored", "webhook_id": webhook_id, "type": event_type}))
         await db_async(deliveries.finish)(webhook_id, {"status": "ignored"})

@@ -282,17 +282,17 @@ async def test_an_accepted_call_whose_attach_failed_is_attached_by_the_retry_not
     assert again.json() == {"status": "already_handled", "handled": retried.json()}
 
 
-async def test_a_repeat_finding_the_delivery_in_hand_past_its_wait_is_answered_503(
+async def test_a_repeat_finding_the_delivery_in_hand_past_its_wait_is_answered_200_and_not_acted_on(
     stand_in, monkeypatch
 ):
-    """Not 200: that would stop the upstream's retries with the call's fate unknown."""
+    """CONTRACT §7: a repeated webhook-id → 200, nothing done twice."""
     monkeypatch.setattr(deliveries, "REPEAT_WAIT", 0.2)
     held = timezone.now() + timedelta(seconds=60)
     await SeenWebhook.objects.acreate(webhook_id="wh_held", claimed_until=held)
     response = await deliver(*signed(incoming_call("rtc_held"), webhook_id="wh_held"))
-    assert response.status_code == 503 and response["Retry-After"], response.content
-    error = response.json()["error"]
-    assert error["param"] == "webhook-id" and "0.2 s" in error["message"], error
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["status"] == "in_progress" and "0.2 s" in answer["message"], answer
     assert stand_in["requests"] == [] and stand_in["attached"] == []
 
 
