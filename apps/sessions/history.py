@@ -52,6 +52,8 @@ class CreateRow:
 
     instance: Any
     event: dict[str, Any] | None = None  # logged (as JSON) once committed
+    # Counters of other rows that this row adds one to, in its transaction: (model, pk, field).
+    adds: tuple[tuple[type, Any, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -215,24 +217,32 @@ def _database_answers() -> bool:
 
 def apply_batch(batch: list[Operation]) -> None:
     """Apply merged operations: between two callables, the inserts as one `bulk_create` per
-    model and the updates as one `update_many` per (model, set of fields). Rows inserted here
-    took their updates in `merge`, so the updates only touch older rows and their order
-    among themselves does not matter."""
+    model, what they add to counters as one `add_many` per (model, field), and the updates as
+    one `update_many` per (model, set of fields). Rows inserted here took their updates in
+    `merge`, so the updates only touch older rows and their order among themselves does not
+    matter."""
     inserts: dict[type, list] = {}
+    adds: dict[tuple[type, str], dict[Any, int]] = {}
     updates: dict[tuple[type, tuple[str, ...]], list[UpdateRow]] = {}
 
     def drain() -> None:
         for model, instances in inserts.items():
             model.objects.bulk_create(instances)
+        for (model, name), amounts in adds.items():
+            add_many(model, name, amounts)
         for (model, names), rows in updates.items():
             update_many(model, names, rows)
         inserts.clear()
+        adds.clear()
         updates.clear()
 
     for operation in batch:
         kind = type(operation)
         if kind is CreateRow:
             inserts.setdefault(type(operation.instance), []).append(operation.instance)
+            for model, pk, name in operation.adds:
+                amounts = adds.setdefault((model, name), {})
+                amounts[pk] = amounts.get(pk, 0) + 1
         elif kind is UpdateRow:
             if operation.fields:
                 names = tuple(sorted(operation.fields))
@@ -257,16 +267,26 @@ def update_many(model: type[Model], names: tuple[str, ...], rows: list[UpdateRow
     meta = model._meta
     fields = [meta.get_field(name) for name in names]
     quote = connection.ops.quote_name
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(
-        quote(meta.db_table),
-        ", ".join(f"{quote(field.column)} = %s" for field in fields),
-        quote(meta.pk.column),
-    )
     params = [
         [field.get_db_prep_save(row.fields[field.name], connection) for field in fields]
         + [meta.pk.get_db_prep_save(row.pk, connection)]
         for row in rows
     ]
+    _update_by_pk(model, ", ".join(f"{quote(field.column)} = %s" for field in fields), params)
+
+
+def add_many(model: type[Model], name: str, amounts: dict[Any, int]) -> None:
+    """`UPDATE <table> SET n = n + %s WHERE <pk> = %s` for each row (pk → amount): counters
+    added to in the database, so that writers in other processes never overwrite each other."""
+    meta = model._meta
+    column = connection.ops.quote_name(meta.get_field(name).column)
+    params = [[amount, meta.pk.get_db_prep_save(pk, connection)] for pk, amount in amounts.items()]
+    _update_by_pk(model, f"{column} = {column} + %s", params)
+
+
+def _update_by_pk(model: type[Model], assignments: str, params: list[list[Any]]) -> None:
+    quote, meta = connection.ops.quote_name, model._meta
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
 

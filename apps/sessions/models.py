@@ -74,6 +74,14 @@ class LiveSession(models.Model):
     )
     usage = models.JSONField(default=dict, blank=True, help_text="Tokens so far: every response's usage, summed.")
     watchers = models.JSONField(default=list, blank=True, help_text="Operators watching it now.")
+    # Its requests of each origin so far (`counter()` names the field). The writers of requests
+    # (the submit service, the history writer) add one in the transaction that inserts the
+    # request, so the dashboard's once-a-second read of every live session reads these
+    # instead of counting each session's requests (which grow for as long as a call lasts).
+    requests_caller = models.PositiveIntegerField(default=0, editable=False)
+    requests_console = models.PositiveIntegerField(default=0, editable=False)
+    requests_api = models.PositiveIntegerField(default=0, editable=False)
+    requests_server = models.PositiveIntegerField(default=0, editable=False)
     recording = models.FileField(
         upload_to="recordings/", blank=True, help_text="Both sides of a voice call, as a stereo WAV."
     )
@@ -90,11 +98,18 @@ class LiveSession(models.Model):
             models.Index(fields=["status", "-started_at"]),
             # Every session newest first (the admin's list, the REST hook's): the id breaks ties.
             models.Index(fields=["started_at", "id"]),
+            # The sessions an API token connected (its usage in the admin's token list).
+            models.Index(fields=["connected_by"]),
         ]
         permissions = [("listen_session", "Can listen to live sessions")]
 
     def __str__(self) -> str:
         return self.upstream_id or f"(connecting {self.id})"
+
+    @staticmethod
+    def counter(origin: str) -> str:
+        """The field that counts a session's requests of `origin`."""
+        return f"requests_{origin}"
 
     @property
     def end_summary(self) -> str:
@@ -195,6 +210,12 @@ class ResponseRequest(models.Model):
             models.Index(fields=["status", "-created_at"]),
             models.Index(fields=["origin", "-created_at"]),
             models.Index(fields=["response_id"]),
+            # A session's latest finished request (the dashboard's last activity), read alone.
+            models.Index(fields=["session", "finished_at"]),
+            # What one operator or token asked for (the admin's token list, `requested_by=`),
+            # and the server's responses in the sessions a token connected (the same list).
+            models.Index(fields=["requested_by"]),
+            models.Index(fields=["session", "origin"]),
             # The history as the REST hook pages and exports it: by time, the id breaking ties.
             models.Index(fields=["created_at", "id"]),
         ]

@@ -184,6 +184,7 @@ def request_created(
             "by": requested_by,
             "status": status,
         },
+        adds=((LiveSession, key, LiveSession.counter(origin)),),
     )
 
 

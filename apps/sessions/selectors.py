@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -164,11 +165,42 @@ NOT_ON_DASHBOARD = (
 )
 
 
+def _latest(field: str) -> Subquery:
+    """The session's latest request `field` (a time): one step down its (session, field) index."""
+    theirs = ResponseRequest.objects.filter(session=OuterRef("pk"), **{f"{field}__isnull": False})
+    return Subquery(theirs.order_by(f"-{field}").values(field)[:1])
+
+
 def live_sessions(*, limit: int = 500) -> list[LiveSession]:
-    """Live sessions from the table (any process's), newest first, `counted()`; for the
-    dashboard (`to_dict()` and what `apps.console.feed.summary` adds)."""
-    sessions = LiveSession.objects.filter(upstream_id__isnull=False, status=LiveSession.Status.LIVE)
-    return counted(sessions.defer(*NOT_ON_DASHBOARD), limit=limit)
+    """Live sessions from the table (any process's), newest first, with the annotations of
+    `counted()`; for the dashboard (`to_dict()` and what `apps.console.feed.summary` adds).
+
+    Read once a second, so nothing here reads a session's requests one by one (they grow for
+    as long as a call lasts): the counts by origin are the ones the row keeps, the latest
+    times one index step each, and the queued and in-progress requests (few: a queue has a
+    limit) come from the status index, all sessions' at once."""
+    live = LiveSession.objects.filter(upstream_id__isnull=False, status=LiveSession.Status.LIVE)
+    rows = list(
+        live.defer(*NOT_ON_DASHBOARD)
+        .annotate(last_created=_latest("created_at"), last_finished=_latest("finished_at"))
+        .order_by("-started_at", "-id")[:limit]
+    )
+    waiting = ResponseRequest.objects.order_by()
+    queued = Counter(
+        waiting.filter(status=ResponseRequest.Status.QUEUED).values_list("session", flat=True)
+    )
+    active = dict(
+        waiting.filter(status=ResponseRequest.Status.IN_PROGRESS)
+        .exclude(conversation="none")
+        .order_by("started_at")  # the latest started wins, as in sessions_with_counts()
+        .values_list("session", "response_id")
+    )
+    for session in rows:
+        session.queued = queued[session.pk]
+        session.active_response = active.get(session.pk)
+        for origin in ORIGINS:
+            setattr(session, f"origin_{origin}", getattr(session, LiveSession.counter(origin)))
+    return rows
 
 
 def nudge_stats(*, now: datetime | None = None) -> dict[str, Any]:

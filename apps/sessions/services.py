@@ -25,6 +25,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from apps.realtime import events
 from apps.sessions import groups, selectors
@@ -220,6 +221,8 @@ def _request_store_locked(
         idempotency_key=idempotency_key,
         idempotency_digest=idempotency_digest,
     )
+    counter = LiveSession.counter(origin)  # counted in this transaction, as the row is stored
+    LiveSession.objects.filter(pk=session.pk).update(**{counter: F(counter) + 1})
     if history.recorder is not None:  # the event log (apps/events): `queued`, in this transaction
         history.recorder.request_queued(request)
     transaction.on_commit(
