@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create
+from tests.support.sqlite import sqlite_steps
 
 pytestmark = pytest.mark.django_db
 
@@ -284,6 +285,46 @@ def test_the_token_pages_read_the_requests_once_and_the_detail_for_its_token_alo
     reads, detail = reads_of_the_requests(f"/admin/oc_sessions/apitoken/{script.pk}/change/")
     assert len(reads) == 1 and "'token:script'" in reads[0], f"not its token's alone: {reads}"
     assert "15 tokens in 1 requests" in detail
+
+
+def _token_session(upstream_id: str, connected_by: str) -> LiveSession:
+    return LiveSession.objects.create(
+        upstream_id=upstream_id, model="gpt-realtime", connected_by=connected_by
+    )
+
+
+def test_the_token_list_reads_its_tokens_history_not_everyones(staff_client):
+    """The list summed every token's requests for each page: a full scan of the history
+    (200 000 requests, every view). It reads the page's tokens' rows alone, by their names'
+    indexes: the operators' requests and another token's sessions add nothing to a view.
+    Measured in SQLite's instructions, which a fast machine does not make fewer."""
+    api_token_create(name="script")
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    mine = _token_session("sess_mine", "token:script")
+    asked = (("caller", "token:script"), ("server", ""), ("console", "alice"))
+    ResponseRequest.objects.bulk_create(
+        ResponseRequest(id=f"req_mine{n}", session=mine, origin=o, requested_by=by, usage=usage)
+        for n, (o, by) in enumerate(asked)
+    )
+
+    def view() -> tuple[int, str]:
+        with sqlite_steps() as steps:
+            page = staff_client.get("/admin/oc_sessions/apitoken/")
+        assert page.status_code == 200
+        return steps[0], page.content.decode()
+
+    view()  # the first view reads the user, the session, the permissions
+    few, listing = view()
+    assert "30 tokens in 2 requests" in listing, "its caller's request and the server's"
+    theirs = _token_session("sess_theirs", "alice")
+    ResponseRequest.objects.bulk_create(
+        ResponseRequest(id=f"req_{o}{n}", session=session, origin=o, requested_by=by, usage=usage)
+        for n in range(200)
+        for session, o, by in ((theirs, "server", ""), (mine, "console", "alice"))
+    )
+    many, listing = view()
+    assert "30 tokens in 2 requests" in listing
+    assert many <= few * 1.1, f"400 requests of others: {few} → {many} (×10 instructions)"
 
 
 def test_the_session_list_reads_its_page_by_an_index_and_scans_no_dates(staff_client):
