@@ -404,17 +404,21 @@ def fleet_usage_today(*, now: datetime | None = None) -> dict[str, Any]:
     return {"since": start.isoformat(), **totals}
 
 
-def api_token_usage(*, tokens: list[str]) -> dict[str, dict[str, Any]]:
-    """Tokens and cost of what each of `tokens` (`token:<name>`) asked for, by token (see
-    `usage_totals` for the figures): the requests it made (REST nudges, and its caller's own
-    `response.create`) and the responses the server started (server VAD) in the sessions it
-    connected. Only these tokens' rows are read, by the indexes on `requested_by` and on the
-    sessions' `connected_by`: a page of tokens costs their history, not everyone's."""
+def api_token_usage(*, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Tokens and cost of what each API token asked for, by `token:<name>` (see `usage_totals`
+    for the figures): the requests it made (REST nudges, and its caller's own `response.create`)
+    and the responses the server started (server VAD) in the sessions it connected.
+
+    With `tokens` (names `token:<name>`), those tokens' alone, and only their rows are read,
+    by the indexes on `requested_by`, on the sessions' `connected_by` and on (session,
+    origin): a page of tokens costs their history, not everyone's. Without, every token's:
+    the whole history is read."""
     server = ResponseRequest.Origin.SERVER
-    connected = LiveSession.objects.filter(connected_by__in=tokens).values("pk")
-    asked = ResponseRequest.objects.filter(
-        (Q(requested_by__in=tokens) & ~Q(origin=server)) | Q(origin=server, session__in=connected)
-    ).annotate(
+    asked = ResponseRequest.objects.annotate(
         token=Case(When(origin=server, then=F("session__connected_by")), default=F("requested_by"))
     )
-    return usage_totals(asked, by="token")
+    if tokens is None:
+        return usage_totals(asked.filter(token__startswith="token:"), by="token")
+    connected = LiveSession.objects.filter(connected_by__in=tokens).values("pk")
+    theirs = (Q(requested_by__in=tokens) & ~Q(origin=server)) | Q(origin=server, session__in=connected)
+    return usage_totals(asked.filter(theirs), by="token")

@@ -46,7 +46,7 @@ try:
         "csv": asyncio.run(csv_rows()),
         "tokens": selectors.usage_totals(mine)[None],
         "by_token": selectors.api_token_usage().get("token:pg-test"),
-        "one_token": selectors.api_token_usage(token="token:pg-test").get("token:pg-test"),
+        "one_token": selectors.api_token_usage(tokens=["token:pg-test"]).get("token:pg-test"),
         "listed": [s.to_dict()["origin_counts"]["api"] for s in selectors.session_list(limit=1000)
                    if s.upstream_id == session.upstream_id],
     }))
