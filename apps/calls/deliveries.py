@@ -15,8 +15,9 @@ while the first delivery is still being handled, in this process or another. The
   next delivery attaches it instead of accepting it again (the upstream would refuse that).
 - A repeat finding the claim held waits for it (`REPEAT_WAIT`), polling the row: `done` → it
   answers 200 with what the first was answered; released → it takes the claim and does the
-  rest of the work itself; still held at the end of the wait → 503, so the upstream delivers
-  it again later (a 200 then would stop its retries with the call's fate unknown).
+  rest of the work itself; still held at the end of the wait → 200 `in_progress`, not acted
+  on (CONTRACT §7: a repeated `webhook-id` is answered 200). That stops the upstream's
+  retries: should the first then fail, the call is not steered.
 - A claim whose holder died (its process stopped) lapses at `claimed_until`; the next delivery
   takes it over.
 
