@@ -288,9 +288,18 @@ async def _silent_pending_call(simulator, daphne) -> str:
 
 
 async def _attached(daphne, api_token, call_id: str) -> int:
-    """How many sessions steer the call, once one is live."""
-    await listed(daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live")
-    return await LiveSession.objects.filter(call_id=call_id).acount()
+    """How many sessions steer the call, once one is live; then the call is hung up (the
+    session-wide Daphne serves other modules, which count its live sessions)."""
+    session = await listed(
+        daphne, api_token, lambda s: s["call_id"] == call_id and s["status"] == "live"
+    )
+    steering = await LiveSession.objects.filter(call_id=call_id).acount()
+    bearer = {"Authorization": f"Bearer {api_token}"}
+    async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10, headers=bearer) as http:
+        hangup = await http.post(f"/api/v1/sessions/{session['id']}/hangup")
+    assert hangup.status_code == 202, hangup.text
+    await listed(daphne, api_token, lambda s: s["id"] == session["id"] and s["status"] == "ended")
+    return steering
 
 
 async def test_a_delivery_repeated_because_the_accept_was_slow_is_steered_once(
