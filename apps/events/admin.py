@@ -20,7 +20,7 @@ from apps.events.models import (
     WebhookEndpoint,
 )
 from apps.events.stream import newest_id
-from apps.sessions.admin import ReadOnlyAdmin, _ms
+from apps.sessions.admin import ReadOnlyAdmin, duration_ms
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -151,7 +151,7 @@ class WebhookAttemptInline(admin.TabularInline):
 
     @admin.display(description="duration")
     def took(self, obj: WebhookAttempt) -> str:
-        return _ms(obj.started_at, obj.finished_at)
+        return duration_ms(obj.started_at, obj.finished_at)
 
 
 @admin.register(WebhookDelivery)

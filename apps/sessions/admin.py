@@ -104,7 +104,8 @@ def _short(text: str, keep: int = 13) -> str:
     return text if len(text) <= keep + 1 else f"{text[:keep]}…"
 
 
-def _ms(start, end) -> str:
+def duration_ms(start, end) -> str:
+    """The time from `start` to `end` in whole milliseconds ("—" when either is unknown)."""
     if start is None or end is None:
         return "—"
     return f"{(end - start).total_seconds() * 1000:.0f} ms"
@@ -322,15 +323,15 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
 
     @admin.display(description="queued for")
     def queue_wait(self, obj):
-        return _ms(obj.created_at, obj.sent_at)
+        return duration_ms(obj.created_at, obj.sent_at)
 
     @admin.display(description="sent → started")
     def latency(self, obj):
-        return _ms(obj.sent_at, obj.started_at)
+        return duration_ms(obj.sent_at, obj.started_at)
 
     @admin.display(description="started → finished")
     def duration(self, obj):
-        return _ms(obj.started_at, obj.finished_at)
+        return duration_ms(obj.started_at, obj.finished_at)
 
 
 class ApiTokenAddForm(forms.ModelForm):
