@@ -68,7 +68,6 @@ def claim(webhook_id: str, event_type: str) -> Claim:
     now = timezone.now()
     rows = SeenWebhook.objects.filter(webhook_id=webhook_id)
     with serialised_write():
-        SeenWebhook.objects.filter(received_at__lt=now - SEEN_FOR).delete()
         try:
             SeenWebhook.objects.create(
                 webhook_id=webhook_id, event_type=event_type[:64], claimed_until=now + HOLD_FOR
@@ -83,6 +82,12 @@ def claim(webhook_id: str, event_type: str) -> Claim:
     if row is None:  # forgotten between the two statements: the next look creates it
         return Claim(held=False, stage=Stage.RECEIVED)
     return Claim(held=bool(taken), stage=row.stage, answer=row.answer)
+
+
+def forget_old() -> None:
+    """Deliveries older than SEEN_FOR are forgotten (once per delivery, before its claim)."""
+    with serialised_write():
+        SeenWebhook.objects.filter(received_at__lt=timezone.now() - SEEN_FOR).delete()
 
 
 def advance(webhook_id: str, stage: str) -> None:
@@ -108,6 +113,7 @@ def release(webhook_id: str) -> None:
 async def claim_or_wait(webhook_id: str, event_type: str) -> Claim:
     """The claim, once this delivery holds it or the delivery is done; or, after REPEAT_WAIT
     of another holding it, that (`held` False, `stage` not done)."""
+    await db_async(forget_old)()
     deadline = asyncio.get_running_loop().time() + REPEAT_WAIT
     while True:
         found = await db_async(claim)(webhook_id, event_type)
