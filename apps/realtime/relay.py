@@ -1257,7 +1257,7 @@ class RelayCore:
             self._watchers.pop(watcher, None)
         for gone in [w for w, (_, expires) in self._watchers.items() if expires < now]:
             del self._watchers[gone]
-        self.transcript.recording = bool(self._watchers)
+        self.transcript.watched(bool(self._watchers), streaming=self.sequencer.live_response_ids)
         after = self.watchers
         if after != before:
             actions.append(

@@ -290,6 +290,11 @@ class Sequencer:
         return None
 
     @property
+    def live_response_ids(self) -> tuple[str, ...]:
+        """Every response in progress, in and out of the conversation, in order."""
+        return tuple(self._live)
+
+    @property
     def active_request_id(self) -> str | None:
         response_id = self.active_response_id
         return None if response_id is None else self._live[response_id].request_id

@@ -7,9 +7,12 @@ stream of deltas into one update per entry per interval, so a busy session canno
 browser.
 
 Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
-"response_id"?, "request_id"?, "interrupted"?}`: an agent's turn names the operator's request
-that asked for it (a nudged turn), and says when the caller interrupted it (its response was
-cancelled because the caller spoke). A change is `{"id", "role", "append": str}` (text to add) or a whole entry
+"response_id"?, "request_id"?, "interrupted"?, "partial"?}`: an agent's turn names the operator's
+request that asked for it (a nudged turn), and says when the caller interrupted it (its response
+was cancelled because the caller spoke).
+Deltas are read only while someone watches. An agent's turn that was already streaming when
+watching began has missed its first deltas: it is `partial` (its text lacks its beginning) until
+its response ends and gives the whole text. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
 (`"text"` replaces what the browser has).
 A tool call (`tools`) is an entry of role `"tool"` whose `"tool"` holds its kind, name,
 arguments, output and duration; its text is the output. They are kept as plain tuples of strings and flags,
@@ -85,6 +88,8 @@ class Transcript:
     def __init__(self, limit: int = 100) -> None:
         self.limit = limit
         self.recording = False
+        self._partial: set[str] = set()  # streaming agent entries whose beginning was not read
+        self._missed: frozenset[str] = frozenset()  # responses streaming as watching began
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._changes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._finals: list[dict[str, Any]] = []
@@ -116,6 +121,17 @@ class Transcript:
 
     # ------------------------------------------------------------------ inputs
 
+    def watched(self, watched: bool, *, streaming: tuple[str, ...] = ()) -> None:
+        """Someone watches (or nobody does any more). `streaming`: the responses in progress,
+        whose deltas so far were not read."""
+        if watched and not self.recording:
+            for entry_id, entry in self._entries.items():
+                if entry[1] == "agent" and not entry[3]:  # deltas went unread: a gap
+                    self._entries[entry_id] = (entry_id, "agent", "", *entry[3:])
+                    self._partial.add(entry_id)
+            self._missed = frozenset(streaming)
+        self.recording = watched
+
     def item_done(self, item: Mapping[str, Any]) -> None:
         """A conversation item is complete (the caller's text, an operator's note)."""
         if item.get("type") != "message" or not isinstance(item.get("id"), str):
@@ -138,13 +154,18 @@ class Transcript:
         entry = self._entries.get(item_id)
         if entry is None:
             entry = self._add((item_id, "agent", "", False, oob, response_id, None, False))
+            if response_id in self._missed:
+                self._partial.add(item_id)
         whole = entry[2] + text
         self._entries[item_id] = (item_id, entry[1], whole, *entry[3:])
         if not self.recording:
             return
         change = self._changes.get(item_id)
         if change is None:
-            self._changes[item_id] = {"id": item_id, "role": "agent", "append": text, "oob": oob, "response_id": response_id}
+            change = {"id": item_id, "role": "agent", "append": text, "oob": oob, "response_id": response_id}
+            if item_id in self._partial:
+                change["partial"] = True
+            self._changes[item_id] = change
         elif "append" in change:
             change["append"] += text
         else:
@@ -178,6 +199,8 @@ class Transcript:
 
     def _given(self, entry: Entry) -> dict[str, Any]:
         given = _as_dict(entry)
+        if entry[0] in self._partial:
+            given["partial"] = True
         if entry[1] == "tool" and entry[0] in self._tools:
             given["tool"] = dict(self._tools[entry[0]])
         return given
@@ -187,6 +210,7 @@ class Transcript:
         while len(self._entries) > self.limit:
             gone, _ = self._entries.popitem(last=False)
             self._tools.pop(gone, None)
+            self._partial.discard(gone)
         return entry
 
     def _set(
@@ -210,9 +234,10 @@ class Transcript:
                 old[6] if request_id is None else request_id,
                 old[7] or interrupted,
             )
-            if entry == old and not changed:
+            if entry == old and not changed and entry_id not in self._partial:
                 return
             self._entries[entry_id] = entry
+        self._partial.discard(entry_id)  # its whole text
         if done:
             self._finals.append(self._given(entry))
         if self.recording:

@@ -983,6 +983,31 @@ def test_deltas_are_read_only_while_watched_and_flushed_at_most_every_50_ms():
     assert driver.core.next_deadline is None, "nothing waits once flushed"
 
 
+def test_a_turn_already_streaming_when_watching_begins_is_partial_until_its_end():
+    """Deltas are read only while someone watches: a page opened mid-turn has not seen the
+    turn's first words, and says so, until the response's end gives the whole text."""
+    driver = started()
+    driver.step(("up", response_created("r1")))
+    driver.step(("up", delta("r1", "Ahoy")))
+    driver.step("watch w1 ann")
+    driver.step(("up", delta("r1", " there")))
+    driver.step("tick 0.05")
+    [change] = driver.last[0].message["entries"]
+    assert change["append"] == " there" and change["partial"] is True
+    driver.step("rewatch w1 ann")
+    [entry] = driver.last[0].message["transcript"]
+    assert (entry["text"], entry["partial"]) == (" there", True)
+    driver.step(("up", response_done("r1", text="Ahoy there")))
+    driver.step("tick 0.1")
+    [final] = driver.last[0].message["entries"]
+    assert final["text"] == "Ahoy there" and final["done"] and "partial" not in final
+    driver.step(("up", response_created("r2")))
+    driver.step(("up", delta("r2", "Bye")))
+    driver.step("tick 0.2")
+    [whole] = driver.last[0].message["entries"]
+    assert whole["append"] == "Bye" and "partial" not in whole, "watched from its start"
+
+
 def test_a_watcher_that_stops_renewing_is_forgotten():
     driver = started()
     driver.step("watch w1 ann")

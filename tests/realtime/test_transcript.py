@@ -102,3 +102,17 @@ def test_a_nudged_turn_names_its_request_and_an_interrupted_one_says_so():
     assert nudged["request_id"] == "req_7" and "interrupted" not in nudged
     assert interrupted["interrupted"] is True and "request_id" not in interrupted
     assert "interrupted" not in cancelled, "only the caller's speech interrupts a turn"
+
+
+def test_a_turn_whose_deltas_went_unread_while_nobody_watched_starts_again_partial():
+    transcript = Transcript()
+    transcript.watched(True)
+    transcript.delta(item_id="item_2", response_id="resp_1", text="On ", oob=False)
+    transcript.watched(False)  # "its " is said meanwhile, and not read
+    transcript.watched(True, streaming=("resp_1",))
+    transcript.delta(item_id="item_2", response_id="resp_1", text="way.", oob=False)
+    [entry] = transcript.snapshot()
+    assert (entry["text"], entry["partial"]) == ("way.", True), "no gap in the middle"
+    transcript.response_done(_response("resp_1", "item_2", "On its way."), oob=False)
+    [entry] = transcript.snapshot()
+    assert entry["text"] == "On its way." and "partial" not in entry

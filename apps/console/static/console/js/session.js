@@ -247,6 +247,8 @@ function entryNode(entry) {
   if (nudged) classes.push("nudged");
   if (interrupted) classes.push("interrupted");
   if (entry.done === false && !over) classes.push("streaming");
+  // Streaming since before this page watched: its first words were not seen here.
+  if (entry.partial && !entry.done) classes.push("partial");
   const marks = [];
   if (entry.oob) marks.push("operators only");
   if (nudged) marks.push(`nudged by ${request.requested_by || "an operator"}`);
