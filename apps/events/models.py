@@ -14,6 +14,7 @@ from django.utils import timezone
 EVENT_TYPES = (
     "session.opened",
     "session.live",
+    "session.updated",
     "session.ended",
     "request.status",
     "transcript.entry",

@@ -1,5 +1,6 @@
 """Writing the event log: in the history writer's batch transaction, and in those of the
-submit service (a request stored `queued`) and of the sweep (a dead process's session lost).
+submit service (a request stored `queued`), of the label service (a session relabelled) and of
+the sweep (a dead process's session lost).
 
 The history writer hands each batch to `BatchRecorder.prepare` before `merge` folds it (so
 every transition is still there, in order), then calls `write()` inside the batch's
@@ -80,28 +81,42 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-# ---------------------------------------------------------------------------- the submit service
+# ---------------------------------------------------------------------------- the services
+
+
+def _insert(events: list[Event]) -> None:
+    """Inside the caller's transaction, as its last writes: the events, told to this
+    process's streams and webhook worker once it commits."""
+    lock_event_order()
+    written = Event.objects.bulk_create(events)
+    transaction.on_commit(partial(notify.committed, notify.rows_of(written)))
 
 
 def request_queued(request: ResponseRequest) -> None:
     """The `queued` event of a request the REST hook or the console stored: in the same
     transaction as the row (`request.session` is the row's session)."""
-    session = request.session
-    lock_event_order()
-    event = Event.objects.create(
-        type="request.status",
-        session_key=session.pk,
-        session_id=session.upstream_id or "",
-        payload=dumps(
-            {
-                "type": "request.status",
-                "created_at": datetime.now(UTC),
-                "session_id": session.upstream_id,
-                "request": request.to_dict(),
-            }
-        ),
-    )
-    transaction.on_commit(partial(notify.committed, notify.rows_of([event])))
+    session, now = request.session, datetime.now(UTC)
+    payload = {
+        "type": "request.status",
+        "created_at": now,
+        "session_id": session.upstream_id,
+        "request": request.to_dict(),
+    }
+    _insert([_event_row("request.status", session, payload, now)])
+
+
+def session_updated(session: LiveSession) -> None:
+    """`session.updated` with the whole session as it now is, in the transaction that changed
+    it (its label: the label service)."""
+    now = datetime.now(UTC)
+    selectors.annotate_counts(session)
+    payload = {
+        "type": "session.updated",
+        "created_at": now,
+        "session_id": session.upstream_id,
+        "session": session.to_dict(),
+    }
+    _insert([_event_row("session.updated", session, payload, now)])
 
 
 def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
@@ -120,18 +135,7 @@ def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
         .order_by("created_at")
     ]
     payloads.append({"type": "session.ended", **common, "session": session.to_dict()})
-    lock_event_order()
-    events = Event.objects.bulk_create(
-        Event(
-            type=payload["type"],
-            session_key=key,
-            session_id=session.upstream_id or "",
-            created_at=now,
-            payload=dumps(payload),
-        )
-        for payload in payloads
-    )
-    transaction.on_commit(partial(notify.committed, notify.rows_of(events)))
+    _insert([_event_row(payload["type"], session, payload, now) for payload in payloads])
 
 
 # ---------------------------------------------------------------------------- the history writer
@@ -365,9 +369,11 @@ def _event_row(kind: str, session: LiveSession, payload: dict[str, Any], now: da
 
 class BatchRecorder:
     """The history writer's `recorder` (set in `EventsConfig.ready`), which the submit
-    service also asks to record the `queued` event of the requests it stores."""
+    service also asks to record the `queued` event of the requests it stores, and the label
+    service the `session.updated` of the sessions it relabels."""
 
     request_queued = staticmethod(request_queued)
+    session_updated = staticmethod(session_updated)
     session_lost = staticmethod(session_lost)
 
     def __init__(self) -> None:

@@ -26,6 +26,8 @@ grow in commit order (see `recorder`).
 
 A session's stream ends after its `session.ended`; asked for again with that id (or for an
 ended session without one), it answers `204 No Content`, which tells an EventSource to stop.
+What the log holds of the session after its end (a `session.updated`: it was relabelled) is
+on `/events` and the webhooks, not on that stream.
 An ended session whose events after the id are all pruned, its end included, has a stream
 of the `stream.gap` event alone, which ends with it. That event has an id, the newest id
 pruned: an EventSource reconnects with it, and having missed nothing since, gets the 204
@@ -225,6 +227,12 @@ def events_after(
     return list(events.order_by("id").values_list("id", "session_key", "type", "payload")[:limit])
 
 
+def ended_after(after: int, session_key: uuid.UUID) -> bool:
+    """Whether the session's `session.ended` is in the log after `after`."""
+    ended = Event.objects.filter(id__gt=after, session_key=session_key, type="session.ended")
+    return ended.exists()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Gap:
     """Events after `last_event_id`, up to `through`, were pruned (older than the log keeps)."""
@@ -307,8 +315,9 @@ async def event_stream_response(
         gap = await db_async(check_resume)(last_event_id)
     if session_key is not None and session.status in ENDED:
         # Nothing more will come unless the client has not yet seen the end, or it is gone.
-        pending = last_event_id is not None and await db_async(events_after)(
-            last_event_id, session_key, 1
+        # (What comes after the end, a relabelling, is for /events: this stream ends there.)
+        pending = last_event_id is not None and await db_async(ended_after)(
+            last_event_id, session_key
         )
         if not pending:
             return HttpResponse(status=204) if gap is None else _event_stream(_ended_after(gap))

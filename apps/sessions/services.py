@@ -163,6 +163,20 @@ def _request_store(
         return _idempotent_repeat(prior, idempotency_key, idempotency_digest), False
 
 
+def _session_locked(session_id: str) -> LiveSession:
+    """Inside a transaction: the session's row, locked until the commit. `no_key`: the
+    history writer's inserts of the session's requests (their foreign-key checks take a
+    key-share lock on this row) need not wait for it."""
+    session = (
+        LiveSession.objects.select_for_update(no_key=True).filter(upstream_id=session_id).first()
+        if selectors.nameable(session_id)
+        else None
+    )
+    if session is None:
+        raise SessionNotFound(f"No session with id '{session_id}'.")
+    return session
+
+
 def _request_store_locked(
     *,
     session_id: str,
@@ -175,15 +189,7 @@ def _request_store_locked(
 ) -> tuple[ResponseRequest, bool]:
     # The row lock serialises submissions to one session, so the queue limit holds under
     # races. SQLite has no row locks: there `serialised_write` and its one writer do this.
-    # `no_key`: the history writer's inserts of the session's requests (their foreign-key
-    # checks take a key-share lock on this row) need not wait for it.
-    session = (
-        LiveSession.objects.select_for_update(no_key=True).filter(upstream_id=session_id).first()
-        if selectors.nameable(session_id)
-        else None
-    )
-    if session is None:
-        raise SessionNotFound(f"No session with id '{session_id}'.")
+    session = _session_locked(session_id)
     if idempotency_key is not None:
         prior = (
             ResponseRequest.objects.select_related("session")
@@ -395,7 +401,8 @@ async def live_session_label_set(*, session_id: str, label: str, by: str) -> Liv
     """Set (or, with "", clear) a session's label, live or over: a label is how a session is
     found afterwards too. Returns the session with its counts (`to_dict()` ready). The
     operators watching it are told (`console.label`), in whichever process their page's socket
-    is; dashboards read it from the table with the rest of their next update."""
+    is; dashboards read it from the table with the rest of their next update; scripts and
+    webhooks get `session.updated` when the label changed."""
     session = await db_async(_label_store)(session_id=session_id, label=label, by=by)
     message = {"type": groups.CONSOLE_LABEL, "session_id": session_id, "label": session.label}
     await groups.publish(session.id, [message])
@@ -407,11 +414,13 @@ def _label_store(*, session_id: str, label: str, by: str) -> LiveSession:
     problem = label_problem(label)
     if problem is not None:
         raise InvalidLabel(problem[0].upper() + problem[1:] + ".")
-    with serialised_write():
-        updated = selectors.nameable(session_id) and LiveSession.objects.filter(upstream_id=session_id).update(
-            label=label
-        )
-    if not updated:
-        raise SessionNotFound(f"No session with id '{session_id}'.")
+    with serialised_write(), transaction.atomic():
+        # Locked: of two scripts setting the same label, one changes it, one finds it set.
+        session = _session_locked(session_id)
+        if session.label != label:
+            session.label = label
+            session.save(update_fields=["label"])
+            if history.recorder is not None:  # the event log: `session.updated`, in here
+                history.recorder.session_updated(session)
     events_log.info(json.dumps({"event": "session.labelled", "session": session_id, "label": label, "by": by}))
     return selectors.session_get(session_id=session_id)

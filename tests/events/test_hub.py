@@ -85,3 +85,34 @@ async def test_a_session_that_ends_as_its_stream_opens_still_ends_the_stream():
         async for chunk in response.streaming_content:
             sent.append(chunk)
     assert b"session.ended" in sent[-1], "the stream ends with the end it was asked just before"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_relabelled_after_its_end_has_its_stream_end_there_still():
+    """Its `session.updated` comes after its `session.ended`: resumed after the end, the
+    session's stream answers 204 (it followed the relabelling, for ever); before, it ends
+    with the end. /events has the relabelling."""
+    from apps.events.stream import events_after
+    from apps.sessions.services import live_session_label_set
+
+    session = await sync_to_async(LiveSession.objects.create)(
+        upstream_id="sess_relabelled", model="gpt-realtime", status=LiveSession.Status.LIVE
+    )
+    await sync_to_async(_end)(session)
+    end = await Event.objects.aget(session_key=session.pk, type="session.ended")
+    await live_session_label_set(session_id="sess_relabelled", label="Refund", by="test")
+    after = await sync_to_async(events_after)(end.id, None, 10)
+    assert [kind for _, _, kind, _ in after] == ["session.updated"]
+
+    resumed = await event_stream_response(
+        types.SimpleNamespace(), session_id="sess_relabelled", last_event_id=end.id
+    )
+    assert resumed.status_code == 204, "nothing more will come: the end was seen"
+    before = await event_stream_response(
+        types.SimpleNamespace(), session_id="sess_relabelled", last_event_id=end.id - 1
+    )
+    sent = []
+    async with asyncio.timeout(3):
+        async for chunk in before.streaming_content:
+            sent.append(chunk)
+    assert b"session.ended" in sent[-1], "the stream ends with the end"

@@ -123,3 +123,23 @@ async def test_a_reconnect_with_last_event_id_gets_exactly_what_it_missed(caller
             await by_query.close()
     finally:
         await reference.close()
+
+
+async def test_a_script_sees_each_label_change_as_session_updated_with_the_session(caller, rest):
+    """A label is set by a script (PATCH) or an operator: followers and webhooks learn of it
+    as `session.updated`, once a change; setting the label it already has changes nothing."""
+    follower = await Follower(rest, f"/sessions/{caller.session_id}/events").start()
+    try:
+        for label in ("VIP: Jane", "VIP: Jane", "  VIP: Jane  ", "Refund"):
+            answer = await rest.patch(f"/sessions/{caller.session_id}", json={"label": label})
+            assert answer.status_code == 200, answer.text
+
+        def updates(events) -> list[dict]:
+            return [e.data["session"] for e in events if e.data["type"] == "session.updated"]
+
+        await follower.until(lambda events: len(updates(events)) >= 2, what="the two changes")
+        assert [s["label"] for s in updates(follower.events)] == ["VIP: Jane", "Refund"]
+        session = (await rest.get(f"/sessions/{caller.session_id}")).json()
+        assert updates(follower.events)[-1] == session, "the whole Session, as the REST hook has it"
+    finally:
+        await follower.close()
