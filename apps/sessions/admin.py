@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from apps.events.flow import flow_of
 from apps.sessions import costs, export, recordings, selectors
 from apps.sessions.models import END_REASON_WORDS, ApiToken, LiveSession, ResponseRequest
-from apps.sessions.tokens import api_token_create, api_token_revoke
+from apps.sessions.tokens import api_token_create, api_token_name_problem, api_token_revoke
 
 
 def _as_json(obj) -> str:
@@ -344,6 +344,12 @@ class ApiTokenAddForm(forms.ModelForm):
     class Meta:
         model = ApiToken
         fields = ("name", "scopes")
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if (problem := api_token_name_problem(name)) is not None:
+            raise forms.ValidationError(problem[0].upper() + problem[1:] + ".", code="taken")
+        return name
 
 
 @admin.register(ApiToken)

@@ -26,6 +26,12 @@ class InvalidScope(ValueError):
     pass
 
 
+class InvalidName(ValueError):
+    """The token's name cannot be taken (the message names the field, `name`)."""
+
+    field = "name"
+
+
 class MissingScope(Exception):
     """The token is valid but lacks the scope asked for (the REST hook's 403)."""
 
@@ -45,7 +51,9 @@ def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_
         )
     name = name.strip()
     if not name:
-        raise ValueError("a token needs a name")
+        raise InvalidName("a token needs a name")
+    if (problem := api_token_name_problem(name)) is not None:
+        raise InvalidName(problem)
     plain = ApiToken.generate()
     token = ApiToken.objects.create(
         name=name,
@@ -55,6 +63,41 @@ def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_
         created_by=created_by,
     )
     return token, plain
+
+
+def api_token_name_problem(name: str) -> str | None:
+    """Why a new token cannot be named so (None: it can). A request's `requested_by` names
+    its token (`token:<name>`), so no two tokens share a name, ignoring case; revoked ones
+    count too, as their requests stay in the history. No constraint holds this in the
+    database: tokens made before it may share names."""
+    limit = ApiToken._meta.get_field("name").max_length
+    if len(name) > limit:
+        return f"name is {len(name)} characters; at most {limit} are allowed"
+    token = _tokens_by_name().get(name.casefold())
+    if token is None:
+        return None
+    revoked = ", revoked" if token.revoked_at is not None else ""
+    return (
+        f"name '{name}' is taken by another token ('{token.name}'{revoked}): names are "
+        "unique, ignoring case, as each request's requested_by names its token"
+    )
+
+
+def api_token_free_name(base: str) -> str:
+    """`base`, or else the first of `base-2`, `base-3`, … that no token has: for a command
+    that makes itself a token at each start."""
+    taken = _tokens_by_name()
+    name, n = base, 1
+    while name.casefold() in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _tokens_by_name() -> dict[str, ApiToken]:
+    """Every token by its name case-folded. Compared here, not in SQL: SQLite's LIKE and
+    lower() fold ASCII letters alone. Tokens are few: made by hand, and one a `make run`."""
+    return {token.name.casefold(): token for token in ApiToken.objects.only("name", "revoked_at")}
 
 
 def api_token_authenticate(*, plain: str, scope: str) -> ApiToken | None:

@@ -20,6 +20,7 @@ from django.core.management import call_command
 from websockets.sync.server import serve
 
 from apps.sessions.models import ApiToken
+from apps.sessions.tokens import api_token_create, api_token_revoke
 from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, DaphneProcess
 
 pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
@@ -109,7 +110,10 @@ def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
 
 def test_the_token_it_made_is_revoked_when_it_stops(db):
     """Each `make run` makes its demo callers a token that nobody else holds: once they stop,
-    it is revoked, not left valid in the admin's token list, one more for every start."""
+    it is revoked, not left valid in the admin's token list, one more for every start. Its
+    name is its own (the last start's token, revoked, still names that start's requests)."""
+    last_start, _ = api_token_create(name="demo-callers")
+    api_token_revoke(token=last_start)
 
     def relay(socket):
         socket.send(json.dumps({"type": "session.created", "session": {"id": "sess_demo"}}))
@@ -121,5 +125,6 @@ def test_the_token_it_made_is_revoked_when_it_stops(db):
                 socket.recv()
 
     _demo_callers_on(relay, voice=0)
-    tokens = list(ApiToken.objects.filter(name="demo-callers").values_list("revoked_at", flat=True))
-    assert len(tokens) == 1 and tokens[0] is not None, "the demo callers' token outlived them"
+    tokens = list(ApiToken.objects.exclude(pk=last_start.pk).values_list("name", "revoked_at"))
+    assert len(tokens) == 1 and tokens[0][1] is not None, "the demo callers' token outlived them"
+    assert tokens[0][0] == "demo-callers-2", "named apart from the last start's"

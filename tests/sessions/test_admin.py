@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
-from apps.sessions.tokens import api_token_create
+from apps.sessions.tokens import api_token_create, api_token_revoke
 from tests.support.sqlite import sqlite_steps
 
 pytestmark = pytest.mark.django_db
@@ -193,6 +193,21 @@ def test_staff_creates_a_token_in_the_admin_and_sees_it_once(staff_client):
     assert token.scopes == ["sessions:read"] and token.created_by.username == "boss"
     assert plain.encode() not in staff_client.get(f"/admin/oc_sessions/apitoken/{token.pk}/change/").content
     assert "Set-Cookie" not in page.headers or plain not in page.headers["Set-Cookie"]
+
+
+def test_the_admin_refuses_a_token_named_as_another_even_revoked_ignoring_case(staff_client):
+    """A request's requested_by is `token:<name>`: two tokens named alike would make the
+    history ambiguous, a revoked one's requests included."""
+    old, _ = api_token_create(name="CI-Bot")
+    api_token_revoke(token=old)
+    page = staff_client.post(
+        "/admin/oc_sessions/apitoken/add/", {"name": "ci-bot", "scopes": ["sessions:read"]}
+    )
+    assert page.status_code == 200 and b"shown only this once" not in page.content
+    errors = page.context["adminform"].form.errors
+    assert list(errors) == ["name"], errors
+    assert "taken by another token ('CI-Bot', revoked)" in errors["name"][0]
+    assert ApiToken.objects.count() == 1
 
 
 def test_the_admin_writes_api_in_capitals(staff_client):

@@ -47,6 +47,22 @@ def test_scopes_are_repeatable_and_checked():
         _create("--name", "bad", "--scope", "everything")
 
 
+def test_a_name_another_token_has_is_refused_ignoring_case_revoked_ones_included():
+    """A request's requested_by is `token:<name>`: it must name one token."""
+    out, _ = _create("--name", "Straße-Bot")
+    api_token_revoke(token=ApiToken.objects.get(name="Straße-Bot"))
+    with pytest.raises(CommandError, match=r"^name 'STRASSE-BOT' is taken by another token "
+                       r"\('Straße-Bot', revoked\)"):
+        _create("--name", "STRASSE-BOT")
+    with pytest.raises(tokens.InvalidName, match="taken") as refused:
+        api_token_create(name="  straße-bot ")
+    assert refused.value.field == "name"
+    with pytest.raises(CommandError, match="^name is 101 characters; at most 100 are allowed"):
+        _create("--name", "x" * 101)
+    assert ApiToken.objects.count() == 1
+    assert tokens.api_token_free_name("straße-bot") == "straße-bot-2"
+
+
 def test_revoked_token_is_refused_and_last_use_is_recorded():
     out, _ = _create("--name", "temp")
     plain = out.strip().splitlines()[-1]

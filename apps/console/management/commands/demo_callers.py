@@ -26,7 +26,7 @@ import websockets
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.sessions.models import ApiToken
-from apps.sessions.tokens import api_token_create, api_token_revoke
+from apps.sessions.tokens import api_token_create, api_token_free_name, api_token_revoke
 from apps.simulator.speech import synthesise
 
 PERSONA = "You are Ava, the support agent of Acme Outfitters. Be brief and kind."
@@ -90,8 +90,9 @@ class Command(BaseCommand):
             return
         made = None
         if not token:
+            # A name of its own: the last start's token, revoked, still names its requests.
             made, token = api_token_create(
-                name="demo-callers", scopes=[ApiToken.Scope.REALTIME_CONNECT]
+                name=api_token_free_name("demo-callers"), scopes=[ApiToken.Scope.REALTIME_CONNECT]
             )
         try:
             asyncio.run(self._run(count, url.rstrip("/"), interval, turns, sessions, wait, token))

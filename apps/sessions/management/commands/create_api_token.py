@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.sessions.models import ApiToken
-from apps.sessions.tokens import InvalidScope, api_token_create
+from apps.sessions.tokens import InvalidName, InvalidScope, api_token_create
 
 
 class Command(BaseCommand):
@@ -23,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args, name, scopes, **options):
         try:
             token, plain = api_token_create(name=name, scopes=scopes)
-        except (InvalidScope, ValueError) as exc:
+        except (InvalidName, InvalidScope) as exc:
             raise CommandError(str(exc)) from exc
         self.stderr.write(
             f"Created token {token.name!r} ({token.prefix}…) with scopes {', '.join(token.scopes)}. "
