@@ -116,20 +116,21 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def get_deleted_objects(self, objs, request):
-        """An endpoint goes with its delivery log. The log is read-only here, so Django would
-        refuse the deletion for want of a permission on it; and it may hold a week of events,
-        so it is counted, not listed row by row."""
+        """An endpoint goes with its delivery log, and each delivery with its attempts. The
+        log is read-only here, so Django would refuse the deletion for want of a permission
+        on it; and it may hold a week of events, so it is counted, not listed row by row."""
         endpoints = list(objs)
-        deliveries = WebhookDelivery.objects.filter(endpoint__in=endpoints).count()
-        endpoint_names, log_names = WebhookEndpoint._meta, WebhookDelivery._meta
-        deleted = [f"{endpoint_names.verbose_name}: {endpoint}" for endpoint in endpoints]
-        if deliveries:
-            noun = log_names.verbose_name if deliveries == 1 else log_names.verbose_name_plural
-            deleted.append(f"{deliveries} {noun}")
-        counts = {
-            endpoint_names.verbose_name_plural: len(endpoints),
-            log_names.verbose_name_plural: deliveries,
-        }
+        deleted = [f"{WebhookEndpoint._meta.verbose_name}: {endpoint}" for endpoint in endpoints]
+        counts = {WebhookEndpoint._meta.verbose_name_plural: len(endpoints)}
+        for rows in (
+            WebhookDelivery.objects.filter(endpoint__in=endpoints),
+            WebhookAttempt.objects.filter(delivery__endpoint__in=endpoints),
+        ):
+            opts, count = rows.model._meta, rows.count()
+            if count:
+                noun = opts.verbose_name if count == 1 else opts.verbose_name_plural
+                deleted.append(f"{count} {noun}")
+                counts[opts.verbose_name_plural] = count
         return deleted, counts, set(), []
 
 
@@ -142,6 +143,10 @@ class WebhookAttemptInline(admin.TabularInline):
     readonly_fields = fields
     extra = 0
     can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        """An attempt is part of its delivery: whoever may view the delivery sees them."""
+        return self.admin_site.get_model_admin(WebhookDelivery).has_view_permission(request, obj)
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -36,17 +36,23 @@ def test_an_endpoint_with_deliveries_can_be_deleted_with_its_log(admin_client):
     endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook", cursor=0)
     WebhookDelivery.objects.bulk_create(
         WebhookDelivery(endpoint=endpoint, event_id=i, event_type="request.status", payload="{}")
-        for i in range(3)
+        for i in range(2)
     )
+    _delivery_with_attempts(endpoint, 2)
     page = admin_client.get(f"/admin/oc_events/webhookendpoint/{endpoint.pk}/delete/")
     assert page.status_code == 200
     assert "Cannot delete" not in page.text, "the read-only delivery log does not forbid it"
     assert "3 webhook deliveries" in page.text, "the deliveries that go with it are counted"
+    assert "3 webhook attempts" in page.text, "and their attempts, which go with them"
+    assert list(page.context["model_count"]) == [
+        ("webhook endpoints", 1), ("webhook deliveries", 3), ("webhook attempts", 3)
+    ]
     deleted = admin_client.post(
         f"/admin/oc_events/webhookendpoint/{endpoint.pk}/delete/", {"post": "yes"}
     )
     assert deleted.status_code == 302
     assert not WebhookEndpoint.objects.exists() and not WebhookDelivery.objects.exists()
+    assert not WebhookAttempt.objects.exists()
 
 
 @pytest.mark.django_db
@@ -152,6 +158,21 @@ def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_m
     shown = [text.index(what) for what in ("750 ms", "HTTP 502: bad gateway", "connection refused")]
     assert shown == sorted(shown), "the newest attempt (3, 750 ms) first, the first one last"
     assert "500 ms" in text and "250 ms" in text, "each attempt's duration"
+
+
+@pytest.mark.django_db
+def test_staff_who_may_view_deliveries_see_their_attempts(client, django_user_model):
+    """An attempt is part of its delivery: no permission of its own is needed to see it."""
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookdelivery"))
+    client.force_login(viewer)
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=3)
+    page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
+    assert page.status_code == 200
+    assert "Attempts, newest first" in page.text and "HTTP 502: bad gateway" in page.text
 
 
 @pytest.mark.django_db
