@@ -92,31 +92,24 @@ def _insert(events: list[Event]) -> None:
     transaction.on_commit(partial(notify.committed, notify.rows_of(written)))
 
 
+def _record(kind: str, session: LiveSession, /, **shape: Any) -> None:
+    """One event of `session`, with `shape` (`request=` or `session=`, as a dict)."""
+    now = datetime.now(UTC)
+    payload = {"type": kind, "created_at": now, "session_id": session.upstream_id, **shape}
+    _insert([_event_row(kind, session, payload, now)])
+
+
 def request_queued(request: ResponseRequest) -> None:
     """The `queued` event of a request the REST hook or the console stored: in the same
     transaction as the row (`request.session` is the row's session)."""
-    session, now = request.session, datetime.now(UTC)
-    payload = {
-        "type": "request.status",
-        "created_at": now,
-        "session_id": session.upstream_id,
-        "request": request.to_dict(),
-    }
-    _insert([_event_row("request.status", session, payload, now)])
+    _record("request.status", request.session, request=request.to_dict())
 
 
 def session_updated(session: LiveSession) -> None:
     """`session.updated` with the whole session as it now is, in the transaction that changed
     it (its label: the label service)."""
-    now = datetime.now(UTC)
     selectors.annotate_counts(session)
-    payload = {
-        "type": "session.updated",
-        "created_at": now,
-        "session_id": session.upstream_id,
-        "session": session.to_dict(),
-    }
-    _insert([_event_row("session.updated", session, payload, now)])
+    _record("session.updated", session, session=session.to_dict())
 
 
 def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:

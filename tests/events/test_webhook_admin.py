@@ -109,13 +109,18 @@ def test_a_rolled_secret_signs_beside_its_successor_for_a_day_then_alone(admin_c
         verify(body, headers, secret=old)
 
 
-@pytest.mark.django_db
-def test_an_operator_who_may_only_view_endpoints_cannot_roll_a_secret(client, django_user_model):
+def _staff_who_may(client, django_user_model, codename: str) -> None:
+    """`client` logged in as staff with this one permission."""
     from django.contrib.auth.models import Permission
 
     viewer = django_user_model.objects.create_user("viewer", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookendpoint"))
+    viewer.user_permissions.add(Permission.objects.get(codename=codename))
     client.force_login(viewer)
+
+
+@pytest.mark.django_db
+def test_an_operator_who_may_only_view_endpoints_cannot_roll_a_secret(client, django_user_model):
+    _staff_who_may(client, django_user_model, "view_webhookendpoint")
     endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
     client.post(
         "/admin/oc_events/webhookendpoint/",
@@ -163,11 +168,7 @@ def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_m
 @pytest.mark.django_db
 def test_staff_who_may_view_deliveries_see_their_attempts(client, django_user_model):
     """An attempt is part of its delivery: no permission of its own is needed to see it."""
-    from django.contrib.auth.models import Permission
-
-    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookdelivery"))
-    client.force_login(viewer)
+    _staff_who_may(client, django_user_model, "view_webhookdelivery")
     endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
     delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=3)
     page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
