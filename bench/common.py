@@ -215,14 +215,9 @@ class ProcessGroup:
         return total
 
 
-def client_groups(args) -> dict[str, ProcessGroup]:
-    """What a part's client process measures: Daphne, the simulator, and itself."""
-    return {"daphne": ProcessGroup(args.target_pid), "simulator": ProcessGroup(args.sim_pid),
-            "clients": ProcessGroup(os.getpid())}
-
-
 def load_groups(args) -> dict[str, ProcessGroup]:
-    """What a load generator measures: the target, itself, and the processes of `args.watch`."""
+    """What a load generator or a part's client process measures: the target, itself, and the
+    processes of `args.watch` (the simulator)."""
     watched = {name: ProcessGroup(pid) for name, pid in args.watch.items()}
     return {"target": ProcessGroup(args.target_pid), "load": ProcessGroup(os.getpid()), **watched}
 
@@ -565,7 +560,7 @@ class Bench:
         """A fresh SQLite database, the simulator when `sim` gives its (deltas, interval), the
         app on that database (`app`, seeded with SEED), then the part's client process
         (`python -m bench.PART`) with `config` plus the Daphne's `base` URL, its `target_pid`,
-        the simulator's `sim_pid` and the `token`. Every process is stopped at the end; the
+        the simulator's pid to `watch` and the `token`. Every process is stopped at the end; the
         client's result, with the processes' logs."""
         env = self.env(DATABASE_URL=f"sqlite:///{self.workdir / f'{part}.sqlite3'}")
         logs, simulator = {}, None
@@ -574,7 +569,7 @@ class Bench:
                 if sim:
                     simulator, env["OC_UPSTREAM_URL"] = await self.simulator(
                         f"{part}-simulator", "--deltas", sim[0], "--interval", sim[1])
-                    config["sim_pid"] = simulator.pid
+                    config["watch"] = {"simulator": simulator.pid}
                 async with self.app(f"{part}-relay", env, logs, seed=seed) as (base, token, daphne):
                     config.update(base=base, target_pid=daphne.pid, token=token)
                     result = await self.client(f"{part}-clients", part, config, env, budget)

@@ -114,7 +114,7 @@ class Clients:
             timeout=httpx.Timeout(10, read=None),
             limits=httpx.Limits(max_connections=args.followers + 10),
         )
-        self.groups = common.client_groups(args)
+        self.groups = common.load_groups(args)
 
     async def attach(self, on: bool) -> None:
         if on and not self.followers:
@@ -154,7 +154,7 @@ class Clients:
             "index": index,
             "followers": len(self.followers) if on else 0,
             "responses_per_s": (sum(c.dones for c in self.callers) - dones) / seconds,
-            "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
+            "daphne_cpu_percent": 100 * measured["cpu_s"]["target"] / seconds,
             "events_per_s_per_follower": summary(per_follower, unit=1.0) if per_follower else None,
             "lag_done_ms": summary(lag) if lag else None,
             "lag_recorded_ms": summary(recorded) if recorded else None,
@@ -216,7 +216,7 @@ def analyse(windows: list[dict]) -> dict:
     def cpu(on: bool) -> tuple[float | None, float | None]:
         """Daphne's CPU without or with the followers: % of one core, CPU-s per 1k responses."""
         chosen = [w for w in counted if bool(w["followers"]) == on]
-        daphne = sum(w["cpu_s"]["daphne"] for w in chosen)
+        daphne = sum(w["cpu_s"]["target"] for w in chosen)
         seconds = sum(w["seconds"] for w in chosen)
         responses = sum(w["responses_per_s"] * w["seconds"] for w in chosen)
         return (100 * daphne / seconds if seconds else None,
@@ -262,7 +262,7 @@ def body(result: dict) -> list[str]:
             fmt(per.get("p50"), 0),
             f"{fmt(done.get('p50'))} / {fmt(done.get('p99'))}",
             f"{fmt(rec.get('p50'))} / {fmt(rec.get('p99'))}",
-            " / ".join([*(fmt(100 * cpu[k] / w["seconds"], 0) for k in ("simulator", "clients")),
+            " / ".join([*(fmt(100 * cpu[k] / w["seconds"], 0) for k in ("simulator", "load")),
                         fmt(100 * w["other_cpu_share"], 0)]),
         ])
     columns = ["window", "followers", "responses/s", "Daphne CPU %", "events/s per follower",

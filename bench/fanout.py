@@ -78,7 +78,7 @@ class Clients:
         self.operators: list[common.OperatorSocket] = []
         self.all_operators: list[common.OperatorSocket] = []
         self.cookies: list[str] = []
-        self.groups = common.client_groups(args)
+        self.groups = common.load_groups(args)
 
     async def attach(self, with_dashboards: bool) -> None:
         """Connect the operator sockets (all at once) or close them."""
@@ -104,7 +104,7 @@ class Clients:
         stats = self.stats
         deltas, lat, started = stats.deltas, len(stats.latencies_ns), time.monotonic()
         measured = await common.measure_for(self.args.window, self.groups, stats)
-        seconds, daphne, n = measured["seconds"], measured["cpu_s"]["daphne"], stats.deltas - deltas
+        seconds, daphne, n = measured["seconds"], measured["cpu_s"]["target"], stats.deltas - deltas
         emit(event="window", index=index, dashboards=with_dashboards,
              deltas_per_s=round(n / seconds), daphne_cpu_percent=round(100 * daphne / seconds, 1),
              other_cpu_percent=round(100 * measured["other_cpu_share"], 1))
@@ -199,7 +199,7 @@ def side(chosen: list[dict]) -> dict | None:
     seconds = sum(w["seconds"] for w in chosen)
     if not seconds:
         return None
-    cpu, deltas = sum(w["cpu_s"]["daphne"] for w in chosen), sum(w["deltas"] for w in chosen)
+    cpu, deltas = sum(w["cpu_s"]["target"] for w in chosen), sum(w["deltas"] for w in chosen)
     per_window = [w["daphne_cpu_percent"] for w in chosen]
     return {
         "windows": len(chosen),
@@ -272,7 +272,7 @@ def body(result: dict) -> list[str]:
             fmt(x["deltas_per_s"], 0),
             f"{fmt(x['latency_ms']['p50'], 2)} / {fmt(x['latency_ms']['p99'], 2)}",
             fmt(x["daphne_cpu_percent"]), fmt(x["daphne_cpu_s_per_1k_deltas"], 4),
-            f"{cpu['simulator']} / {cpu['clients']} / {other}",
+            f"{cpu['simulator']} / {cpu['load']} / {other}",
         ])
     columns = ["window", "operator sockets", "deltas/s", "caller delta p50 / p99 ms",
                "Daphne CPU %", "Daphne CPU-s / 1k deltas", "simulator / clients / other CPU %"]
