@@ -407,10 +407,7 @@ def tail(samples: list[tuple[float, Nudge]]) -> dict | None:
     answered = [(lat, n) for lat, n in slow if n.answered is not None]
 
     def ms(values: list[float]) -> float | None:
-        return None if not values else 1000 * sum(values) / len(values)
-
-    def phase(name: str) -> float | None:
-        return ms([n.timing[name] for _, n in slow if n.timing and name in n.timing])
+        return summary(values)["mean"]
 
     return {
         "n": len(slow),
@@ -418,7 +415,8 @@ def tail(samples: list[tuple[float, Nudge]]) -> dict | None:
         "latency": ms([lat for lat, _ in slow]),
         "rtt": ms([n.answered - n.sent for _, n in answered]),
         "after_answer": ms([max(0.0, lat - (n.answered - n.sent)) for lat, n in answered]),
-        "phases": {name: phase(name) for name in common.PHASES},
+        "phases": {name: ms([n.timing[name] for _, n in slow if n.timing and name in n.timing])
+                   for name in common.PHASES},
         "via": dict(collections.Counter(n.via for _, n in slow)),
     }
 
