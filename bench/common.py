@@ -342,6 +342,7 @@ class Bench:
     nice: int = 0
     procs: list[Proc] = field(default_factory=list)
     quiet_waited: float = 0.0
+    tokens_made: int = 0
 
     def env(self, **changes: str) -> dict[str, str]:
         """The environment of a process of the app: production settings, SQLite in the run's
@@ -460,8 +461,11 @@ class Bench:
         return handle, f"ws://{HOST}:{port}/v1"
 
     async def migrate_with_token(self, name: str, env: dict[str, str]) -> str:
-        """`manage.py migrate`, then `create_api_token --name NAME`; the plain token."""
+        """`manage.py migrate`, then `create_api_token --name NAME-<n>` (token names are unique,
+        and a part measured again makes another on the same database); the plain token."""
         await self.run_command([PY, "manage.py", "migrate", "--noinput"], env)
+        self.tokens_made += 1
+        name = f"{name}-{self.tokens_made}"
         out = await self.run_command([PY, "manage.py", "create_api_token", "--name", name], env)
         lines = [line.strip() for line in out.splitlines() if line.strip()]
         if not lines:
