@@ -160,7 +160,10 @@ def body(r: dict) -> list[str]:
         f"{CPU_TARGET_PERCENT:g} %) {at_most(r['dashboard_cpu_percent'], CPU_TARGET_PERCENT)}.\n\n"
     )
     text += table(["window", "dashboards", "Daphne CPU %", "pages sent/s", "other work %"], rows)
-    return [text + common.problems_text([], r["logs"])]
+    problems = [f"- an operator's dashboard: {error}" for error in r.get("operator_errors") or ()]
+    if refused := (r.get("churn") or {}).get("refused"):
+        problems.append(f"- relabels refused: {refused} of {refused + r['churn']['patched']}")
+    return [text + common.problems_text(problems, r["logs"])]
 
 
 if __name__ == "__main__":
