@@ -125,7 +125,7 @@ class Figures:
             core = actor.core
             if core.session_id is None or core.ended is not None:
                 continue
-            kind = getattr(actor, "kind", "relay")  # calls (webrtc, sip) name theirs
+            kind = actor.call.get("kind", "relay")  # an attached call's: webrtc or sip
             by_kind[kind] = by_kind.get(kind, 0) + 1
             listeners += core.listeners
         return by_kind, listeners

@@ -9,9 +9,11 @@ import time
 
 import pytest
 from django.conf import settings
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from apps.realtime.attached import MAX_REATTACHES
-from apps.sessions import selectors
+from apps.sessions import metrics, selectors
 from apps.sessions.db import db_async
 from apps.sessions.history import writer as history
 from apps.sessions.models import CallAction, LiveSession
@@ -124,6 +126,14 @@ async def test_an_attached_call_is_live_with_its_kind_call_id_and_numbers(call, 
     body = answer.json()
     assert (body["kind"], body["call_id"], body["status"]) == ("sip", call.call_id, "live")
     assert (body["caller_number"], body["dialled_number"]) == ("+15559998888", "+15550001111")
+    scraped = text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode())
+    live_by_kind = {
+        sample.labels["kind"]: sample.value
+        for family in scraped
+        if family.name == "oc_live_sessions"
+        for sample in family.samples
+    }
+    assert live_by_kind["sip"] == 1, f"/metrics counts the call under its kind: {live_by_kind}"
 
 
 def creates_received(observer, session_id: str) -> list[dict]:
