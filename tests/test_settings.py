@@ -93,10 +93,15 @@ def test_production_needs_a_secret_key():
     assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
 
 
-def test_the_readme_names_every_setting():
-    """Each `OC_…` setting read from the environment is in the README, where users look."""
-    settings_source = (ROOT / "operator_console" / "settings.py").read_text()
+def test_the_readme_table_names_every_setting():
+    """Each `OC_…` variable the code reads (settings.py, a command, the tests' servers) has a
+    row in the README's settings table, where users look."""
+    read = r'(?:env_\w+|os\.environ\.get)\(\s*"(OC_[A-Z0-9_]+)"'
+    sources = [ROOT / "operator_console" / "settings.py"]
+    sources += [*(ROOT / "apps").rglob("*.py"), *(ROOT / "devtools").rglob("*.py")]
+    names = {name for path in sources for name in re.findall(read, path.read_text())}
+    assert "OC_UPSTREAM_URL" in names, "the pattern no longer matches settings.py"
     readme = (ROOT / "README.md").read_text()
-    names = set(re.findall(r'env_\w+\("(OC_[A-Z0-9_]+)"', settings_source))
-    assert names, "no settings found: the pattern no longer matches settings.py"
-    assert sorted(name for name in names if name not in readme) == []
+    table = readme.split("## Settings (environment)", 1)[1].split("\n## ", 1)[0]
+    rows = "\n".join(line for line in table.splitlines() if line.startswith("| `"))
+    assert sorted(name for name in names if f"`{name}`" not in rows) == []
