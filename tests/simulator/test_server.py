@@ -164,3 +164,12 @@ def test_management_command_arguments():
     assert (options.audio_pace, options.speech) == (None, "auto")
     options = parser.parse_args(["--audio-pace", "0", "--speech", "tone"])
     assert (options.audio_pace, options.speech) == (0.0, "tone")
+    shown = " ".join(parser.format_help().split())
+    assert "OC_SIM_INTERVAL, else 0.05)" in shown, "the help names the default the settings give"
+
+
+def test_simulate_sip_call_help_names_every_source_of_the_secret():
+    from apps.simulator.management.commands.simulate_sip_call import Command
+
+    shown = " ".join(Command().create_parser("manage.py", "simulate_sip_call").format_help().split())
+    assert "OPENAI_WEBHOOK_SECRET, else var/webhook-secret" in shown, shown

@@ -52,7 +52,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--secret",
             default=None,
-            help="the webhook secret, whsec_... (default: OPENAI_WEBHOOK_SECRET)",
+            help="the webhook secret, whsec_... (default: OPENAI_WEBHOOK_SECRET, else "
+            "var/webhook-secret, which make run writes)",
         )
         parser.add_argument(
             "--say",
@@ -82,8 +83,9 @@ class Command(BaseCommand):
         secret = options["secret"] or settings.OPENAI_WEBHOOK_SECRET or discovery.read_dev_secret(settings.VAR_DIR)
         if not secret:
             raise CommandError(
-                "No webhook secret: give --secret whsec_... or set OPENAI_WEBHOOK_SECRET "
-                "(the console refuses unsigned webhooks)."
+                "No webhook secret: give --secret whsec_..., set OPENAI_WEBHOOK_SECRET, or start "
+                "the console with make run, which writes var/webhook-secret (the console refuses "
+                "unsigned webhooks)."
             )
         body = {
             "from": options["caller"],

@@ -32,7 +32,7 @@ class Command(BaseCommand):
             "--interval",
             type=float,
             default=None,
-            help="seconds between deltas (default: OC_SIM_INTERVAL, else 0.02)",
+            help="seconds between deltas (default: OC_SIM_INTERVAL, else 0.05)",
         )
         parser.add_argument(
             "--audio-pace",
