@@ -6,6 +6,7 @@ deployment is found at boot, not at the first request.
 
 from __future__ import annotations
 
+import math
 import os
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -55,6 +56,8 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         value = float(raw.strip())
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if not math.isfinite(value):  # float() takes "nan" and "inf"; no setting means either
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a finite number.")
     if value < minimum:
         raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}.")
     return value

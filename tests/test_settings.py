@@ -58,6 +58,13 @@ def test_upstream_url_must_be_a_websocket_url(monkeypatch):
     assert env.env_ws_url("OC_UPSTREAM_URL") == "wss://api.openai.com/v1"
 
 
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "Infinity"])
+def test_a_number_of_seconds_must_be_finite(monkeypatch, raw):
+    monkeypatch.setenv("OC_SEND_TIMEOUT", raw)
+    with pytest.raises(ImproperlyConfigured, match="OC_SEND_TIMEOUT"):
+        env.env_float("OC_SEND_TIMEOUT", 15.0, minimum=0.1)
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
