@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: chromium (browser tests), redis-server and postgresql
 # (scale-out tests), espeak-ng (the simulator's spoken replies; `make run` uses it too), npm
-# (`make install` fetches axe-core with it, for the accessibility test). Installs what is
+# (`make test` fetches axe-core with it, for the accessibility test). Installs what is
 # missing when run as root. Without root it only reports;
 # with CI set, anything still missing is an error, so no test that needs it can be skipped.
 set -euo pipefail
