@@ -144,8 +144,13 @@ def daphne_with(django_db_setup, django_db_blocker, simulator):
 def make_token(transactional_db):
     from apps.sessions.tokens import api_token_create
 
-    def make(scopes=None, name="test") -> str:
-        return api_token_create(name=name, scopes=scopes)[1]
+    made = []
+
+    def make(scopes=None, name=None) -> str:
+        """A token; unnamed ones are "test", then "test-2", … (names are unique)."""
+        made.append(name)
+        default = "test" if len(made) == 1 else f"test-{len(made)}"
+        return api_token_create(name=name or default, scopes=scopes)[1]
 
     return make
 
