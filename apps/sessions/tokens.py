@@ -52,7 +52,7 @@ def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_
     name = name.strip()
     if not name:
         raise InvalidName("a token needs a name")
-    if (problem := api_token_name_problem(name)) is not None:
+    if (problem := _name_too_long(name)) is not None:
         raise InvalidName(problem)
     plain = ApiToken.generate()
     token = ApiToken.objects.create(
@@ -66,21 +66,28 @@ def api_token_create(*, name: str, scopes: Iterable[str] | None = None, created_
 
 
 def api_token_name_problem(name: str) -> str | None:
-    """Why a new token cannot be named so (None: it can). A request's `requested_by` names
-    its token (`token:<name>`), so no two tokens share a name, ignoring case; revoked ones
-    count too, as their requests stay in the history. No constraint holds this in the
-    database: tokens made before it may share names."""
-    limit = ApiToken._meta.get_field("name").max_length
-    if len(name) > limit:
-        return f"name is {len(name)} characters; at most {limit} are allowed"
+    """Why the admin will not name a new token so (None: it may). A request's `requested_by`
+    names its token (`token:<name>`), so a person making a token there is asked for a name
+    no other token has, ignoring case; revoked ones count too, as their requests stay in the
+    history. `create_api_token` (CONTRACT section 1) makes a token for any name, and tokens
+    made before this may share names: nothing in the database holds it."""
+    if (problem := _name_too_long(name)) is not None:
+        return problem
     token = _tokens_by_name().get(name.casefold())
     if token is None:
         return None
     revoked = ", revoked" if token.revoked_at is not None else ""
     return (
-        f"name '{name}' is taken by another token ('{token.name}'{revoked}): names are "
-        "unique, ignoring case, as each request's requested_by names its token"
+        f"name '{name}' is taken by another token ('{token.name}'{revoked}): give each token "
+        "a name of its own, as each request's requested_by names its token"
     )
+
+
+def _name_too_long(name: str) -> str | None:
+    limit = ApiToken._meta.get_field("name").max_length
+    if len(name) > limit:
+        return f"name is {len(name)} characters; at most {limit} are allowed"
+    return None
 
 
 def api_token_free_name(base: str) -> str:
