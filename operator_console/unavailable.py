@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import logging
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
 
 from apps.calls.auth import error
+from apps.sessions.db import is_database_away
 
 log = logging.getLogger(__name__)
 
-AWAY = (OperationalError, InterfaceError)
 RETRY_AFTER = "5"
-
-
-def is_database_away(exception: BaseException) -> bool:
-    return isinstance(exception, AWAY)
 
 
 class DatabaseUnavailableMiddleware(MiddlewareMixin):

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from apps.console.dashboard import View
 from apps.sessions import selectors
-from apps.sessions.db import db_async
+from apps.sessions.db import db_async, log_failure
 from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession
 
@@ -112,8 +112,8 @@ class Feed:
             await asyncio.sleep(self.interval)
             try:
                 await self.once()
-            except Exception:
-                log.exception("dashboard feed failed; trying again")
+            except Exception as exc:
+                log_failure(log, "dashboard feed failed; trying again", exc)
 
     async def once(self) -> None:
         sessions, stats = await db_async(_read)()

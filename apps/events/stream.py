@@ -54,7 +54,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from apps.events import notify
 from apps.events.flow import Flow, flow_of
 from apps.events.models import Event, EventLogHorizon, event_body
-from apps.sessions.db import db_async
+from apps.sessions.db import db_async, log_failure
 from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession
 from apps.sessions.services import ServiceError, session_found
@@ -181,8 +181,8 @@ class Hub:
                     self._hand_out(rows)
                     if len(rows) < PAGE:
                         break
-            except Exception:  # the database hiccuped: the next round reads from the same id
-                log.exception("reading the event log failed")
+            except Exception as exc:  # the database hiccuped: the next round reads from the same id
+                log_failure(log, "reading the event log failed", exc)
             await asyncio.sleep(COALESCE)
 
     def _hand_out(self, rows: list[tuple[int, uuid.UUID, str, str]]) -> None:

@@ -59,7 +59,7 @@ from apps.events.models import (
     event_body,
 )
 from apps.events.stream import newest_id
-from apps.sessions.db import db_async, serialised_write
+from apps.sessions.db import db_async, log_failure, serialised_write
 from apps.sessions.loops import per_loop
 
 log = logging.getLogger(__name__)
@@ -287,8 +287,8 @@ class WebhookWorker:
             self._wake.clear()
             try:
                 await self.round()
-            except Exception:  # a database hiccup: the next round tries again
-                log.exception("webhook round failed")
+            except Exception as exc:  # a database hiccup: the next round tries again
+                log_failure(log, "webhook round failed", exc)
 
     async def round(self) -> int:
         """Fan out, then start sending what is due, a batch at a time to each endpoint that has

@@ -18,18 +18,24 @@ SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries with
 under load an unlucky writer starves (REST writes were seen waiting behind the history
 writer's batches). Writers of this process take this lock first and queue in Python instead;
 the lock is held only for the transaction. Other databases lock rows and need none of this.
+
+`log_failure`: a background loop's round that failed, logged. The database being away (a
+restart, a failover, every pooled connection taken) is nobody's bug and passes: a warning
+line, as the pages' 503 has, and the next round tries again; anything else is a bug, logged
+with its traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import SyncToAsync
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 # At most this many database calls of this process at once; the rest queue here, not in the
 # PostgreSQL pool (whose `max_size` is 16). Each thread that allocates gets a malloc arena of
@@ -37,6 +43,22 @@ from django.db import close_old_connections, connection
 THREADS = 4
 
 _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="oc-db")
+
+AWAY = (OperationalError, InterfaceError)
+
+
+def is_database_away(exception: BaseException) -> bool:
+    """Whether `exception` says the database cannot be reached (psycopg's pool timing out
+    included), not that the work was wrong."""
+    return isinstance(exception, AWAY)
+
+
+def log_failure(logger: logging.Logger, message: str, exception: BaseException) -> None:
+    """A round of background work failed with `exception`; the next round tries again."""
+    if is_database_away(exception):
+        logger.warning("%s: the database is unavailable: %s", message, exception)
+    else:
+        logger.error(message, exc_info=exception)
 
 
 class _OnDatabaseThread(SyncToAsync):

@@ -41,7 +41,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from apps.sessions import groups, recorder
-from apps.sessions.db import db_async
+from apps.sessions.db import db_async, log_failure
 from apps.sessions.history import writer as history
 from apps.sessions.listening import LISTEN_ENDED
 from apps.sessions.loops import per_loop
@@ -120,8 +120,8 @@ class Housekeeping:
                 for chore in chores:
                     try:
                         await chore()
-                    except Exception:  # its own failure only: the heartbeat goes on
-                        log.exception("housekeeping chore %s failed", chore.__qualname__)
+                    except Exception as exc:  # its own failure only: the heartbeat goes on
+                        log_failure(log, f"housekeeping chore {chore.__qualname__} failed", exc)
             try:
                 if now >= next_beat:
                     next_beat = now + settings.OC_HEARTBEAT_INTERVAL
@@ -130,8 +130,8 @@ class Housekeeping:
                 if now >= next_pickup:
                     next_pickup = now + settings.OC_PICKUP_INTERVAL
                     await self.pickup()
-            except Exception:  # a database hiccup: try again next round
-                log.exception("housekeeping failed; trying again")
+            except Exception as exc:  # a database hiccup: try again next round
+                log_failure(log, "housekeeping failed; trying again", exc)
             await asyncio.sleep(max(0.01, min(next_pickup, next_beat) - loop.time()))
 
     async def pickup(self) -> int:
