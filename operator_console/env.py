@@ -95,6 +95,15 @@ def env_ws_url(name: str) -> str:
     return raw.rstrip("/")
 
 
+def _connect_again_for_waiters(pool) -> None:
+    """psycopg_pool's `reconnect_failed`: an attempt to replace a connection gave up. A
+    request that comes later starts a new one; requests already waiting would not, and waited
+    out their `timeout` though the database came back meanwhile: for them, one starts now
+    (`check()` grows an empty pool). Attempts go on about once a second while any waits."""
+    if pool.get_stats().get("requests_waiting"):
+        pool.check()
+
+
 def database_from_url(name: str, default_sqlite_path: str) -> dict:
     """Django DATABASES['default'] from a URL: sqlite:///path or postgres://user:pw@host:port/db."""
     raw = env_str(name)
@@ -122,7 +131,23 @@ def database_from_url(name: str, default_sqlite_path: str) -> dict:
             # A pool (psycopg_pool): under ASGI each request's database work runs on a thread
             # of its own, and a new connection per step (TCP, a forked backend, SCRAM) cost
             # more than the queries. Query options override the pool's size.
-            "OPTIONS": {"pool": {"min_size": 2, "max_size": 16, "timeout": 10}, **options},
+            # A broken connection is replaced by a connection attempt that, while the database
+            # is away, retries after 1, 2, 4, 8… s (psycopg_pool's backoff) for
+            # `reconnect_timeout` s, and a request waits for that attempt rather than start
+            # one. At the default 300 s, a database back after a 20 s outage was not tried
+            # again for ten more: each request meanwhile waited out `timeout` and got a 503.
+            # At 2 s the attempts stop after three tries: the next request starts anew, and
+            # for those already waiting `_connect_again_for_waiters` does.
+            "OPTIONS": {
+                "pool": {
+                    "min_size": 2,
+                    "max_size": 16,
+                    "timeout": 10,
+                    "reconnect_timeout": 2,
+                    "reconnect_failed": _connect_again_for_waiters,
+                },
+                **options,
+            },
             "CONN_MAX_AGE": 0,
         }
     raise ImproperlyConfigured(

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import websockets
+from django.db.utils import ConnectionHandler
+from psycopg_pool import PoolTimeout
 
+from operator_console.env import database_from_url
 from tests.conftest import UPSTREAM_KEY
 from tests.scaleout.conftest import cluster_env
 from tests.support.callers import SocketCaller, until_live
@@ -131,6 +136,42 @@ async def test_the_rest_hook_answers_503_while_the_database_is_away(call, server
     # Nor does any of the process's own rounds (housekeeping, webhooks) that met the outage:
     # each that waited for the pool then is done by now, as the requests before these are.
     assert "Traceback" not in server.output()
+
+
+def test_the_pool_connects_at_once_when_the_database_is_back(
+    postgres_server, monkeypatch, django_db_blocker
+):
+    """The pool with the app's options (Django's backend makes it from DATABASE_URL), through
+    an outage: its connections broke, and requests waited for new ones while its attempts
+    backed off. Once the database is back, a request that waited since the outage and a new
+    one are both answered at once, not after the pool's next attempt (at psycopg_pool's
+    defaults, 7 s and 15 s after the first)."""
+    monkeypatch.setenv("OC_POOL_TEST_URL", postgres_server.url)
+    databases = {"default": {}, "outage": database_from_url("OC_POOL_TEST_URL", "")}
+    database = ConnectionHandler(databases)["outage"]  # a default, unused: Django wants one
+    with django_db_blocker.unblock(), ThreadPoolExecutor(1) as thread:
+        try:
+            with database.cursor() as cursor:  # the pool opens with its connections
+                cursor.execute("SELECT 1")
+            database.close()
+            postgres_server.stop_process()
+            try:
+                database.pool.check()  # the connections it held are found broken: attempts begin
+                with pytest.raises(PoolTimeout):
+                    database.pool.getconn(timeout=0.5)
+                waiting = thread.submit(database.pool.getconn, timeout=20)
+                time.sleep(8)  # past the attempt at 7 s
+            finally:
+                postgres_server.start_process()
+            back = time.monotonic()
+            database.pool.putconn(waiting.result(timeout=20))  # a request waiting since then
+            with database.cursor() as cursor:  # and one that comes now
+                cursor.execute("SELECT 1")
+            waited = time.monotonic() - back
+            assert waited < 2, f"requests after the outage waited {waited:.1f} s more"
+        finally:
+            database.close()
+            database.close_pool()
 
 
 async def test_a_database_outage_longer_than_the_staleness_loses_no_live_session(
