@@ -119,7 +119,8 @@ if REDIS_URL:
 
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels_redis' layer, with a warning line where a Redis outage left a traceback
+            "BACKEND": "apps.sessions.layers.RedisChannelLayer",
             # redis-py's pool holds at most 100 connections by default and refuses the 101st
             # command in flight (MaxConnectionsError) instead of waiting: when a few hundred
             # callers left at once, their group leaves failed. Redis itself takes 10 000.
