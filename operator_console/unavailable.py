@@ -24,22 +24,25 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = "5"
 
 
+def unavailable(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The `503` of a request that found the database away (`exception`)."""
+    log.warning(
+        "%s %s: the database is unavailable: %s", request.method, request.path, exception
+    )
+    if request.path.startswith("/v1/"):
+        response = error(
+            503,
+            "database_unavailable",
+            "The server cannot answer now (its database is unavailable); "
+            "try again in a moment.",
+            kind="server_error",
+        )
+    else:
+        response = HttpResponse(render_to_string("503.html"), status=503)
+    response["Retry-After"] = RETRY_AFTER
+    return response
+
+
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not is_database_away(exception):
-            return None
-        log.warning(
-            "%s %s: the database is unavailable: %s", request.method, request.path, exception
-        )
-        if request.path.startswith("/v1/"):
-            response = error(
-                503,
-                "database_unavailable",
-                "The server cannot answer now (its database is unavailable); "
-                "try again in a moment.",
-                kind="server_error",
-            )
-        else:
-            response = HttpResponse(render_to_string("503.html"), status=503)
-        response["Retry-After"] = RETRY_AFTER
-        return response
+        return unavailable(request, exception) if is_database_away(exception) else None

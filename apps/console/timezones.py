@@ -12,10 +12,12 @@ import zoneinfo
 from urllib.parse import unquote
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.decorators import sync_and_async_middleware
+
+from apps.sessions.db import AWAY
+from operator_console.unavailable import unavailable
 
 COOKIE = "oc_tz"
 PAGES = ("/console/", "/admin/", "/accounts/")
@@ -48,10 +50,7 @@ def browser_zone(request: HttpRequest) -> str:
 def zone_for(request: HttpRequest) -> str:
     """The zone of this request's times; `request.oc_timezone_chosen` says whether it is the
     operator's setting (else the browser's, which the page's script uses as it is)."""
-    try:
-        setting = chosen(getattr(request, "user", None))
-    except (OperationalError, InterfaceError):  # the database is away: the view says so (503)
-        setting = ""
+    setting = chosen(getattr(request, "user", None))
     request.oc_timezone_chosen = valid(setting)
     if request.oc_timezone_chosen:
         return setting
@@ -70,7 +69,10 @@ def operator_timezone(get_response):
         async def middleware(request: HttpRequest):
             if not _applies(request):
                 return await get_response(request)
-            zone = await sync_to_async(zone_for)(request)
+            try:
+                zone = await sync_to_async(zone_for)(request)
+            except AWAY as exc:  # say so now: the view would wait out the pool a second time
+                return unavailable(request, exc)
             with timezone.override(zoneinfo.ZoneInfo(zone)):
                 return await get_response(request)
 
@@ -79,7 +81,10 @@ def operator_timezone(get_response):
         def middleware(request: HttpRequest):
             if not _applies(request):
                 return get_response(request)
-            zone = zone_for(request)
+            try:
+                zone = zone_for(request)
+            except AWAY as exc:
+                return unavailable(request, exc)
             with timezone.override(zoneinfo.ZoneInfo(zone)):
                 return get_response(request)
 

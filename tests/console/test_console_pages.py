@@ -412,6 +412,25 @@ def test_an_awkward_session_id_breaks_no_page_and_no_post(operator, settings):
 START = datetime(2026, 12, 6, 15, 52, 13, tzinfo=UTC)
 
 
+def test_a_page_that_finds_the_database_away_answers_503_without_asking_it_again(
+    operator, monkeypatch
+):
+    """The operator's timezone is the first thing a page reads. When that read finds the
+    database away (on PostgreSQL, after the pool's 10 s), the page is the 503 at once, not
+    after the view has waited for the database a second time."""
+    from django.db import OperationalError
+
+    from apps.console import timezones
+
+    def away(user):
+        raise OperationalError("couldn't get a connection after 10.00 sec")
+
+    monkeypatch.setattr(timezones, "chosen", away)
+    page = operator.get(reverse("console:dashboard"))
+    assert page.status_code == 503 and page["Retry-After"]
+    assert "cannot reach its database" in page.content.decode()
+
+
 @pytest.mark.parametrize(
     ("cookie", "setting", "shown"),
     [
