@@ -12,8 +12,9 @@ request that asked for it (a nudged turn), and says when the caller interrupted 
 was cancelled because the caller spoke).
 Deltas are read only while someone watches. An agent's turn that was already streaming when
 watching began has missed its first deltas: it is `partial` (its text lacks its beginning) until
-its response ends and gives the whole text. A change is `{"id", "role", "append": str}` (text to add) or a whole entry
-(`"text"` replaces what the browser has).
+its response ends and gives the whole text.
+A change is `{"id", "role", "append": str}` (text to add) or a whole entry (`"text"` replaces
+what the browser has).
 A tool call (`tools`) is an entry of role `"tool"` whose `"tool"` holds its kind, name,
 arguments, output and duration; its text is the output. They are kept as plain tuples of strings and flags,
 smaller than dicts and, holding no containers, untracked by the garbage collector (which only
@@ -162,7 +163,10 @@ class Transcript:
             return
         change = self._changes.get(item_id)
         if change is None:
-            change = {"id": item_id, "role": "agent", "append": text, "oob": oob, "response_id": response_id}
+            change = {
+                "id": item_id, "role": "agent", "append": text, "oob": oob,
+                "response_id": response_id,
+            }
             if item_id in self._partial:
                 change["partial"] = True
             self._changes[item_id] = change
