@@ -15,12 +15,12 @@ from urllib.parse import parse_qs, parse_qsl
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
 from apps.realtime import events
 from apps.sessions import groups
 from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
+from apps.sessions.db import AWAY
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.services import label_problem
 from apps.sessions.upstream import open_upstream
@@ -179,7 +179,7 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
     async def connect(self) -> None:
         try:
             principal = await asyncio.wait_for(authenticate_relay(self.scope), AUTH_TIMEOUT)
-        except (OperationalError, InterfaceError, TimeoutError) as exc:  # no token can be checked
+        except (*AWAY, TimeoutError) as exc:  # no token can be checked
             log.warning("relay handshake refused: the database is unavailable: %r", exc)
             await self.deny(
                 503,

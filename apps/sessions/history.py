@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Model
 
-from apps.sessions.db import serialised_write
+from apps.sessions.db import is_database_away, serialised_write
 
 log = logging.getLogger(__name__)
 # One JSON object per committed transition (sessions and requests): `oc.events`.
@@ -182,7 +182,7 @@ class HistoryWriter:
                     work()
             except Exception as exc:
                 connection.close()
-                unreachable = isinstance(exc, OperationalError | InterfaceError)
+                unreachable = is_database_away(exc)
                 if unreachable and not _database_answers():
                     if waiting_since is None:
                         waiting_since = time.monotonic()
