@@ -157,7 +157,7 @@ class ResponseRequest(models.Model):
     class Origin(models.TextChoices):
         CALLER = "caller"
         CONSOLE = "console"
-        API = "api"
+        API = "api", "API"
         SERVER = "server"
 
     # The sequencer's statuses are the record's: one list, in apps/realtime/sequencer.py.

@@ -60,6 +60,13 @@ def test_history_is_searchable_filterable_and_shows_the_timeline(staff_client, h
     assert b"5 ms" in detail.content and b"20 ms" in detail.content, "queue wait and latency shown"
 
 
+def test_the_origin_of_a_rest_request_reads_api(staff_client, history):
+    page = staff_client.get("/admin/oc_sessions/responserequest/").content.decode()
+    assert "API<br>" in page, "the origin column"
+    assert re.search(r'origin__exact=api"[^>]*>API</a>', page), "the origin filter"
+    assert "Api" not in page
+
+
 def test_the_request_list_shows_the_newest_first(staff_client, history):
     ResponseRequest.objects.create(
         id="req_admin2", session=history, origin="console", status="queued",
