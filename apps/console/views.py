@@ -108,7 +108,7 @@ def _session_page(
             "session_cost_usd": cost_usd(model=session.model, usage=session.usage or {}),
             "over": session.status in OVER,
             "requests": rows,
-            "requests_shown": queue_first(rows),
+            "requests_shown": queue_first(rows, relayed=session.kind == LiveSession.Kind.RELAY),
             "transcript": transcript,
             "transcript_gone": transcript_gone if session.status in OVER else None,
             "untranscribed": (UNTRANSCRIBED, NEVER_TRANSCRIBED),
@@ -133,22 +133,34 @@ async def refused_transfer(
     )
 
 
-def queue_first(rows: list[ResponseRequest]) -> list[ResponseRequest]:
+def queue_first(rows: list[ResponseRequest], *, relayed: bool) -> list[ResponseRequest]:
     """The requests as the session page lists them: what waits or runs first, oldest on top
     (the order they go out), then the history, newest first; so at 1280×800 the queue and the
     latest of the history are on screen without scrolling, however long the history. Each row
-    is given its latency (request → start, ms) and whether the history starts with it.
-    session.js orders its live updates the same way."""
+    is given its latency (request → start, ms, when the console sent it: see `sent_here`) and
+    whether the history starts with it. session.js orders and measures its live updates the
+    same way."""
     waiting = sorted((r for r in rows if not r.is_terminal), key=lambda r: (r.created_at, r.id))
     done = sorted((r for r in rows if r.is_terminal), key=lambda r: (r.created_at, r.id), reverse=True)
     for r in waiting + done:
+        measured = sent_here(r, relayed=relayed) and r.started_at is not None
         r.latency_ms = (
-            round((r.started_at - r.created_at).total_seconds() * 1000) if r.started_at else None
+            round((r.started_at - r.created_at).total_seconds() * 1000) if measured else None
         )
         r.first_history = False
     if waiting and done:
         done[0].first_history = True
     return waiting + done
+
+
+def sent_here(r: ResponseRequest, *, relayed: bool) -> bool:
+    """Whether the console sent the request's `response.create`, so that its request → start
+    time means something: an operator's request, or a caller's on a relayed session. The
+    server's own responses, and an attached call's caller's (they go to the model directly),
+    are seen only as they start."""
+    if r.origin == ResponseRequest.Origin.CALLER:
+        return relayed
+    return r.origin != ResponseRequest.Origin.SERVER
 
 
 @steering.form

@@ -126,6 +126,25 @@ def test_without_javascript_the_page_shows_what_the_server_knows_and_hides_what_
     assert "<noscript>" in page and "reload it for news" in page
 
 
+@pytest.mark.parametrize("kind", ["relay", "sip"])
+def test_the_latency_is_shown_only_for_a_request_the_console_sent(operator, kind):
+    """The server's responses, and an attached call's caller's (sent to the model directly),
+    are seen only as they start: a request → start time of 0 ms would mean nothing."""
+    session = _session(f"sess_latency_{kind}", kind=kind)
+    for rid, origin in (("req_op", "api"), ("req_caller", "caller"), ("req_server", "server")):
+        request = _request(session, f"{rid}_{kind}", origin=origin, status="completed")
+        request.started_at = request.created_at + timedelta(milliseconds=0 if origin == "server" else 37)
+        request.save(update_fields=["started_at"])
+    page = operator.get(f"/console/sessions/sess_latency_{kind}/").content.decode()
+    latency = {
+        rid: re.search(rf'<tr data-request="{rid}_{kind}".*?class="num latency"[^>]*>(.*?)</span>', page, re.S)
+        .group(1) for rid in ("req_op", "req_caller", "req_server")
+    }
+    caller = "37 ms" if kind == "relay" else ""
+    assert latency == {"req_op": "37 ms", "req_caller": caller, "req_server": ""}
+    assert f'data-kind="{kind}"' in page, "session.js measures its live rows by the same rule"
+
+
 def test_without_javascript_a_watcher_is_not_told_that_steering_works(transactional_db):
     from django.test import Client
 

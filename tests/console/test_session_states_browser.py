@@ -107,3 +107,44 @@ async def test_the_form_resets_and_refusals_take_focus_and_an_end_looks_as_after
         "ended note": True, "ended at": True, "listen": 0, "steer card": 0, "two columns": 1, "status": "Session over",
     }
     assert alice.errors == []
+
+
+def _ended_session_with_three_requests(kind: str) -> str:
+    """An ended session of `kind` with an operator's, a caller's and the server's response,
+    each 37 ms (the server's 0 ms) from request to start."""
+    from datetime import timedelta
+    from uuid import uuid4
+
+    from django.utils import timezone
+
+    from apps.sessions.models import ResponseRequest
+
+    session = LiveSession.objects.create(
+        id=uuid4(), upstream_id=f"sess_js_latency_{kind}", model="gpt-realtime", status="ended", kind=kind
+    )
+    created = timezone.now() - timedelta(seconds=30)
+    for origin in ("api", "caller", "server"):
+        ResponseRequest.objects.create(
+            id=f"req_{origin}_{kind}", session=session, origin=origin, status="completed", created_at=created,
+            started_at=created + timedelta(milliseconds=0 if origin == "server" else 37),
+        )
+    return session.upstream_id
+
+
+@pytest.mark.parametrize("kind", ["relay", "sip"])
+async def test_the_script_shows_latency_only_for_a_request_the_console_sent(login, daphne, kind):
+    """As the server renders the rows (test_session_page_server): no 0 ms for a response that
+    was only seen as it started, in the rows and in the chart."""
+    session_id = await sync_to_async(_ended_session_with_three_requests)(kind)
+    alice = await login("alice")
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/sessions/{session_id}/")
+    await expect(page.locator("[data-latency-caption]")).to_contain_text("Request → start latency,")
+    shown = dict(await page.locator("[data-requests] tr").evaluate_all(
+        "(rows) => rows.map((r) => [r.dataset.request, r.querySelector('.latency').textContent])"
+    ))
+    caller = "37 ms" if kind == "relay" else ""
+    assert shown == {f"req_api_{kind}": "37 ms", f"req_caller_{kind}": caller, f"req_server_{kind}": ""}
+    points = 2 if kind == "relay" else 1
+    assert await page.locator("[data-latency-chart] circle").count() == points
+    assert alice.errors == []

@@ -7,6 +7,7 @@ const main = document.querySelector("main");
 const sessionId = main.dataset.sessionId;
 const me = main.dataset.username;
 const canSteer = main.dataset.canSteer === "true";
+const RELAYED = main.dataset.kind === "relay"; // not an attached call (WebRTC, SIP)
 const OVER = new Set(["ended", "failed"]);
 let over = OVER.has(main.dataset.status);
 const csrf = document.querySelector("input[name=csrfmiddlewaretoken]")?.value;
@@ -59,7 +60,7 @@ function cancelControl(request) {
 // A row stacked to fit the card (as parts/request_row.html renders it): what was asked on
 // top, who and when below; the status and latency on the right; a cancel under them.
 function requestRow(request) {
-  const latency = millis(request.created_at, request.started_at);
+  const latency = requestToStart(request);
   const metadata = request.metadata && Object.keys(request.metadata).length
     ? el("small", { class: "req-metadata" }, Object.entries(request.metadata).map(([k, v]) => `${k}=${v} `)) : null;
   const reason = request.error?.code || request.error_code;
@@ -76,6 +77,14 @@ function requestRow(request) {
       reason ? el("small", { class: "reason", text: reason }) : null,
       el("span", { class: "num latency", title: "request → start", text: latency === null ? "" : `${latency} ms` })),
     el("td", { class: "act" }, cancelControl(request)));
+}
+
+// Request → start (ms) of a request the console sent (as views.sent_here decides): null for one
+// not started yet, and for a response the server or an attached call's caller started, seen
+// only as it started.
+function requestToStart(request) {
+  const sentHere = request.origin === "caller" ? RELAYED : request.origin !== "server";
+  return sentHere ? millis(request.created_at, request.started_at) : null;
 }
 
 function truncate(text, n) {
@@ -184,8 +193,8 @@ function drawChart() {
   const chart = document.querySelector("[data-latency-chart]");
   const caption = document.querySelector("[data-latency-caption]");
   const started = [...requests.values()]
-    .filter((r) => r.origin !== "server" && r.started_at)
-    .map((r) => ({ request: r, ms: millis(r.created_at, r.started_at) }));
+    .map((r) => ({ request: r, ms: requestToStart(r) }))
+    .filter((point) => point.ms !== null);
   // The left margin holds the widest tick ("500000"); the unit sits above the axis, right of
   // it, clear of the ticks. x: the first and last points have their number under them.
   const W = 320, H = 100, left = 46, right = 10, top = 14, bottom = 26;
