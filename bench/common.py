@@ -681,15 +681,13 @@ class CountingSimulator(Simulator):
 
 class SimulatorThread:
     """A `CountingSimulator` on an event loop of its own in a daemon thread, so its receive
-    stamps do not wait behind the benchmark's work; a probe measures that loop's lag."""
+    stamps do not wait behind the benchmark's work."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-sim", daemon=True)
         self.thread.start()
-        self.lags: list[float] = []
         self.sim: CountingSimulator = self.call(self._start(config))
-        self._probe = asyncio.run_coroutine_threadsafe(lag_probe(self.lags), self.loop)
 
     async def _start(self, config: SimulatorConfig) -> CountingSimulator:
         sim = CountingSimulator(config)
@@ -701,19 +699,10 @@ class SimulatorThread:
         return future.result(timeout)
 
     def stop(self) -> None:
-        self._probe.cancel()
         with contextlib.suppress(Exception):
             self.call(self.sim.aclose())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-async def lag_probe(lags: list[float]) -> None:
-    """How late a 20 ms sleep wakes up on this loop, again and again."""
-    while True:
-        before = time.monotonic()
-        await asyncio.sleep(0.02)
-        lags.append(time.monotonic() - before - 0.02)
 
 
 # ---------------------------------------------------------------------------- operators

@@ -16,7 +16,6 @@ import collections
 import contextlib
 import gc
 import json
-import math
 import os
 import random
 import re
@@ -135,7 +134,6 @@ class Soak:
     connect_failures: list[str] = field(default_factory=list)
     read_errors: list[str] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
-    loop_lags: list[float] = field(default_factory=list)
     phase: str = "connect"
     run_started: float = 0.0
     wall: dict[str, str] = field(default_factory=dict)  # phase → local wall-clock time
@@ -375,69 +373,23 @@ def requests(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
     }
 
 
-def latency(soak: Soak) -> tuple[dict, list[tuple[float, float, bool]]]:
+def latency(soak: Soak) -> dict:
     """POST starts → the simulator has the tagged create: direct nudges and those that waited
-    behind a response of their session; the slowest direct ones' split; and (run time,
-    latency, waited) of each, for the timeline."""
-    sim, each, direct, waited = soak.sim.sim, [], [], []
+    behind a response of their session."""
+    sim, direct, waited = soak.sim.sim, [], []
     accepted = [n for n in soak.nudges if n.request_id and n.sent is not None]
     for nudge in accepted:
-        if (stamp := sim.creates.get(nudge.request_id)) is None:
-            continue
-        late, behind = stamp[1] - nudge.sent, sim.waited(stamp[0], nudge.sent, stamp[1])
-        (waited if behind else direct).append((late, nudge))
-        each.append((nudge.sent - soak.run_started, late, behind))
+        if (stamp := sim.creates.get(nudge.request_id)) is not None:
+            behind = sim.waited(stamp[0], nudge.sent, stamp[1])
+            (waited if behind else direct).append(stamp[1] - nudge.sent)
     timed = [n.timing for n in accepted if n.timing]
     return {
-        "latency_direct_ms": summary([lat for lat, _ in direct]),
-        "latency_waited_ms": summary([lat for lat, _ in waited]),
-        "latency_all_ms": summary([lat for lat, _ in direct + waited]),
+        "latency_direct_ms": summary(direct),
+        "latency_waited_ms": summary(waited),
+        "latency_all_ms": summary(direct + waited),
         "post_rtt_ms": summary([n.answered - n.sent for n in accepted if n.answered is not None]),
         "post_split_ms": {p: summary([t[p] for t in timed if p in t]) for p in common.PHASES},
-        "tail": tail(direct),
-    }, each
-
-
-def tail(samples: list[tuple[float, Nudge]]) -> dict | None:
-    """Where the slowest 1% of direct nudges spent their time (means, ms): the POST round
-    trip, its timed phases, and what came after the answer."""
-    if len(samples) < 100:
-        return None
-    slow = sorted(samples, key=lambda item: item[0])[int(0.99 * len(samples)) :]
-    answered = [(lat, n) for lat, n in slow if n.answered is not None]
-
-    def ms(values: list[float]) -> float | None:
-        return summary(values)["mean"]
-
-    return {
-        "n": len(slow),
-        "from_ms": 1000 * slow[0][0],
-        "latency": ms([lat for lat, _ in slow]),
-        "rtt": ms([n.answered - n.sent for _, n in answered]),
-        "after_answer": ms([max(0.0, lat - (n.answered - n.sent)) for lat, n in answered]),
-        "phases": {name: ms([n.timing[name] for _, n in slow if n.timing and name in n.timing])
-                   for name in common.PHASES},
-        "via": dict(collections.Counter(n.via for _, n in slow)),
     }
-
-
-def timeline(soak: Soak, each: list[tuple[float, float, bool]]) -> list[dict]:
-    """Per tenth of the run: nudges and their latency, RSS at the end, mean CPU."""
-    bucket, rows = max(SAMPLE_EVERY, soak.plan.duration / 10), []
-    for b in range(math.ceil(soak.plan.duration / bucket)):
-        lo, hi = b * bucket, (b + 1) * bucket
-        lats = [(lat, behind) for t, lat, behind in each if lo <= t < hi]
-        direct = [lat for lat, behind in lats if not behind]
-        window = [s for s in soak.samples if s["t"] is not None and lo < s["t"] <= hi]
-        rows.append({
-            "from": lo, "to": hi, "nudges": len(lats), "p50": summary(direct)["p50"],
-            "p99": summary(direct)["p99"], "p99_all": summary([lat for lat, _ in lats])["p99"],
-            "rss": window[-1]["rss"] if window else {},
-            "cpu_pct": {n: common.mean([s["cpu_pct"][n] for s in window]) for n in soak.groups},
-            "machine_pct": common.mean([s["machine_pct"] for s in window]),
-            "other_pct": common.mean([s["other_pct"] for s in window]),
-        })
-    return rows
 
 
 def rss_flatness(soak: Soak) -> dict:
@@ -448,10 +400,7 @@ def rss_flatness(soak: Soak) -> dict:
         timed = [s for s in run if s["t"] is not None and s["t"] <= end_of_run]
         series = [(s["t"], s["rss"][name]) for s in timed]
         after = [(t, v) for t, v in series if t >= soak.plan.warmup and v is not None]
-        entry = out[name] = {
-            "series": [s["rss"][name] for s in run],
-            "connected": next((v for t, v in series if t >= 0), None),
-        }
+        entry = out[name] = {"connected": next((v for t, v in series if t >= 0), None)}
         if len(after) >= 2:
             start, end = after[0][1], after[-1][1]
             entry.update(
@@ -472,12 +421,11 @@ def slope(points: list[tuple[float, float]]) -> float:
 def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
     sim, callers = soak.sim.sim, soak.callers
     running = [s for s in soak.samples if s["phase"] in ("warm-up", "run")]
-    lat, each = latency(soak)
     codes = sum((c.codes for c in callers), collections.Counter())
     closed = [f"{c.session_id} ({c.server}): {c.closed}" for c in callers if c.closed]
     return {
         **requests(soak, rows),
-        **lat,
+        **latency(soak),
         "measured": True,
         "sessions": len(callers),
         "sessions_by_process": dict(collections.Counter(c.server for c in callers)),
@@ -495,9 +443,6 @@ def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
         "closed_early": closed[:10],
         "closed_early_count": len(closed),
         **common.totals(callers, "frames", "deltas", "dones"),
-        "sim_loop_lag_ms": summary(soak.sim.lags),
-        "bench_loop_lag_ms": summary(soak.loop_lags),
-        "timeline": timeline(soak, each),
         "rss": rss_flatness(soak),
         "cpu_pct_mean": {n: common.mean([s["cpu_pct"][n] for s in running]) for n in soak.groups},
         "other_pct_mean": common.mean([s["other_pct"] for s in running]),
@@ -507,15 +452,6 @@ def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
 
 
 # ---------------------------------------------------------------------------- the part
-
-
-def pg_sessions(postgres: PostgresServer) -> int | None:
-    """Connections PostgreSQL has accepted to the soak's database so far."""
-    sql = f"SELECT sessions FROM pg_stat_database WHERE datname = '{postgres.database}';"
-    try:
-        return int(postgres.psql(sql).strip())
-    except (RuntimeError, ValueError):
-        return None
 
 
 def postmaster_pid(postgres: PostgresServer) -> int:
@@ -584,71 +520,44 @@ async def soak_run(bench: Bench, plan: Plan, services, sim, handles: list, resul
     groups.update(postgres=common.ProcessGroup(postmaster_pid(postgres), children=True),
                   redis=common.ProcessGroup(redis.proc.pid), bench=common.ProcessGroup(os.getpid()))
     soak = Soak(plan, token, sim, groups, clients)
-    probes = [asyncio.create_task(probe)
-              for probe in (soak.sampler(), common.lag_probe(soak.loop_lags))]
+    sampler = asyncio.create_task(soak.sampler())
     try:
         connect_s = await soak.connect_all()
         say(f"    {len(soak.callers)}/{plan.sessions} sessions live in {connect_s:.1f} s "
             f"({len(soak.connect_failures)} failed); running {plan.duration:g} s")
-        await measure(soak, postgres, result)
+        await measure(soak, result)
         result.update(analyse(soak, result.pop("rows")), connect_s=connect_s)
         result["live_after_close"] = await soak.close_all()
     finally:
-        await common.cancel_all(probes)
+        await common.cancel_all([sampler])
         await asyncio.gather(*(c.close() for c in soak.callers), return_exceptions=True)
         for client in clients.values():
             await client.aclose()
-        write_samples(bench, soak)
 
 
-async def measure(soak: Soak, postgres: PostgresServer, result: dict) -> None:
+async def measure(soak: Soak, result: dict) -> None:
     """The load with this process's collector off, the drain, the read-back."""
-    pg_before = await asyncio.to_thread(pg_sessions, postgres)
     gc.collect()
     gc.freeze()  # the callers and the simulator live through the run
-    rss_before = soak.groups["bench"].rss()
     gc.disable()
     try:
         await soak.run_load()
-        result["harness_rss_growth"] = soak.groups["bench"].rss() - rss_before
     finally:
         gc.enable()
         gc.unfreeze()
-        started = time.perf_counter()
-        result["harness_garbage"] = gc.collect()
-        result["harness_collect_ms"] = (time.perf_counter() - started) * 1000
-    pg_after = await asyncio.to_thread(pg_sessions, postgres)
-    if pg_before is not None and pg_after is not None:
-        result["pg_sessions_run"] = pg_after - pg_before
+        gc.collect()
     result["drain_s"] = await soak.drain()
     left = max(5.0, soak.plan.drain - result["drain_s"])
     result["rows"] = await soak.read_back(time.monotonic() + left)
 
 
-def write_samples(bench: Bench, soak: Soak) -> None:
-    creates = soak.sim.sim.creates
-    nudges = [{**asdict(n), "upstream": creates.get(n.request_id, (None, None))[1]}
-              for n in soak.nudges]
-    path = bench.out / "soak-samples.json"
-    path.write_text(json.dumps({"resources": soak.samples, "nudges": nudges}, default=str))
-
-
 # ---------------------------------------------------------------------------- report
 
-SPARK = "▁▂▃▄▅▆▇█"
 PHASE_LABELS = {
     "auth": "token check (`Server-Timing` auth)",
     "db": "the store (`Server-Timing` db)",
     "ping": "ping over Redis (`Server-Timing` ping)",
 }
-
-
-def sparkline(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return ""
-    lo, hi = min(values), max(values)
-    return "".join(SPARK[min(7, int((v - lo) / (hi - lo) * 8)) if hi > lo else 0] for v in values)
 
 
 def mib(value) -> str:
@@ -661,8 +570,7 @@ def counts(counter: dict) -> str:
 
 
 def body(r: dict) -> list[str]:
-    parts = (about, request_table, overlaps, latency_table, tail_text, measuring_side,
-             timeline_table, rss_table, targets, problems)
+    parts = (about, request_table, overlaps, latency_table, rss_table, targets, problems)
     return [part(r) for part in parts]
 
 
@@ -731,70 +639,15 @@ def latency_table(r: dict) -> str:
     )
 
 
-def tail_text(r: dict) -> str:
-    t = r.get("tail")
-    if not t:
-        return ""
-    timed = {p: v for p, v in t["phases"].items() if v is not None}
-    untimed = t["rtt"] - sum(timed.values()) if t["rtt"] is not None else None
-    parts = "".join(f"{p} {fmt(v)}, " for p, v in timed.items())
-    return (
-        f"The slowest 1% of direct nudges ({t['n']}, from {fmt(t['from_ms'])} ms; posted to "
-        f"{counts(t['via'])}), means: latency {fmt(t['latency'])} ms = POST round trip "
-        f"{fmt(t['rtt'])} ms ({parts}the rest in Daphne, Django and the network {fmt(untimed)}) "
-        f"+ after the answer {fmt(t['after_answer'])} ms (the ping through Redis to the holder, "
-        "its actor, the upstream send).\n"
-    )
-
-
-def measuring_side(r: dict) -> str:
-    sim, own = r["sim_loop_lag_ms"], r["bench_loop_lag_ms"]
-    text = ""
-    if r.get("pg_sessions_run") is not None:
-        per = r["pg_sessions_run"] / max(1, r["nudges_submitted"] + r["turns_submitted"])
-        text = (f"PostgreSQL accepted {r['pg_sessions_run']:,} new connections during the run "
-                f"(`pg_stat_database.sessions`): {per:.2f} per request submitted.\n\n")
-    return text + (
-        "Measuring-side lag (how late a 20 ms sleep woke up): simulator's loop p50 "
-        f"{fmt(sim['p50'], 2)} / p99 {fmt(sim['p99'], 2)} / max {fmt(sim['max'])} ms; callers' "
-        f"and HTTP client's loop p50 {fmt(own['p50'], 2)} / p99 {fmt(own['p99'], 2)} / max "
-        f"{fmt(own['max'])} ms. The benchmark process's collector was off during the load; its "
-        f"RSS grew {mib(r.get('harness_rss_growth'))} MiB meanwhile, and the collection at the "
-        f"end freed {r.get('harness_garbage', 0):,} objects in "
-        f"{fmt(r.get('harness_collect_ms'), 0)} ms.\n"
-    )
-
-
-def timeline_table(r: dict) -> str:
-    rows = []
-    for row in r["timeline"]:
-        cpu, rss = {k: fmt(v, 0) for k, v in row["cpu_pct"].items()}, row["rss"]
-        rows.append([
-            f"{row['from']:.0f}–{row['to']:.0f}", row["nudges"], fmt(row["p50"]),
-            f"{fmt(row['p99'])} ({fmt(row['p99_all'], 0)})", mib(rss.get("daphne-A")),
-            mib(rss.get("daphne-B")), f"{cpu['daphne-A']} / {cpu['daphne-B']}",
-            f"{cpu['postgres']} / {cpu['redis']} / {cpu['bench']}", fmt(row["other_pct"], 0),
-            fmt(row["machine_pct"], 0),
-        ])
-    return (
-        "Over time (t = 0 when every session is live; latency of direct nudges posted in the "
-        "interval, p99 of all in brackets; RSS at the interval's last sample; CPU % of one core, "
-        "mean of the 5 s samples; *other*: everything else on the machine, % of one core; "
-        "machine % of all cores):\n\n"
-        + table(["t s", "nudges", "p50 ms", "p99 ms (all)", "RSS A MiB", "RSS B MiB",
-                 "CPU % A / B", "CPU % postgres / redis / bench", "other %", "machine %"], rows)
-    )
-
-
 def rss_table(r: dict) -> str:
     keys = ("connected", "at_warmup", "end", "peak", "growth")
-    rows = [[name, f"`{sparkline(e['series'])}`", *[mib(e.get(k)) for k in keys],
+    rows = [[name, *[mib(e.get(k)) for k in keys],
              fmt(e.get("slope_mib_min"), 2)] for name, e in r["rss"].items()]
     cpu = ", ".join(f"{k} {fmt(v, 0)}" for k, v in r["cpu_pct_mean"].items())
     return (
-        f"RSS every {SAMPLE_EVERY:g} s from the first connection to the end of the run (MiB):\n\n"
-        + table(["process", "connecting → end of run", "all live", "end of warm-up", "end",
-                 "peak after warm-up", "growth after warm-up", "slope MiB/min"], rows, left=2)
+        f"RSS sampled every {SAMPLE_EVERY:g} s (MiB):\n\n"
+        + table(["process", "all live", "end of warm-up", "end", "peak after warm-up",
+                 "growth after warm-up", "slope MiB/min"], rows)
         + f"\nMean CPU over the run, % of one core: {cpu}, everything else "
         f"{fmt(r['other_pct_mean'], 0)}; machine {fmt(r['machine_pct_mean'], 0)}% of its "
         f"{common.CORES} cores.\n"
