@@ -182,16 +182,9 @@ def where(path: str) -> str:
     return f"stdlib:{match.group(1).split('/')[0].removesuffix('.py')}" if match else path
 
 
-def _home(path: str) -> str:
-    home = where(path) if path else "?"
-    return home if home.startswith("apps/") else home.split("/")[0]
-
-
 def summarise_profile(raw: Path, top: int = 20) -> dict:
-    """Self time per function and per package, inclusive time per package, and samples per
-    thread, from py-spy's raw (collapsed) output."""
-    self_fn, self_pkg, incl_pkg, threads = (collections.Counter() for _ in range(4))
-    total = 0
+    """Samples per thread and self time per function, from py-spy's raw (collapsed) output."""
+    self_fn, threads, total = collections.Counter(), collections.Counter(), 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -200,21 +193,12 @@ def summarise_profile(raw: Path, top: int = 20) -> dict:
         total += n
         if frames[0].startswith("thread ("):
             threads[re.sub(r"_\d+$", "", frames.pop(0).split(": ", 1)[-1])] += n
-        parsed = [(m["func"], m["file"]) if (m := _FRAME.match(f)) else (f, "") for f in frames]
-        if not parsed:
-            continue
-        func, file = parsed[-1]
-        self_fn[f"{func} ({where(file) if file else '?'})"] += n
-        self_pkg[_home(file)] += n
-        for home in {_home(f) for _, f in parsed if f}:
-            incl_pkg[home] += n
-    return {
-        "samples": total,
-        "threads": threads.most_common(),
-        "self_functions": self_fn.most_common(top),
-        "self_packages": self_pkg.most_common(15),
-        "inclusive_packages": incl_pkg.most_common(20),
-    }
+        if frames and (m := _FRAME.match(frames[-1])):
+            self_fn[f"{m['func']} ({where(m['file']) or '?'})"] += n
+        elif frames:
+            self_fn[f"{frames[-1]} (?)"] += n
+    return {"samples": total, "threads": threads.most_common(),
+            "self_functions": self_fn.most_common(top)}
 
 
 # ---------------------------------------------------------------------------- report
@@ -353,18 +337,10 @@ def render_profile(profile: dict | None) -> list[str]:
         f"`profile-relay-c{c}-gil.txt` and `…-active.txt` in the run's output directory.\n"
     )
     out.append(thread_table(g, a, PROFILE_RATE * secs))
-    for title, s in (("holding the GIL", g), ("not idle", a)):
-        total = s["samples"] or 1
-        rows = [[f"`{name}`", f"{100 * n / total:.1f}"] for name, n in s["self_functions"]]
-        out.append(f"Top self-time functions, {title} (% of that recording's samples):\n")
-        out.append(table(["function (package / file)", "self %"], rows))
-    total, self_pkg = g["samples"] or 1, dict(g["self_packages"])
-    rows = [[f"`{name}`", f"{100 * self_pkg.get(name, 0) / total:.1f}", f"{100 * n / total:.1f}"]
-            for name, n in g["inclusive_packages"]]
-    out.append("By package or file, holding the GIL: self = the frame on top of the stack; "
-               "inclusive = anywhere on the stack (so the event loop's packages include nearly "
-               "everything):\n")
-    return [*out, table(["package / file", "self %", "inclusive %"], rows)]
+    total = g["samples"] or 1
+    rows = [[f"`{name}`", f"{100 * n / total:.1f}"] for name, n in g["self_functions"]]
+    out.append("Top self-time functions, holding the GIL (% of that recording's samples):\n")
+    return [*out, table(["function (package / file)", "self %"], rows)]
 
 
 def thread_table(g: dict, a: dict, possible: float) -> str:
