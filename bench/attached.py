@@ -68,11 +68,11 @@ class Run:
                 await asyncio.sleep(0.1)
         return found
 
-    async def nudge(self, session_id: str, n: int) -> tuple[str, float, float]:
-        """(request id, when the client started writing the POST, when it had the answer)."""
-        response, sent, answered = await common.post_nudge(self.client, self.base, self.token,
-                                                     session_id, n)
-        return response.json()["id"], sent, answered
+    async def nudge(self, session_id: str, n: int) -> tuple[str, float]:
+        """(request id, when the client started writing the POST)."""
+        response, sent, _ = await common.post_nudge(self.client, self.base, self.token,
+                                                    session_id, n)
+        return response.json()["id"], sent
 
     async def received(self, request_id: str, timeout: float = NUDGE_TIMEOUT) -> float:
         """When the simulator received the request's response.create."""
@@ -98,17 +98,16 @@ class Run:
                     return
                 await asyncio.sleep(0.005)
 
-    async def latency(self, session_id: str, count: int) -> tuple[dict, dict]:
-        """(POST → upstream, POST round trip) of sequential nudges on an idle call."""
-        samples, rtts = [], []
+    async def latency(self, session_id: str, count: int) -> dict:
+        """POST → upstream of sequential nudges on an idle call."""
+        samples = []
         for n in range(count + 10):
-            request_id, sent, answered = await self.nudge(session_id, n)
+            request_id, sent = await self.nudge(session_id, n)
             at = await self.received(request_id)
             if n >= 10:  # the first ten warm up
                 samples.append(at - sent)
-                rtts.append(answered - sent)
             await self.idle(session_id, request_id)
-        return summary(samples), summary(rtts)
+        return summary(samples)
 
     async def load(self, sessions: list[str], duration: float, drain: float) -> dict:
         rng = random.Random(SEED)
@@ -122,7 +121,7 @@ class Run:
             while at < begin + duration:
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 try:
-                    request_id, when, _ = await self.nudge(session_id, n)
+                    request_id, when = await self.nudge(session_id, n)
                     sent[request_id] = when
                 except Exception as exc:  # noqa: BLE001 - counted
                     failures.append(f"{type(exc).__name__}: {exc}"[:300])
@@ -160,11 +159,6 @@ class Run:
                                 deadline, 50, 0.2)
         return statuses
 
-    async def relayed(self, count: int) -> list[common.Caller]:
-        url = common.realtime_url(self.base)
-        return await common.in_batches(range(count), lambda _: common.Caller.open(url, self.token),
-                                       size=20)
-
 
 async def run(bench: Bench, args) -> dict:
     calls, sequential, duration, drain, budget = common.by_mode(PLANS, args)
@@ -197,32 +191,28 @@ async def measure(run_: Run, daphne: common.ProcessGroup, settle: float, plan: t
     # (the SDK's webhook verification, the first sideband) is not counted per session.
     [first_call] = await run_.place_calls(1)
     first = (await run_.sessions_of([first_call]))[first_call]
-    lat, rtt = result["latency_ms"], result["rtt_ms"] = await run_.latency(first, sequential)
+    lat = result["latency_ms"] = await run_.latency(first, sequential)
     say(f"    nudge on an idle attached call: p50 {fmt(lat['p50'], 2)} ms, p99 "
-        f"{fmt(lat['p99'], 2)} ms (POST round trip p50 {fmt(rtt['p50'], 2)} ms, p99 "
-        f"{fmt(rtt['p99'], 2)} ms)")
+        f"{fmt(lat['p99'], 2)} ms")
     await asyncio.sleep(settle)
     rss_idle = daphne.rss() / 2**20
     sessions = await run_.sessions_of(await run_.place_calls(calls))
     await asyncio.sleep(settle)
     rss_attached = daphne.rss() / 2**20
-    say(f"    {calls} attached calls live; RSS {rss_idle:.0f} → {rss_attached:.0f} MiB")
     load = result["load"] = await run_.load(list(sessions.values()), duration, drain)
-    say(f"    load: {load['nudges']} nudges on {calls} calls, {load['lost']} lost, "
-        f"{load['overlapping']} overlapping, p99 {fmt(load['latency_ms']['p99'], 2)} ms")
-    callers = await run_.relayed(calls)
+    say(f"    load: {load['nudges']} nudges on {calls} calls, {load['lost']} lost")
+    url = common.realtime_url(run_.base)
+    callers = await common.in_batches(
+        range(calls), lambda _: common.Caller.open(url, run_.token), size=20)
     try:
         await asyncio.sleep(settle)
         rss_relayed = daphne.rss() / 2**20
     finally:
         await asyncio.gather(*(c.close() for c in callers))
-    rss = result["rss"] = {
-        "idle_mib": rss_idle,
+    result["rss"] = {
         "attached_kib_per_session": 1024 * (rss_attached - rss_idle) / calls,
         "relayed_kib_per_session": 1024 * (rss_relayed - rss_attached) / calls,
     }
-    say(f"    RSS per session: attached {rss['attached_kib_per_session']:.0f} KiB, "
-        f"relayed {rss['relayed_kib_per_session']:.0f} KiB")
 
 
 # ---------------------------------------------------------------------------- report

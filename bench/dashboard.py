@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import time
 
 import httpx
@@ -98,20 +97,12 @@ async def main(args) -> dict:
     try:
         await asyncio.sleep(args.settle)
         windows = await common.alternate(args.schedule, attach, measure, args.settle)
-        firsts = [d.first or {} for d in dashboards]
-        sizes = [size for d in dashboards for _, _, size in d.frames]
     finally:
         stop.set()
         await asyncio.gather(churner, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in dashboards))
-    return {
-        "windows": windows,
-        "churn": counts,
-        "listed_live": [f.get("live") for f in firsts],
-        "rows_per_page": [len(f.get("rows") or ()) for f in firsts],
-        "page_bytes_median": statistics.median(sizes) if sizes else None,
-        "operator_errors": [e for d in dashboards for e in d.errors][:5],
-    }
+    errors = [e for d in dashboards for e in d.errors][:5]
+    return {"windows": windows, "churn": counts, "operator_errors": errors}
 
 
 # ---------------------------------------------------------------------------- the part
@@ -124,17 +115,15 @@ async def run(bench: Bench, args) -> dict:
     seed = common.operators_code(USER_PREFIX, OPERATORS) + SESSIONS_CODE.format(sessions=sessions)
     budget = common.by_mode(BUDGET_S, args)
     result = await bench.app_with_clients("dashboard", config, budget, seed=seed)
-    return {**result, **analyse(result["windows"]), "sessions": sessions, "window_s": window}
+    return {**result, **analyse(result["windows"]), "sessions": sessions}
 
 
 def analyse(windows: list[dict]) -> dict:
-    def mean(on: bool, key: str = "daphne_cpu_percent") -> float | None:
-        return common.mean([w[key] for w in windows if w["dashboards"] == on])
-
-    without, with_ = mean(False), mean(True)
+    without, with_ = (common.mean([w["daphne_cpu_percent"] for w in windows
+                                   if w["dashboards"] == on]) for on in (False, True))
     cost = with_ - without if without is not None and with_ is not None else None
     return {"cpu_without_percent": without, "cpu_with_percent": with_,
-            "dashboard_cpu_percent": cost, "pages_per_s": mean(True, "pages_per_s")}
+            "dashboard_cpu_percent": cost}
 
 
 ABOUT = (

@@ -65,7 +65,6 @@ class StreamFollower:
     lag stays out of the figures."""
 
     events: int = 0
-    bytes: int = 0
     completed_at: dict[bytes, float] = field(default_factory=dict)
     recorded_lag: list[float] = field(default_factory=list)
     measuring: bool = False
@@ -83,7 +82,6 @@ class StreamFollower:
                 self.opened.set()
                 async for chunk in answer.aiter_raw():
                     now, wall = time.monotonic(), time.time()
-                    self.bytes += len(chunk)
                     buffer += chunk
                     *frames, buffer = buffer.split(b"\n\n")
                     for frame in frames:
@@ -191,7 +189,6 @@ async def main(args) -> dict:
         "windows": windows,
         "caller_errors": sum(len(c.errors) for c in clients.callers),
         "caller_error_samples": [e for c in clients.callers for e in c.errors][:5],
-        "callers_closed": [c.closed for c in clients.callers if c.closed][:5],
     }
 
 
