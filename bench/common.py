@@ -109,9 +109,8 @@ async def in_batches(items, open_one, size: int = 25, on_error=None) -> list:
 async def connect_all(count: int, open_one, stats: Stats | None = None) -> list:
     """A client process's callers (`in_batches`; with `stats`, a failed one is counted there, a
     figure, not a crash), announced as `connected`; none connected raises."""
-    started = time.monotonic()
     opened = await in_batches(range(count), open_one, on_error=stats and stats.error)
-    emit(event="connected", sessions=len(opened), seconds=round(time.monotonic() - started, 2))
+    emit(event="connected", sessions=len(opened))
     if not opened:
         raise RuntimeError(f"no caller connected: {stats and stats.error_samples[:3]}")
     return opened
@@ -865,7 +864,6 @@ class Stats:
     measuring: bool = False
     stop: bool = False
     deltas: int = 0
-    responses: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     unstamped: int = 0
@@ -920,8 +918,6 @@ async def run_caller(ws, index: int, stats: Stats) -> None:
                             stats.latencies_ns.append(now - int(stamp.group(1)))
                         stats.deltas += 1
                 elif kind == DONE:
-                    if stats.measuring:
-                        stats.responses += 1
                     break
                 elif kind == CREATED:
                     created = True

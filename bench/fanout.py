@@ -83,7 +83,6 @@ class Clients:
     async def attach(self, with_dashboards: bool) -> None:
         """Connect the operator sockets (all at once) or close them."""
         if with_dashboards and not self.operators:
-            started = time.monotonic()
             watch = {"type": "watch.session", "session_id": self.callers[0][1]}
             feed = {"type": "watch.sessions"}
             self.operators = [
@@ -95,7 +94,7 @@ class Clients:
                 op.open(self.args.base, watch if op.kind == "watcher" else feed)
                 for op in self.operators
             ))
-            emit(event="attached", sockets=len(self.operators), seconds=since(started))
+            emit(event="attached", sockets=len(self.operators))
         elif not with_dashboards and self.operators:
             await asyncio.gather(*(op.close() for op in self.operators))
             self.operators = []
@@ -127,15 +126,11 @@ class Clients:
         await common.close_sockets(ws for ws, _ in self.callers)
 
 
-def since(started: float) -> float:
-    return round(time.monotonic() - started, 2)
-
-
 async def main(args) -> dict:
-    clients, started, url = Clients(args), time.monotonic(), common.realtime_url(args.base)
+    clients, url = Clients(args), common.realtime_url(args.base)
     # Operators log in first: the password hash is the costly part, outside every window.
     clients.cookies = await common.log_in_operators(args.base, USER_PREFIX, WATCHERS + DASHBOARDS)
-    emit(event="logged_in", operators=len(clients.cookies), seconds=since(started))
+    emit(event="logged_in", operators=len(clients.cookies))
     clients.callers = await common.connect_all(
         CALLERS, lambda _: common.open_caller(url, args.token), clients.stats)
     gc.collect()

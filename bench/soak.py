@@ -31,7 +31,7 @@ from devtools.services import PostgresServer, RedisServer
 
 TITLE = "Soak: two processes, Redis, PostgreSQL"
 UPSTREAM_KEY = "sk-bench-soak-upstream"  # the simulator's key; never a real one
-SAMPLE_EVERY = 5.0  # s between resource samples
+SAMPLE_EVERY = 5.0  # s between RSS samples
 LATENCY_TARGET_MS = 30.0
 RSS_FLAT_SHARE = 0.05  # RSS is flat when it grows less than this after warm-up
 RSS_FLAT_MIB = 8.0  # ... or less than this many MiB (short runs: one GC arena is ~1 MiB)
@@ -133,7 +133,8 @@ class Soak:
     nudges: list[Nudge] = field(default_factory=list)
     connect_failures: list[str] = field(default_factory=list)
     read_errors: list[str] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)
+    samples: list[tuple[float, dict]] = field(default_factory=list)  # (t, RSS per Daphne)
+    cpu: dict = field(default_factory=dict)  # `CpuWindow.end()` over the warm-up and the run
     phase: str = "connect"
     run_started: float = 0.0
     wall: dict[str, str] = field(default_factory=dict)  # phase → local wall-clock time
@@ -164,12 +165,10 @@ class Soak:
             if caller is not None:
                 await caller.close()
 
-    async def connect_all(self) -> float:
+    async def connect_all(self) -> None:
         self.mark("connect")
-        started = time.monotonic()
         await common.in_batches(range(self.plan.sessions), self.open_session)
         self.callers.sort(key=lambda c: c.index)
-        return time.monotonic() - started
 
     async def caller_loop(self, caller: SoakCaller, rng: random.Random) -> None:
         low, high = self.plan.turn_every
@@ -211,25 +210,18 @@ class Soak:
             nudge.refusal = f"{type(exc).__name__}: {exc}"[:200]
 
     async def sampler(self) -> None:
-        """RSS and CPU (`CpuWindow`s back to back) of every watched process every SAMPLE_EVERY
-        s; CPU as % of one core, the machine's as % of all its cores."""
-        window = common.CpuWindow(self.groups)
+        """The Daphnes' RSS every SAMPLE_EVERY s of the warm-up and the run (t = 0 at its
+        start)."""
         while True:
             await asyncio.sleep(SAMPLE_EVERY)
-            cpu, window = window.end(), common.CpuWindow(self.groups)
-            self.samples.append({
-                "t": time.monotonic() - self.run_started if self.run_started else None,
-                "phase": self.phase,
-                "rss": {n: g.rss() for n, g in self.groups.items()},
-                "cpu_pct": {n: 100 * (s or 0.0) / cpu["seconds"] for n, s in cpu["cpu_s"].items()},
-                "machine_pct": cpu["machine_cpu_percent"],
-                "other_pct": 100 * cpu["other_cpu_s"] / cpu["seconds"],
-            })
+            if self.phase in ("warm-up", "run"):
+                rss = {name: self.groups[name].rss() for name in DAPHNES}
+                self.samples.append((time.monotonic() - self.run_started, rss))
 
     async def run_load(self) -> None:
         rng = random.Random(5)
         self.mark("warm-up")
-        self.run_started = time.monotonic()
+        self.run_started, window = time.monotonic(), common.CpuWindow(self.groups)
         tasks = [asyncio.create_task(loop(c, random.Random(rng.random())))
                  for loop in (self.caller_loop, self.nudge_loop) for c in self.callers]
         try:
@@ -237,6 +229,7 @@ class Soak:
             self.mark("run")
             await asyncio.sleep(self.plan.duration - self.plan.warmup)
         finally:
+            self.cpu = window.end()
             self.stop.set()
             self.mark("drain")
             # Every loop ends after its current action (a POST in flight is answered first).
@@ -394,13 +387,11 @@ def latency(soak: Soak) -> dict:
 
 def rss_flatness(soak: Soak) -> dict:
     """Per Daphne: RSS from the end of warm-up to the end of the run, and whether it is flat."""
-    out, end_of_run = {}, soak.plan.duration + 0.1
+    out = {}
     for name in DAPHNES:
-        run = [s for s in soak.samples if s["phase"] in ("connect", "warm-up", "run")]
-        timed = [s for s in run if s["t"] is not None and s["t"] <= end_of_run]
-        series = [(s["t"], s["rss"][name]) for s in timed]
-        after = [(t, v) for t, v in series if t >= soak.plan.warmup and v is not None]
-        entry = out[name] = {"connected": next((v for t, v in series if t >= 0), None)}
+        series = [(t, rss[name]) for t, rss in soak.samples if rss[name] is not None]
+        after = [(t, v) for t, v in series if t >= soak.plan.warmup]
+        entry = out[name] = {"connected": series[0][1] if series else None}
         if len(after) >= 2:
             start, end = after[0][1], after[-1][1]
             entry.update(
@@ -419,8 +410,7 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 
 def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
-    sim, callers = soak.sim.sim, soak.callers
-    running = [s for s in soak.samples if s["phase"] in ("warm-up", "run")]
+    sim, callers, cpu = soak.sim.sim, soak.callers, soak.cpu
     codes = sum((c.codes for c in callers), collections.Counter())
     closed = [f"{c.session_id} ({c.server}): {c.closed}" for c in callers if c.closed]
     return {
@@ -444,9 +434,9 @@ def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
         "closed_early_count": len(closed),
         **common.totals(callers, "frames", "deltas", "dones"),
         "rss": rss_flatness(soak),
-        "cpu_pct_mean": {n: common.mean([s["cpu_pct"][n] for s in running]) for n in soak.groups},
-        "other_pct_mean": common.mean([s["other_pct"] for s in running]),
-        "machine_pct_mean": common.mean([s["machine_pct"] for s in running]),
+        "cpu_pct_mean": {n: 100 * (s or 0.0) / cpu["seconds"] for n, s in cpu["cpu_s"].items()},
+        "other_pct_mean": 100 * cpu["other_cpu_s"] / cpu["seconds"],
+        "machine_pct_mean": cpu["machine_cpu_percent"],
         "wall": soak.wall,
     }
 
@@ -522,11 +512,11 @@ async def soak_run(bench: Bench, plan: Plan, services, sim, handles: list, resul
     soak = Soak(plan, token, sim, groups, clients)
     sampler = asyncio.create_task(soak.sampler())
     try:
-        connect_s = await soak.connect_all()
-        say(f"    {len(soak.callers)}/{plan.sessions} sessions live in {connect_s:.1f} s "
+        await soak.connect_all()
+        say(f"    {len(soak.callers)}/{plan.sessions} sessions live "
             f"({len(soak.connect_failures)} failed); running {plan.duration:g} s")
         await measure(soak, result)
-        result.update(analyse(soak, result.pop("rows")), connect_s=connect_s)
+        result.update(analyse(soak, result.pop("rows")))
         result["live_after_close"] = await soak.close_all()
     finally:
         await common.cancel_all([sampler])

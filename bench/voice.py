@@ -94,15 +94,9 @@ async def measure(bench: Bench, args, env: dict, load: dict, key: str, c: int) -
                                         retry=not args.quick)
     if "failure" in result:
         return result
-    b, up, down = result["bytes"], result["latency_up_ms"], result["latency_down_ms"]
-    say(f"    {fmt(result['audio_mb_per_s'], 2)} MB/s of audio, "
-        f"{fmt(result[CPU_KEY], 3)} CPU-s/MB, p99 up {fmt(up['p99'], 1)} ms / down "
-        f"{fmt(down['p99'], 1)} ms, lost "
-        f"{b['lost_up']}/{b['lost_down']} B, {result['errors']} errors")
-    if listen := result.get("listen"):
-        say(f"    listeners: agent p95 {fmt(listen['agent']['p95'], 1)} ms, caller p95 "
-            f"{fmt(listen['caller']['p95'], 1)} ms, missing "
-            f"{listen['agent']['missing_frames']}/{listen['caller']['missing_frames']} frames")
+    up, down = result["latency_up_ms"], result["latency_down_ms"]
+    say(f"    {fmt(result[CPU_KEY], 3)} CPU-s/MB, p99 up {fmt(up['p99'], 1)} ms / down "
+        f"{fmt(down['p99'], 1)} ms, {result['errors']} errors")
     return result
 
 
@@ -212,10 +206,7 @@ class VoiceCaller:
     received_bytes: int = 0  # audio received, whole run
     window_sent: int = 0
     window_received: int = 0
-    appends: int = 0  # in the window
-    deltas: int = 0
-    responses: int = 0
-    turns: int = 0
+    responses: int = 0  # in the window
     skipped_turns: int = 0  # the last reply was not over when the next turn was due
     replying: bool = False
     reply_over: asyncio.Event = field(default_factory=asyncio.Event)
@@ -247,7 +238,6 @@ class VoiceCaller:
                     self.received_bytes += size
                     if plan.measuring:
                         self.window_received += size
-                        self.deltas += 1
                         sent = common.STAMP_RE.search(frame)
                         if sent is None:
                             plan.unstamped += 1
@@ -286,7 +276,6 @@ class VoiceCaller:
                 self.sent_bytes += FRAME_BYTES
                 if measuring:
                     self.window_sent += FRAME_BYTES
-                    self.appends += 1
                     if self.tracked:
                         self.mic_stamps.add(ns)
                 seq += 1
@@ -301,7 +290,6 @@ class VoiceCaller:
             return
         self.replying = True
         self.reply_over.clear()
-        self.turns += 1
         await self.ws.send(COMMIT)
         await self.ws.send(CREATE)
 
@@ -317,7 +305,6 @@ class Listener:
     latency_ns: tuple[array, array] = field(default_factory=lambda: (array("q"), array("q")))
     frames: int = 0
     other: int = 0  # pieces whose first bytes were not a stamp
-    ended: str | None = None
     reader: asyncio.Task | None = None
 
     async def read(self) -> None:
@@ -348,8 +335,7 @@ class Listener:
                         self.latency_ns[side].append(now - stamp)
         except ConnectionClosed as exc:
             if not plan.stop:
-                self.ended = f"closed: {exc}"
-                plan.error(f"listener {self.ended}")
+                plan.error(f"listener closed: {exc}")
 
 
 # ---------------------------------------------------------------------------- phases
@@ -467,7 +453,6 @@ def listen_result(listeners: list[Listener], tracked: VoiceCaller | None) -> dic
         "listeners": len(listeners),
         "frames": sum(lis.frames for lis in listeners),
         "unstamped_frames": sum(lis.other for lis in listeners),
-        "ended_early": [lis.ended for lis in listeners if lis.ended],
         **sides,
     }
 
@@ -484,10 +469,8 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
     tracked = next((c for c in callers if c.tracked), None)
     return {
         **measured,
-        **common.totals(callers, "appends", "deltas", "responses", "turns", "skipped_turns"),
+        **common.totals(callers, "responses", "skipped_turns"),
         "sessions": len(callers),
-        "audio_up_bytes": up,
-        "audio_down_bytes": down,
         "audio_mb_per_s": mb / seconds if seconds else None,
         "target_cpu_s_per_mb": target_cpu / mb if target_cpu is not None and mb else None,
         "latency_up_ms": summary(up_latency, unit=1e-6),
@@ -495,9 +478,7 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
         "unstamped_deltas": plan.unstamped,
         "bytes": {
             "callers_sent": sent,
-            "upstream_received": sim_in,
             "upstream_sent": sim_out,
-            "callers_received": received,
             "lost_up": sent - sim_in,
             "lost_down": sim_out - received,
             "sessions_unknown_to_upstream": sum(c.session_id not in counts for c in callers),
