@@ -813,6 +813,7 @@ async def alternate(schedule: str, attach, measure, settle: float, retry: bool =
         await asyncio.sleep(settle)
         window = await measure(len(windows) + 1, on)
         windows.append(window)
+        emit(event="window", index=window["index"], on=on)
         if retries and window["other_cpu_share"] > NOISY_SHARE:
             retries -= 1
             window["repeated"] = True

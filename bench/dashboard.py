@@ -84,15 +84,11 @@ async def main(args) -> dict:
         frames_before = sum(len(d.frames) for d in dashboards)
         measured = await common.measure_for(args.window, daphne)
         seconds = measured["seconds"]
-        window = {
+        return {
             **measured, "index": index, "dashboards": on,
             "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
             "pages_per_s": (sum(len(d.frames) for d in dashboards) - frames_before) / seconds,
         }
-        emit(event="window", index=index, dashboards=on,
-             daphne_cpu_percent=round(window["daphne_cpu_percent"], 1),
-             pages_per_s=round(window["pages_per_s"], 1))
-        return window
 
     try:
         await asyncio.sleep(args.settle)

@@ -147,7 +147,7 @@ class Clients:
         recorded = [x for f in self.followers for x in f.recorded_lag]
         per_follower = [(f.events - before) / seconds
                         for f, before in zip(self.followers, events, strict=True)]
-        window = {
+        return {
             **measured,
             "index": index,
             "followers": len(self.followers) if on else 0,
@@ -158,11 +158,6 @@ class Clients:
             "lag_recorded_ms": summary(recorded) if recorded else None,
             "followers_ended": [f.ended for f in self.followers if f.ended],
         }
-        emit(event="window", index=index, followers=window["followers"],
-             responses_per_s=round(window["responses_per_s"]),
-             daphne_cpu_percent=round(window["daphne_cpu_percent"], 1),
-             lag_p99_ms=round((window["lag_done_ms"] or {}).get("p99") or 0, 1))
-        return window
 
     async def close(self) -> None:
         await self.attach(False)

@@ -104,9 +104,6 @@ class Clients:
         deltas, lat, started = stats.deltas, len(stats.latencies_ns), time.monotonic()
         measured = await common.measure_for(self.args.window, self.groups, stats)
         seconds, daphne, n = measured["seconds"], measured["cpu_s"]["target"], stats.deltas - deltas
-        emit(event="window", index=index, dashboards=with_dashboards,
-             deltas_per_s=round(n / seconds), daphne_cpu_percent=round(100 * daphne / seconds, 1),
-             other_cpu_percent=round(100 * measured["other_cpu_share"], 1))
         return {
             **measured,
             "index": index,

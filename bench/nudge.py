@@ -284,7 +284,6 @@ async def http_floor(bench: Bench, env: dict) -> dict:
             floor = await server.round_trips("GET", "/healthz", 200)
     finally:
         await bench.stop(handle)
-    say(f"    Daphne floor: p50 {fmt(floor['p50'], 2)} ms, p99 {fmt(floor['p99'], 2)} ms")
     return floor
 
 
@@ -296,10 +295,7 @@ async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, resu
     async with (bench.app(f"nudge-relay-debug-{debug}", env, result["logs"], log, EXPECTED_LOG)
                 as (base, token, daphne), common.http_client(120, timeout=10.0) as client):
         server = Server(base, token, simulator, client, daphne.pid)
-        baseline = result["baselines"][debug] = await server.baseline()
-        healthz = baseline["healthz"]
-        say(f"    DJANGO_DEBUG={debug}: GET /healthz p50 {fmt(healthz['p50'], 2)} ms, "
-            f"p99 {fmt(healthz['p99'], 2)} ms")
+        result["baselines"][debug] = await server.baseline()
         for label, sessions, each, period in scenarios:
             for attempt in (1, 2):
                 sc = await server.scenario(sessions, each, warmup, limit, period)
@@ -310,10 +306,7 @@ async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, resu
                 await bench.quiet(10.0)
             sc.update(label=label, debug=debug, attempt=attempt)
             result["scenarios"].append(sc)
-            lat = sc["latency_ms"]
-            say(f"    {label}: {sc['nudges']} nudges, p50 {fmt(lat['p50'], 2)} ms, p99 "
-                f"{fmt(lat['p99'], 2)} ms, {sc['failures']} failures, Daphne "
-                f"{sc['server_cpu_ms']:.2f} CPU-ms/nudge")
+            say(f"    {label}: {sc['nudges']} nudges, {sc['failures']} failures")
 
 
 # ---------------------------------------------------------------------------- report

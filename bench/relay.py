@@ -14,6 +14,7 @@ import gc
 import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 from bench import common
@@ -46,7 +47,8 @@ async def run(bench: Bench, args) -> dict:
     for key in keys:
         for c in args.concurrency:
             say(f"{common.TARGETS[key]}, C={c}")
-            result = await measure(bench, env, {**load, "concurrency": c}, key)
+            measure = partial(with_target, bench, env, {**load, "concurrency": c}, key, f"c{c}")
+            result = await bench.measured_twice(measure)  # again once when disturbed
             runs.append({**result, "target": key, "concurrency": c})
             await asyncio.sleep(1.0)
     if args.profile and "relay" in keys:
@@ -54,20 +56,6 @@ async def run(bench: Bench, args) -> dict:
         profile = await run_profile(bench, args, env, {**load, "concurrency": c})
     await bench.stop(sim)
     return {"runs": runs, "profile": profile, **plan}
-
-
-async def measure(bench: Bench, env: dict, load: dict, key: str) -> dict:
-    """One target at one C, measured again once when disturbed."""
-    tag = f"c{load['concurrency']}"
-    result = await bench.measured_twice(lambda: with_target(bench, env, dict(load), key, tag))
-    if "failure" not in result:
-        lat, rss = result["latency_ms"], result["rss_per_session_bytes"]
-        say(
-            f"    {result['deltas_per_s']:.0f} deltas/s, p50 {fmt(lat['p50'], 2)} ms, p99 "
-            f"{fmt(lat['p99'], 2)} ms, {fmt(result[CPU_KEY], 4)} CPU-s/1k, "
-            f"{fmt(rss and rss / 1024)} KiB/session, {result['errors']} errors"
-        )
-    return result
 
 
 async def with_target(bench: Bench, env: dict, load: dict, key: str, tag: str,

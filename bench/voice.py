@@ -17,6 +17,7 @@ import math
 import time
 from array import array
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 from websockets.asyncio.client import connect
@@ -79,25 +80,15 @@ async def run(bench: Bench, args) -> dict:
                 if key == "listen" and c != cs[0]:
                     continue
                 say(f"{LABELS[key]}, C={c}")
-                runs.append({**await measure(bench, args, env, load, key, c),
-                             "target": key, "concurrency": c})
+                measure = partial(with_target, bench, env, load, key, c)
+                # Measured again once when disturbed (not with --quick).
+                result = await bench.measured_twice(measure, retry=not args.quick)
+                runs.append({**result, "target": key, "concurrency": c})
                 await asyncio.sleep(1.0)
     finally:
         await bench.stop(sim)
     return {"runs": runs, "warmup": warmup, "window": window, "turn_s": TURN_S,
             "reply_ms": REPLY_MS, "listeners": LISTENERS}
-
-
-async def measure(bench: Bench, args, env: dict, load: dict, key: str, c: int) -> dict:
-    """One target at one C, measured again once (not with --quick) when disturbed."""
-    result = await bench.measured_twice(lambda: with_target(bench, env, load, key, c),
-                                        retry=not args.quick)
-    if "failure" in result:
-        return result
-    up, down = result["latency_up_ms"], result["latency_down_ms"]
-    say(f"    {fmt(result[CPU_KEY], 3)} CPU-s/MB, p99 up {fmt(up['p99'], 1)} ms / down "
-        f"{fmt(down['p99'], 1)} ms, {result['errors']} errors")
-    return result
 
 
 async def with_target(bench: Bench, env: dict, load: dict, key: str, c: int) -> dict:
