@@ -252,6 +252,24 @@ class CpuWindow:
         }
 
 
+def cpu_side(windows: list[dict], count: str) -> dict | None:
+    """Windows of one side (without or with what a part adds) together: how many, the target's
+    CPU % of one core (and its range over the windows), its CPU-s per 1k of `count` (a key of
+    each window) and `count` a second."""
+    seconds = sum(w["seconds"] for w in windows)
+    if not seconds:
+        return None
+    cpu, n = sum(w["cpu_s"]["target"] for w in windows), sum(w[count] for w in windows)
+    per_window = [100 * w["cpu_s"]["target"] / w["seconds"] for w in windows]
+    return {
+        "windows": len(windows),
+        "cpu_percent": 100 * cpu / seconds,
+        "cpu_percent_range": (min(per_window), max(per_window)),
+        "cpu_s_per_1k": cpu / n * 1000 if n else None,
+        "per_s": n / seconds,
+    }
+
+
 async def measure_for(seconds: float, groups: dict[str, ProcessGroup], stats=None) -> dict:
     """A measurement window of `seconds`: `CpuWindow(groups).end()`, announced as
     `measure_start` and `measure_end`; `stats.measuring` meanwhile, and its bounds (wall clock)
@@ -358,16 +376,12 @@ class Bench:
             **changes,
         }
 
-    def log_path(self, name: str) -> Path:
-        path = self.out / "logs" / f"{name}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
     async def spawn(self, name: str, argv: list[str], env: dict[str, str],
                     piped: bool = False) -> Proc:
         """A process logged to `out/logs/NAME.log`; with `piped`, only its stderr is, its stdout
         is read through `proc.stdout`."""
-        log_path, pipe = self.log_path(name), asyncio.subprocess.PIPE
+        log_path, pipe = self.out / "logs" / f"{name}.log", asyncio.subprocess.PIPE
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w") as log:  # noqa: ASYNC230 - local; the process has its own copy
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -673,9 +687,6 @@ class CountingSimulator(Simulator):
         intervals = self.intervals.get(session_id, [])
         index = bisect.bisect_left([i[0] for i in intervals], received)
         return any(end > sent for _, end in intervals[max(0, index - 8) : index])
-
-    def active_count(self) -> int:
-        return sum(1 for s in list(self.sessions.values()) if s.active is not None)
 
 
 class SimulatorThread:

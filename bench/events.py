@@ -140,7 +140,7 @@ class Clients:
         for follower in self.followers:
             follower.measuring = False
         await asyncio.sleep(1.0)  # the last responses' events arrive
-        seconds = measured["seconds"]
+        seconds, responses = measured["seconds"], sum(c.dones for c in self.callers) - dones
         done_at = {rid: at for c in self.callers for rid, at in c.done_at.items()}
         lag = [at - done_at[rid] for f in self.followers
                for rid, at in f.completed_at.items() if rid in done_at]
@@ -151,7 +151,8 @@ class Clients:
             **measured,
             "index": index,
             "followers": len(self.followers) if on else 0,
-            "responses_per_s": (sum(c.dones for c in self.callers) - dones) / seconds,
+            "responses": responses,
+            "responses_per_s": responses / seconds,
             "daphne_cpu_percent": 100 * measured["cpu_s"]["target"] / seconds,
             "events_per_s_per_follower": summary(per_follower, unit=1.0) if per_follower else None,
             "lag_done_ms": summary(lag) if lag else None,
@@ -204,24 +205,15 @@ async def run(bench: Bench, args) -> dict:
 
 def analyse(windows: list[dict]) -> dict:
     counted = [w for w in windows if w["other_cpu_share"] <= common.NOISY_SHARE] or windows
-
-    def cpu(on: bool) -> tuple[float | None, float | None]:
-        """Daphne's CPU without or with the followers: % of one core, CPU-s per 1k responses."""
-        chosen = [w for w in counted if bool(w["followers"]) == on]
-        daphne = sum(w["cpu_s"]["target"] for w in chosen)
-        seconds = sum(w["seconds"] for w in chosen)
-        responses = sum(w["responses_per_s"] * w["seconds"] for w in chosen)
-        return (100 * daphne / seconds if seconds else None,
-                daphne / responses * 1000 if responses else None)
-
+    without, with_ = (common.cpu_side([w for w in counted if bool(w["followers"]) == on],
+                                      "responses") for on in (False, True))
     # Per response: a saturated Daphne's CPU % cannot grow, it serves fewer responses instead.
-    (cpu_without, without), (cpu_with, with_) = cpu(False), cpu(True)
+    per = [side and side["cpu_s_per_1k"] for side in (with_, without)]
     lags = [w["lag_done_ms"] for w in counted if w.get("lag_done_ms")]
     return {
-        "cpu_without": cpu_without,
-        "cpu_with": cpu_with,
-        "cpu_ratio": with_ / without if with_ and without else None,
-        "cpu_per_1k_responses": (without, with_),
+        "without": without,
+        "with": with_,
+        "cpu_ratio": per[0] / per[1] if all(per) else None,
         "lag_p99_ms": max((lag["p99"] for lag in lags), default=None),
     }
 
@@ -261,8 +253,9 @@ def body(result: dict) -> list[str]:
                "done → follower p50 / p99 ms", "recorded → follower p50 / p99 ms",
                "simulator / clients / other CPU %"]
     ratio, lag = result.get("cpu_ratio"), result.get("lag_p99_ms")
-    cpu_with, cpu_without = fmt(result.get("cpu_with")), fmt(result.get("cpu_without"))
-    per_without, per_with = (fmt(x, 2) for x in result.get("cpu_per_1k_responses") or (None, None))
+    sides = [result.get("with") or {}, result.get("without") or {}]
+    cpu_with, cpu_without = (fmt(side.get("cpu_percent")) for side in sides)
+    per_with, per_without = (fmt(side.get("cpu_s_per_1k"), 2) for side in sides)
     targets = common.targets_table([
         [f"relay CPU with followers ≤ {CPU_TARGET}× without (per response)",
          f"{fmt(ratio, 3)}× ({per_with} vs {per_without} CPU-s per 1k responses; "

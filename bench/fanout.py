@@ -173,33 +173,19 @@ def analyse(windows: list[dict]) -> dict:
     """Both sides (without / with the operator sockets) over their windows, the ratio, and the
     operator sockets' figures over the windows with them. Repeated windows are left out."""
     counted = [w for w in windows if not w.get("repeated")]
-    without, with_ = (side([w for w in counted if w["dashboards"] == on]) for on in (False, True))
+    without, with_ = (common.cpu_side([w for w in counted if w["dashboards"] == on], "deltas")
+                      for on in (False, True))
     out: dict[str, Any] = {"without": without, "with": with_, "cpu_ratio": None,
                            "cpu_per_delta_ratio": None}
     if without and with_:
-        out["cpu_ratio"] = with_["daphne_cpu_percent"] / without["daphne_cpu_percent"]
-        per_delta = [s["daphne_cpu_s_per_1k_deltas"] for s in (with_, without)]
+        out["cpu_ratio"] = with_["cpu_percent"] / without["cpu_percent"]
+        per_delta = [s["cpu_s_per_1k"] for s in (with_, without)]
         if all(per_delta):
             out["cpu_per_delta_ratio"] = per_delta[0] / per_delta[1]
     rows = [s for w in counted if w["dashboards"] for s in w["sockets"]]
     kinds = [kind for kind in ("watcher", "dashboard") if any(r["kind"] == kind for r in rows)]
     out["sockets"] = {kind: sockets([r for r in rows if r["kind"] == kind]) for kind in kinds}
     return out
-
-
-def side(chosen: list[dict]) -> dict | None:
-    seconds = sum(w["seconds"] for w in chosen)
-    if not seconds:
-        return None
-    cpu, deltas = sum(w["cpu_s"]["target"] for w in chosen), sum(w["deltas"] for w in chosen)
-    per_window = [w["daphne_cpu_percent"] for w in chosen]
-    return {
-        "windows": len(chosen),
-        "daphne_cpu_percent": 100 * cpu / seconds,
-        "daphne_cpu_percent_range": (min(per_window), max(per_window)),
-        "daphne_cpu_s_per_1k_deltas": cpu / deltas * 1000 if deltas else None,
-        "deltas_per_s": deltas / seconds,
-    }
 
 
 def sockets(rows: list[dict]) -> dict:
@@ -279,10 +265,10 @@ def sides(result: dict) -> str:
         return ""
     rows = []
     for label, s in (("none", without), (OPERATORS, with_)):
-        low, high = s["daphne_cpu_percent_range"]
-        cpu = f"{fmt(s['daphne_cpu_percent'])} ({fmt(low)}–{fmt(high)})"
+        low, high = s["cpu_percent_range"]
+        cpu = f"{fmt(s['cpu_percent'])} ({fmt(low)}–{fmt(high)})"
         rows.append([label, s["windows"], cpu,
-                     fmt(s["daphne_cpu_s_per_1k_deltas"], 4), fmt(s["deltas_per_s"], 0)])
+                     fmt(s["cpu_s_per_1k"], 4), fmt(s["per_s"], 0)])
     rows.append(["**with ÷ without**", "", f"**{fmt(result['cpu_ratio'], 3)}×**",
                  f"{fmt(result['cpu_per_delta_ratio'], 3)}×", ""])
     columns = ["operator sockets", "windows", "Daphne CPU % (range over windows)",
@@ -319,8 +305,8 @@ def targets(result: dict) -> str:
     ratio, kinds = result["cpu_ratio"], result["sockets"]
     measured = "–"
     if ratio is not None:
-        measured = (f"{fmt(ratio, 3)}× ({fmt(result['with']['daphne_cpu_percent'])} % vs "
-                    f"{fmt(result['without']['daphne_cpu_percent'])} % of a core; per delta "
+        measured = (f"{fmt(ratio, 3)}× ({fmt(result['with']['cpu_percent'])} % vs "
+                    f"{fmt(result['without']['cpu_percent'])} % of a core; per delta "
                     f"{fmt(result['cpu_per_delta_ratio'], 3)}×)")
     rows = [[f"attaching the dashboards costs ≤ {100 * (CPU_TARGET - 1):.0f}% more relay CPU",
              measured, at_most(ratio, CPU_TARGET)]]

@@ -10,7 +10,6 @@ import asyncio
 import collections
 import contextlib
 import gc
-import json
 import os
 import random
 import re
@@ -47,7 +46,7 @@ class Server:
 
     http_base: str
     token: str
-    simulator: common.Simulator | None
+    simulator: common.CountingSimulator | None
     client: httpx.AsyncClient
     pid: int
 
@@ -58,17 +57,10 @@ class Server:
         await common.wait_live(self.client, url, self.token, LIVE_TIMEOUT, 0.005)
         return caller
 
-    def received_at(self, session_id: str, request_id: str) -> float | None:
-        """The simulator's receive time of the `response.create` tagged with the request."""
-        for at, event in reversed(self.simulator.received(session_id)):
-            metadata = (event.get("response") or {}).get("metadata") or {}
-            if event.get("type") == "response.create" and metadata.get("oc_request") == request_id:
-                return at
-        return None
-
     async def upstream_time(self, caller: common.Caller, request_id: str) -> float:
+        """The simulator's receive time of the `response.create` tagged with the request."""
         async with asyncio.timeout(NUDGE_TIMEOUT):
-            while (at := self.received_at(caller.session_id, request_id)) is None:
+            while (seen := self.simulator.creates.get(request_id)) is None:
                 if caller.closed:
                     raise RuntimeError(f"caller {caller.session_id}: {caller.closed}")
                 caller.changed.clear()
@@ -76,11 +68,11 @@ class Server:
                 # never the time measured.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(caller.changed.wait(), 0.05)
-        return at
+        return seen[1]
 
     async def nudge(self, caller: common.Caller, index: int, scheduled: float | None) -> dict:
         """One nudge; its sample (monotonic seconds): `sent` and `answered` (`timed_request`),
-        `upstream` (`received_at`) and the POST's `Server-Timing` (`start` with DJANGO_DEBUG
+        `upstream` (`upstream_time`) and the POST's `Server-Timing` (`start` with DJANGO_DEBUG
         only, then `auth`, `db`, `ping`, each of which may be absent). Closed loop (`scheduled`
         None): done once the caller has the response's `response.done`, so the session is idle
         again."""
@@ -163,7 +155,6 @@ class Server:
         cpu, n = measured["cpu_s"], max(1, len(samples))
         return {
             **analyse(samples),
-            "samples": samples,
             "sessions": sessions,
             "period": period,
             "failures": len(failures),
@@ -256,7 +247,7 @@ async def run(bench: Bench, args) -> dict:
     runs, warmup, limit = plan(args)
     bench.prioritise(os.getpid())  # the simulator and the callers run in this process
     config = common.SimulatorConfig(deltas_per_response=1, delta_interval=0.0, record_limit=64)
-    simulator = common.Simulator(config)
+    simulator = common.CountingSimulator(config)
     await simulator.start(common.HOST, 0)
     # The per-token rate limit is policy, not cost: out of the way (the limiter still runs).
     env = bench.env(OC_UPSTREAM_URL=simulator.url, OC_API_RATE="100000", OC_API_BURST="100000")
@@ -270,8 +261,6 @@ async def run(bench: Bench, args) -> dict:
                 await server_run(bench, server_env, simulator, scenarios, (warmup, limit), result)
     finally:
         await simulator.aclose()
-    samples = {sc["label"]: sc.pop("samples") for sc in result["scenarios"]}
-    (bench.out / "nudge-samples.json").write_text(json.dumps(samples))  # noqa: ASYNC240 - small
     return result
 
 

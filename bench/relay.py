@@ -321,20 +321,16 @@ def render_profile(profile: dict | None) -> list[str]:
         f"(every thread not idle; {a['samples']:,} samples). Raw stacks: "
         f"`profile-relay-c{c}-gil.txt` and `…-active.txt` in the run's output directory.\n"
     )
-    out.append(thread_table(g, a, PROFILE_RATE * secs))
+    gil, active, possible = dict(g["threads"]), dict(a["threads"]), PROFILE_RATE * secs
+    names = sorted(set(gil) | set(active), key=lambda k: -active.get(k, 0))
+    rows = [[f"`{n}`", f"{100 * gil.get(n, 0) / possible:.0f}",
+             f"{100 * active.get(n, 0) / possible:.0f}"] for n in names]
+    out.append("Share of wall time per thread (100 % = the thread busy for the whole recording):\n")
+    out.append(table(["thread", "holding the GIL %", "not idle %"], rows))
     total = g["samples"] or 1
     rows = [[f"`{name}`", f"{100 * n / total:.1f}"] for name, n in g["self_functions"]]
     out.append("Top self-time functions, holding the GIL (% of that recording's samples):\n")
     return [*out, table(["function (package / file)", "self %"], rows)]
-
-
-def thread_table(g: dict, a: dict, possible: float) -> str:
-    gil, active = dict(g["threads"]), dict(a["threads"])
-    names = sorted(set(gil) | set(active), key=lambda k: -active.get(k, 0))
-    rows = [[f"`{n}`", f"{100 * gil.get(n, 0) / possible:.0f}",
-             f"{100 * active.get(n, 0) / possible:.0f}"] for n in names]
-    return ("Share of wall time per thread (100 % = the thread busy for the whole recording):\n\n"
-            + table(["thread", "holding the GIL %", "not idle %"], rows))
 
 
 if __name__ == "__main__":

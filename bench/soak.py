@@ -244,7 +244,7 @@ class Soak:
         turns = [t for c in self.callers if not c.closed for t in c.turns.values()]
         if any(t.done_status is None and t.error is None for t in turns):
             return False
-        return sim.active_count() == 0
+        return not any(s.active is not None for s in list(sim.sessions.values()))
 
     async def drain(self) -> float:
         started = time.monotonic()
@@ -307,16 +307,12 @@ def other(name: str) -> str:
     return "B" if name == "A" else "A"
 
 
-def find_row(rows: dict[str, dict], kind: str, key: str) -> dict | None:
-    """One of our requests among a session's rows: by id for a nudge, by `bench_turn` for a turn."""
-    if kind == "api":
-        return rows.get(key)
-    return next((r for r in rows.values() if r.get("origin") == "caller"
-                 and (r.get("metadata") or {}).get("bench_turn") == key), None)
-
-
 def state(rows: dict[str, dict], kind: str, key: str) -> str:
-    row = find_row(rows, kind, key)
+    """The state of one of our requests among a session's rows: found by id for a nudge, by
+    `bench_turn` for a turn."""
+    row = rows.get(key) if kind == "api" else next(
+        (r for r in rows.values() if r.get("origin") == "caller"
+         and (r.get("metadata") or {}).get("bench_turn") == key), None)
     if row is None:
         return "missing"
     if row["status"] == "failed":

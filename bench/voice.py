@@ -53,12 +53,8 @@ print(f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_N
 """
 
 
-def concurrency(args) -> list[int]:
-    return CONCURRENCY if args.concurrency == RUN_DEFAULT_C else args.concurrency
-
-
 async def run(bench: Bench, args) -> dict:
-    cs = concurrency(args)
+    cs = CONCURRENCY if args.concurrency == RUN_DEFAULT_C else args.concurrency
     warmup, window = (max(args.warmup, 2.0), max(args.window, 4.0)) if args.quick else (
         args.warmup, args.window)
     sim, url = await bench.simulator("voice-simulator", "--audio-pace", 1, "--reply-audio-ms",
