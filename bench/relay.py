@@ -156,17 +156,6 @@ async def py_spy_record(bench: Bench, pid: int, seconds: float, output: Path, *,
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
-def where(path: str) -> str:
-    """A short home for a source file: the package, `apps/...`, or `stdlib:module`."""
-    if "site-packages/" in path:
-        parts = path.split("site-packages/", 1)[1].split("/")
-        return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
-    if path.startswith(f"{common.ROOT}/"):
-        return path[len(str(common.ROOT)) + 1 :]
-    match = re.search(r"/lib/python3\.\d+/(.+)$", path)
-    return f"stdlib:{match.group(1).split('/')[0].removesuffix('.py')}" if match else path
-
-
 def summarise_profile(raw: Path, top: int = 20) -> dict:
     """Samples per thread and self time per function, from py-spy's raw (collapsed) output."""
     self_fn, threads, total = collections.Counter(), collections.Counter(), 0
@@ -179,7 +168,7 @@ def summarise_profile(raw: Path, top: int = 20) -> dict:
         if frames[0].startswith("thread ("):
             threads[re.sub(r"_\d+$", "", frames.pop(0).split(": ", 1)[-1])] += n
         if frames and (m := _FRAME.match(frames[-1])):
-            self_fn[f"{m['func']} ({where(m['file']) or '?'})"] += n
+            self_fn[f"{m['func']} ({m['file'] or '?'})"] += n  # py-spy shortens file names
         elif frames:
             self_fn[f"{frames[-1]} (?)"] += n
     return {"samples": total, "threads": threads.most_common(),

@@ -79,7 +79,6 @@ class Nudge:
     via: str  # the process posted to
     sent: float | None = None
     answered: float | None = None
-    status: int | None = None  # HTTP status; None: no answer
     request_id: str | None = None
     refusal: str | None = None  # why, when not 202
     timing: dict[str, float] | None = None  # the POST's Server-Timing (s)
@@ -200,7 +199,6 @@ class Soak:
                 self.clients[nudge.via], "POST", f"/api/v1/sessions/{nudge.session}/responses",
                 json={"metadata": {"n": nudge.key}},
             )
-            nudge.status = response.status_code
             if response.status_code == 202:
                 nudge.request_id = response.json()["id"]
                 nudge.timing = common.parse_server_timing(response.headers.get("server-timing", ""))
@@ -329,7 +327,7 @@ def requests(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
     refusals, seen, lost = collections.Counter(), collections.Counter(), []
     for nudge in soak.nudges:
         if nudge.request_id is None:
-            refusals[nudge.refusal or f"HTTP {nudge.status}"] += 1
+            refusals[nudge.refusal] += 1
             continue
         result = state(rows.get(nudge.session, {}), "api", nudge.request_id)
         outcomes["api"][result] += 1
