@@ -157,10 +157,8 @@ class Server:
             **analyse(samples),
             "sessions": sessions,
             "period": period,
-            "failures": len(failures),
-            "failure_samples": failures[:5],
-            "caller_errors": len(caller_errors),
-            "caller_error_samples": caller_errors[:5],
+            "failures": len(failures), "failure_samples": failures[:5],
+            "caller_errors": len(caller_errors), "caller_error_samples": caller_errors[:5],
             "nudges_per_s": len(samples) / measured["seconds"],
             "server_cpu_ms": (cpu["server"] or 0) * 1000 / n,  # the response it asks for included
             "bench_cpu_ms": (cpu["bench"] or 0) * 1000 / n,
