@@ -144,8 +144,6 @@ async def close_sockets(sockets) -> None:
 
 
 # ---------------------------------------------------------------------------- numbers
-
-
 def summary(values, unit: float = 1000.0, quantiles=(0.5, 0.9, 0.99)) -> dict:
     """n, the percentiles (p50, p90, p99), max and mean of `values` × `unit` (seconds → ms by
     default); None for each when there are no values. Every part reports percentiles this way:
@@ -174,8 +172,6 @@ def totals(items, *names: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- CPU and memory
-
-
 class ProcessGroup:
     """CPU seconds and RSS of a process and, optionally, its children, which may come and go
     (PostgreSQL's backends): the children's CPU counts while they live, plus what the parent
@@ -287,7 +283,6 @@ async def measure_for(seconds: float, groups: dict[str, ProcessGroup], stats=Non
 
 
 # ---------------------------------------------------------------------------- logs
-
 _LOG_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 _ID_RE = re.compile(r"(?<=[.:_!-])[0-9a-f]{16,}|[0-9a-f]{8}-[0-9a-f-]{27}")
 _LEVEL_RE = re.compile(r"\b(ERROR|CRITICAL|WARNING)\b")
@@ -336,8 +331,6 @@ def log_problems(logs: dict[str, dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
 @dataclass
 class Proc:
     name: str
@@ -619,7 +612,6 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------- targets
-
 # The relay and the two floors it is measured against (bench/floor_*.py).
 TARGETS = {
     "websockets": "websockets floor",
@@ -640,8 +632,6 @@ def daphne_argv(port: int, app: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the upstream
-
-
 class CountingSimulator(Simulator):
     """The simulator, counting as it happens (its own event logs are bounded): `creates`
     (oc_request → session, receive stamp of the first accepted create), `duplicates` (a
@@ -716,8 +706,6 @@ class SimulatorThread:
 
 
 # ---------------------------------------------------------------------------- operators
-
-
 async def login(client: httpx.AsyncClient, base: str, username: str) -> str:
     """The login form, as a browser fills it: the `sessionid` cookie's value. Cookies are
     carried by hand: with DJANGO_DEBUG=false they are `Secure`, which a cookie jar does not
@@ -811,8 +799,6 @@ class OperatorSocket:
 
 
 # ---------------------------------------------------------------------------- windows
-
-
 async def alternate(schedule: str, attach, measure, settle: float, retry: bool = False) -> list:
     """The windows of `schedule` (`off,on,…`): `attach(on)`, `settle` s, then `measure(index,
     on)` → the window. With `retry`, the first disturbed window (other work above NOISY_SHARE
@@ -833,7 +819,6 @@ async def alternate(schedule: str, attach, measure, settle: float, retry: bool =
 
 
 # ---------------------------------------------------------------------------- callers
-
 TYPE_RE = re.compile(rb'"type"\s*:\s*"([a-z_.]+)"')  # an event's type comes first in its frame
 STAMP_RE = re.compile(rb'"event_id"\s*:\s*"event_\d+_(\d+)"')  # the simulator's send stamp
 DELTA = b"response.output_text.delta"
@@ -1009,7 +994,6 @@ class Caller:
 
 
 # ---------------------------------------------------------------------------- HTTP
-
 PHASES = ("auth", "db", "ping")  # the POST's Server-Timing phases, in order; any may be absent
 _TIMING_RE = re.compile(r'(\w+);(?:dur=([\d.]+)|desc="([\d.]+)")')
 
@@ -1066,8 +1050,6 @@ async def wait_live(client, url: str, token: str, timeout: float, every: float) 
 
 
 # ---------------------------------------------------------------------------- report
-
-
 def fmt(value, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -1146,8 +1128,6 @@ def problems_text(problems: list[str], logs: dict | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- per-C runs
-
-
 def ok_run(run: dict | None, key: str) -> bool:
     """Did a target's run (relay and voice parts) measure `key`?"""
     return bool(run) and "failure" not in run and bool(run.get(key))

@@ -32,8 +32,6 @@ CREATED_AT = re.compile(rb'"created_at":"([^"]+)"')
 
 
 # ---------------------------------------------------------------------------- the client process
-
-
 @dataclass(eq=False)
 class LoopingCaller(common.Caller):
     """A caller that asks for the next response as soon as one is done, and notes when each
@@ -107,11 +105,8 @@ class Clients:
         self.args = args
         self.callers: list[LoopingCaller] = []
         self.followers: list[StreamFollower] = []
-        self.client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {args.token}"},
-            timeout=httpx.Timeout(10, read=None),
-            limits=httpx.Limits(max_connections=args.followers + 10),
-        )
+        self.client = common.http_client(args.followers + 10, timeout=httpx.Timeout(10, read=None),
+                                         headers={"Authorization": f"Bearer {args.token}"})
         self.groups = common.load_groups(args)
 
     async def attach(self, on: bool) -> None:
@@ -189,18 +184,15 @@ async def main(args) -> dict:
 
 
 # ---------------------------------------------------------------------------- the part
-
-
 async def run(bench: Bench, args) -> dict:
     schedule, window, settle, warmup = common.by_mode(PLAN, args)
     config = {"sessions": args.events_sessions or SESSIONS,
               "followers": args.events_followers or FOLLOWERS,
               "schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
     result = await bench.app_with_clients(
-        "events", config, common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL)
+        "events", dict(config), common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL)
     )
-    plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
-    return {**result, **analyse(result["windows"]), **plan}
+    return {**config, **result, **analyse(result["windows"])}
 
 
 def analyse(windows: list[dict]) -> dict:
@@ -219,7 +211,6 @@ def analyse(windows: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-
 ABOUT = (
     "One Daphne process (DJANGO_DEBUG=false, SQLite, in-memory channel layer), whose CPU is "
     f"measured; the simulator in its own process ({SIM_DELTAS} deltas per response, "
@@ -227,7 +218,7 @@ ABOUT = (
     "that loop (`conversation.item.create` + `response.create` → `response.done`, at once "
     "again), so every session streams at the simulator's pace, and, in the windows *with* "
     "followers, {followers} scripts on `GET /api/v1/events` (every session's events), each "
-    "reading its stream. After {warmup_s:g} s of warm-up, windows of {window_s:g} s alternate "
+    "reading its stream. After {warmup:g} s of warm-up, windows of {window:g} s alternate "
     "without and with the followers at the same caller load (the event log is written in both: "
     "only following it differs). *done → follower* = the caller's `response.done` → that "
     "response's `request.status completed` at a follower (client clock for both: the whole "

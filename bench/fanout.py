@@ -33,8 +33,6 @@ FEED_PER_S = 1  # the dashboard feed: at most one update a second
 
 
 # ---------------------------------------------------------------------------- the client process
-
-
 def max_in_one_second(times: list[float]) -> int:
     """The most messages in any 1 s interval (sliding)."""
     best, start = 0, 0
@@ -154,19 +152,16 @@ async def main(args) -> dict:
 
 
 # ---------------------------------------------------------------------------- the part
-
-
 async def run(bench: Bench, args) -> dict:
     """The simulator and a fresh Daphne on a fresh SQLite file (migrated; an API token; the
     operators' accounts), the client process, everything stopped; the result."""
     schedule, window, settle, warmup = common.by_mode(PLAN, args)
     config = {"schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
     result = await bench.app_with_clients(
-        "fanout", config, common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL),
+        "fanout", dict(config), common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL),
         seed=common.operators_code(USER_PREFIX, WATCHERS + DASHBOARDS),
     )
-    plan = {"window_s": window, "settle_s": settle, "warmup_s": warmup}
-    return {**result, **analyse(result["windows"]), **plan}
+    return {**result, **analyse(result["windows"]), **config}
 
 
 def analyse(windows: list[dict]) -> dict:
@@ -214,7 +209,6 @@ def sockets(rows: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
-
 ABOUT = (
     "One Daphne process (`daphne operator_console.asgi:application`, DJANGO_DEBUG=false, "
     "in-memory channel layer, SQLite in a bench-private file); the simulator in its own process "
@@ -225,9 +219,9 @@ ABOUT = (
     f"and, in the windows *with* dashboards, {WATCHERS} operator sockets on `/ws/console/` "
     f"watching one of those sessions (`watch.session`) and {DASHBOARDS} on the dashboard feed "
     "(`watch.sessions`), each logged in as its own operator through the login form, each "
-    "JSON-parsing every frame. After {warmup_s:g} s of warm-up, {n} windows of {window_s:g} s "
+    "JSON-parsing every frame. After {warmup:g} s of warm-up, {n} windows of {window:g} s "
     "alternate without and with the operator sockets at the same caller load; before each, the "
-    "sockets are connected (and have their first message) or closed, then {settle_s:g} s pass. "
+    "sockets are connected (and have their first message) or closed, then {settle:g} s pass. "
     "*Daphne CPU %* = user + system CPU of the Daphne process ÷ window time (100 % = one "
     "core); *caller delta p50/p99* = simulator send stamp → caller receive; *other* = CPU used "
     "meanwhile by everything else on the machine.\n"

@@ -215,8 +215,6 @@ def analyse(samples: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------- the part
-
-
 def plan(args) -> tuple[list[tuple[str, list[tuple]]], int, float]:
     """[(DJANGO_DEBUG, [(label, sessions, nudges each, period)])], warm-up nudges, limit."""
     sequential, (n, each), warmup, limit = common.by_mode(PLAN, args)
@@ -268,10 +266,9 @@ async def http_floor(bench: Bench, env: dict) -> dict:
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
             server = Server(f"http://{common.HOST}:{port}", "", None, client, handle.pid)
-            floor = await server.round_trips("GET", "/healthz", 200)
+            return await server.round_trips("GET", "/healthz", 200)
     finally:
         await bench.stop(handle)
-    return floor
 
 
 async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, result: dict) -> None:
@@ -297,7 +294,6 @@ async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, resu
 
 
 # ---------------------------------------------------------------------------- report
-
 SPLIT_LABELS = {
     "http_in": "HTTP in: client writes the request → the view's timing starts (Daphne, Django)",
     "auth": "token check (`Server-Timing` auth)",

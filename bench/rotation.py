@@ -105,8 +105,7 @@ async def one_run(bench, label, callers, seconds, rotate_after, result) -> dict:
                 await asyncio.gather(*(caller.close() for caller in opened))
     finally:
         await simulator.aclose()
-    return {**figures, "cpu_s": window["cpu_s"]["daphne"], "window_s": window["seconds"],
-            "other_cpu_share": window["other_cpu_share"]}
+    return {**figures, "cpu_s": window["cpu_s"]["daphne"]}
 
 
 async def converse(url, token, callers: int, seconds: float, opened: list) -> None:

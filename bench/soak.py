@@ -64,8 +64,6 @@ PLANS = {  # the full run loads the machine without saturating it
 
 
 # ---------------------------------------------------------------------------- callers
-
-
 @dataclass
 class Turn:
     done_status: str | None = None  # as the caller saw it in response.done
@@ -119,8 +117,6 @@ class SoakCaller(common.Caller):
 
 
 # ---------------------------------------------------------------------------- the load
-
-
 @dataclass
 class Soak:
     plan: Plan
@@ -319,8 +315,6 @@ def state(rows: dict[str, dict], kind: str, key: str) -> str:
 
 
 # ---------------------------------------------------------------------------- analysis
-
-
 def requests(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
     """Final states through the REST hook, and the lost requests (not terminal, or missing)."""
     outcomes = {"api": collections.Counter(), "caller": collections.Counter()}
@@ -433,8 +427,6 @@ def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
 
 
 # ---------------------------------------------------------------------------- the part
-
-
 def postmaster_pid(postgres: PostgresServer) -> int:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int((postgres.data / "postmaster.pid").read_text().split()[0])
@@ -533,7 +525,6 @@ async def measure(soak: Soak, result: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- report
-
 PHASE_LABELS = {
     "auth": "token check (`Server-Timing` auth)",
     "db": "the store (`Server-Timing` db)",
@@ -668,11 +659,10 @@ def problems(r: dict) -> str:
     lines += [f"- `{item[:200]}`" for item in others]
     lines += [f"- {name} exited with {rc} during the soak" for name, rc in
               r["exited_early"].items()]
-    lines += common.log_problems(r["logs"])
-    other_pct = r["other_pct_mean"]
-    if other_pct is not None and other_pct > 100 * common.CORES * common.NOISY_SHARE:
+    if (other_pct := r["other_pct_mean"]) > 100 * common.CORES * common.NOISY_SHARE:
         lines.append(f"- disturbed: other processes used {other_pct:.0f}% of a core on average")
     if "failure" in r:
         lines.append(f"- failure: `{r['failure'][:500]}`")
     wall = ", ".join(f"{k} {v}" for k, v in r["wall"].items())
-    return f"Phases, local time (for the log lines): {wall}.\n\n" + common.problems_text(lines)
+    text = common.problems_text(lines, r["logs"])
+    return f"Phases, local time (for the log lines): {wall}.\n\n" + text

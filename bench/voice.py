@@ -99,7 +99,6 @@ async def with_target(bench: Bench, env: dict, load: dict, key: str, c: int) -> 
 
 
 # ---------------------------------------------------------------------------- the load generator
-
 RATE = 24_000
 FRAME_MS = 40
 FRAME_S = FRAME_MS / 1000
@@ -116,16 +115,11 @@ CONNECT_TIMEOUT = 30.0
 DRAIN_S = 10.0  # at most this long for the last replies, and again for the bytes to land
 
 
-def _tone() -> bytes:
-    """One microphone frame: a quiet 300 Hz tone (its first 8 bytes become the stamp)."""
-    w = 2 * math.pi * 300 / RATE
-    n = FRAME_BYTES // 2
-    return array("h", (int(3000 * math.sin(w * i)) for i in range(n))).tobytes()
-
-
-# base64 works in 3-byte groups: the stamp (8 bytes) and one byte of the tone are 12 characters
-# of their own, and the rest of the frame is encoded once.
-_TONE = _tone()
+# One microphone frame: a quiet 300 Hz tone (its first 8 bytes become the stamp). base64 works
+# in 3-byte groups: the stamp (8 bytes) and one byte of the tone are 12 characters of their
+# own, and the rest of the frame is encoded once.
+_TONE = array("h", (int(3000 * math.sin(2 * math.pi * 300 * i / RATE))
+                    for i in range(FRAME_BYTES // 2))).tobytes()
 _HEAD = STAMP_BYTES + 1
 _REST_B64 = base64.b64encode(_TONE[_HEAD:]).decode("ascii")
 _APPEND_A = '{"type":"input_audio_buffer.append","event_id":"'
@@ -326,8 +320,6 @@ class Listener:
 
 
 # ---------------------------------------------------------------------------- phases
-
-
 async def open_callers(args, plan: Plan) -> list[VoiceCaller]:
     url = common.realtime_url(args.base)
 
@@ -478,7 +470,6 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
 
 
 # ---------------------------------------------------------------------------- report
-
 HOW = """How it is measured. Each caller: `session.update` (audio in and out, PCM16 24 kHz,
 `turn_detection: null`), then its microphone appends {frame} ms of audio every {frame} ms
 (`input_audio_buffer.append`, on an absolute schedule; a late event loop sends the backlog at
