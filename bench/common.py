@@ -162,10 +162,6 @@ def summary(values, unit: float = 1000.0, quantiles=(0.5, 0.9, 0.99)) -> dict:
     }
 
 
-def mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def totals(items, *names: str) -> dict:
     """Each attribute of `names` summed over `items`."""
     return {name: sum(getattr(item, name) for item in items) for name in names}

@@ -13,7 +13,7 @@ import time
 import httpx
 
 from bench import common
-from bench.common import Bench, at_most, emit, fmt, table
+from bench.common import Bench, at_most, fmt, table
 
 TITLE = "Dashboard: 1 000 live sessions, 10 operators"
 SESSIONS = {"full": 1000, "quick": 200}
@@ -60,10 +60,9 @@ async def churn(base: str, token: str, sessions: int, stop: asyncio.Event, count
 
 async def main(args) -> dict:
     cookies = await common.log_in_operators(args.base, USER_PREFIX, OPERATORS)
-    emit(event="logged_in", operators=len(cookies))
     stop, counts = asyncio.Event(), {"patched": 0, "refused": 0}
     churner = asyncio.create_task(churn(args.base, args.token, args.sessions, stop, counts))
-    daphne = {"daphne": common.ProcessGroup(args.target_pid)}
+    daphne = {"target": common.ProcessGroup(args.target_pid)}
     dashboards: list[common.OperatorSocket] = []
 
     async def attach(on: bool) -> None:
@@ -81,11 +80,11 @@ async def main(args) -> dict:
     async def measure(index: int, on: bool) -> dict:
         frames_before = sum(len(d.frames) for d in dashboards)
         measured = await common.measure_for(args.window, daphne)
-        seconds = measured["seconds"]
+        seconds, pages = measured["seconds"], sum(len(d.frames) for d in dashboards) - frames_before
         return {
-            **measured, "index": index, "dashboards": on,
-            "daphne_cpu_percent": 100 * measured["cpu_s"]["daphne"] / seconds,
-            "pages_per_s": (sum(len(d.frames) for d in dashboards) - frames_before) / seconds,
+            **measured, "index": index, "dashboards": on, "pages": pages,
+            "daphne_cpu_percent": 100 * measured["cpu_s"]["target"] / seconds,
+            "pages_per_s": pages / seconds,
         }
 
     try:
@@ -111,11 +110,10 @@ async def run(bench: Bench, args) -> dict:
 
 
 def analyse(windows: list[dict]) -> dict:
-    without, with_ = (common.mean([w["daphne_cpu_percent"] for w in windows
-                                   if w["dashboards"] == on]) for on in (False, True))
-    cost = with_ - without if without is not None and with_ is not None else None
-    return {"cpu_without_percent": without, "cpu_with_percent": with_,
-            "dashboard_cpu_percent": cost}
+    without, with_ = (common.cpu_side([w for w in windows if w["dashboards"] == on], "pages")
+                      for on in (False, True))
+    cost = with_["cpu_percent"] - without["cpu_percent"] if without and with_ else None
+    return {"without": without, "with": with_, "dashboard_cpu_percent": cost}
 
 
 ABOUT = (
@@ -132,12 +130,13 @@ ABOUT = (
 
 
 def body(r: dict) -> list[str]:
+    cpu = {side: (r.get(side) or {}).get("cpu_percent") for side in ("with", "without")}
     rows = [[w["index"], "on" if w["dashboards"] else "off", fmt(w["daphne_cpu_percent"]),
              fmt(w["pages_per_s"]), fmt(100 * w["other_cpu_share"])] for w in r["windows"]]
     text = ABOUT.format(sessions=r["sessions"]) + (
         "Daphne's CPU for the dashboards' updates: "
         f"**{fmt(r['dashboard_cpu_percent'])} % of one core** (with "
-        f"{fmt(r['cpu_with_percent'])} %, without {fmt(r['cpu_without_percent'])} %; target ≤ "
+        f"{fmt(cpu['with'])} %, without {fmt(cpu['without'])} %; target ≤ "
         f"{CPU_TARGET_PERCENT:g} %) {at_most(r['dashboard_cpu_percent'], CPU_TARGET_PERCENT)}.\n\n"
     )
     text += table(["window", "dashboards", "Daphne CPU %", "pages sent/s", "other work %"], rows)

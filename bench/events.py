@@ -15,7 +15,7 @@ from datetime import datetime
 import httpx
 
 from bench import common
-from bench.common import Bench, at_most, emit, fmt, summary, table
+from bench.common import Bench, at_most, fmt, summary, table
 
 TITLE = "Event streams (SSE followers of every session)"
 SESSIONS = 100
@@ -117,7 +117,6 @@ class Clients:
                 follower.task = asyncio.create_task(follower.run(self.client, url))
             async with asyncio.timeout(15):
                 await asyncio.gather(*(f.opened.wait() for f in self.followers))
-            emit(event="attached", followers=len(self.followers))
         elif not on and self.followers:
             for follower in self.followers:
                 follower.task.cancel()

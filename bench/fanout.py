@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from bench import common
-from bench.common import Bench, at_most, emit, fmt, summary, table
+from bench.common import Bench, at_most, fmt, summary, table
 
 TITLE = "Dashboard fan-out"
 CALLERS = 100
@@ -92,7 +92,6 @@ class Clients:
                 op.open(self.args.base, watch if op.kind == "watcher" else feed)
                 for op in self.operators
             ))
-            emit(event="attached", sockets=len(self.operators))
         elif not with_dashboards and self.operators:
             await asyncio.gather(*(op.close() for op in self.operators))
             self.operators = []
@@ -125,7 +124,6 @@ async def main(args) -> dict:
     clients, url = Clients(args), common.realtime_url(args.base)
     # Operators log in first: the password hash is the costly part, outside every window.
     clients.cookies = await common.log_in_operators(args.base, USER_PREFIX, WATCHERS + DASHBOARDS)
-    emit(event="logged_in", operators=len(clients.cookies))
     clients.callers = await common.connect_all(
         CALLERS, lambda _: common.open_caller(url, args.token), clients.stats)
     gc.collect()
@@ -142,8 +140,7 @@ async def main(args) -> dict:
     return {
         "callers": len(clients.callers),
         "windows": windows,
-        "caller_errors": stats.errors,
-        "caller_error_samples": stats.error_samples,
+        "caller_errors": stats.errors, "caller_error_samples": stats.error_samples,
         "operator_errors": sum(len(op.errors) for op in ops),
         "operator_error_samples": [e for op in ops for e in op.errors][:5],
         "dashboard_sessions_listed": [op.first.get("live", 0) for op in ops

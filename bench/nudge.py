@@ -125,15 +125,6 @@ class Server:
                 rtts.append(answered - sent)
         return summary(rtts)
 
-    async def baseline(self) -> dict:
-        """Bare round trips on the same process and client: `GET /healthz`, and the nudge POST
-        without a token (401: routing and the auth check, no database)."""
-        post = ("POST", "/api/v1/sessions/sess_none/responses", 401)
-        return {
-            "healthz": await self.round_trips("GET", "/healthz", 200),
-            "post_401": await self.round_trips(*post, json={}),
-        }
-
     async def scenario(self, sessions: int, each: int, warmup: int, limit: float,
                        period=None) -> dict:
         """`sessions` idle sessions at once, each nudged `each` times (closed loop, or every
@@ -279,7 +270,11 @@ async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, resu
     async with (bench.app(f"nudge-relay-debug-{debug}", env, result["logs"], log, EXPECTED_LOG)
                 as (base, token, daphne), common.http_client(120, timeout=10.0) as client):
         server = Server(base, token, simulator, client, daphne.pid)
-        result["baselines"][debug] = await server.baseline()
+        # Bare round trips on the same process and client: `GET /healthz`, and the nudge POST
+        # without a token (401: routing and the auth check, no database).
+        post = ("POST", "/api/v1/sessions/sess_none/responses", 401)
+        result["baselines"][debug] = {"healthz": await server.round_trips("GET", "/healthz", 200),
+                                      "post_401": await server.round_trips(*post, json={})}
         for label, sessions, each, period in scenarios:
             for attempt in (1, 2):
                 sc = await server.scenario(sessions, each, warmup, limit, period)

@@ -95,8 +95,7 @@ async def main(args) -> dict:
         "deltas_per_s": deltas / measured["seconds"],
         "latency_ms": summary(stats.latencies_ns, unit=1e-6),
         "unstamped_deltas": stats.unstamped,
-        "errors": stats.errors,
-        "error_samples": stats.error_samples,
+        "errors": stats.errors, "error_samples": stats.error_samples,
         CPU_KEY: target_cpu / deltas * 1000 if target_cpu is not None and deltas else None,
         "rss_per_session_bytes": None if rss_before is None or rss_idle is None else (
             (rss_idle - rss_before) / len(live)),

@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench import common
-from bench.common import Bench, at_most, emit, fmt, say, summary, table
+from bench.common import Bench, at_most, fmt, say, summary, table
 
 TITLE = "Full-duplex voice"
 CONCURRENCY = [50, 100]  # a full run's; `-c` other than the run's default, or --quick, decides
@@ -394,7 +394,6 @@ async def main(args) -> dict:
     if args.listeners:
         callers[0].tracked = True
         listeners = await open_listeners(args, plan, callers[0].session_id)
-        emit(event="listening", listeners=len(listeners), session=callers[0].session_id)
     gc.collect()
     gc.freeze()
     t0, spread = asyncio.get_running_loop().time() + 0.1, len(callers)
@@ -463,8 +462,7 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
             "sessions_unknown_to_upstream": sum(c.session_id not in counts for c in callers),
         },
         "listen": listen_result(listeners, tracked),
-        "errors": plan.errors,
-        "error_samples": plan.error_samples,
+        "errors": plan.errors, "error_samples": plan.error_samples,
         "closed_callers": sum(1 for c in callers if c.closed),
     }
 
