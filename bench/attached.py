@@ -212,7 +212,6 @@ async def measure(run_: Run, daphne: common.ProcessGroup, settle: float, plan: t
     }
 
 
-# ---------------------------------------------------------------------------- report
 ABOUT = """One Daphne process (in-memory channel layer, SQLite); the simulator in the benchmark's
 process on a loop of its own (1 delta per response, a 100 ms tone as each spoken reply, sent
 as fast as possible). Silent phone calls placed at the simulator, each accepted by the

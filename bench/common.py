@@ -143,7 +143,7 @@ async def close_sockets(sockets) -> None:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
-# ---------------------------------------------------------------------------- numbers
+# -------------------------------------------------------------------------- numbers, CPU and memory
 def summary(values, unit: float = 1000.0, quantiles=(0.5, 0.9, 0.99)) -> dict:
     """n, the percentiles (p50, p90, p99), max and mean of `values` × `unit` (seconds → ms by
     default); None for each when there are no values. Every part reports percentiles this way:
@@ -167,7 +167,6 @@ def totals(items, *names: str) -> dict:
     return {name: sum(getattr(item, name) for item in items) for name in names}
 
 
-# ---------------------------------------------------------------------------- CPU and memory
 class ProcessGroup:
     """CPU seconds and RSS of a process and, optionally, its children, which may come and go
     (PostgreSQL's backends): the children's CPU counts while they live, plus what the parent
@@ -607,7 +606,6 @@ class Bench:
             say(f"    waited {waited:.0f} s for a quiet machine (now {busy:.0f}% busy)")
 
 
-# ---------------------------------------------------------------------------- targets
 # The relay and the two floors it is measured against (bench/floor_*.py).
 TARGETS = {
     "websockets": "websockets floor",
@@ -701,7 +699,7 @@ class SimulatorThread:
         self.thread.join(5)
 
 
-# ---------------------------------------------------------------------------- operators
+# ----------------------------------------------------- operators, and windows with and without them
 async def login(client: httpx.AsyncClient, base: str, username: str) -> str:
     """The login form, as a browser fills it: the `sessionid` cookie's value. Cookies are
     carried by hand: with DJANGO_DEBUG=false they are `Secure`, which a cookie jar does not
@@ -794,7 +792,6 @@ class OperatorSocket:
             await asyncio.gather(self.reader, return_exceptions=True)
 
 
-# ---------------------------------------------------------------------------- windows
 async def alternate(schedule: str, attach, measure, settle: float, retry: bool = False) -> list:
     """The windows of `schedule` (`off,on,…`): `attach(on)`, `settle` s, then `measure(index,
     on)` → the window. With `retry`, the first disturbed window (other work above NOISY_SHARE
@@ -997,10 +994,8 @@ _TIMING_RE = re.compile(r'(\w+);(?:dur=([\d.]+)|desc="([\d.]+)")')
 def parse_server_timing(header: str) -> dict[str, float]:
     """`auth;dur=0.5, db;dur=1.2, ping;dur=0.1, start;desc="123.4"` → seconds; `start` (sent
     with DJANGO_DEBUG true only) is the server's monotonic clock as the request's timing began."""
-    return {
-        name: float(dur) / 1000 if dur else float(desc)
-        for name, dur, desc in _TIMING_RE.findall(header or "")
-    }
+    return {name: float(dur) / 1000 if dur else float(desc)
+            for name, dur, desc in _TIMING_RE.findall(header or "")}
 
 
 async def timed_request(client, method: str, url: str, **kwargs):
@@ -1045,7 +1040,7 @@ async def wait_live(client, url: str, token: str, timeout: float, every: float) 
             await asyncio.sleep(every)
 
 
-# ---------------------------------------------------------------------------- report
+# ------------------------------------------ report, and the per-C runs of the relay and voice parts
 def fmt(value, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -1123,7 +1118,6 @@ def problems_text(problems: list[str], logs: dict | None = None) -> str:
     return "Errors and log lines: " + ("\n\n" + "\n".join(problems) if problems else "none.") + "\n"
 
 
-# ---------------------------------------------------------------------------- per-C runs
 def ok_run(run: dict | None, key: str) -> bool:
     """Did a target's run (relay and voice parts) measure `key`?"""
     return bool(run) and "failure" not in run and bool(run.get(key))

@@ -43,7 +43,6 @@ LiveSession.objects.bulk_create([LiveSession(
 """
 
 
-# ---------------------------------------------------------------------------- the client process
 async def churn(base: str, token: str, sessions: int, stop: asyncio.Event, counts: dict) -> None:
     """Relabel CHURN_PER_S random sessions a second through the REST hook."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -98,7 +97,6 @@ async def main(args) -> dict:
     return {"windows": windows, "churn": counts, "operator_errors": errors}
 
 
-# ---------------------------------------------------------------------------- the part
 async def run(bench: Bench, args) -> dict:
     schedule, window, settle = common.by_mode(PLAN, args)
     sessions = common.by_mode(SESSIONS, args)

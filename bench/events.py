@@ -31,7 +31,6 @@ COMPLETED = re.compile(rb'"response_id":"(resp_[^"]+)","output_text"')
 CREATED_AT = re.compile(rb'"created_at":"([^"]+)"')
 
 
-# ---------------------------------------------------------------------------- the client process
 @dataclass(eq=False)
 class LoopingCaller(common.Caller):
     """A caller that asks for the next response as soon as one is done, and notes when each
@@ -182,15 +181,13 @@ async def main(args) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- the part
 async def run(bench: Bench, args) -> dict:
     schedule, window, settle, warmup = common.by_mode(PLAN, args)
     config = {"sessions": args.events_sessions or SESSIONS,
               "followers": args.events_followers or FOLLOWERS,
               "schedule": schedule, "window": window, "settle": settle, "warmup": warmup}
-    result = await bench.app_with_clients(
-        "events", dict(config), common.by_mode(BUDGET_S, args), sim=(SIM_DELTAS, SIM_INTERVAL)
-    )
+    result = await bench.app_with_clients("events", dict(config), common.by_mode(BUDGET_S, args),
+                                          sim=(SIM_DELTAS, SIM_INTERVAL))
     return {**config, **result, **analyse(result["windows"])}
 
 
@@ -209,7 +206,6 @@ def analyse(windows: list[dict]) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- report
 ABOUT = (
     "One Daphne process (DJANGO_DEBUG=false, SQLite, in-memory channel layer), whose CPU is "
     f"measured; the simulator in its own process ({SIM_DELTAS} deltas per response, "

@@ -32,7 +32,6 @@ TRANSCRIPT_PER_S = 20  # at most ~20 transcript updates a second per session per
 FEED_PER_S = 1  # the dashboard feed: at most one update a second
 
 
-# ---------------------------------------------------------------------------- the client process
 def max_in_one_second(times: list[float]) -> int:
     """The most messages in any 1 s interval (sliding)."""
     best, start = 0, 0
@@ -88,10 +87,8 @@ class Clients:
                 for i, cookie in enumerate(self.cookies)
             ]
             self.all_operators += self.operators
-            await asyncio.gather(*(
-                op.open(self.args.base, watch if op.kind == "watcher" else feed)
-                for op in self.operators
-            ))
+            await asyncio.gather(*(op.open(self.args.base, watch if op.kind == "watcher" else feed)
+                                   for op in self.operators))
         elif not with_dashboards and self.operators:
             await asyncio.gather(*(op.close() for op in self.operators))
             self.operators = []
@@ -148,7 +145,6 @@ async def main(args) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- the part
 async def run(bench: Bench, args) -> dict:
     """The simulator and a fresh Daphne on a fresh SQLite file (migrated; an API token; the
     operators' accounts), the client process, everything stopped; the result."""
@@ -205,7 +201,6 @@ def sockets(rows: list[dict]) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- report
 ABOUT = (
     "One Daphne process (`daphne operator_console.asgi:application`, DJANGO_DEBUG=false, "
     "in-memory channel layer, SQLite in a bench-private file); the simulator in its own process "

@@ -205,7 +205,6 @@ def analyse(samples: list[dict]) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- the part
 def plan(args) -> tuple[list[tuple[str, list[tuple]]], int, float]:
     """[(DJANGO_DEBUG, [(label, sessions, nudges each, period)])], warm-up nudges, limit."""
     sequential, (n, each), warmup, limit = common.by_mode(PLAN, args)
@@ -288,7 +287,6 @@ async def server_run(bench: Bench, env: dict, simulator, scenarios, limits, resu
             say(f"    {label}: {sc['nudges']} nudges, {sc['failures']} failures")
 
 
-# ---------------------------------------------------------------------------- report
 SPLIT_LABELS = {
     "http_in": "HTTP in: client writes the request → the view's timing starts (Daphne, Django)",
     "auth": "token check (`Server-Timing` auth)",

@@ -31,7 +31,6 @@ PROFILE_RATE = 200  # py-spy samples a second
 CPU_KEY = "target_cpu_s_per_1000_deltas"
 
 
-# ---------------------------------------------------------------------------- measuring
 async def run(bench: Bench, args) -> dict:
     """Every target (or those of `--only`) at every C of `args.concurrency`, then the profile."""
     keys = [k for k in common.TARGETS if not args.only or k in args.only]
@@ -102,7 +101,6 @@ async def main(args) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- profile
 async def run_profile(bench: Bench, args, env: dict, load: dict) -> dict:
     """py-spy on the relay during a load run of its own: two consecutive recordings, threads
     holding the GIL (Python CPU), then every non-idle thread (adds time in the database,
@@ -170,7 +168,6 @@ def summarise_profile(raw: Path, top: int = 20) -> dict:
             "self_functions": self_fn.most_common(top)}
 
 
-# ---------------------------------------------------------------------------- report
 ABOUT = """### What the relay does that the floors do not
 
 Every frame, both ways, has its event type read from its first bytes; a frame the relay need

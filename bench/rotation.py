@@ -132,11 +132,8 @@ async def read_figures(opened, simulator, http_base: str, token: str) -> dict:
             on_new = set()
             if len(upstreams) >= 2:
                 rotated += 1
-                on_new = {
-                    event.get("event_id")
-                    for _, event in simulator.received(upstreams[1])
-                    if event.get("type") == "response.create"
-                }
+                on_new = {event.get("event_id") for _, event in simulator.received(upstreams[1])
+                          if event.get("type") == "response.create"}
             first_new = next((t for t in caller.turns if t.event_id in on_new), None)
             for turn in caller.turns:
                 if turn.status != "completed":

@@ -63,7 +63,6 @@ PLANS = {  # the full run loads the machine without saturating it
 }
 
 
-# ---------------------------------------------------------------------------- callers
 @dataclass
 class Turn:
     done_status: str | None = None  # as the caller saw it in response.done
@@ -116,7 +115,6 @@ class SoakCaller(common.Caller):
         await self.send_turn(f"Soak turn {key}.", f"evt_soak_{key}", metadata={"bench_turn": key})
 
 
-# ---------------------------------------------------------------------------- the load
 @dataclass
 class Soak:
     plan: Plan
@@ -314,7 +312,6 @@ def state(rows: dict[str, dict], kind: str, key: str) -> str:
     return row["status"]
 
 
-# ---------------------------------------------------------------------------- analysis
 def requests(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
     """Final states through the REST hook, and the lost requests (not terminal, or missing)."""
     outcomes = {"api": collections.Counter(), "caller": collections.Counter()}
@@ -426,7 +423,6 @@ def analyse(soak: Soak, rows: dict[str, dict[str, dict]]) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- the part
 def postmaster_pid(postgres: PostgresServer) -> int:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int((postgres.data / "postmaster.pid").read_text().split()[0])
@@ -524,7 +520,6 @@ async def measure(soak: Soak, result: dict) -> None:
     result["rows"] = await soak.read_back(time.monotonic() + left)
 
 
-# ---------------------------------------------------------------------------- report
 PHASE_LABELS = {
     "auth": "token check (`Server-Timing` auth)",
     "db": "the store (`Server-Timing` db)",

@@ -98,7 +98,6 @@ async def with_target(bench: Bench, env: dict, load: dict, key: str, c: int) -> 
     return await bench.against_target(key, f"voice-{key}-c{c}", env, "voice", config, budget)
 
 
-# ---------------------------------------------------------------------------- the load generator
 RATE = 24_000
 FRAME_MS = 40
 FRAME_S = FRAME_MS / 1000
@@ -319,7 +318,6 @@ class Listener:
                 plan.error(f"listener closed: {exc}")
 
 
-# ---------------------------------------------------------------------------- phases
 async def open_callers(args, plan: Plan) -> list[VoiceCaller]:
     url = common.realtime_url(args.base)
 
@@ -467,7 +465,6 @@ def result(plan: Plan, callers: list[VoiceCaller], listeners: list[Listener], me
     }
 
 
-# ---------------------------------------------------------------------------- report
 HOW = """How it is measured. Each caller: `session.update` (audio in and out, PCM16 24 kHz,
 `turn_detection: null`), then its microphone appends {frame} ms of audio every {frame} ms
 (`input_audio_buffer.append`, on an absolute schedule; a late event loop sends the backlog at
