@@ -612,7 +612,8 @@ def rss_table(r: dict) -> str:
              fmt(e.get("slope_mib_min"), 2)] for name, e in r["rss"].items()]
     cpu = ", ".join(f"{k} {fmt(v, 0)}" for k, v in r["cpu_pct_mean"].items())
     return (
-        f"RSS sampled every {SAMPLE_EVERY:g} s (MiB):\n\n"
+        f"RSS every {SAMPLE_EVERY:g} s from the start of the warm-up (MiB; *all live*: the first "
+        "sample):\n\n"
         + table(["process", "all live", "end of warm-up", "end", "peak after warm-up",
                  "growth after warm-up", "slope MiB/min"], rows)
         + f"\nMean CPU over the run, % of one core: {cpu}, everything else "
