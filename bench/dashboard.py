@@ -141,7 +141,7 @@ def body(r: dict) -> list[str]:
     problems = [f"- an operator's dashboard: {error}" for error in r.get("operator_errors") or ()]
     if refused := (r.get("churn") or {}).get("refused"):
         problems.append(f"- relabels refused: {refused} of {refused + r['churn']['patched']}")
-    return [text + common.problems_text(problems, r["logs"])]
+    return [text, common.problems_text(problems, r["logs"])]
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class StreamFollower:
 
     events: int = 0
     completed_at: dict[bytes, float] = field(default_factory=dict)
-    recorded_lag: list[float] = field(default_factory=list)
+    recorded_lag: list[tuple[float, float]] = field(default_factory=list)  # (recorded, lag)
     measuring: bool = False
     ended: str | None = None
     task: asyncio.Task | None = None
@@ -91,7 +91,7 @@ class StreamFollower:
                         if done and stamp:
                             self.completed_at[done.group(1)] = now
                             recorded = datetime.fromisoformat(stamp.group(1).decode()).timestamp()
-                            self.recorded_lag.append(wall - recorded)
+                            self.recorded_lag.append((recorded, wall - recorded))
             self.ended = "the server ended the stream"
         except Exception as exc:  # noqa: BLE001 - reported with the figures
             self.ended = f"{type(exc).__name__}: {exc}"
@@ -129,17 +129,22 @@ class Clients:
             follower.measuring = True
             follower.completed_at.clear()
             follower.recorded_lag.clear()
+        began, began_wall = time.monotonic(), time.time()
         measured = await common.measure_for(self.args.window, self.groups)
-        for follower in self.followers:
-            follower.measuring = False
-        await asyncio.sleep(1.0)  # the last responses' events arrive
+        ended, ended_wall = time.monotonic(), time.time()
         seconds, responses = measured["seconds"], sum(c.dones for c in self.callers) - dones
-        done_at = {rid: at for c in self.callers for rid, at in c.done_at.items()}
-        lag = [at - done_at[rid] for f in self.followers
-               for rid, at in f.completed_at.items() if rid in done_at]
-        recorded = [x for f in self.followers for x in f.recorded_lag]
         per_follower = [(f.events - before) / seconds
                         for f, before in zip(self.followers, events, strict=True)]
+        await asyncio.sleep(1.0)  # the events of the window's last responses arrive
+        for follower in self.followers:
+            follower.measuring = False
+        # The lags of what happened in the window: responses done, events recorded.
+        done_at = {rid: at for c in self.callers for rid, at in c.done_at.items()
+                   if began <= at <= ended}
+        lag = [at - done_at[rid] for f in self.followers
+               for rid, at in f.completed_at.items() if rid in done_at]
+        recorded = [lag for f in self.followers for at, lag in f.recorded_lag
+                    if began_wall <= at <= ended_wall]
         return {
             **measured,
             "index": index,

@@ -67,7 +67,7 @@ async def main(args: argparse.Namespace) -> int:
     output = args.output or (RESULTS if args.full else args.out / "RESULTS-partial.md")
     Path(output).write_text(render(results))  # noqa: ASYNC240 - all done
     say(f"wrote {output} in {results['meta']['elapsed_s']:.0f} s")
-    runs = (results.get("relay") or {}).get("runs", [])
+    runs = [run for name in ("relay", "voice") for run in (results.get(name) or {}).get("runs", [])]
     return 1 if any("failure" in r for r in runs + [results.get(n) or {} for n in PARTS]) else 0
 
 
