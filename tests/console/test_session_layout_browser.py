@@ -45,8 +45,10 @@ async def _chart_reads_cleanly(page) -> None:
     centres = await chart.locator("circle").evaluate_all(
         "(cs) => cs.map((c) => { const b = c.getBoundingClientRect(); return b.left + b.width / 2; })"
     )
-    for tick in await chart.locator("[data-x-tick]").all():
-        n = int(await tick.get_attribute("data-x-tick"))
+    ticks = await chart.locator("[data-x-tick]").all()
+    numbers = [int(await tick.get_attribute("data-x-tick")) for tick in ticks]
+    assert numbers == sorted({1, len(centres)}), f"x ticks {numbers} for {len(centres)} points"
+    for tick, n in zip(ticks, numbers, strict=True):
         tick_box = await tick.bounding_box()
         assert abs(tick_box["x"] + tick_box["width"] / 2 - centres[n - 1]) < 1.5, f"x tick {n} is under point {n}"
 
