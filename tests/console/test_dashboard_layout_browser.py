@@ -51,7 +51,9 @@ async def test_long_labels_badges_and_sorting_fit_a_desktop_and_a_phone(login, d
     label = row.locator('td[data-label="Label"]')
     cell = await state.bounding_box()
     value_x = (await label.bounding_box())["x"]
-    for badge in await state.locator(".badge").all():
+    badges = await state.locator(".badge").all()
+    assert len(badges) == 2, "the session's state and its queue, each a badge"
+    for badge in badges:
         box = await badge.bounding_box()
         assert box["width"] < cell["width"] / 2, "a badge is as wide as its words, not the cell"
         assert box["x"] > value_x + 100, "both badges sit in the value column, beside the cell's label"
