@@ -8,9 +8,14 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
+from apps.sessions.models import LiveSession
+
 pytestmark = pytest.mark.django_db
 
-PAGES = ["/accounts/login/", "/console/", "/console/settings/", "/admin/", "/api/v1/docs"]
+PAGES = [
+    "/accounts/login/", "/console/", "/console/settings/", "/console/sessions/sess_headers/",
+    "/console/call/", "/admin/", "/api/v1/docs",
+]
 
 
 @pytest.fixture
@@ -23,6 +28,7 @@ def staff() -> Client:
 
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_has_a_policy_and_no_inline_script(staff, path):
+    LiveSession.objects.create(upstream_id="sess_headers", model="gpt-realtime", status="live")
     answer = staff.get(path)
     assert answer.status_code == 200, path
     policy = answer["Content-Security-Policy"]
