@@ -190,6 +190,10 @@ async def test_caller_disconnect_mid_response_closes_upstream_and_fails_pending_
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_active"})
         await communicator.send_json_to({"type": "response.create", "event_id": "evt_waiting"})
         await _until(communicator, "response.output_text.delta")
+        live = [task.get_name() for task in _relay_tasks()]  # what the checks below look for
+        assert [n for n in live if n.startswith("session-actor-")] and [
+            n for n in live if n.startswith("upstream-")
+        ], f"the session's actor and upstream reader are not found by name: {live}"
         loop = asyncio.get_running_loop()
         started = loop.time()
         await communicator.disconnect()
