@@ -25,6 +25,12 @@ async def test_healthz_and_readyz_answer_when_all_is_well():
     assert body["database"].startswith("ok") and body["channel_layer"].startswith("ok")
 
 
+async def test_healthz_counts_the_sessions_the_process_holds(caller):
+    """The caller-churn leak test reads leaked sessions from this count: it must count one."""
+    health = (await _get("/healthz")).json()
+    assert health["sessions"] == 1, health
+
+
 async def test_readyz_is_503_naming_the_part_that_fails(settings):
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
