@@ -85,6 +85,7 @@ def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
     its end instead of talking over it (server VAD would cut it short, and that answer's
     `response.done` would pass for the answer to the caller's own line)."""
     while_agent_talked: list[str] = []
+    spoke_after: list[str] = []  # the relay stand-in runs in the server's thread: its record
 
     def response(kind: str, response_id: str) -> str:
         return json.dumps({"type": kind, "response": {"id": response_id}})
@@ -98,6 +99,7 @@ def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
         socket.send(response("response.done", "resp_nudged"))
         while json.loads(socket.recv())["type"] != "input_audio_buffer.append":
             pass
+        spoke_after.append("input_audio_buffer.append")
         socket.send(response("response.created", "resp_answer"))
         socket.send(response("response.done", "resp_answer"))
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -106,6 +108,7 @@ def test_voice_caller_lets_a_nudged_answer_finish_before_speaking():
 
     _demo_callers_on(relay, voice=1, token="oct_unused")
     assert while_agent_talked == [], "the caller spoke while the nudged answer was in progress"
+    assert spoke_after == ["input_audio_buffer.append"], "the caller spoke once it was done"
 
 
 def test_the_token_it_made_is_revoked_when_it_stops(db):
