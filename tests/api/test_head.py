@@ -42,6 +42,8 @@ async def ids(caller, rest) -> dict[str, str]:
         if (await rest.get(f"/responses/{posted.json()['id']}")).json()["status"] == "completed":
             break
         await asyncio.sleep(0.02)
+    else:  # a row still changing would make a HEAD and its GET differ by chance
+        raise AssertionError("the request was not stored completed within 2 s")
     return {"session_id": caller.session_id, "request_id": posted.json()["id"], "rest": "nope"}
 
 

@@ -318,6 +318,8 @@ async def test_a_delivery_repeated_because_the_accept_was_slow_is_steered_once(
             if simulator.sim.calls.get(call_id).status != "pending":  # the accept was taken
                 break
             await asyncio.sleep(0.02)
+        else:  # the repeats below must meet the first delivery's work in progress
+            raise AssertionError("the console did not take the call's accept within 5 s")
         first.cancel()  # and the upstream stops waiting for the webhook's answer
         with pytest.raises(asyncio.CancelledError):
             await first
