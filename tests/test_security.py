@@ -117,6 +117,8 @@ async def test_the_upstream_key_and_tokens_appear_in_no_page_response_or_log(dap
     log = daphne.output()
     for text in seen + [log]:
         assert UPSTREAM_KEY not in text
+    for text in seen:
+        assert api_token not in text, "a token was sent back"
     assert api_token not in log, "a token was written to the log"
     assert '"event":"request.status"' in log, "transitions are logged (structured)"
 
