@@ -152,6 +152,7 @@ class RelayMachine(RuleBasedStateMachine):
             metadata=meta,
             conversation="none" if oob else None,
         )
+        self.statuses[request_id] = ["queued"]  # as the service stored it: its changes start here
         self.feed(self.core.submit(stored, now=self.now))
 
     @rule(data=st.data())
