@@ -36,6 +36,8 @@ from django.http import (
 )
 from django.urls import register_converter
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from ninja import Body, Header, NinjaAPI, Query, Status, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -249,6 +251,13 @@ def rest_view(view: Callable) -> Callable:
     return sync_view
 
 
+def _docs_view(view: Callable) -> Callable:
+    """The OpenAPI document and the docs page: GET and HEAD only, another method answered as
+    on every path with the REST hook's 405 (`rest_view`), not CSRF's HTML 403 (ninja's docs
+    views are not exempt; they read no cookie and change nothing)."""
+    return csrf_exempt(require_safe(view))
+
+
 api = RestHook(
     title="Operator Console REST hook",
     version="1",
@@ -260,6 +269,7 @@ api = RestHook(
     docs_url="/docs",
     # Deep links put a link inside each operation's toggle button (axe: nested-interactive).
     docs=Swagger(settings={"deepLinking": False}),
+    docs_decorator=_docs_view,
     openapi_url="/openapi.json",
     parser=JsonParser(),
     renderer=JsonRenderer(),

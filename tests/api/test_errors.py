@@ -52,6 +52,8 @@ async def test_a_body_over_djangos_own_limit_is_413_too(rest, settings):
         ("DELETE", "/sessions/sess_x/interrupt", "POST"),
         ("POST", "/responses/req_x", "DELETE, GET, HEAD"),
         ("OPTIONS", "/sessions", "GET, HEAD"),
+        ("POST", "/openapi.json", "GET, HEAD"),
+        ("DELETE", "/docs", "GET, HEAD"),
     ],
 )
 async def test_a_method_not_allowed_on_an_existing_path_is_405_with_the_error_body(rest, method, path, allowed):
