@@ -60,6 +60,38 @@ def loads(text: str | bytes) -> Any:
         raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep") from None
 
 
+_decode_at = json.JSONDecoder().raw_decode
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def leading_event_id(text: str) -> str | None:
+    """The `event_id` of a frame `loads` refused (nested too deep for Python's parser, or not
+    JSON further on), read from the front of its object member by member up to the first
+    value that cannot be read, so the caller's `error` names the event as it would any other.
+    None when the frame is no object, has no string `event_id` before that value, or the
+    `event_id` is text `text_problem` refuses."""
+    at = _SPACE.match(text).end()
+    if not text.startswith("{", at):
+        return None
+    at = _SPACE.match(text, at + 1).end()
+    while text.startswith('"', at):
+        try:
+            key, at = json.decoder.scanstring(text, at + 1)
+            at = _SPACE.match(text, at).end()
+            if not text.startswith(":", at):
+                return None
+            value, at = _decode_at(text, _SPACE.match(text, at + 1).end())
+        except (ValueError, RecursionError):
+            return None
+        if key == "event_id":
+            return value if isinstance(value, str) and text_problem(value) is None else None
+        at = _SPACE.match(text, at).end()
+        if not text.startswith(",", at):
+            return None
+        at = _SPACE.match(text, at + 1).end()
+    return None
+
+
 def loads_object(text: str | bytes) -> dict[str, Any] | None:
     """The JSON object in `text`, or None if it holds anything else or is not JSON."""
     try:

@@ -1002,7 +1002,7 @@ class RelayCore:
         try:
             event = events.loads(frame)
         except ValueError as exc:
-            return self._tell_caller("invalid_json", f"The frame is not valid JSON: {exc}.")
+            return self._not_json(frame, exc)
         if not isinstance(event, dict):
             return self._tell_caller(
                 "invalid_type",
@@ -1023,7 +1023,7 @@ class RelayCore:
         try:
             event = events.loads(frame)
         except ValueError as exc:
-            return self._tell_caller("invalid_json", f"The frame is not valid JSON: {exc}.")
+            return self._not_json(frame, exc)
         if not isinstance(event, dict) or event.get("type") == "response.create":
             return None
         problem = events.find_problem(event, "")
@@ -1107,6 +1107,13 @@ class RelayCore:
         # The sequencer's own checks were all made above; what it returns is applied as usual.
         self._apply(self.sequencer.submit(request, now=now), actions)
         return actions
+
+    def _not_json(self, frame: str, exc: ValueError) -> list[Action]:
+        return self._tell_caller(
+            "invalid_json",
+            f"The frame is not valid JSON: {exc}.",
+            event_id=events.leading_event_id(frame),
+        )
 
     def _tell_caller(
         self,

@@ -49,3 +49,24 @@ def test_output_text_reads_text_and_transcripts_in_order():
 def test_error_fields_tolerate_missing_parts():
     assert events.error_fields({"error": {"code": "x", "message": "m", "event_id": "e"}}) == ("e", "x", "m")
     assert events.error_fields({}) == (None, None, "")
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('{"type":"conversation.item.create","event_id":"e1","item":' + DEEP + "}", "e1"),
+        (' { "event_id" : "e\\u00e92" , "x": {"a": [1]}, "item": ' + DEEP + "}", "e\u00e92"),
+        ('{"type":"x","item":' + DEEP + ',"event_id":"late"}', None),
+        ('{"type":"x","event_id":5,"item":' + DEEP + "}", None),
+        ('{"type":"x","event_id":"\\ud800","item":' + DEEP + "}", None),
+        ('{"type":"x","event_id":"e3", oops', "e3"),
+        ('{"type" "x","event_id":"e4"}', None),
+        (DEEP, None),
+        ("not json", None),
+    ],
+)
+def test_leading_event_id_reads_the_members_before_the_unreadable_one(frame, expected):
+    assert events.leading_event_id(frame) == expected

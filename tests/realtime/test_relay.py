@@ -645,6 +645,17 @@ def test_item_nested_deeper_than_the_relay_reads_is_refused_with_its_path():
     assert "nested more than 256 levels deep" in error["message"]
 
 
+@pytest.mark.parametrize("kind", ["conversation.item.create", "response.create"])
+def test_a_frame_too_deep_to_parse_is_refused_with_its_event_id(kind):
+    driver = started()
+    raw = f'{{"type":"{kind}","event_id":"e_deeper","item":{DEEP}}}'
+    actions = driver.step(("call", raw))
+    assert summary(actions) == ["caller error invalid_json"]
+    error = json.loads(actions[0].frame)["error"]
+    assert error["event_id"] == "e_deeper", "the caller can tell which of its events was refused"
+    assert "nested more than 256 levels deep" in error["message"]
+
+
 def test_escaped_text_that_is_valid_goes_upstream_as_received():
     driver = started()
     raw = (
