@@ -344,6 +344,13 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(exc.status_code, "http_error", str(exc), request=request)
 
 
+def _no_body_over_the_limit(request: HttpRequest) -> None:
+    """In a view that reads no body (the parser checks the others): one over MAX_BODY_BYTES
+    is refused all the same, with the 413 of every path, after the token check as there."""
+    if len(request.body) > MAX_BODY_BYTES:  # over Django's own limit, it raises itself
+        raise RequestDataTooBig(f"over {MAX_BODY_BYTES} bytes")
+
+
 @api.exception_handler(RequestDataTooBig)  # over Django's own limit, far above ours
 def _too_large(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(
@@ -742,13 +749,14 @@ async def add_note(request: HttpRequest, session_id: str, payload: NoteIn):
 
 @api.post(
     "/sessions/{session_id}/interrupt",
-    response={202: InterruptOut, **_errors(401, 403, 404, 409, 503)},
+    response={202: InterruptOut, **_errors(401, 403, 404, 409, 413, 503)},
     auth=WRITE,
     summary="Interrupt the active response",
     description="Asks the upstream to cancel the in-conversation response in progress, if any.",
     tags=["sessions"],
 )
 async def interrupt(request: HttpRequest, session_id: str):
+    _no_body_over_the_limit(request)
     response_id = await services.session_interrupt(session_id=session_id)
     return Status(202, InterruptOut(session_id=session_id, response_id=response_id))
 
@@ -769,7 +777,7 @@ def _call_action_out(session_id: str, action) -> CallActionOut:
 
 @api.post(
     "/sessions/{session_id}/hangup",
-    response={202: CallActionOut, **_errors(401, 403, 404, 409, 502, 503)},
+    response={202: CallActionOut, **_errors(401, 403, 404, 409, 413, 502, 503)},
     auth=WRITE,
     summary="Hang up an attached call",
     description="Ends a WebRTC or phone call through the upstream's calls API; the session ends "
@@ -777,6 +785,7 @@ def _call_action_out(session_id: str, action) -> CallActionOut:
     tags=["sessions"],
 )
 async def hangup(request: HttpRequest, session_id: str):
+    _no_body_over_the_limit(request)
     action = await calls.call_hangup(session_id=session_id, requested_by=f"token:{request.auth.name}")
     return Status(202, _call_action_out(session_id, action))
 

@@ -42,6 +42,17 @@ async def test_a_body_over_djangos_own_limit_is_413_too(rest, settings):
     assert _error(answer)["code"] == "body_too_large"
 
 
+@pytest.mark.parametrize("path", ["interrupt", "hangup"])
+async def test_a_body_over_64_kib_is_413_where_the_endpoint_reads_no_body_too(caller, rest, path):
+    big = b'{"note": "' + b"x" * 64 * 1024 + b'"}'
+    answer = await rest.post(f"/sessions/{caller.session_id}/{path}", content=big)
+    assert answer.status_code == 413, answer.text
+    assert _error(answer)["code"] == "body_too_large"
+    # At the limit it is read as any other: this session is relayed, so a hang-up is a 409.
+    at_limit = await rest.post(f"/sessions/{caller.session_id}/{path}", content=big[: 64 * 1024])
+    assert at_limit.status_code == {"interrupt": 202, "hangup": 409}[path], at_limit.text
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
