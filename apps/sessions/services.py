@@ -271,6 +271,9 @@ async def ping(request: ResponseRequest) -> None:
 # ---------------------------------------------------------------------------- ask the actor
 
 
+ENDED_LOOK_INTERVAL = 0.25  # seconds between looks at the table while an actor is silent
+
+
 async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str, Any]:
     layer = get_channel_layer()
     # The default prefix, as the consumers' channels have: channels_redis lets one receive at a
@@ -286,14 +289,35 @@ async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str,
         raise SessionUnavailable(
             f"Session '{session.upstream_id}' cannot be reached right now; retry shortly."
         ) from None
+    # An actor that ended a moment ago (the call hung up, transferred) answers nothing, while
+    # the table, written a moment later, still said live: while the answer is awaited, the
+    # table is looked at again, so that such a session is refused as ended, not unavailable.
+    reply = asyncio.ensure_future(layer.receive(reply_to))
     try:
         async with asyncio.timeout(settings.OC_ACTOR_REPLY_TIMEOUT):
-            return await layer.receive(reply_to)
+            while not (await asyncio.wait({reply}, timeout=ENDED_LOOK_INTERVAL))[0]:
+                await _refuse_if_ended(session)
+            return reply.result()
     except TimeoutError:
+        await _refuse_if_ended(session)
         raise SessionUnavailable(
             f"Session '{session.upstream_id}' did not answer within "
             f"{settings.OC_ACTOR_REPLY_TIMEOUT:g} s; its process may have stopped. Retry later."
         ) from None
+    finally:
+        reply.cancel()
+
+
+def _status(pk: Any) -> str | None:
+    return LiveSession.objects.filter(pk=pk).values_list("status", flat=True).first()
+
+
+async def _refuse_if_ended(session: LiveSession) -> None:
+    status = await db_async(_status)(session.pk)
+    if status is not None and status != LiveSession.Status.LIVE:
+        raise SessionNotLive(
+            f"Session '{session.upstream_id}' is {status}, not live: it ended while it was asked."
+        )
 
 
 def session_found(session_id: str) -> LiveSession:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
@@ -147,6 +149,29 @@ async def test_a_session_nobody_holds_answers_503_not_a_false_success(rest, orph
         assert response.json()["error"]["code"] == "session_unavailable"
         assert response.headers["Retry-After"]
     assert (await ResponseRequest.objects.aget(id="req_orphan")).status == "queued"
+
+
+async def test_a_session_that_ends_while_asked_is_refused_as_ended_not_unavailable(rest, settings):
+    """Its actor ended a moment before (the call was transferred, hung up by the caller) and
+    answers nothing; the table said live when read, and says ended a moment later. Seen: a
+    hang-up right after a transfer answered 503 "did not answer within 5 s", not 409."""
+    settings.OC_ACTOR_REPLY_TIMEOUT = 3.0
+    for url in ("/sessions/sess_ending/hangup", "/sessions/sess_ending/interrupt"):
+        session = await LiveSession.objects.acreate(
+            id=uuid.uuid4(), upstream_id="sess_ending", model="gpt-realtime", status="live",
+            kind="sip", call_id="rtc_ending",
+        )
+
+        async def the_end_is_written(pk=session.pk) -> None:
+            await asyncio.sleep(0.3)
+            await LiveSession.objects.filter(pk=pk).aupdate(status="ended", end_reason="upstream_closed")
+
+        started = time.monotonic()
+        response, _ = await asyncio.gather(rest.post(url), the_end_is_written())
+        assert response.status_code == 409, (url, response.text)
+        assert response.json()["error"]["code"] == "session_not_live"
+        assert time.monotonic() - started < 2.0, "told once the table shows it, not at the timeout"
+        await session.adelete()
 
 
 async def test_session_answers_are_the_models_to_dict_with_offset_times(caller, rest):
