@@ -86,15 +86,14 @@ def lifetime(expires_after: Any) -> int:
             raise InvalidParameter.unknown(f"expires_after.{name}")
     anchor = expires_after.get("anchor", "created_at")
     if anchor != "created_at":
-        raise InvalidParameter("expires_after.anchor", f"expires_after.anchor must be 'created_at', not {anchor!r}.")
+        raise InvalidParameter(
+            "expires_after.anchor",
+            f"Invalid value: {_shown(anchor)}. Supported values are: 'created_at'.",
+        )
     seconds = expires_after.get("seconds", DEFAULT_SECONDS)
     if isinstance(seconds, bool) or not isinstance(seconds, int):
         raise InvalidParameter.wrong_type("expires_after.seconds", "an integer", seconds)
-    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        raise InvalidParameter(
-            "expires_after.seconds",
-            f"expires_after.seconds must be between {MIN_SECONDS} and {MAX_SECONDS}, not {seconds}.",
-        )
+    _check_range("expires_after.seconds", seconds, MIN_SECONDS, MAX_SECONDS)
     return seconds
 
 
@@ -155,24 +154,27 @@ def _check_ranges(session: dict[str, Any]) -> None:
         value: Any = session
         for name in path:
             value = value.get(name) if isinstance(value, dict) else None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        param = "session." + ".".join(path)
-        kind = "integer" if isinstance(value, int) else "decimal"
-        if value > high:
-            raise InvalidParameter(
-                param,
-                f"Invalid '{param}': {kind} above maximum value. Expected a value <= {high}, "
-                f"but got {value} instead.",
-                f"{kind}_above_max_value",
-            )
-        if value < low:
-            raise InvalidParameter(
-                param,
-                f"Invalid '{param}': {kind} below minimum value. Expected a value >= {low}, "
-                f"but got {value} instead.",
-                f"{kind}_below_min_value",
-            )
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            _check_range("session." + ".".join(path), value, low, high)
+
+
+def _check_range(param: str, value: float, low: float, high: float) -> None:
+    """Refuse a number outside low–high as the service does, naming the bound it passed."""
+    kind = "integer" if isinstance(value, int) else "decimal"
+    if value > high:
+        raise InvalidParameter(
+            param,
+            f"Invalid '{param}': {kind} above maximum value. Expected a value <= {high}, "
+            f"but got {value} instead.",
+            f"{kind}_above_max_value",
+        )
+    if value < low:
+        raise InvalidParameter(
+            param,
+            f"Invalid '{param}': {kind} below minimum value. Expected a value >= {low}, "
+            f"but got {value} instead.",
+            f"{kind}_below_min_value",
+        )
 
 
 def _shown(value: Any) -> str:

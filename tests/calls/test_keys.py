@@ -45,10 +45,10 @@ async def test_expires_after_sets_the_lifetime(api_token):
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"expires_after": {"seconds": 9}}, "expires_after.seconds", "between 10 and 7200, not 9"),
-        ({"expires_after": {"seconds": 7201}}, "expires_after.seconds", "between 10 and 7200, not 7201"),
+        ({"expires_after": {"seconds": 9}}, "expires_after.seconds", "value >= 10, but got 9"),
+        ({"expires_after": {"seconds": 7201}}, "expires_after.seconds", "<= 7200, but got 7201"),
         ({"expires_after": {"seconds": "60"}}, "expires_after.seconds", "an integer"),
-        ({"expires_after": {"anchor": "now", "seconds": 60}}, "expires_after.anchor", "'created_at'"),
+        ({"expires_after": {"anchor": "now"}}, "expires_after.anchor", "are: 'created_at'."),
         ({"expires_after": 60}, "expires_after", "an object"),
         ({"session": {"type": "transcription"}}, "session.type", "'realtime'"),
         ({"session": []}, "session", "an object"),
@@ -60,6 +60,27 @@ async def test_bad_parameters_are_refused_naming_the_field(api_token, body, para
     error = response.json()["error"]
     assert error["param"] == param and words in error["message"]
     assert not await ClientSecret.objects.aexists()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "code", "words"),
+    [
+        (9, "integer_below_min_value", "below minimum value. Expected a value >= 10"),
+        (7201, "integer_above_max_value", "above maximum value. Expected a value <= 7200"),
+    ],
+)
+async def test_a_lifetime_out_of_range_is_refused_in_the_services_words(
+    api_token, seconds, code, words
+):
+    """As the service refuses any number out of its range (and as `session.max_output_tokens`
+    is refused here): the code says which bound, not a bare `invalid_value`."""
+    lifetime = {"anchor": "created_at", "seconds": seconds}
+    response = await mint(api_token, {"expires_after": lifetime})
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "type": "invalid_request_error", "code": code, "param": "expires_after.seconds",
+        "message": f"Invalid 'expires_after.seconds': integer {words}, but got {seconds} instead.",
+    }
 
 
 INSTRUCTIONS = "session.instructions"
