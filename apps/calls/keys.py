@@ -203,6 +203,20 @@ def mint(*, expires_after: Any, session: Any, created_by: str) -> tuple[ClientSe
     return secret, plain
 
 
+def minted(secret: ClientSecret, plain: str) -> dict[str, Any]:
+    """The answer to a mint, in the service's shape (the SDK's `ClientSecretCreateResponse`):
+    its `session` is a `realtime.session` object with an `id`, as the service's is. The id
+    names the key's configuration, not a session it opens (each of those is named by the
+    upstream); neither is stored with the configuration, which goes upstream as it is."""
+    config_id = f"sess_oc_{secret.digest[:20]}"
+    named = {"type": "realtime", "object": "realtime.session", "id": config_id}
+    return {
+        "value": plain,
+        "expires_at": int(secret.expires_at.timestamp()),
+        "session": {**named, **secret.session},
+    }
+
+
 def delete_expired(*, older_than: timedelta = timedelta(days=1)) -> int:
     """Delete keys that expired more than `older_than` ago (kept a while so a late use is
     refused as expired, not as unknown). Returns how many."""

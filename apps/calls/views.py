@@ -111,7 +111,7 @@ async def client_secrets(request: HttpRequest) -> HttpResponse:
     except keys.InvalidParameter as invalid:
         return error(400, invalid.code, invalid.message, param=invalid.param)
     log.info(json.dumps({"event": "client_secret.minted", "by": caller.name, "expires_at": secret.expires_at.isoformat()}))
-    return JsonResponse({"value": plain, "expires_at": int(secret.expires_at.timestamp()), "session": secret.session})
+    return JsonResponse(keys.minted(secret, plain))
 
 
 def _offer(request: HttpRequest) -> tuple[str, dict[str, Any]] | JsonResponse:

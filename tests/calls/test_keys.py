@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from django.utils import timezone
+from openai.types.realtime import ClientSecretCreateResponse, RealtimeSessionCreateResponse
 
 from apps.sessions.auth import Principal, Refusal, authenticate_relay
 from apps.sessions.models import ClientSecret
@@ -31,9 +32,27 @@ async def test_a_minted_key_has_the_services_shape_and_lives_ten_minutes_by_defa
     assert set(body) == {"value", "expires_at", "session"}
     assert body["value"].startswith("ek_oc_")
     assert before + 599 <= body["expires_at"] <= time.time() + 601
-    assert body["session"] == {"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."}
+    session = body["session"]
+    assert session.pop("id").startswith("sess_oc_")
+    assert session == {
+        "type": "realtime", "object": "realtime.session", "model": "gpt-realtime",
+        "instructions": "Be brief.",
+    }
     stored = await ClientSecret.objects.aget()
     assert stored.digest != body["value"] and body["value"] not in str(stored.__dict__)
+
+
+async def test_a_minted_key_passes_the_sdks_own_check_of_the_services_answer(api_token):
+    """The SDK parses answers leniently; a strict reader (its types validated) requires the
+    `session`'s `object` and `id`, which the service sends. They are not part of the key's
+    configuration: that holds only what the request asked for."""
+    text_only = {"type": "realtime", "output_modalities": ["text"]}
+    response = await mint(api_token, {"session": text_only})
+    answer = ClientSecretCreateResponse.model_validate(response.json())
+    assert isinstance(answer.session, RealtimeSessionCreateResponse)
+    assert answer.session.object == "realtime.session"
+    stored = await ClientSecret.objects.aget()
+    assert stored.session == {**text_only, "model": "gpt-realtime"}
 
 
 async def test_expires_after_sets_the_lifetime(api_token):
