@@ -1,4 +1,5 @@
-"""The GA protocol's shape of a session and of a response, read from the official SDK. Pure.
+"""The GA protocol's shape of a session, a response and a conversation item, read from the
+official SDK. Pure.
 
 The service refuses a `session.update` whose session names a key the GA shape does not have
 (`unknown_parameter`, "Unknown parameter: 'session.temperature'.") and applies nothing of it;
@@ -11,12 +12,18 @@ Checked: every object the types describe as a `TypedDict` — the top level, `au
 `audio.input`/`audio.output`, `format`, `turn_detection` (by its `type`: `server_vad` or
 `semantic_vad`), `noise_reduction`, `transcription`, `reasoning`, `tracing`, `prompt`,
 `tools[i]` (by `type`), `tool_choice`. A union whose variant cannot be told (no `type`, or
-several variants with it) is checked against all its variants' keys together, not deeper.
-Free-form values (`metadata`, a tool's `parameters`, `prompt.variables`) and a response's
-`input` items are not checked here. `mistyped_session_parameter` walks the same shapes for a
-value of a JSON type the shape does not allow (`tools: "x"`), as the service refuses it
-(`invalid_type`) where a key is minted and in a `session.update`; `mistyped_response_parameter`
-likewise for a `response.create`.
+several variants with it and no `role` to tell them) is checked against all its variants'
+keys together, not deeper. Free-form values (`metadata`, a tool's `parameters`,
+`prompt.variables`) and a response's `input` items are not checked here.
+`mistyped_session_parameter` walks the same shapes for a value of a JSON type the shape does
+not allow (`tools: "x"`), as the service refuses it (`invalid_type`) where a key is minted and
+in a `session.update`; `mistyped_response_parameter` likewise for a `response.create`.
+
+A `conversation.item.create`'s item is read the same way, from `ConversationItemParam`: its
+variant is told by `type`, a message's by `role` (system, user and assistant messages each
+take their own content part types). `unknown_item_parameter`, `mistyped_item_parameter`,
+`unsupported_item_value` (a part's `type` the role does not take) and `missing_item_parameter`
+(a key the variant marks `Required`) each name the first offending parameter.
 
 The session object the service announces (`session.created`/`session.updated`) holds keys an
 update does not take (`id`, `object`, `expires_at`; a client secret's session also
@@ -34,6 +41,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import typing_extensions
+from openai.types.realtime.conversation_item_param import ConversationItemParam
 from openai.types.realtime.realtime_response_create_params_param import (
     RealtimeResponseCreateParamsParam,
 )
@@ -68,9 +76,9 @@ def _variants(annotation: object) -> list[Any]:
     return [annotation]
 
 
-def _tag(typed_dict: type) -> tuple[str, ...]:
-    """The values a TypedDict's `type` key may hold (a `Literal`), else ()."""
-    annotation = _hints(typed_dict).get("type")
+def _tag(typed_dict: type, key: str = "type") -> tuple[str, ...]:
+    """The values a TypedDict's `key` may hold (a `Literal`), else ()."""
+    annotation = _hints(typed_dict).get(key)
     if typing.get_origin(annotation) in (typing.Literal, typing_extensions.Literal):
         return tuple(v for v in typing.get_args(annotation) if isinstance(v, str))
     return ()
@@ -83,6 +91,8 @@ def _object_shape(annotation: object, value: Mapping[str, Any]) -> tuple[frozens
     if not candidates:
         return frozenset(), None
     tagged = [c for c in candidates if value.get("type") in _tag(c)]
+    if len(tagged) > 1:  # the messages of a conversation item share a `type`: told by `role`
+        tagged = [c for c in tagged if value.get("role") in _tag(c, "role")] or tagged
     if len(tagged) == 1:
         return frozenset(_hints(tagged[0])), tagged[0]
     if len(candidates) == 1:
@@ -107,14 +117,9 @@ def _unknown_in(value: object, annotation: object, path: str) -> str | None:
                 return found
         return None
     if isinstance(value, list):
-        for annotation_variant in _variants(annotation):
-            origin = typing.get_origin(annotation_variant)
-            if origin in (list, collections.abc.Sequence):
-                (member,) = typing.get_args(annotation_variant)
-                for index, item in enumerate(value):
-                    found = _unknown_in(item, member, f"{path}[{index}]")
-                    if found is not None:
-                        return found
+        for item, member, where in _items(value, annotation, path):
+            if (found := _unknown_in(item, member, where)) is not None:
+                return found
     return None
 
 
@@ -170,6 +175,37 @@ def unknown_response_parameter(response: Mapping[str, Any]) -> str | None:
     items are left to the item checks."""
     checked = {key: value for key, value in response.items() if key != "input"}
     return _unknown_in(checked, RealtimeResponseCreateParamsParam, "response")
+
+
+# The `type`s of the items a client may create.
+ITEM_TYPES = frozenset(
+    tag for variant in _variants(ConversationItemParam) for tag in _tag(variant)
+)
+
+
+def unknown_item_parameter(item: Mapping[str, Any]) -> str | None:
+    """The first key of a `conversation.item.create`'s item that its variant of the SDK's
+    `ConversationItemParam` (told by `type`, a message by `role`) does not have, as the
+    service names it (`item.foo`, `item.content[0].foo`); None if all are known."""
+    return _unknown_in(item, ConversationItemParam, "item")
+
+
+def mistyped_item_parameter(item: Mapping[str, Any]) -> tuple[str, tuple[str, ...], Any] | None:
+    """`mistyped_session_parameter` for an item (a null passes: an unset field)."""
+    return _mistyped_in(item, ConversationItemParam, "item", True)
+
+
+def unsupported_item_value(item: Mapping[str, Any]) -> tuple[str, tuple[Any, ...], Any] | None:
+    """`unsupported_session_value` for an item: a content part's `type` that its message's
+    role does not take (`("item.content[0].type", ("input_text",), "output_text")` for a
+    system message), a `status` or `object` the type does not list."""
+    return _unsupported_in(item, ConversationItemParam, "item")
+
+
+def missing_item_parameter(item: Mapping[str, Any]) -> str | None:
+    """The first key the item's variant marks `Required` that it lacks or holds as null
+    (`item.call_id` of a `function_call_output`); None if it has them all."""
+    return _missing_in(item, ConversationItemParam, "item")
 
 
 def updatable_session(session: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,6 +267,33 @@ def _mistyped_in(
     elif isinstance(value, list):
         for item, member, where in _items(value, annotation, path):
             if found := _mistyped_in(item, member, where, null_allowed):
+                return found
+    return None
+
+
+@functools.cache
+def _required(typed_dict: type) -> tuple[str, ...]:
+    """The keys a TypedDict marks `Required`, in its order. (Its `__required_keys__` does
+    not know them: the SDK's modules postpone their annotations.)"""
+    hints = typing_extensions.get_type_hints(typed_dict, include_extras=True)
+    return tuple(key for key, hint in hints.items() if typing.get_origin(hint) is typing.Required)
+
+
+def _missing_in(value: Any, annotation: object, path: str) -> str | None:
+    if isinstance(value, Mapping):
+        _, typed_dict = _object_shape(annotation, value)
+        if typed_dict is None:
+            return None
+        for key in _required(typed_dict):
+            if value.get(key) is None:
+                return f"{path}.{key}"
+        hints = _hints(typed_dict)
+        for key, item in value.items():
+            if key in hints and (found := _missing_in(item, hints[key], f"{path}.{key}")):
+                return found
+    elif isinstance(value, list):
+        for item, member, where in _items(value, annotation, path):
+            if found := _missing_in(item, member, where):
                 return found
     return None
 

@@ -30,6 +30,29 @@ PR #699; the simulator follows). Nothing of a refused `session.update` is applie
   expected an array, but got string instead.". A null passes (the service announces some
   settings as null and takes them back).
 
+A `conversation.item.create`'s item is checked against its variant of the SDK's
+`ConversationItemParam` (`ga`), after the session has checked its `type`, a message's `role`
+and that `content` is an array; nothing of a refused item is added:
+- a key the variant lacks: `unknown_parameter`, "Unknown parameter: 'item.foo'." (also
+  `item.content[0].foo`). `object` and `status` are the variants' own ("Optional when creating
+  a new item", "Has no effect on the conversation": SDK docstrings; the beta reference said
+  they "are accepted for consistency with the conversation.item.created event"): they pass;
+- a value of a JSON type the variant does not allow: `invalid_type`, as for a session;
+- a content part whose `type` the role does not take (system: `input_text`; user:
+  `input_text`, `input_audio`, `input_image`; assistant: `output_text`, `output_audio`), or a
+  `status`/`object`/`detail` outside its choices: `invalid_value` with param
+  `item.content[0].type`, "Invalid value: 'text'. Supported values are: 'input_text',
+  'input_audio', and 'input_image'.", and for a single choice "Invalid value: 'output_text'.
+  Value must be 'input_text'." (the wording users report of the service for `text` in a user
+  message and `input_text` in an assistant one, OpenAI community thread 1068134, beta-era;
+  the GA lists are the SDK's, the serial comma as in the service's other lists: assumed);
+- a key the variant marks `Required` missing or null (`item.call_id` of a
+  `function_call_output`, `item.id` of an `mcp_approval_response`: the SDK's, assumed):
+  `missing_required_parameter`, "Missing required parameter: 'item.call_id'.";
+- an assistant content part without `text`, as an `output_audio` part with only its
+  transcript: "Missing required parameter: 'item.content[0].text'." (openai-agents-js issue
+  #963, 2026-02; the service cannot create assistant audio, PRs #1175 and #1665 there).
+
 Current fields, checked as the service checks them (errors name the parameter):
 `reasoning` (`{"effort": "minimal"|"low"|"medium"|"high"|"xhigh"}`) and `parallel_tool_calls`
 (a boolean), in `session.update` and in `response.create`. They are accepted for every model
@@ -97,6 +120,45 @@ def check_response_params(params: Mapping[str, Any]) -> None:
     check_current_fields(params, "response")
     check_types(ga.mistyped_response_parameter(params))
     check_audio(params, "response")
+
+
+def check_item(item: Mapping[str, Any]) -> None:
+    """A `conversation.item.create`'s item, refused as the service refuses it (module
+    docstring); its `type`, a message's `role` and `content` array are checked before."""
+    check_known_keys(ga.unknown_item_parameter(item))
+    check_types(ga.mistyped_item_parameter(item))
+    if (unsupported := ga.unsupported_item_value(item)) is not None:
+        raise invalid_choice(*unsupported)
+    missing = ga.missing_item_parameter(item) or _assistant_text_missing(item)
+    if missing is not None:
+        raise Rejected.missing_parameter(missing)
+
+
+def _assistant_text_missing(item: Mapping[str, Any]) -> str | None:
+    if item.get("type") != "message" or item.get("role") != "assistant":
+        return None
+    for index, part in enumerate(item["content"]):
+        if isinstance(part, Mapping) and part.get("text") is None:
+            return f"item.content[{index}].text"
+    return None
+
+
+def invalid_choice(param: str, supported: tuple[Any, ...], value: object) -> Rejected:
+    """The refusal of a `param` that is none of the `supported` values, in the service's
+    words: "Invalid value: 'x'. Supported values are: 'a', 'b', and 'c'." ("'a' and 'b'";
+    one: "Value must be 'a'.")."""
+    shown = value if isinstance(value, str) else dumps(value)
+    quoted = [f"'{choice}'" for choice in supported]
+    if len(quoted) == 1:
+        message = f"Invalid value: '{shown}'. Value must be {quoted[0]}."
+        return Rejected("invalid_value", message, param)
+    if len(quoted) == 2:
+        listed = " and ".join(quoted)
+    else:
+        listed = ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+    return Rejected(
+        "invalid_value", f"Invalid value: '{shown}'. Supported values are: {listed}.", param
+    )
 
 
 def check_known_keys(unknown: str | None) -> None:
@@ -188,12 +250,4 @@ def _check_choice(value: object, supported: tuple[str, ...], path: str) -> None:
     """A value that must be one of `supported`; absent, the session's own stays."""
     if value is None or value in supported:
         return
-    shown = value if isinstance(value, str) else dumps(value)
-    quoted = [f"'{choice}'" for choice in supported]
-    if len(quoted) == 2:
-        listed = " and ".join(quoted)
-    else:
-        listed = ", ".join(quoted[:-1]) + ", and " + quoted[-1]
-    raise Rejected(
-        "invalid_value", f"Invalid value: '{shown}'. Supported values are: {listed}.", path
-    )
+    raise invalid_choice(path, supported, value)
