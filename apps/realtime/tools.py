@@ -20,8 +20,9 @@ What it follows
   Approvals     An `mcp_approval_request` item is pending until someone decides:
                 - an operator (console or REST, `decide`): the first decision wins; a later one
                   is answered "already decided by X". The decision goes upstream as a
-                  `conversation.item.create` of an `mcp_approval_response` (the relay's own
-                  event: an error about it is not the caller's), followed by a
+                  `conversation.item.create` of an `mcp_approval_response` (with an `id` of
+                  the relay's, as the protocol requires; the relay's own event: an error about
+                  it is not the caller's), followed by a
                   `response.create` that enters the sequencer as an operator's request, so it
                   never collides with another response (recorded with the surface's origin,
                   `console` or `api`, and the decider as `requested_by`).
@@ -45,6 +46,7 @@ with `require_approval`, which the upstream holds until the decision.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -68,6 +70,13 @@ FUNCTION_OUTPUT = "function_call_output"
 MCP_CALL = "mcp_call"
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+
+
+def approval_response_id(approval_id: str) -> str:
+    """The id of the relay's answer to an approval request. The protocol requires one (the
+    SDK's `RealtimeMcpApprovalResponseParam`); one request is answered once, so one derived
+    from the request's id is unique, and at 29 characters the service takes it from a client."""
+    return "mcpa_" + hashlib.blake2s(approval_id.encode(), digest_size=12).hexdigest()
 # Who decided, when it was not an operator.
 BY_CALLER = "caller"
 # Who asked for the response after a request expired (its `decided_by` stays empty).
@@ -434,6 +443,7 @@ class ToolDesk:
         self._decided(approval, status, reason, by, now)
         item: dict[str, Any] = {
             "type": APPROVAL_RESPONSE,
+            "id": approval_response_id(approval.approval_id),
             "approval_request_id": approval.approval_id,
             "approve": status == APPROVED,
         }

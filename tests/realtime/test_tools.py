@@ -31,7 +31,9 @@ from apps.realtime.relay import (
     ToWatchers,
     TranscriptFinal,
 )
-from apps.realtime.tools import ApprovalChanged, RateLimitsChanged
+from apps.realtime.tools import ApprovalChanged, RateLimitsChanged, approval_response_id
+from apps.simulator import shape
+from apps.simulator.session import ITEM_ID_MAX_CHARS
 
 TIMEOUT = 30.0
 
@@ -287,6 +289,7 @@ def test_the_decision_sent_upstream_is_the_protocols_approval_response():
     assert sent["type"] == "conversation.item.create"
     assert sent["item"] == {
         "type": "mcp_approval_response",
+        "id": approval_response_id("mcpr_1"),
         "approval_request_id": "mcpr_1",
         "approve": False,
         "reason": "wrong account",
@@ -295,6 +298,33 @@ def test_the_decision_sent_upstream_is_the_protocols_approval_response():
     assert answer["approval"]["decided_by"] == "ann"
     assert answer["approval"]["reason"] == "wrong account"
     assert answer["approval"]["decided_at"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["approved", "denied", "denied with a reason", "expired"],
+)
+def test_every_approval_response_the_relay_sends_is_one_the_service_takes(how):
+    # The SDK's `RealtimeMcpApprovalResponseParam` requires an `id` (OpenAI's own Ruby
+    # example sends one); a strict upstream refuses an approval response without it, and the
+    # model would then wait for a decision that never came. Each decision gets its own id,
+    # one the service takes from a client (at most 32 characters).
+    core = new_core()
+    core.upstream_frame(approval_done("mcpr_1"), now=1.0)
+    core.upstream_frame(approval_done("mcpr_2"), now=1.0)
+    if how == "expired":
+        actions = core.tick(now=1.0 + TIMEOUT)
+    else:
+        reason = "wrong account" if how.endswith("reason") else ""
+        actions = decide(core, "mcpr_1", approve=how == "approved", reason=reason)
+        actions += decide(core, "mcpr_2", approve=how == "approved", reason=reason)
+    sent = [json.loads(a.frame).get("item", {}) for a in actions if isinstance(a, ToUpstream)]
+    items = [item for item in sent if item.get("type") == "mcp_approval_response"]
+    assert len(items) == 2
+    for item in items:
+        shape.check_item(item)  # raises Rejected if the simulator's strict checks refuse it
+        assert len(item["id"]) <= ITEM_ID_MAX_CHARS
+    assert items[0]["id"] != items[1]["id"], "one conversation cannot hold two items of one id"
 
 
 def test_an_expired_request_says_it_timed_out():
