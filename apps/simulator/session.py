@@ -3,9 +3,10 @@
 `SimSession.receive` parses a client frame, dispatches it, and answers what the service
 refuses with the service's `error` event (`wire.Rejected`). Here: `session.update`,
 conversation items, `response.create`/`response.cancel`, and the streaming of a response.
-A `session.update` or `response.create` outside the GA shape (no `session.type`, a key the
-SDK's types lack, the read-only `id`/`object`/`expires_at` among them) is refused whole, the
-session going on: `shape` says what and on what evidence.
+A `session.update`, `response.create` or `conversation.item.create` outside the GA shape (no
+`session.type`, a key the SDK's types lack, the read-only `id`/`object`/`expires_at` among
+them; a content part the message's role does not take) is refused whole, the session going
+on: `shape` says what and on what evidence.
 Audio in and out (input buffer, VAD, spoken output) is `voice`'s.
 
 The model's "reply" is deterministic text that shows what the response was asked for::
@@ -37,6 +38,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from apps.realtime import ga
 from apps.realtime.audio import FORMAT_RATES
 from apps.realtime.events import error_event, json_type
 from apps.simulator import limits, shape, voice
@@ -63,17 +65,6 @@ METADATA_MAX_VALUE_CHARS = 512
 # A client's own item id: the service refuses a longer one (a UUID's 36 characters, say).
 ITEM_ID_MAX_CHARS = 32
 
-ITEM_TYPES = frozenset(
-    {
-        "message",
-        "function_call",
-        "function_call_output",
-        "mcp_approval_response",
-        "mcp_approval_request",
-        "mcp_call",
-        "mcp_list_tools",
-    }
-)
 
 
 def default_session_config(
@@ -326,10 +317,10 @@ class SimSession:
     async def on_item_create(self, event: dict[str, Any]) -> None:
         item = required_object(event, "item")
         item_type = item.get("type")
-        if item_type not in ITEM_TYPES:
+        if item_type not in ga.ITEM_TYPES:
             if item_type is None:
                 raise Rejected.missing_parameter("item.type")
-            supported = ", ".join(f"'{name}'" for name in sorted(ITEM_TYPES))
+            supported = ", ".join(f"'{name}'" for name in sorted(ga.ITEM_TYPES))
             raise Rejected(
                 "invalid_value",
                 f"Invalid value: '{item_type}'. Supported values are: {supported}.",
@@ -345,6 +336,7 @@ class SimSession:
                 )
             if not isinstance(item.get("content"), list):
                 raise Rejected.invalid_type("item.content", "an array", item.get("content"))
+        shape.check_item(item)
         item_id = item.get("id")
         if item_id is not None and not isinstance(item_id, str):
             raise Rejected.invalid_type("item.id", "a string", item_id)

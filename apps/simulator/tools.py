@@ -172,17 +172,11 @@ def needs_approval(tool: dict[str, Any], name: str) -> bool:
 
 
 def check_item(session: SimSession, item: dict[str, Any]) -> None:
-    """Refuse an `mcp_approval_response` item as the service does (before it is stored)."""
+    """Refuse an `mcp_approval_response` item that answers no approval request of the session
+    (before it is stored; its shape is `shape.check_item`'s)."""
     if item.get("type") != "mcp_approval_response":
         return
-    request_id = item.get("approval_request_id")
-    if request_id is None:
-        raise Rejected.missing_parameter("item.approval_request_id")
-    if not isinstance(request_id, str):
-        raise Rejected.invalid_type("item.approval_request_id", "a string", request_id)
-    approve = item.get("approve")
-    if not isinstance(approve, bool):
-        raise Rejected.invalid_type("item.approve", "a boolean", approve)
+    request_id = item["approval_request_id"]
     index = session.item_index(request_id)
     if index is None or session.items[index].get("type") != "mcp_approval_request":
         raise Rejected(

@@ -178,7 +178,13 @@ async def test_the_latest_rate_limits_are_the_sessions(caller):
 def _caller_answer(approval_id: str, approve: bool) -> dict:
     return {
         "type": "conversation.item.create",
-        "item": {"type": "mcp_approval_response", "approval_request_id": approval_id, "approve": approve},
+        # With an `id`: the protocol requires one (the SDK's `RealtimeMcpApprovalResponseParam`).
+        "item": {
+            "type": "mcp_approval_response",
+            "id": "mcpa_caller",
+            "approval_request_id": approval_id,
+            "approve": approve,
+        },
     }
 
 

@@ -1,6 +1,6 @@
 """A `conversation.item.create`'s item checked as the service checks it (`shape.check_item`,
 from the SDK's `ConversationItemParam`): what the relay sends is taken, what the service
-refuses is refused with its code, param and message."""
+refuses is refused with its code, param and message, and a refused item is not added."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from apps.realtime.relay import RelayCore, ToUpstream
 from apps.realtime.rotation import replayable
 from apps.simulator import shape
 from apps.simulator.wire import Rejected
+from tests.simulator.client import recv, still_works
 
 
 def message(role: str, *parts: dict, **extra) -> dict:
@@ -199,3 +200,15 @@ def test_an_operators_note_is_taken(role):
     [sent] = [json.loads(a.frame) for a in actions if isinstance(a, ToUpstream)]
     assert sent["type"] == "conversation.item.create"
     shape.check_item(sent["item"])
+
+
+@pytest.mark.asyncio
+async def test_a_refused_item_is_an_error_event_and_is_not_added(conn):
+    item = {**message("assistant", text("input_text")), "id": "item_bad"}
+    await conn.send({"type": "conversation.item.create", "event_id": "evt_bad", "item": item})
+    error = await recv(conn)
+    assert (error.type, error.error.code) == ("error", "invalid_value")
+    assert (error.error.param, error.error.event_id) == ("item.content[0].type", "evt_bad")
+    await conn.conversation.item.retrieve(item_id="item_bad")
+    assert (await recv(conn)).error.code == "item_not_found", "nothing of it was added"
+    await still_works(conn)

@@ -20,7 +20,9 @@ def user(item_id: str, text: str) -> dict:
 
 
 def spoken(item_id: str, transcript: str, audio: bytes | None = None) -> dict:
-    part = {"type": "output_audio", "transcript": transcript}
+    # With `text`: the service refuses an assistant part without it, an `output_audio` one
+    # with only its transcript too (openai-agents-js issue #963).
+    part = {"type": "output_audio", "text": transcript, "transcript": transcript}
     if audio is not None:
         part["audio"] = base64.b64encode(audio).decode()
     return {"id": item_id, "type": "message", "role": "assistant", "content": [part]}

@@ -129,7 +129,12 @@ async def test_mcp_call_needing_approval_runs_once_approved(sim, conn):
     assert sim.approval_responses(session_id) == []
 
     await conn.conversation.item.create(
-        item={"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
+        item={
+            "type": "mcp_approval_response",
+            "id": "mcpa_1",
+            "approval_request_id": request.id,
+            "approve": True,
+        }
     )
     await recv_until(conn, "conversation.item.done")
     await conn.response.create()
@@ -165,6 +170,7 @@ async def test_a_denied_mcp_call_is_not_run_and_the_reply_says_why(sim, conn):
     await conn.conversation.item.create(
         item={
             "type": "mcp_approval_response",
+            "id": "mcpa_1",
             "approval_request_id": request.id,
             "approve": False,
             "reason": "not now",
@@ -181,7 +187,12 @@ async def test_a_denied_mcp_call_is_not_run_and_the_reply_says_why(sim, conn):
 @pytest.mark.asyncio
 async def test_an_approval_for_an_unknown_request_is_refused(sim, conn):
     await conn.conversation.item.create(
-        item={"type": "mcp_approval_response", "approval_request_id": "mcpr_x", "approve": True},
+        item={
+            "type": "mcp_approval_response",
+            "id": "mcpa_1",
+            "approval_request_id": "mcpr_x",
+            "approve": True,
+        },
         event_id="evt_approve",
     )
     [error] = await recv_until(conn, "error")
