@@ -102,24 +102,15 @@ def _object_shape(annotation: object, value: Mapping[str, Any]) -> tuple[frozens
 
 def _unknown_in(value: object, annotation: object, path: str) -> str | None:
     if isinstance(value, Mapping):
-        keys, typed_dict = _object_shape(annotation, value)
+        keys, _ = _object_shape(annotation, value)
         if not keys:
             return None
         for key in value:
             if key not in keys:
                 return f"{path}.{key}"
-        if typed_dict is None:
-            return None
-        hints = _hints(typed_dict)
-        for key, item in value.items():
-            found = _unknown_in(item, hints[key], f"{path}.{key}")
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, list):
-        for item, member, where in _items(value, annotation, path):
-            if (found := _unknown_in(item, member, where)) is not None:
-                return found
+    for item, member, where in _inside(value, annotation, path):
+        if (found := _unknown_in(item, member, where)) is not None:
+            return found
     return None
 
 
@@ -256,18 +247,9 @@ def _mistyped_in(
         return None
     if json_type(value) not in allowed:
         return path, allowed, value
-    if isinstance(value, Mapping):
-        _, typed_dict = _object_shape(annotation, value)
-        hints = _hints(typed_dict) if typed_dict is not None else {}
-        for key, item in value.items():
-            if key not in hints:
-                continue
-            if found := _mistyped_in(item, hints[key], f"{path}.{key}", null_allowed):
-                return found
-    elif isinstance(value, list):
-        for item, member, where in _items(value, annotation, path):
-            if found := _mistyped_in(item, member, where, null_allowed):
-                return found
+    for item, member, where in _inside(value, annotation, path):
+        if found := _mistyped_in(item, member, where, null_allowed):
+            return found
     return None
 
 
@@ -287,15 +269,23 @@ def _missing_in(value: Any, annotation: object, path: str) -> str | None:
         for key in _required(typed_dict):
             if value.get(key) is None:
                 return f"{path}.{key}"
-        hints = _hints(typed_dict)
-        for key, item in value.items():
-            if key in hints and (found := _missing_in(item, hints[key], f"{path}.{key}")):
-                return found
-    elif isinstance(value, list):
-        for item, member, where in _items(value, annotation, path):
-            if found := _missing_in(item, member, where):
-                return found
+    for item, member, where in _inside(value, annotation, path):
+        if found := _missing_in(item, member, where):
+            return found
     return None
+
+
+def _inside(value: Any, annotation: object, path: str) -> Iterator[tuple[Any, Any, str]]:
+    """The values inside `value` whose annotation is known, each with it and its path: an
+    object's keys (when its variant can be told), a list's items."""
+    if isinstance(value, Mapping):
+        _, typed_dict = _object_shape(annotation, value)
+        hints = _hints(typed_dict) if typed_dict is not None else {}
+        for key, item in value.items():
+            if key in hints:
+                yield item, hints[key], f"{path}.{key}"
+    elif isinstance(value, list):
+        yield from _items(value, annotation, path)
 
 
 def _items(value: list, annotation: object, path: str) -> Iterator[tuple[Any, Any, str]]:
@@ -333,16 +323,12 @@ def _unsupported_in(
             if tags and isinstance(kind, str) and kind not in tags:
                 return f"{path}.type", tags, kind
             return None
-        hints = _hints(typed_dict)
-        for key, item in value.items():
-            if key in hints and (found := _unsupported_in(item, hints[key], f"{path}.{key}")):
-                return found
-    elif isinstance(value, list):
-        for item, member, where in _items(value, annotation, path):
-            if found := _unsupported_in(item, member, where):
-                return found
-    elif (choices := _choices(annotation, value)) is not None and value not in choices:
-        return path, choices, value
+    elif not isinstance(value, list):
+        choices = _choices(annotation, value)
+        return (path, choices, value) if choices is not None and value not in choices else None
+    for item, member, where in _inside(value, annotation, path):
+        if found := _unsupported_in(item, member, where):
+            return found
     return None
 
 
