@@ -303,6 +303,7 @@ class SimSession:
     async def on_session_update(self, event: dict[str, Any]) -> None:
         update = required_object(event, "session")
         shape.check_session_update(update)
+        voice.check_voice_update(self, update)
         instructions = update.get("instructions")
         if "instructions" in update and not isinstance(instructions, str):
             raise Rejected.invalid_type("session.instructions", "a string", instructions)

@@ -23,6 +23,8 @@ with the words of `response.output_audio_transcript.delta` as their audio is sen
 (one the model spoke or is still speaking, whose audio then stops there, or one a client added
 with `output_audio` content: `remember_client_audio`);
 a text item gets the service's error ("Only model output audio messages can be truncated").
+Once the model has spoken, a `session.update` changing the voice is refused
+(`cannot_update_voice`: `check_voice_update`).
 
 Handlers here take the session and the client event, as `session.HANDLERS` calls them.
 """
@@ -482,6 +484,31 @@ async def on_item_truncate(session: SimSession, event: dict[str, Any]) -> None:
             "audio_end_ms": audio_end_ms,
         }
     )
+
+
+def check_voice_update(session: SimSession, update: dict[str, Any]) -> None:
+    """A `session.update` that changes the output voice once the model has spoken is refused
+    whole, as the service refuses it: `cannot_update_voice`, no `param` (its words and fields,
+    as seen from it: openai/openai-agents-python#1661; the docs: "Voice cannot be changed
+    during the session once the model has responded with audio at least once"). Assumed: an
+    update naming the voice the session already has is no change and passes; "spoken" means
+    assistant audio in the conversation (the model's, or an `output_audio` item a client
+    added) or audio of a response still being spoken."""
+    audio = update.get("audio")
+    output = audio.get("output") if isinstance(audio, dict) else None
+    if not isinstance(output, dict) or "voice" not in output:
+        return
+    current = session.config.get("audio", {}).get("output", {}).get("voice")
+    if output["voice"] == current:
+        return
+    spoken = session.audio.spoken
+    if any(r.audio_ms > 0 for r in session.responses.values()) or any(
+        item.get("id") in spoken for item in session.items
+    ):
+        raise Rejected(
+            "cannot_update_voice",
+            "Cannot update a conversation's voice if assistant audio is present.",
+        )
 
 
 def _speaking(session: SimSession, item_id: str) -> SimResponse | None:

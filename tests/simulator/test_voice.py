@@ -512,3 +512,37 @@ async def test_an_append_over_15_mib_is_refused_naming_the_limit(sim, conn):
     await still_works(conn)
     session_id = await sim.wait_for_session()
     assert sim.sessions[session_id].audio.total_ms == pytest.approx(15 * 1024 * 1024 / 48)
+
+
+@pytest.mark.asyncio
+async def test_the_voice_cannot_change_once_the_model_has_spoken(conn):
+    """The service's refusal, fields as it sends them (openai/openai-agents-python#1661): the
+    update is refused whole, the session goes on with what it had."""
+    await configure(conn, vad=None)
+    await conn.session.update(
+        session={"type": "realtime", "audio": {"output": {"voice": "cedar"}}}, event_id="evt_v1"
+    )
+    assert (await recv(conn)).session.audio.output.voice == "cedar", "nothing spoken yet"
+    await add_user_text(conn, "hello")
+    await conn.response.create()
+    await recv_until(conn, "response.done")
+
+    change = {
+        "type": "realtime",
+        "instructions": "Be brief.",
+        "audio": {"output": {"voice": "marin"}},
+    }
+    await conn.session.update(session=change, event_id="evt_v2")
+    error = (await recv(conn)).error
+    assert (error.type, error.code, error.param, error.event_id) == (
+        "invalid_request_error",
+        "cannot_update_voice",
+        None,
+        "evt_v2",
+    )
+    assert error.message == "Cannot update a conversation's voice if assistant audio is present."
+    # The same voice again is no change; the refused instructions were not applied either.
+    same = {"type": "realtime", "audio": {"output": {"voice": "cedar"}}}
+    await conn.session.update(session=same)
+    updated = (await recv(conn)).session
+    assert updated.audio.output.voice == "cedar" and updated.instructions != "Be brief."
