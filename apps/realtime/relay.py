@@ -126,6 +126,8 @@ MAX_REATTACHES = attached_mode.MAX_REATTACHES
 # Audio events, read only while the session's audio is tapped (listened to or recorded).
 CALLER_AUDIO_TYPE = "input_audio_buffer.append"
 CALLER_SESSION_UPDATE = "session.update"
+# Codes of the upstream's refusals of a whole `session.update` that name no `session.*` param.
+SESSION_UPDATE_REFUSALS = frozenset({"cannot_update_voice"})
 AGENT_AUDIO_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 SPEECH_STARTED_TYPE = "input_audio_buffer.speech_started"
 TRUNCATED_TYPE = "conversation.item.truncated"
@@ -898,7 +900,10 @@ class RelayCore:
         event_id, code, message = events.error_fields(event)
         self._count_error(code)
         param = event["error"].get("param") if isinstance(event.get("error"), dict) else None
-        if self._format_updates > 0 and isinstance(param, str) and param.startswith("session."):
+        if self._format_updates > 0 and (
+            code in SESSION_UPDATE_REFUSALS
+            or (isinstance(param, str) and param.startswith("session."))
+        ):
             # The caller's session.update was refused: nothing of it applies.
             self._format_updates -= 1
             if self._format_updates == 0:

@@ -1342,6 +1342,35 @@ def test_a_recorded_session_taps_its_audio_in_the_formats_the_session_names():
     )
 
 
+def test_a_refused_voice_change_leaves_the_tapped_formats_as_the_session_has_them():
+    """The service refuses a caller's update that changes the voice after audio whole, with
+    `cannot_update_voice` and no `param`: its formats never applied, so taps go on in the
+    session's."""
+    driver = started(record_audio=True)
+    update = frame(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"voice": "ash"}},
+            },
+        }
+    )
+    driver.run(
+        [
+            (("call", update), ["upstream session.update"]),
+            (
+                ("up", upstream_error(None, "cannot_update_voice")),
+                ["caller error cannot_update_voice"],
+            ),
+            (
+                ("call", caller_append("CCCC")),
+                ["upstream input_audio_buffer.append", "audio caller pcm16 CCCC"],
+            ),
+        ]
+    )
+
+
 def test_an_operators_out_of_band_audio_is_neither_heard_by_listeners_nor_recorded():
     driver = started(record_audio=True)
     driver.step("submit op1 oob")
