@@ -93,6 +93,34 @@ async def test_out_of_band_response_create_goes_upstream_while_a_response_is_act
     await communicator.disconnect()
 
 
+async def test_a_voice_change_after_audio_is_refused_to_the_caller_as_the_service_refuses_it(
+    relay_settings, simulator, api_token
+):
+    """The caller's update without event_id is refused (`cannot_update_voice`, `event_id`
+    null): the error is the caller's, unchanged, and the session goes on."""
+    with simulator.configured(speech_engine="tone", audio_pace=50.0):
+        communicator, _ = await _open(_auth(api_token))
+        spoken = {"type": "realtime", "output_modalities": ["audio"]}
+        await communicator.send_json_to({"type": "session.update", "session": spoken})
+        await _until(communicator, "session.updated")
+        hello = {"type": "conversation.item.create", "item": user_text("hi")}
+        await communicator.send_json_to(hello)
+        await communicator.send_json_to({"type": "response.create"})
+        await _until(communicator, "response.done")
+        change = {"type": "realtime", "audio": {"output": {"voice": "ash"}}}
+        await communicator.send_json_to({"type": "session.update", "session": change})
+        error = (await _until(communicator, "error"))[-1]["error"]
+        assert (error["code"], error["param"], error["event_id"]) == (
+            "cannot_update_voice",
+            None,
+            None,
+        )
+        await communicator.send_json_to({"type": "response.create", "event_id": "evt_after"})
+        done = (await _until(communicator, "response.done"))[-1]
+    assert done["response"]["status"] == "completed"
+    await communicator.disconnect()
+
+
 @pytest.fixture
 def refused_credentials(make_token) -> dict[str, list]:
     from apps.sessions.models import ApiToken
