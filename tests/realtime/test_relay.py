@@ -744,6 +744,42 @@ def test_an_error_about_nothing_of_the_relays_reaches_the_caller():
     )
 
 
+def test_an_interrupt_that_races_the_responses_end_leaves_nothing_behind():
+    """The operator's cancel reaches the service after the response ended by itself: the
+    service refuses it (`response_cancel_not_active`, naming the cancel's event_id); the
+    request keeps the status its response.done gave, the caller never hears of the cancel,
+    and the next request goes."""
+    driver = started()
+    driver.step("submit op1")
+    driver.step(("up", response_created("r1", tag="op1")))
+    driver.step("submit op2")
+    driver.run([("interrupt", ["upstream response.cancel", "answer r1"])])
+    cancel = sent_frames(driver.last)[0]
+    driver.run(
+        [
+            (
+                ("up", response_done("r1", tag="op1")),
+                [
+                    "op1 completed",
+                    "watchers request",
+                    "upstream response.create op2",
+                    "op2 sent",
+                    "watchers request",
+                    "usage 3",
+                    "caller response.done",
+                    "final agent hi",
+                ],
+            ),
+            (
+                ("up", upstream_error(cancel["event_id"], "response_cancel_not_active")),
+                ["watchers event"],
+            ),
+            ("interrupt", ["answer None"]),
+        ]
+    )
+    assert driver.core.sequencer.outstanding_id == "op2"
+
+
 # ---------------------------------------------------------------------------- operators' requests
 
 
