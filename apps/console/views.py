@@ -21,6 +21,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import REASON_NO_CSRF_COOKIE
 from django.shortcuts import redirect, render
+from django.views import defaults
 from django.views.decorators.http import require_POST
 
 from apps.console import feed, steering, timezones, transcripts
@@ -52,6 +53,12 @@ LIMITS = {
     "metadata_value": overrides.MAX_METADATA_VALUE_CHARS,
     "instructions": overrides.MAX_INSTRUCTIONS_CHARS,
 }
+
+
+def not_found(request: HttpRequest, message: str) -> HttpResponse:
+    """The console's 404 page, rendered here rather than raised: with DEBUG on (`make run`)
+    a raised `Http404` shows Django's technical page, no page for an operator on a stale link."""
+    return defaults.page_not_found(request, Http404(message))
 
 
 @login_required
@@ -97,7 +104,7 @@ def _session_page(
     transfer (`target`, `error`), shown open with what was typed."""
     session = selectors.session_get(session_id=session_id)
     if session is None:
-        raise Http404(f"No session with id '{session_id}'.")
+        return not_found(request, f"No session with id '{session_id}'.")
     rows = selectors.request_latest(session=session, limit=PAGE_REQUESTS)
     transcript, transcript_gone = transcripts.ended_transcript(session, rows)
     return render(
@@ -202,7 +209,7 @@ async def nudge(request: HttpRequest, session_id: str, *, user: Any) -> HttpResp
 async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
     row = await sync_to_async(selectors.request_get)(request_id=request_id)
     if row is None:
-        raise Http404(f"No response request with id '{request_id}'.")
+        return await sync_to_async(not_found)(request, f"No response request with id '{request_id}'.")
     session_id = row.session.upstream_id
     user = await steering.steerer(request, session_id)
     if isinstance(user, HttpResponse):

@@ -182,6 +182,17 @@ def test_an_unknown_page_answers_in_the_consoles_look_and_the_api_and_relay_as_b
     assert "{%" not in server_error and '<a href="/console/">Back to the live sessions</a>' in server_error
 
 
+def test_an_unknown_session_or_request_is_the_consoles_404_even_with_debug_on(operator, settings):
+    # `make run` serves with DEBUG on: a stale link must still land on the console's page,
+    # not Django's technical one (the URL patterns, "You're seeing this error because…").
+    settings.DEBUG = True
+    for answer in (operator.get("/console/sessions/sess_gone/"), operator.post("/console/requests/req_gone/cancel")):
+        body = answer.content.decode()
+        assert answer.status_code == 404
+        assert 'class="topbar"' in body and "Back to the live sessions" in body, "the console's page"
+        assert "DEBUG = True" not in body and "URLconf" not in body, "not Django's debug page"
+
+
 @pytest.mark.parametrize("reason", list(EndReason))
 def test_an_ended_session_says_why_in_words_with_its_code_beside(operator, reason):
     _session("sess_why", status="failed", end_reason=reason.value, end_code=1011)
