@@ -67,4 +67,10 @@ async def test_long_labels_badges_and_sorting_fit_a_desktop_and_a_phone(login, d
     assert "sort=label" in page.url
     await menu.select_option("-label")
     await expect(page.locator("[data-sessions] tbody tr").first).to_have_attribute("data-session", "sess_longlabel", timeout=3000)
+    # The hidden headings are no tab stops: from the menu, Tab goes to the first session's link,
+    # not through eleven links a keyboard user cannot see.
+    await menu.focus()
+    await page.keyboard.press("Tab")
+    focused = await page.evaluate("document.activeElement.closest('tr')?.dataset.session ?? document.activeElement.outerHTML")
+    assert focused == "sess_longlabel", f"Tab from the sort menu lands on {focused}"
     assert alice.errors == []
