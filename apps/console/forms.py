@@ -240,6 +240,7 @@ class Nudge:
         nudge.form = NudgeFields(initial={k: v for k, v in typed.items() if v is not None}, auto_id="%s")
         rows = [{name: row[name].data for name in row.fields} for row in posted.metadata.forms]
         nudge.metadata = MetadataRows(initial=rows, prefix=PREFIX, auto_id="%s")
+        nudge._focus(nudge.metadata.forms[-1].add_prefix("key"))  # the new row, as the script does
         return nudge
 
     # ------------------------------------------------------------------ checking
@@ -255,6 +256,7 @@ class Nudge:
                 self.refuse("conversation", NOTE_OUT_OF_BAND)
             return not self.errors()
         if not valid:
+            self._focus_first_error()
             return valid
         cleaned = self.form.cleaned_data
         given: dict = {"instructions_mode": cleaned["instructions_mode"]}
@@ -278,6 +280,32 @@ class Nudge:
             self.metadata.non_form_errors().append(message)
         else:
             self.form.add_error(name if name in self.form.fields else None, message)
+        self._focus_first_error()
+
+    # Without JavaScript a refused form (or one with a row added) comes back at the page's top,
+    # the field to fix perhaps a screen below on a phone: it gets `autofocus`, which puts the
+    # focus there and scrolls it into view. (The page's script focuses the same field itself.)
+
+    def _focus_first_error(self) -> None:
+        errors = self.errors()
+        rows = [row.add_prefix(part) for row in self.metadata.forms for part in ("key", "value")]
+        aliases = {"form": "instructions", PREFIX: rows[-2] if rows else "instructions"}
+        order = ["instructions", "instructions_mode", *rows, "conversation", "as_note"]
+        named = {aliases.get(name, name) for name in errors}
+        first = next((name for name in order if name in named), None)
+        if first is not None:
+            self._focus(first)
+
+    def _focus(self, name: str) -> None:
+        for row in self.metadata.forms:
+            for field in ("key", "value"):
+                row.fields[field].widget.attrs.pop("autofocus", None)
+                if row.add_prefix(field) == name:
+                    row.fields[field].widget.attrs["autofocus"] = True
+        for field_name, field in self.form.fields.items():
+            field.widget.attrs.pop("autofocus", None)
+            if field_name == name:
+                field.widget.attrs["autofocus"] = True
 
     @property
     def as_note(self) -> bool:

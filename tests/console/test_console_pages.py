@@ -105,6 +105,24 @@ def test_a_refused_form_comes_back_with_what_was_typed_and_the_error_beside_its_
     assert not ResponseRequest.objects.exists(), "nothing was stored"
 
 
+def _focused(page: str) -> list[str]:
+    """The names of the fields with `autofocus`."""
+    return re.findall(r'<(?:input|textarea)[^>]*name="([^"]+)"[^>]*\sautofocus[\s>]', page)
+
+
+def test_without_javascript_the_field_to_fix_or_the_new_row_has_the_focus(operator):
+    # The page comes back at its top; on a phone the field is a screen or more below.
+    session = _session()
+    refused = _post(operator, session.upstream_id, {"instructions": "x" * 32_769, **_rows(("k" * 65, "v"))})
+    text = refused.content.decode()
+    assert _focused(text) == ["instructions"], "the first field refused, and it alone, takes the focus"
+    alone = _post(operator, session.upstream_id, _rows(("ticket", "T-7"), ("k" * 65, "v"))).content.decode()
+    assert _focused(alone) == ["metadata-1-key"]
+    added = _post(operator, session.upstream_id, {**_rows(("ticket", "T-7")), "add_row": "1"}).content.decode()
+    assert _focused(added) == ["metadata-1-key"], "the new row takes the focus"
+    assert _focused(operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()) == []
+
+
 @pytest.mark.parametrize(
     ("fields", "field", "error"),
     [
