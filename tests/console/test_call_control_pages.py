@@ -45,6 +45,7 @@ def test_call_control_and_the_badge_show_for_attached_calls_to_steerers_only(fie
     page = _client("alice", steer=steer).get(reverse("console:session", args=[session.upstream_id]))
     text = page.content.decode()
     assert page.status_code == 200
+    assert "{#" not in text and "#}" not in text, "a template's comment shown as text on the page"
     assert ("data-caller-sees" in text) is badge
     assert ("data-call-control" in text) is buttons
     if buttons and fields.get("caller_number"):
