@@ -271,3 +271,21 @@ async def test_a_toast_waits_while_it_is_read_and_an_error_until_it_is_closed(lo
     await close.click()
     await expect(toast).to_have_count(0)
     assert [e for e in alice.errors if "Failed to load resource" not in e] == []
+
+
+async def test_a_long_label_without_a_space_wraps_in_the_heading_at_both_widths(login, daphne):
+    # Labels may be 200 characters, spaces or not; the dashboard wraps them, and so must the
+    # session page's heading. An ended session: the page, with no live part to wait for.
+    label = "Refund" + "x" * 194
+    await LiveSession.objects.acreate(
+        upstream_id="sess_longheading", model="gpt-realtime", status="ended", label=label
+    )
+    alice = await login("alice")
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_longheading/")
+    await expect(page.locator("[data-label-shown]")).to_contain_text(label)
+    for width, height in ((1280, 800), (390, 844)):
+        await page.set_viewport_size({"width": width, "height": height})
+        await page.wait_for_timeout(150)
+        assert await _sideways(page) <= 0, f"sideways at {width} px: {await _too_wide(page)}"
+    assert alice.errors == []
