@@ -209,7 +209,8 @@ async def nudge(request: HttpRequest, session_id: str, *, user: Any) -> HttpResp
 async def cancel(request: HttpRequest, request_id: str) -> HttpResponse:
     row = await sync_to_async(selectors.request_get)(request_id=request_id)
     if row is None:
-        return await sync_to_async(not_found)(request, f"No response request with id '{request_id}'.")
+        message = f"No response request with id '{request_id}'."
+        return await sync_to_async(not_found)(request, message)
     session_id = row.session.upstream_id
     user = await steering.steerer(request, session_id)
     if isinstance(user, HttpResponse):

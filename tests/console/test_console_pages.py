@@ -113,14 +113,15 @@ def _focused(page: str) -> list[str]:
 def test_without_javascript_the_field_to_fix_or_the_new_row_has_the_focus(operator):
     # The page comes back at its top; on a phone the field is a screen or more below.
     session = _session()
-    refused = _post(operator, session.upstream_id, {"instructions": "x" * 32_769, **_rows(("k" * 65, "v"))})
-    text = refused.content.decode()
-    assert _focused(text) == ["instructions"], "the first field refused, and it alone, takes the focus"
-    alone = _post(operator, session.upstream_id, _rows(("ticket", "T-7"), ("k" * 65, "v"))).content.decode()
+    sid = session.upstream_id
+    text = _post(operator, sid, {"instructions": "x" * 32_769, **_rows(("k" * 65, "v"))})
+    assert _focused(text.content.decode()) == ["instructions"], "the first refused, and it alone"
+    alone = _post(operator, sid, _rows(("ticket", "T-7"), ("k" * 65, "v"))).content.decode()
     assert _focused(alone) == ["metadata-1-key"]
-    added = _post(operator, session.upstream_id, {**_rows(("ticket", "T-7")), "add_row": "1"}).content.decode()
+    added = _post(operator, sid, {**_rows(("ticket", "T-7")), "add_row": "1"}).content.decode()
     assert _focused(added) == ["metadata-1-key"], "the new row takes the focus"
-    assert _focused(operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()) == []
+    fresh = operator.get(reverse("console:session", args=[sid])).content.decode()
+    assert _focused(fresh) == [], "a page loaded afresh takes no focus from the operator"
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,8 @@ async def test_long_labels_badges_and_sorting_fit_a_desktop_and_a_phone(login, d
     # not through eleven links a keyboard user cannot see.
     await menu.focus()
     await page.keyboard.press("Tab")
-    focused = await page.evaluate("document.activeElement.closest('tr')?.dataset.session ?? document.activeElement.outerHTML")
+    focused = await page.evaluate(
+        "document.activeElement.closest('tr')?.dataset.session ?? document.activeElement.outerHTML"
+    )
     assert focused == "sess_longlabel", f"Tab from the sort menu lands on {focused}"
     assert alice.errors == []

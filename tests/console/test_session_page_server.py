@@ -186,10 +186,13 @@ def test_an_unknown_session_or_request_is_the_consoles_404_even_with_debug_on(op
     # `make run` serves with DEBUG on: a stale link must still land on the console's page,
     # not Django's technical one (the URL patterns, "You're seeing this error because…").
     settings.DEBUG = True
-    for answer in (operator.get("/console/sessions/sess_gone/"), operator.post("/console/requests/req_gone/cancel")):
+    for answer in (
+        operator.get("/console/sessions/sess_gone/"),
+        operator.post("/console/requests/req_gone/cancel"),
+    ):
         body = answer.content.decode()
         assert answer.status_code == 404
-        assert 'class="topbar"' in body and "Back to the live sessions" in body, "the console's page"
+        assert 'class="topbar"' in body and "Back to the live sessions" in body, "the console's"
         assert "DEBUG = True" not in body and "URLconf" not in body, "not Django's debug page"
 
 
