@@ -96,3 +96,34 @@ async def test_the_session_list_fits_beside_its_filters_at_1280(chromium, daphne
     await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/?q=Jane+Doe")
     assert await page.locator("#result_list tbody tr").count() == 2, "the label is searched"
     await context.close()
+
+
+def _long_words() -> None:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    session = LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id="sess_longwords", model="gpt-realtime", label="W" * 200
+    )
+    ResponseRequest.objects.create(
+        id="req_longwords", session=session, origin="console", status="completed",
+        instructions="Z" * 600, metadata={"K" * 64: "V" * 512},
+    )
+
+
+async def test_long_words_widen_neither_the_session_list_nor_a_sessions_page(chromium, daphne):
+    # A label may be 200 characters, instructions and a metadata value hundreds, none with a space.
+    await sync_to_async(_long_words)()
+    context, page = await _admin(chromium, daphne)
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/")
+    table = await page.locator("#result_list").bounding_box()
+    area = await page.locator("#changelist-form").bounding_box()
+    assert table["x"] + table["width"] <= area["x"] + area["width"] + 1, (
+        f"the results ({table['width']:.0f} px) fit their area ({area['width']:.0f} px)"
+    )
+    await page.click("#result_list a[href*='/change/']")
+    await page.wait_for_selector(".inline-group")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, f"the session's page, its history inline, is {width} px wide"
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/req_longwords/change/")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, f"the request's page is {width} px wide"
+    await context.close()
