@@ -38,15 +38,28 @@ async def _admin(chromium, daphne):
     return context, page
 
 
-async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne):
-    await sync_to_async(_history)()
+async def _list_that_fits(chromium, daphne, rows, path: str, shot: str):
+    """The admin's list at `path` (its `rows` made first), seen at 1280×800: its results fit
+    beside the filters."""
+    await sync_to_async(rows)()
     context, page = await _admin(chromium, daphne)
-    await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/")
+    await page.goto(f"{daphne.http_url}{path}")
+    await page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"))
+    await _results_fit(page)
+    return context, page
+
+
+async def _results_fit(page) -> None:
     table = await page.locator("#result_list").bounding_box()
     area = await page.locator("#changelist-form").bounding_box()
-    await page.screenshot(path=str(SCREENSHOTS / "admin-requests-desktop.png"))
     assert table["x"] + table["width"] <= area["x"] + area["width"] + 1, (
         f"the results ({table['width']:.0f} px) fit their area ({area['width']:.0f} px)"
+    )
+
+
+async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne):
+    context, page = await _list_that_fits(
+        chromium, daphne, _history, "/admin/oc_sessions/responserequest/", "admin-requests-desktop"
     )
     headers = [t.strip().lower() for t in await page.locator("#result_list thead th").all_inner_texts()]
     assert "status" in headers and "created" in headers, f"every heading reads whole: {headers}"
@@ -82,14 +95,8 @@ def _sessions() -> None:
 
 
 async def test_the_session_list_fits_beside_its_filters_at_1280(chromium, daphne):
-    await sync_to_async(_sessions)()
-    context, page = await _admin(chromium, daphne)
-    await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/")
-    table = await page.locator("#result_list").bounding_box()
-    area = await page.locator("#changelist-form").bounding_box()
-    await page.screenshot(path=str(SCREENSHOTS / "admin-sessions-desktop.png"))
-    assert table["x"] + table["width"] <= area["x"] + area["width"] + 1, (
-        f"the results ({table['width']:.0f} px) fit their area ({area['width']:.0f} px)"
+    context, page = await _list_that_fits(
+        chromium, daphne, _sessions, "/admin/oc_sessions/livesession/", "admin-sessions-desktop"
     )
     ended = await page.locator("#result_list td.field-ended").all_inner_texts()
     assert any("The upstream ended the session" in text for text in ended), f"why, in words: {ended}"
@@ -111,13 +118,8 @@ def _long_words() -> None:
 
 async def test_long_words_widen_neither_the_session_list_nor_a_sessions_page(chromium, daphne):
     # A label may be 200 characters, instructions and a metadata value hundreds, none with a space.
-    await sync_to_async(_long_words)()
-    context, page = await _admin(chromium, daphne)
-    await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/")
-    table = await page.locator("#result_list").bounding_box()
-    area = await page.locator("#changelist-form").bounding_box()
-    assert table["x"] + table["width"] <= area["x"] + area["width"] + 1, (
-        f"the results ({table['width']:.0f} px) fit their area ({area['width']:.0f} px)"
+    context, page = await _list_that_fits(
+        chromium, daphne, _long_words, "/admin/oc_sessions/livesession/", "admin-long-words-desktop"
     )
     await page.click("#result_list a[href*='/change/']")
     await page.wait_for_selector(".inline-group")
