@@ -302,5 +302,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_log_level("OC_LOG_LEVEL", "INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}, "websockets": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own handlers on `django` (a console one with DEBUG on, mail to admins
+        # without) are replaced by none: its lines reach the root's handler once, not twice.
+        "django": {"level": "INFO"},
+        "daphne": {"level": "WARNING"},
+        "websockets": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
 }

@@ -112,3 +112,26 @@ def test_the_readme_table_names_every_setting():
     table = readme.split("## Settings (environment)", 1)[1].split("\n## ", 1)[0]
     rows = "\n".join(line for line in table.splitlines() if line.startswith("| `"))
     assert sorted(name for name in names if f"`{name}`" not in rows) == []
+
+
+def test_a_django_log_line_is_printed_once_with_debug_on():
+    """`make run` runs with DEBUG on, where Django's own console handler on the `django` logger
+    printed each of its lines (every refused request) a second time beside the root's."""
+    script = (
+        "import django, logging; django.setup(); "
+        "logging.getLogger('django.request').warning('Forbidden (printed once?)')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "operator_console.settings",
+            "DJANGO_DEBUG": "true",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Forbidden (printed once?)") == 1, result.stderr
