@@ -203,9 +203,10 @@ SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_FAILURE_VIEW = "apps.console.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
+# Read under DEBUG too, where it does nothing, so that a bad value stops start-up there as well.
+_secure_cookies = env_bool("DJANGO_SECURE_COOKIES", True)
 if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
-    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _secure_cookies
     # HSTS on answers to HTTPS requests (SecurityMiddleware sends it only on those): a year.
     SECURE_HSTS_SECONDS = 365 * 24 * 3600
     SECURE_HSTS_INCLUDE_SUBDOMAINS = False  # other hosts of the domain are not ours to decide

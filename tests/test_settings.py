@@ -69,6 +69,8 @@ def test_a_number_of_seconds_must_be_finite(monkeypatch, raw):
     ("variable", "value"),
     [
         ("DJANGO_DEBUG", "sometimes"),
+        # Read under DEBUG too: a typo is found on the developer's machine, not at deployment.
+        ("DJANGO_SECURE_COOKIES", "maybe"),
         ("OC_UPSTREAM_URL", "api.openai.com"),
         ("OC_SEND_TIMEOUT", "soon"),
         ("OC_LOG_LEVEL", "verbose"),
