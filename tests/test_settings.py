@@ -69,8 +69,6 @@ def test_a_number_of_seconds_must_be_finite(monkeypatch, raw):
     ("variable", "value"),
     [
         ("DJANGO_DEBUG", "sometimes"),
-        # Read under DEBUG too: a typo is found on the developer's machine, not at deployment.
-        ("DJANGO_SECURE_COOKIES", "maybe"),
         ("OC_UPSTREAM_URL", "api.openai.com"),
         ("OC_SEND_TIMEOUT", "soon"),
         ("OC_LOG_LEVEL", "verbose"),
@@ -87,6 +85,24 @@ def test_start_up_stops_with_a_message_naming_the_variable(variable, value):
     )
     assert result.returncode != 0
     assert variable in result.stderr
+
+
+BOOLEANS = re.findall(r'env_bool\(\s*"(\w+)"', (ROOT / "operator_console" / "settings.py").read_text())
+
+
+@pytest.mark.parametrize("variable", BOOLEANS)
+def test_every_boolean_setting_refuses_a_bad_value_at_start_up(variable):
+    """Each boolean the settings read, whatever the other settings (DEBUG on here): one read
+    only in some configurations would let a typo through until the day it matters."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**os.environ, variable: "maybe"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and f"{variable}='maybe' is not a boolean" in result.stderr
 
 
 def test_production_needs_a_secret_key():
