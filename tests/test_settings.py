@@ -87,7 +87,8 @@ def test_start_up_stops_with_a_message_naming_the_variable(variable, value):
     assert variable in result.stderr
 
 
-BOOLEANS = re.findall(r'env_bool\(\s*"(\w+)"', (ROOT / "operator_console" / "settings.py").read_text())
+SETTINGS_SOURCE = (ROOT / "operator_console" / "settings.py").read_text()
+BOOLEANS = re.findall(r'env_bool\(\s*"(\w+)"', SETTINGS_SOURCE)
 
 
 @pytest.mark.parametrize("variable", BOOLEANS)
