@@ -93,6 +93,9 @@ class Feed:
             sessions, stats = self._sessions, self._stats
         else:
             sessions, stats = await db_async(_read)()
+            # A newer read of the task's may have finished first and sent its pages: the task
+            # forgets what it read, so its next read compares every page with what was sent.
+            self._sessions, self._stats = {}, {}
         if viewer in self.viewers:
             await self._send(viewer, page_message(self.viewers[viewer], list(sessions.values()), stats))
 

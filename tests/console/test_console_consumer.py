@@ -231,6 +231,51 @@ class _Viewer:
         self.pages.append(content)
 
 
+async def test_a_new_viewers_older_read_is_followed_by_the_newer_page(monkeypatch):
+    """A new viewer's page is read afresh; under load that read could finish after a newer
+    one of the feed's task, whose page had gone out meanwhile. The older page then stayed on
+    the dashboard until something else changed: the task saw nothing new to send."""
+    import threading
+
+    from asgiref.sync import sync_to_async
+
+    from apps.console import feed as feed_module
+
+    await sync_to_async(LiveSession.objects.create)(
+        upstream_id="sess_feed_late", model="gpt-realtime", status="live", label="before"
+    )
+    real_read, reads = feed_module._read, []
+    started, release = threading.Event(), threading.Event()
+
+    def read():
+        result = real_read()
+        reads.append(result)
+        started.set()
+        if len(reads) == 1:  # the new viewer's read: done, but slow to come back
+            assert release.wait(10)
+        return result
+
+    monkeypatch.setattr(feed_module, "_read", read)
+    feed = feed_module.Feed(interval=3600)  # reads when the test says, not on a clock
+    viewer = _Viewer()
+    adding = asyncio.ensure_future(feed.add(viewer))
+    assert await asyncio.to_thread(started.wait, 10)
+    row = LiveSession.objects.filter(upstream_id="sess_feed_late")
+    await sync_to_async(row.update)(label="after")
+    await feed.once()  # the task's newer read goes out first
+    release.set()
+    await adding  # then the new viewer's older one
+
+    def label() -> str:
+        return viewer.pages[-1]["rows"][0]["label"]
+
+    assert label() == "before", "the race was not set up"
+    await feed.once()
+    assert label() == "after", "the older page stayed"
+    feed.discard(viewer)
+    feed._task.cancel()
+
+
 async def test_a_change_of_view_is_cut_from_the_feeds_latest_read():
     """Each change of search, filter, sort or page read every live session again, so with a
     thousand live sessions the page answered the operator's typing most of a second late.
