@@ -18,6 +18,7 @@ from django.urls import get_resolver, path  # noqa: E402
 from apps.console.consumers import ConsoleConsumer  # noqa: E402
 from apps.console.listen import ListenConsumer  # noqa: E402
 from apps.events.flow import with_flow_control  # noqa: E402
+from apps.sessions.auth import SameOriginOnly  # noqa: E402
 from apps.sessions.checks import several_processes_need_redis  # noqa: E402
 from apps.sessions.consumers import RelayConsumer  # noqa: E402
 from apps.sessions.housekeeping import housekeeping, install_shutdown_trigger  # noqa: E402
@@ -34,17 +35,18 @@ install_shutdown_trigger()
 
 # The relay authenticates its handshake itself (apps/sessions/auth.py) and is not wrapped in
 # AuthMiddlewareStack, whose session wrapper does work on every frame sent. The console's
-# socket is for logged-in operators only, from this site's pages only (the Origin must be
-# one of DJANGO_ALLOWED_HOSTS; a missing Origin is refused).
+# sockets are for logged-in operators only, from this site's pages only (the Origin must be
+# one of DJANGO_ALLOWED_HOSTS and the handshake's own scheme, host and port; a missing Origin
+# is refused).
 websocket_urls = [
     path("v1/realtime", RelayConsumer.as_asgi()),
     path(
         "ws/console/",
-        AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi())),
+        SameOriginOnly(AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi()))),
     ),
     path(
         "ws/console/sessions/<path:session_id>/audio",
-        AllowedHostsOriginValidator(AuthMiddlewareStack(ListenConsumer.as_asgi())),
+        SameOriginOnly(AllowedHostsOriginValidator(AuthMiddlewareStack(ListenConsumer.as_asgi()))),
     ),
 ]
 

@@ -21,6 +21,7 @@ from tests.support.realtime import user_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1")
+HOST = (b"host", b"127.0.0.1")  # as a browser's handshake names the site it opens
 
 
 @pytest.fixture
@@ -30,6 +31,12 @@ def operator_cookie(transactional_db) -> str:
     client = Client()
     client.force_login(user)
     return client.cookies["sessionid"].value
+
+
+@pytest.fixture
+def listener_cookie(operator_cookie) -> str:
+    Permission.objects.get(codename="listen_session").user_set.add(get_user_model().objects.get())
+    return operator_cookie
 
 
 def _http(cookie: str) -> httpx.AsyncClient:
@@ -42,7 +49,9 @@ def _http(cookie: str) -> httpx.AsyncClient:
 
 async def test_logging_out_closes_the_operators_open_console_socket(operator_cookie):
     console = WebsocketCommunicator(
-        application, "/ws/console/", headers=[ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())]
+        application,
+        "/ws/console/",
+        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
     )
     assert (await console.connect(timeout=5))[0]
     async with _http(operator_cookie) as http:
@@ -55,7 +64,9 @@ async def test_logging_out_closes_the_operators_open_console_socket(operator_coo
     closed = await console.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
     again = WebsocketCommunicator(
-        application, "/ws/console/", headers=[ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())]
+        application,
+        "/ws/console/",
+        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
     )
     assert not (await again.connect(timeout=5))[0], "the old session cookie no longer opens a socket"
 
@@ -76,6 +87,27 @@ async def test_a_console_post_without_the_csrf_token_is_refused(operator_cookie,
         )
     assert stale.status_code == 403
     assert "loaded before you last signed in or out" in stale.text
+
+
+@pytest.mark.parametrize("path", ["/ws/console/", "/ws/console/sessions/sess_any/audio"])
+@pytest.mark.parametrize(
+    "origin",
+    [b"http://127.0.0.1:9999", b"https://127.0.0.1", b"http://evil.example"],
+    ids=["another-port", "another-scheme", "another-host"],
+)
+async def test_an_operators_socket_opens_from_this_sites_own_origin_only(
+    listener_cookie, path, origin
+):
+    """A page of another port or scheme of the same host (or of a subdomain an ALLOWED_HOSTS
+    pattern admits) is another site, whose handshakes carry the operator's cookie all the same:
+    it must not read the live sessions or hear a call. The relay refuses it likewise."""
+    cookie = (b"cookie", f"sessionid={listener_cookie}".encode())
+    foreign = WebsocketCommunicator(application, path, headers=[HOST, (b"origin", origin), cookie])
+    connected, _ = await foreign.connect(timeout=5)  # closed before accept: Daphne's 403
+    assert not connected, f"a handshake from {origin.decode()} is refused"
+    own = WebsocketCommunicator(application, path, headers=[HOST, ORIGIN, cookie])
+    assert (await own.connect(timeout=5))[0], "this site's own page still connects"
+    await own.disconnect()
 
 
 def test_tokens_are_stored_only_as_digests(api_token):

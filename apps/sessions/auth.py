@@ -24,6 +24,7 @@ from importlib import import_module
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib import auth
 from django.http.cookie import parse_cookie
@@ -108,6 +109,24 @@ def own_origin(scope) -> tuple[str, str, int] | None:
 def same_origin(scope, origin: str) -> bool:
     mine = own_origin(scope)
     return mine is not None and _origin_tuple(origin) == mine
+
+
+class SameOriginOnly:
+    """For a socket that takes the console's session cookie (`/ws/console/`, listen-in): a
+    handshake whose Origin is not this site's own (`same_origin`: scheme, host and port) is
+    refused with 403 before the consumer runs. Wraps `AllowedHostsOriginValidator`, which
+    refuses a missing Origin and foreign hosts but compares hosts alone: a page served from
+    another port or over plain http on the same host, or from a subdomain that a pattern such
+    as `.example.com` admits, is another site whose handshakes carry the operator's cookie."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        origin = _header(scope, b"origin")
+        if origin is not None and not same_origin(scope, origin):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def offered_token(scope) -> str | None:

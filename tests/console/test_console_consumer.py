@@ -20,6 +20,7 @@ from tests.support.realtime import user_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")  # as a browser's handshake names the site it opens
 
 
 def _cookie(name: str) -> bytes:
@@ -35,7 +36,7 @@ def cookies(transactional_db) -> dict[str, bytes]:
 
 
 async def _console(cookie: bytes | None, origin=ORIGIN) -> tuple[WebsocketCommunicator, bool]:
-    headers = [h for h in (origin, (b"cookie", cookie) if cookie else None) if h]
+    headers = [h for h in (HOST, origin, (b"cookie", cookie) if cookie else None) if h]
     communicator = WebsocketCommunicator(application, "/ws/console/", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return communicator, connected
@@ -212,7 +213,7 @@ class _AsDaphne:
 
 async def test_a_message_for_a_socket_the_browser_just_closed_is_dropped_quietly(cookies):
     server = _AsDaphne()
-    headers = [ORIGIN, (b"cookie", cookies["alice"])]
+    headers = [HOST, ORIGIN, (b"cookie", cookies["alice"])]
     communicator = WebsocketCommunicator(server, "/ws/console/", headers=headers)
     assert (await communicator.connect(timeout=5))[0]
     server.closed = True  # the browser left; its disconnect is not yet in the consumer

@@ -27,6 +27,7 @@ from operator_console.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")  # as a browser's handshake names the site it opens
 
 
 def _cookie(name: str, *, may_listen: bool) -> str:
@@ -45,7 +46,7 @@ def cookies(transactional_db) -> dict[str, str]:
 
 
 async def _listener(session_id: str, cookie: str | None) -> tuple[WebsocketCommunicator, bool]:
-    headers = [ORIGIN] + ([(b"cookie", cookie.encode())] if cookie else [])
+    headers = [HOST, ORIGIN] + ([(b"cookie", cookie.encode())] if cookie else [])
     path = f"/ws/console/sessions/{session_id}/audio"
     communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=5)
