@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
@@ -20,6 +21,20 @@ from websockets.exceptions import InvalidStatus
 
 # The embedded simulator needs no key; a placeholder keeps the header's shape.
 PLACEHOLDER_KEY = "sk-no-key-needed-for-the-embedded-simulator"
+
+
+# What of an upstream's refusal names a key: the service names the key it was sent, masked
+# (`Incorrect API key provided: sk-proj-****…abcd.`), a proxy may echo it or the header whole.
+# The relay's key is not the caller's business, and no part of it leaves the server.
+_KEY_WORDS = re.compile(r"(?:\bBearer\s+\S+)|(?:\bsk-[\w*.\-]*[\w*])", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secret: str = "") -> str:
+    """`text` without `secret` (the upstream key) or anything that looks like a key."""
+    if secret:
+        text = text.replace(secret, REDACTED)
+    return _KEY_WORDS.sub(REDACTED, text)
 
 
 def realtime_url(base_url: str, query: Sequence[tuple[str, str]]) -> str:
@@ -55,11 +70,12 @@ def failure_status(exc: Exception) -> int | None:
     return exc.response.status_code if isinstance(exc, InvalidStatus) else None
 
 
-def failure_detail(exc: Exception) -> str:
+def failure_detail(exc: Exception, *, secret: str = "") -> str:
     """Why the upstream could not be opened. A refused handshake says it in its body, in the
-    service's error shape (a wrong key: `Incorrect API key provided.`): its message is kept."""
+    service's error shape (a wrong key: `Incorrect API key provided.`): its message is kept,
+    `redact`ed, as it goes to the caller, the log and the console."""
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, InvalidStatus):
         with contextlib.suppress(ValueError, TypeError, KeyError):  # else the status alone
             detail += f": {json.loads(exc.response.body)['error']['message']}"
-    return detail
+    return redact(detail, secret)

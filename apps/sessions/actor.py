@@ -211,7 +211,7 @@ class SessionActor:
         """Open an upstream leg, or tell the core why it could not be opened (it decides what
         then: an attached call's sideband is tried again)."""
         if (failure := await self._attach_upstream()) is not None:
-            detail = failure_detail(failure)
+            detail = failure_detail(failure, secret=settings.OPENAI_API_KEY)
             log.warning("upstream connection failed for %s: %s", self.key, detail)
             status = failure_status(failure)
             await self._perform(self.core.upstream_failed(detail, status=status, now=clock.now()))

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 from django.conf import settings
 
-from apps.realtime.upstream import PLACEHOLDER_KEY
+from apps.realtime.upstream import PLACEHOLDER_KEY, redact
 from apps.sessions import upstream as session_upstream
 
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -38,13 +38,21 @@ class UpstreamAnswer:
         return 200 <= self.status < 300
 
     def error_body(self) -> dict[str, Any]:
-        """The upstream's JSON error, or one in its shape that says what came back."""
+        """The upstream's JSON error, or one in its shape that says what came back. Its words
+        are passed on to callers without what names a key (`redact`): the service names the
+        key it was refused, masked, and OPENAI_API_KEY is none of a caller's business."""
         try:
             body = json.loads(self.body)
         except ValueError:
             body = None
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            return {"error": body["error"]}
+            secret = settings.OPENAI_API_KEY
+            return {
+                "error": {
+                    key: redact(value, secret) if isinstance(value, str) else value
+                    for key, value in body["error"].items()
+                }
+            }
         return {
             "error": {
                 "type": "upstream_error",

@@ -120,6 +120,21 @@ async def test_upstream_errors_are_passed_on_with_their_status_and_body(stand_in
     assert UPSTREAM_KEY not in str(response.headers) and stand_in.attached == []
 
 
+async def test_an_upstream_refusal_naming_the_key_is_passed_on_without_it(stand_in, api_token):
+    """The service names the key it refused, masked; a proxy may echo it whole. A caller (a
+    browser, with a minted key) gets the refusal without any of it."""
+    masked = UPSTREAM_KEY[:8] + "****" + UPSTREAM_KEY[-4:]
+    said = f"Incorrect API key provided: {masked}. Sent: Bearer {UPSTREAM_KEY}"
+    error = {"type": "invalid_request_error", "code": "invalid_api_key", "message": said}
+    stand_in.status, stand_in.body = 401, json.dumps({"error": error}).encode()
+    stand_in.headers = {"Content-Type": "application/json"}
+    response = await post_sdp(api_token)
+    assert response.status_code == 401
+    passed_on = "Incorrect API key provided: [redacted]. Sent: [redacted]"
+    assert response.json()["error"] == {**error, "message": passed_on}
+    assert UPSTREAM_KEY not in response.content.decode() and masked not in response.content.decode()
+
+
 async def test_an_upstream_error_without_json_becomes_one(stand_in, api_token):
     stand_in.status, stand_in.body, stand_in.headers = 503, b"<html>busy</html>", {"Content-Type": "text/html"}
     response = await post_sdp(api_token)

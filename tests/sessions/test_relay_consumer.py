@@ -356,6 +356,32 @@ async def test_upstream_refusing_the_key_tells_the_caller_what_it_said(relay_set
     await communicator.disconnect()
 
 
+async def test_an_upstream_refusal_naming_the_key_reaches_no_caller_log_or_console(
+    relay_settings, api_token, caplog
+):
+    """The service names the key it refused, masked (`sk-proj-****…abcd`); a proxy may echo
+    it whole. The refusal is passed on to the caller, logged and recorded without either."""
+    import websockets
+
+    masked = relay_settings.OPENAI_API_KEY[:8] + "****" + relay_settings.OPENAI_API_KEY[-4:]
+    said = f"Incorrect API key provided: {masked}. Sent: Bearer {relay_settings.OPENAI_API_KEY}"
+
+    def refuse(connection, request):
+        body = json.dumps({"error": {"code": "invalid_api_key", "message": said}})
+        return connection.respond(401, body)
+
+    async with websockets.serve(lambda c: None, "127.0.0.1", 0, process_request=refuse) as up:
+        relay_settings.OC_UPSTREAM_URL = f"ws://127.0.0.1:{up.sockets[0].getsockname()[1]}/v1"
+        communicator = WebsocketCommunicator(application, "/v1/realtime", headers=_auth(api_token))
+        assert (await communicator.connect(timeout=5))[0]
+        error = (await communicator.receive_json_from(timeout=5))["error"]
+        closed = await communicator.receive_output(timeout=5)
+    assert error["message"].endswith("Incorrect API key provided: [redacted]. Sent: [redacted]")
+    session = await LiveSession.objects.order_by("-started_at").afirst()
+    for text in (error["message"], closed.get("reason", ""), session.end_detail, caplog.text):
+        assert relay_settings.OPENAI_API_KEY not in text and masked not in text
+
+
 async def test_upstream_that_never_sends_session_created_is_given_up_on(relay_settings, api_token):
     import websockets
 
