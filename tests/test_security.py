@@ -175,3 +175,31 @@ async def test_a_revoked_token_is_refused_at_once(revocable):
         assert (await rest.get("/api/v1/sessions")).status_code == 200
         await sync_to_async(api_token_revoke)(token=token)
         assert (await rest.get("/api/v1/sessions")).status_code == 401, "the very next call is refused"
+
+
+async def test_keys_a_revoked_token_minted_are_refused_with_it(revocable):
+    """A key minted with a token stands for that token: revoking the token (a leaked one,
+    say) must not leave its keys opening sessions and placing calls for up to two hours."""
+    from asgiref.sync import sync_to_async
+
+    from apps.sessions.tokens import api_token_revoke
+
+    plain, token = revocable
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url="http://127.0.0.1"
+    ) as http:
+        minted = await http.post(
+            "/v1/realtime/client_secrets", json={}, headers={"Authorization": f"Bearer {plain}"}
+        )
+        key = minted.json()["value"]
+        await sync_to_async(api_token_revoke)(token=token)
+        call = await http.post(
+            "/v1/realtime/calls",
+            content=b"v=0\r\n",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"},
+        )
+    assert call.status_code == 401 and call.json()["error"]["code"] == "invalid_client_secret"
+    relay = WebsocketCommunicator(
+        application, "/v1/realtime", headers=[(b"authorization", f"Bearer {key}".encode())]
+    )
+    assert not (await relay.connect(timeout=5))[0], "the relay refuses the key too"

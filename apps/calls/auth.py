@@ -29,6 +29,7 @@ from apps.sessions.models import STEER, ApiToken, ClientSecret
 class Caller:
     name: str  # recorded as who connected: token:NAME, key:NAME or a username
     session: dict[str, Any] = field(default_factory=dict)  # a minted key's configuration
+    token_id: int | None = None  # the API token's, when it is one
 
 
 def error(status: int, code: str, message: str, *, param: str | None = None, kind: str = "invalid_request_error") -> JsonResponse:
@@ -68,7 +69,12 @@ async def authenticate(request: HttpRequest, *, keys: bool, cookie: bool) -> Cal
                 "with POST /v1/realtime/client_secrets.",
             )
         if secret is None:
-            return error(401, "invalid_client_secret", "The client secret was refused: it is unknown.")
+            return error(
+                401,
+                "invalid_client_secret",
+                "The client secret was refused: it is unknown, or the token that minted it "
+                "was revoked.",
+            )
         return Caller(name=f"key:{secret.created_by}", session=dict(secret.session or {}))
     if plain.startswith(ClientSecret.PREFIX):
         return error(
@@ -83,7 +89,7 @@ async def authenticate(request: HttpRequest, *, keys: bool, cookie: bool) -> Cal
         return error(403, "missing_scope", "The token was refused: it lacks the scope realtime:connect.")
     if token is None:
         return error(401, "invalid_token", "The token was refused: it is unknown or revoked.")
-    return Caller(name=f"token:{token.name}")
+    return Caller(name=f"token:{token.name}", token_id=token.pk)
 
 
 async def _cookie_caller(request: HttpRequest) -> Caller | JsonResponse:

@@ -187,7 +187,9 @@ def _listed(choices: tuple[Any, ...]) -> str:
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
-def mint(*, expires_after: Any, session: Any, created_by: str) -> tuple[ClientSecret, str]:
+def mint(
+    *, expires_after: Any, session: Any, created_by: str, token_id: int | None = None
+) -> tuple[ClientSecret, str]:
     """A new key: (row, plain value). The plain value is not stored. Database work."""
     seconds = lifetime(expires_after)
     config = session_config(session)
@@ -197,6 +199,7 @@ def mint(*, expires_after: Any, session: Any, created_by: str) -> tuple[ClientSe
         digest=ApiToken.hash(plain),
         session=config,
         created_by=created_by[:150],
+        token_id=token_id,
         created_at=now,
         expires_at=now + timedelta(seconds=seconds),
     )

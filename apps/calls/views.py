@@ -80,10 +80,12 @@ def body_too_big(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
-def _mint(*, expires_after: Any, session: Any, created_by: str):
+def _mint(*, expires_after: Any, session: Any, created_by: str, token_id: int | None):
     with serialised_write():
         keys.delete_expired()
-        return keys.mint(expires_after=expires_after, session=session, created_by=created_by)
+        return keys.mint(
+            expires_after=expires_after, session=session, created_by=created_by, token_id=token_id
+        )
 
 
 @csrf_exempt
@@ -107,6 +109,7 @@ async def client_secrets(request: HttpRequest) -> HttpResponse:
             expires_after=body.get("expires_after"),
             session=body.get("session"),
             created_by=caller.name.removeprefix("token:"),
+            token_id=caller.token_id,
         )
     except keys.InvalidParameter as invalid:
         return error(400, invalid.code, invalid.message, param=invalid.param)

@@ -210,7 +210,13 @@ async def _client_secret_principal(plain: str) -> Principal | Refusal:
             "with POST /v1/realtime/client_secrets.",
         )
     if secret is None:
-        return Refusal("unknown client secret", 403, "invalid_token", "The client secret was refused: it is unknown.")
+        return Refusal(
+            "unknown client secret",
+            403,
+            "invalid_token",
+            "The client secret was refused: it is unknown, or the token that minted it "
+            "was revoked.",
+        )
     return Principal(kind="key", name=f"key:{secret.created_by}", session=secret.session)
 
 

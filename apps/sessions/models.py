@@ -276,6 +276,15 @@ class ClientSecret(models.Model):
     digest = models.CharField(max_length=64, unique=True, editable=False)
     session = models.JSONField(default=dict, blank=True, help_text="The session configuration it was minted for.")
     created_by = models.CharField(max_length=150, blank=True)
+    # The token that minted it: a key is refused once its token is revoked (or deleted).
+    token = models.ForeignKey(
+        "ApiToken",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.sessions.models import ApiToken, ClientSecret
@@ -133,11 +134,13 @@ class ClientSecretExpired(Exception):
 
 
 def client_secret_authenticate(*, plain: str) -> ClientSecret | None:
-    """The minted key with this value: None if it is not one (wrong prefix or unknown),
-    ClientSecretExpired once it has expired. Database work."""
+    """The minted key with this value: None if it is not one (wrong prefix or unknown) or the
+    token that minted it was revoked since, ClientSecretExpired once it has expired. Database
+    work. (Keys minted before keys named their token have none, and live out their minutes.)"""
     if not plain or not plain.startswith(ClientSecret.PREFIX):
         return None
-    secret = ClientSecret.objects.filter(digest=ApiToken.hash(plain)).first()
+    live_token = Q(token__isnull=True) | Q(token__revoked_at__isnull=True)
+    secret = ClientSecret.objects.filter(live_token, digest=ApiToken.hash(plain)).first()
     if secret is None:
         return None
     if secret.expires_at <= timezone.now():
