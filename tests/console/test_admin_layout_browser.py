@@ -129,3 +129,28 @@ async def test_long_words_widen_neither_the_session_list_nor_a_sessions_page(chr
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 1280, f"the request's page is {width} px wide"
     await context.close()
+
+
+def _ended_without_labels() -> None:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    for n in range(3):  # as `make run` leaves them: ended, their reason in words, no label
+        LiveSession.objects.create(
+            id=uuid.uuid4(), upstream_id=f"sess_{n}ended0123456789abcdef", model="gpt-realtime",
+            status="ended", end_reason="server_shutdown", ended_at=timezone.now(),
+            connected_by="token:demo-callers-5",
+        )
+
+
+async def test_a_shortened_session_id_stays_on_one_line(chromium, daphne):
+    """It sets the column's width; once a label could break anywhere, so could the id, and
+    its "…" went to a line of its own."""
+    context, page = await _list_that_fits(
+        chromium, daphne, _ended_without_labels, "/admin/oc_sessions/livesession/",
+        "admin-sessions-unlabelled-desktop",
+    )
+    lines = await page.evaluate(
+        """[...document.querySelectorAll('#result_list .field-short_session span[title]')]
+           .map((span) => span.getClientRects().length)"""
+    )
+    assert lines == [1, 1, 1], f"a session id broke over lines: {lines}"
+    await context.close()
