@@ -155,7 +155,7 @@ class EndReason(StrEnum):
     SESSION_EXPIRED = "session_expired"
     HUNG_UP = "hung_up"  # an attached call was hung up (by an operator, or by the caller)
     SERVER_SHUTDOWN = "server_shutdown"
-    SESSION_LOST = "session_lost"  # decided by another process's sweep, never here
+    SESSION_LOST = "session_lost"  # decided by another process's sweep (`lost` follows it)
     RELAY_ERROR = "relay_error"
 
 
@@ -694,6 +694,24 @@ class RelayCore:
         return [
             CloseCaller(code=1012, reason=detail),
             *self._end("ended", EndReason.SERVER_SHUTDOWN, now, detail=detail),
+        ]
+
+    def lost(self, *, now: float) -> list[Action]:
+        """Another process's sweep failed this session (`session_lost`): this process sent no
+        heartbeat for too long (it was paused, or its database writes stalled). The table and
+        every follower already have the session as over, and operators can no longer steer
+        it, so it ends here too rather than go on unseen: the caller is told to reconnect."""
+        self._deadline_stale = True
+        if self.ended is not None:
+            return []
+        message = (
+            "This server stopped answering for a while and the session was declared lost; "
+            "reconnect to start a new session."
+        )
+        return [
+            *self._tell_caller("session_lost", message, error_type="server_error"),
+            CloseCaller(code=1011, reason=message),
+            *self._end("failed", EndReason.SESSION_LOST, now, detail=message),
         ]
 
     def crashed(self, detail: str, *, now: float) -> list[Action]:

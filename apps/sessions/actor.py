@@ -293,6 +293,8 @@ class SessionActor:
             actions = core.listen(channel, user=user, listening=on, now=now)
         elif kind == groups.SESSION_APPROVAL:
             actions = approvals.decide(core, message, now)
+        elif kind == groups.SESSION_LOST:
+            actions = core.lost(now=now)
         else:
             log.warning("unknown operator message %r on %s", kind, self.key)
             return

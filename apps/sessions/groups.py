@@ -43,6 +43,9 @@ SESSION_LISTEN = "session.listen"
 # An attached call is being hung up (`pending`), or its hang-up failed (apps/sessions/calls.py).
 SESSION_HANGUP = "session.hangup"
 SESSION_APPROVAL = "session.approval"  # an operator's decision on a tool approval request
+# From this process's housekeeping only, never through a group: another process swept the
+# session as lost while this one was held up (`Housekeeping.end_swept`).
+SESSION_LOST = "session.lost"
 SESSION_MESSAGE_TYPES = frozenset(
     {
         SESSION_REQUEST,

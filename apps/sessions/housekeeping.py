@@ -16,7 +16,10 @@
   followed them through the channel layer are told, as the dead actor would have told them:
   operators watching get the requests' ends and `ended`, listeners `listen.ended`. After
   losing the database a process judges no one for `OC_SESSION_STALE_AFTER`: no holder could
-  write its heartbeat meanwhile.
+  write its heartbeat meanwhile. A holder that was only held up (paused, its writes stalled)
+  finds its swept sessions at its next heartbeat and ends them too (`end_swept`): their
+  callers are told, and the sweep's record stands. What its actors did in between, before
+  they knew (a response finished, the next request sent), is written after the sweep's.
 
 The task starts with the first connection or request the process serves (see
 `operator_console.asgi`), so every live process sweeps, not only those holding sessions.
@@ -127,6 +130,7 @@ class Housekeeping:
                     next_beat = now + settings.OC_HEARTBEAT_INTERVAL
                     await self.heartbeat()
                     await self.sweep()
+                    await self.end_swept()
                 if now >= next_pickup:
                     next_pickup = now + settings.OC_PICKUP_INTERVAL
                     await self.pickup()
@@ -153,6 +157,19 @@ class Housekeeping:
             history.submit(functools.partial(_beat, keys))
         return len(keys)
 
+    async def end_swept(self) -> int:
+        """Tell the actors of held sessions that another process swept as lost (this one
+        wrote no heartbeat for OC_SESSION_STALE_AFTER: it was paused, or its writes stalled)
+        to end them: everyone else already has them as over, and none can steer them."""
+        keys = list(self.holders)
+        swept = await db_async(_swept)(keys) if keys else []
+        for key in swept:
+            holder = self.holders.get(key)
+            if holder is not None:
+                log.warning("session %s was swept as lost by another process; ending it", key)
+                holder.operator_message({"type": groups.SESSION_LOST})
+        return len(swept)
+
     async def sweep(self) -> list[str]:
         """Fail the sessions of processes that stopped beating. A process that could not reach
         the database (a call failed, or waited for it longer than a heartbeat interval) judges
@@ -176,6 +193,14 @@ class Housekeeping:
             log.warning("session %s lost: its process stopped sending heartbeats", session_id)
             await _tell_followers(session_id, session)
         return list(lost)
+
+
+def _swept(keys: list[uuid.UUID]) -> list[uuid.UUID]:
+    return list(
+        LiveSession.objects.filter(id__in=keys, end_reason="session_lost").values_list(
+            "id", flat=True
+        )
+    )
 
 
 def _waiting_requests(keys: list[uuid.UUID]) -> list[ResponseRequest]:

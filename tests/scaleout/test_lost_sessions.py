@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 
 import httpx
 import pytest
@@ -14,7 +15,8 @@ import websockets
 
 from tests.scaleout.conftest import cluster_env
 from tests.scaleout.test_listen_two_processes import listening, login_cookie
-from tests.scaleout.test_two_processes import Console
+from tests.scaleout.test_two_processes import Console, crashes, until
+from tests.support.callers import SocketCaller, until_live
 from tests.support.servers import start_side_by_side
 
 pytestmark = pytest.mark.e2e
@@ -73,5 +75,43 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
     finally:
         if console is not None:
             await console.close()
+        a.stop()
+        b.stop()
+
+
+async def test_a_paused_process_whose_session_was_swept_ends_it_and_tells_its_caller(
+    scaleout_db, redis_server, simulator
+):
+    """A holder that was only held up (SIGSTOP here; a stalled database or a frozen VM alike)
+    finds, at its next heartbeat, that another process swept its session as lost: it ends
+    the call rather than relay on a session that everyone else has as over and no one can
+    steer, and the sweep's record stands."""
+    env = cluster_env(
+        scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
+    )
+    a, b = start_side_by_side(env, env)
+    try:
+        call = await SocketCaller.connect(a.ws_base, scaleout_db.token)
+        headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+        async with httpx.AsyncClient(base_url=f"{b.http_url}/api/v1", headers=headers) as rest:
+            await until_live(rest, call.session_id)
+            a.proc.send_signal(signal.SIGSTOP)
+            async def swept() -> bool:
+                answer = await rest.get(f"/sessions/{call.session_id}")
+                return answer.json()["status"] != "live"
+
+            try:  # B's sweep: within the staleness and a beat
+                await until(swept, timeout=10, what="B's sweep of A's session")
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            async with asyncio.timeout(5):  # A's next heartbeat round
+                await call.reader
+            assert call.socket.close_code == 1011
+            assert "declared lost" in call.socket.close_reason
+            await asyncio.sleep(1)  # A's end, written
+            session = (await rest.get(f"/sessions/{call.session_id}")).json()
+        assert (session["status"], session["end_reason"]) == ("failed", "session_lost")
+        assert not crashes(a, b), crashes(a, b)
+    finally:
         a.stop()
         b.stop()
