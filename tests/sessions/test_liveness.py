@@ -100,6 +100,28 @@ def test_the_sweep_spares_fresh_heartbeats_and_its_own_sessions(transactional_db
     assert ResponseRequest.objects.get(id="req_sess_fresh").status == "queued"
 
 
+def test_a_late_end_from_a_held_up_holder_leaves_the_sweeps_record_standing(
+    transactional_db, settings
+):
+    from apps.sessions import records
+
+    old = datetime.now(UTC) - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    session = LiveSession.objects.create(
+        upstream_id="sess_held_up", model="gpt-realtime", status="live",
+        process_id="elsewhere:1", heartbeat_at=old,
+    )
+    assert list(sweep_lost_sessions()) == ["sess_held_up"]
+    swept = LiveSession.objects.get(pk=session.pk)
+    # The holder resumes and ends the session itself, as its caller left meanwhile.
+    records.session_ended(
+        key=session.pk, status="ended", reason="caller_closed", code=None, detail="", at=time.time()
+    )()
+    after = LiveSession.objects.get(pk=session.pk)
+    assert (after.status, after.end_reason, after.end_detail, after.ended_at) == (
+        "failed", "session_lost", swept.end_detail, swept.ended_at,
+    )
+
+
 def test_a_restarted_process_whose_host_and_pid_repeat_sweeps_its_predecessors_sessions(
     transactional_db, settings
 ):
