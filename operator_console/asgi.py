@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels."""
 
+import asyncio
 import gc
 import os
 
@@ -64,10 +65,41 @@ class StartHousekeeping:
         return await self.app(scope, receive, send)
 
 
+class EndDisconnectListeners:
+    """Daphne cancels every request still being answered when it stops (an event stream, say).
+    Django's handler, cancelled, leaves behind its own task that listens for the client's
+    `http.disconnect` (`ASGIHandler.handle` in Django 5.2): when the connection closes, that
+    task raises `RequestAborted` that nobody retrieves, and asyncio logs "Task exception was
+    never retrieved" with a traceback at each restart. Here the tasks that called `receive`
+    are seen to when the request is cancelled: those still listening are cancelled with it,
+    and a disconnect one of them has already raised is read, as Django would have."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        callers: set[asyncio.Task] = set()
+
+        async def noted_receive():
+            callers.add(asyncio.current_task())
+            return await receive()
+
+        try:
+            return await self.app(scope, noted_receive, send)
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            for task in callers - {this}:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # read, so not logged as never retrieved
+            raise
+
+
 application = StartHousekeeping(
     ProtocolTypeRouter(
         {
-            "http": with_flow_control(django_asgi_app),
+            "http": EndDisconnectListeners(with_flow_control(django_asgi_app)),
             "websocket": URLRouter(websocket_urls),
         }
     )

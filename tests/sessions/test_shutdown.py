@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from apps.simulator.server import SimulatorConfig
 from tests.support.realtime import user_text
 from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, DaphneProcess, SimulatorThread
+from tests.support.sse import Follower
 
 pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
 
@@ -167,6 +168,31 @@ async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_fa
         ("ended", "server_shutdown"),
         ("ended", "caller_closed"),
     }, sessions
+
+
+async def test_event_streams_whose_clients_leave_as_the_server_stops_leave_no_traceback(
+    server_env,
+):
+    """Daphne cancels the streams still open when it stops; Django's handler, cancelled,
+    left its disconnect listener to raise `RequestAborted` unretrieved, a traceback at each
+    restart (operator_console/asgi.py, `EndDisconnectListeners`)."""
+    env, token, _ = server_env
+    server = DaphneProcess(env)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"{server.http_url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(10, read=60),
+        ) as rest:
+            followers = [await Follower(rest, "/events").start() for _ in range(3)]
+            assert all(f.status == 200 for f in followers)
+        server.proc.send_signal(signal.SIGTERM)  # as the clients' connections close
+        exit_code = await asyncio.to_thread(server.proc.wait, 15)
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert exit_code == 0, log[-5000:]
+    assert "Traceback" not in log, log[-5000:]
 
 
 def test_tasks_a_stopped_loop_will_never_resume_are_closed_at_exit():
