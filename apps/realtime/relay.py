@@ -711,7 +711,9 @@ class RelayCore:
         return [
             *self._tell_caller("session_lost", message, error_type="server_error"),
             CloseCaller(code=1011, reason=message),
-            *self._end("failed", EndReason.SESSION_LOST, now, detail=message),
+            *self._end(
+                "failed", EndReason.SESSION_LOST, now, detail=message, request_code="session_lost"
+            ),
         ]
 
     def crashed(self, detail: str, *, now: float) -> list[Action]:
@@ -1467,6 +1469,7 @@ class RelayCore:
         *,
         code: int | None = None,
         detail: str = "",
+        request_code: str = "session_ended",
     ) -> list[Action]:
         end = self.ended = SessionEnded(
             status=status, reason=reason, at=now, code=code, detail=detail
@@ -1474,7 +1477,7 @@ class RelayCore:
         self._start_deadline = None
         actions: list[Action] = []
         why = f"{reason.value}: {detail}" if detail else reason.value
-        self._apply(self.sequencer.closed("session_ended", now=now, detail=why), actions)
+        self._apply(self.sequencer.closed(request_code, now=now, detail=why), actions)
         actions += self.tools.session_ended(now)
         self._hidden.clear()
         if self.session_id is not None:

@@ -274,6 +274,8 @@ class Driver:
                 actions = core.shutdown(now=now)
             elif verb == "crashed":
                 actions = core.crashed("boom", now=now)
+            elif verb == "lost":
+                actions = core.lost(now=now)
             else:
                 raise ValueError(what)
         self.last = actions
@@ -1214,10 +1216,31 @@ def test_a_crash_of_the_relay_tells_the_caller():
     )
 
 
+def test_a_session_swept_as_lost_elsewhere_ends_here_and_tells_the_caller():
+    driver = started()
+    driver.step("submit op1")
+    driver.run(
+        [
+            (
+                "lost",
+                [
+                    "caller error session_lost",
+                    "close 1011",
+                    "op1 failed session_lost",
+                    "watchers request",
+                    "watchers ended",
+                    "ended failed session_lost",
+                ],
+            )
+        ]
+    )
+    assert driver.step("lost") == []
+
+
 def test_only_the_first_end_counts():
     driver = started()
     driver.step("caller_closed")
-    for late in ("shutdown", "caller_closed", "crashed", "upstream_closed 1000"):
+    for late in ("shutdown", "caller_closed", "crashed", "lost", "upstream_closed 1000"):
         assert driver.step(late) == []
     assert driver.core.ended.reason.value == "caller_closed"
 
