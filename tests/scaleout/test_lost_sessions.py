@@ -87,7 +87,8 @@ async def test_a_paused_process_whose_session_was_swept_ends_it_and_tells_its_ca
     the call rather than relay on a session that everyone else has as over and no one can
     steer, and the sweep's record stands."""
     env = cluster_env(
-        scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
+        scaleout_db, redis_server, simulator,
+        OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2",
     )
     a, b = start_side_by_side(env, env)
     try:
@@ -95,11 +96,12 @@ async def test_a_paused_process_whose_session_was_swept_ends_it_and_tells_its_ca
         headers = {"Authorization": f"Bearer {scaleout_db.token}"}
         async with httpx.AsyncClient(base_url=f"{b.http_url}/api/v1", headers=headers) as rest:
             await until_live(rest, call.session_id)
-            a.proc.send_signal(signal.SIGSTOP)
+
             async def swept() -> bool:
                 answer = await rest.get(f"/sessions/{call.session_id}")
                 return answer.json()["status"] != "live"
 
+            a.proc.send_signal(signal.SIGSTOP)
             try:  # B's sweep: within the staleness and a beat
                 await until(swept, timeout=10, what="B's sweep of A's session")
             finally:
