@@ -113,6 +113,9 @@ FORGOTTEN_IDS = 64
 # A new watcher's snapshot carries the latest status of the requests that changed last, this
 # many: the page's table read may predate the history writer's commit of their changes.
 RECENT_CHANGES = 16
+# The relay's own client events (notes, approval decisions) whose errors are told apart from
+# the caller's: the latest, as an error about an event comes while the next few are sent.
+OWN_EVENTS_KEPT = 64
 # The upstream allows 16 metadata pairs; the relay's `oc_request` takes one.
 MAX_CALLER_METADATA_PAIRS = 15
 # Close codes passed on to the caller as the upstream sent them; others become 1011.
@@ -473,7 +476,7 @@ class RelayCore:
         self._recent_changes: dict[str, dict[str, Any]] = {}
         self._hidden: set[str] = set()  # response ids of operators' out-of-band responses
         self._created_hidden = False  # the latest response.created was of one of those
-        self._own_event_ids: set[str] = set()  # the relay's own client events (notes)
+        self._own_event_ids: dict[str, None] = {}  # the relay's own events, oldest first
         self._watchers: dict[str, tuple[str, float]] = {}  # watcher → (user, expires at)
         self._listeners: dict[str, tuple[str, float]] = {}  # listener → (user, expires at)
         self.record_audio = record_audio
@@ -934,7 +937,7 @@ class RelayCore:
             self._expired = True
             return frame
         if event_id is not None and event_id in self._own_event_ids:
-            self._own_event_ids.discard(event_id)
+            del self._own_event_ids[event_id]
             return None  # about a note: the operators see it, the caller never sent it
         claims = self._apply(
             self.sequencer.error(event_id=event_id, code=code, message=message, now=now), actions
@@ -1240,7 +1243,7 @@ class RelayCore:
         if self.ended is not None:
             return [Answer(payload={"ok": False, "message": "The session has ended."})]
         event_id = self._new_event_id()
-        self._own_event_ids.add(event_id)
+        self._own(event_id)
         item = {
             "id": item_id,
             "type": "message",
@@ -1332,11 +1335,16 @@ class RelayCore:
     def tell_caller(self, code: str, message: str, **fields: Any) -> list[Action]:
         return self._tell_caller(code, message, **fields)
 
+    def _own(self, event_id: str) -> None:
+        self._own_event_ids[event_id] = None
+        if len(self._own_event_ids) > OWN_EVENTS_KEPT:
+            del self._own_event_ids[next(iter(self._own_event_ids))]
+
     def own_event(self, kind: str, **fields: Any) -> str:
         """A client event of the relay's own, as a frame: an error about it is not the
         caller's (it never reaches the caller)."""
         event_id = self._new_event_id()
-        self._own_event_ids.add(event_id)
+        self._own(event_id)
         return events.dumps({"type": kind, "event_id": event_id, **fields})
 
     def request_response(self, *, origin: str, requested_by: str, now: float) -> list[Action]:

@@ -923,6 +923,20 @@ def test_note_adds_an_item_and_an_error_about_it_stays_with_the_relay():
     driver.run([(("up", upstream_error(note["event_id"], "invalid_value")), ["watchers event"])])
 
 
+def test_the_relay_keeps_the_ids_of_its_latest_own_events_only():
+    """Each note's event id was kept until an error named it, and most never are: a long
+    call with many notes kept them all. The latest are kept, and an error about one of them
+    stays with the relay as before."""
+    from apps.realtime.relay import OWN_EVENTS_KEPT
+
+    driver = started()
+    for _ in range(OWN_EVENTS_KEPT + 50):
+        driver.step("note")
+    assert len(driver.core._own_event_ids) == OWN_EVENTS_KEPT
+    note = sent_frames(driver.last)[0]
+    driver.run([(("up", upstream_error(note["event_id"], "invalid_value")), ["watchers event"])])
+
+
 def test_interrupt_cancels_the_active_response():
     driver = started()
     driver.step(("call", caller_create("c1")))
