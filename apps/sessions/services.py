@@ -308,16 +308,8 @@ async def _ask_actor(session: LiveSession, message: dict[str, Any]) -> dict[str,
         reply.cancel()
 
 
-def _status(pk: Any) -> str | None:
-    return LiveSession.objects.filter(pk=pk).values_list("status", flat=True).first()
-
-
 async def _refuse_if_ended(session: LiveSession) -> None:
-    status = await db_async(_status)(session.pk)
-    if status is not None and status != LiveSession.Status.LIVE:
-        raise SessionNotLive(
-            f"Session '{session.upstream_id}' is {status}, not live: it ended while it was asked."
-        )
+    await db_async(_live_session)(session.upstream_id)  # raises SessionNotLive once it ended
 
 
 def session_found(session_id: str) -> LiveSession:
