@@ -289,6 +289,8 @@ OC_WEBHOOK_RETRY_MAX = env_float("OC_WEBHOOK_RETRY_MAX", 3600.0, minimum=0.01)
 OC_WEBHOOK_RETRY_FOR = env_float("OC_WEBHOOK_RETRY_FOR", 86400.0, minimum=1.0)
 OC_WEBHOOK_TIMEOUT = env_float("OC_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
 OC_WEBHOOK_INTERVAL = env_float("OC_WEBHOOK_INTERVAL", 1.0, minimum=0.01)
+# Whether this process sends them (off: deliveries wait for a process that does).
+OC_WEBHOOK_SEND = env_bool("OC_WEBHOOK_SEND", True)
 # Embedded simulator stream shape (only used when OC_UPSTREAM_URL is empty).
 OC_SIM_DELTAS = env_int("OC_SIM_DELTAS", 8, minimum=1)
 OC_SIM_INTERVAL = env_float("OC_SIM_INTERVAL", 0.05)

@@ -117,6 +117,9 @@ def start_daphne(django_db_blocker, simulator, **env: str) -> DaphneProcess:
             "OC_UPSTREAM_URL": simulator.url,
             "OPENAI_API_KEY": UPSTREAM_KEY,
             "DATABASE_URL": f"sqlite:///{os.path.abspath(db_path)}",
+            # Not the test database's webhooks, which tests send with workers of their own
+            # settings (a test that wants this server's worker turns it on).
+            "OC_WEBHOOK_SEND": "false",
             **env,
         }
     )

@@ -39,6 +39,7 @@ def upkeep() -> None:
 
 
 async def housekeeping_chore() -> None:
-    """Every process: make sure its webhook worker runs, and prune."""
-    worker().start()
+    """Every process: make sure its webhook worker runs (where OC_WEBHOOK_SEND), and prune."""
+    if settings.OC_WEBHOOK_SEND:
+        worker().start()
     await db_async(upkeep)()

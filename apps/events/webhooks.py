@@ -10,7 +10,7 @@ the `openai` SDK's `client.webhooks.unwrap(body, headers, secret=...)` verifies)
                        after a space (a receiver takes a delivery when any of them matches)
 
 One worker per process (per event loop), started with the process's first request like the
-housekeeping. Each round it
+housekeeping; none in a process with OC_WEBHOOK_SEND off. Each round it
 1. turns new events into deliveries: per endpoint (one turned off too), under a row lock taken with
    `select_for_update(skip_locked=True)` (so one process at a time), the events after the
    endpoint's cursor become `WebhookDelivery` rows and the cursor moves, in one transaction;

@@ -12,9 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
+from apps.events import retention
 from apps.events.models import Event, WebhookDelivery, WebhookEndpoint
-from apps.events.webhooks import WebhookWorker
+from apps.events.webhooks import WebhookWorker, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -203,15 +205,20 @@ async def test_every_attempt_of_a_delivery_is_kept_with_its_outcome_and_times(se
     receiver = Flaky([503, 500, 204])
     endpoint = await sync_to_async(WebhookEndpoint.objects.create)(url=receiver.url, cursor=0)
     await sync_to_async(_event)()
+    pending = WebhookDelivery.objects.filter(
+        endpoint=endpoint, status=WebhookDelivery.Status.PENDING
+    )
     worker = WebhookWorker()
     try:
         for n in (1, 2, 3):
-            # Each retry is due at once. The attempt may be another worker's: a Daphne that
-            # earlier tests of this process started serves the same database, and its worker
-            # takes what is due when its round comes; the log is the same whoever made it.
+            # The attempt may be another worker's: a Daphne that earlier tests of this process
+            # started serves the same database, and its worker takes what is due when its round
+            # comes; the log is the same whoever made it. That worker schedules a retry with its
+            # own OC_WEBHOOK_RETRY_BASE (5 s, not 0.01), so the retry is made due here by hand.
             deadline = time.monotonic() + 5  # a busy machine may lag
             while await _attempts(endpoint) < n:
                 assert time.monotonic() < deadline, f"attempt {n} did not happen"
+                await pending.aupdate(next_attempt_at=timezone.now())
                 await worker.round()
                 await asyncio.gather(*worker._deliveries)
                 await asyncio.sleep(0.02)
@@ -224,3 +231,16 @@ async def test_every_attempt_of_a_delivery_is_kept_with_its_outcome_and_times(se
     assert [a.error for a in attempts] == ["", "HTTP 500: try later", "HTTP 503: try later"]
     for attempt, earlier in zip(attempts, attempts[1:], strict=False):
         assert earlier.finished_at <= attempt.started_at <= attempt.finished_at
+
+
+async def test_a_process_with_sending_off_starts_no_webhook_worker(settings):
+    """OC_WEBHOOK_SEND off: the housekeeping prunes, but this process sends nothing."""
+    settings.OC_WEBHOOK_SEND = False
+    await retention.housekeeping_chore()
+    assert worker()._task is None
+    settings.OC_WEBHOOK_SEND = True
+    await retention.housekeeping_chore()
+    try:
+        assert worker()._task is not None and not worker()._task.done()
+    finally:
+        worker()._task.cancel()

@@ -68,7 +68,12 @@ def endpoint():
 
 @pytest.fixture
 def hook_daphne(daphne_with):
-    return daphne_with(OC_WEBHOOK_RETRY_BASE="0.2", OC_WEBHOOK_INTERVAL="0.1", OC_WEBHOOK_TIMEOUT="5")
+    return daphne_with(
+        OC_WEBHOOK_SEND="true",
+        OC_WEBHOOK_RETRY_BASE="0.2",
+        OC_WEBHOOK_INTERVAL="0.1",
+        OC_WEBHOOK_TIMEOUT="5",
+    )
 
 
 async def test_an_endpoint_that_fails_twice_receives_each_event_once_signed(hook_daphne, endpoint, api_token):
