@@ -8,10 +8,12 @@ import json
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.forms.models import BaseInlineFormSet
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -297,7 +299,12 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
         """'Export CSV' on the list: every request the list's filters and search keep."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return _csv_response(request, self.get_changelist_instance(request).get_queryset(request))
+        try:
+            rows = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            # As the list answers a filter it cannot apply: the list, unfiltered, saying so.
+            return HttpResponseRedirect(f"{reverse('admin:oc_sessions_responserequest_changelist')}?{ERROR_FLAG}=1")
+        return _csv_response(request, rows)
 
     @admin.action(description="Export the selected requests as CSV", permissions=["view"])
     def export_csv(self, request, queryset):

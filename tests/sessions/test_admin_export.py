@@ -106,3 +106,13 @@ def test_costs_show_on_the_session_request_and_token_pages(staff, rows):
 def test_a_model_without_a_price_says_so(staff, rows):
     session = LiveSession.objects.create(id=uuid.uuid4(), upstream_id="sess_free", model="my-own-model", usage=USAGE)
     assert b"no price" in staff.get(f"/admin/oc_sessions/livesession/{session.pk}/change/").content
+
+
+@pytest.mark.parametrize("query", [{"bogus": "1"}, {"created_at__gte": "garbage"}, {"session__id__exact": "abc"}])
+def test_export_of_a_filter_the_list_cannot_apply_answers_as_the_list_does(staff, rows, query):
+    """A stale or hand-edited link: the list answers it with itself, unfiltered, flagged `e=1`
+    ("incorrect lookup parameters"); its export did the same, not a server error."""
+    listed = staff.get(LIST, query)
+    exported = staff.get(f"{LIST}export.csv", query)
+    assert (listed.status_code, listed["Location"]) == (302, f"{LIST}?e=1")
+    assert (exported.status_code, exported["Location"]) == (302, f"{LIST}?e=1")
