@@ -68,11 +68,18 @@ def cursor_decode(cursor: str) -> tuple[datetime, str]:
     return moment, request_id
 
 
+# A cell that a spreadsheet would read as a formula (OWASP, "CSV injection"): `=`, `+`, `-`,
+# `@`, and a tab or carriage return before them. Such a cell is written with a `'` first,
+# which spreadsheets show as text; so is one that begins with `'` itself, so that a script
+# gets every value back by removing the one `'` that begins a cell.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return json.dumps(value)  # numbers: as the JSON API writes them

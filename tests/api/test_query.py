@@ -325,3 +325,28 @@ def test_a_page_of_rows_all_too_recent_is_empty_until_they_settle(scene):
     rows, more = selectors.request_page(filters=fresh, limit=2, now=now + selectors.SETTLE * 2)
     assert [r.id for r in rows] == ["req_fresh0", "req_fresh1"], "settled: paged"
     assert more is not None
+
+
+async def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(rest, scene):
+    """OWASP's CSV injection: a cell beginning with = + - @ (or a tab or carriage return) is a
+    formula to a spreadsheet. Such cells get a ' first, which shows them as text; so does a cell
+    that begins with ' itself, so a script gets each value back by removing one leading '."""
+    a, _ = scene
+    texts = ['=HYPERLINK("http://evil","x")', "+1555", "-be brief", "@SUM(A1)", "\tx", "\r=1", "'quoted", "plain"]
+    await sync_to_async(ResponseRequest.objects.bulk_create)(
+        ResponseRequest(
+            id=f"req_cell{n}", session=a, origin="console", instructions=text, requested_by="@ops",
+            metadata={"k": text}, created_at=T0 + timedelta(minutes=5, seconds=n),
+        )
+        for n, text in enumerate(texts)
+    )  # fmt: skip
+    since = (T0 + timedelta(minutes=5)).isoformat()
+    items = await _all(rest, since=since)
+    table = list(csv.DictReader(io.StringIO((await rest.get("/responses", params={"since": since, "format": "csv"})).text)))
+    assert [row["instructions"] for row in table] == [
+        text if text == "plain" else f"'{text}" for text in texts
+    ], "each formula start, and a leading ', is written after a '"
+    assert {row["requested_by"] for row in table} == {"'@ops"}
+    assert [json.loads(row["metadata"]) for row in table] == [{"k": text} for text in texts], "JSON cells as they are"
+    for row, item in zip(table, items, strict=True):
+        assert row["instructions"].removeprefix("'") == item["instructions"], "one ' off: the value"
