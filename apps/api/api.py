@@ -35,6 +35,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.urls import register_converter
+from django.utils.cache import patch_vary_headers
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
@@ -575,24 +576,37 @@ async def list_responses(
 QUERY_LIMIT = 1000  # most rows on one page of GET /responses
 MAX_METADATA_FILTERS = 15  # as many pairs as a request's metadata may hold
 _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$", re.DOTALL)
+# The parameters of GET /responses besides `metadata[KEY]`: those of `query_responses`.
+QUERY_PARAMS = frozenset(
+    ("session_id", "origin", "status", "since", "until", "requested_by", "cursor", "limit", "format")
+)
 
 
 def _query_problems(request: HttpRequest, **named: str | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """The `metadata[KEY]=VALUE` filters of the query string, and what is wrong with them or
-    with the named string filters (PostgreSQL refuses a NUL in a query)."""
+    with the rest of the query: a NUL in a string filter (PostgreSQL refuses one in a query),
+    a parameter the endpoint does not take (a misspelt filter would otherwise select, and
+    export, every row), one given twice (which of the two would apply?)."""
     pairs: list[tuple[str, str]] = []
     problems: dict[str, str] = {}
     for name, value in named.items():
         if value is not None and "\x00" in value:
             problems[name] = "contains a NUL character"
     for param in request.GET:
+        values = request.GET.getlist(param)
         if not param.startswith("metadata"):
+            if param not in QUERY_PARAMS:
+                problems[param] = "Unknown parameter; the accepted parameters are listed in /api/v1/openapi.json."
+            elif len(values) > 1:
+                problems[param] = f"given {len(values)} times; give it once"
             continue
         match = _METADATA_PARAM.match(param)
         if match is None:
             problems[param] = "filter on metadata as metadata[KEY]=VALUE"
             continue
-        for value in request.GET.getlist(param):
+        if len(values) > 1:
+            problems[param] = f"given {len(values)} times; a request's metadata holds one value for each key"
+        for value in values:
             if "\x00" in param or "\x00" in value:
                 problems[param] = "contains a NUL character"
             pairs.append((match.group(1), value))
@@ -630,8 +644,9 @@ def _wants_csv(request: HttpRequest, format: str | None) -> bool:
         "filter given must match. Besides the parameters below, `metadata[KEY]=VALUE` "
         "(repeatable; up to 15) keeps requests whose metadata has KEY set to VALUE. `since` is "
         "inclusive and `until` exclusive, ISO 8601 with an offset (write `+` as `%2B`, or use "
-        "`Z`). Pages: pass `next_cursor` back as `cursor` until it is null; a page never moves "
-        "when rows are added. With `format=csv` or `Accept: text/csv` the answer is CSV of "
+        "`Z`). Pages: pass `next_cursor` back as `cursor`, with the same filters, until it is "
+        "null; a page never moves when rows are added. A parameter given twice, or one not "
+        "listed here, is a 422. With `format=csv` or `Accept: text/csv` the answer is CSV of "
         "every matching row (from `cursor`, if given; `limit` does not apply), streamed: a "
         "header row of the ResponseRequest field names, `metadata`, `usage` and `error` as "
         "JSON, times ISO 8601 with an offset; a text cell beginning with = + - @ (a tab, a "
@@ -655,6 +670,7 @@ def _wants_csv(request: HttpRequest, format: str | None) -> bool:
 )
 async def query_responses(
     request: HttpRequest,
+    response: HttpResponse,
     session_id: str | None = Query(None, description="A session's public id (sess_…)."),
     origin: Origin | None = None,
     status: RequestStatusValue | None = None,
@@ -668,15 +684,8 @@ async def query_responses(
     format: Literal["json", "csv"] | None = Query(None, description="csv: the same rows as CSV."),
 ):
     pairs, problems = _query_problems(request, session_id=session_id, requested_by=requested_by)
-    after = None
-    if cursor is not None:
-        try:
-            after = export.cursor_decode(cursor)
-        except export.BadCursor as exc:
-            problems["cursor"] = str(exc)
-    if problems:
-        summary = "; ".join(f"{name}: {message}" for name, message in problems.items())
-        return error_response(422, "invalid_fields", f"Invalid fields — {summary}", problems, request=request)
+    if since is not None and until is not None and until < since:
+        problems["until"] = "is before since; until (exclusive) must be at or after since (inclusive)"
     filters = selectors.RequestFilter(
         session_id=session_id,
         origin=origin,
@@ -686,11 +695,24 @@ async def query_responses(
         until=until,
         requested_by=requested_by,
     )
+    after = None
+    if cursor is not None and "cursor" not in problems:
+        try:
+            after = export.cursor_decode(cursor, filters)
+        except export.BadCursor as exc:
+            problems["cursor"] = str(exc)
+    if problems:
+        summary = "; ".join(f"{name}: {message}" for name, message in problems.items())
+        return error_response(422, "invalid_fields", f"Invalid fields — {summary}", problems, request=request)
     if _wants_csv(request, format):
         chunks = export.csv_chunks(filters, after=after, flow=flow_of(request))
-        response = StreamingHttpResponse(chunks, content_type=CSV_TYPE)
-        response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
-        return response
+        answer = StreamingHttpResponse(chunks, content_type=CSV_TYPE)
+        answer["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
+        if format is None:
+            patch_vary_headers(answer, ["Accept"])
+        return answer
+    if format is None:  # the same URL is JSON or CSV by the Accept header: caches must know
+        patch_vary_headers(response, ["Accept"])
     rows, more = await db_async(selectors.request_page)(filters=filters, after=after, limit=limit)
     if not rows and more is not None:  # the page's rows are too recent to pass: let them settle
         await asyncio.sleep(selectors.SETTLE.total_seconds())
@@ -699,7 +721,7 @@ async def query_responses(
         )
     return {
         "items": [row.to_dict() for row in rows],
-        "next_cursor": export.cursor_encode(more) if more is not None else None,
+        "next_cursor": export.cursor_encode(more, filters) if more is not None else None,
     }
 
 

@@ -1,4 +1,5 @@
-"""The response history out: opaque cursors for its pages, and CSV of any size.
+"""The response history out: opaque cursors for its pages (each tied to its filters), and CSV
+of any size.
 
 CSV is one query, read with a cursor (`.iterator(chunk_size=…)`) on a thread of the export's
 own, and handed to the event loop a chunk at a time through a pipe at most two chunks deep;
@@ -16,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import csv
+import hashlib
 import io
 import json
 import threading
@@ -45,26 +47,48 @@ class BadCursor(ValueError):
     pass
 
 
-def cursor_encode(position: tuple[datetime, str]) -> str:
+def filters_digest(filters: selectors.RequestFilter) -> str:
+    """A short digest of what `filters` select: the same for filters written differently that
+    select the same rows (times in another offset, metadata pairs in another order)."""
+
+    def moment(value: datetime | None) -> str | None:
+        return value.astimezone(UTC).isoformat() if value is not None else None
+
+    canonical = [
+        filters.session_id, filters.origin, filters.status, filters.requested_by,
+        moment(filters.since), moment(filters.until), sorted(filters.metadata),
+    ]  # fmt: skip
+    raw = json.dumps(canonical, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def cursor_encode(position: tuple[datetime, str], filters: selectors.RequestFilter) -> str:
+    """The cursor of a page: its keyset position, tied to the filters that made the page."""
     created_at, request_id = position
-    raw = json.dumps([created_at.isoformat(), request_id], separators=(",", ":"))
+    raw = json.dumps([created_at.isoformat(), request_id, filters_digest(filters)], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def cursor_decode(cursor: str) -> tuple[datetime, str]:
-    """The keyset position a `next_cursor` stands for; BadCursor if it is not one of ours.
+def cursor_decode(cursor: str, filters: selectors.RequestFilter) -> tuple[datetime, str]:
+    """The keyset position a `next_cursor` stands for; BadCursor if it is not one of ours, or
+    was given for other filters (its position would then skip or repeat rows of these).
     Whatever a client sends decodes or is refused here, never later: nesting too deep for
     the JSON parser, a moment that is aware but outside years 1 to 9999 once in UTC (the
     database reads it in UTC), an id that the database could not take (NUL, lone surrogate)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, request_id = json.loads(raw)
+        created_at, request_id, digest = json.loads(raw)
         moment = datetime.fromisoformat(created_at)
         moment.astimezone(UTC)
     except (binascii.Error, ValueError, TypeError, RecursionError, OverflowError):
         raise BadCursor("not a cursor this API gave; pass next_cursor as it came") from None
     if moment.tzinfo is None or not isinstance(request_id, str) or text_problem(request_id):
         raise BadCursor("not a cursor this API gave; pass next_cursor as it came")
+    if digest != filters_digest(filters):
+        raise BadCursor(
+            "was given for other filters; send it with the filters of the request that gave "
+            "it, or leave it out to start again"
+        )
     return moment, request_id
 
 

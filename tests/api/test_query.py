@@ -8,7 +8,7 @@ import csv
 import io
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -321,10 +321,73 @@ def test_a_page_of_rows_all_too_recent_is_empty_until_they_settle(scene):
     fresh = selectors.RequestFilter(since=now)
     rows, more = selectors.request_page(filters=fresh, limit=2, now=now)
     assert rows == [] and more == selectors.START, "nothing passed yet, and a cursor to ask again"
-    assert export.cursor_decode(export.cursor_encode(more)) == selectors.START
+    assert export.cursor_decode(export.cursor_encode(more, fresh), fresh) == selectors.START
     rows, more = selectors.request_page(filters=fresh, limit=2, now=now + selectors.SETTLE * 2)
     assert [r.id for r in rows] == ["req_fresh0", "req_fresh1"], "settled: paged"
     assert more is not None
+
+
+async def test_since_after_until_is_422_naming_until(rest, scene):
+    since, until = (T0 + timedelta(seconds=6)).isoformat(), (T0 + timedelta(seconds=2)).isoformat()
+    for params in ({"since": since, "until": until}, {"since": since, "until": until, "format": "csv"}):
+        response = await rest.get("/responses", params=params)
+        assert response.status_code == 422, (params, response.text)
+        assert "since" in response.json()["error"]["fields"]["until"], "the field, and what it must follow"
+    assert await _ids(rest, since=since, until=since) == [], "an empty window is a window"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ([("orgin", "console")], "orgin"),  # misspelt: it would select, and export, every row
+        ([("session", "sess_a")], "session"),
+        ([("origin", "api"), ("origin", "console")], "origin"),  # which one applies?
+        ([("limit", "2"), ("limit", "3")], "limit"),
+        ([("format", "csv"), ("format", "json")], "format"),
+        ([("metadata[ticket]", "T-1"), ("metadata[ticket]", "T-2")], "metadata[ticket]"),
+    ],
+)
+async def test_an_unknown_or_repeated_parameter_is_422_naming_it(rest, scene, query, field):
+    for accept in ("application/json", "text/csv"):
+        response = await rest.get("/responses", params=query, headers={"Accept": accept})
+        assert response.status_code == 422, (query, accept, response.text[:200])
+        error = response.json()["error"]
+        assert error["code"] == "invalid_fields" and field in error["fields"], (query, error)
+
+
+async def test_a_cursor_goes_only_with_the_filters_that_gave_it(rest, scene):
+    """A keyset position of one filter's rows skips or repeats rows of another's: refused,
+    while the same filters written otherwise (another offset, metadata in another order) go."""
+    since = T0.isoformat()
+    given = {"since": since, "metadata[ticket]": "T-1", "metadata[tier]": "gold", "limit": 2}
+    first = (await rest.get("/responses", params=given)).json()
+    cursor = first["next_cursor"]
+    assert cursor is not None and len(first["items"]) == 2
+    for other in ({"origin": "console"}, {"since": (T0 + timedelta(seconds=1)).isoformat()}, {"metadata[tier]": "x"}):
+        refused = await rest.get("/responses", params={**given, **other, "cursor": cursor})
+        assert refused.status_code == 422, (other, refused.text)
+        assert "filters" in refused.json()["error"]["fields"]["cursor"], other
+    alike = {
+        "metadata[tier]": "gold",
+        "metadata[ticket]": "T-1",
+        "since": T0.astimezone(timezone(timedelta(hours=1))).isoformat(),
+        "cursor": cursor,
+    }
+    rest_of_it = await rest.get("/responses", params=alike)
+    assert rest_of_it.status_code == 200, rest_of_it.text
+    as_csv = await rest.get("/responses", params={**alike, "format": "csv"})
+    table = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert [row["id"] for row in table] == [item["id"] for item in rest_of_it.json()["items"]]
+    assert len(table) == 1, "T-1 and gold: 3 rows, 2 on the first page"
+
+
+async def test_an_answer_chosen_by_accept_says_it_varies_by_accept(rest, scene):
+    """One URL is JSON or CSV by the Accept header: a cache that is not told would hand the
+    CSV to the next client asking for JSON."""
+    for accept in ("application/json", "text/csv"):
+        response = await rest.get("/responses", headers={"Accept": accept})
+        vary = [part.strip().lower() for part in response.headers.get("vary", "").split(",")]
+        assert "accept" in vary, (accept, response.headers)
 
 
 async def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(rest, scene):
