@@ -649,8 +649,7 @@ def _wants_csv(request: HttpRequest, format: str | None) -> bool:
         "listed here, is a 422. With `format=csv` or `Accept: text/csv` the answer is CSV of "
         "every matching row (from `cursor`, if given; `limit` does not apply), streamed: a "
         "header row of the ResponseRequest field names, `metadata`, `usage` and `error` as "
-        "JSON, times ISO 8601 with an offset; a text cell beginning with = + - @ (a tab, a "
-        "carriage return) or ' has a ' put before it, so that spreadsheets show it as text."
+        "JSON, times ISO 8601 with an offset, every other cell the value as the JSON has it."
     ),
     tags=["responses"],
     openapi_extra={

@@ -36,8 +36,11 @@ def _usd(cost: float | None) -> str:
 
 
 def _csv_response(request, rows) -> StreamingHttpResponse:
-    """The CSV of the REST hook's export (`GET /api/v1/responses?format=csv`) for `rows`."""
-    chunks = export.csv_chunks(selectors.RequestFilter(), queryset=rows, flow=flow_of(request))
+    """The CSV of the REST hook's export (`GET /api/v1/responses?format=csv`) for `rows`, but
+    for a spreadsheet: a cell that would be a formula is written as text, after a `'`."""
+    chunks = export.csv_chunks(
+        selectors.RequestFilter(), queryset=rows, flow=flow_of(request), spreadsheet=True
+    )
     response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{export.csv_filename()}"'
     return response

@@ -93,24 +93,25 @@ def cursor_decode(cursor: str, filters: selectors.RequestFilter) -> tuple[dateti
 
 
 # A cell that a spreadsheet would read as a formula (OWASP, "CSV injection"): `=`, `+`, `-`,
-# `@`, and a tab or carriage return before them. Such a cell is written with a `'` first,
-# which spreadsheets show as text; so is one that begins with `'` itself, so that a script
-# gets every value back by removing the one `'` that begins a cell.
+# `@`, and a tab or carriage return before them. In the admin's export, which people open in
+# spreadsheets, such a cell is written with a `'` first, which spreadsheets show as text; so is
+# one that begins with `'` itself, so that every value comes back by removing that one `'`.
+# The REST hook's CSV is read by scripts: its cells are the values, as the JSON gives them.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, spreadsheet: bool) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
+        return f"'{value}" if spreadsheet and value.startswith(_FORMULA_STARTS) else value
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return json.dumps(value)  # numbers: as the JSON API writes them
 
 
-def csv_row(row: dict[str, Any]) -> list[str]:
-    return [_cell(row[name]) for name in COLUMNS]
+def csv_row(row: dict[str, Any], *, spreadsheet: bool = False) -> list[str]:
+    return [_cell(row[name], spreadsheet) for name in COLUMNS]
 
 
 def _lines(rows: list[list[str]]) -> bytes:
@@ -152,12 +153,12 @@ class _Pipe:
 _END = object()
 
 
-def _produce(pipe: _Pipe, rows: Any, chunk_rows: int) -> None:
+def _produce(pipe: _Pipe, rows: Any, chunk_rows: int, spreadsheet: bool) -> None:
     """The export's thread: one query read with a cursor, `chunk_rows` rows a chunk."""
     try:
         batch: list[list[str]] = []
         for row in rows.iterator(chunk_size=chunk_rows):
-            batch.append(csv_row(row.to_dict()))
+            batch.append(csv_row(row.to_dict(), spreadsheet=spreadsheet))
             if len(batch) == chunk_rows:
                 if not pipe.put(_lines(batch)):
                     return
@@ -178,16 +179,18 @@ async def csv_chunks(
     queryset: QuerySet[ResponseRequest] | None = None,
     chunk_rows: int = CSV_CHUNK_ROWS,
     flow: Any = None,
+    spreadsheet: bool = False,
 ) -> AsyncIterator[bytes]:
     """The CSV of every request matching `filters` (after `after`; within `queryset`, if
     given), oldest first: the header row, then a chunk of bytes per `chunk_rows` rows; each
-    chunk once the client has room for it, when `flow` (the request's `Flow`) can tell."""
+    chunk once the client has room for it, when `flow` (the request's `Flow`) can tell. For
+    a `spreadsheet`, cells that would be formulas are written as text (above)."""
     yield _lines([list(COLUMNS)])
     rows = selectors.request_filtered(filters, queryset)
     if after is not None:
         rows = selectors.request_after(rows, after)
     pipe = _Pipe(asyncio.get_running_loop())
-    thread = threading.Thread(target=_produce, args=(pipe, rows, chunk_rows), name="oc-export", daemon=True)
+    thread = threading.Thread(target=_produce, args=(pipe, rows, chunk_rows, spreadsheet), name="oc-export", daemon=True)
     thread.start()
     try:
         if flow is not None:

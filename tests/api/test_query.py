@@ -390,10 +390,10 @@ async def test_an_answer_chosen_by_accept_says_it_varies_by_accept(rest, scene):
         assert "accept" in vary, (accept, response.headers)
 
 
-async def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(rest, scene):
-    """OWASP's CSV injection: a cell beginning with = + - @ (or a tab or carriage return) is a
-    formula to a spreadsheet. Such cells get a ' first, which shows them as text; so does a cell
-    that begins with ' itself, so a script gets each value back by removing one leading '."""
+async def test_csv_cells_are_the_values_even_those_a_spreadsheet_would_run(rest, scene):
+    """The REST hook's CSV is for scripts: a cell beginning with = + - @ ' (or a tab or
+    carriage return) is the value as the JSON has it. (The admin's export, for spreadsheets,
+    writes such cells as text: tests/sessions/test_admin_export.py.)"""
     a, _ = scene
     texts = ['=HYPERLINK("http://evil","x")', "+1555", "-be brief", "@SUM(A1)", "\tx", "\r=1", "'quoted", "plain"]
     await sync_to_async(ResponseRequest.objects.bulk_create)(
@@ -406,10 +406,6 @@ async def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text
     since = (T0 + timedelta(minutes=5)).isoformat()
     items = await _all(rest, since=since)
     table = list(csv.DictReader(io.StringIO((await rest.get("/responses", params={"since": since, "format": "csv"})).text)))
-    assert [row["instructions"] for row in table] == [
-        text if text == "plain" else f"'{text}" for text in texts
-    ], "each formula start, and a leading ', is written after a '"
-    assert {row["requested_by"] for row in table} == {"'@ops"}
-    assert [json.loads(row["metadata"]) for row in table] == [{"k": text} for text in texts], "JSON cells as they are"
-    for row, item in zip(table, items, strict=True):
-        assert row["instructions"].removeprefix("'") == item["instructions"], "one ' off: the value"
+    assert [row["instructions"] for row in table] == texts == [item["instructions"] for item in items]
+    assert {row["requested_by"] for row in table} == {"@ops"}
+    assert [json.loads(row["metadata"]) for row in table] == [{"k": text} for text in texts]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from datetime import timedelta
 
@@ -85,6 +86,27 @@ def test_export_csv_streams_what_the_list_shows(staff, rows):
     assert _csv_ids(staff.get(f"{LIST}export.csv", {"metadata": "ticket=T-1"})) == ["req_exp0", "req_exp1"]
     chosen = staff.post(LIST, {"action": "export_csv", "_selected_action": ["req_exp3", "req_exp0"]})
     assert _csv_ids(chosen) == ["req_exp0", "req_exp3"], "the action exports the selected rows, oldest first"
+
+
+@pytest.mark.django_db(transaction=True)  # the export reads on a thread of its own
+def test_export_csv_writes_cells_a_spreadsheet_would_run_as_text(staff, rows):
+    """OWASP's CSV injection: people open the admin's export in spreadsheets, where a cell
+    beginning with = + - @ (or a tab or carriage return) is a formula. Such a cell gets a '
+    first, which shows it as text; so does one beginning with ' itself, so removing one
+    leading ' gives every value back."""
+    texts = ['=HYPERLINK("http://evil","x")', "+1555", "-be brief", "@SUM(A1)", "\tx", "\r=1", "'q", "plain"]
+    session = rows[0].session
+    for n, text in enumerate(texts):
+        ResponseRequest.objects.create(
+            id=f"req_cell{n}", session=session, origin="console", instructions=text,
+            requested_by="@ops", metadata={"k": text},
+        )  # fmt: skip
+    response = staff.get(f"{LIST}export.csv", {"requested_by": "@ops"})
+    body = async_to_sync(_read)(response.streaming_content).decode()
+    table = list(csv.DictReader(io.StringIO(body)))
+    assert [row["instructions"] for row in table] == [t if t == "plain" else f"'{t}" for t in texts]
+    assert {row["requested_by"] for row in table} == {"'@ops"}
+    assert [json.loads(row["metadata"]) for row in table] == [{"k": t} for t in texts], "JSON as is"
 
 
 def test_export_is_for_staff_only(client, rows):
