@@ -100,8 +100,8 @@ class Follower:
         self.after = 0  # events up to this id were sent from the log: the hub's are skipped
 
     def offer(self, event_id: int, data: bytes, *, last: bool = False) -> bool:
-        if event_id <= self.after:
-            return True
+        if event_id <= self.after or self.ending:
+            return True  # sent from the log already, or after the session's end: not for it
         if len(self.frames) >= self.limit:
             self.dropped = True
             self.wake.set()
@@ -363,9 +363,10 @@ async def follow(
                 if rows:
                     if not await _room(flow, keepalive):
                         return
-                    after = rows[-1][0]
-                    yield b"".join(frame(i, p) for i, _, _, p in rows)
-                    if any(kind == "session.ended" for _, _, kind, _ in rows):
+                    sent, ended = _through_end(rows, session_key)
+                    after = sent[-1][0]
+                    yield b"".join(frame(i, p) for i, _, _, p in sent)
+                    if ended:
                         return
                 if len(rows) < PAGE:
                     break
@@ -376,9 +377,10 @@ async def follow(
             rows = await db_async(events_after)(after, session_key, PAGE, joined)
             if not rows:
                 break
-            after = rows[-1][0]
-            yield b"".join(frame(i, p) for i, _, _, p in rows)
-            if any(kind == "session.ended" for _, _, kind, _ in rows):
+            sent, ended = _through_end(rows, session_key)
+            after = sent[-1][0]
+            yield b"".join(frame(i, p) for i, _, _, p in sent)
+            if ended:
                 return
         check_token_at = time.monotonic() + keepalive
         while True:
@@ -421,6 +423,19 @@ async def follow(
         the_hub.leave(follower)
         if flow is not None:
             flow.detach()
+
+
+def _through_end(
+    rows: list[tuple[int, uuid.UUID, str, str]], session_key: uuid.UUID | None
+) -> tuple[list[tuple[int, uuid.UUID, str, str]], bool]:
+    """The rows a stream sends from the log, and whether it ends with them. A session's
+    stream ends with its `session.ended` (what the log holds of the session after it, a
+    relabelling, is not for that stream); /events goes on past every session's end."""
+    if session_key is not None:
+        for index, (_, _, kind, _) in enumerate(rows):
+            if kind == "session.ended":
+                return rows[: index + 1], True
+    return rows, False
 
 
 async def _room(flow: Flow | None, timeout: float) -> bool:

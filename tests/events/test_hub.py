@@ -63,6 +63,22 @@ async def test_a_read_of_the_log_skips_what_was_handed_out_meanwhile():
     assert hub.cursor == 13
 
 
+async def test_a_sessions_follower_takes_nothing_after_its_end():
+    """Its end and a relabelling after it, handed out together: the stream ends with the end."""
+    hub = Hub()
+    hub.cursor = 10
+    follower = Follower(KEY, limit=100)
+    hub.by_session[KEY] = {follower}
+
+    hub._hand_out([
+        row(11),
+        (12, KEY, "session.ended", '{"type":"session.ended"}'),
+        (13, KEY, "session.updated", '{"type":"session.updated"}'),
+    ])  # fmt: skip
+
+    assert ids(follower) == [11, 12] and follower.ending
+
+
 def _end(session: LiveSession) -> None:
     LiveSession.objects.filter(pk=session.pk).update(status=LiveSession.Status.ENDED)
     Event.objects.create(
@@ -116,3 +132,7 @@ async def test_a_session_relabelled_after_its_end_has_its_stream_end_there_still
         async for chunk in before.streaming_content:
             sent.append(chunk)
     assert b"session.ended" in sent[-1], "the stream ends with the end"
+    assert b"session.updated" not in b"".join(sent), (
+        "nothing after the end: the relabelling is for /events, read from the log in the same "
+        "page as the end"
+    )

@@ -143,3 +143,37 @@ async def test_a_script_sees_each_label_change_as_session_updated_with_the_sessi
         assert updates(follower.events)[-1] == session, "the whole Session, as the REST hook has it"
     finally:
         await follower.close()
+
+
+async def test_every_sessions_stream_resumed_before_a_sessions_end_goes_on_after_it(
+    daphne, api_token, rest
+):
+    """/events is not a session's stream: resumed from an id before some session's end, it
+    sends that end and goes on, as a script reconnecting to it expects."""
+    reference = await Follower(rest, "/events").start()
+    caller = await SocketCaller.connect(daphne.ws_base, api_token)
+    try:
+        await until_live(rest, caller.session_id)
+    finally:
+        await caller.close()
+    try:
+        await reference.until(
+            lambda events: any(e.data["type"] == "session.ended" for e in events), what="the end"
+        )
+    finally:
+        await reference.close()
+    resumed = await Follower(
+        rest, "/events", headers={"Last-Event-ID": reference.events[0].id}
+    ).start()
+    try:
+        await resumed.until(
+            lambda events: any(e.data["type"] == "session.ended" for e in events), what="the end"
+        )
+        relabelled = await rest.patch(f"/sessions/{caller.session_id}", json={"label": "After"})
+        assert relabelled.status_code == 200, relabelled.text
+        await resumed.until(
+            lambda events: events[-1].data["type"] == "session.updated",
+            what="the relabelling, after the end it resumed through",
+        )
+    finally:
+        await resumed.close()
