@@ -336,12 +336,12 @@ class SessionActor:
             if kind is ToCaller:
                 if self._caller is not None:
                     self.frames_to_caller += 1
-                    self.bytes_to_caller += len(action.frame)
+                    self.bytes_to_caller += metrics.frame_size(action.frame)
                     await self._caller.send_frame(action.frame)
             elif kind is ToUpstream:
                 if self._upstream is not None:
                     self.frames_to_upstream += 1
-                    self.bytes_to_upstream += len(action.frame)
+                    self.bytes_to_upstream += metrics.frame_size(action.frame)
                     await self._upstream.send(action.frame)
             elif kind is AudioTapped:
                 await self.audio.tapped(action)

@@ -38,6 +38,14 @@ MAX_ERROR_CODES = 100
 FRAME_COUNTS = ("frames_to_caller", "bytes_to_caller", "frames_to_upstream", "bytes_to_upstream")
 
 
+def frame_size(frame: str | bytes) -> int:
+    """A frame's size as it goes on the wire, in bytes: a text frame's in UTF-8. Most frames
+    are ASCII, which `isascii` tells from a flag of the string: those are not encoded."""
+    if isinstance(frame, str) and not frame.isascii():
+        return len(frame.encode("utf-8", "surrogatepass"))
+    return len(frame)
+
+
 class _Histogram:
     """Bucket counts and a sum, as plain numbers (see the module's docstring)."""
 
@@ -175,7 +183,7 @@ class RelayCollector(Collector):
         frames = CounterMetricFamily("oc_relayed_frames", "Frames relayed, by direction.", labels=["process", "direction"])
         size = CounterMetricFamily(
             "oc_relayed_bytes",
-            "Frames relayed, by direction: their size (bytes of binary frames, characters of text ones).",
+            "Frames relayed, by direction: their size in bytes (text frames in UTF-8).",
             labels=["process", "direction"],
         )
         for direction in ("to_caller", "to_upstream"):

@@ -4,6 +4,8 @@ completes requests, no secret in it, and refusals without the scope `metrics:rea
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from django.conf import settings
@@ -11,6 +13,7 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import UPSTREAM_KEY
+from tests.support.callers import SocketCaller
 from tests.support.realtime import collect_until, count, user_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -97,3 +100,31 @@ async def test_metrics_refuse_without_a_token_or_the_scope(daphne, api_token, me
         assert scoped.status_code == 403, "the default scopes do not include metrics:read"
         assert "metrics:read" in scoped.json()["error"]["message"]
         assert (await http.post("/metrics", headers={"Authorization": f"Bearer {metrics_token}"})).status_code == 405
+
+
+async def test_relayed_bytes_count_a_text_frames_utf8_bytes(daphne, api_token, metrics_token):
+    """`oc_relayed_bytes_total` is in bytes, as its name says: a text frame counts as its
+    UTF-8 encoding, as it goes on the wire, not as its characters."""
+    def sent(samples) -> float:
+        return _value(samples, "oc_relayed_bytes_total", direction="to_upstream")
+
+    async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10) as http:
+        async def scrape() -> dict:
+            answer = await http.get("/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
+            return _samples(answer.text)
+
+        caller = await SocketCaller.connect(daphne.ws_base, api_token)
+        try:
+            before = await scrape()
+            item = user_text("Grüße aus Köln, ça va? 東京 " * 20)
+            frame = json.dumps(
+                {"type": "conversation.item.create", "event_id": "evt_utf8", "item": item},
+                ensure_ascii=False,
+            )
+            await caller.socket.send(frame)
+            await caller.wait_for("conversation.item.created")
+            after = await scrape()
+        finally:
+            await caller.close()
+    assert len(frame.encode()) > len(frame), "the frame has characters of more than one byte"
+    assert sent(after) - sent(before) == len(frame.encode())
