@@ -132,7 +132,7 @@ class WebhookDelivery(models.Model):
         FAILED = "failed"  # retried for the whole window without a 2xx
 
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
-    event_id = models.BigIntegerField(help_text="The event's id (also the webhook-id, evt_<id>).")
+    event_id = models.BigIntegerField(help_text="The event's id; the webhook-id is evt_ and this id.")
     event_type = models.CharField(max_length=32)
     payload = models.TextField(help_text="The body sent, as JSON.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from html.parser import HTMLParser
 
 import pytest
 from django.db import connection
@@ -163,6 +164,31 @@ def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_m
     shown = [text.index(what) for what in ("750 ms", "HTTP 502: bad gateway", "connection refused")]
     assert shown == sorted(shown), "the newest attempt (3, 750 ms) first, the first one last"
     assert "500 ms" in text and "250 ms" in text, "each attempt's duration"
+
+
+class _VisibleText(HTMLParser):
+    """The text a browser shows of a page: what is outside its tags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+@pytest.mark.django_db
+def test_a_deliverys_page_shows_each_fields_help_as_written(client, django_user_model):
+    """The admin does not escape help texts: one with a tag-like word in it (`<id>`) lost it."""
+    client.force_login(django_user_model.objects.create_superuser("root", password=None))
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=1)
+    page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
+    reader = _VisibleText()
+    reader.feed(page.text)
+    visible = "".join(reader.parts)
+    helps = [f.help_text for f in WebhookDelivery._meta.fields if f.help_text]
+    assert helps and all(str(help) in visible for help in helps), helps
 
 
 @pytest.mark.django_db
