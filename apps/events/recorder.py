@@ -419,6 +419,7 @@ class BatchRecorder:
                     "status": event.get("status"),
                     "end_reason": event.get("reason") or "",
                     "end_code": event.get("code"),
+                    "ended_at": datetime.fromtimestamp(event["at"], tz=UTC),
                 }
             else:
                 continue

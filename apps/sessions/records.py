@@ -124,6 +124,7 @@ def session_ended(
         "status": status,
         "reason": reason,
         "code": code,
+        "at": at,
     }
     return op
 

@@ -70,6 +70,26 @@ def test_transitions_merged_in_one_batch_each_carry_their_own_state():
     ended = events[7]["session"]
     assert ended["status"] == "ended" and ended["end_reason"] == "caller_closed"
     assert ended["origin_counts"]["caller"] == 1
+    assert ended == LiveSession.objects.get(pk=key).to_dict(), "the Session as the REST hook has it"
+    assert ended["ended_at"] == datetime.fromtimestamp(at + 1, UTC).isoformat()
+
+
+def test_a_session_that_fails_before_it_goes_live_ends_with_its_end_time():
+    """Opened and failed in one batch (the upstream could not be reached): its `session.ended`
+    has the session as it ended, `ended_at` included, not as it was opened."""
+    key, at = uuid.uuid4(), datetime.now(UTC).timestamp()
+    history.submit(records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=at))
+    history.submit(
+        records.session_ended(
+            key=key, status="failed", reason="upstream_closed", code=1011, detail="refused", at=at + 2
+        )
+    )
+    history.flush_sync()
+
+    opened, ended = (e["session"] for e in events_of(key))
+    assert opened["ended_at"] is None
+    assert ended["ended_at"] == datetime.fromtimestamp(at + 2, UTC).isoformat(), ended
+    assert ended == LiveSession.objects.get(pk=key).to_dict()
 
 
 def test_the_actor_taking_in_a_stored_request_is_no_transition():
