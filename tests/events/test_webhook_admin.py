@@ -153,12 +153,17 @@ def _delivery_with_attempts(endpoint: WebhookEndpoint, event_id: int, **fields) 
     return delivery
 
 
-@pytest.mark.django_db
-def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_model):
+def _delivery_page_for_root(client, django_user_model, *, attempts: int):
+    """A delivered delivery's admin page, as a superuser sees it."""
     client.force_login(django_user_model.objects.create_superuser("root", password=None))
     endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
-    delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=3)
-    page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
+    delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=attempts)
+    return client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
+
+
+@pytest.mark.django_db
+def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_model):
+    page = _delivery_page_for_root(client, django_user_model, attempts=3)
     assert page.status_code == 200
     text = page.text
     shown = [text.index(what) for what in ("750 ms", "HTTP 502: bad gateway", "connection refused")]
@@ -180,10 +185,7 @@ class _VisibleText(HTMLParser):
 @pytest.mark.django_db
 def test_a_deliverys_page_shows_each_fields_help_as_written(client, django_user_model):
     """The admin does not escape help texts: one with a tag-like word in it (`<id>`) lost it."""
-    client.force_login(django_user_model.objects.create_superuser("root", password=None))
-    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
-    delivery = _delivery_with_attempts(endpoint, 7, status="delivered", attempts=1)
-    page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/")
+    page = _delivery_page_for_root(client, django_user_model, attempts=1)
     reader = _VisibleText()
     reader.feed(page.text)
     visible = "".join(reader.parts)
