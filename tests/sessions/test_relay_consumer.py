@@ -376,8 +376,11 @@ async def test_an_upstream_refusal_naming_the_key_reaches_no_caller_log_or_conso
         assert (await communicator.connect(timeout=5))[0]
         error = (await communicator.receive_json_from(timeout=5))["error"]
         closed = await communicator.receive_output(timeout=5)
+        await communicator.disconnect()
     assert error["message"].endswith("Incorrect API key provided: [redacted]. Sent: [redacted]")
-    session = await LiveSession.objects.order_by("-started_at").afirst()
+    await history.flush()  # the session's rows are written by the history writer
+    session = await LiveSession.objects.filter(end_detail__contains="Incorrect API key").afirst()
+    assert session is not None, "the refusal is recorded as the session's end"
     for text in (error["message"], closed.get("reason", ""), session.end_detail, caplog.text):
         assert relay_settings.OPENAI_API_KEY not in text and masked not in text
 
