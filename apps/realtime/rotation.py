@@ -68,7 +68,9 @@ When it does not go
 Ids
   The fresh session is given the caller's item ids; an upstream that assigned others would be
   mapped (`renamed`: caller id → upstream id) and translated both ways. The public session id
-  stays the first `session.id`: a `session.updated` from a later upstream carries it. Response
+  stays the first `session.id`: a `session.updated` from a later upstream carries it. So does
+  the conversation id: every upstream session has a conversation of its own (`conv_…`), and a
+  later upstream's responses carry the one the caller saw first (`conversation_id`). Response
   ids are not replayed (responses are over by then), so none needs translating.
 
 Spoken turns become text on the fresh session (the protocol cannot create audio content
@@ -354,6 +356,9 @@ class Rotation:
         self.holding = False  # replaying: the core holds the caller's and operators' inputs
         self.due_at: float | None = None
         self.session_ids: list[str] = []
+        # The conversation id (`conv_…`) of the first in-conversation response the caller saw:
+        # each upstream session has a conversation of its own, the caller one.
+        self.conversation_id: str | None = None
         self.renamed: dict[str, str] = {}  # caller item id → upstream item id, where they differ
         self.renamed_back: dict[str, str] = {}
         self.textified: set[str] = set()  # items that were audio for the caller, text upstream
@@ -443,6 +448,9 @@ class Rotation:
             response = event.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
                 self.responses.add(response["id"])
+                conversation_id = response.get("conversation_id")
+                if self.conversation_id is None and isinstance(conversation_id, str):
+                    self.conversation_id = conversation_id
             self.turn_pending = None
         elif kind == "response.done":
             response = event.get("response")
@@ -661,9 +669,19 @@ class Rotation:
         }
 
     def outward(self, event: dict[str, Any], public_session_id: str | None) -> bool:
-        """An upstream event on its way to the caller after a rotation: the caller's item ids
-        and the public session id put back. Returns whether anything changed."""
+        """An upstream event on its way to the caller after a rotation: the caller's item ids,
+        the public session id and conversation id put back. Returns whether anything changed."""
         changed = False
+        response = event.get("response")
+        if (
+            isinstance(response, dict)
+            and public_session_id is not None
+            and isinstance(response.get("conversation_id"), str)
+            and self.conversation_id is not None
+            and response["conversation_id"] != self.conversation_id
+        ):
+            response["conversation_id"] = self.conversation_id
+            changed = True
         session = event.get("session")
         if (
             isinstance(session, dict)

@@ -647,3 +647,32 @@ def test_every_acknowledgement_of_the_replay_is_read_before_the_swap_and_ids_sta
     deleted = core.upstream_frame(frame("conversation.item.deleted", item_id=up_agent), now=7.3)
     assert [json.loads(a.frame)["item_id"] for a in deleted] == ["item_a1"]
     assert core.rotation.state.conversation.ids == ["item_u1"]
+
+
+def test_the_conversation_id_the_caller_saw_stays_the_same_after_a_rotation():
+    """Each upstream session has a conversation of its own (`conv_…`): the responses of a
+    fresh one carry the id the caller's first responses carried, as without a rotation."""
+    core = make_core()
+    core.upstream_attached(now=0.0)
+    core.upstream_frame(frame("session.created", session=SESSION), now=0.0)
+    first = {"id": "resp_1", "conversation_id": "conv_1", "status": "completed", "output": []}
+    core.upstream_frame(frame("response.created", response=first), now=1.0)
+    core.upstream_frame(frame("response.done", response=first), now=1.0)
+    converse(core)
+    open_fresh(core)
+    core.tick(now=6.0)
+    fresh_ready(core, now=6.2)
+    later = {"id": "resp_9", "conversation_id": "conv_2", "status": "completed", "output": []}
+    seen = []
+    for kind in ("response.created", "response.done"):
+        actions = core.upstream_frame(frame(kind, response=later), now=7.0)
+        seen += [json.loads(a.frame) for a in actions if isinstance(a, ToCaller)]
+    assert [(e["type"], e["response"]["conversation_id"]) for e in seen] == [
+        ("response.created", "conv_1"),
+        ("response.done", "conv_1"),
+    ]
+    # An out-of-band response has none, and keeps none.
+    none = {"id": "resp_10", "conversation_id": None, "status": "completed", "output": []}
+    actions = core.upstream_frame(frame("response.created", response=none), now=8.0)
+    assert [json.loads(a.frame)["response"]["conversation_id"] for a in actions
+            if isinstance(a, ToCaller)] == [None]
