@@ -368,8 +368,9 @@ class Rotation:
         self._held: list[tuple[str, Any]] = []
         self._ready_by: float | None = None
         self._fresh_id: str | None = None
-        # Item ids sent to the fresh session and not yet acknowledged there, in order.
-        self._awaiting: dict[str, None] = {}
+        # Item ids sent to the fresh session and not yet acknowledged there, in order, with
+        # the type of each (and a message's role).
+        self._awaiting: dict[str, tuple[Any, Any]] = {}
         self._acknowledged_ids: set[str] = set()  # the fresh session's ids of those that were
         self._last_replayed: str | None = None  # the caller's id of the last item replayed
         self._drain_id: str | None = None  # the fresh session's id of it, once retrieved
@@ -523,7 +524,7 @@ class Rotation:
             }
             if previous is not None:
                 create["previous_item_id"] = previous
-            self._awaiting[item["id"]] = None
+            self._awaiting[item["id"]] = _kind(item)
             self._last_replayed = item["id"]
             if spoken and item.get("role") == "assistant":
                 self._textified_next.add(item["id"])
@@ -549,7 +550,8 @@ class Rotation:
             self._config_confirmed = True
         elif kind in ACKNOWLEDGING_TYPES:
             item = event.get("item")
-            self._acknowledged(item.get("id") if isinstance(item, dict) else None)
+            if isinstance(item, dict):
+                self._acknowledged(item)
             if not self._awaiting and self._drain_id is None and self._last_replayed is not None:
                 return [self._drain()], False
         elif kind == "conversation.item.retrieved" and self._drain_id is not None:
@@ -566,16 +568,25 @@ class Rotation:
             return [], False
         return self._swapped(now), True
 
-    def _acknowledged(self, given: Any) -> None:
-        """An acknowledgement naming `given` (an upstream item id): the first for an item
-        counts it; a later one (`.added` after `.created`, `.done`) is set-up and only read."""
+    def _acknowledged(self, item: dict[str, Any]) -> None:
+        """An acknowledgement of `item` (with an upstream item id): the first for an item
+        counts it; a later one (`.added` after `.created`, `.done`) is set-up and only read. An
+        item of another kind than the next awaited is the upstream's own (the tool list of an
+        MCP server the configuration names): it acknowledges nothing."""
+        given = item.get("id")
         if not isinstance(given, str) or given in self._acknowledged_ids:
             return
         if given in self._awaiting:
             ours = given
         elif self._awaiting:
-            # The upstream named it itself: the caller's id is mapped to the upstream's.
             ours = next(iter(self._awaiting))
+            kind, role = _kind(item)
+            expected_kind, expected_role = self._awaiting[ours]
+            if (kind is not None and kind != expected_kind) or (
+                role is not None and role != expected_role
+            ):
+                return
+            # The upstream named it itself: the caller's id is mapped to the upstream's.
             self._renamed_next[ours] = given
             self._renamed_back_next[given] = ours
         else:
@@ -719,6 +730,11 @@ def _turn_detection(session: dict[str, Any]) -> tuple[bool, bool]:
         return True, False
     creates = not isinstance(detection, dict) or detection.get("create_response") is not False
     return False, creates
+
+
+def _kind(item: dict[str, Any]) -> tuple[Any, Any]:
+    """An item's type and, for a message, its role (None where not given)."""
+    return item.get("type"), item.get("role")
 
 
 def _upstream_id(value: Any) -> str:

@@ -676,3 +676,33 @@ def test_the_conversation_id_the_caller_saw_stays_the_same_after_a_rotation():
     actions = core.upstream_frame(frame("response.created", response=none), now=8.0)
     assert [json.loads(a.frame)["response"]["conversation_id"] for a in actions
             if isinstance(a, ToCaller)] == [None]
+
+
+def test_an_item_the_fresh_upstream_adds_itself_is_not_taken_for_a_replayed_one():
+    """A session with an MCP tool: the fresh upstream lists its tools when the configuration
+    is replayed (an `mcp_list_tools` item of its own) before it acknowledges the replay. That
+    item acknowledges nothing: the caller's ids keep naming their own items."""
+    core = started()
+    open_fresh(core)
+    core.tick(now=6.0)
+    fresh = core.rotation
+    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
+    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    listed = {"id": "mcpl_9", "type": "mcp_list_tools", "server_label": "kb", "tools": []}
+    actions = fresh.fresh_frame(
+        frame("conversation.item.added", previous_item_id=None, item=listed), now=6.1
+    )
+    actions += fresh.fresh_frame(frame("mcp_list_tools.completed", item_id="mcpl_9"), now=6.1)
+    actions += fresh.fresh_frame(
+        frame("conversation.item.done", previous_item_id=None, item=listed), now=6.1
+    )
+    assert actions == []
+    for item in (USER_ITEM, AGENT_ITEM):
+        for kind in GA_ACKS:
+            actions += fresh.fresh_frame(frame(kind, item=item), now=6.2)
+    assert summary(actions) == ["fresh conversation.item.retrieve item_a1"]
+    drained = fresh.fresh_frame(frame("conversation.item.retrieved", item=AGENT_ITEM), now=6.3)
+    assert summary(drained) == ["swap sess_2", "sessions sess_1,sess_2"]
+    assert fresh.state.renamed == {}
+    retrieve = frame("conversation.item.retrieve", item_id="item_u1")
+    assert core.caller_frame(retrieve, now=7.0) in (None, [], [ToUpstream(frame=retrieve)])
