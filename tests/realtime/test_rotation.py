@@ -155,6 +155,17 @@ def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list
     return core.rotation.fresh_frame(retrieved, now=now)
 
 
+def configured_fresh(core: RelayCore):
+    """The rotation is due and replayed; the fresh session is created and configured (its
+    items are not yet acknowledged): the core's rotator."""
+    open_fresh(core)
+    core.tick(now=6.0)
+    fresh = core.rotation
+    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
+    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    return fresh
+
+
 def open_fresh(core: RelayCore, now: float = 4.5) -> None:
     """`prewarm` (1.5 s) before the rotation is due, the fresh leg is opened and attached;
     nothing is replayed yet."""
@@ -468,11 +479,7 @@ def test_across_rotations_every_caller_frame_and_request_goes_upstream_once_in_o
 
 def test_an_upstream_that_names_the_replayed_items_itself_is_translated_both_ways():
     core = started()
-    open_fresh(core)
-    core.tick(now=6.0)
-    fresh = core.rotation
-    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
-    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    fresh = configured_fresh(core)
     acks = []
     for named in ("up_1", "up_2"):  # created and added name the same item: mapped once
         for kind in ("conversation.item.created", "conversation.item.added"):
@@ -683,11 +690,7 @@ def test_an_item_the_fresh_upstream_adds_itself_is_not_taken_for_a_replayed_one(
     is replayed (an `mcp_list_tools` item of its own) before it acknowledges the replay. That
     item acknowledges nothing: the caller's ids keep naming their own items."""
     core = started()
-    open_fresh(core)
-    core.tick(now=6.0)
-    fresh = core.rotation
-    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
-    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    fresh = configured_fresh(core)
     listed = {"id": "mcpl_9", "type": "mcp_list_tools", "server_label": "kb", "tools": []}
     actions = fresh.fresh_frame(
         frame("conversation.item.added", previous_item_id=None, item=listed), now=6.1
