@@ -45,6 +45,8 @@ ORDER_LOCK = 0x6F636576
 _SESSION_EVENTS = {
     "session.opened": "session.opened",
     "session.live": "session.live",
+    # A rotation changes the session's `upstream_sessions`.
+    "session.rotated": "session.updated",
     "session.ended": "session.ended",
 }
 _REQUEST_EVENTS = {"request.created", "request.status"}

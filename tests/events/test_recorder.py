@@ -256,3 +256,18 @@ def test_a_batch_whose_events_cannot_be_prepared_forgets_what_it_would_change(mo
     monkeypatch.setattr(recorder, "_prepare", broken)
     assert recorder.prepare([records.request_status(request_id="req_x", status="sent", at=at)]) is None
     assert recorder.known.sessions == {} and recorder.known.requests == {}
+
+
+def test_a_rotation_is_a_session_updated_with_the_upstream_sessions_so_far():
+    """`Session.upstream_sessions` changes at each rotation: the stream says so, as it says
+    every other change of a session, with the whole session."""
+    key, at = uuid.uuid4(), datetime.now(UTC).timestamp()
+    history.submit(records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=at))
+    history.submit(records.session_identified(key=key, upstream_id="sess_a", instructions="", at=at))
+    history.flush_sync()
+    history.submit(records.upstream_sessions(key=key, session_ids=["sess_a", "sess_b"]))
+    history.flush_sync()
+    events = events_of(key)
+    assert [e["type"] for e in events] == ["session.opened", "session.live", "session.updated"]
+    updated = events[-1]["session"]
+    assert (updated["id"], updated["upstream_sessions"]) == ("sess_a", ["sess_a", "sess_b"])
