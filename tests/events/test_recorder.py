@@ -103,8 +103,11 @@ def test_the_actor_taking_in_a_stored_request_is_no_transition():
 
 
 def test_a_lost_session_ends_with_its_requests_in_the_log():
-    now = datetime.now(UTC)
-    old = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    # Judged as of a later time rather than stamped in the past: a Daphne of this process's
+    # earlier tests, on the same database, sweeps as of the real time, and would find a
+    # heartbeat in the past stale and fail the session itself before this sweep does.
+    old = datetime.now(UTC)
+    now = old + timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
     session = LiveSession.objects.create(
         upstream_id="sess_lost", model="gpt-realtime", status="live", process_id="elsewhere:1", heartbeat_at=old
     )

@@ -23,6 +23,17 @@ from tests.support.servers import start_side_by_side
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def judged_later(settings) -> tuple[datetime, datetime]:
+    """(`now`, `later`): a heartbeat stamped `now` is stale for a sweep judging as of `later`.
+
+    The tests below sweep as of `later` rather than stamp heartbeats in the past: a Daphne that
+    earlier tests of this process started serves the same database, and its own sweep (every
+    few seconds, as of the real time) would otherwise fail the test's stale rows itself
+    between the test's write and its sweep; to it, a heartbeat stamped `now` is fresh."""
+    now = datetime.now(UTC)
+    return now, now + timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+
+
 @pytest.fixture
 def two_processes(simulator, transactional_db):
     env = {
@@ -79,8 +90,7 @@ async def test_kill_9_of_the_holding_process_fails_its_session_and_requests_with
 def test_the_sweep_spares_fresh_heartbeats_and_its_own_sessions(transactional_db, settings):
     from apps.sessions.process import PROCESS_ID
 
-    now = datetime.now(UTC)
-    old = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    old, now = judged_later(settings)
     rows = {
         "sess_dead": dict(process_id="elsewhere:1", heartbeat_at=old),
         "sess_fresh": dict(process_id="elsewhere:2", heartbeat_at=now),
@@ -105,12 +115,12 @@ def test_a_late_end_from_a_held_up_holder_leaves_the_sweeps_record_standing(
 ):
     from apps.sessions import records
 
-    old = datetime.now(UTC) - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    old, now = judged_later(settings)
     session = LiveSession.objects.create(
         upstream_id="sess_held_up", model="gpt-realtime", status="live",
         process_id="elsewhere:1", heartbeat_at=old,
     )
-    assert list(sweep_lost_sessions()) == ["sess_held_up"]
+    assert list(sweep_lost_sessions(now=now)) == ["sess_held_up"]
     swept = LiveSession.objects.get(pk=session.pk)
     # The holder resumes and ends the session itself, as its caller left meanwhile.
     records.session_ended(
@@ -131,8 +141,7 @@ def test_a_restarted_process_whose_host_and_pid_repeat_sweeps_its_predecessors_s
     import os
     import socket
 
-    now = datetime.now(UTC)
-    old = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    old, now = judged_later(settings)
     predecessor = f"{socket.gethostname()}:{os.getpid()}"
     session = LiveSession.objects.create(
         upstream_id="sess_before_restart", model="gpt-realtime", status="live",
@@ -157,7 +166,9 @@ async def test_after_losing_the_database_a_process_judges_no_heartbeat_for_a_whi
     from apps.sessions import housekeeping as module
 
     settings.OC_HEARTBEAT_INTERVAL, settings.OC_SESSION_STALE_AFTER = 0.5, 1.0
-    old = datetime.now(UTC) - timedelta(seconds=5)
+    # Stale for this test's 1 s, fresh for the 10 s of a Daphne of this process's earlier
+    # tests that serves the same database (its sweep would otherwise fail the row first).
+    old = datetime.now(UTC) - timedelta(seconds=2)
     await LiveSession.objects.acreate(
         upstream_id="sess_other", model="gpt-realtime", status="live",
         process_id="elsewhere:1", heartbeat_at=old,
