@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -11,13 +12,21 @@ from apps.sessions.history import CreateRow, HistoryWriter, UpdateRow, merge
 from apps.sessions.models import LiveSession, ResponseRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
-T0 = 1_800_000_000.0
 
 
-def _session_ops(key):
+@pytest.fixture
+def t0() -> float:
+    """The time the test's session opens: now. Its heartbeat is stamped then, and a heartbeat
+    in the past would be stale to the sweep of a Daphne that earlier tests of this process
+    started on the same database, which would fail the live session under the test (a fixed
+    date was in the future when written, and would have become such a past)."""
+    return time.time()
+
+
+def _session_ops(key, t0):
     return [
-        records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=T0),
-        records.session_identified(key=key, upstream_id=f"sess_{key.hex[:8]}", instructions="I", at=T0 + 1),
+        records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=t0),
+        records.session_identified(key=key, upstream_id=f"sess_{key.hex[:8]}", instructions="I", at=t0 + 1),
     ]
 
 
@@ -36,9 +45,9 @@ def _request_ops(key, request_id, at):
     ]
 
 
-def test_merge_folds_a_rows_transitions_into_its_insert():
+def test_merge_folds_a_rows_transitions_into_its_insert(t0):
     key = uuid.uuid4()
-    merged = merge(_session_ops(key) + _request_ops(key, "req_a", T0))
+    merged = merge(_session_ops(key, t0) + _request_ops(key, "req_a", t0))
     assert [type(op) for op in merged] == [CreateRow, CreateRow]
     row = merged[1].instance
     assert (row.status, row.response_id, row.output_text) == ("completed", "resp_1", "done")
@@ -64,13 +73,13 @@ def _apply(writer: HistoryWriter, operations) -> None:
     writer.flush_sync()
 
 
-def test_writes_land_in_order_with_every_field():
+def test_writes_land_in_order_with_every_field(t0):
     writer = HistoryWriter()
     key = uuid.uuid4()
-    _apply(writer, _session_ops(key) + _request_ops(key, "req_b", T0))
+    _apply(writer, _session_ops(key, t0) + _request_ops(key, "req_b", t0))
     # Later transitions of an existing row, in a separate batch: the UPDATE path.
-    _apply(writer, _request_ops(key, "req_c", T0 + 10)[:1])
-    _apply(writer, _request_ops(key, "req_c", T0 + 10)[1:])
+    _apply(writer, _request_ops(key, "req_c", t0 + 10)[:1])
+    _apply(writer, _request_ops(key, "req_c", t0 + 10)[1:])
     session = LiveSession.objects.get(id=key)
     assert (session.status, session.instructions) == ("live", "I")
     for request_id in ("req_b", "req_c"):
@@ -80,35 +89,35 @@ def test_writes_land_in_order_with_every_field():
         assert row.created_at < row.sent_at < row.started_at < row.finished_at
 
 
-def test_a_bad_operation_does_not_take_the_rest_of_its_batch_with_it():
+def test_a_bad_operation_does_not_take_the_rest_of_its_batch_with_it(t0):
     writer = HistoryWriter()
     key = uuid.uuid4()
-    _apply(writer, _session_ops(key))
+    _apply(writer, _session_ops(key, t0))
     ops = [
         CreateRow(LiveSession(id=key, model="again")),  # primary key taken: fails
-        *_request_ops(key, "req_d", T0),
+        *_request_ops(key, "req_d", t0),
     ]
     _apply(writer, ops)
     assert writer.failures == 1
     assert ResponseRequest.objects.get(id="req_d").status == "completed"
 
 
-def test_session_end_fails_whatever_is_still_pending():
+def test_session_end_fails_whatever_is_still_pending(t0):
     writer = HistoryWriter()
     key = uuid.uuid4()
-    _apply(writer, _session_ops(key) + _request_ops(key, "req_e", T0)[:2])
-    _apply(writer, [records.session_ended(key=key, status="failed", reason="relay_error", code=None, detail="gone", at=T0 + 9)])
+    _apply(writer, _session_ops(key, t0) + _request_ops(key, "req_e", t0)[:2])
+    _apply(writer, [records.session_ended(key=key, status="failed", reason="relay_error", code=None, detail="gone", at=t0 + 9)])
     row = ResponseRequest.objects.get(id="req_e")
     assert (row.status, row.error_code) == ("failed", "session_ended")
 
 
-def test_updates_of_several_rows_with_different_fields_land_in_one_batch():
+def test_updates_of_several_rows_with_different_fields_land_in_one_batch(t0):
     writer = HistoryWriter()
     key = uuid.uuid4()
-    _apply(writer, _session_ops(key) + [
-        _request_ops(key, request_id, T0)[0] for request_id in ("req_f", "req_g", "req_h")
+    _apply(writer, _session_ops(key, t0) + [
+        _request_ops(key, request_id, t0)[0] for request_id in ("req_f", "req_g", "req_h")
     ])
-    f, g, h = (_request_ops(key, request_id, T0) for request_id in ("req_f", "req_g", "req_h"))
+    f, g, h = (_request_ops(key, request_id, t0) for request_id in ("req_f", "req_g", "req_h"))
     _apply(writer, [f[1], g[1], g[2], h[1], h[2], h[3], records.session_updated(key=key, instructions="J")])
     rows = {row.id: row for row in ResponseRequest.objects.filter(id__in=["req_f", "req_g", "req_h"])}
     assert (rows["req_f"].status, rows["req_f"].response_id) == ("sent", "")
