@@ -53,9 +53,13 @@ async def test_a_stream_busy_after_the_revoke_still_ends_within_the_keepalive(
     waiting = asyncio.ensure_future(anext(stream))
     the_hub = hub()
     await eventually(lambda: the_hub.everything)
+    joined = time.monotonic()  # the stream looks at its token a keep-alive after it joined
     await sync_to_async(api_token_revoke)(token=token)
     revoked = time.monotonic()
-    await asyncio.sleep(1.7)  # an event comes just before the stream would look at its token
+    # An event comes just before the stream would look at its token: timed from the join, not
+    # from the revoke, whose write may take a while on a loaded machine (past the look, the
+    # stream would answer its keep-alive before the event came).
+    await asyncio.sleep(max(0.0, joined + 1.7 - time.monotonic()))
     event = (the_hub.cursor + 1, uuid.uuid4(), "request.status", '{"type":"request.status"}')
     the_hub._hand_out([event])
     assert b"request.status" in await waiting
