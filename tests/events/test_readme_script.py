@@ -9,12 +9,25 @@ import re
 import sys
 
 import httpx
+import psutil
 import pytest
 
 from tests.support.callers import SocketCaller, until_live
 from tests.support.servers import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+async def _connected(pid: int, port: int, timeout: float = 30.0) -> None:
+    """Until process `pid` holds a connection to `port`. Timed by the process itself: starting
+    Python and httpx took a moment that a busy machine stretches to seconds, and the script
+    follows the session from the moment its stream is asked for, missing what came before."""
+    async with asyncio.timeout(timeout):
+        while True:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+            if any(c.raddr and c.raddr.port == port for c in connections):
+                return
+            await asyncio.sleep(0.05)
 
 
 def readme_script() -> str:
@@ -39,7 +52,8 @@ async def test_the_readme_script_nudges_on_the_keyword_and_ends_with_the_session
         sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        await asyncio.sleep(3.0)  # the script has started and follows
+        await _connected(process.pid, daphne.port)  # the script has started: it follows from now
+        await asyncio.sleep(2.0)  # and a moment for its stream to be asked for and joined
         await caller.say("I would like a refund.")
         try:
             await caller.wait_for("response.done", timeout=15)
