@@ -220,10 +220,9 @@ async def test_every_attempt_of_a_delivery_is_kept_with_its_outcome_and_times(se
     worker = WebhookWorker()
     try:
         for n in (1, 2, 3):
-            # The attempt may be another worker's: a Daphne that earlier tests of this process
-            # started serves the same database, and its worker takes what is due when its round
-            # comes; the log is the same whoever made it. That worker schedules a retry with its
-            # own OC_WEBHOOK_RETRY_BASE (5 s, not 0.01), so the retry is made due here by hand.
+            # Each retry is made due here by hand, whoever scheduled it: the test Daphnes send no
+            # webhooks (OC_WEBHOOK_SEND), but one that did would schedule with its own retry
+            # base (5 s) and make the attempt itself; the log is the same whoever made it.
             deadline = time.monotonic() + 5  # a busy machine may lag
             while await _attempts(endpoint) < n:
                 assert time.monotonic() < deadline, f"attempt {n} did not happen"
