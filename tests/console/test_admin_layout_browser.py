@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from apps.events.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from apps.sessions.models import LiveSession, ResponseRequest
 from tests.console.conftest import PASSWORD, SCREENSHOTS
 
@@ -153,4 +154,57 @@ async def test_a_shortened_session_id_stays_on_one_line(chromium, daphne):
            .map((span) => span.getClientRects().length)"""
     )
     assert lines == [1, 1, 1], f"a session id broke over lines: {lines}"
+    await context.close()
+
+
+def _delivery_with_attempts() -> int:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook", cursor=0)
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event_id=1, event_type="session.live", payload="{}", attempts=2
+    )
+    now = timezone.now()
+    for number in (1, 2):
+        WebhookAttempt.objects.create(
+            delivery=delivery, number=number, started_at=now, finished_at=now,
+            error="ConnectError: All connection attempts failed",
+        )  # fmt: skip
+    return delivery.pk
+
+
+async def test_an_inlines_words_break_between_words_on_a_phone(chromium, daphne):
+    """A delivery's attempts at 390 px: five columns in a narrow table. Words broken anywhere
+    made the columns as narrow as a letter ("Con/nect/Error"); on a phone words break where
+    they must only, and a table wider than the screen scrolls in its own box."""
+    pk = await sync_to_async(_delivery_with_attempts)()
+    context, page = await _admin(chromium, daphne)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.goto(f"{daphne.http_url}/admin/oc_events/webhookdelivery/{pk}/change/")
+    await page.screenshot(path=str(SCREENSHOTS / "admin-delivery-phone.png"), full_page=True)
+    words, broken = await page.evaluate(
+        """() => {
+             let words = 0;
+             const broken = [];
+             for (const cell of document.querySelectorAll('.inline-group td.field-error')) {
+               const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+               for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+                 for (const match of text.data.matchAll(/\\S+/g)) {
+                   const range = document.createRange();
+                   range.setStart(text, match.index);
+                   range.setEnd(text, match.index + match[0].length);
+                   words += 1;
+                   if (range.getClientRects().length > 1) broken.push(match[0]);
+                 }
+               }
+             }
+             return [words, broken];
+           }"""
+    )
+    assert words == 10, f"{words} words in the two attempts' errors"
+    assert broken == [], f"words broken over lines: {broken}"
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide"
+    box = page.locator(".inline-group").last
+    fits = await box.evaluate("(box) => box.scrollWidth <= box.clientWidth")
+    assert fits, "the attempts fit the screen without scrolling"
     await context.close()
