@@ -8,7 +8,8 @@ several transitions of an existing row are one UPDATE (later fields win, as they
 
 The thread keeps its database connection open across batches (opening SQLite and setting its
 pragmas per batch cost more than the writes) and reopens it only after an error.
-`flush()` waits until everything handed in so far is committed (tests, shutdown).
+`flush()` waits until everything handed in so far is committed (tests, shutdown), and
+`pending()` says how much is not yet (`GET /healthz`).
 
 A batch that fails while the database does not answer (restarted, failing over, the network
 gone) waits for it and is written then, whole: the operations behind it wait in order, and
@@ -77,6 +78,8 @@ class HistoryWriter:
 
     def __init__(self) -> None:
         self._pending: deque[Operation] = deque()  # append/popleft are thread-safe
+        # Operations taken from `_pending` and not yet committed (set by the writer's thread).
+        self._in_hand = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -94,6 +97,13 @@ class HistoryWriter:
         self._pending.append(operation)
         if not self._wake.is_set():
             self._wake.set()
+
+    def pending(self) -> int:
+        """How many operations handed in are not committed yet: 0 once everything is.
+
+        An operation is counted in hand before it leaves the queue, and the queue is read
+        first, so an uncommitted one is never missed (one on its way may count twice)."""
+        return len(self._pending) + self._in_hand
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until every operation submitted before this call has been committed."""
@@ -138,10 +148,12 @@ class HistoryWriter:
             while pending:
                 batch = []
                 while pending and len(batch) < _MAX_BATCH:
+                    self._in_hand += 1
                     batch.append(pending.popleft())
                 recorder = self.recorder
                 events = recorder.prepare(batch) if recorder is not None else None
                 self._apply(merge(batch), events)
+                self._in_hand = 0
                 if events_log.isEnabledFor(logging.INFO):
                     for operation in batch:
                         event = getattr(operation, "event", None)

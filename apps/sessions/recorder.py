@@ -229,6 +229,10 @@ class RecorderThread:
                 self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
                 self._thread.start()
 
+    def pending(self) -> int:
+        """How many recordings are not written yet (being made, or being saved)."""
+        return len(self._watched)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything handed in so far is written (tests, shutdown)."""
         with self._lock:
@@ -258,3 +262,7 @@ _writer = RecorderThread()
 
 def flush(timeout: float = 10.0) -> bool:
     return _writer.flush(timeout)
+
+
+def pending() -> int:
+    return _writer.pending()

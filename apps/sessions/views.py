@@ -12,6 +12,8 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from apps.sessions import recorder
+from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import housekeeping
 from apps.sessions.process import PROCESS_ID
 
@@ -19,12 +21,17 @@ READY_TIMEOUT = 2.0
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """The process is up and serving; with what it holds (for operators and leak checks)."""
+    """The process is up and serving; with what it holds (for operators and leak checks), and
+    what it has still to write: the history's operations not yet committed, the recordings
+    not yet saved. Once all three are 0 its sessions' rows are final, and stopping it loses
+    nothing (a drain script waits for that)."""
     return JsonResponse(
         {
             "status": "ok",
             "process": PROCESS_ID,
             "sessions": len(housekeeping().holders),
+            "history_pending": history.pending(),
+            "recordings_pending": recorder.pending(),
             "tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
             "open_files": _open_files(),

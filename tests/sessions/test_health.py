@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import httpx
 import pytest
 
+from apps.sessions import recorder
+from apps.sessions.history import writer as history
+from apps.sessions.models import LiveSession
+from apps.sessions.recorder import Recording
 from operator_console.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,6 +36,33 @@ async def test_healthz_counts_the_sessions_the_process_holds(caller):
     """The caller-churn leak test reads leaked sessions from this count: it must count one."""
     health = (await _get("/healthz")).json()
     assert health["sessions"] == 1, health
+
+
+async def test_healthz_counts_the_history_writes_not_yet_committed():
+    """A drain script (and the suite's `wait_quiet`) reads "nothing left to write" from it."""
+    await history.flush()
+    started, release = threading.Event(), threading.Event()
+    history.submit(lambda: (started.set(), release.wait(5)))
+    try:
+        assert await asyncio.to_thread(started.wait, 5), "the writer took the blocking write"
+        history.submit(lambda: None)  # waits behind it
+        health = (await _get("/healthz")).json()
+        assert health["history_pending"] == 2, "one being written, one waiting"
+    finally:
+        release.set()
+    await history.flush()
+    assert (await _get("/healthz")).json()["history_pending"] == 0
+
+
+async def test_healthz_counts_the_recordings_not_yet_saved(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    session = await LiveSession.objects.acreate(model="gpt-realtime", upstream_id="sess_health")
+    recording = Recording(session.id, started_at=0.0)
+    recording.add(0, bytes(4800), 0.1)
+    assert (await _get("/healthz")).json()["recordings_pending"] == 1, "a call being recorded"
+    recording.finish(at=0.5)
+    assert await asyncio.to_thread(recorder.flush, 5)
+    assert (await _get("/healthz")).json()["recordings_pending"] == 0, "saved"
 
 
 async def test_readyz_is_503_naming_the_part_that_fails(settings):
