@@ -136,10 +136,31 @@ def daphne(django_db_setup, django_db_blocker, simulator):
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _daphne_quiet_before_flush(request):
+    """A test that used the shared `daphne` ends only once that server is quiet (`wait_quiet`):
+    the sessions the test drove through it have ended and their rows are written. Otherwise
+    those rows could be committed after the test's database is emptied (a transactional test's
+    teardown), as strays in the next test of the worker.
+
+    This fixture's teardown runs before that emptying: it is set up after pytest-django's own
+    (its autouse fixture, for a `django_db` mark) or sets up `transactional_db` itself first;
+    and after the test's other fixtures are torn down (its callers closed)."""
+    if "daphne" not in request.fixturenames:
+        yield
+        return
+    if "transactional_db" in request.fixturenames:
+        request.getfixturevalue("transactional_db")
+    server = request.getfixturevalue("daphne")
+    yield
+    server.wait_quiet()
+
+
 @pytest.fixture
-def daphne_with(django_db_setup, django_db_blocker, simulator):
+def daphne_with(transactional_db, django_db_blocker, simulator):
     """daphne_with(**env) → a Daphne of the test's own (as `daphne`, with these settings);
-    stopped after the test."""
+    stopped after the test, before its database is emptied (`transactional_db`, set up first,
+    is torn down after): a stopping Daphne ends its sessions and writes them before it exits."""
     started: list[DaphneProcess] = []
 
     def start(**env: str) -> DaphneProcess:

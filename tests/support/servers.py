@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -35,6 +37,7 @@ EMBEDDED_SIMULATOR = pytest.mark.xdist_group("embedded-simulator")
 
 
 BOOT_TIMEOUT = 30.0  # seconds for a Daphne to listen
+QUIET_TIMEOUT = 10.0  # seconds for a Daphne's sessions to end and their rows to be written
 
 
 def free_port() -> int:
@@ -137,6 +140,30 @@ class DaphneProcess:
                     break
                 time.sleep(0.1)
         raise RuntimeError(f"daphne did not listen within {timeout:g}s:\n{self.output()}")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=5) as response:
+            return json.loads(response.read())
+
+    def wait_quiet(self, timeout: float = QUIET_TIMEOUT) -> None:
+        """Wait until the server holds no sessions and has written all it had to (`/healthz`):
+        from then on it writes nothing to the database unasked (its housekeeping's sweep and
+        pruning aside). A test whose callers it served waits for this before the database is
+        emptied for the next test: an ending session's rows, committed after that, would be
+        the next test's strays."""
+        deadline = time.monotonic() + timeout
+        while True:  # looks at least once, however little time is left
+            health = self.health()
+            busy = {k: health[k] for k in ("sessions", "history_pending", "recordings_pending")}
+            if not any(busy.values()):
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        raise AssertionError(
+            f"daphne on port {self.port} was not quiet within {timeout:g}s ({busy}): a test "
+            f"left a session of it live?\n{self.output()[-3000:]}"
+        )
 
     def output(self) -> str:
         self.log.flush()
