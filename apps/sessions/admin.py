@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from apps.events.flow import flow_of
 from apps.sessions import costs, export, recordings, selectors
-from apps.sessions.models import END_REASON_WORDS, ApiToken, LiveSession, ResponseRequest
+from apps.sessions.models import END_REASON_WORDS, LISTEN, ApiToken, LiveSession, ResponseRequest
 from apps.sessions.tokens import api_token_create, api_token_name_problem, api_token_revoke
 
 
@@ -183,6 +183,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     readonly_fields = [
         *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "cost", "history", "as_json", "recording_player",
+        "recording_withheld",
     ]
     fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
@@ -254,6 +255,25 @@ class LiveSessionAdmin(ReadOnlyAdmin):
                 "timeline": recordings.recording_timeline(obj),
             },
         )
+
+    def get_fieldsets(self, request, obj=None):
+        """The recording is the conversation itself: as on the console, only users who may
+        listen to sessions get its player; others are told there is one (a player whose audio
+        the server refuses them would be a button they cannot use)."""
+        if request.user.has_perm(LISTEN):
+            return self.fieldsets
+        return tuple(
+            (title, {**options, "fields": tuple(
+                "recording_withheld" if name == "recording_player" else name for name in options["fields"]
+            )})
+            for title, options in self.fieldsets
+        )
+
+    @admin.display(description="recording")
+    def recording_withheld(self, obj):
+        if not obj.recording:
+            return self.recording_player(obj)
+        return "Recorded. Hearing it needs the permission “Can listen to live sessions”."
 
     @admin.display(description="response history")
     def history(self, obj):

@@ -256,6 +256,25 @@ def test_the_session_page_and_the_admin_play_the_recording_with_its_timeline(med
     assert "data-recording" in page and 'data-seek="1.5"' in page
 
 
+def test_admin_staff_who_may_not_listen_get_no_player_for_a_recording(media, client):
+    """The admin's session page offers the recording only to those the WAV is served to."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    session = _recorded("sess_staff", seconds=1.0)
+    staff = get_user_model().objects.create_user("auditor", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_livesession"))
+    client.force_login(staff)
+    page = client.get(f"/admin/oc_sessions/livesession/{session.id}/change/").content.decode()
+    assert client.get("/console/sessions/sess_staff/recording.wav").status_code == 403
+    assert "data-recording" not in page and "recording.wav" not in page, "a player they cannot play"
+    assert "Hearing it needs the permission" in page, "the page says there is a recording"
+
+    staff.user_permissions.add(Permission.objects.get(codename="listen_session"))
+    page = client.get(f"/admin/oc_sessions/livesession/{session.id}/change/").content.decode()
+    assert "data-recording" in page and "/console/sessions/sess_staff/recording.wav" in page
+
+
 @pytest.fixture
 def recorded(relay_settings, media):
     relay_settings.OC_RECORD_AUDIO = True
