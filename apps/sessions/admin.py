@@ -257,14 +257,18 @@ class LiveSessionAdmin(ReadOnlyAdmin):
         )
 
     def get_fieldsets(self, request, obj=None):
-        """The recording is the conversation itself: as on the console, only users who may
-        listen to sessions get its player; others are told there is one (a player whose audio
-        the server refuses them would be a button they cannot use)."""
-        if request.user.has_perm(LISTEN):
-            return self.fieldsets
+        """Only what the user may follow. The recording is the conversation itself: as on the
+        console, only users who may listen to sessions get its player; others are told there
+        is one (a player whose audio the server refuses them would be a button they cannot
+        use). The link to the session's requests is for users who may view requests."""
+        swap = {}
+        if not request.user.has_perm(LISTEN):
+            swap["recording_player"] = "recording_withheld"
+        if not self.admin_site.get_model_admin(ResponseRequest).has_view_permission(request):
+            swap["history"] = None
         return tuple(
             (title, {**options, "fields": tuple(
-                "recording_withheld" if name == "recording_player" else name for name in options["fields"]
+                swap.get(name, name) for name in options["fields"] if swap.get(name, name)
             )})
             for title, options in self.fieldsets
         )

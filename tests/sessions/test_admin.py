@@ -51,6 +51,22 @@ def test_staff_sees_a_sessions_history_inline(staff_client, history):
     assert b"req_admin1" in page.content and b"Offer the refund." in page.content
 
 
+def test_staff_who_may_view_sessions_but_not_requests_get_no_link_to_the_requests(client, history):
+    """The session page links to its requests only for users the request list answers."""
+    from django.contrib.auth.models import Permission
+
+    viewer = get_user_model().objects.create_user("auditor", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_livesession"))
+    client.force_login(viewer)
+    requests = reverse("admin:oc_sessions_responserequest_changelist")
+    assert client.get(requests).status_code == 403
+    page = client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/").content.decode()
+    assert requests not in page, "a link to a list that refuses them"
+
+    viewer.user_permissions.add(Permission.objects.get(codename="view_responserequest"))
+    page = client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/").content.decode()
+    assert f"{requests}?session__id__exact={history.pk}" in page
+
 def test_history_is_searchable_filterable_and_shows_the_timeline(staff_client, history):
     found = staff_client.get("/admin/oc_sessions/responserequest/?q=T-7&status__exact=completed&origin__exact=api")
     assert found.status_code == 200 and b"req_admin1" in found.content
