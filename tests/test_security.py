@@ -71,6 +71,26 @@ async def test_logging_out_closes_the_operators_open_console_socket(operator_coo
     assert not (await again.connect(timeout=5))[0], "the old session cookie no longer opens a socket"
 
 
+@pytest.mark.parametrize("change", ["turned off", "deleted"])
+async def test_an_operator_turned_off_or_deleted_loses_their_open_console_socket(operator_cookie, change):
+    """An admin turns off (or deletes) the account of an operator whose console is open: the
+    socket closes at once, as at a logout, instead of steering on until it reconnects."""
+    console = WebsocketCommunicator(
+        application,
+        "/ws/console/",
+        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
+    )
+    assert (await console.connect(timeout=5))[0]
+    user = await get_user_model().objects.aget(username="op")
+    if change == "turned off":
+        user.is_active = False
+        await user.asave()
+    else:
+        await user.adelete()
+    closed = await console.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+
+
 async def test_a_console_post_without_the_csrf_token_is_refused(operator_cookie, caller):
     async with _http(operator_cookie) as http:
         forged = await http.post(f"/console/sessions/{caller.session_id}/responses", data={"instructions": "x"})

@@ -1,5 +1,7 @@
 """An operator who logs out loses their live sockets too, in every process, and is told on
-the login page that they signed out."""
+the login page that they signed out. So does one whose account is turned off or deleted
+(in the admin, say) while their sockets are open: a new socket would be refused them, and
+one already open must not go on steering or hearing a call."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from apps.console.consumers import user_group
@@ -20,8 +24,22 @@ log = logging.getLogger(__name__)
 def close_console_sockets(sender, request, user, **kwargs) -> None:
     # Kept in the messages cookie, which the logout's flush of the session leaves.
     messages.info(request, "You have signed out.", fail_silently=True)
-    if user is None:
-        return
+    if user is not None:
+        _close_sockets_of(user)
+
+
+@receiver(post_save, sender=get_user_model())
+def close_sockets_of_a_turned_off_user(sender, instance, **kwargs) -> None:
+    if not instance.is_active:
+        _close_sockets_of(instance)
+
+
+@receiver(post_delete, sender=get_user_model())
+def close_sockets_of_a_deleted_user(sender, instance, **kwargs) -> None:
+    _close_sockets_of(instance)
+
+
+def _close_sockets_of(user) -> None:
     try:
         async_to_sync(get_channel_layer().group_send)(user_group(user.pk), {"type": "user.logged_out"})
     except Exception as exc:  # the socket's session is gone anyway: its next reconnect is refused
