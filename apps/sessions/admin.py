@@ -162,10 +162,12 @@ _SESSION_GROUPS = {
     None: ("id", "upstream_id", "console", "status", "kind", "model", "label", "connected_by"),
     "Times": ("started_at", "ended_at", "heartbeat_at"),
     "End": ("ended_because", "end_reason", "end_code", "end_detail"),
-    "Recording": ("recording_player", "recording_seconds"),
+    "Recording": ("recording_player", "recording_length"),
 }
-# Shown by the player instead: the file and the timeline.
-_grouped = {name for names in _SESSION_GROUPS.values() for name in names} | {"recording", "recording_transcript"}
+# Shown by the player and its length instead: the file, the timeline, the seconds.
+_grouped = {name for names in _SESSION_GROUPS.values() for name in names} | {
+    "recording", "recording_transcript", "recording_seconds"
+}
 SESSION_FIELDSETS = (
     *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
     ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "cost", "history")}),
@@ -183,7 +185,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     readonly_fields = [
         *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "cost", "history", "as_json", "recording_player",
-        "recording_withheld",
+        "recording_withheld", "recording_length",
     ]
     fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
@@ -272,6 +274,14 @@ class LiveSessionAdmin(ReadOnlyAdmin):
             )})
             for title, options in self.fieldsets
         )
+
+    @admin.display(description="length")
+    def recording_length(self, obj):
+        """The recording's length to the second, as a person reads it (`5 min 33 s`)."""
+        if obj.recording_seconds is None:
+            return None  # the admin's empty value
+        minutes, seconds = divmod(round(obj.recording_seconds), 60)
+        return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
     @admin.display(description="recording")
     def recording_withheld(self, obj):

@@ -262,6 +262,17 @@ def test_the_end_reason_shows_in_words_with_its_code_and_detail(staff_client):
     assert b"Ended because" in detail.content, "under its own label"
 
 
+@pytest.mark.parametrize(("seconds", "shown"), [(333.0588333333333, "5 min 33 s"), (4.4, "4 s")])
+def test_a_recordings_length_reads_in_minutes_and_seconds(staff_client, seconds, shown):
+    session = LiveSession.objects.create(
+        id=uuid.uuid4(), upstream_id="sess_admin_rec", model="gpt-realtime", status="ended",
+        recording_seconds=seconds,
+    )
+    page = staff_client.get(f"/admin/oc_sessions/livesession/{session.pk}/change/").content.decode()
+    assert f'<div class="readonly">{shown}</div>' in page
+    assert f">{seconds}<" not in page, "not the stored float"
+
+
 def test_an_awkward_session_id_is_text_in_the_admin(staff_client):
     awkward = "sess/<b>x</b>\"'&%2F"
     session = LiveSession.objects.create(id=uuid.uuid4(), upstream_id=awkward, model="gpt-realtime", status="live")
