@@ -263,17 +263,16 @@ class LiveSessionAdmin(ReadOnlyAdmin):
         console, only users who may listen to sessions get its player; others are told there
         is one (a player whose audio the server refuses them would be a button they cannot
         use). The link to the session's requests is for users who may view requests."""
-        swap = {}
+        instead: dict[str, str | None] = {}  # field → the one shown instead (None: none)
         if not request.user.has_perm(LISTEN):
-            swap["recording_player"] = "recording_withheld"
+            instead["recording_player"] = "recording_withheld"
         if not self.admin_site.get_model_admin(ResponseRequest).has_view_permission(request):
-            swap["history"] = None
-        return tuple(
-            (title, {**options, "fields": tuple(
-                swap.get(name, name) for name in options["fields"] if swap.get(name, name)
-            )})
-            for title, options in self.fieldsets
-        )
+            instead["history"] = None
+        fieldsets = []
+        for title, options in self.fieldsets:
+            shown = (instead.get(name, name) for name in options["fields"])
+            fieldsets.append((title, {**options, "fields": tuple(f for f in shown if f)}))
+        return fieldsets
 
     @admin.display(description="length")
     def recording_length(self, obj):
