@@ -54,7 +54,6 @@ from apps.sessions.process import PROCESS_ID
 log = logging.getLogger(__name__)
 
 OPERATOR_ORIGINS = (ResponseRequest.Origin.CONSOLE, ResponseRequest.Origin.API)
-OPEN_STATUSES = (LiveSession.Status.CONNECTING, LiveSession.Status.LIVE)
 # A request younger than this is left to its ping.
 GRACE = timedelta(seconds=0.5)
 # Other apps' upkeep, run by every process at its housekeeping's start and then every
@@ -221,7 +220,7 @@ def _reach_database() -> None:
 
 
 def _beat(keys: list[uuid.UUID]) -> int:
-    return LiveSession.objects.filter(id__in=keys, status__in=OPEN_STATUSES).update(
+    return LiveSession.objects.filter(id__in=keys, status__in=LiveSession.OPEN).update(
         heartbeat_at=datetime.now(UTC), process_id=PROCESS_ID
     )
 
@@ -239,7 +238,7 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER)
     stale = list(
-        LiveSession.objects.filter(status__in=OPEN_STATUSES, heartbeat_at__lt=cutoff)
+        LiveSession.objects.filter(status__in=LiveSession.OPEN, heartbeat_at__lt=cutoff)
         .exclude(process_id=PROCESS_ID)
         .values_list("id", "upstream_id")
     )
@@ -248,7 +247,7 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
         with transaction.atomic():
             # Conditional: another process's sweep, or a late heartbeat, may have come first.
             claimed = LiveSession.objects.filter(
-                id=key, status__in=OPEN_STATUSES, heartbeat_at__lt=cutoff
+                id=key, status__in=LiveSession.OPEN, heartbeat_at__lt=cutoff
             ).update(
                 status=LiveSession.Status.FAILED,
                 end_reason="session_lost",

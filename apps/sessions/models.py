@@ -40,6 +40,8 @@ class LiveSession(models.Model):
         ENDED = "ended"
         FAILED = "failed"
 
+    OPEN = (Status.CONNECTING, Status.LIVE)  # not ended yet
+
     class Kind(models.TextChoices):
         RELAY = "relay", "Relay"  # the caller connected to /v1/realtime
         WEBRTC = "webrtc", "WebRTC"

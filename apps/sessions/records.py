@@ -88,16 +88,13 @@ def upstream_sessions(*, key: uuid.UUID, session_ids: list[str]):
     )
 
 
-OPEN = (LiveSession.Status.CONNECTING, LiveSession.Status.LIVE)
-
-
 def session_ended(
     *, key: uuid.UUID, status: str, reason: str, code: int | None, detail: str, at: float
 ):
     def op() -> None:
         # The first end stands: a sweep that found the session lost while this process was
         # held up has told everyone so already (the actor then ends it too: `RelayCore.lost`).
-        LiveSession.objects.filter(id=key, status__in=OPEN).update(
+        LiveSession.objects.filter(id=key, status__in=LiveSession.OPEN).update(
             status=status, end_reason=reason, end_code=code, end_detail=detail, ended_at=_dt(at)
         )
         # The actor has already failed every pending request it knew; this is the safety net
