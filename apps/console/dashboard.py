@@ -5,13 +5,14 @@ so a view is a link: it works without JavaScript (the filter form is a GET form,
 headings are links) and the page's script sends the same parameters over its socket to get
 the same view live. Only non-default parameters are written back into links.
 
-The feed reads every live session once per tick for all viewers of a process; each viewer's
-page is cut from that one read here, in memory (a thousand summaries filter and sort in a few
-milliseconds), and sent only when it changed.
+The feed reads every live session once per tick for all viewers of a process; each view's
+page (one for all the operators on it) is cut from that one read here, in memory (a thousand
+summaries filter and sort in a few milliseconds), and sent only when it changed.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -30,6 +31,8 @@ def _text(value: Any) -> str:
     return str(value or "").casefold()
 
 
+# The same labels and ids are sorted tick after tick: each is split once.
+@functools.lru_cache(maxsize=20_000)
 def _natural(value: Any) -> tuple:
     """Text that sorts as people read it: "Customer 9" before "Customer 10"."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", _text(value)))
@@ -141,10 +144,14 @@ class View:
             return False
         return not self.origin or session["origin_counts"].get(self.origin, 0) > 0
 
-    def page_of(self, sessions: Iterable[dict]) -> dict[str, Any]:
+    def page_of(
+        self, sessions: Iterable[dict], figures: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """This view's page of `sessions` (newest first as given), with what the page shows
-        around the rows: how many match, which page of how many, the filters' choices."""
+        around the rows: how many match, which page of how many, the filters' choices.
+        `figures` are `fleet(sessions)`, when the caller cuts several pages from one read."""
         everything = list(sessions)
+        figures = figures or fleet(everything)
         chosen = [s for s in everything if self.matches(s)]
         # Stable sorts: newest first within equal keys, whichever way the column goes.
         chosen.sort(key=lambda s: s["started_at"], reverse=True)
@@ -153,17 +160,30 @@ class View:
         pages = max(1, -(-len(chosen) // PAGE_SIZE))
         page = min(self.page, pages)
         start = (page - 1) * PAGE_SIZE
+        models = figures["models"]
+        if self.model and self.model not in models:
+            models = sorted([*models, self.model])
         return {
             "rows": chosen[start : start + PAGE_SIZE],
             "total": len(chosen),
-            "live": len(everything),
+            "live": figures["live"],
             "page": page,
             "pages": pages,
             "first": start + 1 if chosen else 0,
             "last": min(start + PAGE_SIZE, len(chosen)),
-            "models": sorted({s["model"] for s in everything} | ({self.model} if self.model else set())),
-            "cost_usd": fleet_cost(everything),
+            "models": models,
+            "cost_usd": figures["cost_usd"],
         }
+
+
+def fleet(sessions: list[dict]) -> dict[str, Any]:
+    """What every view's page shows of all the live sessions alike: how many, which models,
+    what they have cost."""
+    return {
+        "live": len(sessions),
+        "models": sorted({s["model"] for s in sessions}),
+        "cost_usd": fleet_cost(sessions),
+    }
 
 
 def fleet_cost(sessions: Iterable[dict]) -> float | None:

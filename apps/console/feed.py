@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from apps.console.dashboard import View
+from apps.console.dashboard import View, fleet
 from apps.sessions import selectors
 from apps.sessions.db import db_async, log_failure
 from apps.sessions.loops import per_loop
@@ -58,9 +58,12 @@ def summaries() -> list[dict[str, Any]]:
     return [summary(session) for session in selectors.live_sessions(limit=MAX_LIVE)]
 
 
-def page_message(view: View, sessions: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
+def page_message(
+    view: View, sessions: list[dict], stats: dict[str, Any], figures: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What a dashboard socket is sent: its page, and the top-line figures."""
-    return {"type": "sessions", **view.page_of(sessions), "stats": stats, "view": view.params()}
+    page = view.page_of(sessions, figures)
+    return {"type": "sessions", **page, "stats": stats, "view": view.params()}
 
 
 def _read() -> tuple[dict[str, dict], dict[str, Any]]:
@@ -124,8 +127,11 @@ class Feed:
             return
         self._sessions, self._stats = sessions, stats
         everything = list(sessions.values())
+        figures = fleet(everything)
+        pages: dict[View, dict[str, Any]] = {}  # operators on the same view share its page
         for viewer, view in list(self.viewers.items()):
-            message = page_message(view, everything, stats)
+            if (message := pages.get(view)) is None:
+                message = pages[view] = page_message(view, everything, stats, figures)
             if message != self._sent.get(viewer):
                 await self._send(viewer, message)
 

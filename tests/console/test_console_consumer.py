@@ -313,3 +313,40 @@ async def test_a_change_of_view_is_cut_from_the_feeds_latest_read():
     for watching in (viewer, newcomer):
         feed.discard(watching)
     feed._task.cancel()
+
+
+async def test_operators_on_the_same_view_share_one_page_a_read(monkeypatch):
+    """A read cuts one page per distinct view, however many operators watch it; the figures
+    of the whole fleet (how many live, which models, the cost) are counted once and are the
+    same on every page, and a model named in a link stays among the choices."""
+    from asgiref.sync import sync_to_async
+
+    from apps.console.dashboard import View
+    from apps.console.feed import Feed
+
+    def live() -> None:
+        for n, model in enumerate(("gpt-realtime", "gpt-realtime", "gpt-realtime-mini")):
+            LiveSession.objects.create(upstream_id=f"sess_share_{n}", model=model, status="live")
+
+    await sync_to_async(live)()
+    feed = Feed(interval=3600)  # reads when the test says, not on a clock
+    crowd, alone = [_Viewer() for _ in range(5)], _Viewer()
+    for viewer in crowd:
+        await feed.add(viewer)
+    await feed.add(alone, View(model="gpt-4o-realtime-preview"))
+    cut = []
+    real_page_of = View.page_of
+    monkeypatch.setattr(View, "page_of", lambda view, *a: cut.append(view) or real_page_of(view, *a))
+    await sync_to_async(LiveSession.objects.filter(upstream_id="sess_share_0").update)(label="x")
+    await feed.once()
+
+    assert sorted(view.model for view in cut) == ["", "gpt-4o-realtime-preview"]
+    pages = [viewer.pages[-1] for viewer in (*crowd, alone)]
+    assert all(page == pages[0] for page in pages[:5])
+    assert [row["label"] for row in pages[0]["rows"] if row["id"] == "sess_share_0"] == ["x"]
+    assert pages[-1]["rows"] == [] and pages[-1]["live"] == pages[0]["live"] == 3
+    assert pages[0]["models"] == ["gpt-realtime", "gpt-realtime-mini"]
+    assert pages[-1]["models"] == ["gpt-4o-realtime-preview", "gpt-realtime", "gpt-realtime-mini"]
+    for viewer in (*crowd, alone):
+        feed.discard(viewer)
+    feed._task.cancel()
