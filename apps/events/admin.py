@@ -62,12 +62,18 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ("url", "active", "types", "description", "created_at")
     list_filter = ("active",)
     search_fields = ("url", "description")
-    readonly_fields = ("signing_secret", "cursor", "created_at")
+    readonly_fields = ("signing_secret", "signing_secret_withheld", "cursor", "created_at")
     actions = ["roll_secret"]
 
     def get_fields(self, request, obj=None):
         fields = ["url", "description", "event_types", "active"]
-        return fields + (["signing_secret", "cursor", "created_at"] if obj is not None else [])
+        if obj is None:
+            return fields
+        # Whoever has the secret can sign a delivery the receivers take for ours: it is shown
+        # to those who may change the endpoint (and roll it), not to those who may only look.
+        may_change = self.has_change_permission(request, obj)
+        return [*fields, "signing_secret" if may_change else "signing_secret_withheld",
+                "cursor", "created_at"]
 
     @admin.display(description="types")
     def types(self, obj: WebhookEndpoint) -> str:
@@ -89,6 +95,10 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             obj.secret,
             overlap,
         )
+
+    @admin.display(description="signing secret")
+    def signing_secret_withheld(self, obj: WebhookEndpoint) -> str:
+        return "Shown to staff who may change webhook endpoints."
 
     @admin.action(
         description="Roll the signing secret (the old one also signs for a day)",

@@ -215,3 +215,20 @@ def test_the_attempts_are_pruned_with_their_delivery(settings):
     assert not [q for q in queries if "payload" in q["sql"]], "no delivery's body was read"
     assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [kept.pk]
     assert set(WebhookAttempt.objects.values_list("delivery", flat=True)) == {kept.pk}
+
+
+@pytest.mark.django_db
+def test_the_signing_secret_is_shown_only_to_staff_who_may_change_the_endpoint(
+    client, django_user_model
+):
+    """The secret signs deliveries: staff who may only view endpoints could forge one with it."""
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    page = f"/admin/oc_events/webhookendpoint/{endpoint.pk}/change/"
+    _staff_who_may(client, django_user_model, "view_webhookendpoint")
+    viewer = client.get(page).content.decode()
+    assert endpoint.url in viewer, "the viewer should see the endpoint"
+    assert endpoint.secret not in viewer
+    assert "Shown to staff who may change webhook endpoints." in viewer
+
+    client.force_login(django_user_model.objects.create_superuser("root", password=None))
+    assert endpoint.secret in client.get(page).content.decode()
