@@ -314,11 +314,11 @@ async def event_stream_response(
     if last_event_id is not None:
         gap = await db_async(check_resume)(last_event_id)
     if session_key is not None and session.status in ENDED:
-        # Nothing more will come unless the client has not yet seen the end, or it is gone.
-        # (What comes after the end, a relabelling, is for /events: this stream ends there.)
-        pending = last_event_id is not None and await db_async(ended_after)(
-            last_event_id, session_key
-        )
+        # Nothing more will come unless the client has not yet seen the end (it was committed
+        # after `after`: after Last-Event-ID, or after the newest event read just above), or
+        # it is gone. (What comes after the end, a relabelling, is for /events: this stream
+        # ends there.)
+        pending = await db_async(ended_after)(after, session_key)
         if not pending:
             return HttpResponse(status=204) if gap is None else _event_stream(_ended_after(gap))
     token_id = getattr(getattr(request, "auth", None), "pk", None)

@@ -104,6 +104,33 @@ async def test_a_session_that_ends_as_its_stream_opens_still_ends_the_stream():
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_a_session_that_ends_between_the_streams_two_reads_sends_its_end(monkeypatch):
+    """A new stream starts after the newest event, then reads the session: an end committed
+    between the two is the stream's to send. It answered 204, as for an end before the stream."""
+    from apps.events import stream
+
+    session = await sync_to_async(LiveSession.objects.create)(
+        upstream_id="sess_ends_between", model="gpt-realtime", status=LiveSession.Status.LIVE
+    )
+    real_session_found = stream.session_found
+
+    def ends_first(session_id: str):
+        _end(session)
+        return real_session_found(session_id)
+
+    monkeypatch.setattr(stream, "session_found", ends_first)
+    response = await event_stream_response(
+        types.SimpleNamespace(), session_id="sess_ends_between", last_event_id=None
+    )
+    assert response.status_code == 200
+    sent = []
+    async with asyncio.timeout(3):
+        async for chunk in response.streaming_content:
+            sent.append(chunk)
+    assert b"session.ended" in sent[-1]
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_a_session_relabelled_after_its_end_has_its_stream_end_there_still():
     """Its `session.updated` comes after its `session.ended`: resumed after the end, the
     session's stream answers 204 (it followed the relabelling, for ever); before, it ends
