@@ -208,3 +208,19 @@ async def test_an_inlines_words_break_between_words_on_a_phone(chromium, daphne)
     fits = await box.evaluate("(box) => box.scrollWidth <= box.clientWidth")
     assert fits, "the attempts fit the screen without scrolling"
     await context.close()
+
+
+async def test_a_signing_secrets_help_starts_under_the_secret(chromium, daphne):
+    """The help under a webhook endpoint's secret took Django's indent for a field's help a
+    second time, inside the value's own column: it began 170 px right of the secret."""
+    pk = await sync_to_async(_delivery_with_attempts)()
+    endpoint = await WebhookEndpoint.objects.aget(deliveries__pk=pk)
+    context, page = await _admin(chromium, daphne)
+    await page.goto(f"{daphne.http_url}/admin/oc_events/webhookendpoint/{endpoint.pk}/change/")
+    await page.screenshot(path=str(SCREENSHOTS / "admin-webhook-secret.png"))
+    secret = await page.locator(".field-signing_secret .readonly code").first.bounding_box()
+    help_text = await page.locator(".field-signing_secret .readonly p.help").bounding_box()
+    assert abs(help_text["x"] - secret["x"]) <= 1, (
+        f"the help starts at {help_text['x']:.0f} px, the secret at {secret['x']:.0f} px"
+    )
+    await context.close()
