@@ -29,6 +29,7 @@ from apps.console.consumers import user_group
 from apps.sessions import groups, selectors
 from apps.sessions.consumers import DropsSendsToClosedSockets, SurvivesLayerOutages
 from apps.sessions.db import db_async
+from apps.sessions.listening import LISTEN_AUDIO
 from apps.sessions.models import LISTEN, LiveSession
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,16 @@ class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebso
                 log.warning("leaving the listen group failed on %s: %r", self.channel_name, exc)
 
     # ------------------------------------------------------------------ from the actor
+
+    async def dispatch(self, message) -> None:
+        # Channels closes stale database connections before every handler, through a hop to
+        # its one database thread: the call's audio (25 pieces a second or more) would wait
+        # there behind any slow query of the process. Audio touches no database, so it skips
+        # that hop, as the relay's frames do (`RelayConsumer.dispatch`).
+        if message["type"] == LISTEN_AUDIO:
+            await self.listen_audio(message)
+        else:
+            await super().dispatch(message)
 
     async def listen_audio(self, message) -> None:
         await self.send(bytes_data=message["bytes"])

@@ -100,6 +100,22 @@ async def test_a_listener_hears_the_callers_audio_from_listen_started_on(caller,
     await bob.disconnect()
 
 
+async def test_a_listener_hears_the_call_while_the_database_thread_is_busy(caller, cookies):
+    """Channels hops to its one database thread before each message a consumer handles; a
+    listener's audio (25 pieces a second or more) waited there behind any slow query of the
+    process. Audio touches no database: it goes straight to the listener."""
+    listener = await _started(caller.session_id, cookies["ann"])
+    busy = asyncio.ensure_future(sync_to_async(time.sleep)(3))  # the thread Channels hops to
+    await asyncio.sleep(0.05)
+    spoken = _tone(960)
+    await caller.send(_append(spoken))
+    frame = await _binary(listener, timeout=1.5)
+    assert frame[1:] == spoken
+    assert not busy.done(), "the database thread was busy all along"
+    await busy
+    await listener.disconnect()
+
+
 async def test_a_burst_of_small_appends_reaches_a_listener_whole_and_in_order(caller, cookies):
     listener = await _started(caller.session_id, cookies["ann"])
     pieces = [n.to_bytes(2, "little") * 240 for n in range(400)]  # 10 ms each, numbered
