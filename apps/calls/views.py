@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,7 +60,7 @@ def from_any_page(view: View) -> View:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response = HttpResponse(status=204)
             response["Access-Control-Allow-Methods"] = "POST"
-            response["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response["Access-Control-Allow-Headers"] = allowed_headers(request)
             response["Access-Control-Max-Age"] = "600"
         else:
             response = await view(request, *args, **kwargs)
@@ -68,6 +69,24 @@ def from_any_page(view: View) -> View:
         return response
 
     return wrapped
+
+
+# Header names as RFC 9110 has them (a token): what a preflight may ask for and get back.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def allowed_headers(request: HttpRequest) -> str:
+    """The request headers a preflight is allowed: Authorization and Content-Type, and any
+    others it asks for, as the service allows them. The `openai` SDKs send headers of their
+    own with every request (`X-Stainless-Lang`, `X-Stainless-Retry-Count`, ...): a browser
+    whose preflight was refused one of them would not send the offer at all. Allowing them is
+    safe because no cookie is taken (no `Access-Control-Allow-Credentials`)."""
+    allowed = ["Authorization", "Content-Type"]
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    for name in (part.strip() for part in asked.split(",")):
+        if _HEADER_NAME.fullmatch(name) and name.lower() not in {a.lower() for a in allowed}:
+            allowed.append(name)
+    return ", ".join(allowed)
 
 
 def body_too_big(request: HttpRequest) -> JsonResponse | None:

@@ -8,6 +8,8 @@ import json
 import uuid
 
 import httpx
+import httpx2
+import openai
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
@@ -227,6 +229,45 @@ async def test_another_sites_page_may_place_a_call_and_read_the_answer(stand_in,
     assert (refused.status_code, refused["Access-Control-Allow-Origin"]) == (401, "*")
     # A plain OPTIONS (no preflight) is a request like any other: not this endpoint's method.
     assert (await AsyncClient().options("/v1/realtime/calls")).status_code == 405
+
+
+def _headers_the_sdk_sends() -> list[str]:
+    """The names of the headers the `openai` SDK sends with `realtime.calls.create` that a
+    browser's preflight asks about (its JavaScript twin sends the same `X-Stainless-*` ones)."""
+    seen: list[str] = []
+
+    def answer(request):
+        seen.extend(request.headers.keys())
+        location = {"Location": "/v1/realtime/calls/rtc_1"}
+        return httpx2.Response(201, content=b"v=0", headers=location)
+
+    transport = httpx2.MockTransport(answer)
+    http = httpx2.Client(transport=transport)
+    sdk = openai.OpenAI(base_url="http://x.invalid/v1", api_key="k", http_client=http)
+    sdk.realtime.calls.create(sdp=OFFER)
+    # What a browser sets itself (or is safelisted) is never asked about in a preflight.
+    own = {"accept", "accept-encoding", "connection", "content-length", "host", "user-agent"}
+    return [name for name in seen if name.lower() not in own]
+
+
+async def test_a_preflight_allows_the_headers_the_openai_sdk_sends():
+    """A browser app placing its call with the `openai` SDK: a preflight refused any of the
+    SDK's headers would stop the browser from sending the offer at all."""
+    asked = _headers_the_sdk_sends()
+    names = {h.lower() for h in asked}
+    assert {"authorization", "content-type", "x-stainless-retry-count"} <= names
+    preflight = await AsyncClient().options(
+        "/v1/realtime/calls",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": ",".join(asked),
+        },
+    )
+    assert preflight.status_code == 204
+    allowed = {h.strip().lower() for h in preflight["Access-Control-Allow-Headers"].split(",")}
+    assert names <= allowed, preflight["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in preflight
 
 
 def _operator(name: str, *, steers: bool):
