@@ -147,12 +147,14 @@ def _offer(request: HttpRequest) -> tuple[str, dict[str, Any]] | JsonResponse:
         session = {}
         if raw:
             try:
-                session = json.loads(raw)
-            except ValueError:
-                return error(400, "invalid_value", "The session part must be JSON.", param="session")
-            if not isinstance(session, dict):
-                return error(400, "invalid_value", "The session part must be a JSON object.", param="session")
+                session = events.loads(raw)  # nesting too deep is a ValueError too
+            except ValueError as exc:
+                message = f"The session part is not JSON: {exc}."
+                return error(400, "invalid_json", message, param="session")
             try:
+                if not isinstance(session, dict):  # as the key's `session` is refused
+                    expected = "an object (a realtime session configuration)"
+                    raise keys.InvalidParameter.wrong_type("session", expected, session)
                 keys.session_config(session)  # refused as the service refuses it, as a key's is
             except keys.InvalidParameter as invalid:
                 return error(400, invalid.code, invalid.message, param=invalid.param)

@@ -170,6 +170,32 @@ async def test_bad_offers_are_refused_before_the_upstream(stand_in, api_token):
 
 
 @pytest.mark.parametrize(
+    ("part", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ("[" * 5000 + "]" * 5000, "invalid_json"),  # deeper than json.loads can go
+        ("[1]", "invalid_type"),
+        ("null", "invalid_type"),
+    ],
+)
+async def test_a_session_part_that_is_no_json_object_is_a_400_as_for_a_key(
+    stand_in, api_token, part, code
+):
+    """The offer's `session` part is refused with the codes a minted key's `session` gets
+    (`invalid_json`, `invalid_type`): nested too deep for Python's parser is no 500."""
+    response = await AsyncClient().post(
+        "/v1/realtime/calls", {"sdp": OFFER, "session": part},
+        headers={"Authorization": f"Bearer {api_token}"},
+    )
+    assert response.status_code == 400, response.content[:300]
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", code, "session"
+    ), error
+    assert stand_in.requests == [] and stand_in.attached == []
+
+
+@pytest.mark.parametrize(
     ("session", "code", "param"),
     [
         ({"type": "realtime", "temperature": 0.8}, "unknown_parameter", "session.temperature"),
