@@ -18,6 +18,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transa
 
 TERMINAL = {"completed", "cancelled", "incomplete", "failed"}
 LONG = "Please explain the refund policy for damaged parcels, step by step, politely. " * 3
+# A value at the limit without a space (a pasted token, say): a row shows one line of it.
+LONG_VALUE = "z" * 512
 
 
 async def _statuses(page) -> list[str]:
@@ -73,7 +75,8 @@ async def _two_finished_then_a_busy_queue(caller, simulator):
     with simulator.configured(delta_interval=0.4, deltas_per_response=80):
         await caller.say("Third question, a long answer please")
         await caller.wait_for("response.created", 3)
-        await caller.send({"type": "response.create", "response": {"instructions": LONG}})
+        asked = {"instructions": LONG, "metadata": {"pasted": LONG_VALUE}}
+        await caller.send({"type": "response.create", "response": asked})
         await eventually(
             lambda: ResponseRequest.objects.filter(session__upstream_id=caller.session_id, status="queued").exists()
         )
@@ -127,8 +130,14 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     for row in (await page.locator("[data-requests] tr").all())[:4]:
         box = await row.bounding_box()
         assert box["height"] < 130, f"a row is {box['height']} px tall"
-        assert box["y"] + box["height"] <= bottom, "the queue and the latest history are on screen at 1280×800"
+        # What the row shows (its cells, not the padding under them).
+        shown = await row.evaluate(
+            "(r) => Math.max(...[...r.cells].map((c) => c.getBoundingClientRect().bottom))"
+        )
+        assert shown <= bottom, "the queue and the latest history are on screen at 1280×800"
     caller_row = page.locator('[data-requests] tr:has(.origin:text("caller"))[data-status="queued"]')
+    # One line of a long value shows; the whole of it is the metadata's title.
+    await expect(caller_row.locator(".req-metadata")).to_have_attribute("title", f"pasted={LONG_VALUE}")
     await caller_row.locator("summary").click()
     confirm = caller_row.locator("button.danger")
     await expect(confirm).to_be_visible()
@@ -158,6 +167,9 @@ async def test_queue_and_history_fit_the_card_queue_first_history_newest_first(
     statuses = await _statuses(plain.page)
     assert statuses[:3] == ["in_progress", "queued", "queued"] and _queue_then_history(statuses), statuses
     assert (await _ids(plain.page))[3:] == finished[::-1]
+    plain_row = plain.page.locator('[data-requests] tr:has(.origin:text("caller"))[data-status="queued"]')
+    await expect(plain_row.locator(".req-metadata")).to_have_attribute("title", f"pasted={LONG_VALUE}")
+    assert (await plain_row.bounding_box())["height"] < 130, "the server's row is as short"
     assert alice.errors == []
 
 

@@ -61,8 +61,10 @@ function cancelControl(request) {
 // top, who and when below; the status and latency on the right; a cancel under them.
 function requestRow(request) {
   const latency = requestToStart(request);
-  const metadata = request.metadata && Object.keys(request.metadata).length
-    ? el("small", { class: "req-metadata" }, Object.entries(request.metadata).map(([k, v]) => `${k}=${v} `)) : null;
+  const pairs = Object.entries(request.metadata || {}).map(([k, v]) => `${k}=${v}`);
+  // One line of it shows (console.css): the whole of it is its title.
+  const metadata = pairs.length
+    ? el("small", { class: "req-metadata", title: pairs.join(" ") }, pairs.map((pair) => `${pair} `)) : null;
   const reason = request.error?.code || request.error_code;
   const when = el("time", { class: "muted", datetime: request.created_at, text: clock(request.created_at) });
   const asked = request.instructions
