@@ -330,10 +330,20 @@ async def test_add_a_metadata_row_stops_at_fifteen(login, connect_caller, daphne
     await expect(page.locator("[data-metadata-row]")).to_have_count(15)
     await expect(add).to_be_disabled()
     await expect(page.locator('[name="metadata-TOTAL_FORMS"]')).to_have_value("15")
-    await page.locator("[data-remove-row]").nth(3).click()
+    # Each remove button names its row; removing one by keyboard leaves the focus in the form
+    # (on the row that took its place), not at the top of the page.
+    remove = page.locator("[data-remove-row]").nth(3)
+    await expect(remove).to_have_accessible_name("Remove row 4")
+    await remove.focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#metadata-3-key")).to_be_focused()
     await expect(add).to_be_enabled()
     await expect(page.locator('[name="metadata-TOTAL_FORMS"]')).to_have_value("14")
-    await expect(page.locator("[data-metadata-row]").last.locator("input").first).to_have_attribute("name", "metadata-13-key")
+    await page.locator("[data-remove-row]").last.focus()
+    await page.keyboard.press("Enter")  # the last row: the focus goes to the one before it
+    await expect(page.locator("#metadata-12-key")).to_be_focused()
+    await expect(page.locator('[name="metadata-TOTAL_FORMS"]')).to_have_value("13")
+    await expect(page.locator("[data-metadata-row]").last.locator("input").first).to_have_attribute("name", "metadata-12-key")
     assert alice.errors == []
 
 

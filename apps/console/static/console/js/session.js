@@ -534,6 +534,7 @@ function renumberRows() {
       slots[i].dataset.errorFor = name;
       slots[i].id = `err-${name}`;
     });
+    row.querySelector("[data-remove-row]").setAttribute("aria-label", `Remove row ${index + 1}`);
   });
   form.elements.namedItem("metadata-TOTAL_FORMS").value = rows.length;
   addButton.disabled = over || rows.length >= +rowsBox.dataset.maxRows;
@@ -567,9 +568,19 @@ function setUpForm() {
   rowsBox.addEventListener("click", (event) => {
     if (!event.target.matches("[data-remove-row]")) return;
     const row = event.target.closest("[data-metadata-row]");
-    if (rowNodes().length > 1) row.remove();
-    else clearRow(row);
+    const rows = rowNodes();
+    if (rows.length === 1) {
+      clearRow(row);
+      renumberRows();
+      return;
+    }
+    // The button goes with its row: the focus goes to the row that takes its place (or the one
+    // before, for the last), not to the top of the page.
+    const index = rows.indexOf(row);
+    row.remove();
     renumberRows();
+    const next = rowNodes()[Math.min(index, rows.length - 2)];
+    next.querySelector("input").focus();
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
