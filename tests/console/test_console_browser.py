@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from playwright.async_api import expect
 
 from apps.sessions.models import LiveSession, ResponseRequest
 from tests.support.realtime import eventually
+from tests.support.servers import DaphneProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -52,6 +55,36 @@ async def test_a_new_session_appears_on_the_dashboard_without_reload(login, conn
     await caller.socket.close()
     await expect(row).to_have_count(0, timeout=3000)
     assert alice.errors == []
+
+
+async def test_a_server_restart_is_said_once_and_the_dashboard_comes_back_live(login, daphne_with):
+    """The status is a live region: it was written again at every failed retry, so a screen
+    reader said "Reconnecting…" each time (every 10 s for as long as the server was away)."""
+    server = daphne_with()
+    alice = await login("alice")  # on the shared server: the cookie is the host's, any port
+    page = alice.page
+    await page.goto(f"{server.http_url}/console/")
+    status = page.locator("[data-live-status]")
+    await expect(status).to_have_text("Live", timeout=5000)
+    await status.evaluate(
+        """(s) => { window.said = [];
+             new MutationObserver(() => window.said.push(s.textContent))
+               .observe(s, { childList: true, characterData: true, subtree: true }); }"""
+    )
+    refused: asyncio.Queue[str] = asyncio.Queue()
+    page.on("console", lambda m: "ERR_CONNECTION_REFUSED" in m.text and refused.put_nowait(m.text))
+    await asyncio.to_thread(server.stop)
+    async with asyncio.timeout(10):
+        for _ in range(2):  # two retries failed (after 0.5 s, then 1 s)
+            await refused.get()
+    assert await page.evaluate("window.said") == ["Reconnecting…"], "said once, not at each retry"
+    again = await asyncio.to_thread(DaphneProcess, server.env, server.port)
+    try:
+        await expect(status).to_have_text("Live", timeout=10000)
+        assert await page.evaluate("window.said") == ["Reconnecting…", "Live"]
+    finally:
+        await asyncio.to_thread(again.stop)
+    assert [e for e in alice.errors if "ERR_CONNECTION_REFUSED" not in e] == []
 
 
 async def test_nudge_with_metadata_while_a_response_streams(login, connect_caller, daphne, simulator):

@@ -42,9 +42,11 @@ export function connectLive({ subscribe, onMessage, onState }) {
 const STATES = { live: "Live", "logged out": "Logged out: reload to log in", over: "Session over" };
 
 // `words` may rename a state for one page (the session page says "Connected", apart from the
-// session's own "live" badge).
+// session's own "live" badge). The element is a live region: its text is written only when it
+// changes, or a screen reader would say "Reconnecting…" again at every retry.
 export function showState(element, state, words = {}) {
   if (!element) return;
-  element.textContent = words[state] ?? STATES[state] ?? "Reconnecting…";
+  const text = words[state] ?? STATES[state] ?? "Reconnecting…";
+  if (element.textContent !== text) element.textContent = text;
   element.dataset.state = state;
 }
