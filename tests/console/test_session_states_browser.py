@@ -109,6 +109,16 @@ async def test_the_form_resets_and_refusals_take_focus_and_an_end_looks_as_after
     assert alice.errors == []
 
 
+def _iso(moment: str | None) -> str | None:
+    """A moment as the page titles it (JavaScript's toISOString: UTC, milliseconds)."""
+    from datetime import UTC, datetime
+
+    if not moment:
+        return None
+    parsed = datetime.fromisoformat(moment).astimezone(UTC)
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
+
+
 def _ended_session_with_three_requests(kind: str) -> str:
     """An ended session of `kind` with an operator's, a caller's and the server's response,
     each 37 ms (the server's 0 ms) from request to start."""
@@ -143,6 +153,11 @@ async def test_the_script_shows_latency_only_for_a_request_the_console_sent(logi
     shown = dict(await page.locator("[data-requests] tr").evaluate_all(
         "(rows) => rows.map((r) => [r.dataset.request, r.querySelector('.latency').textContent])"
     ))
+    # The script's rows are the server's: each time machine-readable, its full moment its title.
+    times = await page.locator("[data-requests] time").evaluate_all(
+        "(ts) => ts.map((t) => [t.getAttribute('datetime'), t.title])"
+    )
+    assert len(times) == 3 and all(iso and title == _iso(iso) for iso, title in times), times
     caller = "37 ms" if kind == "relay" else ""
     assert shown == {f"req_api_{kind}": "37 ms", f"req_caller_{kind}": caller, f"req_server_{kind}": ""}
     points = 2 if kind == "relay" else 1

@@ -66,7 +66,10 @@ function requestRow(request) {
   const metadata = pairs.length
     ? el("small", { class: "req-metadata", title: pairs.join(" ") }, pairs.map((pair) => `${pair} `)) : null;
   const reason = request.error?.code || request.error_code;
-  const when = el("time", { class: "muted", datetime: request.created_at, text: clock(request.created_at) });
+  // As parts/request_row.html and refreshClocks() have it: `dateTime` is the attribute's
+  // property, and the full moment is the title (the row shows the time of day only).
+  const when = el("time", { class: "muted", dateTime: request.created_at, "data-clock": "",
+    title: new Date(request.created_at).toISOString(), text: clock(request.created_at) });
   const asked = request.instructions
     ? el("span", { class: "asked", title: request.instructions.slice(0, 500), text: truncate(request.instructions, 120) })
     : el("span", { class: "asked muted", text: OPERATORS.has(request.origin) ? "no instructions" : `the ${request.origin}’s own response` });
