@@ -1,0 +1,175 @@
+"""Every client event of the `openai` SDK's union, as the SDK writes it, through the relay to a
+strict upstream that keeps what it is sent (CONTRACT section 1, rules 1 and 2): the relay's
+only changes are the ones the contract names."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+from openai._utils import async_maybe_transform
+from openai.types.realtime import RealtimeClientEventParam
+
+from operator_console.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def sdk_frame(event: dict) -> str:
+    """The text the `openai` SDK's `conn.send(event)` puts on the wire."""
+    return json.dumps(await async_maybe_transform(event, RealtimeClientEventParam))
+
+
+class Upstream:
+    """A bare upstream: names the session, keeps every frame as received, and answers each
+    `response.create` as `answer` says (by default: created and done at once)."""
+
+    def __init__(self) -> None:
+        self.frames: list[str | bytes] = []
+        self.arrived = asyncio.Event()
+        self.socket = None
+        self.responses = 0
+
+    def parsed(self) -> list[dict]:
+        return [json.loads(f) for f in self.frames if isinstance(f, str)]
+
+    async def wait_for(self, n: int, timeout: float = 5.0) -> list[str | bytes]:
+        async with asyncio.timeout(timeout):
+            while len(self.frames) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.frames
+
+    async def created(self, event: dict, *, done: bool = True) -> str:
+        self.responses += 1
+        response_id = f"resp_{self.responses}"
+        response = event.get("response") or {}
+        body = {
+            "object": "realtime.response",
+            "id": response_id,
+            "status": "in_progress",
+            "output": [],
+            "conversation_id": None if response.get("conversation") == "none" else "conv_1",
+            "metadata": response.get("metadata"),
+            "usage": None,
+        }
+        await self.socket.send(json.dumps({"type": "response.created", "event_id": f"ev_c{self.responses}", "response": body}))
+        if done:
+            await self.done(response_id, body)
+        return response_id
+
+    async def done(self, response_id: str, body: dict | None = None, status: str = "completed") -> None:
+        body = {**(body or {"id": response_id, "metadata": None}), "status": status}
+        await self.socket.send(json.dumps({"type": "response.done", "event_id": f"ev_d{response_id}", "response": body}))
+
+    async def answer(self, frame: str | bytes) -> None:
+        if isinstance(frame, str):
+            event = json.loads(frame)
+            if event.get("type") == "response.create":
+                await self.created(event)
+
+    async def serve(self, socket) -> None:
+        self.socket = socket
+        created = {"type": "session.created", "event_id": "ev_0", "session": {"id": "sess_pass", "instructions": "be kind"}}
+        await socket.send(json.dumps(created))
+        async for frame in socket:
+            self.frames.append(frame)
+            self.arrived.set()
+            await self.answer(frame)
+
+
+@contextlib.asynccontextmanager
+async def relayed(relay_settings, token: str, upstream: Upstream, path: str = "/v1/realtime?model=gpt-realtime"):
+    async with websockets.serve(upstream.serve, "127.0.0.1", 0, max_size=None) as server:
+        relay_settings.OC_UPSTREAM_URL = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        communicator = WebsocketCommunicator(
+            application, path, headers=[(b"authorization", f"Bearer {token}".encode())]
+        )
+        assert (await communicator.connect(timeout=5))[0]
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "session.created"
+        try:
+            yield communicator
+        finally:
+            await communicator.disconnect()
+
+
+async def _until(communicator, kind: str, timeout: float = 5.0) -> list[dict]:
+    seen = []
+    while not seen or seen[-1]["type"] != kind:
+        seen.append(await communicator.receive_json_from(timeout=timeout))
+    return seen
+
+
+ITEM = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi ☃"}]}
+
+SDK_EVENTS = [
+    {"type": "session.update", "session": {"type": "realtime", "instructions": "x", "tools": []}},
+    {"type": "conversation.item.create", "item": ITEM, "previous_item_id": "root"},
+    {"type": "conversation.item.create", "item": ITEM, "event_id": "evt_item"},
+    {"type": "conversation.item.retrieve", "item_id": "item_1"},
+    {"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0, "audio_end_ms": 10},
+    {"type": "conversation.item.delete", "item_id": "item_1", "event_id": "evt_del"},
+    {"type": "input_audio_buffer.append", "audio": "AAAA"},
+    {"type": "input_audio_buffer.commit"},
+    {"type": "input_audio_buffer.clear"},
+    {"type": "output_audio_buffer.clear", "event_id": "evt_oac"},
+    {"type": "response.cancel"},
+    {"type": "response.cancel", "response_id": "resp_x", "event_id": "evt_cx"},
+]
+
+
+async def test_every_sdk_client_event_but_response_create_reaches_the_upstream_byte_for_byte(
+    relay_settings, api_token
+):
+    upstream = Upstream()
+    frames = [await sdk_frame(event) for event in SDK_EVENTS]
+    async with relayed(relay_settings, api_token, upstream) as caller:
+        for frame in frames:
+            await caller.send_to(text_data=frame)
+        await caller.send_to(bytes_data=b"\x00binary\xff")
+        assert await upstream.wait_for(len(frames) + 1) == [*frames, b"\x00binary\xff"]
+
+
+FULL_RESPONSE = {
+    "conversation": "auto",
+    "input": [ITEM, {"type": "item_reference", "id": "item_1"}],
+    "instructions": "Be brief ☃",
+    "max_output_tokens": "inf",
+    "metadata": {"topic": "billing"},
+    "output_modalities": ["text"],
+    "prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}, "version": "2"},
+    "tool_choice": {"type": "function", "name": "lookup"},
+    "tools": [{"type": "function", "name": "lookup", "description": "d", "parameters": {"type": "object", "properties": {}}}],
+    "audio": {"output": {"voice": "marin", "format": {"type": "audio/pcm", "rate": 24000}}},
+}
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(FULL_RESPONSE, id="every-field"),
+        pytest.param({**FULL_RESPONSE, "conversation": "none", "max_output_tokens": 50}, id="out-of-band"),
+        pytest.param({"metadata": None, "prompt": None}, id="nulls"),
+        pytest.param(None, id="no-response"),
+    ],
+)
+async def test_a_callers_response_create_reaches_the_upstream_whole_but_for_oc_request(
+    relay_settings, api_token, response
+):
+    upstream = Upstream()
+    event = {"type": "response.create", "event_id": "evt_full"}
+    if response is not None:
+        event["response"] = response
+    async with relayed(relay_settings, api_token, upstream) as caller:
+        await caller.send_to(text_data=await sdk_frame(event))
+        seen = await _until(caller, "response.done")
+        sent = upstream.parsed()[0]
+        tag = sent["response"]["metadata"].pop("oc_request")
+        assert tag.startswith("req_")
+        expected = {k: v for k, v in (response or {}).items() if v is not None}
+        assert sent == {"type": "response.create", "event_id": "evt_full", "response": {"metadata": {}, **expected}}
+        assert [e["response"]["metadata"] for e in seen] == [(response or {}).get("metadata")] * 2
