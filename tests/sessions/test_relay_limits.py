@@ -78,11 +78,31 @@ def append(nbytes: int) -> str:
     return json.dumps({"type": "input_audio_buffer.append", "event_id": "ev_big", "audio": audio})
 
 
+def exactly(nbytes: int) -> str:
+    """An `input_audio_buffer.append` of exactly `nbytes` (valid base64: silence)."""
+    empty = json.dumps({"type": "input_audio_buffer.append", "event_id": "ev_", "audio": ""})
+    room = nbytes - len(empty)
+    frame = json.dumps(
+        {
+            "type": "input_audio_buffer.append",
+            "event_id": "ev_" + "x" * (room % 4),
+            "audio": "A" * (room - room % 4),
+        }
+    )
+    assert len(frame) == nbytes
+    return frame
+
+
 @pytest.mark.e2e
-async def test_a_3_mib_audio_append_reaches_the_upstream_whole(recording_daphne, api_token):
+@pytest.mark.parametrize(
+    ("make", "nbytes"), [(append, 3 * MiB), (exactly, 16 * MiB)], ids=["3-mib", "exactly-16-mib"]
+)
+async def test_an_audio_append_up_to_16_mib_reaches_the_upstream_whole(
+    recording_daphne, api_token, make, nbytes
+):
     server, upstream = recording_daphne
+    frame = make(nbytes)
     headers = {"Authorization": f"Bearer {api_token}"}
-    frame = append(3 * MiB)
     async with websockets.connect(
         f"{server.ws_base}/realtime?model=gpt-realtime", additional_headers=headers, max_size=None
     ) as socket:
