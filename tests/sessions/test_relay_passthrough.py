@@ -173,3 +173,93 @@ async def test_a_callers_response_create_reaches_the_upstream_whole_but_for_oc_r
         expected = {k: v for k, v in (response or {}).items() if v is not None}
         assert sent == {"type": "response.create", "event_id": "evt_full", "response": {"metadata": {}, **expected}}
         assert [e["response"]["metadata"] for e in seen] == [(response or {}).get("metadata")] * 2
+
+
+class ClosesWhenTold(Upstream):
+    """Closes the session with the code and reason a caller's item names: `close 4002 why`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    async def serve(self, socket) -> None:
+        try:
+            await super().serve(socket)
+        finally:
+            if not self.closed.done():
+                self.closed.set_result((socket.close_code, socket.close_reason))
+
+    async def answer(self, frame: str | bytes) -> None:
+        event = json.loads(frame)
+        if event.get("type") == "conversation.item.create":
+            _, code, reason = event["item"]["content"][0]["text"].split(" ", 2)
+            await self.socket.close(int(code), reason)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "caller_code"),
+    [
+        (1000, "bye", 1000),
+        (1011, "internal", 1011),
+        (4002, "invalid_request_error.something", 4002),
+        (1008, "policy", 1008),
+    ],
+)
+async def test_the_upstreams_close_code_and_reason_reach_the_caller(
+    relay_settings, api_token, code, reason, caller_code
+):
+    upstream = ClosesWhenTold()
+    async with relayed(relay_settings, api_token, upstream) as caller:
+        item = {**ITEM, "content": [{"type": "input_text", "text": f"close {code} {reason}"}]}
+        await caller.send_json_to({"type": "conversation.item.create", "item": item})
+        output = await caller.receive_output(timeout=5)
+        assert output == {"type": "websocket.close", "code": caller_code, "reason": reason}
+
+
+@pytest.mark.parametrize("code", [1000, 4000])
+async def test_a_caller_closing_closes_the_upstream(relay_settings, api_token, code):
+    upstream = ClosesWhenTold()
+    async with relayed(relay_settings, api_token, upstream) as caller:
+        await caller.send_json_to({"type": "input_audio_buffer.clear"})
+        await upstream.wait_for(1)
+        await caller.send_input({"type": "websocket.disconnect", "code": code})
+        async with asyncio.timeout(5):
+            closed = await upstream.closed
+        assert closed[0] == 1000
+
+
+UPSTREAM_FRAMES = [
+    '{"type":"session.updated","event_id":"ev_1","session":{"id":"sess_pass","instructions":"é"}}',
+    '{ "type" : "conversation.item.added", "event_id": "ev_2", "item": {"id": "item_1"} }',
+    '{"event_id":"ev_3","type":"conversation.item.done","item":{"id":"item_1","type":"message","role":"user","content":[]}}',
+    '{"type":"response.created","event_id":"ev_4","response":{"id":"resp_s","status":"in_progress","metadata":{"a":"b"},"conversation_id":"conv_1"}}',
+    '{"type":"rate_limits.updated","event_id":"ev_5","rate_limits":[]}',
+    '{"type":"response.output_text.delta","event_id":"ev_6","response_id":"resp_s","item_id":"item_2","output_index":0,"content_index":0,"delta":"\\u00e9\\ud83d\\ude00"}',
+    '{"type":"response.done","event_id":"ev_7","response":{"id":"resp_s","status":"completed","metadata":{"a":"b"},"usage":{"total_tokens":3}}}',
+    '{"type":"error","event_id":"ev_8","error":{"type":"invalid_request_error","code":"x","message":"m","param":null,"event_id":"evt_unknown"}}',
+    '{"type":"error","event_id":"ev_9","error":{"type":"invalid_request_error","code":"y","message":"m","param":null,"event_id":null}}',
+    '{"type":"some.future_event","event_id":"ev_10","x":[1.50,1e3]}',
+    "[1,2]",
+    b"\x01\x02",
+]
+
+
+class Says(Upstream):
+    """Sends `UPSTREAM_FRAMES` once the caller's first frame has come."""
+
+    async def answer(self, frame: str | bytes) -> None:
+        for said in UPSTREAM_FRAMES:
+            await self.socket.send(said)
+
+
+async def test_every_upstream_frame_reaches_the_caller_unchanged_and_in_order(
+    relay_settings, api_token
+):
+    upstream = Says()
+    async with relayed(relay_settings, api_token, upstream) as caller:
+        await caller.send_json_to({"type": "input_audio_buffer.clear"})
+        got = []
+        for _ in UPSTREAM_FRAMES:
+            output = await caller.receive_output(timeout=5)
+            got.append(output.get("text", output.get("bytes")))
+        assert got == UPSTREAM_FRAMES
