@@ -263,3 +263,19 @@ async def test_every_upstream_frame_reaches_the_caller_unchanged_and_in_order(
             output = await caller.receive_output(timeout=5)
             got.append(output.get("text", output.get("bytes")))
         assert got == UPSTREAM_FRAMES
+
+
+@pytest.mark.e2e
+async def test_a_callers_ping_is_answered_through_daphne_and_the_session_goes_on(
+    daphne, api_token
+):
+    headers = {"Authorization": f"Bearer {api_token}"}
+    url = f"{daphne.ws_base}/realtime?model=gpt-realtime&oc_label=ping&unknown=1"
+    async with websockets.connect(url, additional_headers=headers, ping_interval=None) as socket:
+        assert json.loads(await socket.recv())["type"] == "session.created"
+        latency = await asyncio.wait_for(await socket.ping(b"are you there"), 5)
+        assert latency >= 0
+        await socket.send(json.dumps({"type": "response.create", "response": {"conversation": "none"}}))
+        async with asyncio.timeout(10):
+            while json.loads(await socket.recv())["type"] != "response.done":
+                pass
