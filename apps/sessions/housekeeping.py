@@ -43,7 +43,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 
-from apps.sessions import groups, recorder
+from apps.sessions import groups, metrics, recorder
 from apps.sessions.db import db_async, log_failure
 from apps.sessions.history import writer as history
 from apps.sessions.listening import LISTEN_ENDED
@@ -190,6 +190,7 @@ class Housekeeping:
             self._judge_from = loop.time() + settings.OC_SESSION_STALE_AFTER
         for session_id, session in lost.items():
             log.warning("session %s lost: its process stopped sending heartbeats", session_id)
+            metrics.figures.requests_lost(session.origins)
             await _tell_followers(session_id, session)
         return list(lost)
 
@@ -229,6 +230,7 @@ def _beat(keys: list[uuid.UUID]) -> int:
 class LostSession:
     key: uuid.UUID
     requests: list[str]  # the ids of the requests failed with it
+    origins: list[str]  # theirs, in the same order
     at: datetime
 
 
@@ -256,11 +258,7 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
             )
             if not claimed:
                 continue
-            pending = list(
-                ResponseRequest.objects.filter(session_id=key)
-                .exclude(status__in=ResponseRequest.TERMINAL)
-                .values_list("id", flat=True)
-            )
+            pending, origins = _pending(key)
             ResponseRequest.objects.filter(id__in=pending).update(
                 status=ResponseRequest.Status.FAILED,
                 error_code="session_lost",
@@ -269,8 +267,20 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
             )
             if history.recorder is not None:  # the event log: these ends, in this transaction
                 history.recorder.session_lost(key=key, request_ids=pending)
-        lost[upstream_id or str(key)] = LostSession(key=key, requests=pending, at=now)
+        lost[upstream_id or str(key)] = LostSession(
+            key=key, requests=pending, origins=origins, at=now
+        )
     return lost
+
+
+def _pending(key: uuid.UUID) -> tuple[list[str], list[str]]:
+    """The ids of the session's requests not yet over, and their origins."""
+    rows = list(
+        ResponseRequest.objects.filter(session_id=key)
+        .exclude(status__in=ResponseRequest.TERMINAL)
+        .values_list("id", "origin")
+    )
+    return [request_id for request_id, _ in rows], [origin for _, origin in rows]
 
 
 async def _tell_followers(session_id: str, lost: LostSession) -> None:

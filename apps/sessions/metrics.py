@@ -101,8 +101,18 @@ class Figures:
                 self.latency[origin].observe(max(0.0, change.at - created_at))
         elif status.is_terminal:
             actor.created_at.pop(change.request_id, None)
+            if change.error_code == "session_lost":
+                return  # failed and counted by the sweep that found the session lost
             origin = actor.core.origin_of(change.request_id) or "unknown"
             key = (origin, status.value)
+            self.requests[key] = self.requests.get(key, 0) + 1
+
+    def requests_lost(self, origins: list[str]) -> None:
+        """Requests this process's sweep failed with a lost session of another process: they
+        are counted here, where they failed, since the holder is gone or no longer scraped
+        (one that was only held up skips them as it ends the session: `request_changed`)."""
+        for origin in origins:
+            key = (origin, "failed")
             self.requests[key] = self.requests.get(key, 0) + 1
 
     # -------------------------------------------------------------- read by the collector

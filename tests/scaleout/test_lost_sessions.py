@@ -1,7 +1,8 @@
 """A process killed with its sessions (SIGKILL: no last words): another process's sweep fails
 them `session_lost`, and tells whoever followed them from elsewhere, as the holding actor
 would have: operators watching the session page get `ended`, listeners `listen.ended` and a
-close. Nothing stays open on a session that is over."""
+close. Nothing stays open on a session that is over. The requests it fails are counted in the
+sweeping process's metrics."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.scaleout.conftest import cluster_env
+from tests.scaleout.conftest import cluster_env, manage
 from tests.scaleout.test_listen_two_processes import listening, login_cookie
 from tests.scaleout.test_two_processes import Console, crashes, until
 from tests.support.callers import SocketCaller, until_live
@@ -28,6 +29,10 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
     env = cluster_env(
         scaleout_db, redis_server, simulator, OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2"
     )
+    scrape = manage(
+        scaleout_db.url, "create_api_token", "--name", "lost-metrics", "--scope", "metrics:read"
+    )
+    scraper = {"Authorization": f"Bearer {scrape.strip().splitlines()[-1]}"}
     a, b = start_side_by_side(env, env)
     console = None
     try:
@@ -71,6 +76,16 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
                         told.append(await listener.recv())
             texts = [json.loads(m) for m in told if isinstance(m, str)]
             assert texts == [{"type": "listen.ended"}]
+        # The requests B's sweep failed are counted where they failed, in B's figures: nobody
+        # scrapes A any more, and a fleet's sum of failures must not miss the lost sessions'.
+        async with httpx.AsyncClient(base_url=b.http_url, headers=scraper) as http:
+            scraped = (await http.get("/metrics")).text
+        failed_api = [
+            line for line in scraped.splitlines()
+            if line.startswith("oc_requests_total{") and 'origin="api"' in line
+            and 'status="failed"' in line
+        ]
+        assert [line.rsplit(" ", 1)[1] for line in failed_api] == ["1.0"], scraped
         await call.close()
     finally:
         if console is not None:
