@@ -24,7 +24,11 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from apps.console.dashboard import View
 from apps.console.feed import feed
 from apps.sessions import groups, selectors
-from apps.sessions.consumers import DropsSendsToClosedSockets, SurvivesLayerOutages
+from apps.sessions.consumers import (
+    ClosedAtStop,
+    DropsSendsToClosedSockets,
+    SurvivesLayerOutages,
+)
 from apps.sessions.db import db_async
 from apps.sessions.models import LiveSession, ResponseRequest
 
@@ -45,7 +49,9 @@ def user_group(user_id) -> str:
     return f"user.{user_id}"
 
 
-class ConsoleConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJsonWebsocketConsumer):
+class ConsoleConsumer(
+    ClosedAtStop, DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncJsonWebsocketConsumer
+):
     username = ""
     user_group: str | None = None
     watching: LiveSession | None = None

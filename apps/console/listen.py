@@ -27,7 +27,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from apps.console.consumers import user_group
 from apps.sessions import groups, selectors
-from apps.sessions.consumers import DropsSendsToClosedSockets, SurvivesLayerOutages
+from apps.sessions.consumers import (
+    ClosedAtStop,
+    DropsSendsToClosedSockets,
+    SurvivesLayerOutages,
+)
 from apps.sessions.db import db_async
 from apps.sessions.listening import LISTEN_AUDIO
 from apps.sessions.models import LISTEN, LiveSession
@@ -47,7 +51,9 @@ def _may_listen(user) -> bool:
     return user is not None and user.is_authenticated and user.has_perm(LISTEN)
 
 
-class ListenConsumer(DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebsocketConsumer):
+class ListenConsumer(
+    ClosedAtStop, DropsSendsToClosedSockets, SurvivesLayerOutages, AsyncWebsocketConsumer
+):
     session: LiveSession | None = None
     user_group: str | None = None
     _renew: asyncio.Task | None = None

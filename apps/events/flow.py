@@ -52,6 +52,10 @@ class Flow:
             self.pauseProducing()
         return True
 
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send on the request's connection directly (`stream.farewell`)."""
+        await self._send(message)
+
     def detach(self) -> None:
         request, self._request = self._request, None
         if request is not None and request.producer is self and request.channel is not None:

@@ -88,7 +88,7 @@ def frame(event_id: int, payload: str) -> bytes:
 class Follower:
     """One stream's queue. `offer` never blocks: a full queue drops the follower."""
 
-    __slots__ = ("session_key", "frames", "wake", "dropped", "ending", "limit", "after")
+    __slots__ = ("session_key", "frames", "wake", "dropped", "ending", "limit", "after", "flow")
 
     def __init__(self, session_key: uuid.UUID | None, limit: int) -> None:
         self.session_key = session_key
@@ -98,6 +98,7 @@ class Follower:
         self.ending = False  # the session's end is queued: the stream ends after it
         self.limit = limit
         self.after = 0  # events up to this id were sent from the log: the hub's are skipped
+        self.flow: Flow | None = None  # the stream's connection, under Daphne (`farewell`)
 
     def offer(self, event_id: int, data: bytes, *, last: bool = False) -> bool:
         if event_id <= self.after or self.ending:
@@ -207,6 +208,29 @@ class Hub:
 
 
 hub = per_loop(Hub)
+
+STOPPING = b": the server is restarting; reconnect with Last-Event-ID\n\n"
+
+
+async def farewell() -> int:
+    """At a graceful stop (a housekeeping farewell, once this process's sessions have ended
+    and been written): each stream it serves gets the events queued for it, its own
+    sessions' ends among them, and a last comment, and ends cleanly, so that a script
+    reconnects with `Last-Event-ID` (to another process) instead of finding it cut. Daphne
+    has cancelled the streams' tasks as it began to stop; their connections, still open,
+    take the end through the `send` their `Flow` holds."""
+    the_hub = hub()
+    followers = [*the_hub.everything, *(f for s in the_hub.by_session.values() for f in s)]
+    for follower in followers:
+        the_hub.leave(follower)
+        flow, follower.flow = follower.flow, None
+        if flow is None or flow.stopped:
+            continue
+        flow.detach()
+        body = b"".join(follower.frames) + STOPPING
+        with contextlib.suppress(Exception):  # the client went meanwhile
+            await flow.send({"type": "http.response.body", "body": body, "more_body": False})
+    return len(followers)
 
 
 # ---------------------------------------------------------------------------- the log
@@ -349,6 +373,7 @@ async def follow(
 ) -> AsyncIterator[bytes]:
     keepalive = settings.OC_EVENTS_KEEPALIVE
     follower = Follower(session_key, settings.OC_EVENTS_FOLLOWER_QUEUE)
+    follower.flow = flow
     the_hub = hub()
     if flow is not None:
         flow.attach()

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from apps.realtime import events
 from apps.sessions import groups
+from apps.sessions import housekeeping as housekeeping_module
 from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
 from apps.sessions.db import AWAY
@@ -81,6 +82,49 @@ class DropsSendsToClosedSockets:
                 log.debug("dropped a %s to a closed socket: %r", message.get("type"), exc)
 
         await super().__call__(scope, receive, send_unless_closed)
+
+
+# Close code 1012, "service restart" (RFC 6455's registry), as callers are told at a stop.
+SERVICE_RESTART = 1012
+STOPPING = "The server is restarting; reconnect."
+_operator_sockets: set[ClosedAtStop] = set()
+
+
+class ClosedAtStop:
+    """For an operator's socket (the console's, listen-in's): at a graceful stop of the process,
+    once its sessions have ended and their watchers been told, the socket is closed with 1012
+    and a reason (`close_operator_sockets`, a housekeeping farewell), so that a page says why
+    and reconnects, through the load balancer, to another process. Daphne would otherwise drop
+    it without a close frame (1006), the same as a crash."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        _operator_sockets.add(self)
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # Daphne cancels every application as it stops, and the socket stays open until
+            # the farewell closes it; a socket that went before is gone from the set already.
+            raise
+        except BaseException:
+            _operator_sockets.discard(self)
+            raise
+        _operator_sockets.discard(self)
+
+    async def websocket_disconnect(self, message) -> None:
+        _operator_sockets.discard(self)
+        await super().websocket_disconnect(message)
+
+
+async def close_operator_sockets() -> int:
+    sockets = list(_operator_sockets)
+    await asyncio.gather(
+        *(socket.close(code=SERVICE_RESTART, reason=STOPPING) for socket in sockets),
+        return_exceptions=True,  # one closed meanwhile: nothing to say to it
+    )
+    return len(sockets)
+
+
+housekeeping_module.farewells.append(close_operator_sockets)
 
 
 class SurvivesLayerOutages:

@@ -60,6 +60,10 @@ GRACE = timedelta(seconds=0.5)
 # CHORE_INTERVAL seconds (apps/events prunes its log and starts its webhook worker here).
 CHORE_INTERVAL = 30.0
 chores: list[Callable[[], Awaitable[object]]] = []
+# Other apps' last words at a graceful stop, once the sessions have ended and been written:
+# the operators' sockets and streams this process serves are closed saying why, so that
+# they reconnect (to another process) instead of finding them cut.
+farewells: list[Callable[[], Awaitable[object]]] = []
 LOST = "The process holding the session stopped; the session is lost."
 
 
@@ -110,6 +114,11 @@ class Housekeeping:
         await asyncio.gather(*(holder.wait_finished(timeout) for holder in holders))
         await asyncio.to_thread(recorder.flush, timeout)
         await history.flush(timeout)
+        for farewell in farewells:
+            try:
+                await farewell()
+            except Exception as exc:  # its own failure only: the process stops anyway
+                log_failure(log, f"farewell {farewell.__qualname__} failed", exc)
         return len(holders)
 
     async def _run(self) -> None:
