@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import logging
+from collections.abc import Callable
 from urllib.parse import parse_qs, parse_qsl
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -23,6 +24,7 @@ from apps.sessions.actor import SessionActor
 from apps.sessions.auth import Refusal, authenticate_relay
 from apps.sessions.db import AWAY
 from apps.sessions.housekeeping import housekeeping
+from apps.sessions.loops import per_loop
 from apps.sessions.services import label_problem
 from apps.sessions.upstream import open_upstream
 
@@ -87,7 +89,7 @@ class DropsSendsToClosedSockets:
 # Close code 1012, "service restart" (RFC 6455's registry), as callers are told at a stop.
 SERVICE_RESTART = 1012
 STOPPING = "The server is restarting; reconnect."
-_operator_sockets: set[ClosedAtStop] = set()
+_operator_sockets: Callable[[], set[ClosedAtStop]] = per_loop(set)  # this loop's
 
 
 class ClosedAtStop:
@@ -98,7 +100,7 @@ class ClosedAtStop:
     it without a close frame (1006), the same as a crash."""
 
     async def __call__(self, scope, receive, send) -> None:
-        _operator_sockets.add(self)
+        _operator_sockets().add(self)
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
@@ -106,17 +108,17 @@ class ClosedAtStop:
             # the farewell closes it; a socket that went before is gone from the set already.
             raise
         except BaseException:
-            _operator_sockets.discard(self)
+            _operator_sockets().discard(self)
             raise
-        _operator_sockets.discard(self)
+        _operator_sockets().discard(self)
 
     async def websocket_disconnect(self, message) -> None:
-        _operator_sockets.discard(self)
+        _operator_sockets().discard(self)
         await super().websocket_disconnect(message)
 
 
 async def close_operator_sockets() -> int:
-    sockets = list(_operator_sockets)
+    sockets = list(_operator_sockets())
     await asyncio.gather(
         *(socket.close(code=SERVICE_RESTART, reason=STOPPING) for socket in sockets),
         return_exceptions=True,  # one closed meanwhile: nothing to say to it
