@@ -259,12 +259,16 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
         if (message := housekeeping().full()) is not None:
-            refusals.warning(
-                json.dumps({"event": "relay.refused", "reason": "too_many_sessions", "by": principal.name})
+            # 1012 (service restart) from a process that is stopping, as its callers get.
+            code, close = (
+                ("server_restarting", SERVICE_RESTART) if housekeeping().stopping
+                else ("too_many_sessions", 1013)
             )
-            error = events.error_event(code="too_many_sessions", message=message, error_type="server_error")
+            refused = {"event": "relay.refused", "reason": code, "by": principal.name}
+            refusals.warning(json.dumps(refused))
+            error = events.error_event(code=code, message=message, error_type="server_error")
             await self.send(text_data=events.dumps(error))
-            await self.close_with(1013, message)
+            await self.close_with(close, message)
             return
         headers = {
             key.decode("latin1"): value.decode("latin1")

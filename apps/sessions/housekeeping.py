@@ -65,6 +65,7 @@ chores: list[Callable[[], Awaitable[object]]] = []
 # they reconnect (to another process) instead of finding them cut.
 farewells: list[Callable[[], Awaitable[object]]] = []
 LOST = "The process holding the session stopped; the session is lost."
+STOPPING = "This server is restarting; connect again."
 
 
 class Holder(Protocol):
@@ -83,6 +84,7 @@ class Housekeeping:
         self._task: asyncio.Task | None = None
         # The loop time from which this process judges other processes' heartbeats (see sweep).
         self._judge_from = -math.inf
+        self.stopping = False  # told to stop (`shutdown`): no more sessions are taken
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -99,7 +101,10 @@ class Housekeeping:
     def full(self) -> str | None:
         """Why this process takes no more sessions (it holds OC_MAX_SESSIONS), or None. The
         relay refuses a caller with it, and an attached call is refused before it is placed
-        or answered: a call the console could not steer is not taken."""
+        or answered: a call the console could not steer is not taken. A process told to stop
+        takes none either (`stopping`): the load balancer may send it some while it drains."""
+        if self.stopping:
+            return STOPPING
         if len(self.holders) < settings.OC_MAX_SESSIONS:
             return None
         return f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; try again later."
@@ -108,6 +113,7 @@ class Housekeeping:
         """End every session this process holds (`server_shutdown`: their callers are told,
         their pending requests fail) and wait until that is in the table, their recordings
         included (the recorder's thread does not outlive the process)."""
+        self.stopping = True
         holders = list(self.holders.values())
         for holder in holders:
             holder.shutdown()

@@ -60,7 +60,8 @@ async def _channel_layer() -> None:
 
 
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """The process can do its work: its database and its channel layer answer."""
+    """The process can do its work: its database and its channel layer answer, and it was
+    not told to stop."""
     checks: dict[str, str] = {}
     for name, check in (("database", sync_to_async(_database)), ("channel_layer", _channel_layer)):
         started = time.perf_counter()
@@ -70,5 +71,7 @@ async def readyz(request: HttpRequest) -> JsonResponse:
             checks[name] = f"ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
         except Exception as exc:  # report what failed, and why, without a stack trace
             checks[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
+    if housekeeping().stopping:  # told to stop: a load balancer sends it nothing new
+        checks["process"] = "stopping"
     ready = all(value.startswith("ok") for value in checks.values())
     return JsonResponse({"status": "ready" if ready else "not ready", **checks}, status=200 if ready else 503)

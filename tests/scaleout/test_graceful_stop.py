@@ -6,14 +6,23 @@ find the stopped process's sessions ended `server_shutdown` and the other's stil
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import socket
+import threading
 
 import httpx
 import pytest
 import websockets
 
+from tests.scaleout.conftest import cluster_env
 from tests.scaleout.test_listen_two_processes import listening, login_cookie
 from tests.scaleout.test_two_processes import Console, crashes
 from tests.support.callers import SocketCaller, until_live
+from tests.support.servers import start_side_by_side
 from tests.support.sse import Follower
 
 pytestmark = pytest.mark.e2e
@@ -90,3 +99,80 @@ async def test_a_stopping_process_closes_its_operators_sockets_and_streams_sayin
             await on_a.close()
             await on_b.close()
     assert not crashes(a, b), crashes(a, b)
+
+
+class DeafUpstream:
+    """A Realtime upstream that opens the session, then hears nothing more, not even a close:
+    a session's end waits for its close handshake (the relay's close timeout, 2 s)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ws://127.0.0.1:{self.server.getsockname()[1]}/v1"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.server.accept()
+                self.connections.append(connection)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(4096)
+                key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request).group(1)
+                accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+                connection.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                )
+                created = json.dumps({
+                    "type": "session.created", "event_id": "event_1",
+                    "session": {"type": "realtime", "object": "realtime.session",
+                                "id": f"sess_deaf{len(self.connections)}", "model": "gpt-realtime",
+                                "instructions": ""},
+                }).encode()
+                connection.sendall(bytes([0x81, 126]) + len(created).to_bytes(2, "big") + created)
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+async def test_a_caller_arriving_while_the_process_stops_is_sent_elsewhere(
+    scaleout_db, redis_server, simulator
+):
+    """A load balancer goes on sending callers to a process for a moment after it was told to
+    stop, while its sessions end (here held open: the upstream never answers their close).
+    Such a caller is refused at once (1012, as the callers it had), not taken on and then cut
+    when the process exits, its session left for another process's sweep."""
+    upstream = DeafUpstream()
+    env = cluster_env(scaleout_db, redis_server, simulator, OC_UPSTREAM_URL=upstream.url)
+    [a] = start_side_by_side(env)
+    headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+    url = f"{a.ws_base}/realtime?model=gpt-realtime"
+    try:
+        async with websockets.connect(url, additional_headers=headers) as first:
+            assert json.loads(await first.recv())["type"] == "session.created"
+            a.proc.terminate()
+            async with asyncio.timeout(5):  # the stop has begun: the first caller was told
+                with pytest.raises(websockets.ConnectionClosed):
+                    await first.recv()
+            assert first.close_code == 1012
+            assert a.proc.poll() is None, "the first session's end holds the stop"
+            async with httpx.AsyncClient(base_url=a.http_url) as http:
+                ready = await http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["process"] == "stopping", ready.text
+            async with websockets.connect(url, additional_headers=headers) as late:
+                async with asyncio.timeout(3):
+                    said = json.loads(await late.recv())
+                    with pytest.raises(websockets.ConnectionClosed):
+                        await late.recv()
+            assert said["type"] == "error" and said["error"]["code"] == "server_restarting", said
+            assert late.close_code == 1012, (late.close_code, late.close_reason)
+    finally:
+        a.stop()
+        upstream.close()
