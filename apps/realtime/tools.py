@@ -70,6 +70,9 @@ FUNCTION_OUTPUT = "function_call_output"
 MCP_CALL = "mcp_call"
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+# Why a request still pending at its session's end expired (another process's sweep of a lost
+# session says the same).
+UNDECIDED_AT_END = "The session ended before anyone decided."
 
 
 def approval_response_id(approval_id: str) -> str:
@@ -476,7 +479,7 @@ class ToolDesk:
         actions: list = []
         for approval in self.approvals.values():
             if approval.status == PENDING:
-                self._decided(approval, EXPIRED, "The session ended before anyone decided.", "", now)
+                self._decided(approval, EXPIRED, UNDECIDED_AT_END, "", now)
                 actions += self._changed(approval, now)
         return actions
 

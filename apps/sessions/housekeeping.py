@@ -43,12 +43,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 
+from apps.realtime import tools
 from apps.sessions import groups, metrics, recorder
 from apps.sessions.db import db_async, log_failure
 from apps.sessions.history import writer as history
 from apps.sessions.listening import LISTEN_ENDED
 from apps.sessions.loops import per_loop
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.models import LiveSession, ResponseRequest, ToolApproval
 from apps.sessions.process import PROCESS_ID
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,10 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
                 error_code="session_lost",
                 error_message=LOST,
                 finished_at=now,
+            )
+            # Nobody can decide its pending tool approvals now: expired, as at any session's end.
+            ToolApproval.objects.filter(session_id=key, status=ToolApproval.Status.PENDING).update(
+                status=ToolApproval.Status.EXPIRED, reason=tools.UNDECIDED_AT_END, decided_at=now
             )
             if history.recorder is not None:  # the event log: these ends, in this transaction
                 history.recorder.session_lost(key=key, request_ids=pending)

@@ -2,7 +2,7 @@
 them `session_lost`, and tells whoever followed them from elsewhere, as the holding actor
 would have: operators watching the session page get `ended`, listeners `listen.ended` and a
 close. Nothing stays open on a session that is over. The requests it fails are counted in the
-sweeping process's metrics."""
+sweeping process's metrics, and its pending tool approvals expire."""
 
 from __future__ import annotations
 
@@ -18,9 +18,17 @@ from tests.scaleout.conftest import cluster_env, manage
 from tests.scaleout.test_listen_two_processes import listening, login_cookie
 from tests.scaleout.test_two_processes import Console, crashes, until
 from tests.support.callers import SocketCaller, until_live
+from tests.support.realtime import user_text
 from tests.support.servers import start_side_by_side
 
 pytestmark = pytest.mark.e2e
+
+MCP_TOOL = {
+    "type": "mcp",
+    "server_label": "crm",
+    "server_url": "https://crm.example/mcp",
+    "require_approval": "always",
+}
 
 
 async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_elsewhere(
@@ -41,6 +49,15 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
             additional_headers={"Authorization": f"Bearer {scaleout_db.token}"},
         )
         session_id = json.loads(await call.recv())["session"]["id"]
+        # The agent asks to run a tool that needs an approval; nobody decides before the kill.
+        tools = {"type": "realtime", "tools": [MCP_TOOL]}
+        await call.send(json.dumps({"type": "session.update", "session": tools}))
+        asked = user_text('Look it up #mcp:lookup {"order": 42}')
+        await call.send(json.dumps({"type": "conversation.item.create", "item": asked}))
+        await call.send(json.dumps({"type": "response.create"}))
+        async with asyncio.timeout(10):
+            while json.loads(await call.recv())["type"] != "response.done":
+                pass
         console = await Console.connect(b, scaleout_db.username, scaleout_db.password)
         await console.send({"type": "watch.session", "session_id": session_id})
         await console.wait_for(lambda m: m["type"] == "snapshot", what="the snapshot from A")
@@ -69,6 +86,12 @@ async def test_a_killed_process_sessions_end_for_their_watchers_and_listeners_el
                 for m in console.messages if m["type"] == "request" and m["status"] == "failed"
             ]
             assert failed == [(request_id, "session_lost")]
+            # The approval can no longer be decided: expired, as at any session's end.
+            async with httpx.AsyncClient(base_url=b.http_url, headers=headers) as rest:
+                listed = await rest.get(f"/api/v1/sessions/{session_id}/approvals")
+            assert [(a["status"], a["decided_by"]) for a in listed.json()["items"]] == [
+                ("expired", "")
+            ], listed.text
             told = []
             with pytest.raises(websockets.ConnectionClosedOK):
                 async with asyncio.timeout(5):
