@@ -445,6 +445,38 @@ async def test_a_session_that_ends_while_watched_says_so_and_why(login, connect_
     assert alice.errors == []
 
 
+async def test_a_send_answered_after_the_end_shows_its_request_failed_not_queued(
+    login, connect_caller, daphne
+):
+    """A server stopping (SIGTERM) ends its sessions; an operator's Send that it took a moment
+    before was answered `queued` after the page had the end, and its row said `queued` for
+    ever: the end failed it (`session_ended`), as a reload shows. The answer is held here
+    until the end has reached the page, as it was then."""
+    alice = await login("alice")
+    caller = await connect_caller()
+    await _open_session(alice, daphne, caller.session_id)
+    page = alice.page
+    held: asyncio.Future = asyncio.get_running_loop().create_future()
+    await page.route("**/responses", lambda route: held.set_result(route))
+    await page.fill("#instructions", "Sent just before the stop.")
+    await page.click("[data-send]")
+    route = await asyncio.wait_for(held, 5)
+    taken = {  # the view's answer for a request it stored (the session still live in the table)
+        "ok": True, "request": {
+            "id": "req_taken_before_the_end", "session_id": caller.session_id, "origin": "console",
+            "requested_by": "alice", "instructions": "Sent just before the stop.", "metadata": {},
+            "conversation": "auto", "status": "queued", "created_at": "2026-01-01T00:00:00+00:00",
+        },
+    }
+    await caller.socket.close()
+    await expect(page.locator("[data-ended-note]")).to_be_visible(timeout=5000)
+    await route.fulfill(status=202, json=taken)
+    row = page.locator('tr[data-request="req_taken_before_the_end"]')
+    await expect(row.locator(".badge")).to_have_text("failed", timeout=3000)
+    await expect(row.locator(".reason")).to_have_text("session_ended")
+    assert alice.errors == []
+
+
 async def test_an_ended_session_fits_desktop_and_phone(login, daphne):
     await LiveSession.objects.acreate(
         upstream_id="sess_failed_1", model="gpt-realtime", status="failed", end_reason="upstream_closed",

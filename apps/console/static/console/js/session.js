@@ -603,8 +603,11 @@ function setUpForm() {
         return;
       }
       if (answer.request && !requests.has(answer.request.id)) {
-        requests.set(answer.request.id, answer.request);
-        renderRequest(answer.request);
+        // Answered after the session's end reached the page: the end failed it meanwhile.
+        const request = endedWhile(answer.request);
+        requests.set(request.id, request);
+        renderRequest(request);
+        drawChart();
       }
       sendStatus(answer.note ? "Note added to the conversation." : "Response requested.", "ok");
       form.instructions.value = "";
@@ -706,6 +709,17 @@ function showUsage({ usage, cost_usd: cost }) {
   if (usage?.total_tokens) shown.title = `${count(usage.input_tokens)} input, ${count(usage.output_tokens)} output`;
 }
 
+// The end fails every request still waiting (apps/sessions/records.py: `session_ended`; a
+// swept session's are `session_lost`). One whose change never reached the page (its POST
+// answered after the end, the actor gone) would otherwise say `queued` here for ever.
+let endedBy = null;
+
+function endedWhile(request) {
+  if (!endedBy || TERMINAL.has(request.status)) return request;
+  const code = endedBy.reason === "session_lost" ? "session_lost" : "session_ended";
+  return { ...request, status: "failed", error: { code, message: endSummary(endedBy) } };
+}
+
 let live = null;
 // The page's socket, in words apart from the session's own status badge ("● live"); `paused`:
 // the server cannot reach the session for a while (its channel layer is down).
@@ -714,6 +728,8 @@ const SOCKET_WORDS = { live: "Connected", paused: "Updates paused: the server is
 function ended(message) {
   if (over) return;
   over = true;
+  endedBy = message;
+  for (const request of requests.values()) requests.set(request.id, endedWhile(request));
   // The operator on the form (typing, say) follows it to the note that says why it went.
   const wasSteering = document.querySelector(".steer-card")?.contains(document.activeElement);
   live?.close();
