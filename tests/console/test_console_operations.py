@@ -114,6 +114,33 @@ async def test_a_page_that_empties_shows_the_last_page_and_its_link_says_so(logi
     assert alice.errors == []
 
 
+async def test_the_range_is_said_when_the_operator_pages_not_as_sessions_come_and_go(login, daphne):
+    """The range ("51–100 of 120") was a live region: every session starting or ending on
+    the fleet, every second or so on a busy one, had a screen reader read it out."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_many_live_sessions)(120)
+    alice = await login("alice")
+    page = alice.page
+    await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
+    await page.evaluate(
+        """() => { window.said = [];
+             for (const region of document.querySelectorAll("[aria-live], [role=status], [role=log]"))
+               new MutationObserver(() => window.said.push(region.textContent.trim()))
+                 .observe(region, { childList: true, characterData: true, subtree: true }); }"""
+    )
+    await page.locator('[data-page="next"]').focus()
+    await page.keyboard.press("Enter")
+    range_ = page.locator("[data-range]")
+    await expect(range_).to_have_text("51–100 of 120", timeout=3000)
+    await page.wait_for_function("window.said.length > 0", timeout=3000)
+    assert await page.evaluate("window.said") == ["51–100 of 120"], "the new page's range is said"
+    await sync_to_async(LiveSession.objects.filter(upstream_id="sess_other0119").update)(status="ended")
+    await expect(range_).to_have_text("51–100 of 119", timeout=5000)
+    assert await page.evaluate("window.said") == ["51–100 of 120"], "a session ending elsewhere is not said"
+    assert alice.errors == []
+
+
 async def test_the_row_an_operator_is_on_keeps_its_focus_as_the_sessions_change(login, daphne):
     """A busy dashboard changes every second: each change rebuilt every row, so a keyboard
     user on a session's link was dropped to the top of the page."""

@@ -115,12 +115,17 @@ function show(message) {
       ? ["No live session matches. ", el("a", { href: "?", text: "Show them all" }), "."]
       : ["No live sessions. Connect a Realtime client, or run ", el("code", { text: "python manage.py demo_callers --count 3" }), "."]));
   }
-  // A live region: written only when it changes, or a reader would say it at every update.
   const range = pager.querySelector("[data-range]");
   const shown = message.total
     ? `${message.first}–${message.last} of ${message.total}${message.total !== message.live ? ` matching (${message.live} live)` : ""}`
     : "";
   if (range.textContent !== shown) range.textContent = shown;
+  // Said once, for the operator's own change (a page, a sort, a filter): not at every session
+  // that starts or ends elsewhere, which on a busy fleet is every second.
+  if (viewChanged) {
+    viewChanged = false;
+    rangeSaid.textContent = shown || "No live session matches.";
+  }
   const prev = pager.querySelector('[data-page="prev"]');
   const next = pager.querySelector('[data-page="next"]');
   const focused = document.activeElement;
@@ -151,9 +156,12 @@ function show(message) {
 // ---------------------------------------------------------------- changing the view
 
 let live;
+let viewChanged = false;
+const rangeSaid = document.querySelector("[data-range-said]");
 
 function change(next, { push = false } = {}) {
   view = next;
+  viewChanged = true;
   const url = `${location.pathname}${query()}`.replace(/\?$/, "");
   if (push) history.pushState(view, "", url);
   else history.replaceState(view, "", url);
