@@ -278,7 +278,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     def recording_length(self, obj):
         """The recording's length to the second, as a person reads it (`5 min 33 s`)."""
         if obj.recording_seconds is None:
-            return None  # the admin's empty value
+            return "—"  # as the recording line says it (a read-only page shows None as "None")
         minutes, seconds = divmod(round(obj.recording_seconds), 60)
         return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 

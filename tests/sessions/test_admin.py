@@ -262,8 +262,12 @@ def test_the_end_reason_shows_in_words_with_its_code_and_detail(staff_client):
     assert b"Ended because" in detail.content, "under its own label"
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [(333.0588333333333, "5 min 33 s"), (4.4, "4 s")])
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(333.0588333333333, "5 min 33 s"), (4.4, "4 s"), (None, "—")]
+)
 def test_a_recordings_length_reads_in_minutes_and_seconds(staff_client, seconds, shown):
+    """A session with no recording said "Length: None" (a method's None is not the admin's
+    empty value on a read-only page): it reads "—", as its recording line does."""
     session = LiveSession.objects.create(
         id=uuid.uuid4(), upstream_id="sess_admin_rec", model="gpt-realtime", status="ended",
         recording_seconds=seconds,
