@@ -172,20 +172,13 @@ def _delivery_with_attempts() -> int:
     return delivery.pk
 
 
-async def test_an_inlines_words_break_between_words_on_a_phone(chromium, daphne):
-    """A delivery's attempts at 390 px: five columns in a narrow table. Words broken anywhere
-    made the columns as narrow as a letter ("Con/nect/Error"); on a phone words break where
-    they must only, and a table wider than the screen scrolls in its own box."""
-    pk = await sync_to_async(_delivery_with_attempts)()
-    context, page = await _admin(chromium, daphne)
-    await page.set_viewport_size({"width": 390, "height": 844})
-    await page.goto(f"{daphne.http_url}/admin/oc_events/webhookdelivery/{pk}/change/")
-    await page.screenshot(path=str(SCREENSHOTS / "admin-delivery-phone.png"), full_page=True)
-    words, broken = await page.evaluate(
-        """() => {
+async def _broken_words(page, cells: str) -> tuple[int, list[str]]:
+    """How many words the `cells` hold, and those broken over two lines."""
+    return await page.evaluate(
+        """(cells) => {
              let words = 0;
              const broken = [];
-             for (const cell of document.querySelectorAll('.inline-group td.field-error')) {
+             for (const cell of document.querySelectorAll(cells)) {
                const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
                for (let text = walker.nextNode(); text; text = walker.nextNode()) {
                  for (const match of text.data.matchAll(/\\S+/g)) {
@@ -198,8 +191,50 @@ async def test_an_inlines_words_break_between_words_on_a_phone(chromium, daphne)
                }
              }
              return [words, broken];
-           }"""
+           }""",
+        cells,
     )
+
+
+async def test_a_sessions_history_keeps_its_statuses_and_codes_whole_at_1280(chromium, daphne):
+    """At 1280 px the history inline's instructions and metadata took the width and its short
+    columns broke inside words ("Consol/e", "complet/ed", "session_en/ded")."""
+
+    def ended_session() -> str:
+        get_user_model().objects.create_superuser("root", password=PASSWORD)
+        session = LiveSession.objects.create(
+            id=uuid.uuid4(), upstream_id="sess_5f0e2c1d9a7b", model="gpt-realtime",
+            status="ended", end_reason="caller_closed", ended_at=timezone.now(),
+        )
+        for n, (origin, status) in enumerate([("console", "completed"), ("caller", "cancelled"), ("api", "failed")]):
+            ResponseRequest.objects.create(
+                id=f"req_{uuid.uuid4().hex}", session=session, origin=origin, status=status,
+                instructions=f"Offer the refund for order {n} " * 3, error_code="session_ended",
+                metadata={"ticket": f"T-{n}", "team": "billing", "customer": "Jane Roe"},
+            )  # fmt: skip
+        return str(session.pk)
+
+    pk = await sync_to_async(ended_session)()
+    context, page = await _admin(chromium, daphne)
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/livesession/{pk}/change/")
+    await page.locator(".inline-group").first.screenshot(path=str(SCREENSHOTS / "admin-session-history.png"))
+    short = ".inline-group td:is(.field-origin, .field-status, .field-error_code)"
+    words, broken = await _broken_words(page, short)
+    assert words == 9, f"{words} words in the three requests' origins, statuses and codes"
+    assert broken == [], f"words broken over lines: {broken}"
+    await context.close()
+
+
+async def test_an_inlines_words_break_between_words_on_a_phone(chromium, daphne):
+    """A delivery's attempts at 390 px: five columns in a narrow table. Words broken anywhere
+    made the columns as narrow as a letter ("Con/nect/Error"); on a phone words break where
+    they must only, and a table wider than the screen scrolls in its own box."""
+    pk = await sync_to_async(_delivery_with_attempts)()
+    context, page = await _admin(chromium, daphne)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.goto(f"{daphne.http_url}/admin/oc_events/webhookdelivery/{pk}/change/")
+    await page.screenshot(path=str(SCREENSHOTS / "admin-delivery-phone.png"), full_page=True)
+    words, broken = await _broken_words(page, ".inline-group td.field-error")
     assert words == 10, f"{words} words in the two attempts' errors"
     assert broken == [], f"words broken over lines: {broken}"
     width = await page.evaluate("document.documentElement.scrollWidth")
