@@ -298,7 +298,9 @@ class LiveSessionAdmin(ReadOnlyAdmin):
 class ResponseRequestAdmin(ReadOnlyAdmin):
     # Short columns: the list fits beside the filters at 1280 px (ids shortened, full on hover
     # and on the request's page; costs and the timeline's other steps are on that page too).
-    list_display = ("short_id", "short_session", "requested", "status", "created", "latency")
+    # The status next to the id, as the session list has it: on a phone the table scrolls in
+    # its box, and what is looked for is on screen.
+    list_display = ("short_id", "status", "short_session", "requested", "created", "latency")
     list_display_links = ("short_id",)
     list_filter = ("status", "origin", "created_at", RequestedByFilter, MetadataFilter)
     change_list_template = "admin/oc_sessions/responserequest/change_list.html"

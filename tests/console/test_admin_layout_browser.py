@@ -79,6 +79,19 @@ async def test_the_request_list_fits_beside_its_filters_at_1280(chromium, daphne
     await context.close()
 
 
+async def test_on_a_phone_the_request_list_shows_each_requests_status(chromium, daphne):
+    """At 390 px the list showed the id, the session and who asked: the status, what a support
+    lead looks for, was past the screen's edge (the table scrolls in its own box)."""
+    await sync_to_async(_history)()
+    context, page = await _admin(chromium, daphne)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.goto(f"{daphne.http_url}/admin/oc_sessions/responserequest/")
+    await page.screenshot(path=str(SCREENSHOTS / "admin-requests-phone.png"))
+    status = await page.locator("#result_list thead th.column-status").bounding_box()
+    assert status["x"] + status["width"] <= 390, f"the status column ends at {status['x'] + status['width']:.0f} px"
+    await context.close()
+
+
 def _sessions() -> None:
     get_user_model().objects.create_superuser("root", password=PASSWORD)
     for n, (status, reason, code, detail) in enumerate((
