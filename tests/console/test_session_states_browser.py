@@ -163,3 +163,31 @@ async def test_the_script_shows_latency_only_for_a_request_the_console_sent(logi
     points = 2 if kind == "relay" else 1
     assert await page.locator("[data-latency-chart] circle").count() == points
     assert alice.errors == []
+
+
+async def test_a_session_whose_process_died_is_not_shown_connected_and_then_says_it_was_lost(login, daphne):
+    """A session page reconnecting after its server was killed (SIGKILL) said "Connected" to a
+    session no process held, until a sweep failed it: the page is connected once the session
+    answers (its snapshot), and here none does."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    held_elsewhere = {"process_id": "a-process-that-died", "status": "live", "model": "gpt-realtime"}
+    await LiveSession.objects.acreate(
+        upstream_id="sess_dead_process", heartbeat_at=timezone.now() + timedelta(hours=1), **held_elsewhere
+    )
+    alice = await login("alice")
+    page = alice.page
+    frames: list[str] = []
+    page.on("websocket", lambda socket: socket.on("framereceived", lambda frame: frames.append(frame)))
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_dead_process/")
+    status = page.locator("[data-live-status]")
+    await eventually(lambda: any('"type": "label"' in f for f in frames))  # watched: the server answered
+    await expect(status).to_have_text("Waiting for the session…")
+    # Its heartbeat goes stale: the server's sweep fails it, and the page says so.
+    await LiveSession.objects.filter(upstream_id="sess_dead_process").aupdate(heartbeat_at=timezone.now() - timedelta(hours=1))
+    await expect(status).to_have_text("Session over", timeout=10000)
+    await expect(page.locator("[data-end-code]")).to_have_text("session_lost")
+    await expect(page.locator("[data-session-status]")).to_have_text("failed")
+    assert alice.errors == []

@@ -722,8 +722,12 @@ function endedWhile(request) {
 
 let live = null;
 // The page's socket, in words apart from the session's own status badge ("● live"); `paused`:
-// the server cannot reach the session for a while (its channel layer is down).
-const SOCKET_WORDS = { live: "Connected", paused: "Updates paused: the server is reconnecting…" };
+// the server cannot reach the session for a while (its channel layer is down); `waiting`: the
+// socket is open, the session's snapshot not come. A session whose process died says so until
+// a sweep ends it (OC_SESSION_STALE_AFTER), rather than "Connected" to a session gone.
+const SOCKET_WORDS = {
+  live: "Connected", paused: "Updates paused: the server is reconnecting…", waiting: "Waiting for the session…",
+};
 
 function ended(message) {
   if (over) return;
@@ -788,7 +792,7 @@ refreshClocks();
 tickAges();
 if (!over) live = connectLive({
   subscribe: { type: "watch.session", session_id: sessionId },
-  onState: (state) => showState(document.querySelector("[data-live-status]"), state, SOCKET_WORDS),
+  onState: (state) => showState(document.querySelector("[data-live-status]"), state === "live" ? "waiting" : state, SOCKET_WORDS),
   onMessage(message) {
     if (over) return; // the socket is closing: nothing after the end changes the page
     switch (message.type) {
