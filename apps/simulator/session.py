@@ -92,12 +92,7 @@ def default_session_config(
                 "noise_reduction": None,
                 "turn_detection": {
                     "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 200,
-                    "idle_timeout_ms": None,
-                    "create_response": True,
-                    "interrupt_response": True,
+                    **voice.TURN_DETECTION_DEFAULTS["server_vad"],
                 },
             },
             "output": {
@@ -308,6 +303,7 @@ class SimSession:
         if "instructions" in update and not isinstance(instructions, str):
             raise Rejected.invalid_type("session.instructions", "a string", instructions)
         _deep_merge(self.config, update)
+        voice.complete_turn_detection(self.config)
         await self.send(
             {"type": "session.updated", "event_id": new_event_id(), "session": self.config}
         )

@@ -62,6 +62,31 @@ STAMP_BYTES = 8  # SimulatorConfig.audio_stamp: the send time at the start of ea
 LATENCY_SAMPLES = 4096  # append latencies kept per session (the latest)
 
 
+# What the service announces of turn detection a client gave in part (`session.created` shows
+# the server VAD's): the missing fields are filled in, and the VAD then works by them.
+TURN_DETECTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "server_vad": {
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 200,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    },
+    "semantic_vad": {"eagerness": "auto", "create_response": True, "interrupt_response": True},
+}
+
+
+def complete_turn_detection(config: dict[str, Any]) -> None:
+    """Fill in the fields a session's turn detection was given without (`session.update`)."""
+    audio = config.get("audio")
+    audio_input = audio.get("input") if isinstance(audio, dict) else None
+    turn_detection = audio_input.get("turn_detection") if isinstance(audio_input, dict) else None
+    if isinstance(turn_detection, dict):
+        for key, value in TURN_DETECTION_DEFAULTS.get(turn_detection.get("type"), {}).items():
+            turn_detection.setdefault(key, value)
+
+
 def energy_threshold(threshold: object) -> float:
     """The RMS (in PCM16 sample units) that `turn_detection.threshold` stands for."""
     value = threshold if isinstance(threshold, int | float) else 0.5

@@ -546,3 +546,32 @@ async def test_the_voice_cannot_change_once_the_model_has_spoken(conn):
     await conn.session.update(session=same)
     updated = (await recv(conn)).session
     assert updated.audio.output.voice == "cedar" and updated.instructions != "Be brief."
+
+
+@pytest.mark.asyncio
+async def test_turn_detection_given_in_part_is_completed_with_the_defaults_it_then_uses(conn):
+    """A client that sets only some of turn detection's fields is told (and gets) the rest as
+    the service announces them in `session.created`: 200 ms of silence ends a turn."""
+    created_defaults = {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 200,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    }
+    session = await configure(conn, vad={"type": "semantic_vad"})
+    assert session.audio.input.turn_detection.model_dump(exclude_unset=True) == {
+        "type": "semantic_vad",
+        "eagerness": "auto",
+        "create_response": True,
+        "interrupt_response": True,
+    }
+    session = await configure(conn, vad={"type": "server_vad", "threshold": 0.6})
+    announced = session.audio.input.turn_detection.model_dump(exclude_unset=True)
+    assert announced == {**created_defaults, "threshold": 0.6}
+    # 300 ms of silence is more than the 200 ms announced: the turn ends and is answered.
+    await send_audio(conn, microphone("hello") + silence(300))
+    events = await recv_until(conn, "response.created")
+    assert of_type(events, "input_audio_buffer.speech_stopped")
