@@ -349,3 +349,19 @@ async def test_a_listener_that_stops_reading_is_dropped_and_the_call_goes_on(dap
         stalled.close()
         assert dropped, "the listener that stopped reading was dropped"
         assert slowest < 1.0, f"the call went on at its pace (slowest round trip {slowest:.2f} s)"
+
+
+async def test_a_listener_leaving_does_not_stop_the_others_and_a_later_one_hears_again(
+    caller, cookies
+):
+    ann = await _started(caller.session_id, cookies["ann"])
+    bob = await _started(caller.session_id, cookies["bob"])
+    await ann.disconnect()
+    spoken = _tone(960)
+    await caller.send(_append(spoken))
+    assert (await _binary(bob))[1:] == spoken, "bob still hears the call after ann left"
+    await bob.disconnect()
+    again = await _started(caller.session_id, cookies["ann"])  # nobody listened in between
+    await caller.send(_append(spoken))
+    assert (await _binary(again))[1:] == spoken
+    await again.disconnect()
