@@ -16,7 +16,8 @@ What it tracks (from the current upstream's events, `observe`)
   conversation  the items in order (`conversation.item.added`/`.created` insert after their
                 `previous_item_id`, first when it is null; `.done`, `.retrieved` and
                 `response.done` outputs replace an item's content; `.deleted` removes it;
-                transcripts of input and output audio fill in the audio parts).
+                transcripts of input and output audio fill in the audio parts; `.truncated`
+                drops a reply's transcript, as the service drops the words never heard).
   speaking      the caller's speech was detected and not yet committed; after a commit, its
                 item (and, with turn detection on, the response it starts) not yet come.
   unfinished    items added and not yet done.
@@ -137,6 +138,8 @@ CREATABLE_TYPES = frozenset({"message", "function_call", "function_call_output"}
 PLAIN_AFTER_FAILURES = 2
 # Text for a spoken turn whose transcript never came.
 NO_TRANSCRIPT = "[spoken; no transcript]"
+# Text for a spoken reply the caller cut short before the rotation (what it heard is not known).
+CUT_SHORT = "[spoken; cut short by the caller; no transcript]"
 # Item fields the service adds that a client does not send.
 SERVER_ITEM_FIELDS = frozenset({"object", "status"})
 MAX_UPSTREAM_ID_CHARS = 128
@@ -246,6 +249,18 @@ class Conversation:
         index = content_index if isinstance(content_index, int) else 0
         if 0 <= index < len(content) and isinstance(content[index], dict):
             content[index]["transcript"] = transcript
+
+    def cut(self, item_id: str, content_index: Any) -> None:
+        """The upstream truncated an item's audio: it drops the text of it the caller did not
+        hear, which this copy cannot tell apart, so the transcript goes (a retrieve's answer
+        later gives the upstream's view). A cut reply is replayed as `CUT_SHORT`."""
+        item = self.items.get(item_id)
+        content = item.get("content") if item is not None else None
+        index = content_index if isinstance(content_index, int) else 0
+        if isinstance(content, list) and 0 <= index < len(content):
+            part = content[index]
+            if isinstance(part, dict) and part.get("type") in ("output_audio", "audio"):
+                content[index] = {**part, "transcript": CUT_SHORT}
 
     def replay(self, *, plain: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Each item as a client creates it, in order, and whether it was audio made text."""
@@ -438,6 +453,7 @@ class Rotation:
         elif kind == "conversation.item.truncated":
             if isinstance(event.get("item_id"), str):
                 self.conversation.truncated.add(event["item_id"])
+                self.conversation.cut(event["item_id"], event.get("content_index"))
         elif kind == "conversation.item.input_audio_transcription.completed" or kind in (
             "response.output_audio_transcript.done",
             "response.audio_transcript.done",

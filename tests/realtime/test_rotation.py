@@ -709,3 +709,45 @@ def test_an_item_the_fresh_upstream_adds_itself_is_not_taken_for_a_replayed_one(
     assert fresh.state.renamed == {}
     retrieve = frame("conversation.item.retrieve", item_id="item_u1")
     assert core.caller_frame(retrieve, now=7.0) in (None, [], [ToUpstream(frame=retrieve)])
+
+
+def test_a_reply_cut_short_before_the_rotation_is_not_replayed_with_the_words_never_heard():
+    """The caller stopped playing the reply and truncated it: the service drops the text of
+    it the caller did not hear, so the fresh session is not given the whole transcript."""
+    core = started()
+    truncate = frame(
+        "conversation.item.truncate", item_id="item_a1", content_index=0, audio_end_ms=300
+    )
+    assert core.caller_frame(truncate, now=2.0) == [ToUpstream(frame=truncate)]
+    core.upstream_frame(
+        frame(
+            "conversation.item.truncated", item_id="item_a1", content_index=0, audio_end_ms=300
+        ),
+        now=2.1,
+    )
+    open_fresh(core)
+    replayed = {
+        event["item"]["id"]: event["item"]
+        for action in core.tick(now=6.0)
+        if isinstance(action, ToFresh)
+        and (event := json.loads(action.frame))["type"] == "conversation.item.create"
+    }
+    text = replayed["item_a1"]["content"][0]["text"]
+    assert "Hello there." not in text, "the words the caller never heard were replayed"
+    assert replayed["item_u1"]["content"][0]["text"] == "Hi, who are you?"
+
+
+def test_a_cut_reply_the_upstream_answered_a_retrieve_for_is_replayed_as_it_holds_it():
+    core = started()
+    cut = frame("conversation.item.truncated", item_id="item_a1", content_index=0, audio_end_ms=9)
+    core.upstream_frame(cut, now=2.0)
+    heard = {**AGENT_ITEM, "content": [{"type": "output_audio", "transcript": "Hello"}]}
+    core.upstream_frame(frame("conversation.item.retrieved", item=heard), now=2.5)
+    open_fresh(core)
+    replayed = [
+        event["item"]
+        for action in core.tick(now=6.0)
+        if isinstance(action, ToFresh)
+        and (event := json.loads(action.frame))["type"] == "conversation.item.create"
+    ]
+    assert replayed[-1]["content"][0]["text"] == "Hello"
