@@ -475,7 +475,8 @@ class Rotation:
                 self.responses.discard(response.get("id"))  # type: ignore[arg-type]
             output = response.get("output") if isinstance(response, dict) else None
             for item in output if isinstance(output, list) else ():
-                self.conversation.replaced(item)
+                if not isinstance(item, dict) or item.get("id") not in self.conversation.truncated:
+                    self.conversation.replaced(item)  # a reply cut while it streamed stays cut
             self.unfinished.clear()
         elif kind == "input_audio_buffer.speech_started":
             self.speaking = True

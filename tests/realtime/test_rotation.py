@@ -751,3 +751,29 @@ def test_a_cut_reply_the_upstream_answered_a_retrieve_for_is_replayed_as_it_hold
         and (event := json.loads(action.frame))["type"] == "conversation.item.create"
     ]
     assert replayed[-1]["content"][0]["text"] == "Hello"
+
+
+def test_a_reply_cut_while_it_streams_stays_cut_when_its_response_ends():
+    core = make_core()
+    core.upstream_attached(now=0.0)
+    core.upstream_frame(frame("session.created", session=SESSION), now=0.0)
+    core.upstream_frame(frame("response.created", response={"id": "resp_1"}), now=1.0)
+    core.upstream_frame(
+        frame("conversation.item.added", previous_item_id=None, item=AGENT_ITEM), now=1.0
+    )
+    cut = frame("conversation.item.truncated", item_id="item_a1", content_index=0, audio_end_ms=9)
+    core.upstream_frame(cut, now=1.5)
+    core.upstream_frame(
+        frame(
+            "response.done",
+            response={"id": "resp_1", "status": "completed", "output": [AGENT_ITEM]},
+        ),
+        now=2.0,
+    )
+    open_fresh(core)
+    replayed = [
+        json.loads(action.frame)["item"]
+        for action in core.tick(now=6.0)
+        if isinstance(action, ToFresh) and "conversation.item.create" in action.frame
+    ]
+    assert "Hello there." not in replayed[0]["content"][0]["text"]
