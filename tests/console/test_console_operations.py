@@ -4,8 +4,10 @@ designed states, and a login refused after repeated failures."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -122,6 +124,26 @@ async def test_the_range_is_said_when_the_operator_pages_not_as_sessions_come_an
     await sync_to_async(_many_live_sessions)(120)
     alice = await login("alice")
     page = alice.page
+    # What the socket sends is held back until the operator has paged: the page of the view
+    # the page opened with, still on its way, is not what the operator asked for, and was said
+    # in its place ("1–50 of 120").
+    held, released, first_page, sockets = [], asyncio.Event(), asyncio.Event(), []
+
+    async def hold_until_paged(socket) -> None:
+        sockets.append(socket)
+
+        def from_server(message) -> None:
+            if released.is_set():
+                socket.send(message)
+                return
+            held.append(message)
+            if '"type": "sessions"' in str(message):
+                first_page.set()
+
+        socket.connect_to_server().on_message(from_server)
+
+    await page.route_web_socket(re.compile(r"/ws/console/$"), hold_until_paged)
+    await page.reload()
     await expect(page.locator("[data-live-status]")).to_have_text("Live", timeout=5000)
     await page.evaluate(
         """() => { window.said = [];
@@ -131,6 +153,11 @@ async def test_the_range_is_said_when_the_operator_pages_not_as_sessions_come_an
     )
     await page.locator('[data-page="next"]').focus()
     await page.keyboard.press("Enter")
+    async with asyncio.timeout(5):
+        await first_page.wait()  # the page of the view before
+    released.set()
+    for message in held:  # sent on in order, then everything passes
+        sockets[-1].send(message)
     range_ = page.locator("[data-range]")
     await expect(range_).to_have_text("51–100 of 120", timeout=3000)
     await page.wait_for_function("window.said.length > 0", timeout=3000)

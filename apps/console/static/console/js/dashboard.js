@@ -24,9 +24,11 @@ const DESCENDING_FIRST = new Set(["started", "requests", "cost", "last_activity"
 let view = Object.fromEntries(new URLSearchParams(location.search));
 
 
-function query(changes = {}) {
+// A view as its query string: the parameters that are not the defaults (as the server's
+// `View.params()` has them).
+function queryOf(parameters) {
   const params = new URLSearchParams();
-  for (const [key, value] of Object.entries({ ...view, ...changes })) {
+  for (const [key, value] of Object.entries(parameters)) {
     if (value === "" || value === undefined || value === null) continue;
     if (key === "sort" && value === DEFAULT_SORT) continue;
     if (key === "page" && String(value) === "1") continue;
@@ -34,6 +36,20 @@ function query(changes = {}) {
   }
   const text = params.toString();
   return text ? `?${text}` : "?";
+}
+
+function query(changes = {}) {
+  return queryOf({ ...view, ...changes });
+}
+
+// Whether a message is of the view the page asked for last (its parameters, in any order).
+function ofViewAsked(message) {
+  const sorted = (text) => {
+    const params = new URLSearchParams(text);
+    params.sort();
+    return params.toString();
+  };
+  return sorted(queryOf(message.view)) === sorted(query());
 }
 
 function row(session) {
@@ -120,9 +136,10 @@ function show(message) {
     ? `${message.first}–${message.last} of ${message.total}${message.total !== message.live ? ` matching (${message.live} live)` : ""}`
     : "";
   if (range.textContent !== shown) range.textContent = shown;
-  // Said once, for the operator's own change (a page, a sort, a filter): not at every session
-  // that starts or ends elsewhere, which on a busy fleet is every second.
-  if (viewChanged) {
+  // Said once, for the operator's own change (a page, a sort, a filter), when the page of the
+  // view asked for comes (not an update of the view before, already on its way): not at every
+  // session that starts or ends elsewhere, which on a busy fleet is every second.
+  if (viewChanged && ofViewAsked(message)) {
     viewChanged = false;
     rangeSaid.textContent = shown || "No live session matches.";
   }
