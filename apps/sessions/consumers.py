@@ -88,7 +88,6 @@ class DropsSendsToClosedSockets:
 
 # Close code 1012, "service restart" (RFC 6455's registry), as callers are told at a stop.
 SERVICE_RESTART = 1012
-STOPPING = "The server is restarting; reconnect."
 _operator_sockets: Callable[[], set[ClosedAtStop]] = per_loop(set)  # this loop's
 
 
@@ -119,8 +118,9 @@ class ClosedAtStop:
 
 async def close_operator_sockets() -> int:
     sockets = list(_operator_sockets())
+    reason = housekeeping_module.STOPPING
     await asyncio.gather(
-        *(socket.close(code=SERVICE_RESTART, reason=STOPPING) for socket in sockets),
+        *(socket.close(code=SERVICE_RESTART, reason=reason) for socket in sockets),
         return_exceptions=True,  # one closed meanwhile: nothing to say to it
     )
     return len(sockets)

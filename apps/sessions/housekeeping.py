@@ -66,6 +66,7 @@ chores: list[Callable[[], Awaitable[object]]] = []
 # they reconnect (to another process) instead of finding them cut.
 farewells: list[Callable[[], Awaitable[object]]] = []
 LOST = "The process holding the session stopped; the session is lost."
+# Why a stopping process takes no new session, and closes its operators' sockets.
 STOPPING = "This server is restarting; connect again."
 
 
