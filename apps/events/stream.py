@@ -176,15 +176,19 @@ class Hub:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                while self.followers:
-                    rows = await db_async(events_after)(self.cursor, None, PAGE)
-                    self.reads += 1
-                    self._hand_out(rows)
-                    if len(rows) < PAGE:
-                        break
+                await self.catch_up()
             except Exception as exc:  # the database hiccuped: the next round reads from the same id
                 log_failure(log, "reading the event log failed", exc)
             await asyncio.sleep(COALESCE)
+
+    async def catch_up(self) -> None:
+        """Hand out every event the log holds after the cursor."""
+        while self.followers:
+            rows = await db_async(events_after)(self.cursor, None, PAGE)
+            self.reads += 1
+            self._hand_out(rows)
+            if len(rows) < PAGE:
+                break
 
     def _hand_out(self, rows: list[tuple[int, uuid.UUID, str, str]]) -> None:
         dropped: list[Follower] = []
@@ -220,6 +224,10 @@ async def farewell() -> int:
     has cancelled the streams' tasks as it began to stop; their connections, still open,
     take the end through the `send` their `Flow` holds."""
     the_hub = hub()
+    # The sessions' ends are committed, but the hub may not have handed them out yet (its
+    # notice is on its way, or it reads the log on its own time): it reads up to them now.
+    with contextlib.suppress(Exception):  # the database went: the streams end with what they have
+        await the_hub.catch_up()
     followers = [*the_hub.everything, *(f for s in the_hub.by_session.values() for f in s)]
     for follower in followers:
         the_hub.leave(follower)

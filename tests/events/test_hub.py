@@ -164,3 +164,36 @@ async def test_a_session_relabelled_after_its_end_has_its_stream_end_there_still
         "nothing after the end: the relabelling is for /events, read from the log in the same "
         "page as the end"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stopping_process_sends_its_streams_the_events_committed_before_it_stopped():
+    """The farewell ran as soon as the sessions' ends were committed, before the hub had
+    handed them out (its notice on the way): a stream ended without its sessions' ends."""
+    from apps.events import stream
+
+    the_hub = stream.hub()
+    the_hub.cursor = await sync_to_async(stream.newest_id)()
+    sent = []
+
+    class Flow:
+        stopped = False
+
+        def detach(self) -> None:
+            pass
+
+        async def send(self, message) -> None:
+            sent.append(message)
+
+    follower = Follower(None, limit=100)
+    follower.flow = Flow()
+    the_hub.everything.add(follower)
+    session = await sync_to_async(LiveSession.objects.create)(
+        upstream_id="sess_stopping", model="gpt-realtime", status=LiveSession.Status.LIVE
+    )
+    await sync_to_async(_end)(session)  # committed; the hub not told
+
+    assert await stream.farewell() == 1
+    [last] = sent
+    assert b"session.ended" in last["body"] and last["more_body"] is False
+    assert last["body"].endswith(stream.STOPPING)
