@@ -190,9 +190,9 @@ async def calls(request: HttpRequest) -> HttpResponse:
     if isinstance(offer, JsonResponse):
         return offer
     sdp, session = offer
-    if (full := housekeeping().full()) is not None:
-        log.warning(json.dumps({"event": "call.refused", "reason": "too_many_sessions", "by": caller.name}))
-        response = error(503, "too_many_sessions", full, kind="server_error")
+    if (refusal := housekeeping().full()) is not None:
+        log.warning(json.dumps({"event": "call.refused", "reason": refusal.code, "by": caller.name}))
+        response = error(503, refusal.code, refusal.message, kind="server_error")
         response["Retry-After"] = "30"
         return response
     # A minted key's configuration is the one its issuer chose: it wins over the request's.

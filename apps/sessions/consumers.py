@@ -258,12 +258,10 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             return
         offered = self.scope.get("subprotocols") or []
         await self.accept("realtime" if "realtime" in offered else None)
-        if (message := housekeeping().full()) is not None:
+        if (refusal := housekeeping().full()) is not None:
             # 1012 (service restart) from a process that is stopping, as its callers get.
-            code, close = (
-                ("server_restarting", SERVICE_RESTART) if housekeeping().stopping
-                else ("too_many_sessions", 1013)
-            )
+            code, message = refusal
+            close = SERVICE_RESTART if code == "server_restarting" else 1013
             refused = {"event": "relay.refused", "reason": code, "by": principal.name}
             refusals.warning(json.dumps(refused))
             error = events.error_event(code=code, message=message, error_type="server_error")

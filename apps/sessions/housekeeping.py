@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -70,6 +70,13 @@ LOST = "The process holding the session stopped; the session is lost."
 STOPPING = "This server is restarting; connect again."
 
 
+class Refusal(NamedTuple):
+    """Why a process takes no new session: an error code and the message that says it."""
+
+    code: str  # `server_restarting` (it is stopping) or `too_many_sessions`
+    message: str
+
+
 class Holder(Protocol):
     key: uuid.UUID
 
@@ -100,16 +107,17 @@ class Housekeeping:
         if self.holders.get(holder.key) is holder:
             del self.holders[holder.key]
 
-    def full(self) -> str | None:
+    def full(self) -> Refusal | None:
         """Why this process takes no more sessions (it holds OC_MAX_SESSIONS), or None. The
         relay refuses a caller with it, and an attached call is refused before it is placed
         or answered: a call the console could not steer is not taken. A process told to stop
         takes none either (`stopping`): the load balancer may send it some while it drains."""
         if self.stopping:
-            return STOPPING
+            return Refusal("server_restarting", STOPPING)
         if len(self.holders) < settings.OC_MAX_SESSIONS:
             return None
-        return f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; try again later."
+        message = f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; try again later."
+        return Refusal("too_many_sessions", message)
 
     async def shutdown(self, timeout: float = 5.0) -> int:
         """End every session this process holds (`server_shutdown`: their callers are told,

@@ -361,6 +361,20 @@ async def test_a_full_server_refuses_the_call_before_placing_it(stand_in, api_to
     assert (await post_sdp(api_token)).status_code == 201
 
 
+async def test_a_stopping_server_refuses_the_call_saying_it_is_restarting(stand_in, api_token):
+    keeper = housekeeping()
+    keeper.stopping = True  # told to stop: the load balancer may still send it an offer
+    try:
+        response = await post_sdp(api_token)
+    finally:
+        keeper.stopping = False
+    assert response.status_code == 503
+    body = response.json()["error"]
+    assert body["code"] == "server_restarting" and body["type"] == "server_error"
+    assert body["message"] == "This server is restarting; connect again."
+    assert stand_in.requests == [] and stand_in.attached == []
+
+
 def _openai_error(response, status: int) -> dict:
     """The service's error shape, as JSON: what the `openai` SDK reads."""
     assert response.status_code == status, response.content[:300]
