@@ -116,6 +116,34 @@ async def test_a_page_that_empties_shows_the_last_page_and_its_link_says_so(logi
     assert alice.errors == []
 
 
+async def test_on_a_phone_the_pager_stays_on_screen_above_the_cards_it_pages(login, daphne):
+    """At 390 px each session is a card a third of a screen tall: the pager after 50 of them
+    was some 13,000 px down. It stays at the foot of the screen, and a row that takes the
+    focus is scrolled clear of it."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_many_live_sessions)(60)
+    alice = await login("alice")
+    page = alice.page
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.goto(f"{daphne.http_url}/console/")
+    await expect(page.locator("[data-range]")).to_have_text("1–50 of 60", timeout=5000)
+    following = page.locator('[data-page="next"]')
+    box = await following.bounding_box()
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 844, box
+    await page.locator("[data-sessions] tbody tr a").first.focus()
+    for n in range(1, 6):  # down the list with the keyboard: each row scrolls in from below
+        await page.keyboard.press("Tab")
+        link = await page.locator("[data-sessions] tbody tr").nth(n).locator("a").bounding_box()
+        pager = await page.locator("[data-pager]").bounding_box()
+        assert link["y"] + link["height"] <= pager["y"], f"the pager covers row {n}: {link} {pager}"
+    await page.screenshot(path=str(SHOTS / "dashboard-pager-phone.png"))
+    assert await _sideways(page) <= 0, await _too_wide(page)
+    await following.click()
+    await expect(page.locator("[data-range]")).to_have_text("51–60 of 60", timeout=5000)
+    assert alice.errors == []
+
+
 async def test_the_range_is_said_when_the_operator_pages_not_as_sessions_come_and_go(login, daphne):
     """The range ("51–100 of 120") was a live region: every session starting or ending on
     the fleet, every second or so on a busy one, had a screen reader read it out."""
