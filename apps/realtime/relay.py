@@ -688,14 +688,17 @@ class RelayCore:
         if self.ended is not None:
             return []
         if self.attached:
-            detail = (
+            detail = told = (
                 "The console stopped: the call goes on between the caller and the model, "
                 "no longer seen or steered here."
             )
-        else:
-            detail = "The server is restarting; reconnect to start a new session."
+        else:  # the record is read by operators, the close reason by the caller's client
+            told = "The server is restarting; reconnect to start a new session."
+            detail = (
+                "The server was restarted; the caller was asked to reconnect, as a new session."
+            )
         return [
-            CloseCaller(code=1012, reason=detail),
+            CloseCaller(code=1012, reason=told),
             *self._end("ended", EndReason.SERVER_SHUTDOWN, now, detail=detail),
         ]
 

@@ -98,7 +98,7 @@ def _sessions() -> None:
         ("live", "", None, ""),
         ("ended", "caller_closed", None, ""),
         ("failed", "upstream_closed", 1011, "The upstream connection was lost (1011)."),
-        ("ended", "server_shutdown", None, "The server is restarting; reconnect to start a new session."),
+        ("ended", "server_shutdown", None, "The server was restarted; the caller was asked to reconnect, as a new session."),
     )):
         LiveSession.objects.create(
             id=uuid.uuid4(), upstream_id=f"sess_{uuid.uuid4().hex[:20]}", model="gpt-realtime-2025-08-28",

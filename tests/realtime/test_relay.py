@@ -1211,6 +1211,11 @@ def test_shutdown_ends_cleanly_and_asks_the_caller_to_come_back():
         ]
     )
     assert "server_shutdown" in driver.last[1].error_message
+    # The caller's client reads the close reason; operators read the record.
+    assert driver.last[0].reason == "The server is restarting; reconnect to start a new session."
+    assert driver.core.ended.detail == (
+        "The server was restarted; the caller was asked to reconnect, as a new session."
+    )
 
 
 def test_a_crash_of_the_relay_tells_the_caller():
