@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from django.conf import settings
 
@@ -11,23 +12,36 @@ from apps.calls.models import CallProfile
 
 # The user part of a SIP or tel URI: `"Ann" <sip:+15551234567@host>;tag=x` → `+15551234567`.
 _URI_USER = re.compile(r"(?:sips?|tel):([^@;>?\s]+)", re.IGNORECASE)
+# A header's display name, quoted (RFC 3261 section 25.1): it may hold anything, "sip:" too.
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+# In a name-addr (`Ann <sip:…>`) the URI is what the angle brackets hold.
+_BRACKETED = re.compile(r"<([^>]*)>")
 _VISUAL_SEPARATORS = re.compile(r"[\s().\-]")
+# SIP's compact header names (RFC 3261 section 7.3.3): the service passes names on as sent.
+_COMPACT = {"from": "f", "to": "t"}
 
 
 def sip_header(data: dict, name: str) -> str:
-    """The first header called `name` (any case) in the event's `data.sip_headers`."""
+    """The first header called `name` (any case, or its compact form: `f` for From, `t` for
+    To) in the event's `data.sip_headers`."""
+    names = {name.lower(), _COMPACT.get(name.lower(), name.lower())}
     for header in data.get("sip_headers") or ():
-        if isinstance(header, dict) and str(header.get("name", "")).lower() == name.lower():
+        if isinstance(header, dict) and str(header.get("name", "")).lower() in names:
             return str(header.get("value", ""))
     return ""
 
 
 def sip_number(value: str) -> str:
-    """The number of a From or To header (`+15551234567`), without visual separators; the
-    URI's user part as it is when it is not a number; "" without one."""
-    match = _URI_USER.search(value)
-    user = match.group(1) if match else value.strip()
-    number = _VISUAL_SEPARATORS.sub("", user)
+    """The number of a From or To header (`+15551234567`), without visual separators and
+    with an escaped `+` (`%2B`) read as one; the URI's user part as it is when it is not a
+    number; "" without one. The URI is the one in angle brackets when there are any, so a
+    display name is never read as the address."""
+    value = _QUOTED.sub("", value)
+    bracketed = _BRACKETED.search(value)
+    uri = bracketed.group(1) if bracketed else value
+    match = _URI_USER.search(uri)
+    user = match.group(1) if match else uri.strip()
+    number = _VISUAL_SEPARATORS.sub("", unquote(user))
     return number if re.fullmatch(r"\+?[0-9]+", number) else user
 
 

@@ -324,7 +324,25 @@ async def test_without_a_default_profile_the_projects_defaults_answer(stand_in):
         ("sips:100@pbx.example.com;transport=tls", "100"),
         ("sip:alice@example.com", "alice"),
         ("", ""),
+        # A display name is not the address, whatever it holds.
+        ('"Hotel:Front" <sip:+15551234567@host>;tag=1', "+15551234567"),
+        ('"sip:+15550000000" <sip:+15551234567@host>', "+15551234567"),
+        # An escaped + (RFC 3261 lets a URI's user part escape it) is a +.
+        ("<sip:%2B15551234567@host;user=phone>", "+15551234567"),
     ],
 )
 def test_numbers_are_read_from_sip_and_tel_uris(header, number):
     assert sip_number(header) == number
+
+
+async def test_compact_from_and_to_headers_name_the_numbers(stand_in):
+    await CallProfile.objects.acreate(name="Sales", dialled_number="+15550001111", instructions="Sell.")
+    event = incoming_call("rtc_compact")
+    event["data"]["sip_headers"] = [
+        {"name": "f", "value": "<sip:+15559998888@carrier.example>;tag=9"},
+        {"name": "t", "value": "<sip:+15550001111@sip.api.openai.com>"},
+    ]
+    response = await deliver(*signed(event))
+    assert response.json()["profile"] == "Sales"
+    [attached] = stand_in["attached"]
+    assert (attached["caller_number"], attached["dialled_number"]) == ("+15559998888", "+15550001111")
