@@ -45,20 +45,30 @@ def sip_number(value: str) -> str:
     return number if re.fullmatch(r"\+?[0-9]+", number) else user
 
 
+def _without_plus(number: str) -> str:
+    """An E.164 number as carriers may send it, with or without its `+` (`15551234567`)."""
+    return number.removeprefix("+")
+
+
 def profile_for(number: str) -> CallProfile | None:
     """The profile naming `number` exactly, else the one whose prefix (`+1555*`) matches
     longest, else the default one; None when no profile names the number and
-    OC_SIP_REJECT_UNKNOWN is set (the call is rejected). Without a default profile, an unsaved
-    one with the project's defaults answers. Database work."""
+    OC_SIP_REJECT_UNKNOWN is set (the call is rejected). A number names the same line with
+    or without its leading `+`; of two profiles naming it, the one written as dialled wins.
+    Without a default profile, an unsaved one with the project's defaults answers. Database
+    work."""
     profiles = list(CallProfile.objects.exclude(dialled_number=""))
-    exact = [p for p in profiles if p.dialled_number == number]
+    wanted = _without_plus(number)
+    exact = [p for p in profiles if _without_plus(p.dialled_number) == wanted]
     if number and exact:
-        return exact[0]
-    prefixes = [
-        p for p in profiles if p.dialled_number.endswith("*") and number.startswith(p.dialled_number[:-1])
-    ]
-    if number and prefixes:
-        return max(prefixes, key=lambda p: len(p.dialled_number))
+        return min(exact, key=lambda p: p.dialled_number != number)
+    prefixes = {
+        p: _without_plus(p.dialled_number[:-1]) for p in profiles if p.dialled_number.endswith("*")
+    }
+    matching = [p for p, prefix in prefixes.items() if wanted.startswith(prefix)]
+    if number and matching:
+        return max(matching, key=lambda p: (len(prefixes[p]), p.dialled_number[0] == number[0]))
     if settings.OC_SIP_REJECT_UNKNOWN:
         return None
-    return CallProfile.objects.filter(is_default=True).first() or CallProfile(name="(no default profile)")
+    default = CallProfile.objects.filter(is_default=True).first()
+    return default or CallProfile(name="(no default profile)")

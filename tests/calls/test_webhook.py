@@ -84,6 +84,17 @@ async def test_the_dialled_number_picks_the_profile_exact_then_longest_prefix(st
     assert configs[2]["audio"] == {"output": {"voice": "cedar"}}
 
 
+async def test_a_number_names_its_profile_with_or_without_its_plus(stand_in, settings):
+    # Carriers send E.164 numbers with or without the +: the line is the same.
+    settings.OC_SIP_REJECT_UNKNOWN = True
+    await CallProfile.objects.acreate(name="CEO", dialled_number="+15552000000", instructions="Be formal.")
+    await CallProfile.objects.acreate(name="Sales", dialled_number="+1555*", instructions="Sell.")
+    await CallProfile.objects.acreate(name="UK", dialled_number="44*", instructions="Hello.")
+    for to, name in [("15552000000", "CEO"), ("15557777777", "Sales"), ("+442071234567", "UK")]:
+        response = await deliver(*signed(incoming_call(f"rtc_{to.lstrip('+')}", to=to)))
+        assert response.json().get("profile") == name, (to, response.json())
+
+
 async def test_an_unknown_number_is_rejected_when_told(stand_in, settings):
     settings.OC_SIP_REJECT_UNKNOWN = True
     await CallProfile.objects.acreate(name="Sales", dialled_number="+15550001111", instructions="Sell.")
