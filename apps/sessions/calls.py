@@ -53,7 +53,12 @@ events_log = logging.getLogger("oc.events")
 MAX_TARGET_URI_CHARS = 512  # CallAction.target_uri's max_length
 # A URI's scheme is case-insensitive (RFC 3986 section 3.1): `TEL:`, `Sip:` and `SIPS:` are
 # taken, and sent upstream as the operator wrote them.
-_TEL = re.compile(r"tel:\+?[0-9][0-9().\-]*", re.IGNORECASE)
+# A tel: URI may carry parameters after the number (RFC 3966 section 3): an extension
+# (`tel:+14155550123;ext=42`), or the context a local number is dialled in
+# (`tel:7042;phone-context=example.com`).
+_TEL = re.compile(
+    r"tel:\+?[0-9][0-9().\-]*(;[a-z0-9\-]+(=[a-z0-9\-_.!~*'()\[\]/:&+$%]+)?)*", re.IGNORECASE
+)
 _SIP = re.compile(r"sips?:[^\s@<>\"]+(@[^\s@<>\"]+)?", re.IGNORECASE)
 TARGET_URI_RULE = (
     "must be a tel: URI (a phone number: 'tel:+14155550123') or a sip: or sips: URI "

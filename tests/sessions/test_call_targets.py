@@ -22,7 +22,20 @@ def test_a_scheme_in_any_case_is_taken_and_the_uri_kept_as_written(target):
 
 
 @pytest.mark.parametrize(
-    "target", ["MAILTO:bob@example.com", "TEL:", "SIP:", "Tel:+1 555", "TEL:abc", "HTTPS://x.example"]
+    "target",
+    ["tel:+14155550123;ext=42", "tel:7042;phone-context=example.com",
+     "tel:+1-415-555-0123;isub=1411;ext=7", "tel:863-1234;phone-context=+1-914-555"],
+)
+def test_a_tel_uri_may_carry_parameters_an_extension_or_a_phone_context(target):
+    # RFC 3966 section 3: a transfer to an extension is a tel: URI with ;ext=.
+    assert target_uri_problem(target) is None
+    assert ReferIn(target_uri=target).target_uri == target
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["tel:+1555;", "tel:+1555;ext=", "tel:+1555;=4", "tel:+1555;ext=4 2",
+     "MAILTO:bob@example.com", "TEL:", "SIP:", "Tel:+1 555", "TEL:abc", "HTTPS://x.example"],
 )
 def test_anything_else_is_refused_in_any_case_naming_the_field(target):
     assert target_uri_problem(target).startswith("'target_uri' must be a tel: URI")
