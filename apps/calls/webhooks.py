@@ -47,6 +47,7 @@ from apps.realtime import events
 from apps.sessions import upstream_calls
 from apps.sessions.db import db_async
 from apps.sessions.housekeeping import housekeeping
+from apps.sessions.models import LiveSession
 
 log = logging.getLogger("oc.events")
 failures = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ failures = logging.getLogger(__name__)
 Stage = SeenWebhook.Stage
 MAX_WEBHOOK_ID_CHARS = SeenWebhook._meta.get_field("webhook_id").max_length  # 128
 INCOMING_CALL = "realtime.call.incoming"
+# The numbers are kept with the session (128 characters). They come from the caller's SIP
+# headers, which are the caller's to write: a longer one is cut to fit, not left to fail the
+# session's record (the call would go on, accepted, and no operator would see it).
+NUMBER_CHARS = LiveSession._meta.get_field("caller_number").max_length
 
 
 class UpstreamFailed(Exception):
@@ -226,8 +231,8 @@ async def _incoming_call(data: dict, webhook_id: str, stage: str) -> JsonRespons
     """Answer the call and attach it; from `stage` `accepted` (an earlier delivery's accept
     was taken, its attach failed), attach it only: the upstream refuses a second accept."""
     call_id = data["call_id"]  # a string, not empty (parse_event)
-    caller_number = profiles.sip_number(profiles.sip_header(data, "From"))
-    dialled_number = profiles.sip_number(profiles.sip_header(data, "To"))
+    caller_number = profiles.sip_number(profiles.sip_header(data, "From"))[:NUMBER_CHARS]
+    dialled_number = profiles.sip_number(profiles.sip_header(data, "To"))[:NUMBER_CHARS]
     profile = await db_async(profiles.profile_for)(dialled_number)
     common = {"call_id": call_id, "from": caller_number, "to": dialled_number, "webhook_id": webhook_id}
     if stage == Stage.ACCEPTED:

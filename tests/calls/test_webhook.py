@@ -18,6 +18,7 @@ from apps.calls.models import CallProfile, SeenWebhook
 from apps.calls.profiles import sip_number
 from apps.sessions import upstream_calls
 from apps.sessions.housekeeping import housekeeping
+from apps.sessions.models import LiveSession
 from tests.calls.support import WEBHOOK_SECRET, incoming_call, signed
 from tests.conftest import UPSTREAM_KEY
 
@@ -93,6 +94,19 @@ async def test_a_number_names_its_profile_with_or_without_its_plus(stand_in, set
     for to, name in [("15552000000", "CEO"), ("15557777777", "Sales"), ("+442071234567", "UK")]:
         response = await deliver(*signed(incoming_call(f"rtc_{to.lstrip('+')}", to=to)))
         assert response.json().get("profile") == name, (to, response.json())
+
+
+async def test_numbers_too_long_for_the_sessions_record_are_cut_to_fit(stand_in):
+    # The caller writes its From: a user part past the column would fail the session's row
+    # (PostgreSQL refuses it), leaving an accepted call no operator sees.
+    long_number = "+1" + "5" * 300
+    response = await deliver(*signed(incoming_call("rtc_long", from_=long_number, to=long_number)))
+    assert response.json()["status"] == "accepted"
+    [attached] = stand_in["attached"]
+    fields = {f.name: getattr(f, "max_length", None) for f in LiveSession._meta.get_fields()}
+    for name in ("caller_number", "dialled_number", "connected_by", "label"):
+        assert len(attached[name]) <= fields[name], name
+    assert attached["caller_number"] == long_number[: fields["caller_number"]]
 
 
 async def test_an_unknown_number_is_rejected_when_told(stand_in, settings):
