@@ -62,12 +62,27 @@ class CallProfile(models.Model):
                 {"dialled_number": "A number is + and digits (e.g. +15551234567), or such a prefix ending in *."}
             )
         self.dialled_number = number
+        self._check_as_the_service_would()
         if number:
             # Two profiles for one number: which answers would depend on their names' order.
             other = CallProfile.objects.filter(dialled_number=number).exclude(pk=self.pk).first()
             if other is not None:
                 message = f"{other.name} answers this number already: change that profile instead."
                 raise ValidationError({"dialled_number": message})
+
+    def _check_as_the_service_would(self) -> None:
+        """Refuse what the service would refuse in the call's accept, as a minted key's session
+        is (apps/calls/keys.py): saved, such a profile would leave every call to its numbers
+        ringing unanswered (the upstream refuses each accept). The error names the field."""
+        from apps.calls.keys import InvalidParameter, session_config
+
+        try:
+            session_config(self.session_config("gpt-realtime"))
+        except InvalidParameter as refused:
+            parts = (refused.param or "").removeprefix("session.").replace("[", ".").split(".")
+            fields = {"audio": "voice", "instructions": "instructions", "tools": "tools"}
+            field = fields.get(parts[0])
+            raise ValidationError({field: refused.message} if field else refused.message) from None
 
     def session_config(self, default_model: str) -> dict:
         """The `session` of the call's accept (the Realtime API's shape)."""

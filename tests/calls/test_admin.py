@@ -37,6 +37,11 @@ def test_a_profile_is_saved_with_its_tools(admin_client):
         ({"tools": '[{"name": "no type"}]'}, "each with a &quot;type&quot;"),
         ({"dialled_number": "sales line"}, "digits"),
         ({"dialled_number": "+15*55"}, "digits"),
+        # What the service would refuse in every call's accept (the calls would ring out).
+        ({"tools": '[{"type": "function", "name": "f", "strict": true}]'},
+         "Unknown parameter: &#x27;session.tools[0].strict&#x27;"),
+        ({"tools": '[{"type": "web_search"}]'}, "Supported values are: &#x27;function&#x27;"),
+        ({"instructions": "x" * 32769}, "string too long"),
     ],
 )
 def test_bad_fields_are_refused_naming_them(admin_client, fields, words):
