@@ -279,6 +279,9 @@ async def _accept(call_id: str, profile: CallProfile | None, common: dict) -> Js
         log.warning(json.dumps({"event": "call.accept_failed", **common, **failed}))
         if answer.status >= 500:
             raise UpstreamFailed(f"accept answered {answer.status}")
+        # Refused for good (the profile's configuration, or the call is over): the caller
+        # hears the call declined rather than ringing until the service gives up on it.
+        await _reject(call_id)
         return JsonResponse({"status": "accept_failed", "call_id": call_id, "upstream_status": answer.status})
     log.info(json.dumps({"event": "call.accepted", **common, "profile": profile.name}))
     return None

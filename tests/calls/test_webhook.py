@@ -201,6 +201,32 @@ async def test_an_upstream_failing_to_accept_leaves_the_delivery_to_be_retried(s
     assert not await SeenWebhook.objects.filter(webhook_id="wh_retry").aexists()
 
 
+async def test_a_call_whose_accept_is_refused_is_declined_not_left_ringing(stand_in, monkeypatch):
+    """The upstream refuses the accept (4xx: say, a profile's configuration it will not
+    take): retrying would be refused again, so the call is rejected at once."""
+    requests = stand_in["requests"]
+
+    def refuse_accept(request):
+        requests.append((request.url.path, json.loads(request.read() or b"{}"), ""))
+        if request.url.path.endswith("/accept"):
+            return httpx.Response(400, json={"error": {"message": "Unknown parameter: 'session.x'."}})
+        return httpx.Response(200)
+
+    refusing = httpx.MockTransport(refuse_accept)
+    monkeypatch.setattr(
+        upstream_calls, "client", lambda transport=None: httpx.AsyncClient(transport=refusing)
+    )
+    body, headers = signed(incoming_call("rtc_refused"), webhook_id="wh_refused")
+    response = await deliver(body, headers)
+    assert response.status_code == 200
+    assert response.json() == {"status": "accept_failed", "call_id": "rtc_refused", "upstream_status": 400}
+    assert [path for path, _, _ in requests] == [
+        "/v1/realtime/calls/rtc_refused/accept",
+        "/v1/realtime/calls/rtc_refused/reject",
+    ]
+    assert stand_in["attached"] == []
+
+
 @pytest.mark.parametrize("busy", [False, True])
 async def test_an_upstream_failing_to_reject_leaves_the_delivery_to_be_retried(
     stand_in, settings, monkeypatch, busy
