@@ -71,6 +71,11 @@ class Flow:
         if transport is not None and hasattr(transport, "abortConnection"):
             transport.abortConnection()
 
+    @property
+    def taking(self) -> bool:
+        """Registered with Twisted, which has not paused it: the client takes what is sent."""
+        return self._request is not None and not self.paused and not self.stopped
+
     async def writable(self, timeout: float) -> bool:
         """Wait until the client has room (True), or `timeout` passes (False). False at once
         when the client has gone (`stopped`): the caller must stop, not ask again."""

@@ -86,7 +86,10 @@ def frame(event_id: int, payload: str) -> bytes:
 
 
 class Follower:
-    """One stream's queue. `offer` never blocks: a full queue drops the follower."""
+    """One stream's queue. `offer` never blocks: a full queue drops the follower, unless its
+    client is taking what is sent (its `Flow` is not paused). The queue bounds what waits for
+    a client that does not read; a burst handed out at once (a page of the log, a busy
+    commit) is not that, and is no more than one hand-out, which the stream then sends."""
 
     __slots__ = ("session_key", "frames", "wake", "dropped", "ending", "limit", "after", "flow")
 
@@ -103,7 +106,7 @@ class Follower:
     def offer(self, event_id: int, data: bytes, *, last: bool = False) -> bool:
         if event_id <= self.after or self.ending:
             return True  # sent from the log already, or after the session's end: not for it
-        if len(self.frames) >= self.limit:
+        if len(self.frames) >= self.limit and not (self.flow is not None and self.flow.taking):
             self.dropped = True
             self.wake.set()
             return False

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
+from apps.events.models import Event
 from apps.events.retention import prune_events
 from tests.support.callers import SocketCaller, until_live
 from tests.support.sse import Follower
@@ -116,6 +118,38 @@ async def test_a_follower_that_stops_reading_is_dropped_and_slows_nobody(small_q
             if reader is not None:
                 await reader.close()
             await caller.close()
+
+
+def _commit_at_once(count: int) -> None:
+    """`count` events in one transaction, as another process's busy history writer commits
+    them: the hub reads them in one page and hands them out together."""
+    key = uuid.uuid4()
+    Event.objects.bulk_create(
+        Event(type="request.status", session_key=key, payload='{"type":"request.status"}')
+        for _ in range(count)
+    )
+
+
+async def test_a_follower_that_reads_takes_a_burst_larger_than_its_queue(
+    small_queue_daphne, api_token
+):
+    """The queue bounds what waits for a client that does not read; a burst handed out in one
+    go is not that, and a client reading at full speed is not dropped for it."""
+    server = small_queue_daphne
+    async with rest_client(server, api_token) as rest:
+        reader = await Follower(rest, "/events").start()
+        try:
+            await reader.until(lambda _: "following" in reader.comments, what="the stream's start")
+            await sync_to_async(_commit_at_once)(3 * QUEUE)
+            await reader.until(
+                lambda events: len(events) >= 3 * QUEUE, what="the whole burst on the reader"
+            )
+            ids = [int(e.id) for e in reader.events]
+            assert ids == list(range(ids[0], ids[0] + 3 * QUEUE)), "each once, in order"
+            assert not reader.ended, "the reading follower goes on"
+            assert "was dropped" not in server.output()
+        finally:
+            await reader.close()
 
 
 async def test_bad_input_is_answered_clearly(daphne, make_token, api_token):
