@@ -7,6 +7,10 @@ from apps.calls import views as calls_views
 from apps.console import views as console_views
 from apps.sessions import views
 
+# The admin is the console's: its header and its tabs' titles name the product, not Django.
+admin.site.site_header = "Operator Console administration"
+admin.site.site_title = "Operator Console admin"
+
 urlpatterns = [
     path("", console_views.home, name="home"),
     path("console/call/", calls_views.call_page, name="call"),

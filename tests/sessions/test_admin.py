@@ -99,6 +99,27 @@ def test_admin_pages_name_the_consoles_icon(staff_client):
     assert re.search(r'<link rel="icon" href="/static/favicon[^"]*\.svg"', page), "no icon named"
 
 
+def test_admin_pages_name_the_product_not_django(staff_client):
+    page = staff_client.get("/admin/").content.decode()
+    assert "Django administration" not in page and "Django site admin" not in page
+    assert "Operator Console administration" in page
+    assert "<title>Site administration | Operator Console admin</title>" in page
+
+
+def test_admin_pages_say_which_zone_their_times_are_in_and_where_to_change_it(staff_client):
+    """Its times name no zone ("Dec. 7, 2026, 8:13 p.m."): the header says it, as the
+    console's settings choose it."""
+    from apps.console.models import OperatorProfile
+
+    zone = '<a href="/console/settings/" class="oc-zone">Times in {}</a>'
+    page = staff_client.get("/admin/oc_sessions/livesession/").content.decode()
+    assert zone.format("UTC") in page
+    user = get_user_model().objects.get(username="boss")
+    OperatorProfile.objects.update_or_create(user=user, defaults={"timezone": "Asia/Kolkata"})
+    page = staff_client.get("/admin/").content.decode()
+    assert zone.format("Asia/Kolkata") in page
+
+
 def test_history_is_read_only(staff_client, history):
     response = staff_client.post(
         "/admin/oc_sessions/responserequest/req_admin1/change/", {"status": "failed"}
