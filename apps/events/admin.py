@@ -4,6 +4,8 @@ shown: it lives ten minutes."""
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.validators import URLValidator
@@ -20,7 +22,7 @@ from apps.events.models import (
     WebhookEndpoint,
 )
 from apps.events.stream import newest_id
-from apps.sessions.admin import ReadOnlyAdmin, duration_ms
+from apps.sessions.admin import ReadOnlyAdmin, duration_ms, time_and_day
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -172,19 +174,54 @@ class WebhookAttemptInline(admin.TabularInline):
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnlyAdmin):
     inlines = [WebhookAttemptInline]
-    list_display = (
-        "id",
-        "endpoint",
-        "event_type",
-        "event_id",
-        "status",
-        "attempts",
-        "last_status_code",
-        "next_attempt_at",
-        "created_at",
-        "delivered_at",
-    )
+    # Short columns, as the session and request lists have: ten columns ran past the list's
+    # edge at 1280 px, whether and when a delivery went out among them.
+    list_display = ("id", "event", "state", "next_or_delivered", "created")
     list_filter = ("status", "event_type", "endpoint", "created_at")
     search_fields = ("event_id", "last_error")
     list_select_related = ("endpoint",)
     # No date_hierarchy: its year/month links scan the whole log. The date filter does not.
+    fields = (
+        "endpoint", "event_id", "event_type", "body", "status", "attempts", "next_attempt_at",
+        "claimed_at", "last_status_code", "last_error", "created_at", "delivered_at", "updated_at",
+    )  # fmt: skip
+    readonly_fields = fields
+
+    @admin.display(description="event", ordering="event_type")
+    def event(self, obj: WebhookDelivery):
+        """The event's type, and its id and the endpoint on a line below."""
+        return format_html("{}<br><small>#{} to {}</small>", obj.event_type, obj.event_id, obj.endpoint.url)
+
+    @admin.display(description="status", ordering="status")
+    def state(self, obj: WebhookDelivery):
+        """The status, and the attempts with the last answer's code on a line below."""
+        tries = f"{obj.attempts} attempt{'' if obj.attempts == 1 else 's'}"
+        if obj.last_status_code is not None:
+            tries += f", last HTTP {obj.last_status_code}"
+        return format_html("{}<br><small>{}</small>", obj.get_status_display(), tries)
+
+    @admin.display(description="delivered / next try")
+    def next_or_delivered(self, obj: WebhookDelivery):
+        """When it was delivered, else when it is tried next, saying which."""
+        if obj.delivered_at is not None:
+            moment, word = obj.delivered_at, "delivered"
+        elif obj.status == WebhookDelivery.Status.FAILED:
+            return "— (given up)"
+        else:
+            moment, word = obj.next_attempt_at, "next try"
+        when = timezone.localtime(moment)
+        return format_html("{}<br><small>{} {}</small>", when.strftime("%H:%M:%S"), word, when.strftime("%b %d"))
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: WebhookDelivery):
+        return time_and_day(obj.created_at)
+
+    @admin.display(description="payload")
+    def body(self, obj: WebhookDelivery):
+        """The body sent, indented to read (it is sent on one line)."""
+        try:
+            text = json.dumps(json.loads(obj.payload), indent=2, ensure_ascii=False)
+        except ValueError:
+            text = obj.payload
+        help_text = WebhookDelivery._meta.get_field("payload").help_text
+        return format_html("<pre>{}</pre><p class='help'>{}</p>", text, help_text)

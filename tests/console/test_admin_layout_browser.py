@@ -11,7 +11,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from apps.events.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.models import ApiToken, LiveSession, ResponseRequest
+from apps.sessions.tokens import api_token_create, api_token_revoke
 from tests.console.conftest import PASSWORD, SCREENSHOTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -167,6 +168,43 @@ async def test_a_shortened_session_id_stays_on_one_line(chromium, daphne):
            .map((span) => span.getClientRects().length)"""
     )
     assert lines == [1, 1, 1], f"a session id broke over lines: {lines}"
+    await context.close()
+
+
+def _tokens() -> None:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    for n in range(3):
+        token, _ = api_token_create(name=f"support-agent-{n}", scopes=list(ApiToken.Scope.values))
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    api_token_revoke(token=token)
+
+
+async def test_the_token_list_shows_which_tokens_are_revoked_at_1280(chromium, daphne):
+    """Whether a token is revoked, and its usage, were past the list's edge at 1280 px."""
+    context, page = await _list_that_fits(
+        chromium, daphne, _tokens, "/admin/oc_sessions/apitoken/", "admin-tokens-desktop"
+    )
+    states = [t.split("\n")[0] for t in await page.locator("#result_list td.field-state").all_inner_texts()]
+    assert sorted(states) == ["Active", "Active", "Revoked"], states
+    await context.close()
+
+
+def _deliveries() -> None:
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/operator-console/events", cursor=0)
+    now = timezone.now()
+    for n, status in enumerate(("pending", "delivered", "failed")):
+        WebhookDelivery.objects.create(
+            endpoint=endpoint, event_id=1000 + n, event_type="session.ended", payload="{}", attempts=n + 1,
+            status=status, last_status_code=500 if n else None, delivered_at=now if n == 1 else None,
+        )  # fmt: skip
+
+
+async def test_the_delivery_log_fits_beside_its_filters_at_1280(chromium, daphne):
+    """Ten columns ran 500 px past the list's edge: whether and when a delivery went out too."""
+    context, page = await _list_that_fits(
+        chromium, daphne, _deliveries, "/admin/oc_events/webhookdelivery/", "admin-deliveries-desktop"
+    )
     await context.close()
 
 

@@ -171,6 +171,37 @@ def test_a_deliverys_page_lists_every_attempt_newest_first(client, django_user_m
     assert "500 ms" in text and "250 ms" in text, "each attempt's duration"
 
 
+@pytest.mark.django_db
+def test_a_deliverys_payload_reads_indented_not_as_one_line(client, django_user_model):
+    """It is sent on one line; shown so, a request's payload was a wall of JSON to read."""
+    client.force_login(django_user_model.objects.create_superuser("root", password=None))
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    payload = '{"id":7,"type":"request.status","request":{"status":"completed","output_text":"Hi"}}'
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event_id=7, event_type="request.status", payload=payload
+    )
+    page = client.get(f"/admin/oc_events/webhookdelivery/{delivery.pk}/change/").text
+    assert '<pre>{\n  &quot;id&quot;: 7,\n  &quot;type&quot;: &quot;request.status&quot;,' in page
+    assert '\n    &quot;status&quot;: &quot;completed&quot;,' in page, "nested keys indented"
+
+
+@pytest.mark.django_db
+def test_the_delivery_log_says_when_each_delivery_went_out_or_is_tried_next(
+    client, django_user_model
+):
+    client.force_login(django_user_model.objects.create_superuser("root", password=None))
+    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/oc", cursor=0)
+    for n, status in enumerate(("pending", "delivered", "failed")):
+        WebhookDelivery.objects.create(
+            endpoint=endpoint, event_id=n, event_type="session.ended", payload="{}",
+            status=status, attempts=n + 1, last_status_code=502 if n else None,
+            delivered_at=timezone.now() if status == "delivered" else None,
+        )  # fmt: skip
+    page = client.get("/admin/oc_events/webhookdelivery/").text
+    for shown in ("next try ", "delivered ", "— (given up)", "1 attempt<", "3 attempts, last HTTP 502"):
+        assert shown in page, shown
+
+
 class _VisibleText(HTMLParser):
     """The text a browser shows of a page: what is outside its tags."""
 

@@ -145,6 +145,20 @@ def test_tokens_are_revocable_from_the_admin(staff_client):
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
 
 
+def test_the_token_list_says_in_words_which_tokens_are_active_and_filters_by_it(staff_client):
+    api_token_create(name="kept")
+    gone, _ = api_token_create(name="gone")
+    api_token_revoke(token=gone)
+    page = staff_client.get("/admin/oc_sessions/apitoken/").content.decode()
+    assert '<td class="field-state">Active</td>' in page
+    assert '<td class="field-state">Revoked<br><small>' in page
+    assert "No date" not in page and "Has date" not in page, "the filter speaks of tokens"
+    active = staff_client.get("/admin/oc_sessions/apitoken/?state=active").content.decode()
+    revoked = staff_client.get("/admin/oc_sessions/apitoken/?state=revoked").content.decode()
+    assert ">kept<" in active and ">gone<" not in active
+    assert ">gone<" in revoked and ">kept<" not in revoked
+
+
 def test_staff_who_may_only_view_tokens_cannot_revoke_them(client):
     from django.contrib.auth.models import Permission
 
