@@ -18,7 +18,7 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from apps.events.flow import flow_of
 from apps.sessions import costs, export, recordings, selectors
@@ -29,6 +29,28 @@ from apps.sessions.tokens import api_token_create, api_token_name_problem, api_t
 def _as_json(obj) -> str:
     """The row as the REST hook and the console give it (`to_dict()`), to read or copy."""
     return format_html("<pre>{}</pre>", json.dumps(obj.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _usage_words(usage: dict | None) -> str:
+    """A response's or a session's usage as a person reads it: `998 tokens: 212 in (122 text,
+    90 audio), 786 out (108 text, 678 audio)`; the JSON is under "As the REST hook gives it"."""
+    if not usage:
+        return "—"
+
+    def side(total, details: dict | None) -> str:
+        kinds = [f"{n:,} {kind[:-7]}" for kind, n in (details or {}).items()
+                 if kind.endswith("_tokens") and isinstance(n, int) and n]
+        return f"{total or 0:,}" + (f" ({', '.join(kinds)})" if kinds else "")
+
+    return (
+        f"{usage.get('total_tokens') or 0:,} tokens: "
+        f"{side(usage.get('input_tokens'), usage.get('input_token_details'))} in, "
+        f"{side(usage.get('output_tokens'), usage.get('output_token_details'))} out"
+    )
+
+
+def _lines(rows: list[str]) -> str:
+    return format_html_join("", "{}<br>", ((row,) for row in rows)) if rows else "—"
 
 
 def _usd(cost: float | None) -> str:
@@ -168,9 +190,13 @@ _SESSION_GROUPS = {
 _grouped = {name for names in _SESSION_GROUPS.values() for name in names} | {
     "recording", "recording_transcript", "recording_seconds"
 }
+_READABLE = {"usage": "usage_read", "rate_limits": "rate_limits_read"}
 SESSION_FIELDSETS = (
     *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
-    ("Detail", {"fields": (*(f.name for f in LiveSession._meta.fields if f.name not in _grouped), "cost", "history")}),
+    # Usage and rate limits in words (their JSON is in the REST hook's shape below).
+    ("Detail", {"fields": (
+        *(_READABLE.get(f.name, f.name) for f in LiveSession._meta.fields if f.name not in _grouped), "cost", "history"
+    )}),
     ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
 )
 
@@ -185,7 +211,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     # No date_hierarchy: its year/month links scan the whole table. The date filter does not.
     readonly_fields = [
         *(f.name for f in LiveSession._meta.fields), "ended_because", "console", "cost", "history", "as_json", "recording_player",
-        "recording_withheld", "recording_length",
+        "recording_withheld", "recording_length", "usage_read", "rate_limits_read",
     ]
     fieldsets = SESSION_FIELDSETS
     inlines = [ResponseRequestInline]
@@ -227,6 +253,24 @@ class LiveSessionAdmin(ReadOnlyAdmin):
             '{}<br><small title="{}">{}</small>', when, obj.end_code_summary + (f": {obj.end_detail}" if obj.end_detail else ""),
             END_REASON_WORDS.get(obj.end_reason, obj.end_reason),
         )
+
+    @admin.display(description="usage")
+    def usage_read(self, obj):
+        return _usage_words(obj.usage)
+
+    @admin.display(description="rate limits")
+    def rate_limits_read(self, obj):
+        """The latest `rate_limits.updated`, a line a limit: `requests: 4,997 of 5,000 left,
+        reset in 45.1 s`."""
+        def n(value) -> str:
+            return f"{value:,}" if isinstance(value, int | float) else "?"
+
+        rows = [
+            f"{limit.get('name', '?')}: {n(limit.get('remaining'))} of {n(limit.get('limit'))} left, "
+            f"reset in {n(round(limit.get('reset_seconds') or 0, 1))} s"
+            for limit in (obj.rate_limits or []) if isinstance(limit, dict)
+        ]
+        return _lines(rows)
 
     @admin.display(description="cost (USD)")
     def cost(self, obj):
@@ -310,18 +354,29 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     list_select_related = ("session",)
     # The latest first, as the session list (the REST hook's history is oldest first).
     ordering = ("-created_at",)
-    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + ["queue_wait", "latency", "duration", "cost", "as_json"]
+    readonly_fields = [f.name for f in ResponseRequest._meta.fields] + [
+        "queue_wait", "latency", "duration", "cost", "as_json", "metadata_read", "usage_read"
+    ]
     fieldsets = (
         (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),
-        ("Overrides", {"fields": ("instructions", "instructions_mode", "sent_instructions", "conversation", "metadata")}),
+        ("Overrides", {"fields": ("instructions", "instructions_mode", "sent_instructions", "conversation", "metadata_read")}),
         ("Timeline", {"fields": ("created_at", "sent_at", "started_at", "finished_at", "queue_wait", "latency", "duration")}),
-        ("Result", {"fields": ("response_id", "event_id", "output_text", "usage", "cost")}),
+        ("Result", {"fields": ("response_id", "event_id", "output_text", "usage_read", "cost")}),
         ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
     )
 
     @admin.display(description="ResponseRequest JSON")
     def as_json(self, obj):
         return _as_json(obj)
+
+    @admin.display(description="metadata")
+    def metadata_read(self, obj):
+        """A line a pair, `key = value`."""
+        return _lines([f"{key} = {value}" for key, value in (obj.metadata or {}).items()])
+
+    @admin.display(description="usage")
+    def usage_read(self, obj):
+        return _usage_words(obj.usage)
 
     @admin.display(description="cost (USD)")
     def cost(self, obj):

@@ -120,6 +120,26 @@ def test_admin_pages_say_which_zone_their_times_are_in_and_where_to_change_it(st
     assert zone.format("Asia/Kolkata") in page
 
 
+def test_usage_rate_limits_and_metadata_read_as_words_not_json(staff_client, history):
+    """They were JSON dumps on one line ({"total_tokens": 998, "input_tokens": …}); the JSON
+    stays under "As the REST hook gives it"."""
+    usage = {
+        "total_tokens": 998, "input_tokens": 212, "output_tokens": 786,
+        "input_token_details": {"text_tokens": 122, "audio_tokens": 90, "image_tokens": 0},
+        "output_token_details": {"text_tokens": 108, "audio_tokens": 678},
+    }  # fmt: skip
+    limits = [{"name": "requests", "limit": 5000, "remaining": 4997, "reset_seconds": 45.108}]
+    LiveSession.objects.filter(pk=history.pk).update(usage=usage, rate_limits=limits)
+    ResponseRequest.objects.filter(id="req_admin1").update(usage=usage, metadata={"ticket": "T-7", "team": "billing"})
+    words = "998 tokens: 212 (122 text, 90 audio) in, 786 (108 text, 678 audio) out"
+    session = staff_client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/").content.decode()
+    assert f'<div class="readonly">{words}</div>' in session
+    assert '<div class="readonly">requests: 4,997 of 5,000 left, reset in 45.1 s<br></div>' in session
+    request = staff_client.get("/admin/oc_sessions/responserequest/req_admin1/change/").content.decode()
+    assert f'<div class="readonly">{words}</div>' in request
+    assert '<div class="readonly">ticket = T-7<br>team = billing<br></div>' in request
+
+
 def test_history_is_read_only(staff_client, history):
     response = staff_client.post(
         "/admin/oc_sessions/responserequest/req_admin1/change/", {"status": "failed"}
