@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -53,27 +53,34 @@ class CallProfile(models.Model):
         return self.name
 
     def clean(self) -> None:
+        """Every field's problem at once: the form shows each beside its field, not the next
+        only once the first is fixed."""
+        problems: dict[str, str] = {}
         tools = self.tools if self.tools is not None else []
         if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") for t in tools):
-            raise ValidationError({"tools": 'Tools must be a JSON list of objects, each with a "type".'})
+            problems["tools"] = 'Tools must be a JSON list of objects, each with a "type".'
         number = self.dialled_number.strip()
         if number and not NUMBER_PATTERN.fullmatch(number):
-            raise ValidationError(
-                {"dialled_number": "A number is + and digits (e.g. +15551234567), or such a prefix ending in *."}
+            problems["dialled_number"] = (
+                "A number is + and digits (e.g. +15551234567), or such a prefix ending in *."
             )
-        self.dialled_number = number
-        self._check_as_the_service_would()
-        if number:
+        elif number:
             # Two profiles for one number: which answers would depend on their names' order.
             other = CallProfile.objects.filter(dialled_number=number).exclude(pk=self.pk).first()
             if other is not None:
-                message = f"{other.name} answers this number already: change that profile instead."
-                raise ValidationError({"dialled_number": message})
+                problems["dialled_number"] = (
+                    f"{other.name} answers this number already: change that profile instead."
+                )
+        if "tools" not in problems:
+            problems.update(self._refused_by_the_service())
+        if problems:
+            raise ValidationError(problems)
+        self.dialled_number = number
 
-    def _check_as_the_service_would(self) -> None:
-        """Refuse what the service would refuse in the call's accept, as a minted key's session
-        is (apps/calls/keys.py): saved, such a profile would leave every call to its numbers
-        ringing unanswered (the upstream refuses each accept). The error names the field."""
+    def _refused_by_the_service(self) -> dict[str, str]:
+        """What the service would refuse in the call's accept, as a minted key's session is
+        (apps/calls/keys.py), by field: saved, such a profile would leave every call to its
+        numbers ringing unanswered (the upstream refuses each accept)."""
         from apps.calls.keys import InvalidParameter, session_config
 
         try:
@@ -81,8 +88,8 @@ class CallProfile(models.Model):
         except InvalidParameter as refused:
             parts = (refused.param or "").removeprefix("session.").replace("[", ".").split(".")
             fields = {"audio": "voice", "instructions": "instructions", "tools": "tools"}
-            field = fields.get(parts[0])
-            raise ValidationError({field: refused.message} if field else refused.message) from None
+            return {fields.get(parts[0], NON_FIELD_ERRORS): refused.message}
+        return {}
 
     def session_config(self, default_model: str) -> dict:
         """The `session` of the call's accept (the Realtime API's shape)."""

@@ -50,6 +50,13 @@ def test_bad_fields_are_refused_naming_them(admin_client, fields, words):
     assert not CallProfile.objects.filter(name="Support").exists()
 
 
+def test_a_bad_number_and_bad_tools_are_both_named_at_once(admin_client):
+    """Only the tools' error was shown: the number's came once they were fixed."""
+    page = admin_client.post(ADD, form(dialled_number="sales line", tools="{}")).content.decode()
+    assert '<div class="form-row errors field-tools">' in page
+    assert '<div class="form-row errors field-dialled_number">' in page
+
+
 def test_only_one_profile_is_the_default(admin_client):
     CallProfile.objects.filter(is_default=True).delete()
     CallProfile.objects.create(name="Main", is_default=True)
