@@ -190,7 +190,9 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
     @admin.display(description="event", ordering="event_type")
     def event(self, obj: WebhookDelivery):
         """The event's type, and its id and the endpoint on a line below."""
-        return format_html("{}<br><small>#{} to {}</small>", obj.event_type, obj.event_id, obj.endpoint.url)
+        return format_html(
+            "{}<br><small>#{} to {}</small>", obj.event_type, obj.event_id, obj.endpoint.url
+        )
 
     @admin.display(description="status", ordering="status")
     def state(self, obj: WebhookDelivery):
@@ -210,7 +212,9 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
         else:
             moment, word = obj.next_attempt_at, "next try"
         when = timezone.localtime(moment)
-        return format_html("{}<br><small>{} {}</small>", when.strftime("%H:%M:%S"), word, when.strftime("%b %d"))
+        return format_html(
+            "{}<br><small>{} {}</small>", when.strftime("%H:%M:%S"), word, when.strftime("%b %d")
+        )
 
     @admin.display(description="created", ordering="created_at")
     def created(self, obj: WebhookDelivery):

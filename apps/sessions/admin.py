@@ -195,7 +195,9 @@ SESSION_FIELDSETS = (
     *((title, {"fields": names}) for title, names in _SESSION_GROUPS.items()),
     # Usage and rate limits in words (their JSON is in the REST hook's shape below).
     ("Detail", {"fields": (
-        *(_READABLE.get(f.name, f.name) for f in LiveSession._meta.fields if f.name not in _grouped), "cost", "history"
+        *(_READABLE.get(f.name, f.name) for f in LiveSession._meta.fields
+          if f.name not in _grouped),
+        "cost", "history",
     )}),
     ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
 )
@@ -266,7 +268,8 @@ class LiveSessionAdmin(ReadOnlyAdmin):
             return f"{value:,}" if isinstance(value, int | float) else "?"
 
         rows = [
-            f"{limit.get('name', '?')}: {n(limit.get('remaining'))} of {n(limit.get('limit'))} left, "
+            f"{limit.get('name', '?')}: "
+            f"{n(limit.get('remaining'))} of {n(limit.get('limit'))} left, "
             f"reset in {n(round(limit.get('reset_seconds') or 0, 1))} s"
             for limit in (obj.rate_limits or []) if isinstance(limit, dict)
         ]
@@ -359,7 +362,10 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     ]
     fieldsets = (
         (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),
-        ("Overrides", {"fields": ("instructions", "instructions_mode", "sent_instructions", "conversation", "metadata_read")}),
+        ("Overrides", {"fields": (
+            "instructions", "instructions_mode", "sent_instructions", "conversation",
+            "metadata_read",
+        )}),
         ("Timeline", {"fields": ("created_at", "sent_at", "started_at", "finished_at", "queue_wait", "latency", "duration")}),
         ("Result", {"fields": ("response_id", "event_id", "output_text", "usage_read", "cost")}),
         ("As the REST hook gives it", {"fields": ("as_json",), "classes": ("collapse",)}),
@@ -527,7 +533,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if obj.revoked_at is None:
             return "Active"
         return format_html(
-            "Revoked<br><small>{}</small>", timezone.localtime(obj.revoked_at).strftime("%b %d, %H:%M")
+            "Revoked<br><small>{}</small>",
+            timezone.localtime(obj.revoked_at).strftime("%b %d, %H:%M"),
         )
 
     @admin.display(description="last used", ordering="last_used_at")

@@ -184,26 +184,30 @@ async def test_the_token_list_shows_which_tokens_are_revoked_at_1280(chromium, d
     context, page = await _list_that_fits(
         chromium, daphne, _tokens, "/admin/oc_sessions/apitoken/", "admin-tokens-desktop"
     )
-    states = [t.split("\n")[0] for t in await page.locator("#result_list td.field-state").all_inner_texts()]
+    cells = await page.locator("#result_list td.field-state").all_inner_texts()
+    states = [cell.split("\n")[0] for cell in cells]
     assert sorted(states) == ["Active", "Active", "Revoked"], states
     await context.close()
 
 
 def _deliveries() -> None:
     get_user_model().objects.create_superuser("root", password=PASSWORD)
-    endpoint = WebhookEndpoint.objects.create(url="https://hooks.example.com/operator-console/events", cursor=0)
+    url = "https://hooks.example.com/operator-console/events"
+    endpoint = WebhookEndpoint.objects.create(url=url, cursor=0)
     now = timezone.now()
     for n, status in enumerate(("pending", "delivered", "failed")):
         WebhookDelivery.objects.create(
-            endpoint=endpoint, event_id=1000 + n, event_type="session.ended", payload="{}", attempts=n + 1,
-            status=status, last_status_code=500 if n else None, delivered_at=now if n == 1 else None,
+            endpoint=endpoint, event_id=1000 + n, event_type="session.ended", payload="{}",
+            attempts=n + 1, status=status, last_status_code=500 if n else None,
+            delivered_at=now if n == 1 else None,
         )  # fmt: skip
 
 
 async def test_the_delivery_log_fits_beside_its_filters_at_1280(chromium, daphne):
     """Ten columns ran 500 px past the list's edge: whether and when a delivery went out too."""
     context, page = await _list_that_fits(
-        chromium, daphne, _deliveries, "/admin/oc_events/webhookdelivery/", "admin-deliveries-desktop"
+        chromium, daphne, _deliveries, "/admin/oc_events/webhookdelivery/",
+        "admin-deliveries-desktop",
     )
     await context.close()
 

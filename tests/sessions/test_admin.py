@@ -130,12 +130,14 @@ def test_usage_rate_limits_and_metadata_read_as_words_not_json(staff_client, his
     }  # fmt: skip
     limits = [{"name": "requests", "limit": 5000, "remaining": 4997, "reset_seconds": 45.108}]
     LiveSession.objects.filter(pk=history.pk).update(usage=usage, rate_limits=limits)
-    ResponseRequest.objects.filter(id="req_admin1").update(usage=usage, metadata={"ticket": "T-7", "team": "billing"})
+    metadata = {"ticket": "T-7", "team": "billing"}
+    ResponseRequest.objects.filter(id="req_admin1").update(usage=usage, metadata=metadata)
     words = "998 tokens: 212 (122 text, 90 audio) in, 786 (108 text, 678 audio) out"
-    session = staff_client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/").content.decode()
+    session = staff_client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/").text
     assert f'<div class="readonly">{words}</div>' in session
-    assert '<div class="readonly">requests: 4,997 of 5,000 left, reset in 45.1 s<br></div>' in session
-    request = staff_client.get("/admin/oc_sessions/responserequest/req_admin1/change/").content.decode()
+    limit = "requests: 4,997 of 5,000 left, reset in 45.1 s"
+    assert f'<div class="readonly">{limit}<br></div>' in session
+    request = staff_client.get("/admin/oc_sessions/responserequest/req_admin1/change/").text
     assert f'<div class="readonly">{words}</div>' in request
     assert '<div class="readonly">ticket = T-7<br>team = billing<br></div>' in request
 
