@@ -515,8 +515,14 @@ class Sequencer:
         """Forget terminal requests but the latest `keep`, so that a long session's state stays
         flat. A forgotten request is unknown to later inputs, as if never submitted: its late
         `response.created` counts as the server's, an error naming its event is not claimed.
-        Returns the (id, final status) of those forgotten, oldest first."""
-        finished = [rid for rid, entry in self._entries.items() if entry.status.is_terminal]
+        Returns the (id, final status) of those forgotten, oldest first. A request whose
+        response still runs (it came after the request timed out) is kept until it is done."""
+        running = {live.request_id for live in self._live.values()}
+        finished = [
+            rid
+            for rid, entry in self._entries.items()
+            if entry.status.is_terminal and rid not in running
+        ]
         if len(finished) <= keep:
             return []
         dropped = []

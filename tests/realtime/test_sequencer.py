@@ -879,3 +879,20 @@ def test_offline_everything_waits_queued_a_cancel_takes_one_out_and_resume_sends
     assert summary(seq.cancel("b", now=0.3)) == ["b cancelled"]
     assert summary(seq.resume(now=1.0)) == ["create c", "c sent", "create a", "a sent"]
     assert seq.queued_ids == ()
+
+
+def test_forget_finished_keeps_a_finished_request_whose_late_response_still_runs():
+    # `a` timed out, then its response came after all; finished requests are forgotten while
+    # it runs. Its response.done must still end it and let the queue go on (it raised KeyError).
+    driver = run(
+        [
+            ("submit a", ["a queued", "create a", "a sent"]),
+            ("tick 15", ["a failed upstream_timeout"]),
+            ("created r1 a", []),
+            ("submit b", ["b queued"]),
+        ],
+        send_timeout=15.0,
+    )
+    assert driver.seq.forget_finished(keep=0) == [], "a's response still runs"
+    driver.run([("done r1 completed", ["create b", "b sent"])])
+    assert driver.seq.forget_finished(keep=0) == [("a", RequestStatus.FAILED)]

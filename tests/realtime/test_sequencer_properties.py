@@ -3,8 +3,9 @@
 An honest upstream is modelled (it answers response.create in order, refuses one while an
 in-conversation response runs, starts responses of its own, finishes them, honours cancels),
 and stray inputs are mixed in (unknown or late response.created, errors with or without
-event_id, duplicate events). The expected state is rebuilt only from the returned actions, so
-the DESIGN invariants are checked against what the actor would actually do:
+event_id, duplicate events, finished requests forgotten). The expected state is rebuilt only
+from the returned actions, so the DESIGN invariants are checked against what the actor would
+actually do:
 
 - never two in-conversation response.create outstanding;
 - none sent while an in-conversation response is active (as the inputs said);
@@ -88,6 +89,7 @@ class SequencerMachine(RuleBasedStateMachine):
         self.cancel_events: dict[str, str] = {}  # event_id -> response_id
         self.cancel_wanted: set[str] = set()  # cancel() while sent: no response to cancel yet
         self.closed_reason: str | None = None
+        self.forgotten: set[str] = set()  # forget_finished(): unknown to the sequencer
         # What the inputs said: responses created and not done -> in conversation?
         self.live: dict[str, bool] = {}
         # The honest upstream.
@@ -111,8 +113,12 @@ class SequencerMachine(RuleBasedStateMachine):
             seq.active_request_id,
             seq.is_closed,
             seq.next_deadline,
-            {rid: seq.status(rid) for rid in self.requests},
+            {rid: seq.status(rid) for rid in self.requests if rid not in self.forgotten},
         )
+
+    def known(self, request_id: str | None) -> bool:
+        """Submitted, and not forgotten since."""
+        return request_id in self.requests and request_id not in self.forgotten
 
     def is_oob(self, request_id: str) -> bool:
         return self.requests[request_id].out_of_band
@@ -260,7 +266,11 @@ class SequencerMachine(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(sorted(self.requests) + ["nobody"]))
         status = self.status.get(rid)
         before = self.snapshot()
-        if status is None or (status.is_terminal and self.closed_reason is None):
+        if (
+            status is None
+            or rid in self.forgotten
+            or (status.is_terminal and self.closed_reason is None)
+        ):
             with pytest.raises(RequestNotCancellable):
                 self.seq.cancel(rid, now=self.now)
             assert self.snapshot() == before, "a refused cancel changed the state"
@@ -319,19 +329,33 @@ class SequencerMachine(RuleBasedStateMachine):
         assert actions, "tick did nothing at next_deadline"
         self.apply(actions, cause="tick")
 
+    @rule(keep=st.integers(0, 2))
+    def forget_finished(self, keep):
+        """A long session forgets finished requests; late events may still name them."""
+        finished = [
+            rid for rid, s in self.status.items() if s.is_terminal and rid not in self.forgotten
+        ]
+        dropped = self.seq.forget_finished(keep=keep)
+        assert all(self.status[rid] is status for rid, status in dropped)
+        assert {rid for rid, _ in dropped} <= set(finished), "forgot a request not finished"
+        assert len(finished) - len(dropped) >= min(keep, len(finished))
+        if dropped:
+            event("finished requests forgotten")
+        self.forgotten |= {rid for rid, _ in dropped}
+
     # ------------------------------------------------------------------ inputs: the upstream
 
     def created(self, response_id: str, oc_request: str | None) -> None:
         new = self.closed_reason is None and response_id not in self.live
         if new:
-            ours_oob = oc_request in self.requests and self.sends[oc_request] > 0
+            ours_oob = self.known(oc_request) and self.sends[oc_request] > 0
             self.live[response_id] = not (ours_oob and self.is_oob(oc_request))
             if oc_request is None and self.outstanding is not None:
                 event("server response while a request is outstanding")
         actions = self.seq.response_created(
             response_id=response_id, oc_request=oc_request, now=self.now
         )
-        if new and oc_request in self.cancel_wanted and self.sends[oc_request]:
+        if new and self.known(oc_request) and oc_request in self.cancel_wanted:
             self.cancel_wanted.discard(oc_request)
             assert any(
                 isinstance(a, SendEvent) and a.event.get("response_id") == response_id
@@ -437,7 +461,7 @@ class SequencerMachine(RuleBasedStateMachine):
         if kind == "created":  # unknown, the server's, late, or naming any request at all
             oc_request = data.draw(st.sampled_from([None, "nobody", *sorted(self.requests)]))
             response_id = self.fresh("resp_")
-            ours_oob = oc_request in self.requests and self.sends[oc_request]
+            ours_oob = self.known(oc_request) and self.sends[oc_request]
             self.upstream_live[response_id] = not (ours_oob and self.is_oob(oc_request))
             self.created(response_id, oc_request)
         elif kind == "duplicate created" and self.live:
@@ -457,6 +481,8 @@ class SequencerMachine(RuleBasedStateMachine):
             self.error(event_id, data.draw(st.sampled_from(ERROR_CODES)))
         elif kind == "duplicate id" and self.requests:
             rid = data.draw(st.sampled_from(sorted(self.requests)))
+            if rid in self.forgotten:
+                return  # as if never submitted: the sequencer would take it again
             before = self.snapshot()
             with pytest.raises(DuplicateRequest):
                 self.seq.submit(Request(id=rid, origin="api", event_id="evt_x"), now=self.now)
@@ -468,6 +494,8 @@ class SequencerMachine(RuleBasedStateMachine):
     def views_agree_with_actions(self):
         seq = self.seq
         for rid, status in self.status.items():
+            if rid in self.forgotten:
+                continue
             assert seq.status(rid) is status, f"{rid}: {seq.status(rid)} but actions said {status}"
             assert seq.get(rid) == self.requests[rid]
         assert seq.queued_ids == tuple(self.queue)
