@@ -75,6 +75,7 @@ from typing import Any
 from apps.realtime import attached as attached_mode
 from apps.realtime import events, minted, rotation, tools
 from apps.realtime.sequencer import (
+    ACTIVE_RESPONSE_ERROR,
     OC_REQUEST_KEY,
     ErrorClaimed,
     Request,
@@ -945,8 +946,13 @@ class RelayCore:
         claims = self._apply(
             self.sequencer.error(event_id=event_id, code=code, message=message, now=now), actions
         )
+        if claims:
+            return frame if claims[0].forward_to_caller else None
         # An error about none of the sequencer's events is the caller's own: it goes through.
-        return frame if not claims or claims[0].forward_to_caller else None
+        # Not conversation_already_has_active_response: every response.create of the caller's
+        # passes the sequencer, so that one answers the relay's sequencing (a request that
+        # timed out, refused later without its event_id or once forgotten).
+        return None if code == ACTIVE_RESPONSE_ERROR else frame
 
     def _response_of(self, event: dict) -> Any:
         response_id = event.get("response_id")

@@ -726,6 +726,24 @@ def test_active_response_error_about_the_relays_own_sequencing_never_reaches_the
     )
 
 
+@pytest.mark.parametrize("event_id", [None, "e_forgotten"])
+def test_an_active_response_error_no_request_claims_never_reaches_the_caller(event_id):
+    """Every response.create of the caller's passes the sequencer, so the caller never causes
+    this error itself: one that comes for a request that timed out (without its event_id, or
+    naming one the relay no longer knows) is about the relay's own sequencing."""
+    driver = started()
+    driver.step(("call", caller_create("c1")))
+    driver.run(
+        [
+            ("tick 15", ["a failed upstream_timeout", "caller error upstream_timeout"]),
+            (
+                ("up", upstream_error(event_id, "conversation_already_has_active_response")),
+                ["watchers event"],
+            ),
+        ]
+    )
+
+
 def test_any_other_error_about_the_callers_request_reaches_the_caller():
     driver = started()
     driver.step(("call", caller_create("c1")))
