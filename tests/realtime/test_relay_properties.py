@@ -1,14 +1,18 @@
 """Hypothesis state machine: random interleavings of the relay core's inputs.
 
 An upstream is modelled loosely (it answers the response.create it was sent, in any order,
-starts responses of its own, streams deltas, finishes, refuses one with
-`conversation_already_has_active_response`), mixed with the caller's requests, operators'
-requests (in the conversation or out of band), cancels, interrupts, watchers, time, and the
-session's end. What the core returns is checked against the contract's promises:
+starts responses of its own, streams deltas, finishes, refuses one with any code, its event_id
+echoed or not, repeats a response.created, ends a response never created, errs about the
+caller's own events), mixed with the caller's requests, operators' requests (in the
+conversation or out of band), cancels, interrupts, watchers, time, and the session's end.
+What the core returns is checked against the contract's and DESIGN's promises:
 
 - the caller never sees `oc_request`, and never sees an event of an operator's out-of-band
   response;
-- the caller never sees `conversation_already_has_active_response`;
+- the caller never sees `conversation_already_has_active_response`, nor an error that names
+  an operator's response.create;
+- no in-conversation response.create is sent while one is outstanding or while a response in
+  the conversation is in progress (as the upstream's events said);
 - every frame for the caller can be sent (valid UTF-8);
 - every request's statuses follow the sequencer's table, and once the session has ended every
   request has exactly one terminal status.
@@ -65,6 +69,9 @@ class RelayMachine(RuleBasedStateMachine):
         self.operator_ids = 0
         self.listening: set[str] = set()  # listeners the model counts
         self.audio_of: str | None = None  # the response whose audio is being fed
+        self.out_of_band: set[str] = set()  # request ids of out-of-band requests
+        self.operator_ids_seen: set[str] = set()  # request ids of operators' requests
+        self.operator_event_ids: set[str] = set()  # event ids of their response.create
         self.feed(self.core.upstream_attached(now=0.0))
         self.upstream(
             {"type": "session.created", "session": {"id": "sess_1", "instructions": "Be kind."}}
@@ -80,9 +87,14 @@ class RelayMachine(RuleBasedStateMachine):
                 event = json.loads(action.frame)
                 if event["type"] == "response.create":
                     self.unanswered.append(event)
+                    tag = event["response"]["metadata"][OC_REQUEST_KEY]
+                    if tag in self.operator_ids_seen:
+                        self.operator_event_ids.add(event["event_id"])
             elif type(action) is RequestRecorded:
                 assert action.request_id not in self.statuses
                 self.statuses[action.request_id] = [action.status]
+                if action.conversation == "none":
+                    self.out_of_band.add(action.request_id)
             elif type(action) is RequestChanged:
                 history = self.statuses.setdefault(action.request_id, [])
                 if history == [action.status]:
@@ -92,6 +104,17 @@ class RelayMachine(RuleBasedStateMachine):
                         f"{action.request_id}: {history} then {action.status}"
                     )
                 history.append(action.status)
+                if (
+                    action.status is RequestStatus.SENT
+                    and action.request_id not in self.out_of_band
+                ):
+                    assert not self.conversation_busy(), "response.create sent during a response"
+                    sent = [
+                        rid
+                        for rid, statuses in self.statuses.items()
+                        if statuses[-1] is RequestStatus.SENT and rid not in self.out_of_band
+                    ]
+                    assert len(sent) == 1, f"two response.create outstanding: {sent}"
             elif type(action) is SessionEnded:
                 assert self.core.ended is action
             elif type(action) is AudioTapped:
@@ -108,6 +131,9 @@ class RelayMachine(RuleBasedStateMachine):
         assert event is not None
         if event["type"] == "error":
             assert event["error"]["code"] != ACTIVE, "the relay's sequencing showed through"
+            assert event["error"].get("event_id") not in self.operator_event_ids, (
+                f"an error about an operator's event reached the caller: {frame}"
+            )
         response = event.get("response")
         response_id = event.get("response_id") or (
             response.get("id") if isinstance(response, dict) else None
@@ -115,6 +141,10 @@ class RelayMachine(RuleBasedStateMachine):
         assert response_id not in self.hidden, (
             f"an operator's out-of-band event reached the caller: {frame}"
         )
+
+    def conversation_busy(self) -> bool:
+        """A response in the conversation is in progress, as the upstream's events said."""
+        return any(tag not in self.out_of_band for _, tag in self.live)
 
     def upstream(self, event: dict) -> None:
         self.feed(self.core.upstream_frame(events.dumps(event), now=self.now))
@@ -142,8 +172,10 @@ class RelayMachine(RuleBasedStateMachine):
     def operator_requests(self, oob, meta, text, mode):
         self.operator_ids += 1
         request_id = f"op_{self.operator_ids}"
+        self.operator_ids_seen.add(request_id)
         if oob:
             self.operator_oob.add(request_id)
+            self.out_of_band.add(request_id)
         stored = OperatorRequest(
             id=request_id,
             origin="console",
@@ -203,6 +235,42 @@ class RelayMachine(RuleBasedStateMachine):
                 },
             }
         )
+
+    @precondition(lambda self: self.unanswered)
+    @rule(
+        data=st.data(),
+        code=st.sampled_from([ACTIVE, "invalid_value", "server_error", None]),
+        echo=st.booleans(),
+    )
+    def upstream_refuses_one(self, data, code, echo):
+        """Any refusal, its event_id echoed or not (the upstream does not always echo it)."""
+        event = self.unanswered.pop(data.draw(st.integers(0, len(self.unanswered) - 1)))
+        error = {"type": "invalid_request_error", "code": code, "message": "no"}
+        if echo:
+            error["event_id"] = event["event_id"]
+        self.upstream({"type": "error", "error": error})
+
+    @rule(
+        kind=st.sampled_from(["created", "done", "error"]),
+        data=st.data(),
+    )
+    def upstream_strays(self, kind, data):
+        """Events the relay did not ask for: a repeated response.created, a response.done of
+        a response never created, an error about something of the caller's."""
+        if kind == "created" and self.live:
+            response_id, tag = data.draw(st.sampled_from(self.live))
+            metadata = {OC_REQUEST_KEY: tag} if tag else None
+            self.upstream(
+                {"type": "response.created", "response": {"id": response_id, "metadata": metadata}}
+            )
+        elif kind == "done":
+            self.upstream(
+                {"type": "response.done", "response": {"id": "resp_never", "status": "completed"}}
+            )
+        elif kind == "error":
+            error = {"type": "invalid_request_error", "code": "invalid_value", "message": "no"}
+            error["event_id"] = data.draw(st.sampled_from(["evt_callers_own", None]))
+            self.upstream({"type": "error", "error": error})
 
     @rule()
     def upstream_starts_a_response_of_its_own(self):
