@@ -3,9 +3,9 @@
 An honest upstream is modelled (it answers response.create in order, refuses one while an
 in-conversation response runs, starts responses of its own, finishes them, honours cancels),
 and stray inputs are mixed in (unknown or late response.created, errors with or without
-event_id, duplicate events, finished requests forgotten). The expected state is rebuilt only
-from the returned actions, so the DESIGN invariants are checked against what the actor would
-actually do:
+event_id, duplicate events, finished requests forgotten, the leg held or offline). The
+expected state is rebuilt only from the returned actions, so the DESIGN invariants are checked
+against what the actor would actually do:
 
 - never two in-conversation response.create outstanding;
 - none sent while an in-conversation response is active (as the inputs said);
@@ -14,6 +14,8 @@ actually do:
 - conversation_already_has_active_response puts an in-conversation request back (or ends a
   cancelled one), never fails it;
 - no request is sent twice except after conversation_already_has_active_response;
+- nothing in-conversation is sent while held or offline, nothing out of band while offline,
+  and resume() sends what waited, in order;
 - the read-only views agree with the actions, and a queued request never stalls.
 """
 
@@ -90,6 +92,8 @@ class SequencerMachine(RuleBasedStateMachine):
         self.cancel_wanted: set[str] = set()  # cancel() while sent: no response to cancel yet
         self.closed_reason: str | None = None
         self.forgotten: set[str] = set()  # forget_finished(): unknown to the sequencer
+        self.held = self.offline = False  # as last set; resume() clears both
+        self.oob_waiting: list[str] = []  # out-of-band requests queued while offline
         # What the inputs said: responses created and not done -> in conversation?
         self.live: dict[str, bool] = {}
         # The honest upstream.
@@ -177,10 +181,16 @@ class SequencerMachine(RuleBasedStateMachine):
             event(f"re-sent after active-response error, on {cause}")
         self.put_back.discard(rid)
         if request.out_of_band:
-            assert cause == "submit" and submitted == rid, "out-of-band is sent at submit only"
+            assert not self.offline, "out-of-band request sent while offline"
+            if cause == "resume":
+                assert self.oob_waiting and self.oob_waiting[0] == rid, "not in order"
+                self.oob_waiting.pop(0)
+            else:
+                assert cause == "submit" and submitted == rid, "out-of-band sent at submit only"
             if any(self.live.values()):
                 event("out-of-band sent while a response is active")
         else:
+            assert not (self.held or self.offline), "in-conversation request sent while held"
             assert self.outstanding is None, "two in-conversation response.create outstanding"
             assert not any(self.live.values()), "response.create sent while a response is active"
             if not self.sends[rid]:
@@ -212,6 +222,8 @@ class SequencerMachine(RuleBasedStateMachine):
             if not self.is_oob(rid):
                 self.conversation_order.append(rid)
                 self.queue.append(rid)
+            elif self.offline and self.closed_reason is None:
+                self.oob_waiting.append(rid)
         if prev is S.QUEUED and new is S.IN_PROGRESS:
             assert self.sends[rid], "in progress without ever being sent"
             event("response.created for a put-back request")
@@ -227,6 +239,8 @@ class SequencerMachine(RuleBasedStateMachine):
             event("put back at head")
         if prev is S.QUEUED and new is not S.QUEUED and rid in self.queue:
             self.queue.remove(rid)
+        if new.is_terminal and rid in self.oob_waiting:  # cancelled, or failed at the end
+            self.oob_waiting.remove(rid)
         if new is S.SENT and not self.is_oob(rid):
             self.outstanding = rid
         if prev is S.SENT and self.outstanding == rid:
@@ -328,6 +342,21 @@ class SequencerMachine(RuleBasedStateMachine):
         actions = self.seq.tick(now=self.now)
         assert actions, "tick did nothing at next_deadline"
         self.apply(actions, cause="tick")
+
+    @rule(offline=st.booleans())
+    def hold(self, offline):
+        """The upstream leg is replaced (held), or none is open at all (offline)."""
+        if offline:
+            self.seq.offline = self.offline = True
+        else:
+            self.seq.held = self.held = True
+
+    @precondition(lambda self: self.held or self.offline)
+    @rule()
+    def resume(self):
+        self.held = self.offline = False
+        self.apply(self.seq.resume(now=self.now), cause="resume")
+        assert self.oob_waiting == [], "an out-of-band request still waits after resume()"
 
     @rule(keep=st.integers(0, 2))
     def forget_finished(self, keep):
@@ -498,7 +527,7 @@ class SequencerMachine(RuleBasedStateMachine):
                 continue
             assert seq.status(rid) is status, f"{rid}: {seq.status(rid)} but actions said {status}"
             assert seq.get(rid) == self.requests[rid]
-        assert seq.queued_ids == tuple(self.queue)
+        assert seq.queued_ids == (*self.oob_waiting, *self.queue)
         assert seq.outstanding_id == self.outstanding
         assert seq.is_closed == (self.closed_reason is not None)
 
@@ -521,7 +550,7 @@ class SequencerMachine(RuleBasedStateMachine):
 
     @invariant()
     def queued_request_never_stalls(self):
-        if self.closed_reason is None and self.queue:
+        if self.closed_reason is None and self.queue and not (self.held or self.offline):
             seq = self.seq
             assert (
                 seq.outstanding_id is not None
