@@ -26,12 +26,15 @@
 
 If Daphne's protocol class changes shape, the patch is skipped.
 
-And one fix to Daphne's HTTP, a fix of data only (`add_reason_phrases`): the status line's
-reason phrase for the codes Twisted's table lacks, 429 among them.
+And two fixes to Daphne's HTTP: the status line's reason phrase for the codes Twisted's table
+lacks, 429 among them (`add_reason_phrases`, a fix of data only); and no parsing of form
+bodies by Twisted (`leave_bodies_to_the_application`), which answered a POST whose multipart
+body it could not parse with a bare `400` before the application saw it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import socket
@@ -51,6 +54,7 @@ _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 101
 
 def install() -> None:
     add_reason_phrases()
+    leave_bodies_to_the_application()
     try:
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # Daphne not in use
@@ -158,3 +162,33 @@ def add_reason_phrases() -> None:
         return
     for status in HTTPStatus:
         RESPONSES.setdefault(status.value, status.phrase.encode("ascii"))
+
+
+def leave_bodies_to_the_application() -> None:
+    """Have Twisted hand every request body to Daphne as it came, unparsed.
+
+    Twisted's `Request` parses a POST's `multipart/form-data` or URL-encoded body into
+    `request.args`, which Daphne never reads (it sends the application the raw body). A
+    multipart body it cannot parse (`Content-Type: multipart/form-data` on a JSON body, a
+    boundary missing) is answered by Twisted itself with a bare `400` and no body, before the
+    application sees the request: not the REST hook's error body (CONTRACT section 2), nor the
+    service's error shape under /v1/. Parsed or not, it cost a copy of every such body in
+    memory. Twisted's own switch (`Request(parsePOSTFormSubmission=False)`) turns it off."""
+    try:
+        from daphne.http_protocol import WebRequest
+        from twisted.web.http import Request
+    except ImportError:  # Daphne not in use
+        return
+    original = WebRequest.__init__
+    if getattr(original, "_oc_patched", False):
+        return
+    if "parsePOSTFormSubmission" not in inspect.signature(Request.__init__).parameters:
+        log.warning("twisted changed: a multipart body it cannot parse may get a bare 400")
+        return
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    __init__._oc_patched = True
+    WebRequest.__init__ = __init__

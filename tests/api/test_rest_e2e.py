@@ -95,3 +95,22 @@ def test_a_429_reads_too_many_requests_on_the_status_line(strict_daphne, api_tok
     finally:
         connection_.close()
     assert answers == [(200, "OK"), (429, "Too Many Requests")], strict_daphne.output()[-2000:]
+
+
+async def test_a_multipart_body_twisted_cannot_parse_reaches_the_application(daphne, api_token):
+    # Twisted parsed multipart bodies for Daphne, which never reads what it made of them, and
+    # answered one it could not parse with a bare 400 before the application saw it.
+    headers = {
+        "Authorization": f"Bearer {api_token}",
+        "Content-Type": "multipart/form-data; boundary=x",
+    }
+    async with httpx.AsyncClient(base_url=daphne.http_url, headers=headers) as http:
+        rest = await http.post(
+            "/api/v1/sessions/sess_any/responses", content=b'{"instructions": "x"}'
+        )
+        calls = await http.post("/v1/realtime/calls", content=b"v=0\r\n")
+    # The REST hook reads the JSON body whatever its type says: the session is unknown.
+    assert rest.status_code == 404, rest.text
+    assert rest.json()["error"]["code"] == "session_not_found", rest.text
+    assert calls.status_code == 400, calls.text
+    assert calls.json()["error"]["type"] == "invalid_request_error", calls.text
