@@ -187,8 +187,8 @@ def leave_bodies_to_the_application() -> None:
         return
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)  # Daphne passes it on to Twisted
         original(self, *args, **kwargs)
-        self._parsePOSTFormSubmission = False
 
     __init__._oc_patched = True
     WebRequest.__init__ = __init__
