@@ -250,7 +250,17 @@ def request_filtered(filters: RequestFilter, queryset: QuerySet[ResponseRequest]
         "created_at__lt": filters.until,
     }
     rows = rows.filter(**{lookup: value for lookup, value in lookups.items() if value is not None})
-    return with_metadata(rows, filters.metadata).select_related("session").order_by("created_at", "id")
+    rows = with_metadata(rows, filters.metadata).select_related("session").only(*_WITH_SESSION)
+    return rows.order_by("created_at", "id")
+
+
+# What `ResponseRequest.to_dict()` reads: the request, and of its session the public id and the
+# model (not the session's transcript, usage and the rest, decoded again for every row).
+_WITH_SESSION = (
+    *(field.name for field in ResponseRequest._meta.concrete_fields),
+    "session__upstream_id",
+    "session__model",
+)
 
 
 class MetadataText(Func):

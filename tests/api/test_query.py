@@ -409,3 +409,27 @@ async def test_csv_cells_are_the_values_even_those_a_spreadsheet_would_run(rest,
     assert [row["instructions"] for row in table] == texts == [item["instructions"] for item in items]
     assert {row["requested_by"] for row in table} == {"@ops"}
     assert [json.loads(row["metadata"]) for row in table] == [{"k": text} for text in texts]
+
+
+def test_a_row_reads_of_its_session_only_what_its_json_shows():
+    """A request's row names its session's public id and prices by its model; the session's
+    transcript of a long recorded call (and its usage, rate limits…) was read and decoded again
+    for every one of its requests: an export of a long call's history ran ten times slower."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    spoken = [{"at": i * 1.5, "role": "user", "text": "word " * 30} for i in range(300)]
+    session = LiveSession.objects.create(
+        upstream_id="sess_recorded", model="gpt-realtime", status="ended", recording_transcript=spoken
+    )
+    ResponseRequest.objects.bulk_create(
+        ResponseRequest(id=f"req_read_{i}", session=session, origin="api", status="completed")
+        for i in range(3)
+    )
+    with CaptureQueriesContext(connection) as queries:
+        rows = [row.to_dict() for row in selectors.request_filtered(selectors.RequestFilter())]
+    assert len(queries) == 1, [query["sql"] for query in queries]  # no query a row
+    assert {(row["session_id"], row["id"]) for row in rows} == {
+        ("sess_recorded", f"req_read_{i}") for i in range(3)
+    }
+    assert "recording_transcript" not in queries[0]["sql"]
