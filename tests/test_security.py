@@ -71,10 +71,11 @@ async def test_logging_out_closes_the_operators_open_console_socket(operator_coo
     assert not (await again.connect(timeout=5))[0], "the old session cookie no longer opens a socket"
 
 
-@pytest.mark.parametrize("change", ["turned off", "deleted"])
+@pytest.mark.parametrize("change", ["turned off", "deleted", "password changed"])
 async def test_an_operator_turned_off_or_deleted_loses_their_open_console_socket(operator_cookie, change):
-    """An admin turns off (or deletes) the account of an operator whose console is open: the
-    socket closes at once, as at a logout, instead of steering on until it reconnects."""
+    """An admin turns off (or deletes) the account of an operator whose console is open, or
+    changes its password (a leaked login): the socket closes at once, as at a logout, instead
+    of watching on until it reconnects."""
     console = WebsocketCommunicator(
         application,
         "/ws/console/",
@@ -85,10 +86,30 @@ async def test_an_operator_turned_off_or_deleted_loses_their_open_console_socket
     if change == "turned off":
         user.is_active = False
         await user.asave()
+    elif change == "password changed":
+        user.set_password("a-new-password")
+        await user.asave()
     else:
         await user.adelete()
     closed = await console.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
+
+
+async def test_saving_an_operator_without_a_new_password_keeps_their_socket(operator_cookie):
+    """Only a new password ends the sockets: a save of other fields (their name, another
+    login's `last_login`) leaves the operator's open console alone."""
+    console = WebsocketCommunicator(
+        application,
+        "/ws/console/",
+        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
+    )
+    assert (await console.connect(timeout=5))[0]
+    user = await get_user_model().objects.aget(username="op")
+    user.first_name = "Olga"
+    await user.asave()
+    await user.asave(update_fields=["last_login"])
+    assert await console.receive_nothing(timeout=0.5)
+    await console.disconnect()
 
 
 async def test_a_console_post_without_the_csrf_token_is_refused(operator_cookie, caller):
