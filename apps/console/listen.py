@@ -10,6 +10,8 @@ caller cut the agent's reply short (what of it the listener has not played yet i
 heard), `listen.ended` when the session ends (then the socket closes with 1000), `error` for a
 session that is not live (then 4404).
 An operator who logs out stops listening: the socket closes with 4401, as the console's does.
+One who loses the permission (or whose account is turned off) stops within RENEW_SECONDS: each
+renewal checks it again, and the socket closes with 4403.
 
 A listener is renewed every RENEW_SECONDS, so the actor forgets one whose process died. A
 listener whose socket stops reading is dropped by the server, never waited for
@@ -24,6 +26,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import get_user_model
 
 from apps.console.consumers import user_group
 from apps.sessions import groups, selectors
@@ -49,6 +52,13 @@ NOT_RELAYED = (
 @database_sync_to_async
 def _may_listen(user) -> bool:
     return user is not None and user.is_authenticated and user.has_perm(LISTEN)
+
+
+@database_sync_to_async
+def _may_still_listen(user_id) -> bool:
+    """As `_may_listen`, read afresh (a user object caches its permissions)."""
+    user = get_user_model().objects.filter(pk=user_id).first()
+    return user is not None and user.is_active and user.has_perm(LISTEN)
 
 
 class ListenConsumer(
@@ -83,7 +93,7 @@ class ListenConsumer(
         self.session = session
         self.user_group = user_group(user.pk)  # told when this operator logs out
         await self._start_listening()
-        self._renew = asyncio.get_running_loop().create_task(self._renew_listening())
+        self._renew = asyncio.get_running_loop().create_task(self._renew_listening(user.pk))
 
     def layer_groups(self) -> list[str]:
         if self.session is None:
@@ -104,9 +114,12 @@ class ListenConsumer(
         listener (the layer was down when it came), so it is told again."""
         await self._tell_actor(listen=True)
 
-    async def _renew_listening(self) -> None:
+    async def _renew_listening(self, user_id) -> None:
         while True:
             await asyncio.sleep(RENEW_SECONDS)
+            if not await _may_still_listen(user_id):
+                await self.close(code=4403, reason="You may no longer listen to sessions.")
+                return
             await self._tell_actor(listen=True)
 
     async def _tell_actor(self, *, listen: bool) -> None:

@@ -365,3 +365,21 @@ async def test_a_listener_leaving_does_not_stop_the_others_and_a_later_one_hears
     await caller.send(_append(spoken))
     assert (await _binary(again))[1:] == spoken
     await again.disconnect()
+
+
+async def test_an_operator_who_loses_the_permission_stops_hearing_the_call(caller, cookies, monkeypatch):
+    """The permission is checked again at each renewal: an operator whose "Can listen" is
+    taken away hears no more of a call already playing (4403); the others hear on."""
+    monkeypatch.setattr("apps.console.listen.RENEW_SECONDS", 0.05)
+    ann = await _started(caller.session_id, cookies["ann"])
+    bob = await _started(caller.session_id, cookies["bob"])
+    listen = await Permission.objects.aget(codename="listen_session")
+    await sync_to_async(listen.user_set.remove)(await get_user_model().objects.aget(username="ann"))
+    closed = await ann.receive_output(timeout=5)
+    while closed["type"] != "websocket.close":
+        closed = await ann.receive_output(timeout=5)
+    assert closed["code"] == 4403
+    spoken = _tone(960)
+    await caller.send(_append(spoken))
+    assert (await _binary(bob))[1:] == spoken, "an operator who may still listen hears on"
+    await bob.disconnect()
