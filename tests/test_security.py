@@ -47,13 +47,18 @@ def _http(cookie: str) -> httpx.AsyncClient:
     )
 
 
-async def test_logging_out_closes_the_operators_open_console_socket(operator_cookie):
+async def _open_console(cookie: str) -> WebsocketCommunicator:
     console = WebsocketCommunicator(
         application,
         "/ws/console/",
-        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
+        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={cookie}".encode())],
     )
     assert (await console.connect(timeout=5))[0]
+    return console
+
+
+async def test_logging_out_closes_the_operators_open_console_socket(operator_cookie):
+    console = await _open_console(operator_cookie)
     async with _http(operator_cookie) as http:
         page = await http.get("/console/")
         assert page.status_code == 200
@@ -76,12 +81,7 @@ async def test_an_operator_turned_off_or_deleted_loses_their_open_console_socket
     """An admin turns off (or deletes) the account of an operator whose console is open, or
     changes its password (a leaked login): the socket closes at once, as at a logout, instead
     of watching on until it reconnects."""
-    console = WebsocketCommunicator(
-        application,
-        "/ws/console/",
-        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
-    )
-    assert (await console.connect(timeout=5))[0]
+    console = await _open_console(operator_cookie)
     user = await get_user_model().objects.aget(username="op")
     if change == "turned off":
         user.is_active = False
@@ -98,12 +98,7 @@ async def test_an_operator_turned_off_or_deleted_loses_their_open_console_socket
 async def test_saving_an_operator_without_a_new_password_keeps_their_socket(operator_cookie):
     """Only a new password ends the sockets: a save of other fields (their name, another
     login's `last_login`) leaves the operator's open console alone."""
-    console = WebsocketCommunicator(
-        application,
-        "/ws/console/",
-        headers=[HOST, ORIGIN, (b"cookie", f"sessionid={operator_cookie}".encode())],
-    )
-    assert (await console.connect(timeout=5))[0]
+    console = await _open_console(operator_cookie)
     user = await get_user_model().objects.aget(username="op")
     user.first_name = "Olga"
     await user.asave()
