@@ -30,8 +30,13 @@ WebRTC
   over a WebSocket. A spoken reply is played on the outgoing track. As the service does over
   WebRTC, the reply's audio is not sent as `response.output_audio.delta` events on the data
   channel or the sidebands (the transcript deltas and every other event are; the sessions'
-  `sent` logs still list the deltas). `output_audio_buffer.clear` from the caller empties what
-  the track has not played yet; `output_audio_buffer.started`/`stopped` are not simulated.
+  `sent` logs still list the deltas). The output audio buffer is told as the service tells
+  it over WebRTC and SIP (never over a WebSocket): `output_audio_buffer.started` with the
+  `response_id` when a response's first audio goes out, `.stopped` once the response is done
+  and its audio has all been played (the track drained; the simulated phone plays at once),
+  and `.cleared` instead when `output_audio_buffer.clear` (from the data channel or a
+  sideband) empties what the track has not played yet, or the caller speaks over the agent
+  (`input_audio_buffer.speech_started`) with `interrupt_response` on.
   A call's session speaks by default (`output_modalities: ["audio"]`, as the service's calls
   do); a `session` with `"output_modalities": ["text"]` makes it answer in text.
 
@@ -155,6 +160,7 @@ _SIP_PATH = re.compile(r"(?:/v1)?/_sim/sip_calls")
 _MEDIA_LINE = re.compile(r"^m=", re.MULTILINE)  # an SDP media section (audio, application)
 _AUDIO_DELTA = '{"type":"response.output_audio.delta"'
 _RESPONSE_DONE = '{"type":"response.done"'
+_SPEECH_STARTED = '{"type":"input_audio_buffer.speech_started"'
 _ERROR = '{"type":"error"'
 _DATA_CHANNEL = "data channel"
 # Which connection's client event is being handled (set in the task that reads it; the tasks it
@@ -173,6 +179,8 @@ class CallOutputs:
         self.call = call
         self.channel: RTCDataChannel | None = None
         self.sidebands: set[ServerConnection] = set()
+        self.playing: str | None = None  # the response whose audio is in the output buffer
+        self.cleared: str | None = None  # the response whose audio was cleared: no more of it
 
     @property
     def state(self) -> State:
@@ -180,10 +188,44 @@ class CallOutputs:
 
     async def send(self, frame: str) -> None:
         if frame.startswith(_AUDIO_DELTA):
-            self.call.hear_agent(frame)
+            response_id = self.call.hear_agent(frame, self.cleared)
+            if response_id is not None and response_id != self.playing:
+                self.playing = response_id
+                await self._tell("output_audio_buffer.started", response_id)
             return
+        await self._forward(frame)
         if frame.startswith(_RESPONSE_DONE):
             self.call.reply_done.set()
+            if self.playing is not None and json.loads(frame)["response"]["id"] == self.playing:
+                self.call.start_task(self._stopped_once_played(self.playing), "stopped")
+        elif frame.startswith(_SPEECH_STARTED) and self.playing is not None:
+            turn_detection = _audio_config(self.call.session, "input").get("turn_detection")
+            if isinstance(turn_detection, dict) and turn_detection.get("interrupt_response", True):
+                await self.clear_output_audio()
+
+    async def clear_output_audio(self) -> None:
+        """`output_audio_buffer.clear`, or the caller speaking over the agent: the audio not
+        yet played is dropped and, if some was playing, `output_audio_buffer.cleared`."""
+        if self.call.track is not None:
+            self.call.track.clear()
+        response_id, self.playing = self.playing, None
+        if response_id is not None:
+            self.cleared = response_id
+            await self._tell("output_audio_buffer.cleared", response_id)
+
+    async def _stopped_once_played(self, response_id: str) -> None:
+        if self.call.track is not None:
+            await self.call.track.drained.wait()
+        if self.playing == response_id:
+            self.playing = None
+            await self._tell("output_audio_buffer.stopped", response_id)
+
+    async def _tell(self, kind: str, response_id: str) -> None:
+        frame = dumps({"type": kind, "event_id": new_event_id(), "response_id": response_id})
+        _record(self.call.session, frame)
+        await self._forward(frame)
+
+    async def _forward(self, frame: str) -> None:
         sender = _sender.get() if frame.startswith(_ERROR) else None
         channel = self.channel
         if channel is not None and channel.readyState == "open" and sender in (None, _DATA_CHANNEL):
@@ -233,13 +275,17 @@ class Call:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def hear_agent(self, frame: str) -> None:
+    def hear_agent(self, frame: str, cleared: str | None = None) -> str | None:
         """One `response.output_audio.delta` of the agent: to the track (WebRTC) or counted
-        (the simulated phone consumes it)."""
+        (the simulated phone consumes it). Returns its `response_id`, None for audio of the
+        `cleared` response (dropped: the buffer was cleared while it was still streaming)."""
         try:
-            data = base64.b64decode(json.loads(frame)["delta"])
+            event = json.loads(frame)
+            data = base64.b64decode(event["delta"])
         except (ValueError, KeyError):
-            return
+            return None
+        if event.get("response_id") == cleared:
+            return None
         format_type = voice.audio_format_type(_audio_config(self.session, "output"))
         pcm = to_pcm16(data, format_type)
         rate = FORMAT_RATES[format_type]
@@ -248,6 +294,7 @@ class Call:
         self.agent_audio_bytes += len(pcm)
         if self.track is not None:
             self.track.play(pcm)
+        return event.get("response_id")
 
 
 class CallRegistry:
@@ -441,8 +488,6 @@ class CallRegistry:
         """Client events from the data channel, in order, into the session."""
         _sender.set(_DATA_CHANNEL)
         while (message := await call.inbox.get()) is not None:
-            if call.track is not None and "output_audio_buffer.clear" in str(message):
-                call.track.clear()  # what the service does with it over WebRTC
             with contextlib.suppress(ConnectionClosed):
                 await call.session.receive(message)
 

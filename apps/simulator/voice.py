@@ -573,4 +573,8 @@ def remember_client_audio(session: SimSession, item_id: str, item: dict[str, Any
 
 
 async def on_output_audio_clear(session: SimSession, event: dict[str, Any]) -> None:
-    """Accepted and ignored: over WebSocket the client plays (and clears) the audio itself."""
+    """A call's output audio is cleared (`calls.CallOutputs.clear_output_audio`). Over a
+    WebSocket it is accepted and ignored: the client plays (and clears) the audio itself."""
+    clear = getattr(session.connection, "clear_output_audio", None)
+    if clear is not None:
+        await clear()

@@ -201,13 +201,17 @@ class AgentAudioTrack(PacedAudioTrack):
         super().__init__(PCM_RATE)
         self._queue = bytearray()
         self.played_bytes = 0  # speech (not silence) sent so far
+        self.drained = asyncio.Event()  # set while nothing is queued (`output_audio_buffer`)
+        self.drained.set()
 
     def play(self, pcm: bytes) -> None:
-        if len(self._queue) + len(pcm) <= _MAX_QUEUED_BYTES:
+        if pcm and len(self._queue) + len(pcm) <= _MAX_QUEUED_BYTES:
             self._queue += pcm
+            self.drained.clear()
 
     def clear(self) -> None:
         self._queue.clear()
+        self.drained.set()
 
     @property
     def queued_bytes(self) -> int:
@@ -219,6 +223,8 @@ class AgentAudioTrack(PacedAudioTrack):
         chunk = bytes(self._queue[:size])
         del self._queue[:size]
         self.played_bytes += len(chunk)
+        if not self._queue:
+            self.drained.set()
         return self.frame(chunk)
 
 

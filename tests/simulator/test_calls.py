@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.simulator import discovery, webrtc
+from apps.simulator import voice as voice_module
 from apps.simulator.server import Simulator, SimulatorConfig
 from tests.support.servers import SimulatorThread
 from tests.support.webrtc import (
@@ -606,3 +607,98 @@ async def test_an_error_goes_back_only_to_the_connection_whose_event_caused_it()
                 assert "error" not in [event["type"] for event in on_side]
     finally:
         await slow.aclose()
+
+
+# --- the output audio buffer (WebRTC and SIP only) ---------------------------------------------
+
+
+def _buffer_events(events: list[dict]) -> list[tuple[str, str]]:
+    return [
+        (e["type"], e["response_id"])
+        for e in events
+        if e.get("type", "").startswith("output_audio_buffer.")
+    ]
+
+
+async def test_the_output_audio_buffer_starts_then_stops_once_the_reply_has_played():
+    from openai.types.realtime import RealtimeServerEvent
+    from pydantic import TypeAdapter
+
+    simulator = Simulator(fast_config(reply_audio_ms=300))
+    await simulator.start()
+    try:
+        async with CallClient(simulator.url, KEY) as call:
+            call_id = await call.place()
+            await call.wait_for("session.created")
+            async with await sideband(simulator, call_id) as side:
+                await recv_until(side, "session.created")
+                call.send({"type": "response.create"})
+                stopped = await call.wait_for("output_audio_buffer.stopped")
+                rid = stopped["response_id"]
+                kinds = call.kinds()
+                assert _buffer_events(call.events) == [
+                    ("output_audio_buffer.started", rid),
+                    ("output_audio_buffer.stopped", rid),
+                ]
+                # started once audio goes out, stopped after response.done, once played
+                assert kinds.index("response.content_part.added") < kinds.index(
+                    "output_audio_buffer.started"
+                ) < kinds.index("response.done") < kinds.index("output_audio_buffer.stopped")
+                assert simulator.calls.calls[call_id].track.queued_bytes == 0
+                on_side = await recv_until(side, "output_audio_buffer.stopped")
+                assert _buffer_events(on_side) == _buffer_events(call.events)
+                adapter = TypeAdapter(RealtimeServerEvent)
+                for event in call.events:
+                    adapter.validate_python(event, strict=True)
+    finally:
+        await simulator.aclose()
+
+
+async def test_clearing_the_output_audio_buffer_says_cleared_and_never_stopped():
+    simulator = Simulator(fast_config(reply_audio_ms=4000))
+    await simulator.start()
+    try:
+        async with CallClient(simulator.url, KEY) as call:
+            call_id = await call.place()
+            await call.wait_for("session.created")
+            call.send({"type": "response.create"})
+            started = await call.wait_for("output_audio_buffer.started")
+            await call.wait_for("response.done")
+            call.send({"type": "output_audio_buffer.clear", "event_id": "evt_clear"})
+            cleared = await call.wait_for("output_audio_buffer.cleared")
+            assert cleared["response_id"] == started["response_id"]
+            assert simulator.calls.calls[call_id].track.queued_bytes == 0
+            assert "output_audio_buffer.stopped" not in call.kinds()
+            assert "error" not in call.kinds()
+    finally:
+        await simulator.aclose()
+
+
+async def test_the_caller_speaking_over_the_agent_clears_the_output_audio_buffer():
+    simulator = Simulator(fast_config(reply_audio_ms=6000))
+    await simulator.start()
+    try:
+        async with CallClient(simulator.url, KEY) as call:
+            call_id = await call.place()
+            await call.wait_for("session.created")
+            call.send({"type": "response.create"})
+            started = await call.wait_for("output_audio_buffer.started")
+            session = simulator.calls.calls[call_id].session
+            await voice_module.on_audio_append(
+                session, {"audio": base64.b64encode(_loud_pcm(600)).decode()}
+            )
+            cleared = await call.wait_for("output_audio_buffer.cleared")
+            assert cleared["response_id"] == started["response_id"]
+            kinds = call.kinds()
+            assert kinds.index("input_audio_buffer.speech_started") < kinds.index(
+                "output_audio_buffer.cleared"
+            )
+            assert simulator.calls.calls[call_id].track.queued_bytes == 0
+    finally:
+        await simulator.aclose()
+
+
+def _loud_pcm(ms: int) -> bytes:
+    """PCM16 at 24 kHz of a square wave, far over server VAD's threshold."""
+    period = b"\x00\x40" * 12 + b"\x00\xc0" * 12  # 1 kHz
+    return period * ms
