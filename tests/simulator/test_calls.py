@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -654,8 +655,11 @@ async def test_the_output_audio_buffer_starts_then_stops_once_the_reply_has_play
         await simulator.aclose()
 
 
-async def test_clearing_the_output_audio_buffer_says_cleared_and_never_stopped():
-    simulator = Simulator(fast_config(reply_audio_ms=4000))
+@contextlib.asynccontextmanager
+async def _agent_speaking(reply_audio_ms: int):
+    """A call whose agent has begun a spoken reply `reply_audio_ms` long: (simulator, call,
+    its call id, the `output_audio_buffer.started`)."""
+    simulator = Simulator(fast_config(reply_audio_ms=reply_audio_ms))
     await simulator.start()
     try:
         async with CallClient(simulator.url, KEY) as call:
@@ -663,39 +667,35 @@ async def test_clearing_the_output_audio_buffer_says_cleared_and_never_stopped()
             await call.wait_for("session.created")
             call.send({"type": "response.create"})
             started = await call.wait_for("output_audio_buffer.started")
-            await call.wait_for("response.done")
-            call.send({"type": "output_audio_buffer.clear", "event_id": "evt_clear"})
-            cleared = await call.wait_for("output_audio_buffer.cleared")
-            assert cleared["response_id"] == started["response_id"]
-            assert simulator.calls.calls[call_id].track.queued_bytes == 0
-            assert "output_audio_buffer.stopped" not in call.kinds()
-            assert "error" not in call.kinds()
+            yield simulator, call, call_id, started
     finally:
         await simulator.aclose()
+
+
+async def test_clearing_the_output_audio_buffer_says_cleared_and_never_stopped():
+    async with _agent_speaking(4000) as (simulator, call, call_id, started):
+        await call.wait_for("response.done")
+        call.send({"type": "output_audio_buffer.clear", "event_id": "evt_clear"})
+        cleared = await call.wait_for("output_audio_buffer.cleared")
+        assert cleared["response_id"] == started["response_id"]
+        assert simulator.calls.calls[call_id].track.queued_bytes == 0
+        assert "output_audio_buffer.stopped" not in call.kinds()
+        assert "error" not in call.kinds()
 
 
 async def test_the_caller_speaking_over_the_agent_clears_the_output_audio_buffer():
-    simulator = Simulator(fast_config(reply_audio_ms=6000))
-    await simulator.start()
-    try:
-        async with CallClient(simulator.url, KEY) as call:
-            call_id = await call.place()
-            await call.wait_for("session.created")
-            call.send({"type": "response.create"})
-            started = await call.wait_for("output_audio_buffer.started")
-            session = simulator.calls.calls[call_id].session
-            await voice_module.on_audio_append(
-                session, {"audio": base64.b64encode(_loud_pcm(600)).decode()}
-            )
-            cleared = await call.wait_for("output_audio_buffer.cleared")
-            assert cleared["response_id"] == started["response_id"]
-            kinds = call.kinds()
-            assert kinds.index("input_audio_buffer.speech_started") < kinds.index(
-                "output_audio_buffer.cleared"
-            )
-            assert simulator.calls.calls[call_id].track.queued_bytes == 0
-    finally:
-        await simulator.aclose()
+    async with _agent_speaking(6000) as (simulator, call, call_id, started):
+        session = simulator.calls.calls[call_id].session
+        await voice_module.on_audio_append(
+            session, {"audio": base64.b64encode(_loud_pcm(600)).decode()}
+        )
+        cleared = await call.wait_for("output_audio_buffer.cleared")
+        assert cleared["response_id"] == started["response_id"]
+        kinds = call.kinds()
+        assert kinds.index("input_audio_buffer.speech_started") < kinds.index(
+            "output_audio_buffer.cleared"
+        )
+        assert simulator.calls.calls[call_id].track.queued_bytes == 0
 
 
 def _loud_pcm(ms: int) -> bytes:
