@@ -23,6 +23,7 @@ from typing import Any
 from django.db import transaction
 
 from apps.realtime import tools
+from apps.realtime.events import text_problem
 from apps.realtime.relay import Action, RelayCore
 from apps.sessions import groups
 from apps.sessions.db import db_async
@@ -191,6 +192,10 @@ async def approval_decide(
     ApprovalNotFound, AlreadyDecided (naming who decided) or SessionNotLive."""
     if len(reason) > MAX_REASON_CHARS:
         raise ServiceError(f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS} are allowed.")
+    # The REST hook's schema refuses these too; the console's form reaches here unchecked.
+    problem = text_problem(reason)
+    if problem is not None:
+        raise ServiceError(f"reason {problem}.")
     session = await db_async(session_found)(session_id)
     if session.status != LiveSession.Status.LIVE:
         row = await db_async(_stored)(session, approval_id)

@@ -110,3 +110,18 @@ def test_an_expired_request_on_an_ended_session_reads_denied_automatically():
     )
     page = _client("alice", steer=True).get(reverse("console:session", args=["sess_tools5"])).content.decode()
     assert "Denied automatically" in page and "No operator decided within 30 s." in page
+
+
+def test_a_reason_the_rest_hook_refuses_is_refused_from_the_form_too(settings):
+    # A NUL cannot be stored in PostgreSQL's text; the REST hook answers 422 for it.
+    settings.OC_ACTOR_REPLY_TIMEOUT = 0.5  # without the check, the post waits for an actor
+    session = _session("sess_tools6", "live")
+    _approval(session, "mcpr_f")
+    answer = _client("alice", steer=True).post(
+        reverse("console:approval", args=["sess_tools6", "mcpr_f"]),
+        {"decision": "deny", "reason": "bad\x00reason"},
+        headers={"Accept": "application/json"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["errors"]["form"].startswith("reason contains a NUL character")
+    assert ToolApproval.objects.get(approval_id="mcpr_f").status == "pending"
