@@ -226,9 +226,14 @@ async def approval_decide(
 
 
 def _already(approval: dict[str, Any]) -> AlreadyDecided:
-    who = approval["decided_by"] or "the relay, as nobody decided in time"
+    if approval["status"] == tools.EXPIRED:
+        # Its reason says why: nobody decided in time, or the session ended first.
+        why = approval["reason"] or "nobody decided in time."
+        return AlreadyDecided(f"Approval request '{approval['id']}' already expired: {why}", approval)
     return AlreadyDecided(
-        f"Approval request '{approval['id']}' was already {approval['status']} by {who}.", approval
+        f"Approval request '{approval['id']}' was already {approval['status']} by "
+        f"{approval['decided_by']}.",
+        approval,
     )
 
 

@@ -125,3 +125,19 @@ def test_a_reason_the_rest_hook_refuses_is_refused_from_the_form_too(settings):
     assert answer.status_code == 400
     assert answer.json()["errors"]["form"].startswith("reason contains a NUL character")
     assert ToolApproval.objects.get(approval_id="mcpr_f").status == "pending"
+
+
+def test_a_late_decision_on_a_request_expired_by_the_sessions_end_says_so():
+    session = _session("sess_tools7", "ended")
+    _approval(
+        session, "mcpr_g", status="expired", reason="The session ended before anyone decided.",
+        decided_at=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+    )
+    answer = _client("alice", steer=True).post(
+        reverse("console:approval", args=["sess_tools7", "mcpr_g"]), {"decision": "approve"},
+        headers={"Accept": "application/json"},
+    )
+    assert answer.status_code == 409
+    assert answer.json()["errors"]["form"] == (
+        "Approval request 'mcpr_g' already expired: The session ended before anyone decided."
+    )
