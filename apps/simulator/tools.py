@@ -22,7 +22,9 @@ The simulated model calls a tool when the latest user message asks it to, in its
     `mcp_approval_response` item (`approval_request_id`, `approve`, `reason`?) — each one is
     kept in `ToolState.approval_responses` (`Simulator.approval_responses(session_id)`) — and a
     `response.create`. Approved: that response runs the call, as below. Denied: its reply says
-    `[mcp L.NAME not run: denied (REASON)]` (`(no reason)` when none was given).
+    `[mcp L.NAME not run: denied (REASON)]` (`(no reason)` when none was given). The first
+    response after the answer acts on it, whatever replies came while it waited (a response
+    asked for before the answer is a plain text reply).
   - Approval not required, or given: the response runs the call first: an `mcp_call` item
     (output index 0; `response.output_item.added`, `conversation.item.added`,
     `response.mcp_call_arguments.delta`/`.done`, `response.mcp_call.in_progress`,
@@ -100,11 +102,11 @@ def plan(
     """What a new response does: a tool step (or None), and the note its text reply carries."""
     last_user = _last_user_index(context)
     after = context[last_user + 1 :] if last_user is not None else context
-    request = _pending_approval(after)
-    if request is not None:
-        answer = _answer_to(after, request["id"])
-        if answer is None:
-            return None, ""
+    answered = _unacted_answer(context)
+    if answered is None and _pending_approval(after) is not None:
+        return None, ""  # asked, not answered yet
+    if answered is not None:
+        request, answer = answered
         label, name = request.get("server_label", ""), request.get("name", "")
         if not answer.get("approve"):
             reason = answer.get("reason") or "no reason"
@@ -313,12 +315,23 @@ def _pending_approval(items: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def _answer_to(items: Sequence[dict[str, Any]], request_id: str) -> dict[str, Any] | None:
-    for item in reversed(items):
-        if item.get("type") == "mcp_approval_response" and item.get(
-            "approval_request_id"
-        ) == request_id:
-            return item
+def _unacted_answer(
+    context: Sequence[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The latest approval response the model has not acted on (no MCP call and no reply of
+    its own after it), with the request it answers. Replies made while the request waited (an
+    operator's nudge, the caller's own turn) come before the answer, so they do not count."""
+    for index in range(len(context) - 1, -1, -1):
+        item = context[index]
+        kind = item.get("type")
+        if kind == "mcp_call" or (kind == "message" and item.get("role") == "assistant"):
+            return None
+        if kind == "mcp_approval_response":
+            wanted = item.get("approval_request_id")
+            for earlier in context[:index]:
+                if earlier.get("type") == "mcp_approval_request" and earlier.get("id") == wanted:
+                    return earlier, item
+            return None
     return None
 
 

@@ -164,6 +164,34 @@ async def test_mcp_call_needing_approval_runs_once_approved(sim, conn):
 
 
 @pytest.mark.asyncio
+async def test_an_approved_call_runs_even_after_a_reply_made_while_it_waited(sim, conn):
+    # An operator's nudge (or the caller's own turn) answered before anyone decided: the
+    # service still runs the call once it is approved.
+    events = await _approval_request(sim, conn)
+    [request] = events[-1].response.output
+    await conn.response.create()
+    [waiting] = (await recv_until(conn, "response.done"))[-1].response.output
+    assert waiting.type == "message" and "[mcp" not in waiting.content[0].text
+    await conn.conversation.item.create(
+        item={
+            "type": "mcp_approval_response",
+            "id": "mcpa_1",
+            "approval_request_id": request.id,
+            "approve": True,
+        }
+    )
+    await recv_until(conn, "conversation.item.done")
+    await conn.response.create()
+    call, message = (await recv_until(conn, "response.done"))[-1].response.output
+    assert call.type == "mcp_call" and call.approval_request_id == request.id
+    assert f"[mcp crm.lookup returned: {call.output}]" in message.content[0].text
+    # Acted on once: the next response is a plain reply.
+    await conn.response.create()
+    [after] = (await recv_until(conn, "response.done"))[-1].response.output
+    assert after.type == "message" and "[mcp" not in after.content[0].text
+
+
+@pytest.mark.asyncio
 async def test_a_denied_mcp_call_is_not_run_and_the_reply_says_why(sim, conn):
     events = await _approval_request(sim, conn)
     [request] = events[-1].response.output
