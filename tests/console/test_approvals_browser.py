@@ -4,6 +4,7 @@ simulator asking for approval (`#mcp:NAME`): two operators, one decision, and th
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import websockets
@@ -177,3 +178,20 @@ async def test_a_function_call_shows_its_output_and_duration_and_low_rate_limits
     await expect(alice.page.locator("[data-rate-limits] .rate.low")).to_have_count(1)
     await alice.screenshot("tool-call-and-low-limits-1280")
     assert alice.errors == []
+
+
+async def test_a_pending_requests_countdown_runs_before_the_socket_is_live(login, daphne):
+    # The page's socket never connects (a slow or broken network): the countdown the server's
+    # page starts with must still read in seconds, from when the request was made.
+    session = await LiveSession.objects.acreate(
+        upstream_id="sess_countdown", model="gpt-realtime", status="live"
+    )
+    await ToolApproval.objects.acreate(
+        session=session, approval_id="mcpr_wait", name="lookup", arguments="{}"
+    )
+    alice = await login("alice")
+    await alice.page.route_web_socket("**/ws/console/**", lambda ws: None)
+    await alice.page.goto(f"{daphne.http_url}/console/sessions/sess_countdown/")
+    countdown = alice.page.locator("[data-approval] [data-countdown]")
+    reads = re.compile(r"^Denied automatically in \d+ s$")
+    await expect(countdown).to_have_text(reads, timeout=5000)

@@ -142,7 +142,7 @@ function tickCountdowns() {
   for (const approval of approvals.values()) {
     if (approval.status !== "pending") continue;
     const slot = list.querySelector(`[data-approval="${CSS.escape(approval.id)}"] [data-countdown]`);
-    if (!slot) continue;
+    if (!slot || !approval.created_at) continue;
     const left = Math.max(0, Math.round(Date.parse(approval.created_at) / 1000 + timeout - Date.now() / 1000));
     slot.textContent = `Denied automatically in ${left} s`;
   }
@@ -202,7 +202,9 @@ export function setUpTools(options) {
   toast = options.toast;
   if (!card) return { snapshot() {}, approval() {}, rateLimits() {}, ended() {} };
   for (const node of list.querySelectorAll("[data-approval]")) {
-    approvals.set(node.dataset.approval, { id: node.dataset.approval, status: node.dataset.status, created_at: null });
+    // When it was made: its countdown runs before the socket's snapshot (or if none comes).
+    const { approval: id, status, created } = node.dataset;
+    approvals.set(id, { id, status, created_at: created || null });
   }
   list.addEventListener("submit", submitDecision);
   setInterval(tickCountdowns, 1000);
