@@ -116,6 +116,19 @@ async def _approval_request(sim, conn, approval="always"):
     return await recv_until(conn, "response.done")
 
 
+async def _answer(conn, request, *, approve: bool, **more) -> None:
+    """The client's `mcp_approval_response` to `request`, once the simulator has added it."""
+    item = {
+        "type": "mcp_approval_response",
+        "id": "mcpa_1",
+        "approval_request_id": request.id,
+        "approve": approve,
+        **more,
+    }
+    await conn.conversation.item.create(item=item)
+    await recv_until(conn, "conversation.item.done")
+
+
 @pytest.mark.asyncio
 async def test_mcp_call_needing_approval_runs_once_approved(sim, conn):
     events = await _approval_request(sim, conn)
@@ -128,15 +141,7 @@ async def test_mcp_call_needing_approval_runs_once_approved(sim, conn):
     session_id = await sim.wait_for_session()
     assert sim.approval_responses(session_id) == []
 
-    await conn.conversation.item.create(
-        item={
-            "type": "mcp_approval_response",
-            "id": "mcpa_1",
-            "approval_request_id": request.id,
-            "approve": True,
-        }
-    )
-    await recv_until(conn, "conversation.item.done")
+    await _answer(conn, request, approve=True)
     await conn.response.create()
     events = await recv_until(conn, "response.done")
     kinds = [e.type for e in events]
@@ -172,15 +177,7 @@ async def test_an_approved_call_runs_even_after_a_reply_made_while_it_waited(sim
     await conn.response.create()
     [waiting] = (await recv_until(conn, "response.done"))[-1].response.output
     assert waiting.type == "message" and "[mcp" not in waiting.content[0].text
-    await conn.conversation.item.create(
-        item={
-            "type": "mcp_approval_response",
-            "id": "mcpa_1",
-            "approval_request_id": request.id,
-            "approve": True,
-        }
-    )
-    await recv_until(conn, "conversation.item.done")
+    await _answer(conn, request, approve=True)
     await conn.response.create()
     call, message = (await recv_until(conn, "response.done"))[-1].response.output
     assert call.type == "mcp_call" and call.approval_request_id == request.id
@@ -195,16 +192,7 @@ async def test_an_approved_call_runs_even_after_a_reply_made_while_it_waited(sim
 async def test_a_denied_mcp_call_is_not_run_and_the_reply_says_why(sim, conn):
     events = await _approval_request(sim, conn)
     [request] = events[-1].response.output
-    await conn.conversation.item.create(
-        item={
-            "type": "mcp_approval_response",
-            "id": "mcpa_1",
-            "approval_request_id": request.id,
-            "approve": False,
-            "reason": "not now",
-        }
-    )
-    await recv_until(conn, "conversation.item.done")
+    await _answer(conn, request, approve=False, reason="not now")
     await conn.response.create()
     events = await recv_until(conn, "response.done")
     assert not [e for e in events if e.type.startswith("response.mcp_call")]
