@@ -299,6 +299,20 @@ def locked_out(request: HttpRequest, response=None, credentials=None) -> HttpRes
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A form that failed Django's CSRF check (`CSRF_FAILURE_VIEW`): most often a page loaded
     before its operator signed out or in again in another tab. Django's own view gives a
-    template of ours no context; this one says which case it is, and the reason."""
+    template of ours no context; this one says which case it is, and the reason. Two cases
+    are the deployment's, not the operator's, and reloading would not help: HTTPS-only cookies
+    (DJANGO_SECURE_COOKIES) on a page served over plain HTTP, which the browser does not keep;
+    and an HTTPS page whose request the server saw as plain HTTP (a proxy terminated TLS and
+    Daphne was not told: `--proxy-headers`)."""
     no_cookie = reason == REASON_NO_CSRF_COOKIE
-    return render(request, "403_csrf.html", {"reason": reason, "no_cookie": no_cookie}, status=403)
+    secure_cookie_over_http = no_cookie and settings.CSRF_COOKIE_SECURE and not request.is_secure()
+    seen_as_http = (
+        not request.is_secure() and request.headers.get("Origin") == f"https://{request.get_host()}"
+    )
+    context = {
+        "reason": reason,
+        "no_cookie": no_cookie and not secure_cookie_over_http,
+        "secure_cookie_over_http": secure_cookie_over_http,
+        "seen_as_http": seen_as_http and not no_cookie,
+    }
+    return render(request, "403_csrf.html", context, status=403)
