@@ -11,6 +11,12 @@ PORT ?= 8000
 # run up its bill without end, so there are none unless DEMO_CALLERS asks.
 DEMO_CALLERS ?= $(if $(OC_UPSTREAM_URL),0,3)
 UPSTREAM := $(if $(OC_UPSTREAM_URL),upstream $(OC_UPSTREAM_URL),embedded simulator upstream)
+# The address the start line shows: HOST, unless HOST is every interface (0.0.0.0, ::), which
+# a browser may not ask for (the console answers 400 to a host DJANGO_ALLOWED_HOSTS does not
+# name): then the first one host DJANGO_ALLOWED_HOSTS names (as the README says to set it
+# with HOST=0.0.0.0), else 127.0.0.1.
+comma := ,
+SHOWN_HOST := $(if $(filter 0.0.0.0 :: [::],$(HOST)),$(or $(firstword $(filter-out .% *,$(subst $(comma), ,$(DJANGO_ALLOWED_HOSTS)))),127.0.0.1),$(HOST))
 
 .PHONY: install system-deps run test bench lint migrate clean
 
@@ -50,7 +56,7 @@ run: migrate
 	$(BIN)/python manage.py ensure_demo_operator
 	$(BIN)/python manage.py delete_old_recordings
 	$(BIN)/python manage.py delete_old_sessions
-	@echo "Console on http://$(HOST):$(PORT)/console/  (relay: ws://$(HOST):$(PORT)/v1/realtime, $(UPSTREAM))"
+	@echo "Console on http://$(SHOWN_HOST):$(PORT)/console/  (relay: ws://$(SHOWN_HOST):$(PORT)/v1/realtime, $(UPSTREAM))"
 	@trap 'kill 0' EXIT; \
 	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \
 	OC_RECORD_AUDIO=$${OC_RECORD_AUDIO:-true} OPENAI_WEBHOOK_SECRET=$${OPENAI_WEBHOOK_SECRET:-$$(cat var/webhook-secret)} $(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application

@@ -98,6 +98,28 @@ def test_make_run_starts_demo_callers_only_on_the_simulator_unless_asked():
     assert "demo_callers --count 2 " in asked
 
 
+def test_make_run_on_every_interface_shows_an_address_the_console_answers_at():
+    """`make run HOST=0.0.0.0` with DJANGO_ALLOWED_HOSTS naming the address (the README's
+    way): the start line showed http://0.0.0.0:PORT/, which the console refuses (400: a host
+    DJANGO_ALLOWED_HOSTS does not name)."""
+
+    def start_line(*args: str, hosts: str | None = None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOWED_HOSTS"}
+        if hosts is not None:
+            env["DJANGO_ALLOWED_HOSTS"] = hosts
+        result = subprocess.run(
+            ["make", "--no-print-directory", "--dry-run", "run", "PORT=8080", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return next(line for line in result.stdout.splitlines() if "Console on" in line)
+
+    named = start_line("HOST=0.0.0.0", hosts=".example.com,console.lan,10.0.0.5")
+    assert "http://console.lan:8080/console/" in named and "0.0.0.0" not in named
+    assert "http://127.0.0.1:8080/console/" in start_line("HOST=0.0.0.0")
+    assert "http://10.0.0.5:8080/console/" in start_line("HOST=10.0.0.5", hosts="10.0.0.5")
+
+
 def test_make_run_on_a_port_in_use_says_so_before_starting_anything(tmp_path):
     """Daphne's own complaint came after the start line, and after the demo callers had
     joined whatever served that port; `make run` now stops first, saying what to do."""
