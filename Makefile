@@ -16,7 +16,8 @@ UPSTREAM := $(if $(OC_UPSTREAM_URL),upstream $(OC_UPSTREAM_URL),embedded simulat
 # name): then the first one host DJANGO_ALLOWED_HOSTS names (as the README says to set it
 # with HOST=0.0.0.0), else 127.0.0.1.
 comma := ,
-SHOWN_HOST := $(if $(filter 0.0.0.0 :: [::],$(HOST)),$(or $(firstword $(filter-out .% *,$(subst $(comma), ,$(DJANGO_ALLOWED_HOSTS)))),127.0.0.1),$(HOST))
+NAMED_HOST := $(firstword $(filter-out .% *,$(subst $(comma), ,$(DJANGO_ALLOWED_HOSTS))))
+SHOWN_HOST := $(if $(filter 0.0.0.0 :: [::],$(HOST)),$(or $(NAMED_HOST),127.0.0.1),$(HOST))
 
 .PHONY: install system-deps run test bench lint migrate clean
 
