@@ -16,8 +16,9 @@ calls are recorded), in the order handed in:
   its turn began), so that the recording can be played with its transcript as a timeline;
   the session's row gets them in that order.
 - At the end the two sides are interleaved into a stereo WAV (channel 0 the caller, 1 the
-  agent; the shorter side padded with silence to the call's length), saved through Django's
-  default storage, and the session's row is given its name and length.
+  agent; the shorter side padded with silence to the call's length, the agent's audio that had
+  not played when the call ended left out), saved through Django's default storage, and the
+  session's row is given its name and length.
 
 A session with no audio at all has no recording. A refused or failed write is logged and
 costs that recording only; the call never waits for the disk, and when the thread falls too
@@ -138,11 +139,13 @@ class Recording:
         """Only the latest agent item is cut: nothing of another follows it yet."""
         if self._agent_item is None or self._agent_item[0] != item_id:
             return
-        end = self._agent_item[1] + audio_end_ms * RATE // 1000
-        track = self._files[1]
+        self._end_agent(self._agent_item[1] + audio_end_ms * RATE // 1000)
+
+    def _end_agent(self, end: int) -> None:
+        """The agent's track ends at sample `end`: what followed was never heard."""
         if end < self._cursors[1]:
-            track.truncate(end * SAMPLE_BYTES)
-            track.seek(end * SAMPLE_BYTES)
+            self._files[1].truncate(end * SAMPLE_BYTES)
+            self._files[1].seek(end * SAMPLE_BYTES)
             self._cursors[1] = end
 
     def _note(self, entry: dict, at: float) -> None:
@@ -157,7 +160,11 @@ class Recording:
         try:
             if self._files == [None, None]:
                 return
-            samples = max(round((at - self.started_at) * RATE), *self._cursors)
+            # The agent's audio comes faster than it is spoken: what of it had not played
+            # when the call ended was never heard, and the recording ends with the call.
+            end = max(0, round((at - self.started_at) * RATE))
+            self._end_agent(end)
+            samples = max(end, self._cursors[0])
             with tempfile.TemporaryFile(prefix="oc-rec-") as out:
                 self._interleave(out, samples)
                 out.seek(0)

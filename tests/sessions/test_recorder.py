@@ -305,6 +305,7 @@ async def test_agent_audio_the_caller_cut_short_leaves_the_timeline_to_the_next_
         second_at = time.monotonic() - began
         await caller.send({"type": "response.create"})
         await caller.until("response.done", n=2)
+        await asyncio.sleep(0.5)  # the caller hears half a second of it, then hangs up
     await caller.communicator.disconnect()
 
     def written():
@@ -318,3 +319,22 @@ async def test_agent_audio_the_caller_cut_short_leaves_the_timeline_to_the_next_
     heard = [s for s in loud if s < first + second_at - 0.2]
     assert heard[-1] <= first + 0.35, f"the first reply's unheard rest is not recorded: {loud}"
     assert _loud(agent, first + second_at + 0.2), f"the second reply is where it came: {loud}"
+
+
+def test_agent_audio_not_yet_played_when_the_call_ended_is_not_recorded(media):
+    """The service sends a reply faster than it is spoken: a caller who hangs up 1 s into a
+    4 s reply heard 1 s of it. The recording ends with the call, not with 3 s of speech that
+    nobody heard after it."""
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec_hangup")
+    recording = Recording(session.id, started_at=100.0)
+    recording.add(0, _tone(CHUNK), 100.0)
+    for _ in range(100):  # a 4 s reply, all of it sent at 1.0 s
+        recording.add(1, _tone(CHUNK), 101.0, item_id="item_a")
+    recording.finish(at=102.0)
+    assert recorder.flush()
+
+    session.refresh_from_db()
+    assert session.recording_seconds == pytest.approx(2.0), "as long as the call"
+    frames, (_, agent) = _channels(session.recording.name)
+    assert frames == 2 * RATE, "the WAV ends with the call"
+    assert _loud(agent, 1.85), "what was heard before the hang-up is kept"
