@@ -271,6 +271,10 @@ WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 OC_RECORD_AUDIO = env_bool("OC_RECORD_AUDIO", False)
 OC_RECORDING_RETENTION_DAYS = env_int("OC_RECORDING_RETENTION_DAYS", 30, minimum=1)
 MEDIA_ROOT = VAR_DIR / "media"
+# Recordings are people's voices: on disk, only the user the console runs as may read them
+# (Django's default follows the umask, usually readable by every account on the machine).
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 # Ended sessions older than this many days are deleted, with their requests and recordings, by
 # `manage.py delete_old_sessions`; 0 keeps them all.
 OC_HISTORY_RETENTION_DAYS = env_int("OC_HISTORY_RETENTION_DAYS", 0, minimum=0)
