@@ -2,7 +2,10 @@
 session page's player) and their deletion after the retention.
 
 A recording is answered from storage in chunks, whole (`200`) or, for a player that seeks,
-the byte range it asks for (`206`, one range; `416` for one the file does not have). Under
+the byte range it asks for (`206`, one range; `416` for one the file does not have). A
+recording never changes once written: its `ETag` (its name and size) lets a download that
+broke off resume with `If-Range`; a range asked for with another validator gets the whole
+file, as it may have changed (RFC 9110, 13.1.5). Under
 Daphne each chunk waits until the client has room for it (apps/events/flow.py): a call of an
 hour is some 350 MB, which a slow listener would otherwise make the process hold.
 """
@@ -10,6 +13,7 @@ hour is some 350 MB, which a slow listener would otherwise make the process hold
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from datetime import timedelta
 
@@ -59,8 +63,10 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
     name = session.recording.name
     size = default_storage.size(name)
     start, length, status = 0, size, 200
+    etag = f'"{hashlib.sha256(name.encode()).hexdigest()[:16]}-{size}"'
     asked = _RANGE.match(request.headers.get("Range", "").strip())
-    if asked and (asked[1] or asked[2]):
+    if_range = request.headers.get("If-Range")
+    if asked and (asked[1] or asked[2]) and (if_range is None or if_range.strip() == etag):
         if asked[1]:
             start = int(asked[1])
             end = min(int(asked[2]), size - 1) if asked[2] else size - 1
@@ -75,6 +81,7 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
     response = StreamingHttpResponse(chunks, status=status, content_type="audio/wav")
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
+    response["ETag"] = etag
     response["Content-Disposition"] = f'inline; filename="{session.upstream_id}.wav"'
     if status == 206:
         response["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"

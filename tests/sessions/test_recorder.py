@@ -152,6 +152,12 @@ async def test_the_rest_hook_gives_the_recording_whole_or_the_range_a_player_ask
     assert tail.content == whole.content[-10:]
     beyond = await rest.get("/sessions/sess_http1/recording", headers={"Range": f"bytes={len(whole.content)}-"})
     assert beyond.status_code == 416
+    resumed = await rest.get(
+        "/sessions/sess_http1/recording", headers={"Range": "bytes=100-", "If-Range": whole.headers["etag"]}
+    )
+    assert resumed.status_code == 206 and resumed.content == whole.content[100:], "a download resumes"
+    other = await rest.get("/sessions/sess_http1/recording", headers={"Range": "bytes=100-", "If-Range": '"x"'})
+    assert other.status_code == 200 and other.content == whole.content, "another validator: the whole file"
 
     assert (await rest.get("/sessions/sess_none/recording")).status_code == 404
     await sync_to_async(default_storage.delete)(session.recording.name)
