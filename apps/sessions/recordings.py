@@ -82,6 +82,9 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     response["ETag"] = etag
+    # People's voices: kept by no cache, the browser's disk included (an operator's shared
+    # computer keeps no copy after the page is closed).
+    response["Cache-Control"] = "private, no-store"
     response["Content-Disposition"] = f'inline; filename="{session.upstream_id}.wav"'
     if status == 206:
         response["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"

@@ -143,6 +143,7 @@ async def test_the_rest_hook_gives_the_recording_whole_or_the_range_a_player_ask
     session = await sync_to_async(_recorded)("sess_http1")
     whole = await rest.get("/sessions/sess_http1/recording")
     assert whole.status_code == 200 and whole.headers["content-type"] == "audio/wav"
+    assert whole.headers["cache-control"] == "private, no-store", "no cache keeps the voices"
     with wave.open(io.BytesIO(whole.content)) as wav:
         assert wav.getnchannels() == 2 and wav.getnframes() == RATE
     part = await rest.get("/sessions/sess_http1/recording", headers={"Range": "bytes=44-1043"})
