@@ -2,12 +2,12 @@
 session page's player) and their deletion after the retention.
 
 A recording is answered from storage in chunks, whole (`200`) or, for a player that seeks,
-the byte range it asks for (`206`, one range; `416` for one the file does not have). A
-recording never changes once written: its `ETag` (its name and size) lets a download that
-broke off resume with `If-Range`; a range asked for with another validator gets the whole
-file, as it may have changed (RFC 9110, 13.1.5). Under
-Daphne each chunk waits until the client has room for it (apps/events/flow.py): a call of an
-hour is some 350 MB, which a slow listener would otherwise make the process hold.
+the byte range it asks for (`206`, one range; `416` for one the file does not have; one
+that is not a range, like `bytes=5-3`, is ignored). A recording never changes once written:
+its `ETag` (its name and size) lets a download that broke off resume with `If-Range`; a range
+asked for with another validator gets the whole file, as it may have changed (RFC 9110,
+13.1.5). Under Daphne each chunk waits until the client has room for it (apps/events/flow.py):
+a call of an hour is some 350 MB, which a slow listener would otherwise make the process hold.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
     start, length, status = 0, size, 200
     etag = f'"{hashlib.sha256(name.encode()).hexdigest()[:16]}-{size}"'
     asked = _RANGE.match(request.headers.get("Range", "").strip())
+    if asked and asked[1] and asked[2] and int(asked[2]) < int(asked[1]):
+        asked = None  # not a range (its last byte before its first): ignored, as RFC 9110 says
     if_range = request.headers.get("If-Range")
     if asked and (asked[1] or asked[2]) and (if_range is None or if_range.strip() == etag):
         if asked[1]:
