@@ -351,12 +351,6 @@ def test_agent_audio_not_yet_played_when_the_call_ended_is_not_recorded(media):
 
 def test_a_recording_on_disk_is_readable_by_the_consoles_user_alone(media):
     """A call's voices are personal data: other accounts on the machine may not read them."""
-    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec_mode")
-    recording = Recording(session.id, started_at=100.0)
-    recording.add(0, _tone(CHUNK), 100.0)
-    recording.finish(at=101.0)
-    assert recorder.flush()
-    session.refresh_from_db()
-    path = media / session.recording.name
+    path = media / _recorded("sess_rec_mode").recording.name
     assert oct(path.stat().st_mode & 0o777) == oct(0o600), "the file"
     assert oct(path.parent.stat().st_mode & 0o777) == oct(0o700), "the folder of recordings"
