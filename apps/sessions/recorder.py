@@ -168,7 +168,7 @@ class Recording:
             with tempfile.TemporaryFile(prefix="oc-rec-") as out:
                 self._interleave(out, samples)
                 out.seek(0)
-                stored = default_storage.save(name, File(out))
+                stored = _save(name, out)
             from apps.sessions.models import LiveSession
 
             with serialised_write():
@@ -215,6 +215,21 @@ class Recording:
             if track is not None:
                 track.close()
         self._files = [None, None]
+
+
+def _save(name: str, content) -> str:
+    """`content` saved under `name` (or the storage's free variant of it). A write that fails
+    part way (a full disk) leaves no part-written file: no row would name it, so nothing would
+    ever delete it, and it would keep the space that later recordings need."""
+    name = default_storage.get_available_name(name)
+    try:
+        return default_storage.save(name, File(content))
+    except Exception:
+        try:
+            default_storage.delete(name)
+        except Exception as exc:
+            log.warning("could not delete the part-written recording %s: %r", name, exc)
+        raise
 
 
 class RecorderThread:

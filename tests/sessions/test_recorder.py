@@ -124,6 +124,27 @@ def test_a_refused_write_is_logged_and_the_next_recording_is_written(settings, t
     assert second.recording, "the recorder thread went on"
 
 
+def test_a_disk_that_fills_during_the_write_leaves_no_partial_file(media, monkeypatch, caplog):
+    """A part-written WAV would be named by no row: nothing (the retention included) would ever
+    delete it, and it would hold on to the space every later recording needs."""
+
+    class DiskFills(recorder.File):
+        def chunks(self, chunk_size=None):
+            yield next(super().chunks(chunk_size=4096))
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recorder, "File", DiskFills)
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec_full")
+    recording = Recording(session.id, started_at=0.0)
+    recording.add(0, _tone(RATE), 0.0)
+    recording.finish(at=1.0)
+    assert recorder.flush()
+    assert "No space left on device" in caplog.text
+    assert not list((media / "recordings").iterdir()), "the part written was deleted"
+    session.refresh_from_db()
+    assert not session.recording
+
+
 # ---------------------------------------------------------------------------- over HTTP
 
 
