@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,16 @@ def is_database_away(exception: BaseException) -> bool:
     """Whether `exception` says the database cannot be reached (psycopg's pool timing out
     included), not that the work was wrong."""
     return isinstance(exception, AWAY)
+
+
+def is_database_busy(exception: BaseException) -> bool:
+    """Whether `exception` says another connection kept SQLite's write lock past the busy
+    timeout (a backup, another process's long transaction): the database answers reads, and
+    the write is not at fault; it goes once the lock is let go."""
+    cause = exception.__cause__
+    return isinstance(cause, sqlite3.OperationalError) and (
+        getattr(cause, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    )
 
 
 def log_failure(logger: logging.Logger, message: str, exception: BaseException) -> None:

@@ -12,7 +12,7 @@ pragmas per batch cost more than the writes) and reopens it only after an error.
 `pending()` says how much is not yet (`GET /healthz`).
 
 A batch that fails while the database does not answer (restarted, failing over, the network
-gone) waits for it and is written then, whole: the operations behind it wait in order, and
+gone; or SQLite's write lock kept by another connection) waits for it and is written then, whole: the operations behind it wait in order, and
 nothing is lost to an outage. One that fails while the database answers is at fault itself,
 and is retried one operation at a time so that one bad row cannot take others with it.
 """
@@ -34,7 +34,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Model
 
-from apps.sessions.db import is_database_away, serialised_write
+from apps.sessions.db import is_database_away, is_database_busy, serialised_write
 
 log = logging.getLogger(__name__)
 # One JSON object per committed transition (sessions and requests): `oc.events`.
@@ -195,7 +195,8 @@ class HistoryWriter:
             except Exception as exc:
                 connection.close()
                 unreachable = is_database_away(exc)
-                if unreachable and not _database_answers():
+                # A locked SQLite answers reads (`_database_answers`) and takes no write.
+                if unreachable and (is_database_busy(exc) or not _database_answers()):
                     if waiting_since is None:
                         waiting_since = time.monotonic()
                         log.warning("the database does not answer; the history waits for it")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import threading
 import time
 import uuid
 
 import pytest
+from django.db import connection
 
 from apps.sessions import records
 from apps.sessions.history import CreateRow, HistoryWriter, UpdateRow, merge
@@ -125,3 +129,44 @@ def test_updates_of_several_rows_with_different_fields_land_in_one_batch(t0):
     assert (rows["req_h"].status, rows["req_h"].usage) == ("completed", {"total_tokens": 7})
     assert rows["req_f"].sent_at is not None and rows["req_f"].started_at is None
     assert LiveSession.objects.get(id=key).instructions == "J"
+
+
+def test_a_database_another_process_keeps_locked_delays_the_history_and_loses_none_of_it(
+    t0, monkeypatch
+):
+    """SQLite answers reads while another connection holds its write lock (a backup, an admin's
+    open `sqlite3` shell): each write waits out the busy timeout and fails. The batch is not at
+    fault, and is written, whole, once the lock is let go; no operation is given up on."""
+    from apps.sessions import history
+
+    writer, key = HistoryWriter(), uuid.uuid4()
+    _apply(writer, _session_ops(key, t0))
+    monkeypatch.setattr(history, "_OUTAGE_RETRY", (0.001, 0.001))
+    tries, enough = 0, threading.Event()
+    locked_write = history.serialised_write
+
+    @contextlib.contextmanager
+    def counted():
+        nonlocal tries
+        tries += 1
+        # Past the tries a write at fault gets: the batch's, then its operation's on its own.
+        if tries > 2 * (history._FRESH_TRIES + 1):
+            enough.set()
+        connection.ensure_connection()  # the writer's own: its busy wait, 10 ms, not 20 s
+        connection.connection.execute("PRAGMA busy_timeout = 10")
+        with locked_write():
+            yield
+
+    monkeypatch.setattr(history, "serialised_write", counted)
+    holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        for operation in _request_ops(key, "req_locked", t0):
+            writer.submit(operation)
+        assert enough.wait(5), f"the writer tried {tries} times, then gave up"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    writer.flush_sync()
+    assert writer.failures == 0
+    assert ResponseRequest.objects.get(id="req_locked").status == "completed"
