@@ -12,9 +12,10 @@ pragmas per batch cost more than the writes) and reopens it only after an error.
 `pending()` says how much is not yet (`GET /healthz`).
 
 A batch that fails while the database does not answer (restarted, failing over, the network
-gone; or SQLite's write lock kept by another connection) waits for it and is written then, whole: the operations behind it wait in order, and
-nothing is lost to an outage. One that fails while the database answers is at fault itself,
-and is retried one operation at a time so that one bad row cannot take others with it.
+gone; or SQLite's write lock kept by another connection) waits for it and is written then,
+whole: the operations behind it wait in order, and nothing is lost to an outage. One that
+fails while the database answers is at fault itself, and is retried one operation at a time
+so that one bad row cannot take others with it.
 """
 
 from __future__ import annotations
