@@ -20,14 +20,16 @@ calls are recorded), in the order handed in:
   not played when the call ended left out), saved through Django's default storage, and the
   session's row is given its name and length.
 
-A session with no audio at all has no recording. A refused or failed write is logged and
-costs that recording only; the call never waits for the disk, and when the thread falls too
-far behind (`MAX_PENDING` pieces waiting in one recording), audio is left out of that
-recording and logged, not queued without bound.
+A session with no audio at all has no recording. A saved WAV whose row the database cannot
+take now (away, or locked) is named on it by the history writer once it can. A refused or
+failed write is logged and costs that recording only; the call never waits for the disk,
+and when the thread falls too far behind (`MAX_PENDING` pieces waiting in one recording),
+audio is left out of that recording and logged, not queued without bound.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import threading
@@ -39,7 +41,8 @@ from collections import deque
 from django.core.files import File
 from django.core.files.storage import default_storage
 
-from apps.sessions.db import serialised_write
+from apps.sessions.db import is_database_away, serialised_write
+from apps.sessions.history import writer as history
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +174,24 @@ class Recording:
                 stored = _save(name, out)
             from apps.sessions.models import LiveSession
 
-            with serialised_write():
-                LiveSession.objects.filter(id=self.key).update(
-                    recording=stored,
-                    recording_seconds=samples / RATE,
-                    # In the order the turns began (a long reply becomes final after the
-                    # turns that followed it), as the recording plays them.
-                    recording_transcript=sorted(self._entries.values(), key=lambda e: e["at"]),
-                )
+            named = functools.partial(
+                LiveSession.objects.filter(id=self.key).update,
+                recording=stored,
+                recording_seconds=samples / RATE,
+                # In the order the turns began (a long reply becomes final after the
+                # turns that followed it), as the recording plays them.
+                recording_transcript=sorted(self._entries.values(), key=lambda e: e["at"]),
+            )
+            try:
+                with serialised_write():
+                    named()
+            except Exception as exc:
+                if not is_database_away(exc):
+                    raise
+                # The WAV is saved: its row is told when the database takes writes again, as
+                # the history is (which waits out an outage), or no one could ever find it.
+                log.warning("recording %s: its row waits for the database: %r", stored, exc)
+                history.submit(named)
         finally:
             for track in self._files:
                 if track is not None:

@@ -4,8 +4,10 @@ failed write costs only that recording."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
+import sqlite3
 import time
 import wave
 from array import array
@@ -14,6 +16,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.storage import default_storage
+from django.db import connection
 
 from apps.realtime.audio import pcm16_rms
 from apps.sessions import recorder
@@ -143,6 +146,40 @@ def test_a_disk_that_fills_during_the_write_leaves_no_partial_file(media, monkey
     assert not list((media / "recordings").iterdir()), "the part written was deleted"
     session.refresh_from_db()
     assert not session.recording
+
+
+def test_a_recording_finished_while_the_database_is_locked_is_named_on_its_row_later(
+    media, monkeypatch
+):
+    """The WAV is saved; its row, which the REST hook and the retention read, is told once the
+    database takes writes again (as the history is), not given up on with the file orphaned."""
+    from apps.sessions.history import writer as history
+
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec_locked")
+    locked_write = recorder.serialised_write
+
+    @contextlib.contextmanager
+    def impatient():
+        connection.ensure_connection()  # the recorder thread's own: 10 ms of busy wait, not 20 s
+        connection.connection.execute("PRAGMA busy_timeout = 10")
+        with locked_write():
+            yield
+
+    monkeypatch.setattr(recorder, "serialised_write", impatient)
+    holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    try:
+        recording = Recording(session.id, started_at=0.0)
+        recording.add(0, _tone(CHUNK), 0.0)
+        recording.finish(at=1.0)
+        assert recorder.flush()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    history.flush_sync()
+    session.refresh_from_db()
+    assert session.recording and session.recording_seconds == 1.0
+    assert default_storage.exists(session.recording.name)
 
 
 # ---------------------------------------------------------------------------- over HTTP
