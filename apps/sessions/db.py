@@ -17,7 +17,8 @@ thread still closes its connection when the request ends, as Django does.
 SQLite's busy handler, which sleeps 1, 2, 5, … up to 100 ms between tries with no queue, so
 under load an unlucky writer starves (REST writes were seen waiting behind the history
 writer's batches). Writers of this process take this lock first and queue in Python instead;
-the lock is held only for the transaction. Other databases lock rows and need none of this.
+the lock is held only for the transaction, and a turn not had within SQLite's busy timeout is
+the database being busy (`WriteTurnTimeout`). Other databases lock rows and need none of this.
 
 `log_failure`: a background loop's round that failed, logged. The database being away (a
 restart, a failover, every pooled connection taken) is nobody's bug and passes: a warning
@@ -54,10 +55,16 @@ def is_database_away(exception: BaseException) -> bool:
     return isinstance(exception, AWAY)
 
 
+class WriteTurnTimeout(OperationalError):
+    """`serialised_write` waited out SQLite's busy timeout for this process's turn to write."""
+
+
 def is_database_busy(exception: BaseException) -> bool:
     """Whether `exception` says another connection kept SQLite's write lock past the busy
     timeout (a backup, another process's long transaction): the database answers reads, and
     the write is not at fault; it goes once the lock is let go."""
+    if isinstance(exception, WriteTurnTimeout):
+        return True
     cause = exception.__cause__
     return isinstance(cause, sqlite3.OperationalError) and (
         getattr(cause, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -99,10 +106,22 @@ def db_async(function: Callable[..., Any]) -> Callable[..., Any]:
 _write_lock = threading.Lock()
 
 
+def busy_timeout() -> float:
+    """Seconds SQLite waits for another connection's write lock (Django's `timeout` option)."""
+    return float(connection.settings_dict.get("OPTIONS", {}).get("timeout", 5.0))
+
+
 @contextlib.contextmanager
 def serialised_write() -> Iterator[None]:
     if connection.vendor != "sqlite":
         yield
         return
-    with _write_lock:
+    # Bounded as SQLite's own wait is: while another connection keeps the database locked,
+    # each writer ahead of this one waits out the busy timeout, and an unbounded turn would
+    # add up their waits (a REST call answered long after its client gave up).
+    if not _write_lock.acquire(timeout=busy_timeout()):
+        raise WriteTurnTimeout("database is locked: this process's other writes are waiting")
+    try:
         yield
+    finally:
+        _write_lock.release()

@@ -5,9 +5,12 @@ tests/scaleout/test_database_outage.py."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from django.db import InterfaceError, OperationalError
 
+from apps.sessions import db
 from apps.sessions.db import log_failure
 
 log = logging.getLogger("tests.sessions.db")
@@ -38,3 +41,22 @@ def test_any_other_failure_is_an_error_with_its_traceback(caplog):
     assert (record.levelno, record.getMessage()) == (logging.ERROR, "webhook round failed")
     assert record.exc_info[1] is failure
     assert "Traceback" in caplog.text
+
+
+def test_a_writer_waits_for_its_turn_no_longer_than_sqlite_would_for_the_lock(monkeypatch):
+    """While another connection keeps SQLite locked, each writer of this process waits out the
+    busy timeout in turn: queued behind others, a REST hook's nudge answered only after all of
+    them (50 s for the second of two), when its client had given up, and was carried out then.
+    Its turn is bounded like SQLite's own wait, and not getting it is the database being busy
+    (a 503 for the REST hook, a wait for the history writer)."""
+    monkeypatch.setattr(db, "busy_timeout", lambda: 0.05)
+
+    def write() -> None:
+        with db.serialised_write():
+            pass
+
+    with ThreadPoolExecutor(1) as pool, db.serialised_write():  # a writer stuck on the lock
+        turn = pool.submit(write)
+        with pytest.raises(OperationalError) as raised:
+            turn.result(timeout=5)
+    assert db.is_database_busy(raised.value)
