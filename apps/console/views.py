@@ -99,9 +99,11 @@ def _session_page(
     *,
     status: int = 200,
     refer: dict[str, str] | None = None,
+    label: dict[str, str] | None = None,
 ) -> HttpResponse:
     """The page; `nudge` is the nudge form (bound when it was refused), `refer` a refused
-    transfer (`target`, `error`), shown open with what was typed."""
+    transfer (`target`, `error`), shown open with what was typed, `label` a refused label
+    (`text`, `error`), likewise."""
     session = selectors.session_get(session_id=session_id)
     if session is None:
         return not_found(request, f"No session with id '{session_id}'.")
@@ -124,6 +126,7 @@ def _session_page(
             "can_steer": request.user.has_perm(STEER),
             "nudge": nudge,
             "refer": refer,
+            "refused_label": label,
             "limits": LIMITS,
             **audio_context(request, session, over=session.status in OVER),
             **approvals_context(request, session, can_steer=request.user.has_perm(STEER)),
@@ -250,6 +253,12 @@ async def label(request: HttpRequest, session_id: str, *, user: Any) -> HttpResp
             session_id=session_id, label=text, by=user.get_username()
         )
     except services.ServiceError as exc:
+        if isinstance(exc, services.InvalidLabel) and not steering.wants_json(request):
+            # Without JavaScript, as a refused nudge: what was typed stays, the error beside it.
+            refused = {"text": text, "error": exc.message}
+            return await sync_to_async(_session_page)(
+                request, session_id, Nudge(), status=exc.status, label=refused
+            )
         return steering.refused(request, session_id, exc, field="label")
     done = f"Labelled “{session.label}”." if session.label else "Label cleared."
     return steering.done(request, session_id, done, {"label": session.label})

@@ -105,6 +105,20 @@ def test_a_refused_form_comes_back_with_what_was_typed_and_the_error_beside_its_
     assert not ResponseRequest.objects.exists(), "nothing was stored"
 
 
+def test_a_refused_label_comes_back_with_what_was_typed_and_the_error_beside_it(operator):
+    # Without JavaScript a redirect with a message at the top lost the label that was typed.
+    session = _session(label="Order 42")
+    typed = "Jane " + "x" * 200
+    page = operator.post(reverse("console:label", args=[session.upstream_id]), {"label": typed})
+    assert page.status_code == 422, "refused, not redirected"
+    text = page.content.decode()
+    assert f'value="{typed}"' in _input(text, "label"), "what was typed stays"
+    assert 'aria-invalid="true"' in _input(text, "label") and "autofocus" in _input(text, "label")
+    assert _error_beside(text, "label") == "Label is 205 characters; at most 200 are allowed."
+    session.refresh_from_db()
+    assert session.label == "Order 42", "nothing was stored"
+
+
 def _focused(page: str) -> list[str]:
     """The names of the fields with `autofocus`."""
     return re.findall(r'<(?:input|textarea)[^>]*name="([^"]+)"[^>]*\sautofocus[\s>]', page)
