@@ -119,6 +119,14 @@ def test_a_refused_label_comes_back_with_what_was_typed_and_the_error_beside_it(
     assert session.label == "Order 42", "nothing was stored"
 
 
+def test_without_javascript_the_dashboard_shows_each_sessions_age_and_last_activity(operator):
+    # dashboard.js fills these cells; without it they were blank.
+    _session(started_at=timezone.now() - timedelta(hours=2, minutes=3, seconds=30))
+    page = operator.get(reverse("console:dashboard")).content.decode()
+    ages = re.findall(r'<td data-label="(?:Age|Last activity)" data-since="[^"]+">([^<]*)</td>', page)
+    assert ages == ["2h 3m", "2h 3m"], "as dashboard.js words it, as of the page's load"
+
+
 def _focused(page: str) -> list[str]:
     """The names of the fields with `autofocus`."""
     return re.findall(r'<(?:input|textarea)[^>]*name="([^"]+)"[^>]*\sautofocus[\s>]', page)
