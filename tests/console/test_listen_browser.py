@@ -197,3 +197,26 @@ async def test_why_listening_cannot_start_stays_on_the_page(daphne, audio_browse
     assert await status.get_attribute("data-state") == "error"
     assert "Cannot listen to 'sess_gone': the session is ended." in await status.text_content()
     assert not errors, errors
+
+
+async def test_each_mute_is_named_for_its_side_and_keeps_its_name_when_pressed(
+    daphne, audio_browser, listeners
+):
+    # Both were "Mute", and a pressed one became "Unmute": "Unmute, pressed" to a screen reader.
+    from asgiref.sync import sync_to_async
+
+    from apps.sessions.models import LiveSession
+
+    await sync_to_async(LiveSession.objects.create)(
+        model="gpt-realtime", upstream_id="sess_mutes", status="live"
+    )
+    page, errors = await _page_as(audio_browser, daphne, "ann")
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_mutes/")
+    caller = page.get_by_role("button", name="Mute the caller", exact=True)
+    agent = page.get_by_role("button", name="Mute the agent", exact=True)
+    await caller.focus(timeout=5000)
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector('[data-mute="0"][aria-pressed=true]')
+    assert await caller.get_attribute("aria-pressed") == "true", "the name stays; pressed is muted"
+    assert await agent.get_attribute("aria-pressed") == "false"
+    assert not errors, errors

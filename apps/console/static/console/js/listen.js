@@ -140,8 +140,9 @@ if (box) {
     const button = event.target.closest("[data-mute]");
     if (!button) return;
     const muted = button.getAttribute("aria-pressed") !== "true";
+    // Its name stays "Mute the caller": pressed says it is muted (a name flipping to "Unmute"
+    // as well read "Unmute, pressed" to a screen reader).
     button.setAttribute("aria-pressed", String(muted));
-    button.textContent = muted ? "Unmute" : "Mute";
     listening?.mute(Number(button.dataset.mute), muted);
   });
   window.addEventListener("pagehide", () => listening?.stop());
