@@ -380,6 +380,30 @@ async def test_add_a_metadata_row_stops_at_fifteen(login, connect_caller, daphne
     assert alice.errors == []
 
 
+async def test_a_refusal_sent_from_the_field_itself_is_said_not_silent(login, daphne):
+    # Ctrl+Enter in the field (Enter in the label) leaves the focus where it was: focusing it
+    # again read nothing out, and a screen reader heard no refusal at all.
+    await LiveSession.objects.acreate(model="gpt-realtime", upstream_id="sess_said", status="live")
+    alice = await login("alice")
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_said/")
+    await page.fill("#instructions", "x" * 32_769)
+    await page.focus("#instructions")
+    await page.keyboard.press("Control+Enter")
+    status = page.get_by_role("status").filter(has_text="Not sent")
+    await expect(status).to_have_text("Not sent: 32769 characters; at most 32768 are allowed.")
+    await expect(page.locator("#instructions")).to_be_focused()
+    await page.fill("#label-input", "y" * 201)
+    await page.focus("#label-input")
+    await page.keyboard.press("Enter")
+    said = page.locator("[data-label-said]")
+    await expect(said).to_have_text("Label not saved: Label is 201 characters; at most 200 are allowed.")
+    await page.click("[data-label-form] button")  # the focus moves to the field: it says it
+    await expect(page.locator("#label-input")).to_be_focused()
+    await expect(said).to_have_text("")
+    assert [e for e in alice.errors if "status of 422" not in e] == []
+
+
 async def test_pages_fit_a_narrow_window_and_the_form_is_keyboard_usable(login, connect_caller, daphne):
     alice = await login("alice", width=PHONE, height=800)
     caller = await connect_caller()

@@ -484,11 +484,16 @@ function showErrors(errors) {
 
 // A refused form: focus goes to the first field marked invalid, or to the first error said
 // without a field (the form's own, the metadata's), so keyboard and screen-reader users land on it.
+// Sent from that very field (Ctrl+Enter), the focus does not move and nothing would be read out:
+// the status beside Send says the error instead (said once: the focus said nothing).
 function focusFirstError() {
   const first = form.querySelector("[aria-invalid=true], [data-error-for]:not(:empty)");
   if (!first) return;
   if (first.matches("[data-error-for]")) first.tabIndex = -1;
+  const stayed = document.activeElement === first;
   first.focus();
+  const error = form.querySelector("[data-error-for]:not(:empty)");
+  if (stayed) sendStatus(`Not sent: ${error.textContent}`, "bad");
 }
 
 // Characters as the server counts them (code points, not UTF-16 units).
@@ -657,10 +662,15 @@ function setUpLabel() {
     const answer = await post(labelForm.action, new FormData(labelForm));
     const error = labelForm.querySelector("[data-error-for=label]");
     error.textContent = answer.ok ? "" : answer.errors?.label || answer.errors?.form || "The label was refused.";
-    // A refusal marks the field and puts the focus on it, which reads its error out.
+    // A refusal marks the field and puts the focus on it, which reads its error out; sent from
+    // the field itself (Enter), the focus does not move, and the form's status says it.
+    const said = labelForm.querySelector("[data-label-said]");
+    said.textContent = "";
     if (answer.ok) labelForm.label.removeAttribute("aria-invalid");
     else {
       labelForm.label.setAttribute("aria-invalid", "true");
+      const stayed = document.activeElement === labelForm.label;
+      if (stayed) said.textContent = `Label not saved: ${error.textContent}`;
       labelForm.label.focus();
       return;
     }
