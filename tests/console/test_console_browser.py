@@ -155,6 +155,9 @@ async def test_the_request_table_redraws_only_what_changed_and_keeps_the_operato
             nudge = page.locator(f'[data-requests] tr:has-text("{text}")')
             await expect(nudge.locator(".badge")).to_have_text("queued", timeout=3000)
         second = page.locator('[data-requests] tr:has-text("Second nudge.")')
+        # Each Cancel is named for its request, as the server's rows are: not two "Cancel"s.
+        for text in ("First nudge.", "Second nudge."):
+            await expect(page.get_by_role("button", name=f"Cancel {text}")).to_have_count(1)
         await second.get_by_role("button", name="Cancel").focus()
         callers = page.locator('[data-requests] tr:has(.origin:text("caller")) .badge')
         await expect(callers).to_have_text(["completed", "completed"], timeout=5000)

@@ -127,6 +127,34 @@ def test_without_javascript_the_dashboard_shows_each_sessions_age_and_last_activ
     assert ages == ["2h 3m", "2h 3m"], "as dashboard.js words it, as of the page's load"
 
 
+def _names_of(page: str, tag: str) -> list[str]:
+    """The accessible names of the `tag`s named by `aria-labelledby`, as a screen reader reads
+    them: the text of each element the attribute lists, in its order."""
+    texts = dict(re.findall(r'<\w+ [^>]*?\bid="([^"]+)"[^>]*>([^<]*)<', page))
+    return [
+        " ".join(texts[part].strip() for part in ids.split())
+        for ids in re.findall(rf'<{tag} [^>]*aria-labelledby="([^"]+)"', page)
+    ]
+
+
+def test_each_queued_requests_cancel_is_named_for_its_request(operator):
+    # Each was "Cancel" (or "Cancel…"): tabbing through a queue, one could not tell which.
+    session = _session()
+    at = timezone.now().replace(hour=10, minute=0, second=0, microsecond=0)
+    asked = [("console", "Offer the refund."), ("api", ""), ("caller", "")]
+    for n, (origin, instructions) in enumerate(asked):
+        ResponseRequest.objects.create(
+            id=f"req_q{n}", session=session, origin=origin, status="queued",
+            instructions=instructions, created_at=at + timedelta(seconds=n),
+        )
+    page = operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()
+    assert _names_of(page, "button") == [
+        "Cancel Offer the refund. 10:00:00",
+        "Cancel no instructions 10:00:01",
+    ]
+    assert _names_of(page, "summary") == ["Cancel… the caller’s own response 10:00:02"]
+
+
 def _focused(page: str) -> list[str]:
     """The names of the fields with `autofocus`."""
     return re.findall(r'<(?:input|textarea)[^>]*name="([^"]+)"[^>]*\sautofocus[\s>]', page)

@@ -32,8 +32,15 @@ function isoAt(seconds) {
   return new Date(seconds * 1000).toISOString();
 }
 
+// Each Cancel is named for its request: "Cancel", what was asked and when (the row's own words).
+function namedFor(request) {
+  const id = `cancel-${request.id}`;
+  return { id, "aria-labelledby": `${id} asked-${request.id} when-${request.id}` };
+}
+
 function cancelForm(request, confirmed) {
-  const button = el("button", { type: "submit", class: confirmed ? "danger small" : "link", text: confirmed ? "Cancel the caller’s request" : "Cancel" });
+  const named = confirmed ? {} : namedFor(request);
+  const button = el("button", { type: "submit", class: confirmed ? "danger small" : "link", text: confirmed ? "Cancel the caller’s request" : "Cancel", ...named });
   const form = el("form", { method: "post", action: `/console/requests/${encodeURIComponent(request.id)}/cancel` },
     el("input", { type: "hidden", name: "csrfmiddlewaretoken", value: csrf }),
     confirmed ? [el("input", { type: "hidden", name: "confirm", value: "caller" }), el("p", { class: "small", text: "This is the caller’s own request." })] : null,
@@ -54,7 +61,7 @@ function cancelForm(request, confirmed) {
 function cancelControl(request) {
   if (!canSteer || over || request.status !== "queued") return null;
   if (OPERATORS.has(request.origin)) return cancelForm(request, false);
-  return el("details", { class: "confirm" }, el("summary", { text: "Cancel…" }), cancelForm(request, true));
+  return el("details", { class: "confirm" }, el("summary", { text: "Cancel…", ...namedFor(request) }), cancelForm(request, true));
 }
 
 // A row stacked to fit the card (as parts/request_row.html renders it): what was asked on
@@ -68,11 +75,11 @@ function requestRow(request) {
   const reason = request.error?.code || request.error_code;
   // As parts/request_row.html and refreshClocks() have it: `dateTime` is the attribute's
   // property, and the full moment is the title (the row shows the time of day only).
-  const when = el("time", { class: "muted", dateTime: request.created_at, "data-clock": "",
+  const when = el("time", { class: "muted", id: `when-${request.id}`, dateTime: request.created_at, "data-clock": "",
     title: new Date(request.created_at).toISOString(), text: clock(request.created_at) });
   const asked = request.instructions
-    ? el("span", { class: "asked", title: request.instructions.slice(0, 500), text: truncate(request.instructions, 120) })
-    : el("span", { class: "asked muted", text: OPERATORS.has(request.origin) ? "no instructions" : `the ${request.origin}’s own response` });
+    ? el("span", { class: "asked", id: `asked-${request.id}`, title: request.instructions.slice(0, 500), text: truncate(request.instructions, 120) })
+    : el("span", { class: "asked muted", id: `asked-${request.id}`, text: OPERATORS.has(request.origin) ? "no instructions" : `the ${request.origin}’s own response` });
   return el("tr", { "data-request": request.id, "data-status": request.status },
     el("td", { class: "req" }, asked,
       el("span", { class: "req-meta" }, el("span", { class: "origin", text: request.origin }), ` ${request.requested_by || ""} · `, when,
