@@ -127,6 +127,19 @@ def test_without_javascript_the_dashboard_shows_each_sessions_age_and_last_activ
     assert ages == ["2h 3m", "2h 3m"], "as dashboard.js words it, as of the page's load"
 
 
+def test_without_javascript_reload_for_news_is_a_link_that_sends_no_form_again(operator):
+    # A refused form's page is at the form's address: reloading it, as the page said to, posted
+    # the form again. The reloads are links to the page itself (the dashboard's, with its view).
+    session = _session()
+    page = _post(operator, session.upstream_id, {"instructions": "x" * 32_769}).content.decode()
+    here = reverse("console:session", args=[session.upstream_id])
+    reload = r'<a href="([^"]*)">reload[^<]*</a>'
+    reloads = re.findall(reload, page)
+    assert reloads == [here, here], "both say to reload; each is a link to the session's page"
+    dashboard = operator.get(reverse("console:dashboard") + "?q=jane&sort=label").content.decode()
+    assert re.findall(reload, dashboard) == ["/console/?q=jane&amp;sort=label"]
+
+
 def _names_of(page: str, tag: str) -> list[str]:
     """The accessible names of the `tag`s named by `aria-labelledby`, as a screen reader reads
     them: the text of each element the attribute lists, in its order."""
