@@ -59,6 +59,9 @@ async def test_two_operators_see_the_request_one_approves_the_other_sees_it_deci
         await expect(card.locator(".arguments")).to_contain_text("42")
         await expect(card.get_by_role("button", name="Approve")).to_be_visible()
         await expect(card.get_by_role("button", name="Deny")).to_be_visible()
+        # Named with the tool, as the server names its own (not "Approve" among others alike).
+        named = card.get_by_role("button", name=re.compile(r"^(Approve|Deny) .*lookup$"))
+        await expect(named).to_have_count(2)
     await caller.wait_for("response.done")
     await expect(alice.page.locator("[data-rate-limits] .rate")).to_have_count(2, timeout=5000)
     await expect(alice.page.locator("[data-rate-limits]")).to_contain_text("left")

@@ -16,6 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.sessions.models import LiveSession, ToolApproval
+from tests.support.html import labelled_names
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,6 +59,19 @@ def test_a_pending_request_renders_its_form_and_the_rate_limits_warn_when_low():
     assert "5 of 100 left" in page and "900 of 1000 left" in page
     meters = re.findall(r"<meter[^>]*>", page)
     assert len(meters) == 2 and all('aria-label="' in m for m in meters), f"meters named: {meters}"
+
+
+def test_each_pending_requests_approve_and_deny_are_named_with_its_tool():
+    # Two requests waiting were four buttons read "Approve", "Deny", "Approve", "Deny".
+    session = _session("sess_tools2", "live")
+    _approval(session, "mcpr_a")
+    ToolApproval.objects.create(
+        session=session, approval_id="mcpr_b", name="refund", arguments="{}"
+    )
+    page = _client("alice", steer=True).get(reverse("console:session", args=["sess_tools2"]))
+    assert labelled_names(page.content.decode(), "button") == [
+        "Approve crm · lookup", "Deny crm · lookup", "Approve refund", "Deny refund",
+    ]
 
 
 def test_an_operator_who_may_not_steer_sees_the_request_but_no_form_and_is_refused():

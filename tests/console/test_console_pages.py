@@ -25,6 +25,7 @@ from apps.console.models import OperatorProfile
 from apps.sessions import history, records
 from apps.sessions.models import LiveSession, ResponseRequest
 from apps.sessions.overrides import MAX_METADATA_PAIRS
+from tests.support.html import labelled_names
 from tests.support.sqlite import sqlite_steps
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -140,16 +141,6 @@ def test_without_javascript_reload_for_news_is_a_link_that_sends_no_form_again(o
     assert re.findall(reload, dashboard) == ["/console/?q=jane&amp;sort=label"]
 
 
-def _names_of(page: str, tag: str) -> list[str]:
-    """The accessible names of the `tag`s named by `aria-labelledby`, as a screen reader reads
-    them: the text of each element the attribute lists, in its order."""
-    texts = dict(re.findall(r'<\w+ [^>]*?\bid="([^"]+)"[^>]*>([^<]*)<', page))
-    return [
-        " ".join(texts[part].strip() for part in ids.split())
-        for ids in re.findall(rf'<{tag} [^>]*aria-labelledby="([^"]+)"', page)
-    ]
-
-
 def test_each_queued_requests_cancel_is_named_for_its_request(operator):
     # Each was "Cancel" (or "Cancel…"): tabbing through a queue, one could not tell which.
     session = _session()
@@ -161,11 +152,11 @@ def test_each_queued_requests_cancel_is_named_for_its_request(operator):
             instructions=instructions, created_at=at + timedelta(seconds=n),
         )
     page = operator.get(reverse("console:session", args=[session.upstream_id])).content.decode()
-    assert _names_of(page, "button") == [
+    assert labelled_names(page, "button") == [
         "Cancel Offer the refund. 10:00:00",
         "Cancel no instructions 10:00:01",
     ]
-    assert _names_of(page, "summary") == ["Cancel… the caller’s own response 10:00:02"]
+    assert labelled_names(page, "summary") == ["Cancel… the caller’s own response 10:00:02"]
 
 
 def _focused(page: str) -> list[str]:

@@ -66,6 +66,12 @@ function decideUrl(id) {
   return card.dataset.decideUrl.replace("APPROVAL_ID", encodeURIComponent(id));
 }
 
+// Approve and Deny are named with the tool ("Approve crm · lookup"), as the server's are.
+function namedFor(decision, approval) {
+  const id = `${decision}-${approval.id}`;
+  return { id, "aria-labelledby": `${id} tool-${approval.id}` };
+}
+
 function decideForm(approval) {
   const reasonId = `reason-${approval.id}`;
   const form = el("form", { method: "post", action: decideUrl(approval.id), class: "approval-form", "data-approval-form": "" },
@@ -73,8 +79,10 @@ function decideForm(approval) {
     el("label", { htmlFor: reasonId }, "Reason ", el("span", { class: "muted", text: "(optional, sent with the decision)" })),
     el("input", { type: "text", id: reasonId, name: "reason", maxLength: 1000, autocomplete: "off" }),
     el("div", { class: "approval-actions" },
-      el("button", { type: "submit", name: "decision", value: "approve", class: "primary", text: "Approve" }),
-      el("button", { type: "submit", name: "decision", value: "deny", class: "danger", text: "Deny" }),
+      el("button", { type: "submit", name: "decision", value: "approve", class: "primary", text: "Approve",
+        ...namedFor("approve", approval) }),
+      el("button", { type: "submit", name: "decision", value: "deny", class: "danger", text: "Deny",
+        ...namedFor("deny", approval) }),
       el("span", { class: "muted small", "data-countdown": "" })));
   return form;
 }
@@ -97,7 +105,8 @@ function approvalNode(approval) {
   else body = [args, el("p", { class: "muted small", text: over ? "The session is over." : "Waiting for an operator who may steer this session." })];
   return el("li", { class: "approval", "data-approval": approval.id, "data-status": approval.status },
     el("div", { class: "approval-head" },
-      el("span", { class: "tool-name" }, approval.server_label ? el("span", { class: "muted", text: `${approval.server_label} · ` }) : null, approval.name),
+      el("span", { class: "tool-name", id: `tool-${approval.id}` },
+        approval.server_label ? el("span", { class: "muted", text: `${approval.server_label} · ` }) : null, approval.name),
       el("span", { class: `badge status-${approval.status}`, text: approval.status })),
     ...body);
 }
