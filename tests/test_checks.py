@@ -107,3 +107,10 @@ def test_daphne_refuses_to_start_several_processes_on_the_in_memory_layer(tmp_pa
     assert refused.returncode != 0
     assert "oc_sessions.E001" in refused.stderr and "OC_PROCESSES=2" in refused.stderr, refused.stderr[-2000:]
     assert "Set REDIS_URL" in refused.stderr
+
+
+@pytest.mark.django_db
+def test_the_migrations_hold_every_model_change():
+    """A model changed without its migration works in the tests (they build the schema from
+    the models' migrations, which would then miss it) and breaks on a user's database."""
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
