@@ -23,6 +23,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.console.dashboard import View
 from apps.console.feed import feed
+from apps.realtime import events
 from apps.sessions import groups, selectors
 from apps.sessions.consumers import (
     ClosedAtStop,
@@ -76,6 +77,23 @@ class ConsoleConsumer(
             joined.append(groups.watch_group(self.watching.id))
         return joined
 
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        """A frame that is no JSON text (binary, not JSON, nested too deep for the parser) is
+        answered with an `error`, as an unknown type is, and the socket goes on: Channels'
+        JSON consumer would end it with 1011 and a traceback."""
+        if text_data is None:
+            await self._refuse("Messages are JSON text; a binary frame was sent.")
+            return
+        try:
+            content = events.loads(text_data)
+        except ValueError as exc:
+            await self._refuse(f"Messages are JSON objects; this one is not JSON: {exc}.")
+            return
+        await self.receive_json(content)
+
+    async def _refuse(self, message: str) -> None:
+        await self.send_json({"type": "error", "message": message})
+
     async def receive_json(self, content: Any, **kwargs) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "watch.sessions":
@@ -85,7 +103,7 @@ class ConsoleConsumer(
         elif kind == "watch.session" and isinstance(content.get("session_id"), str):
             await self._watch(content["session_id"])
         else:
-            await self.send_json({"type": "error", "message": f"Unknown message type {kind!r}."})
+            await self._refuse(f"Unknown message type {kind!r}.")
 
     async def _watch(self, session_id: str) -> None:
         await self._unwatch()

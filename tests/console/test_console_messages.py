@@ -1,0 +1,50 @@
+"""What `/ws/console/` answers to messages it cannot use, as a hostile or buggy page sends them:
+an `error` with a message, and the socket goes on (never 1011 and a traceback)."""
+
+from __future__ import annotations
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from operator_console.asgi import application
+from tests.console.test_console_consumer import HOST, ORIGIN, _cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def cookie(transactional_db) -> bytes:
+    return _cookie("mallory")
+
+
+async def _console(cookie: bytes) -> WebsocketCommunicator:
+    headers = [HOST, ORIGIN, (b"cookie", cookie)]
+    communicator = WebsocketCommunicator(application, "/ws/console/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    return communicator
+
+
+async def _still_answers(communicator: WebsocketCommunicator) -> None:
+    await communicator.send_json_to({"type": "ping?"})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer == {"type": "error", "message": "Unknown message type 'ping?'."}
+
+
+@pytest.mark.parametrize(
+    ("frame", "said"),
+    [
+        ({"text": "hello"}, "not JSON"),
+        ({"text": ""}, "not JSON"),
+        ({"text": "[" * 100_000 + "]" * 100_000}, "nested more than"),
+        ({"bytes": b'{"type": "watch.sessions"}'}, "binary frame"),
+    ],
+    ids=["not-json", "empty", "deep", "binary"],
+)
+async def test_a_frame_that_is_no_json_text_is_answered_and_the_socket_goes_on(cookie, frame, said):
+    communicator = await _console(cookie)
+    await communicator.send_input({"type": "websocket.receive", **frame})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] == "error" and said in answer["message"], answer
+    await _still_answers(communicator)
+    await communicator.disconnect()
