@@ -29,6 +29,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from apps.realtime.events import text_problem
 from apps.sessions.costs import DIGITS as COST_DIGITS
 from apps.sessions.costs import cost_usd
 from apps.sessions.models import ORIGINS, LiveSession, ResponseRequest
@@ -115,9 +116,10 @@ def session_list(*, status: str | None = None, limit: int = 100) -> list[LiveSes
 
 
 def nameable(key: str) -> bool:
-    """Whether a row could have this id. None has a NUL in it, and PostgreSQL refuses a NUL in
-    a query (an error, so a 500, where the answer is "not found")."""
-    return "\x00" not in key
+    """Whether a row could have this id. None has a NUL or a lone surrogate in it (a console
+    socket's JSON can spell both), and the database refuses either in a query (PostgreSQL a
+    NUL, both drivers a surrogate: an error where the answer is "not found")."""
+    return text_problem(key) is None
 
 
 def session_row(*, session_id: str) -> LiveSession | None:

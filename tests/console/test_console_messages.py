@@ -48,3 +48,13 @@ async def test_a_frame_that_is_no_json_text_is_answered_and_the_socket_goes_on(c
     assert answer["type"] == "error" and said in answer["message"], answer
     await _still_answers(communicator)
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("session_id", ["\udfff", "sess_\ud800", "a\x00b"], ids=["lone", "in-id", "nul"])
+async def test_a_session_id_no_row_can_have_is_not_found(cookie, session_id):
+    communicator = await _console(cookie)
+    await communicator.send_json_to({"type": "watch.session", "session_id": session_id})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] == "error" and answer["message"].startswith("No session with id"), answer
+    await _still_answers(communicator)
+    await communicator.disconnect()
