@@ -100,8 +100,13 @@ class ConsoleConsumer(
             self._on_dashboard = True
             query = content.get("query")
             await feed().add(self, View.from_query(query if isinstance(query, dict) else {}))
-        elif kind == "watch.session" and isinstance(content.get("session_id"), str):
-            await self._watch(content["session_id"])
+        elif kind == "watch.session":
+            session_id = content.get("session_id")
+            if isinstance(session_id, str):
+                await self._watch(session_id)
+            else:
+                given = events.json_type(session_id) if "session_id" in content else "nothing"
+                await self._refuse(f"watch.session needs a session_id string, not {given}.")
         else:
             await self._refuse(f"Unknown message type {kind!r}.")
 

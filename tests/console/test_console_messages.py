@@ -58,3 +58,23 @@ async def test_a_session_id_no_row_can_have_is_not_found(cookie, session_id):
     assert answer["type"] == "error" and answer["message"].startswith("No session with id"), answer
     await _still_answers(communicator)
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("message", "given"),
+    [
+        ({"type": "watch.session", "session_id": 5}, "integer"),
+        ({"type": "watch.session", "session_id": ["sess_1"]}, "array"),
+        ({"type": "watch.session", "session_id": None}, "null"),
+        ({"type": "watch.session"}, "nothing"),
+    ],
+    ids=["number", "array", "null", "missing"],
+)
+async def test_a_watch_without_a_string_id_says_what_is_wrong(cookie, message, given):
+    communicator = await _console(cookie)
+    await communicator.send_json_to(message)
+    answer = await communicator.receive_json_from(timeout=5)
+    expected = f"watch.session needs a session_id string, not {given}."
+    assert answer == {"type": "error", "message": expected}, "not 'Unknown message type'"
+    await _still_answers(communicator)
+    await communicator.disconnect()
