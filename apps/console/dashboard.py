@@ -77,10 +77,15 @@ class View:
         sort = one("sort")
         if sort.removeprefix("-") not in COLUMNS:
             sort = DEFAULT_SORT
-        try:
-            page = max(1, int(one("page") or 1))
-        except ValueError:
-            page = 1
+        # The page asks for a page as text (its URL's) or, after the server moved it to the
+        # last page there is, as the number the server sent.
+        page = data.get("page")
+        if not (isinstance(page, int) and not isinstance(page, bool)):
+            try:
+                page = int(one("page") or 1)
+            except ValueError:
+                page = 1
+        page = max(1, page)
         return cls(
             q=one("q"),
             state=one("state") if one("state") in STATES else "",

@@ -78,3 +78,17 @@ async def test_a_watch_without_a_string_id_says_what_is_wrong(cookie, message, g
     assert answer == {"type": "error", "message": expected}, "not 'Unknown message type'"
     await _still_answers(communicator)
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("page", "read"),
+    [(2, "2"), ("2", "2"), (-3, None), (True, None), (2.5, None), ("x", None), ([2], None)],
+)
+async def test_the_dashboard_reads_its_page_as_text_or_a_number(cookie, page, read):
+    """The page sends the number the server answered when it moved it to the last page there
+    is (dashboard.js): a number is a page as its text is; anything else is page 1."""
+    communicator = await _console(cookie)
+    await communicator.send_json_to({"type": "watch.sessions", "query": {"page": page}})
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] == "sessions" and answer["view"].get("page") == read, answer["view"]
+    await communicator.disconnect()
