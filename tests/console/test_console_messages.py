@@ -3,8 +3,12 @@ an `error` with a message, and the socket goes on (never 1011 and a traceback)."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from channels.testing import WebsocketCommunicator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from operator_console.asgi import application
 from tests.console.test_console_consumer import HOST, ORIGIN, _cookie
@@ -91,4 +95,45 @@ async def test_the_dashboard_reads_its_page_as_text_or_a_number(cookie, page, re
     await communicator.send_json_to({"type": "watch.sessions", "query": {"page": page}})
     answer = await communicator.receive_json_from(timeout=5)
     assert answer["type"] == "sessions" and answer["view"].get("page") == read, answer["view"]
+    await communicator.disconnect()
+
+
+# Text as JSON can spell it: lone surrogates too (which `st.text` never draws), NULs, markup.
+_SOME_TEXT = st.lists(
+    st.characters() | st.sampled_from(["\x00", "\ud800", "\udfff", "<", "'"]), max_size=40
+).map("".join)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _SOME_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_SOME_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+_QUERY = st.dictionaries(
+    st.sampled_from(["q", "state", "model", "kind", "origin", "sort", "page"]) | _SOME_TEXT,
+    _JSON | st.sampled_from(["-started", "cost", "--x", "live", "relay", "console", "0", "-1"]),
+    max_size=7,
+)
+_MESSAGES = st.one_of(
+    st.fixed_dictionaries({"type": st.just("watch.sessions")}, optional={"query": _QUERY | _JSON}),
+    st.fixed_dictionaries({"type": st.just("watch.session")}, optional={"session_id": _SOME_TEXT | _JSON}),
+    st.dictionaries(st.just("type") | _SOME_TEXT, _JSON, max_size=4),
+    _JSON,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(message=_MESSAGES)
+async def test_every_message_is_answered_and_the_socket_goes_on(cookie, message):
+    """Whatever JSON a page sends, its first answer is a message of the server's kinds (an
+    `error` saying why, for what it cannot use), and the socket answers the next one."""
+    communicator = await _console(cookie)
+    await communicator.send_to(text_data=json.dumps(message))
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer["type"] in ("error", "sessions"), answer
+    if answer["type"] == "error":
+        assert isinstance(answer["message"], str) and answer["message"]
+    await _still_answers(communicator)
     await communicator.disconnect()
