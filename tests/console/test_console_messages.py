@@ -54,7 +54,9 @@ async def test_a_frame_that_is_no_json_text_is_answered_and_the_socket_goes_on(c
     await communicator.disconnect()
 
 
-@pytest.mark.parametrize("session_id", ["\udfff", "sess_\ud800", "a\x00b"], ids=["lone", "in-id", "nul"])
+@pytest.mark.parametrize(
+    "session_id", ["\udfff", "sess_\ud800", "a\x00b"], ids=["lone", "in-id", "nul"]
+)
 async def test_a_session_id_no_row_can_have_is_not_found(cookie, session_id):
     communicator = await _console(cookie)
     await communicator.send_json_to({"type": "watch.session", "session_id": session_id})
@@ -114,7 +116,9 @@ _QUERY = st.dictionaries(
 )
 _MESSAGES = st.one_of(
     st.fixed_dictionaries({"type": st.just("watch.sessions")}, optional={"query": _QUERY | _JSON}),
-    st.fixed_dictionaries({"type": st.just("watch.session")}, optional={"session_id": _SOME_TEXT | _JSON}),
+    st.fixed_dictionaries(
+        {"type": st.just("watch.session")}, optional={"session_id": _SOME_TEXT | _JSON}
+    ),
     st.dictionaries(st.just("type") | _SOME_TEXT, _JSON, max_size=4),
     _JSON,
 )
