@@ -95,7 +95,11 @@ class ConsoleConsumer(
         await self.send_json({"type": "error", "message": message})
 
     async def receive_json(self, content: Any, **kwargs) -> None:
-        kind = content.get("type") if isinstance(content, dict) else None
+        if not isinstance(content, dict):
+            given = events.json_type(content)
+            await self._refuse(f"Messages are JSON objects with a type, not {given}.")
+            return
+        kind = content.get("type")
         if kind == "watch.sessions":
             self._on_dashboard = True
             query = content.get("query")
@@ -108,13 +112,13 @@ class ConsoleConsumer(
                 given = events.json_type(session_id) if "session_id" in content else "nothing"
                 await self._refuse(f"watch.session needs a session_id string, not {given}.")
         else:
-            await self._refuse(f"Unknown message type {kind!r}.")
+            await self._refuse(f"Unknown message type {_brief(repr(kind))}.")
 
     async def _watch(self, session_id: str) -> None:
         await self._unwatch()
         session = await db_async(selectors.session_row)(session_id=session_id)
         if session is None:
-            await self.send_json({"type": "error", "message": f"No session with id '{session_id}'."})
+            await self._refuse(f"No session with id '{_brief(session_id)}'.")
             return
         if session.status != LiveSession.Status.LIVE:
             await self.send_json(_ended(session, session_id))
@@ -236,6 +240,11 @@ class ConsoleConsumer(
             await self.send_json({**message, "type": kind[len(_PREFIX):]})
             return
         await super().dispatch(message)
+
+
+def _brief(text: str, limit: int = 80) -> str:
+    """What a page sent, as an error names it: a message of megabytes is not sent back."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _as_now(key) -> tuple[LiveSession, list[ResponseRequest]]:

@@ -32,6 +32,8 @@ async def _console(cookie: bytes) -> WebsocketCommunicator:
 async def _still_answers(communicator: WebsocketCommunicator) -> None:
     await communicator.send_json_to({"type": "ping?"})
     answer = await communicator.receive_json_from(timeout=5)
+    while answer["type"] == "sessions":  # a dashboard's page may be sent again meanwhile
+        answer = await communicator.receive_json_from(timeout=5)
     assert answer == {"type": "error", "message": "Unknown message type 'ping?'."}
 
 
@@ -140,4 +142,25 @@ async def test_every_message_is_answered_and_the_socket_goes_on(cookie, message)
     if answer["type"] == "error":
         assert isinstance(answer["message"], str) and answer["message"]
     await _still_answers(communicator)
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ([{"type": "watch.sessions"}], "Messages are JSON objects with a type, not array."),
+        (None, "Messages are JSON objects with a type, not null."),
+        ({"type": "x" * 1_000_000}, f"Unknown message type '{'x' * 79}…."),
+        (
+            {"type": "watch.session", "session_id": "s" * 1_000_000},
+            f"No session with id '{'s' * 80}…'.",
+        ),
+    ],
+    ids=["array", "null", "huge-type", "huge-id"],
+)
+async def test_an_error_says_what_came_briefly(cookie, message, said):
+    communicator = await _console(cookie)
+    await communicator.send_json_to(message)
+    answer = await communicator.receive_json_from(timeout=5)
+    assert answer == {"type": "error", "message": said}
     await communicator.disconnect()
