@@ -115,11 +115,17 @@ def session_list(*, status: str | None = None, limit: int = 100) -> list[LiveSes
     return counted(sessions, limit=limit)
 
 
+# No id is longer than a session's public id may be (a request's id is shorter still).
+MAX_ID_CHARS = LiveSession._meta.get_field("upstream_id").max_length
+
+
 def nameable(key: str) -> bool:
     """Whether a row could have this id. None has a NUL or a lone surrogate in it (a console
     socket's JSON can spell both), and the database refuses either in a query (PostgreSQL a
-    NUL, both drivers a surrogate: an error where the answer is "not found")."""
-    return text_problem(key) is None
+    NUL, both drivers a surrogate: an error where the answer is "not found"). None is longer
+    than its column: a megabyte of id is not sent to the database (nor kept in the query log
+    that DEBUG keeps of every query, by count and not by size)."""
+    return len(key) <= MAX_ID_CHARS and text_problem(key) is None
 
 
 def session_row(*, session_id: str) -> LiveSession | None:

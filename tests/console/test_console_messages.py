@@ -164,3 +164,21 @@ async def test_an_error_says_what_came_briefly(cookie, message, said):
     answer = await communicator.receive_json_from(timeout=5)
     assert answer == {"type": "error", "message": said}
     await communicator.disconnect()
+
+
+@pytest.mark.django_db
+def test_an_id_longer_than_its_column_is_not_asked_of_the_database():
+    """A page may send a megabyte of session id: none can be that long, and with DEBUG on
+    every query is kept in the connection's log (Daphne grew by hundreds of MB)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.sessions import selectors
+
+    with CaptureQueriesContext(connection) as queries:
+        assert selectors.session_row(session_id="s" * (selectors.MAX_ID_CHARS + 1)) is None
+        assert selectors.request_get(request_id="r" * 1_000_000) is None
+    assert len(queries) == 0, [query["sql"][:80] for query in queries]
+    with CaptureQueriesContext(connection) as queries:
+        assert selectors.session_row(session_id="s" * selectors.MAX_ID_CHARS) is None
+    assert len(queries) == 1  # as long as an id may be: looked up
