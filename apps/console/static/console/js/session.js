@@ -500,7 +500,7 @@ function focusFirstError() {
   const stayed = document.activeElement === first;
   first.focus();
   const error = form.querySelector("[data-error-for]:not(:empty)");
-  if (stayed) sendStatus(`Not sent: ${error.textContent}`, "bad");
+  if (stayed && error) sendStatus(`Not sent: ${error.textContent}`, "bad");
 }
 
 // Characters as the server counts them (code points, not UTF-16 units).
