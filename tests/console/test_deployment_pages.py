@@ -58,3 +58,14 @@ def test_a_page_asked_for_at_a_host_outside_allowed_hosts_names_the_setting():
     answer = Client(HTTP_HOST="console.example.com").get("/accounts/login/")
     assert answer.status_code == 400
     assert "DJANGO_ALLOWED_HOSTS" in answer.content.decode()
+
+
+@override_settings(DEBUG=False)
+@pytest.mark.parametrize("path", ["/api/v1/sessions", "/v1/realtime/calls"])
+def test_the_api_asked_for_at_a_host_outside_allowed_hosts_answers_json(path):
+    # A script's client reads the error as it reads every other one (the fuzz of the REST hook
+    # runs with DEBUG on, where Django shows its debug page instead, and so sends no Host).
+    answer = Client(HTTP_HOST="console.example.com").get(path)
+    assert answer.status_code == 400
+    assert answer["Content-Type"].startswith("application/json")
+    assert answer.json()["error"]["code"] == "bad_request"
