@@ -796,12 +796,23 @@ HANDLERS: dict[str, Handler] = {
 # --- helpers -------------------------------------------------------------------------------
 
 
+# Objects a session configuration replaces whole even when given without a `type`: the
+# service sets the turn detection it is given, its own defaults filling what is left out, and
+# keeps nothing of the one before.
+_REPLACED_WHOLE = frozenset({"turn_detection"})
+
+
 def _deep_merge(target: dict[str, Any], update: dict[str, Any]) -> None:
     """Merge `update` into `target` key by key. A new object with a `type` (a tagged union such
-    as `turn_detection` or `format`) replaces the old one whole."""
+    as `turn_detection` or `format`) replaces the old one whole, as a turn detection does."""
     for key, value in update.items():
         current = target.get(key)
-        if isinstance(value, dict) and isinstance(current, dict) and "type" not in value:
+        if (
+            isinstance(value, dict)
+            and isinstance(current, dict)
+            and "type" not in value
+            and key not in _REPLACED_WHOLE
+        ):
             _deep_merge(current, value)
         else:
             target[key] = copy.deepcopy(value)

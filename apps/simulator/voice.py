@@ -78,11 +78,14 @@ TURN_DETECTION_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def complete_turn_detection(config: dict[str, Any]) -> None:
-    """Fill in the fields a session's turn detection was given without (`session.update`)."""
+    """Fill in the fields a session's turn detection was given without (`session.update`).
+    Without a `type` it is `server_vad`, the type the API's schema names as the default."""
     audio = config.get("audio")
     audio_input = audio.get("input") if isinstance(audio, dict) else None
     turn_detection = audio_input.get("turn_detection") if isinstance(audio_input, dict) else None
     if isinstance(turn_detection, dict):
+        if turn_detection.get("type") is None:
+            turn_detection["type"] = "server_vad"
         for key, value in TURN_DETECTION_DEFAULTS.get(turn_detection.get("type"), {}).items():
             turn_detection.setdefault(key, value)
 

@@ -575,3 +575,39 @@ async def test_turn_detection_given_in_part_is_completed_with_the_defaults_it_th
     await send_audio(conn, microphone("hello") + silence(300))
     events = await recv_until(conn, "response.created")
     assert of_type(events, "input_audio_buffer.speech_stopped")
+
+
+@pytest.mark.asyncio
+async def test_a_turn_detection_update_replaces_the_old_one_whole(conn):
+    """The service sets the turn detection a `session.update` gives, its defaults filling what
+    is left out: nothing of the one before stays, whatever the new one's type."""
+
+    async def update(turn_detection):
+        audio = {"input": {"turn_detection": turn_detection}}
+        await conn.session.update(session={"type": "realtime", "audio": audio})
+        updated = await recv(conn)
+        assert updated.type == "session.updated"
+        given = updated.session.audio.input.turn_detection
+        return None if given is None else given.model_dump(exclude_unset=True)
+
+    custom = {"type": "server_vad", "silence_duration_ms": 800, "create_response": False}
+    assert (await update(custom))["silence_duration_ms"] == 800
+    assert await update({"type": "semantic_vad"}) == {
+        "type": "semantic_vad",
+        "eagerness": "auto",
+        "create_response": True,
+        "interrupt_response": True,
+    }
+    await update(custom)
+    server_defaults = await update({"type": "server_vad"})
+    assert server_defaults["silence_duration_ms"] == 200
+    assert server_defaults["create_response"] is True
+    # Without a type it is the schema's default type, and still nothing of the old one stays.
+    await update(custom)
+    assert await update({"threshold": 0.7}) == {**server_defaults, "threshold": 0.7}
+    # null turns it off; an object after that is a whole turn detection, not a fragment.
+    assert await update(None) is None
+    assert await update({"create_response": False}) == {
+        **server_defaults,
+        "create_response": False,
+    }
