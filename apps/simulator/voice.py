@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Any
 
 from apps.realtime.audio import FORMAT_RATES, bytes_per_ms, pcm16_rms, to_pcm16
 from apps.simulator import speech
-from apps.simulator.wire import Rejected, dumps, event_sent_time_ns, new_event_id, new_id
+from apps.simulator.wire import (
+    Rejected,
+    dumps,
+    event_sent_time_ns,
+    new_event_id,
+    new_id,
+    tokens,
+)
 
 if TYPE_CHECKING:
     from apps.simulator.session import SimResponse, SimSession
@@ -52,6 +59,8 @@ MIN_COMMIT_MS = 100.0
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # the service's limit on one append's audio
 MAX_APPEND_CHARS = MAX_APPEND_BYTES // 3 * 4  # the same, as base64 (20 MiB of characters)
 VAD_FRAME_MS = 20
+# Transcription models priced by the minute of audio, whose usage is a duration.
+DURATION_BILLED_TRANSCRIBERS = frozenset({"whisper-1", "gpt-realtime-whisper"})
 _FORMAT_WORDS = {
     "audio/pcm": "mono PCM16 at 24kHz",
     "audio/pcmu": "G.711 μ-law at 8kHz",
@@ -320,7 +329,8 @@ async def on_audio_commit(session: SimSession, event: dict[str, Any]) -> None:
 
 async def _commit(session: SimSession, item_id: str, duration_ms: float) -> None:
     """The buffer becomes a user audio item: committed, the item, its transcription."""
-    transcribing = isinstance(_audio_input(session).get("transcription"), dict)
+    transcription = _audio_input(session).get("transcription")
+    transcribing = isinstance(transcription, dict)
     part: dict[str, Any] = {"type": "input_audio", "transcript": None}
     item: dict[str, Any] = {
         "id": item_id,
@@ -361,7 +371,7 @@ async def _commit(session: SimSession, item_id: str, duration_ms: float) -> None
                 "event_id": new_event_id(),
                 **where,
                 "transcript": transcript,
-                "usage": {"type": "duration", "seconds": round(duration_ms / 1000, 3)},
+                "usage": transcription_usage(transcription, duration_ms, transcript),
             }
         )
         part["transcript"] = transcript
@@ -373,6 +383,27 @@ async def _commit(session: SimSession, item_id: str, duration_ms: float) -> None
             "item": item,
         }
     )
+
+
+def transcription_usage(
+    transcription: dict[str, Any], duration_ms: float, transcript: str
+) -> dict[str, Any]:
+    """The `usage` of a finished transcription, as its model is billed: the Whisper models by
+    the audio's length, the others (the gpt-4o-transcribe family) by tokens, the audio
+    counted as the realtime models count it (100 ms a token)."""
+    if transcription.get("model") in DURATION_BILLED_TRANSCRIBERS:
+        return {"type": "duration", "seconds": round(duration_ms / 1000, 3)}
+    audio_tokens = int(duration_ms // 100)
+    prompt = transcription.get("prompt")
+    text_tokens = tokens(prompt) if isinstance(prompt, str) and prompt else 0
+    output_tokens = tokens(transcript)
+    return {
+        "type": "tokens",
+        "total_tokens": audio_tokens + text_tokens + output_tokens,
+        "input_tokens": audio_tokens + text_tokens,
+        "input_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
+        "output_tokens": output_tokens,
+    }
 
 
 def heard(session: SimSession, item: dict[str, Any]) -> str | None:

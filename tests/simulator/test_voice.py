@@ -119,7 +119,13 @@ async def test_speech_then_silence_is_detected_committed_and_answered_aloud(sim,
     assert completed.transcript == delta.delta
     assert completed.transcript.startswith("[speech, ")
     assert "the simulator does not transcribe" in completed.transcript
-    assert completed.usage.type == "duration" and completed.usage.seconds > 0.5
+    # gpt-4o-mini-transcribe is billed by tokens: the audio's, and the transcript's.
+    usage = completed.usage
+    assert usage.type == "tokens" and usage.input_token_details.audio_tokens > 5
+    assert usage.input_token_details.text_tokens == 0
+    assert usage.input_tokens == usage.input_token_details.audio_tokens
+    assert usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     user_done = next(e for e in events if e.type == "conversation.item.done")
     assert user_done.item.content[0].transcript == completed.transcript
 
@@ -611,3 +617,15 @@ async def test_a_turn_detection_update_replaces_the_old_one_whole(conn):
         **server_defaults,
         "create_response": False,
     }
+
+
+@pytest.mark.asyncio
+async def test_whisper_transcription_usage_is_the_audio_duration(conn):
+    """whisper-1 is billed by the minute: its usage is the committed audio's length."""
+    await configure(conn, vad=None, transcription={"model": "whisper-1"})
+    await send_audio(conn, microphone("hello") + silence(400))
+    await conn.input_audio_buffer.commit()
+    events = await recv_until(conn, "conversation.item.input_audio_transcription.completed")
+    usage = events[-1].usage
+    assert usage.model_dump() == {"type": "duration", "seconds": usage.seconds}
+    assert usage.seconds > 0.5
