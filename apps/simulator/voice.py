@@ -607,8 +607,14 @@ def remember_client_audio(session: SimSession, item_id: str, item: dict[str, Any
 
 
 async def on_output_audio_clear(session: SimSession, event: dict[str, Any]) -> None:
-    """A call's output audio is cleared (`calls.CallOutputs.clear_output_audio`). Over a
-    WebSocket it is accepted and ignored: the client plays (and clears) the audio itself."""
+    """A call's output audio is cleared (`calls.CallOutputs.clear_output_audio`), whether the
+    event came on its data channel or a sideband. Over a WebSocket session the service has no
+    output audio buffer (the client plays the audio itself) and refuses the event."""
     clear = getattr(session.connection, "clear_output_audio", None)
-    if clear is not None:
-        await clear()
+    if clear is None:
+        raise Rejected(
+            "invalid_value",
+            "Invalid value: output_audio_buffer.clear is only supported for WebRTC",
+            "type",
+        )
+    await clear()

@@ -683,6 +683,19 @@ async def test_clearing_the_output_audio_buffer_says_cleared_and_never_stopped()
         assert "error" not in call.kinds()
 
 
+async def test_a_sideband_can_clear_the_calls_output_audio_buffer():
+    """The sideband is a WebSocket, but the session it joins is a call's: its clear is the
+    call's, not refused as a WebSocket session's is."""
+    async with _agent_speaking(4000) as (simulator, call, call_id, started):
+        async with await sideband(simulator, call_id) as side:
+            await recv_until(side, "session.created")
+            await side.send(json.dumps({"type": "output_audio_buffer.clear", "event_id": "e1"}))
+            on_side = await recv_until(side, "output_audio_buffer.cleared")
+        assert on_side[-1]["response_id"] == started["response_id"]
+        assert "error" not in [event["type"] for event in on_side]
+        assert simulator.calls.calls[call_id].track.queued_bytes == 0
+
+
 async def test_the_caller_speaking_over_the_agent_clears_the_output_audio_buffer():
     async with _agent_speaking(6000) as (simulator, call, call_id, started):
         session = simulator.calls.calls[call_id].session

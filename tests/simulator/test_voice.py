@@ -629,3 +629,19 @@ async def test_whisper_transcription_usage_is_the_audio_duration(conn):
     usage = events[-1].usage
     assert usage.model_dump() == {"type": "duration", "seconds": usage.seconds}
     assert usage.seconds > 0.5
+
+
+@pytest.mark.asyncio
+async def test_output_audio_buffer_clear_is_refused_over_a_websocket(conn):
+    """Over a WebSocket the client plays the audio itself: the service has no output audio
+    buffer to clear (the event is for WebRTC and SIP) and answers with an error."""
+    await conn.send({"type": "output_audio_buffer.clear", "event_id": "evt_oac"})
+    error = (await recv(conn)).error
+    assert (error.type, error.code, error.param, error.event_id) == (
+        "invalid_request_error",
+        "invalid_value",
+        "type",
+        "evt_oac",
+    )
+    assert "output_audio_buffer.clear" in error.message and "WebRTC" in error.message
+    await still_works(conn)
