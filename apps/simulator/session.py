@@ -400,7 +400,7 @@ class SimSession:
             {
                 "type": "conversation.item.retrieved",
                 "event_id": new_event_id(),
-                "item": self.items[index],
+                "item": voice.with_user_audio(self, self.items[index]),
             }
         )
 

@@ -4,8 +4,10 @@ In: `input_audio_buffer.append` (base64 in the session's input format, at most 1
 an event), `.commit`, `.clear`, and server VAD on the appended audio's energy
 (`InputAudio.feed`, pure): `input_audio_buffer.speech_started`/`speech_stopped`/`committed`,
 the user's audio item, `conversation.item.input_audio_transcription.delta`/`.completed` when
-`audio.input.transcription` is configured, a response when `create_response`, and an active
-response cancelled (`turn_detected`) when the caller speaks over it and `interrupt_response`.
+`audio.input.transcription` is configured (its `usage` in tokens, or a duration for the
+Whisper models), a response when `create_response`, and an active response cancelled
+(`turn_detected`) when the caller speaks over it and `interrupt_response`. The committed
+audio is returned by `conversation.item.retrieve` (`with_user_audio`).
 
 `turn_detection` is honoured as: `type` `server_vad` (and `semantic_vad`, treated alike);
 `threshold` (0–1) mapped onto an energy threshold of `-60 + 50 × threshold` dBFS, so the
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import math
 import re
 import time
@@ -67,6 +70,12 @@ _FORMAT_WORDS = {
     "audio/pcma": "G.711 A-law at 8kHz",
 }
 _KEEP_SPOKEN = 64  # assistant audio items remembered for truncation
+# What a simulated session keeps of its caller's audio, so that a long call does not grow
+# without end: the bytes of the uncommitted buffer's latest minute (a longer buffer's item
+# holds its last minute), and the audio of the latest committed items (older ones are
+# retrieved without it).
+KEEP_BUFFER_MS = 60_000
+_KEEP_USER_AUDIO = 16
 STAMP_BYTES = 8  # SimulatorConfig.audio_stamp: the send time at the start of each chunk
 LATENCY_SAMPLES = 4096  # append latencies kept per session (the latest)
 
@@ -144,6 +153,11 @@ class InputAudio:
     silence_ms: float = 0.0
     item_id: str | None = None  # the item the current speech will become
     user_audio_ms: dict[str, float] = field(default_factory=dict)  # committed items' lengths
+    # The bytes of the buffer's audio (at most its latest KEEP_BUFFER_MS), in the input format
+    # they were appended in, and the committed audio of the latest user items, by item id.
+    buffered: bytearray = field(default_factory=bytearray)
+    buffered_format: str = "audio/pcm"
+    user_audio: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     spoken: OrderedDict[str, Spoken] = field(default_factory=OrderedDict)  # assistant audio
     # What a benchmark compares with what its callers sent and received: audio bytes (decoded)
     # taken in by appends and sent in output audio deltas, and the one-way latency of each
@@ -163,6 +177,10 @@ class InputAudio:
         order: ("started", audio_start_ms) and ("stopped", audio_end_ms)."""
         per_ms = bytes_per_ms(format_type)
         self.total_ms += len(data) / per_ms
+        self.buffered += data
+        self.buffered_format = format_type
+        if len(self.buffered) > KEEP_BUFFER_MS * per_ms:
+            del self.buffered[: len(self.buffered) - KEEP_BUFFER_MS * per_ms]
         if turn_detection is None:
             self.judged_ms = self.total_ms
             return []
@@ -194,21 +212,40 @@ class InputAudio:
         self.judged_ms = position
         return seen
 
-    def take_speech(self, end_ms: float) -> float:
-        """VAD commits the speech that ended at `end_ms`: returns its length; the buffer then
-        holds what came after."""
+    def take_speech(self, end_ms: float) -> tuple[float, bytes]:
+        """VAD commits the speech that ended at `end_ms`: returns its length and its audio;
+        the buffer then holds what came after."""
         duration = end_ms - self.speech_start_ms
+        start = self._offset(self.speech_start_ms)
+        end = self._offset(end_ms)
+        audio = bytes(self.buffered[start:end])
+        del self.buffered[:end]
         self.buffer_start_ms = end_ms
-        return duration
+        return duration, audio
 
-    def take_buffer(self) -> float:
-        """A manual commit (or a clear): the whole buffer; returns its length."""
+    def take_buffer(self) -> tuple[float, bytes]:
+        """A manual commit (or a clear): the whole buffer; returns its length and its audio."""
         duration = self.buffer_ms
+        audio = bytes(self.buffered)
+        self.buffered.clear()
         self.buffer_start_ms = self.judged_ms = self.total_ms
         self.pending.clear()
         self.speaking = False
         self.silence_ms = 0.0
-        return duration
+        return duration, audio
+
+    def _offset(self, at_ms: float) -> int:
+        """Where in `buffered` the audio at `at_ms` begins, on a whole sample."""
+        per_ms = bytes_per_ms(self.buffered_format)
+        offset = len(self.buffered) - round((self.total_ms - at_ms) * per_ms)
+        offset -= offset % (2 if self.buffered_format == "audio/pcm" else 1)
+        return min(len(self.buffered), max(0, offset))
+
+    def remember_user_audio(self, item_id: str, duration_ms: float, audio: bytes) -> None:
+        self.user_audio_ms[item_id] = duration_ms
+        self.user_audio[item_id] = audio
+        while len(self.user_audio) > _KEEP_USER_AUDIO:
+            self.user_audio.popitem(last=False)
 
     def remember_spoken(self, item_id: str, spoken: Spoken) -> None:
         self.spoken[item_id] = spoken
@@ -300,7 +337,7 @@ async def _speech_stopped(session: SimSession, at_ms: int, turn_detection: dict)
             "item_id": item_id,
         }
     )
-    await _commit(session, item_id, session.audio.take_speech(at_ms))
+    await _commit(session, item_id, *session.audio.take_speech(at_ms))
     if turn_detection.get("create_response", True) is not False:
         await session.server_response()
 
@@ -321,14 +358,16 @@ async def on_audio_commit(session: SimSession, event: dict[str, Any]) -> None:
         )
     item_id = session.audio.item_id or new_id("item")
     session.audio.item_id = None
-    await _commit(session, item_id, session.audio.take_buffer())
+    await _commit(session, item_id, *session.audio.take_buffer())
     turn_detection = _turn_detection(session)
     if turn_detection is not None and turn_detection.get("create_response", True) is not False:
         await session.server_response()
 
 
-async def _commit(session: SimSession, item_id: str, duration_ms: float) -> None:
-    """The buffer becomes a user audio item: committed, the item, its transcription."""
+async def _commit(session: SimSession, item_id: str, duration_ms: float, audio: bytes) -> None:
+    """The buffer becomes a user audio item: committed, the item, its transcription. Its
+    audio is kept for `conversation.item.retrieve` (`with_user_audio`), never sent with the
+    item's events (the service leaves it out of them)."""
     transcription = _audio_input(session).get("transcription")
     transcribing = isinstance(transcription, dict)
     part: dict[str, Any] = {"type": "input_audio", "transcript": None}
@@ -341,7 +380,7 @@ async def _commit(session: SimSession, item_id: str, duration_ms: float) -> None
         "content": [part],
     }
     previous_item_id = session.insert_item(item)
-    session.audio.user_audio_ms[item_id] = duration_ms
+    session.audio.remember_user_audio(item_id, duration_ms, audio)
     await session.send(
         {
             "type": "input_audio_buffer.committed",
@@ -404,6 +443,23 @@ def transcription_usage(
         "input_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
         "output_tokens": output_tokens,
     }
+
+
+def with_user_audio(session: SimSession, item: dict[str, Any]) -> dict[str, Any]:
+    """An item as `conversation.item.retrieve` returns it: a user audio item committed from
+    the input buffer with its audio (base64, in the input format it was appended in), as the
+    service's retrieve gives "the full content of the item, including audio data"."""
+    audio = session.audio.user_audio.get(item.get("id"))  # type: ignore[arg-type]
+    if audio is None:
+        return item
+    retrieved = copy.copy(item)
+    retrieved["content"] = [
+        {"type": "input_audio", "audio": base64.b64encode(audio).decode(), **part}
+        if isinstance(part, dict) and part.get("type") == "input_audio"
+        else part
+        for part in item.get("content", ())
+    ]
+    return retrieved
 
 
 def heard(session: SimSession, item: dict[str, Any]) -> str | None:

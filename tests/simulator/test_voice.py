@@ -645,3 +645,54 @@ async def test_output_audio_buffer_clear_is_refused_over_a_websocket(conn):
     )
     assert "output_audio_buffer.clear" in error.message and "WebRTC" in error.message
     await still_works(conn)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fmt", ["audio/pcm", "audio/pcmu"])
+async def test_a_retrieved_user_audio_item_carries_the_audio_committed(conn, fmt):
+    """`conversation.item.retrieve` gives the item's full content, audio included (base64,
+    in the session's input format), with its transcript; its other events leave it out."""
+    await configure(conn, fmt=fmt, vad=None)
+    line = microphone("hello there", fmt) + silence(200, fmt)
+    await send_audio(conn, line, fmt)
+    await conn.input_audio_buffer.commit()
+    events = await recv_until(conn, "conversation.item.done")
+    done = events[-1].item
+    assert done.content[0].audio is None
+    await conn.conversation.item.retrieve(item_id=done.id, event_id="evt_get")
+    retrieved = (await recv(conn)).item
+    assert retrieved.id == done.id
+    [part] = retrieved.content
+    assert part.type == "input_audio" and base64.b64decode(part.audio) == line
+    assert part.transcript == done.content[0].transcript and part.transcript
+
+
+@pytest.mark.asyncio
+async def test_a_vad_committed_item_retrieves_the_speech_it_heard(conn):
+    """What server VAD commits is the speech from its start (with the prefix padding) to its
+    end (with the silence that ended it): the retrieved audio is that stretch."""
+    await configure(conn)
+    line = microphone("hello")
+    await send_audio(conn, silence(SILENCE_BEFORE_MS) + line + silence(600))
+    events = await recv_until(conn, "conversation.item.done")
+    started, stopped = events[0], events[1]
+    await conn.conversation.item.retrieve(item_id=stopped.item_id)
+    retrieved = (await recv_until(conn, "conversation.item.retrieved", timeout=10))[-1].item
+    audio = base64.b64decode(retrieved.content[0].audio)
+    assert len(audio) == (stopped.audio_end_ms - started.audio_start_ms) * 48
+    assert line[:4800] in audio  # the speech's first 100 ms, byte for byte
+
+
+def test_the_buffer_keeps_only_its_latest_minute_of_audio():
+    """A call that streams for long without a commit does not grow without end: a commit
+    still measures all of the buffer, and its item holds the last minute of audio."""
+    from apps.simulator.voice import KEEP_BUFFER_MS, InputAudio
+
+    buffer = InputAudio()
+    second = silence(1000)
+    for _ in range(KEEP_BUFFER_MS // 1000 + 5):
+        buffer.feed(second, "audio/pcm", None)
+    assert len(buffer.buffered) == KEEP_BUFFER_MS * 48
+    duration_ms, audio = buffer.take_buffer()
+    assert duration_ms == KEEP_BUFFER_MS + 5000 and len(audio) == KEEP_BUFFER_MS * 48
+    assert not buffer.buffered
