@@ -1497,6 +1497,7 @@ class RelayCore:
         self._apply(self.sequencer.closed(request_code, now=now, detail=why), actions)
         actions += self.tools.session_ended(now)
         self._hidden.clear()
+        self.transcript.session_ended()
         if self.session_id is not None:
             actions += self._flush()
             actions.append(
@@ -1511,6 +1512,7 @@ class RelayCore:
                     }
                 )
             )
+        actions += self._finals(now)  # the turns the end cut short, recorded before it
         actions.append(end)
         return actions
 
@@ -1518,12 +1520,7 @@ class RelayCore:
         """After each input: the transcript entries it made final; forget old finished
         requests once enough have piled up."""
         if self.transcript.has_finals:
-            actions += [
-                TranscriptFinal(
-                    entry=entry, at=now, started_at=self._turn_started.pop(entry["id"], None)
-                )
-                for entry in self.transcript.drain_finals()
-            ]
+            actions += self._finals(now)
         if self._finished_since_forget >= FORGET_EVERY:
             self._finished_since_forget = 0
             for request_id, status in self.sequencer.forget_finished(keep=REMEMBER_FINISHED):
@@ -1535,6 +1532,16 @@ class RelayCore:
                 for request_id in list(itertools.islice(kept, max(0, len(kept) - FORGOTTEN_IDS))):
                     del kept[request_id]
         return actions
+
+    def _finals(self, now: float) -> list[Action]:
+        """The transcript entries made final since the last call, each with where its turn
+        began if the core saw it."""
+        return [
+            TranscriptFinal(
+                entry=entry, at=now, started_at=self._turn_started.pop(entry["id"], None)
+            )
+            for entry in self.transcript.drain_finals()
+        ]
 
     def origin_of(self, request_id: str) -> str | None:
         """The origin of a request the core holds (None once forgotten, or never known)."""

@@ -9,10 +9,10 @@ browser.
 Entries are given out as dicts: `{"id", "role": "user"|"agent"|"system", "text", "done", "oob",
 "response_id"?, "request_id"?, "interrupted"?, "partial"?}`: an agent's turn names the operator's
 request that asked for it (a nudged turn), and says when the caller interrupted it (its response
-was cancelled because the caller spoke).
+was cancelled because the caller spoke) or the session's end cut it short (`session_ended`).
 Deltas are read only while someone watches. An agent's turn that was already streaming when
 watching began has missed its first deltas: it is `partial` (its text lacks its beginning) until
-its response ends and gives the whole text.
+its response ends and gives the whole text (or the session ends first).
 A change is `{"id", "role", "append": str}` (text to add) or a whole entry (`"text"` replaces
 what the browser has).
 A tool call (`tools`) is an entry of role `"tool"` whose `"tool"` holds its kind, name,
@@ -187,6 +187,14 @@ class Transcript:
                     item["id"], role="agent", text=_message_text(item), done=True, oob=oob,
                     response_id=response.get("id"), request_id=request_id, interrupted=interrupted,
                 )
+
+    def session_ended(self) -> None:
+        """The session is over: an agent's turn still streaming will never end (its response
+        was cut by the end, or the upstream went away mid-response). It is final as far as it
+        went, marked interrupted as a turn the caller spoke over is, rather than left typing."""
+        for entry_id, entry in list(self._entries.items()):
+            if entry[1] == "agent" and not entry[3]:
+                self._set(entry_id, role="agent", text=entry[2], done=True, interrupted=True)
 
     def tool(
         self, entry_id: str, *, details: Mapping[str, Any], done: bool, response_id: str | None = None

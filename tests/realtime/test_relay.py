@@ -1089,6 +1089,30 @@ def test_a_turn_already_streaming_when_watching_begins_is_partial_until_its_end(
     assert whole["append"] == "Bye" and "partial" not in whole, "watched from its start"
 
 
+@pytest.mark.parametrize("end", ["caller_closed", "upstream_closed 1000", "upstream_closed 1006"])
+def test_a_turn_the_sessions_end_cuts_short_is_final_and_interrupted_not_left_streaming(end):
+    """The session ends while the agent speaks (the caller hangs up, the upstream goes away
+    mid-response): the turn will never end by itself. Watchers get it final and marked
+    interrupted before the end, and it is recorded as final, for the page reloaded later."""
+    driver = started()
+    driver.step(("up", response_created("r1")))
+    driver.step(("up", delta("r1", "Ahoy")))
+    driver.step("watch w1 ann")
+    driver.step(("up", delta("r1", " there")))
+    actions = driver.step(end)
+    told = [a.message for a in actions if type(a) is ToWatchers]
+    told = [m for m in told if m["type"] in ("console.transcript", "console.ended")]
+    assert [m["type"] for m in told] == ["console.transcript", "console.ended"]
+    [entry] = told[0]["entries"]
+    assert (entry["id"], entry["text"], entry["done"]) == ("item_r1", " there", True)
+    assert entry["interrupted"] is True and "partial" not in entry
+    [final] = [a for a in actions if type(a) is TranscriptFinal]
+    assert final.entry == entry
+    assert type(actions[-1]) is SessionEnded, "the end is still the last action"
+    [snapshot] = driver.core.snapshot()["transcript"]
+    assert snapshot["done"] and snapshot["interrupted"]
+
+
 def test_a_watcher_that_stops_renewing_is_forgotten():
     driver = started()
     driver.step("watch w1 ann")

@@ -272,3 +272,31 @@ async def test_the_sessions_usage_is_recorded_as_responses_finish(settings):
     row = await _row(actor)
     assert row.usage == {"total_tokens": 10, "input_tokens": 4}
     assert (await sync_to_async(row.to_dict)())["usage"] == row.usage
+
+
+@pytest.mark.parametrize("end", ["caller", "upstream"])
+async def test_a_reply_the_end_cut_short_is_shown_final_and_interrupted_once_over(settings, end):
+    """The caller hangs up, or the upstream goes away, while an operator watches the agent
+    speak: the turn never ends by itself. The page reloaded once the session is over (from
+    the event log's final entries) shows it as far as it went, marked interrupted."""
+    from apps.console.transcripts import ended_transcript
+
+    actor, caller, upstream = await _started(settings)
+    layer = get_channel_layer()
+    watcher = await layer.new_channel()
+    actor.operator_message({"type": groups.SESSION_WATCH, "channel": watcher, "user": "ann"})
+    async with asyncio.timeout(2):
+        await layer.receive(watcher)  # the snapshot: the deltas are read from now on
+    upstream.push({"type": "response.created", "response": {"id": "r1", "status": "in_progress"}})
+    upstream.push(
+        {"type": "response.output_text.delta", "response_id": "r1", "item_id": "i1", "delta": "Ah"}
+    )
+    await caller.until(lambda c: len(c.frames) == 3)
+    if end == "caller":
+        actor.caller_closed()
+    else:
+        upstream.close_from_upstream(1006)
+    await actor.wait_finished()
+    session = await _row(actor)
+    entries, _ = await sync_to_async(ended_transcript)(session, [])
+    assert [(e["id"], e["text"], e["interrupted"]) for e in entries] == [("i1", "Ah", True)]
