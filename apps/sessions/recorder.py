@@ -17,7 +17,8 @@ calls are recorded), in the order handed in:
   the session's row gets them in that order.
 - At the end the two sides are interleaved into a stereo WAV (channel 0 the caller, 1 the
   agent; the shorter side padded with silence to the call's length, the agent's audio that had
-  not played when the call ended left out), saved through Django's default storage, and the
+  not played when the call ended left out; the reply the end cut short kept on the timeline,
+  marked interrupted), saved through Django's default storage, and the
   session's row is given its name and length.
 
 A session with no audio at all has no recording. A saved WAV whose row the database cannot
@@ -41,6 +42,7 @@ from collections import deque
 from django.core.files import File
 from django.core.files.storage import default_storage
 
+from apps.realtime.transcript import NEVER_TRANSCRIBED
 from apps.sessions.db import is_database_away, serialised_write
 from apps.sessions.history import writer as history
 
@@ -159,6 +161,19 @@ class Recording:
             noted["interrupted"] = True  # a mark, once made, stays (as the core keeps it)
         self._entries[entry["id"]] = noted
 
+    def _note_cut_reply(self) -> None:
+        """The agent's latest item is on the timeline even if the call ended while it was
+        being spoken. The core makes such a turn final when it has its words (someone was
+        watching); if not, its words were never read, and the turn is shown as spoken,
+        interrupted, where its audio began."""
+        if self._agent_item is None or self._agent_item[0] in self._entries:
+            return
+        item_id, began = self._agent_item
+        self._entries[item_id] = {
+            "id": item_id, "role": "agent", "text": NEVER_TRANSCRIBED, "done": True,
+            "oob": False, "interrupted": True, "at": round(began / RATE, 3),
+        }
+
     def _finish(self, name: str, at: float) -> None:
         try:
             if self._files == [None, None]:
@@ -167,6 +182,7 @@ class Recording:
             # when the call ended was never heard, and the recording ends with the call.
             end = max(0, round((at - self.started_at) * RATE))
             self._end_agent(end)
+            self._note_cut_reply()
             samples = max(end, self._cursors[0])
             with tempfile.TemporaryFile(prefix="oc-rec-") as out:
                 self._interleave(out, samples)

@@ -19,6 +19,7 @@ from django.core.files.storage import default_storage
 from django.db import connection
 
 from apps.realtime.audio import pcm16_rms
+from apps.realtime.transcript import NEVER_TRANSCRIBED
 from apps.sessions import recorder
 from apps.sessions.models import LiveSession
 from apps.sessions.recorder import RATE, Recording
@@ -386,6 +387,52 @@ async def test_agent_audio_the_caller_cut_short_leaves_the_timeline_to_the_next_
     heard = [s for s in loud if s < first + second_at - 0.2]
     assert heard[-1] <= first + 0.35, f"the first reply's unheard rest is not recorded: {loud}"
     assert _loud(agent, first + second_at + 0.2), f"the second reply is where it came: {loud}"
+
+
+async def test_a_reply_the_hang_up_cut_short_is_on_the_recordings_timeline_interrupted(
+    recorded, caller, simulator
+):
+    """The caller hangs up while the agent speaks: the WAV ends at the hang-up, and the reply
+    it cut is on the timeline shown with it, marked interrupted, where its audio began. Nobody
+    watched, so its words were never read: it is shown as spoken."""
+    from apps.sessions.models import LiveSession as Session
+    from apps.sessions.recordings import recording_timeline
+    from tests.support.realtime import eventually
+
+    await caller.send({"type": "session.update", "session": {
+        "type": "realtime", "output_modalities": ["audio"],
+        "audio": {"input": {"turn_detection": None}}}})
+    await caller.until("session.updated", n=1)
+    with simulator.configured(audio_pace=1.0, reply_audio_ms=5000):
+        await caller.send({"type": "response.create"})
+        events = await caller.until("response.output_audio.delta")
+    item_id = next(e for e in events if e["type"] == "response.output_item.added")["item"]["id"]
+    await caller.communicator.disconnect()
+
+    def written():
+        return Session.objects.filter(upstream_id=caller.session_id).exclude(recording="").first()
+
+    session = await eventually(written, timeout=10)
+    [cut] = [e for e in session.recording_transcript if e["id"] == item_id]
+    assert (cut["role"], cut["interrupted"], cut["text"]) == ("agent", True, NEVER_TRANSCRIBED)
+    assert cut["at"] <= session.recording_seconds
+    marks = await sync_to_async(recording_timeline)(session)
+    assert [m["who"] for m in marks if m["kind"] == "agent"] == ["Agent · interrupted"]
+
+
+def test_a_cut_reply_whose_words_the_core_had_keeps_them_on_the_timeline(media):
+    """Watched, the core makes the cut turn final with its words (interrupted): the recording
+    keeps that entry, not a second one for the same reply."""
+    session = LiveSession.objects.create(model="gpt-realtime", upstream_id="sess_rec_cut_words")
+    recording = Recording(session.id, started_at=100.0)
+    recording.add(1, _tone(CHUNK), 101.0, item_id="item_a")
+    entry = {"id": "item_a", "role": "agent", "text": "Ahoy", "done": True, "interrupted": True}
+    recording.note(entry, 101.0)
+    recording.finish(at=101.5)
+    assert recorder.flush()
+
+    session.refresh_from_db()
+    assert session.recording_transcript == [{**entry, "at": 1.0}]
 
 
 def test_agent_audio_not_yet_played_when_the_call_ended_is_not_recorded(media):
