@@ -78,6 +78,7 @@ from apps.realtime.sequencer import (
     ACTIVE_RESPONSE_ERROR,
     OC_REQUEST_KEY,
     ErrorClaimed,
+    LateResponse,
     Request,
     RequestStatus,
     ResponseObserved,
@@ -245,6 +246,20 @@ class RequestChanged:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LateResponseRecorded:
+    """A request that had already ended (it timed out waiting for `response.created`) got its
+    response after all: the response's id, output and usage are recorded on the request, and
+    its outcome in the request's error message; the request's status stays as it was."""
+
+    request_id: str
+    response_id: str
+    at: float
+    error_message: str
+    output_text: str | None = None
+    usage: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UsageChanged:
     """The session's token counts so far: every response's `usage`, summed field by field."""
 
@@ -344,6 +359,7 @@ Action = (
     | InstructionsChanged
     | RequestRecorded
     | RequestChanged
+    | LateResponseRecorded
     | UsageChanged
     | WatchersChanged
     | TranscriptFinal
@@ -1588,6 +1604,18 @@ class RelayCore:
                         status=RequestStatus.IN_PROGRESS,
                         response_id=action.response_id,
                         at=action.at,
+                    )
+                )
+            elif kind is LateResponse:
+                details = action.details or {}
+                actions.append(
+                    LateResponseRecorded(
+                        request_id=action.request_id,
+                        response_id=action.response_id,
+                        at=action.at,
+                        error_message=action.error_message,
+                        output_text=details.get("output_text"),
+                        usage=details.get("usage"),
                     )
                 )
             elif kind is ErrorClaimed:

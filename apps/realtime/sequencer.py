@@ -30,7 +30,9 @@ Rules
                 and `in_progress`; an outstanding request stays outstanding.
   done       -> the response's request takes the server's terminal status (anything unknown
                 is `failed`/`unexpected_status`); when no in-conversation response remains
-                active, the next head is sent.
+                active, the next head is sent. The response of a request that had already
+                ended (it timed out before its `response.created`): `LateResponse`, saying
+                what became of it; the request keeps its status.
   error      -> about the outstanding request (its event_id, or no event_id while one is
                 outstanding): `conversation_already_has_active_response` puts it back at the
                 head of the queue (`queued`); it is re-sent with the same event_id when the
@@ -198,6 +200,21 @@ class ResponseObserved:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LateResponse:
+    """The response of a request that had already ended (it failed `upstream_timeout`, its
+    `response.created` came after) is done: what became of it. The request's status stays
+    (terminal statuses have no way out); `error_message` is the request's, with the late
+    response's outcome added."""
+
+    request_id: str
+    response_id: str
+    status: str  # as `response.done` gave it
+    at: float
+    error_message: str
+    details: Mapping[str, Any] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ErrorClaimed:
     """The error event concerned one of the sequencer's events."""
 
@@ -205,7 +222,7 @@ class ErrorClaimed:
     forward_to_caller: bool
 
 
-Action = SendEvent | StatusChanged | ResponseObserved | ErrorClaimed
+Action = SendEvent | StatusChanged | ResponseObserved | LateResponse | ErrorClaimed
 
 
 # ---------------------------------------------------------------------------- state
@@ -220,6 +237,7 @@ class _Entry:
     response_id: str | None = None
     # Cancel asked before a response existed: cancel the response if one ever appears.
     cancel_pending: bool = False
+    error_message: str | None = None  # why it failed, for a response that comes after all
 
 
 @dataclass(frozen=True)
@@ -450,6 +468,21 @@ class Sequencer:
                 actions.append(
                     self._status(entry, terminal, now, response_id=response_id, details=details)
                 )
+        elif entry.status.is_terminal and entry.response_id is None:
+            # Its response came after the request had ended: recorded, the status kept.
+            entry.response_id = response_id
+            ended = f"{entry.error_message} " if entry.error_message else ""
+            outcome = status or "unknown"
+            actions.append(
+                LateResponse(
+                    request_id=entry.request.id,
+                    response_id=response_id,
+                    status=status,
+                    at=now,
+                    error_message=f"{ended}Its response came later and ended {outcome}.",
+                    details=details,
+                )
+            )
         if live.in_conversation and not self._conversation_busy:
             self._retry_at = None  # the response that was in the way is over
             actions += self._pump(now)
@@ -681,6 +714,8 @@ class Sequencer:
                 f"request {entry.request.id!r} cannot go from {entry.status.value} to {status.value}"
             )
         entry.status = status
+        if error_message is not None:
+            entry.error_message = error_message
         return StatusChanged(
             request_id=entry.request.id,
             status=status,

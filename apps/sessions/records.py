@@ -232,6 +232,25 @@ def request_status(
     return UpdateRow(ResponseRequest, request_id, fields, event=event)
 
 
+def late_response(
+    *,
+    request_id: str,
+    response_id: str,
+    error_message: str,
+    output_text: str | None = None,
+    usage: Mapping[str, Any] | None = None,
+):
+    """The response of a request that had already failed came after all: recorded on the
+    request, whose status stays. Its followers get the request as it now is."""
+    fields: dict[str, Any] = {"response_id": response_id, "error_message": error_message}
+    if output_text is not None:
+        fields["output_text"] = output_text
+    if usage is not None:
+        fields["usage"] = usage
+    event = {"event": "request.status", "request": request_id, "response_id": response_id}
+    return UpdateRow(ResponseRequest, request_id, fields, event=event)
+
+
 # The core's actions that are recorded (`of_action`); the others go to sockets and watchers.
 RECORDED = frozenset(
     {
@@ -239,6 +258,7 @@ RECORDED = frozenset(
         relay.InstructionsChanged,
         relay.RequestRecorded,
         relay.RequestChanged,
+        relay.LateResponseRecorded,
         relay.UsageChanged,
         relay.WatchersChanged,
         relay.TranscriptFinal,
@@ -283,6 +303,14 @@ def of_action(key: uuid.UUID, action: relay.Action) -> Operation:
                 output_text=action.output_text,
                 usage=action.usage,
                 sent_instructions=action.sent_instructions,
+            )
+        case relay.LateResponseRecorded():
+            return late_response(
+                request_id=action.request_id,
+                response_id=action.response_id,
+                error_message=action.error_message,
+                output_text=action.output_text,
+                usage=action.usage,
             )
         case relay.UsageChanged(usage=usage):
             return usage_changed(key=key, usage=usage)

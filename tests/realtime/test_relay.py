@@ -29,6 +29,7 @@ from apps.realtime.relay import (
     AudioTapped,
     CloseCaller,
     InstructionsChanged,
+    LateResponseRecorded,
     ListenersChanged,
     OperatorRequest,
     RelayCore,
@@ -85,6 +86,8 @@ def summary(actions) -> list[str]:
                 out.append(f"named {session_id}")
             case InstructionsChanged():
                 out.append("instructions")
+            case LateResponseRecorded(request_id=rid, response_id=response_id):
+                out.append(f"late {rid} {response_id}")
             case UsageChanged(usage=usage):
                 out.append(f"usage {usage.get('total_tokens')}")
             case WatchersChanged(names=names):
@@ -883,9 +886,35 @@ def test_a_late_response_to_an_out_of_band_request_that_timed_out_is_still_hidde
             ("tick 15", ["op1 failed upstream_timeout", "watchers request"]),
             (("up", response_created("r1", tag="op1")), ["watchers event"]),
             (("up", delta("r1")), ["watchers event"]),
-            (("up", response_done("r1", tag="op1")), ["usage 3", "watchers event", "final agent hi"]),
+            (
+                ("up", response_done("r1", tag="op1")),
+                ["late op1 r1", "usage 3", "watchers event", "final agent hi"],
+            ),
         ]
     )
+
+
+def test_a_response_that_comes_after_its_request_timed_out_is_recorded_on_it():
+    """The request failed `upstream_timeout`; then its response starts and finishes all the
+    same. The request stays `failed` (terminal), but its record gets the response's id,
+    output, usage and outcome, and the transcript names the request that asked for it."""
+    driver = started()
+    driver.step("submit op1")
+    driver.run(
+        [
+            ("tick 15", ["op1 failed upstream_timeout", "watchers request"]),
+            (("up", response_created("r1", tag="op1")), ["caller response.created"]),
+            (
+                ("up", response_done("r1", tag="op1", text="Ahoy")),
+                ["late op1 r1", "usage 3", "caller response.done", "final agent Ahoy"],
+            ),
+        ]
+    )
+    late, final = driver.last[0], driver.last[-1]
+    assert (late.output_text, late.usage) == ("Ahoy", {"total_tokens": 3})
+    assert late.error_message.endswith("Its response came later and ended completed.")
+    assert "No response.created within 15 s" in late.error_message, "why it failed stays"
+    assert (final.entry["request_id"], final.entry["response_id"]) == ("op1", "r1")
 
 
 def test_a_ping_and_a_pickup_of_one_request_send_it_once():

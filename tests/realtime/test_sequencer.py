@@ -6,6 +6,7 @@ Steps are short strings (see `_step`), actions are summarised as strings (see `s
   "create a" / "cancel r1"         SendEvent response.create for a / response.cancel of r1
   "observed r1 req_server_1"       ResponseObserved
   "claimed a" / "claimed a forward" ErrorClaimed(a, forward_to_caller=False/True)
+  "late a r1 completed"            LateResponse(a, r1, completed)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from apps.realtime.sequencer import (
     DuplicateRequest,
     ErrorClaimed,
     InvalidRequest,
+    LateResponse,
     Request,
     RequestNotCancellable,
     RequestStatus,
@@ -51,6 +53,8 @@ def summary(actions) -> list[str]:
                 out.append(f"cancel {response_id}")
             case ResponseObserved(response_id=response_id, request=req):
                 out.append(f"observed {response_id} {req.id}")
+            case LateResponse(request_id=rid, response_id=response_id, status=status):
+                out.append(f"late {rid} {response_id} {status}")
             case ErrorClaimed(request_id=rid, forward_to_caller=forward):
                 out.append(f"claimed {rid}" + (" forward" if forward else ""))
             case _:
@@ -308,10 +312,14 @@ def test_late_created_for_timed_out_request_blocks_but_changes_no_status():
             ("created r1 a", []),
             ("error evt_b " + ACTIVE, ["claimed b", "b queued"]),
             ("tick 30", []),  # r1 is known to be active: no retry on a timer
-            ("done r1 completed", ["create b", "b sent"]),
+            ("done r1 completed", ["late a r1 completed", "create b", "b sent"]),
         ]
     )
     assert driver.seq.status("a") is RequestStatus.FAILED
+    [late] = [a for a in driver.last if type(a) is LateResponse]
+    assert late.error_message == (
+        "No response.created within 15 s of sending. Its response came later and ended completed."
+    )
 
 
 def test_duplicate_response_created_is_ignored():
@@ -894,5 +902,5 @@ def test_forget_finished_keeps_a_finished_request_whose_late_response_still_runs
         send_timeout=15.0,
     )
     assert driver.seq.forget_finished(keep=0) == [], "a's response still runs"
-    driver.run([("done r1 completed", ["create b", "b sent"])])
+    driver.run([("done r1 completed", ["late a r1 completed", "create b", "b sent"])])
     assert driver.seq.forget_finished(keep=0) == [("a", RequestStatus.FAILED)]

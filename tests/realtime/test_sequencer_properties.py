@@ -38,6 +38,7 @@ from apps.realtime.sequencer import (
     OC_REQUEST_KEY,
     DuplicateRequest,
     ErrorClaimed,
+    LateResponse,
     Request,
     RequestNotCancellable,
     RequestStatus,
@@ -156,6 +157,9 @@ class SequencerMachine(RuleBasedStateMachine):
                 assert action.request.id not in self.requests
                 assert action.request.origin == "server"
                 self.requests[action.request.id] = action.request
+            elif isinstance(action, LateResponse):
+                # A response that came after its request ended: the status does not move.
+                assert cause == "done" and self.status[action.request_id].is_terminal
             elif isinstance(action, ErrorClaimed):
                 if action.forward_to_caller:
                     assert code != ACTIVE_RESPONSE_ERROR

@@ -300,3 +300,40 @@ async def test_a_reply_the_end_cut_short_is_shown_final_and_interrupted_once_ove
     session = await _row(actor)
     entries, _ = await sync_to_async(ended_transcript)(session, [])
     assert [(e["id"], e["text"], e["interrupted"]) for e in entries] == [("i1", "Ah", True)]
+
+
+async def test_a_response_that_comes_after_its_request_timed_out_is_in_the_history(settings):
+    """The request stays `failed` (`upstream_timeout`); its row gets the late response's id,
+    output and usage, its error message what became of the response, and the session's
+    event log a `request.status` with the request as it now is."""
+    from apps.events.models import Event
+
+    actor, caller, upstream = await _started(settings, OC_SEND_TIMEOUT=0.2)
+    actor.caller_frame(events.dumps({"type": "response.create", "event_id": "c1"}))
+    await caller.until(lambda c: any(e["type"] == "error" for e in c.events()), timeout=2)
+    [create] = [e for e in upstream.sent_events() if e["type"] == "response.create"]
+    tag = {"oc_request": create["response"]["metadata"]["oc_request"]}
+    upstream.push({"type": "response.created", "response": {"id": "r1", "metadata": tag}})
+    output = [{"id": "i1", "type": "message", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Late, sorry"}]}]
+    upstream.push({"type": "response.done", "response": {
+        "id": "r1", "status": "completed", "metadata": tag, "output": output,
+        "usage": {"total_tokens": 7}}})
+    await caller.until(lambda c: any(e["type"] == "response.done" for e in c.events()))
+    actor.caller_closed()
+    await actor.wait_finished()
+    await _row(actor)
+    row = await ResponseRequest.objects.aget(id=tag["oc_request"])
+    assert (row.status, row.error_code) == ("failed", "upstream_timeout")
+    came = (row.response_id, row.output_text, row.usage)
+    assert came == ("r1", "Late, sorry", {"total_tokens": 7})
+    assert row.error_message.endswith("Its response came later and ended completed.")
+    logged = [
+        json.loads(payload)["request"]
+        async for payload in Event.objects.filter(
+            session_key=actor.key, type="request.status"
+        ).order_by("id").values_list("payload", flat=True)
+    ]
+    mine = [r for r in logged if r["id"] == row.id]
+    assert [r["status"] for r in mine][-2:] == ["failed", "failed"]
+    assert (mine[-1]["response_id"], mine[-2]["response_id"]) == ("r1", None)
