@@ -178,6 +178,13 @@ class ResponseRequestInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        """The history is never deleted by hand (`can_delete` is off). Answering the model's
+        delete permission here showed a user who may delete requests but not view them an
+        empty inline, as if the session had made none: the inline is for those who may view
+        requests, and Django leaves it out for the others."""
+        return False
+
 
 # A session's page groups its fields; whatever field is not named here is shown under "Detail".
 _SESSION_GROUPS = {
@@ -358,10 +365,11 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     # The latest first, as the session list (the REST hook's history is oldest first).
     ordering = ("-created_at",)
     readonly_fields = [f.name for f in ResponseRequest._meta.fields] + [
-        "queue_wait", "latency", "duration", "cost", "as_json", "metadata_read", "usage_read"
+        "queue_wait", "latency", "duration", "cost", "as_json", "metadata_read", "usage_read",
+        "session_link", "session_text",
     ]
     fieldsets = (
-        (None, {"fields": ("id", "session", "origin", "requested_by", "status", "error_code", "error_message")}),
+        (None, {"fields": ("id", "session_link", "origin", "requested_by", "status", "error_code", "error_message")}),
         ("Overrides", {"fields": (
             "instructions", "instructions_mode", "sent_instructions", "conversation",
             "metadata_read",
@@ -374,6 +382,27 @@ class ResponseRequestAdmin(ReadOnlyAdmin):
     @admin.display(description="ResponseRequest JSON")
     def as_json(self, obj):
         return _as_json(obj)
+
+    def get_fieldsets(self, request, obj=None):
+        """The session is a link for users who may view sessions; for the others its id is
+        text (a link would lead them to a 403)."""
+        if self.admin_site.get_model_admin(LiveSession).has_view_permission(request):
+            return self.fieldsets
+        return [
+            (title, {**options, "fields": tuple(
+                "session_text" if name == "session_link" else name for name in options["fields"]
+            )})
+            for title, options in self.fieldsets
+        ]
+
+    @admin.display(description="session")
+    def session_link(self, obj):
+        url = reverse("admin:oc_sessions_livesession_change", args=[obj.session_id])
+        return format_html('<a href="{}">{}</a>', url, obj.session)
+
+    @admin.display(description="session")
+    def session_text(self, obj):
+        return str(obj.session)
 
     @admin.display(description="metadata")
     def metadata_read(self, obj):

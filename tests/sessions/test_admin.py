@@ -67,6 +67,48 @@ def test_staff_who_may_view_sessions_but_not_requests_get_no_link_to_the_request
     page = client.get(f"/admin/oc_sessions/livesession/{history.pk}/change/").content.decode()
     assert f"{requests}?session__id__exact={history.pk}" in page
 
+def _staff_with(client, name: str, *codenames: str):
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(name, password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return user
+
+
+def test_a_requests_page_links_its_session_only_for_staff_who_may_view_sessions(client, history):
+    """The link led staff who may view requests but not sessions to a 403."""
+    session_page = reverse("admin:oc_sessions_livesession_change", args=[history.pk])
+    request_page = reverse("admin:oc_sessions_responserequest_change", args=["req_admin1"])
+    _staff_with(client, "auditor", "view_responserequest")
+    assert client.get(session_page).status_code == 403
+    page = client.get(request_page).content.decode()
+    assert session_page not in page, "a link to a page that refuses them"
+    assert re.search(r'<div class="readonly">sess_admin1</div>', page), "the session's id, as text"
+
+    _staff_with(client, "chief", "view_responserequest", "view_livesession")
+    page = client.get(request_page).content.decode()
+    assert f'<a href="{session_page}">sess_admin1</a>' in page
+
+
+def test_a_sessions_requests_inline_is_for_staff_who_may_view_requests(client, history):
+    """Without the view permission on requests there is no inline, and the page works; a
+    permission to delete them (never used: the history is read-only) showed an empty one."""
+    session_page = reverse("admin:oc_sessions_livesession_change", args=[history.pk])
+    for name, codenames in [
+        ("viewer", ["view_livesession"]),
+        ("deleter", ["view_livesession", "delete_responserequest"]),
+    ]:
+        _staff_with(client, name, *codenames)
+        page = client.get(session_page)
+        assert page.status_code == 200
+        assert "Response requests (the latest" not in page.content.decode(), name
+
+    _staff_with(client, "reader", "view_livesession", "view_responserequest")
+    page = client.get(session_page).content.decode()
+    assert "Response requests (the latest" in page and "req_admin1" in page
+
+
 def test_history_is_searchable_filterable_and_shows_the_timeline(staff_client, history):
     found = staff_client.get("/admin/oc_sessions/responserequest/?q=T-7&status__exact=completed&origin__exact=api")
     assert found.status_code == 200 and b"req_admin1" in found.content
