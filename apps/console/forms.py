@@ -5,7 +5,9 @@ append), `conversation` (a checkbox, "out of band": ticked sends `none`, unticke
 `as_note` (add the instructions as a note, asking for no response). Metadata rows are a
 formset with the prefix `metadata`: its management form (`metadata-TOTAL_FORMS`, …) and
 `metadata-<row>-key` / `metadata-<row>-value`; a row with both empty is ignored, and a POST
-with no metadata fields at all has no rows.
+with no metadata fields at all has no rows. Without JavaScript each row has a "Remove" checkbox
+(`metadata-<row>-DELETE`, the formset's own): a row ticked is taken out before anything is
+checked, so it is neither refused nor sent, and a page shown again does not show it.
 
 Errors are named by the HTML name of the field they are beside (`instructions`,
 `metadata-2-key`), `metadata` for the rows as a whole and `form` for the rest; the page shows
@@ -201,6 +203,7 @@ MetadataRows = formset_factory(
     extra=1,
     max_num=MAX_METADATA_PAIRS,
     absolute_max=ABSOLUTE_MAX_ROWS,
+    can_delete=True,
 )
 
 
@@ -210,6 +213,7 @@ class Row:
 
     key: BoundField
     value: BoundField
+    remove: BoundField
     key_error: str
     value_error: str
 
@@ -225,6 +229,8 @@ class Nudge:
         if data is not None and not any(name.startswith(f"{PREFIX}-") for name in data):
             data = data.copy()  # no metadata fields at all (a script's POST): no rows
             data.update({f"{PREFIX}-{TOTAL_FORM_COUNT}": "0", f"{PREFIX}-{INITIAL_FORM_COUNT}": "0"})
+        elif data is not None:
+            data = _without_removed_rows(data)
         self.form = NudgeFields(data, auto_id="%s")
         self.metadata = MetadataRows(data, prefix=PREFIX, auto_id="%s")
         self.overrides: ResponseOverrides | None = None
@@ -238,7 +244,7 @@ class Nudge:
         nudge = cls()
         typed = {name: posted.form[name].data for name in posted.form.fields}
         nudge.form = NudgeFields(initial={k: v for k, v in typed.items() if v is not None}, auto_id="%s")
-        rows = [{name: row[name].data for name in row.fields} for row in posted.metadata.forms]
+        rows = [{part: row[part].data for part in ("key", "value")} for row in posted.metadata]
         nudge.metadata = MetadataRows(initial=rows, prefix=PREFIX, auto_id="%s")
         nudge._focus(nudge.metadata.forms[-1].add_prefix("key"))  # the new row, as the script does
         return nudge
@@ -343,6 +349,7 @@ class Nudge:
             Row(
                 key=row["key"],
                 value=row["value"],
+                remove=row["DELETE"],
                 key_error=errors.get(row.add_prefix("key"), ""),
                 value_error=errors.get(row.add_prefix("value"), ""),
             )
@@ -352,6 +359,32 @@ class Nudge:
     @property
     def can_add_row(self) -> bool:
         return len(self.metadata.forms) < MAX_METADATA_PAIRS
+
+
+def _without_removed_rows(data: QueryDict) -> QueryDict:
+    """`data` without the rows ticked "Remove", the others renumbered from 0 as the page numbers
+    them. When every row is removed one blank row stays, as the script leaves one."""
+    try:
+        total = min(int(data[f"{PREFIX}-{TOTAL_FORM_COUNT}"]), ABSOLUTE_MAX_ROWS)
+        initial = int(data[f"{PREFIX}-{INITIAL_FORM_COUNT}"])
+    except (KeyError, ValueError):
+        return data  # the formset names what is wrong with its count
+    ticked = forms.CheckboxInput().value_from_datadict
+    removed = {row for row in range(total) if ticked(data, None, f"{PREFIX}-{row}-DELETE")}
+    if not removed:
+        return data
+    kept = [row for row in range(total) if row not in removed]
+    renumbered = data.copy()
+    for row in range(total):
+        for part in ("key", "value", "DELETE"):
+            renumbered.pop(f"{PREFIX}-{row}-{part}", None)
+    for new, old in enumerate(kept):
+        for part in ("key", "value"):
+            if f"{PREFIX}-{old}-{part}" in data:
+                renumbered.setlist(f"{PREFIX}-{new}-{part}", data.getlist(f"{PREFIX}-{old}-{part}"))
+    renumbered[f"{PREFIX}-{TOTAL_FORM_COUNT}"] = str(max(len(kept), 1))
+    renumbered[f"{PREFIX}-{INITIAL_FORM_COUNT}"] = str(min(initial, len(kept)))
+    return renumbered
 
 
 def _words(message: str) -> str:

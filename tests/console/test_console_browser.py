@@ -342,13 +342,14 @@ async def test_without_javascript_rows_are_added_a_refusal_keeps_the_text_and_th
     await expect(page.locator("#instructions")).to_have_value("Offer the refund.")
     await expect(page.locator("#metadata-2-value")).to_have_value("late delivery")
     await alice.screenshot("session-no-js-refused")
-    await page.fill("#metadata-1-key", "channel")
+    # The wrong row goes without clearing it by hand: ticked "Remove", it is not sent.
+    await page.get_by_role("checkbox", name="Remove row 2").check()
     await page.click("[data-send]")
     await page.wait_for_url(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
     await expect(page.locator(".message.success")).to_contain_text("Response requested")
     await caller.wait_for("response.done")
     row = await ResponseRequest.objects.aget(session__upstream_id=caller.session_id, origin="console")
-    assert row.metadata == {"ticket": "T-9", "channel": "mine", "reason": "late delivery"}
+    assert row.metadata == {"ticket": "T-9", "reason": "late delivery"}
     assert row.instructions == "Offer the refund."
     await alice.screenshot("session-no-js")
     # Chromium logs the refused POST's 422 as a failed load: that is the page's answer, not an error.
@@ -366,6 +367,7 @@ async def test_add_a_metadata_row_stops_at_fifteen(login, connect_caller, daphne
     await expect(page.locator("[data-metadata-row]")).to_have_count(15)
     await expect(add).to_be_disabled()
     await expect(page.locator('[name="metadata-TOTAL_FORMS"]')).to_have_value("15")
+    await expect(page.locator("[data-remove-check]")).to_have_count(0)  # the script's × instead
     # Each remove button names its row; removing one by keyboard leaves the focus in the form
     # (on the row that took its place), not at the top of the page.
     remove = page.locator("[data-remove-row]").nth(3)

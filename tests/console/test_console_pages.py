@@ -92,6 +92,39 @@ def test_several_metadata_rows_are_added_without_javascript(operator):
     assert "Response requested" in operator.get(sent["Location"]).content.decode()
 
 
+def test_without_javascript_a_row_ticked_remove_is_not_refused_nor_sent_nor_shown_again(operator):
+    # A row once filled in could only be cleared by hand; a row with only a value was refused.
+    session = _session()
+    sid = session.upstream_id
+    page = operator.get(reverse("console:session", args=[sid])).content.decode()
+    assert 'type="checkbox"' in _input(page, "metadata-0-DELETE")
+    assert "Remove row 1" in re.sub(r"<[^>]+>", "", page), "each box is named for its row"
+
+    rows = _rows(("ticket", "T-7"), ("", "typo"), ("k" * 65, "wrong"), ("reason", "late"))
+    ticked = {"metadata-1-DELETE": "on", "metadata-2-DELETE": "on"}
+    typed = {"instructions": "Offer the refund.", **rows, **ticked}
+    added = _post(operator, sid, {**typed, "add_row": "1"}).content.decode()
+    assert 'name="metadata-TOTAL_FORMS" value="3"' in added, "two rows left, and the new one"
+    assert 'value="late"' in _input(added, "metadata-1-value") and "typo" not in added
+    assert "checked" not in _input(added, "metadata-0-DELETE")
+
+    refused = _post(operator, sid, {**typed, "instructions": "x" * 32_769})
+    assert refused.status_code == 422
+    text = refused.content.decode()
+    assert 'name="metadata-TOTAL_FORMS" value="2"' in text and "wrong" not in text
+    assert _error_beside(text, "metadata-1-key") == "", "the removed rows' errors are not said"
+
+    sent = _post(operator, sid, typed)
+    assert sent.status_code == 302
+    row = ResponseRequest.objects.get(session=session)
+    assert row.metadata == {"ticket": "T-7", "reason": "late"}
+
+    every = {**_rows(("", "typo")), "metadata-0-DELETE": "on", "add_row": "1"}
+    alone = _post(operator, sid, every).content.decode()
+    assert 'name="metadata-TOTAL_FORMS" value="2"' in alone, "a blank row kept, and the new one"
+    assert "typo" not in alone
+
+
 def test_a_refused_form_comes_back_with_what_was_typed_and_the_error_beside_its_field(operator):
     session = _session()
     fields = {"instructions": "Offer the refund, kindly.", **_rows(("ticket", "T-7"), ("k" * 65, "too long a key"))}

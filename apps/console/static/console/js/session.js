@@ -576,6 +576,8 @@ function addRow() {
 function setUpForm() {
   if (!form) return;
   for (const button of form.querySelectorAll("[data-remove-row]")) button.hidden = false;
+  // The "Remove" checkboxes are for a page without a script: the × buttons do it here.
+  for (const check of form.querySelectorAll("[data-remove-check]")) check.remove();
   addButton.addEventListener("click", (event) => {
     event.preventDefault(); // without JavaScript it posts, and the page comes back with one more row
     addRow();
