@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from playwright.async_api import expect
 
 from apps.simulator.speech import tone_speech
 from tests.console.conftest import CHROMIUM_ARGS, PASSWORD, fresh_contexts, launched
@@ -92,6 +93,8 @@ async def test_an_operator_hears_both_sides_and_one_without_the_permission_has_n
     await page.goto(f"{daphne.http_url}/console/sessions/{caller.session_id}/")
     await page.click("[data-listen-toggle]")
     await page.wait_for_selector("[data-listen-status][data-state=live]", timeout=10_000)
+    # A toggle's name does not change with its state ("Stop listening" was read as pressed).
+    await expect(page.get_by_role("button", name="Listen", exact=True, pressed=True)).to_be_visible()
 
     with simulator.configured(speech_engine="tone", audio_pace=1.0):
         await _speak(caller, tone_speech("hello can you hear me", 24000).pcm + bytes(48 * 600))
@@ -125,9 +128,9 @@ async def test_an_operator_hears_both_sides_and_one_without_the_permission_has_n
     assert await page.evaluate(_no_sideways_scroll()), "no sideways scroll at 390 px"
     await page.screenshot(path="var/screenshots/listen-live-390.png", full_page=True)
 
-    await page.click("[data-listen-toggle]")  # Stop listening
+    await page.click("[data-listen-toggle]")  # pressed again: stop
     await page.wait_for_selector("[data-listen-status][data-state=stopped]")
-    assert await page.locator("[data-listen-toggle]").get_attribute("aria-pressed") == "false"
+    await expect(page.get_by_role("button", name="Listen", exact=True, pressed=False)).to_be_visible()
     assert not errors, errors
 
 

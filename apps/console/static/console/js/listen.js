@@ -111,9 +111,7 @@ class Listening {
     this.context = null;
     for (const side of this.sides) side.meter.value = 0;
     this.sides = [];
-    const toggle = box.querySelector("[data-listen-toggle]");
-    toggle.setAttribute("aria-pressed", "false");
-    toggle.textContent = "Listen";
+    box.querySelector("[data-listen-toggle]").setAttribute("aria-pressed", "false");
   }
 }
 
@@ -126,8 +124,9 @@ if (box) {
       status("Stopped", "stopped");
       return;
     }
+    // Its name stays "Listen" (WAI-ARIA's toggle button): pressed says it is on, and pressing
+    // it again stops. A name flipping to "Stop listening" was read as "Stop listening, pressed".
     toggle.setAttribute("aria-pressed", "true");
-    toggle.textContent = "Stop listening";
     listening = new Listening();
     try {
       await listening.start();
