@@ -361,6 +361,10 @@ class Bench:
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": "bench",
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # A bench's many event followers share one token, its listeners one operator:
+            # the caps on what one credential holds open would refuse most of them.
+            "OC_MAX_STREAMS_PER_TOKEN": "100000",
+            "OC_MAX_LISTENERS_PER_USER": "100000",
             **changes,
         }
 

@@ -286,6 +286,11 @@ OC_EVENTS_RETENTION = env_float("OC_EVENTS_RETENTION", 900.0, minimum=600.0)
 OC_EVENTS_POLL_INTERVAL = env_float("OC_EVENTS_POLL_INTERVAL", 0.25, minimum=0.01)
 OC_EVENTS_FOLLOWER_QUEUE = env_int("OC_EVENTS_FOLLOWER_QUEUE", 2000, minimum=1)
 OC_EVENTS_KEEPALIVE = env_float("OC_EVENTS_KEEPALIVE", 15.0, minimum=0.1)
+# What one credential may hold open at once in this process (N processes: N times as much):
+# event streams per API token (one more is a 429), listen-in sockets per operator (one more
+# is closed with 4429). Each costs the process memory, and each listener a copy of the audio.
+OC_MAX_STREAMS_PER_TOKEN = env_int("OC_MAX_STREAMS_PER_TOKEN", 10, minimum=1)
+OC_MAX_LISTENERS_PER_USER = env_int("OC_MAX_LISTENERS_PER_USER", 4, minimum=1)
 # Outbound webhooks: a failed delivery is tried again after OC_WEBHOOK_RETRY_BASE seconds,
 # doubling up to OC_WEBHOOK_RETRY_MAX, for OC_WEBHOOK_RETRY_FOR seconds, then `failed`.
 OC_WEBHOOK_RETRY_BASE = env_float("OC_WEBHOOK_RETRY_BASE", 5.0, minimum=0.01)

@@ -72,6 +72,7 @@ def test_a_number_of_seconds_must_be_finite(monkeypatch, raw):
         ("OC_UPSTREAM_URL", "api.openai.com"),
         ("OC_SEND_TIMEOUT", "soon"),
         ("OC_LOG_LEVEL", "verbose"),
+        ("OC_MAX_STREAMS_PER_TOKEN", "0"),  # below its minimum of 1: no stream at all
     ],
 )
 def test_start_up_stops_with_a_message_naming_the_variable(variable, value):

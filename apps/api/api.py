@@ -887,7 +887,9 @@ _EVENTS_DOC = dict(
     description=(
         "Each event: `id:` and `data:` (JSON with `type`). `Last-Event-ID` (or `last_event_id`) "
         "resumes right after that id within the kept window (OC_EVENTS_RETENTION, ≥ 10 min); "
-        "older: a `stream.gap` event first. A client that does not read is dropped."
+        "older: a `stream.gap` event first. A client that does not read is dropped. A token "
+        "holds at most OC_MAX_STREAMS_PER_TOKEN streams open at once in a server process: "
+        "one more is a 429 `too_many_streams`."
     ),
     **_EVENTS_DOC,
 )

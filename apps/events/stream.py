@@ -33,6 +33,10 @@ of the `stream.gap` event alone, which ends with it. That event has an id, the n
 pruned: an EventSource reconnects with it, and having missed nothing since, gets the 204
 (without the id it would reconnect with the old one, and be told the gap again, for ever).
 A stream also ends once its token is revoked (looked at every `OC_EVENTS_KEEPALIVE` seconds).
+
+A token has at most `OC_MAX_STREAMS_PER_TOKEN` streams open at once in this process; one more
+is refused `429 too_many_streams` before it starts. Each holds a `StreamSlot` from then until
+it ends, however it ends (`follow`'s `finally`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from apps.events import notify
 from apps.events.flow import Flow, flow_of
 from apps.events.models import Event, EventLogHorizon, event_body
+from apps.sessions.caps import PerKeyCap
 from apps.sessions.db import db_async, log_failure
 from apps.sessions.loops import per_loop
 from apps.sessions.models import LiveSession
@@ -70,6 +75,38 @@ RETRY_MS = 2000
 
 class InvalidLastEventId(ServiceError):
     status, code = 400, "invalid_last_event_id"
+
+
+class TooManyStreams(ServiceError):
+    status, code = 429, "too_many_streams"
+
+
+streams = PerKeyCap()  # the open streams of each token (by its id), in this process
+
+
+class StreamSlot:
+    """One stream's place under its token's cap, from before its answer is made until it
+    ends. A stream never started (a HEAD's, whose body is not read) drops it unreleased: the
+    cap holds it weakly, so it goes with the stream."""
+
+    __slots__ = ("token_id", "__weakref__")
+
+    def __init__(self, token_id: int) -> None:
+        self.token_id = token_id
+
+    def release(self) -> None:
+        streams.release(self.token_id, self)
+
+
+def take_stream_slot(token_id: int) -> StreamSlot:
+    slot = StreamSlot(token_id)
+    limit = settings.OC_MAX_STREAMS_PER_TOKEN
+    if not streams.take(token_id, slot, limit):
+        raise TooManyStreams(
+            f"This token already has {limit} event streams open on this server process, the "
+            "most OC_MAX_STREAMS_PER_TOKEN allows; close one before opening another."
+        )
+    return slot
 
 
 # JSON leaves these unescaped in strings, and a client that splits lines as `str.splitlines`
@@ -357,8 +394,17 @@ async def event_stream_response(
         if not pending:
             return HttpResponse(status=204) if gap is None else _event_stream(_ended_after(gap))
     token_id = getattr(getattr(request, "auth", None), "pk", None)
+    # Taken last, with nothing awaited between it and the stream that gives it back.
+    slot = take_stream_slot(token_id) if token_id is not None else None
     return _event_stream(
-        follow(session_key=session_key, after=after, gap=gap, flow=flow_of(request), token_id=token_id)
+        follow(
+            session_key=session_key,
+            after=after,
+            gap=gap,
+            flow=flow_of(request),
+            token_id=token_id,
+            slot=slot,
+        )
     )
 
 
@@ -381,6 +427,7 @@ async def follow(
     gap: Gap | None,
     flow: Flow | None,
     token_id: int | None = None,
+    slot: StreamSlot | None = None,
 ) -> AsyncIterator[bytes]:
     keepalive = settings.OC_EVENTS_KEEPALIVE
     follower = Follower(session_key, settings.OC_EVENTS_FOLLOWER_QUEUE)
@@ -456,6 +503,8 @@ async def follow(
             if follower.ending:
                 return
     finally:
+        if slot is not None:
+            slot.release()
         the_hub.leave(follower)
         if flow is not None:
             flow.detach()
