@@ -8,7 +8,8 @@ group. Binary frames: byte 0 the side (0 caller, 1 agent), then PCM16 little-end
 24 kHz. Text frames are JSON status: `listen.started` first, `listen.cut` (`side` 1) when the
 caller cut the agent's reply short (what of it the listener has not played yet is not to be
 heard), `listen.ended` when the session ends (then the socket closes with 1000), `error` for a
-session that is not live (then 4404).
+session that is not live (then 4404), or for an operator already listening on
+`OC_MAX_LISTENERS_PER_USER` sockets in this process (then 4429, the limit in the reason too).
 An operator who logs out stops listening: the socket closes with 4401, as the console's does.
 One who loses the permission (or whose account is turned off) stops within RENEW_SECONDS: each
 renewal checks it again, and the socket closes with 4403.
@@ -26,10 +27,12 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from apps.console.consumers import user_group
 from apps.sessions import groups, selectors
+from apps.sessions.caps import PerKeyCap
 from apps.sessions.consumers import (
     ClosedAtStop,
     DropsSendsToClosedSockets,
@@ -42,6 +45,9 @@ from apps.sessions.models import LISTEN, LiveSession
 log = logging.getLogger(__name__)
 
 RENEW_SECONDS = 30.0
+TOO_MANY_LISTENERS = 4429  # as HTTP's 429: the operator holds as many sockets as allowed
+# Each operator's listening sockets (by user id), in this process: every one copies the audio.
+listeners = PerKeyCap()
 # A WebRTC or phone call's audio goes between the caller and the model: none passes the console.
 NOT_RELAYED = (
     "This call's audio goes between the caller and the model directly (a WebRTC or phone call):"
@@ -66,6 +72,7 @@ class ListenConsumer(
 ):
     session: LiveSession | None = None
     user_group: str | None = None
+    user_id = None
     _renew: asyncio.Task | None = None
 
     async def connect(self) -> None:
@@ -90,6 +97,17 @@ class ListenConsumer(
             )
             await self.close(code=4404)
             return
+        limit = settings.OC_MAX_LISTENERS_PER_USER
+        if not listeners.take(user.pk, self, limit):
+            message = (
+                f"You are already listening on {limit} sockets on this server process, the most "
+                "OC_MAX_LISTENERS_PER_USER allows: stop listening in another tab to listen here."
+            )
+            await self.send(text_data=json.dumps({"type": "error", "message": message}))
+            reason = f"Too many listeners: OC_MAX_LISTENERS_PER_USER={limit}"
+            await self.close(code=TOO_MANY_LISTENERS, reason=reason)
+            return
+        self.user_id = user.pk  # its place under the cap is given back as it disconnects
         self.session = session
         self.user_group = user_group(user.pk)  # told when this operator logs out
         await self._start_listening()
@@ -138,6 +156,8 @@ class ListenConsumer(
         pass  # listeners only listen
 
     async def disconnect(self, code) -> None:
+        if self.user_id is not None:
+            listeners.release(self.user_id, self)
         self.stop_joining()
         if self._renew is not None:
             self._renew.cancel()

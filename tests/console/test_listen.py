@@ -383,3 +383,31 @@ async def test_an_operator_who_loses_the_permission_stops_hearing_the_call(calle
     await caller.send(_append(spoken))
     assert (await _binary(bob))[1:] == spoken, "an operator who may still listen hears on"
     await bob.disconnect()
+
+
+async def test_an_operator_over_the_listener_cap_is_refused_and_a_socket_closed_frees_a_place(
+    caller, cookies, settings
+):
+    """Each listener costs a copy of the call's audio: an operator holds at most
+    OC_MAX_LISTENERS_PER_USER listen sockets in a process. One more is told why (the page shows
+    the `error`) and closed with 4429; once one of theirs closes, they may listen again. The
+    cap is the operator's own: another operator listens all the same."""
+    settings.OC_MAX_LISTENERS_PER_USER = 2
+    first = await _started(caller.session_id, cookies["ann"])
+    second = await _started(caller.session_id, cookies["ann"])
+    extra, connected = await _listener(caller.session_id, cookies["ann"])
+    assert connected
+    message = json.loads(await extra.receive_from(timeout=5))
+    assert message["type"] == "error" and "OC_MAX_LISTENERS_PER_USER" in message["message"]
+    assert "2" in message["message"], message
+    closed = await extra.receive_output(timeout=5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 4429, closed
+    assert "OC_MAX_LISTENERS_PER_USER=2" in closed["reason"]
+    bob = await _started(caller.session_id, cookies["bob"])
+    await first.disconnect()
+    again = await _started(caller.session_id, cookies["ann"])
+    spoken = _tone(960)
+    await caller.send(_append(spoken))
+    assert (await _binary(again))[1:] == spoken, "the operator hears the call on the freed place"
+    for listener in (second, again, bob):
+        await listener.disconnect()
