@@ -16,7 +16,6 @@ import asyncio
 import functools
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -378,11 +377,10 @@ def _rate_limited(request: HttpRequest, exc: RateLimited) -> HttpResponse:
     response = error_response(
         429,
         "rate_limited",
-        f"This token may make {settings.OC_API_RATE:g} requests a second "
-        f"(bursts of {settings.OC_API_BURST}); retry after {exc.retry_after:.2f} s.",
+        tokens.rate_limit_message(exc.retry_after),
         request=request,
     )
-    response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    response["Retry-After"] = tokens.retry_after(exc.retry_after)
     return response
 
 

@@ -8,8 +8,6 @@ The view is async, so the figures are read on the event loop that changes them.
 
 from __future__ import annotations
 
-import math
-
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -45,7 +43,8 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         return refused
     wait = tokens.rate_limits.take(token.pk)
     if wait:
-        refused = error_response(429, "rate_limited", f"Too many requests for this token; retry after {wait:.2f} s.", request=request)
-        refused["Retry-After"] = str(max(1, math.ceil(wait)))
+        message = tokens.rate_limit_message(wait)
+        refused = error_response(429, "rate_limited", message, request=request)
+        refused["Retry-After"] = tokens.retry_after(wait)
         return refused
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

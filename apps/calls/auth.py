@@ -9,10 +9,16 @@
   is what makes it this site's page.
 
 Refusals are JSON in the service's error shape, naming the problem.
+
+A token or a minted key is held to the token's rate limit of the REST hook (`OC_API_RATE`,
+`OC_API_BURST`, one bucket a token in `tokens.rate_limits`): a key takes from the bucket of
+the token that minted it (the key's row names it), or from its own where the row names none.
+A console login (the "Call the agent" page) is not: the limit is a token's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +81,10 @@ async def authenticate(request: HttpRequest, *, keys: bool, cookie: bool) -> Cal
                 "The client secret was refused: it is unknown, or the token that minted it "
                 "was revoked.",
             )
-        return Caller(name=f"key:{secret.created_by}", session=dict(secret.session or {}))
+        bucket = secret.token_id if secret.token_id is not None else ("key", secret.pk)
+        return _over_rate(bucket) or Caller(
+            name=f"key:{secret.created_by}", session=dict(secret.session or {})
+        )
     if plain.startswith(ClientSecret.PREFIX):
         return error(
             401,
@@ -89,7 +98,19 @@ async def authenticate(request: HttpRequest, *, keys: bool, cookie: bool) -> Cal
         return error(403, "missing_scope", "The token was refused: it lacks the scope realtime:connect.")
     if token is None:
         return error(401, "invalid_token", "The token was refused: it is unknown or revoked.")
-    return Caller(name=f"token:{token.name}", token_id=token.pk)
+    return _over_rate(token.pk) or Caller(name=f"token:{token.name}", token_id=token.pk)
+
+
+def _over_rate(bucket: Hashable) -> JsonResponse | None:
+    """The service's 429 when the caller's bucket is empty, else None. Called on the event
+    loop (the views are async), as the buckets have no lock."""
+    wait = tokens.rate_limits.take(bucket)
+    if not wait:
+        return None
+    # The service's own words for a rate limit on requests (not on tokens of text).
+    response = error(429, "rate_limit_exceeded", tokens.rate_limit_message(wait), kind="requests")
+    response["Retry-After"] = tokens.retry_after(wait)
+    return response
 
 
 async def _cookie_caller(request: HttpRequest) -> Caller | JsonResponse:

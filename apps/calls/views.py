@@ -52,8 +52,9 @@ View = Callable[..., Awaitable[HttpResponse]]
 def from_any_page(view: View) -> View:
     """CORS for a call placed by another site's page, as the service allows it: a browser app
     posts its offer here with a minted key, as it would to the service. Any origin may, and
-    may read the answer, its `Location` and the errors; no cookie is taken on its behalf (no
-    `Access-Control-Allow-Credentials`), so a console operator's session stays this site's."""
+    may read the answer, its `Location`, the errors and their `Retry-After`; no cookie is
+    taken on its behalf (no `Access-Control-Allow-Credentials`), so a console operator's
+    session stays this site's."""
 
     @functools.wraps(view)
     async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -64,7 +65,7 @@ def from_any_page(view: View) -> View:
             response["Access-Control-Max-Age"] = "600"
         else:
             response = await view(request, *args, **kwargs)
-            response["Access-Control-Expose-Headers"] = "Location"
+            response["Access-Control-Expose-Headers"] = "Location, Retry-After"
         response["Access-Control-Allow-Origin"] = "*"
         return response
 

@@ -9,8 +9,9 @@ scope realtime:connect only, so only the relay's handshake and `/v1/realtime/cal
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from datetime import timedelta
 
 from django.conf import settings
@@ -162,17 +163,20 @@ def api_token_revoke(*, token: ApiToken) -> None:
 
 class TokenBuckets:
     """Per-token rate limit: `OC_API_RATE` requests a second on average, bursts of
-    `OC_API_BURST` (a token bucket per token).
+    `OC_API_BURST` (a token bucket per token). One bucket a token for every endpoint that takes
+    it: the REST hook, `/metrics`, and `/v1/realtime/client_secrets` and `/v1/realtime/calls`,
+    where a minted key takes from the bucket of the token that minted it.
 
     Kept in each process: with N processes a token may make N times the rate in all. Taken
-    only on the event loop (the REST hook's auth, after its database call), so it needs no lock.
+    only on the event loop (each caller's auth, after its database call), so it needs no lock.
     """
 
     def __init__(self) -> None:
-        self._buckets: dict[int, tuple[float, float]] = {}  # token id → (tokens left, at)
+        self._buckets: dict[Hashable, tuple[float, float]] = {}  # key → (tokens left, at)
 
-    def take(self, key: int) -> float:
-        """Take one request's worth: 0.0 if allowed, else the seconds until one is."""
+    def take(self, key: Hashable) -> float:
+        """Take one request's worth: 0.0 if allowed, else the seconds until one is. `key` is
+        the token's id, or another key of the caller's that no token id equals."""
         rate, burst = settings.OC_API_RATE, settings.OC_API_BURST
         now = time.monotonic()
         tokens, at = self._buckets.get(key, (burst, now))
@@ -185,3 +189,18 @@ class TokenBuckets:
 
 
 rate_limits = TokenBuckets()
+
+
+def rate_limit_message(wait: float) -> str:
+    """What a request over its token's rate is told, wherever it was refused: the limit, the
+    settings that make it, and when to try again."""
+    return (
+        f"This token may make {settings.OC_API_RATE:g} requests a second (OC_API_RATE), in "
+        f"bursts of {settings.OC_API_BURST} (OC_API_BURST), with the keys it minted; "
+        f"retry after {wait:.2f} s."
+    )
+
+
+def retry_after(wait: float) -> str:
+    """The `Retry-After` header for a wait of `wait` seconds: whole seconds, at least one."""
+    return str(max(1, math.ceil(wait)))

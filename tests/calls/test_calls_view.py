@@ -17,8 +17,9 @@ from django.contrib.auth.models import Permission
 from django.test import AsyncClient
 
 from apps.calls import views
-from apps.sessions import upstream_calls
+from apps.sessions import tokens, upstream_calls
 from apps.sessions.housekeeping import housekeeping
+from apps.sessions.models import ClientSecret
 from tests.conftest import UPSTREAM_KEY
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -250,7 +251,10 @@ async def test_another_sites_page_may_place_a_call_and_read_the_answer(stand_in,
 
     placed = await post_sdp(await mint(api_token), HTTP_ORIGIN="https://app.example")
     assert placed.status_code == 201
-    assert (placed["Access-Control-Allow-Origin"], placed["Access-Control-Expose-Headers"]) == ("*", "Location")
+    assert (placed["Access-Control-Allow-Origin"], placed["Access-Control-Expose-Headers"]) == (
+        "*",
+        "Location, Retry-After",
+    )
     refused = await post_sdp(None, HTTP_ORIGIN="https://app.example")
     assert (refused.status_code, refused["Access-Control-Allow-Origin"]) == (401, "*")
     # A plain OPTIONS (no preflight) is a request like any other: not this endpoint's method.
@@ -454,3 +458,102 @@ async def test_a_failure_under_v1_is_a_500_in_the_services_shape(api_token, monk
 async def test_outside_api_and_v1_django_pages_stay_pages():
     response = await AsyncClient().get("/console/no-such-page/")
     assert response.status_code == 404 and response["Content-Type"].startswith("text/html")
+
+
+# ---- the per-token rate limit, shared with the REST hook (OC_API_RATE, OC_API_BURST)
+
+
+@pytest.fixture
+def burst_of(settings, monkeypatch):
+    """Buckets of their own for the test, refilling too slowly to matter: `OC_API_BURST` = n."""
+    monkeypatch.setattr(tokens, "rate_limits", tokens.TokenBuckets())
+
+    def set_burst(n: int) -> None:
+        settings.OC_API_RATE, settings.OC_API_BURST = 0.01, n
+
+    return set_burst
+
+
+def _rate_limited(response) -> dict:
+    """The service's 429 for too many requests, with the limit, its settings and Retry-After."""
+    error = _openai_error(response, 429)
+    assert (error["type"], error["code"], error["param"]) == (
+        "requests",
+        "rate_limit_exceeded",
+        None,
+    )
+    assert "0.01 requests a second (OC_API_RATE)" in error["message"], error["message"]
+    assert "OC_API_BURST" in error["message"], error["message"]
+    assert int(response["Retry-After"]) >= 1
+    return error
+
+
+@pytest.fixture
+def two_tokens(make_token) -> tuple[str, str]:
+    """Two tokens: one to go over its rate, and another."""
+    return make_token(), make_token()
+
+
+async def _mint_answer(token: str):
+    return await AsyncClient().post(
+        "/v1/realtime/client_secrets", {}, content_type="application/json",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def test_minting_over_the_tokens_rate_is_the_services_429(burst_of, two_tokens):
+    burst_of(2)
+    token, other = two_tokens
+    answers = [await _mint_answer(token) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    _rate_limited(answers[-1])
+    assert (await _mint_answer(other)).status_code == 200, "another token has its own bucket"
+    assert await ClientSecret.objects.acount() == 3, "the refused request minted nothing"
+
+
+async def test_calls_over_the_tokens_rate_are_refused_before_the_upstream(
+    stand_in, burst_of, two_tokens
+):
+    burst_of(2)
+    token, other = two_tokens
+    answers = [await post_sdp(token) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 429]
+    _rate_limited(answers[-1])
+    assert len(stand_in.requests) == 2, "the refused offer was not sent upstream"
+    assert (await post_sdp(other)).status_code == 201, "another token has its own bucket"
+
+
+async def test_a_minted_keys_calls_count_against_the_token_that_minted_it(
+    stand_in, burst_of, two_tokens
+):
+    burst_of(3)
+    token, other = two_tokens
+    key = await mint(token)  # the token's first request
+    assert [(await post_sdp(key)).status_code for _ in range(2)] == [201, 201]
+    refused = await post_sdp(key)
+    _rate_limited(refused)
+    _rate_limited(await _mint_answer(token))  # the key's calls emptied the token's bucket
+    assert (await post_sdp(await mint(other))).status_code == 201
+
+
+async def test_a_key_that_names_no_token_counts_against_itself(stand_in, burst_of, api_token):
+    """Keys minted before keys named their token: their calls take from their own bucket."""
+    burst_of(2)
+    key = await mint(api_token)
+    await ClientSecret.objects.aupdate(token=None)
+    assert [(await post_sdp(key)).status_code for _ in range(2)] == [201, 201]
+    _rate_limited(await post_sdp(key))
+    assert (await _mint_answer(api_token)).status_code == 200, "the token has one request left"
+
+
+async def test_the_rate_is_shared_with_the_rest_hook(stand_in, burst_of, api_token):
+    """One bucket a token: its REST calls and its /v1/ calls take from the same one."""
+    burst_of(2)
+    headers = {"Authorization": f"Bearer {api_token}"}
+    rest = [await AsyncClient().get("/api/v1/sessions", headers=headers) for _ in range(2)]
+    assert [a.status_code for a in rest] == [200, 200]
+    _rate_limited(await _mint_answer(api_token))
+    _rate_limited(await post_sdp(api_token))
+    again = await AsyncClient().get("/api/v1/sessions", headers=headers)
+    assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
+    assert stand_in.requests == []
