@@ -13,7 +13,7 @@ from django.utils import timezone
 from openai.types.realtime import ClientSecretCreateResponse, RealtimeSessionCreateResponse
 
 from apps.sessions.auth import Principal, Refusal, authenticate_relay
-from apps.sessions.models import ClientSecret
+from apps.sessions.models import ApiToken, ClientSecret
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -298,3 +298,20 @@ async def test_the_relay_takes_a_minted_key_until_it_expires(api_token):
 
     unknown = await authenticate_relay(_scope(ClientSecret.generate()))
     assert isinstance(unknown, Refusal) and unknown.status == 403
+
+
+async def test_minting_deletes_keys_expired_over_a_day_ago(api_token):
+    """Each mint sweeps the table, so keys do not pile up: one expired a day ago is deleted,
+    one expired just now is kept, so its late use is refused as expired, not as unknown."""
+    first = (await mint(api_token)).json()["value"]
+    second = (await mint(api_token)).json()["value"]
+    now = timezone.now()
+    await ClientSecret.objects.filter(digest=ApiToken.hash(first)).aupdate(
+        expires_at=now - timedelta(days=1, seconds=1)
+    )
+    await ClientSecret.objects.filter(digest=ApiToken.hash(second)).aupdate(
+        expires_at=now - timedelta(seconds=1)
+    )
+    assert (await mint(api_token)).status_code == 200
+    left = {s.digest async for s in ClientSecret.objects.all()}
+    assert ApiToken.hash(first) not in left and ApiToken.hash(second) in left and len(left) == 2
