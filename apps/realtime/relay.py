@@ -1607,17 +1607,7 @@ class RelayCore:
                     )
                 )
             elif kind is LateResponse:
-                details = action.details or {}
-                actions.append(
-                    LateResponseRecorded(
-                        request_id=action.request_id,
-                        response_id=action.response_id,
-                        at=action.at,
-                        error_message=action.error_message,
-                        output_text=details.get("output_text"),
-                        usage=details.get("usage"),
-                    )
-                )
+                actions += self._late(action)
             elif kind is ErrorClaimed:
                 claims.append(action)
         return claims
@@ -1655,29 +1645,16 @@ class RelayCore:
         ]
         if info is None:
             return actions
-        message = {
-            "type": WATCH_REQUEST,
-            "session_id": self.session_id,
-            "request_id": change.request_id,
-            "origin": info.origin,
-            "requested_by": info.requested_by,
-            "instructions": info.instructions,
-            "metadata": info.metadata,
-            "conversation": "none" if info.out_of_band else "auto",
-            "status": status.value,
-            "at": change.at,
-            "created_at": info.created_at,
-            "response_id": change.response_id,
-            "error_code": change.error_code,
-            "error_message": change.error_message,
-            "sent_instructions": sent,
-        }
-        self._recent_changes.pop(change.request_id, None)
-        self._recent_changes[change.request_id] = message
-        if len(self._recent_changes) > RECENT_CHANGES:
-            del self._recent_changes[next(iter(self._recent_changes))]
-        if self._watchers or info.origin in OPERATOR_ORIGINS:
-            actions.append(ToWatchers(message=message))
+        actions += self._to_watchers(
+            change.request_id,
+            info,
+            status=status,
+            at=change.at,
+            response_id=change.response_id,
+            error_code=change.error_code,
+            error_message=change.error_message,
+            sent_instructions=sent,
+        )
         if (
             info.origin == CALLER
             and status is RequestStatus.FAILED
@@ -1688,6 +1665,73 @@ class RelayCore:
                 "upstream_timeout", change.error_message or "", event_id=info.event_id
             )
         return actions
+
+    def _late(self, late: LateResponse) -> list[Action]:
+        """A request that had ended got its response after all: recorded, and the watchers'
+        row of it gets the response and the longer error message (its status stays)."""
+        details = late.details or {}
+        actions: list[Action] = [
+            LateResponseRecorded(
+                request_id=late.request_id,
+                response_id=late.response_id,
+                at=late.at,
+                error_message=late.error_message,
+                output_text=details.get("output_text"),
+                usage=details.get("usage"),
+            )
+        ]
+        info = self._infos.get(late.request_id)
+        if info is not None:
+            actions += self._to_watchers(
+                late.request_id,
+                info,
+                status=self.sequencer.status(late.request_id),
+                at=late.at,
+                response_id=late.response_id,
+                error_code=late.error_code,
+                error_message=late.error_message,
+            )
+        return actions
+
+    def _to_watchers(
+        self,
+        request_id: str,
+        info: _Info,
+        *,
+        status: RequestStatus,
+        at: float,
+        response_id: str | None,
+        error_code: str | None,
+        error_message: str | None,
+        sent_instructions: str | None = None,
+    ) -> list[Action]:
+        """A request as it is now, for the session pages: kept among the recent changes (a new
+        watcher's snapshot starts from them) and sent to the watchers (an operator's request
+        always, as its status changes always were)."""
+        message = {
+            "type": WATCH_REQUEST,
+            "session_id": self.session_id,
+            "request_id": request_id,
+            "origin": info.origin,
+            "requested_by": info.requested_by,
+            "instructions": info.instructions,
+            "metadata": info.metadata,
+            "conversation": "none" if info.out_of_band else "auto",
+            "status": status.value,
+            "at": at,
+            "created_at": info.created_at,
+            "response_id": response_id,
+            "error_code": error_code,
+            "error_message": error_message,
+            "sent_instructions": sent_instructions,
+        }
+        self._recent_changes.pop(request_id, None)
+        self._recent_changes[request_id] = message
+        if len(self._recent_changes) > RECENT_CHANGES:
+            del self._recent_changes[next(iter(self._recent_changes))]
+        if self._watchers or info.origin in OPERATOR_ORIGINS:
+            return [ToWatchers(message=message)]
+        return []
 
 
 def add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> bool:

@@ -204,13 +204,14 @@ class LateResponse:
     """The response of a request that had already ended (it failed `upstream_timeout`, its
     `response.created` came after) is done: what became of it. The request's status stays
     (terminal statuses have no way out); `error_message` is the request's, with the late
-    response's outcome added."""
+    response's outcome added; `error_code` is the request's, as it failed."""
 
     request_id: str
     response_id: str
     status: str  # as `response.done` gave it
     at: float
     error_message: str
+    error_code: str | None = None
     details: Mapping[str, Any] | None = field(default=None, hash=False)
 
 
@@ -237,7 +238,9 @@ class _Entry:
     response_id: str | None = None
     # Cancel asked before a response existed: cancel the response if one ever appears.
     cancel_pending: bool = False
-    error_message: str | None = None  # why it failed, for a response that comes after all
+    # Why it failed, for a response that comes after all.
+    error_code: str | None = None
+    error_message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -480,6 +483,7 @@ class Sequencer:
                     status=status,
                     at=now,
                     error_message=f"{ended}Its response came later and ended {outcome}.",
+                    error_code=entry.error_code,
                     details=details,
                 )
             )
@@ -714,6 +718,8 @@ class Sequencer:
                 f"request {entry.request.id!r} cannot go from {entry.status.value} to {status.value}"
             )
         entry.status = status
+        if error_code is not None:
+            entry.error_code = error_code
         if error_message is not None:
             entry.error_message = error_message
         return StatusChanged(

@@ -888,7 +888,7 @@ def test_a_late_response_to_an_out_of_band_request_that_timed_out_is_still_hidde
             (("up", delta("r1")), ["watchers event"]),
             (
                 ("up", response_done("r1", tag="op1")),
-                ["late op1 r1", "usage 3", "watchers event", "final agent hi"],
+                ["late op1 r1", "watchers request", "usage 3", "watchers event", "final agent hi"],
             ),
         ]
     )
@@ -906,11 +906,25 @@ def test_a_response_that_comes_after_its_request_timed_out_is_recorded_on_it():
             (("up", response_created("r1", tag="op1")), ["caller response.created"]),
             (
                 ("up", response_done("r1", tag="op1", text="Ahoy")),
-                ["late op1 r1", "usage 3", "caller response.done", "final agent Ahoy"],
+                [
+                    "late op1 r1",
+                    "watchers request",
+                    "usage 3",
+                    "caller response.done",
+                    "final agent Ahoy",
+                ],
             ),
         ]
     )
-    late, final = driver.last[0], driver.last[-1]
+    late, told, final = driver.last[0], driver.last[1], driver.last[-1]
+    # The session pages' row of it gets the response and the message; the status stays.
+    shown = {k: told.message[k] for k in ("status", "response_id", "error_code", "error_message")}
+    assert shown == {
+        "status": "failed",
+        "response_id": "r1",
+        "error_code": "upstream_timeout",
+        "error_message": late.error_message,
+    }
     assert (late.output_text, late.usage) == ("Ahoy", {"total_tokens": 3})
     assert late.error_message.endswith("Its response came later and ended completed.")
     assert "No response.created within 15 s" in late.error_message, "why it failed stays"
