@@ -86,7 +86,7 @@ function requestRow(request) {
         request.conversation === "none" ? [" ", el("span", { class: "badge oob", text: "out of band" })] : null),
       metadata),
     el("td", { class: "state" }, el("span", { class: `badge status-${request.status}`, text: request.status }),
-      reason ? el("small", { class: "reason", text: reason }) : null,
+      reason ? el("small", { class: "reason", title: request.error?.message, text: reason }) : null,
       el("span", { class: "num latency", title: "request → start", text: latency === null ? "" : `${latency} ms` })),
     el("td", { class: "act" }, cancelControl(request)));
 }
@@ -157,19 +157,27 @@ function renderAllRequests() {
 // for the snapshot's latest changes, which the page may have missed but were no news.
 function applyRequest(message, quiet = false) {
   const known = requests.get(message.request_id);
-  // The page already shows it so (a watch starts with the latest requests as they are now).
-  if (known?.status === message.status) return;
+  // The same status again: the page already shows it so (a watch starts with the latest
+  // requests as they are now), unless the message brings more, as a response that came after
+  // its request had failed does (its id, the longer error message). That is no news to say.
+  if (known?.status === message.status) {
+    if (!addsToRequest(known, message)) return;
+    quiet = true;
+  }
   // A request first seen here: stored at `created_at` (the actor's message and the catch-up
   // from the table say), which may be well before this change.
   const request = known ?? { id: message.request_id, created_at: isoAt(message.created_at ?? message.at) };
   for (const key of ["origin", "requested_by", "instructions", "metadata", "conversation", "response_id"]) {
     if (message[key] !== undefined && message[key] !== null) request[key] = message[key];
   }
+  if (request.status !== message.status) {
+    // A status's moment is when it was reached, not when more was learnt of it later.
+    if (message.status === "sent") request.sent_at = isoAt(message.at);
+    if (message.status === "in_progress") request.started_at = isoAt(message.at);
+    if (TERMINAL.has(message.status)) request.finished_at = isoAt(message.at);
+  }
+  if (message.started_at && !request.started_at) request.started_at = isoAt(message.started_at);
   request.status = message.status;
-  if (message.status === "sent") request.sent_at = isoAt(message.at);
-  if (message.status === "in_progress") request.started_at = isoAt(message.at);
-  else if (message.started_at && !request.started_at) request.started_at = isoAt(message.started_at);
-  if (TERMINAL.has(message.status)) request.finished_at = isoAt(message.at);
   if (message.error_code) request.error = { code: message.error_code, message: message.error_message };
   requests.set(request.id, request);
   renderRequest(request);
@@ -180,6 +188,14 @@ function applyRequest(message, quiet = false) {
     const what = request.instructions ? `: “${request.instructions.slice(0, 60)}”` : "";
     toast(`${request.requested_by || "Someone"} asked for a response${what}`, "info");
   }
+}
+
+// Whether a message of a request's unchanged status tells the page something it lacks.
+function addsToRequest(request, message) {
+  const error = request.error ?? {};
+  return (message.response_id && message.response_id !== request.response_id)
+    || (message.error_code && message.error_code !== error.code)
+    || (message.error_message && message.error_message !== error.message);
 }
 
 // ---------------------------------------------------------------- chart
