@@ -128,6 +128,13 @@ MAX_TURNS_STARTED = 64
 MAX_SESSION_ID_CHARS = 128
 # How many times an attached call's sideband is opened again (`apps/realtime/attached.py`).
 MAX_REATTACHES = attached_mode.MAX_REATTACHES
+# Why an attached call's session was lost (`session_lost`), for its operators: the console lost
+# the call's sideband, not the call.
+LOST_CALL = (
+    "The process holding the call's sideband stopped, so the console lost the call; "
+    "the call itself may have gone on between the caller and the model, no longer seen or "
+    "steered here."
+)
 # Audio events, read only while the session's audio is tapped (listened to or recorded).
 CALLER_AUDIO_TYPE = "input_audio_buffer.append"
 CALLER_SESSION_UPDATE = "session.update"
@@ -723,16 +730,23 @@ class RelayCore:
         """Another process's sweep failed this session (`session_lost`): this process sent no
         heartbeat for too long (it was paused, or its database writes stalled). The table and
         every follower already have the session as over, and operators can no longer steer
-        it, so it ends here too rather than go on unseen: the caller is told to reconnect."""
+        it, so it ends here too rather than go on unseen: the caller is told to reconnect. An
+        attached call has no caller here to tell: its sideband closes, and the call itself may
+        go on between the caller and the model."""
         self._deadline_stale = True
         if self.ended is not None:
             return []
-        message = (
-            "This server stopped answering for a while and the session was declared lost; "
-            "reconnect to start a new session."
-        )
+        if self.attached:
+            message = LOST_CALL
+            told: list[Action] = []
+        else:
+            message = (
+                "This server stopped answering for a while and the session was declared lost; "
+                "reconnect to start a new session."
+            )
+            told = self._tell_caller("session_lost", message, error_type="server_error")
         return [
-            *self._tell_caller("session_lost", message, error_type="server_error"),
+            *told,
             CloseCaller(code=1011, reason=message),
             *self._end(
                 "failed", EndReason.SESSION_LOST, now, detail=message, request_code="session_lost"

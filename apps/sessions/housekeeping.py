@@ -44,6 +44,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from apps.realtime import tools
+from apps.realtime.relay import LOST_CALL
 from apps.sessions import groups, metrics, recorder
 from apps.sessions.db import db_async, log_failure
 from apps.sessions.history import writer as history
@@ -257,6 +258,7 @@ class LostSession:
     requests: list[str]  # the ids of the requests failed with it
     origins: list[str]  # theirs, in the same order
     at: datetime
+    detail: str = LOST  # why, in words, as the session's end and its requests' errors say
 
 
 def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession]:
@@ -267,10 +269,12 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
     stale = list(
         LiveSession.objects.filter(status__in=LiveSession.OPEN, heartbeat_at__lt=cutoff)
         .exclude(process_id=PROCESS_ID)
-        .values_list("id", "upstream_id")
+        .values_list("id", "upstream_id", "kind")
     )
     lost = {}
-    for key, upstream_id in stale:
+    for key, upstream_id, kind in stale:
+        # An attached call was only steered from here: the call may go on without the console.
+        detail = LOST if kind == LiveSession.Kind.RELAY else LOST_CALL
         with transaction.atomic():
             # Conditional: another process's sweep, or a late heartbeat, may have come first.
             claimed = LiveSession.objects.filter(
@@ -278,7 +282,7 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
             ).update(
                 status=LiveSession.Status.FAILED,
                 end_reason="session_lost",
-                end_detail=LOST,
+                end_detail=detail,
                 ended_at=now,
             )
             if not claimed:
@@ -287,7 +291,7 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
             ResponseRequest.objects.filter(id__in=pending).update(
                 status=ResponseRequest.Status.FAILED,
                 error_code="session_lost",
-                error_message=LOST,
+                error_message=detail,
                 finished_at=now,
             )
             # Nobody can decide its pending tool approvals now: expired, as at any session's end.
@@ -297,7 +301,7 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
             if history.recorder is not None:  # the event log: these ends, in this transaction
                 history.recorder.session_lost(key=key, request_ids=pending)
         lost[upstream_id or str(key)] = LostSession(
-            key=key, requests=pending, origins=origins, at=now
+            key=key, requests=pending, origins=origins, at=now, detail=detail
         )
     return lost
 
@@ -321,7 +325,7 @@ async def _tell_followers(session_id: str, lost: LostSession) -> None:
         "status": ResponseRequest.Status.FAILED,
         "at": lost.at.timestamp(),
         "error_code": "session_lost",
-        "error_message": LOST,
+        "error_message": lost.detail,
     }
     ended = {
         "type": groups.CONSOLE_ENDED,
@@ -329,7 +333,7 @@ async def _tell_followers(session_id: str, lost: LostSession) -> None:
         "status": LiveSession.Status.FAILED,
         "reason": "session_lost",
         "code": None,
-        "detail": LOST,
+        "detail": lost.detail,
     }
     messages = [{**failed, "request_id": request_id} for request_id in lost.requests] + [ended]
     layer = get_channel_layer()

@@ -542,3 +542,18 @@ TestAttachedCall = AttachedCall.TestCase
 TestAttachedCall.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+@pytest.mark.parametrize("end", ["lost", "shutdown"])
+def test_an_attached_call_whose_process_ends_is_worded_for_the_operator(end):
+    """No caller is here to tell to reconnect: the record says the console lost the call (or
+    stopped), and that the call itself may go on between the caller and the model."""
+    core = started(make_core())
+    actions = getattr(core, end)(now=1.0)
+    [ended] = ends(actions)
+    assert (ended.status, ended.reason) == (
+        ("failed", EndReason.SESSION_LOST) if end == "lost" else ("ended", EndReason.SERVER_SHUTDOWN)
+    )
+    assert "reconnect" not in ended.detail
+    assert "the caller and the model" in ended.detail
+    assert [a for a in actions if type(a) is ToCaller] == [], "no caller to send an error to"

@@ -110,6 +110,31 @@ def test_the_sweep_spares_fresh_heartbeats_and_its_own_sessions(transactional_db
     assert ResponseRequest.objects.get(id="req_sess_fresh").status == "queued"
 
 
+@pytest.mark.parametrize("kind", ["relay", "webrtc", "sip"])
+def test_a_lost_session_is_worded_for_what_the_console_held(transactional_db, settings, kind):
+    """A relayed session is lost with its process; an attached call only lost its sideband:
+    the call itself may go on between the caller and the model, and its record says so (the
+    session page, the admin and the requests' errors all read it)."""
+    from apps.realtime.relay import LOST_CALL
+    from apps.sessions.housekeeping import LOST
+
+    old, now = judged_later(settings)
+    session = LiveSession.objects.create(
+        upstream_id=f"sess_lost_{kind}", model="gpt-realtime", status="live", kind=kind,
+        process_id="elsewhere:1", heartbeat_at=old,
+    )
+    ResponseRequest.objects.create(id=f"req_lost_{kind}", session=session, origin="api", status="queued")
+    lost = sweep_lost_sessions(now=now)
+    said = LOST if kind == "relay" else LOST_CALL
+    session.refresh_from_db()
+    assert (session.end_reason, session.end_detail, lost[session.upstream_id].detail) == (
+        "session_lost", said, said
+    )
+    assert ResponseRequest.objects.get(id=f"req_lost_{kind}").error_message == said
+    if kind != "relay":
+        assert "the call itself may have gone on" in session.end_summary
+
+
 def test_a_late_end_from_a_held_up_holder_leaves_the_sweeps_record_standing(
     transactional_db, settings
 ):
