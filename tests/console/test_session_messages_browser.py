@@ -76,3 +76,24 @@ async def test_a_late_response_updates_its_failed_request_row_without_announcing
     await expect(reason).to_have_text("upstream_timeout")
     assert await page.locator("[data-announce-requests]").text_content() == "", "no news to say"
     assert alice.errors == []
+
+
+async def test_an_ended_session_with_nothing_said_does_not_say_yet(login, daphne):
+    """Reloaded once over, a session nothing was said in said "Nothing said yet." and "no
+    request has started yet", as if more could come: it says what was, in the past."""
+    await LiveSession.objects.acreate(
+        upstream_id="sess_quiet_end", status="ended", model="gpt-realtime", kind="sip",
+        end_reason="hung_up",
+    )
+    alice = await login("alice", width=390, height=844)
+    page = alice.page
+    await page.goto(f"{daphne.http_url}/console/sessions/sess_quiet_end/")
+    said = await page.locator("[data-transcript]").evaluate(
+        "(list) => getComputedStyle(list, '::after').content"
+    )
+    assert said == '"Nothing was said."'
+    await expect(page.locator("[data-latency-caption]")).to_have_text(
+        "Request → start latency: no request started."
+    )
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390, "no overflow"
+    assert alice.errors == []
