@@ -551,9 +551,9 @@ def test_an_attached_call_whose_process_ends_is_worded_for_the_operator(end):
     core = started(make_core())
     actions = getattr(core, end)(now=1.0)
     [ended] = ends(actions)
-    assert (ended.status, ended.reason) == (
-        ("failed", EndReason.SESSION_LOST) if end == "lost" else ("ended", EndReason.SERVER_SHUTDOWN)
-    )
+    lost = end == "lost"
+    expected = ("failed", EndReason.SESSION_LOST) if lost else ("ended", EndReason.SERVER_SHUTDOWN)
+    assert (ended.status, ended.reason) == expected
     assert "reconnect" not in ended.detail
     assert "the caller and the model" in ended.detail
     assert [a for a in actions if type(a) is ToCaller] == [], "no caller to send an error to"

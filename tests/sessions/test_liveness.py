@@ -123,7 +123,9 @@ def test_a_lost_session_is_worded_for_what_the_console_held(transactional_db, se
         upstream_id=f"sess_lost_{kind}", model="gpt-realtime", status="live", kind=kind,
         process_id="elsewhere:1", heartbeat_at=old,
     )
-    ResponseRequest.objects.create(id=f"req_lost_{kind}", session=session, origin="api", status="queued")
+    ResponseRequest.objects.create(
+        id=f"req_lost_{kind}", session=session, origin="api", status="queued"
+    )
     lost = sweep_lost_sessions(now=now)
     said = LOST if kind == "relay" else LOST_CALL
     session.refresh_from_db()

@@ -252,7 +252,8 @@ function drawChart() {
   });
   chart.replaceChildren(svg("title", { id: "chart-title" }, "Request to start latency, one point per request"), ...parts);
   if (!n) {
-    caption.textContent = `Request → start latency: no request ${over ? "started" : "has started yet"}.`;
+    const none = over ? "no request started" : "no request has started yet";
+    caption.textContent = `Request → start latency: ${none}.`;
     return;
   }
   const nudges = started.filter((p) => OPERATORS.has(p.request.origin)).map((p) => p.ms).sort((a, b) => a - b);
