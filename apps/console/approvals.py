@@ -19,7 +19,7 @@ from django.utils.dateparse import parse_datetime
 
 from apps.console import steering
 from apps.sessions import approvals
-from apps.sessions.models import LiveSession, ToolApproval
+from apps.sessions.models import LiveSession
 from apps.sessions.services import ServiceError
 
 # Below this share of a limit remaining, the page warns that the session runs low.
@@ -46,10 +46,9 @@ def rate_limit_rows(session: LiveSession) -> list[dict[str, Any]]:
 
 
 def approvals_context(request: HttpRequest, session: LiveSession, *, can_steer: bool) -> dict[str, Any]:
-    rows = list(ToolApproval.objects.filter(session=session).order_by("created_at", "id"))
     limits = rate_limit_rows(session)
     return {
-        "approvals": [approvals.approval_json(row, session.upstream_id) for row in rows],
+        "approvals": approvals.approvals_of(session),
         "approval_timeout": f"{settings.OC_APPROVAL_TIMEOUT:g}",
         "rate_limits": limits,
         "rate_low": [limit.get("name") or "?" for limit in limits if limit["low"]],

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 from django.db import models
 from django.utils import timezone
 
-# The event types (CONTRACT section 8); a webhook endpoint may filter on them.
+# The event types (CONTRACT section 8's, and `approval.status`); a webhook endpoint may
+# filter on them.
 EVENT_TYPES = (
     "session.opened",
     "session.live",
@@ -18,6 +19,7 @@ EVENT_TYPES = (
     "session.ended",
     "request.status",
     "transcript.entry",
+    "approval.status",
 )
 
 

@@ -32,9 +32,9 @@ from django.db import connection, transaction
 
 from apps.events import notify
 from apps.events.models import Event
-from apps.sessions import selectors
+from apps.sessions import approvals, selectors
 from apps.sessions.history import CreateRow, UpdateRow
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.models import LiveSession, ResponseRequest, ToolApproval
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ _SESSION_EVENTS = {
 }
 _REQUEST_EVENTS = {"request.created", "request.status"}
 _TRANSCRIPT = "transcript.entry"
+_APPROVAL = approvals.APPROVAL_STATUS
+# Events that carry their own shape (a transcript entry, an approval as the tool desk has it)
+# and need only their session's row, for its public id.
+_OWN_SHAPE = frozenset({_TRANSCRIPT, _APPROVAL})
 
 
 def lock_event_order() -> None:
@@ -114,9 +118,10 @@ def session_updated(session: LiveSession) -> None:
     _record("session.updated", session, session=session.to_dict())
 
 
-def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
-    """In the sweep's transaction, after it failed a dead process's session and its pending
-    requests: a `request.status` `failed` for each, then the `session.ended`."""
+def session_lost(*, key: uuid.UUID, request_ids: list[str], approval_ids: list[int]) -> None:
+    """In the sweep's transaction, after it failed a dead process's session, its pending
+    requests and approvals: a `request.status` `failed` for each request, an
+    `approval.status` `expired` for each approval, then the `session.ended`."""
     now = datetime.now(UTC)
     session = LiveSession.objects.filter(pk=key).first()
     if session is None:
@@ -129,6 +134,10 @@ def session_lost(*, key: uuid.UUID, request_ids: list[str]) -> None:
         .filter(pk__in=request_ids)
         .order_by("created_at")
     ]
+    expired = ToolApproval.objects.filter(pk__in=approval_ids).order_by("created_at", "id")
+    for approval in expired:
+        approval.session = session
+        payloads.append({"type": _APPROVAL, **common, "approval": approval.to_dict()})
     payloads.append({"type": "session.ended", **common, "session": session.to_dict()})
     _insert([_event_row(payload["type"], session, payload, now) for payload in payloads])
 
@@ -187,7 +196,8 @@ class Known:
 class _Step:
     """One operation of the batch on a row that has events: the fields it sets, and its event
     (with its type on the stream) if it has one. `created`: a request inserted by this batch,
-    as it was inserted (`merge` folds later updates into the instance the batch inserts)."""
+    as it was inserted (`merge` folds later updates into the instance the batch inserts).
+    `approval`: an approval's, as the tool desk had it (`Approval.as_dict()`)."""
 
     model: type
     pk: Any
@@ -196,6 +206,7 @@ class _Step:
     event: dict[str, Any] | None = None
     created: ResponseRequest | None = None
     ending: Any = None  # a session's end (`records.session_ended`), once it has run
+    approval: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -222,6 +233,9 @@ class Prepared:
                 continue
             if step.kind == _TRANSCRIPT:
                 events.append(_transcript_event(step, row, now))
+                continue
+            if step.kind == _APPROVAL:
+                events.append(_approval_event(step, row, now))
                 continue
             for name, value in step.fields.items():
                 setattr(row, name, value)
@@ -257,7 +271,7 @@ class Prepared:
         unread: dict[type, set] = {ResponseRequest: set(), LiveSession: set()}
         for step in self.steps:
             key = (step.model, step.pk)
-            if step.kind == _TRANSCRIPT or key in rows or step.pk in unread[step.model]:
+            if step.kind in _OWN_SHAPE or key in rows or step.pk in unread[step.model]:
                 continue
             if step.created is not None:
                 rows[key] = step.created
@@ -288,7 +302,7 @@ class Prepared:
             row for (model, _), row in rows.items()
             if model is ResponseRequest and not ResponseRequest.session.is_cached(row)
         ]
-        transcripts = {step.pk for step in self.steps if step.kind == _TRANSCRIPT}
+        transcripts = {step.pk for step in self.steps if step.kind in _OWN_SHAPE}
         wanted = {r.session_id for r in unnamed} | transcripts
         for pk in wanted - sessions.keys():
             if pk in self.known.sessions:
@@ -311,6 +325,16 @@ def _transcript_event(step: _Step, session: LiveSession, now: datetime) -> Event
         "entry": step.event.get("entry"),
     }
     return _event_row(_TRANSCRIPT, session, payload, now)
+
+
+def _approval_event(step: _Step, session: LiveSession, now: datetime) -> Event:
+    payload = {
+        "type": _APPROVAL,
+        "created_at": now,
+        "session_id": session.upstream_id,
+        "approval": approvals.core_row(step.approval, session).to_dict(),
+    }
+    return _event_row(_APPROVAL, session, payload, now)
 
 
 def _event(step: _Step, state: Any, now: datetime) -> Event | None:
@@ -385,19 +409,20 @@ class BatchRecorder:
 
     def _prepare(self, batch: list) -> Prepared | None:
         """The steps: every operation on a row with a request or lifecycle event, and each
-        transcript entry (which names its session but needs no state of its row)."""
+        transcript entry and approval (which name their session but need no state of its
+        row)."""
         evented: set[tuple[type, Any]] = set()
         for operation in batch:
             event = getattr(operation, "event", None)
-            if event is not None and event.get("event") != _TRANSCRIPT:
+            if event is not None and event.get("event") not in _OWN_SHAPE:
                 evented.add(_row_of(operation, event))
         prepared = Prepared(self.known)
         for operation in batch:
             event = getattr(operation, "event", None)
             kind = type(operation)
             created = None
-            if event is not None and event.get("event") == _TRANSCRIPT:
-                key, fields = (operation.model, operation.pk), {}
+            if event is not None and event.get("event") in _OWN_SHAPE:
+                key, fields = _row_of(operation, event), {}
             elif kind is CreateRow:
                 instance = operation.instance
                 key = (type(instance), instance.pk)
@@ -426,7 +451,9 @@ class BatchRecorder:
             else:
                 continue
             step = _Step(key[0], key[1], fields, _stream_type(event), event, created)
-            if kind is not CreateRow and kind is not UpdateRow:
+            if step.kind == _APPROVAL:
+                step.approval = operation.approval
+            elif kind is not CreateRow and kind is not UpdateRow:
                 step.ending = operation
             prepared.steps.append(step)
         return prepared if prepared.steps else None
@@ -446,6 +473,6 @@ def _stream_type(event: dict[str, Any] | None) -> str | None:
     name = event.get("event")
     if name in _REQUEST_EVENTS:
         return "request.status"
-    if name == _TRANSCRIPT:
-        return _TRANSCRIPT
+    if name in _OWN_SHAPE:
+        return name
     return _SESSION_EVENTS.get(name)

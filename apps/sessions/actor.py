@@ -325,8 +325,7 @@ class SessionActor:
         for action in actions:
             if type(action) in records.RECORDED:
                 history.submit(records.of_action(self.key, action))
-                if type(action) is relay.RequestChanged:
-                    metrics.figures.request_changed(self, action)
+                metrics.figures.recorded(self, action)  # requests' and approvals' transitions
                 named = named or type(action) is relay.SessionNamed
         # Whoever is told the session's id finds it; an answer `committed` is in the table.
         if named or (committed and reply_to):

@@ -14,13 +14,10 @@ An approval's JSON (`Approval`): `{"id", "session_id", "kind", "name", "server_l
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
-
-from django.db import transaction
 
 from apps.realtime import tools
 from apps.realtime.events import text_problem
@@ -37,7 +34,6 @@ from apps.sessions.services import (
 )
 
 log = logging.getLogger(__name__)
-events_log = logging.getLogger("oc.events")
 
 MAX_REASON_CHARS = tools.MAX_REASON_CHARS
 
@@ -67,41 +63,30 @@ def _iso(moment: datetime | None) -> str | None:
 # ---------------------------------------------------------------------------- shapes
 
 
-def approval_json(row: ToolApproval, session_id: str) -> dict[str, Any]:
-    """A stored approval as the REST hook gives it."""
-    return {
-        "id": row.approval_id,
-        "session_id": session_id,
-        "kind": row.kind,
-        "name": row.name,
-        "server_label": row.server_label,
-        "arguments": row.arguments,
-        "status": row.status,
-        "reason": row.reason,
-        "decided_by": row.decided_by,
-        "created_at": _iso(row.created_at),
-        "decided_at": _iso(row.decided_at),
-    }
-
-
-def core_approval_json(approval: dict[str, Any], session_id: str) -> dict[str, Any]:
-    """The core's shape of an approval (`Approval.as_dict()`) as the REST hook gives it."""
-    return {
-        "id": approval["approval_id"],
-        "session_id": session_id,
-        "kind": approval["kind"],
-        "name": approval["name"],
-        "server_label": approval["server_label"],
-        "arguments": approval["arguments"],
-        "status": approval["status"],
-        "reason": approval["reason"],
-        "decided_by": approval["decided_by"],
-        "created_at": _iso(_dt(approval["created_at"])),
-        "decided_at": _iso(_dt(approval["decided_at"])),
-    }
+def core_row(approval: dict[str, Any], session: LiveSession | None = None) -> ToolApproval:
+    """The core's shape of an approval (`Approval.as_dict()`) as an unsaved row, so that the
+    REST hook's answers and the event log give it as the table does (`ToolApproval.to_dict`)."""
+    row = ToolApproval(
+        approval_id=approval["approval_id"],
+        kind=approval["kind"],
+        server_label=approval["server_label"],
+        name=approval["name"],
+        arguments=approval["arguments"],
+        status=approval["status"],
+        reason=approval["reason"],
+        decided_by=approval["decided_by"],
+        created_at=_dt(approval["created_at"]),
+        decided_at=_dt(approval["decided_at"]),
+    )
+    if session is not None:
+        row.session = session
+    return row
 
 
 # ---------------------------------------------------------------------------- records
+
+# The event log's type (and the history writer's event name) of an approval made or decided.
+APPROVAL_STATUS = "approval.status"
 
 # The tool desk's actions the history writer records.
 RECORDED = frozenset({tools.ApprovalChanged, tools.RateLimitsChanged})
@@ -127,17 +112,6 @@ def _approval_changed(key: uuid.UUID, action: tools.ApprovalChanged):
         "decided_at": _dt(approval["decided_at"]),
     }
 
-    logged = json.dumps(
-        {
-            "event": "approval." + approval["status"],
-            "session_key": str(key),
-            "approval": approval["approval_id"],
-            "name": approval["name"],
-            "by": approval["decided_by"],
-        },
-        separators=(",", ":"),
-    )
-
     def op() -> None:
         # The approval's row has no id the core knows (its key is the session and the
         # upstream's item id), so it is written by that key: made, then updated in place.
@@ -147,10 +121,18 @@ def _approval_changed(key: uuid.UUID, action: tools.ApprovalChanged):
             defaults=fields,
             create_defaults={**fields, "created_at": _dt(approval["created_at"])},
         )
-        # Logged once committed, like the rows' events; not an `event` of the operation, which
-        # the event log (apps/events) reads as a session's end.
-        transaction.on_commit(lambda: events_log.info(logged))
 
+    # Logged once committed, like the rows' events; the event log (apps/events) records it as
+    # an `approval.status` with the approval as it is now (`op.approval`, the core's shape).
+    op.event = {  # type: ignore[attr-defined]
+        "event": APPROVAL_STATUS,
+        "session_key": str(key),
+        "approval": approval["approval_id"],
+        "status": approval["status"],
+        "name": approval["name"],
+        "by": approval["decided_by"],
+    }
+    op.approval = approval  # type: ignore[attr-defined]
     return op
 
 
@@ -202,7 +184,7 @@ async def approval_decide(
         if row is None:
             raise ApprovalNotFound(f"No approval request '{approval_id}' in session '{session_id}'.")
         if row.status != ToolApproval.Status.PENDING:
-            raise _already(approval_json(row, session_id))
+            raise _already(row.to_dict())
         raise SessionNotLive(f"Session '{session_id}' is {session.status}, not live.")
     reply = await _ask_actor(
         session,
@@ -216,10 +198,10 @@ async def approval_decide(
         },
     )
     if reply.get("ok"):
-        return core_approval_json(reply["approval"], session_id)
+        return core_row(reply["approval"], session).to_dict()
     code = reply.get("code")
     if code == "already_decided":
-        raise _already(core_approval_json(reply["approval"], session_id))
+        raise _already(core_row(reply["approval"], session).to_dict())
     if code == "approval_not_found":
         raise ApprovalNotFound(f"No approval request '{approval_id}' in session '{session_id}'.")
     raise SessionNotLive(reply.get("message") or f"Session '{session_id}' is not live.")
@@ -238,12 +220,21 @@ def _already(approval: dict[str, Any]) -> AlreadyDecided:
 
 
 def _stored(session: LiveSession, approval_id: str) -> ToolApproval | None:
-    return ToolApproval.objects.filter(session=session, approval_id=approval_id).first()
+    row = ToolApproval.objects.filter(session=session, approval_id=approval_id).first()
+    if row is not None:
+        row.session = session
+    return row
 
 
 def approval_list(*, session_id: str) -> list[dict[str, Any]]:
     """A session's approval requests, oldest first, as recorded."""
-    session = session_found(session_id)
-    rows = ToolApproval.objects.filter(session=session).order_by("created_at", "id")
-    return [approval_json(row, session_id) for row in rows]
+    return approvals_of(session_found(session_id))
+
+
+def approvals_of(session: LiveSession) -> list[dict[str, Any]]:
+    """The approval requests of `session`, oldest first, each as `ToolApproval.to_dict`."""
+    rows = list(ToolApproval.objects.filter(session=session).order_by("created_at", "id"))
+    for row in rows:
+        row.session = session  # named, not read again for each row
+    return [row.to_dict() for row in rows]
 

@@ -217,6 +217,7 @@ class Housekeeping:
         for session_id, session in lost.items():
             log.warning("session %s lost: its process stopped sending heartbeats", session_id)
             metrics.figures.requests_lost(session.origins)
+            metrics.figures.approvals_lost(session.approvals)
             await _tell_followers(session_id, session)
         return list(lost)
 
@@ -259,10 +260,12 @@ class LostSession:
     origins: list[str]  # theirs, in the same order
     at: datetime
     detail: str = LOST  # why, in words, as the session's end and its requests' errors say
+    approvals: int = 0  # how many of its approval requests expired with it
 
 
 def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession]:
-    """Fail the open sessions of processes that stopped beating, and their pending requests.
+    """Fail the open sessions of processes that stopped beating, their pending requests and
+    approvals.
     Returns the sessions failed, by id (public, or the row key while still connecting)."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=settings.OC_SESSION_STALE_AFTER)
@@ -295,13 +298,24 @@ def sweep_lost_sessions(*, now: datetime | None = None) -> dict[str, LostSession
                 finished_at=now,
             )
             # Nobody can decide its pending tool approvals now: expired, as at any session's end.
-            ToolApproval.objects.filter(session_id=key, status=ToolApproval.Status.PENDING).update(
+            undecided = ToolApproval.objects.filter(
+                session_id=key, status=ToolApproval.Status.PENDING
+            )
+            expired = list(undecided.values_list("id", flat=True))
+            ToolApproval.objects.filter(id__in=expired).update(
                 status=ToolApproval.Status.EXPIRED, reason=tools.UNDECIDED_AT_END, decided_at=now
             )
             if history.recorder is not None:  # the event log: these ends, in this transaction
-                history.recorder.session_lost(key=key, request_ids=pending)
+                history.recorder.session_lost(
+                    key=key, request_ids=pending, approval_ids=expired
+                )
         lost[upstream_id or str(key)] = LostSession(
-            key=key, requests=pending, origins=origins, at=now, detail=detail
+            key=key,
+            requests=pending,
+            origins=origins,
+            at=now,
+            detail=detail,
+            approvals=len(expired),
         )
     return lost
 

@@ -2,8 +2,9 @@
 
 Nothing here is on the relay's hot path beyond what the actor already does: frames and bytes
 are plain int attributes of each actor (`SessionActor.frames_to_caller`, …) and upstream
-errors a plain dict of its core (`RelayCore.upstream_errors`); requests and nudge latency are
-counted here, once per transition, as the actor records it. Everything is read and written
+errors a plain dict of its core (`RelayCore.upstream_errors`); requests, nudge latency and
+tool approvals are counted here, once per transition, as the actor records it; the approvals
+pending are read from the live actors' tool desks when scraped. Everything is read and written
 on the process's event loop (actors and the async /metrics view alike), so no lock is taken:
 prometheus_client's own Counter takes one on every `inc()`.
 
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from apps.realtime import relay
+from apps.realtime import relay, tools
 from apps.sessions.process import PROCESS_NAME
 
 if TYPE_CHECKING:
@@ -36,6 +37,19 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_ERROR_CODES = 100
 FRAME_COUNTS = ("frames_to_caller", "bytes_to_caller", "frames_to_upstream", "bytes_to_upstream")
+
+
+# Who decided an approval, as `oc_approvals_total` labels it: an operator (console or REST
+# hook; never the name, which would make a series per person), the caller's own app, or nobody
+# (it expired: its timeout ran out, or its session ended first).
+BY_OPERATOR, BY_CALLER, BY_TIMEOUT, BY_SESSION_END = "operator", "caller", "timeout", "session_end"
+
+
+def approval_by(approval: dict[str, Any]) -> str:
+    """The `by` label of a decided approval (`Approval.as_dict()`)."""
+    if approval["status"] == tools.EXPIRED:
+        return BY_SESSION_END if approval["reason"] == tools.UNDECIDED_AT_END else BY_TIMEOUT
+    return BY_CALLER if approval["decided_by"] == tools.BY_CALLER else BY_OPERATOR
 
 
 def frame_size(frame: str | bytes) -> int:
@@ -74,6 +88,7 @@ class Figures:
         self.ended = dict.fromkeys(FRAME_COUNTS, 0)
         self.ended_errors: dict[str, int] = {}
         self.requests: dict[tuple[str, str], int] = {}  # (origin, terminal status) → count
+        self.approvals: dict[tuple[str, str], int] = {}  # (outcome, who decided) → count
         self.latency = {origin: _Histogram(LATENCY_BUCKETS) for origin in sorted(OPERATOR_ORIGINS)}
 
     # -------------------------------------------------------------- fed by the actors
@@ -89,6 +104,13 @@ class Figures:
             self.ended[name] += getattr(actor, name)
         for code, count in actor.core.upstream_errors.items():
             self.ended_errors[code] = self.ended_errors.get(code, 0) + count
+
+    def recorded(self, actor: SessionActor, action: relay.Action) -> None:
+        """One of the actions the actor records: the transitions counted here."""
+        if type(action) is relay.RequestChanged:
+            self.request_changed(actor, action)
+        elif type(action) is tools.ApprovalChanged:
+            self.approval_changed(actor, action)
 
     def request_changed(self, actor: SessionActor, change: relay.RequestChanged) -> None:
         """A request's transition, as the actor records it. An operator's request that starts
@@ -106,6 +128,26 @@ class Figures:
             origin = actor.core.origin_of(change.request_id) or "unknown"
             key = (origin, status.value)
             self.requests[key] = self.requests.get(key, 0) + 1
+
+    def approval_changed(self, actor: SessionActor, change: tools.ApprovalChanged) -> None:
+        """An approval decided: counted by its outcome and by who decided (`approval_by`).
+        One made pending is not counted here: `pending` reads them when scraped."""
+        approval = change.approval
+        status = approval["status"]
+        if status == tools.PENDING:
+            return
+        ended = actor.core.ended
+        if ended is not None and ended.reason is relay.EndReason.SESSION_LOST:
+            return  # expired and counted by the sweep that found the session lost
+        key = (status, approval_by(approval))
+        self.approvals[key] = self.approvals.get(key, 0) + 1
+
+    def approvals_lost(self, count: int) -> None:
+        """Approvals this process's sweep expired with a lost session of another process:
+        counted here, where they expired, as the requests are (`requests_lost`)."""
+        if count:
+            key = (tools.EXPIRED, BY_SESSION_END)
+            self.approvals[key] = self.approvals.get(key, 0) + count
 
     def requests_lost(self, origins: list[str]) -> None:
         """Requests this process's sweep failed with a lost session of another process: they
@@ -134,6 +176,16 @@ class Figures:
             label = code if _CODE.match(code) and len(shown) < MAX_ERROR_CODES else "other"
             shown[label] = shown.get(label, 0) + count
         return shown
+
+    def pending(self) -> int:
+        """Approval requests of the live sessions waiting for a decision (each tool desk
+        remembers at most `tools.MAX_APPROVALS`)."""
+        waiting = 0
+        for actor in list(self.actors):
+            if actor.core.ended is None:
+                approvals = actor.core.tools.approvals.values()
+                waiting += sum(a.status == tools.PENDING for a in approvals)
+        return waiting
 
     def live(self) -> tuple[dict[str, int], int]:
         """Live sessions by kind (named by the upstream, not ended), and their listeners."""
@@ -183,6 +235,23 @@ class RelayCollector(Collector):
         for origin, histogram in self.source.latency.items():
             latency.add_metric([process, origin], histogram.cumulative(), histogram.sum)
         yield latency
+
+        approvals = CounterMetricFamily(
+            "oc_approvals",
+            "Tool approval requests decided, by outcome and by who decided.",
+            labels=["process", "outcome", "by"],
+        )
+        for (outcome, by), count in sorted(self.source.approvals.items()):
+            approvals.add_metric([process, outcome, by], count)
+        yield approvals
+
+        pending = GaugeMetricFamily(
+            "oc_pending_approvals",
+            "Tool approval requests of live sessions waiting for a decision.",
+            labels=["process"],
+        )
+        pending.add_metric([process], self.source.pending())
+        yield pending
 
         errors = CounterMetricFamily("oc_upstream_errors", "Upstream errors, by code.", labels=["process", "code"])
         for code, count in sorted(self.source.error_totals().items()):

@@ -333,6 +333,24 @@ class ToolApproval(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The `Approval` of the REST hook and of the event log's `approval.status` (load it
+        with its session). `reason` and `decided_by` stay empty until it is decided (and
+        `decided_by` when it expired)."""
+        return {
+            "id": self.approval_id,
+            "session_id": self.session.upstream_id or "",
+            "kind": self.kind,
+            "name": self.name,
+            "server_label": self.server_label,
+            "arguments": self.arguments,
+            "status": self.status,
+            "reason": self.reason,
+            "decided_by": self.decided_by,
+            "created_at": _iso(self.created_at),
+            "decided_at": _iso(self.decided_at),
+        }
+
 
 class CallAction(models.Model):
     """Call control on an attached call: a hang-up or a transfer, with who asked."""

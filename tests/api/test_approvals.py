@@ -121,6 +121,7 @@ async def test_deciding_needs_the_write_scope(caller, make_token):
 
 
 async def test_a_session_started_with_a_short_timeout_expires_its_request(relay_settings, simulator, caller_token, rest):
+    from asgiref.sync import sync_to_async
     from channels.testing import WebsocketCommunicator
 
     from operator_console.asgi import application
@@ -150,6 +151,11 @@ async def test_a_session_started_with_a_short_timeout_expires_its_request(relay_
             return row is not None and row.status == "expired" and "0.5 s" in row.reason
 
         await eventually(expired)
+        log = [e for e in await sync_to_async(_approval_events)(caller.session_id) if "approval" in e]
+        assert [(e["type"], e["approval"]["status"]) for e in log] == [
+            ("approval.status", "pending"), ("approval.status", "expired")
+        ]
+        assert "0.5 s" in log[1]["approval"]["reason"] and log[1]["approval"]["decided_by"] == ""
         late = await rest.post(f"/sessions/{caller.session_id}/approvals/{approval_id}", json={"approve": True})
         assert late.status_code == 409
         assert "expired" in late.json()["error"]["message"]
@@ -215,3 +221,63 @@ async def test_the_callers_answer_after_an_operators_is_refused_and_not_sent(cal
     assert "token:script" in error["message"]
     await caller.settled()
     assert [r["approve"] for r in simulator.sim.approval_responses(caller.session_id)] == [True]
+
+
+def _approval_events(session_id: str) -> list[dict]:
+    """The session's events in the event log, as a script gets them, from its first approval
+    on (the log is written by the history writer: flushed first)."""
+    import json
+
+    from apps.events.models import Event
+
+    history.flush_sync()
+    key = LiveSession.objects.get(upstream_id=session_id).pk
+    events = [json.loads(e.body()) for e in Event.objects.filter(session_key=key).order_by("id")]
+    kinds = [e["type"] for e in events]
+    return events[kinds.index("approval.status"):] if "approval.status" in kinds else []
+
+
+async def test_an_approval_its_session_ends_on_expires_in_the_event_log_and_the_metrics(
+    relay_settings, simulator, caller_token
+):
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from apps.realtime.tools import UNDECIDED_AT_END
+    from apps.sessions import metrics
+    from operator_console.asgi import application
+    from tests.conftest import Caller
+
+    counted = ("expired", metrics.BY_SESSION_END)
+    before = metrics.figures.approvals.get(counted, 0)
+    communicator = WebsocketCommunicator(
+        application, "/v1/realtime?model=gpt-realtime",
+        headers=[(b"authorization", f"Bearer {caller_token}".encode())],
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    created = await communicator.receive_json_from(timeout=5)
+    caller = Caller(communicator, created["session"]["id"])
+    try:
+        approval_id = await _ask_for_approval(caller)
+    finally:
+        await communicator.disconnect()  # the caller leaves before anyone decided
+
+    def ended():
+        events = _approval_events(caller.session_id)
+        return events if events and events[-1]["type"] == "session.ended" else None
+
+    events = await eventually(ended)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("approval.status") == 2 and kinds[-1] == "session.ended"  # after it
+    pending, expired = (e["approval"] for e in events if e["type"] == "approval.status")
+    assert (pending["id"], pending["status"]) == (approval_id, "pending")
+    assert (expired["id"], expired["status"], expired["reason"]) == (
+        approval_id, "expired", UNDECIDED_AT_END
+    )
+    assert expired["decided_by"] == "" and expired["decided_at"]
+    stored = await sync_to_async(
+        lambda: ToolApproval.objects.select_related("session").get(approval_id=approval_id).to_dict()
+    )()
+    assert stored == expired  # the log's shape is the REST hook's
+    assert metrics.figures.approvals.get(counted, 0) == before + 1

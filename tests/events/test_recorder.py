@@ -16,11 +16,12 @@ from django.test.utils import CaptureQueriesContext
 from apps.events.models import Event
 from apps.events.recorder import BatchRecorder
 from apps.realtime.sequencer import RequestStatus
+from apps.realtime.tools import UNDECIDED_AT_END
 from apps.sessions import records
 from apps.sessions.history import apply_batch, merge
 from apps.sessions.history import writer as history
 from apps.sessions.housekeeping import sweep_lost_sessions
-from apps.sessions.models import LiveSession, ResponseRequest
+from apps.sessions.models import LiveSession, ResponseRequest, ToolApproval
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,6 +120,26 @@ def test_a_lost_session_ends_with_its_requests_in_the_log():
     assert events[0]["request"]["id"] == "req_lost" and events[0]["request"]["status"] == "failed"
     assert events[0]["request"]["error"]["code"] == "session_lost"
     assert events[1]["session"]["status"] == "failed" and events[1]["session"]["end_reason"] == "session_lost"
+
+
+def test_a_lost_session_expires_its_pending_approvals_in_the_log():
+    old = datetime.now(UTC)
+    now = old + timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    session = LiveSession.objects.create(
+        upstream_id="sess_lost_tool", model="gpt-realtime", status="live", process_id="elsewhere:1",
+        heartbeat_at=old,
+    )
+    common = {"session": session, "name": "lookup", "server_label": "crm", "arguments": "{}"}
+    ToolApproval.objects.create(approval_id="mcpr_waiting", **common)
+    ToolApproval.objects.create(approval_id="mcpr_done", status="approved", decided_by="ann", **common)
+    assert list(sweep_lost_sessions(now=now)) == ["sess_lost_tool"]
+    events = events_of(session.pk)
+    assert [e["type"] for e in events] == ["approval.status", "session.ended"]
+    approval = events[0]["approval"]
+    assert (approval["id"], approval["status"], approval["session_id"]) == (
+        "mcpr_waiting", "expired", "sess_lost_tool"
+    )
+    assert approval["reason"] == UNDECIDED_AT_END and approval["decided_at"] == now.isoformat()
 
 
 def test_a_request_the_actor_never_took_in_fails_with_the_session_in_the_log():

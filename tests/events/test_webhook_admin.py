@@ -32,6 +32,15 @@ def test_an_http_or_https_url_is_taken():
         assert form.is_valid(), form.errors
 
 
+@pytest.mark.parametrize("types", ['["approval.status"]', '["approval.*", "session.ended"]'])
+def test_an_endpoint_may_choose_the_approvals(types):
+    form = WebhookEndpointForm(
+        data={"url": "https://hooks.example.com/oc", "event_types": types, "active": "on"}
+    )
+    assert form.is_valid(), form.errors
+    assert form.instance.wants("approval.status") and not form.instance.wants("request.status")
+
+
 @pytest.mark.django_db
 def test_an_endpoint_with_deliveries_can_be_deleted_with_its_log(admin_client):
     endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook", cursor=0)
