@@ -29,6 +29,8 @@ class DecisionIn(BaseModel):
 
 
 class ApprovalOut(BaseModel):
+    """`ToolApproval.to_dict()`: also the `approval` of the event log's `approval.status`."""
+
     id: str = Field(description="The upstream's approval request item id (`mcpr_…`).")
     session_id: str
     kind: Literal["mcp", "function"]
@@ -36,10 +38,10 @@ class ApprovalOut(BaseModel):
     server_label: str
     arguments: str = Field(description="The tool's arguments, a JSON string as the model wrote them.")
     status: Literal["pending", "approved", "denied", "expired"]
-    reason: str
+    reason: str = Field(description="Why it was decided so; empty while pending, or when no reason was given.")
     decided_by: str = Field(description="The operator or token; `caller` for the caller's app; empty when it expired.")
     created_at: datetime
-    decided_at: datetime | None
+    decided_at: datetime | None = Field(description="null while pending.")
 
 
 class ApprovalList(BaseModel):
