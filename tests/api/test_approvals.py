@@ -34,6 +34,24 @@ async def _ask_for_approval(caller, text: str = "Look it up #mcp:lookup {\"order
     return requests[0]["id"]
 
 
+async def _own_caller(caller_token: str):
+    """A caller on the real application that the test disconnects itself (the `caller`
+    fixture's session starts before a test can change its settings, and outlives it)."""
+    from channels.testing import WebsocketCommunicator
+
+    from operator_console.asgi import application
+    from tests.conftest import Caller
+
+    communicator = WebsocketCommunicator(
+        application, "/v1/realtime?model=gpt-realtime",
+        headers=[(b"authorization", f"Bearer {caller_token}".encode())],
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    created = await communicator.receive_json_from(timeout=5)
+    return Caller(communicator, created["session"]["id"])
+
+
 async def test_an_approval_posted_is_sent_upstream_once_and_the_tool_runs(caller, rest, simulator, relay_settings):
     approval_id = await _ask_for_approval(caller)
     url = f"/sessions/{caller.session_id}/approvals/{approval_id}"
@@ -122,21 +140,10 @@ async def test_deciding_needs_the_write_scope(caller, make_token):
 
 async def test_a_session_started_with_a_short_timeout_expires_its_request(relay_settings, simulator, caller_token, rest):
     from asgiref.sync import sync_to_async
-    from channels.testing import WebsocketCommunicator
-
-    from operator_console.asgi import application
-    from tests.conftest import Caller
-
     relay_settings.OC_APPROVAL_TIMEOUT = 0.5
-    communicator = WebsocketCommunicator(
-        application, "/v1/realtime?model=gpt-realtime",
-        headers=[(b"authorization", f"Bearer {caller_token}".encode())],
-    )
-    connected, _ = await communicator.connect(timeout=5)
-    assert connected
-    created = await communicator.receive_json_from(timeout=5)
+    caller = await _own_caller(caller_token)  # started with the short timeout
+    communicator = caller.communicator
     await history.flush()
-    caller = Caller(communicator, created["session"]["id"])
     try:
         approval_id = await _ask_for_approval(caller)
         events = await caller.until("response.done", n=2, timeout=5)
@@ -241,23 +248,14 @@ async def test_an_approval_its_session_ends_on_expires_in_the_event_log_and_the_
     relay_settings, simulator, caller_token
 ):
     from asgiref.sync import sync_to_async
-    from channels.testing import WebsocketCommunicator
 
     from apps.realtime.tools import UNDECIDED_AT_END
     from apps.sessions import metrics
-    from operator_console.asgi import application
-    from tests.conftest import Caller
 
     counted = ("expired", metrics.BY_SESSION_END)
     before = metrics.figures.approvals.get(counted, 0)
-    communicator = WebsocketCommunicator(
-        application, "/v1/realtime?model=gpt-realtime",
-        headers=[(b"authorization", f"Bearer {caller_token}".encode())],
-    )
-    connected, _ = await communicator.connect(timeout=5)
-    assert connected
-    created = await communicator.receive_json_from(timeout=5)
-    caller = Caller(communicator, created["session"]["id"])
+    caller = await _own_caller(caller_token)  # the test ends its session itself
+    communicator = caller.communicator
     try:
         approval_id = await _ask_for_approval(caller)
     finally:
