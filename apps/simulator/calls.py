@@ -135,7 +135,7 @@ from apps.realtime.audio import FORMAT_RATES, alaw_encode, resample_pcm16, to_pc
 from apps.realtime.events import json_type
 from apps.simulator import lifetime, speech, voice, webrtc
 from apps.simulator.http import HTTPRequest, HTTPResponse, error_response, json_response
-from apps.simulator.session import DEFAULT_MODEL, SimSession, _deep_merge, default_session_config
+from apps.simulator.session import DEFAULT_MODEL, SimSession, default_session_config
 from apps.simulator.wire import Rejected, dumps, new_event_id, new_id
 
 if TYPE_CHECKING:
@@ -921,4 +921,4 @@ def _apply_config(session: SimSession, update: dict[str, Any]) -> None:
         if not isinstance(model, str) or not model:
             raise Rejected("invalid_type", "Invalid type for 'model': expected a string.", "model")
         session.model = model
-    _deep_merge(session.config, {k: v for k, v in update.items() if k not in _READ_ONLY})
+    session.configure({k: v for k, v in update.items() if k not in _READ_ONLY})

@@ -193,6 +193,13 @@ class SimSession:
         value = self.config.get("instructions")
         return value if isinstance(value, str) else ""
 
+    def configure(self, update: dict[str, Any]) -> None:
+        """Apply a session configuration: a `session.update`'s, or a call's (its offer's
+        `session` or its accept). A turn detection given in part is completed with the
+        service's defaults, so what is announced is what the VAD works by."""
+        _deep_merge(self.config, update)
+        voice.complete_turn_detection(self.config)
+
     def item_index(self, item_id: str) -> int | None:
         for index, item in enumerate(self.items):
             if item.get("id") == item_id:
@@ -302,8 +309,7 @@ class SimSession:
         instructions = update.get("instructions")
         if "instructions" in update and not isinstance(instructions, str):
             raise Rejected.invalid_type("session.instructions", "a string", instructions)
-        _deep_merge(self.config, update)
-        voice.complete_turn_detection(self.config)
+        self.configure(update)
         await self.send(
             {"type": "session.updated", "event_id": new_event_id(), "session": self.config}
         )

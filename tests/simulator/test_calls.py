@@ -715,3 +715,22 @@ def _loud_pcm(ms: int) -> bytes:
     """PCM16 at 24 kHz of a square wave, far over server VAD's threshold."""
     period = b"\x00\x40" * 12 + b"\x00\xc0" * 12  # 1 kHz
     return period * ms
+
+
+async def test_a_calls_turn_detection_given_in_part_is_completed_as_session_update_does(
+    sim, receiver
+):
+    """A call configured with a bare `server_vad` (in its offer's session or its accept)
+    announces and uses the whole of it, the service's defaults filling what was left out,
+    just as a `session.update` with the same turn detection would."""
+    given = {"type": "server_vad", "silence_duration_ms": 700}
+    expected = {**voice_module.TURN_DETECTION_DEFAULTS["server_vad"], **given}
+    session = {**TEXT, "audio": {"input": {"turn_detection": given}}}
+    async with CallClient(sim.url, KEY) as call:
+        await call.place(session=session)
+        created = await call.wait_for("session.created")
+    assert created["session"]["audio"]["input"]["turn_detection"] == expected
+    call_id = (await place_sip_call(sim, receiver, say=[]))["call_id"]
+    await rest(sim).realtime.calls.accept(call_id, **session)
+    accepted = sim.calls.calls[call_id].session.config
+    assert accepted["audio"]["input"]["turn_detection"] == expected
