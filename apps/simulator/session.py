@@ -413,6 +413,8 @@ class SimSession:
     async def on_item_delete(self, event: dict[str, Any]) -> None:
         index = self.existing_item(event)
         item = self.items.pop(index)
+        # Its audio goes with it: an item the client creates again under its id has its own.
+        self.audio.user_audio.pop(item["id"], None)
         await self.send(
             {"type": "conversation.item.deleted", "event_id": new_event_id(), "item_id": item["id"]}
         )

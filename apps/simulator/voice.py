@@ -7,7 +7,8 @@ the user's audio item, `conversation.item.input_audio_transcription.delta`/`.com
 `audio.input.transcription` is configured (its `usage` in tokens, or a duration for the
 Whisper models), a response when `create_response`, and an active response cancelled
 (`turn_detected`) when the caller speaks over it and `interrupt_response`. The committed
-audio is returned by `conversation.item.retrieve` (`with_user_audio`).
+audio is returned by `conversation.item.retrieve` (`with_user_audio`), as is the audio of a
+user item the client creates (`remember_client_audio`).
 
 `turn_detection` is honoured as: `type` `server_vad` (and `semantic_vad`, treated alike);
 `threshold` (0–1) mapped onto an energy threshold of `-60 + 50 × threshold` dBFS, so the
@@ -76,6 +77,8 @@ _KEEP_SPOKEN = 64  # assistant audio items remembered for truncation
 # retrieved without it).
 KEEP_BUFFER_MS = 60_000
 _KEEP_USER_AUDIO = 16
+# A client's user audio item is kept with at most as much audio as a committed item holds.
+_KEEP_CLIENT_AUDIO_BYTES = KEEP_BUFFER_MS * bytes_per_ms("audio/pcm")
 STAMP_BYTES = 8  # SimulatorConfig.audio_stamp: the send time at the start of each chunk
 LATENCY_SAMPLES = 4096  # append latencies kept per session (the latest)
 
@@ -157,7 +160,8 @@ class InputAudio:
     # they were appended in, and the committed audio of the latest user items, by item id.
     buffered: bytearray = field(default_factory=bytearray)
     buffered_format: str = "audio/pcm"
-    user_audio: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    # The audio of each `input_audio` part, in order (None: that part had none).
+    user_audio: OrderedDict[str, tuple[bytes | None, ...]] = field(default_factory=OrderedDict)
     spoken: OrderedDict[str, Spoken] = field(default_factory=OrderedDict)  # assistant audio
     # What a benchmark compares with what its callers sent and received: audio bytes (decoded)
     # taken in by appends and sent in output audio deltas, and the one-way latency of each
@@ -241,8 +245,9 @@ class InputAudio:
         offset -= offset % (2 if self.buffered_format == "audio/pcm" else 1)
         return min(len(self.buffered), max(0, offset))
 
-    def remember_user_audio(self, item_id: str, duration_ms: float, audio: bytes) -> None:
-        self.user_audio_ms[item_id] = duration_ms
+    def remember_user_audio(self, item_id: str, audio: tuple[bytes | None, ...]) -> None:
+        """Keep a user item's audio, one entry an `input_audio` part, for retrieve; only the
+        latest items' is kept."""
         self.user_audio[item_id] = audio
         while len(self.user_audio) > _KEEP_USER_AUDIO:
             self.user_audio.popitem(last=False)
@@ -380,7 +385,8 @@ async def _commit(session: SimSession, item_id: str, duration_ms: float, audio: 
         "content": [part],
     }
     previous_item_id = session.insert_item(item)
-    session.audio.remember_user_audio(item_id, duration_ms, audio)
+    session.audio.user_audio_ms[item_id] = duration_ms
+    session.audio.remember_user_audio(item_id, (audio,))
     await session.send(
         {
             "type": "input_audio_buffer.committed",
@@ -446,19 +452,23 @@ def transcription_usage(
 
 
 def with_user_audio(session: SimSession, item: dict[str, Any]) -> dict[str, Any]:
-    """An item as `conversation.item.retrieve` returns it: a user audio item committed from
-    the input buffer with its audio (base64, in the input format it was appended in), as the
-    service's retrieve gives "the full content of the item, including audio data"."""
-    audio = session.audio.user_audio.get(item.get("id"))  # type: ignore[arg-type]
-    if audio is None:
+    """An item as `conversation.item.retrieve` returns it: a user audio item with its audio
+    (base64; committed from the input buffer, in the format it was appended in, or as the
+    client created it), as the service's retrieve gives "the full content of the item,
+    including audio data"."""
+    kept = session.audio.user_audio.get(item.get("id"))  # type: ignore[arg-type]
+    if kept is None:
         return item
+    audio = iter(kept)
+    content = []
+    for part in item.get("content", ()):
+        if isinstance(part, dict) and part.get("type") == "input_audio":
+            data = next(audio, None)
+            if data is not None:
+                part = {"type": "input_audio", "audio": base64.b64encode(data).decode(), **part}
+        content.append(part)
     retrieved = copy.copy(item)
-    retrieved["content"] = [
-        {"type": "input_audio", "audio": base64.b64encode(audio).decode(), **part}
-        if isinstance(part, dict) and part.get("type") == "input_audio"
-        else part
-        for part in item.get("content", ())
-    ]
+    retrieved["content"] = content
     return retrieved
 
 
@@ -635,6 +645,35 @@ def _speaking(session: SimSession, item_id: str) -> SimResponse | None:
 
 
 def remember_client_audio(session: SimSession, item_id: str, item: dict[str, Any]) -> None:
+    """Keep what a client's audio item needs later: a user item's audio for retrieve, an
+    assistant item's length for truncation."""
+    if item.get("type") == "message" and item.get("role") == "user":
+        _remember_user_parts(session, item_id, item)
+    else:
+        _remember_assistant_audio(session, item_id, item)
+
+
+def _remember_user_parts(session: SimSession, item_id: str, item: dict[str, Any]) -> None:
+    """The audio of a user item the client creates is kept as a committed item's is (in the
+    same store of the latest items), for retrieve; never sent in the item's events. An item
+    whose audio is longer than a committed item can hold is kept without it."""
+    content = item.get("content")
+    given = [
+        part.get("audio")
+        for part in (content if isinstance(content, list) else ())
+        if isinstance(part, dict) and part.get("type") == "input_audio"
+    ]
+    given = [audio if isinstance(audio, str) and audio else None for audio in given]
+    if not any(given) or sum(len(a) // 4 * 3 for a in given if a) > _KEEP_CLIENT_AUDIO_BYTES:
+        return
+    try:
+        decoded = tuple(base64.b64decode(a, validate=True) if a else None for a in given)
+    except (binascii.Error, ValueError):
+        return
+    session.audio.remember_user_audio(item_id, decoded)
+
+
+def _remember_assistant_audio(session: SimSession, item_id: str, item: dict[str, Any]) -> None:
     """An assistant audio item a client adds (a conversation replayed into a fresh session) can
     be truncated like one the model spoke. Its length is that of its `audio` when given (in the
     session's output format), the words of its transcript spread evenly over it; without audio

@@ -696,3 +696,63 @@ def test_the_buffer_keeps_only_its_latest_minute_of_audio():
     duration_ms, audio = buffer.take_buffer()
     assert duration_ms == KEEP_BUFFER_MS + 5000 and len(audio) == KEEP_BUFFER_MS * 48
     assert not buffer.buffered
+
+
+@pytest.mark.asyncio
+async def test_a_client_created_user_audio_item_is_retrieved_with_its_audio(conn):
+    """A user item the client creates with audio is retrieved with that audio (the service's
+    retrieve gives the full content), each part with its own; its created/added/done events
+    leave the audio out, as the service's do."""
+    await configure(conn, vad=None)
+    first, second = microphone("hello"), microphone("and goodbye")
+    parts = [
+        {"type": "input_audio", "audio": base64.b64encode(first).decode(), "transcript": "hi"},
+        {"type": "input_text", "text": "between"},
+        {"type": "input_audio", "audio": base64.b64encode(second).decode()},
+    ]
+    await conn.conversation.item.create(
+        item={"type": "message", "role": "user", "id": "item_sent", "content": parts}
+    )
+    events = await recv_until(conn, "conversation.item.done")
+    assert [e.type for e in events] == [
+        "conversation.item.created", "conversation.item.added", "conversation.item.done"
+    ]
+    assert all(part.audio is None for e in events for part in e.item.content)
+    await conn.conversation.item.retrieve(item_id="item_sent")
+    retrieved = (await recv(conn)).item
+    audio_parts = [p for p in retrieved.content if p.type == "input_audio"]
+    assert [base64.b64decode(p.audio) for p in audio_parts] == [first, second]
+    assert [p.transcript for p in audio_parts] == ["hi", None]
+    assert retrieved.content[1].text == "between"
+    # Deleted, its audio goes with it: an item created again under its id has none.
+    await conn.conversation.item.delete(item_id="item_sent")
+    assert (await recv(conn)).type == "conversation.item.deleted"
+    again = [{"type": "input_audio", "transcript": "again"}]
+    await conn.conversation.item.create(
+        item={"type": "message", "role": "user", "id": "item_sent", "content": again}
+    )
+    await recv_until(conn, "conversation.item.done")
+    await conn.conversation.item.retrieve(item_id="item_sent")
+    [part] = (await recv(conn)).item.content
+    assert (part.transcript, part.audio) == ("again", None)
+
+
+@pytest.mark.asyncio
+async def test_client_user_audio_is_kept_bounded_like_committed_audio(conn, monkeypatch):
+    """Only the latest items' audio is kept, and none of an item with more audio than a
+    committed item holds: such items are retrieved without it."""
+    from apps.simulator import voice
+
+    monkeypatch.setattr(voice, "_KEEP_USER_AUDIO", 1)
+    monkeypatch.setattr(voice, "_KEEP_CLIENT_AUDIO_BYTES", 9600)  # 200 ms of PCM16
+    for item_id, ms in (("item_old", 100), ("item_new", 100), ("item_long", 300)):
+        part = {"type": "input_audio", "audio": base64.b64encode(silence(ms)).decode()}
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "id": item_id, "content": [part]}
+        )
+        await recv_until(conn, "conversation.item.done")
+    kept = {}
+    for item_id in ("item_old", "item_new", "item_long"):
+        await conn.conversation.item.retrieve(item_id=item_id)
+        kept[item_id] = (await recv(conn)).item.content[0].audio is not None
+    assert kept == {"item_old": False, "item_new": True, "item_long": False}
