@@ -81,8 +81,7 @@ async def authenticate(request: HttpRequest, *, keys: bool, cookie: bool) -> Cal
                 "The client secret was refused: it is unknown, or the token that minted it "
                 "was revoked.",
             )
-        bucket = secret.token_id if secret.token_id is not None else ("key", secret.pk)
-        return _over_rate(bucket) or Caller(
+        return _over_rate(tokens.key_bucket(secret)) or Caller(
             name=f"key:{secret.created_by}", session=dict(secret.session or {})
         )
     if plain.startswith(ClientSecret.PREFIX):

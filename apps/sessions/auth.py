@@ -9,9 +9,15 @@ scheme, host and port as the handshake itself (a cookie is sent by browsers on a
 behalf, and another port or plain http on the same host is another site).
 
 A refusal says why, in words an SDK user can act on: a `code` for the JSON body the consumer
-answers the handshake with. The status is 403 whatever the reason (400 for a bad `oc_label`), as
-CONTRACT section 1 says of a refused handshake; the `code` tells a missing token from a refused
-one.
+answers the handshake with. The status is 403 (400 for a bad `oc_label`, 429 over the rate
+limit below), as CONTRACT section 1 says of a refused handshake; the `code` tells a missing
+token from a refused one.
+
+A token or a minted key is also held to the per-token rate limit that the REST hook and the
+other endpoints under `/v1/realtime/` share (`tokens.rate_limits`; a key takes from the bucket
+of the token that minted it, `tokens.key_bucket`): each handshake opens an upstream session,
+which costs money, so a leaked token in a loop is refused `429` as it would be elsewhere. A
+console login is not limited, as on `/v1/realtime/calls`: the limit is a token's.
 
 The relay route is not wrapped in Channels' session middleware: that wrapper inspects the
 session on every frame sent, and the relay needs the cookie only here, at the handshake.
@@ -19,6 +25,7 @@ session on every frame sent, and the relay needs the cookie only here, at the ha
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib import import_module
 from types import SimpleNamespace
@@ -52,6 +59,8 @@ class Refusal:
     status: int = 403
     code: str = "forbidden"
     message: str = ""
+    error_type: str = "invalid_request_error"  # the error body's `type`
+    headers: tuple[tuple[str, str], ...] = ()  # for the answer, such as `Retry-After`
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -169,7 +178,9 @@ async def authenticate_relay(scope) -> Principal | Refusal:
                 "The token was refused: it is unknown or revoked (check the bearer token or the "
                 "subprotocol openai-insecure-api-key.<token>).",
             )
-        return Principal(kind="token", name=f"token:{token.name}", token_id=token.pk)
+        return _over_rate(token.pk) or Principal(
+            kind="token", name=f"token:{token.name}", token_id=token.pk
+        )
     user = await session_user(scope)
     if user is not None and user.is_authenticated and user.is_active:
         if origin is None:
@@ -217,7 +228,25 @@ async def _client_secret_principal(plain: str) -> Principal | Refusal:
             "The client secret was refused: it is unknown, or the token that minted it "
             "was revoked.",
         )
-    return Principal(kind="key", name=f"key:{secret.created_by}", session=secret.session)
+    return _over_rate(tokens.key_bucket(secret)) or Principal(
+        kind="key", name=f"key:{secret.created_by}", session=secret.session
+    )
+
+
+def _over_rate(bucket: Hashable) -> Refusal | None:
+    """The service's 429 for too many requests when the caller's bucket is empty, else None.
+    Taken on the event loop (the handshake's auth is async), as the buckets have no lock."""
+    wait = tokens.rate_limits.take(bucket)
+    if not wait:
+        return None
+    return Refusal(
+        "over the token's rate limit",
+        429,
+        "rate_limit_exceeded",
+        tokens.rate_limit_message(wait),
+        error_type="requests",
+        headers=(("Retry-After", tokens.retry_after(wait)),),
+    )
 
 
 async def session_user(scope):

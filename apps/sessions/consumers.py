@@ -237,7 +237,13 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
             return
         if isinstance(principal, Refusal):
             refusals.info(json.dumps({"event": "relay.refused", "reason": principal.reason, "client": _client(self.scope)}))
-            await self.deny(principal.status, principal.code, principal.message or principal.reason)
+            await self.deny(
+                principal.status,
+                principal.code,
+                principal.message or principal.reason,
+                error_type=principal.error_type,
+                headers=principal.headers,
+            )
             return
         label = _query_label(self.scope)
         problem = label_problem(label)
@@ -303,18 +309,24 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         *,
         error_type: str = "invalid_request_error",
         param: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Refuse the handshake (no upstream is opened) and say why: an HTTP answer with a
         JSON body in the service's shape, `{"error": {"message", "type", "param", "code"}}`,
-        where the server can send one (the ASGI `websocket.http.response` extension), else the
-        bare 403 of a close."""
+        and `headers` (such as `Retry-After`), where the server can send one (the ASGI
+        `websocket.http.response` extension), else the bare 403 of a close."""
         if "websocket.http.response" not in self.scope.get("extensions", {}):
             await self.close()
             return
         error = {"message": message, "type": error_type, "param": param, "code": code}
         body = json.dumps({"error": error}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await self.base_send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        answer = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((name.lower().encode("latin1"), value.encode("latin1")) for name, value in headers),
+        ]
+        start = {"type": "websocket.http.response.start", "status": status, "headers": answer}
+        await self.base_send(start)
         await self.base_send({"type": "websocket.http.response.body", "body": body})
 
     async def dispatch(self, message) -> None:

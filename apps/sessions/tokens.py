@@ -164,8 +164,9 @@ def api_token_revoke(*, token: ApiToken) -> None:
 class TokenBuckets:
     """Per-token rate limit: `OC_API_RATE` requests a second on average, bursts of
     `OC_API_BURST` (a token bucket per token). One bucket a token for every endpoint that takes
-    it: the REST hook, `/metrics`, and `/v1/realtime/client_secrets` and `/v1/realtime/calls`,
-    where a minted key takes from the bucket of the token that minted it.
+    it: the REST hook, `/metrics`, `/v1/realtime/client_secrets`, `/v1/realtime/calls` and the
+    relay's handshake, where a minted key takes from the bucket of the token that minted it
+    (`key_bucket`).
 
     Kept in each process: with N processes a token may make N times the rate in all. Taken
     only on the event loop (each caller's auth, after its database call), so it needs no lock.
@@ -189,6 +190,13 @@ class TokenBuckets:
 
 
 rate_limits = TokenBuckets()
+
+
+def key_bucket(secret: ClientSecret) -> Hashable:
+    """The bucket a minted key's requests take from: the token's that minted it, so that
+    minting keys does not multiply a token's rate; or the key's own where its row names no
+    token (keys minted before keys named their token), which no token's id equals."""
+    return secret.token_id if secret.token_id is not None else ("key", secret.pk)
 
 
 def rate_limit_message(wait: float) -> str:

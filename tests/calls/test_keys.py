@@ -12,6 +12,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 from openai.types.realtime import ClientSecretCreateResponse, RealtimeSessionCreateResponse
 
+from apps.sessions import tokens
 from apps.sessions.auth import Principal, Refusal, authenticate_relay
 from apps.sessions.models import ApiToken, ClientSecret
 
@@ -298,6 +299,35 @@ async def test_the_relay_takes_a_minted_key_until_it_expires(api_token):
 
     unknown = await authenticate_relay(_scope(ClientSecret.generate()))
     assert isinstance(unknown, Refusal) and unknown.status == 403
+
+
+async def test_a_keys_relay_handshakes_count_against_the_token_that_minted_it(
+    settings, monkeypatch, make_token
+):
+    """The relay's handshake takes from the per-token rate limit as the calls endpoint does: a
+    key from its token's bucket (minting more keys does not multiply the rate), or from its own
+    where its row names no token."""
+    token, other = [await sync_to_async(make_token)() for _ in range(2)]
+    key, older = [(await mint(token)).json()["value"] for _ in range(2)]
+    await ClientSecret.objects.filter(digest=ApiToken.hash(older)).aupdate(token=None)
+    other_key = (await mint(other)).json()["value"]
+    monkeypatch.setattr(tokens, "rate_limits", tokens.TokenBuckets())  # not the mints' buckets
+    settings.OC_API_RATE, settings.OC_API_BURST = 0.01, 2
+
+    assert isinstance(await authenticate_relay(_scope(key)), Principal)
+    assert isinstance(await authenticate_relay(_scope(token)), Principal)
+    for emptied in (key, token):
+        refusal = await authenticate_relay(_scope(emptied))
+        assert isinstance(refusal, Refusal)
+        assert (refusal.status, refusal.code, refusal.error_type) == (
+            429,
+            "rate_limit_exceeded",
+            "requests",
+        )
+        assert "OC_API_RATE" in refusal.message and "OC_API_BURST" in refusal.message
+        assert dict(refusal.headers)["Retry-After"] == "100"  # a request's worth at 0.01 a second
+    assert isinstance(await authenticate_relay(_scope(other_key)), Principal), "its own token's"
+    assert isinstance(await authenticate_relay(_scope(older)), Principal), "its own bucket"
 
 
 async def test_minting_deletes_keys_expired_over_a_day_ago(api_token):

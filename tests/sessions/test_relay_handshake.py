@@ -4,6 +4,7 @@ for a bad `oc_label`) with a JSON body naming the missing or refused token, as w
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -63,3 +64,37 @@ async def test_the_openai_sdk_sees_why_its_handshake_was_refused(daphne):
             pass
     body = json.loads(bytes(refused.value.response.body))
     assert refused.value.response.status_code == 403 and body["error"]["code"] == "invalid_token"
+
+
+@pytest.mark.e2e
+async def test_a_handshake_over_its_tokens_rate_is_the_services_429_before_any_upstream(
+    daphne_with, make_token, simulator
+):
+    """Each handshake opens an upstream session: a token's handshakes take from its bucket of
+    the REST hook's rate limit, and the one over it is refused before the upstream is asked."""
+    server = daphne_with(OC_API_RATE="0.01", OC_API_BURST="2")
+    url = f"{server.ws_base}/realtime?model=gpt-realtime"
+    token = await make_token_async(make_token, None)
+    other = await make_token_async(make_token, ["realtime:connect"])
+
+    async def session_opened(plain: str) -> None:
+        headers = {"Authorization": f"Bearer {plain}"}
+        async with websockets.connect(url, additional_headers=headers) as socket:
+            created = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            assert created["type"] == "session.created"
+
+    for _ in range(2):
+        await session_opened(token)
+    opened = simulator.sim.connections_opened
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}):
+            pass
+    response = refused.value.response
+    assert response.status_code == 429 and response.headers["content-type"] == "application/json"
+    assert int(response.headers["retry-after"]) >= 1
+    error = json.loads(bytes(response.body))["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert "0.01 requests a second (OC_API_RATE)" in error["message"], error["message"]
+    assert "bursts of 2 (OC_API_BURST)" in error["message"], error["message"]
+    assert simulator.sim.connections_opened == opened, "no upstream was opened for the refused one"
+    await session_opened(other)  # another token has its own bucket
