@@ -167,7 +167,7 @@ async def run(bench: Bench, args) -> dict:
     ))
     env = bench.env(
         OC_UPSTREAM_URL=sim.sim.url, OPENAI_API_KEY=UPSTREAM_KEY, OPENAI_WEBHOOK_SECRET=SECRET,
-        OC_API_RATE="100000", OC_API_BURST="100000", OC_MAX_SESSIONS=str(2 * calls + 50),
+        OC_MAX_SESSIONS=str(2 * calls + 50),
         DATABASE_URL=f"sqlite:///{bench.workdir / 'attached.sqlite3'}",
     )
     result: dict = {"calls": calls, "period": PERIOD, "duration": duration, "logs": {}}

@@ -235,8 +235,7 @@ async def run(bench: Bench, args) -> dict:
     config = common.SimulatorConfig(deltas_per_response=1, delta_interval=0.0, record_limit=64)
     simulator = common.CountingSimulator(config)
     await simulator.start(common.HOST, 0)
-    # The per-token rate limit is policy, not cost: out of the way (the limiter still runs).
-    env = bench.env(OC_UPSTREAM_URL=simulator.url, OC_API_RATE="100000", OC_API_BURST="100000")
+    env = bench.env(OC_UPSTREAM_URL=simulator.url)
     result = {"warmup": warmup, "baselines": {}, "scenarios": [], "logs": {}}
     try:
         async with asyncio.timeout(BUDGET_S):

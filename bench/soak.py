@@ -482,7 +482,7 @@ async def soak_run(bench: Bench, plan: Plan, services, sim, handles: list, resul
     token = await bench.migrate_with_token("bench-soak", env)
     env.update(
         REDIS_URL=redis.url, OC_PROCESSES="2", OC_UPSTREAM_URL=sim.sim.url,
-        OPENAI_API_KEY=UPSTREAM_KEY, OC_API_RATE="100000", OC_API_BURST="100000",
+        OPENAI_API_KEY=UPSTREAM_KEY,
     )
     clients = await start_daphnes(bench, env, handles, token)
     groups = {name: common.ProcessGroup(h.pid) for name, h in zip(DAPHNES, handles, strict=True)}
