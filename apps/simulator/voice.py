@@ -465,7 +465,7 @@ def with_user_audio(session: SimSession, item: dict[str, Any]) -> dict[str, Any]
         if isinstance(part, dict) and part.get("type") == "input_audio":
             data = next(audio, None)
             if data is not None:
-                part = {"type": "input_audio", "audio": base64.b64encode(data).decode(), **part}
+                part = {**part, "audio": base64.b64encode(data).decode()}
         content.append(part)
     retrieved = copy.copy(item)
     retrieved["content"] = content
