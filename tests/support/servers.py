@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import Future
 from pathlib import Path
@@ -96,17 +98,30 @@ class SimulatorThread:
 
 
 class DaphneProcess:
-    """`daphne operator_console.asgi:application` on a free loopback port."""
+    """`daphne operator_console.asgi:application` on a free loopback port.
+
+    A free port is only free when it is looked at: another worker's server (a Daphne, the
+    simulator, Redis) may take it before this Daphne binds it. Then that other server answers
+    on it while this one fails to bind and exits, and a test would talk to the wrong server
+    (another database: "the token is unknown"). So a Daphne is ready only once the server
+    answering on its port is this process (`/healthz` names its pid); when another one is, it
+    starts again on another free port (unless the port was given)."""
 
     def __init__(self, env: dict[str, str], port: int | None = None, *, wait: bool = True) -> None:
         """Started; listening when this returns, unless `wait` is false (`wait_ready()`)."""
-        self.port = port or free_port()
+        self._port_given = port is not None
         self.env = dict(env)
+        self._launch(port or free_port())
+        if wait:
+            self.wait_ready()
+
+    def _launch(self, port: int) -> None:
+        self.port = port
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"daphne-{self.port}.log"
         # PYTHONFAULTHANDLER: a crash of the server (a signal at exit) leaves every thread's stack
         # in its log.
-        full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **env}
+        full_env = {**os.environ, "DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **self.env}
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
@@ -116,8 +131,6 @@ class DaphneProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        if wait:
-            self.wait_ready()
 
     @property
     def http_url(self) -> str:
@@ -131,15 +144,40 @@ class DaphneProcess:
         deadline = time.monotonic() + timeout
         while True:  # looks at least once, however little time is left
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.1)
+                if self._port_given or "Address already in use" not in self.output():
+                    raise RuntimeError(f"daphne exited early:\n{self.output()}")
+                self._relaunch()  # another server took the port first
+                continue
+            serving = self._serving()
+            if serving:
+                return
+            if serving is False:  # another Daphne answers there: this one cannot bind it
+                if self._port_given:
+                    self.stop()
+                    raise RuntimeError(f"another server took port {self.port} first")
+                self._relaunch()
+                continue
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
         raise RuntimeError(f"daphne did not listen within {timeout:g}s:\n{self.output()}")
+
+    def _serving(self) -> bool | None:
+        """True when this Daphne answers on its port (its `/healthz` names its pid: `PROCESS_ID`
+        is host:pid:random), False when another Daphne does, None when nothing answers yet (or
+        not in HTTP). An HTTP refusal (its settings do not allow the host 127.0.0.1) is taken
+        to be this Daphne's, as long as it runs."""
+        try:
+            process = self.health().get("process") or ""
+        except urllib.error.HTTPError:
+            return self.proc.poll() is None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        return f":{self.proc.pid}:" in process
+
+    def _relaunch(self) -> None:
+        self.stop()
+        self._launch(free_port())
 
     def health(self) -> dict:
         with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=5) as response:
