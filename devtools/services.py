@@ -1,9 +1,10 @@
-"""Real Redis and PostgreSQL servers for tests and benchmarks: each on a free loopback port of
-its own, in a temporary directory of its own, started by its user and stopped after it.
+"""Real Redis and PostgreSQL servers for tests and benchmarks: each on a loopback port reserved
+for it (`ReservedPort`: no other test server can take it, even while it is down for a restart),
+in a temporary directory of its own, started by its user and stopped after it.
 
-Nothing is started globally and nothing is left behind: `stop()` ends the server and removes
-its directory (an `atexit` hook does it too, should a run end without its teardown). Every wait
-is bounded.
+Nothing is started globally and nothing is left behind but the empty lock files of reserved
+ports: `stop()` ends the server, removes its directory and releases its port (an `atexit` hook
+does it too, should a run end without its teardown). Every wait is bounded.
 
 PostgreSQL refuses to run as root. As root, its programs run as the `postgres` system user
 (created by Debian's package) through `runuser`, on a data directory that user owns; as any
@@ -16,9 +17,11 @@ root); tests/support/services.py turns it into a skip, or a failure under CI.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -45,6 +48,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Where reservations are kept apart: one lock file a port, locked while it is reserved.
+RESERVED_PORTS_DIR = Path(tempfile.gettempdir()) / "oc-reserved-ports"
+RESERVED_PORTS_SPAN = 8192  # how many ports below the kernel's ephemeral range may be reserved
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class ReservedPort:
+    """A loopback port that stays this server's while the server is down, until `release()`.
+
+    A port from `free_port()` is free only when it is looked at: while a server is stopped (to
+    be started again on the same port: its clients know it) or not yet listening, another
+    xdist worker's server may be given the same port and bind it first. A reserved port lies
+    below the kernel's ephemeral range, from which `free_port()` (every test server started on
+    port 0) and every outgoing connection's local port are drawn, so none of those can take
+    it; a lock file, held by this process until `release()` (or its end), keeps two
+    reservations apart, in one process or in several."""
+
+    def __init__(self) -> None:
+        low = _ephemeral_ports()[0]
+        candidates = list(range(max(1024, low - RESERVED_PORTS_SPAN), low))
+        random.shuffle(candidates)
+        RESERVED_PORTS_DIR.mkdir(exist_ok=True)
+        for port in candidates:
+            lock = open(RESERVED_PORTS_DIR / str(port), "a")  # noqa: SIM115 - closed in release()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another reservation holds it
+                lock.close()
+                continue
+            if _bindable(port):  # nothing else (outside the tests) holds it either
+                self.port, self._lock = port, lock
+                return
+            lock.close()
+        raise RuntimeError(f"no port below {low} could be reserved: all {len(candidates)} are taken")
+
+    def release(self) -> None:
+        self._lock.close()
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -64,7 +122,7 @@ def _port_open(port: int) -> bool:
 
 
 class RedisServer:
-    """`redis-server` on 127.0.0.1:<free port>, no persistence, in a temporary directory.
+    """`redis-server` on 127.0.0.1:<reserved port>, no persistence, in a temporary directory.
 
     `restart()` stops it and starts it again on the same port: everything it held is gone
     (no RDB, no AOF), as after a crash of a cache-only Redis.
@@ -76,7 +134,8 @@ class RedisServer:
         )
         if not os.access(self.binary, os.X_OK):
             missing(f"redis-server is not installed ({self.binary})")
-        self.port = port or free_port()
+        self._reserved = None if port else ReservedPort()  # kept through restart()
+        self.port = port or self._reserved.port
         self.dir = Path(tempfile.mkdtemp(prefix="oc-redis-"))
         self.log_path = self.dir / "redis.log"
         self.proc: subprocess.Popen | None = None
@@ -163,6 +222,8 @@ class RedisServer:
         if not self._cleaned:
             self._cleaned = True
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self._reserved:
+                self._reserved.release()
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
@@ -183,7 +244,7 @@ def _postgres_bindir() -> Path | None:
 
 
 class PostgresServer:
-    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>, with one database owned by
+    """A throw-away PostgreSQL cluster on 127.0.0.1:<reserved port>, with one database owned by
     one user who logs in with a password (`url`). fsync is off: nothing here must survive."""
 
     def __init__(
@@ -195,7 +256,8 @@ class PostgresServer:
             missing(f"PostgreSQL is not installed (no initdb/pg_ctl/postgres/psql in {bindir or '/usr/lib/postgresql/*/bin'})")
         self.bindir = bindir
         self.user, self.password, self.database = user, password, database
-        self.port = port or free_port()
+        self._reserved = None if port else ReservedPort()  # kept through start_process()
+        self.port = port or self._reserved.port
         self._run_as: list[str] = []
         if os.geteuid() == 0:
             runuser = shutil.which("runuser")
@@ -313,6 +375,8 @@ class PostgresServer:
         if not self._cleaned:
             self._cleaned = True
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self._reserved:
+                self._reserved.release()
 
     def _kill_postmaster(self) -> None:
         try:

@@ -15,13 +15,17 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from tests.support.servers import EMBEDDED_SIMULATOR, ROOT, free_port
+from devtools.services import ReservedPort
+from tests.support.servers import EMBEDDED_SIMULATOR, ROOT
 
 pytestmark = [pytest.mark.e2e, EMBEDDED_SIMULATOR]
 
 
 def test_a_phone_call_simulated_beside_make_run_is_answered(tmp_path):
-    port = free_port()
+    # A reserved port: a free one could be taken by another worker's server before `make run`
+    # binds it, and its /healthz would answer for it (another database: the token unknown).
+    reserved = ReservedPort()
+    port = reserved.port
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
@@ -86,3 +90,4 @@ def test_a_phone_call_simulated_beside_make_run_is_answered(tmp_path):
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
         log.close()
+        reserved.release()

@@ -327,17 +327,23 @@ async def test_caller_leaving_while_upstream_connects_ends_cleanly(relay_setting
 
 
 async def test_unreachable_upstream_tells_the_caller_and_closes_1011(relay_settings, api_token):
-    from tests.support.servers import free_port
+    from devtools.services import ReservedPort
 
-    relay_settings.OC_UPSTREAM_URL = f"ws://127.0.0.1:{free_port()}/v1"  # nothing listens
-    communicator = WebsocketCommunicator(application, "/v1/realtime", headers=_auth(api_token))
-    connected, _ = await communicator.connect(timeout=5)
-    assert connected
-    error = await communicator.receive_json_from(timeout=5)
-    assert error["type"] == "error" and error["error"]["code"] == "upstream_unavailable"
-    closed = await communicator.receive_output(timeout=5)
-    assert closed["type"] == "websocket.close" and closed["code"] == 1011
-    await communicator.disconnect()
+    # A reserved port: nothing listens there, and no other worker's server can start to
+    # (a port from free_port() could be given to one meanwhile).
+    unreachable = ReservedPort()
+    try:
+        relay_settings.OC_UPSTREAM_URL = f"ws://127.0.0.1:{unreachable.port}/v1"
+        communicator = WebsocketCommunicator(application, "/v1/realtime", headers=_auth(api_token))
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        error = await communicator.receive_json_from(timeout=5)
+        assert error["type"] == "error" and error["error"]["code"] == "upstream_unavailable"
+        closed = await communicator.receive_output(timeout=5)
+        assert closed["type"] == "websocket.close" and closed["code"] == 1011
+        await communicator.disconnect()
+    finally:
+        unreachable.release()
 
 
 async def test_upstream_refusing_the_key_tells_the_caller_what_it_said(relay_settings, api_token):
