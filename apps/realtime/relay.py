@@ -1321,17 +1321,20 @@ class RelayCore:
         self._deadline_stale = True
         before = self.watchers
         actions: list[Action] = []
+        send_snapshot = watching and (snapshot or watcher not in self._watchers)
         if watching:
-            if snapshot or watcher not in self._watchers:
-                actions.append(
-                    ToWatcher(watcher=watcher, message={"type": WATCH_SNAPSHOT, **self.snapshot()})
-                )
             self._watchers[watcher] = (user, now + WATCH_TTL)
         else:
             self._watchers.pop(watcher, None)
         for gone in [w for w, (_, expires) in self._watchers.items() if expires < now]:
             del self._watchers[gone]
+        # The transcript learns first that it is watched again: a turn whose deltas went
+        # unread while nobody watched is then given as partial, not as its stale beginning.
         self.transcript.watched(bool(self._watchers), streaming=self.sequencer.live_response_ids)
+        if send_snapshot:
+            actions.append(
+                ToWatcher(watcher=watcher, message={"type": WATCH_SNAPSHOT, **self.snapshot()})
+            )
         after = self.watchers
         if after != before:
             actions.append(

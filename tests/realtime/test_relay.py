@@ -1132,6 +1132,30 @@ def test_a_turn_already_streaming_when_watching_begins_is_partial_until_its_end(
     assert whole["append"] == "Bye" and "partial" not in whole, "watched from its start"
 
 
+def test_a_turn_watched_then_unwatched_mid_stream_is_partial_in_the_next_watchers_snapshot():
+    """The only watcher leaves mid-turn and another opens the page before the turn ends: the
+    deltas of the time nobody watched were not read, so the snapshot the new page starts from
+    must not show the turn's beginning as if the rest followed it (a gap in the middle of the
+    text, with nothing to say so); it is partial, from what comes next."""
+    driver = started()
+    driver.step("watch w1 ann")
+    driver.step(("up", response_created("r1")))
+    driver.step(("up", delta("r1", "Ahoy")))
+    driver.step("tick 0.05")
+    [seen] = driver.last[0].message["entries"]
+    assert seen["append"] == "Ahoy" and "partial" not in seen, "watched from its start"
+    driver.step("unwatch w1")
+    driver.step(("up", delta("r1", " unseen")))
+    actions = driver.step("watch w2 bob")
+    [snapshot] = [a.message for a in actions if type(a) is ToWatcher]
+    [entry] = snapshot["transcript"]
+    assert (entry["text"], entry.get("partial")) == ("", True)
+    driver.step(("up", delta("r1", " there")))
+    driver.step("tick 0.1")
+    [change] = driver.last[0].message["entries"]
+    assert change["append"] == " there" and change["partial"] is True
+
+
 @pytest.mark.parametrize("end", ["caller_closed", "upstream_closed 1000", "upstream_closed 1006"])
 def test_a_turn_the_sessions_end_cuts_short_is_final_and_interrupted_not_left_streaming(end):
     """The session ends while the agent speaks (the caller hangs up, the upstream goes away
