@@ -446,11 +446,43 @@ def _server_timing(timing: dict[str, float]) -> str:
 # ---------------------------------------------------------------------------- sessions
 
 
+def _unknown_or_repeated(
+    request: HttpRequest, accepted: frozenset[str], skip: str = ""
+) -> dict[str, str]:
+    """The query's parameters that a listing does not take (a misspelt filter would otherwise
+    select, and export, every row) or that are given twice (which of the two would apply?),
+    each with what is wrong; those beginning with `skip` are the caller's to check."""
+    problems: dict[str, str] = {}
+    for param in request.GET:
+        if skip and param.startswith(skip):
+            continue
+        if param not in accepted:
+            problems[param] = (
+                "Unknown parameter; the accepted parameters are listed in /api/v1/openapi.json."
+            )
+        elif (given := len(request.GET.getlist(param))) > 1:
+            problems[param] = f"given {given} times; give it once"
+    return problems
+
+
+def _refuse_query(request: HttpRequest, problems: dict[str, str]):
+    """The 422 that names each bad parameter of the query."""
+    summary = "; ".join(f"{name}: {message}" for name, message in problems.items())
+    return error_response(
+        422, "invalid_fields", f"Invalid fields — {summary}", problems, request=request
+    )
+
+
+# The parameters of GET /sessions: a misspelt `status` would otherwise list every session.
+SESSION_LIST_PARAMS = frozenset(("status", "limit"))
+
+
 @api.get(
     "/sessions",
     response={200: SessionList, **_errors(401, 403, 422)},
     auth=READ,
     summary="List sessions",
+    description="Newest first. A parameter not listed here, or one given twice, is a 422.",
     tags=["sessions"],
 )
 async def list_sessions(
@@ -458,6 +490,8 @@ async def list_sessions(
     status: SessionStatus | None = None,
     limit: int = Query(100, ge=1, le=1000, description="At most this many, newest first."),
 ):
+    if problems := _unknown_or_repeated(request, SESSION_LIST_PARAMS):
+        return _refuse_query(request, problems)
     sessions = await db_async(selectors.session_list)(status=status, limit=limit)
     return {"items": [session.to_dict() for session in sessions]}
 
@@ -556,6 +590,7 @@ async def submit_response(
     response={200: RequestList, **_errors(401, 403, 404, 422)},
     auth=READ,
     summary="A session's response requests, oldest first",
+    description="A parameter not listed here, or one given twice, is a 422.",
     tags=["responses"],
 )
 async def list_responses(
@@ -563,6 +598,9 @@ async def list_responses(
     session_id: str,
     limit: int = Query(1000, ge=1, le=1000, description="At most this many, oldest first."),
 ):
+    if problems := _unknown_or_repeated(request, frozenset({"limit"})):
+        return _refuse_query(request, problems)
+
     def load():
         session = services.session_found(session_id)
         return selectors.request_list(session=session, limit=limit)
@@ -590,13 +628,10 @@ def _query_problems(request: HttpRequest, **named: str | None) -> tuple[list[tup
     for name, value in named.items():
         if value is not None and "\x00" in value:
             problems[name] = "contains a NUL character"
+    problems.update(_unknown_or_repeated(request, QUERY_PARAMS, skip="metadata"))
     for param in request.GET:
         values = request.GET.getlist(param)
         if not param.startswith("metadata"):
-            if param not in QUERY_PARAMS:
-                problems[param] = "Unknown parameter; the accepted parameters are listed in /api/v1/openapi.json."
-            elif len(values) > 1:
-                problems[param] = f"given {len(values)} times; give it once"
             continue
         match = _METADATA_PARAM.match(param)
         if match is None:
@@ -699,8 +734,7 @@ async def query_responses(
         except export.BadCursor as exc:
             problems["cursor"] = str(exc)
     if problems:
-        summary = "; ".join(f"{name}: {message}" for name, message in problems.items())
-        return error_response(422, "invalid_fields", f"Invalid fields — {summary}", problems, request=request)
+        return _refuse_query(request, problems)
     if _wants_csv(request, format):
         chunks = export.csv_chunks(filters, after=after, flow=flow_of(request))
         answer = StreamingHttpResponse(chunks, content_type=CSV_TYPE)

@@ -53,6 +53,26 @@ async def test_bad_status_filter_is_422_naming_it(rest):
     assert "status" in response.json()["error"]["fields"]
 
 
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/sessions", [("statu", "live")], "statu"),  # misspelt: it would list every session
+        ("/sessions", [("status", "live"), ("status", "ended")], "status"),  # which one?
+        ("/sessions", [("limit", "1"), ("limit", "2")], "limit"),
+        ("/sessions/{id}/responses", [("limt", "1")], "limt"),
+        ("/sessions/{id}/responses", [("limit", "1"), ("limit", "2")], "limit"),
+    ],
+)
+async def test_an_unknown_or_repeated_list_parameter_is_422_naming_it(
+    caller, rest, path, query, field
+):
+    response = await rest.get(path.format(id=caller.session_id), params=query)
+    assert response.status_code == 422, (query, response.text[:200])
+    error = response.json()["error"]
+    assert error["code"] == "invalid_fields" and field in error["fields"], error
+    assert field in error["message"]
+
+
 async def test_unknown_session_and_request_are_404(rest):
     assert (await rest.get("/sessions/sess_missing")).status_code == 404
     assert (await rest.get("/sessions/sess_missing/responses")).status_code == 404
