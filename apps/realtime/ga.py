@@ -200,10 +200,19 @@ def missing_item_parameter(item: Mapping[str, Any]) -> str | None:
 
 
 def updatable_session(session: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a session object the service announced a `session.update` may send back: the
-    keys of the GA shape (nested objects pruned the same way), with `type` set. A copy: the
-    announced object is left as it was."""
+    """What of a session object the service announced (or a minted key's configuration) a
+    `session.update` may send: the keys of the GA shape (nested objects pruned the same way),
+    with `type` set. A copy: the given object is left as it was.
+
+    Left out besides: `model`, which an update may not name (the session's model is fixed
+    when it opens: "any field except for `voice` and `model`", `SessionUpdateEventParam`), and
+    every null the shape does not allow. The service announces settings that are off as null
+    (`include`, `audio.input.transcription`, `audio.input.noise_reduction`) where its request
+    types take no null; left out, a session keeps them off, which is their default. A null the
+    shape allows (`audio.input.turn_detection`, `tracing`, `prompt`) is kept: there it says
+    "off" to a session whose default is on."""
     pruned = _pruned(session, RealtimeSessionCreateRequestParam)
+    pruned.pop("model", None)
     pruned["type"] = SESSION_TYPE
     return pruned
 
@@ -332,6 +341,12 @@ def _unsupported_in(
     return None
 
 
+def _null_refused(annotation: object) -> bool:
+    """Whether the shape says what a value of `annotation` may be, and null is not one."""
+    allowed = _allowed(annotation)
+    return allowed is not None and "null" not in allowed
+
+
 def _pruned(value: Any, annotation: object) -> Any:
     if isinstance(value, Mapping):
         keys, typed_dict = _object_shape(annotation, value)
@@ -341,7 +356,7 @@ def _pruned(value: Any, annotation: object) -> Any:
         return {
             key: _pruned(item, hints.get(key))
             for key, item in value.items()
-            if key in keys
+            if key in keys and not (item is None and _null_refused(hints.get(key)))
         }
     if isinstance(value, list):
         for annotation_variant in _variants(annotation):

@@ -7,7 +7,9 @@ configuration itself, and shows the caller what the service would:
 
 - `session.update` with the configuration goes upstream first, before any frame of the
   caller's. The upstream handles events in order, so an update of the caller's own comes after
-  it and wins where the two differ. (The model is not in it: it is chosen in the upstream's URL.)
+  it and wins where the two differ. It holds what an update may (`ga.updatable_session`): not
+  the model, which is chosen in the upstream's URL, nor a null the GA shape does not allow
+  (minting lets one pass, `transcription: null`: left out, the setting stays off).
 - The upstream's `session.created` is held until the answer to that update, the first
   `session.updated`. That answer is not forwarded; the held `session.created` goes out carrying
   the updated session instead.
@@ -16,14 +18,14 @@ configuration itself, and shows the caller what the service would:
   configuration was refused, as it would have been told when minting it from the service.
 
 `RelayCore` owns one of these for a caller who connected with such a key; it imports nothing
-beyond the standard library and `events`.
+beyond the standard library, `events` and `ga`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from apps.realtime import events
+from apps.realtime import events, ga
 
 # Parts of a minted configuration that are not the session's to update.
 NOT_UPDATED = frozenset({"model"})
@@ -37,8 +39,7 @@ def needs_update(config: dict[str, Any]) -> bool:
 class MintedSession:
     def __init__(self, config: dict[str, Any], *, event_id: str) -> None:
         self.event_id = event_id
-        self.config = {key: value for key, value in config.items() if key not in NOT_UPDATED}
-        self.config["type"] = "realtime"
+        self.config = ga.updatable_session(config)
         self.settled = False  # the update was answered: events pass as they come
         self._created: dict[str, Any] | None = None
 

@@ -67,6 +67,24 @@ def test_updatable_session_keeps_every_ga_key_and_drops_the_rest_at_any_depth():
     assert not {"id", "object", "expires_at", "client_secret"} & set(update)
     assert "future_field" not in update["audio"]["input"]["turn_detection"]
     del before["audio"]["input"]["turn_detection"]["future_field"]
-    for key in ("id", "object", "expires_at", "client_secret"):
+    # Not updatable either: the model, and the nulls the GA request types take no null for
+    # (the settings they turn off are off by default).
+    for key in ("id", "object", "expires_at", "client_secret", "model", "include"):
         del before[key]
+    for key in ("transcription", "noise_reduction"):
+        del before["audio"]["input"][key]
     assert update == before, "everything updatable is kept as it was"
+
+
+def test_updatable_session_keeps_a_null_the_shape_allows_and_never_names_the_model():
+    announced = {
+        "model": "gpt-realtime-2025-08-28",
+        "tracing": None,
+        "include": None,
+        "audio": {"input": {"turn_detection": None, "transcription": None}},
+    }
+    assert ga.updatable_session(announced) == {
+        "type": "realtime",
+        "tracing": None,
+        "audio": {"input": {"turn_detection": None}},
+    }
