@@ -241,3 +241,75 @@ def test_a_minted_keys_session_update_is_strict_ga(minted):
     assert_strict(run.sent, {"session.update"})
     if "audio" in minted:  # turn detection off is said with null, and kept
         assert updates[0]["session"]["audio"]["input"] == {"turn_detection": None}
+
+
+def test_the_calls_rests_bodies_are_strict_ga():
+    """The bodies the project posts to `/realtime/calls/{id}/…`: a profile's accept (as the
+    webhook sends it), the rejects (no profile; busy), a hang-up and a transfer (call control)."""
+    from apps.calls.models import CallProfile
+
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+    profile = CallProfile(name="desk", instructions="Be brief.", voice="cedar", tools=[tool])
+    bodies = [
+        ("accept", profile.session_config("gpt-realtime")),
+        ("accept", CallProfile(name="bare", voice="").session_config("gpt-realtime")),
+        ("reject", {}),
+        ("reject", {"status_code": 486}),
+        ("hangup", {}),
+        ("refer", {"target_uri": "tel:+14155550123"}),
+    ]
+    found = {i: strict_ga.call_body_problems(*body) for i, body in enumerate(bodies)}
+    assert {i: problems for i, problems in found.items() if problems} == {}
+
+
+async def test_a_calls_sideband_handshake_names_the_call_alone_with_the_ga_headers():
+    """`{base}/realtime?call_id=C`: no model (the call has one), the key as a bearer, no beta
+    header and no subprotocol (the GA service refuses the beta shape)."""
+    import websockets
+
+    from apps.realtime.upstream import open_connection
+
+    seen = []
+
+    async def handler(connection) -> None:
+        seen.append(connection.request)
+        await connection.close()
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        upstream = await open_connection(
+            base_url=f"ws://127.0.0.1:{port}/v1/",
+            api_key="sk-test",
+            model="gpt-realtime",
+            call_id="rtc_abc123",
+        )
+        await upstream.wait_closed()
+    (request,) = seen
+    assert request.path == "/v1/realtime?call_id=rtc_abc123"
+    assert request.headers["Authorization"] == "Bearer sk-test"
+    assert "OpenAI-Beta" not in request.headers
+    assert "Sec-WebSocket-Protocol" not in request.headers
+
+
+def test_the_strict_reader_catches_what_a_strict_server_refuses():
+    pcm16 = {"audio": {"input": {"format": "pcm16"}}}  # the beta's string, not the GA's object
+    good = {"type": "response.create", "event_id": "event_1", "response": {"metadata": {"a": "b"}}}
+    assert strict_ga.problems(good) == []
+    refused = [
+        {**good, "response": {"modalities": ["text"]}},  # a beta name
+        {**good, "response": {"output_modalities": ["txt"]}},  # not in the enum
+        {**good, "response": {"conversation": None}},  # a null the type does not take
+        {**good, "response": {"metadata": {str(n): "v" for n in range(17)}}},
+        {**good, "response": {"metadata": {"k" * 65: "v"}}},
+        {**good, "response": {"metadata": {"k": "v" * 513}}},
+        {"type": "session.update", "session": {"instructions": "x"}},  # no session.type
+        {"type": "session.update", "session": {"type": "realtime", "model": "gpt-realtime"}},
+        {"type": "session.update", "session": {"type": "realtime", "include": None}},
+        {"type": "session.update", "session": {"type": "realtime", **pcm16}},
+        {"type": "conversation.item.create", "item": {**SYSTEM, "id": "i" * 33}},
+        {"type": "conversation.item.create", "item": {**SYSTEM, "status": "done"}},
+        {"type": "response.cancel", "response_id": 1},
+    ]
+    assert [index for index, event in enumerate(refused) if not strict_ga.problems(event)] == []
+    assert strict_ga.call_body_problems("hangup", {"reason": "x"})
+    assert strict_ga.call_body_problems("refer", {})
