@@ -37,7 +37,7 @@ The steps (phases)
              waits for its `response.done`).
   replaying  the core holds every caller frame, operator request and note (`hold`), in order;
              `session.update` with the configuration (what of the last announced session an
-             update takes, with `type`: `ga.updatable_session`) and a
+             update takes, with `type`, without `model`: `ga.updatable_session`) and a
              `conversation.item.create` per item (the same item ids, each after the one before
              through `previous_item_id`) went to the fresh leg (`ToFresh`); its
              acknowledgements are awaited (`session.created`, `session.updated`, every item

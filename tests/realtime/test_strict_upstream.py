@@ -24,30 +24,23 @@ from tests.support import strict_ga
 ANNOUNCED = default_session_config("sess_strict", "gpt-realtime-2025-08-28", "Be kind.")
 ANNOUNCED["audio"]["input"]["turn_detection"]["idle_timeout_ms"] = None
 METADATA = {f"{index:02d}" + "k" * 62: "v" * 512 for index in range(15)}  # the REST hook's most
-USER = {
-    "id": "item_user",
-    "type": "message",
-    "role": "user",
-    "status": "completed",
-    "object": "realtime.item",
-    "content": [{"type": "input_audio", "transcript": None, "audio": None}],
-}
-ASSISTANT = {
-    "id": "item_assistant",
-    "type": "message",
-    "role": "assistant",
-    "status": "completed",
-    "object": "realtime.item",
-    "content": [{"type": "output_audio", "transcript": "Hello."}],
-}
-TEXT_REPLY = {
-    "id": "item_text",
-    "type": "message",
-    "role": "assistant",
-    "status": "completed",
-    "object": "realtime.item",
-    "content": [{"type": "output_text", "text": "Hi."}],
-}
+
+
+def message(item_id: str, role: str, part: dict) -> dict:
+    """A message item as the service shows it."""
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": role,
+        "status": "completed",
+        "object": "realtime.item",
+        "content": [part],
+    }
+
+
+USER = message("item_user", "user", {"type": "input_audio", "transcript": None, "audio": None})
+ASSISTANT = message("item_assistant", "assistant", {"type": "output_audio", "transcript": "Hi."})
+TEXT_REPLY = message("item_text", "assistant", {"type": "output_text", "text": "Hi."})
 CALL = {
     "id": "item_call",
     "type": "function_call",
