@@ -62,7 +62,7 @@ run: migrate
 	$(BIN)/python manage.py demo_callers --count $(DEMO_CALLERS) --url ws://$(HOST):$(PORT)/v1 & \
 	OC_RECORD_AUDIO=$${OC_RECORD_AUDIO:-true} OPENAI_WEBHOOK_SECRET=$${OPENAI_WEBHOOK_SECRET:-$$(cat var/webhook-secret)} $(BIN)/daphne -b $(HOST) -p $(PORT) operator_console.asgi:application
 
-# Debian's chromium, redis-server and postgresql, installed when missing (as root).
+# Debian's chromium, redis-server, postgresql, espeak-ng and npm, installed when missing (as root).
 system-deps:
 	bash scripts/install-system-deps.sh
 
