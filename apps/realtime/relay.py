@@ -791,8 +791,8 @@ class RelayCore:
         kind = event.get("type")
         actions: list[Action] = []
         forward: str | None = frame
-        if self.rotation is not None:
-            self.rotation.upstream_event(kind, event, now)
+        if self.rotation is not None and self.rotation.upstream_event(kind, event, now):
+            return self._finish(self.rotation.upstream_done(now), now)  # its barrier's answer
         if kind in ("response.created", "response.done"):
             forward = self._on_response_event(kind, event, frame, actions, now)
         elif kind == "error":

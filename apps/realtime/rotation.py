@@ -42,10 +42,12 @@ The steps (phases)
              through `previous_item_id`) went to the fresh leg (`ToFresh`); its
              acknowledgements are awaited (`session.created`, `session.updated`, every item
              acknowledged). Then a `conversation.item.retrieve` of the last item drains the
-             set-up (below). Nothing of this reaches the caller.
-  swap       all acknowledged and drained: `SwapUpstream` (the actor makes the fresh leg the
-             session's and closes the old one), `UpstreamSessions` (recorded), then the core
-             resumes its sequencer and releases what it held, onto the fresh leg.
+             set-up (below). Nothing of this reaches the caller. The old upstream is sent a
+             barrier as the hold starts (below).
+  swap       all acknowledged and drained, and the barrier answered: `SwapUpstream` (the actor
+             makes the fresh leg the session's and closes the old one), `UpstreamSessions`
+             (recorded), then the core resumes its sequencer and releases what it held, onto
+             the fresh leg.
 
 Acknowledgements
   Services differ in what they send for a created item: the GA service `conversation.item.added`
@@ -56,6 +58,19 @@ Acknowledgements
   upstream answers in order, so its `conversation.item.retrieved` for the last replayed item
   comes after every event of the replay. Whatever the fresh leg sends until then is set-up,
   read here and never relayed; after the swap its events are the session's.
+
+The old upstream's barrier
+  Until the hold, the caller's frames go to the old upstream as usual, and the replay is built
+  from what the old upstream has said so far: a caller's item created (or audio committed, a
+  `session.update`) just before the hold may not be answered yet. Were the swap made before
+  its answer came, the old leg would be closed with it: the item on neither the fresh session
+  nor the caller's screen. So as the hold starts the old upstream is sent a retrieve of an item
+  no conversation holds (`BARRIER_ITEM_ID`); it answers in order, so its `error` for it (naming
+  the retrieve's event id) comes after its answers to everything sent before. Those answers
+  reach the caller as usual and, changing the conversation, abandon the rotation (the next
+  attempt replays the item); the `error` is the rotation's, never relayed nor counted, even
+  when it comes after the rotation was abandoned (`barriers`). The swap waits for it (a barrier
+  never answered is the fresh leg not ready in time).
 
 When it does not go
   The old upstream changes the conversation or starts a response while a rotation is under way
@@ -149,6 +164,10 @@ PREWARM = 5.0
 # After a rotation was abandoned for a change in the conversation, the next try waits this
 # long at least (the next idle moment after it).
 ABANDONED_RETRY_DELAY = 0.25
+# The item the old upstream is asked to retrieve when the replay starts (no conversation holds
+# it): its `error` (naming the retrieve's event id) marks where the old upstream's answers to
+# everything sent to it before the hold end.
+BARRIER_ITEM_ID = "oc_rotation_barrier"
 
 
 class Phase(StrEnum):
@@ -390,6 +409,11 @@ class Rotation:
         self._last_replayed: str | None = None  # the caller's id of the last item replayed
         self._drain_id: str | None = None  # the fresh session's id of it, once retrieved
         self._drained = False  # its retrieve was answered: nothing of the set-up is to come
+        # The old upstream's barrier (the event id of its retrieve) while its answer is awaited,
+        # and every barrier whose answer is still to come (an abandoned rotation's too): those
+        # answers are the rotation's, never the caller's.
+        self.barrier: str | None = None
+        self.barriers: set[str] = set()
         self._config_confirmed = False
         self._textified_next: set[str] = set()
         self._renamed_next: dict[str, str] = {}
@@ -550,6 +574,45 @@ class Rotation:
         self._drained = self._last_replayed is None  # nothing replayed, nothing to drain
         return actions
 
+    def barrier_frame(self) -> str:
+        """The old upstream's barrier, sent to it as the replay starts (the core holds what
+        would follow it): the old upstream answers in order, so once its `error` for this
+        comes, it has answered every frame sent to it before (a caller's item created just
+        before the hold, say). Until then the swap waits, and whatever the old upstream
+        changes meanwhile abandons the rotation, as always."""
+        self.barrier = self._new_event_id()
+        self.barriers.add(self.barrier)
+        retrieve = {
+            "type": "conversation.item.retrieve",
+            "event_id": self.barrier,
+            "item_id": BARRIER_ITEM_ID,
+        }
+        return events.dumps(retrieve)
+
+    def barrier_answered(self, event: dict[str, Any]) -> bool:
+        """Whether an `error` of the session's upstream answers a barrier (it is then the
+        rotation's, read here and never relayed)."""
+        event_id, _, _ = events.error_fields(event)
+        if event_id not in self.barriers:
+            return False
+        self.barriers.discard(event_id)
+        if event_id == self.barrier:
+            self.barrier = None
+        return True
+
+    @property
+    def complete(self) -> bool:
+        """The fresh session is created, configured, given every item and drained, and the
+        old upstream answered its barrier: the swap may be made."""
+        return (
+            self.phase is Phase.REPLAYING
+            and self._fresh_id is not None
+            and self._config_confirmed
+            and not self._awaiting
+            and self._drained
+            and self.barrier is None
+        )
+
     def fresh_frame(self, frame: str | bytes, now: float) -> tuple[list[RotationAction], bool]:
         """An event of the fresh leg, while it is prepared. Returns the actions and whether
         the rotation is complete (the core then releases what it held)."""
@@ -575,15 +638,9 @@ class Rotation:
             item = event.get("item")
             if isinstance(item, dict) and item.get("id") == self._drain_id:
                 self._drained = True
-        if (
-            self.phase is not Phase.REPLAYING
-            or self._fresh_id is None
-            or not self._config_confirmed
-            or self._awaiting
-            or not self._drained
-        ):
+        if not self.complete:
             return [], False
-        return self._swapped(now), True
+        return self.swapped(now), True
 
     def _acknowledged(self, item: dict[str, Any]) -> None:
         """An acknowledgement of `item` (with an upstream item id): the first for an item
@@ -623,8 +680,10 @@ class Rotation:
         }
         return ToFresh(frame=events.dumps(retrieve))
 
-    def _swapped(self, now: float) -> list[RotationAction]:
+    def swapped(self, now: float) -> list[RotationAction]:
+        """The swap (`complete`): the fresh session becomes the session's upstream."""
         assert self._fresh_id is not None
+        self.barriers.clear()  # the old upstream, which answered them, is closed
         self.session_ids.append(self._fresh_id)
         self.rotations += 1
         self.failures = 0
@@ -663,6 +722,7 @@ class Rotation:
         self._ready_by = None
         self._awaiting = {}
         self._last_replayed = self._drain_id = None
+        self.barrier = None  # an answer still to come is read and dropped (`barriers`)
 
     # ------------------------------------------------------------------ ids
 
@@ -792,12 +852,16 @@ class Rotator:
 
     # ------------------------------------------------------------------ from the core
 
-    def upstream_event(self, kind: str, event: dict[str, Any], now: float) -> None:
+    def upstream_event(self, kind: str, event: dict[str, Any], now: float) -> bool:
         """A parsed event of the current upstream (before the core acts on it): the caller's
-        item ids put back first, so the core and the conversation see the caller's."""
+        item ids put back first, so the core and the conversation see the caller's. Returns
+        whether it is the answer to a barrier (the core then only calls `upstream_done`)."""
+        if kind == "error" and self.state.barriers and self.state.barrier_answered(event):
+            return True
         self._translated = bool(self.state.renamed_back) and self.state.outward(event, None)
         if kind in OBSERVED_TYPES and self.state.observe(kind, event, now):
             self._abandon = True
+        return False
 
     def outward(self, event: dict[str, Any], frame: str) -> str:
         """The frame for the caller, with the caller's ids, after a rotation."""
@@ -813,6 +877,8 @@ class Rotator:
             self._abandon = False
             if self.state.holding:
                 return [*self.state.abandoned(now), *self._release(now)]
+        if self.state.holding and self.state.complete:  # the barrier's answer came last
+            return self._swap(self.state.swapped(now), now)
         return self._poll(now)
 
     def caller_frame(self, frame: str | bytes) -> list[Any] | None:
@@ -879,10 +945,9 @@ class Rotator:
             return []
         self.core.deadline_moved()
         actions, done = self.state.fresh_frame(frame, now)
-        if done or any(type(action) is CloseFresh for action in actions):
-            if done:  # with item ids mapped, every upstream event is read to translate them
-                parsed = _relay().PARSED_TYPES | OBSERVED_TYPES
-                self.core._parsed = _Everything() if self.state.renamed else parsed
+        if done:
+            return self._swap(actions, now)
+        if any(type(action) is CloseFresh for action in actions):
             return [*actions, *self._release(now)]
         return list(actions)
 
@@ -915,7 +980,15 @@ class Rotator:
                 and not core.tools.has_pending  # no approval awaits an answer
             ):
                 actions += state.replay(now)
+                actions.append(_relay().ToUpstream(frame=state.barrier_frame()))
         return actions
+
+    def _swap(self, swapped: list[RotationAction], now: float) -> list[Any]:
+        """The swap's actions, then what was held goes to the fresh upstream. With item ids
+        mapped, every upstream event is read from now on, to translate them."""
+        parsed = _relay().PARSED_TYPES | OBSERVED_TYPES
+        self.core._parsed = _Everything() if self.state.renamed else parsed
+        return [*swapped, *self._release(now)]
 
     def _failed(self, detail: str, now: float) -> list[Any]:
         if self.core.ended is not None:

@@ -144,6 +144,7 @@ def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list
         core.rotation.fresh_frame(frame("session.updated", session={"id": session_id}), now=now)
         == []
     )
+    answer_barrier(core, now)
     ids = core.rotation.state.conversation.ids
     drain: list = []
     for item_id in ids:
@@ -155,11 +156,35 @@ def fresh_ready(core: RelayCore, now: float, session_id: str = "sess_2") -> list
     return core.rotation.fresh_frame(retrieved, now=now)
 
 
+BARRIER = "upstream conversation.item.retrieve oc_rotation_barrier"
+
+
+def barrier_answer(core: RelayCore, event_id: str | None = None) -> str:
+    """The old upstream's `error` for the barrier it was sent as the replay started (or for
+    the one sent with `event_id`)."""
+    error = {
+        "type": "invalid_request_error",
+        "code": "item_not_found",
+        "message": "Item with item_id 'oc_rotation_barrier' not found in the conversation.",
+        "param": "item_id",
+        "event_id": event_id or core.rotation.state.barrier,
+    }
+    return frame("error", error=error)
+
+
+def answer_barrier(core: RelayCore, now: float) -> list:
+    """The old upstream answers the barrier: read by the rotation, never relayed."""
+    actions = core.upstream_frame(barrier_answer(core), now=now)
+    assert not [a for a in actions if isinstance(a, ToCaller)]
+    return actions
+
+
 def configured_fresh(core: RelayCore):
     """The rotation is due and replayed; the fresh session is created and configured (its
     items are not yet acknowledged): the core's rotator."""
     open_fresh(core)
     core.tick(now=6.0)
+    answer_barrier(core, now=6.05)
     fresh = core.rotation
     fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
     fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
@@ -212,6 +237,7 @@ def test_a_due_rotation_replays_the_session_and_swaps_between_responses():
         "fresh session.update",
         "fresh conversation.item.create item_u1",
         "fresh conversation.item.create item_a1",
+        BARRIER,
     ]
     update = json.loads(replayed[0].frame)["session"]
     # GA-valid: `type` set, without id, object, expires_at (read-only, refused by an update)
@@ -255,6 +281,7 @@ def test_a_rotation_due_while_a_response_streams_waits_for_response_done_and_hol
         "fresh session.update",
         "fresh conversation.item.create item_u1",
         "fresh conversation.item.create item_a1",
+        BARRIER,
     ]
     last = fresh_ready(core, now=7.2)
     # After the swap, the nudge goes to the fresh upstream, once.
@@ -263,6 +290,60 @@ def test_a_rotation_due_while_a_response_streams_waits_for_response_done_and_hol
         "sessions sess_1,sess_2",
         "upstream response.create",
         "req_op sent",
+    ]
+
+
+def test_the_swap_waits_for_the_old_upstreams_answers_to_what_it_was_sent_before_the_hold():
+    """A caller's item went to the old upstream just before the replay started: the swap waits
+    for the old upstream's barrier, so its answer is not lost with the old leg."""
+    core = started()
+    open_fresh(core)
+    created = frame("conversation.item.create", item={"id": "item_c1", "type": "message"})
+    assert core.caller_frame(created, now=5.9) == [ToUpstream(frame=created)]
+    replayed = core.tick(now=6.0)  # the old upstream has not answered it yet
+    assert summary(replayed)[-1] == BARRIER
+    barrier = core.rotation.state.barrier
+    fresh = core.rotation
+    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
+    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    for item_id in ("item_u1", "item_a1"):
+        fresh.fresh_frame(frame("conversation.item.created", item={"id": item_id}), now=6.1)
+    retrieved = frame("conversation.item.retrieved", item={"id": "item_a1"})
+    assert fresh.fresh_frame(retrieved, now=6.1) == []  # ready, the old upstream is not
+    # The old upstream's answer to the caller's item comes first: the caller's news, and a
+    # change to the conversation, so this replay is abandoned and the next one holds the item.
+    item = {"id": "item_c1", "type": "message"}
+    added = core.upstream_frame(
+        frame("conversation.item.added", previous_item_id="item_a1", item=item), now=6.2
+    )
+    assert summary(added)[:2] == ["caller conversation.item.added item_c1", "close fresh"]
+    core.upstream_frame(frame("conversation.item.done", item=item), now=6.2)
+    # The barrier's answer follows: read by the rotation, not relayed to the caller (nor to
+    # watchers), not counted as the upstream's error.
+    assert core.upstream_frame(barrier_answer(core, barrier), now=6.3) == []
+    assert core.upstream_errors == {}
+    assert core.rotation.state.barriers == set()
+    assert core.rotation.fresh_attached(now=6.35) == []
+    assert "fresh conversation.item.create item_c1" in summary(core.tick(now=6.45))
+
+
+def test_the_barriers_answer_completes_the_swap_when_it_comes_last():
+    core = started()
+    open_fresh(core)
+    core.tick(now=6.0)
+    answer = barrier_answer(core)
+    fresh = core.rotation
+    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
+    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    for item_id in ("item_u1", "item_a1"):
+        fresh.fresh_frame(frame("conversation.item.added", item={"id": item_id}), now=6.1)
+    assert core.caller_frame(frame("input_audio_buffer.clear"), now=6.1) == []  # held
+    retrieved = frame("conversation.item.retrieved", item={"id": "item_a1"})
+    assert fresh.fresh_frame(retrieved, now=6.1) == []
+    assert summary(core.upstream_frame(answer, now=6.2)) == [
+        "swap sess_2",
+        "sessions sess_1,sess_2",
+        "upstream input_audio_buffer.clear",
     ]
 
 
@@ -523,6 +604,7 @@ def test_with_turn_detection_off_uncommitted_audio_holds_the_rotation_until_comm
         "fresh conversation.item.create item_u1",
         "fresh conversation.item.create item_a1",
         "fresh conversation.item.create item_u2",
+        BARRIER,
     ]
 
 
@@ -589,6 +671,7 @@ def rotate_through(core: RelayCore, upstream: FreshUpstream) -> tuple[list, list
     open_fresh(core)
     pending = [frame("session.created", session={"id": "sess_2"})]
     actions = core.tick(now=6.0)
+    answer_barrier(core, now=6.05)
     caller, before, after = [], [], []
     swapped = False
     while True:
