@@ -77,9 +77,18 @@ When it does not go
   (an item, speech, a server response): the rotation is abandoned (`CloseFresh`), what was held
   goes to the old upstream, and it starts again at the next idle moment. The fresh leg cannot
   be opened, closes, answers with an `error`, or is not ready within `ready_timeout`: the same,
-  and the next attempt waits a backoff (`retry_delay`, doubled up to `max_retry_delay`). If the
-  old upstream's cap comes first, the core ends the session with `session_expired` as without
-  rotation.
+  and the next attempt waits a backoff (`retry_delay`, doubled up to `max_retry_delay`).
+
+  The old upstream closing (at its cap, or lost) ends the session as without rotation
+  (`session_expired` after the cap's error, else `upstream_closed`), in every phase: opening
+  and open, the fresh session holds nothing yet; replaying, it holds the configuration and
+  the conversation only once all is acknowledged, and even then the old upstream's answers
+  to what it was sent before the hold (the barrier's) never come, so what the caller created
+  last could be missing without anyone knowing; and the caller has already been told
+  `session_expired` (the cap's error). The rotation comes `rotate_after` into the session,
+  well before the cap, so only rotations failing for the whole margin, or a lost old leg,
+  meet this. Frames and requests the rotation held are dropped with the session (the
+  requests are failed `session_ended` as the session's end is recorded, `records`).
 
 Ids
   The fresh session is given the caller's item ids; an upstream that assigned others would be

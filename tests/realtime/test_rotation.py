@@ -191,6 +191,18 @@ def configured_fresh(core: RelayCore):
     return fresh
 
 
+def fresh_ready_but_for_the_barrier(core: RelayCore) -> None:
+    """After the replay, the fresh leg is created, configured, acknowledges every item and is
+    drained: the swap waits for the old upstream's answer to its barrier."""
+    fresh = core.rotation
+    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
+    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
+    for item_id in ("item_u1", "item_a1"):
+        fresh.fresh_frame(frame("conversation.item.added", item={"id": item_id}), now=6.1)
+    retrieved = frame("conversation.item.retrieved", item={"id": "item_a1"})
+    assert fresh.fresh_frame(retrieved, now=6.1) == []
+
+
 def open_fresh(core: RelayCore, now: float = 4.5) -> None:
     """`prewarm` (1.5 s) before the rotation is due, the fresh leg is opened and attached;
     nothing is replayed yet."""
@@ -303,13 +315,7 @@ def test_the_swap_waits_for_the_old_upstreams_answers_to_what_it_was_sent_before
     replayed = core.tick(now=6.0)  # the old upstream has not answered it yet
     assert summary(replayed)[-1] == BARRIER
     barrier = core.rotation.state.barrier
-    fresh = core.rotation
-    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
-    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
-    for item_id in ("item_u1", "item_a1"):
-        fresh.fresh_frame(frame("conversation.item.created", item={"id": item_id}), now=6.1)
-    retrieved = frame("conversation.item.retrieved", item={"id": "item_a1"})
-    assert fresh.fresh_frame(retrieved, now=6.1) == []  # ready, the old upstream is not
+    fresh_ready_but_for_the_barrier(core)
     # The old upstream's answer to the caller's item comes first: the caller's news, and a
     # change to the conversation, so this replay is abandoned and the next one holds the item.
     item = {"id": "item_c1", "type": "message"}
@@ -331,15 +337,9 @@ def test_the_barriers_answer_completes_the_swap_when_it_comes_last():
     core = started()
     open_fresh(core)
     core.tick(now=6.0)
-    answer = barrier_answer(core)
-    fresh = core.rotation
-    fresh.fresh_frame(frame("session.created", session={"id": "sess_2"}), now=6.1)
-    fresh.fresh_frame(frame("session.updated", session={"id": "sess_2"}), now=6.1)
-    for item_id in ("item_u1", "item_a1"):
-        fresh.fresh_frame(frame("conversation.item.added", item={"id": item_id}), now=6.1)
     assert core.caller_frame(frame("input_audio_buffer.clear"), now=6.1) == []  # held
-    retrieved = frame("conversation.item.retrieved", item={"id": "item_a1"})
-    assert fresh.fresh_frame(retrieved, now=6.1) == []
+    answer = barrier_answer(core)
+    fresh_ready_but_for_the_barrier(core)
     assert summary(core.upstream_frame(answer, now=6.2)) == [
         "swap sess_2",
         "sessions sess_1,sess_2",
@@ -451,6 +451,36 @@ def test_the_cap_before_a_rotation_ends_the_session_expired():
     )
     assert ended[0].code == 1001
     assert ended[-1].reason.value == "session_expired"
+
+
+def _ready_but_for_the_barrier(core: RelayCore) -> None:
+    open_fresh(core)
+    core.tick(now=6.0)
+    fresh_ready_but_for_the_barrier(core)
+
+
+@pytest.mark.parametrize(
+    "phase",
+    [
+        pytest.param(lambda core: core.tick(now=4.5), id="opening"),
+        pytest.param(open_fresh, id="open"),
+        pytest.param(configured_fresh, id="replaying"),
+        pytest.param(_ready_but_for_the_barrier, id="replaying, the fresh leg ready"),
+    ],
+)
+def test_the_old_upstream_closing_during_a_rotation_ends_the_session_as_without_one(phase):
+    """The old upstream's cap (or any close) mid-rotation ends the session; the fresh leg is
+    not swapped to (see "When it does not go" in rotation.py)."""
+    core = started()
+    phase(core)
+    expired = {"type": "invalid_request_error", "code": "session_expired", "message": "m"}
+    core.upstream_frame(frame("error", error=expired), now=6.2)
+    ended = core.upstream_closed(1001, "Your session hit the maximum duration.", now=6.3)
+    assert ended[0].code == 1001
+    assert ended[-1].reason.value == "session_expired"
+    assert not [a for a in ended if isinstance(a, SwapUpstream | ToFresh)]
+    assert core.rotation.fresh_frame(frame("session.updated", session={}), now=6.4) == []
+    assert summary(core.rotation.fresh_attached(now=6.4)) == ["close fresh"]
 
 
 def test_without_rotation_nothing_is_tracked():
