@@ -33,6 +33,8 @@ import contextlib
 import functools
 import logging
 import math
+import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,6 +68,14 @@ chores: list[Callable[[], Awaitable[object]]] = []
 # the operators' sockets and streams this process serves are closed saying why, so that
 # they reconnect (to another process) instead of finding them cut.
 farewells: list[Callable[[], Awaitable[object]]] = []
+# How long a graceful stop waits, from the signal, for its sessions to end and be written: a
+# database busy meanwhile (SQLite locked by another connection, rows locked, a failover) that
+# answers within it still gets them `server_shutdown`. With the margin below, under the 10 s a
+# container runtime gives a stopped process before it kills it.
+STOP_GRACE = 7.0
+# A stop still not over this long after the grace (a thread that waits for the stopped event
+# loop, the database still locked at exit) ends the process all the same (`exit_at_the_latest`).
+EXIT_MARGIN = 2.0
 LOST = "The process holding the session stopped; the session is lost."
 # Why a stopping process takes no new session, and closes its operators' sockets.
 STOPPING = "This server is restarting; connect again."
@@ -120,17 +130,36 @@ class Housekeeping:
         message = f"This server holds its maximum of {settings.OC_MAX_SESSIONS} live sessions; try again later."
         return Refusal("too_many_sessions", message)
 
-    async def shutdown(self, timeout: float = 5.0) -> int:
+    async def shutdown(self, grace: float = STOP_GRACE) -> int:
         """End every session this process holds (`server_shutdown`: their callers are told,
         their pending requests fail) and wait until that is in the table, their recordings
-        included (the recorder's thread does not outlive the process)."""
+        included (the recorder's thread does not outlive the process).
+
+        All of it within `grace` seconds, one budget: the history waits for a busy database
+        (`history.HistoryWriter._commit`), and meanwhile so does the process, so that the
+        requests being answered write too, while the event loop they return to still runs.
+        What is not written by then is left to the sweep (`session_lost`): the operators
+        are told goodbye all the same."""
         self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         holders = list(self.holders.values())
         for holder in holders:
             holder.shutdown()
-        await asyncio.gather(*(holder.wait_finished(timeout) for holder in holders))
-        await asyncio.to_thread(recorder.flush, timeout)
-        await history.flush(timeout)
+        await asyncio.gather(*(holder.wait_finished(left()) for holder in holders))
+        await asyncio.to_thread(recorder.flush, left())
+        try:
+            await history.flush(left())
+        except TimeoutError:
+            log.warning(
+                "stopping: the database took none of the sessions' ends within %g s; a sweep "
+                "will find them session_lost",
+                grace,
+            )
         for farewell in farewells:
             try:
                 await farewell()
@@ -386,9 +415,33 @@ def install_shutdown_trigger() -> None:
     def before_shutdown():
         log.info("stopping: ending this process's sessions")
         atexit.register(finish_unfinished_tasks, asyncio.get_event_loop())
+        exit_at_the_latest(STOP_GRACE + EXIT_MARGIN)
         return defer.Deferred.fromFuture(asyncio.ensure_future(housekeeping().shutdown()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+
+def exit_at_the_latest(seconds: float) -> threading.Timer:
+    """End the process `seconds` from now if it has not ended by then (exit status 1).
+
+    A stop is bounded by its grace only while the event loop runs. After it, a thread can keep
+    the process: Python joins the request threads at exit, and one that was held up (by a
+    locked database, say) and then waits for the stopped loop, as a sync view going back to
+    async middleware does, is never done. A supervisor would kill the process at its own limit,
+    or never (`make run`); this one ends it at a known one, saying so.
+    """
+
+    def exit_now() -> None:
+        log.error("stopping: not done %g s after the signal; exiting now", seconds)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def finish_unfinished_tasks(loop: asyncio.AbstractEventLoop, timeout: float = 2.0) -> int:

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -109,6 +110,57 @@ async def test_a_stopped_server_ends_its_sessions_and_fails_their_pending_reques
         ("caller", "failed", "session_ended"),
         ("api", "failed", "session_ended"),
     ]
+
+
+async def test_a_stop_waits_for_a_database_lock_let_go_within_its_grace(server_env):
+    """Another connection (a long transaction of another process, a backup) holds SQLite's
+    write lock when the server is told to stop, for longer than the stop used to wait, and
+    an API request is writing behind it. Once the lock is let go, within the stop's grace,
+    the sessions' ends are written and the request's thread finishes while the event loop
+    still runs: the process exits cleanly, nothing left for a sweep to find lost. The stop
+    used to give up after 5 s; the request's thread, woken after the loop had stopped,
+    then waited for it forever, and the process never exited."""
+    from apps.sessions.housekeeping import STOP_GRACE
+
+    env, token, db_path = server_env
+    hold = 5.5  # longer than the stop used to wait (5 s), well within its grace
+    assert hold <= STOP_GRACE - 1.5
+    server = DaphneProcess(env)
+    lock = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        client = AsyncOpenAI(api_key=token, websocket_base_url=server.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn, httpx.AsyncClient(
+            base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as rest:
+            session_id = (await conn.recv()).session.id
+            await conn.conversation.item.create(item=user_text("talk for a while"))
+            await conn.response.create()  # streams for 20 s
+            await conn.response.create()  # waits behind it
+            while (await conn.recv()).type != "response.output_text.delta":
+                pass
+            lock.execute("BEGIN IMMEDIATE")
+            nudge = asyncio.ensure_future(
+                rest.post(f"/api/v1/sessions/{session_id}/responses", json={"instructions": "Go"})
+            )
+            server.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            with pytest.raises(Exception):  # noqa: PT011, B017 - websockets' ConnectionClosed
+                while True:
+                    await asyncio.wait_for(conn.recv(), 10)
+            # The lock is what this test is about: held this long after the signal.
+            await asyncio.sleep(hold - (time.monotonic() - signalled))
+            assert server.proc.poll() is None, "the stop waits for the database"
+            lock.execute("ROLLBACK")
+            exit_code = await asyncio.to_thread(server.proc.wait, 10)
+            await asyncio.gather(nudge, return_exceptions=True)
+        assert exit_code == 0, server.output()[-5000:]
+    finally:
+        lock.close()
+        server.stop()
+    sessions = _rows(db_path, "SELECT upstream_id, status, end_reason FROM oc_sessions_livesession")
+    assert sessions == [(session_id, "ended", "server_shutdown")], server.log_path.read_text()
+    requests = _rows(db_path, "SELECT status, error_code FROM oc_sessions_responserequest")
+    assert len(requests) >= 2 and set(requests) == {("failed", "session_ended")}, requests
 
 
 async def test_after_make_run_is_stopped_and_started_again_no_earlier_session_failed(
@@ -218,3 +270,51 @@ def test_tasks_a_stopped_loop_will_never_resume_are_closed_at_exit():
         assert coroutine.cr_frame is None
     finally:
         loop.close()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_the_database_takes_no_write_in_still_says_goodbye_within_its_grace(
+    monkeypatch,
+):
+    """The database keeps its lock past the stop's grace: the stop gives up waiting at the
+    grace, leaving the sessions' ends to the sweep, and still closes its operators' sockets
+    and streams (`farewells`) rather than fail before them."""
+    from django.db import connection
+
+    from apps.sessions import housekeeping as module
+    from apps.sessions.history import writer as history
+
+    said = []
+
+    async def goodbye():
+        said.append("goodbye")
+
+    monkeypatch.setattr(module, "farewells", [goodbye])
+    holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        await module.housekeeping().shutdown(grace=0.3)
+        assert time.monotonic() - started < 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert said == ["goodbye"]
+    await history.flush()
+
+
+def test_a_stop_that_outlives_its_grace_ends_the_process_all_the_same(monkeypatch):
+    from apps.sessions import housekeeping as module
+
+    exited = threading.Event()
+    statuses = []
+
+    def fake_exit(status: int) -> None:
+        statuses.append(status)
+        exited.set()
+
+    monkeypatch.setattr(module.os, "_exit", fake_exit)
+    timer = module.exit_at_the_latest(0.05)
+    assert exited.wait(5), "the process was not ended"
+    timer.join(5)
+    assert statuses == [1]
