@@ -732,7 +732,11 @@ class RelayCore:
         every follower already have the session as over, and operators can no longer steer
         it, so it ends here too rather than go on unseen: the caller is told to reconnect. An
         attached call has no caller here to tell: its sideband closes, and the call itself may
-        go on between the caller and the model."""
+        go on between the caller and the model.
+
+        The sweep's record stands alone: it failed the session, its pending requests and
+        approvals, and told the followers. So nothing of this end is recorded or told again
+        (no request is failed twice, no second `session.ended`); the core only stops."""
         self._deadline_stale = True
         if self.ended is not None:
             return []
@@ -745,13 +749,9 @@ class RelayCore:
                 "reconnect to start a new session."
             )
             told = self._tell_caller("session_lost", message, error_type="server_error")
-        return [
-            *told,
-            CloseCaller(code=1011, reason=message),
-            *self._end(
-                "failed", EndReason.SESSION_LOST, now, detail=message, request_code="session_lost"
-            ),
-        ]
+        reason = EndReason.SESSION_LOST
+        self._end("failed", reason, now, detail=message, request_code="session_lost")
+        return [*told, CloseCaller(code=1011, reason=message)]
 
     def crashed(self, detail: str, *, now: float) -> list[Action]:
         """The relay itself failed (a bug): the session cannot go on."""

@@ -193,9 +193,11 @@ class SessionActor:
         history.submit(opened)
         try:
             await self._open_upstream()
-            get, handle = self.mailbox.get, self._handle
+            get, handle, lease = self.mailbox.get, self._handle, housekeeping().lease
             while self.core.ended is None:
                 kind, payload, leg = await get()
+                if lease.expired() and await lease.swept(self.key):  # while this was held up
+                    kind, payload, leg = OPERATOR, {"type": groups.SESSION_LOST}, None
                 await handle(kind, payload, leg)
                 self._arm_timer()
         except Exception as exc:

@@ -18,8 +18,12 @@
   losing the database a process judges no one for `OC_SESSION_STALE_AFTER`: no holder could
   write its heartbeat meanwhile. A holder that was only held up (paused, its writes stalled)
   finds its swept sessions at its next heartbeat and ends them too (`end_swept`): their
-  callers are told, and the sweep's record stands. What its actors did in between, before
-  they knew (a response finished, the next request sent), is written after the sweep's.
+  callers are told, and the sweep's record stands.
+- **Lease**: so that such a holder does nothing for a swept session before it knows (a
+  request the sweep failed sent upstream after all, a response finishing one the sweep
+  failed), each actor asks the `Lease` before it handles anything, and the lease asks the
+  table only once no heartbeat has vouched for the sessions for longer than the sweep could
+  wait (see `Lease`).
 
 The task starts with the first connection or request the process serves (see
 `operator_console.asgi`), so every live process sweeps, not only those holding sessions.
@@ -35,6 +39,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -98,9 +103,68 @@ class Holder(Protocol):
     async def wait_finished(self, timeout: float = 5.0) -> None: ...
 
 
+class Lease:
+    """How long the sessions this process holds are surely its own: no other process can have
+    swept them before `until` (a `time.monotonic()`), since a heartbeat that stamped every one
+    of them was committed less than `OC_SESSION_STALE_AFTER` before (less one heartbeat
+    interval, for the clocks of other machines and a sweep judged as of its start).
+
+    A process that was paused (SIGSTOP, a frozen VM) or whose writes stalled finds its lease
+    run out when it goes on. Before an actor then handles anything (a frame that arrived
+    meanwhile, a tick, an operator's message) it asks `swept`: one query for all the sessions
+    held, at most once a heartbeat interval, whose answer the actors share. A swept session
+    ends at once (`RelayCore.lost`), before anything of it is sent or recorded; the others go
+    on. A query that fails lets them go on, as before there was a lease: nothing can be known,
+    and a call is not stopped for a database outage. Until the next heartbeat that stamps
+    every session held renews the lease, each input costs a set lookup.
+
+    What it does not cover: writes handed to the history writer before the pause, and a
+    sweep made between the query and the next heartbeat."""
+
+    def __init__(self, holders: dict[uuid.UUID, Holder]) -> None:
+        self._holders = holders
+        self.until = time.monotonic() + _lease_length()
+        self._swept: frozenset[uuid.UUID] = frozenset()
+        self._asked_at = -math.inf
+        self._asking: asyncio.Future | None = None
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.until
+
+    def renew(self, beat_at: float) -> None:
+        """A heartbeat begun at `beat_at` stamped every session held, and is committed (it may
+        be called on the history writer's thread)."""
+        self.until = max(self.until, beat_at + _lease_length())
+
+    async def swept(self, key: uuid.UUID) -> bool:
+        """Whether another process swept this session as lost, as the table said at most a
+        heartbeat interval ago."""
+        interval = settings.OC_HEARTBEAT_INTERVAL
+        if self._asking is None and time.monotonic() - self._asked_at >= interval:
+            self._asking = asyncio.ensure_future(self._ask())
+        if self._asking is not None:
+            await asyncio.shield(self._asking)
+        return key in self._swept
+
+    async def _ask(self) -> None:
+        asked_at = time.monotonic()
+        try:
+            keys = list(self._holders)
+            self._swept = frozenset(await db_async(_swept)(keys)) if keys else frozenset()
+        except Exception as exc:
+            log_failure(log, "could not ask whether this process's sessions were swept", exc)
+        finally:
+            self._asked_at, self._asking = asked_at, None
+
+
+def _lease_length() -> float:
+    return settings.OC_SESSION_STALE_AFTER - settings.OC_HEARTBEAT_INTERVAL
+
+
 class Housekeeping:
     def __init__(self) -> None:
         self.holders: dict[uuid.UUID, Holder] = {}
+        self.lease = Lease(self.holders)
         self._task: asyncio.Task | None = None
         # The loop time from which this process judges other processes' heartbeats (see sweep).
         self._judge_from = -math.inf
@@ -205,10 +269,13 @@ class Housekeeping:
         return len(rows)
 
     async def heartbeat(self) -> int:
-        """Have this process's sessions stamped; returns how many."""
+        """Have this process's sessions stamped; returns how many. The lease is renewed once
+        the stamps are committed (with none held, at once: there is nothing to sweep)."""
         keys = list(self.holders)
         if keys:
-            history.submit(functools.partial(_beat, keys))
+            history.submit(functools.partial(_beat, keys, self.lease))
+        else:
+            self.lease.renew(time.monotonic())
         return len(keys)
 
     async def end_swept(self) -> int:
@@ -276,10 +343,15 @@ def _reach_database() -> None:
         cursor.execute("SELECT 1")
 
 
-def _beat(keys: list[uuid.UUID]) -> int:
-    return LiveSession.objects.filter(id__in=keys, status__in=LiveSession.OPEN).update(
+def _beat(keys: list[uuid.UUID], lease: Lease) -> int:
+    beat_at = time.monotonic()
+    stamped = LiveSession.objects.filter(id__in=keys, status__in=LiveSession.OPEN).update(
         heartbeat_at=datetime.now(UTC), process_id=PROCESS_ID
     )
+    # Not stamped: ended since (the lease holds), or swept (its actor must learn it first).
+    if stamped == len(keys) or not _swept(keys):
+        transaction.on_commit(functools.partial(lease.renew, beat_at))
+    return stamped
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ import websockets
 from tests.scaleout.conftest import cluster_env, manage
 from tests.scaleout.test_listen_two_processes import listening, login_cookie
 from tests.scaleout.test_two_processes import Console, crashes, until
+from tests.sessions.test_sideband import Observer
 from tests.support.callers import SocketCaller, until_live
 from tests.support.realtime import user_text
 from tests.support.servers import start_side_by_side
+from tests.support.sse import Follower
 
 pytestmark = pytest.mark.e2e
 
@@ -153,5 +155,79 @@ async def test_a_paused_process_whose_session_was_swept_ends_it_and_tells_its_ca
         assert (session["status"], session["end_reason"]) == ("failed", "session_lost")
         assert not crashes(a, b), crashes(a, b)
     finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_paused_process_does_nothing_more_for_a_session_swept_meanwhile(
+    scaleout_db, redis_server, simulator
+):
+    """Held up with one nudge streaming and one queued, A wakes to find them failed by B's
+    sweep. It neither finishes the first (its response.done arrived meanwhile) nor sends the
+    second upstream, and records nothing more: each request and the session end once, as the
+    sweep said (its lease had run out, so its actor asked the table before anything else)."""
+    env = cluster_env(
+        scaleout_db, redis_server, simulator,
+        OC_HEARTBEAT_INTERVAL="0.5", OC_SESSION_STALE_AFTER="2",
+    )
+    a, b = start_side_by_side(env, env)
+    simulator.sim.observer = observer = Observer()
+    try:
+        call = await SocketCaller.connect(a.ws_base, scaleout_db.token)
+        headers = {"Authorization": f"Bearer {scaleout_db.token}"}
+        async with httpx.AsyncClient(
+            base_url=f"{b.http_url}/api/v1", headers=headers, timeout=10
+        ) as rest:
+            await until_live(rest, call.session_id)
+            # The whole log, not the session's stream (which ends at the first `session.ended`).
+            stream = await Follower(rest, "/events").start()
+            with simulator.configured(delta_interval=0.6):  # 3 s a response
+                first = (await rest.post(f"/sessions/{call.session_id}/responses", json={}))
+                second = (await rest.post(f"/sessions/{call.session_id}/responses", json={}))
+                first_id, second_id = first.json()["id"], second.json()["id"]
+
+                async def streaming() -> bool:
+                    answer = await rest.get(f"/responses/{first_id}")
+                    return answer.json()["status"] == "in_progress"
+
+                await until(streaming, timeout=10, what="the first nudge streaming")
+
+                async def swept() -> bool:
+                    answer = await rest.get(f"/sessions/{call.session_id}")
+                    return answer.json()["status"] != "live"
+
+                a.proc.send_signal(signal.SIGSTOP)
+                try:
+                    await until(swept, timeout=10, what="B's sweep of A's session")
+                    # The first response ends upstream while A sleeps: its done waits for A.
+                    await asyncio.sleep(3)
+                finally:
+                    a.proc.send_signal(signal.SIGCONT)
+                async with asyncio.timeout(5):
+                    await call.reader
+            assert call.socket.close_code == 1011
+            await asyncio.sleep(1.5)  # anything A would still write, and B's stream send
+            await stream.close()
+            requests = [(await rest.get(f"/responses/{r}")).json() for r in (first_id, second_id)]
+        assert [(r["status"], r["error"]["code"]) for r in requests] == [
+            ("failed", "session_lost"), ("failed", "session_lost"),
+        ], requests
+        sent = [
+            (event.get("response") or {}).get("metadata", {}).get("oc_request")
+            for _, event in observer.creates
+        ]
+        assert second_id not in sent, "the request the sweep failed was sent upstream after all"
+        events = [e.data for e in stream.events if e.data.get("session_id") == call.session_id]
+        finals = [
+            (e["request"]["id"], e["request"]["status"])
+            for e in events
+            if e["type"] == "request.status"
+            and e["request"]["status"] in ("completed", "failed", "cancelled")
+        ]
+        assert sorted(finals) == sorted([(first_id, "failed"), (second_id, "failed")]), finals
+        assert [e["type"] for e in events].count("session.ended") == 1, events
+        assert not crashes(a, b), crashes(a, b)
+    finally:
+        simulator.sim.observer = None
         a.stop()
         b.stop()

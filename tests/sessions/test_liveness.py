@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -235,3 +236,83 @@ async def test_holding_process_keeps_its_sessions_fresh(relay_settings, simulato
         lambda: LiveSession.objects.filter(upstream_id=session_id, heartbeat_at__gt=first).exists()
     )
     await communicator.disconnect()
+
+
+class Held:
+    """A holder as the housekeeping keeps it (an actor), by its key alone."""
+
+    def __init__(self, key) -> None:
+        self.key = key
+
+
+async def test_a_lease_run_out_asks_the_table_once_an_interval_and_a_beat_renews_it(
+    transactional_db, settings, monkeypatch
+):
+    """A process held up longer than a sweep could wait (its lease run out) asks the table
+    whether its sessions were swept before its actors handle anything more: once a heartbeat
+    interval, the answer shared by every actor; a heartbeat that stamps them all renews it."""
+    from apps.sessions import housekeeping as module
+    from apps.sessions.history import writer as history
+
+    settings.OC_HEARTBEAT_INTERVAL, settings.OC_SESSION_STALE_AFTER = 0.2, 1.0
+    old = datetime.now(UTC) - timedelta(seconds=5)
+    swept = await LiveSession.objects.acreate(
+        upstream_id="sess_lease_swept", model="gpt-realtime", status="failed",
+        end_reason="session_lost", process_id="here:1", heartbeat_at=old,
+    )
+    kept = await LiveSession.objects.acreate(
+        upstream_id="sess_lease_kept", model="gpt-realtime", status="live",
+        process_id="here:1", heartbeat_at=old,
+    )
+    keeper = module.Housekeeping()
+    for row in (swept, kept):
+        keeper.holders[row.pk] = Held(row.pk)
+    lease = keeper.lease
+    assert not lease.expired(), "a new process's lease runs a staleness from its start"
+
+    asked = []
+    real = module._swept
+    monkeypatch.setattr(module, "_swept", lambda keys: asked.append(keys) or real(keys))
+    lease.until = time.monotonic() - 1  # held up (SIGSTOP) past what a sweep waits
+    assert lease.expired()
+    answers = await asyncio.gather(
+        lease.swept(swept.pk), lease.swept(kept.pk), lease.swept(swept.pk)
+    )
+    assert answers == [True, False, True]
+    assert len(asked) == 1, "the actors share one question"
+    assert await lease.swept(swept.pk) and len(asked) == 1, "asked again only an interval on"
+    await asyncio.sleep(0.25)
+    assert await lease.swept(swept.pk) and len(asked) == 2
+
+    # A beat that finds a held session swept does not renew: its actor must learn it first.
+    await keeper.heartbeat()
+    await history.flush()
+    assert lease.expired()
+    # Once the swept session's actor is gone, the next beat stamps every session held.
+    del keeper.holders[swept.pk]
+    await keeper.heartbeat()
+    await history.flush()
+    assert not lease.expired()
+    assert lease.until > time.monotonic() + 0.5
+
+
+async def test_a_lease_whose_question_fails_lets_the_sessions_go_on(
+    transactional_db, settings, monkeypatch
+):
+    """The table cannot be asked (the database is away): nothing can be known, and a call is
+    not stopped for an outage; it is asked again an interval on."""
+    from django.db import OperationalError
+
+    from apps.sessions import housekeeping as module
+
+    settings.OC_HEARTBEAT_INTERVAL, settings.OC_SESSION_STALE_AFTER = 0.2, 1.0
+    keeper = module.Housekeeping()
+    key = uuid.uuid4()
+    keeper.holders[key] = Held(key)
+
+    def away(keys):
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(module, "_swept", away)
+    keeper.lease.until = time.monotonic() - 1
+    assert await keeper.lease.swept(key) is False
