@@ -26,15 +26,17 @@
 
 If Daphne's protocol class changes shape, the patch is skipped.
 
-And two fixes to Daphne's HTTP: the status line's reason phrase for the codes Twisted's table
-lacks, 429 among them (`add_reason_phrases`, a fix of data only); and no parsing of form
-bodies by Twisted (`leave_bodies_to_the_application`), which answered a POST whose multipart
-body it could not parse with a bare `400` before the application saw it.
+And three fixes to Daphne's HTTP: the status line's reason phrase for the codes Twisted's table
+lacks, 429 among them (`add_reason_phrases`, a fix of data only); no parsing of form bodies
+by Twisted (`leave_bodies_to_the_application`), which answered a POST whose multipart body it
+could not parse with a bare `400` before the application saw it; and a bound on request
+bodies (`refuse_huge_bodies`), which Twisted and Django otherwise keep whole, however large.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 import socket
@@ -44,6 +46,9 @@ from http import HTTPStatus
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The largest request body the server takes in; Django's own, lower limit
+# (DATA_UPLOAD_MAX_MEMORY_SIZE) still answers bodies between the two in each endpoint's words.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 SLOW_READER_PATHS = re.compile(rb"^/ws/console/sessions/.+/audio$")
 SLOW_READER_SECONDS = 2.0
 SLOW_READER_SEND_BUFFER = 64 * 1024  # bytes the kernel may hold for a listener
@@ -55,6 +60,7 @@ _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 101
 def install() -> None:
     add_reason_phrases()
     leave_bodies_to_the_application()
+    refuse_huge_bodies()
     try:
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # Daphne not in use
@@ -192,3 +198,62 @@ def leave_bodies_to_the_application() -> None:
 
     __init__._oc_patched = True
     WebRequest.__init__ = __init__
+
+
+def refuse_huge_bodies() -> None:
+    """Refuse a request body over MAX_BODY_BYTES with `413` as it arrives, and close.
+
+    Twisted keeps each body whole (in a temporary file past 100 kB) before Daphne hands it to
+    the application, and Django's ASGI handler copies all of it again before a view can look
+    at its size: one POST of a terabyte, from anyone, would fill the server's disk. The bound
+    is checked as the body comes: on the announced `Content-Length`, and on the bytes of a
+    chunked body so far. The answer is JSON in the service's error shape, which the API
+    clients read."""
+    try:
+        from daphne.http_protocol import WebRequest
+    except ImportError:  # Daphne not in use
+        return
+    if getattr(WebRequest.gotLength, "_oc_patched", False):
+        return
+    got_length, content_chunk, process = (
+        WebRequest.gotLength, WebRequest.handleContentChunk, WebRequest.process
+    )
+
+    def gotLength(self, length):  # noqa: N802 (Twisted's name)
+        self._oc_body_bytes = 0
+        if length is not None and length > MAX_BODY_BYTES:
+            _refuse_body(self)
+            return got_length(self, 0)  # nothing is kept: no temporary file for it
+        return got_length(self, length)
+
+    def handleContentChunk(self, data):  # noqa: N802 (Twisted's name)
+        if getattr(self, "_oc_refused", False):
+            return None
+        self._oc_body_bytes = getattr(self, "_oc_body_bytes", 0) + len(data)
+        if self._oc_body_bytes > MAX_BODY_BYTES:
+            return _refuse_body(self)
+        return content_chunk(self, data)
+
+    def process_unless_refused(self):
+        # The end of a refused body may already be in what the connection read.
+        if not getattr(self, "_oc_refused", False):
+            return process(self)
+        return None
+
+    gotLength._oc_patched = True
+    WebRequest.gotLength = gotLength
+    WebRequest.handleContentChunk = handleContentChunk
+    WebRequest.process = process_unless_refused
+
+
+def _refuse_body(request) -> None:
+    request._oc_refused = True
+    message = f"The request body is over the server's limit of {MAX_BODY_BYTES} bytes."
+    error = {"type": "invalid_request_error", "code": "request_too_large", "message": message}
+    body = json.dumps({"error": {**error, "param": None}}).encode()
+    head = (
+        "HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    request.channel.transport.write(head.encode("ascii") + body)
+    request.channel.loseConnection()

@@ -3,6 +3,7 @@ key and API tokens appear in no page, API response or log line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -239,3 +240,45 @@ async def test_keys_a_revoked_token_minted_are_refused_with_it(revocable):
         application, "/v1/realtime", headers=[(b"authorization", f"Bearer {key}".encode())]
     )
     assert not (await relay.connect(timeout=5))[0], "the relay refuses the key too"
+
+
+async def _answer_to(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """What the server answers to a request of `head` and then `body`, read while the body is
+    still being sent (the server may answer, and close, before it has all of it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def send() -> None:
+        try:
+            writer.write(head)
+            for start in range(0, len(body), 1 << 20):
+                writer.write(body[start:start + (1 << 20)])
+                await writer.drain()
+        except ConnectionError:
+            pass  # refused and closed mid-body: the answer says so
+
+    sending = asyncio.create_task(send())
+    try:
+        return await asyncio.wait_for(reader.read(4096), timeout=10)
+    finally:
+        sending.cancel()
+        writer.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_huge_request_body_is_refused_before_it_is_stored(daphne, framing):
+    """Twisted keeps a request's whole body (in a temporary file past 100 kB), then Django
+    copies it again, before any view can look at its size: without a bound, anyone could fill
+    the server's disk with one POST. A body over the bound is refused with 413 as it comes."""
+    from operator_console.daphne_compat import MAX_BODY_BYTES
+
+    target = b"POST /v1/webhooks/openai HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if framing == "content-length":
+        head = target + b"Content-Length: %d\r\n\r\n" % (1 << 40)  # a terabyte, announced
+        answer = await _answer_to(daphne.port, head)
+    else:
+        chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+        head = target + b"Transfer-Encoding: chunked\r\n\r\n"
+        answer = await _answer_to(daphne.port, head, chunk * (MAX_BODY_BYTES // (1 << 20) + 2))
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"code": "request_too_large"' in answer and str(MAX_BODY_BYTES).encode() in answer
