@@ -346,7 +346,9 @@ class WebhookWorker:
             delivery, status_code, error, started_at=started_at
         )
         if outcome == WebhookDelivery.Status.FAILED:
-            log.warning("webhook %s to %s failed for good: %s", delivery.webhook_id, delivery.endpoint.url, error)
+            # The error quotes the endpoint's answer, another server's text: as a repr, its
+            # line breaks cannot start a line of the log that looks like ours.
+            log.warning("webhook %s to %s failed for good: %r", delivery.webhook_id, delivery.endpoint.url, error)
 
 
 async def _beginning(answer: httpx.Response) -> str:

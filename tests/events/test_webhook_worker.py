@@ -252,3 +252,41 @@ async def test_a_process_with_sending_off_starts_no_webhook_worker(settings):
         assert worker()._task is not None and not worker()._task.done()
     finally:
         worker()._task.cancel()
+
+
+class Forger(Endpoint):
+    """A webhook endpoint whose error page holds a line break and a line of a log's shape."""
+
+    BODY = b"no\n2026-01-01 00:00:00,000 INFO apps.console all is well"
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(500)
+                self.send_header("content-length", str(len(Forger.BODY)))
+                self.end_headers()
+                self.wfile.write(Forger.BODY)
+
+            def log_message(self, *args):
+                pass
+
+        self.serve(Handler)
+
+
+async def test_an_endpoints_answer_cannot_forge_a_line_of_the_log(settings, caplog):
+    """The endpoint's answer is another server's text: the warning that a delivery failed for
+    good quotes it on its own line, its line breaks escaped."""
+    settings.OC_WEBHOOK_RETRY_FOR = 0  # the first failure is the last
+    receiver = Forger()
+    endpoint = await sync_to_async(_endpoint_from)(await sync_to_async(_event)(), url=receiver.url)
+    worker = WebhookWorker()
+    try:
+        assert await worker.round() == 1
+        await asyncio.gather(*worker._deliveries)
+    finally:
+        receiver.stop()
+    delivery = await WebhookDelivery.objects.aget(endpoint=endpoint)
+    assert delivery.status == WebhookDelivery.Status.FAILED
+    [warning] = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
+    assert "\n" not in warning and "all is well" in warning, warning
