@@ -282,3 +282,59 @@ async def test_a_huge_request_body_is_refused_before_it_is_stored(daphne, framin
         answer = await _answer_to(daphne.port, head, chunk * (MAX_BODY_BYTES // (1 << 20) + 2))
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert b'"code": "request_too_large"' in answer and str(MAX_BODY_BYTES).encode() in answer
+
+
+async def _relay_session(headers) -> WebsocketCommunicator:
+    relay = WebsocketCommunicator(application, "/v1/realtime?model=gpt-realtime", headers=headers)
+    assert (await relay.connect(timeout=5))[0]
+    assert json.loads(await relay.receive_from(timeout=5))["type"] == "session.created"
+    return relay
+
+
+async def _closed(relay: WebsocketCommunicator) -> dict:
+    """The close the relay sent, past the events before it; then the caller goes."""
+    while (output := await relay.receive_output(timeout=5))["type"] != "websocket.close":
+        pass
+    await relay.disconnect(timeout=5)
+    return output
+
+
+@pytest.mark.parametrize("credential", ["token", "minted key"])
+async def test_revoking_a_token_ends_the_relay_sessions_it_opened(
+    relay_settings, simulator, revocable, credential
+):
+    """A leaked token is revoked: the sessions it (or a key it minted) has open end too, rather
+    than talking on to the model for as long as they like (a session moves to a fresh
+    upstream before the service's 60 minutes are up, so it has no end of its own)."""
+    from asgiref.sync import sync_to_async
+
+    from apps.sessions.tokens import api_token_revoke
+
+    plain, token = revocable
+    if credential == "minted key":
+        async with _http("") as http:
+            minted = await http.post(
+                "/v1/realtime/client_secrets", json={}, headers={"Authorization": f"Bearer {plain}"}
+            )
+        plain = minted.json()["value"]
+    relay = await _relay_session([(b"authorization", f"Bearer {plain}".encode())])
+    await sync_to_async(api_token_revoke)(token=token)
+    assert (await _closed(relay))["code"] == 4401
+
+
+@pytest.mark.parametrize("change", ["logged out", "turned off"])
+async def test_an_operator_logged_out_or_turned_off_loses_the_relay_session_they_opened(
+    relay_settings, simulator, operator_cookie, change
+):
+    cookie = (b"cookie", f"sessionid={operator_cookie}".encode())
+    relay = await _relay_session([HOST, ORIGIN, cookie])
+    if change == "logged out":
+        async with _http(operator_cookie) as http:
+            page = await http.get("/console/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+            await http.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})
+    else:
+        user = await get_user_model().objects.aget(username="op")
+        user.is_active = False
+        await user.asave()
+    assert (await _closed(relay))["code"] == 4401

@@ -31,6 +31,7 @@ from apps.sessions.consumers import (
     SurvivesLayerOutages,
 )
 from apps.sessions.db import db_async
+from apps.sessions.groups import user_group
 from apps.sessions.models import LiveSession, ResponseRequest
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ CATCH_UP_REQUESTS = 100
 SNAPSHOT_RETRY = 1.0
 SNAPSHOT_ASKS = 10
 _PREFIX = "console."
-
-
-def user_group(user_id) -> str:
-    return f"user.{user_id}"
 
 
 class ConsoleConsumer(

@@ -30,7 +30,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from apps.console.consumers import user_group
 from apps.sessions import groups, selectors
 from apps.sessions.caps import PerKeyCap
 from apps.sessions.consumers import (
@@ -39,6 +38,7 @@ from apps.sessions.consumers import (
     SurvivesLayerOutages,
 )
 from apps.sessions.db import db_async
+from apps.sessions.groups import user_group
 from apps.sessions.listening import LISTEN_AUDIO
 from apps.sessions.models import LISTEN, LiveSession
 

@@ -17,7 +17,7 @@ from django.contrib.auth.signals import user_logged_out
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
-from apps.console.consumers import user_group
+from apps.sessions.groups import user_group
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from django.contrib import auth
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
 
-from apps.sessions import tokens
+from apps.sessions import groups, tokens
 from apps.sessions.db import db_async
 from apps.sessions.models import ApiToken, ClientSecret
 
@@ -51,6 +51,9 @@ class Principal:
     token_id: int | None = None
     user_id: int | None = None
     session: dict | None = None  # a minted key's session configuration
+    # The group told when the credential is no longer good (a token revoked, an operator
+    # logged out or turned off): the session it opened ends then.
+    ends_with: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,8 @@ async def authenticate_relay(scope) -> Principal | Refusal:
                 "subprotocol openai-insecure-api-key.<token>).",
             )
         return _over_rate(token.pk) or Principal(
-            kind="token", name=f"token:{token.name}", token_id=token.pk
+            kind="token", name=f"token:{token.name}", token_id=token.pk,
+            ends_with=groups.token_group(token.pk),
         )
     user = await session_user(scope)
     if user is not None and user.is_authenticated and user.is_active:
@@ -197,7 +201,10 @@ async def authenticate_relay(scope) -> Principal | Refusal:
                 "origin_mismatch",
                 f"A console login cookie is accepted only from this site's own origin, not {origin!r}.",
             )
-        return Principal(kind="user", name=user.get_username(), user_id=user.pk)
+        return Principal(
+            kind="user", name=user.get_username(), user_id=user.pk,
+            ends_with=groups.user_group(user.pk),
+        )
     return Refusal(
         "no credentials",
         403,
@@ -228,8 +235,9 @@ async def _client_secret_principal(plain: str) -> Principal | Refusal:
             "The client secret was refused: it is unknown, or the token that minted it "
             "was revoked.",
         )
+    minter = groups.token_group(secret.token_id) if secret.token_id is not None else None
     return _over_rate(tokens.key_bucket(secret)) or Principal(
-        kind="key", name=f"key:{secret.created_by}", session=secret.session
+        kind="key", name=f"key:{secret.created_by}", session=secret.session, ends_with=minter
     )
 
 

@@ -207,6 +207,7 @@ class SurvivesLayerOutages:
 class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
     actor: SessionActor | None = None
     group: str | None = None
+    ends_with: str | None = None  # the credential's group (`Principal.ends_with`)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -220,7 +221,7 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
                 self.actor.caller_closed()
 
     def layer_groups(self) -> list[str]:
-        return [self.group] if self.group is not None else []
+        return [group for group in (self.group, self.ends_with) if group is not None]
 
     async def connect(self) -> None:
         try:
@@ -294,8 +295,10 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         )
         # Operators reach the session through its group: requests, cancels, notes, interrupts.
         self.group = groups.session_group(self.actor.key)
+        self.ends_with = principal.ends_with
         try:
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            for group in self.layer_groups():
+                await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:  # the layer is down: the session starts, and joins when it can
             log.warning("joining %s failed: %r; retrying in the background", self.group, exc)
             self.join_later()
@@ -349,14 +352,28 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
 
     async def disconnect(self, code) -> None:
         self.stop_joining()
-        if self.group is not None:
+        for group in self.layer_groups():
             try:
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+                await self.channel_layer.group_discard(group, self.channel_name)
             except Exception as exc:  # the layer is down; the membership expires on its own
-                log.warning("leaving %s failed: %r", self.group, exc)
+                log.warning("leaving %s failed: %r", group, exc)
         if self.actor is not None:
             self.actor.caller_closed()
             await self.actor.wait_finished()
+
+    async def token_revoked(self, message) -> None:
+        await self._credential_ended("The token that opened this session was revoked.")
+
+    async def user_logged_out(self, message) -> None:
+        """The operator whose login opened this session logged out, or was turned off."""
+        await self._credential_ended("The console login that opened this session has ended.")
+
+    async def _credential_ended(self, reason: str) -> None:
+        # The session ends now, even if the caller never answers the close.
+        log.info("relay session closed: %s", reason)
+        await self.close_with(4401, reason)
+        if self.actor is not None:
+            self.actor.caller_closed()
 
     # The actor's view of the caller socket.
     async def send_frame(self, frame: str | bytes) -> None:

@@ -16,6 +16,11 @@ and the actor's sends to them (`send`, `publish`).
   the session: `live_session_label_set`).
 - `listen_group(key)`: operators listening to the call. The actor sends it `listen.audio`
   (`bytes`: the side, then PCM16 24 kHz) while anyone listens.
+- `user_group(user_id)`: every socket an operator's login opened (the console's, listen-in's,
+  a relay session's by cookie). apps/console/signals.py sends it `user.logged_out` when the
+  operator logs out, is turned off or deleted, or has a new password: each socket closes.
+- `token_group(token_id)`: the relay sessions an API token opened, itself or with a key it
+  minted. `tokens.api_token_revoke` sends it `token.revoked`: each session ends.
 """
 
 from __future__ import annotations
@@ -126,6 +131,14 @@ def watch_group(key: uuid.UUID) -> str:
 
 def listen_group(key: uuid.UUID) -> str:
     return f"listen.{key.hex}"
+
+
+def user_group(user_id) -> str:
+    return f"user.{user_id}"
+
+
+def token_group(token_id: int) -> str:
+    return f"token.{token_id}"
 
 
 async def send(channel: str, message: dict[str, Any]) -> None:

@@ -9,16 +9,24 @@ scope realtime:connect only, so only the relay's handshake and `/v1/realtime/cal
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
 from collections.abc import Hashable, Iterable
 from datetime import timedelta
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.sessions import groups
 from apps.sessions.models import ApiToken, ClientSecret
+
+log = logging.getLogger(__name__)
 
 # last_used_at is a hint for humans, so it is written at most this often per token.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
@@ -156,9 +164,20 @@ def api_token_revoked(*, token_id: int) -> bool:
 
 
 def api_token_revoke(*, token: ApiToken) -> None:
+    """Refuse the token from now on, and end the relay sessions it (or a key it minted) has
+    open, in every process: a leaked token must not talk on to the model through them."""
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        transaction.on_commit(functools.partial(_end_sessions_of, token.pk))
+
+
+def _end_sessions_of(token_id: int) -> None:
+    try:
+        group = groups.token_group(token_id)
+        async_to_sync(get_channel_layer().group_send)(group, {"type": "token.revoked"})
+    except Exception as exc:  # the layer is away: the sessions go on, the token is refused
+        log.warning("could not end the relay sessions of token %s: %r", token_id, exc)
 
 
 class TokenBuckets:
