@@ -26,6 +26,12 @@ from apps.sessions.models import LiveSession
 
 CHUNK = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# A byte position longer than this is past any file (and int() refuses over 4300 digits).
+_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def recorded_session(*, session_id: str) -> LiveSession | None:
@@ -65,15 +71,15 @@ def recording_response(request: HttpRequest, session: LiveSession) -> HttpRespon
     start, length, status = 0, size, 200
     etag = f'"{hashlib.sha256(name.encode()).hexdigest()[:16]}-{size}"'
     asked = _RANGE.match(request.headers.get("Range", "").strip())
-    if asked and asked[1] and asked[2] and int(asked[2]) < int(asked[1]):
+    if asked and asked[1] and asked[2] and _position(asked[2]) < _position(asked[1]):
         asked = None  # not a range (its last byte before its first): ignored, as RFC 9110 says
     if_range = request.headers.get("If-Range")
     if asked and (asked[1] or asked[2]) and (if_range is None or if_range.strip() == etag):
         if asked[1]:
-            start = int(asked[1])
-            end = min(int(asked[2]), size - 1) if asked[2] else size - 1
+            start = _position(asked[1])
+            end = min(_position(asked[2]), size - 1) if asked[2] else size - 1
         else:  # the last N bytes
-            start, end = max(0, size - int(asked[2])), size - 1
+            start, end = max(0, size - _position(asked[2])), size - 1
         if start >= size or end < start:
             refused = HttpResponse(status=416)
             refused["Content-Range"] = f"bytes */{size}"
