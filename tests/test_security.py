@@ -287,8 +287,22 @@ async def test_a_huge_request_body_is_refused_before_it_is_stored(daphne, framin
 async def _relay_session(headers) -> WebsocketCommunicator:
     relay = WebsocketCommunicator(application, "/v1/realtime?model=gpt-realtime", headers=headers)
     assert (await relay.connect(timeout=5))[0]
-    assert json.loads(await relay.receive_from(timeout=5))["type"] == "session.created"
+    created = json.loads(await relay.receive_from(timeout=5))
+    assert created["type"] == "session.created"
+    relay.session_id = created["session"]["id"]
     return relay
+
+
+async def _ended_saying(relay: WebsocketCommunicator, detail: str) -> None:
+    """The session's record says why it ended: the caller did not close it."""
+    from apps.sessions.history import writer as history
+    from apps.sessions.models import LiveSession
+
+    await history.flush()
+    session = await LiveSession.objects.aget(upstream_id=relay.session_id)
+    assert (session.status, session.end_reason, session.end_detail) == (
+        "ended", "caller_closed", detail,
+    )
 
 
 async def _closed(relay: WebsocketCommunicator) -> dict:
@@ -320,6 +334,7 @@ async def test_revoking_a_token_ends_the_relay_sessions_it_opened(
     relay = await _relay_session([(b"authorization", f"Bearer {plain}".encode())])
     await sync_to_async(api_token_revoke)(token=token)
     assert (await _closed(relay))["code"] == 4401
+    await _ended_saying(relay, "The token that opened this session was revoked.")
 
 
 @pytest.mark.parametrize("change", ["logged out", "turned off"])
@@ -338,3 +353,4 @@ async def test_an_operator_logged_out_or_turned_off_loses_the_relay_session_they
         user.is_active = False
         await user.asave()
     assert (await _closed(relay))["code"] == 4401
+    await _ended_saying(relay, "The console login that opened this session has ended.")

@@ -698,11 +698,13 @@ class RelayCore:
         sideband.frames += [a.frame for a in actions if type(a) is ToUpstream]
         return [a for a in actions if type(a) is not ToUpstream]
 
-    def caller_closed(self, *, now: float) -> list[Action]:
+    def caller_closed(self, *, now: float, detail: str = "") -> list[Action]:
+        """The caller leg closed: by the caller, or by the relay for a reason it gives (the
+        credential that opened the session was revoked, say)."""
         self._deadline_stale = True
         if self.ended is not None:
             return []
-        return self._end("ended", EndReason.CALLER_CLOSED, now)
+        return self._end("ended", EndReason.CALLER_CLOSED, now, detail=detail)
 
     def shutdown(self, *, now: float) -> list[Action]:
         """The server process is stopping: the session ends cleanly, and the caller is told

@@ -153,10 +153,10 @@ class SessionActor:
         """A `session.*` message from the session's group (see `groups`), or from the pickup."""
         self.mailbox.put((OPERATOR, message, None))
 
-    def caller_closed(self) -> None:
-        """The caller leg is gone: the session ends."""
+    def caller_closed(self, detail: str = "") -> None:
+        """The caller leg is gone: the session ends (`detail`: why, if the relay closed it)."""
         self._stop_opening()
-        self.mailbox.put((CALLER_CLOSED, None, None))
+        self.mailbox.put((CALLER_CLOSED, detail, None))
 
     def shutdown(self) -> None:
         """The process is stopping: the session ends cleanly (`server_shutdown`)."""
@@ -264,7 +264,7 @@ class SessionActor:
                 await self._perform(core.upstream_closed(*payload, now=now))
         elif kind is CALLER_CLOSED:
             self._caller = None
-            await self._perform(core.caller_closed(now=now))
+            await self._perform(core.caller_closed(now=now, detail=payload or ""))
         elif kind is SHUTDOWN:
             await self._perform(core.shutdown(now=now))
         elif kind is AUDIO_DUE:

@@ -373,7 +373,7 @@ class RelayConsumer(SurvivesLayerOutages, AsyncWebsocketConsumer):
         log.info("relay session closed: %s", reason)
         await self.close_with(4401, reason)
         if self.actor is not None:
-            self.actor.caller_closed()
+            self.actor.caller_closed(detail=reason)
 
     # The actor's view of the caller socket.
     async def send_frame(self, frame: str | bytes) -> None:
