@@ -16,7 +16,9 @@ G.711 to PCM16 24 kHz — and:
   of its own; an agent item the caller stopped playing (`AudioCut`) is cut there too.
 
 A piece whose base64 is malformed is skipped: the upstream answers the caller's append, as
-the service does.
+the service does. A large G.711 piece (an append may hold minutes of audio) is decoded a few
+seconds of audio at a time, giving the event loop back in between: decoded at once, it would
+stop every session of the process for as long.
 """
 
 from __future__ import annotations
@@ -42,20 +44,41 @@ LISTEN_CUT = "listen.cut"
 AGENT = 1  # the side of the agent's audio (0: the caller's)
 FLUSH_DELAY = 0.04  # seconds audio is held for listeners (their players buffer 0.1 s)
 FLUSH_BYTES = 48_000  # held at most: half a second of one side's audio
+G711_SLICE = 24_000  # G.711 bytes (3 s of audio) decoded between returns to the event loop
+G711_TYPES = {"pcmu": "audio/pcmu", "pcma": "audio/pcma"}
+
+
+def _raw(encoded: str) -> bytes | None:
+    try:
+        return binascii.a2b_base64(encoded, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def pcm16_24k(encoded: str, audio_format: str) -> bytes | None:
     """Base64 audio in a session's format as PCM16 mono 24 kHz; None when it is malformed.
     PCM16 comes as it was sent, an odd byte at the end too (`AudioTap` completes the sample)."""
-    try:
-        raw = binascii.a2b_base64(encoded, strict_mode=True)
-    except (binascii.Error, ValueError):
+    raw = _raw(encoded)
+    if raw is None or audio_format not in G711_TYPES:
+        return raw
+    return audio.g711_to_pcm16_24k(raw, G711_TYPES[audio_format])
+
+
+async def g711_pcm16_24k_in_slices(encoded: str, audio_format: str) -> bytes | None:
+    """`pcm16_24k` of a large G.711 piece, `G711_SLICE` bytes at a time, the event loop given
+    back between slices. Each slice is decoded with the first byte of the next, so that its
+    last sample leads into the next one as in a piece decoded at once."""
+    raw = _raw(encoded)
+    if raw is None:
         return None
-    if audio_format == "pcmu":
-        return audio.resample_pcm16(audio.ulaw_decode(raw), 8000, 24000)
-    if audio_format == "pcma":
-        return audio.resample_pcm16(audio.alaw_decode(raw), 8000, 24000)
-    return raw
+    format_type = G711_TYPES[audio_format]
+    slices = []
+    for start in range(0, len(raw), G711_SLICE):
+        size = min(G711_SLICE, len(raw) - start)
+        pcm = audio.g711_to_pcm16_24k(raw[start : start + size + 1], format_type)
+        slices.append(pcm[: 6 * size])  # 3 samples of 2 bytes each code
+        await asyncio.sleep(0)
+    return b"".join(slices)
 
 
 class AudioTap:
@@ -78,7 +101,10 @@ class AudioTap:
             self._held, self._bytes_held = [], 0
 
     async def tapped(self, piece: AudioTapped) -> None:
-        pcm = pcm16_24k(piece.audio, piece.format)
+        if piece.format in G711_TYPES and len(piece.audio) > 4 * G711_SLICE // 3:
+            pcm = await g711_pcm16_24k_in_slices(piece.audio, piece.format)
+        else:
+            pcm = pcm16_24k(piece.audio, piece.format)
         if pcm is not None and piece.format == "pcm16":
             pcm = self._split[piece.side] + pcm
             whole = len(pcm) & ~1

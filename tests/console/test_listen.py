@@ -158,6 +158,43 @@ async def test_g711_audio_reaches_listeners_as_pcm16_at_24khz(caller, cookies):
     await listener.disconnect()
 
 
+async def test_a_long_g711_append_is_decoded_without_stopping_the_process(caller, cookies):
+    """An append may hold minutes of G.711 (3 MiB: 6.5 minutes at 8 kHz). Decoding it for a
+    listener (and the recorder) must not stop the event loop, every other session's with it,
+    for seconds: the loop is measured by a ticker while the listener waits for the audio."""
+    await caller.send({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcma"},
+                                                "turn_detection": None}}}})
+    await caller.until("session.updated")
+    listener = await _started(caller.session_id, cookies["ann"])
+    g711 = audio.alaw_encode(_tone(8000)) * 393  # 3 144 000 bytes
+    longest_gap = 0.0
+
+    async def ticker() -> None:
+        nonlocal longest_gap
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            longest_gap, last = max(longest_gap, now - last), now
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await caller.send({"type": "input_audio_buffer.append",
+                           "audio": base64.b64encode(g711).decode()})
+        heard = b""
+        while len(heard) < 6 * len(g711):
+            frame = await _binary(listener, timeout=30)
+            assert frame[0] == 0
+            heard += frame[1:]
+    finally:
+        ticking.cancel()
+    assert longest_gap < 0.5, f"the event loop stopped for {longest_gap:.2f} s"
+    whole = heard == audio.g711_to_pcm16_24k(g711, "audio/pcma")  # not in assert: 18 MB to diff
+    assert whole, "the audio is heard whole, as if decoded at once"
+    await listener.disconnect()
+
+
 async def test_audio_appended_right_after_a_format_change_is_decoded_in_the_new_format(
     caller, cookies
 ):

@@ -99,6 +99,16 @@ def test_resampling_keeps_duration_pitch_and_level(src, dst):
         audio.resample_pcm16(tone, 0, dst)
 
 
+@pytest.mark.parametrize("format_type", ["audio/pcmu", "audio/pcma"])
+def test_g711_to_24khz_is_decoding_then_resampling(format_type):
+    codes = bytes(range(256)) + bytes(reversed(range(256))) + b"\x00\xff\x7f\x80"
+    fast = samples(audio.g711_to_pcm16_24k(codes, format_type))
+    slow = samples(audio.resample_pcm16(audio.to_pcm16(codes, format_type), 8000, 24000))
+    assert len(fast) == len(slow) == 3 * len(codes)
+    assert max(abs(a - b) for a, b in zip(fast, slow, strict=True)) <= 1  # rounding aside
+    assert audio.g711_to_pcm16_24k(b"", format_type) == b""
+
+
 def test_format_helpers():
     assert audio.FORMAT_RATES == {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
     assert [audio.bytes_per_ms(t) for t in audio.FORMAT_RATES] == [48, 8, 8]
