@@ -54,15 +54,24 @@ websocket_urls = [
 
 class StartHousekeeping:
     """Start this process's housekeeping (heartbeats, sweeps of dead processes' sessions,
-    pickup of lost pings) with the first connection or request it serves."""
+    pickup of lost pings) with the first connection or request it serves, and count the HTTP
+    requests being answered, which a graceful stop waits for (`Housekeeping.shutdown`)."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "lifespan":
-            housekeeping().start()
-        return await self.app(scope, receive, send)
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        keeper = housekeeping()
+        keeper.start()
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        keeper.request_began()
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            keeper.request_ended()
 
 
 class EndDisconnectListeners:

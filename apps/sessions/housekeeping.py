@@ -169,6 +169,17 @@ class Housekeeping:
         # The loop time from which this process judges other processes' heartbeats (see sweep).
         self._judge_from = -math.inf
         self.stopping = False  # told to stop (`shutdown`): no more sessions are taken
+        self.answering = 0  # HTTP requests being answered (`operator_console.asgi`)
+        self._none_answering = asyncio.Event()
+
+    def request_began(self) -> None:
+        self.answering += 1
+        self._none_answering.clear()
+
+    def request_ended(self) -> None:
+        self.answering -= 1
+        if not self.answering:
+            self._none_answering.set()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -200,10 +211,12 @@ class Housekeeping:
         included (the recorder's thread does not outlive the process).
 
         All of it within `grace` seconds, one budget: the history waits for a busy database
-        (`history.HistoryWriter._commit`), and meanwhile so does the process, so that the
-        requests being answered write too, while the event loop they return to still runs.
-        What is not written by then is left to the sweep (`session_lost`): the operators
-        are told goodbye all the same."""
+        (`history.HistoryWriter._commit`), and meanwhile so does the process. What is not
+        written by then is left to the sweep (`session_lost`): the operators are told goodbye
+        all the same. Last, the HTTP requests being answered are waited for (`answering`):
+        one held up too (its write behind the same lock) comes back to the event loop, which
+        must still run then; a thread of Django's that came back to a stopped loop would wait
+        for it for ever and keep the process."""
         self.stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
@@ -229,6 +242,9 @@ class Housekeeping:
                 await farewell()
             except Exception as exc:  # its own failure only: the process stops anyway
                 log_failure(log, f"farewell {farewell.__qualname__} failed", exc)
+        if self.answering:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_answering.wait(), left())
         return len(holders)
 
     async def _run(self) -> None:

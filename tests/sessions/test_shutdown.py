@@ -318,3 +318,34 @@ def test_a_stop_that_outlives_its_grace_ends_the_process_all_the_same(monkeypatc
     assert exited.wait(5), "the process was not ended"
     timer.join(5)
     assert statuses == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_waits_for_the_http_requests_being_answered_within_its_grace(monkeypatch):
+    """A request held up as the server stops (its write behind a lock the stop waited out)
+    comes back to the event loop: the stop waits for it, within its grace, since a thread of
+    Django's that came back to a stopped loop would wait for it for ever."""
+    from apps.sessions import housekeeping as module
+
+    monkeypatch.setattr(module, "farewells", [])
+    keeper = module.Housekeeping()
+    keeper.request_began()
+    answered = []
+
+    async def answer_later():
+        await asyncio.sleep(0.3)
+        answered.append(time.monotonic())
+        keeper.request_ended()
+
+    started = time.monotonic()
+    later = asyncio.ensure_future(answer_later())
+    await keeper.shutdown(grace=5)
+    assert answered, "the stop waited for the answer"
+    assert time.monotonic() - started < 2, "and no longer"
+    await later
+    # One that never comes back is waited for no longer than the grace.
+    keeper = module.Housekeeping()
+    keeper.request_began()
+    started = time.monotonic()
+    await keeper.shutdown(grace=0.2)
+    assert 0.2 <= time.monotonic() - started < 2
