@@ -249,6 +249,13 @@ class Prepared:
             lock_event_order()
             self.written = Event.objects.bulk_create(events)
 
+    def settled(self, model: type, pks: set) -> None:
+        """The batch leaves out its changes of these rows (`history.without_settled`): no
+        events for them, and what was known of them is read again when next needed."""
+        self.steps = [step for step in self.steps if not (step.model is model and step.pk in pks)]
+        for pk in pks:
+            self.known.requests.pop(pk, None)
+
     def failed(self) -> None:
         """The batch failed and its operations were retried one by one: what was written is
         read back at the next `write`, not assumed."""

@@ -90,6 +90,10 @@ class HistoryWriter:
         # rows, then told `committed()`; or, when the batch failed, told `failed()` and
         # written again after its operations were retried one by one.
         self.recorder: Any = None
+        # Whether another process may have swept this process's sessions (its lease has run
+        # out: housekeeping.Lease sets it). A batch then first leaves out what it would write
+        # over a request the table has as over (`without_settled`).
+        self.doubtful: Callable[[], bool] | None = None
 
     def submit(self, operation: Operation) -> None:
         """Queue an operation; never blocks, and wakes the writer only when it is idle."""
@@ -163,7 +167,8 @@ class HistoryWriter:
 
     def _apply(self, batch: list[Operation], events: Any = None) -> None:
         def whole() -> None:
-            apply_batch(batch)
+            doubtful = self.doubtful
+            apply_batch(without_settled(batch, events) if doubtful and doubtful() else batch)
             if events is not None:
                 events.write()
 
@@ -227,6 +232,40 @@ def _database_answers() -> bool:
         connection.close()
         return False
     return True
+
+
+def without_settled(batch: list[Operation], events: Any = None) -> list[Operation]:
+    """The batch without its status changes (and their events) of requests already over in
+    the table, read and locked in the batch's transaction.
+
+    Only another process's sweep ends a request this writer still moves: this process was
+    held up (paused, or cut off from the database) and its sessions were found lost. What its
+    actors did before they knew (a response finished, a request the sweep failed sent, a
+    request taken in) was handed in then and comes here late; written, it would turn the
+    sweep's `failed` into `completed`, or back into `in_progress` or `queued` for good. A
+    final status stays final: the sweep's record stands alone."""
+    from apps.sessions.models import ResponseRequest
+
+    def moves(operation: Operation) -> bool:
+        return (
+            type(operation) is UpdateRow
+            and operation.model is ResponseRequest
+            and "status" in operation.fields
+        )
+
+    moving = {operation.pk for operation in batch if moves(operation)}
+    if not moving:
+        return batch
+    over = ResponseRequest.objects.select_for_update().filter(
+        pk__in=moving, status__in=ResponseRequest.TERMINAL
+    )
+    settled = set(over.values_list("pk", flat=True))
+    if not settled:
+        return batch
+    log.warning("left out what came late for %d requests already over: %s", len(settled), settled)
+    if events is not None:
+        events.settled(ResponseRequest, settled)
+    return [op for op in batch if not (moves(op) and op.pk in settled)]
 
 
 def apply_batch(batch: list[Operation]) -> None:

@@ -118,8 +118,11 @@ class Lease:
     and a call is not stopped for a database outage. Until the next heartbeat that stamps
     every session held renews the lease, each input costs a set lookup.
 
-    What it does not cover: writes handed to the history writer before the pause, and a
-    sweep made between the query and the next heartbeat."""
+    While it has run out, the history writer leaves out any change of a request the table
+    has as over (`history.without_settled`): the writes handed in before the pause, or held
+    while the database could not be reached, do not undo the sweep's record. What it does
+    not cover: a request the sweep failed that an actor sends upstream while the table cannot
+    be asked (the call goes on), and a sweep made between the query and the next heartbeat."""
 
     def __init__(self, holders: dict[uuid.UUID, Holder]) -> None:
         self._holders = holders
@@ -182,6 +185,8 @@ class Housekeeping:
             self._none_answering.set()
 
     def start(self) -> None:
+        # The history writer asks this process's lease before it writes over the sweep's record.
+        history.doubtful = self.lease.expired
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="housekeeping")
 

@@ -295,3 +295,51 @@ def test_a_rotation_is_a_session_updated_with_the_upstream_sessions_so_far():
     assert [e["type"] for e in events] == ["session.opened", "session.live", "session.updated"]
     updated = events[-1]["session"]
     assert (updated["id"], updated["upstream_sessions"]) == ("sess_a", ["sess_a", "sess_b"])
+
+
+def test_what_a_held_up_process_writes_late_does_not_undo_the_sweep(monkeypatch):
+    """A process held up (paused, or cut off from the database) past the staleness had its
+    session swept meanwhile. What its actor handed the writer before it knew (one request
+    finished, the next sent) comes after the sweep's record; while its lease has run out, it
+    is left out: each request stays `failed`, with one final event, the sweep's."""
+    key, at = uuid.uuid4(), datetime.now(UTC).timestamp()
+    for operation in [
+        records.session_opened(key=key, model="m", connected_by="t", process_id="p", at=at),
+        records.session_identified(key=key, upstream_id="sess_late", instructions="", at=at),
+        *[
+            records.request_created(
+                key=key, request_id=request_id, origin="api", event_id="", instructions=None,
+                metadata=None, conversation=None, requested_by="token:t", at=at,
+            )
+            for request_id in ("req_late_done", "req_late_next")
+        ],
+        records.request_status(request_id="req_late_done", status="sent", at=at),
+        records.request_status(
+            request_id="req_late_done", status="in_progress", at=at, response_id="resp_1"
+        ),
+    ]:
+        history.submit(operation)
+    history.flush_sync()  # the writer now knows both requests as it left them
+    stamped = datetime.now(UTC)
+    LiveSession.objects.filter(pk=key).update(heartbeat_at=stamped, process_id="elsewhere:1")
+    now = stamped + timedelta(seconds=settings.OC_SESSION_STALE_AFTER + 1)
+    assert list(sweep_lost_sessions(now=now)) == ["sess_late"]
+
+    monkeypatch.setattr(history, "doubtful", lambda: True)  # the process's lease has run out
+    history.submit(
+        records.request_status(
+            request_id="req_late_done", status="completed", at=at + 1, response_id="resp_1",
+            output_text="Done.",
+        )
+    )
+    history.submit(records.request_status(request_id="req_late_next", status="sent", at=at + 1))
+    history.flush_sync()
+
+    for request_id in ("req_late_done", "req_late_next"):
+        row = ResponseRequest.objects.get(pk=request_id)
+        assert (row.status, row.error_code) == ("failed", "session_lost"), request_id
+        seen = [
+            e["request"]["status"] for e in events_of(key)
+            if e["type"] == "request.status" and e["request"]["id"] == request_id
+        ]
+        assert seen[-1] == "failed" and sum(s in ResponseRequest.TERMINAL for s in seen) == 1, seen
