@@ -325,7 +325,18 @@ def update_many(model: type[Model], names: tuple[str, ...], rows: list[UpdateRow
         + [meta.pk.get_db_prep_save(row.pk, connection)]
         for row in rows
     ]
-    _update_by_pk(model, ", ".join(f"{quote(field.column)} = %s" for field in fields), params)
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    # A row whose status is final keeps it (a request): no write moves it on, not even one
+    # that left this process before the sweep and reached the database after it (its
+    # connection stalled). `without_settled` leaves such writes out as a rule, with their
+    # events; this holds the row even for the one already on its way.
+    final = sorted(map(str, getattr(model, "TERMINAL", ()))) if "status" in names else []
+    if not final:
+        _update_by_pk(model, assignments, params)
+        return
+    status = quote(meta.get_field("status").column)
+    condition = f" AND {status} NOT IN ({', '.join(['%s'] * len(final))})"
+    _update_by_pk(model, assignments, [[*row, *final] for row in params], condition)
 
 
 def add_many(model: type[Model], name: str, amounts: dict[Any, int]) -> None:
@@ -337,9 +348,12 @@ def add_many(model: type[Model], name: str, amounts: dict[Any, int]) -> None:
     _update_by_pk(model, f"{column} = {column} + %s", params)
 
 
-def _update_by_pk(model: type[Model], assignments: str, params: list[list[Any]]) -> None:
+def _update_by_pk(
+    model: type[Model], assignments: str, params: list[list[Any]], condition: str = ""
+) -> None:
     quote, meta = connection.ops.quote_name, model._meta
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+    where = f"{quote(meta.pk.column)} = %s{condition}"
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {where}"
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
 

@@ -343,3 +343,20 @@ def test_what_a_held_up_process_writes_late_does_not_undo_the_sweep(monkeypatch)
             if e["type"] == "request.status" and e["request"]["id"] == request_id
         ]
         assert seen[-1] == "failed" and sum(s in ResponseRequest.TERMINAL for s in seen) == 1, seen
+
+
+def test_a_write_that_reaches_the_database_after_the_sweep_leaves_a_final_status_alone():
+    """A write on its way when the process's connection stalled (a request taken in
+    `queued`) reaches the database after the sweep failed the request, so nothing could leave
+    it out beforehand: the row keeps its final status, while the same write moves a request
+    that is not over."""
+    session = LiveSession.objects.create(upstream_id="sess_stalled", model="m", status="failed")
+    ResponseRequest.objects.create(id="req_swept", session=session, origin="api", status="failed")
+    ResponseRequest.objects.create(id="req_going", session=session, origin="api", status="queued")
+    with transaction.atomic():
+        apply_batch([
+            records.request_status(request_id=request_id, status="sent", at=1.0)
+            for request_id in ("req_swept", "req_going")
+        ])
+    statuses = dict(ResponseRequest.objects.values_list("id", "status"))
+    assert statuses == {"req_swept": "failed", "req_going": "sent"}
