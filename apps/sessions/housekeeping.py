@@ -114,9 +114,10 @@ class Lease:
     meanwhile, a tick, an operator's message) it asks `swept`: one query for all the sessions
     held, at most once a heartbeat interval, whose answer the actors share. A swept session
     ends at once (`RelayCore.lost`), before anything of it is sent or recorded; the others go
-    on. A query that fails lets them go on, as before there was a lease: nothing can be known,
-    and a call is not stopped for a database outage. Until the next heartbeat that stamps
-    every session held renews the lease, each input costs a set lookup.
+    on. A query that fails, or that has not answered within `_PATIENCE`, lets them go on, as
+    before there was a lease: nothing can be known, and a call is not stopped for a database
+    outage (the question goes on, and its answer is used when it comes). Until the next
+    heartbeat that stamps every session held renews the lease, each input costs a set lookup.
 
     While it has run out, the history writer leaves out any change of a request the table
     has as over (`history.without_settled`): the writes handed in before the pause, or held
@@ -130,6 +131,7 @@ class Lease:
         self._swept: frozenset[uuid.UUID] = frozenset()
         self._asked_at = -math.inf
         self._asking: asyncio.Future | None = None
+        self._patient_until = -math.inf  # until when the actors wait for the question asked
 
     def expired(self) -> bool:
         return time.monotonic() > self.until
@@ -145,8 +147,11 @@ class Lease:
         interval = settings.OC_HEARTBEAT_INTERVAL
         if self._asking is None and time.monotonic() - self._asked_at >= interval:
             self._asking = asyncio.ensure_future(self._ask())
-        if self._asking is not None:
-            await asyncio.shield(self._asking)
+            self._patient_until = time.monotonic() + _PATIENCE
+        patience = self._patient_until - time.monotonic()
+        if self._asking is not None and patience > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._asking), patience)
         return key in self._swept
 
     async def _ask(self) -> None:
@@ -156,8 +161,16 @@ class Lease:
             self._swept = frozenset(await db_async(_swept)(keys)) if keys else frozenset()
         except Exception as exc:
             log_failure(log, "could not ask whether this process's sessions were swept", exc)
+            asked_at = time.monotonic()  # the next question an interval after this failure
         finally:
             self._asked_at, self._asking = asked_at, None
+
+
+# How long the actors wait, together, for the table's answer once the lease has run out. A
+# paused process's question is answered at once; one unanswered this long meets a database
+# that is away or stalled, for which the pool waits up to its `timeout` for a connection, and
+# the calls are not held up for that.
+_PATIENCE = 0.5
 
 
 def _lease_length() -> float:
@@ -291,9 +304,11 @@ class Housekeeping:
 
     async def heartbeat(self) -> int:
         """Have this process's sessions stamped; returns how many. The lease is renewed once
-        the stamps are committed (with none held, at once: there is nothing to sweep)."""
+        the stamps are committed (with none held, at once: there is nothing to sweep). Not
+        before the writes handed in earlier are: those of sessions swept meanwhile, which
+        ended since, must still find it run out (`history.without_settled`)."""
         keys = list(self.holders)
-        if keys:
+        if keys or history.pending():
             history.submit(functools.partial(_beat, keys, self.lease))
         else:
             self.lease.renew(time.monotonic())

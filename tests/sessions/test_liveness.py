@@ -316,3 +316,62 @@ async def test_a_lease_whose_question_fails_lets_the_sessions_go_on(
     monkeypatch.setattr(module, "_swept", away)
     keeper.lease.until = time.monotonic() - 1
     assert await keeper.lease.swept(key) is False
+
+
+async def test_a_lease_is_not_renewed_before_the_writes_handed_in_earlier(
+    transactional_db, settings
+):
+    """A process whose swept sessions have ended holds none, but the writes its actors handed
+    in before they knew may still wait for the database: the lease is renewed only after
+    them, so that the writer leaves out what they would change of the sweep's record."""
+    import threading
+
+    from apps.sessions import housekeeping as module
+    from apps.sessions.history import writer as history
+
+    settings.OC_HEARTBEAT_INTERVAL, settings.OC_SESSION_STALE_AFTER = 0.2, 1.0
+    keeper = module.Housekeeping()
+    keeper.lease.until = time.monotonic() - 1  # held up past what a sweep waits
+    released = threading.Event()
+    history.submit(lambda: released.wait(10))  # a late write, waiting for the database
+    try:
+        assert await keeper.heartbeat() == 0
+        assert keeper.lease.expired(), "renewed before the late write was written"
+    finally:
+        released.set()
+    await history.flush()
+    assert not keeper.lease.expired()
+
+
+async def test_a_lease_whose_question_does_not_answer_lets_the_sessions_go_on(
+    transactional_db, settings, monkeypatch
+):
+    """The database is away and the question waits for a connection (the pool waits up to
+    its timeout): the actors wait for it no longer than `_PATIENCE`, together, and go on; the
+    answer, once it comes, is used."""
+    import threading
+
+    from apps.sessions import housekeeping as module
+
+    settings.OC_HEARTBEAT_INTERVAL, settings.OC_SESSION_STALE_AFTER = 0.2, 1.0
+    keeper = module.Housekeeping()
+    key = uuid.uuid4()
+    keeper.holders[key] = Held(key)
+    answer = threading.Event()
+
+    def stalled(keys):
+        answer.wait(10)
+        return keys  # swept, as the table says once it answers
+
+    monkeypatch.setattr(module, "_swept", stalled)
+    keeper.lease.until = time.monotonic() - 1
+    started = time.monotonic()
+    try:
+        asked = [keeper.lease.swept(key) for _ in range(3)]
+        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [False] * 3
+        assert time.monotonic() - started < module._PATIENCE + 1, "held up past the patience"
+        assert await keeper.lease.swept(key) is False, "a later input does not wait again"
+    finally:
+        answer.set()
+    await eventually(lambda: key in keeper.lease._swept)
+    assert await keeper.lease.swept(key) is True
