@@ -901,10 +901,23 @@ async def list_approvals(request: HttpRequest, session_id: str):
 
 # ---------------------------------------------------------------------------- events (Server-Sent Events)
 
+# The streams' parameters. Any other is refused rather than ignored: `/events?session_id=…`
+# or `?type=…` looks like a filter and would stream every session's every event; so is one
+# given twice (from which of the two would the stream resume?).
+EVENT_STREAM_PARAMS = frozenset(("last_event_id", "lastEventId"))
+
+
+def _resume_query(request: HttpRequest, last_event_id: str | None) -> str | None:
+    """The id to resume after, from the query. event-source-polyfill (how a page sends a token
+    to a stream) resumes with `?lastEventId=` and no Last-Event-ID header, appended to the URL
+    it was given; being the id of its last event, it wins over a `last_event_id` in that URL."""
+    return request.GET.get("lastEventId") or last_event_id
+
+
 _EVENTS_DOC = dict(
     auth=READ,
     tags=["events"],
-    response={204: None, **_errors(400, 401, 403, 404)},
+    response={204: None, **_errors(400, 401, 403, 404, 422)},
     openapi_extra={
         "responses": {
             200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}
@@ -917,9 +930,10 @@ _EVENTS_DOC = dict(
     "/events",
     summary="Follow every session (Server-Sent Events)",
     description=(
-        "Each event: `id:` and `data:` (JSON with `type`). `Last-Event-ID` (or `last_event_id`) "
-        "resumes right after that id within the kept window (OC_EVENTS_RETENTION, ≥ 10 min); "
-        "older: a `stream.gap` event first. A client that does not read is dropped. A token "
+        "Each event: `id:` and `data:` (JSON with `type`). `Last-Event-ID` (or `last_event_id`, "
+        "or event-source-polyfill's `lastEventId`) resumes right after that id within the kept "
+        "window (OC_EVENTS_RETENTION, ≥ 10 min); older: a `stream.gap` event first. Any other "
+        "parameter, or one given twice, is a 422. A client that does not read is dropped. A token "
         "holds at most OC_MAX_STREAMS_PER_TOKEN streams open at once in a server process: "
         "one more is a 429 `too_many_streams`."
     ),
@@ -930,7 +944,10 @@ async def follow_events(
     last_event_id: str | None = Query(None, description="For clients that cannot send Last-Event-ID."),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
-    after = event_stream.parse_last_event_id(last_event_id_header, last_event_id)
+    if problems := _unknown_or_repeated(request, EVENT_STREAM_PARAMS):
+        return _refuse_query(request, problems)
+    query = _resume_query(request, last_event_id)
+    after = event_stream.parse_last_event_id(last_event_id_header, query)
     return await event_stream.event_stream_response(request, session_id=None, last_event_id=after)
 
 
@@ -951,7 +968,10 @@ async def follow_session_events(
     last_event_id: str | None = Query(None, description="For clients that cannot send Last-Event-ID."),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
-    after = event_stream.parse_last_event_id(last_event_id_header, last_event_id)
+    if problems := _unknown_or_repeated(request, EVENT_STREAM_PARAMS):
+        return _refuse_query(request, problems)
+    query = _resume_query(request, last_event_id)
+    after = event_stream.parse_last_event_id(last_event_id_header, query)
     return await event_stream.event_stream_response(request, session_id=session_id, last_event_id=after)
 
 

@@ -115,14 +115,22 @@ async def test_a_reconnect_with_last_event_id_gets_exactly_what_it_missed(caller
 
         again = await Follower(rest, f"/sessions/{caller.session_id}/events", headers={"Last-Event-ID": last_seen}).start()
         by_query = await Follower(rest, f"/sessions/{caller.session_id}/events", params={"last_event_id": last_seen}).start()
+        # event-source-polyfill's reconnect: `lastEventId` appended to the URL it was given
+        # (here one that began at the first event), and no Last-Event-ID header.
+        polyfill = await Follower(
+            rest,
+            f"/sessions/{caller.session_id}/events",
+            params={"last_event_id": first.events[0].id, "lastEventId": last_seen},
+        ).start()
         try:
-            for follower in (again, by_query):
+            for follower in (again, by_query, polyfill):
                 await follower.until(lambda events: len(events) >= len(missed), what="what was missed")
                 await asyncio.sleep(0.3)  # nothing more, nothing twice
                 assert [(e.id, e.data) for e in follower.events] == missed
         finally:
             await again.close()
             await by_query.close()
+            await polyfill.close()
     finally:
         await reference.close()
 

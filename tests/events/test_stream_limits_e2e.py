@@ -168,6 +168,22 @@ async def test_bad_input_is_answered_clearly(daphne, make_token, api_token):
         assert unknown.json()["error"]["code"] == "session_not_found"
         assert "sess_nope" in unknown.json()["error"]["message"]
 
+        # A parameter the streams do not take looks like a filter and would stream every
+        # event; one given twice leaves the resume point unclear: both are refused.
+        queries = [
+            ("/events", [("session_id", "sess_x")], "session_id"),
+            ("/events", [("type", "request.status")], "type"),
+            ("/events", [("last_event_id", "1"), ("last_event_id", "2")], "last_event_id"),
+            ("/sessions/sess_nope/events", [("types", "session.*")], "types"),
+        ]
+        for path, query, field in queries:
+            # As a stream: one wrongly taken would never end.
+            async with rest.stream("GET", path, params=query) as answer:
+                assert answer.status_code == 422, query
+                await answer.aread()
+            error = answer.json()["error"]
+            assert error["code"] == "invalid_fields" and field in error["fields"], error
+
         cases = [("abc", None), (None, "-1"), ("12x", None), ("9" * 19, None)]
         # Digits that str.isdigit() takes but are not ASCII: superscript two (int() refuses it),
         # Arabic-Indic one (int() reads it as 1), fullwidth one; as a query and as a header
