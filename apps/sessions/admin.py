@@ -612,4 +612,10 @@ def _token_usage(total: dict | None) -> str:
     cost = f"${total['cost_usd']:,.4f}"
     if total["unpriced_tokens"]:
         cost += f" (+{total['unpriced_tokens']:,} tokens without a price)"
-    return f"{total['total_tokens']:,} tokens in {total['requests']:,} requests, {cost}"
+    tokens, requests = _count(total["total_tokens"], "token"), _count(total["requests"], "request")
+    return f"{tokens} in {requests}, {cost}"
+
+
+def _count(number: int, noun: str) -> str:
+    """`1 request`, `2 requests`: the list reads as a sentence."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"

@@ -433,10 +433,10 @@ def test_the_token_pages_read_the_requests_once_and_the_detail_for_its_token_alo
 
     reads, listing = reads_of_the_requests("/admin/oc_sessions/apitoken/")
     assert len(reads) == 1, f"the list summed the history {len(reads)} times"
-    assert "15 tokens in 1 requests" in listing and "30 tokens in 2 requests" in listing
+    assert "15 tokens in 1 request," in listing and "30 tokens in 2 requests" in listing
     reads, detail = reads_of_the_requests(f"/admin/oc_sessions/apitoken/{script.pk}/change/")
     assert len(reads) == 1 and "'token:script'" in reads[0], f"not its token's alone: {reads}"
-    assert "15 tokens in 1 requests" in detail
+    assert "15 tokens in 1 request," in detail
 
 
 def _token_session(upstream_id: str, connected_by: str) -> LiveSession:

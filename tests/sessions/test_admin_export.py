@@ -121,7 +121,7 @@ def test_costs_show_on_the_session_request_and_token_pages(staff, rows):
     token, _ = api_token_create(name="ci")
     api_token_create(name="idle")
     tokens = staff.get("/admin/oc_sessions/apitoken/").content.decode()
-    assert "3,000,000 tokens in 1 requests, $24.0000" in tokens, "ci made one request"
+    assert "3,000,000 tokens in 1 request, $24.0000" in tokens, "ci made one request"
     assert staff.get(f"/admin/oc_sessions/apitoken/{token.pk}/change/").content.decode().count("$24.0000") == 1
 
 
